@@ -1,0 +1,34 @@
+#!/usr/bin/env node
+// Runs compiled test files (dist/<dir>/**/*.test.js) with node:test.
+// Usage: node scripts/run-tests.mjs <dir> [--only substring ...]
+// Node 20's `node --test` takes file lists, not globs, so we expand here.
+import { spawnSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
+const args = process.argv.slice(2);
+const dir = args[0] ?? 'test';
+const only = args.slice(1).filter((a) => !a.startsWith('--'));
+const root = join('dist', dir);
+
+function walk(d) {
+  return readdirSync(d).flatMap((name) => {
+    const p = join(d, name);
+    return statSync(p).isDirectory() ? walk(p) : p.endsWith('.test.js') ? [p] : [];
+  });
+}
+
+let files;
+try {
+  files = walk(root).sort();
+} catch (err) {
+  console.error(`run-tests: cannot read ${root} (${err.code}); run 'npm run build:ts' first`);
+  process.exit(1);
+}
+if (only.length) files = files.filter((f) => only.some((o) => f.includes(o)));
+if (files.length === 0) {
+  console.error(`run-tests: no test files under ${root}`);
+  process.exit(1);
+}
+const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...files], { stdio: 'inherit' });
+process.exit(r.status ?? 1);

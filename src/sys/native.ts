@@ -1,0 +1,136 @@
+// The native addon's raw surface (native/*.cc), loaded once. Only syscalls
+// Node lacks live there; everything above this file is TypeScript.
+//
+// Conventions of the raw surface:
+// - fds are plain numbers; ownership is taken by the classes in src/sys/.
+// - every failing syscall throws an Error with `code` ('EAGAIN', ...),
+//   `errno` (positive number) and `syscall` (e.g. 'sendmsg');
+// - misuse (wrong argument types, a closed handle, too many fds) throws
+//   before any syscall, with code 'ERR_DEVLEASE_INVALID_ARG' or
+//   'ERR_DEVLEASE_CLOSED' or 'ERR_DEVLEASE_TOO_MANY_FDS'.
+
+import { createRequire } from 'node:module';
+
+if (process.platform !== 'linux') {
+  throw new Error(
+    `devlease runs on Linux only (it needs SOCK_SEQPACKET, pidfd, memfd and VFIO); this is ${process.platform}`,
+  );
+}
+
+/** Maximum number of fds one seqpacket message may carry (SCM_RIGHTS). */
+export const MAX_FDS = 16;
+
+export interface RecvResult {
+  /** The message bytes (at most the receive buffer size). */
+  data: Buffer;
+  /** fds received, already close-on-exec. */
+  fds: number[];
+  /** MSG_TRUNC: the message was longer than the buffer and was cut. */
+  truncated: boolean;
+  /** MSG_CTRUNC: control data was cut; fds that did not fit were closed by the kernel/addon. */
+  ctruncated: boolean;
+}
+
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/** An opaque handle for a uv_poll watcher. */
+export interface PollHandle {
+  /** Stop watching (idempotent). Does not close the fd. */
+  stop(): void;
+}
+
+/** Raw mapping created by `mmap`: owns the virtual range until `unmap()`. */
+export interface RawMapping {
+  /** The mapped memory (shared, not copied). Detached by unmap(). */
+  readonly buffer: SharedArrayBuffer;
+  readonly length: number;
+  /** munmap now (idempotent). After this, `buffer` must not be used. */
+  unmap(): void;
+  /** True once the SIGBUS guard replaced this mapping with zero pages. */
+  isRevoked(): boolean;
+  /** Address, for diagnostics and /proc/self/maps cross-checks. */
+  readonly address: bigint;
+}
+
+export interface NativeAddon {
+  // --- generic fd ---
+  close(fd: number): void;
+  dup(fd: number): number; // F_DUPFD_CLOEXEC
+  /** ioctl with an integer argument or a buffer (in/out). Returns the ioctl's return value. */
+  ioctl(fd: number, request: number, arg: number | bigint | Uint8Array): number;
+  pread(fd: number, buf: Uint8Array, offset: number | bigint): number;
+  pwrite(fd: number, buf: Uint8Array, offset: number | bigint): number;
+  read(fd: number, buf: Uint8Array): number;
+  write(fd: number, buf: Uint8Array): number;
+  /** open(2) with O_CLOEXEC added. */
+  open(path: string, flags: number, mode?: number): number;
+  /** fstat subset. */
+  fstat(fd: number): { ino: bigint; dev: bigint; size: number; mode: number };
+  setNonBlocking(fd: number, on: boolean): void;
+
+  // --- readiness (uv_poll on the current loop; callback gets UV events bits: 1 readable, 2 writable, 4 disconnect) ---
+  poll(fd: number, events: number, cb: (status: number, events: number) => void): PollHandle;
+
+  // --- SOCK_SEQPACKET unix sockets (all non-blocking, cloexec) ---
+  seqpacketListen(path: string, mode: number, backlog: number): number;
+  seqpacketConnect(path: string): number;
+  /** accept4; returns -1 on EAGAIN. */
+  seqpacketAccept(fd: number): number;
+  /** socketpair(AF_UNIX, SOCK_SEQPACKET). */
+  seqpacketPair(): [number, number];
+  /** sendmsg with MSG_NOSIGNAL and optional SCM_RIGHTS; returns bytes sent, or -1 on EAGAIN. */
+  sendmsg(fd: number, data: Uint8Array, fds: number[]): number;
+  /** recvmsg with MSG_CMSG_CLOEXEC into a buffer of `maxBytes`; null on EAGAIN; data.length 0 + eof on hang-up. */
+  recvmsg(fd: number, maxBytes: number): (RecvResult & { eof: boolean }) | null;
+  peerCred(fd: number): PeerCred;
+  /** SO_PEERPIDFD (Linux >= 6.5); throws ENOPROTOOPT on older kernels. */
+  peerPidfd(fd: number): number;
+
+  // --- pidfd ---
+  pidfdOpen(pid: number): number;
+  pidfdSendSignal(pidfd: number, signal: number): void;
+
+  // --- memfd ---
+  memfdCreate(name: string, flags: number): number; // MFD_CLOEXEC always added
+  ftruncate(fd: number, size: number): void;
+  addSeals(fd: number, seals: number): void;
+  getSeals(fd: number): number;
+
+  // --- mmap ---
+  mmap(fd: number, length: number, prot: number, offset: number, guard: boolean): RawMapping;
+
+  // --- eventfd ---
+  eventfd(initval: number, flags: number): number; // EFD_CLOEXEC always added
+  eventfdRead(fd: number): bigint | null; // null on EAGAIN
+  eventfdWrite(fd: number, value: bigint | number): void;
+
+  // --- inotify ---
+  inotifyInit(): number; // IN_NONBLOCK | IN_CLOEXEC
+  inotifyAddWatch(fd: number, path: string, mask: number): number;
+  inotifyRmWatch(fd: number, wd: number): void;
+  /** Drain pending events; [] on EAGAIN. */
+  inotifyRead(fd: number): { wd: number; mask: number; name: string }[];
+
+  // --- F_SETLEASE probe: true if some other open description of the file exists ---
+  leaseProbe(fd: number): boolean;
+
+  // --- futex on a 32-bit word of a SharedArrayBuffer (shared, not private futex: crosses processes) ---
+  /** Returns 'ok' (woken), 'not-equal' (value differed), or 'timed-out'. timeoutMs < 0: wait forever. */
+  futexWait(
+    buf: SharedArrayBuffer,
+    index: number,
+    expected: number,
+    timeoutMs: number,
+  ): 'ok' | 'not-equal' | 'timed-out';
+  futexWake(buf: SharedArrayBuffer, index: number, count: number): number;
+
+  // --- constants the TypeScript side needs ---
+  constants: Record<string, number>;
+}
+
+const require = createRequire(import.meta.url);
+export const native: NativeAddon = require('../../../build/Release/devlease.node') as NativeAddon;
