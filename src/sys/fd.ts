@@ -1,0 +1,53 @@
+// An owned file descriptor: one owner, idempotent close(), disposal, and a
+// finalization safety net that closes (and warns about) an fd whose owner
+// forgot it.
+import { native } from './native.js';
+
+const leakRegistry = new FinalizationRegistry<number>((fd) => {
+  process.emitWarning(`devlease: fd ${fd} was garbage-collected without close(); closing it`, 'DevleaseLeak');
+  try {
+    native.close(fd);
+  } catch {
+    // already gone: nothing to do
+  }
+});
+
+export class Fd {
+  #fd: number;
+  constructor(fd: number) {
+    if (!Number.isInteger(fd) || fd < 0) {
+      throw Object.assign(new TypeError(`not a file descriptor: ${fd}`), { code: 'ERR_DEVLEASE_INVALID_ARG' });
+    }
+    this.#fd = fd;
+    leakRegistry.register(this, fd, this);
+  }
+  /** The descriptor number; throws ERR_DEVLEASE_CLOSED after close(). */
+  get fd(): number {
+    if (this.#fd < 0) throw Object.assign(new Error('fd is closed'), { code: 'ERR_DEVLEASE_CLOSED' });
+    return this.#fd;
+  }
+  get closed(): boolean {
+    return this.#fd < 0;
+  }
+  /** A new owned descriptor for the same open file description (F_DUPFD_CLOEXEC). */
+  dup(): Fd {
+    return new Fd(native.dup(this.fd));
+  }
+  /** Give up ownership: the caller now owns the returned number. */
+  release(): number {
+    const fd = this.fd;
+    leakRegistry.unregister(this);
+    this.#fd = -1;
+    return fd;
+  }
+  close(): void {
+    if (this.#fd < 0) return;
+    const fd = this.#fd;
+    this.#fd = -1;
+    leakRegistry.unregister(this);
+    native.close(fd);
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

@@ -1,0 +1,133 @@
+// The interface a vfio-user server hands validated requests to. The SA-1
+// simulator implements it for its owner; the broker implements it once per
+// client session as that client's restricted lease device.
+//
+// The server (server.ts) has already checked sizes, argsz, fd counts,
+// alignment and bounds against what the model reported (region sizes,
+// irq counts) before calling in. A model refuses with `VfioError(errno,
+// reason)`; the server turns that into an error reply carrying the errno.
+// fds passed in are owned by the model from the moment it is called (close
+// the ones you do not keep); fds returned are sent and then closed by the
+// server.
+
+import type { Fd } from '../../sys/fd.js';
+import type { PeerCred } from '../../sys/native.js';
+
+/** A refusal with a POSIX errno name and a human reason, e.g. new VfioError('EINVAL', 'iova outside window'). */
+export class VfioError extends Error {
+  readonly code: string;
+  readonly errno: number;
+  constructor(code: keyof typeof ERRNO, reason: string) {
+    super(`${code}: ${reason}`);
+    this.name = 'VfioError';
+    this.code = code;
+    this.errno = ERRNO[code];
+  }
+}
+
+/** The errnos vfio-user replies use (Linux x86-64 values). */
+export const ERRNO = {
+  EPERM: 1,
+  ENOENT: 2,
+  EIO: 5,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EFAULT: 14,
+  EBUSY: 16,
+  EEXIST: 17,
+  ENODEV: 19,
+  EINVAL: 22,
+  ENOSPC: 28,
+  ERANGE: 34,
+  ENOSYS: 38,
+  EMSGSIZE: 90,
+  ENOTSUP: 95,
+  ETIMEDOUT: 110,
+  ECANCELED: 125,
+} as const;
+export type ErrnoName = keyof typeof ERRNO;
+
+export interface RegionDescription {
+  index: number;
+  /** VFIO_REGION_INFO_FLAG_* (READ/WRITE/MMAP/CAPS). CAPS is set by the server when `caps` is non-empty. */
+  flags: number;
+  size: bigint;
+  /** Offset to pass to mmap(2) with `fd` (vfio-user: the file offset). */
+  offset: bigint;
+  /** Encoded capability chain (sparse mmap, type...), offsets relative to the cap start; empty for none. */
+  caps?: Uint8Array;
+  /** A mappable fd for the whole region, if offered (the server dups it into the reply). */
+  fd?: Fd;
+}
+
+export interface IrqDescription {
+  index: number;
+  flags: number; // VFIO_IRQ_INFO_*
+  count: number;
+}
+
+export interface DmaMapRequest {
+  /** The memory's fd (owned by the model once called). Absent when the client maps without an fd. */
+  fd: Fd | null;
+  offset: bigint;
+  iova: bigint;
+  size: bigint;
+  /** VFIO_USER_F_DMA_REGION_READ / _WRITE bits. */
+  flags: number;
+}
+
+export interface DmaUnmapRequest {
+  iova: bigint;
+  size: bigint;
+  flags: number;
+}
+
+export interface IrqSetRequest {
+  flags: number; // VFIO_IRQ_SET_*
+  index: number;
+  start: number;
+  count: number;
+  /** DATA_EVENTFD: exactly `count` fds (owned by the model); null entries mean "unassign" (fd -1). */
+  fds: (Fd | null)[];
+  /** DATA_BOOL: `count` bytes. */
+  bools?: Uint8Array;
+}
+
+export interface FeatureRequest {
+  /** VFIO_DEVICE_FEATURE_GET/SET/PROBE bits | feature number. */
+  flags: number;
+  feature: number;
+  data: Uint8Array;
+  fds: Fd[];
+}
+
+export interface FeatureReply {
+  data?: Uint8Array;
+  fds?: Fd[];
+}
+
+/** What the server knows about the peer of one connection. */
+export interface ConnectionInfo {
+  id: number;
+  cred: PeerCred;
+}
+
+export interface VfioUserDeviceModel {
+  deviceInfo(): { flags: number; num_regions: number; num_irqs: number };
+  regionInfo(index: number): RegionDescription;
+  regionRead(index: number, offset: bigint, count: number): Uint8Array | Promise<Uint8Array>;
+  regionWrite(index: number, offset: bigint, data: Uint8Array): void | Promise<void>;
+  dmaMap(req: DmaMapRequest): void | Promise<void>;
+  /** Must not resolve until the device holds no reference to the memory. */
+  dmaUnmap(req: DmaUnmapRequest): void | Promise<void>;
+  irqInfo(index: number): IrqDescription;
+  setIrqs(req: IrqSetRequest): void | Promise<void>;
+  reset(): void | Promise<void>;
+  feature(req: FeatureRequest): FeatureReply | Promise<FeatureReply>;
+  /** The connection is gone (hang-up, close, or malformed input): drop its DMA mappings and IRQ fds. */
+  disconnected(reason: string): void | Promise<void>;
+  /** Extra capabilities merged into the server's version JSON (devlease extensions). */
+  versionCapabilities?(): Record<string, unknown>;
+}
