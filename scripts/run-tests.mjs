@@ -25,6 +25,8 @@ try {
   console.error(`run-tests: cannot read ${root} (${err.code}); run 'npm run build:ts' first`);
   process.exit(1);
 }
+// Guest-side kernel tests run inside the QEMU guest (npm run test:kernel), never on the host.
+if (dir === 'test') files = files.filter((f) => !f.includes(`${join('kernel', 'guest')}`));
 if (only.length) files = files.filter((f) => only.some((o) => f.includes(o)));
 if (files.length === 0) {
   console.error(`run-tests: no test files under ${root}`);

@@ -1,12 +1,54 @@
 // devlease command line: dispatches to sub-commands.
 import { VERSION } from '../index.js';
 
+const HELP = `devlease ${VERSION} — lease slices of a VFIO device to client processes
+
+usage: devlease <command> [options]
+  sim       run the SA-1 simulated accelerator (a vfio-user server)
+  daemon    run the broker for a device
+  demo      simulator + broker + clients, with a live view (the main job)
+  status | leases | clients | revoke <id> | drain | reset   talk to a running broker
+  bench     run the benchmarks
+  --version`;
+
 export async function main(argv: string[]): Promise<void> {
-  const [cmd] = argv;
-  if (cmd === '--version' || cmd === '-v' || cmd === 'version') {
-    process.stdout.write(`devlease ${VERSION}\n`);
-    return;
+  const [cmd, ...rest] = argv;
+  let code = 0;
+  switch (cmd) {
+    case '--version':
+    case '-v':
+    case 'version':
+      process.stdout.write(`devlease ${VERSION}\n`);
+      break;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(`${HELP}\n`);
+      break;
+    case 'sim':
+      code = await (await import('./sim.js')).simCommand(rest);
+      break;
+    case 'daemon':
+      code = await (await import('./daemon.js')).daemonCommand(rest);
+      break;
+    case 'demo':
+      code = await (await import('./demo.js')).demoCommand(rest);
+      break;
+    case 'bench':
+      code = await (await import('../../bench/run.js')).benchCommand(rest);
+      break;
+    case 'status':
+    case 'leases':
+    case 'clients':
+    case 'revoke':
+    case 'drain':
+    case 'reset':
+      code = await (await import('./admin.js')).adminCommand(cmd, rest);
+      break;
+    default:
+      process.stderr.write(`devlease: unknown command '${cmd}'\n${HELP}\n`);
+      code = 2;
   }
-  process.stderr.write(`devlease: unknown command '${cmd ?? ''}'\n`);
-  process.exitCode = 2;
+  process.exitCode = code;
 }

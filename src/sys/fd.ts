@@ -1,11 +1,18 @@
 // An owned file descriptor: one owner, idempotent close(), disposal, and a
 // finalization safety net that closes (and warns about) an fd whose owner
 // forgot it.
+import { isMainThread } from 'node:worker_threads';
 import { native } from './native.js';
+
+// worker.terminate() runs no finalizers: in a worker, the addon closes the
+// fds still owned when the worker's environment is torn down. (On the main
+// thread, process exit does that.)
+const trackForTeardown = !isMainThread;
 
 const leakRegistry = new FinalizationRegistry<number>((fd) => {
   process.emitWarning(`devlease: fd ${fd} was garbage-collected without close(); closing it`, 'DevleaseLeak');
   try {
+    if (trackForTeardown) native.untrackFd(fd);
     native.close(fd);
   } catch {
     // already gone: nothing to do
@@ -16,10 +23,13 @@ export class Fd {
   #fd: number;
   constructor(fd: number) {
     if (!Number.isInteger(fd) || fd < 0) {
-      throw Object.assign(new TypeError(`not a file descriptor: ${fd}`), { code: 'ERR_DEVLEASE_INVALID_ARG' });
+      throw Object.assign(new TypeError(`not a file descriptor: ${fd}`), {
+        code: 'ERR_DEVLEASE_INVALID_ARG',
+      });
     }
     this.#fd = fd;
     leakRegistry.register(this, fd, this);
+    if (trackForTeardown) native.trackFd(fd);
   }
   /** The descriptor number; throws ERR_DEVLEASE_CLOSED after close(). */
   get fd(): number {
@@ -37,6 +47,7 @@ export class Fd {
   release(): number {
     const fd = this.fd;
     leakRegistry.unregister(this);
+    if (trackForTeardown) native.untrackFd(fd);
     this.#fd = -1;
     return fd;
   }
@@ -45,9 +56,19 @@ export class Fd {
     const fd = this.#fd;
     this.#fd = -1;
     leakRegistry.unregister(this);
+    if (trackForTeardown) native.untrackFd(fd);
     native.close(fd);
   }
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** The descriptor number of an owned Fd or a plain number (validated; throws ERR_DEVLEASE_CLOSED for a closed Fd). */
+export function fdNumber(fd: Fd | number): number {
+  if (fd instanceof Fd) return fd.fd;
+  if (!Number.isInteger(fd) || fd < 0) {
+    throw Object.assign(new TypeError(`not a file descriptor: ${fd}`), { code: 'ERR_DEVLEASE_INVALID_ARG' });
+  }
+  return fd;
 }

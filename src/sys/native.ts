@@ -39,16 +39,29 @@ export interface PeerCred {
 
 /** An opaque handle for a uv_poll watcher. */
 export interface PollHandle {
-  /** Stop watching (idempotent). Does not close the fd. */
+  /** Stop watching (idempotent). Does not close the fd: stop before closing it. */
   stop(): void;
+  /** Change the watched UV event bits (throws ERR_DEVLEASE_CLOSED after stop()). */
+  setEvents(events: number): void;
+  /** Keep the event loop alive while watching (the default) / do not. */
+  ref(): void;
+  unref(): void;
 }
 
 /** Raw mapping created by `mmap`: owns the virtual range until `unmap()`. */
 export interface RawMapping {
-  /** The mapped memory (shared, not copied). Detached by unmap(). */
+  /**
+   * The mapped memory (shared, not copied). A SharedArrayBuffer cannot be
+   * detached: after unmap() (or a guarded revocation) it reads zeros, and the
+   * range is munmapped when the buffer is garbage-collected.
+   */
   readonly buffer: SharedArrayBuffer;
   readonly length: number;
-  /** munmap now (idempotent). After this, `buffer` must not be used. */
+  /**
+   * Drop the file mapping now (idempotent): the range is replaced by private
+   * zero pages, so the file's last reference goes at once while `buffer`
+   * stays memory-safe. Do not rely on `buffer` contents after this.
+   */
   unmap(): void;
   /** True once the SIGBUS guard replaced this mapping with zero pages. */
   isRevoked(): boolean;
@@ -84,8 +97,11 @@ export interface NativeAddon {
   seqpacketPair(): [number, number];
   /** sendmsg with MSG_NOSIGNAL and optional SCM_RIGHTS; returns bytes sent, or -1 on EAGAIN. */
   sendmsg(fd: number, data: Uint8Array, fds: number[]): number;
-  /** recvmsg with MSG_CMSG_CLOEXEC into a buffer of `maxBytes`; null on EAGAIN; data.length 0 + eof on hang-up. */
-  recvmsg(fd: number, maxBytes: number): (RecvResult & { eof: boolean }) | null;
+  /**
+   * recvmsg with MSG_CMSG_CLOEXEC into a buffer of `maxBytes`; null on EAGAIN; data.length 0 + eof on hang-up.
+   * At most `maxFds` (default MAX_FDS) fds are installed; any beyond are closed and `ctruncated` is set.
+   */
+  recvmsg(fd: number, maxBytes: number, maxFds?: number): (RecvResult & { eof: boolean }) | null;
   peerCred(fd: number): PeerCred;
   /** SO_PEERPIDFD (Linux >= 6.5); throws ENOPROTOOPT on older kernels. */
   peerPidfd(fd: number): number;
@@ -115,7 +131,11 @@ export interface NativeAddon {
   /** Drain pending events; [] on EAGAIN. */
   inotifyRead(fd: number): { wd: number; mask: number; name: string }[];
 
-  // --- F_SETLEASE probe: true if some other open description of the file exists ---
+  /**
+   * F_SETLEASE probe: true if some other open description of the file exists (mappings keep theirs alive).
+   * Needs file ownership or CAP_LEASE. The description passed must come from open(2): memfd_create's own
+   * description is not counted by the kernel, so probing it is off by one (MemFd keeps a re-opened one).
+   */
   leaseProbe(fd: number): boolean;
 
   // --- futex on a 32-bit word of a SharedArrayBuffer (shared, not private futex: crosses processes) ---
@@ -127,6 +147,10 @@ export interface NativeAddon {
     timeoutMs: number,
   ): 'ok' | 'not-equal' | 'timed-out';
   futexWake(buf: SharedArrayBuffer, index: number, count: number): number;
+
+  // --- worker teardown: fds still registered when this environment ends are closed then ---
+  trackFd(fd: number): void;
+  untrackFd(fd: number): void;
 
   // --- constants the TypeScript side needs ---
   constants: Record<string, number>;

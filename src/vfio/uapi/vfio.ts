@@ -1,5 +1,8 @@
 // VFIO UAPI (include/uapi/linux/vfio.h): structures used both by the kernel
 // ioctls and as vfio-user payloads. Field names and order are the kernel's.
+// This file holds the device side; the container/group/iommufd side is in
+// vfio-iommu.ts, ioctl numbers in ioctl.ts. Checked against the kernel's
+// headers by test/vfio/uapi-layout.test.ts.
 import { struct } from '../struct.js';
 
 export const VFIO_API_VERSION = 0;
@@ -15,7 +18,13 @@ export const vfio_device_info = struct('vfio_device_info', [
 ] as const);
 export const VFIO_DEVICE_FLAGS_RESET = 1 << 0;
 export const VFIO_DEVICE_FLAGS_PCI = 1 << 1;
+export const VFIO_DEVICE_FLAGS_PLATFORM = 1 << 2;
+export const VFIO_DEVICE_FLAGS_AMBA = 1 << 3;
+export const VFIO_DEVICE_FLAGS_CCW = 1 << 4;
+export const VFIO_DEVICE_FLAGS_AP = 1 << 5;
+export const VFIO_DEVICE_FLAGS_FSL_MC = 1 << 6;
 export const VFIO_DEVICE_FLAGS_CAPS = 1 << 7;
+export const VFIO_DEVICE_FLAGS_CDX = 1 << 8;
 
 // --- capability chain header (shared by region, device and iommu info) ---
 export const vfio_info_cap_header = struct('vfio_info_cap_header', [
@@ -56,6 +65,12 @@ export const vfio_region_info_cap_type = struct('vfio_region_info_cap_type', [
   ['type', 'u32'],
   ['subtype', 'u32'],
 ] as const);
+/** Vendor-specific region types: this bit | the PCI vendor id (low 16 bits). */
+export const VFIO_REGION_TYPE_PCI_VENDOR_TYPE = 0x80000000;
+export const VFIO_REGION_TYPE_PCI_VENDOR_MASK = 0xffff;
+
+/** Header-only capability: the MSI-X table in this region may be mmapped. */
+export const VFIO_REGION_INFO_CAP_MSIX_MAPPABLE = 3;
 
 // PCI region and IRQ indexes (vfio-pci).
 export const VFIO_PCI_BAR0_REGION_INDEX = 0;
@@ -133,6 +148,9 @@ export const vfio_device_feature_dma_buf = struct('vfio_device_feature_dma_buf',
  * Feature 13: permanent revoke of a slice fd. Upstream this sits on a
  * development branch (2026); the SA-1 simulator implements it with payload
  * `{ s32 fd_index }` naming one of the fds passed with the message.
+ * Not in the kernel's header (the layout test excludes it). Beware: Linux 7.3's
+ * vfio.h gives 13 to VFIO_DEVICE_FEATURE_ZPCI_ERROR (s390), so this number is a
+ * devlease/SA-1 convention over vfio-user only, never to be sent to a kernel.
  */
 export const VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE = 13;
 export const vfio_device_feature_dma_buf_revoke = struct('vfio_device_feature_dma_buf_revoke', [

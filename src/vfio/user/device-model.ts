@@ -58,7 +58,11 @@ export interface RegionDescription {
   offset: bigint;
   /** Encoded capability chain (sparse mmap, type...), offsets relative to the cap start; empty for none. */
   caps?: Uint8Array;
-  /** A mappable fd for the whole region, if offered (the server dups it into the reply). */
+  /**
+   * A mappable fd for the whole region, if offered. Like every fd a model returns, the
+   * server owns it from then on: it sends it with the reply and closes it (or just closes
+   * it when regionInfo() was called to validate an access). Hand out a new one per call.
+   */
   fd?: Fd;
 }
 
@@ -128,6 +132,13 @@ export interface VfioUserDeviceModel {
   feature(req: FeatureRequest): FeatureReply | Promise<FeatureReply>;
   /** The connection is gone (hang-up, close, or malformed input): drop its DMA mappings and IRQ fds. */
   disconnected(reason: string): void | Promise<void>;
+  /**
+   * Called with the client's VERSION capabilities (vendor keys included) before the reply is sent.
+   * Returns extra capabilities for the reply; a VfioError refuses the VERSION with that errno and reason.
+   */
+  negotiate?(
+    clientCapabilities: Record<string, unknown>,
+  ): Promise<Record<string, unknown>> | Record<string, unknown>;
   /** Extra capabilities merged into the server's version JSON (devlease extensions). */
   versionCapabilities?(): Record<string, unknown>;
 }

@@ -1,0 +1,22 @@
+// Waiting on interrupts: the device signals our own eventfd (the broker only
+// wired it), so a sleeping client wakes without any broker round trip.
+import { connect, Sa1Queue } from 'devlease';
+
+await using lease = await connect({ socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock' });
+const queue = await Sa1Queue.create(lease, { spinUs: 0 }); // never spin: always sleep on the interrupt
+
+let interrupts = 0;
+lease.on('interrupt', () => interrupts++);
+
+const buf = await lease.dma.alloc(4096);
+for (let i = 0; i < 10; i++) {
+  // `intr: true` asks the device for an interrupt when this descriptor completes.
+  await queue.writeImm(buf.iova, BigInt(i), { intr: true });
+}
+console.log(`10 completions, ${interrupts} interrupts (coalesced per batch)`);
+if (interrupts < 1) process.exit(1);
+
+// The same interrupts as an async iterator:
+const next = lease.interrupts()[Symbol.asyncIterator]().next();
+void queue.nop();
+console.log(`vector ${(await next).value} fired`);

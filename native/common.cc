@@ -1,0 +1,128 @@
+#include "common.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+namespace devlease {
+
+void ThrowErrno(Napi::Env env, const char* syscall, int err) {
+  char unknown[24];
+  const char* name = strerrorname_np(err);
+  if (name == nullptr) {
+    snprintf(unknown, sizeof(unknown), "E%d", err);
+    name = unknown;
+  }
+  std::string message = std::string(syscall) + ": " + strerror(err);
+  Napi::Error error = Napi::Error::New(env, message);
+  error.Set("code", Napi::String::New(env, name));
+  error.Set("errno", Napi::Number::New(env, err));
+  error.Set("syscall", Napi::String::New(env, syscall));
+  throw error;
+}
+
+void ThrowMisuse(Napi::Env env, const char* code, const std::string& message) {
+  Napi::Error error = Napi::TypeError::New(env, message);
+  error.Set("code", Napi::String::New(env, code));
+  throw error;
+}
+
+void ThrowInvalidArg(Napi::Env env, const std::string& message) {
+  ThrowMisuse(env, "ERR_DEVLEASE_INVALID_ARG", message);
+}
+
+int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max) {
+  Napi::Value v = info[i];
+  if (!v.IsNumber()) ThrowInvalidArg(info.Env(), std::string(name) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || std::trunc(d) != d || d < static_cast<double>(min) || d > static_cast<double>(max)) {
+    ThrowInvalidArg(info.Env(), std::string(name) + " must be an integer in [" + std::to_string(min) + ", " +
+                                    std::to_string(max) + "]");
+  }
+  return static_cast<int64_t>(d);
+}
+
+int FdArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return static_cast<int>(IntArg(info, i, name, 0, INT32_MAX));
+}
+
+int64_t OffsetArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = info[i];
+  if (v.IsBigInt()) {
+    bool lossless = false;
+    int64_t n = v.As<Napi::BigInt>().Int64Value(&lossless);
+    if (!lossless || n < 0) ThrowInvalidArg(info.Env(), std::string(name) + " must be in [0, 2^63)");
+    return n;
+  }
+  return IntArg(info, i, name, 0, (int64_t{1} << 53) - 1);
+}
+
+bool BoolArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = info[i];
+  if (!v.IsBoolean()) ThrowInvalidArg(info.Env(), std::string(name) + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = info[i];
+  if (!v.IsString()) ThrowInvalidArg(info.Env(), std::string(name) + " must be a string");
+  std::string s = v.As<Napi::String>().Utf8Value();
+  if (s.find('\0') != std::string::npos) ThrowInvalidArg(info.Env(), std::string(name) + " must not contain NUL");
+  return s;
+}
+
+Bytes BytesArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  // Raw N-API on purpose: it yields the element pointer for views over both
+  // ArrayBuffer and SharedArrayBuffer (Napi::ArrayBuffer rejects the latter).
+  napi_env env = info.Env();
+  napi_value v = info[i];
+  bool is = false;
+  void* data = nullptr;
+  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
+    napi_typedarray_type type;
+    size_t length = 0;
+    if (napi_get_typedarray_info(env, v, &type, &length, &data, nullptr, nullptr) == napi_ok) {
+      size_t element = 1;
+      switch (type) {
+        case napi_int16_array:
+        case napi_uint16_array:
+          element = 2;
+          break;
+        case napi_int32_array:
+        case napi_uint32_array:
+        case napi_float32_array:
+          element = 4;
+          break;
+        case napi_float64_array:
+        case napi_bigint64_array:
+        case napi_biguint64_array:
+          element = 8;
+          break;
+        default:
+          break;
+      }
+      return Bytes{static_cast<uint8_t*>(data), length * element};
+    }
+  }
+  if (napi_is_dataview(env, v, &is) == napi_ok && is) {
+    size_t length = 0;
+    if (napi_get_dataview_info(env, v, &length, &data, nullptr, nullptr) == napi_ok) {
+      return Bytes{static_cast<uint8_t*>(data), length};
+    }
+  }
+  ThrowInvalidArg(info.Env(), std::string(name) + " must be a Uint8Array");
+}
+
+FdGuard::~FdGuard() {
+  if (fd_ >= 0) {
+    int saved = errno;
+    close(fd_);
+    errno = saved;
+  }
+}
+
+}  // namespace devlease

@@ -1,0 +1,73 @@
+// Shared helpers of the devlease addon: how errors are thrown and how
+// arguments are read. Every syscall failure becomes a JS Error with `code`
+// ('EPIPE'), `errno` (32) and `syscall` ('sendmsg'); misuse is reported
+// before any syscall with a code of the ERR_DEVLEASE_* family.
+#pragma once
+
+#include <napi.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace devlease {
+
+/** Maximum number of fds in one SCM_RIGHTS message (mirrors MAX_FDS in src/sys/native.ts). */
+constexpr int kMaxFds = 16;
+
+/** Throws `syscall: strerror(err)` with code/errno/syscall set. */
+[[noreturn]] void ThrowErrno(Napi::Env env, const char* syscall, int err);
+/** Throws an Error with the given ERR_DEVLEASE_* code (argument misuse, closed handle, ...). */
+[[noreturn]] void ThrowMisuse(Napi::Env env, const char* code, const std::string& message);
+/** Shorthand for ThrowMisuse(env, "ERR_DEVLEASE_INVALID_ARG", message). */
+[[noreturn]] void ThrowInvalidArg(Napi::Env env, const std::string& message);
+
+/** info[i] as a non-negative int32 file descriptor. */
+int FdArg(const Napi::CallbackInfo& info, size_t i, const char* name = "fd");
+/** info[i] as an integer in [min, max] (numbers must be integral). */
+int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max);
+/** info[i] as a number or bigint in [0, 2^63). */
+int64_t OffsetArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+/** info[i] as a bool. */
+bool BoolArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+/** info[i] as a string. */
+std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+
+/** A byte view (Uint8Array or any TypedArray/DataView/Buffer) of info[i]. */
+struct Bytes {
+  uint8_t* data;
+  size_t length;
+};
+Bytes BytesArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+
+/** Closes fd on scope exit unless released: keeps error paths leak-free. */
+class FdGuard {
+ public:
+  explicit FdGuard(int fd) : fd_(fd) {}
+  FdGuard(const FdGuard&) = delete;
+  FdGuard& operator=(const FdGuard&) = delete;
+  ~FdGuard();
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+// Each topic file registers its functions on the exports object.
+void RegisterFdOps(Napi::Env env, Napi::Object exports);
+void RegisterPoll(Napi::Env env, Napi::Object exports);
+void RegisterSeqpacket(Napi::Env env, Napi::Object exports);
+void RegisterPidfd(Napi::Env env, Napi::Object exports);
+void RegisterMemfd(Napi::Env env, Napi::Object exports);
+void RegisterMapping(Napi::Env env, Napi::Object exports);
+void RegisterEventfd(Napi::Env env, Napi::Object exports);
+void RegisterInotify(Napi::Env env, Napi::Object exports);
+void RegisterFutex(Napi::Env env, Napi::Object exports);
+void RegisterConstants(Napi::Env env, Napi::Object exports);
+void RegisterEnvFds(Napi::Env env, Napi::Object exports);
+
+}  // namespace devlease

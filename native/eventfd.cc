@@ -1,0 +1,60 @@
+// eventfd counters: create, read (drain), write.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "common.h"
+
+namespace devlease {
+namespace {
+
+Napi::Value Eventfd(const Napi::CallbackInfo& info) {
+  auto initval = static_cast<unsigned>(IntArg(info, 0, "initval", 0, UINT32_MAX));
+  int flags = static_cast<int>(IntArg(info, 1, "flags", 0, INT32_MAX));
+  int fd = eventfd(initval, flags | EFD_CLOEXEC);
+  if (fd < 0) ThrowErrno(info.Env(), "eventfd", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  uint64_t value = 0;
+  ssize_t n;
+  do {
+    n = read(fd, &value, sizeof(value));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return info.Env().Null();
+    ThrowErrno(info.Env(), "read", errno);
+  }
+  return Napi::BigInt::New(info.Env(), value);
+}
+
+Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  uint64_t value;
+  if (info[1].IsBigInt()) {
+    bool lossless = false;
+    value = info[1].As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) ThrowInvalidArg(info.Env(), "value must be in [0, 2^64)");
+  } else {
+    value = static_cast<uint64_t>(IntArg(info, 1, "value", 0, (int64_t{1} << 53) - 1));
+  }
+  ssize_t n;
+  do {
+    n = write(fd, &value, sizeof(value));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) ThrowErrno(info.Env(), "write", errno);
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void RegisterEventfd(Napi::Env env, Napi::Object exports) {
+  exports.Set("eventfd", Napi::Function::New(env, Eventfd, "eventfd"));
+  exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead, "eventfdRead"));
+  exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite, "eventfdWrite"));
+}
+
+}  // namespace devlease

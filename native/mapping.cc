@@ -1,0 +1,130 @@
+// mmap(MAP_SHARED) of a descriptor, exposed to JS as a real
+// SharedArrayBuffer over the mapped pages (no copy).
+//
+// V8 frees a SharedArrayBuffer's memory only when it is garbage-collected,
+// possibly on another thread if the buffer was shared with a worker. So:
+// - unmap() makes the *file* mapping go away now by mapping anonymous zero
+//   pages over the range (MAP_FIXED, atomic); the file's last reference is
+//   dropped immediately, while JS code still holding the buffer reads zeros
+//   instead of crashing;
+// - the backing store's deleter munmaps whatever is in the range at GC.
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cerrno>
+#include <mutex>
+
+#include "common.h"
+#include "sigbus_guard.h"
+#include "v8_interop.h"
+
+namespace devlease {
+namespace {
+
+struct MappingState {
+  void* address;
+  size_t length;
+  int prot;
+  int guard_slot = -1;  // sigbus_guard slot while guarded
+  bool file_unmapped = false;
+  bool revoked = false;  // the guard's verdict, kept after unregistering
+  std::mutex mutex;      // unmap() (JS thread) vs deleter (any thread)
+  std::atomic<int> refs{0};
+};
+
+void Release(MappingState* s) {
+  if (s->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete s;
+}
+
+// Under s->mutex.
+void StopGuarding(MappingState* s) {
+  if (s->guard_slot < 0) return;
+  s->revoked = sigbus_guard::Unregister(s->guard_slot) || s->revoked;
+  s->guard_slot = -1;
+}
+
+void OnBackingStoreFreed(void*, size_t, void* data) {
+  auto* s = static_cast<MappingState*>(data);
+  {
+    std::lock_guard<std::mutex> lock(s->mutex);
+    StopGuarding(s);
+    munmap(s->address, s->length);
+  }
+  Release(s);
+}
+
+MappingState* StateOf(const Napi::CallbackInfo& info) { return static_cast<MappingState*>(info.Data()); }
+
+Napi::Value Unmap(const Napi::CallbackInfo& info) {
+  MappingState* s = StateOf(info);
+  std::lock_guard<std::mutex> lock(s->mutex);
+  if (s->file_unmapped) return info.Env().Undefined();
+  StopGuarding(s);
+  void* r = mmap(s->address, s->length, s->prot, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (r == MAP_FAILED) ThrowErrno(info.Env(), "mmap", errno);
+  s->file_unmapped = true;
+  return info.Env().Undefined();
+}
+
+Napi::Value IsRevoked(const Napi::CallbackInfo& info) {
+  MappingState* s = StateOf(info);
+  std::lock_guard<std::mutex> lock(s->mutex);
+  bool revoked = s->guard_slot >= 0 ? sigbus_guard::IsRevoked(s->guard_slot) : s->revoked;
+  return Napi::Boolean::New(info.Env(), revoked);
+}
+
+void AddMethod(Napi::Env env, Napi::Object target, const char* name, Napi::Function::Callback fn, MappingState* s) {
+  Napi::Function f = Napi::Function::New(env, fn, name, s);
+  s->refs.fetch_add(1, std::memory_order_relaxed);
+  f.AddFinalizer([](Napi::Env, MappingState* state) { Release(state); }, s);
+  target.Set(name, f);
+}
+
+// mmap(fd, length, prot, offset, guard)
+Napi::Value Mmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  auto length = static_cast<size_t>(IntArg(info, 1, "length", 1, int64_t{1} << 40));
+  int prot = static_cast<int>(IntArg(info, 2, "prot", 0, PROT_READ | PROT_WRITE));
+  int64_t offset = IntArg(info, 3, "offset", 0, (int64_t{1} << 53) - 1);
+  bool guard = BoolArg(info, 4, "guard");
+  if (guard) {
+    int err = sigbus_guard::Install();
+    if (err != 0) ThrowErrno(env, "sigaction", err);
+  }
+
+  void* address = mmap(nullptr, length, prot, MAP_SHARED, fd, offset);
+  if (address == MAP_FAILED) ThrowErrno(env, "mmap", errno);
+  auto* s = new MappingState{address, length, prot};
+  if (guard) {
+    s->guard_slot = sigbus_guard::Register(address, length, prot);
+    if (s->guard_slot < 0) {
+      munmap(address, length);
+      delete s;
+      ThrowMisuse(env, "ERR_DEVLEASE_GUARD_TABLE_FULL", "too many guarded mappings in this process");
+    }
+  }
+
+  // From here on the backing store's deleter owns the range.
+  s->refs.store(1, std::memory_order_relaxed);
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  std::shared_ptr<v8::BackingStore> store =
+      v8::SharedArrayBuffer::NewBackingStore(address, length, OnBackingStoreFreed, s);
+  v8::Local<v8::SharedArrayBuffer> buffer = v8::SharedArrayBuffer::New(isolate, std::move(store));
+
+  Napi::Object mapping = Napi::Object::New(env);
+  mapping.Set("buffer", Napi::Value(env, ToNapi(buffer)));
+  mapping.Set("length", Napi::Number::New(env, static_cast<double>(length)));
+  mapping.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(address))));
+  AddMethod(env, mapping, "unmap", Unmap, s);
+  AddMethod(env, mapping, "isRevoked", IsRevoked, s);
+  return mapping;
+}
+
+}  // namespace
+
+void RegisterMapping(Napi::Env env, Napi::Object exports) {
+  exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+}
+
+}  // namespace devlease

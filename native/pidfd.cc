@@ -1,0 +1,42 @@
+// pidfd_open / pidfd_send_signal through syscall(2) (no glibc wrappers needed).
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+
+#include "common.h"
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+namespace devlease {
+namespace {
+
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
+  auto pid = static_cast<pid_t>(IntArg(info, 0, "pid", 1, INT32_MAX));
+  // pidfds are always close-on-exec.
+  long fd = syscall(SYS_pidfd_open, pid, 0);
+  if (fd < 0) ThrowErrno(info.Env(), "pidfd_open", errno);
+  return Napi::Number::New(info.Env(), static_cast<double>(fd));
+}
+
+Napi::Value PidfdSendSignal(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0, "pidfd");
+  int sig = static_cast<int>(IntArg(info, 1, "signal", 0, 64));
+  if (syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0) < 0) ThrowErrno(info.Env(), "pidfd_send_signal", errno);
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void RegisterPidfd(Napi::Env env, Napi::Object exports) {
+  exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
+  exports.Set("pidfdSendSignal", Napi::Function::New(env, PidfdSendSignal, "pidfdSendSignal"));
+}
+
+}  // namespace devlease

@@ -1,0 +1,154 @@
+// Readiness watching: one uv_poll_t on the calling environment's own loop
+// (main thread or worker), calling back into JS with (status, events).
+//
+// Lifetime: a Watcher is shared by the JS handle's methods (each holds a
+// reference, dropped by its finalizer) and by the uv handle while it is open
+// (dropped by the uv_close callback). stop() closes the uv handle; the
+// Watcher is freed when the last reference goes, so a stale PollHandle never
+// touches freed memory. An async cleanup hook closes the handle if the
+// environment (e.g. a worker) is torn down while still watching.
+#include <uv.h>
+
+#include "common.h"
+
+namespace devlease {
+namespace {
+
+struct Watcher {
+  uv_poll_t poll{};
+  napi_env env;
+  Napi::FunctionReference callback;
+  Napi::AsyncContext async_context;
+  napi_async_cleanup_hook_handle cleanup_hook = nullptr;
+  bool open = false;  // uv handle initialised and not yet closing
+  int refs = 0;
+
+  Watcher(Napi::Env e, Napi::Function cb)
+      : env(e), callback(Napi::Persistent(cb)), async_context(e, "devlease:poll") {}
+};
+
+void Release(Watcher* w) {
+  if (--w->refs == 0) delete w;
+}
+
+void OnClosed(uv_handle_t* handle) {
+  auto* w = static_cast<Watcher*>(handle->data);
+  if (w->cleanup_hook != nullptr) {
+    napi_remove_async_cleanup_hook(w->cleanup_hook);
+    w->cleanup_hook = nullptr;
+  }
+  w->callback.Reset();
+  Release(w);
+}
+
+void CloseWatcher(Watcher* w) {
+  if (!w->open) return;
+  w->open = false;
+  uv_poll_stop(&w->poll);  // also removes the fd from epoll right away
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnClosed);
+}
+
+void OnEnvCleanup(napi_async_cleanup_hook_handle, void* data) {
+  // If stop() already started the close, OnClosed removes the hook.
+  CloseWatcher(static_cast<Watcher*>(data));
+}
+
+void OnPoll(uv_poll_t* handle, int status, int events) {
+  auto* w = static_cast<Watcher*>(handle->data);
+  if (!w->open) return;
+  napi_env env = w->env;
+  Napi::HandleScope scope(env);
+  napi_value argv[2];
+  napi_value global;
+  napi_value result;
+  napi_create_int32(env, status, &argv[0]);
+  napi_create_int32(env, events, &argv[1]);
+  napi_get_global(env, &global);
+  // napi_make_callback runs microtasks/nextTicks afterwards, like any libuv
+  // callback in Node. Nobody can catch an exception thrown from here, so it
+  // goes to process 'uncaughtException'.
+  napi_status s = napi_make_callback(env, w->async_context, global, w->callback.Value(), 2, argv, &result);
+  if (s == napi_pending_exception) {
+    napi_value error;
+    napi_get_and_clear_last_exception(env, &error);
+    napi_fatal_exception(env, error);
+  }
+}
+
+Watcher* WatcherOf(const Napi::CallbackInfo& info) { return static_cast<Watcher*>(info.Data()); }
+
+Napi::Value Stop(const Napi::CallbackInfo& info) {
+  CloseWatcher(WatcherOf(info));
+  return info.Env().Undefined();
+}
+
+Napi::Value SetEvents(const Napi::CallbackInfo& info) {
+  Watcher* w = WatcherOf(info);
+  int events = static_cast<int>(IntArg(info, 0, "events", 0, 15));
+  if (!w->open) ThrowMisuse(info.Env(), "ERR_DEVLEASE_CLOSED", "poll handle is stopped");
+  int rc = uv_poll_start(&w->poll, events, OnPoll);
+  if (rc < 0) ThrowErrno(info.Env(), "epoll_ctl", -rc);
+  return info.Env().Undefined();
+}
+
+Napi::Value Ref(const Napi::CallbackInfo& info) {
+  Watcher* w = WatcherOf(info);
+  if (w->open) uv_ref(reinterpret_cast<uv_handle_t*>(&w->poll));
+  return info.Env().Undefined();
+}
+
+Napi::Value Unref(const Napi::CallbackInfo& info) {
+  Watcher* w = WatcherOf(info);
+  if (w->open) uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
+  return info.Env().Undefined();
+}
+
+void AddMethod(Napi::Env env, Napi::Object target, const char* name, Napi::Function::Callback fn, Watcher* w) {
+  Napi::Function f = Napi::Function::New(env, fn, name, w);
+  w->refs++;
+  f.AddFinalizer([](Napi::Env, Watcher* watcher) { Release(watcher); }, w);
+  target.Set(name, f);
+}
+
+// poll(fd, events, cb): events are UV bits (1 readable, 2 writable, 4 disconnect, 8 prioritized).
+Napi::Value Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int events = static_cast<int>(IntArg(info, 1, "events", 0, 15));
+  if (!info[2].IsFunction()) ThrowInvalidArg(env, "cb must be a function");
+
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    ThrowMisuse(env, "ERR_DEVLEASE_NO_LOOP", "no event loop for this environment");
+  }
+  auto* w = new Watcher(env, info[2].As<Napi::Function>());
+  w->poll.data = w;
+  int rc = uv_poll_init(loop, &w->poll, fd);
+  if (rc < 0) {
+    delete w;
+    ThrowErrno(env, "epoll_ctl", -rc);
+  }
+  w->open = true;
+  w->refs = 1;  // the open uv handle
+  rc = uv_poll_start(&w->poll, events, OnPoll);
+  if (rc < 0) {
+    CloseWatcher(w);
+    ThrowErrno(env, "epoll_ctl", -rc);
+  }
+  napi_add_async_cleanup_hook(env, OnEnvCleanup, w, &w->cleanup_hook);
+
+  Napi::Object handle = Napi::Object::New(env);
+  AddMethod(env, handle, "stop", Stop, w);
+  AddMethod(env, handle, "setEvents", SetEvents, w);
+  AddMethod(env, handle, "ref", Ref, w);
+  AddMethod(env, handle, "unref", Unref, w);
+  return handle;
+}
+
+}  // namespace
+
+void RegisterPoll(Napi::Env env, Napi::Object exports) {
+  exports.Set("poll", Napi::Function::New(env, Poll, "poll"));
+}
+
+}  // namespace devlease

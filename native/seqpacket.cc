@@ -1,0 +1,267 @@
+// AF_UNIX SOCK_SEQPACKET sockets: listen/connect/accept/pair, sendmsg and
+// recvmsg with SCM_RIGHTS, peer credentials and SO_PEERPIDFD. Every socket is
+// non-blocking and close-on-exec; nothing here ever blocks.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+namespace devlease {
+namespace {
+
+constexpr int kSockType = SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC;
+
+sockaddr_un UnixAddress(Napi::Env env, const std::string& path, const char* syscall) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) ThrowErrno(env, syscall, ENAMETOOLONG);
+  memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+int NewSocket(Napi::Env env) {
+  int fd = socket(AF_UNIX, kSockType, 0);
+  if (fd < 0) ThrowErrno(env, "socket", errno);
+  return fd;
+}
+
+// A socket file left behind by a dead listener refuses connections; a live
+// one accepts (or is merely busy). Only the former may be removed.
+bool IsStaleSocket(const sockaddr_un& addr) {
+  struct stat st {};
+  if (lstat(addr.sun_path, &st) < 0 || !S_ISSOCK(st.st_mode)) return false;
+  int probe = socket(AF_UNIX, kSockType, 0);
+  if (probe < 0) return false;
+  int rc = connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  int err = errno;
+  close(probe);
+  return rc < 0 && err == ECONNREFUSED;
+}
+
+Napi::Value Listen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = StringArg(info, 0, "path");
+  auto mode = static_cast<mode_t>(IntArg(info, 1, "mode", 0, 07777));
+  int backlog = static_cast<int>(IntArg(info, 2, "backlog", 1, INT32_MAX));
+  sockaddr_un addr = UnixAddress(env, path, "bind");
+
+  FdGuard sock(NewSocket(env));
+  auto* sa = reinterpret_cast<const sockaddr*>(&addr);
+  if (bind(sock.get(), sa, sizeof(addr)) < 0) {
+    int err = errno;
+    if (err != EADDRINUSE || !IsStaleSocket(addr)) ThrowErrno(env, "bind", err);
+    if (unlink(addr.sun_path) < 0 && errno != ENOENT) ThrowErrno(env, "unlink", errno);
+    if (bind(sock.get(), sa, sizeof(addr)) < 0) ThrowErrno(env, "bind", errno);
+  }
+  // chmod before listen(): nobody can connect in between, so the socket is
+  // never reachable with the umask's permissions.
+  if (chmod(addr.sun_path, mode) < 0) {
+    int err = errno;
+    unlink(addr.sun_path);
+    ThrowErrno(env, "chmod", err);
+  }
+  if (listen(sock.get(), backlog) < 0) {
+    int err = errno;
+    unlink(addr.sun_path);
+    ThrowErrno(env, "listen", err);
+  }
+  return Napi::Number::New(env, sock.release());
+}
+
+Napi::Value Connect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = StringArg(info, 0, "path");
+  sockaddr_un addr = UnixAddress(env, path, "connect");
+  FdGuard sock(NewSocket(env));
+  // A unix-domain connect completes at once or fails at once; EAGAIN means
+  // the listener's backlog is full and is reported like any other error.
+  if (connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) < 0) {
+    ThrowErrno(env, "connect", errno);
+  }
+  return Napi::Number::New(env, sock.release());
+}
+
+Napi::Value Accept(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  int conn = accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (conn < 0) {
+    // ECONNABORTED: the client went away before we accepted; nothing to hand out.
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED || errno == EINTR) {
+      return Napi::Number::New(info.Env(), -1);
+    }
+    ThrowErrno(info.Env(), "accept4", errno);
+  }
+  return Napi::Number::New(info.Env(), conn);
+}
+
+Napi::Value Pair(const Napi::CallbackInfo& info) {
+  int sv[2];
+  if (socketpair(AF_UNIX, kSockType, 0, sv) < 0) ThrowErrno(info.Env(), "socketpair", errno);
+  Napi::Array out = Napi::Array::New(info.Env(), 2);
+  out.Set(uint32_t{0}, Napi::Number::New(info.Env(), sv[0]));
+  out.Set(uint32_t{1}, Napi::Number::New(info.Env(), sv[1]));
+  return out;
+}
+
+// sendmsg(fd, data, fds): bytes sent, or -1 when the socket buffer is full.
+Napi::Value Sendmsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes data = BytesArg(info, 1, "data");
+  int fds[kMaxFds];
+  uint32_t nfds = 0;
+  if (info.Length() > 2 && !info[2].IsUndefined()) {
+    if (!info[2].IsArray()) ThrowInvalidArg(env, "fds must be an array of descriptors");
+    Napi::Array list = info[2].As<Napi::Array>();
+    nfds = list.Length();
+    if (nfds > static_cast<uint32_t>(kMaxFds)) {
+      ThrowMisuse(env, "ERR_DEVLEASE_TOO_MANY_FDS",
+                  "a message carries at most " + std::to_string(kMaxFds) + " fds, got " + std::to_string(nfds));
+    }
+    for (uint32_t i = 0; i < nfds; i++) {
+      Napi::Value v = list.Get(i);
+      double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+      if (d < 0 || d > INT32_MAX || static_cast<double>(static_cast<int>(d)) != d) {
+        ThrowInvalidArg(env, "fds[" + std::to_string(i) + "] is not a file descriptor");
+      }
+      fds[i] = static_cast<int>(d);
+    }
+  }
+
+  iovec iov{data.data, data.length};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (nfds > 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * nfds);
+  }
+  ssize_t n;
+  do {
+    n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "sendmsg", errno);
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// Receive buffer reused by every recvmsg on this thread (one env per thread).
+thread_local std::vector<uint8_t> scratch;
+
+// recvmsg(fd, maxBytes, maxFds = 16): null when nothing is queued.
+Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  auto max_bytes = static_cast<size_t>(IntArg(info, 1, "maxBytes", 0, 64 << 20));
+  int max_fds = kMaxFds;
+  if (info.Length() > 2 && !info[2].IsUndefined()) max_fds = static_cast<int>(IntArg(info, 2, "maxFds", 0, kMaxFds));
+  if (scratch.size() < max_bytes) scratch.resize(max_bytes);
+
+  iovec iov{scratch.data(), max_bytes};
+  // Room for exactly max_fds descriptors: the kernel installs no more than
+  // fit and drops (closes) the rest, reporting MSG_CTRUNC.
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = max_fds > 0 ? control : nullptr;
+  msg.msg_controllen = max_fds > 0 ? CMSG_SPACE(sizeof(int) * max_fds) : 0;
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return env.Null();
+    ThrowErrno(env, "recvmsg", errno);
+  }
+
+  std::vector<int> received;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; i++) {
+      int rfd;
+      memcpy(&rfd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      // Never more than the caller asked for, whatever the kernel did.
+      if (received.size() < static_cast<size_t>(max_fds)) {
+        received.push_back(rfd);
+      } else {
+        close(rfd);
+        msg.msg_flags |= MSG_CTRUNC;
+      }
+    }
+  }
+
+  size_t got = static_cast<size_t>(n) < max_bytes ? static_cast<size_t>(n) : max_bytes;
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("data", Napi::Buffer<uint8_t>::Copy(env, scratch.data(), got));
+  Napi::Array fds = Napi::Array::New(env, received.size());
+  for (size_t i = 0; i < received.size(); i++) fds.Set(static_cast<uint32_t>(i), Napi::Number::New(env, received[i]));
+  out.Set("fds", fds);
+  out.Set("truncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_TRUNC) != 0));
+  out.Set("ctruncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
+  // On SOCK_SEQPACKET a 0-byte read without fds means the peer hung up.
+  out.Set("eof", Napi::Boolean::New(env, n == 0 && received.empty() && (msg.msg_flags & MSG_CTRUNC) == 0));
+  return out;
+}
+
+Napi::Value PeerCred(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) ThrowErrno(env, "getsockopt", errno);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pid", Napi::Number::New(env, cred.pid));
+  out.Set("uid", Napi::Number::New(env, cred.uid));
+  out.Set("gid", Napi::Number::New(env, cred.gid));
+  return out;
+}
+
+Napi::Value PeerPidfd(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  int pidfd = -1;
+  socklen_t len = sizeof(pidfd);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) ThrowErrno(info.Env(), "getsockopt", errno);
+  // The kernel installs it O_CLOEXEC; make sure regardless of version.
+  if (fcntl(pidfd, F_SETFD, FD_CLOEXEC) < 0) {
+    int err = errno;
+    close(pidfd);
+    ThrowErrno(info.Env(), "fcntl", err);
+  }
+  return Napi::Number::New(info.Env(), pidfd);
+}
+
+}  // namespace
+
+void RegisterSeqpacket(Napi::Env env, Napi::Object exports) {
+  exports.Set("seqpacketListen", Napi::Function::New(env, Listen, "seqpacketListen"));
+  exports.Set("seqpacketConnect", Napi::Function::New(env, Connect, "seqpacketConnect"));
+  exports.Set("seqpacketAccept", Napi::Function::New(env, Accept, "seqpacketAccept"));
+  exports.Set("seqpacketPair", Napi::Function::New(env, Pair, "seqpacketPair"));
+  exports.Set("sendmsg", Napi::Function::New(env, Sendmsg, "sendmsg"));
+  exports.Set("recvmsg", Napi::Function::New(env, Recvmsg, "recvmsg"));
+  exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
+  exports.Set("peerPidfd", Napi::Function::New(env, PeerPidfd, "peerPidfd"));
+}
+
+}  // namespace devlease

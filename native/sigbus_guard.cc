@@ -1,0 +1,110 @@
+#include "sigbus_guard.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <mutex>
+
+namespace devlease::sigbus_guard {
+namespace {
+
+constexpr int kSlots = 4096;
+enum SlotState : int { kFree = 0, kBusy = 1, kActive = 2 };
+
+// Process-wide on purpose: signal dispositions are per process. Only plain
+// atomics, so the handler can read it at any moment.
+struct Slot {
+  std::atomic<int> state{kFree};
+  std::atomic<uintptr_t> start{0};
+  std::atomic<size_t> length{0};
+  std::atomic<int> prot{0};
+  std::atomic<bool> revoked{false};
+};
+static_assert(std::atomic<uintptr_t>::is_always_lock_free && std::atomic<int>::is_always_lock_free);
+
+Slot slots[kSlots];
+struct sigaction previous;
+std::once_flag install_once;
+int install_error = 0;
+
+// Replaces the guarded mapping containing `address`; false if none does.
+bool Revoke(uintptr_t address) {
+  for (Slot& slot : slots) {
+    if (slot.state.load(std::memory_order_acquire) != kActive) continue;
+    uintptr_t start = slot.start.load(std::memory_order_relaxed);
+    size_t length = slot.length.load(std::memory_order_relaxed);
+    if (address < start || address - start >= length) continue;
+    void* r = mmap(reinterpret_cast<void*>(start), length, slot.prot.load(std::memory_order_relaxed),
+                   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r == MAP_FAILED) return false;
+    slot.revoked.store(true, std::memory_order_release);
+    return true;
+  }
+  return false;
+}
+
+// Not SA_NODEFER: SIGBUS stays blocked while we run, so a re-raise below is
+// delivered only after we return, with the default disposition in place.
+void OnSigbus(int sig, siginfo_t* info, void* context) {
+  int saved_errno = errno;
+  bool from_fault = info != nullptr && info->si_code > 0;  // kernel-generated, not kill()/sigqueue()
+  if (from_fault && Revoke(reinterpret_cast<uintptr_t>(info->si_addr))) {
+    errno = saved_errno;
+    return;  // the faulting access is retried and now reads zero
+  }
+  if (previous.sa_flags & SA_SIGINFO) {
+    previous.sa_sigaction(sig, info, context);
+  } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
+    previous.sa_handler(sig);
+  } else if (previous.sa_handler == SIG_DFL || from_fault) {
+    // Die of SIGBUS as if we had never been installed: a real fault simply
+    // repeats on return; a sent signal is sent again.
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGBUS, &dfl, nullptr);
+    if (!from_fault) raise(SIGBUS);
+  }
+  errno = saved_errno;
+}
+
+}  // namespace
+
+int Install() {
+  std::call_once(install_once, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = OnSigbus;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGBUS, &sa, &previous) < 0) install_error = errno;
+  });
+  return install_error;
+}
+
+int Register(void* address, size_t length, int prot) {
+  for (int i = 0; i < kSlots; i++) {
+    int expected = kFree;
+    if (!slots[i].state.compare_exchange_strong(expected, kBusy, std::memory_order_acq_rel)) continue;
+    slots[i].start.store(reinterpret_cast<uintptr_t>(address), std::memory_order_relaxed);
+    slots[i].length.store(length, std::memory_order_relaxed);
+    slots[i].prot.store(prot, std::memory_order_relaxed);
+    slots[i].revoked.store(false, std::memory_order_relaxed);
+    slots[i].state.store(kActive, std::memory_order_release);
+    return i;
+  }
+  return -1;
+}
+
+bool IsRevoked(int slot) { return slots[slot].revoked.load(std::memory_order_acquire); }
+
+bool Unregister(int slot) {
+  slots[slot].state.store(kBusy, std::memory_order_release);
+  bool revoked = slots[slot].revoked.load(std::memory_order_acquire);
+  slots[slot].state.store(kFree, std::memory_order_release);
+  return revoked;
+}
+
+}  // namespace devlease::sigbus_guard

@@ -1,0 +1,23 @@
+// The SIGBUS guard: mappings registered here survive the file under them
+// being truncated. A process-wide SIGBUS handler looks the faulting address
+// up in a fixed table (no allocation, no locks: it runs in signal context),
+// maps anonymous zero pages over the whole mapping, marks it revoked and
+// returns, so the faulting access is retried and reads zero. Faults outside
+// any registered mapping go to the previous handler, or kill the process as
+// SIGBUS always would.
+#pragma once
+
+#include <cstddef>
+
+namespace devlease::sigbus_guard {
+
+/** Installs the handler once per process; returns 0 or an errno. */
+int Install();
+/** Guards [address, address + length) re-mapped with `prot` on revocation; returns a slot or -1 if the table is full. */
+int Register(void* address, size_t length, int prot);
+/** True once the handler replaced the slot's mapping. */
+bool IsRevoked(int slot);
+/** Stops guarding the slot (before the range is unmapped); returns whether it had been revoked. */
+bool Unregister(int slot);
+
+}  // namespace devlease::sigbus_guard

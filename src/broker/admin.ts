@@ -1,0 +1,119 @@
+// The admin socket: JSON requests and replies, one per SOCK_SEQPACKET
+// message, for root, the broker's own user, or the configured admin group.
+//
+//   → {"op":"status"} | {"op":"leases"} | {"op":"clients"} | {"op":"revoke","id":"queue-3","deadlineMs":500}
+//     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"}
+//   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
+
+import { chownSync } from 'node:fs';
+import { type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
+import type { Broker } from './broker.js';
+
+const json = (v: unknown) =>
+  Buffer.from(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : x)));
+
+export class AdminServer {
+  readonly #server: SeqpacketServer;
+  readonly #broker: Broker;
+  readonly path: string;
+
+  constructor(broker: Broker, path: string) {
+    this.#broker = broker;
+    this.path = path;
+    const { mode, group } = broker.config.admin;
+    this.#server = SeqpacketServer.listen(path, { mode });
+    if (group !== null) chownSync(path, -1, group);
+    this.#server.on('connection', (sock: SeqpacketSocket) => this.#accept(sock));
+  }
+
+  #allowed(sock: SeqpacketSocket): boolean {
+    const cred = sock.peerCred();
+    const group = this.#broker.config.admin.group;
+    return cred.uid === 0 || cred.uid === process.getuid?.() || (group !== null && cred.gid === group);
+  }
+
+  #accept(sock: SeqpacketSocket): void {
+    if (!this.#allowed(sock)) {
+      try {
+        sock.send(
+          json({ ok: false, code: 'EACCES', error: 'the admin socket is for root or the admin group' }),
+        );
+      } finally {
+        sock.close();
+      }
+      return;
+    }
+    sock.on('message', (msg: SeqpacketMessage) => {
+      for (const fd of msg.fds) fd.close();
+      void this.#handle(msg.data)
+        .then((result) => ({ ok: true, result }))
+        .catch((err: Error & { code?: string }) => ({
+          ok: false,
+          error: err.message,
+          code: err.code ?? 'EINVAL',
+        }))
+        .then((reply) => {
+          if (!sock.closed) sock.send(json(reply));
+        });
+    });
+  }
+
+  async #handle(data: Buffer): Promise<unknown> {
+    let req: { op?: unknown; id?: unknown; deadlineMs?: unknown; on?: unknown };
+    try {
+      req = JSON.parse(data.toString('utf8'));
+    } catch {
+      throw Object.assign(new Error('request is not JSON'), { code: 'EINVAL' });
+    }
+    const b = this.#broker;
+    switch (req.op) {
+      case 'status':
+        return b.status();
+      case 'leases':
+        return b.leases.all().map((l) => l.summary());
+      case 'clients': {
+        const byPid = new Map<number, Record<string, unknown>>();
+        for (const l of b.leases.all()) {
+          const c = byPid.get(l.ctx.pid) ?? {
+            pid: l.ctx.pid,
+            uid: l.ctx.uid,
+            gid: l.ctx.gid,
+            exe: l.ctx.exe,
+            leases: [],
+            mappings: 0,
+            mappedBytes: 0n,
+          };
+          (c.leases as string[]).push(l.id);
+          c.mappings = (c.mappings as number) + l.mappings.size;
+          c.mappedBytes = (c.mappedBytes as bigint) + l.mappedBytes;
+          byPid.set(l.ctx.pid, c);
+        }
+        return [...byPid.values()];
+      }
+      case 'revoke': {
+        if (typeof req.id !== 'string')
+          throw Object.assign(new Error('revoke needs "id"'), { code: 'EINVAL' });
+        const deadline = req.deadlineMs === undefined ? undefined : Number(req.deadlineMs);
+        if (deadline !== undefined && (!Number.isInteger(deadline) || deadline < 0)) {
+          throw Object.assign(new Error('deadlineMs must be a non-negative integer'), { code: 'EINVAL' });
+        }
+        const lease = b.leases.revoke(req.id, deadline);
+        return lease.summary();
+      }
+      case 'drain':
+        b.leases.draining = req.on !== false;
+        return { draining: b.leases.draining };
+      case 'reset':
+        await b.resetDevice();
+        return { reset: true };
+      case 'audit':
+        return b.audit.recent.slice(-100);
+      default:
+        throw Object.assign(new Error(`unknown op ${JSON.stringify(req.op)}`), { code: 'EINVAL' });
+    }
+  }
+
+  close(): void {
+    this.#server.close();
+  }
+}

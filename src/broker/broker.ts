@@ -1,0 +1,192 @@
+// The broker: owns one device through a Device, runs its driver, and serves
+// one vfio-user socket per lease kind plus an admin socket. Each client
+// connection becomes a lease session once its VERSION (carrying the lease
+// request) passes policy.
+
+import { EventEmitter } from 'node:events';
+import { chownSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Device } from '../device/device.js';
+import type { Driver, DriverFactory } from '../drivers/driver.js';
+import { genericDriverFactory } from '../drivers/generic.js';
+import { sa1DriverFactory } from '../drivers/sa1/driver.js';
+import { PidFd, type SeqpacketSocket } from '../sys/index.js';
+import type { ConnectionInfo } from '../vfio/user/device-model.js';
+import { VfioUserServer } from '../vfio/user/server.js';
+import type { MessageSocket } from '../vfio/user/transport.js';
+import { AdminServer } from './admin.js';
+import { AuditLog } from './audit.js';
+import type { BrokerConfig } from './config.js';
+import { LeaseTable } from './leases.js';
+import { PendingSession } from './pending-session.js';
+import { Policy, type PolicyModule, readCallerContext } from './policy.js';
+import { SliceWatcher } from './slices.js';
+
+export const DRIVERS: DriverFactory[] = [sa1DriverFactory, genericDriverFactory];
+
+export interface BrokerOptions {
+  config: BrokerConfig;
+  device: Device;
+  /** Hooks given in code instead of (or after) config.policy.module. */
+  policyModule?: PolicyModule;
+  /** Audit lines also go here (tests, the demo's live view). */
+  auditSink?: (line: string) => void;
+  log?: (msg: string) => void;
+}
+
+/** Events: 'device-lost' (reason), 'hang' (reason), 'reset' (reason), 'recovered'. */
+export class Broker extends EventEmitter {
+  readonly config: BrokerConfig;
+  readonly device: Device;
+  readonly driver: Driver;
+  readonly leases: LeaseTable;
+  readonly audit: AuditLog;
+  readonly dir: string;
+  readonly sockets = new Map<string, string>();
+  readonly #servers: VfioUserServer[] = [];
+  readonly #watcher = new SliceWatcher();
+  readonly #pidfds = new Set<PidFd>();
+  #admin: AdminServer | null = null;
+  #closed = false;
+  #recovering: Promise<void> | null = null;
+  readonly log: (msg: string) => void;
+
+  private constructor(opts: BrokerOptions, driver: Driver, policy: Policy, audit: AuditLog) {
+    super();
+    this.config = opts.config;
+    this.device = opts.device;
+    this.driver = driver;
+    this.audit = audit;
+    this.log = opts.log ?? ((m) => process.stderr.write(`devlease broker: ${m}\n`));
+    this.leases = new LeaseTable(opts.device, driver, policy, audit, opts.config, this.#watcher);
+    this.dir = join(opts.config.rundir, opts.config.deviceName);
+  }
+
+  static async start(opts: BrokerOptions): Promise<Broker> {
+    const { config, device } = opts;
+    const factory = DRIVERS.find((f) => f.matches(device));
+    if (!factory) throw new Error('no driver matches the device');
+    const audit = new AuditLog(config.auditLog, opts.auditSink);
+    const policy = new Policy(config.policy, (e) => audit.write({ event: 'policy', ...e }));
+    if (config.policy.module) await policy.loadModule(config.policy.module);
+    if (opts.policyModule) policy.setModule(opts.policyModule);
+    const driver = factory.create(device, config);
+    const broker = new Broker(opts, driver, policy, audit);
+    try {
+      await driver.boot();
+      await broker.#listen();
+    } catch (err) {
+      await broker.close();
+      throw err;
+    }
+    driver.on('fault', (f) => broker.leases.fault(f));
+    driver.on('hang', (why: string) => void broker.#recover('device-hang', why));
+    driver.on('device-reset', (why: string) => void broker.#recover('device-reset', why));
+    driver.on('error', (err: Error) => broker.log(`driver: ${err.message}`));
+    device.on('close', () => {
+      if (broker.#closed) return;
+      broker.log('the device connection is gone');
+      broker.emit('device-lost', 'the device connection closed');
+    });
+    audit.write({
+      event: 'start',
+      device: config.deviceName,
+      transport: device.transport,
+      path: device.path,
+      driver: driver.name,
+    });
+    return broker;
+  }
+
+  async #listen(): Promise<void> {
+    mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+    for (const kind of this.driver.kinds()) {
+      const path = join(this.dir, `${kind}.sock`);
+      const server = VfioUserServer.listen(path, {
+        mode: this.config.sockets.mode,
+        createDevice: (conn, socket) => this.#session(kind, conn, socket),
+      });
+      if (this.config.sockets.group !== null) chownSync(path, -1, this.config.sockets.group);
+      this.#servers.push(server);
+      this.sockets.set(kind, path);
+    }
+    this.#admin = new AdminServer(this, join(this.dir, 'admin.sock'));
+  }
+
+  #session(kind: string, conn: ConnectionInfo, socket: MessageSocket): PendingSession {
+    const ctx = readCallerContext(conn.cred.pid, conn.cred.uid, conn.cred.gid);
+    const session = new PendingSession(kind, ctx, this.leases, () => socket.close());
+    // Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child).
+    try {
+      // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
+      const pidfd =
+        'peerPidfd' in socket ? (socket as SeqpacketSocket).peerPidfd() : PidFd.open(conn.cred.pid);
+      this.#pidfds.add(pidfd);
+      pidfd.onExit(() => {
+        session.processExited();
+        this.#pidfds.delete(pidfd);
+        pidfd.close();
+      });
+      session.onEnd(() => {
+        if (this.#pidfds.delete(pidfd)) pidfd.close();
+      });
+    } catch (err) {
+      this.log(`no pidfd for pid ${conn.cred.pid}: ${(err as Error).message}; relying on hang-up alone`);
+    }
+    return session;
+  }
+
+  /** The device hung or was reset: tell every client (ERR), reclaim every lease, bring the device back. */
+  async #recover(event: 'device-hang' | 'device-reset', why: string): Promise<void> {
+    if (this.#recovering || this.#closed) return;
+    this.#recovering = (async () => {
+      this.audit.write({ event, reason: why });
+      this.emit(event === 'device-hang' ? 'hang' : 'reset', why);
+      for (const l of this.leases.all()) l.notify('err');
+      await this.leases.reclaimAll(`${event}: ${why}`);
+      try {
+        await this.driver.recover();
+        this.audit.write({ event: 'device-recovered' });
+        this.emit('recovered');
+      } catch (err) {
+        this.log(`recovery failed: ${(err as Error).message}`);
+      }
+    })().finally(() => {
+      this.#recovering = null;
+    });
+    await this.#recovering;
+  }
+
+  /** Whole-device reset from the admin: every lease is reclaimed first. */
+  async resetDevice(): Promise<void> {
+    for (const l of this.leases.all()) l.notify('err');
+    await this.leases.reclaimAll('device reset by the owner');
+    await this.driver.recover();
+    this.audit.write({ event: 'device-reset' });
+  }
+
+  async status(): Promise<Record<string, unknown>> {
+    return {
+      device: this.config.deviceName,
+      transport: this.device.transport,
+      path: this.device.path,
+      ids: this.device.ids,
+      driver: await this.driver.status(),
+      draining: this.leases.draining,
+      leases: this.leases.all().length,
+      sockets: Object.fromEntries(this.sockets),
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#admin?.close();
+    for (const s of this.#servers) s.close();
+    await this.leases.reclaimAll('broker shutting down');
+    this.driver.close();
+    for (const p of this.#pidfds) p.close();
+    this.#pidfds.clear();
+    this.#watcher.close();
+  }
+}

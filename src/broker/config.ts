@@ -1,0 +1,307 @@
+// Broker configuration: a TOML file, validated field by field. Every error
+// names the field (dotted path) and what is wrong with it, so a bad config
+// fails at start with a message an operator can act on.
+
+import { readFileSync } from 'node:fs';
+import { parse as parseToml } from 'smol-toml';
+
+export interface PolicyRule {
+  /** Who the rule applies to: a uid, a gid, or everyone (`any`). First match wins. */
+  match: { uid?: number; gid?: number; any?: true };
+  kinds: string[];
+  maxLeases: number;
+  maxMappedBytes: bigint;
+  maxMappings: number;
+}
+
+export interface BrokerConfig {
+  /** Where per-device socket folders live: RUNDIR/<device>/<kind>.sock and RUNDIR/<device>/admin.sock. */
+  rundir: string;
+  /** The device's name in paths and logs. */
+  deviceName: string;
+  sockets: { mode: number; group: number | null };
+  admin: { mode: number; group: number | null };
+  layout: {
+    /** The page size slices are checked against (4 KiB default, up to 64 KiB). */
+    pageSize: number;
+    /** Allow layouts that cannot isolate clients, marking those slices cooperative. */
+    allowCooperative: boolean;
+  };
+  lifetime: {
+    /** Revoke slices on reclaim (false models devices/kernels that cannot revoke: wait for observed release). */
+    revoke: boolean;
+    /** Default deadline of an owner's revoke, in ms. */
+    defaultDeadlineMs: number;
+    /** How long quiescing a queue may take before the broker resets it anyway. */
+    quiesceTimeoutMs: number;
+  };
+  sa1: {
+    /** Firmware image path; null: the broker generates a valid default image. */
+    firmware: string | null;
+    /** IOVA window per lease, bytes (a power of two). */
+    windowSize: bigint;
+    /** Device-memory granules a lease may ask for at most. */
+    maxDevmemGranules: number;
+    /** Heartbeat check period (ms); a stopped heartbeat over this long is a hang. */
+    heartbeatMs: number;
+  };
+  policy: {
+    rules: PolicyRule[];
+    /** Optional module exporting lease(ctx, req) and map(ctx, req) hooks. */
+    module: string | null;
+    hookTimeoutMs: number;
+  };
+  /** JSON-lines audit log; null: stderr only. */
+  auditLog: string | null;
+}
+
+export class ConfigError extends Error {
+  readonly field: string;
+  constructor(field: string, problem: string) {
+    super(`config: ${field}: ${problem}`);
+    this.name = 'ConfigError';
+    this.field = field;
+  }
+}
+
+const DEFAULT_RULE: PolicyRule = {
+  match: { any: true },
+  kinds: ['*'],
+  maxLeases: 64,
+  maxMappedBytes: 1n << 32n,
+  maxMappings: 1024,
+};
+
+export function defaultConfig(): BrokerConfig {
+  return {
+    rundir: '/run/devlease',
+    deviceName: 'sa1',
+    sockets: { mode: 0o666, group: null },
+    admin: { mode: 0o600, group: null },
+    layout: { pageSize: 4096, allowCooperative: false },
+    lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500 },
+    sa1: { firmware: null, windowSize: 1n << 30n, maxDevmemGranules: 16, heartbeatMs: 100 },
+    policy: { rules: [DEFAULT_RULE], module: null, hookTimeoutMs: 200 },
+    auditLog: null,
+  };
+}
+
+type Table = Record<string, unknown>;
+
+/** A cursor over one TOML table that records which keys were read, so unknown keys are reported. */
+class Fields {
+  readonly #seen = new Set<string>();
+  readonly path: string;
+  readonly #t: Table;
+  constructor(path: string, t: Table) {
+    this.path = path;
+    this.#t = t;
+  }
+  #name(key: string): string {
+    return this.path ? `${this.path}.${key}` : key;
+  }
+  has(key: string): boolean {
+    return key in this.#t;
+  }
+  raw(key: string): unknown {
+    this.#seen.add(key);
+    return this.#t[key];
+  }
+  string(key: string, dflt: string): string;
+  string(key: string, dflt: null): string | null;
+  string(key: string, dflt: string | null): string | null {
+    const v = this.raw(key);
+    if (v === undefined) return dflt;
+    if (typeof v !== 'string' || v.length === 0)
+      throw new ConfigError(this.#name(key), 'must be a non-empty string');
+    return v;
+  }
+  bool(key: string, dflt: boolean): boolean {
+    const v = this.raw(key);
+    if (v === undefined) return dflt;
+    if (typeof v !== 'boolean') throw new ConfigError(this.#name(key), 'must be true or false');
+    return v;
+  }
+  int(key: string, dflt: number, min: number, max: number): number {
+    const v = this.raw(key);
+    if (v === undefined) return dflt;
+    const n = typeof v === 'bigint' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+      throw new ConfigError(this.#name(key), `must be an integer from ${min} to ${max} (got ${String(v)})`);
+    }
+    return n;
+  }
+  /** A byte size: an integer or a string like "64KiB", "2MiB", "1GiB". */
+  bytes(key: string, dflt: bigint, min: bigint, max: bigint): bigint {
+    const v = this.raw(key);
+    if (v === undefined) return dflt;
+    const b = parseBytes(v);
+    if (b === null || b < min || b > max) {
+      throw new ConfigError(
+        this.#name(key),
+        `must be a byte size from ${min} to ${max}, e.g. 4096 or "1GiB" (got ${String(v)})`,
+      );
+    }
+    return b;
+  }
+  table(key: string): Fields {
+    const v = this.raw(key);
+    if (v === undefined) return new Fields(this.#name(key), {});
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+      throw new ConfigError(this.#name(key), 'must be a table');
+    }
+    return new Fields(this.#name(key), v as Table);
+  }
+  /** Throws for keys that no reader asked for: a typo must not be silently ignored. */
+  done(): void {
+    for (const key of Object.keys(this.#t)) {
+      if (!this.#seen.has(key)) throw new ConfigError(this.#name(key), 'unknown key');
+    }
+  }
+}
+
+const UNITS: Record<string, bigint> = {
+  '': 1n,
+  B: 1n,
+  KiB: 1n << 10n,
+  MiB: 1n << 20n,
+  GiB: 1n << 30n,
+  TiB: 1n << 40n,
+};
+
+export function parseBytes(v: unknown): bigint | null {
+  if (typeof v === 'number') return Number.isSafeInteger(v) ? BigInt(v) : null;
+  if (typeof v === 'bigint') return v;
+  if (typeof v !== 'string') return null;
+  const m = /^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*$/.exec(v);
+  if (!m) return null;
+  return BigInt(m[1] as string) * (UNITS[m[2] ?? ''] as bigint);
+}
+
+function groupId(f: Fields, key: string): number | null {
+  const v = f.raw(key);
+  if (v === undefined) return null;
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return v;
+  throw new ConfigError(`${f.path}.${key}`, 'must be a numeric gid (names are not resolved)');
+}
+
+function parseRule(f: Fields, i: number): PolicyRule {
+  const name = `policy.rule[${i}]`;
+  const match: PolicyRule['match'] = {};
+  if (f.has('uid')) match.uid = f.int('uid', 0, 0, 0xfffffffe);
+  if (f.has('gid')) match.gid = f.int('gid', 0, 0, 0xfffffffe);
+  if (f.has('any')) {
+    if (f.raw('any') !== true) throw new ConfigError(`${name}.any`, 'must be true when present');
+    match.any = true;
+  }
+  const selectors = Object.keys(match).length;
+  if (selectors !== 1) throw new ConfigError(name, 'needs exactly one of uid, gid or any = true');
+  const kindsRaw = f.raw('kinds') ?? ['*'];
+  if (!Array.isArray(kindsRaw) || kindsRaw.some((k) => typeof k !== 'string' || k === '')) {
+    throw new ConfigError(`${name}.kinds`, 'must be a list of lease kind names (or ["*"])');
+  }
+  const rule: PolicyRule = {
+    match,
+    kinds: kindsRaw as string[],
+    maxLeases: f.int('max_leases', DEFAULT_RULE.maxLeases, 0, 1 << 20),
+    maxMappedBytes: f.bytes('max_mapped_bytes', DEFAULT_RULE.maxMappedBytes, 0n, 1n << 48n),
+    maxMappings: f.int('max_mappings', DEFAULT_RULE.maxMappings, 0, 1 << 20),
+  };
+  f.done();
+  return rule;
+}
+
+/** Validate an already-parsed TOML document. */
+export function configFromObject(doc: Table): BrokerConfig {
+  const d = defaultConfig();
+  const top = new Fields('', doc);
+  const rundir = top.string('rundir', d.rundir);
+  const device = top.table('device');
+  const deviceName = device.string('name', d.deviceName);
+  if (!/^[A-Za-z0-9_.-]+$/.test(deviceName)) {
+    throw new ConfigError(
+      'device.name',
+      'may contain only letters, digits, ".", "_" and "-" (it names a folder)',
+    );
+  }
+  device.done();
+
+  const sock = top.table('sockets');
+  const sockets = { mode: sock.int('mode', d.sockets.mode, 0, 0o777), group: groupId(sock, 'group') };
+  sock.done();
+  const adm = top.table('admin');
+  const admin = { mode: adm.int('mode', d.admin.mode, 0, 0o777), group: groupId(adm, 'group') };
+  adm.done();
+
+  const lay = top.table('layout');
+  const pageSize = lay.int('page_size', d.layout.pageSize, 4096, 65536);
+  if ((pageSize & (pageSize - 1)) !== 0) throw new ConfigError('layout.page_size', 'must be a power of two');
+  const layout = { pageSize, allowCooperative: lay.bool('allow_cooperative', d.layout.allowCooperative) };
+  lay.done();
+
+  const life = top.table('lifetime');
+  const lifetime = {
+    revoke: life.bool('revoke', d.lifetime.revoke),
+    defaultDeadlineMs: life.int('default_deadline_ms', d.lifetime.defaultDeadlineMs, 0, 3_600_000),
+    quiesceTimeoutMs: life.int('quiesce_timeout_ms', d.lifetime.quiesceTimeoutMs, 1, 60_000),
+  };
+  life.done();
+
+  const s = top.table('sa1');
+  const windowSize = s.bytes('window_size', d.sa1.windowSize, 4096n, 1n << 40n);
+  if ((windowSize & (windowSize - 1n)) !== 0n)
+    throw new ConfigError('sa1.window_size', 'must be a power of two');
+  const sa1 = {
+    firmware: s.string('firmware', null),
+    windowSize,
+    maxDevmemGranules: s.int('max_devmem_granules', d.sa1.maxDevmemGranules, 0, 1 << 16),
+    heartbeatMs: s.int('heartbeat_ms', d.sa1.heartbeatMs, 20, 60_000),
+  };
+  s.done();
+
+  const pol = top.table('policy');
+  const rulesRaw = pol.raw('rule');
+  let rules = d.policy.rules;
+  if (rulesRaw !== undefined) {
+    if (!Array.isArray(rulesRaw))
+      throw new ConfigError('policy.rule', 'must be an array of tables ([[policy.rule]])');
+    rules = rulesRaw.map((r, i) => {
+      if (typeof r !== 'object' || r === null || Array.isArray(r)) {
+        throw new ConfigError(`policy.rule[${i}]`, 'must be a table');
+      }
+      return parseRule(new Fields(`policy.rule[${i}]`, r as Table), i);
+    });
+  }
+  const policy = {
+    rules,
+    module: pol.string('module', null),
+    hookTimeoutMs: pol.int('hook_timeout_ms', d.policy.hookTimeoutMs, 1, 60_000),
+  };
+  pol.done();
+
+  const audit = top.table('audit');
+  const auditLog = audit.string('path', null);
+  audit.done();
+  top.done();
+  return { rundir, deviceName, sockets, admin, layout, lifetime, sa1, policy, auditLog };
+}
+
+export function parseConfig(text: string, source = 'config'): BrokerConfig {
+  let doc: Table;
+  try {
+    doc = parseToml(text) as Table;
+  } catch (err) {
+    throw new ConfigError('(file)', `${source} is not valid TOML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  return configFromObject(doc);
+}
+
+export function loadConfig(path: string): BrokerConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError('(file)', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  }
+  return parseConfig(text, path);
+}

@@ -1,0 +1,124 @@
+// One lease: what a client holds, and where it is in its life.
+//
+//   active ──revoke(deadline)──▶ revoking ──deadline / session end──▶ reclaiming
+//   active ──session end / process exit──────────────────────────────▶ reclaiming
+//   reclaiming ──slices revoked──▶ released
+//   reclaiming ──device cannot revoke──▶ awaiting-release ──release observed──▶ released
+
+import { writeSync } from 'node:fs';
+import type { DeviceFault, LeaseResources } from '../drivers/driver.js';
+import type { Fd } from '../sys/fd.js';
+import type { CallerContext, LeaseRequest } from './policy.js';
+import type { SliceUnit } from './slices.js';
+
+export type LeaseState = 'active' | 'revoking' | 'reclaiming' | 'awaiting-release' | 'released';
+
+export interface LeaseMapping {
+  iova: bigint;
+  size: bigint;
+  read: boolean;
+  write: boolean;
+}
+
+export class Lease {
+  readonly id: string;
+  readonly kind: string;
+  readonly request: LeaseRequest;
+  readonly ctx: CallerContext;
+  readonly resources: LeaseResources;
+  readonly createdAt = Date.now();
+  state: LeaseState = 'active';
+  /** Why the lease is ending, once it is. */
+  endReason: string | null = null;
+  /** Revocation deadline (ms since epoch) while `revoking`. */
+  deadline: number | null = null;
+  readonly mappings = new Map<bigint, LeaseMapping>();
+  /** Slice units per lease region index (a region may be several units: one fd each). */
+  readonly slices = new Map<number, SliceUnit[]>();
+  /** The client's notification eventfds (ERR: device fault/reset, REQ: revocation notice). */
+  errFd: Fd | null = null;
+  reqFd: Fd | null = null;
+  /** Lease MSI-X vectors the client has wired (lease vector index -> true). */
+  readonly wiredVectors = new Set<number>();
+  readonly faults: DeviceFault[] = [];
+  /** Disconnects the client's session (set by the session). */
+  disconnect: ((reason: string) => void) | null = null;
+  /** Settles when the lease is released. */
+  reclaimed: Promise<void> | null = null;
+
+  constructor(id: string, request: LeaseRequest, ctx: CallerContext, resources: LeaseResources) {
+    this.id = id;
+    this.kind = request.kind;
+    this.request = request;
+    this.ctx = { ...ctx, lease: { id, kind: request.kind } };
+    this.resources = resources;
+  }
+
+  get mappedBytes(): bigint {
+    let n = 0n;
+    for (const m of this.mappings.values()) n += m.size;
+    return n;
+  }
+
+  get live(): boolean {
+    return this.state === 'active' || this.state === 'revoking';
+  }
+
+  /** Signal an eventfd the client gave us; a client that closed its end is simply not told. */
+  notify(which: 'err' | 'req'): void {
+    const fd = which === 'err' ? this.errFd : this.reqFd;
+    if (!fd || fd.closed) return;
+    try {
+      // eventfd counter += 1
+      const one = new Uint8Array(8);
+      one[0] = 1;
+      writeSync(fd.fd, one);
+    } catch {
+      // nothing to do: notices are best effort, the deadline is not
+    }
+  }
+
+  /** The JSON the client reads from its info region. */
+  info(): Record<string, unknown> {
+    const r = this.resources;
+    return {
+      kind: this.kind,
+      lease: this.id,
+      state: this.state,
+      deadline: this.deadline,
+      queue: r.queue,
+      iovaWindow: r.window ? { base: hex(r.window.base), size: hex(r.window.size) } : null,
+      devmem: r.devmem ? { offset: hex(r.devmem.offset), size: hex(r.devmem.size) } : null,
+      vectors: r.vectors.length,
+      regions: r.slices.map((s) => ({ index: s.leaseRegion, size: hex(s.size), unit: hex(s.unit) })),
+      isolation: r.isolation,
+      faults: this.faults.map((f) => ({
+        queue: f.queue,
+        code: f.code,
+        name: f.name,
+        address: hex(f.address),
+      })),
+    };
+  }
+
+  summary(): Record<string, unknown> {
+    return {
+      id: this.id,
+      kind: this.kind,
+      state: this.state,
+      pid: this.ctx.pid,
+      uid: this.ctx.uid,
+      gid: this.ctx.gid,
+      exe: this.ctx.exe,
+      queue: this.resources.queue,
+      mappings: this.mappings.size,
+      mappedBytes: this.mappedBytes.toString(),
+      outstandingSliceFds: [...this.slices.values()].flat().reduce((n, u) => n + u.outstanding, 0),
+      deadline: this.deadline,
+      since: new Date(this.createdAt).toISOString(),
+      endReason: this.endReason,
+    };
+  }
+}
+
+const hex = (v: bigint): string => `0x${v.toString(16)}`;

@@ -1,0 +1,118 @@
+// A client connection before and after its lease is granted. The vfio-user
+// server creates the device model when the client connects; the lease
+// request arrives with VERSION (devlease capabilities, or the socket's kind
+// for a stock vfio-user client), so the lease is granted in negotiate() and
+// every later request is served by that lease's LeaseSession.
+
+import {
+  type DmaMapRequest,
+  type DmaUnmapRequest,
+  type FeatureReply,
+  type IrqDescription,
+  type IrqSetRequest,
+  type RegionDescription,
+  VfioError,
+  type VfioUserDeviceModel,
+} from '../vfio/user/device-model.js';
+import type { LeaseTable } from './leases.js';
+import type { CallerContext, LeaseRequest } from './policy.js';
+import { LeaseSession } from './session.js';
+
+export class PendingSession implements VfioUserDeviceModel {
+  readonly #kind: string;
+  readonly #ctx: CallerContext;
+  readonly #table: LeaseTable;
+  readonly #closeSocket: () => void;
+  #session: LeaseSession | null = null;
+  #ended = false;
+  readonly #endHooks: (() => void)[] = [];
+
+  constructor(kind: string, ctx: CallerContext, table: LeaseTable, closeSocket: () => void) {
+    this.#kind = kind;
+    this.#ctx = ctx;
+    this.#table = table;
+    this.#closeSocket = closeSocket;
+  }
+
+  /** Called with the client's VERSION capabilities; grants the lease or refuses with the policy's reason. */
+  async negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const ext = clientCaps.devlease as { request?: Record<string, unknown> } | undefined;
+    const raw = ext?.request ?? {};
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+      throw new VfioError('EINVAL', 'devlease.request must be a JSON object');
+    }
+    const request: LeaseRequest = { ...raw, kind: this.#kind };
+    if ('kind' in raw && raw.kind !== this.#kind) {
+      throw new VfioError('EINVAL', `this socket leases kind '${this.#kind}', not '${String(raw.kind)}'`);
+    }
+    const lease = await this.#table.grant(this.#ctx, request);
+    this.#session = new LeaseSession(lease, this.#table);
+    lease.disconnect = () => this.#closeSocket();
+    if (this.#ended) {
+      // the client vanished while we were granting
+      void this.#table.reclaim(lease, 'client gone during the grant');
+    }
+    return this.#session.versionCapabilities();
+  }
+
+  versionCapabilities(): Record<string, unknown> {
+    return this.#session?.versionCapabilities() ?? {};
+  }
+
+  #s(): LeaseSession {
+    if (!this.#session) throw new VfioError('EACCES', 'no lease: the VERSION exchange did not grant one');
+    return this.#session;
+  }
+
+  deviceInfo() {
+    return this.#s().deviceInfo();
+  }
+  regionInfo(index: number): RegionDescription {
+    return this.#s().regionInfo(index);
+  }
+  regionRead(index: number, offset: bigint, count: number) {
+    return this.#s().regionRead(index, offset, count);
+  }
+  regionWrite(index: number, offset: bigint, data: Uint8Array) {
+    return this.#s().regionWrite(index, offset, data);
+  }
+  dmaMap(req: DmaMapRequest) {
+    return this.#s().dmaMap(req);
+  }
+  dmaUnmap(req: DmaUnmapRequest) {
+    return this.#s().dmaUnmap(req);
+  }
+  irqInfo(index: number): IrqDescription {
+    return this.#s().irqInfo(index);
+  }
+  setIrqs(req: IrqSetRequest) {
+    return this.#s().setIrqs(req);
+  }
+  reset() {
+    return this.#s().reset();
+  }
+  feature(): FeatureReply {
+    return this.#s().feature();
+  }
+
+  disconnected(reason: string): void {
+    this.#end(`session closed: ${reason}`);
+  }
+
+  /** The client process exited (its pidfd fired), possibly before its socket closed. */
+  processExited(): void {
+    this.#end(`process ${this.#ctx.pid} exited`);
+    this.#closeSocket();
+  }
+
+  onEnd(hook: () => void): void {
+    this.#endHooks.push(hook);
+  }
+
+  #end(reason: string): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    if (this.#session) void this.#table.reclaim(this.#session.lease, reason);
+    for (const h of this.#endHooks.splice(0)) h();
+  }
+}

@@ -1,0 +1,164 @@
+// Policy: every lease request and every map/unmap passes here with the
+// caller's context. The declarative rules from the config run first (limits
+// per uid/gid); an optional module's hooks run after, and a hook that throws
+// or does not answer in time denies.
+
+import { readFileSync, readlinkSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import type { BrokerConfig, PolicyRule } from './config.js';
+
+export interface CallerContext {
+  pid: number;
+  uid: number;
+  gid: number;
+  /** /proc/<pid>/exe at connect time (null if unreadable). */
+  exe: string | null;
+  /** The first cgroup line of /proc/<pid>/cgroup (null if unreadable). */
+  cgroup: string | null;
+  /** The lease this request belongs to, when there is one. */
+  lease?: { id: string; kind: string };
+}
+
+export interface LeaseRequest {
+  kind: string;
+  /** Device-memory granules wanted (SA-1). */
+  devmemGranules?: number;
+  [key: string]: unknown;
+}
+
+export interface MapRequest {
+  op: 'map' | 'unmap';
+  iova: bigint;
+  size: bigint;
+  read?: boolean;
+  write?: boolean;
+}
+
+export type Verdict = { allow: true } | { allow: false; reason: string };
+
+/** Usage counters of one identity, which the declarative limits are checked against. */
+export interface Usage {
+  leases: number;
+  mappedBytes: bigint;
+  mappings: number;
+}
+
+export interface PolicyModule {
+  lease?(ctx: CallerContext, req: LeaseRequest): Verdict | Promise<Verdict>;
+  map?(ctx: CallerContext, req: MapRequest): Verdict | Promise<Verdict>;
+}
+
+export function readCallerContext(pid: number, uid: number, gid: number): CallerContext {
+  let exe: string | null = null;
+  let cgroup: string | null = null;
+  try {
+    exe = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    // the process may be gone or belong to someone we cannot inspect
+  }
+  try {
+    cgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n')[0] ?? null;
+  } catch {
+    // as above
+  }
+  return { pid, uid, gid, exe, cgroup };
+}
+
+export class Policy {
+  readonly #rules: PolicyRule[];
+  readonly #timeoutMs: number;
+  #module: PolicyModule | null = null;
+  readonly #log: (event: Record<string, unknown>) => void;
+
+  constructor(config: BrokerConfig['policy'], log: (event: Record<string, unknown>) => void) {
+    this.#rules = config.rules;
+    this.#timeoutMs = config.hookTimeoutMs;
+    this.#log = log;
+  }
+
+  /** Load the optional policy module (an ES module exporting `lease` and/or `map`). */
+  async loadModule(path: string): Promise<void> {
+    const mod = (await import(pathToFileURL(path).href)) as PolicyModule & { default?: PolicyModule };
+    const hooks = mod.lease || mod.map ? mod : (mod.default ?? {});
+    if (typeof hooks.lease !== 'function' && typeof hooks.map !== 'function') {
+      throw new Error(`policy module ${path} exports neither lease(ctx, req) nor map(ctx, req)`);
+    }
+    this.#module = hooks;
+  }
+
+  /** Use hooks given in code (a TypeScript caller embedding the broker). */
+  setModule(mod: PolicyModule | null): void {
+    this.#module = mod;
+  }
+
+  ruleFor(ctx: CallerContext): PolicyRule | null {
+    for (const r of this.#rules) {
+      if (r.match.any) return r;
+      if (r.match.uid !== undefined && r.match.uid === ctx.uid) return r;
+      if (r.match.gid !== undefined && r.match.gid === ctx.gid) return r;
+    }
+    return null;
+  }
+
+  async checkLease(ctx: CallerContext, req: LeaseRequest, usage: Usage): Promise<Verdict> {
+    const rule = this.ruleFor(ctx);
+    if (!rule) return { allow: false, reason: `no policy rule matches uid ${ctx.uid} gid ${ctx.gid}` };
+    if (!rule.kinds.includes('*') && !rule.kinds.includes(req.kind)) {
+      return {
+        allow: false,
+        reason: `uid ${ctx.uid} may not lease kind '${req.kind}' (allowed: ${rule.kinds.join(', ')})`,
+      };
+    }
+    if (usage.leases + 1 > rule.maxLeases) {
+      return {
+        allow: false,
+        reason: `uid ${ctx.uid} already holds ${usage.leases} lease(s); the limit is ${rule.maxLeases}`,
+      };
+    }
+    return this.#hook('lease', ctx, req);
+  }
+
+  async checkMap(ctx: CallerContext, req: MapRequest, usage: Usage): Promise<Verdict> {
+    if (req.op === 'map') {
+      const rule = this.ruleFor(ctx);
+      if (!rule) return { allow: false, reason: `no policy rule matches uid ${ctx.uid} gid ${ctx.gid}` };
+      if (usage.mappings + 1 > rule.maxMappings) {
+        return { allow: false, reason: `mapping limit reached: ${usage.mappings} of ${rule.maxMappings}` };
+      }
+      if (usage.mappedBytes + req.size > rule.maxMappedBytes) {
+        return {
+          allow: false,
+          reason: `mapped-bytes limit: ${usage.mappedBytes} + ${req.size} would exceed ${rule.maxMappedBytes}`,
+        };
+      }
+    }
+    return this.#hook('map', ctx, req);
+  }
+
+  async #hook(name: 'lease' | 'map', ctx: CallerContext, req: LeaseRequest | MapRequest): Promise<Verdict> {
+    const fn = this.#module?.[name] as
+      | ((c: CallerContext, r: unknown) => Verdict | Promise<Verdict>)
+      | undefined;
+    if (!fn) return { allow: true };
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out after ${this.#timeoutMs} ms`)), this.#timeoutMs);
+      });
+      const v = await Promise.race([
+        Promise.resolve().then(() => fn(Object.freeze({ ...ctx }), req)),
+        timeout,
+      ]);
+      if (!v || typeof v !== 'object' || typeof v.allow !== 'boolean') {
+        throw new Error('hook returned neither { allow: true } nor { allow: false, reason }');
+      }
+      if (!v.allow) return { allow: false, reason: `policy module: ${v.reason || 'denied'}` };
+      return { allow: true };
+    } catch (err) {
+      this.#log({ event: 'policy-hook-failed', hook: name, pid: ctx.pid, error: (err as Error).message });
+      return { allow: false, reason: `policy module ${name}() failed: ${(err as Error).message}` };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}

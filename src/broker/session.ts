@@ -1,0 +1,282 @@
+// One client connection: a vfio-user device made only of the client's lease.
+//
+// Regions: config space (virtual), the leased slices at their BAR indexes
+// (mmap-able through their own slice fds), and the devlease info region
+// (JSON) at index 9. IRQs: MSI-X (the lease's vectors, wired straight to the
+// device), ERR (fault/reset notice), REQ (revocation notice). DMA_MAP only
+// inside the lease's IOVA window, after policy. DEVICE_RESET resets only the
+// lease's queue. Nothing else of the device is reachable from here.
+
+import { barSizeMask, CONFIG_SPACE_SIZE } from '../drivers/config-space.js';
+import type { Fd } from '../sys/fd.js';
+import {
+  VFIO_DEVICE_FLAGS_PCI,
+  VFIO_DEVICE_FLAGS_RESET,
+  VFIO_IRQ_INFO_EVENTFD,
+  VFIO_IRQ_SET_DATA_EVENTFD,
+  VFIO_IRQ_SET_DATA_NONE,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+  VFIO_PCI_NUM_IRQS,
+  VFIO_PCI_NUM_REGIONS,
+  VFIO_PCI_REQ_IRQ_INDEX,
+  VFIO_REGION_INFO_FLAG_MMAP,
+  VFIO_REGION_INFO_FLAG_READ,
+  VFIO_REGION_INFO_FLAG_WRITE,
+} from '../vfio/uapi/vfio.js';
+import {
+  type DmaMapRequest,
+  type DmaUnmapRequest,
+  type FeatureReply,
+  type IrqDescription,
+  type IrqSetRequest,
+  type RegionDescription,
+  VfioError,
+  type VfioUserDeviceModel,
+} from '../vfio/user/device-model.js';
+import type { Lease } from './lease.js';
+import type { LeaseTable } from './leases.js';
+import { infoRegionCaps, sliceRegionCaps } from './region-caps.js';
+
+/** The devlease info region: index 9, the first device-specific region. */
+export const INFO_REGION_INDEX = VFIO_PCI_NUM_REGIONS;
+export const INFO_REGION_SIZE = 4096;
+
+const DMA_READ = 1;
+const DMA_WRITE = 2;
+
+export class LeaseSession implements VfioUserDeviceModel {
+  readonly #lease: Lease;
+  readonly #table: LeaseTable;
+  readonly #config: Uint8Array;
+  readonly #page: bigint;
+
+  constructor(lease: Lease, table: LeaseTable) {
+    this.#lease = lease;
+    this.#table = table;
+    this.#config = table.driver.leaseConfigSpace(lease.resources);
+    this.#page = BigInt(table.config.layout.pageSize);
+  }
+
+  get lease(): Lease {
+    return this.#lease;
+  }
+
+  versionCapabilities(): Record<string, unknown> {
+    return { devlease: { lease: this.#lease.id, kind: this.#lease.kind, infoRegion: INFO_REGION_INDEX } };
+  }
+
+  deviceInfo() {
+    const last = Math.max(INFO_REGION_INDEX, ...this.#lease.resources.slices.map((s) => s.leaseRegion));
+    return {
+      flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
+      num_regions: last + 1,
+      num_irqs: VFIO_PCI_NUM_IRQS,
+    };
+  }
+
+  #slice(index: number) {
+    return this.#lease.resources.slices.find((s) => s.leaseRegion === index);
+  }
+
+  regionInfo(index: number): RegionDescription {
+    const rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX)
+      return { index, flags: rw, size: BigInt(CONFIG_SPACE_SIZE), offset: 0n };
+    if (index === INFO_REGION_INDEX) {
+      return {
+        index,
+        flags: VFIO_REGION_INFO_FLAG_READ,
+        size: BigInt(INFO_REGION_SIZE),
+        offset: 0n,
+        caps: infoRegionCaps(),
+      };
+    }
+    const slice = this.#slice(index);
+    if (!slice) return { index, flags: 0, size: 0n, offset: 0n };
+    this.#checkLive();
+    // A lease region is exactly one slice unit (drivers give each unit its own region), so one fd maps it all.
+    const unit = this.#lease.slices.get(index)?.[0];
+    const fd: Fd | undefined = unit ? unit.handOut(this.#table.watcher) : undefined;
+    return {
+      index,
+      flags: rw | (fd ? VFIO_REGION_INFO_FLAG_MMAP : 0),
+      size: slice.size,
+      offset: 0n,
+      caps: sliceRegionCaps(slice.size),
+      ...(fd ? { fd } : {}),
+    };
+  }
+
+  async regionRead(index: number, offset: bigint, count: number): Promise<Uint8Array> {
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX)
+      return this.#config.slice(Number(offset), Number(offset) + count);
+    if (index === INFO_REGION_INDEX) {
+      const json = new TextEncoder().encode(`${JSON.stringify(this.#lease.info())}\n`);
+      const out = new Uint8Array(count);
+      out.set(json.subarray(Number(offset), Number(offset) + count));
+      return out;
+    }
+    const slice = this.#needSlice(index);
+    this.#checkLive();
+    return this.#table.device.read(slice.region, slice.offset + offset, count);
+  }
+
+  async regionWrite(index: number, offset: bigint, data: Uint8Array): Promise<void> {
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#configWrite(Number(offset), data);
+    if (index === INFO_REGION_INDEX) throw new VfioError('EPERM', 'the info region is read-only');
+    const slice = this.#needSlice(index);
+    this.#checkLive();
+    await this.#table.device.write(slice.region, slice.offset + offset, data);
+  }
+
+  #configWrite(offset: number, data: Uint8Array): void {
+    const dv = new DataView(this.#config.buffer, this.#config.byteOffset);
+    // BAR sizing: all-ones written to a BAR reads back its size mask; other values read back as 0 (address
+    // space is not the client's to choose). Command/status and everything else: stored, no effect.
+    if (offset >= 0x10 && offset < 0x28 && data.byteLength === 4) {
+      const bar = (offset - 0x10) / 4;
+      const slice = this.#slice(bar);
+      const v = new DataView(data.buffer, data.byteOffset).getUint32(0, true);
+      dv.setUint32(offset, slice && v === 0xffffffff ? barSizeMask(slice.size) : 0, true);
+      return;
+    }
+    if (offset < 0x10) this.#config.set(data.subarray(0, Math.max(0, 0x10 - offset)), offset);
+  }
+
+  async dmaMap(req: DmaMapRequest): Promise<void> {
+    const lease = this.#lease;
+    try {
+      this.#checkLive();
+      if (!req.fd)
+        throw new VfioError('EINVAL', 'DMA_MAP needs an fd: only fd-backed memory can be mapped for a lease');
+      const w = lease.resources.window;
+      if (!w) throw new VfioError('EPERM', `lease kind '${lease.kind}' has no IOVA window`);
+      if (req.iova % this.#page || req.size % this.#page || req.size === 0n) {
+        throw new VfioError(
+          'EINVAL',
+          `iova 0x${req.iova.toString(16)} and size 0x${req.size.toString(16)} must be non-zero multiples of the ${this.#page}-byte page`,
+        );
+      }
+      if (req.iova < w.base || req.iova + req.size > w.base + w.size) {
+        throw new VfioError(
+          'EPERM',
+          `[0x${req.iova.toString(16)}, +0x${req.size.toString(16)}) is outside the lease's IOVA window [0x${w.base.toString(16)}, +0x${w.size.toString(16)})`,
+        );
+      }
+      const read = (req.flags & DMA_READ) !== 0;
+      const write = (req.flags & DMA_WRITE) !== 0;
+      const verdict = await this.#table.policy.checkMap(
+        lease.ctx,
+        { op: 'map', iova: req.iova, size: req.size, read, write },
+        this.#table.usage(lease.ctx),
+      );
+      if (!verdict.allow) {
+        this.#table.audit.write({
+          event: 'deny-map',
+          lease: lease.id,
+          pid: lease.ctx.pid,
+          uid: lease.ctx.uid,
+          reason: verdict.reason,
+        });
+        throw new VfioError('EACCES', verdict.reason);
+      }
+      await this.#table.device.dmaMap({
+        fd: req.fd,
+        offset: req.offset,
+        iova: req.iova,
+        size: req.size,
+        read,
+        write,
+      });
+      lease.mappings.set(req.iova, { iova: req.iova, size: req.size, read, write });
+    } finally {
+      req.fd?.close(); // the device holds its own reference now (or the map was refused)
+    }
+  }
+
+  async dmaUnmap(req: DmaUnmapRequest): Promise<void> {
+    const lease = this.#lease;
+    const end = req.iova + req.size;
+    const hit = [...lease.mappings.values()].filter((m) => m.iova >= req.iova && m.iova + m.size <= end);
+    const partial = [...lease.mappings.values()].some(
+      (m) => m.iova < end && m.iova + m.size > req.iova && !hit.includes(m),
+    );
+    if (partial) throw new VfioError('EINVAL', 'DMA_UNMAP must cover whole mappings');
+    if (hit.length === 0)
+      throw new VfioError(
+        'ENOENT',
+        `no mapping of this lease in [0x${req.iova.toString(16)}, +0x${req.size.toString(16)})`,
+      );
+    for (const m of hit) {
+      await this.#table.device.dmaUnmap(m.iova, m.size);
+      lease.mappings.delete(m.iova);
+    }
+  }
+
+  irqInfo(index: number): IrqDescription {
+    const count =
+      index === VFIO_PCI_MSIX_IRQ_INDEX
+        ? this.#lease.resources.vectors.length
+        : index === VFIO_PCI_ERR_IRQ_INDEX || index === VFIO_PCI_REQ_IRQ_INDEX
+          ? 1
+          : 0;
+    return { index, flags: count ? VFIO_IRQ_INFO_EVENTFD : 0, count };
+  }
+
+  async setIrqs(req: IrqSetRequest): Promise<void> {
+    const lease = this.#lease;
+    const fds = req.fds;
+    try {
+      this.#checkLive();
+      if (req.index === VFIO_PCI_ERR_IRQ_INDEX || req.index === VFIO_PCI_REQ_IRQ_INDEX) {
+        const slot = req.index === VFIO_PCI_ERR_IRQ_INDEX ? 'errFd' : 'reqFd';
+        lease[slot]?.close();
+        lease[slot] = req.flags & VFIO_IRQ_SET_DATA_EVENTFD ? (fds[0] ?? null) : null;
+        fds.length = 0; // ownership moved to the lease
+        return;
+      }
+      if (req.index !== VFIO_PCI_MSIX_IRQ_INDEX)
+        throw new VfioError('EINVAL', `irq index ${req.index} has no vectors in this lease`);
+      const vectors = lease.resources.vectors;
+      // DATA_NONE with count 0: disable every vector of the index (VFIO semantics).
+      const disableAll = (req.flags & VFIO_IRQ_SET_DATA_NONE) !== 0 && req.count === 0;
+      const first = disableAll ? 0 : req.start;
+      const count = disableAll ? vectors.length : req.count;
+      for (let i = 0; i < count; i++) {
+        const physical = vectors[first + i]!;
+        const fd = req.flags & VFIO_IRQ_SET_DATA_EVENTFD ? (fds[i] ?? null) : null;
+        // The client's eventfd goes straight to the device: the broker is not on the interrupt path.
+        await this.#table.device.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, physical, [fd]);
+        if (fd) lease.wiredVectors.add(first + i);
+        else lease.wiredVectors.delete(first + i);
+      }
+    } finally {
+      for (const fd of fds) fd?.close();
+    }
+  }
+
+  async reset(): Promise<void> {
+    this.#checkLive();
+    await this.#table.driver.resetLease(this.#lease.resources);
+  }
+
+  feature(): FeatureReply {
+    throw new VfioError('ENOTSUP', 'a lease offers no device features; its slices are its regions');
+  }
+
+  disconnected(reason: string): void {
+    void this.#table.reclaim(this.#lease, `session closed: ${reason}`);
+  }
+
+  #needSlice(index: number) {
+    const s = this.#slice(index);
+    if (!s) throw new VfioError('EINVAL', `region ${index} is not part of this lease`);
+    return s;
+  }
+
+  #checkLive(): void {
+    if (!this.#lease.live) throw new VfioError('ENODEV', `lease ${this.#lease.id} is ${this.#lease.state}`);
+  }
+}

@@ -1,0 +1,105 @@
+// Slice fds handed to clients, and the observation of their release.
+//
+// The device gives the broker one fd per slice unit (its "device
+// description"). The broker never hands that description out: each time a
+// client asks for the region it gets a fresh description re-opened through
+// /proc/self/fd/N. inotify reports IN_OPEN and IN_CLOSE_* for descriptions
+// opened by path (it is silent for the one memfd_create returned), and a
+// description is closed only when its last fd is closed AND its last mapping
+// is gone. So, counting opens and closes on the slice's inode after the watch
+// is set, "count back to zero" means every handed-out description has been
+// closed and unmapped by everyone who had it.
+//
+// Caveat (documented in docs/ARCHITECTURE.md): the count is per inode, so any
+// other process opening the same memfd by path (e.g. through /proc/<pid>/fd)
+// is counted too, which only ever delays the release — never hastens it.
+
+import { EventEmitter } from 'node:events';
+import { Fd, IN_CLOSE, IN_OPEN, Inotify, native } from '../sys/index.js';
+
+export class SliceUnit extends EventEmitter {
+  /** The device's description of this slice unit (kept to revoke with). */
+  readonly deviceFd: Fd;
+  #open = 0;
+  /** Our own re-opens whose IN_OPEN has not been read yet (counted eagerly, so a release is never seen early). */
+  #ownOpens = 0;
+  #wd = -1;
+  #released = false;
+
+  constructor(deviceFd: Fd) {
+    super();
+    this.deviceFd = deviceFd;
+  }
+
+  /** Outstanding descriptions handed out and not yet seen released. */
+  get outstanding(): number {
+    return this.#open;
+  }
+
+  /** A new description of the slice for a client. The caller sends it and closes its copy. */
+  handOut(watcher: SliceWatcher): Fd {
+    if (this.#wd < 0) this.#wd = watcher.watch(this);
+    const reopened = new Fd(
+      native.open(`/proc/self/fd/${this.deviceFd.fd}`, native.constants.O_RDWR as number),
+    );
+    this.#open++;
+    this.#ownOpens++;
+    return reopened;
+  }
+
+  /** Called by the watcher for each IN_OPEN / IN_CLOSE on the inode. */
+  onEvent(mask: number): void {
+    if (mask & IN_OPEN) {
+      if (this.#ownOpens > 0) this.#ownOpens--;
+      else this.#open++;
+    }
+    if (mask & IN_CLOSE) this.#open = Math.max(0, this.#open - 1);
+    if (this.#open === 0) this.emit('idle');
+  }
+
+  /** Resolve once every handed-out description has been closed and unmapped. */
+  whenReleased(): Promise<void> {
+    if (this.#open === 0) return Promise.resolve();
+    return new Promise((resolve) => this.once('idle', resolve));
+  }
+
+  dispose(watcher: SliceWatcher): void {
+    if (this.#released) return;
+    this.#released = true;
+    if (this.#wd >= 0) watcher.unwatch(this.#wd, this);
+    this.deviceFd.close();
+  }
+}
+
+/** One inotify instance for all slices of the broker. */
+export class SliceWatcher {
+  readonly #inotify = new Inotify();
+  readonly #byWd = new Map<number, Set<SliceUnit>>();
+
+  watch(unit: SliceUnit): number {
+    const wd = this.#inotify.watch(`/proc/self/fd/${unit.deviceFd.fd}`, IN_OPEN | IN_CLOSE, (ev) => {
+      for (const u of this.#byWd.get(wd) ?? []) u.onEvent(ev.mask);
+    });
+    const set = this.#byWd.get(wd) ?? new Set<SliceUnit>();
+    this.#byWd.set(wd, set);
+    set.add(unit);
+    return wd;
+  }
+
+  unwatch(wd: number, unit: SliceUnit): void {
+    const set = this.#byWd.get(wd);
+    set?.delete(unit);
+    if (set && set.size === 0) {
+      this.#byWd.delete(wd);
+      try {
+        this.#inotify.unwatch(wd);
+      } catch {
+        // the inode may already be gone (the watch is removed with it)
+      }
+    }
+  }
+
+  close(): void {
+    this.#inotify.close();
+  }
+}

@@ -1,0 +1,128 @@
+// Admin commands: status, leases, revoke, drain, reset — JSON over the broker's admin socket.
+
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { SeqpacketSocket } from '../sys/index.js';
+
+export async function adminRequest(
+  path: string,
+  req: Record<string, unknown>,
+  timeoutMs = 10_000,
+): Promise<unknown> {
+  const sock = SeqpacketSocket.connect(path);
+  try {
+    return await new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`no answer from ${path} in ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      sock.once('message', (msg) => {
+        clearTimeout(timer);
+        for (const fd of msg.fds) fd.close();
+        const reply = JSON.parse(msg.data.toString('utf8')) as {
+          ok: boolean;
+          result?: unknown;
+          error?: string;
+          code?: string;
+        };
+        if (reply.ok) resolve(reply.result);
+        else reject(Object.assign(new Error(reply.error ?? 'refused'), { code: reply.code }));
+      });
+      sock.once('close', () => {
+        clearTimeout(timer);
+        reject(new Error(`${path} closed the connection`));
+      });
+      sock.send(Buffer.from(JSON.stringify(req)));
+    });
+  } finally {
+    sock.close();
+  }
+}
+
+const USAGE = `usage: devlease status|leases|clients [--json]
+       devlease revoke <lease-id> [--deadline MS] [--json]
+       devlease drain [--off] [--json]
+       devlease reset [--json]
+  common: --admin PATH (default RUNDIR/DEVICE/admin.sock), --rundir DIR (default /run/devlease), --device NAME (default sa1)`;
+
+export async function adminCommand(cmd: string, argv: string[]): Promise<number> {
+  let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        json: { type: 'boolean' },
+        deadline: { type: 'string' },
+        off: { type: 'boolean' },
+        admin: { type: 'string' },
+        rundir: { type: 'string' },
+        device: { type: 'string' },
+      },
+    });
+  } catch (err) {
+    process.stderr.write(`devlease ${cmd}: ${(err as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  const str = (k: string): string | undefined =>
+    typeof values[k] === 'string' ? (values[k] as string) : undefined;
+  const path = str('admin') ?? join(str('rundir') ?? '/run/devlease', str('device') ?? 'sa1', 'admin.sock');
+  let req: Record<string, unknown>;
+  switch (cmd) {
+    case 'revoke': {
+      const id = positionals[0];
+      if (!id) {
+        process.stderr.write(`devlease revoke: name the lease id\n${USAGE}\n`);
+        return 2;
+      }
+      const deadlineMs = str('deadline') === undefined ? undefined : Number(str('deadline'));
+      if (deadlineMs !== undefined && (!Number.isInteger(deadlineMs) || deadlineMs < 0)) {
+        process.stderr.write(
+          `devlease revoke: --deadline must be a non-negative integer (ms), got '${values.deadline}'\n`,
+        );
+        return 2;
+      }
+      req = { op: 'revoke', id, deadlineMs };
+      break;
+    }
+    case 'drain':
+      req = { op: 'drain', on: !values.off };
+      break;
+    default:
+      req = { op: cmd };
+  }
+  let result: unknown;
+  try {
+    result = await adminRequest(path, req);
+  } catch (err) {
+    process.stderr.write(`devlease ${cmd}: ${(err as Error).message}\n`);
+    return 1;
+  }
+  if (values.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  else process.stdout.write(`${formatHuman(cmd, result)}\n`);
+  return 0;
+}
+
+function formatHuman(cmd: string, result: unknown): string {
+  if (cmd === 'leases' && Array.isArray(result)) {
+    if (result.length === 0) return 'no leases';
+    const rows = result.map((l: Record<string, unknown>) =>
+      [l.id, l.state, l.pid, l.uid, l.queue ?? '-', l.mappings, l.mappedBytes, l.outstandingSliceFds].map(
+        String,
+      ),
+    );
+    return table(['LEASE', 'STATE', 'PID', 'UID', 'QUEUE', 'MAPS', 'BYTES', 'SLICE-FDS'], rows);
+  }
+  return JSON.stringify(result, null, 2);
+}
+
+export function table(head: string[], rows: string[][]): string {
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => c.padEnd(w[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  return [line(head), ...rows.map(line)].join('\n');
+}

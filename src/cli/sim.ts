@@ -1,0 +1,148 @@
+// `devlease sim`: serve the SA-1 simulated accelerator on a vfio-user socket
+// until SIGINT/SIGTERM. With --control-stdin, fault injection requests are
+// read from stdin as JSON lines and answered on stdout (see docs/SA-1.md).
+
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+import type { InjectRequest } from '../sim/commands.js';
+import { bigintReviver } from '../sim/mailbox.js';
+import { OptionError, type OptionNames, resolveOptions, type Sa1Options } from '../sim/options.js';
+
+const USAGE = `usage: devlease sim --socket PATH [--queues N] [--stride BYTES] [--devmem MIB] [--granule BYTES]
+                    [--idle-poll-us N] [--control-stdin]
+  --queues N          NUM_QUEUES, 1..1024 (default 64)
+  --stride BYTES      QUEUE_STRIDE, a power of two from 4096 to 65536 (default 65536)
+  --devmem MIB        DEVMEM_SIZE in MiB, a power of two, a multiple of the granule, at most 4096 (default 64)
+  --granule BYTES     DEVMEM_GRANULE, a power of two of at least 65536 (default 1048576)
+  --idle-poll-us N    idle poll interval in µs, 0..1000000, 0 = always spin (default 50)
+  --control-stdin     accept fault-injection requests as JSON lines on stdin`;
+
+const CLI_NAMES: OptionNames = {
+  numQueues: '--queues',
+  queueStride: '--stride',
+  devmemSize: '--devmem',
+  devmemGranule: '--granule',
+  idlePollUs: '--idle-poll-us',
+};
+
+class UsageError extends Error {}
+
+function integer(flag: string, v: string | undefined, range: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v)) throw new UsageError(`${flag} must be ${range}, got '${v}'`);
+  return Number(v);
+}
+
+function parse(argv: string[]): { socket: string; options: Sa1Options; controlStdin: boolean } {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        socket: { type: 'string' },
+        queues: { type: 'string' },
+        stride: { type: 'string' },
+        devmem: { type: 'string' },
+        granule: { type: 'string' },
+        'idle-poll-us': { type: 'string' },
+        'control-stdin': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (values.help) throw new UsageError('');
+  const socket = values.socket as string | undefined;
+  if (!socket) throw new UsageError('--socket PATH is required');
+  const devmemMib = integer(
+    '--devmem',
+    values.devmem as string | undefined,
+    'a power of two number of MiB from 1 to 4096',
+  );
+  if (devmemMib !== undefined && (devmemMib < 1 || devmemMib > 4096 || (devmemMib & (devmemMib - 1)) !== 0)) {
+    throw new UsageError(`--devmem must be a power of two number of MiB from 1 to 4096, got ${devmemMib}`);
+  }
+  try {
+    const options = resolveOptions(
+      {
+        numQueues: integer('--queues', values.queues as string | undefined, 'an integer from 1 to 1024'),
+        queueStride: integer(
+          '--stride',
+          values.stride as string | undefined,
+          'a power of two from 4096 to 65536',
+        ),
+        devmemSize: devmemMib === undefined ? undefined : devmemMib * 1024 * 1024,
+        devmemGranule: integer(
+          '--granule',
+          values.granule as string | undefined,
+          'a power of two of at least 65536',
+        ),
+        idlePollUs: integer(
+          '--idle-poll-us',
+          values['idle-poll-us'] as string | undefined,
+          'an integer from 0 to 1000000',
+        ),
+      },
+      CLI_NAMES,
+    );
+    return { socket, options, controlStdin: values['control-stdin'] === true };
+  } catch (err) {
+    if (err instanceof OptionError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
+export async function simCommand(argv: string[]): Promise<number> {
+  let args: ReturnType<typeof parse>;
+  try {
+    args = parse(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    if (err.message) process.stderr.write(`devlease sim: ${err.message}\n`);
+    process.stderr.write(`${USAGE}\n`);
+    return err.message ? 2 : 0;
+  }
+  const { startSimulator } = await import('../sim/index.js');
+  let sim: Awaited<ReturnType<typeof startSimulator>>;
+  try {
+    sim = await startSimulator({ socketPath: args.socket, ...args.options });
+  } catch (err) {
+    process.stderr.write(`devlease sim: cannot serve on ${args.socket}: ${(err as Error).message}\n`);
+    return 1;
+  }
+  const o = sim.options;
+  process.stdout.write(
+    `ready socket=${sim.socketPath} queues=${o.numQueues} stride=${o.queueStride} ` +
+      `devmem-mib=${o.devmemSize / 1048576} granule=${o.devmemGranule} idle-poll-us=${o.idlePollUs} pid=${process.pid}\n`,
+  );
+
+  const control = args.controlStdin ? createInterface({ input: process.stdin, terminal: false }) : null;
+  control?.on('line', (line) => {
+    if (!line.trim()) return;
+    let reply: Record<string, unknown>;
+    try {
+      const req = JSON.parse(line, bigintReviver) as InjectRequest | { kind: 'stats' };
+      if (req.kind === 'stats') reply = { ok: true, stats: sim.stats() };
+      else {
+        sim.inject(req);
+        reply = { ok: true };
+      }
+    } catch (err) {
+      reply = { ok: false, error: (err as Error).message };
+    }
+    process.stdout.write(`${JSON.stringify(reply)}\n`);
+  });
+
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+  control?.close();
+  process.stdin.destroy();
+  await sim.close();
+  process.stderr.write(`devlease sim: stopped on ${signal}\n`);
+  return 0;
+}

@@ -1,0 +1,62 @@
+// The lease's info region, as the broker writes it (JSON; see docs/PROTOCOL.md).
+
+import { leaseError } from './errors.js';
+
+export interface Isolation {
+  level: 'enforced' | 'cooperative';
+  reason: string;
+}
+
+export interface LeaseInfo {
+  kind: string;
+  lease: string;
+  state: 'active' | 'revoking' | 'reclaiming' | 'awaiting-release' | 'released';
+  /** Revocation deadline, ms since the epoch, while `revoking`. */
+  deadline: number | null;
+  queue: number | null;
+  iovaWindow: { base: bigint; size: bigint } | null;
+  devmem: { offset: bigint; size: bigint } | null;
+  vectors: number;
+  regions: { index: number; size: bigint; unit: bigint }[];
+  isolation: Record<string, Isolation>;
+  faults: { queue: number | null; code: number; name: string; address: bigint }[];
+}
+
+const big = (v: unknown, what: string): bigint => {
+  if (typeof v !== 'string' && typeof v !== 'number')
+    throw leaseError('EPROTO', `info region: ${what} is not a number`);
+  return BigInt(v);
+};
+
+export function parseLeaseInfo(raw: unknown): LeaseInfo {
+  const j = raw as Record<string, any>;
+  if (typeof j !== 'object' || j === null || typeof j.lease !== 'string') {
+    throw leaseError('EPROTO', 'info region does not hold a devlease lease description');
+  }
+  return {
+    kind: j.kind,
+    lease: j.lease,
+    state: j.state,
+    deadline: j.deadline ?? null,
+    queue: j.queue ?? null,
+    iovaWindow: j.iovaWindow
+      ? { base: big(j.iovaWindow.base, 'iovaWindow.base'), size: big(j.iovaWindow.size, 'iovaWindow.size') }
+      : null,
+    devmem: j.devmem
+      ? { offset: big(j.devmem.offset, 'devmem.offset'), size: big(j.devmem.size, 'devmem.size') }
+      : null,
+    vectors: j.vectors ?? 0,
+    regions: (j.regions ?? []).map((r: any) => ({
+      index: r.index,
+      size: big(r.size, 'region size'),
+      unit: big(r.unit, 'region unit'),
+    })),
+    isolation: j.isolation ?? {},
+    faults: (j.faults ?? []).map((f: any) => ({
+      queue: f.queue,
+      code: f.code,
+      name: f.name,
+      address: big(f.address, 'fault address'),
+    })),
+  };
+}

@@ -1,0 +1,272 @@
+// The client side of a lease: a vfio-user connection to the broker's socket
+// for a lease kind, the lease's regions mapped (guarded, so a revocation
+// reads as revoked instead of killing the process), DMA memory, interrupts
+// and notices.
+//
+//   await using lease = await connect({ socket, request: { devmemGranules: 1 } });
+
+import { EventEmitter } from 'node:events';
+import { EventFd, Mapping } from '../sys/index.js';
+import {
+  VFIO_IRQ_SET_ACTION_TRIGGER,
+  VFIO_IRQ_SET_DATA_EVENTFD,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+  VFIO_PCI_REQ_IRQ_INDEX,
+} from '../vfio/uapi/vfio.js';
+import { VfioUserClient } from '../vfio/user/client.js';
+import { DmaPool } from './dma.js';
+import { fromCallError, leaseError } from './errors.js';
+import { type LeaseInfo, parseLeaseInfo } from './info.js';
+
+export interface ConnectOptions {
+  /** The broker's socket for the lease kind, e.g. /run/devlease/sa1/queue.sock. */
+  socket: string;
+  /** Kind-specific request, e.g. { devmemGranules: 1 }. */
+  request?: Record<string, unknown>;
+  /** Timeout of each control call (ms). Default 5000. */
+  timeoutMs?: number;
+}
+
+/**
+ * Events:
+ * - 'interrupt' (vector: number, count: bigint)
+ * - 'revoke-requested' ({ deadline: number }): the owner wants the lease back; close() before the deadline
+ * - 'revoked': the lease was taken back (slices dead, session closed)
+ * - 'device-fault' (faults): a fault record concerning this lease
+ * - 'device-reset': the device was reset; the lease is gone
+ * - 'disconnected' (reason): the session ended for any reason
+ */
+export class Lease extends EventEmitter {
+  readonly client: VfioUserClient;
+  info: LeaseInfo;
+  readonly dma: DmaPool;
+  readonly #regions = new Map<number, Mapping>();
+  readonly #vectors: EventFd[] = [];
+  readonly #notices: EventFd[] = [];
+  readonly #infoIndex: number;
+  #closed = false;
+  /** One shared promise for "the next interrupt", however many wait on it. */
+  #nextIrq: { promise: Promise<number>; resolve(v: number): void; reject(e: Error): void } | null = null;
+
+  private constructor(client: VfioUserClient, info: LeaseInfo, infoIndex: number) {
+    super();
+    this.client = client;
+    this.info = info;
+    this.#infoIndex = infoIndex;
+    this.dma = new DmaPool(client, info.iovaWindow ?? { base: 0n, size: 0n });
+    client.on('close', () => this.#onDisconnect());
+  }
+
+  static async connect(opts: ConnectOptions): Promise<Lease> {
+    let client: VfioUserClient;
+    try {
+      client = await VfioUserClient.connect(opts.socket, {
+        timeoutMs: opts.timeoutMs ?? 5000,
+        capabilities: { devlease: { request: opts.request ?? {} } },
+      });
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === 'ENOENT' || code === 'ECONNREFUSED') {
+        throw leaseError(code, `no broker is listening on ${opts.socket}`, err);
+      }
+      throw fromCallError('lease refused', err);
+    }
+    try {
+      const ext = client.serverCapabilities.raw.devlease as { infoRegion?: number } | undefined;
+      const infoIndex = ext?.infoRegion ?? 9;
+      const info = parseLeaseInfo(await readJsonRegion(client, infoIndex));
+      const lease = new Lease(client, info, infoIndex);
+      await lease.#setup();
+      return lease;
+    } catch (err) {
+      client.close();
+      throw fromCallError('lease setup failed', err);
+    }
+  }
+
+  async #setup(): Promise<void> {
+    for (const r of this.info.regions) {
+      const ri = await this.client.regionInfo(r.index);
+      if (!ri.fd) continue; // mediated region: reach it with regionRead/regionWrite
+      try {
+        this.#regions.set(r.index, Mapping.map(ri.fd, { length: Number(ri.size), guard: true }));
+      } finally {
+        ri.fd.close(); // the mapping keeps the description alive; its release is what the broker watches
+      }
+    }
+    for (let v = 0; v < this.info.vectors; v++) {
+      const efd = new EventFd();
+      this.#vectors.push(efd);
+      efd.onReadable((n) => this.#interrupt(v, n));
+    }
+    if (this.#vectors.length) {
+      await this.client.setIrqs({
+        flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+        index: VFIO_PCI_MSIX_IRQ_INDEX,
+        start: 0,
+        count: this.#vectors.length,
+        fds: this.#vectors.map((e) => e.fd),
+      });
+    }
+    for (const index of [VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX]) {
+      const efd = new EventFd();
+      this.#notices.push(efd);
+      efd.onReadable(() => void this.#notice(index));
+      await this.client.setIrqs({
+        flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+        index,
+        start: 0,
+        count: 1,
+        fds: [efd.fd],
+      });
+    }
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The mapped slice of lease region `index` (e.g. 2: the SA-1 queue page). */
+  region(index: number): Mapping {
+    this.#checkOpen();
+    const m = this.#regions.get(index);
+    if (!m)
+      throw leaseError(
+        'ENOENT',
+        `lease region ${index} is not mapped (regions: ${[...this.#regions.keys()].join(', ') || 'none'})`,
+      );
+    return m;
+  }
+
+  /** True once any mapped slice of this lease has been revoked by the device. */
+  get revoked(): boolean {
+    return [...this.#regions.values()].some((m) => m.isRevoked());
+  }
+
+  /** Re-read the info region (state, deadline, faults). */
+  async refreshInfo(): Promise<LeaseInfo> {
+    this.#checkOpen();
+    this.info = parseLeaseInfo(await readJsonRegion(this.client, this.#infoIndex));
+    return this.info;
+  }
+
+  /** Interrupts of any vector, as an async iterator with its own buffer (ends when the lease closes). */
+  async *interrupts(): AsyncGenerator<number> {
+    const queued: number[] = [];
+    let wake: (() => void) | null = null;
+    const onIrq = (v: number) => {
+      queued.push(v);
+      wake?.();
+    };
+    const onEnd = () => wake?.();
+    this.on('interrupt', onIrq);
+    this.on('disconnected', onEnd);
+    try {
+      while (!this.#closed || queued.length) {
+        const v = queued.shift();
+        if (v !== undefined) yield v;
+        else await new Promise<void>((r) => (wake = r));
+        wake = null;
+      }
+    } finally {
+      this.off('interrupt', onIrq);
+      this.off('disconnected', onEnd);
+    }
+  }
+
+  /** The next interrupt on any vector; rejects when the lease closes first. */
+  nextInterrupt(): Promise<number> {
+    if (this.#closed) return Promise.reject(leaseError('ERR_DEVLEASE_CLOSED', 'the lease is closed'));
+    if (!this.#nextIrq) {
+      let resolve!: (v: number) => void;
+      let reject!: (e: Error) => void;
+      const promise = new Promise<number>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      promise.catch(() => undefined); // nobody may be listening when the lease closes
+      this.#nextIrq = { promise, resolve, reject };
+    }
+    return this.#nextIrq.promise;
+  }
+
+  /** Ask the broker to reset this lease's queue (after an error). */
+  async resetQueue(): Promise<void> {
+    this.#checkOpen();
+    try {
+      await this.client.reset();
+    } catch (err) {
+      throw fromCallError('queue reset', err);
+    }
+  }
+
+  #interrupt(vector: number, count: bigint): void {
+    const w = this.#nextIrq;
+    this.#nextIrq = null;
+    w?.resolve(vector);
+    this.emit('interrupt', vector, count);
+  }
+
+  async #notice(index: number): Promise<void> {
+    if (this.#closed) return;
+    const info = await this.refreshInfo().catch(() => null);
+    if (index === VFIO_PCI_REQ_IRQ_INDEX) {
+      this.emit('revoke-requested', { deadline: info?.deadline ?? Date.now() });
+    } else if (info?.faults.length) {
+      this.emit('device-fault', info.faults);
+    } else {
+      this.emit('device-reset');
+    }
+  }
+
+  #onDisconnect(): void {
+    if (this.#closed) return;
+    const wasRevoking = this.info.state === 'revoking' || this.revoked;
+    this.#teardown();
+    if (wasRevoking) this.emit('revoked');
+    this.emit('disconnected', 'the broker closed the session');
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw leaseError('ERR_DEVLEASE_CLOSED', `lease ${this.info.lease} is closed`);
+  }
+
+  #teardown(): void {
+    this.#closed = true;
+    for (const m of this.#regions.values()) m.unmap();
+    this.#regions.clear();
+    for (const e of [...this.#vectors, ...this.#notices]) e.close();
+    this.#vectors.length = 0;
+    this.#notices.length = 0;
+    this.dma.dropAll();
+    this.#nextIrq?.reject(
+      leaseError('ERR_DEVLEASE_CLOSED', 'the lease closed while waiting for an interrupt'),
+    );
+    this.#nextIrq = null;
+    this.client.close();
+  }
+
+  /** Release everything: the broker reclaims the lease when the session closes. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#teardown();
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+}
+
+async function readJsonRegion(client: VfioUserClient, index: number): Promise<unknown> {
+  const info = await client.regionInfo(index);
+  info.fd?.close();
+  const bytes = await client.regionRead(index, 0, Number(info.size));
+  const end = bytes.indexOf(0);
+  const text = new TextDecoder().decode(end < 0 ? bytes : bytes.subarray(0, end));
+  return JSON.parse(text);
+}
+
+export const connect = (opts: ConnectOptions): Promise<Lease> => Lease.connect(opts);

@@ -1,0 +1,283 @@
+// SA-1 queue helper: rings in leased DMA memory, descriptors submitted by
+// writing the queue page's doorbell directly (no broker on the hot path),
+// completions found by the phase bit, spinning briefly and then waiting on
+// the queue's interrupt eventfd.
+
+import {
+  CQE_SIZE,
+  DESC_FLAG,
+  OPCODE,
+  QP,
+  SQE_SIZE,
+  STATUS_CODE,
+  STATUS_NAME,
+  type StatusName,
+} from '../drivers/sa1/regs.js';
+import type { DmaBuffer } from './dma.js';
+import { leaseError } from './errors.js';
+import type { Lease } from './lease.js';
+
+export interface Descriptor {
+  opcode: keyof typeof OPCODE;
+  /** Ask for an interrupt when this one completes. */
+  intr?: boolean;
+  srcDevmem?: boolean;
+  dstDevmem?: boolean;
+  length?: number;
+  src?: bigint;
+  dst?: bigint;
+  /** FILL pattern or WRITE_IMM value. */
+  imm?: bigint;
+}
+
+export interface Completion {
+  tag: bigint;
+  status: StatusName;
+  /** CRC32C for CRC32C descriptors, else 0. */
+  result: number;
+}
+
+/** A descriptor completed with a non-OK status. `code` is the status name (e.g. 'WINDOW_VIOLATION'). */
+export class DeviceStatusError extends Error {
+  readonly code: StatusName;
+  readonly completion: Completion;
+  constructor(c: Completion) {
+    super(`descriptor ${c.tag} completed with ${c.status}`);
+    this.name = 'DeviceStatusError';
+    this.code = c.status;
+    this.completion = c;
+  }
+}
+
+interface Pending {
+  resolve(c: Completion): void;
+  reject(e: Error): void;
+}
+
+export interface QueueOptions {
+  /** Ring entries (power of two, 2..65536). Default 256. */
+  entries?: number;
+  /** Busy-wait this long for a completion before sleeping on the interrupt. Default 50 µs. */
+  spinUs?: number;
+}
+
+export class Sa1Queue {
+  readonly lease: Lease;
+  readonly entries: number;
+  readonly #page: DataView;
+  readonly #sq: DmaBuffer;
+  readonly #cq: DmaBuffer;
+  readonly #sqView: DataView;
+  readonly #cqView: DataView;
+  readonly #spinNs: bigint;
+  #tail = 0; // producer index (free-running)
+  #cqHead = 0; // consumer index (free-running)
+  #tag = 0n;
+  readonly #pending = new Map<bigint, Pending>();
+  #pumping = false;
+
+  private constructor(lease: Lease, entries: number, sq: DmaBuffer, cq: DmaBuffer, spinUs: number) {
+    this.lease = lease;
+    this.entries = entries;
+    const page = lease.region(2);
+    this.#page = new DataView(page.buffer);
+    this.#sq = sq;
+    this.#cq = cq;
+    this.#sqView = new DataView(sq.buffer);
+    this.#cqView = new DataView(cq.buffer);
+    this.#spinNs = BigInt(spinUs * 1000);
+  }
+
+  /** Allocate the rings in leased memory and program the queue page. */
+  static async create(lease: Lease, opts: QueueOptions = {}): Promise<Sa1Queue> {
+    const entries = opts.entries ?? 256;
+    if (entries < 2 || entries > 65536 || (entries & (entries - 1)) !== 0) {
+      throw leaseError('EINVAL', `ring entries must be a power of two from 2 to 65536, got ${entries}`);
+    }
+    const sq = await lease.dma.alloc(entries * SQE_SIZE);
+    const cq = await lease.dma.alloc(entries * CQE_SIZE);
+    const q = new Sa1Queue(lease, entries, sq, cq, opts.spinUs ?? 50);
+    q.#program();
+    return q;
+  }
+
+  #program(): void {
+    const p = this.#page;
+    p.setBigUint64(QP.SQ_BASE, this.#sq.iova, true);
+    p.setUint32(QP.SQ_SIZE, this.entries, true);
+    p.setBigUint64(QP.CQ_BASE, this.#cq.iova, true);
+    p.setUint32(QP.CQ_SIZE, this.entries, true);
+    p.setUint32(QP.CQ_HEAD, 0, true);
+    p.setUint32(QP.IRQ_MODE, 0, true);
+    this.#sq.u8.fill(0);
+    this.#cq.u8.fill(0);
+    this.#tail = 0;
+    this.#cqHead = 0;
+  }
+
+  /** The queue's error code (Q_ERROR), 0 when healthy. */
+  get error(): number {
+    return this.#page.getUint32(QP.Q_ERROR, true);
+  }
+
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  /** Submit one descriptor; resolves with its completion, rejects with DeviceStatusError on a bad status. */
+  submit(d: Descriptor): Promise<Completion> {
+    return this.submitBatch([d])[0]!;
+  }
+
+  /** Submit several descriptors with one doorbell; each gets its own promise. */
+  submitBatch(ds: Descriptor[]): Promise<Completion>[] {
+    if (this.lease.closed) throw leaseError('ERR_DEVLEASE_CLOSED', 'the lease is closed');
+    if (ds.length > this.entries)
+      throw leaseError('EINVAL', `batch of ${ds.length} exceeds the ring's ${this.entries} entries`);
+    if (this.error)
+      throw leaseError(
+        'EIO',
+        `queue is in ERROR (${STATUS_NAME[this.error] ?? this.error}); reset() it first`,
+      );
+    const sqHead = this.#page.getUint32(QP.SQ_HEAD, true);
+    if (((this.#tail - sqHead) >>> 0) + ds.length > this.entries) {
+      throw leaseError('EAGAIN', 'submission ring full: wait for completions (back-pressure)');
+    }
+    const promises = ds.map((d, i) => {
+      const tag = ++this.#tag;
+      this.#writeSqe((this.#tail + i) % this.entries, d, tag, i === ds.length - 1);
+      return new Promise<Completion>((resolve, reject) => this.#pending.set(tag, { resolve, reject }));
+    });
+    this.#tail = (this.#tail + ds.length) >>> 0;
+    // The doorbell: a plain store into the mapped queue page. Atomics orders it after the descriptor writes.
+    Atomics.store(new Uint32Array(this.#page.buffer, QP.SQ_TAIL, 1), 0, this.#tail);
+    void this.#pump();
+    return promises;
+  }
+
+  /** Free submission slots right now. */
+  get space(): number {
+    return this.entries - ((this.#tail - this.#page.getUint32(QP.SQ_HEAD, true)) >>> 0);
+  }
+
+  #writeSqe(slot: number, d: Descriptor, tag: bigint, lastOfBatch: boolean): void {
+    const v = this.#sqView;
+    const o = slot * SQE_SIZE;
+    const flags =
+      ((d.intr ?? lastOfBatch) ? DESC_FLAG.INTR : 0) |
+      (d.srcDevmem ? DESC_FLAG.SRC_DEVMEM : 0) |
+      (d.dstDevmem ? DESC_FLAG.DST_DEVMEM : 0);
+    v.setUint8(o, OPCODE[d.opcode]);
+    v.setUint8(o + 1, flags);
+    v.setUint16(o + 2, 0, true);
+    v.setUint32(o + 4, d.length ?? 0, true);
+    v.setBigUint64(o + 8, d.src ?? 0n, true);
+    v.setBigUint64(o + 16, d.dst ?? 0n, true);
+    v.setBigUint64(o + 24, d.imm ?? 0n, true);
+    v.setBigUint64(o + 32, tag, true);
+    for (let i = 40; i < 64; i += 8) v.setBigUint64(o + i, 0n, true);
+  }
+
+  /** Consume every completion the device has written; returns how many. Never blocks. */
+  poll(): number {
+    let n = 0;
+    for (;;) {
+      const slot = this.#cqHead % this.entries;
+      const phase = (Math.floor(this.#cqHead / this.entries) & 1) === 0 ? 1 : 0;
+      const o = slot * CQE_SIZE;
+      if ((this.#cqView.getUint16(o + 14, true) & 1) !== phase) break;
+      const c: Completion = {
+        tag: this.#cqView.getBigUint64(o, true),
+        result: this.#cqView.getUint32(o + 8, true),
+        status: STATUS_NAME[this.#cqView.getUint16(o + 12, true)] ?? 'BAD_OPCODE',
+      };
+      this.#cqHead = (this.#cqHead + 1) >>> 0;
+      n++;
+      const p = this.#pending.get(c.tag);
+      if (p) {
+        this.#pending.delete(c.tag);
+        if (c.status === 'OK') p.resolve(c);
+        else p.reject(new DeviceStatusError(c));
+      }
+    }
+    if (n) Atomics.store(new Uint32Array(this.#page.buffer, QP.CQ_HEAD, 1), 0, this.#cqHead);
+    return n;
+  }
+
+  /** Spin on the completion ring until `pred` holds or `timeoutNs` passes (hot-path measurements). */
+  spinUntil(pred: () => boolean, timeoutNs = 1_000_000_000n): boolean {
+    const end = process.hrtime.bigint() + timeoutNs;
+    while (!pred()) {
+      this.poll();
+      if (process.hrtime.bigint() > end) return false;
+    }
+    return true;
+  }
+
+  async #pump(): Promise<void> {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      while (this.#pending.size && !this.lease.closed) {
+        const end = process.hrtime.bigint() + this.#spinNs;
+        while (!this.poll() && process.hrtime.bigint() < end) {
+          /* brief spin: the device answers in microseconds */
+        }
+        if (!this.#pending.size) break;
+        if (this.error) {
+          // The faulting descriptor's completion may land just after Q_ERROR: collect it first, so it is
+          // reported with its own status; whatever is still pending will never complete.
+          this.poll();
+          this.#failAll(leaseError('EIO', `queue entered ERROR: ${STATUS_NAME[this.error] ?? this.error}`));
+          return;
+        }
+        // Sleep until an interrupt, but look again at least every millisecond (a descriptor without INTR).
+        await Promise.race([this.lease.nextInterrupt(), new Promise((r) => setTimeout(r, 1))]).catch(
+          () => undefined,
+        );
+      }
+      if (this.lease.closed)
+        this.#failAll(leaseError('ERR_DEVLEASE_CLOSED', 'the lease closed with descriptors in flight'));
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  #failAll(err: Error): void {
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+  }
+
+  /** Ask the broker for a queue reset (after ERROR), then re-program the rings. */
+  async reset(): Promise<void> {
+    this.#failAll(leaseError('ECANCELED', 'queue reset'));
+    await this.lease.resetQueue();
+    this.#program();
+  }
+
+  // --- conveniences ---
+  nop(): Promise<Completion> {
+    return this.submit({ opcode: 'NOP' });
+  }
+  copy(src: bigint, dst: bigint, length: number, flags: Partial<Descriptor> = {}): Promise<Completion> {
+    return this.submit({ opcode: 'COPY', src, dst, length, ...flags });
+  }
+  fill(dst: bigint, length: number, pattern: bigint, flags: Partial<Descriptor> = {}): Promise<Completion> {
+    return this.submit({ opcode: 'FILL', dst, length, imm: pattern, ...flags });
+  }
+  crc32c(src: bigint, length: number, flags: Partial<Descriptor> = {}): Promise<Completion> {
+    return this.submit({ opcode: 'CRC32C', src, length, ...flags });
+  }
+  writeImm(dst: bigint, value: bigint, flags: Partial<Descriptor> = {}): Promise<Completion> {
+    return this.submit({ opcode: 'WRITE_IMM', dst, imm: value, ...flags });
+  }
+
+  /** Free the rings (the lease's close() frees them too). */
+  async close(): Promise<void> {
+    this.#failAll(leaseError('ERR_DEVLEASE_CLOSED', 'queue closed'));
+    await this.#sq.free().catch(() => undefined);
+    await this.#cq.free().catch(() => undefined);
+  }
+}
+
+export { STATUS_CODE };

@@ -1,0 +1,96 @@
+// The one VFIO device model the broker drives, whatever carries it: the
+// kernel's ioctls (iommufd + vfio cdev, or group + type1 container) or a
+// vfio-user connection (the SA-1 simulator or any vfio-user server).
+//
+// The broker and its drivers see only this interface. It is deliberately the
+// VFIO vocabulary (regions, irqs, DMA map/unmap, reset, device features) so a
+// driver works unchanged on either transport.
+
+import type { EventEmitter } from 'node:events';
+import type { Fd } from '../sys/fd.js';
+
+export type Transport = 'vfio-user' | 'kernel-iommufd' | 'kernel-container';
+
+export interface SparseArea {
+  offset: bigint;
+  size: bigint;
+}
+
+export interface DeviceRegion {
+  index: number;
+  flags: number; // VFIO_REGION_INFO_FLAG_*
+  size: bigint;
+  /** mmap offset for this region on the device fd (kernel) or on `fd` (vfio-user). */
+  offset: bigint;
+  /** Areas that may be mmap'd; undefined: the whole region when FLAG_MMAP is set. */
+  sparse?: SparseArea[];
+  /** Region type capability, when present. */
+  type?: { type: number; subtype: number };
+}
+
+export interface DmaMapping {
+  /** The memory: a memfd or any mappable fd. The device takes its own reference; the caller keeps `fd`. */
+  fd: Fd;
+  offset: bigint;
+  iova: bigint;
+  size: bigint;
+  read: boolean;
+  write: boolean;
+}
+
+export interface IovaRange {
+  start: bigint;
+  /** Inclusive last address. */
+  last: bigint;
+}
+
+/** Events: 'close' (the transport is gone: device connection lost or fd closed). */
+export interface Device extends EventEmitter {
+  readonly transport: Transport;
+  /** Which path was chosen and why (shown by `devlease status`). */
+  readonly path: { chosen: string; reason: string };
+  /** PCI vendor/device/subsystem ids and class, read from config space. */
+  readonly ids: {
+    vendor: number;
+    device: number;
+    subsystemVendor: number;
+    subsystem: number;
+    classCode: number;
+  };
+  readonly numRegions: number;
+  readonly numIrqs: number;
+
+  region(index: number): Promise<DeviceRegion>;
+  read(index: number, offset: bigint | number, count: number): Promise<Uint8Array>;
+  write(index: number, offset: bigint | number, data: Uint8Array): Promise<void>;
+  read32(index: number, offset: number): Promise<number>;
+  write32(index: number, offset: number, value: number): Promise<void>;
+  read64(index: number, offset: number): Promise<bigint>;
+  write64(index: number, offset: number, value: bigint): Promise<void>;
+
+  /** IOVA ranges the IOMMU accepts. */
+  iovaRanges(): IovaRange[];
+  dmaMap(m: DmaMapping): Promise<void>;
+  /** Resolves only when the device holds no reference to the memory any more. */
+  dmaUnmap(iova: bigint, size: bigint): Promise<void>;
+
+  irqCount(index: number): Promise<number>;
+  /** Assign eventfds to vectors [start, start + fds.length) of `index`; null unassigns that vector. */
+  setIrqs(index: number, start: number, fds: (Fd | null)[]): Promise<void>;
+  /** Disable all vectors of `index`. */
+  disableIrqs(index: number): Promise<void>;
+  reset(): Promise<void>;
+
+  /**
+   * Slice fds for BAR ranges (VFIO_DEVICE_FEATURE_DMA_BUF): one fd per range
+   * unit the device defines, each mapping that slice alone. Rejects with code
+   * 'ENOTSUP' when the device cannot give mappable slice fds.
+   */
+  sliceFds(region: number, ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]>;
+  /** Permanently revoke a slice: every mapping of any description of it stops reaching the device. 'ENOTSUP' if unsupported. */
+  revokeSlice(fd: Fd): Promise<void>;
+  /** What this transport can enforce, for isolation reporting. */
+  readonly capabilities: { mappableSlices: boolean; revocableSlices: boolean };
+
+  close(): Promise<void>;
+}

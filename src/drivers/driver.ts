@@ -1,0 +1,93 @@
+// What the broker needs to know about one kind of device: how to boot it,
+// what lease kinds it offers, how a lease's resources are laid out, and how
+// to quiesce and reset a lease. Drivers hold device knowledge; the broker
+// holds lifetimes, policy and sessions.
+
+import type { EventEmitter } from 'node:events';
+import type { BrokerConfig } from '../broker/config.js';
+import type { LeaseRequest } from '../broker/policy.js';
+import type { Device } from '../device/device.js';
+
+export type IsolationLevel = 'enforced' | 'cooperative';
+export interface Isolation {
+  level: IsolationLevel;
+  reason: string;
+}
+
+/** One leased piece of a BAR, presented to the client as region `leaseRegion`. */
+export interface SliceSpec {
+  /** Physical region index and byte range. */
+  region: number;
+  offset: bigint;
+  size: bigint;
+  /** Region index in the lease's virtual device. */
+  leaseRegion: number;
+  /** Offset of this slice inside the lease region. */
+  leaseOffset: bigint;
+  /** The unit slice fds come in (a queue page, a granule): the device gives one fd per unit. */
+  unit: bigint;
+  isolation: Isolation;
+}
+
+export interface LeaseResources {
+  kind: string;
+  /** Device-specific handle, e.g. the queue number. */
+  queue: number | null;
+  slices: SliceSpec[];
+  /** The IOVA window the lease's DMA may use. */
+  window: { base: bigint; size: bigint } | null;
+  /** Physical MSI-X vectors, lease vector i = physical vectors[i]. */
+  vectors: number[];
+  /** Device memory (BAR4 range), if any. */
+  devmem: { offset: bigint; size: bigint } | null;
+  /** Isolation per resource, with the reason, reported to the client. */
+  isolation: Record<string, Isolation>;
+}
+
+export interface DeviceFault {
+  /** The queue it concerns, or null for the whole device. */
+  queue: number | null;
+  code: number;
+  name: string;
+  address: bigint;
+}
+
+/**
+ * Events a driver emits:
+ * - 'fault' (DeviceFault): a fault record; the broker forwards it to the lease holding the queue.
+ * - 'hang' (reason: string): the device stopped; the broker notifies everyone, resets and reboots.
+ * - 'device-reset' (reason: string): the device was reset behind the driver's back; leases are gone.
+ */
+export interface Driver extends EventEmitter {
+  readonly name: string;
+  /** Bring the device to a running state from whatever state it is in. */
+  boot(): Promise<void>;
+  /** Lease kinds this device offers (one socket each). */
+  kinds(): string[];
+  /** Check the layout against the page size: throws naming region, offset and stride when slices cannot be isolated. */
+  validateLayout(): void;
+  /** Reserve resources for a lease; throws VfioError (ENOSPC when none are free, EINVAL for a bad request). */
+  acquire(req: LeaseRequest): LeaseResources;
+  /** Program the device for the lease (windows, vector) and enable it. */
+  activate(res: LeaseResources): Promise<void>;
+  /** Stop the lease's work: disable, wait for idle, in-flight work completes ABORTED. */
+  quiesce(res: LeaseResources): Promise<void>;
+  /** The client asked for DEVICE_RESET: reset only what it leased. */
+  resetLease(res: LeaseResources): Promise<void>;
+  /** Whole-device reset and back to running (firmware, enable); every lease must be reclaimed first. */
+  recover(): Promise<void>;
+  /** Return the resources to the pool (after the broker has revoked or seen released every slice). */
+  release(res: LeaseResources): void;
+  /** The virtual config space (256 bytes) of a lease device. */
+  leaseConfigSpace(res: LeaseResources): Uint8Array;
+  /** Device-level state for `devlease status`. */
+  status(): Promise<Record<string, unknown>>;
+  /** Stop timers and watchers (the device stays as it is). */
+  close(): void;
+}
+
+export interface DriverFactory {
+  readonly name: string;
+  matches(device: Device): boolean;
+  create(device: Device, config: BrokerConfig): Driver;
+}

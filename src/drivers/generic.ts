@@ -1,0 +1,134 @@
+// The generic driver: for a device devlease has no knowledge of. It offers
+// one lease kind, `device`: every BAR region whole, every MSI-X vector, and
+// one IOVA window, to one client at a time. Nothing is isolated inside the
+// device, so every slice is reported `cooperative`, with the reason.
+
+import { EventEmitter } from 'node:events';
+import type { BrokerConfig } from '../broker/config.js';
+import type { LeaseRequest } from '../broker/policy.js';
+import type { Device } from '../device/device.js';
+import {
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+  VFIO_PCI_ROM_REGION_INDEX,
+} from '../vfio/uapi/vfio.js';
+import { VfioError } from '../vfio/user/device-model.js';
+import { buildLeaseConfigSpace } from './config-space.js';
+import type { Driver, DriverFactory, LeaseResources, SliceSpec } from './driver.js';
+
+const COOPERATIVE = {
+  level: 'cooperative' as const,
+  reason:
+    'generic driver: the whole region is shared with the device owner; nothing inside the device separates clients',
+};
+
+export class GenericDriver extends EventEmitter implements Driver {
+  readonly name = 'generic';
+  #bars: { index: number; size: bigint }[] = [];
+  #vectors = 0;
+  #leased = false;
+
+  constructor(
+    private readonly dev: Device,
+    private readonly cfg: BrokerConfig,
+  ) {
+    super();
+  }
+
+  kinds(): string[] {
+    return ['device'];
+  }
+
+  async boot(): Promise<void> {
+    this.#bars = [];
+    for (let i = 0; i < Math.min(this.dev.numRegions, VFIO_PCI_ROM_REGION_INDEX); i++) {
+      const r = await this.dev.region(i);
+      if (r.size > 0n) this.#bars.push({ index: i, size: r.size });
+    }
+    this.#vectors = await this.dev.irqCount(VFIO_PCI_MSIX_IRQ_INDEX).catch(() => 0);
+  }
+
+  validateLayout(): void {
+    if (!this.cfg.layout.allowCooperative) {
+      // whole regions are leased to one client at a time: nothing to split, nothing to refuse
+    }
+  }
+
+  acquire(req: LeaseRequest): LeaseResources {
+    if (req.kind !== 'device')
+      throw new VfioError('EINVAL', `the generic driver offers lease kind 'device', not '${req.kind}'`);
+    if (this.#leased) throw new VfioError('EBUSY', 'the device is leased whole to another client');
+    this.#leased = true;
+    const slices: SliceSpec[] = this.#bars.map((b) => ({
+      region: b.index,
+      offset: 0n,
+      size: b.size,
+      leaseRegion: b.index,
+      leaseOffset: 0n,
+      unit: b.size,
+      isolation: COOPERATIVE,
+    }));
+    const range = this.dev.iovaRanges()[0];
+    const base = 1n << 32n;
+    const size = range && range.last >= base + (1n << 32n) - 1n ? 1n << 32n : 0n;
+    return {
+      kind: 'device',
+      queue: null,
+      slices,
+      window: size ? { base, size } : null,
+      vectors: Array.from({ length: this.#vectors }, (_, i) => i),
+      devmem: null,
+      isolation: {
+        regions: COOPERATIVE,
+        iovaWindow: { level: 'enforced', reason: 'the broker maps all DMA after a window check' },
+        interrupts: { level: 'enforced', reason: 'the client eventfds are wired to this lease only' },
+      },
+    };
+  }
+
+  async activate(): Promise<void> {}
+  async quiesce(): Promise<void> {
+    await this.dev.reset().catch(() => undefined);
+  }
+  async resetLease(): Promise<void> {
+    await this.dev.reset();
+  }
+  async recover(): Promise<void> {
+    await this.dev.reset();
+  }
+  release(): void {
+    this.#leased = false;
+  }
+
+  leaseConfigSpace(): Uint8Array {
+    const ids = this.dev.ids;
+    const bars: Record<number, bigint> = {};
+    for (const b of this.#bars) bars[b.index] = b.size;
+    return buildLeaseConfigSpace({
+      vendor: ids.vendor,
+      device: ids.device,
+      revision: 0,
+      classCode: ids.classCode,
+      subsystemVendor: ids.subsystemVendor,
+      subsystem: ids.subsystem,
+      bars,
+    });
+  }
+
+  async status(): Promise<Record<string, unknown>> {
+    return {
+      driver: 'generic',
+      leased: this.#leased,
+      bars: this.#bars.map((b) => ({ ...b, size: b.size.toString() })),
+      configRegion: VFIO_PCI_CONFIG_REGION_INDEX,
+    };
+  }
+
+  close(): void {}
+}
+
+export const genericDriverFactory: DriverFactory = {
+  name: 'generic',
+  matches: () => true,
+  create: (device, config) => new GenericDriver(device, config),
+};

@@ -1,0 +1,57 @@
+// SA-1 firmware boot (datasheet §6): put the image in broker memory, map it
+// at a broker-reserved IOVA, have the device fetch and verify it by DMA, then
+// unmap it again — the device keeps running from its own copy.
+
+import { readFileSync } from 'node:fs';
+import type { Device } from '../../device/device.js';
+import { makeFirmwareImage } from '../../sim/firmware.js';
+import { MemFd } from '../../sys/index.js';
+import { BAR0, FW_STATUS, REG } from './regs.js';
+
+/** Broker-private IOVA for the firmware image: below every lease window (those start at 4 GiB). */
+export const FW_IMAGE_IOVA = 0x10_0000n;
+
+const FW_ERRORS: Record<number, string> = {
+  1: 'bad magic',
+  2: 'bad length',
+  3: 'bad checksum',
+  4: 'IOMMU fault',
+};
+
+/** The image the broker loads when the config names none: a valid header and a small payload. */
+export function defaultFirmwareImage(): Uint8Array {
+  return makeFirmwareImage({
+    version: 0x0001_0000,
+    payload: new TextEncoder().encode('devlease SA-1 default firmware\n'),
+  });
+}
+
+export async function bootFirmware(d: Device, path: string | null): Promise<number> {
+  const image = path ? new Uint8Array(readFileSync(path)) : defaultFirmwareImage();
+  const size = BigInt(Math.ceil(image.byteLength / 4096) * 4096);
+  using mem = MemFd.create('sa1-firmware', { size: Number(size) });
+  {
+    using map = mem.map({ length: Number(size) });
+    map.u8.set(image);
+  }
+  await d.dmaMap({ fd: mem.fd, offset: 0n, iova: FW_IMAGE_IOVA, size, read: true, write: false });
+  try {
+    await d.write64(BAR0, REG.FW_IOVA, FW_IMAGE_IOVA);
+    await d.write32(BAR0, REG.FW_LEN, image.byteLength);
+    await d.write32(BAR0, REG.FW_CMD, 1);
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const st = await d.read32(BAR0, REG.FW_STATUS);
+      if (st === FW_STATUS.RUNNING) return d.read32(BAR0, REG.FW_VERSION);
+      if (st & FW_STATUS.ERROR) {
+        const why = FW_ERRORS[st & 0xff] ?? `error 0x${st.toString(16)}`;
+        throw new Error(`sa1: firmware ${path ?? '(default image)'} refused by the device: ${why}`);
+      }
+      if (Date.now() > deadline)
+        throw new Error(`sa1: firmware load did not finish in 5 s (FW_STATUS ${st})`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  } finally {
+    await d.dmaUnmap(FW_IMAGE_IOVA, size);
+  }
+}

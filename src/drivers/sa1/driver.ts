@@ -1,0 +1,418 @@
+// The SA-1 driver: boots the accelerator (firmware, enable, fault vector),
+// offers the `queue` lease kind, and programs each queue's IOVA and
+// device-memory windows before enabling it — the device-side half of the
+// isolation (the IOMMU is the other half).
+
+import { EventEmitter } from 'node:events';
+import type { BrokerConfig } from '../../broker/config.js';
+import type { LeaseRequest } from '../../broker/policy.js';
+import type { Device } from '../../device/device.js';
+import { EventFd } from '../../sys/index.js';
+import {
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+} from '../../vfio/uapi/vfio.js';
+import { VfioError } from '../../vfio/user/device-model.js';
+import { buildLeaseConfigSpace } from '../config-space.js';
+import type { DeviceFault, Driver, DriverFactory, LeaseResources } from '../driver.js';
+import { bootFirmware } from './boot.js';
+import { Granules, WindowSlots } from './pools.js';
+import {
+  BAR0,
+  BAR2,
+  BAR4,
+  CONTROL,
+  FAULT_LOG_ENTRIES,
+  FAULT_RECORD_SIZE,
+  FW_STATUS,
+  Q,
+  Q_CTRL,
+  Q_STATUS,
+  qcfg,
+  REG,
+  SA1_DEVICE,
+  SA1_VENDOR,
+  STATUS,
+  STATUS_NAME,
+} from './regs.js';
+
+/** Lease region index of the first device-memory granule (after the devlease info region, 9). */
+export const DEVMEM_LEASE_REGION0 = 10;
+
+const PCI_COMMAND = 0x04;
+const PCI_COMMAND_MEMORY = 1 << 1;
+const PCI_COMMAND_MASTER = 1 << 2;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface Sa1Geometry {
+  numQueues: number;
+  queueStride: number;
+  devmemSize: bigint;
+  granule: number;
+}
+
+export class Sa1Driver extends EventEmitter implements Driver {
+  readonly name = 'sa1';
+  readonly #dev: Device;
+  readonly #cfg: BrokerConfig;
+  #geo: Sa1Geometry | null = null;
+  #freeQueues: number[] = [];
+  #windows: WindowSlots | null = null;
+  #granules: Granules | null = null;
+  #faultFd: EventFd | null = null;
+  #errFd: EventFd | null = null;
+  #faultsSeen = 0;
+  #ownResets = 0;
+  #heartbeat: { timer: NodeJS.Timeout; last: number; stale: number } | null = null;
+  #closed = false;
+
+  constructor(dev: Device, cfg: BrokerConfig) {
+    super();
+    this.#dev = dev;
+    this.#cfg = cfg;
+  }
+
+  get geometry(): Sa1Geometry {
+    if (!this.#geo) throw new Error('sa1: device not booted');
+    return this.#geo;
+  }
+
+  kinds(): string[] {
+    return ['queue'];
+  }
+
+  async boot(): Promise<void> {
+    const d = this.#dev;
+    const id = await d.read32(BAR0, REG.ID);
+    if (id !== 0x5a01_0001)
+      throw new Error(`sa1: ID register reads 0x${id.toString(16)}, expected 0x5a010001`);
+    this.#geo = {
+      numQueues: await d.read32(BAR0, REG.NUM_QUEUES),
+      queueStride: await d.read32(BAR0, REG.QUEUE_STRIDE),
+      devmemSize: BigInt(await d.read32(BAR0, REG.DEVMEM_SIZE_MB)) << 20n,
+      granule: await d.read32(BAR0, REG.DEVMEM_GRANULE),
+    };
+    const g = this.#geo;
+    this.validateLayout();
+
+    // A restarted broker finds the device in whatever state the last one left:
+    // a hung device is reset; running firmware is kept (the device outlives its driver).
+    let status = await d.read32(BAR0, REG.STATUS);
+    if (status & STATUS.HUNG) {
+      await this.#resetDevice();
+      status = await d.read32(BAR0, REG.STATUS);
+    }
+    // Stop every queue a previous owner may have left enabled before leasing them again.
+    for (let q = 0; q < g.numQueues; q++) {
+      if ((await d.read32(BAR0, qcfg(q, Q.CTRL))) & Q_CTRL.ENABLE) await this.#resetQueue(q);
+    }
+    await this.#enableBusMaster();
+    if ((await d.read32(BAR0, REG.FW_STATUS)) !== FW_STATUS.RUNNING) {
+      await bootFirmware(d, this.#cfg.sa1.firmware);
+    }
+    await d.write32(BAR0, REG.CONTROL, CONTROL.ENABLE);
+
+    this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i);
+    this.#windows = new WindowSlots(this.#cfg.sa1.windowSize, g.numQueues, d.iovaRanges());
+    this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
+    await this.#armInterrupts();
+    this.#faultsSeen = await d.read32(BAR0, REG.FAULT_HEAD);
+    await d.write32(BAR0, REG.FAULT_ACK, this.#faultsSeen);
+    this.#startHeartbeat();
+  }
+
+  validateLayout(): void {
+    const g = this.geometry;
+    const page = this.#cfg.layout.pageSize;
+    const problems: string[] = [];
+    if (g.queueStride < page || g.queueStride % page !== 0) {
+      problems.push(
+        `region 2 (BAR2): offset 0, stride ${g.queueStride} is below or not a multiple of the ${page}-byte page`,
+      );
+    }
+    if (g.granule < page || g.granule % page !== 0) {
+      problems.push(
+        `region 4 (BAR4): offset 0, stride ${g.granule} is below or not a multiple of the ${page}-byte page`,
+      );
+    }
+    if (problems.length && !this.#cfg.layout.allowCooperative) {
+      throw new Error(
+        `sa1: layout cannot isolate clients: ${problems.join('; ')} (set layout.allow_cooperative to lease anyway)`,
+      );
+    }
+    this.#cooperativeLayout = problems.length > 0;
+  }
+  #cooperativeLayout = false;
+
+  acquire(req: LeaseRequest): LeaseResources {
+    const g = this.geometry;
+    if (req.kind !== 'queue')
+      throw new VfioError('EINVAL', `sa1 offers lease kind 'queue', not '${req.kind}'`);
+    const granules = req.devmemGranules ?? 0;
+    if (!Number.isInteger(granules) || granules < 0 || granules > this.#cfg.sa1.maxDevmemGranules) {
+      throw new VfioError(
+        'EINVAL',
+        `devmemGranules must be 0..${this.#cfg.sa1.maxDevmemGranules}, got ${String(granules)}`,
+      );
+    }
+    const q = this.#freeQueues.shift();
+    if (q === undefined) throw new VfioError('ENOSPC', `all ${g.numQueues} queues are leased`);
+    const window = this.#windows!.take(q);
+    const devmem = granules ? this.#granules!.take(granules) : null;
+    if (granules && !devmem) {
+      this.#windows!.give(q);
+      this.#freeQueues.unshift(q);
+      throw new VfioError('ENOSPC', `no ${granules} contiguous free device-memory granules`);
+    }
+    const sliceIsolation = this.#cooperativeLayout
+      ? {
+          level: 'cooperative' as const,
+          reason: 'the layout puts more than one lease in a page (layout.allow_cooperative)',
+        }
+      : this.#dev.capabilities.revocableSlices
+        ? { level: 'enforced' as const, reason: 'own slice fd from the device, revocable' }
+        : {
+            level: 'enforced' as const,
+            reason: 'own slice fd from the device; not revocable: reuse waits for observed release',
+          };
+    const stride = BigInt(g.queueStride);
+    const slices: LeaseResources['slices'] = [
+      {
+        region: BAR2,
+        offset: BigInt(q) * stride,
+        size: stride,
+        leaseRegion: BAR2,
+        leaseOffset: 0n,
+        unit: stride,
+        isolation: sliceIsolation,
+      },
+    ];
+    // Each device-memory granule is its own lease region (one slice fd each), after the info region (9).
+    for (let i = 0; devmem && i < granules; i++) {
+      const unit = BigInt(g.granule);
+      slices.push({
+        region: BAR4,
+        offset: devmem.offset + BigInt(i) * unit,
+        size: unit,
+        leaseRegion: DEVMEM_LEASE_REGION0 + i,
+        leaseOffset: 0n,
+        unit,
+        isolation: sliceIsolation,
+      });
+    }
+    return {
+      kind: 'queue',
+      queue: q,
+      slices,
+      window,
+      vectors: [q],
+      devmem,
+      isolation: {
+        queuePage: sliceIsolation,
+        ...(devmem ? { devmem: sliceIsolation } : {}),
+        iovaWindow: {
+          level: 'enforced',
+          reason: 'the broker maps all DMA after a window check; the device checks Q_WIN too',
+        },
+        interrupts: { level: 'enforced', reason: 'the client eventfd is wired to its own vector only' },
+      },
+    };
+  }
+
+  async activate(res: LeaseResources): Promise<void> {
+    const d = this.#dev;
+    const q = res.queue!;
+    await this.#resetQueue(q); // a clean queue: indexes zero, error cleared
+    await d.write64(BAR0, qcfg(q, Q.WIN_BASE), res.window!.base);
+    await d.write64(BAR0, qcfg(q, Q.WIN_SIZE), res.window!.size);
+    await d.write32(BAR0, qcfg(q, Q.MEM_BASE), Number(res.devmem?.offset ?? 0n));
+    await d.write32(BAR0, qcfg(q, Q.MEM_SIZE), Number(res.devmem?.size ?? 0n));
+    await d.write32(BAR0, qcfg(q, Q.VECTOR), res.vectors[0]!);
+    await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE);
+  }
+
+  async quiesce(res: LeaseResources): Promise<void> {
+    const q = res.queue!;
+    const d = this.#dev;
+    // Disabling aborts in-flight descriptors (they complete ABORTED); wait for IDLE, then reset
+    // so no ring state survives into the next lease.
+    await d.write32(BAR0, qcfg(q, Q.CTRL), 0);
+    const deadline = Date.now() + this.#cfg.lifetime.quiesceTimeoutMs;
+    while (!((await d.read32(BAR0, qcfg(q, Q.STATUS))) & Q_STATUS.IDLE) && Date.now() < deadline)
+      await sleep(1);
+    await this.#resetQueue(q);
+  }
+
+  async resetLease(res: LeaseResources): Promise<void> {
+    await this.#resetQueue(res.queue!);
+    await this.#dev.write32(BAR0, qcfg(res.queue!, Q.CTRL), Q_CTRL.ENABLE);
+  }
+
+  release(res: LeaseResources): void {
+    const q = res.queue!;
+    this.#windows!.give(q);
+    if (res.devmem) this.#granules!.give(res.devmem);
+    if (!this.#freeQueues.includes(q)) {
+      this.#freeQueues.push(q);
+      this.#freeQueues.sort((a, b) => a - b);
+    }
+  }
+
+  leaseConfigSpace(_res: LeaseResources): Uint8Array {
+    const bars: Record<number, bigint> = { [BAR2]: BigInt(this.geometry.queueStride) };
+    return buildLeaseConfigSpace({
+      vendor: SA1_VENDOR,
+      device: SA1_DEVICE,
+      classCode: 0x120000,
+      revision: 1,
+      subsystemVendor: SA1_VENDOR,
+      subsystem: 1,
+      bars,
+    });
+  }
+
+  async status(): Promise<Record<string, unknown>> {
+    const d = this.#dev;
+    const st = await d.read32(BAR0, REG.STATUS);
+    return {
+      driver: 'sa1',
+      status: Object.entries(STATUS)
+        .filter(([, bit]) => st & bit)
+        .map(([n]) => n),
+      fwStatus: await d.read32(BAR0, REG.FW_STATUS),
+      fwVersion: await d.read32(BAR0, REG.FW_VERSION),
+      heartbeat: await d.read32(BAR0, REG.HEARTBEAT),
+      faultHead: await d.read32(BAR0, REG.FAULT_HEAD),
+      geometry: { ...this.geometry, devmemSize: this.geometry.devmemSize.toString() },
+      freeQueues: this.#freeQueues.length,
+    };
+  }
+
+  /** Whole-device recovery after a hang: reset, reload firmware, enable. Leases must already be reclaimed. */
+  async recover(): Promise<void> {
+    this.#stopHeartbeat();
+    await this.#resetDevice();
+    await this.#enableBusMaster();
+    await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
+    await this.#dev.write32(BAR0, REG.CONTROL, CONTROL.ENABLE);
+    this.#faultsSeen = await this.#dev.read32(BAR0, REG.FAULT_HEAD);
+    this.#startHeartbeat();
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#stopHeartbeat();
+    this.#faultFd?.close();
+    this.#errFd?.close();
+    this.#faultFd = this.#errFd = null;
+  }
+
+  /** Memory space and bus master on: the device refuses DMA (firmware fetch included) without bus master. */
+  async #enableBusMaster(): Promise<void> {
+    const cmd = await this.#dev.read(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2);
+    const v =
+      new DataView(cmd.buffer, cmd.byteOffset, 2).getUint16(0, true) |
+      PCI_COMMAND_MEMORY |
+      PCI_COMMAND_MASTER;
+    const out = new Uint8Array(2);
+    new DataView(out.buffer).setUint16(0, v, true);
+    await this.#dev.write(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, out);
+  }
+
+  async #resetDevice(): Promise<void> {
+    this.#ownResets++; // the device answers a reset with its ERR interrupt: that one is ours, not news
+    await this.#dev.write32(BAR0, REG.CONTROL, CONTROL.RESET);
+    for (let i = 0; i < 1000 && (await this.#dev.read32(BAR0, REG.CONTROL)) & CONTROL.RESET; i++)
+      await sleep(1);
+  }
+
+  async #resetQueue(q: number): Promise<void> {
+    const d = this.#dev;
+    await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET);
+    for (let i = 0; i < 1000 && (await d.read32(BAR0, qcfg(q, Q.CTRL))) & Q_CTRL.RESET; i++) await sleep(1);
+  }
+
+  async #armInterrupts(): Promise<void> {
+    const g = this.geometry;
+    this.#faultFd = new EventFd();
+    this.#faultFd.onReadable(() => void this.#drainFaults().catch((err) => this.emit('error', err)));
+    await this.#dev.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, g.numQueues, [this.#faultFd.fd]);
+    this.#errFd = new EventFd();
+    this.#errFd.onReadable((n) => void this.#onErr(Number(n)).catch((err) => this.emit('error', err)));
+    await this.#dev.setIrqs(VFIO_PCI_ERR_IRQ_INDEX, 0, [this.#errFd.fd]);
+  }
+
+  /** ERR: the device hung, or was reset. Resets the driver did itself are expected and ignored. */
+  async #onErr(count: number): Promise<void> {
+    const theirs = Math.max(0, count - this.#ownResets);
+    this.#ownResets = Math.max(0, this.#ownResets - count);
+    if (theirs === 0) return;
+    const status = await this.#dev.read32(BAR0, REG.STATUS);
+    if (status & STATUS.HUNG) this.emit('hang', 'the device raised ERR and reports HUNG');
+    else this.emit('device-reset', 'the device raised ERR: it was reset');
+  }
+
+  async #drainFaults(): Promise<void> {
+    const d = this.#dev;
+    const head = await d.read32(BAR0, REG.FAULT_HEAD);
+    // The log holds the last 16 records; older ones are lost if we fell that far behind.
+    let from = this.#faultsSeen;
+    if ((head - from) >>> 0 > FAULT_LOG_ENTRIES) from = (head - FAULT_LOG_ENTRIES) >>> 0;
+    for (let n = from; n !== head; n = (n + 1) >>> 0) {
+      // BAR0 takes 4- or 8-byte accesses only: a record is two 64-bit reads.
+      const at = REG.FAULT_LOG + (n % FAULT_LOG_ENTRIES) * FAULT_RECORD_SIZE;
+      const head = await d.read64(BAR0, at);
+      const address = await d.read64(BAR0, at + 8);
+      const queue = Number(head & 0xffffn);
+      const code = Number((head >> 16n) & 0xffffn);
+      const fault: DeviceFault = {
+        queue: queue === 0xffff ? null : queue,
+        code,
+        name: STATUS_NAME[code] ?? (code === 16 ? 'FW_FAULT' : code === 17 ? 'HANG' : `CODE_${code}`),
+        address,
+      };
+      this.emit('fault', fault);
+    }
+    this.#faultsSeen = head;
+    await d.write32(BAR0, REG.FAULT_ACK, head);
+  }
+
+  #startHeartbeat(): void {
+    const period = this.#cfg.sa1.heartbeatMs;
+    const hb = { timer: setInterval(() => void tick(), period), last: -1, stale: 0 };
+    hb.timer.unref();
+    this.#heartbeat = hb;
+    let busy = false;
+    const tick = async () => {
+      if (busy || this.#closed) return;
+      busy = true;
+      try {
+        const v = await this.#dev.read32(BAR0, REG.HEARTBEAT);
+        hb.stale = v === hb.last ? hb.stale + 1 : 0;
+        hb.last = v;
+        // HEARTBEAT advances at least every 10 ms; two whole periods without a change is a hang.
+        if (hb.stale >= 2) {
+          this.#stopHeartbeat();
+          this.emit('hang', `heartbeat stopped at ${v}`);
+        }
+      } catch {
+        // the device connection is going away; the broker sees 'close' on the device
+      } finally {
+        busy = false;
+      }
+    };
+  }
+
+  #stopHeartbeat(): void {
+    if (this.#heartbeat) clearInterval(this.#heartbeat.timer);
+    this.#heartbeat = null;
+  }
+}
+
+export const sa1DriverFactory: DriverFactory = {
+  name: 'sa1',
+  matches: (device) => device.ids.vendor === SA1_VENDOR && device.ids.device === SA1_DEVICE,
+  create: (device, config) => new Sa1Driver(device, config),
+};

@@ -1,0 +1,133 @@
+// Firmware (datasheet §6): the image format, an image generator for the
+// broker and tests, the fetch-and-verify step the device runs after FW_CMD,
+// and the registers that follow from it (FW_STATUS, FW_VERSION, HEARTBEAT).
+
+import { crc32c } from './crc32c.js';
+import {
+  FW_ERR_BAD_CHECKSUM,
+  FW_ERR_BAD_LENGTH,
+  FW_ERR_BAD_MAGIC,
+  FW_ERR_IOMMU_FAULT,
+  FW_HEADER_SIZE,
+  FW_MAGIC,
+  FW_MAX_PAYLOAD,
+  FW_STATUS_ERROR,
+  FW_STATUS_LOADING,
+  FW_STATUS_NONE,
+  FW_STATUS_RUNNING,
+  HEARTBEAT_PERIOD_MS,
+} from './datasheet.js';
+
+const MAGIC_BYTES = new TextEncoder().encode(FW_MAGIC);
+
+/** Build an SA-1 firmware image: "SA1F", version, payload length, CRC32C(payload), payload. */
+export function makeFirmwareImage(opts: { version: number; payload?: Uint8Array }): Uint8Array {
+  const payload = opts.payload ?? new TextEncoder().encode(`SA-1 firmware ${opts.version}\n`);
+  if (payload.length > FW_MAX_PAYLOAD) {
+    throw new RangeError(`firmware payload is ${payload.length} bytes; at most ${FW_MAX_PAYLOAD}`);
+  }
+  const image = new Uint8Array(FW_HEADER_SIZE + payload.length);
+  const dv = new DataView(image.buffer);
+  image.set(MAGIC_BYTES, 0);
+  dv.setUint32(4, opts.version >>> 0, true);
+  dv.setUint32(8, payload.length, true);
+  dv.setUint32(12, crc32c(payload), true);
+  image.set(payload, FW_HEADER_SIZE);
+  return image;
+}
+
+/** Reads `length` bytes at `iova` through the IOMMU; returns the faulting IOVA instead when it cannot. */
+export type ImageFetch = (iova: bigint, length: number) => Uint8Array | { faultIova: bigint };
+
+export type VerifyResult = { ok: true; version: number } | { ok: false; error: number; faultIova: bigint };
+
+/** Fetch and check an image: length, magic, declared length, payload CRC (in that order). */
+export function verifyImage(iova: bigint, len: number, fetch: ImageFetch): VerifyResult {
+  if (len < FW_HEADER_SIZE || len > FW_HEADER_SIZE + FW_MAX_PAYLOAD) {
+    return { ok: false, error: FW_ERR_BAD_LENGTH, faultIova: iova };
+  }
+  const header = fetch(iova, FW_HEADER_SIZE);
+  if (!(header instanceof Uint8Array))
+    return { ok: false, error: FW_ERR_IOMMU_FAULT, faultIova: header.faultIova };
+  for (let i = 0; i < 4; i++) {
+    if (header[i] !== MAGIC_BYTES[i]) return { ok: false, error: FW_ERR_BAD_MAGIC, faultIova: iova };
+  }
+  const dv = new DataView(header.buffer, header.byteOffset, FW_HEADER_SIZE);
+  const version = dv.getUint32(4, true);
+  const payloadLength = dv.getUint32(8, true);
+  const crc = dv.getUint32(12, true);
+  if (payloadLength > FW_MAX_PAYLOAD || FW_HEADER_SIZE + payloadLength !== len) {
+    return { ok: false, error: FW_ERR_BAD_LENGTH, faultIova: iova };
+  }
+  const payload = fetch(iova + BigInt(FW_HEADER_SIZE), payloadLength);
+  if (!(payload instanceof Uint8Array)) {
+    return { ok: false, error: FW_ERR_IOMMU_FAULT, faultIova: payload.faultIova };
+  }
+  if (crc32c(payload) !== crc) return { ok: false, error: FW_ERR_BAD_CHECKSUM, faultIova: iova };
+  return { ok: true, version };
+}
+
+/** Firmware registers and state. */
+export class Firmware {
+  iova = 0n;
+  len = 0;
+  status = FW_STATUS_NONE;
+  version = 0;
+  /** A load was commanded and the device has not run it yet. */
+  loadPending = false;
+  #heartbeatBase = 0;
+  #runningSince = 0;
+  #frozen = true;
+
+  constructor(private readonly now: () => number) {}
+
+  get running(): boolean {
+    return this.status === FW_STATUS_RUNNING;
+  }
+
+  command(): void {
+    this.status = FW_STATUS_LOADING;
+    this.version = 0;
+    this.loadPending = true;
+    this.#freeze();
+  }
+
+  finish(result: VerifyResult): void {
+    this.loadPending = false;
+    if (result.ok) {
+      this.status = FW_STATUS_RUNNING;
+      this.version = result.version;
+      this.#heartbeatBase = 0;
+      this.#runningSince = this.now();
+      this.#frozen = false;
+    } else {
+      this.status = (FW_STATUS_ERROR | result.error) >>> 0;
+    }
+  }
+
+  /** HEARTBEAT: counts milliseconds while running and not hung. */
+  heartbeat(): number {
+    if (this.#frozen) return this.#heartbeatBase >>> 0;
+    return (this.#heartbeatBase + Math.floor((this.now() - this.#runningSince) / HEARTBEAT_PERIOD_MS)) >>> 0;
+  }
+
+  /** The device hung: the heartbeat stops where it is. */
+  hang(): void {
+    this.#freeze();
+  }
+
+  unload(): void {
+    this.iova = 0n;
+    this.len = 0;
+    this.status = FW_STATUS_NONE;
+    this.version = 0;
+    this.loadPending = false;
+    this.#heartbeatBase = 0;
+    this.#frozen = true;
+  }
+
+  #freeze(): void {
+    if (!this.#frozen) this.#heartbeatBase = this.heartbeat();
+    this.#frozen = true;
+  }
+}

@@ -1,0 +1,113 @@
+// The simulator's start-up options (datasheet: everything marked
+// *configurable*), their defaults and their allowed ranges. The CLI and the
+// programmatic API both validate through here, so an error names the option
+// and its range the same way everywhere.
+
+export interface Sa1Options {
+  /** NUM_QUEUES, 1..1024. */
+  numQueues: number;
+  /** QUEUE_STRIDE in bytes: a power of two, 4096..65536. */
+  queueStride: number;
+  /** DEVMEM_SIZE in bytes: a power of two and a multiple of the granule. */
+  devmemSize: number;
+  /** DEVMEM_GRANULE in bytes: a power of two, at least 64 KiB. */
+  devmemGranule: number;
+  /** Idle poll interval in µs (0 = always spin). */
+  idlePollUs: number;
+}
+
+export const DEFAULT_OPTIONS: Readonly<Sa1Options> = Object.freeze({
+  numQueues: 64,
+  queueStride: 65536,
+  devmemSize: 64 * 1024 * 1024,
+  devmemGranule: 1024 * 1024,
+  idlePollUs: 50,
+});
+
+/** Largest device memory the simulator accepts (DEVMEM_SIZE_MB is 32-bit; 4 GiB keeps BAR4 sane). */
+export const MAX_DEVMEM_SIZE = 4 * 1024 * 1024 * 1024;
+export const MAX_IDLE_POLL_US = 1_000_000;
+
+/** A bad option: `option` is the option's name (CLI spelling given by the caller). */
+export class OptionError extends RangeError {
+  readonly option: string;
+  constructor(option: string, message: string) {
+    super(message);
+    this.name = 'OptionError';
+    this.option = option;
+  }
+}
+
+function isPow2(n: number): boolean {
+  if (!Number.isSafeInteger(n) || n <= 0) return false;
+  while (n % 2 === 0) n /= 2;
+  return n === 1;
+}
+
+/** Names used in messages; the CLI passes its flag spellings. */
+export interface OptionNames {
+  numQueues: string;
+  queueStride: string;
+  devmemSize: string;
+  devmemGranule: string;
+  idlePollUs: string;
+}
+const API_NAMES: OptionNames = {
+  numQueues: 'numQueues',
+  queueStride: 'queueStride',
+  devmemSize: 'devmemSize',
+  devmemGranule: 'devmemGranule',
+  idlePollUs: 'idlePollUs',
+};
+
+/** Fill defaults and check every range; throws OptionError naming the option and what is allowed. */
+export function resolveOptions(
+  partial: Partial<Sa1Options> = {},
+  names: OptionNames = API_NAMES,
+): Sa1Options {
+  const o: Sa1Options = { ...DEFAULT_OPTIONS, ...stripUndefined(partial) };
+  const int = (v: number): boolean => Number.isSafeInteger(v);
+  if (!int(o.numQueues) || o.numQueues < 1 || o.numQueues > 1024) {
+    throw new OptionError(
+      names.numQueues,
+      `${names.numQueues} must be an integer from 1 to 1024, got ${o.numQueues}`,
+    );
+  }
+  if (!isPow2(o.queueStride) || o.queueStride < 4096 || o.queueStride > 65536) {
+    throw new OptionError(
+      names.queueStride,
+      `${names.queueStride} must be a power of two from 4096 to 65536 bytes, got ${o.queueStride}`,
+    );
+  }
+  if (!isPow2(o.devmemGranule) || o.devmemGranule < 65536) {
+    throw new OptionError(
+      names.devmemGranule,
+      `${names.devmemGranule} must be a power of two of at least 65536 bytes, got ${o.devmemGranule}`,
+    );
+  }
+  if (!isPow2(o.devmemSize) || o.devmemSize > MAX_DEVMEM_SIZE || o.devmemSize < o.devmemGranule) {
+    throw new OptionError(
+      names.devmemSize,
+      `${names.devmemSize} must be a power of two, a multiple of the granule (${o.devmemGranule} bytes) ` +
+        `and at most ${MAX_DEVMEM_SIZE} bytes, got ${o.devmemSize}`,
+    );
+  }
+  if (!int(o.idlePollUs) || o.idlePollUs < 0 || o.idlePollUs > MAX_IDLE_POLL_US) {
+    throw new OptionError(
+      names.idlePollUs,
+      `${names.idlePollUs} must be an integer from 0 to ${MAX_IDLE_POLL_US} µs, got ${o.idlePollUs}`,
+    );
+  }
+  return o;
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** BAR2's size: NUM_QUEUES × QUEUE_STRIDE rounded up to a power of two. */
+export function bar2Size(o: Sa1Options): number {
+  let size = 1;
+  while (size < o.numQueues * o.queueStride) size *= 2;
+  return size;
+}

@@ -1,0 +1,246 @@
+// One queue's state (datasheet §2.2 QCFG and §2.3 queue page). The QCFG
+// registers live here as fields; the queue page is shared memory the client
+// maps, so its registers are read and written with Atomics. Processing is in
+// engine.ts.
+
+import {
+  Q_BYTES,
+  Q_COMPLETED,
+  Q_INFLIGHT,
+  Q_MEM_BASE,
+  Q_MEM_SIZE,
+  Q_VECTOR,
+  Q_VECTOR_NONE,
+  Q_WIN_BASE,
+  Q_WIN_SIZE,
+  QP_CQ_BASE,
+  QP_CQ_HEAD,
+  QP_CQ_SIZE,
+  QP_CQ_TAIL,
+  QP_IRQ_MODE,
+  QP_Q_ERROR,
+  QP_REGISTERS_END,
+  QP_SQ_BASE,
+  QP_SQ_HEAD,
+  QP_SQ_SIZE,
+  QP_SQ_TAIL,
+} from './datasheet.js';
+import type { Descriptor } from './descriptor.js';
+
+/** A descriptor fetched and not yet completed. */
+export interface InFlight {
+  desc: Descriptor;
+  /** Device clock (ms) from which it may execute (per-descriptor delay injection). */
+  readyAt: number;
+  /** Set when memory it touches was unmapped while it waited: it completes as IOMMU_FAULT at this IOVA. */
+  poisonIova: bigint | null;
+}
+
+const W = (byteOffset: number): number => byteOffset / 4;
+
+export class Queue {
+  // --- QCFG ---
+  enabled = false;
+  error = false;
+  /** Q_STATUS b8..15: the last non-OK, non-ABORTED status this queue produced. */
+  lastError = 0;
+  winBase = 0n;
+  winSize = 0n;
+  memBase = 0;
+  memSize = 0;
+  vector = Q_VECTOR_NONE;
+  completed = 0;
+  bytes = 0;
+
+  // --- ring state, latched at the first doorbell ---
+  latched = false;
+  sqBase = 0n;
+  sqSize = 0;
+  cqBase = 0n;
+  cqSize = 0;
+  sqHead = 0;
+  cqTail = 0;
+  inflight: InFlight[] = [];
+
+  /** Completions owed an interrupt since this queue's vector last fired. */
+  irqPending = 0;
+  /** Did this queue complete or fetch anything in the current round. */
+  busy = false;
+
+  #u8: Uint8Array | null = null;
+  #i32: Int32Array = new Int32Array(0);
+
+  constructor(
+    readonly index: number,
+    private readonly pageMemory: () => Uint8Array,
+  ) {}
+
+  /** The queue page as 32-bit words (re-derived when a revoke swapped the backing). */
+  get words(): Int32Array {
+    const u8 = this.pageMemory();
+    if (u8 !== this.#u8) {
+      this.#u8 = u8;
+      this.#i32 = new Int32Array(u8.buffer, u8.byteOffset, QP_REGISTERS_END / 4);
+    }
+    return this.#i32;
+  }
+
+  get sqTail(): number {
+    return Atomics.load(this.words, W(QP_SQ_TAIL)) >>> 0;
+  }
+  get cqHead(): number {
+    return Atomics.load(this.words, W(QP_CQ_HEAD)) >>> 0;
+  }
+  get irqMode(): number {
+    return Atomics.load(this.words, W(QP_IRQ_MODE)) >>> 0;
+  }
+
+  /** Copy the ring registers from the page (the first doorbell after enable). */
+  latch(): void {
+    const w = this.words;
+    const u64 = (off: number): bigint =>
+      (BigInt(Atomics.load(w, W(off) + 1) >>> 0) << 32n) | BigInt(Atomics.load(w, W(off)) >>> 0);
+    this.sqBase = u64(QP_SQ_BASE);
+    this.sqSize = Atomics.load(w, W(QP_SQ_SIZE)) >>> 0;
+    this.cqBase = u64(QP_CQ_BASE);
+    this.cqSize = Atomics.load(w, W(QP_CQ_SIZE)) >>> 0;
+    this.latched = true;
+  }
+
+  /** Store the device-owned (RO) registers into the page, overwriting anything a client put there. */
+  publish(): void {
+    const w = this.words;
+    Atomics.store(w, W(QP_SQ_HEAD), this.sqHead | 0);
+    Atomics.store(w, W(QP_SQ_HEAD) + 1, 0);
+    Atomics.store(w, W(QP_CQ_TAIL), this.cqTail | 0);
+    Atomics.store(w, W(QP_Q_ERROR), this.lastError);
+  }
+
+  /** Device-side value of a page register for an owner read (RO registers are the device's). */
+  pageRegister(byteOffset: number): number {
+    switch (byteOffset) {
+      case QP_SQ_HEAD:
+        return this.sqHead;
+      case QP_SQ_HEAD + 4:
+        return 0;
+      case QP_CQ_TAIL:
+        return this.cqTail;
+      case QP_Q_ERROR:
+        return this.lastError;
+      default:
+        return byteOffset < QP_REGISTERS_END ? Atomics.load(this.words, W(byteOffset)) >>> 0 : 0;
+    }
+  }
+
+  /** Owner write of a page register: RO and reserved words are ignored. */
+  writePageRegister(byteOffset: number, value: number): void {
+    switch (byteOffset) {
+      case QP_SQ_BASE:
+      case QP_SQ_BASE + 4:
+      case QP_SQ_SIZE:
+      case QP_SQ_TAIL:
+      case QP_CQ_BASE:
+      case QP_CQ_BASE + 4:
+      case QP_CQ_SIZE:
+      case QP_CQ_HEAD:
+      case QP_IRQ_MODE:
+        Atomics.store(this.words, W(byteOffset), value | 0);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Queue reset, minus the aborts (engine.ts writes those first): rings and indexes zeroed, ERROR cleared. */
+  clearRings(): void {
+    this.enabled = false;
+    this.error = false;
+    this.lastError = 0;
+    this.completed = 0;
+    this.bytes = 0;
+    this.latched = false;
+    this.sqBase = 0n;
+    this.sqSize = 0;
+    this.cqBase = 0n;
+    this.cqSize = 0;
+    this.sqHead = 0;
+    this.cqTail = 0;
+    this.inflight = [];
+    this.irqPending = 0;
+    const w = this.words;
+    for (let i = 0; i < w.length; i++) Atomics.store(w, i, 0);
+  }
+
+  /** Whole-device reset: QCFG back to its power-on values as well. */
+  powerOn(): void {
+    this.clearRings();
+    this.winBase = 0n;
+    this.winSize = 0n;
+    this.memBase = 0;
+    this.memSize = 0;
+    this.vector = Q_VECTOR_NONE;
+  }
+
+  /** QCFG read of one 32-bit word (Q_CTRL and Q_STATUS are the device's: see device.ts). */
+  readQcfg(off: number): number {
+    switch (off) {
+      case Q_WIN_BASE:
+        return Number(this.winBase & 0xffffffffn);
+      case Q_WIN_BASE + 4:
+        return Number(this.winBase >> 32n);
+      case Q_WIN_SIZE:
+        return Number(this.winSize & 0xffffffffn);
+      case Q_WIN_SIZE + 4:
+        return Number(this.winSize >> 32n);
+      case Q_MEM_BASE:
+        return this.memBase;
+      case Q_MEM_SIZE:
+        return this.memSize;
+      case Q_VECTOR:
+        return this.vector;
+      case Q_INFLIGHT:
+        return this.inflight.length;
+      case Q_COMPLETED:
+        return this.completed >>> 0;
+      case Q_COMPLETED + 4:
+        return Math.floor(this.completed / 2 ** 32) >>> 0;
+      case Q_BYTES:
+        return this.bytes >>> 0;
+      case Q_BYTES + 4:
+        return Math.floor(this.bytes / 2 ** 32) >>> 0;
+      default:
+        return 0;
+    }
+  }
+
+  /** QCFG write of one 32-bit word; the windows are ignored while the queue is enabled. */
+  writeQcfg(off: number, value: number): void {
+    const v = BigInt(value >>> 0);
+    const windowsLocked = this.enabled;
+    switch (off) {
+      case Q_WIN_BASE:
+        if (!windowsLocked) this.winBase = (this.winBase & ~0xffffffffn) | v;
+        return;
+      case Q_WIN_BASE + 4:
+        if (!windowsLocked) this.winBase = (this.winBase & 0xffffffffn) | (v << 32n);
+        return;
+      case Q_WIN_SIZE:
+        if (!windowsLocked) this.winSize = (this.winSize & ~0xffffffffn) | v;
+        return;
+      case Q_WIN_SIZE + 4:
+        if (!windowsLocked) this.winSize = (this.winSize & 0xffffffffn) | (v << 32n);
+        return;
+      case Q_MEM_BASE:
+        if (!windowsLocked) this.memBase = value >>> 0;
+        return;
+      case Q_MEM_SIZE:
+        if (!windowsLocked) this.memSize = value >>> 0;
+        return;
+      case Q_VECTOR:
+        this.vector = value & 0xffff;
+        return;
+      default:
+        return;
+    }
+  }
+}

@@ -1,0 +1,85 @@
+// An eventfd counter: a cheap cross-process doorbell (pass its fd over a
+// SeqpacketSocket). Always non-blocking: read() returns null when the
+// counter is zero.
+import { Fd } from './fd.js';
+import { native } from './native.js';
+import { READABLE, Watch } from './watch.js';
+
+const { EFD_NONBLOCK, EFD_SEMAPHORE } = native.constants as Record<string, number>;
+
+export class EventFd {
+  readonly fd: Fd;
+  #watch: Watch | null = null;
+
+  /** Adopts an eventfd (e.g. received from another process) and makes its description non-blocking. */
+  static adopt(fd: Fd): EventFd {
+    try {
+      native.setNonBlocking(fd.fd, true);
+    } catch (err) {
+      fd.close();
+      throw err;
+    }
+    return new EventFd({ fd });
+  }
+
+  /** Creates an eventfd, or wraps `opts.fd` (taking ownership; prefer adopt(), which also makes it non-blocking). */
+  constructor(opts: { initval?: number; semaphore?: boolean; fd?: Fd } = {}) {
+    const flags = EFD_NONBLOCK! | (opts.semaphore ? EFD_SEMAPHORE! : 0);
+    this.fd = opts.fd ?? new Fd(native.eventfd(opts.initval ?? 0, flags));
+  }
+
+  /** Reads (and resets, or in semaphore mode decrements) the counter; null if it is zero. */
+  read(): bigint | null {
+    return native.eventfdRead(this.fd.fd);
+  }
+
+  /** Adds `value` (default 1) to the counter, waking readers. */
+  write(value: bigint | number = 1n): void {
+    native.eventfdWrite(this.fd.fd, value);
+  }
+
+  /**
+   * On each readiness, drains the counter and calls `cb` with the total
+   * (in semaphore mode: the number of posts). Replaces a previous callback.
+   */
+  onReadable(cb: (value: bigint) => void): void {
+    const fd = this.fd.fd;
+    this.stopWatching();
+    this.#watch = new Watch(fd, READABLE, () => {
+      let total = 0n;
+      for (let v = this.#readIfOpen(); v !== null; v = this.#readIfOpen()) total += v;
+      if (total > 0n) cb(total);
+    });
+  }
+
+  stopWatching(): void {
+    this.#watch?.stop();
+    this.#watch = null;
+  }
+
+  ref(): void {
+    this.#watch?.ref();
+  }
+
+  unref(): void {
+    this.#watch?.unref();
+  }
+
+  get closed(): boolean {
+    return this.fd.closed;
+  }
+
+  close(): void {
+    this.stopWatching();
+    this.fd.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #readIfOpen(): bigint | null {
+    if (this.fd.closed) return null;
+    return this.read();
+  }
+}

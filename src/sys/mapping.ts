@@ -1,0 +1,96 @@
+// A shared mapping of a descriptor, seen from JS as a SharedArrayBuffer.
+//
+// With guard: true the mapping survives the file being truncated under it
+// (the owner revoking it): the faulting access reads zero instead of killing
+// the process with SIGBUS, and isRevoked() turns true. Without a guard, such
+// an access is fatal, as it is for any process.
+//
+// unmap() drops the file mapping at once (so the file's last reference and
+// its inotify IN_CLOSE follow right away); the buffer itself stays readable
+// (zeros) until garbage-collected, which is when the range is freed.
+import { closedError, misuse } from './errors.js';
+import { type Fd, fdNumber } from './fd.js';
+import { native, type RawMapping } from './native.js';
+
+const { PROT_READ, PROT_WRITE } = native.constants as Record<string, number>;
+
+export interface MapOptions {
+  /** Bytes to map (> 0). */
+  length: number;
+  /** File offset, a multiple of the page size (default 0). */
+  offset?: number;
+  /** 'rw' (default) or 'r'. Writing through a read-only mapping kills the process (SIGSEGV). */
+  prot?: 'r' | 'rw';
+  /** Survive truncation by the file's owner (see above). Default false. */
+  guard?: boolean;
+}
+
+export class Mapping {
+  readonly buffer: SharedArrayBuffer;
+  readonly length: number;
+  #raw: RawMapping;
+  #unmapped = false;
+  #u8: Uint8Array | null = null;
+  #u32: Uint32Array | null = null;
+
+  static map(fd: Fd | number, opts: MapOptions): Mapping {
+    const { length, offset = 0, prot = 'rw', guard = false } = opts;
+    if (!Number.isSafeInteger(length) || length <= 0) {
+      throw misuse('ERR_DEVLEASE_INVALID_ARG', `length must be a positive integer, got ${length}`);
+    }
+    if (prot !== 'r' && prot !== 'rw') throw misuse('ERR_DEVLEASE_INVALID_ARG', `prot must be 'r' or 'rw'`);
+    const protBits = prot === 'r' ? PROT_READ! : PROT_READ! | PROT_WRITE!;
+    return new Mapping(native.mmap(fdNumber(fd), length, protBits, offset, guard));
+  }
+
+  private constructor(raw: RawMapping) {
+    this.#raw = raw;
+    this.buffer = raw.buffer;
+    this.length = raw.length;
+  }
+
+  /** Address of the mapping in this process (diagnostics). */
+  get address(): bigint {
+    return this.#raw.address;
+  }
+
+  get closed(): boolean {
+    return this.#unmapped;
+  }
+
+  /** A byte view of the mapping; throws ERR_DEVLEASE_CLOSED after unmap(). */
+  get u8(): Uint8Array {
+    if (this.#unmapped) throw closedError('mapping');
+    this.#u8 ??= new Uint8Array(this.buffer);
+    return this.#u8;
+  }
+
+  /** A 32-bit word view (for Atomics and futexes); throws ERR_DEVLEASE_CLOSED after unmap(). */
+  get u32(): Uint32Array {
+    if (this.#unmapped) throw closedError('mapping');
+    this.#u32 ??= new Uint32Array(this.buffer, 0, Math.floor(this.length / 4));
+    return this.#u32;
+  }
+
+  /** True once a guarded mapping was revoked (the file shrank under it and it now reads zero). */
+  isRevoked(): boolean {
+    return this.#raw.isRevoked();
+  }
+
+  /** Idempotent. */
+  unmap(): void {
+    if (this.#unmapped) return;
+    this.#raw.unmap();
+    this.#unmapped = true;
+    this.#u8 = null;
+    this.#u32 = null;
+  }
+
+  close(): void {
+    this.unmap();
+  }
+
+  [Symbol.dispose](): void {
+    this.unmap();
+  }
+}

@@ -1,0 +1,210 @@
+// The request/reply machinery under VfioUserClient: msg_id allocation,
+// matching replies to requests (so calls may be pipelined), per-call
+// timeouts, and failing every pending call at once when the connection ends.
+// Server-to-client commands are declined with an ENOTSUP error reply.
+import { EventEmitter } from 'node:events';
+import type { Fd } from '../../sys/fd.js';
+import {
+  decodeMessage,
+  encodeCommand,
+  encodeErrorReply,
+  errorReason,
+  isError,
+  isReply,
+  wantsReply,
+} from './codec.js';
+import { errnoName, ProtocolError, vfioUserError } from './errors.js';
+import * as P from './protocol.js';
+import type { MessageSocket, ReceivedRecord } from './transport.js';
+
+export type FdLike = Fd | number;
+
+export interface CallOptions {
+  timeoutMs?: number;
+  /** Send with No_reply: the call resolves once sent; errors are not reported. */
+  noReply?: boolean;
+}
+
+export interface ReplyMessage {
+  payload: Uint8Array;
+  /** fds that came with the reply: the caller owns them. */
+  fds: Fd[];
+}
+
+interface Pending {
+  command: number;
+  resolve(r: ReplyMessage): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+export class RequestChannel extends EventEmitter {
+  #socket: MessageSocket;
+  #timeoutMs: number;
+  #pending = new Map<number, Pending>();
+  /** msg_ids whose call timed out: their late replies are dropped, not treated as strays. */
+  #abandoned = new Set<number>();
+  #nextId = 0;
+  #closed = false;
+
+  constructor(socket: MessageSocket, timeoutMs: number) {
+    super();
+    this.#socket = socket;
+    this.#timeoutMs = timeoutMs;
+    socket.on('message', (m) => this.#receive(m));
+    socket.on('error', (err) => this.#shutdown(err));
+    socket.on('close', () => {
+      const n = this.#pending.size;
+      const pending = n ? ` with ${n} call(s) pending` : '';
+      this.#shutdown(vfioUserError('ECONNRESET', `vfio-user server closed the connection${pending}`));
+    });
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Send one command and wait for its reply. Resolves with the reply payload and any
+   * fds (the caller owns them); rejects with the server's errno, ETIMEDOUT or ECONNRESET.
+   */
+  request(
+    command: number,
+    payload?: Uint8Array,
+    fds: FdLike[] = [],
+    opts: CallOptions = {},
+  ): Promise<ReplyMessage> {
+    const name = P.commandName(command);
+    if (this.#closed) {
+      return Promise.reject(vfioUserError('ECONNRESET', `${name}: vfio-user connection is closed`, name));
+    }
+    const msgId = this.#allocateId();
+    const data = encodeCommand(msgId, command, payload, opts.noReply);
+    if (opts.noReply) {
+      try {
+        this.#socket.send(data, fds);
+        return Promise.resolve({ payload: new Uint8Array(0), fds: [] });
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    return new Promise((resolve, reject) => {
+      const timeoutMs = opts.timeoutMs ?? this.#timeoutMs;
+      const timer = setTimeout(() => {
+        this.#pending.delete(msgId);
+        this.#abandoned.add(msgId);
+        reject(vfioUserError('ETIMEDOUT', `${name}: no reply within ${timeoutMs} ms`, name));
+      }, timeoutMs);
+      this.#pending.set(msgId, { command, resolve, reject, timer });
+      try {
+        this.#socket.send(data, fds);
+      } catch (err) {
+        clearTimeout(timer);
+        this.#pending.delete(msgId);
+        reject(err);
+      }
+    });
+  }
+
+  #allocateId(): number {
+    for (let i = 0; i < 0x10000; i++) {
+      const id = this.#nextId;
+      this.#nextId = (this.#nextId + 1) & 0xffff;
+      if (!this.#pending.has(id) && !this.#abandoned.has(id)) return id;
+    }
+    throw vfioUserError('EAGAIN', 'all 65536 vfio-user message ids are in flight');
+  }
+
+  #receive(rec: ReceivedRecord): void {
+    if (this.#closed) {
+      closeAll(rec.fds);
+      return;
+    }
+    try {
+      if (rec.truncated) throw new ProtocolError('message larger than the receive buffer');
+      if (rec.ctruncated) throw new ProtocolError('message carried more fds than max_msg_fds');
+      const msg = decodeMessage(rec.data);
+      if (!isReply(msg)) {
+        // Server-to-client commands (DMA_READ/DMA_WRITE) are declined: this client shares memory by fd only.
+        closeAll(rec.fds);
+        if (wantsReply(msg)) this.#socket.send(encodeErrorReply(msg.msgId, msg.command, 95 /* ENOTSUP */));
+        return;
+      }
+      const pending = this.#pending.get(msg.msgId);
+      if (!pending) {
+        closeAll(rec.fds);
+        if (this.#abandoned.delete(msg.msgId)) return;
+        throw new ProtocolError(`reply to unknown msg_id ${msg.msgId} (${P.commandName(msg.command)})`);
+      }
+      if (pending.command !== msg.command) {
+        closeAll(rec.fds);
+        throw new ProtocolError(
+          `reply to msg_id ${msg.msgId} is for ${P.commandName(msg.command)}, sent ${P.commandName(pending.command)}`,
+        );
+      }
+      this.#pending.delete(msg.msgId);
+      clearTimeout(pending.timer);
+      if (isError(msg)) {
+        closeAll(rec.fds);
+        const name = P.commandName(msg.command);
+        const code = msg.errorNo ? errnoName(msg.errorNo) : 'EIO';
+        const reason = errorReason(msg);
+        const err = vfioUserError(
+          code,
+          `${name} failed: ${code} (errno ${msg.errorNo})${reason ? `: ${reason}` : ''}`,
+          name,
+        );
+        err.errno = msg.errorNo || err.errno;
+        if (reason) err.reason = reason;
+        pending.reject(err);
+      } else {
+        pending.resolve({ payload: msg.payload, fds: rec.fds });
+      }
+    } catch (err) {
+      closeAll(rec.fds);
+      this.fail(err as Error);
+    }
+  }
+
+  /** The server broke the protocol: close, and fail everything pending with that error (returned). */
+  fail(err: Error): Error {
+    const e =
+      err instanceof ProtocolError
+        ? vfioUserError('EPROTO', `vfio-user protocol error: ${err.message}`)
+        : err;
+    this.#shutdown(e);
+    return e;
+  }
+
+  #shutdown(err: Error | null): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#socket.close();
+    } catch {
+      // already closed
+    }
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    this.#abandoned.clear();
+    for (const p of pending) {
+      clearTimeout(p.timer);
+      const e = Object.assign(new Error(`${P.commandName(p.command)}: ${err?.message ?? 'client closed'}`), {
+        code: (err as { code?: string } | null)?.code ?? 'ERR_DEVLEASE_CLOSED',
+        errno: (err as { errno?: number } | null)?.errno ?? 0,
+        command: P.commandName(p.command),
+      });
+      p.reject(e);
+    }
+    this.emit('close', err);
+  }
+
+  /** Close (idempotent). Pending calls reject with ERR_DEVLEASE_CLOSED; 'close' is emitted with null. */
+  close(): void {
+    this.#shutdown(null);
+  }
+}
+
+function closeAll(fds: readonly Fd[]): void {
+  for (const fd of fds) fd.close();
+}

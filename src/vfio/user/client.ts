@@ -1,0 +1,396 @@
+// A vfio-user client: negotiates the version, then offers one typed call per
+// command, checking each reply's shape. The request/reply machinery
+// (pipelining, timeouts, disconnects) is channel.ts.
+import { EventEmitter } from 'node:events';
+import type { Fd } from '../../sys/fd.js';
+import { SeqpacketSocket } from '../../sys/index.js';
+import {
+  VFIO_IRQ_SET_DATA_BOOL,
+  VFIO_IRQ_SET_DATA_EVENTFD,
+  VFIO_IRQ_SET_DATA_TYPE_MASK,
+  VFIO_REGION_INFO_FLAG_CAPS,
+  vfio_device_feature,
+  vfio_irq_info,
+  vfio_region_info,
+} from '../uapi/vfio.js';
+import { parseRegionCaps, type RegionCaps } from './caps.js';
+import { type CallOptions, type FdLike, type ReplyMessage, RequestChannel } from './channel.js';
+import { ProtocolError } from './errors.js';
+import {
+  decodeVersion,
+  encodeFeature,
+  encodeIrqSet,
+  encodeRegionAccess,
+  encodeVersion,
+  vfio_user_device_info,
+  vfio_user_dma_map,
+  vfio_user_dma_unmap,
+  vfio_user_region_access,
+} from './messages.js';
+import * as P from './protocol.js';
+import type { MessageSocket } from './transport.js';
+import { type Capabilities, readCapabilities } from './version.js';
+
+export interface VfioUserClientOptions {
+  /** Default timeout of every call, negotiation included. Default 5000 ms. */
+  timeoutMs?: number;
+  /** Extra members of our "capabilities" object (vendor keys such as "devlease" included). */
+  capabilities?: Record<string, unknown>;
+}
+
+export interface RegionInfo {
+  index: number;
+  flags: number;
+  size: bigint;
+  offset: bigint;
+  caps: RegionCaps;
+  /** The region's mappable fd, if the server sent one (the caller owns it). */
+  fd: Fd | null;
+}
+
+const DEFAULT_TIMEOUT_MS = 5000;
+
+export class VfioUserClient extends EventEmitter {
+  /** What the server advertised in its VERSION reply. */
+  serverCapabilities!: Capabilities;
+  version!: { major: number; minor: number };
+  #channel: RequestChannel;
+  #ourMaxXfer = P.DEFAULT_MAX_DATA_XFER_SIZE;
+
+  /** Connect to a vfio-user server's socket path and negotiate. */
+  static async connect(path: string, opts: VfioUserClientOptions = {}): Promise<VfioUserClient> {
+    return VfioUserClient.fromSocket(SeqpacketSocket.connect(path), opts);
+  }
+
+  /** Negotiate over an already-connected socket (the client takes ownership; it is closed on failure). */
+  static async fromSocket(socket: MessageSocket, opts: VfioUserClientOptions = {}): Promise<VfioUserClient> {
+    const client = new VfioUserClient(socket, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    try {
+      await client.#negotiate(opts.capabilities ?? {});
+    } catch (err) {
+      client.close();
+      throw err;
+    }
+    return client;
+  }
+
+  private constructor(socket: MessageSocket, timeoutMs: number) {
+    super();
+    this.#channel = new RequestChannel(socket, timeoutMs);
+    // 'close' carries the reason: null after close(), an ECONNRESET/EPROTO error otherwise.
+    this.#channel.on('close', (reason: Error | null) => this.emit('close', reason));
+  }
+
+  get closed(): boolean {
+    return this.#channel.closed;
+  }
+
+  /**
+   * Send one command and wait for its reply (payload, and fds the caller then owns).
+   * Rejects with the server's errno as `code`, ETIMEDOUT, ECONNRESET or EPROTO.
+   */
+  request(
+    command: number,
+    payload?: Uint8Array,
+    fds: FdLike[] = [],
+    opts: CallOptions = {},
+  ): Promise<ReplyMessage> {
+    return this.#channel.request(command, payload, fds, opts);
+  }
+
+  /** Close the connection (idempotent). Pending calls reject with ERR_DEVLEASE_CLOSED. */
+  close(): void {
+    this.#channel.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+
+  #fail(err: Error): Error {
+    return this.#channel.fail(err);
+  }
+
+  async #negotiate(extra: Record<string, unknown>): Promise<void> {
+    // devlease extension: ask for the server's reason text in error replies.
+    const devlease = { error_reason: true, ...((extra['devlease'] as object | undefined) ?? {}) };
+    const capabilities = {
+      max_msg_fds: P.DEFAULT_MAX_MSG_FDS,
+      max_data_xfer_size: this.#ourMaxXfer,
+      ...extra,
+      devlease,
+    };
+    const r = await this.request(
+      P.VFIO_USER_VERSION,
+      encodeVersion(P.VFIO_USER_MAJOR, P.VFIO_USER_MINOR, { capabilities }),
+    );
+    closeAll(r.fds); // twin-socket is never requested, so no fd is expected
+    try {
+      const v = decodeVersion(r.payload);
+      if (v.major !== P.VFIO_USER_MAJOR || v.minor > P.VFIO_USER_MINOR) {
+        throw new ProtocolError(
+          `server answered version ${v.major}.${v.minor} to ${P.VFIO_USER_MAJOR}.${P.VFIO_USER_MINOR}`,
+        );
+      }
+      const caps = readCapabilities(v.json);
+      if (caps.twinSocket) throw new ProtocolError('server enabled twin_socket, which was not proposed');
+      this.version = { major: v.major, minor: v.minor };
+      this.serverCapabilities = caps;
+    } catch (err) {
+      throw this.#fail(
+        err instanceof ProtocolError
+          ? err
+          : new ProtocolError(`bad VERSION reply: ${(err as Error).message}`),
+      );
+    }
+  }
+
+  // ---- typed calls -------------------------------------------------------
+
+  async deviceInfo(opts?: CallOptions): Promise<{ flags: number; num_regions: number; num_irqs: number }> {
+    const r = await this.request(
+      P.VFIO_USER_DEVICE_GET_INFO,
+      vfio_user_device_info.encode({ argsz: vfio_user_device_info.size }),
+      [],
+      opts,
+    );
+    closeAll(r.fds);
+    const d = this.#decodeReply(vfio_user_device_info, r.payload, 'VFIO_USER_DEVICE_GET_INFO');
+    return { flags: d.flags, num_regions: d.num_regions, num_irqs: d.num_irqs };
+  }
+
+  /** Region info with its capability chain; retries once with the argsz the server asks for. */
+  async regionInfo(index: number, opts: CallOptions & { argsz?: number } = {}): Promise<RegionInfo> {
+    let argsz = opts.argsz ?? 128;
+    for (let attempt = 0; ; attempt++) {
+      const r = await this.request(
+        P.VFIO_USER_DEVICE_GET_REGION_INFO,
+        vfio_region_info.encode({ argsz, index }),
+        [],
+        opts,
+      );
+      const info = this.#decodeReply(vfio_region_info, r.payload, 'VFIO_USER_DEVICE_GET_REGION_INFO');
+      if (info.argsz > argsz && attempt === 0) {
+        closeAll(r.fds);
+        argsz = info.argsz;
+        continue;
+      }
+      const [fd = null, ...extra] = r.fds;
+      closeAll(extra);
+      try {
+        if (info.argsz > r.payload.byteLength) {
+          throw new ProtocolError(
+            `region ${index} info: argsz ${info.argsz} but ${r.payload.byteLength} bytes sent`,
+          );
+        }
+        const withCaps = (info.flags & VFIO_REGION_INFO_FLAG_CAPS) !== 0 && info.cap_offset !== 0;
+        const caps = withCaps ? parseRegionCaps(r.payload, info.cap_offset) : { all: [] };
+        return { index: info.index, flags: info.flags, size: info.size, offset: info.offset, caps, fd };
+      } catch (err) {
+        fd?.close();
+        throw this.#fail(err as Error);
+      }
+    }
+  }
+
+  async irqInfo(index: number, opts?: CallOptions): Promise<{ index: number; flags: number; count: number }> {
+    const r = await this.request(
+      P.VFIO_USER_DEVICE_GET_IRQ_INFO,
+      vfio_irq_info.encode({ argsz: vfio_irq_info.size, index }),
+      [],
+      opts,
+    );
+    closeAll(r.fds);
+    const i = this.#decodeReply(vfio_irq_info, r.payload, 'VFIO_USER_DEVICE_GET_IRQ_INFO');
+    return { index: i.index, flags: i.flags, count: i.count };
+  }
+
+  /** Largest count per REGION_READ/WRITE message: the smaller of both sides' max_data_xfer_size. */
+  get maxTransfer(): number {
+    return Math.min(this.serverCapabilities.maxDataXferSize, this.#ourMaxXfer);
+  }
+
+  /** Read `count` bytes, split into pipelined messages of at most maxTransfer bytes. */
+  async regionRead(
+    index: number,
+    offset: bigint | number,
+    count: number,
+    opts?: CallOptions,
+  ): Promise<Buffer> {
+    const chunks = this.#chunks(BigInt(offset), count);
+    const parts = await Promise.all(
+      chunks.map(async ([off, n]) => {
+        const r = await this.request(
+          P.VFIO_USER_REGION_READ,
+          vfio_user_region_access.encode({ offset: off, region: index, count: n }),
+          [],
+          opts,
+        );
+        closeAll(r.fds);
+        const a = this.#decodeReply(vfio_user_region_access, r.payload, 'VFIO_USER_REGION_READ');
+        if (a.count !== n || a.offset !== off || a.region !== index || r.payload.byteLength !== 16 + n) {
+          throw this.#fail(new ProtocolError(`REGION_READ reply does not match its request`));
+        }
+        return r.payload.subarray(vfio_user_region_access.size);
+      }),
+    );
+    return Buffer.concat(parts);
+  }
+
+  async regionWrite(
+    index: number,
+    offset: bigint | number,
+    data: Uint8Array,
+    opts?: CallOptions,
+  ): Promise<void> {
+    const base = BigInt(offset);
+    await Promise.all(
+      this.#chunks(base, data.byteLength).map(async ([off, n]) => {
+        const at = Number(off - base);
+        const r = await this.request(
+          P.VFIO_USER_REGION_WRITE,
+          encodeRegionAccess(off, index, data.subarray(at, at + n)),
+          [],
+          opts,
+        );
+        closeAll(r.fds);
+      }),
+    );
+  }
+
+  #chunks(offset: bigint, count: number): [bigint, number][] {
+    if (!Number.isSafeInteger(count) || count <= 0) {
+      throw Object.assign(new RangeError(`count ${count} must be a positive integer`), {
+        code: 'ERR_DEVLEASE_INVALID_ARG',
+      });
+    }
+    const out: [bigint, number][] = [];
+    for (let done = 0; done < count; done += this.maxTransfer) {
+      out.push([offset + BigInt(done), Math.min(this.maxTransfer, count - done)]);
+    }
+    return out;
+  }
+
+  /** Map memory for device DMA. `fd` (kept by the caller) makes it directly mappable by the server. */
+  async dmaMap(
+    m: {
+      fd?: FdLike | null;
+      offset?: bigint | number;
+      iova: bigint | number;
+      size: bigint | number;
+      flags: number;
+    },
+    opts?: CallOptions,
+  ): Promise<void> {
+    const payload = vfio_user_dma_map.encode({
+      argsz: vfio_user_dma_map.size,
+      flags: m.flags,
+      offset: BigInt(m.offset ?? 0),
+      addr: BigInt(m.iova),
+      size: BigInt(m.size),
+    });
+    const r = await this.request(P.VFIO_USER_DMA_MAP, payload, m.fd == null ? [] : [m.fd], opts);
+    closeAll(r.fds);
+  }
+
+  async dmaUnmap(
+    u: { iova: bigint | number; size: bigint | number; flags?: number },
+    opts?: CallOptions,
+  ): Promise<void> {
+    const payload = vfio_user_dma_unmap.encode({
+      argsz: vfio_user_dma_unmap.size,
+      flags: u.flags ?? 0,
+      addr: BigInt(u.iova),
+      size: BigInt(u.size),
+    });
+    const r = await this.request(P.VFIO_USER_DMA_UNMAP, payload, [], opts);
+    closeAll(r.fds);
+  }
+
+  /**
+   * SET_IRQS. With DATA_EVENTFD, `fds` is either all present (count eventfds, kept by the caller)
+   * or all null/empty (de-assign): vfio-user carries fds only as SCM_RIGHTS, so a mix cannot be sent.
+   */
+  async setIrqs(
+    s: {
+      flags: number;
+      index: number;
+      start: number;
+      count: number;
+      fds?: (FdLike | null)[];
+      bools?: Uint8Array;
+    },
+    opts?: CallOptions,
+  ): Promise<void> {
+    const dataType = s.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
+    let fds: FdLike[] = [];
+    let data: Uint8Array | undefined;
+    if (dataType === VFIO_IRQ_SET_DATA_EVENTFD) {
+      const given = s.fds ?? [];
+      const present = given.filter((f): f is FdLike => f != null);
+      if (present.length !== 0 && (present.length !== given.length || given.length !== s.count)) {
+        throw Object.assign(new TypeError('DATA_EVENTFD needs count fds, or none to de-assign'), {
+          code: 'ERR_DEVLEASE_INVALID_ARG',
+        });
+      }
+      fds = present;
+    } else if (dataType === VFIO_IRQ_SET_DATA_BOOL) {
+      if (!s.bools || s.bools.byteLength !== s.count) {
+        throw Object.assign(new TypeError('DATA_BOOL needs count bools'), {
+          code: 'ERR_DEVLEASE_INVALID_ARG',
+        });
+      }
+      data = s.bools;
+    }
+    const r = await this.request(P.VFIO_USER_DEVICE_SET_IRQS, encodeIrqSet(s, data), fds, opts);
+    closeAll(r.fds);
+  }
+
+  async reset(opts?: CallOptions): Promise<void> {
+    const r = await this.request(P.VFIO_USER_DEVICE_RESET, undefined, [], opts);
+    closeAll(r.fds);
+  }
+
+  /**
+   * DEVICE_FEATURE. `flags` holds GET/SET/PROBE; `feature` the index. The reply's data and fds
+   * (owned by the caller) come back. `replyCapacity` bounds the reply data (argsz); default 4096.
+   */
+  async feature(
+    f: { flags: number; feature: number; data?: Uint8Array; fds?: FdLike[]; replyCapacity?: number },
+    opts?: CallOptions,
+  ): Promise<{ flags: number; data: Uint8Array; fds: Fd[] }> {
+    const data = f.data ?? new Uint8Array(0);
+    const argsz = vfio_device_feature.size + Math.max(data.byteLength, f.replyCapacity ?? 4096);
+    const flags = (f.flags & ~0xffff) | (f.feature & 0xffff);
+    const r = await this.request(
+      P.VFIO_USER_DEVICE_FEATURE,
+      encodeFeature(argsz, flags, data),
+      f.fds ?? [],
+      opts,
+    );
+    try {
+      const h = this.#decodeReply(vfio_device_feature, r.payload, 'VFIO_USER_DEVICE_FEATURE');
+      return { flags: h.flags, data: r.payload.slice(vfio_device_feature.size), fds: r.fds };
+    } catch (err) {
+      closeAll(r.fds);
+      throw err;
+    }
+  }
+
+  #decodeReply<T>(layout: { size: number; decode(b: Uint8Array): T }, payload: Uint8Array, name: string): T {
+    if (payload.byteLength < layout.size) {
+      throw this.#fail(
+        new ProtocolError(`${name} reply is ${payload.byteLength} bytes, needs ${layout.size}`),
+      );
+    }
+    return layout.decode(payload);
+  }
+}
+
+function closeAll(fds: readonly Fd[]): void {
+  for (const fd of fds) fd.close();
+}

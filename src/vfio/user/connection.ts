@@ -1,0 +1,376 @@
+// One client connection of a VfioUserServer: framing checks on receipt,
+// then one request at a time (arrival order, async model calls awaited)
+// through validate.ts into the device model, and the reply back.
+// A message that breaks framing closes this connection only.
+import type { Fd } from '../../sys/fd.js';
+import {
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_PROBE,
+  VFIO_DEVICE_FLAGS_RESET,
+  VFIO_REGION_INFO_FLAG_CAPS,
+  vfio_irq_info,
+  vfio_region_info,
+} from '../uapi/vfio.js';
+import { rebaseCaps } from './caps.js';
+import {
+  decodeMessage,
+  encodeErrorReply,
+  encodeReply,
+  isReply,
+  type VfioUserMessage,
+  wantsReply,
+} from './codec.js';
+import { type ConnectionInfo, ERRNO, VfioError, type VfioUserDeviceModel } from './device-model.js';
+import { ProtocolError } from './errors.js';
+import {
+  decodeVersion,
+  encodeFeature,
+  encodeRegionAccess,
+  encodeVersion,
+  vfio_user_device_info,
+} from './messages.js';
+import * as P from './protocol.js';
+import type { MessageSocket, ReceivedRecord } from './transport.js';
+import * as V from './validate.js';
+import { type Capabilities, readCapabilities } from './version.js';
+
+export interface ConnectionConfig extends V.ServerLimits {
+  maxDmaMaps: number;
+  pgsizes: number;
+  log(message: string, err?: unknown): void;
+}
+
+type Reply = { payload?: Uint8Array; fds?: Fd[] };
+
+/** Commands this server knows but refuses (ENOTSUP), with the reason given in the log. */
+const REFUSED: Record<number, string> = {
+  [P.VFIO_USER_DEVICE_GET_REGION_IO_FDS]: 'region I/O fds are not offered',
+  [P.VFIO_USER_DIRTY_PAGES]: 'dirty page tracking is not supported',
+  [P.VFIO_USER_REGION_WRITE_MULTI]: 'write_multiple was not negotiated',
+  [P.VFIO_USER_MIG_DATA_READ]: 'migration is not supported',
+  [P.VFIO_USER_MIG_DATA_WRITE]: 'migration is not supported',
+  [P.VFIO_USER_DMA_READ]: 'DMA_READ is a server-to-client command',
+  [P.VFIO_USER_DMA_WRITE]: 'DMA_WRITE is a server-to-client command',
+};
+
+export class VfioUserConnection {
+  readonly info: ConnectionInfo;
+  readonly socket: MessageSocket;
+  /** The client's version capabilities, once negotiated. */
+  peer: Capabilities | null = null;
+  /** Resolves with the close reason once the model has been told (disconnected() returned). */
+  readonly closed: Promise<string>;
+  #config: ConnectionConfig;
+  #model: VfioUserDeviceModel | null = null;
+  #refusal: unknown = null;
+  #queue: Promise<void>;
+  #closing: string | null = null;
+  #resolveClosed!: (reason: string) => void;
+  /** The client proposed devlease "error_reason": error replies carry the reason (kept even if VERSION fails). */
+  #wantsReasons = false;
+
+  constructor(
+    info: ConnectionInfo,
+    socket: MessageSocket,
+    config: ConnectionConfig,
+    createDevice: (c: ConnectionInfo, s: MessageSocket) => VfioUserDeviceModel | Promise<VfioUserDeviceModel>,
+  ) {
+    this.info = info;
+    this.socket = socket;
+    this.#config = config;
+    this.closed = new Promise((r) => {
+      this.#resolveClosed = r;
+    });
+    // Creating the device is the first entry of the queue: requests wait for it.
+    this.#queue = (async () => {
+      try {
+        this.#model = await createDevice(info, socket);
+      } catch (err) {
+        this.#refusal = err;
+        if (!(err instanceof VfioError))
+          config.log(`vfio-user connection ${info.id}: createDevice failed`, err);
+      }
+    })();
+    socket.on('message', (m) => this.#receive(m));
+    socket.on('close', () => this.close('peer hung up'));
+    socket.on('error', (err) => this.close(`socket error: ${err.message}`));
+  }
+
+  get closing(): boolean {
+    return this.#closing !== null;
+  }
+
+  /** Close this connection (idempotent); the model's disconnected() runs after any request in progress. */
+  close(reason = 'closed by server'): void {
+    if (this.#closing !== null) return;
+    this.#closing = reason;
+    try {
+      this.socket.close();
+    } catch {
+      // already closed
+    }
+    this.#queue = this.#queue.then(async () => {
+      try {
+        await this.#model?.disconnected(reason);
+      } catch (err) {
+        this.#config.log(`vfio-user connection ${this.info.id}: disconnected() threw`, err);
+      }
+      this.#resolveClosed(reason);
+    });
+  }
+
+  #receive(rec: ReceivedRecord): void {
+    const { fds } = rec;
+    if (this.#closing !== null) {
+      closeAll(fds);
+      return;
+    }
+    let msg: VfioUserMessage;
+    try {
+      if (rec.truncated) throw new ProtocolError(`message larger than the receive buffer`);
+      if (rec.ctruncated || fds.length > this.#config.maxMsgFds) {
+        throw new ProtocolError(`message carries more than max_msg_fds (${this.#config.maxMsgFds}) fds`);
+      }
+      msg = decodeMessage(rec.data);
+      // This server sends no commands, so no reply can be expected from the client.
+      if (isReply(msg))
+        throw new ProtocolError(`reply (msg_id ${msg.msgId}) to a command this server never sent`);
+    } catch (err) {
+      closeAll(fds);
+      this.#config.log(`vfio-user connection ${this.info.id}: ${(err as Error).message}; closing it`);
+      this.close(`protocol error: ${(err as Error).message}`);
+      return;
+    }
+    this.#queue = this.#queue.then(() => this.#handle(msg, fds));
+  }
+
+  async #handle(msg: VfioUserMessage, fds: Fd[]): Promise<void> {
+    if (this.#closing !== null) {
+      closeAll(fds);
+      return;
+    }
+    let reply: Reply;
+    let taken = false;
+    const take = (): Fd[] => {
+      taken = true;
+      return fds;
+    };
+    try {
+      reply = await this.#dispatch(msg, fds, take);
+    } catch (err) {
+      if (!taken) closeAll(fds);
+      taken = true;
+      let errno: number = ERRNO.EIO;
+      const what = `vfio-user connection ${this.info.id}: ${P.commandName(msg.command)}`;
+      if (err instanceof VfioError) errno = err.errno;
+      else this.#config.log(`${what} failed`, err);
+      if (wantsReply(msg)) this.#send(encodeErrorReply(msg.msgId, msg.command, errno, this.#reasonFor(err)));
+      else if (err instanceof VfioError) this.#config.log(`${what} (no_reply) refused: ${err.message}`);
+      // Nothing but a successful VERSION opens a session (vfio-user.rst, "Connection Initiation").
+      if (this.peer === null) this.close(`${P.commandName(msg.command)} failed before version negotiation`);
+      return;
+    } finally {
+      if (!taken) closeAll(fds);
+    }
+    try {
+      if (wantsReply(msg)) this.#send(encodeReply(msg.msgId, msg.command, reply.payload), reply.fds);
+    } finally {
+      closeAll(reply.fds ?? []);
+    }
+  }
+
+  /** The reason text for an error reply, if the client asked for reasons (devlease "error_reason"). */
+  #reasonFor(err: unknown): string | undefined {
+    if (!this.#wantsReasons) return undefined;
+    if (!(err instanceof VfioError)) return 'internal error in the device (logged by the server)';
+    // VfioError's message is "CODE: reason".
+    return err.message.startsWith(`${err.code}: `) ? err.message.slice(err.code.length + 2) : err.message;
+  }
+
+  #send(data: Uint8Array, fds?: Fd[]): void {
+    if (this.#closing !== null) return;
+    try {
+      this.socket.send(data, fds);
+    } catch (err) {
+      this.close(`send failed: ${(err as Error).message}`);
+    }
+  }
+
+  async #dispatch(msg: VfioUserMessage, fds: Fd[], take: () => Fd[]): Promise<Reply> {
+    const { command, payload } = msg;
+    if (this.peer === null) {
+      if (command !== P.VFIO_USER_VERSION) {
+        throw new VfioError('EINVAL', `${P.commandName(command)} before VFIO_USER_VERSION`);
+      }
+      V.checkFdCount(command, fds, this.#config);
+      return this.#negotiate(payload);
+    }
+    const model = this.#model as VfioUserDeviceModel;
+    V.checkFdCount(command, fds, this.#config);
+    const cfg = this.#config;
+    switch (command) {
+      case P.VFIO_USER_VERSION:
+        throw new VfioError('EINVAL', 'version already negotiated');
+      case P.VFIO_USER_DMA_MAP: {
+        const m = V.parseDmaMap(payload, cfg);
+        const [fd] = take();
+        await model.dmaMap({ ...m, fd: fd ?? null });
+        return {};
+      }
+      case P.VFIO_USER_DMA_UNMAP: {
+        const { argsz: _argsz, ...u } = V.parseDmaUnmap(payload, cfg);
+        await model.dmaUnmap(u);
+        // "The server responds with the original DMA entry in the request."
+        return { payload: payload.slice() };
+      }
+      case P.VFIO_USER_DEVICE_GET_INFO: {
+        V.parseInfoArgsz('GET_INFO', payload);
+        const d = model.deviceInfo();
+        return { payload: vfio_user_device_info.encode({ argsz: vfio_user_device_info.size, ...d }) };
+      }
+      case P.VFIO_USER_DEVICE_GET_REGION_INFO:
+        return this.#regionInfo(payload, model);
+      case P.VFIO_USER_DEVICE_GET_IRQ_INFO: {
+        const { index } = V.parseInfoArgsz('GET_IRQ_INFO', payload);
+        const { num_irqs } = model.deviceInfo();
+        if (index >= num_irqs)
+          throw new VfioError('EINVAL', `irq index ${index} does not exist (${num_irqs})`);
+        const i = model.irqInfo(index);
+        return { payload: vfio_irq_info.encode({ argsz: vfio_irq_info.size, ...i, index }) };
+      }
+      case P.VFIO_USER_DEVICE_SET_IRQS: {
+        const s = V.parseIrqSet(payload, fds, model);
+        const given = take();
+        const list = given.length > 0 ? given : Array.from({ length: s.count }, () => null);
+        await model.setIrqs({ ...s, fds: list, ...(s.bools ? { bools: s.bools.slice() } : {}) });
+        return {};
+      }
+      case P.VFIO_USER_REGION_READ: {
+        const a = V.parseRegionAccess(false, payload, model, cfg);
+        const data = await model.regionRead(a.region, a.offset, a.count);
+        if (data.byteLength !== a.count) {
+          throw new Error(`model regionRead returned ${data.byteLength} bytes for ${a.count}`);
+        }
+        return { payload: encodeRegionAccess(a.offset, a.region, data) };
+      }
+      case P.VFIO_USER_REGION_WRITE: {
+        const a = V.parseRegionAccess(true, payload, model, cfg);
+        await model.regionWrite(a.region, a.offset, a.data.slice());
+        return { payload: payload.slice(0, 16) };
+      }
+      case P.VFIO_USER_DEVICE_RESET: {
+        if (payload.byteLength !== 0)
+          throw new VfioError('EINVAL', 'VFIO_USER_DEVICE_RESET carries a payload');
+        if (!(model.deviceInfo().flags & VFIO_DEVICE_FLAGS_RESET)) {
+          throw new VfioError('ENOTSUP', 'device does not support reset');
+        }
+        await model.reset();
+        return {};
+      }
+      case P.VFIO_USER_DEVICE_FEATURE:
+        return this.#feature(payload, model, take);
+      default:
+        if (REFUSED[command] !== undefined) throw new VfioError('ENOTSUP', REFUSED[command]);
+        throw new VfioError('ENOSYS', `unknown command ${command}`);
+    }
+  }
+
+  async #negotiate(payload: Uint8Array): Promise<Reply> {
+    let v: ReturnType<typeof decodeVersion>;
+    try {
+      v = decodeVersion(payload);
+      this.peer = readCapabilities(v.json);
+      this.#wantsReasons =
+        (this.peer.raw['devlease'] as { error_reason?: unknown } | undefined)?.error_reason === true;
+    } catch (err) {
+      throw new VfioError('EINVAL', `bad VFIO_USER_VERSION: ${(err as Error).message}`);
+    }
+    if (v.major !== P.VFIO_USER_MAJOR) {
+      this.peer = null;
+      throw new VfioError('ENOTSUP', `protocol major ${v.major} is not supported (${P.VFIO_USER_MAJOR})`);
+    }
+    if (this.#refusal !== null || this.#model === null) {
+      this.peer = null;
+      throw this.#refusal instanceof VfioError ? this.#refusal : new VfioError('EIO', 'device unavailable');
+    }
+    // The model may decide now, with the client's capabilities (devlease: the lease request rides here).
+    let granted: Record<string, unknown> = {};
+    if (this.#model.negotiate) {
+      try {
+        granted = await this.#model.negotiate(this.peer.raw);
+      } catch (err) {
+        this.peer = null;
+        throw err;
+      }
+    }
+    const cfg = this.#config;
+    const capabilities: Record<string, unknown> = {
+      ...granted,
+      max_msg_fds: cfg.maxMsgFds,
+      max_data_xfer_size: cfg.maxDataXferSize,
+      max_dma_maps: cfg.maxDmaMaps,
+      pgsizes: cfg.pgsizes,
+      ...(this.#model.versionCapabilities?.() ?? {}),
+    };
+    // twin_socket is declined by leaving it out (vfio-user.rst, "Reply").
+    const minor = Math.min(v.minor, P.VFIO_USER_MINOR);
+    return { payload: encodeVersion(P.VFIO_USER_MAJOR, minor, { capabilities }) };
+  }
+
+  #regionInfo(payload: Uint8Array, model: VfioUserDeviceModel): Reply {
+    const { argsz, index } = V.parseInfoArgsz('GET_REGION_INFO', payload);
+    const { num_regions } = model.deviceInfo();
+    if (index >= num_regions)
+      throw new VfioError('EINVAL', `region ${index} does not exist (${num_regions})`);
+    const r = model.regionInfo(index);
+    const caps = r.caps && r.caps.byteLength > 0 ? rebaseCaps(r.caps, vfio_region_info.size) : null;
+    const full = vfio_region_info.size + (caps?.byteLength ?? 0);
+    const flags = caps ? r.flags | VFIO_REGION_INFO_FLAG_CAPS : r.flags & ~VFIO_REGION_INFO_FLAG_CAPS;
+    const head = { argsz: full, flags, index, size: r.size, offset: r.offset };
+    if (argsz < full) {
+      // Too small for the caps: say how much is needed and send the fixed part only, no fd
+      // ("Message sizes": the client retries with a larger argsz).
+      r.fd?.close();
+      return { payload: vfio_region_info.encode({ ...head, cap_offset: 0 }) };
+    }
+    const out = new Uint8Array(full);
+    vfio_region_info.encode({ ...head, cap_offset: caps ? vfio_region_info.size : 0 }, out);
+    if (caps) out.set(caps, vfio_region_info.size);
+    // The fd was handed to us: sent, then closed like every fd a model returns.
+    return { payload: out, ...(r.fd ? { fds: [r.fd] } : {}) };
+  }
+
+  async #feature(payload: Uint8Array, model: VfioUserDeviceModel, take: () => Fd[]): Promise<Reply> {
+    const f = V.parseFeature(payload);
+    const res = await model.feature({
+      flags: f.flags,
+      feature: f.feature,
+      data: f.data.slice(),
+      fds: take(),
+    });
+    const fds = res.fds ?? [];
+    // GET returns the feature's data; SET and PROBE echo the request's (vfio-user.rst, DEVICE_FEATURE "Reply").
+    const isGet = (f.flags & VFIO_DEVICE_FEATURE_GET) !== 0 && (f.flags & VFIO_DEVICE_FEATURE_PROBE) === 0;
+    const data = res.data ?? (isGet ? new Uint8Array(0) : f.data);
+    const size = 8 + data.byteLength;
+    const peerMaxFds = this.peer?.maxMsgFds ?? 1;
+    if (size > f.argsz || fds.length > peerMaxFds) {
+      closeAll(fds);
+      throw new VfioError(
+        'ENOSPC',
+        `feature ${f.feature} reply (${size} bytes, ${fds.length} fds) exceeds argsz ${f.argsz} or max_msg_fds ${peerMaxFds}`,
+      );
+    }
+    return { payload: encodeFeature(size, f.flags, data), fds };
+  }
+}
+
+function closeAll(fds: readonly Fd[]): void {
+  for (const fd of fds) {
+    try {
+      fd.close();
+    } catch {
+      // already closed by its new owner
+    }
+  }
+}

@@ -1,0 +1,30 @@
+// vfio-user: codec, client and server (QEMU docs/interop/vfio-user.rst). See docs/PROTOCOL.md.
+export {
+  buildRegionCaps,
+  type CapSpec,
+  parseRegionCaps,
+  type RegionCaps,
+  type SparseMmapArea,
+} from './caps.js';
+export { type CallOptions, type FdLike, type ReplyMessage, RequestChannel } from './channel.js';
+export { type RegionInfo, VfioUserClient, type VfioUserClientOptions } from './client.js';
+export {
+  decodeMessage,
+  encodeCommand,
+  encodeErrorReply,
+  encodeMessage,
+  encodeReply,
+  errorReason,
+  isError,
+  isReply,
+  type VfioUserMessage,
+  wantsReply,
+} from './codec.js';
+export { VfioUserConnection } from './connection.js';
+export * from './device-model.js';
+export { errnoName, ProtocolError, type VfioUserCallError } from './errors.js';
+export * from './messages.js';
+export * from './protocol.js';
+export { type VfioUserListenOptions, VfioUserServer, type VfioUserServerOptions } from './server.js';
+export type { MessageSocket, ReceivedRecord } from './transport.js';
+export { type Capabilities, readCapabilities } from './version.js';

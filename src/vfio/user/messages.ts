@@ -1,0 +1,141 @@
+// Payload layouts that exist only in vfio-user (the ones shared with the VFIO
+// ioctls — vfio_region_info, vfio_irq_info, vfio_irq_set, vfio_device_feature —
+// come from ../uapi/vfio.ts). Field names follow the spec's tables and
+// libvfio-user's include/vfio-user.h; all are packed little-endian.
+import { struct } from '../struct.js';
+import { vfio_device_feature, vfio_irq_set } from '../uapi/vfio.js';
+
+/** VFIO_USER_VERSION request and reply, followed by optional NUL-terminated JSON (vfio-user.rst, "Version"). */
+export const vfio_user_version = struct(
+  'vfio_user_version',
+  [
+    ['major', 'u16'],
+    ['minor', 'u16'],
+  ] as const,
+  { packed: true },
+);
+
+/** VFIO_USER_DMA_MAP request (vfio-user.rst, "VFIO_USER_DMA_MAP"): 32 bytes. */
+export const vfio_user_dma_map = struct(
+  'vfio_user_dma_map',
+  [
+    ['argsz', 'u32'],
+    ['flags', 'u32'],
+    ['offset', 'u64'],
+    ['addr', 'u64'],
+    ['size', 'u64'],
+  ] as const,
+  { packed: true },
+);
+
+/** VFIO_USER_DMA_UNMAP request and reply (vfio-user.rst, "VFIO_USER_DMA_UNMAP"): 24 bytes. */
+export const vfio_user_dma_unmap = struct(
+  'vfio_user_dma_unmap',
+  [
+    ['argsz', 'u32'],
+    ['flags', 'u32'],
+    ['addr', 'u64'],
+    ['size', 'u64'],
+  ] as const,
+  { packed: true },
+);
+
+/** VFIO_USER_DEVICE_GET_INFO request and reply: vfio_device_info without cap_offset/pad (16 bytes). */
+export const vfio_user_device_info = struct(
+  'vfio_user_device_info',
+  [
+    ['argsz', 'u32'],
+    ['flags', 'u32'],
+    ['num_regions', 'u32'],
+    ['num_irqs', 'u32'],
+  ] as const,
+  { packed: true },
+);
+
+/** VFIO_USER_DEVICE_GET_REGION_IO_FDS request (refused by devlease, decoded only to say so). */
+export const vfio_user_region_io_fds_request = struct(
+  'vfio_user_region_io_fds_request',
+  [
+    ['argsz', 'u32'],
+    ['flags', 'u32'],
+    ['index', 'u32'],
+    ['count', 'u32'],
+  ] as const,
+  { packed: true },
+);
+
+/** VFIO_USER_REGION_READ/WRITE request and reply head, followed by `count` data bytes where carried. */
+export const vfio_user_region_access = struct(
+  'vfio_user_region_access',
+  [
+    ['offset', 'u64'],
+    ['region', 'u32'],
+    ['count', 'u32'],
+  ] as const,
+  { packed: true },
+);
+
+/** VFIO_USER_DMA_READ/WRITE (server -> client) head, followed by data where carried. */
+export const vfio_user_dma_region_access = struct(
+  'vfio_user_dma_region_access',
+  [
+    ['addr', 'u64'],
+    ['count', 'u64'],
+  ] as const,
+  { packed: true },
+);
+
+function concat(head: Uint8Array, tail: Uint8Array): Uint8Array {
+  const out = new Uint8Array(head.byteLength + tail.byteLength);
+  out.set(head, 0);
+  out.set(tail, head.byteLength);
+  return out;
+}
+
+/** VERSION payload: major, minor, then the JSON text and its terminating NUL. */
+export function encodeVersion(major: number, minor: number, json: unknown): Uint8Array {
+  const text = new TextEncoder().encode(`${JSON.stringify(json)}\0`);
+  return concat(vfio_user_version.encode({ major, minor }), text);
+}
+
+export interface DecodedVersion {
+  major: number;
+  minor: number;
+  /** The parsed JSON object, or {} when the optional version data is absent. */
+  json: Record<string, unknown>;
+}
+
+/** Throws a RangeError/SyntaxError describing what is wrong; callers turn that into EINVAL. */
+export function decodeVersion(payload: Uint8Array): DecodedVersion {
+  const { major, minor } = vfio_user_version.decode(payload);
+  let end = payload.byteLength;
+  while (end > vfio_user_version.size && payload[end - 1] === 0) end--;
+  if (end === vfio_user_version.size) return { major, minor, json: {} };
+  const text = new TextDecoder('utf-8', { fatal: true }).decode(
+    payload.subarray(vfio_user_version.size, end),
+  );
+  const json: unknown = JSON.parse(text);
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) {
+    throw new SyntaxError('version data is not a JSON object');
+  }
+  return { major, minor, json: json as Record<string, unknown> };
+}
+
+/** REGION_WRITE request / REGION_READ reply: the access head followed by the bytes. */
+export function encodeRegionAccess(offset: bigint, region: number, data: Uint8Array): Uint8Array {
+  return concat(vfio_user_region_access.encode({ offset, region, count: data.byteLength }), data);
+}
+
+/** SET_IRQS request: vfio_irq_set, then `count` bool bytes for DATA_BOOL (nothing otherwise; eventfds travel as fds). */
+export function encodeIrqSet(
+  v: { flags: number; index: number; start: number; count: number },
+  data: Uint8Array = new Uint8Array(0),
+): Uint8Array {
+  const head = vfio_irq_set.encode({ ...v, argsz: vfio_irq_set.size + data.byteLength });
+  return concat(head, data);
+}
+
+/** DEVICE_FEATURE request and reply: vfio_device_feature then feature data. */
+export function encodeFeature(argsz: number, flags: number, data: Uint8Array): Uint8Array {
+  return concat(vfio_device_feature.encode({ argsz, flags }), data);
+}

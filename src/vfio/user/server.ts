@@ -1,0 +1,139 @@
+// A vfio-user server: accepts connections (a listening socket path, or
+// sockets handed over with serveSocket), gives each its own device model
+// from createDevice(), and serves it through a VfioUserConnection.
+import { EventEmitter } from 'node:events';
+import { SeqpacketServer } from '../../sys/index.js';
+import { MAX_FDS } from '../../sys/native.js';
+import { VfioUserConnection } from './connection.js';
+import type { ConnectionInfo, VfioUserDeviceModel } from './device-model.js';
+import {
+  DEFAULT_MAX_DATA_XFER_SIZE,
+  DEFAULT_MAX_MSG_FDS,
+  HEADER_SIZE,
+  SPEC_DEFAULT_MAX_DMA_MAPS,
+} from './protocol.js';
+import type { MessageSocket } from './transport.js';
+import { minPageSize } from './version.js';
+
+export interface VfioUserServerOptions {
+  /** Called once per connection, before its VERSION is answered; a VfioError refusal becomes the VERSION error. */
+  createDevice(
+    conn: ConnectionInfo,
+    socket: MessageSocket,
+  ): VfioUserDeviceModel | Promise<VfioUserDeviceModel>;
+  /** Most fds accepted per message (advertised as max_msg_fds). Default 16, at most 16. */
+  maxMsgFds?: number;
+  /** Largest REGION_READ/WRITE count accepted (max_data_xfer_size). Default 65536. */
+  maxDataXferSize?: number;
+  /** Advertised max_dma_maps (enforced by the model). Default 65535. */
+  maxDmaMaps?: number;
+  /** Advertised pgsizes; DMA maps must be aligned to the smallest. Default 4096. */
+  pgsizes?: number;
+  /** Where protocol violations and unexpected model exceptions are reported. Default: console.warn. */
+  log?: (message: string, err?: unknown) => void;
+}
+
+export interface VfioUserListenOptions extends VfioUserServerOptions {
+  /** Socket file mode. Default 0o600. */
+  mode?: number;
+}
+
+export class VfioUserServer extends EventEmitter {
+  #options: VfioUserServerOptions;
+  #config: ConstructorParameters<typeof VfioUserConnection>[2];
+  #listener: SeqpacketServer | null = null;
+  #connections = new Set<VfioUserConnection>();
+  #nextId = 1;
+  #closed = false;
+
+  /** Listen on a unix SOCK_SEQPACKET socket path and serve every client that connects. */
+  static listen(path: string, opts: VfioUserListenOptions): VfioUserServer {
+    const server = new VfioUserServer(opts);
+    // Room for the largest request accepted (REGION_WRITE of max_data_xfer_size) and then some:
+    // anything longer arrives truncated and closes its connection.
+    const maxMessage = HEADER_SIZE + 16 + server.#config.maxDataXferSize + 4096;
+    const listener = SeqpacketServer.listen(path, { mode: opts.mode ?? 0o600, socket: { maxMessage } });
+    server.#listener = listener;
+    listener.on('error', (err: Error) => server.#config.log('vfio-user server: accept failed', err));
+    listener.on('connection', (socket: MessageSocket) => {
+      try {
+        server.serveSocket(socket);
+      } catch (err) {
+        server.#config.log('vfio-user server: cannot serve connection', err);
+      }
+    });
+    return server;
+  }
+
+  constructor(opts: VfioUserServerOptions) {
+    super();
+    const maxMsgFds = opts.maxMsgFds ?? DEFAULT_MAX_MSG_FDS;
+    const maxDataXferSize = opts.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE;
+    const pgsizes = opts.pgsizes ?? 4096;
+    if (!Number.isInteger(maxMsgFds) || maxMsgFds < 1 || maxMsgFds > MAX_FDS) {
+      throw new RangeError(`maxMsgFds must be an integer in [1, ${MAX_FDS}]`);
+    }
+    if (!Number.isInteger(maxDataXferSize) || maxDataXferSize < 1) {
+      throw new RangeError('maxDataXferSize must be a positive integer');
+    }
+    if (!Number.isSafeInteger(pgsizes) || pgsizes <= 0)
+      throw new RangeError('pgsizes must be a positive integer');
+    this.#options = opts;
+    this.#config = {
+      maxMsgFds,
+      maxDataXferSize,
+      maxDmaMaps: opts.maxDmaMaps ?? SPEC_DEFAULT_MAX_DMA_MAPS,
+      pgsizes,
+      pageSize: minPageSize(pgsizes),
+      log: opts.log ?? ((message, err) => console.warn(`devlease: ${message}`, err ?? '')),
+    };
+  }
+
+  /** The socket path when listening, else null. */
+  get path(): string | null {
+    return this.#listener?.path ?? null;
+  }
+
+  /** The connections being served. */
+  get connections(): ReadonlySet<VfioUserConnection> {
+    return this.#connections;
+  }
+
+  /** Serve an already-connected socket (the server takes ownership of it). */
+  serveSocket(socket: MessageSocket): VfioUserConnection {
+    if (this.#closed) {
+      socket.close();
+      throw Object.assign(new Error('VfioUserServer is closed'), { code: 'ERR_DEVLEASE_CLOSED' });
+    }
+    let cred = { pid: 0, uid: -1, gid: -1 };
+    try {
+      cred = socket.peerCred();
+    } catch {
+      // not a unix socket peer (cannot happen with SeqpacketSocket); keep the unknown identity
+    }
+    const conn = new VfioUserConnection({ id: this.#nextId++, cred }, socket, this.#config, (c, s) =>
+      this.#options.createDevice(c, s),
+    );
+    this.#connections.add(conn);
+    void conn.closed.then((reason) => {
+      this.#connections.delete(conn);
+      this.emit('disconnect', conn, reason);
+    });
+    this.emit('connection', conn);
+    return conn;
+  }
+
+  /** Stop listening, close every connection and wait until every model has been told. Idempotent. */
+  async close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#listener?.close();
+      for (const c of this.#connections) c.close('server closed');
+    }
+    await Promise.all([...this.#connections].map((c) => c.closed));
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,82 @@
+// Config validation: every mistake names its field.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ConfigError, parseConfig } from '../../src/broker/config.js';
+import { DEVLEASE_BIN } from '../../src/demo/processes.js';
+
+const bad = (toml: string, field: RegExp) => {
+  assert.throws(
+    () => parseConfig(toml),
+    (err: unknown) => err instanceof ConfigError && field.test(err.message),
+    `expected a ConfigError matching ${field} for:\n${toml}`,
+  );
+};
+
+test('a full config parses, with sizes in units and octal modes', () => {
+  const c = parseConfig(`
+rundir = "/tmp/x"
+[device]
+name = "acc0"
+[sockets]
+mode = 0o660
+[lifetime]
+revoke = false
+default_deadline_ms = 250
+[sa1]
+window_size = "256MiB"
+[[policy.rule]]
+uid = 1000
+kinds = ["queue"]
+max_leases = 2
+max_mapped_bytes = "1GiB"
+[[policy.rule]]
+any = true
+max_leases = 0
+`);
+  assert.equal(c.rundir, '/tmp/x');
+  assert.equal(c.deviceName, 'acc0');
+  assert.equal(c.sockets.mode, 0o660);
+  assert.equal(c.lifetime.revoke, false);
+  assert.equal(c.sa1.windowSize, 256n << 20n);
+  assert.equal(c.policy.rules.length, 2);
+  assert.equal(c.policy.rules[0]!.maxMappedBytes, 1n << 30n);
+  assert.deepEqual(c.policy.rules[1]!.match, { any: true });
+});
+
+test('each kind of mistake names the field', () => {
+  bad('rundir = 3', /rundir: must be a non-empty string/);
+  bad('[sockets]\nmode = 0o1777', /sockets\.mode: must be an integer from 0 to 511/);
+  bad('[layout]\npage_size = 6000', /layout\.page_size: must be a power of two/);
+  bad('[layout]\npage_size = 131072', /layout\.page_size: must be an integer from 4096 to 65536/);
+  bad('[sa1]\nwindow_size = "3MiB"', /sa1\.window_size: must be a power of two/);
+  bad('[sa1]\nwindow_size = "lots"', /sa1\.window_size: must be a byte size/);
+  bad('[lifetime]\nrevoke = "yes"', /lifetime\.revoke: must be true or false/);
+  bad('[lifetime]\nrevokee = true', /lifetime\.revokee: unknown key/);
+  bad('[[policy.rule]]\nkinds = ["queue"]', /policy\.rule\[0\]: needs exactly one of uid, gid or any/);
+  bad('[[policy.rule]]\nuid = 5\nmax_leases = -1', /policy\.rule\[0\]\.max_leases/);
+  bad('[device]\nname = "a/b"', /device\.name: may contain only/);
+  bad('this is = not toml =', /\(file\): config is not valid TOML/);
+});
+
+test('devlease daemon exits non-zero naming the bad field', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-cfg-'));
+  try {
+    const file = join(dir, 'bad.toml');
+    writeFileSync(file, '[lifetime]\ndefault_deadline_ms = "soon"\n');
+    const r = spawnSync(
+      process.execPath,
+      [DEVLEASE_BIN, 'daemon', '--device', 'vfio-user:/nonexistent', '--config', file],
+      {
+        encoding: 'utf8',
+      },
+    );
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /lifetime\.default_deadline_ms: must be an integer/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

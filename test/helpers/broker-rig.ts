@@ -1,0 +1,147 @@
+// A real deployment for tests: the SA-1 simulator as a child process
+// (`devlease sim`), the broker in this process (so tests can look at its
+// lease table and audit log), and lease clients as child processes driven
+// over IPC (test/fixtures/broker/lease-client.ts).
+
+import { type ChildProcess, fork } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Broker } from '../../src/broker/broker.js';
+import { configFromObject } from '../../src/broker/config.js';
+import type { PolicyModule } from '../../src/broker/policy.js';
+import { type Child, startSim } from '../../src/demo/processes.js';
+import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const LEASE_CLIENT = join(here, '..', 'fixtures', 'broker', 'lease-client.js');
+
+export interface Rig {
+  dir: string;
+  simSocket: string;
+  sim: Child;
+  device: VfioUserDevice;
+  broker: Broker;
+  socket: string;
+  audit: Record<string, any>[];
+  close(): Promise<void>;
+}
+
+export async function startRig(
+  opts: { config?: Record<string, unknown>; simArgs?: string[]; policyModule?: PolicyModule } = {},
+): Promise<Rig> {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-test-'));
+  const simSocket = join(dir, 'sim.sock');
+  const sim = await startSim(simSocket, opts.simArgs ?? ['--queues', '8']);
+  const device = await VfioUserDevice.connect(simSocket);
+  const audit: Record<string, any>[] = [];
+  const config = configFromObject({ rundir: join(dir, 'run'), ...(opts.config ?? {}) });
+  let broker: Broker;
+  try {
+    broker = await Broker.start({
+      config,
+      device,
+      ...(opts.policyModule ? { policyModule: opts.policyModule } : {}),
+      auditSink: (line) => audit.push(JSON.parse(line)),
+      log: () => {},
+    });
+  } catch (err) {
+    await device.close();
+    await sim.stop();
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    dir,
+    simSocket,
+    sim,
+    device,
+    broker,
+    socket: broker.sockets.get('queue') ?? '',
+    audit,
+    async close() {
+      await broker.close();
+      await device.close();
+      await sim.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A lease client process. `call(op, args)` runs one scripted step there. */
+export class ClientProc {
+  readonly proc: ChildProcess;
+  readonly pid: number;
+  #next = 1;
+  readonly #waiting = new Map<number, { resolve(v: any): void; reject(e: Error): void }>();
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  private constructor(proc: ChildProcess) {
+    this.proc = proc;
+    this.pid = proc.pid!;
+    proc.on(
+      'message',
+      (m: {
+        id?: number;
+        ok?: boolean;
+        result?: unknown;
+        error?: { message: string; code?: string; reason?: string };
+      }) => {
+        const w = m.id === undefined ? undefined : this.#waiting.get(m.id);
+        if (!w) return;
+        this.#waiting.delete(m.id!);
+        if (m.ok) w.resolve(m.result);
+        else
+          w.reject(
+            Object.assign(new Error(m.error!.message), { code: m.error!.code, reason: m.error!.reason }),
+          );
+      },
+    );
+    this.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+    void this.exited.then(() => {
+      for (const w of this.#waiting.values()) w.reject(new Error('lease client exited'));
+      this.#waiting.clear();
+    });
+  }
+
+  static async spawn(): Promise<ClientProc> {
+    const proc = fork(LEASE_CLIENT, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    await new Promise<void>((resolve, reject) => {
+      proc.once('message', () => resolve());
+      proc.once('exit', (c) => reject(new Error(`lease client exited early (${c})`)));
+    });
+    return new ClientProc(proc);
+  }
+
+  call<T = any>(op: string, args: Record<string, unknown> = {}): Promise<T> {
+    const id = this.#next++;
+    return new Promise<T>((resolve, reject) => {
+      this.#waiting.set(id, { resolve, reject });
+      this.proc.send({ id, op, ...args });
+    });
+  }
+
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    this.proc.kill(signal);
+    await this.exited;
+  }
+
+  async exit(): Promise<void> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    await this.call('exit').catch(() => undefined);
+    await this.exited;
+  }
+}
+
+export async function until(
+  what: string,
+  pred: () => boolean | Promise<boolean>,
+  timeoutMs = 5000,
+): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await pred())) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

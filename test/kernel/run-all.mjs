@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+// `npm run test:kernel`: the real-kernel VFIO tests. Installs the host tools
+// if missing (scripts/kernel-rig/deps.sh), builds or finds cached both guest
+// configurations, then boots each one and runs the compiled guest tests
+// (dist/test/kernel/guest/*.guest.js) under `node --test` inside it.
+//
+//   node test/kernel/run-all.mjs [legacy|iommufd ...] [--timeout SEC] [--verbose]
+//
+// Exit status 0 only if every configuration booted and all its tests passed.
+import { spawnSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { buildConfig, configs, dmarFaults, projectRoot, runGuest } from './run-guest.mjs';
+
+const args = process.argv.slice(2);
+const flag = (name) => args.indexOf(name);
+const timeoutSec = flag('--timeout') >= 0 ? Number(args[flag('--timeout') + 1]) : 300;
+const verbose = flag('--verbose') >= 0;
+const wanted = args.filter((a) => configs.includes(a));
+const selected = wanted.length ? wanted : configs;
+
+const guestDir = join(projectRoot, 'dist/test/kernel/guest');
+let files;
+try {
+  files = readdirSync(guestDir)
+    .filter((f) => f.endsWith('.guest.js'))
+    .sort()
+    .map((f) => relative(projectRoot, join(guestDir, f)));
+} catch (err) {
+  console.error(`test:kernel: cannot read ${guestDir} (${err.code}): run 'npm run build:ts' first`);
+  process.exit(1);
+}
+if (files.length === 0) {
+  console.error(`test:kernel: no *.guest.js files in ${guestDir}`);
+  process.exit(1);
+}
+
+const seconds = (t0) => ((Date.now() - t0) / 1000).toFixed(1);
+const t0 = Date.now();
+const deps = spawnSync('bash', [join(projectRoot, 'scripts/kernel-rig/deps.sh')], { stdio: 'inherit' });
+if (deps.status !== 0) {
+  console.error(
+    'test:kernel: scripts/kernel-rig/deps.sh failed: the host lacks QEMU or the kernel build tools',
+  );
+  process.exit(1);
+}
+console.log(`test:kernel: host tools ready in ${seconds(t0)} s`);
+// Build everything before booting anything: a broken build fails fast.
+for (const config of selected) {
+  const tb = Date.now();
+  try {
+    buildConfig(config);
+  } catch (err) {
+    console.error(`test:kernel: ${err.message}`);
+    process.exit(1);
+  }
+  console.log(`test:kernel: ${config} guest ready in ${seconds(tb)} s`);
+}
+
+let passed = 0;
+let failed = 0;
+const problems = [];
+for (const config of selected) {
+  console.log(`test:kernel: booting the ${config} guest: node --test ${files.join(' ')}`);
+  const counts = {};
+  const r = await runGuest({
+    config,
+    build: false,
+    timeoutSec,
+    verbose,
+    nodeArgs: ['--test', '--test-reporter=spec', '--test-concurrency=1', ...files],
+    onLine: (line) => {
+      // node:test's spec summary: "ℹ pass 5", "ℹ fail 0".
+      const m = line.match(/^(?:ℹ|#) (pass|fail|cancelled) (\d+)$/);
+      if (m) counts[m[1]] = Number(m[2]);
+      process.stdout.write(`[${config}] ${line}\n`);
+    },
+  });
+  const faults = dmarFaults(r.dmesg);
+  if (faults.length)
+    console.log(`[${config}] dmesg: ${faults.length} DMAR fault line(s):\n${faults.join('\n')}`);
+  if (r.error) problems.push(r.error);
+  else if (r.status !== 0) problems.push(`${config}: guest tests exited with status ${r.status}`);
+  if (counts.pass === undefined) problems.push(`${config}: no node:test summary in the guest output`);
+  passed += counts.pass ?? 0;
+  failed += (counts.fail ?? 0) + (counts.cancelled ?? 0);
+  console.log(
+    `test:kernel: ${config}: ${counts.pass ?? 0} passed, ${counts.fail ?? 0} failed in ${r.seconds.toFixed(1)} s`,
+  );
+}
+
+for (const p of problems) console.error(`test:kernel: ${p}`);
+console.log(`test:kernel: total ${seconds(t0)} s`);
+console.log(`kernel: ${passed} passed, ${failed} failed`);
+process.exit(problems.length || failed ? 1 : 0);

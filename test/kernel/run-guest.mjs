@@ -1,0 +1,261 @@
+#!/usr/bin/env node
+// Boots one kernel-rig guest (QEMU TCG, emulated Intel IOMMU, QEMU's edu
+// device bound to vfio-pci) and runs `node <args>` inside it, in this
+// project's folder, on the host's node seen through a read-only 9p share.
+//
+//   node test/kernel/run-guest.mjs [--config legacy|iommufd] [--timeout SEC]
+//        [--boot-timeout SEC] [--dmesg FILE] [--env K=V]... [--verbose] [--no-build] -- <node args...>
+//
+// The guest's output is streamed to stdout as it comes; the exit status is the
+// guest script's. 124: timed out; 125: the rig itself failed (QEMU, boot,
+// binding edu, mounting the host): the boot log is printed to say why.
+// Guest env: DEVLEASE_KERNEL_GUEST=<config>, DEVLEASE_EDU_BDF=<pci address>.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const configs = ['legacy', 'iommufd'];
+const rigCache = join(process.env.DEVLEASE_CACHE ?? join(homedir(), '.cache/devlease'), 'kernel-rig');
+
+// Markers printed by scripts/kernel-rig/init.sh.
+const BEGIN = '=== DEVLEASE-GUEST-BEGIN ===';
+const END = /^=== DEVLEASE-GUEST-END status=(\d+) ===$/;
+const DMESG_BEGIN = '=== DEVLEASE-DMESG-BEGIN ===';
+const DMESG_END = '=== DEVLEASE-DMESG-END ===';
+const RIG_ERROR = /^=== DEVLEASE-RIG-ERROR (.*) ===$/;
+
+/** Builds (or finds cached) one configuration; returns { kernel, initrd }. */
+export function buildConfig(config) {
+  const r = spawnSync('bash', [join(projectRoot, 'scripts/kernel-rig/build.sh'), config], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    encoding: 'utf8',
+  });
+  if (r.status !== 0) throw new Error(`scripts/kernel-rig/build.sh ${config} failed (status ${r.status})`);
+  return parseEnv(r.stdout, config);
+}
+
+function cachedConfig(config) {
+  const file = join(rigCache, `${config}.env`);
+  if (!existsSync(file)) throw new Error(`${file} missing: run scripts/kernel-rig/build.sh ${config} first`);
+  return parseEnv(readFileSync(file, 'utf8'), config);
+}
+
+function parseEnv(text, config) {
+  const get = (k) => text.match(new RegExp(`^${k}=(.+)$`, 'm'))?.[1];
+  const kernel = get('KERNEL');
+  const initrd = get('INITRD');
+  if (!kernel || !initrd || !existsSync(kernel) || !existsSync(initrd)) {
+    throw new Error(`kernel-rig ${config}: build output names no existing KERNEL/INITRD:\n${text}`);
+  }
+  return { kernel, initrd };
+}
+
+const shellQuote = (s) => `'${String(s).replaceAll("'", "'\\''")}'`;
+
+/** The script the guest runs inside the chroot (the host's /bin/sh). */
+function guestScript(nodeArgs, env) {
+  const nodeBin = process.execPath;
+  const vars = {
+    PATH: `${dirname(nodeBin)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
+    HOME: '/root',
+    TMPDIR: '/tmp',
+    TERM: 'dumb',
+    NO_COLOR: '1',
+    ...env,
+  };
+  return [
+    `cd ${shellQuote(projectRoot)} || exit 126`,
+    ...Object.entries(vars).map(([k, v]) => `export ${k}=${shellQuote(v)}`),
+    `exec ${[nodeBin, ...nodeArgs].map(shellQuote).join(' ')}`,
+    '',
+  ].join('\n');
+}
+
+// The QEMU line of shared/notes/real-kernel-tests.md: TCG (KVM does not work
+// on these machines), an emulated Intel IOMMU, edu, the host root over 9p.
+const QEMU_FIXED = [
+  '-machine q35,kernel-irqchip=split -accel tcg -cpu max -m 2G -smp 2',
+  '-device intel-iommu,intremap=on,caching-mode=on -device edu',
+  '-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
+  '-nographic -no-reboot -nic none',
+]
+  .join(' ')
+  .split(' ');
+
+function qemuArgs({ kernel, initrd }, runDir) {
+  const append = `console=ttyS0 intel_iommu=on panic=-1 quiet devlease_run=${runDir}`;
+  const args = [...QEMU_FIXED, '-kernel', kernel, '-initrd', initrd, '-append', append];
+  // qboot starts a second or two faster than SeaBIOS.
+  if (existsSync('/usr/share/qemu/qboot.rom')) args.push('-bios', '/usr/share/qemu/qboot.rom');
+  return args;
+}
+
+/**
+ * Boots `config`, runs `node ...nodeArgs` in the guest, resolves with
+ * { status, output, dmesg, seconds, error? } once QEMU has exited.
+ * Guest output lines are passed to `onLine` as they arrive.
+ */
+export async function runGuest({
+  config = 'legacy',
+  nodeArgs,
+  env = {},
+  timeoutSec = 300,
+  bootTimeoutSec = 120,
+  build = true,
+  verbose = false,
+  onLine = (l) => process.stdout.write(`${l}\n`),
+}) {
+  if (!configs.includes(config)) throw new Error(`unknown config '${config}' (one of ${configs.join(', ')})`);
+  const paths = build ? buildConfig(config) : cachedConfig(config);
+  const runDir = mkdtempSync(join(tmpdir(), 'devlease-guest-'));
+  if (!/^[\w./-]+$/.test(runDir))
+    throw new Error(`temp folder ${runDir} has characters unsafe on a kernel command line`);
+  const started = Date.now();
+  try {
+    writeFileSync(join(runDir, 'project'), `${projectRoot}\n`);
+    writeFileSync(join(runDir, 'run.sh'), guestScript(nodeArgs, env));
+    const qemu = process.env.DEVLEASE_QEMU ?? 'qemu-system-x86_64';
+    // stdin stays an open pipe nobody writes: QEMU's stdio console wants one.
+    const child = spawn(qemu, qemuArgs(paths, runDir), { stdio: ['pipe', 'pipe', 'pipe'] });
+    const stop = () => child.kill('SIGKILL');
+    // QEMU must not outlive this process, however it ends.
+    const onSignal = (sig) => {
+      stop();
+      rmSync(runDir, { recursive: true, force: true });
+      process.exit(128 + (sig === 'SIGINT' ? 2 : 15));
+    };
+    process.once('exit', stop);
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+
+    let phase = 'boot';
+    let status = null;
+    let rigError = null;
+    let timedOut = null;
+    const boot = [];
+    const output = [];
+    const dmesg = [];
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d) => {
+      stderr += d;
+    });
+    const timer = setTimeout(() => {
+      timedOut = `after ${timeoutSec} s`;
+      stop();
+    }, timeoutSec * 1000);
+    // Booting takes 5-15 s; a guest that has not started the script after
+    // bootTimeoutSec is stuck, however long the script itself may take.
+    const bootTimer = setTimeout(() => {
+      timedOut = `while booting (${bootTimeoutSec} s)`;
+      stop();
+    }, bootTimeoutSec * 1000);
+
+    const lines = createInterface({ input: child.stdout, crlfDelay: Number.POSITIVE_INFINITY });
+    lines.on('line', (raw) => {
+      const line = raw.replace(/\r$/, '');
+      if (phase === 'boot') {
+        if (line === BEGIN) {
+          phase = 'guest';
+          clearTimeout(bootTimer);
+        } else if (RIG_ERROR.test(line)) rigError = line.match(RIG_ERROR)[1];
+        else {
+          boot.push(line);
+          if (verbose) process.stderr.write(`[guest boot] ${line}\n`);
+        }
+      } else if (phase === 'guest') {
+        const m = line.match(END);
+        if (m) {
+          status = Number(m[1]);
+          phase = 'after';
+        } else {
+          output.push(line);
+          onLine(line);
+        }
+      } else if (phase === 'after' && line === DMESG_BEGIN) phase = 'dmesg';
+      else if (phase === 'dmesg') {
+        if (line === DMESG_END) phase = 'done';
+        else dmesg.push(line);
+      }
+    });
+    const exit = await new Promise((res) => child.on('close', (code, signal) => res({ code, signal })));
+    clearTimeout(timer);
+    clearTimeout(bootTimer);
+    process.removeListener('exit', stop);
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    const seconds = (Date.now() - started) / 1000;
+    const result = { status, output, dmesg, seconds, boot };
+    if (status !== null && !timedOut) return result;
+    const why = timedOut
+      ? `timed out ${timedOut} (phase '${phase}')`
+      : rigError
+        ? `rig error: ${rigError}`
+        : `QEMU exited (${exit.signal ?? exit.code}) before the guest script finished (phase '${phase}')`;
+    const context = [
+      ...(verbose ? [] : boot.slice(-40).map((l) => `[guest boot] ${l}`)),
+      ...(stderr ? [`[qemu stderr] ${stderr.trim()}`] : []),
+    ].join('\n');
+    return { ...result, status: timedOut ? 124 : 125, error: `kernel-rig ${config}: ${why}\n${context}` };
+  } finally {
+    rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+/** Kernel log lines that report an IOMMU (DMAR) fault: one "DMAR: [DMA Write ...] ... fault addr" per fault. */
+export const dmarFaults = (dmesg) => dmesg.filter((l) => /DMAR: \[(DMA|INTR)/.test(l));
+
+function parseCli(argv) {
+  const opts = {
+    config: 'legacy',
+    env: {},
+    timeoutSec: 300,
+    bootTimeoutSec: 120,
+    build: true,
+    verbose: false,
+    dmesgFile: null,
+  };
+  let i = 0;
+  for (; i < argv.length && argv[i] !== '--'; i++) {
+    const a = argv[i];
+    if (a === '--config') opts.config = argv[++i];
+    else if (a === '--timeout') opts.timeoutSec = Number(argv[++i]);
+    else if (a === '--boot-timeout') opts.bootTimeoutSec = Number(argv[++i]);
+    else if (a === '--dmesg') opts.dmesgFile = argv[++i];
+    else if (a === '--env') {
+      const [k, ...v] = argv[++i].split('=');
+      opts.env[k] = v.join('=');
+    } else if (a === '--verbose') opts.verbose = true;
+    else if (a === '--no-build') opts.build = false;
+    else throw new Error(`unknown option ${a}`);
+  }
+  opts.nodeArgs = argv.slice(i + 1);
+  if (opts.nodeArgs.length === 0) throw new Error('nothing to run: give the node arguments after --');
+  return opts;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  let opts;
+  try {
+    opts = parseCli(process.argv.slice(2));
+  } catch (err) {
+    console.error(`run-guest: ${err.message}`);
+    console.error(
+      'usage: run-guest.mjs [--config legacy|iommufd] [--timeout SEC] [--dmesg FILE] [--env K=V] -- <node args>',
+    );
+    process.exit(2);
+  }
+  const r = await runGuest(opts);
+  if (opts.dmesgFile) writeFileSync(opts.dmesgFile, `${r.dmesg.join('\n')}\n`);
+  const faults = dmarFaults(r.dmesg);
+  if (faults.length)
+    console.error(
+      `run-guest: ${faults.length} DMAR fault line(s) in the guest's dmesg:\n${faults.join('\n')}`,
+    );
+  if (r.error) console.error(r.error);
+  console.error(`run-guest: ${opts.config} finished in ${r.seconds.toFixed(1)} s, status ${r.status}`);
+  process.exit(r.status);
+}

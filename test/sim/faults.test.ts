@@ -1,0 +1,376 @@
+// Every error status with its fault record and interrupt; windows (rings
+// included); IOMMU faults, also after DMA_UNMAP with descriptors in flight;
+// firmware errors; hang and fault injection.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import * as ds from '../../src/sim/datasheet.js';
+import { decodeFaultRecord, type FaultRecord } from '../../src/sim/faults.js';
+import { makeFirmwareImage } from '../../src/sim/firmware.js';
+import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
+import { BAR0, boot, loadFirmware, qcfg, r32, w32 } from './helpers/driver.js';
+import { inProcess } from './helpers/inproc.js';
+import { type Booted, booted, FW_IOVA, HOST_IOVA, queue } from './helpers/scenario.js';
+
+const DATA = 0x8_0000;
+const at = (off: number): bigint => HOST_IOVA + BigInt(off);
+
+async function lastFault(p: Booted | ReturnType<typeof inProcess>): Promise<FaultRecord> {
+  const head = await r32(p.bus, BAR0, ds.REG_FAULT_HEAD);
+  const log = await Promise.all(
+    Array.from({ length: 64 }, (_, i) => p.bus.read(BAR0, ds.REG_FAULT_LOG + 4 * i, 4)),
+  );
+  const bytes = new Uint8Array(256);
+  log.forEach((b, i) => {
+    bytes.set(b, 4 * i);
+  });
+  return decodeFaultRecord(bytes, (head - 1) % 16);
+}
+
+async function expectQueueError(p: Booted, q: number, code: number): Promise<void> {
+  const st = await r32(p.bus, BAR0, qcfg(q, ds.Q_STATUS));
+  assert.equal(st & ds.Q_STATUS_ERROR, ds.Q_STATUS_ERROR, `queue ${q} in ERROR`);
+  assert.equal(st >> 8, code, `Q_STATUS last error ${ds.STATUS_NAMES[code]}`);
+  assert.equal(st & ds.Q_STATUS_RUNNING, 0, 'not RUNNING');
+}
+
+const faultVector = (p: Booted): number => p.fired(VFIO_PCI_MSIX_IRQ_INDEX, p.dev.options.numQueues);
+
+test('WINDOW_VIOLATION: completion, fault record, fault vector, queue ERROR until queue reset (windows kept)', async () => {
+  const p = await booted();
+  const win = { base: HOST_IOVA, size: 0x1_0000n };
+  const tq = await queue(p, 1, { window: win, ringOffset: 0 });
+  await tq.submit([
+    { opcode: ds.OP_COPY, length: 16, src: at(0x1_0000 - 8), dst: at(0x8000), tag: 1n },
+    { opcode: ds.OP_NOP, tag: 2n },
+  ]);
+  const [c] = await tq.reap(1);
+  assert.deepEqual([c?.tag, c?.status], [1n, ds.ST_WINDOW_VIOLATION]);
+  assert.deepEqual(await lastFault(p), { queue: 1, code: ds.ST_WINDOW_VIOLATION, iova: at(0x1_0000) });
+  assert.equal(faultVector(p), 1);
+  await expectQueueError(p, 1, ds.ST_WINDOW_VIOLATION);
+  p.dev.runUntilIdle();
+  assert.equal(await tq.pageRead32(ds.QP_SQ_HEAD), 1, 'an ERROR queue fetches nothing');
+  assert.equal((await r32(p.bus, BAR0, ds.REG_STATUS)) & ds.STATUS_FAULT_PENDING, ds.STATUS_FAULT_PENDING);
+  await w32(p.bus, BAR0, ds.REG_FAULT_ACK, await r32(p.bus, BAR0, ds.REG_FAULT_HEAD));
+  assert.equal((await r32(p.bus, BAR0, ds.REG_STATUS)) & ds.STATUS_FAULT_PENDING, 0, 'ACK == HEAD clears it');
+
+  await w32(p.bus, BAR0, qcfg(1, ds.Q_CTRL), ds.Q_CTRL_RESET);
+  assert.equal(await r32(p.bus, BAR0, qcfg(1, ds.Q_CTRL)), 0, 'RESET reads 0 when done; ENABLE cleared');
+  assert.equal(
+    await r32(p.bus, BAR0, qcfg(1, ds.Q_STATUS)),
+    ds.Q_STATUS_IDLE,
+    'ERROR and last error cleared',
+  );
+  assert.equal(await r32(p.bus, BAR0, qcfg(1, ds.Q_WIN_SIZE)), 0x1_0000, 'window kept');
+  assert.equal(await tq.pageRead32(ds.QP_SQ_BASE), 0, 'ring registers zeroed');
+  assert.equal(await r32(p.bus, BAR0, qcfg(1, ds.Q_COMPLETED)), 0);
+});
+
+test('window violations on the rings write only a fault record (SQ and CQ)', async () => {
+  for (const ring of ['sq', 'cq'] as const) {
+    const p = await booted();
+    // Window covers the SQ only (first 512 bytes) or the CQ only.
+    const win = ring === 'sq' ? { base: HOST_IOVA + 512n, size: 4096n } : { base: HOST_IOVA, size: 512n };
+    const tq = await queue(p, 0, { ringOffset: 0, window: win });
+    await tq.submit([{ opcode: ds.OP_NOP }]);
+    p.dev.runUntilIdle();
+    const f = await lastFault(p);
+    assert.deepEqual([f.queue, f.code], [0, ds.ST_WINDOW_VIOLATION], ring);
+    assert.equal(f.iova, ring === 'sq' ? HOST_IOVA : HOST_IOVA + 512n, `${ring}: first address outside`);
+    assert.equal(tq.peek(0), null, `${ring}: no completion written`);
+    await expectQueueError(p, 0, ds.ST_WINDOW_VIOLATION);
+    assert.equal(faultVector(p), 1);
+  }
+});
+
+test('Q_WIN_SIZE 0 lets a queue touch no host memory', async () => {
+  const p = await booted();
+  const tq = await queue(p, 0, { window: { base: HOST_IOVA, size: 0n } });
+  await tq.submit([{ opcode: ds.OP_NOP }]);
+  p.dev.runUntilIdle();
+  assert.equal((await lastFault(p)).code, ds.ST_WINDOW_VIOLATION);
+});
+
+test('IOMMU_FAULT: unmapped IOVA inside the window, and a write through a read-only map', async () => {
+  const p = await booted();
+  const ro = p.map(0x40_0000n, 4096, { read: true, write: false });
+  const tq = await queue(p, 0, { window: { base: HOST_IOVA, size: 0x100_0000n } });
+  await tq.submit([{ opcode: ds.OP_FILL, length: 8, dst: 0x30_0000n, tag: 5n }]);
+  const [c] = await tq.reap(1);
+  assert.deepEqual([c?.tag, c?.status], [5n, ds.ST_IOMMU_FAULT]);
+  assert.deepEqual(await lastFault(p), { queue: 0, code: ds.ST_IOMMU_FAULT, iova: 0x30_0000n });
+  await expectQueueError(p, 0, ds.ST_IOMMU_FAULT);
+
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_RESET);
+  const tq2 = await queue(p, 0, { window: { base: HOST_IOVA, size: 0x100_0000n } });
+  ro.view[0] = 42;
+  await tq2.submit([
+    { opcode: ds.OP_COPY, length: 1, src: ro.iova, dst: at(DATA), tag: 6n },
+    { opcode: ds.OP_WRITE_IMM, dst: ro.iova + 8n, imm: 1n, tag: 7n },
+  ]);
+  const done = await tq2.reap(2);
+  assert.deepEqual(
+    done.map((x) => x.status),
+    [ds.ST_OK, ds.ST_IOMMU_FAULT],
+    'read allowed, write refused',
+  );
+  assert.equal(p.host.view[DATA], 42);
+  assert.equal(ro.view[8], 0, 'read-only memory untouched');
+  assert.deepEqual(await lastFault(p), { queue: 0, code: ds.ST_IOMMU_FAULT, iova: ro.iova + 8n });
+});
+
+test('DEVMEM_VIOLATION: a BAR4 range outside [Q_MEM_BASE, +Q_MEM_SIZE)', async () => {
+  const p = await booted();
+  const tq = await queue(p, 3);
+  await w32(p.bus, BAR0, qcfg(3, ds.Q_CTRL), 0);
+  await w32(p.bus, BAR0, qcfg(3, ds.Q_MEM_BASE), 0x1_0000);
+  await w32(p.bus, BAR0, qcfg(3, ds.Q_MEM_SIZE), 0x1_0000);
+  await w32(p.bus, BAR0, qcfg(3, ds.Q_CTRL), ds.Q_CTRL_ENABLE);
+  await tq.submit([
+    { opcode: ds.OP_WRITE_IMM, flags: ds.FLAG_DST_DEVMEM, dst: 0x1_0000n, imm: 1n, tag: 1n },
+    { opcode: ds.OP_COPY, flags: ds.FLAG_SRC_DEVMEM, length: 16, src: 0x1_fff8n, dst: at(DATA), tag: 2n },
+  ]);
+  const done = await tq.reap(2);
+  assert.deepEqual(
+    done.map((x) => x.status),
+    [ds.ST_OK, ds.ST_DEVMEM_VIOLATION],
+  );
+  assert.deepEqual(await lastFault(p), { queue: 3, code: ds.ST_DEVMEM_VIOLATION, iova: 0x1_fff8n });
+  await expectQueueError(p, 3, ds.ST_DEVMEM_VIOLATION);
+});
+
+test('BAD_QUEUE_CONFIG: misaligned or mis-sized rings, a doorbell more than SQ_SIZE ahead', async () => {
+  const cases: {
+    name: string;
+    fix: (tq: Awaited<ReturnType<typeof queue>>) => Promise<void>;
+    iova: (tq: Awaited<ReturnType<typeof queue>>) => bigint;
+  }[] = [
+    {
+      name: 'SQ_BASE misaligned',
+      fix: (tq) => tq.pageWrite64(ds.QP_SQ_BASE, tq.sqIova + 32n),
+      iova: (tq) => tq.sqIova + 32n,
+    },
+    {
+      name: 'CQ_BASE misaligned',
+      fix: (tq) => tq.pageWrite64(ds.QP_CQ_BASE, tq.cqIova + 8n),
+      iova: (tq) => tq.cqIova + 8n,
+    },
+    {
+      name: 'SQ_SIZE not a power of two',
+      fix: (tq) => tq.pageWrite32(ds.QP_SQ_SIZE, 6),
+      iova: (tq) => tq.sqIova,
+    },
+    { name: 'CQ_SIZE 1', fix: (tq) => tq.pageWrite32(ds.QP_CQ_SIZE, 1), iova: (tq) => tq.cqIova },
+    {
+      name: 'SQ_SIZE over 65536',
+      fix: (tq) => tq.pageWrite32(ds.QP_SQ_SIZE, 131072),
+      iova: (tq) => tq.sqIova,
+    },
+  ];
+  for (const c of cases) {
+    const p = await booted();
+    const tq = await queue(p, 0);
+    await c.fix(tq);
+    await tq.submit([{ opcode: ds.OP_NOP }]);
+    p.dev.runUntilIdle();
+    assert.deepEqual(
+      await lastFault(p),
+      { queue: 0, code: ds.ST_BAD_QUEUE_CONFIG, iova: c.iova(tq) },
+      c.name,
+    );
+    await expectQueueError(p, 0, ds.ST_BAD_QUEUE_CONFIG);
+    assert.equal(tq.peek(0), null, `${c.name}: no completion`);
+  }
+  const p = await booted();
+  const tq = await queue(p, 0, { sqSize: 8 });
+  await tq.ring(9);
+  p.dev.runUntilIdle();
+  assert.deepEqual(await lastFault(p), { queue: 0, code: ds.ST_BAD_QUEUE_CONFIG, iova: 9n });
+  await expectQueueError(p, 0, ds.ST_BAD_QUEUE_CONFIG);
+});
+
+test('DMA_UNMAP with descriptors in flight: they complete as IOMMU_FAULT, even if the IOVA is mapped again', async () => {
+  const p = await booted();
+  const victim = p.map(0x80_0000n, 0x1_0000);
+  victim.view.fill(0x11);
+  const tq = await queue(p, 0, { window: { base: HOST_IOVA, size: 0x100_0000n } });
+  p.dev.setDescriptorDelay(5, 0);
+  await tq.submit([
+    { opcode: ds.OP_NOP, tag: 1n },
+    { opcode: ds.OP_COPY, length: 64, src: victim.iova + 0x100n, dst: at(DATA), tag: 2n },
+    { opcode: ds.OP_NOP, tag: 3n },
+  ]);
+  p.dev.step();
+  p.dev.step();
+  p.dev.step();
+  assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 3, 'three fetched, none completed yet');
+  assert.equal((await r32(p.bus, BAR0, qcfg(0, ds.Q_STATUS))) & ds.Q_STATUS_IDLE, 0, 'not IDLE');
+  const removed = p.dev.dmaUnmap(Number(victim.iova), victim.view.length);
+  assert.equal(removed.length, 1);
+  const again = p.map(victim.iova, 0x1_0000);
+  again.view.fill(0x22);
+  const done = await tq.reap(2);
+  assert.deepEqual(
+    done.map((c) => [c.tag, c.status]),
+    [
+      [1n, ds.ST_OK],
+      [2n, ds.ST_IOMMU_FAULT],
+    ],
+  );
+  assert.deepEqual(await lastFault(p), { queue: 0, code: ds.ST_IOMMU_FAULT, iova: victim.iova + 0x100n });
+  assert.ok(
+    p.host.view.subarray(DATA, DATA + 64).every((b) => b === 0),
+    'nothing was copied from either mapping',
+  );
+  await expectQueueError(p, 0, ds.ST_IOMMU_FAULT);
+
+  // The third descriptor is still in flight; the queue reset writes it ABORTED.
+  assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 1);
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_RESET);
+  const aborted = tq.peek(2);
+  assert.deepEqual([aborted?.tag, aborted?.status], [3n, ds.ST_ABORTED]);
+});
+
+test('ABORTED for descriptors in flight when a queue is disabled or reset', async () => {
+  const p = await booted();
+  const tq = await queue(p, 0);
+  p.dev.setDescriptorDelay(1000);
+  await tq.submit([
+    { opcode: ds.OP_NOP, tag: 1n },
+    { opcode: ds.OP_NOP, tag: 2n },
+  ]);
+  p.dev.step();
+  p.dev.step();
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), 0);
+  const done = await tq.reap(2);
+  assert.deepEqual(
+    done.map((c) => [c.tag, c.status]),
+    [
+      [1n, ds.ST_ABORTED],
+      [2n, ds.ST_ABORTED],
+    ],
+  );
+  assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 0);
+});
+
+test('a completion ring that becomes unmapped: only the fault record is written', async () => {
+  const p = await booted();
+  const ring = p.map(0x90_0000n, 4096);
+  const tq = await queue(p, 0, { window: { base: HOST_IOVA, size: 0x100_0000n } });
+  await tq.pageWrite64(ds.QP_CQ_BASE, ring.iova);
+  p.dev.dmaUnmap(Number(ring.iova), 4096);
+  await tq.submit([{ opcode: ds.OP_NOP, tag: 1n }]);
+  p.dev.runUntilIdle();
+  assert.deepEqual(await lastFault(p), { queue: 0, code: ds.ST_IOMMU_FAULT, iova: ring.iova });
+  assert.ok(
+    ring.view.every((b) => b === 0),
+    'nothing written',
+  );
+  await expectQueueError(p, 0, ds.ST_IOMMU_FAULT);
+});
+
+test('firmware errors: bad magic, bad length, bad checksum, unmapped image; each with a FW_FAULT record', async () => {
+  const p = inProcess();
+  const fw = p.map(0x10_0000n, 64 * 1024);
+  const good = makeFirmwareImage({ version: 3, payload: new Uint8Array(1000).fill(1) });
+  const cases: { name: string; image: Uint8Array; len?: number; iova?: bigint; err: number }[] = [
+    {
+      name: 'bad magic',
+      image: Uint8Array.from(good, (b, i) => (i === 0 ? 0x58 : b)),
+      err: ds.FW_ERR_BAD_MAGIC,
+    },
+    { name: 'FW_LEN shorter than a header', image: good, len: 8, err: ds.FW_ERR_BAD_LENGTH },
+    {
+      name: 'FW_LEN disagrees with the header',
+      image: good,
+      len: good.length - 1,
+      err: ds.FW_ERR_BAD_LENGTH,
+    },
+    {
+      name: 'bad checksum',
+      image: Uint8Array.from(good, (b, i) => (i === 100 ? b ^ 1 : b)),
+      err: ds.FW_ERR_BAD_CHECKSUM,
+    },
+    { name: 'image not mapped', image: good, iova: 0x70_0000n, err: ds.FW_ERR_IOMMU_FAULT },
+  ];
+  for (const [i, c] of cases.entries()) {
+    // Bus master on for the fetch.
+    await p.bus.write(7, 4, new Uint8Array([0x06, 0]));
+    fw.view.set(c.image);
+    const status = await loadFirmware(p.bus, c.iova ?? fw.iova, c.len ?? c.image.length);
+    assert.equal(status, (ds.FW_STATUS_ERROR | c.err) >>> 0, c.name);
+    const f = await lastFault(p);
+    assert.deepEqual([f.queue, f.code], [ds.FAULT_QUEUE_DEVICE, ds.FAULT_FW], c.name);
+    assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, p.dev.options.numQueues), i + 1, `${c.name}: fault vector`);
+    assert.equal((await r32(p.bus, BAR0, ds.REG_STATUS)) & ds.STATUS_FW_RUNNING, 0);
+  }
+  fw.view.set(good);
+  assert.equal(await loadFirmware(p.bus, fw.iova, good.length), ds.FW_STATUS_RUNNING);
+  assert.equal(await r32(p.bus, BAR0, ds.REG_FW_VERSION), 3);
+});
+
+test('no queue runs until firmware runs; CONTROL.ENABLE and bus master gate them too', async () => {
+  const p = inProcess();
+  const host = p.map(HOST_IOVA, 1 << 20);
+  const fwMem = p.map(FW_IOVA, 64 * 1024);
+  const b: Booted = { ...p, host };
+  const tq = await queue(b, 0);
+  await tq.submit([{ opcode: ds.OP_NOP }]);
+  p.dev.runUntilIdle();
+  assert.equal(tq.peek(0), null, 'no firmware: nothing runs');
+  await boot(p.bus, fwMem);
+  await w32(p.bus, BAR0, ds.REG_CONTROL, 0);
+  p.dev.runUntilIdle();
+  assert.equal(tq.peek(0), null, 'CONTROL.ENABLE clear: nothing runs');
+  await p.bus.write(7, 4, new Uint8Array([0x02, 0])); // memory on, bus master off
+  await w32(p.bus, BAR0, ds.REG_CONTROL, ds.CONTROL_ENABLE);
+  p.dev.runUntilIdle();
+  assert.equal(tq.peek(0), null, 'bus master clear: no DMA');
+  await p.bus.write(7, 4, new Uint8Array([0x06, 0]));
+  assert.equal((await tq.reap(1))[0]?.status, ds.ST_OK);
+});
+
+test('hang injection: HUNG, heartbeat stops, no progress, HANG record, ERR interrupt; device reset recovers', async () => {
+  const p = await booted();
+  const tq = await queue(p, 0);
+  const hb0 = await r32(p.bus, BAR0, ds.REG_HEARTBEAT);
+  p.clock.now += 25;
+  const hb1 = await r32(p.bus, BAR0, ds.REG_HEARTBEAT);
+  assert.ok(hb1 >= hb0 + 2, `heartbeat advances at least every 10 ms (${hb0} -> ${hb1} over 25 ms)`);
+  p.dev.injectHang();
+  const st = await r32(p.bus, BAR0, ds.REG_STATUS);
+  assert.equal(st & ds.STATUS_HUNG, ds.STATUS_HUNG);
+  assert.equal(p.fired(VFIO_PCI_ERR_IRQ_INDEX, 0), 1);
+  assert.deepEqual(await lastFault(p), { queue: ds.FAULT_QUEUE_DEVICE, code: ds.FAULT_HANG, iova: 0n });
+  const frozen = await r32(p.bus, BAR0, ds.REG_HEARTBEAT);
+  p.clock.now += 100;
+  assert.equal(await r32(p.bus, BAR0, ds.REG_HEARTBEAT), frozen, 'heartbeat stopped');
+  await tq.submit([{ opcode: ds.OP_NOP }]);
+  p.dev.runUntilIdle();
+  assert.equal(tq.peek(0), null, 'no queue makes progress');
+  await w32(p.bus, BAR0, ds.REG_CONTROL, ds.CONTROL_RESET);
+  assert.equal(
+    await r32(p.bus, BAR0, ds.REG_STATUS),
+    ds.STATUS_READY,
+    'reset: not hung, no firmware, no faults',
+  );
+});
+
+test('injected fault record on a chosen queue', async () => {
+  const p = await booted();
+  await queue(p, 2);
+  p.dev.injectFault(2, ds.ST_DEVMEM_VIOLATION, 0x1234n);
+  assert.deepEqual(await lastFault(p), { queue: 2, code: ds.ST_DEVMEM_VIOLATION, iova: 0x1234n });
+  await expectQueueError(p, 2, ds.ST_DEVMEM_VIOLATION);
+  assert.equal(faultVector(p), 1);
+});
+
+test('the fault log is a ring of 16 indexed by count mod 16', async () => {
+  const p = await booted();
+  for (let i = 0; i < 20; i++) p.dev.injectFault(0, 99, BigInt(i));
+  assert.equal(await r32(p.bus, BAR0, ds.REG_FAULT_HEAD), 20);
+  const rec3 = new Uint8Array(16);
+  for (let w = 0; w < 4; w++) rec3.set(await p.bus.read(BAR0, ds.REG_FAULT_LOG + 3 * 16 + 4 * w, 4), 4 * w);
+  assert.equal(decodeFaultRecord(rec3, 0).iova, 19n, 'record 19 overwrote slot 3');
+  assert.equal(faultVector(p), 20, 'each record raises the fault vector');
+});

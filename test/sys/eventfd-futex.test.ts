@@ -1,0 +1,87 @@
+// Acceptance: eventfd works across processes; a futex wake reaches a waiter
+// in another process.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { EventFd, futexWait, futexWake, MemFd } from '../../src/sys/index.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { Peer } from '../helpers/sys-peer.js';
+
+const leakCheck = trackFdLeaks();
+after(leakCheck);
+
+test('eventfd signals travel both ways between processes', async () => {
+  const peer = await Peer.spawn();
+  using toPeer = new EventFd();
+  using fromPeer = new EventFd();
+  try {
+    const took = await peer.call('take', {}, [toPeer.fd, fromPeer.fd]);
+    const [theirs, ours] = took.indices as number[];
+    await peer.call('eventfdWatch', { fd: theirs });
+
+    // The peer drains the counter on each readiness: one or two events add up to 7.
+    let total = 0n;
+    const reachedSeven = new Promise<void>((resolve) => {
+      peer.on('event', (body: { event: string; value: string }) => {
+        assert.equal(body.event, 'eventfd');
+        total += BigInt(body.value);
+        if (total >= 7n) resolve();
+      });
+    });
+    toPeer.write(5n);
+    toPeer.write(2);
+    await reachedSeven;
+    assert.equal(total, 7n);
+
+    const seen = new Promise<bigint>((resolve) => fromPeer.onReadable(resolve));
+    await peer.call('eventfdWrite', { fd: ours, value: '3' });
+    assert.equal(await seen, 3n);
+    fromPeer.stopWatching();
+    assert.equal(fromPeer.read(), null, 'drained by onReadable');
+  } finally {
+    await peer.stop();
+  }
+});
+
+test('semaphore eventfd: read() takes one at a time, onReadable reports the count', async () => {
+  using efd = new EventFd({ initval: 2, semaphore: true });
+  assert.equal(efd.read(), 1n);
+  assert.equal(efd.read(), 1n);
+  assert.equal(efd.read(), null);
+  efd.write(3);
+  assert.equal(await new Promise<bigint>((resolve) => efd.onReadable(resolve)), 3n);
+});
+
+test('futexWake in this process wakes a futexWait in another process', async () => {
+  using memfd = MemFd.create('futex', { size: 4096 });
+  using mine = memfd.map();
+  const peer = await Peer.spawn();
+  try {
+    using shared = memfd.reopen();
+    const took = await peer.call('take', {}, [shared]);
+    const fd = (took.indices as number[])[0];
+    const { mapping } = await peer.call('map', { fd, length: 4096, guard: false });
+    // The word stays 0, so the waiter can only return 'ok' by being woken.
+    const waited = peer.call('futexWait', { mapping, word: 1, expected: 0, timeoutMs: -1 });
+    let woken = 0;
+    while (woken === 0) {
+      woken = futexWake(mine.buffer, 1);
+      if (woken === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    assert.equal(woken, 1);
+    assert.equal((await waited).result, 'ok');
+  } finally {
+    await peer.stop();
+  }
+});
+
+test('futexWait answers not-equal and timed-out', () => {
+  const sab = new SharedArrayBuffer(8);
+  new Int32Array(sab)[1] = 3;
+  assert.equal(futexWait(sab, 1, 4), 'not-equal');
+  assert.equal(futexWait(sab, 1, 3, 1), 'timed-out');
+  assert.equal(futexWake(sab, 1), 0);
+  assert.throws(() => futexWait(sab, 2, 0, 0), { code: 'ERR_DEVLEASE_INVALID_ARG' });
+  assert.throws(() => futexWake(new ArrayBuffer(8) as unknown as SharedArrayBuffer, 0), {
+    code: 'ERR_DEVLEASE_INVALID_ARG',
+  });
+});

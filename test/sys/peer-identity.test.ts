@@ -1,0 +1,63 @@
+// Acceptance: peer credentials and the peer's pidfd are correct; the pidfd
+// fires after SIGKILL of the peer.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { PidFd, SeqpacketSocket } from '../../src/sys/index.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { Peer } from '../helpers/sys-peer.js';
+
+const leakCheck = trackFdLeaks();
+after(leakCheck);
+
+test('peerCred and peerPidfd name the process at the other end', async () => {
+  const peer = await Peer.spawn();
+  try {
+    const cred = peer.socket.peerCred();
+    assert.equal(cred.pid, peer.pid);
+    assert.equal(cred.uid, process.getuid!());
+    assert.equal(cred.gid, process.getgid!());
+    const reported = await peer.call('pid');
+    assert.equal(reported.pid, peer.pid);
+    using pidfd = peer.socket.peerPidfd();
+    assert.equal(pidfd.pid, peer.pid);
+  } finally {
+    await peer.stop();
+  }
+});
+
+test('the peer pidfd fires after SIGKILL, and the socket reports the hang-up', async () => {
+  const peer = await Peer.spawn();
+  using pidfd = peer.socket.peerPidfd();
+  const exited = new Promise<void>((resolve) => pidfd.onExit(resolve));
+  const hungUp = new Promise<void>((resolve) => peer.socket.once('close', () => resolve()));
+  assert.equal(pidfd.exited, false);
+  pidfd.sendSignal('SIGKILL');
+  await exited;
+  assert.equal(pidfd.exited, true);
+  await hungUp;
+  const { signal } = await peer.exited;
+  assert.equal(signal, 'SIGKILL');
+  // onExit after the fact still calls back.
+  await new Promise<void>((resolve) => pidfd.onExit(resolve));
+  assert.throws(() => pidfd.sendSignal(0), { code: 'ESRCH', syscall: 'pidfd_send_signal' });
+});
+
+test('PidFd.open of this process; a socketpair peer is ourselves', () => {
+  using self = PidFd.open(process.pid);
+  assert.equal(self.pid, process.pid);
+  self.sendSignal(0);
+  const [a, b] = SeqpacketSocket.pair();
+  try {
+    assert.equal(a.peerCred().pid, process.pid);
+    using p = a.peerPidfd();
+    assert.equal(p.pid, process.pid);
+  } finally {
+    a.close();
+    b.close();
+  }
+});
+
+test('PidFd.open of a process that does not exist throws ESRCH', () => {
+  // pid_max is at most 2^22; this pid cannot exist.
+  assert.throws(() => PidFd.open(2 ** 22 + 1), { code: 'ESRCH', errno: 3, syscall: 'pidfd_open' });
+});
