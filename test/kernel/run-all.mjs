@@ -2,7 +2,7 @@
 // `npm run test:kernel`: the real-kernel VFIO tests. Installs the host tools
 // if missing (scripts/kernel-rig/deps.sh), builds or finds cached both guest
 // configurations, then boots each one and runs the compiled guest tests
-// (dist/test/kernel/guest/*.guest.js) under `node --test` inside it.
+// (dist/test/kernel/guest/*.test.js) under `node --test` inside it.
 //
 //   node test/kernel/run-all.mjs [legacy|iommufd ...] [--timeout SEC] [--verbose]
 //
@@ -23,7 +23,7 @@ const guestDir = join(projectRoot, 'dist/test/kernel/guest');
 let files;
 try {
   files = readdirSync(guestDir)
-    .filter((f) => f.endsWith('.guest.js'))
+    .filter((f) => f.endsWith('.test.js'))
     .sort()
     .map((f) => relative(projectRoot, join(guestDir, f)));
 } catch (err) {
@@ -31,7 +31,7 @@ try {
   process.exit(1);
 }
 if (files.length === 0) {
-  console.error(`test:kernel: no *.guest.js files in ${guestDir}`);
+  console.error(`test:kernel: no *.test.js files in ${guestDir}`);
   process.exit(1);
 }
 

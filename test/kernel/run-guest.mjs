@@ -143,6 +143,9 @@ export async function runGuest({
     child.stderr.setEncoding('utf8').on('data', (d) => {
       stderr += d;
     });
+    child.on('error', (err) => {
+      stderr += `cannot run ${qemu}: ${err.message} (scripts/kernel-rig/deps.sh installs QEMU)`;
+    });
     const timer = setTimeout(() => {
       timedOut = `after ${timeoutSec} s`;
       stop();
@@ -189,7 +192,8 @@ export async function runGuest({
     process.removeListener('SIGTERM', onSignal);
     const seconds = (Date.now() - started) / 1000;
     const result = { status, output, dmesg, seconds, boot };
-    if (status !== null && !timedOut) return result;
+    // Once the script's status is in, a guest slow to power off changes nothing.
+    if (status !== null) return result;
     const why = timedOut
       ? `timed out ${timedOut} (phase '${phase}')`
       : rigError

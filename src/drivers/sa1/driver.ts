@@ -108,6 +108,12 @@ export class Sa1Driver extends EventEmitter implements Driver {
     for (let q = 0; q < g.numQueues; q++) {
       if ((await d.read32(BAR0, qcfg(q, Q.CTRL))) & Q_CTRL.ENABLE) await this.#resetQueue(q);
     }
+    // Clients of a previous broker may still hold slices of this device: revoke them all, so nothing
+    // handed out before this boot can reach a queue page or granule we are about to lease again.
+    if (this.#cfg.lifetime.revoke && d.capabilities.revocableSlices) {
+      await this.#revokeAll(BAR2, g.numQueues, BigInt(g.queueStride));
+      await this.#revokeAll(BAR4, Number(g.devmemSize / BigInt(g.granule)), BigInt(g.granule));
+    }
     await this.#enableBusMaster();
     if ((await d.read32(BAR0, REG.FW_STATUS)) !== FW_STATUS.RUNNING) {
       await bootFirmware(d, this.#cfg.sa1.firmware);
@@ -307,6 +313,20 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#faultFd?.close();
     this.#errFd?.close();
     this.#faultFd = this.#errFd = null;
+  }
+
+  async #revokeAll(region: number, units: number, unit: bigint): Promise<void> {
+    const PER_CALL = 16; // one reply carries at most max_msg_fds slice fds
+    for (let first = 0; first < units; first += PER_CALL) {
+      const ranges = [];
+      for (let i = first; i < Math.min(units, first + PER_CALL); i++) ranges.push({ offset: BigInt(i) * unit, length: unit });
+      const fds = await this.#dev.sliceFds(region, ranges);
+      try {
+        for (const fd of fds) await this.#dev.revokeSlice(fd);
+      } finally {
+        for (const fd of fds) fd.close();
+      }
+    }
   }
 
   /** Memory space and bus master on: the device refuses DMA (firmware fetch included) without bus master. */

@@ -1,5 +1,5 @@
-// Runs INSIDE a kernel-rig guest (npm run test:kernel), never on the host:
-// the guest files are named *.guest.ts so that `npm test` does not pick them up.
+// Runs INSIDE a kernel-rig guest (npm run test:kernel), never on the host
+// (scripts/run-tests.mjs leaves test/kernel/guest out of `npm test`).
 // Checks what every real-kernel VFIO test builds on: QEMU's edu device is
 // bound to vfio-pci behind the emulated IOMMU, and the VFIO device nodes of
 // this configuration exist.
