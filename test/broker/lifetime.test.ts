@@ -15,7 +15,7 @@ describe('with revocable slices (the default)', () => {
   after(async () => rig?.close());
 
   test('SIGKILL of a client holding mappings: reclaimed, unmapped at the device, and the queue is leased again', async () => {
-    rig = await startRig({ simArgs: ['--queues', '2'] });
+    rig = await startRig({ sim: { numQueues: 2 } });
     const c = await ClientProc.spawn();
     const info = (await c.call('connect', { socket: rig.socket })).info;
     for (let i = 0; i < 4; i++) await c.call('alloc', { name: `b${i}`, size: 8192 });
@@ -95,7 +95,7 @@ describe('with revoke turned off (a device or kernel that cannot revoke)', () =>
   after(async () => rig?.close());
 
   test('the slice stays awaiting-release until the client unmaps it, and only then is leased again', async () => {
-    rig = await startRig({ simArgs: ['--queues', '1'], config: { lifetime: { revoke: false } } });
+    rig = await startRig({ sim: { numQueues: 1 }, config: { lifetime: { revoke: false } } });
     const c = await ClientProc.spawn();
     await c.call('connect', { socket: rig.socket });
     const lease = leaseOf(rig, c.pid)!;

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { Broker } from '../../src/broker/broker.js';
 import { configFromObject } from '../../src/broker/config.js';
 import type { PolicyModule } from '../../src/broker/policy.js';
-import { type Child, startSim } from '../../src/demo/processes.js';
+import { type ChildSimulator, spawnSimulator } from '../../src/sim/child.js';
+import type { Sa1Options } from '../../src/sim/options.js';
 import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -20,7 +21,8 @@ export const LEASE_CLIENT = join(here, '..', 'fixtures', 'broker', 'lease-client
 export interface Rig {
   dir: string;
   simSocket: string;
-  sim: Child;
+  /** The simulator child, with fault injection (`sim.inject({ kind: 'hang' })`). */
+  sim: ChildSimulator;
   device: VfioUserDevice;
   broker: Broker;
   socket: string;
@@ -29,11 +31,11 @@ export interface Rig {
 }
 
 export async function startRig(
-  opts: { config?: Record<string, unknown>; simArgs?: string[]; policyModule?: PolicyModule } = {},
+  opts: { config?: Record<string, unknown>; sim?: Partial<Sa1Options>; policyModule?: PolicyModule } = {},
 ): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-test-'));
   const simSocket = join(dir, 'sim.sock');
-  const sim = await startSim(simSocket, opts.simArgs ?? ['--queues', '8']);
+  const sim = await spawnSimulator({ socketPath: simSocket, numQueues: 8, ...opts.sim });
   const device = await VfioUserDevice.connect(simSocket);
   const audit: Record<string, any>[] = [];
   const config = configFromObject({ rundir: join(dir, 'run'), ...(opts.config ?? {}) });
@@ -48,7 +50,7 @@ export async function startRig(
     });
   } catch (err) {
     await device.close();
-    await sim.stop();
+    await sim.close();
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
@@ -63,7 +65,7 @@ export async function startRig(
     async close() {
       await broker.close();
       await device.close();
-      await sim.stop();
+      await sim.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };

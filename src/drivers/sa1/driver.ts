@@ -319,7 +319,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
     const PER_CALL = 16; // one reply carries at most max_msg_fds slice fds
     for (let first = 0; first < units; first += PER_CALL) {
       const ranges = [];
-      for (let i = first; i < Math.min(units, first + PER_CALL); i++) ranges.push({ offset: BigInt(i) * unit, length: unit });
+      for (let i = first; i < Math.min(units, first + PER_CALL); i++)
+        ranges.push({ offset: BigInt(i) * unit, length: unit });
       const fds = await this.#dev.sliceFds(region, ranges);
       try {
         for (const fd of fds) await this.#dev.revokeSlice(fd);
