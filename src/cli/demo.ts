@@ -187,10 +187,17 @@ export async function demoCommand(argv: string[]): Promise<number> {
     }
     stopping = true;
     await Promise.all(slots.map((s) => s.child.stop('SIGTERM')));
-    const leasesLeft = (await adminRequest(join(broker.dir, 'admin.sock'), { op: 'leases' }).catch(
-      () => [],
-    )) as unknown[];
+    // Let the broker finish reclaiming what the stopped clients held, then stop it and the simulator.
+    const admin = join(broker.dir, 'admin.sock');
+    let leasesLeft: unknown[] = [];
+    for (let i = 0; i < 100; i++) {
+      leasesLeft = (await adminRequest(admin, { op: 'leases' }).catch(() => [])) as unknown[];
+      if (leasesLeft.length === 0) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    for (const c of children.slice(0, 2).reverse()) await c.stop('SIGTERM');
     view.draw(slots, 'stopped');
+    view.close();
     return summarize(slots, values.json === true, interrupted, leasesLeft.length, revoked, killed);
   } catch (err) {
     process.stderr.write(`devlease demo: ${(err as Error).message}\n`);
@@ -215,7 +222,7 @@ function summarize(
   const verified = slots.reduce((n, s) => n + s.verifiedBytes, 0);
   const mismatches = slots.reduce((n, s) => n + s.mismatches, 0);
   const errors = slots.filter((s) => s.state.startsWith('error')).length;
-  const ok = mismatches === 0 && errors === 0 && verified > 0 && !interrupted;
+  const ok = mismatches === 0 && errors === 0 && verified > 0 && !interrupted && leasesLeft === 0;
   const summary = {
     ok,
     clients: slots.length,
@@ -235,5 +242,5 @@ function summarize(
         `${revoked ? ', one lease revoked' : ''}${killed ? ', one client killed' : ''} → ${ok ? 'PASS' : 'FAIL'}\n`,
     );
   }
-  return ok ? 0 : 1;
+  return interrupted ? 130 : ok ? 0 : 1;
 }

@@ -49,6 +49,13 @@ export class DeviceStatusError extends Error {
   }
 }
 
+const FATAL = new Set<number>([
+  STATUS_CODE.WINDOW_VIOLATION,
+  STATUS_CODE.IOMMU_FAULT,
+  STATUS_CODE.DEVMEM_VIOLATION,
+  STATUS_CODE.BAD_QUEUE_CONFIG,
+]);
+
 interface Pending {
   resolve(c: Completion): void;
   reject(e: Error): void;
@@ -94,6 +101,9 @@ export class Sa1Queue {
     if (entries < 2 || entries > 65536 || (entries & (entries - 1)) !== 0) {
       throw leaseError('EINVAL', `ring entries must be a power of two from 2 to 65536, got ${entries}`);
     }
+    // Start from a clean queue: the device latches ring registers at the first doorbell after enable and
+    // ignores later writes until a reset, so a second helper on the same lease needs the reset too.
+    await lease.resetQueue();
     const sq = await lease.dma.alloc(entries * SQE_SIZE);
     const cq = await lease.dma.alloc(entries * CQE_SIZE);
     const q = new Sa1Queue(lease, entries, sq, cq, opts.spinUs ?? 50);
@@ -115,9 +125,18 @@ export class Sa1Queue {
     this.#cqHead = 0;
   }
 
-  /** The queue's error code (Q_ERROR), 0 when healthy. */
+  /** The last error code the device reported (Q_ERROR), fatal or not; 0 since the last reset. */
+  get lastError(): number {
+    return this.#page.getUint32(QP.Q_ERROR, true) & 0xff;
+  }
+
+  /**
+   * The code that put the queue in ERROR, or 0 while it runs. The queue page shows only the last error
+   * code; BAD_OPCODE and BAD_LENGTH leave the queue running, every other error code stops it (§4).
+   */
   get error(): number {
-    return this.#page.getUint32(QP.Q_ERROR, true);
+    const code = this.lastError;
+    return FATAL.has(code) ? code : 0;
   }
 
   get inFlight(): number {
@@ -279,5 +298,3 @@ export class Sa1Queue {
     await this.#cq.free().catch(() => undefined);
   }
 }
-
-export { STATUS_CODE };

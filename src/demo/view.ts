@@ -80,8 +80,16 @@ export class LiveView {
     this.#tty = tty;
   }
 
+  #closed = false;
+
+  /** Stop drawing (the summary follows). */
+  close(): void {
+    this.#closed = true;
+  }
+
   /** A notable event (revoke, kill, reclaim, re-lease): printed once, kept on screen. */
   event(text: string): void {
+    if (this.#closed) return;
     const line = `[${((Date.now() - this.#t0) / 1000).toFixed(2).padStart(6)}s] ${text}`;
     if (this.#tty) {
       this.#events.push(line);
@@ -90,6 +98,7 @@ export class LiveView {
   }
 
   draw(rows: ClientRow[], footer: string): void {
+    if (this.#closed) return;
     const table = renderTable(HEAD, rows.map(rowCells));
     if (!this.#tty) {
       const live = rows.filter((r) => r.state === 'running');

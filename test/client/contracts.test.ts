@@ -1,0 +1,73 @@
+// Client library contracts: disposal closes everything, double close is
+// harmless, use after close and an absent broker give clear errors.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import { connect, Sa1Queue } from '../../src/index.js';
+import { type Rig, startRig, until } from '../helpers/broker-rig.js';
+import { openFds, trackFdLeaks } from '../helpers/fds.js';
+
+const leakCheck = trackFdLeaks();
+let rig: Rig;
+before(async () => {
+  rig = await startRig();
+});
+after(async () => {
+  await rig?.close();
+  await leakCheck();
+});
+
+test('disposal closes everything: fds, mappings, DMA buffers, and the broker reclaims', async () => {
+  const before = openFds().size;
+  const mappingsBefore = countMaps();
+  {
+    await using lease = await connect({ socket: rig.socket });
+    const q = await Sa1Queue.create(lease);
+    const buf = await lease.dma.alloc(65536);
+    await q.fill(buf.iova, 4096, 0xabn);
+    assert.equal(buf.u8[0], 0xab);
+    assert.ok(openFds().size > before, 'a live lease holds fds');
+  }
+  await until('the broker to reclaim', () => rig.broker.leases.all().length === 0);
+  await until('fds to settle', () => openFds().size === before, 2000).catch(() => undefined);
+  assert.equal(openFds().size, before, 'every fd of the lease is closed');
+  assert.equal(countMaps(), mappingsBefore, 'every mapping of the lease is gone');
+});
+
+test('a double close is harmless; use after close says the lease is closed', async () => {
+  const lease = await connect({ socket: rig.socket });
+  const id = lease.info.lease;
+  lease.close();
+  lease.close();
+  await lease[Symbol.asyncDispose]();
+  assert.throws(() => lease.region(2), {
+    code: 'ERR_DEVLEASE_CLOSED',
+    message: new RegExp(`lease ${id} is closed`),
+  });
+  await assert.rejects(lease.dma.alloc(4096), (err: Error & { code?: string }) =>
+    /closed|ECONNRESET|ERR_DEVLEASE_CLOSED/.test(`${err.code} ${err.message}`),
+  );
+  await assert.rejects(lease.refreshInfo(), { code: 'ERR_DEVLEASE_CLOSED' });
+  await until('the broker to reclaim', () => rig.broker.leases.all().length === 0);
+});
+
+test('no broker: connect names the socket; a broker that goes away ends the lease with disconnected', async () => {
+  await assert.rejects(connect({ socket: `${rig.dir}/nobody.sock` }), (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'ENOENT');
+    assert.match(err.message, /no broker is listening on .*nobody\.sock/);
+    return true;
+  });
+  const lease = await connect({ socket: rig.socket });
+  const gone = new Promise<string>((resolve) => lease.once('disconnected', resolve));
+  rig.broker.leases.revoke(lease.info.lease, 0, 'test: the owner takes it back');
+  assert.match(await gone, /closed the session/);
+  assert.equal(lease.closed, true);
+  await assert.rejects(lease.nextInterrupt(), { code: 'ERR_DEVLEASE_CLOSED' });
+});
+
+function countMaps(): number {
+  // Lines of /proc/self/maps that map a memfd (DMA buffers, queue pages).
+  return readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('memfd:')).length;
+}

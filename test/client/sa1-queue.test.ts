@@ -1,0 +1,68 @@
+// The SA-1 queue helper across ring wraps, back-pressure and error statuses.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { connect, DeviceStatusError, type Lease, Sa1Queue } from '../../src/index.js';
+import { crc32c } from '../../src/sim/crc32c.js';
+import { type Rig, startRig } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+const leakCheck = trackFdLeaks();
+let rig: Rig;
+let lease: Lease;
+before(async () => {
+  rig = await startRig();
+  lease = await connect({ socket: rig.socket });
+});
+after(async () => {
+  lease?.close();
+  await rig?.close();
+  await leakCheck();
+});
+
+test('COPY, FILL, CRC32C and WRITE_IMM stay correct across many wraps of a 4-entry ring', async () => {
+  const q = await Sa1Queue.create(lease, { entries: 4 });
+  const src = await lease.dma.alloc(4096);
+  const dst = await lease.dma.alloc(4096);
+  for (let i = 0; i < 40; i++) {
+    for (let j = 0; j < 256; j++) src.u8[j] = (i * 31 + j) & 0xff;
+    const [copy, crc] = await Promise.all([q.copy(src.iova, dst.iova, 256), q.crc32c(src.iova, 256)]);
+    assert.equal(copy.status, 'OK');
+    assert.deepEqual(dst.u8.subarray(0, 256), src.u8.subarray(0, 256));
+    assert.equal(crc.result, crc32c(src.u8.subarray(0, 256)));
+    await q.fill(dst.iova + 1024n, 24, BigInt(i) * 0x0101010101010101n);
+    assert.ok(dst.u8.subarray(1024, 1048).every((b) => b === (i & 0xff)));
+    await q.writeImm(dst.iova + 2048n, BigInt(i));
+    assert.equal(new DataView(dst.buffer).getBigUint64(2048, true), BigInt(i));
+  }
+  await q.close();
+});
+
+test('a batch larger than the free slots is refused with EAGAIN (back-pressure), a full batch is fine', async () => {
+  const q = await Sa1Queue.create(lease, { entries: 8 });
+  const all = q.submitBatch(Array.from({ length: 8 }, () => ({ opcode: 'NOP' as const })));
+  assert.throws(() => q.submitBatch([{ opcode: 'NOP' }]), { code: 'EAGAIN' });
+  const done = await Promise.all(all);
+  assert.equal(done.length, 8);
+  assert.ok(done.every((c) => c.status === 'OK'));
+  assert.equal((await q.nop()).status, 'OK', 'room again once completions are consumed');
+  await q.close();
+});
+
+test('status errors are typed; a queue in ERROR is reported and recovers after reset()', async () => {
+  const q = await Sa1Queue.create(lease, { entries: 8 });
+  const buf = await lease.dma.alloc(4096);
+  await assert.rejects(q.copy(buf.iova, buf.iova + 2048n, 0), (err: unknown) => {
+    assert.ok(err instanceof DeviceStatusError);
+    assert.equal(err.code, 'BAD_LENGTH');
+    return true;
+  });
+  assert.equal((await q.nop()).status, 'OK', 'BAD_LENGTH does not stop the queue');
+  const outside = lease.info.iovaWindow!.base + lease.info.iovaWindow!.size; // first byte past the window
+  await assert.rejects(q.writeImm(outside, 1n), { code: 'WINDOW_VIOLATION' });
+  assert.equal(q.error, 3);
+  assert.throws(() => q.submit({ opcode: 'NOP' }), { code: 'EIO', message: /ERROR \(WINDOW_VIOLATION\)/ });
+  await q.reset();
+  assert.equal(q.error, 0);
+  assert.equal((await q.nop()).status, 'OK');
+  await q.close();
+});
