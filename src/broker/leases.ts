@@ -80,7 +80,7 @@ export class LeaseTable extends EventEmitter {
     const lease = new Lease(`${req.kind}-${this.#next++}`, req, ctx, resources);
     try {
       for (const s of resources.slices) {
-        const units = await this.#sliceUnits(s.region, s.offset, s.size, s.unit);
+        const units = s.mappable === false ? [] : await this.#sliceUnits(s.region, s.offset, s.size, s.unit);
         lease.slices.set(s.leaseRegion, units);
       }
       await this.driver.activate(resources);

@@ -67,8 +67,8 @@ export class PendingSession implements VfioUserDeviceModel {
   deviceInfo() {
     return this.#s().deviceInfo();
   }
-  regionInfo(index: number): RegionDescription {
-    return this.#s().regionInfo(index);
+  regionInfo(index: number, opts?: { fd?: boolean }): RegionDescription {
+    return this.#s().regionInfo(index, opts);
   }
   regionRead(index: number, offset: bigint, count: number) {
     return this.#s().regionRead(index, offset, count);

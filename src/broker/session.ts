@@ -80,7 +80,7 @@ export class LeaseSession implements VfioUserDeviceModel {
     return this.#lease.resources.slices.find((s) => s.leaseRegion === index);
   }
 
-  regionInfo(index: number): RegionDescription {
+  regionInfo(index: number, opts: { fd?: boolean } = {}): RegionDescription {
     const rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
     if (index === VFIO_PCI_CONFIG_REGION_INDEX)
       return { index, flags: rw, size: BigInt(CONFIG_SPACE_SIZE), offset: 0n };
@@ -98,10 +98,10 @@ export class LeaseSession implements VfioUserDeviceModel {
     this.#checkLive();
     // A lease region is exactly one slice unit (drivers give each unit its own region), so one fd maps it all.
     const unit = this.#lease.slices.get(index)?.[0];
-    const fd: Fd | undefined = unit ? unit.handOut(this.#table.watcher) : undefined;
+    const fd: Fd | undefined = unit && opts.fd !== false ? unit.handOut(this.#table.watcher) : undefined;
     return {
       index,
-      flags: rw | (fd ? VFIO_REGION_INFO_FLAG_MMAP : 0),
+      flags: rw | (unit ? VFIO_REGION_INFO_FLAG_MMAP : 0),
       size: slice.size,
       offset: 0n,
       caps: sliceRegionCaps(slice.size),

@@ -26,6 +26,8 @@ export interface SliceSpec {
   leaseOffset: bigint;
   /** The unit slice fds come in (a queue page, a granule): the device gives one fd per unit. */
   unit: bigint;
+  /** false: no slice fds; the client reaches the slice through the broker (REGION_READ/WRITE). Default true. */
+  mappable?: boolean;
   isolation: Isolation;
 }
 

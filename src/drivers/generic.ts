@@ -11,6 +11,7 @@ import {
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_PCI_ROM_REGION_INDEX,
+  VFIO_REGION_INFO_FLAG_MMAP,
 } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import { buildLeaseConfigSpace } from './config-space.js';
@@ -24,7 +25,7 @@ const COOPERATIVE = {
 
 export class GenericDriver extends EventEmitter implements Driver {
   readonly name = 'generic';
-  #bars: { index: number; size: bigint }[] = [];
+  #bars: { index: number; size: bigint; mmap: boolean }[] = [];
   #vectors = 0;
   #leased = false;
 
@@ -43,7 +44,8 @@ export class GenericDriver extends EventEmitter implements Driver {
     this.#bars = [];
     for (let i = 0; i < Math.min(this.dev.numRegions, VFIO_PCI_ROM_REGION_INDEX); i++) {
       const r = await this.dev.region(i);
-      if (r.size > 0n) this.#bars.push({ index: i, size: r.size });
+      if (r.size > 0n)
+        this.#bars.push({ index: i, size: r.size, mmap: (r.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0 });
     }
     this.#vectors = await this.dev.irqCount(VFIO_PCI_MSIX_IRQ_INDEX).catch(() => 0);
   }
@@ -66,6 +68,7 @@ export class GenericDriver extends EventEmitter implements Driver {
       leaseRegion: b.index,
       leaseOffset: 0n,
       unit: b.size,
+      mappable: b.mmap,
       isolation: COOPERATIVE,
     }));
     const range = this.dev.iovaRanges()[0];

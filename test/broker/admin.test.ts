@@ -20,7 +20,9 @@ const audit: Record<string, unknown>[] = [];
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'devlease-admin-'));
   sim = await spawnSimulator({ socketPath: join(dir, 'sim.sock'), numQueues: 4 });
-  broker = await startBroker(`vfio-user:${sim.socketPath}`, ['--rundir', join(dir, 'run')], (ev) => audit.push(ev));
+  broker = await startBroker(`vfio-user:${sim.socketPath}`, ['--rundir', join(dir, 'run')], (ev) =>
+    audit.push(ev),
+  );
   admin = join(broker.dir, 'admin.sock');
 });
 after(async () => {
@@ -63,7 +65,11 @@ test('leases and clients list a live lease; revoke with a deadline takes it back
   assert.equal(r.code, 0, r.err);
   assert.equal(r.json().state, 'revoking');
   await until('the lease to be gone', () => cli('leases', '--json').json().length === 0);
-  await until('the revoke audit record', () => audit.some((e) => e.event === 'revoke' && e.lease === info.lease), 2000).catch(() => {
+  await until(
+    'the revoke audit record',
+    () => audit.some((e) => e.event === 'revoke' && e.lease === info.lease),
+    2000,
+  ).catch(() => {
     throw new Error(`no revoke record in ${JSON.stringify(audit.map((e) => e.event))}`);
   });
   await c.exit();

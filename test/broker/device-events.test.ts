@@ -41,7 +41,9 @@ test('a hang: every client is told, every lease reclaimed, the device reset and 
   assert.equal(rig.broker.leases.all().length, 0, 'every lease was reclaimed');
   assert.ok(rig.audit.some((e) => e.event === 'device-hang'));
   for (const c of [a, b]) {
-    await until(`client ${c.pid} to be told and disconnected`, async () => (await c.call('events')).includes('disconnected'));
+    await until(`client ${c.pid} to be told and disconnected`, async () =>
+      (await c.call('events')).includes('disconnected'),
+    );
   }
   const status = await rig.device.read32(BAR0, REG.STATUS);
   assert.equal(status & STATUS.HUNG, 0, 'no longer hung');

@@ -120,7 +120,11 @@ export interface ConnectionInfo {
 
 export interface VfioUserDeviceModel {
   deviceInfo(): { flags: number; num_regions: number; num_irqs: number };
-  regionInfo(index: number): RegionDescription;
+  /**
+   * The region's description. `opts.fd === false` when the server only needs flags and size (bounds checks):
+   * a model that hands out a fresh fd per call should then make none.
+   */
+  regionInfo(index: number, opts?: { fd?: boolean }): RegionDescription;
   regionRead(index: number, offset: bigint, count: number): Uint8Array | Promise<Uint8Array>;
   regionWrite(index: number, offset: bigint, data: Uint8Array): void | Promise<void>;
   dmaMap(req: DmaMapRequest): void | Promise<void>;

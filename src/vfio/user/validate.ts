@@ -158,8 +158,8 @@ function checkRegion(model: VfioUserDeviceModel, region: number, need: number, w
   const { num_regions } = model.deviceInfo();
   if (region >= num_regions)
     throw new VfioError('EINVAL', `region ${region} does not exist (${num_regions})`);
-  const info = model.regionInfo(region);
-  // Only flags and size matter here; a region fd handed out with the description is ours to close.
+  const info = model.regionInfo(region, { fd: false });
+  // Only flags and size matter here; a model that sent an fd anyway gets it closed.
   info.fd?.close();
   if ((info.flags & need) === 0) throw new VfioError('EINVAL', `region ${region} is not ${what}`);
   return info;

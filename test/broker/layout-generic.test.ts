@@ -1,0 +1,92 @@
+// Layout validation at start, cooperative marking by config, and the generic
+// driver (whole regions, cooperative, one client at a time) on a non-SA-1 device.
+import assert from 'node:assert/strict';
+import { fork } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { Broker } from '../../src/broker/broker.js';
+import { configFromObject } from '../../src/broker/config.js';
+import { connect } from '../../src/client/lease.js';
+import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
+import { spawnSimulator } from '../../src/sim/child.js';
+import { ClientProc, startRig } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+const leakCheck = trackFdLeaks();
+after(leakCheck);
+const here = dirname(fileURLToPath(import.meta.url));
+
+test('a layout that cannot isolate clients is refused, naming region, offset and stride', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-layout-'));
+  const sim = await spawnSimulator({ socketPath: join(dir, 'sim.sock'), numQueues: 4, queueStride: 4096 });
+  const device = await VfioUserDevice.connect(sim.socketPath);
+  try {
+    const config = configFromObject({ rundir: join(dir, 'run'), layout: { page_size: 65536 } });
+    await assert.rejects(Broker.start({ config, device, log: () => {} }), {
+      message:
+        /layout cannot isolate clients: region 2 \(BAR2\): offset 0, stride 4096 is below or not a multiple of the 65536-byte page/,
+    });
+  } finally {
+    await device.close();
+    await sim.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('with layout.allow_cooperative the same layout is leased, and the lease says its page is cooperative', async () => {
+  const rig = await startRig({
+    sim: { numQueues: 4, queueStride: 4096 },
+    config: { layout: { page_size: 65536, allow_cooperative: true } },
+  });
+  const c = await ClientProc.spawn();
+  try {
+    const info = (await c.call('connect', { socket: rig.socket })).info;
+    assert.equal(info.isolation.queuePage.level, 'cooperative');
+    assert.match(info.isolation.queuePage.reason, /more than one lease in a page/);
+    assert.equal(info.isolation.iovaWindow.level, 'enforced');
+  } finally {
+    await c.exit();
+    await rig.close();
+  }
+});
+
+test('the generic driver leases whole regions, cooperatively, to one client at a time', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-generic-'));
+  const sock = join(dir, 'mem.sock');
+  const server = fork(join(here, '..', 'fixtures', 'vfio-user', 'server-child.js'), [sock], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  await new Promise<void>((resolve) => server.once('message', () => resolve()));
+  const device = await VfioUserDevice.connect(sock);
+  const broker = await Broker.start({
+    config: configFromObject({ rundir: join(dir, 'run') }),
+    device,
+    log: () => {},
+  });
+  try {
+    assert.equal(broker.driver.name, 'generic');
+    const socket = broker.sockets.get('device')!;
+    assert.ok(socket, 'the generic driver offers lease kind "device"');
+    const lease = await connect({ socket });
+    assert.equal(lease.info.kind, 'device');
+    assert.equal(lease.info.isolation.regions!.level, 'cooperative');
+    assert.match(lease.info.isolation.regions!.reason, /whole region is shared/);
+    // The mmap-able region comes with its own fd; the register region is reached through the broker.
+    assert.ok(lease.region(2).length > 0);
+    const regs = await lease.client.regionRead(0, 0, 4);
+    assert.equal(regs.byteLength, 4);
+    const second = await connect({ socket }).catch((e) => e);
+    assert.equal(second.code, 'EBUSY');
+    assert.match(second.message, /leased whole to another client/);
+    lease.close();
+  } finally {
+    await broker.close();
+    await device.close();
+    server.send('stop');
+    await new Promise((r) => server.once('exit', r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
