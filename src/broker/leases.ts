@@ -19,6 +19,8 @@ export class LeaseTable extends EventEmitter {
   readonly #leases = new Map<string, Lease>();
   #next = 1;
   #draining = false;
+  /** Grants in progress per uid: counted against the lease limit so concurrent requests cannot overshoot it. */
+  readonly #granting = new Map<number, number>();
 
   constructor(
     readonly device: Device,
@@ -48,7 +50,7 @@ export class LeaseTable extends EventEmitter {
   }
 
   usage(ctx: CallerContext): Usage {
-    const u: Usage = { leases: 0, mappedBytes: 0n, mappings: 0 };
+    const u: Usage = { leases: this.#granting.get(ctx.uid) ?? 0, mappedBytes: 0n, mappings: 0 };
     for (const l of this.#leases.values()) {
       if (l.ctx.uid !== ctx.uid || !l.live) continue;
       u.leases++;
@@ -60,12 +62,26 @@ export class LeaseTable extends EventEmitter {
 
   /** Policy check, resources, device programming, slice fds. Throws VfioError with the reason on refusal. */
   async grant(ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
+    this.#granting.set(ctx.uid, (this.#granting.get(ctx.uid) ?? 0) + 1);
+    try {
+      return await this.#grant(ctx, req);
+    } finally {
+      const n = (this.#granting.get(ctx.uid) ?? 1) - 1;
+      if (n > 0) this.#granting.set(ctx.uid, n);
+      else this.#granting.delete(ctx.uid);
+    }
+  }
+
+  async #grant(ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
     const who = { pid: ctx.pid, uid: ctx.uid, gid: ctx.gid, exe: ctx.exe, kind: req.kind };
     if (this.#draining) {
       this.audit.write({ event: 'deny', ...who, reason: 'the broker is draining: no new leases' });
       throw new VfioError('EBUSY', 'the broker is draining: no new leases');
     }
-    const verdict = await this.policy.checkLease(ctx, req, this.usage(ctx));
+    // This request is itself counted in `granting`: compare the others against the limit.
+    const usage = this.usage(ctx);
+    usage.leases -= 1;
+    const verdict = await this.policy.checkLease(ctx, req, usage);
     if (!verdict.allow) {
       this.audit.write({ event: 'deny', ...who, reason: verdict.reason });
       throw new VfioError('EACCES', verdict.reason);

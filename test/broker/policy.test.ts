@@ -32,6 +32,21 @@ test('a uid over its lease limit is denied with the reason; the audit log says w
   }
 });
 
+test('concurrent requests cannot overshoot a lease limit', async () => {
+  const rig = await startRig({ config: { policy: { rule: [{ uid, max_leases: 1 }] } } });
+  const clients = await Promise.all([ClientProc.spawn(), ClientProc.spawn(), ClientProc.spawn()]);
+  try {
+    const results = await Promise.allSettled(clients.map((c) => c.call('connect', { socket: rig.socket })));
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1, 'exactly one lease granted');
+    for (const r of results) {
+      if (r.status === 'rejected') assert.equal((r.reason as { code?: string }).code, 'EACCES');
+    }
+  } finally {
+    await Promise.all(clients.map((c) => c.exit()));
+    await rig.close();
+  }
+});
+
 test('a mapping limit stops DMA_MAP with the reason', async () => {
   const rig = await startRig({ config: { policy: { rule: [{ uid, max_mappings: 1 }] } } });
   const a = await ClientProc.spawn();
