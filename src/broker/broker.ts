@@ -8,6 +8,7 @@ import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Device } from '../device/device.js';
 import type { Driver, DriverFactory } from '../drivers/driver.js';
+import { eduDriverFactory } from '../drivers/edu.js';
 import { genericDriverFactory } from '../drivers/generic.js';
 import { sa1DriverFactory } from '../drivers/sa1/driver.js';
 import { PidFd, type SeqpacketSocket } from '../sys/index.js';
@@ -22,7 +23,7 @@ import { PendingSession } from './pending-session.js';
 import { Policy, type PolicyModule, readCallerContext } from './policy.js';
 import { SliceWatcher } from './slices.js';
 
-export const DRIVERS: DriverFactory[] = [sa1DriverFactory, genericDriverFactory];
+export const DRIVERS: DriverFactory[] = [sa1DriverFactory, eduDriverFactory, genericDriverFactory];
 
 export interface BrokerOptions {
   config: BrokerConfig;

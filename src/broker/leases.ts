@@ -198,8 +198,9 @@ export class LeaseTable extends EventEmitter {
       }
     };
     await step('quiesce', () => this.driver.quiesce(lease.resources));
+    const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
     for (const v of lease.resources.vectors) {
-      await step(`unwire vector ${v}`, () => this.device.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, v, [null]));
+      await step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]));
     }
     for (const m of [...lease.mappings.values()]) {
       await step(`unmap 0x${m.iova.toString(16)}`, () => this.device.dmaUnmap(m.iova, m.size));

@@ -248,7 +248,8 @@ export class LeaseSession implements VfioUserDeviceModel {
         const physical = vectors[first + i]!;
         const fd = req.flags & VFIO_IRQ_SET_DATA_EVENTFD ? (fds[i] ?? null) : null;
         // The client's eventfd goes straight to the device: the broker is not on the interrupt path.
-        await this.#table.device.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, physical, [fd]);
+        const physicalIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
+        await this.#table.device.setIrqs(physicalIndex, physical, [fd]);
         if (fd) lease.wiredVectors.add(first + i);
         else lease.wiredVectors.delete(first + i);
       }

@@ -71,9 +71,13 @@ export class SliceUnit extends EventEmitter {
   }
 }
 
-/** One inotify instance for all slices of the broker. */
+/** One inotify instance for all slices of the broker, made on first use (devices without slice fds need none). */
 export class SliceWatcher {
-  readonly #inotify = new Inotify();
+  #inotifyHandle: Inotify | null = null;
+  get #inotify(): Inotify {
+    this.#inotifyHandle ??= new Inotify();
+    return this.#inotifyHandle;
+  }
   readonly #byWd = new Map<number, Set<SliceUnit>>();
 
   watch(unit: SliceUnit): number {
@@ -100,6 +104,7 @@ export class SliceWatcher {
   }
 
   close(): void {
-    this.#inotify.close();
+    this.#inotifyHandle?.close();
+    this.#inotifyHandle = null;
   }
 }

@@ -3,20 +3,68 @@
 import { parseArgs } from 'node:util';
 import { Broker } from '../broker/broker.js';
 import { type BrokerConfig, ConfigError, defaultConfig, loadConfig } from '../broker/config.js';
+import type { Device } from '../device/device.js';
 import { openDevice } from '../device/open.js';
+import { Fd } from '../sys/fd.js';
+import { native } from '../sys/native.js';
 
-const USAGE = `usage: devlease daemon --device vfio-user:PATH [--config FILE] [--rundir DIR]
-  --device   vfio-user:PATH (a vfio-user server, e.g. 'devlease sim'), or pci:DDDD:BB:DD.F (kernel VFIO)
-  --config   broker configuration (TOML, see docs/CONFIG.md); defaults apply without one
-  --rundir   overrides the config's rundir`;
+const USAGE = `usage: devlease daemon --device vfio-user:PATH|pci:DDDD:BB:DD.F [--config FILE] [--rundir DIR]
+       devlease daemon --device-fd N [--iommufd-fd M] [--config FILE] [--rundir DIR]
+  --device      vfio-user:PATH (a vfio-user server, e.g. 'devlease sim'), or pci:DDDD:BB:DD.F (kernel VFIO)
+  --device-fd   an inherited vfio cdev fd (/dev/vfio/devices/vfioN) opened by a privileged launcher
+  --iommufd-fd  an inherited iommufd (/dev/iommu) for it; without one, /dev/iommu is opened here
+  --config      broker configuration (TOML, see docs/CONFIG.md); defaults apply without one
+  --rundir      overrides the config's rundir`;
+
+/** An inherited descriptor number from the command line, or an error message. */
+function inheritedFd(name: string, value: string): Fd | string {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 3)
+    return `--${name} must be an inherited descriptor number >= 3, got '${value}'`;
+  try {
+    native.fstat(n); // EBADF now rather than at the first ioctl
+    return new Fd(n);
+  } catch (err) {
+    return `--${name} ${value}: ${(err as Error).message}`;
+  }
+}
+
+async function openFromArgs(values: { device?: string; 'device-fd'?: string; 'iommufd-fd'?: string }) {
+  if (values['device-fd'] === undefined) {
+    if (values['iommufd-fd'] !== undefined) throw new Error('--iommufd-fd goes with --device-fd');
+    return openDevice(values.device!);
+  }
+  const device = inheritedFd('device-fd', values['device-fd']);
+  if (typeof device === 'string') throw new Error(device);
+  let iommufd: Fd | undefined;
+  if (values['iommufd-fd'] !== undefined) {
+    const fd = inheritedFd('iommufd-fd', values['iommufd-fd']);
+    if (typeof fd === 'string') {
+      device.close();
+      throw new Error(fd);
+    }
+    iommufd = fd;
+  }
+  const { openKernelDevice } = await import('../device/kernel/open.js');
+  return openKernelDevice({ deviceFd: device, ...(iommufd ? { iommufdFd: iommufd } : {}) });
+}
 
 export async function daemonCommand(argv: string[]): Promise<number> {
-  let values: { device?: string; config?: string; rundir?: string; help?: boolean };
+  let values: {
+    device?: string;
+    'device-fd'?: string;
+    'iommufd-fd'?: string;
+    config?: string;
+    rundir?: string;
+    help?: boolean;
+  };
   try {
     ({ values } = parseArgs({
       args: argv,
       options: {
         device: { type: 'string' },
+        'device-fd': { type: 'string' },
+        'iommufd-fd': { type: 'string' },
         config: { type: 'string' },
         rundir: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
@@ -31,8 +79,8 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
-  if (!values.device) {
-    process.stderr.write(`devlease daemon: --device is required\n${USAGE}\n`);
+  if (!values.device === (values['device-fd'] === undefined)) {
+    process.stderr.write(`devlease daemon: give --device or --device-fd (one of them)\n${USAGE}\n`);
     return 2;
   }
   let config: BrokerConfig;
@@ -46,7 +94,13 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     throw err;
   }
   if (values.rundir) config.rundir = values.rundir;
-  const device = await openDevice(values.device);
+  let device: Device;
+  try {
+    device = await openFromArgs(values);
+  } catch (err) {
+    process.stderr.write(`devlease daemon: ${(err as Error).message}\n`);
+    return 1;
+  }
   let broker: Broker;
   try {
     broker = await Broker.start({ config, device, auditSink: (line) => process.stdout.write(`${line}\n`) });

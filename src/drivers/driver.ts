@@ -38,8 +38,10 @@ export interface LeaseResources {
   slices: SliceSpec[];
   /** The IOVA window the lease's DMA may use. */
   window: { base: bigint; size: bigint } | null;
-  /** Physical MSI-X vectors, lease vector i = physical vectors[i]. */
+  /** Physical vectors, lease vector i = physical vectors[i], at VFIO irq index `irqIndex`. */
   vectors: number[];
+  /** VFIO irq index of `vectors` on the physical device: MSI-X unless said (edu has MSI only). */
+  irqIndex?: number;
   /** Device memory (BAR4 range), if any. */
   devmem: { offset: bigint; size: bigint } | null;
   /** Isolation per resource, with the reason, reported to the client. */

@@ -180,6 +180,9 @@ export class Engine {
   #complete(q: Queue, entry: InFlight): void {
     const out =
       entry.poisonIova !== null ? fail(ST_IOMMU_FAULT, entry.poisonIova) : this.#execute(q, entry.desc);
+    // The completion first, then the fault record and ERROR (§4): a client that sees the queue in ERROR
+    // must already be able to find the faulting descriptor's completion.
+    this.#writeCompletion(q, entry.desc, out);
     if (
       out.status === ST_WINDOW_VIOLATION ||
       out.status === ST_IOMMU_FAULT ||
@@ -187,7 +190,6 @@ export class Engine {
     ) {
       this.#queueFault(q, out.status, out.at);
     }
-    this.#writeCompletion(q, entry.desc, out);
   }
 
   /**

@@ -18,6 +18,9 @@ after(async () => {
 });
 
 test('disposal closes everything: fds, mappings, DMA buffers, and the broker reclaims', async () => {
+  // The in-process broker makes some handles on first use (its inotify watcher): warm it up first.
+  (await connect({ socket: rig.socket })).close();
+  await until('the warm-up lease to be reclaimed', () => rig.broker.leases.all().length === 0);
   const before = openFds().size;
   const mappingsBefore = countMaps();
   {

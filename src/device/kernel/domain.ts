@@ -55,7 +55,8 @@ export class DmaTable {
 }
 
 export function checkMapping(m: DmaMapping): void {
-  if (m.size <= 0n) throw Object.assign(new RangeError('DMA mapping size must be positive'), { code: 'EINVAL' });
+  if (m.size <= 0n)
+    throw Object.assign(new RangeError('DMA mapping size must be positive'), { code: 'EINVAL' });
   if (!m.read && !m.write) {
     throw Object.assign(new RangeError('DMA mapping must allow the device to read or write'), {
       code: 'EINVAL',

@@ -71,7 +71,14 @@ export class IommufdIoas implements IommuDomain {
         flags: 0,
         iommufd: files.iommufd.fd,
       });
-      ioctlNamed(sys, files.device, 'VFIO_DEVICE_BIND_IOMMUFD', files.deviceName, VFIO_DEVICE_BIND_IOMMUFD, bind);
+      ioctlNamed(
+        sys,
+        files.device,
+        'VFIO_DEVICE_BIND_IOMMUFD',
+        files.deviceName,
+        VFIO_DEVICE_BIND_IOMMUFD,
+        bind,
+      );
       const devId = vfio_device_bind_iommufd.decode(bind).out_devid;
 
       const alloc = iommu_ioas_alloc.encode({ size: iommu_ioas_alloc.size, flags: 0 });
@@ -90,7 +97,10 @@ export class IommufdIoas implements IommuDomain {
       const mapFile = probeMapFile(sys, files, ioasId);
       return new IommufdIoas(sys, files, { devId, ioasId, ranges, mapFile });
     } catch (err) {
-      if (ioasId >= 0) destroy(sys, files, ioasId);
+      try {
+        // Refused (EBUSY) while the device is still attached; closing the iommufd frees the IOAS then.
+        if (ioasId >= 0) destroy(sys, files, ioasId);
+      } catch {}
       files.iommufd.close();
       throw err;
     }
@@ -138,7 +148,10 @@ export class IommufdIoas implements IommuDomain {
       } catch (err) {
         // MAP_FILE takes memfds (and dma-bufs) only; any other mappable file goes in by address.
         if (errCode(err) !== 'EINVAL' && errCode(err) !== 'EOPNOTSUPP') {
-          throw explain(err, `IOMMU_IOAS_MAP_FILE of iova 0x${m.iova.toString(16)} on ${this.#f.iommufdName}`);
+          throw explain(
+            err,
+            `IOMMU_IOAS_MAP_FILE of iova 0x${m.iova.toString(16)} on ${this.#f.iommufdName}`,
+          );
         }
       }
     }
@@ -161,7 +174,12 @@ export class IommufdIoas implements IommuDomain {
   }
 
   unmap(iova: bigint, size: bigint): void {
-    const arg = iommu_ioas_unmap.encode({ size: iommu_ioas_unmap.size, ioas_id: this.ioasId, iova, length: size });
+    const arg = iommu_ioas_unmap.encode({
+      size: iommu_ioas_unmap.size,
+      ioas_id: this.ioasId,
+      iova,
+      length: size,
+    });
     this.#ioctl(`IOMMU_IOAS_UNMAP of iova 0x${iova.toString(16)}`, IOMMU_IOAS_UNMAP, arg);
     this.#dma.drop(iova, size);
   }
@@ -237,7 +255,8 @@ function iovaRanges(sys: KernelSys, f: IommufdFiles, ioasId: number): IovaRange[
   const mem = sys.scratch(count * iommu_iova_range.size);
   try {
     const got = iommu_ioas_iova_ranges.decode(ask(count, mem.address)).num_iovas;
-    if (got > count) throw Object.assign(new Error(`${name}: the IOVA ranges changed while read`), { code: 'EAGAIN' });
+    if (got > count)
+      throw Object.assign(new Error(`${name}: the IOVA ranges changed while read`), { code: 'EAGAIN' });
     return decodeIommuIovaRanges(mem.u8, got).map((r) => ({ start: r.start, last: r.last }));
   } finally {
     mem.unmap();
@@ -245,9 +264,10 @@ function iovaRanges(sys: KernelSys, f: IommufdFiles, ioasId: number): IovaRange[
 }
 
 /**
- * IOMMU_IOAS_MAP_FILE exists since Linux 6.13. Probed with fd -1: a kernel
- * that has it answers EBADF (after validating the IOAS); one without it
- * answers ENOTTY.
+ * IOMMU_IOAS_MAP_FILE exists since Linux 6.13. Probed with fd -1 and one
+ * page: a kernel that has it validates the flags, length and IOAS, then
+ * answers EBADF; one without it answers ENOTTY. (A zero length is refused
+ * with EINVAL before the fd is looked at.)
  */
 function probeMapFile(sys: KernelSys, f: IommufdFiles, ioasId: number): boolean {
   const arg = iommu_ioas_map_file.encode({
@@ -255,6 +275,7 @@ function probeMapFile(sys: KernelSys, f: IommufdFiles, ioasId: number): boolean 
     flags: IOMMU_IOAS_MAP_READABLE,
     ioas_id: ioasId,
     fd: -1,
+    length: 4096n,
   });
   try {
     sys.ioctl(f.iommufd, IOMMU_IOAS_MAP_FILE, arg);

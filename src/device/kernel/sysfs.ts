@@ -50,9 +50,7 @@ export function readPciSysfs(address: string, sysfsRoot = '/sys'): PciSysfsInfo 
   let cdev: PciSysfsInfo['cdev'];
   try {
     const names = readdirSync(join(dir, 'vfio-dev')).filter((n) => /^vfio\d+$/.test(n));
-    cdev = names[0]
-      ? { name: names[0] }
-      : { missing: `${dir}/vfio-dev lists no vfioN` };
+    cdev = names[0] ? { name: names[0] } : { missing: `${dir}/vfio-dev lists no vfioN` };
   } catch (err) {
     cdev = {
       missing:

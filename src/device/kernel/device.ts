@@ -1,0 +1,353 @@
+// A Device over the kernel's VFIO device fd: regions through
+// DEVICE_GET_REGION_INFO and pread/pwrite at the region's offset, BAR mmap,
+// SET_IRQS with eventfds, DEVICE_RESET, and DMA through the IOMMU domain the
+// device was attached to (an iommufd IOAS or a type1 container).
+//
+// Slices: the kernel exports BAR ranges as dma-buf fds (feature 11, Linux
+// 6.19) but such an fd cannot be mmapped and has no revoke, so a client
+// cannot be given a slice of its own: sliceFds/revokeSlice reject with
+// ENOTSUP and drivers report BAR access `cooperative`. Feature 13 is never
+// sent here: in the kernel it is s390's ZPCI_ERROR, not devlease's revoke.
+
+import { EventEmitter } from 'node:events';
+import { closedError } from '../../sys/errors.js';
+import type { Fd } from '../../sys/fd.js';
+import {
+  decodeRegionTypeCap,
+  decodeSparseMmapCap,
+  encodeDeviceFeature,
+  encodeIrqSet,
+  findCap,
+  parseCapChain,
+  VFIO_DEVICE_FEATURE,
+  VFIO_DEVICE_FEATURE_DMA_BUF,
+  VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_MASK,
+  VFIO_DEVICE_FEATURE_PROBE,
+  VFIO_DEVICE_FLAGS_RESET,
+  VFIO_DEVICE_GET_INFO,
+  VFIO_DEVICE_GET_IRQ_INFO,
+  VFIO_DEVICE_GET_REGION_INFO,
+  VFIO_DEVICE_RESET,
+  VFIO_DEVICE_SET_IRQS,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+  VFIO_REGION_INFO_CAP_TYPE,
+  VFIO_REGION_INFO_FLAG_CAPS,
+  VFIO_REGION_INFO_FLAG_MMAP,
+  vfio_device_info,
+  vfio_irq_info,
+  vfio_region_info,
+} from '../../vfio/uapi/index.js';
+import type { Device, DeviceRegion, DmaMapping, IovaRange, Transport } from '../device.js';
+import { readPciIds } from '../pci-ids.js';
+import type { IommuDomain } from './domain.js';
+import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
+
+export interface KernelDeviceParts {
+  sys: KernelSys;
+  /** The VFIO device fd; owned by the device from here on. */
+  fd: Fd;
+  /** For messages, e.g. '/dev/vfio/devices/vfio0'. */
+  name: string;
+  domain: IommuDomain;
+  /** Why this path was taken (the domain's notes and the dma-buf finding are appended). */
+  chosen: string;
+  reason: string;
+  /** Where problems met while closing are reported (close itself never throws). */
+  log?: (msg: string) => void;
+}
+
+export class KernelDevice extends EventEmitter implements Device {
+  readonly transport: Transport;
+  readonly path: { chosen: string; reason: string };
+  ids!: Device['ids'];
+  numRegions = 0;
+  numIrqs = 0;
+  /** VFIO_DEVICE_FLAGS_*. */
+  flags = 0;
+  /** The kernel exports BAR ranges as dma-buf fds (VFIO_DEVICE_FEATURE_DMA_BUF answered its PROBE). */
+  dmaBuf = false;
+  readonly capabilities = { mappableSlices: false, revocableSlices: false };
+  readonly domain: IommuDomain;
+  readonly #sys: KernelSys;
+  readonly #fd: Fd;
+  readonly #name: string;
+  readonly #log: (msg: string) => void;
+  readonly #regions = new Map<number, DeviceRegion>();
+  readonly #barMaps = new Set<UserMemory>();
+  #closed = false;
+
+  private constructor(p: KernelDeviceParts) {
+    super();
+    this.#sys = p.sys;
+    this.#fd = p.fd;
+    this.#name = p.name;
+    this.#log = p.log ?? ((m) => process.stderr.write(`devlease kernel device: ${m}\n`));
+    this.domain = p.domain;
+    this.transport = p.domain.transport;
+    this.path = { chosen: p.chosen, reason: p.reason };
+  }
+
+  /** Read the device's info, ids and features. On failure everything in `parts` is closed. */
+  static async create(parts: KernelDeviceParts): Promise<KernelDevice> {
+    const dev = new KernelDevice(parts);
+    try {
+      await dev.#init();
+    } catch (err) {
+      await dev.close();
+      throw err;
+    }
+    return dev;
+  }
+
+  async #init(): Promise<void> {
+    const info = vfio_device_info.encode({ argsz: vfio_device_info.size });
+    this.#ioctl('VFIO_DEVICE_GET_INFO', VFIO_DEVICE_GET_INFO, info);
+    const d = vfio_device_info.decode(info);
+    this.flags = d.flags;
+    this.numRegions = d.num_regions;
+    this.numIrqs = d.num_irqs;
+    this.ids = await readPciIds((off, n) => this.read(VFIO_PCI_CONFIG_REGION_INDEX, off, n));
+    this.dmaBuf = this.#probe(VFIO_DEVICE_FEATURE_DMA_BUF, VFIO_DEVICE_FEATURE_GET);
+    const slices = this.dmaBuf
+      ? 'BAR ranges export as dma-buf fds, but those cannot be mmapped or revoked: BAR slices are cooperative'
+      : 'no dma-buf export of BAR ranges (VFIO_DEVICE_FEATURE_DMA_BUF): BAR slices are cooperative';
+    this.path.reason = [this.path.reason, ...this.domain.notes, slices].join('; ');
+  }
+
+  /** VFIO_DEVICE_FEATURE with PROBE: does the device support `feature` for `op` (GET or SET)? */
+  #probe(feature: number, op: number): boolean {
+    try {
+      this.#feature(VFIO_DEVICE_FEATURE_PROBE | op | feature);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  #feature(flags: number, data?: Uint8Array): number {
+    const feature = flags & VFIO_DEVICE_FEATURE_MASK;
+    // Feature 13 is devlease's revoke over vfio-user only; in the kernel it is s390's ZPCI_ERROR.
+    if (feature === VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE) {
+      throw codedError('ENOTSUP', 'feature 13 is never sent to a kernel device (it is ZPCI_ERROR there)');
+    }
+    return this.#ioctl(
+      `VFIO_DEVICE_FEATURE(${feature})`,
+      VFIO_DEVICE_FEATURE,
+      encodeDeviceFeature(flags, data),
+    );
+  }
+
+  #ioctl(name: string, request: number, arg: number | Uint8Array): number {
+    if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    return ioctlNamed(this.#sys, this.#fd, name, this.#name, request, arg);
+  }
+
+  async region(index: number): Promise<DeviceRegion> {
+    const known = this.#regions.get(index);
+    if (known) return known;
+    const r = this.#regionInfo(index);
+    this.#regions.set(index, r);
+    return r;
+  }
+
+  /** DEVICE_GET_REGION_INFO; asked again with the kernel's argsz when the capability chain did not fit. */
+  #regionInfo(index: number): DeviceRegion {
+    const name = `VFIO_DEVICE_GET_REGION_INFO(${index})`;
+    let buf = vfio_region_info.encode({ argsz: vfio_region_info.size, index });
+    this.#ioctl(name, VFIO_DEVICE_GET_REGION_INFO, buf);
+    let info = vfio_region_info.decode(buf);
+    if (info.argsz > buf.byteLength) {
+      buf = new Uint8Array(info.argsz);
+      vfio_region_info.encode({ argsz: info.argsz, index }, buf);
+      this.#ioctl(name, VFIO_DEVICE_GET_REGION_INFO, buf);
+      info = vfio_region_info.decode(buf);
+    }
+    const region: DeviceRegion = { index, flags: info.flags, size: info.size, offset: info.offset };
+    if (info.flags & VFIO_REGION_INFO_FLAG_CAPS && info.cap_offset !== 0) {
+      const caps = parseCapChain(buf.subarray(0, Math.min(info.argsz, buf.byteLength)), info.cap_offset);
+      const sparse = findCap(caps, VFIO_REGION_INFO_CAP_SPARSE_MMAP);
+      if (sparse) region.sparse = decodeSparseMmapCap(sparse.bytes);
+      const type = findCap(caps, VFIO_REGION_INFO_CAP_TYPE);
+      if (type) region.type = decodeRegionTypeCap(type.bytes);
+    }
+    return region;
+  }
+
+  async #span(index: number, offset: bigint | number, count: number): Promise<bigint> {
+    const r = await this.region(index);
+    const off = BigInt(offset);
+    if (off < 0n || count < 0 || off + BigInt(count) > r.size) {
+      throw codedError(
+        'EINVAL',
+        `region ${index}: [0x${off.toString(16)}, +${count}) is outside its 0x${r.size.toString(16)} bytes`,
+      );
+    }
+    return r.offset + off;
+  }
+
+  async read(index: number, offset: bigint | number, count: number): Promise<Uint8Array> {
+    const at = await this.#span(index, offset, count);
+    const buf = new Uint8Array(count);
+    if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    let n: number;
+    try {
+      n = this.#sys.pread(this.#fd, buf, at);
+    } catch (err) {
+      throw explain(err, `read of region ${index} at 0x${BigInt(offset).toString(16)} on ${this.#name}`);
+    }
+    if (n !== count) throw codedError('EIO', `region ${index}: short read (${n} of ${count} bytes)`);
+    return buf;
+  }
+
+  async write(index: number, offset: bigint | number, data: Uint8Array): Promise<void> {
+    const at = await this.#span(index, offset, data.byteLength);
+    if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    let n: number;
+    try {
+      n = this.#sys.pwrite(this.#fd, data, at);
+    } catch (err) {
+      throw explain(err, `write of region ${index} at 0x${BigInt(offset).toString(16)} on ${this.#name}`);
+    }
+    if (n !== data.byteLength) {
+      throw codedError('EIO', `region ${index}: short write (${n} of ${data.byteLength} bytes)`);
+    }
+  }
+
+  async read32(index: number, offset: number): Promise<number> {
+    const b = await this.read(index, offset, 4);
+    return new DataView(b.buffer).getUint32(0, true);
+  }
+  async write32(index: number, offset: number, value: number): Promise<void> {
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setUint32(0, value >>> 0, true);
+    await this.write(index, offset, b);
+  }
+  async read64(index: number, offset: number): Promise<bigint> {
+    const b = await this.read(index, offset, 8);
+    return new DataView(b.buffer).getBigUint64(0, true);
+  }
+  async write64(index: number, offset: number, value: bigint): Promise<void> {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, value, true);
+    await this.write(index, offset, b);
+  }
+
+  /**
+   * mmap part of a region (a BAR) into this process. The region must allow
+   * mmap, and with a sparse-mmap capability the range must sit inside one of
+   * its areas. The device unmaps whatever is still mapped when it closes.
+   */
+  async mapRegion(index: number, offset = 0n, length?: bigint): Promise<UserMemory> {
+    const r = await this.region(index);
+    const len = length ?? r.size - offset;
+    if (!(r.flags & VFIO_REGION_INFO_FLAG_MMAP))
+      throw codedError('EINVAL', `region ${index} cannot be mmapped`);
+    if (r.sparse && !r.sparse.some((a) => offset >= a.offset && offset + len <= a.offset + a.size)) {
+      throw codedError(
+        'EINVAL',
+        `region ${index}: [0x${offset.toString(16)}, +0x${len.toString(16)}) is not in a mmap area`,
+      );
+    }
+    const at = await this.#span(index, offset, Number(len));
+    if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    const mem = this.#sys.mmap(this.#fd, Number(len), at, 'rw');
+    const unmap = mem.unmap.bind(mem);
+    const tracked: UserMemory = {
+      address: mem.address,
+      length: mem.length,
+      get u8() {
+        return mem.u8;
+      },
+      unmap: () => {
+        this.#barMaps.delete(tracked);
+        unmap();
+      },
+    };
+    this.#barMaps.add(tracked);
+    return tracked;
+  }
+
+  iovaRanges(): IovaRange[] {
+    return this.domain.ranges;
+  }
+
+  async dmaMap(m: DmaMapping): Promise<void> {
+    if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    this.domain.map(m);
+  }
+
+  async dmaUnmap(iova: bigint, size: bigint): Promise<void> {
+    if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    this.domain.unmap(iova, size);
+  }
+
+  async irqCount(index: number): Promise<number> {
+    const arg = vfio_irq_info.encode({ argsz: vfio_irq_info.size, index });
+    this.#ioctl(`VFIO_DEVICE_GET_IRQ_INFO(${index})`, VFIO_DEVICE_GET_IRQ_INFO, arg);
+    return vfio_irq_info.decode(arg).count;
+  }
+
+  /** One SET_IRQS for the whole block: fd -1 unassigns a vector, the others keep theirs. */
+  async setIrqs(index: number, start: number, fds: (Fd | null)[]): Promise<void> {
+    const arg = encodeIrqSet({
+      index,
+      start,
+      action: 'trigger',
+      data: { kind: 'eventfd', fds: fds.map((f) => (f ? f.fd : -1)) },
+    });
+    this.#ioctl(`VFIO_DEVICE_SET_IRQS(${index}, ${start}+${fds.length})`, VFIO_DEVICE_SET_IRQS, arg);
+  }
+
+  async disableIrqs(index: number): Promise<void> {
+    const arg = encodeIrqSet({ index, start: 0, action: 'trigger', data: { kind: 'none', count: 0 } });
+    this.#ioctl(`VFIO_DEVICE_SET_IRQS(${index}, disable)`, VFIO_DEVICE_SET_IRQS, arg);
+  }
+
+  async reset(): Promise<void> {
+    try {
+      this.#ioctl('VFIO_DEVICE_RESET', VFIO_DEVICE_RESET, 0);
+    } catch (err) {
+      if (this.flags & VFIO_DEVICE_FLAGS_RESET) throw err;
+      throw Object.assign(err as Error, {
+        message: `${(err as Error).message}: the kernel reports no reset method for this device (no FLR, PM or bus reset)`,
+      });
+    }
+  }
+
+  async sliceFds(_region: number, _ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]> {
+    throw codedError(
+      'ENOTSUP',
+      this.dmaBuf
+        ? 'kernel dma-buf fds of BAR ranges cannot be mmapped or revoked: no slice fds to lease'
+        : 'this kernel does not export BAR ranges (no VFIO_DEVICE_FEATURE_DMA_BUF)',
+    );
+  }
+
+  async revokeSlice(_fd: Fd): Promise<void> {
+    throw codedError('ENOTSUP', 'the kernel has no revoke for dma-buf slices');
+  }
+
+  /** Unmap BARs and DMA, detach, close the device fd, then free the IOMMU side. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    const problems: string[] = [];
+    for (const m of [...this.#barMaps]) m.unmap();
+    try {
+      this.domain.release();
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+    this.#closed = true;
+    this.#fd.close();
+    try {
+      this.domain.close();
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+    if (problems.length) this.#log(`closing ${this.#name}: ${problems.join('; ')}`);
+    this.emit('close');
+  }
+}

@@ -1,0 +1,168 @@
+// Kernel backend, the device fd: region info (argsz retry, capability chain),
+// region access at the region offset, BAR mmap, SET_IRQS with eventfds,
+// reset, and the dma-buf probe, against a recorder with canned kernel
+// replies. These tests check encoding and sequence only; they do not pretend
+// to be the kernel. The real proof is the guest tests (npm run test:kernel).
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import type { KernelDevice } from '../../src/device/kernel/device.js';
+import { openKernelDevice } from '../../src/device/kernel/open.js';
+import { EventFd } from '../../src/sys/eventfd.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { le, Recorder } from './helpers/recorder.js';
+import { BDF, NR, regionOffset, SPARSE, scratchSysfs, standardReplies } from './helpers/replies.js';
+
+after(trackFdLeaks());
+
+const CDEV = '/dev/vfio/devices/vfio0';
+
+async function withDevice(
+  fn: (dev: KernelDevice, rec: Recorder) => Promise<void>,
+  opts: { dmaBuf?: boolean } = {},
+): Promise<void> {
+  const rec = new Recorder();
+  standardReplies(rec, opts);
+  using sysfs = scratchSysfs();
+  const dev = await openKernelDevice({ bdf: BDF, sys: rec, sysfsRoot: sysfs.root, log: () => {} });
+  try {
+    await fn(dev, rec);
+  } finally {
+    await dev.close();
+  }
+}
+
+test('region info: asked again with the argsz the kernel wants, then the capability chain is read', async () => {
+  await withDevice(async (dev, rec) => {
+    const from = rec.ioctls(NR.VFIO_DEVICE_GET_REGION_INFO).length;
+    const r = await dev.region(0);
+    const calls = rec.ioctls(NR.VFIO_DEVICE_GET_REGION_INFO).slice(from);
+    assert.equal(calls.length, 2);
+    // struct vfio_region_info { u32 argsz, flags, index, cap_offset; u64 size, offset }
+    assert.deepEqual(calls[0]!.arg, le([4, 32], [4, 0], [4, 0], [4, 0], [8, 0], [8, 0]));
+    const second = calls[1]!.arg as Uint8Array;
+    // 32 + sparse mmap (8 header + 8 + 2 areas × 16) + MSIX_MAPPABLE (8 header)
+    assert.equal(second.byteLength, 32 + 48 + 8);
+    assert.deepEqual(second.subarray(0, 32), le([4, 88], [4, 0], [4, 0], [4, 0], [8, 0], [8, 0]));
+    assert.deepEqual(r, { index: 0, flags: 0xf, size: 1n << 20n, offset: 0n, sparse: SPARSE });
+    await dev.region(0);
+    assert.equal(rec.ioctls(NR.VFIO_DEVICE_GET_REGION_INFO).length, from + 2, 'region info is cached');
+
+    const typed = await dev.region(9);
+    assert.deepEqual(typed.type, { type: 0x80001234, subtype: 1 });
+    assert.equal(typed.offset, regionOffset(9));
+  });
+});
+
+test('region reads and writes go to pread/pwrite at the region offset, inside the region only', async () => {
+  await withDevice(async (dev, rec) => {
+    const from = rec.calls.length;
+    await dev.write32(0, 0x04, 0x12345678);
+    await dev.read64(0, 0x80);
+    await dev.write(7, 4, new Uint8Array([6, 0]));
+    assert.deepEqual(rec.lines(from), [
+      `ioctl ${CDEV} 0x${NR.VFIO_DEVICE_GET_REGION_INFO.toString(16)}`, // region 0's info, once, with the argsz retry
+      `ioctl ${CDEV} 0x${NR.VFIO_DEVICE_GET_REGION_INFO.toString(16)}`,
+      `pwrite ${CDEV} 0x4`,
+      `pread ${CDEV} 0x80`,
+      `pwrite ${CDEV} 0x${(regionOffset(7) + 4n).toString(16)}`,
+    ]);
+    assert.deepEqual(rec.calls[from + 2]!.arg, le([4, 0x12345678]));
+    assert.equal(rec.calls[from + 3]!.length, 8);
+    await assert.rejects(dev.read(7, 250, 8), { code: 'EINVAL' });
+    await assert.rejects(dev.write32(0, 0x100000, 1), { code: 'EINVAL' });
+  });
+});
+
+test('BAR mmap at the region offset, inside a sparse-mmap area; unmapped when the device closes', async () => {
+  const rec = new Recorder();
+  standardReplies(rec);
+  using sysfs = scratchSysfs();
+  const dev = await openKernelDevice({ bdf: BDF, sys: rec, sysfsRoot: sysfs.root, log: () => {} });
+  const bar = await dev.mapRegion(0, 0x2000n, 0x1000n);
+  const mmap = rec.calls.find((c) => c.op === 'mmap')!;
+  assert.equal(mmap.file, `${CDEV} (rw)`);
+  assert.equal(mmap.offset, 0x2000n);
+  assert.equal(bar.length, 0x1000);
+  await assert.rejects(dev.mapRegion(0, 0x1000n, 0x1000n), /not in a mmap area/);
+  await assert.rejects(dev.mapRegion(7), /cannot be mmapped/);
+  await dev.close();
+  assert.ok(rec.lines().includes(`munmap ${CDEV} (rw)`));
+});
+
+test('SET_IRQS: eventfds for a block of vectors (-1 unassigns), DATA_NONE to disable; IRQ info', async () => {
+  await withDevice(async (dev, rec) => {
+    using a = new EventFd();
+    using b = new EventFd();
+    await dev.setIrqs(2, 3, [a.fd, null, b.fd]);
+    await dev.setIrqs(1, 0, [a.fd]);
+    await dev.disableIrqs(1);
+    // struct vfio_irq_set { u32 argsz, flags, index, start, count; s32 data[] }
+    // DATA_EVENTFD 0x4 | ACTION_TRIGGER 0x20; DATA_NONE 0x1 | ACTION_TRIGGER
+    assert.deepEqual(
+      rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 0),
+      le([4, 32], [4, 0x24], [4, 2], [4, 3], [4, 3], [4, a.fd.fd], [4, -1], [4, b.fd.fd]),
+    );
+    assert.deepEqual(
+      rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 1),
+      le([4, 24], [4, 0x24], [4, 1], [4, 0], [4, 1], [4, a.fd.fd]),
+    );
+    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 2), le([4, 20], [4, 0x21], [4, 1], [4, 0], [4, 0]));
+    assert.equal(await dev.irqCount(1), 1);
+    // struct vfio_irq_info { u32 argsz, flags, index, count }
+    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_GET_IRQ_INFO), le([4, 16], [4, 0], [4, 1], [4, 0]));
+    assert.equal(await dev.irqCount(2), 0);
+  });
+});
+
+test('reset is VFIO_DEVICE_RESET with no argument', async () => {
+  await withDevice(async (dev, rec) => {
+    await dev.reset();
+    assert.deepEqual(
+      rec.ioctls(NR.VFIO_DEVICE_RESET).map((c) => [c.file, c.arg]),
+      [[CDEV, 0]],
+    );
+  });
+});
+
+test('dma-buf: PROBE|GET of feature 11 only; slices stay cooperative and sliceFds/revokeSlice say ENOTSUP', async () => {
+  for (const dmaBuf of [true, false]) {
+    await withDevice(
+      async (dev, rec) => {
+        // struct vfio_device_feature { u32 argsz, flags }: PROBE 1<<18 | GET 1<<16 | 11
+        assert.deepEqual(
+          rec.ioctls(NR.VFIO_DEVICE_FEATURE).map((c) => c.arg),
+          [le([4, 8], [4, (1 << 18) | (1 << 16) | 11])],
+        );
+        assert.equal(dev.dmaBuf, dmaBuf);
+        assert.deepEqual(dev.capabilities, { mappableSlices: false, revocableSlices: false });
+        assert.match(dev.path.reason, /BAR slices are cooperative/);
+        await assert.rejects(dev.sliceFds(0, [{ offset: 0n, length: 4096n }]), { code: 'ENOTSUP' });
+        using some = new EventFd();
+        await assert.rejects(dev.revokeSlice(some.fd), { code: 'ENOTSUP' });
+        // Feature 13 (devlease's vfio-user revoke) is s390's ZPCI_ERROR in the kernel: never sent.
+        const features = rec
+          .ioctls(NR.VFIO_DEVICE_FEATURE)
+          .map((c) => new DataView((c.arg as Uint8Array).buffer).getUint32(4, true));
+        assert.ok(features.every((f) => (f & 0xffff) !== 13));
+      },
+      { dmaBuf },
+    );
+  }
+});
+
+test('device info read at open: flags, regions, irqs', async () => {
+  await withDevice(async (dev, rec) => {
+    // struct vfio_device_info { u32 argsz, flags, num_regions, num_irqs, cap_offset, pad }
+    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_GET_INFO), le([4, 24], [4, 0], [4, 0], [4, 0], [4, 0], [4, 0]));
+    assert.equal(dev.numRegions, 10);
+    assert.equal(dev.numIrqs, 5);
+    assert.equal(dev.flags, 0x3);
+    assert.deepEqual(dev.ids, {
+      vendor: 0x1234,
+      device: 0x11e8,
+      classCode: 0x00ff00,
+      subsystemVendor: 0x1af4,
+      subsystem: 0x1100,
+    });
+  });
+});
