@@ -117,7 +117,12 @@ export class Mailbox {
 
   /** Sleep until a command arrives or `ms` passes (the device's idle wait). */
   sleep(ms: number): void {
-    Atomics.wait(this.words, W_STATE, STATE_IDLE, ms);
+    // Sleep on whatever the state is now unless a command is waiting. Waiting only on IDLE would return at
+    // once while our last reply is still unread (state REPLY), turning the idle device into a busy loop
+    // that starves the thread that has to read that reply.
+    const state = Atomics.load(this.words, W_STATE);
+    if (state === STATE_REQUEST) return;
+    Atomics.wait(this.words, W_STATE, state, ms);
   }
 
   /** The pending command's number (valid while `pending`). */
