@@ -141,6 +141,7 @@ export class Broker extends EventEmitter {
   async #recover(event: 'device-hang' | 'device-reset', why: string): Promise<void> {
     if (this.#recovering || this.#closed) return;
     this.#recovering = (async () => {
+      this.leases.suspended = `the device is recovering (${event}): lease again shortly`;
       this.audit.write({ event, reason: why });
       this.emit(event === 'device-hang' ? 'hang' : 'reset', why);
       for (const l of this.leases.all()) l.notify('err');
@@ -149,7 +150,11 @@ export class Broker extends EventEmitter {
         await this.driver.recover();
         this.audit.write({ event: 'device-recovered' });
         this.emit('recovered');
+        this.leases.suspended = null;
       } catch (err) {
+        // Leave grants suspended: leasing a device that did not come back would only fail later.
+        this.leases.suspended = `the device did not recover: ${(err as Error).message}`;
+        this.audit.write({ event: 'recovery-failed', error: (err as Error).message });
         this.log(`recovery failed: ${(err as Error).message}`);
       }
     })().finally(() => {
@@ -160,10 +165,15 @@ export class Broker extends EventEmitter {
 
   /** Whole-device reset from the admin: every lease is reclaimed first. */
   async resetDevice(): Promise<void> {
-    for (const l of this.leases.all()) l.notify('err');
-    await this.leases.reclaimAll('device reset by the owner');
-    await this.driver.recover();
-    this.audit.write({ event: 'device-reset' });
+    this.leases.suspended = 'the device is being reset by its owner';
+    try {
+      for (const l of this.leases.all()) l.notify('err');
+      await this.leases.reclaimAll('device reset by the owner');
+      await this.driver.recover();
+      this.audit.write({ event: 'device-reset' });
+    } finally {
+      this.leases.suspended = null;
+    }
   }
 
   async status(): Promise<Record<string, unknown>> {
@@ -182,8 +192,9 @@ export class Broker extends EventEmitter {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.leases.suspended = 'the broker is shutting down';
     this.#admin?.close();
-    for (const s of this.#servers) s.close();
+    await Promise.all(this.#servers.map((s) => s.close()));
     await this.leases.reclaimAll('broker shutting down');
     this.driver.close();
     for (const p of this.#pidfds) p.close();

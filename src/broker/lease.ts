@@ -3,15 +3,22 @@
 //   active ──revoke(deadline)──▶ revoking ──deadline / session end──▶ reclaiming
 //   active ──session end / process exit──────────────────────────────▶ reclaiming
 //   reclaiming ──slices revoked──▶ released
-//   reclaiming ──device cannot revoke──▶ awaiting-release ──release observed──▶ released
+//   reclaiming ──device cannot revoke──▶ awaiting-release ──release observed, slices scrubbed──▶ released
+//   reclaiming ──an unmap or revoke failed──▶ quarantined (its resources are never reused)
 
-import { writeSync } from 'node:fs';
 import type { DeviceFault, LeaseResources } from '../drivers/driver.js';
 import type { Fd } from '../sys/fd.js';
+import { native } from '../sys/native.js';
 import type { CallerContext, LeaseRequest } from './policy.js';
 import type { SliceUnit } from './slices.js';
 
-export type LeaseState = 'active' | 'revoking' | 'reclaiming' | 'awaiting-release' | 'released';
+export type LeaseState =
+  | 'active'
+  | 'revoking'
+  | 'reclaiming'
+  | 'awaiting-release'
+  | 'quarantined'
+  | 'released';
 
 export interface LeaseMapping {
   iova: bigint;
@@ -38,15 +45,24 @@ export class Lease {
   /** The client's notification eventfds (ERR: device fault/reset, REQ: revocation notice). */
   errFd: Fd | null = null;
   reqFd: Fd | null = null;
-  /** Lease MSI-X vectors the client has wired (lease vector index -> true). */
-  readonly wiredVectors = new Set<number>();
+  /** Session requests in progress (DMA_MAP, SET_IRQS): reclaim waits for them before it undoes anything. */
+  readonly #ops = new Set<Promise<unknown>>();
+  /** The owner's revocation deadline timer, cleared when the lease ends first. */
+  revokeTimer: NodeJS.Timeout | null = null;
   readonly faults: DeviceFault[] = [];
   /** Disconnects the client's session (set by the session). */
   disconnect: ((reason: string) => void) | null = null;
   /** Settles when the lease is released. */
   reclaimed: Promise<void> | null = null;
+  /** Resolves once reclaim is as far as it can go without the client: released, awaiting release, quarantined. */
+  readonly whenParked: Promise<void>;
+  /** Marks the lease parked (see `whenParked`); idempotent. */
+  parked: () => void = () => {};
 
   constructor(id: string, request: LeaseRequest, ctx: CallerContext, resources: LeaseResources) {
+    this.whenParked = new Promise<void>((resolve) => {
+      this.parked = resolve;
+    });
     this.id = id;
     this.kind = request.kind;
     this.request = request;
@@ -60,6 +76,19 @@ export class Lease {
     return n;
   }
 
+  /** Run a session request as tracked work: reclaim waits for it (see `settle()`). */
+  track<T>(op: Promise<T>): Promise<T> {
+    this.#ops.add(op);
+    const done = () => this.#ops.delete(op);
+    op.then(done, done);
+    return op;
+  }
+
+  /** Resolves when every tracked session request has finished (they re-check liveness and undo their work). */
+  async settle(): Promise<void> {
+    while (this.#ops.size) await Promise.allSettled([...this.#ops]);
+  }
+
   get live(): boolean {
     return this.state === 'active' || this.state === 'revoking';
   }
@@ -69,12 +98,10 @@ export class Lease {
     const fd = which === 'err' ? this.errFd : this.reqFd;
     if (!fd || fd.closed) return;
     try {
-      // eventfd counter += 1
-      const one = new Uint8Array(8);
-      one[0] = 1;
-      writeSync(fd.fd, one);
+      // The fd was checked to be an eventfd and made non-blocking when the client gave it (eventfd-check.ts).
+      native.eventfdWrite(fd.fd, 1);
     } catch {
-      // nothing to do: notices are best effort, the deadline is not
+      // a full counter already says "notified"; notices are best effort, the deadline is not
     }
   }
 

@@ -21,6 +21,8 @@ export class LeaseTable extends EventEmitter {
   #draining = false;
   /** Grants in progress per uid: counted against the lease limit so concurrent requests cannot overshoot it. */
   readonly #granting = new Map<number, number>();
+  /** DMA maps in progress per uid, counted against the map limits for the same reason. */
+  readonly #mapping = new Map<number, { bytes: bigint; count: number }>();
 
   constructor(
     readonly device: Device,
@@ -32,6 +34,9 @@ export class LeaseTable extends EventEmitter {
   ) {
     super();
   }
+
+  /** Why grants are suspended (recovery, shutdown), or null. Unlike draining, this is not the owner's choice. */
+  suspended: string | null = null;
 
   get draining(): boolean {
     return this.#draining;
@@ -49,8 +54,29 @@ export class LeaseTable extends EventEmitter {
     return this.#leases.get(id);
   }
 
+  /** Count a DMA map in progress for `uid`; call the returned function when it is done either way. */
+  reserveMap(uid: number, bytes: bigint): () => void {
+    const r = this.#mapping.get(uid) ?? { bytes: 0n, count: 0 };
+    r.bytes += bytes;
+    r.count += 1;
+    this.#mapping.set(uid, r);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      r.bytes -= bytes;
+      r.count -= 1;
+      if (r.count === 0) this.#mapping.delete(uid);
+    };
+  }
+
   usage(ctx: CallerContext): Usage {
-    const u: Usage = { leases: this.#granting.get(ctx.uid) ?? 0, mappedBytes: 0n, mappings: 0 };
+    const inflight = this.#mapping.get(ctx.uid);
+    const u: Usage = {
+      leases: this.#granting.get(ctx.uid) ?? 0,
+      mappedBytes: inflight?.bytes ?? 0n,
+      mappings: inflight?.count ?? 0,
+    };
     for (const l of this.#leases.values()) {
       if (l.ctx.uid !== ctx.uid || !l.live) continue;
       u.leases++;
@@ -74,6 +100,10 @@ export class LeaseTable extends EventEmitter {
 
   async #grant(ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
     const who = { pid: ctx.pid, uid: ctx.uid, gid: ctx.gid, exe: ctx.exe, kind: req.kind };
+    if (this.suspended) {
+      this.audit.write({ event: 'deny', ...who, reason: this.suspended });
+      throw new VfioError('EAGAIN', this.suspended);
+    }
     if (this.#draining) {
       this.audit.write({ event: 'deny', ...who, reason: 'the broker is draining: no new leases' });
       throw new VfioError('EBUSY', 'the broker is draining: no new leases');
@@ -125,9 +155,9 @@ export class LeaseTable extends EventEmitter {
   }
 
   async #sliceUnits(region: number, offset: bigint, size: bigint, unit: bigint): Promise<SliceUnit[]> {
+    if (!this.device.capabilities.mappableSlices) return []; // mediated: REGION_READ/WRITE through the broker only
     const ranges = [];
     for (let o = 0n; o < size; o += unit) ranges.push({ offset: offset + o, length: unit });
-    if (!this.device.capabilities.mappableSlices) return []; // mediated: REGION_READ/WRITE through the broker only
     const fds = await this.device.sliceFds(region, ranges);
     return fds.map((fd) => new SliceUnit(fd));
   }
@@ -154,11 +184,11 @@ export class LeaseTable extends EventEmitter {
     });
     this.emit('state', lease);
     lease.notify('req');
-    const timer = setTimeout(
+    lease.revokeTimer = setTimeout(
       () => void this.reclaim(lease, `deadline of ${deadlineMs} ms passed: ${reason}`),
       deadlineMs,
     );
-    timer.unref();
+    lease.revokeTimer.unref();
     return lease;
   }
 
@@ -186,33 +216,42 @@ export class LeaseTable extends EventEmitter {
     const t0 = process.hrtime.bigint();
     lease.state = 'reclaiming';
     lease.endReason = reason;
+    if (lease.revokeTimer) clearTimeout(lease.revokeTimer);
     this.emit('state', lease);
     this.audit.write({ event: 'reclaim', lease: lease.id, pid: lease.ctx.pid, uid: lease.ctx.uid, reason });
     lease.disconnect?.(reason);
+    // Requests the session had in progress finish first: they see the lease is no longer live and undo
+    // what they did, so nothing they map or wire can appear after the steps below.
+    await lease.settle();
     const problems: string[] = [];
-    const step = async (what: string, fn: () => Promise<void>) => {
+    let unsafe = false; // an unmap or revoke failed: this lease's window or slices may still be reachable
+    const step = async (what: string, fn: () => Promise<void>, critical: boolean) => {
       try {
         await fn();
       } catch (err) {
         problems.push(`${what}: ${(err as Error).message}`);
+        if (critical && (err as { code?: string }).code !== 'ENOENT') unsafe = true;
       }
     };
-    await step('quiesce', () => this.driver.quiesce(lease.resources));
+    await step('quiesce', () => this.driver.quiesce(lease.resources), false);
     const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
     for (const v of lease.resources.vectors) {
-      await step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]));
+      await step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]), true);
     }
     for (const m of [...lease.mappings.values()]) {
-      await step(`unmap 0x${m.iova.toString(16)}`, () => this.device.dmaUnmap(m.iova, m.size));
+      await step(`unmap 0x${m.iova.toString(16)}`, () => this.device.dmaUnmap(m.iova, m.size), true);
       lease.mappings.delete(m.iova);
     }
     lease.errFd?.close();
     lease.reqFd?.close();
     const units = [...lease.slices.values()].flat();
-    const canRevoke = this.config.lifetime.revoke && this.device.capabilities.revocableSlices;
-    if (canRevoke) {
-      for (const u of units) await step('revoke slice', () => this.device.revokeSlice(u.deviceFd));
-    } else if (units.some((u) => u.outstanding > 0)) {
+    let revoked = this.config.lifetime.revoke && this.device.capabilities.revocableSlices;
+    if (revoked) {
+      for (const u of units) await step('revoke slice', () => this.device.revokeSlice(u.deviceFd), false);
+      // A slice whose revoke failed falls back to waiting for its observed release.
+      if (problems.some((p) => p.startsWith('revoke slice'))) revoked = false;
+    }
+    if (!revoked && units.some((u) => u.outstanding > 0)) {
       lease.state = 'awaiting-release';
       this.emit('state', lease);
       this.audit.write({
@@ -220,20 +259,42 @@ export class LeaseTable extends EventEmitter {
         lease: lease.id,
         outstanding: units.map((u) => u.outstanding),
       });
+      lease.parked();
       await Promise.all(units.map((u) => u.whenReleased()));
     }
+    if (!revoked && units.length) {
+      // Nobody holds the slices any more, but they still hold what the last client left: scrub before reuse.
+      await step('scrub', () => this.driver.scrub(lease.resources), true);
+    }
     for (const u of units) u.dispose(this.watcher);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    if (unsafe) {
+      // Never hand these resources to another client; the operator sees why (devlease leases, audit).
+      lease.state = 'quarantined';
+      this.audit.write({ event: 'quarantined', lease: lease.id, ms, problems });
+      this.emit('state', lease);
+      lease.parked();
+      return;
+    }
     this.driver.release(lease.resources);
     lease.state = 'released';
     this.#leases.delete(lease.id);
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    this.audit.write({ event: 'released', lease: lease.id, ms, revoked: canRevoke, problems });
+    this.audit.write({ event: 'released', lease: lease.id, ms, revoked, problems });
     this.emit('state', lease);
     this.emit('released', lease);
+    lease.parked();
   }
 
-  /** Reclaim everything (device hang, broker shutdown). */
+  /**
+   * Reclaim everything (device hang or reset, broker shutdown). Waits until each lease is released, or parked
+   * (awaiting the release of its slices, or quarantined): one client holding a mapping cannot stall recovery.
+   */
   async reclaimAll(reason: string): Promise<void> {
-    await Promise.all([...this.#leases.values()].map((l) => this.reclaim(l, reason)));
+    await Promise.all(
+      [...this.#leases.values()].map((l) => {
+        void this.reclaim(l, reason);
+        return l.whenParked;
+      }),
+    );
   }
 }

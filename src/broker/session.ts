@@ -15,6 +15,7 @@ import {
   VFIO_IRQ_INFO_EVENTFD,
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
+  VFIO_IRQ_SET_DATA_TYPE_MASK,
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_ERR_IRQ_INDEX,
   VFIO_PCI_MSIX_IRQ_INDEX,
@@ -35,6 +36,7 @@ import {
   VfioError,
   type VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
+import { adoptEventFd } from './eventfd-check.js';
 import type { Lease } from './lease.js';
 import type { LeaseTable } from './leases.js';
 import { infoRegionCaps, sliceRegionCaps } from './region-caps.js';
@@ -145,8 +147,13 @@ export class LeaseSession implements VfioUserDeviceModel {
     if (offset < 0x10) this.#config.set(data.subarray(0, Math.max(0, 0x10 - offset)), offset);
   }
 
-  async dmaMap(req: DmaMapRequest): Promise<void> {
+  dmaMap(req: DmaMapRequest): Promise<void> {
+    return this.#lease.track(this.#dmaMap(req));
+  }
+
+  async #dmaMap(req: DmaMapRequest): Promise<void> {
     const lease = this.#lease;
+    let unreserve: (() => void) | null = null;
     try {
       this.#checkLive();
       if (!req.fd)
@@ -167,10 +174,14 @@ export class LeaseSession implements VfioUserDeviceModel {
       }
       const read = (req.flags & DMA_READ) !== 0;
       const write = (req.flags & DMA_WRITE) !== 0;
+      // Checked against usage that counts maps still in flight (released in `finally`), so concurrent
+      // DMA_MAPs of one uid cannot pass a limit together.
+      const usage = this.#table.usage(lease.ctx);
+      unreserve = this.#table.reserveMap(lease.ctx.uid, req.size);
       const verdict = await this.#table.policy.checkMap(
         lease.ctx,
         { op: 'map', iova: req.iova, size: req.size, read, write },
-        this.#table.usage(lease.ctx),
+        usage,
       );
       if (!verdict.allow) {
         this.#table.audit.write({
@@ -190,8 +201,14 @@ export class LeaseSession implements VfioUserDeviceModel {
         read,
         write,
       });
+      if (!lease.live) {
+        // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
+        await this.#table.device.dmaUnmap(req.iova, req.size);
+        throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
+      }
       lease.mappings.set(req.iova, { iova: req.iova, size: req.size, read, write });
     } finally {
+      unreserve?.();
       req.fd?.close(); // the device holds its own reference now (or the map was refused)
     }
   }
@@ -225,15 +242,31 @@ export class LeaseSession implements VfioUserDeviceModel {
     return { index, flags: count ? VFIO_IRQ_INFO_EVENTFD : 0, count };
   }
 
-  async setIrqs(req: IrqSetRequest): Promise<void> {
+  setIrqs(req: IrqSetRequest): Promise<void> {
+    return this.#lease.track(this.#setIrqs(req));
+  }
+
+  async #setIrqs(req: IrqSetRequest): Promise<void> {
     const lease = this.#lease;
     const fds = req.fds;
     try {
       this.#checkLive();
+      const dataType = req.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
+      if (
+        dataType !== VFIO_IRQ_SET_DATA_EVENTFD &&
+        !(dataType === VFIO_IRQ_SET_DATA_NONE && req.count === 0)
+      ) {
+        throw new VfioError(
+          'EINVAL',
+          'a lease takes eventfds (DATA_EVENTFD) or DATA_NONE with count 0 (disable)',
+        );
+      }
+      // Only real eventfds, made non-blocking: a pipe or a full counter must never stall the broker or the device.
+      for (const fd of fds) if (fd) adoptEventFd(fd);
       if (req.index === VFIO_PCI_ERR_IRQ_INDEX || req.index === VFIO_PCI_REQ_IRQ_INDEX) {
         const slot = req.index === VFIO_PCI_ERR_IRQ_INDEX ? 'errFd' : 'reqFd';
         lease[slot]?.close();
-        lease[slot] = req.flags & VFIO_IRQ_SET_DATA_EVENTFD ? (fds[0] ?? null) : null;
+        lease[slot] = dataType === VFIO_IRQ_SET_DATA_EVENTFD ? (fds[0] ?? null) : null;
         fds.length = 0; // ownership moved to the lease
         return;
       }
@@ -241,17 +274,20 @@ export class LeaseSession implements VfioUserDeviceModel {
         throw new VfioError('EINVAL', `irq index ${req.index} has no vectors in this lease`);
       const vectors = lease.resources.vectors;
       // DATA_NONE with count 0: disable every vector of the index (VFIO semantics).
-      const disableAll = (req.flags & VFIO_IRQ_SET_DATA_NONE) !== 0 && req.count === 0;
+      const disableAll = dataType === VFIO_IRQ_SET_DATA_NONE;
       const first = disableAll ? 0 : req.start;
       const count = disableAll ? vectors.length : req.count;
+      const physicalIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
       for (let i = 0; i < count; i++) {
         const physical = vectors[first + i]!;
-        const fd = req.flags & VFIO_IRQ_SET_DATA_EVENTFD ? (fds[i] ?? null) : null;
+        const fd = disableAll ? null : (fds[i] ?? null);
         // The client's eventfd goes straight to the device: the broker is not on the interrupt path.
-        const physicalIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
         await this.#table.device.setIrqs(physicalIndex, physical, [fd]);
-        if (fd) lease.wiredVectors.add(first + i);
-        else lease.wiredVectors.delete(first + i);
+        if (fd && !lease.live) {
+          // Reclaim started while we wired it: take it back rather than leave a vector aimed at this client.
+          await this.#table.device.setIrqs(physicalIndex, physical, [null]);
+          throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
+        }
       }
     } finally {
       for (const fd of fds) fd?.close();

@@ -45,6 +45,8 @@ export class Lease extends EventEmitter {
   readonly #vectors: EventFd[] = [];
   readonly #notices: EventFd[] = [];
   readonly #infoIndex: number;
+  /** Faults already reported, so a later ERR without a new fault is seen as a reset. */
+  #faultsSeen = 0;
   #closed = false;
   /** One shared promise for "the next interrupt", however many wait on it. */
   #nextIrq: { promise: Promise<number>; resolve(v: number): void; reject(e: Error): void } | null = null;
@@ -72,15 +74,18 @@ export class Lease extends EventEmitter {
       }
       throw fromCallError('lease refused', err);
     }
+    let lease: Lease | null = null;
     try {
       const ext = client.serverCapabilities.raw.devlease as { infoRegion?: number } | undefined;
       const infoIndex = ext?.infoRegion ?? 9;
       const info = parseLeaseInfo(await readJsonRegion(client, infoIndex));
-      const lease = new Lease(client, info, infoIndex);
+      lease = new Lease(client, info, infoIndex);
       await lease.#setup();
       return lease;
     } catch (err) {
-      client.close();
+      // Whatever setup made (mappings, eventfds and their watchers) goes too, not just the connection.
+      if (lease) lease.close();
+      else client.close();
       throw fromCallError('lease setup failed', err);
     }
   }
@@ -213,8 +218,9 @@ export class Lease extends EventEmitter {
     const info = await this.refreshInfo().catch(() => null);
     if (index === VFIO_PCI_REQ_IRQ_INDEX) {
       this.emit('revoke-requested', { deadline: info?.deadline ?? Date.now() });
-    } else if (info?.faults.length) {
-      this.emit('device-fault', info.faults);
+    } else if (info && info.faults.length > this.#faultsSeen) {
+      this.emit('device-fault', info.faults.slice(this.#faultsSeen));
+      this.#faultsSeen = info.faults.length;
     } else {
       this.emit('device-reset');
     }

@@ -72,6 +72,8 @@ export class Sa1Queue {
   readonly lease: Lease;
   readonly entries: number;
   readonly #page: DataView;
+  /** The page as 32-bit words, for the doorbell and CQ_HEAD stores (made once: this is the hot path). */
+  readonly #words: Uint32Array;
   readonly #sq: DmaBuffer;
   readonly #cq: DmaBuffer;
   readonly #sqView: DataView;
@@ -88,6 +90,7 @@ export class Sa1Queue {
     this.entries = entries;
     const page = lease.region(2);
     this.#page = new DataView(page.buffer);
+    this.#words = new Uint32Array(page.buffer);
     this.#sq = sq;
     this.#cq = cq;
     this.#sqView = new DataView(sq.buffer);
@@ -169,7 +172,7 @@ export class Sa1Queue {
     });
     this.#tail = (this.#tail + ds.length) >>> 0;
     // The doorbell: a plain store into the mapped queue page. Atomics orders it after the descriptor writes.
-    Atomics.store(new Uint32Array(this.#page.buffer, QP.SQ_TAIL, 1), 0, this.#tail);
+    Atomics.store(this.#words, QP.SQ_TAIL / 4, this.#tail);
     void this.#pump();
     return promises;
   }
@@ -201,8 +204,9 @@ export class Sa1Queue {
   poll(): number {
     let n = 0;
     for (;;) {
-      const slot = this.#cqHead % this.entries;
-      const phase = (Math.floor(this.#cqHead / this.entries) & 1) === 0 ? 1 : 0;
+      // entries is a power of two: the slot is the low bits, the pass parity the next bit up.
+      const slot = this.#cqHead & (this.entries - 1);
+      const phase = (this.#cqHead & this.entries) === 0 ? 1 : 0;
       const o = slot * CQE_SIZE;
       if ((this.#cqView.getUint16(o + 14, true) & 1) !== phase) break;
       const c: Completion = {
@@ -219,7 +223,7 @@ export class Sa1Queue {
         else p.reject(new DeviceStatusError(c));
       }
     }
-    if (n) Atomics.store(new Uint32Array(this.#page.buffer, QP.CQ_HEAD, 1), 0, this.#cqHead);
+    if (n) Atomics.store(this.#words, QP.CQ_HEAD / 4, this.#cqHead);
     return n;
   }
 

@@ -80,6 +80,11 @@ export interface Driver extends EventEmitter {
   resetLease(res: LeaseResources): Promise<void>;
   /** Whole-device reset and back to running (firmware, enable); every lease must be reclaimed first. */
   recover(): Promise<void>;
+  /**
+   * Clear what a client left in its slices before they are leased again (only needed where slices were not
+   * revoked: a revoked slice gets fresh backing). SA-1: queue reset, device memory zeroed.
+   */
+  scrub(res: LeaseResources): Promise<void>;
   /** Return the resources to the pool (after the broker has revoked or seen released every slice). */
   release(res: LeaseResources): void;
   /** The virtual config space (256 bytes) of a lease device. */

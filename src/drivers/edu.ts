@@ -114,7 +114,7 @@ export class EduDriver extends EventEmitter implements Driver {
     }
   }
 
-  acquire(req: LeaseRequest): EduLeaseResources {
+  acquire(req: LeaseRequest): LeaseResources {
     if (req.kind !== 'dma') throw new VfioError('EINVAL', `edu offers lease kind 'dma', not '${req.kind}'`);
     if (this.#leased) throw new VfioError('EBUSY', 'edu is leased to another client (one lease at a time)');
     this.#leased = true;
@@ -168,6 +168,9 @@ export class EduDriver extends EventEmitter implements Driver {
     await this.#dev.reset().catch(() => undefined); // edu has no reset method under vfio-pci; boot() re-checks
     await this.boot();
   }
+
+  /** BAR0 is leased cooperatively (no slice fds), so there is no slice memory to clear. */
+  async scrub(): Promise<void> {}
 
   release(): void {
     this.#leased = false;
@@ -225,15 +228,6 @@ export class EduDriver extends EventEmitter implements Driver {
     new DataView(out.buffer).setUint16(0, want, true);
     await d.write(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, out);
   }
-}
-
-/**
- * LeaseResources plus the irq index the vectors belong to: edu has MSI (index
- * 1), not MSI-X. The broker's session and reclaim wire lease vectors at the
- * MSI-X index today; they need to read this (see the kernel backend's report).
- */
-export interface EduLeaseResources extends LeaseResources {
-  irqIndex: number;
 }
 
 export const eduDriverFactory: DriverFactory = {

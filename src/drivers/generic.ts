@@ -4,7 +4,6 @@
 // device, so every slice is reported `cooperative`, with the reason.
 
 import { EventEmitter } from 'node:events';
-import type { BrokerConfig } from '../broker/config.js';
 import type { LeaseRequest } from '../broker/policy.js';
 import type { Device } from '../device/device.js';
 import {
@@ -29,10 +28,7 @@ export class GenericDriver extends EventEmitter implements Driver {
   #vectors = 0;
   #leased = false;
 
-  constructor(
-    private readonly dev: Device,
-    private readonly cfg: BrokerConfig,
-  ) {
+  constructor(private readonly dev: Device) {
     super();
   }
 
@@ -50,11 +46,8 @@ export class GenericDriver extends EventEmitter implements Driver {
     this.#vectors = await this.dev.irqCount(VFIO_PCI_MSIX_IRQ_INDEX).catch(() => 0);
   }
 
-  validateLayout(): void {
-    if (!this.cfg.layout.allowCooperative) {
-      // whole regions are leased to one client at a time: nothing to split, nothing to refuse
-    }
-  }
+  /** Whole regions go to one client at a time: there is nothing to split, so nothing to refuse. */
+  validateLayout(): void {}
 
   acquire(req: LeaseRequest): LeaseResources {
     if (req.kind !== 'device')
@@ -96,6 +89,10 @@ export class GenericDriver extends EventEmitter implements Driver {
   async resetLease(): Promise<void> {
     await this.dev.reset();
   }
+  /** Nothing but a device reset can clear a device we know nothing about. */
+  async scrub(): Promise<void> {
+    await this.dev.reset();
+  }
   async recover(): Promise<void> {
     await this.dev.reset();
   }
@@ -133,5 +130,5 @@ export class GenericDriver extends EventEmitter implements Driver {
 export const genericDriverFactory: DriverFactory = {
   name: 'generic',
   matches: () => true,
-  create: (device, config) => new GenericDriver(device, config),
+  create: (device) => new GenericDriver(device),
 };

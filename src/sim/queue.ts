@@ -169,6 +169,8 @@ export class Queue {
     this.irqPending = 0;
     const w = this.words;
     for (let i = 0; i < w.length; i++) Atomics.store(w, i, 0);
+    // The reserved rest of the page reads zero (§2.3): clear whatever a client stored there.
+    this.pageMemory().fill(0, w.byteLength);
   }
 
   /** Whole-device reset: QCFG back to its power-on values as well. */

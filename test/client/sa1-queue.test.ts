@@ -1,6 +1,7 @@
 // The SA-1 queue helper across ring wraps, back-pressure and error statuses.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { BAR0, Q, Q_CTRL, qcfg } from '../../src/drivers/sa1/regs.js';
 import { connect, DeviceStatusError, type Lease, Sa1Queue } from '../../src/index.js';
 import { crc32c } from '../../src/sim/crc32c.js';
 import { type Rig, startRig } from '../helpers/broker-rig.js';
@@ -37,10 +38,18 @@ test('COPY, FILL, CRC32C and WRITE_IMM stay correct across many wraps of a 4-ent
   await q.close();
 });
 
-test('a batch larger than the free slots is refused with EAGAIN (back-pressure), a full batch is fine', async () => {
+test('a full submission ring refuses more with EAGAIN (back-pressure) and drains once the device runs', async () => {
   const q = await Sa1Queue.create(lease, { entries: 8 });
+  // The owner pauses the queue (Q_CTRL.ENABLE off keeps indexes), so nothing is fetched while we fill the ring.
+  const ctrl = qcfg(lease.info.queue!, Q.CTRL);
+  await rig.device.write32(BAR0, ctrl, 0);
   const all = q.submitBatch(Array.from({ length: 8 }, () => ({ opcode: 'NOP' as const })));
+  assert.equal(q.space, 0);
   assert.throws(() => q.submitBatch([{ opcode: 'NOP' }]), { code: 'EAGAIN' });
+  assert.throws(() => q.submitBatch(Array.from({ length: 9 }, () => ({ opcode: 'NOP' as const }))), {
+    code: 'EINVAL',
+  });
+  await rig.device.write32(BAR0, ctrl, Q_CTRL.ENABLE);
   const done = await Promise.all(all);
   assert.equal(done.length, 8);
   assert.ok(done.every((c) => c.status === 'OK'));

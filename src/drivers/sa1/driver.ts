@@ -168,7 +168,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
     const window = this.#windows!.take(q);
     const devmem = granules ? this.#granules!.take(granules) : null;
     if (granules && !devmem) {
-      this.#windows!.give(q);
       this.#freeQueues.unshift(q);
       throw new VfioError('ENOSPC', `no ${granules} contiguous free device-memory granules`);
     }
@@ -256,9 +255,19 @@ export class Sa1Driver extends EventEmitter implements Driver {
     await this.#dev.write32(BAR0, qcfg(res.queue!, Q.CTRL), Q_CTRL.ENABLE);
   }
 
+  async scrub(res: LeaseResources): Promise<void> {
+    // A queue reset zeroes the whole queue page (ring registers and the reserved rest).
+    await this.#resetQueue(res.queue!);
+    if (res.devmem) {
+      const chunk = new Uint8Array(65536); // at most max_data_xfer_size per REGION_WRITE
+      for (let off = 0n; off < res.devmem.size; off += BigInt(chunk.byteLength)) {
+        await this.#dev.write(BAR4, res.devmem.offset + off, chunk);
+      }
+    }
+  }
+
   release(res: LeaseResources): void {
     const q = res.queue!;
-    this.#windows!.give(q);
     if (res.devmem) this.#granules!.give(res.devmem);
     if (!this.#freeQueues.includes(q)) {
       this.#freeQueues.push(q);
@@ -358,7 +367,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
   async #armInterrupts(): Promise<void> {
     const g = this.geometry;
     this.#faultFd = new EventFd();
-    this.#faultFd.onReadable(() => void this.#drainFaults().catch((err) => this.emit('error', err)));
+    this.#faultFd.onReadable(() => this.#scheduleDrain());
     await this.#dev.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, g.numQueues, [this.#faultFd.fd]);
     this.#errFd = new EventFd();
     this.#errFd.onReadable((n) => void this.#onErr(Number(n)).catch((err) => this.emit('error', err)));
@@ -373,6 +382,24 @@ export class Sa1Driver extends EventEmitter implements Driver {
     const status = await this.#dev.read32(BAR0, REG.STATUS);
     if (status & STATUS.HUNG) this.emit('hang', 'the device raised ERR and reports HUNG');
     else this.emit('device-reset', 'the device raised ERR: it was reset');
+  }
+
+  /** One drain at a time (two would both start from #faultsSeen and report faults twice); rerun if more came. */
+  #draining: Promise<void> | null = null;
+  #drainAgain = false;
+  #scheduleDrain(): void {
+    if (this.#draining) {
+      this.#drainAgain = true;
+      return;
+    }
+    this.#draining = (async () => {
+      do {
+        this.#drainAgain = false;
+        await this.#drainFaults().catch((err) => this.emit('error', err));
+      } while (this.#drainAgain);
+    })().finally(() => {
+      this.#draining = null;
+    });
   }
 
   async #drainFaults(): Promise<void> {

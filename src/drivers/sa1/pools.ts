@@ -7,7 +7,6 @@ import type { IovaRange } from '../../device/device.js';
 export class WindowSlots {
   readonly #size: bigint;
   readonly #base0: bigint;
-  readonly #used = new Set<number>();
 
   constructor(size: bigint, slots: number, ranges: IovaRange[]) {
     this.#size = size;
@@ -22,13 +21,9 @@ export class WindowSlots {
     }
   }
 
+  /** Slot i's window; a slot belongs to queue i, so the queue pool already makes it exclusive. */
   take(slot: number): { base: bigint; size: bigint } {
-    this.#used.add(slot);
     return { base: this.#base0 + BigInt(slot) * this.#size, size: this.#size };
-  }
-
-  give(slot: number): void {
-    this.#used.delete(slot);
   }
 }
 
