@@ -123,21 +123,20 @@ export class Type1Container implements IommuDomain {
 
   map(m: DmaMapping): void {
     checkMapping(m);
-    const memory = this.#sys.mmap(m.fd, Number(m.size), m.offset, m.write ? 'rw' : 'r');
-    try {
-      const arg = vfio_iommu_type1_dma_map.encode({
-        argsz: vfio_iommu_type1_dma_map.size,
-        flags: (m.read ? VFIO_DMA_MAP_FLAG_READ : 0) | (m.write ? VFIO_DMA_MAP_FLAG_WRITE : 0),
-        vaddr: memory.address,
-        iova: m.iova,
-        size: m.size,
-      });
-      this.#ioctl(`VFIO_IOMMU_MAP_DMA of iova 0x${m.iova.toString(16)}`, VFIO_IOMMU_MAP_DMA, arg);
-    } catch (err) {
-      memory.unmap();
-      throw err;
-    }
-    this.#dma.add(m.iova, m.size, memory);
+    this.#dma.addByAddress(
+      m,
+      () => this.#sys.mmap(m.fd, Number(m.size), m.offset, m.write ? 'rw' : 'r'),
+      (vaddr) => {
+        const arg = vfio_iommu_type1_dma_map.encode({
+          argsz: vfio_iommu_type1_dma_map.size,
+          flags: (m.read ? VFIO_DMA_MAP_FLAG_READ : 0) | (m.write ? VFIO_DMA_MAP_FLAG_WRITE : 0),
+          vaddr,
+          iova: m.iova,
+          size: m.size,
+        });
+        this.#ioctl(`VFIO_IOMMU_MAP_DMA of iova 0x${m.iova.toString(16)}`, VFIO_IOMMU_MAP_DMA, arg);
+      },
+    );
   }
 
   unmap(iova: bigint, size: bigint): void {

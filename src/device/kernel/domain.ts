@@ -35,6 +35,21 @@ export class DmaTable {
     this.#entries.set(iova, { size, memory });
   }
 
+  /**
+   * Map by virtual address: mmap the memory, let `pin` hand its address to the IOMMU (an ioctl that pins
+   * the pages), and keep the mmap until the IOVA is unmapped; a failed `pin` unmaps it again.
+   */
+  addByAddress(m: DmaMapping, mmap: () => UserMemory, pin: (address: bigint) => void): void {
+    const memory = mmap();
+    try {
+      pin(memory.address);
+    } catch (err) {
+      memory.unmap();
+      throw err;
+    }
+    this.add(m.iova, m.size, memory);
+  }
+
   /** Forget (and munmap the memory of) every mapping inside [iova, iova + size). */
   drop(iova: bigint, size: bigint): void {
     for (const [at, e] of this.#entries) {

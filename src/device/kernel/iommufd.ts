@@ -155,22 +155,21 @@ export class IommufdIoas implements IommuDomain {
         }
       }
     }
-    const memory = this.#sys.mmap(m.fd, Number(m.size), m.offset, m.write ? 'rw' : 'r');
-    try {
-      const arg = iommu_ioas_map.encode({
-        size: iommu_ioas_map.size,
-        flags,
-        ioas_id: this.ioasId,
-        user_va: memory.address,
-        length: m.size,
-        iova: m.iova,
-      });
-      this.#ioctl(`IOMMU_IOAS_MAP of iova 0x${m.iova.toString(16)}`, IOMMU_IOAS_MAP, arg);
-    } catch (err) {
-      memory.unmap();
-      throw err;
-    }
-    this.#dma.add(m.iova, m.size, memory);
+    this.#dma.addByAddress(
+      m,
+      () => this.#sys.mmap(m.fd, Number(m.size), m.offset, m.write ? 'rw' : 'r'),
+      (user_va) => {
+        const arg = iommu_ioas_map.encode({
+          size: iommu_ioas_map.size,
+          flags,
+          ioas_id: this.ioasId,
+          user_va,
+          length: m.size,
+          iova: m.iova,
+        });
+        this.#ioctl(`IOMMU_IOAS_MAP of iova 0x${m.iova.toString(16)}`, IOMMU_IOAS_MAP, arg);
+      },
+    );
   }
 
   unmap(iova: bigint, size: bigint): void {

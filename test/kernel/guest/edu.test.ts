@@ -157,16 +157,21 @@ for (const path of paths) {
         map.u8.subarray(0, 64).every((b) => b === 0x11),
         'memory unmapped from the IOVA was written',
       );
-      const addr = `0x${iova.toString(16)}`;
-      let lines: string[] = [];
-      await until(`a DMAR fault for ${addr} in the kernel log`, () => {
-        lines = lines.concat(drainKmsg(kmsg).filter((l) => /DMAR/.test(l)));
-        return lines.some((l) => l.includes(addr));
-      });
+      await dmarFault(kmsg, iova);
     } finally {
       closeSync(kmsg);
       await dev.close();
     }
+  });
+}
+
+/** Wait for the IOMMU's DMAR fault report for `iova` in the kernel log (read through /dev/kmsg). */
+async function dmarFault(kmsg: number, iova: bigint): Promise<void> {
+  const addr = `0x${iova.toString(16)}`;
+  let lines: string[] = [];
+  await until(`a DMAR fault for ${addr} in the kernel log`, () => {
+    lines = lines.concat(drainKmsg(kmsg).filter((l) => /DMAR/.test(l)));
+    return lines.some((l) => l.includes(addr));
   });
 }
 
@@ -345,12 +350,7 @@ test('broker: a client SIGKILLed while holding a DMA mapping is reclaimed; the s
       map.u8.subarray(0, 2048).every((b) => b === 0x5a),
       'the buffer is untouched after reclaim',
     );
-    const addr = `0x${iova.toString(16)}`;
-    let lines: string[] = [];
-    await until(`a DMAR fault for ${addr} in the kernel log`, () => {
-      lines = lines.concat(drainKmsg(kmsg).filter((l) => /DMAR/.test(l)));
-      return lines.some((l) => l.includes(addr));
-    });
+    await dmarFault(kmsg, iova);
   } finally {
     closeSync(kmsg);
     await broker?.close();
