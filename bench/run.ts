@@ -1,5 +1,195 @@
-// `devlease bench` / `npm run bench`: placeholder until the benchmark suite lands.
-export async function benchCommand(_argv: string[]): Promise<number> {
-  process.stderr.write('devlease bench: the benchmark suite is not built yet\n');
-  return 1;
+// `devlease bench` / `npm run bench`: runs each case (bench/cases/*) in a
+// fresh process, prints a table, writes bench/results/<timestamp>.json and
+// an SVG chart next to it. Exits 1 if any case failed to run (the numbers
+// themselves are never judged).
+//
+//   devlease bench [--quick] [--only case,case] [--out DIR] [--svg PATH]
+
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { renderChart } from './chart.js';
+import type { CaseResult, Metric } from './fixtures/result.js';
+import { fmt } from './stats.js';
+
+const here = dirname(fileURLToPath(import.meta.url)); // dist/bench
+const ROOT = resolve(here, '..', '..');
+
+export const CASES = ['hot-path', 'lease-acquire', 'dma-map', 'reclaim', 'revoke', 'copy', 'scale'];
+
+const USAGE = `usage: devlease bench [--quick] [--only CASE,...] [--out DIR] [--svg PATH]
+  --quick        fewer samples (the CI smoke run, < 60 s)
+  --only         run only these cases (${CASES.join(', ')})
+  --out DIR      where <timestamp>.json and .svg go (default bench/results)
+  --svg PATH     also write the chart here (e.g. docs/performance.svg)`;
+
+interface Options {
+  quick: boolean;
+  only: string[];
+  out: string;
+  svg: string | null;
+}
+
+function parseArgs(argv: string[]): Options | string {
+  const o: Options = { quick: false, only: CASES, out: join(ROOT, 'bench', 'results'), svg: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const value = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    try {
+      if (a === '--quick') o.quick = true;
+      else if (a === '--only') o.only = value().split(',');
+      else if (a === '--out') o.out = resolve(value());
+      else if (a === '--svg') o.svg = resolve(value());
+      else if (a === '--help' || a === '-h') return USAGE;
+      else return `devlease bench: unknown option ${a}\n${USAGE}`;
+    } catch (err) {
+      return `devlease bench: ${(err as Error).message}\n${USAGE}`;
+    }
+  }
+  const unknown = o.only.filter((c) => !CASES.includes(c));
+  if (unknown.length) return `devlease bench: unknown case ${unknown.join(', ')}\n${USAGE}`;
+  return o;
+}
+
+export function machine(): Record<string, unknown> {
+  const cpus = os.cpus();
+  const git = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' });
+  return {
+    cpu: cpus[0]?.model ?? 'unknown',
+    cores: cpus.length,
+    node: process.version,
+    kernel: `${os.type()} ${os.release()}`,
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    loadAverage: os.loadavg().map((l) => Number(l.toFixed(2))),
+    commit: git.status === 0 ? git.stdout.trim() : null,
+  };
+}
+
+/** Run one case in its own process; resolves with its result line, or rejects with why it failed. */
+function runOne(name: string, quick: boolean, timeoutMs: number): Promise<CaseResult> {
+  const script = join(here, 'cases', `${name}.js`);
+  const child = spawn(process.execPath, [script, ...(quick ? ['--quick'] : [])], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let result: CaseResult | null = null;
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    if (!line.startsWith('{"case"')) return process.stderr.write(`${line}\n`);
+    try {
+      result = JSON.parse(line) as CaseResult;
+    } catch {
+      /* reported below as a missing result */
+    }
+  });
+  return new Promise((resolvePromise, reject) => {
+    let timedOut = false;
+    // SIGTERM first: the case then kills its own children (fixtures/cleanup.ts); SIGKILL if it hangs.
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGTERM');
+      setTimeout(() => child.kill('SIGKILL'), 5000).unref();
+    }, timeoutMs);
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      if (timedOut) reject(new Error(`timed out after ${timeoutMs / 1000} s`));
+      else if (code === 0 && result) resolvePromise(result);
+      else if (code === 0) reject(new Error('exited 0 without printing a result line'));
+      else reject(new Error(`exited with ${code ?? signal}`));
+    });
+  });
+}
+
+function cell(m: Metric, v: number): string {
+  return `${fmt(v)} ${m.unit}`;
+}
+
+export function table(cases: CaseResult[]): string {
+  const rows: string[][] = [['measurement', 'n', 'median', 'p99', 'vs', 'ratio', '']];
+  for (const c of cases) {
+    rows.push([`${c.case} — ${c.title}`]);
+    for (const m of c.metrics) {
+      const ref = m.ref ? c.metrics.find((r) => r.id === m.ref) : undefined;
+      rows.push([
+        `  ${m.label}${m.role === 'subject' ? '' : ` [${m.role}]`}`,
+        String(m.n),
+        cell(m, m.median),
+        m.n > 1 ? cell(m, m.p99) : '',
+        ref ? ref.id : '',
+        m.ratio !== undefined ? `${fmt(m.ratio)}×` : '',
+        m.note ?? '',
+      ]);
+    }
+  }
+  const widths = rows[0]!.map((_, i) =>
+    Math.max(...rows.filter((r) => r.length > 1).map((r) => r[i]!.length)),
+  );
+  return rows
+    .map((r) =>
+      r.length === 1
+        ? r[0]!
+        : r.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  '),
+    )
+    .join('\n');
+}
+
+export async function benchCommand(argv: string[]): Promise<number> {
+  const opts = parseArgs(argv);
+  if (typeof opts === 'string') {
+    const isHelp = opts === USAGE;
+    (isHelp ? process.stdout : process.stderr).write(`${opts}\n`);
+    return isHelp ? 0 : 2;
+  }
+  const started = new Date();
+  const t0 = performance.now();
+  const host = machine();
+  process.stdout.write(
+    `devlease bench${opts.quick ? ' --quick' : ''}: ${host.cpu}, ${host.cores} cores, node ${host.node}, ${host.kernel}\n`,
+  );
+  const results: CaseResult[] = [];
+  const failures: { case: string; error: string }[] = [];
+  for (const name of opts.only) {
+    process.stdout.write(`▸ ${name}\n`);
+    try {
+      const r = await runOne(name, opts.quick, opts.quick ? 60_000 : 900_000);
+      results.push(r);
+      process.stdout.write(`  done in ${(r.wallMs / 1000).toFixed(1)} s\n`);
+    } catch (err) {
+      failures.push({ case: name, error: (err as Error).message });
+      process.stdout.write(`  FAILED: ${(err as Error).message}\n`);
+    }
+  }
+  const wallMs = Math.round(performance.now() - t0);
+  process.stdout.write(`\n${table(results)}\n\n`);
+
+  const stamp = started.toISOString().replace(/[:.]/g, '-');
+  const command = `devlease bench ${argv.join(' ')}`.trim();
+  const subtitle = `${host.cpu}, ${host.cores} cores, node ${host.node}, ${host.kernel} — ${started.toISOString()}${opts.quick ? ' (--quick)' : ''}`;
+  const report = {
+    command,
+    quick: opts.quick,
+    startedAt: started.toISOString(),
+    wallMs,
+    machine: host,
+    cases: results,
+    failures,
+  };
+  mkdirSync(opts.out, { recursive: true });
+  const jsonPath = join(opts.out, `${stamp}.json`);
+  const svgPath = join(opts.out, `${stamp}.svg`);
+  writeFileSync(jsonPath, `${JSON.stringify(report, null, 2)}\n`);
+  const svg = renderChart(results, subtitle);
+  writeFileSync(svgPath, svg);
+  if (opts.svg) writeFileSync(opts.svg, svg);
+  process.stdout.write(`wrote ${jsonPath}\nwrote ${svgPath}${opts.svg ? `\nwrote ${opts.svg}` : ''}\n`);
+  process.stdout.write(
+    `${results.length} case(s) ran, ${failures.length} failed, ${(wallMs / 1000).toFixed(1)} s\n`,
+  );
+  for (const f of failures) process.stderr.write(`devlease bench: case ${f.case} failed: ${f.error}\n`);
+  return failures.length ? 1 : 0;
 }

@@ -43,7 +43,15 @@ export function summarize(samples: readonly number[]): Summary {
     p90: percentile(s, 0.9),
     p99: percentile(s, 0.99),
   };
-  return { n: s.length, median: q.p50, p99: q.p99, min: s[0]!, max: s[s.length - 1]!, mean: sum / s.length, q };
+  return {
+    n: s.length,
+    median: q.p50,
+    p99: q.p99,
+    min: s[0]!,
+    max: s[s.length - 1]!,
+    mean: sum / s.length,
+    q,
+  };
 }
 
 /** A value with 3 significant digits (no exponent for the ranges we print). */

@@ -1,0 +1,122 @@
+// Case 7, scale: 1,000 concurrent leases held by 50 client processes, 20
+// each (--quick: 100 by 10), on a simulator with 1,024 queues. Measured:
+// the time to acquire them all (every process leasing its 20 one after
+// another, all processes at once), the broker's RSS and fd count, and the
+// lease-acquire time (connect → first NOP) while they are held, against the
+// same with none held.
+//
+//   node dist/bench/cases/scale.js [--quick]
+
+import { readdirSync, readFileSync } from 'node:fs';
+import type { Lease as BrokerLease } from '../../src/broker/lease.js';
+import { ClientProc, exitAll } from '../fixtures/client-proc.js';
+import { metric, progress, runCase } from '../fixtures/result.js';
+import { rssMiB, startRig } from '../fixtures/rig.js';
+
+const fdCount = (): number => readdirSync('/proc/self/fd').length;
+/** The soft RLIMIT_NOFILE of this (the broker's) process. */
+const fdLimit = (): number =>
+  Number(/Max open files\s+(\d+)/.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1]);
+
+async function acquireLoop(
+  c: ClientProc,
+  socket: string,
+  n: number,
+  released: Map<string, number>,
+): Promise<number[]> {
+  const out: number[] = [];
+  const warmup = 10; // the first acquires of a fresh broker run cold code
+  for (let i = 0; i < n + warmup; i++) {
+    const a = await c.call<{ lease: string; totalUs: number }>('acquire', { socket });
+    await c.call('releaseAll');
+    while (!released.has(a.lease)) await new Promise((r) => setTimeout(r, 1));
+    if (i >= warmup) out.push(a.totalUs / 1000);
+  }
+  return out;
+}
+
+runCase('scale', 'Scale: concurrent leases from many processes', async (quick) => {
+  const procs = quick ? 10 : 50;
+  const each = quick ? 10 : 20;
+  const total = procs * each;
+  const probes = quick ? 30 : 200;
+  const rig = await startRig({
+    simArgs: ['--queues', '1024'],
+    config: { policy: { rule: [{ any: true, max_leases: 4096, max_mappings: 1 << 16 }] } },
+  });
+  const released = new Map<string, number>();
+  rig.broker.leases.on('released', (l: BrokerLease) => released.set(l.id, performance.now()));
+  const clients: ClientProc[] = [];
+  try {
+    const probe = await ClientProc.spawn();
+    clients.push(probe);
+    progress(`lease acquire with none held, ${probes}×`);
+    const idle = await acquireLoop(probe, rig.socket, probes, released);
+    const rssIdle = rssMiB(process.pid);
+    const fdsIdle = fdCount();
+
+    progress(`starting ${procs} client processes`);
+    for (let i = 0; i < procs; i += 10) {
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(10, procs - i) }, () => ClientProc.spawn()),
+      );
+      clients.push(...batch);
+    }
+    progress(`${procs} processes × ${each} leases`);
+    const t0 = performance.now();
+    const per = await Promise.all(
+      clients.slice(1).map((c) => c.call<number[]>('acquireMany', { socket: rig.socket, count: each })),
+    );
+    const allMs = performance.now() - t0;
+    const held = rig.broker.leases.all().filter((l) => l.live).length;
+    if (held !== total) throw new Error(`expected ${total} live leases, the broker has ${held}`);
+    const rssHeld = rssMiB(process.pid);
+    const fdsHeld = fdCount();
+    const simRss = rssMiB(rig.sim.pid);
+
+    progress(`lease acquire with ${total} held, ${probes}×`);
+    const loaded = await acquireLoop(probe, rig.socket, probes, released);
+    progress('releasing');
+    const tr = performance.now();
+    await exitAll(clients.slice(1));
+    while (rig.broker.leases.all().length > 0) await new Promise((r) => setTimeout(r, 5));
+    const releaseAllMs = performance.now() - tr;
+    const idleM = metric('acquire-idle', 'lease acquire, none held', 'ms', idle, { role: 'baseline' });
+    const heldM = metric('acquire-held', `lease acquire, ${total} held`, 'ms', loaded, {
+      ref: 'acquire-idle',
+    });
+    heldM.note = `p99 ${(heldM.p99 / idleM.p99).toFixed(2)}× idle p99`;
+    const perLease = (fdsHeld - fdsIdle) / total;
+    return {
+      metrics: [
+        idleM,
+        heldM,
+        metric(
+          'acquire-each',
+          `one lease of the ${total} (connect → mapped), all at once`,
+          'ms',
+          per.flat().map((us) => us / 1000),
+          {
+            ref: 'acquire-idle',
+          },
+        ),
+        metric('acquire-all', `acquire all ${total} (${procs} processes in parallel)`, 's', [allMs / 1000]),
+        metric('release-all', `all ${procs} processes exit → all ${total} free`, 's', [releaseAllMs / 1000]),
+        metric('rss-idle', 'broker RSS, no leases', 'MiB', [rssIdle], { role: 'baseline' }),
+        metric('rss-held', `broker RSS, ${total} leases`, 'MiB', [rssHeld], { ref: 'rss-idle' }),
+      ],
+      notes: {
+        simulator: '--queues 1024, default --idle-poll-us 50',
+        leases: total,
+        processes: procs,
+        brokerKiBPerLease: Math.round(((rssHeld - rssIdle) * 1024) / total),
+        brokerFds: { idle: fdsIdle, held: fdsHeld, perLease, limit: fdLimit() },
+        leasesBeforeFdLimit: Math.floor((fdLimit() - fdsIdle) / perLease),
+        simulatorRssMiB: Math.round(simRss),
+      },
+    };
+  } finally {
+    await Promise.all(clients.map((c) => c.kill()));
+    await rig.close();
+  }
+});
