@@ -153,14 +153,7 @@ export class Type1Container implements IommuDomain {
   release(): void {
     if (this.#released) return;
     this.#released = true;
-    const problems: string[] = [];
-    for (const { iova, size } of this.#dma.list()) {
-      try {
-        this.unmap(iova, size);
-      } catch (err) {
-        problems.push((err as Error).message);
-      }
-    }
+    const problems = this.#dma.unmapEach((iova, size) => this.unmap(iova, size));
     if (problems.length) throw new Error(`releasing the container: ${problems.join('; ')}`);
   }
 

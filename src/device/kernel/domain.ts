@@ -60,6 +60,19 @@ export class DmaTable {
     }
   }
 
+  /** Unmap every mapping with `unmap` (which drops it from the table); returns what failed. */
+  unmapEach(unmap: (iova: bigint, size: bigint) => void): string[] {
+    const problems: string[] = [];
+    for (const { iova, size } of this.list()) {
+      try {
+        unmap(iova, size);
+      } catch (err) {
+        problems.push((err as Error).message);
+      }
+    }
+    return problems;
+  }
+
   list(): { iova: bigint; size: bigint }[] {
     return [...this.#entries].map(([iova, e]) => ({ iova, size: e.size }));
   }

@@ -187,14 +187,7 @@ export class IommufdIoas implements IommuDomain {
   release(): void {
     if (this.#released) return;
     this.#released = true;
-    const problems: string[] = [];
-    for (const { iova, size } of this.#dma.list()) {
-      try {
-        this.unmap(iova, size);
-      } catch (err) {
-        problems.push((err as Error).message);
-      }
-    }
+    const problems = this.#dma.unmapEach((iova, size) => this.unmap(iova, size));
     try {
       const detach = vfio_device_detach_iommufd_pt.encode({
         argsz: vfio_device_detach_iommufd_pt.size,
