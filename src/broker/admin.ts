@@ -5,12 +5,22 @@
 //     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"}
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
-import { chownSync } from 'node:fs';
+import { chownSync, readFileSync } from 'node:fs';
 import { type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
 import type { Broker } from './broker.js';
 
 const json = (v: unknown) =>
   Buffer.from(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : x)));
+
+/** The peer's supplementary groups (SO_PEERCRED carries only the primary gid). */
+function supplementaryGroups(pid: number): number[] {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, 'utf8').match(/^Groups:\s*(.*)$/m)?.[1] ?? '';
+    return line.split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
 
 export class AdminServer {
   readonly #server: SeqpacketServer;
@@ -29,7 +39,8 @@ export class AdminServer {
   #allowed(sock: SeqpacketSocket): boolean {
     const cred = sock.peerCred();
     const group = this.#broker.config.admin.group;
-    return cred.uid === 0 || cred.uid === process.getuid?.() || (group !== null && cred.gid === group);
+    if (cred.uid === 0 || cred.uid === process.getuid?.()) return true;
+    return group !== null && (cred.gid === group || supplementaryGroups(cred.pid).includes(group));
   }
 
   #accept(sock: SeqpacketSocket): void {

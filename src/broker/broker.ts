@@ -105,6 +105,8 @@ export class Broker extends EventEmitter {
       const path = join(this.dir, `${kind}.sock`);
       const server = VfioUserServer.listen(path, {
         mode: this.config.sockets.mode,
+        // DMA maps must be aligned to the configured page (vfio-user pgsizes), which the client library reads.
+        pgsizes: this.config.layout.pageSize,
         createDevice: (conn, socket) => this.#session(kind, conn, socket),
       });
       if (this.config.sockets.group !== null) chownSync(path, -1, this.config.sockets.group);

@@ -43,7 +43,8 @@ import { infoRegionCaps, sliceRegionCaps } from './region-caps.js';
 
 /** The devlease info region: index 9, the first device-specific region. */
 export const INFO_REGION_INDEX = VFIO_PCI_NUM_REGIONS;
-export const INFO_REGION_SIZE = 4096;
+/** Room for the JSON: up to 16 faults and dozens of granule regions fit with margin. */
+export const INFO_REGION_SIZE = 16384;
 
 const DMA_READ = 1;
 const DMA_WRITE = 2;
@@ -116,6 +117,11 @@ export class LeaseSession implements VfioUserDeviceModel {
       return this.#config.slice(Number(offset), Number(offset) + count);
     if (index === INFO_REGION_INDEX) {
       const json = new TextEncoder().encode(`${JSON.stringify(this.#lease.info())}\n`);
+      if (json.byteLength > INFO_REGION_SIZE)
+        throw new VfioError(
+          'EIO',
+          `lease info is ${json.byteLength} bytes, more than the ${INFO_REGION_SIZE}-byte info region`,
+        );
       const out = new Uint8Array(count);
       out.set(json.subarray(Number(offset), Number(offset) + count));
       return out;
@@ -226,6 +232,13 @@ export class LeaseSession implements VfioUserDeviceModel {
         'ENOENT',
         `no mapping of this lease in [0x${req.iova.toString(16)}, +0x${req.size.toString(16)})`,
       );
+    // Unmaps pass the policy too (a module may audit or veto them); the declarative limits concern maps only.
+    const verdict = await this.#table.policy.checkMap(
+      lease.ctx,
+      { op: 'unmap', iova: req.iova, size: req.size },
+      this.#table.usage(lease.ctx),
+    );
+    if (!verdict.allow) throw new VfioError('EACCES', verdict.reason);
     for (const m of hit) {
       await this.#table.device.dmaUnmap(m.iova, m.size);
       lease.mappings.delete(m.iova);

@@ -171,7 +171,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
           op: 'revoke',
           id: victim.lease,
           deadlineMs: 500,
-        });
+        }).catch((err: Error) => view.event(`owner: the revoke was refused: ${err.message}`));
       }
       if (!killed && t >= 0.55 && nClients > 1) {
         const victim = slots.find((s) => s.state === 'running' && s.lease !== revokedLease);

@@ -5,9 +5,10 @@
 import { type Mapping, MemFd } from '../sys/index.js';
 import type { VfioUserClient } from '../vfio/user/client.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../vfio/user/protocol.js';
+import { minPageSize } from '../vfio/user/version.js';
 import { leaseError } from './errors.js';
 
-const PAGE = 4096n;
+const PAGE = 4096n; // the smallest page; the lease's own comes from the broker's pgsizes
 
 /** First-fit allocator over [base, base + size), page granular. */
 export class IovaAllocator {
@@ -97,18 +98,21 @@ export class DmaPool {
   readonly #client: VfioUserClient;
   readonly #iova: IovaAllocator;
   readonly #live = new Set<DmaBuffer>();
+  /** The lease's DMA page (vfio-user pgsizes): sizes and IOVAs are multiples of it. */
+  readonly page: number;
 
   constructor(client: VfioUserClient, window: { base: bigint; size: bigint }) {
     this.#client = client;
     this.#iova = new IovaAllocator(window.base, window.size);
+    this.page = minPageSize(client.serverCapabilities?.pgsizes ?? Number(PAGE));
   }
 
   /** Allocate `size` bytes (rounded up to a page), mapped for device read and write. */
   async alloc(size: number, opts: { read?: boolean; write?: boolean } = {}): Promise<DmaBuffer> {
     if (!Number.isSafeInteger(size) || size <= 0)
       throw leaseError('EINVAL', `dma.alloc: size must be a positive integer, got ${size}`);
-    const bytes = BigInt(Math.ceil(size / 4096) * 4096);
-    const iova = this.#iova.alloc(bytes);
+    const bytes = BigInt(Math.ceil(size / this.page) * this.page);
+    const iova = this.#iova.alloc(bytes, BigInt(this.page));
     if (iova === null)
       throw leaseError('ENOSPC', `dma.alloc: no ${bytes} free bytes left in the lease's IOVA window`);
     const memfd = MemFd.create('devlease-dma', { size: Number(bytes) });
@@ -127,11 +131,9 @@ export class DmaPool {
     }
     const buf = new DmaBuffer(iova, Number(bytes), memfd, mapping, async (b) => {
       this.#live.delete(b);
-      try {
-        await this.#client.dmaUnmap({ iova: b.iova, size: BigInt(b.size) });
-      } finally {
-        this.#iova.free(b.iova, BigInt(b.size));
-      }
+      await this.#client.dmaUnmap({ iova: b.iova, size: BigInt(b.size) });
+      // Only a range the device no longer maps goes back to the allocator.
+      this.#iova.free(b.iova, BigInt(b.size));
     });
     this.#live.add(buf);
     return buf;

@@ -108,7 +108,10 @@ export class Sa1Queue {
     // ignores later writes until a reset, so a second helper on the same lease needs the reset too.
     await lease.resetQueue();
     const sq = await lease.dma.alloc(entries * SQE_SIZE);
-    const cq = await lease.dma.alloc(entries * CQE_SIZE);
+    const cq = await lease.dma.alloc(entries * CQE_SIZE).catch(async (err) => {
+      await sq.free().catch(() => undefined);
+      throw err;
+    });
     const q = new Sa1Queue(lease, entries, sq, cq, opts.spinUs ?? 50);
     q.#program();
     return q;

@@ -172,6 +172,15 @@ export class VfioUserDevice extends EventEmitter implements Device {
       feature: VFIO_DEVICE_FEATURE_DMA_BUF,
       data,
     });
+    if (r.fds.length !== ranges.length) {
+      for (const fd of r.fds) fd.close();
+      throw Object.assign(
+        new Error(`the device gave ${r.fds.length} slice fds for ${ranges.length} ranges`),
+        {
+          code: 'EPROTO',
+        },
+      );
+    }
     return r.fds;
   }
 

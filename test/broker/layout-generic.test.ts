@@ -47,6 +47,9 @@ test('with layout.allow_cooperative the same layout is leased, and the lease say
     assert.equal(info.isolation.queuePage.level, 'cooperative');
     assert.match(info.isolation.queuePage.reason, /more than one lease in a page/);
     assert.equal(info.isolation.iovaWindow.level, 'enforced');
+    // The lease's DMA page follows layout.page_size (pgsizes in VERSION): the client allocates in 64 KiB pages.
+    const { iova } = await c.call('alloc', { name: 'buf', size: 4096 });
+    assert.equal(BigInt(iova) % 65536n, 0n);
   } finally {
     await c.exit();
     await rig.close();
