@@ -32,6 +32,7 @@ import {
   qcfg,
   REG,
   SA1_DEVICE,
+  SA1_ID_VALUE,
   SA1_VENDOR,
   STATUS,
   STATUS_NAME,
@@ -86,8 +87,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
   async boot(): Promise<void> {
     const d = this.#dev;
     const id = await d.read32(BAR0, REG.ID);
-    if (id !== 0x5a01_0001)
-      throw new Error(`sa1: ID register reads 0x${id.toString(16)}, expected 0x5a010001`);
+    if (id !== SA1_ID_VALUE)
+      throw new Error(`sa1: ID register reads 0x${id.toString(16)}, expected 0x${SA1_ID_VALUE.toString(16)}`);
     this.#geo = {
       numQueues: await d.read32(BAR0, REG.NUM_QUEUES),
       queueStride: await d.read32(BAR0, REG.QUEUE_STRIDE),

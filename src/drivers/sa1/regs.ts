@@ -1,95 +1,124 @@
-// SA-1 register map, as the driver sees it (../shared/spec/sim-accelerator.md §2).
-// Offsets are BAR0 offsets unless named Q_* (relative to QCFG[q]) or SQ_*/CQ_*
-// (relative to a queue page in BAR2).
+// The SA-1 register map as the driver uses it, grouped for readability. The
+// numbers come from one place, src/sim/datasheet.ts (the datasheet,
+// ../shared/spec/sim-accelerator.md, transcribed once for the simulator and
+// the driver alike). Offsets are BAR0 offsets unless named Q (relative to
+// QCFG[q]) or QP (relative to a queue page in BAR2).
 
-export const SA1_VENDOR = 0x1234;
-export const SA1_DEVICE = 0x5a01;
-export const SA1_ID_VALUE = 0x5a01_0001;
+import * as D from '../../sim/datasheet.js';
+
+export const SA1_VENDOR = D.SA1_VENDOR_ID;
+export const SA1_DEVICE = D.SA1_DEVICE_ID;
+export const SA1_ID_VALUE = D.ID_VALUE;
 
 export const BAR0 = 0;
 export const BAR2 = 2;
 export const BAR4 = 4;
 
 export const REG = {
-  ID: 0x000,
-  STATUS: 0x004,
-  CONTROL: 0x008,
-  SCRATCH: 0x00c,
-  HEARTBEAT: 0x010,
-  NUM_QUEUES: 0x014,
-  QUEUE_STRIDE: 0x018,
-  DEVMEM_SIZE_MB: 0x01c,
-  DEVMEM_GRANULE: 0x020,
-  FW_IOVA: 0x028,
-  FW_LEN: 0x030,
-  FW_CMD: 0x034,
-  FW_STATUS: 0x038,
-  FW_VERSION: 0x03c,
-  FAULT_HEAD: 0x040,
-  FAULT_ACK: 0x044,
-  FAULT_LOG: 0x100,
-  QCFG: 0x10000,
-  MSIX_TABLE: 0x20000,
-  MSIX_PBA: 0x30000,
+  ID: D.REG_ID,
+  STATUS: D.REG_STATUS,
+  CONTROL: D.REG_CONTROL,
+  SCRATCH: D.REG_SCRATCH,
+  HEARTBEAT: D.REG_HEARTBEAT,
+  NUM_QUEUES: D.REG_NUM_QUEUES,
+  QUEUE_STRIDE: D.REG_QUEUE_STRIDE,
+  DEVMEM_SIZE_MB: D.REG_DEVMEM_SIZE_MB,
+  DEVMEM_GRANULE: D.REG_DEVMEM_GRANULE,
+  FW_IOVA: D.REG_FW_IOVA,
+  FW_LEN: D.REG_FW_LEN,
+  FW_CMD: D.REG_FW_CMD,
+  FW_STATUS: D.REG_FW_STATUS,
+  FW_VERSION: D.REG_FW_VERSION,
+  FAULT_HEAD: D.REG_FAULT_HEAD,
+  FAULT_ACK: D.REG_FAULT_ACK,
+  FAULT_LOG: D.REG_FAULT_LOG,
+  QCFG: D.REG_QCFG,
+  MSIX_TABLE: D.REG_MSIX_TABLE,
+  MSIX_PBA: D.REG_MSIX_PBA,
 } as const;
 
-export const STATUS = { READY: 1, FW_RUNNING: 2, FAULT_PENDING: 4, RESETTING: 8, HUNG: 16 } as const;
-export const CONTROL = { ENABLE: 1, RESET: 2 } as const;
-export const FW_STATUS = { NONE: 0, LOADING: 1, RUNNING: 2, ERROR: 0x8000_0000 } as const;
+export const STATUS = {
+  READY: D.STATUS_READY,
+  FW_RUNNING: D.STATUS_FW_RUNNING,
+  FAULT_PENDING: D.STATUS_FAULT_PENDING,
+  RESETTING: D.STATUS_RESETTING,
+  HUNG: D.STATUS_HUNG,
+} as const;
+export const CONTROL = { ENABLE: D.CONTROL_ENABLE, RESET: D.CONTROL_RESET } as const;
+export const FW_STATUS = {
+  NONE: D.FW_STATUS_NONE,
+  LOADING: D.FW_STATUS_LOADING,
+  RUNNING: D.FW_STATUS_RUNNING,
+  ERROR: D.FW_STATUS_ERROR,
+} as const;
 
-export const QCFG_STRIDE = 64;
+export const QCFG_STRIDE = D.QCFG_STRIDE;
 export const Q = {
-  CTRL: 0x00,
-  STATUS: 0x04,
-  WIN_BASE: 0x08,
-  WIN_SIZE: 0x10,
-  MEM_BASE: 0x18,
-  MEM_SIZE: 0x1c,
-  VECTOR: 0x20,
-  INFLIGHT: 0x24,
-  COMPLETED: 0x28,
-  BYTES: 0x30,
+  CTRL: D.Q_CTRL,
+  STATUS: D.Q_STATUS,
+  WIN_BASE: D.Q_WIN_BASE,
+  WIN_SIZE: D.Q_WIN_SIZE,
+  MEM_BASE: D.Q_MEM_BASE,
+  MEM_SIZE: D.Q_MEM_SIZE,
+  VECTOR: D.Q_VECTOR,
+  INFLIGHT: D.Q_INFLIGHT,
+  COMPLETED: D.Q_COMPLETED,
+  BYTES: D.Q_BYTES,
 } as const;
-export const Q_CTRL = { ENABLE: 1, RESET: 2 } as const;
-export const Q_STATUS = { RUNNING: 1, ERROR: 2, IDLE: 4 } as const;
-export const Q_VECTOR_NONE = 0xffff;
+export const Q_CTRL = { ENABLE: D.Q_CTRL_ENABLE, RESET: D.Q_CTRL_RESET } as const;
+export const Q_STATUS = {
+  RUNNING: D.Q_STATUS_RUNNING,
+  ERROR: D.Q_STATUS_ERROR,
+  IDLE: D.Q_STATUS_IDLE,
+} as const;
+export const Q_VECTOR_NONE = D.Q_VECTOR_NONE;
 
 /** Queue page layout (BAR2, one page per queue). */
 export const QP = {
-  SQ_BASE: 0x00,
-  SQ_SIZE: 0x08,
-  SQ_TAIL: 0x0c,
-  SQ_HEAD: 0x10,
-  CQ_BASE: 0x18,
-  CQ_SIZE: 0x20,
-  CQ_HEAD: 0x24,
-  CQ_TAIL: 0x28,
-  Q_ERROR: 0x2c,
-  IRQ_MODE: 0x30,
+  SQ_BASE: D.QP_SQ_BASE,
+  SQ_SIZE: D.QP_SQ_SIZE,
+  SQ_TAIL: D.QP_SQ_TAIL,
+  SQ_HEAD: D.QP_SQ_HEAD,
+  CQ_BASE: D.QP_CQ_BASE,
+  CQ_SIZE: D.QP_CQ_SIZE,
+  CQ_HEAD: D.QP_CQ_HEAD,
+  CQ_TAIL: D.QP_CQ_TAIL,
+  Q_ERROR: D.QP_Q_ERROR,
+  IRQ_MODE: D.QP_IRQ_MODE,
 } as const;
 
-export const OPCODE = { NOP: 0, COPY: 1, FILL: 2, CRC32C: 3, WRITE_IMM: 4 } as const;
-export const DESC_FLAG = { INTR: 1, SRC_DEVMEM: 2, DST_DEVMEM: 4 } as const;
-export const SQE_SIZE = 64;
-export const CQE_SIZE = 16;
+export const OPCODE = {
+  NOP: D.OP_NOP,
+  COPY: D.OP_COPY,
+  FILL: D.OP_FILL,
+  CRC32C: D.OP_CRC32C,
+  WRITE_IMM: D.OP_WRITE_IMM,
+} as const;
+export const DESC_FLAG = {
+  INTR: D.FLAG_INTR,
+  SRC_DEVMEM: D.FLAG_SRC_DEVMEM,
+  DST_DEVMEM: D.FLAG_DST_DEVMEM,
+} as const;
+export const SQE_SIZE = D.SQ_ENTRY_SIZE;
+export const CQE_SIZE = D.CQ_ENTRY_SIZE;
 
 export const STATUS_CODE = {
-  OK: 0,
-  BAD_OPCODE: 1,
-  BAD_LENGTH: 2,
-  WINDOW_VIOLATION: 3,
-  IOMMU_FAULT: 4,
-  DEVMEM_VIOLATION: 5,
-  ABORTED: 6,
-  BAD_QUEUE_CONFIG: 7,
+  OK: D.ST_OK,
+  BAD_OPCODE: D.ST_BAD_OPCODE,
+  BAD_LENGTH: D.ST_BAD_LENGTH,
+  WINDOW_VIOLATION: D.ST_WINDOW_VIOLATION,
+  IOMMU_FAULT: D.ST_IOMMU_FAULT,
+  DEVMEM_VIOLATION: D.ST_DEVMEM_VIOLATION,
+  ABORTED: D.ST_ABORTED,
+  BAD_QUEUE_CONFIG: D.ST_BAD_QUEUE_CONFIG,
 } as const;
 export type StatusName = keyof typeof STATUS_CODE;
 export const STATUS_NAME: Record<number, StatusName> = Object.fromEntries(
   Object.entries(STATUS_CODE).map(([k, v]) => [v, k as StatusName]),
 );
 /** Fault record codes beyond the status codes (§5). */
-export const FAULT_CODE = { FW_FAULT: 16, HANG: 17 } as const;
-export const FAULT_RECORD_SIZE = 16;
-export const FAULT_LOG_ENTRIES = 16;
+export const FAULT_CODE = { FW_FAULT: D.FAULT_FW, HANG: D.FAULT_HANG } as const;
+export const FAULT_RECORD_SIZE = D.FAULT_RECORD_SIZE;
+export const FAULT_LOG_ENTRIES = D.FAULT_LOG_ENTRIES;
 
 export const qcfg = (q: number, field: number): number => REG.QCFG + q * QCFG_STRIDE + field;
