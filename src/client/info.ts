@@ -28,8 +28,23 @@ const big = (v: unknown, what: string): bigint => {
   return BigInt(v);
 };
 
+/** The info region's JSON as the broker writes it (bigints as hex strings). */
+interface RawInfo {
+  kind: string;
+  lease: string;
+  state: LeaseInfo['state'];
+  deadline?: number | null;
+  queue?: number | null;
+  iovaWindow?: { base: string; size: string } | null;
+  devmem?: { offset: string; size: string } | null;
+  vectors?: number;
+  regions?: { index: number; size: string; unit: string }[];
+  isolation?: Record<string, Isolation>;
+  faults?: { queue: number | null; code: number; name: string; address: string }[];
+}
+
 export function parseLeaseInfo(raw: unknown): LeaseInfo {
-  const j = raw as Record<string, any>;
+  const j = raw as RawInfo;
   if (typeof j !== 'object' || j === null || typeof j.lease !== 'string') {
     throw leaseError('EPROTO', 'info region does not hold a devlease lease description');
   }
@@ -46,13 +61,13 @@ export function parseLeaseInfo(raw: unknown): LeaseInfo {
       ? { offset: big(j.devmem.offset, 'devmem.offset'), size: big(j.devmem.size, 'devmem.size') }
       : null,
     vectors: j.vectors ?? 0,
-    regions: (j.regions ?? []).map((r: any) => ({
+    regions: (j.regions ?? []).map((r) => ({
       index: r.index,
       size: big(r.size, 'region size'),
       unit: big(r.unit, 'region unit'),
     })),
     isolation: j.isolation ?? {},
-    faults: (j.faults ?? []).map((f: any) => ({
+    faults: (j.faults ?? []).map((f) => ({
       queue: f.queue,
       code: f.code,
       name: f.name,
