@@ -87,7 +87,11 @@ if ! qemu_ok; then
     export APT_CONFIG="$root/apt.conf"
     apt-get update -qq
     rig_log "installing qemu-system-x86 from $backports (the machine's own is older than $qemu_min)"
-    apt_install_checked "qemu-system-x86/$backports" "qemu-system-data/$backports"
+    # -t: resolve the whole set with backports as the target release, so the
+    # QEMU family's own dependencies (qemu-system-common, seabios) come from
+    # there too. Naming only pkg/suite takes those two from backports and
+    # resolves their dependencies against the default release, which fails.
+    apt_install_checked -t "$backports" qemu-system-x86 qemu-system-data
     unset APT_CONFIG
   fi
   qemu_ok || rig_fail "QEMU $(qemu_version) installed, but the rig needs >= $qemu_min with /usr/share/qemu/qboot.rom"
