@@ -15,7 +15,7 @@
         "native/memfd.cc",
         "native/pidfd.cc",
         "native/poll.cc",
-        "native/seqpacket.cc",
+        "native/unix_socket.cc",
         "native/sigbus_guard.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

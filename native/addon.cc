@@ -8,7 +8,7 @@ namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   devlease::RegisterFdOps(env, exports);
   devlease::RegisterPoll(env, exports);
-  devlease::RegisterSeqpacket(env, exports);
+  devlease::RegisterUnixSocket(env, exports);
   devlease::RegisterPidfd(env, exports);
   devlease::RegisterMemfd(env, exports);
   devlease::RegisterMapping(env, exports);

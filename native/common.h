@@ -60,7 +60,7 @@ class FdGuard {
 // Each topic file registers its functions on the exports object.
 void RegisterFdOps(Napi::Env env, Napi::Object exports);
 void RegisterPoll(Napi::Env env, Napi::Object exports);
-void RegisterSeqpacket(Napi::Env env, Napi::Object exports);
+void RegisterUnixSocket(Napi::Env env, Napi::Object exports);
 void RegisterPidfd(Napi::Env env, Napi::Object exports);
 void RegisterMemfd(Napi::Env env, Napi::Object exports);
 void RegisterMapping(Napi::Env env, Napi::Object exports);

@@ -1,6 +1,8 @@
-// AF_UNIX SOCK_SEQPACKET sockets: listen/connect/accept/pair, sendmsg and
-// recvmsg with SCM_RIGHTS, peer credentials and SO_PEERPIDFD. Every socket is
-// non-blocking and close-on-exec; nothing here ever blocks.
+// AF_UNIX sockets, SOCK_STREAM (the vfio-user wire, as QEMU and libvfio-user
+// use it) or SOCK_SEQPACKET (devlease's own admin socket): listen, connect,
+// accept, pair, sendmsg and recvmsg with SCM_RIGHTS, peer credentials and
+// SO_PEERPIDFD. Every socket is non-blocking and close-on-exec; nothing here
+// ever blocks.
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -20,7 +22,12 @@
 namespace devlease {
 namespace {
 
-constexpr int kSockType = SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC;
+constexpr int kSockFlags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+
+// The socket type argument: true = SOCK_STREAM, false = SOCK_SEQPACKET.
+int SockType(const Napi::CallbackInfo& info, size_t i) {
+  return (BoolArg(info, i, "stream") ? SOCK_STREAM : SOCK_SEQPACKET) | kSockFlags;
+}
 
 sockaddr_un UnixAddress(Napi::Env env, const std::string& path, const char* syscall) {
   sockaddr_un addr{};
@@ -30,22 +37,23 @@ sockaddr_un UnixAddress(Napi::Env env, const std::string& path, const char* sysc
   return addr;
 }
 
-int NewSocket(Napi::Env env) {
-  int fd = socket(AF_UNIX, kSockType, 0);
+int NewSocket(Napi::Env env, int type) {
+  int fd = socket(AF_UNIX, type, 0);
   if (fd < 0) ThrowErrno(env, "socket", errno);
   return fd;
 }
 
 // A socket file left behind by a dead listener refuses connections; a live
 // one accepts (or is merely busy). Only the former may be removed.
-bool IsStaleSocket(const sockaddr_un& addr) {
+bool IsStaleSocket(const sockaddr_un& addr, int type) {
   struct stat st {};
   if (lstat(addr.sun_path, &st) < 0 || !S_ISSOCK(st.st_mode)) return false;
-  int probe = socket(AF_UNIX, kSockType, 0);
+  int probe = socket(AF_UNIX, type, 0);
   if (probe < 0) return false;
   int rc = connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
   int err = errno;
   close(probe);
+  // A live listener of the other type answers EPROTOTYPE: not stale.
   return rc < 0 && err == ECONNREFUSED;
 }
 
@@ -54,13 +62,14 @@ Napi::Value Listen(const Napi::CallbackInfo& info) {
   std::string path = StringArg(info, 0, "path");
   auto mode = static_cast<mode_t>(IntArg(info, 1, "mode", 0, 07777));
   int backlog = static_cast<int>(IntArg(info, 2, "backlog", 1, INT32_MAX));
+  int type = SockType(info, 3);
   sockaddr_un addr = UnixAddress(env, path, "bind");
 
-  FdGuard sock(NewSocket(env));
+  FdGuard sock(NewSocket(env, type));
   auto* sa = reinterpret_cast<const sockaddr*>(&addr);
   if (bind(sock.get(), sa, sizeof(addr)) < 0) {
     int err = errno;
-    if (err != EADDRINUSE || !IsStaleSocket(addr)) ThrowErrno(env, "bind", err);
+    if (err != EADDRINUSE || !IsStaleSocket(addr, type)) ThrowErrno(env, "bind", err);
     if (unlink(addr.sun_path) < 0 && errno != ENOENT) ThrowErrno(env, "unlink", errno);
     if (bind(sock.get(), sa, sizeof(addr)) < 0) ThrowErrno(env, "bind", errno);
   }
@@ -83,7 +92,7 @@ Napi::Value Connect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = StringArg(info, 0, "path");
   sockaddr_un addr = UnixAddress(env, path, "connect");
-  FdGuard sock(NewSocket(env));
+  FdGuard sock(NewSocket(env, SockType(info, 1)));
   // A unix-domain connect completes at once or fails at once; EAGAIN means
   // the listener's backlog is full and is reported like any other error.
   if (connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) < 0) {
@@ -107,7 +116,7 @@ Napi::Value Accept(const Napi::CallbackInfo& info) {
 
 Napi::Value Pair(const Napi::CallbackInfo& info) {
   int sv[2];
-  if (socketpair(AF_UNIX, kSockType, 0, sv) < 0) ThrowErrno(info.Env(), "socketpair", errno);
+  if (socketpair(AF_UNIX, SockType(info, 0), 0, sv) < 0) ThrowErrno(info.Env(), "socketpair", errno);
   Napi::Array out = Napi::Array::New(info.Env(), 2);
   out.Set(uint32_t{0}, Napi::Number::New(info.Env(), sv[0]));
   out.Set(uint32_t{1}, Napi::Number::New(info.Env(), sv[1]));
@@ -164,6 +173,34 @@ Napi::Value Sendmsg(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// Collects the SCM_RIGHTS fds of a received message, at most max_fds; any
+// beyond are closed and reported as MSG_CTRUNC.
+std::vector<int> TakeFds(msghdr& msg, int max_fds) {
+  std::vector<int> received;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; i++) {
+      int rfd;
+      memcpy(&rfd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      // Never more than the caller asked for, whatever the kernel did.
+      if (received.size() < static_cast<size_t>(max_fds)) {
+        received.push_back(rfd);
+      } else {
+        close(rfd);
+        msg.msg_flags |= MSG_CTRUNC;
+      }
+    }
+  }
+  return received;
+}
+
+Napi::Array FdArray(Napi::Env env, const std::vector<int>& fds) {
+  Napi::Array out = Napi::Array::New(env, fds.size());
+  for (size_t i = 0; i < fds.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, fds[i]));
+  return out;
+}
+
 // Receive buffer reused by every recvmsg on this thread (one env per thread).
 thread_local std::vector<uint8_t> scratch;
 
@@ -194,33 +231,52 @@ Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
     ThrowErrno(env, "recvmsg", errno);
   }
 
-  std::vector<int> received;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; i++) {
-      int rfd;
-      memcpy(&rfd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      // Never more than the caller asked for, whatever the kernel did.
-      if (received.size() < static_cast<size_t>(max_fds)) {
-        received.push_back(rfd);
-      } else {
-        close(rfd);
-        msg.msg_flags |= MSG_CTRUNC;
-      }
-    }
-  }
+  std::vector<int> received = TakeFds(msg, max_fds);
 
   size_t got = static_cast<size_t>(n) < max_bytes ? static_cast<size_t>(n) : max_bytes;
   Napi::Object out = Napi::Object::New(env);
   out.Set("data", Napi::Buffer<uint8_t>::Copy(env, scratch.data(), got));
-  Napi::Array fds = Napi::Array::New(env, received.size());
-  for (size_t i = 0; i < received.size(); i++) fds.Set(static_cast<uint32_t>(i), Napi::Number::New(env, received[i]));
-  out.Set("fds", fds);
+  out.Set("fds", FdArray(env, received));
   out.Set("truncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_TRUNC) != 0));
   out.Set("ctruncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
-  // On SOCK_SEQPACKET a 0-byte read without fds means the peer hung up.
+  // A 0-byte read without fds means the peer hung up (both socket types).
   out.Set("eof", Napi::Boolean::New(env, n == 0 && received.empty() && (msg.msg_flags & MSG_CTRUNC) == 0));
+  return out;
+}
+
+// recvInto(fd, buf, offset, length, maxFds): reads at most `length` bytes into
+// buf[offset..] without an intermediate copy (the stream framer reads each
+// vfio-user message straight into its own buffer). Returns null on EAGAIN,
+// else { n, fds, ctruncated }; n == 0 with no fds is hang-up.
+Napi::Value RecvInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  Bytes buf = BytesArg(info, 1, "buf");
+  auto offset = static_cast<size_t>(IntArg(info, 2, "offset", 0, INT32_MAX));
+  auto length = static_cast<size_t>(IntArg(info, 3, "length", 1, INT32_MAX));
+  int max_fds = static_cast<int>(IntArg(info, 4, "maxFds", 0, kMaxFds));
+  if (offset > buf.length || length > buf.length - offset) ThrowInvalidArg(env, "offset + length exceed buf");
+
+  iovec iov{buf.data + offset, length};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = max_fds > 0 ? control : nullptr;
+  msg.msg_controllen = max_fds > 0 ? CMSG_SPACE(sizeof(int) * max_fds) : 0;
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return env.Null();
+    ThrowErrno(env, "recvmsg", errno);
+  }
+  std::vector<int> received = TakeFds(msg, max_fds);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("n", Napi::Number::New(env, static_cast<double>(n)));
+  out.Set("fds", FdArray(env, received));
+  out.Set("ctruncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
   return out;
 }
 
@@ -253,11 +309,12 @@ Napi::Value PeerPidfd(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void RegisterSeqpacket(Napi::Env env, Napi::Object exports) {
-  exports.Set("seqpacketListen", Napi::Function::New(env, Listen, "seqpacketListen"));
-  exports.Set("seqpacketConnect", Napi::Function::New(env, Connect, "seqpacketConnect"));
-  exports.Set("seqpacketAccept", Napi::Function::New(env, Accept, "seqpacketAccept"));
-  exports.Set("seqpacketPair", Napi::Function::New(env, Pair, "seqpacketPair"));
+void RegisterUnixSocket(Napi::Env env, Napi::Object exports) {
+  exports.Set("unixListen", Napi::Function::New(env, Listen, "unixListen"));
+  exports.Set("unixConnect", Napi::Function::New(env, Connect, "unixConnect"));
+  exports.Set("unixAccept", Napi::Function::New(env, Accept, "unixAccept"));
+  exports.Set("unixPair", Napi::Function::New(env, Pair, "unixPair"));
+  exports.Set("recvInto", Napi::Function::New(env, RecvInto, "recvInto"));
   exports.Set("sendmsg", Napi::Function::New(env, Sendmsg, "sendmsg"));
   exports.Set("recvmsg", Napi::Function::New(env, Recvmsg, "recvmsg"));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));

@@ -2,7 +2,7 @@
 // device spinning (--idle-poll-us 0) and the client spinning.
 //   floor     two processes ping-ponging through a shared memfd (Atomics store/load, both spinning)
 //   direct    the client stores SQ_TAIL into its own mapped queue page (bare ring, and through Sa1Queue)
-//   mediated  the client asks a mediating broker process over SOCK_SEQPACKET to ring, then spins
+//   mediated  the client asks a mediating broker process over the lease wire (SOCK_STREAM) to ring, then spins
 //
 //   node dist/bench/cases/hot-path.js [--quick]
 

@@ -1,5 +1,5 @@
 // Case 2, lease acquire: from connect() to the slice mapped to the first
-// doorbell's completion, against a raw SEQPACKET round trip (connect, one
+// doorbell's completion, against a raw stream-socket round trip (connect, one
 // request/reply with an echo server in the broker's process, close).
 // The client is a separate process; each lease is released (and seen free)
 // before the next acquire, so every acquire starts from the same state.
@@ -8,7 +8,8 @@
 
 import { join } from 'node:path';
 import type { Lease as BrokerLease } from '../../src/broker/lease.js';
-import { SeqpacketServer, type SeqpacketSocket } from '../../src/sys/index.js';
+import { StreamServer, type StreamSocket } from '../../src/sys/index.js';
+import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { BrokerProbe } from '../fixtures/probe.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
@@ -28,8 +29,8 @@ const epochMs = (): number => performance.timeOrigin + performance.now();
 runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbell', async (quick) => {
   const n = quick ? 40 : 300;
   const rig = await startRig({ simArgs: ['--queues', '8'] });
-  const echo = SeqpacketServer.listen(join(rig.dir, 'echo.sock'));
-  echo.on('connection', (s: SeqpacketSocket) => {
+  const echo = StreamServer.listen(join(rig.dir, 'echo.sock'), { socket: { framing: VFIO_USER_FRAMING } });
+  echo.on('connection', (s: StreamSocket) => {
     s.on('message', (m) => {
       for (const fd of m.fds) fd.close();
       s.send(m.data);
@@ -42,8 +43,8 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
   const probe = new BrokerProbe(rig.broker);
   const client = await ClientProc.spawn();
   try {
-    progress(`raw SEQPACKET connect + round trip, ${n * 4}×`);
-    const rtt = await client.call<number[]>('seqpacketRtt', {
+    progress(`raw stream connect + round trip, ${n * 4}×`);
+    const rtt = await client.call<number[]>('streamRtt', {
       socket: echo.path,
       n: n * 4,
       warmup: 50,
@@ -77,9 +78,11 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     }
     return {
       metrics: [
-        metric('seqpacket-rtt', 'raw SEQPACKET: connect + 1 round trip', 'µs', rtt, { role: 'baseline' }),
+        metric('stream-rtt', 'raw stream socket: connect + 1 framed round trip', 'µs', rtt, {
+          role: 'baseline',
+        }),
         metric('acquire', 'lease acquire: connect → mapped → first NOP done', 'µs', total, {
-          ref: 'seqpacket-rtt',
+          ref: 'stream-rtt',
         }),
         metric('acquire-grant', '· connect → broker granted (policy, QCFG, slice fds)', 'µs', toGrant),
         metric('acquire-map', '· granted → regions mapped, irqs wired', 'µs', grantToMapped),

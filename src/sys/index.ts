@@ -26,5 +26,19 @@ export { type MapOptions, Mapping } from './mapping.js';
 export { MemFd } from './memfd.js';
 export { MAX_FDS, native, type PeerCred } from './native.js';
 export { PidFd } from './pidfd.js';
-export { type SeqpacketListenOptions, SeqpacketServer } from './seqpacket-server.js';
 export { type SeqpacketMessage, SeqpacketSocket, type SeqpacketSocketOptions } from './seqpacket-socket.js';
+export {
+  type StreamFraming,
+  type StreamMessage,
+  StreamSocket,
+  type StreamSocketOptions,
+} from './stream-socket.js';
+export {
+  ACCEPT_BACKOFF_MS,
+  type SeqpacketListenOptions,
+  SeqpacketServer,
+  type StreamListenOptions,
+  StreamServer,
+  type UnixListenOptions,
+  UnixServer,
+} from './unix-server.js';

@@ -13,11 +13,11 @@ import { createRequire } from 'node:module';
 
 if (process.platform !== 'linux') {
   throw new Error(
-    `devlease runs on Linux only (it needs SOCK_SEQPACKET, pidfd, memfd and VFIO); this is ${process.platform}`,
+    `devlease runs on Linux only (it needs AF_UNIX SCM_RIGHTS, pidfd, memfd and VFIO); this is ${process.platform}`,
   );
 }
 
-/** Maximum number of fds one seqpacket message may carry (SCM_RIGHTS). */
+/** Maximum number of fds one message may carry (SCM_RIGHTS). */
 export const MAX_FDS = 16;
 
 export interface RecvResult {
@@ -88,13 +88,13 @@ export interface NativeAddon {
   // --- readiness (uv_poll on the current loop; callback gets UV events bits: 1 readable, 2 writable, 4 disconnect) ---
   poll(fd: number, events: number, cb: (status: number, events: number) => void): PollHandle;
 
-  // --- SOCK_SEQPACKET unix sockets (all non-blocking, cloexec) ---
-  seqpacketListen(path: string, mode: number, backlog: number): number;
-  seqpacketConnect(path: string): number;
+  // --- AF_UNIX sockets (all non-blocking, cloexec); `stream`: SOCK_STREAM, else SOCK_SEQPACKET ---
+  unixListen(path: string, mode: number, backlog: number, stream: boolean): number;
+  unixConnect(path: string, stream: boolean): number;
   /** accept4; returns -1 on EAGAIN. */
-  seqpacketAccept(fd: number): number;
-  /** socketpair(AF_UNIX, SOCK_SEQPACKET). */
-  seqpacketPair(): [number, number];
+  unixAccept(fd: number): number;
+  /** socketpair(AF_UNIX, SOCK_STREAM or SOCK_SEQPACKET). */
+  unixPair(stream: boolean): [number, number];
   /** sendmsg with MSG_NOSIGNAL and optional SCM_RIGHTS; returns bytes sent, or -1 on EAGAIN. */
   sendmsg(fd: number, data: Uint8Array, fds: number[]): number;
   /**
@@ -102,6 +102,17 @@ export interface NativeAddon {
    * At most `maxFds` (default MAX_FDS) fds are installed; any beyond are closed and `ctruncated` is set.
    */
   recvmsg(fd: number, maxBytes: number, maxFds?: number): (RecvResult & { eof: boolean }) | null;
+  /**
+   * recvmsg straight into buf[offset, offset + length); null on EAGAIN; n 0 with no fds on hang-up.
+   * At most `maxFds` fds are installed; any beyond are closed and `ctruncated` is set.
+   */
+  recvInto(
+    fd: number,
+    buf: Uint8Array,
+    offset: number,
+    length: number,
+    maxFds: number,
+  ): { n: number; fds: number[]; ctruncated: boolean } | null;
   peerCred(fd: number): PeerCred;
   /** SO_PEERPIDFD (Linux >= 6.5); throws ENOPROTOOPT on older kernels. */
   peerPidfd(fd: number): number;

@@ -1,5 +1,7 @@
 // A connected AF_UNIX SOCK_SEQPACKET socket: whole messages with up to
 // MAX_FDS descriptors each, driven by uv_poll (no threads, no blocking).
+// devlease's own admin protocol uses it; the vfio-user wire is SOCK_STREAM
+// (stream-socket.ts), as its other implementations speak it.
 //
 // Ownership:
 // - send(): the caller keeps its fds. The kernel takes its own references
@@ -14,7 +16,8 @@ import { EventEmitter } from 'node:events';
 import { closedError, isSysError, misuse } from './errors.js';
 import { Fd, fdNumber } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
-import { PidFd } from './pidfd.js';
+import { peerCredOf, peerPidfdOf } from './peer.js';
+import type { PidFd } from './pidfd.js';
 import { DISCONNECT, READABLE, Watch, WRITABLE } from './watch.js';
 
 export interface SeqpacketMessage {
@@ -71,13 +74,13 @@ export class SeqpacketSocket extends EventEmitter {
   /** Connects to a listening socket; throws ENOENT / ECONNREFUSED (with `code`) synchronously. */
   static connect(path: string, opts: SeqpacketSocketOptions = {}): SeqpacketSocket {
     checkOptions(opts);
-    return new SeqpacketSocket(new Fd(native.seqpacketConnect(path)), opts);
+    return new SeqpacketSocket(new Fd(native.unixConnect(path, false)), opts);
   }
 
   /** Two connected sockets (socketpair). */
   static pair(opts: SeqpacketSocketOptions = {}): [SeqpacketSocket, SeqpacketSocket] {
     checkOptions(opts);
-    const [a, b] = native.seqpacketPair();
+    const [a, b] = native.unixPair(false);
     const fdB = new Fd(b);
     let first: SeqpacketSocket;
     try {
@@ -167,22 +170,12 @@ export class SeqpacketSocket extends EventEmitter {
 
   /** SO_PEERCRED: the peer's pid/uid/gid at connect() time. */
   peerCred(): PeerCred {
-    return native.peerCred(this.fd.fd);
+    return peerCredOf(this.fd.fd);
   }
 
-  /**
-   * SO_PEERPIDFD: a pidfd of the peer process, race-free. On kernels before
-   * 6.5 (ENOPROTOOPT) falls back to pidfd_open(peerCred().pid), which can
-   * name the wrong process if the peer died and its pid was reused in between.
-   */
+  /** SO_PEERPIDFD, with the pidfd_open fallback of older kernels (see peer.ts). */
   peerPidfd(): PidFd {
-    const fd = this.fd.fd;
-    try {
-      return PidFd.adopt(new Fd(native.peerPidfd(fd)));
-    } catch (err) {
-      if (!isSysError(err, 'ENOPROTOOPT')) throw err;
-      return PidFd.open(native.peerCred(fd).pid);
-    }
+    return peerPidfdOf(this.fd.fd);
   }
 
   ref(): void {

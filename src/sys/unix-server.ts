@@ -1,29 +1,47 @@
-// A listening AF_UNIX SOCK_SEQPACKET socket. Accepted connections are
-// emitted as SeqpacketSocket ('connection'); with no 'connection' listener
-// they are closed at once.
+// A listening AF_UNIX socket, SOCK_STREAM (StreamServer: the vfio-user wire)
+// or SOCK_SEQPACKET (SeqpacketServer: devlease's admin socket). Accepted
+// connections are emitted as sockets of the matching class ('connection');
+// with no 'connection' listener they are closed at once.
+//
+// accept() failures (EMFILE, ENFILE, ENOBUFS...) are reported once per
+// back-off ('error') and accepting pauses for ACCEPT_BACKOFF_MS: the
+// listener stays readable while the backlog is non-empty, so retrying at
+// once would spin the process at 100 % and flood the log.
 import { EventEmitter } from 'node:events';
 import { lstatSync, unlinkSync } from 'node:fs';
 import { closedError } from './errors.js';
 import { Fd } from './fd.js';
 import { native } from './native.js';
 import { SeqpacketSocket, type SeqpacketSocketOptions } from './seqpacket-socket.js';
+import { StreamSocket, type StreamSocketOptions } from './stream-socket.js';
 import { READABLE, Watch } from './watch.js';
 
-export interface SeqpacketListenOptions {
+export const ACCEPT_BACKOFF_MS = 100;
+
+export interface UnixListenOptions {
   /** Permission bits of the socket file (default 0o600: only this user may connect). */
   mode?: number;
   /** listen(2) backlog (default 511). */
   backlog?: number;
+}
+
+export interface SeqpacketListenOptions extends UnixListenOptions {
   /** Options for accepted sockets. */
   socket?: SeqpacketSocketOptions;
 }
 
-export class SeqpacketServer extends EventEmitter {
+export interface StreamListenOptions extends UnixListenOptions {
+  /** Options for accepted sockets (framing is required). */
+  socket: StreamSocketOptions;
+}
+
+export class UnixServer<S extends { close(): void }> extends EventEmitter {
   readonly path: string;
   #fd: Fd | null;
   #watch: Watch;
   #inode: bigint;
-  #socketOptions: SeqpacketSocketOptions | undefined;
+  #adopt: (fd: Fd) => S;
+  #backoff: NodeJS.Timeout | null = null;
 
   /**
    * Binds and listens at `path`. A stale socket file (nobody accepting) is
@@ -31,23 +49,28 @@ export class SeqpacketServer extends EventEmitter {
    * a connection that hangs up at once). The file gets `mode` before
    * listen(), so it is never reachable with looser permissions.
    */
-  static listen(path: string, opts: SeqpacketListenOptions = {}): SeqpacketServer {
-    const fd = new Fd(native.seqpacketListen(path, opts.mode ?? 0o600, opts.backlog ?? 511));
+  static listenAs<S extends { close(): void }>(
+    path: string,
+    stream: boolean,
+    opts: UnixListenOptions,
+    adopt: (fd: Fd) => S,
+  ): UnixServer<S> {
+    const fd = new Fd(native.unixListen(path, opts.mode ?? 0o600, opts.backlog ?? 511, stream));
     try {
-      return new SeqpacketServer(path, fd, lstatSync(path, { bigint: true }).ino, opts.socket);
+      return new UnixServer(path, fd, lstatSync(path, { bigint: true }).ino, adopt);
     } catch (err) {
       fd.close();
       throw err;
     }
   }
 
-  private constructor(path: string, fd: Fd, inode: bigint, socketOptions?: SeqpacketSocketOptions) {
+  private constructor(path: string, fd: Fd, inode: bigint, adopt: (fd: Fd) => S) {
     super();
     this.path = path;
     this.#fd = fd;
     this.#inode = inode;
-    this.#socketOptions = socketOptions;
-    // On failure, listen() closes fd.
+    this.#adopt = adopt;
+    // On failure, listenAs() closes fd.
     this.#watch = new Watch(fd.fd, READABLE, (status) => this.#onReadable(status));
   }
 
@@ -60,6 +83,8 @@ export class SeqpacketServer extends EventEmitter {
     const fd = this.#fd;
     if (fd === null) return;
     this.#fd = null;
+    if (this.#backoff) clearTimeout(this.#backoff);
+    this.#backoff = null;
     this.#watch.stop();
     fd.close();
     try {
@@ -81,29 +106,53 @@ export class SeqpacketServer extends EventEmitter {
     this.#watch.unref();
   }
 
-  #onReadable(status: number): void {
-    if (status < 0) {
-      this.emit('error', Object.assign(new Error(`accept: poll failed (${status})`), { code: 'EBADF' }));
-      return;
-    }
-    while (this.#fd !== null) {
-      let conn: number;
-      try {
-        conn = native.seqpacketAccept(this.#fd.fd);
-      } catch (err) {
-        // EMFILE/ENFILE and the like: report and try again on the next readiness.
-        this.emit('error', err);
-        return;
-      }
-      if (conn < 0) return;
-      const socket = new SeqpacketSocket(new Fd(conn), this.#socketOptions);
-      if (!this.emit('connection', socket)) socket.close();
-    }
-  }
-
   /** The listening descriptor (owned by the server). */
   get fd(): Fd {
     if (this.#fd === null) throw closedError('server');
     return this.#fd;
   }
+
+  #onReadable(status: number): void {
+    if (status < 0) {
+      this.emit('error', Object.assign(new Error(`accept: poll failed (${status})`), { code: 'EBADF' }));
+      return;
+    }
+    while (this.#fd !== null && this.#backoff === null) {
+      let conn: number;
+      try {
+        conn = native.unixAccept(this.#fd.fd);
+      } catch (err) {
+        this.#pauseAccepting();
+        this.emit('error', err);
+        return;
+      }
+      if (conn < 0) return;
+      const socket = this.#adopt(new Fd(conn));
+      if (!this.emit('connection', socket)) socket.close();
+    }
+  }
+
+  #pauseAccepting(): void {
+    this.#watch.events = 0;
+    this.#backoff = setTimeout(() => {
+      this.#backoff = null;
+      if (this.#fd === null) return;
+      this.#watch.events = READABLE;
+    }, ACCEPT_BACKOFF_MS);
+    this.#backoff.unref();
+  }
 }
+
+export type SeqpacketServer = UnixServer<SeqpacketSocket>;
+export const SeqpacketServer = {
+  listen(path: string, opts: SeqpacketListenOptions = {}): SeqpacketServer {
+    return UnixServer.listenAs(path, false, opts, (fd) => new SeqpacketSocket(fd, opts.socket));
+  },
+};
+
+export type StreamServer = UnixServer<StreamSocket>;
+export const StreamServer = {
+  listen(path: string, opts: StreamListenOptions): StreamServer {
+    return UnixServer.listenAs(path, true, opts, (fd) => new StreamSocket(fd, opts.socket));
+  },
+};

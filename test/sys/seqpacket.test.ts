@@ -173,7 +173,7 @@ test('a stale socket file refuses connections and is replaced by listen()', asyn
   const path = join(dir, 'stale.sock');
   // A crashed listener leaves its socket file behind: bind+listen, then close
   // only the descriptor.
-  native.close(native.seqpacketListen(path, 0o600, 1));
+  native.close(native.unixListen(path, 0o600, 1, false));
   assert.throws(() => SeqpacketSocket.connect(path), { code: 'ECONNREFUSED', syscall: 'connect' });
   await assertNoFdLeak(async () => {
     const fresh = SeqpacketServer.listen(path);

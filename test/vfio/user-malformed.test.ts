@@ -3,7 +3,7 @@
 // the same server keeps working. Raw messages are written byte by byte.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { EventFd, type SeqpacketMessage, SeqpacketSocket } from '../../src/sys/index.js';
+import { EventFd, type StreamMessage, type StreamSocket } from '../../src/sys/index.js';
 import { vfio_irq_set, vfio_region_info } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { decodeMessage, encodeCommand, encodeMessage, encodeReply } from '../../src/vfio/user/codec.js';
@@ -14,6 +14,7 @@ import {
 } from '../../src/vfio/user/messages.js';
 import * as P from '../../src/vfio/user/protocol.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
+import { vfioUserPair } from '../../src/vfio/user/transport.js';
 import { CONFIG_REGION, MemoryDevice, memfd } from '../fixtures/vfio-user/memory-device.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
@@ -22,13 +23,13 @@ after(leakCheck);
 
 /** A hand-driven client: send raw bytes, await the next reply or the close. */
 class RawPeer {
-  readonly socket: SeqpacketSocket;
+  readonly socket: StreamSocket;
   readonly closed: Promise<void>;
-  #inbox: SeqpacketMessage[] = [];
-  #waiters: ((m: SeqpacketMessage | null) => void)[] = [];
+  #inbox: StreamMessage[] = [];
+  #waiters: ((m: StreamMessage | null) => void)[] = [];
   #isClosed = false;
 
-  constructor(socket: SeqpacketSocket) {
+  constructor(socket: StreamSocket) {
     this.socket = socket;
     socket.on('message', (m) => {
       const w = this.#waiters.shift();
@@ -45,7 +46,7 @@ class RawPeer {
   }
 
   /** The next message, or null if the server closed the connection. */
-  next(): Promise<SeqpacketMessage | null> {
+  next(): Promise<StreamMessage | null> {
     const m = this.#inbox.shift();
     if (m) return Promise.resolve(m);
     if (this.#isClosed) return Promise.resolve(null);
@@ -82,7 +83,7 @@ describe('vfio-user server against malformed input', () => {
       },
       log: (m) => logs.push(m),
     });
-    const [a, b] = SeqpacketSocket.pair();
+    const [a, b] = vfioUserPair();
     server.serveSocket(b);
     good = await VfioUserClient.fromSocket(a);
   });
@@ -94,7 +95,7 @@ describe('vfio-user server against malformed input', () => {
   });
 
   async function peer(negotiate = true): Promise<RawPeer> {
-    const [a, b] = SeqpacketSocket.pair();
+    const [a, b] = vfioUserPair();
     server.serveSocket(b);
     const p = new RawPeer(a);
     if (negotiate) await p.negotiate();
@@ -120,24 +121,33 @@ describe('vfio-user server against malformed input', () => {
   const info = (argsz = 16) =>
     encodeCommand(5, P.VFIO_USER_DEVICE_GET_INFO, vfio_user_device_info.encode({ argsz }));
 
-  test('a header shorter than 16 bytes closes that connection', async () => {
+  test('a message cut short by hang-up is dropped; the model never sees it', async () => {
     const p = await peer();
-    p.socket.send(Uint8Array.of(1, 0, 4, 0, 8, 0, 0, 0));
-    await expectClosed(p, 'short header');
+    const before = devices.length;
+    const mem = memfd('partial', 4096);
+    // The first 8 bytes of a DMA_MAP header, with its fd, then hang-up.
+    p.socket.send(encodeCommand(7, P.VFIO_USER_DMA_MAP, new Uint8Array(32)).subarray(0, 8), [mem.fd]);
+    mem.close();
+    p.socket.close();
+    while (server.connections.size > 1) await new Promise((r) => setImmediate(r));
+    assert.equal(devices.length, before);
+    assert.equal(devices.at(-1)?.maps.length ?? 0, 0, 'nothing was mapped');
+    assert.equal((await good.deviceInfo()).num_regions, 10, 'the other client still works');
   });
 
-  test('msg_size larger than the bytes sent closes that connection', async () => {
+  test('msg_size beyond the largest message accepted closes that connection at once', async () => {
     const p = await peer();
     const m = info();
-    m.writeUInt32LE(m.byteLength + 8, 4);
+    m.writeUInt32LE(0x7fff_ffff, 4);
     p.socket.send(m);
     await expectClosed(p, 'msg_size too large');
+    assert.ok(logs.some((l) => /message size 2147483647 outside/.test(l)));
   });
 
-  test('msg_size smaller than the bytes sent closes that connection', async () => {
+  test('msg_size smaller than the header closes that connection', async () => {
     const p = await peer();
     const m = info();
-    m.writeUInt32LE(16, 4);
+    m.writeUInt32LE(8, 4);
     p.socket.send(m);
     await expectClosed(p, 'msg_size too small');
   });
@@ -265,14 +275,14 @@ describe('vfio-user server against malformed input', () => {
     while (server.connections.size > 1) await new Promise((r) => setImmediate(r));
     for (const d of devices.slice(1)) assert.equal(d.disconnectCalls, 1);
     assert.equal(devices[0]?.disconnectCalls, 0);
-    assert.ok(logs.some((l) => l.includes('msg_size')));
+    assert.ok(logs.some((l) => l.includes('message size')));
   });
 });
 
 describe('vfio-user client against a misbehaving server', () => {
   /** A hand-driven server end: answers VERSION, then does what the test says. */
   async function fakeServer() {
-    const [a, b] = SeqpacketSocket.pair();
+    const [a, b] = vfioUserPair();
     const server = new RawPeer(b);
     const connecting = VfioUserClient.fromSocket(a, { timeoutMs: 2000 });
     const hello = await server.next();

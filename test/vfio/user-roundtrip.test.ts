@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
-import { EventFd, SeqpacketSocket } from '../../src/sys/index.js';
+import { EventFd } from '../../src/sys/index.js';
 import { native } from '../../src/sys/native.js';
 import {
   VFIO_DEVICE_FEATURE_DMA_BUF,
@@ -24,6 +24,7 @@ import {
 } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
+import { vfioUserPair } from '../../src/vfio/user/transport.js';
 import {
   CONFIG_REGION,
   DEVLEASE_INFO_TYPE,
@@ -55,7 +56,7 @@ async function setup(opts: { maxDataXferSize?: number } = {}) {
     log: (m) => logs.push(m),
     ...opts,
   });
-  const [a, b] = SeqpacketSocket.pair();
+  const [a, b] = vfioUserPair();
   server.serveSocket(b);
   const client = await VfioUserClient.fromSocket(a);
   const device = devices[0] as MemoryDevice;

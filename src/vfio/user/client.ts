@@ -3,7 +3,6 @@
 // (pipelining, timeouts, disconnects) is channel.ts.
 import { EventEmitter } from 'node:events';
 import type { Fd } from '../../sys/fd.js';
-import { SeqpacketSocket } from '../../sys/index.js';
 import {
   VFIO_IRQ_SET_DATA_BOOL,
   VFIO_IRQ_SET_DATA_EVENTFD,
@@ -28,7 +27,7 @@ import {
   vfio_user_region_access,
 } from './messages.js';
 import * as P from './protocol.js';
-import type { MessageSocket } from './transport.js';
+import { connectVfioUser, type MessageSocket } from './transport.js';
 import { type Capabilities, readCapabilities } from './version.js';
 
 export interface VfioUserClientOptions {
@@ -59,7 +58,7 @@ export class VfioUserClient extends EventEmitter {
 
   /** Connect to a vfio-user server's socket path and negotiate. */
   static async connect(path: string, opts: VfioUserClientOptions = {}): Promise<VfioUserClient> {
-    return VfioUserClient.fromSocket(SeqpacketSocket.connect(path), opts);
+    return VfioUserClient.fromSocket(connectVfioUser(path), opts);
   }
 
   /** Negotiate over an already-connected socket (the client takes ownership; it is closed on failure). */

@@ -93,7 +93,13 @@ export class VfioUserConnection {
     })();
     socket.on('message', (m) => this.#receive(m));
     socket.on('close', () => this.close('peer hung up'));
-    socket.on('error', (err) => this.close(`socket error: ${err.message}`));
+    socket.on('error', (err) => {
+      // The framing cut off a peer that broke it (a lying msg_size, stray fds): say so once.
+      if ((err as { code?: string }).code === 'EPROTO') {
+        config.log(`vfio-user connection ${info.id}: protocol error: ${err.message}`);
+      }
+      this.close(`socket error: ${err.message}`);
+    });
   }
 
   get closing(): boolean {

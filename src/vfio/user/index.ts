@@ -26,5 +26,12 @@ export { errnoName, ProtocolError, type VfioUserCallError } from './errors.js';
 export * from './messages.js';
 export * from './protocol.js';
 export { type VfioUserListenOptions, VfioUserServer, type VfioUserServerOptions } from './server.js';
-export type { MessageSocket, ReceivedRecord } from './transport.js';
+export {
+  connectVfioUser,
+  DEFAULT_MAX_MESSAGE,
+  type MessageSocket,
+  type ReceivedRecord,
+  VFIO_USER_FRAMING,
+  vfioUserPair,
+} from './transport.js';
 export { type Capabilities, readCapabilities } from './version.js';

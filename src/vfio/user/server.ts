@@ -2,7 +2,7 @@
 // sockets handed over with serveSocket), gives each its own device model
 // from createDevice(), and serves it through a VfioUserConnection.
 import { EventEmitter } from 'node:events';
-import { SeqpacketServer } from '../../sys/index.js';
+import { StreamServer } from '../../sys/index.js';
 import { MAX_FDS } from '../../sys/native.js';
 import { VfioUserConnection } from './connection.js';
 import type { ConnectionInfo, VfioUserDeviceModel } from './device-model.js';
@@ -12,7 +12,7 @@ import {
   HEADER_SIZE,
   SPEC_DEFAULT_MAX_DMA_MAPS,
 } from './protocol.js';
-import type { MessageSocket } from './transport.js';
+import { type MessageSocket, VFIO_USER_FRAMING } from './transport.js';
 import { minPageSize } from './version.js';
 
 export interface VfioUserServerOptions {
@@ -41,18 +41,21 @@ export interface VfioUserListenOptions extends VfioUserServerOptions {
 export class VfioUserServer extends EventEmitter {
   #options: VfioUserServerOptions;
   #config: ConstructorParameters<typeof VfioUserConnection>[2];
-  #listener: SeqpacketServer | null = null;
+  #listener: StreamServer | null = null;
   #connections = new Set<VfioUserConnection>();
   #nextId = 1;
   #closed = false;
 
-  /** Listen on a unix SOCK_SEQPACKET socket path and serve every client that connects. */
+  /** Listen on a unix SOCK_STREAM socket path (the vfio-user wire) and serve every client that connects. */
   static listen(path: string, opts: VfioUserListenOptions): VfioUserServer {
     const server = new VfioUserServer(opts);
     // Room for the largest request accepted (REGION_WRITE of max_data_xfer_size) and then some:
-    // anything longer arrives truncated and closes its connection.
+    // a peer announcing anything longer is cut off by the framing.
     const maxMessage = HEADER_SIZE + 16 + server.#config.maxDataXferSize + 4096;
-    const listener = SeqpacketServer.listen(path, { mode: opts.mode ?? 0o600, socket: { maxMessage } });
+    const listener = StreamServer.listen(path, {
+      mode: opts.mode ?? 0o600,
+      socket: { framing: VFIO_USER_FRAMING, maxMessage },
+    });
     server.#listener = listener;
     listener.on('error', (err: Error) => server.#config.log('vfio-user server: accept failed', err));
     listener.on('connection', (socket: MessageSocket) => {
@@ -109,7 +112,7 @@ export class VfioUserServer extends EventEmitter {
     try {
       cred = socket.peerCred();
     } catch {
-      // not a unix socket peer (cannot happen with SeqpacketSocket); keep the unknown identity
+      // not a unix socket peer (cannot happen with StreamSocket); keep the unknown identity
     }
     const conn = new VfioUserConnection({ id: this.#nextId++, cred }, socket, this.#config, (c, s) =>
       this.#options.createDevice(c, s),

@@ -1,17 +1,19 @@
-// What the vfio-user client and server need from a connected socket: the
-// shape of src/sys's SeqpacketSocket (one record per message, fds with
-// SCM_RIGHTS). Declared structurally so both sides can run over any such
-// socket, a socketpair included.
+// The vfio-user wire: AF_UNIX SOCK_STREAM, as QEMU's vfio-user-pci and
+// libvfio-user connect and listen. Messages are framed by the header's
+// msg_size (vfio-user.rst, "Header"); fds ride with a message's first bytes.
+// The client and server run over any MessageSocket (a socketpair included),
+// one record per vfio-user message.
 import type { Fd } from '../../sys/fd.js';
+import { type StreamFraming, StreamSocket } from '../../sys/index.js';
 import type { PeerCred } from '../../sys/native.js';
 
 export interface ReceivedRecord {
   data: Buffer;
   /** Received fds: the receiver owns them. */
   fds: Fd[];
-  /** MSG_TRUNC: the record was longer than the receive buffer. */
+  /** The record was longer than the receive buffer (never on the stream transport, which cuts the peer off). */
   truncated: boolean;
-  /** MSG_CTRUNC: more fds were sent than fit. */
+  /** More fds were sent than fit. */
   ctruncated: boolean;
 }
 
@@ -20,8 +22,27 @@ export interface MessageSocket {
   send(data: Uint8Array, fds?: (Fd | number)[]): unknown;
   on(event: 'message', listener: (m: ReceivedRecord) => void): unknown;
   on(event: 'close', listener: (...args: unknown[]) => void): unknown;
-  /** Socket failures other than hang-up; 'close' follows. */
+  /** Socket failures other than hang-up, protocol violations of the framing included; 'close' follows. */
   on(event: 'error', listener: (err: Error) => void): unknown;
   close(): void;
   peerCred(): PeerCred;
+}
+
+/** vfio_user_header: msg_id u16, cmd u16, msg_size u32 (the whole message), flags u32, error_no u32. */
+export const VFIO_USER_FRAMING: StreamFraming = {
+  headerSize: 16,
+  messageSize: (header) => header.readUInt32LE(4),
+};
+
+/** Default receive limit of a client: a reply carrying 1 MiB of data and its headers. */
+export const DEFAULT_MAX_MESSAGE = 1024 * 1024 + 4096;
+
+/** Connects to a vfio-user server's socket (SOCK_STREAM); throws ENOENT/ECONNREFUSED/EPROTOTYPE with `code`. */
+export function connectVfioUser(path: string, maxMessage = DEFAULT_MAX_MESSAGE): StreamSocket {
+  return StreamSocket.connect(path, { framing: VFIO_USER_FRAMING, maxMessage });
+}
+
+/** Two connected vfio-user stream sockets (tests, in-process peers). */
+export function vfioUserPair(maxMessage = DEFAULT_MAX_MESSAGE): [StreamSocket, StreamSocket] {
+  return StreamSocket.pair({ framing: VFIO_USER_FRAMING, maxMessage });
 }

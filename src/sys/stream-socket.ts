@@ -1,0 +1,378 @@
+// A connected AF_UNIX SOCK_STREAM socket carrying framed messages with fds,
+// driven by uv_poll (no threads, no blocking). This is the vfio-user wire as
+// QEMU and libvfio-user speak it: every message starts with a fixed-size
+// header that holds the message's total size; fds (SCM_RIGHTS) travel with
+// the message's first bytes.
+//
+// Reading: each message is read with exact reads — its header, then the
+// rest — so a read never crosses into the next message, and the fds the
+// kernel hands back with a read belong to the message being read. fds that
+// arrive after a message's first read, a size outside [headerSize,
+// maxMessage], more fds than maxFds: the peer is cut off ('error' with code
+// EPROTO, then 'close'); nothing it sent is leaked.
+//
+// Writing: send() never blocks. What the kernel does not take at once
+// (partial write or a full buffer) is queued and written in order when
+// writable; the fds go with the first bytes written, exactly once.
+//
+// Ownership: as SeqpacketSocket — send() leaves the caller its fds (a queued
+// message holds dup()s until written); a 'message' listener owns msg.fds;
+// reading pauses while there is no 'message' listener; 'close' once.
+import { EventEmitter } from 'node:events';
+import { closedError, isSysError, misuse } from './errors.js';
+import { Fd, fdNumber } from './fd.js';
+import { MAX_FDS, native, type PeerCred } from './native.js';
+import { peerCredOf, peerPidfdOf } from './peer.js';
+import type { PidFd } from './pidfd.js';
+import { DISCONNECT, READABLE, Watch, WRITABLE } from './watch.js';
+
+export interface StreamFraming {
+  /** Bytes at the start of every message, enough to know its size. */
+  readonly headerSize: number;
+  /** The whole message's size (header included), read from its header. */
+  messageSize(header: Buffer): number;
+}
+
+export interface StreamSocketOptions {
+  framing: StreamFraming;
+  /** Largest message accepted (header included); a peer announcing more is cut off. Default 1 MiB + 4 KiB. */
+  maxMessage?: number;
+  /** Most fds one message may carry (0..MAX_FDS, default MAX_FDS); a peer sending more is cut off. */
+  maxFds?: number;
+}
+
+export interface StreamMessage {
+  data: Buffer;
+  /** Received descriptors, owned by the receiver. */
+  fds: Fd[];
+  /** Always false: an oversized message cuts the peer off instead. Kept for the record shape. */
+  truncated: boolean;
+  ctruncated: boolean;
+}
+
+interface Queued {
+  data: Uint8Array;
+  /** dup()s of the fds still to send with the first bytes; empty once they went. */
+  fds: Fd[];
+}
+
+/** Messages read per readiness callback before yielding to the loop. */
+const READ_BATCH = 64;
+const PEER_GONE = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
+
+function protocolError(message: string): Error & { code: string; errno: number } {
+  return Object.assign(new Error(message), { code: 'EPROTO', errno: 71 });
+}
+
+export class StreamSocket extends EventEmitter {
+  readonly framing: StreamFraming;
+  readonly maxMessage: number;
+  readonly maxFds: number;
+  #fd: Fd | null;
+  #watch: Watch;
+  #queue: Queued[] = [];
+  #queuedBytes = 0;
+  #reading = false;
+  #closeEmitted = false;
+  // The message being read: its header first, then (once its size is known) all of it.
+  #header: Buffer;
+  #msg: Buffer | null = null;
+  #have = 0;
+  #fds: Fd[] = [];
+
+  /** Connects to a listening stream socket; throws ENOENT / ECONNREFUSED / EPROTOTYPE (with `code`) synchronously. */
+  static connect(path: string, opts: StreamSocketOptions): StreamSocket {
+    return new StreamSocket(new Fd(native.unixConnect(path, true)), opts);
+  }
+
+  /** Two connected stream sockets (socketpair). */
+  static pair(opts: StreamSocketOptions): [StreamSocket, StreamSocket] {
+    const [a, b] = native.unixPair(true);
+    const fdB = new Fd(b);
+    let first: StreamSocket;
+    try {
+      first = new StreamSocket(new Fd(a), opts);
+    } catch (err) {
+      fdB.close();
+      throw err;
+    }
+    try {
+      return [first, new StreamSocket(fdB, opts)];
+    } catch (err) {
+      first.close();
+      throw err;
+    }
+  }
+
+  /** Adopts a connected, non-blocking stream socket (takes ownership of `fd`, closing it if opts are invalid). */
+  constructor(fd: Fd, opts: StreamSocketOptions) {
+    super();
+    try {
+      const maxMessage = opts.maxMessage ?? 1024 * 1024 + 4096;
+      const maxFds = opts.maxFds ?? MAX_FDS;
+      const h = opts.framing?.headerSize;
+      if (!Number.isInteger(h) || h < 1 || h > 4096) {
+        throw misuse(
+          'ERR_DEVLEASE_INVALID_ARG',
+          `framing.headerSize must be an integer in [1, 4096], got ${h}`,
+        );
+      }
+      if (!Number.isInteger(maxMessage) || maxMessage < h || maxMessage > 64 * 1024 * 1024) {
+        throw misuse(
+          'ERR_DEVLEASE_INVALID_ARG',
+          `maxMessage must be an integer in [headerSize, 64 MiB], got ${maxMessage}`,
+        );
+      }
+      if (!Number.isInteger(maxFds) || maxFds < 0 || maxFds > MAX_FDS) {
+        throw misuse(
+          'ERR_DEVLEASE_INVALID_ARG',
+          `maxFds must be an integer in [0, ${MAX_FDS}], got ${maxFds}`,
+        );
+      }
+      this.framing = opts.framing;
+      this.maxMessage = maxMessage;
+      this.maxFds = maxFds;
+      this.#header = Buffer.allocUnsafe(h);
+      this.#watch = new Watch(fd.fd, DISCONNECT, (status, events) => this.#onReady(status, events));
+    } catch (err) {
+      fd.close();
+      throw err;
+    }
+    this.#fd = fd;
+    this.on('newListener', (event) => {
+      if (event === 'message') this.#setInterest(true);
+    });
+    this.on('removeListener', (event) => {
+      if (event === 'message') this.#setInterest(this.listenerCount('message') > 0);
+    });
+  }
+
+  get closed(): boolean {
+    return this.#fd === null;
+  }
+
+  /** The socket's descriptor (still owned by this socket). */
+  get fd(): Fd {
+    if (this.#fd === null) throw closedError('socket');
+    return this.#fd;
+  }
+
+  /**
+   * Sends one message (at least one byte) with up to MAX_FDS descriptors,
+   * never blocking; what the kernel does not take now is queued. Throws
+   * synchronously on misuse and on errors of the immediate attempt (EPIPE
+   * when the peer is gone).
+   */
+  send(data: Uint8Array, fds: readonly (Fd | number)[] = []): void {
+    const fd = this.fd.fd;
+    if (!(data instanceof Uint8Array)) throw misuse('ERR_DEVLEASE_INVALID_ARG', 'data must be a Uint8Array');
+    if (data.length === 0) throw misuse('ERR_DEVLEASE_INVALID_ARG', 'a stream message has at least one byte');
+    if (fds.length > MAX_FDS) {
+      throw misuse(
+        'ERR_DEVLEASE_TOO_MANY_FDS',
+        `a message carries at most ${MAX_FDS} fds, got ${fds.length}`,
+      );
+    }
+    const numbers = fds.map(fdNumber);
+    let sent = 0;
+    if (this.#queue.length === 0) {
+      sent = Math.max(0, native.sendmsg(fd, data, numbers));
+      if (sent === data.length) return;
+    }
+    // The fds went with the first bytes if any were written; else they wait with the data.
+    const dups: Fd[] = [];
+    if (sent === 0) {
+      try {
+        for (const n of numbers) dups.push(new Fd(native.dup(n)));
+      } catch (err) {
+        for (const d of dups) d.close();
+        throw err;
+      }
+    }
+    const rest = Buffer.from(data.subarray(sent));
+    this.#queue.push({ data: rest, fds: dups });
+    this.#queuedBytes += rest.length;
+    this.#updateEvents();
+  }
+
+  /** Bytes waiting for buffer space. */
+  get queuedBytes(): number {
+    return this.#queuedBytes;
+  }
+
+  peerCred(): PeerCred {
+    return peerCredOf(this.fd.fd);
+  }
+
+  /** SO_PEERPIDFD, with the pidfd_open fallback of older kernels (see peer.ts). */
+  peerPidfd(): PidFd {
+    return peerPidfdOf(this.fd.fd);
+  }
+
+  ref(): void {
+    this.#watch.ref();
+  }
+
+  unref(): void {
+    this.#watch.unref();
+  }
+
+  /** Idempotent. Drops unsent data and any partly read message; 'close' follows on the next tick. */
+  close(): void {
+    if (this.#release()) process.nextTick(() => this.emit('close'));
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #release(): boolean {
+    const fd = this.#fd;
+    if (fd === null) return false;
+    this.#fd = null;
+    this.#watch.stop();
+    fd.close();
+    for (const m of this.#queue.splice(0)) for (const d of m.fds) d.close();
+    this.#queuedBytes = 0;
+    this.#dropPartial();
+    if (this.#closeEmitted) return false;
+    this.#closeEmitted = true;
+    return true;
+  }
+
+  #dropPartial(): void {
+    for (const d of this.#fds.splice(0)) d.close();
+    this.#msg = null;
+    this.#have = 0;
+  }
+
+  #hangUp(): void {
+    if (this.#release()) this.emit('close');
+  }
+
+  #fail(err: unknown): void {
+    const wasOpen = this.#release();
+    this.emit('error', err);
+    if (wasOpen) this.emit('close');
+  }
+
+  #setInterest(reading: boolean): void {
+    this.#reading = reading;
+    this.#updateEvents();
+  }
+
+  #updateEvents(): void {
+    if (this.#fd === null) return;
+    this.#watch.events =
+      DISCONNECT | (this.#reading ? READABLE : 0) | (this.#queue.length > 0 ? WRITABLE : 0);
+  }
+
+  #onReady(status: number, events: number): void {
+    if (this.#fd === null) return;
+    if (status < 0) {
+      // EPOLLERR: the peer reset the connection. Deliver what is complete, then hang up.
+      if (this.#reading) this.#read(Number.POSITIVE_INFINITY);
+      this.#hangUp();
+      return;
+    }
+    if (events & WRITABLE) this.#flush();
+    if (this.#fd !== null && events & READABLE) this.#read(READ_BATCH);
+    if (this.#fd !== null && events & DISCONNECT && !this.#reading) this.#hangUp();
+  }
+
+  #flush(): void {
+    while (this.#fd !== null && this.#queue.length > 0) {
+      const m = this.#queue[0]!;
+      let sent: number;
+      try {
+        sent = native.sendmsg(
+          this.#fd.fd,
+          m.data,
+          m.fds.map((d) => d.fd),
+        );
+      } catch (err) {
+        if (isSysError(err) && PEER_GONE.has(err.code)) this.#hangUp();
+        else this.#fail(err);
+        return;
+      }
+      if (sent <= 0) break;
+      for (const d of m.fds.splice(0)) d.close();
+      this.#queuedBytes -= sent;
+      if (sent < m.data.length) {
+        m.data = m.data.subarray(sent);
+        break;
+      }
+      this.#queue.shift();
+    }
+    this.#updateEvents();
+  }
+
+  #read(budget: number): void {
+    let delivered = 0;
+    while (delivered < budget) {
+      if (this.#fd === null || !this.#reading) return;
+      const headerSize = this.#header.length;
+      const inHeader = this.#msg === null;
+      const buf = inHeader ? this.#header : this.#msg!;
+      const want = (inHeader ? headerSize : buf.length) - this.#have;
+      let r: ReturnType<typeof native.recvInto>;
+      try {
+        r = native.recvInto(this.#fd.fd, buf, this.#have, want, this.maxFds);
+      } catch (err) {
+        if (isSysError(err, 'ECONNRESET')) {
+          this.#hangUp();
+          return;
+        }
+        this.#fail(err);
+        return;
+      }
+      if (r === null) return;
+      if (r.fds.length > 0 || r.ctruncated) {
+        const fds = r.fds.map((n) => new Fd(n));
+        if (this.#have > 0 || r.ctruncated) {
+          for (const d of fds) d.close();
+          this.#fail(
+            protocolError(
+              r.ctruncated
+                ? `a message carried more than ${this.maxFds} fds`
+                : `fds arrived ${this.#have} bytes into a message (they must come with its first bytes)`,
+            ),
+          );
+          return;
+        }
+        this.#fds = fds;
+      }
+      if (r.n === 0) {
+        // Hang-up; a partly read message and its fds are dropped.
+        this.#hangUp();
+        return;
+      }
+      this.#have += r.n;
+      if (inHeader) {
+        if (this.#have < headerSize) continue;
+        let size: number;
+        try {
+          size = this.framing.messageSize(this.#header);
+        } catch (err) {
+          this.#fail(protocolError(`bad message header: ${(err as Error).message}`));
+          return;
+        }
+        if (!Number.isInteger(size) || size < headerSize || size > this.maxMessage) {
+          this.#fail(protocolError(`message size ${size} outside [${headerSize}, ${this.maxMessage}]`));
+          return;
+        }
+        this.#msg = Buffer.allocUnsafe(size);
+        this.#header.copy(this.#msg, 0);
+        if (size > headerSize) continue;
+      } else if (this.#have < buf.length) {
+        continue;
+      }
+      const msg: StreamMessage = { data: this.#msg!, fds: this.#fds, truncated: false, ctruncated: false };
+      this.#msg = null;
+      this.#have = 0;
+      this.#fds = [];
+      delivered++;
+      if (!this.emit('message', msg)) for (const d of msg.fds) d.close();
+    }
+  }
+}
