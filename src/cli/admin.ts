@@ -58,6 +58,7 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
         admin: { type: 'string' },
         rundir: { type: 'string' },
         device: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
       },
     });
   } catch (err) {
@@ -65,6 +66,10 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
     return 2;
   }
   const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
   const str = (k: string): string | undefined =>
     typeof values[k] === 'string' ? (values[k] as string) : undefined;
   const path = str('admin') ?? join(str('rundir') ?? '/run/devlease', str('device') ?? 'sa1', 'admin.sock');

@@ -101,9 +101,13 @@ export async function simCommand(argv: string[]): Promise<number> {
     args = parse(argv);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
-    if (err.message) process.stderr.write(`devlease sim: ${err.message}\n`);
-    process.stderr.write(`${USAGE}\n`);
-    return err.message ? 2 : 0;
+    // --help: usage on stdout, exit 0; a usage error: the reason and usage on stderr, exit 2.
+    if (!err.message) {
+      process.stdout.write(`${USAGE}\n`);
+      return 0;
+    }
+    process.stderr.write(`devlease sim: ${err.message}\n${USAGE}\n`);
+    return 2;
   }
   const { startSimulator } = await import('../sim/index.js');
   let sim: Awaited<ReturnType<typeof startSimulator>>;
