@@ -7,7 +7,7 @@
 // inside the lease's IOVA window, after policy. DEVICE_RESET resets only the
 // lease's queue. Nothing else of the device is reachable from here.
 
-import { barSizeMask, CONFIG_SPACE_SIZE } from '../drivers/config-space.js';
+import { CONFIG_SPACE_SIZE, LeaseBars, PCI_BASE_ADDRESS_0, PCI_NUM_BARS } from '../drivers/config-space.js';
 import type { Fd } from '../sys/fd.js';
 import {
   VFIO_DEVICE_FLAGS_PCI,
@@ -55,12 +55,18 @@ export class LeaseSession implements VfioUserDeviceModel {
   readonly #lease: Lease;
   readonly #table: LeaseTable;
   readonly #config: Uint8Array;
+  readonly #bars: LeaseBars;
   readonly #page: bigint;
 
   constructor(lease: Lease, table: LeaseTable) {
     this.#lease = lease;
     this.#table = table;
     this.#config = table.driver.leaseConfigSpace(lease.resources);
+    // BAR types as the driver mirrored them from the device; sizes as REGION_INFO gives them (the slices).
+    this.#bars = new LeaseBars(
+      this.#config,
+      new Map(lease.resources.slices.map((s) => [s.leaseRegion, s.size])),
+    );
     this.#page = BigInt(table.config.layout.pageSize);
   }
 
@@ -149,13 +155,13 @@ export class LeaseSession implements VfioUserDeviceModel {
 
   #configWrite(offset: number, data: Uint8Array): void {
     const dv = new DataView(this.#config.buffer, this.#config.byteOffset);
-    // BAR sizing: all-ones written to a BAR reads back its size mask; other values read back as 0 (address
-    // space is not the client's to choose). Command/status and everything else: stored, no effect.
-    if (offset >= 0x10 && offset < 0x28 && data.byteLength === 4) {
-      const bar = (offset - 0x10) / 4;
-      const slice = this.#slice(bar);
+    // BARs behave as real ones (all-ones reads back the size mask with the type bits; an address is kept,
+    // though nothing is decoded at it); dword writes only, as BARs are sized. Command/status: stored, no
+    // effect. Everything else: read-only.
+    const barsEnd = PCI_BASE_ADDRESS_0 + 4 * PCI_NUM_BARS;
+    if (offset >= PCI_BASE_ADDRESS_0 && offset < barsEnd && data.byteLength === 4 && offset % 4 === 0) {
       const v = new DataView(data.buffer, data.byteOffset).getUint32(0, true);
-      dv.setUint32(offset, slice && v === 0xffffffff ? barSizeMask(slice.size) : 0, true);
+      dv.setUint32(offset, this.#bars.afterWrite((offset - PCI_BASE_ADDRESS_0) / 4, v), true);
       return;
     }
     if (offset < 0x10) this.#config.set(data.subarray(0, Math.max(0, 0x10 - offset)), offset);
