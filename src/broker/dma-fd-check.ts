@@ -13,11 +13,14 @@ import { VfioError } from '../vfio/user/device-model.js';
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
-const NOT_MEMORY: Record<number, string> = {
-  2401: 'a pipe',
-  26411: 'a socket',
-  9604: 'a directory',
-};
+const S_IFIFO = 0o010000;
+const S_IFSOCK = 0o140000;
+const S_IFDIR = 0o040000;
+const NOT_MEMORY = new Map([
+  [S_IFIFO, 'a pipe'],
+  [S_IFSOCK, 'a socket'],
+  [S_IFDIR, 'a directory'],
+]);
 const O_ACCMODE = 0o3;
 const O_RDONLY = 0o0;
 const O_WRONLY = 0o1;
@@ -25,7 +28,7 @@ const O_WRONLY = 0o1;
 export function checkDmaFd(fd: Fd, m: { offset: bigint; size: bigint; write: boolean }): void {
   const st = native.fstat(fd.fd);
   const type = st.mode & S_IFMT;
-  const kind = NOT_MEMORY[type];
+  const kind = NOT_MEMORY.get(type);
   if (kind) {
     throw new VfioError('EBADF', `the DMA_MAP fd is ${kind}, not memory: map a memfd, shm or file`);
   }
