@@ -6,10 +6,12 @@
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import type { DeviceFault, Driver } from '../drivers/driver.js';
+import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import type { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
+import { deviceRefusal } from './device-refusal.js';
 import { Lease } from './lease.js';
 import type { CallerContext, LeaseRequest, Policy, Usage } from './policy.js';
 import { SliceUnit, type SliceWatcher } from './slices.js';
@@ -37,6 +39,11 @@ export class LeaseTable extends EventEmitter {
 
   /** Why grants are suspended (recovery, shutdown), or null. Unlike draining, this is not the owner's choice. */
   suspended: string | null = null;
+
+  /** Where the table's log lines go: the broker's log when it sets one, stderr until then. */
+  log: (line: string) => void = (line) => process.stderr.write(`devlease broker: ${line}\n`);
+  /** Device refusals of lease requests: one line each, at most 5 per lease and request kind per 10 s. */
+  readonly refusals = new RateLimitedLog((line) => this.log(line), { burst: 5, intervalMs: 10_000 });
 
   get draining(): boolean {
     return this.#draining;
@@ -138,9 +145,12 @@ export class LeaseTable extends EventEmitter {
         ...who,
         reason: `device refused the lease: ${(err as Error).message}`,
       });
+      // The device's own errno and words when it refused (the audit line above records it); EIO only for
+      // what carries no errno.
+      const refusal = deviceRefusal(err, 'granting the lease');
       throw err instanceof VfioError
         ? err
-        : new VfioError('EIO', `device refused the lease: ${(err as Error).message}`);
+        : (refusal?.error ?? new VfioError('EIO', `device refused the lease: ${(err as Error).message}`));
     }
     this.#leases.set(lease.id, lease);
     this.audit.write({

@@ -7,7 +7,7 @@
 // inside the lease's IOVA window, after policy. DEVICE_RESET resets only the
 // lease's queue. Nothing else of the device is reachable from here.
 
-import { barSizeMask, CONFIG_SPACE_SIZE } from '../drivers/config-space.js';
+import { CONFIG_SPACE_SIZE, LeaseBars, PCI_BASE_ADDRESS_0, PCI_NUM_BARS } from '../drivers/config-space.js';
 import type { Fd } from '../sys/fd.js';
 import {
   VFIO_DEVICE_FLAGS_PCI,
@@ -36,6 +36,8 @@ import {
   VfioError,
   type VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
+import { deviceRefusal } from './device-refusal.js';
+import { checkDmaFd } from './dma-fd-check.js';
 import { adoptEventFd } from './eventfd-check.js';
 import type { Lease } from './lease.js';
 import type { LeaseTable } from './leases.js';
@@ -53,12 +55,18 @@ export class LeaseSession implements VfioUserDeviceModel {
   readonly #lease: Lease;
   readonly #table: LeaseTable;
   readonly #config: Uint8Array;
+  readonly #bars: LeaseBars;
   readonly #page: bigint;
 
   constructor(lease: Lease, table: LeaseTable) {
     this.#lease = lease;
     this.#table = table;
     this.#config = table.driver.leaseConfigSpace(lease.resources);
+    // BAR types as the driver mirrored them from the device; sizes as REGION_INFO gives them (the slices).
+    this.#bars = new LeaseBars(
+      this.#config,
+      new Map(lease.resources.slices.map((s) => [s.leaseRegion, s.size])),
+    );
     this.#page = BigInt(table.config.layout.pageSize);
   }
 
@@ -128,7 +136,9 @@ export class LeaseSession implements VfioUserDeviceModel {
     }
     const slice = this.#needSlice(index);
     this.#checkLive();
-    return this.#table.device.read(slice.region, slice.offset + offset, count);
+    return this.#device('REGION_READ', `region ${index} +0x${offset.toString(16)}, ${count} bytes`, () =>
+      this.#table.device.read(slice.region, slice.offset + offset, count),
+    );
   }
 
   async regionWrite(index: number, offset: bigint, data: Uint8Array): Promise<void> {
@@ -136,18 +146,22 @@ export class LeaseSession implements VfioUserDeviceModel {
     if (index === INFO_REGION_INDEX) throw new VfioError('EPERM', 'the info region is read-only');
     const slice = this.#needSlice(index);
     this.#checkLive();
-    await this.#table.device.write(slice.region, slice.offset + offset, data);
+    await this.#device(
+      'REGION_WRITE',
+      `region ${index} +0x${offset.toString(16)}, ${data.byteLength} bytes`,
+      () => this.#table.device.write(slice.region, slice.offset + offset, data),
+    );
   }
 
   #configWrite(offset: number, data: Uint8Array): void {
     const dv = new DataView(this.#config.buffer, this.#config.byteOffset);
-    // BAR sizing: all-ones written to a BAR reads back its size mask; other values read back as 0 (address
-    // space is not the client's to choose). Command/status and everything else: stored, no effect.
-    if (offset >= 0x10 && offset < 0x28 && data.byteLength === 4) {
-      const bar = (offset - 0x10) / 4;
-      const slice = this.#slice(bar);
+    // BARs behave as real ones (all-ones reads back the size mask with the type bits; an address is kept,
+    // though nothing is decoded at it); dword writes only, as BARs are sized. Command/status: stored, no
+    // effect. Everything else: read-only.
+    const barsEnd = PCI_BASE_ADDRESS_0 + 4 * PCI_NUM_BARS;
+    if (offset >= PCI_BASE_ADDRESS_0 && offset < barsEnd && data.byteLength === 4 && offset % 4 === 0) {
       const v = new DataView(data.buffer, data.byteOffset).getUint32(0, true);
-      dv.setUint32(offset, slice && v === 0xffffffff ? barSizeMask(slice.size) : 0, true);
+      dv.setUint32(offset, this.#bars.afterWrite((offset - PCI_BASE_ADDRESS_0) / 4, v), true);
       return;
     }
     if (offset < 0x10) this.#config.set(data.subarray(0, Math.max(0, 0x10 - offset)), offset);
@@ -180,6 +194,8 @@ export class LeaseSession implements VfioUserDeviceModel {
       }
       const read = (req.flags & DMA_READ) !== 0;
       const write = (req.flags & DMA_WRITE) !== 0;
+      // A pipe, an empty memfd, a range past the end: refused here, by name, rather than by the device.
+      checkDmaFd(req.fd, { offset: req.offset, size: req.size, write });
       // Checked against usage that counts maps still in flight (released in `finally`), so concurrent
       // DMA_MAPs of one uid cannot pass a limit together.
       const usage = this.#table.usage(lease.ctx);
@@ -199,14 +215,10 @@ export class LeaseSession implements VfioUserDeviceModel {
         });
         throw new VfioError('EACCES', verdict.reason);
       }
-      await this.#table.device.dmaMap({
-        fd: req.fd,
-        offset: req.offset,
-        iova: req.iova,
-        size: req.size,
-        read,
-        write,
-      });
+      const fd = req.fd;
+      await this.#device('DMA_MAP', range(req.iova, req.size), () =>
+        this.#table.device.dmaMap({ fd, offset: req.offset, iova: req.iova, size: req.size, read, write }),
+      );
       if (!lease.live) {
         // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
         await this.#table.device.dmaUnmap(req.iova, req.size);
@@ -240,7 +252,9 @@ export class LeaseSession implements VfioUserDeviceModel {
     );
     if (!verdict.allow) throw new VfioError('EACCES', verdict.reason);
     for (const m of hit) {
-      await this.#table.device.dmaUnmap(m.iova, m.size);
+      await this.#device('DMA_UNMAP', range(m.iova, m.size), () =>
+        this.#table.device.dmaUnmap(m.iova, m.size),
+      );
       lease.mappings.delete(m.iova);
     }
   }
@@ -295,7 +309,9 @@ export class LeaseSession implements VfioUserDeviceModel {
         const physical = vectors[first + i]!;
         const fd = disableAll ? null : (fds[i] ?? null);
         // The client's eventfd goes straight to the device: the broker is not on the interrupt path.
-        await this.#table.device.setIrqs(physicalIndex, physical, [fd]);
+        await this.#device('SET_IRQS', `MSI-X vector ${first + i}`, () =>
+          this.#table.device.setIrqs(physicalIndex, physical, [fd]),
+        );
         if (fd && !lease.live) {
           // Reclaim started while we wired it: take it back rather than leave a vector aimed at this client.
           await this.#table.device.setIrqs(physicalIndex, physical, [null]);
@@ -309,7 +325,9 @@ export class LeaseSession implements VfioUserDeviceModel {
 
   async reset(): Promise<void> {
     this.#checkLive();
-    await this.#table.driver.resetLease(this.#lease.resources);
+    await this.#device('DEVICE_RESET', 'of the lease', () =>
+      this.#table.driver.resetLease(this.#lease.resources),
+    );
   }
 
   feature(): FeatureReply {
@@ -318,6 +336,23 @@ export class LeaseSession implements VfioUserDeviceModel {
 
   disconnected(reason: string): void {
     void this.#table.reclaim(this.#lease, `session closed: ${reason}`);
+  }
+
+  /**
+   * A device call for this lease. A refusal by the device reaches the client with the device's errno and
+   * reason, and is logged as one line, rate-limited per lease and request (a client retrying in a loop
+   * must not flood the log).
+   */
+  async #device<T>(op: string, detail: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (err) {
+      const refusal = deviceRefusal(err, `${op} ${detail}`);
+      if (!refusal) throw err;
+      const l = this.#lease;
+      this.#table.refusals.log(`lease ${l.id} ${op}`, `lease ${l.id} (pid ${l.ctx.pid}): ${refusal.line}`);
+      throw refusal.error;
+    }
   }
 
   #needSlice(index: number) {
@@ -329,4 +364,8 @@ export class LeaseSession implements VfioUserDeviceModel {
   #checkLive(): void {
     if (!this.#lease.live) throw new VfioError('ENODEV', `lease ${this.#lease.id} is ${this.#lease.state}`);
   }
+}
+
+function range(iova: bigint, size: bigint): string {
+  return `[0x${iova.toString(16)}, +0x${size.toString(16)})`;
 }

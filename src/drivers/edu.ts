@@ -11,7 +11,7 @@ import type { LeaseRequest } from '../broker/policy.js';
 import type { Device } from '../device/device.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
-import { buildLeaseConfigSpace } from './config-space.js';
+import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
 import type { Driver, DriverFactory, Isolation, LeaseResources } from './driver.js';
 
 export const EDU_VENDOR = 0x1234;
@@ -63,6 +63,8 @@ export class EduDriver extends EventEmitter implements Driver {
   readonly #dev: Device;
   readonly #cfg: BrokerConfig;
   #version = '';
+  /** BAR0's type, mirrored in the lease's config space. */
+  #barType: BarType | null = null;
   #leased = false;
 
   constructor(dev: Device, cfg: BrokerConfig) {
@@ -94,6 +96,7 @@ export class EduDriver extends EventEmitter implements Driver {
       );
     }
     this.validateLayout();
+    this.#barType = barTypeAt(await readBarTypes(d), EDU_BAR);
     await this.#waitIdle();
     await this.#clearInterrupts();
     await this.#enableBusMaster();
@@ -185,7 +188,7 @@ export class EduDriver extends EventEmitter implements Driver {
       classCode: ids.classCode,
       subsystemVendor: ids.subsystemVendor,
       subsystem: ids.subsystem,
-      bars: { [EDU_BAR]: EDU_BAR_SIZE },
+      bars: this.#barType ? { [EDU_BAR]: this.#barType } : {},
     });
   }
 

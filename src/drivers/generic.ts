@@ -13,7 +13,7 @@ import {
   VFIO_REGION_INFO_FLAG_MMAP,
 } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
-import { buildLeaseConfigSpace } from './config-space.js';
+import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
 import type { Driver, DriverFactory, LeaseResources, SliceSpec } from './driver.js';
 
 const COOPERATIVE = {
@@ -24,7 +24,7 @@ const COOPERATIVE = {
 
 export class GenericDriver extends EventEmitter implements Driver {
   readonly name = 'generic';
-  #bars: { index: number; size: bigint; mmap: boolean }[] = [];
+  #bars: { index: number; size: bigint; mmap: boolean; type: BarType }[] = [];
   #vectors = 0;
   #leased = false;
 
@@ -38,10 +38,15 @@ export class GenericDriver extends EventEmitter implements Driver {
 
   async boot(): Promise<void> {
     this.#bars = [];
+    // The lease's BARs mirror the device's own: I/O or memory, 64-bit, prefetchable.
+    const types = await readBarTypes(this.dev);
     for (let i = 0; i < Math.min(this.dev.numRegions, VFIO_PCI_ROM_REGION_INDEX); i++) {
       const r = await this.dev.region(i);
-      if (r.size > 0n)
-        this.#bars.push({ index: i, size: r.size, mmap: (r.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0 });
+      // A 64-bit BAR's upper register is no region of its own (VFIO reports size 0 for it).
+      if (r.size > 0n && types[i]) {
+        const mmap = (r.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0;
+        this.#bars.push({ index: i, size: r.size, mmap, type: barTypeAt(types, i) });
+      }
     }
     this.#vectors = await this.dev.irqCount(VFIO_PCI_MSIX_IRQ_INDEX).catch(() => 0);
   }
@@ -102,8 +107,8 @@ export class GenericDriver extends EventEmitter implements Driver {
 
   leaseConfigSpace(): Uint8Array {
     const ids = this.dev.ids;
-    const bars: Record<number, bigint> = {};
-    for (const b of this.#bars) bars[b.index] = b.size;
+    const bars: Record<number, BarType> = {};
+    for (const b of this.#bars) bars[b.index] = b.type;
     return buildLeaseConfigSpace({
       vendor: ids.vendor,
       device: ids.device,

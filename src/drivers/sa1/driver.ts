@@ -14,7 +14,7 @@ import {
   VFIO_PCI_MSIX_IRQ_INDEX,
 } from '../../vfio/uapi/vfio.js';
 import { VfioError } from '../../vfio/user/device-model.js';
-import { buildLeaseConfigSpace } from '../config-space.js';
+import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
 import type { DeviceFault, Driver, DriverFactory, LeaseResources } from '../driver.js';
 import { bootFirmware } from './boot.js';
 import { Granules, WindowSlots } from './pools.js';
@@ -59,6 +59,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
   readonly #dev: Device;
   readonly #cfg: BrokerConfig;
   #geo: Sa1Geometry | null = null;
+  /** The queue-page BAR's type, mirrored in lease config spaces. */
+  #bar2Type: BarType | null = null;
   #freeQueues: number[] = [];
   #windows: WindowSlots | null = null;
   #granules: Granules | null = null;
@@ -97,6 +99,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     };
     const g = this.#geo;
     this.validateLayout();
+    this.#bar2Type = barTypeAt(await readBarTypes(d), BAR2);
 
     // A restarted broker finds the device in whatever state the last one left:
     // a hung device is reset; running firmware is kept (the device outlives its driver).
@@ -277,7 +280,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
   }
 
   leaseConfigSpace(_res: LeaseResources): Uint8Array {
-    const bars: Record<number, bigint> = { [BAR2]: BigInt(this.geometry.queueStride) };
+    if (!this.#bar2Type) throw new Error('sa1: device not booted');
+    const bars: Record<number, BarType> = { [BAR2]: this.#bar2Type };
     return buildLeaseConfigSpace({
       vendor: SA1_VENDOR,
       device: SA1_DEVICE,

@@ -13,15 +13,28 @@
 import type { Fd } from '../../sys/fd.js';
 import type { PeerCred } from '../../sys/native.js';
 
-/** A refusal with a POSIX errno name and a human reason, e.g. new VfioError('EINVAL', 'iova outside window'). */
+/**
+ * A refusal with a POSIX errno name and a human reason, e.g. new VfioError('EINVAL', 'iova outside window').
+ * An errno from elsewhere (a device's own refusal, passed on) is given with its number:
+ * new VfioError('ENOTTY', reason, 25).
+ */
 export class VfioError extends Error {
   readonly code: string;
   readonly errno: number;
-  constructor(code: keyof typeof ERRNO, reason: string) {
+  /** The human reason alone (the message is "CODE: reason"). */
+  readonly reason: string;
+  constructor(code: keyof typeof ERRNO, reason: string);
+  constructor(code: string, reason: string, errno: number);
+  constructor(code: string, reason: string, errno?: number) {
     super(`${code}: ${reason}`);
+    const n = errno ?? (ERRNO as Record<string, number>)[code];
+    if (n === undefined || !Number.isInteger(n) || n <= 0 || n > 0xffff_ffff) {
+      throw new RangeError(`VfioError ${code}: errno ${String(n)} is not a positive errno`);
+    }
     this.name = 'VfioError';
     this.code = code;
-    this.errno = ERRNO[code];
+    this.errno = n;
+    this.reason = reason;
   }
 }
 
