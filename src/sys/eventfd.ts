@@ -1,5 +1,5 @@
 // An eventfd counter: a cheap cross-process doorbell (pass its fd over a
-// SeqpacketSocket). Always non-blocking: read() returns null when the
+// StreamSocket). Always non-blocking: read() returns null when the
 // counter is zero.
 import { Fd } from './fd.js';
 import { native } from './native.js';

@@ -1,5 +1,5 @@
-// Framing: one vfio-user message per SOCK_SEQPACKET record, a 16-byte header
-// then the payload (vfio-user.rst, "Header"). Decoding checks what every
+// Messages: a 16-byte header then the payload (vfio-user.rst, "Header"); the
+// stream transport (transport.ts) cuts them out of the byte stream by msg_size. Decoding checks what every
 // message must satisfy whatever its command; per-command checks are in
 // validate.ts (server side) and client.ts (replies).
 import { ProtocolError } from './errors.js';

@@ -81,8 +81,7 @@ export const SPEC_DEFAULT_PGSIZES = 4096;
 
 /**
  * What devlease advertises unless told otherwise. max_data_xfer_size is below the
- * spec's 1 MiB default because one SOCK_SEQPACKET message must fit the sender's
- * socket buffer (net.core.wmem_default, 212992 bytes on stock kernels).
+ * spec's 1 MiB default: it bounds the memory one message costs a connection.
  */
 export const DEFAULT_MAX_MSG_FDS = 16;
 export const DEFAULT_MAX_DATA_XFER_SIZE = 65536;
