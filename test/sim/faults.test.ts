@@ -354,6 +354,16 @@ test('hang injection: HUNG, heartbeat stops, no progress, HANG record, ERR inter
     ds.STATUS_READY,
     'reset: not hung, no firmware, no faults',
   );
+  assert.equal(p.fired(VFIO_PCI_ERR_IRQ_INDEX, 0), 1, 'the owner-requested reset adds no ERR signal');
+});
+
+test('ERR is for unrecoverable errors only: CONTROL.RESET and Q_CTRL.RESET never signal it (rev 2, 2.4)', async () => {
+  const p = await booted();
+  await queue(p, 0);
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_RESET);
+  await w32(p.bus, BAR0, ds.REG_CONTROL, ds.CONTROL_RESET);
+  assert.equal(await r32(p.bus, BAR0, ds.REG_STATUS), ds.STATUS_READY, 'the device did reset');
+  assert.equal(p.fired(VFIO_PCI_ERR_IRQ_INDEX, 0), 0, 'no ERR for a reset the owner asked for');
 });
 
 test('injected fault record on a chosen queue', async () => {
