@@ -26,7 +26,9 @@ try {
   process.exit(1);
 }
 // Guest-side kernel tests run inside the QEMU guest (npm run test:kernel), never on the host.
-if (dir === 'test') files = files.filter((f) => !f.includes(`${join('kernel', 'guest')}`));
+// VM tests boot QEMU 11 guests (npm run test:vm): not part of `npm test` either.
+if (dir === 'test')
+  files = files.filter((f) => !f.includes(`${join('kernel', 'guest')}`) && !f.includes(join(root, 'vm')));
 if (only.length) files = files.filter((f) => only.some((o) => f.includes(o)));
 if (files.length === 0) {
   console.error(`run-tests: no test files under ${root}`);
