@@ -11,7 +11,7 @@ import type { Driver, DriverFactory } from '../drivers/driver.js';
 import { eduDriverFactory } from '../drivers/edu.js';
 import { genericDriverFactory } from '../drivers/generic.js';
 import { sa1DriverFactory } from '../drivers/sa1/driver.js';
-import { PidFd, type SeqpacketSocket } from '../sys/index.js';
+import { PidFd, type StreamSocket } from '../sys/index.js';
 import type { ConnectionInfo } from '../vfio/user/device-model.js';
 import { VfioUserServer } from '../vfio/user/server.js';
 import type { MessageSocket } from '../vfio/user/transport.js';
@@ -122,8 +122,7 @@ export class Broker extends EventEmitter {
     // Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child).
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      const pidfd =
-        'peerPidfd' in socket ? (socket as SeqpacketSocket).peerPidfd() : PidFd.open(conn.cred.pid);
+      const pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
       this.#pidfds.add(pidfd);
       pidfd.onExit(() => {
         session.processExited();

@@ -42,6 +42,18 @@ export interface ConnectionConfig extends V.ServerLimits {
 
 type Reply = { payload?: Uint8Array; fds?: Fd[] };
 
+/**
+ * Flow control, so that a client costs the server a bounded amount whatever
+ * it does: reading stops while MAX_PENDING requests are queued or more than
+ * REPLY_HIGH_WATER reply bytes wait for the client to read them, and resumes
+ * when both are back under. Requests already read still get their replies,
+ * so the backlog can pass the high-water mark by at most MAX_PENDING replies;
+ * past REPLY_HARD_LIMIT (a client that never reads) the connection is cut.
+ */
+export const MAX_PENDING = 32;
+export const REPLY_HIGH_WATER = 1 << 20;
+export const REPLY_HARD_LIMIT = 8 << 20;
+
 /** Commands this server knows but refuses (ENOTSUP), with the reason given in the log. */
 const REFUSED: Record<number, string> = {
   [P.VFIO_USER_DEVICE_GET_REGION_IO_FDS]: 'region I/O fds are not offered',
@@ -65,6 +77,7 @@ export class VfioUserConnection {
   #refusal: unknown = null;
   #queue: Promise<void>;
   #closing: string | null = null;
+  #pending = 0;
   #resolveClosed!: (reason: string) => void;
   /** The client proposed devlease "error_reason": error replies carry the reason (kept even if VERSION fails). */
   #wantsReasons = false;
@@ -92,6 +105,7 @@ export class VfioUserConnection {
       }
     })();
     socket.on('message', (m) => this.#receive(m));
+    socket.on('drain', () => this.#flowControl());
     socket.on('close', () => this.close('peer hung up'));
     socket.on('error', (err) => {
       // The framing cut off a peer that broke it (a lying msg_size, stray fds): say so once.
@@ -147,7 +161,31 @@ export class VfioUserConnection {
       this.close(`protocol error: ${(err as Error).message}`);
       return;
     }
-    this.#queue = this.#queue.then(() => this.#handle(msg, fds));
+    this.#pending++;
+    this.#flowControl();
+    this.#queue = this.#queue.then(async () => {
+      try {
+        await this.#handle(msg, fds);
+      } finally {
+        this.#pending--;
+        this.#flowControl();
+      }
+    });
+  }
+
+  #flowControl(): void {
+    if (this.#closing !== null) return;
+    const backlog = this.socket.queuedBytes;
+    if (backlog > REPLY_HARD_LIMIT) {
+      this.#config.log(
+        `vfio-user connection ${this.info.id}: ${backlog} reply bytes unread by the client; closing it`,
+      );
+      this.close('client does not read its replies');
+      return;
+    }
+    const full = this.#pending >= MAX_PENDING || backlog > REPLY_HIGH_WATER;
+    if (full) this.socket.pause();
+    else this.socket.resume();
   }
 
   async #handle(msg: VfioUserMessage, fds: Fd[]): Promise<void> {
@@ -197,6 +235,7 @@ export class VfioUserConnection {
     if (this.#closing !== null) return;
     try {
       this.socket.send(data, fds);
+      this.#flowControl();
     } catch (err) {
       this.close(`send failed: ${(err as Error).message}`);
     }
