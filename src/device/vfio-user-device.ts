@@ -53,7 +53,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     };
     // vfio-user has no IOVA-range query; the IOMMU model is 48-bit unless the server says otherwise.
     this.#ranges = [{ start: 0n, last: (1n << 48n) - 1n }];
-    this.#watch(client);
+    this.#adopt(client);
   }
 
   /** The current connection. Once it is lost every call on it fails at once (ECONNRESET) until reconnect(). */
@@ -77,8 +77,13 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     return dev;
   }
 
-  /** 'close' with the reason, for the current connection only: a replaced one going away is no news. */
-  #watch(client: VfioUserClient): void {
+  /**
+   * Take `client` as the current connection. Every connection, the first and each reconnected one, passes
+   * here: per-connection setup belongs here. 'close' is passed on with its reason for the current one only
+   * (a replaced connection going away is no news).
+   */
+  #adopt(client: VfioUserClient): void {
+    this.#client = client;
     client.on('close', (reason: Error | null) => {
       if (client === this.#client && !this.#dropped.has(client)) this.emit('close', reason);
     });
@@ -114,8 +119,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     } finally {
       this.#joining = null;
     }
-    this.#client = client;
-    this.#watch(client);
+    this.#adopt(client);
     // It may have gone again while we checked it: say so now, or nobody would.
     if (client.closed) this.emit('close', new Error('the device connection closed while reconnecting'));
   }

@@ -35,6 +35,20 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
+function forkMemoryServer(sock: string): Promise<ChildProcess> {
+  const server = fork(join(here, '..', 'fixtures', 'vfio-user', 'server-child.js'), [sock], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const ready = new Promise<ChildProcess>((resolve, reject) => {
+    server.once('message', () => resolve(server));
+    server.once('exit', (c) => reject(new Error(`server child exited early (${c})`)));
+  });
+  return within(ready, 10_000, 'the vfio-user server child').catch((err) => {
+    server.kill('SIGKILL');
+    throw err;
+  });
+}
+
 test('the simulator is killed and restarted: leases reclaimed with a notice, refused while gone, granted after', async () => {
   const rig = await startRig({ sim: { numQueues: 4 }, config: FAST });
   let sim2: Awaited<ReturnType<typeof spawnSimulator>> | null = null;
@@ -123,19 +137,64 @@ test('with device.reconnect = false the broker gives the device up, saying why (
   }
 });
 
-function forkMemoryServer(sock: string): Promise<ChildProcess> {
-  const server = fork(join(here, '..', 'fixtures', 'vfio-user', 'server-child.js'), [sock], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  });
-  const ready = new Promise<ChildProcess>((resolve, reject) => {
-    server.once('message', () => resolve(server));
-    server.once('exit', (c) => reject(new Error(`server child exited early (${c})`)));
-  });
-  return within(ready, 10_000, 'the vfio-user server child').catch((err) => {
-    server.kill('SIGKILL');
-    throw err;
-  });
-}
+test('another device answering on the socket is not taken; the right one coming back is', async () => {
+  const rig = await startRig({ sim: { numQueues: 2 }, config: FAST });
+  let stranger: ChildProcess | null = null;
+  let sim2: Awaited<ReturnType<typeof spawnSimulator>> | null = null;
+  try {
+    const gone = new Promise((resolve) => rig.broker.once('device-gone', resolve));
+    rig.sim.process.kill('SIGKILL');
+    await within(gone, 5000, 'device-gone');
+    stranger = await forkMemoryServer(rig.simSocket);
+    await until('the stranger to be looked at and refused', () =>
+      /now serves PCI .* not the PCI .* first opened/.test(rig.broker.deviceConnection().lastError ?? ''),
+    );
+    assert.equal(rig.broker.deviceConnection().state, 'gone');
+    const exited = new Promise((r) => stranger!.once('exit', r));
+    stranger.kill('SIGKILL');
+    await within(exited, 5000, 'the stranger to exit');
+    const back = new Promise((resolve) => rig.broker.once('device-back', resolve));
+    sim2 = await spawnSimulator({ socketPath: rig.simSocket, numQueues: 2 });
+    await within(back, 3000, 'device-back');
+  } finally {
+    stranger?.kill('SIGKILL');
+    await rig.close();
+    await sim2?.close();
+  }
+});
+
+test('a lease parked on a client that keeps its mapping ends with the device too; its queue is leased again', async () => {
+  // Without revocation, reclaim waits for the client's release; the device going away ends that wait.
+  const rig = await startRig({ sim: { numQueues: 1 }, config: { ...FAST, lifetime: { revoke: false } } });
+  let sim2: Awaited<ReturnType<typeof spawnSimulator>> | null = null;
+  const [a, b] = await Promise.all([ClientProc.spawn(), ClientProc.spawn()]);
+  try {
+    await a.call('connect', { socket: rig.socket });
+    await a.call('dropSessionKeepMapping');
+    await until(
+      'the lease to await its release',
+      () => rig.broker.leases.all()[0]?.state === 'awaiting-release',
+    );
+    rig.sim.process.kill('SIGKILL');
+    await until('the parked lease to end', () => rig.broker.leases.all().length === 0);
+    const released = rig.audit.find((e) => e.event === 'released');
+    assert.equal(released?.deviceLost, true);
+    assert.equal(released?.outstandingSliceFds, 1, "the client still maps the dead device's page");
+    const back = new Promise((resolve) => rig.broker.once('device-back', resolve));
+    sim2 = await spawnSimulator({ socketPath: rig.simSocket, numQueues: 1 });
+    await within(back, 3000, 'device-back');
+    // The one queue is free in the new pools, and the old lease's late release cannot free it twice.
+    const info = (await b.call('connect', { socket: rig.socket })).info;
+    assert.equal(info.queue, 0);
+    await a.call('unmapKept');
+    await b.call('queue');
+    assert.equal((await b.call('submit', { desc: { opcode: 'NOP' } })).status, 'OK');
+  } finally {
+    await Promise.all([a.exit(), b.exit()]);
+    await rig.close();
+    await sim2?.close();
+  }
+});
 
 test('the generic driver survives its vfio-user server restarting too', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-generic-restart-'));
