@@ -5,6 +5,7 @@
 //   reclaiming ──slices revoked──▶ released
 //   reclaiming ──device cannot revoke──▶ awaiting-release ──release observed, slices scrubbed──▶ released
 //   reclaiming ──an unmap or revoke failed──▶ quarantined (its resources are never reused)
+//   any state ──the device connection is lost──▶ released (nothing is asked of the lost device; see leases.ts)
 
 import type { DeviceFault, LeaseResources } from '../drivers/driver.js';
 import type { Fd } from '../sys/fd.js';
@@ -34,6 +35,8 @@ export class Lease {
   readonly ctx: CallerContext;
   readonly resources: LeaseResources;
   readonly createdAt = Date.now();
+  /** The device connection this lease was granted on (LeaseTable counts them): a later one does not hold it. */
+  generation = 0;
   state: LeaseState = 'active';
   /** Why the lease is ending, once it is. */
   endReason: string | null = null;

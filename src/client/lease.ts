@@ -34,7 +34,8 @@ export interface ConnectOptions {
  * - 'revoke-requested' ({ deadline: number }): the owner wants the lease back; close() before the deadline
  * - 'revoked': the lease was taken back (slices dead, session closed)
  * - 'device-fault' (faults): a fault record concerning this lease
- * - 'device-reset': the device was reset; the lease is gone
+ * - 'device-reset': the device was reset, or its server went away (the broker reconnects to it); the lease
+ *   is gone: connect again for a new one (refused with ENODEV while the device is away)
  * - 'disconnected' (reason): the session ended for any reason
  */
 export class Lease extends EventEmitter {

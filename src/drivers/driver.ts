@@ -91,6 +91,13 @@ export interface Driver extends EventEmitter {
   leaseConfigSpace(res: LeaseResources): Uint8Array;
   /** Device-level state for `devlease status`. */
   status(): Promise<Record<string, unknown>>;
+  /**
+   * The device connection is gone (a vfio-user server died), and with it everything the device held: stop the
+   * timers and watchers that use it and forget the resource pools. boot() follows when the device is back,
+   * and must start from scratch (a second boot() without this in between is a broker restart's retake).
+   * Leases of the lost device are not release()d: their resources died with it.
+   */
+  deviceLost(): void;
   /** Stop timers and watchers (the device stays as it is). */
   close(): void;
 }

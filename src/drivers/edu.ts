@@ -179,6 +179,11 @@ export class EduDriver extends EventEmitter implements Driver {
     this.#leased = false;
   }
 
+  /** Only over vfio-user (edu is a kernel device in practice): the lease died with the connection. */
+  deviceLost(): void {
+    this.#leased = false;
+  }
+
   leaseConfigSpace(): Uint8Array {
     const ids = this.#dev.ids;
     return buildLeaseConfigSpace({

@@ -272,7 +272,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   release(res: LeaseResources): void {
     const q = res.queue!;
-    if (res.devmem) this.#granules!.give(res.devmem);
+    if (res.devmem) this.#granules?.give(res.devmem); // none after deviceLost(): the next boot makes new pools
     if (!this.#freeQueues.includes(q)) {
       this.#freeQueues.push(q);
       this.#freeQueues.sort((a, b) => a - b);
@@ -321,9 +321,22 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#startHeartbeat();
   }
 
+  deviceLost(): void {
+    this.#stopHeartbeat();
+    this.#closeInterrupts();
+    this.#ownResets = 0;
+    this.#freeQueues = [];
+    this.#windows = null;
+    this.#granules = null;
+  }
+
   close(): void {
     this.#closed = true;
     this.#stopHeartbeat();
+    this.#closeInterrupts();
+  }
+
+  #closeInterrupts(): void {
     this.#faultFd?.close();
     this.#errFd?.close();
     this.#faultFd = this.#errFd = null;
