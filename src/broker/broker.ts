@@ -70,6 +70,7 @@ export class Broker extends EventEmitter {
     this.audit = audit;
     this.log = opts.log ?? ((m) => process.stderr.write(`devlease broker: ${m}\n`));
     this.leases = new LeaseTable(opts.device, driver, policy, audit, opts.config, this.#watcher);
+    this.leases.log = this.log;
     this.dir = join(opts.config.rundir, opts.config.deviceName);
     this.#link = new DeviceLink(opts.config.reconnect, {
       attempt: () => this.#reattach(),
