@@ -261,16 +261,21 @@ export class LeaseTable extends EventEmitter {
     await lease.settle();
     if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0);
     const problems: string[] = [];
-    let unsafe = false; // an unmap or revoke failed: this lease's window or slices may still be reachable
-    const step = async (what: string, fn: () => Promise<void>, critical: boolean) => {
+    // An unmap or revoke failed, or a quiesce or reset did not finish: this lease's window, slices or queue
+    // may still be reachable or running.
+    let unsafe = false;
+    const step = async (what: string, fn: () => Promise<void>, critical: boolean | 'on-timeout') => {
       try {
         await fn();
       } catch (err) {
         problems.push(`${what}: ${(err as Error).message}`);
-        if (critical && (err as { code?: string }).code !== 'ENOENT') unsafe = true;
+        const code = (err as { code?: string }).code;
+        if (critical === 'on-timeout' ? code === 'ETIMEDOUT' : critical && code !== 'ENOENT') unsafe = true;
       }
     };
-    await step('quiesce', () => this.driver.quiesce(lease.resources), false);
+    // A quiesce that fails outright (the device connection went) leaves the rest to device recovery; one that
+    // times out leaves work running on a live device.
+    await step('quiesce', () => this.driver.quiesce(lease.resources), 'on-timeout');
     const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
     for (const v of lease.resources.vectors) {
       await step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]), true);
@@ -308,6 +313,7 @@ export class LeaseTable extends EventEmitter {
     if (unsafe) {
       // Never hand these resources to another client; the operator sees why (devlease leases, audit).
       lease.state = 'quarantined';
+      lease.quarantineReason = problems.join('; ');
       this.audit.write({ event: 'quarantined', lease: lease.id, ms, problems });
       this.emit('state', lease);
       lease.parked();
@@ -387,7 +393,7 @@ export class LeaseTable extends EventEmitter {
    */
   async #unmapAll(
     lease: Lease,
-    step: (what: string, fn: () => Promise<void>, critical: boolean) => Promise<void>,
+    step: (what: string, fn: () => Promise<void>, critical: boolean | 'on-timeout') => Promise<void>,
   ) {
     if (lease.mappings.size === 0) return;
     const w = lease.resources.window;
