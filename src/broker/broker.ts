@@ -6,18 +6,19 @@
 import { EventEmitter } from 'node:events';
 import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Device } from '../device/device.js';
+import { type Device, isReconnectable } from '../device/device.js';
 import type { Driver, DriverFactory } from '../drivers/driver.js';
 import { eduDriverFactory } from '../drivers/edu.js';
 import { genericDriverFactory } from '../drivers/generic.js';
 import { sa1DriverFactory } from '../drivers/sa1/driver.js';
-import { PidFd, type SeqpacketSocket } from '../sys/index.js';
+import { PidFd, type StreamSocket } from '../sys/index.js';
 import type { ConnectionInfo } from '../vfio/user/device-model.js';
 import { VfioUserServer } from '../vfio/user/server.js';
 import type { MessageSocket } from '../vfio/user/transport.js';
 import { AdminServer } from './admin.js';
 import { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
+import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
 import { LeaseTable } from './leases.js';
 import { PendingSession } from './pending-session.js';
 import { Policy, type PolicyModule, readCallerContext } from './policy.js';
@@ -35,7 +36,13 @@ export interface BrokerOptions {
   log?: (msg: string) => void;
 }
 
-/** Events: 'device-lost' (reason), 'hang' (reason), 'reset' (reason), 'recovered'. */
+/**
+ * Events: 'hang' (reason), 'reset' (reason), 'recovered';
+ * 'device-gone' (reason): the device connection dropped; leases reclaimed, the broker reconnecting;
+ * 'device-back': reconnected and booted, leasing again;
+ * 'device-lost' (reason): the connection dropped and will not be re-made (a kernel device, or
+ * device.reconnect = false): the broker is of no more use (the daemon exits).
+ */
 export class Broker extends EventEmitter {
   readonly config: BrokerConfig;
   readonly device: Device;
@@ -50,6 +57,9 @@ export class Broker extends EventEmitter {
   #admin: AdminServer | null = null;
   #closed = false;
   #recovering: Promise<void> | null = null;
+  /** Handling a lost device connection: reclaim, reconnect, boot. */
+  #losing: Promise<void> | null = null;
+  readonly #link: DeviceLink;
   readonly log: (msg: string) => void;
 
   private constructor(opts: BrokerOptions, driver: Driver, policy: Policy, audit: AuditLog) {
@@ -60,7 +70,13 @@ export class Broker extends EventEmitter {
     this.audit = audit;
     this.log = opts.log ?? ((m) => process.stderr.write(`devlease broker: ${m}\n`));
     this.leases = new LeaseTable(opts.device, driver, policy, audit, opts.config, this.#watcher);
+    this.leases.log = this.log;
     this.dir = join(opts.config.rundir, opts.config.deviceName);
+    this.#link = new DeviceLink(opts.config.reconnect, {
+      attempt: () => this.#reattach(),
+      failed: () => this.driver.deviceLost(),
+      log: this.log,
+    });
   }
 
   static async start(opts: BrokerOptions): Promise<Broker> {
@@ -84,11 +100,7 @@ export class Broker extends EventEmitter {
     driver.on('hang', (why: string) => void broker.#recover('device-hang', why));
     driver.on('device-reset', (why: string) => void broker.#recover('device-reset', why));
     driver.on('error', (err: Error) => broker.log(`driver: ${err.message}`));
-    device.on('close', () => {
-      if (broker.#closed) return;
-      broker.log('the device connection is gone');
-      broker.emit('device-lost', 'the device connection closed');
-    });
+    device.on('close', (reason?: Error | null) => broker.#deviceClosed(reason ?? null));
     audit.write({
       event: 'start',
       device: config.deviceName,
@@ -122,8 +134,7 @@ export class Broker extends EventEmitter {
     // Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child).
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      const pidfd =
-        'peerPidfd' in socket ? (socket as SeqpacketSocket).peerPidfd() : PidFd.open(conn.cred.pid);
+      const pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
       this.#pidfds.add(pidfd);
       pidfd.onExit(() => {
         session.processExited();
@@ -139,9 +150,65 @@ export class Broker extends EventEmitter {
     return session;
   }
 
+  #deviceClosed(reason: Error | null): void {
+    if (this.#closed || this.#link.gone) return; // while gone, a failed attempt's connection closing is no news
+    const why = reason?.message ?? 'the device connection closed';
+    if (!isReconnectable(this.device) || !this.config.reconnect.enabled) {
+      const how = isReconnectable(this.device)
+        ? 'device.reconnect is off'
+        : 'a kernel device is not reconnected';
+      this.#link.lost(why);
+      this.leases.deviceGone = `the device is lost (${why}); ${how}`;
+      this.log(`the device connection is gone (${why}); ${how}`);
+      this.audit.write({ event: 'device-lost', reason: why });
+      this.emit('device-lost', `${why}; ${how}`);
+      return;
+    }
+    this.#link.lost(why);
+    this.#losing = this.#deviceGone(this.device.endpoint, why)
+      .catch((err: Error) => this.log(`handling the lost device failed: ${err.stack ?? err.message}`))
+      .finally(() => {
+        this.#losing = null;
+      });
+  }
+
+  /**
+   * The device's server went away. Grants stop at once (ENODEV, with the reason); every client is told (ERR)
+   * and every lease ends without asking the device (it took its mappings and wiring with it); then the
+   * broker reconnects with backoff and boots the device again, and grants resume.
+   */
+  async #deviceGone(endpoint: string, why: string): Promise<void> {
+    this.leases.deviceGone =
+      `the device at ${endpoint} is gone since ${this.#link.status().since} (${why}); ` +
+      'the broker is reconnecting: lease again once it is back';
+    this.audit.write({ event: 'device-gone', endpoint, reason: why });
+    this.log(`the device connection is gone (${why}); reconnecting to ${endpoint}`);
+    this.emit('device-gone', why);
+    await this.#recovering; // a hang recovery in progress fails fast now: let it finish first
+    for (const l of this.leases.all()) l.notify('err');
+    await this.leases.deviceLost(why);
+    this.driver.deviceLost();
+    if (!(await this.#link.reconnect())) return; // the broker is closing
+    this.leases.deviceGone = null;
+    this.leases.suspended = null; // also a failed recovery's: the device was booted from scratch
+    const s = this.#link.status();
+    this.audit.write({ event: 'device-back', endpoint, attempts: s.attempts });
+    this.log(`the device is back after ${s.attempts} attempt(s)`);
+    this.emit('device-back');
+  }
+
+  /** One reconnect attempt: a new connection to the same device, booted by the driver. */
+  async #reattach(): Promise<void> {
+    if (!isReconnectable(this.device)) throw new Error('the device cannot reconnect');
+    await this.device.reconnect();
+    await this.driver.boot();
+    // Gone again during the boot: its 'close' was taken for a failed attempt's, so fail this one too.
+    if (!this.device.connected) throw new Error('the device connection closed again during boot');
+  }
+
   /** The device hung or was reset: tell every client (ERR), reclaim every lease, bring the device back. */
   async #recover(event: 'device-hang' | 'device-reset', why: string): Promise<void> {
-    if (this.#recovering || this.#closed) return;
+    if (this.#recovering || this.#closed || this.#link.gone) return;
     this.#recovering = (async () => {
       this.leases.suspended = `the device is recovering (${event}): lease again shortly`;
       this.audit.write({ event, reason: why });
@@ -167,6 +234,7 @@ export class Broker extends EventEmitter {
 
   /** Whole-device reset from the admin: every lease is reclaimed first. */
   async resetDevice(): Promise<void> {
+    if (this.leases.deviceGone) throw Object.assign(new Error(this.leases.deviceGone), { code: 'ENODEV' });
     this.leases.suspended = 'the device is being reset by its owner';
     try {
       for (const l of this.leases.all()) l.notify('err');
@@ -178,13 +246,20 @@ export class Broker extends EventEmitter {
     }
   }
 
+  /** Up, or gone since when and why (and how many reconnect attempts so far). */
+  deviceConnection(): DeviceConnectionStatus {
+    return this.#link.status();
+  }
+
   async status(): Promise<Record<string, unknown>> {
     return {
       device: this.config.deviceName,
       transport: this.device.transport,
       path: this.device.path,
       ids: this.device.ids,
-      driver: await this.driver.status(),
+      deviceConnection: this.#link.status(),
+      // Nothing to read from a device that is not there.
+      driver: this.#link.gone ? { driver: this.driver.name } : await this.driver.status(),
       draining: this.leases.draining,
       leases: this.leases.all().length,
       sockets: Object.fromEntries(this.sockets),
@@ -196,6 +271,8 @@ export class Broker extends EventEmitter {
     this.#closed = true;
     this.leases.suspended = 'the broker is shutting down';
     this.#admin?.close();
+    await this.#link.close();
+    await this.#losing;
     await Promise.all(this.#servers.map((s) => s.close()));
     await this.leases.reclaimAll('broker shutting down');
     this.driver.close();

@@ -19,6 +19,11 @@ export interface BrokerConfig {
   rundir: string;
   /** The device's name in paths and logs. */
   deviceName: string;
+  /**
+   * When a vfio-user device's connection is lost: reconnect (with backoff, first wait `initialMs`, doubling up
+   * to `maxMs` between attempts), or exit (false; kernel devices always exit).
+   */
+  reconnect: { enabled: boolean; initialMs: number; maxMs: number };
   sockets: { mode: number; group: number | null };
   admin: { mode: number; group: number | null };
   layout: {
@@ -76,6 +81,7 @@ export function defaultConfig(): BrokerConfig {
   return {
     rundir: '/run/devlease',
     deviceName: 'sa1',
+    reconnect: { enabled: true, initialMs: 50, maxMs: 2000 },
     sockets: { mode: 0o666, group: null },
     admin: { mode: 0o600, group: null },
     layout: { pageSize: 4096, allowCooperative: false },
@@ -224,6 +230,17 @@ export function configFromObject(doc: Table): BrokerConfig {
       'may contain only letters, digits, ".", "_" and "-" (it names a folder)',
     );
   }
+  const reconnect = {
+    enabled: device.bool('reconnect', d.reconnect.enabled),
+    initialMs: device.int('reconnect_initial_ms', d.reconnect.initialMs, 1, 60_000),
+    maxMs: device.int('reconnect_max_ms', d.reconnect.maxMs, 1, 600_000),
+  };
+  if (reconnect.maxMs < reconnect.initialMs) {
+    throw new ConfigError(
+      'device.reconnect_max_ms',
+      `must be at least device.reconnect_initial_ms (${reconnect.initialMs}), got ${reconnect.maxMs}`,
+    );
+  }
   device.done();
 
   const sock = top.table('sockets');
@@ -283,7 +300,7 @@ export function configFromObject(doc: Table): BrokerConfig {
   const auditLog = audit.string('path', null);
   audit.done();
   top.done();
-  return { rundir, deviceName, sockets, admin, layout, lifetime, sa1, policy, auditLog };
+  return { rundir, deviceName, reconnect, sockets, admin, layout, lifetime, sa1, policy, auditLog };
 }
 
 export function parseConfig(text: string, source = 'config'): BrokerConfig {

@@ -4,7 +4,8 @@
 //   active ──session end / process exit──────────────────────────────▶ reclaiming
 //   reclaiming ──slices revoked──▶ released
 //   reclaiming ──device cannot revoke──▶ awaiting-release ──release observed, slices scrubbed──▶ released
-//   reclaiming ──an unmap or revoke failed──▶ quarantined (its resources are never reused)
+//   reclaiming ──an unmap or revoke failed, a quiesce or reset timed out──▶ quarantined (never reused)
+//   any state ──the device connection is lost──▶ released (nothing is asked of the lost device; see leases.ts)
 
 import type { DeviceFault, LeaseResources } from '../drivers/driver.js';
 import type { Fd } from '../sys/fd.js';
@@ -34,9 +35,13 @@ export class Lease {
   readonly ctx: CallerContext;
   readonly resources: LeaseResources;
   readonly createdAt = Date.now();
+  /** The device connection this lease was granted on (LeaseTable counts them): a later one does not hold it. */
+  generation = 0;
   state: LeaseState = 'active';
   /** Why the lease is ending, once it is. */
   endReason: string | null = null;
+  /** What failed in reclaim, once the lease is quarantined (its resources are never leased again). */
+  quarantineReason: string | null = null;
   /** Revocation deadline (ms since epoch) while `revoking`. */
   deadline: number | null = null;
   readonly mappings = new Map<bigint, LeaseMapping>();
@@ -144,6 +149,7 @@ export class Lease {
       deadline: this.deadline,
       since: new Date(this.createdAt).toISOString(),
       endReason: this.endReason,
+      quarantineReason: this.quarantineReason,
     };
   }
 }

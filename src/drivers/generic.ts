@@ -104,6 +104,12 @@ export class GenericDriver extends EventEmitter implements Driver {
   release(): void {
     this.#leased = false;
   }
+  /** The lease died with the device; boot() rereads the regions of whatever comes back. */
+  deviceLost(): void {
+    this.#leased = false;
+    this.#bars = [];
+    this.#vectors = 0;
+  }
 
   leaseConfigSpace(): Uint8Array {
     const ids = this.dev.ids;

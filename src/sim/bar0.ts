@@ -11,6 +11,8 @@ import {
   ID_VALUE,
   MSIX_ENTRY_SIZE,
   Q_CTRL,
+  Q_CTRL_ENABLE,
+  Q_CTRL_RESET,
   Q_STATUS,
   QCFG_MAX_QUEUES,
   QCFG_STRIDE,
@@ -47,7 +49,7 @@ export function bar0Read32(dev: Sa1Device, off: number): number {
     case REG_STATUS:
       return dev.status();
     case REG_CONTROL:
-      return dev.controlEnable ? CONTROL_ENABLE : 0;
+      return (dev.controlEnable ? CONTROL_ENABLE : 0) | (dev.deviceResetPending ? CONTROL_RESET : 0);
     case REG_SCRATCH:
       return dev.scratch;
     case REG_HEARTBEAT:
@@ -80,7 +82,9 @@ export function bar0Read32(dev: Sa1Device, off: number): number {
     const q = dev.queues[Math.floor((off - REG_QCFG) / QCFG_STRIDE)];
     if (!q) return 0;
     const within = (off - REG_QCFG) % QCFG_STRIDE;
-    if (within === Q_CTRL) return q.enabled ? 1 : 0;
+    if (within === Q_CTRL) {
+      return (q.enabled ? Q_CTRL_ENABLE : 0) | (dev.queueResetsPending.has(q.index) ? Q_CTRL_RESET : 0);
+    }
     if (within === Q_STATUS) return dev.queueStatus(q);
     return q.readQcfg(within);
   }
@@ -96,8 +100,7 @@ export function bar0Write32(dev: Sa1Device, off: number, v: number): void {
   const value = v >>> 0;
   switch (off) {
     case REG_CONTROL:
-      if (value & CONTROL_RESET) dev.reset();
-      dev.controlEnable = (value & CONTROL_ENABLE) !== 0;
+      dev.writeControl(value);
       return;
     case REG_SCRATCH:
       dev.scratch = value;

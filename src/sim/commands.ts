@@ -6,7 +6,9 @@ export type InjectRequest =
   | { kind: 'hang' }
   | { kind: 'fault'; queue: number; code?: number; iova?: bigint }
   | { kind: 'delay'; ms: number; queue?: number }
-  | { kind: 'dropIrq'; count: number; index?: number; vector?: number };
+  | { kind: 'dropIrq'; count: number; index?: number; vector?: number }
+  /** Q_CTRL.RESET of `queue` (none: CONTROL.RESET and every queue's) never finishes; `clear` ends that. */
+  | { kind: 'stuckReset'; queue?: number; clear?: boolean };
 
 export type DeviceRequest =
   | { op: 'dmaMap'; fd: number; offset: bigint; iova: bigint; size: bigint; read: boolean; write: boolean }

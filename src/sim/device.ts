@@ -16,6 +16,8 @@ import { ConfigSpace } from './config-space.js';
 import {
   BAR0_SIZE,
   CONFIG_SPACE_SIZE,
+  CONTROL_ENABLE,
+  CONTROL_RESET,
   FAULT_FW,
   FAULT_HANG,
   FAULT_QUEUE_DEVICE,
@@ -31,6 +33,7 @@ import {
   STATUS_FW_RUNNING,
   STATUS_HUNG,
   STATUS_READY,
+  STATUS_RESETTING,
 } from './datasheet.js';
 import { Engine, IRQ_BATCH_MAX } from './engine.js';
 import { FaultLog } from './faults.js';
@@ -72,6 +75,11 @@ export class Sa1Device {
   delayAllMs = 0;
   readonly delayQueueMs = new Map<number, number>();
   readonly #drops: DropRule[] = [];
+  /** Stuck-reset injection: queues whose Q_CTRL.RESET never finishes; 'device' also holds CONTROL.RESET. */
+  readonly #stuckResets = new Set<number | 'device'>();
+  /** Register resets begun but held by a stuck-reset injection (RESET reads 1 until it is cleared). */
+  readonly queueResetsPending = new Set<number>();
+  deviceResetPending = false;
   readonly #now: () => number;
 
   constructor(
@@ -112,7 +120,7 @@ export class Sa1Device {
 
   status(): number {
     return (
-      STATUS_READY |
+      (this.deviceResetPending ? STATUS_RESETTING : STATUS_READY) |
       (this.firmware.running ? STATUS_FW_RUNNING : 0) |
       (this.faults.pending ? STATUS_FAULT_PENDING : 0) |
       (this.hung ? STATUS_HUNG : 0)
@@ -209,6 +217,14 @@ export class Sa1Device {
 
   /** Q_CTRL write: RESET first (queue back to its reset state), then ENABLE as written. */
   writeQueueControl(q: Queue, value: number): void {
+    if (this.queueResetsPending.has(q.index)) return; // in reset: the queue takes no control until it ends
+    if (value & Q_CTRL_RESET && this.#resetStuck(q.index)) {
+      // The reset begins (the queue stops) but does not finish: Q_CTRL.RESET reads 1 until the injection ends.
+      if (q.enabled) this.engine.abort(q);
+      q.enabled = false;
+      this.queueResetsPending.add(q.index);
+      return;
+    }
     if (value & Q_CTRL_RESET) this.resetQueue(q);
     const enable = (value & Q_CTRL_ENABLE) !== 0;
     if (q.enabled && !enable) this.engine.abort(q);
@@ -227,6 +243,9 @@ export class Sa1Device {
    * sends DEVICE_RESET at every machine reset and stops the VM on ERR.
    */
   reset(): void {
+    // A whole-device reset finishes every register reset still pending (a stuck-reset injection's).
+    this.deviceResetPending = false;
+    this.queueResetsPending.clear();
     for (const q of this.queues) {
       this.engine.abort(q);
       q.powerOn();
@@ -269,7 +288,48 @@ export class Sa1Device {
     this.backing.renew(slice);
   }
 
+  /** CONTROL write: RESET first (unless a stuck-reset injection holds it), then ENABLE as written. */
+  writeControl(value: number): void {
+    if (this.deviceResetPending) return; // resetting: CONTROL takes nothing until the reset ends
+    if (value & CONTROL_RESET && this.#stuckResets.has('device')) {
+      this.controlEnable = false;
+      this.deviceResetPending = true;
+      return;
+    }
+    if (value & CONTROL_RESET) this.reset();
+    this.controlEnable = (value & CONTROL_ENABLE) !== 0;
+  }
+
   // --- fault injection ---
+
+  /**
+   * Stuck reset: Q_CTRL.RESET of `queue` (or, with no queue, CONTROL.RESET and every Q_CTRL.RESET) begins
+   * but never finishes. `stuck` false ends the injection and finishes the resets it held.
+   */
+  setStuckReset(stuck: boolean, queue?: number): void {
+    if (queue !== undefined && !this.queues[queue]) {
+      throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
+    }
+    const key = queue ?? 'device';
+    if (stuck) {
+      this.#stuckResets.add(key);
+      return;
+    }
+    this.#stuckResets.delete(key);
+    if (this.deviceResetPending && !this.#stuckResets.has('device')) {
+      this.deviceResetPending = false;
+      this.reset();
+    }
+    for (const i of [...this.queueResetsPending]) {
+      if (this.#resetStuck(i)) continue;
+      this.queueResetsPending.delete(i);
+      this.resetQueue(this.queues[i] as Queue);
+    }
+  }
+
+  #resetStuck(queue: number): boolean {
+    return this.#stuckResets.has(queue) || this.#stuckResets.has('device');
+  }
 
   injectHang(): void {
     if (this.hung) return;

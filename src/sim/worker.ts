@@ -89,6 +89,9 @@ function inject(i: InjectRequest): void {
     case 'dropIrq':
       device.dropInterrupts(i.count, i.index, i.vector);
       return;
+    case 'stuckReset':
+      device.setStuckReset(!i.clear, i.queue);
+      return;
   }
 }
 

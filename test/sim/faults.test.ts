@@ -375,6 +375,43 @@ test('injected fault record on a chosen queue', async () => {
   assert.equal(faultVector(p), 1);
 });
 
+test('stuck reset: Q_CTRL.RESET and CONTROL.RESET begin but read 1 until the injection is cleared', async () => {
+  const p = await booted();
+  const tq = await queue(p, 1);
+  p.dev.setStuckReset(true, 1);
+  await w32(p.bus, BAR0, qcfg(1, ds.Q_CTRL), ds.Q_CTRL_RESET);
+  assert.equal(
+    await r32(p.bus, BAR0, qcfg(1, ds.Q_CTRL)),
+    ds.Q_CTRL_RESET,
+    'RESET still set, ENABLE cleared',
+  );
+  await w32(p.bus, BAR0, qcfg(1, ds.Q_CTRL), ds.Q_CTRL_ENABLE);
+  assert.equal(
+    await r32(p.bus, BAR0, qcfg(1, ds.Q_CTRL)),
+    ds.Q_CTRL_RESET,
+    'a queue in reset takes no enable',
+  );
+  await tq.submit([{ opcode: ds.OP_NOP }]);
+  p.dev.runUntilIdle();
+  assert.equal(tq.peek(0), null, 'a queue in reset runs nothing');
+  // Other queues reset as usual.
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_RESET);
+  assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_CTRL)), 0);
+  p.dev.setStuckReset(false, 1);
+  assert.equal(await r32(p.bus, BAR0, qcfg(1, ds.Q_CTRL)), 0, 'the held reset finished');
+
+  // No queue given: the whole-device reset sticks (STATUS RESETTING, not READY) until cleared.
+  p.dev.setStuckReset(true);
+  await w32(p.bus, BAR0, ds.REG_CONTROL, ds.CONTROL_RESET | ds.CONTROL_ENABLE);
+  assert.equal(await r32(p.bus, BAR0, ds.REG_CONTROL), ds.CONTROL_RESET);
+  const st = await r32(p.bus, BAR0, ds.REG_STATUS);
+  assert.equal(st & (ds.STATUS_RESETTING | ds.STATUS_READY), ds.STATUS_RESETTING);
+  p.dev.setStuckReset(false);
+  assert.equal(await r32(p.bus, BAR0, ds.REG_CONTROL), 0);
+  assert.equal(await r32(p.bus, BAR0, ds.REG_STATUS), ds.STATUS_READY, 'reset done: no firmware, READY');
+  assert.throws(() => p.dev.setStuckReset(true, 99), /no queue 99/);
+});
+
 test('the fault log is a ring of 16 indexed by count mod 16', async () => {
   const p = await booted();
   for (let i = 0; i < 20; i++) p.dev.injectFault(0, 99, BigInt(i));

@@ -16,6 +16,7 @@ import {
 import { VfioError } from '../../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
 import type { DeviceFault, Driver, DriverFactory, LeaseResources } from '../driver.js';
+import { pollUntil } from '../poll.js';
 import { bootFirmware } from './boot.js';
 import { Granules, WindowSlots } from './pools.js';
 import {
@@ -45,7 +46,8 @@ const PCI_COMMAND = 0x04;
 const PCI_COMMAND_MEMORY = 1 << 1;
 const PCI_COMMAND_MASTER = 1 << 2;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Bound on a whole-device reset (CONTROL.RESET to read 0). */
+export const DEVICE_RESET_TIMEOUT_MS = 1000;
 
 export interface Sa1Geometry {
   numQueues: number;
@@ -62,6 +64,11 @@ export class Sa1Driver extends EventEmitter implements Driver {
   /** The queue-page BAR's type, mirrored in lease config spaces. */
   #bar2Type: BarType | null = null;
   #freeQueues: number[] = [];
+  /**
+   * Queues whose reset did not finish: never leased again by this driver, whatever the broker does with the
+   * lease that held them (a grant whose activation timed out gives its queue back with release()).
+   */
+  readonly #stuckQueues = new Set<number>();
   #windows: WindowSlots | null = null;
   #granules: Granules | null = null;
   #faultFd: EventFd | null = null;
@@ -108,9 +115,14 @@ export class Sa1Driver extends EventEmitter implements Driver {
       await this.#resetDevice();
       status = await d.read32(BAR0, REG.STATUS);
     }
-    // Stop every queue a previous owner may have left enabled before leasing them again.
+    // Stop every queue a previous owner may have left enabled (or in reset) before leasing them again; one
+    // whose reset does not finish stays out of the pool.
+    this.#stuckQueues.clear();
     for (let q = 0; q < g.numQueues; q++) {
-      if ((await d.read32(BAR0, qcfg(q, Q.CTRL))) & Q_CTRL.ENABLE) await this.#resetQueue(q);
+      if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
+      await this.#resetQueue(q).catch((err: { code?: string }) => {
+        if (err.code !== 'ETIMEDOUT') throw err;
+      });
     }
     // Clients of a previous broker may still hold slices of this device: revoke them all, so nothing
     // handed out before this boot can reach a queue page or granule we are about to lease again.
@@ -124,7 +136,9 @@ export class Sa1Driver extends EventEmitter implements Driver {
     }
     await d.write32(BAR0, REG.CONTROL, CONTROL.ENABLE);
 
-    this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i);
+    this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i).filter(
+      (q) => !this.#stuckQueues.has(q),
+    );
     this.#windows = new WindowSlots(this.#cfg.sa1.windowSize, g.numQueues, d.iovaRanges());
     this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
     await this.#armInterrupts();
@@ -168,7 +182,12 @@ export class Sa1Driver extends EventEmitter implements Driver {
       );
     }
     const q = this.#freeQueues.shift();
-    if (q === undefined) throw new VfioError('ENOSPC', `all ${g.numQueues} queues are leased`);
+    if (q === undefined) {
+      const stuck = this.#stuckQueues.size
+        ? ` or quarantined (${this.#stuckQueues.size} whose reset did not finish)`
+        : '';
+      throw new VfioError('ENOSPC', `all ${g.numQueues} queues are leased${stuck}`);
+    }
     const window = this.#windows!.take(q);
     const devmem = granules ? this.#granules!.take(granules) : null;
     if (granules && !devmem) {
@@ -248,9 +267,12 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Disabling aborts in-flight descriptors (they complete ABORTED); wait for IDLE, then reset
     // so no ring state survives into the next lease.
     await d.write32(BAR0, qcfg(q, Q.CTRL), 0);
-    const deadline = Date.now() + this.#cfg.lifetime.quiesceTimeoutMs;
-    while (!((await d.read32(BAR0, qcfg(q, Q.STATUS))) & Q_STATUS.IDLE) && Date.now() < deadline)
-      await sleep(1);
+    await pollUntil({
+      what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
+      read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
+      done: (st) => (st & Q_STATUS.IDLE) !== 0,
+      timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+    });
     await this.#resetQueue(q);
   }
 
@@ -272,8 +294,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   release(res: LeaseResources): void {
     const q = res.queue!;
-    if (res.devmem) this.#granules!.give(res.devmem);
-    if (!this.#freeQueues.includes(q)) {
+    if (res.devmem) this.#granules?.give(res.devmem); // none after deviceLost(): the next boot makes new pools
+    if (!this.#freeQueues.includes(q) && !this.#stuckQueues.has(q)) {
       this.#freeQueues.push(q);
       this.#freeQueues.sort((a, b) => a - b);
     }
@@ -307,6 +329,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
       faultHead: await d.read32(BAR0, REG.FAULT_HEAD),
       geometry: { ...this.geometry, devmemSize: this.geometry.devmemSize.toString() },
       freeQueues: this.#freeQueues.length,
+      quarantinedQueues: [...this.#stuckQueues],
     };
   }
 
@@ -321,9 +344,22 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#startHeartbeat();
   }
 
+  deviceLost(): void {
+    this.#stopHeartbeat();
+    this.#closeInterrupts();
+    this.#ownResets = 0;
+    this.#freeQueues = [];
+    this.#windows = null;
+    this.#granules = null;
+  }
+
   close(): void {
     this.#closed = true;
     this.#stopHeartbeat();
+    this.#closeInterrupts();
+  }
+
+  #closeInterrupts(): void {
     this.#faultFd?.close();
     this.#errFd?.close();
     this.#faultFd = this.#errFd = null;
@@ -356,17 +392,40 @@ export class Sa1Driver extends EventEmitter implements Driver {
     await this.#dev.write(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, out);
   }
 
+  /** CONTROL.RESET until it reads 0; ETIMEDOUT past DEVICE_RESET_TIMEOUT_MS. */
   async #resetDevice(): Promise<void> {
     this.#ownResets++; // the device answers a reset with its ERR interrupt: that one is ours, not news
     await this.#dev.write32(BAR0, REG.CONTROL, CONTROL.RESET);
-    for (let i = 0; i < 1000 && (await this.#dev.read32(BAR0, REG.CONTROL)) & CONTROL.RESET; i++)
-      await sleep(1);
+    await pollUntil({
+      what: 'sa1: device reset (CONTROL.RESET)',
+      read: () => this.#dev.read32(BAR0, REG.CONTROL),
+      done: (v) => (v & CONTROL.RESET) === 0,
+      timeoutMs: DEVICE_RESET_TIMEOUT_MS,
+    });
   }
 
+  /**
+   * Q_CTRL.RESET until it reads 0, bounded by lifetime.quiesce_timeout_ms. On ETIMEDOUT the queue is
+   * quarantined: out of the pool for the life of this driver (as the broker's quarantined leases are); the
+   * next boot checks it again.
+   */
   async #resetQueue(q: number): Promise<void> {
     const d = this.#dev;
     await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET);
-    for (let i = 0; i < 1000 && (await d.read32(BAR0, qcfg(q, Q.CTRL))) & Q_CTRL.RESET; i++) await sleep(1);
+    try {
+      await pollUntil({
+        what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
+        read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
+        done: (v) => (v & Q_CTRL.RESET) === 0,
+        timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+      });
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ETIMEDOUT') {
+        this.#stuckQueues.add(q);
+        this.#freeQueues = this.#freeQueues.filter((f) => f !== q);
+      }
+      throw err;
+    }
   }
 
   async #armInterrupts(): Promise<void> {
