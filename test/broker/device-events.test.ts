@@ -72,3 +72,15 @@ test('a hang: every client is told, every lease reclaimed, the device reset and 
   assert.equal((await d.call('submit', { desc: { opcode: 'NOP' } })).status, 'OK');
   await Promise.all([a.exit(), b.exit(), d.exit()]);
 });
+
+test('the broker resetting the device raises no ERR of its own: a later hang is still heard through ERR', async () => {
+  // Datasheet rev 2, 2.4: a reset the owner asked for signals no ERR. A driver that
+  // still expected one would take the next real ERR (this hang's) for it and miss it.
+  const hangs = (): unknown[] => rig.audit.filter((e) => e.event === 'device-hang').map((e) => e.reason);
+  for (let round = 1; round <= 2; round++) {
+    const recovered = new Promise<void>((resolve) => rig.broker.once('recovered', resolve));
+    await rig.sim.inject({ kind: 'hang' });
+    await recovered; // the recovery resets the device (CONTROL.RESET)
+    assert.deepEqual(hangs(), Array(round).fill('the device raised ERR and reports HUNG'), `hang ${round}`);
+  }
+});
