@@ -95,7 +95,8 @@ function main(): Record<string, unknown> {
     barSizes: res.slice(0, 6).map((r) => r.size),
     configBytes: config.length,
     msix: msix(config),
-    bar0: bar0(dir),
+    // A lease has no BAR0 (the owner's registers): null says so without hiding the rest.
+    bar0: existsSync(join(dir, 'resource0')) ? bar0(dir) : null,
   };
 }
 
