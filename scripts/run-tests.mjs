@@ -25,8 +25,12 @@ try {
   console.error(`run-tests: cannot read ${root} (${err.code}); run 'npm run build:ts' first`);
   process.exit(1);
 }
-// Guest-side kernel tests run inside the QEMU guest (npm run test:kernel), never on the host.
-if (dir === 'test') files = files.filter((f) => !f.includes(`${join('kernel', 'guest')}`));
+// Guest-side kernel tests run inside the QEMU guest (npm run test:kernel), never on the host; the interop
+// suite needs the stock peers its own runner builds (npm run test:interop).
+if (dir === 'test')
+  files = files.filter(
+    (f) => !f.includes(`${join('kernel', 'guest')}`) && !f.includes(join('dist', 'test', 'interop')),
+  );
 if (only.length) files = files.filter((f) => only.some((o) => f.includes(o)));
 if (files.length === 0) {
   console.error(`run-tests: no test files under ${root}`);
