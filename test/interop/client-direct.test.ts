@@ -1,6 +1,6 @@
 // devlease's own vfio-user client (VfioUserClient) against libvfio-user's
 // samples directly, no broker between: the negotiation, the device and
-// region queries, region access, and libvfio-user's error replies (which
+// region queries, region access, and libvfio-user's error replies (some
 // carry payload bytes after the header: issue 12, item 2).
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -173,9 +173,13 @@ test("server: BAR1's sparse-mmap capability and fd, its memory seen through both
     const now = BigInt(Math.floor(Date.now() / 1000));
     const t = (await client.regionRead(0, 0, 8)).readBigInt64LE(0);
     assert.ok(t >= now - 2n && t <= now + 2n, `BAR0 reads ${t}, expected about ${now}`);
-    // Any access but 8 bytes at offset 0 is refused by the sample's handler (not by the library's bounds check).
+    // Any access but 8 bytes at offset 0 is refused by the sample's handler. Unlike the library's own bounds
+    // check, that error reply carries the reply buffer libvfio-user had prepared (struct and data, zeros):
+    // payload bytes that are no reason text.
     const short = await refused('a 4-byte BAR0 read', client.regionRead(0, 0, 4));
     assertPlainError(short, 'VFIO_USER_REGION_READ', 'EINVAL', 22);
+    const shortWrite = await refused('a 4-byte BAR0 write', client.regionWrite(0, 0, new Uint8Array(4)));
+    assertPlainError(shortWrite, 'VFIO_USER_REGION_WRITE', 'EINVAL', 22);
   } finally {
     client.close();
   }
