@@ -75,6 +75,8 @@ export class DeviceWorker {
   #worker: Worker;
   #exited: Promise<void>;
   #closed = false;
+  /** The worker is gone (closed, or died): the register file no longer describes a live device. */
+  #gone = false;
 
   static async start(options: Sa1Options, timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS): Promise<DeviceWorker> {
     const dw = new DeviceWorker(options, timeoutMs);
@@ -108,7 +110,12 @@ export class DeviceWorker {
       workerData: init,
       transferList: [port2],
     });
-    this.#exited = new Promise((resolve) => this.#worker.once('exit', () => resolve()));
+    this.#exited = new Promise((resolve) =>
+      this.#worker.once('exit', () => {
+        this.#gone = true;
+        resolve();
+      }),
+    );
   }
 
   regionRead(index: number, offset: number, count: number): Uint8Array {
@@ -176,6 +183,7 @@ export class DeviceWorker {
 
   #checkOpen(): void {
     if (this.#closed) throw new VfioError('ENODEV', 'the SA-1 device has shut down');
+    if (this.#gone) throw new VfioError('ENODEV', 'the SA-1 device worker exited');
   }
 }
 
