@@ -30,6 +30,20 @@ export class QueueRegisters {
   /** Byte offset of this queue's QCFG in BAR0. */
   readonly qcfgAt: number;
 
+  // Registers only the device writes (the owner's Q_CTRL write is the device's to act on) are mirrored
+  // here, so the engine's hot path reads plain fields; every change is also stored for the front end.
+  #enabled = false;
+  #error = false;
+  #lastError = 0;
+  #completed = 0;
+  #bytes = 0;
+  // The windows, as of the last enable: the owner cannot change them while the queue is enabled (§2.2),
+  // so while enabled the engine reads this copy instead of building BigInts from shared words.
+  #winBase = 0n;
+  #winSize = 0n;
+  #memBase = 0;
+  #memSize = 0;
+
   constructor(
     readonly index: number,
     protected readonly regs: RegisterFile,
@@ -38,51 +52,65 @@ export class QueueRegisters {
   }
 
   get enabled(): boolean {
-    return (this.regs.load(this.qcfgAt + Q_CTRL) & Q_CTRL_ENABLE) !== 0;
+    return this.#enabled;
   }
   set enabled(v: boolean) {
+    if (v && !this.#enabled) {
+      this.#winBase = this.regs.load64(this.qcfgAt + Q_WIN_BASE);
+      this.#winSize = this.regs.load64(this.qcfgAt + Q_WIN_SIZE);
+      this.#memBase = this.regs.load(this.qcfgAt + Q_MEM_BASE);
+      this.#memSize = this.regs.load(this.qcfgAt + Q_MEM_SIZE);
+    }
+    this.#enabled = v;
     this.regs.store(this.qcfgAt + Q_CTRL, v ? Q_CTRL_ENABLE : 0);
   }
 
   get error(): boolean {
-    return (this.regs.load(this.qcfgAt + Q_STATUS) & Q_STATUS_ERROR) !== 0;
+    return this.#error;
   }
   set error(v: boolean) {
-    this.#storeStatus(v, this.lastError);
+    this.#error = v;
+    this.#storeStatus();
   }
 
   /** Q_STATUS b8..15: the last non-OK, non-ABORTED status this queue produced. */
   get lastError(): number {
-    return (this.regs.load(this.qcfgAt + Q_STATUS) >>> Q_STATUS_ERROR_SHIFT) & 0xff;
+    return this.#lastError;
   }
   set lastError(code: number) {
-    this.#storeStatus(this.error, code);
+    this.#lastError = code & 0xff;
+    this.#storeStatus();
   }
 
   get winBase(): bigint {
-    return this.regs.load64(this.qcfgAt + Q_WIN_BASE);
+    return this.#enabled ? this.#winBase : this.regs.load64(this.qcfgAt + Q_WIN_BASE);
   }
   set winBase(v: bigint) {
+    this.#winBase = v;
     this.regs.store64(this.qcfgAt + Q_WIN_BASE, v);
   }
   get winSize(): bigint {
-    return this.regs.load64(this.qcfgAt + Q_WIN_SIZE);
+    return this.#enabled ? this.#winSize : this.regs.load64(this.qcfgAt + Q_WIN_SIZE);
   }
   set winSize(v: bigint) {
+    this.#winSize = v;
     this.regs.store64(this.qcfgAt + Q_WIN_SIZE, v);
   }
   get memBase(): number {
-    return this.regs.load(this.qcfgAt + Q_MEM_BASE);
+    return this.#enabled ? this.#memBase : this.regs.load(this.qcfgAt + Q_MEM_BASE);
   }
   set memBase(v: number) {
+    this.#memBase = v >>> 0;
     this.regs.store(this.qcfgAt + Q_MEM_BASE, v);
   }
   get memSize(): number {
-    return this.regs.load(this.qcfgAt + Q_MEM_SIZE);
+    return this.#enabled ? this.#memSize : this.regs.load(this.qcfgAt + Q_MEM_SIZE);
   }
   set memSize(v: number) {
+    this.#memSize = v >>> 0;
     this.regs.store(this.qcfgAt + Q_MEM_SIZE, v);
   }
+  /** Read from the register file every time: the owner may change it while the queue runs. */
   get vector(): number {
     return this.regs.load(this.qcfgAt + Q_VECTOR);
   }
@@ -90,15 +118,17 @@ export class QueueRegisters {
     this.regs.store(this.qcfgAt + Q_VECTOR, v & 0xffff);
   }
   get completed(): number {
-    return this.regs.loadCount(this.qcfgAt + Q_COMPLETED);
+    return this.#completed;
   }
   set completed(v: number) {
+    this.#completed = v;
     this.regs.storeCount(this.qcfgAt + Q_COMPLETED, v);
   }
   get bytes(): number {
-    return this.regs.loadCount(this.qcfgAt + Q_BYTES);
+    return this.#bytes;
   }
   set bytes(v: number) {
+    this.#bytes = v;
     this.regs.storeCount(this.qcfgAt + Q_BYTES, v);
   }
 
@@ -107,10 +137,10 @@ export class QueueRegisters {
     this.regs.store(this.qcfgAt + Q_INFLIGHT, count);
   }
 
-  #storeStatus(error: boolean, lastError: number): void {
+  #storeStatus(): void {
     this.regs.store(
       this.qcfgAt + Q_STATUS,
-      (error ? Q_STATUS_ERROR : 0) | ((lastError & 0xff) << Q_STATUS_ERROR_SHIFT),
+      (this.#error ? Q_STATUS_ERROR : 0) | (this.#lastError << Q_STATUS_ERROR_SHIFT),
     );
   }
 }
