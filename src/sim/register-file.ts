@@ -1,9 +1,11 @@
 // The SA-1 register file: every owner-visible register value (BAR0 and
 // config space) in one SharedArrayBuffer that the device worker and the
-// vfio-user front end (main thread) both use. The device model keeps its
-// register state here and nowhere else, so the front end can answer a
-// register read, and apply a register write that has no side effect, from
-// the same memory without waking the worker (frontend.ts, bar0.ts).
+// vfio-user front end (main thread) both use. The device model stores every
+// register value here (the few QCFG values only the device writes are also
+// mirrored in its Queue objects for the engine's hot path, qcfg.ts), so the
+// front end can answer a register read, and apply a register write that has
+// no side effect, from the same memory without waking the worker
+// (frontend.ts, bar0.ts).
 //
 // BAR0 is stored as its own image, word for word: a read of a plain
 // register is one Atomics.load at its offset. Values derived from state
