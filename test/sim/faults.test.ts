@@ -7,7 +7,7 @@ import * as ds from '../../src/sim/datasheet.js';
 import { decodeFaultRecord, type FaultRecord } from '../../src/sim/faults.js';
 import { makeFirmwareImage } from '../../src/sim/firmware.js';
 import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
-import { BAR0, boot, loadFirmware, qcfg, r32, w32 } from './helpers/driver.js';
+import { BAR0, boot, loadFirmware, qcfg, r32, w32, w64 } from './helpers/driver.js';
 import { inProcess } from './helpers/inproc.js';
 import { type Booted, booted, FW_IOVA, HOST_IOVA, queue } from './helpers/scenario.js';
 
@@ -89,6 +89,23 @@ test('Q_WIN_SIZE 0 lets a queue touch no host memory', async () => {
   await tq.submit([{ opcode: ds.OP_NOP }]);
   p.dev.runUntilIdle();
   assert.equal((await lastFault(p)).code, ds.ST_WINDOW_VIOLATION);
+});
+
+test('windows changed while a queue is disabled (not reset) apply when it is enabled again', async () => {
+  const p = await booted();
+  const tq = await queue(p, 0, { window: { base: HOST_IOVA, size: 0x1_0000n }, ringOffset: 0 });
+  const copy = (tag: bigint) => ({ opcode: ds.OP_COPY, length: 16, src: at(0x2_0000), dst: at(0x100), tag });
+  await tq.submit([{ opcode: ds.OP_NOP, tag: 1n }]);
+  assert.equal((await tq.reap(1))[0]?.status, ds.ST_OK);
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), 0);
+  await w64(p.bus, BAR0, qcfg(0, ds.Q_WIN_SIZE), 0x4_0000n);
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_ENABLE);
+  await tq.submit([copy(2n)]);
+  assert.deepEqual(
+    (await tq.reap(1)).map((c) => [c.tag, c.status]),
+    [[2n, ds.ST_OK]],
+    'the wider window is in force: src at +0x20000 is inside it',
+  );
 });
 
 test('IOMMU_FAULT: unmapped IOVA inside the window, and a write through a read-only map', async () => {
