@@ -237,7 +237,11 @@ export class Sa1Device {
     q.clearRings();
   }
 
-  /** Whole-device reset (VFIO_USER_DEVICE_RESET, CONTROL.RESET). DMA mappings are kept. */
+  /**
+   * Whole-device reset (VFIO_USER_DEVICE_RESET, CONTROL.RESET). DMA mappings
+   * are kept. No ERR: the owner asked for it (datasheet 2.4, rev 2), and QEMU
+   * sends DEVICE_RESET at every machine reset and stops the VM on ERR.
+   */
   reset(): void {
     // A whole-device reset finishes every register reset still pending (a stuck-reset injection's).
     this.deviceResetPending = false;
@@ -253,7 +257,6 @@ export class Sa1Device {
     this.scratch = 0;
     this.devmem.zero();
     this.#maskAllVectors();
-    this.#interrupt(VFIO_PCI_ERR_IRQ_INDEX, 0);
   }
 
   // --- IOMMU ---

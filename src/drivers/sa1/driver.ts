@@ -74,7 +74,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
   #faultFd: EventFd | null = null;
   #errFd: EventFd | null = null;
   #faultsSeen = 0;
-  #ownResets = 0;
   #heartbeat: { timer: NodeJS.Timeout; last: number; stale: number } | null = null;
   #closed = false;
 
@@ -347,7 +346,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
   deviceLost(): void {
     this.#stopHeartbeat();
     this.#closeInterrupts();
-    this.#ownResets = 0;
     this.#freeQueues = [];
     this.#windows = null;
     this.#granules = null;
@@ -394,7 +392,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   /** CONTROL.RESET until it reads 0; ETIMEDOUT past DEVICE_RESET_TIMEOUT_MS. */
   async #resetDevice(): Promise<void> {
-    this.#ownResets++; // the device answers a reset with its ERR interrupt: that one is ours, not news
+    // No ERR follows: a reset the owner asked for is no error (datasheet rev 2, 2.4).
     await this.#dev.write32(BAR0, REG.CONTROL, CONTROL.RESET);
     await pollUntil({
       what: 'sa1: device reset (CONTROL.RESET)',
@@ -434,15 +432,12 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#faultFd.onReadable(() => this.#scheduleDrain());
     await this.#dev.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, g.numQueues, [this.#faultFd.fd]);
     this.#errFd = new EventFd();
-    this.#errFd.onReadable((n) => void this.#onErr(Number(n)).catch((err) => this.emit('error', err)));
+    this.#errFd.onReadable(() => void this.#onErr().catch((err) => this.emit('error', err)));
     await this.#dev.setIrqs(VFIO_PCI_ERR_IRQ_INDEX, 0, [this.#errFd.fd]);
   }
 
-  /** ERR: the device hung, or was reset. Resets the driver did itself are expected and ignored. */
-  async #onErr(count: number): Promise<void> {
-    const theirs = Math.max(0, count - this.#ownResets);
-    this.#ownResets = Math.max(0, this.#ownResets - count);
-    if (theirs === 0) return;
+  /** ERR: the device hung, or was reset without the driver asking (its own resets raise none). */
+  async #onErr(): Promise<void> {
     const status = await this.#dev.read32(BAR0, REG.STATUS);
     if (status & STATUS.HUNG) this.emit('hang', 'the device raised ERR and reports HUNG');
     else this.emit('device-reset', 'the device raised ERR: it was reset');
