@@ -11,8 +11,8 @@
 //   node dist/bench/cases/region-read.js [--quick]
 
 import { join } from 'node:path';
-import { type Child, spawnNode, startSim } from '../../src/demo/processes.js';
 import { REG_SCRATCH } from '../../src/sim/datasheet.js';
+import { type Child, spawnNode, startSim } from '../../src/util/processes.js';
 import { VFIO_PCI_BAR0_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { trackChild } from '../fixtures/cleanup.js';

@@ -19,12 +19,10 @@ export interface CallerContext {
   lease?: { id: string; kind: string };
 }
 
-export interface LeaseRequest {
-  kind: string;
-  /** Device-memory granules wanted (SA-1). */
-  devmemGranules?: number;
-  [key: string]: unknown;
-}
+// A lease request is the drivers' type (drivers may not import the broker); policy hooks see the same.
+import type { LeaseRequest } from '../drivers/driver.js';
+
+export type { LeaseRequest };
 
 export interface MapRequest {
   op: 'map' | 'unmap';

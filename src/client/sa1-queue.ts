@@ -12,7 +12,7 @@ import {
   STATUS_CODE,
   STATUS_NAME,
   type StatusName,
-} from '../drivers/sa1/regs.js';
+} from '../hw/sa1/regs.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';

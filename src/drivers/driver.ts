@@ -4,9 +4,25 @@
 // holds lifetimes, policy and sessions.
 
 import type { EventEmitter } from 'node:events';
-import type { BrokerConfig } from '../broker/config.js';
-import type { LeaseRequest } from '../broker/policy.js';
 import type { Device } from '../device/device.js';
+
+/** What a client asks to lease (the broker's policy sees the same request). */
+export interface LeaseRequest {
+  kind: string;
+  /** Device-memory granules wanted (SA-1). */
+  devmemGranules?: number;
+  [key: string]: unknown;
+}
+
+/**
+ * The part of the broker's configuration drivers read (the broker's BrokerConfig is one, structurally:
+ * drivers do not import the broker). Field meanings are the config file's (docs/CONFIG.md).
+ */
+export interface DriverConfig {
+  layout: { pageSize: number; allowCooperative: boolean };
+  lifetime: { revoke: boolean; quiesceTimeoutMs: number };
+  sa1: { firmware: string | null; windowSize: bigint; maxDevmemGranules: number; heartbeatMs: number };
+}
 
 export type IsolationLevel = 'enforced' | 'cooperative';
 export interface Isolation {
@@ -137,5 +153,5 @@ export interface Driver extends EventEmitter {
 export interface DriverFactory {
   readonly name: string;
   matches(device: Device): boolean;
-  create(device: Device, config: BrokerConfig): Driver;
+  create(device: Device, config: DriverConfig): Driver;
 }

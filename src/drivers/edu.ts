@@ -6,13 +6,18 @@
 // one MSI vector. One lease at a time: edu has one DMA engine and one BAR.
 
 import { EventEmitter } from 'node:events';
-import type { BrokerConfig } from '../broker/config.js';
-import type { LeaseRequest } from '../broker/policy.js';
 import type { Device } from '../device/device.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
-import type { Driver, DriverFactory, Isolation, LeaseResources } from './driver.js';
+import type {
+  Driver,
+  DriverConfig,
+  DriverFactory,
+  Isolation,
+  LeaseRequest,
+  LeaseResources,
+} from './driver.js';
 import { pollUntil } from './poll.js';
 
 export const EDU_VENDOR = 0x1234;
@@ -60,13 +65,13 @@ const BAR_ISOLATION: Isolation = {
 export class EduDriver extends EventEmitter implements Driver {
   readonly name = 'edu';
   readonly #dev: Device;
-  readonly #cfg: BrokerConfig;
+  readonly #cfg: DriverConfig;
   #version = '';
   /** BAR0's type, mirrored in the lease's config space. */
   #barType: BarType | null = null;
   #leased = false;
 
-  constructor(dev: Device, cfg: BrokerConfig) {
+  constructor(dev: Device, cfg: DriverConfig) {
     super();
     this.#dev = dev;
     this.#cfg = cfg;

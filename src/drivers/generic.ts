@@ -5,7 +5,6 @@
 // device, so every slice is reported `cooperative`, with the reason.
 
 import { EventEmitter } from 'node:events';
-import type { LeaseRequest } from '../broker/policy.js';
 import type { Device } from '../device/device.js';
 import {
   VFIO_PCI_CONFIG_REGION_INDEX,
@@ -16,7 +15,7 @@ import {
 } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
-import type { Driver, DriverFactory, LeaseResources, SliceSpec } from './driver.js';
+import type { Driver, DriverFactory, LeaseRequest, LeaseResources, SliceSpec } from './driver.js';
 
 const COOPERATIVE = {
   level: 'cooperative' as const,

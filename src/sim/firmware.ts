@@ -25,21 +25,8 @@ import type { RegisterFile } from './register-file.js';
 
 const MAGIC_BYTES = new TextEncoder().encode(FW_MAGIC);
 
-/** Build an SA-1 firmware image: "SA1F", version, payload length, CRC32C(payload), payload. */
-export function makeFirmwareImage(opts: { version: number; payload?: Uint8Array }): Uint8Array {
-  const payload = opts.payload ?? new TextEncoder().encode(`SA-1 firmware ${opts.version}\n`);
-  if (payload.length > FW_MAX_PAYLOAD) {
-    throw new RangeError(`firmware payload is ${payload.length} bytes; at most ${FW_MAX_PAYLOAD}`);
-  }
-  const image = new Uint8Array(FW_HEADER_SIZE + payload.length);
-  const dv = new DataView(image.buffer);
-  image.set(MAGIC_BYTES, 0);
-  dv.setUint32(4, opts.version >>> 0, true);
-  dv.setUint32(8, payload.length, true);
-  dv.setUint32(12, crc32c(payload), true);
-  image.set(payload, FW_HEADER_SIZE);
-  return image;
-}
+// The image builder is shared with the driver (its default image): src/hw/sa1/firmware-image.ts.
+export { makeFirmwareImage } from '../hw/sa1/firmware-image.js';
 
 /** Reads `length` bytes at `iova` through the IOMMU; returns the faulting IOVA instead when it cannot. */
 export type ImageFetch = (iova: bigint, length: number) => Uint8Array | { faultIova: bigint };

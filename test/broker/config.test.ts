@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError, parseConfig } from '../../src/broker/config.js';
-import { DEVLEASE_BIN } from '../../src/demo/processes.js';
+import { DEVLEASE_BIN } from '../../src/util/processes.js';
 
 const bad = (toml: string, field: RegExp) => {
   assert.throws(

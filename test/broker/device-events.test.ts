@@ -3,7 +3,7 @@
 // broker brings the device back so clients can lease again.
 import assert from 'node:assert/strict';
 import { after, afterEach, beforeEach, test } from 'node:test';
-import { BAR0, REG, STATUS } from '../../src/drivers/sa1/regs.js';
+import { BAR0, REG, STATUS } from '../../src/hw/sa1/regs.js';
 import { ClientProc, type Rig, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 

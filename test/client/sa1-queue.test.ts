@@ -1,7 +1,7 @@
 // The SA-1 queue helper across ring wraps, back-pressure and error statuses.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { BAR0, Q, Q_CTRL, qcfg } from '../../src/drivers/sa1/regs.js';
+import { BAR0, Q, Q_CTRL, qcfg } from '../../src/hw/sa1/regs.js';
 import { connect, DeviceStatusError, type Lease, Sa1Queue } from '../../src/index.js';
 import { crc32c } from '../../src/sim/crc32c.js';
 import { type Rig, startRig } from '../helpers/broker-rig.js';

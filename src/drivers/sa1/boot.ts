@@ -4,10 +4,10 @@
 
 import { readFileSync } from 'node:fs';
 import type { Device } from '../../device/device.js';
-import { makeFirmwareImage } from '../../sim/firmware.js';
+import { makeFirmwareImage } from '../../hw/sa1/firmware-image.js';
+import { BAR0, FW_STATUS, REG } from '../../hw/sa1/regs.js';
 import { MemFd } from '../../sys/index.js';
 import { pollUntil } from '../poll.js';
-import { BAR0, FW_STATUS, REG } from './regs.js';
 
 /** Broker-private IOVA for the firmware image: below every lease window (those start at 4 GiB). */
 export const FW_IMAGE_IOVA = 0x10_0000n;

@@ -4,21 +4,7 @@
 // isolation (the IOMMU is the other half).
 
 import { EventEmitter } from 'node:events';
-import type { BrokerConfig } from '../../broker/config.js';
-import type { LeaseRequest } from '../../broker/policy.js';
 import type { Device } from '../../device/device.js';
-import { EventFd } from '../../sys/index.js';
-import {
-  VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_ERR_IRQ_INDEX,
-  VFIO_PCI_MSIX_IRQ_INDEX,
-} from '../../vfio/uapi/vfio.js';
-import { VfioError } from '../../vfio/user/device-model.js';
-import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
-import type { DeviceFault, Driver, DriverFactory, LeaseResources } from '../driver.js';
-import { pollUntil } from '../poll.js';
-import { bootFirmware } from './boot.js';
-import { Granules, WindowSlots } from './pools.js';
 import {
   BAR0,
   BAR2,
@@ -37,7 +23,26 @@ import {
   SA1_VENDOR,
   STATUS,
   STATUS_NAME,
-} from './regs.js';
+} from '../../hw/sa1/regs.js';
+import { EventFd } from '../../sys/index.js';
+import {
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+} from '../../vfio/uapi/vfio.js';
+import { VfioError } from '../../vfio/user/device-model.js';
+import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
+import type {
+  DeviceFault,
+  Driver,
+  DriverConfig,
+  DriverFactory,
+  LeaseRequest,
+  LeaseResources,
+} from '../driver.js';
+import { pollUntil } from '../poll.js';
+import { bootFirmware } from './boot.js';
+import { Granules, WindowSlots } from './pools.js';
 
 /** Lease region index of the first device-memory granule (after the devlease info region, 9). */
 export const DEVMEM_LEASE_REGION0 = 10;
@@ -59,7 +64,7 @@ export interface Sa1Geometry {
 export class Sa1Driver extends EventEmitter implements Driver {
   readonly name = 'sa1';
   readonly #dev: Device;
-  readonly #cfg: BrokerConfig;
+  readonly #cfg: DriverConfig;
   #geo: Sa1Geometry | null = null;
   /** The queue-page BAR's type, mirrored in lease config spaces. */
   #bar2Type: BarType | null = null;
@@ -77,7 +82,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
   #heartbeat: { timer: NodeJS.Timeout; last: number; stale: number } | null = null;
   #closed = false;
 
-  constructor(dev: Device, cfg: BrokerConfig) {
+  constructor(dev: Device, cfg: DriverConfig) {
     super();
     this.#dev = dev;
     this.#cfg = cfg;

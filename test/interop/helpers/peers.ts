@@ -8,7 +8,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEVLEASE_BIN } from '../../../src/demo/processes.js';
+import { DEVLEASE_BIN } from '../../../src/util/processes.js';
 
 export const SAMPLES_ENV = 'DEVLEASE_LIBVFIO_USER_SAMPLES';
 export type SampleName = 'gpio-pci-idio-16' | 'server' | 'client';
