@@ -14,8 +14,9 @@ import {
   VfioError,
   type VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
+import { readLeaseRequest } from './lease-request.js';
 import type { LeaseTable } from './leases.js';
-import type { CallerContext, LeaseRequest } from './policy.js';
+import type { CallerContext } from './policy.js';
 import { LeaseSession } from './session.js';
 
 export class PendingSession implements VfioUserDeviceModel {
@@ -36,15 +37,7 @@ export class PendingSession implements VfioUserDeviceModel {
 
   /** Called with the client's VERSION capabilities; grants the lease or refuses with the policy's reason. */
   async negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
-    const ext = clientCaps.devlease as { request?: Record<string, unknown> } | undefined;
-    const raw = ext?.request ?? {};
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
-      throw new VfioError('EINVAL', 'devlease.request must be a JSON object');
-    }
-    const request: LeaseRequest = { ...raw, kind: this.#kind };
-    if ('kind' in raw && raw.kind !== this.#kind) {
-      throw new VfioError('EINVAL', `this socket leases kind '${this.#kind}', not '${String(raw.kind)}'`);
-    }
+    const request = readLeaseRequest(clientCaps, this.#kind);
     const lease = await this.#table.grant(this.#ctx, request);
     this.#session = new LeaseSession(lease, this.#table);
     lease.disconnect = () => this.#closeSocket();
