@@ -5,11 +5,25 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseToml } from 'smol-toml';
 
+/**
+ * A lease limit: a count, or 'fair' — a share of the device, ceil(capacity / FAIR_SHARE_DIVISOR) leases,
+ * where capacity is how many leases of the kind the device holds at once (SA-1: its queues).
+ */
+export type LeaseLimit = number | 'fair';
+
+/** With 'fair' limits, at least this many uids can lease at once, whatever one of them takes. */
+export const FAIR_SHARE_DIVISOR = 4;
+
+/** The 'fair' limit for a device holding `capacity` leases of a kind (at least 1). */
+export function fairShare(capacity: number): number {
+  return Math.max(1, Math.ceil(capacity / FAIR_SHARE_DIVISOR));
+}
+
 export interface PolicyRule {
   /** Who the rule applies to: a uid, a gid, or everyone (`any`). First match wins. */
   match: { uid?: number; gid?: number; any?: true };
   kinds: string[];
-  maxLeases: number;
+  maxLeases: LeaseLimit;
   maxMappedBytes: bigint;
   maxMappings: number;
 }
@@ -72,10 +86,26 @@ export class ConfigError extends Error {
 const DEFAULT_RULE: PolicyRule = {
   match: { any: true },
   kinds: ['*'],
-  maxLeases: 64,
+  maxLeases: 'fair',
   maxMappedBytes: 1n << 32n,
   maxMappings: 1024,
 };
+
+/** No lease limit beyond the device's own size. */
+const UNLIMITED_LEASES = 1 << 20;
+
+/**
+ * Without configured rules: root and the broker's own uid lease without a count limit (they own the device
+ * anyway), everyone else a fair share each — the lease sockets are 0666, so one local uid must not be able
+ * to take every queue and refuse the rest.
+ */
+function defaultRules(): PolicyRule[] {
+  const owners = [...new Set([0, process.geteuid?.() ?? 0])];
+  return [
+    ...owners.map((uid) => ({ ...DEFAULT_RULE, match: { uid }, maxLeases: UNLIMITED_LEASES })),
+    DEFAULT_RULE,
+  ];
+}
 
 export function defaultConfig(): BrokerConfig {
   return {
@@ -87,7 +117,7 @@ export function defaultConfig(): BrokerConfig {
     layout: { pageSize: 4096, allowCooperative: false },
     lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500 },
     sa1: { firmware: null, windowSize: 1n << 30n, maxDevmemGranules: 16, heartbeatMs: 100 },
-    policy: { rules: [DEFAULT_RULE], module: null, hookTimeoutMs: 200 },
+    policy: { rules: defaultRules(), module: null, hookTimeoutMs: 200 },
     auditLog: null,
   };
 }
@@ -191,6 +221,20 @@ function groupId(f: Fields, key: string): number | null {
   throw new ConfigError(`${f.path}.${key}`, 'must be a numeric gid (names are not resolved)');
 }
 
+/** max_leases: "fair" (the default) or a count. */
+function leaseLimit(f: Fields, rule: string): LeaseLimit {
+  const v = f.raw('max_leases');
+  if (v === undefined || v === 'fair') return 'fair';
+  const n = typeof v === 'bigint' ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > UNLIMITED_LEASES) {
+    throw new ConfigError(
+      `${rule}.max_leases`,
+      `must be "fair" or an integer from 0 to ${UNLIMITED_LEASES} (got ${String(v)})`,
+    );
+  }
+  return n;
+}
+
 function parseRule(f: Fields, i: number): PolicyRule {
   const name = `policy.rule[${i}]`;
   const match: PolicyRule['match'] = {};
@@ -209,7 +253,7 @@ function parseRule(f: Fields, i: number): PolicyRule {
   const rule: PolicyRule = {
     match,
     kinds: kindsRaw as string[],
-    maxLeases: f.int('max_leases', DEFAULT_RULE.maxLeases, 0, 1 << 20),
+    maxLeases: leaseLimit(f, name),
     maxMappedBytes: f.bytes('max_mapped_bytes', DEFAULT_RULE.maxMappedBytes, 0n, 1n << 48n),
     maxMappings: f.int('max_mappings', DEFAULT_RULE.maxMappings, 0, 1 << 20),
   };

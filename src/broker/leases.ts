@@ -132,7 +132,7 @@ export class LeaseTable extends EventEmitter {
     // This request is itself counted in `granting`: compare the others against the limit.
     const usage = this.usage(ctx);
     usage.leases -= 1;
-    const verdict = await this.policy.checkLease(ctx, req, usage);
+    const verdict = await this.policy.checkLease(ctx, req, usage, this.driver.capacity?.(req.kind) ?? 1);
     if (!verdict.allow) {
       this.audit.write({ event: 'deny', ...who, reason: verdict.reason });
       throw new VfioError('EACCES', verdict.reason);
