@@ -22,6 +22,7 @@ import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
 import { LeaseTable } from './leases.js';
 import { PendingSession } from './pending-session.js';
 import { Policy, type PolicyModule, readCallerContext } from './policy.js';
+import { Recovery, type RecoveryCause } from './recovery.js';
 import { SliceWatcher } from './slices.js';
 
 export const DRIVERS: DriverFactory[] = [sa1DriverFactory, eduDriverFactory, genericDriverFactory];
@@ -56,7 +57,8 @@ export class Broker extends EventEmitter {
   readonly #pidfds = new Set<PidFd>();
   #admin: AdminServer | null = null;
   #closed = false;
-  #recovering: Promise<void> | null = null;
+  /** Device recoveries, one at a time (hang, reset, the owner's reset). */
+  readonly #recovery: Recovery;
   /** Handling a lost device connection: reclaim, reconnect, boot. */
   #losing: Promise<void> | null = null;
   readonly #link: DeviceLink;
@@ -76,6 +78,17 @@ export class Broker extends EventEmitter {
       attempt: () => this.#reattach(),
       failed: () => this.driver.deviceLost(),
       log: this.log,
+    });
+    this.#recovery = new Recovery(opts.config.recovery, {
+      prepare: (cause, why) => this.#prepareRecovery(cause, why),
+      attempt: () => this.driver.recover(),
+      abandoned: () => this.#closed || this.#link.gone,
+      attemptFailed: (cause, err, attempt, final) => this.#recoveryAttemptFailed(cause, err, attempt, final),
+      succeeded: (cause, attempts) => {
+        this.audit.write({ event: 'device-recovered', cause, attempts });
+        this.emit('recovered');
+        this.leases.suspended = null;
+      },
     });
   }
 
@@ -184,13 +197,14 @@ export class Broker extends EventEmitter {
     this.audit.write({ event: 'device-gone', endpoint, reason: why });
     this.log(`the device connection is gone (${why}); reconnecting to ${endpoint}`);
     this.emit('device-gone', why);
-    await this.#recovering; // a hang recovery in progress fails fast now: let it finish first
+    await this.#recovery.running; // a recovery in progress fails fast now (or is abandoned): let it end first
     for (const l of this.leases.all()) l.notify('err');
     await this.leases.deviceLost(why);
     this.driver.deviceLost();
     if (!(await this.#link.reconnect())) return; // the broker is closing
     this.leases.deviceGone = null;
     this.leases.suspended = null; // also a failed recovery's: the device was booted from scratch
+    this.#recovery.deviceBooted();
     const s = this.#link.status();
     this.audit.write({ event: 'device-back', endpoint, attempts: s.attempts });
     this.log(`the device is back after ${s.attempts} attempt(s)`);
@@ -206,43 +220,45 @@ export class Broker extends EventEmitter {
     if (!this.device.connected) throw new Error('the device connection closed again during boot');
   }
 
-  /** The device hung or was reset: tell every client (ERR), reclaim every lease, bring the device back. */
-  async #recover(event: 'device-hang' | 'device-reset', why: string): Promise<void> {
-    if (this.#recovering || this.#closed || this.#link.gone) return;
-    this.#recovering = (async () => {
-      this.leases.suspended = `the device is recovering (${event}): lease again shortly`;
-      this.audit.write({ event, reason: why });
-      this.emit(event === 'device-hang' ? 'hang' : 'reset', why);
-      for (const l of this.leases.all()) l.notify('err');
-      await this.leases.reclaimAll(`${event}: ${why}`);
-      try {
-        await this.driver.recover();
-        this.audit.write({ event: 'device-recovered' });
-        this.emit('recovered');
-        this.leases.suspended = null;
-      } catch (err) {
-        // Leave grants suspended: leasing a device that did not come back would only fail later.
-        this.leases.suspended = `the device did not recover: ${(err as Error).message}`;
-        this.audit.write({ event: 'recovery-failed', error: (err as Error).message });
-        this.log(`recovery failed: ${(err as Error).message}`);
-      }
-    })().finally(() => {
-      this.#recovering = null;
-    });
-    await this.#recovering;
+  /** The device hung or was reset behind our back: recover it (or join the recovery in progress). */
+  async #recover(cause: 'device-hang' | 'device-reset', why: string): Promise<void> {
+    if (this.#closed || this.#link.gone) return;
+    await this.#recovery.request(cause, why);
   }
 
-  /** Whole-device reset from the admin: every lease is reclaimed first. */
+  /** Before a recovery's first attempt: suspend grants, tell every client (ERR), reclaim every lease. */
+  async #prepareRecovery(cause: RecoveryCause, why: string): Promise<void> {
+    this.leases.suspended =
+      cause === 'owner-reset'
+        ? 'the device is being reset by its owner: lease again shortly'
+        : `the device is recovering (${cause}): lease again shortly`;
+    this.audit.write({ event: cause, reason: why });
+    if (cause !== 'owner-reset') this.emit(cause === 'device-hang' ? 'hang' : 'reset', why);
+    for (const l of this.leases.all()) l.notify('err');
+    await this.leases.reclaimAll(`${cause}: ${why}`);
+  }
+
+  #recoveryAttemptFailed(cause: RecoveryCause, err: Error, attempt: number, final: boolean): void {
+    const { attempts } = this.config.recovery;
+    this.audit.write({ event: 'recovery-attempt-failed', cause, attempt, error: err.message });
+    this.log(`recovery attempt ${attempt} of ${attempts} failed: ${err.message}`);
+    if (!final) return;
+    // Leave grants suspended: leasing a device that did not come back would only fail later.
+    this.leases.suspended = `the device did not recover: ${err.message} (${attempt} attempt(s); devlease reset tries again)`;
+    this.audit.write({ event: 'recovery-failed', cause, attempts: attempt, error: err.message });
+  }
+
+  /**
+   * Whole-device reset from the admin: every lease is reclaimed first. Joins a recovery in progress (a hang,
+   * another reset) rather than racing it; rejects with the last attempt's error if the device did not recover.
+   */
   async resetDevice(): Promise<void> {
     if (this.leases.deviceGone) throw Object.assign(new Error(this.leases.deviceGone), { code: 'ENODEV' });
-    this.leases.suspended = 'the device is being reset by its owner';
-    try {
-      for (const l of this.leases.all()) l.notify('err');
-      await this.leases.reclaimAll('device reset by the owner');
-      await this.driver.recover();
-      this.audit.write({ event: 'device-reset' });
-    } finally {
-      this.leases.suspended = null;
+    const err = await this.#recovery.request('owner-reset', 'requested by the owner');
+    if (err) {
+      throw Object.assign(new Error(`the device did not recover: ${err.message}`), {
+        code: (err as { code?: string }).code ?? 'EIO',
+      });
     }
   }
 
@@ -258,6 +274,7 @@ export class Broker extends EventEmitter {
       path: this.device.path,
       ids: this.device.ids,
       deviceConnection: this.#link.status(),
+      recovery: this.#recovery.status(),
       // Nothing to read from a device that is not there.
       driver: this.#link.gone ? { driver: this.driver.name } : await this.driver.status(),
       draining: this.leases.draining,
@@ -272,6 +289,7 @@ export class Broker extends EventEmitter {
     this.leases.suspended = 'the broker is shutting down';
     this.#admin?.close();
     await this.#link.close();
+    await this.#recovery.close();
     await this.#losing;
     await Promise.all(this.#servers.map((s) => s.close()));
     await this.leases.reclaimAll('broker shutting down');

@@ -38,6 +38,11 @@ export interface BrokerConfig {
    * to `maxMs` between attempts), or exit (false; kernel devices always exit).
    */
   reconnect: { enabled: boolean; initialMs: number; maxMs: number };
+  /**
+   * Device recovery (after a hang, a reset, or the owner's `devlease reset`): up to `attempts` tries, the
+   * first retry after `backoffMs`, the wait doubling up to `backoffMaxMs`.
+   */
+  recovery: { attempts: number; backoffMs: number; backoffMaxMs: number };
   sockets: { mode: number; group: number | null };
   admin: { mode: number; group: number | null };
   layout: {
@@ -112,6 +117,7 @@ export function defaultConfig(): BrokerConfig {
     rundir: '/run/devlease',
     deviceName: 'sa1',
     reconnect: { enabled: true, initialMs: 50, maxMs: 2000 },
+    recovery: { attempts: 3, backoffMs: 100, backoffMaxMs: 2000 },
     sockets: { mode: 0o666, group: null },
     admin: { mode: 0o600, group: null },
     layout: { pageSize: 4096, allowCooperative: false },
@@ -285,6 +291,17 @@ export function configFromObject(doc: Table): BrokerConfig {
       `must be at least device.reconnect_initial_ms (${reconnect.initialMs}), got ${reconnect.maxMs}`,
     );
   }
+  const recovery = {
+    attempts: device.int('recovery_attempts', d.recovery.attempts, 1, 100),
+    backoffMs: device.int('recovery_backoff_ms', d.recovery.backoffMs, 1, 60_000),
+    backoffMaxMs: device.int('recovery_backoff_max_ms', d.recovery.backoffMaxMs, 1, 600_000),
+  };
+  if (recovery.backoffMaxMs < recovery.backoffMs) {
+    throw new ConfigError(
+      'device.recovery_backoff_max_ms',
+      `must be at least device.recovery_backoff_ms (${recovery.backoffMs}), got ${recovery.backoffMaxMs}`,
+    );
+  }
   device.done();
 
   const sock = top.table('sockets');
@@ -344,7 +361,7 @@ export function configFromObject(doc: Table): BrokerConfig {
   const auditLog = audit.string('path', null);
   audit.done();
   top.done();
-  return { rundir, deviceName, reconnect, sockets, admin, layout, lifetime, sa1, policy, auditLog };
+  return { rundir, deviceName, reconnect, recovery, sockets, admin, layout, lifetime, sa1, policy, auditLog };
 }
 
 export function parseConfig(text: string, source = 'config'): BrokerConfig {
