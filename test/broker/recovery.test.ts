@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, afterEach, test } from 'node:test';
+import type { RecoveryStatus } from '../../src/broker/recovery.js';
 import { adminRequest } from '../../src/cli/admin.js';
 import { ClientProc, type Rig, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
@@ -27,7 +28,7 @@ afterEach(async () => {
 });
 
 const admin = (r: Rig, req: Record<string, unknown>) =>
-  adminRequest(join(r.broker.dir, 'admin.sock'), req) as Promise<Record<string, any>>;
+  adminRequest(join(r.broker.dir, 'admin.sock'), req) as Promise<{ recovery: RecoveryStatus }>;
 const settled = <T>(p: Promise<T>) =>
   p.then(
     (value) => ({ ok: true as const, value }),
@@ -87,7 +88,7 @@ test('a failed recovery attempt is retried with backoff, visible in status, and 
   });
   await rig.sim.inject({ kind: 'stuckReset' }); // CONTROL.RESET never finishes: an attempt times out (1 s)
   const reset = settled(admin(rig, { op: 'reset' }));
-  let seen: Record<string, any> = {};
+  let seen = {} as RecoveryStatus;
   await until(
     'a retry to be scheduled',
     async () => {
@@ -98,7 +99,7 @@ test('a failed recovery attempt is retried with backoff, visible in status, and 
   );
   assert.equal(seen.state, 'recovering');
   assert.equal(seen.attempts, 1);
-  assert.match(seen.lastError, /ETIMEDOUT: sa1: device reset \(CONTROL.RESET\) did not finish/);
+  assert.match(seen.lastError ?? '', /ETIMEDOUT: sa1: device reset \(CONTROL.RESET\) did not finish/);
   const refused = await spawnClient().then((c) => c.call('connect', { socket: rig!.socket }).catch((e) => e));
   assert.equal(refused.code, 'EAGAIN', 'no lease while recovering');
   await rig.sim.inject({ kind: 'stuckReset', clear: true });
