@@ -12,10 +12,13 @@ import { eduDriverFactory } from '../drivers/edu.js';
 import { genericDriverFactory } from '../drivers/generic.js';
 import { sa1DriverFactory } from '../drivers/sa1/driver.js';
 import { PidFd, type StreamSocket } from '../sys/index.js';
+import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { ConnectionInfo } from '../vfio/user/device-model.js';
+import { VfioError } from '../vfio/user/device-model.js';
 import { VfioUserServer } from '../vfio/user/server.js';
 import type { MessageSocket } from '../vfio/user/transport.js';
 import { AdminServer } from './admin.js';
+import { Admission } from './admission.js';
 import { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
 import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
@@ -63,6 +66,10 @@ export class Broker extends EventEmitter {
   #losing: Promise<void> | null = null;
   readonly #link: DeviceLink;
   readonly log: (msg: string) => void;
+  /** Connections not yet past VERSION: counted, limited, and closed at their deadline. */
+  readonly #admission: Admission;
+  /** The vfio-user servers' own lines (accept failures, protocol errors): at most 5 per kind per 10 s. */
+  readonly #serverLog: RateLimitedLog;
 
   private constructor(opts: BrokerOptions, driver: Driver, policy: Policy, audit: AuditLog) {
     super();
@@ -74,6 +81,8 @@ export class Broker extends EventEmitter {
     this.leases = new LeaseTable(opts.device, driver, policy, audit, opts.config, this.#watcher);
     this.leases.log = this.log;
     this.dir = join(opts.config.rundir, opts.config.deviceName);
+    this.#admission = new Admission(opts.config.sockets, this.log);
+    this.#serverLog = new RateLimitedLog(this.log, { burst: 5, intervalMs: 10_000 });
     this.#link = new DeviceLink(opts.config.reconnect, {
       attempt: () => this.#reattach(),
       failed: () => this.driver.deviceLost(),
@@ -133,6 +142,9 @@ export class Broker extends EventEmitter {
         // DMA maps must be aligned to the configured page (vfio-user pgsizes), which the client library reads.
         pgsizes: this.config.layout.pageSize,
         createDevice: (conn, socket) => this.#session(kind, conn, socket),
+        // Keyed without numbers (connection ids, pids): one key per kind of line, whoever causes it.
+        log: (m, err) =>
+          this.#serverLog.log(m.replace(/\d+/g, 'N'), err ? `${m}: ${(err as Error).message ?? err}` : m),
       });
       if (this.config.sockets.group !== null) chownSync(path, -1, this.config.sockets.group);
       this.#servers.push(server);
@@ -142,15 +154,25 @@ export class Broker extends EventEmitter {
   }
 
   #session(kind: string, conn: ConnectionInfo, socket: MessageSocket): PendingSession {
-    const ctx = readCallerContext(conn.cred.pid, conn.cred.uid, conn.cred.gid);
-    const session = new PendingSession(kind, ctx, this.leases, () => socket.close());
+    const { pid, uid } = conn.cred;
+    let session: PendingSession | null = null;
+    const admitted = this.#admission.admit(uid, pid, () => session?.versionTimedOut());
+    if (!admitted) {
+      // Closed at once: it costs nothing more (no pidfd, no /proc reads) and frees its descriptor now.
+      socket.close();
+      throw new VfioError('EAGAIN', 'too many connections have not completed VERSION');
+    }
+    const ctx = readCallerContext(pid, uid, conn.cred.gid);
+    session = new PendingSession(kind, ctx, this.leases, () => socket.close());
+    session.onVersionDone(() => admitted.done());
+    session.onEnd(() => admitted.done());
     // Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child).
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
       const pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
       this.#pidfds.add(pidfd);
       pidfd.onExit(() => {
-        session.processExited();
+        session?.processExited();
         this.#pidfds.delete(pidfd);
         pidfd.close();
       });
@@ -158,7 +180,11 @@ export class Broker extends EventEmitter {
         if (this.#pidfds.delete(pidfd)) pidfd.close();
       });
     } catch (err) {
-      this.log(`no pidfd for pid ${conn.cred.pid}: ${(err as Error).message}; relying on hang-up alone`);
+      // Rate-limited: it fails when descriptors run out, for every connection then.
+      this.#serverLog.log(
+        'no pidfd',
+        `no pidfd for pid ${pid}: ${(err as Error).message}; relying on hang-up alone`,
+      );
     }
     return session;
   }
@@ -296,6 +322,8 @@ export class Broker extends EventEmitter {
     this.driver.close();
     for (const p of this.#pidfds) p.close();
     this.#pidfds.clear();
+    this.#admission.flush();
+    this.#serverLog.flush();
     this.#watcher.close();
   }
 }

@@ -43,7 +43,15 @@ export interface BrokerConfig {
    * first retry after `backoffMs`, the wait doubling up to `backoffMaxMs`.
    */
   recovery: { attempts: number; backoffMs: number; backoffMaxMs: number };
-  sockets: { mode: number; group: number | null };
+  sockets: {
+    mode: number;
+    group: number | null;
+    /** A lease connection that has not completed VERSION in this long is closed (its socket and pidfd freed). */
+    versionTimeoutMs: number;
+    /** Connections not yet past VERSION, in all and per uid; one more is refused at once. */
+    maxPending: number;
+    maxPendingPerUid: number;
+  };
   admin: { mode: number; group: number | null };
   layout: {
     /** The page size slices are checked against (4 KiB default, up to 64 KiB). */
@@ -118,7 +126,7 @@ export function defaultConfig(): BrokerConfig {
     deviceName: 'sa1',
     reconnect: { enabled: true, initialMs: 50, maxMs: 2000 },
     recovery: { attempts: 3, backoffMs: 100, backoffMaxMs: 2000 },
-    sockets: { mode: 0o666, group: null },
+    sockets: { mode: 0o666, group: null, versionTimeoutMs: 5000, maxPending: 128, maxPendingPerUid: 32 },
     admin: { mode: 0o600, group: null },
     layout: { pageSize: 4096, allowCooperative: false },
     lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500 },
@@ -305,7 +313,13 @@ export function configFromObject(doc: Table): BrokerConfig {
   device.done();
 
   const sock = top.table('sockets');
-  const sockets = { mode: sock.int('mode', d.sockets.mode, 0, 0o777), group: groupId(sock, 'group') };
+  const sockets = {
+    mode: sock.int('mode', d.sockets.mode, 0, 0o777),
+    group: groupId(sock, 'group'),
+    versionTimeoutMs: sock.int('version_timeout_ms', d.sockets.versionTimeoutMs, 10, 600_000),
+    maxPending: sock.int('max_pending', d.sockets.maxPending, 1, 1 << 16),
+    maxPendingPerUid: sock.int('max_pending_per_uid', d.sockets.maxPendingPerUid, 1, 1 << 16),
+  };
   sock.done();
   const adm = top.table('admin');
   const admin = { mode: adm.int('mode', d.admin.mode, 0, 0o777), group: groupId(adm, 'group') };

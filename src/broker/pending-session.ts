@@ -27,6 +27,7 @@ export class PendingSession implements VfioUserDeviceModel {
   #session: LeaseSession | null = null;
   #ended = false;
   readonly #endHooks: (() => void)[] = [];
+  readonly #versionHooks: (() => void)[] = [];
 
   constructor(kind: string, ctx: CallerContext, table: LeaseTable, closeSocket: () => void) {
     this.#kind = kind;
@@ -37,6 +38,24 @@ export class PendingSession implements VfioUserDeviceModel {
 
   /** Called with the client's VERSION capabilities; grants the lease or refuses with the policy's reason. */
   async negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
+    try {
+      return await this.#negotiate(clientCaps);
+    } finally {
+      for (const h of this.#versionHooks.splice(0)) h();
+    }
+  }
+
+  /** `hook` runs once VERSION has been answered, granted or refused. */
+  onVersionDone(hook: () => void): void {
+    this.#versionHooks.push(hook);
+  }
+
+  /** No VERSION in time: close the connection (the session ends as for a hang-up). */
+  versionTimedOut(): void {
+    this.#closeSocket();
+  }
+
+  async #negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
     const request = readLeaseRequest(clientCaps, this.#kind);
     const lease = await this.#table.grant(this.#ctx, request);
     this.#session = new LeaseSession(lease, this.#table);
