@@ -10,8 +10,29 @@
 import type { DeviceFault, LeaseResources } from '../drivers/driver.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
+import type { LongTimer } from '../util/long-timer.js';
+import { VfioError } from '../vfio/user/device-model.js';
 import type { CallerContext, LeaseRequest } from './policy.js';
 import type { SliceUnit } from './slices.js';
+
+/** The longest revoke deadline accepted (24 h): a lease the owner wants back is not left running for weeks. */
+export const MAX_REVOKE_DEADLINE_MS = 24 * 3600 * 1000;
+
+/** Throws EINVAL naming deadlineMs unless it is an integer from 0 to MAX_REVOKE_DEADLINE_MS. */
+export function checkRevokeDeadline(deadlineMs: unknown): asserts deadlineMs is number {
+  if (
+    typeof deadlineMs !== 'number' ||
+    !Number.isInteger(deadlineMs) ||
+    deadlineMs < 0 ||
+    deadlineMs > MAX_REVOKE_DEADLINE_MS
+  ) {
+    const got = typeof deadlineMs === 'number' ? String(deadlineMs) : typeof deadlineMs;
+    throw new VfioError(
+      'EINVAL',
+      `deadlineMs must be an integer from 0 to ${MAX_REVOKE_DEADLINE_MS} (24 h), got ${got}`,
+    );
+  }
+}
 
 export type LeaseState =
   | 'active'
@@ -53,7 +74,7 @@ export class Lease {
   /** Session requests in progress (DMA_MAP, SET_IRQS): reclaim waits for them before it undoes anything. */
   readonly #ops = new Set<Promise<unknown>>();
   /** The owner's revocation deadline timer, cleared when the lease ends first. */
-  revokeTimer: NodeJS.Timeout | null = null;
+  revokeTimer: LongTimer | null = null;
   readonly faults: DeviceFault[] = [];
   /** Disconnects the client's session (set by the session). */
   disconnect: ((reason: string) => void) | null = null;

@@ -6,13 +6,14 @@
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import type { DeviceFault, Driver } from '../drivers/driver.js';
+import { LongTimer } from '../util/long-timer.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import type { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
 import { deviceRefusal } from './device-refusal.js';
-import { Lease } from './lease.js';
+import { checkRevokeDeadline, Lease } from './lease.js';
 import type { CallerContext, LeaseRequest, Policy, Usage } from './policy.js';
 import { SliceUnit, type SliceWatcher } from './slices.js';
 
@@ -131,7 +132,7 @@ export class LeaseTable extends EventEmitter {
     // This request is itself counted in `granting`: compare the others against the limit.
     const usage = this.usage(ctx);
     usage.leases -= 1;
-    const verdict = await this.policy.checkLease(ctx, req, usage);
+    const verdict = await this.policy.checkLease(ctx, req, usage, this.driver.capacity?.(req.kind) ?? 1);
     if (!verdict.allow) {
       this.audit.write({ event: 'deny', ...who, reason: verdict.reason });
       throw new VfioError('EACCES', verdict.reason);
@@ -200,6 +201,7 @@ export class LeaseTable extends EventEmitter {
     deadlineMs = this.config.lifetime.defaultDeadlineMs,
     reason = 'revoked by the owner',
   ): Lease {
+    checkRevokeDeadline(deadlineMs);
     const lease = this.#leases.get(id);
     if (!lease) throw new VfioError('ENOENT', `no lease '${id}'`);
     if (lease.state !== 'active') return lease;
@@ -220,11 +222,10 @@ export class LeaseTable extends EventEmitter {
       void this.reclaim(lease, `revoked with no deadline: ${reason}`);
       return lease;
     }
-    lease.revokeTimer = setTimeout(
-      () => void this.reclaim(lease, `deadline of ${deadlineMs} ms passed: ${reason}`),
+    lease.revokeTimer = new LongTimer(
       deadlineMs,
+      () => void this.reclaim(lease, `deadline of ${deadlineMs} ms passed: ${reason}`),
     );
-    lease.revokeTimer.unref();
     return lease;
   }
 
@@ -252,7 +253,7 @@ export class LeaseTable extends EventEmitter {
     const t0 = process.hrtime.bigint();
     lease.state = 'reclaiming';
     lease.endReason = reason;
-    if (lease.revokeTimer) clearTimeout(lease.revokeTimer);
+    lease.revokeTimer?.cancel();
     this.emit('state', lease);
     this.audit.write({ event: 'reclaim', lease: lease.id, pid: lease.ctx.pid, uid: lease.ctx.uid, reason });
     lease.disconnect?.(reason);
@@ -345,7 +346,7 @@ export class LeaseTable extends EventEmitter {
    * device reaches only that dead device's memory.
    */
   #forget(lease: Lease, reason: string, t0: bigint, problems: string[] = []): void {
-    if (lease.revokeTimer) clearTimeout(lease.revokeTimer);
+    lease.revokeTimer?.cancel();
     lease.errFd?.close();
     lease.reqFd?.close();
     const units = [...lease.slices.values()].flat();

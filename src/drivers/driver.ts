@@ -94,6 +94,11 @@ export interface Driver extends EventEmitter {
   boot(): Promise<void>;
   /** Lease kinds this device offers (one socket each). Synchronous, never fails after boot(). */
   kinds(): string[];
+  /**
+   * How many leases of `kind` the device holds at once when none is quarantined (SA-1: its queues); policy's
+   * 'fair' limit is a share of it. Absent: one (a device leased whole).
+   */
+  capacity?(kind: string): number;
   /** Check the layout against the page size: throws naming region, offset and stride when slices cannot be isolated. */
   validateLayout(): void;
   /**

@@ -174,6 +174,10 @@ export class Sa1Driver extends EventEmitter implements Driver {
   }
   #cooperativeLayout = false;
 
+  capacity(kind: string): number {
+    return kind === 'queue' && this.#geo ? this.#geo.numQueues : 0;
+  }
+
   acquire(req: LeaseRequest): LeaseResources {
     const g = this.geometry;
     if (req.kind !== 'queue')
