@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { MAX_REVOKE_DEADLINE_MS } from '../../src/broker/lease.js';
 import { adminRequest } from '../../src/cli/admin.js';
-import { DEVLEASE_BIN } from '../../src/demo/processes.js';
 import { LongTimer } from '../../src/util/long-timer.js';
+import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { ClientProc, type Rig, startRig } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
