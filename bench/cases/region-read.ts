@@ -3,17 +3,23 @@
 //   - echo: the floor, a minimal server answering from a buffer over the same
 //     SOCK_STREAM wire (fixtures/region-echo-server.ts);
 //   - sim: `devlease sim`, reading SCRATCH (a register the owner can write,
-//     so nothing can answer it from a constant).
+//     so nothing can answer it from a constant);
+//   - gpio: libvfio-user's gpio-pci-idio-16 sample (a stock C server), its
+//     BAR2 input register, built by scripts/peers/libvfio-user.sh (cached;
+//     the tarball as for npm run test:interop). The sim row is judged
+//     against it (issue: "≤ 1.5× libvfio-user's gpio-pci-idio-16").
 // Servers are measured in alternating rounds on open connections, so drift
 // in machine load falls on all of them alike. To add a server, append a
 // Target: its start() returns the socket path and the register to read.
 //
 //   node dist/bench/cases/region-read.js [--quick]
 
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { REG_SCRATCH } from '../../src/sim/datasheet.js';
 import { type Child, spawnNode, startSim } from '../../src/util/processes.js';
-import { VFIO_PCI_BAR0_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
+import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { trackChild } from '../fixtures/cleanup.js';
 import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
@@ -72,9 +78,50 @@ async function startDevleaseSim(dir: string): Promise<RegionReadServer> {
   };
 }
 
+const PEER_BUILD = new URL('../../../scripts/peers/libvfio-user.sh', import.meta.url).pathname;
+
+/** libvfio-user's gpio sample, built (or found in the cache) by the interop suite's script. */
+async function startGpio(dir: string): Promise<RegionReadServer> {
+  const build = spawnSync('bash', [PEER_BUILD], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+  const samples = build.stdout?.trim().split('\n').pop();
+  if (build.status !== 0 || !samples) {
+    throw new Error(
+      `region-read: building libvfio-user's samples failed (${PEER_BUILD}, exit ${build.status})`,
+    );
+  }
+  const socket = join(dir, 'gpio.sock');
+  const proc = spawn(join(samples, 'gpio-pci-idio-16'), [socket], { stdio: 'ignore' });
+  trackChild(proc);
+  const deadline = Date.now() + 10_000;
+  while (!existsSync(socket)) {
+    if (proc.exitCode !== null || Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      throw new Error(`region-read: gpio-pci-idio-16 did not listen on ${socket} (exit ${proc.exitCode})`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const exited = new Promise((r) => proc.once('close', r));
+  return {
+    socket,
+    region: VFIO_PCI_BAR2_REGION_INDEX,
+    offset: 0,
+    close: async () => {
+      proc.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
 export const TARGETS: Target[] = [
   { id: 'echo', label: 'raw vfio-user echo server (floor)', role: 'floor', start: startEcho },
-  { id: 'sim', label: '`devlease sim`, BAR0 SCRATCH', role: 'subject', ref: 'echo', start: startDevleaseSim },
+  {
+    id: 'gpio',
+    label: "libvfio-user's gpio-pci-idio-16, BAR2 input",
+    role: 'baseline',
+    ref: 'echo',
+    start: startGpio,
+  },
+  { id: 'sim', label: '`devlease sim`, BAR0 SCRATCH', role: 'subject', ref: 'gpio', start: startDevleaseSim },
 ];
 
 /** `n` sequential 4-byte REGION_READs on an open client; each sample in µs. */
