@@ -74,7 +74,10 @@ export class SliceUnit extends EventEmitter {
 /** One inotify instance for all slices of the broker, made on first use (devices without slice fds need none). */
 export class SliceWatcher {
   #inotifyHandle: Inotify | null = null;
+  #closed = false;
   get #inotify(): Inotify {
+    if (this.#closed)
+      throw Object.assign(new Error('slice watcher is closed'), { code: 'ERR_DEVLEASE_CLOSED' });
     this.#inotifyHandle ??= new Inotify();
     return this.#inotifyHandle;
   }
@@ -96,15 +99,19 @@ export class SliceWatcher {
     if (set && set.size === 0) {
       this.#byWd.delete(wd);
       try {
-        this.#inotify.unwatch(wd);
+        // Never through the lazy getter: a unit disposed after close() must not make a new inotify.
+        this.#inotifyHandle?.unwatch(wd);
       } catch {
         // the inode may already be gone (the watch is removed with it)
       }
     }
   }
 
+  /** Idempotent; afterwards watch() throws ERR_DEVLEASE_CLOSED and unwatch() has nothing to do. */
   close(): void {
+    this.#closed = true;
     this.#inotifyHandle?.close();
     this.#inotifyHandle = null;
+    this.#byWd.clear();
   }
 }
