@@ -22,6 +22,7 @@ import {
 } from '../vfio/uapi/vfio.js';
 import { VfioUserClient, type VfioUserClientOptions } from '../vfio/user/client.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../vfio/user/protocol.js';
+import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, Transport } from './device.js';
 import { readPciIds } from './pci-ids.js';
 
@@ -34,6 +35,8 @@ export class VfioUserDevice extends EventEmitter implements Device {
   numIrqs = 0;
   capabilities = { mappableSlices: false, revocableSlices: false };
   readonly #ranges: IovaRange[];
+  /** Region io fds, per region index (see regionIoFds). */
+  readonly #ioFds = new Map<number, Promise<RegionIoFds>>();
 
   private constructor(client: VfioUserClient, socketPath: string) {
     super();
@@ -44,7 +47,10 @@ export class VfioUserDevice extends EventEmitter implements Device {
     };
     // vfio-user has no IOVA-range query; the IOMMU model is 48-bit unless the server says otherwise.
     this.#ranges = [{ start: 0n, last: (1n << 48n) - 1n }];
-    client.on('close', () => this.emit('close'));
+    client.on('close', () => {
+      this.#dropIoFds();
+      this.emit('close');
+    });
   }
 
   static async connect(socketPath: string, opts: VfioUserClientOptions = {}): Promise<VfioUserDevice> {
@@ -182,6 +188,40 @@ export class VfioUserDevice extends EventEmitter implements Device {
       );
     }
     return r.fds;
+  }
+
+  /**
+   * Asked of the device once per region and kept: the ioeventfds are the device's for its lifetime, and a
+   * lease grant should not cost a device round trip. Each call returns dups the caller owns.
+   */
+  async regionIoFds(index: number): Promise<RegionIoFds> {
+    let cached = this.#ioFds.get(index);
+    if (!cached) {
+      cached = this.client.regionIoFds(index);
+      this.#ioFds.set(index, cached);
+      cached.catch(() => this.#ioFds.delete(index));
+    }
+    const { subRegions, fds } = await cached;
+    const dups: Fd[] = [];
+    try {
+      for (const fd of fds) dups.push(fd.dup());
+    } catch (err) {
+      for (const fd of dups) fd.close();
+      throw err;
+    }
+    return { subRegions, fds: dups };
+  }
+
+  #dropIoFds(): void {
+    for (const p of this.#ioFds.values()) {
+      p.then(
+        (r) => {
+          for (const fd of r.fds) fd.close();
+        },
+        () => {},
+      );
+    }
+    this.#ioFds.clear();
   }
 
   async revokeSlice(fd: Fd): Promise<void> {

@@ -17,6 +17,7 @@ export type DeviceRequest =
   | { op: 'revoke'; fd: number }
   | { op: 'disconnect' }
   | { op: 'inject'; inject: InjectRequest }
+  | { op: 'ioFds' }
   | { op: 'stats' };
 
 export interface DeviceStats {
@@ -27,6 +28,8 @@ export interface DeviceStats {
   sleeps: number;
   /** Sleeps until the next owner command, taken when no queue could act on a doorbell. */
   deepSleeps: number;
+  /** Sleeps with KICK_NEEDED armed and nothing waiting: until kicked, or the armed poll interval. */
+  armedSleeps: number;
   dmaMaps: number;
   firmwareRunning: boolean;
 }

@@ -47,8 +47,10 @@ import {
   VFIO_USER_F_DMA_REGION_READ,
   VFIO_USER_F_DMA_REGION_WRITE,
 } from '../vfio/user/protocol.js';
+import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { type DeviceRequest, type DeviceStats, toBase64 } from './commands.js';
 import { BAR0_SIZE, CONFIG_SPACE_SIZE } from './datasheet.js';
+import { sa1RegionIoFds } from './io-fds.js';
 import { Cmd, Mailbox, MailboxError } from './mailbox.js';
 import { bar2Size, type Sa1Options } from './options.js';
 
@@ -183,6 +185,15 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     return size === undefined
       ? { index, flags: 0, size: 0n, offset: 0n }
       : { index, flags: rw, size: BigInt(size), offset: 0n };
+  }
+
+  /** Doorbell notification (rev 2): one ioeventfd per queue page of BAR2 (io-fds.ts). */
+  regionIoFds(index: number): RegionIoFds {
+    return sa1RegionIoFds(
+      this.options,
+      index,
+      () => this.device.request<{ fds: number[] }>({ op: 'ioFds' }).fds,
+    );
   }
 
   regionRead(index: number, offset: bigint, count: number): Uint8Array {

@@ -7,6 +7,12 @@
 // when idle, so a command wakes it at once.
 //
 // fds travel as plain numbers (they are process-wide).
+//
+// Doorbell notification (datasheet rev 2): an idle device may sleep in
+// waitFds() on its queues' ioeventfds instead of Atomics.wait. It then says
+// so in W_FD_SLEEP, and a caller also writes the device's wake eventfd.
+
+import { native } from '../sys/native.js';
 
 export const STATE_IDLE = 0;
 export const STATE_REQUEST = 1;
@@ -18,6 +24,10 @@ const W_CMD = 1;
 const W_ARGS = 2; // 4 words of u32 arguments
 const W_STATUS = 6;
 const W_LEN = 7;
+/** Non-zero while the device sleeps in waitFds() (so a command must also write the wake eventfd). */
+const W_FD_SLEEP = 8;
+/** The device's wake eventfd (a process-wide fd number). */
+const W_WAKE_FD = 9;
 const HEADER_BYTES = 64;
 
 /** Bulk data area: room for the largest REGION_READ/WRITE the server accepts (and JSON payloads). */
@@ -78,6 +88,7 @@ export class Mailbox {
     if (payload) this.data.set(payload);
     Atomics.store(w, W_STATE, STATE_REQUEST);
     Atomics.notify(w, W_STATE);
+    if (Atomics.load(w, W_FD_SLEEP) !== 0) native.eventfdWrite(Atomics.load(w, W_WAKE_FD), 1);
     const deadline = performance.now() + timeoutMs;
     while (Atomics.load(w, W_STATE) === STATE_REQUEST) {
       const left = deadline - performance.now();
@@ -123,6 +134,19 @@ export class Mailbox {
     const state = Atomics.load(this.words, W_STATE);
     if (state === STATE_REQUEST) return;
     Atomics.wait(this.words, W_STATE, state, ms);
+  }
+
+  /**
+   * Sleep until a command arrives, one of `fds` (eventfds) is written, or `ms` passes; the readable
+   * fds are drained. `fds[0]` is the device's own wake eventfd, which callers write while it sleeps here.
+   */
+  sleepOnFds(fds: number[], ms: number): void {
+    const w = this.words;
+    Atomics.store(w, W_WAKE_FD, fds[0] as number);
+    Atomics.store(w, W_FD_SLEEP, 1);
+    // A command posted before the flag was visible was not followed by a wake write: look once more.
+    if (Atomics.load(w, W_STATE) !== STATE_REQUEST) native.waitFds(fds, ms);
+    Atomics.store(w, W_FD_SLEEP, 0);
   }
 
   /** The pending command's number (valid while `pending`). */
