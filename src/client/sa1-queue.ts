@@ -69,6 +69,11 @@ export interface QueueOptions {
   entries?: number;
   /** Busy-wait this long for a completion before sleeping on the interrupt. Default 50 µs. */
   spinUs?: number;
+  /**
+   * Kick the device's ioeventfd when Q_NOTIFY asks for it (datasheet rev 2). Default true; false leaves
+   * the device to find doorbells by its idle poll (the rev 1 behaviour, kept for comparisons).
+   */
+  kick?: boolean;
 }
 
 export class Sa1Queue {
@@ -121,7 +126,7 @@ export class Sa1Queue {
     // ignores later writes until a reset, so a second helper on the same lease needs the reset too.
     await lease.resetQueue();
     // The doorbell's kick (rev 2): the lease owns the fd and closes it with the session.
-    const kick = await lease.ioEventFd(BAR2, QP.SQ_TAIL);
+    const kick = opts.kick === false ? null : await lease.ioEventFd(BAR2, QP.SQ_TAIL);
     const sq = await lease.dma.alloc(entries * SQE_SIZE);
     const cq = await lease.dma.alloc(entries * CQE_SIZE).catch(async (err) => {
       await sq.free().catch(() => undefined);
