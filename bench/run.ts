@@ -18,7 +18,17 @@ import { fmt } from './stats.js';
 const here = dirname(fileURLToPath(import.meta.url)); // dist/bench
 const ROOT = resolve(here, '..', '..');
 
-export const CASES = ['hot-path', 'lease-acquire', 'dma-map', 'reclaim', 'revoke', 'copy', 'scale', 'idle'];
+export const CASES = [
+  'hot-path',
+  'lease-acquire',
+  'region-read',
+  'dma-map',
+  'reclaim',
+  'revoke',
+  'copy',
+  'scale',
+  'idle',
+];
 
 const USAGE = `usage: devlease bench [--quick] [--only CASE,...] [--out DIR] [--svg PATH]
   --quick        fewer samples (the CI smoke run, < 60 s)

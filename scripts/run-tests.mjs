@@ -25,8 +25,16 @@ try {
   console.error(`run-tests: cannot read ${root} (${err.code}); run 'npm run build:ts' first`);
   process.exit(1);
 }
-// Guest-side kernel tests run inside the QEMU guest (npm run test:kernel), never on the host.
-if (dir === 'test') files = files.filter((f) => !f.includes(`${join('kernel', 'guest')}`));
+// Guest-side kernel tests run inside the QEMU guest (npm run test:kernel), never on the host; VM tests
+// boot QEMU 11 guests (npm run test:vm); the interop suite needs the stock peers its own runner builds
+// (npm run test:interop). None of them is part of `npm test`.
+if (dir === 'test')
+  files = files.filter(
+    (f) =>
+      !f.includes(`${join('kernel', 'guest')}`) &&
+      !f.includes(join(root, 'vm')) &&
+      !f.includes(join('dist', 'test', 'interop')),
+  );
 if (only.length) files = files.filter((f) => only.some((o) => f.includes(o)));
 if (files.length === 0) {
   console.error(`run-tests: no test files under ${root}`);

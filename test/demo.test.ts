@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { test } from 'node:test';
-import { DEVLEASE_BIN } from '../src/demo/processes.js';
+import { DEVLEASE_BIN } from '../src/util/processes.js';
 import { until } from './helpers/broker-rig.js';
 
 function runDemo(args: string[]) {

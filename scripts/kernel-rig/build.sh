@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: build.sh CONFIG     (CONFIG: legacy | iommufd)
+# Usage: build.sh CONFIG     (CONFIG: legacy | iommufd | vfio-user)
 # Builds or finds in the cache everything needed to boot one guest
 # configuration, then prints (and writes to <cache>/kernel-rig/CONFIG.env):
 #   KERNEL=<path>  INITRD=<path>
@@ -9,9 +9,10 @@ set -euo pipefail
 
 config="${1:-}"
 case "$config" in
-  legacy) kernel_dir=$("$rig_dir/build-legacy.sh"); kernel="$kernel_dir/vmlinuz" ;;
+  # vfio-user (test/vm): the stock kernel too; vfio-user-pci is a plain PCI device to it.
+  legacy | vfio-user) kernel_dir=$("$rig_dir/build-legacy.sh"); kernel="$kernel_dir/vmlinuz" ;;
   iommufd) kernel_dir=$("$rig_dir/build-iommufd.sh"); kernel="$kernel_dir/bzImage" ;;
-  *) rig_fail "usage: build.sh legacy|iommufd" ;;
+  *) rig_fail "usage: build.sh legacy|iommufd|vfio-user" ;;
 esac
 [ -f "$kernel" ] || rig_fail "$config: no kernel at $kernel"
 initrd=$("$rig_dir/build-initrd.sh" "$config" "$kernel_dir")

@@ -2,7 +2,8 @@
 # /init of the guest initramfs (busybox). Brings up just enough of a system
 # to run the host's node on the project inside the guest:
 #   1. proc/sys/devtmpfs, the modules listed in /modules.order (if any);
-#   2. QEMU's edu device (1234:11e8) bound to vfio-pci;
+#   2. QEMU's edu device (1234:11e8) bound to vfio-pci (not in the vfio-user
+#      guest of test/vm, which stays up afterwards for the host's QMP);
 #   3. the host's root over 9p (read-only) at /host, with proc/sys/dev bound
 #      into it and a tmpfs on /tmp (tests make sockets and memfds there);
 #   4. `chroot /host /bin/sh run.sh` from the run folder the host named with
@@ -39,15 +40,18 @@ if [ -f /modules.order ]; then
 fi
 
 bdf=""
-for d in /sys/bus/pci/devices/*; do
+# The vfio-user guest (test/vm) has no edu: its device is QEMU's vfio-user-pci.
+[ "$rig" = vfio-user ] || for d in /sys/bus/pci/devices/*; do
   if [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ]; then bdf="${d##*/}"; fi
 done
-[ -n "$bdf" ] || die "no edu device (1234:11e8) on the PCI bus: is QEMU started with -device edu?"
-echo vfio-pci >"/sys/bus/pci/devices/$bdf/driver_override"
-echo "$bdf" >/sys/bus/pci/drivers_probe
-driver=$(readlink "/sys/bus/pci/devices/$bdf/driver")
-[ "${driver##*/}" = vfio-pci ] || die "edu $bdf not bound to vfio-pci (driver: ${driver:-none})"
-say "edu $bdf bound to vfio-pci"
+if [ "$rig" != vfio-user ]; then
+  [ -n "$bdf" ] || die "no edu device (1234:11e8) on the PCI bus: is QEMU started with -device edu?"
+  echo vfio-pci >"/sys/bus/pci/devices/$bdf/driver_override"
+  echo "$bdf" >/sys/bus/pci/drivers_probe
+  driver=$(readlink "/sys/bus/pci/devices/$bdf/driver")
+  [ "${driver##*/}" = vfio-pci ] || die "edu $bdf not bound to vfio-pci (driver: ${driver:-none})"
+  say "edu $bdf bound to vfio-pci"
+fi
 
 run=""
 for arg in $(cat /proc/cmdline); do
@@ -87,4 +91,10 @@ echo "=== DEVLEASE-GUEST-END status=$status ==="
 echo "=== DEVLEASE-DMESG-BEGIN ==="
 dmesg
 echo "=== DEVLEASE-DMESG-END ==="
+# The vfio-user guest stays up: the host drives the machine over QMP
+# (system_reset, which boots this init again; quit).
+if [ "$rig" = vfio-user ]; then
+  say "waiting for the host"
+  while :; do sleep 3600; done
+fi
 poweroff -f

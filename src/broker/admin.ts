@@ -8,6 +8,7 @@
 import { chownSync, readFileSync } from 'node:fs';
 import { type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
 import type { Broker } from './broker.js';
+import { checkRevokeDeadline } from './lease.js';
 
 const json = (v: unknown) =>
   Buffer.from(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : x)));
@@ -104,11 +105,9 @@ export class AdminServer {
       case 'revoke': {
         if (typeof req.id !== 'string')
           throw Object.assign(new Error('revoke needs "id"'), { code: 'EINVAL' });
-        const deadline = req.deadlineMs === undefined ? undefined : Number(req.deadlineMs);
-        if (deadline !== undefined && (!Number.isInteger(deadline) || deadline < 0)) {
-          throw Object.assign(new Error('deadlineMs must be a non-negative integer'), { code: 'EINVAL' });
-        }
-        const lease = b.leases.revoke(req.id, deadline);
+        // Checked here, before any lease is touched: a deadline past setTimeout's range once reclaimed at once.
+        if (req.deadlineMs !== undefined) checkRevokeDeadline(req.deadlineMs);
+        const lease = b.leases.revoke(req.id, req.deadlineMs);
         return lease.summary();
       }
       case 'drain':

@@ -6,21 +6,26 @@
 import { EventEmitter } from 'node:events';
 import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Device } from '../device/device.js';
+import { type Device, isReconnectable } from '../device/device.js';
 import type { Driver, DriverFactory } from '../drivers/driver.js';
 import { eduDriverFactory } from '../drivers/edu.js';
 import { genericDriverFactory } from '../drivers/generic.js';
 import { sa1DriverFactory } from '../drivers/sa1/driver.js';
-import { PidFd, type SeqpacketSocket } from '../sys/index.js';
+import { PidFd, type StreamSocket } from '../sys/index.js';
+import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { ConnectionInfo } from '../vfio/user/device-model.js';
+import { VfioError } from '../vfio/user/device-model.js';
 import { VfioUserServer } from '../vfio/user/server.js';
 import type { MessageSocket } from '../vfio/user/transport.js';
 import { AdminServer } from './admin.js';
+import { Admission } from './admission.js';
 import { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
+import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
 import { LeaseTable } from './leases.js';
 import { PendingSession } from './pending-session.js';
 import { Policy, type PolicyModule, readCallerContext } from './policy.js';
+import { Recovery, type RecoveryCause } from './recovery.js';
 import { SliceWatcher } from './slices.js';
 
 export const DRIVERS: DriverFactory[] = [sa1DriverFactory, eduDriverFactory, genericDriverFactory];
@@ -35,7 +40,13 @@ export interface BrokerOptions {
   log?: (msg: string) => void;
 }
 
-/** Events: 'device-lost' (reason), 'hang' (reason), 'reset' (reason), 'recovered'. */
+/**
+ * Events: 'hang' (reason), 'reset' (reason), 'recovered';
+ * 'device-gone' (reason): the device connection dropped; leases reclaimed, the broker reconnecting;
+ * 'device-back': reconnected and booted, leasing again;
+ * 'device-lost' (reason): the connection dropped and will not be re-made (a kernel device, or
+ * device.reconnect = false): the broker is of no more use (the daemon exits).
+ */
 export class Broker extends EventEmitter {
   readonly config: BrokerConfig;
   readonly device: Device;
@@ -49,8 +60,16 @@ export class Broker extends EventEmitter {
   readonly #pidfds = new Set<PidFd>();
   #admin: AdminServer | null = null;
   #closed = false;
-  #recovering: Promise<void> | null = null;
+  /** Device recoveries, one at a time (hang, reset, the owner's reset). */
+  readonly #recovery: Recovery;
+  /** Handling a lost device connection: reclaim, reconnect, boot. */
+  #losing: Promise<void> | null = null;
+  readonly #link: DeviceLink;
   readonly log: (msg: string) => void;
+  /** Connections not yet past VERSION: counted, limited, and closed at their deadline. */
+  readonly #admission: Admission;
+  /** The vfio-user servers' own lines (accept failures, protocol errors): at most 5 per kind per 10 s. */
+  readonly #serverLog: RateLimitedLog;
 
   private constructor(opts: BrokerOptions, driver: Driver, policy: Policy, audit: AuditLog) {
     super();
@@ -60,7 +79,26 @@ export class Broker extends EventEmitter {
     this.audit = audit;
     this.log = opts.log ?? ((m) => process.stderr.write(`devlease broker: ${m}\n`));
     this.leases = new LeaseTable(opts.device, driver, policy, audit, opts.config, this.#watcher);
+    this.leases.log = this.log;
     this.dir = join(opts.config.rundir, opts.config.deviceName);
+    this.#admission = new Admission(opts.config.sockets, this.log);
+    this.#serverLog = new RateLimitedLog(this.log, { burst: 5, intervalMs: 10_000 });
+    this.#link = new DeviceLink(opts.config.reconnect, {
+      attempt: () => this.#reattach(),
+      failed: () => this.driver.deviceLost(),
+      log: this.log,
+    });
+    this.#recovery = new Recovery(opts.config.recovery, {
+      prepare: (cause, why) => this.#prepareRecovery(cause, why),
+      attempt: () => this.driver.recover(),
+      abandoned: () => this.#closed || this.#link.gone,
+      attemptFailed: (cause, err, attempt, final) => this.#recoveryAttemptFailed(cause, err, attempt, final),
+      succeeded: (cause, attempts) => {
+        this.audit.write({ event: 'device-recovered', cause, attempts });
+        this.emit('recovered');
+        this.leases.suspended = null;
+      },
+    });
   }
 
   static async start(opts: BrokerOptions): Promise<Broker> {
@@ -84,11 +122,7 @@ export class Broker extends EventEmitter {
     driver.on('hang', (why: string) => void broker.#recover('device-hang', why));
     driver.on('device-reset', (why: string) => void broker.#recover('device-reset', why));
     driver.on('error', (err: Error) => broker.log(`driver: ${err.message}`));
-    device.on('close', () => {
-      if (broker.#closed) return;
-      broker.log('the device connection is gone');
-      broker.emit('device-lost', 'the device connection closed');
-    });
+    device.on('close', (reason?: Error | null) => broker.#deviceClosed(reason ?? null));
     audit.write({
       event: 'start',
       device: config.deviceName,
@@ -108,6 +142,9 @@ export class Broker extends EventEmitter {
         // DMA maps must be aligned to the configured page (vfio-user pgsizes), which the client library reads.
         pgsizes: this.config.layout.pageSize,
         createDevice: (conn, socket) => this.#session(kind, conn, socket),
+        // Keyed without numbers (connection ids, pids): one key per kind of line, whoever causes it.
+        log: (m, err) =>
+          this.#serverLog.log(m.replace(/\d+/g, 'N'), err ? `${m}: ${(err as Error).message ?? err}` : m),
       });
       if (this.config.sockets.group !== null) chownSync(path, -1, this.config.sockets.group);
       this.#servers.push(server);
@@ -117,16 +154,25 @@ export class Broker extends EventEmitter {
   }
 
   #session(kind: string, conn: ConnectionInfo, socket: MessageSocket): PendingSession {
-    const ctx = readCallerContext(conn.cred.pid, conn.cred.uid, conn.cred.gid);
-    const session = new PendingSession(kind, ctx, this.leases, () => socket.close());
+    const { pid, uid } = conn.cred;
+    let session: PendingSession | null = null;
+    const admitted = this.#admission.admit(uid, pid, () => session?.versionTimedOut());
+    if (!admitted) {
+      // Closed at once: it costs nothing more (no pidfd, no /proc reads) and frees its descriptor now.
+      socket.close();
+      throw new VfioError('EAGAIN', 'too many connections have not completed VERSION');
+    }
+    const ctx = readCallerContext(pid, uid, conn.cred.gid);
+    session = new PendingSession(kind, ctx, this.leases, () => socket.close());
+    session.onVersionDone(() => admitted.done());
+    session.onEnd(() => admitted.done());
     // Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child).
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      const pidfd =
-        'peerPidfd' in socket ? (socket as SeqpacketSocket).peerPidfd() : PidFd.open(conn.cred.pid);
+      const pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
       this.#pidfds.add(pidfd);
       pidfd.onExit(() => {
-        session.processExited();
+        session?.processExited();
         this.#pidfds.delete(pidfd);
         pidfd.close();
       });
@@ -134,48 +180,117 @@ export class Broker extends EventEmitter {
         if (this.#pidfds.delete(pidfd)) pidfd.close();
       });
     } catch (err) {
-      this.log(`no pidfd for pid ${conn.cred.pid}: ${(err as Error).message}; relying on hang-up alone`);
+      // Rate-limited: it fails when descriptors run out, for every connection then.
+      this.#serverLog.log(
+        'no pidfd',
+        `no pidfd for pid ${pid}: ${(err as Error).message}; relying on hang-up alone`,
+      );
     }
     return session;
   }
 
-  /** The device hung or was reset: tell every client (ERR), reclaim every lease, bring the device back. */
-  async #recover(event: 'device-hang' | 'device-reset', why: string): Promise<void> {
-    if (this.#recovering || this.#closed) return;
-    this.#recovering = (async () => {
-      this.leases.suspended = `the device is recovering (${event}): lease again shortly`;
-      this.audit.write({ event, reason: why });
-      this.emit(event === 'device-hang' ? 'hang' : 'reset', why);
-      for (const l of this.leases.all()) l.notify('err');
-      await this.leases.reclaimAll(`${event}: ${why}`);
-      try {
-        await this.driver.recover();
-        this.audit.write({ event: 'device-recovered' });
-        this.emit('recovered');
-        this.leases.suspended = null;
-      } catch (err) {
-        // Leave grants suspended: leasing a device that did not come back would only fail later.
-        this.leases.suspended = `the device did not recover: ${(err as Error).message}`;
-        this.audit.write({ event: 'recovery-failed', error: (err as Error).message });
-        this.log(`recovery failed: ${(err as Error).message}`);
-      }
-    })().finally(() => {
-      this.#recovering = null;
-    });
-    await this.#recovering;
+  #deviceClosed(reason: Error | null): void {
+    if (this.#closed || this.#link.gone) return; // while gone, a failed attempt's connection closing is no news
+    const why = reason?.message ?? 'the device connection closed';
+    if (!isReconnectable(this.device) || !this.config.reconnect.enabled) {
+      const how = isReconnectable(this.device)
+        ? 'device.reconnect is off'
+        : 'a kernel device is not reconnected';
+      this.#link.lost(why);
+      this.leases.deviceGone = `the device is lost (${why}); ${how}`;
+      this.log(`the device connection is gone (${why}); ${how}`);
+      this.audit.write({ event: 'device-lost', reason: why });
+      this.emit('device-lost', `${why}; ${how}`);
+      return;
+    }
+    this.#link.lost(why);
+    this.#losing = this.#deviceGone(this.device.endpoint, why)
+      .catch((err: Error) => this.log(`handling the lost device failed: ${err.stack ?? err.message}`))
+      .finally(() => {
+        this.#losing = null;
+      });
   }
 
-  /** Whole-device reset from the admin: every lease is reclaimed first. */
+  /**
+   * The device's server went away. Grants stop at once (ENODEV, with the reason); every client is told (ERR)
+   * and every lease ends without asking the device (it took its mappings and wiring with it); then the
+   * broker reconnects with backoff and boots the device again, and grants resume.
+   */
+  async #deviceGone(endpoint: string, why: string): Promise<void> {
+    this.leases.deviceGone =
+      `the device at ${endpoint} is gone since ${this.#link.status().since} (${why}); ` +
+      'the broker is reconnecting: lease again once it is back';
+    this.audit.write({ event: 'device-gone', endpoint, reason: why });
+    this.log(`the device connection is gone (${why}); reconnecting to ${endpoint}`);
+    this.emit('device-gone', why);
+    await this.#recovery.running; // a recovery in progress fails fast now (or is abandoned): let it end first
+    for (const l of this.leases.all()) l.notify('err');
+    await this.leases.deviceLost(why);
+    this.driver.deviceLost();
+    if (!(await this.#link.reconnect())) return; // the broker is closing
+    this.leases.deviceGone = null;
+    this.leases.suspended = null; // also a failed recovery's: the device was booted from scratch
+    this.#recovery.deviceBooted();
+    const s = this.#link.status();
+    this.audit.write({ event: 'device-back', endpoint, attempts: s.attempts });
+    this.log(`the device is back after ${s.attempts} attempt(s)`);
+    this.emit('device-back');
+  }
+
+  /** One reconnect attempt: a new connection to the same device, booted by the driver. */
+  async #reattach(): Promise<void> {
+    if (!isReconnectable(this.device)) throw new Error('the device cannot reconnect');
+    await this.device.reconnect();
+    await this.driver.boot();
+    // Gone again during the boot: its 'close' was taken for a failed attempt's, so fail this one too.
+    if (!this.device.connected) throw new Error('the device connection closed again during boot');
+  }
+
+  /** The device hung or was reset behind our back: recover it (or join the recovery in progress). */
+  async #recover(cause: 'device-hang' | 'device-reset', why: string): Promise<void> {
+    if (this.#closed || this.#link.gone) return;
+    await this.#recovery.request(cause, why);
+  }
+
+  /** Before a recovery's first attempt: suspend grants, tell every client (ERR), reclaim every lease. */
+  async #prepareRecovery(cause: RecoveryCause, why: string): Promise<void> {
+    this.leases.suspended =
+      cause === 'owner-reset'
+        ? 'the device is being reset by its owner: lease again shortly'
+        : `the device is recovering (${cause}): lease again shortly`;
+    this.audit.write({ event: cause, reason: why });
+    if (cause !== 'owner-reset') this.emit(cause === 'device-hang' ? 'hang' : 'reset', why);
+    for (const l of this.leases.all()) l.notify('err');
+    await this.leases.reclaimAll(`${cause}: ${why}`);
+  }
+
+  #recoveryAttemptFailed(cause: RecoveryCause, err: Error, attempt: number, final: boolean): void {
+    const { attempts } = this.config.recovery;
+    this.audit.write({ event: 'recovery-attempt-failed', cause, attempt, error: err.message });
+    this.log(`recovery attempt ${attempt} of ${attempts} failed: ${err.message}`);
+    if (!final) return;
+    // Leave grants suspended: leasing a device that did not come back would only fail later.
+    this.leases.suspended = `the device did not recover: ${err.message} (${attempt} attempt(s); devlease reset tries again)`;
+    this.audit.write({ event: 'recovery-failed', cause, attempts: attempt, error: err.message });
+  }
+
+  /**
+   * Whole-device reset from the admin: every lease is reclaimed first. Joins a recovery in progress (a hang,
+   * another reset) rather than racing it; rejects with the last attempt's error if the device did not recover.
+   */
   async resetDevice(): Promise<void> {
-    this.leases.suspended = 'the device is being reset by its owner';
-    try {
-      for (const l of this.leases.all()) l.notify('err');
-      await this.leases.reclaimAll('device reset by the owner');
-      await this.driver.recover();
-      this.audit.write({ event: 'device-reset' });
-    } finally {
-      this.leases.suspended = null;
+    if (this.leases.deviceGone) throw Object.assign(new Error(this.leases.deviceGone), { code: 'ENODEV' });
+    const err = await this.#recovery.request('owner-reset', 'requested by the owner');
+    if (err) {
+      throw Object.assign(new Error(`the device did not recover: ${err.message}`), {
+        code: (err as { code?: string }).code ?? 'EIO',
+      });
     }
+  }
+
+  /** Up, or gone since when and why (and how many reconnect attempts so far). */
+  deviceConnection(): DeviceConnectionStatus {
+    return this.#link.status();
   }
 
   async status(): Promise<Record<string, unknown>> {
@@ -184,7 +299,10 @@ export class Broker extends EventEmitter {
       transport: this.device.transport,
       path: this.device.path,
       ids: this.device.ids,
-      driver: await this.driver.status(),
+      deviceConnection: this.#link.status(),
+      recovery: this.#recovery.status(),
+      // Nothing to read from a device that is not there.
+      driver: this.#link.gone ? { driver: this.driver.name } : await this.driver.status(),
       draining: this.leases.draining,
       leases: this.leases.all().length,
       sockets: Object.fromEntries(this.sockets),
@@ -196,11 +314,16 @@ export class Broker extends EventEmitter {
     this.#closed = true;
     this.leases.suspended = 'the broker is shutting down';
     this.#admin?.close();
+    await this.#link.close();
+    await this.#recovery.close();
+    await this.#losing;
     await Promise.all(this.#servers.map((s) => s.close()));
     await this.leases.reclaimAll('broker shutting down');
     this.driver.close();
     for (const p of this.#pidfds) p.close();
     this.#pidfds.clear();
+    this.#admission.flush();
+    this.#serverLog.flush();
     this.#watcher.close();
   }
 }

@@ -5,11 +5,25 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseToml } from 'smol-toml';
 
+/**
+ * A lease limit: a count, or 'fair' — a share of the device, ceil(capacity / FAIR_SHARE_DIVISOR) leases,
+ * where capacity is how many leases of the kind the device holds at once (SA-1: its queues).
+ */
+export type LeaseLimit = number | 'fair';
+
+/** With 'fair' limits, at least this many uids can lease at once, whatever one of them takes. */
+export const FAIR_SHARE_DIVISOR = 4;
+
+/** The 'fair' limit for a device holding `capacity` leases of a kind (at least 1). */
+export function fairShare(capacity: number): number {
+  return Math.max(1, Math.ceil(capacity / FAIR_SHARE_DIVISOR));
+}
+
 export interface PolicyRule {
   /** Who the rule applies to: a uid, a gid, or everyone (`any`). First match wins. */
   match: { uid?: number; gid?: number; any?: true };
   kinds: string[];
-  maxLeases: number;
+  maxLeases: LeaseLimit;
   maxMappedBytes: bigint;
   maxMappings: number;
 }
@@ -19,7 +33,25 @@ export interface BrokerConfig {
   rundir: string;
   /** The device's name in paths and logs. */
   deviceName: string;
-  sockets: { mode: number; group: number | null };
+  /**
+   * When a vfio-user device's connection is lost: reconnect (with backoff, first wait `initialMs`, doubling up
+   * to `maxMs` between attempts), or exit (false; kernel devices always exit).
+   */
+  reconnect: { enabled: boolean; initialMs: number; maxMs: number };
+  /**
+   * Device recovery (after a hang, a reset, or the owner's `devlease reset`): up to `attempts` tries, the
+   * first retry after `backoffMs`, the wait doubling up to `backoffMaxMs`.
+   */
+  recovery: { attempts: number; backoffMs: number; backoffMaxMs: number };
+  sockets: {
+    mode: number;
+    group: number | null;
+    /** A lease connection that has not completed VERSION in this long is closed (its socket and pidfd freed). */
+    versionTimeoutMs: number;
+    /** Connections not yet past VERSION, in all and per uid; one more is refused at once. */
+    maxPending: number;
+    maxPendingPerUid: number;
+  };
   admin: { mode: number; group: number | null };
   layout: {
     /** The page size slices are checked against (4 KiB default, up to 64 KiB). */
@@ -67,21 +99,39 @@ export class ConfigError extends Error {
 const DEFAULT_RULE: PolicyRule = {
   match: { any: true },
   kinds: ['*'],
-  maxLeases: 64,
+  maxLeases: 'fair',
   maxMappedBytes: 1n << 32n,
   maxMappings: 1024,
 };
+
+/** No lease limit beyond the device's own size. */
+const UNLIMITED_LEASES = 1 << 20;
+
+/**
+ * Without configured rules: root and the broker's own uid lease without a count limit (they own the device
+ * anyway), everyone else a fair share each — the lease sockets are 0666, so one local uid must not be able
+ * to take every queue and refuse the rest.
+ */
+function defaultRules(): PolicyRule[] {
+  const owners = [...new Set([0, process.geteuid?.() ?? 0])];
+  return [
+    ...owners.map((uid) => ({ ...DEFAULT_RULE, match: { uid }, maxLeases: UNLIMITED_LEASES })),
+    DEFAULT_RULE,
+  ];
+}
 
 export function defaultConfig(): BrokerConfig {
   return {
     rundir: '/run/devlease',
     deviceName: 'sa1',
-    sockets: { mode: 0o666, group: null },
+    reconnect: { enabled: true, initialMs: 50, maxMs: 2000 },
+    recovery: { attempts: 3, backoffMs: 100, backoffMaxMs: 2000 },
+    sockets: { mode: 0o666, group: null, versionTimeoutMs: 5000, maxPending: 128, maxPendingPerUid: 32 },
     admin: { mode: 0o600, group: null },
     layout: { pageSize: 4096, allowCooperative: false },
     lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500 },
     sa1: { firmware: null, windowSize: 1n << 30n, maxDevmemGranules: 16, heartbeatMs: 100 },
-    policy: { rules: [DEFAULT_RULE], module: null, hookTimeoutMs: 200 },
+    policy: { rules: defaultRules(), module: null, hookTimeoutMs: 200 },
     auditLog: null,
   };
 }
@@ -185,6 +235,20 @@ function groupId(f: Fields, key: string): number | null {
   throw new ConfigError(`${f.path}.${key}`, 'must be a numeric gid (names are not resolved)');
 }
 
+/** max_leases: "fair" (the default) or a count. */
+function leaseLimit(f: Fields, rule: string): LeaseLimit {
+  const v = f.raw('max_leases');
+  if (v === undefined || v === 'fair') return 'fair';
+  const n = typeof v === 'bigint' ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > UNLIMITED_LEASES) {
+    throw new ConfigError(
+      `${rule}.max_leases`,
+      `must be "fair" or an integer from 0 to ${UNLIMITED_LEASES} (got ${String(v)})`,
+    );
+  }
+  return n;
+}
+
 function parseRule(f: Fields, i: number): PolicyRule {
   const name = `policy.rule[${i}]`;
   const match: PolicyRule['match'] = {};
@@ -203,7 +267,7 @@ function parseRule(f: Fields, i: number): PolicyRule {
   const rule: PolicyRule = {
     match,
     kinds: kindsRaw as string[],
-    maxLeases: f.int('max_leases', DEFAULT_RULE.maxLeases, 0, 1 << 20),
+    maxLeases: leaseLimit(f, name),
     maxMappedBytes: f.bytes('max_mapped_bytes', DEFAULT_RULE.maxMappedBytes, 0n, 1n << 48n),
     maxMappings: f.int('max_mappings', DEFAULT_RULE.maxMappings, 0, 1 << 20),
   };
@@ -224,10 +288,38 @@ export function configFromObject(doc: Table): BrokerConfig {
       'may contain only letters, digits, ".", "_" and "-" (it names a folder)',
     );
   }
+  const reconnect = {
+    enabled: device.bool('reconnect', d.reconnect.enabled),
+    initialMs: device.int('reconnect_initial_ms', d.reconnect.initialMs, 1, 60_000),
+    maxMs: device.int('reconnect_max_ms', d.reconnect.maxMs, 1, 600_000),
+  };
+  if (reconnect.maxMs < reconnect.initialMs) {
+    throw new ConfigError(
+      'device.reconnect_max_ms',
+      `must be at least device.reconnect_initial_ms (${reconnect.initialMs}), got ${reconnect.maxMs}`,
+    );
+  }
+  const recovery = {
+    attempts: device.int('recovery_attempts', d.recovery.attempts, 1, 100),
+    backoffMs: device.int('recovery_backoff_ms', d.recovery.backoffMs, 1, 60_000),
+    backoffMaxMs: device.int('recovery_backoff_max_ms', d.recovery.backoffMaxMs, 1, 600_000),
+  };
+  if (recovery.backoffMaxMs < recovery.backoffMs) {
+    throw new ConfigError(
+      'device.recovery_backoff_max_ms',
+      `must be at least device.recovery_backoff_ms (${recovery.backoffMs}), got ${recovery.backoffMaxMs}`,
+    );
+  }
   device.done();
 
   const sock = top.table('sockets');
-  const sockets = { mode: sock.int('mode', d.sockets.mode, 0, 0o777), group: groupId(sock, 'group') };
+  const sockets = {
+    mode: sock.int('mode', d.sockets.mode, 0, 0o777),
+    group: groupId(sock, 'group'),
+    versionTimeoutMs: sock.int('version_timeout_ms', d.sockets.versionTimeoutMs, 10, 600_000),
+    maxPending: sock.int('max_pending', d.sockets.maxPending, 1, 1 << 16),
+    maxPendingPerUid: sock.int('max_pending_per_uid', d.sockets.maxPendingPerUid, 1, 1 << 16),
+  };
   sock.done();
   const adm = top.table('admin');
   const admin = { mode: adm.int('mode', d.admin.mode, 0, 0o777), group: groupId(adm, 'group') };
@@ -283,7 +375,7 @@ export function configFromObject(doc: Table): BrokerConfig {
   const auditLog = audit.string('path', null);
   audit.done();
   top.done();
-  return { rundir, deviceName, sockets, admin, layout, lifetime, sa1, policy, auditLog };
+  return { rundir, deviceName, reconnect, recovery, sockets, admin, layout, lifetime, sa1, policy, auditLog };
 }
 
 export function parseConfig(text: string, source = 'config'): BrokerConfig {

@@ -4,13 +4,35 @@
 //   active ──session end / process exit──────────────────────────────▶ reclaiming
 //   reclaiming ──slices revoked──▶ released
 //   reclaiming ──device cannot revoke──▶ awaiting-release ──release observed, slices scrubbed──▶ released
-//   reclaiming ──an unmap or revoke failed──▶ quarantined (its resources are never reused)
+//   reclaiming ──an unmap or revoke failed, a quiesce or reset timed out──▶ quarantined (never reused)
+//   any state ──the device connection is lost──▶ released (nothing is asked of the lost device; see leases.ts)
 
 import type { DeviceFault, LeaseResources } from '../drivers/driver.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
+import type { LongTimer } from '../util/long-timer.js';
+import { VfioError } from '../vfio/user/device-model.js';
 import type { CallerContext, LeaseRequest } from './policy.js';
 import type { SliceUnit } from './slices.js';
+
+/** The longest revoke deadline accepted (24 h): a lease the owner wants back is not left running for weeks. */
+export const MAX_REVOKE_DEADLINE_MS = 24 * 3600 * 1000;
+
+/** Throws EINVAL naming deadlineMs unless it is an integer from 0 to MAX_REVOKE_DEADLINE_MS. */
+export function checkRevokeDeadline(deadlineMs: unknown): asserts deadlineMs is number {
+  if (
+    typeof deadlineMs !== 'number' ||
+    !Number.isInteger(deadlineMs) ||
+    deadlineMs < 0 ||
+    deadlineMs > MAX_REVOKE_DEADLINE_MS
+  ) {
+    const got = typeof deadlineMs === 'number' ? String(deadlineMs) : typeof deadlineMs;
+    throw new VfioError(
+      'EINVAL',
+      `deadlineMs must be an integer from 0 to ${MAX_REVOKE_DEADLINE_MS} (24 h), got ${got}`,
+    );
+  }
+}
 
 export type LeaseState =
   | 'active'
@@ -34,9 +56,13 @@ export class Lease {
   readonly ctx: CallerContext;
   readonly resources: LeaseResources;
   readonly createdAt = Date.now();
+  /** The device connection this lease was granted on (LeaseTable counts them): a later one does not hold it. */
+  generation = 0;
   state: LeaseState = 'active';
   /** Why the lease is ending, once it is. */
   endReason: string | null = null;
+  /** What failed in reclaim, once the lease is quarantined (its resources are never leased again). */
+  quarantineReason: string | null = null;
   /** Revocation deadline (ms since epoch) while `revoking`. */
   deadline: number | null = null;
   readonly mappings = new Map<bigint, LeaseMapping>();
@@ -48,7 +74,7 @@ export class Lease {
   /** Session requests in progress (DMA_MAP, SET_IRQS): reclaim waits for them before it undoes anything. */
   readonly #ops = new Set<Promise<unknown>>();
   /** The owner's revocation deadline timer, cleared when the lease ends first. */
-  revokeTimer: NodeJS.Timeout | null = null;
+  revokeTimer: LongTimer | null = null;
   readonly faults: DeviceFault[] = [];
   /** Disconnects the client's session (set by the session). */
   disconnect: ((reason: string) => void) | null = null;
@@ -144,6 +170,7 @@ export class Lease {
       deadline: this.deadline,
       since: new Date(this.createdAt).toISOString(),
       endReason: this.endReason,
+      quarantineReason: this.quarantineReason,
     };
   }
 }

@@ -6,13 +6,14 @@
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import type { DeviceFault, Driver } from '../drivers/driver.js';
+import { LongTimer } from '../util/long-timer.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import type { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
 import { deviceRefusal } from './device-refusal.js';
-import { Lease } from './lease.js';
+import { checkRevokeDeadline, Lease } from './lease.js';
 import type { CallerContext, LeaseRequest, Policy, Usage } from './policy.js';
 import { SliceUnit, type SliceWatcher } from './slices.js';
 
@@ -25,6 +26,10 @@ export class LeaseTable extends EventEmitter {
   readonly #granting = new Map<number, number>();
   /** DMA maps in progress per uid, counted against the map limits for the same reason. */
   readonly #mapping = new Map<number, { bytes: bigint; count: number }>();
+  /** Counts device connections lost: a lease granted in an earlier generation lost its device. */
+  #generation = 0;
+  /** Settles when the current generation's device is lost (wakes reclaims waiting on a client). */
+  #lost = deferred();
 
   constructor(
     readonly device: Device,
@@ -39,6 +44,8 @@ export class LeaseTable extends EventEmitter {
 
   /** Why grants are suspended (recovery, shutdown), or null. Unlike draining, this is not the owner's choice. */
   suspended: string | null = null;
+  /** Why there is no device to lease (its connection is lost; the broker is reconnecting), or null. */
+  deviceGone: string | null = null;
 
   /** Where the table's log lines go: the broker's log when it sets one, stderr until then. */
   log: (line: string) => void = (line) => process.stderr.write(`devlease broker: ${line}\n`);
@@ -105,24 +112,35 @@ export class LeaseTable extends EventEmitter {
     }
   }
 
+  /** Refuse while there is nothing to lease: no device (ENODEV), recovery or shutdown (EAGAIN), draining. */
+  #checkOpen(who: Record<string, unknown>): void {
+    const [code, reason]: ['ENODEV' | 'EAGAIN' | 'EBUSY', string] | [null, null] = this.deviceGone
+      ? ['ENODEV', this.deviceGone]
+      : this.suspended
+        ? ['EAGAIN', this.suspended]
+        : this.#draining
+          ? ['EBUSY', 'the broker is draining: no new leases']
+          : [null, null];
+    if (code === null) return;
+    this.audit.write({ event: 'deny', ...who, reason });
+    throw new VfioError(code, reason);
+  }
+
   async #grant(ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
     const who = { pid: ctx.pid, uid: ctx.uid, gid: ctx.gid, exe: ctx.exe, kind: req.kind };
-    if (this.suspended) {
-      this.audit.write({ event: 'deny', ...who, reason: this.suspended });
-      throw new VfioError('EAGAIN', this.suspended);
-    }
-    if (this.#draining) {
-      this.audit.write({ event: 'deny', ...who, reason: 'the broker is draining: no new leases' });
-      throw new VfioError('EBUSY', 'the broker is draining: no new leases');
-    }
+    this.#checkOpen(who);
     // This request is itself counted in `granting`: compare the others against the limit.
     const usage = this.usage(ctx);
     usage.leases -= 1;
-    const verdict = await this.policy.checkLease(ctx, req, usage);
+    const verdict = await this.policy.checkLease(ctx, req, usage, this.driver.capacity?.(req.kind) ?? 1);
     if (!verdict.allow) {
       this.audit.write({ event: 'deny', ...who, reason: verdict.reason });
       throw new VfioError('EACCES', verdict.reason);
     }
+    // The device may have gone (or come back with new pools) while policy decided: check again, then take
+    // resources of this generation without yielding in between.
+    this.#checkOpen(who);
+    const generation = this.#generation;
     let resources: ReturnType<Driver['acquire']>;
     try {
       resources = this.driver.acquire(req);
@@ -131,15 +149,20 @@ export class LeaseTable extends EventEmitter {
       throw err;
     }
     const lease = new Lease(`${req.kind}-${this.#next++}`, req, ctx, resources);
+    lease.generation = generation;
     try {
       for (const s of resources.slices) {
         const units = s.mappable === false ? [] : await this.#sliceUnits(s.region, s.offset, s.size, s.unit);
         lease.slices.set(s.leaseRegion, units);
       }
       await this.driver.activate(resources);
+      if (generation !== this.#generation) {
+        throw new VfioError('ENODEV', this.deviceGone ?? 'the device connection was lost during the grant');
+      }
     } catch (err) {
       for (const units of lease.slices.values()) for (const u of units) u.dispose(this.watcher);
-      this.driver.release(resources);
+      // Resources of a lost device are not returned: the next boot makes new pools.
+      if (generation === this.#generation) this.driver.release(resources);
       this.audit.write({
         event: 'deny',
         ...who,
@@ -178,6 +201,7 @@ export class LeaseTable extends EventEmitter {
     deadlineMs = this.config.lifetime.defaultDeadlineMs,
     reason = 'revoked by the owner',
   ): Lease {
+    checkRevokeDeadline(deadlineMs);
     const lease = this.#leases.get(id);
     if (!lease) throw new VfioError('ENOENT', `no lease '${id}'`);
     if (lease.state !== 'active') return lease;
@@ -198,11 +222,10 @@ export class LeaseTable extends EventEmitter {
       void this.reclaim(lease, `revoked with no deadline: ${reason}`);
       return lease;
     }
-    lease.revokeTimer = setTimeout(
-      () => void this.reclaim(lease, `deadline of ${deadlineMs} ms passed: ${reason}`),
+    lease.revokeTimer = new LongTimer(
       deadlineMs,
+      () => void this.reclaim(lease, `deadline of ${deadlineMs} ms passed: ${reason}`),
     );
-    lease.revokeTimer.unref();
     return lease;
   }
 
@@ -230,24 +253,30 @@ export class LeaseTable extends EventEmitter {
     const t0 = process.hrtime.bigint();
     lease.state = 'reclaiming';
     lease.endReason = reason;
-    if (lease.revokeTimer) clearTimeout(lease.revokeTimer);
+    lease.revokeTimer?.cancel();
     this.emit('state', lease);
     this.audit.write({ event: 'reclaim', lease: lease.id, pid: lease.ctx.pid, uid: lease.ctx.uid, reason });
     lease.disconnect?.(reason);
     // Requests the session had in progress finish first: they see the lease is no longer live and undo
     // what they did, so nothing they map or wire can appear after the steps below.
     await lease.settle();
+    if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0);
     const problems: string[] = [];
-    let unsafe = false; // an unmap or revoke failed: this lease's window or slices may still be reachable
-    const step = async (what: string, fn: () => Promise<void>, critical: boolean) => {
+    // An unmap or revoke failed, or a quiesce or reset did not finish: this lease's window, slices or queue
+    // may still be reachable or running.
+    let unsafe = false;
+    const step = async (what: string, fn: () => Promise<void>, critical: boolean | 'on-timeout') => {
       try {
         await fn();
       } catch (err) {
         problems.push(`${what}: ${(err as Error).message}`);
-        if (critical && (err as { code?: string }).code !== 'ENOENT') unsafe = true;
+        const code = (err as { code?: string }).code;
+        if (critical === 'on-timeout' ? code === 'ETIMEDOUT' : critical && code !== 'ENOENT') unsafe = true;
       }
     };
-    await step('quiesce', () => this.driver.quiesce(lease.resources), false);
+    // A quiesce that fails outright (the device connection went) leaves the rest to device recovery; one that
+    // times out leaves work running on a live device.
+    await step('quiesce', () => this.driver.quiesce(lease.resources), 'on-timeout');
     const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
     for (const v of lease.resources.vectors) {
       await step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]), true);
@@ -271,17 +300,21 @@ export class LeaseTable extends EventEmitter {
         outstanding: units.map((u) => u.outstanding),
       });
       lease.parked();
-      await Promise.all(units.map((u) => u.whenReleased()));
+      await Promise.race([Promise.all(units.map((u) => u.whenReleased())), this.#lostOf(lease)]);
     }
+    // The device went away while we worked: nothing of it can be cleaned, and nothing of it is reused.
+    if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
     if (!revoked && units.length) {
       // Nobody holds the slices any more, but they still hold what the last client left: scrub before reuse.
       await step('scrub', () => this.driver.scrub(lease.resources), true);
     }
+    if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
     for (const u of units) u.dispose(this.watcher);
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
     if (unsafe) {
       // Never hand these resources to another client; the operator sees why (devlease leases, audit).
       lease.state = 'quarantined';
+      lease.quarantineReason = problems.join('; ');
       this.audit.write({ event: 'quarantined', lease: lease.id, ms, problems });
       this.emit('state', lease);
       lease.parked();
@@ -296,13 +329,72 @@ export class LeaseTable extends EventEmitter {
     lease.parked();
   }
 
+  /** Whether the device connection this lease was granted on is gone. */
+  #deviceLost(lease: Lease): boolean {
+    return lease.generation !== this.#generation;
+  }
+
+  /** Settles when the device `lease` was granted on is lost (at once if it already is). */
+  #lostOf(lease: Lease): Promise<void> {
+    return this.#deviceLost(lease) ? Promise.resolve() : this.#lost.promise;
+  }
+
+  /**
+   * End a lease whose device connection is gone. The device process took its DMA mappings, interrupt wiring
+   * and slice memory with it, so there is nothing to quiesce, unmap, revoke or scrub, and its resources are
+   * not returned to the driver: the next boot makes new pools. A client still mapping a slice of the old
+   * device reaches only that dead device's memory.
+   */
+  #forget(lease: Lease, reason: string, t0: bigint, problems: string[] = []): void {
+    lease.revokeTimer?.cancel();
+    lease.errFd?.close();
+    lease.reqFd?.close();
+    const units = [...lease.slices.values()].flat();
+    const outstanding = units.reduce((n, u) => n + u.outstanding, 0);
+    for (const u of units) u.dispose(this.watcher);
+    lease.mappings.clear();
+    lease.state = 'released';
+    this.#leases.delete(lease.id);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    this.audit.write({
+      event: 'released',
+      lease: lease.id,
+      ms,
+      deviceLost: true,
+      reason,
+      outstandingSliceFds: outstanding,
+      problems,
+    });
+    this.emit('state', lease);
+    this.emit('released', lease);
+    lease.parked();
+  }
+
+  /**
+   * The device connection is lost. Every lease goes: each is reclaimed without asking the device anything
+   * (leases already parked, waiting for a client or quarantined, end too). Resolves when none is left, so the
+   * driver can boot the device again with nothing of the old generation still running.
+   */
+  async deviceLost(reason: string): Promise<void> {
+    this.#generation++;
+    const lost = this.#lost;
+    this.#lost = deferred();
+    lost.resolve();
+    const why = `device lost: ${reason}`;
+    for (const l of [...this.#leases.values()]) {
+      if (l.state === 'quarantined') this.#forget(l, why, process.hrtime.bigint());
+      else void this.reclaim(l, why);
+    }
+    await Promise.all([...this.#leases.values()].map((l) => l.reclaimed));
+  }
+
   /**
    * Unmap every IOVA of the lease. The lease owns its whole window, so one DMA_UNMAP over the window takes
    * them all at once (64 maps: 2 ms instead of 22 ms one by one); if the device refuses that, map by map.
    */
   async #unmapAll(
     lease: Lease,
-    step: (what: string, fn: () => Promise<void>, critical: boolean) => Promise<void>,
+    step: (what: string, fn: () => Promise<void>, critical: boolean | 'on-timeout') => Promise<void>,
   ) {
     if (lease.mappings.size === 0) return;
     const w = lease.resources.window;
@@ -333,4 +425,12 @@ export class LeaseTable extends EventEmitter {
       }),
     );
   }
+}
+
+function deferred(): { promise: Promise<void>; resolve(): void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
 }

@@ -15,8 +15,9 @@ import {
   type VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
 import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
+import { readLeaseRequest } from './lease-request.js';
 import type { LeaseTable } from './leases.js';
-import type { CallerContext, LeaseRequest } from './policy.js';
+import type { CallerContext } from './policy.js';
 import { LeaseSession } from './session.js';
 
 export class PendingSession implements VfioUserDeviceModel {
@@ -27,6 +28,7 @@ export class PendingSession implements VfioUserDeviceModel {
   #session: LeaseSession | null = null;
   #ended = false;
   readonly #endHooks: (() => void)[] = [];
+  readonly #versionHooks: (() => void)[] = [];
 
   constructor(kind: string, ctx: CallerContext, table: LeaseTable, closeSocket: () => void) {
     this.#kind = kind;
@@ -37,15 +39,25 @@ export class PendingSession implements VfioUserDeviceModel {
 
   /** Called with the client's VERSION capabilities; grants the lease or refuses with the policy's reason. */
   async negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
-    const ext = clientCaps.devlease as { request?: Record<string, unknown> } | undefined;
-    const raw = ext?.request ?? {};
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
-      throw new VfioError('EINVAL', 'devlease.request must be a JSON object');
+    try {
+      return await this.#negotiate(clientCaps);
+    } finally {
+      for (const h of this.#versionHooks.splice(0)) h();
     }
-    const request: LeaseRequest = { ...raw, kind: this.#kind };
-    if ('kind' in raw && raw.kind !== this.#kind) {
-      throw new VfioError('EINVAL', `this socket leases kind '${this.#kind}', not '${String(raw.kind)}'`);
-    }
+  }
+
+  /** `hook` runs once VERSION has been answered, granted or refused. */
+  onVersionDone(hook: () => void): void {
+    this.#versionHooks.push(hook);
+  }
+
+  /** No VERSION in time: close the connection (the session ends as for a hang-up). */
+  versionTimedOut(): void {
+    this.#closeSocket();
+  }
+
+  async #negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const request = readLeaseRequest(clientCaps, this.#kind);
     const lease = await this.#table.grant(this.#ctx, request);
     this.#session = new LeaseSession(lease, this.#table);
     lease.disconnect = () => this.#closeSocket();

@@ -5,7 +5,7 @@
 
 import { readFileSync, readlinkSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import type { BrokerConfig, PolicyRule } from './config.js';
+import { type BrokerConfig, FAIR_SHARE_DIVISOR, fairShare, type PolicyRule } from './config.js';
 
 export interface CallerContext {
   pid: number;
@@ -19,12 +19,10 @@ export interface CallerContext {
   lease?: { id: string; kind: string };
 }
 
-export interface LeaseRequest {
-  kind: string;
-  /** Device-memory granules wanted (SA-1). */
-  devmemGranules?: number;
-  [key: string]: unknown;
-}
+// A lease request is the drivers' type (drivers may not import the broker); policy hooks see the same.
+import type { LeaseRequest } from '../drivers/driver.js';
+
+export type { LeaseRequest };
 
 export interface MapRequest {
   op: 'map' | 'unmap';
@@ -100,7 +98,10 @@ export class Policy {
     return null;
   }
 
-  async checkLease(ctx: CallerContext, req: LeaseRequest, usage: Usage): Promise<Verdict> {
+  /**
+   * `capacity`: how many leases of req.kind the device holds at once, which a 'fair' limit is a share of.
+   */
+  async checkLease(ctx: CallerContext, req: LeaseRequest, usage: Usage, capacity = 1): Promise<Verdict> {
     const rule = this.ruleFor(ctx);
     if (!rule) return { allow: false, reason: `no policy rule matches uid ${ctx.uid} gid ${ctx.gid}` };
     if (!rule.kinds.includes('*') && !rule.kinds.includes(req.kind)) {
@@ -109,10 +110,15 @@ export class Policy {
         reason: `uid ${ctx.uid} may not lease kind '${req.kind}' (allowed: ${rule.kinds.join(', ')})`,
       };
     }
-    if (usage.leases + 1 > rule.maxLeases) {
+    const limit = rule.maxLeases === 'fair' ? fairShare(capacity) : rule.maxLeases;
+    if (usage.leases + 1 > limit) {
+      const fair =
+        rule.maxLeases === 'fair'
+          ? ` (a fair share: ${capacity} '${req.kind}' lease(s) / ${FAIR_SHARE_DIVISOR}, rounded up)`
+          : '';
       return {
         allow: false,
-        reason: `uid ${ctx.uid} already holds ${usage.leases} lease(s); the limit is ${rule.maxLeases}`,
+        reason: `uid ${ctx.uid} already holds ${usage.leases} lease(s); the limit is ${limit}${fair}`,
       };
     }
     return this.#hook('lease', ctx, req);

@@ -16,7 +16,7 @@ export function infoRegionCaps(): Uint8Array {
   return buildCapChain([regionTypeCap(DEVLEASE_INFO_REGION_TYPE, DEVLEASE_INFO_REGION_SUBTYPE)]);
 }
 
-/** A slice region is mmap-able as a whole through its own fd. */
+/** A mappable slice region (one with a slice unit) is mmap-able as a whole through its own fd. */
 export function sliceRegionCaps(size: bigint): Uint8Array {
   return buildCapChain([sparseMmapCap([{ offset: 0n, size }])]);
 }

@@ -111,12 +111,13 @@ export class LeaseSession implements VfioUserDeviceModel {
     // A lease region is exactly one slice unit (drivers give each unit its own region), so one fd maps it all.
     const unit = this.#lease.slices.get(index)?.[0];
     const fd: Fd | undefined = unit && opts.fd !== false ? unit.handOut(this.#table.watcher) : undefined;
+    // Without a slice unit the region is reached only through the broker: no MMAP flag, no sparse-mmap cap.
     return {
       index,
       flags: rw | (unit ? VFIO_REGION_INFO_FLAG_MMAP : 0),
       size: slice.size,
       offset: 0n,
-      caps: sliceRegionCaps(slice.size),
+      ...(unit ? { caps: sliceRegionCaps(slice.size) } : {}),
       ...(fd ? { fd } : {}),
     };
   }

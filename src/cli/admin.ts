@@ -2,6 +2,7 @@
 
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { MAX_REVOKE_DEADLINE_MS } from '../broker/lease.js';
 import { SeqpacketSocket } from '../sys/index.js';
 
 export async function adminRequest(
@@ -40,7 +41,7 @@ export async function adminRequest(
 }
 
 const USAGE = `usage: devlease status|leases|clients [--json]
-       devlease revoke <lease-id> [--deadline MS] [--json]
+       devlease revoke <lease-id> [--deadline MS (0..86400000, 24 h)] [--json]
        devlease drain [--off] [--json]
        devlease reset [--json]
   common: --admin PATH (default RUNDIR/DEVICE/admin.sock), --rundir DIR (default /run/devlease), --device NAME (default sa1)`;
@@ -82,9 +83,12 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
         return 2;
       }
       const deadlineMs = str('deadline') === undefined ? undefined : Number(str('deadline'));
-      if (deadlineMs !== undefined && (!Number.isInteger(deadlineMs) || deadlineMs < 0)) {
+      if (
+        deadlineMs !== undefined &&
+        (!Number.isInteger(deadlineMs) || deadlineMs < 0 || deadlineMs > MAX_REVOKE_DEADLINE_MS)
+      ) {
         process.stderr.write(
-          `devlease revoke: --deadline must be a non-negative integer (ms), got '${values.deadline}'\n`,
+          `devlease revoke: --deadline must be a non-negative integer (ms) of at most ${MAX_REVOKE_DEADLINE_MS} (24 h), got '${values.deadline}'\n`,
         );
         return 2;
       }

@@ -123,6 +123,10 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     const onSig = () => void stop(0);
     process.on('SIGINT', onSig);
     process.on('SIGTERM', onSig);
-    broker.on('device-lost', () => void stop(1));
+    // A vfio-user device that goes away is reconnected (the broker stays up); this is the other case.
+    broker.on('device-lost', (why: string) => {
+      process.stderr.write(`devlease daemon: the device is lost: ${why}; exiting\n`);
+      void stop(1);
+    });
   });
 }

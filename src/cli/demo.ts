@@ -8,10 +8,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { type Child, CLIENT_WORKER, spawnNode, startBroker, startSim } from '../demo/processes.js';
 import { type ClientRow, HEAD, LiveView, renderTable, rowCells } from '../demo/view.js';
+import { type Child, spawnNode, startBroker, startSim } from '../util/processes.js';
 import { adminRequest } from './admin.js';
+
+const CLIENT_WORKER = fileURLToPath(new URL('../demo/client-worker.js', import.meta.url));
 
 const USAGE = `usage: devlease demo [--clients N] [--seconds S] [--json] [--no-tty]
   --clients  client processes (default 4, 1..32)

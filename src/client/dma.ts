@@ -98,17 +98,23 @@ export class DmaPool {
   readonly #client: VfioUserClient;
   readonly #iova: IovaAllocator;
   readonly #live = new Set<DmaBuffer>();
+  /** The lease's name, for errors. */
+  readonly #lease: string;
+  /** Set by dropAll() when the lease closes: no allocation may start or finish after it. */
+  #closed = false;
   /** The lease's DMA page (vfio-user pgsizes): sizes and IOVAs are multiples of it. */
   readonly page: number;
 
-  constructor(client: VfioUserClient, window: { base: bigint; size: bigint }) {
+  constructor(client: VfioUserClient, window: { base: bigint; size: bigint }, lease = 'the lease') {
     this.#client = client;
+    this.#lease = lease;
     this.#iova = new IovaAllocator(window.base, window.size);
     this.page = minPageSize(client.serverCapabilities?.pgsizes ?? Number(PAGE));
   }
 
   /** Allocate `size` bytes (rounded up to a page), mapped for device read and write. */
   async alloc(size: number, opts: { read?: boolean; write?: boolean } = {}): Promise<DmaBuffer> {
+    this.#checkOpen();
     if (!Number.isSafeInteger(size) || size <= 0)
       throw leaseError('EINVAL', `dma.alloc: size must be a positive integer, got ${size}`);
     const bytes = BigInt(Math.ceil(size / this.page) * this.page);
@@ -123,6 +129,9 @@ export class DmaPool {
         (opts.read !== false ? VFIO_USER_F_DMA_REGION_READ : 0) |
         (opts.write !== false ? VFIO_USER_F_DMA_REGION_WRITE : 0);
       await this.#client.dmaMap({ fd: memfd.fd, offset: 0n, iova, size: bytes, flags });
+      // The lease closed while the map was in flight: the buffer would outlive dropAll(). The broker drops
+      // the device's map with the session.
+      this.#checkOpen();
     } catch (err) {
       mapping?.unmap();
       memfd.close();
@@ -141,7 +150,12 @@ export class DmaPool {
 
   /** Everything still allocated, for close(). */
   dropAll(): void {
+    this.#closed = true;
     for (const b of this.#live) b.dropLocal();
     this.#live.clear();
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw leaseError('ERR_DEVLEASE_CLOSED', `dma.alloc: lease ${this.#lease} is closed`);
   }
 }

@@ -34,7 +34,8 @@ export interface ConnectOptions {
  * - 'revoke-requested' ({ deadline: number }): the owner wants the lease back; close() before the deadline
  * - 'revoked': the lease was taken back (slices dead, session closed)
  * - 'device-fault' (faults): a fault record concerning this lease
- * - 'device-reset': the device was reset; the lease is gone
+ * - 'device-reset': the device was reset, or its server went away (the broker reconnects to it); the lease
+ *   is gone: connect again for a new one (refused with ENODEV while the device is away)
  * - 'disconnected' (reason): the session ended for any reason
  */
 export class Lease extends EventEmitter {
@@ -46,6 +47,8 @@ export class Lease extends EventEmitter {
   readonly #notices: EventFd[] = [];
   /** ioeventfds asked for with regionIoFds(), per "region:offset" (closed with the lease). */
   readonly #ioEventFds = new Map<string, Promise<Fd | null>>();
+  /** The ERR notice's eventfd (device fault or reset), read once more when the session ends. */
+  #errNotice: EventFd | null = null;
   readonly #infoIndex: number;
   /** Faults already reported, so a later ERR without a new fault is seen as a reset. */
   #faultsSeen = 0;
@@ -58,7 +61,7 @@ export class Lease extends EventEmitter {
     this.client = client;
     this.info = info;
     this.#infoIndex = infoIndex;
-    this.dma = new DmaPool(client, info.iovaWindow ?? { base: 0n, size: 0n });
+    this.dma = new DmaPool(client, info.iovaWindow ?? { base: 0n, size: 0n }, info.lease);
     client.on('close', () => this.#onDisconnect());
   }
 
@@ -119,6 +122,7 @@ export class Lease extends EventEmitter {
     for (const index of [VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX]) {
       const efd = new EventFd();
       this.#notices.push(efd);
+      if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errNotice = efd;
       efd.onReadable(() => void this.#notice(index));
       await this.client.setIrqs({
         flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
@@ -231,7 +235,11 @@ export class Lease extends EventEmitter {
   #onDisconnect(): void {
     if (this.#closed) return;
     const wasRevoking = this.info.state === 'revoking' || this.revoked;
+    // On a device hang or reset the broker signals ERR and closes the session at once: when the hang-up is
+    // seen first, the notice still sits in its eventfd. Report it, or the client would hear only 'disconnected'.
+    const errPending = this.#errNotice && !this.#errNotice.closed ? this.#errNotice.read() : null;
     this.#teardown();
+    if (errPending) this.emit('device-reset');
     if (wasRevoking) this.emit('revoked');
     this.emit('disconnected', 'the broker closed the session');
   }
@@ -286,6 +294,7 @@ export class Lease extends EventEmitter {
     for (const e of [...this.#vectors, ...this.#notices]) e.close();
     this.#vectors.length = 0;
     this.#notices.length = 0;
+    this.#errNotice = null;
     this.dma.dropAll();
     this.#nextIrq?.reject(
       leaseError('ERR_DEVLEASE_CLOSED', 'the lease closed while waiting for an interrupt'),

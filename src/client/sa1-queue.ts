@@ -14,7 +14,7 @@ import {
   STATUS_CODE,
   STATUS_NAME,
   type StatusName,
-} from '../drivers/sa1/regs.js';
+} from '../hw/sa1/regs.js';
 import { type Fd, native } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
@@ -35,19 +35,31 @@ export interface Descriptor {
 
 export interface Completion {
   tag: bigint;
-  status: StatusName;
+  /** The status by name; 'UNKNOWN' for a value the datasheet does not define (see `rawStatus`). */
+  status: StatusName | 'UNKNOWN';
+  /** The status as the device wrote it. */
+  rawStatus: number;
   /** CRC32C for CRC32C descriptors, else 0. */
   result: number;
 }
 
-/** A descriptor completed with a non-OK status. `code` is the status name (e.g. 'WINDOW_VIOLATION'). */
+/**
+ * A descriptor completed with a non-OK status. `code` is the status name (e.g. 'WINDOW_VIOLATION'), or
+ * ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN for a status the datasheet does not define — a device or firmware bug,
+ * not the client's: its value is in `completion.rawStatus`.
+ */
 export class DeviceStatusError extends Error {
-  readonly code: StatusName;
+  readonly code: StatusName | 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN';
   readonly completion: Completion;
   constructor(c: Completion) {
-    super(`descriptor ${c.tag} completed with ${c.status}`);
+    const raw = `0x${c.rawStatus.toString(16)}`;
+    super(
+      c.status === 'UNKNOWN'
+        ? `descriptor ${c.tag} completed with status ${raw}, which the SA-1 datasheet does not define (a device bug)`
+        : `descriptor ${c.tag} completed with ${c.status}`,
+    );
     this.name = 'DeviceStatusError';
-    this.code = c.status;
+    this.code = c.status === 'UNKNOWN' ? 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN' : c.status;
     this.completion = c;
   }
 }
@@ -249,10 +261,12 @@ export class Sa1Queue {
       const phase = (this.#cqHead & this.entries) === 0 ? 1 : 0;
       const o = slot * CQE_SIZE;
       if ((this.#cqView.getUint16(o + 14, true) & 1) !== phase) break;
+      const rawStatus = this.#cqView.getUint16(o + 12, true);
       const c: Completion = {
         tag: this.#cqView.getBigUint64(o, true),
         result: this.#cqView.getUint32(o + 8, true),
-        status: STATUS_NAME[this.#cqView.getUint16(o + 12, true)] ?? 'BAD_OPCODE',
+        status: STATUS_NAME[rawStatus] ?? 'UNKNOWN',
+        rawStatus,
       };
       this.#cqHead = (this.#cqHead + 1) >>> 0;
       n++;

@@ -6,7 +6,7 @@
 import { randomFillSync } from 'node:crypto';
 import { connect } from '../client/lease.js';
 import { Sa1Queue } from '../client/sa1-queue.js';
-import { crc32c } from '../sim/crc32c.js';
+import { crc32c } from '../hw/sa1/crc32c.js';
 
 const say = (msg: Record<string, unknown>) =>
   process.stdout.write(`${JSON.stringify(msg, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}\n`);

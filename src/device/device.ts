@@ -45,7 +45,7 @@ export interface IovaRange {
   last: bigint;
 }
 
-/** Events: 'close' (the transport is gone: device connection lost or fd closed). */
+/** Events: 'close' (reason: Error | null; the transport is gone: device connection lost, or closed by us: null). */
 export interface Device extends EventEmitter {
   readonly transport: Transport;
   /** Which path was chosen and why (shown by `devlease status`). */
@@ -99,4 +99,24 @@ export interface Device extends EventEmitter {
   readonly capabilities: { mappableSlices: boolean; revocableSlices: boolean };
 
   close(): Promise<void>;
+}
+
+/**
+ * A device whose transport can come back: a vfio-user server that restarts is normal, and the broker
+ * reconnects to it. A kernel device has no such thing (its fd does not drop out from under us).
+ */
+export interface Reconnectable {
+  /** Where the device is reached (a socket path), for messages. */
+  readonly endpoint: string;
+  /** The current connection is up (false from its loss until a reconnect succeeds). */
+  readonly connected: boolean;
+  /**
+   * Drop the current connection, if any, and connect again. Rejects (and keeps nothing open) when the
+   * endpoint refuses, or when what answers is not the device first opened (other PCI ids).
+   */
+  reconnect(): Promise<void>;
+}
+
+export function isReconnectable(d: Device): d is Device & Reconnectable {
+  return typeof (d as Partial<Reconnectable>).reconnect === 'function';
 }

@@ -23,41 +23,56 @@ import {
 import { VfioUserClient, type VfioUserClientOptions } from '../vfio/user/client.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../vfio/user/protocol.js';
 import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
-import type { Device, DeviceRegion, DmaMapping, IovaRange, Transport } from './device.js';
+import type { Device, DeviceRegion, DmaMapping, IovaRange, Reconnectable, Transport } from './device.js';
 import { readPciIds } from './pci-ids.js';
 
-export class VfioUserDevice extends EventEmitter implements Device {
+export class VfioUserDevice extends EventEmitter implements Device, Reconnectable {
   readonly transport: Transport = 'vfio-user';
   readonly path: { chosen: string; reason: string };
-  readonly client: VfioUserClient;
+  readonly endpoint: string;
   ids!: Device['ids'];
   numRegions = 0;
   numIrqs = 0;
   capabilities = { mappableSlices: false, revocableSlices: false };
   readonly #ranges: IovaRange[];
-  /** Region io fds, per region index (see regionIoFds). */
+  /** Region io fds of the current connection's device, per region index (see regionIoFds). */
   readonly #ioFds = new Map<number, Promise<RegionIoFds>>();
+  readonly #opts: VfioUserClientOptions;
+  #client: VfioUserClient;
+  /** A reconnect's new connection while it is being checked (close() closes it too). */
+  #joining: VfioUserClient | null = null;
+  /** Connections reconnect() let go of on purpose: their 'close' is no news. */
+  readonly #dropped = new WeakSet<VfioUserClient>();
+  #closed = false;
 
-  private constructor(client: VfioUserClient, socketPath: string) {
+  private constructor(client: VfioUserClient, socketPath: string, opts: VfioUserClientOptions) {
     super();
-    this.client = client;
+    this.#client = client;
+    this.endpoint = socketPath;
+    this.#opts = opts;
     this.path = {
       chosen: `vfio-user:${socketPath}`,
       reason: 'a vfio-user server (e.g. the SA-1 simulator) was named',
     };
     // vfio-user has no IOVA-range query; the IOMMU model is 48-bit unless the server says otherwise.
     this.#ranges = [{ start: 0n, last: (1n << 48n) - 1n }];
-    client.on('close', () => {
-      this.#dropIoFds();
-      this.emit('close');
-    });
+    this.#adopt(client);
+  }
+
+  /** The current connection. Once it is lost every call on it fails at once (ECONNRESET) until reconnect(). */
+  get client(): VfioUserClient {
+    return this.#client;
+  }
+
+  get connected(): boolean {
+    return !this.#closed && !this.#client.closed;
   }
 
   static async connect(socketPath: string, opts: VfioUserClientOptions = {}): Promise<VfioUserDevice> {
     const client = await VfioUserClient.connect(socketPath, opts);
-    const dev = new VfioUserDevice(client, socketPath);
+    const dev = new VfioUserDevice(client, socketPath, opts);
     try {
-      await dev.#init();
+      Object.assign(dev, await describe(client));
     } catch (err) {
       client.close();
       throw err;
@@ -65,22 +80,54 @@ export class VfioUserDevice extends EventEmitter implements Device {
     return dev;
   }
 
-  async #init(): Promise<void> {
-    const info = await this.client.deviceInfo();
-    this.numRegions = info.num_regions;
-    this.numIrqs = info.num_irqs;
-    this.ids = await readPciIds((off, n) => this.client.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, off, n));
-    const probe = async (feature: number, dir: number) => {
-      try {
-        await this.client.feature({ flags: VFIO_DEVICE_FEATURE_PROBE | dir, feature });
-        return true;
-      } catch {
-        return false;
+  /**
+   * Take `client` as the current connection. Every connection, the first and each reconnected one, passes
+   * here: per-connection setup belongs here. 'close' is passed on with its reason for the current one only
+   * (a replaced connection going away is no news).
+   */
+  #adopt(client: VfioUserClient): void {
+    this.#client = client;
+    client.on('close', (reason: Error | null) => {
+      // The io fds came from this connection's device (a restarted one has others).
+      if (client === this.#client) this.#dropIoFds();
+      if (client === this.#client && !this.#dropped.has(client)) this.emit('close', reason);
+    });
+  }
+
+  async reconnect(): Promise<void> {
+    if (this.#closed) throw closedError(this.endpoint);
+    const old = this.#client;
+    // Until the new connection is checked, calls keep failing at once on the old, closed one.
+    this.#dropped.add(old);
+    this.#dropIoFds();
+    old.close();
+    const client = await VfioUserClient.connect(this.endpoint, this.#opts);
+    if (this.#closed) {
+      client.close();
+      throw closedError(this.endpoint);
+    }
+    this.#joining = client;
+    try {
+      const d = await describe(client);
+      const was = formatIds(this.ids);
+      const now = formatIds(d.ids);
+      if (was !== now) {
+        throw Object.assign(
+          new Error(`${this.path.chosen} now serves ${now}, not the ${was} first opened; not taking it`),
+          { code: 'ENODEV' },
+        );
       }
-    };
-    const mappable = await probe(VFIO_DEVICE_FEATURE_DMA_BUF, VFIO_DEVICE_FEATURE_GET);
-    const revocable = mappable && (await probe(VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE, VFIO_DEVICE_FEATURE_SET));
-    this.capabilities = { mappableSlices: mappable, revocableSlices: revocable };
+      if (this.#closed) throw closedError(this.endpoint);
+      Object.assign(this, d);
+    } catch (err) {
+      client.close();
+      throw err;
+    } finally {
+      this.#joining = null;
+    }
+    this.#adopt(client);
+    // It may have gone again while we checked it: say so now, or nobody would.
+    if (client.closed) this.emit('close', new Error('the device connection closed while reconnecting'));
   }
 
   async region(index: number): Promise<DeviceRegion> {
@@ -235,7 +282,41 @@ export class VfioUserDevice extends EventEmitter implements Device {
     for (const f of r.fds) f.close();
   }
 
+  /** Close for good (idempotent): a reconnect in progress fails, and nothing it opened stays open. */
   async close(): Promise<void> {
-    this.client.close();
+    this.#closed = true;
+    this.#joining?.close();
+    this.#client.close();
   }
 }
+
+/** What a connection says about its device: counts, PCI ids, and whether slices can be mapped and revoked. */
+async function describe(
+  client: VfioUserClient,
+): Promise<Pick<VfioUserDevice, 'numRegions' | 'numIrqs' | 'ids' | 'capabilities'>> {
+  const info = await client.deviceInfo();
+  const ids = await readPciIds((off, n) => client.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, off, n));
+  const probe = async (feature: number, dir: number) => {
+    try {
+      await client.feature({ flags: VFIO_DEVICE_FEATURE_PROBE | dir, feature });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const mappable = await probe(VFIO_DEVICE_FEATURE_DMA_BUF, VFIO_DEVICE_FEATURE_GET);
+  const revocable = mappable && (await probe(VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE, VFIO_DEVICE_FEATURE_SET));
+  return {
+    numRegions: info.num_regions,
+    numIrqs: info.num_irqs,
+    ids,
+    capabilities: { mappableSlices: mappable, revocableSlices: revocable },
+  };
+}
+
+const hex4 = (v: number) => v.toString(16).padStart(4, '0');
+const formatIds = (i: Device['ids']) =>
+  `PCI ${hex4(i.vendor)}:${hex4(i.device)} (subsystem ${hex4(i.subsystemVendor)}:${hex4(i.subsystem)}, class 0x${i.classCode.toString(16).padStart(6, '0')})`;
+
+const closedError = (endpoint: string) =>
+  Object.assign(new Error(`the device at ${endpoint} was closed`), { code: 'ERR_DEVLEASE_CLOSED' });

@@ -4,9 +4,25 @@
 // holds lifetimes, policy and sessions.
 
 import type { EventEmitter } from 'node:events';
-import type { BrokerConfig } from '../broker/config.js';
-import type { LeaseRequest } from '../broker/policy.js';
 import type { Device } from '../device/device.js';
+
+/** What a client asks to lease (the broker's policy sees the same request). */
+export interface LeaseRequest {
+  kind: string;
+  /** Device-memory granules wanted (SA-1). */
+  devmemGranules?: number;
+  [key: string]: unknown;
+}
+
+/**
+ * The part of the broker's configuration drivers read (the broker's BrokerConfig is one, structurally:
+ * drivers do not import the broker). Field meanings are the config file's (docs/CONFIG.md).
+ */
+export interface DriverConfig {
+  layout: { pageSize: number; allowCooperative: boolean };
+  lifetime: { revoke: boolean; quiesceTimeoutMs: number };
+  sa1: { firmware: string | null; windowSize: bigint; maxDevmemGranules: number; heartbeatMs: number };
+}
 
 export type IsolationLevel = 'enforced' | 'cooperative';
 export interface Isolation {
@@ -61,42 +77,86 @@ export interface DeviceFault {
  * - 'fault' (DeviceFault): a fault record; the broker forwards it to the lease holding the queue.
  * - 'hang' (reason: string): the device stopped; the broker notifies everyone, resets and reboots.
  * - 'device-reset' (reason: string): the device was reset behind the driver's back; leases are gone.
+ *
+ * Every wait on the device is bounded (drivers/poll.ts): a wait that runs out rejects with a VfioError whose
+ * `code` is ETIMEDOUT, naming what was awaited and the last value read; no method carries on as if the device
+ * had finished. Errors of the device connection itself (ECONNRESET, ...) propagate unchanged. A method that
+ * rejects may have done part of its work: the guarantees below say what then holds.
  */
 export interface Driver extends EventEmitter {
   readonly name: string;
-  /** Bring the device to a running state from whatever state it is in. */
+  /**
+   * Bring the device to a running state from whatever state it is in (a previous broker's leftovers
+   * included). Bounded: device reset, firmware load and queue resets each have a deadline. Rejects when the
+   * device is not the expected one, cannot run, or a wait ran out; the broker does not start then. A queue
+   * whose reset does not finish is left out of the pool rather than failing the boot.
+   */
   boot(): Promise<void>;
-  /** Lease kinds this device offers (one socket each). */
+  /** Lease kinds this device offers (one socket each). Synchronous, never fails after boot(). */
   kinds(): string[];
+  /**
+   * How many leases of `kind` the device holds at once when none is quarantined (SA-1: its queues); policy's
+   * 'fair' limit is a share of it. Absent: one (a device leased whole).
+   */
+  capacity?(kind: string): number;
   /** Check the layout against the page size: throws naming region, offset and stride when slices cannot be isolated. */
   validateLayout(): void;
-  /** Reserve resources for a lease; throws VfioError (ENOSPC when none are free, EINVAL for a bad request). */
+  /**
+   * Reserve resources for a lease. Synchronous, touches no register. Throws VfioError: ENOSPC when none are
+   * free (quarantined resources count as not free), EINVAL for a bad request. On a throw nothing is reserved.
+   */
   acquire(req: LeaseRequest): LeaseResources;
-  /** Program the device for the lease (windows, vector) and enable it. */
+  /**
+   * Program the device for the lease (a clean reset queue, windows, vector) and enable it. Bounded by
+   * lifetime.quiesce_timeout_ms per wait. On a rejection the broker calls release(); a resource whose reset
+   * timed out is quarantined by the driver and not returned to the pool by that release().
+   */
   activate(res: LeaseResources): Promise<void>;
-  /** Stop the lease's work: disable, wait for idle, in-flight work completes ABORTED. */
+  /**
+   * Stop the lease's work: disable, wait for idle (in-flight work completes ABORTED), reset. Each wait is
+   * bounded by lifetime.quiesce_timeout_ms. Resolves only when the device confirmed both; rejects with
+   * ETIMEDOUT when it did not, and the broker then quarantines the lease (its resources are never reused).
+   */
   quiesce(res: LeaseResources): Promise<void>;
-  /** The client asked for DEVICE_RESET: reset only what it leased. */
+  /**
+   * The client asked for DEVICE_RESET: reset only what it leased, then enable it again. Bounded as quiesce();
+   * an ETIMEDOUT reaches the client, and the resource stays quarantined by the driver.
+   */
   resetLease(res: LeaseResources): Promise<void>;
-  /** Whole-device reset and back to running (firmware, enable); every lease must be reclaimed first. */
+  /**
+   * Whole-device reset and back to running (firmware, enable); every lease must be reclaimed first. Bounded
+   * (device reset, firmware load). Rejects when the device does not come back; the broker then keeps grants
+   * suspended with the reason (the device is quarantined as a whole).
+   */
   recover(): Promise<void>;
   /**
    * Clear what a client left in its slices before they are leased again (only needed where slices were not
-   * revoked: a revoked slice gets fresh backing). SA-1: queue reset, device memory zeroed.
+   * revoked: a revoked slice gets fresh backing). SA-1: queue reset, device memory zeroed. Bounded; a rejection
+   * means the slices may still hold the last client's data, and the broker quarantines the lease.
    */
   scrub(res: LeaseResources): Promise<void>;
-  /** Return the resources to the pool (after the broker has revoked or seen released every slice). */
+  /**
+   * Return the resources to the pool (after the broker has revoked or seen released every slice). Synchronous;
+   * resources the driver has quarantined (a reset that did not finish) stay out of the pool.
+   */
   release(res: LeaseResources): void;
-  /** The virtual config space (256 bytes) of a lease device. */
+  /** The virtual config space (256 bytes) of a lease device. Synchronous. */
   leaseConfigSpace(res: LeaseResources): Uint8Array;
-  /** Device-level state for `devlease status`. */
+  /** Device-level state for `devlease status` (a few register reads; rejects only if the device is gone). */
   status(): Promise<Record<string, unknown>>;
-  /** Stop timers and watchers (the device stays as it is). */
+  /**
+   * The device connection is gone (a vfio-user server died), and with it everything the device held: stop the
+   * timers and watchers that use it and forget the resource pools. boot() follows when the device is back,
+   * and must start from scratch (a second boot() without this in between is a broker restart's retake).
+   * Leases of the lost device are not release()d: their resources died with it.
+   */
+  deviceLost(): void;
+  /** Stop timers and watchers (the device stays as it is). Synchronous, idempotent. */
   close(): void;
 }
 
 export interface DriverFactory {
   readonly name: string;
   matches(device: Device): boolean;
-  create(device: Device, config: BrokerConfig): Driver;
+  create(device: Device, config: DriverConfig): Driver;
 }

@@ -6,13 +6,19 @@
 // one MSI vector. One lease at a time: edu has one DMA engine and one BAR.
 
 import { EventEmitter } from 'node:events';
-import type { BrokerConfig } from '../broker/config.js';
-import type { LeaseRequest } from '../broker/policy.js';
 import type { Device } from '../device/device.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
-import type { Driver, DriverFactory, Isolation, LeaseResources } from './driver.js';
+import type {
+  Driver,
+  DriverConfig,
+  DriverFactory,
+  Isolation,
+  LeaseRequest,
+  LeaseResources,
+} from './driver.js';
+import { pollUntil } from './poll.js';
 
 export const EDU_VENDOR = 0x1234;
 export const EDU_DEVICE = 0x11e8;
@@ -56,18 +62,16 @@ const BAR_ISOLATION: Isolation = {
     '(its dma-buf fds cannot be mmapped or revoked) and edu has nothing that separates clients; one lease at a time',
 };
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 export class EduDriver extends EventEmitter implements Driver {
   readonly name = 'edu';
   readonly #dev: Device;
-  readonly #cfg: BrokerConfig;
+  readonly #cfg: DriverConfig;
   #version = '';
   /** BAR0's type, mirrored in the lease's config space. */
   #barType: BarType | null = null;
   #leased = false;
 
-  constructor(dev: Device, cfg: BrokerConfig) {
+  constructor(dev: Device, cfg: DriverConfig) {
     super();
     this.#dev = dev;
     this.#cfg = cfg;
@@ -179,6 +183,11 @@ export class EduDriver extends EventEmitter implements Driver {
     this.#leased = false;
   }
 
+  /** Only over vfio-user (edu is a kernel device in practice): the lease died with the connection. */
+  deviceLost(): void {
+    this.#leased = false;
+  }
+
   leaseConfigSpace(): Uint8Array {
     const ids = this.#dev.ids;
     return buildLeaseConfigSpace({
@@ -206,13 +215,15 @@ export class EduDriver extends EventEmitter implements Driver {
 
   close(): void {}
 
+  /** DMA_CMD.START until it reads 0, bounded by lifetime.quiesce_timeout_ms (ETIMEDOUT past it). */
   async #waitIdle(): Promise<void> {
-    const timeout = this.#cfg.lifetime.quiesceTimeoutMs;
-    const deadline = Date.now() + timeout;
-    while ((await this.#dev.read32(EDU_BAR, EDU.DMA_CMD)) & EDU_DMA_CMD.START) {
-      if (Date.now() >= deadline) throw new Error(`edu: DMA still running after ${timeout} ms`);
-      await sleep(5);
-    }
+    await pollUntil({
+      what: 'edu: DMA (DMA_CMD.START)',
+      read: () => this.#dev.read32(EDU_BAR, EDU.DMA_CMD),
+      done: (v) => (v & EDU_DMA_CMD.START) === 0,
+      timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+      intervalMs: 5,
+    });
   }
 
   async #clearInterrupts(): Promise<void> {

@@ -1,20 +1,21 @@
 // The generic driver: for a device devlease has no knowledge of. It offers
-// one lease kind, `device`: every BAR region whole, every MSI-X vector, and
+// one lease kind, `device`: every BAR region whole, every MSI-X vector (or,
+// on a device without MSI-X, its INTx line as the lease's vector 0), and
 // one IOVA window, to one client at a time. Nothing is isolated inside the
 // device, so every slice is reported `cooperative`, with the reason.
 
 import { EventEmitter } from 'node:events';
-import type { LeaseRequest } from '../broker/policy.js';
 import type { Device } from '../device/device.js';
 import {
   VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_INTX_IRQ_INDEX,
   VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_PCI_ROM_REGION_INDEX,
   VFIO_REGION_INFO_FLAG_MMAP,
 } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
-import type { Driver, DriverFactory, LeaseResources, SliceSpec } from './driver.js';
+import type { Driver, DriverFactory, LeaseRequest, LeaseResources, SliceSpec } from './driver.js';
 
 const COOPERATIVE = {
   level: 'cooperative' as const,
@@ -27,6 +28,8 @@ export class GenericDriver extends EventEmitter implements Driver {
   #bars: { index: number; size: bigint; mmap: boolean; type: BarType }[] = [];
   #vectors = 0;
   #leased = false;
+  /** The device's irq index behind the lease's vectors: MSI-X, or INTx on a device without MSI-X. */
+  #irqIndex = VFIO_PCI_MSIX_IRQ_INDEX;
 
   constructor(private readonly dev: Device) {
     super();
@@ -49,6 +52,14 @@ export class GenericDriver extends EventEmitter implements Driver {
       }
     }
     this.#vectors = await this.dev.irqCount(VFIO_PCI_MSIX_IRQ_INDEX).catch(() => 0);
+    this.#irqIndex = VFIO_PCI_MSIX_IRQ_INDEX;
+    // Many small devices (libvfio-user's samples among them) have INTx only: without it their lease would
+    // have no interrupt at all, and a device that raises INTx with no eventfd wired may fail (the server
+    // sample exits).
+    if (this.#vectors === 0 && (await this.dev.irqCount(VFIO_PCI_INTX_IRQ_INDEX).catch(() => 0)) > 0) {
+      this.#vectors = 1;
+      this.#irqIndex = VFIO_PCI_INTX_IRQ_INDEX;
+    }
   }
 
   /** Whole regions go to one client at a time: there is nothing to split, so nothing to refuse. */
@@ -78,6 +89,7 @@ export class GenericDriver extends EventEmitter implements Driver {
       slices,
       window: size ? { base, size } : null,
       vectors: Array.from({ length: this.#vectors }, (_, i) => i),
+      irqIndex: this.#irqIndex,
       devmem: null,
       isolation: {
         regions: COOPERATIVE,
@@ -103,6 +115,12 @@ export class GenericDriver extends EventEmitter implements Driver {
   }
   release(): void {
     this.#leased = false;
+  }
+  /** The lease died with the device; boot() rereads the regions of whatever comes back. */
+  deviceLost(): void {
+    this.#leased = false;
+    this.#bars = [];
+    this.#vectors = 0;
   }
 
   leaseConfigSpace(): Uint8Array {

@@ -1,136 +1,170 @@
 // BAR0 register file (datasheet §2.1, §2.2): 32-bit register reads and
-// writes dispatched onto the device. 64-bit registers are two 32-bit halves;
-// an 8-byte access is the low half then the high half.
+// writes. 64-bit registers are two 32-bit halves; an 8-byte access is the
+// low half then the high half.
+//
+// Every register value lives in the register file (register-file.ts), so a
+// read is answered from it alone, by whichever thread holds it: the device
+// in-process, or the simulator's front end without waking the device worker.
+// Writes split the same way: bar0WriteDirect applies the ones that only store
+// a value (SCRATCH, FW_IOVA, FW_LEN, FAULT_ACK, QCFG windows and vector,
+// the MSI-X table; RO and reserved words ignore writes) and refuses the ones
+// the device must act on (CONTROL, FW_CMD, Q_CTRL), which bar0Write32 runs
+// on the device.
 
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from './config-space.js';
 import {
   CONTROL_ENABLE,
   CONTROL_RESET,
-  FAULT_LOG_ENTRIES,
-  FAULT_RECORD_SIZE,
   FW_CMD_LOAD,
-  ID_VALUE,
+  FW_STATUS_RUNNING,
+  HEARTBEAT_PERIOD_MS,
   MSIX_ENTRY_SIZE,
   Q_CTRL,
+  Q_CTRL_ENABLE,
+  Q_INFLIGHT,
+  Q_MEM_BASE,
+  Q_MEM_SIZE,
   Q_STATUS,
+  Q_STATUS_ERROR,
+  Q_STATUS_IDLE,
+  Q_STATUS_RUNNING,
+  Q_VECTOR,
+  Q_WIN_BASE,
+  Q_WIN_SIZE,
   QCFG_MAX_QUEUES,
   QCFG_STRIDE,
   REG_CONTROL,
-  REG_DEVMEM_GRANULE,
-  REG_DEVMEM_SIZE_MB,
   REG_FAULT_ACK,
   REG_FAULT_HEAD,
-  REG_FAULT_LOG,
   REG_FW_CMD,
   REG_FW_IOVA,
   REG_FW_LEN,
   REG_FW_STATUS,
-  REG_FW_VERSION,
   REG_HEARTBEAT,
-  REG_ID,
   REG_MSIX_PBA,
   REG_MSIX_TABLE,
-  REG_NUM_QUEUES,
   REG_QCFG,
-  REG_QUEUE_STRIDE,
   REG_SCRATCH,
   REG_STATUS,
+  STATUS_FAULT_PENDING,
+  STATUS_FW_RUNNING,
+  STATUS_HUNG,
+  STATUS_READY,
+  STATUS_RESETTING,
 } from './datasheet.js';
 import type { Sa1Device } from './device.js';
+import type { RegisterFile } from './register-file.js';
 
-const FAULT_LOG_END = REG_FAULT_LOG + FAULT_LOG_ENTRIES * FAULT_RECORD_SIZE;
 const QCFG_END = REG_QCFG + QCFG_MAX_QUEUES * QCFG_STRIDE;
 
-export function bar0Read32(dev: Sa1Device, off: number): number {
-  switch (off) {
-    case REG_ID:
-      return ID_VALUE;
-    case REG_STATUS:
-      return dev.status();
-    case REG_CONTROL:
-      return dev.controlEnable ? CONTROL_ENABLE : 0;
-    case REG_SCRATCH:
-      return dev.scratch;
-    case REG_HEARTBEAT:
-      return dev.firmware.heartbeat();
-    case REG_NUM_QUEUES:
-      return dev.options.numQueues;
-    case REG_QUEUE_STRIDE:
-      return dev.options.queueStride;
-    case REG_DEVMEM_SIZE_MB:
-      return Math.floor(dev.options.devmemSize / (1024 * 1024));
-    case REG_DEVMEM_GRANULE:
-      return dev.options.devmemGranule;
-    case REG_FW_IOVA:
-      return Number(dev.firmware.iova & 0xffffffffn);
-    case REG_FW_IOVA + 4:
-      return Number(dev.firmware.iova >> 32n);
-    case REG_FW_LEN:
-      return dev.firmware.len;
-    case REG_FW_STATUS:
-      return dev.firmware.status;
-    case REG_FW_VERSION:
-      return dev.firmware.version;
-    case REG_FAULT_HEAD:
-      return dev.faults.head;
-    case REG_FAULT_ACK:
-      return dev.faults.ack;
-  }
-  if (off >= REG_FAULT_LOG && off < FAULT_LOG_END) return dev.faults.read32(off - REG_FAULT_LOG);
-  if (off >= REG_QCFG && off < QCFG_END) {
-    const q = dev.queues[Math.floor((off - REG_QCFG) / QCFG_STRIDE)];
-    if (!q) return 0;
-    const within = (off - REG_QCFG) % QCFG_STRIDE;
-    if (within === Q_CTRL) return q.enabled ? 1 : 0;
-    if (within === Q_STATUS) return dev.queueStatus(q);
-    return q.readQcfg(within);
-  }
-  const table = dev.msixTable;
-  if (off >= REG_MSIX_TABLE && off < REG_MSIX_TABLE + table.length) {
-    return new DataView(table.buffer).getUint32(off - REG_MSIX_TABLE, true);
-  }
-  // MSI-X PBA: nothing is ever pending (delivery is by eventfd), so it reads 0, as does every reserved offset.
-  return 0;
+/** QCFG words the owner may write while the queue is disabled (ignored while it is enabled). */
+const LOCKED_WHILE_ENABLED: ReadonlySet<number> = new Set([
+  Q_WIN_BASE,
+  Q_WIN_BASE + 4,
+  Q_WIN_SIZE,
+  Q_WIN_SIZE + 4,
+  Q_MEM_BASE,
+  Q_MEM_SIZE,
+]);
+/** QCFG words the owner may write at any time. */
+const ALWAYS_WRITABLE: ReadonlySet<number> = new Set([Q_VECTOR]);
+
+/**
+ * STATUS: READY (reset is synchronous) or RESETTING while a stuck-reset injection holds CONTROL.RESET,
+ * FW_RUNNING, FAULT_PENDING, HUNG.
+ */
+export function statusRegister(regs: RegisterFile): number {
+  return (
+    (regs.load(REG_CONTROL) & CONTROL_RESET ? STATUS_RESETTING : STATUS_READY) |
+    (regs.load(REG_FW_STATUS) === FW_STATUS_RUNNING ? STATUS_FW_RUNNING : 0) |
+    (regs.load(REG_FAULT_HEAD) !== regs.load(REG_FAULT_ACK) ? STATUS_FAULT_PENDING : 0) |
+    (regs.hung ? STATUS_HUNG : 0)
+  );
 }
 
-export function bar0Write32(dev: Sa1Device, off: number, v: number): void {
+/** Queues may run: CONTROL.ENABLE, firmware running, not hung, bus master set. */
+export function deviceCanRun(regs: RegisterFile): boolean {
+  return (
+    (regs.load(REG_CONTROL) & CONTROL_ENABLE) !== 0 &&
+    regs.load(REG_FW_STATUS) === FW_STATUS_RUNNING &&
+    !regs.hung &&
+    ((regs.config[PCI_COMMAND] as number) & PCI_COMMAND_MASTER) !== 0
+  );
+}
+
+/** The queue index a QCFG offset belongs to, or -1 outside QCFG or past NUM_QUEUES. */
+function qcfgQueue(off: number, numQueues: number): number {
+  if (off < REG_QCFG || off >= QCFG_END) return -1;
+  const q = Math.floor((off - REG_QCFG) / QCFG_STRIDE);
+  return q < numQueues ? q : -1;
+}
+
+/** Read one BAR0 word; `now` is the clock HEARTBEAT counts on. */
+export function bar0Read32(regs: RegisterFile, off: number, numQueues: number, now: number): number {
+  if (off === REG_STATUS) return statusRegister(regs);
+  if (off === REG_HEARTBEAT) return regs.heartbeat(now, HEARTBEAT_PERIOD_MS);
+  const q = qcfgQueue(off, numQueues);
+  if (q >= 0 && (off - REG_QCFG) % QCFG_STRIDE === Q_STATUS) {
+    const at = off - Q_STATUS;
+    const enabled = (regs.load(at + Q_CTRL) & Q_CTRL_ENABLE) !== 0;
+    const stored = regs.load(off); // ERROR and the last error code
+    const error = (stored & Q_STATUS_ERROR) !== 0;
+    return (
+      stored |
+      (enabled && !error && deviceCanRun(regs) ? Q_STATUS_RUNNING : 0) |
+      (regs.load(at + Q_INFLIGHT) === 0 ? Q_STATUS_IDLE : 0)
+    );
+  }
+  // Everything else reads as stored: RO values the device keeps current, RW values as written, and zero
+  // for reserved space, QCFG past NUM_QUEUES, FW_CMD, and the PBA (delivery is by eventfd: nothing pends).
+  return regs.load(off);
+}
+
+/**
+ * Apply a BAR0 write that only stores a value. Returns false, having done
+ * nothing, when the device itself must act on it (CONTROL, FW_CMD, Q_CTRL).
+ */
+export function bar0WriteDirect(regs: RegisterFile, off: number, v: number, numQueues: number): boolean {
   const value = v >>> 0;
   switch (off) {
     case REG_CONTROL:
-      if (value & CONTROL_RESET) dev.reset();
-      dev.controlEnable = (value & CONTROL_ENABLE) !== 0;
-      return;
-    case REG_SCRATCH:
-      dev.scratch = value;
-      return;
-    case REG_FW_IOVA:
-      dev.firmware.iova = (dev.firmware.iova & ~0xffffffffn) | BigInt(value);
-      return;
-    case REG_FW_IOVA + 4:
-      dev.firmware.iova = (dev.firmware.iova & 0xffffffffn) | (BigInt(value) << 32n);
-      return;
-    case REG_FW_LEN:
-      dev.firmware.len = value;
-      return;
     case REG_FW_CMD:
-      if (value === FW_CMD_LOAD && !dev.hung) dev.firmware.command();
-      return;
+      return false;
+    case REG_SCRATCH:
+    case REG_FW_IOVA:
+    case REG_FW_IOVA + 4:
+    case REG_FW_LEN:
     case REG_FAULT_ACK:
-      dev.faults.ack = value;
-      return;
+      regs.store(off, value);
+      return true;
   }
-  if (off >= REG_QCFG && off < QCFG_END) {
-    const q = dev.queues[Math.floor((off - REG_QCFG) / QCFG_STRIDE)];
-    if (!q) return;
+  const q = qcfgQueue(off, numQueues);
+  if (q >= 0) {
     const within = (off - REG_QCFG) % QCFG_STRIDE;
-    if (within === Q_CTRL) dev.writeQueueControl(q, value);
-    else q.writeQcfg(within, value);
-    return;
+    if (within === Q_CTRL) return false;
+    const enabled = (regs.load(off - within + Q_CTRL) & Q_CTRL_ENABLE) !== 0;
+    if (ALWAYS_WRITABLE.has(within) || (LOCKED_WHILE_ENABLED.has(within) && !enabled)) {
+      regs.store(off, within === Q_VECTOR ? value & 0xffff : value);
+    }
+    return true;
   }
-  const table = dev.msixTable;
-  if (off >= REG_MSIX_TABLE && off < REG_MSIX_TABLE + table.length) {
-    new DataView(table.buffer).setUint32(off - REG_MSIX_TABLE, value, true);
-  }
+  if (off >= REG_MSIX_TABLE && off < REG_MSIX_TABLE + msixTableBytes(numQueues)) regs.store(off, value);
   // Everything else (RO registers, the PBA, reserved space) ignores writes.
+  return true;
+}
+
+/** A BAR0 write on the device: the stored values as above, and the device's actions. */
+export function bar0Write32(dev: Sa1Device, off: number, v: number): void {
+  if (bar0WriteDirect(dev.regs, off, v, dev.options.numQueues)) return;
+  const value = v >>> 0;
+  if (off === REG_CONTROL) {
+    dev.writeControl(value);
+  } else if (off === REG_FW_CMD) {
+    if (value === FW_CMD_LOAD && !dev.hung) dev.firmware.command();
+  } else {
+    const q = dev.queues[Math.floor((off - REG_QCFG) / QCFG_STRIDE)];
+    if (q) dev.writeQueueControl(q, value);
+  }
 }
 
 /** MSI-X table size in bytes for NUM_QUEUES + 1 vectors. */

@@ -5,7 +5,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import type { DeviceStats, InjectRequest } from './commands.js';
-import { bigintReplacer } from './mailbox.js';
+import { bigintReplacer } from './control-json.js';
 import type { Sa1Options } from './options.js';
 
 export interface ChildSimulator {

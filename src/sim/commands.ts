@@ -1,39 +1,46 @@
-// JSON commands from the front-end to the device worker (everything off the
-// register hot path). Numbers that may exceed 2^53 are bigints (the mailbox
-// JSON carries them); fds are process-wide numbers.
+// Requests from the simulator's front end to its device worker: the owner
+// commands the device itself must act on (register accesses that only read
+// or store register state never come here). They cross the threads by
+// structured clone (mailbox.ts): bigints and bytes as they are, fds as
+// process-wide numbers.
 
 export type InjectRequest =
   | { kind: 'hang' }
   | { kind: 'fault'; queue: number; code?: number; iova?: bigint }
   | { kind: 'delay'; ms: number; queue?: number }
-  | { kind: 'dropIrq'; count: number; index?: number; vector?: number };
+  | { kind: 'dropIrq'; count: number; index?: number; vector?: number }
+  /** Q_CTRL.RESET of `queue` (none: CONTROL.RESET and every queue's) never finishes; `clear` ends that. */
+  | { kind: 'stuckReset'; queue?: number; clear?: boolean };
 
 export type DeviceRequest =
+  /** Accesses with device side effects or device-held memory: BAR2, BAR4, CONTROL, FW_CMD, Q_CTRL, PCI_COMMAND. */
+  | { op: 'regionRead'; index: number; offset: number; count: number }
+  | { op: 'regionWrite'; index: number; offset: number; data: Uint8Array }
   | { op: 'dmaMap'; fd: number; offset: bigint; iova: bigint; size: bigint; read: boolean; write: boolean }
   | { op: 'dmaUnmap'; iova: bigint; size: bigint; all: boolean }
   | { op: 'irqFds'; index: number; start: number; fds: number[] }
   | { op: 'reset' }
-  | { op: 'dmaBuf'; payload: string }
+  | { op: 'dmaBuf'; payload: Uint8Array }
   | { op: 'revoke'; fd: number }
   | { op: 'disconnect' }
   | { op: 'inject'; inject: InjectRequest }
   | { op: 'ioFds' }
-  | { op: 'stats' };
+  | { op: 'stats' }
+  /** Stop the device loop (taken only between rounds, never inside one). */
+  | { op: 'shutdown' };
 
 export interface DeviceStats {
   /** Rounds that did work / that found nothing. */
   busyRounds: number;
   idleRounds: number;
-  /** Idle sleeps of one idle poll interval (Atomics.wait on the mailbox word). */
+  /** Idle sleeps of one idle poll interval (Atomics.wait on the request word). */
   sleeps: number;
   /** Sleeps until the next owner command, taken when no queue could act on a doorbell. */
   deepSleeps: number;
   /** Sleeps with KICK_NEEDED armed and nothing waiting: until kicked, or the armed poll interval. */
   armedSleeps: number;
+  /** Requests the device worker has served (this one included): owner commands that needed the device. */
+  commands: number;
   dmaMaps: number;
   firmwareRunning: boolean;
 }
-
-export const toBase64 = (b: Uint8Array): string =>
-  Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
-export const fromBase64 = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'base64'));

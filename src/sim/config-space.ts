@@ -30,6 +30,11 @@ export const MSIX_CAP_OFFSET = 0x40;
 export const PCI_MSIX_FLAGS_ENABLE = 1 << 15;
 export const PCI_MSIX_FLAGS_MASKALL = 1 << 14;
 
+/** Does a write of [offset, +length) reach the command register (whose bus-master bit the device acts on)? */
+export function writeReachesCommand(offset: number, length: number): boolean {
+  return offset < PCI_COMMAND + 2 && offset + length > PCI_COMMAND;
+}
+
 const BAR_MEM_TYPE_64 = 0b100;
 const BAR_MEM_PREFETCH = 0b1000;
 
@@ -41,17 +46,34 @@ interface BarLayout {
 }
 
 export class ConfigSpace {
-  readonly bytes = new Uint8Array(CONFIG_SPACE_SIZE);
   readonly #wmask = new Uint8Array(CONFIG_SPACE_SIZE);
-  readonly #dv = new DataView(this.bytes.buffer);
+  readonly #dv: DataView;
   readonly #bars: BarLayout[];
 
-  constructor(sizes: { bar0: number; bar2: number; bar4: number }, msixEntries: number) {
+  /**
+   * Config space over `bytes` (the register file's, shared with the other thread). `init` writes the
+   * power-on header; the front end attaches to a device's bytes with init false and gets the same write
+   * masks.
+   */
+  constructor(
+    sizes: { bar0: number; bar2: number; bar4: number },
+    msixEntries: number,
+    readonly bytes: Uint8Array = new Uint8Array(CONFIG_SPACE_SIZE),
+    init = true,
+  ) {
+    if (bytes.length !== CONFIG_SPACE_SIZE)
+      throw new RangeError(`config space is ${CONFIG_SPACE_SIZE} bytes`);
+    this.#dv = new DataView(bytes.buffer, bytes.byteOffset, CONFIG_SPACE_SIZE);
     this.#bars = [
       { at: PCI_BASE_ADDRESS_0, size: sizes.bar0, is64: false },
       { at: PCI_BASE_ADDRESS_0 + 8, size: sizes.bar2, is64: true },
       { at: PCI_BASE_ADDRESS_0 + 16, size: sizes.bar4, is64: true },
     ];
+    this.#initMasks();
+    if (init) this.#initHeader(msixEntries);
+  }
+
+  #initHeader(msixEntries: number): void {
     const dv = this.#dv;
     dv.setUint16(0x00, SA1_VENDOR_ID, true);
     dv.setUint16(0x02, SA1_DEVICE_ID, true);
@@ -69,7 +91,10 @@ export class ConfigSpace {
     dv.setUint16(MSIX_CAP_OFFSET + 2, msixEntries - 1, true);
     dv.setUint32(MSIX_CAP_OFFSET + 4, REG_MSIX_TABLE | 0, true);
     dv.setUint32(MSIX_CAP_OFFSET + 8, REG_MSIX_PBA | 0, true);
+    this.#fixBars();
+  }
 
+  #initMasks(): void {
     const wm = new DataView(this.#wmask.buffer);
     wm.setUint16(PCI_COMMAND, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE, true);
     wm.setUint8(0x0c, 0xff); // cache line size
@@ -79,7 +104,6 @@ export class ConfigSpace {
       wm.setUint32(bar.at, 0xffffffff, true);
       if (bar.is64) wm.setUint32(bar.at + 4, 0xffffffff, true);
     }
-    this.#fixBars();
   }
 
   get command(): number {

@@ -1,36 +1,33 @@
 // The SA-1 device model: all device state and every owner-visible action,
 // as synchronous methods. The worker (worker.ts) drives it in a loop; tests
 // can drive it in-process with step()/runUntilIdle() and a HeapBacking.
+// Register state lives in the register file (register-file.ts), which the
+// simulator's front end shares to answer register accesses itself.
 
 import {
   VFIO_PCI_BAR0_REGION_INDEX,
-  VFIO_PCI_BAR2_REGION_INDEX,
   VFIO_PCI_BAR4_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_ERR_IRQ_INDEX,
   VFIO_PCI_MSIX_IRQ_INDEX,
 } from '../vfio/uapi/vfio.js';
-import { VfioError } from '../vfio/user/device-model.js';
-import { bar0Read32, bar0Write32, msixTableBytes } from './bar0.js';
+import { bar0Read32, bar0Write32, deviceCanRun, statusRegister } from './bar0.js';
 import { ConfigSpace } from './config-space.js';
 import {
   BAR0_SIZE,
-  CONFIG_SPACE_SIZE,
+  CONTROL_ENABLE,
+  CONTROL_RESET,
   FAULT_FW,
   FAULT_HANG,
   FAULT_QUEUE_DEVICE,
   MSIX_ENTRY_SIZE,
+  Q_CTRL,
   Q_CTRL_ENABLE,
   Q_CTRL_RESET,
-  Q_STATUS_ERROR,
-  Q_STATUS_ERROR_SHIFT,
-  Q_STATUS_IDLE,
-  Q_STATUS_RUNNING,
+  REG_CONTROL,
+  REG_MSIX_TABLE,
+  REG_SCRATCH,
   ST_IOMMU_FAULT,
-  STATUS_FAULT_PENDING,
-  STATUS_FW_RUNNING,
-  STATUS_HUNG,
-  STATUS_READY,
 } from './datasheet.js';
 import { Engine, IRQ_BATCH_MAX } from './engine.js';
 import { FaultLog } from './faults.js';
@@ -39,6 +36,8 @@ import { type DmaMapping, Iommu } from './iommu.js';
 import { DeviceMemory, gather, type Segments } from './memory.js';
 import { bar2Size, type Sa1Options } from './options.js';
 import { Queue } from './queue.js';
+import { checkRegionAccess } from './regions.js';
+import { RegisterFile } from './register-file.js';
 import type { Backing, SliceRef } from './slices.js';
 
 export interface DeviceHooks {
@@ -70,34 +69,41 @@ export class Sa1Device {
   readonly devmem: DeviceMemory;
   readonly msixTable: Uint8Array;
   readonly engine: Engine;
-  controlEnable = false;
-  scratch = 0;
-  hung = false;
 
   // --- fault injection (programmatic only, never through a BAR) ---
   delayAllMs = 0;
   readonly delayQueueMs = new Map<number, number>();
   readonly #drops: DropRule[] = [];
+  /** Stuck-reset injection: queues whose Q_CTRL.RESET never finishes; 'device' also holds CONTROL.RESET. */
+  readonly #stuckResets = new Set<number | 'device'>();
+  /** Queue resets begun but held by a stuck-reset injection (Q_CTRL.RESET reads 1 until it is cleared). */
+  readonly queueResetsPending = new Set<number>();
   readonly #now: () => number;
 
+  /**
+   * `regs`: the register file to keep register state in (the simulator's worker is given the one its
+   * front end shares); a fresh one by default.
+   */
   constructor(
     readonly options: Sa1Options,
     readonly backing: Backing,
     private readonly hooks: DeviceHooks,
+    readonly regs: RegisterFile = RegisterFile.create(options),
   ) {
     this.#now = hooks.now ?? (() => performance.now());
     this.config = new ConfigSpace(
       { bar0: BAR0_SIZE, bar2: bar2Size(options), bar4: options.devmemSize },
       options.numQueues + 1,
+      regs.config,
     );
-    this.faults = new FaultLog(() => this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, options.numQueues));
-    this.firmware = new Firmware(this.#now);
+    this.faults = new FaultLog(regs, () => this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, options.numQueues));
+    this.firmware = new Firmware(this.#now, regs);
     this.queues = Array.from(
       { length: options.numQueues },
-      (_, i) => new Queue(i, () => backing.pages[i] as Uint8Array),
+      (_, i) => new Queue(i, regs, () => backing.pages[i] as Uint8Array),
     );
     this.devmem = new DeviceMemory(options.devmemSize, options.devmemGranule, () => backing.granules);
-    this.msixTable = new Uint8Array(msixTableBytes(options.numQueues));
+    this.msixTable = regs.msixTable(options.numQueues);
     this.#maskAllVectors();
     this.engine = new Engine({
       iommu: this.iommu,
@@ -111,48 +117,45 @@ export class Sa1Device {
     });
   }
 
+  get controlEnable(): boolean {
+    return (this.regs.load(REG_CONTROL) & CONTROL_ENABLE) !== 0;
+  }
+  set controlEnable(v: boolean) {
+    this.regs.store(REG_CONTROL, (v ? CONTROL_ENABLE : 0) | (this.deviceResetPending ? CONTROL_RESET : 0));
+  }
+  /** A CONTROL.RESET held by a stuck-reset injection: CONTROL.RESET reads 1 and STATUS shows RESETTING. */
+  get deviceResetPending(): boolean {
+    return (this.regs.load(REG_CONTROL) & CONTROL_RESET) !== 0;
+  }
+  set deviceResetPending(v: boolean) {
+    this.regs.store(REG_CONTROL, (this.controlEnable ? CONTROL_ENABLE : 0) | (v ? CONTROL_RESET : 0));
+  }
+  get scratch(): number {
+    return this.regs.load(REG_SCRATCH);
+  }
+  set scratch(v: number) {
+    this.regs.store(REG_SCRATCH, v);
+  }
+  get hung(): boolean {
+    return this.regs.hung;
+  }
+  set hung(v: boolean) {
+    this.regs.hung = v;
+  }
+
   /** Queues may run: CONTROL.ENABLE, firmware running, not hung, bus master set. */
   canRun(): boolean {
-    return this.controlEnable && this.firmware.running && !this.hung && this.config.busMaster;
+    return deviceCanRun(this.regs);
   }
 
   status(): number {
-    return (
-      STATUS_READY |
-      (this.firmware.running ? STATUS_FW_RUNNING : 0) |
-      (this.faults.pending ? STATUS_FAULT_PENDING : 0) |
-      (this.hung ? STATUS_HUNG : 0)
-    );
-  }
-
-  queueStatus(q: Queue): number {
-    return (
-      (q.enabled && !q.error && this.canRun() ? Q_STATUS_RUNNING : 0) |
-      (q.error ? Q_STATUS_ERROR : 0) |
-      (q.inflight.length === 0 ? Q_STATUS_IDLE : 0) |
-      ((q.lastError & 0xff) << Q_STATUS_ERROR_SHIFT)
-    );
+    return statusRegister(this.regs);
   }
 
   // --- region access (the owner's REGION_READ / REGION_WRITE) ---
 
-  regionSize(index: number): number {
-    switch (index) {
-      case VFIO_PCI_BAR0_REGION_INDEX:
-        return BAR0_SIZE;
-      case VFIO_PCI_BAR2_REGION_INDEX:
-        return bar2Size(this.options);
-      case VFIO_PCI_BAR4_REGION_INDEX:
-        return this.options.devmemSize;
-      case VFIO_PCI_CONFIG_REGION_INDEX:
-        return CONFIG_SPACE_SIZE;
-      default:
-        return 0;
-    }
-  }
-
   regionRead(index: number, offset: number, count: number): Uint8Array {
-    this.#checkAccess(index, offset, count);
+    checkRegionAccess(this.options, index, offset, count);
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.config.read(offset, count);
     if (index === VFIO_PCI_BAR4_REGION_INDEX) {
       return gather(this.devmem.segments(offset, count), new Uint8Array(count));
@@ -164,7 +167,7 @@ export class Sa1Device {
   }
 
   regionWrite(index: number, offset: number, data: Uint8Array): void {
-    this.#checkAccess(index, offset, data.length);
+    checkRegionAccess(this.options, index, offset, data.length);
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) {
       this.config.write(offset, data);
       return;
@@ -181,23 +184,9 @@ export class Sa1Device {
     for (let i = 0; i < data.length; i += 4) this.#writeRegister32(index, offset + i, dv.getUint32(i, true));
   }
 
-  #checkAccess(index: number, offset: number, count: number): void {
-    const size = this.regionSize(index);
-    if (size === 0) throw new VfioError('EINVAL', `region ${index} is not implemented`);
-    if (offset < 0 || count < 0 || offset + count > size) {
-      throw new VfioError('EINVAL', `access [0x${offset.toString(16)}, +${count}) outside region ${index}`);
-    }
-    const isRegisterBar = index === VFIO_PCI_BAR0_REGION_INDEX || index === VFIO_PCI_BAR2_REGION_INDEX;
-    if (isRegisterBar && !((count === 4 || count === 8) && offset % count === 0)) {
-      throw new VfioError(
-        'EINVAL',
-        `register access must be 4 or 8 bytes, naturally aligned (got ${count} at 0x${offset.toString(16)})`,
-      );
-    }
-  }
-
   #register32(index: number, off: number): number {
-    if (index === VFIO_PCI_BAR0_REGION_INDEX) return bar0Read32(this, off);
+    if (index === VFIO_PCI_BAR0_REGION_INDEX)
+      return bar0Read32(this.regs, off, this.options.numQueues, this.#now());
     const q = this.queues[Math.floor(off / this.options.queueStride)];
     return q ? q.pageRegister(off % this.options.queueStride) : 0;
   }
@@ -215,10 +204,20 @@ export class Sa1Device {
 
   /** Q_CTRL write: RESET first (queue back to its reset state), then ENABLE as written. */
   writeQueueControl(q: Queue, value: number): void {
+    if (this.queueResetsPending.has(q.index)) return; // in reset: the queue takes no control until it ends
+    if (value & Q_CTRL_RESET && this.#resetStuck(q.index)) {
+      // The reset begins (the queue stops) but does not finish: Q_CTRL.RESET reads 1 until the injection ends.
+      if (q.enabled) this.engine.abort(q);
+      q.enabled = false;
+      this.regs.store(q.qcfgAt + Q_CTRL, Q_CTRL_RESET);
+      this.queueResetsPending.add(q.index);
+      return;
+    }
     if (value & Q_CTRL_RESET) this.resetQueue(q);
     const enable = (value & Q_CTRL_ENABLE) !== 0;
     if (q.enabled && !enable) this.engine.abort(q);
     q.enabled = enable;
+    q.publishInflight(q.inflight.length);
   }
 
   /** Queue reset: in-flight descriptors ABORTED, rings and indexes zeroed, ERROR cleared, windows kept. */
@@ -227,8 +226,15 @@ export class Sa1Device {
     q.clearRings();
   }
 
-  /** Whole-device reset (VFIO_USER_DEVICE_RESET, CONTROL.RESET). DMA mappings are kept. */
+  /**
+   * Whole-device reset (VFIO_USER_DEVICE_RESET, CONTROL.RESET). DMA mappings
+   * are kept. No ERR: the owner asked for it (datasheet 2.4, rev 2), and QEMU
+   * sends DEVICE_RESET at every machine reset and stops the VM on ERR.
+   */
   reset(): void {
+    // A whole-device reset finishes every register reset still pending (a stuck-reset injection's).
+    this.deviceResetPending = false;
+    this.queueResetsPending.clear();
     for (const q of this.queues) {
       this.engine.abort(q);
       q.powerOn();
@@ -240,7 +246,18 @@ export class Sa1Device {
     this.scratch = 0;
     this.devmem.zero();
     this.#maskAllVectors();
-    this.#interrupt(VFIO_PCI_ERR_IRQ_INDEX, 0);
+  }
+
+  /** CONTROL write: RESET first (unless a stuck-reset injection holds it), then ENABLE as written. */
+  writeControl(value: number): void {
+    if (this.deviceResetPending) return; // resetting: CONTROL takes nothing until the reset ends
+    if (value & CONTROL_RESET && this.#stuckResets.has('device')) {
+      this.controlEnable = false;
+      this.deviceResetPending = true;
+      return;
+    }
+    if (value & CONTROL_RESET) this.reset();
+    this.controlEnable = (value & CONTROL_ENABLE) !== 0;
   }
 
   // --- IOMMU ---
@@ -273,6 +290,37 @@ export class Sa1Device {
   }
 
   // --- fault injection ---
+
+  /**
+   * Stuck reset: Q_CTRL.RESET of `queue` (or, with no queue, CONTROL.RESET and every Q_CTRL.RESET) begins
+   * but never finishes. `stuck` false ends the injection and finishes the resets it held.
+   */
+  setStuckReset(stuck: boolean, queue?: number): void {
+    if (queue !== undefined && !this.queues[queue]) {
+      throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
+    }
+    const key = queue ?? 'device';
+    if (stuck) {
+      this.#stuckResets.add(key);
+      return;
+    }
+    this.#stuckResets.delete(key);
+    if (this.deviceResetPending && !this.#stuckResets.has('device')) {
+      this.deviceResetPending = false;
+      this.reset();
+    }
+    for (const i of [...this.queueResetsPending]) {
+      if (this.#resetStuck(i)) continue;
+      this.queueResetsPending.delete(i);
+      const q = this.queues[i] as Queue;
+      this.regs.store(q.qcfgAt + Q_CTRL, 0);
+      this.resetQueue(q);
+    }
+  }
+
+  #resetStuck(queue: number): boolean {
+    return this.#stuckResets.has(queue) || this.#stuckResets.has('device');
+  }
 
   injectHang(): void {
     if (this.hung) return;
@@ -323,6 +371,7 @@ export class Sa1Device {
         if (!q.enabled || q.error || !this.canRun()) continue;
         q.busy = this.engine.turn(q);
         if (q.busy) {
+          q.publishInflight(q.inflight.length);
           work = true;
           between?.();
         }
@@ -414,9 +463,13 @@ export class Sa1Device {
     this.hooks.interrupt(index, vector);
   }
 
+  /** Every MSI-X vector control word masked, the rest of the table zero (power-on and reset). */
   #maskAllVectors(): void {
-    this.msixTable.fill(0);
-    const dv = new DataView(this.msixTable.buffer);
-    for (let v = 0; v <= this.options.numQueues; v++) dv.setUint32(v * MSIX_ENTRY_SIZE + 12, 1, true);
+    for (let v = 0; v <= this.options.numQueues; v++) {
+      const entry = REG_MSIX_TABLE + v * MSIX_ENTRY_SIZE;
+      this.regs.store64(entry, 0n);
+      this.regs.store(entry + 8, 0);
+      this.regs.store(entry + 12, 1);
+    }
   }
 }

@@ -1,8 +1,16 @@
 // The fault log (datasheet §2.1 FAULT_HEAD/FAULT_ACK/FAULT_LOG, §5): a ring
 // of 16 records of 16 bytes indexed by the running count mod 16. Writing a
-// record raises the fault vector; the device wires that up (onRecord).
+// record raises the fault vector; the device wires that up (onRecord). The
+// log is part of BAR0, so it lives in the register file.
 
-import { FAULT_LOG_ENTRIES, FAULT_RECORD_SIZE } from './datasheet.js';
+import {
+  FAULT_LOG_ENTRIES,
+  FAULT_RECORD_SIZE,
+  REG_FAULT_ACK,
+  REG_FAULT_HEAD,
+  REG_FAULT_LOG,
+} from './datasheet.js';
+import type { RegisterFile } from './register-file.js';
 
 export interface FaultRecord {
   queue: number;
@@ -11,37 +19,43 @@ export interface FaultRecord {
 }
 
 export class FaultLog {
-  /** FAULT_HEAD: records ever written, mod 2^32. */
-  head = 0;
-  /** FAULT_ACK: what the owner says it consumed. */
-  ack = 0;
-  readonly bytes = new Uint8Array(FAULT_LOG_ENTRIES * FAULT_RECORD_SIZE);
-  readonly #dv = new DataView(this.bytes.buffer);
+  constructor(
+    private readonly regs: RegisterFile,
+    private readonly onRecord: (r: FaultRecord) => void,
+  ) {}
 
-  constructor(private readonly onRecord: (r: FaultRecord) => void) {}
+  /** FAULT_HEAD: records ever written, mod 2^32. */
+  get head(): number {
+    return this.regs.load(REG_FAULT_HEAD);
+  }
+  /** FAULT_ACK: what the owner says it consumed. */
+  get ack(): number {
+    return this.regs.load(REG_FAULT_ACK);
+  }
+  set ack(v: number) {
+    this.regs.store(REG_FAULT_ACK, v);
+  }
 
   get pending(): boolean {
     return this.head !== this.ack;
   }
 
+  /** The record first, then FAULT_HEAD: an owner that sees the new head finds the record in place. */
   write(queue: number, code: number, iova: bigint): void {
-    const at = (this.head % FAULT_LOG_ENTRIES) * FAULT_RECORD_SIZE;
-    this.#dv.setUint16(at, queue & 0xffff, true);
-    this.#dv.setUint16(at + 2, code & 0xffff, true);
-    this.#dv.setUint32(at + 4, 0, true);
-    this.#dv.setBigUint64(at + 8, BigInt.asUintN(64, iova), true);
-    this.head = (this.head + 1) >>> 0;
+    const head = this.head;
+    const at = REG_FAULT_LOG + (head % FAULT_LOG_ENTRIES) * FAULT_RECORD_SIZE;
+    this.regs.store(at, (queue & 0xffff) | ((code & 0xffff) << 16));
+    this.regs.store(at + 4, 0);
+    this.regs.store64(at + 8, iova);
+    this.regs.store(REG_FAULT_HEAD, (head + 1) >>> 0);
     this.onRecord({ queue, code, iova });
   }
 
   clear(): void {
-    this.head = 0;
-    this.ack = 0;
-    this.bytes.fill(0);
-  }
-
-  read32(offsetInLog: number): number {
-    return this.#dv.getUint32(offsetInLog, true);
+    for (let off = 0; off < FAULT_LOG_ENTRIES * FAULT_RECORD_SIZE; off += 4)
+      this.regs.store(REG_FAULT_LOG + off, 0);
+    this.regs.store(REG_FAULT_ACK, 0);
+    this.regs.store(REG_FAULT_HEAD, 0);
   }
 }
 

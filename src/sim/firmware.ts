@@ -16,25 +16,17 @@ import {
   FW_STATUS_NONE,
   FW_STATUS_RUNNING,
   HEARTBEAT_PERIOD_MS,
+  REG_FW_IOVA,
+  REG_FW_LEN,
+  REG_FW_STATUS,
+  REG_FW_VERSION,
 } from './datasheet.js';
+import type { RegisterFile } from './register-file.js';
 
 const MAGIC_BYTES = new TextEncoder().encode(FW_MAGIC);
 
-/** Build an SA-1 firmware image: "SA1F", version, payload length, CRC32C(payload), payload. */
-export function makeFirmwareImage(opts: { version: number; payload?: Uint8Array }): Uint8Array {
-  const payload = opts.payload ?? new TextEncoder().encode(`SA-1 firmware ${opts.version}\n`);
-  if (payload.length > FW_MAX_PAYLOAD) {
-    throw new RangeError(`firmware payload is ${payload.length} bytes; at most ${FW_MAX_PAYLOAD}`);
-  }
-  const image = new Uint8Array(FW_HEADER_SIZE + payload.length);
-  const dv = new DataView(image.buffer);
-  image.set(MAGIC_BYTES, 0);
-  dv.setUint32(4, opts.version >>> 0, true);
-  dv.setUint32(8, payload.length, true);
-  dv.setUint32(12, crc32c(payload), true);
-  image.set(payload, FW_HEADER_SIZE);
-  return image;
-}
+// The image builder is shared with the driver (its default image): src/hw/sa1/firmware-image.ts.
+export { makeFirmwareImage } from '../hw/sa1/firmware-image.js';
 
 /** Reads `length` bytes at `iova` through the IOMMU; returns the faulting IOVA instead when it cannot. */
 export type ImageFetch = (iova: bigint, length: number) => Uint8Array | { faultIova: bigint };
@@ -67,19 +59,40 @@ export function verifyImage(iova: bigint, len: number, fetch: ImageFetch): Verif
   return { ok: true, version };
 }
 
-/** Firmware registers and state. */
+/** Firmware registers and state; the registers live in the register file. */
 export class Firmware {
-  iova = 0n;
-  len = 0;
-  status = FW_STATUS_NONE;
-  version = 0;
-  /** A load was commanded and the device has not run it yet. */
+  /** A load was commanded and the device has not run it yet (the device's own state). */
   loadPending = false;
-  #heartbeatBase = 0;
-  #runningSince = 0;
-  #frozen = true;
 
-  constructor(private readonly now: () => number) {}
+  constructor(
+    private readonly now: () => number,
+    private readonly regs: RegisterFile,
+  ) {}
+
+  get iova(): bigint {
+    return this.regs.load64(REG_FW_IOVA);
+  }
+  set iova(v: bigint) {
+    this.regs.store64(REG_FW_IOVA, v);
+  }
+  get len(): number {
+    return this.regs.load(REG_FW_LEN);
+  }
+  set len(v: number) {
+    this.regs.store(REG_FW_LEN, v);
+  }
+  get status(): number {
+    return this.regs.load(REG_FW_STATUS);
+  }
+  set status(v: number) {
+    this.regs.store(REG_FW_STATUS, v);
+  }
+  get version(): number {
+    return this.regs.load(REG_FW_VERSION);
+  }
+  set version(v: number) {
+    this.regs.store(REG_FW_VERSION, v);
+  }
 
   get running(): boolean {
     return this.status === FW_STATUS_RUNNING;
@@ -95,20 +108,16 @@ export class Firmware {
   finish(result: VerifyResult): void {
     this.loadPending = false;
     if (result.ok) {
-      this.status = FW_STATUS_RUNNING;
       this.version = result.version;
-      this.#heartbeatBase = 0;
-      this.#runningSince = this.now();
-      this.#frozen = false;
+      this.regs.setHeartbeat(0, this.now(), false);
+      this.status = FW_STATUS_RUNNING;
     } else {
       this.status = (FW_STATUS_ERROR | result.error) >>> 0;
     }
   }
 
-  /** HEARTBEAT: counts milliseconds while running and not hung. */
   heartbeat(): number {
-    if (this.#frozen) return this.#heartbeatBase >>> 0;
-    return (this.#heartbeatBase + Math.floor((this.now() - this.#runningSince) / HEARTBEAT_PERIOD_MS)) >>> 0;
+    return this.regs.heartbeat(this.now(), HEARTBEAT_PERIOD_MS);
   }
 
   /** The device hung: the heartbeat stops where it is. */
@@ -122,12 +131,10 @@ export class Firmware {
     this.status = FW_STATUS_NONE;
     this.version = 0;
     this.loadPending = false;
-    this.#heartbeatBase = 0;
-    this.#frozen = true;
+    this.regs.setHeartbeat(0, 0, true);
   }
 
   #freeze(): void {
-    if (!this.#frozen) this.#heartbeatBase = this.heartbeat();
-    this.#frozen = true;
+    if (!this.regs.heartbeatFrozen) this.regs.setHeartbeat(this.heartbeat(), 0, true);
   }
 }

@@ -1,10 +1,16 @@
 // The main-thread half of the simulator. DeviceWorker starts the device
-// worker and speaks the mailbox; Sa1Frontend is the VfioUserDeviceModel the
-// vfio-user server calls for the owner's connection, forwarding each request
-// synchronously. It owns the Fd objects that came with requests until the
-// device says it no longer uses them.
+// worker and holds the register file it shares with it; Sa1Frontend is the
+// VfioUserDeviceModel the vfio-user server calls for the owner's connection.
+// It owns the Fd objects that came with requests until the device says it no
+// longer uses them.
+//
+// Register accesses that only read or store register state (all of BAR0 but
+// CONTROL, FW_CMD and Q_CTRL writes; config space but writes reaching the
+// command register) are served here from the register file, with no
+// round trip to the worker thread. Everything else is a request the worker
+// serves between descriptors (mailbox.ts), waited for synchronously.
 
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker } from 'node:worker_threads';
 import { Fd, native } from '../sys/index.js';
 import {
   VFIO_DEVICE_FEATURE_DMA_BUF,
@@ -20,6 +26,8 @@ import {
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
   VFIO_IRQ_SET_DATA_TYPE_MASK,
+  VFIO_PCI_BAR0_REGION_INDEX,
+  VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_ERR_IRQ_INDEX,
   VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_PCI_NUM_IRQS,
@@ -32,8 +40,6 @@ import {
 import {
   type DmaMapRequest,
   type DmaUnmapRequest,
-  ERRNO,
-  type ErrnoName,
   type FeatureReply,
   type FeatureRequest,
   type IrqDescription,
@@ -48,28 +54,31 @@ import {
   VFIO_USER_F_DMA_REGION_WRITE,
 } from '../vfio/user/protocol.js';
 import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
-import { type DeviceRequest, type DeviceStats, toBase64 } from './commands.js';
-import { BAR0_SIZE, CONFIG_SPACE_SIZE } from './datasheet.js';
+import { bar0Read32, bar0WriteDirect } from './bar0.js';
+import type { DeviceRequest, DeviceStats } from './commands.js';
+import { ConfigSpace, writeReachesCommand } from './config-space.js';
+import { BAR0_SIZE } from './datasheet.js';
 import { sa1RegionIoFds } from './io-fds.js';
-import { Cmd, Mailbox, MailboxError } from './mailbox.js';
+import { MailboxCaller, newMailboxMemory } from './mailbox.js';
 import { bar2Size, type Sa1Options } from './options.js';
+import { checkRegionAccess, regionSize } from './regions.js';
+import { RegisterFile, sharedClock } from './register-file.js';
+import type { WorkerInit } from './worker.js';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
 
-function toVfioError(err: unknown): unknown {
-  if (err instanceof MailboxError) {
-    const code = (err.code in ERRNO ? err.code : 'EIO') as ErrnoName;
-    return new VfioError(code, err.message.replace(/^E[A-Z]+: /, ''));
-  }
-  return err;
-}
-
-/** The device worker and its mailbox. */
+/** The device worker, its mailbox and the register file both threads use. */
 export class DeviceWorker {
-  #mailbox = new Mailbox();
+  readonly #regs: RegisterFile;
+  /** Config space over the shared bytes, for the write masks (the device wrote the header). */
+  readonly #config: ConfigSpace;
+  readonly #mailbox: MailboxCaller<DeviceRequest>;
+  readonly #port: MessageChannel['port1'];
   #worker: Worker;
   #exited: Promise<void>;
   #closed = false;
+  /** The worker is gone (closed, or died): the register file no longer describes a live device. */
+  #gone = false;
 
   static async start(options: Sa1Options, timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS): Promise<DeviceWorker> {
     const dw = new DeviceWorker(options, timeoutMs);
@@ -87,36 +96,73 @@ export class DeviceWorker {
     readonly options: Sa1Options,
     readonly timeoutMs: number,
   ) {
+    this.#regs = RegisterFile.create(options);
+    this.#config = new ConfigSpace(
+      { bar0: BAR0_SIZE, bar2: bar2Size(options), bar4: options.devmemSize },
+      options.numQueues + 1,
+      this.#regs.config,
+      false,
+    );
+    const { port1, port2 } = new MessageChannel();
+    const wake = newMailboxMemory();
+    this.#port = port1;
+    this.#mailbox = new MailboxCaller(wake, port1);
+    const init: WorkerInit = { options, mailbox: wake, port: port2, registers: this.#regs.sab };
     this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
-      workerData: { options, mailbox: this.#mailbox.sab },
+      workerData: init,
+      transferList: [port2],
     });
-    this.#exited = new Promise((resolve) => this.#worker.once('exit', () => resolve()));
+    this.#exited = new Promise((resolve) =>
+      this.#worker.once('exit', () => {
+        this.#gone = true;
+        resolve();
+      }),
+    );
   }
 
   regionRead(index: number, offset: number, count: number): Uint8Array {
-    return this.#guard(() =>
-      this.#mailbox.call(
-        Cmd.REGION_READ,
-        [index, offset % 2 ** 32, Math.floor(offset / 2 ** 32), count],
-        null,
-        this.timeoutMs,
-      ),
-    );
+    this.#checkOpen();
+    checkRegionAccess(this.options, index, offset, count);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
+    if (index !== VFIO_PCI_BAR0_REGION_INDEX) return this.request({ op: 'regionRead', index, offset, count });
+    const out = new Uint8Array(count);
+    const dv = new DataView(out.buffer);
+    const now = sharedClock();
+    for (let i = 0; i < count; i += 4) {
+      dv.setUint32(i, bar0Read32(this.#regs, offset + i, this.options.numQueues, now), true);
+    }
+    return out;
   }
 
   regionWrite(index: number, offset: number, data: Uint8Array): void {
-    this.#guard(() =>
-      this.#mailbox.call(
-        Cmd.REGION_WRITE,
-        [index, offset % 2 ** 32, Math.floor(offset / 2 ** 32), 0],
-        data,
-        this.timeoutMs,
-      ),
-    );
+    this.#checkOpen();
+    checkRegionAccess(this.options, index, offset, data.length);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX && !writeReachesCommand(offset, data.length)) {
+      this.#config.write(offset, data);
+      return;
+    }
+    if (index !== VFIO_PCI_BAR0_REGION_INDEX) {
+      this.request({ op: 'regionWrite', index, offset, data });
+      return;
+    }
+    // Word by word, low half first: each word the device must act on goes to it, in order.
+    const dv = new DataView(data.buffer, data.byteOffset, data.length);
+    for (let i = 0; i < data.length; i += 4) {
+      const value = dv.getUint32(i, true);
+      if (!bar0WriteDirect(this.#regs, offset + i, value, this.options.numQueues)) {
+        this.request({ op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) });
+      }
+    }
+  }
+
+  /** Size of region `index` (0: not implemented). */
+  regionSize(index: number): number {
+    return regionSize(this.options, index);
   }
 
   request<T = void>(req: DeviceRequest): T {
-    return this.#guard(() => this.#mailbox.callJson<T>(req, this.timeoutMs));
+    this.#checkOpen();
+    return this.#mailbox.call<T>(req, this.timeoutMs);
   }
 
   stats(): DeviceStats {
@@ -128,21 +174,18 @@ export class DeviceWorker {
     if (!this.#closed) {
       this.#closed = true;
       try {
-        this.#mailbox.call(Cmd.SHUTDOWN, [], null, this.timeoutMs);
+        this.#mailbox.call({ op: 'shutdown' }, this.timeoutMs);
       } catch {
         await this.#worker.terminate();
       }
+      this.#port.close();
     }
     await this.#exited;
   }
 
-  #guard<T>(fn: () => T): T {
+  #checkOpen(): void {
     if (this.#closed) throw new VfioError('ENODEV', 'the SA-1 device has shut down');
-    try {
-      return fn();
-    } catch (err) {
-      throw toVfioError(err);
-    }
+    if (this.#gone) throw new VfioError('ENODEV', 'the SA-1 device worker exited');
   }
 }
 
@@ -174,15 +217,9 @@ export class Sa1Frontend implements VfioUserDeviceModel {
 
   regionInfo(index: number): RegionDescription {
     const rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-    const sizes: Record<number, number> = {
-      0: BAR0_SIZE,
-      2: bar2Size(this.options),
-      4: this.options.devmemSize,
-      7: CONFIG_SPACE_SIZE,
-    };
-    const size = sizes[index];
+    const size = this.device.regionSize(index);
     // No region offers an fd: BAR0 is owner-only registers, BAR2/BAR4 slices come through the dma-buf feature.
-    return size === undefined
+    return size === 0
       ? { index, flags: 0, size: 0n, offset: 0n }
       : { index, flags: rw, size: BigInt(size), offset: 0n };
   }
@@ -292,7 +329,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
       if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF) {
         if (set) throw new VfioError('EINVAL', 'the dma-buf feature supports GET only');
         if (probe) return {};
-        const { fds } = this.device.request<{ fds: number[] }>({ op: 'dmaBuf', payload: toBase64(req.data) });
+        const { fds } = this.device.request<{ fds: number[] }>({ op: 'dmaBuf', payload: req.data });
         return { data: req.data, fds: fds.map((n) => new Fd(n)) };
       }
       if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE) {

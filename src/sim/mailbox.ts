@@ -1,200 +1,165 @@
-// The synchronous command channel between the vfio-user front-end (main
-// thread) and the device (worker thread): one SharedArrayBuffer holding a
-// state word, a command word, numeric arguments, a reply status and a data
-// area for bulk payloads. The caller blocks in Atomics.wait (bounded), so an
-// owner register access is answered only after the device acted on it; the
-// device serves the mailbox between descriptors and sleeps on the state word
-// when idle, so a command wakes it at once.
+// The command channel between the simulator's front end (main thread) and
+// its device worker, for the owner commands the device itself must act on
+// (register accesses are answered from the shared register file and never
+// come here; see frontend.ts).
+//
+// Requests and replies are structured-clone messages on a MessagePort pair
+// (bigints and bytes travel as they are); the only shared memory is two
+// sequence words used for wake-ups. The caller posts a request, bumps the
+// request word and notifies it, then blocks in Atomics.wait (a futex wait,
+// bounded) on the answer word and takes the reply synchronously with
+// receiveMessageOnPort. The device never returns to its event loop: it
+// checks the request word between descriptors, sleeps on it when idle (so a
+// command wakes it at once), and takes requests with receiveMessageOnPort.
 //
 // fds travel as plain numbers (they are process-wide).
 //
 // Doorbell notification (datasheet rev 2): an idle device may sleep in
-// waitFds() on its queues' ioeventfds instead of Atomics.wait. It then says
-// so in W_FD_SLEEP, and a caller also writes the device's wake eventfd.
+// waitFds() on its queues' ioeventfds instead of Atomics.wait. It says so in
+// W_FD_SLEEP, and a caller that sees it set after posting also writes the
+// device's wake eventfd (W_WAKE_FD), so a request still wakes it at once.
 
+import { type MessagePort, receiveMessageOnPort } from 'node:worker_threads';
 import { native } from '../sys/native.js';
-
-export const STATE_IDLE = 0;
-export const STATE_REQUEST = 1;
-export const STATE_REPLY = 2;
+import { VfioError } from '../vfio/user/device-model.js';
 
 // Int32 word indexes.
-const W_STATE = 0;
-const W_CMD = 1;
-const W_ARGS = 2; // 4 words of u32 arguments
-const W_STATUS = 6;
-const W_LEN = 7;
-/** Non-zero while the device sleeps in waitFds() (so a command must also write the wake eventfd). */
-const W_FD_SLEEP = 8;
+const W_REQUEST = 0; // sequence number of the last request posted
+const W_ANSWERED = 1; // sequence number of the last request answered
+/** Non-zero while the device sleeps in waitFds() (so a request must also write the wake eventfd). */
+const W_FD_SLEEP = 2;
 /** The device's wake eventfd (a process-wide fd number). */
-const W_WAKE_FD = 9;
-const HEADER_BYTES = 64;
+const W_WAKE_FD = 3;
+const WORDS = 4;
 
-/** Bulk data area: room for the largest REGION_READ/WRITE the server accepts (and JSON payloads). */
-export const MAILBOX_DATA_BYTES = 1024 * 1024;
+/** A request on the wire. */
+export interface Envelope<R> {
+  seq: number;
+  req: R;
+}
 
-export const Cmd = {
-  REGION_READ: 1,
-  REGION_WRITE: 2,
-  /** Everything that is not on the register hot path: a JSON request in the data area. */
-  JSON: 3,
-  /** Stop the device loop (served only between rounds, never inside one). */
-  SHUTDOWN: 4,
-} as const;
+/** A refusal as it crosses the threads: the errno name and number and the reason, as fields. */
+export interface WireError {
+  code: string;
+  errno: number;
+  reason: string;
+}
 
-/** A failure reported by the device side: errno 0 means "not an errno" (a bug or a bad argument). */
-export class MailboxError extends Error {
+/** A reply on the wire: the value, or the error. */
+export interface Reply {
+  seq: number;
+  value?: unknown;
+  error?: WireError;
+}
+
+export const newMailboxMemory = (): SharedArrayBuffer => new SharedArrayBuffer(WORDS * 4);
+
+/** The caller's side (main thread). */
+export class MailboxCaller<R> {
+  readonly #words: Int32Array;
+  #seq = 0;
+
   constructor(
-    message: string,
-    readonly errno: number,
-    readonly code: string,
+    sab: SharedArrayBuffer,
+    private readonly port: MessagePort,
   ) {
-    super(message);
-    this.name = 'MailboxError';
+    this.#words = new Int32Array(sab);
+  }
+
+  /**
+   * Post one request and block until the device answers it or `timeoutMs`
+   * passes. Returns the reply's value; throws the device's refusal as a
+   * VfioError, or EIO when the device does not answer in time.
+   */
+  call<T>(req: R, timeoutMs: number): T {
+    const w = this.#words;
+    // One request at a time: an earlier one that timed out and is still unanswered blocks the channel.
+    if (Atomics.load(w, W_ANSWERED) !== this.#seq) {
+      throw new VfioError('EIO', 'device channel is stuck (an earlier command timed out)');
+    }
+    this.#seq = (this.#seq + 1) | 0;
+    const seq = this.#seq;
+    this.port.postMessage({ seq, req } satisfies Envelope<R>);
+    Atomics.store(w, W_REQUEST, seq);
+    Atomics.notify(w, W_REQUEST);
+    // Sequentially consistent against sleepOnFds: it stores W_FD_SLEEP then loads W_REQUEST, we store
+    // W_REQUEST then load W_FD_SLEEP, so either it sees the request or we see it asleep on fds.
+    if (Atomics.load(w, W_FD_SLEEP) !== 0) native.eventfdWrite(Atomics.load(w, W_WAKE_FD), 1);
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const answered = Atomics.load(w, W_ANSWERED);
+      if (answered === seq) break;
+      const left = deadline - performance.now();
+      if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
+      Atomics.wait(w, W_ANSWERED, answered, left);
+    }
+    // Replies to requests that timed out earlier were answered late; they are dropped here.
+    for (;;) {
+      const got = receiveMessageOnPort(this.port);
+      if (!got) throw new Error(`device answered request ${seq} but its reply is not on the port`);
+      const reply = got.message as Reply;
+      if (reply.seq !== seq) continue;
+      if (reply.error) {
+        const e = reply.error;
+        throw new VfioError(e.code, e.reason, e.errno);
+      }
+      return reply.value as T;
+    }
   }
 }
 
-export class Mailbox {
-  readonly sab: SharedArrayBuffer;
-  readonly words: Int32Array;
-  readonly data: Uint8Array;
+/** The device's side (worker thread). */
+export class MailboxDevice<R> {
+  readonly #words: Int32Array;
+  #seen = 0;
 
-  constructor(sab = new SharedArrayBuffer(HEADER_BYTES + MAILBOX_DATA_BYTES)) {
-    this.sab = sab;
-    this.words = new Int32Array(sab, 0, HEADER_BYTES / 4);
-    this.data = new Uint8Array(sab, HEADER_BYTES);
+  constructor(
+    sab: SharedArrayBuffer,
+    private readonly port: MessagePort,
+  ) {
+    this.#words = new Int32Array(sab);
   }
 
-  // ---- caller side (main thread) ----
-
-  /**
-   * Send one command and block until the device replies or `timeoutMs`
-   * passes. Returns the reply's data (a copy). Throws MailboxError.
-   */
-  call(cmd: number, args: readonly number[], payload: Uint8Array | null, timeoutMs: number): Uint8Array {
-    const w = this.words;
-    const state = Atomics.load(w, W_STATE);
-    // A late answer to a call that timed out is dropped; a command still unanswered blocks the channel.
-    if (state === STATE_REPLY) Atomics.store(w, W_STATE, STATE_IDLE);
-    else if (state !== STATE_IDLE) {
-      throw new MailboxError('device channel is stuck (an earlier command timed out)', 5, 'EIO');
-    }
-    if (payload && payload.length > this.data.length) {
-      throw new MailboxError(`payload of ${payload.length} bytes exceeds the mailbox`, 90, 'EMSGSIZE');
-    }
-    w[W_CMD] = cmd;
-    for (let i = 0; i < 4; i++) w[W_ARGS + i] = (args[i] ?? 0) | 0;
-    w[W_LEN] = payload ? payload.length : 0;
-    if (payload) this.data.set(payload);
-    Atomics.store(w, W_STATE, STATE_REQUEST);
-    Atomics.notify(w, W_STATE);
-    if (Atomics.load(w, W_FD_SLEEP) !== 0) native.eventfdWrite(Atomics.load(w, W_WAKE_FD), 1);
-    const deadline = performance.now() + timeoutMs;
-    while (Atomics.load(w, W_STATE) === STATE_REQUEST) {
-      const left = deadline - performance.now();
-      if (left <= 0) throw new MailboxError(`device did not answer within ${timeoutMs} ms`, 5, 'EIO');
-      Atomics.wait(w, W_STATE, STATE_REQUEST, left);
-    }
-    const status = w[W_STATUS] as number;
-    const len = w[W_LEN] as number;
-    const reply = this.data.slice(0, len);
-    Atomics.store(w, W_STATE, STATE_IDLE);
-    if (status !== 0) {
-      const { message, code } = JSON.parse(new TextDecoder().decode(reply)) as {
-        message: string;
-        code: string;
-      };
-      throw new MailboxError(message, Math.max(status, 0), code);
-    }
-    return reply;
-  }
-
-  /** JSON request/response on top of call(). */
-  callJson<T>(request: unknown, timeoutMs: number): T {
-    const reply = this.call(
-      Cmd.JSON,
-      [],
-      new TextEncoder().encode(JSON.stringify(request, bigintReplacer)),
-      timeoutMs,
-    );
-    return (reply.length ? JSON.parse(new TextDecoder().decode(reply), bigintReviver) : undefined) as T;
-  }
-
-  // ---- device side (worker) ----
-
+  /** A request was posted that has not been taken yet. */
   get pending(): boolean {
-    return Atomics.load(this.words, W_STATE) === STATE_REQUEST;
+    return Atomics.load(this.#words, W_REQUEST) !== this.#seen;
   }
 
-  /** Sleep until a command arrives or `ms` passes (the device's idle wait). */
+  /** The next request, or null when none is waiting. */
+  take(): Envelope<R> | null {
+    const got = receiveMessageOnPort(this.port);
+    if (!got) {
+      // The request word moved before the message could be seen: never, as the caller posts first.
+      this.#seen = Atomics.load(this.#words, W_REQUEST);
+      return null;
+    }
+    const env = got.message as Envelope<R>;
+    this.#seen = env.seq;
+    return env;
+  }
+
+  /** Answer request `seq` and wake the caller. */
+  answer(seq: number, reply: Omit<Reply, 'seq'>): void {
+    this.port.postMessage({ seq, ...reply } satisfies Reply);
+    Atomics.store(this.#words, W_ANSWERED, seq);
+    Atomics.notify(this.#words, W_ANSWERED);
+  }
+
+  /** Sleep until a request is posted or `ms` passes (the device's idle wait; Infinity: until a request). */
   sleep(ms: number): void {
-    // Sleep on whatever the state is now unless a command is waiting. Waiting only on IDLE would return at
-    // once while our last reply is still unread (state REPLY), turning the idle device into a busy loop
-    // that starves the thread that has to read that reply.
-    const state = Atomics.load(this.words, W_STATE);
-    if (state === STATE_REQUEST) return;
-    Atomics.wait(this.words, W_STATE, state, ms);
+    Atomics.wait(this.#words, W_REQUEST, this.#seen, ms);
   }
 
   /**
-   * Sleep until a command arrives, one of `fds` (eventfds) is written, or `ms` passes; the readable
+   * Sleep until a request is posted, one of `fds` (eventfds) is written, or `ms` passes; the readable
    * fds are drained. `fds[0]` is the device's own wake eventfd, which callers write while it sleeps here.
    */
   sleepOnFds(fds: number[], ms: number): void {
-    const w = this.words;
+    const w = this.#words;
     Atomics.store(w, W_WAKE_FD, fds[0] as number);
     Atomics.store(w, W_FD_SLEEP, 1);
-    // A command posted before the flag was visible was not followed by a wake write: look once more.
-    if (Atomics.load(w, W_STATE) !== STATE_REQUEST) native.waitFds(fds, ms);
+    // A request posted before the flag was visible was not followed by a wake write: look once more.
+    if (!this.pending) native.waitFds(fds, ms);
     Atomics.store(w, W_FD_SLEEP, 0);
   }
-
-  /** The pending command's number (valid while `pending`). */
-  get pendingCmd(): number {
-    return Atomics.load(this.words, W_CMD);
-  }
-
-  /** Read the pending command. */
-  request(): { cmd: number; args: number[]; payload: Uint8Array } {
-    const w = this.words;
-    const args = [
-      w[W_ARGS] as number,
-      w[W_ARGS + 1] as number,
-      w[W_ARGS + 2] as number,
-      w[W_ARGS + 3] as number,
-    ];
-    return { cmd: w[W_CMD] as number, args, payload: this.data.subarray(0, w[W_LEN] as number) };
-  }
-
-  /** Answer the pending command with data (written into the data area). */
-  reply(data: Uint8Array | null): void {
-    if (data) this.data.set(data);
-    this.#finish(0, data ? data.length : 0);
-  }
-
-  /** Answer the pending command with an error: errno > 0 for a refusal, 0 for a failure. */
-  replyError(errno: number, code: string, message: string): void {
-    const bytes = new TextEncoder().encode(JSON.stringify({ message, code }));
-    this.data.set(bytes);
-    this.#finish(errno > 0 ? errno : -1, bytes.length);
-  }
-
-  #finish(status: number, len: number): void {
-    const w = this.words;
-    w[W_STATUS] = status;
-    w[W_LEN] = len;
-    Atomics.store(w, W_STATE, STATE_REPLY);
-    Atomics.notify(w, W_STATE);
-  }
-}
-
-/** JSON with bigints: encoded as {"$big": "123"}. */
-export function bigintReplacer(_key: string, value: unknown): unknown {
-  return typeof value === 'bigint' ? { $big: value.toString() } : value;
-}
-export function bigintReviver(_key: string, value: unknown): unknown {
-  if (value && typeof value === 'object' && '$big' in value && Object.keys(value).length === 1) {
-    return BigInt((value as { $big: string }).$big);
-  }
-  return value;
 }

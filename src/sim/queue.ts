@@ -1,19 +1,11 @@
 // One queue's state (datasheet §2.2 QCFG and §2.3 queue page). The QCFG
-// registers live here as fields; the queue page is shared memory the client
-// maps, so its registers are read and written with Atomics. Processing is in
-// engine.ts.
+// registers are fields over the register file (qcfg.ts), which the front end
+// reads too; the queue page is shared memory the client maps, so its
+// registers are read and written with Atomics. Processing is in engine.ts.
 
 import {
-  Q_BYTES,
-  Q_COMPLETED,
-  Q_INFLIGHT,
-  Q_MEM_BASE,
-  Q_MEM_SIZE,
   Q_NOTIFY_KICK_NEEDED,
-  Q_VECTOR,
   Q_VECTOR_NONE,
-  Q_WIN_BASE,
-  Q_WIN_SIZE,
   QP_CQ_BASE,
   QP_CQ_HEAD,
   QP_CQ_SIZE,
@@ -28,6 +20,8 @@ import {
   QP_SQ_TAIL,
 } from './datasheet.js';
 import type { Descriptor } from './descriptor.js';
+import { QueueRegisters } from './qcfg.js';
+import type { RegisterFile } from './register-file.js';
 
 /** A descriptor fetched and not yet completed. */
 export interface InFlight {
@@ -40,20 +34,7 @@ export interface InFlight {
 
 const W = (byteOffset: number): number => byteOffset / 4;
 
-export class Queue {
-  // --- QCFG ---
-  enabled = false;
-  error = false;
-  /** Q_STATUS b8..15: the last non-OK, non-ABORTED status this queue produced. */
-  lastError = 0;
-  winBase = 0n;
-  winSize = 0n;
-  memBase = 0;
-  memSize = 0;
-  vector = Q_VECTOR_NONE;
-  completed = 0;
-  bytes = 0;
-
+export class Queue extends QueueRegisters {
   // --- ring state, latched at the first doorbell ---
   latched = false;
   sqBase = 0n;
@@ -75,9 +56,13 @@ export class Queue {
   #i32: Int32Array = new Int32Array(0);
 
   constructor(
-    readonly index: number,
+    index: number,
+    regs: RegisterFile,
     private readonly pageMemory: () => Uint8Array,
-  ) {}
+  ) {
+    super(index, regs);
+    this.vector = Q_VECTOR_NONE;
+  }
 
   /** The queue page as 32-bit words (re-derived when a revoke swapped the backing). */
   get words(): Int32Array {
@@ -189,6 +174,7 @@ export class Queue {
     this.sqHead = 0;
     this.cqTail = 0;
     this.inflight = [];
+    this.publishInflight(0);
     this.irqPending = 0;
     this.kickNeeded = false;
     this.tailSeen = 0;
@@ -206,68 +192,5 @@ export class Queue {
     this.memBase = 0;
     this.memSize = 0;
     this.vector = Q_VECTOR_NONE;
-  }
-
-  /** QCFG read of one 32-bit word (Q_CTRL and Q_STATUS are the device's: see device.ts). */
-  readQcfg(off: number): number {
-    switch (off) {
-      case Q_WIN_BASE:
-        return Number(this.winBase & 0xffffffffn);
-      case Q_WIN_BASE + 4:
-        return Number(this.winBase >> 32n);
-      case Q_WIN_SIZE:
-        return Number(this.winSize & 0xffffffffn);
-      case Q_WIN_SIZE + 4:
-        return Number(this.winSize >> 32n);
-      case Q_MEM_BASE:
-        return this.memBase;
-      case Q_MEM_SIZE:
-        return this.memSize;
-      case Q_VECTOR:
-        return this.vector;
-      case Q_INFLIGHT:
-        return this.inflight.length;
-      case Q_COMPLETED:
-        return this.completed >>> 0;
-      case Q_COMPLETED + 4:
-        return Math.floor(this.completed / 2 ** 32) >>> 0;
-      case Q_BYTES:
-        return this.bytes >>> 0;
-      case Q_BYTES + 4:
-        return Math.floor(this.bytes / 2 ** 32) >>> 0;
-      default:
-        return 0;
-    }
-  }
-
-  /** QCFG write of one 32-bit word; the windows are ignored while the queue is enabled. */
-  writeQcfg(off: number, value: number): void {
-    const v = BigInt(value >>> 0);
-    const windowsLocked = this.enabled;
-    switch (off) {
-      case Q_WIN_BASE:
-        if (!windowsLocked) this.winBase = (this.winBase & ~0xffffffffn) | v;
-        return;
-      case Q_WIN_BASE + 4:
-        if (!windowsLocked) this.winBase = (this.winBase & 0xffffffffn) | (v << 32n);
-        return;
-      case Q_WIN_SIZE:
-        if (!windowsLocked) this.winSize = (this.winSize & ~0xffffffffn) | v;
-        return;
-      case Q_WIN_SIZE + 4:
-        if (!windowsLocked) this.winSize = (this.winSize & 0xffffffffn) | (v << 32n);
-        return;
-      case Q_MEM_BASE:
-        if (!windowsLocked) this.memBase = value >>> 0;
-        return;
-      case Q_MEM_SIZE:
-        if (!windowsLocked) this.memSize = value >>> 0;
-        return;
-      case Q_VECTOR:
-        this.vector = value & 0xffff;
-        return;
-      default:
-        return;
-    }
   }
 }

@@ -1,42 +1,58 @@
-// The device: a worker thread that owns all SA-1 state and runs the queue
-// engine. It polls the queue pages, spinning while there is work and
-// sleeping on the mailbox word for the idle poll interval when a full round
-// found none (so an owner command wakes it at once). Owner commands are
-// served between descriptors.
+// The device: a worker thread that runs the queue engine and serves the
+// owner commands the device must act on. Its register state is the register
+// file it shares with the front end (which answers register accesses
+// itself); the rest (in-flight descriptors, IOMMU, slices) is its own. It
+// polls the queue pages, spinning while there is work and sleeping on the
+// mailbox's request word for the idle poll interval when a full round found
+// none (so an owner command wakes it at once). Owner commands are served
+// between descriptors.
 
-import { parentPort, workerData } from 'node:worker_threads';
+import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
 import { Mapping, native } from '../sys/index.js';
 import { ERRNO, type ErrnoName, VfioError } from '../vfio/user/device-model.js';
-import { type DeviceRequest, type DeviceStats, fromBase64, type InjectRequest } from './commands.js';
+import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
 import { ARMED, RACED, Sa1Device } from './device.js';
 import { checkMapRequest, type DmaMapping } from './iommu.js';
-import { bigintReplacer, bigintReviver, Cmd, Mailbox } from './mailbox.js';
+import { type Envelope, MailboxDevice, type WireError } from './mailbox.js';
 import { MemfdBacking } from './memfd-backing.js';
 import { KICK_ARMED_POLL_US, type Sa1Options } from './options.js';
+import { RegisterFile, sharedClock } from './register-file.js';
 import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from './slices.js';
 
-interface WorkerInit {
+export interface WorkerInit {
   options: Sa1Options;
+  /** The mailbox's wake-up words. */
   mailbox: SharedArrayBuffer;
+  /** The device's end of the request port. */
+  port: MessagePort;
+  /** The register file the front end reads too. */
+  registers: SharedArrayBuffer;
 }
 
 const init = workerData as WorkerInit;
 const options = init.options;
-const mailbox = new Mailbox(init.mailbox);
+const mailbox = new MailboxDevice<DeviceRequest>(init.mailbox, init.port);
 const backing = new MemfdBacking(options);
 /** eventfd numbers per VFIO irq index and vector (-1: none). The front-end owns the Fd objects. */
 const irqFds: number[][] = [[], [], new Array(options.numQueues + 1).fill(-1), [-1], [-1]];
-const device = new Sa1Device(options, backing, {
-  interrupt(index, vector) {
-    const fd = irqFds[index]?.[vector] ?? -1;
-    if (fd < 0) return;
-    try {
-      native.eventfdWrite(fd, 1);
-    } catch {
-      // A full counter (EAGAIN) already says "interrupt pending"; nothing else can fail on an eventfd.
-    }
+const device = new Sa1Device(
+  options,
+  backing,
+  {
+    // HEARTBEAT counts on the clock the front end reads it with.
+    now: sharedClock,
+    interrupt(index, vector) {
+      const fd = irqFds[index]?.[vector] ?? -1;
+      if (fd < 0) return;
+      try {
+        native.eventfdWrite(fd, 1);
+      } catch {
+        // A full counter (EAGAIN) already says "interrupt pending"; nothing else can fail on an eventfd.
+      }
+    },
   },
-});
+  new RegisterFile(init.registers),
+);
 const revokedInodes = new Set<bigint>();
 // Doorbell notification (datasheet §2.3 rev 2): one ioeventfd per queue page, handed out with
 // GET_REGION_IO_FDS, plus the wake eventfd the mailbox writes while the device sleeps on them.
@@ -52,11 +68,12 @@ const stats: DeviceStats = {
   sleeps: 0,
   deepSleeps: 0,
   armedSleeps: 0,
+  commands: 0,
   dmaMaps: 0,
   firmwareRunning: false,
 };
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
+/** The shutdown request, once taken: answered after the loop stops. */
+let shutdownSeq: number | null = null;
 
 function asVfioError(err: unknown): VfioError | null {
   if (err instanceof VfioError) return err;
@@ -98,11 +115,18 @@ function inject(i: InjectRequest): void {
     case 'dropIrq':
       device.dropInterrupts(i.count, i.index, i.vector);
       return;
+    case 'stuckReset':
+      device.setStuckReset(!i.clear, i.queue);
+      return;
   }
 }
 
-function handleJson(r: DeviceRequest): unknown {
+function handle(r: DeviceRequest): unknown {
   switch (r.op) {
+    case 'regionRead':
+      return device.regionRead(r.index, r.offset, r.count);
+    case 'regionWrite':
+      return device.regionWrite(r.index, r.offset, r.data);
     case 'dmaMap':
       return dmaMap(r);
     case 'dmaUnmap':
@@ -119,7 +143,7 @@ function handleJson(r: DeviceRequest): unknown {
     case 'reset':
       return device.reset();
     case 'dmaBuf': {
-      const req = parseDmaBufRequest(options, fromBase64(r.payload));
+      const req = parseDmaBufRequest(options, r.payload);
       const fds: number[] = [];
       try {
         for (const s of req.slices)
@@ -154,51 +178,54 @@ function handleJson(r: DeviceRequest): unknown {
       return { fds: kickFds };
     case 'stats':
       return { ...stats, dmaMaps: device.iommu.maps.length, firmwareRunning: device.firmware.running };
+    case 'shutdown':
+      throw new Error('shutdown is served by the device loop');
   }
 }
 
-/** Serve the pending command (not SHUTDOWN). */
+function wireError(err: unknown): WireError {
+  const v = asVfioError(err);
+  if (v) return { code: v.code, errno: v.errno, reason: v.reason };
+  return { code: 'EIO', errno: ERRNO.EIO, reason: `device error: ${(err as Error)?.stack ?? String(err)}` };
+}
+
+/** Serve every waiting request; a shutdown is kept for the loop to act on. */
 function serve(): void {
-  const { cmd, args, payload } = mailbox.request();
-  try {
-    if (cmd === Cmd.REGION_READ) {
-      mailbox.reply(device.regionRead(args[0] as number, offsetOf(args), args[3] as number));
-    } else if (cmd === Cmd.REGION_WRITE) {
-      device.regionWrite(args[0] as number, offsetOf(args), payload);
-      mailbox.reply(null);
-    } else if (cmd === Cmd.JSON) {
-      const result = handleJson(JSON.parse(decoder.decode(payload), bigintReviver) as DeviceRequest);
-      mailbox.reply(result === undefined ? null : encoder.encode(JSON.stringify(result, bigintReplacer)));
-    } else {
-      mailbox.replyError(ERRNO.ENOSYS, 'ENOSYS', `unknown device command ${cmd}`);
+  for (let env = mailbox.take(); env; env = mailbox.pending ? mailbox.take() : null) {
+    stats.commands++;
+    if (env.req.op === 'shutdown') {
+      shutdownSeq = env.seq;
+      return;
     }
-  } catch (err) {
-    const v = asVfioError(err);
-    if (v) mailbox.replyError(v.errno, v.code, v.message);
-    else mailbox.replyError(0, 'EIO', `device error: ${(err as Error)?.stack ?? String(err)}`);
+    serveOne(env);
   }
 }
 
-function offsetOf(args: number[]): number {
-  return ((args[1] as number) >>> 0) + ((args[2] as number) >>> 0) * 2 ** 32;
+function serveOne({ seq, req }: Envelope<DeviceRequest>): void {
+  let value: unknown;
+  try {
+    value = handle(req);
+  } catch (err) {
+    mailbox.answer(seq, { error: wireError(err) });
+    return;
+  }
+  mailbox.answer(seq, { value });
 }
 
 function serveBetweenDescriptors(): void {
-  if (mailbox.pending && mailbox.pendingCmd !== Cmd.SHUTDOWN) serve();
+  if (mailbox.pending && shutdownSeq === null) serve();
 }
 
 function run(): void {
   const idleMs = options.idlePollUs / 1000;
   for (;;) {
-    if (mailbox.pending) {
-      if (mailbox.pendingCmd === Cmd.SHUTDOWN) break;
-      serve();
-      continue;
-    }
+    if (mailbox.pending) serve();
+    if (shutdownSeq !== null) break;
     if (device.step(serveBetweenDescriptors)) {
       stats.busyRounds++;
       continue;
     }
+    if (shutdownSeq !== null) break;
     stats.idleRounds++;
     const due = device.nextDueInMs();
     if (due === null && !device.pollingNeeded()) {
@@ -231,7 +258,7 @@ function run(): void {
   release(device.iommu.remove(0, 0, true));
   backing.close();
   for (const fd of waitList) native.close(fd);
-  mailbox.reply(null);
+  mailbox.answer(shutdownSeq, {});
 }
 
 parentPort?.postMessage({ ready: true });

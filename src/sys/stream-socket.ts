@@ -73,6 +73,7 @@ export class StreamSocket extends EventEmitter {
   #queue: Queued[] = [];
   #queuedBytes = 0;
   #reading = false;
+  #paused = false;
   #closeEmitted = false;
   // The message being read: its header first, then (once its size is known) all of it.
   #header: Buffer;
@@ -195,9 +196,29 @@ export class StreamSocket extends EventEmitter {
     this.#updateEvents();
   }
 
-  /** Bytes waiting for buffer space. */
+  /** Bytes waiting for buffer space ('drain' is emitted when they are all written). */
   get queuedBytes(): number {
     return this.#queuedBytes;
+  }
+
+  /**
+   * Stop reading (flow control: the peer's next messages wait in the kernel,
+   * and once its socket buffer is full its writes block or fail with EAGAIN).
+   * Hang-up is still noticed. Idempotent.
+   */
+  pause(): void {
+    this.#paused = true;
+    this.#updateEvents();
+  }
+
+  /** Read again after pause(). Idempotent. */
+  resume(): void {
+    this.#paused = false;
+    this.#updateEvents();
+  }
+
+  get paused(): boolean {
+    return this.#paused;
   }
 
   peerCred(): PeerCred {
@@ -263,8 +284,8 @@ export class StreamSocket extends EventEmitter {
 
   #updateEvents(): void {
     if (this.#fd === null) return;
-    this.#watch.events =
-      DISCONNECT | (this.#reading ? READABLE : 0) | (this.#queue.length > 0 ? WRITABLE : 0);
+    const reading = this.#reading && !this.#paused;
+    this.#watch.events = DISCONNECT | (reading ? READABLE : 0) | (this.#queue.length > 0 ? WRITABLE : 0);
   }
 
   #onReady(status: number, events: number): void {
@@ -277,7 +298,7 @@ export class StreamSocket extends EventEmitter {
     }
     if (events & WRITABLE) this.#flush();
     if (this.#fd !== null && events & READABLE) this.#read(READ_BATCH);
-    if (this.#fd !== null && events & DISCONNECT && !this.#reading) this.#hangUp();
+    if (this.#fd !== null && events & DISCONNECT && !(this.#reading && !this.#paused)) this.#hangUp();
   }
 
   #flush(): void {
@@ -305,12 +326,13 @@ export class StreamSocket extends EventEmitter {
       this.#queue.shift();
     }
     this.#updateEvents();
+    if (this.#fd !== null && this.#queue.length === 0) this.emit('drain');
   }
 
   #read(budget: number): void {
     let delivered = 0;
     while (delivered < budget) {
-      if (this.#fd === null || !this.#reading) return;
+      if (this.#fd === null || !this.#reading || this.#paused) return;
       const headerSize = this.#header.length;
       const inHeader = this.#msg === null;
       const buf = inHeader ? this.#header : this.#msg!;

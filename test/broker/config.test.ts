@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError, parseConfig } from '../../src/broker/config.js';
-import { DEVLEASE_BIN } from '../../src/demo/processes.js';
+import { DEVLEASE_BIN } from '../../src/util/processes.js';
 
 const bad = (toml: string, field: RegExp) => {
   assert.throws(
@@ -21,6 +21,8 @@ test('a full config parses, with sizes in units and octal modes', () => {
 rundir = "/tmp/x"
 [device]
 name = "acc0"
+reconnect_initial_ms = 10
+reconnect_max_ms = 500
 [sockets]
 mode = 0o660
 [lifetime]
@@ -39,6 +41,7 @@ max_leases = 0
 `);
   assert.equal(c.rundir, '/tmp/x');
   assert.equal(c.deviceName, 'acc0');
+  assert.deepEqual(c.reconnect, { enabled: true, initialMs: 10, maxMs: 500 });
   assert.equal(c.sockets.mode, 0o660);
   assert.equal(c.lifetime.revoke, false);
   assert.equal(c.sa1.windowSize, 256n << 20n);
@@ -59,6 +62,12 @@ test('each kind of mistake names the field', () => {
   bad('[[policy.rule]]\nkinds = ["queue"]', /policy\.rule\[0\]: needs exactly one of uid, gid or any/);
   bad('[[policy.rule]]\nuid = 5\nmax_leases = -1', /policy\.rule\[0\]\.max_leases/);
   bad('[device]\nname = "a/b"', /device\.name: may contain only/);
+  bad('[device]\nreconnect = 1', /device\.reconnect: must be true or false/);
+  bad('[device]\nreconnect_initial_ms = 0', /device\.reconnect_initial_ms: must be an integer from 1/);
+  bad(
+    '[device]\nreconnect_initial_ms = 500\nreconnect_max_ms = 100',
+    /device\.reconnect_max_ms: must be at least device\.reconnect_initial_ms \(500\), got 100/,
+  );
   bad('this is = not toml =', /\(file\): config is not valid TOML/);
 });
 

@@ -2,21 +2,33 @@
 // holding that queue; a hang notifies everyone, reclaims every lease, and the
 // broker brings the device back so clients can lease again.
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
-import { BAR0, REG, STATUS } from '../../src/drivers/sa1/regs.js';
+import { after, afterEach, beforeEach, test } from 'node:test';
+import { BAR0, REG, STATUS } from '../../src/hw/sa1/regs.js';
 import { ClientProc, type Rig, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
+after(leakCheck);
+
+// Each test has its own rig and clients, so any one of them runs alone (--test-name-pattern) as in the file.
 let rig: Rig;
-after(async () => {
-  await rig?.close();
-  await leakCheck();
+let clients: ClientProc[] = [];
+const spawnClient = async (): Promise<ClientProc> => {
+  const c = await ClientProc.spawn();
+  clients.push(c);
+  return c;
+};
+beforeEach(async () => {
+  rig = await startRig({ sim: { numQueues: 4 }, config: { sa1: { heartbeat_ms: 50 } } });
+});
+afterEach(async () => {
+  await Promise.all(clients.map((c) => c.kill()));
+  clients = [];
+  await rig.close();
 });
 
 test('a fault record on a queue reaches only the client holding it, as ERR with the fault in its info', async () => {
-  rig = await startRig({ sim: { numQueues: 4 }, config: { sa1: { heartbeat_ms: 50 } } });
-  const [a, b] = await Promise.all([ClientProc.spawn(), ClientProc.spawn()]);
+  const [a, b] = await Promise.all([spawnClient(), spawnClient()]);
   const infoA = (await a.call('connect', { socket: rig.socket })).info;
   await b.call('connect', { socket: rig.socket });
   await rig.sim.inject({ kind: 'fault', queue: infoA.queue, code: 4, iova: 0x1234000n });
@@ -32,7 +44,7 @@ test('a fault record on a queue reaches only the client holding it, as ERR with 
 });
 
 test('a hang: every client is told, every lease reclaimed, the device reset and rebooted, and leasing works again', async () => {
-  const [a, b] = await Promise.all([ClientProc.spawn(), ClientProc.spawn()]);
+  const [a, b] = await Promise.all([spawnClient(), spawnClient()]);
   await a.call('connect', { socket: rig.socket });
   await b.call('connect', { socket: rig.socket });
   const recovered = new Promise<void>((resolve) => rig.broker.once('recovered', resolve));
@@ -40,17 +52,35 @@ test('a hang: every client is told, every lease reclaimed, the device reset and 
   await recovered;
   assert.equal(rig.broker.leases.all().length, 0, 'every lease was reclaimed');
   assert.ok(rig.audit.some((e) => e.event === 'device-hang'));
+  // Told: each client hears 'device-reset' (its ERR notice), not only the 'disconnected' every reclaim produces.
   for (const c of [a, b]) {
-    await until(`client ${c.pid} to be told and disconnected`, async () =>
+    await until(`client ${c.pid} to be disconnected`, async () =>
       (await c.call('events')).includes('disconnected'),
     );
+    await until(`client ${c.pid} to hear device-reset`, async () =>
+      (await c.call('events')).includes('device-reset'),
+    ).catch(() => undefined);
+    const events: string[] = await c.call('events');
+    assert.ok(events.includes('device-reset'), `client ${c.pid} was told of the reset: ${events.join(', ')}`);
   }
   const status = await rig.device.read32(BAR0, REG.STATUS);
   assert.equal(status & STATUS.HUNG, 0, 'no longer hung');
   assert.ok(status & STATUS.FW_RUNNING, 'firmware running again');
-  const d = await ClientProc.spawn();
+  const d = await spawnClient();
   await d.call('connect', { socket: rig.socket });
   await d.call('queue');
   assert.equal((await d.call('submit', { desc: { opcode: 'NOP' } })).status, 'OK');
   await Promise.all([a.exit(), b.exit(), d.exit()]);
+});
+
+test('the broker resetting the device raises no ERR of its own: a later hang is still heard through ERR', async () => {
+  // Datasheet rev 2, 2.4: a reset the owner asked for signals no ERR. A driver that
+  // still expected one would take the next real ERR (this hang's) for it and miss it.
+  const hangs = (): unknown[] => rig.audit.filter((e) => e.event === 'device-hang').map((e) => e.reason);
+  for (let round = 1; round <= 2; round++) {
+    const recovered = new Promise<void>((resolve) => rig.broker.once('recovered', resolve));
+    await rig.sim.inject({ kind: 'hang' });
+    await recovered; // the recovery resets the device (CONTROL.RESET)
+    assert.deepEqual(hangs(), Array(round).fill('the device raised ERR and reports HUNG'), `hang ${round}`);
+  }
 });

@@ -25,7 +25,7 @@ test('an fd that is not an eventfd is refused as an interrupt; the broker keeps 
   }
 });
 
-test('a DMA_MAP still in flight when reclaim starts is undone: nothing stays mapped', async () => {
+test('a DMA_MAP still in flight when reclaim starts is undone by the request itself: nothing stays mapped', async () => {
   // A slow policy hook holds the map in flight while the owner revokes with a short deadline.
   const rig = await startRig({
     policyModule: { map: () => new Promise((r) => setTimeout(() => r({ allow: true }), 150)) },
@@ -33,11 +33,30 @@ test('a DMA_MAP still in flight when reclaim starts is undone: nothing stays map
   const c = await ClientProc.spawn();
   try {
     const info = (await c.call('connect', { socket: rig.socket })).info;
-    const alloc = c.call('alloc', { name: 'late', size: 4096 }).catch((e) => e);
+    const mapsBefore = (await rig.sim.stats()).dmaMaps;
+    // Reclaim waits for the requests in flight, then quiesces: at that moment the raced map must already be
+    // gone from the device, undone by the request that made it (not left for reclaim's unmap to find).
+    const mapsAtQuiesce: number[] = [];
+    const driver = rig.broker.driver;
+    const quiesce = driver.quiesce.bind(driver);
+    driver.quiesce = async (res) => {
+      mapsAtQuiesce.push((await rig.sim.stats()).dmaMaps);
+      return quiesce(res);
+    };
+    const alloc = c.call('alloc', { name: 'late', size: 4096 }).then(
+      (r) => ({ ok: r }),
+      (e: Error & { code?: string }) => ({ err: e }),
+    );
     await new Promise((r) => setTimeout(r, 20));
     rig.broker.leases.revoke(info.lease, 10);
     await until('the lease to be released', () => rig.broker.leases.all().length === 0, 3000);
-    await alloc;
+    // The client is never told the map worked: its session ended with the DMA_MAP unanswered.
+    const result = await alloc;
+    assert.ok('err' in result, `the late alloc failed (got ${JSON.stringify(result)})`);
+    assert.equal(result.err.code, 'ECONNRESET');
+    assert.match(result.err.message, /DMA_MAP: vfio-user server closed the connection/);
+    assert.deepEqual(mapsAtQuiesce, [mapsBefore], 'the raced map was undone before reclaim went on');
+    assert.equal((await rig.sim.stats()).dmaMaps, mapsBefore);
     // The device holds nothing at the window base: mapping it again succeeds (no EEXIST).
     const base = BigInt(info.iovaWindow.base);
     using mem = MemFd.create('probe', { size: 4096 });

@@ -12,6 +12,7 @@ import { configFromObject } from '../../src/broker/config.js';
 import { connect } from '../../src/client/lease.js';
 import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
 import { spawnSimulator } from '../../src/sim/child.js';
+import { VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP } from '../../src/vfio/uapi/vfio.js';
 import { ClientProc, startRig } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
@@ -81,6 +82,19 @@ test('the generic driver leases whole regions, cooperatively, to one client at a
     assert.ok(lease.region(2).length > 0);
     const regs = await lease.client.regionRead(0, 0, 4);
     assert.equal(regs.byteLength, 4);
+    // Only the mappable region describes mmap-able areas (a sparse-mmap cap on the other would invite an mmap).
+    const mappable = await lease.client.regionInfo(2);
+    mappable.fd?.close();
+    assert.deepEqual(mappable.caps.sparseMmap, [{ offset: 0n, size: mappable.size }]);
+    const mediated = await lease.client.regionInfo(0);
+    assert.equal(mediated.fd, null);
+    assert.equal(mediated.flags & VFIO_REGION_INFO_FLAG_MMAP, 0);
+    assert.equal(
+      mediated.caps.sparseMmap,
+      undefined,
+      'no sparse-mmap cap on a region that cannot be mmapped',
+    );
+    assert.equal(mediated.flags & VFIO_REGION_INFO_FLAG_CAPS, 0);
     const second = await connect({ socket }).catch((e) => e);
     assert.equal(second.code, 'EBUSY');
     assert.match(second.message, /leased whole to another client/);

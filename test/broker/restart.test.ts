@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { connect } from '../../src/client/lease.js';
-import { startBroker, startSim } from '../../src/demo/processes.js';
+import { startBroker, startSim } from '../../src/util/processes.js';
 import { ClientProc } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BAR2, Q_NOTIFY_KICK_NEEDED, QP } from '../../src/drivers/sa1/regs.js';
+import { BAR2, Q_NOTIFY_KICK_NEEDED, QP } from '../../src/hw/sa1/regs.js';
 import { connect, type Lease, Sa1Queue } from '../../src/index.js';
 import type { Fd } from '../../src/sys/index.js';
 import { type Rig, startRig, until } from '../helpers/broker-rig.js';

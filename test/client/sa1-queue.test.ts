@@ -1,7 +1,7 @@
 // The SA-1 queue helper across ring wraps, back-pressure and error statuses.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { BAR0, Q, Q_CTRL, qcfg } from '../../src/drivers/sa1/regs.js';
+import { BAR0, Q, Q_CTRL, qcfg } from '../../src/hw/sa1/regs.js';
 import { connect, DeviceStatusError, type Lease, Sa1Queue } from '../../src/index.js';
 import { crc32c } from '../../src/sim/crc32c.js';
 import { type Rig, startRig } from '../helpers/broker-rig.js';
@@ -73,5 +73,42 @@ test('status errors are typed; a queue in ERROR is reported and recovers after r
   await q.reset();
   assert.equal(q.error, 0);
   assert.equal((await q.nop()).status, 'OK');
+  await q.close();
+});
+
+test('a completion status the datasheet does not define is its own error, with the raw value', async () => {
+  // Keep the rings' memory: the test plays a device that writes a status no SA-1 revision defines.
+  const bufs: Awaited<ReturnType<Lease['dma']['alloc']>>[] = [];
+  const alloc = lease.dma.alloc.bind(lease.dma);
+  lease.dma.alloc = async (...args) => {
+    const b = await alloc(...args);
+    bufs.push(b);
+    return b;
+  };
+  let q: Sa1Queue;
+  try {
+    q = await Sa1Queue.create(lease, { entries: 8 });
+  } finally {
+    lease.dma.alloc = alloc;
+  }
+  const cq = new DataView(bufs[1]!.buffer);
+  // The owner stops the queue, so the real device completes nothing; the descriptor (tag 1) stays pending.
+  await rig.device.write32(BAR0, qcfg(lease.info.queue!, Q.CTRL), 0);
+  const nop = q.nop();
+  cq.setBigUint64(0, 1n, true); // tag
+  cq.setUint32(8, 0, true); // result
+  cq.setUint16(12, 0x77, true); // status: undefined
+  cq.setUint16(14, 1, true); // phase of the first pass
+  q.poll();
+  await assert.rejects(nop, (err: unknown) => {
+    assert.ok(err instanceof DeviceStatusError);
+    assert.equal(err.code, 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN');
+    assert.equal(err.completion.rawStatus, 0x77);
+    assert.equal(err.completion.status, 'UNKNOWN');
+    assert.match(err.message, /status 0x77, which the SA-1 datasheet does not define/);
+    return true;
+  });
+  await q.reset();
+  assert.equal((await q.nop()).status, 'OK', 'the queue runs again after reset');
   await q.close();
 });

@@ -107,8 +107,9 @@ export class ClientProc {
     });
   }
 
-  static async spawn(): Promise<ClientProc> {
-    const proc = fork(LEASE_CLIENT, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  /** `as`: run the client as another uid/gid (the tests run as root). */
+  static async spawn(as: { uid: number; gid: number } | null = null): Promise<ClientProc> {
+    const proc = fork(LEASE_CLIENT, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], ...as });
     await new Promise<void>((resolve, reject) => {
       proc.once('message', () => resolve());
       proc.once('exit', (c) => reject(new Error(`lease client exited early (${c})`)));

@@ -7,7 +7,7 @@ import * as ds from '../../src/sim/datasheet.js';
 import { decodeFaultRecord, type FaultRecord } from '../../src/sim/faults.js';
 import { makeFirmwareImage } from '../../src/sim/firmware.js';
 import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
-import { BAR0, boot, loadFirmware, qcfg, r32, w32 } from './helpers/driver.js';
+import { BAR0, boot, loadFirmware, qcfg, r32, w32, w64 } from './helpers/driver.js';
 import { inProcess } from './helpers/inproc.js';
 import { type Booted, booted, FW_IOVA, HOST_IOVA, queue } from './helpers/scenario.js';
 
@@ -89,6 +89,23 @@ test('Q_WIN_SIZE 0 lets a queue touch no host memory', async () => {
   await tq.submit([{ opcode: ds.OP_NOP }]);
   p.dev.runUntilIdle();
   assert.equal((await lastFault(p)).code, ds.ST_WINDOW_VIOLATION);
+});
+
+test('windows changed while a queue is disabled (not reset) apply when it is enabled again', async () => {
+  const p = await booted();
+  const tq = await queue(p, 0, { window: { base: HOST_IOVA, size: 0x1_0000n }, ringOffset: 0 });
+  const copy = (tag: bigint) => ({ opcode: ds.OP_COPY, length: 16, src: at(0x2_0000), dst: at(0x100), tag });
+  await tq.submit([{ opcode: ds.OP_NOP, tag: 1n }]);
+  assert.equal((await tq.reap(1))[0]?.status, ds.ST_OK);
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), 0);
+  await w64(p.bus, BAR0, qcfg(0, ds.Q_WIN_SIZE), 0x4_0000n);
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_ENABLE);
+  await tq.submit([copy(2n)]);
+  assert.deepEqual(
+    (await tq.reap(1)).map((c) => [c.tag, c.status]),
+    [[2n, ds.ST_OK]],
+    'the wider window is in force: src at +0x20000 is inside it',
+  );
 });
 
 test('IOMMU_FAULT: unmapped IOVA inside the window, and a write through a read-only map', async () => {
@@ -354,6 +371,16 @@ test('hang injection: HUNG, heartbeat stops, no progress, HANG record, ERR inter
     ds.STATUS_READY,
     'reset: not hung, no firmware, no faults',
   );
+  assert.equal(p.fired(VFIO_PCI_ERR_IRQ_INDEX, 0), 1, 'the owner-requested reset adds no ERR signal');
+});
+
+test('ERR is for unrecoverable errors only: CONTROL.RESET and Q_CTRL.RESET never signal it (rev 2, 2.4)', async () => {
+  const p = await booted();
+  await queue(p, 0);
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_RESET);
+  await w32(p.bus, BAR0, ds.REG_CONTROL, ds.CONTROL_RESET);
+  assert.equal(await r32(p.bus, BAR0, ds.REG_STATUS), ds.STATUS_READY, 'the device did reset');
+  assert.equal(p.fired(VFIO_PCI_ERR_IRQ_INDEX, 0), 0, 'no ERR for a reset the owner asked for');
 });
 
 test('injected fault record on a chosen queue', async () => {
@@ -363,6 +390,43 @@ test('injected fault record on a chosen queue', async () => {
   assert.deepEqual(await lastFault(p), { queue: 2, code: ds.ST_DEVMEM_VIOLATION, iova: 0x1234n });
   await expectQueueError(p, 2, ds.ST_DEVMEM_VIOLATION);
   assert.equal(faultVector(p), 1);
+});
+
+test('stuck reset: Q_CTRL.RESET and CONTROL.RESET begin but read 1 until the injection is cleared', async () => {
+  const p = await booted();
+  const tq = await queue(p, 1);
+  p.dev.setStuckReset(true, 1);
+  await w32(p.bus, BAR0, qcfg(1, ds.Q_CTRL), ds.Q_CTRL_RESET);
+  assert.equal(
+    await r32(p.bus, BAR0, qcfg(1, ds.Q_CTRL)),
+    ds.Q_CTRL_RESET,
+    'RESET still set, ENABLE cleared',
+  );
+  await w32(p.bus, BAR0, qcfg(1, ds.Q_CTRL), ds.Q_CTRL_ENABLE);
+  assert.equal(
+    await r32(p.bus, BAR0, qcfg(1, ds.Q_CTRL)),
+    ds.Q_CTRL_RESET,
+    'a queue in reset takes no enable',
+  );
+  await tq.submit([{ opcode: ds.OP_NOP }]);
+  p.dev.runUntilIdle();
+  assert.equal(tq.peek(0), null, 'a queue in reset runs nothing');
+  // Other queues reset as usual.
+  await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_RESET);
+  assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_CTRL)), 0);
+  p.dev.setStuckReset(false, 1);
+  assert.equal(await r32(p.bus, BAR0, qcfg(1, ds.Q_CTRL)), 0, 'the held reset finished');
+
+  // No queue given: the whole-device reset sticks (STATUS RESETTING, not READY) until cleared.
+  p.dev.setStuckReset(true);
+  await w32(p.bus, BAR0, ds.REG_CONTROL, ds.CONTROL_RESET | ds.CONTROL_ENABLE);
+  assert.equal(await r32(p.bus, BAR0, ds.REG_CONTROL), ds.CONTROL_RESET);
+  const st = await r32(p.bus, BAR0, ds.REG_STATUS);
+  assert.equal(st & (ds.STATUS_RESETTING | ds.STATUS_READY), ds.STATUS_RESETTING);
+  p.dev.setStuckReset(false);
+  assert.equal(await r32(p.bus, BAR0, ds.REG_CONTROL), 0);
+  assert.equal(await r32(p.bus, BAR0, ds.REG_STATUS), ds.STATUS_READY, 'reset done: no firmware, READY');
+  assert.throws(() => p.dev.setStuckReset(true, 99), /no queue 99/);
 });
 
 test('the fault log is a ring of 16 indexed by count mod 16', async () => {

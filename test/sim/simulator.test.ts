@@ -306,6 +306,17 @@ test('hang injection fires the ERR eventfd; VFIO_USER_DEVICE_RESET recovers', as
     assert.equal((await r32(r.bus, BAR0, ds.REG_STATUS)) & ds.STATUS_HUNG, ds.STATUS_HUNG);
     await r.client.reset();
     assert.equal(await r32(r.bus, BAR0, ds.REG_STATUS), ds.STATUS_READY);
+    // QEMU sends DEVICE_RESET at every machine reset and stops the VM on ERR.
+    // The eventfd counts signals: after two resets and a second hang it must read 1.
+    await r.client.reset();
+    r.sim.injectHang();
+    let count: bigint | null = null;
+    await until(() => {
+      count = err.read();
+      return count !== null;
+    }, 'ERR interrupt of the second hang');
+    assert.equal(count, 1n, 'VFIO_USER_DEVICE_RESET signals no ERR; only the hang does');
+    await r.client.reset();
     assert.equal(await r32(r.bus, BAR0, ds.REG_FW_STATUS), ds.FW_STATUS_NONE, 'reset unloads firmware');
     assert.equal(r.sim.stats().dmaMaps, 2, 'DMA mappings are kept across a device reset');
   } finally {

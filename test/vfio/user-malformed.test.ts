@@ -10,6 +10,7 @@ import { decodeMessage, encodeCommand, encodeMessage, encodeReply } from '../../
 import {
   encodeVersion,
   vfio_user_device_info,
+  vfio_user_dma_region_access,
   vfio_user_region_access,
 } from '../../src/vfio/user/messages.js';
 import * as P from '../../src/vfio/user/protocol.js';
@@ -314,11 +315,13 @@ describe('vfio-user client against a misbehaving server', () => {
     await server.closed;
   });
 
-  test('server-to-client DMA_READ is declined with an ENOTSUP error reply; the session goes on', async () => {
+  test('server-to-client DMA_READ of memory never mapped: an EFAULT error reply; the session goes on', async () => {
     const { server, client } = await fakeServer();
-    const r = await server.request(encodeCommand(99, P.VFIO_USER_DMA_READ, new Uint8Array(16)));
+    const access = vfio_user_dma_region_access.encode({ addr: 0x1000n, count: 8n });
+    const r = await server.request(encodeCommand(99, P.VFIO_USER_DMA_READ, access));
     assert.ok(r && r.flags & P.VFIO_USER_F_ERROR);
-    assert.equal(r.errorNo, 95);
+    assert.equal(r.errorNo, 14);
+    assert.equal(r.payload.byteLength, 0, 'the error reply is the header only');
     assert.equal(r.msgId, 99);
     assert.equal(client.closed, false);
     client.close();

@@ -78,6 +78,7 @@ describe('vfio-user between two processes', () => {
     assert.deepEqual(client.serverCapabilities.raw['devlease'], {
       lease: 'test',
       isolation: { mem: 'enforced' },
+      error_reason: true, // the server confirms the extension this client proposed
     });
     assert.equal((await client.deviceInfo()).num_regions, 10);
     assert.equal((await client.irqInfo(MSIX_INDEX)).count, 4);

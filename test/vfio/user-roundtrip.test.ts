@@ -91,6 +91,7 @@ describe('vfio-user client <-> server in one process', () => {
     assert.deepEqual(t.client.serverCapabilities.raw['devlease'], {
       lease: 'test',
       isolation: { mem: 'enforced' },
+      error_reason: true, // the server confirms the extension this client proposed
     });
     assert.equal(t.client.serverCapabilities.twinSocket, false);
   });

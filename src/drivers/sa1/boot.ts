@@ -4,12 +4,16 @@
 
 import { readFileSync } from 'node:fs';
 import type { Device } from '../../device/device.js';
-import { makeFirmwareImage } from '../../sim/firmware.js';
+import { makeFirmwareImage } from '../../hw/sa1/firmware-image.js';
+import { BAR0, FW_STATUS, REG } from '../../hw/sa1/regs.js';
 import { MemFd } from '../../sys/index.js';
-import { BAR0, FW_STATUS, REG } from './regs.js';
+import { pollUntil } from '../poll.js';
 
 /** Broker-private IOVA for the firmware image: below every lease window (those start at 4 GiB). */
 export const FW_IMAGE_IOVA = 0x10_0000n;
+
+/** Bound on the device fetching and verifying the image (FW_STATUS to leave LOADING). */
+export const FIRMWARE_LOAD_TIMEOUT_MS = 5000;
 
 const FW_ERRORS: Record<number, string> = {
   1: 'bad magic',
@@ -39,18 +43,17 @@ export async function bootFirmware(d: Device, path: string | null): Promise<numb
     await d.write64(BAR0, REG.FW_IOVA, FW_IMAGE_IOVA);
     await d.write32(BAR0, REG.FW_LEN, image.byteLength);
     await d.write32(BAR0, REG.FW_CMD, 1);
-    const deadline = Date.now() + 5000;
-    for (;;) {
-      const st = await d.read32(BAR0, REG.FW_STATUS);
-      if (st === FW_STATUS.RUNNING) return d.read32(BAR0, REG.FW_VERSION);
-      if (st & FW_STATUS.ERROR) {
-        const why = FW_ERRORS[st & 0xff] ?? `error 0x${st.toString(16)}`;
-        throw new Error(`sa1: firmware ${path ?? '(default image)'} refused by the device: ${why}`);
-      }
-      if (Date.now() > deadline)
-        throw new Error(`sa1: firmware load did not finish in 5 s (FW_STATUS ${st})`);
-      await new Promise((r) => setTimeout(r, 1));
+    const st = await pollUntil({
+      what: `sa1: firmware load of ${path ?? '(default image)'} (FW_STATUS)`,
+      read: () => d.read32(BAR0, REG.FW_STATUS),
+      done: (v) => v === FW_STATUS.RUNNING || (v & FW_STATUS.ERROR) !== 0,
+      timeoutMs: FIRMWARE_LOAD_TIMEOUT_MS,
+    });
+    if (st & FW_STATUS.ERROR) {
+      const why = FW_ERRORS[st & 0xff] ?? `error 0x${st.toString(16)}`;
+      throw new Error(`sa1: firmware ${path ?? '(default image)'} refused by the device: ${why}`);
     }
+    return d.read32(BAR0, REG.FW_VERSION);
   } finally {
     await d.dmaUnmap(FW_IMAGE_IOVA, size);
   }

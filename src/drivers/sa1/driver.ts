@@ -4,20 +4,7 @@
 // isolation (the IOMMU is the other half).
 
 import { EventEmitter } from 'node:events';
-import type { BrokerConfig } from '../../broker/config.js';
-import type { LeaseRequest } from '../../broker/policy.js';
 import type { Device } from '../../device/device.js';
-import { EventFd } from '../../sys/index.js';
-import {
-  VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_ERR_IRQ_INDEX,
-  VFIO_PCI_MSIX_IRQ_INDEX,
-} from '../../vfio/uapi/vfio.js';
-import { VfioError } from '../../vfio/user/device-model.js';
-import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
-import type { DeviceFault, Driver, DriverFactory, LeaseResources } from '../driver.js';
-import { bootFirmware } from './boot.js';
-import { Granules, WindowSlots } from './pools.js';
 import {
   BAR0,
   BAR2,
@@ -36,7 +23,26 @@ import {
   SA1_VENDOR,
   STATUS,
   STATUS_NAME,
-} from './regs.js';
+} from '../../hw/sa1/regs.js';
+import { EventFd } from '../../sys/index.js';
+import {
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+} from '../../vfio/uapi/vfio.js';
+import { VfioError } from '../../vfio/user/device-model.js';
+import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
+import type {
+  DeviceFault,
+  Driver,
+  DriverConfig,
+  DriverFactory,
+  LeaseRequest,
+  LeaseResources,
+} from '../driver.js';
+import { pollUntil } from '../poll.js';
+import { bootFirmware } from './boot.js';
+import { Granules, WindowSlots } from './pools.js';
 
 /** Lease region index of the first device-memory granule (after the devlease info region, 9). */
 export const DEVMEM_LEASE_REGION0 = 10;
@@ -45,7 +51,8 @@ const PCI_COMMAND = 0x04;
 const PCI_COMMAND_MEMORY = 1 << 1;
 const PCI_COMMAND_MASTER = 1 << 2;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Bound on a whole-device reset (CONTROL.RESET to read 0). */
+export const DEVICE_RESET_TIMEOUT_MS = 1000;
 
 export interface Sa1Geometry {
   numQueues: number;
@@ -57,21 +64,25 @@ export interface Sa1Geometry {
 export class Sa1Driver extends EventEmitter implements Driver {
   readonly name = 'sa1';
   readonly #dev: Device;
-  readonly #cfg: BrokerConfig;
+  readonly #cfg: DriverConfig;
   #geo: Sa1Geometry | null = null;
   /** The queue-page BAR's type, mirrored in lease config spaces. */
   #bar2Type: BarType | null = null;
   #freeQueues: number[] = [];
+  /**
+   * Queues whose reset did not finish: never leased again by this driver, whatever the broker does with the
+   * lease that held them (a grant whose activation timed out gives its queue back with release()).
+   */
+  readonly #stuckQueues = new Set<number>();
   #windows: WindowSlots | null = null;
   #granules: Granules | null = null;
   #faultFd: EventFd | null = null;
   #errFd: EventFd | null = null;
   #faultsSeen = 0;
-  #ownResets = 0;
   #heartbeat: { timer: NodeJS.Timeout; last: number; stale: number } | null = null;
   #closed = false;
 
-  constructor(dev: Device, cfg: BrokerConfig) {
+  constructor(dev: Device, cfg: DriverConfig) {
     super();
     this.#dev = dev;
     this.#cfg = cfg;
@@ -108,9 +119,14 @@ export class Sa1Driver extends EventEmitter implements Driver {
       await this.#resetDevice();
       status = await d.read32(BAR0, REG.STATUS);
     }
-    // Stop every queue a previous owner may have left enabled before leasing them again.
+    // Stop every queue a previous owner may have left enabled (or in reset) before leasing them again; one
+    // whose reset does not finish stays out of the pool.
+    this.#stuckQueues.clear();
     for (let q = 0; q < g.numQueues; q++) {
-      if ((await d.read32(BAR0, qcfg(q, Q.CTRL))) & Q_CTRL.ENABLE) await this.#resetQueue(q);
+      if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
+      await this.#resetQueue(q).catch((err: { code?: string }) => {
+        if (err.code !== 'ETIMEDOUT') throw err;
+      });
     }
     // Clients of a previous broker may still hold slices of this device: revoke them all, so nothing
     // handed out before this boot can reach a queue page or granule we are about to lease again.
@@ -124,7 +140,9 @@ export class Sa1Driver extends EventEmitter implements Driver {
     }
     await d.write32(BAR0, REG.CONTROL, CONTROL.ENABLE);
 
-    this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i);
+    this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i).filter(
+      (q) => !this.#stuckQueues.has(q),
+    );
     this.#windows = new WindowSlots(this.#cfg.sa1.windowSize, g.numQueues, d.iovaRanges());
     this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
     await this.#armInterrupts();
@@ -156,6 +174,10 @@ export class Sa1Driver extends EventEmitter implements Driver {
   }
   #cooperativeLayout = false;
 
+  capacity(kind: string): number {
+    return kind === 'queue' && this.#geo ? this.#geo.numQueues : 0;
+  }
+
   acquire(req: LeaseRequest): LeaseResources {
     const g = this.geometry;
     if (req.kind !== 'queue')
@@ -168,7 +190,12 @@ export class Sa1Driver extends EventEmitter implements Driver {
       );
     }
     const q = this.#freeQueues.shift();
-    if (q === undefined) throw new VfioError('ENOSPC', `all ${g.numQueues} queues are leased`);
+    if (q === undefined) {
+      const stuck = this.#stuckQueues.size
+        ? ` or quarantined (${this.#stuckQueues.size} whose reset did not finish)`
+        : '';
+      throw new VfioError('ENOSPC', `all ${g.numQueues} queues are leased${stuck}`);
+    }
     const window = this.#windows!.take(q);
     const devmem = granules ? this.#granules!.take(granules) : null;
     if (granules && !devmem) {
@@ -248,9 +275,12 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Disabling aborts in-flight descriptors (they complete ABORTED); wait for IDLE, then reset
     // so no ring state survives into the next lease.
     await d.write32(BAR0, qcfg(q, Q.CTRL), 0);
-    const deadline = Date.now() + this.#cfg.lifetime.quiesceTimeoutMs;
-    while (!((await d.read32(BAR0, qcfg(q, Q.STATUS))) & Q_STATUS.IDLE) && Date.now() < deadline)
-      await sleep(1);
+    await pollUntil({
+      what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
+      read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
+      done: (st) => (st & Q_STATUS.IDLE) !== 0,
+      timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+    });
     await this.#resetQueue(q);
   }
 
@@ -272,8 +302,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   release(res: LeaseResources): void {
     const q = res.queue!;
-    if (res.devmem) this.#granules!.give(res.devmem);
-    if (!this.#freeQueues.includes(q)) {
+    if (res.devmem) this.#granules?.give(res.devmem); // none after deviceLost(): the next boot makes new pools
+    if (!this.#freeQueues.includes(q) && !this.#stuckQueues.has(q)) {
       this.#freeQueues.push(q);
       this.#freeQueues.sort((a, b) => a - b);
     }
@@ -307,6 +337,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
       faultHead: await d.read32(BAR0, REG.FAULT_HEAD),
       geometry: { ...this.geometry, devmemSize: this.geometry.devmemSize.toString() },
       freeQueues: this.#freeQueues.length,
+      quarantinedQueues: [...this.#stuckQueues],
     };
   }
 
@@ -321,9 +352,21 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#startHeartbeat();
   }
 
+  deviceLost(): void {
+    this.#stopHeartbeat();
+    this.#closeInterrupts();
+    this.#freeQueues = [];
+    this.#windows = null;
+    this.#granules = null;
+  }
+
   close(): void {
     this.#closed = true;
     this.#stopHeartbeat();
+    this.#closeInterrupts();
+  }
+
+  #closeInterrupts(): void {
     this.#faultFd?.close();
     this.#errFd?.close();
     this.#faultFd = this.#errFd = null;
@@ -356,17 +399,40 @@ export class Sa1Driver extends EventEmitter implements Driver {
     await this.#dev.write(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, out);
   }
 
+  /** CONTROL.RESET until it reads 0; ETIMEDOUT past DEVICE_RESET_TIMEOUT_MS. */
   async #resetDevice(): Promise<void> {
-    this.#ownResets++; // the device answers a reset with its ERR interrupt: that one is ours, not news
+    // No ERR follows: a reset the owner asked for is no error (datasheet rev 2, 2.4).
     await this.#dev.write32(BAR0, REG.CONTROL, CONTROL.RESET);
-    for (let i = 0; i < 1000 && (await this.#dev.read32(BAR0, REG.CONTROL)) & CONTROL.RESET; i++)
-      await sleep(1);
+    await pollUntil({
+      what: 'sa1: device reset (CONTROL.RESET)',
+      read: () => this.#dev.read32(BAR0, REG.CONTROL),
+      done: (v) => (v & CONTROL.RESET) === 0,
+      timeoutMs: DEVICE_RESET_TIMEOUT_MS,
+    });
   }
 
+  /**
+   * Q_CTRL.RESET until it reads 0, bounded by lifetime.quiesce_timeout_ms. On ETIMEDOUT the queue is
+   * quarantined: out of the pool for the life of this driver (as the broker's quarantined leases are); the
+   * next boot checks it again.
+   */
   async #resetQueue(q: number): Promise<void> {
     const d = this.#dev;
     await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET);
-    for (let i = 0; i < 1000 && (await d.read32(BAR0, qcfg(q, Q.CTRL))) & Q_CTRL.RESET; i++) await sleep(1);
+    try {
+      await pollUntil({
+        what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
+        read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
+        done: (v) => (v & Q_CTRL.RESET) === 0,
+        timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+      });
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ETIMEDOUT') {
+        this.#stuckQueues.add(q);
+        this.#freeQueues = this.#freeQueues.filter((f) => f !== q);
+      }
+      throw err;
+    }
   }
 
   async #armInterrupts(): Promise<void> {
@@ -375,15 +441,12 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#faultFd.onReadable(() => this.#scheduleDrain());
     await this.#dev.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, g.numQueues, [this.#faultFd.fd]);
     this.#errFd = new EventFd();
-    this.#errFd.onReadable((n) => void this.#onErr(Number(n)).catch((err) => this.emit('error', err)));
+    this.#errFd.onReadable(() => void this.#onErr().catch((err) => this.emit('error', err)));
     await this.#dev.setIrqs(VFIO_PCI_ERR_IRQ_INDEX, 0, [this.#errFd.fd]);
   }
 
-  /** ERR: the device hung, or was reset. Resets the driver did itself are expected and ignored. */
-  async #onErr(count: number): Promise<void> {
-    const theirs = Math.max(0, count - this.#ownResets);
-    this.#ownResets = Math.max(0, this.#ownResets - count);
-    if (theirs === 0) return;
+  /** ERR: the device hung, or was reset without the driver asking (its own resets raise none). */
+  async #onErr(): Promise<void> {
     const status = await this.#dev.read32(BAR0, REG.STATUS);
     if (status & STATUS.HUNG) this.emit('hang', 'the device raised ERR and reports HUNG');
     else this.emit('device-reset', 'the device raised ERR: it was reset');

@@ -1,16 +1,19 @@
 // The request/reply machinery under VfioUserClient: msg_id allocation,
 // matching replies to requests (so calls may be pipelined), per-call
 // timeouts, and failing every pending call at once when the connection ends.
-// Server-to-client commands are declined with an ENOTSUP error reply.
+// Server-to-client commands (DMA_READ/DMA_WRITE) go to the client's handler,
+// one at a time in arrival order; without a handler they are declined ENOTSUP.
 import { EventEmitter } from 'node:events';
 import type { Fd } from '../../sys/fd.js';
 import {
   decodeMessage,
   encodeCommand,
   encodeErrorReply,
+  encodeReply,
   errorReason,
   isError,
   isReply,
+  type VfioUserMessage,
   wantsReply,
 } from './codec.js';
 import { errnoName, ProtocolError, vfioUserError } from './errors.js';
@@ -31,6 +34,12 @@ export interface ReplyMessage {
   fds: Fd[];
 }
 
+/**
+ * Serves one server-to-client command: resolves with the reply payload, or throws an error whose `errno`
+ * (EIO if none) goes back in a header-only error reply.
+ */
+export type CommandHandler = (msg: VfioUserMessage) => Promise<Uint8Array> | Uint8Array;
+
 interface Pending {
   command: number;
   resolve(r: ReplyMessage): void;
@@ -46,11 +55,22 @@ export class RequestChannel extends EventEmitter {
   #abandoned = new Set<number>();
   #nextId = 0;
   #closed = false;
+  #serve: CommandHandler | null;
+  /** Server-to-client commands are served in arrival order: each waits for the one before. */
+  #serving: Promise<void> = Promise.resolve();
+  /**
+   * The server accepted devlease "error_reason" in its VERSION reply: error payloads are reason text.
+   * Until then (and with any other server) an error reply's payload is ignored — the spec's error reply is
+   * the header alone, and libvfio-user's carry unrelated bytes — except on VERSION's own error reply,
+   * which answers the proposal that asked for reasons (a devlease broker says there why it refused a lease).
+   */
+  errorReasons = false;
 
-  constructor(socket: MessageSocket, timeoutMs: number) {
+  constructor(socket: MessageSocket, timeoutMs: number, serve: CommandHandler | null = null) {
     super();
     this.#socket = socket;
     this.#timeoutMs = timeoutMs;
+    this.#serve = serve;
     socket.on('message', (m) => this.#receive(m));
     socket.on('error', (err) => this.#shutdown(err));
     socket.on('close', () => {
@@ -125,9 +145,10 @@ export class RequestChannel extends EventEmitter {
       if (rec.ctruncated) throw new ProtocolError('message carried more fds than max_msg_fds');
       const msg = decodeMessage(rec.data);
       if (!isReply(msg)) {
-        // Server-to-client commands (DMA_READ/DMA_WRITE) are declined: this client shares memory by fd only.
+        const fdCount = rec.fds.length;
         closeAll(rec.fds);
-        if (wantsReply(msg)) this.#socket.send(encodeErrorReply(msg.msgId, msg.command, 95 /* ENOTSUP */));
+        const copy = { ...msg, payload: msg.payload.slice() };
+        this.#serving = this.#serving.then(() => this.#serveCommand(copy, fdCount));
         return;
       }
       const pending = this.#pending.get(msg.msgId);
@@ -148,7 +169,8 @@ export class RequestChannel extends EventEmitter {
         closeAll(rec.fds);
         const name = P.commandName(msg.command);
         const code = msg.errorNo ? errnoName(msg.errorNo) : 'EIO';
-        const reason = errorReason(msg);
+        const reason =
+          this.errorReasons || msg.command === P.VFIO_USER_VERSION ? errorReason(msg) : undefined;
         const err = vfioUserError(
           code,
           `${name} failed: ${code} (errno ${msg.errorNo})${reason ? `: ${reason}` : ''}`,
@@ -163,6 +185,29 @@ export class RequestChannel extends EventEmitter {
     } catch (err) {
       closeAll(rec.fds);
       this.fail(err as Error);
+    }
+  }
+
+  async #serveCommand(msg: VfioUserMessage, fdCount: number): Promise<void> {
+    if (this.#closed) return;
+    let reply: Uint8Array;
+    try {
+      const name = P.commandName(msg.command);
+      if (!this.#serve)
+        throw vfioUserError('ENOTSUP', `${name}: this client serves no server-to-client commands`);
+      if (fdCount) throw vfioUserError('EINVAL', `${name} carried ${fdCount} fd(s); it takes none`);
+      const payload = await this.#serve(msg);
+      reply = encodeReply(msg.msgId, msg.command, payload);
+    } catch (err) {
+      const errno = (err as { errno?: number }).errno || 5; /* EIO */
+      reply = encodeErrorReply(msg.msgId, msg.command, errno);
+      this.emit('commandRefused', err, msg);
+    }
+    if (this.#closed || !wantsReply(msg)) return;
+    try {
+      this.#socket.send(reply);
+    } catch (err) {
+      this.#shutdown(err as Error);
     }
   }
 

@@ -1,13 +1,11 @@
 // A vfio-user client: negotiates the version, then offers one typed call per
 // command, checking each reply's shape. The request/reply machinery
-// (pipelining, timeouts, disconnects) is channel.ts.
+// (pipelining, timeouts, disconnects) is channel.ts; serving the server's
+// DMA_READ/DMA_WRITE from the client's maps is dma-maps.ts.
 import { EventEmitter } from 'node:events';
 import type { Fd } from '../../sys/fd.js';
 import { MAX_FDS } from '../../sys/native.js';
 import {
-  VFIO_IRQ_SET_DATA_BOOL,
-  VFIO_IRQ_SET_DATA_EVENTFD,
-  VFIO_IRQ_SET_DATA_TYPE_MASK,
   VFIO_REGION_INFO_FLAG_CAPS,
   vfio_device_feature,
   vfio_irq_info,
@@ -15,13 +13,15 @@ import {
 } from '../uapi/vfio.js';
 import { parseRegionCaps, type RegionCaps } from './caps.js';
 import { type CallOptions, type FdLike, type ReplyMessage, RequestChannel } from './channel.js';
+import type { VfioUserMessage } from './codec.js';
+import { VfioError } from './device-model.js';
+import { bufferMemory, ClientDmaMaps, type DmaMemory } from './dma-maps.js';
 import { ProtocolError } from './errors.js';
 import {
-  decodeVersion,
   encodeFeature,
   encodeIrqSet,
   encodeRegionAccess,
-  encodeVersion,
+  irqSetArgs,
   vfio_user_device_info,
   vfio_user_dma_map,
   vfio_user_dma_unmap,
@@ -31,7 +31,7 @@ import {
 import * as P from './protocol.js';
 import { decodeRegionIoFdsReply, type IoFdSubRegion } from './region-io-fds.js';
 import { connectVfioUser, type MessageSocket } from './transport.js';
-import { type Capabilities, readCapabilities } from './version.js';
+import { type Capabilities, readVersionReply, versionRequest } from './version.js';
 
 export interface VfioUserClientOptions {
   /** Default timeout of every call, negotiation included. Default 5000 ms. */
@@ -58,6 +58,8 @@ export class VfioUserClient extends EventEmitter {
   version!: { major: number; minor: number };
   #channel: RequestChannel;
   #ourMaxXfer = P.DEFAULT_MAX_DATA_XFER_SIZE;
+  /** What each DMA_MAP made available to the server, to serve its DMA_READ/DMA_WRITE from. */
+  #dma = new ClientDmaMaps(this.#ourMaxXfer);
 
   /** Connect to a vfio-user server's socket path and negotiate. */
   static async connect(path: string, opts: VfioUserClientOptions = {}): Promise<VfioUserClient> {
@@ -78,9 +80,26 @@ export class VfioUserClient extends EventEmitter {
 
   private constructor(socket: MessageSocket, timeoutMs: number) {
     super();
-    this.#channel = new RequestChannel(socket, timeoutMs);
+    this.#channel = new RequestChannel(socket, timeoutMs, (msg) => this.#serveCommand(msg));
     // 'close' carries the reason: null after close(), an ECONNRESET/EPROTO error otherwise.
-    this.#channel.on('close', (reason: Error | null) => this.emit('close', reason));
+    this.#channel.on('close', (reason: Error | null) => {
+      this.#dma.clear();
+      this.emit('close', reason);
+    });
+    // A server-to-client command we refused (its errno went back in the reply): for diagnostics.
+    this.#channel.on('commandRefused', (err: Error) => this.emit('commandRefused', err));
+  }
+
+  /** Server-to-client commands: DMA_READ/DMA_WRITE of what this client mapped. */
+  #serveCommand(msg: VfioUserMessage): Promise<Uint8Array> {
+    if (msg.command === P.VFIO_USER_DMA_READ) return this.#dma.read(msg.payload);
+    if (msg.command === P.VFIO_USER_DMA_WRITE) return this.#dma.write(msg.payload);
+    throw new VfioError('ENOTSUP', `${P.commandName(msg.command)} is not a server-to-client command`);
+  }
+
+  /** How many DMA maps this client is ready to serve DMA_READ/DMA_WRITE for. */
+  get dmaMapCount(): number {
+    return this.#dma.size;
   }
 
   get closed(): boolean {
@@ -118,37 +137,19 @@ export class VfioUserClient extends EventEmitter {
   }
 
   async #negotiate(extra: Record<string, unknown>): Promise<void> {
-    // devlease extension: ask for the server's reason text in error replies.
-    const devlease = { error_reason: true, ...((extra['devlease'] as object | undefined) ?? {}) };
-    const capabilities = {
-      // What we accept (region io fds: one per queue page of a device); the socket takes up to MAX_FDS.
-      max_msg_fds: MAX_FDS,
-      max_data_xfer_size: this.#ourMaxXfer,
-      ...extra,
-      devlease,
-    };
+    // What we accept: region io fds come one per queue page of a device, and the socket takes up to MAX_FDS.
     const r = await this.request(
       P.VFIO_USER_VERSION,
-      encodeVersion(P.VFIO_USER_MAJOR, P.VFIO_USER_MINOR, { capabilities }),
+      versionRequest({ max_msg_fds: MAX_FDS, ...extra }, this.#ourMaxXfer),
     );
     closeAll(r.fds); // twin-socket is never requested, so no fd is expected
     try {
-      const v = decodeVersion(r.payload);
-      if (v.major !== P.VFIO_USER_MAJOR || v.minor > P.VFIO_USER_MINOR) {
-        throw new ProtocolError(
-          `server answered version ${v.major}.${v.minor} to ${P.VFIO_USER_MAJOR}.${P.VFIO_USER_MINOR}`,
-        );
-      }
-      const caps = readCapabilities(v.json);
-      if (caps.twinSocket) throw new ProtocolError('server enabled twin_socket, which was not proposed');
+      const v = readVersionReply(r.payload);
       this.version = { major: v.major, minor: v.minor };
-      this.serverCapabilities = caps;
+      this.serverCapabilities = v.capabilities;
+      this.#channel.errorReasons = v.errorReasons;
     } catch (err) {
-      throw this.#fail(
-        err instanceof ProtocolError
-          ? err
-          : new ProtocolError(`bad VERSION reply: ${(err as Error).message}`),
-      );
+      throw this.#fail(err as Error);
     }
   }
 
@@ -278,7 +279,13 @@ export class VfioUserClient extends EventEmitter {
     return out;
   }
 
-  /** Map memory for device DMA. `fd` (kept by the caller) makes it directly mappable by the server. */
+  /**
+   * Map memory for device DMA. `fd` (kept by the caller) makes it directly mappable by the server; the
+   * client keeps its own duplicate until the unmap, to serve the server's DMA_READ/DMA_WRITE (which the
+   * spec lets a server use even on mappable memory). A map without an fd is served from `memory` (a
+   * buffer of at least `size` bytes, or read/write callbacks); without either, such accesses get EFAULT.
+   * `flags` (VFIO_USER_F_DMA_REGION_READ/WRITE) also bound what the server may do by message.
+   */
   async dmaMap(
     m: {
       fd?: FdLike | null;
@@ -286,18 +293,33 @@ export class VfioUserClient extends EventEmitter {
       iova: bigint | number;
       size: bigint | number;
       flags: number;
+      memory?: DmaMemory | Uint8Array;
     },
     opts?: CallOptions,
   ): Promise<void> {
+    const iova = BigInt(m.iova);
+    const size = BigInt(m.size);
+    const offset = BigInt(m.offset ?? 0);
+    if (m.memory && m.fd != null) throw invalidArg('dmaMap takes an fd or memory, not both');
+    if (m.memory instanceof Uint8Array && BigInt(m.memory.byteLength) < size) {
+      throw invalidArg(`dmaMap memory is ${m.memory.byteLength} bytes, smaller than the map's ${size}`);
+    }
+    const memory = m.memory instanceof Uint8Array ? bufferMemory(m.memory) : (m.memory ?? null);
     const payload = vfio_user_dma_map.encode({
       argsz: vfio_user_dma_map.size,
       flags: m.flags,
-      offset: BigInt(m.offset ?? 0),
-      addr: BigInt(m.iova),
-      size: BigInt(m.size),
+      offset,
+      addr: iova,
+      size,
     });
-    const r = await this.request(P.VFIO_USER_DMA_MAP, payload, m.fd == null ? [] : [m.fd], opts);
-    closeAll(r.fds);
+    const entry = this.#dma.add({ iova, size, flags: m.flags, fd: m.fd ?? null, offset, memory });
+    try {
+      const r = await this.request(P.VFIO_USER_DMA_MAP, payload, m.fd == null ? [] : [m.fd], opts);
+      closeAll(r.fds);
+    } catch (err) {
+      this.#dma.remove(entry);
+      throw err;
+    }
   }
 
   async dmaUnmap(
@@ -312,6 +334,8 @@ export class VfioUserClient extends EventEmitter {
     });
     const r = await this.request(P.VFIO_USER_DMA_UNMAP, payload, [], opts);
     closeAll(r.fds);
+    const all = ((u.flags ?? 0) & P.VFIO_DMA_UNMAP_FLAG_ALL) !== 0;
+    this.#dma.removeRange(BigInt(u.iova), BigInt(u.size), all);
   }
 
   /**
@@ -329,26 +353,7 @@ export class VfioUserClient extends EventEmitter {
     },
     opts?: CallOptions,
   ): Promise<void> {
-    const dataType = s.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
-    let fds: FdLike[] = [];
-    let data: Uint8Array | undefined;
-    if (dataType === VFIO_IRQ_SET_DATA_EVENTFD) {
-      const given = s.fds ?? [];
-      const present = given.filter((f): f is FdLike => f != null);
-      if (present.length !== 0 && (present.length !== given.length || given.length !== s.count)) {
-        throw Object.assign(new TypeError('DATA_EVENTFD needs count fds, or none to de-assign'), {
-          code: 'ERR_DEVLEASE_INVALID_ARG',
-        });
-      }
-      fds = present;
-    } else if (dataType === VFIO_IRQ_SET_DATA_BOOL) {
-      if (!s.bools || s.bools.byteLength !== s.count) {
-        throw Object.assign(new TypeError('DATA_BOOL needs count bools'), {
-          code: 'ERR_DEVLEASE_INVALID_ARG',
-        });
-      }
-      data = s.bools;
-    }
+    const { fds, data } = irqSetArgs(s);
     const r = await this.request(P.VFIO_USER_DEVICE_SET_IRQS, encodeIrqSet(s, data), fds, opts);
     closeAll(r.fds);
   }
@@ -434,4 +439,8 @@ export class VfioUserClient extends EventEmitter {
 
 function closeAll(fds: readonly Fd[]): void {
   for (const fd of fds) fd.close();
+}
+
+function invalidArg(message: string): Error {
+  return Object.assign(new TypeError(message), { code: 'ERR_DEVLEASE_INVALID_ARG' });
 }

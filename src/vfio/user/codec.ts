@@ -81,10 +81,20 @@ export function encodeErrorReply(msgId: number, command: number, errno: number, 
   return encodeMessage({ msgId, command, flags, errorNo: errno, ...(payload ? { payload } : {}) });
 }
 
-/** The reason text of an error reply, if it carries one. */
+/**
+ * The reason text of an error reply, if it carries one: UTF-8 text without control characters (other than
+ * tab and newline). Anything else is not a reason and is ignored. Callers use it only where the devlease
+ * "error_reason" extension applies (see channel.ts).
+ */
 export function errorReason(m: VfioUserMessage): string | undefined {
   if (m.payload.byteLength === 0) return undefined;
-  return new TextDecoder().decode(m.payload.subarray(0, MAX_ERROR_REASON));
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(m.payload.subarray(0, MAX_ERROR_REASON));
+  } catch {
+    return undefined;
+  }
+  return /[\u0000-\u0008\u000b-\u001f\u007f]/.test(text) ? undefined : text;
 }
 
 /**

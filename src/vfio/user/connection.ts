@@ -7,11 +7,8 @@ import {
   VFIO_DEVICE_FEATURE_GET,
   VFIO_DEVICE_FEATURE_PROBE,
   VFIO_DEVICE_FLAGS_RESET,
-  VFIO_REGION_INFO_FLAG_CAPS,
   vfio_irq_info,
-  vfio_region_info,
 } from '../uapi/vfio.js';
-import { rebaseCaps } from './caps.js';
 import {
   decodeMessage,
   encodeErrorReply,
@@ -30,10 +27,11 @@ import {
   vfio_user_device_info,
 } from './messages.js';
 import * as P from './protocol.js';
+import { regionInfoReply } from './region-info.js';
 import { encodeRegionIoFdsReply, parseRegionIoFdsRequest } from './region-io-fds.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 import * as V from './validate.js';
-import { type Capabilities, readCapabilities } from './version.js';
+import { type Capabilities, readCapabilities, replyCapabilities } from './version.js';
 
 export interface ConnectionConfig extends V.ServerLimits {
   maxDmaMaps: number;
@@ -42,6 +40,18 @@ export interface ConnectionConfig extends V.ServerLimits {
 }
 
 type Reply = { payload?: Uint8Array; fds?: Fd[] };
+
+/**
+ * Flow control, so that a client costs the server a bounded amount whatever
+ * it does: reading stops while MAX_PENDING requests are queued or more than
+ * REPLY_HIGH_WATER reply bytes wait for the client to read them, and resumes
+ * when both are back under. Requests already read still get their replies,
+ * so the backlog can pass the high-water mark by at most MAX_PENDING replies;
+ * past REPLY_HARD_LIMIT (a client that never reads) the connection is cut.
+ */
+export const MAX_PENDING = 32;
+export const REPLY_HIGH_WATER = 1 << 20;
+export const REPLY_HARD_LIMIT = 8 << 20;
 
 /** Commands this server knows but refuses (ENOTSUP), with the reason given in the log. */
 const REFUSED: Record<number, string> = {
@@ -65,6 +75,7 @@ export class VfioUserConnection {
   #refusal: unknown = null;
   #queue: Promise<void>;
   #closing: string | null = null;
+  #pending = 0;
   #resolveClosed!: (reason: string) => void;
   /** The client proposed devlease "error_reason": error replies carry the reason (kept even if VERSION fails). */
   #wantsReasons = false;
@@ -92,6 +103,7 @@ export class VfioUserConnection {
       }
     })();
     socket.on('message', (m) => this.#receive(m));
+    socket.on('drain', () => this.#flowControl());
     socket.on('close', () => this.close('peer hung up'));
     socket.on('error', (err) => {
       // The framing cut off a peer that broke it (a lying msg_size, stray fds): say so once.
@@ -147,7 +159,31 @@ export class VfioUserConnection {
       this.close(`protocol error: ${(err as Error).message}`);
       return;
     }
-    this.#queue = this.#queue.then(() => this.#handle(msg, fds));
+    this.#pending++;
+    this.#flowControl();
+    this.#queue = this.#queue.then(async () => {
+      try {
+        await this.#handle(msg, fds);
+      } finally {
+        this.#pending--;
+        this.#flowControl();
+      }
+    });
+  }
+
+  #flowControl(): void {
+    if (this.#closing !== null) return;
+    const backlog = this.socket.queuedBytes;
+    if (backlog > REPLY_HARD_LIMIT) {
+      this.#config.log(
+        `vfio-user connection ${this.info.id}: ${backlog} reply bytes unread by the client; closing it`,
+      );
+      this.close('client does not read its replies');
+      return;
+    }
+    const full = this.#pending >= MAX_PENDING || backlog > REPLY_HIGH_WATER;
+    if (full) this.socket.pause();
+    else this.socket.resume();
   }
 
   async #handle(msg: VfioUserMessage, fds: Fd[]): Promise<void> {
@@ -197,6 +233,7 @@ export class VfioUserConnection {
     if (this.#closing !== null) return;
     try {
       this.socket.send(data, fds);
+      this.#flowControl();
     } catch (err) {
       this.close(`send failed: ${(err as Error).message}`);
     }
@@ -312,7 +349,7 @@ export class VfioUserConnection {
       }
     }
     const cfg = this.#config;
-    const capabilities: Record<string, unknown> = {
+    const ours: Record<string, unknown> = {
       ...granted,
       max_msg_fds: cfg.maxMsgFds,
       max_data_xfer_size: cfg.maxDataXferSize,
@@ -320,7 +357,11 @@ export class VfioUserConnection {
       pgsizes: cfg.pgsizes,
       ...(this.#model.versionCapabilities?.() ?? {}),
     };
-    // twin_socket is declined by leaving it out (vfio-user.rst, "Reply").
+    // The reply says reasons will come, so the client reads error payloads as text only from a server that does.
+    if (this.#wantsReasons)
+      ours['devlease'] = { ...(ours['devlease'] as object | undefined), error_reason: true };
+    // Only what the client proposed; twin_socket is declined by leaving it out (vfio-user.rst, "Reply").
+    const capabilities = replyCapabilities(this.peer.raw, ours);
     const minor = Math.min(v.minor, P.VFIO_USER_MINOR);
     return { payload: encodeVersion(P.VFIO_USER_MAJOR, minor, { capabilities }) };
   }
@@ -330,22 +371,10 @@ export class VfioUserConnection {
     const { num_regions } = model.deviceInfo();
     if (index >= num_regions)
       throw new VfioError('EINVAL', `region ${index} does not exist (${num_regions})`);
-    const r = model.regionInfo(index);
-    const caps = r.caps && r.caps.byteLength > 0 ? rebaseCaps(r.caps, vfio_region_info.size) : null;
-    const full = vfio_region_info.size + (caps?.byteLength ?? 0);
-    const flags = caps ? r.flags | VFIO_REGION_INFO_FLAG_CAPS : r.flags & ~VFIO_REGION_INFO_FLAG_CAPS;
-    const head = { argsz: full, flags, index, size: r.size, offset: r.offset };
-    if (argsz < full) {
-      // Too small for the caps: say how much is needed and send the fixed part only, no fd
-      // ("Message sizes": the client retries with a larger argsz).
-      r.fd?.close();
-      return { payload: vfio_region_info.encode({ ...head, cap_offset: 0 }) };
-    }
-    const out = new Uint8Array(full);
-    vfio_region_info.encode({ ...head, cap_offset: caps ? vfio_region_info.size : 0 }, out);
-    if (caps) out.set(caps, vfio_region_info.size);
-    // The fd was handed to us: sent, then closed like every fd a model returns.
-    return { payload: out, ...(r.fd ? { fds: [r.fd] } : {}) };
+    // The fd the model handed over is sent, then closed like every fd a model returns.
+    return regionInfoReply(argsz, index, model.regionInfo(index), (m) =>
+      this.#config.log(`vfio-user connection ${this.info.id}: ${m}`),
+    );
   }
 
   async #regionIoFds(payload: Uint8Array, model: VfioUserDeviceModel): Promise<Reply> {

@@ -3,7 +3,13 @@
 // come from ../uapi/vfio.ts). Field names follow the spec's tables and
 // libvfio-user's include/vfio-user.h; all are packed little-endian.
 import { struct } from '../struct.js';
-import { vfio_device_feature, vfio_irq_set } from '../uapi/vfio.js';
+import {
+  VFIO_IRQ_SET_DATA_BOOL,
+  VFIO_IRQ_SET_DATA_EVENTFD,
+  VFIO_IRQ_SET_DATA_TYPE_MASK,
+  vfio_device_feature,
+  vfio_irq_set,
+} from '../uapi/vfio.js';
 
 /** VFIO_USER_VERSION request and reply, followed by optional NUL-terminated JSON (vfio-user.rst, "Version"). */
 export const vfio_user_version = struct(
@@ -133,6 +139,35 @@ export function encodeIrqSet(
 ): Uint8Array {
   const head = vfio_irq_set.encode({ ...v, argsz: vfio_irq_set.size + data.byteLength });
   return concat(head, data);
+}
+
+/**
+ * What a client's SET_IRQS sends besides vfio_irq_set: with DATA_EVENTFD, `count` fds (assign) or none
+ * (de-assign all) — fds travel only as SCM_RIGHTS, so a mix cannot be sent; with DATA_BOOL, `count` bools.
+ * Throws ERR_DEVLEASE_INVALID_ARG otherwise.
+ */
+export function irqSetArgs<F>(s: { flags: number; count: number; fds?: (F | null)[]; bools?: Uint8Array }): {
+  fds: F[];
+  data?: Uint8Array;
+} {
+  const dataType = s.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
+  if (dataType === VFIO_IRQ_SET_DATA_EVENTFD) {
+    const given = s.fds ?? [];
+    const present = given.filter((f): f is F => f != null);
+    if (present.length !== 0 && (present.length !== given.length || given.length !== s.count)) {
+      throw invalidArg('DATA_EVENTFD needs count fds, or none to de-assign');
+    }
+    return { fds: present };
+  }
+  if (dataType === VFIO_IRQ_SET_DATA_BOOL) {
+    if (!s.bools || s.bools.byteLength !== s.count) throw invalidArg('DATA_BOOL needs count bools');
+    return { fds: [], data: s.bools };
+  }
+  return { fds: [] };
+}
+
+function invalidArg(message: string): Error {
+  return Object.assign(new TypeError(message), { code: 'ERR_DEVLEASE_INVALID_ARG' });
 }
 
 /** DEVICE_FEATURE request and reply: vfio_device_feature then feature data. */

@@ -26,6 +26,12 @@ export interface MessageSocket {
   on(event: 'error', listener: (err: Error) => void): unknown;
   close(): void;
   peerCred(): PeerCred;
+  /** Flow control: bytes sent but not yet taken by the kernel; 'drain' when they are. */
+  readonly queuedBytes: number;
+  on(event: 'drain', listener: () => void): unknown;
+  /** Stop / restart reading messages (the peer's wait in the kernel). */
+  pause(): void;
+  resume(): void;
 }
 
 /** vfio_user_header: msg_id u16, cmd u16, msg_size u32 (the whole message), flags u32, error_no u32. */

@@ -1,11 +1,18 @@
 // VFIO_USER_VERSION capabilities (vfio-user.rst, "Version": the JSON object's
 // "capabilities" member). Absent members take the spec's defaults. Vendor
 // extensions ride alongside under their own key (devlease uses "devlease").
+// Both sides' negotiation rules are here: what a client proposes and accepts,
+// and what a server may answer (only members the client proposed).
+import { ProtocolError } from './errors.js';
+import { decodeVersion, encodeVersion } from './messages.js';
 import {
+  DEFAULT_MAX_MSG_FDS,
   SPEC_DEFAULT_MAX_DATA_XFER_SIZE,
   SPEC_DEFAULT_MAX_DMA_MAPS,
   SPEC_DEFAULT_MAX_MSG_FDS,
   SPEC_DEFAULT_PGSIZES,
+  VFIO_USER_MAJOR,
+  VFIO_USER_MINOR,
 } from './protocol.js';
 
 export interface Capabilities {
@@ -55,6 +62,18 @@ export function readCapabilities(json: Record<string, unknown>): Capabilities {
   };
 }
 
+/**
+ * The server's VERSION reply capabilities: `ours`, restricted to the members the client proposed
+ * (vfio-user.rst, "Version": "The capability list must be a subset of those proposed"). A member left out
+ * takes the spec's default on the client's side.
+ */
+export function replyCapabilities(
+  proposed: Record<string, unknown>,
+  ours: Record<string, unknown>,
+): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(ours).filter(([key]) => Object.hasOwn(proposed, key)));
+}
+
 /** The smallest page size in a pgsizes mask (the alignment DMA maps must keep). */
 export function minPageSize(pgsizes: number): number {
   const mask = BigInt(pgsizes);
@@ -62,4 +81,57 @@ export function minPageSize(pgsizes: number): number {
   let p = 1n;
   while ((mask & p) === 0n) p <<= 1n;
   return Number(p);
+}
+
+/**
+ * The pgsizes a devlease client proposes: every power of two from 4 KiB to 2^52. The client aligns its
+ * maps to whatever the server's smallest page is; proposing the member is what lets the server state it.
+ */
+export const CLIENT_PGSIZES = 2 ** 53 - 2 ** 12;
+
+/**
+ * A client's VERSION payload. Every spec capability is proposed (a reply names only proposed members),
+ * plus devlease's: "error_reason" asks for the server's reason text in error replies. `extra` adds members
+ * or overrides ours; its "devlease" object is merged into ours.
+ */
+export function versionRequest(extra: Record<string, unknown>, maxDataXferSize: number): Uint8Array {
+  const devlease = { error_reason: true, ...((extra['devlease'] as object | undefined) ?? {}) };
+  const capabilities = {
+    max_msg_fds: DEFAULT_MAX_MSG_FDS,
+    max_data_xfer_size: maxDataXferSize,
+    max_dma_maps: SPEC_DEFAULT_MAX_DMA_MAPS,
+    pgsizes: CLIENT_PGSIZES,
+    ...extra,
+    devlease,
+  };
+  return encodeVersion(VFIO_USER_MAJOR, VFIO_USER_MINOR, { capabilities });
+}
+
+/**
+ * Check a server's VERSION reply. Members we did not propose (libvfio-user adds "migration") are accepted
+ * and kept in `raw`; twin_socket enabled without being proposed is not. `errorReasons`: the server said
+ * it sends reason text in error replies (devlease "error_reason"). Throws ProtocolError.
+ */
+export function readVersionReply(payload: Uint8Array): {
+  major: number;
+  minor: number;
+  capabilities: Capabilities;
+  errorReasons: boolean;
+} {
+  let v: ReturnType<typeof decodeVersion>;
+  let capabilities: Capabilities;
+  try {
+    v = decodeVersion(payload);
+    capabilities = readCapabilities(v.json);
+  } catch (err) {
+    throw new ProtocolError(`bad VERSION reply: ${(err as Error).message}`);
+  }
+  if (v.major !== VFIO_USER_MAJOR || v.minor > VFIO_USER_MINOR) {
+    throw new ProtocolError(
+      `server answered version ${v.major}.${v.minor} to ${VFIO_USER_MAJOR}.${VFIO_USER_MINOR}`,
+    );
+  }
+  if (capabilities.twinSocket) throw new ProtocolError('server enabled twin_socket, which was not proposed');
+  const ext = capabilities.raw['devlease'] as { error_reason?: unknown } | undefined;
+  return { major: v.major, minor: v.minor, capabilities, errorReasons: ext?.error_reason === true };
 }

@@ -1,10 +1,10 @@
-// The SA-1 register map as the driver uses it, grouped for readability. The
-// numbers come from one place, src/sim/datasheet.ts (the datasheet,
-// ../shared/spec/sim-accelerator.md, transcribed once for the simulator and
-// the driver alike). Offsets are BAR0 offsets unless named Q (relative to
+// The SA-1 register map as the driver and the client library use it, grouped
+// for readability. The numbers come from one place, ./datasheet.ts (the
+// datasheet, shared/spec/sim-accelerator.md, transcribed once for the
+// simulator, the driver and the client alike). Offsets are BAR0 offsets unless named Q (relative to
 // QCFG[q]) or QP (relative to a queue page in BAR2).
 
-import * as D from '../../sim/datasheet.js';
+import * as D from './datasheet.js';
 
 export const SA1_VENDOR = D.SA1_VENDOR_ID;
 export const SA1_DEVICE = D.SA1_DEVICE_ID;

@@ -1,6 +1,7 @@
-// Child processes of the demo (and of tests that want the real deployment
-// shape): the simulator, the broker daemon and client workers, each a
-// `node` process whose stdout carries JSON lines.
+// Child processes in the real deployment shape, for the demo, the tests and
+// the benchmarks: the simulator, the broker daemon and client workers, each
+// a `node` process whose stdout carries JSON lines. (Not under src/demo:
+// tests may not import the demo.)
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
@@ -8,9 +9,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-/** bin/devlease.js, from dist/src/demo/. */
+/** bin/devlease.js, from dist/src/util/. */
 export const DEVLEASE_BIN = join(here, '..', '..', '..', 'bin', 'devlease.js');
-export const CLIENT_WORKER = join(here, 'client-worker.js');
 
 export interface Child {
   proc: ChildProcess;

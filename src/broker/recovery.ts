@@ -1,0 +1,172 @@
+// Device recovery, one at a time. A hang, a reset behind the driver's back
+// and the owner's `devlease reset` all come here; a request while a recovery
+// runs joins it and gets its outcome. (Unserialized, two resets both loaded
+// firmware at one IOVA and the second failed EEXIST; a reset racing a hang
+// ended `recovery-failed`.) An attempt that fails is tried again after a
+// backoff that doubles, up to `attempts` in all; only then does the recovery
+// fail, and grants stay suspended with the reason until the next request.
+// `devlease status` shows the state (status()).
+
+import type { BrokerConfig } from './config.js';
+
+export type RecoveryCause = 'device-hang' | 'device-reset' | 'owner-reset';
+
+export interface RecoveryStatus {
+  /** idle: none running (the last one, if any, succeeded or was abandoned); failed: the last one gave up. */
+  state: 'idle' | 'recovering' | 'failed';
+  /** What started the current (or last) recovery, and its reason. */
+  cause: RecoveryCause | null;
+  reason: string | null;
+  /** When the state last changed (ISO time). */
+  since: string | null;
+  /** Attempts of the current (or last) recovery. */
+  attempts: number;
+  /** Why the last attempt failed. */
+  lastError: string | null;
+  /** When the next attempt is due, while waiting to retry. */
+  nextAttemptAt: string | null;
+  /** Requests that joined the current (or last) recovery instead of starting another. */
+  joined: number;
+}
+
+export interface RecoveryHooks {
+  /** Before the first attempt: suspend grants, tell clients, reclaim every lease. */
+  prepare(cause: RecoveryCause, why: string): Promise<void>;
+  /** One attempt to bring the device back (the driver's recover()). */
+  attempt(): Promise<void>;
+  /** Stop now (the broker is closing, or the device connection is gone and reconnecting takes over). */
+  abandoned(): boolean;
+  attemptFailed(cause: RecoveryCause, err: Error, attempt: number, final: boolean): void;
+  succeeded(cause: RecoveryCause, attempts: number): void;
+}
+
+export class Recovery {
+  readonly #opts: BrokerConfig['recovery'];
+  readonly #hooks: RecoveryHooks;
+  #status: RecoveryStatus = {
+    state: 'idle',
+    cause: null,
+    reason: null,
+    since: null,
+    attempts: 0,
+    lastError: null,
+    nextAttemptAt: null,
+    joined: 0,
+  };
+  #running: Promise<Error | null> | null = null;
+  #wait: { timer: NodeJS.Timeout; wake(): void } | null = null;
+  #closed = false;
+
+  constructor(opts: BrokerConfig['recovery'], hooks: RecoveryHooks) {
+    this.#opts = opts;
+    this.#hooks = hooks;
+  }
+
+  /** The recovery in progress (resolves with its outcome), or null. */
+  get running(): Promise<Error | null> | null {
+    return this.#running;
+  }
+
+  status(): RecoveryStatus {
+    return { ...this.#status };
+  }
+
+  /**
+   * Recover the device, or join the recovery in progress. Resolves with null when the device is back, or
+   * the error of the last attempt (or why it was abandoned); never rejects.
+   */
+  request(cause: RecoveryCause, why: string): Promise<Error | null> {
+    if (this.#running) {
+      this.#status.joined++;
+      return this.#running;
+    }
+    this.#status = {
+      state: 'recovering',
+      cause,
+      reason: why,
+      since: new Date().toISOString(),
+      attempts: 0,
+      lastError: null,
+      nextAttemptAt: null,
+      joined: 0,
+    };
+    this.#running = this.#run(cause, why).finally(() => {
+      this.#running = null;
+    });
+    return this.#running;
+  }
+
+  /** The device was booted from scratch (reconnected): a failed recovery's state is over. */
+  deviceBooted(): void {
+    if (this.#status.state === 'failed') this.#settle('idle');
+  }
+
+  /** Stop retrying: a backoff wait ends now; an attempt in progress finishes (its waits are bounded). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#wait?.wake();
+    await this.#running;
+  }
+
+  async #run(cause: RecoveryCause, why: string): Promise<Error | null> {
+    try {
+      await this.#hooks.prepare(cause, why);
+    } catch (err) {
+      // Reclaim does not throw; if it ever does, the device is still worth bringing back.
+      this.#status.lastError = `preparing: ${(err as Error).message}`;
+    }
+    let delay = this.#opts.backoffMs;
+    for (;;) {
+      if (this.#closed || this.#hooks.abandoned()) return this.#abandon();
+      const attempt = ++this.#status.attempts;
+      try {
+        await this.#hooks.attempt();
+      } catch (e) {
+        const err = e as Error;
+        this.#status.lastError = err.message;
+        const final = attempt >= this.#opts.attempts;
+        this.#hooks.attemptFailed(cause, err, attempt, final);
+        if (final) {
+          this.#settle('failed');
+          return err;
+        }
+        await this.#sleep(delay);
+        delay = Math.min(delay * 2, this.#opts.backoffMaxMs);
+        continue;
+      }
+      if (this.#closed || this.#hooks.abandoned()) return this.#abandon();
+      this.#settle('idle');
+      this.#hooks.succeeded(cause, attempt);
+      return null;
+    }
+  }
+
+  #abandon(): Error {
+    const err = new Error(
+      this.#closed ? 'the broker is shutting down' : 'the device connection was lost during recovery',
+    );
+    this.#status.lastError = err.message;
+    this.#settle('idle');
+    return err;
+  }
+
+  #settle(state: RecoveryStatus['state']): void {
+    this.#status.state = state;
+    this.#status.since = new Date().toISOString();
+    this.#status.nextAttemptAt = null;
+  }
+
+  #sleep(ms: number): Promise<void> {
+    this.#status.nextAttemptAt = new Date(Date.now() + ms).toISOString();
+    return new Promise<void>((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.#wait = null;
+        this.#status.nextAttemptAt = null;
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.#wait = { timer, wake };
+    });
+  }
+}

@@ -1,0 +1,118 @@
+// Device recoveries run one at a time: a second `devlease reset`, or a hang,
+// arriving during one joins it instead of racing it (two resets loaded the
+// firmware at one IOVA: EEXIST; a reset racing a hang ended recovery-failed).
+// A failed attempt is retried with backoff, and `devlease status` shows it.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, afterEach, test } from 'node:test';
+import type { RecoveryStatus } from '../../src/broker/recovery.js';
+import { adminRequest } from '../../src/cli/admin.js';
+import { ClientProc, type Rig, startRig, until } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+const leakCheck = trackFdLeaks();
+after(leakCheck);
+
+let rig: Rig | null = null;
+let clients: ClientProc[] = [];
+const spawnClient = async (): Promise<ClientProc> => {
+  const c = await ClientProc.spawn();
+  clients.push(c);
+  return c;
+};
+afterEach(async () => {
+  await Promise.all(clients.map((c) => c.kill()));
+  clients = [];
+  await rig?.close();
+  rig = null;
+});
+
+const admin = (r: Rig, req: Record<string, unknown>) =>
+  adminRequest(join(r.broker.dir, 'admin.sock'), req) as Promise<{ recovery: RecoveryStatus }>;
+const settled = <T>(p: Promise<T>) =>
+  p.then(
+    (value) => ({ ok: true as const, value }),
+    (error: Error & { code?: string }) => ({ ok: false as const, error }),
+  );
+
+/** A lease works end to end: granted, and a NOP completes OK. */
+async function leaseWorks(r: Rig): Promise<void> {
+  const c = await spawnClient();
+  await c.call('connect', { socket: r.socket });
+  await c.call('queue');
+  assert.equal((await c.call('submit', { desc: { opcode: 'NOP' } })).status, 'OK');
+  await c.exit();
+}
+
+test('two concurrent devlease reset: one recovery, both answered OK, leasing works after', async () => {
+  rig = await startRig({ sim: { numQueues: 2 } });
+  const a = await spawnClient();
+  await a.call('connect', { socket: rig.socket });
+  const results = await Promise.all([1, 2, 3].map(() => settled(admin(rig!, { op: 'reset' }))));
+  for (const r of results)
+    assert.ok(r.ok, `a reset failed: ${r.ok ? '' : `${r.error.code} ${r.error.message}`}`);
+  assert.equal(rig.audit.filter((e) => e.event === 'owner-reset').length, 1, 'one recovery ran');
+  assert.equal(rig.audit.filter((e) => e.event === 'device-recovered').length, 1);
+  assert.ok(!rig.audit.some((e) => e.event === 'recovery-failed'));
+  const status = await admin(rig, { op: 'status' });
+  assert.equal(status.recovery.state, 'idle');
+  assert.equal(status.recovery.cause, 'owner-reset');
+  assert.equal(status.recovery.joined, 2, 'the other two joined it');
+  assert.equal(rig.broker.leases.all().length, 0, "the client's lease was reclaimed");
+  await leaseWorks(rig);
+});
+
+test('a reset racing a hang: both end in one recovered device, not recovery-failed', async () => {
+  rig = await startRig({ sim: { numQueues: 2 }, config: { sa1: { heartbeat_ms: 20 } } });
+  const a = await spawnClient();
+  await a.call('connect', { socket: rig.socket });
+  const hang = rig.sim.inject({ kind: 'hang' });
+  const reset = settled(admin(rig, { op: 'reset' }));
+  await hang;
+  const r = await reset;
+  assert.ok(r.ok, `the reset failed: ${r.ok ? '' : `${r.error.code} ${r.error.message}`}`);
+  // The hang may be noticed during the reset (it joins) or only after it (a recovery of its own): either way
+  // the device comes back.
+  await until(
+    'no recovery to be running',
+    async () => (await admin(rig!, { op: 'status' })).recovery.state === 'idle',
+  );
+  assert.ok(!rig.audit.some((e) => e.event === 'recovery-failed'), 'no recovery failed');
+  await leaseWorks(rig);
+});
+
+test('a failed recovery attempt is retried with backoff, visible in status, and then succeeds', async () => {
+  rig = await startRig({
+    sim: { numQueues: 2 },
+    config: { device: { recovery_attempts: 5, recovery_backoff_ms: 600 } },
+  });
+  await rig.sim.inject({ kind: 'stuckReset' }); // CONTROL.RESET never finishes: an attempt times out (1 s)
+  const reset = settled(admin(rig, { op: 'reset' }));
+  let seen = {} as RecoveryStatus;
+  await until(
+    'a retry to be scheduled',
+    async () => {
+      seen = (await admin(rig!, { op: 'status' })).recovery;
+      return seen.nextAttemptAt !== null;
+    },
+    5000,
+  );
+  assert.equal(seen.state, 'recovering');
+  assert.equal(seen.attempts, 1);
+  assert.match(seen.lastError ?? '', /ETIMEDOUT: sa1: device reset \(CONTROL.RESET\) did not finish/);
+  const refused = await spawnClient().then((c) => c.call('connect', { socket: rig!.socket }).catch((e) => e));
+  assert.equal(refused.code, 'EAGAIN', 'no lease while recovering');
+  await rig.sim.inject({ kind: 'stuckReset', clear: true });
+  const r = await reset;
+  assert.ok(r.ok, `the reset failed: ${r.ok ? '' : `${r.error.code} ${r.error.message}`}`);
+  const failedAttempts = rig.audit.filter((e) => e.event === 'recovery-attempt-failed');
+  assert.deepEqual(
+    failedAttempts.map((e) => e.attempt),
+    [1],
+  );
+  assert.equal(rig.audit.find((e) => e.event === 'device-recovered')?.attempts, 2);
+  const status = (await admin(rig, { op: 'status' })).recovery;
+  assert.equal(status.state, 'idle');
+  assert.equal(status.attempts, 2);
+  await leaseWorks(rig);
+});

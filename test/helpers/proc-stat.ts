@@ -1,0 +1,27 @@
+// Another process's CPU time and open descriptors, from /proc: behaviour
+// checks such as "not spinning" (CPU over a few seconds stays low) and
+// "descriptors freed" (its fd count back to where it was).
+import { readdirSync, readFileSync } from 'node:fs';
+
+/** /proc reports CPU time in USER_HZ ticks, which Linux fixes at 100 per second. */
+export const TICKS_PER_SECOND = 100;
+
+/** User + system CPU time of `pid`, in seconds. */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+}
+
+/** Open descriptors of `pid`. */
+export function fdCount(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** CPU seconds `pid` uses during the next `ms` milliseconds. */
+export async function cpuDuring(pid: number, ms: number): Promise<number> {
+  const before = cpuSeconds(pid);
+  await new Promise((r) => setTimeout(r, ms));
+  return cpuSeconds(pid) - before;
+}

@@ -1,0 +1,89 @@
+// A client that pipelines requests and never reads its replies costs the
+// server a bounded amount: reading stops at the high-water mark, the reply
+// backlog stays under a fixed bound, other clients keep being served, and the
+// client gets every reply, in order, once it reads again.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import type { StreamMessage } from '../../src/sys/index.js';
+import { VfioUserClient } from '../../src/vfio/user/client.js';
+import { decodeMessage, encodeCommand } from '../../src/vfio/user/codec.js';
+import { MAX_PENDING, REPLY_HIGH_WATER } from '../../src/vfio/user/connection.js';
+import { encodeVersion, vfio_user_region_access } from '../../src/vfio/user/messages.js';
+import * as P from '../../src/vfio/user/protocol.js';
+import { VfioUserServer } from '../../src/vfio/user/server.js';
+import { vfioUserPair } from '../../src/vfio/user/transport.js';
+import { MEM_REGION, MemoryDevice } from '../fixtures/vfio-user/memory-device.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+const leakCheck = trackFdLeaks();
+after(leakCheck);
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+test('a never-reading client is paused at the high-water mark; it gets every reply once it reads', {
+  timeout: 60_000,
+}, async () => {
+  const devices: MemoryDevice[] = [];
+  const server = new VfioUserServer({
+    createDevice: () => {
+      const d = new MemoryDevice();
+      devices.push(d);
+      return d;
+    },
+    log: () => {},
+  });
+  const [a, b] = vfioUserPair();
+  const conn = server.serveSocket(b);
+  const got: StreamMessage[] = [];
+  a.on('message', (m: StreamMessage) => got.push(m));
+  a.send(encodeCommand(0, P.VFIO_USER_VERSION, encodeVersion(0, 0, {})));
+  while (got.length < 1) await tick();
+  a.pause(); // from here on the client reads nothing
+
+  const N = 2000;
+  const COUNT = 4096;
+  for (let i = 1; i <= N; i++) {
+    const req = vfio_user_region_access.encode({ offset: 0n, region: MEM_REGION, count: COUNT });
+    a.send(encodeCommand(i & 0xffff, P.VFIO_USER_REGION_READ, req));
+  }
+  // Let the server work until it stops on its own.
+  let last = -1;
+  for (let stable = 0; stable < 20; ) {
+    await new Promise((r) => setTimeout(r, 10));
+    const now = conn.socket.queuedBytes;
+    stable = now === last ? stable + 1 : 0;
+    last = now;
+  }
+  const reply = 16 + 16 + COUNT;
+  assert.ok(conn.socket.queuedBytes > 0, 'replies are waiting for the client');
+  assert.ok(
+    conn.socket.queuedBytes <= REPLY_HIGH_WATER + MAX_PENDING * reply,
+    `reply backlog ${conn.socket.queuedBytes} is bounded by ${REPLY_HIGH_WATER + MAX_PENDING * reply}`,
+  );
+  assert.ok(a.queuedBytes > 0, 'the server stopped reading: the client cannot write everything');
+  assert.equal(conn.closing, false, 'paused, not cut off');
+
+  // Another client of the same server is served meanwhile.
+  const [c, d] = vfioUserPair();
+  server.serveSocket(d);
+  const good = await VfioUserClient.fromSocket(c);
+  assert.ok((await good.deviceInfo()).num_regions > 0);
+  good.close();
+
+  a.resume();
+  while (got.length < N + 1) await tick();
+  const ids = got.slice(1).map((m) => decodeMessage(m.data).msgId);
+  assert.deepEqual(
+    ids,
+    Array.from({ length: N }, (_, i) => (i + 1) & 0xffff),
+    'every reply, in order',
+  );
+  assert.ok(
+    got
+      .slice(1)
+      .every((m) => m.data.length === reply && (decodeMessage(m.data).flags & P.VFIO_USER_F_ERROR) === 0),
+  );
+  a.close();
+  await server.close();
+  for (const dev of devices) dev.dispose();
+});

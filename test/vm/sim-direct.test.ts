@@ -1,0 +1,161 @@
+// A virtual machine on `devlease sim` directly: QEMU 11.1's vfio-user-pci
+// connects to the simulator's socket, and the guest sees an SA-1 as any PCI
+// device — ids, BARs, MSI-X — and reaches BAR0 through QEMU. A machine reset
+// (QEMU sends VFIO_USER_DEVICE_RESET) must leave the VM running: QEMU stops a
+// VM on any ERR signal, and a reset the owner asked for is no error.
+// Run by `npm run test:vm` (test/vm/run-all.mjs), never by `npm test`.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { before, test } from 'node:test';
+import * as ds from '../../src/sim/datasheet.js';
+import { assertNoFdLeak } from '../helpers/fds.js';
+import { withDeadline } from './qmp.js';
+import { guestImages, projectRoot, qemu11, Vm } from './rig.js';
+
+const GUEST = ['dist/test/vm/guest/sim-device.js'];
+const RESULT = /DEVLEASE-VM-RESULT (.*)$/;
+// (unanchored: the firmware leaves terminal escapes on the console)
+const INIT = /devlease-init: config vfio-user/;
+const BOOT_MS = 180_000;
+const NUM_QUEUES = 64;
+const STRIDE = 65536;
+const DEVMEM_MIB = 64;
+
+interface GuestResult {
+  error?: string;
+  vendor: string;
+  device: string;
+  class: string;
+  barSizes: number[];
+  configBytes: number;
+  msix: Record<string, number> | null;
+  bar0: {
+    id: number;
+    status: number;
+    numQueues: number;
+    scratchBefore: number;
+    scratchReadBack: number[];
+  } | null;
+}
+
+before(() => {
+  // Installs or finds cached: QEMU 11 and the guest images (minutes on a fresh machine).
+  qemu11();
+  guestImages();
+});
+
+async function startSim(socket: string): Promise<ChildProcess> {
+  const sim = spawn(
+    process.execPath,
+    [
+      join(projectRoot, 'bin/devlease.js'),
+      'sim',
+      '--socket',
+      socket,
+      '--queues',
+      `${NUM_QUEUES}`,
+      '--stride',
+      `${STRIDE}`,
+      '--devmem',
+      `${DEVMEM_MIB}`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const ready = new Promise<void>((res, rej) => {
+    const rl = createInterface({ input: sim.stdout! });
+    rl.on('line', (l) => l.startsWith('ready ') && res());
+    sim.once('exit', (code) => rej(new Error(`devlease sim exited (${code}) before it was ready`)));
+  });
+  await withDeadline(ready, 30_000, 'devlease sim ready');
+  return sim;
+}
+
+async function stopSim(sim: ChildProcess): Promise<number | null> {
+  if (sim.exitCode !== null) return sim.exitCode;
+  const exited = new Promise<number | null>((res) => sim.once('exit', (code) => res(code)));
+  sim.kill('SIGTERM');
+  return withDeadline(exited, 10_000, 'devlease sim exit after SIGTERM');
+}
+
+async function guestResult(vm: Vm, from: number): Promise<{ index: number; result: GuestResult }> {
+  const { index, match } = await vm.waitLine(RESULT, from, BOOT_MS);
+  return { index, result: JSON.parse(match[1] as string) as GuestResult };
+}
+
+function assertSa1(r: GuestResult, what: string): void {
+  assert.equal(r.error, undefined, `${what}: the guest program failed: ${r.error}`);
+  assert.deepEqual([r.vendor, r.device, r.class], ['0x1234', '0x5a01', '0x120000'], `${what}: ids`);
+  const bar2 = NUM_QUEUES * STRIDE; // a power of two here
+  assert.deepEqual(
+    [r.barSizes[0], r.barSizes[2], r.barSizes[4]],
+    [ds.BAR0_SIZE, bar2, DEVMEM_MIB << 20],
+    `${what}: BAR0/2/4 sizes as the datasheet gives them`,
+  );
+  assert.deepEqual(
+    r.msix && { ...r.msix, offset: undefined },
+    {
+      offset: undefined,
+      vectors: NUM_QUEUES + 1,
+      tableBar: 0,
+      tableOffset: ds.REG_MSIX_TABLE,
+      pbaBar: 0,
+      pbaOffset: ds.REG_MSIX_PBA,
+    },
+    `${what}: an MSI-X capability with NUM_QUEUES + 1 vectors, table and PBA in BAR0`,
+  );
+  assert.ok(r.bar0, `${what}: the guest has BAR0 (resource0)`);
+  assert.equal(r.bar0.id, 0x5a01_0001, `${what}: BAR0 ID`);
+  assert.equal(r.bar0.numQueues, NUM_QUEUES, `${what}: BAR0 NUM_QUEUES`);
+  assert.deepEqual(r.bar0.scratchReadBack, [0xdeadbeef, 0x5a5a_a5a5], `${what}: SCRATCH round-trips`);
+}
+
+test('a VM on devlease sim: the guest sees the SA-1 with its BARs and MSI-X, reaches BAR0, and runs on through a machine reset', async (t) => {
+  await assertNoFdLeak(async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'devlease-vm-sim-'));
+    const sim = await startSim(join(dir, 'sim.sock'));
+    let vm: Vm | undefined;
+    try {
+      vm = await Vm.boot(join(dir, 'sim.sock'), GUEST);
+      const init = await vm.waitLine(INIT, 0, BOOT_MS);
+      t.diagnostic(`boot to init: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
+      const first = await guestResult(vm, init.index);
+      t.diagnostic(`first boot, guest result: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
+      assertSa1(first.result, 'first boot');
+      assert.equal(await vm.qmp.status(), 'running');
+
+      // A machine reset: QEMU sends VFIO_USER_DEVICE_RESET, the guest boots again.
+      const resetAt = Date.now();
+      await vm.qmp.execute('system_reset');
+      const second = await guestResult(vm, first.index + 1);
+      t.diagnostic(`reset to second result: ${((Date.now() - resetAt) / 1000).toFixed(1)} s`);
+      assertSa1(second.result, 'after the machine reset');
+      assert.equal(
+        second.result.bar0?.scratchBefore,
+        0,
+        'SCRATCH is 0 again: the device reset reached the simulator',
+      );
+      assert.equal(await vm.qmp.status(), 'running', 'the VM runs on after the machine reset');
+      const events = vm.qmp.events.map((e) => e.event);
+      assert.ok(events.includes('RESET'), `QMP reported the reset (events: ${events.join(' ')})`);
+      assert.ok(!events.includes('STOP'), `the VM never stopped (events: ${events.join(' ')})`);
+      assert.doesNotMatch(
+        vm.stderr,
+        /Unrecoverable error|failed to get region/,
+        'QEMU reported no device error',
+      );
+
+      const exit = await vm.quit();
+      vm = undefined;
+      assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU exits 0 on quit');
+      assert.equal(await stopSim(sim), 0, 'the simulator outlived its VM client and exits cleanly');
+    } finally {
+      await vm?.kill();
+      await stopSim(sim).catch(() => sim.kill('SIGKILL'));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
