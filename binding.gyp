@@ -16,7 +16,8 @@
         "native/pidfd.cc",
         "native/poll.cc",
         "native/unix_socket.cc",
-        "native/sigbus_guard.cc"
+        "native/sigbus_guard.cc",
+        "native/wait_fds.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=9", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],

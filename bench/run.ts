@@ -27,6 +27,7 @@ export const CASES = [
   'revoke',
   'copy',
   'scale',
+  'idle',
 ];
 
 const USAGE = `usage: devlease bench [--quick] [--only CASE,...] [--out DIR] [--svg PATH]

@@ -12,7 +12,7 @@
 namespace devlease {
 
 /** Maximum number of fds in one SCM_RIGHTS message (mirrors MAX_FDS in src/sys/native.ts). */
-constexpr int kMaxFds = 16;
+constexpr int kMaxFds = 253;  // SCM_MAX_FD: the kernel's limit per message
 
 /** Throws `syscall: strerror(err)` with code/errno/syscall set. */
 [[noreturn]] void ThrowErrno(Napi::Env env, const char* syscall, int err);
@@ -69,5 +69,6 @@ void RegisterInotify(Napi::Env env, Napi::Object exports);
 void RegisterFutex(Napi::Env env, Napi::Object exports);
 void RegisterConstants(Napi::Env env, Napi::Object exports);
 void RegisterEnvFds(Napi::Env env, Napi::Object exports);
+void RegisterWaitFds(Napi::Env env, Napi::Object exports);
 
 }  // namespace devlease

@@ -14,6 +14,7 @@ import {
   VfioError,
   type VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
+import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { readLeaseRequest } from './lease-request.js';
 import type { LeaseTable } from './leases.js';
 import type { CallerContext } from './policy.js';
@@ -105,6 +106,9 @@ export class PendingSession implements VfioUserDeviceModel {
   }
   feature(): FeatureReply {
     return this.#s().feature();
+  }
+  regionIoFds(index: number): Promise<RegionIoFds> {
+    return this.#s().regionIoFds(index);
   }
 
   disconnected(reason: string): void {

@@ -36,6 +36,7 @@ import {
   VfioError,
   type VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
+import type { IoFdSubRegion, RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { deviceRefusal } from './device-refusal.js';
 import { checkDmaFd } from './dma-fd-check.js';
 import { adoptEventFd } from './eventfd-check.js';
@@ -329,6 +330,37 @@ export class LeaseSession implements VfioUserDeviceModel {
     await this.#device('DEVICE_RESET', 'of the lease', () =>
       this.#table.driver.resetLease(this.#lease.resources),
     );
+  }
+
+  /**
+   * Doorbell kicks pass through (SA-1 rev 2): a slice region offers the device's io fds for sub-regions
+   * wholly inside the slice, offsets translated to the lease region; every other fd is closed here, so a
+   * client gets its own queue page's ioeventfd and nothing else.
+   */
+  async regionIoFds(index: number): Promise<RegionIoFds> {
+    const slice = this.#slice(index);
+    if (!slice) return { subRegions: [], fds: [] };
+    this.#checkLive();
+    const all = await this.#device('GET_REGION_IO_FDS', `region ${index}`, () =>
+      this.#table.device.regionIoFds(slice.region),
+    );
+    const mine = new Map<number, number>(); // device fd index -> index in our reply
+    const subRegions: IoFdSubRegion[] = [];
+    const fds: Fd[] = [];
+    for (const s of all.subRegions) {
+      if (s.offset < slice.offset || s.offset + s.size > slice.offset + slice.size) continue;
+      const fd = all.fds[s.fdIndex];
+      if (!fd) continue;
+      let at = mine.get(s.fdIndex);
+      if (at === undefined) {
+        at = fds.length;
+        mine.set(s.fdIndex, at);
+        fds.push(fd);
+      }
+      subRegions.push({ ...s, offset: s.offset - slice.offset, fdIndex: at });
+    }
+    for (const fd of all.fds) if (!fds.includes(fd)) fd.close();
+    return { subRegions, fds };
   }
 
   feature(): FeatureReply {

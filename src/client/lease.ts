@@ -6,7 +6,7 @@
 //   await using lease = await connect({ socket, request: { devmemGranules: 1 } });
 
 import { EventEmitter } from 'node:events';
-import { EventFd, Mapping } from '../sys/index.js';
+import { EventFd, type Fd, Mapping } from '../sys/index.js';
 import {
   VFIO_IRQ_SET_ACTION_TRIGGER,
   VFIO_IRQ_SET_DATA_EVENTFD,
@@ -45,6 +45,8 @@ export class Lease extends EventEmitter {
   readonly #regions = new Map<number, Mapping>();
   readonly #vectors: EventFd[] = [];
   readonly #notices: EventFd[] = [];
+  /** ioeventfds asked for with regionIoFds(), per "region:offset" (closed with the lease). */
+  readonly #ioEventFds = new Map<string, Promise<Fd | null>>();
   /** The ERR notice's eventfd (device fault or reset), read once more when the session ends. */
   #errNotice: EventFd | null = null;
   readonly #infoIndex: number;
@@ -246,8 +248,47 @@ export class Lease extends EventEmitter {
     if (this.#closed) throw leaseError('ERR_DEVLEASE_CLOSED', `lease ${this.info.lease} is closed`);
   }
 
+  /**
+   * The ioeventfd the device offers for `offset` of `region` (VFIO_USER_DEVICE_GET_REGION_IO_FDS; SA-1
+   * rev 2: a queue page's doorbell kick at SQ_TAIL), or null when it offers none there (an older device,
+   * a kernel device: ENOTSUP). Asked once; the lease keeps the fd and closes it when it closes.
+   */
+  ioEventFd(region: number, offset: number): Promise<Fd | null> {
+    const key = `${region}:${offset}`;
+    let p = this.#ioEventFds.get(key);
+    if (!p) {
+      p = this.#fetchIoEventFd(region, BigInt(offset));
+      this.#ioEventFds.set(key, p);
+    }
+    return p;
+  }
+
+  async #fetchIoEventFd(region: number, offset: bigint): Promise<Fd | null> {
+    let reply: Awaited<ReturnType<VfioUserClient['regionIoFds']>>;
+    try {
+      reply = await this.client.regionIoFds(region);
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ENOTSUP') return null;
+      throw fromCallError(`region ${region} io fds`, err);
+    }
+    const hit = reply.subRegions.find((s) => s.offset <= offset && offset < s.offset + (s.size || 1n));
+    const fd = hit ? (reply.fds[hit.fdIndex] ?? null) : null;
+    for (const f of reply.fds) if (f !== fd) f.close();
+    if (fd && this.#closed) {
+      fd.close();
+      return null;
+    }
+    return fd;
+  }
+
   #teardown(): void {
     this.#closed = true;
+    for (const p of this.#ioEventFds.values())
+      void p.then(
+        (fd) => fd?.close(),
+        () => undefined,
+      );
+    this.#ioEventFds.clear();
     for (const m of this.#regions.values()) m.unmap();
     this.#regions.clear();
     for (const e of [...this.#vectors, ...this.#notices]) e.close();

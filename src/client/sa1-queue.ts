@@ -4,15 +4,18 @@
 // the queue's interrupt eventfd.
 
 import {
+  BAR2,
   CQE_SIZE,
   DESC_FLAG,
   OPCODE,
+  Q_NOTIFY_KICK_NEEDED,
   QP,
   SQE_SIZE,
   STATUS_CODE,
   STATUS_NAME,
   type StatusName,
 } from '../hw/sa1/regs.js';
+import { type Fd, native } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';
@@ -78,6 +81,11 @@ export interface QueueOptions {
   entries?: number;
   /** Busy-wait this long for a completion before sleeping on the interrupt. Default 50 µs. */
   spinUs?: number;
+  /**
+   * Kick the device's ioeventfd when Q_NOTIFY asks for it (datasheet rev 2). Default true; false leaves
+   * the device to find doorbells by its idle poll (the rev 1 behaviour, kept for comparisons).
+   */
+  kick?: boolean;
 }
 
 export class Sa1Queue {
@@ -96,9 +104,19 @@ export class Sa1Queue {
   #tag = 0n;
   readonly #pending = new Map<bigint, Pending>();
   #pumping = false;
+  /** The queue page's ioeventfd (doorbell kick, rev 2; the lease owns it), or null when the device offers none. */
+  readonly #kickFd: Fd | null;
 
-  private constructor(lease: Lease, entries: number, sq: DmaBuffer, cq: DmaBuffer, spinUs: number) {
+  private constructor(
+    lease: Lease,
+    entries: number,
+    sq: DmaBuffer,
+    cq: DmaBuffer,
+    spinUs: number,
+    kick: Fd | null,
+  ) {
     this.lease = lease;
+    this.#kickFd = kick;
     this.entries = entries;
     const page = lease.region(2);
     this.#page = new DataView(page.buffer);
@@ -119,12 +137,14 @@ export class Sa1Queue {
     // Start from a clean queue: the device latches ring registers at the first doorbell after enable and
     // ignores later writes until a reset, so a second helper on the same lease needs the reset too.
     await lease.resetQueue();
+    // The doorbell's kick (rev 2): the lease owns the fd and closes it with the session.
+    const kick = opts.kick === false ? null : await lease.ioEventFd(BAR2, QP.SQ_TAIL);
     const sq = await lease.dma.alloc(entries * SQE_SIZE);
     const cq = await lease.dma.alloc(entries * CQE_SIZE).catch(async (err) => {
       await sq.free().catch(() => undefined);
       throw err;
     });
-    const q = new Sa1Queue(lease, entries, sq, cq, opts.spinUs ?? 50);
+    const q = new Sa1Queue(lease, entries, sq, cq, opts.spinUs ?? 50, kick);
     q.#program();
     return q;
   }
@@ -186,10 +206,27 @@ export class Sa1Queue {
       return new Promise<Completion>((resolve, reject) => this.#pending.set(tag, { resolve, reject }));
     });
     this.#tail = (this.#tail + ds.length) >>> 0;
-    // The doorbell: a plain store into the mapped queue page. Atomics orders it after the descriptor writes.
+    // The doorbell: a plain store into the mapped queue page. Atomics orders it after the descriptor writes
+    // and is a full fence, so the Q_NOTIFY load below cannot pass it (datasheet §2.3, rev 2): a device that
+    // set KICK_NEEDED before our store sees the flag's request answered by the kick; one that sets it later
+    // reads our SQ_TAIL itself.
     Atomics.store(this.#words, QP.SQ_TAIL / 4, this.#tail);
+    if (this.#kickFd !== null && (Atomics.load(this.#words, QP.Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) !== 0) {
+      this.#kick();
+    }
     void this.#pump();
     return promises;
+  }
+
+  #kick(): void {
+    const fd = this.#kickFd;
+    if (fd === null || fd.closed) return; // the lease closed: its number may belong to something else now
+    try {
+      native.eventfdWrite(fd.fd, 1);
+    } catch {
+      // EAGAIN: the counter is saturated, so a wake-up is pending anyway; EBADF: the lease closed under us
+      // (the doorbell itself was stored; the device's idle poll still finds it).
+    }
   }
 
   /** Free submission slots right now. */

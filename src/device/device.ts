@@ -8,6 +8,7 @@
 
 import type { EventEmitter } from 'node:events';
 import type { Fd } from '../sys/fd.js';
+import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
 
 export type Transport = 'vfio-user' | 'kernel-iommufd' | 'kernel-container';
 
@@ -89,6 +90,11 @@ export interface Device extends EventEmitter {
   sliceFds(region: number, ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]>;
   /** Permanently revoke a slice: every mapping of any description of it stops reaching the device. 'ENOTSUP' if unsupported. */
   revokeSlice(fd: Fd): Promise<void>;
+  /**
+   * The region's ioeventfd sub-regions (VFIO_USER_DEVICE_GET_REGION_IO_FDS; SA-1 rev 2: one per queue
+   * page, the doorbell kick). The fds are the caller's. Rejects with code 'ENOTSUP' when the device offers none.
+   */
+  regionIoFds(index: number): Promise<RegionIoFds>;
   /** What this transport can enforce, for isolation reporting. */
   readonly capabilities: { mappableSlices: boolean; revocableSlices: boolean };
 

@@ -22,6 +22,7 @@ import {
 } from '../vfio/uapi/vfio.js';
 import { VfioUserClient, type VfioUserClientOptions } from '../vfio/user/client.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../vfio/user/protocol.js';
+import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, Reconnectable, Transport } from './device.js';
 import { readPciIds } from './pci-ids.js';
 
@@ -34,6 +35,8 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   numIrqs = 0;
   capabilities = { mappableSlices: false, revocableSlices: false };
   readonly #ranges: IovaRange[];
+  /** Region io fds of the current connection's device, per region index (see regionIoFds). */
+  readonly #ioFds = new Map<number, Promise<RegionIoFds>>();
   readonly #opts: VfioUserClientOptions;
   #client: VfioUserClient;
   /** A reconnect's new connection while it is being checked (close() closes it too). */
@@ -85,6 +88,8 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   #adopt(client: VfioUserClient): void {
     this.#client = client;
     client.on('close', (reason: Error | null) => {
+      // The io fds came from this connection's device (a restarted one has others).
+      if (client === this.#client) this.#dropIoFds();
       if (client === this.#client && !this.#dropped.has(client)) this.emit('close', reason);
     });
   }
@@ -94,6 +99,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     const old = this.#client;
     // Until the new connection is checked, calls keep failing at once on the old, closed one.
     this.#dropped.add(old);
+    this.#dropIoFds();
     old.close();
     const client = await VfioUserClient.connect(this.endpoint, this.#opts);
     if (this.#closed) {
@@ -229,6 +235,40 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
       );
     }
     return r.fds;
+  }
+
+  /**
+   * Asked of the device once per region and kept: the ioeventfds are the device's for its lifetime, and a
+   * lease grant should not cost a device round trip. Each call returns dups the caller owns.
+   */
+  async regionIoFds(index: number): Promise<RegionIoFds> {
+    let cached = this.#ioFds.get(index);
+    if (!cached) {
+      cached = this.client.regionIoFds(index);
+      this.#ioFds.set(index, cached);
+      cached.catch(() => this.#ioFds.delete(index));
+    }
+    const { subRegions, fds } = await cached;
+    const dups: Fd[] = [];
+    try {
+      for (const fd of fds) dups.push(fd.dup());
+    } catch (err) {
+      for (const fd of dups) fd.close();
+      throw err;
+    }
+    return { subRegions, fds: dups };
+  }
+
+  #dropIoFds(): void {
+    for (const p of this.#ioFds.values()) {
+      p.then(
+        (r) => {
+          for (const fd of r.fds) fd.close();
+        },
+        () => {},
+      );
+    }
+    this.#ioFds.clear();
   }
 
   async revokeSlice(fd: Fd): Promise<void> {

@@ -24,6 +24,7 @@ export type DeviceRequest =
   | { op: 'revoke'; fd: number }
   | { op: 'disconnect' }
   | { op: 'inject'; inject: InjectRequest }
+  | { op: 'ioFds' }
   | { op: 'stats' }
   /** Stop the device loop (taken only between rounds, never inside one). */
   | { op: 'shutdown' };
@@ -36,6 +37,8 @@ export interface DeviceStats {
   sleeps: number;
   /** Sleeps until the next owner command, taken when no queue could act on a doorbell. */
   deepSleeps: number;
+  /** Sleeps with KICK_NEEDED armed and nothing waiting: until kicked, or the armed poll interval. */
+  armedSleeps: number;
   /** Requests the device worker has served (this one included): owner commands that needed the device. */
   commands: number;
   dmaMaps: number;

@@ -54,6 +54,12 @@ interface DropRule {
   vector?: number;
 }
 
+/** What armKicks() found (see there). */
+export const ARMED = 0;
+export const BACKLOG = 1;
+export const RACED = 2;
+export type ArmResult = typeof ARMED | typeof BACKLOG | typeof RACED;
+
 export class Sa1Device {
   readonly config: ConfigSpace;
   readonly iommu = new Iommu();
@@ -375,6 +381,28 @@ export class Sa1Device {
       if (q.irqPending > 0 && (!q.busy || q.irqPending >= IRQ_BATCH_MAX)) this.engine.flushInterrupt(q);
     }
     return work;
+  }
+
+  /**
+   * The poller is about to sleep (§2.3, rev 2): set KICK_NEEDED on every queue a doorbell could start,
+   * then read each SQ_TAIL once more. RACED: a doorbell arrived since the last round (do not sleep);
+   * BACKLOG: a queue holds doorbells it cannot fetch yet (full CQ: CQ_HEAD moves without a kick, so
+   * keep to the short idle poll); ARMED: nothing waits, sleep until kicked.
+   */
+  armKicks(): ArmResult {
+    let result: ArmResult = ARMED;
+    if (!this.canRun()) return result;
+    for (const q of this.queues) {
+      if (!q.enabled || q.error) continue;
+      if (q.setKickNeeded(true)) result = RACED;
+      else if (result === ARMED && q.tailSeen !== q.sqHead) result = BACKLOG;
+    }
+    return result;
+  }
+
+  /** Awake again (§2.3): clear KICK_NEEDED wherever it is set. */
+  disarmKicks(): void {
+    for (const q of this.queues) if (q.kickNeeded) q.setKickNeeded(false);
   }
 
   /** Run rounds until one finds nothing to do (delayed descriptors not yet due count as nothing). */

@@ -53,10 +53,12 @@ import {
   VFIO_USER_F_DMA_REGION_READ,
   VFIO_USER_F_DMA_REGION_WRITE,
 } from '../vfio/user/protocol.js';
+import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { bar0Read32, bar0WriteDirect } from './bar0.js';
 import type { DeviceRequest, DeviceStats } from './commands.js';
 import { ConfigSpace, writeReachesCommand } from './config-space.js';
 import { BAR0_SIZE } from './datasheet.js';
+import { sa1RegionIoFds } from './io-fds.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
 import { bar2Size, type Sa1Options } from './options.js';
 import { checkRegionAccess, regionSize } from './regions.js';
@@ -220,6 +222,15 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     return size === 0
       ? { index, flags: 0, size: 0n, offset: 0n }
       : { index, flags: rw, size: BigInt(size), offset: 0n };
+  }
+
+  /** Doorbell notification (rev 2): one ioeventfd per queue page of BAR2 (io-fds.ts). */
+  regionIoFds(index: number): RegionIoFds {
+    return sa1RegionIoFds(
+      this.options,
+      index,
+      () => this.device.request<{ fds: number[] }>({ op: 'ioFds' }).fds,
+    );
   }
 
   regionRead(index: number, offset: bigint, count: number): Uint8Array {

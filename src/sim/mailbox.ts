@@ -13,14 +13,24 @@
 // command wakes it at once), and takes requests with receiveMessageOnPort.
 //
 // fds travel as plain numbers (they are process-wide).
+//
+// Doorbell notification (datasheet rev 2): an idle device may sleep in
+// waitFds() on its queues' ioeventfds instead of Atomics.wait. It says so in
+// W_FD_SLEEP, and a caller that sees it set after posting also writes the
+// device's wake eventfd (W_WAKE_FD), so a request still wakes it at once.
 
 import { type MessagePort, receiveMessageOnPort } from 'node:worker_threads';
+import { native } from '../sys/native.js';
 import { VfioError } from '../vfio/user/device-model.js';
 
 // Int32 word indexes.
 const W_REQUEST = 0; // sequence number of the last request posted
 const W_ANSWERED = 1; // sequence number of the last request answered
-const WORDS = 2;
+/** Non-zero while the device sleeps in waitFds() (so a request must also write the wake eventfd). */
+const W_FD_SLEEP = 2;
+/** The device's wake eventfd (a process-wide fd number). */
+const W_WAKE_FD = 3;
+const WORDS = 4;
 
 /** A request on the wire. */
 export interface Envelope<R> {
@@ -72,6 +82,9 @@ export class MailboxCaller<R> {
     this.port.postMessage({ seq, req } satisfies Envelope<R>);
     Atomics.store(w, W_REQUEST, seq);
     Atomics.notify(w, W_REQUEST);
+    // Sequentially consistent against sleepOnFds: it stores W_FD_SLEEP then loads W_REQUEST, we store
+    // W_REQUEST then load W_FD_SLEEP, so either it sees the request or we see it asleep on fds.
+    if (Atomics.load(w, W_FD_SLEEP) !== 0) native.eventfdWrite(Atomics.load(w, W_WAKE_FD), 1);
     const deadline = performance.now() + timeoutMs;
     for (;;) {
       const answered = Atomics.load(w, W_ANSWERED);
@@ -135,5 +148,18 @@ export class MailboxDevice<R> {
   /** Sleep until a request is posted or `ms` passes (the device's idle wait; Infinity: until a request). */
   sleep(ms: number): void {
     Atomics.wait(this.#words, W_REQUEST, this.#seen, ms);
+  }
+
+  /**
+   * Sleep until a request is posted, one of `fds` (eventfds) is written, or `ms` passes; the readable
+   * fds are drained. `fds[0]` is the device's own wake eventfd, which callers write while it sleeps here.
+   */
+  sleepOnFds(fds: number[], ms: number): void {
+    const w = this.#words;
+    Atomics.store(w, W_WAKE_FD, fds[0] as number);
+    Atomics.store(w, W_FD_SLEEP, 1);
+    // A request posted before the flag was visible was not followed by a wake write: look once more.
+    if (!this.pending) native.waitFds(fds, ms);
+    Atomics.store(w, W_FD_SLEEP, 0);
   }
 }

@@ -27,6 +27,13 @@ export const DEFAULT_OPTIONS: Readonly<Sa1Options> = Object.freeze({
 /** Largest device memory the simulator accepts (DEVMEM_SIZE_MB is 32-bit; 4 GiB keeps BAR4 sane). */
 export const MAX_DEVMEM_SIZE = 4 * 1024 * 1024 * 1024;
 export const MAX_IDLE_POLL_US = 1_000_000;
+/**
+ * The idle poll interval of a device that has handed out kick fds (GET_REGION_IO_FDS) and sleeps with
+ * KICK_NEEDED set (datasheet §2.3, §10; docs/SA-1.md "Doorbell notification"): a client that never kicks
+ * is served within this (or the configured idle poll interval, if longer). 10 ms: ~100 wake-ups a
+ * second, so an idle lease costs the host well under 1 % of a core.
+ */
+export const KICK_ARMED_POLL_US = 10_000;
 
 /** A bad option: `option` is the option's name (CLI spelling given by the caller). */
 export class OptionError extends RangeError {

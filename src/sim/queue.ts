@@ -4,6 +4,7 @@
 // registers are read and written with Atomics. Processing is in engine.ts.
 
 import {
+  Q_NOTIFY_KICK_NEEDED,
   Q_VECTOR_NONE,
   QP_CQ_BASE,
   QP_CQ_HEAD,
@@ -11,6 +12,7 @@ import {
   QP_CQ_TAIL,
   QP_IRQ_MODE,
   QP_Q_ERROR,
+  QP_Q_NOTIFY,
   QP_REGISTERS_END,
   QP_SQ_BASE,
   QP_SQ_HEAD,
@@ -47,6 +49,8 @@ export class Queue extends QueueRegisters {
   irqPending = 0;
   /** Did this queue complete or fetch anything in the current round. */
   busy = false;
+  /** Q_NOTIFY.KICK_NEEDED as the device last set it (rev 2): its poller is asleep. */
+  kickNeeded = false;
 
   #u8: Uint8Array | null = null;
   #i32: Int32Array = new Int32Array(0);
@@ -70,8 +74,12 @@ export class Queue extends QueueRegisters {
     return this.#i32;
   }
 
+  /** SQ_TAIL as the device last read it (a doorbell that raced KICK_NEEDED shows as a change). */
+  tailSeen = 0;
+
   get sqTail(): number {
-    return Atomics.load(this.words, W(QP_SQ_TAIL)) >>> 0;
+    this.tailSeen = Atomics.load(this.words, W(QP_SQ_TAIL)) >>> 0;
+    return this.tailSeen;
   }
   get cqHead(): number {
     return Atomics.load(this.words, W(QP_CQ_HEAD)) >>> 0;
@@ -99,6 +107,19 @@ export class Queue extends QueueRegisters {
     Atomics.store(w, W(QP_SQ_HEAD) + 1, 0);
     Atomics.store(w, W(QP_CQ_TAIL), this.cqTail | 0);
     Atomics.store(w, W(QP_Q_ERROR), this.lastError);
+    Atomics.store(w, W(QP_Q_NOTIFY), this.kickNeeded ? Q_NOTIFY_KICK_NEEDED : 0);
+  }
+
+  /**
+   * Set or clear Q_NOTIFY.KICK_NEEDED (§2.3). Setting returns whether a doorbell is already waiting
+   * (SQ_TAIL read after the flag is stored, both sequentially consistent: a client that stored SQ_TAIL
+   * before our store is seen here, one that stores it after sees the flag and kicks).
+   */
+  setKickNeeded(on: boolean): boolean {
+    const seen = this.tailSeen;
+    this.kickNeeded = on;
+    Atomics.store(this.words, W(QP_Q_NOTIFY), on ? Q_NOTIFY_KICK_NEEDED : 0);
+    return on && this.sqTail !== seen;
   }
 
   /** Device-side value of a page register for an owner read (RO registers are the device's). */
@@ -112,6 +133,8 @@ export class Queue extends QueueRegisters {
         return this.cqTail;
       case QP_Q_ERROR:
         return this.lastError;
+      case QP_Q_NOTIFY:
+        return this.kickNeeded ? Q_NOTIFY_KICK_NEEDED : 0;
       default:
         return byteOffset < QP_REGISTERS_END ? Atomics.load(this.words, W(byteOffset)) >>> 0 : 0;
     }
@@ -153,6 +176,8 @@ export class Queue extends QueueRegisters {
     this.inflight = [];
     this.publishInflight(0);
     this.irqPending = 0;
+    this.kickNeeded = false;
+    this.tailSeen = 0;
     const w = this.words;
     for (let i = 0; i < w.length; i++) Atomics.store(w, i, 0);
     // The reserved rest of the page reads zero (§2.3): clear whatever a client stored there.

@@ -11,11 +11,11 @@ import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
 import { Mapping, native } from '../sys/index.js';
 import { ERRNO, type ErrnoName, VfioError } from '../vfio/user/device-model.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
-import { Sa1Device } from './device.js';
+import { ARMED, RACED, Sa1Device } from './device.js';
 import { checkMapRequest, type DmaMapping } from './iommu.js';
 import { type Envelope, MailboxDevice, type WireError } from './mailbox.js';
 import { MemfdBacking } from './memfd-backing.js';
-import type { Sa1Options } from './options.js';
+import { KICK_ARMED_POLL_US, type Sa1Options } from './options.js';
 import { RegisterFile, sharedClock } from './register-file.js';
 import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from './slices.js';
 
@@ -54,11 +54,20 @@ const device = new Sa1Device(
   new RegisterFile(init.registers),
 );
 const revokedInodes = new Set<bigint>();
+// Doorbell notification (datasheet §2.3 rev 2): one ioeventfd per queue page, handed out with
+// GET_REGION_IO_FDS, plus the wake eventfd the mailbox writes while the device sleeps on them.
+// waitList[0] is the wake fd; the device owns all of them for its lifetime.
+const { EFD_NONBLOCK } = native.constants as Record<string, number>;
+const kickFds: number[] = Array.from({ length: options.numQueues }, () => native.eventfd(0, EFD_NONBLOCK!));
+const waitList: number[] = [native.eventfd(0, EFD_NONBLOCK!), ...kickFds];
+/** Set once kick fds were handed out: from then on an armed idle device sleeps the long interval. */
+let kicksHandedOut = false;
 const stats: DeviceStats = {
   busyRounds: 0,
   idleRounds: 0,
   sleeps: 0,
   deepSleeps: 0,
+  armedSleeps: 0,
   commands: 0,
   dmaMaps: 0,
   firmwareRunning: false,
@@ -163,6 +172,10 @@ function handle(r: DeviceRequest): unknown {
     }
     case 'inject':
       return inject(r.inject);
+    case 'ioFds':
+      // The front end dups them for the reply; the device keeps its own.
+      kicksHandedOut = true;
+      return { fds: kickFds };
     case 'stats':
       return { ...stats, dmaMaps: device.iommu.maps.length, firmwareRunning: device.firmware.running };
     case 'shutdown':
@@ -222,12 +235,29 @@ function run(): void {
       continue;
     }
     if (idleMs === 0) continue;
+    // About to sleep: set KICK_NEEDED, then look at every SQ_TAIL once more (§2.3).
+    const arm = device.armKicks();
+    if (arm === RACED) {
+      device.disarmKicks();
+      continue;
+    }
     stats.sleeps++;
-    mailbox.sleep(due === null ? idleMs : Math.min(idleMs, due));
+    // Nobody can kick (no fd handed out) or a full CQ waits for CQ_HEAD: the idle poll interval.
+    // Otherwise sleep until kicked, still polling at the armed interval for clients that never kick.
+    const pollMs = kicksHandedOut && arm === ARMED ? Math.max(idleMs, KICK_ARMED_POLL_US / 1000) : idleMs;
+    const ms = due === null ? pollMs : Math.min(pollMs, due);
+    if (kicksHandedOut) {
+      if (arm === ARMED) stats.armedSleeps++;
+      mailbox.sleepOnFds(waitList, ms);
+    } else {
+      mailbox.sleep(ms);
+    }
+    device.disarmKicks();
   }
   // Shutdown: drop every mapping and slice, then answer.
   release(device.iommu.remove(0, 0, true));
   backing.close();
+  for (const fd of waitList) native.close(fd);
   mailbox.answer(shutdownSeq, {});
 }
 

@@ -18,7 +18,7 @@ if (process.platform !== 'linux') {
 }
 
 /** Maximum number of fds one message may carry (SCM_RIGHTS). */
-export const MAX_FDS = 16;
+export const MAX_FDS = 253; // SCM_MAX_FD, the kernel's own limit (native kMaxFds)
 
 export interface RecvResult {
   /** The message bytes (at most the receive buffer size). */
@@ -134,6 +134,11 @@ export interface NativeAddon {
   eventfd(initval: number, flags: number): number; // EFD_CLOEXEC always added
   eventfdRead(fd: number): bigint | null; // null on EAGAIN
   eventfdWrite(fd: number, value: bigint | number): void;
+  /**
+   * Blocks the calling thread until one of `fds` (eventfds) is readable or `timeoutMs` passes (negative or
+   * Infinity: no timeout), then drains every readable one. Returns how many were readable (0: timed out).
+   */
+  waitFds(fds: number[], timeoutMs: number): number;
 
   // --- inotify ---
   inotifyInit(): number; // IN_NONBLOCK | IN_CLOEXEC

@@ -9,6 +9,7 @@ import {
   Inotify,
   ioctl,
   isSysError,
+  MAX_FDS,
   Mapping,
   MemFd,
   native,
@@ -39,7 +40,7 @@ test('wrong argument types are refused with ERR_DEVLEASE_INVALID_ARG', () => {
   assert.throws(() => raw.poll!(0, 1, 'not a function'), INVALID);
   assert.throws(() => new Fd(-1), INVALID);
   assert.throws(() => Mapping.map(0, { length: 0 }), INVALID);
-  assert.throws(() => SeqpacketSocket.pair({ maxFds: 17 }), INVALID);
+  assert.throws(() => SeqpacketSocket.pair({ maxFds: MAX_FDS + 1 }), INVALID);
   using memfd = MemFd.create('invalid');
   assert.throws(() => memfd.truncate(-1), INVALID);
   using pidfd = PidFd.open(process.pid);

@@ -40,6 +40,7 @@ import {
   vfio_irq_info,
   vfio_region_info,
 } from '../../vfio/uapi/index.js';
+import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, Transport } from '../device.js';
 import { readPciIds } from '../pci-ids.js';
 import type { IommuDomain } from './domain.js';
@@ -324,6 +325,11 @@ export class KernelDevice extends EventEmitter implements Device {
         ? 'kernel dma-buf fds of BAR ranges cannot be mmapped or revoked: no slice fds to lease'
         : 'this kernel does not export BAR ranges (no VFIO_DEVICE_FEATURE_DMA_BUF)',
     );
+  }
+
+  /** The kernel's VFIO has no ioeventfd hand-out to user space (KVM wires them in-kernel). */
+  async regionIoFds(index: number): Promise<RegionIoFds> {
+    throw codedError('ENOTSUP', `region ${index}: a kernel VFIO device hands out no io fds`);
   }
 
   async revokeSlice(_fd: Fd): Promise<void> {

@@ -98,8 +98,11 @@ export const QP_CQ_HEAD = 0x24;
 export const QP_CQ_TAIL = 0x28;
 export const QP_Q_ERROR = 0x2c;
 export const QP_IRQ_MODE = 0x30;
+/** Q_NOTIFY (rev 2): RO, b0 KICK_NEEDED — the device's poller for this queue is asleep. */
+export const QP_Q_NOTIFY = 0x34;
+export const Q_NOTIFY_KICK_NEEDED = 1 << 0;
 /** Bytes of the page holding registers; the rest up to QUEUE_STRIDE is reserved. */
-export const QP_REGISTERS_END = 0x34;
+export const QP_REGISTERS_END = 0x38;
 
 export const RING_MIN_ENTRIES = 2;
 export const RING_MAX_ENTRIES = 65536;

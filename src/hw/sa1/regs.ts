@@ -85,7 +85,11 @@ export const QP = {
   CQ_TAIL: D.QP_CQ_TAIL,
   Q_ERROR: D.QP_Q_ERROR,
   IRQ_MODE: D.QP_IRQ_MODE,
+  Q_NOTIFY: D.QP_Q_NOTIFY,
 } as const;
+
+/** Q_NOTIFY bits (rev 2). */
+export const Q_NOTIFY_KICK_NEEDED = D.Q_NOTIFY_KICK_NEEDED;
 
 export const OPCODE = {
   NOP: D.OP_NOP,

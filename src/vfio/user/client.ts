@@ -4,6 +4,7 @@
 // DMA_READ/DMA_WRITE from the client's maps is dma-maps.ts.
 import { EventEmitter } from 'node:events';
 import type { Fd } from '../../sys/fd.js';
+import { MAX_FDS } from '../../sys/native.js';
 import {
   VFIO_REGION_INFO_FLAG_CAPS,
   vfio_device_feature,
@@ -25,8 +26,10 @@ import {
   vfio_user_dma_map,
   vfio_user_dma_unmap,
   vfio_user_region_access,
+  vfio_user_region_io_fds_request,
 } from './messages.js';
 import * as P from './protocol.js';
+import { decodeRegionIoFdsReply, type IoFdSubRegion } from './region-io-fds.js';
 import { connectVfioUser, type MessageSocket } from './transport.js';
 import { type Capabilities, readVersionReply, versionRequest } from './version.js';
 
@@ -134,7 +137,11 @@ export class VfioUserClient extends EventEmitter {
   }
 
   async #negotiate(extra: Record<string, unknown>): Promise<void> {
-    const r = await this.request(P.VFIO_USER_VERSION, versionRequest(extra, this.#ourMaxXfer));
+    // What we accept: region io fds come one per queue page of a device, and the socket takes up to MAX_FDS.
+    const r = await this.request(
+      P.VFIO_USER_VERSION,
+      versionRequest({ max_msg_fds: MAX_FDS, ...extra }, this.#ourMaxXfer),
+    );
     closeAll(r.fds); // twin-socket is never requested, so no fd is expected
     try {
       const v = readVersionReply(r.payload);
@@ -379,6 +386,44 @@ export class VfioUserClient extends EventEmitter {
     } catch (err) {
       closeAll(r.fds);
       throw err;
+    }
+  }
+
+  /**
+   * VFIO_USER_DEVICE_GET_REGION_IO_FDS: the region's io fd sub-regions and the fds they index (the caller
+   * owns them). Asks again once with the argsz the server says a full reply needs.
+   */
+  async regionIoFds(
+    index: number,
+    opts: CallOptions & { argsz?: number } = {},
+  ): Promise<{ subRegions: IoFdSubRegion[]; fds: Fd[] }> {
+    let argsz = opts.argsz ?? 16 + 40 * 64;
+    for (let attempt = 0; ; attempt++) {
+      const r = await this.request(
+        P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
+        vfio_user_region_io_fds_request.encode({ argsz, index }),
+        [],
+        opts,
+      );
+      let reply: ReturnType<typeof decodeRegionIoFdsReply>;
+      try {
+        reply = decodeRegionIoFdsReply(r.payload);
+        if (reply.subRegions === null && (attempt > 0 || reply.argsz <= argsz)) {
+          throw new ProtocolError(`region ${index} io fds: ${reply.count} sub-regions, payload too short`);
+        }
+        if (reply.subRegions?.some((s) => s.fdIndex >= r.fds.length)) {
+          throw new ProtocolError(`region ${index} io fds: fd_index beyond the ${r.fds.length} fds sent`);
+        }
+      } catch (err) {
+        closeAll(r.fds);
+        throw this.#fail(err instanceof ProtocolError ? err : new ProtocolError((err as Error).message));
+      }
+      if (reply.subRegions === null) {
+        closeAll(r.fds);
+        argsz = reply.argsz;
+        continue;
+      }
+      return { subRegions: reply.subRegions, fds: r.fds };
     }
   }
 

@@ -28,6 +28,7 @@ import {
 } from './messages.js';
 import * as P from './protocol.js';
 import { regionInfoReply } from './region-info.js';
+import { encodeRegionIoFdsReply, parseRegionIoFdsRequest } from './region-io-fds.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 import * as V from './validate.js';
 import { type Capabilities, readCapabilities, replyCapabilities } from './version.js';
@@ -54,7 +55,6 @@ export const REPLY_HARD_LIMIT = 8 << 20;
 
 /** Commands this server knows but refuses (ENOTSUP), with the reason given in the log. */
 const REFUSED: Record<number, string> = {
-  [P.VFIO_USER_DEVICE_GET_REGION_IO_FDS]: 'region I/O fds are not offered',
   [P.VFIO_USER_DIRTY_PAGES]: 'dirty page tracking is not supported',
   [P.VFIO_USER_REGION_WRITE_MULTI]: 'write_multiple was not negotiated',
   [P.VFIO_USER_MIG_DATA_READ]: 'migration is not supported',
@@ -312,6 +312,8 @@ export class VfioUserConnection {
       }
       case P.VFIO_USER_DEVICE_FEATURE:
         return this.#feature(payload, model, take);
+      case P.VFIO_USER_DEVICE_GET_REGION_IO_FDS:
+        return this.#regionIoFds(payload, model);
       default:
         if (REFUSED[command] !== undefined) throw new VfioError('ENOTSUP', REFUSED[command]);
         throw new VfioError('ENOSYS', `unknown command ${command}`);
@@ -373,6 +375,26 @@ export class VfioUserConnection {
     return regionInfoReply(argsz, index, model.regionInfo(index), (m) =>
       this.#config.log(`vfio-user connection ${this.info.id}: ${m}`),
     );
+  }
+
+  async #regionIoFds(payload: Uint8Array, model: VfioUserDeviceModel): Promise<Reply> {
+    // A device that offers none refuses the command whatever it carries (as before rev 2).
+    if (!model.regionIoFds) throw new VfioError('ENOTSUP', 'region I/O fds are not offered by this device');
+    const { argsz, index } = parseRegionIoFdsRequest(payload);
+    const { num_regions } = model.deviceInfo();
+    if (index >= num_regions)
+      throw new VfioError('EINVAL', `region ${index} does not exist (${num_regions})`);
+    const answer = await model.regionIoFds(index);
+    try {
+      const peerMaxFds = this.peer?.maxMsgFds ?? 1;
+      const reply = encodeRegionIoFdsReply(index, argsz, answer, peerMaxFds);
+      // fds not sent (the head-only reply) are closed here; sent ones after sending, like every reply's.
+      if (reply.fds.length === 0) closeAll(answer.fds);
+      return reply;
+    } catch (err) {
+      closeAll(answer.fds);
+      throw err;
+    }
   }
 
   async #feature(payload: Uint8Array, model: VfioUserDeviceModel, take: () => Fd[]): Promise<Reply> {

@@ -12,6 +12,7 @@
 
 import type { Fd } from '../../sys/fd.js';
 import type { PeerCred } from '../../sys/native.js';
+import type { RegionIoFds } from './region-io-fds.js';
 
 /**
  * A refusal with a POSIX errno name and a human reason, e.g. new VfioError('EINVAL', 'iova outside window').
@@ -147,6 +148,12 @@ export interface VfioUserDeviceModel {
   setIrqs(req: IrqSetRequest): void | Promise<void>;
   reset(): void | Promise<void>;
   feature(req: FeatureRequest): FeatureReply | Promise<FeatureReply>;
+  /**
+   * VFIO_USER_DEVICE_GET_REGION_IO_FDS for a region (index already checked against num_regions): its
+   * ioeventfd sub-regions and their fds (sent, then closed by the server; hand out new descriptions or dups).
+   * Absent: the command is refused with ENOTSUP.
+   */
+  regionIoFds?(index: number): RegionIoFds | Promise<RegionIoFds>;
   /** The connection is gone (hang-up, close, or malformed input): drop its DMA mappings and IRQ fds. */
   disconnected(reason: string): void | Promise<void>;
   /**

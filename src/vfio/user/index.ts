@@ -25,6 +25,7 @@ export * from './device-model.js';
 export { errnoName, ProtocolError, type VfioUserCallError } from './errors.js';
 export * from './messages.js';
 export * from './protocol.js';
+export * from './region-io-fds.js';
 export { type VfioUserListenOptions, VfioUserServer, type VfioUserServerOptions } from './server.js';
 export {
   connectVfioUser,

@@ -58,7 +58,7 @@ export const vfio_user_device_info = struct(
   { packed: true },
 );
 
-/** VFIO_USER_DEVICE_GET_REGION_IO_FDS request (refused by devlease, decoded only to say so). */
+/** VFIO_USER_DEVICE_GET_REGION_IO_FDS request (the reply and its sub-regions: region-io-fds.ts). */
 export const vfio_user_region_io_fds_request = struct(
   'vfio_user_region_io_fds_request',
   [

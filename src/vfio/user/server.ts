@@ -21,7 +21,7 @@ export interface VfioUserServerOptions {
     conn: ConnectionInfo,
     socket: MessageSocket,
   ): VfioUserDeviceModel | Promise<VfioUserDeviceModel>;
-  /** Most fds accepted per message (advertised as max_msg_fds). Default 16, at most 16. */
+  /** Most fds accepted per message (advertised as max_msg_fds). Default 16, at most MAX_FDS (253). */
   maxMsgFds?: number;
   /** Largest REGION_READ/WRITE count accepted (max_data_xfer_size). Default 65536. */
   maxDataXferSize?: number;

@@ -14,9 +14,11 @@ import {
   CRC32C_VECTORS,
   FEATURE,
   FLAG,
+  IO_FD_TYPE,
   IRQ_MODE,
   MAX_LENGTH,
   OP,
+  Q_NOTIFY,
   Q_STATUS,
   QCFG,
   QPAGE,
@@ -303,8 +305,20 @@ test('§8 slices: a queue page of BAR2 and a granule of BAR4 by feature 11; the 
       assert.equal(p.readBigUInt64LE(QPAGE.CQ_BASE), HOST + 0x1_1000n);
       assert.equal(p.readUInt32LE(QPAGE.SQ_SIZE), 2);
       assert.equal(p.readUInt32LE(QPAGE.CQ_SIZE), 2);
-      // When Q_NOTIFY lands (rev 2): read p.readUInt32LE(0x34) here (b0 KICK_NEEDED), and ask
-      // VFIO_USER_DEVICE_GET_REGION_IO_FDS for region 2 (offset 3·QUEUE_STRIDE + 0x0C, size 4).
+      // Q_NOTIFY (rev 2): b0 KICK_NEEDED is the only bit (set or not depends on whether the poller sleeps).
+      assert.equal(p.readUInt32LE(QPAGE.Q_NOTIFY) & ~Q_NOTIFY.KICK_NEEDED, 0, 'Q_NOTIFY has no bit but b0');
+      // One ioeventfd per queue page on region 2, at the page's SQ_TAIL, 4 bytes, no datamatch.
+      const io = await r.client.regionIoFds(REGION.bar2);
+      try {
+        assert.equal(io.fds.length, CONFIG.numQueues, 'one ioeventfd per queue page');
+        const at = BigInt(3 * CONFIG.queueStride + QPAGE.SQ_TAIL);
+        const sub = io.subRegions.find((s) => s.offset === at);
+        assert.ok(sub, `a sub-region at queue 3's SQ_TAIL (${at})`);
+        assert.deepEqual([sub.size, sub.type, sub.flags], [4n, IO_FD_TYPE.IOEVENTFD, 0]);
+        assert.ok(sub.fdIndex >= 0 && sub.fdIndex < io.fds.length, 'its fd index is in the reply');
+      } finally {
+        for (const fd of io.fds) fd.close();
+      }
 
       buf(granule.u8).write('granule two', 0x40, 'latin1');
       const seen = await r.client.regionRead(REGION.bar4, 2 * CONFIG.devmemGranule + 0x40, 11);

@@ -100,8 +100,12 @@ export const QPAGE = {
   CQ_TAIL: 0x28,
   Q_ERROR: 0x2c,
   IRQ_MODE: 0x30,
-  // Q_NOTIFY: 0x34 (rev 2) — enable its assertions when Q_NOTIFY / REGION_IO_FDS land.
+  /** Rev 2: RO, b0 KICK_NEEDED. */
+  Q_NOTIFY: 0x34,
 } as const;
+export const Q_NOTIFY = { KICK_NEEDED: 1 } as const;
+/** vfio-user.rst GET_REGION_IO_FDS sub-region types. */
+export const IO_FD_TYPE = { IOEVENTFD: 0 } as const;
 export const IRQ_MODE = { FLAGGED: 0, EVERY: 1 } as const;
 
 /** §3 descriptors (64 bytes) and completions (16 bytes). */

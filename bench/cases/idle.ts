@@ -1,0 +1,143 @@
+// Issue 16's idle goals (datasheet rev 2, doorbell notification):
+//   idle CPU    the simulator's CPU (/proc/<pid>/stat utime+stime) while a client holds an enabled queue and
+//               does nothing, against the same simulator with no queue enabled, in one run: once with the
+//               rev 1 behaviour (no kick fd handed out: the device polls every idle interval) and once with
+//               Sa1Queue holding its kick fd (the device sleeps until kicked, 10 ms armed poll)
+//   first op    after an idle pause (≥ 10 ms), one NOP doorbell → completion, with and without kicks, against
+//               the hot-path NOP floor (device spinning, --idle-poll-us 0)
+//
+//   node dist/bench/cases/idle.js [--quick]
+
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ClientProc } from '../fixtures/client-proc.js';
+import { metric, progress, runCase } from '../fixtures/result.js';
+import { startRig } from '../fixtures/rig.js';
+
+const CLK_TCK = 100; // USER_HZ on Linux
+
+/** CPU time (ms) a process has used so far: utime + stime of /proc/<pid>/stat. */
+function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
+}
+
+/** The process's CPU use over consecutive windows, in % of one core (one sample per window). */
+async function cpuPercent(pid: number, windows: number, windowMs: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < windows; i++) {
+    const c0 = cpuMs(pid);
+    const t0 = performance.now();
+    await sleep(windowMs);
+    out.push(((cpuMs(pid) - c0) / (performance.now() - t0)) * 100);
+  }
+  return out;
+}
+
+runCase(
+  'idle',
+  'Idle lease: simulator CPU, and the first NOP after idle (doorbell notification)',
+  async (quick) => {
+    const windows = quick ? 2 : 5;
+    const windowMs = quick ? 1000 : 2000;
+    const n = quick ? 100 : 500;
+    const budgetMs = quick ? 5000 : 30_000;
+    const rig = await startRig(); // default idle poll interval (50 µs)
+    const floorRig = await startRig({ simArgs: ['--queues', '8', '--idle-poll-us', '0'] });
+    const client = await ClientProc.spawn();
+    try {
+      const pid = rig.sim.proc.pid!;
+      progress(`idle CPU: no queue enabled, ${windows} × ${windowMs} ms`);
+      const none = await cpuPercent(pid, windows, windowMs);
+
+      // Rev 1 behaviour first: no kick fd has been handed out yet, so the device polls every 50 µs.
+      await client.call('lease', { socket: rig.socket });
+      await client.call('idleQueue', { kick: false });
+      progress('idle CPU: one enabled queue, no kick fd (polling)');
+      const polling = await cpuPercent(pid, windows, windowMs);
+      progress(`first NOP after 10 ms idle, no kick, ${n} samples`);
+      const afterIdlePoll = await client.call<number[]>('nopAfterIdle', {
+        n,
+        warmup: 5,
+        idleMs: 10,
+        budgetMs,
+        kick: false,
+      });
+      await client.call('releaseAll');
+
+      await client.call('lease', { socket: rig.socket });
+      await client.call('idleQueue', { kick: true });
+      progress('idle CPU: one enabled queue, Sa1Queue holds its kick fd');
+      const notified = await cpuPercent(pid, windows, windowMs);
+      progress(`first NOP after 10 ms idle, kicked, ${n} samples`);
+      const afterIdleKick = await client.call<number[]>('nopAfterIdle', {
+        n,
+        warmup: 5,
+        idleMs: 10,
+        budgetMs,
+      });
+      await client.call('releaseAll');
+
+      progress(`hot-path NOP floor (device spinning), ${n * 10} samples`);
+      await client.call('lease', { socket: floorRig.socket });
+      const hot = await client.call<number[]>('nopQueue', { n: n * 10, warmup: 1000, budgetMs });
+      await client.call('releaseAll');
+
+      const per = (samples: number[]): number[] => samples.map((v, i) => v - (none[i] ?? none.at(-1)!));
+      return {
+        metrics: [
+          metric('cpu-none', 'simulator CPU, no queue enabled', '%', none, { role: 'floor' }),
+          metric(
+            'cpu-idle-poll',
+            'simulator CPU, idle lease, no kick fd (rev 1 polling), % of a core',
+            '%',
+            polling,
+            {
+              role: 'baseline',
+              ref: 'cpu-none',
+            },
+          ),
+          metric(
+            'cpu-idle-notify',
+            'simulator CPU, idle lease holding its kick fd, % of a core',
+            '%',
+            notified,
+            {
+              ref: 'cpu-none',
+              note: `per lease (minus no-queue): ${(per(notified).reduce((a, b) => a + b, 0) / notified.length).toFixed(2)} %`,
+            },
+          ),
+          metric('nop-hot', 'NOP hot path: Sa1Queue, device spinning', 'µs', hot, { role: 'floor' }),
+          metric(
+            'nop-after-idle-poll',
+            'first NOP after 10 ms idle, no kick (idle poll finds it)',
+            'µs',
+            afterIdlePoll,
+            {
+              role: 'baseline',
+              ref: 'nop-hot',
+            },
+          ),
+          metric(
+            'nop-after-idle-kick',
+            'first NOP after 10 ms idle, kicked (Sa1Queue)',
+            'µs',
+            afterIdleKick,
+            {
+              ref: 'nop-hot',
+            },
+          ),
+        ],
+        notes: {
+          cpu: 'CPU rows are % of one core: utime+stime of /proc/<sim pid>/stat over each window; the broker reads HEARTBEAT every 100 ms in every window',
+          simulator: 'default --idle-poll-us 50; the floor rig runs --idle-poll-us 0',
+        },
+      };
+    } finally {
+      await client.exit();
+      await floorRig.close();
+      await rig.close();
+    }
+  },
+);
