@@ -268,7 +268,10 @@ export class Lease extends EventEmitter {
     try {
       reply = await this.client.regionIoFds(region);
     } catch (err) {
-      if ((err as { code?: string }).code === 'ENOTSUP') return null;
+      // No kick fd offered (ENOTSUP: a device without them; ENOSPC: more than one message can carry, e.g.
+      // an SA-1 with over 253 queues): the device's idle poll serves the queue, as in datasheet rev 1.
+      const code = (err as { code?: string }).code;
+      if (code === 'ENOTSUP' || code === 'ENOSPC') return null;
       throw fromCallError(`region ${region} io fds`, err);
     }
     const hit = reply.subRegions.find((s) => s.offset <= offset && offset < s.offset + (s.size || 1n));
