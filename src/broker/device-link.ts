@@ -4,6 +4,7 @@
 // again — first after `initialMs`, the wait doubling up to `maxMs` — and,
 // once a connection answers as the same device, boots it with the driver.
 
+import { BackoffSleep } from '../util/backoff-sleep.js';
 import type { BrokerConfig } from './config.js';
 
 export interface DeviceConnectionStatus {
@@ -37,7 +38,7 @@ export class DeviceLink {
     nextAttemptAt: null,
   };
   #closed = false;
-  #wait: { timer: NodeJS.Timeout; wake(): void } | null = null;
+  readonly #pause = new BackoffSleep();
   #running: Promise<boolean> | null = null;
 
   constructor(backoff: BrokerConfig['reconnect'], hooks: DeviceLinkHooks) {
@@ -104,24 +105,17 @@ export class DeviceLink {
     return false;
   }
 
-  #sleep(ms: number): Promise<void> {
-    this.#status.nextAttemptAt = new Date(Date.now() + ms).toISOString();
-    return new Promise<void>((resolve) => {
-      const wake = () => {
-        clearTimeout(timer);
-        this.#wait = null;
-        this.#status.nextAttemptAt = null;
-        resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      this.#wait = { timer, wake };
-    });
+  async #sleep(ms: number): Promise<void> {
+    const wait = this.#pause.sleep(ms);
+    this.#status.nextAttemptAt = this.#pause.nextAttemptAt;
+    await wait;
+    this.#status.nextAttemptAt = null;
   }
 
   /** Stop trying: a pending wait ends now; an attempt in progress is awaited (its calls are bounded). */
   async close(): Promise<void> {
     this.#closed = true;
-    this.#wait?.wake();
+    this.#pause.wake();
     await this.#running;
   }
 }

@@ -7,6 +7,7 @@
 // fail, and grants stay suspended with the reason until the next request.
 // `devlease status` shows the state (status()).
 
+import { BackoffSleep } from '../util/backoff-sleep.js';
 import type { BrokerConfig } from './config.js';
 
 export type RecoveryCause = 'device-hang' | 'device-reset' | 'owner-reset';
@@ -54,7 +55,7 @@ export class Recovery {
     joined: 0,
   };
   #running: Promise<Error | null> | null = null;
-  #wait: { timer: NodeJS.Timeout; wake(): void } | null = null;
+  readonly #pause = new BackoffSleep();
   #closed = false;
 
   constructor(opts: BrokerConfig['recovery'], hooks: RecoveryHooks) {
@@ -104,7 +105,7 @@ export class Recovery {
   /** Stop retrying: a backoff wait ends now; an attempt in progress finishes (its waits are bounded). */
   async close(): Promise<void> {
     this.#closed = true;
-    this.#wait?.wake();
+    this.#pause.wake();
     await this.#running;
   }
 
@@ -156,17 +157,10 @@ export class Recovery {
     this.#status.nextAttemptAt = null;
   }
 
-  #sleep(ms: number): Promise<void> {
-    this.#status.nextAttemptAt = new Date(Date.now() + ms).toISOString();
-    return new Promise<void>((resolve) => {
-      const wake = () => {
-        clearTimeout(timer);
-        this.#wait = null;
-        this.#status.nextAttemptAt = null;
-        resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      this.#wait = { timer, wake };
-    });
+  async #sleep(ms: number): Promise<void> {
+    const wait = this.#pause.sleep(ms);
+    this.#status.nextAttemptAt = this.#pause.nextAttemptAt;
+    await wait;
+    this.#status.nextAttemptAt = null;
   }
 }
