@@ -1,0 +1,24 @@
+// A comparison against a reference measured as 0 (the idle case's CPU floor
+// within one clock tick) has no ratio, and the chart still renders: an
+// Infinity ratio once sent the chart's decade axis to infinity and crashed
+// `devlease bench` (V8 "invalid size") at the end of CI's smoke run.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { renderChart } from '../../bench/chart.js';
+import { metric, withRatios } from '../../bench/fixtures/result.js';
+
+test('a zero reference gives no ratio; the chart renders with it', () => {
+  const metrics = withRatios([
+    metric('floor', 'no queue', '%', [0, 0], { role: 'floor' }),
+    metric('idle', 'idle lease', '%', [2, 3], { ref: 'floor' }),
+    metric('base', 'baseline', 'µs', [10, 10], { role: 'baseline' }),
+    metric('subj', 'subject', 'µs', [20, 20], { ref: 'base' }),
+  ]);
+  assert.equal(metrics[1]!.ratio, undefined);
+  assert.equal(metrics[3]!.ratio, 2);
+  const svg = renderChart(
+    [{ case: 'idle', title: 'idle', quick: true, metrics, notes: {}, wallMs: 1 }],
+    'test',
+  );
+  assert.match(svg, /^<svg/);
+});
