@@ -182,6 +182,7 @@ export class LeaseTable extends EventEmitter {
       ...who,
       queue: resources.queue,
       window: resources.window,
+      iovaView: resources.view?.mode ?? null,
     });
     this.emit('granted', lease);
     return lease;
@@ -408,7 +409,11 @@ export class LeaseTable extends EventEmitter {
       }
     }
     for (const m of [...lease.mappings.values()]) {
-      await step(`unmap 0x${m.iova.toString(16)}`, () => this.device.dmaUnmap(m.iova, m.size), true);
+      await step(
+        `unmap 0x${m.deviceIova.toString(16)}`,
+        () => this.device.dmaUnmap(m.deviceIova, m.size),
+        true,
+      );
       lease.mappings.delete(m.iova);
     }
   }

@@ -4,7 +4,8 @@
 // (mmap-able through their own slice fds), and the devlease info region
 // (JSON) at index 9. IRQs: MSI-X (the lease's vectors, wired straight to the
 // device), ERR (fault/reset notice), REQ (revocation notice). DMA_MAP only
-// inside the lease's IOVA window, after policy. DEVICE_RESET resets only the
+// inside the lease's IOVA view, after policy; a translated view's address V
+// is mapped on the device at the lease window's base + V. DEVICE_RESET resets only the
 // lease's queue. Nothing else of the device is reachable from here.
 
 import { CONFIG_SPACE_SIZE, LeaseBars, PCI_BASE_ADDRESS_0, PCI_NUM_BARS } from '../drivers/config-space.js';
@@ -180,7 +181,7 @@ export class LeaseSession implements VfioUserDeviceModel {
       this.#checkLive();
       if (!req.fd)
         throw new VfioError('EINVAL', 'DMA_MAP needs an fd: only fd-backed memory can be mapped for a lease');
-      const w = lease.resources.window;
+      const w = lease.resources.view;
       if (!w) throw new VfioError('EPERM', `lease kind '${lease.kind}' has no IOVA window`);
       if (req.iova % this.#page || req.size % this.#page || req.size === 0n) {
         throw new VfioError(
@@ -191,7 +192,7 @@ export class LeaseSession implements VfioUserDeviceModel {
       if (req.iova < w.base || req.iova + req.size > w.base + w.size) {
         throw new VfioError(
           'EPERM',
-          `[0x${req.iova.toString(16)}, +0x${req.size.toString(16)}) is outside the lease's IOVA window [0x${w.base.toString(16)}, +0x${w.size.toString(16)})`,
+          `[0x${req.iova.toString(16)}, +0x${req.size.toString(16)}) is outside the lease's IOVA ${w.mode === 'translated' ? 'view' : 'window'} [0x${w.base.toString(16)}, +0x${w.size.toString(16)})`,
         );
       }
       const read = (req.flags & DMA_READ) !== 0;
@@ -218,15 +219,16 @@ export class LeaseSession implements VfioUserDeviceModel {
         throw new VfioError('EACCES', verdict.reason);
       }
       const fd = req.fd;
+      const deviceIova = toDevice(lease, req.iova);
       await this.#device('DMA_MAP', range(req.iova, req.size), () =>
-        this.#table.device.dmaMap({ fd, offset: req.offset, iova: req.iova, size: req.size, read, write }),
+        this.#table.device.dmaMap({ fd, offset: req.offset, iova: deviceIova, size: req.size, read, write }),
       );
       if (!lease.live) {
         // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
-        await this.#table.device.dmaUnmap(req.iova, req.size);
+        await this.#table.device.dmaUnmap(deviceIova, req.size);
         throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
       }
-      lease.mappings.set(req.iova, { iova: req.iova, size: req.size, read, write });
+      lease.mappings.set(req.iova, { iova: req.iova, deviceIova, size: req.size, read, write });
     } finally {
       unreserve?.();
       req.fd?.close(); // the device holds its own reference now (or the map was refused)
@@ -255,7 +257,7 @@ export class LeaseSession implements VfioUserDeviceModel {
     if (!verdict.allow) throw new VfioError('EACCES', verdict.reason);
     for (const m of hit) {
       await this.#device('DMA_UNMAP', range(m.iova, m.size), () =>
-        this.#table.device.dmaUnmap(m.iova, m.size),
+        this.#table.device.dmaUnmap(m.deviceIova, m.size),
       );
       lease.mappings.delete(m.iova);
     }
@@ -397,6 +399,12 @@ export class LeaseSession implements VfioUserDeviceModel {
   #checkLive(): void {
     if (!this.#lease.live) throw new VfioError('ENODEV', `lease ${this.#lease.id} is ${this.#lease.state}`);
   }
+}
+
+/** The device IOVA of a client's IOVA: its view's base is the lease window's base (identity: the same). */
+function toDevice(lease: Lease, iova: bigint): bigint {
+  const { window, view } = lease.resources;
+  return window && view ? iova - view.base + window.base : iova;
 }
 
 function range(iova: bigint, size: bigint): string {
