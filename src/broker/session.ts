@@ -1,8 +1,9 @@
 // One client connection: a vfio-user device made only of the client's lease.
 //
-// Regions: config space (virtual), the leased slices at their BAR indexes
-// (mmap-able through their own slice fds), and the devlease info region
-// (JSON) at index 9. IRQs: MSI-X (the lease's vectors, wired straight to the
+// Regions: config space (virtual, with an MSI-X capability when the lease
+// has MSI-X vectors), the leased slices at their BAR indexes (mmap-able
+// through their own slice fds), the MSI-X table/PBA BAR (trapped), and the
+// devlease info region (JSON) at index 9. IRQs: MSI-X (the lease's vectors, wired straight to the
 // device), ERR (fault/reset notice), REQ (revocation notice). DMA_MAP only
 // inside the lease's IOVA view, after policy; a translated view's address V
 // is mapped on the device at the lease window's base + V. DEVICE_RESET resets only the
@@ -42,6 +43,7 @@ import { deviceRefusal } from './device-refusal.js';
 import { checkDmaFd } from './dma-fd-check.js';
 import { adoptEventFd } from './eventfd-check.js';
 import type { Lease } from './lease.js';
+import { LeaseMsix } from './lease-msix.js';
 import type { LeaseTable } from './leases.js';
 import { infoRegionCaps, sliceRegionCaps } from './region-caps.js';
 
@@ -59,16 +61,19 @@ export class LeaseSession implements VfioUserDeviceModel {
   readonly #config: Uint8Array;
   readonly #bars: LeaseBars;
   readonly #page: bigint;
+  /** The MSI-X capability and its trapped table/PBA region (lease-msix.ts), when the lease has MSI-X vectors. */
+  readonly #msix: LeaseMsix | null;
 
   constructor(lease: Lease, table: LeaseTable) {
     this.#lease = lease;
     this.#table = table;
     this.#config = table.driver.leaseConfigSpace(lease.resources);
+    this.#msix = LeaseMsix.for(lease.resources);
+    this.#msix?.install(this.#config);
     // BAR types as the driver mirrored them from the device; sizes as REGION_INFO gives them (the slices).
-    this.#bars = new LeaseBars(
-      this.#config,
-      new Map(lease.resources.slices.map((s) => [s.leaseRegion, s.size])),
-    );
+    const sizes = new Map(lease.resources.slices.map((s) => [s.leaseRegion, s.size]));
+    if (this.#msix) sizes.set(this.#msix.bar, BigInt(this.#msix.size));
+    this.#bars = new LeaseBars(this.#config, sizes);
     this.#page = BigInt(table.config.layout.pageSize);
   }
 
@@ -106,6 +111,9 @@ export class LeaseSession implements VfioUserDeviceModel {
         caps: infoRegionCaps(),
       };
     }
+    // The MSI-X table and PBA: trapped (no MMAP flag, no sparse areas), so the client emulates or traps them.
+    if (this.#msix && index === this.#msix.bar)
+      return { index, flags: rw, size: BigInt(this.#msix.size), offset: 0n };
     const slice = this.#slice(index);
     if (!slice) return { index, flags: 0, size: 0n, offset: 0n };
     this.#checkLive();
@@ -137,6 +145,7 @@ export class LeaseSession implements VfioUserDeviceModel {
       out.set(json.subarray(Number(offset), Number(offset) + count));
       return out;
     }
+    if (this.#msix && index === this.#msix.bar) return this.#msix.read(Number(offset), count);
     const slice = this.#needSlice(index);
     this.#checkLive();
     return this.#device('REGION_READ', `region ${index} +0x${offset.toString(16)}, ${count} bytes`, () =>
@@ -147,6 +156,7 @@ export class LeaseSession implements VfioUserDeviceModel {
   async regionWrite(index: number, offset: bigint, data: Uint8Array): Promise<void> {
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#configWrite(Number(offset), data);
     if (index === INFO_REGION_INDEX) throw new VfioError('EPERM', 'the info region is read-only');
+    if (this.#msix && index === this.#msix.bar) return this.#msix.write(Number(offset), data);
     const slice = this.#needSlice(index);
     this.#checkLive();
     await this.#device(
@@ -157,6 +167,7 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   #configWrite(offset: number, data: Uint8Array): void {
+    if (this.#msix?.configWrite(this.#config, offset, data)) return;
     const dv = new DataView(this.#config.buffer, this.#config.byteOffset);
     // BARs behave as real ones (all-ones reads back the size mask with the type bits; an address is kept,
     // though nothing is decoded at it); dword writes only, as BARs are sized. Command/status: stored, no
