@@ -74,6 +74,8 @@ export class Lease {
   /** The client's notification eventfds (ERR: device fault/reset, REQ: revocation notice). */
   errFd: Fd | null = null;
   reqFd: Fd | null = null;
+  /** devlease's notice irq (DEVLEASE_NOTICE_IRQ_INDEX): per-queue faults, for clients that negotiated devlease. */
+  noticeFd: Fd | null = null;
   /** Session requests in progress (DMA_MAP, SET_IRQS): reclaim waits for them before it undoes anything. */
   readonly #ops = new Set<Promise<unknown>>();
   /** The owner's revocation deadline timer, cleared when the lease ends first. */
@@ -123,8 +125,8 @@ export class Lease {
   }
 
   /** Signal an eventfd the client gave us; a client that closed its end is simply not told. */
-  notify(which: 'err' | 'req'): void {
-    const fd = which === 'err' ? this.errFd : this.reqFd;
+  notify(which: 'err' | 'req' | 'notice'): void {
+    const fd = which === 'err' ? this.errFd : which === 'req' ? this.reqFd : this.noticeFd;
     if (!fd || fd.closed) return;
     try {
       // The fd was checked to be an eventfd and made non-blocking when the client gave it (eventfd-check.ts).

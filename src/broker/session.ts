@@ -4,7 +4,8 @@
 // has MSI-X vectors), the leased slices at their BAR indexes (mmap-able
 // through their own slice fds), the MSI-X table/PBA BAR (trapped), and the
 // devlease info region (JSON) at index 9. IRQs: MSI-X (the lease's vectors, wired straight to the
-// device), ERR (fault/reset notice), REQ (revocation notice). DMA_MAP only
+// device), ERR (unrecoverable: hang, unrequested reset), REQ (revocation
+// notice), and for devlease clients the notice irq (queue faults). DMA_MAP only
 // inside the lease's IOVA view, after policy; a translated view's address V
 // is mapped on the device at the lease window's base + V. DEVICE_RESET resets only the
 // lease's queue. Nothing else of the device is reachable from here.
@@ -47,6 +48,12 @@ import { LeaseMsix } from './lease-msix.js';
 import type { LeaseTable } from './leases.js';
 import { infoRegionCaps, sliceRegionCaps } from './region-caps.js';
 
+/**
+ * devlease's notice irq: index 5, the first past VFIO_PCI_NUM_IRQS (QEMU never looks there). Offered only to
+ * clients that proposed devlease in VERSION; signalled for per-queue faults, which never signal ERR.
+ */
+export const DEVLEASE_NOTICE_IRQ_INDEX = VFIO_PCI_NUM_IRQS;
+
 /** The devlease info region: index 9, the first device-specific region. */
 export const INFO_REGION_INDEX = VFIO_PCI_NUM_REGIONS;
 /** Room for the JSON: up to 16 faults and dozens of granule regions fit with margin. */
@@ -64,7 +71,11 @@ export class LeaseSession implements VfioUserDeviceModel {
   /** The MSI-X capability and its trapped table/PBA region (lease-msix.ts), when the lease has MSI-X vectors. */
   readonly #msix: LeaseMsix | null;
 
-  constructor(lease: Lease, table: LeaseTable) {
+  /** The client proposed devlease in VERSION: it is told of the notice irq (a stock client never sees it). */
+  readonly #devlease: boolean;
+
+  constructor(lease: Lease, table: LeaseTable, opts: { devlease?: boolean } = {}) {
+    this.#devlease = opts.devlease ?? false;
     this.#lease = lease;
     this.#table = table;
     this.#config = table.driver.leaseConfigSpace(lease.resources);
@@ -82,7 +93,14 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   versionCapabilities(): Record<string, unknown> {
-    return { devlease: { lease: this.#lease.id, kind: this.#lease.kind, infoRegion: INFO_REGION_INDEX } };
+    return {
+      devlease: {
+        lease: this.#lease.id,
+        kind: this.#lease.kind,
+        infoRegion: INFO_REGION_INDEX,
+        ...(this.#devlease ? { noticeIrq: DEVLEASE_NOTICE_IRQ_INDEX } : {}),
+      },
+    };
   }
 
   deviceInfo() {
@@ -90,7 +108,7 @@ export class LeaseSession implements VfioUserDeviceModel {
     return {
       flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
       num_regions: last + 1,
-      num_irqs: VFIO_PCI_NUM_IRQS,
+      num_irqs: this.#devlease ? DEVLEASE_NOTICE_IRQ_INDEX + 1 : VFIO_PCI_NUM_IRQS,
     };
   }
 
@@ -278,7 +296,9 @@ export class LeaseSession implements VfioUserDeviceModel {
     const count =
       index === VFIO_PCI_MSIX_IRQ_INDEX
         ? this.#lease.resources.vectors.length
-        : index === VFIO_PCI_ERR_IRQ_INDEX || index === VFIO_PCI_REQ_IRQ_INDEX
+        : index === VFIO_PCI_ERR_IRQ_INDEX ||
+            index === VFIO_PCI_REQ_IRQ_INDEX ||
+            (index === DEVLEASE_NOTICE_IRQ_INDEX && this.#devlease)
           ? 1
           : 0;
     return { index, flags: count ? VFIO_IRQ_INFO_EVENTFD : 0, count };
@@ -305,8 +325,9 @@ export class LeaseSession implements VfioUserDeviceModel {
       }
       // Only real eventfds, made non-blocking: a pipe or a full counter must never stall the broker or the device.
       for (const fd of fds) if (fd) adoptEventFd(fd);
-      if (req.index === VFIO_PCI_ERR_IRQ_INDEX || req.index === VFIO_PCI_REQ_IRQ_INDEX) {
-        const slot = req.index === VFIO_PCI_ERR_IRQ_INDEX ? 'errFd' : 'reqFd';
+      const notice = req.index === DEVLEASE_NOTICE_IRQ_INDEX && this.#devlease;
+      if (req.index === VFIO_PCI_ERR_IRQ_INDEX || req.index === VFIO_PCI_REQ_IRQ_INDEX || notice) {
+        const slot = notice ? 'noticeFd' : req.index === VFIO_PCI_ERR_IRQ_INDEX ? 'errFd' : 'reqFd';
         lease[slot]?.close();
         lease[slot] = dataType === VFIO_IRQ_SET_DATA_EVENTFD ? (fds[0] ?? null) : null;
         fds.length = 0; // ownership moved to the lease

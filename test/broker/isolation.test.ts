@@ -98,7 +98,7 @@ test("descriptors aimed at another client's memory stop that queue only (WINDOW_
   const ok = await b.call('submit', { desc: { opcode: 'COPY', src: srcB, dst: dstB, length: 64 } });
   assert.equal(ok.status, 'OK');
   assert.deepEqual(await b.call('readBuf', { name: 'dst', length: 64 }), Array(64).fill(9));
-  // A was told through its ERR notice, with the fault in its info region.
+  // A was told through devlease's notice irq (never ERR: a queue fault is recoverable), the fault in its info.
   const lease = rig.broker.leases.all().find((l) => l.ctx.pid === a.pid)!;
   await until("the fault to reach A's lease", () => lease.faults.some((f) => f.name === 'WINDOW_VIOLATION'));
   assert.ok(!rig.broker.leases.all().find((l) => l.ctx.pid === b.pid)!.faults.length, 'B saw no fault');
