@@ -8,8 +8,8 @@
 // between descriptors.
 
 import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
+import { type DevleaseError, ERRNO, errnoNumber, VfioError } from '../../errors.js';
 import { Mapping, native } from '../../sys/index.js';
-import { ERRNO, type ErrnoName, VfioError } from '../../vfio/user/device-model.js';
 import { ARMED, RACED, Sa1Device } from '../model/device.js';
 import { checkMapRequest, type DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
@@ -78,8 +78,12 @@ let shutdownSeq: number | null = null;
 function asVfioError(err: unknown): VfioError | null {
   if (err instanceof VfioError) return err;
   const code = (err as { code?: unknown })?.code;
-  if (typeof code === 'string' && code in ERRNO)
-    return new VfioError(code as ErrnoName, (err as Error).message);
+  const errno = typeof code === 'string' ? errnoNumber(code) : undefined;
+  if (errno !== undefined) {
+    // A refusal from below (a SysError from an mmap, say): its reason field if it has one, else its message.
+    const e = err as DevleaseError;
+    return new VfioError(code as string, e.reason ?? e.message, errno, { cause: err });
+  }
   return null;
 }
 
