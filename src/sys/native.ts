@@ -180,4 +180,9 @@ export interface NativeAddon {
 
 const require = createRequire(import.meta.url);
 export const native: NativeAddon = require('../../../build/Release/devlease.node') as NativeAddon;
+if (typeof native.setErrorClasses !== 'function') {
+  throw new Error(
+    'build/Release/devlease.node predates setErrorClasses (src/errors.ts): rebuild it with `npm run install`',
+  );
+}
 native.setErrorClasses(SysError, MisuseError);
