@@ -6,7 +6,7 @@
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
 import { chownSync, readFileSync } from 'node:fs';
-import { type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
+import { type Fd, type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
 import type { Broker } from './broker.js';
 import { checkRevokeDeadline } from './lease.js';
 
@@ -28,12 +28,17 @@ export class AdminServer {
   readonly #broker: Broker;
   readonly path: string;
 
-  constructor(broker: Broker, path: string) {
+  /** `listening`: a socket systemd made (socket activation): its mode and group are the socket unit's. */
+  constructor(broker: Broker, path: string, listening?: Fd) {
     this.#broker = broker;
     this.path = path;
     const { mode, group } = broker.config.admin;
-    this.#server = SeqpacketServer.listen(path, { mode });
-    if (group !== null) chownSync(path, -1, group);
+    if (listening) {
+      this.#server = SeqpacketServer.fromListening(listening, path);
+    } else {
+      this.#server = SeqpacketServer.listen(path, { mode });
+      if (group !== null) chownSync(path, -1, group);
+    }
     this.#server.on('connection', (sock: SeqpacketSocket) => this.#accept(sock));
   }
 
