@@ -23,6 +23,7 @@ import { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
 import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
 import { LeaseTable } from './leases.js';
+import { MetricsServer } from './observe/metrics-server.js';
 import { PendingSession } from './pending-session.js';
 import { Policy, type PolicyModule, readCallerContext } from './policy.js';
 import { Recovery, type RecoveryCause } from './recovery.js';
@@ -88,6 +89,8 @@ export class Broker extends EventEmitter {
   readonly #watcher = new SliceWatcher();
   readonly #pidfds = new Set<PidFd>();
   #admin: AdminServer | null = null;
+  /** The Prometheus endpoint (config [metrics] listen), or null. */
+  #metrics: MetricsServer | null = null;
   #closed = false;
   /** Device recoveries, one at a time (hang, reset, the owner's reset). */
   readonly #recovery: Recovery;
@@ -143,6 +146,7 @@ export class Broker extends EventEmitter {
     try {
       await driver.boot();
       await broker.#listen(opts.listening ?? []);
+      if (config.metrics.listen) broker.#metrics = await MetricsServer.start(broker);
     } catch (err) {
       await broker.close();
       throw err;
@@ -321,6 +325,11 @@ export class Broker extends EventEmitter {
     }
   }
 
+  /** Where the Prometheus endpoint listens (HOST:PORT with the bound port, or a socket path), or null. */
+  get metricsEndpoint(): string | null {
+    return this.#metrics?.endpoint ?? null;
+  }
+
   /** Up, or gone since when and why (and how many reconnect attempts so far). */
   deviceConnection(): DeviceConnectionStatus {
     return this.#link.status();
@@ -347,6 +356,7 @@ export class Broker extends EventEmitter {
     this.#closed = true;
     this.leases.suspended = 'the broker is shutting down';
     this.#admin?.close();
+    await this.#metrics?.close();
     await this.#link.close();
     await this.#recovery.close();
     await this.#losing;

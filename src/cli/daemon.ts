@@ -129,7 +129,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     return 1;
   }
   process.stdout.write(
-    `${JSON.stringify({ event: 'ready', sockets: Object.fromEntries(broker.sockets), dir: broker.dir })}\n`,
+    `${JSON.stringify({ event: 'ready', sockets: Object.fromEntries(broker.sockets), dir: broker.dir, metrics: broker.metricsEndpoint })}\n`,
   );
   return new Promise<number>((resolve) => {
     const stop = async (code: number) => {
