@@ -2,13 +2,14 @@
 // message, for root, the broker's own user, or the configured admin group.
 //
 //   → {"op":"status"} | {"op":"leases"} | {"op":"clients"} | {"op":"revoke","id":"queue-3","deadlineMs":500}
-//     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"}
+//     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"} | {"op":"top"} (devlease top's view)
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
 import { chownSync, readFileSync } from 'node:fs';
-import { type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
+import { type Fd, type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
 import type { Broker } from './broker.js';
 import { checkRevokeDeadline } from './lease.js';
+import { TopSnapshot } from './observe/top-snapshot.js';
 
 const json = (v: unknown) =>
   Buffer.from(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : x)));
@@ -27,13 +28,20 @@ export class AdminServer {
   readonly #server: SeqpacketServer;
   readonly #broker: Broker;
   readonly path: string;
+  /** `devlease top`'s view, made on first use. */
+  #top: TopSnapshot | null = null;
 
-  constructor(broker: Broker, path: string) {
+  /** `listening`: a socket systemd made (socket activation): its mode and group are the socket unit's. */
+  constructor(broker: Broker, path: string, listening?: Fd) {
     this.#broker = broker;
     this.path = path;
     const { mode, group } = broker.config.admin;
-    this.#server = SeqpacketServer.listen(path, { mode });
-    if (group !== null) chownSync(path, -1, group);
+    if (listening) {
+      this.#server = SeqpacketServer.fromListening(listening, path);
+    } else {
+      this.#server = SeqpacketServer.listen(path, { mode });
+      if (group !== null) chownSync(path, -1, group);
+    }
     this.#server.on('connection', (sock: SeqpacketSocket) => this.#accept(sock));
   }
 
@@ -118,6 +126,9 @@ export class AdminServer {
         return { reset: true };
       case 'audit':
         return b.audit.recent.slice(-100);
+      case 'top':
+        this.#top ??= new TopSnapshot(b);
+        return this.#top.snapshot();
       default:
         throw Object.assign(new Error(`unknown op ${JSON.stringify(req.op)}`), { code: 'EINVAL' });
     }
