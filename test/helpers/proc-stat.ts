@@ -25,3 +25,17 @@ export async function cpuDuring(pid: number, ms: number): Promise<number> {
   await new Promise((r) => setTimeout(r, ms));
   return cpuSeconds(pid) - before;
 }
+
+/** Resident set size of `pid`, in bytes (VmRSS). */
+export function rssBytes(pid: number): number {
+  const kb = readFileSync(`/proc/${pid}/status`, 'utf8').match(/^VmRSS:\s+(\d+) kB$/m)?.[1];
+  if (kb === undefined) throw new Error(`no VmRSS in /proc/${pid}/status`);
+  return Number(kb) * 1024;
+}
+
+/** Mappings of `pid` whose path contains `what` (e.g. 'memfd:'), from /proc/<pid>/maps. */
+export function mappingCount(pid: number, what: string): number {
+  return readFileSync(`/proc/${pid}/maps`, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(what)).length;
+}
