@@ -10,6 +10,7 @@
 //   'ERR_DEVLEASE_CLOSED' or 'ERR_DEVLEASE_TOO_MANY_FDS'.
 
 import { createRequire } from 'node:module';
+import { withFailNth } from './fail-nth.js';
 
 if (process.platform !== 'linux') {
   throw new Error(
@@ -173,4 +174,7 @@ export interface NativeAddon {
 }
 
 const require = createRequire(import.meta.url);
-export const native: NativeAddon = require('../../../build/Release/devlease.node') as NativeAddon;
+const addon = require('../../../build/Release/devlease.node') as NativeAddon;
+/** The addon itself, unless the test-only fail-nth hook was asked for at load (fail-nth.ts). */
+export const native: NativeAddon =
+  process.env.DEVLEASE_FAIL_NTH === undefined ? addon : withFailNth(addon, process.env.DEVLEASE_FAIL_NTH);

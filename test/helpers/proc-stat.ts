@@ -1,7 +1,7 @@
 // Another process's CPU time and open descriptors, from /proc: behaviour
 // checks such as "not spinning" (CPU over a few seconds stays low) and
 // "descriptors freed" (its fd count back to where it was).
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
 /** /proc reports CPU time in USER_HZ ticks, which Linux fixes at 100 per second. */
 export const TICKS_PER_SECOND = 100;
@@ -38,4 +38,24 @@ export function mappingCount(pid: number, what: string): number {
   return readFileSync(`/proc/${pid}/maps`, 'utf8')
     .split('\n')
     .filter((l) => l.includes(what)).length;
+}
+
+/** Descriptors of `pid` as "fd -> target" lines (for leak messages). */
+export function fdTargets(pid: number): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.set(fd, readlinkSync(`/proc/${pid}/fd/${fd}`));
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return out;
+}
+
+/** What changed between two fdTargets() listings. */
+export function fdDiff(before: Map<string, string>, after: Map<string, string>): string {
+  const added = [...after].filter(([fd, t]) => before.get(fd) !== t).map(([fd, t]) => `+${fd}->${t}`);
+  const removed = [...before].filter(([fd, t]) => after.get(fd) !== t).map(([fd, t]) => `-${fd}->${t}`);
+  return [...added, ...removed].join(' ');
 }
