@@ -7,10 +7,9 @@ import { EventEmitter } from 'node:events';
 import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Device, isReconnectable } from '../device/device.js';
-import type { Driver, DriverFactory } from '../drivers/driver.js';
-import { eduDriverFactory } from '../drivers/edu.js';
-import { genericDriverFactory } from '../drivers/generic.js';
-import { sa1DriverFactory } from '../drivers/sa1/driver.js';
+import type { Driver } from '../drivers/driver.js';
+import { driverFactoryFor } from '../drivers/registry.js';
+import { DevleaseError } from '../errors.js';
 import { PidFd, type StreamSocket } from '../sys/index.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { ConnectionInfo } from '../vfio/user/device-model.js';
@@ -27,8 +26,6 @@ import { PendingSession } from './pending-session.js';
 import { Policy, type PolicyModule, readCallerContext } from './policy.js';
 import { Recovery, type RecoveryCause } from './recovery.js';
 import { SliceWatcher } from './slices.js';
-
-export const DRIVERS: DriverFactory[] = [sa1DriverFactory, eduDriverFactory, genericDriverFactory];
 
 export interface BrokerOptions {
   config: BrokerConfig;
@@ -103,8 +100,8 @@ export class Broker extends EventEmitter {
 
   static async start(opts: BrokerOptions): Promise<Broker> {
     const { config, device } = opts;
-    const factory = DRIVERS.find((f) => f.matches(device));
-    if (!factory) throw new Error('no driver matches the device');
+    const factory = driverFactoryFor(device);
+    if (!factory) throw new DevleaseError('ENODEV', 'no driver matches the device');
     const audit = new AuditLog(config.auditLog, opts.auditSink);
     const policy = new Policy(config.policy, (e) => audit.write({ event: 'policy', ...e }));
     if (config.policy.module) await policy.loadModule(config.policy.module);
@@ -279,12 +276,16 @@ export class Broker extends EventEmitter {
    * another reset) rather than racing it; rejects with the last attempt's error if the device did not recover.
    */
   async resetDevice(): Promise<void> {
-    if (this.leases.deviceGone) throw Object.assign(new Error(this.leases.deviceGone), { code: 'ENODEV' });
+    if (this.leases.deviceGone) throw new DevleaseError('ENODEV', this.leases.deviceGone);
     const err = await this.#recovery.request('owner-reset', 'requested by the owner');
     if (err) {
-      throw Object.assign(new Error(`the device did not recover: ${err.message}`), {
-        code: (err as { code?: string }).code ?? 'EIO',
-      });
+      throw new DevleaseError(
+        (err as { code?: string }).code ?? 'EIO',
+        `the device did not recover: ${err.message}`,
+        {
+          cause: err,
+        },
+      );
     }
   }
 

@@ -8,7 +8,7 @@
 import type { NativeAddon } from './native.js';
 
 /** Native functions never failed: releases, and fd bookkeeping that makes no syscall. */
-const NEVER = new Set(['close', 'trackFd', 'untrackFd']);
+const NEVER = new Set(['close', 'trackFd', 'untrackFd', 'setErrorClasses']);
 
 let countdown = 0;
 let fired: string | null = null;

@@ -9,6 +9,7 @@
 // once would spin the process at 100 % and flood the log.
 import { EventEmitter } from 'node:events';
 import { lstatSync, unlinkSync } from 'node:fs';
+import { SysError } from '../errors.js';
 import { closedError } from './errors.js';
 import { Fd } from './fd.js';
 import { native } from './native.js';
@@ -114,7 +115,7 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
 
   #onReadable(status: number): void {
     if (status < 0) {
-      this.emit('error', Object.assign(new Error(`accept: poll failed (${status})`), { code: 'EBADF' }));
+      this.emit('error', new SysError('accept', 'EBADF', `poll failed (${status})`));
       return;
     }
     while (this.#fd !== null && this.#backoff === null) {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { ADMIN_MAX_PENDING, ADMIN_REPLY_HIGH_WATER } from '../../src/broker/admin.js';
-import { type ChildSimulator, spawnSimulator } from '../../src/sim/child.js';
+import { type ChildSimulator, spawnSimulator } from '../../src/sim/host/child.js';
 import { type SeqpacketMessage, SeqpacketSocket } from '../../src/sys/index.js';
 import { DEVLEASE_BIN, startBroker } from '../../src/util/processes.js';
 import { until } from '../helpers/broker-rig.js';

@@ -16,7 +16,7 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { adminRequest } from '../../src/cli/admin.js';
-import { spawnSimulator } from '../../src/sim/child.js';
+import { spawnSimulator } from '../../src/sim/host/child.js';
 import { startBroker } from '../../src/util/processes.js';
 import { ClientProc } from '../helpers/broker-rig.js';
 import { countFrom, type Rng, rng, seedFrom } from '../helpers/rng.js';

@@ -16,7 +16,7 @@ import { test } from 'node:test';
 import { adminRequest } from '../../src/cli/admin.js';
 import { connect } from '../../src/client/lease.js';
 import { Sa1Queue } from '../../src/client/sa1-queue.js';
-import { spawnSimulator } from '../../src/sim/child.js';
+import { spawnSimulator } from '../../src/sim/host/child.js';
 import { startBroker } from '../../src/util/processes.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { fdCount, fdDiff, fdTargets, rssBytes } from '../helpers/proc-stat.js';

@@ -2,6 +2,7 @@
 // sockets handed over with serveSocket), gives each its own device model
 // from createDevice(), and serves it through a VfioUserConnection.
 import { EventEmitter } from 'node:events';
+import { closedError } from '../../errors.js';
 import { StreamServer } from '../../sys/index.js';
 import { MAX_FDS } from '../../sys/native.js';
 import { VfioUserConnection } from './connection.js';
@@ -106,7 +107,7 @@ export class VfioUserServer extends EventEmitter {
   serveSocket(socket: MessageSocket): VfioUserConnection {
     if (this.#closed) {
       socket.close();
-      throw Object.assign(new Error('VfioUserServer is closed'), { code: 'ERR_DEVLEASE_CLOSED' });
+      throw closedError('VfioUserServer');
     }
     let cred = { pid: 0, uid: -1, gid: -1 };
     try {
