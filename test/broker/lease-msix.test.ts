@@ -6,7 +6,7 @@
 // its queue — working in its own IOVA view, with its rings at address 0.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { encodeDescriptor } from '../../src/sim/descriptor.js';
+import { encodeDescriptor } from '../../src/sim/model/descriptor.js';
 import { EventFd, Mapping, MemFd } from '../../src/sys/index.js';
 import {
   VFIO_IRQ_INFO_EVENTFD,
