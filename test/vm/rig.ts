@@ -77,7 +77,9 @@ function runScript(commands: GuestCommand[]): string {
  * that the guest can reset it alone (a secondary bus reset, which QEMU sends
  * as VFIO_USER_DEVICE_RESET); no -no-reboot, so a QMP system_reset reboots the
  * guest instead of ending QEMU; panic=0 keeps a panicking guest from
- * rebooting in a loop.
+ * rebooting in a loop (waitLine fails at its panic line); no_timer_check, as
+ * in the kernel rig: a TCG guest on a loaded host can fail the IO-APIC timer
+ * check through interrupt remapping and panic.
  */
 export function qemuArgs(o: { socket: string; qmp: string; runDir: string; memMiB?: number }): string[] {
   const { kernel, initrd } = guestImages();
@@ -93,9 +95,11 @@ export function qemuArgs(o: { socket: string; qmp: string; runDir: string; memMi
     ...['-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap'],
     ...['-nographic', '-nic', 'none', '-qmp', `unix:${o.qmp},server=on,wait=off`],
     ...['-kernel', kernel, '-initrd', initrd],
-    ...['-append', `console=ttyS0 intel_iommu=on panic=0 quiet devlease_run=${o.runDir}`],
+    ...['-append', `console=ttyS0 intel_iommu=on panic=0 quiet no_timer_check devlease_run=${o.runDir}`],
   ];
 }
+
+const PANIC = /Kernel panic - not syncing/;
 
 export interface VmExit {
   code: number | null;
@@ -159,6 +163,8 @@ export class Vm {
       for (let i = from; i < this.lines.length; i++) {
         const match = (this.lines[i] as string).match(re);
         if (match) return { index: i, match };
+        if (PANIC.test(this.lines[i] as string))
+          throw new Error(`no console line ${re}: the guest kernel panicked\n${this.context()}`);
       }
       const left = deadline - Date.now();
       let why = left <= 0 ? `within ${ms} ms` : !this.running ? 'before QEMU exited' : '';

@@ -133,6 +133,8 @@ test('a VM on devlease sim: the guest sees the SA-1 with its BARs and MSI-X, rea
       const driver = await vm.waitLine(DRIVER, first.index, BOOT_MS);
       t.diagnostic(`guest driver done: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
       const d = JSON.parse(driver.match[1] as string);
+      for (const l of vm.lines.slice(first.index, driver.index))
+        if (l.includes('DEVLEASE-VM-STEP')) t.diagnostic(l);
       assert.equal(d.error, undefined, `the guest driver failed: ${d.error}\n${vm.context()}`);
       assert.equal(d.vectors, NUM_QUEUES + 1, 'the driver wired every MSI-X vector');
       assert.equal(d.irqVector, 0, 'the INTR completion came by vector 0 (QCFG[0].Q_VECTOR)');

@@ -10,9 +10,11 @@
 // descriptor at --bad-iova (outside the window) faults the queue; the queue
 // is reset (owner: Q_CTRL.RESET; lease: VFIO_DEVICE_RESET, which QEMU sends
 // to the lease as VFIO_USER_DEVICE_RESET) and the work runs again.
+// DMA buffer: one 2 MiB huge page when the guest has one (see dma_buffer).
 // --hold: afterwards, a NOP every 200 ms with a tick line every 25, until a
 // NOP does not complete (the lease was revoked): one STALLED line, then idle.
 // Output: DEVLEASE-VM-STEP lines, then one DEVLEASE-VM-DRIVER <json> line.
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +25,27 @@
 #include "sa1-guest.h"
 
 #define WAIT_MS 30000 // per completion: TCG on a loaded machine is slow
-#define BUF_SIZE (4u << 20)
+#define BUF_SIZE (2u << 20)
+
+/**
+ * The DMA buffer: one 2 MiB huge page if the guest can have one (physically
+ * contiguous, so the guest's IOMMU maps it as one superpage and QEMU sends
+ * one DMA_MAP), else 2 MiB of small pages (512 maps: a lease bounds its
+ * mappings, 1024 by default).
+ */
+static uint8_t *dma_buffer(int *huge) {
+  int fd = open("/proc/sys/vm/nr_hugepages", O_WRONLY);
+  if (fd >= 0) {
+    if (write(fd, "1", 1) < 0) { /* none to be had: small pages below */ }
+    close(fd);
+  }
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_LOCKED;
+  void *p = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE, flags | MAP_HUGETLB, -1, 0);
+  *huge = p != MAP_FAILED;
+  if (!*huge) p = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (p == MAP_FAILED) die("mmap %u bytes of guest RAM failed", BUF_SIZE);
+  return p;
+}
 
 static uint64_t tag_seq = 0x1000;
 
@@ -109,7 +131,7 @@ static int work(struct queue *q, const char *phase) {
 
 int main(int argc, char **argv) {
   int owner = 0, hold = 0;
-  uint64_t iova = 0x100000, bad = 0xf00000000000ull;
+  uint64_t iova = 0x200000, bad = 0xf00000000000ull;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--owner")) owner = 1;
     else if (!strcmp(argv[i], "--hold")) hold = 1;
@@ -120,12 +142,12 @@ int main(int argc, char **argv) {
   struct vdev d = {0};
   vfio_open(&d);
   struct queue q = {.d = &d, .iova = iova, .size = BUF_SIZE};
-  q.mem = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_LOCKED, -1, 0);
-  if (q.mem == MAP_FAILED) die("mmap %u bytes of guest RAM failed", BUF_SIZE);
+  int huge;
+  q.mem = dma_buffer(&huge);
   vfio_dma_map(&d, q.mem, iova, BUF_SIZE);
   vfio_msix(&d);
-  step("bound", "%s vfio-pci, BAR2 %llu bytes, %d MSI-X vectors, DMA at iova 0x%llx", d.bdf,
-       (unsigned long long)d.bar2_size, d.nvec, (unsigned long long)iova);
+  step("bound", "%s vfio-pci, BAR2 %llu bytes, %d MSI-X vectors, DMA at iova 0x%llx (%s pages)", d.bdf,
+       (unsigned long long)d.bar2_size, d.nvec, (unsigned long long)iova, huge ? "huge" : "small");
   if (owner) sa1_owner_setup(&d, &q);
   q_rings(&q);
   int vec = work(&q, "first");
@@ -149,9 +171,9 @@ int main(int argc, char **argv) {
   q_rings(&q);
   int vec2 = work(&q, "after-reset");
 
-  printf("DEVLEASE-VM-DRIVER {\"ok\":true,\"bdf\":\"%s\",\"owner\":%s,\"vectors\":%d,\"irqVector\":%d,"
+  printf("DEVLEASE-VM-DRIVER {\"ok\":true,\"bdf\":\"%s\",\"owner\":%s,\"hugePage\":%s,\"vectors\":%d,\"irqVector\":%d,"
          "\"irqVectorAfterReset\":%d,\"fault\":{\"completion\":%s,\"status\":%d,\"qError\":%u}}\n",
-         d.bdf, owner ? "true" : "false", d.nvec, vec, vec2, got ? "true" : "false", got ? c.status : -1, qerr);
+         d.bdf, owner ? "true" : "false", huge ? "true" : "false", d.nvec, vec, vec2, got ? "true" : "false", got ? c.status : -1, qerr);
   fflush(stdout);
   if (!hold) return 0;
   for (unsigned n = 1;; n++) {
