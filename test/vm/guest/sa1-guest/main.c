@@ -1,6 +1,6 @@
 // sa1-guest: drives one SA-1 queue from inside a VM (test/vm, docs/VM-TESTS.md).
 //
-//   sa1-guest [--owner] [--iova HEX] [--bad-iova HEX] [--hold]
+//   sa1-guest [--owner [--device-reset]] [--iova HEX] [--bad-iova HEX] [--hold]
 //
 // --owner: the guest has the whole device (devlease sim directly): it loads
 // firmware and programs QCFG[0] itself. Otherwise it holds a lease: the
@@ -10,6 +10,8 @@
 // descriptor at --bad-iova (outside the window) faults the queue; the queue
 // is reset (owner: Q_CTRL.RESET; lease: VFIO_DEVICE_RESET, which QEMU sends
 // to the lease as VFIO_USER_DEVICE_RESET) and the work runs again.
+// --device-reset: the owner too resets with VFIO_DEVICE_RESET (the whole
+// device: firmware and QCFG[0] again), the path a lease's holder takes.
 // DMA buffer: one 2 MiB huge page when the guest has one (see dma_buffer).
 // --hold: afterwards, a NOP every 200 ms with a tick line every 25, until a
 // NOP does not complete (the lease was revoked): one STALLED line, then idle.
@@ -130,14 +132,15 @@ static int work(struct queue *q, const char *phase) {
 }
 
 int main(int argc, char **argv) {
-  int owner = 0, hold = 0;
+  int owner = 0, hold = 0, device_reset = 0;
   uint64_t iova = 0x200000, bad = 0xf00000000000ull;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--owner")) owner = 1;
     else if (!strcmp(argv[i], "--hold")) hold = 1;
+    else if (!strcmp(argv[i], "--device-reset")) device_reset = 1;
     else if (!strcmp(argv[i], "--iova") && i + 1 < argc) iova = strtoull(argv[++i], NULL, 16);
     else if (!strcmp(argv[i], "--bad-iova") && i + 1 < argc) bad = strtoull(argv[++i], NULL, 16);
-    else die("usage: sa1-guest [--owner] [--iova HEX] [--bad-iova HEX] [--hold] (got %s)", argv[i]);
+    else die("usage: sa1-guest [--owner [--device-reset]] [--iova HEX] [--bad-iova HEX] [--hold] (got %s)", argv[i]);
   }
   struct vdev d = {0};
   vfio_open(&d);
@@ -163,17 +166,20 @@ int main(int argc, char **argv) {
   if (qerr != ST_WINDOW_VIOLATION) die("fault: Q_ERROR %u, expected %u (WINDOW_VIOLATION)", qerr, ST_WINDOW_VIOLATION);
   step("fault", "completion %s status %u, Q_ERROR %u", got ? "written" : "none", got ? c.status : 0, qerr);
 
-  if (owner) bar0_write(&d, REG_QCFG + Q_CTRL, 3);
+  if (owner && !device_reset) bar0_write(&d, REG_QCFG + Q_CTRL, 3);
   else vfio_reset(&d);
+  if (owner && device_reset) sa1_owner_setup(&d, &q); // the whole device was reset: firmware and QCFG again
   uint32_t after = qp_read(&q, QP_Q_ERROR);
   if (after != 0) die("reset: Q_ERROR still %u", after);
-  step("reset", "%s, Q_ERROR 0", owner ? "Q_CTRL.RESET" : "VFIO_DEVICE_RESET");
+  step("reset", "%s, Q_ERROR 0", owner && !device_reset ? "Q_CTRL.RESET" : "VFIO_DEVICE_RESET");
   q_rings(&q);
   int vec2 = work(&q, "after-reset");
 
-  printf("DEVLEASE-VM-DRIVER {\"ok\":true,\"bdf\":\"%s\",\"owner\":%s,\"hugePage\":%s,\"vectors\":%d,\"irqVector\":%d,"
+  // The owner leaves SCRATCH non-zero: a later machine reset must clear it (sim-direct checks).
+  if (owner) bar0_write(&d, REG_SCRATCH, 0x5ca1ab1e);
+  printf("DEVLEASE-VM-DRIVER {\"ok\":true,\"bdf\":\"%s\",\"owner\":%s,\"hugePage\":%s,\"reset\":\"%s\",\"vectors\":%d,\"irqVector\":%d,"
          "\"irqVectorAfterReset\":%d,\"fault\":{\"completion\":%s,\"status\":%d,\"qError\":%u}}\n",
-         d.bdf, owner ? "true" : "false", huge ? "true" : "false", d.nvec, vec, vec2, got ? "true" : "false", got ? c.status : -1, qerr);
+         d.bdf, owner ? "true" : "false", huge ? "true" : "false", owner && !device_reset ? "Q_CTRL.RESET" : "VFIO_DEVICE_RESET", d.nvec, vec, vec2, got ? "true" : "false", got ? c.status : -1, qerr);
   fflush(stdout);
   if (!hold) return 0;
   for (unsigned n = 1;; n++) {

@@ -13,6 +13,7 @@
 #define SA1_DEVICE 0x5a01
 #define REG_ID 0x000
 #define REG_CONTROL 0x008
+#define REG_SCRATCH 0x00c
 #define REG_FW_IOVA 0x028
 #define REG_FW_LEN 0x030
 #define REG_FW_CMD 0x034
