@@ -2,8 +2,9 @@
 // boots the kernel rig's stock guest kernel with the `vfio-user` initramfs
 // (scripts/kernel-rig/init.sh), a `vfio-user-pci` device attached to a
 // vfio-user server socket, and a QMP socket for the test to drive the machine.
-// The guest runs `node <args>` on this project over 9p, as the kernel rig
-// does, then waits for the host (it is not powered off).
+// The guest runs its commands (node on this project, or the static guest
+// driver sa1-guest) from the host's root over 9p, as the kernel rig does,
+// then waits for the host (it is not powered off).
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -48,34 +49,57 @@ export function guestImages(): { kernel: string; initrd: string } {
 
 const quote = (s: string): string => `'${s.replaceAll("'", "'\\''")}'`;
 
-/** The script init.sh runs in the chroot of the host's root. */
-function runScript(nodeArgs: string[]): string {
+/** One command of the guest's script: the host's node on a file of this project, or a static program. */
+export type GuestCommand = { node: string[] } | { exec: string[] };
+
+let cachedDriver: string | undefined;
+/** sa1-guest, the static guest driver (test/vm/guest/sa1-guest), built or found cached. */
+export function guestDriver(): string {
+  cachedDriver ??= script('test/vm/guest/sa1-guest/build.sh').trim();
+  return cachedDriver;
+}
+
+/** The script init.sh runs in the chroot of the host's root: the commands in order, whatever their status. */
+function runScript(commands: GuestCommand[]): string {
   return [
     `cd ${quote(projectRoot)} || exit 126`,
     `export PATH=${quote(`${dirname(process.execPath)}:/usr/sbin:/usr/bin:/sbin:/bin`)} HOME=/root TMPDIR=/tmp NO_COLOR=1`,
-    `exec ${[process.execPath, ...nodeArgs].map(quote).join(' ')}`,
+    ...commands.map((c) => ('node' in c ? [process.execPath, ...c.node] : c.exec).map(quote).join(' ')),
     '',
   ].join('\n');
 }
 
 /**
  * The QEMU command line. Guest RAM is a shared memfd so that DMA_MAP carries
- * fds; no -no-reboot, so a QMP system_reset reboots the guest instead of
- * ending QEMU; panic=0 keeps a panicking guest from rebooting in a loop.
+ * fds; an emulated Intel IOMMU (caching mode: QEMU sees every map the guest
+ * makes) so that a guest driver's vfio-pci maps its buffers at IOVAs it
+ * chooses, which QEMU forwards as DMA_MAP; the device behind a root port, so
+ * that the guest can reset it alone (a secondary bus reset, which QEMU sends
+ * as VFIO_USER_DEVICE_RESET); no -no-reboot, so a QMP system_reset reboots the
+ * guest instead of ending QEMU; panic=0 keeps a panicking guest from
+ * rebooting in a loop (waitLine fails at its panic line); no_timer_check, as
+ * in the kernel rig: a TCG guest on a loaded host can fail the IO-APIC timer
+ * check through interrupt remapping and panic.
  */
 export function qemuArgs(o: { socket: string; qmp: string; runDir: string; memMiB?: number }): string[] {
   const { kernel, initrd } = guestImages();
   const mem = o.memMiB ?? 1024;
+  const device = { driver: 'vfio-user-pci', bus: 'rp0', socket: { path: o.socket, type: 'unix' } };
   return [
-    ...['-machine', 'q35,memory-backend=mem', '-accel', 'tcg', '-cpu', 'max', '-smp', '1', '-m', `${mem}M`],
+    ...['-machine', 'q35,kernel-irqchip=split,memory-backend=mem', '-accel', 'tcg', '-cpu', 'max'],
+    ...['-smp', '1', '-m', `${mem}M`],
     ...['-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`],
-    ...['-device', JSON.stringify({ driver: 'vfio-user-pci', socket: { path: o.socket, type: 'unix' } })],
+    ...['-device', 'intel-iommu,intremap=on,caching-mode=on'],
+    ...['-device', 'pcie-root-port,id=rp0,chassis=1,slot=1'],
+    ...['-device', JSON.stringify(device)],
     ...['-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap'],
     ...['-nographic', '-nic', 'none', '-qmp', `unix:${o.qmp},server=on,wait=off`],
     ...['-kernel', kernel, '-initrd', initrd],
-    ...['-append', `console=ttyS0 panic=0 quiet devlease_run=${o.runDir}`],
+    ...['-append', `console=ttyS0 intel_iommu=on panic=0 quiet no_timer_check devlease_run=${o.runDir}`],
   ];
 }
+
+const PANIC = /Kernel panic - not syncing/;
 
 export interface VmExit {
   code: number | null;
@@ -106,14 +130,14 @@ export class Vm {
     this.exited = new Promise((res) => child.on('close', (code, signal) => res({ code, signal })));
   }
 
-  /** Boots a guest with vfio-user-pci on `socket` that runs `node ...nodeArgs`. */
-  static async boot(socket: string, nodeArgs: string[]): Promise<Vm> {
+  /** Boots a guest with vfio-user-pci on `socket` that runs `commands`. */
+  static async boot(socket: string, commands: GuestCommand[], opts: { memMiB?: number } = {}): Promise<Vm> {
     const qemu = qemu11();
     const dir = mkdtempSync(join(tmpdir(), 'devlease-vm-'));
     writeFileSync(join(dir, 'project'), `${projectRoot}\n`);
-    writeFileSync(join(dir, 'run.sh'), runScript(nodeArgs));
+    writeFileSync(join(dir, 'run.sh'), runScript(commands));
     const qmpPath = join(dir, 'qmp.sock');
-    const child = spawn(qemu, qemuArgs({ socket, qmp: qmpPath, runDir: dir }), {
+    const child = spawn(qemu, qemuArgs({ socket, qmp: qmpPath, runDir: dir, ...opts }), {
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     const vm = new Vm(child, dir);
@@ -139,6 +163,8 @@ export class Vm {
       for (let i = from; i < this.lines.length; i++) {
         const match = (this.lines[i] as string).match(re);
         if (match) return { index: i, match };
+        if (PANIC.test(this.lines[i] as string))
+          throw new Error(`no console line ${re}: the guest kernel panicked\n${this.context()}`);
       }
       const left = deadline - Date.now();
       let why = left <= 0 ? `within ${ms} ms` : !this.running ? 'before QEMU exited' : '';
@@ -165,6 +191,10 @@ export class Vm {
       ...this.lines.slice(-30).map((l) => `[console] ${l}`),
       `[qemu stderr] ${this.stderr.trim()}`,
     ].join('\n');
+  }
+
+  get pid(): number {
+    return this.#child.pid ?? -1;
   }
 
   /** QMP quit; resolves with QEMU's exit. SIGKILL if it does not go in time. */

@@ -37,17 +37,25 @@ function prepare(what, script, ...scriptArgs) {
 const qemu = prepare('QEMU 11', 'scripts/qemu11/install.sh');
 prepare('guest kernel and initramfs', 'scripts/kernel-rig/build.sh', 'vfio-user');
 
+// Written but not run by default until what they need has landed; `--only` still runs them.
+const PENDING = {
+  'lease.test.js':
+    'a lease for a VM needs per-lease IOVA views and MSI-X in the lease config space (issue 13, device side)',
+};
+
 const dir = join(projectRoot, 'dist/test/vm');
 let files;
 try {
   files = readdirSync(dir)
-    .filter((f) => f.endsWith('.test.js') && (!only || f.includes(only)))
+    .filter((f) => f.endsWith('.test.js') && (only ? f.includes(only) : !PENDING[f]))
     .sort()
     .map((f) => relative(projectRoot, join(dir, f)));
 } catch (err) {
   console.error(`test:vm: cannot read ${dir} (${err.code}): run 'npm run build:ts' first`);
   process.exit(1);
 }
+if (!only)
+  for (const [f, why] of Object.entries(PENDING)) console.log(`test:vm: ${f} not run by default: ${why}`);
 if (files.length === 0) {
   console.error(`test:vm: no *.test.js files in ${dir}`);
   process.exit(1);

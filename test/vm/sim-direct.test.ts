@@ -14,9 +14,10 @@ import { before, test } from 'node:test';
 import * as ds from '../../src/sim/model/datasheet.js';
 import { assertNoFdLeak } from '../helpers/fds.js';
 import { withDeadline } from './qmp.js';
-import { guestImages, projectRoot, qemu11, Vm } from './rig.js';
+import { guestDriver, guestImages, projectRoot, qemu11, Vm } from './rig.js';
 
 const GUEST = ['dist/test/vm/guest/sim-device.js'];
+const DRIVER = /DEVLEASE-VM-DRIVER (.*)$/;
 const RESULT = /DEVLEASE-VM-RESULT (.*)$/;
 // (unanchored: the firmware leaves terminal escapes on the console)
 const INIT = /devlease-init: config vfio-user/;
@@ -46,6 +47,7 @@ before(() => {
   // Installs or finds cached: QEMU 11 and the guest images (minutes on a fresh machine).
   qemu11();
   guestImages();
+  guestDriver();
 });
 
 async function startSim(socket: string): Promise<ChildProcess> {
@@ -119,24 +121,43 @@ test('a VM on devlease sim: the guest sees the SA-1 with its BARs and MSI-X, rea
     const sim = await startSim(join(dir, 'sim.sock'));
     let vm: Vm | undefined;
     try {
-      vm = await Vm.boot(join(dir, 'sim.sock'), GUEST);
+      vm = await Vm.boot(join(dir, 'sim.sock'), [
+        { node: GUEST },
+        { exec: [guestDriver(), '--owner', '--device-reset'] },
+      ]);
       const init = await vm.waitLine(INIT, 0, BOOT_MS);
       t.diagnostic(`boot to init: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
       const first = await guestResult(vm, init.index);
       t.diagnostic(`first boot, guest result: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
       assertSa1(first.result, 'first boot');
+
+      // The guest driver as the device's owner: firmware, QCFG[0], rings in guest RAM behind the
+      // guest's IOMMU, MSI-X, verified work, a completion by interrupt, a fault and a queue reset.
+      const driver = await vm.waitLine(DRIVER, first.index, BOOT_MS);
+      t.diagnostic(`guest driver done: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
+      const d = JSON.parse(driver.match[1] as string);
+      for (const l of vm.lines.slice(first.index, driver.index))
+        if (l.includes('DEVLEASE-VM-STEP')) t.diagnostic(l);
+      assert.equal(d.error, undefined, `the guest driver failed: ${d.error}\n${vm.context()}`);
+      assert.equal(d.vectors, NUM_QUEUES + 1, 'the driver wired every MSI-X vector');
+      assert.equal(d.irqVector, 0, 'the INTR completion came by vector 0 (QCFG[0].Q_VECTOR)');
+      assert.equal(d.irqVectorAfterReset, 0, 'and again after the reset');
+      // The reset a lease's holder uses: the guest's VFIO_DEVICE_RESET is a secondary bus reset of the
+      // root port, which QEMU sends as VFIO_USER_DEVICE_RESET (here: the whole device, set up again).
+      assert.equal(d.reset, 'VFIO_DEVICE_RESET');
+      assert.equal(d.fault.qError, ds.ST_WINDOW_VIOLATION, 'the out-of-window descriptor faulted the queue');
       assert.equal(await vm.qmp.status(), 'running');
 
       // A machine reset: QEMU sends VFIO_USER_DEVICE_RESET, the guest boots again.
       const resetAt = Date.now();
       await vm.qmp.execute('system_reset');
-      const second = await guestResult(vm, first.index + 1);
+      const second = await guestResult(vm, driver.index + 1);
       t.diagnostic(`reset to second result: ${((Date.now() - resetAt) / 1000).toFixed(1)} s`);
       assertSa1(second.result, 'after the machine reset');
       assert.equal(
         second.result.bar0?.scratchBefore,
         0,
-        'SCRATCH is 0 again: the device reset reached the simulator',
+        'SCRATCH is 0 again (the guest driver left 0x5ca1ab1e in it): the device reset reached the simulator',
       );
       assert.equal(await vm.qmp.status(), 'running', 'the VM runs on after the machine reset');
       const events = vm.qmp.events.map((e) => e.event);
