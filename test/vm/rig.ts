@@ -111,6 +111,8 @@ export class Vm {
   readonly startedAt = Date.now();
   stderr = '';
   readonly exited: Promise<VmExit>;
+  /** How QEMU ended, once it has (a SIGBUS on a revoked mapping differs from an exit on a closed socket). */
+  exit: VmExit | undefined;
   qmp!: Qmp;
   #child: ChildProcess;
   #dir: string;
@@ -127,7 +129,12 @@ export class Vm {
       this.lines.push(l.replace(/\r$/, ''));
       for (const f of this.#onLine.splice(0)) f();
     });
-    this.exited = new Promise((res) => child.on('close', (code, signal) => res({ code, signal })));
+    this.exited = new Promise((res) =>
+      child.on('close', (code, signal) => {
+        this.exit = { code, signal };
+        res(this.exit);
+      }),
+    );
   }
 
   /** Boots a guest with vfio-user-pci on `socket` that runs `commands`. */
@@ -167,7 +174,8 @@ export class Vm {
           throw new Error(`no console line ${re}: the guest kernel panicked\n${this.context()}`);
       }
       const left = deadline - Date.now();
-      let why = left <= 0 ? `within ${ms} ms` : !this.running ? 'before QEMU exited' : '';
+      let why =
+        left <= 0 ? `within ${ms} ms` : !this.running ? `before QEMU exited (${this.#exitText()})` : '';
       if (!why && Date.now() - asked >= 5000) {
         asked = Date.now();
         why = await this.#stopped();
@@ -177,6 +185,11 @@ export class Vm {
       const slice = Math.min(left, 5000);
       await withDeadline(new Promise<void>((r) => this.#onLine.push(r)), slice, 'console').catch(() => {});
     }
+  }
+
+  #exitText(): string {
+    const e = this.exit ?? { code: this.#child.exitCode, signal: this.#child.signalCode };
+    return e.signal ? `signal ${e.signal}` : `status ${e.code}`;
   }
 
   /** A reason to stop waiting when the VM no longer runs (QEMU stops it on a device ERR, say). */
