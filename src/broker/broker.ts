@@ -201,19 +201,23 @@ export class Broker extends EventEmitter {
     session.onVersionDone(() => admitted.done());
     session.onEnd(() => admitted.done());
     // Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child).
+    let pidfd: PidFd | null = null;
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      const pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
-      this.#pidfds.add(pidfd);
-      pidfd.onExit(() => {
+      const p = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
+      pidfd = p;
+      this.#pidfds.add(p);
+      p.onExit(() => {
         session?.processExited();
-        this.#pidfds.delete(pidfd);
-        pidfd.close();
+        this.#pidfds.delete(p);
+        p.close();
       });
       session.onEnd(() => {
-        if (this.#pidfds.delete(pidfd)) pidfd.close();
+        if (this.#pidfds.delete(p)) p.close();
       });
     } catch (err) {
+      // A pidfd whose watch could not start is closed here, not kept until the broker stops (fail-nth walk).
+      if (pidfd && this.#pidfds.delete(pidfd)) pidfd.close();
       // Rate-limited: it fails when descriptors run out, for every connection then.
       this.#serverLog.log(
         'no pidfd',
