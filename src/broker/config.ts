@@ -4,6 +4,7 @@
 
 import { readFileSync } from 'node:fs';
 import { parse as parseToml } from 'smol-toml';
+import type { IovaViewMode } from '../drivers/driver.js';
 
 /**
  * A lease limit: a count, or 'fair' — a share of the device, ceil(capacity / FAIR_SHARE_DIVISOR) leases,
@@ -70,8 +71,10 @@ export interface BrokerConfig {
   sa1: {
     /** Firmware image path; null: the broker generates a valid default image. */
     firmware: string | null;
-    /** IOVA window per lease, bytes (a power of two). */
+    /** IOVA window per lease, bytes (a power of two): the device range, and the size of a translated view. */
     windowSize: bigint;
+    /** 'translated': each lease's client sees its own IOVA space [0, windowSize) (Q_XLAT); 'identity': the device's. */
+    iovaView: IovaViewMode;
     /** Device-memory granules a lease may ask for at most. */
     maxDevmemGranules: number;
     /** Heartbeat check period (ms); a stopped heartbeat over this long is a hang. */
@@ -135,7 +138,13 @@ export function defaultConfig(): BrokerConfig {
     admin: { mode: 0o600, group: null },
     layout: { pageSize: 4096, allowCooperative: false },
     lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500 },
-    sa1: { firmware: null, windowSize: 1n << 30n, maxDevmemGranules: 16, heartbeatMs: 100 },
+    sa1: {
+      firmware: null,
+      windowSize: 4n << 30n,
+      iovaView: 'translated',
+      maxDevmemGranules: 16,
+      heartbeatMs: 100,
+    },
     policy: { rules: defaultRules(), module: null, hookTimeoutMs: 200 },
     auditLog: null,
     metrics: { listen: null, mode: 0o660 },
@@ -349,9 +358,13 @@ export function configFromObject(doc: Table): BrokerConfig {
   const windowSize = s.bytes('window_size', d.sa1.windowSize, 4096n, 1n << 40n);
   if ((windowSize & (windowSize - 1n)) !== 0n)
     throw new ConfigError('sa1.window_size', 'must be a power of two');
+  const iovaView = s.string('iova_view', d.sa1.iovaView);
+  if (iovaView !== 'translated' && iovaView !== 'identity')
+    throw new ConfigError('sa1.iova_view', `must be "translated" or "identity", got "${iovaView}"`);
   const sa1 = {
     firmware: s.string('firmware', null),
     windowSize,
+    iovaView: iovaView as IovaViewMode,
     maxDevmemGranules: s.int('max_devmem_granules', d.sa1.maxDevmemGranules, 0, 1 << 16),
     heartbeatMs: s.int('heartbeat_ms', d.sa1.heartbeatMs, 20, 60_000),
   };

@@ -189,6 +189,7 @@ export class LeaseTable extends EventEmitter {
       ...who,
       queue: resources.queue,
       window: resources.window,
+      iovaView: resources.view?.mode ?? null,
       ms: Number(process.hrtime.bigint() - t0) / 1e6,
     });
     this.emit('granted', lease);
@@ -237,13 +238,18 @@ export class LeaseTable extends EventEmitter {
     return lease;
   }
 
-  /** Forward a device fault to the lease holding that queue (ERR notice), or to everyone for device faults. */
+  /**
+   * Forward a device fault to the lease holding that queue, or to everyone for device faults. A queue's fault
+   * is recoverable (the holder resets its queue): it never signals ERR, which a stock client such as QEMU takes
+   * for an unrecoverable error (vm_stop). The holder learns of it from the queue page's Q_ERROR, the
+   * completion's status, and — a devlease client — the notice irq. Device-wide faults signal ERR.
+   */
   fault(f: DeviceFault): void {
     for (const l of this.#leases.values()) {
       if (!l.live || (f.queue !== null && l.resources.queue !== f.queue)) continue;
       l.faults.push(f);
       if (l.faults.length > 16) l.faults.shift();
-      l.notify('err');
+      l.notify(f.queue === null ? 'err' : 'notice');
     }
   }
 
@@ -292,6 +298,7 @@ export class LeaseTable extends EventEmitter {
     await this.#unmapAll(lease, step);
     lease.errFd?.close();
     lease.reqFd?.close();
+    lease.noticeFd?.close();
     const units = [...lease.slices.values()].flat();
     let revoked = this.config.lifetime.revoke && this.device.capabilities.revocableSlices;
     if (revoked) {
@@ -357,6 +364,7 @@ export class LeaseTable extends EventEmitter {
     lease.revokeTimer?.cancel();
     lease.errFd?.close();
     lease.reqFd?.close();
+    lease.noticeFd?.close();
     const units = [...lease.slices.values()].flat();
     const outstanding = units.reduce((n, u) => n + u.outstanding, 0);
     for (const u of units) u.dispose(this.watcher);
@@ -416,7 +424,11 @@ export class LeaseTable extends EventEmitter {
       }
     }
     for (const m of [...lease.mappings.values()]) {
-      await step(`unmap 0x${m.iova.toString(16)}`, () => this.device.dmaUnmap(m.iova, m.size), true);
+      await step(
+        `unmap 0x${m.deviceIova.toString(16)}`,
+        () => this.device.dmaUnmap(m.deviceIova, m.size),
+        true,
+      );
       lease.mappings.delete(m.iova);
     }
   }

@@ -60,7 +60,11 @@ export class PendingSession implements VfioUserDeviceModel {
   async #negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
     const request = readLeaseRequest(clientCaps, this.#kind);
     const lease = await this.#table.grant(this.#ctx, request);
-    this.#session = new LeaseSession(lease, this.#table);
+    // A devlease client proposes devlease.request (the client library always does, {} for defaults); a stock
+    // client (QEMU) proposes no devlease, and error_reason alone is not a lease client's negotiation.
+    const ext = clientCaps['devlease'];
+    const devlease = typeof ext === 'object' && ext !== null && 'request' in ext;
+    this.#session = new LeaseSession(lease, this.#table, { devlease });
     lease.disconnect = () => this.#closeSocket();
     if (this.#ended) {
       // the client vanished while we were granting
