@@ -296,13 +296,19 @@ export class LeaseTable extends EventEmitter {
       await step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]), true);
     }
     await this.#unmapAll(lease, step);
+    // A holder that wired REQ was offered notice, and the devlease client reads a faulting slice as revoked:
+    // its leftover mappings fault. One that did not (a stock client: QEMU never wires REQ) is not killed for
+    // it: the device detaches from the slice's memory and the holder keeps a page that reaches nothing.
+    const fault = lease.reqFd !== null && !lease.reqFd.closed;
     lease.errFd?.close();
     lease.reqFd?.close();
     lease.noticeFd?.close();
     const units = [...lease.slices.values()].flat();
     let revoked = this.config.lifetime.revoke && this.device.capabilities.revocableSlices;
     if (revoked) {
-      for (const u of units) await step('revoke slice', () => this.device.revokeSlice(u.deviceFd), false);
+      for (const u of units) {
+        await step('revoke slice', () => this.device.revokeSlice(u.deviceFd, { fault }), false);
+      }
       // A slice whose revoke failed falls back to waiting for its observed release.
       if (problems.some((p) => p.startsWith('revoke slice'))) revoked = false;
     }
@@ -338,7 +344,15 @@ export class LeaseTable extends EventEmitter {
     this.driver.release(lease.resources);
     lease.state = 'released';
     this.#leases.delete(lease.id);
-    this.audit.write({ event: 'released', lease: lease.id, ms, revoked, problems });
+    this.audit.write({
+      event: 'released',
+      lease: lease.id,
+      ms,
+      revoked,
+      // How the slices were revoked: left faulting ('fault') or only detached from the device ('detach').
+      ...(revoked && units.length ? { revokedAs: fault ? 'fault' : 'detach' } : {}),
+      problems,
+    });
     this.emit('state', lease);
     this.emit('released', lease);
     lease.parked();

@@ -46,6 +46,15 @@ export interface IovaRange {
 }
 
 /** Events: 'close' (reason: Error | null; the transport is gone: device connection lost, or closed by us: null). */
+export interface RevokeOptions {
+  /**
+   * Default true: every remaining mapping of the slice faults (a guarded one reads as revoked). False: the
+   * device only lets go of the slice's memory, and mappings others hold keep working on it, disconnected
+   * (a client with no revocation notice, such as QEMU, must not die of SIGBUS).
+   */
+  fault?: boolean;
+}
+
 export interface Device extends EventEmitter {
   readonly transport: Transport;
   /** Which path was chosen and why (shown by `devlease status`). */
@@ -88,8 +97,12 @@ export interface Device extends EventEmitter {
    * 'ENOTSUP' when the device cannot give mappable slice fds.
    */
   sliceFds(region: number, ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]>;
-  /** Permanently revoke a slice: every mapping of any description of it stops reaching the device. 'ENOTSUP' if unsupported. */
-  revokeSlice(fd: Fd): Promise<void>;
+  /**
+   * Permanently revoke a slice: every mapping of any description of it stops reaching the device. With
+   * `fault` (the default) those mappings fault; without, they keep working on memory the device has let go of.
+   * 'ENOTSUP' if unsupported.
+   */
+  revokeSlice(fd: Fd, opts?: RevokeOptions): Promise<void>;
   /**
    * The region's ioeventfd sub-regions (VFIO_USER_DEVICE_GET_REGION_IO_FDS; SA-1 rev 2: one per queue
    * page, the doorbell kick). The fds are the caller's. Rejects with code 'ENOTSUP' when the device offers none.

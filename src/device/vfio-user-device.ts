@@ -8,8 +8,9 @@ import { EventEmitter } from 'node:events';
 import { closedError as closedHandleError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
-import { encodeDmaBufPayload } from '../vfio/uapi/payloads.js';
+import { encodeDmaBufPayload, encodeDmaBufRevokePayload } from '../vfio/uapi/payloads.js';
 import {
+  DMA_BUF_REVOKE_FLAG_DETACH,
   VFIO_DEVICE_FEATURE_DMA_BUF,
   VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
   VFIO_DEVICE_FEATURE_GET,
@@ -19,12 +20,19 @@ import {
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
   VFIO_PCI_CONFIG_REGION_INDEX,
-  vfio_device_feature_dma_buf_revoke,
 } from '../vfio/uapi/vfio.js';
 import { VfioUserClient, type VfioUserClientOptions } from '../vfio/user/client.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../vfio/user/protocol.js';
 import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
-import type { Device, DeviceRegion, DmaMapping, IovaRange, Reconnectable, Transport } from './device.js';
+import type {
+  Device,
+  DeviceRegion,
+  DmaMapping,
+  IovaRange,
+  Reconnectable,
+  RevokeOptions,
+  Transport,
+} from './device.js';
 import { readPciIds } from './pci-ids.js';
 
 export class VfioUserDevice extends EventEmitter implements Device, Reconnectable {
@@ -272,8 +280,8 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     this.#ioFds.clear();
   }
 
-  async revokeSlice(fd: Fd): Promise<void> {
-    const data = vfio_device_feature_dma_buf_revoke.encode({ fd_index: 0 });
+  async revokeSlice(fd: Fd, opts: RevokeOptions = {}): Promise<void> {
+    const data = encodeDmaBufRevokePayload(0, (opts.fault ?? true) ? 0 : DMA_BUF_REVOKE_FLAG_DETACH);
     const r = await this.client.feature({
       flags: VFIO_DEVICE_FEATURE_SET,
       feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,

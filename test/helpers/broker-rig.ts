@@ -17,6 +17,8 @@ import type { Sa1Options } from '../../src/sim/model/options.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const LEASE_CLIENT = join(here, '..', 'fixtures', 'broker', 'lease-client.js');
+/** A stock vfio-user client (no devlease in VERSION, no REQ wired), as QEMU's vfio-user-pci. */
+export const STOCK_CLIENT = join(here, '..', 'fixtures', 'broker', 'stock-client.js');
 
 export interface Rig {
   dir: string;
@@ -107,9 +109,12 @@ export class ClientProc {
     });
   }
 
-  /** `as`: run the client as another uid/gid (the tests run as root). */
-  static async spawn(as: { uid: number; gid: number } | null = null): Promise<ClientProc> {
-    const proc = fork(LEASE_CLIENT, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], ...as });
+  /** `as`: run the client as another uid/gid (the tests run as root). `script`: which fixture client. */
+  static async spawn(
+    as: { uid: number; gid: number } | null = null,
+    script = LEASE_CLIENT,
+  ): Promise<ClientProc> {
+    const proc = fork(script, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], ...as });
     await new Promise<void>((resolve, reject) => {
       proc.once('message', () => resolve());
       proc.once('exit', (c) => reject(new Error(`lease client exited early (${c})`)));

@@ -7,6 +7,7 @@ import {
   decodeDeviceFeature,
   decodeDmaAvailCap,
   decodeDmaBufPayload,
+  decodeDmaBufRevokePayload,
   decodeIommuIovaRanges,
   decodeIovaRangeCap,
   decodeIrqSet,
@@ -232,7 +233,11 @@ test('device feature framing: probe with no data, revoke payload, short argsz', 
   const revoke = decodeDeviceFeature(encodeDmaBufRevokeFeature(3));
   assert.equal(revoke.feature, VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE);
   assert.ok(revoke.set);
-  assert.equal(hex(revoke.data), '03000000');
+  assert.equal(hex(revoke.data), '0300000000000000', 'fd_index 3, flags 0 (fault)');
+  assert.equal(hex(decodeDeviceFeature(encodeDmaBufRevokeFeature(3, 1)).data), '0300000001000000');
+  // The older 4-byte payload (fd_index alone) still decodes, as flags 0.
+  assert.deepEqual(decodeDmaBufRevokePayload(Uint8Array.of(2, 0, 0, 0)), { fd_index: 2, flags: 0 });
+  assert.throws(() => decodeDmaBufRevokePayload(Uint8Array.of(2, 0)), /revoke needs/);
 
   const bogus = new Uint8Array(8);
   new DataView(bogus.buffer).setUint32(0, 4, true);

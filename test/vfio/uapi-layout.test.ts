@@ -16,7 +16,11 @@ const repo = fileURLToPath(new URL('../../../', import.meta.url));
 
 // devlease/SA-1 extensions that the kernel's header does not define (feature
 // 13, the dma-buf revoke; Linux 7.3 uses 13 for VFIO_DEVICE_FEATURE_ZPCI_ERROR).
-const NOT_IN_KERNEL = new Set(['vfio_device_feature_dma_buf_revoke', 'VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE']);
+const NOT_IN_KERNEL = new Set([
+  'vfio_device_feature_dma_buf_revoke',
+  'VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE',
+  'DMA_BUF_REVOKE_FLAG_DETACH',
+]);
 
 interface Layout {
   name: string;

@@ -41,7 +41,7 @@ import {
   vfio_region_info,
 } from '../../vfio/uapi/index.js';
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
-import type { Device, DeviceRegion, DmaMapping, IovaRange, Transport } from '../device.js';
+import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
 import { readPciIds } from '../pci-ids.js';
 import type { IommuDomain } from './domain.js';
 import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
@@ -332,7 +332,7 @@ export class KernelDevice extends EventEmitter implements Device {
     throw codedError('ENOTSUP', `region ${index}: a kernel VFIO device hands out no io fds`);
   }
 
-  async revokeSlice(_fd: Fd): Promise<void> {
+  async revokeSlice(_fd: Fd, _opts?: RevokeOptions): Promise<void> {
     throw codedError('ENOTSUP', 'the kernel has no revoke for dma-buf slices');
   }
 

@@ -21,7 +21,8 @@ export type DeviceRequest =
   | { op: 'irqFds'; index: number; start: number; fds: number[] }
   | { op: 'reset' }
   | { op: 'dmaBuf'; payload: Uint8Array }
-  | { op: 'revoke'; fd: number }
+  /** fault: truncate the old memory so every mapping of it faults (false: only detach the device from it). */
+  | { op: 'revoke'; fd: number; fault: boolean }
   | { op: 'disconnect' }
   | { op: 'inject'; inject: InjectRequest }
   | { op: 'ioFds' }

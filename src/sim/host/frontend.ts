@@ -12,7 +12,9 @@
 
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { Fd, native } from '../../sys/index.js';
+import { decodeDmaBufRevokePayload } from '../../vfio/uapi/payloads.js';
 import {
+  DMA_BUF_REVOKE_FLAG_DETACH,
   VFIO_DEVICE_FEATURE_DMA_BUF,
   VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
   VFIO_DEVICE_FEATURE_GET,
@@ -35,7 +37,6 @@ import {
   VFIO_PCI_REQ_IRQ_INDEX,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
-  vfio_device_feature_dma_buf_revoke,
 } from '../../vfio/uapi/vfio.js';
 import {
   type DmaMapRequest,
@@ -335,17 +336,18 @@ export class Sa1Frontend implements VfioUserDeviceModel {
       if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE) {
         if (get) throw new VfioError('EINVAL', 'the revoke feature supports SET only');
         if (probe) return {};
-        if (req.data.length < vfio_device_feature_dma_buf_revoke.size) {
-          throw new VfioError('EINVAL', 'revoke needs { s32 fd_index }');
+        if (req.data.length < 4) throw new VfioError('EINVAL', 'revoke needs { s32 fd_index; u32 flags }');
+        const { fd_index, flags } = decodeDmaBufRevokePayload(req.data);
+        if (flags & ~DMA_BUF_REVOKE_FLAG_DETACH) {
+          throw new VfioError('EINVAL', `revoke flags 0x${flags.toString(16)}: only DETACH (1) is defined`);
         }
-        const { fd_index } = vfio_device_feature_dma_buf_revoke.decode(req.data);
         const fd = req.fds[fd_index];
         if (!fd)
           throw new VfioError(
             'EINVAL',
             `fd_index ${fd_index} names none of the ${req.fds.length} fds passed`,
           );
-        this.device.request({ op: 'revoke', fd: fd.fd });
+        this.device.request({ op: 'revoke', fd: fd.fd, fault: !(flags & DMA_BUF_REVOKE_FLAG_DETACH) });
         return {};
       }
       throw new VfioError('ENOTSUP', `device feature ${req.feature} is not supported by SA-1`);

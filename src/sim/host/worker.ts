@@ -165,7 +165,7 @@ function handle(r: DeviceRequest): unknown {
         if (revokedInodes.has(ino)) return; // already revoked: nothing left to take back
         throw new VfioError('ENOENT', 'the fd is not a slice of this device');
       }
-      device.revokeSlice(slice);
+      device.revokeSlice(slice, { fault: r.fault });
       revokedInodes.add(ino);
       return;
     }

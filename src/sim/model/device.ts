@@ -283,10 +283,13 @@ export class Sa1Device {
     return this.iommu.remove(0, 0, true);
   }
 
-  /** Revoke: fresh backing for the slice; a queue page's queue is reset. */
-  revokeSlice(slice: SliceRef): void {
+  /**
+   * Revoke: fresh backing for the slice; a queue page's queue is reset. `fault` (default): the old memory is
+   * truncated so every mapping of it faults; off: the old memory is only let go of (see Backing.renew).
+   */
+  revokeSlice(slice: SliceRef, opts: { fault?: boolean } = {}): void {
     if (slice.kind === 'queue') this.resetQueue(this.queues[slice.index] as Queue);
-    this.backing.renew(slice);
+    this.backing.renew(slice, opts);
   }
 
   // --- fault injection ---

@@ -53,12 +53,16 @@ export class MemfdBacking implements Backing {
     return null;
   }
 
-  /** Switch to fresh memory, then truncate the old memfd so every remaining mapping of it faults. */
-  renew(slice: SliceRef): void {
+  /**
+   * Switch to fresh memory, drop the device's own mapping and fd of the old memfd, and — with `fault` (the
+   * default) — truncate it first, so every remaining mapping of it faults. Without `fault` the old memfd lives
+   * on only in the mappings and fds others hold: theirs alone, reaching nothing of the device.
+   */
+  renew(slice: SliceRef, opts: { fault?: boolean } = {}): void {
     const old = this.#get(slice);
     this.#install(slice);
     old.mapping.unmap();
-    old.memfd.truncate(0);
+    if (opts.fault ?? true) old.memfd.truncate(0);
     old.memfd.close();
   }
 

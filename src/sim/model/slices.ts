@@ -25,8 +25,12 @@ export interface Backing {
   readonly pages: readonly Uint8Array[];
   /** Device-memory granule g (DEVMEM_GRANULE bytes). Re-read after renew(). */
   readonly granules: readonly Uint8Array[];
-  /** Give a slice fresh zeroed memory and make every remaining mapping of the old memory fault. */
-  renew(slice: SliceRef): void;
+  /**
+   * Give a slice fresh zeroed memory and let go of the old. With `fault` (the default) every remaining mapping
+   * of the old memory faults; without it, mappings other processes hold keep working on the old memory, which
+   * the device no longer reads or writes (a stock client's revoke: see docs/ARCHITECTURE.md).
+   */
+  renew(slice: SliceRef, opts?: { fault?: boolean }): void;
   close(): void;
 }
 
@@ -44,7 +48,7 @@ export class HeapBacking implements Backing {
       () => new Uint8Array(new SharedArrayBuffer(o.devmemGranule)),
     );
   }
-  renew(slice: SliceRef): void {
+  renew(slice: SliceRef, _opts?: { fault?: boolean }): void {
     const list = slice.kind === 'queue' ? this.pages : this.granules;
     const old = list[slice.index] as Uint8Array;
     list[slice.index] = new Uint8Array(new SharedArrayBuffer(old.length));

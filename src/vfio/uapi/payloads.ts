@@ -220,12 +220,28 @@ export function encodeDmaBufFeature(req: DmaBufRequest): Uint8Array {
   return encodeDeviceFeature(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF, encodeDmaBufPayload(req));
 }
 
-/** devlease/SA-1 revoke (feature 13, SET, vfio-user only): `fdIndex` names one of the fds sent with the message. */
-export function encodeDmaBufRevokeFeature(fdIndex: number): Uint8Array {
+/**
+ * devlease/SA-1 revoke (feature 13, SET, vfio-user only): `fdIndex` names one of the fds sent with the message;
+ * `flags` DMA_BUF_REVOKE_FLAG_DETACH leaves other processes' mappings of the old memory working.
+ */
+export function encodeDmaBufRevokeFeature(fdIndex: number, flags = 0): Uint8Array {
   return encodeDeviceFeature(
     VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
-    vfio_device_feature_dma_buf_revoke.encode({ fd_index: fdIndex }),
+    encodeDmaBufRevokePayload(fdIndex, flags),
   );
+}
+
+export function encodeDmaBufRevokePayload(fdIndex: number, flags = 0): Uint8Array {
+  return vfio_device_feature_dma_buf_revoke.encode({ fd_index: fdIndex, flags });
+}
+
+/** The revoke payload; the older 4-byte form (fd_index alone) means flags 0. */
+export function decodeDmaBufRevokePayload(data: Uint8Array): { fd_index: number; flags: number } {
+  if (data.length < 4)
+    throw new RangeError(`revoke needs { s32 fd_index; u32 flags }, got ${data.length} bytes`);
+  if (data.length >= vfio_device_feature_dma_buf_revoke.size)
+    return vfio_device_feature_dma_buf_revoke.decode(data);
+  return { fd_index: new DataView(data.buffer, data.byteOffset, 4).getInt32(0, true), flags: 0 };
 }
 
 // --- iommufd IOVA range arrays (IOAS_ALLOW_IOVAS input, IOAS_IOVA_RANGES output) ---

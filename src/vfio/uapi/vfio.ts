@@ -155,4 +155,12 @@ export const vfio_device_feature_dma_buf = struct('vfio_device_feature_dma_buf',
 export const VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE = 13;
 export const vfio_device_feature_dma_buf_revoke = struct('vfio_device_feature_dma_buf_revoke', [
   ['fd_index', 's32'],
+  ['flags', 'u32'],
 ] as const);
+/**
+ * Revoke flag: detach instead of fault. The device still moves the slice to fresh memory and lets go of the
+ * old, but does not truncate the old: mappings other processes hold keep working on memory no device uses
+ * any more (a stock client such as QEMU, which has no notice and would die of SIGBUS). Without it (and from
+ * senders of the older 4-byte payload, which has no flags) every remaining mapping faults.
+ */
+export const DMA_BUF_REVOKE_FLAG_DETACH = 1;
