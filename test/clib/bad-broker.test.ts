@@ -70,6 +70,12 @@ function regionRead(req: Buffer, info: Buffer): Buffer {
   return Buffer.concat([req.subarray(16, 32), data]);
 }
 
+/** Send one message; true: the step was the fault's to answer. */
+function sent(s: StreamSocket, data: Buffer): boolean {
+  s.send(data);
+  return true;
+}
+
 /** A well-behaved answer to each request; a scenario replaces one step with its fault. */
 type Step = (sock: StreamSocket, id: number, cmd: number, msg: Buffer) => boolean;
 function fakeBroker(path: string, fault: Step): StreamServer {
@@ -138,27 +144,27 @@ const cases: [string, Step, RegExp][] = [
   ],
   [
     'a message announcing 4 GiB',
-    (s, id, cmd) => cmd === 1 && (s.send(header(id, cmd, 0xffffffff)), true),
+    (s, id, cmd) => cmd === 1 && sent(s, header(id, cmd, 0xffffffff)),
     /error EPROTO: .*msg_size 4294967295/,
   ],
   [
     'a message shorter than its header',
-    (s, id, cmd) => cmd === 1 && (s.send(header(id, cmd, 8)), true),
+    (s, id, cmd) => cmd === 1 && sent(s, header(id, cmd, 8)),
     /error EPROTO: .*msg_size 8/,
   ],
   [
     'VERSION reply JSON that is not JSON',
-    (s, id, cmd) => cmd === 1 && (s.send(reply(id, cmd, versionReply('{"capabilities": [nope'))), true),
+    (s, id, cmd) => cmd === 1 && sent(s, reply(id, cmd, versionReply('{"capabilities": [nope'))),
     /error EPROTO: bad VERSION reply/,
   ],
   [
     'a reply to an id never sent',
-    (s, id, cmd) => cmd === 1 && (s.send(reply(id + 7, cmd, versionReply(CAPS))), true),
+    (s, id, cmd) => cmd === 1 && sent(s, reply(id + 7, cmd, versionReply(CAPS))),
     /error EPROTO: .*reply to message id/,
   ],
   [
     'a reply naming another command',
-    (s, id, cmd) => cmd === 1 && (s.send(reply(id, 5, versionReply(CAPS))), true),
+    (s, id, cmd) => cmd === 1 && sent(s, reply(id, 5, versionReply(CAPS))),
     /error EPROTO: .*names command 5/,
   ],
   [
@@ -191,7 +197,7 @@ const cases: [string, Step, RegExp][] = [
   ],
   [
     'a REGION_READ reply shorter than asked',
-    (s, id, cmd, m) => cmd === 9 && (s.send(reply(id, cmd, m.subarray(16, 32))), true),
+    (s, id, cmd, m) => cmd === 9 && sent(s, reply(id, cmd, m.subarray(16, 32))),
     /error EPROTO: region 9 read: the reply has 16 bytes/,
   ],
   [
