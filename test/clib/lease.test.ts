@@ -102,6 +102,25 @@ test('SIGKILL of the C client: the broker reclaims its lease and the queue is le
   assert.equal(b.code, 0, b.stderr);
 });
 
+test('device faults and a device reset reach the C client as notices on its ERR eventfd', async () => {
+  const child = spawn(join(bin, 'clib-probe'), ['notices', rig.socket], { env: sanitizerEnv });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  await until('the C client to lease', () => /leased \S+ queue \d+/.test(out), 60_000);
+  const queue = Number(/leased \S+ queue (\d+)/.exec(out)![1]);
+  await rig.sim.inject({ kind: 'fault', queue, code: 3, iova: 0x1234000n });
+  await until('the fault notice', () => out.includes('fault WINDOW_VIOLATION'), 30_000);
+  assert.match(out, /notice fault\nfault WINDOW_VIOLATION code 3 queue \d+ address 0x1234000/);
+  await rig.sim.inject({ kind: 'hang' }); // the broker recovers the device: every lease ends
+  const code = await exited;
+  assert.equal(sanitizerFindings(err), null);
+  assert.equal(code, 0, `${out}\n${err}`);
+  assert.match(out, /notice (reset|fault)\n(.*\n)*notice disconnected\n/);
+});
+
 test('examples/c/minimal-copy.c copies a page through a leased queue', async () => {
   const r = await runProgram('minimal-copy', [rig.socket]);
   assert.equal(sanitizerFindings(r.stderr), null);

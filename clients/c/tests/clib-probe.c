@@ -6,6 +6,7 @@
  *   clib-probe revoke SOCK     work until the revocation notice, then release before its deadline
  *   clib-probe hold SOCK       lease, map, then wait to be killed
  *   clib-probe connect SOCK    connect once and report the error (fake-broker tests); fds checked
+ *   clib-probe notices SOCK    lease, then print every notice until the session ends
  */
 #define _GNU_SOURCE
 #include <devlease_sa1.h>
@@ -232,6 +233,42 @@ static int hold(const char *sock)
 	return 0;
 }
 
+/* Report every notice (ERR: fault or reset, REQ, the session's end) until the session ends. */
+static int notices(const char *sock)
+{
+	struct devlease *l = lease_or_die(sock);
+	printf("leased %s queue %d\n", devlease_info(l)->lease, devlease_info(l)->queue);
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	int watch[] = { devlease_revoke_fd(l), devlease_error_fd(l), devlease_socket_fd(l) };
+	for (int i = 0; i < 3; i++) {
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.fd = watch[i] };
+		epoll_ctl(ep, EPOLL_CTL_ADD, watch[i], &ev);
+	}
+	int64_t end = devlease_now_ms() + 120000;
+	while (devlease_now_ms() < end) {
+		struct epoll_event ev;
+		if (epoll_wait(ep, &ev, 1, 1000) <= 0) continue;
+		struct devlease_notice n;
+		int rc;
+		while ((rc = devlease_next_notice(l, &n)) == 1) {
+			printf("notice %s\n", devlease_notice_name(n.kind));
+			const struct devlease_info *in = devlease_info(l);
+			for (unsigned i = 0; n.kind == DEVLEASE_NOTICE_FAULT && i < n.nfaults; i++) {
+				const struct devlease_fault *f = &in->faults[n.first_fault + i];
+				printf("fault %s code %u queue %d address 0x%llx\n", f->name, f->code, f->queue, (unsigned long long)f->address);
+			}
+			if (n.kind == DEVLEASE_NOTICE_DISCONNECTED) {
+				close(ep);
+				devlease_free(l);
+				return failed;
+			}
+		}
+		if (rc < 0) step(false, "next notice");
+	}
+	step(false, "the session did not end in 120 s");
+	return 1;
+}
+
 static int connect_once(const char *sock)
 {
 	int fds0 = fd_count();
@@ -250,13 +287,14 @@ int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (argc != 3) {
-		fprintf(stderr, "usage: clib-probe workload|revoke|hold|connect SOCKET\n");
+		fprintf(stderr, "usage: clib-probe workload|revoke|hold|connect|notices SOCKET\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "workload")) return workload(argv[2]);
 	if (!strcmp(argv[1], "revoke")) return revoke_scenario(argv[2]);
 	if (!strcmp(argv[1], "hold")) return hold(argv[2]);
 	if (!strcmp(argv[1], "connect")) return connect_once(argv[2]);
+	if (!strcmp(argv[1], "notices")) return notices(argv[2]);
 	fprintf(stderr, "clib-probe: unknown scenario %s\n", argv[1]);
 	return 2;
 }
