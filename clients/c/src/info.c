@@ -194,7 +194,7 @@ int dl_read_info(struct devlease *l)
 	if (size == 0 || size > 1u << 20) return dl_fail(EPROTO, "info region: size %llu is not an info region's", (unsigned long long)size);
 	char *text = malloc(size + 1);
 	if (!text) return dl_fail(ENOMEM, "info region: no memory");
-	rc = devlease_region_read_raw(l, l->info_index, 0, text, size);
+	rc = dl_region_read_raw(l, l->info_index, 0, text, size);
 	if (rc == 0) {
 		text[size] = 0;
 		rc = dl_parse_info(l, text, size);

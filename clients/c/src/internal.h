@@ -115,7 +115,7 @@ void dl_msg_release(struct dl_msg *m);
 int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, const int *fds,
 	    unsigned nfds, struct dl_msg *reply, const char *what);
 int dl_serve_pending(struct devlease *l);
-int devlease_region_read_raw(struct devlease *l, unsigned index, uint64_t offset, void *buf, size_t len);
+int dl_region_read_raw(struct devlease *l, unsigned index, uint64_t offset, void *buf, size_t len);
 
 /* info.c */
 int dl_parse_info(struct devlease *l, const char *text, size_t len);

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-int devlease_region_read_raw(struct devlease *l, unsigned index, uint64_t offset, void *buf, size_t len)
+int dl_region_read_raw(struct devlease *l, unsigned index, uint64_t offset, void *buf, size_t len)
 {
 	for (size_t done = 0; done < len;) {
 		uint32_t n = (uint32_t)(len - done < l->max_xfer ? len - done : l->max_xfer);
@@ -36,7 +36,7 @@ int devlease_region_read(struct devlease *l, unsigned index, uint64_t offset, vo
 	int rc = dl_check_open(l, "region read");
 	if (rc < 0) return rc;
 	if (!buf && len) return dl_fail(EINVAL, "region read: buf is NULL");
-	return devlease_region_read_raw(l, index, offset, buf, len);
+	return dl_region_read_raw(l, index, offset, buf, len);
 }
 
 int devlease_region_write(struct devlease *l, unsigned index, uint64_t offset, const void *buf, size_t len)
