@@ -44,7 +44,11 @@ test('every SA-1 constant of src/hw/sa1/datasheet.ts has the same value in devle
     const wrong = numeric
       .filter(([n, v]) => got.get(n) !== String(v))
       .map(([n, v]) => `${cName(n)}: TypeScript ${v}, C ${got.get(n)}`);
-    assert.deepEqual(wrong, [], 'C and TypeScript disagree');
+    assert.deepEqual(
+      wrong,
+      [],
+      'C and TypeScript disagree: regenerate the header with node scripts/gen-sa1-c-header.mjs',
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
