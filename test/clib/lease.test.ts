@@ -121,6 +121,23 @@ test('device faults and a device reset reach the C client as notices on its ERR 
   assert.match(out, /notice (reset|fault)\n(.*\n)*notice disconnected\n/);
 });
 
+test('the lease request rides in VERSION: device memory granted and mapped, a bad request refused naming the field', async () => {
+  const ok = await runProgram('clib-probe', ['request', rig.socket, '{"devmemGranules":1}']);
+  clean(ok, 'clib-probe request');
+  assert.match(ok.stdout, /leased queue-\d+ devmem yes 0x0\+0x100000/);
+  assert.match(ok.stdout, /region 10 size 0x100000 mapped/);
+  assert.match(ok.stdout, /ok region 10: a store through the mapping reads back through the broker/);
+  const bad = await runProgram('clib-probe', ['request', rig.socket, '{"devmemGranules":-1}']);
+  clean(bad, 'clib-probe request (refused)');
+  assert.match(
+    bad.stdout,
+    /error EINVAL: lease refused: .*devlease\.request\.devmemGranules must be an integer/,
+  );
+  const notJson = await runProgram('clib-probe', ['request', rig.socket, '[1, 2']);
+  clean(notJson, 'clib-probe request (not JSON)');
+  assert.match(notJson.stdout, /error EINVAL: request_json is not a JSON object/);
+});
+
 test('examples/c/minimal-copy.c copies a page through a leased queue', async () => {
   const r = await runProgram('minimal-copy', [rig.socket]);
   assert.equal(sanitizerFindings(r.stderr), null);

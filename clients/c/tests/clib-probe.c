@@ -7,6 +7,7 @@
  *   clib-probe hold SOCK       lease, map, then wait to be killed
  *   clib-probe connect SOCK    connect once and report the error (fake-broker tests); fds checked
  *   clib-probe notices SOCK    lease, then print every notice until the session ends
+ *   clib-probe request SOCK JSON   lease with a request; the info's devmem and the regions mapped
  */
 #define _GNU_SOURCE
 #include <devlease_sa1.h>
@@ -233,6 +234,36 @@ static int hold(const char *sock)
 	return 0;
 }
 
+/* Lease with a request (JSON), report what the info and the mappings say. */
+static int request(const char *sock, const char *json)
+{
+	struct devlease *l = NULL;
+	struct devlease_connect_opts o = { .socket = sock, .request_json = json, .timeout_ms = 20000 };
+	int rc = devlease_connect(&o, &l);
+	if (rc < 0) {
+		printf("error %s: %s\n", strerrorname_np(-rc), devlease_errmsg());
+		return 0;
+	}
+	const struct devlease_info *in = devlease_info(l);
+	printf("leased %s devmem %s 0x%llx+0x%llx\n", in->lease, in->has_devmem ? "yes" : "no",
+	       (unsigned long long)in->devmem_offset, (unsigned long long)in->devmem_size);
+	for (unsigned i = 0; i < in->nregions; i++) {
+		void *a;
+		size_t len;
+		bool mapped = devlease_region(l, in->regions[i].index, &a, &len) == 0;
+		printf("region %u size 0x%llx %s\n", in->regions[i].index, (unsigned long long)in->regions[i].size,
+		       mapped ? "mapped" : "not mapped");
+		if (mapped && in->regions[i].index >= 10) { /* device memory: what we store, the device holds */
+			memset(a, 0xa5, 64);
+			uint8_t back[64];
+			rc = devlease_region_read(l, in->regions[i].index, 0, back, sizeof(back));
+			step(rc == 0 && back[0] == 0xa5 && back[63] == 0xa5, "region %u: a store through the mapping reads back through the broker", in->regions[i].index);
+		}
+	}
+	devlease_free(l);
+	return failed;
+}
+
 /* Report every notice (ERR: fault or reset, REQ, the session's end) until the session ends. */
 static int notices(const char *sock)
 {
@@ -286,6 +317,7 @@ static int connect_once(const char *sock)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc == 4 && !strcmp(argv[1], "request")) return request(argv[2], argv[3]);
 	if (argc != 3) {
 		fprintf(stderr, "usage: clib-probe workload|revoke|hold|connect|notices SOCKET\n");
 		return 2;
