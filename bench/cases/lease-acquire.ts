@@ -68,7 +68,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       if (i < 5) continue; // warm-up
       const g = granted.get(a.lease)!;
       total.push(a.totalUs);
-      deviceMs.push(Object.values(p.calls).reduce((ms, c) => ms + c.ms, 0) * 1000);
+      deviceMs.push(p.busyMs * 1000);
       commands.add(p.commands);
       toGrant.push((g - a.at0) * 1000);
       grantToMapped.push((a.atMapped - g) * 1000);

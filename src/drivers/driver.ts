@@ -136,6 +136,13 @@ export interface Driver extends EventEmitter {
    */
   scrub(res: LeaseResources): Promise<void>;
   /**
+   * Optional: ready the resources for the next grant once the last holder can no longer reach them (its
+   * slices revoked or released, its work quiesced), so the next activate() has less to do at grant time.
+   * SA-1: reset the queue. Bounded as quiesce(); on a rejection activate() does the work itself (a reset that
+   * did not finish quarantines the resource, as in activate()).
+   */
+  prepare?(res: LeaseResources): Promise<void>;
+  /**
    * Return the resources to the pool (after the broker has revoked or seen released every slice). Synchronous;
    * resources the driver has quarantined (a reset that did not finish) stay out of the pool.
    */

@@ -74,6 +74,11 @@ export class Sa1Driver extends EventEmitter implements Driver {
    * lease that held them (a grant whose activation timed out gives its queue back with release()).
    */
   readonly #stuckQueues = new Set<number>();
+  /**
+   * Queues reset by this driver and not enabled since (reclaim's quiesce, scrub): a grant needs no reset
+   * of its own, so the reset is paid when the previous holder is reclaimed, not when the next one asks.
+   */
+  readonly #cleanQueues = new Set<number>();
   #windows: WindowSlots | null = null;
   #granules: Granules | null = null;
   #faultFd: EventFd | null = null;
@@ -122,6 +127,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Stop every queue a previous owner may have left enabled (or in reset) before leasing them again; one
     // whose reset does not finish stays out of the pool.
     this.#stuckQueues.clear();
+    this.#cleanQueues.clear();
     for (let q = 0; q < g.numQueues; q++) {
       if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
       await this.#resetQueue(q).catch((err: { code?: string }) => {
@@ -260,38 +266,64 @@ export class Sa1Driver extends EventEmitter implements Driver {
   async activate(res: LeaseResources): Promise<void> {
     const d = this.#dev;
     const q = res.queue!;
-    await this.#resetQueue(q); // a clean queue: indexes zero, error cleared
-    await d.write64(BAR0, qcfg(q, Q.WIN_BASE), res.window!.base);
-    await d.write64(BAR0, qcfg(q, Q.WIN_SIZE), res.window!.size);
-    await d.write32(BAR0, qcfg(q, Q.MEM_BASE), Number(res.devmem?.offset ?? 0n));
-    await d.write32(BAR0, qcfg(q, Q.MEM_SIZE), Number(res.devmem?.size ?? 0n));
-    await d.write32(BAR0, qcfg(q, Q.VECTOR), res.vectors[0]!);
-    await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE);
+    // A clean queue: indexes zero, error cleared (reclaim left it so, or reset it now).
+    if (!this.#cleanQueues.delete(q)) await this.#resetQueue(q);
+    // The writes go out together (the device serves one connection's requests in order), so the grant pays
+    // one device round trip instead of six. ENABLE is last on the wire; should any write before it fail, the
+    // queue is disabled again and left out of the clean set, so the next grant resets it.
+    const writes = [
+      d.write64(BAR0, qcfg(q, Q.WIN_BASE), res.window!.base),
+      d.write64(BAR0, qcfg(q, Q.WIN_SIZE), res.window!.size),
+      d.write32(BAR0, qcfg(q, Q.MEM_BASE), Number(res.devmem?.offset ?? 0n)),
+      d.write32(BAR0, qcfg(q, Q.MEM_SIZE), Number(res.devmem?.size ?? 0n)),
+      d.write32(BAR0, qcfg(q, Q.VECTOR), res.vectors[0]!),
+      d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE),
+    ];
+    const results = await Promise.allSettled(writes);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await d.write32(BAR0, qcfg(q, Q.CTRL), 0).catch(() => undefined);
+      throw failed.reason;
+    }
   }
 
   async quiesce(res: LeaseResources): Promise<void> {
     const q = res.queue!;
     const d = this.#dev;
+    this.#cleanQueues.delete(q);
     // Disabling aborts in-flight descriptors (they complete ABORTED); wait for IDLE, then reset
-    // so no ring state survives into the next lease.
-    await d.write32(BAR0, qcfg(q, Q.CTRL), 0);
-    await pollUntil({
-      what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
-      read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
-      done: (st) => (st & Q_STATUS.IDLE) !== 0,
-      timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
-    });
+    // so no ring state survives into the next lease. The first status read goes out with the write.
+    await Promise.all([
+      d.write32(BAR0, qcfg(q, Q.CTRL), 0),
+      pollUntil({
+        what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
+        read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
+        done: (st) => (st & Q_STATUS.IDLE) !== 0,
+        timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+      }),
+    ]);
     await this.#resetQueue(q);
   }
 
+  async prepare(res: LeaseResources): Promise<void> {
+    // Reset after the last holder lost its queue page: nothing it wrote there (ring bases, a doorbell) can
+    // reach the next lease, which is then granted without a reset of its own.
+    this.#cleanQueues.delete(res.queue!);
+    await this.#resetQueue(res.queue!);
+    this.#cleanQueues.add(res.queue!);
+  }
+
   async resetLease(res: LeaseResources): Promise<void> {
+    this.#cleanQueues.delete(res.queue!);
     await this.#resetQueue(res.queue!);
     await this.#dev.write32(BAR0, qcfg(res.queue!, Q.CTRL), Q_CTRL.ENABLE);
   }
 
   async scrub(res: LeaseResources): Promise<void> {
     // A queue reset zeroes the whole queue page (ring registers and the reserved rest).
+    this.#cleanQueues.delete(res.queue!);
     await this.#resetQueue(res.queue!);
+    this.#cleanQueues.add(res.queue!);
     if (res.devmem) {
       const chunk = new Uint8Array(65536); // at most max_data_xfer_size per REGION_WRITE
       for (let off = 0n; off < res.devmem.size; off += BigInt(chunk.byteLength)) {
@@ -344,6 +376,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
   /** Whole-device recovery after a hang: reset, reload firmware, enable. Leases must already be reclaimed. */
   async recover(): Promise<void> {
     this.#stopHeartbeat();
+    this.#cleanQueues.clear();
     await this.#resetDevice();
     await this.#enableBusMaster();
     await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
@@ -354,6 +387,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   deviceLost(): void {
     this.#stopHeartbeat();
+    this.#cleanQueues.clear();
     this.#closeInterrupts();
     this.#freeQueues = [];
     this.#windows = null;
@@ -418,14 +452,17 @@ export class Sa1Driver extends EventEmitter implements Driver {
    */
   async #resetQueue(q: number): Promise<void> {
     const d = this.#dev;
-    await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET);
     try {
-      await pollUntil({
-        what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
-        read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
-        done: (v) => (v & Q_CTRL.RESET) === 0,
-        timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
-      });
+      // The first read goes out with the write (in order on the wire): one round trip when the reset is quick.
+      await Promise.all([
+        d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
+        pollUntil({
+          what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
+          read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
+          done: (v) => (v & Q_CTRL.RESET) === 0,
+          timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+        }),
+      ]);
     } catch (err) {
       if ((err as { code?: string }).code === 'ETIMEDOUT') {
         this.#stuckQueues.add(q);
