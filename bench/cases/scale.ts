@@ -104,6 +104,10 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
         metric('release-all', `all ${procs} processes exit → all ${total} free`, 's', [releaseAllMs / 1000]),
         metric('rss-idle', 'broker RSS, no leases', 'MiB', [rssIdle], { role: 'baseline' }),
         metric('rss-held', `broker RSS, ${total} leases`, 'MiB', [rssHeld], { ref: 'rss-idle' }),
+        metric('rss-per-lease', '· broker memory per lease ((held − none) / leases)', 'KiB', [
+          ((rssHeld - rssIdle) * 1024) / total,
+        ]),
+        metric('fds-per-lease', '· broker fds per lease', 'fds', [perLease]),
       ],
       notes: {
         simulator: '--queues 1024, default --idle-poll-us 50',

@@ -81,9 +81,12 @@ export class Lease extends EventEmitter {
     }
     let lease: Lease | null = null;
     try {
-      const ext = client.serverCapabilities.raw.devlease as { infoRegion?: number } | undefined;
+      const ext = client.serverCapabilities.raw.devlease as
+        | { infoRegion?: number; info?: unknown }
+        | undefined;
       const infoIndex = ext?.infoRegion ?? 9;
-      const info = parseLeaseInfo(await readJsonRegion(client, infoIndex));
+      // The broker sends the info as granted with VERSION; an older one only has it in the info region.
+      const info = parseLeaseInfo(ext?.info ?? (await readJsonRegion(client, infoIndex)));
       lease = new Lease(client, info, infoIndex);
       await lease.#setup();
       return lease;

@@ -136,10 +136,10 @@ export interface Driver extends EventEmitter {
    */
   scrub(res: LeaseResources): Promise<void>;
   /**
-   * Optional: ready the resources for the next grant once the last holder can no longer reach them (its
-   * slices revoked or released, its work quiesced), so the next activate() has less to do at grant time.
-   * SA-1: reset the queue. Bounded as quiesce(); on a rejection activate() does the work itself (a reset that
-   * did not finish quarantines the resource, as in activate()).
+   * Optional: called once the broker has quiesced a lease and revoked all its slices (the last holder can no
+   * longer reach the resources), before release(): ready them for the next grant so the next activate() has
+   * less to do. SA-1: the revoke reset the queue, so the queue is marked clean and the grant skips its reset.
+   * Bounded as quiesce(); on a rejection activate() does the work itself.
    */
   prepare?(res: LeaseResources): Promise<void>;
   /**

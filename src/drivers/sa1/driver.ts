@@ -306,10 +306,10 @@ export class Sa1Driver extends EventEmitter implements Driver {
   }
 
   async prepare(res: LeaseResources): Promise<void> {
-    // Reset after the last holder lost its queue page: nothing it wrote there (ring bases, a doorbell) can
-    // reach the next lease, which is then granted without a reset of its own.
-    this.#cleanQueues.delete(res.queue!);
-    await this.#resetQueue(res.queue!);
+    // Called after the broker revoked the lease's slices, and "a revoked queue page's queue is reset"
+    // (datasheet rev 2, section 8): the device reset the queue once its last holder could no longer write
+    // the page, so nothing it wrote there (ring bases, a doorbell) reaches the next lease, which is granted
+    // without a reset of its own. No device command is needed.
     this.#cleanQueues.add(res.queue!);
   }
 
