@@ -258,7 +258,10 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     const at = new Map<number, number>();
     const subRegions = inside.map((s) => {
       let i = at.get(s.fdIndex);
-      if (i === undefined) at.set(s.fdIndex, (i = at.size));
+      if (i === undefined) {
+        i = at.size;
+        at.set(s.fdIndex, i);
+      }
       return { ...s, fdIndex: i };
     });
     const dups: Fd[] = [];
