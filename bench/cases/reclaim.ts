@@ -90,7 +90,7 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
         metric('quiesce', '· quiesce the queue (disable, idle, reset)', 'ms', s.quiesce),
         metric('unmap', `· ${MAPPINGS} DMA_UNMAPs at the device`, 'ms', s.unmap),
         metric('revoke', '· revoke the queue page slice', 'ms', s.revoke),
-        metric('prepare', '· ready the queue for the next grant (reset)', 'ms', s.prepare),
+        metric('prepare', '· ready the queue for the next grant (Driver.prepare)', 'ms', s.prepare),
       ],
       notes: {
         simulator: '--queues 8, default --idle-poll-us 50',
