@@ -85,6 +85,11 @@ export interface BrokerConfig {
   };
   /** JSON-lines audit log; null: stderr only. */
   auditLog: string | null;
+  /**
+   * Prometheus endpoint (docs/OPERATIONS.md): `listen` is a unix socket path (created with `mode`) or
+   * HOST:PORT; null (the default): no endpoint. Device counters are read at each scrape.
+   */
+  metrics: { listen: string | null; mode: number };
 }
 
 export class ConfigError extends Error {
@@ -133,6 +138,7 @@ export function defaultConfig(): BrokerConfig {
     sa1: { firmware: null, windowSize: 1n << 30n, maxDevmemGranules: 16, heartbeatMs: 100 },
     policy: { rules: defaultRules(), module: null, hookTimeoutMs: 200 },
     auditLog: null,
+    metrics: { listen: null, mode: 0o660 },
   };
 }
 
@@ -374,8 +380,40 @@ export function configFromObject(doc: Table): BrokerConfig {
   const audit = top.table('audit');
   const auditLog = audit.string('path', null);
   audit.done();
+  const met = top.table('metrics');
+  const metrics = {
+    listen: metricsListen(met.string('listen', null)),
+    mode: met.int('mode', d.metrics.mode, 0, 0o777),
+  };
+  met.done();
   top.done();
-  return { rundir, deviceName, reconnect, recovery, sockets, admin, layout, lifetime, sa1, policy, auditLog };
+  return {
+    rundir,
+    deviceName,
+    reconnect,
+    recovery,
+    sockets,
+    admin,
+    layout,
+    lifetime,
+    sa1,
+    policy,
+    auditLog,
+    metrics,
+  };
+}
+
+/** metrics.listen: an absolute socket path, or HOST:PORT ([v6]:PORT), port 0 meaning any free one. */
+function metricsListen(v: string | null): string | null {
+  if (v === null || v.startsWith('/')) return v;
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d+)$/.exec(v);
+  const port = m ? Number(m[2]) : 0;
+  if (!m || port > 65535)
+    throw new ConfigError(
+      'metrics.listen',
+      `must be an absolute unix socket path or HOST:PORT (e.g. 127.0.0.1:9464), got '${v}'`,
+    );
+  return v;
 }
 
 export function parseConfig(text: string, source = 'config'): BrokerConfig {

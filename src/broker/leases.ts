@@ -122,11 +122,12 @@ export class LeaseTable extends EventEmitter {
           ? ['EBUSY', 'the broker is draining: no new leases']
           : [null, null];
     if (code === null) return;
-    this.audit.write({ event: 'deny', ...who, reason });
+    this.audit.write({ event: 'deny', ...who, reason, code });
     throw new VfioError(code, reason);
   }
 
   async #grant(ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
+    const t0 = process.hrtime.bigint();
     const who = { pid: ctx.pid, uid: ctx.uid, gid: ctx.gid, exe: ctx.exe, kind: req.kind };
     this.#checkOpen(who);
     // This request is itself counted in `granting`: compare the others against the limit.
@@ -134,7 +135,7 @@ export class LeaseTable extends EventEmitter {
     usage.leases -= 1;
     const verdict = await this.policy.checkLease(ctx, req, usage, this.driver.capacity?.(req.kind) ?? 1);
     if (!verdict.allow) {
-      this.audit.write({ event: 'deny', ...who, reason: verdict.reason });
+      this.audit.write({ event: 'deny', ...who, reason: verdict.reason, code: 'EACCES' });
       throw new VfioError('EACCES', verdict.reason);
     }
     // The device may have gone (or come back with new pools) while policy decided: check again, then take
@@ -145,7 +146,12 @@ export class LeaseTable extends EventEmitter {
     try {
       resources = this.driver.acquire(req);
     } catch (err) {
-      this.audit.write({ event: 'deny', ...who, reason: (err as Error).message });
+      this.audit.write({
+        event: 'deny',
+        ...who,
+        reason: (err as Error).message,
+        code: (err as { code?: string }).code ?? 'EINVAL',
+      });
       throw err;
     }
     const lease = new Lease(`${req.kind}-${this.#next++}`, req, ctx, resources);
@@ -175,6 +181,7 @@ export class LeaseTable extends EventEmitter {
         event: 'deny',
         ...who,
         reason: `device refused the lease: ${(err as Error).message}`,
+        code: 'device',
       });
       // The device's own errno and words when it refused (the audit line above records it); EIO only for
       // what carries no errno.
@@ -190,6 +197,7 @@ export class LeaseTable extends EventEmitter {
       ...who,
       queue: resources.queue,
       window: resources.window,
+      ms: Number(process.hrtime.bigint() - t0) / 1e6,
     });
     this.emit('granted', lease);
     return lease;

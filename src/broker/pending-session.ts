@@ -8,6 +8,7 @@ import {
   type DmaMapRequest,
   type DmaUnmapRequest,
   type FeatureReply,
+  type FeatureRequest,
   type IrqDescription,
   type IrqSetRequest,
   type RegionDescription,
@@ -104,8 +105,8 @@ export class PendingSession implements VfioUserDeviceModel {
   reset() {
     return this.#s().reset();
   }
-  feature(): FeatureReply {
-    return this.#s().feature();
+  feature(req: FeatureRequest): FeatureReply {
+    return this.#s().feature(req);
   }
   regionIoFds(index: number): Promise<RegionIoFds> {
     return this.#s().regionIoFds(index);

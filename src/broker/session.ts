@@ -30,6 +30,7 @@ import {
   type DmaMapRequest,
   type DmaUnmapRequest,
   type FeatureReply,
+  type FeatureRequest,
   type IrqDescription,
   type IrqSetRequest,
   type RegionDescription,
@@ -371,7 +372,10 @@ export class LeaseSession implements VfioUserDeviceModel {
     return { subRegions, fds };
   }
 
-  feature(): FeatureReply {
+  feature(req: FeatureRequest): FeatureReply {
+    // The fds came with the request and are ours to close (the connection handed them over): refusing
+    // without closing them kept every fd a client attached to DEVICE_FEATURE (found by the fuzz suite).
+    for (const fd of req.fds) fd.close();
     throw new VfioError('ENOTSUP', 'a lease offers no device features; its slices are its regions');
   }
 

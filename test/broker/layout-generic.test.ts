@@ -11,7 +11,7 @@ import { Broker } from '../../src/broker/broker.js';
 import { configFromObject } from '../../src/broker/config.js';
 import { connect } from '../../src/client/lease.js';
 import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
-import { spawnSimulator } from '../../src/sim/child.js';
+import { spawnSimulator } from '../../src/sim/host/child.js';
 import { VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP } from '../../src/vfio/uapi/vfio.js';
 import { ClientProc, startRig } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';

@@ -11,7 +11,7 @@
 // serves between descriptors (mailbox.ts), waited for synchronously.
 
 import { MessageChannel, Worker } from 'node:worker_threads';
-import { Fd, native } from '../sys/index.js';
+import { Fd, native } from '../../sys/index.js';
 import {
   VFIO_DEVICE_FEATURE_DMA_BUF,
   VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
@@ -36,7 +36,7 @@ import {
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
   vfio_device_feature_dma_buf_revoke,
-} from '../vfio/uapi/vfio.js';
+} from '../../vfio/uapi/vfio.js';
 import {
   type DmaMapRequest,
   type DmaUnmapRequest,
@@ -47,22 +47,22 @@ import {
   type RegionDescription,
   VfioError,
   type VfioUserDeviceModel,
-} from '../vfio/user/device-model.js';
+} from '../../vfio/user/device-model.js';
 import {
   VFIO_DMA_UNMAP_FLAG_ALL,
   VFIO_USER_F_DMA_REGION_READ,
   VFIO_USER_F_DMA_REGION_WRITE,
-} from '../vfio/user/protocol.js';
-import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
-import { bar0Read32, bar0WriteDirect } from './bar0.js';
+} from '../../vfio/user/protocol.js';
+import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
+import { bar0Read32, bar0WriteDirect } from '../model/bar0.js';
+import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
+import { BAR0_SIZE } from '../model/datasheet.js';
+import { bar2Size, type Sa1Options } from '../model/options.js';
+import { checkRegionAccess, regionSize } from '../model/regions.js';
+import { RegisterFile, sharedClock } from '../model/register-file.js';
 import type { DeviceRequest, DeviceStats } from './commands.js';
-import { ConfigSpace, writeReachesCommand } from './config-space.js';
-import { BAR0_SIZE } from './datasheet.js';
 import { sa1RegionIoFds } from './io-fds.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
-import { bar2Size, type Sa1Options } from './options.js';
-import { checkRegionAccess, regionSize } from './regions.js';
-import { RegisterFile, sharedClock } from './register-file.js';
 import type { WorkerInit } from './worker.js';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;

@@ -8,16 +8,16 @@
 // between descriptors.
 
 import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
-import { Mapping, native } from '../sys/index.js';
-import { ERRNO, type ErrnoName, VfioError } from '../vfio/user/device-model.js';
+import { type DevleaseError, ERRNO, errnoNumber, VfioError } from '../../errors.js';
+import { Mapping, native } from '../../sys/index.js';
+import { ARMED, RACED, Sa1Device } from '../model/device.js';
+import { checkMapRequest, type DmaMapping } from '../model/iommu.js';
+import { MemfdBacking } from '../model/memfd-backing.js';
+import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
+import { RegisterFile, sharedClock } from '../model/register-file.js';
+import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
-import { ARMED, RACED, Sa1Device } from './device.js';
-import { checkMapRequest, type DmaMapping } from './iommu.js';
 import { type Envelope, MailboxDevice, type WireError } from './mailbox.js';
-import { MemfdBacking } from './memfd-backing.js';
-import { KICK_ARMED_POLL_US, type Sa1Options } from './options.js';
-import { RegisterFile, sharedClock } from './register-file.js';
-import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from './slices.js';
 
 export interface WorkerInit {
   options: Sa1Options;
@@ -78,8 +78,12 @@ let shutdownSeq: number | null = null;
 function asVfioError(err: unknown): VfioError | null {
   if (err instanceof VfioError) return err;
   const code = (err as { code?: unknown })?.code;
-  if (typeof code === 'string' && code in ERRNO)
-    return new VfioError(code as ErrnoName, (err as Error).message);
+  const errno = typeof code === 'string' ? errnoNumber(code) : undefined;
+  if (errno !== undefined) {
+    // A refusal from below (a SysError from an mmap, say): its reason field if it has one, else its message.
+    const e = err as DevleaseError;
+    return new VfioError(code as string, e.reason ?? e.message, errno, { cause: err });
+  }
   return null;
 }
 

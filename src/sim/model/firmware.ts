@@ -26,7 +26,7 @@ import type { RegisterFile } from './register-file.js';
 const MAGIC_BYTES = new TextEncoder().encode(FW_MAGIC);
 
 // The image builder is shared with the driver (its default image): src/hw/sa1/firmware-image.ts.
-export { makeFirmwareImage } from '../hw/sa1/firmware-image.js';
+export { makeFirmwareImage } from '../../hw/sa1/firmware-image.js';
 
 /** Reads `length` bytes at `iova` through the IOMMU; returns the faulting IOVA instead when it cannot. */
 export type ImageFetch = (iova: bigint, length: number) => Uint8Array | { faultIova: bigint };

@@ -2,7 +2,7 @@
 // device-memory granule is its own memfd, mapped (guarded) in the device
 // worker. Slice fds handed out are re-opened descriptions of these memfds.
 
-import { type Fd, type Mapping, MemFd } from '../sys/index.js';
+import { type Fd, type Mapping, MemFd } from '../../sys/index.js';
 import type { Sa1Options } from './options.js';
 import type { Backing, SliceRef } from './slices.js';
 

@@ -4,9 +4,9 @@
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import type { Sa1Options } from '../model/options.js';
 import type { DeviceStats, InjectRequest } from './commands.js';
 import { bigintReplacer } from './control-json.js';
-import type { Sa1Options } from './options.js';
 
 export interface ChildSimulator {
   readonly pid: number;
@@ -20,7 +20,7 @@ export interface ChildSimulator {
   close(): Promise<void>;
 }
 
-const BIN = new URL('../../../bin/devlease.js', import.meta.url);
+const BIN = new URL('../../../../bin/devlease.js', import.meta.url);
 
 const FLAGS: Record<keyof Sa1Options, (v: number) => string[]> = {
   numQueues: (v) => ['--queues', String(v)],

@@ -9,8 +9,8 @@ import {
   VFIO_PCI_BAR4_REGION_INDEX,
   vfio_device_feature_dma_buf,
   vfio_region_dma_range,
-} from '../vfio/uapi/vfio.js';
-import { VfioError } from '../vfio/user/device-model.js';
+} from '../../vfio/uapi/vfio.js';
+import { VfioError } from '../../vfio/user/device-model.js';
 import type { Sa1Options } from './options.js';
 
 export type SliceKind = 'queue' | 'devmem';

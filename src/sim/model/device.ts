@@ -10,7 +10,7 @@ import {
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_ERR_IRQ_INDEX,
   VFIO_PCI_MSIX_IRQ_INDEX,
-} from '../vfio/uapi/vfio.js';
+} from '../../vfio/uapi/vfio.js';
 import { bar0Read32, bar0Write32, deviceCanRun, statusRegister } from './bar0.js';
 import { ConfigSpace } from './config-space.js';
 import {

@@ -3,11 +3,11 @@
 // (offset q·QUEUE_STRIDE + 0x0C, size 4, no datamatch). Every other region
 // has none. The worker owns the eventfds; each reply carries dups.
 
-import { Fd, native } from '../sys/index.js';
-import { VFIO_PCI_BAR2_REGION_INDEX } from '../vfio/uapi/vfio.js';
-import { type RegionIoFds, VFIO_USER_IO_FD_TYPE_IOEVENTFD } from '../vfio/user/region-io-fds.js';
-import { QP_SQ_TAIL } from './datasheet.js';
-import type { Sa1Options } from './options.js';
+import { Fd, native } from '../../sys/index.js';
+import { VFIO_PCI_BAR2_REGION_INDEX } from '../../vfio/uapi/vfio.js';
+import { type RegionIoFds, VFIO_USER_IO_FD_TYPE_IOEVENTFD } from '../../vfio/user/region-io-fds.js';
+import { QP_SQ_TAIL } from '../model/datasheet.js';
+import type { Sa1Options } from '../model/options.js';
 
 export function sa1RegionIoFds(options: Sa1Options, index: number, deviceFds: () => number[]): RegionIoFds {
   if (index !== VFIO_PCI_BAR2_REGION_INDEX) return { subRegions: [], fds: [] };

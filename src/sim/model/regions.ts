@@ -7,8 +7,8 @@ import {
   VFIO_PCI_BAR2_REGION_INDEX,
   VFIO_PCI_BAR4_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
-} from '../vfio/uapi/vfio.js';
-import { VfioError } from '../vfio/user/device-model.js';
+} from '../../vfio/uapi/vfio.js';
+import { VfioError } from '../../vfio/user/device-model.js';
 import { BAR0_SIZE, CONFIG_SPACE_SIZE, REGISTER_WIDTHS } from './datasheet.js';
 import { bar2Size, type Sa1Options } from './options.js';
 
