@@ -6,7 +6,6 @@
 // that way (EACCES). Anything else (a dma-buf, a device node) goes on to the
 // device, which decides.
 
-import { readFileSync } from 'node:fs';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
 import { VfioError } from '../vfio/user/device-model.js';
@@ -55,11 +54,10 @@ export function checkDmaFd(fd: Fd, m: { offset: bigint; size: bigint; write: boo
   }
 }
 
-/** The description's O_ACCMODE, from /proc/self/fdinfo; null when it cannot be read. */
+/** The description's O_ACCMODE (fcntl F_GETFL: no /proc read on each DMA_MAP); null when it cannot be read. */
 function accessMode(fd: Fd): number | null {
   try {
-    const flags = /^flags:\s*([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd.fd}`, 'utf8'));
-    return flags ? Number.parseInt(flags[1]!, 8) & O_ACCMODE : null;
+    return native.statusFlags(fd.fd) & O_ACCMODE;
   } catch {
     return null;
   }

@@ -94,12 +94,14 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   versionCapabilities(): Record<string, unknown> {
+    // The info region's JSON as granted comes along, so a devlease client needs no two round trips to read it.
     return {
       devlease: {
         lease: this.#lease.id,
         kind: this.#lease.kind,
         infoRegion: INFO_REGION_INDEX,
         ...(this.#devlease ? { noticeIrq: DEVLEASE_NOTICE_IRQ_INDEX } : {}),
+        info: this.#lease.info(),
       },
     };
   }
@@ -377,7 +379,7 @@ export class LeaseSession implements VfioUserDeviceModel {
     if (!slice) return { subRegions: [], fds: [] };
     this.#checkLive();
     const all = await this.#device('GET_REGION_IO_FDS', `region ${index}`, () =>
-      this.#table.device.regionIoFds(slice.region),
+      this.#table.device.regionIoFds(slice.region, { offset: slice.offset, size: slice.size }),
     );
     const mine = new Map<number, number>(); // device fd index -> index in our reply
     const subRegions: IoFdSubRegion[] = [];

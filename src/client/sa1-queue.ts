@@ -15,7 +15,7 @@ import {
   STATUS_NAME,
   type StatusName,
 } from '../hw/sa1/regs.js';
-import { type Fd, native } from '../sys/index.js';
+import { type Fd, type Mapping, native } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';
@@ -135,16 +135,22 @@ export class Sa1Queue {
       throw leaseError('EINVAL', `ring entries must be a power of two from 2 to 65536, got ${entries}`);
     }
     // Start from a clean queue: the device latches ring registers at the first doorbell after enable and
-    // ignores later writes until a reset, so a second helper on the same lease needs the reset too.
-    await lease.resetQueue();
-    // The doorbell's kick (rev 2): the lease owns the fd and closes it with the session.
-    const kick = opts.kick === false ? null : await lease.ioEventFd(BAR2, QP.SQ_TAIL);
-    const sq = await lease.dma.alloc(entries * SQE_SIZE);
-    const cq = await lease.dma.alloc(entries * CQE_SIZE).catch(async (err) => {
-      await sq.free().catch(() => undefined);
-      throw err;
-    });
-    const q = new Sa1Queue(lease, entries, sq, cq, opts.spinUs ?? 50, kick);
+    // ignores later writes until a reset, so a second helper on the same lease needs the reset too. The
+    // first helper of a lease whose queue page is still as the grant left it (reset, nothing rung) skips it.
+    const fresh = lease.claimFresh() && untouched(lease.region(BAR2));
+    if (!fresh) await lease.resetQueue();
+    // The kick fd and both rings are asked for at once (one round trip to the broker, which serves them in
+    // order); whatever came is freed if any failed. The doorbell's kick (rev 2): the lease owns the fd.
+    const [kick, sq, cq] = await Promise.allSettled([
+      opts.kick === false ? Promise.resolve(null) : lease.ioEventFd(BAR2, QP.SQ_TAIL),
+      lease.dma.alloc(entries * SQE_SIZE),
+      lease.dma.alloc(entries * CQE_SIZE),
+    ]);
+    if (kick.status === 'rejected' || sq.status === 'rejected' || cq.status === 'rejected') {
+      for (const b of [sq, cq]) if (b.status === 'fulfilled') await b.value.free().catch(() => undefined);
+      throw [kick, sq, cq].find((r): r is PromiseRejectedResult => r.status === 'rejected')!.reason;
+    }
+    const q = new Sa1Queue(lease, entries, sq.value, cq.value, opts.spinUs ?? 50, kick.value);
     q.#program();
     return q;
   }
@@ -355,4 +361,13 @@ export class Sa1Queue {
     await this.#sq.free().catch(() => undefined);
     await this.#cq.free().catch(() => undefined);
   }
+}
+
+/** Whether a queue page reads as a queue reset leaves it: no rings set, nothing rung, no error. */
+function untouched(page: Mapping): boolean {
+  if (page.isRevoked()) return false;
+  const w = page.u32;
+  const words = [QP.SQ_BASE, QP.SQ_BASE + 4, QP.SQ_SIZE, QP.SQ_TAIL, QP.SQ_HEAD, QP.CQ_BASE, QP.CQ_BASE + 4];
+  words.push(QP.CQ_SIZE, QP.CQ_HEAD, QP.CQ_TAIL, QP.Q_ERROR, QP.IRQ_MODE);
+  return words.every((off) => Atomics.load(w, off / 4) === 0);
 }

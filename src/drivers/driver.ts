@@ -161,6 +161,13 @@ export interface Driver extends EventEmitter {
    */
   scrub(res: LeaseResources): Promise<void>;
   /**
+   * Optional: called once the broker has quiesced a lease and revoked all its slices (the last holder can no
+   * longer reach the resources), before release(): ready them for the next grant so the next activate() has
+   * less to do. SA-1: the revoke reset the queue, so the queue is marked clean and the grant skips its reset.
+   * Bounded as quiesce(); on a rejection activate() does the work itself.
+   */
+  prepare?(res: LeaseResources): Promise<void>;
+  /**
    * Return the resources to the pool (after the broker has revoked or seen released every slice). Synchronous;
    * resources the driver has quarantined (a reset that did not finish) stay out of the pool.
    */

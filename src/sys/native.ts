@@ -88,6 +88,8 @@ export interface NativeAddon {
   /** fstat subset. */
   fstat(fd: number): { ino: bigint; dev: bigint; size: number; mode: number };
   setNonBlocking(fd: number, on: boolean): void;
+  /** fcntl(F_GETFL): access mode (O_ACCMODE bits) and status flags. */
+  statusFlags(fd: number): number;
 
   // --- readiness (uv_poll on the current loop; callback gets UV events bits: 1 readable, 2 writable, 4 disconnect) ---
   poll(fd: number, events: number, cb: (status: number, events: number) => void): PollHandle;

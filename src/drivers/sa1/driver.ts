@@ -75,6 +75,11 @@ export class Sa1Driver extends EventEmitter implements Driver {
    * lease that held them (a grant whose activation timed out gives its queue back with release()).
    */
   readonly #stuckQueues = new Set<number>();
+  /**
+   * Queues reset by this driver and not enabled since (reclaim's quiesce, scrub): a grant needs no reset
+   * of its own, so the reset is paid when the previous holder is reclaimed, not when the next one asks.
+   */
+  readonly #cleanQueues = new Set<number>();
   #windows: WindowSlots | null = null;
   #granules: Granules | null = null;
   #faultFd: EventFd | null = null;
@@ -123,6 +128,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Stop every queue a previous owner may have left enabled (or in reset) before leasing them again; one
     // whose reset does not finish stays out of the pool.
     this.#stuckQueues.clear();
+    this.#cleanQueues.clear();
     for (let q = 0; q < g.numQueues; q++) {
       if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
       await this.#resetQueue(q).catch((err: { code?: string }) => {
@@ -270,41 +276,67 @@ export class Sa1Driver extends EventEmitter implements Driver {
   async activate(res: LeaseResources): Promise<void> {
     const d = this.#dev;
     const q = res.queue!;
-    await this.#resetQueue(q); // a clean queue: indexes zero, error cleared
-    // The window as the client sees it (its view), and Q_XLAT taking the view to the lease's device range.
+    // A clean queue: indexes zero, error cleared (reclaim left it so, or reset it now).
+    if (!this.#cleanQueues.delete(q)) await this.#resetQueue(q);
+    // The writes go out together (the device serves one connection's requests in order), so the grant pays
+    // one device round trip instead of eight. ENABLE is last on the wire; should any write before it fail, the
+    // queue is disabled again and left out of the clean set, so the next grant resets it.
+    // The window is the one the client sees (its view), and Q_XLAT takes the view to the lease's device range.
     const view = res.view!;
-    await d.write64(BAR0, qcfg(q, Q.WIN_BASE), view.base);
-    await d.write64(BAR0, qcfg(q, Q.WIN_SIZE), view.size);
-    await d.write64(BAR0, qcfg(q, Q.XLAT), BigInt.asUintN(64, res.window!.base - view.base));
-    await d.write32(BAR0, qcfg(q, Q.MEM_BASE), Number(res.devmem?.offset ?? 0n));
-    await d.write32(BAR0, qcfg(q, Q.MEM_SIZE), Number(res.devmem?.size ?? 0n));
-    await d.write32(BAR0, qcfg(q, Q.VECTOR), res.vectors[0]!);
-    await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE);
+    const writes = [
+      d.write64(BAR0, qcfg(q, Q.WIN_BASE), view.base),
+      d.write64(BAR0, qcfg(q, Q.WIN_SIZE), view.size),
+      d.write64(BAR0, qcfg(q, Q.XLAT), BigInt.asUintN(64, res.window!.base - view.base)),
+      d.write32(BAR0, qcfg(q, Q.MEM_BASE), Number(res.devmem?.offset ?? 0n)),
+      d.write32(BAR0, qcfg(q, Q.MEM_SIZE), Number(res.devmem?.size ?? 0n)),
+      d.write32(BAR0, qcfg(q, Q.VECTOR), res.vectors[0]!),
+      d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE),
+    ];
+    const results = await Promise.allSettled(writes);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await d.write32(BAR0, qcfg(q, Q.CTRL), 0).catch(() => undefined);
+      throw failed.reason;
+    }
   }
 
   async quiesce(res: LeaseResources): Promise<void> {
     const q = res.queue!;
     const d = this.#dev;
+    this.#cleanQueues.delete(q);
     // Disabling aborts in-flight descriptors (they complete ABORTED); wait for IDLE, then reset
-    // so no ring state survives into the next lease.
-    await d.write32(BAR0, qcfg(q, Q.CTRL), 0);
-    await pollUntil({
-      what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
-      read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
-      done: (st) => (st & Q_STATUS.IDLE) !== 0,
-      timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
-    });
+    // so no ring state survives into the next lease. The first status read goes out with the write.
+    await Promise.all([
+      d.write32(BAR0, qcfg(q, Q.CTRL), 0),
+      pollUntil({
+        what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
+        read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
+        done: (st) => (st & Q_STATUS.IDLE) !== 0,
+        timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+      }),
+    ]);
     await this.#resetQueue(q);
   }
 
+  async prepare(res: LeaseResources): Promise<void> {
+    // Called after the broker revoked the lease's slices, and "a revoked queue page's queue is reset"
+    // (datasheet rev 2, section 8): the device reset the queue once its last holder could no longer write
+    // the page, so nothing it wrote there (ring bases, a doorbell) reaches the next lease, which is granted
+    // without a reset of its own. No device command is needed.
+    this.#cleanQueues.add(res.queue!);
+  }
+
   async resetLease(res: LeaseResources): Promise<void> {
+    this.#cleanQueues.delete(res.queue!);
     await this.#resetQueue(res.queue!);
     await this.#dev.write32(BAR0, qcfg(res.queue!, Q.CTRL), Q_CTRL.ENABLE);
   }
 
   async scrub(res: LeaseResources): Promise<void> {
     // A queue reset zeroes the whole queue page (ring registers and the reserved rest).
+    this.#cleanQueues.delete(res.queue!);
     await this.#resetQueue(res.queue!);
+    this.#cleanQueues.add(res.queue!);
     if (res.devmem) {
       const chunk = new Uint8Array(65536); // at most max_data_xfer_size per REGION_WRITE
       for (let off = 0n; off < res.devmem.size; off += BigInt(chunk.byteLength)) {
@@ -357,6 +389,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
   /** Whole-device recovery after a hang: reset, reload firmware, enable. Leases must already be reclaimed. */
   async recover(): Promise<void> {
     this.#stopHeartbeat();
+    this.#cleanQueues.clear();
     await this.#resetDevice();
     await this.#enableBusMaster();
     await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
@@ -367,6 +400,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   deviceLost(): void {
     this.#stopHeartbeat();
+    this.#cleanQueues.clear();
     this.#closeInterrupts();
     this.#freeQueues = [];
     this.#windows = null;
@@ -431,14 +465,17 @@ export class Sa1Driver extends EventEmitter implements Driver {
    */
   async #resetQueue(q: number): Promise<void> {
     const d = this.#dev;
-    await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET);
     try {
-      await pollUntil({
-        what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
-        read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
-        done: (v) => (v & Q_CTRL.RESET) === 0,
-        timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
-      });
+      // The first read goes out with the write (in order on the wire): one round trip when the reset is quick.
+      await Promise.all([
+        d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
+        pollUntil({
+          what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
+          read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
+          done: (v) => (v & Q_CTRL.RESET) === 0,
+          timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+        }),
+      ]);
     } catch (err) {
       if ((err as { code?: string }).code === 'ETIMEDOUT') {
         this.#stuckQueues.add(q);
