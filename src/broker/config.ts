@@ -76,6 +76,11 @@ export interface BrokerConfig {
     maxDevmemGranules: number;
     /** Heartbeat check period (ms); a stopped heartbeat over this long is a hang. */
     heartbeatMs: number;
+    /**
+     * A device that has not answered a HEARTBEAT read for this long (ms) is unresponsive (a frozen server):
+     * the broker treats it as hung, drops its connection and reconnects until it answers.
+     */
+    responseTimeoutMs: number;
   };
   policy: {
     rules: PolicyRule[];
@@ -130,7 +135,13 @@ export function defaultConfig(): BrokerConfig {
     admin: { mode: 0o600, group: null },
     layout: { pageSize: 4096, allowCooperative: false },
     lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500 },
-    sa1: { firmware: null, windowSize: 1n << 30n, maxDevmemGranules: 16, heartbeatMs: 100 },
+    sa1: {
+      firmware: null,
+      windowSize: 1n << 30n,
+      maxDevmemGranules: 16,
+      heartbeatMs: 100,
+      responseTimeoutMs: 2000,
+    },
     policy: { rules: defaultRules(), module: null, hookTimeoutMs: 200 },
     auditLog: null,
   };
@@ -348,6 +359,7 @@ export function configFromObject(doc: Table): BrokerConfig {
     windowSize,
     maxDevmemGranules: s.int('max_devmem_granules', d.sa1.maxDevmemGranules, 0, 1 << 16),
     heartbeatMs: s.int('heartbeat_ms', d.sa1.heartbeatMs, 20, 60_000),
+    responseTimeoutMs: s.int('response_timeout_ms', d.sa1.responseTimeoutMs, 100, 600_000),
   };
   s.done();
 

@@ -21,7 +21,13 @@ export interface LeaseRequest {
 export interface DriverConfig {
   layout: { pageSize: number; allowCooperative: boolean };
   lifetime: { revoke: boolean; quiesceTimeoutMs: number };
-  sa1: { firmware: string | null; windowSize: bigint; maxDevmemGranules: number; heartbeatMs: number };
+  sa1: {
+    firmware: string | null;
+    windowSize: bigint;
+    maxDevmemGranules: number;
+    heartbeatMs: number;
+    responseTimeoutMs: number;
+  };
 }
 
 export type IsolationLevel = 'enforced' | 'cooperative';
@@ -77,6 +83,8 @@ export interface DeviceFault {
  * - 'fault' (DeviceFault): a fault record; the broker forwards it to the lease holding the queue.
  * - 'hang' (reason: string): the device stopped; the broker notifies everyone, resets and reboots.
  * - 'device-reset' (reason: string): the device was reset behind the driver's back; leases are gone.
+ * - 'unresponsive' (reason: string): the device stopped answering (a frozen server): a hang that no device
+ *   command can reach; the broker ends every lease without it and reconnects.
  *
  * Every wait on the device is bounded (drivers/poll.ts): a wait that runs out rejects with a VfioError whose
  * `code` is ETIMEDOUT, naming what was awaited and the last value read; no method carries on as if the device

@@ -108,7 +108,13 @@ export class Engine {
       this.#queueFault(q, ST_IOMMU_FAULT, BigInt(fault));
       return true;
     }
-    const desc = decodeDescriptor(gather(segs, new Uint8Array(SQ_ENTRY_SIZE)));
+    const raw = gather(segs, new Uint8Array(SQ_ENTRY_SIZE));
+    const shrank = this.#shrankUnder(Number(slotIova), SQ_ENTRY_SIZE);
+    if (shrank >= 0) {
+      this.#queueFault(q, ST_IOMMU_FAULT, BigInt(shrank));
+      return true;
+    }
+    const desc = decodeDescriptor(raw);
     q.sqHead = (q.sqHead + 1) >>> 0;
     q.publish();
     const delay = this.ctx.delayMs(q);
@@ -179,7 +185,9 @@ export class Engine {
 
   #complete(q: Queue, entry: InFlight): void {
     const out =
-      entry.poisonIova !== null ? fail(ST_IOMMU_FAULT, entry.poisonIova) : this.#execute(q, entry.desc);
+      entry.poisonIova !== null
+        ? fail(ST_IOMMU_FAULT, entry.poisonIova)
+        : this.#executeChecked(q, entry.desc);
     // The completion first, then the fault record and ERROR (§4): a client that sees the queue in ERROR
     // must already be able to find the faulting descriptor's completion.
     this.#writeCompletion(q, entry.desc, out);
@@ -220,6 +228,27 @@ export class Engine {
     q.lastError = code;
     q.publish();
     this.ctx.faults.write(q.index, code, at);
+  }
+
+  /**
+   * Run a descriptor, then make sure the memory it touched was all there (rev 2 §7): when a guarded map was
+   * revoked during the access (the backing shrank: the guard gave zeros) the descriptor completes as
+   * IOMMU_FAULT at the first address in the shrunken map, never OK with zeros.
+   */
+  #executeChecked(q: Queue, d: Descriptor): Outcome {
+    this.ctx.iommu.sync(); // maps that shrank before this access fault in translate()
+    const out = this.#execute(q, d);
+    if (out.status !== ST_OK || !this.ctx.iommu.sync()) return out;
+    for (const r of hostRanges(d)) {
+      const at = this.ctx.iommu.deadIn(Number(r.start), r.length);
+      if (at >= 0) return fail(ST_IOMMU_FAULT, BigInt(at));
+    }
+    return out;
+  }
+
+  /** After reading [iova, +length) through the IOMMU: the first address whose backing shrank meanwhile, or -1. */
+  #shrankUnder(iova: number, length: number): number {
+    return this.ctx.iommu.sync() ? this.ctx.iommu.deadIn(iova, length) : -1;
   }
 
   #execute(q: Queue, d: Descriptor): Outcome {
