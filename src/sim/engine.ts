@@ -261,9 +261,16 @@ export class Engine {
 
     let src: Segments = [];
     if (d.opcode === OP_COPY || d.opcode === OP_CRC32C) {
-      const r = this.#resolve(q, d.src, d.length, (d.flags & FLAG_SRC_DEVMEM) !== 0, false);
+      const devmem = (d.flags & FLAG_SRC_DEVMEM) !== 0;
+      const r = this.#resolve(q, d.src, d.length, devmem, false);
       if (!Array.isArray(r)) return r;
       src = r;
+      // Read one byte of every source page first: a source that shrank faults here (the guard swaps in zero
+      // pages), so the descriptor fails before it writes anything, as a transfer stopped by an IOMMU fault.
+      if (!devmem && touchPages(src) && this.ctx.iommu.sync()) {
+        const at = this.ctx.iommu.deadIn(Number(d.src), d.length);
+        if (at >= 0) return fail(ST_IOMMU_FAULT, BigInt(at));
+      }
     }
     let dst: Segments = [];
     if (d.opcode !== OP_CRC32C) {
@@ -308,6 +315,16 @@ export class Engine {
     if (fault >= 0) return fail(ST_IOMMU_FAULT, fault === Number(addr) ? addr : BigInt(fault));
     return segs;
   }
+}
+
+/** Read a byte of every 4 KiB page of the segments (and each one's last byte); returns true. */
+function touchPages(segs: Segments): boolean {
+  let x = 0;
+  for (const s of segs) {
+    for (let i = 0; i < s.length; i += 4096) x ^= s[i] as number;
+    if (s.length) x ^= s[s.length - 1] as number;
+  }
+  return x >= 0;
 }
 
 function le64(v: bigint): Uint8Array {
