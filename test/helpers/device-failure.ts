@@ -187,7 +187,7 @@ export async function processKilled(r: Rig, numQueues: number, downMs = 500): Pr
   const old = r.sim;
   old.process.kill('SIGKILL');
   const detected = await auditEvent(r, 'device-gone', from, 'the lost device to be noticed', DETECT_BOUND_MS);
-  await old.exited;
+  await old.close(); // already dead: closes its pipes
   await clientTold(r, c);
   await new Promise((resolve) => setTimeout(resolve, downMs));
   const t1 = performance.now();
