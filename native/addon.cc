@@ -18,6 +18,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   devlease::RegisterConstants(env, exports);
   devlease::RegisterEnvFds(env, exports);
   devlease::RegisterWaitFds(env, exports);
+  devlease::RegisterErrors(env, exports);
   return exports;
 }
 

@@ -17,6 +17,13 @@ void ThrowErrno(Napi::Env env, const char* syscall, int err) {
     snprintf(unknown, sizeof(unknown), "E%d", err);
     name = unknown;
   }
+  EnvState* state = StateOf(env);
+  if (!state->sysError.IsEmpty()) {
+    // new SysError(syscall, code, text, errno): message "syscall: text", as below.
+    Napi::Object e = state->sysError.New({Napi::String::New(env, syscall), Napi::String::New(env, name),
+                                          Napi::String::New(env, strerror(err)), Napi::Number::New(env, err)});
+    throw Napi::Error(env, e);
+  }
   std::string message = std::string(syscall) + ": " + strerror(err);
   Napi::Error error = Napi::Error::New(env, message);
   error.Set("code", Napi::String::New(env, name));
@@ -26,6 +33,12 @@ void ThrowErrno(Napi::Env env, const char* syscall, int err) {
 }
 
 void ThrowMisuse(Napi::Env env, const char* code, const std::string& message) {
+  EnvState* state = StateOf(env);
+  if (!state->misuseError.IsEmpty()) {
+    // new MisuseError(code, message)
+    Napi::Object e = state->misuseError.New({Napi::String::New(env, code), Napi::String::New(env, message)});
+    throw Napi::Error(env, e);
+  }
   Napi::Error error = Napi::TypeError::New(env, message);
   error.Set("code", Napi::String::New(env, code));
   throw error;
@@ -123,6 +136,33 @@ FdGuard::~FdGuard() {
     close(fd_);
     errno = saved;
   }
+}
+
+EnvState* StateOf(Napi::Env env) {
+  auto* state = env.GetInstanceData<EnvState>();
+  if (state == nullptr) {
+    state = new EnvState();
+    env.SetInstanceData(state);  // deleted at environment teardown
+  }
+  return state;
+}
+
+namespace {
+
+/** setErrorClasses(SysError, MisuseError): the classes syscall failures and misuse are thrown as. */
+Napi::Value SetErrorClasses(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsFunction() || !info[1].IsFunction()) ThrowInvalidArg(env, "setErrorClasses needs two classes");
+  EnvState* state = StateOf(env);
+  state->sysError = Napi::Persistent(info[0].As<Napi::Function>());
+  state->misuseError = Napi::Persistent(info[1].As<Napi::Function>());
+  return env.Undefined();
+}
+
+}  // namespace
+
+void RegisterErrors(Napi::Env env, Napi::Object exports) {
+  exports.Set("setErrorClasses", Napi::Function::New(env, SetErrorClasses, "setErrorClasses"));
 }
 
 }  // namespace devlease

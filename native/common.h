@@ -8,13 +8,32 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <unordered_set>
 
 namespace devlease {
 
 /** Maximum number of fds in one SCM_RIGHTS message (mirrors MAX_FDS in src/sys/native.ts). */
 constexpr int kMaxFds = 253;  // SCM_MAX_FD: the kernel's limit per message
 
-/** Throws `syscall: strerror(err)` with code/errno/syscall set. */
+/**
+ * What the addon keeps per environment (main thread, each worker): one instance-data slot, deleted at
+ * environment teardown. `trackedFds` are a worker's descriptors to close then (env_fds.cc); the error
+ * classes are src/errors.ts's SysError and MisuseError, given once by src/sys/native.ts (setErrorClasses).
+ */
+struct EnvState {
+  std::unordered_set<int> trackedFds;
+  Napi::FunctionReference sysError;
+  Napi::FunctionReference misuseError;
+  ~EnvState();
+};
+/** This environment's state, created on first use. */
+EnvState* StateOf(Napi::Env env);
+
+/**
+ * Throws `syscall: strerror(err)` with code/errno/syscall set: a SysError (src/errors.ts) once
+ * setErrorClasses has run in this environment, a plain Error with the same fields before.
+ */
 [[noreturn]] void ThrowErrno(Napi::Env env, const char* syscall, int err);
 /** Throws an Error with the given ERR_DEVLEASE_* code (argument misuse, closed handle, ...). */
 [[noreturn]] void ThrowMisuse(Napi::Env env, const char* code, const std::string& message);
@@ -70,5 +89,6 @@ void RegisterFutex(Napi::Env env, Napi::Object exports);
 void RegisterConstants(Napi::Env env, Napi::Object exports);
 void RegisterEnvFds(Napi::Env env, Napi::Object exports);
 void RegisterWaitFds(Napi::Env env, Napi::Object exports);
+void RegisterErrors(Napi::Env env, Napi::Object exports);
 
 }  // namespace devlease

@@ -4,36 +4,23 @@
 // registered when the environment is torn down is closed then.
 #include <unistd.h>
 
-#include <unordered_set>
-
 #include "common.h"
 
 namespace devlease {
-namespace {
 
-struct EnvFds {
-  std::unordered_set<int> open;
-  ~EnvFds() {
-    for (int fd : open) close(fd);
-  }
-};
-
-EnvFds* StateOf(Napi::Env env) {
-  auto* state = env.GetInstanceData<EnvFds>();
-  if (state == nullptr) {
-    state = new EnvFds();
-    env.SetInstanceData(state);  // deleted (closing what is left) at environment teardown
-  }
-  return state;
+EnvState::~EnvState() {
+  for (int fd : trackedFds) close(fd);
 }
 
+namespace {
+
 Napi::Value TrackFd(const Napi::CallbackInfo& info) {
-  StateOf(info.Env())->open.insert(FdArg(info, 0));
+  StateOf(info.Env())->trackedFds.insert(FdArg(info, 0));
   return info.Env().Undefined();
 }
 
 Napi::Value UntrackFd(const Napi::CallbackInfo& info) {
-  StateOf(info.Env())->open.erase(FdArg(info, 0));
+  StateOf(info.Env())->trackedFds.erase(FdArg(info, 0));
   return info.Env().Undefined();
 }
 

@@ -17,7 +17,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { REG_SCRATCH } from '../../src/sim/datasheet.js';
+import { REG_SCRATCH } from '../../src/sim/model/datasheet.js';
 import { type Child, spawnNode, startSim } from '../../src/util/processes.js';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';

@@ -14,6 +14,8 @@ export class AuditLog {
   readonly #sink: ((line: string) => void) | null;
   /** The last records, for the admin API and tests. */
   readonly recent: AuditRecord[] = [];
+  /** Observers of every record (metrics count grants, denials, reclaims from them). */
+  readonly #listeners = new Set<(rec: AuditRecord) => void>();
 
   constructor(path: string | null, sink?: (line: string) => void) {
     this.#path = path;
@@ -27,5 +29,12 @@ export class AuditLog {
     if (this.recent.length > 1000) this.recent.splice(0, this.recent.length - 1000);
     if (this.#path) appendFileSync(this.#path, `${line}\n`);
     this.#sink?.(line);
+    for (const l of this.#listeners) l(full);
+  }
+
+  /** Calls `fn` with every record written from now on; returns the unsubscribe function. */
+  subscribe(fn: (rec: AuditRecord) => void): () => void {
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
   }
 }

@@ -4,9 +4,9 @@
 
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import type { InjectRequest } from '../sim/commands.js';
-import { bigintReviver } from '../sim/control-json.js';
-import { OptionError, type OptionNames, resolveOptions, type Sa1Options } from '../sim/options.js';
+import type { InjectRequest } from '../sim/host/commands.js';
+import { bigintReviver } from '../sim/host/control-json.js';
+import { OptionError, type OptionNames, resolveOptions, type Sa1Options } from '../sim/model/options.js';
 
 const USAGE = `usage: devlease sim --socket PATH [--queues N] [--stride BYTES] [--devmem MIB] [--granule BYTES]
                     [--idle-poll-us N] [--control-stdin]

@@ -1,25 +1,24 @@
-// Errors the client library raises: `code` (an errno name or ERR_DEVLEASE_*),
-// and `reason`, the broker's own words when it gave any.
+// Errors the client library raises, in the one error model (src/errors.ts):
+// `code` (an errno name or ERR_DEVLEASE_*), `errno` when the code is an errno,
+// and `reason`, the broker's own words when it gave any (a field end to end:
+// it arrives as a field of the vfio-user error reply, never parsed from text).
+import { DevleaseError } from '../errors.js';
 
-export interface LeaseError extends Error {
-  code: string;
-  reason: string;
-  errno?: number;
+export class LeaseError extends DevleaseError {
+  declare readonly reason: string;
+  constructor(code: string, reason: string, options: { cause?: unknown; errno?: number } = {}) {
+    super(code, `${code}: ${reason}`, { reason, cause: options.cause, errno: options.errno });
+    this.name = 'LeaseError';
+  }
 }
 
 export function leaseError(code: string, reason: string, cause?: unknown): LeaseError {
-  const err = new Error(`${code}: ${reason}`, cause === undefined ? undefined : { cause }) as LeaseError;
-  err.name = 'LeaseError';
-  err.code = code;
-  err.reason = reason;
-  return err;
+  return new LeaseError(code, reason, { cause });
 }
 
-/** Wrap an error from the vfio-user layer so it carries `code` and the broker's `reason`. */
+/** Wrap an error from the vfio-user layer so it carries `code`, `errno` and the broker's `reason`. */
 export function fromCallError(what: string, err: unknown): LeaseError {
   const e = err as Error & { code?: string; errno?: number; reason?: string };
   const reason = e.reason ?? e.message;
-  const out = leaseError(e.code ?? 'EIO', `${what}: ${reason}`, err);
-  if (e.errno !== undefined) out.errno = e.errno;
-  return out;
+  return new LeaseError(e.code ?? 'EIO', `${what}: ${reason}`, { cause: err, errno: e.errno });
 }

@@ -5,6 +5,7 @@
 // ZPCI_ERROR feature; see docs/PROTOCOL.md).
 
 import { EventEmitter } from 'node:events';
+import { closedError as closedHandleError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
 import { encodeDmaBufPayload } from '../vfio/uapi/payloads.js';
@@ -328,5 +329,4 @@ const hex4 = (v: number) => v.toString(16).padStart(4, '0');
 const formatIds = (i: Device['ids']) =>
   `PCI ${hex4(i.vendor)}:${hex4(i.device)} (subsystem ${hex4(i.subsystemVendor)}:${hex4(i.subsystem)}, class 0x${i.classCode.toString(16).padStart(6, '0')})`;
 
-const closedError = (endpoint: string) =>
-  Object.assign(new Error(`the device at ${endpoint} was closed`), { code: 'ERR_DEVLEASE_CLOSED' });
+const closedError = (endpoint: string) => closedHandleError(`the device at ${endpoint}`);

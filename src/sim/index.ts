@@ -1,123 +1,18 @@
-// The SA-1 simulator: a vfio-user server whose device model runs in a
-// worker thread. startSimulator() serves it in this process;
-// spawnSimulator() runs `devlease sim` as a child process with a JSON-lines
-// control channel on stdin for fault injection.
-
-import { RateLimitedLog } from '../util/rate-limited-log.js';
-import { VfioError } from '../vfio/user/device-model.js';
-import { VfioUserServer } from '../vfio/user/server.js';
-import type { DeviceStats, InjectRequest } from './commands.js';
-import { DEFAULT_COMMAND_TIMEOUT_MS, DeviceWorker, Sa1Frontend } from './frontend.js';
-import { resolveOptions, type Sa1Options } from './options.js';
-
-export { type ChildSimulator, spawnSimulator } from './child.js';
-export type { DeviceStats, InjectRequest } from './commands.js';
-export { makeFirmwareImage } from './firmware.js';
-export { DEFAULT_OPTIONS, OptionError, resolveOptions, type Sa1Options } from './options.js';
-
-export interface SimulatorOptions extends Partial<Sa1Options> {
-  socketPath: string;
-  /** Socket file mode (default 0o600). */
-  mode?: number;
-  /** Bound on one owner command inside the device (default 10 s); past it the request fails with EIO. */
-  commandTimeoutMs?: number;
-  /** How long a new owner waits for the previous owner's disconnect to finish before being refused (default 1 s). */
-  ownerHandoverMs?: number;
-  /** Where the server's lines go: one line each, rate limited per kind (default console.warn). */
-  log?: (message: string) => void;
-}
-
-export interface SimulatorHandle {
-  readonly socketPath: string;
-  readonly options: Sa1Options;
-  /** Fault injection (datasheet §9): never reachable through a BAR. */
-  inject(req: InjectRequest): void;
-  injectHang(): void;
-  injectFault(queue: number, code?: number, iova?: bigint): void;
-  /** Per-descriptor delay in ms (all queues, or one queue); 0 removes it. */
-  setDescriptorDelay(ms: number, queue?: number): void;
-  /** Drop the next `count` interrupts (optionally only of one irq index / vector). */
-  dropInterrupts(count: number, filter?: { index?: number; vector?: number }): void;
-  stats(): DeviceStats;
-  /** Whether an owner is connected. */
-  readonly ownerConnected: boolean;
-  /** Stop serving, drop the owner, stop the device, remove the socket. Idempotent. */
-  close(): Promise<void>;
-}
-
-/**
- * The server's log, one line per event and rate limited per kind (the connection number left out of the
- * key): a client repeating a request that fails inside the device costs a few lines and a count, never a
- * line with a stack trace per request.
- */
-function rateLimited(sink: (message: string) => void): (message: string, err?: unknown) => void {
-  const limiter = new RateLimitedLog(sink);
-  return (message, err) => {
-    const detail =
-      err === undefined ? '' : `: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`;
-    limiter.log(message.replace(/connection \d+/, 'connection N'), `${message}${detail}`);
-  };
-}
-
-export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorHandle> {
-  const options = resolveOptions(opts);
-  const device = await DeviceWorker.start(options, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
-  const handover = opts.ownerHandoverMs ?? 1000;
-  let owner: { id: number; pid: number; gone: Promise<void> } | null = null;
-
-  let server: VfioUserServer;
-  try {
-    server = VfioUserServer.listen(opts.socketPath, {
-      mode: opts.mode,
-      log: rateLimited(opts.log ?? ((message) => console.warn(`devlease: ${message}`))),
-      async createDevice(conn) {
-        if (owner) {
-          const current = owner;
-          await Promise.race([current.gone, new Promise((r) => setTimeout(r, handover).unref())]);
-          if (owner === current) {
-            throw new VfioError(
-              'EBUSY',
-              `SA-1 already has an owner (connection ${current.id}, pid ${current.pid}); one owner at a time`,
-            );
-          }
-        }
-        let markGone!: () => void;
-        const gone = new Promise<void>((r) => {
-          markGone = r;
-        });
-        const me = { id: conn.id, pid: conn.cred.pid, gone };
-        owner = me;
-        return new Sa1Frontend(device, () => {
-          if (owner === me) owner = null;
-          markGone();
-        });
-      },
-    });
-  } catch (err) {
-    await device.close();
-    throw err;
-  }
-
-  let closing: Promise<void> | null = null;
-  const inject = (req: InjectRequest): void => device.request({ op: 'inject', inject: req });
-  return {
-    socketPath: opts.socketPath,
-    options,
-    inject,
-    injectHang: () => inject({ kind: 'hang' }),
-    injectFault: (queue, code, iova) => inject({ kind: 'fault', queue, code, iova }),
-    setDescriptorDelay: (ms, queue) => inject({ kind: 'delay', ms, queue }),
-    dropInterrupts: (count, filter = {}) => inject({ kind: 'dropIrq', count, ...filter }),
-    stats: () => device.stats(),
-    get ownerConnected() {
-      return owner !== null;
-    },
-    close() {
-      closing ??= (async () => {
-        await server.close();
-        await device.close();
-      })();
-      return closing;
-    },
-  };
-}
+// The SA-1 simulator's public entry. src/sim/model/ is the device (registers,
+// queues, engine, IOMMU, firmware: no threads, no sockets); src/sim/host/
+// hosts it (the worker thread, the mailbox to it, the vfio-user frontend,
+// the child process). Outside src/sim, import from here.
+export {
+  type ChildSimulator,
+  DEFAULT_OPTIONS,
+  type DeviceStats,
+  type InjectRequest,
+  makeFirmwareImage,
+  OptionError,
+  resolveOptions,
+  type Sa1Options,
+  type SimulatorHandle,
+  type SimulatorOptions,
+  spawnSimulator,
+  startSimulator,
+} from './host/simulator.js';

@@ -2,6 +2,7 @@
 // finalization safety net that closes (and warns about) an fd whose owner
 // forgot it.
 import { isMainThread } from 'node:worker_threads';
+import { closedError, misuse } from '../errors.js';
 import { native } from './native.js';
 
 // worker.terminate() runs no finalizers: in a worker, the addon closes the
@@ -23,9 +24,7 @@ export class Fd {
   #fd: number;
   constructor(fd: number) {
     if (!Number.isInteger(fd) || fd < 0) {
-      throw Object.assign(new TypeError(`not a file descriptor: ${fd}`), {
-        code: 'ERR_DEVLEASE_INVALID_ARG',
-      });
+      throw misuse('ERR_DEVLEASE_INVALID_ARG', `not a file descriptor: ${fd}`);
     }
     this.#fd = fd;
     leakRegistry.register(this, fd, this);
@@ -33,7 +32,7 @@ export class Fd {
   }
   /** The descriptor number; throws ERR_DEVLEASE_CLOSED after close(). */
   get fd(): number {
-    if (this.#fd < 0) throw Object.assign(new Error('fd is closed'), { code: 'ERR_DEVLEASE_CLOSED' });
+    if (this.#fd < 0) throw closedError('fd');
     return this.#fd;
   }
   get closed(): boolean {
@@ -68,7 +67,7 @@ export class Fd {
 export function fdNumber(fd: Fd | number): number {
   if (fd instanceof Fd) return fd.fd;
   if (!Number.isInteger(fd) || fd < 0) {
-    throw Object.assign(new TypeError(`not a file descriptor: ${fd}`), { code: 'ERR_DEVLEASE_INVALID_ARG' });
+    throw misuse('ERR_DEVLEASE_INVALID_ARG', `not a file descriptor: ${fd}`);
   }
   return fd;
 }

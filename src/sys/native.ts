@@ -3,13 +3,17 @@
 //
 // Conventions of the raw surface:
 // - fds are plain numbers; ownership is taken by the classes in src/sys/.
-// - every failing syscall throws an Error with `code` ('EAGAIN', ...),
-//   `errno` (positive number) and `syscall` (e.g. 'sendmsg');
-// - misuse (wrong argument types, a closed handle, too many fds) throws
-//   before any syscall, with code 'ERR_DEVLEASE_INVALID_ARG' or
+// - every failing syscall throws a SysError (src/errors.ts) with `code`
+//   ('EAGAIN', ...), `errno` (positive number) and `syscall` (e.g. 'sendmsg');
+// - misuse (wrong argument types, a closed handle, too many fds) throws a
+//   MisuseError before any syscall, with code 'ERR_DEVLEASE_INVALID_ARG' or
 //   'ERR_DEVLEASE_CLOSED' or 'ERR_DEVLEASE_TOO_MANY_FDS'.
+// The addon constructs those classes itself (setErrorClasses, below, once per
+// thread), so there is one error model on both sides of the addon.
 
 import { createRequire } from 'node:module';
+import { MisuseError, SysError } from '../errors.js';
+import { withFailNth } from './fail-nth.js';
 
 if (process.platform !== 'linux') {
   throw new Error(
@@ -170,9 +174,21 @@ export interface NativeAddon {
   trackFd(fd: number): void;
   untrackFd(fd: number): void;
 
+  // --- the classes syscall failures and misuse are thrown as (this environment) ---
+  setErrorClasses(sysError: typeof SysError, misuseError: typeof MisuseError): void;
+
   // --- constants the TypeScript side needs ---
   constants: Record<string, number>;
 }
 
 const require = createRequire(import.meta.url);
-export const native: NativeAddon = require('../../../build/Release/devlease.node') as NativeAddon;
+const addon = require('../../../build/Release/devlease.node') as NativeAddon;
+if (typeof addon.setErrorClasses !== 'function') {
+  throw new Error(
+    'build/Release/devlease.node predates setErrorClasses (src/errors.ts): rebuild it with `npm run install`',
+  );
+}
+addon.setErrorClasses(SysError, MisuseError);
+/** The addon itself, unless the test-only fail-nth hook was asked for at load (fail-nth.ts). */
+export const native: NativeAddon =
+  process.env.DEVLEASE_FAIL_NTH === undefined ? addon : withFailNth(addon, process.env.DEVLEASE_FAIL_NTH);

@@ -19,6 +19,7 @@
 // message holds dup()s until written); a 'message' listener owns msg.fds;
 // reading pauses while there is no 'message' listener; 'close' once.
 import { EventEmitter } from 'node:events';
+import { DevleaseError } from '../errors.js';
 import { closedError, isSysError, misuse } from './errors.js';
 import { Fd, fdNumber } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
@@ -60,8 +61,8 @@ interface Queued {
 const READ_BATCH = 64;
 const PEER_GONE = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
 
-function protocolError(message: string): Error & { code: string; errno: number } {
-  return Object.assign(new Error(message), { code: 'EPROTO', errno: 71 });
+function protocolError(message: string): DevleaseError {
+  return new DevleaseError('EPROTO', message);
 }
 
 export class StreamSocket extends EventEmitter {

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { type ChildSimulator, spawnSimulator } from '../../src/sim/child.js';
+import { type ChildSimulator, spawnSimulator } from '../../src/sim/host/child.js';
 import { DEVLEASE_BIN, startBroker } from '../../src/util/processes.js';
 import { ClientProc, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';

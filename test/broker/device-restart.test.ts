@@ -16,7 +16,7 @@ import { adminRequest } from '../../src/cli/admin.js';
 import { connect } from '../../src/client/lease.js';
 import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
 import { BAR0, REG } from '../../src/hw/sa1/regs.js';
-import { spawnSimulator } from '../../src/sim/child.js';
+import { spawnSimulator } from '../../src/sim/host/child.js';
 import { startBroker, startSim } from '../../src/util/processes.js';
 import { ClientProc, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';

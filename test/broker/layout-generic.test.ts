@@ -11,7 +11,7 @@ import { Broker } from '../../src/broker/broker.js';
 import { configFromObject } from '../../src/broker/config.js';
 import { connect } from '../../src/client/lease.js';
 import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
-import { spawnSimulator } from '../../src/sim/child.js';
+import { spawnSimulator } from '../../src/sim/host/child.js';
 import { VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP } from '../../src/vfio/uapi/vfio.js';
 import { ClientProc, startRig } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
@@ -78,6 +78,10 @@ test('the generic driver leases whole regions, cooperatively, to one client at a
     assert.equal(lease.info.kind, 'device');
     assert.equal(lease.info.isolation.regions!.level, 'cooperative');
     assert.match(lease.info.isolation.regions!.reason, /whole region is shared/);
+    // The generic driver cannot translate: the client's IOVAs are the device's, and the lease says so.
+    assert.equal(lease.info.iovaView?.mode, 'identity');
+    assert.match(lease.info.iovaView?.reason ?? '', /no address translation/);
+    assert.equal(lease.info.iovaWindow?.base, 1n << 32n);
     // The mmap-able region comes with its own fd; the register region is reached through the broker.
     assert.ok(lease.region(2).length > 0);
     const regs = await lease.client.regionRead(0, 0, 4);

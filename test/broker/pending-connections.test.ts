@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
-import { spawnSimulator } from '../../src/sim/child.js';
+import { spawnSimulator } from '../../src/sim/host/child.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { ClientProc, until } from '../helpers/broker-rig.js';
 import { cpuDuring, fdCount } from '../helpers/proc-stat.js';

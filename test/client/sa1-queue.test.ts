@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { BAR0, Q, Q_CTRL, qcfg } from '../../src/hw/sa1/regs.js';
 import { connect, DeviceStatusError, type Lease, Sa1Queue } from '../../src/index.js';
-import { crc32c } from '../../src/sim/crc32c.js';
+import { crc32c } from '../../src/sim/model/crc32c.js';
 import { type Rig, startRig } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 

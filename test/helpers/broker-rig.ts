@@ -12,8 +12,8 @@ import { Broker } from '../../src/broker/broker.js';
 import { configFromObject } from '../../src/broker/config.js';
 import type { PolicyModule } from '../../src/broker/policy.js';
 import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
-import { type ChildSimulator, spawnSimulator } from '../../src/sim/child.js';
-import type { Sa1Options } from '../../src/sim/options.js';
+import { type ChildSimulator, spawnSimulator } from '../../src/sim/host/child.js';
+import type { Sa1Options } from '../../src/sim/model/options.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const LEASE_CLIENT = join(here, '..', 'fixtures', 'broker', 'lease-client.js');

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import type { RecoveryStatus } from '../../src/broker/recovery.js';
 import { adminRequest } from '../../src/cli/admin.js';
-import { spawnSimulator } from '../../src/sim/child.js';
+import { spawnSimulator } from '../../src/sim/index.js';
 import { ClientProc, type Rig, until } from './broker-rig.js';
 
 export interface FailureTimes {

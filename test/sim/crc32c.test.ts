@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { crc32c } from '../../src/sim/crc32c.js';
+import { crc32c } from '../../src/sim/model/crc32c.js';
 
 // RFC 3720 appendix B.4 (CRC examples); the RFC prints the CRC bytes as
 // stored on the wire (little-endian), e.g. "aa 36 91 8a" for 0x8A9136AA.

@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { readlinkSync } from 'node:fs';
 import { test } from 'node:test';
-import * as ds from '../../src/sim/datasheet.js';
-import { encodeDmaBufRequest } from '../../src/sim/slices.js';
+import * as ds from '../../src/sim/model/datasheet.js';
+import { encodeDmaBufRequest } from '../../src/sim/model/slices.js';
 import { type Fd, Mapping, native } from '../../src/sys/index.js';
 import {
   VFIO_DEVICE_FEATURE_DMA_BUF,

@@ -3,9 +3,9 @@
 // firmware errors; hang and fault injection.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import * as ds from '../../src/sim/datasheet.js';
-import { decodeFaultRecord, type FaultRecord } from '../../src/sim/faults.js';
-import { makeFirmwareImage } from '../../src/sim/firmware.js';
+import * as ds from '../../src/sim/model/datasheet.js';
+import { decodeFaultRecord, type FaultRecord } from '../../src/sim/model/faults.js';
+import { makeFirmwareImage } from '../../src/sim/model/firmware.js';
 import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { BAR0, boot, loadFirmware, qcfg, r32, w32, w64 } from './helpers/driver.js';
 import { inProcess } from './helpers/inproc.js';

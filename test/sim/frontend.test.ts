@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import * as ds from '../../src/sim/datasheet.js';
+import * as ds from '../../src/sim/model/datasheet.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { BAR0, BAR4, boot, CONFIG, qcfg, r32, r64, TestQueue, w32, w64 } from './helpers/driver.js';
 import { type Rig, rig } from './helpers/real.js';

@@ -2,8 +2,8 @@
 // coalescing, on the device model driven in-process.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { crc32c } from '../../src/sim/crc32c.js';
-import * as ds from '../../src/sim/datasheet.js';
+import { crc32c } from '../../src/sim/model/crc32c.js';
+import * as ds from '../../src/sim/model/datasheet.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { BAR0, qcfg, r32, r64 } from './helpers/driver.js';
 import { booted, HOST_IOVA, queue } from './helpers/scenario.js';

@@ -8,8 +8,8 @@
 // while it is in flight.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import * as ds from '../../src/sim/datasheet.js';
-import { decodeFaultRecord, type FaultRecord } from '../../src/sim/faults.js';
+import * as ds from '../../src/sim/model/datasheet.js';
+import { decodeFaultRecord, type FaultRecord } from '../../src/sim/model/faults.js';
 import { type Fd, MemFd, native } from '../../src/sys/index.js';
 import { pipeSync } from '../fixtures/broker/pipe.js';
 import { BAR0, boot, qcfg, r32, TestQueue } from './helpers/driver.js';

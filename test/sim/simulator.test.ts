@@ -3,9 +3,9 @@
 // feature, revoke, DMA_UNMAP with work in flight, owner disconnect.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { crc32c } from '../../src/sim/crc32c.js';
-import * as ds from '../../src/sim/datasheet.js';
-import { encodeDmaBufRequest, O_RDONLY } from '../../src/sim/slices.js';
+import { crc32c } from '../../src/sim/model/crc32c.js';
+import * as ds from '../../src/sim/model/datasheet.js';
+import { encodeDmaBufRequest, O_RDONLY } from '../../src/sim/model/slices.js';
 import { Mapping, native } from '../../src/sys/index.js';
 import {
   VFIO_DEVICE_FEATURE_DMA_BUF,

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { before, test } from 'node:test';
-import * as ds from '../../src/sim/datasheet.js';
+import * as ds from '../../src/sim/model/datasheet.js';
 import { assertNoFdLeak } from '../helpers/fds.js';
 import { withDeadline } from './qmp.js';
 import { guestImages, projectRoot, qemu11, Vm } from './rig.js';

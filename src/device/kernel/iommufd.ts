@@ -4,6 +4,7 @@
 // mmap needed, the IOAS holds the file) when the kernel has it, otherwise
 // by address (mmap the memfd, IOMMU_IOAS_MAP, keep the mmap until unmapped).
 
+import { DevleaseError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   decodeIommuIovaRanges,
@@ -247,8 +248,7 @@ function iovaRanges(sys: KernelSys, f: IommufdFiles, ioasId: number): IovaRange[
   const mem = sys.scratch(count * iommu_iova_range.size);
   try {
     const got = iommu_ioas_iova_ranges.decode(ask(count, mem.address)).num_iovas;
-    if (got > count)
-      throw Object.assign(new Error(`${name}: the IOVA ranges changed while read`), { code: 'EAGAIN' });
+    if (got > count) throw new DevleaseError('EAGAIN', `${name}: the IOVA ranges changed while read`);
     return decodeIommuIovaRanges(mem.u8, got).map((r) => ({ start: r.start, last: r.last }));
   } finally {
     mem.unmap();

@@ -4,6 +4,7 @@
 // Server-to-client commands (DMA_READ/DMA_WRITE) go to the client's handler,
 // one at a time in arrival order; without a handler they are declined ENOTSUP.
 import { EventEmitter } from 'node:events';
+import { ERRNO } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   decodeMessage,
@@ -16,7 +17,7 @@ import {
   type VfioUserMessage,
   wantsReply,
 } from './codec.js';
-import { errnoName, ProtocolError, vfioUserError } from './errors.js';
+import { errnoName, ProtocolError, VfioUserCallError, vfioUserError } from './errors.js';
 import * as P from './protocol.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 
@@ -171,13 +172,11 @@ export class RequestChannel extends EventEmitter {
         const code = msg.errorNo ? errnoName(msg.errorNo) : 'EIO';
         const reason =
           this.errorReasons || msg.command === P.VFIO_USER_VERSION ? errorReason(msg) : undefined;
-        const err = vfioUserError(
+        const err = new VfioUserCallError(
           code,
           `${name} failed: ${code} (errno ${msg.errorNo})${reason ? `: ${reason}` : ''}`,
-          name,
+          { command: name, errno: msg.errorNo, reason: reason || undefined },
         );
-        err.errno = msg.errorNo || err.errno;
-        if (reason) err.reason = reason;
         pending.reject(err);
       } else {
         pending.resolve({ payload: msg.payload, fds: rec.fds });
@@ -199,7 +198,7 @@ export class RequestChannel extends EventEmitter {
       const payload = await this.#serve(msg);
       reply = encodeReply(msg.msgId, msg.command, payload);
     } catch (err) {
-      const errno = (err as { errno?: number }).errno || 5; /* EIO */
+      const errno = (err as { errno?: number }).errno || ERRNO.EIO;
       reply = encodeErrorReply(msg.msgId, msg.command, errno);
       this.emit('commandRefused', err, msg);
     }
@@ -234,11 +233,15 @@ export class RequestChannel extends EventEmitter {
     this.#abandoned.clear();
     for (const p of pending) {
       clearTimeout(p.timer);
-      const e = Object.assign(new Error(`${P.commandName(p.command)}: ${err?.message ?? 'client closed'}`), {
-        code: (err as { code?: string } | null)?.code ?? 'ERR_DEVLEASE_CLOSED',
-        errno: (err as { errno?: number } | null)?.errno ?? 0,
-        command: P.commandName(p.command),
-      });
+      const e = new VfioUserCallError(
+        (err as { code?: string } | null)?.code ?? 'ERR_DEVLEASE_CLOSED',
+        `${P.commandName(p.command)}: ${err?.message ?? 'client closed'}`,
+        {
+          command: P.commandName(p.command),
+          errno: (err as { errno?: number } | null)?.errno,
+          cause: err ?? undefined,
+        },
+      );
       p.reject(e);
     }
     this.emit('close', err);

@@ -3,6 +3,7 @@
 // (pipelining, timeouts, disconnects) is channel.ts; serving the server's
 // DMA_READ/DMA_WRITE from the client's maps is dma-maps.ts.
 import { EventEmitter } from 'node:events';
+import { misuse } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import { MAX_FDS } from '../../sys/native.js';
 import {
@@ -442,5 +443,5 @@ function closeAll(fds: readonly Fd[]): void {
 }
 
 function invalidArg(message: string): Error {
-  return Object.assign(new TypeError(message), { code: 'ERR_DEVLEASE_INVALID_ARG' });
+  return misuse('ERR_DEVLEASE_INVALID_ARG', message);
 }

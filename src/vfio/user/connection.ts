@@ -225,8 +225,7 @@ export class VfioUserConnection {
   #reasonFor(err: unknown): string | undefined {
     if (!this.#wantsReasons) return undefined;
     if (!(err instanceof VfioError)) return 'internal error in the device (logged by the server)';
-    // VfioError's message is "CODE: reason".
-    return err.message.startsWith(`${err.code}: `) ? err.message.slice(err.code.length + 2) : err.message;
+    return err.reason;
   }
 
   #send(data: Uint8Array, fds?: Fd[]): void {

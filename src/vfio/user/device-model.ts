@@ -5,7 +5,8 @@
 // The server (server.ts) has already checked sizes, argsz, fd counts,
 // alignment and bounds against what the model reported (region sizes,
 // irq counts) before calling in. A model refuses with `VfioError(errno,
-// reason)`; the server turns that into an error reply carrying the errno.
+// reason)` (src/errors.ts); the server turns that into an error reply carrying
+// the errno and, as a field, the reason.
 // fds passed in are owned by the model from the moment it is called (close
 // the ones you do not keep); fds returned are sent and then closed by the
 // server.
@@ -14,54 +15,9 @@ import type { Fd } from '../../sys/fd.js';
 import type { PeerCred } from '../../sys/native.js';
 import type { RegionIoFds } from './region-io-fds.js';
 
-/**
- * A refusal with a POSIX errno name and a human reason, e.g. new VfioError('EINVAL', 'iova outside window').
- * An errno from elsewhere (a device's own refusal, passed on) is given with its number:
- * new VfioError('ENOTTY', reason, 25).
- */
-export class VfioError extends Error {
-  readonly code: string;
-  readonly errno: number;
-  /** The human reason alone (the message is "CODE: reason"). */
-  readonly reason: string;
-  constructor(code: keyof typeof ERRNO, reason: string);
-  constructor(code: string, reason: string, errno: number);
-  constructor(code: string, reason: string, errno?: number) {
-    super(`${code}: ${reason}`);
-    const n = errno ?? (ERRNO as Record<string, number>)[code];
-    if (n === undefined || !Number.isInteger(n) || n <= 0 || n > 0xffff_ffff) {
-      throw new RangeError(`VfioError ${code}: errno ${String(n)} is not a positive errno`);
-    }
-    this.name = 'VfioError';
-    this.code = code;
-    this.errno = n;
-    this.reason = reason;
-  }
-}
-
-/** The errnos vfio-user replies use (Linux x86-64 values). */
-export const ERRNO = {
-  EPERM: 1,
-  ENOENT: 2,
-  EIO: 5,
-  EBADF: 9,
-  EAGAIN: 11,
-  ENOMEM: 12,
-  EACCES: 13,
-  EFAULT: 14,
-  EBUSY: 16,
-  EEXIST: 17,
-  ENODEV: 19,
-  EINVAL: 22,
-  ENOSPC: 28,
-  ERANGE: 34,
-  ENOSYS: 38,
-  EMSGSIZE: 90,
-  ENOTSUP: 95,
-  ETIMEDOUT: 110,
-  ECANCELED: 125,
-} as const;
-export type ErrnoName = keyof typeof ERRNO;
+// VfioError, ERRNO (os.constants.errno) and ErrnoName are defined in src/errors.ts, the one error model;
+// re-exported here, where the device model's refusals have always been imported from.
+export { ERRNO, type ErrnoName, VfioError } from '../../errors.js';
 
 export interface RegionDescription {
   index: number;

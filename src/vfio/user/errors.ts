@@ -1,59 +1,37 @@
-// Errors on the vfio-user path. Every one carries `code` (an errno name or
-// 'EPROTO' for a peer that broke the protocol) and `errno`, as native errors do.
-import { ERRNO } from './device-model.js';
+// Errors on the vfio-user path, in the one error model (src/errors.ts): every
+// one carries `code` (an errno name, or 'EPROTO' for a peer that broke the
+// protocol) and `errno`, as native errors do.
+import { DevleaseError, errnoName, errnoNumber, ProtocolError } from '../../errors.js';
 
-/** errnos beyond the device model's set that the client may see in replies or raise itself. */
-const EXTRA_ERRNO: Record<string, number> = {
-  ESRCH: 3,
-  EINTR: 4,
-  ENXIO: 6,
-  E2BIG: 7,
-  ENOTTY: 25,
-  EPIPE: 32,
-  EPROTO: 71,
-  EOVERFLOW: 75,
-  EOPNOTSUPP: 95,
-  ECONNRESET: 104,
-  ENOTCONN: 107,
-};
+export { errnoName, errnoNumber, ProtocolError };
 
-const BY_NUMBER = new Map<number, string>();
-for (const [name, n] of [...Object.entries(EXTRA_ERRNO), ...Object.entries(ERRNO)]) BY_NUMBER.set(n, name);
-
-/** 'EINVAL' for 22; 'E<n>' for numbers without a name here. */
-export function errnoName(errno: number): string {
-  return BY_NUMBER.get(errno) ?? `E${errno}`;
-}
-
-export function errnoNumber(code: string): number {
-  return (ERRNO as Record<string, number>)[code] ?? EXTRA_ERRNO[code] ?? 0;
-}
-
-export interface VfioUserErrorFields {
-  code: string;
-  errno: number;
+export interface VfioUserCallErrorOptions {
   /** The vfio-user command the error is about, when there is one. */
   command?: string;
+  /** The errno number the peer sent (default: the number of `code` here). */
+  errno?: number;
   /** The server's own words, when it sent any (devlease "error_reason" extension). */
   reason?: string;
+  cause?: unknown;
 }
 
-export type VfioUserCallError = Error & VfioUserErrorFields;
+/**
+ * A vfio-user call that failed on this side of the wire (the peer refused it, did not answer, or the
+ * connection went): the client's view of a refusal. Not a VfioError, which is a refusal this process makes.
+ */
+export class VfioUserCallError extends DevleaseError {
+  readonly command?: string;
+  constructor(code: string, message: string, options: VfioUserCallErrorOptions = {}) {
+    super(code, message, {
+      errno: options.errno || errnoNumber(code) || 0,
+      reason: options.reason,
+      cause: options.cause,
+    });
+    this.name = 'VfioUserCallError';
+    if (options.command !== undefined) this.command = options.command;
+  }
+}
 
 export function vfioUserError(code: string, message: string, command?: string): VfioUserCallError {
-  const err = new Error(message) as VfioUserCallError;
-  err.code = code;
-  err.errno = errnoNumber(code);
-  if (command !== undefined) err.command = command;
-  return err;
-}
-
-/** A message that breaks the protocol: the receiver closes that connection. */
-export class ProtocolError extends Error {
-  readonly code = 'EPROTO';
-  readonly errno = 71;
-  constructor(message: string) {
-    super(message);
-    this.name = 'ProtocolError';
-  }
+  return new VfioUserCallError(code, message, { command });
 }

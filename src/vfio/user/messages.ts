@@ -2,6 +2,8 @@
 // ioctls — vfio_region_info, vfio_irq_info, vfio_irq_set, vfio_device_feature —
 // come from ../uapi/vfio.ts). Field names follow the spec's tables and
 // libvfio-user's include/vfio-user.h; all are packed little-endian.
+
+import { misuse } from '../../errors.js';
 import { struct } from '../struct.js';
 import {
   VFIO_IRQ_SET_DATA_BOOL,
@@ -167,7 +169,7 @@ export function irqSetArgs<F>(s: { flags: number; count: number; fds?: (F | null
 }
 
 function invalidArg(message: string): Error {
-  return Object.assign(new TypeError(message), { code: 'ERR_DEVLEASE_INVALID_ARG' });
+  return misuse('ERR_DEVLEASE_INVALID_ARG', message);
 }
 
 /** DEVICE_FEATURE request and reply: vfio_device_feature then feature data. */

@@ -2,7 +2,8 @@
 // sockets handed over with serveSocket), gives each its own device model
 // from createDevice(), and serves it through a VfioUserConnection.
 import { EventEmitter } from 'node:events';
-import { StreamServer } from '../../sys/index.js';
+import { closedError } from '../../errors.js';
+import { type Fd, StreamServer } from '../../sys/index.js';
 import { MAX_FDS } from '../../sys/native.js';
 import { VfioUserConnection } from './connection.js';
 import type { ConnectionInfo, VfioUserDeviceModel } from './device-model.js';
@@ -36,6 +37,8 @@ export interface VfioUserServerOptions {
 export interface VfioUserListenOptions extends VfioUserServerOptions {
   /** Socket file mode. Default 0o600. */
   mode?: number;
+  /** An already listening socket to serve (socket activation) instead of binding `path`; owned from here. */
+  listening?: Fd;
 }
 
 export class VfioUserServer extends EventEmitter {
@@ -52,10 +55,10 @@ export class VfioUserServer extends EventEmitter {
     // Room for the largest request accepted (REGION_WRITE of max_data_xfer_size) and then some:
     // a peer announcing anything longer is cut off by the framing.
     const maxMessage = HEADER_SIZE + 16 + server.#config.maxDataXferSize + 4096;
-    const listener = StreamServer.listen(path, {
-      mode: opts.mode ?? 0o600,
-      socket: { framing: VFIO_USER_FRAMING, maxMessage },
-    });
+    const socket = { framing: VFIO_USER_FRAMING, maxMessage };
+    const listener = opts.listening
+      ? StreamServer.fromListening(opts.listening, path, { socket })
+      : StreamServer.listen(path, { mode: opts.mode ?? 0o600, socket });
     server.#listener = listener;
     listener.on('error', (err: Error) => server.#config.log('vfio-user server: accept failed', err));
     listener.on('connection', (socket: MessageSocket) => {
@@ -106,7 +109,7 @@ export class VfioUserServer extends EventEmitter {
   serveSocket(socket: MessageSocket): VfioUserConnection {
     if (this.#closed) {
       socket.close();
-      throw Object.assign(new Error('VfioUserServer is closed'), { code: 'ERR_DEVLEASE_CLOSED' });
+      throw closedError('VfioUserServer');
     }
     let cred = { pid: 0, uid: -1, gid: -1 };
     try {

@@ -2,15 +2,15 @@
 // the same steps drive the device in-process (Sa1Device) and through
 // VfioUserClient (the real simulator).
 
-import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../../src/sim/config-space.js';
-import * as ds from '../../../src/sim/datasheet.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../../src/sim/model/config-space.js';
+import * as ds from '../../../src/sim/model/datasheet.js';
 import {
   type Completion,
   type DescriptorInit,
   decodeCompletion,
   encodeDescriptor,
-} from '../../../src/sim/descriptor.js';
-import { makeFirmwareImage } from '../../../src/sim/firmware.js';
+} from '../../../src/sim/model/descriptor.js';
+import { makeFirmwareImage } from '../../../src/sim/model/firmware.js';
 
 export const BAR0 = 0;
 export const BAR2 = 2;

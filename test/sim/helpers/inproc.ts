@@ -2,9 +2,9 @@
 // clock, and a Bus whose `until` runs device rounds (deterministic: no
 // worker, no timers).
 
-import { Sa1Device } from '../../../src/sim/device.js';
-import { resolveOptions, type Sa1Options } from '../../../src/sim/options.js';
-import { HeapBacking } from '../../../src/sim/slices.js';
+import { Sa1Device } from '../../../src/sim/model/device.js';
+import { resolveOptions, type Sa1Options } from '../../../src/sim/model/options.js';
+import { HeapBacking } from '../../../src/sim/model/slices.js';
 import type { Bus, HostMem } from './driver.js';
 
 export interface InProc {

@@ -1,6 +1,6 @@
 // Shared set-ups for the in-process device tests.
 
-import * as ds from '../../../src/sim/datasheet.js';
+import * as ds from '../../../src/sim/model/datasheet.js';
 import { boot, type HostMem, TestQueue } from './driver.js';
 import { type InProc, inProcess } from './inproc.js';
 

@@ -7,7 +7,7 @@
 // nothing itself, so the host sees everything even when something is off.
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as ds from '../../../src/sim/datasheet.js';
+import * as ds from '../../../src/sim/model/datasheet.js';
 import { Mapping } from '../../../src/sys/index.js';
 
 const PCI = '/sys/bus/pci/devices';

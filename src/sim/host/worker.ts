@@ -1,0 +1,285 @@
+// The device: a worker thread that runs the queue engine and serves the
+// owner commands the device must act on. Its register state is the register
+// file it shares with the front end (which answers register accesses
+// itself); the rest (in-flight descriptors, IOMMU, slices) is its own. It
+// polls the queue pages, spinning while there is work and sleeping on the
+// mailbox's request word for the idle poll interval when a full round found
+// none (so an owner command wakes it at once). Owner commands are served
+// between descriptors.
+
+import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
+import { type DevleaseError, ERRNO, type ErrnoName, errnoNumber, VfioError } from '../../errors.js';
+import { Mapping, native } from '../../sys/index.js';
+import { checkDmaFd } from '../../vfio/user/dma-fd-check.js';
+import { ARMED, RACED, Sa1Device } from '../model/device.js';
+import { checkMapRequest, type DmaMapping } from '../model/iommu.js';
+import { MemfdBacking } from '../model/memfd-backing.js';
+import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
+import { RegisterFile, sharedClock } from '../model/register-file.js';
+import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
+import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
+import { type Envelope, MailboxDevice, type WireError } from './mailbox.js';
+
+export interface WorkerInit {
+  options: Sa1Options;
+  /** The mailbox's wake-up words. */
+  mailbox: SharedArrayBuffer;
+  /** The device's end of the request port. */
+  port: MessagePort;
+  /** The register file the front end reads too. */
+  registers: SharedArrayBuffer;
+}
+
+const init = workerData as WorkerInit;
+const options = init.options;
+const mailbox = new MailboxDevice<DeviceRequest>(init.mailbox, init.port);
+const backing = new MemfdBacking(options);
+/** eventfd numbers per VFIO irq index and vector (-1: none). The front-end owns the Fd objects. */
+const irqFds: number[][] = [[], [], new Array(options.numQueues + 1).fill(-1), [-1], [-1]];
+const device = new Sa1Device(
+  options,
+  backing,
+  {
+    // HEARTBEAT counts on the clock the front end reads it with.
+    now: sharedClock,
+    interrupt(index, vector) {
+      const fd = irqFds[index]?.[vector] ?? -1;
+      if (fd < 0) return;
+      try {
+        native.eventfdWrite(fd, 1);
+      } catch {
+        // A full counter (EAGAIN) already says "interrupt pending"; nothing else can fail on an eventfd.
+      }
+    },
+  },
+  new RegisterFile(init.registers),
+);
+const revokedInodes = new Set<bigint>();
+// Doorbell notification (datasheet §2.3 rev 2): one ioeventfd per queue page, handed out with
+// GET_REGION_IO_FDS, plus the wake eventfd the mailbox writes while the device sleeps on them.
+// waitList[0] is the wake fd; the device owns all of them for its lifetime.
+const { EFD_NONBLOCK } = native.constants as Record<string, number>;
+const kickFds: number[] = Array.from({ length: options.numQueues }, () => native.eventfd(0, EFD_NONBLOCK!));
+const waitList: number[] = [native.eventfd(0, EFD_NONBLOCK!), ...kickFds];
+/** Set once kick fds were handed out: from then on an armed idle device sleeps the long interval. */
+let kicksHandedOut = false;
+const stats: DeviceStats = {
+  busyRounds: 0,
+  idleRounds: 0,
+  sleeps: 0,
+  deepSleeps: 0,
+  armedSleeps: 0,
+  commands: 0,
+  dmaMaps: 0,
+  firmwareRunning: false,
+};
+/** The shutdown request, once taken: answered after the loop stops. */
+let shutdownSeq: number | null = null;
+
+function asVfioError(err: unknown): VfioError | null {
+  if (err instanceof VfioError) return err;
+  const code = (err as { code?: unknown })?.code;
+  const errno = typeof code === 'string' ? errnoNumber(code) : undefined;
+  if (errno !== undefined) {
+    // A refusal from below (a SysError from an mmap, say): its reason field if it has one, else its message.
+    const e = err as DevleaseError;
+    return new VfioError(code as string, e.reason ?? e.message, errno, { cause: err });
+  }
+  return null;
+}
+
+function release(maps: DmaMapping[]): void {
+  for (const m of maps) m.release();
+}
+
+function dmaMap(r: Extract<DeviceRequest, { op: 'dmaMap' }>): void {
+  const { iova, size, offset } = checkMapRequest(r);
+  device.iommu.checkFree(iova, size);
+  // Datasheet rev 2 §7: the fd must be memory covering [offset, offset + size) now (EBADF for a pipe or
+  // socket, EINVAL for a short file). Guarded: if the backing shrinks later, the access that finds it gone
+  // completes as IOMMU_FAULT (iommu.ts), not as the zero pages the guard puts in its place.
+  checkDmaFd(r.fd, { offset: r.offset, size: r.size, write: r.write });
+  let mapping: Mapping;
+  try {
+    mapping = Mapping.map(r.fd, { length: size, offset, prot: r.write ? 'rw' : 'r', guard: true });
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    // ENODEV: the file cannot be mapped at all (no memory behind it), as EBADF above; ENOMEM, EACCES, ... as
+    // mmap said.
+    const name = code === 'ENODEV' ? 'EBADF' : code && code in ERRNO ? (code as ErrnoName) : 'EINVAL';
+    throw new VfioError(name, `the DMA_MAP fd cannot be mapped: ${(err as Error).message}`);
+  }
+  device.dmaMap({
+    iova,
+    size,
+    readable: r.read,
+    writable: r.write,
+    view: mapping.u8,
+    revoked: () => mapping.isRevoked(),
+    release: () => mapping.unmap(),
+  });
+}
+
+function inject(i: InjectRequest): void {
+  switch (i.kind) {
+    case 'hang':
+      if (i.on === 'firmware-load') device.hangOnFirmwareLoad(i.count ?? 1);
+      else device.injectHang();
+      return;
+    case 'fault':
+      device.injectFault(i.queue, i.code, i.iova);
+      return;
+    case 'delay':
+      device.setDescriptorDelay(i.ms, i.queue);
+      return;
+    case 'dropIrq':
+      device.dropInterrupts(i.count, i.index, i.vector);
+      return;
+    case 'stuckReset':
+      device.setStuckReset(!i.clear, i.queue);
+      return;
+  }
+}
+
+function handle(r: DeviceRequest): unknown {
+  switch (r.op) {
+    case 'regionRead':
+      return device.regionRead(r.index, r.offset, r.count);
+    case 'regionWrite':
+      return device.regionWrite(r.index, r.offset, r.data);
+    case 'dmaMap':
+      return dmaMap(r);
+    case 'dmaUnmap':
+      return release(device.dmaUnmap(Number(r.iova), Number(r.size), r.all));
+    case 'irqFds': {
+      const slots = irqFds[r.index];
+      if (!slots || r.start + r.fds.length > slots.length)
+        throw new VfioError('EINVAL', `irq ${r.index} range`);
+      r.fds.forEach((fd, i) => {
+        slots[r.start + i] = fd;
+      });
+      return;
+    }
+    case 'reset':
+      return device.reset();
+    case 'dmaBuf': {
+      const req = parseDmaBufRequest(options, r.payload);
+      const fds: number[] = [];
+      try {
+        for (const s of req.slices)
+          fds.push(backing.open(s, (req.accessMode & O_ACCMODE) === O_RDONLY).release());
+      } catch (err) {
+        for (const fd of fds) native.close(fd);
+        throw err;
+      }
+      return { fds };
+    }
+    case 'revoke': {
+      const { ino } = native.fstat(r.fd);
+      const slice = backing.findByInode(ino);
+      if (!slice) {
+        if (revokedInodes.has(ino)) return; // already revoked: nothing left to take back
+        throw new VfioError('ENOENT', 'the fd is not a slice of this device');
+      }
+      device.revokeSlice(slice);
+      revokedInodes.add(ino);
+      return;
+    }
+    case 'disconnect': {
+      release(device.ownerDisconnected());
+      for (const slots of irqFds) slots.fill(-1);
+      return;
+    }
+    case 'inject':
+      return inject(r.inject);
+    case 'ioFds':
+      // The front end dups them for the reply; the device keeps its own.
+      kicksHandedOut = true;
+      return { fds: kickFds };
+    case 'stats':
+      return { ...stats, dmaMaps: device.iommu.maps.length, firmwareRunning: device.firmware.running };
+    case 'shutdown':
+      throw new Error('shutdown is served by the device loop');
+  }
+}
+
+function wireError(err: unknown): WireError {
+  const v = asVfioError(err);
+  if (v) return { code: v.code, errno: v.errno, reason: v.reason };
+  return { code: 'EIO', errno: ERRNO.EIO, reason: `device error: ${(err as Error)?.stack ?? String(err)}` };
+}
+
+/** Serve every waiting request; a shutdown is kept for the loop to act on. */
+function serve(): void {
+  for (let env = mailbox.take(); env; env = mailbox.pending ? mailbox.take() : null) {
+    stats.commands++;
+    if (env.req.op === 'shutdown') {
+      shutdownSeq = env.seq;
+      return;
+    }
+    serveOne(env);
+  }
+}
+
+function serveOne({ seq, req }: Envelope<DeviceRequest>): void {
+  let value: unknown;
+  try {
+    value = handle(req);
+  } catch (err) {
+    mailbox.answer(seq, { error: wireError(err) });
+    return;
+  }
+  mailbox.answer(seq, { value });
+}
+
+function serveBetweenDescriptors(): void {
+  if (mailbox.pending && shutdownSeq === null) serve();
+}
+
+function run(): void {
+  const idleMs = options.idlePollUs / 1000;
+  for (;;) {
+    if (mailbox.pending) serve();
+    if (shutdownSeq !== null) break;
+    if (device.step(serveBetweenDescriptors)) {
+      stats.busyRounds++;
+      continue;
+    }
+    if (shutdownSeq !== null) break;
+    stats.idleRounds++;
+    const due = device.nextDueInMs();
+    if (due === null && !device.pollingNeeded()) {
+      // No queue can take a doorbell: sleep until an owner command (which may enable one) arrives.
+      stats.deepSleeps++;
+      mailbox.sleep(Number.POSITIVE_INFINITY);
+      continue;
+    }
+    if (idleMs === 0) continue;
+    // About to sleep: set KICK_NEEDED, then look at every SQ_TAIL once more (§2.3).
+    const arm = device.armKicks();
+    if (arm === RACED) {
+      device.disarmKicks();
+      continue;
+    }
+    stats.sleeps++;
+    // Nobody can kick (no fd handed out) or a full CQ waits for CQ_HEAD: the idle poll interval.
+    // Otherwise sleep until kicked, still polling at the armed interval for clients that never kick.
+    const pollMs = kicksHandedOut && arm === ARMED ? Math.max(idleMs, KICK_ARMED_POLL_US / 1000) : idleMs;
+    const ms = due === null ? pollMs : Math.min(pollMs, due);
+    if (kicksHandedOut) {
+      if (arm === ARMED) stats.armedSleeps++;
+      mailbox.sleepOnFds(waitList, ms);
+    } else {
+      mailbox.sleep(ms);
+    }
+    device.disarmKicks();
+  }
+  // Shutdown: drop every mapping and slice, then answer.
+  release(device.iommu.remove(0, 0, true));
+  backing.close();
+  for (const fd of waitList) native.close(fd);
+  mailbox.answer(shutdownSeq, {});
+}
+
+parentPort?.postMessage({ ready: true });
+run();

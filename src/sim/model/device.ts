@@ -1,0 +1,489 @@
+// The SA-1 device model: all device state and every owner-visible action,
+// as synchronous methods. The worker (worker.ts) drives it in a loop; tests
+// can drive it in-process with step()/runUntilIdle() and a HeapBacking.
+// Register state lives in the register file (register-file.ts), which the
+// simulator's front end shares to answer register accesses itself.
+
+import {
+  VFIO_PCI_BAR0_REGION_INDEX,
+  VFIO_PCI_BAR4_REGION_INDEX,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+} from '../../vfio/uapi/vfio.js';
+import { bar0Read32, bar0Write32, deviceCanRun, statusRegister } from './bar0.js';
+import { ConfigSpace } from './config-space.js';
+import {
+  BAR0_SIZE,
+  CONTROL_ENABLE,
+  CONTROL_RESET,
+  FAULT_FW,
+  FAULT_HANG,
+  FAULT_QUEUE_DEVICE,
+  MSIX_ENTRY_SIZE,
+  Q_CTRL,
+  Q_CTRL_ENABLE,
+  Q_CTRL_RESET,
+  REG_CONTROL,
+  REG_MSIX_TABLE,
+  REG_SCRATCH,
+  ST_IOMMU_FAULT,
+} from './datasheet.js';
+import { Engine, IRQ_BATCH_MAX } from './engine.js';
+import { FaultLog } from './faults.js';
+import { Firmware, verifyImage } from './firmware.js';
+import { type DmaMapping, Iommu } from './iommu.js';
+import { DeviceMemory, gather, type Segments } from './memory.js';
+import { bar2Size, type Sa1Options } from './options.js';
+import { Queue } from './queue.js';
+import { checkRegionAccess } from './regions.js';
+import { RegisterFile } from './register-file.js';
+import type { Backing, SliceRef } from './slices.js';
+
+export interface DeviceHooks {
+  /** Deliver an interrupt: VFIO irq index (MSI-X, ERR) and vector. */
+  interrupt(index: number, vector: number): void;
+  /** Clock in milliseconds (default performance.now). */
+  now?(): number;
+}
+
+/** Interrupt-drop injection: drop the next `count` interrupts matching index/vector (undefined = any). */
+interface DropRule {
+  count: number;
+  index?: number;
+  vector?: number;
+}
+
+/** What armKicks() found (see there). */
+export const ARMED = 0;
+export const BACKLOG = 1;
+export const RACED = 2;
+export type ArmResult = typeof ARMED | typeof BACKLOG | typeof RACED;
+
+export class Sa1Device {
+  readonly config: ConfigSpace;
+  readonly iommu = new Iommu();
+  readonly faults: FaultLog;
+  readonly firmware: Firmware;
+  readonly queues: Queue[];
+  readonly devmem: DeviceMemory;
+  readonly msixTable: Uint8Array;
+  readonly engine: Engine;
+
+  // --- fault injection (programmatic only, never through a BAR) ---
+  delayAllMs = 0;
+  readonly delayQueueMs = new Map<number, number>();
+  readonly #drops: DropRule[] = [];
+  /** Stuck-reset injection: queues whose Q_CTRL.RESET never finishes; 'device' also holds CONTROL.RESET. */
+  readonly #stuckResets = new Set<number | 'device'>();
+  /** Queue resets begun but held by a stuck-reset injection (Q_CTRL.RESET reads 1 until it is cleared). */
+  readonly queueResetsPending = new Set<number>();
+  readonly #now: () => number;
+
+  /**
+   * `regs`: the register file to keep register state in (the simulator's worker is given the one its
+   * front end shares); a fresh one by default.
+   */
+  constructor(
+    readonly options: Sa1Options,
+    readonly backing: Backing,
+    private readonly hooks: DeviceHooks,
+    readonly regs: RegisterFile = RegisterFile.create(options),
+  ) {
+    this.#now = hooks.now ?? (() => performance.now());
+    this.config = new ConfigSpace(
+      { bar0: BAR0_SIZE, bar2: bar2Size(options), bar4: options.devmemSize },
+      options.numQueues + 1,
+      regs.config,
+    );
+    this.faults = new FaultLog(regs, () => this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, options.numQueues));
+    this.firmware = new Firmware(this.#now, regs);
+    this.queues = Array.from(
+      { length: options.numQueues },
+      (_, i) => new Queue(i, regs, () => backing.pages[i] as Uint8Array),
+    );
+    this.devmem = new DeviceMemory(options.devmemSize, options.devmemGranule, () => backing.granules);
+    this.msixTable = regs.msixTable(options.numQueues);
+    this.#maskAllVectors();
+    this.engine = new Engine({
+      iommu: this.iommu,
+      devmem: this.devmem,
+      faults: this.faults,
+      now: this.#now,
+      delayMs: (q) => this.delayQueueMs.get(q.index) ?? this.delayAllMs,
+      signalQueue: (q) => {
+        if (q.vector <= this.options.numQueues) this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, q.vector);
+      },
+    });
+  }
+
+  get controlEnable(): boolean {
+    return (this.regs.load(REG_CONTROL) & CONTROL_ENABLE) !== 0;
+  }
+  set controlEnable(v: boolean) {
+    this.regs.store(REG_CONTROL, (v ? CONTROL_ENABLE : 0) | (this.deviceResetPending ? CONTROL_RESET : 0));
+  }
+  /** A CONTROL.RESET held by a stuck-reset injection: CONTROL.RESET reads 1 and STATUS shows RESETTING. */
+  get deviceResetPending(): boolean {
+    return (this.regs.load(REG_CONTROL) & CONTROL_RESET) !== 0;
+  }
+  set deviceResetPending(v: boolean) {
+    this.regs.store(REG_CONTROL, (this.controlEnable ? CONTROL_ENABLE : 0) | (v ? CONTROL_RESET : 0));
+  }
+  get scratch(): number {
+    return this.regs.load(REG_SCRATCH);
+  }
+  set scratch(v: number) {
+    this.regs.store(REG_SCRATCH, v);
+  }
+  get hung(): boolean {
+    return this.regs.hung;
+  }
+  set hung(v: boolean) {
+    this.regs.hung = v;
+  }
+
+  /** Queues may run: CONTROL.ENABLE, firmware running, not hung, bus master set. */
+  canRun(): boolean {
+    return deviceCanRun(this.regs);
+  }
+
+  status(): number {
+    return statusRegister(this.regs);
+  }
+
+  // --- region access (the owner's REGION_READ / REGION_WRITE) ---
+
+  regionRead(index: number, offset: number, count: number): Uint8Array {
+    checkRegionAccess(this.options, index, offset, count);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.config.read(offset, count);
+    if (index === VFIO_PCI_BAR4_REGION_INDEX) {
+      return gather(this.devmem.segments(offset, count), new Uint8Array(count));
+    }
+    const out = new Uint8Array(count);
+    const dv = new DataView(out.buffer);
+    for (let i = 0; i < count; i += 4) dv.setUint32(i, this.#register32(index, offset + i), true);
+    return out;
+  }
+
+  regionWrite(index: number, offset: number, data: Uint8Array): void {
+    checkRegionAccess(this.options, index, offset, data.length);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) {
+      this.config.write(offset, data);
+      return;
+    }
+    if (index === VFIO_PCI_BAR4_REGION_INDEX) {
+      let at = 0;
+      for (const s of this.devmem.segments(offset, data.length)) {
+        s.set(data.subarray(at, at + s.length));
+        at += s.length;
+      }
+      return;
+    }
+    const dv = new DataView(data.buffer, data.byteOffset, data.length);
+    for (let i = 0; i < data.length; i += 4) this.#writeRegister32(index, offset + i, dv.getUint32(i, true));
+  }
+
+  #register32(index: number, off: number): number {
+    if (index === VFIO_PCI_BAR0_REGION_INDEX)
+      return bar0Read32(this.regs, off, this.options.numQueues, this.#now());
+    const q = this.queues[Math.floor(off / this.options.queueStride)];
+    return q ? q.pageRegister(off % this.options.queueStride) : 0;
+  }
+
+  #writeRegister32(index: number, off: number, value: number): void {
+    if (index === VFIO_PCI_BAR0_REGION_INDEX) {
+      bar0Write32(this, off, value);
+      return;
+    }
+    const q = this.queues[Math.floor(off / this.options.queueStride)];
+    q?.writePageRegister(off % this.options.queueStride, value);
+  }
+
+  // --- control ---
+
+  /** Q_CTRL write: RESET first (queue back to its reset state), then ENABLE as written. */
+  writeQueueControl(q: Queue, value: number): void {
+    if (this.queueResetsPending.has(q.index)) return; // in reset: the queue takes no control until it ends
+    if (value & Q_CTRL_RESET && this.#resetStuck(q.index)) {
+      // The reset begins (the queue stops) but does not finish: Q_CTRL.RESET reads 1 until the injection ends.
+      if (q.enabled) this.engine.abort(q);
+      q.enabled = false;
+      this.regs.store(q.qcfgAt + Q_CTRL, Q_CTRL_RESET);
+      this.queueResetsPending.add(q.index);
+      return;
+    }
+    if (value & Q_CTRL_RESET) this.resetQueue(q);
+    const enable = (value & Q_CTRL_ENABLE) !== 0;
+    if (q.enabled && !enable) this.engine.abort(q);
+    q.enabled = enable;
+    q.publishInflight(q.inflight.length);
+  }
+
+  /** Queue reset: in-flight descriptors ABORTED, rings and indexes zeroed, ERROR cleared, windows kept. */
+  resetQueue(q: Queue): void {
+    this.engine.abort(q);
+    q.clearRings();
+  }
+
+  /**
+   * Whole-device reset (VFIO_USER_DEVICE_RESET, CONTROL.RESET). DMA mappings
+   * are kept. No ERR: the owner asked for it (datasheet 2.4, rev 2), and QEMU
+   * sends DEVICE_RESET at every machine reset and stops the VM on ERR.
+   */
+  reset(): void {
+    // A whole-device reset finishes every register reset still pending (a stuck-reset injection's).
+    this.deviceResetPending = false;
+    this.queueResetsPending.clear();
+    for (const q of this.queues) {
+      this.engine.abort(q);
+      q.powerOn();
+    }
+    this.faults.clear();
+    this.firmware.unload();
+    this.hung = false;
+    this.controlEnable = false;
+    this.scratch = 0;
+    this.devmem.zero();
+    this.#maskAllVectors();
+  }
+
+  /** CONTROL write: RESET first (unless a stuck-reset injection holds it), then ENABLE as written. */
+  writeControl(value: number): void {
+    if (this.deviceResetPending) return; // resetting: CONTROL takes nothing until the reset ends
+    if (value & CONTROL_RESET && this.#stuckResets.has('device')) {
+      this.controlEnable = false;
+      this.deviceResetPending = true;
+      return;
+    }
+    if (value & CONTROL_RESET) this.reset();
+    this.controlEnable = (value & CONTROL_ENABLE) !== 0;
+  }
+
+  // --- IOMMU ---
+
+  dmaMap(m: DmaMapping): void {
+    this.iommu.add(m);
+  }
+
+  /**
+   * Remove maps; in-flight descriptors that touch them will complete as
+   * IOMMU_FAULT. Returns the maps for the caller to release: the device
+   * holds no reference to them from here on.
+   */
+  dmaUnmap(iova: number, size: number, all = false): DmaMapping[] {
+    const removed = this.iommu.remove(iova, size, all);
+    for (const m of removed) for (const q of this.queues) this.engine.poison(q, m.iova, m.size);
+    return removed;
+  }
+
+  /** The owner went away: reset every queue, drop every mapping, keep firmware running. */
+  ownerDisconnected(): DmaMapping[] {
+    for (const q of this.queues) this.resetQueue(q);
+    return this.iommu.remove(0, 0, true);
+  }
+
+  /** Revoke: fresh backing for the slice; a queue page's queue is reset. */
+  revokeSlice(slice: SliceRef): void {
+    if (slice.kind === 'queue') this.resetQueue(this.queues[slice.index] as Queue);
+    this.backing.renew(slice);
+  }
+
+  // --- fault injection ---
+
+  /**
+   * Stuck reset: Q_CTRL.RESET of `queue` (or, with no queue, CONTROL.RESET and every Q_CTRL.RESET) begins
+   * but never finishes. `stuck` false ends the injection and finishes the resets it held.
+   */
+  setStuckReset(stuck: boolean, queue?: number): void {
+    if (queue !== undefined && !this.queues[queue]) {
+      throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
+    }
+    const key = queue ?? 'device';
+    if (stuck) {
+      this.#stuckResets.add(key);
+      return;
+    }
+    this.#stuckResets.delete(key);
+    if (this.deviceResetPending && !this.#stuckResets.has('device')) {
+      this.deviceResetPending = false;
+      this.reset();
+    }
+    for (const i of [...this.queueResetsPending]) {
+      if (this.#resetStuck(i)) continue;
+      this.queueResetsPending.delete(i);
+      const q = this.queues[i] as Queue;
+      this.regs.store(q.qcfgAt + Q_CTRL, 0);
+      this.resetQueue(q);
+    }
+  }
+
+  #resetStuck(queue: number): boolean {
+    return this.#stuckResets.has(queue) || this.#stuckResets.has('device');
+  }
+
+  /** The next `count` firmware loads hang the device instead of running (0 clears). */
+  hangOnFirmwareLoad(count: number): void {
+    if (!Number.isInteger(count) || count < 0)
+      throw new RangeError(`hang count must be an integer >= 0, got ${count}`);
+    this.#hangAtLoads = count;
+  }
+  #hangAtLoads = 0;
+
+  injectHang(): void {
+    if (this.hung) return;
+    this.hung = true;
+    this.firmware.hang();
+    this.faults.write(FAULT_QUEUE_DEVICE, FAULT_HANG, 0n);
+    this.#interrupt(VFIO_PCI_ERR_IRQ_INDEX, 0);
+  }
+
+  /** Write a fault record on queue q; a queue status code (1..7) also puts the queue in ERROR. */
+  injectFault(queue: number, code = ST_IOMMU_FAULT, iova = 0n): void {
+    const q = this.queues[queue];
+    if (!q) throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
+    if (code >= 1 && code <= 7) {
+      q.error = true;
+      q.lastError = code;
+      q.publish();
+    }
+    this.faults.write(queue, code, iova);
+  }
+
+  setDescriptorDelay(ms: number, queue?: number): void {
+    if (queue === undefined) this.delayAllMs = ms;
+    else if (ms > 0) this.delayQueueMs.set(queue, ms);
+    else this.delayQueueMs.delete(queue);
+  }
+
+  dropInterrupts(count: number, index?: number, vector?: number): void {
+    this.#drops.push({ count, index, vector });
+  }
+
+  // --- running ---
+
+  /**
+   * One round: a pending firmware load, then one turn per runnable queue in
+   * index order, then interrupts for queues whose batch ended. `between` runs
+   * after every turn that did work (the worker serves owner commands there).
+   */
+  step(between?: () => void): boolean {
+    let work = false;
+    if (this.firmware.loadPending && !this.hung) {
+      if (this.#hangAtLoads > 0) {
+        this.#hangAtLoads--;
+        this.injectHang(); // the load never finishes: FW_STATUS stays LOADING
+      } else this.#loadFirmware();
+      work = true;
+    }
+    if (this.canRun()) {
+      for (const q of this.queues) {
+        q.busy = false;
+        if (!q.enabled || q.error || !this.canRun()) continue;
+        q.busy = this.engine.turn(q);
+        if (q.busy) {
+          q.publishInflight(q.inflight.length);
+          work = true;
+          between?.();
+        }
+      }
+    }
+    for (const q of this.queues) {
+      if (q.irqPending > 0 && (!q.busy || q.irqPending >= IRQ_BATCH_MAX)) this.engine.flushInterrupt(q);
+    }
+    return work;
+  }
+
+  /**
+   * The poller is about to sleep (§2.3, rev 2): set KICK_NEEDED on every queue a doorbell could start,
+   * then read each SQ_TAIL once more. RACED: a doorbell arrived since the last round (do not sleep);
+   * BACKLOG: a queue holds doorbells it cannot fetch yet (full CQ: CQ_HEAD moves without a kick, so
+   * keep to the short idle poll); ARMED: nothing waits, sleep until kicked.
+   */
+  armKicks(): ArmResult {
+    let result: ArmResult = ARMED;
+    if (!this.canRun()) return result;
+    for (const q of this.queues) {
+      if (!q.enabled || q.error) continue;
+      if (q.setKickNeeded(true)) result = RACED;
+      else if (result === ARMED && q.tailSeen !== q.sqHead) result = BACKLOG;
+    }
+    return result;
+  }
+
+  /** Awake again (§2.3): clear KICK_NEEDED wherever it is set. */
+  disarmKicks(): void {
+    for (const q of this.queues) if (q.kickNeeded) q.setKickNeeded(false);
+  }
+
+  /** Run rounds until one finds nothing to do (delayed descriptors not yet due count as nothing). */
+  runUntilIdle(maxRounds = 1_000_000): number {
+    let rounds = 0;
+    while (this.step()) {
+      if (++rounds >= maxRounds) throw new Error(`device still busy after ${maxRounds} rounds`);
+    }
+    return rounds;
+  }
+
+  /**
+   * Could a doorbell be acted on right now? False when the device cannot run
+   * or no queue is enabled and error-free: then only an owner command can
+   * change anything, and the worker may sleep until one arrives.
+   */
+  pollingNeeded(): boolean {
+    if (this.firmware.loadPending) return true;
+    if (!this.canRun()) return false;
+    return this.queues.some((q) => q.enabled && !q.error);
+  }
+
+  /** Milliseconds until the earliest delayed descriptor is due, or null when none waits. */
+  nextDueInMs(): number | null {
+    let due: number | null = null;
+    for (const q of this.queues) {
+      const head = q.inflight[0];
+      if (head && (due === null || head.readyAt < due)) due = head.readyAt;
+    }
+    return due === null ? null : Math.max(0, due - this.#now());
+  }
+
+  #loadFirmware(): void {
+    const fw = this.firmware;
+    const fetch = (iova: bigint, length: number): Uint8Array | { faultIova: bigint } => {
+      if (!this.config.busMaster) return { faultIova: iova };
+      const segs: Segments = [];
+      const fault = this.iommu.translate(Number(iova), length, false, segs);
+      if (fault >= 0) return { faultIova: fault === Number(iova) ? iova : BigInt(fault) };
+      const bytes = gather(segs, new Uint8Array(length));
+      // The image's backing shrank while it was read (rev 2 §7): a fault, not zeros.
+      const shrank = this.iommu.sync() ? this.iommu.deadIn(Number(iova), length) : -1;
+      return shrank >= 0 ? { faultIova: BigInt(shrank) } : bytes;
+    };
+    const result = verifyImage(fw.iova, fw.len, fetch);
+    fw.finish(result);
+    if (!result.ok) this.faults.write(FAULT_QUEUE_DEVICE, FAULT_FW, result.faultIova);
+  }
+
+  #interrupt(index: number, vector: number): void {
+    const rule = this.#drops.find(
+      (r) =>
+        r.count > 0 &&
+        (r.index === undefined || r.index === index) &&
+        (r.vector === undefined || r.vector === vector),
+    );
+    if (rule) {
+      rule.count--;
+      return;
+    }
+    this.hooks.interrupt(index, vector);
+  }
+
+  /** Every MSI-X vector control word masked, the rest of the table zero (power-on and reset). */
+  #maskAllVectors(): void {
+    for (let v = 0; v <= this.options.numQueues; v++) {
+      const entry = REG_MSIX_TABLE + v * MSIX_ENTRY_SIZE;
+      this.regs.store64(entry, 0n);
+      this.regs.store(entry + 8, 0);
+      this.regs.store(entry + 12, 1);
+    }
+  }
+}

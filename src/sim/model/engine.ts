@@ -1,0 +1,366 @@
+// The queue engine (datasheet §2.3, §3, §4, §10): round-robin over the
+// enabled queues, one descriptor per queue per turn, in-order completion with
+// the phase bit, full-CQ back-pressure, window and IOMMU checks on every
+// byte, per-queue address translation (Q_XLAT), and coalesced interrupts.
+//
+// A descriptor's data moves when it completes, so everything a turn does is
+// atomic with respect to owner commands (which the worker serves between
+// turns): once DMA_UNMAP is answered no later turn can reach the memory.
+
+import {
+  CQ_BASE_ALIGN,
+  CQ_ENTRY_SIZE,
+  FLAG_DST_DEVMEM,
+  FLAG_INTR,
+  FLAG_SRC_DEVMEM,
+  FLAGS_DEFINED,
+  IRQ_MODE_EVERY,
+  MAX_LENGTH,
+  OP_COPY,
+  OP_CRC32C,
+  OP_FILL,
+  OP_NOP,
+  OP_WRITE_IMM,
+  RING_MAX_ENTRIES,
+  RING_MIN_ENTRIES,
+  SQ_BASE_ALIGN,
+  SQ_ENTRY_SIZE,
+  ST_ABORTED,
+  ST_BAD_LENGTH,
+  ST_BAD_OPCODE,
+  ST_BAD_QUEUE_CONFIG,
+  ST_DEVMEM_VIOLATION,
+  ST_IOMMU_FAULT,
+  ST_OK,
+  ST_WINDOW_VIOLATION,
+} from './datasheet.js';
+import { type Descriptor, decodeDescriptor, writeCompletion } from './descriptor.js';
+import type { FaultLog } from './faults.js';
+import type { Iommu } from './iommu.js';
+import {
+  copySegments,
+  crcSegments,
+  type DeviceMemory,
+  fillSegments,
+  gather,
+  type Segments,
+} from './memory.js';
+import type { InFlight, Queue } from './queue.js';
+
+/** A queue signals once this many completions are owed an interrupt, even if it stays busy. */
+export const IRQ_BATCH_MAX = 32;
+/** Most descriptors one queue holds fetched-but-not-completed (only reached with a delay injected). */
+export const MAX_INFLIGHT = 256;
+
+export interface EngineContext {
+  readonly iommu: Iommu;
+  readonly devmem: DeviceMemory;
+  readonly faults: FaultLog;
+  now(): number;
+  /** Per-descriptor delay (ms) in force for queue q. */
+  delayMs(q: Queue): number;
+  /** Fire queue q's MSI-X vector. */
+  signalQueue(q: Queue): void;
+}
+
+interface Outcome {
+  status: number;
+  result: number;
+  bytes: number;
+  /** The IOVA or BAR4 offset that faulted, for statuses that write a fault record. */
+  at: bigint;
+}
+
+const ok = (result: number, bytes: number): Outcome => ({ status: ST_OK, result, bytes, at: 0n });
+const fail = (status: number, at: bigint): Outcome => ({ status, result: 0, bytes: 0, at });
+const isPow2Ring = (n: number): boolean =>
+  n >= RING_MIN_ENTRIES && n <= RING_MAX_ENTRIES && (n & (n - 1)) === 0;
+
+export class Engine {
+  constructor(private readonly ctx: EngineContext) {}
+
+  /**
+   * One turn of queue q: complete its oldest in-flight descriptor if ready,
+   * else fetch one (executing it at once when no delay is injected).
+   * Returns whether the queue did anything.
+   */
+  turn(q: Queue): boolean {
+    const head = q.inflight[0];
+    if (head && head.readyAt <= this.ctx.now()) {
+      q.inflight.shift();
+      this.#complete(q, head);
+      return true;
+    }
+    const tail = q.sqTail;
+    if (tail === q.sqHead) return false;
+    if (!q.latched && !this.#latch(q)) return true;
+    if ((tail - q.sqHead) >>> 0 > q.sqSize) {
+      this.#queueFault(q, ST_BAD_QUEUE_CONFIG, BigInt(tail));
+      return true;
+    }
+    if (((q.cqTail - q.cqHead) >>> 0) + q.inflight.length >= q.cqSize) return false; // CQ full: back-pressure
+    if (q.inflight.length >= MAX_INFLIGHT) return false;
+
+    const slotIova = q.sqBase + BigInt((q.sqHead % q.sqSize) * SQ_ENTRY_SIZE);
+    const segs: Segments = [];
+    const fault = this.#translate(q, slotIova, SQ_ENTRY_SIZE, false, segs);
+    if (fault !== null) {
+      this.#queueFault(q, ST_IOMMU_FAULT, fault);
+      return true;
+    }
+    const raw = gather(segs, new Uint8Array(SQ_ENTRY_SIZE));
+    const shrank = this.#shrankUnder(Number(slotIova), SQ_ENTRY_SIZE);
+    if (shrank >= 0) {
+      this.#queueFault(q, ST_IOMMU_FAULT, BigInt(shrank));
+      return true;
+    }
+    const desc = decodeDescriptor(raw);
+    q.sqHead = (q.sqHead + 1) >>> 0;
+    q.publish();
+    const delay = this.ctx.delayMs(q);
+    const entry: InFlight = { desc, readyAt: this.ctx.now() + delay, poisonIova: null };
+    if (delay === 0 && q.inflight.length === 0) this.#complete(q, entry);
+    else q.inflight.push(entry);
+    return true;
+  }
+
+  /** Write ABORTED for every in-flight descriptor (queue reset or disable). */
+  abort(q: Queue): void {
+    const pending = q.inflight;
+    q.inflight = [];
+    for (const entry of pending) {
+      if (!this.#writeCompletion(q, entry.desc, { status: ST_ABORTED, result: 0, bytes: 0, at: 0n })) break;
+    }
+    if (q.irqPending > 0) this.flushInterrupt(q);
+  }
+
+  /**
+   * Mark in-flight descriptors touching device IOVAs [iova, iova+size) (an unmapped range) so they
+   * complete as IOMMU_FAULT, at the address as the queue saw it (its addresses are IOVA - Q_XLAT).
+   */
+  poison(q: Queue, iova: number, size: number): void {
+    const xlat = q.xlat;
+    const lo = BigInt(iova);
+    const hi = lo + BigInt(size);
+    for (const entry of q.inflight) {
+      if (entry.poisonIova !== null) continue;
+      for (const r of hostRanges(entry.desc)) {
+        const start = BigInt.asUintN(64, r.start + xlat);
+        const end = start + BigInt(r.length);
+        if (start < hi && end > lo) {
+          entry.poisonIova = start > lo ? r.start : BigInt.asUintN(64, lo - xlat);
+          break;
+        }
+      }
+    }
+  }
+
+  flushInterrupt(q: Queue): void {
+    q.irqPending = 0;
+    this.ctx.signalQueue(q);
+  }
+
+  /** Check and latch the ring registers; on a bad configuration the queue goes to ERROR. */
+  #latch(q: Queue): boolean {
+    q.latched = true;
+    q.latch();
+    if (!isPow2Ring(q.sqSize) || q.sqBase % BigInt(SQ_BASE_ALIGN) !== 0n) {
+      this.#queueFault(q, ST_BAD_QUEUE_CONFIG, q.sqBase);
+      return false;
+    }
+    if (!isPow2Ring(q.cqSize) || q.cqBase % BigInt(CQ_BASE_ALIGN) !== 0n) {
+      this.#queueFault(q, ST_BAD_QUEUE_CONFIG, q.cqBase);
+      return false;
+    }
+    const sqBad = this.#windowFault(q, q.sqBase, q.sqSize * SQ_ENTRY_SIZE);
+    const cqBad = sqBad ?? this.#windowFault(q, q.cqBase, q.cqSize * CQ_ENTRY_SIZE);
+    if (cqBad !== null) {
+      this.#queueFault(q, ST_WINDOW_VIOLATION, cqBad);
+      return false;
+    }
+    return true;
+  }
+
+  /** The first address of [iova, +length) outside the queue's window, or null when inside. */
+  #windowFault(q: Queue, iova: bigint, length: number): bigint | null {
+    if (q.winSize === 0n || iova < q.winBase || iova >= q.winBase + q.winSize) return iova;
+    const end = iova + BigInt(length);
+    return end <= q.winBase + q.winSize ? null : q.winBase + q.winSize;
+  }
+
+  #complete(q: Queue, entry: InFlight): void {
+    const out =
+      entry.poisonIova !== null
+        ? fail(ST_IOMMU_FAULT, entry.poisonIova)
+        : this.#executeChecked(q, entry.desc);
+    // The completion first, then the fault record and ERROR (§4): a client that sees the queue in ERROR
+    // must already be able to find the faulting descriptor's completion.
+    this.#writeCompletion(q, entry.desc, out);
+    if (
+      out.status === ST_WINDOW_VIOLATION ||
+      out.status === ST_IOMMU_FAULT ||
+      out.status === ST_DEVMEM_VIOLATION
+    ) {
+      this.#queueFault(q, out.status, out.at);
+    }
+  }
+
+  /**
+   * Write one completion. When the CQ slot itself is unmapped (the window was
+   * checked at latch) only a fault record is written; returns false then.
+   */
+  #writeCompletion(q: Queue, desc: Descriptor, out: Outcome): boolean {
+    const slotIova = q.cqBase + BigInt((q.cqTail % q.cqSize) * CQ_ENTRY_SIZE);
+    const segs: Segments = [];
+    const fault = this.#translate(q, slotIova, CQ_ENTRY_SIZE, true, segs);
+    if (fault !== null) {
+      this.#queueFault(q, ST_IOMMU_FAULT, fault);
+      return false;
+    }
+    const phase = Math.floor(q.cqTail / q.cqSize) & 1 ? 0 : 1;
+    writeCompletion(segs[0] as Uint8Array, desc.tag, out.result, out.status, phase);
+    q.cqTail = (q.cqTail + 1) >>> 0;
+    q.completed += 1;
+    q.bytes += out.bytes;
+    if (out.status !== ST_OK && out.status !== ST_ABORTED) q.lastError = out.status;
+    q.publish();
+    if (q.irqMode === IRQ_MODE_EVERY || (desc.flags & FLAG_INTR) !== 0) q.irqPending++;
+    return true;
+  }
+
+  #queueFault(q: Queue, code: number, at: bigint): void {
+    q.error = true;
+    q.lastError = code;
+    q.publish();
+    this.ctx.faults.write(q.index, code, at);
+  }
+
+  /**
+   * Run a descriptor, then make sure the memory it touched was all there (rev 2 §7): when a guarded map was
+   * revoked during the access (the backing shrank: the guard gave zeros) the descriptor completes as
+   * IOMMU_FAULT at the first address in the shrunken map, never OK with zeros.
+   */
+  #executeChecked(q: Queue, d: Descriptor): Outcome {
+    this.ctx.iommu.sync(); // maps that shrank before this access fault in translate()
+    const out = this.#execute(q, d);
+    if (out.status !== ST_OK || !this.ctx.iommu.sync()) return out;
+    for (const r of hostRanges(d)) {
+      const at = this.ctx.iommu.deadIn(Number(r.start), r.length);
+      if (at >= 0) return fail(ST_IOMMU_FAULT, BigInt(at));
+    }
+    return out;
+  }
+
+  /** After reading [iova, +length) through the IOMMU: the first address whose backing shrank meanwhile, or -1. */
+  #shrankUnder(iova: number, length: number): number {
+    return this.ctx.iommu.sync() ? this.ctx.iommu.deadIn(iova, length) : -1;
+  }
+
+  #execute(q: Queue, d: Descriptor): Outcome {
+    if (d.opcode > OP_WRITE_IMM || d.reserved0 !== 0 || !d.reservedZero || (d.flags & ~FLAGS_DEFINED) !== 0) {
+      return fail(ST_BAD_OPCODE, 0n);
+    }
+    if (d.opcode === OP_NOP) return ok(0, 0);
+    if (d.opcode !== OP_WRITE_IMM && (d.length === 0 || d.length > MAX_LENGTH))
+      return fail(ST_BAD_LENGTH, 0n);
+
+    let src: Segments = [];
+    if (d.opcode === OP_COPY || d.opcode === OP_CRC32C) {
+      const devmem = (d.flags & FLAG_SRC_DEVMEM) !== 0;
+      const r = this.#resolve(q, d.src, d.length, devmem, false);
+      if (!Array.isArray(r)) return r;
+      src = r;
+      // Read one byte of every source page first: a source that shrank faults here (the guard swaps in zero
+      // pages), so the descriptor fails before it writes anything, as a transfer stopped by an IOMMU fault.
+      if (!devmem && touchPages(src) && this.ctx.iommu.sync()) {
+        const at = this.ctx.iommu.deadIn(Number(d.src), d.length);
+        if (at >= 0) return fail(ST_IOMMU_FAULT, BigInt(at));
+      }
+    }
+    let dst: Segments = [];
+    if (d.opcode !== OP_CRC32C) {
+      const len = d.opcode === OP_WRITE_IMM ? 8 : d.length;
+      const r = this.#resolve(q, d.dst, len, (d.flags & FLAG_DST_DEVMEM) !== 0, true);
+      if (!Array.isArray(r)) return r;
+      dst = r;
+    }
+    switch (d.opcode) {
+      case OP_COPY:
+        copySegments(src, dst);
+        return ok(0, d.length);
+      case OP_FILL:
+        fillSegments(dst, le64(d.imm));
+        return ok(0, d.length);
+      case OP_CRC32C:
+        return ok(crcSegments(src), d.length);
+      default: // OP_WRITE_IMM
+        copySegments([le64(d.imm)], dst);
+        return ok(0, 8);
+    }
+  }
+
+  /** Segments for a descriptor operand, or the failure (window, devmem window, IOMMU). */
+  #resolve(q: Queue, addr: bigint, length: number, devmem: boolean, write: boolean): Segments | Outcome {
+    const len = BigInt(length);
+    if (devmem) {
+      const memEnd = BigInt(q.memBase) + BigInt(q.memSize);
+      if (
+        addr < BigInt(q.memBase) ||
+        addr + len > memEnd ||
+        !this.ctx.devmem.contains(Number(addr), length)
+      ) {
+        return fail(ST_DEVMEM_VIOLATION, addr);
+      }
+      return this.ctx.devmem.segments(Number(addr), length);
+    }
+    const outside = this.#windowFault(q, addr, length);
+    if (outside !== null) return fail(ST_WINDOW_VIOLATION, outside);
+    const segs: Segments = [];
+    const fault = this.#translate(q, addr, length, write, segs);
+    if (fault !== null) return fail(ST_IOMMU_FAULT, fault);
+    return segs;
+  }
+
+  /**
+   * Q_XLAT (§2.2, rev 2): the device accesses IOVA + Q_XLAT (mod 2^64) through the IOMMU. Returns null
+   * when [iova, +length) is mapped (segments in `out`), else the faulting address as the queue saw it.
+   */
+  #translate(q: Queue, iova: bigint, length: number, write: boolean, out: Segments): bigint | null {
+    const xlat = q.xlat;
+    const device = xlat === 0n ? iova : BigInt.asUintN(64, iova + xlat);
+    const fault = this.ctx.iommu.translate(Number(device), length, write, out);
+    if (fault < 0) return null;
+    // The IOMMU works in JS numbers; the first byte's fault is given back exactly.
+    const at = fault === Number(device) ? device : BigInt(fault);
+    return xlat === 0n ? at : BigInt.asUintN(64, at - xlat);
+  }
+}
+
+/** Read a byte of every 4 KiB page of the segments (and each one's last byte); returns true. */
+function touchPages(segs: Segments): boolean {
+  let x = 0;
+  for (const s of segs) {
+    for (let i = 0; i < s.length; i += 4096) x ^= s[i] as number;
+    if (s.length) x ^= s[s.length - 1] as number;
+  }
+  return x >= 0;
+}
+
+function le64(v: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, v, true);
+  return b;
+}
+
+/** The host-memory (IOVA) ranges a descriptor touches. */
+function hostRanges(d: Descriptor): { start: bigint; length: number }[] {
+  const out: { start: bigint; length: number }[] = [];
+  if ((d.opcode === OP_COPY || d.opcode === OP_CRC32C) && (d.flags & FLAG_SRC_DEVMEM) === 0) {
+    out.push({ start: d.src, length: d.length });
+  }
+  if ((d.opcode === OP_COPY || d.opcode === OP_FILL) && (d.flags & FLAG_DST_DEVMEM) === 0) {
+    out.push({ start: d.dst, length: d.length });
+  }
+  if (d.opcode === OP_WRITE_IMM && (d.flags & FLAG_DST_DEVMEM) === 0) out.push({ start: d.dst, length: 8 });
+  return out;
+}

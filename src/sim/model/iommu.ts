@@ -1,0 +1,182 @@
+// The simulator's one I/O address space (datasheet §7): DMA_MAP adds a map
+// (memory view + permissions), DMA_UNMAP removes whole maps, and every byte
+// the device touches is translated here. IOVAs are plain numbers: the space
+// is 48 bits, well inside a double's exact range.
+
+import { native } from '../../sys/native.js';
+import { VfioError } from '../../vfio/user/device-model.js';
+import { IOMMU_PAGE_SIZE, IOVA_LIMIT } from './datasheet.js';
+import type { Segments } from './memory.js';
+
+export interface DmaMapping {
+  readonly iova: number;
+  readonly size: number;
+  readonly readable: boolean;
+  readonly writable: boolean;
+  /** The mapped memory, `size` bytes. */
+  readonly view: Uint8Array;
+  /**
+   * True once the memory behind the map shrank under it (its guarded mapping was revoked and now reads
+   * zero). Absent: the memory cannot shrink.
+   */
+  revoked?(): boolean;
+  /** Called exactly once when the map leaves the table: the owner of the memory unmaps it. */
+  release(): void;
+}
+
+export interface MapRequest {
+  iova: bigint;
+  size: bigint;
+  /** Offset into the fd; checked for page alignment here, used by whoever maps the memory. */
+  offset: bigint;
+}
+
+/** Refuse a map the datasheet refuses (alignment, 48-bit limit); returns the numbers. */
+export function checkMapRequest(req: MapRequest): { iova: number; size: number; offset: number } {
+  const page = BigInt(IOMMU_PAGE_SIZE);
+  if (req.size <= 0n) throw new VfioError('EINVAL', 'DMA map of size 0');
+  if (req.iova % page !== 0n || req.size % page !== 0n || req.offset % page !== 0n) {
+    throw new VfioError(
+      'EINVAL',
+      `DMA map not aligned to the ${IOMMU_PAGE_SIZE}-byte page (iova 0x${req.iova.toString(16)}, ` +
+        `size 0x${req.size.toString(16)}, offset 0x${req.offset.toString(16)})`,
+    );
+  }
+  if (req.iova + req.size > BigInt(IOVA_LIMIT)) {
+    throw new VfioError(
+      'EINVAL',
+      `DMA map reaches past the 48-bit IOVA space (iova 0x${req.iova.toString(16)})`,
+    );
+  }
+  if (req.offset >= 2n ** 53n) throw new VfioError('EINVAL', 'DMA map offset too large');
+  return { iova: Number(req.iova), size: Number(req.size), offset: Number(req.offset) };
+}
+
+export class Iommu {
+  /** Sorted by iova, non-overlapping. */
+  #maps: DmaMapping[] = [];
+  /**
+   * Maps whose backing shrank (rev 2 §7): every access through them completes as IOMMU_FAULT until they are
+   * unmapped. The guard replaced the whole mapping with zero pages when the first access found the backing
+   * gone, so none of its bytes can be trusted any more.
+   */
+  readonly #dead = new Set<DmaMapping>();
+  /** The process's guard revocation count when the maps were last checked. */
+  #revocations = native.guardRevocations();
+
+  get maps(): readonly DmaMapping[] {
+    return this.#maps;
+  }
+
+  /** Throws EEXIST when [iova, iova+size) overlaps an existing map. */
+  checkFree(iova: number, size: number): void {
+    const i = this.#firstEndingAfter(iova);
+    const m = this.#maps[i];
+    if (m && m.iova < iova + size) {
+      throw new VfioError(
+        'EEXIST',
+        `DMA map [0x${iova.toString(16)}, +0x${size.toString(16)}) overlaps the map at 0x${m.iova.toString(16)}`,
+      );
+    }
+  }
+
+  add(m: DmaMapping): void {
+    this.checkFree(m.iova, m.size);
+    this.#maps.splice(this.#firstEndingAfter(m.iova), 0, m);
+  }
+
+  /**
+   * Remove the maps making up [iova, iova+size) (all maps when `all`). The
+   * range must cover whole maps: cutting one is EINVAL, covering none ENOENT.
+   * Returns the removed maps; the caller releases them once the device holds
+   * no reference.
+   */
+  remove(iova: number, size: number, all = false): DmaMapping[] {
+    if (all) {
+      const out = this.#maps;
+      this.#maps = [];
+      this.#dead.clear();
+      return out;
+    }
+    const end = iova + size;
+    const first = this.#firstEndingAfter(iova);
+    let last = first;
+    while (last < this.#maps.length && (this.#maps[last] as DmaMapping).iova < end) {
+      const m = this.#maps[last] as DmaMapping;
+      if (m.iova < iova || m.iova + m.size > end) {
+        throw new VfioError(
+          'EINVAL',
+          `DMA unmap [0x${iova.toString(16)}, +0x${size.toString(16)}) cuts the map ` +
+            `[0x${m.iova.toString(16)}, +0x${m.size.toString(16)})`,
+        );
+      }
+      last++;
+    }
+    if (last === first) {
+      throw new VfioError('ENOENT', `no DMA map in [0x${iova.toString(16)}, +0x${size.toString(16)})`);
+    }
+    const out = this.#maps.splice(first, last - first);
+    for (const m of out) this.#dead.delete(m);
+    return out;
+  }
+
+  /**
+   * Notice maps whose backing shrank since the last call: one native load when nothing changed (the
+   * process-wide revocation count). Returns true when some guarded mapping was revoked since; the engine
+   * calls it before and after each access, and on true asks deadIn() about the ranges it touched.
+   */
+  sync(): boolean {
+    const n = native.guardRevocations();
+    if (n === this.#revocations) return false;
+    this.#revocations = n;
+    for (const m of this.#maps) if (m.revoked?.()) this.#dead.add(m);
+    return true;
+  }
+
+  /** The first IOVA of [iova, iova+length) in a map whose backing shrank, or -1. */
+  deadIn(iova: number, length: number): number {
+    if (this.#dead.size === 0) return -1;
+    const end = iova + length;
+    for (let i = this.#firstEndingAfter(iova); i < this.#maps.length; i++) {
+      const m = this.#maps[i] as DmaMapping;
+      if (m.iova >= end) break;
+      if (this.#dead.has(m)) return Math.max(m.iova, iova);
+    }
+    return -1;
+  }
+
+  /**
+   * Translate [iova, iova+length) for a read or a write into `out`. Returns
+   * -1 on success, else the first IOVA that is unmapped or mapped without the
+   * needed permission (`out` is then partial and must be discarded).
+   */
+  translate(iova: number, length: number, write: boolean, out: Segments): number {
+    let at = iova;
+    const end = iova + length;
+    let i = this.#firstEndingAfter(at);
+    while (at < end) {
+      const m = this.#maps[i];
+      if (!m || m.iova > at || (write ? !m.writable : !m.readable)) return at;
+      if (this.#dead.size !== 0 && this.#dead.has(m)) return at;
+      const within = at - m.iova;
+      const n = Math.min(end - at, m.size - within);
+      out.push(m.view.subarray(within, within + n));
+      at += n;
+      i++;
+    }
+    return -1;
+  }
+
+  /** Index of the first map whose end lies above `iova` (binary search). */
+  #firstEndingAfter(iova: number): number {
+    let lo = 0;
+    let hi = this.#maps.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const m = this.#maps[mid] as DmaMapping;
+      if (m.iova + m.size <= iova) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+}

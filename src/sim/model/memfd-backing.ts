@@ -1,0 +1,87 @@
+// Slice backing for the real simulator: every queue page and every
+// device-memory granule is its own memfd, mapped (guarded) in the device
+// worker. Slice fds handed out are re-opened descriptions of these memfds.
+
+import { type Fd, type Mapping, MemFd } from '../../sys/index.js';
+import type { Sa1Options } from './options.js';
+import type { Backing, SliceRef } from './slices.js';
+
+interface Slice {
+  memfd: MemFd;
+  mapping: Mapping;
+  ino: bigint;
+}
+
+function createSlice(name: string, size: number): Slice {
+  const memfd = MemFd.create(name, { size });
+  try {
+    const mapping = memfd.map({ guard: true });
+    return { memfd, mapping, ino: memfd.stat().ino };
+  } catch (err) {
+    memfd.close();
+    throw err;
+  }
+}
+
+export class MemfdBacking implements Backing {
+  readonly pages: Uint8Array[] = [];
+  readonly granules: Uint8Array[] = [];
+  readonly #slices: { queue: Slice[]; devmem: Slice[] } = { queue: [], devmem: [] };
+  #generation = 0;
+
+  constructor(private readonly o: Sa1Options) {
+    try {
+      for (let q = 0; q < o.numQueues; q++) this.#install({ kind: 'queue', index: q });
+      for (let g = 0; g < o.devmemSize / o.devmemGranule; g++) this.#install({ kind: 'devmem', index: g });
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+  }
+
+  /** A new open description of the slice's memory, to hand out (caller owns it). */
+  open(slice: SliceRef, readOnly: boolean): Fd {
+    return this.#get(slice).memfd.reopen(readOnly ? 'r' : 'rw');
+  }
+
+  /** The slice whose current memory has this inode, if any. */
+  findByInode(ino: bigint): SliceRef | null {
+    for (const kind of ['queue', 'devmem'] as const) {
+      const i = this.#slices[kind].findIndex((s) => s.ino === ino);
+      if (i >= 0) return { kind, index: i };
+    }
+    return null;
+  }
+
+  /** Switch to fresh memory, then truncate the old memfd so every remaining mapping of it faults. */
+  renew(slice: SliceRef): void {
+    const old = this.#get(slice);
+    this.#install(slice);
+    old.mapping.unmap();
+    old.memfd.truncate(0);
+    old.memfd.close();
+  }
+
+  close(): void {
+    for (const kind of ['queue', 'devmem'] as const) {
+      for (const s of this.#slices[kind]) {
+        s.mapping.unmap();
+        s.memfd.close();
+      }
+      this.#slices[kind] = [];
+    }
+  }
+
+  #get(slice: SliceRef): Slice {
+    const s = this.#slices[slice.kind][slice.index];
+    if (!s) throw new RangeError(`no ${slice.kind} slice ${slice.index}`);
+    return s;
+  }
+
+  #install(slice: SliceRef): void {
+    const size = slice.kind === 'queue' ? this.o.queueStride : this.o.devmemGranule;
+    const s = createSlice(`sa1-${slice.kind}-${slice.index}.${this.#generation++}`, size);
+    this.#slices[slice.kind][slice.index] = s;
+    (slice.kind === 'queue' ? this.pages : this.granules)[slice.index] = s.mapping.u8;
+  }
+}

@@ -1,0 +1,157 @@
+// QCFG[q] (datasheet §2.2) as fields over the register file: the queue
+// engine reads and writes them as plain properties while the front end reads
+// the same words to answer the owner (bar0.ts). What the register file
+// stores per queue:
+//   Q_CTRL      b0 ENABLE (RESET is acted on when written and never stored)
+//   Q_STATUS    b1 ERROR and b8..15 the last error; RUNNING and IDLE are
+//               derived when read (they depend on device-wide state)
+//   Q_INFLIGHT  published by the device after every turn (the in-flight list
+//               itself is the engine's)
+//   the rest    as the datasheet lays them out.
+
+import {
+  Q_BYTES,
+  Q_COMPLETED,
+  Q_CTRL,
+  Q_CTRL_ENABLE,
+  Q_INFLIGHT,
+  Q_MEM_BASE,
+  Q_MEM_SIZE,
+  Q_STATUS,
+  Q_STATUS_ERROR,
+  Q_STATUS_ERROR_SHIFT,
+  Q_VECTOR,
+  Q_WIN_BASE,
+  Q_WIN_SIZE,
+  Q_XLAT,
+} from './datasheet.js';
+import { RegisterFile } from './register-file.js';
+
+export class QueueRegisters {
+  /** Byte offset of this queue's QCFG in BAR0. */
+  readonly qcfgAt: number;
+
+  // Registers only the device writes (the owner's Q_CTRL write is the device's to act on) are mirrored
+  // here, so the engine's hot path reads plain fields; every change is also stored for the front end.
+  #enabled = false;
+  #error = false;
+  #lastError = 0;
+  #completed = 0;
+  #bytes = 0;
+  // The windows and Q_XLAT, as of the last enable: the owner cannot change them while the queue is enabled (§2.2),
+  // so while enabled the engine reads this copy instead of building BigInts from shared words.
+  #winBase = 0n;
+  #winSize = 0n;
+  #memBase = 0;
+  #memSize = 0;
+  #xlat = 0n;
+
+  constructor(
+    readonly index: number,
+    protected readonly regs: RegisterFile,
+  ) {
+    this.qcfgAt = RegisterFile.qcfg(index);
+  }
+
+  get enabled(): boolean {
+    return this.#enabled;
+  }
+  set enabled(v: boolean) {
+    if (v && !this.#enabled) {
+      this.#winBase = this.regs.load64(this.qcfgAt + Q_WIN_BASE);
+      this.#winSize = this.regs.load64(this.qcfgAt + Q_WIN_SIZE);
+      this.#memBase = this.regs.load(this.qcfgAt + Q_MEM_BASE);
+      this.#memSize = this.regs.load(this.qcfgAt + Q_MEM_SIZE);
+      this.#xlat = this.regs.load64(this.qcfgAt + Q_XLAT);
+    }
+    this.#enabled = v;
+    this.regs.store(this.qcfgAt + Q_CTRL, v ? Q_CTRL_ENABLE : 0);
+  }
+
+  get error(): boolean {
+    return this.#error;
+  }
+  set error(v: boolean) {
+    this.#error = v;
+    this.#storeStatus();
+  }
+
+  /** Q_STATUS b8..15: the last non-OK, non-ABORTED status this queue produced. */
+  get lastError(): number {
+    return this.#lastError;
+  }
+  set lastError(code: number) {
+    this.#lastError = code & 0xff;
+    this.#storeStatus();
+  }
+
+  get winBase(): bigint {
+    return this.#enabled ? this.#winBase : this.regs.load64(this.qcfgAt + Q_WIN_BASE);
+  }
+  set winBase(v: bigint) {
+    this.#winBase = v;
+    this.regs.store64(this.qcfgAt + Q_WIN_BASE, v);
+  }
+  get winSize(): bigint {
+    return this.#enabled ? this.#winSize : this.regs.load64(this.qcfgAt + Q_WIN_SIZE);
+  }
+  set winSize(v: bigint) {
+    this.#winSize = v;
+    this.regs.store64(this.qcfgAt + Q_WIN_SIZE, v);
+  }
+  get memBase(): number {
+    return this.#enabled ? this.#memBase : this.regs.load(this.qcfgAt + Q_MEM_BASE);
+  }
+  set memBase(v: number) {
+    this.#memBase = v >>> 0;
+    this.regs.store(this.qcfgAt + Q_MEM_BASE, v);
+  }
+  get memSize(): number {
+    return this.#enabled ? this.#memSize : this.regs.load(this.qcfgAt + Q_MEM_SIZE);
+  }
+  set memSize(v: number) {
+    this.#memSize = v >>> 0;
+    this.regs.store(this.qcfgAt + Q_MEM_SIZE, v);
+  }
+  /** Q_XLAT (rev 2): added, mod 2^64, to every IOVA the queue uses once it passed the window check. */
+  get xlat(): bigint {
+    return this.#enabled ? this.#xlat : this.regs.load64(this.qcfgAt + Q_XLAT);
+  }
+  set xlat(v: bigint) {
+    this.#xlat = BigInt.asUintN(64, v);
+    this.regs.store64(this.qcfgAt + Q_XLAT, v);
+  }
+  /** Read from the register file every time: the owner may change it while the queue runs. */
+  get vector(): number {
+    return this.regs.load(this.qcfgAt + Q_VECTOR);
+  }
+  set vector(v: number) {
+    this.regs.store(this.qcfgAt + Q_VECTOR, v & 0xffff);
+  }
+  get completed(): number {
+    return this.#completed;
+  }
+  set completed(v: number) {
+    this.#completed = v;
+    this.regs.storeCount(this.qcfgAt + Q_COMPLETED, v);
+  }
+  get bytes(): number {
+    return this.#bytes;
+  }
+  set bytes(v: number) {
+    this.#bytes = v;
+    this.regs.storeCount(this.qcfgAt + Q_BYTES, v);
+  }
+
+  /** Q_INFLIGHT as the owner reads it. */
+  publishInflight(count: number): void {
+    this.regs.store(this.qcfgAt + Q_INFLIGHT, count);
+  }
+
+  #storeStatus(): void {
+    this.regs.store(
+      this.qcfgAt + Q_STATUS,
+      (this.#error ? Q_STATUS_ERROR : 0) | (this.#lastError << Q_STATUS_ERROR_SHIFT),
+    );
+  }
+}
