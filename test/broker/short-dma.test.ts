@@ -49,7 +49,12 @@ test('a client memfd truncated under the device: the COPY from it is IOMMU_FAULT
       'nothing was written',
     );
     assert.equal(q.error, 4, 'the queue is in ERROR (IOMMU_FAULT)');
-    const info = await lease.refreshInfo();
+    // The broker drains the device's fault log when the fault vector fires: wait for it (bounded).
+    let info = await lease.refreshInfo();
+    for (let i = 0; i < 500 && !info.faults.length; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      info = await lease.refreshInfo();
+    }
     assert.ok(
       info.faults.some((f) => f.name === 'IOMMU_FAULT' && f.address === iova + 0x1000n),
       `the fault is in the lease's info: ${JSON.stringify(info.faults, (_k, v) => (typeof v === 'bigint' ? v.toString(16) : v))}`,

@@ -158,6 +158,7 @@ test('a destination shrunk to 4 KiB: a COPY past the new end is IOMMU_FAULT, and
       async () => ((await r32(r.bus, BAR0, qcfg(0, ds.Q_CTRL))) & ds.Q_CTRL_RESET) === 0,
       'queue reset',
     );
+    r.host.view.fill(0, 0, 0x1000); // fresh rings: no stale completion from before the reset
     const tq2 = await queue0(r);
     await tq2.submit([{ opcode: ds.OP_COPY, length: 16, src: VICTIM, dst: HOST + 0x8000n, tag: 2n }]);
     const [c2] = await tq2.reap(1);

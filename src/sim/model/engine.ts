@@ -109,9 +109,9 @@ export class Engine {
       return true;
     }
     const raw = gather(segs, new Uint8Array(SQ_ENTRY_SIZE));
-    const shrank = this.#shrankUnder(Number(slotIova), SQ_ENTRY_SIZE);
-    if (shrank >= 0) {
-      this.#queueFault(q, ST_IOMMU_FAULT, BigInt(shrank));
+    const shrank = this.ctx.iommu.sync() ? this.#deadAt(q, slotIova, SQ_ENTRY_SIZE) : null;
+    if (shrank !== null) {
+      this.#queueFault(q, ST_IOMMU_FAULT, shrank);
       return true;
     }
     const desc = decodeDescriptor(raw);
@@ -245,15 +245,22 @@ export class Engine {
     const out = this.#execute(q, d);
     if (out.status !== ST_OK || !this.ctx.iommu.sync()) return out;
     for (const r of hostRanges(d)) {
-      const at = this.ctx.iommu.deadIn(Number(r.start), r.length);
-      if (at >= 0) return fail(ST_IOMMU_FAULT, BigInt(at));
+      const at = this.#deadAt(q, r.start, r.length);
+      if (at !== null) return fail(ST_IOMMU_FAULT, at);
     }
     return out;
   }
 
-  /** After reading [iova, +length) through the IOMMU: the first address whose backing shrank meanwhile, or -1. */
-  #shrankUnder(iova: number, length: number): number {
-    return this.ctx.iommu.sync() ? this.ctx.iommu.deadIn(iova, length) : -1;
+  /**
+   * The first address of [iova, +length), as the queue sees it (IOVA - Q_XLAT), in a map whose backing shrank;
+   * null when none.
+   */
+  #deadAt(q: Queue, iova: bigint, length: number): bigint | null {
+    const xlat = q.xlat;
+    const device = xlat === 0n ? iova : BigInt.asUintN(64, iova + xlat);
+    const at = this.ctx.iommu.deadIn(Number(device), length);
+    if (at < 0) return null;
+    return xlat === 0n ? BigInt(at) : BigInt.asUintN(64, BigInt(at) - xlat);
   }
 
   #execute(q: Queue, d: Descriptor): Outcome {
@@ -273,8 +280,8 @@ export class Engine {
       // Read one byte of every source page first: a source that shrank faults here (the guard swaps in zero
       // pages), so the descriptor fails before it writes anything, as a transfer stopped by an IOMMU fault.
       if (!devmem && touchPages(src) && this.ctx.iommu.sync()) {
-        const at = this.ctx.iommu.deadIn(Number(d.src), d.length);
-        if (at >= 0) return fail(ST_IOMMU_FAULT, BigInt(at));
+        const at = this.#deadAt(q, d.src, d.length);
+        if (at !== null) return fail(ST_IOMMU_FAULT, at);
       }
     }
     let dst: Segments = [];
