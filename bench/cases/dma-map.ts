@@ -6,8 +6,8 @@
 //
 //   node dist/bench/cases/dma-map.js [--quick]
 
-import { checkDmaFd } from '../../src/broker/dma-fd-check.js';
 import { MemFd } from '../../src/sys/index.js';
+import { checkDmaFd } from '../../src/vfio/user/dma-fd-check.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { RequestProbe } from '../fixtures/request-probe.js';
 import { type Metric, metric, progress, runCase } from '../fixtures/result.js';

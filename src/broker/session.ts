@@ -40,9 +40,9 @@ import {
   VfioError,
   type VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
+import { checkDmaFd } from '../vfio/user/dma-fd-check.js';
 import type { IoFdSubRegion, RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { deviceRefusal } from './device-refusal.js';
-import { checkDmaFd } from './dma-fd-check.js';
 import { adoptEventFd } from './eventfd-check.js';
 import type { Lease } from './lease.js';
 import { LeaseMsix } from './lease-msix.js';

@@ -130,6 +130,11 @@ export interface Reconnectable {
    * endpoint refuses, or when what answers is not the device first opened (other PCI ids).
    */
   reconnect(): Promise<void>;
+  /**
+   * Give up on the current connection: the device stopped answering on it (a frozen server). It is closed
+   * and 'close' is emitted with `reason`, as for a connection the server dropped; reconnect() comes next.
+   */
+  abandon(reason: Error): void;
 }
 
 export function isReconnectable(d: Device): d is Device & Reconnectable {

@@ -103,6 +103,16 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     });
   }
 
+  abandon(reason: Error): void {
+    const client = this.#client;
+    if (this.#closed || client.closed || this.#dropped.has(client)) return;
+    // Marked dropped so its own 'close' (reason-less) is not passed on: this one, with the reason, is.
+    this.#dropped.add(client);
+    this.#dropIoFds();
+    client.close();
+    this.emit('close', reason);
+  }
+
   async reconnect(): Promise<void> {
     if (this.#closed) throw closedError(this.endpoint);
     const old = this.#client;

@@ -27,6 +27,7 @@ export interface DriverConfig {
     iovaView: IovaViewMode;
     maxDevmemGranules: number;
     heartbeatMs: number;
+    responseTimeoutMs: number;
   };
 }
 
@@ -102,6 +103,8 @@ export interface DeviceFault {
  * - 'fault' (DeviceFault): a fault record; the broker forwards it to the lease holding the queue.
  * - 'hang' (reason: string): the device stopped; the broker notifies everyone, resets and reboots.
  * - 'device-reset' (reason: string): the device was reset behind the driver's back; leases are gone.
+ * - 'unresponsive' (reason: string): the device stopped answering (a frozen server): a hang that no device
+ *   command can reach; the broker ends every lease without it and reconnects.
  *
  * Every wait on the device is bounded (drivers/poll.ts): a wait that runs out rejects with a VfioError whose
  * `code` is ETIMEDOUT, naming what was awaited and the last value read; no method carries on as if the device

@@ -135,6 +135,8 @@ export interface NativeAddon {
 
   // --- mmap ---
   mmap(fd: number, length: number, prot: number, offset: number, guard: boolean): RawMapping;
+  /** Guarded mappings revoked so far in this process (a file shrank under one); see Mapping.isRevoked(). */
+  guardRevocations(): number;
 
   // --- eventfd ---
   eventfd(initval: number, flags: number): number; // EFD_CLOEXEC always added

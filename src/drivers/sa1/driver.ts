@@ -62,6 +62,9 @@ export interface Sa1Geometry {
   granule: number;
 }
 
+/** Bound on HEARTBEAT moving once a recovery brought the device back (it advances every 10 ms). */
+const HEARTBEAT_ALIVE_TIMEOUT_MS = 1000;
+
 export class Sa1Driver extends EventEmitter implements Driver {
   readonly name = 'sa1';
   readonly #dev: Device;
@@ -395,7 +398,24 @@ export class Sa1Driver extends EventEmitter implements Driver {
     await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
     await this.#dev.write32(BAR0, REG.CONTROL, CONTROL.ENABLE);
     this.#faultsSeen = await this.#dev.read32(BAR0, REG.FAULT_HEAD);
+    // A hang during the attempt (its ERR joined the recovery in progress) must fail the attempt, not be
+    // forgotten: the device is back only if it is not hung and its heartbeat moves.
+    await this.#checkAlive();
     this.#startHeartbeat();
+  }
+
+  /** Throws unless STATUS.HUNG is clear and HEARTBEAT advances (it does at least every 10 ms, §2.1). */
+  async #checkAlive(): Promise<void> {
+    const d = this.#dev;
+    if ((await d.read32(BAR0, REG.STATUS)) & STATUS.HUNG)
+      throw new Error('sa1: the device hung again during recovery (STATUS.HUNG)');
+    const first = await d.read32(BAR0, REG.HEARTBEAT);
+    await pollUntil({
+      what: 'sa1: HEARTBEAT to advance after recovery',
+      read: () => d.read32(BAR0, REG.HEARTBEAT),
+      done: (v) => v !== first,
+      timeoutMs: HEARTBEAT_ALIVE_TIMEOUT_MS,
+    });
   }
 
   deviceLost(): void {
@@ -545,28 +565,45 @@ export class Sa1Driver extends EventEmitter implements Driver {
     await d.write32(BAR0, REG.FAULT_ACK, head);
   }
 
+  /**
+   * Every period, read HEARTBEAT. It advances at least every 10 ms: two whole periods without a change is a
+   * hang. A read that fails counts as a period without a change (a device that answers with errors is no
+   * healthy device). A read still unanswered after sa1.response_timeout_ms is an unresponsive device (a
+   * frozen server): reported at once, without waiting for the request's own 5 s deadline.
+   */
   #startHeartbeat(): void {
     const period = this.#cfg.sa1.heartbeatMs;
+    const limit = this.#cfg.sa1.responseTimeoutMs;
     const hb = { timer: setInterval(() => void tick(), period), last: -1, stale: 0 };
     hb.timer.unref();
     this.#heartbeat = hb;
-    let busy = false;
+    let sentAt: number | null = null;
+    const stop = (event: 'hang' | 'unresponsive', why: string) => {
+      if (this.#heartbeat !== hb) return; // stopped meanwhile (recovery, close): not this tick's news
+      this.#stopHeartbeat();
+      this.emit(event, why);
+    };
     const tick = async () => {
-      if (busy || this.#closed) return;
-      busy = true;
+      if (this.#closed || this.#heartbeat !== hb) return;
+      if (sentAt !== null) {
+        const waited = Date.now() - sentAt;
+        if (waited >= limit)
+          stop('unresponsive', `the device has not answered a HEARTBEAT read for ${waited} ms`);
+        return;
+      }
+      sentAt = Date.now();
       try {
         const v = await this.#dev.read32(BAR0, REG.HEARTBEAT);
         hb.stale = v === hb.last ? hb.stale + 1 : 0;
         hb.last = v;
-        // HEARTBEAT advances at least every 10 ms; two whole periods without a change is a hang.
-        if (hb.stale >= 2) {
-          this.#stopHeartbeat();
-          this.emit('hang', `heartbeat stopped at ${v}`);
-        }
-      } catch {
-        // the device connection is going away; the broker sees 'close' on the device
+        if (hb.stale >= 2) stop('hang', `heartbeat stopped at ${v}`);
+      } catch (err) {
+        // The connection is gone: the broker sees 'close' on the device and reconnects.
+        if ((err as { code?: string }).code === 'ECONNRESET') return;
+        hb.stale++;
+        if (hb.stale >= 2) stop('hang', `heartbeat reads fail: ${(err as Error).message}`);
       } finally {
-        busy = false;
+        sentAt = null;
       }
     };
   }
