@@ -20,6 +20,7 @@ const ROOT = resolve(here, '..', '..');
 
 export const CASES = [
   'hot-path',
+  'clib-hot-path',
   'lease-acquire',
   'region-read',
   'dma-map',

@@ -105,6 +105,15 @@ Napi::Value Fstat(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// fcntl(F_GETFL): the description's access mode and status flags, without a
+// read of /proc/self/fdinfo (which costs an open, a read and a close).
+Napi::Value StatusFlags(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) ThrowErrno(info.Env(), "fcntl", errno);
+  return Napi::Number::New(info.Env(), flags);
+}
+
 Napi::Value SetNonBlocking(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   bool on = BoolArg(info, 1, "on");
@@ -146,6 +155,7 @@ void RegisterFdOps(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
   exports.Set("setNonBlocking", Napi::Function::New(env, SetNonBlocking, "setNonBlocking"));
+  exports.Set("statusFlags", Napi::Function::New(env, StatusFlags, "statusFlags"));
   exports.Set("leaseProbe", Napi::Function::New(env, LeaseProbe, "leaseProbe"));
 }
 

@@ -80,6 +80,11 @@ void AddMethod(Napi::Env env, Napi::Object target, const char* name, Napi::Funct
   target.Set(name, f);
 }
 
+// guardRevocations(): how many guarded mappings were revoked so far, process-wide (a double: exact to 2^53).
+Napi::Value GuardRevocations(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(sigbus_guard::Revocations()));
+}
+
 // mmap(fd, length, prot, offset, guard)
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -125,6 +130,7 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
 
 void RegisterMapping(Napi::Env env, Napi::Object exports) {
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+  exports.Set("guardRevocations", Napi::Function::New(env, GuardRevocations, "guardRevocations"));
 }
 
 }  // namespace devlease

@@ -26,6 +26,10 @@ struct Slot {
 static_assert(std::atomic<uintptr_t>::is_always_lock_free && std::atomic<int>::is_always_lock_free);
 
 Slot slots[kSlots];
+// Revocations ever made: a reader that saw the same count before and after an
+// access knows no guarded mapping was revoked in between (one load, no lock).
+std::atomic<uint64_t> revocations{0};
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
 struct sigaction previous;
 std::once_flag install_once;
 int install_error = 0;
@@ -41,6 +45,7 @@ bool Revoke(uintptr_t address) {
                    MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (r == MAP_FAILED) return false;
     slot.revoked.store(true, std::memory_order_release);
+    revocations.fetch_add(1, std::memory_order_release);
     return true;
   }
   return false;
@@ -97,6 +102,8 @@ int Register(void* address, size_t length, int prot) {
   }
   return -1;
 }
+
+uint64_t Revocations() { return revocations.load(std::memory_order_acquire); }
 
 bool IsRevoked(int slot) { return slots[slot].revoked.load(std::memory_order_acquire); }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace devlease::sigbus_guard {
 
@@ -15,6 +16,8 @@ namespace devlease::sigbus_guard {
 int Install();
 /** Guards [address, address + length) re-mapped with `prot` on revocation; returns a slot or -1 if the table is full. */
 int Register(void* address, size_t length, int prot);
+/** Revocations made so far in this process (any slot): unchanged across an access means none happened in it. */
+uint64_t Revocations();
 /** True once the handler replaced the slot's mapping. */
 bool IsRevoked(int slot);
 /** Stops guarding the slot (before the range is unmapped); returns whether it had been revoked. */

@@ -6,7 +6,10 @@
 //
 //   node dist/bench/cases/dma-map.js [--quick]
 
+import { MemFd } from '../../src/sys/index.js';
+import { checkDmaFd } from '../../src/vfio/user/dma-fd-check.js';
 import { ClientProc } from '../fixtures/client-proc.js';
+import { RequestProbe } from '../fixtures/request-probe.js';
 import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
 import { startBareSim, startRig } from '../fixtures/rig.js';
 
@@ -22,6 +25,7 @@ runCase('dma-map', 'DMA_MAP + DMA_UNMAP: through the broker vs straight to the d
   const rig = await startRig({ simArgs: ['--queues', '4'] });
   const bare = await startBareSim(['--queues', '4']);
   const client = await ClientProc.spawn();
+  const probe = new RequestProbe(rig.broker);
   const metrics: Metric[] = [];
   try {
     await client.call('lease', { socket: rig.socket });
@@ -34,12 +38,21 @@ runCase('dma-map', 'DMA_MAP + DMA_UNMAP: through the broker vs straight to the d
         budgetMs,
         direct: bare.socket,
       });
+      probe.take();
       const med = await client.call<{ map: number[]; unmap: number[] }>('dma', {
         size: s.bytes,
         n,
         warmup,
         budgetMs,
       });
+      const calls = probe.take();
+      if (process.env.DEBUG_PROBE) console.error([...calls].map(([k, v]) => `${k}: ${v.length}`));
+      const got = (k: string) => (calls.get(k) ?? []).slice(-med.map.length);
+      // What the broker itself adds: its session's time per request minus the device call it waited for.
+      const own = (session: string, device: string) => {
+        const dev = got(device);
+        return got(session).map((t, i) => t - (dev[i] ?? 0));
+      };
       const pair = (r: { map: number[]; unmap: number[] }) => r.map.map((m, i) => m + r.unmap[i]!);
       metrics.push(
         metric(`direct-${s.name}`, `${s.label} map+unmap, direct to the device`, 'µs', pair(direct), {
@@ -58,10 +71,58 @@ runCase('dma-map', 'DMA_MAP + DMA_UNMAP: through the broker vs straight to the d
         metric(`direct-${s.name}-unmap`, `· ${s.label} DMA_UNMAP direct`, 'µs', direct.unmap, {
           role: 'baseline',
         }),
+        metric(
+          `broker-${s.name}-map`,
+          `· ${s.label} DMA_MAP in the broker (request in → reply out)`,
+          'µs',
+          got('session: dmaMap'),
+        ),
+        metric(
+          `broker-${s.name}-map-device`,
+          `·· waiting on the device's DMA_MAP`,
+          'µs',
+          got('device: dmaMap'),
+        ),
+        metric(
+          `broker-${s.name}-map-own`,
+          `·· the broker's own work (window, fd check, policy, bookkeeping)`,
+          'µs',
+          own('session: dmaMap', 'device: dmaMap'),
+        ),
+        metric(`broker-${s.name}-map-policy`, `··· policy checkMap()`, 'µs', got('policy: checkMap()')),
+        metric(`broker-${s.name}-map-usage`, `··· usage() bookkeeping`, 'µs', got('bookkeeping: usage()')),
+        metric(
+          `broker-${s.name}-unmap`,
+          `· ${s.label} DMA_UNMAP in the broker (request in → reply out)`,
+          'µs',
+          got('session: dmaUnmap'),
+        ),
+        metric(
+          `broker-${s.name}-unmap-own`,
+          `·· the broker's own work (lookup, policy, bookkeeping)`,
+          'µs',
+          own('session: dmaUnmap', 'device: dmaUnmap'),
+        ),
       );
     }
+    // The DMA_MAP fd check (fstat and fcntl F_GETFL of the client's memfd), alone in this process.
+    const memfd = MemFd.create('bench-fd-check', { size: 4096 });
+    const fdCheck: number[] = [];
+    try {
+      for (let i = 0; i < (quick ? 500 : 5000); i++) {
+        const t0 = performance.now();
+        checkDmaFd(memfd.fd, { offset: 0n, size: 4096n, write: true });
+        fdCheck.push((performance.now() - t0) * 1000);
+      }
+    } finally {
+      memfd.close();
+    }
+    metrics.push(
+      metric('broker-fd-check', '· DMA_MAP fd check (fstat, F_GETFL), measured alone', 'µs', fdCheck),
+    );
     return { metrics, notes: { simulator: '--queues 4, default --idle-poll-us 50, both instances' } };
   } finally {
+    probe.close();
     await client.exit();
     await bare.close();
     await rig.close();

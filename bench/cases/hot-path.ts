@@ -7,39 +7,10 @@
 //   node dist/bench/cases/hot-path.js [--quick]
 
 import { join } from 'node:path';
-import { MemFd } from '../../src/sys/index.js';
 import { ClientProc, spawnReady } from '../fixtures/client-proc.js';
+import { floor } from '../fixtures/pingpong-floor.js';
 import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
 import { startRig, tempDir } from '../fixtures/rig.js';
-
-async function floor(n: number, budgetMs: number): Promise<number[]> {
-  using mem = MemFd.create('bench-floor', { size: 4096 });
-  const peer = await spawnReady('pingpong-peer.js', [], [mem.fd.fd]);
-  const mapping = mem.map({ length: 4096 });
-  const w = new Int32Array(mapping.buffer, 0, 2);
-  const samples: number[] = [];
-  const warmup = Math.min(10_000, n);
-  const end = performance.now() + budgetMs;
-  try {
-    // The time budget covers the warm-up too: on a crowded machine every round trip waits for a time slice.
-    for (let i = 1; i <= warmup + n && !(i > warmup + 50 && performance.now() > end); i++) {
-      const t0 = performance.now();
-      Atomics.store(w, 0, i);
-      for (let spins = 1; Atomics.load(w, 1) !== i; spins++) {
-        // spin: the peer answers by storing the same value; a peer that stopped answering fails the case
-        if ((spins & 0xfffff) === 0 && performance.now() - t0 > 10_000) {
-          throw new Error(`the ping-pong peer did not answer ping ${i} in 10 s`);
-        }
-      }
-      if (i > warmup) samples.push((performance.now() - t0) * 1000);
-    }
-  } finally {
-    Atomics.store(w, 0, -1);
-    await peer.stop();
-    mapping.unmap();
-  }
-  return samples;
-}
 
 runCase(
   'hot-path',

@@ -12,6 +12,7 @@ import { StreamServer, type StreamSocket } from '../../src/sys/index.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { BrokerProbe } from '../fixtures/probe.js';
+import { RequestProbe } from '../fixtures/request-probe.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { startRig } from '../fixtures/rig.js';
 
@@ -41,6 +42,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
   rig.broker.leases.on('granted', (l: BrokerLease) => granted.set(l.id, epochMs()));
   rig.broker.leases.on('released', (l: BrokerLease) => released.set(l.id, epochMs()));
   const probe = new BrokerProbe(rig.broker);
+  const requests = new RequestProbe(rig.broker);
   const client = await ClientProc.spawn();
   try {
     progress(`raw stream connect + round trip, ${n * 4}×`);
@@ -59,6 +61,8 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     const release: number[] = [];
     const deviceMs: number[] = [];
     const commands = new Set<number>();
+    const rounds = new Set<number>();
+    requests.take();
     for (let i = 0; i < n + 5; i++) {
       probe.take();
       const a = await client.call<Acquire>('acquire', { socket: rig.socket });
@@ -68,14 +72,19 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       if (i < 5) continue; // warm-up
       const g = granted.get(a.lease)!;
       total.push(a.totalUs);
-      deviceMs.push(Object.values(p.calls).reduce((ms, c) => ms + c.ms, 0) * 1000);
+      deviceMs.push(p.busyMs * 1000);
       commands.add(p.commands);
+      rounds.add(p.rounds);
       toGrant.push((g - a.at0) * 1000);
       grantToMapped.push((a.atMapped - g) * 1000);
       mappedToQueue.push((a.atQueue - a.atMapped) * 1000);
       queueToNop.push((a.atDone - a.atQueue) * 1000);
       release.push(released.get(a.lease)! - at);
     }
+    // The broker's work per acquire, request by request (warm-up excluded: the last n of each).
+    const calls = requests.take();
+    const got = (k: string) => (calls.get(k) ?? []).slice(-n);
+    const own = got('grant').map((t, i) => t - (got('device: activate')[i] ?? 0));
     return {
       metrics: [
         metric('stream-rtt', 'raw stream socket: connect + 1 framed round trip', 'µs', rtt, {
@@ -89,15 +98,50 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         metric('acquire-rings', '· rings allocated (2 DMA_MAPs)', 'µs', mappedToQueue),
         metric('acquire-nop', '· first doorbell → completion', 'µs', queueToNop),
         metric('acquire-device', '· of which the broker waits on device commands', 'µs', deviceMs),
+        metric(
+          'grant',
+          '· the grant in the broker (policy, resources, device programming)',
+          'µs',
+          got('grant'),
+        ),
+        metric('grant-policy', '·· policy checkLease()', 'µs', got('policy: checkLease()')),
+        metric(
+          'grant-device',
+          '·· device programming + slice fds (pipelined)',
+          'µs',
+          got('device: activate'),
+        ),
+        metric('grant-own', '·· the rest of the grant (bookkeeping, slice units, audit)', 'µs', own),
+        metric(
+          'setirqs',
+          '· SET_IRQS in the broker (3 per acquire; MSI-X goes to the device)',
+          'µs',
+          got('session: setIrqs'),
+        ),
+        metric(
+          'region-info',
+          '· REGION_INFO in the broker (slice fd handed out, watched)',
+          'µs',
+          got('session: regionInfo'),
+        ),
+        metric(
+          'io-fds',
+          '· GET_REGION_IO_FDS in the broker (the kick fd)',
+          'µs',
+          got('session: regionIoFds'),
+        ),
+        metric('map-in-broker', '· DMA_MAP in the broker (2 per acquire)', 'µs', got('session: dmaMap')),
         metric('release', 'lease release: close() → lease free in broker', 'ms', release),
       ],
       notes: {
         simulator: '--queues 8, default --idle-poll-us 50',
         deviceCommandsPerAcquire: [...commands],
+        sequentialDeviceRoundTripsPerAcquire: [...rounds],
         clock: 'step times cross processes: performance.timeOrigin + performance.now() on both sides',
       },
     };
   } finally {
+    requests.close();
     await client.exit();
     echo.close();
     await rig.close();

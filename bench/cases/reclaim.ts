@@ -35,6 +35,7 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
     quiesce: [] as number[],
     unmap: [] as number[],
     revoke: [] as number[],
+    prepare: [] as number[],
     commands: [] as number[],
   };
   const live: ClientProc[] = [];
@@ -73,6 +74,7 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
         s.quiesce.push(p.quiesceMs);
         s.unmap.push(p.calls['dmaUnmap']?.ms ?? 0);
         s.revoke.push(p.calls['revokeSlice']?.ms ?? 0);
+        s.prepare.push(p.prepareMs);
         s.commands.push(p.commands);
         s.floor.push(await probe.roundTrips(p.commands));
       }
@@ -88,6 +90,7 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
         metric('quiesce', '· quiesce the queue (disable, idle, reset)', 'ms', s.quiesce),
         metric('unmap', `· ${MAPPINGS} DMA_UNMAPs at the device`, 'ms', s.unmap),
         metric('revoke', '· revoke the queue page slice', 'ms', s.revoke),
+        metric('prepare', '· ready the queue for the next grant (Driver.prepare)', 'ms', s.prepare),
       ],
       notes: {
         simulator: '--queues 8, default --idle-poll-us 50',

@@ -42,7 +42,12 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
   const probes = quick ? 30 : 200;
   const rig = await startRig({
     simArgs: ['--queues', '1024'],
-    config: { policy: { rule: [{ any: true, max_leases: 4096, max_mappings: 1 << 16 }] } },
+    config: {
+      policy: { rule: [{ any: true, max_leases: 4096, max_mappings: 1 << 16 }] },
+      // All 50 processes are one uid and may all be in VERSION at once (the default per-uid cap is 32); a
+      // loaded machine must not turn a slow grant into a refusal either.
+      sockets: { max_pending_per_uid: 256, version_timeout_ms: 60_000 },
+    },
   });
   const released = new Map<string, number>();
   rig.broker.leases.on('released', (l: BrokerLease) => released.set(l.id, performance.now()));
@@ -104,6 +109,10 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
         metric('release-all', `all ${procs} processes exit → all ${total} free`, 's', [releaseAllMs / 1000]),
         metric('rss-idle', 'broker RSS, no leases', 'MiB', [rssIdle], { role: 'baseline' }),
         metric('rss-held', `broker RSS, ${total} leases`, 'MiB', [rssHeld], { ref: 'rss-idle' }),
+        metric('rss-per-lease', '· broker memory per lease ((held − none) / leases)', 'KiB', [
+          ((rssHeld - rssIdle) * 1024) / total,
+        ]),
+        metric('fds-per-lease', '· broker fds per lease', 'fds', [perLease]),
       ],
       notes: {
         simulator: '--queues 1024, default --idle-poll-us 50',

@@ -151,6 +151,7 @@ export class Broker extends EventEmitter {
     driver.on('fault', (f) => broker.leases.fault(f));
     driver.on('hang', (why: string) => void broker.#recover('device-hang', why));
     driver.on('device-reset', (why: string) => void broker.#recover('device-reset', why));
+    driver.on('unresponsive', (why: string) => broker.#unresponsive(why));
     driver.on('error', (err: Error) => broker.log(`driver: ${err.message}`));
     device.on('close', (reason?: Error | null) => broker.#deviceClosed(reason ?? null));
     audit.write({
@@ -201,19 +202,23 @@ export class Broker extends EventEmitter {
     session.onVersionDone(() => admitted.done());
     session.onEnd(() => admitted.done());
     // Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child).
+    let pidfd: PidFd | null = null;
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      const pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
-      this.#pidfds.add(pidfd);
-      pidfd.onExit(() => {
+      const p = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
+      pidfd = p;
+      this.#pidfds.add(p);
+      p.onExit(() => {
         session?.processExited();
-        this.#pidfds.delete(pidfd);
-        pidfd.close();
+        this.#pidfds.delete(p);
+        p.close();
       });
       session.onEnd(() => {
-        if (this.#pidfds.delete(pidfd)) pidfd.close();
+        if (this.#pidfds.delete(p)) p.close();
       });
     } catch (err) {
+      // A pidfd whose watch could not start is closed here, not kept until the broker stops (fail-nth walk).
+      if (pidfd && this.#pidfds.delete(pidfd)) pidfd.close();
       // Rate-limited: it fails when descriptors run out, for every connection then.
       this.#serverLog.log(
         'no pidfd',
@@ -286,6 +291,24 @@ export class Broker extends EventEmitter {
     await this.#recovery.request(cause, why);
   }
 
+  /**
+   * The device stopped answering (its server is frozen): a hang no device command can reach. Clients are told
+   * (ERR) and the connection is dropped, so every lease ends without asking the device (as when its server
+   * goes away) and the broker reconnects with backoff until the device answers again. A device that cannot
+   * reconnect (kernel VFIO) gets a recovery instead, whose commands time out and are retried.
+   */
+  #unresponsive(why: string): void {
+    if (this.#closed || this.#link.gone) return;
+    this.audit.write({ event: 'device-unresponsive', reason: why });
+    this.log(`the device is unresponsive: ${why}`);
+    if (!isReconnectable(this.device) || !this.config.reconnect.enabled) {
+      void this.#recover('device-hang', why);
+      return;
+    }
+    this.emit('hang', why);
+    this.device.abandon(new Error(`the device is unresponsive (${why})`));
+  }
+
   /** Before a recovery's first attempt: suspend grants, tell every client (ERR), reclaim every lease. */
   async #prepareRecovery(cause: RecoveryCause, why: string): Promise<void> {
     this.leases.suspended =
@@ -304,7 +327,9 @@ export class Broker extends EventEmitter {
     this.log(`recovery attempt ${attempt} of ${attempts} failed: ${err.message}`);
     if (!final) return;
     // Leave grants suspended: leasing a device that did not come back would only fail later.
-    this.leases.suspended = `the device did not recover: ${err.message} (${attempt} attempt(s); devlease reset tries again)`;
+    this.leases.suspended =
+      `the device did not recover: ${err.message} (${attempt} attempt(s); retrying every ` +
+      `${this.config.recovery.backoffMaxMs} ms until it does; devlease reset tries at once)`;
     this.audit.write({ event: 'recovery-failed', cause, attempts: attempt, error: err.message });
   }
 

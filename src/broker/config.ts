@@ -79,6 +79,11 @@ export interface BrokerConfig {
     maxDevmemGranules: number;
     /** Heartbeat check period (ms); a stopped heartbeat over this long is a hang. */
     heartbeatMs: number;
+    /**
+     * A device that has not answered a HEARTBEAT read for this long (ms) is unresponsive (a frozen server):
+     * the broker treats it as hung, drops its connection and reconnects until it answers.
+     */
+    responseTimeoutMs: number;
   };
   policy: {
     rules: PolicyRule[];
@@ -144,6 +149,7 @@ export function defaultConfig(): BrokerConfig {
       iovaView: 'translated',
       maxDevmemGranules: 16,
       heartbeatMs: 100,
+      responseTimeoutMs: 2000,
     },
     policy: { rules: defaultRules(), module: null, hookTimeoutMs: 200 },
     auditLog: null,
@@ -367,6 +373,7 @@ export function configFromObject(doc: Table): BrokerConfig {
     iovaView: iovaView as IovaViewMode,
     maxDevmemGranules: s.int('max_devmem_granules', d.sa1.maxDevmemGranules, 0, 1 << 16),
     heartbeatMs: s.int('heartbeat_ms', d.sa1.heartbeatMs, 20, 60_000),
+    responseTimeoutMs: s.int('response_timeout_ms', d.sa1.responseTimeoutMs, 100, 600_000),
   };
   s.done();
 

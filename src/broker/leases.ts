@@ -157,11 +157,19 @@ export class LeaseTable extends EventEmitter {
     const lease = new Lease(`${req.kind}-${this.#next++}`, req, ctx, resources);
     lease.generation = generation;
     try {
-      for (const s of resources.slices) {
-        const units = s.mappable === false ? [] : await this.#sliceUnits(s.region, s.offset, s.size, s.unit);
-        lease.slices.set(s.leaseRegion, units);
-      }
-      await this.driver.activate(resources);
+      // The slice fds and the device programming go out together: one device connection serves them in
+      // order, so the grant waits for one round trip, not one per command. Every slice that came is kept
+      // (and disposed below) whatever else failed.
+      const settled = await Promise.allSettled([
+        ...resources.slices.map(async (s) => {
+          const units =
+            s.mappable === false ? [] : await this.#sliceUnits(s.region, s.offset, s.size, s.unit);
+          lease.slices.set(s.leaseRegion, units);
+        }),
+        this.driver.activate(resources),
+      ]);
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
       if (generation !== this.#generation) {
         throw new VfioError('ENODEV', this.deviceGone ?? 'the device connection was lost during the grant');
       }
@@ -291,27 +299,29 @@ export class LeaseTable extends EventEmitter {
     // A quiesce that fails outright (the device connection went) leaves the rest to device recovery; one that
     // times out leaves work running on a live device.
     await step('quiesce', () => this.driver.quiesce(lease.resources), 'on-timeout');
+    // With the work stopped, unwiring, unmapping and revoking depend on none of each other: they go to the
+    // device together (served in this order on its one connection), so reclaim waits for one round trip.
     const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
-    for (const v of lease.resources.vectors) {
-      await step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]), true);
-    }
-    await this.#unmapAll(lease, step);
     // A holder that wired REQ was offered notice, and the devlease client reads a faulting slice as revoked:
     // its leftover mappings fault. One that did not (a stock client: QEMU never wires REQ) is not killed for
     // it: the device detaches from the slice's memory and the holder keeps a page that reaches nothing.
     const fault = lease.reqFd !== null && !lease.reqFd.closed;
+    const units = [...lease.slices.values()].flat();
+    let revoked = this.config.lifetime.revoke && this.device.capabilities.revocableSlices;
+    await Promise.all([
+      ...lease.resources.vectors.map((v) =>
+        step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]), true),
+      ),
+      this.#unmapAll(lease, step),
+      ...(revoked
+        ? units.map((u) => step('revoke slice', () => this.device.revokeSlice(u.deviceFd, { fault }), false))
+        : []),
+    ]);
     lease.errFd?.close();
     lease.reqFd?.close();
     lease.noticeFd?.close();
-    const units = [...lease.slices.values()].flat();
-    let revoked = this.config.lifetime.revoke && this.device.capabilities.revocableSlices;
-    if (revoked) {
-      for (const u of units) {
-        await step('revoke slice', () => this.device.revokeSlice(u.deviceFd, { fault }), false);
-      }
-      // A slice whose revoke failed falls back to waiting for its observed release.
-      if (problems.some((p) => p.startsWith('revoke slice'))) revoked = false;
-    }
+    // A slice whose revoke failed falls back to waiting for its observed release.
+    if (revoked && problems.some((p) => p.startsWith('revoke slice'))) revoked = false;
     if (!revoked && units.some((u) => u.outstanding > 0)) {
       lease.state = 'awaiting-release';
       this.emit('state', lease);
@@ -329,6 +339,11 @@ export class LeaseTable extends EventEmitter {
       // Nobody holds the slices any more, but they still hold what the last client left: scrub before reuse.
       await step('scrub', () => this.driver.scrub(lease.resources), true);
     }
+    if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
+    // The next grant of these resources finds them ready (SA-1: the queue reset after its last holder lost
+    // the queue page). Not where scrub already did it; a failure leaves the work to the grant.
+    if (revoked && !unsafe && this.driver.prepare)
+      await step('prepare', () => this.driver.prepare!(lease.resources), false);
     if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
     for (const u of units) u.dispose(this.watcher);
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;

@@ -3,9 +3,13 @@
 // runs joins it and gets its outcome. (Unserialized, two resets both loaded
 // firmware at one IOVA and the second failed EEXIST; a reset racing a hang
 // ended `recovery-failed`.) An attempt that fails is tried again after a
-// backoff that doubles, up to `attempts` in all; only then does the recovery
-// fail, and grants stay suspended with the reason until the next request.
-// `devlease status` shows the state (status()).
+// backoff that doubles up to `backoffMaxMs`, until one succeeds: a device
+// that hangs again during its recovery comes back without an operator. After
+// `attempts` failures the recovery is reported failed (requests waiting on it
+// get the error, grants stay suspended with the reason) but goes on trying at
+// the longest backoff; a new request (the owner's `devlease reset`) tries at
+// once. It stops only when the broker closes or the device connection is lost
+// (reconnecting takes over). `devlease status` shows the state (status()).
 
 import { BackoffSleep } from '../util/backoff-sleep.js';
 import type { BrokerConfig } from './config.js';
@@ -13,7 +17,10 @@ import type { BrokerConfig } from './config.js';
 export type RecoveryCause = 'device-hang' | 'device-reset' | 'owner-reset';
 
 export interface RecoveryStatus {
-  /** idle: none running (the last one, if any, succeeded or was abandoned); failed: the last one gave up. */
+  /**
+   * idle: none running (the last one, if any, succeeded or was abandoned); recovering: trying; failed:
+   * `attempts` attempts failed, and it keeps trying (nextAttemptAt) until the device is back.
+   */
   state: 'idle' | 'recovering' | 'failed';
   /** What started the current (or last) recovery, and its reason. */
   cause: RecoveryCause | null;
@@ -54,7 +61,10 @@ export class Recovery {
     nextAttemptAt: null,
     joined: 0,
   };
+  /** The retry loop, while one runs: resolves when it ends (null: the device is back). */
   #running: Promise<Error | null> | null = null;
+  /** Requests waiting for the outcome: the recovery's end, or its being reported failed. */
+  #waiters: ((err: Error | null) => void)[] = [];
   readonly #pause = new BackoffSleep();
   #closed = false;
 
@@ -63,7 +73,7 @@ export class Recovery {
     this.#hooks = hooks;
   }
 
-  /** The recovery in progress (resolves with its outcome), or null. */
+  /** The recovery in progress (resolves when it ends: back, or abandoned), or null. */
   get running(): Promise<Error | null> | null {
     return this.#running;
   }
@@ -74,12 +84,15 @@ export class Recovery {
 
   /**
    * Recover the device, or join the recovery in progress. Resolves with null when the device is back, or
-   * the error of the last attempt (or why it was abandoned); never rejects.
+   * with the last attempt's error once the recovery is reported failed (or why it was abandoned); never
+   * rejects. Joining a failed recovery makes its next attempt start now, and waits for that attempt.
    */
   request(cause: RecoveryCause, why: string): Promise<Error | null> {
+    const outcome = new Promise<Error | null>((resolve) => this.#waiters.push(resolve));
     if (this.#running) {
       this.#status.joined++;
-      return this.#running;
+      if (this.#status.state === 'failed') this.#pause.wake();
+      return outcome;
     }
     this.#status = {
       state: 'recovering',
@@ -91,10 +104,18 @@ export class Recovery {
       nextAttemptAt: null,
       joined: 0,
     };
-    this.#running = this.#run(cause, why).finally(() => {
+    this.#running = this.#run(cause, why).then((err) => {
       this.#running = null;
+      this.#answer(err);
+      return err;
     });
-    return this.#running;
+    return outcome;
+  }
+
+  #answer(err: Error | null): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w(err);
   }
 
   /** The device was booted from scratch (reconnected): a failed recovery's state is over. */
@@ -125,11 +146,12 @@ export class Recovery {
       } catch (e) {
         const err = e as Error;
         this.#status.lastError = err.message;
-        const final = attempt >= this.#opts.attempts;
+        // The `attempts`th failure reports the recovery failed; later ones are that failure going on.
+        const final = attempt === this.#opts.attempts;
         this.#hooks.attemptFailed(cause, err, attempt, final);
-        if (final) {
-          this.#settle('failed');
-          return err;
+        if (attempt >= this.#opts.attempts) {
+          if (final) this.#settle('failed');
+          this.#answer(err);
         }
         await this.#sleep(delay);
         delay = Math.min(delay * 2, this.#opts.backoffMaxMs);

@@ -40,9 +40,9 @@ import {
   VfioError,
   type VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
+import { checkDmaFd } from '../vfio/user/dma-fd-check.js';
 import type { IoFdSubRegion, RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { deviceRefusal } from './device-refusal.js';
-import { checkDmaFd } from './dma-fd-check.js';
 import { adoptEventFd } from './eventfd-check.js';
 import type { Lease } from './lease.js';
 import { LeaseMsix } from './lease-msix.js';
@@ -94,12 +94,14 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   versionCapabilities(): Record<string, unknown> {
+    // The info region's JSON as granted comes along, so a devlease client needs no two round trips to read it.
     return {
       devlease: {
         lease: this.#lease.id,
         kind: this.#lease.kind,
         infoRegion: INFO_REGION_INDEX,
         ...(this.#devlease ? { noticeIrq: DEVLEASE_NOTICE_IRQ_INDEX } : {}),
+        info: this.#lease.info(),
       },
     };
   }
@@ -377,7 +379,7 @@ export class LeaseSession implements VfioUserDeviceModel {
     if (!slice) return { subRegions: [], fds: [] };
     this.#checkLive();
     const all = await this.#device('GET_REGION_IO_FDS', `region ${index}`, () =>
-      this.#table.device.regionIoFds(slice.region),
+      this.#table.device.regionIoFds(slice.region, { offset: slice.offset, size: slice.size }),
     );
     const mine = new Map<number, number>(); // device fd index -> index in our reply
     const subRegions: IoFdSubRegion[] = [];

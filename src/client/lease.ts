@@ -81,9 +81,12 @@ export class Lease extends EventEmitter {
     }
     let lease: Lease | null = null;
     try {
-      const ext = client.serverCapabilities.raw.devlease as { infoRegion?: number } | undefined;
+      const ext = client.serverCapabilities.raw.devlease as
+        | { infoRegion?: number; info?: unknown }
+        | undefined;
       const infoIndex = ext?.infoRegion ?? 9;
-      const info = parseLeaseInfo(await readJsonRegion(client, infoIndex));
+      // The broker sends the info as granted with VERSION; an older one only has it in the info region.
+      const info = parseLeaseInfo(ext?.info ?? (await readJsonRegion(client, infoIndex)));
       lease = new Lease(client, info, infoIndex);
       await lease.#setup();
       return lease;
@@ -96,14 +99,23 @@ export class Lease extends EventEmitter {
   }
 
   async #setup(): Promise<void> {
+    // Every request of the setup goes out at once: the broker serves them in order, so the client waits
+    // for one round trip instead of one per request. Whatever came back is owned (and closed) by the
+    // lease before a failure is thrown.
+    const calls: Promise<unknown>[] = [];
     for (const r of this.info.regions) {
-      const ri = await this.client.regionInfo(r.index);
-      if (!ri.fd) continue; // mediated region: reach it with regionRead/regionWrite
-      try {
-        this.#regions.set(r.index, Mapping.map(ri.fd, { length: Number(ri.size), guard: true }));
-      } finally {
-        ri.fd.close(); // the mapping keeps the description alive; its release is what the broker watches
-      }
+      calls.push(
+        this.client.regionInfo(r.index).then((ri) => {
+          if (!ri.fd) return; // mediated region: reach it with regionRead/regionWrite
+          try {
+            if (!this.#closed) {
+              this.#regions.set(r.index, Mapping.map(ri.fd, { length: Number(ri.size), guard: true }));
+            }
+          } finally {
+            ri.fd.close(); // the mapping keeps the description alive; its release is what the broker watches
+          }
+        }),
+      );
     }
     for (let v = 0; v < this.info.vectors; v++) {
       const efd = new EventFd();
@@ -111,13 +123,15 @@ export class Lease extends EventEmitter {
       efd.onReadable((n) => this.#interrupt(v, n));
     }
     if (this.#vectors.length) {
-      await this.client.setIrqs({
-        flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-        index: VFIO_PCI_MSIX_IRQ_INDEX,
-        start: 0,
-        count: this.#vectors.length,
-        fds: this.#vectors.map((e) => e.fd),
-      });
+      calls.push(
+        this.client.setIrqs({
+          flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+          index: VFIO_PCI_MSIX_IRQ_INDEX,
+          start: 0,
+          count: this.#vectors.length,
+          fds: this.#vectors.map((e) => e.fd),
+        }),
+      );
     }
     // devlease's notice irq (docs/PROTOCOL.md), when the broker offers it: per-queue faults arrive there.
     const ext = this.client.serverCapabilities.raw.devlease as { noticeIrq?: number } | undefined;
@@ -127,19 +141,35 @@ export class Lease extends EventEmitter {
       this.#notices.push(efd);
       if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errNotice = efd;
       efd.onReadable(() => void this.#notice(index));
-      await this.client.setIrqs({
-        flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-        index,
-        start: 0,
-        count: 1,
-        fds: [efd.fd],
-      });
+      calls.push(
+        this.client.setIrqs({
+          flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+          index,
+          start: 0,
+          count: 1,
+          fds: [efd.fd],
+        }),
+      );
     }
+    const settled = await Promise.allSettled(calls);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   get closed(): boolean {
     return this.#closed;
   }
+
+  /**
+   * True for the first caller only: the queue helper that may find the queue as the grant left it (reset,
+   * enabled, nothing rung) and so skip its own reset. Every later helper resets.
+   */
+  claimFresh(): boolean {
+    const fresh = this.#fresh;
+    this.#fresh = false;
+    return fresh;
+  }
+  #fresh = true;
 
   /** The mapped slice of lease region `index` (e.g. 2: the SA-1 queue page). */
   region(index: number): Mapping {
@@ -208,6 +238,7 @@ export class Lease extends EventEmitter {
   /** Ask the broker to reset this lease's queue (after an error). */
   async resetQueue(): Promise<void> {
     this.#checkOpen();
+    this.#fresh = false;
     try {
       await this.client.reset();
     } catch (err) {

@@ -3,6 +3,7 @@
 // completions found by the phase bit, spinning briefly and then waiting on
 // the queue's interrupt eventfd.
 
+import { constants as osConstants } from 'node:os';
 import {
   BAR2,
   CQE_SIZE,
@@ -15,7 +16,7 @@ import {
   STATUS_NAME,
   type StatusName,
 } from '../hw/sa1/regs.js';
-import { type Fd, native } from '../sys/index.js';
+import { type Fd, type Mapping, native } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';
@@ -74,7 +75,14 @@ const FATAL = new Set<number>([
 interface Pending {
   resolve(c: Completion): void;
   reject(e: Error): void;
+  /** What was submitted, for a timeout's message. */
+  opcode: Descriptor['opcode'];
+  /** process.hrtime.bigint() past which the completion is overdue. */
+  deadline: bigint;
 }
+
+/** Default bound on a descriptor's completion: far above any descriptor's run time (16 MiB at memory speed). */
+export const DEFAULT_COMPLETION_TIMEOUT_MS = 10_000;
 
 export interface QueueOptions {
   /** Ring entries (power of two, 2..65536). Default 256. */
@@ -86,6 +94,12 @@ export interface QueueOptions {
    * the device to find doorbells by its idle poll (the rev 1 behaviour, kept for comparisons).
    */
   kick?: boolean;
+  /**
+   * A descriptor not completed this long after submission (ms) fails with ETIMEDOUT, and so does everything
+   * submitted after it (the device completes a queue in order): a device that stopped answering is not
+   * waited on forever. Default 10 000.
+   */
+  completionTimeoutMs?: number;
 }
 
 export class Sa1Queue {
@@ -99,6 +113,7 @@ export class Sa1Queue {
   readonly #sqView: DataView;
   readonly #cqView: DataView;
   readonly #spinNs: bigint;
+  readonly #timeoutNs: bigint;
   #tail = 0; // producer index (free-running)
   #cqHead = 0; // consumer index (free-running)
   #tag = 0n;
@@ -114,6 +129,7 @@ export class Sa1Queue {
     cq: DmaBuffer,
     spinUs: number,
     kick: Fd | null,
+    timeoutMs: number,
   ) {
     this.lease = lease;
     this.#kickFd = kick;
@@ -126,6 +142,7 @@ export class Sa1Queue {
     this.#sqView = new DataView(sq.buffer);
     this.#cqView = new DataView(cq.buffer);
     this.#spinNs = BigInt(spinUs * 1000);
+    this.#timeoutNs = BigInt(timeoutMs) * 1_000_000n;
   }
 
   /** Allocate the rings in leased memory and program the queue page. */
@@ -134,17 +151,27 @@ export class Sa1Queue {
     if (entries < 2 || entries > 65536 || (entries & (entries - 1)) !== 0) {
       throw leaseError('EINVAL', `ring entries must be a power of two from 2 to 65536, got ${entries}`);
     }
+    const timeoutMs = opts.completionTimeoutMs ?? DEFAULT_COMPLETION_TIMEOUT_MS;
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) {
+      throw leaseError('EINVAL', `completionTimeoutMs must be a positive integer (ms), got ${timeoutMs}`);
+    }
     // Start from a clean queue: the device latches ring registers at the first doorbell after enable and
-    // ignores later writes until a reset, so a second helper on the same lease needs the reset too.
-    await lease.resetQueue();
-    // The doorbell's kick (rev 2): the lease owns the fd and closes it with the session.
-    const kick = opts.kick === false ? null : await lease.ioEventFd(BAR2, QP.SQ_TAIL);
-    const sq = await lease.dma.alloc(entries * SQE_SIZE);
-    const cq = await lease.dma.alloc(entries * CQE_SIZE).catch(async (err) => {
-      await sq.free().catch(() => undefined);
-      throw err;
-    });
-    const q = new Sa1Queue(lease, entries, sq, cq, opts.spinUs ?? 50, kick);
+    // ignores later writes until a reset, so a second helper on the same lease needs the reset too. The
+    // first helper of a lease whose queue page is still as the grant left it (reset, nothing rung) skips it.
+    const fresh = lease.claimFresh() && untouched(lease.region(BAR2));
+    if (!fresh) await lease.resetQueue();
+    // The kick fd and both rings are asked for at once (one round trip to the broker, which serves them in
+    // order); whatever came is freed if any failed. The doorbell's kick (rev 2): the lease owns the fd.
+    const [kick, sq, cq] = await Promise.allSettled([
+      opts.kick === false ? Promise.resolve(null) : lease.ioEventFd(BAR2, QP.SQ_TAIL),
+      lease.dma.alloc(entries * SQE_SIZE),
+      lease.dma.alloc(entries * CQE_SIZE),
+    ]);
+    if (kick.status === 'rejected' || sq.status === 'rejected' || cq.status === 'rejected') {
+      for (const b of [sq, cq]) if (b.status === 'fulfilled') await b.value.free().catch(() => undefined);
+      throw [kick, sq, cq].find((r): r is PromiseRejectedResult => r.status === 'rejected')!.reason;
+    }
+    const q = new Sa1Queue(lease, entries, sq.value, cq.value, opts.spinUs ?? 50, kick.value, timeoutMs);
     q.#program();
     return q;
   }
@@ -200,10 +227,13 @@ export class Sa1Queue {
     if (((this.#tail - sqHead) >>> 0) + ds.length > this.entries) {
       throw leaseError('EAGAIN', 'submission ring full: wait for completions (back-pressure)');
     }
+    const deadline = process.hrtime.bigint() + this.#timeoutNs;
     const promises = ds.map((d, i) => {
       const tag = ++this.#tag;
       this.#writeSqe((this.#tail + i) % this.entries, d, tag, i === ds.length - 1);
-      return new Promise<Completion>((resolve, reject) => this.#pending.set(tag, { resolve, reject }));
+      return new Promise<Completion>((resolve, reject) =>
+        this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
+      );
     });
     this.#tail = (this.#tail + ds.length) >>> 0;
     // The doorbell: a plain store into the mapped queue page. Atomics orders it after the descriptor writes
@@ -301,6 +331,7 @@ export class Sa1Queue {
           /* brief spin: the device answers in microseconds */
         }
         if (!this.#pending.size) break;
+        if (this.#timedOut()) return;
         if (this.error) {
           // The faulting descriptor's completion may land just after Q_ERROR: collect it first, so it is
           // reported with its own status; whatever is still pending will never complete.
@@ -318,6 +349,27 @@ export class Sa1Queue {
     } finally {
       this.#pumping = false;
     }
+  }
+
+  /** The oldest pending descriptor is overdue: fail it and everything after it (ETIMEDOUT). */
+  #timedOut(): boolean {
+    const first = this.#pending.entries().next();
+    if (first.done) return false;
+    const [tag, p] = first.value;
+    if (process.hrtime.bigint() < p.deadline) return false;
+    const ms = this.#timeoutNs / 1_000_000n;
+    const queue = this.lease.info.queue ?? '?';
+    const more = this.#pending.size > 1 ? ` (and ${this.#pending.size - 1} submitted after it)` : '';
+    this.#failAll(
+      Object.assign(
+        leaseError(
+          'ETIMEDOUT',
+          `SA-1 queue ${queue} (lease ${this.lease.info.lease}): descriptor tag ${tag} (${p.opcode}) did not complete within ${ms} ms${more}; the device may be hung or frozen: reset() the queue or lease again`,
+        ),
+        { errno: osConstants.errno.ETIMEDOUT },
+      ),
+    );
+    return true;
   }
 
   #failAll(err: Error): void {
@@ -355,4 +407,13 @@ export class Sa1Queue {
     await this.#sq.free().catch(() => undefined);
     await this.#cq.free().catch(() => undefined);
   }
+}
+
+/** Whether a queue page reads as a queue reset leaves it: no rings set, nothing rung, no error. */
+function untouched(page: Mapping): boolean {
+  if (page.isRevoked()) return false;
+  const w = page.u32;
+  const words = [QP.SQ_BASE, QP.SQ_BASE + 4, QP.SQ_SIZE, QP.SQ_TAIL, QP.SQ_HEAD, QP.CQ_BASE, QP.CQ_BASE + 4];
+  words.push(QP.CQ_SIZE, QP.CQ_HEAD, QP.CQ_TAIL, QP.Q_ERROR, QP.IRQ_MODE);
+  return words.every((off) => Atomics.load(w, off / 4) === 0);
 }

@@ -106,8 +106,10 @@ export interface Device extends EventEmitter {
   /**
    * The region's ioeventfd sub-regions (VFIO_USER_DEVICE_GET_REGION_IO_FDS; SA-1 rev 2: one per queue
    * page, the doorbell kick). The fds are the caller's. Rejects with code 'ENOTSUP' when the device offers none.
+   * With `within`, only the sub-regions inside that range of the region come, with their fds alone (a lease
+   * needs its own queue page's, not a dup of all 253).
    */
-  regionIoFds(index: number): Promise<RegionIoFds>;
+  regionIoFds(index: number, within?: { offset: bigint; size: bigint }): Promise<RegionIoFds>;
   /** What this transport can enforce, for isolation reporting. */
   readonly capabilities: { mappableSlices: boolean; revocableSlices: boolean };
 
@@ -128,6 +130,11 @@ export interface Reconnectable {
    * endpoint refuses, or when what answers is not the device first opened (other PCI ids).
    */
   reconnect(): Promise<void>;
+  /**
+   * Give up on the current connection: the device stopped answering on it (a frozen server). It is closed
+   * and 'close' is emitted with `reason`, as for a connection the server dropped; reconnect() comes next.
+   */
+  abandon(reason: Error): void;
 }
 
 export function isReconnectable(d: Device): d is Device & Reconnectable {

@@ -103,6 +103,16 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     });
   }
 
+  abandon(reason: Error): void {
+    const client = this.#client;
+    if (this.#closed || client.closed || this.#dropped.has(client)) return;
+    // Marked dropped so its own 'close' (reason-less) is not passed on: this one, with the reason, is.
+    this.#dropped.add(client);
+    this.#dropIoFds();
+    client.close();
+    this.emit('close', reason);
+  }
+
   async reconnect(): Promise<void> {
     if (this.#closed) throw closedError(this.endpoint);
     const old = this.#client;
@@ -250,17 +260,36 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
    * Asked of the device once per region and kept: the ioeventfds are the device's for its lifetime, and a
    * lease grant should not cost a device round trip. Each call returns dups the caller owns.
    */
-  async regionIoFds(index: number): Promise<RegionIoFds> {
+  async regionIoFds(index: number, within?: { offset: bigint; size: bigint }): Promise<RegionIoFds> {
     let cached = this.#ioFds.get(index);
     if (!cached) {
       cached = this.client.regionIoFds(index);
       this.#ioFds.set(index, cached);
       cached.catch(() => this.#ioFds.delete(index));
     }
-    const { subRegions, fds } = await cached;
+    const all = await cached;
+    const inside = within
+      ? all.subRegions.filter(
+          (s) => s.offset >= within.offset && s.offset + s.size <= within.offset + within.size,
+        )
+      : all.subRegions;
+    // Only the fds those sub-regions use are duplicated, renumbered in order of first use.
+    const at = new Map<number, number>();
+    const subRegions = inside.map((s) => {
+      let i = at.get(s.fdIndex);
+      if (i === undefined) {
+        i = at.size;
+        at.set(s.fdIndex, i);
+      }
+      return { ...s, fdIndex: i };
+    });
     const dups: Fd[] = [];
     try {
-      for (const fd of fds) dups.push(fd.dup());
+      for (const from of at.keys()) {
+        const fd = all.fds[from];
+        if (!fd) throw new Error(`region ${index}: sub-region names fd ${from} of ${all.fds.length}`);
+        dups.push(fd.dup());
+      }
     } catch (err) {
       for (const fd of dups) fd.close();
       throw err;

@@ -27,6 +27,7 @@ export interface DriverConfig {
     iovaView: IovaViewMode;
     maxDevmemGranules: number;
     heartbeatMs: number;
+    responseTimeoutMs: number;
   };
 }
 
@@ -102,6 +103,8 @@ export interface DeviceFault {
  * - 'fault' (DeviceFault): a fault record; the broker forwards it to the lease holding the queue.
  * - 'hang' (reason: string): the device stopped; the broker notifies everyone, resets and reboots.
  * - 'device-reset' (reason: string): the device was reset behind the driver's back; leases are gone.
+ * - 'unresponsive' (reason: string): the device stopped answering (a frozen server): a hang that no device
+ *   command can reach; the broker ends every lease without it and reconnects.
  *
  * Every wait on the device is bounded (drivers/poll.ts): a wait that runs out rejects with a VfioError whose
  * `code` is ETIMEDOUT, naming what was awaited and the last value read; no method carries on as if the device
@@ -160,6 +163,13 @@ export interface Driver extends EventEmitter {
    * means the slices may still hold the last client's data, and the broker quarantines the lease.
    */
   scrub(res: LeaseResources): Promise<void>;
+  /**
+   * Optional: called once the broker has quiesced a lease and revoked all its slices (the last holder can no
+   * longer reach the resources), before release(): ready them for the next grant so the next activate() has
+   * less to do. SA-1: the revoke reset the queue, so the queue is marked clean and the grant skips its reset.
+   * Bounded as quiesce(); on a rejection activate() does the work itself.
+   */
+  prepare?(res: LeaseResources): Promise<void>;
   /**
    * Return the resources to the pool (after the broker has revoked or seen released every slice). Synchronous;
    * resources the driver has quarantined (a reset that did not finish) stay out of the pool.

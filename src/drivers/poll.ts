@@ -49,11 +49,14 @@ const hex = (v: unknown): string => (typeof v === 'number' ? `0x${(v >>> 0).toSt
 export async function pollUntil<T>(opts: PollOptions<T>): Promise<T> {
   const deadline = Date.now() + opts.timeoutMs;
   const interval = opts.intervalMs ?? 1;
-  for (;;) {
+  for (let reads = 0; ; reads++) {
     const expired = Date.now() >= deadline;
     const value = await opts.read();
     if (opts.done(value)) return value;
     if (expired) throw new PollTimeoutError(opts.what, value, opts.timeoutMs, (opts.format ?? hex)(value));
-    await new Promise((r) => setTimeout(r, interval));
+    // The first read often goes out with the write that started the work (pipelined) and finds it just
+    // short of done: read once more at once (one round trip later) before pausing between reads.
+    if (reads === 0) await new Promise((r) => setImmediate(r));
+    else await new Promise((r) => setTimeout(r, interval));
   }
 }

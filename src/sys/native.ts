@@ -88,6 +88,8 @@ export interface NativeAddon {
   /** fstat subset. */
   fstat(fd: number): { ino: bigint; dev: bigint; size: number; mode: number };
   setNonBlocking(fd: number, on: boolean): void;
+  /** fcntl(F_GETFL): access mode (O_ACCMODE bits) and status flags. */
+  statusFlags(fd: number): number;
 
   // --- readiness (uv_poll on the current loop; callback gets UV events bits: 1 readable, 2 writable, 4 disconnect) ---
   poll(fd: number, events: number, cb: (status: number, events: number) => void): PollHandle;
@@ -133,6 +135,8 @@ export interface NativeAddon {
 
   // --- mmap ---
   mmap(fd: number, length: number, prot: number, offset: number, guard: boolean): RawMapping;
+  /** Guarded mappings revoked so far in this process (a file shrank under one); see Mapping.isRevoked(). */
+  guardRevocations(): number;
 
   // --- eventfd ---
   eventfd(initval: number, flags: number): number; // EFD_CLOEXEC always added

@@ -142,7 +142,17 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
         return;
       }
       if (conn < 0) return;
-      const socket = this.#adopt(new Fd(conn));
+      const fd = new Fd(conn);
+      let socket: S;
+      try {
+        socket = this.#adopt(fd);
+      } catch (err) {
+        // A socket that cannot start (its poll watch failed: fail-nth walk) is closed and reported; thrown
+        // from here it was an uncaught exception in the event loop.
+        fd.close();
+        this.emit('error', err);
+        continue;
+      }
       if (!this.emit('connection', socket)) socket.close();
     }
   }

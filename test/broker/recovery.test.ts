@@ -84,7 +84,8 @@ test('a reset racing a hang: both end in one recovered device, not recovery-fail
 test('a failed recovery attempt is retried with backoff, visible in status, and then succeeds', async () => {
   rig = await startRig({
     sim: { numQueues: 2 },
-    config: { device: { recovery_attempts: 5, recovery_backoff_ms: 600 } },
+    // A backoff long enough that the test clears the injection (after spawning a client) before the retry.
+    config: { device: { recovery_attempts: 5, recovery_backoff_ms: 3000, recovery_backoff_max_ms: 3000 } },
   });
   await rig.sim.inject({ kind: 'stuckReset' }); // CONTROL.RESET never finishes: an attempt times out (1 s)
   const reset = settled(admin(rig, { op: 'reset' }));
@@ -114,5 +115,52 @@ test('a failed recovery attempt is retried with backoff, visible in status, and 
   const status = (await admin(rig, { op: 'status' })).recovery;
   assert.equal(status.state, 'idle');
   assert.equal(status.attempts, 2);
+  await leaseWorks(rig);
+});
+
+test('a hang during the recovery’s firmware load: retried until the device is back, no operator needed', async () => {
+  rig = await startRig({
+    sim: { numQueues: 2 },
+    config: {
+      sa1: { heartbeat_ms: 20 },
+      device: { recovery_attempts: 2, recovery_backoff_ms: 100, recovery_backoff_max_ms: 300 },
+    },
+  });
+  const a = await spawnClient();
+  await a.call('connect', { socket: rig.socket });
+  // The next three firmware loads hang the device: the recovery of the hang below hangs twice more than its
+  // `recovery_attempts` allow, and the fourth attempt loads.
+  await rig.sim.inject({ kind: 'hang', on: 'firmware-load', count: 3 });
+  await rig.sim.inject({ kind: 'hang' });
+  let seen = {} as RecoveryStatus;
+  await until(
+    'the recovery to be reported failed (and to go on trying)',
+    async () => {
+      seen = (await admin(rig!, { op: 'status' })).recovery;
+      return seen.state === 'failed' || rig!.audit.some((e) => e.event === 'recovery-failed');
+    },
+    30_000,
+  );
+  assert.match(
+    rig.audit.find((e) => e.event === 'recovery-failed')?.error ?? '',
+    /the device hung during the firmware load/,
+    'the second hang is not dropped: it fails the attempt, by name',
+  );
+  await until(
+    'the device to be back without an operator',
+    async () => {
+      seen = (await admin(rig!, { op: 'status' })).recovery;
+      return seen.state === 'idle';
+    },
+    30_000,
+  );
+  assert.equal(seen.cause, 'device-hang');
+  assert.equal(seen.attempts, 4, 'three attempts hung in the firmware load, the fourth succeeded');
+  assert.deepEqual(
+    rig.audit.filter((e) => e.event === 'recovery-attempt-failed').map((e) => e.attempt),
+    [1, 2, 3],
+  );
+  assert.equal(rig.audit.find((e) => e.event === 'device-recovered')?.attempts, 4);
+  assert.equal(rig.broker.leases.all().length, 0, "the client's lease was reclaimed");
   await leaseWorks(rig);
 });

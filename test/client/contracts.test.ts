@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
+import { parseLeaseInfo } from '../../src/client/info.js';
 import { connect, Sa1Queue } from '../../src/index.js';
 import { type Rig, startRig, until } from '../helpers/broker-rig.js';
 import { openFds, trackFdLeaks } from '../helpers/fds.js';
@@ -80,3 +81,35 @@ function countMaps(): number {
     .split('\n')
     .filter((l) => l.includes('memfd:')).length;
 }
+
+test('the lease info comes with the VERSION reply, the same as the info region holds', async () => {
+  await using lease = await connect({ socket: rig.socket });
+  const sent = (lease.client.serverCapabilities.raw.devlease as { info?: unknown } | undefined)?.info;
+  assert.ok(sent, 'the VERSION reply carries devlease.info');
+  assert.deepEqual(parseLeaseInfo(sent), await lease.refreshInfo());
+  assert.deepEqual(lease.info, await lease.refreshInfo(), 'connect() took the info it was sent');
+});
+
+test("a lease's first Sa1Queue starts from the queue the grant reset; a second one resets it again", async () => {
+  const driver = rig.broker.driver;
+  let resets = 0;
+  const resetLease = driver.resetLease.bind(driver);
+  driver.resetLease = (res) => {
+    resets++;
+    return resetLease(res);
+  };
+  try {
+    await using lease = await connect({ socket: rig.socket });
+    const first = await Sa1Queue.create(lease, { entries: 8 });
+    assert.equal(resets, 0, 'the first helper found the queue as granted and did not reset it');
+    await first.nop();
+    await first.close();
+    // The device latched the first helper's rings at its doorbell: the second must reset to program its own.
+    const second = await Sa1Queue.create(lease, { entries: 16 });
+    assert.equal(resets, 1, 'the second helper reset the queue');
+    assert.equal((await second.nop()).status, 'OK');
+    await second.close();
+  } finally {
+    driver.resetLease = resetLease;
+  }
+});

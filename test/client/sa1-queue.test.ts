@@ -112,3 +112,30 @@ test('a completion status the datasheet does not define is its own error, with t
   assert.equal((await q.nop()).status, 'OK', 'the queue runs again after reset');
   await q.close();
 });
+
+test('a completion that never comes fails with ETIMEDOUT naming the queue and the descriptor', async () => {
+  await assert.rejects(Sa1Queue.create(lease, { completionTimeoutMs: 0 }), { code: 'EINVAL' });
+  const q = await Sa1Queue.create(lease, { entries: 8, completionTimeoutMs: 300 });
+  // The owner pauses the queue: the device fetches nothing, as a hung or frozen one would not.
+  const ctrl = qcfg(lease.info.queue!, Q.CTRL);
+  await rig.device.write32(BAR0, ctrl, 0);
+  const [first, second] = q.submitBatch([{ opcode: 'NOP' }, { opcode: 'COPY', length: 8 }]);
+  const queue = lease.info.queue;
+  await assert.rejects(first!, (err: Error & { code?: string; errno?: number }) => {
+    assert.equal(err.code, 'ETIMEDOUT');
+    assert.equal(err.errno, 110);
+    assert.match(
+      err.message,
+      new RegExp(
+        `SA-1 queue ${queue} .*descriptor tag \\d+ \\(NOP\\) did not complete within 300 ms \\(and 1 submitted after it\\)`,
+      ),
+    );
+    return true;
+  });
+  await assert.rejects(second!, { code: 'ETIMEDOUT' });
+  assert.equal(q.inFlight, 0);
+  await rig.device.write32(BAR0, ctrl, Q_CTRL.ENABLE);
+  await q.reset();
+  assert.equal((await q.nop()).status, 'OK', 'the queue works again after a reset');
+  await q.close();
+});

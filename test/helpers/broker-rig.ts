@@ -56,7 +56,7 @@ export async function startRig(
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
-  return {
+  const rig: Rig = {
     dir,
     simSocket,
     sim,
@@ -67,10 +67,12 @@ export async function startRig(
     async close() {
       await broker.close();
       await device.close();
-      await sim.close();
+      await rig.sim.close(); // the current one: a test may have started the simulator again
+      if (rig.sim !== sim) await sim.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
+  return rig;
 }
 
 /** A lease client process. `call(op, args)` runs one scripted step there. */

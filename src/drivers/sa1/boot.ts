@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import type { Device } from '../../device/device.js';
 import { makeFirmwareImage } from '../../hw/sa1/firmware-image.js';
-import { BAR0, FW_STATUS, REG } from '../../hw/sa1/regs.js';
+import { BAR0, FW_STATUS, REG, STATUS } from '../../hw/sa1/regs.js';
 import { MemFd } from '../../sys/index.js';
 import { pollUntil } from '../poll.js';
 
@@ -43,12 +43,21 @@ export async function bootFirmware(d: Device, path: string | null): Promise<numb
     await d.write64(BAR0, REG.FW_IOVA, FW_IMAGE_IOVA);
     await d.write32(BAR0, REG.FW_LEN, image.byteLength);
     await d.write32(BAR0, REG.FW_CMD, 1);
-    const st = await pollUntil({
-      what: `sa1: firmware load of ${path ?? '(default image)'} (FW_STATUS)`,
-      read: () => d.read32(BAR0, REG.FW_STATUS),
-      done: (v) => v === FW_STATUS.RUNNING || (v & FW_STATUS.ERROR) !== 0,
-      timeoutMs: FIRMWARE_LOAD_TIMEOUT_MS,
+    // STATUS too: a device that hangs during the load never finishes it (FW_CMD is ignored while hung), and
+    // saying so at once beats waiting out the load's whole deadline.
+    const read = async () => ({
+      fw: await d.read32(BAR0, REG.FW_STATUS),
+      st: await d.read32(BAR0, REG.STATUS),
     });
+    const { fw: st, st: status } = await pollUntil({
+      what: `sa1: firmware load of ${path ?? '(default image)'} (FW_STATUS)`,
+      read,
+      done: (v) => v.fw === FW_STATUS.RUNNING || (v.fw & FW_STATUS.ERROR) !== 0 || (v.st & STATUS.HUNG) !== 0,
+      timeoutMs: FIRMWARE_LOAD_TIMEOUT_MS,
+      format: (v) => `FW_STATUS 0x${v.fw.toString(16)}, STATUS 0x${v.st.toString(16)}`,
+    });
+    if (status & STATUS.HUNG && st !== FW_STATUS.RUNNING)
+      throw new Error(`sa1: the device hung during the firmware load of ${path ?? '(default image)'}`);
     if (st & FW_STATUS.ERROR) {
       const why = FW_ERRORS[st & 0xff] ?? `error 0x${st.toString(16)}`;
       throw new Error(`sa1: firmware ${path ?? '(default image)'} refused by the device: ${why}`);

@@ -62,6 +62,9 @@ export interface Sa1Geometry {
   granule: number;
 }
 
+/** Bound on HEARTBEAT moving once a recovery brought the device back (it advances every 10 ms). */
+const HEARTBEAT_ALIVE_TIMEOUT_MS = 1000;
+
 export class Sa1Driver extends EventEmitter implements Driver {
   readonly name = 'sa1';
   readonly #dev: Device;
@@ -75,6 +78,11 @@ export class Sa1Driver extends EventEmitter implements Driver {
    * lease that held them (a grant whose activation timed out gives its queue back with release()).
    */
   readonly #stuckQueues = new Set<number>();
+  /**
+   * Queues reset by this driver and not enabled since (reclaim's quiesce, scrub): a grant needs no reset
+   * of its own, so the reset is paid when the previous holder is reclaimed, not when the next one asks.
+   */
+  readonly #cleanQueues = new Set<number>();
   #windows: WindowSlots | null = null;
   #granules: Granules | null = null;
   #faultFd: EventFd | null = null;
@@ -123,6 +131,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Stop every queue a previous owner may have left enabled (or in reset) before leasing them again; one
     // whose reset does not finish stays out of the pool.
     this.#stuckQueues.clear();
+    this.#cleanQueues.clear();
     for (let q = 0; q < g.numQueues; q++) {
       if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
       await this.#resetQueue(q).catch((err: { code?: string }) => {
@@ -270,41 +279,67 @@ export class Sa1Driver extends EventEmitter implements Driver {
   async activate(res: LeaseResources): Promise<void> {
     const d = this.#dev;
     const q = res.queue!;
-    await this.#resetQueue(q); // a clean queue: indexes zero, error cleared
-    // The window as the client sees it (its view), and Q_XLAT taking the view to the lease's device range.
+    // A clean queue: indexes zero, error cleared (reclaim left it so, or reset it now).
+    if (!this.#cleanQueues.delete(q)) await this.#resetQueue(q);
+    // The writes go out together (the device serves one connection's requests in order), so the grant pays
+    // one device round trip instead of eight. ENABLE is last on the wire; should any write before it fail, the
+    // queue is disabled again and left out of the clean set, so the next grant resets it.
+    // The window is the one the client sees (its view), and Q_XLAT takes the view to the lease's device range.
     const view = res.view!;
-    await d.write64(BAR0, qcfg(q, Q.WIN_BASE), view.base);
-    await d.write64(BAR0, qcfg(q, Q.WIN_SIZE), view.size);
-    await d.write64(BAR0, qcfg(q, Q.XLAT), BigInt.asUintN(64, res.window!.base - view.base));
-    await d.write32(BAR0, qcfg(q, Q.MEM_BASE), Number(res.devmem?.offset ?? 0n));
-    await d.write32(BAR0, qcfg(q, Q.MEM_SIZE), Number(res.devmem?.size ?? 0n));
-    await d.write32(BAR0, qcfg(q, Q.VECTOR), res.vectors[0]!);
-    await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE);
+    const writes = [
+      d.write64(BAR0, qcfg(q, Q.WIN_BASE), view.base),
+      d.write64(BAR0, qcfg(q, Q.WIN_SIZE), view.size),
+      d.write64(BAR0, qcfg(q, Q.XLAT), BigInt.asUintN(64, res.window!.base - view.base)),
+      d.write32(BAR0, qcfg(q, Q.MEM_BASE), Number(res.devmem?.offset ?? 0n)),
+      d.write32(BAR0, qcfg(q, Q.MEM_SIZE), Number(res.devmem?.size ?? 0n)),
+      d.write32(BAR0, qcfg(q, Q.VECTOR), res.vectors[0]!),
+      d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE),
+    ];
+    const results = await Promise.allSettled(writes);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await d.write32(BAR0, qcfg(q, Q.CTRL), 0).catch(() => undefined);
+      throw failed.reason;
+    }
   }
 
   async quiesce(res: LeaseResources): Promise<void> {
     const q = res.queue!;
     const d = this.#dev;
+    this.#cleanQueues.delete(q);
     // Disabling aborts in-flight descriptors (they complete ABORTED); wait for IDLE, then reset
-    // so no ring state survives into the next lease.
-    await d.write32(BAR0, qcfg(q, Q.CTRL), 0);
-    await pollUntil({
-      what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
-      read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
-      done: (st) => (st & Q_STATUS.IDLE) !== 0,
-      timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
-    });
+    // so no ring state survives into the next lease. The first status read goes out with the write.
+    await Promise.all([
+      d.write32(BAR0, qcfg(q, Q.CTRL), 0),
+      pollUntil({
+        what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
+        read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
+        done: (st) => (st & Q_STATUS.IDLE) !== 0,
+        timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+      }),
+    ]);
     await this.#resetQueue(q);
   }
 
+  async prepare(res: LeaseResources): Promise<void> {
+    // Called after the broker revoked the lease's slices, and "a revoked queue page's queue is reset"
+    // (datasheet rev 2, section 8): the device reset the queue once its last holder could no longer write
+    // the page, so nothing it wrote there (ring bases, a doorbell) reaches the next lease, which is granted
+    // without a reset of its own. No device command is needed.
+    this.#cleanQueues.add(res.queue!);
+  }
+
   async resetLease(res: LeaseResources): Promise<void> {
+    this.#cleanQueues.delete(res.queue!);
     await this.#resetQueue(res.queue!);
     await this.#dev.write32(BAR0, qcfg(res.queue!, Q.CTRL), Q_CTRL.ENABLE);
   }
 
   async scrub(res: LeaseResources): Promise<void> {
     // A queue reset zeroes the whole queue page (ring registers and the reserved rest).
+    this.#cleanQueues.delete(res.queue!);
     await this.#resetQueue(res.queue!);
+    this.#cleanQueues.add(res.queue!);
     if (res.devmem) {
       const chunk = new Uint8Array(65536); // at most max_data_xfer_size per REGION_WRITE
       for (let off = 0n; off < res.devmem.size; off += BigInt(chunk.byteLength)) {
@@ -357,16 +392,35 @@ export class Sa1Driver extends EventEmitter implements Driver {
   /** Whole-device recovery after a hang: reset, reload firmware, enable. Leases must already be reclaimed. */
   async recover(): Promise<void> {
     this.#stopHeartbeat();
+    this.#cleanQueues.clear();
     await this.#resetDevice();
     await this.#enableBusMaster();
     await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
     await this.#dev.write32(BAR0, REG.CONTROL, CONTROL.ENABLE);
     this.#faultsSeen = await this.#dev.read32(BAR0, REG.FAULT_HEAD);
+    // A hang during the attempt (its ERR joined the recovery in progress) must fail the attempt, not be
+    // forgotten: the device is back only if it is not hung and its heartbeat moves.
+    await this.#checkAlive();
     this.#startHeartbeat();
+  }
+
+  /** Throws unless STATUS.HUNG is clear and HEARTBEAT advances (it does at least every 10 ms, §2.1). */
+  async #checkAlive(): Promise<void> {
+    const d = this.#dev;
+    if ((await d.read32(BAR0, REG.STATUS)) & STATUS.HUNG)
+      throw new Error('sa1: the device hung again during recovery (STATUS.HUNG)');
+    const first = await d.read32(BAR0, REG.HEARTBEAT);
+    await pollUntil({
+      what: 'sa1: HEARTBEAT to advance after recovery',
+      read: () => d.read32(BAR0, REG.HEARTBEAT),
+      done: (v) => v !== first,
+      timeoutMs: HEARTBEAT_ALIVE_TIMEOUT_MS,
+    });
   }
 
   deviceLost(): void {
     this.#stopHeartbeat();
+    this.#cleanQueues.clear();
     this.#closeInterrupts();
     this.#freeQueues = [];
     this.#windows = null;
@@ -431,14 +485,17 @@ export class Sa1Driver extends EventEmitter implements Driver {
    */
   async #resetQueue(q: number): Promise<void> {
     const d = this.#dev;
-    await d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET);
     try {
-      await pollUntil({
-        what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
-        read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
-        done: (v) => (v & Q_CTRL.RESET) === 0,
-        timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
-      });
+      // The first read goes out with the write (in order on the wire): one round trip when the reset is quick.
+      await Promise.all([
+        d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
+        pollUntil({
+          what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
+          read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
+          done: (v) => (v & Q_CTRL.RESET) === 0,
+          timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
+        }),
+      ]);
     } catch (err) {
       if ((err as { code?: string }).code === 'ETIMEDOUT') {
         this.#stuckQueues.add(q);
@@ -508,28 +565,45 @@ export class Sa1Driver extends EventEmitter implements Driver {
     await d.write32(BAR0, REG.FAULT_ACK, head);
   }
 
+  /**
+   * Every period, read HEARTBEAT. It advances at least every 10 ms: two whole periods without a change is a
+   * hang. A read that fails counts as a period without a change (a device that answers with errors is no
+   * healthy device). A read still unanswered after sa1.response_timeout_ms is an unresponsive device (a
+   * frozen server): reported at once, without waiting for the request's own 5 s deadline.
+   */
   #startHeartbeat(): void {
     const period = this.#cfg.sa1.heartbeatMs;
+    const limit = this.#cfg.sa1.responseTimeoutMs;
     const hb = { timer: setInterval(() => void tick(), period), last: -1, stale: 0 };
     hb.timer.unref();
     this.#heartbeat = hb;
-    let busy = false;
+    let sentAt: number | null = null;
+    const stop = (event: 'hang' | 'unresponsive', why: string) => {
+      if (this.#heartbeat !== hb) return; // stopped meanwhile (recovery, close): not this tick's news
+      this.#stopHeartbeat();
+      this.emit(event, why);
+    };
     const tick = async () => {
-      if (busy || this.#closed) return;
-      busy = true;
+      if (this.#closed || this.#heartbeat !== hb) return;
+      if (sentAt !== null) {
+        const waited = Date.now() - sentAt;
+        if (waited >= limit)
+          stop('unresponsive', `the device has not answered a HEARTBEAT read for ${waited} ms`);
+        return;
+      }
+      sentAt = Date.now();
       try {
         const v = await this.#dev.read32(BAR0, REG.HEARTBEAT);
         hb.stale = v === hb.last ? hb.stale + 1 : 0;
         hb.last = v;
-        // HEARTBEAT advances at least every 10 ms; two whole periods without a change is a hang.
-        if (hb.stale >= 2) {
-          this.#stopHeartbeat();
-          this.emit('hang', `heartbeat stopped at ${v}`);
-        }
-      } catch {
-        // the device connection is going away; the broker sees 'close' on the device
+        if (hb.stale >= 2) stop('hang', `heartbeat stopped at ${v}`);
+      } catch (err) {
+        // The connection is gone: the broker sees 'close' on the device and reconnects.
+        if ((err as { code?: string }).code === 'ECONNRESET') return;
+        hb.stale++;
+        if (hb.stale >= 2) stop('hang', `heartbeat reads fail: ${(err as Error).message}`);
       } finally {
-        busy = false;
+        sentAt = null;
       }
     };
   }

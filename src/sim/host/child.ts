@@ -42,6 +42,9 @@ export async function spawnSimulator(
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
+  // 'close' comes after 'exit', once the child's stdio pipes are closed too: close() waits for it, so a
+  // caller counting its fds right after finds none of them left.
+  const stdioClosed = new Promise<void>((resolve) => child.once('close', () => resolve()));
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => {
     stderr += d.toString();
@@ -95,6 +98,8 @@ export async function spawnSimulator(
       closing ??= (async () => {
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
         await exited;
+        child.stdin?.destroy();
+        await stdioClosed;
         lines.close();
       })();
       return closing;

@@ -5,7 +5,11 @@
 // process-wide numbers.
 
 export type InjectRequest =
-  | { kind: 'hang' }
+  /**
+   * Hang now; with `on: 'firmware-load'`, hang instead at each of the next `count` (default 1) firmware loads
+   * the device starts (FW_CMD): a hang in the middle of a recovery.
+   */
+  | { kind: 'hang'; on?: 'firmware-load'; count?: number }
   | { kind: 'fault'; queue: number; code?: number; iova?: bigint }
   | { kind: 'delay'; ms: number; queue?: number }
   | { kind: 'dropIrq'; count: number; index?: number; vector?: number }

@@ -3,6 +3,7 @@
 // spawnSimulator() runs `devlease sim` as a child process with a JSON-lines
 // control channel on stdin for fault injection.
 
+import { RateLimitedLog } from '../../util/rate-limited-log.js';
 import { VfioError } from '../../vfio/user/device-model.js';
 import { VfioUserServer } from '../../vfio/user/server.js';
 import { resolveOptions, type Sa1Options } from '../model/options.js';
@@ -22,7 +23,8 @@ export interface SimulatorOptions extends Partial<Sa1Options> {
   commandTimeoutMs?: number;
   /** How long a new owner waits for the previous owner's disconnect to finish before being refused (default 1 s). */
   ownerHandoverMs?: number;
-  log?: (message: string, err?: unknown) => void;
+  /** Where the server's lines go: one line each, rate limited per kind (default console.warn). */
+  log?: (message: string) => void;
 }
 
 export interface SimulatorHandle {
@@ -43,6 +45,20 @@ export interface SimulatorHandle {
   close(): Promise<void>;
 }
 
+/**
+ * The server's log, one line per event and rate limited per kind (the connection number left out of the
+ * key): a client repeating a request that fails inside the device costs a few lines and a count, never a
+ * line with a stack trace per request.
+ */
+function rateLimited(sink: (message: string) => void): (message: string, err?: unknown) => void {
+  const limiter = new RateLimitedLog(sink);
+  return (message, err) => {
+    const detail =
+      err === undefined ? '' : `: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`;
+    limiter.log(message.replace(/connection \d+/, 'connection N'), `${message}${detail}`);
+  };
+}
+
 export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorHandle> {
   const options = resolveOptions(opts);
   const device = await DeviceWorker.start(options, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
@@ -53,7 +69,7 @@ export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorH
   try {
     server = VfioUserServer.listen(opts.socketPath, {
       mode: opts.mode,
-      log: opts.log,
+      log: rateLimited(opts.log ?? ((message) => console.warn(`devlease: ${message}`))),
       async createDevice(conn) {
         if (owner) {
           const current = owner;

@@ -8,8 +8,9 @@
 // between descriptors.
 
 import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
-import { type DevleaseError, ERRNO, errnoNumber, VfioError } from '../../errors.js';
+import { type DevleaseError, ERRNO, type ErrnoName, errnoNumber, VfioError } from '../../errors.js';
 import { Mapping, native } from '../../sys/index.js';
+import { checkDmaFd } from '../../vfio/user/dma-fd-check.js';
 import { ARMED, RACED, Sa1Device } from '../model/device.js';
 import { checkMapRequest, type DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
@@ -94,13 +95,27 @@ function release(maps: DmaMapping[]): void {
 function dmaMap(r: Extract<DeviceRequest, { op: 'dmaMap' }>): void {
   const { iova, size, offset } = checkMapRequest(r);
   device.iommu.checkFree(iova, size);
-  const mapping = Mapping.map(r.fd, { length: size, offset, prot: r.write ? 'rw' : 'r', guard: true });
+  // Datasheet rev 2 §7: the fd must be memory covering [offset, offset + size) now (EBADF for a pipe or
+  // socket, EINVAL for a short file). Guarded: if the backing shrinks later, the access that finds it gone
+  // completes as IOMMU_FAULT (iommu.ts), not as the zero pages the guard puts in its place.
+  checkDmaFd(r.fd, { offset: r.offset, size: r.size, write: r.write });
+  let mapping: Mapping;
+  try {
+    mapping = Mapping.map(r.fd, { length: size, offset, prot: r.write ? 'rw' : 'r', guard: true });
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    // ENODEV: the file cannot be mapped at all (no memory behind it), as EBADF above; ENOMEM, EACCES, ... as
+    // mmap said.
+    const name = code === 'ENODEV' ? 'EBADF' : code && code in ERRNO ? (code as ErrnoName) : 'EINVAL';
+    throw new VfioError(name, `the DMA_MAP fd cannot be mapped: ${(err as Error).message}`);
+  }
   device.dmaMap({
     iova,
     size,
     readable: r.read,
     writable: r.write,
     view: mapping.u8,
+    revoked: () => mapping.isRevoked(),
     release: () => mapping.unmap(),
   });
 }
@@ -108,7 +123,8 @@ function dmaMap(r: Extract<DeviceRequest, { op: 'dmaMap' }>): void {
 function inject(i: InjectRequest): void {
   switch (i.kind) {
     case 'hang':
-      device.injectHang();
+      if (i.on === 'firmware-load') device.hangOnFirmwareLoad(i.count ?? 1);
+      else device.injectHang();
       return;
     case 'fault':
       device.injectFault(i.queue, i.code, i.iova);

@@ -325,6 +325,14 @@ export class Sa1Device {
     return this.#stuckResets.has(queue) || this.#stuckResets.has('device');
   }
 
+  /** The next `count` firmware loads hang the device instead of running (0 clears). */
+  hangOnFirmwareLoad(count: number): void {
+    if (!Number.isInteger(count) || count < 0)
+      throw new RangeError(`hang count must be an integer >= 0, got ${count}`);
+    this.#hangAtLoads = count;
+  }
+  #hangAtLoads = 0;
+
   injectHang(): void {
     if (this.hung) return;
     this.hung = true;
@@ -365,7 +373,10 @@ export class Sa1Device {
   step(between?: () => void): boolean {
     let work = false;
     if (this.firmware.loadPending && !this.hung) {
-      this.#loadFirmware();
+      if (this.#hangAtLoads > 0) {
+        this.#hangAtLoads--;
+        this.injectHang(); // the load never finishes: FW_STATUS stays LOADING
+      } else this.#loadFirmware();
       work = true;
     }
     if (this.canRun()) {
@@ -445,7 +456,10 @@ export class Sa1Device {
       const segs: Segments = [];
       const fault = this.iommu.translate(Number(iova), length, false, segs);
       if (fault >= 0) return { faultIova: fault === Number(iova) ? iova : BigInt(fault) };
-      return gather(segs, new Uint8Array(length));
+      const bytes = gather(segs, new Uint8Array(length));
+      // The image's backing shrank while it was read (rev 2 §7): a fault, not zeros.
+      const shrank = this.iommu.sync() ? this.iommu.deadIn(Number(iova), length) : -1;
+      return shrank >= 0 ? { faultIova: BigInt(shrank) } : bytes;
     };
     const result = verifyImage(fw.iova, fw.len, fetch);
     fw.finish(result);

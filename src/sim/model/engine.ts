@@ -108,7 +108,13 @@ export class Engine {
       this.#queueFault(q, ST_IOMMU_FAULT, fault);
       return true;
     }
-    const desc = decodeDescriptor(gather(segs, new Uint8Array(SQ_ENTRY_SIZE)));
+    const raw = gather(segs, new Uint8Array(SQ_ENTRY_SIZE));
+    const shrank = this.ctx.iommu.sync() ? this.#deadAt(q, slotIova, SQ_ENTRY_SIZE) : null;
+    if (shrank !== null) {
+      this.#queueFault(q, ST_IOMMU_FAULT, shrank);
+      return true;
+    }
+    const desc = decodeDescriptor(raw);
     q.sqHead = (q.sqHead + 1) >>> 0;
     q.publish();
     const delay = this.ctx.delayMs(q);
@@ -184,7 +190,9 @@ export class Engine {
 
   #complete(q: Queue, entry: InFlight): void {
     const out =
-      entry.poisonIova !== null ? fail(ST_IOMMU_FAULT, entry.poisonIova) : this.#execute(q, entry.desc);
+      entry.poisonIova !== null
+        ? fail(ST_IOMMU_FAULT, entry.poisonIova)
+        : this.#executeChecked(q, entry.desc);
     // The completion first, then the fault record and ERROR (§4): a client that sees the queue in ERROR
     // must already be able to find the faulting descriptor's completion.
     this.#writeCompletion(q, entry.desc, out);
@@ -227,6 +235,34 @@ export class Engine {
     this.ctx.faults.write(q.index, code, at);
   }
 
+  /**
+   * Run a descriptor, then make sure the memory it touched was all there (rev 2 §7): when a guarded map was
+   * revoked during the access (the backing shrank: the guard gave zeros) the descriptor completes as
+   * IOMMU_FAULT at the first address in the shrunken map, never OK with zeros.
+   */
+  #executeChecked(q: Queue, d: Descriptor): Outcome {
+    this.ctx.iommu.sync(); // maps that shrank before this access fault in translate()
+    const out = this.#execute(q, d);
+    if (out.status !== ST_OK || !this.ctx.iommu.sync()) return out;
+    for (const r of hostRanges(d)) {
+      const at = this.#deadAt(q, r.start, r.length);
+      if (at !== null) return fail(ST_IOMMU_FAULT, at);
+    }
+    return out;
+  }
+
+  /**
+   * The first address of [iova, +length), as the queue sees it (IOVA - Q_XLAT), in a map whose backing shrank;
+   * null when none.
+   */
+  #deadAt(q: Queue, iova: bigint, length: number): bigint | null {
+    const xlat = q.xlat;
+    const device = xlat === 0n ? iova : BigInt.asUintN(64, iova + xlat);
+    const at = this.ctx.iommu.deadIn(Number(device), length);
+    if (at < 0) return null;
+    return xlat === 0n ? BigInt(at) : BigInt.asUintN(64, BigInt(at) - xlat);
+  }
+
   #execute(q: Queue, d: Descriptor): Outcome {
     if (d.opcode > OP_WRITE_IMM || d.reserved0 !== 0 || !d.reservedZero || (d.flags & ~FLAGS_DEFINED) !== 0) {
       return fail(ST_BAD_OPCODE, 0n);
@@ -237,9 +273,16 @@ export class Engine {
 
     let src: Segments = [];
     if (d.opcode === OP_COPY || d.opcode === OP_CRC32C) {
-      const r = this.#resolve(q, d.src, d.length, (d.flags & FLAG_SRC_DEVMEM) !== 0, false);
+      const devmem = (d.flags & FLAG_SRC_DEVMEM) !== 0;
+      const r = this.#resolve(q, d.src, d.length, devmem, false);
       if (!Array.isArray(r)) return r;
       src = r;
+      // Read one byte of every source page first: a source that shrank faults here (the guard swaps in zero
+      // pages), so the descriptor fails before it writes anything, as a transfer stopped by an IOMMU fault.
+      if (!devmem && touchPages(src) && this.ctx.iommu.sync()) {
+        const at = this.#deadAt(q, d.src, d.length);
+        if (at !== null) return fail(ST_IOMMU_FAULT, at);
+      }
     }
     let dst: Segments = [];
     if (d.opcode !== OP_CRC32C) {
@@ -298,6 +341,16 @@ export class Engine {
     const at = fault === Number(device) ? device : BigInt(fault);
     return xlat === 0n ? at : BigInt.asUintN(64, at - xlat);
   }
+}
+
+/** Read a byte of every 4 KiB page of the segments (and each one's last byte); returns true. */
+function touchPages(segs: Segments): boolean {
+  let x = 0;
+  for (const s of segs) {
+    for (let i = 0; i < s.length; i += 4096) x ^= s[i] as number;
+    if (s.length) x ^= s[s.length - 1] as number;
+  }
+  return x >= 0;
 }
 
 function le64(v: bigint): Uint8Array {

@@ -3,6 +3,7 @@
 // the device touches is translated here. IOVAs are plain numbers: the space
 // is 48 bits, well inside a double's exact range.
 
+import { native } from '../../sys/native.js';
 import { VfioError } from '../../vfio/user/device-model.js';
 import { IOMMU_PAGE_SIZE, IOVA_LIMIT } from './datasheet.js';
 import type { Segments } from './memory.js';
@@ -14,6 +15,11 @@ export interface DmaMapping {
   readonly writable: boolean;
   /** The mapped memory, `size` bytes. */
   readonly view: Uint8Array;
+  /**
+   * True once the memory behind the map shrank under it (its guarded mapping was revoked and now reads
+   * zero). Absent: the memory cannot shrink.
+   */
+  revoked?(): boolean;
   /** Called exactly once when the map leaves the table: the owner of the memory unmaps it. */
   release(): void;
 }
@@ -49,6 +55,14 @@ export function checkMapRequest(req: MapRequest): { iova: number; size: number; 
 export class Iommu {
   /** Sorted by iova, non-overlapping. */
   #maps: DmaMapping[] = [];
+  /**
+   * Maps whose backing shrank (rev 2 §7): every access through them completes as IOMMU_FAULT until they are
+   * unmapped. The guard replaced the whole mapping with zero pages when the first access found the backing
+   * gone, so none of its bytes can be trusted any more.
+   */
+  readonly #dead = new Set<DmaMapping>();
+  /** The process's guard revocation count when the maps were last checked. */
+  #revocations = native.guardRevocations();
 
   get maps(): readonly DmaMapping[] {
     return this.#maps;
@@ -81,6 +95,7 @@ export class Iommu {
     if (all) {
       const out = this.#maps;
       this.#maps = [];
+      this.#dead.clear();
       return out;
     }
     const end = iova + size;
@@ -100,7 +115,34 @@ export class Iommu {
     if (last === first) {
       throw new VfioError('ENOENT', `no DMA map in [0x${iova.toString(16)}, +0x${size.toString(16)})`);
     }
-    return this.#maps.splice(first, last - first);
+    const out = this.#maps.splice(first, last - first);
+    for (const m of out) this.#dead.delete(m);
+    return out;
+  }
+
+  /**
+   * Notice maps whose backing shrank since the last call: one native load when nothing changed (the
+   * process-wide revocation count). Returns true when some guarded mapping was revoked since; the engine
+   * calls it before and after each access, and on true asks deadIn() about the ranges it touched.
+   */
+  sync(): boolean {
+    const n = native.guardRevocations();
+    if (n === this.#revocations) return false;
+    this.#revocations = n;
+    for (const m of this.#maps) if (m.revoked?.()) this.#dead.add(m);
+    return true;
+  }
+
+  /** The first IOVA of [iova, iova+length) in a map whose backing shrank, or -1. */
+  deadIn(iova: number, length: number): number {
+    if (this.#dead.size === 0) return -1;
+    const end = iova + length;
+    for (let i = this.#firstEndingAfter(iova); i < this.#maps.length; i++) {
+      const m = this.#maps[i] as DmaMapping;
+      if (m.iova >= end) break;
+      if (this.#dead.has(m)) return Math.max(m.iova, iova);
+    }
+    return -1;
   }
 
   /**
@@ -115,6 +157,7 @@ export class Iommu {
     while (at < end) {
       const m = this.#maps[i];
       if (!m || m.iova > at || (write ? !m.writable : !m.readable)) return at;
+      if (this.#dead.size !== 0 && this.#dead.has(m)) return at;
       const within = at - m.iova;
       const n = Math.min(end - at, m.size - within);
       out.push(m.view.subarray(within, within + n));

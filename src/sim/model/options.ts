@@ -72,7 +72,12 @@ export function resolveOptions(
   partial: Partial<Sa1Options> = {},
   names: OptionNames = API_NAMES,
 ): Sa1Options {
-  const o: Sa1Options = { ...DEFAULT_OPTIONS, ...stripUndefined(partial) };
+  // The device's options only: the rest of a startSimulator() argument (socket path, log function) is no
+  // option, and the options are cloned into the device worker.
+  const given = stripUndefined(partial) as Partial<Sa1Options>;
+  const o: Sa1Options = { ...DEFAULT_OPTIONS };
+  for (const k of Object.keys(DEFAULT_OPTIONS) as (keyof Sa1Options)[])
+    if (k in given) o[k] = given[k] as number;
   const int = (v: number): boolean => Number.isSafeInteger(v);
   if (!int(o.numQueues) || o.numQueues < 1 || o.numQueues > 1024) {
     throw new OptionError(

@@ -1,15 +1,14 @@
-// What the broker can tell about a DMA_MAP fd before the device sees it.
-// A pipe, socket or directory is no memory at all (EBADF); a regular file
-// (memfd, shm, file) must hold [offset, offset + size) (EINVAL: a 0-byte
-// memfd or an offset past its end would only fail later, in the device); a
-// description opened without the access the map asks for cannot be mapped
-// that way (EACCES). Anything else (a dma-buf, a device node) goes on to the
-// device, which decides.
+// What can be told about a DMA_MAP fd before mapping it: the broker checks a
+// client's fd at the edge, and the SA-1 simulator checks every fd its owner
+// maps (datasheet rev 2 §7), with the same answers. A pipe, socket or
+// directory is no memory at all (EBADF); a regular file (memfd, shm, file)
+// must hold [offset, offset + size) (EINVAL: a 0-byte memfd or an offset past
+// its end); a description opened without the access the map asks for cannot
+// be mapped that way (EACCES). Anything else (a dma-buf, a device node) goes
+// on to mmap, which decides.
 
-import { readFileSync } from 'node:fs';
-import type { Fd } from '../sys/fd.js';
-import { native } from '../sys/native.js';
-import { VfioError } from '../vfio/user/device-model.js';
+import { native } from '../../sys/native.js';
+import { VfioError } from './device-model.js';
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
@@ -25,8 +24,13 @@ const O_ACCMODE = 0o3;
 const O_RDONLY = 0o0;
 const O_WRONLY = 0o1;
 
-export function checkDmaFd(fd: Fd, m: { offset: bigint; size: bigint; write: boolean }): void {
-  const st = native.fstat(fd.fd);
+/** `fd`: an Fd or a process-wide fd number (the simulator's device worker has numbers). */
+export function checkDmaFd(
+  fdOrNumber: { fd: number } | number,
+  m: { offset: bigint; size: bigint; write: boolean },
+): void {
+  const fd = typeof fdOrNumber === 'number' ? fdOrNumber : fdOrNumber.fd;
+  const st = native.fstat(fd);
   const type = st.mode & S_IFMT;
   const kind = NOT_MEMORY.get(type);
   if (kind) {
@@ -55,11 +59,10 @@ export function checkDmaFd(fd: Fd, m: { offset: bigint; size: bigint; write: boo
   }
 }
 
-/** The description's O_ACCMODE, from /proc/self/fdinfo; null when it cannot be read. */
-function accessMode(fd: Fd): number | null {
+/** The description's O_ACCMODE (fcntl F_GETFL: no /proc read on each DMA_MAP); null when it cannot be read. */
+function accessMode(fd: number): number | null {
   try {
-    const flags = /^flags:\s*([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd.fd}`, 'utf8'));
-    return flags ? Number.parseInt(flags[1]!, 8) & O_ACCMODE : null;
+    return native.statusFlags(fd) & O_ACCMODE;
   } catch {
     return null;
   }

@@ -1,0 +1,320 @@
+/*
+ * A lease: connect with the lease request in VERSION, read the info region,
+ * map the leased regions through their slice fds, register eventfds for the
+ * vectors and the ERR/REQ notices. close() releases everything, once.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define VFIO_REGION_INFO_FLAG_MMAP (1u << 2)
+/* Every power of two from 4 KiB to 2^52: we align our maps to whatever the broker's smallest page is. */
+#define CLIENT_PGSIZES 9007199254736896LL
+
+static int open_socket(const char *path, int timeout_ms)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return dl_fail(ENAMETOOLONG, "socket path %.60s... is longer than %zu bytes", path, sizeof(sa.sun_path) - 1);
+	strcpy(sa.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) return dl_fail(errno, "socket: %s", strerror(errno));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) return fd;
+	int err = errno;
+	if (err == EAGAIN || err == EINPROGRESS) { /* the listener's backlog is full: wait for room */
+		struct pollfd p = { .fd = fd, .events = POLLOUT };
+		socklen_t len = sizeof(err);
+		if (poll(&p, 1, timeout_ms) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0)
+			return fd;
+		if (err == EAGAIN || err == EINPROGRESS) err = ETIMEDOUT;
+	}
+	close(fd);
+	if (err == ENOENT || err == ECONNREFUSED) return dl_fail(err, "no broker is listening on %s (%s)", path, strerror(err));
+	return dl_fail(err, "connect %s: %s", path, strerror(err));
+}
+
+static int version(struct devlease *l, const char *request_json)
+{
+	json_object *request = NULL;
+	if (request_json) {
+		request = json_tokener_parse(request_json);
+		if (!request || !json_object_is_type(request, json_type_object)) {
+			json_object_put(request);
+			return dl_fail(EINVAL, "request_json is not a JSON object: %.80s", request_json);
+		}
+	}
+	json_object *dl = json_object_new_object(), *caps = json_object_new_object(), *top = json_object_new_object();
+	json_object_object_add(dl, "error_reason", json_object_new_boolean(1));
+	json_object_object_add(dl, "request", request ? request : json_object_new_object());
+	json_object_object_add(caps, "max_msg_fds", json_object_new_int(DL_MAX_FDS));
+	json_object_object_add(caps, "max_data_xfer_size", json_object_new_int(DL_MAX_XFER));
+	json_object_object_add(caps, "max_dma_maps", json_object_new_int(65535));
+	json_object_object_add(caps, "pgsizes", json_object_new_int64(CLIENT_PGSIZES));
+	json_object_object_add(caps, "devlease", dl);
+	json_object_object_add(top, "capabilities", caps);
+	const char *text = json_object_to_json_string_ext(top, JSON_C_TO_STRING_PLAIN);
+	size_t tlen = strlen(text);
+	uint8_t *p = malloc(4 + tlen + 1);
+	if (!p) {
+		json_object_put(top);
+		return dl_fail(ENOMEM, "no memory");
+	}
+	memset(p, 0, 4); /* major 0, minor 0 */
+	memcpy(p + 4, text, tlen + 1);
+	json_object_put(top);
+	struct dl_msg r;
+	int rc = dl_call(l, VFIO_USER_VERSION, p, 4 + tlen + 1, NULL, 0, &r, "lease refused");
+	free(p);
+	if (rc < 0) return rc;
+	rc = -EPROTO;
+	json_object *j = NULL, *c, *v;
+	if (r.payload_len < 4 || r.payload[0] || r.payload[1]) {
+		dl_fail(EPROTO, "bad VERSION reply: %s", r.payload_len < 4 ? "shorter than 4 bytes" : "major version is not 0");
+		goto out;
+	}
+	size_t jlen = strnlen((const char *)r.payload + 4, r.payload_len - 4);
+	json_tokener *tok = json_tokener_new();
+	if (tok) j = json_tokener_parse_ex(tok, (const char *)r.payload + 4, (int)jlen);
+	if (tok) json_tokener_free(tok);
+	if (!j || !json_object_is_type(j, json_type_object) || !json_object_object_get_ex(j, "capabilities", &c) ||
+	    !json_object_is_type(c, json_type_object)) {
+		dl_fail(EPROTO, "bad VERSION reply: no capabilities object in its JSON");
+		goto out;
+	}
+	l->page = 4096;
+	if (json_object_object_get_ex(c, "pgsizes", &v)) {
+		uint64_t ps = (uint64_t)json_object_get_int64(v);
+		if (!json_object_is_type(v, json_type_int) || ps == 0) {
+			dl_fail(EPROTO, "bad VERSION reply: pgsizes is not a page-size mask");
+			goto out;
+		}
+		l->page = ps & -ps;
+	}
+	l->max_xfer = 1048576; /* the spec's default */
+	if (json_object_object_get_ex(c, "max_data_xfer_size", &v)) {
+		int64_t x = json_object_get_int64(v);
+		if (x <= 0) {
+			dl_fail(EPROTO, "bad VERSION reply: max_data_xfer_size is not positive");
+			goto out;
+		}
+		l->max_xfer = x < (int64_t)l->max_xfer ? (uint32_t)x : l->max_xfer;
+	}
+	if (l->max_xfer > DL_MAX_XFER) l->max_xfer = DL_MAX_XFER;
+	l->info_index = 9;
+	if (json_object_object_get_ex(c, "devlease", &v) && json_object_is_type(v, json_type_object)) {
+		json_object *x;
+		if (json_object_object_get_ex(v, "error_reason", &x)) l->reasons = json_object_get_boolean(x);
+		if (json_object_object_get_ex(v, "infoRegion", &x)) {
+			int idx = json_object_get_int(x);
+			if (!json_object_is_type(x, json_type_int) || idx < 0 || idx > 4096) {
+				dl_fail(EPROTO, "bad VERSION reply: devlease.infoRegion is not a region index");
+				goto out;
+			}
+			l->info_index = (unsigned)idx;
+		}
+	}
+	rc = 0;
+out:
+	json_object_put(j);
+	dl_msg_release(&r);
+	if (rc < 0) l->broken = rc;
+	return rc;
+}
+
+/* REGION_INFO for `index`: size, flags and the slice fd (or -1). Retries once with the argsz asked for. */
+static int region_info(struct devlease *l, unsigned index, uint64_t *size, uint32_t *flags, int *fd)
+{
+	uint32_t argsz = 128;
+	*fd = -1;
+	for (int attempt = 0;; attempt++) {
+		uint8_t req[32] = { 0 };
+		dl_put32(req, argsz);
+		dl_put32(req + 8, index);
+		struct dl_msg r;
+		int rc = dl_call(l, VFIO_USER_DEVICE_GET_REGION_INFO, req, sizeof(req), NULL, 0, &r, "region info");
+		if (rc < 0) return rc;
+		if (r.payload_len < 32 || r.nfds > 1) {
+			dl_msg_release(&r);
+			l->broken = -EPROTO;
+			return dl_fail(EPROTO, "region %u info: the reply has %zu bytes and %u fds (needs 32 bytes, at most 1 fd)",
+				       index, r.payload_len, r.nfds);
+		}
+		uint32_t want = dl_get32(r.payload);
+		if (want > argsz && attempt == 0 && want <= 65536) {
+			dl_msg_release(&r);
+			argsz = want;
+			continue;
+		}
+		*flags = dl_get32(r.payload + 4);
+		*size = dl_get64(r.payload + 16);
+		if (r.nfds) {
+			*fd = r.fds[0];
+			r.nfds = 0;
+		}
+		dl_msg_release(&r);
+		return 0;
+	}
+}
+
+static int set_irqs(struct devlease *l, unsigned index, unsigned start, const int *fds, unsigned n)
+{
+	uint8_t p[20];
+	dl_put32(p, sizeof(p));
+	dl_put32(p + 4, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER);
+	dl_put32(p + 8, index);
+	dl_put32(p + 12, start);
+	dl_put32(p + 16, n);
+	struct dl_msg r;
+	int rc = dl_call(l, VFIO_USER_DEVICE_SET_IRQS, p, sizeof(p), fds, n, &r, "set irqs");
+	if (rc == 0) dl_msg_release(&r);
+	return rc;
+}
+
+static int setup(struct devlease *l)
+{
+	l->regions = calloc(l->info.nregions ? l->info.nregions : 1, sizeof(*l->regions));
+	if (!l->regions) return dl_fail(ENOMEM, "no memory");
+	for (unsigned i = 0; i < l->info.nregions; i++) {
+		unsigned index = l->info.regions[i].index;
+		uint64_t size;
+		uint32_t flags;
+		int fd;
+		int rc = region_info(l, index, &size, &flags, &fd);
+		if (rc < 0) return rc;
+		if (fd < 0) continue; /* mediated: devlease_region_read/write */
+		if (size == 0 || size > (1ull << 40)) {
+			close(fd);
+			return dl_fail(EPROTO, "region %u: size %llu is not a slice's", index, (unsigned long long)size);
+		}
+		void *a = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		int err = errno;
+		close(fd); /* the mapping keeps the description alive; its release is what the broker watches */
+		if (a == MAP_FAILED) return dl_fail(err, "region %u: mmap of its slice failed: %s", index, strerror(err));
+		l->regions[l->nregions++] = (struct dl_region){ .index = index, .addr = a, .len = size };
+	}
+	if (l->info.vectors) {
+		l->vectors = malloc(sizeof(int) * l->info.vectors);
+		if (!l->vectors) return dl_fail(ENOMEM, "no memory");
+		for (unsigned v = 0; v < l->info.vectors; v++) {
+			int e = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+			if (e < 0) return dl_fail(errno, "eventfd: %s", strerror(errno));
+			l->vectors[l->nvectors++] = e;
+		}
+		for (unsigned s = 0; s < l->nvectors; s += DL_MAX_FDS) {
+			unsigned n = l->nvectors - s < DL_MAX_FDS ? l->nvectors - s : DL_MAX_FDS;
+			int rc = set_irqs(l, VFIO_PCI_MSIX_IRQ_INDEX, s, l->vectors + s, n);
+			if (rc < 0) return rc;
+		}
+	}
+	l->err_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	l->req_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (l->err_fd < 0 || l->req_fd < 0) return dl_fail(errno, "eventfd: %s", strerror(errno));
+	int rc = set_irqs(l, VFIO_PCI_ERR_IRQ_INDEX, 0, &l->err_fd, 1);
+	if (rc == 0) rc = set_irqs(l, VFIO_PCI_REQ_IRQ_INDEX, 0, &l->req_fd, 1);
+	return rc;
+}
+
+int devlease_connect(const struct devlease_connect_opts *opts, struct devlease **out)
+{
+	if (!opts || !opts->socket || !out) return dl_fail(EINVAL, "devlease_connect: opts, opts->socket and out are required");
+	*out = NULL;
+	struct devlease *l = calloc(1, sizeof(*l));
+	if (!l) return dl_fail(ENOMEM, "no memory");
+	l->err_fd = l->req_fd = -1;
+	l->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
+	snprintf(l->name, sizeof(l->name), "on %.80s", opts->socket);
+	l->sock = open_socket(opts->socket, l->timeout_ms);
+	if (l->sock < 0) {
+		int rc = l->sock;
+		free(l);
+		return rc;
+	}
+	int rc = version(l, opts->request_json);
+	if (rc == 0) rc = dl_read_info(l);
+	if (rc == 0) dl_dma_init(l);
+	if (rc == 0) rc = setup(l);
+	if (rc < 0) {
+		char why[1536];
+		snprintf(why, sizeof(why), "%s", devlease_errmsg());
+		devlease_free(l); /* whatever setup made goes too */
+		return dl_fail(-rc, "%s", why);
+	}
+	*out = l;
+	return 0;
+}
+
+void devlease_close(struct devlease *l)
+{
+	if (!l || l->closed) return;
+	l->closed = true;
+	for (unsigned i = 0; i < l->nregions; i++) munmap(l->regions[i].addr, l->regions[i].len);
+	free(l->regions);
+	l->regions = NULL;
+	l->nregions = 0;
+	for (unsigned i = 0; i < l->nvectors; i++) close(l->vectors[i]);
+	free(l->vectors);
+	l->vectors = NULL;
+	l->nvectors = 0;
+	for (unsigned i = 0; i < l->niofds; i++)
+		if (l->iofds[i].fd >= 0) close(l->iofds[i].fd);
+	free(l->iofds);
+	l->iofds = NULL;
+	l->niofds = 0;
+	if (l->err_fd >= 0) close(l->err_fd);
+	if (l->req_fd >= 0) close(l->req_fd);
+	l->err_fd = l->req_fd = -1;
+	dl_dma_drop_all(l);
+	close(l->sock); /* the broker reclaims the lease when the session closes */
+	l->sock = -1;
+	dl_free_info(l);
+}
+
+void devlease_free(struct devlease *l)
+{
+	if (!l) return;
+	devlease_close(l);
+	free(l);
+}
+
+bool devlease_closed(const struct devlease *l)
+{
+	return !l || l->closed;
+}
+
+const struct devlease_info *devlease_info(const struct devlease *l)
+{
+	return l && !l->closed ? &l->info : NULL;
+}
+
+int devlease_refresh_info(struct devlease *l)
+{
+	int rc = dl_check_open(l, "refresh info");
+	return rc < 0 ? rc : dl_read_info(l);
+}
+
+int devlease_region(struct devlease *l, unsigned index, void **addr, size_t *len)
+{
+	int rc = dl_check_open(l, "region");
+	if (rc < 0) return rc;
+	for (unsigned i = 0; i < l->nregions; i++) {
+		if (l->regions[i].index != index) continue;
+		if (addr) *addr = l->regions[i].addr;
+		if (len) *len = l->regions[i].len;
+		return 0;
+	}
+	return dl_fail(ENOENT, "lease region %u is not mapped (%u regions mapped)", index, l->nregions);
+}
+
+uint64_t devlease_dma_page(const struct devlease *l)
+{
+	return l ? l->page : 0;
+}

@@ -1,0 +1,320 @@
+/*
+ * The vfio-user wire (AF_UNIX SOCK_STREAM, docs/PROTOCOL.md): one message is
+ * read exactly (its 16-byte header, then the rest), so fds received belong to
+ * the message being read; fds must come with the first bytes. Every read and
+ * write has the call's deadline. Anything malformed (short, oversized, fds
+ * where none may be, a reply to an id we did not send) is a protocol error
+ * that ends the session: the broker is not trusted to be well-formed.
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void close_fds(int *fds, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (fds[i] >= 0) close(fds[i]);
+}
+
+void dl_msg_release(struct dl_msg *m)
+{
+	free(m->payload);
+	m->payload = NULL;
+	close_fds(m->fds, m->nfds);
+	m->nfds = 0;
+}
+
+/* The session is unusable from now on: every later call gets `err`. */
+static int broken(struct devlease *l, int err, const char *fmt, const char *detail)
+{
+	if (!l->broken) l->broken = -err;
+	return dl_fail(err, fmt, detail);
+}
+
+static int wait_fd(int fd, short events, int64_t deadline)
+{
+	for (;;) {
+		int64_t left = deadline - mono_ms();
+		if (left <= 0) return -ETIMEDOUT;
+		struct pollfd p = { .fd = fd, .events = events };
+		int n = poll(&p, 1, (int)(left > 60000 ? 60000 : left));
+		if (n > 0) return 0;
+		if (n < 0 && errno != EINTR) return -errno;
+	}
+}
+
+static int send_msg(struct devlease *l, const uint8_t *buf, size_t len, const int *fds, unsigned nfds,
+		    int64_t deadline)
+{
+	size_t done = 0;
+	while (done < len) {
+		struct iovec iov = { .iov_base = (void *)(buf + done), .iov_len = len - done };
+		union {
+			char b[CMSG_SPACE(sizeof(int) * DL_MAX_FDS)];
+			struct cmsghdr align;
+		} ctl;
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+		if (done == 0 && nfds) { /* the fds go with the first bytes, once */
+			memset(&ctl, 0, sizeof(ctl));
+			mh.msg_control = ctl.b;
+			mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+			struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+			c->cmsg_level = SOL_SOCKET;
+			c->cmsg_type = SCM_RIGHTS;
+			c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+			memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+		}
+		ssize_t n = sendmsg(l->sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n > 0) {
+			done += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR) continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int rc = wait_fd(l->sock, POLLOUT, deadline);
+			if (rc == -ETIMEDOUT) return broken(l, ETIMEDOUT, "%s", "the broker took no data before the deadline");
+			if (rc < 0) return broken(l, -rc, "%s", "waiting to send");
+			continue;
+		}
+		return broken(l, errno == EPIPE ? ECONNRESET : errno, "%s",
+			      "sending to the broker failed (the session is gone)");
+	}
+	return 0;
+}
+
+/* Read exactly len bytes; fds only allowed (and taken) with the first read when fds != NULL. */
+static int recv_exact(struct devlease *l, uint8_t *buf, size_t len, int *fds, unsigned *nfds, int64_t deadline)
+{
+	size_t done = 0;
+	while (done < len) {
+		struct iovec iov = { .iov_base = buf + done, .iov_len = len - done };
+		union {
+			char b[CMSG_SPACE(sizeof(int) * DL_MAX_FDS)];
+			struct cmsghdr align;
+		} ctl;
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+				     .msg_controllen = sizeof(ctl.b) };
+		ssize_t n = recvmsg(l->sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR) continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int rc = wait_fd(l->sock, POLLIN, deadline);
+			if (rc == -ETIMEDOUT)
+				return done ? broken(l, EPROTO, "%s", "the broker sent a truncated message (no rest before the deadline)")
+					    : -ETIMEDOUT;
+			if (rc < 0) return broken(l, -rc, "%s", "waiting for the broker");
+			continue;
+		}
+		if (n < 0) return broken(l, errno, "%s", "reading from the broker failed");
+		/* Take every fd that came, so none leaks, before judging whether it may come. */
+		unsigned got = 0;
+		int extra[DL_MAX_FDS];
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+			unsigned k = (unsigned)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			for (unsigned i = 0; i < k && got < DL_MAX_FDS; i++)
+				memcpy(&extra[got++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+		}
+		if (mh.msg_flags & MSG_CTRUNC) {
+			close_fds(extra, got);
+			return broken(l, EPROTO, "%s", "the broker sent more fds than a message may carry");
+		}
+		if (got && (done || !fds)) {
+			close_fds(extra, got);
+			return broken(l, EPROTO, "%s", "the broker sent fds after a message's first bytes");
+		}
+		if (got) {
+			memcpy(fds, extra, sizeof(int) * got);
+			*nfds = got;
+		}
+		if (n == 0)
+			return done ? broken(l, EPROTO, "%s", "the broker sent a truncated message and hung up")
+				    : broken(l, ECONNRESET, "%s", "the broker closed the session");
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* Read one whole message. -ETIMEDOUT (session intact) when none started before the deadline. */
+static int recv_msg(struct devlease *l, struct dl_msg *m, int64_t deadline)
+{
+	uint8_t h[VFIO_USER_HEADER_SIZE];
+	memset(m, 0, sizeof(*m));
+	int rc = recv_exact(l, h, sizeof(h), m->fds, &m->nfds, deadline);
+	if (rc < 0) return rc;
+	uint16_t id, cmd;
+	memcpy(&id, h, 2);
+	memcpy(&cmd, h + 2, 2);
+	uint32_t size = dl_get32(h + 4);
+	m->id = id;
+	m->cmd = cmd;
+	m->flags = dl_get32(h + 8);
+	m->error_no = dl_get32(h + 12);
+	if (size < VFIO_USER_HEADER_SIZE || size > DL_MAX_MSG) {
+		dl_msg_release(m);
+		char d[64];
+		snprintf(d, sizeof(d), "%u", size);
+		return broken(l, EPROTO, "the broker sent a message of msg_size %s (outside 16..131088)", d);
+	}
+	m->payload_len = size - VFIO_USER_HEADER_SIZE;
+	m->payload = malloc(m->payload_len ? m->payload_len : 1);
+	if (!m->payload) {
+		dl_msg_release(m);
+		return broken(l, ENOMEM, "%s", "no memory for a message");
+	}
+	/* The deadline may have been nearly spent on the header: give the rest the call's full timeout. */
+	rc = recv_exact(l, m->payload, m->payload_len, NULL, NULL, mono_ms() + l->timeout_ms);
+	if (rc < 0) dl_msg_release(m);
+	return rc;
+}
+
+static int send_reply(struct devlease *l, const struct dl_msg *cmd, uint32_t err, const uint8_t *data, size_t len)
+{
+	if (cmd->flags & VFIO_USER_F_NO_REPLY) return 0;
+	uint8_t *buf = malloc(VFIO_USER_HEADER_SIZE + len);
+	if (!buf) return dl_fail(ENOMEM, "no memory for a reply");
+	memcpy(buf, &cmd->id, 2);
+	memcpy(buf + 2, &cmd->cmd, 2);
+	dl_put32(buf + 4, (uint32_t)(VFIO_USER_HEADER_SIZE + len));
+	dl_put32(buf + 8, VFIO_USER_F_TYPE_REPLY | (err ? VFIO_USER_F_ERROR : 0));
+	dl_put32(buf + 12, err);
+	if (len) memcpy(buf + VFIO_USER_HEADER_SIZE, data, len);
+	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, NULL, 0, mono_ms() + l->timeout_ms);
+	free(buf);
+	return rc;
+}
+
+/* A command from the broker: DMA_READ/DMA_WRITE served from our fd-backed maps; anything else refused. */
+static int serve(struct devlease *l, struct dl_msg *m)
+{
+	close_fds(m->fds, m->nfds); /* no server command we serve takes fds */
+	uint32_t had_fds = m->nfds;
+	m->nfds = 0;
+	if (m->cmd != VFIO_USER_DMA_READ && m->cmd != VFIO_USER_DMA_WRITE) return send_reply(l, m, ENOTSUP, NULL, 0);
+	if (had_fds || m->payload_len < 16) return send_reply(l, m, EINVAL, NULL, 0);
+	uint64_t addr = dl_get64(m->payload), count = dl_get64(m->payload + 8);
+	if (count == 0 || count > DL_MAX_XFER) return send_reply(l, m, EINVAL, NULL, 0);
+	bool write = m->cmd == VFIO_USER_DMA_WRITE;
+	if (write ? m->payload_len != 16 + count : m->payload_len != 16) return send_reply(l, m, EINVAL, NULL, 0);
+	const struct dl_dma_map *map = dl_dma_find(l, addr, count);
+	if (!map) return send_reply(l, m, EFAULT, NULL, 0);
+	if (!(map->flags & (write ? DEVLEASE_DMA_WRITE : DEVLEASE_DMA_READ))) return send_reply(l, m, EPERM, NULL, 0);
+	off_t at = (off_t)(map->offset + (addr - map->iova));
+	if (write) {
+		ssize_t n = pwrite(map->fd, m->payload + 16, count, at);
+		if (n != (ssize_t)count) return send_reply(l, m, n < 0 ? EIO : EFAULT, NULL, 0);
+		return send_reply(l, m, 0, m->payload, 16);
+	}
+	uint8_t *out = malloc(16 + count);
+	if (!out) return send_reply(l, m, ENOMEM, NULL, 0);
+	memcpy(out, m->payload, 16);
+	ssize_t n = pread(map->fd, out + 16, count, at);
+	int rc = n == (ssize_t)count ? send_reply(l, m, 0, out, 16 + count) : send_reply(l, m, n < 0 ? EIO : EFAULT, NULL, 0);
+	free(out);
+	return rc;
+}
+
+static int handle_unsolicited(struct devlease *l, struct dl_msg *m)
+{
+	if ((m->flags & VFIO_USER_F_TYPE_MASK) == VFIO_USER_F_TYPE_REPLY) {
+		char d[48];
+		snprintf(d, sizeof(d), "%u", m->id);
+		dl_msg_release(m);
+		return broken(l, EPROTO, "the broker sent a reply to message id %s, which is not waiting", d);
+	}
+	int rc = serve(l, m);
+	dl_msg_release(m);
+	return rc;
+}
+
+int dl_serve_pending(struct devlease *l)
+{
+	for (;;) {
+		if (l->broken) return dl_fail(-l->broken, "the session with the broker is broken");
+		struct pollfd p = { .fd = l->sock, .events = POLLIN };
+		if (poll(&p, 1, 0) <= 0) return 0;
+		struct dl_msg m;
+		int rc = recv_msg(l, &m, mono_ms() + l->timeout_ms);
+		if (rc < 0) return rc;
+		rc = handle_unsolicited(l, &m);
+		if (rc < 0) return rc;
+	}
+}
+
+/* Text of an error reply's payload, when it is a reason (printable UTF-8, as the broker sends). */
+static void reason_of(const struct dl_msg *m, char *out, size_t cap)
+{
+	out[0] = 0;
+	size_t n = m->payload_len < cap - 1 ? m->payload_len : cap - 1;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = m->payload[i];
+		if (c == 0) { n = i; break; }
+		if (c < 0x20 && c != '\t' && c != '\n') return;
+	}
+	memcpy(out, m->payload, n);
+	out[n] = 0;
+}
+
+int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, const int *fds, unsigned nfds,
+	    struct dl_msg *reply, const char *what)
+{
+	memset(reply, 0, sizeof(*reply));
+	if (l->broken) return dl_fail(-l->broken, "%s: the session with the broker is broken", what);
+	if (len + VFIO_USER_HEADER_SIZE > DL_MAX_MSG) return dl_fail(EINVAL, "%s: %zu bytes is too large a message", what, len);
+	uint16_t id = l->next_id++;
+	uint8_t *buf = malloc(VFIO_USER_HEADER_SIZE + len);
+	if (!buf) return dl_fail(ENOMEM, "%s: no memory", what);
+	memcpy(buf, &id, 2);
+	memcpy(buf + 2, &cmd, 2);
+	dl_put32(buf + 4, (uint32_t)(VFIO_USER_HEADER_SIZE + len));
+	dl_put32(buf + 8, 0);
+	dl_put32(buf + 12, 0);
+	if (len) memcpy(buf + VFIO_USER_HEADER_SIZE, payload, len);
+	int64_t deadline = mono_ms() + l->timeout_ms;
+	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, fds, nfds, deadline);
+	free(buf);
+	if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());
+	for (;;) {
+		struct dl_msg m;
+		rc = recv_msg(l, &m, deadline);
+		if (rc == -ETIMEDOUT) {
+			/* A late reply would answer a call nobody waits for: the session cannot be trusted. */
+			l->broken = -ETIMEDOUT;
+			return dl_fail(ETIMEDOUT, "%s: no reply from the broker in %d ms", what, l->timeout_ms);
+		}
+		if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());
+		bool is_reply = (m.flags & VFIO_USER_F_TYPE_MASK) == VFIO_USER_F_TYPE_REPLY;
+		if (!is_reply || m.id != id) {
+			rc = handle_unsolicited(l, &m);
+			if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());
+			continue;
+		}
+		if (m.cmd != cmd) {
+			dl_msg_release(&m);
+			l->broken = -EPROTO;
+			return dl_fail(EPROTO, "%s: the broker's reply names command %u, not %u", what, m.cmd, cmd);
+		}
+		if (m.flags & VFIO_USER_F_ERROR) {
+			int err = m.error_no > 0 && m.error_no < 4096 ? (int)m.error_no : EPROTO;
+			char why[1025];
+			if (l->reasons || cmd == VFIO_USER_VERSION) reason_of(&m, why, sizeof(why));
+			else why[0] = 0;
+			dl_msg_release(&m);
+			return dl_fail(err, "%s: %s%s%s", what, strerror(err), why[0] ? ": " : "", why);
+		}
+		*reply = m;
+		return 0;
+	}
+}
