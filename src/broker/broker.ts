@@ -8,6 +8,7 @@ import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Device, isReconnectable } from '../device/device.js';
 import type { Driver } from '../drivers/driver.js';
+import { loadDriverModule } from '../drivers/load.js';
 import { driverFactoryFor } from '../drivers/registry.js';
 import { DevleaseError } from '../errors.js';
 import { PidFd, type StreamSocket } from '../sys/index.js';
@@ -100,7 +101,8 @@ export class Broker extends EventEmitter {
 
   static async start(opts: BrokerOptions): Promise<Broker> {
     const { config, device } = opts;
-    const factory = driverFactoryFor(device);
+    const own = config.driverModule ? [await loadDriverModule(config.driverModule)] : [];
+    const factory = driverFactoryFor(device, own);
     if (!factory) throw new DevleaseError('ENODEV', 'no driver matches the device');
     const audit = new AuditLog(config.auditLog, opts.auditSink);
     const policy = new Policy(config.policy, (e) => audit.write({ event: 'policy', ...e }));

@@ -3,6 +3,7 @@
 // fails at start with a message an operator can act on.
 
 import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 
 /**
@@ -33,6 +34,8 @@ export interface BrokerConfig {
   rundir: string;
   /** The device's name in paths and logs. */
   deviceName: string;
+  /** A driver module of one's own (docs/DRIVERS.md), tried before the built-in drivers; absolute once loaded from a file. */
+  driverModule: string | null;
   /**
    * When a vfio-user device's connection is lost: reconnect (with backoff, first wait `initialMs`, doubling up
    * to `maxMs` between attempts), or exit (false; kernel devices always exit).
@@ -82,6 +85,12 @@ export interface BrokerConfig {
     /** Optional module exporting lease(ctx, req) and map(ctx, req) hooks. */
     module: string | null;
     hookTimeoutMs: number;
+    /**
+     * After a reload (devlease reload, SIGHUP), leases the new policy would refuse: kept to their end, or revoked
+     * with a deadline of `onReloadDeadlineMs`.
+     */
+    onReload: 'keep' | 'revoke';
+    onReloadDeadlineMs: number;
   };
   /** JSON-lines audit log; null: stderr only. */
   auditLog: string | null;
@@ -124,6 +133,7 @@ export function defaultConfig(): BrokerConfig {
   return {
     rundir: '/run/devlease',
     deviceName: 'sa1',
+    driverModule: null,
     reconnect: { enabled: true, initialMs: 50, maxMs: 2000 },
     recovery: { attempts: 3, backoffMs: 100, backoffMaxMs: 2000 },
     sockets: { mode: 0o666, group: null, versionTimeoutMs: 5000, maxPending: 128, maxPendingPerUid: 32 },
@@ -131,7 +141,13 @@ export function defaultConfig(): BrokerConfig {
     layout: { pageSize: 4096, allowCooperative: false },
     lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500 },
     sa1: { firmware: null, windowSize: 1n << 30n, maxDevmemGranules: 16, heartbeatMs: 100 },
-    policy: { rules: defaultRules(), module: null, hookTimeoutMs: 200 },
+    policy: {
+      rules: defaultRules(),
+      module: null,
+      hookTimeoutMs: 200,
+      onReload: 'keep',
+      onReloadDeadlineMs: 5000,
+    },
     auditLog: null,
   };
 }
@@ -288,6 +304,7 @@ export function configFromObject(doc: Table): BrokerConfig {
       'may contain only letters, digits, ".", "_" and "-" (it names a folder)',
     );
   }
+  const driverModule = device.string('driver', null);
   const reconnect = {
     enabled: device.bool('reconnect', d.reconnect.enabled),
     initialMs: device.int('reconnect_initial_ms', d.reconnect.initialMs, 1, 60_000),
@@ -368,14 +385,32 @@ export function configFromObject(doc: Table): BrokerConfig {
     rules,
     module: pol.string('module', null),
     hookTimeoutMs: pol.int('hook_timeout_ms', d.policy.hookTimeoutMs, 1, 60_000),
+    onReload: pol.string('on_reload', d.policy.onReload) as 'keep' | 'revoke',
+    onReloadDeadlineMs: pol.int('on_reload_deadline_ms', d.policy.onReloadDeadlineMs, 0, 3_600_000),
   };
+  if (policy.onReload !== 'keep' && policy.onReload !== 'revoke') {
+    throw new ConfigError('policy.on_reload', `must be "keep" or "revoke" (got "${policy.onReload}")`);
+  }
   pol.done();
 
   const audit = top.table('audit');
   const auditLog = audit.string('path', null);
   audit.done();
   top.done();
-  return { rundir, deviceName, reconnect, recovery, sockets, admin, layout, lifetime, sa1, policy, auditLog };
+  return {
+    rundir,
+    deviceName,
+    driverModule,
+    reconnect,
+    recovery,
+    sockets,
+    admin,
+    layout,
+    lifetime,
+    sa1,
+    policy,
+    auditLog,
+  };
 }
 
 export function parseConfig(text: string, source = 'config'): BrokerConfig {
@@ -395,5 +430,8 @@ export function loadConfig(path: string): BrokerConfig {
   } catch (err) {
     throw new ConfigError('(file)', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
   }
-  return parseConfig(text, path);
+  const config = parseConfig(text, path);
+  // A driver module is named relative to the config file that names it, as an operator reads the file.
+  if (config.driverModule) config.driverModule = resolve(dirname(path), config.driverModule);
+  return config;
 }
