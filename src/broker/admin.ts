@@ -2,7 +2,7 @@
 // message, for root, the broker's own user, or the configured admin group.
 //
 //   → {"op":"status"} | {"op":"leases"} | {"op":"clients"} | {"op":"revoke","id":"queue-3","deadlineMs":500}
-//     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"}
+//     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"} | {"op":"reload"}
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
 import { chownSync, readFileSync } from 'node:fs';
@@ -116,6 +116,8 @@ export class AdminServer {
       case 'reset':
         await b.resetDevice();
         return { reset: true };
+      case 'reload':
+        return b.reload();
       case 'audit':
         return b.audit.recent.slice(-100);
       default:
