@@ -167,3 +167,29 @@ test('on_reload = "revoke": a lease the reloaded policy refuses gets a revoke no
     }
   });
 });
+
+test('a changed policy module is imported afresh on reload, and decisions name its sha256', async () => {
+  const mod = join(dir, 'policy.mjs');
+  const v1 = 'export function lease() { return { allow: true }; }\n';
+  const v2 = "export function lease() { return { allow: false, reason: 'closed for maintenance' }; }\n";
+  writeFileSync(mod, v1);
+  await withRig(policy(4, `module = "${mod}"`), async (rig, _file, admin) => {
+    const [a, b] = await Promise.all([ClientProc.spawn(), ClientProc.spawn()]);
+    try {
+      await a.call('connect', { socket: rig.socket });
+      writeFileSync(mod, v2); // the same path, the same config file: only the module changed
+      const out = (await adminRequest(admin, { op: 'reload' })) as ReloadOutcome;
+      assert.equal(out.config.policyModule, sha(v2));
+      assert.equal(out.previous.policyModule, sha(v1));
+      assert.equal(out.refused.length, 1, 'the new module refuses the existing lease too (kept)');
+      const err = await b.call('connect', { socket: rig.socket }).catch((e) => e);
+      assert.equal(err.code, 'EACCES');
+      assert.match(err.message, /closed for maintenance/);
+      const deny = rig.audit.find((e) => e.event === 'deny' && e.pid === b.pid);
+      assert.equal(deny?.decidedBy.policyModule, sha(v2));
+      assert.equal(rig.audit.find((e) => e.event === 'grant')?.decidedBy.policyModule, sha(v1));
+    } finally {
+      await Promise.all([a.exit(), b.exit()]);
+    }
+  });
+});
