@@ -27,13 +27,15 @@ try {
 }
 // Guest-side kernel tests run inside the QEMU guest (npm run test:kernel), never on the host; VM tests
 // boot QEMU 11 guests (npm run test:vm); the interop suite needs the stock peers its own runner builds
-// (npm run test:interop). None of them is part of `npm test`.
+// (npm run test:interop); the chaos, fuzz and fail-nth suites run long, by their own scripts
+// (npm run test:chaos / test:fuzz / test:fail-nth; bounded forms in .ci/run). None of them is part of `npm test`.
 if (dir === 'test')
   files = files.filter(
     (f) =>
       !f.includes(`${join('kernel', 'guest')}`) &&
       !f.includes(join(root, 'vm')) &&
-      !f.includes(join('dist', 'test', 'interop')),
+      !f.includes(join('dist', 'test', 'interop')) &&
+      !['chaos', 'fuzz', 'fail-nth'].some((s) => f.includes(join('dist', 'test', s, ''))),
   );
 if (only.length) files = files.filter((f) => only.some((o) => f.includes(o)));
 if (files.length === 0) {

@@ -32,6 +32,7 @@ import {
   type Driver,
   type DriverFactory,
   type Isolation,
+  identityView,
   type LeaseRequest,
   type LeaseResources,
   readBarTypes,
@@ -127,6 +128,8 @@ export class ServerSampleDriver extends EventEmitter implements Driver {
         isolation: WHOLE,
       })),
       window: WINDOW,
+      // The sample DMAs to the addresses the client mapped: no translation.
+      view: identityView(WINDOW, 'the sample has no address translation'),
       vectors: [0],
       irqIndex: VFIO_PCI_INTX_IRQ_INDEX,
       devmem: null,

@@ -3,12 +3,28 @@
 //
 //   → {"op":"status"} | {"op":"leases"} | {"op":"clients"} | {"op":"revoke","id":"queue-3","deadlineMs":500}
 //     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"} | {"op":"reload"}
+//     | {"op":"top"} (devlease top's view)
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
 import { chownSync, readFileSync } from 'node:fs';
-import { type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
+import { type Fd, type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
 import type { Broker } from './broker.js';
 import { checkRevokeDeadline } from './lease.js';
+import { TopSnapshot } from './observe/top-snapshot.js';
+
+/**
+ * Flow control, as on the vfio-user connections (src/vfio/user/connection.ts),
+ * so that an admin client costs the broker a bounded amount whatever it does:
+ * reading stops while ADMIN_MAX_PENDING requests are being handled or more
+ * than ADMIN_REPLY_HIGH_WATER reply bytes wait for the client to read them,
+ * and resumes when both are back under. Requests already read still get their
+ * replies, so the backlog passes the high-water mark by at most
+ * ADMIN_MAX_PENDING replies; past ADMIN_REPLY_HARD_LIMIT (replies that big
+ * are not expected) the connection is cut.
+ */
+export const ADMIN_MAX_PENDING = 16;
+export const ADMIN_REPLY_HIGH_WATER = 256 * 1024;
+export const ADMIN_REPLY_HARD_LIMIT = 4 * 1024 * 1024;
 
 const json = (v: unknown) =>
   Buffer.from(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : x)));
@@ -27,13 +43,20 @@ export class AdminServer {
   readonly #server: SeqpacketServer;
   readonly #broker: Broker;
   readonly path: string;
+  /** `devlease top`'s view, made on first use. */
+  #top: TopSnapshot | null = null;
 
-  constructor(broker: Broker, path: string) {
+  /** `listening`: a socket systemd made (socket activation): its mode and group are the socket unit's. */
+  constructor(broker: Broker, path: string, listening?: Fd) {
     this.#broker = broker;
     this.path = path;
     const { mode, group } = broker.config.admin;
-    this.#server = SeqpacketServer.listen(path, { mode });
-    if (group !== null) chownSync(path, -1, group);
+    if (listening) {
+      this.#server = SeqpacketServer.fromListening(listening, path);
+    } else {
+      this.#server = SeqpacketServer.listen(path, { mode });
+      if (group !== null) chownSync(path, -1, group);
+    }
     this.#server.on('connection', (sock: SeqpacketSocket) => this.#accept(sock));
   }
 
@@ -55,8 +78,25 @@ export class AdminServer {
       }
       return;
     }
+    let pending = 0;
+    const flowControl = () => {
+      if (sock.closed) return;
+      if (sock.queuedBytes > ADMIN_REPLY_HARD_LIMIT) {
+        this.#broker.log(
+          `admin connection (pid ${sock.peerCred().pid}): ${sock.queuedBytes} reply bytes unread; closing it`,
+        );
+        sock.close();
+        return;
+      }
+      if (pending >= ADMIN_MAX_PENDING || sock.queuedBytes > ADMIN_REPLY_HIGH_WATER) sock.pause();
+      else sock.resume();
+    };
+    sock.on('drain', flowControl);
+    sock.on('error', () => sock.close());
     sock.on('message', (msg: SeqpacketMessage) => {
       for (const fd of msg.fds) fd.close();
+      pending++;
+      flowControl();
       void this.#handle(msg.data)
         .then((result) => ({ ok: true, result }))
         .catch((err: Error & { code?: string }) => ({
@@ -65,7 +105,15 @@ export class AdminServer {
           code: err.code ?? 'EINVAL',
         }))
         .then((reply) => {
-          if (!sock.closed) sock.send(json(reply));
+          pending--;
+          if (sock.closed) return;
+          try {
+            sock.send(json(reply));
+          } catch {
+            sock.close(); // the peer is gone (EPIPE)
+            return;
+          }
+          flowControl();
         });
     });
   }
@@ -120,6 +168,9 @@ export class AdminServer {
         return b.reload();
       case 'audit':
         return b.audit.recent.slice(-100);
+      case 'top':
+        this.#top ??= new TopSnapshot(b);
+        return this.#top.snapshot();
       default:
         throw Object.assign(new Error(`unknown op ${JSON.stringify(req.op)}`), { code: 'EINVAL' });
     }

@@ -16,6 +16,8 @@ export class AuditLog {
   readonly recent: AuditRecord[] = [];
   /** Which config decides now (reload.ts): stamped on every grant and denial as `decidedBy`. */
   decidedBy: { readonly config: string; readonly policyModule?: string } | null = null;
+  /** Observers of every record (metrics count grants, denials, reclaims from them). */
+  readonly #listeners = new Set<(rec: AuditRecord) => void>();
 
   constructor(path: string | null, sink?: (line: string) => void) {
     this.#path = path;
@@ -34,5 +36,12 @@ export class AuditLog {
     if (this.recent.length > 1000) this.recent.splice(0, this.recent.length - 1000);
     if (this.#path) appendFileSync(this.#path, `${line}\n`);
     this.#sink?.(line);
+    for (const l of this.#listeners) l(full);
+  }
+
+  /** Calls `fn` with every record written from now on; returns the unsubscribe function. */
+  subscribe(fn: (rec: AuditRecord) => void): () => void {
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
   }
 }

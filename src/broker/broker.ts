@@ -11,7 +11,7 @@ import type { Driver } from '../drivers/driver.js';
 import { loadDriverModule } from '../drivers/load.js';
 import { driverFactoryFor } from '../drivers/registry.js';
 import { DevleaseError } from '../errors.js';
-import { PidFd, type StreamSocket } from '../sys/index.js';
+import { type ListenSocket, listenFdsError, PidFd, type StreamSocket } from '../sys/index.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { ConnectionInfo } from '../vfio/user/device-model.js';
 import { VfioError } from '../vfio/user/device-model.js';
@@ -23,6 +23,7 @@ import { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
 import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
 import { LeaseTable } from './leases.js';
+import { MetricsServer } from './observe/metrics-server.js';
 import { PendingSession } from './pending-session.js';
 import { Policy, type PolicyModule, readCallerContext } from './policy.js';
 import { Recovery, type RecoveryCause } from './recovery.js';
@@ -45,6 +46,11 @@ export interface BrokerOptions {
   /** Audit lines also go here (tests, the demo's live view). */
   auditSink?: (line: string) => void;
   log?: (msg: string) => void;
+  /**
+   * Sockets systemd made (socket activation), by FileDescriptorName=: a lease kind's name or 'admin'. Served
+   * as they are (their mode and group are the socket unit's); kinds without one are bound as configured.
+   */
+  listening?: ListenSocket[];
 }
 
 /**
@@ -54,6 +60,30 @@ export interface BrokerOptions {
  * 'device-lost' (reason): the connection dropped and will not be re-made (a kernel device, or
  * device.reconnect = false): the broker is of no more use (the daemon exits).
  */
+/**
+ * The inherited sockets by name, checked: each name a lease kind (SOCK_STREAM) or 'admin' (SOCK_SEQPACKET),
+ * once. On a refusal every inherited socket is closed and the error names the socket.
+ */
+function takeInherited(listening: ListenSocket[], kinds: string[]): Map<string, ListenSocket> {
+  const byName = new Map<string, ListenSocket>();
+  const refuse = (why: string) => {
+    for (const l of listening) l.fd.close();
+    throw listenFdsError(why);
+  };
+  for (const l of listening) {
+    const want = l.name === 'admin' ? 'seqpacket' : kinds.includes(l.name) ? 'stream' : null;
+    if (want === null)
+      refuse(
+        `socket '${l.name}' (${l.path || 'unnamed'}) names no lease kind of this device (${kinds.join(', ')}) nor 'admin'`,
+      );
+    if (l.type !== want)
+      refuse(`socket '${l.name}' (${l.path || 'unnamed'}) is ${l.type}; it must be ${want}`);
+    if (byName.has(l.name)) refuse(`two sockets are named '${l.name}'`);
+    byName.set(l.name, l);
+  }
+  return byName;
+}
+
 export class Broker extends EventEmitter {
   readonly config: BrokerConfig;
   readonly device: Device;
@@ -66,6 +96,8 @@ export class Broker extends EventEmitter {
   readonly #watcher = new SliceWatcher();
   readonly #pidfds = new Set<PidFd>();
   #admin: AdminServer | null = null;
+  /** The Prometheus endpoint (config [metrics] listen), or null. */
+  #metrics: MetricsServer | null = null;
   #closed = false;
   /** Device recoveries, one at a time (hang, reset, the owner's reset). */
   readonly #recovery: Recovery;
@@ -130,7 +162,8 @@ export class Broker extends EventEmitter {
     const broker = new Broker(opts, driver, policy, audit);
     try {
       await driver.boot();
-      await broker.#listen();
+      await broker.#listen(opts.listening ?? []);
+      if (config.metrics.listen) broker.#metrics = await MetricsServer.start(broker);
     } catch (err) {
       await broker.close();
       throw err;
@@ -151,11 +184,14 @@ export class Broker extends EventEmitter {
     return broker;
   }
 
-  async #listen(): Promise<void> {
+  async #listen(listening: ListenSocket[]): Promise<void> {
+    const inherited = takeInherited(listening, this.driver.kinds());
     mkdirSync(this.dir, { recursive: true, mode: 0o755 });
     for (const kind of this.driver.kinds()) {
-      const path = join(this.dir, `${kind}.sock`);
+      const given = inherited.get(kind);
+      const path = given?.path || join(this.dir, `${kind}.sock`);
       const server = VfioUserServer.listen(path, {
+        ...(given ? { listening: given.fd } : {}),
         mode: this.config.sockets.mode,
         // DMA maps must be aligned to the configured page (vfio-user pgsizes), which the client library reads.
         pgsizes: this.config.layout.pageSize,
@@ -164,11 +200,12 @@ export class Broker extends EventEmitter {
         log: (m, err) =>
           this.#serverLog.log(m.replace(/\d+/g, 'N'), err ? `${m}: ${(err as Error).message ?? err}` : m),
       });
-      if (this.config.sockets.group !== null) chownSync(path, -1, this.config.sockets.group);
+      if (!given && this.config.sockets.group !== null) chownSync(path, -1, this.config.sockets.group);
       this.#servers.push(server);
       this.sockets.set(kind, path);
     }
-    this.#admin = new AdminServer(this, join(this.dir, 'admin.sock'));
+    const admin = inherited.get('admin');
+    this.#admin = new AdminServer(this, admin?.path || join(this.dir, 'admin.sock'), admin?.fd);
   }
 
   #session(kind: string, conn: ConnectionInfo, socket: MessageSocket): PendingSession {
@@ -185,19 +222,23 @@ export class Broker extends EventEmitter {
     session.onVersionDone(() => admitted.done());
     session.onEnd(() => admitted.done());
     // Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child).
+    let pidfd: PidFd | null = null;
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      const pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
-      this.#pidfds.add(pidfd);
-      pidfd.onExit(() => {
+      const p = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
+      pidfd = p;
+      this.#pidfds.add(p);
+      p.onExit(() => {
         session?.processExited();
-        this.#pidfds.delete(pidfd);
-        pidfd.close();
+        this.#pidfds.delete(p);
+        p.close();
       });
       session.onEnd(() => {
-        if (this.#pidfds.delete(pidfd)) pidfd.close();
+        if (this.#pidfds.delete(p)) p.close();
       });
     } catch (err) {
+      // A pidfd whose watch could not start is closed here, not kept until the broker stops (fail-nth walk).
+      if (pidfd && this.#pidfds.delete(pidfd)) pidfd.close();
       // Rate-limited: it fails when descriptors run out, for every connection then.
       this.#serverLog.log(
         'no pidfd',
@@ -335,6 +376,11 @@ export class Broker extends EventEmitter {
     return p;
   }
 
+  /** Where the Prometheus endpoint listens (HOST:PORT with the bound port, or a socket path), or null. */
+  get metricsEndpoint(): string | null {
+    return this.#metrics?.endpoint ?? null;
+  }
+
   /** Up, or gone since when and why (and how many reconnect attempts so far). */
   deviceConnection(): DeviceConnectionStatus {
     return this.#link.status();
@@ -361,6 +407,7 @@ export class Broker extends EventEmitter {
     this.#closed = true;
     this.leases.suspended = 'the broker is shutting down';
     this.#admin?.close();
+    await this.#metrics?.close();
     await this.#link.close();
     await this.#recovery.close();
     await this.#losing;

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
+import type { IovaViewMode } from '../drivers/driver.js';
 
 /**
  * A lease limit: a count, or 'fair' — a share of the device, ceil(capacity / FAIR_SHARE_DIVISOR) leases,
@@ -73,8 +74,10 @@ export interface BrokerConfig {
   sa1: {
     /** Firmware image path; null: the broker generates a valid default image. */
     firmware: string | null;
-    /** IOVA window per lease, bytes (a power of two). */
+    /** IOVA window per lease, bytes (a power of two): the device range, and the size of a translated view. */
     windowSize: bigint;
+    /** 'translated': each lease's client sees its own IOVA space [0, windowSize) (Q_XLAT); 'identity': the device's. */
+    iovaView: IovaViewMode;
     /** Device-memory granules a lease may ask for at most. */
     maxDevmemGranules: number;
     /** Heartbeat check period (ms); a stopped heartbeat over this long is a hang. */
@@ -94,6 +97,11 @@ export interface BrokerConfig {
   };
   /** JSON-lines audit log; null: stderr only. */
   auditLog: string | null;
+  /**
+   * Prometheus endpoint (docs/OPERATIONS.md): `listen` is a unix socket path (created with `mode`) or
+   * HOST:PORT; null (the default): no endpoint. Device counters are read at each scrape.
+   */
+  metrics: { listen: string | null; mode: number };
 }
 
 export class ConfigError extends Error {
@@ -140,7 +148,13 @@ export function defaultConfig(): BrokerConfig {
     admin: { mode: 0o600, group: null },
     layout: { pageSize: 4096, allowCooperative: false },
     lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500 },
-    sa1: { firmware: null, windowSize: 1n << 30n, maxDevmemGranules: 16, heartbeatMs: 100 },
+    sa1: {
+      firmware: null,
+      windowSize: 4n << 30n,
+      iovaView: 'translated',
+      maxDevmemGranules: 16,
+      heartbeatMs: 100,
+    },
     policy: {
       rules: defaultRules(),
       module: null,
@@ -149,6 +163,7 @@ export function defaultConfig(): BrokerConfig {
       onReloadDeadlineMs: 5000,
     },
     auditLog: null,
+    metrics: { listen: null, mode: 0o660 },
   };
 }
 
@@ -360,9 +375,13 @@ export function configFromObject(doc: Table): BrokerConfig {
   const windowSize = s.bytes('window_size', d.sa1.windowSize, 4096n, 1n << 40n);
   if ((windowSize & (windowSize - 1n)) !== 0n)
     throw new ConfigError('sa1.window_size', 'must be a power of two');
+  const iovaView = s.string('iova_view', d.sa1.iovaView);
+  if (iovaView !== 'translated' && iovaView !== 'identity')
+    throw new ConfigError('sa1.iova_view', `must be "translated" or "identity", got "${iovaView}"`);
   const sa1 = {
     firmware: s.string('firmware', null),
     windowSize,
+    iovaView: iovaView as IovaViewMode,
     maxDevmemGranules: s.int('max_devmem_granules', d.sa1.maxDevmemGranules, 0, 1 << 16),
     heartbeatMs: s.int('heartbeat_ms', d.sa1.heartbeatMs, 20, 60_000),
   };
@@ -396,6 +415,12 @@ export function configFromObject(doc: Table): BrokerConfig {
   const audit = top.table('audit');
   const auditLog = audit.string('path', null);
   audit.done();
+  const met = top.table('metrics');
+  const metrics = {
+    listen: metricsListen(met.string('listen', null)),
+    mode: met.int('mode', d.metrics.mode, 0, 0o777),
+  };
+  met.done();
   top.done();
   return {
     rundir,
@@ -410,7 +435,21 @@ export function configFromObject(doc: Table): BrokerConfig {
     sa1,
     policy,
     auditLog,
+    metrics,
   };
+}
+
+/** metrics.listen: an absolute socket path, or HOST:PORT ([v6]:PORT), port 0 meaning any free one. */
+function metricsListen(v: string | null): string | null {
+  if (v === null || v.startsWith('/')) return v;
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d+)$/.exec(v);
+  const port = m ? Number(m[2]) : 0;
+  if (!m || port > 65535)
+    throw new ConfigError(
+      'metrics.listen',
+      `must be an absolute unix socket path or HOST:PORT (e.g. 127.0.0.1:9464), got '${v}'`,
+    );
+  return v;
 }
 
 export function parseConfig(text: string, source = 'config'): BrokerConfig {

@@ -43,7 +43,10 @@ export type LeaseState =
   | 'released';
 
 export interface LeaseMapping {
+  /** As the client gave it (an address of its view). */
   iova: bigint;
+  /** Where the device has it (the same for an identity view). */
+  deviceIova: bigint;
   size: bigint;
   read: boolean;
   write: boolean;
@@ -71,6 +74,8 @@ export class Lease {
   /** The client's notification eventfds (ERR: device fault/reset, REQ: revocation notice). */
   errFd: Fd | null = null;
   reqFd: Fd | null = null;
+  /** devlease's notice irq (DEVLEASE_NOTICE_IRQ_INDEX): per-queue faults, for clients that negotiated devlease. */
+  noticeFd: Fd | null = null;
   /** Session requests in progress (DMA_MAP, SET_IRQS): reclaim waits for them before it undoes anything. */
   readonly #ops = new Set<Promise<unknown>>();
   /** The owner's revocation deadline timer, cleared when the lease ends first. */
@@ -120,8 +125,8 @@ export class Lease {
   }
 
   /** Signal an eventfd the client gave us; a client that closed its end is simply not told. */
-  notify(which: 'err' | 'req'): void {
-    const fd = which === 'err' ? this.errFd : this.reqFd;
+  notify(which: 'err' | 'req' | 'notice'): void {
+    const fd = which === 'err' ? this.errFd : which === 'req' ? this.reqFd : this.noticeFd;
     if (!fd || fd.closed) return;
     try {
       // The fd was checked to be an eventfd and made non-blocking when the client gave it (eventfd-check.ts).
@@ -140,7 +145,9 @@ export class Lease {
       state: this.state,
       deadline: this.deadline,
       queue: r.queue,
-      iovaWindow: r.window ? { base: hex(r.window.base), size: hex(r.window.size) } : null,
+      // The client's IOVA space: what it maps in (for a translated view not the device's addresses).
+      iovaWindow: r.view ? { base: hex(r.view.base), size: hex(r.view.size) } : null,
+      iovaView: r.view ? { mode: r.view.mode, reason: r.view.reason } : null,
       devmem: r.devmem ? { offset: hex(r.devmem.offset), size: hex(r.devmem.size) } : null,
       vectors: r.vectors.length,
       regions: r.slices.map((s) => ({ index: s.leaseRegion, size: hex(s.size), unit: hex(s.unit) })),
@@ -164,6 +171,14 @@ export class Lease {
       gid: this.ctx.gid,
       exe: this.ctx.exe,
       queue: this.resources.queue,
+      iovaView: this.resources.view
+        ? {
+            mode: this.resources.view.mode,
+            base: hex(this.resources.view.base),
+            size: hex(this.resources.view.size),
+            device: this.resources.window ? hex(this.resources.window.base) : null,
+          }
+        : null,
       mappings: this.mappings.size,
       mappedBytes: this.mappedBytes.toString(),
       outstandingSliceFds: [...this.slices.values()].flat().reduce((n, u) => n + u.outstanding, 0),

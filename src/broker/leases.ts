@@ -123,11 +123,12 @@ export class LeaseTable extends EventEmitter {
           ? ['EBUSY', 'the broker is draining: no new leases']
           : [null, null];
     if (code === null) return;
-    this.audit.write({ event: 'deny', ...who, reason });
+    this.audit.write({ event: 'deny', ...who, reason, code });
     throw new VfioError(code, reason);
   }
 
   async #grant(ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
+    const t0 = process.hrtime.bigint();
     const who = { pid: ctx.pid, uid: ctx.uid, gid: ctx.gid, exe: ctx.exe, kind: req.kind };
     this.#checkOpen(who);
     // This request is itself counted in `granting`: compare the others against the limit.
@@ -135,7 +136,7 @@ export class LeaseTable extends EventEmitter {
     usage.leases -= 1;
     const verdict = await this.policy.checkLease(ctx, req, usage, this.driver.capacity?.(req.kind) ?? 1);
     if (!verdict.allow) {
-      this.audit.write({ event: 'deny', ...who, reason: verdict.reason });
+      this.audit.write({ event: 'deny', ...who, reason: verdict.reason, code: 'EACCES' });
       throw new VfioError('EACCES', verdict.reason);
     }
     // The device may have gone (or come back with new pools) while policy decided: check again, then take
@@ -146,7 +147,12 @@ export class LeaseTable extends EventEmitter {
     try {
       resources = this.driver.acquire(req);
     } catch (err) {
-      this.audit.write({ event: 'deny', ...who, reason: (err as Error).message });
+      this.audit.write({
+        event: 'deny',
+        ...who,
+        reason: (err as Error).message,
+        code: (err as { code?: string }).code ?? 'EINVAL',
+      });
       throw err;
     }
     const lease = new Lease(`${req.kind}-${this.#next++}`, req, ctx, resources);
@@ -168,6 +174,7 @@ export class LeaseTable extends EventEmitter {
         event: 'deny',
         ...who,
         reason: `device refused the lease: ${(err as Error).message}`,
+        code: 'device',
       });
       // The device's own errno and words when it refused (the audit line above records it); EIO only for
       // what carries no errno.
@@ -183,6 +190,8 @@ export class LeaseTable extends EventEmitter {
       ...who,
       queue: resources.queue,
       window: resources.window,
+      iovaView: resources.view?.mode ?? null,
+      ms: Number(process.hrtime.bigint() - t0) / 1e6,
     });
     this.emit('granted', lease);
     return lease;
@@ -230,13 +239,18 @@ export class LeaseTable extends EventEmitter {
     return lease;
   }
 
-  /** Forward a device fault to the lease holding that queue (ERR notice), or to everyone for device faults. */
+  /**
+   * Forward a device fault to the lease holding that queue, or to everyone for device faults. A queue's fault
+   * is recoverable (the holder resets its queue): it never signals ERR, which a stock client such as QEMU takes
+   * for an unrecoverable error (vm_stop). The holder learns of it from the queue page's Q_ERROR, the
+   * completion's status, and — a devlease client — the notice irq. Device-wide faults signal ERR.
+   */
   fault(f: DeviceFault): void {
     for (const l of this.#leases.values()) {
       if (!l.live || (f.queue !== null && l.resources.queue !== f.queue)) continue;
       l.faults.push(f);
       if (l.faults.length > 16) l.faults.shift();
-      l.notify('err');
+      l.notify(f.queue === null ? 'err' : 'notice');
     }
   }
 
@@ -285,6 +299,7 @@ export class LeaseTable extends EventEmitter {
     await this.#unmapAll(lease, step);
     lease.errFd?.close();
     lease.reqFd?.close();
+    lease.noticeFd?.close();
     const units = [...lease.slices.values()].flat();
     let revoked = this.config.lifetime.revoke && this.device.capabilities.revocableSlices;
     if (revoked) {
@@ -350,6 +365,7 @@ export class LeaseTable extends EventEmitter {
     lease.revokeTimer?.cancel();
     lease.errFd?.close();
     lease.reqFd?.close();
+    lease.noticeFd?.close();
     const units = [...lease.slices.values()].flat();
     const outstanding = units.reduce((n, u) => n + u.outstanding, 0);
     for (const u of units) u.dispose(this.watcher);
@@ -409,7 +425,11 @@ export class LeaseTable extends EventEmitter {
       }
     }
     for (const m of [...lease.mappings.values()]) {
-      await step(`unmap 0x${m.iova.toString(16)}`, () => this.device.dmaUnmap(m.iova, m.size), true);
+      await step(
+        `unmap 0x${m.deviceIova.toString(16)}`,
+        () => this.device.dmaUnmap(m.deviceIova, m.size),
+        true,
+      );
       lease.mappings.delete(m.iova);
     }
   }

@@ -8,6 +8,7 @@ import {
   type DmaMapRequest,
   type DmaUnmapRequest,
   type FeatureReply,
+  type FeatureRequest,
   type IrqDescription,
   type IrqSetRequest,
   type RegionDescription,
@@ -59,7 +60,11 @@ export class PendingSession implements VfioUserDeviceModel {
   async #negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
     const request = readLeaseRequest(clientCaps, this.#kind);
     const lease = await this.#table.grant(this.#ctx, request);
-    this.#session = new LeaseSession(lease, this.#table);
+    // A devlease client proposes devlease.request (the client library always does, {} for defaults); a stock
+    // client (QEMU) proposes no devlease, and error_reason alone is not a lease client's negotiation.
+    const ext = clientCaps['devlease'];
+    const devlease = typeof ext === 'object' && ext !== null && 'request' in ext;
+    this.#session = new LeaseSession(lease, this.#table, { devlease });
     lease.disconnect = () => this.#closeSocket();
     if (this.#ended) {
       // the client vanished while we were granting
@@ -104,8 +109,8 @@ export class PendingSession implements VfioUserDeviceModel {
   reset() {
     return this.#s().reset();
   }
-  feature(): FeatureReply {
-    return this.#s().feature();
+  feature(req: FeatureRequest): FeatureReply {
+    return this.#s().feature(req);
   }
   regionIoFds(index: number): Promise<RegionIoFds> {
     return this.#s().regionIoFds(index);

@@ -1,10 +1,13 @@
 // One client connection: a vfio-user device made only of the client's lease.
 //
-// Regions: config space (virtual), the leased slices at their BAR indexes
-// (mmap-able through their own slice fds), and the devlease info region
-// (JSON) at index 9. IRQs: MSI-X (the lease's vectors, wired straight to the
-// device), ERR (fault/reset notice), REQ (revocation notice). DMA_MAP only
-// inside the lease's IOVA window, after policy. DEVICE_RESET resets only the
+// Regions: config space (virtual, with an MSI-X capability when the lease
+// has MSI-X vectors), the leased slices at their BAR indexes (mmap-able
+// through their own slice fds), the MSI-X table/PBA BAR (trapped), and the
+// devlease info region (JSON) at index 9. IRQs: MSI-X (the lease's vectors, wired straight to the
+// device), ERR (unrecoverable: hang, unrequested reset), REQ (revocation
+// notice), and for devlease clients the notice irq (queue faults). DMA_MAP only
+// inside the lease's IOVA view, after policy; a translated view's address V
+// is mapped on the device at the lease window's base + V. DEVICE_RESET resets only the
 // lease's queue. Nothing else of the device is reachable from here.
 
 import { CONFIG_SPACE_SIZE, LeaseBars, PCI_BASE_ADDRESS_0, PCI_NUM_BARS } from '../drivers/config-space.js';
@@ -30,6 +33,7 @@ import {
   type DmaMapRequest,
   type DmaUnmapRequest,
   type FeatureReply,
+  type FeatureRequest,
   type IrqDescription,
   type IrqSetRequest,
   type RegionDescription,
@@ -41,8 +45,15 @@ import { deviceRefusal } from './device-refusal.js';
 import { checkDmaFd } from './dma-fd-check.js';
 import { adoptEventFd } from './eventfd-check.js';
 import type { Lease } from './lease.js';
+import { LeaseMsix } from './lease-msix.js';
 import type { LeaseTable } from './leases.js';
 import { infoRegionCaps, sliceRegionCaps } from './region-caps.js';
+
+/**
+ * devlease's notice irq: index 5, the first past VFIO_PCI_NUM_IRQS (QEMU never looks there). Offered only to
+ * clients that proposed devlease in VERSION; signalled for per-queue faults, which never signal ERR.
+ */
+export const DEVLEASE_NOTICE_IRQ_INDEX = VFIO_PCI_NUM_IRQS;
 
 /** The devlease info region: index 9, the first device-specific region. */
 export const INFO_REGION_INDEX = VFIO_PCI_NUM_REGIONS;
@@ -58,16 +69,23 @@ export class LeaseSession implements VfioUserDeviceModel {
   readonly #config: Uint8Array;
   readonly #bars: LeaseBars;
   readonly #page: bigint;
+  /** The MSI-X capability and its trapped table/PBA region (lease-msix.ts), when the lease has MSI-X vectors. */
+  readonly #msix: LeaseMsix | null;
 
-  constructor(lease: Lease, table: LeaseTable) {
+  /** The client proposed devlease in VERSION: it is told of the notice irq (a stock client never sees it). */
+  readonly #devlease: boolean;
+
+  constructor(lease: Lease, table: LeaseTable, opts: { devlease?: boolean } = {}) {
+    this.#devlease = opts.devlease ?? false;
     this.#lease = lease;
     this.#table = table;
     this.#config = table.driver.leaseConfigSpace(lease.resources);
+    this.#msix = LeaseMsix.for(lease.resources);
+    this.#msix?.install(this.#config);
     // BAR types as the driver mirrored them from the device; sizes as REGION_INFO gives them (the slices).
-    this.#bars = new LeaseBars(
-      this.#config,
-      new Map(lease.resources.slices.map((s) => [s.leaseRegion, s.size])),
-    );
+    const sizes = new Map(lease.resources.slices.map((s) => [s.leaseRegion, s.size]));
+    if (this.#msix) sizes.set(this.#msix.bar, BigInt(this.#msix.size));
+    this.#bars = new LeaseBars(this.#config, sizes);
     this.#page = BigInt(table.config.layout.pageSize);
   }
 
@@ -76,7 +94,14 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   versionCapabilities(): Record<string, unknown> {
-    return { devlease: { lease: this.#lease.id, kind: this.#lease.kind, infoRegion: INFO_REGION_INDEX } };
+    return {
+      devlease: {
+        lease: this.#lease.id,
+        kind: this.#lease.kind,
+        infoRegion: INFO_REGION_INDEX,
+        ...(this.#devlease ? { noticeIrq: DEVLEASE_NOTICE_IRQ_INDEX } : {}),
+      },
+    };
   }
 
   deviceInfo() {
@@ -84,7 +109,7 @@ export class LeaseSession implements VfioUserDeviceModel {
     return {
       flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
       num_regions: last + 1,
-      num_irqs: VFIO_PCI_NUM_IRQS,
+      num_irqs: this.#devlease ? DEVLEASE_NOTICE_IRQ_INDEX + 1 : VFIO_PCI_NUM_IRQS,
     };
   }
 
@@ -105,6 +130,9 @@ export class LeaseSession implements VfioUserDeviceModel {
         caps: infoRegionCaps(),
       };
     }
+    // The MSI-X table and PBA: trapped (no MMAP flag, no sparse areas), so the client emulates or traps them.
+    if (this.#msix && index === this.#msix.bar)
+      return { index, flags: rw, size: BigInt(this.#msix.size), offset: 0n };
     const slice = this.#slice(index);
     if (!slice) return { index, flags: 0, size: 0n, offset: 0n };
     this.#checkLive();
@@ -136,6 +164,7 @@ export class LeaseSession implements VfioUserDeviceModel {
       out.set(json.subarray(Number(offset), Number(offset) + count));
       return out;
     }
+    if (this.#msix && index === this.#msix.bar) return this.#msix.read(Number(offset), count);
     const slice = this.#needSlice(index);
     this.#checkLive();
     return this.#device('REGION_READ', `region ${index} +0x${offset.toString(16)}, ${count} bytes`, () =>
@@ -146,6 +175,7 @@ export class LeaseSession implements VfioUserDeviceModel {
   async regionWrite(index: number, offset: bigint, data: Uint8Array): Promise<void> {
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#configWrite(Number(offset), data);
     if (index === INFO_REGION_INDEX) throw new VfioError('EPERM', 'the info region is read-only');
+    if (this.#msix && index === this.#msix.bar) return this.#msix.write(Number(offset), data);
     const slice = this.#needSlice(index);
     this.#checkLive();
     await this.#device(
@@ -156,6 +186,7 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   #configWrite(offset: number, data: Uint8Array): void {
+    if (this.#msix?.configWrite(this.#config, offset, data)) return;
     const dv = new DataView(this.#config.buffer, this.#config.byteOffset);
     // BARs behave as real ones (all-ones reads back the size mask with the type bits; an address is kept,
     // though nothing is decoded at it); dword writes only, as BARs are sized. Command/status: stored, no
@@ -180,7 +211,7 @@ export class LeaseSession implements VfioUserDeviceModel {
       this.#checkLive();
       if (!req.fd)
         throw new VfioError('EINVAL', 'DMA_MAP needs an fd: only fd-backed memory can be mapped for a lease');
-      const w = lease.resources.window;
+      const w = lease.resources.view;
       if (!w) throw new VfioError('EPERM', `lease kind '${lease.kind}' has no IOVA window`);
       if (req.iova % this.#page || req.size % this.#page || req.size === 0n) {
         throw new VfioError(
@@ -191,7 +222,7 @@ export class LeaseSession implements VfioUserDeviceModel {
       if (req.iova < w.base || req.iova + req.size > w.base + w.size) {
         throw new VfioError(
           'EPERM',
-          `[0x${req.iova.toString(16)}, +0x${req.size.toString(16)}) is outside the lease's IOVA window [0x${w.base.toString(16)}, +0x${w.size.toString(16)})`,
+          `[0x${req.iova.toString(16)}, +0x${req.size.toString(16)}) is outside the lease's IOVA ${w.mode === 'translated' ? 'view' : 'window'} [0x${w.base.toString(16)}, +0x${w.size.toString(16)})`,
         );
       }
       const read = (req.flags & DMA_READ) !== 0;
@@ -218,15 +249,16 @@ export class LeaseSession implements VfioUserDeviceModel {
         throw new VfioError('EACCES', verdict.reason);
       }
       const fd = req.fd;
+      const deviceIova = toDevice(lease, req.iova);
       await this.#device('DMA_MAP', range(req.iova, req.size), () =>
-        this.#table.device.dmaMap({ fd, offset: req.offset, iova: req.iova, size: req.size, read, write }),
+        this.#table.device.dmaMap({ fd, offset: req.offset, iova: deviceIova, size: req.size, read, write }),
       );
       if (!lease.live) {
         // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
-        await this.#table.device.dmaUnmap(req.iova, req.size);
+        await this.#table.device.dmaUnmap(deviceIova, req.size);
         throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
       }
-      lease.mappings.set(req.iova, { iova: req.iova, size: req.size, read, write });
+      lease.mappings.set(req.iova, { iova: req.iova, deviceIova, size: req.size, read, write });
     } finally {
       unreserve?.();
       req.fd?.close(); // the device holds its own reference now (or the map was refused)
@@ -255,7 +287,7 @@ export class LeaseSession implements VfioUserDeviceModel {
     if (!verdict.allow) throw new VfioError('EACCES', verdict.reason);
     for (const m of hit) {
       await this.#device('DMA_UNMAP', range(m.iova, m.size), () =>
-        this.#table.device.dmaUnmap(m.iova, m.size),
+        this.#table.device.dmaUnmap(m.deviceIova, m.size),
       );
       lease.mappings.delete(m.iova);
     }
@@ -265,7 +297,9 @@ export class LeaseSession implements VfioUserDeviceModel {
     const count =
       index === VFIO_PCI_MSIX_IRQ_INDEX
         ? this.#lease.resources.vectors.length
-        : index === VFIO_PCI_ERR_IRQ_INDEX || index === VFIO_PCI_REQ_IRQ_INDEX
+        : index === VFIO_PCI_ERR_IRQ_INDEX ||
+            index === VFIO_PCI_REQ_IRQ_INDEX ||
+            (index === DEVLEASE_NOTICE_IRQ_INDEX && this.#devlease)
           ? 1
           : 0;
     return { index, flags: count ? VFIO_IRQ_INFO_EVENTFD : 0, count };
@@ -292,8 +326,9 @@ export class LeaseSession implements VfioUserDeviceModel {
       }
       // Only real eventfds, made non-blocking: a pipe or a full counter must never stall the broker or the device.
       for (const fd of fds) if (fd) adoptEventFd(fd);
-      if (req.index === VFIO_PCI_ERR_IRQ_INDEX || req.index === VFIO_PCI_REQ_IRQ_INDEX) {
-        const slot = req.index === VFIO_PCI_ERR_IRQ_INDEX ? 'errFd' : 'reqFd';
+      const notice = req.index === DEVLEASE_NOTICE_IRQ_INDEX && this.#devlease;
+      if (req.index === VFIO_PCI_ERR_IRQ_INDEX || req.index === VFIO_PCI_REQ_IRQ_INDEX || notice) {
+        const slot = notice ? 'noticeFd' : req.index === VFIO_PCI_ERR_IRQ_INDEX ? 'errFd' : 'reqFd';
         lease[slot]?.close();
         lease[slot] = dataType === VFIO_IRQ_SET_DATA_EVENTFD ? (fds[0] ?? null) : null;
         fds.length = 0; // ownership moved to the lease
@@ -363,7 +398,10 @@ export class LeaseSession implements VfioUserDeviceModel {
     return { subRegions, fds };
   }
 
-  feature(): FeatureReply {
+  feature(req: FeatureRequest): FeatureReply {
+    // The fds came with the request and are ours to close (the connection handed them over): refusing
+    // without closing them kept every fd a client attached to DEVICE_FEATURE (found by the fuzz suite).
+    for (const fd of req.fds) fd.close();
     throw new VfioError('ENOTSUP', 'a lease offers no device features; its slices are its regions');
   }
 
@@ -397,6 +435,12 @@ export class LeaseSession implements VfioUserDeviceModel {
   #checkLive(): void {
     if (!this.#lease.live) throw new VfioError('ENODEV', `lease ${this.#lease.id} is ${this.#lease.state}`);
   }
+}
+
+/** The device IOVA of a client's IOVA: its view's base is the lease window's base (identity: the same). */
+function toDevice(lease: Lease, iova: bigint): bigint {
+  const { window, view } = lease.resources;
+  return window && view ? iova - view.base + window.base : iova;
 }
 
 function range(iova: bigint, size: bigint): string {

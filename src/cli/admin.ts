@@ -118,13 +118,28 @@ function formatHuman(cmd: string, result: unknown): string {
   if (cmd === 'leases' && Array.isArray(result)) {
     if (result.length === 0) return 'no leases';
     const rows = result.map((l: Record<string, unknown>) =>
-      [l.id, l.state, l.pid, l.uid, l.queue ?? '-', l.mappings, l.mappedBytes, l.outstandingSliceFds].map(
-        String,
-      ),
+      [
+        l.id,
+        l.state,
+        l.pid,
+        l.uid,
+        l.queue ?? '-',
+        viewColumn(l.iovaView),
+        l.mappings,
+        l.mappedBytes,
+        l.outstandingSliceFds,
+      ].map(String),
     );
-    return table(['LEASE', 'STATE', 'PID', 'UID', 'QUEUE', 'MAPS', 'BYTES', 'SLICE-FDS'], rows);
+    return table(['LEASE', 'STATE', 'PID', 'UID', 'QUEUE', 'IOVA-VIEW', 'MAPS', 'BYTES', 'SLICE-FDS'], rows);
   }
   return JSON.stringify(result, null, 2);
+}
+
+/** "translated [0x0,+0x100000000)@0x100000000" or "identity [...]": the client's IOVA space and where it lands. */
+function viewColumn(v: unknown): string {
+  if (!v || typeof v !== 'object') return '-';
+  const { mode, base, size, device } = v as Record<string, unknown>;
+  return `${String(mode)} [${String(base)},+${String(size)})${mode === 'translated' ? `@${String(device)}` : ''}`;
 }
 
 export function table(head: string[], rows: string[][]): string {

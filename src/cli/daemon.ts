@@ -6,6 +6,7 @@ import { type BrokerConfig, ConfigError, defaultConfig, loadConfig } from '../br
 import type { Device } from '../device/device.js';
 import { openDevice } from '../device/open.js';
 import { Fd } from '../sys/fd.js';
+import { type ListenSocket, takeListenFds } from '../sys/listen-fds.js';
 import { native } from '../sys/native.js';
 
 const USAGE = `usage: devlease daemon --device vfio-user:PATH|pci:DDDD:BB:DD.F [--config FILE] [--rundir DIR]
@@ -94,10 +95,22 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     throw err;
   }
   if (values.rundir) config.rundir = values.rundir;
+  // Socket activation (contrib/systemd): sockets systemd made, by FileDescriptorName= (docs/OPERATIONS.md).
+  let listening: ListenSocket[];
+  try {
+    listening = takeListenFds();
+  } catch (err) {
+    process.stderr.write(`devlease daemon: ${(err as Error).message}\n`);
+    return 2;
+  }
+  const closeListening = () => {
+    for (const l of listening) l.fd.close();
+  };
   let device: Device;
   try {
     device = await openFromArgs(values);
   } catch (err) {
+    closeListening();
     process.stderr.write(`devlease daemon: ${(err as Error).message}\n`);
     return 1;
   }
@@ -109,15 +122,17 @@ export async function daemonCommand(argv: string[]): Promise<number> {
       ...(values.config
         ? { configSource: { path: values.config, overrides: values.rundir ? { rundir: values.rundir } : {} } }
         : {}),
+      listening,
       auditSink: (line) => process.stdout.write(`${line}\n`),
     });
   } catch (err) {
+    closeListening();
     await device.close();
     process.stderr.write(`devlease daemon: ${(err as Error).message}\n`);
     return 1;
   }
   process.stdout.write(
-    `${JSON.stringify({ event: 'ready', sockets: Object.fromEntries(broker.sockets), dir: broker.dir })}\n`,
+    `${JSON.stringify({ event: 'ready', sockets: Object.fromEntries(broker.sockets), dir: broker.dir, metrics: broker.metricsEndpoint })}\n`,
   );
   return new Promise<number>((resolve) => {
     const stop = async (code: number) => {

@@ -8,6 +8,7 @@ usage: devlease <command> [options]
   daemon    run the broker for a device
   demo      simulator + broker + clients, with a live view (the main job)
   status | leases | clients | revoke <id> | drain | reset | reload   talk to a running broker
+  top       live view of a running broker (leases, rates, device health, events)
   bench     run the benchmarks
   --version`;
 
@@ -34,6 +35,9 @@ export async function main(argv: string[]): Promise<void> {
       break;
     case 'demo':
       code = await (await import('./demo.js')).demoCommand(rest);
+      break;
+    case 'top':
+      code = await (await import('./top.js')).topCommand(rest);
       break;
     case 'bench':
       code = await (await import('../../bench/run.js')).benchCommand(rest);

@@ -1,6 +1,9 @@
 // DMA memory a client brings: memfd-backed buffers, mapped into the client
 // and, through the broker, into the device's IOMMU at an IOVA inside the
-// lease's window chosen by a small first-fit allocator.
+// lease's window chosen by a small first-fit allocator. The IOVAs are the
+// lease's: with a translated view (LeaseInfo.iovaView) they are addresses of
+// the client's own space, which the broker and the queue's Q_XLAT place in
+// the device's; the client uses them as they are, in descriptors and rings.
 
 import { type Mapping, MemFd } from '../sys/index.js';
 import type { VfioUserClient } from '../vfio/user/client.js';

@@ -14,7 +14,13 @@ export interface LeaseInfo {
   /** Revocation deadline, ms since the epoch, while `revoking`. */
   deadline: number | null;
   queue: number | null;
+  /**
+   * The IOVA range this client maps its memory into and hands the device (DmaPool allocates from it). With a
+   * translated view (iovaView.mode) it is the lease's own address space, e.g. [0, 4 GiB), not the device's.
+   */
   iovaWindow: { base: bigint; size: bigint } | null;
+  /** 'translated': a private IOVA space; 'identity': the device's own addresses (a driver that cannot translate). */
+  iovaView: { mode: 'translated' | 'identity'; reason: string } | null;
   devmem: { offset: bigint; size: bigint } | null;
   vectors: number;
   regions: { index: number; size: bigint; unit: bigint }[];
@@ -36,6 +42,7 @@ interface RawInfo {
   deadline?: number | null;
   queue?: number | null;
   iovaWindow?: { base: string; size: string } | null;
+  iovaView?: { mode: 'translated' | 'identity'; reason: string } | null;
   devmem?: { offset: string; size: string } | null;
   vectors?: number;
   regions?: { index: number; size: string; unit: string }[];
@@ -57,6 +64,7 @@ export function parseLeaseInfo(raw: unknown): LeaseInfo {
     iovaWindow: j.iovaWindow
       ? { base: big(j.iovaWindow.base, 'iovaWindow.base'), size: big(j.iovaWindow.size, 'iovaWindow.size') }
       : null,
+    iovaView: j.iovaView ?? null,
     devmem: j.devmem
       ? { offset: big(j.devmem.offset, 'devmem.offset'), size: big(j.devmem.size, 'devmem.size') }
       : null,

@@ -119,7 +119,10 @@ export class Lease extends EventEmitter {
         fds: this.#vectors.map((e) => e.fd),
       });
     }
-    for (const index of [VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX]) {
+    // devlease's notice irq (docs/PROTOCOL.md), when the broker offers it: per-queue faults arrive there.
+    const ext = this.client.serverCapabilities.raw.devlease as { noticeIrq?: number } | undefined;
+    const noticeIrq = typeof ext?.noticeIrq === 'number' ? [ext.noticeIrq] : [];
+    for (const index of [VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX, ...noticeIrq]) {
       const efd = new EventFd();
       this.#notices.push(efd);
       if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errNotice = efd;
@@ -227,7 +230,7 @@ export class Lease extends EventEmitter {
     } else if (info && info.faults.length > this.#faultsSeen) {
       this.emit('device-fault', info.faults.slice(this.#faultsSeen));
       this.#faultsSeen = info.faults.length;
-    } else {
+    } else if (index === VFIO_PCI_ERR_IRQ_INDEX) {
       this.emit('device-reset');
     }
   }

@@ -21,7 +21,30 @@ export interface LeaseRequest {
 export interface DriverConfig {
   layout: { pageSize: number; allowCooperative: boolean };
   lifetime: { revoke: boolean; quiesceTimeoutMs: number };
-  sa1: { firmware: string | null; windowSize: bigint; maxDevmemGranules: number; heartbeatMs: number };
+  sa1: {
+    firmware: string | null;
+    windowSize: bigint;
+    iovaView: IovaViewMode;
+    maxDevmemGranules: number;
+    heartbeatMs: number;
+  };
+}
+
+/**
+ * How a lease's client addresses its DMA memory. 'identity': the client uses the device's own IOVAs (its
+ * window). 'translated': the client sees its own IOVA space [view.base, +view.size), and its address V is
+ * the device's window.base + (V - view.base) (SA-1: the queue's Q_XLAT), so a virtual machine can map guest
+ * RAM at guest-physical addresses.
+ */
+export type IovaViewMode = 'translated' | 'identity';
+
+export interface IovaView {
+  mode: IovaViewMode;
+  /** The client's IOVA range (for 'identity', the window itself). */
+  base: bigint;
+  size: bigint;
+  /** Why this mode (reported to the client: a driver that cannot translate says so). */
+  reason: string;
 }
 
 export type IsolationLevel = 'enforced' | 'cooperative';
@@ -52,8 +75,10 @@ export interface LeaseResources {
   /** Device-specific handle, e.g. the queue number. */
   queue: number | null;
   slices: SliceSpec[];
-  /** The IOVA window the lease's DMA may use. */
+  /** The device IOVA range the lease's DMA may use (where the broker maps the client's memory). */
   window: { base: bigint; size: bigint } | null;
+  /** The IOVA space the client sees (null when there is no window). */
+  view: IovaView | null;
   /** Physical vectors, lease vector i = physical vectors[i], at VFIO irq index `irqIndex`. */
   vectors: number[];
   /** VFIO irq index of `vectors` on the physical device: MSI-X unless said (edu has MSI only). */
@@ -153,6 +178,11 @@ export interface Driver extends EventEmitter {
   deviceLost(): void;
   /** Stop timers and watchers (the device stays as it is). Synchronous, idempotent. */
   close(): void;
+}
+
+/** An identity view of `window`, for drivers whose device cannot translate addresses. */
+export function identityView(window: { base: bigint; size: bigint } | null, reason: string): IovaView | null {
+  return window ? { mode: 'identity', base: window.base, size: window.size, reason } : null;
 }
 
 export interface DriverFactory {

@@ -10,13 +10,14 @@ import type { Device } from '../device/device.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
-import type {
-  Driver,
-  DriverConfig,
-  DriverFactory,
-  Isolation,
-  LeaseRequest,
-  LeaseResources,
+import {
+  type Driver,
+  type DriverConfig,
+  type DriverFactory,
+  type Isolation,
+  identityView,
+  type LeaseRequest,
+  type LeaseResources,
 } from './driver.js';
 import { pollUntil } from './poll.js';
 
@@ -140,6 +141,7 @@ export class EduDriver extends EventEmitter implements Driver {
         },
       ],
       window: { ...EDU_WINDOW },
+      view: identityView(EDU_WINDOW, 'edu has no address translation: the client uses the device IOVAs'),
       vectors: [0],
       irqIndex: VFIO_PCI_MSI_IRQ_INDEX,
       devmem: null,

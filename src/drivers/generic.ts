@@ -15,7 +15,14 @@ import {
 } from '../vfio/uapi/vfio.js';
 import { VfioError } from '../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
-import type { Driver, DriverFactory, LeaseRequest, LeaseResources, SliceSpec } from './driver.js';
+import {
+  type Driver,
+  type DriverFactory,
+  identityView,
+  type LeaseRequest,
+  type LeaseResources,
+  type SliceSpec,
+} from './driver.js';
 
 const COOPERATIVE = {
   level: 'cooperative' as const,
@@ -88,6 +95,7 @@ export class GenericDriver extends EventEmitter implements Driver {
       queue: null,
       slices,
       window: size ? { base, size } : null,
+      view: identityView(size ? { base, size } : null, 'the generic driver knows no address translation'),
       vectors: Array.from({ length: this.#vectors }, (_, i) => i),
       irqIndex: this.#irqIndex,
       devmem: null,

@@ -35,10 +35,13 @@ export type {
   Driver,
   DriverConfig,
   DriverFactory,
+  IovaView,
+  IovaViewMode,
   Isolation,
   IsolationLevel,
   LeaseRequest,
   LeaseResources,
   SliceSpec,
 } from './driver.js';
+export { identityView } from './driver.js';
 export { type PollOptions, PollTimeoutError, pollUntil } from './poll.js';

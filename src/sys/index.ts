@@ -22,6 +22,7 @@ export { Fd, fdNumber } from './fd.js';
 export { type FutexWaitResult, futexWait, futexWake } from './futex.js';
 export { Inotify, type InotifyEvent } from './inotify.js';
 export { ioctl, othersHaveOpen, pread, pwrite } from './io.js';
+export { type ListenSocket, listenFdsError, takeListenFds } from './listen-fds.js';
 export { type MapOptions, Mapping } from './mapping.js';
 export { MemFd } from './memfd.js';
 export { MAX_FDS, native, type PeerCred } from './native.js';

@@ -13,6 +13,7 @@
 
 import { createRequire } from 'node:module';
 import { MisuseError, SysError } from '../errors.js';
+import { withFailNth } from './fail-nth.js';
 
 if (process.platform !== 'linux') {
   throw new Error(
@@ -179,5 +180,13 @@ export interface NativeAddon {
 }
 
 const require = createRequire(import.meta.url);
-export const native: NativeAddon = require('../../../build/Release/devlease.node') as NativeAddon;
-native.setErrorClasses(SysError, MisuseError);
+const addon = require('../../../build/Release/devlease.node') as NativeAddon;
+if (typeof addon.setErrorClasses !== 'function') {
+  throw new Error(
+    'build/Release/devlease.node predates setErrorClasses (src/errors.ts): rebuild it with `npm run install`',
+  );
+}
+addon.setErrorClasses(SysError, MisuseError);
+/** The addon itself, unless the test-only fail-nth hook was asked for at load (fail-nth.ts). */
+export const native: NativeAddon =
+  process.env.DEVLEASE_FAIL_NTH === undefined ? addon : withFailNth(addon, process.env.DEVLEASE_FAIL_NTH);

@@ -11,6 +11,10 @@
 //   while there is no 'message' listener, so nothing is dropped or leaked in
 //   between; if the last listener is removed in the middle of a batch, the
 //   message it leaves unhandled has its fds closed.
+// - Flow control: pause() stops reading (the peer's messages wait in the
+//   kernel, which bounds them); queuedBytes says how much waits to be sent,
+//   'drain' when all of it has gone. A server bounds what a peer that never
+//   reads costs it with these (src/broker/admin.ts).
 // - close() / peer hang-up: 'close' is emitted exactly once.
 import { EventEmitter } from 'node:events';
 import { closedError, isSysError, misuse } from './errors.js';
@@ -67,6 +71,8 @@ export class SeqpacketSocket extends EventEmitter {
   #fd: Fd | null;
   #watch: Watch;
   #queue: Queued[] = [];
+  #queuedBytes = 0;
+  #paused = false;
   /** Whether a 'message' listener exists, i.e. whether we read at all. */
   #reading = false;
   #closeEmitted = false;
@@ -160,12 +166,38 @@ export class SeqpacketSocket extends EventEmitter {
       throw err;
     }
     this.#queue.push({ data: Buffer.from(data), fds: dups });
+    this.#queuedBytes += data.length;
     this.#updateEvents();
   }
 
   /** Messages waiting for buffer space. */
   get queued(): number {
     return this.#queue.length;
+  }
+
+  /** Bytes of messages waiting for buffer space ('drain' is emitted when they are all sent). */
+  get queuedBytes(): number {
+    return this.#queuedBytes;
+  }
+
+  /**
+   * Stop reading: the peer's next messages wait in the kernel (its sends block
+   * or fail with EAGAIN once our receive queue is full). Hang-up is still
+   * noticed. Idempotent.
+   */
+  pause(): void {
+    this.#paused = true;
+    this.#updateEvents();
+  }
+
+  /** Read again after pause(). Idempotent. */
+  resume(): void {
+    this.#paused = false;
+    this.#updateEvents();
+  }
+
+  get paused(): boolean {
+    return this.#paused;
   }
 
   /** SO_PEERCRED: the peer's pid/uid/gid at connect() time. */
@@ -203,6 +235,7 @@ export class SeqpacketSocket extends EventEmitter {
     this.#watch.stop();
     fd.close();
     for (const m of this.#queue.splice(0)) for (const d of m.fds) d.close();
+    this.#queuedBytes = 0;
     if (this.#closeEmitted) return false;
     this.#closeEmitted = true;
     return true;
@@ -225,8 +258,8 @@ export class SeqpacketSocket extends EventEmitter {
 
   #updateEvents(): void {
     if (this.#fd === null) return;
-    this.#watch.events =
-      DISCONNECT | (this.#reading ? READABLE : 0) | (this.#queue.length > 0 ? WRITABLE : 0);
+    const reading = this.#reading && !this.#paused;
+    this.#watch.events = DISCONNECT | (reading ? READABLE : 0) | (this.#queue.length > 0 ? WRITABLE : 0);
   }
 
   #onReady(status: number, events: number): void {
@@ -241,7 +274,7 @@ export class SeqpacketSocket extends EventEmitter {
     }
     if (events & WRITABLE) this.#flush();
     if (this.#fd !== null && events & READABLE) this.#read(READ_BATCH);
-    if (this.#fd !== null && events & DISCONNECT && !this.#reading) this.#hangUp();
+    if (this.#fd !== null && events & DISCONNECT && !(this.#reading && !this.#paused)) this.#hangUp();
   }
 
   #flush(): void {
@@ -261,14 +294,16 @@ export class SeqpacketSocket extends EventEmitter {
       }
       if (sent < 0) break;
       this.#queue.shift();
+      this.#queuedBytes -= m.data.length;
       for (const d of m.fds) d.close();
     }
     this.#updateEvents();
+    if (this.#fd !== null && this.#queue.length === 0) this.emit('drain');
   }
 
   #read(budget: number): void {
     for (let i = 0; i < budget; i++) {
-      if (this.#fd === null || !this.#reading) return;
+      if (this.#fd === null || !this.#reading || this.#paused) return;
       let r: ReturnType<typeof native.recvmsg>;
       try {
         r = native.recvmsg(this.#fd.fd, this.maxMessage, this.maxFds);

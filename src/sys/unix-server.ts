@@ -40,7 +40,8 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
   readonly path: string;
   #fd: Fd | null;
   #watch: Watch;
-  #inode: bigint;
+  /** The socket file's inode, unlinked at close() if still there; null: the file is not ours (systemd's). */
+  #inode: bigint | null;
   #adopt: (fd: Fd) => S;
   #backoff: NodeJS.Timeout | null = null;
 
@@ -65,7 +66,19 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
     }
   }
 
-  private constructor(path: string, fd: Fd, inode: bigint, adopt: (fd: Fd) => S) {
+  /**
+   * Serves a socket that is already listening (socket activation: systemd made it, with its mode and
+   * group). The socket file stays when the server closes: it belongs to whoever made it. Owns `fd`.
+   */
+  static fromListening<S extends { close(): void }>(
+    fd: Fd,
+    path: string,
+    adopt: (fd: Fd) => S,
+  ): UnixServer<S> {
+    return new UnixServer(path, fd, null, adopt);
+  }
+
+  private constructor(path: string, fd: Fd, inode: bigint | null, adopt: (fd: Fd) => S) {
     super();
     this.path = path;
     this.#fd = fd;
@@ -88,6 +101,7 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
     this.#backoff = null;
     this.#watch.stop();
     fd.close();
+    if (this.#inode === null) return;
     try {
       if (lstatSync(this.path, { bigint: true }).ino === this.#inode) unlinkSync(this.path);
     } catch {
@@ -128,7 +142,17 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
         return;
       }
       if (conn < 0) return;
-      const socket = this.#adopt(new Fd(conn));
+      const fd = new Fd(conn);
+      let socket: S;
+      try {
+        socket = this.#adopt(fd);
+      } catch (err) {
+        // A socket that cannot start (its poll watch failed: fail-nth walk) is closed and reported; thrown
+        // from here it was an uncaught exception in the event loop.
+        fd.close();
+        this.emit('error', err);
+        continue;
+      }
       if (!this.emit('connection', socket)) socket.close();
     }
   }
@@ -149,11 +173,19 @@ export const SeqpacketServer = {
   listen(path: string, opts: SeqpacketListenOptions = {}): SeqpacketServer {
     return UnixServer.listenAs(path, false, opts, (fd) => new SeqpacketSocket(fd, opts.socket));
   },
+  /** A listening SEQPACKET socket made by someone else (see UnixServer.fromListening). */
+  fromListening(fd: Fd, path: string, opts: { socket?: SeqpacketSocketOptions } = {}): SeqpacketServer {
+    return UnixServer.fromListening(fd, path, (c) => new SeqpacketSocket(c, opts.socket));
+  },
 };
 
 export type StreamServer = UnixServer<StreamSocket>;
 export const StreamServer = {
   listen(path: string, opts: StreamListenOptions): StreamServer {
     return UnixServer.listenAs(path, true, opts, (fd) => new StreamSocket(fd, opts.socket));
+  },
+  /** A listening SOCK_STREAM socket made by someone else (see UnixServer.fromListening). */
+  fromListening(fd: Fd, path: string, opts: { socket: StreamSocketOptions }): StreamServer {
+    return UnixServer.fromListening(fd, path, (c) => new StreamSocket(c, opts.socket));
   },
 };

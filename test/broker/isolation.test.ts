@@ -25,10 +25,19 @@ after(async () => {
   await leakCheck();
 });
 
-test('two clients get different queues, pages and windows, each reported with its isolation', () => {
+/** Where the device has a lease's memory (a translated view hides it from the client). */
+const deviceBase = (pid: number): bigint =>
+  rig.broker.leases.all().find((l) => l.ctx.pid === pid)!.resources.window!.base;
+
+test('two clients get different queues, pages and device ranges, each its own IOVA view, with its isolation', () => {
   assert.equal(infoA.kind, 'queue');
   assert.notEqual(infoA.queue, infoB.queue);
-  assert.notEqual(infoA.iovaWindow.base, infoB.iovaWindow.base);
+  // Each sees [0, 4 GiB) (sa1.iova_view = "translated" by default), placed at distinct device ranges.
+  for (const info of [infoA, infoB]) {
+    assert.deepEqual(info.iovaWindow, { base: '0x0', size: '0x100000000' });
+    assert.equal(info.iovaView.mode, 'translated');
+  }
+  assert.notEqual(deviceBase(a.pid), deviceBase(b.pid));
   assert.equal(infoA.isolation.queuePage.level, 'enforced');
   assert.equal(infoA.isolation.iovaWindow.level, 'enforced');
   assert.equal(infoA.isolation.interrupts.level, 'enforced');
@@ -51,7 +60,7 @@ test("neither client can reach the other's page: its mapping is its page alone",
 });
 
 test('a DMA_MAP outside the lease window is refused with the reason', async () => {
-  const outside = BigInt(infoB.iovaWindow.base); // B's window, not A's
+  const outside = BigInt(infoA.iovaWindow.base) + BigInt(infoA.iovaWindow.size); // past A's view
   const err = (await a
     .call('rawMap', { iova: `0x${outside.toString(16)}`, size: 4096 })
     .catch((e) => e)) as Error & {
@@ -59,7 +68,7 @@ test('a DMA_MAP outside the lease window is refused with the reason', async () =
   };
   assert.ok(err instanceof Error, 'the map must be refused');
   assert.equal(err.code, 'EPERM');
-  assert.match(err.message, /outside the lease's IOVA window/);
+  assert.match(err.message, /outside the lease's IOVA view \[0x0, \+0x100000000\)/);
   const unaligned = BigInt(infoA.iovaWindow.base) + 100n;
   const err2 = (await a
     .call('rawMap', { iova: `0x${unaligned.toString(16)}`, size: 4096 })
@@ -70,14 +79,16 @@ test('a DMA_MAP outside the lease window is refused with the reason', async () =
   assert.match(err2.message, /multiples of the 4096-byte page/);
 });
 
-test("descriptors aimed at another client's window stop that queue only (WINDOW_VIOLATION)", async () => {
+test("descriptors aimed at another client's memory stop that queue only (WINDOW_VIOLATION)", async () => {
   await a.call('queue');
   await b.call('queue');
   await b.call('alloc', { name: 'src', size: 4096 });
   const dstB = (await b.call('alloc', { name: 'dst', size: 4096 })).iova;
   const srcA = (await a.call('alloc', { name: 'src', size: 4096 })).iova;
-  // A copies into B's buffer: the device refuses, A's queue goes to ERROR.
-  const r = await a.call('submit', { desc: { opcode: 'COPY', src: srcA, dst: dstB, length: 64 } });
+  // A copies into B's buffer at the device's address of it: outside A's view, so the device refuses before
+  // translating, and A's queue goes to ERROR. (B's own view address names A's memory when A uses it.)
+  const dstBOnDevice = `0x${(deviceBase(b.pid) + BigInt(dstB)).toString(16)}`;
+  const r = await a.call('submit', { desc: { opcode: 'COPY', src: srcA, dst: dstBOnDevice, length: 64 } });
   assert.equal(r.status, 'WINDOW_VIOLATION');
   assert.equal(await a.call('qError'), 3);
   // B's data is untouched and B keeps working.
@@ -87,7 +98,7 @@ test("descriptors aimed at another client's window stop that queue only (WINDOW_
   const ok = await b.call('submit', { desc: { opcode: 'COPY', src: srcB, dst: dstB, length: 64 } });
   assert.equal(ok.status, 'OK');
   assert.deepEqual(await b.call('readBuf', { name: 'dst', length: 64 }), Array(64).fill(9));
-  // A was told through its ERR notice, with the fault in its info region.
+  // A was told through devlease's notice irq (never ERR: a queue fault is recoverable), the fault in its info.
   const lease = rig.broker.leases.all().find((l) => l.ctx.pid === a.pid)!;
   await until("the fault to reach A's lease", () => lease.faults.some((f) => f.name === 'WINDOW_VIOLATION'));
   assert.ok(!rig.broker.leases.all().find((l) => l.ctx.pid === b.pid)!.faults.length, 'B saw no fault');

@@ -78,6 +78,10 @@ test('the generic driver leases whole regions, cooperatively, to one client at a
     assert.equal(lease.info.kind, 'device');
     assert.equal(lease.info.isolation.regions!.level, 'cooperative');
     assert.match(lease.info.isolation.regions!.reason, /whole region is shared/);
+    // The generic driver cannot translate: the client's IOVAs are the device's, and the lease says so.
+    assert.equal(lease.info.iovaView?.mode, 'identity');
+    assert.match(lease.info.iovaView?.reason ?? '', /no address translation/);
+    assert.equal(lease.info.iovaWindow?.base, 1n << 32n);
     // The mmap-able region comes with its own fd; the register region is reached through the broker.
     assert.ok(lease.region(2).length > 0);
     const regs = await lease.client.regionRead(0, 0, 4);

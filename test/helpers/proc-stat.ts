@@ -1,7 +1,7 @@
 // Another process's CPU time and open descriptors, from /proc: behaviour
 // checks such as "not spinning" (CPU over a few seconds stays low) and
 // "descriptors freed" (its fd count back to where it was).
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
 /** /proc reports CPU time in USER_HZ ticks, which Linux fixes at 100 per second. */
 export const TICKS_PER_SECOND = 100;
@@ -24,4 +24,38 @@ export async function cpuDuring(pid: number, ms: number): Promise<number> {
   const before = cpuSeconds(pid);
   await new Promise((r) => setTimeout(r, ms));
   return cpuSeconds(pid) - before;
+}
+
+/** Resident set size of `pid`, in bytes (VmRSS). */
+export function rssBytes(pid: number): number {
+  const kb = readFileSync(`/proc/${pid}/status`, 'utf8').match(/^VmRSS:\s+(\d+) kB$/m)?.[1];
+  if (kb === undefined) throw new Error(`no VmRSS in /proc/${pid}/status`);
+  return Number(kb) * 1024;
+}
+
+/** Mappings of `pid` whose path contains `what` (e.g. 'memfd:'), from /proc/<pid>/maps. */
+export function mappingCount(pid: number, what: string): number {
+  return readFileSync(`/proc/${pid}/maps`, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(what)).length;
+}
+
+/** Descriptors of `pid` as "fd -> target" lines (for leak messages). */
+export function fdTargets(pid: number): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.set(fd, readlinkSync(`/proc/${pid}/fd/${fd}`));
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return out;
+}
+
+/** What changed between two fdTargets() listings. */
+export function fdDiff(before: Map<string, string>, after: Map<string, string>): string {
+  const added = [...after].filter(([fd, t]) => before.get(fd) !== t).map(([fd, t]) => `+${fd}->${t}`);
+  const removed = [...before].filter(([fd, t]) => after.get(fd) !== t).map(([fd, t]) => `-${fd}->${t}`);
+  return [...added, ...removed].join(' ');
 }

@@ -32,13 +32,14 @@ import {
 } from '../../vfio/uapi/vfio.js';
 import { VfioError } from '../../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
-import type {
-  DeviceFault,
-  Driver,
-  DriverConfig,
-  DriverFactory,
-  LeaseRequest,
-  LeaseResources,
+import {
+  type DeviceFault,
+  type Driver,
+  type DriverConfig,
+  type DriverFactory,
+  identityView,
+  type LeaseRequest,
+  type LeaseResources,
 } from '../driver.js';
 import { pollUntil } from '../poll.js';
 import { bootFirmware } from './boot.js';
@@ -243,6 +244,15 @@ export class Sa1Driver extends EventEmitter implements Driver {
       queue: q,
       slices,
       window,
+      view:
+        this.#cfg.sa1.iovaView === 'translated'
+          ? {
+              mode: 'translated',
+              base: 0n,
+              size: window.size,
+              reason: 'sa1.iova_view: the queue translates by Q_XLAT (datasheet rev 2 §2.2)',
+            }
+          : identityView(window, 'sa1.iova_view = "identity": the client uses the device IOVAs')!,
       vectors: [q],
       devmem,
       isolation: {
@@ -261,8 +271,11 @@ export class Sa1Driver extends EventEmitter implements Driver {
     const d = this.#dev;
     const q = res.queue!;
     await this.#resetQueue(q); // a clean queue: indexes zero, error cleared
-    await d.write64(BAR0, qcfg(q, Q.WIN_BASE), res.window!.base);
-    await d.write64(BAR0, qcfg(q, Q.WIN_SIZE), res.window!.size);
+    // The window as the client sees it (its view), and Q_XLAT taking the view to the lease's device range.
+    const view = res.view!;
+    await d.write64(BAR0, qcfg(q, Q.WIN_BASE), view.base);
+    await d.write64(BAR0, qcfg(q, Q.WIN_SIZE), view.size);
+    await d.write64(BAR0, qcfg(q, Q.XLAT), BigInt.asUintN(64, res.window!.base - view.base));
     await d.write32(BAR0, qcfg(q, Q.MEM_BASE), Number(res.devmem?.offset ?? 0n));
     await d.write32(BAR0, qcfg(q, Q.MEM_SIZE), Number(res.devmem?.size ?? 0n));
     await d.write32(BAR0, qcfg(q, Q.VECTOR), res.vectors[0]!);

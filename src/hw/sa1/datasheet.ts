@@ -78,6 +78,8 @@ export const Q_VECTOR = 0x20;
 export const Q_INFLIGHT = 0x24;
 export const Q_COMPLETED = 0x28; // 64-bit
 export const Q_BYTES = 0x30; // 64-bit
+/** Rev 2: added to every IOVA the queue uses, after the window check (0 = identity). */
+export const Q_XLAT = 0x38; // 64-bit
 
 export const Q_CTRL_ENABLE = 1 << 0;
 export const Q_CTRL_RESET = 1 << 1;

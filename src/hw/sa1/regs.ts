@@ -64,6 +64,7 @@ export const Q = {
   INFLIGHT: D.Q_INFLIGHT,
   COMPLETED: D.Q_COMPLETED,
   BYTES: D.Q_BYTES,
+  XLAT: D.Q_XLAT,
 } as const;
 export const Q_CTRL = { ENABLE: D.Q_CTRL_ENABLE, RESET: D.Q_CTRL_RESET } as const;
 export const Q_STATUS = {

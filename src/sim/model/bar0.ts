@@ -6,7 +6,7 @@
 // read is answered from it alone, by whichever thread holds it: the device
 // in-process, or the simulator's front end without waking the device worker.
 // Writes split the same way: bar0WriteDirect applies the ones that only store
-// a value (SCRATCH, FW_IOVA, FW_LEN, FAULT_ACK, QCFG windows and vector,
+// a value (SCRATCH, FW_IOVA, FW_LEN, FAULT_ACK, QCFG windows, Q_XLAT and vector,
 // the MSI-X table; RO and reserved words ignore writes) and refuses the ones
 // the device must act on (CONTROL, FW_CMD, Q_CTRL), which bar0Write32 runs
 // on the device.
@@ -31,6 +31,7 @@ import {
   Q_VECTOR,
   Q_WIN_BASE,
   Q_WIN_SIZE,
+  Q_XLAT,
   QCFG_MAX_QUEUES,
   QCFG_STRIDE,
   REG_CONTROL,
@@ -65,6 +66,8 @@ const LOCKED_WHILE_ENABLED: ReadonlySet<number> = new Set([
   Q_WIN_SIZE + 4,
   Q_MEM_BASE,
   Q_MEM_SIZE,
+  Q_XLAT,
+  Q_XLAT + 4,
 ]);
 /** QCFG words the owner may write at any time. */
 const ALWAYS_WRITABLE: ReadonlySet<number> = new Set([Q_VECTOR]);

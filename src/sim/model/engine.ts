@@ -1,7 +1,7 @@
 // The queue engine (datasheet §2.3, §3, §4, §10): round-robin over the
 // enabled queues, one descriptor per queue per turn, in-order completion with
 // the phase bit, full-CQ back-pressure, window and IOMMU checks on every
-// byte, and coalesced interrupts.
+// byte, per-queue address translation (Q_XLAT), and coalesced interrupts.
 //
 // A descriptor's data moves when it completes, so everything a turn does is
 // atomic with respect to owner commands (which the worker serves between
@@ -103,9 +103,9 @@ export class Engine {
 
     const slotIova = q.sqBase + BigInt((q.sqHead % q.sqSize) * SQ_ENTRY_SIZE);
     const segs: Segments = [];
-    const fault = this.ctx.iommu.translate(Number(slotIova), SQ_ENTRY_SIZE, false, segs);
-    if (fault >= 0) {
-      this.#queueFault(q, ST_IOMMU_FAULT, BigInt(fault));
+    const fault = this.#translate(q, slotIova, SQ_ENTRY_SIZE, false, segs);
+    if (fault !== null) {
+      this.#queueFault(q, ST_IOMMU_FAULT, fault);
       return true;
     }
     const desc = decodeDescriptor(gather(segs, new Uint8Array(SQ_ENTRY_SIZE)));
@@ -128,16 +128,21 @@ export class Engine {
     if (q.irqPending > 0) this.flushInterrupt(q);
   }
 
-  /** Mark in-flight descriptors touching [iova, iova+size) so they complete as IOMMU_FAULT. */
+  /**
+   * Mark in-flight descriptors touching device IOVAs [iova, iova+size) (an unmapped range) so they
+   * complete as IOMMU_FAULT, at the address as the queue saw it (its addresses are IOVA - Q_XLAT).
+   */
   poison(q: Queue, iova: number, size: number): void {
+    const xlat = q.xlat;
     const lo = BigInt(iova);
     const hi = lo + BigInt(size);
     for (const entry of q.inflight) {
       if (entry.poisonIova !== null) continue;
       for (const r of hostRanges(entry.desc)) {
-        const end = r.start + BigInt(r.length);
-        if (r.start < hi && end > lo) {
-          entry.poisonIova = r.start > lo ? r.start : lo;
+        const start = BigInt.asUintN(64, r.start + xlat);
+        const end = start + BigInt(r.length);
+        if (start < hi && end > lo) {
+          entry.poisonIova = start > lo ? r.start : BigInt.asUintN(64, lo - xlat);
           break;
         }
       }
@@ -199,9 +204,9 @@ export class Engine {
   #writeCompletion(q: Queue, desc: Descriptor, out: Outcome): boolean {
     const slotIova = q.cqBase + BigInt((q.cqTail % q.cqSize) * CQ_ENTRY_SIZE);
     const segs: Segments = [];
-    const fault = this.ctx.iommu.translate(Number(slotIova), CQ_ENTRY_SIZE, true, segs);
-    if (fault >= 0) {
-      this.#queueFault(q, ST_IOMMU_FAULT, BigInt(fault));
+    const fault = this.#translate(q, slotIova, CQ_ENTRY_SIZE, true, segs);
+    if (fault !== null) {
+      this.#queueFault(q, ST_IOMMU_FAULT, fault);
       return false;
     }
     const phase = Math.floor(q.cqTail / q.cqSize) & 1 ? 0 : 1;
@@ -275,9 +280,23 @@ export class Engine {
     const outside = this.#windowFault(q, addr, length);
     if (outside !== null) return fail(ST_WINDOW_VIOLATION, outside);
     const segs: Segments = [];
-    const fault = this.ctx.iommu.translate(Number(addr), length, write, segs);
-    if (fault >= 0) return fail(ST_IOMMU_FAULT, fault === Number(addr) ? addr : BigInt(fault));
+    const fault = this.#translate(q, addr, length, write, segs);
+    if (fault !== null) return fail(ST_IOMMU_FAULT, fault);
     return segs;
+  }
+
+  /**
+   * Q_XLAT (§2.2, rev 2): the device accesses IOVA + Q_XLAT (mod 2^64) through the IOMMU. Returns null
+   * when [iova, +length) is mapped (segments in `out`), else the faulting address as the queue saw it.
+   */
+  #translate(q: Queue, iova: bigint, length: number, write: boolean, out: Segments): bigint | null {
+    const xlat = q.xlat;
+    const device = xlat === 0n ? iova : BigInt.asUintN(64, iova + xlat);
+    const fault = this.ctx.iommu.translate(Number(device), length, write, out);
+    if (fault < 0) return null;
+    // The IOMMU works in JS numbers; the first byte's fault is given back exactly.
+    const at = fault === Number(device) ? device : BigInt(fault);
+    return xlat === 0n ? at : BigInt.asUintN(64, at - xlat);
   }
 }
 

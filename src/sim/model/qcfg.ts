@@ -23,6 +23,7 @@ import {
   Q_VECTOR,
   Q_WIN_BASE,
   Q_WIN_SIZE,
+  Q_XLAT,
 } from './datasheet.js';
 import { RegisterFile } from './register-file.js';
 
@@ -37,12 +38,13 @@ export class QueueRegisters {
   #lastError = 0;
   #completed = 0;
   #bytes = 0;
-  // The windows, as of the last enable: the owner cannot change them while the queue is enabled (§2.2),
+  // The windows and Q_XLAT, as of the last enable: the owner cannot change them while the queue is enabled (§2.2),
   // so while enabled the engine reads this copy instead of building BigInts from shared words.
   #winBase = 0n;
   #winSize = 0n;
   #memBase = 0;
   #memSize = 0;
+  #xlat = 0n;
 
   constructor(
     readonly index: number,
@@ -60,6 +62,7 @@ export class QueueRegisters {
       this.#winSize = this.regs.load64(this.qcfgAt + Q_WIN_SIZE);
       this.#memBase = this.regs.load(this.qcfgAt + Q_MEM_BASE);
       this.#memSize = this.regs.load(this.qcfgAt + Q_MEM_SIZE);
+      this.#xlat = this.regs.load64(this.qcfgAt + Q_XLAT);
     }
     this.#enabled = v;
     this.regs.store(this.qcfgAt + Q_CTRL, v ? Q_CTRL_ENABLE : 0);
@@ -109,6 +112,14 @@ export class QueueRegisters {
   set memSize(v: number) {
     this.#memSize = v >>> 0;
     this.regs.store(this.qcfgAt + Q_MEM_SIZE, v);
+  }
+  /** Q_XLAT (rev 2): added, mod 2^64, to every IOVA the queue uses once it passed the window check. */
+  get xlat(): bigint {
+    return this.#enabled ? this.#xlat : this.regs.load64(this.qcfgAt + Q_XLAT);
+  }
+  set xlat(v: bigint) {
+    this.#xlat = BigInt.asUintN(64, v);
+    this.regs.store64(this.qcfgAt + Q_XLAT, v);
   }
   /** Read from the register file every time: the owner may change it while the queue runs. */
   get vector(): number {

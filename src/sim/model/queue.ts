@@ -159,7 +159,10 @@ export class Queue extends QueueRegisters {
     }
   }
 
-  /** Queue reset, minus the aborts (engine.ts writes those first): rings and indexes zeroed, ERROR cleared. */
+  /**
+   * Queue reset, minus the aborts (engine.ts writes those first): rings and indexes zeroed, ERROR cleared.
+   * The windows and Q_XLAT are kept (§2.2); only a whole-device reset clears them (powerOn).
+   */
   clearRings(): void {
     this.enabled = false;
     this.error = false;
@@ -191,6 +194,7 @@ export class Queue extends QueueRegisters {
     this.winSize = 0n;
     this.memBase = 0;
     this.memSize = 0;
+    this.xlat = 0n;
     this.vector = Q_VECTOR_NONE;
   }
 }

@@ -3,7 +3,7 @@
 // from createDevice(), and serves it through a VfioUserConnection.
 import { EventEmitter } from 'node:events';
 import { closedError } from '../../errors.js';
-import { StreamServer } from '../../sys/index.js';
+import { type Fd, StreamServer } from '../../sys/index.js';
 import { MAX_FDS } from '../../sys/native.js';
 import { VfioUserConnection } from './connection.js';
 import type { ConnectionInfo, VfioUserDeviceModel } from './device-model.js';
@@ -37,6 +37,8 @@ export interface VfioUserServerOptions {
 export interface VfioUserListenOptions extends VfioUserServerOptions {
   /** Socket file mode. Default 0o600. */
   mode?: number;
+  /** An already listening socket to serve (socket activation) instead of binding `path`; owned from here. */
+  listening?: Fd;
 }
 
 export class VfioUserServer extends EventEmitter {
@@ -53,10 +55,10 @@ export class VfioUserServer extends EventEmitter {
     // Room for the largest request accepted (REGION_WRITE of max_data_xfer_size) and then some:
     // a peer announcing anything longer is cut off by the framing.
     const maxMessage = HEADER_SIZE + 16 + server.#config.maxDataXferSize + 4096;
-    const listener = StreamServer.listen(path, {
-      mode: opts.mode ?? 0o600,
-      socket: { framing: VFIO_USER_FRAMING, maxMessage },
-    });
+    const socket = { framing: VFIO_USER_FRAMING, maxMessage };
+    const listener = opts.listening
+      ? StreamServer.fromListening(opts.listening, path, { socket })
+      : StreamServer.listen(path, { mode: opts.mode ?? 0o600, socket });
     server.#listener = listener;
     listener.on('error', (err: Error) => server.#config.log('vfio-user server: accept failed', err));
     listener.on('connection', (socket: MessageSocket) => {

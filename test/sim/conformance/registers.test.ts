@@ -105,6 +105,11 @@ test('§2.2 QCFG[q] at 0x10000 + 64·q: power-on values, RW registers, neighbour
       assert.equal(await b0r(r, qcfg(q, QCFG.Q_INFLIGHT)), 0);
       assert.equal(await r64(r.client, REGION.bar0, qcfg(q, QCFG.Q_COMPLETED)), 0n);
       assert.equal(await r64(r.client, REGION.bar0, qcfg(q, QCFG.Q_BYTES)), 0n);
+      assert.equal(
+        await r64(r.client, REGION.bar0, qcfg(q, QCFG.Q_XLAT)),
+        0n,
+        `Q_XLAT[${q}] power-on: identity`,
+      );
     }
     const q = 3;
     await w64(r.client, REGION.bar0, qcfg(q, QCFG.Q_WIN_BASE), 0x1_2345_6000n);
@@ -112,14 +117,14 @@ test('§2.2 QCFG[q] at 0x10000 + 64·q: power-on values, RW registers, neighbour
     await b0w(r, qcfg(q, QCFG.Q_MEM_BASE), 0x4_0000);
     await b0w(r, qcfg(q, QCFG.Q_MEM_SIZE), 0x8_0000);
     await b0w(r, qcfg(q, QCFG.Q_VECTOR), 2);
+    await w64(r.client, REGION.bar0, qcfg(q, QCFG.Q_XLAT), 0xffff_fff0_0000_1000n);
     // The whole 64-byte block as dwords: each value where the datasheet puts it, nothing elsewhere.
     const dwords = await qcfgDwords(r, q);
     assert.deepEqual(
       dwords,
-      [0, Q_STATUS.IDLE, 0x2345_6000, 1, 0, 2, 0x4_0000, 0x8_0000, 2, 0, 0, 0, 0, 0, 0, 0],
+      [0, Q_STATUS.IDLE, 0x2345_6000, 1, 0, 2, 0x4_0000, 0x8_0000, 2, 0, 0, 0, 0, 0, 0x1000, 0xffff_fff0],
       'QCFG[3] dwords: CTRL STATUS WIN_BASE(2) WIN_SIZE(2) MEM_BASE MEM_SIZE VECTOR INFLIGHT COMPLETED(2) BYTES(2) XLAT(2)',
     );
-    // When Q_XLAT (0x38, rev 2) lands: write it here and expect it in dwords 14 and 15.
     for (const n of [2, 4]) {
       const other = await qcfgDwords(r, n);
       assert.deepEqual(

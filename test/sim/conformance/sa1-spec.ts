@@ -82,7 +82,8 @@ export const QCFG = {
   Q_INFLIGHT: 0x24,
   Q_COMPLETED: 0x28,
   Q_BYTES: 0x30,
-  // Q_XLAT: 0x38 (rev 2) — enable its assertions when Q_XLAT lands in the simulator.
+  /** Rev 2: RW, 64-bit; added to every IOVA the queue uses, after the window check; 0 = identity. */
+  Q_XLAT: 0x38,
 } as const;
 export const Q_CTRL = { ENABLE: 1, RESET: 2 } as const;
 export const Q_STATUS = { RUNNING: 1, ERROR: 2, IDLE: 4, ERROR_SHIFT: 8 } as const;

@@ -1,0 +1,44 @@
+// What `devlease top` shows, in one admin request ({"op":"top"}): every lease with its holder and its
+// device counters (read now, off the hot path), the device's health, and the latest audit records. The
+// client computes rates from two snapshots; the broker keeps no per-viewer state beyond the heartbeat.
+import type { Broker } from '../broker.js';
+import { DeviceSampler } from './device-sampler.js';
+
+const RECENT_AUDIT = 20;
+
+export class TopSnapshot {
+  readonly #broker: Broker;
+  readonly #sampler: DeviceSampler;
+
+  constructor(broker: Broker) {
+    this.#broker = broker;
+    this.#sampler = new DeviceSampler(broker.device, broker.driver);
+  }
+
+  async snapshot(): Promise<Record<string, unknown>> {
+    const b = this.#broker;
+    const gone = b.leases.deviceGone !== null;
+    const leases = [];
+    for (const l of b.leases.all()) {
+      const c = gone ? null : await this.#sampler.leaseCounters(l);
+      leases.push({
+        ...l.summary(),
+        completed: c ? c.completed.toString() : null,
+        bytes: c ? c.bytes.toString() : null,
+      });
+    }
+    const recovery = (await b.status()).recovery;
+    return {
+      time: Date.now(),
+      device: b.config.deviceName,
+      driver: b.driver.name,
+      connection: b.deviceConnection(),
+      recovery,
+      suspended: b.leases.suspended,
+      draining: b.leases.draining,
+      heartbeatAgeSeconds: gone ? null : await this.#sampler.heartbeatAgeSeconds(),
+      leases,
+      audit: b.audit.recent.slice(-RECENT_AUDIT),
+    };
+  }
+}
