@@ -2,7 +2,8 @@
 // message, for root, the broker's own user, or the configured admin group.
 //
 //   → {"op":"status"} | {"op":"leases"} | {"op":"clients"} | {"op":"revoke","id":"queue-3","deadlineMs":500}
-//     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"} | {"op":"top"} (devlease top's view)
+//     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"} | {"op":"reload"}
+//     | {"op":"top"} (devlease top's view)
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
 import { chownSync, readFileSync } from 'node:fs';
@@ -163,6 +164,8 @@ export class AdminServer {
       case 'reset':
         await b.resetDevice();
         return { reset: true };
+      case 'reload':
+        return b.reload();
       case 'audit':
         return b.audit.recent.slice(-100);
       case 'top':

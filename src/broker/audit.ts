@@ -14,6 +14,8 @@ export class AuditLog {
   readonly #sink: ((line: string) => void) | null;
   /** The last records, for the admin API and tests. */
   readonly recent: AuditRecord[] = [];
+  /** Which config decides now (reload.ts): stamped on every grant and denial as `decidedBy`. */
+  decidedBy: { readonly config: string; readonly policyModule?: string } | null = null;
   /** Observers of every record (metrics count grants, denials, reclaims from them). */
   readonly #listeners = new Set<(rec: AuditRecord) => void>();
 
@@ -23,7 +25,12 @@ export class AuditLog {
   }
 
   write(rec: AuditRecord): void {
-    const full = { time: new Date().toISOString(), ...rec };
+    const decided = this.decidedBy && (rec.event === 'grant' || rec.event === 'deny');
+    const full = {
+      time: new Date().toISOString(),
+      ...rec,
+      ...(decided ? { decidedBy: { ...this.decidedBy } } : {}),
+    };
     const line = JSON.stringify(full, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
     this.recent.push(full);
     if (this.recent.length > 1000) this.recent.splice(0, this.recent.length - 1000);

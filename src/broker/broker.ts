@@ -8,6 +8,7 @@ import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Device, isReconnectable } from '../device/device.js';
 import type { Driver } from '../drivers/driver.js';
+import { loadDriverModule } from '../drivers/load.js';
 import { driverFactoryFor } from '../drivers/registry.js';
 import { DevleaseError } from '../errors.js';
 import { type ListenSocket, listenFdsError, PidFd, type StreamSocket } from '../sys/index.js';
@@ -26,6 +27,13 @@ import { MetricsServer } from './observe/metrics-server.js';
 import { PendingSession } from './pending-session.js';
 import { Policy, type PolicyModule, readCallerContext } from './policy.js';
 import { Recovery, type RecoveryCause } from './recovery.js';
+import {
+  type ConfigIdentity,
+  type ConfigSource,
+  configIdentity,
+  type ReloadOutcome,
+  reload,
+} from './reload.js';
 import { SliceWatcher } from './slices.js';
 
 export interface BrokerOptions {
@@ -33,6 +41,8 @@ export interface BrokerOptions {
   device: Device;
   /** Hooks given in code instead of (or after) config.policy.module. */
   policyModule?: PolicyModule;
+  /** The config file, for reload(); without it a reload is refused. */
+  configSource?: ConfigSource;
   /** Audit lines also go here (tests, the demo's live view). */
   auditSink?: (line: string) => void;
   log?: (msg: string) => void;
@@ -99,6 +109,11 @@ export class Broker extends EventEmitter {
   readonly #admission: Admission;
   /** The vfio-user servers' own lines (accept failures, protocol errors): at most 5 per kind per 10 s. */
   readonly #serverLog: RateLimitedLog;
+  readonly #configSource: ConfigSource | null;
+  readonly #codePolicy: PolicyModule | null;
+  /** The config deciding grants now (the audit log stamps grants and denials with it). */
+  readonly configIdentity: ConfigIdentity;
+  #reloading: Promise<ReloadOutcome> | null = null;
 
   private constructor(opts: BrokerOptions, driver: Driver, policy: Policy, audit: AuditLog) {
     super();
@@ -106,6 +121,10 @@ export class Broker extends EventEmitter {
     this.device = opts.device;
     this.driver = driver;
     this.audit = audit;
+    this.#configSource = opts.configSource ?? null;
+    this.#codePolicy = opts.policyModule ?? null;
+    this.configIdentity = configIdentity(opts.configSource?.path ?? null, opts.config);
+    audit.decidedBy = this.configIdentity;
     this.log = opts.log ?? ((m) => process.stderr.write(`devlease broker: ${m}\n`));
     this.leases = new LeaseTable(opts.device, driver, policy, audit, opts.config, this.#watcher);
     this.leases.log = this.log;
@@ -132,7 +151,8 @@ export class Broker extends EventEmitter {
 
   static async start(opts: BrokerOptions): Promise<Broker> {
     const { config, device } = opts;
-    const factory = driverFactoryFor(device);
+    const own = config.driverModule ? [await loadDriverModule(config.driverModule)] : [];
+    const factory = driverFactoryFor(device, own);
     if (!factory) throw new DevleaseError('ENODEV', 'no driver matches the device');
     const audit = new AuditLog(config.auditLog, opts.auditSink);
     const policy = new Policy(config.policy, (e) => audit.write({ event: 'policy', ...e }));
@@ -160,6 +180,7 @@ export class Broker extends EventEmitter {
       transport: device.transport,
       path: device.path,
       driver: driver.name,
+      config: broker.configIdentity,
     });
     return broker;
   }
@@ -349,6 +370,31 @@ export class Broker extends EventEmitter {
         },
       );
     }
+  }
+
+  /**
+   * Re-read the config file and policy module and apply their policy to new requests; leases the new policy
+   * refuses are kept or revoked (policy.on_reload). One at a time: a second call waits for the first, then runs.
+   * Rejects with EINVAL, changing nothing, when the new config is refused.
+   */
+  async reload(): Promise<ReloadOutcome> {
+    const source = this.#configSource;
+    if (!source)
+      throw new DevleaseError('EINVAL', 'the broker was started without a config file: nothing to reload');
+    const run = async (): Promise<ReloadOutcome> => {
+      await this.#reloading?.catch(() => {});
+      return reload(source, {
+        config: this.config,
+        leases: this.leases,
+        audit: this.audit,
+        codeModule: this.#codePolicy,
+        identity: this.configIdentity,
+        log: this.log,
+      });
+    };
+    const p = run();
+    this.#reloading = p;
+    return p;
   }
 
   /** Where the Prometheus endpoint listens (HOST:PORT with the bound port, or a socket path), or null. */

@@ -3,6 +3,7 @@
 // fails at start with a message an operator can act on.
 
 import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import type { IovaViewMode } from '../drivers/driver.js';
 
@@ -34,6 +35,8 @@ export interface BrokerConfig {
   rundir: string;
   /** The device's name in paths and logs. */
   deviceName: string;
+  /** A driver module of one's own (docs/DRIVERS.md), tried before the built-in drivers; absolute once loaded from a file. */
+  driverModule: string | null;
   /**
    * When a vfio-user device's connection is lost: reconnect (with backoff, first wait `initialMs`, doubling up
    * to `maxMs` between attempts), or exit (false; kernel devices always exit).
@@ -90,6 +93,12 @@ export interface BrokerConfig {
     /** Optional module exporting lease(ctx, req) and map(ctx, req) hooks. */
     module: string | null;
     hookTimeoutMs: number;
+    /**
+     * After a reload (devlease reload, SIGHUP), leases the new policy would refuse: kept to their end, or revoked
+     * with a deadline of `onReloadDeadlineMs`.
+     */
+    onReload: 'keep' | 'revoke';
+    onReloadDeadlineMs: number;
   };
   /** JSON-lines audit log; null: stderr only. */
   auditLog: string | null;
@@ -137,6 +146,7 @@ export function defaultConfig(): BrokerConfig {
   return {
     rundir: '/run/devlease',
     deviceName: 'sa1',
+    driverModule: null,
     reconnect: { enabled: true, initialMs: 50, maxMs: 2000 },
     recovery: { attempts: 3, backoffMs: 100, backoffMaxMs: 2000 },
     sockets: { mode: 0o666, group: null, versionTimeoutMs: 5000, maxPending: 128, maxPendingPerUid: 32 },
@@ -151,7 +161,13 @@ export function defaultConfig(): BrokerConfig {
       heartbeatMs: 100,
       responseTimeoutMs: 2000,
     },
-    policy: { rules: defaultRules(), module: null, hookTimeoutMs: 200 },
+    policy: {
+      rules: defaultRules(),
+      module: null,
+      hookTimeoutMs: 200,
+      onReload: 'keep',
+      onReloadDeadlineMs: 5000,
+    },
     auditLog: null,
     metrics: { listen: null, mode: 0o660 },
   };
@@ -309,6 +325,7 @@ export function configFromObject(doc: Table): BrokerConfig {
       'may contain only letters, digits, ".", "_" and "-" (it names a folder)',
     );
   }
+  const driverModule = device.string('driver', null);
   const reconnect = {
     enabled: device.bool('reconnect', d.reconnect.enabled),
     initialMs: device.int('reconnect_initial_ms', d.reconnect.initialMs, 1, 60_000),
@@ -394,7 +411,12 @@ export function configFromObject(doc: Table): BrokerConfig {
     rules,
     module: pol.string('module', null),
     hookTimeoutMs: pol.int('hook_timeout_ms', d.policy.hookTimeoutMs, 1, 60_000),
+    onReload: pol.string('on_reload', d.policy.onReload) as 'keep' | 'revoke',
+    onReloadDeadlineMs: pol.int('on_reload_deadline_ms', d.policy.onReloadDeadlineMs, 0, 3_600_000),
   };
+  if (policy.onReload !== 'keep' && policy.onReload !== 'revoke') {
+    throw new ConfigError('policy.on_reload', `must be "keep" or "revoke" (got "${policy.onReload}")`);
+  }
   pol.done();
 
   const audit = top.table('audit');
@@ -410,6 +432,7 @@ export function configFromObject(doc: Table): BrokerConfig {
   return {
     rundir,
     deviceName,
+    driverModule,
     reconnect,
     recovery,
     sockets,
@@ -453,5 +476,8 @@ export function loadConfig(path: string): BrokerConfig {
   } catch (err) {
     throw new ConfigError('(file)', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
   }
-  return parseConfig(text, path);
+  const config = parseConfig(text, path);
+  // A driver module is named relative to the config file that names it, as an operator reads the file.
+  if (config.driverModule) config.driverModule = resolve(dirname(path), config.driverModule);
+  return config;
 }

@@ -34,7 +34,8 @@ export class LeaseTable extends EventEmitter {
   constructor(
     readonly device: Device,
     readonly driver: Driver,
-    readonly policy: Policy,
+    /** Replaced by a reload (reload.ts): every request from then on meets the new one. */
+    public policy: Policy,
     readonly audit: AuditLog,
     readonly config: BrokerConfig,
     readonly watcher: SliceWatcher,

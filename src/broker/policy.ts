@@ -74,9 +74,13 @@ export class Policy {
     this.#log = log;
   }
 
-  /** Load the optional policy module (an ES module exporting `lease` and/or `map`). */
-  async loadModule(path: string): Promise<void> {
-    const mod = (await import(pathToFileURL(path).href)) as PolicyModule & { default?: PolicyModule };
+  /**
+   * Load the optional policy module (an ES module exporting `lease` and/or `map`). `version` (a reload's hash of
+   * the file) makes a changed file import afresh: ES modules are cached by URL.
+   */
+  async loadModule(path: string, version?: string): Promise<void> {
+    const url = pathToFileURL(path).href + (version ? `?sha256=${version}` : '');
+    const mod = (await import(url)) as PolicyModule & { default?: PolicyModule };
     const hooks = mod.lease || mod.map ? mod : (mod.default ?? {});
     if (typeof hooks.lease !== 'function' && typeof hooks.map !== 'function') {
       throw new Error(`policy module ${path} exports neither lease(ctx, req) nor map(ctx, req)`);

@@ -1,4 +1,4 @@
-// Admin commands: status, leases, revoke, drain, reset — JSON over the broker's admin socket.
+// Admin commands: status, leases, revoke, drain, reset, reload — JSON over the broker's admin socket.
 
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -44,6 +44,7 @@ const USAGE = `usage: devlease status|leases|clients [--json]
        devlease revoke <lease-id> [--deadline MS (0..86400000, 24 h)] [--json]
        devlease drain [--off] [--json]
        devlease reset [--json]
+       devlease reload [--json]   re-read the broker's config and policy module (as SIGHUP does)
   common: --admin PATH (default RUNDIR/DEVICE/admin.sock), --rundir DIR (default /run/devlease), --device NAME (default sa1)`;
 
 export async function adminCommand(cmd: string, argv: string[]): Promise<number> {

@@ -119,6 +119,9 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     broker = await Broker.start({
       config,
       device,
+      ...(values.config
+        ? { configSource: { path: values.config, overrides: values.rundir ? { rundir: values.rundir } : {} } }
+        : {}),
       listening,
       auditSink: (line) => process.stdout.write(`${line}\n`),
     });
@@ -135,6 +138,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     const stop = async (code: number) => {
       process.off('SIGINT', onSig);
       process.off('SIGTERM', onSig);
+      process.off('SIGHUP', onHup);
       await broker.close();
       await device.close();
       resolve(code);
@@ -142,6 +146,9 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     const onSig = () => void stop(0);
     process.on('SIGINT', onSig);
     process.on('SIGTERM', onSig);
+    // SIGHUP: reload the config and policy module; the broker logs and audits the outcome either way.
+    const onHup = () => void broker.reload().catch(() => {});
+    process.on('SIGHUP', onHup);
     // A vfio-user device that goes away is reconnected (the broker stays up); this is the other case.
     broker.on('device-lost', (why: string) => {
       process.stderr.write(`devlease daemon: the device is lost: ${why}; exiting\n`);

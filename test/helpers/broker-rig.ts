@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Broker } from '../../src/broker/broker.js';
-import { configFromObject } from '../../src/broker/config.js';
+import { configFromObject, loadConfig } from '../../src/broker/config.js';
 import type { PolicyModule } from '../../src/broker/policy.js';
 import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
 import { type ChildSimulator, spawnSimulator } from '../../src/sim/host/child.js';
@@ -33,22 +33,33 @@ export interface Rig {
 }
 
 export async function startRig(
-  opts: { config?: Record<string, unknown>; sim?: Partial<Sa1Options>; policyModule?: PolicyModule } = {},
+  opts: {
+    config?: Record<string, unknown>;
+    /** A config file instead of `config` (rundir overridden), which broker.reload() re-reads. */
+    configFile?: string;
+    sim?: Partial<Sa1Options>;
+    policyModule?: PolicyModule;
+    log?: (msg: string) => void;
+  } = {},
 ): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-test-'));
   const simSocket = join(dir, 'sim.sock');
   const sim = await spawnSimulator({ socketPath: simSocket, numQueues: 8, ...opts.sim });
   const device = await VfioUserDevice.connect(simSocket);
   const audit: Record<string, any>[] = [];
-  const config = configFromObject({ rundir: join(dir, 'run'), ...(opts.config ?? {}) });
+  const overrides = { rundir: join(dir, 'run') };
+  const config = opts.configFile
+    ? Object.assign(loadConfig(opts.configFile), overrides)
+    : configFromObject({ ...overrides, ...(opts.config ?? {}) });
   let broker: Broker;
   try {
     broker = await Broker.start({
       config,
       device,
       ...(opts.policyModule ? { policyModule: opts.policyModule } : {}),
+      ...(opts.configFile ? { configSource: { path: opts.configFile, overrides } } : {}),
       auditSink: (line) => audit.push(JSON.parse(line)),
-      log: () => {},
+      log: opts.log ?? (() => {}),
     });
   } catch (err) {
     await device.close();

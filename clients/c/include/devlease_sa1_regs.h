@@ -74,6 +74,8 @@
 #define SA1_Q_INFLIGHT 0x24u
 #define SA1_Q_COMPLETED 0x28u /* 64-bit */
 #define SA1_Q_BYTES 0x30u /* 64-bit */
+/* Rev 2: added to every IOVA the queue uses, after the window check (0 = identity). */
+#define SA1_Q_XLAT 0x38u /* 64-bit */
 #define SA1_Q_CTRL_ENABLE 1u
 #define SA1_Q_CTRL_RESET 2u
 #define SA1_Q_STATUS_RUNNING 1u

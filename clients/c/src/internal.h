@@ -81,6 +81,7 @@ struct devlease {
 	uint64_t page;
 	uint32_t max_xfer;
 	bool reasons;
+	int notice_index; /* devlease's notice irq index from VERSION, or -1 */
 	unsigned info_index;
 
 	json_object *info_json;

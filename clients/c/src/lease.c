@@ -121,6 +121,17 @@ static int version(struct devlease *l, const char *request_json)
 			}
 			l->info_index = (unsigned)idx;
 		}
+		/* A broker that offers devlease's notice irq signals per-queue faults there, never on ERR
+		 * (ERR means unrecoverable, as QEMU treats it): the ERR eventfd is wired to both. */
+		l->notice_index = -1;
+		if (json_object_object_get_ex(v, "noticeIrq", &x)) {
+			int idx = json_object_get_int(x);
+			if (!json_object_is_type(x, json_type_int) || idx < 5 || idx > 4096) {
+				dl_fail(EPROTO, "bad VERSION reply: devlease.noticeIrq is not an irq index above the standard five");
+				goto out;
+			}
+			l->notice_index = idx;
+		}
 	}
 	rc = 0;
 out:
@@ -219,6 +230,7 @@ static int setup(struct devlease *l)
 	l->req_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (l->err_fd < 0 || l->req_fd < 0) return dl_fail(errno, "eventfd: %s", strerror(errno));
 	int rc = set_irqs(l, VFIO_PCI_ERR_IRQ_INDEX, 0, &l->err_fd, 1);
+	if (rc == 0 && l->notice_index > 0) rc = set_irqs(l, (unsigned)l->notice_index, 0, &l->err_fd, 1);
 	if (rc == 0) rc = set_irqs(l, VFIO_PCI_REQ_IRQ_INDEX, 0, &l->req_fd, 1);
 	return rc;
 }

@@ -162,8 +162,8 @@ export class Peers {
     return p;
   }
 
-  /** `devlease daemon --device vfio-user:SOCKET`, ready once it prints its ready line. */
-  async daemon(deviceSocket: string, rundir = join(this.dir, 'run')): Promise<Daemon> {
+  /** `devlease daemon --device vfio-user:SOCKET [args]`, ready once it prints its ready line. */
+  async daemon(deviceSocket: string, rundir = join(this.dir, 'run'), args: string[] = []): Promise<Daemon> {
     const p = this.#spawn('devlease daemon', process.execPath, [
       DEVLEASE_BIN,
       'daemon',
@@ -171,6 +171,7 @@ export class Peers {
       `vfio-user:${deviceSocket}`,
       '--rundir',
       rundir,
+      ...args,
     ]);
     const events: Record<string, unknown>[] = [];
     let sockets: Record<string, string> | null = null;

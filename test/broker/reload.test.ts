@@ -1,0 +1,195 @@
+// Policy and config reload without dropping leases: `devlease reload` (the
+// admin op) re-reads the config file; a tighter policy applies to new
+// requests at once while existing clients keep working (on_reload = "keep")
+// or are revoked with notice (on_reload = "revoke"); a bad file changes
+// nothing and says why, to the caller and in the log. Every grant and denial
+// names the sha256 of the config that decided it.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import type { ReloadOutcome } from '../../src/broker/reload.js';
+import { adminRequest } from '../../src/cli/admin.js';
+import { ClientProc, type Rig, startRig } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { until } from '../interop/helpers/peers.js';
+
+const leakCheck = trackFdLeaks();
+const dir = mkdtempSync(join(tmpdir(), 'devlease-reload-'));
+after(async () => {
+  rmSync(dir, { recursive: true, force: true });
+  await leakCheck();
+});
+const uid = process.getuid!();
+const sha = (s: string) => createHash('sha256').update(s).digest('hex');
+
+function policy(maxLeases: number, extra = ''): string {
+  return `[policy]\n${extra}\n[[policy.rule]]\nuid = ${uid}\nmax_leases = ${maxLeases}\n`;
+}
+
+async function withRig(
+  text: string,
+  fn: (rig: Rig, file: string, admin: string, logs: string[]) => Promise<void>,
+): Promise<void> {
+  const file = join(dir, `broker-${Math.random().toString(36).slice(2)}.toml`);
+  writeFileSync(file, text);
+  const logs: string[] = [];
+  const rig = await startRig({ configFile: file, log: (m) => logs.push(m) });
+  try {
+    await fn(rig, file, join(rig.broker.dir, 'admin.sock'), logs);
+  } finally {
+    await rig.close();
+  }
+}
+
+test('a reload that tightens the policy applies to new requests; existing clients stay connected and working', async () => {
+  const before = policy(2);
+  await withRig(before, async (rig, file, admin) => {
+    const [a, b, c] = await Promise.all([ClientProc.spawn(), ClientProc.spawn(), ClientProc.spawn()]);
+    try {
+      const la = (await a.call('connect', { socket: rig.socket })).info.lease;
+      const lb = (await b.call('connect', { socket: rig.socket })).info.lease;
+      const tighter = policy(1);
+      writeFileSync(file, tighter);
+      const out = (await adminRequest(admin, { op: 'reload' })) as ReloadOutcome;
+      assert.equal(out.config.config, sha(tighter));
+      assert.equal(out.previous.config, sha(before));
+      assert.equal(out.onReload, 'keep');
+      assert.deepEqual(
+        out.refused.map((r: { lease: string; action: string }) => [r.lease, r.action]),
+        [[lb, 'kept']],
+        'the lease over the new limit is named, and kept; the older one is within it',
+      );
+
+      const err = await c.call('connect', { socket: rig.socket }).catch((e) => e);
+      assert.equal(err.code, 'EACCES', 'the new limit applies to a new request');
+      assert.match(err.message, /the limit is 1/);
+
+      // Both clients are still connected and their leases work: DMA maps pass through the broker.
+      for (const p of [a, b]) {
+        await p.call('alloc', { name: 'x', size: 4096 });
+        assert.deepEqual(await p.call('events'), [], 'no notice, no disconnect');
+      }
+      assert.deepEqual(
+        rig.broker.leases.all().map((l) => [l.id, l.state]),
+        [
+          [la, 'active'],
+          [lb, 'active'],
+        ],
+      );
+      assert.ok(!rig.audit.some((e) => e.event === 'reclaim' || e.event === 'revoke'));
+
+      const grants = rig.audit.filter((e) => e.event === 'grant');
+      assert.deepEqual(
+        grants.map((g) => g.decidedBy.config),
+        [sha(before), sha(before)],
+      );
+      const deny = rig.audit.find((e) => e.event === 'deny' && e.pid === c.pid);
+      assert.equal(deny?.decidedBy.config, sha(tighter), 'the denial names the reloaded config');
+      assert.ok(rig.audit.some((e) => e.event === 'reload-kept' && e.lease === lb));
+    } finally {
+      await Promise.all([a.exit(), b.exit(), c.exit()]);
+    }
+  });
+});
+
+test('a bad config is refused with the reason, to the caller and in the log, and changes nothing', async () => {
+  const good = policy(1);
+  await withRig(good, async (rig, file, admin, logs) => {
+    const bad: [string, RegExp][] = [
+      [
+        `${policy(1)}\n[[policy.rule]]\nuid = 5\nmax_leases = "lots"\n`,
+        /policy\.rule\[1\]\.max_leases: must be "fair"/,
+      ],
+      ['[policy\n', /not valid TOML/],
+      [policy(1, 'on_reload = "sometimes"'), /policy\.on_reload: must be "keep" or "revoke"/],
+      [`${policy(5)}\n[sockets]\nmode = 0o600\n`, /sockets: changed, and only a restart applies it/],
+      [
+        policy(5, `module = "${join(dir, 'no-such-policy.mjs')}"`),
+        /policy\.module: cannot read .*no-such-policy\.mjs: ENOENT/,
+      ],
+    ];
+    for (const [text, why] of bad) {
+      writeFileSync(file, text);
+      const err = await adminRequest(admin, { op: 'reload' }).catch((e) => e);
+      assert.ok(err instanceof Error, `refused: ${text}`);
+      assert.equal((err as { code?: string }).code, 'EINVAL');
+      assert.match(err.message, /reload refused, nothing changed/);
+      assert.match(err.message, why);
+      assert.ok(
+        logs.some((l) => why.test(l)),
+        `the log says why: ${logs.join('\n')}`,
+      );
+      const refused = rig.audit.filter((e) => e.event === 'reload-refused').at(-1);
+      assert.match(refused?.error, why);
+    }
+    // Nothing changed: still the first config, with its limit of 1.
+    assert.equal(rig.broker.configIdentity.config, sha(good));
+    const [a, b] = await Promise.all([ClientProc.spawn(), ClientProc.spawn()]);
+    try {
+      await a.call('connect', { socket: rig.socket });
+      const err = await b.call('connect', { socket: rig.socket }).catch((e) => e);
+      assert.equal(err.code, 'EACCES', 'the old limit (1) still holds, not a refused file’s 5');
+      assert.equal(rig.audit.find((e) => e.event === 'grant')?.decidedBy.config, sha(good));
+    } finally {
+      await Promise.all([a.exit(), b.exit()]);
+    }
+  });
+});
+
+test('on_reload = "revoke": a lease the reloaded policy refuses gets a revoke notice and is reclaimed at the deadline', async () => {
+  await withRig(policy(2), async (rig, file, admin) => {
+    const [a, b] = await Promise.all([ClientProc.spawn(), ClientProc.spawn()]);
+    try {
+      const la = (await a.call('connect', { socket: rig.socket })).info.lease;
+      const lb = (await b.call('connect', { socket: rig.socket })).info.lease;
+      writeFileSync(file, policy(1, 'on_reload = "revoke"\non_reload_deadline_ms = 300'));
+      const out = (await adminRequest(admin, { op: 'reload' })) as ReloadOutcome;
+      assert.deepEqual(
+        out.refused.map((r: { lease: string; action: string }) => [r.lease, r.action]),
+        [[lb, 'revoked']],
+      );
+      const revoke = rig.audit.find((e) => e.event === 'revoke' && e.lease === lb);
+      assert.equal(revoke?.deadlineMs, 300);
+      assert.match(revoke?.reason, /the reloaded policy refuses it: .*the limit is 1/);
+      await until(
+        'b to be told (REQ notice)',
+        async () => (await b.call('events')).includes('revoke-requested'),
+        20_000,
+      );
+      await until('b to be reclaimed', () => !rig.broker.leases.get(lb), 20_000);
+      assert.equal(rig.broker.leases.get(la)?.state, 'active', 'the lease within the new limit stays');
+      assert.deepEqual(await a.call('events'), []);
+    } finally {
+      await Promise.all([a.exit(), b.exit()]);
+    }
+  });
+});
+
+test('a changed policy module is imported afresh on reload, and decisions name its sha256', async () => {
+  const mod = join(dir, 'policy.mjs');
+  const v1 = 'export function lease() { return { allow: true }; }\n';
+  const v2 = "export function lease() { return { allow: false, reason: 'closed for maintenance' }; }\n";
+  writeFileSync(mod, v1);
+  await withRig(policy(4, `module = "${mod}"`), async (rig, _file, admin) => {
+    const [a, b] = await Promise.all([ClientProc.spawn(), ClientProc.spawn()]);
+    try {
+      await a.call('connect', { socket: rig.socket });
+      writeFileSync(mod, v2); // the same path, the same config file: only the module changed
+      const out = (await adminRequest(admin, { op: 'reload' })) as ReloadOutcome;
+      assert.equal(out.config.policyModule, sha(v2));
+      assert.equal(out.previous.policyModule, sha(v1));
+      assert.equal(out.refused.length, 1, 'the new module refuses the existing lease too (kept)');
+      const err = await b.call('connect', { socket: rig.socket }).catch((e) => e);
+      assert.equal(err.code, 'EACCES');
+      assert.match(err.message, /closed for maintenance/);
+      const deny = rig.audit.find((e) => e.event === 'deny' && e.pid === b.pid);
+      assert.equal(deny?.decidedBy.policyModule, sha(v2));
+      assert.equal(rig.audit.find((e) => e.event === 'grant')?.decidedBy.policyModule, sha(v1));
+    } finally {
+      await Promise.all([a.exit(), b.exit()]);
+    }
+  });
+});
