@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import type { IovaViewMode } from '../drivers/driver.js';
+import type { DriverConfig, IovaViewMode } from '../drivers/driver.js';
 
 /**
  * A lease limit: a count, or 'fair' — a share of the device, ceil(capacity / FAIR_SHARE_DIVISOR) leases,
@@ -71,23 +71,8 @@ export interface BrokerConfig {
     /** How long quiescing a queue may take before the broker resets it anyway. */
     quiesceTimeoutMs: number;
   };
-  sa1: {
-    /** Firmware image path; null: the broker generates a valid default image. */
-    firmware: string | null;
-    /** IOVA window per lease, bytes (a power of two): the device range, and the size of a translated view. */
-    windowSize: bigint;
-    /** 'translated': each lease's client sees its own IOVA space [0, windowSize) (Q_XLAT); 'identity': the device's. */
-    iovaView: IovaViewMode;
-    /** Device-memory granules a lease may ask for at most. */
-    maxDevmemGranules: number;
-    /** Heartbeat check period (ms); a stopped heartbeat over this long is a hang. */
-    heartbeatMs: number;
-    /**
-     * A device that has not answered a HEARTBEAT read for this long (ms) is unresponsive (a frozen server):
-     * the broker treats it as hung, drops its connection and reconnects until it answers.
-     */
-    responseTimeoutMs: number;
-  };
+  /** The SA-1 driver's settings (documented where the driver declares them). */
+  sa1: DriverConfig['sa1'];
   policy: {
     rules: PolicyRule[];
     /** Optional module exporting lease(ctx, req) and map(ctx, req) hooks. */

@@ -22,11 +22,20 @@ export interface DriverConfig {
   layout: { pageSize: number; allowCooperative: boolean };
   lifetime: { revoke: boolean; quiesceTimeoutMs: number };
   sa1: {
+    /** Firmware image path; null: the broker generates a valid default image. */
     firmware: string | null;
+    /** IOVA window per lease, bytes (a power of two): the device range, and the size of a translated view. */
     windowSize: bigint;
+    /** 'translated': each lease's client sees its own IOVA space [0, windowSize) (Q_XLAT); 'identity': the device's. */
     iovaView: IovaViewMode;
+    /** Device-memory granules a lease may ask for at most. */
     maxDevmemGranules: number;
+    /** Heartbeat check period (ms); a stopped heartbeat over this long is a hang. */
     heartbeatMs: number;
+    /**
+     * A device that has not answered a HEARTBEAT read for this long (ms) is unresponsive (a frozen server):
+     * the broker treats it as hung, drops its connection and reconnects until it answers.
+     */
     responseTimeoutMs: number;
   };
 }
