@@ -17,12 +17,12 @@ import {
   ProtocolError,
   SysError,
   VfioError,
+  VfioUserCallError,
 } from '../src/errors.js';
 import { startSimulator } from '../src/sim/index.js';
 import { EventFd, MemFd } from '../src/sys/index.js';
 import { native } from '../src/sys/native.js';
 import { VfioUserClient } from '../src/vfio/user/client.js';
-import { VfioUserCallError } from '../src/vfio/user/errors.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../src/vfio/user/protocol.js';
 import { assertNoFdLeak } from './helpers/fds.js';
 

@@ -5,14 +5,13 @@
 // unchanged; a lost device connection is ENODEV for the lease; an exception
 // without an errno is a bug and stays one (the server answers EIO and logs it).
 
-import { VfioError } from '../vfio/user/device-model.js';
-
 /** How the device connection itself fails (vfio-user client, closed handle): the device is gone for the lease. */
 const CONNECTION_LOST = new Set(['ECONNRESET', 'ENOTCONN', 'EPIPE', 'EPROTO', 'ERR_DEVLEASE_CLOSED']);
 
 /** Longest device reason passed on or logged: a device's words are not trusted to be short. */
 const MAX_REASON = 300;
 
+import { VfioError } from '../errors.js';
 export interface DeviceRefusal {
   /** What the lease client gets. */
   error: VfioError;

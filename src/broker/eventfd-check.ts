@@ -6,9 +6,9 @@
 // "notified").
 
 import { readlinkSync } from 'node:fs';
+import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
-import { VfioError } from '../vfio/user/device-model.js';
 
 export function adoptEventFd(fd: Fd): void {
   let target: string;

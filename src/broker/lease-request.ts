@@ -4,7 +4,7 @@
 // byte of it, so nothing here converts a value it has not checked — an
 // object whose toString is not a function throws inside String().
 
-import { VfioError } from '../vfio/user/device-model.js';
+import { VfioError } from '../errors.js';
 import type { LeaseRequest } from './policy.js';
 
 /** The most device-memory granules any request may name (the driver applies the configured limit). */

@@ -8,10 +8,10 @@
 //   any state ──the device connection is lost──▶ released (nothing is asked of the lost device; see leases.ts)
 
 import type { DeviceFault, LeaseResources } from '../drivers/driver.js';
+import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
 import type { LongTimer } from '../util/long-timer.js';
-import { VfioError } from '../vfio/user/device-model.js';
 import type { CallerContext, LeaseRequest } from './policy.js';
 import type { SliceUnit } from './slices.js';
 

@@ -6,10 +6,10 @@
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import type { DeviceFault, Driver } from '../drivers/driver.js';
+import { VfioError } from '../errors.js';
 import { LongTimer } from '../util/long-timer.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../vfio/uapi/vfio.js';
-import { VfioError } from '../vfio/user/device-model.js';
 import type { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
 import { deviceRefusal } from './device-refusal.js';

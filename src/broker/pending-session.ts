@@ -4,16 +4,16 @@
 // for a stock vfio-user client), so the lease is granted in negotiate() and
 // every later request is served by that lease's LeaseSession.
 
-import {
-  type DmaMapRequest,
-  type DmaUnmapRequest,
-  type FeatureReply,
-  type FeatureRequest,
-  type IrqDescription,
-  type IrqSetRequest,
-  type RegionDescription,
-  VfioError,
-  type VfioUserDeviceModel,
+import { VfioError } from '../errors.js';
+import type {
+  DmaMapRequest,
+  DmaUnmapRequest,
+  FeatureReply,
+  FeatureRequest,
+  IrqDescription,
+  IrqSetRequest,
+  RegionDescription,
+  VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
 import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { readLeaseRequest } from './lease-request.js';

@@ -11,6 +11,7 @@
 // lease's queue. Nothing else of the device is reachable from here.
 
 import { CONFIG_SPACE_SIZE, LeaseBars, PCI_BASE_ADDRESS_0, PCI_NUM_BARS } from '../drivers/config-space.js';
+import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import {
   VFIO_DEVICE_FLAGS_PCI,
@@ -29,16 +30,15 @@ import {
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
 } from '../vfio/uapi/vfio.js';
-import {
-  type DmaMapRequest,
-  type DmaUnmapRequest,
-  type FeatureReply,
-  type FeatureRequest,
-  type IrqDescription,
-  type IrqSetRequest,
-  type RegionDescription,
-  VfioError,
-  type VfioUserDeviceModel,
+import type {
+  DmaMapRequest,
+  DmaUnmapRequest,
+  FeatureReply,
+  FeatureRequest,
+  IrqDescription,
+  IrqSetRequest,
+  RegionDescription,
+  VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
 import { checkDmaFd } from '../vfio/user/dma-fd-check.js';
 import type { IoFdSubRegion, RegionIoFds } from '../vfio/user/region-io-fds.js';

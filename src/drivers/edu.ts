@@ -7,8 +7,8 @@
 
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
+import { VfioError } from '../errors.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX } from '../vfio/uapi/vfio.js';
-import { VfioError } from '../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
 import {
   type Driver,

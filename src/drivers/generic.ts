@@ -6,6 +6,7 @@
 
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
+import { VfioError } from '../errors.js';
 import {
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_INTX_IRQ_INDEX,
@@ -13,7 +14,6 @@ import {
   VFIO_PCI_ROM_REGION_INDEX,
   VFIO_REGION_INFO_FLAG_MMAP,
 } from '../vfio/uapi/vfio.js';
-import { VfioError } from '../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
 import {
   type Driver,

@@ -6,7 +6,7 @@
 // the package; the rest of src/ is not.
 
 export type { Device, DeviceRegion, DmaMapping, IovaRange, SparseArea, Transport } from '../device/device.js';
-export { DevleaseError } from '../errors.js';
+export { DevleaseError, VfioError } from '../errors.js';
 export {
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_BAR1_REGION_INDEX,
@@ -21,7 +21,6 @@ export {
   VFIO_PCI_ROM_REGION_INDEX,
   VFIO_REGION_INFO_FLAG_MMAP,
 } from '../vfio/uapi/vfio.js';
-export { VfioError } from '../vfio/user/device-model.js';
 export {
   type BarType,
   barTypeAt,

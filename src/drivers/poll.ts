@@ -6,7 +6,7 @@
 // leased again.
 
 import { constants } from 'node:os';
-import { VfioError } from '../vfio/user/device-model.js';
+import { VfioError } from '../errors.js';
 
 export interface PollOptions<T> {
   /** What is awaited, for the error: "queue 3 reset (Q_CTRL.RESET to clear)". */

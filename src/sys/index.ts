@@ -1,6 +1,8 @@
 // src/sys: typed owners of the kernel handles devlease is built on. Every
 // handle has one owner, an idempotent close() and [Symbol.dispose]; errors
 // from syscalls carry `code`, `errno` and `syscall`.
+
+export { closedError, isSysError, SysError } from '../errors.js';
 export {
   F_SEAL_GROW,
   F_SEAL_SEAL,
@@ -16,7 +18,6 @@ export {
   sysConstant,
   sysConstants,
 } from './constants.js';
-export { closedError, isSysError, SysError } from './errors.js';
 export { EventFd } from './eventfd.js';
 export { Fd, fdNumber } from './fd.js';
 export { type FutexWaitResult, futexWait, futexWake } from './futex.js';

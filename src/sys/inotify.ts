@@ -4,7 +4,7 @@
 // magic link is followed), which is how the release of memfd descriptions
 // is observed (see memfd.ts). inotify gives one watch per inode: watching
 // the same file again returns the same wd and replaces its mask and callback.
-import { isSysError } from './errors.js';
+import { isSysError } from '../errors.js';
 import { Fd } from './fd.js';
 import { native } from './native.js';
 import { READABLE, Watch } from './watch.js';

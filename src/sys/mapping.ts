@@ -8,7 +8,7 @@
 // unmap() drops the file mapping at once (so the file's last reference and
 // its inotify IN_CLOSE follow right away); the buffer itself stays readable
 // (zeros) until garbage-collected, which is when the range is freed.
-import { closedError, misuse } from './errors.js';
+import { closedError, misuse } from '../errors.js';
 import { type Fd, fdNumber } from './fd.js';
 import { native, type RawMapping } from './native.js';
 

@@ -12,7 +12,7 @@
 // unmapped every mapping of it (a mapping holds the description), in either
 // order. Only then does IN_CLOSE_WRITE (or _NOWRITE) fire and the lease probe
 // turn false; not when only one of the two is done.
-import { misuse } from './errors.js';
+import { misuse } from '../errors.js';
 import { Fd } from './fd.js';
 import { Mapping } from './mapping.js';
 import { native } from './native.js';

@@ -1,5 +1,5 @@
 // Peer identity of a connected AF_UNIX socket (either type).
-import { isSysError } from './errors.js';
+import { isSysError } from '../errors.js';
 import { Fd } from './fd.js';
 import { native, type PeerCred } from './native.js';
 import { PidFd } from './pidfd.js';

@@ -1,8 +1,9 @@
 // A pidfd: a process handle that cannot be confused by pid reuse. It turns
 // readable when the process exits, which onExit() watches with uv_poll.
+
 import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { misuse } from './errors.js';
+import { misuse } from '../errors.js';
 import { Fd } from './fd.js';
 import { native } from './native.js';
 import { READABLE, Watch } from './watch.js';

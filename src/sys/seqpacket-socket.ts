@@ -16,8 +16,9 @@
 //   'drain' when all of it has gone. A server bounds what a peer that never
 //   reads costs it with these (src/broker/admin.ts).
 // - close() / peer hang-up: 'close' is emitted exactly once.
+
 import { EventEmitter } from 'node:events';
-import { closedError, isSysError, misuse } from './errors.js';
+import { closedError, isSysError, misuse } from '../errors.js';
 import { Fd, fdNumber } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
 import { peerCredOf, peerPidfdOf } from './peer.js';

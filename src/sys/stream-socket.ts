@@ -19,8 +19,7 @@
 // message holds dup()s until written); a 'message' listener owns msg.fds;
 // reading pauses while there is no 'message' listener; 'close' once.
 import { EventEmitter } from 'node:events';
-import { DevleaseError } from '../errors.js';
-import { closedError, isSysError, misuse } from './errors.js';
+import { closedError, DevleaseError, isSysError, misuse } from '../errors.js';
 import { Fd, fdNumber } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
 import { peerCredOf, peerPidfdOf } from './peer.js';

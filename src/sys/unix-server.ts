@@ -9,8 +9,7 @@
 // once would spin the process at 100 % and flood the log.
 import { EventEmitter } from 'node:events';
 import { lstatSync, unlinkSync } from 'node:fs';
-import { SysError } from '../errors.js';
-import { closedError } from './errors.js';
+import { closedError, SysError } from '../errors.js';
 import { Fd } from './fd.js';
 import { native } from './native.js';
 import { SeqpacketSocket, type SeqpacketSocketOptions } from './seqpacket-socket.js';

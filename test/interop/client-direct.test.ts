@@ -2,9 +2,11 @@
 // samples directly, no broker between: the negotiation, the device and
 // region queries, region access, and libvfio-user's error replies (some
 // carry payload bytes after the header: issue 12, item 2).
+
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import type { VfioUserCallError } from '../../src/errors.js';
 import { Mapping } from '../../src/sys/index.js';
 import {
   VFIO_DEVICE_FLAGS_PCI,
@@ -17,7 +19,6 @@ import {
   VFIO_REGION_INFO_FLAG_WRITE,
 } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
-import type { VfioUserCallError } from '../../src/vfio/user/errors.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { Peers } from './helpers/peers.js';
 

@@ -1,10 +1,11 @@
 // Config space, every BAR0 register, QCFG, the queue page and access-width
 // rules, on the device model in-process.
+
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { VfioError } from '../../src/errors.js';
 import { MSIX_CAP_OFFSET, PCI_CAP_ID_MSIX } from '../../src/sim/model/config-space.js';
 import * as ds from '../../src/sim/model/datasheet.js';
-import { VfioError } from '../../src/vfio/user/device-model.js';
 import { BAR0, BAR2, BAR4, CONFIG, qcfg, r32, r64, w32, w64 } from './helpers/driver.js';
 import { inProcess } from './helpers/inproc.js';
 import { booted, queue } from './helpers/scenario.js';

@@ -1,8 +1,10 @@
 // Golden byte vectors for every vfio-user message devlease sends or parses,
 // written by hand from the tables of QEMU's docs/interop/vfio-user.rst (the
 // section is named beside each vector). All fields little-endian.
+
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { ProtocolError } from '../../src/errors.js';
 import {
   VFIO_DEVICE_FEATURE_DMA_BUF,
   VFIO_DEVICE_FEATURE_GET,
@@ -24,7 +26,6 @@ import {
   encodeReply,
   errorReason,
 } from '../../src/vfio/user/codec.js';
-import { ProtocolError } from '../../src/vfio/user/errors.js';
 import {
   decodeVersion,
   encodeFeature,

@@ -10,7 +10,7 @@
 // sent here: in the kernel it is s390's ZPCI_ERROR, not devlease's revoke.
 
 import { EventEmitter } from 'node:events';
-import { closedError } from '../../sys/errors.js';
+import { closedError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   decodeRegionTypeCap,

@@ -5,6 +5,7 @@
 
 import { EventEmitter } from 'node:events';
 import type { Device } from '../../device/device.js';
+import { VfioError } from '../../errors.js';
 import {
   BAR0,
   BAR2,
@@ -30,7 +31,6 @@ import {
   VFIO_PCI_ERR_IRQ_INDEX,
   VFIO_PCI_MSIX_IRQ_INDEX,
 } from '../../vfio/uapi/vfio.js';
-import { VfioError } from '../../vfio/user/device-model.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
 import {
   type DeviceFault,

@@ -11,6 +11,7 @@
 // serves between descriptors (mailbox.ts), waited for synchronously.
 
 import { MessageChannel, Worker } from 'node:worker_threads';
+import { VfioError } from '../../errors.js';
 import { Fd, native } from '../../sys/index.js';
 import { decodeDmaBufRevokePayload } from '../../vfio/uapi/payloads.js';
 import {
@@ -38,16 +39,15 @@ import {
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
 } from '../../vfio/uapi/vfio.js';
-import {
-  type DmaMapRequest,
-  type DmaUnmapRequest,
-  type FeatureReply,
-  type FeatureRequest,
-  type IrqDescription,
-  type IrqSetRequest,
-  type RegionDescription,
-  VfioError,
-  type VfioUserDeviceModel,
+import type {
+  DmaMapRequest,
+  DmaUnmapRequest,
+  FeatureReply,
+  FeatureRequest,
+  IrqDescription,
+  IrqSetRequest,
+  RegionDescription,
+  VfioUserDeviceModel,
 } from '../../vfio/user/device-model.js';
 import {
   VFIO_DMA_UNMAP_FLAG_ALL,

@@ -20,8 +20,8 @@
 // device's wake eventfd (W_WAKE_FD), so a request still wakes it at once.
 
 import { type MessagePort, receiveMessageOnPort } from 'node:worker_threads';
+import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
-import { VfioError } from '../../vfio/user/device-model.js';
 
 // Int32 word indexes.
 const W_REQUEST = 0; // sequence number of the last request posted

@@ -3,8 +3,8 @@
 // spawnSimulator() runs `devlease sim` as a child process with a JSON-lines
 // control channel on stdin for fault injection.
 
+import { VfioError } from '../../errors.js';
 import { RateLimitedLog } from '../../util/rate-limited-log.js';
-import { VfioError } from '../../vfio/user/device-model.js';
 import { VfioUserServer } from '../../vfio/user/server.js';
 import { resolveOptions, type Sa1Options } from '../model/options.js';
 import type { DeviceStats, InjectRequest } from './commands.js';

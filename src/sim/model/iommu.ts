@@ -3,8 +3,8 @@
 // the device touches is translated here. IOVAs are plain numbers: the space
 // is 48 bits, well inside a double's exact range.
 
+import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
-import { VfioError } from '../../vfio/user/device-model.js';
 import { IOMMU_PAGE_SIZE, IOVA_LIMIT } from './datasheet.js';
 import type { Segments } from './memory.js';
 

@@ -2,13 +2,13 @@
 // (datasheet §2): their sizes and the access rules, shared by the device
 // model and the simulator's front end so both refuse the same accesses.
 
+import { VfioError } from '../../errors.js';
 import {
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_BAR2_REGION_INDEX,
   VFIO_PCI_BAR4_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
 } from '../../vfio/uapi/vfio.js';
-import { VfioError } from '../../vfio/user/device-model.js';
 import { BAR0_SIZE, CONFIG_SPACE_SIZE, REGISTER_WIDTHS } from './datasheet.js';
 import { bar2Size, type Sa1Options } from './options.js';
 

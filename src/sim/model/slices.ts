@@ -4,13 +4,13 @@
 // the parsing of the dma-buf feature request. The memfd backing the worker
 // uses is memfd-backing.ts.
 
+import { VfioError } from '../../errors.js';
 import {
   VFIO_PCI_BAR2_REGION_INDEX,
   VFIO_PCI_BAR4_REGION_INDEX,
   vfio_device_feature_dma_buf,
   vfio_region_dma_range,
 } from '../../vfio/uapi/vfio.js';
-import { VfioError } from '../../vfio/user/device-model.js';
 import type { Sa1Options } from './options.js';
 
 export type SliceKind = 'queue' | 'devmem';

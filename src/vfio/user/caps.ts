@@ -4,6 +4,7 @@
 // to the two places vfio-user needs them: a device model hands over a base-0
 // chain (buildRegionCaps), the server places it behind vfio_region_info
 // (rebaseCaps), and the client reads it from a reply (parseRegionCaps).
+import { ProtocolError } from '../../errors.js';
 import {
   buildCapChain,
   type CapSpec as ChainCap,
@@ -20,7 +21,6 @@ import {
   vfio_info_cap_header,
   vfio_region_info,
 } from '../uapi/vfio.js';
-import { ProtocolError } from './errors.js';
 
 export interface SparseMmapArea {
   offset: bigint;

@@ -4,7 +4,7 @@
 // Server-to-client commands (DMA_READ/DMA_WRITE) go to the client's handler,
 // one at a time in arrival order; without a handler they are declined ENOTSUP.
 import { EventEmitter } from 'node:events';
-import { ERRNO } from '../../errors.js';
+import { ERRNO, errnoName, ProtocolError, VfioUserCallError, vfioUserError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   decodeMessage,
@@ -17,7 +17,6 @@ import {
   type VfioUserMessage,
   wantsReply,
 } from './codec.js';
-import { errnoName, ProtocolError, VfioUserCallError, vfioUserError } from './errors.js';
 import * as P from './protocol.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 

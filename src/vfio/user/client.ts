@@ -3,7 +3,7 @@
 // (pipelining, timeouts, disconnects) is channel.ts; serving the server's
 // DMA_READ/DMA_WRITE from the client's maps is dma-maps.ts.
 import { EventEmitter } from 'node:events';
-import { misuse } from '../../errors.js';
+import { misuse, ProtocolError, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import { MAX_FDS } from '../../sys/native.js';
 import {
@@ -15,9 +15,7 @@ import {
 import { parseRegionCaps, type RegionCaps } from './caps.js';
 import { type CallOptions, type FdLike, type ReplyMessage, RequestChannel } from './channel.js';
 import type { VfioUserMessage } from './codec.js';
-import { VfioError } from './device-model.js';
 import { bufferMemory, ClientDmaMaps, type DmaMemory } from './dma-maps.js';
-import { ProtocolError } from './errors.js';
 import {
   encodeFeature,
   encodeIrqSet,

@@ -2,7 +2,7 @@
 // stream transport (transport.ts) cuts them out of the byte stream by msg_size. Decoding checks what every
 // message must satisfy whatever its command; per-command checks are in
 // validate.ts (server side) and client.ts (replies).
-import { ProtocolError } from './errors.js';
+import { ProtocolError } from '../../errors.js';
 import {
   commandName,
   HEADER_SIZE,

@@ -2,6 +2,7 @@
 // then one request at a time (arrival order, async model calls awaited)
 // through validate.ts into the device model, and the reply back.
 // A message that breaks framing closes this connection only.
+import { ERRNO, ProtocolError, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   VFIO_DEVICE_FEATURE_GET,
@@ -17,8 +18,7 @@ import {
   type VfioUserMessage,
   wantsReply,
 } from './codec.js';
-import { type ConnectionInfo, ERRNO, VfioError, type VfioUserDeviceModel } from './device-model.js';
-import { ProtocolError } from './errors.js';
+import type { ConnectionInfo, VfioUserDeviceModel } from './device-model.js';
 import {
   decodeVersion,
   encodeFeature,

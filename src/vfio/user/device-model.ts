@@ -17,7 +17,6 @@ import type { RegionIoFds } from './region-io-fds.js';
 
 // VfioError, ERRNO (os.constants.errno) and ErrnoName are defined in src/errors.ts, the one error model;
 // re-exported here, where the device model's refusals have always been imported from.
-export { ERRNO, type ErrnoName, VfioError } from '../../errors.js';
 
 export interface RegionDescription {
   index: number;

@@ -7,8 +7,8 @@
 // be mapped that way (EACCES). Anything else (a dma-buf, a device node) goes
 // on to mmap, which decides.
 
+import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
-import { VfioError } from './device-model.js';
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;

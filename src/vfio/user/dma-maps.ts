@@ -8,9 +8,9 @@
 //
 // An access must lie inside one map: libvfio-user splits its transfers per
 // map (one scatter-gather entry each), so nothing legitimate spans two.
+import { VfioError } from '../../errors.js';
 import { Fd, fdNumber } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
-import { VfioError } from './device-model.js';
 import { vfio_user_dma_region_access } from './messages.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from './protocol.js';
 

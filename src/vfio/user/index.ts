@@ -1,4 +1,5 @@
 // vfio-user: codec, client and server (QEMU docs/interop/vfio-user.rst). See docs/PROTOCOL.md.
+export { errnoName, ProtocolError, type VfioUserCallError } from '../../errors.js';
 export {
   buildRegionCaps,
   type CapSpec,
@@ -22,7 +23,6 @@ export {
 } from './codec.js';
 export { VfioUserConnection } from './connection.js';
 export * from './device-model.js';
-export { errnoName, ProtocolError, type VfioUserCallError } from './errors.js';
 export * from './messages.js';
 export * from './protocol.js';
 export * from './region-io-fds.js';

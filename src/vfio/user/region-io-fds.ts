@@ -8,9 +8,9 @@
 // bytes. Reply argsz = 16 + 40·count is what the full reply needs; when the
 // client's argsz is smaller, the reply is the head alone, with no fds, and
 // the client asks again with the argsz it was told.
+import { VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import { struct } from '../struct.js';
-import { VfioError } from './device-model.js';
 import { vfio_user_region_io_fds_request } from './messages.js';
 
 /** The reply head (same fields as the request), followed by `count` sub-region entries. */

@@ -2,6 +2,7 @@
 // device model reported, before anything reaches the model. Each parse*
 // returns the typed request or throws VfioError (answered as an error reply).
 // Section names refer to QEMU's docs/interop/vfio-user.rst.
+import { VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   VFIO_DEVICE_FEATURE_GET,
@@ -23,7 +24,7 @@ import {
   vfio_irq_set,
   vfio_region_info,
 } from '../uapi/vfio.js';
-import { type DmaUnmapRequest, VfioError, type VfioUserDeviceModel } from './device-model.js';
+import type { DmaUnmapRequest, VfioUserDeviceModel } from './device-model.js';
 import {
   vfio_user_device_info,
   vfio_user_dma_map,

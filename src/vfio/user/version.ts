@@ -3,7 +3,7 @@
 // extensions ride alongside under their own key (devlease uses "devlease").
 // Both sides' negotiation rules are here: what a client proposes and accepts,
 // and what a server may answer (only members the client proposed).
-import { ProtocolError } from './errors.js';
+import { ProtocolError } from '../../errors.js';
 import { decodeVersion, encodeVersion } from './messages.js';
 import {
   DEFAULT_MAX_MSG_FDS,

@@ -8,7 +8,7 @@
 // descriptor of /dev/null, so closing and leaks are observable.
 
 import { type KernelSys, realSys, type UserMemory } from '../../../src/device/kernel/sys.js';
-import { SysError } from '../../../src/sys/errors.js';
+import { SysError } from '../../../src/errors.js';
 import { Fd } from '../../../src/sys/fd.js';
 import { native } from '../../../src/sys/native.js';
 
