@@ -92,7 +92,16 @@ export interface BrokerConfig {
    * HOST:PORT; null (the default): no endpoint. Device counters are read at each scrape.
    */
   metrics: { listen: string | null; mode: number };
+  /**
+   * The broker's own log (docs/OPERATIONS.md): pino JSON lines on stderr, or human-readable lines ('pretty';
+   * 'auto': pretty when stderr is a terminal). The audit log is its own stream and not affected.
+   */
+  log: { level: LogLevel; format: LogFormat };
 }
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+export type LogFormat = 'auto' | 'json' | 'pretty';
 
 export class ConfigError extends Error {
   readonly field: string;
@@ -155,6 +164,7 @@ export function defaultConfig(): BrokerConfig {
     },
     auditLog: null,
     metrics: { listen: null, mode: 0o660 },
+    log: { level: 'info', format: 'auto' },
   };
 }
 
@@ -413,6 +423,18 @@ export function configFromObject(doc: Table): BrokerConfig {
     mode: met.int('mode', d.metrics.mode, 0, 0o777),
   };
   met.done();
+  const lg = top.table('log');
+  const log = {
+    level: lg.string('level', d.log.level) as LogLevel,
+    format: lg.string('format', d.log.format) as LogFormat,
+  };
+  if (!(LOG_LEVELS as readonly string[]).includes(log.level)) {
+    throw new ConfigError('log.level', `must be one of ${LOG_LEVELS.join(', ')} (got "${log.level}")`);
+  }
+  if (!['auto', 'json', 'pretty'].includes(log.format)) {
+    throw new ConfigError('log.format', `must be "auto", "json" or "pretty" (got "${log.format}")`);
+  }
+  lg.done();
   top.done();
   return {
     rundir,
@@ -428,6 +450,7 @@ export function configFromObject(doc: Table): BrokerConfig {
     policy,
     auditLog,
     metrics,
+    log,
   };
 }
 

@@ -8,6 +8,7 @@ import { openDevice } from '../device/open.js';
 import { Fd } from '../sys/fd.js';
 import { type ListenSocket, takeListenFds } from '../sys/listen-fds.js';
 import { native } from '../sys/native.js';
+import { brokerLine, createLogger } from './logger.js';
 
 const USAGE = `usage: devlease daemon --device vfio-user:PATH|pci:DDDD:BB:DD.F [--config FILE] [--rundir DIR]
        devlease daemon --device-fd N [--iommufd-fd M] [--config FILE] [--rundir DIR]
@@ -95,12 +96,14 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     throw err;
   }
   if (values.rundir) config.rundir = values.rundir;
+  // From here on the daemon's lines go through its logger ([log] level and format, docs/OPERATIONS.md).
+  const logger = createLogger(config.log);
   // Socket activation (contrib/systemd): sockets systemd made, by FileDescriptorName= (docs/OPERATIONS.md).
   let listening: ListenSocket[];
   try {
     listening = takeListenFds();
   } catch (err) {
-    process.stderr.write(`devlease daemon: ${(err as Error).message}\n`);
+    logger.error((err as Error).message);
     return 2;
   }
   const closeListening = () => {
@@ -111,7 +114,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     device = await openFromArgs(values);
   } catch (err) {
     closeListening();
-    process.stderr.write(`devlease daemon: ${(err as Error).message}\n`);
+    logger.error((err as Error).message);
     return 1;
   }
   let broker: Broker;
@@ -124,11 +127,12 @@ export async function daemonCommand(argv: string[]): Promise<number> {
         : {}),
       listening,
       auditSink: (line) => process.stdout.write(`${line}\n`),
+      log: brokerLine(logger),
     });
   } catch (err) {
     closeListening();
     await device.close();
-    process.stderr.write(`devlease daemon: ${(err as Error).message}\n`);
+    logger.error((err as Error).message);
     return 1;
   }
   process.stdout.write(
@@ -151,7 +155,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     process.on('SIGHUP', onHup);
     // A vfio-user device that goes away is reconnected (the broker stays up); this is the other case.
     broker.on('device-lost', (why: string) => {
-      process.stderr.write(`devlease daemon: the device is lost: ${why}; exiting\n`);
+      logger.fatal(`the device is lost: ${why}; exiting`);
       void stop(1);
     });
   });
