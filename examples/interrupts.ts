@@ -18,5 +18,8 @@ if (interrupts < 1) process.exit(1);
 
 // The same interrupts as an async iterator:
 const next = lease.interrupts()[Symbol.asyncIterator]().next();
-void queue.nop();
+const nop = queue.nop();
 console.log(`vector ${(await next).value} fired`);
+// The interrupt can come before the queue has collected the completion: wait for it before the lease
+// closes, or closing fails the NOP (ERR_DEVLEASE_CLOSED) with nobody awaiting it.
+await nop;
