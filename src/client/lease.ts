@@ -103,6 +103,22 @@ export class Lease extends EventEmitter {
     // for one round trip instead of one per request. Whatever came back is owned (and closed) by the
     // lease before a failure is thrown.
     const calls: Promise<unknown>[] = [];
+    try {
+      this.#sendSetup(calls);
+    } catch (err) {
+      // A request could not be made (an eventfd or its watch refused, ENOMEM/EMFILE): those already sent
+      // end with the connection, which connect() now closes; nobody awaits them, so their rejections are
+      // taken here (unhandled, they were a process-level crash — found by the fail-nth suite).
+      for (const c of calls) c.catch(() => undefined);
+      throw err;
+    }
+    const settled = await Promise.allSettled(calls);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  /** Sends every setup request, pushing each reply's promise onto `calls`. */
+  #sendSetup(calls: Promise<unknown>[]): void {
     for (const r of this.info.regions) {
       calls.push(
         this.client.regionInfo(r.index).then((ri) => {
@@ -151,9 +167,6 @@ export class Lease extends EventEmitter {
         }),
       );
     }
-    const settled = await Promise.allSettled(calls);
-    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
   }
 
   get closed(): boolean {

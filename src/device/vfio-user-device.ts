@@ -46,6 +46,8 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   readonly #ranges: IovaRange[];
   /** Region io fds of the current connection's device, per region index (see regionIoFds). */
   readonly #ioFds = new Map<number, Promise<RegionIoFds>>();
+  /** Regions whose io fds were ever asked for: a reconnect asks the new connection for them at once. */
+  readonly #ioFdRegions = new Set<number>();
   readonly #opts: VfioUserClientOptions;
   #client: VfioUserClient;
   /** A reconnect's new connection while it is being checked (close() closes it too). */
@@ -146,7 +148,15 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     }
     this.#adopt(client);
     // It may have gone again while we checked it: say so now, or nobody would.
-    if (client.closed) this.emit('close', new Error('the device connection closed while reconnecting'));
+    if (client.closed) {
+      this.emit('close', new Error('the device connection closed while reconnecting'));
+      return;
+    }
+    // The old connection's io fds are closed; the new one's are fetched now, not at the next grant: a
+    // reconnect leaves the broker holding what it held before (the same number of ioeventfds, not none
+    // until some lease asks), and the first grant after it costs no device round trip. Best effort: a
+    // failure leaves the region uncached, to be asked at the next grant as before.
+    await Promise.all([...this.#ioFdRegions].map((index) => this.#cachedIoFds(index).catch(() => undefined)));
   }
 
   async region(index: number): Promise<DeviceRegion> {
@@ -261,13 +271,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
    * lease grant should not cost a device round trip. Each call returns dups the caller owns.
    */
   async regionIoFds(index: number, within?: { offset: bigint; size: bigint }): Promise<RegionIoFds> {
-    let cached = this.#ioFds.get(index);
-    if (!cached) {
-      cached = this.client.regionIoFds(index);
-      this.#ioFds.set(index, cached);
-      cached.catch(() => this.#ioFds.delete(index));
-    }
-    const all = await cached;
+    const all = await this.#cachedIoFds(index);
     const inside = within
       ? all.subRegions.filter(
           (s) => s.offset >= within.offset && s.offset + s.size <= within.offset + within.size,
@@ -295,6 +299,21 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
       throw err;
     }
     return { subRegions, fds: dups };
+  }
+
+  /** The current connection's io fds of region `index`, asked of the device once (a failure is not kept). */
+  #cachedIoFds(index: number): Promise<RegionIoFds> {
+    let cached = this.#ioFds.get(index);
+    if (!cached) {
+      this.#ioFdRegions.add(index);
+      const p = this.client.regionIoFds(index);
+      cached = p;
+      this.#ioFds.set(index, p);
+      p.catch(() => {
+        if (this.#ioFds.get(index) === p) this.#ioFds.delete(index);
+      });
+    }
+    return cached;
   }
 
   #dropIoFds(): void {

@@ -30,24 +30,36 @@ export class Inotify {
   /** Adds (or replaces) the watch on `path`; returns its watch descriptor. */
   watch(path: string, mask: number, cb: (ev: InotifyEvent) => void): number {
     const wd = native.inotifyAddWatch(this.fd.fd, path, mask);
-    this.#callbacks.set(wd, cb);
     if (this.#watch === null) {
-      this.#watch = new Watch(this.fd.fd, READABLE, () => this.#dispatch());
+      try {
+        this.#watch = new Watch(this.fd.fd, READABLE, () => this.#dispatch());
+      } catch (err) {
+        // No watch, no caller holding `wd`: the kernel watch goes too, or its events would reach nobody's
+        // callback (a callback kept here ran later against a caller that never got `wd` — a crash the
+        // fail-nth suite found).
+        if (!this.#callbacks.has(wd)) this.#rmWatch(wd);
+        throw err;
+      }
       if (!this.#refed) this.#watch.unref();
     }
+    this.#callbacks.set(wd, cb);
     return wd;
   }
 
   /** Removes a watch; no-op if it is already gone (e.g. the file was deleted). */
   unwatch(wd: number): void {
-    const fd = this.fd.fd;
+    this.fd.fd; // throws ERR_DEVLEASE_CLOSED after close()
     if (!this.#callbacks.delete(wd)) return;
+    this.#rmWatch(wd);
+    this.#stopIfIdle();
+  }
+
+  #rmWatch(wd: number): void {
     try {
-      native.inotifyRmWatch(fd, wd);
+      native.inotifyRmWatch(this.fd.fd, wd);
     } catch (err) {
       if (!isSysError(err, 'EINVAL')) throw err;
     }
-    this.#stopIfIdle();
   }
 
   /** While watches exist, keep the event loop alive (the default) / do not. */
@@ -84,7 +96,16 @@ export class Inotify {
 
   #dispatch(): void {
     if (this.fd.closed) return;
-    for (const ev of native.inotifyRead(this.fd.fd)) {
+    let events: ReturnType<typeof native.inotifyRead>;
+    try {
+      events = native.inotifyRead(this.fd.fd);
+    } catch (err) {
+      // Nothing was read (ENOMEM, EINTR): the events stay queued and the fd readable, so the watch calls
+      // again. Thrown here, on the event loop, it was an uncaught exception (found by the fail-nth suite).
+      if (isSysError(err)) return;
+      throw err;
+    }
+    for (const ev of events) {
       if (ev.mask & IN_Q_OVERFLOW!) {
         // Events were lost: tell every watcher.
         for (const cb of [...this.#callbacks.values()]) cb({ mask: ev.mask, name: '' });

@@ -51,6 +51,8 @@ export interface WalkResult {
 }
 
 export interface WalkLimits {
+  /** First n tried (1 walks from the start; larger narrows a walk to the sites past it). */
+  from: number;
   stride: number;
   /** Largest n tried; reaching it without a completion is itself a problem (the walk did not end). */
   max: number;
@@ -100,7 +102,7 @@ export async function walk<S>(
     leaks: 0,
   };
   let completed = false;
-  for (let n = 1; n <= limits.max; n += limits.stride) {
+  for (let n = limits.from; n <= limits.max; n += limits.stride) {
     const state = await op.setup();
     hooks.failNth(n);
     let outcome: { ok: true } | { ok: false; err: unknown };
@@ -113,6 +115,7 @@ export async function walk<S>(
     const fired = hooks.failNthFired();
     hooks.failNth(0);
     r.tried++;
+    const seen = r.problems.length;
     const at = `${op.name} n=${n}${fired ? ` (${fired} failed)` : ''}`;
     if (fired) {
       r.sites = n;
@@ -149,7 +152,7 @@ export async function walk<S>(
       const leak2 = await judge.leaks();
       if (leak2) r.problems.push(`${at}: LEAK after the fresh lease: ${leak2}`);
     }
-    if (r.problems.length > 0) log(`fail-nth: ${r.problems.at(-1)}`);
+    for (const p of r.problems.slice(seen)) log(`fail-nth: ${p}`);
     if (r.problems.length > 20) {
       r.problems.push(`${op.name}: stopped after 20 problems`);
       break;
