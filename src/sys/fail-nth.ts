@@ -5,6 +5,7 @@
 // fails with ENOMEM instead of running. Without the variable the addon
 // object is used as it is: production pays nothing, not even a branch per
 // call (native.ts decides once, at load).
+import { SysError } from './errors.js';
 import type { NativeAddon } from './native.js';
 
 /** Native functions never failed: releases, and fd bookkeeping that makes no syscall. */
@@ -47,12 +48,14 @@ export function withFailNth(addon: NativeAddon, initial: string): NativeAddon {
     wrapped[name] = (...args: unknown[]) => {
       if (countdown > 0 && --countdown === 0) {
         fired = name;
-        throw Object.assign(new Error(`${name}: Cannot allocate memory (injected by DEVLEASE_FAIL_NTH)`), {
-          code: 'ENOMEM',
-          errno: 12,
-          syscall: name,
-          injected: true,
-        });
+        // A SysError, as the addon throws: code that tells syscall errors from bugs (isSysError) must
+        // take an injected failure for a real one.
+        throw Object.assign(
+          new SysError(name, 'ENOMEM', 'Cannot allocate memory (injected by DEVLEASE_FAIL_NTH)', 12),
+          {
+            injected: true,
+          },
+        );
       }
       return fn.apply(addon, args);
     };
