@@ -1,7 +1,7 @@
 // An eventfd counter: a cheap cross-process doorbell (pass its fd over a
 // StreamSocket). Always non-blocking: read() returns null when the
 // counter is zero.
-import { isSysError } from './errors.js';
+import { isSysError } from '../errors.js';
 import { Fd } from './fd.js';
 import { native } from './native.js';
 import { READABLE, Watch } from './watch.js';

@@ -5,7 +5,7 @@
 // fails with ENOMEM instead of running. Without the variable the addon
 // object is used as it is: production pays nothing, not even a branch per
 // call (native.ts decides once, at load).
-import { SysError } from './errors.js';
+import { SysError } from '../errors.js';
 import type { NativeAddon } from './native.js';
 
 /** Native functions never failed: releases, and fd bookkeeping that makes no syscall. */
