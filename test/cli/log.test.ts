@@ -11,6 +11,7 @@ import { after, test } from 'node:test';
 import { type ChildSimulator, spawnSimulator } from '../../src/sim/host/child.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { stopChild } from '../helpers/stop-child.js';
 import { until } from '../interop/helpers/peers.js';
 
 const leakCheck = trackFdLeaks();
@@ -64,13 +65,7 @@ async function refusedReloadLines(
     await new Promise((res) => setTimeout(res, 300));
     return { err, out };
   } finally {
-    if (daemon && daemon.exitCode === null && daemon.signalCode === null) {
-      const closed = new Promise((r) => daemon!.once('close', r));
-      daemon.kill('SIGTERM');
-      const kill = setTimeout(() => daemon!.kill('SIGKILL'), 10_000);
-      await closed;
-      clearTimeout(kill);
-    }
+    await stopChild(daemon);
     await sim?.close();
     rmSync(dir, { recursive: true, force: true });
   }
