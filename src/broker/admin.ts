@@ -8,6 +8,7 @@
 
 import { chownSync, readFileSync } from 'node:fs';
 import { type Fd, type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
+import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { Broker } from './broker.js';
 import { checkRevokeDeadline } from './lease.js';
 import { TopSnapshot } from './observe/top-snapshot.js';
@@ -45,11 +46,14 @@ export class AdminServer {
   readonly path: string;
   /** `devlease top`'s view, made on first use. */
   #top: TopSnapshot | null = null;
+  /** Accept failures, at most a few lines per errno per interval whatever their rate. */
+  readonly #errors: RateLimitedLog;
 
   /** `listening`: a socket systemd made (socket activation): its mode and group are the socket unit's. */
   constructor(broker: Broker, path: string, listening?: Fd) {
     this.#broker = broker;
     this.path = path;
+    this.#errors = new RateLimitedLog((line) => broker.log(line));
     const { mode, group } = broker.config.admin;
     if (listening) {
       this.#server = SeqpacketServer.fromListening(listening, path);
@@ -58,6 +62,11 @@ export class AdminServer {
       if (group !== null) chownSync(path, -1, group);
     }
     this.#server.on('connection', (sock: SeqpacketSocket) => this.#accept(sock));
+    // An accept that fails (EMFILE, ENOMEM) pauses accepting for a while (unix-server.ts) and is reported
+    // here; without a listener the 'error' event was an uncaught exception that took the broker down.
+    this.#server.on('error', (err: Error & { code?: string }) =>
+      this.#errors.log(err.code ?? 'error', `admin socket: accept failed: ${err.message}`),
+    );
   }
 
   #allowed(sock: SeqpacketSocket): boolean {

@@ -14,6 +14,7 @@ import type { AuditLog } from './audit.js';
 import type { BrokerConfig } from './config.js';
 import { deviceRefusal } from './device-refusal.js';
 import { checkRevokeDeadline, Lease } from './lease.js';
+import { retryLocalTransient } from './local-retry.js';
 import type { CallerContext, LeaseRequest, Policy, Usage } from './policy.js';
 import { SliceUnit, type SliceWatcher } from './slices.js';
 
@@ -290,7 +291,8 @@ export class LeaseTable extends EventEmitter {
     let unsafe = false;
     const step = async (what: string, fn: () => Promise<void>, critical: boolean | 'on-timeout') => {
       try {
-        await fn();
+        // A command that never left the broker (a transient sendmsg failure) is sent again (local-retry.ts).
+        await retryLocalTransient(fn);
       } catch (err) {
         problems.push(`${what}: ${(err as Error).message}`);
         const code = (err as { code?: string }).code;

@@ -3,39 +3,54 @@
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MAX_REVOKE_DEADLINE_MS } from '../broker/lease.js';
+import { DevleaseError } from '../errors.js';
 import { SeqpacketSocket } from '../sys/index.js';
 
+/**
+ * One admin request and its reply. Every failure is a DevleaseError with a `code`: the connect's errno
+ * (ENOENT, ECONNREFUSED), ETIMEDOUT past `timeoutMs`, ECONNRESET when the broker closes without answering,
+ * EPROTO for a reply that is not the admin protocol's JSON, a socket error's own errno (a failed recvmsg),
+ * and the broker's code for a refusal.
+ */
 export async function adminRequest(
   path: string,
   req: Record<string, unknown>,
   timeoutMs = 10_000,
 ): Promise<unknown> {
   const sock = SeqpacketSocket.connect(path);
+  let timer: NodeJS.Timeout | undefined;
   try {
     return await new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`no answer from ${path} in ${timeoutMs} ms`)),
+      timer = setTimeout(
+        () => reject(new DevleaseError('ETIMEDOUT', `no answer from ${path} in ${timeoutMs} ms`)),
         timeoutMs,
       );
+      // A socket error (a failed recvmsg or sendmsg) ends the request; without this listener it was an
+      // uncaught 'error' event that took the whole process down.
+      sock.on('error', reject);
       sock.once('message', (msg) => {
-        clearTimeout(timer);
         for (const fd of msg.fds) fd.close();
-        const reply = JSON.parse(msg.data.toString('utf8')) as {
-          ok: boolean;
-          result?: unknown;
-          error?: string;
-          code?: string;
-        };
-        if (reply.ok) resolve(reply.result);
-        else reject(Object.assign(new Error(reply.error ?? 'refused'), { code: reply.code }));
+        let reply: { ok?: unknown; result?: unknown; error?: unknown; code?: unknown };
+        try {
+          reply = JSON.parse(msg.data.toString('utf8'));
+        } catch {
+          reject(new DevleaseError('EPROTO', `${path} answered with something that is not JSON`));
+          return;
+        }
+        if (reply?.ok === true) resolve(reply.result);
+        else {
+          const code = typeof reply?.code === 'string' && reply.code ? reply.code : 'EPROTO';
+          const reason = typeof reply?.error === 'string' ? reply.error : 'refused, without a reason';
+          reject(new DevleaseError(code, reason, { reason }));
+        }
       });
-      sock.once('close', () => {
-        clearTimeout(timer);
-        reject(new Error(`${path} closed the connection`));
-      });
+      sock.once('close', () =>
+        reject(new DevleaseError('ECONNRESET', `${path} closed the connection without answering`)),
+      );
       sock.send(Buffer.from(JSON.stringify(req)));
     });
   } finally {
+    clearTimeout(timer);
     sock.close();
   }
 }

@@ -20,6 +20,7 @@ export function failNth(n: number): void {
     throw new Error('fail-nth is not installed: set DEVLEASE_FAIL_NTH (e.g. =0) before devlease loads');
   if (!Number.isInteger(n) || n < 0) throw new Error(`failNth: n must be a non-negative integer, got ${n}`);
   countdown = n;
+  if (n === 0) callName = null; // disarms failCall() too
   fired = null;
 }
 
@@ -28,7 +29,26 @@ export function failNthFired(): string | null {
   return fired;
 }
 
+/** failCall(): the native function whose `callCountdown`th call from now fails. */
+let callName: string | null = null;
+let callCountdown = 0;
+
+/**
+ * Arms the hook by name, for a focused test of one site: the kth call of native function `name` from now
+ * fails (counted apart from failNth's count). Throws if the hook is not installed or `name` is no native function.
+ */
+export function failCall(name: string, k = 1): void {
+  if (!installed)
+    throw new Error('fail-nth is not installed: set DEVLEASE_FAIL_NTH (e.g. =0) before devlease loads');
+  if (!names.has(name)) throw new Error(`failCall: '${name}' is not a native function the hook can fail`);
+  if (!Number.isInteger(k) || k < 1) throw new Error(`failCall: k must be a positive integer, got ${k}`);
+  callName = name;
+  callCountdown = k;
+  fired = null;
+}
+
 let installed = false;
+const names = new Set<string>();
 
 export function failNthInstalled(): boolean {
   return installed;
@@ -45,9 +65,16 @@ export function withFailNth(addon: NativeAddon, initial: string): NativeAddon {
       continue;
     }
     const fn = value as (...args: unknown[]) => unknown;
+    names.add(name);
     wrapped[name] = (...args: unknown[]) => {
-      if (countdown > 0 && --countdown === 0) {
+      const byCount = countdown > 0 && --countdown === 0;
+      const byName = callName === name && --callCountdown === 0;
+      if (byName) callName = null;
+      if (byCount || byName) {
         fired = name;
+        // DEVLEASE_FAIL_NTH_TRACE=1: where the failed call was made, to narrow a walk's finding to its site.
+        if (process.env.DEVLEASE_FAIL_NTH_TRACE)
+          process.stderr.write(`fail-nth: ${name} fails at\n${new Error().stack}\n`);
         // A SysError, as the addon throws: code that tells syscall errors from bugs (isSysError) must
         // take an injected failure for a real one.
         throw Object.assign(

@@ -1,0 +1,135 @@
+// The admin client (adminRequest, behind `devlease status|revoke|…`) and the
+// broker's admin socket under failure (issue 15, the fail-nth walk of revoke):
+// every way a request can fail ends in an error with a `code` — the walk found
+// bare Errors for a broker that hung up and for a timeout — and a socket error
+// (a failed recvmsg on the client, a failed accept on the broker) is handled
+// instead of being an uncaught 'error' event that takes the process down.
+// The fail-nth hook is installed for this file (failCall fails one named
+// native call), hence the dynamic imports.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+process.env.DEVLEASE_FAIL_NTH ??= '0';
+const { failCall, failNth, failNthFired } = await import('../../src/sys/fail-nth.js');
+const { adminRequest } = await import('../../src/cli/admin.js');
+const { startRig } = await import('../helpers/broker-rig.js');
+const { trackFdLeaks } = await import('../helpers/fds.js');
+
+const SERVER = join(
+  dirname(fileURLToPath(import.meta.url)),
+  '..',
+  'fixtures',
+  'admin',
+  'answering-server.js',
+);
+const leakCheck = trackFdLeaks();
+const dir = mkdtempSync(join(tmpdir(), 'devlease-admin-client-'));
+const crashes: unknown[] = [];
+const onCrash = (err: unknown) => crashes.push(err);
+before(() => {
+  process.on('uncaughtException', onCrash);
+  process.on('unhandledRejection', onCrash);
+});
+after(async () => {
+  process.off('uncaughtException', onCrash);
+  process.off('unhandledRejection', onCrash);
+  rmSync(dir, { recursive: true, force: true });
+  await leakCheck();
+});
+
+/** Runs the stand-in server answering `mode`; resolves with its socket path once it listens. */
+async function withServer(mode: string, fn: (path: string) => Promise<void>): Promise<void> {
+  const path = join(dir, `${mode}.sock`);
+  const child: ChildProcess = spawn(process.execPath, [SERVER, mode, path], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`the ${mode} server did not start in 20 s`)), 20_000);
+      child.stdout!.on('data', (d: Buffer) => {
+        if (d.toString().includes('ready')) {
+          clearTimeout(t);
+          resolve();
+        }
+      });
+      child.once('exit', (code) => reject(new Error(`the ${mode} server exited (${code})`)));
+    });
+    await fn(path);
+  } finally {
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await exited;
+  }
+}
+
+const rejectsWith = async (p: Promise<unknown>, code: string, message: RegExp) => {
+  await assert.rejects(p, (err: Error & { code?: unknown }) => {
+    assert.equal(err.code, code, `expected code ${code}, got ${String(err.code)}: ${err.message}`);
+    assert.match(err.message, message);
+    return true;
+  });
+};
+
+test('a broker that hangs up without answering: ECONNRESET', { timeout: 60_000 }, async () => {
+  await withServer('close', (p) =>
+    rejectsWith(adminRequest(p, { op: 'status' }), 'ECONNRESET', /closed the connection/),
+  );
+});
+
+test('a broker that never answers: ETIMEDOUT at the deadline', { timeout: 60_000 }, async () => {
+  await withServer('silent', (p) =>
+    rejectsWith(adminRequest(p, { op: 'status' }, 300), 'ETIMEDOUT', /no answer .* in 300 ms/),
+  );
+});
+
+test('an answer that is not JSON, or a refusal without a code: EPROTO', { timeout: 60_000 }, async () => {
+  await withServer('garbage', (p) => rejectsWith(adminRequest(p, { op: 'status' }), 'EPROTO', /not JSON/));
+  await withServer('nocode', (p) => rejectsWith(adminRequest(p, { op: 'status' }), 'EPROTO', /^no$/));
+});
+
+test('no socket: the connect errno (ENOENT)', { timeout: 60_000 }, async () => {
+  await rejectsWith(adminRequest(join(dir, 'nobody.sock'), { op: 'status' }), 'ENOENT', /./);
+});
+
+test("the client's recvmsg fails: the request rejects with that SysError, and the process lives", {
+  timeout: 60_000,
+}, async () => {
+  await withServer('json', async (p) => {
+    assert.equal(await adminRequest(p, { op: 'status' }), 'pong');
+    failCall('recvmsg');
+    try {
+      await rejectsWith(adminRequest(p, { op: 'status' }), 'ENOMEM', /recvmsg/);
+      assert.equal(failNthFired(), 'recvmsg');
+    } finally {
+      failNth(0);
+    }
+    assert.equal(await adminRequest(p, { op: 'status' }), 'pong', 'the next request is served');
+  });
+  assert.deepEqual(crashes, []);
+});
+
+test("the broker's admin accept fails: accepting backs off and resumes, and the broker lives", {
+  timeout: 60_000,
+}, async () => {
+  const rig = await startRig();
+  try {
+    const admin = join(rig.broker.dir, 'admin.sock');
+    failCall('unixAccept');
+    try {
+      // Accepted once the back-off ends (the connection waits in the listen backlog meanwhile).
+      const status = (await adminRequest(admin, { op: 'status' }, 20_000)) as Record<string, unknown>;
+      assert.equal(failNthFired(), 'unixAccept', 'the accept was made to fail');
+      assert.ok(status && typeof status === 'object', 'status answered');
+    } finally {
+      failNth(0);
+    }
+  } finally {
+    await rig.close();
+  }
+  assert.deepEqual(crashes, []);
+});
