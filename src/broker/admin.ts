@@ -7,7 +7,13 @@
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
 import { chownSync, readFileSync } from 'node:fs';
-import { type Fd, type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
+import {
+  type Fd,
+  type PeerCred,
+  type SeqpacketMessage,
+  SeqpacketServer,
+  type SeqpacketSocket,
+} from '../sys/index.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { Broker } from './broker.js';
 import { checkRevokeDeadline } from './lease.js';
@@ -69,19 +75,31 @@ export class AdminServer {
     );
   }
 
-  #allowed(sock: SeqpacketSocket): boolean {
-    const cred = sock.peerCred();
+  #allowed(cred: PeerCred): boolean {
     const group = this.#broker.config.admin.group;
     if (cred.uid === 0 || cred.uid === process.getuid?.()) return true;
     return group !== null && (cred.gid === group || supplementaryGroups(cred.pid).includes(group));
   }
 
   #accept(sock: SeqpacketSocket): void {
-    if (!this.#allowed(sock)) {
+    let cred: PeerCred;
+    try {
+      cred = sock.peerCred();
+    } catch (err) {
+      // Who the peer is cannot be told (SO_PEERCRED failed): refuse by closing. Thrown from here it was an
+      // uncaught exception in the listener's poll callback (the fail-nth walk of revoke).
+      this.#errors.log('peercred', `admin socket: a connection closed: ${(err as Error).message}`);
+      sock.close();
+      return;
+    }
+    const pid = cred.pid;
+    if (!this.#allowed(cred)) {
       try {
         sock.send(
           json({ ok: false, code: 'EACCES', error: 'the admin socket is for root or the admin group' }),
         );
+      } catch {
+        // gone already (EPIPE): the refusal has no one to go to
       } finally {
         sock.close();
       }
@@ -91,9 +109,7 @@ export class AdminServer {
     const flowControl = () => {
       if (sock.closed) return;
       if (sock.queuedBytes > ADMIN_REPLY_HARD_LIMIT) {
-        this.#broker.log(
-          `admin connection (pid ${sock.peerCred().pid}): ${sock.queuedBytes} reply bytes unread; closing it`,
-        );
+        this.#broker.log(`admin connection (pid ${pid}): ${sock.queuedBytes} reply bytes unread; closing it`);
         sock.close();
         return;
       }

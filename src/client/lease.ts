@@ -284,7 +284,14 @@ export class Lease extends EventEmitter {
     const wasRevoking = this.info.state === 'revoking' || this.revoked;
     // On a device hang or reset the broker signals ERR and closes the session at once: when the hang-up is
     // seen first, the notice still sits in its eventfd. Report it, or the client would hear only 'disconnected'.
-    const errPending = this.#errNotice && !this.#errNotice.closed ? this.#errNotice.read() : null;
+    let errPending: bigint | null = null;
+    try {
+      errPending = this.#errNotice && !this.#errNotice.closed ? this.#errNotice.read() : null;
+    } catch {
+      // The read failed (ENOMEM): whether a reset notice was pending cannot be known. The lease is over
+      // either way and 'disconnected' says so; thrown from here it was an uncaught exception in the
+      // connection's close handler (the fail-nth walk of revoke), and the lease was never torn down.
+    }
     this.#teardown();
     if (errPending) this.emit('device-reset');
     if (wasRevoking) this.emit('revoked');

@@ -133,3 +133,24 @@ test("the broker's admin accept fails: accepting backs off and resumes, and the 
   }
   assert.deepEqual(crashes, []);
 });
+
+test("the broker cannot tell an admin peer's credentials (SO_PEERCRED fails): that connection is closed, the broker lives", {
+  timeout: 120_000,
+}, async () => {
+  const rig = await startRig();
+  try {
+    const admin = join(rig.broker.dir, 'admin.sock');
+    failCall('peerCred');
+    try {
+      await rejectsWith(adminRequest(admin, { op: 'status' }, 20_000), 'ECONNRESET', /closed the connection/);
+      assert.equal(failNthFired(), 'peerCred', 'the broker asked for the credentials and failed');
+    } finally {
+      failNth(0);
+    }
+    const status = await adminRequest(admin, { op: 'status' }, 20_000);
+    assert.ok(status && typeof status === 'object', 'the next admin connection is served');
+  } finally {
+    await rig.close();
+  }
+  assert.deepEqual(crashes, []);
+});

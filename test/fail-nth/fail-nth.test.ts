@@ -10,6 +10,7 @@
 // what it holds — this process's descriptors and memfd mappings, the
 // simulator's descriptors and mappings, and the lease table back to baseline,
 // and a fresh lease still copies.
+//   DEVLEASE_FAIL_NTH_TRACE=1 prints where each failed call was made.
 //   FAIL_NTH_STRIDE (default 1: every site), FAIL_NTH_FROM (default 1: the
 //   first n tried, to narrow a walk), FAIL_NTH_MAX (default 5000: the largest n tried), FAIL_NTH_OPS (default all: lease,map,unmap,revoke,revoke-deadline,reclaim).
 import assert from 'node:assert/strict';
