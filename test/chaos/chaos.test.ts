@@ -6,21 +6,23 @@
 // and at the end the broker (a `devlease daemon` process) and the simulator
 // are back to baseline: no leases, the same descriptors and memfd mappings in
 // both, the broker's RSS within a bound, no stray processes; and a
-// well-behaved client still leases and copies.
-//   CHAOS_KILLS (default 10,000), CHAOS_PARALLEL (6), CHAOS_BATCH (100), CHAOS_SEED (random; printed).
+// well-behaved client still leases and copies. Victims are C processes on
+// libdevlease (a kill costs milliseconds) and, a share of them, Node processes
+// on the TypeScript client (victims.ts).
+//   CHAOS_KILLS (default 10,000), CHAOS_PARALLEL (6), CHAOS_BATCH (100), CHAOS_SEED (random; printed),
+//   CHAOS_NODE_SHARE (0.1: the share of Node victims, 0..1).
 import assert from 'node:assert/strict';
-import { type ChildProcess, fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { adminRequest } from '../../src/cli/admin.js';
 import { spawnSimulator } from '../../src/sim/host/child.js';
 import { startBroker } from '../../src/util/processes.js';
 import { ClientProc } from '../helpers/broker-rig.js';
 import { countFrom, type Rng, rng, seedFrom } from '../helpers/rng.js';
 import { backToBaseline, rss, type Snapshot, snapshot } from './baseline.js';
+import { cVictim, type Mark, spawnVictim, type VictimKind } from './victims.js';
 
 const KILLS = countFrom('CHAOS_KILLS', 10_000);
 const PARALLEL = countFrom('CHAOS_PARALLEL', 6);
@@ -28,7 +30,7 @@ const BATCH = countFrom('CHAOS_BATCH', 100);
 const SEED = seedFrom('CHAOS_SEED');
 /** Broker RSS growth over the warmed-up baseline that counts as a leak. */
 const RSS_BOUND = 96 * 2 ** 20;
-const CLIENT = join(dirname(fileURLToPath(import.meta.url)), 'chaos-client.js');
+const NODE_SHARE = Number(process.env.CHAOS_NODE_SHARE ?? '0.1');
 const PHASES = ['connect', 'dma', 'queue', 'revoke'] as const;
 type Phase = (typeof PHASES)[number];
 
@@ -37,6 +39,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 interface Tally {
   kills: number;
   byPhase: Record<string, number>;
+  byKind: Record<string, number>;
   duringRecovery: number;
   resets: number;
   resetFailures: string[];
@@ -50,8 +53,14 @@ interface Tally {
 test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to baseline`, {
   timeout: 24 * 3600_000,
 }, async () => {
+  assert.ok(
+    NODE_SHARE >= 0 && NODE_SHARE <= 1,
+    `CHAOS_NODE_SHARE must be in [0, 1], got ${process.env.CHAOS_NODE_SHARE}`,
+  );
+  cVictim(); // built before the clock starts (make, once); names a missing compiler or json-c
   console.log(
-    `chaos: seed ${SEED} (replay: CHAOS_SEED=${SEED}), ${KILLS} kills, ${PARALLEL} at a time, batches of ${BATCH}`,
+    `chaos: seed ${SEED} (replay: CHAOS_SEED=${SEED}), ${KILLS} kills, ${PARALLEL} at a time, batches of ${BATCH}, ` +
+      `${Math.round(NODE_SHARE * 100)}% Node victims`,
   );
   const started = Date.now();
   const r = rng(SEED);
@@ -63,6 +72,7 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
   const t: Tally = {
     kills: 0,
     byPhase: {},
+    byKind: {},
     duringRecovery: 0,
     resets: 0,
     resetFailures: [],
@@ -79,30 +89,28 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
   /** One victim: spawned, aimed at its phase, SIGKILLed. */
   const victim = async (vr: Rng): Promise<void> => {
     const phase: Phase = vr.pick(PHASES);
-    const child: ChildProcess = fork(
-      CLIENT,
-      [socket, phase, String(vr.int(0, 2 ** 31)), vr.chance(0.5) ? 'comply' : ''],
-      { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] },
+    const kind: VictimKind = vr.chance(NODE_SHARE) ? 'node' : 'c';
+    const marks: Mark[] = [];
+    const waiters: (() => void)[] = [];
+    const { child, stderr } = spawnVictim(
+      kind,
+      { socket, phase, seed: vr.int(0, 2 ** 31), comply: vr.chance(0.5) },
+      (msg) => {
+        marks.push(msg);
+        if (msg.m === 'error') t.clientErrors[msg.code!] = (t.clientErrors[msg.code!] ?? 0) + 1;
+        for (const w of waiters.splice(0)) w();
+      },
     );
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => {
-      if (stderr.length < 4000) stderr += d.toString();
-    });
     let killed = false;
     const exited = new Promise<void>((resolve) =>
       child.once('exit', (code, sig) => {
         if (!killed)
-          t.unexpectedExits.push(`${phase} client exited by itself (${code ?? sig}): ${stderr.trim()}`);
+          t.unexpectedExits.push(
+            `${kind} ${phase} client exited by itself (${code ?? sig}): ${stderr().trim()}`,
+          );
         resolve();
       }),
     );
-    const marks: { m: string; lease?: string; code?: string }[] = [];
-    const waiters: (() => void)[] = [];
-    child.on('message', (msg: { m: string; lease?: string; code?: string }) => {
-      marks.push(msg);
-      if (msg.m === 'error') t.clientErrors[msg.code!] = (t.clientErrors[msg.code!] ?? 0) + 1;
-      for (const w of waiters.splice(0)) w();
-    });
     let killNow!: () => void;
     const now = new Promise<void>((res) => {
       killNow = res;
@@ -110,7 +118,7 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
     live.add(killNow);
     const want = phase === 'connect' ? 'start' : 'working';
     const end = Date.now() + 30_000;
-    let mark: (typeof marks)[number] | undefined;
+    let mark: Mark | undefined;
     let killedEarly = false;
     void now.then(() => {
       killedEarly = true;
@@ -142,6 +150,7 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
     await exited;
     t.kills++;
     t.byPhase[aim] = (t.byPhase[aim] ?? 0) + 1;
+    t.byKind[kind] = (t.byKind[kind] ?? 0) + 1;
   };
 
   const take = () => snapshot(broker.pid, sim.pid, admin);
@@ -151,6 +160,7 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
     await adminRequest(admin, { op: 'reset' }, 60_000);
     t.kills = 0;
     t.byPhase = {};
+    t.byKind = {};
     await sleep(500);
     const base: Snapshot = await take();
     const t0 = Date.now();
@@ -214,6 +224,8 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
     const secs = (Date.now() - started) / 1000;
     console.log(
       `chaos: ${t.kills} kills (${Object.entries(t.byPhase)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}; ${Object.entries(t.byKind)
         .map(([k, v]) => `${k} ${v}`)
         .join(
           ', ',
