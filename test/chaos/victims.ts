@@ -1,7 +1,7 @@
 // The chaos suite's victims, of two kinds doing the same phases: Node
 // processes on the TypeScript client library (chaos-client.ts, reporting over
 // IPC; ~0.35 CPU-s of start-up each) and C processes on libdevlease
-// (clients/c/tests/chaos-victim.c, reporting lines on stdout; ~1 ms each), so
+// (clients/c/tests/chaos-victim.c, reporting lines on stdout; <10 ms of CPU each), so
 // that a run of 10,000 kills is affordable while both client libraries are
 // still killed at every point. Either way the runner sees the same marks:
 // 'start' before connecting, 'working' with the lease id, 'error' with a code.

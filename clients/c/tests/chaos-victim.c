@@ -1,6 +1,6 @@
 /*
  * A chaos victim on libdevlease (test/chaos): the same lifecycle phases as the Node victim
- * (test/chaos/chaos-client.ts), in a process that starts in about a millisecond, so that tens of
+ * (test/chaos/chaos-client.ts), in a process that starts in a few ms of CPU (a Node one: ~0.3 s), so tens of
  * thousands of SIGKILLs are affordable. It goes through its phase in a loop until killed and says
  * where it is on stdout, one line each:
  *   start                  just before connecting (VERSION and the lease request follow)
@@ -17,6 +17,8 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -76,6 +78,52 @@ static int notices(struct devlease *l, bool comply, int64_t *let_go_at)
 	return rc < 0 ? 1 : 0;
 }
 
+/* Without waiting: 1 when a notice says the lease is over (revoked, reset, disconnected). */
+static int lease_over(struct devlease *l, int64_t *let_go_at)
+{
+	struct pollfd p[3] = { { .fd = devlease_revoke_fd(l), .events = POLLIN },
+			       { .fd = devlease_error_fd(l), .events = POLLIN },
+			       { .fd = devlease_socket_fd(l), .events = POLLIN | POLLRDHUP } };
+	if (poll(p, 3, 0) <= 0) return 0;
+	if (p[0].revents & POLLIN) return 1; /* revocation notice: let go now */
+	return notices(l, false, let_go_at);
+}
+
+/*
+ * A revocation or a device reset can land between the check above and the next touch of the queue page,
+ * which then faults (SIGBUS, as libdevlease documents for revoked slices). The victim turns that fault
+ * into an error and starts over, but only once a notice confirms the lease really ended: a fault on a
+ * live lease aborts, and the chaos runner counts it as an unexpected exit.
+ */
+static sigjmp_buf on_fault;
+static volatile sig_atomic_t fault_armed;
+
+static void sigbus(int sig)
+{
+	if (!fault_armed) {
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
+	fault_armed = 0;
+	siglongjmp(on_fault, 1);
+}
+
+/* After a SIGBUS: wait (up to 10 s) for the notice that says the lease ended; abort if none comes. */
+static void confirm_ended(struct devlease *l)
+{
+	int64_t end = devlease_now_ms() + 10000, let_go_at = -1;
+	while (devlease_now_ms() < end) {
+		struct pollfd p[3] = { { .fd = devlease_revoke_fd(l), .events = POLLIN },
+				       { .fd = devlease_error_fd(l), .events = POLLIN },
+				       { .fd = devlease_socket_fd(l), .events = POLLIN | POLLRDHUP } };
+		if (poll(p, 3, 100) > 0 && ((p[0].revents & POLLIN) || notices(l, false, &let_go_at))) return;
+	}
+	fprintf(stderr, "chaos-victim: SIGBUS on the queue page of lease %s, which no notice says ended\n",
+		devlease_info(l)->lease);
+	abort();
+}
+
 static int dma_churn(struct devlease *l)
 {
 	struct devlease_buf held[8] = { 0 };
@@ -121,6 +169,12 @@ static int queue_work(struct devlease *l)
 			devlease_sa1_queue_free(q);
 			return failed(rc, "queue run");
 		}
+		/* libdevlease's contract: on a notice that ends the lease, stop touching the queue page. */
+		int64_t let_go_at = -1;
+		if (lease_over(l, &let_go_at)) {
+			devlease_sa1_queue_free(q);
+			return failed(-ECONNRESET, "queue work: the lease ended");
+		}
 	}
 }
 
@@ -152,7 +206,18 @@ static int lifecycle(const char *sock, const char *phase, bool comply)
 	int rc = devlease_connect(&o, &l);
 	if (rc < 0) return failed(rc, "connect");
 	if (!strcmp(phase, "dma")) rc = dma_churn(l);
-	else if (!strcmp(phase, "queue")) rc = queue_work(l);
+	else if (!strcmp(phase, "queue")) {
+		if (sigsetjmp(on_fault, 1)) {
+			/* the queue's rings stay allocated: the handle is lost with the jump, and the process is
+			 * killed within seconds; the lease's close below unmaps what the broker cares about */
+			confirm_ended(l);
+			rc = failed(-EFAULT, "queue page faulted after the lease ended");
+		} else {
+			fault_armed = 1;
+			rc = queue_work(l);
+		}
+		fault_armed = 0;
+	}
 	else rc = hold(l, comply); /* connect, revoke */
 	devlease_free(l);
 	return rc;
@@ -171,6 +236,9 @@ int main(int argc, char **argv)
 	}
 	rng_state = strtoull(argv[3], NULL, 10) * 2654435761u + 1;
 	bool comply = argc > 4 && !strcmp(argv[4], "comply");
+	struct sigaction sa = { .sa_handler = sigbus };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
 	for (;;) {
 		if (lifecycle(argv[1], phase, comply) < 0) sleep_ms(pick(5, 50));
 	}
