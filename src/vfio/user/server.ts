@@ -56,6 +56,7 @@ export class VfioUserServer extends EventEmitter {
     // a peer announcing anything longer is cut off by the framing.
     const maxMessage = HEADER_SIZE + 16 + server.#config.maxDataXferSize + 4096;
     const socket = { framing: VFIO_USER_FRAMING, maxMessage };
+    server.socketOptions = socket;
     const listener = opts.listening
       ? StreamServer.fromListening(opts.listening, path, { socket })
       : StreamServer.listen(path, { mode: opts.mode ?? 0o600, socket });
@@ -94,6 +95,12 @@ export class VfioUserServer extends EventEmitter {
       log: opts.log ?? ((message, err) => console.warn(`devlease: ${message}`, err ?? '')),
     };
   }
+
+  /** How this server's connection sockets are made (an upgrade makes them from handed-over fds alike). */
+  socketOptions: { framing: typeof VFIO_USER_FRAMING; maxMessage: number } = {
+    framing: VFIO_USER_FRAMING,
+    maxMessage: HEADER_SIZE + 16 + DEFAULT_MAX_DATA_XFER_SIZE + 4096,
+  };
 
   /** The socket path when listening, else null. */
   get path(): string | null {
