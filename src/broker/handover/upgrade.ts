@@ -60,7 +60,11 @@ export async function upgrade(
   let held = false;
   let pausedAt = 0;
   const rollback = (reason: string): never => {
-    wire.send({ t: 'abort', reason });
+    try {
+      wire.send({ t: 'abort', reason });
+    } catch {
+      // the new broker is gone already: nobody to tell
+    }
     wire.close();
     if (exited === null) child.kill('SIGKILL');
     if (held) resume(b, parts);
