@@ -16,19 +16,24 @@ const CASES: [string, RegExp][] = [
 ];
 
 for (const [mode, why] of CASES) {
-  test(`a new broker that misbehaves (${mode}): the upgrade rolls back, clients unaffected`, { timeout: 180_000 }, async () => {
+  test(`a new broker that misbehaves (${mode}): the upgrade rolls back, clients unaffected`, {
+    timeout: 180_000,
+  }, async () => {
     const rig = await UpgradeRig.start({ DEVLEASE_TEST_UPGRADE_MISBEHAVE: mode });
     try {
       await rig.addClient();
       await rig.addClient();
       const pid = await rig.brokerPid();
       await rig.progress(10);
-      await assert.rejects(rig.request({ op: 'upgrade', deadlineMs: 4000 }), (err: Error & { code?: string }) => {
-        assert.equal(err.code, 'EAGAIN');
-        assert.match(err.message, /upgrade rolled back/);
-        assert.match(err.message, why);
-        return true;
-      });
+      await assert.rejects(
+        rig.request({ op: 'upgrade', deadlineMs: 4000 }),
+        (err: Error & { code?: string }) => {
+          assert.equal(err.code, 'EAGAIN');
+          assert.match(err.message, /upgrade rolled back/);
+          assert.match(err.message, why);
+          return true;
+        },
+      );
       const status = await rig.request({ op: 'status' });
       assert.equal(status.pid, pid, 'the old broker carries on');
       assert.equal(status.upgrades, 0);
