@@ -130,7 +130,11 @@ test('with device.reconnect = false the broker gives the device up, saying why (
   try {
     const lost = new Promise<string>((resolve) => rig.broker.once('device-lost', resolve));
     rig.sim.process.kill('SIGKILL');
-    assert.match(await within(lost, 5000, 'device-lost'), /closed the connection; device\.reconnect is off/);
+    // A call may be in flight when the simulator dies (a loaded machine): the reason then counts it.
+    assert.match(
+      await within(lost, 5000, 'device-lost'),
+      /closed the connection( with \d+ call\(s\) pending)?; device\.reconnect is off/,
+    );
     assert.equal(rig.broker.deviceConnection().state, 'gone');
   } finally {
     await rig.close();
