@@ -37,26 +37,34 @@ export class UpgradeRig {
   static async start(env: Record<string, string> = {}): Promise<UpgradeRig> {
     const rig = new UpgradeRig();
     rig.sim = await spawnSimulator({ socketPath: join(rig.dir, 'sim.sock'), numQueues: 8 });
-    rig.daemon = spawn(
+    await rig.startDaemon(env);
+    return rig;
+  }
+
+  /** Start a `devlease daemon` on the rig's simulator and rundir (again: a restart after a broker died). */
+  async startDaemon(env: Record<string, string> = {}): Promise<void> {
+    this.daemon = spawn(
       process.execPath,
       [
         DEVLEASE_BIN,
         'daemon',
         '--device',
-        `vfio-user:${rig.sim.socketPath}`,
+        `vfio-user:${this.sim.socketPath}`,
         '--rundir',
-        join(rig.dir, 'run'),
+        join(this.dir, 'run'),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
     );
-    rig.daemon.stdout!.on('data', (d: Buffer) => {
-      rig.out += d.toString();
+    const daemon = this.daemon;
+    const readies = () => this.events().filter((e) => e.event === 'ready' && !e.upgraded).length;
+    const before = readies();
+    daemon.stdout!.on('data', (d: Buffer) => {
+      this.out += d.toString();
     });
-    rig.daemon.stderr!.on('data', (d: Buffer) => {
-      rig.out += d.toString();
+    daemon.stderr!.on('data', (d: Buffer) => {
+      this.out += d.toString();
     });
-    await until('the daemon to be ready', () => rig.events().some((e) => e.event === 'ready'), 30_000);
-    return rig;
+    await until('the daemon to be ready', () => readies() > before, 30_000);
   }
 
   events(): Record<string, any>[] {

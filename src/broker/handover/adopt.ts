@@ -115,7 +115,8 @@ export function rebuild(
     const model = makeSession(s.kind, { id: 0, cred: socket.peerCred() }, socket, { session, pidfd });
     server.adoptSocket(socket, model, s.adopted);
   }
-  for (const i of state.admin.connections) p.admin?.adoptConnection(take(fds, i));
+  for (const [n, i] of state.admin.connections.entries())
+    p.admin?.adoptConnection(take(fds, i), n === state.admin.upgradeAsker);
   b.audit.recent.push(...state.audit.recent);
   b.startedAt = new Date();
   b.upgrades = state.broker.upgrades + 1;

@@ -156,7 +156,7 @@ export function collect(
     device: { transport: 'vfio-user', fd: add(dev.fd), state: dev.state },
     driver: { name: b.driver.name, state: drv.state, fds: drv.fds.map(add) },
     listening,
-    admin: { connections: (admin?.connections ?? []).map(add) },
+    admin: { connections: (admin?.connections ?? []).map(add), upgradeAsker: admin?.asker ?? null },
     leases: { nextId: b.leases.idSequence, draining: b.leases.draining, list },
     sessions,
     audit: { recent: b.audit.recent.slice(-100) },
