@@ -23,7 +23,7 @@ import type { BrokerState } from './format.js';
 
 /** The device connection of the state (the daemon opens the device from it instead of --device). */
 export function adoptDevice(state: BrokerState, fds: Fd[]): VfioUserDevice {
-  return VfioUserDevice.adopt(take(fds, state.device.fd), state.device.state);
+  return VfioUserDevice.adopt(take(fds, state.device.fd), state.device.state, {}, (i) => take(fds, i));
 }
 
 /** The driver takes the device as the old broker left it (no boot), and checks it still agrees. */

@@ -95,7 +95,7 @@ export function collect(
 ): { doc: BrokerState; fds: Fd[] } {
   const fds: Fd[] = [];
   const add = (fd: Fd): number => fds.push(fd) - 1;
-  const dev = (b.device as VfioUserDevice).handover();
+  const dev = (b.device as VfioUserDevice).handover(add);
   const drv = b.driver.handover!();
   const kinds = b.driver.kinds();
   const listening: BrokerState['listening'] = p.servers.map((s, i) => ({
