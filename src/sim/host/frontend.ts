@@ -7,8 +7,13 @@
 // Register accesses that only read or store register state (all of BAR0 but
 // CONTROL, FW_CMD and Q_CTRL writes; config space but writes reaching the
 // command register) are served here from the register file, with no
-// round trip to the worker thread. Everything else is a request the worker
-// serves between descriptors (mailbox.ts), waited for synchronously.
+// round trip to the worker thread. So are the owner commands that only
+// touch tables: SET_IRQS (irq-table.ts), GET_REGION_IO_FDS (the front end
+// made the kick fds), and DMA_MAP/DMA_UNMAP (dma-table.ts: checked against
+// the front end's copy of the IOMMU table, answered, and posted to the
+// worker one way; an unmap waits only while the engine is inside a round).
+// Everything else is a request the worker serves between descriptors
+// (mailbox.ts), waited for synchronously.
 
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
@@ -31,11 +36,8 @@ import {
   VFIO_IRQ_SET_DATA_TYPE_MASK,
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_ERR_IRQ_INDEX,
-  VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_PCI_NUM_IRQS,
   VFIO_PCI_NUM_REGIONS,
-  VFIO_PCI_REQ_IRQ_INDEX,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
 } from '../../vfio/uapi/vfio.js';
@@ -62,7 +64,9 @@ import { bar2Size, type Sa1Options } from '../model/options.js';
 import { checkRegionAccess, regionSize } from '../model/regions.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
 import type { DeviceRequest, DeviceStats } from './commands.js';
+import { FrontDmaTable } from './dma-table.js';
 import { sa1RegionIoFds } from './io-fds.js';
+import { IrqTable } from './irq-table.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
 import type { WorkerInit } from './worker.js';
 
@@ -75,6 +79,12 @@ export class DeviceWorker {
   readonly #config: ConfigSpace;
   readonly #mailbox: MailboxCaller<DeviceRequest>;
   readonly #port: MessageChannel['port1'];
+  /** The irq eventfd numbers the worker signals (SET_IRQS stores them here). */
+  readonly irqs: IrqTable;
+  /** The front end's copy of the IOMMU table: DMA_MAP/DMA_UNMAP are checked and answered from it. */
+  readonly dma: FrontDmaTable;
+  /** The queues' kick ioeventfds (the worker owns and closes them; replies carry dups). */
+  readonly #kickFds: number[];
   #worker: Worker;
   #exited: Promise<void>;
   #closed = false;
@@ -108,7 +118,21 @@ export class DeviceWorker {
     const wake = newMailboxMemory();
     this.#port = port1;
     this.#mailbox = new MailboxCaller(wake, port1);
-    const init: WorkerInit = { options, mailbox: wake, port: port2, registers: this.#regs.sab };
+    const irqMemory = IrqTable.memory(options.numQueues);
+    this.irqs = new IrqTable(irqMemory, options.numQueues);
+    this.dma = new FrontDmaTable(this.#mailbox, timeoutMs);
+    const { EFD_NONBLOCK } = native.constants as Record<string, number>;
+    this.#kickFds = Array.from({ length: options.numQueues }, () =>
+      native.eventfd(0, EFD_NONBLOCK as number),
+    );
+    const init: WorkerInit = {
+      options,
+      mailbox: wake,
+      port: port2,
+      registers: this.#regs.sab,
+      irqs: irqMemory,
+      kickFds: this.#kickFds,
+    };
     this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
       workerData: init,
       transferList: [port2],
@@ -161,6 +185,13 @@ export class DeviceWorker {
     return regionSize(this.options, index);
   }
 
+  /** The kick fds to hand out (dups are made of them); from now on the idle device sleeps on them. */
+  kickFds(): number[] {
+    this.#checkOpen();
+    this.#mailbox.kicksHandedOut();
+    return this.#kickFds;
+  }
+
   request<T = void>(req: DeviceRequest): T {
     this.#checkOpen();
     return this.#mailbox.call<T>(req, this.timeoutMs);
@@ -179,9 +210,14 @@ export class DeviceWorker {
       } catch {
         await this.#worker.terminate();
       }
+      this.dma.releaseAll(); // the device dropped its views (or is gone): let go of the memory
       this.#port.close();
     }
     await this.#exited;
+  }
+
+  checkOpen(): void {
+    this.#checkOpen();
   }
 
   #checkOpen(): void {
@@ -227,11 +263,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
 
   /** Doorbell notification (rev 2): one ioeventfd per queue page of BAR2 (io-fds.ts). */
   regionIoFds(index: number): RegionIoFds {
-    return sa1RegionIoFds(
-      this.options,
-      index,
-      () => this.device.request<{ fds: number[] }>({ op: 'ioFds' }).fds,
-    );
+    return sa1RegionIoFds(this.options, index, () => this.device.kickFds());
   }
 
   regionRead(index: number, offset: bigint, count: number): Uint8Array {
@@ -247,9 +279,8 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     try {
       if (!fd)
         throw new VfioError('EINVAL', 'SA-1 needs an fd with every DMA map (no DMA_READ/DMA_WRITE messages)');
-      this.device.request({
-        op: 'dmaMap',
-        fd: fd.fd,
+      this.device.checkOpen();
+      this.device.dma.map(fd, {
         offset: req.offset,
         iova: req.iova,
         size: req.size,
@@ -257,26 +288,17 @@ export class Sa1Frontend implements VfioUserDeviceModel {
         write: (req.flags & VFIO_USER_F_DMA_REGION_WRITE) !== 0,
       });
     } finally {
-      fd?.close(); // the device's own mapping keeps the memory
+      fd?.close(); // the mapping keeps the memory
     }
   }
 
   dmaUnmap(req: DmaUnmapRequest): void {
-    this.device.request({
-      op: 'dmaUnmap',
-      iova: req.iova,
-      size: req.size,
-      all: (req.flags & VFIO_DMA_UNMAP_FLAG_ALL) !== 0,
-    });
+    this.device.checkOpen();
+    this.device.dma.unmap(req.iova, req.size, (req.flags & VFIO_DMA_UNMAP_FLAG_ALL) !== 0);
   }
 
   irqInfo(index: number): IrqDescription {
-    const counts: Record<number, number> = {
-      [VFIO_PCI_MSIX_IRQ_INDEX]: this.options.numQueues + 1,
-      [VFIO_PCI_ERR_IRQ_INDEX]: 1,
-      [VFIO_PCI_REQ_IRQ_INDEX]: 1,
-    };
-    const count = counts[index] ?? 0;
+    const count = this.device.irqs.count(index);
     return { index, flags: count ? VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE : 0, count };
   }
 
@@ -287,12 +309,12 @@ export class Sa1Frontend implements VfioUserDeviceModel {
       // The device switches to the new numbers first; only then are the old Fds closed.
       const next = req.fds;
       try {
-        this.device.request({
-          op: 'irqFds',
-          index: req.index,
-          start: req.start,
-          fds: next.map((f) => (f ? f.fd : -1)),
-        });
+        this.device.checkOpen();
+        this.device.irqs.set(
+          req.index,
+          req.start,
+          next.map((f) => (f ? f.fd : -1)),
+        );
       } catch (err) {
         for (const f of next) f?.close();
         throw err;
@@ -302,7 +324,12 @@ export class Sa1Frontend implements VfioUserDeviceModel {
         slots[req.start + i] = f;
       });
     } else if (dataType === VFIO_IRQ_SET_DATA_NONE && req.count === 0) {
-      this.device.request({ op: 'irqFds', index: req.index, start: 0, fds: slots.map(() => -1) });
+      this.device.checkOpen();
+      this.device.irqs.set(
+        req.index,
+        0,
+        slots.map(() => -1),
+      );
       slots.forEach((f, i) => {
         f?.close();
         slots[i] = null;
@@ -363,6 +390,12 @@ export class Sa1Frontend implements VfioUserDeviceModel {
       this.device.request({ op: 'disconnect' });
     } catch {
       // the device is shutting down: its mappings go with it
+    }
+    this.device.dma.releaseAll();
+    try {
+      this.device.irqs.clear();
+    } catch {
+      // a worker stuck in an eventfd write: closing the fds is still right, the device is gone
     }
     for (const slots of this.#irqs) {
       slots.forEach((f, i) => {
