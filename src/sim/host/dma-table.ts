@@ -63,21 +63,24 @@ export class FrontDmaTable {
     };
     this.#table.add(entry);
     const { read, write } = m;
-    this.mailbox.post({
-      op: 'mapPosted',
-      buffer: mapping.buffer,
-      address: mapping.address,
-      iova,
-      size,
-      read,
-      write,
-    });
+    this.mailbox.post(
+      {
+        op: 'mapPosted',
+        buffer: mapping.buffer,
+        address: mapping.address,
+        iova,
+        size,
+        read,
+        write,
+      },
+      false,
+    );
   }
 
   /** Unmap whole maps in [iova, iova+size) (all: every map); EINVAL for a cut map, ENOENT for none. */
   unmap(iova: bigint, size: bigint, all: boolean): void {
     const removed = this.#table.remove(Number(iova), Number(size), all);
-    const n = this.mailbox.post({ op: 'unmapPosted', iova, size, all });
+    const n = this.mailbox.post({ op: 'unmapPosted', iova, size, all }, false);
     try {
       this.mailbox.quiesce(n, this.timeoutMs);
     } finally {

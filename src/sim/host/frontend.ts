@@ -57,7 +57,7 @@ import {
   VFIO_USER_F_DMA_REGION_WRITE,
 } from '../../vfio/user/protocol.js';
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
-import { bar0Read32, bar0WriteDirect } from '../model/bar0.js';
+import { bar0Read32, bar0WriteDirect, QCTRL_DEVICE, queueControlDirect } from '../model/bar0.js';
 import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
 import { BAR0_SIZE } from '../model/datasheet.js';
 import { bar2Size, type Sa1Options } from '../model/options.js';
@@ -174,7 +174,13 @@ export class DeviceWorker {
     const dv = new DataView(data.buffer, data.byteOffset, data.length);
     for (let i = 0; i < data.length; i += 4) {
       const value = dv.getUint32(i, true);
-      if (!bar0WriteDirect(this.#regs, offset + i, value, this.options.numQueues)) {
+      if (bar0WriteDirect(this.#regs, offset + i, value, this.options.numQueues)) continue;
+      const queue = queueControlDirect(this.#regs, offset + i, value, this.options.numQueues);
+      if (queue >= 0) {
+        // Enabled here; the device latches its copy of the windows before its next round (a doorbell rung
+        // after this reply is seen in that round or a later one). Wakes a device asleep for want of queues.
+        this.#mailbox.post({ op: 'queueEnabled', queue });
+      } else if (queue === QCTRL_DEVICE) {
         this.request({ op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) });
       }
     }

@@ -127,17 +127,23 @@ export class MailboxCaller<R> {
     Atomics.store(this.#words, W_KICKS_OUT, 1);
   }
 
-  /** Post a one-way request: the device acts on it before anything posted after it. Returns its number. */
-  post(req: R): number {
-    return this.#send(0, req);
+  /**
+   * Post a one-way request: the device acts on it before anything posted after it, and before its next
+   * access to guest memory. Returns its number. `wake` false (a DMA table update): a sleeping device is
+   * left asleep; it takes the post when it next wakes (a doorbell, a kick, its poll, a request), before it
+   * touches memory. Waking a thread costs the caller its core on a loaded machine.
+   */
+  post(req: R, wake = true): number {
+    return this.#send(0, req, wake);
   }
 
-  #send(seq: number, req: R): number {
+  #send(seq: number, req: R, wake = true): number {
     const w = this.#words;
     this.#posts = (this.#posts + 1) | 0;
     const n = this.#posts;
     this.port.postMessage({ seq, n, req } satisfies Envelope<R>);
     Atomics.store(w, W_REQUEST, n);
+    if (!wake) return n;
     Atomics.notify(w, W_REQUEST);
     // Sequentially consistent against sleepOnFds: it stores W_FD_SLEEP then loads W_REQUEST, we store
     // W_REQUEST then load W_FD_SLEEP, so either it sees the request or we see it asleep on fds.

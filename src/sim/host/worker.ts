@@ -10,6 +10,7 @@
 import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
 import { type DevleaseError, ERRNO, errnoNumber, VfioError } from '../../errors.js';
 import { native } from '../../sys/index.js';
+import { Q_CTRL, Q_CTRL_ENABLE } from '../model/datasheet.js';
 import { ARMED, RACED, Sa1Device } from '../model/device.js';
 import type { DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
@@ -157,6 +158,12 @@ function handle(r: DeviceRequest): unknown {
       return device.regionWrite(r.index, r.offset, r.data);
     case 'mapPosted':
       return mapPosted(r);
+    case 'queueEnabled': {
+      // The front end stored ENABLE; requests posted after this one (a disable, a reset) come after it.
+      const q = device.queues[r.queue];
+      if (q && !q.enabled && device.regs.load(q.qcfgAt + Q_CTRL) === Q_CTRL_ENABLE) q.enabled = true;
+      return;
+    }
     case 'unmapPosted':
       return release(device.dmaUnmap(Number(r.iova), Number(r.size), r.all));
     case 'reset':
