@@ -1,6 +1,5 @@
-// The main-thread half of the simulator. DeviceWorker starts the device
-// worker and holds the register file it shares with it; Sa1Frontend is the
-// VfioUserDeviceModel the vfio-user server calls for the owner's connection.
+// The simulator's owner connection: Sa1Frontend is the VfioUserDeviceModel
+// the vfio-user server calls for it, over the DeviceWorker (device-worker.ts).
 // It owns the Fd objects that came with requests until the device says it no
 // longer uses them.
 //
@@ -15,7 +14,6 @@
 // Everything else is a request the worker serves between descriptors
 // (mailbox.ts), waited for synchronously.
 
-import { MessageChannel, Worker } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
 import { Fd, native } from '../../sys/index.js';
 import { decodeDmaBufRevokePayload } from '../../vfio/uapi/payloads.js';
@@ -34,8 +32,6 @@ import {
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
   VFIO_IRQ_SET_DATA_TYPE_MASK,
-  VFIO_PCI_BAR0_REGION_INDEX,
-  VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_NUM_IRQS,
   VFIO_PCI_NUM_REGIONS,
   VFIO_REGION_INFO_FLAG_READ,
@@ -57,180 +53,11 @@ import {
   VFIO_USER_F_DMA_REGION_WRITE,
 } from '../../vfio/user/protocol.js';
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
-import { bar0Read32, bar0WriteDirect, QCTRL_DEVICE, queueControlDirect } from '../model/bar0.js';
-import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
-import { BAR0_SIZE } from '../model/datasheet.js';
-import { bar2Size, type Sa1Options } from '../model/options.js';
-import { checkRegionAccess, regionSize } from '../model/regions.js';
-import { RegisterFile, sharedClock } from '../model/register-file.js';
-import type { DeviceRequest, DeviceStats } from './commands.js';
-import { FrontDmaTable } from './dma-table.js';
+import type { Sa1Options } from '../model/options.js';
+import type { DeviceWorker } from './device-worker.js';
 import { sa1RegionIoFds } from './io-fds.js';
-import { IrqTable } from './irq-table.js';
-import { MailboxCaller, newMailboxMemory } from './mailbox.js';
-import type { WorkerInit } from './worker.js';
 
-export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
-
-/** The device worker, its mailbox and the register file both threads use. */
-export class DeviceWorker {
-  readonly #regs: RegisterFile;
-  /** Config space over the shared bytes, for the write masks (the device wrote the header). */
-  readonly #config: ConfigSpace;
-  readonly #mailbox: MailboxCaller<DeviceRequest>;
-  readonly #port: MessageChannel['port1'];
-  /** The irq eventfd numbers the worker signals (SET_IRQS stores them here). */
-  readonly irqs: IrqTable;
-  /** The front end's copy of the IOMMU table: DMA_MAP/DMA_UNMAP are checked and answered from it. */
-  readonly dma: FrontDmaTable;
-  /** The queues' kick ioeventfds (the worker owns and closes them; replies carry dups). */
-  readonly #kickFds: number[];
-  #worker: Worker;
-  #exited: Promise<void>;
-  #closed = false;
-  /** The worker is gone (closed, or died): the register file no longer describes a live device. */
-  #gone = false;
-
-  static async start(options: Sa1Options, timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS): Promise<DeviceWorker> {
-    const dw = new DeviceWorker(options, timeoutMs);
-    await new Promise<void>((resolve, reject) => {
-      dw.#worker.once('message', () => resolve());
-      dw.#worker.once('error', reject);
-      dw.#worker.once('exit', (code) =>
-        reject(new Error(`SA-1 device worker exited (${code}) while starting`)),
-      );
-    });
-    return dw;
-  }
-
-  private constructor(
-    readonly options: Sa1Options,
-    readonly timeoutMs: number,
-  ) {
-    this.#regs = RegisterFile.create(options);
-    this.#config = new ConfigSpace(
-      { bar0: BAR0_SIZE, bar2: bar2Size(options), bar4: options.devmemSize },
-      options.numQueues + 1,
-      this.#regs.config,
-      false,
-    );
-    const { port1, port2 } = new MessageChannel();
-    const wake = newMailboxMemory();
-    this.#port = port1;
-    this.#mailbox = new MailboxCaller(wake, port1);
-    const irqMemory = IrqTable.memory(options.numQueues);
-    this.irqs = new IrqTable(irqMemory, options.numQueues);
-    this.dma = new FrontDmaTable(this.#mailbox, timeoutMs);
-    const { EFD_NONBLOCK } = native.constants as Record<string, number>;
-    this.#kickFds = Array.from({ length: options.numQueues }, () =>
-      native.eventfd(0, EFD_NONBLOCK as number),
-    );
-    const init: WorkerInit = {
-      options,
-      mailbox: wake,
-      port: port2,
-      registers: this.#regs.sab,
-      irqs: irqMemory,
-      kickFds: this.#kickFds,
-    };
-    this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
-      workerData: init,
-      transferList: [port2],
-    });
-    this.#exited = new Promise((resolve) =>
-      this.#worker.once('exit', () => {
-        this.#gone = true;
-        resolve();
-      }),
-    );
-  }
-
-  regionRead(index: number, offset: number, count: number): Uint8Array {
-    this.#checkOpen();
-    checkRegionAccess(this.options, index, offset, count);
-    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
-    if (index !== VFIO_PCI_BAR0_REGION_INDEX) return this.request({ op: 'regionRead', index, offset, count });
-    const out = new Uint8Array(count);
-    const dv = new DataView(out.buffer);
-    const now = sharedClock();
-    for (let i = 0; i < count; i += 4) {
-      dv.setUint32(i, bar0Read32(this.#regs, offset + i, this.options.numQueues, now), true);
-    }
-    return out;
-  }
-
-  regionWrite(index: number, offset: number, data: Uint8Array): void {
-    this.#checkOpen();
-    checkRegionAccess(this.options, index, offset, data.length);
-    if (index === VFIO_PCI_CONFIG_REGION_INDEX && !writeReachesCommand(offset, data.length)) {
-      this.#config.write(offset, data);
-      return;
-    }
-    if (index !== VFIO_PCI_BAR0_REGION_INDEX) {
-      this.request({ op: 'regionWrite', index, offset, data });
-      return;
-    }
-    // Word by word, low half first: each word the device must act on goes to it, in order.
-    const dv = new DataView(data.buffer, data.byteOffset, data.length);
-    for (let i = 0; i < data.length; i += 4) {
-      const value = dv.getUint32(i, true);
-      if (bar0WriteDirect(this.#regs, offset + i, value, this.options.numQueues)) continue;
-      const queue = queueControlDirect(this.#regs, offset + i, value, this.options.numQueues);
-      if (queue >= 0) {
-        // Enabled here; the device latches its copy of the windows before its next round (a doorbell rung
-        // after this reply is seen in that round or a later one). Wakes a device asleep for want of queues.
-        this.#mailbox.post({ op: 'queueEnabled', queue });
-      } else if (queue === QCTRL_DEVICE) {
-        this.request({ op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) });
-      }
-    }
-  }
-
-  /** Size of region `index` (0: not implemented). */
-  regionSize(index: number): number {
-    return regionSize(this.options, index);
-  }
-
-  /** The kick fds to hand out (dups are made of them); from now on the idle device sleeps on them. */
-  kickFds(): number[] {
-    this.#checkOpen();
-    this.#mailbox.kicksHandedOut();
-    return this.#kickFds;
-  }
-
-  request<T = void>(req: DeviceRequest): T {
-    this.#checkOpen();
-    return this.#mailbox.call<T>(req, this.timeoutMs);
-  }
-
-  stats(): DeviceStats {
-    return this.request<DeviceStats>({ op: 'stats' });
-  }
-
-  /** Stop the device: every DMA mapping and slice memory is dropped. Idempotent. */
-  async close(): Promise<void> {
-    if (!this.#closed) {
-      this.#closed = true;
-      try {
-        this.#mailbox.call({ op: 'shutdown' }, this.timeoutMs);
-      } catch {
-        await this.#worker.terminate();
-      }
-      this.dma.releaseAll(); // the device dropped its views (or is gone): let go of the memory
-      this.#port.close();
-    }
-    await this.#exited;
-  }
-
-  checkOpen(): void {
-    this.#checkOpen();
-  }
-
-  #checkOpen(): void {
-    if (this.#closed) throw new VfioError('ENODEV', 'the SA-1 device has shut down');
-    if (this.#gone) throw new VfioError('ENODEV', 'the SA-1 device worker exited');
-  }
-}
+export { DEFAULT_COMMAND_TIMEOUT_MS, DeviceWorker } from './device-worker.js';
 
 /** The owner's view of the device: one per owner connection. */
 export class Sa1Frontend implements VfioUserDeviceModel {
