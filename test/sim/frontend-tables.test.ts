@@ -36,7 +36,18 @@ async function workerCommands(r: Rig, fn: () => Promise<void>): Promise<number> 
   return r.sim.stats().commands - before - 1;
 }
 
-test('DMA_MAP, DMA_UNMAP, SET_IRQS and GET_REGION_IO_FDS are answered without the device worker', async () => {
+/** VFIO_DEVICE_FEATURE_DMA_BUF payload: queue page 1 of BAR2, read-write. */
+function dmaBufRequest(): Buffer {
+  const req = Buffer.alloc(32);
+  req.writeUInt32LE(VFIO_PCI_BAR2_REGION_INDEX, 0);
+  req.writeUInt32LE(0o2 | 0o2000000, 4); // O_RDWR | O_CLOEXEC
+  req.writeUInt32LE(1, 12); // one range
+  req.writeBigUInt64LE(0x1_0000n, 16); // the default 64 KiB stride
+  req.writeBigUInt64LE(0x1_0000n, 24);
+  return req;
+}
+
+test('DMA_MAP, DMA_UNMAP, SET_IRQS, slice fds and GET_REGION_IO_FDS are answered without the device worker', async () => {
   const r = await bootedRig();
   try {
     const memfd = MemFd.create('sa1-test-tables', { size: 0x2000 });
@@ -45,6 +56,13 @@ test('DMA_MAP, DMA_UNMAP, SET_IRQS and GET_REGION_IO_FDS are answered without th
         await r.client.dmaMap({ fd: memfd.fd, iova: VICTIM_IOVA, size: 0x2000, flags: 3 });
         await r.eventfd(1);
         await r.eventfd(1); // replaces the first: the old eventfd is closed by the rig, not in use by the device
+        const slice = await r.client.feature({
+          flags: 1 << 16 /* GET */,
+          feature: 11,
+          data: dmaBufRequest(),
+        });
+        assert.equal(slice.fds.length, 1, 'one slice fd for the queue page');
+        for (const f of slice.fds) f.close();
         const io = await r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
         for (const f of io.fds) f.close();
         assert.equal(io.fds.length, 4, 'one kick fd per queue page');

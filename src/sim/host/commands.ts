@@ -38,7 +38,6 @@ export type DeviceRequest =
   /** One-way: the front end set Q_CTRL.ENABLE of a disabled, idle queue (bar0.ts queueControlDirect). */
   | { op: 'queueEnabled'; queue: number }
   | { op: 'reset' }
-  | { op: 'dmaBuf'; payload: Uint8Array }
   /** fault: truncate the old memory so every mapping of it faults (false: only detach the device from it). */
   | { op: 'revoke'; fd: number; fault: boolean }
   | { op: 'disconnect' }

@@ -7,14 +7,16 @@
 
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
-import { native } from '../../sys/index.js';
+import { Fd, native } from '../../sys/index.js';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX } from '../../vfio/uapi/vfio.js';
 import { bar0Read32, bar0WriteDirect, QCTRL_DEVICE, queueControlDirect } from '../model/bar0.js';
 import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
 import { BAR0_SIZE } from '../model/datasheet.js';
+import { sliceFdIndex, sliceFdTable } from '../model/memfd-backing.js';
 import { bar2Size, type Sa1Options } from '../model/options.js';
 import { checkRegionAccess, regionSize } from '../model/regions.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
+import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
 import type { DeviceRequest, DeviceStats } from './commands.js';
 import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
@@ -22,6 +24,11 @@ import { MailboxCaller, newMailboxMemory } from './mailbox.js';
 import type { WorkerInit } from './worker.js';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
+
+const { O_RDONLY: OPEN_RDONLY, O_RDWR: OPEN_RDWR } = native.constants as Record<string, number> as {
+  O_RDONLY: number;
+  O_RDWR: number;
+};
 
 /** The device worker, its mailbox and the register file both threads use. */
 export class DeviceWorker {
@@ -34,6 +41,8 @@ export class DeviceWorker {
   readonly irqs: IrqTable;
   /** The front end's copy of the IOMMU table: DMA_MAP/DMA_UNMAP are checked and answered from it. */
   readonly dma: FrontDmaTable;
+  /** The slices' current memfd numbers, published by the worker's backing (memfd-backing.ts). */
+  readonly #sliceFds: Int32Array;
   /** The queues' kick ioeventfds (the worker owns and closes them; replies carry dups). */
   readonly #kickFds: number[];
   #worker: Worker;
@@ -76,6 +85,7 @@ export class DeviceWorker {
     this.#kickFds = Array.from({ length: options.numQueues }, () =>
       native.eventfd(0, EFD_NONBLOCK as number),
     );
+    this.#sliceFds = sliceFdTable(options);
     const init: WorkerInit = {
       options,
       mailbox: wake,
@@ -83,6 +93,7 @@ export class DeviceWorker {
       registers: this.#regs.sab,
       irqs: irqMemory,
       kickFds: this.#kickFds,
+      sliceFds: this.#sliceFds.buffer as SharedArrayBuffer,
     };
     this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
       workerData: init,
@@ -147,6 +158,29 @@ export class DeviceWorker {
     this.#checkOpen();
     this.#mailbox.kicksHandedOut();
     return this.#kickFds;
+  }
+
+  /**
+   * The dma-buf feature (datasheet §8): a new open description of each requested slice's memory, read-only
+   * if asked. Served here: the worker renews a slice's memory only inside a revoke request, which this
+   * thread is then blocked on, so the numbers read here are current.
+   */
+  openSlices(payload: Uint8Array): Fd[] {
+    this.#checkOpen();
+    const req = parseDmaBufRequest(this.options, payload);
+    const mode = (req.accessMode & O_ACCMODE) === O_RDONLY ? OPEN_RDONLY : OPEN_RDWR;
+    const fds: Fd[] = [];
+    try {
+      for (const s of req.slices) {
+        const n = Atomics.load(this.#sliceFds, sliceFdIndex(this.options, s));
+        if (n < 0) throw new VfioError('ENODEV', 'the SA-1 device has shut down');
+        fds.push(new Fd(native.open(`/proc/self/fd/${n}`, mode)));
+      }
+    } catch (err) {
+      for (const f of fds) f.close();
+      throw err;
+    }
+    return fds;
   }
 
   request<T = void>(req: DeviceRequest): T {

@@ -15,7 +15,7 @@
 // (mailbox.ts), waited for synchronously.
 
 import { VfioError } from '../../errors.js';
-import { Fd, native } from '../../sys/index.js';
+import { type Fd, native } from '../../sys/index.js';
 import { decodeDmaBufRevokePayload } from '../../vfio/uapi/payloads.js';
 import {
   DMA_BUF_REVOKE_FLAG_DETACH,
@@ -190,8 +190,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
       if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF) {
         if (set) throw new VfioError('EINVAL', 'the dma-buf feature supports GET only');
         if (probe) return {};
-        const { fds } = this.device.request<{ fds: number[] }>({ op: 'dmaBuf', payload: req.data });
-        return { data: req.data, fds: fds.map((n) => new Fd(n)) };
+        return { data: req.data, fds: this.device.openSlices(req.data) };
       }
       if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE) {
         if (get) throw new VfioError('EINVAL', 'the revoke feature supports SET only');

@@ -16,7 +16,6 @@ import type { DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
 import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
-import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
 import { IrqTable } from './irq-table.js';
 import { type Envelope, MailboxDevice, type WireError } from './mailbox.js';
@@ -33,12 +32,14 @@ export interface WorkerInit {
   irqs: SharedArrayBuffer;
   /** One kick ioeventfd per queue page, made by the front end; the device owns them from here. */
   kickFds: number[];
+  /** Where the backing publishes its slices' memfd numbers (memfd-backing.ts), for the front end. */
+  sliceFds: SharedArrayBuffer;
 }
 
 const init = workerData as WorkerInit;
 const options = init.options;
 const mailbox = new MailboxDevice<DeviceRequest>(init.mailbox, init.port);
-const backing = new MemfdBacking(options);
+const backing = new MemfdBacking(options, new Int32Array(init.sliceFds));
 /** eventfd numbers per VFIO irq index and vector (-1: none). The front-end owns the Fd objects. */
 const irqs = new IrqTable(init.irqs, options.numQueues);
 const device = new Sa1Device(
@@ -168,18 +169,6 @@ function handle(r: DeviceRequest): unknown {
       return release(device.dmaUnmap(Number(r.iova), Number(r.size), r.all));
     case 'reset':
       return device.reset();
-    case 'dmaBuf': {
-      const req = parseDmaBufRequest(options, r.payload);
-      const fds: number[] = [];
-      try {
-        for (const s of req.slices)
-          fds.push(backing.open(s, (req.accessMode & O_ACCMODE) === O_RDONLY).release());
-      } catch (err) {
-        for (const fd of fds) native.close(fd);
-        throw err;
-      }
-      return { fds };
-    }
     case 'revoke': {
       const { ino } = native.fstat(r.fd);
       const slice = backing.findByInode(ino);
