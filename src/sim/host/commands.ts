@@ -35,6 +35,8 @@ export type DeviceRequest =
       write: boolean;
     }
   | { op: 'unmapPosted'; iova: bigint; size: bigint; all: boolean }
+  /** One-way: the front end handed out the kick fds; wakes the device so it sleeps on them from now on. */
+  | { op: 'kicksHandedOut' }
   /** One-way: the front end set Q_CTRL.ENABLE of a disabled, idle queue (bar0.ts queueControlDirect). */
   | { op: 'queueEnabled'; queue: number }
   | { op: 'reset' }

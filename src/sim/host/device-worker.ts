@@ -41,6 +41,7 @@ export class DeviceWorker {
   readonly irqs: IrqTable;
   /** The front end's copy of the IOMMU table: DMA_MAP/DMA_UNMAP are checked and answered from it. */
   readonly dma: FrontDmaTable;
+  #kicksOut = false;
   /** The slices' current memfd numbers, published by the worker's backing (memfd-backing.ts). */
   readonly #sliceFds: Int32Array;
   /** The queues' kick ioeventfds (the worker owns and closes them; replies carry dups). */
@@ -156,7 +157,13 @@ export class DeviceWorker {
   /** The kick fds to hand out (dups are made of them); from now on the idle device sleeps on them. */
   kickFds(): number[] {
     this.#checkOpen();
-    this.#mailbox.kicksHandedOut();
+    if (!this.#kicksOut) {
+      this.#kicksOut = true;
+      this.#mailbox.kicksHandedOut();
+      // A device already asleep on its request word only would not hear a kick until its poll interval:
+      // wake it, so it goes back to sleep on the kick fds too.
+      this.#mailbox.post({ op: 'kicksHandedOut' });
+    }
     return this.#kickFds;
   }
 

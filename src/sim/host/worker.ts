@@ -159,6 +159,8 @@ function handle(r: DeviceRequest): unknown {
       return device.regionWrite(r.index, r.offset, r.data);
     case 'mapPosted':
       return mapPosted(r);
+    case 'kicksHandedOut':
+      return; // the flag is in the mailbox words; the post only woke the loop
     case 'queueEnabled': {
       // The front end stored ENABLE; requests posted after this one (a disable, a reset) come after it.
       const q = device.queues[r.queue];
