@@ -108,16 +108,18 @@ function mapPosted(r: Extract<DeviceRequest, { op: 'mapPosted' }>): void {
 }
 
 /**
- * A translation missed (iommu.ts onMiss): apply the map posts waiting at the head of the port, which the
- * front end answered before any descriptor using them could be submitted. Stops at anything else (an
- * unmap or a request is taken between descriptors, never inside one).
+ * A translation missed (iommu.ts onMiss): apply the posts waiting at the head of the port, among them the
+ * maps the front end answered before any descriptor using them could be submitted. Posts that are safe in
+ * the middle of a descriptor (maps, an enable, the kick-fd wake) are applied; it stops at an unmap (taken
+ * between descriptors, never inside one: the front end waits for that when the engine is in a round) and
+ * at a request.
  */
-function applyWaitingMaps(): boolean {
+function applyWaitingPosts(): boolean {
   let applied = false;
   while (mailbox.pending) {
     const env = mailbox.take();
     if (!env) break;
-    if (env.seq !== 0 || env.req.op !== 'mapPosted') {
+    if (env.seq !== 0 || env.req.op === 'unmapPosted') {
       mailbox.putBack(env);
       break;
     }
@@ -128,7 +130,7 @@ function applyWaitingMaps(): boolean {
   }
   return applied;
 }
-device.iommu.onMiss = applyWaitingMaps;
+device.iommu.onMiss = applyWaitingPosts;
 
 function inject(i: InjectRequest): void {
   switch (i.kind) {
