@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import type { DriverConfig, IovaViewMode } from '../drivers/driver.js';
+import { DevleaseError } from '../errors.js';
 
 /**
  * A lease limit: a count, or 'fair' — a share of the device, ceil(capacity / FAIR_SHARE_DIVISOR) leases,
@@ -103,10 +104,12 @@ export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export type LogFormat = 'auto' | 'json' | 'pretty';
 
-export class ConfigError extends Error {
+/** A config file or value that cannot be used: code ERR_DEVLEASE_CONFIG, the offending key in `field`. */
+export class ConfigError extends DevleaseError {
+  declare readonly code: 'ERR_DEVLEASE_CONFIG';
   readonly field: string;
   constructor(field: string, problem: string) {
-    super(`config: ${field}: ${problem}`);
+    super('ERR_DEVLEASE_CONFIG', `config: ${field}: ${problem}`, { reason: problem });
     this.name = 'ConfigError';
     this.field = field;
   }

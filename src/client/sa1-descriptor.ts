@@ -2,6 +2,7 @@
 // client sets, a completion as the device wrote it, and the error a non-OK
 // completion rejects with.
 
+import { DevleaseError } from '../errors.js';
 import type { OPCODE, StatusName } from '../hw/sa1/regs.js';
 
 export interface Descriptor {
@@ -32,18 +33,18 @@ export interface Completion {
  * ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN for a status the datasheet does not define — a device or firmware bug,
  * not the client's: its value is in `completion.rawStatus`.
  */
-export class DeviceStatusError extends Error {
-  readonly code: StatusName | 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN';
+export class DeviceStatusError extends DevleaseError {
+  declare readonly code: StatusName | 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN';
   readonly completion: Completion;
   constructor(c: Completion) {
     const raw = `0x${c.rawStatus.toString(16)}`;
     super(
+      c.status === 'UNKNOWN' ? 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN' : c.status,
       c.status === 'UNKNOWN'
         ? `descriptor ${c.tag} completed with status ${raw}, which the SA-1 datasheet does not define (a device bug)`
         : `descriptor ${c.tag} completed with ${c.status}`,
     );
     this.name = 'DeviceStatusError';
-    this.code = c.status === 'UNKNOWN' ? 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN' : c.status;
     this.completion = c;
   }
 }

@@ -7,6 +7,7 @@
 import type { EventEmitter } from 'node:events';
 import type { Device } from '../../device/device.js';
 import { BAR0, FAULT_LOG_ENTRIES, FAULT_RECORD_SIZE, REG, STATUS, STATUS_NAME } from '../../hw/sa1/regs.js';
+import type { Fd } from '../../sys/fd.js';
 import { EventFd } from '../../sys/index.js';
 import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../vfio/uapi/vfio.js';
 import type { DeviceFault, DriverConfig } from '../driver.js';
@@ -27,11 +28,46 @@ export class Sa1Monitor {
   /** Wire the fault vector (the last MSI-X vector, `faultVector`) and ERR to eventfds of our own. */
   async arm(faultVector: number): Promise<void> {
     this.#faultFd = new EventFd();
-    this.#faultFd.onReadable(() => this.#scheduleDrain());
-    await this.dev.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, faultVector, [this.#faultFd.fd]);
     this.#errFd = new EventFd();
-    this.#errFd.onReadable(() => void this.#onErr().catch((err) => this.events.emit('error', err)));
+    this.#watch();
+    await this.dev.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, faultVector, [this.#faultFd.fd]);
     await this.dev.setIrqs(VFIO_PCI_ERR_IRQ_INDEX, 0, [this.#errFd.fd]);
+  }
+
+  #watch(): void {
+    this.#faultFd?.onReadable(() => this.#scheduleDrain());
+    this.#errFd?.onReadable(() => void this.#onErr().catch((err) => this.events.emit('error', err)));
+  }
+
+  // ---- broker upgrade (src/broker/handover): the driver's hold/unhold/handover/adopt ----
+
+  /** Stop watching (heartbeat, fault and ERR eventfds) and let a drain in progress finish. */
+  async hold(): Promise<void> {
+    this.stopHeartbeat();
+    this.#faultFd?.stopWatching();
+    this.#errFd?.stopWatching();
+    await this.#draining;
+  }
+
+  unhold(): void {
+    this.#watch();
+    this.startHeartbeat();
+  }
+
+  /** The fault and ERR eventfds, to hand over (null before arm()). */
+  eventFds(): Fd[] | null {
+    return this.#faultFd && this.#errFd ? [this.#faultFd.fd, this.#errFd.fd] : null;
+  }
+
+  get faultsSeen(): number {
+    return this.#faultsSeen;
+  }
+
+  /** Take over the eventfds and the fault-log position an old broker handed over (unhold() starts watching). */
+  adopt(faultFd: Fd, errFd: Fd, faultsSeen: number): void {
+    this.#faultFd = EventFd.adopt(faultFd);
+    this.#errFd = EventFd.adopt(errFd);
+    this.#faultsSeen = faultsSeen;
   }
 
   /** Take the device's fault log as seen: records before now are not reported. */
