@@ -85,6 +85,13 @@ Napi::Value GuardRevocations(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(sigbus_guard::Revocations()));
 }
 
+// guardRevokedAt(address): whether the guarded mapping starting at `address` (a bigint) was revoked.
+Napi::Value GuardRevokedAt(const Napi::CallbackInfo& info) {
+  bool lossless = false;
+  uint64_t address = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
+  return Napi::Boolean::New(info.Env(), sigbus_guard::IsRevokedAt(static_cast<uintptr_t>(address)));
+}
+
 // mmap(fd, length, prot, offset, guard)
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -131,6 +138,7 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
 void RegisterMapping(Napi::Env env, Napi::Object exports) {
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("guardRevocations", Napi::Function::New(env, GuardRevocations, "guardRevocations"));
+  exports.Set("guardRevokedAt", Napi::Function::New(env, GuardRevokedAt, "guardRevokedAt"));
 }
 
 }  // namespace devlease

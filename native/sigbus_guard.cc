@@ -107,6 +107,15 @@ uint64_t Revocations() { return revocations.load(std::memory_order_acquire); }
 
 bool IsRevoked(int slot) { return slots[slot].revoked.load(std::memory_order_acquire); }
 
+bool IsRevokedAt(uintptr_t address) {
+  for (Slot& slot : slots) {
+    if (slot.state.load(std::memory_order_acquire) != kActive) continue;
+    if (slot.start.load(std::memory_order_relaxed) != address) continue;
+    return slot.revoked.load(std::memory_order_acquire);
+  }
+  return false;
+}
+
 bool Unregister(int slot) {
   slots[slot].state.store(kBusy, std::memory_order_release);
   bool revoked = slots[slot].revoked.load(std::memory_order_acquire);

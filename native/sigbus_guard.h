@@ -20,6 +20,11 @@ int Register(void* address, size_t length, int prot);
 uint64_t Revocations();
 /** True once the handler replaced the slot's mapping. */
 bool IsRevoked(int slot);
+/**
+ * Whether the guarded mapping starting at `address` was revoked (false if none is guarded there): for a
+ * thread that holds the mapping's memory but not its handle (the simulator's device worker).
+ */
+bool IsRevokedAt(uintptr_t address);
 /** Stops guarding the slot (before the range is unmapped); returns whether it had been revoked. */
 bool Unregister(int slot);
 

@@ -4,7 +4,6 @@
 // the queue's interrupt eventfd.
 
 import { constants as osConstants } from 'node:os';
-import { DevleaseError } from '../errors.js';
 import {
   BAR2,
   CQE_SIZE,
@@ -15,56 +14,14 @@ import {
   SQE_SIZE,
   STATUS_CODE,
   STATUS_NAME,
-  type StatusName,
 } from '../hw/sa1/regs.js';
 import { type Fd, type Mapping, native } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';
+import { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
 
-export interface Descriptor {
-  opcode: keyof typeof OPCODE;
-  /** Ask for an interrupt when this one completes. */
-  intr?: boolean;
-  srcDevmem?: boolean;
-  dstDevmem?: boolean;
-  length?: number;
-  src?: bigint;
-  dst?: bigint;
-  /** FILL pattern or WRITE_IMM value. */
-  imm?: bigint;
-}
-
-export interface Completion {
-  tag: bigint;
-  /** The status by name; 'UNKNOWN' for a value the datasheet does not define (see `rawStatus`). */
-  status: StatusName | 'UNKNOWN';
-  /** The status as the device wrote it. */
-  rawStatus: number;
-  /** CRC32C for CRC32C descriptors, else 0. */
-  result: number;
-}
-
-/**
- * A descriptor completed with a non-OK status. `code` is the status name (e.g. 'WINDOW_VIOLATION'), or
- * ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN for a status the datasheet does not define — a device or firmware bug,
- * not the client's: its value is in `completion.rawStatus`.
- */
-export class DeviceStatusError extends DevleaseError {
-  declare readonly code: StatusName | 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN';
-  readonly completion: Completion;
-  constructor(c: Completion) {
-    const raw = `0x${c.rawStatus.toString(16)}`;
-    super(
-      c.status === 'UNKNOWN' ? 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN' : c.status,
-      c.status === 'UNKNOWN'
-        ? `descriptor ${c.tag} completed with status ${raw}, which the SA-1 datasheet does not define (a device bug)`
-        : `descriptor ${c.tag} completed with ${c.status}`,
-    );
-    this.name = 'DeviceStatusError';
-    this.completion = c;
-  }
-}
+export { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
 
 const FATAL = new Set<number>([
   STATUS_CODE.WINDOW_VIOLATION,
@@ -78,8 +35,8 @@ interface Pending {
   reject(e: Error): void;
   /** What was submitted, for a timeout's message. */
   opcode: Descriptor['opcode'];
-  /** process.hrtime.bigint() past which the completion is overdue. */
-  deadline: bigint;
+  /** performance.now() (ms) past which the completion is overdue. */
+  deadline: number;
 }
 
 /** Default bound on a descriptor's completion: far above any descriptor's run time (16 MiB at memory speed). */
@@ -113,8 +70,8 @@ export class Sa1Queue {
   readonly #cq: DmaBuffer;
   readonly #sqView: DataView;
   readonly #cqView: DataView;
-  readonly #spinNs: bigint;
-  readonly #timeoutNs: bigint;
+  readonly #spinMs: number;
+  readonly #timeoutMs: number;
   #tail = 0; // producer index (free-running)
   #cqHead = 0; // consumer index (free-running)
   #tag = 0n;
@@ -142,8 +99,8 @@ export class Sa1Queue {
     this.#cq = cq;
     this.#sqView = new DataView(sq.buffer);
     this.#cqView = new DataView(cq.buffer);
-    this.#spinNs = BigInt(spinUs * 1000);
-    this.#timeoutNs = BigInt(timeoutMs) * 1_000_000n;
+    this.#spinMs = spinUs / 1000;
+    this.#timeoutMs = timeoutMs;
   }
 
   /** Allocate the rings in leased memory and program the queue page. */
@@ -209,26 +166,26 @@ export class Sa1Queue {
     return this.#pending.size;
   }
 
-  /** Submit one descriptor; resolves with its completion, rejects with DeviceStatusError on a bad status. */
+  /**
+   * Submit one descriptor; resolves with its completion, rejects with DeviceStatusError on a bad status.
+   * The hot path: no batch array or per-descriptor closure beyond the promise's own.
+   */
   submit(d: Descriptor): Promise<Completion> {
-    return this.submitBatch([d])[0]!;
+    this.#checkSubmit(1);
+    const tag = ++this.#tag;
+    this.#writeSqe(this.#tail % this.entries, d, tag, true);
+    const deadline = performance.now() + this.#timeoutMs;
+    const promise = new Promise<Completion>((resolve, reject) =>
+      this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
+    );
+    this.#ring(1);
+    return promise;
   }
 
   /** Submit several descriptors with one doorbell; each gets its own promise. */
   submitBatch(ds: Descriptor[]): Promise<Completion>[] {
-    if (this.lease.closed) throw leaseError('ERR_DEVLEASE_CLOSED', 'the lease is closed');
-    if (ds.length > this.entries)
-      throw leaseError('EINVAL', `batch of ${ds.length} exceeds the ring's ${this.entries} entries`);
-    if (this.error)
-      throw leaseError(
-        'EIO',
-        `queue is in ERROR (${STATUS_NAME[this.error] ?? this.error}); reset() it first`,
-      );
-    const sqHead = this.#page.getUint32(QP.SQ_HEAD, true);
-    if (((this.#tail - sqHead) >>> 0) + ds.length > this.entries) {
-      throw leaseError('EAGAIN', 'submission ring full: wait for completions (back-pressure)');
-    }
-    const deadline = process.hrtime.bigint() + this.#timeoutNs;
+    this.#checkSubmit(ds.length);
+    const deadline = performance.now() + this.#timeoutMs;
     const promises = ds.map((d, i) => {
       const tag = ++this.#tag;
       this.#writeSqe((this.#tail + i) % this.entries, d, tag, i === ds.length - 1);
@@ -236,7 +193,28 @@ export class Sa1Queue {
         this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
       );
     });
-    this.#tail = (this.#tail + ds.length) >>> 0;
+    this.#ring(ds.length);
+    return promises;
+  }
+
+  #checkSubmit(count: number): void {
+    if (this.lease.closed) throw leaseError('ERR_DEVLEASE_CLOSED', 'the lease is closed');
+    if (count > this.entries)
+      throw leaseError('EINVAL', `batch of ${count} exceeds the ring's ${this.entries} entries`);
+    if (this.error)
+      throw leaseError(
+        'EIO',
+        `queue is in ERROR (${STATUS_NAME[this.error] ?? this.error}); reset() it first`,
+      );
+    const sqHead = this.#page.getUint32(QP.SQ_HEAD, true);
+    if (((this.#tail - sqHead) >>> 0) + count > this.entries) {
+      throw leaseError('EAGAIN', 'submission ring full: wait for completions (back-pressure)');
+    }
+  }
+
+  /** Publish `count` written descriptors: the doorbell, the kick if the device asked for one, the pump. */
+  #ring(count: number): void {
+    this.#tail = (this.#tail + count) >>> 0;
     // The doorbell: a plain store into the mapped queue page. Atomics orders it after the descriptor writes
     // and is a full fence, so the Q_NOTIFY load below cannot pass it (datasheet §2.3, rev 2): a device that
     // set KICK_NEEDED before our store sees the flag's request answered by the kick; one that sets it later
@@ -245,8 +223,7 @@ export class Sa1Queue {
     if (this.#kickFd !== null && (Atomics.load(this.#words, QP.Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) !== 0) {
       this.#kick();
     }
-    void this.#pump();
-    return promises;
+    if (!this.#pumping) void this.#pump(); // an async call makes a promise: only when it will run
   }
 
   #kick(): void {
@@ -314,10 +291,11 @@ export class Sa1Queue {
 
   /** Spin on the completion ring until `pred` holds or `timeoutNs` passes (hot-path measurements). */
   spinUntil(pred: () => boolean, timeoutNs = 1_000_000_000n): boolean {
-    const end = process.hrtime.bigint() + timeoutNs;
+    // performance.now() (a double) rather than hrtime.bigint(), which allocates a BigInt per look.
+    const end = performance.now() + Number(timeoutNs) / 1e6;
     while (!pred()) {
       this.poll();
-      if (process.hrtime.bigint() > end) return false;
+      if (performance.now() > end) return false;
     }
     return true;
   }
@@ -327,8 +305,8 @@ export class Sa1Queue {
     this.#pumping = true;
     try {
       while (this.#pending.size && !this.lease.closed) {
-        const end = process.hrtime.bigint() + this.#spinNs;
-        while (!this.poll() && process.hrtime.bigint() < end) {
+        const end = performance.now() + this.#spinMs;
+        while (!this.poll() && performance.now() < end) {
           /* brief spin: the device answers in microseconds */
         }
         if (!this.#pending.size) break;
@@ -357,8 +335,8 @@ export class Sa1Queue {
     const first = this.#pending.entries().next();
     if (first.done) return false;
     const [tag, p] = first.value;
-    if (process.hrtime.bigint() < p.deadline) return false;
-    const ms = this.#timeoutNs / 1_000_000n;
+    if (performance.now() < p.deadline) return false;
+    const ms = this.#timeoutMs;
     const queue = this.lease.info.queue ?? '?';
     const more = this.#pending.size > 1 ? ` (and ${this.#pending.size - 1} submitted after it)` : '';
     this.#failAll(

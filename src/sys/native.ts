@@ -137,6 +137,8 @@ export interface NativeAddon {
   mmap(fd: number, length: number, prot: number, offset: number, guard: boolean): RawMapping;
   /** Guarded mappings revoked so far in this process (a file shrank under one); see Mapping.isRevoked(). */
   guardRevocations(): number;
+  /** Whether the guarded mapping starting at `address` was revoked (a thread holding its buffer, not its handle). */
+  guardRevokedAt(address: bigint): boolean;
 
   // --- eventfd ---
   eventfd(initval: number, flags: number): number; // EFD_CLOEXEC always added

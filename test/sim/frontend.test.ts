@@ -57,7 +57,15 @@ test('register reads, and writes that only store a value, are answered without t
     assert.equal(served, 0, 'no register access above needed the device worker');
 
     // Writes the device acts on, and memory it holds, still go to it: one request each.
-    assert.equal(await workerCommands(r, () => w32(r.bus, BAR0, qcfg(2, ds.Q_CTRL), 0)), 1, 'Q_CTRL');
+    // Q_CTRL: enabling a disabled queue only stores the bit (nothing is in flight); disabling an enabled one
+    // aborts its in-flight work and a RESET clears its rings, on the device.
+    assert.equal(await workerCommands(r, () => w32(r.bus, BAR0, qcfg(2, ds.Q_CTRL), 0)), 0, 'Q_CTRL 0 to 0');
+    const enableQ2 = () => w32(r.bus, BAR0, qcfg(2, ds.Q_CTRL), ds.Q_CTRL_ENABLE);
+    assert.equal(await workerCommands(r, enableQ2), 0, 'Q_CTRL.ENABLE');
+    assert.equal(await r32(r.bus, BAR0, qcfg(2, ds.Q_STATUS)), ds.Q_STATUS_RUNNING | ds.Q_STATUS_IDLE);
+    assert.equal(await workerCommands(r, () => w32(r.bus, BAR0, qcfg(2, ds.Q_CTRL), 0)), 1, 'disable');
+    const reset = () => w32(r.bus, BAR0, qcfg(2, ds.Q_CTRL), ds.Q_CTRL_RESET);
+    assert.equal(await workerCommands(r, reset), 1, 'Q_CTRL.RESET');
     assert.equal(await workerCommands(r, () => w32(r.bus, BAR0, ds.REG_FW_CMD, 0)), 1, 'FW_CMD');
     const enable = ds.CONTROL_ENABLE;
     assert.equal(await workerCommands(r, () => w32(r.bus, BAR0, ds.REG_CONTROL, enable)), 1, 'CONTROL');

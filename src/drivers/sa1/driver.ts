@@ -11,8 +11,6 @@ import {
   BAR2,
   BAR4,
   CONTROL,
-  FAULT_LOG_ENTRIES,
-  FAULT_RECORD_SIZE,
   FW_STATUS,
   Q,
   Q_CTRL,
@@ -23,38 +21,19 @@ import {
   SA1_ID_VALUE,
   SA1_VENDOR,
   STATUS,
-  STATUS_NAME,
 } from '../../hw/sa1/regs.js';
 import type { Fd } from '../../sys/fd.js';
-import { EventFd } from '../../sys/index.js';
-import {
-  VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_ERR_IRQ_INDEX,
-  VFIO_PCI_MSIX_IRQ_INDEX,
-} from '../../vfio/uapi/vfio.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
-import {
-  type DeviceFault,
-  type Driver,
-  type DriverConfig,
-  type DriverFactory,
-  identityView,
-  type LeaseRequest,
-  type LeaseResources,
-} from '../driver.js';
+import type { Driver, DriverConfig, DriverFactory, LeaseRequest, LeaseResources } from '../driver.js';
 import { pollUntil } from '../poll.js';
 import { bootFirmware } from './boot.js';
+import { enableBusMaster, resetDevice, revokeAll } from './device-commands.js';
+import { queueLeaseResources } from './grant.js';
+import { Sa1Monitor } from './monitor.js';
 import { Granules, WindowSlots } from './pools.js';
 
-/** Lease region index of the first device-memory granule (after the devlease info region, 9). */
-export const DEVMEM_LEASE_REGION0 = 10;
-
-const PCI_COMMAND = 0x04;
-const PCI_COMMAND_MEMORY = 1 << 1;
-const PCI_COMMAND_MASTER = 1 << 2;
-
-/** Bound on a whole-device reset (CONTROL.RESET to read 0). */
-export const DEVICE_RESET_TIMEOUT_MS = 1000;
+export { DEVICE_RESET_TIMEOUT_MS } from './device-commands.js';
+export { DEVMEM_LEASE_REGION0 } from './grant.js';
 
 export interface Sa1Geometry {
   numQueues: number;
@@ -95,16 +74,13 @@ export class Sa1Driver extends EventEmitter implements Driver {
   readonly #cleanQueues = new Set<number>();
   #windows: WindowSlots | null = null;
   #granules: Granules | null = null;
-  #faultFd: EventFd | null = null;
-  #errFd: EventFd | null = null;
-  #faultsSeen = 0;
-  #heartbeat: { timer: NodeJS.Timeout; last: number; stale: number } | null = null;
-  #closed = false;
+  readonly #monitor: Sa1Monitor;
 
   constructor(dev: Device, cfg: DriverConfig) {
     super();
     this.#dev = dev;
     this.#cfg = cfg;
+    this.#monitor = new Sa1Monitor(dev, cfg, this);
   }
 
   get geometry(): Sa1Geometry {
@@ -135,7 +111,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // a hung device is reset; running firmware is kept (the device outlives its driver).
     let status = await d.read32(BAR0, REG.STATUS);
     if (status & STATUS.HUNG) {
-      await this.#resetDevice();
+      await resetDevice(this.#dev);
       status = await d.read32(BAR0, REG.STATUS);
     }
     // Stop every queue a previous owner may have left enabled (or in reset) before leasing them again; one
@@ -151,10 +127,10 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Clients of a previous broker may still hold slices of this device: revoke them all, so nothing
     // handed out before this boot can reach a queue page or granule we are about to lease again.
     if (this.#cfg.lifetime.revoke && d.capabilities.revocableSlices) {
-      await this.#revokeAll(BAR2, g.numQueues, BigInt(g.queueStride));
-      await this.#revokeAll(BAR4, Number(g.devmemSize / BigInt(g.granule)), BigInt(g.granule));
+      await revokeAll(d, BAR2, g.numQueues, BigInt(g.queueStride));
+      await revokeAll(d, BAR4, Number(g.devmemSize / BigInt(g.granule)), BigInt(g.granule));
     }
-    await this.#enableBusMaster();
+    await enableBusMaster(this.#dev);
     if ((await d.read32(BAR0, REG.FW_STATUS)) !== FW_STATUS.RUNNING) {
       await bootFirmware(d, this.#cfg.sa1.firmware);
     }
@@ -165,10 +141,9 @@ export class Sa1Driver extends EventEmitter implements Driver {
     );
     this.#windows = new WindowSlots(this.#cfg.sa1.windowSize, g.numQueues, d.iovaRanges());
     this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
-    await this.#armInterrupts();
-    this.#faultsSeen = await d.read32(BAR0, REG.FAULT_HEAD);
-    await d.write32(BAR0, REG.FAULT_ACK, this.#faultsSeen);
-    this.#startHeartbeat();
+    await this.#monitor.arm(g.numQueues);
+    await this.#monitor.skipFaults();
+    this.#monitor.startHeartbeat();
   }
 
   validateLayout(): void {
@@ -222,68 +197,16 @@ export class Sa1Driver extends EventEmitter implements Driver {
       this.#freeQueues.unshift(q);
       throw new VfioError('ENOSPC', `no ${granules} contiguous free device-memory granules`);
     }
-    const sliceIsolation = this.#cooperativeLayout
-      ? {
-          level: 'cooperative' as const,
-          reason: 'the layout puts more than one lease in a page (layout.allow_cooperative)',
-        }
-      : this.#dev.capabilities.revocableSlices
-        ? { level: 'enforced' as const, reason: 'own slice fd from the device, revocable' }
-        : {
-            level: 'enforced' as const,
-            reason: 'own slice fd from the device; not revocable: reuse waits for observed release',
-          };
-    const stride = BigInt(g.queueStride);
-    const slices: LeaseResources['slices'] = [
-      {
-        region: BAR2,
-        offset: BigInt(q) * stride,
-        size: stride,
-        leaseRegion: BAR2,
-        leaseOffset: 0n,
-        unit: stride,
-        isolation: sliceIsolation,
-      },
-    ];
-    // Each device-memory granule is its own lease region (one slice fd each), after the info region (9).
-    for (let i = 0; devmem && i < granules; i++) {
-      const unit = BigInt(g.granule);
-      slices.push({
-        region: BAR4,
-        offset: devmem.offset + BigInt(i) * unit,
-        size: unit,
-        leaseRegion: DEVMEM_LEASE_REGION0 + i,
-        leaseOffset: 0n,
-        unit,
-        isolation: sliceIsolation,
-      });
-    }
-    return {
-      kind: 'queue',
+    return queueLeaseResources({
+      geometry: g,
       queue: q,
-      slices,
       window,
-      view:
-        this.#cfg.sa1.iovaView === 'translated'
-          ? {
-              mode: 'translated',
-              base: 0n,
-              size: window.size,
-              reason: 'sa1.iova_view: the queue translates by Q_XLAT (datasheet rev 2 §2.2)',
-            }
-          : identityView(window, 'sa1.iova_view = "identity": the client uses the device IOVAs')!,
-      vectors: [q],
       devmem,
-      isolation: {
-        queuePage: sliceIsolation,
-        ...(devmem ? { devmem: sliceIsolation } : {}),
-        iovaWindow: {
-          level: 'enforced',
-          reason: 'the broker maps all DMA after a window check; the device checks Q_WIN too',
-        },
-        interrupts: { level: 'enforced', reason: 'the client eventfd is wired to its own vector only' },
-      },
-    };
+      granules,
+      cooperative: this.#cooperativeLayout,
+      revocable: this.#dev.capabilities.revocableSlices,
+      iovaView: this.#cfg.sa1.iovaView,
+    });
   }
 
   async activate(res: LeaseResources): Promise<void> {
@@ -401,17 +324,17 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   /** Whole-device recovery after a hang: reset, reload firmware, enable. Leases must already be reclaimed. */
   async recover(): Promise<void> {
-    this.#stopHeartbeat();
+    this.#monitor.stopHeartbeat();
     this.#cleanQueues.clear();
-    await this.#resetDevice();
-    await this.#enableBusMaster();
+    await resetDevice(this.#dev);
+    await enableBusMaster(this.#dev);
     await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
     await this.#dev.write32(BAR0, REG.CONTROL, CONTROL.ENABLE);
-    this.#faultsSeen = await this.#dev.read32(BAR0, REG.FAULT_HEAD);
+    await this.#monitor.skipFaults(false);
     // A hang during the attempt (its ERR joined the recovery in progress) must fail the attempt, not be
     // forgotten: the device is back only if it is not hung and its heartbeat moves.
     await this.#checkAlive();
-    this.#startHeartbeat();
+    this.#monitor.startHeartbeat();
   }
 
   /** Throws unless STATUS.HUNG is clear and HEARTBEAT advances (it does at least every 10 ms, §2.1). */
@@ -431,29 +354,25 @@ export class Sa1Driver extends EventEmitter implements Driver {
   // ---- broker upgrade (src/broker/handover): see Driver.hold/handover/adopt ----
 
   async hold(): Promise<void> {
-    this.#stopHeartbeat();
-    this.#faultFd?.stopWatching();
-    this.#errFd?.stopWatching();
-    await this.#draining;
+    await this.#monitor.hold();
   }
 
   unhold(): void {
-    this.#watchInterrupts();
-    this.#startHeartbeat();
+    this.#monitor.unhold();
   }
 
   handover(): { state: Sa1HandoverState; fds: Fd[] } {
-    if (!this.#geo || !this.#faultFd || !this.#errFd)
-      throw new Error('sa1: not booted: nothing to hand over');
+    const fds = this.#monitor.eventFds();
+    if (!this.#geo || !fds) throw new Error('sa1: not booted: nothing to hand over');
     return {
       state: {
         geometry: { ...this.#geo, devmemSize: this.#geo.devmemSize.toString() },
         bar2Type: this.#bar2Type,
         stuckQueues: [...this.#stuckQueues],
         cleanQueues: [...this.#cleanQueues],
-        faultsSeen: this.#faultsSeen,
+        faultsSeen: this.#monitor.faultsSeen,
       },
-      fds: [this.#faultFd.fd, this.#errFd.fd],
+      fds,
     };
   }
 
@@ -468,7 +387,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
     for (const q of s.stuckQueues) this.#stuckQueues.add(q);
     this.#cleanQueues.clear();
     for (const q of s.cleanQueues) this.#cleanQueues.add(q);
-    this.#faultsSeen = s.faultsSeen;
     const g = this.#geo;
     const held = new Set(leased.map((r) => r.queue));
     this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i).filter(
@@ -477,8 +395,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#windows = new WindowSlots(this.#cfg.sa1.windowSize, g.numQueues, this.#dev.iovaRanges());
     this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
     for (const r of leased) if (r.devmem) this.#granules.reserve(r.devmem);
-    this.#faultFd = EventFd.adopt(faultFd);
-    this.#errFd = EventFd.adopt(errFd);
+    this.#monitor.adopt(faultFd, errFd, s.faultsSeen);
     // The device must still be as the old broker left it: running, and every leased queue enabled.
     const status = await this.#dev.read32(BAR0, REG.STATUS);
     if (status & STATUS.HUNG) throw new Error('sa1: the device reports HUNG: not taking it over as it is');
@@ -493,63 +410,16 @@ export class Sa1Driver extends EventEmitter implements Driver {
   }
 
   deviceLost(): void {
-    this.#stopHeartbeat();
+    this.#monitor.stopHeartbeat();
     this.#cleanQueues.clear();
-    this.#closeInterrupts();
+    this.#monitor.closeInterrupts();
     this.#freeQueues = [];
     this.#windows = null;
     this.#granules = null;
   }
 
   close(): void {
-    this.#closed = true;
-    this.#stopHeartbeat();
-    this.#closeInterrupts();
-  }
-
-  #closeInterrupts(): void {
-    this.#faultFd?.close();
-    this.#errFd?.close();
-    this.#faultFd = this.#errFd = null;
-  }
-
-  async #revokeAll(region: number, units: number, unit: bigint): Promise<void> {
-    const PER_CALL = 16; // one reply carries at most max_msg_fds slice fds
-    for (let first = 0; first < units; first += PER_CALL) {
-      const ranges = [];
-      for (let i = first; i < Math.min(units, first + PER_CALL); i++)
-        ranges.push({ offset: BigInt(i) * unit, length: unit });
-      const fds = await this.#dev.sliceFds(region, ranges);
-      try {
-        for (const fd of fds) await this.#dev.revokeSlice(fd);
-      } finally {
-        for (const fd of fds) fd.close();
-      }
-    }
-  }
-
-  /** Memory space and bus master on: the device refuses DMA (firmware fetch included) without bus master. */
-  async #enableBusMaster(): Promise<void> {
-    const cmd = await this.#dev.read(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2);
-    const v =
-      new DataView(cmd.buffer, cmd.byteOffset, 2).getUint16(0, true) |
-      PCI_COMMAND_MEMORY |
-      PCI_COMMAND_MASTER;
-    const out = new Uint8Array(2);
-    new DataView(out.buffer).setUint16(0, v, true);
-    await this.#dev.write(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, out);
-  }
-
-  /** CONTROL.RESET until it reads 0; ETIMEDOUT past DEVICE_RESET_TIMEOUT_MS. */
-  async #resetDevice(): Promise<void> {
-    // No ERR follows: a reset the owner asked for is no error (datasheet rev 2, 2.4).
-    await this.#dev.write32(BAR0, REG.CONTROL, CONTROL.RESET);
-    await pollUntil({
-      what: 'sa1: device reset (CONTROL.RESET)',
-      read: () => this.#dev.read32(BAR0, REG.CONTROL),
-      done: (v) => (v & CONTROL.RESET) === 0,
-      timeoutMs: DEVICE_RESET_TIMEOUT_MS,
-    });
+    this.#monitor.close();
   }
 
   /**
@@ -577,118 +447,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
       }
       throw err;
     }
-  }
-
-  async #armInterrupts(): Promise<void> {
-    const g = this.geometry;
-    this.#faultFd = new EventFd();
-    this.#errFd = new EventFd();
-    this.#watchInterrupts();
-    await this.#dev.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, g.numQueues, [this.#faultFd.fd]);
-    await this.#dev.setIrqs(VFIO_PCI_ERR_IRQ_INDEX, 0, [this.#errFd.fd]);
-  }
-
-  #watchInterrupts(): void {
-    this.#faultFd?.onReadable(() => this.#scheduleDrain());
-    this.#errFd?.onReadable(() => void this.#onErr().catch((err) => this.emit('error', err)));
-  }
-
-  /** ERR: the device hung, or was reset without the driver asking (its own resets raise none). */
-  async #onErr(): Promise<void> {
-    const status = await this.#dev.read32(BAR0, REG.STATUS);
-    if (status & STATUS.HUNG) this.emit('hang', 'the device raised ERR and reports HUNG');
-    else this.emit('device-reset', 'the device raised ERR: it was reset');
-  }
-
-  /** One drain at a time (two would both start from #faultsSeen and report faults twice); rerun if more came. */
-  #draining: Promise<void> | null = null;
-  #drainAgain = false;
-  #scheduleDrain(): void {
-    if (this.#draining) {
-      this.#drainAgain = true;
-      return;
-    }
-    this.#draining = (async () => {
-      do {
-        this.#drainAgain = false;
-        await this.#drainFaults().catch((err) => this.emit('error', err));
-      } while (this.#drainAgain);
-    })().finally(() => {
-      this.#draining = null;
-    });
-  }
-
-  async #drainFaults(): Promise<void> {
-    const d = this.#dev;
-    const head = await d.read32(BAR0, REG.FAULT_HEAD);
-    // The log holds the last 16 records; older ones are lost if we fell that far behind.
-    let from = this.#faultsSeen;
-    if ((head - from) >>> 0 > FAULT_LOG_ENTRIES) from = (head - FAULT_LOG_ENTRIES) >>> 0;
-    for (let n = from; n !== head; n = (n + 1) >>> 0) {
-      // BAR0 takes 4- or 8-byte accesses only: a record is two 64-bit reads.
-      const at = REG.FAULT_LOG + (n % FAULT_LOG_ENTRIES) * FAULT_RECORD_SIZE;
-      const head = await d.read64(BAR0, at);
-      const address = await d.read64(BAR0, at + 8);
-      const queue = Number(head & 0xffffn);
-      const code = Number((head >> 16n) & 0xffffn);
-      const fault: DeviceFault = {
-        queue: queue === 0xffff ? null : queue,
-        code,
-        name: STATUS_NAME[code] ?? (code === 16 ? 'FW_FAULT' : code === 17 ? 'HANG' : `CODE_${code}`),
-        address,
-      };
-      this.emit('fault', fault);
-    }
-    this.#faultsSeen = head;
-    await d.write32(BAR0, REG.FAULT_ACK, head);
-  }
-
-  /**
-   * Every period, read HEARTBEAT. It advances at least every 10 ms: two whole periods without a change is a
-   * hang. A read that fails counts as a period without a change (a device that answers with errors is no
-   * healthy device). A read still unanswered after sa1.response_timeout_ms is an unresponsive device (a
-   * frozen server): reported at once, without waiting for the request's own 5 s deadline.
-   */
-  #startHeartbeat(): void {
-    const period = this.#cfg.sa1.heartbeatMs;
-    const limit = this.#cfg.sa1.responseTimeoutMs;
-    const hb = { timer: setInterval(() => void tick(), period), last: -1, stale: 0 };
-    hb.timer.unref();
-    this.#heartbeat = hb;
-    let sentAt: number | null = null;
-    const stop = (event: 'hang' | 'unresponsive', why: string) => {
-      if (this.#heartbeat !== hb) return; // stopped meanwhile (recovery, close): not this tick's news
-      this.#stopHeartbeat();
-      this.emit(event, why);
-    };
-    const tick = async () => {
-      if (this.#closed || this.#heartbeat !== hb) return;
-      if (sentAt !== null) {
-        const waited = Date.now() - sentAt;
-        if (waited >= limit)
-          stop('unresponsive', `the device has not answered a HEARTBEAT read for ${waited} ms`);
-        return;
-      }
-      sentAt = Date.now();
-      try {
-        const v = await this.#dev.read32(BAR0, REG.HEARTBEAT);
-        hb.stale = v === hb.last ? hb.stale + 1 : 0;
-        hb.last = v;
-        if (hb.stale >= 2) stop('hang', `heartbeat stopped at ${v}`);
-      } catch (err) {
-        // The connection is gone: the broker sees 'close' on the device and reconnects.
-        if ((err as { code?: string }).code === 'ECONNRESET') return;
-        hb.stale++;
-        if (hb.stale >= 2) stop('hang', `heartbeat reads fail: ${(err as Error).message}`);
-      } finally {
-        sentAt = null;
-      }
-    };
-  }
-
-  #stopHeartbeat(): void {
-    if (this.#heartbeat) clearInterval(this.#heartbeat.timer);
-    this.#heartbeat = null;
   }
 }
 

@@ -20,16 +20,30 @@ export type DeviceRequest =
   /** Accesses with device side effects or device-held memory: BAR2, BAR4, CONTROL, FW_CMD, Q_CTRL, PCI_COMMAND. */
   | { op: 'regionRead'; index: number; offset: number; count: number }
   | { op: 'regionWrite'; index: number; offset: number; data: Uint8Array }
-  | { op: 'dmaMap'; fd: number; offset: bigint; iova: bigint; size: bigint; read: boolean; write: boolean }
-  | { op: 'dmaUnmap'; iova: bigint; size: bigint; all: boolean }
-  | { op: 'irqFds'; index: number; start: number; fds: number[] }
+  /**
+   * One-way posts (mailbox.post): a map or unmap the front end has checked against its copy of the table
+   * and already answered. `mapPosted` carries the front end's mapping (its shared buffer, and its address
+   * for the guard's revoked flag); the front end unmaps it.
+   */
+  | {
+      op: 'mapPosted';
+      buffer: SharedArrayBuffer;
+      address: bigint;
+      iova: number;
+      size: number;
+      read: boolean;
+      write: boolean;
+    }
+  | { op: 'unmapPosted'; iova: bigint; size: bigint; all: boolean }
+  /** One-way: the front end handed out the kick fds; wakes the device so it sleeps on them from now on. */
+  | { op: 'kicksHandedOut' }
+  /** One-way: the front end set Q_CTRL.ENABLE of a disabled, idle queue (bar0.ts queueControlDirect). */
+  | { op: 'queueEnabled'; queue: number }
   | { op: 'reset' }
-  | { op: 'dmaBuf'; payload: Uint8Array }
   /** fault: truncate the old memory so every mapping of it faults (false: only detach the device from it). */
   | { op: 'revoke'; fd: number; fault: boolean }
   | { op: 'disconnect' }
   | { op: 'inject'; inject: InjectRequest }
-  | { op: 'ioFds' }
   | { op: 'stats' }
   /** Stop the device loop (taken only between rounds, never inside one). */
   | { op: 'shutdown' };
@@ -46,6 +60,10 @@ export interface DeviceStats {
   armedSleeps: number;
   /** Requests the device worker has served (this one included): owner commands that needed the device. */
   commands: number;
+  /** One-way posts taken (DMA table updates the front end answered itself). */
+  posts: number;
+  /** Posts the device refused (never, as the front end checked them against the same table). */
+  postFailures: number;
   dmaMaps: number;
   firmwareRunning: boolean;
 }

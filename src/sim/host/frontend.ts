@@ -1,18 +1,21 @@
-// The main-thread half of the simulator. DeviceWorker starts the device
-// worker and holds the register file it shares with it; Sa1Frontend is the
-// VfioUserDeviceModel the vfio-user server calls for the owner's connection.
+// The simulator's owner connection: Sa1Frontend is the VfioUserDeviceModel
+// the vfio-user server calls for it, over the DeviceWorker (device-worker.ts).
 // It owns the Fd objects that came with requests until the device says it no
 // longer uses them.
 //
 // Register accesses that only read or store register state (all of BAR0 but
 // CONTROL, FW_CMD and Q_CTRL writes; config space but writes reaching the
 // command register) are served here from the register file, with no
-// round trip to the worker thread. Everything else is a request the worker
-// serves between descriptors (mailbox.ts), waited for synchronously.
+// round trip to the worker thread. So are the owner commands that only
+// touch tables: SET_IRQS (irq-table.ts), GET_REGION_IO_FDS (the front end
+// made the kick fds), and DMA_MAP/DMA_UNMAP (dma-table.ts: checked against
+// the front end's copy of the IOMMU table, answered, and posted to the
+// worker one way; an unmap waits only while the engine is inside a round).
+// Everything else is a request the worker serves between descriptors
+// (mailbox.ts), waited for synchronously.
 
-import { MessageChannel, Worker } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
-import { Fd, native } from '../../sys/index.js';
+import { type Fd, native } from '../../sys/index.js';
 import { decodeDmaBufRevokePayload } from '../../vfio/uapi/payloads.js';
 import {
   DMA_BUF_REVOKE_FLAG_DETACH,
@@ -29,13 +32,8 @@ import {
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
   VFIO_IRQ_SET_DATA_TYPE_MASK,
-  VFIO_PCI_BAR0_REGION_INDEX,
-  VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_ERR_IRQ_INDEX,
-  VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_PCI_NUM_IRQS,
   VFIO_PCI_NUM_REGIONS,
-  VFIO_PCI_REQ_IRQ_INDEX,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
 } from '../../vfio/uapi/vfio.js';
@@ -55,140 +53,11 @@ import {
   VFIO_USER_F_DMA_REGION_WRITE,
 } from '../../vfio/user/protocol.js';
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
-import { bar0Read32, bar0WriteDirect } from '../model/bar0.js';
-import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
-import { BAR0_SIZE } from '../model/datasheet.js';
-import { bar2Size, type Sa1Options } from '../model/options.js';
-import { checkRegionAccess, regionSize } from '../model/regions.js';
-import { RegisterFile, sharedClock } from '../model/register-file.js';
-import type { DeviceRequest, DeviceStats } from './commands.js';
+import type { Sa1Options } from '../model/options.js';
+import type { DeviceWorker } from './device-worker.js';
 import { sa1RegionIoFds } from './io-fds.js';
-import { MailboxCaller, newMailboxMemory } from './mailbox.js';
-import type { WorkerInit } from './worker.js';
 
-export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
-
-/** The device worker, its mailbox and the register file both threads use. */
-export class DeviceWorker {
-  readonly #regs: RegisterFile;
-  /** Config space over the shared bytes, for the write masks (the device wrote the header). */
-  readonly #config: ConfigSpace;
-  readonly #mailbox: MailboxCaller<DeviceRequest>;
-  readonly #port: MessageChannel['port1'];
-  #worker: Worker;
-  #exited: Promise<void>;
-  #closed = false;
-  /** The worker is gone (closed, or died): the register file no longer describes a live device. */
-  #gone = false;
-
-  static async start(options: Sa1Options, timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS): Promise<DeviceWorker> {
-    const dw = new DeviceWorker(options, timeoutMs);
-    await new Promise<void>((resolve, reject) => {
-      dw.#worker.once('message', () => resolve());
-      dw.#worker.once('error', reject);
-      dw.#worker.once('exit', (code) =>
-        reject(new Error(`SA-1 device worker exited (${code}) while starting`)),
-      );
-    });
-    return dw;
-  }
-
-  private constructor(
-    readonly options: Sa1Options,
-    readonly timeoutMs: number,
-  ) {
-    this.#regs = RegisterFile.create(options);
-    this.#config = new ConfigSpace(
-      { bar0: BAR0_SIZE, bar2: bar2Size(options), bar4: options.devmemSize },
-      options.numQueues + 1,
-      this.#regs.config,
-      false,
-    );
-    const { port1, port2 } = new MessageChannel();
-    const wake = newMailboxMemory();
-    this.#port = port1;
-    this.#mailbox = new MailboxCaller(wake, port1);
-    const init: WorkerInit = { options, mailbox: wake, port: port2, registers: this.#regs.sab };
-    this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
-      workerData: init,
-      transferList: [port2],
-    });
-    this.#exited = new Promise((resolve) =>
-      this.#worker.once('exit', () => {
-        this.#gone = true;
-        resolve();
-      }),
-    );
-  }
-
-  regionRead(index: number, offset: number, count: number): Uint8Array {
-    this.#checkOpen();
-    checkRegionAccess(this.options, index, offset, count);
-    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
-    if (index !== VFIO_PCI_BAR0_REGION_INDEX) return this.request({ op: 'regionRead', index, offset, count });
-    const out = new Uint8Array(count);
-    const dv = new DataView(out.buffer);
-    const now = sharedClock();
-    for (let i = 0; i < count; i += 4) {
-      dv.setUint32(i, bar0Read32(this.#regs, offset + i, this.options.numQueues, now), true);
-    }
-    return out;
-  }
-
-  regionWrite(index: number, offset: number, data: Uint8Array): void {
-    this.#checkOpen();
-    checkRegionAccess(this.options, index, offset, data.length);
-    if (index === VFIO_PCI_CONFIG_REGION_INDEX && !writeReachesCommand(offset, data.length)) {
-      this.#config.write(offset, data);
-      return;
-    }
-    if (index !== VFIO_PCI_BAR0_REGION_INDEX) {
-      this.request({ op: 'regionWrite', index, offset, data });
-      return;
-    }
-    // Word by word, low half first: each word the device must act on goes to it, in order.
-    const dv = new DataView(data.buffer, data.byteOffset, data.length);
-    for (let i = 0; i < data.length; i += 4) {
-      const value = dv.getUint32(i, true);
-      if (!bar0WriteDirect(this.#regs, offset + i, value, this.options.numQueues)) {
-        this.request({ op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) });
-      }
-    }
-  }
-
-  /** Size of region `index` (0: not implemented). */
-  regionSize(index: number): number {
-    return regionSize(this.options, index);
-  }
-
-  request<T = void>(req: DeviceRequest): T {
-    this.#checkOpen();
-    return this.#mailbox.call<T>(req, this.timeoutMs);
-  }
-
-  stats(): DeviceStats {
-    return this.request<DeviceStats>({ op: 'stats' });
-  }
-
-  /** Stop the device: every DMA mapping and slice memory is dropped. Idempotent. */
-  async close(): Promise<void> {
-    if (!this.#closed) {
-      this.#closed = true;
-      try {
-        this.#mailbox.call({ op: 'shutdown' }, this.timeoutMs);
-      } catch {
-        await this.#worker.terminate();
-      }
-      this.#port.close();
-    }
-    await this.#exited;
-  }
-
-  #checkOpen(): void {
-    if (this.#closed) throw new VfioError('ENODEV', 'the SA-1 device has shut down');
-    if (this.#gone) throw new VfioError('ENODEV', 'the SA-1 device worker exited');
-  }
-}
+export { DEFAULT_COMMAND_TIMEOUT_MS, DeviceWorker } from './device-worker.js';
 
 /** The owner's view of the device: one per owner connection. */
 export class Sa1Frontend implements VfioUserDeviceModel {
@@ -227,11 +96,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
 
   /** Doorbell notification (rev 2): one ioeventfd per queue page of BAR2 (io-fds.ts). */
   regionIoFds(index: number): RegionIoFds {
-    return sa1RegionIoFds(
-      this.options,
-      index,
-      () => this.device.request<{ fds: number[] }>({ op: 'ioFds' }).fds,
-    );
+    return sa1RegionIoFds(this.options, index, () => this.device.kickFds());
   }
 
   regionRead(index: number, offset: bigint, count: number): Uint8Array {
@@ -247,9 +112,8 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     try {
       if (!fd)
         throw new VfioError('EINVAL', 'SA-1 needs an fd with every DMA map (no DMA_READ/DMA_WRITE messages)');
-      this.device.request({
-        op: 'dmaMap',
-        fd: fd.fd,
+      this.device.checkOpen();
+      this.device.dma.map(fd, {
         offset: req.offset,
         iova: req.iova,
         size: req.size,
@@ -257,26 +121,17 @@ export class Sa1Frontend implements VfioUserDeviceModel {
         write: (req.flags & VFIO_USER_F_DMA_REGION_WRITE) !== 0,
       });
     } finally {
-      fd?.close(); // the device's own mapping keeps the memory
+      fd?.close(); // the mapping keeps the memory
     }
   }
 
   dmaUnmap(req: DmaUnmapRequest): void {
-    this.device.request({
-      op: 'dmaUnmap',
-      iova: req.iova,
-      size: req.size,
-      all: (req.flags & VFIO_DMA_UNMAP_FLAG_ALL) !== 0,
-    });
+    this.device.checkOpen();
+    this.device.dma.unmap(req.iova, req.size, (req.flags & VFIO_DMA_UNMAP_FLAG_ALL) !== 0);
   }
 
   irqInfo(index: number): IrqDescription {
-    const counts: Record<number, number> = {
-      [VFIO_PCI_MSIX_IRQ_INDEX]: this.options.numQueues + 1,
-      [VFIO_PCI_ERR_IRQ_INDEX]: 1,
-      [VFIO_PCI_REQ_IRQ_INDEX]: 1,
-    };
-    const count = counts[index] ?? 0;
+    const count = this.device.irqs.count(index);
     return { index, flags: count ? VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE : 0, count };
   }
 
@@ -287,12 +142,12 @@ export class Sa1Frontend implements VfioUserDeviceModel {
       // The device switches to the new numbers first; only then are the old Fds closed.
       const next = req.fds;
       try {
-        this.device.request({
-          op: 'irqFds',
-          index: req.index,
-          start: req.start,
-          fds: next.map((f) => (f ? f.fd : -1)),
-        });
+        this.device.checkOpen();
+        this.device.irqs.set(
+          req.index,
+          req.start,
+          next.map((f) => (f ? f.fd : -1)),
+        );
       } catch (err) {
         for (const f of next) f?.close();
         throw err;
@@ -302,7 +157,12 @@ export class Sa1Frontend implements VfioUserDeviceModel {
         slots[req.start + i] = f;
       });
     } else if (dataType === VFIO_IRQ_SET_DATA_NONE && req.count === 0) {
-      this.device.request({ op: 'irqFds', index: req.index, start: 0, fds: slots.map(() => -1) });
+      this.device.checkOpen();
+      this.device.irqs.set(
+        req.index,
+        0,
+        slots.map(() => -1),
+      );
       slots.forEach((f, i) => {
         f?.close();
         slots[i] = null;
@@ -330,8 +190,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
       if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF) {
         if (set) throw new VfioError('EINVAL', 'the dma-buf feature supports GET only');
         if (probe) return {};
-        const { fds } = this.device.request<{ fds: number[] }>({ op: 'dmaBuf', payload: req.data });
-        return { data: req.data, fds: fds.map((n) => new Fd(n)) };
+        return { data: req.data, fds: this.device.openSlices(req.data) };
       }
       if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE) {
         if (get) throw new VfioError('EINVAL', 'the revoke feature supports SET only');
@@ -363,6 +222,12 @@ export class Sa1Frontend implements VfioUserDeviceModel {
       this.device.request({ op: 'disconnect' });
     } catch {
       // the device is shutting down: its mappings go with it
+    }
+    this.device.dma.releaseAll();
+    try {
+      this.device.irqs.clear();
+    } catch {
+      // a worker stuck in an eventfd write: closing the fds is still right, the device is gone
     }
     for (const slots of this.#irqs) {
       slots.forEach((f, i) => {

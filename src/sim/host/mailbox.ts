@@ -14,6 +14,14 @@
 //
 // fds travel as plain numbers (they are process-wide).
 //
+// One-way posts (post()) share the port, so the device takes them in order
+// with requests: table updates the front end has already validated and
+// answered (DMA_MAP of a memfd, DMA_UNMAP). The device applies each before
+// its next access to guest memory. The engine epoch (W_EPOCH, odd while the
+// device is inside a round, where it may be touching mapped memory) lets
+// the front end wait only when the device may be using what it just took
+// away: until the device has taken the post (W_TAKEN) or left the round.
+//
 // Doorbell notification (datasheet rev 2): an idle device may sleep in
 // waitFds() on its queues' ioeventfds instead of Atomics.wait. It says so in
 // W_FD_SLEEP, and a caller that sees it set after posting also writes the
@@ -30,11 +38,20 @@ const W_ANSWERED = 1; // sequence number of the last request answered
 const W_FD_SLEEP = 2;
 /** The device's wake eventfd (a process-wide fd number). */
 const W_WAKE_FD = 3;
-const WORDS = 4;
+/** Count of posts (requests and one-way) the device has taken and acted on. */
+const W_TAKEN = 4;
+/** Engine epoch: odd while the device is inside a round (its pending check included). */
+const W_EPOCH = 5;
+/** Non-zero while the front end waits on W_EPOCH (so the device notifies when it moves). */
+const W_EPOCH_WAITER = 6;
+/** Non-zero once the front end handed out the queues' kick fds (GET_REGION_IO_FDS). */
+const W_KICKS_OUT = 7;
+const WORDS = 8;
 
-/** A request on the wire. */
+/** A request on the wire. `seq` 0: a one-way post (no answer). `n`: its number among all posts. */
 export interface Envelope<R> {
   seq: number;
+  n: number;
   req: R;
 }
 
@@ -57,7 +74,10 @@ export const newMailboxMemory = (): SharedArrayBuffer => new SharedArrayBuffer(W
 /** The caller's side (main thread). */
 export class MailboxCaller<R> {
   readonly #words: Int32Array;
+  /** Requests posted (answers are counted against it). */
   #seq = 0;
+  /** Posts of either kind (the request word). */
+  #posts = 0;
 
   constructor(
     sab: SharedArrayBuffer,
@@ -79,12 +99,7 @@ export class MailboxCaller<R> {
     }
     this.#seq = (this.#seq + 1) | 0;
     const seq = this.#seq;
-    this.port.postMessage({ seq, req } satisfies Envelope<R>);
-    Atomics.store(w, W_REQUEST, seq);
-    Atomics.notify(w, W_REQUEST);
-    // Sequentially consistent against sleepOnFds: it stores W_FD_SLEEP then loads W_REQUEST, we store
-    // W_REQUEST then load W_FD_SLEEP, so either it sees the request or we see it asleep on fds.
-    if (Atomics.load(w, W_FD_SLEEP) !== 0) native.eventfdWrite(Atomics.load(w, W_WAKE_FD), 1);
+    this.#send(seq, req);
     const deadline = performance.now() + timeoutMs;
     for (;;) {
       const answered = Atomics.load(w, W_ANSWERED);
@@ -106,12 +121,70 @@ export class MailboxCaller<R> {
       return reply.value as T;
     }
   }
+
+  /** The kick fds were handed out: from now on the idle device sleeps on them (W_KICKS_OUT). */
+  kicksHandedOut(): void {
+    Atomics.store(this.#words, W_KICKS_OUT, 1);
+  }
+
+  /**
+   * Post a one-way request: the device acts on it before anything posted after it, and before its next
+   * access to guest memory. Returns its number. `wake` false (a DMA table update): a sleeping device is
+   * left asleep; it takes the post when it next wakes (a doorbell, a kick, its poll, a request), before it
+   * touches memory. Waking a thread costs the caller its core on a loaded machine.
+   */
+  post(req: R, wake = true): number {
+    return this.#send(0, req, wake);
+  }
+
+  #send(seq: number, req: R, wake = true): number {
+    const w = this.#words;
+    this.#posts = (this.#posts + 1) | 0;
+    const n = this.#posts;
+    this.port.postMessage({ seq, n, req } satisfies Envelope<R>);
+    Atomics.store(w, W_REQUEST, n);
+    if (!wake) return n;
+    Atomics.notify(w, W_REQUEST);
+    // Sequentially consistent against sleepOnFds: it stores W_FD_SLEEP then loads W_REQUEST, we store
+    // W_REQUEST then load W_FD_SLEEP, so either it sees the request or we see it asleep on fds.
+    if (Atomics.load(w, W_FD_SLEEP) !== 0) native.eventfdWrite(Atomics.load(w, W_WAKE_FD), 1);
+    return n;
+  }
+
+  /**
+   * Wait until the device cannot be using what post `n` took away: it has taken the post, or it is outside
+   * a round (its next round takes every pending post before touching memory). No wait at all when the
+   * device is idle. Throws EIO past `timeoutMs`.
+   */
+  quiesce(n: number, timeoutMs: number): void {
+    const w = this.#words;
+    const deadline = performance.now() + timeoutMs;
+    let spins = 0;
+    // Set before looking (sequentially consistent against the device's load of it after W_TAKEN moves):
+    // either the device sees a waiter and moves W_EPOCH, or we see W_TAKEN.
+    Atomics.store(w, W_EPOCH_WAITER, 1);
+    try {
+      for (;;) {
+        const epoch = Atomics.load(w, W_EPOCH);
+        if ((epoch & 1) === 0 || Atomics.load(w, W_TAKEN) - n >= 0) return;
+        const left = deadline - performance.now();
+        if (left <= 0) throw new VfioError('EIO', `device did not leave its round within ${timeoutMs} ms`);
+        // A spinning device takes posts between descriptors within microseconds: spin a little first.
+        if (++spins < 200) continue;
+        Atomics.wait(w, W_EPOCH, epoch, Math.min(left, 1));
+      }
+    } finally {
+      Atomics.store(w, W_EPOCH_WAITER, 0);
+    }
+  }
 }
 
 /** The device's side (worker thread). */
 export class MailboxDevice<R> {
   readonly #words: Int32Array;
   #seen = 0;
+  /** A post taken and put back (putBack): the next take() returns it first. */
+  #held: Envelope<R> | null = null;
 
   constructor(
     sab: SharedArrayBuffer,
@@ -122,11 +195,21 @@ export class MailboxDevice<R> {
 
   /** A request was posted that has not been taken yet. */
   get pending(): boolean {
-    return Atomics.load(this.#words, W_REQUEST) !== this.#seen;
+    return this.#held !== null || Atomics.load(this.#words, W_REQUEST) !== this.#seen;
+  }
+
+  /** Return a taken post, to be taken again first (a look at the head of the port that must not act on it). */
+  putBack(env: Envelope<R>): void {
+    this.#held = env;
   }
 
   /** The next request, or null when none is waiting. */
   take(): Envelope<R> | null {
+    const held = this.#held;
+    if (held) {
+      this.#held = null;
+      return held;
+    }
     const got = receiveMessageOnPort(this.port);
     if (!got) {
       // The request word moved before the message could be seen: never, as the caller posts first.
@@ -134,8 +217,35 @@ export class MailboxDevice<R> {
       return null;
     }
     const env = got.message as Envelope<R>;
-    this.#seen = env.seq;
+    this.#seen = env.n;
     return env;
+  }
+
+  /** The front end handed out the kick fds (GET_REGION_IO_FDS). */
+  get kicksHandedOut(): boolean {
+    return Atomics.load(this.#words, W_KICKS_OUT) !== 0;
+  }
+
+  /** Posts up to `n` are acted on: a front end waiting in quiesce() may go on. */
+  taken(n: number): void {
+    const w = this.#words;
+    Atomics.store(w, W_TAKEN, n);
+    if (Atomics.load(w, W_EPOCH_WAITER) !== 0) {
+      Atomics.add(w, W_EPOCH, 2); // same parity: still in the round, but the waiter must look again
+      Atomics.notify(w, W_EPOCH);
+    }
+  }
+
+  /** Entering a round (before looking for posts): from here the device may touch mapped memory. */
+  enterRound(): void {
+    Atomics.add(this.#words, W_EPOCH, 1);
+  }
+
+  /** Round over: nothing mapped is in use until the next enterRound(). */
+  leaveRound(): void {
+    const w = this.#words;
+    Atomics.add(w, W_EPOCH, 1);
+    if (Atomics.load(w, W_EPOCH_WAITER) !== 0) Atomics.notify(w, W_EPOCH);
   }
 
   /** Answer request `seq` and wake the caller. */

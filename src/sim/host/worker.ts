@@ -8,16 +8,16 @@
 // between descriptors.
 
 import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
-import { type DevleaseError, ERRNO, type ErrnoName, errnoNumber, VfioError } from '../../errors.js';
-import { Mapping, native } from '../../sys/index.js';
-import { checkDmaFd } from '../../vfio/user/dma-fd-check.js';
+import { type DevleaseError, ERRNO, errnoNumber, VfioError } from '../../errors.js';
+import { native } from '../../sys/index.js';
+import { Q_CTRL, Q_CTRL_ENABLE } from '../model/datasheet.js';
 import { ARMED, RACED, Sa1Device } from '../model/device.js';
-import { checkMapRequest, type DmaMapping } from '../model/iommu.js';
+import type { DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
 import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
-import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
+import { IrqTable } from './irq-table.js';
 import { type Envelope, MailboxDevice, type WireError } from './mailbox.js';
 
 export interface WorkerInit {
@@ -28,14 +28,20 @@ export interface WorkerInit {
   port: MessagePort;
   /** The register file the front end reads too. */
   registers: SharedArrayBuffer;
+  /** The irq eventfd numbers the front end stores (irq-table.ts). */
+  irqs: SharedArrayBuffer;
+  /** One kick ioeventfd per queue page, made by the front end; the device owns them from here. */
+  kickFds: number[];
+  /** Where the backing publishes its slices' memfd numbers (memfd-backing.ts), for the front end. */
+  sliceFds: SharedArrayBuffer;
 }
 
 const init = workerData as WorkerInit;
 const options = init.options;
 const mailbox = new MailboxDevice<DeviceRequest>(init.mailbox, init.port);
-const backing = new MemfdBacking(options);
+const backing = new MemfdBacking(options, new Int32Array(init.sliceFds));
 /** eventfd numbers per VFIO irq index and vector (-1: none). The front-end owns the Fd objects. */
-const irqFds: number[][] = [[], [], new Array(options.numQueues + 1).fill(-1), [-1], [-1]];
+const irqs = new IrqTable(init.irqs, options.numQueues);
 const device = new Sa1Device(
   options,
   backing,
@@ -43,26 +49,17 @@ const device = new Sa1Device(
     // HEARTBEAT counts on the clock the front end reads it with.
     now: sharedClock,
     interrupt(index, vector) {
-      const fd = irqFds[index]?.[vector] ?? -1;
-      if (fd < 0) return;
-      try {
-        native.eventfdWrite(fd, 1);
-      } catch {
-        // A full counter (EAGAIN) already says "interrupt pending"; nothing else can fail on an eventfd.
-      }
+      irqs.deliver(index, vector);
     },
   },
   new RegisterFile(init.registers),
 );
 const revokedInodes = new Set<bigint>();
-// Doorbell notification (datasheet §2.3 rev 2): one ioeventfd per queue page, handed out with
-// GET_REGION_IO_FDS, plus the wake eventfd the mailbox writes while the device sleeps on them.
-// waitList[0] is the wake fd; the device owns all of them for its lifetime.
+// Doorbell notification (datasheet §2.3 rev 2): one ioeventfd per queue page (the front end made them and
+// hands out dups with GET_REGION_IO_FDS), plus the wake eventfd the mailbox writes while the device sleeps
+// on them. waitList[0] is the wake fd; the device owns all of them for its lifetime.
 const { EFD_NONBLOCK } = native.constants as Record<string, number>;
-const kickFds: number[] = Array.from({ length: options.numQueues }, () => native.eventfd(0, EFD_NONBLOCK!));
-const waitList: number[] = [native.eventfd(0, EFD_NONBLOCK!), ...kickFds];
-/** Set once kick fds were handed out: from then on an armed idle device sleeps the long interval. */
-let kicksHandedOut = false;
+const waitList: number[] = [native.eventfd(0, EFD_NONBLOCK!), ...init.kickFds];
 const stats: DeviceStats = {
   busyRounds: 0,
   idleRounds: 0,
@@ -70,6 +67,8 @@ const stats: DeviceStats = {
   deepSleeps: 0,
   armedSleeps: 0,
   commands: 0,
+  posts: 0,
+  postFailures: 0,
   dmaMaps: 0,
   firmwareRunning: false,
 };
@@ -92,33 +91,46 @@ function release(maps: DmaMapping[]): void {
   for (const m of maps) m.release();
 }
 
-function dmaMap(r: Extract<DeviceRequest, { op: 'dmaMap' }>): void {
-  const { iova, size, offset } = checkMapRequest(r);
-  device.iommu.checkFree(iova, size);
-  // Datasheet rev 2 §7: the fd must be memory covering [offset, offset + size) now (EBADF for a pipe or
-  // socket, EINVAL for a short file). Guarded: if the backing shrinks later, the access that finds it gone
-  // completes as IOMMU_FAULT (iommu.ts), not as the zero pages the guard puts in its place.
-  checkDmaFd(r.fd, { offset: r.offset, size: r.size, write: r.write });
-  let mapping: Mapping;
-  try {
-    mapping = Mapping.map(r.fd, { length: size, offset, prot: r.write ? 'rw' : 'r', guard: true });
-  } catch (err) {
-    const code = (err as { code?: string }).code;
-    // ENODEV: the file cannot be mapped at all (no memory behind it), as EBADF above; ENOMEM, EACCES, ... as
-    // mmap said.
-    const name = code === 'ENODEV' ? 'EBADF' : code && code in ERRNO ? (code as ErrnoName) : 'EINVAL';
-    throw new VfioError(name, `the DMA_MAP fd cannot be mapped: ${(err as Error).message}`);
-  }
+const nothing = (): void => {};
+
+/** A map the front end checked, mapped and answered: its memory, through the front end's shared buffer. */
+function mapPosted(r: Extract<DeviceRequest, { op: 'mapPosted' }>): void {
+  const { address } = r;
   device.dmaMap({
-    iova,
-    size,
+    iova: r.iova,
+    size: r.size,
     readable: r.read,
     writable: r.write,
-    view: mapping.u8,
-    revoked: () => mapping.isRevoked(),
-    release: () => mapping.unmap(),
+    view: new Uint8Array(r.buffer),
+    revoked: () => native.guardRevokedAt(address),
+    release: nothing, // the front end unmaps it once the device let go
   });
 }
+
+/**
+ * A translation missed (iommu.ts onMiss): apply the posts waiting at the head of the port, among them the
+ * maps the front end answered before any descriptor using them could be submitted. Posts that are safe in
+ * the middle of a descriptor (maps, an enable, the kick-fd wake) are applied; it stops at an unmap (taken
+ * between descriptors, never inside one: the front end waits for that when the engine is in a round) and
+ * at a request.
+ */
+function applyWaitingPosts(): boolean {
+  let applied = false;
+  while (mailbox.pending) {
+    const env = mailbox.take();
+    if (!env) break;
+    if (env.seq !== 0 || env.req.op === 'unmapPosted') {
+      mailbox.putBack(env);
+      break;
+    }
+    stats.posts++;
+    applyPosted(env.req);
+    mailbox.taken(env.n);
+    applied = true;
+  }
+  return applied;
+}
+device.iommu.onMiss = applyWaitingPosts;
 
 function inject(i: InjectRequest): void {
   switch (i.kind) {
@@ -147,33 +159,20 @@ function handle(r: DeviceRequest): unknown {
       return device.regionRead(r.index, r.offset, r.count);
     case 'regionWrite':
       return device.regionWrite(r.index, r.offset, r.data);
-    case 'dmaMap':
-      return dmaMap(r);
-    case 'dmaUnmap':
-      return release(device.dmaUnmap(Number(r.iova), Number(r.size), r.all));
-    case 'irqFds': {
-      const slots = irqFds[r.index];
-      if (!slots || r.start + r.fds.length > slots.length)
-        throw new VfioError('EINVAL', `irq ${r.index} range`);
-      r.fds.forEach((fd, i) => {
-        slots[r.start + i] = fd;
-      });
+    case 'mapPosted':
+      return mapPosted(r);
+    case 'kicksHandedOut':
+      return; // the flag is in the mailbox words; the post only woke the loop
+    case 'queueEnabled': {
+      // The front end stored ENABLE; requests posted after this one (a disable, a reset) come after it.
+      const q = device.queues[r.queue];
+      if (q && !q.enabled && device.regs.load(q.qcfgAt + Q_CTRL) === Q_CTRL_ENABLE) q.enabled = true;
       return;
     }
+    case 'unmapPosted':
+      return release(device.dmaUnmap(Number(r.iova), Number(r.size), r.all));
     case 'reset':
       return device.reset();
-    case 'dmaBuf': {
-      const req = parseDmaBufRequest(options, r.payload);
-      const fds: number[] = [];
-      try {
-        for (const s of req.slices)
-          fds.push(backing.open(s, (req.accessMode & O_ACCMODE) === O_RDONLY).release());
-      } catch (err) {
-        for (const fd of fds) native.close(fd);
-        throw err;
-      }
-      return { fds };
-    }
     case 'revoke': {
       const { ino } = native.fstat(r.fd);
       const slice = backing.findByInode(ino);
@@ -187,15 +186,10 @@ function handle(r: DeviceRequest): unknown {
     }
     case 'disconnect': {
       release(device.ownerDisconnected());
-      for (const slots of irqFds) slots.fill(-1);
       return;
     }
     case 'inject':
       return inject(r.inject);
-    case 'ioFds':
-      // The front end dups them for the reply; the device keeps its own.
-      kicksHandedOut = true;
-      return { fds: kickFds };
     case 'stats':
       return { ...stats, dmaMaps: device.iommu.maps.length, firmwareRunning: device.firmware.running };
     case 'shutdown':
@@ -209,15 +203,31 @@ function wireError(err: unknown): WireError {
   return { code: 'EIO', errno: ERRNO.EIO, reason: `device error: ${(err as Error)?.stack ?? String(err)}` };
 }
 
-/** Serve every waiting request; a shutdown is kept for the loop to act on. */
+/** Serve every waiting request and post; a shutdown is kept for the loop to act on. */
 function serve(): void {
   for (let env = mailbox.take(); env; env = mailbox.pending ? mailbox.take() : null) {
+    if (env.seq === 0) {
+      stats.posts++;
+      applyPosted(env.req);
+      mailbox.taken(env.n);
+      continue;
+    }
     stats.commands++;
     if (env.req.op === 'shutdown') {
       shutdownSeq = env.seq;
       return;
     }
     serveOne(env);
+    mailbox.taken(env.n);
+  }
+}
+
+/** A post was validated by the front end, which answered already: a refusal here has nobody to go to. */
+function applyPosted(req: DeviceRequest): void {
+  try {
+    handle(req);
+  } catch {
+    stats.postFailures++;
   }
 }
 
@@ -239,9 +249,17 @@ function serveBetweenDescriptors(): void {
 function run(): void {
   const idleMs = options.idlePollUs / 1000;
   for (;;) {
+    // Inside the round (epoch odd) from before the look for posts until the last access: an unmap posted
+    // while the epoch is even is taken before this round touches any mapped memory.
+    mailbox.enterRound();
     if (mailbox.pending) serve();
-    if (shutdownSeq !== null) break;
-    if (device.step(serveBetweenDescriptors)) {
+    if (shutdownSeq !== null) {
+      mailbox.leaveRound();
+      break;
+    }
+    const busy = device.step(serveBetweenDescriptors);
+    mailbox.leaveRound();
+    if (busy) {
       stats.busyRounds++;
       continue;
     }
@@ -264,6 +282,7 @@ function run(): void {
     stats.sleeps++;
     // Nobody can kick (no fd handed out) or a full CQ waits for CQ_HEAD: the idle poll interval.
     // Otherwise sleep until kicked, still polling at the armed interval for clients that never kick.
+    const kicksHandedOut = mailbox.kicksHandedOut;
     const pollMs = kicksHandedOut && arm === ARMED ? Math.max(idleMs, KICK_ARMED_POLL_US / 1000) : idleMs;
     const ms = due === null ? pollMs : Math.min(pollMs, due);
     if (kicksHandedOut) {

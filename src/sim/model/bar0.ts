@@ -21,6 +21,7 @@ import {
   MSIX_ENTRY_SIZE,
   Q_CTRL,
   Q_CTRL_ENABLE,
+  Q_CTRL_RESET,
   Q_INFLIGHT,
   Q_MEM_BASE,
   Q_MEM_SIZE,
@@ -154,6 +155,29 @@ export function bar0WriteDirect(regs: RegisterFile, off: number, v: number, numQ
   if (off >= REG_MSIX_TABLE && off < REG_MSIX_TABLE + msixTableBytes(numQueues)) regs.store(off, value);
   // Everything else (RO registers, the PBA, reserved space) ignores writes.
   return true;
+}
+
+/** queueControlDirect(): the write needs the device (abort in-flight work, reset the rings). */
+export const QCTRL_DEVICE = -1;
+/** queueControlDirect(): the write changes nothing (0 to a queue that is disabled and not in reset). */
+export const QCTRL_NOTHING = -2;
+
+/**
+ * A Q_CTRL write the front end can apply: ENABLE (no RESET) to a queue whose Q_CTRL reads 0 (disabled, no
+ * reset pending). Such a queue has nothing in flight (disabling aborted it, a reset cleared it), so
+ * enabling it only stores the bit; returns the queue, whose device side (its copy of the windows, latched
+ * at enable) must still be told. QCTRL_NOTHING for a write of 0 to such a queue; QCTRL_DEVICE for the rest
+ * (a disable of an enabled queue aborts its in-flight descriptors, a RESET clears its rings) and for
+ * offsets that are no Q_CTRL.
+ */
+export function queueControlDirect(regs: RegisterFile, off: number, v: number, numQueues: number): number {
+  const q = qcfgQueue(off, numQueues);
+  if (q < 0 || (off - REG_QCFG) % QCFG_STRIDE !== Q_CTRL) return QCTRL_DEVICE;
+  const value = v >>> 0;
+  if (value & Q_CTRL_RESET || regs.load(off) !== 0) return QCTRL_DEVICE;
+  if ((value & Q_CTRL_ENABLE) === 0) return QCTRL_NOTHING;
+  regs.store(off, Q_CTRL_ENABLE);
+  return q;
 }
 
 /** A BAR0 write on the device: the stored values as above, and the device's actions. */

@@ -72,11 +72,18 @@ interface Outcome {
 }
 
 const ok = (result: number, bytes: number): Outcome => ({ status: ST_OK, result, bytes, at: 0n });
+/** A NOP's outcome: outcomes are never mutated, so one object serves every NOP. */
+const OK_NOP: Outcome = Object.freeze(ok(0, 0));
 const fail = (status: number, at: bigint): Outcome => ({ status, result: 0, bytes: 0, at });
 const isPow2Ring = (n: number): boolean =>
   n >= RING_MIN_ENTRIES && n <= RING_MAX_ENTRIES && (n & (n - 1)) === 0;
 
 export class Engine {
+  /** Scratch for one ring slot's translation (an SQE fetch, a CQE write): reused, never held across calls. */
+  readonly #ringSegs: Segments = [];
+  /** Scratch for one fetched SQE's bytes (decoded into its own Descriptor at once). */
+  readonly #sqeScratch = new Uint8Array(SQ_ENTRY_SIZE);
+
   constructor(private readonly ctx: EngineContext) {}
 
   /**
@@ -102,13 +109,15 @@ export class Engine {
     if (q.inflight.length >= MAX_INFLIGHT) return false;
 
     const slotIova = q.sqBase + BigInt((q.sqHead % q.sqSize) * SQ_ENTRY_SIZE);
-    const segs: Segments = [];
+    const segs = this.#ringSegs;
+    segs.length = 0;
     const fault = this.#translate(q, slotIova, SQ_ENTRY_SIZE, false, segs);
     if (fault !== null) {
       this.#queueFault(q, ST_IOMMU_FAULT, fault);
       return true;
     }
-    const raw = gather(segs, new Uint8Array(SQ_ENTRY_SIZE));
+    // Decoded at once into its own object: the raw bytes are scratch, reused by the next fetch.
+    const raw = gather(segs, this.#sqeScratch);
     const shrank = this.ctx.iommu.sync() ? this.#deadAt(q, slotIova, SQ_ENTRY_SIZE) : null;
     if (shrank !== null) {
       this.#queueFault(q, ST_IOMMU_FAULT, shrank);
@@ -211,7 +220,8 @@ export class Engine {
    */
   #writeCompletion(q: Queue, desc: Descriptor, out: Outcome): boolean {
     const slotIova = q.cqBase + BigInt((q.cqTail % q.cqSize) * CQ_ENTRY_SIZE);
-    const segs: Segments = [];
+    const segs = this.#ringSegs;
+    segs.length = 0;
     const fault = this.#translate(q, slotIova, CQ_ENTRY_SIZE, true, segs);
     if (fault !== null) {
       this.#queueFault(q, ST_IOMMU_FAULT, fault);
@@ -267,7 +277,7 @@ export class Engine {
     if (d.opcode > OP_WRITE_IMM || d.reserved0 !== 0 || !d.reservedZero || (d.flags & ~FLAGS_DEFINED) !== 0) {
       return fail(ST_BAD_OPCODE, 0n);
     }
-    if (d.opcode === OP_NOP) return ok(0, 0);
+    if (d.opcode === OP_NOP) return OK_NOP;
     if (d.opcode !== OP_WRITE_IMM && (d.length === 0 || d.length > MAX_LENGTH))
       return fail(ST_BAD_LENGTH, 0n);
 

@@ -63,6 +63,12 @@ export class Iommu {
   readonly #dead = new Set<DmaMapping>();
   /** The process's guard revocation count when the maps were last checked. */
   #revocations = native.guardRevocations();
+  /**
+   * Called when a translation finds no map (or no permission): the simulator's worker applies map updates
+   * its front end already answered (posted one way) and returns true if it applied any; the translation is
+   * then tried once more. A map answered before a descriptor was submitted is always found.
+   */
+  onMiss: (() => boolean) | null = null;
 
   get maps(): readonly DmaMapping[] {
     return this.#maps;
@@ -151,6 +157,14 @@ export class Iommu {
    * needed permission (`out` is then partial and must be discarded).
    */
   translate(iova: number, length: number, write: boolean, out: Segments): number {
+    const base = out.length;
+    const fault = this.#translate(iova, length, write, out);
+    if (fault < 0 || !this.onMiss?.()) return fault;
+    out.length = base;
+    return this.#translate(iova, length, write, out);
+  }
+
+  #translate(iova: number, length: number, write: boolean, out: Segments): number {
     let at = iova;
     const end = iova + length;
     let i = this.#firstEndingAfter(at);

@@ -1,6 +1,10 @@
 // Slice backing for the real simulator: every queue page and every
 // device-memory granule is its own memfd, mapped (guarded) in the device
 // worker. Slice fds handed out are re-opened descriptions of these memfds.
+// The current memfd numbers are published in a shared table (sliceFdTable)
+// so the front end can hand out slice fds without a worker round trip: it
+// reads a number only while the worker cannot be renewing it (a renew is a
+// revoke request the front end itself is waiting on).
 
 import { type Fd, type Mapping, MemFd } from '../../sys/index.js';
 import type { Sa1Options } from './options.js';
@@ -29,7 +33,14 @@ export class MemfdBacking implements Backing {
   readonly #slices: { queue: Slice[]; devmem: Slice[] } = { queue: [], devmem: [] };
   #generation = 0;
 
-  constructor(private readonly o: Sa1Options) {
+  /**
+   * `fdTable`: where to publish each slice's memfd number (queue pages first, then granules; -1 once
+   * closed), for the front end (sliceFdTable()).
+   */
+  constructor(
+    private readonly o: Sa1Options,
+    private readonly fdTable: Int32Array | null = null,
+  ) {
     try {
       for (let q = 0; q < o.numQueues; q++) this.#install({ kind: 'queue', index: q });
       for (let g = 0; g < o.devmemSize / o.devmemGranule; g++) this.#install({ kind: 'devmem', index: g });
@@ -72,6 +83,7 @@ export class MemfdBacking implements Backing {
         s.mapping.unmap();
         s.memfd.close();
       }
+      this.fdTable?.fill(-1);
       this.#slices[kind] = [];
     }
   }
@@ -86,6 +98,18 @@ export class MemfdBacking implements Backing {
     const size = slice.kind === 'queue' ? this.o.queueStride : this.o.devmemGranule;
     const s = createSlice(`sa1-${slice.kind}-${slice.index}.${this.#generation++}`, size);
     this.#slices[slice.kind][slice.index] = s;
+    if (this.fdTable) Atomics.store(this.fdTable, sliceFdIndex(this.o, slice), s.memfd.fd.fd);
     (slice.kind === 'queue' ? this.pages : this.granules)[slice.index] = s.mapping.u8;
   }
+}
+
+/** Shared memory for MemfdBacking's fd table: one word per queue page and granule. */
+export function sliceFdTable(o: Sa1Options): Int32Array {
+  const n = o.numQueues + o.devmemSize / o.devmemGranule;
+  return new Int32Array(new SharedArrayBuffer(n * 4)).fill(-1);
+}
+
+/** The table word of a slice. */
+export function sliceFdIndex(o: Sa1Options, slice: SliceRef): number {
+  return slice.kind === 'queue' ? slice.index : o.numQueues + slice.index;
 }

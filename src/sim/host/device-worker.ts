@@ -1,0 +1,225 @@
+// The main-thread half of the simulator's device: DeviceWorker starts the
+// device worker and holds what both threads share: the register file (the
+// front end answers register accesses from it), the irq eventfd table, the
+// front end's copy of the IOMMU table, the kick fds, and the mailbox for
+// everything the worker itself must do (mailbox.ts). One per simulator;
+// Sa1Frontend (frontend.ts) is the per-connection view on it.
+
+import { MessageChannel, Worker } from 'node:worker_threads';
+import { VfioError } from '../../errors.js';
+import { Fd, native } from '../../sys/index.js';
+import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX } from '../../vfio/uapi/vfio.js';
+import { bar0Read32, bar0WriteDirect, QCTRL_DEVICE, queueControlDirect } from '../model/bar0.js';
+import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
+import { BAR0_SIZE } from '../model/datasheet.js';
+import { sliceFdIndex, sliceFdTable } from '../model/memfd-backing.js';
+import { bar2Size, type Sa1Options } from '../model/options.js';
+import { checkRegionAccess, regionSize } from '../model/regions.js';
+import { RegisterFile, sharedClock } from '../model/register-file.js';
+import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
+import type { DeviceRequest, DeviceStats } from './commands.js';
+import { FrontDmaTable } from './dma-table.js';
+import { IrqTable } from './irq-table.js';
+import { MailboxCaller, newMailboxMemory } from './mailbox.js';
+import type { WorkerInit } from './worker.js';
+
+export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
+
+const { O_RDONLY: OPEN_RDONLY, O_RDWR: OPEN_RDWR } = native.constants as Record<string, number> as {
+  O_RDONLY: number;
+  O_RDWR: number;
+};
+
+/** The device worker, its mailbox and the register file both threads use. */
+export class DeviceWorker {
+  readonly #regs: RegisterFile;
+  /** Config space over the shared bytes, for the write masks (the device wrote the header). */
+  readonly #config: ConfigSpace;
+  readonly #mailbox: MailboxCaller<DeviceRequest>;
+  readonly #port: MessageChannel['port1'];
+  /** The irq eventfd numbers the worker signals (SET_IRQS stores them here). */
+  readonly irqs: IrqTable;
+  /** The front end's copy of the IOMMU table: DMA_MAP/DMA_UNMAP are checked and answered from it. */
+  readonly dma: FrontDmaTable;
+  #kicksOut = false;
+  /** The slices' current memfd numbers, published by the worker's backing (memfd-backing.ts). */
+  readonly #sliceFds: Int32Array;
+  /** The queues' kick ioeventfds (the worker owns and closes them; replies carry dups). */
+  readonly #kickFds: number[];
+  #worker: Worker;
+  #exited: Promise<void>;
+  #closed = false;
+  /** The worker is gone (closed, or died): the register file no longer describes a live device. */
+  #gone = false;
+
+  static async start(options: Sa1Options, timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS): Promise<DeviceWorker> {
+    const dw = new DeviceWorker(options, timeoutMs);
+    await new Promise<void>((resolve, reject) => {
+      dw.#worker.once('message', () => resolve());
+      dw.#worker.once('error', reject);
+      dw.#worker.once('exit', (code) =>
+        reject(new Error(`SA-1 device worker exited (${code}) while starting`)),
+      );
+    });
+    return dw;
+  }
+
+  private constructor(
+    readonly options: Sa1Options,
+    readonly timeoutMs: number,
+  ) {
+    this.#regs = RegisterFile.create(options);
+    this.#config = new ConfigSpace(
+      { bar0: BAR0_SIZE, bar2: bar2Size(options), bar4: options.devmemSize },
+      options.numQueues + 1,
+      this.#regs.config,
+      false,
+    );
+    const { port1, port2 } = new MessageChannel();
+    const wake = newMailboxMemory();
+    this.#port = port1;
+    this.#mailbox = new MailboxCaller(wake, port1);
+    const irqMemory = IrqTable.memory(options.numQueues);
+    this.irqs = new IrqTable(irqMemory, options.numQueues);
+    this.dma = new FrontDmaTable(this.#mailbox, timeoutMs);
+    const { EFD_NONBLOCK } = native.constants as Record<string, number>;
+    this.#kickFds = Array.from({ length: options.numQueues }, () =>
+      native.eventfd(0, EFD_NONBLOCK as number),
+    );
+    this.#sliceFds = sliceFdTable(options);
+    const init: WorkerInit = {
+      options,
+      mailbox: wake,
+      port: port2,
+      registers: this.#regs.sab,
+      irqs: irqMemory,
+      kickFds: this.#kickFds,
+      sliceFds: this.#sliceFds.buffer as SharedArrayBuffer,
+    };
+    this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
+      workerData: init,
+      transferList: [port2],
+    });
+    this.#exited = new Promise((resolve) =>
+      this.#worker.once('exit', () => {
+        this.#gone = true;
+        resolve();
+      }),
+    );
+  }
+
+  regionRead(index: number, offset: number, count: number): Uint8Array {
+    this.#checkOpen();
+    checkRegionAccess(this.options, index, offset, count);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
+    if (index !== VFIO_PCI_BAR0_REGION_INDEX) return this.request({ op: 'regionRead', index, offset, count });
+    const out = new Uint8Array(count);
+    const dv = new DataView(out.buffer);
+    const now = sharedClock();
+    for (let i = 0; i < count; i += 4) {
+      dv.setUint32(i, bar0Read32(this.#regs, offset + i, this.options.numQueues, now), true);
+    }
+    return out;
+  }
+
+  regionWrite(index: number, offset: number, data: Uint8Array): void {
+    this.#checkOpen();
+    checkRegionAccess(this.options, index, offset, data.length);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX && !writeReachesCommand(offset, data.length)) {
+      this.#config.write(offset, data);
+      return;
+    }
+    if (index !== VFIO_PCI_BAR0_REGION_INDEX) {
+      this.request({ op: 'regionWrite', index, offset, data });
+      return;
+    }
+    // Word by word, low half first: each word the device must act on goes to it, in order.
+    const dv = new DataView(data.buffer, data.byteOffset, data.length);
+    for (let i = 0; i < data.length; i += 4) {
+      const value = dv.getUint32(i, true);
+      if (bar0WriteDirect(this.#regs, offset + i, value, this.options.numQueues)) continue;
+      const queue = queueControlDirect(this.#regs, offset + i, value, this.options.numQueues);
+      if (queue >= 0) {
+        // Enabled here; the device latches its copy of the windows before its next round (a doorbell rung
+        // after this reply is seen in that round or a later one). Wakes a device asleep for want of queues.
+        this.#mailbox.post({ op: 'queueEnabled', queue });
+      } else if (queue === QCTRL_DEVICE) {
+        this.request({ op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) });
+      }
+    }
+  }
+
+  /** Size of region `index` (0: not implemented). */
+  regionSize(index: number): number {
+    return regionSize(this.options, index);
+  }
+
+  /** The kick fds to hand out (dups are made of them); from now on the idle device sleeps on them. */
+  kickFds(): number[] {
+    this.#checkOpen();
+    if (!this.#kicksOut) {
+      this.#kicksOut = true;
+      this.#mailbox.kicksHandedOut();
+      // A device already asleep on its request word only would not hear a kick until its poll interval:
+      // wake it, so it goes back to sleep on the kick fds too.
+      this.#mailbox.post({ op: 'kicksHandedOut' });
+    }
+    return this.#kickFds;
+  }
+
+  /**
+   * The dma-buf feature (datasheet §8): a new open description of each requested slice's memory, read-only
+   * if asked. Served here: the worker renews a slice's memory only inside a revoke request, which this
+   * thread is then blocked on, so the numbers read here are current.
+   */
+  openSlices(payload: Uint8Array): Fd[] {
+    this.#checkOpen();
+    const req = parseDmaBufRequest(this.options, payload);
+    const mode = (req.accessMode & O_ACCMODE) === O_RDONLY ? OPEN_RDONLY : OPEN_RDWR;
+    const fds: Fd[] = [];
+    try {
+      for (const s of req.slices) {
+        const n = Atomics.load(this.#sliceFds, sliceFdIndex(this.options, s));
+        if (n < 0) throw new VfioError('ENODEV', 'the SA-1 device has shut down');
+        fds.push(new Fd(native.open(`/proc/self/fd/${n}`, mode)));
+      }
+    } catch (err) {
+      for (const f of fds) f.close();
+      throw err;
+    }
+    return fds;
+  }
+
+  request<T = void>(req: DeviceRequest): T {
+    this.#checkOpen();
+    return this.#mailbox.call<T>(req, this.timeoutMs);
+  }
+
+  stats(): DeviceStats {
+    return this.request<DeviceStats>({ op: 'stats' });
+  }
+
+  /** Stop the device: every DMA mapping and slice memory is dropped. Idempotent. */
+  async close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      try {
+        this.#mailbox.call({ op: 'shutdown' }, this.timeoutMs);
+      } catch {
+        await this.#worker.terminate();
+      }
+      this.dma.releaseAll(); // the device dropped its views (or is gone): let go of the memory
+      this.#port.close();
+    }
+    await this.#exited;
+  }
+
+  checkOpen(): void {
+    this.#checkOpen();
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new VfioError('ENODEV', 'the SA-1 device has shut down');
+    if (this.#gone) throw new VfioError('ENODEV', 'the SA-1 device worker exited');
+  }
+}

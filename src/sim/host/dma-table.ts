@@ -1,0 +1,96 @@
+// DMA_MAP and DMA_UNMAP served by the simulator's front end (issue 16): the
+// front end keeps its own copy of the IOMMU table's ranges, refuses what
+// the device would refuse (alignment and the 48-bit limit, overlap, an fd
+// that is no memory or is too short: the same checks and messages as the
+// device's), answers, and posts the change to the device worker one way
+// (mailbox.ts). The worker applies posts in order, before its next access
+// to mapped memory, so a descriptor submitted after the reply sees the map.
+//
+// The front end maps the memory itself and posts the mapping's shared
+// buffer: the worker's view is over the same pages. An unmap must not race
+// a descriptor using the mapping: by the time it is answered the device
+// holds no reference to the memory (§7). The front end waits only while
+// the engine is inside a round (the epoch the worker publishes) and has not
+// yet taken the post, then drops the file mapping itself (the pages under
+// any view left become zero pages, mapping.ts); an idle device costs no
+// wait at all.
+
+import type { Fd } from '../../sys/index.js';
+import { checkDmaFd } from '../../vfio/user/dma-fd-check.js';
+import { checkMapRequest, type DmaMapping, Iommu } from '../model/iommu.js';
+import type { DeviceRequest } from './commands.js';
+import { mapDmaFd } from './dma-mmap.js';
+import type { MailboxCaller } from './mailbox.js';
+
+const NO_MEMORY = new Uint8Array(0);
+
+export interface MapFields {
+  offset: bigint;
+  iova: bigint;
+  size: bigint;
+  read: boolean;
+  write: boolean;
+}
+
+export class FrontDmaTable {
+  /** Ranges and permissions only: the memory is mapped by the worker. */
+  readonly #table = new Iommu();
+
+  constructor(
+    private readonly mailbox: MailboxCaller<DeviceRequest>,
+    private readonly timeoutMs: number,
+  ) {}
+
+  /** Maps in the table (the device's count, once it took every post). */
+  get size(): number {
+    return this.#table.maps.length;
+  }
+
+  /** Map [offset, offset+size) of `fd` at iova (the caller keeps and closes the fd). */
+  map(fd: Fd, m: MapFields): void {
+    const { iova, size, offset } = checkMapRequest(m);
+    this.#table.checkFree(iova, size);
+    // Datasheet rev 2 §7: the fd must be memory covering [offset, offset + size) now.
+    checkDmaFd(fd.fd, m);
+    const mapping = mapDmaFd(fd.fd, { offset, size, write: m.write });
+    const entry: DmaMapping = {
+      iova,
+      size,
+      readable: m.read,
+      writable: m.write,
+      view: NO_MEMORY,
+      release: () => mapping.unmap(),
+    };
+    this.#table.add(entry);
+    const { read, write } = m;
+    this.mailbox.post(
+      {
+        op: 'mapPosted',
+        buffer: mapping.buffer,
+        address: mapping.address,
+        iova,
+        size,
+        read,
+        write,
+      },
+      false,
+    );
+  }
+
+  /** Unmap whole maps in [iova, iova+size) (all: every map); EINVAL for a cut map, ENOENT for none. */
+  unmap(iova: bigint, size: bigint, all: boolean): void {
+    const removed = this.#table.remove(Number(iova), Number(size), all);
+    const n = this.mailbox.post({ op: 'unmapPosted', iova, size, all }, false);
+    try {
+      this.mailbox.quiesce(n, this.timeoutMs);
+    } finally {
+      // Past the deadline too: a device stuck in a round must not keep the owner's memory.
+      for (const m of removed) m.release();
+    }
+  }
+
+  /** The owner left, or the device stopped: it dropped every map; the memory is let go of here. */
+  releaseAll(): void {
+    for (const m of this.#table.remove(0, 0, true)) m.release();
+  }
+}

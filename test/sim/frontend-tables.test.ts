@@ -1,0 +1,117 @@
+// The owner commands that only touch tables (DMA_MAP, DMA_UNMAP, SET_IRQS,
+// GET_REGION_IO_FDS) are served by the simulator's front end without a
+// round trip to the device worker (issue 16), and the datasheet's rules
+// still hold as the owner sees them: a descriptor submitted right after a
+// DMA_MAP is answered finds the map even on a spinning device, and once a
+// DMA_UNMAP is answered the device holds no mapping of the memory (§7).
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import * as ds from '../../src/sim/model/datasheet.js';
+import { MemFd } from '../../src/sys/index.js';
+import { VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { boot, TestQueue } from './helpers/driver.js';
+import { mappingsOf, openFds, type Rig, rig } from './helpers/real.js';
+
+after(trackFdLeaks());
+
+const FW_IOVA = 0x10_0000n;
+const HOST_IOVA = 0x20_0000n;
+const VICTIM_IOVA = 0x80_0000n;
+
+async function bootedRig(idlePollUs?: number): Promise<Rig> {
+  const r = await rig(idlePollUs === undefined ? {} : { idlePollUs });
+  try {
+    await boot(r.bus, await r.map(FW_IOVA, 64 * 1024));
+  } catch (err) {
+    await r.close();
+    throw err;
+  }
+  return r;
+}
+
+async function workerCommands(r: Rig, fn: () => Promise<void>): Promise<number> {
+  const before = r.sim.stats().commands;
+  await fn();
+  return r.sim.stats().commands - before - 1;
+}
+
+/** VFIO_DEVICE_FEATURE_DMA_BUF payload: queue page 1 of BAR2, read-write. */
+function dmaBufRequest(): Buffer {
+  const req = Buffer.alloc(32);
+  req.writeUInt32LE(VFIO_PCI_BAR2_REGION_INDEX, 0);
+  req.writeUInt32LE(0o2 | 0o2000000, 4); // O_RDWR | O_CLOEXEC
+  req.writeUInt32LE(1, 12); // one range
+  req.writeBigUInt64LE(0x1_0000n, 16); // the default 64 KiB stride
+  req.writeBigUInt64LE(0x1_0000n, 24);
+  return req;
+}
+
+test('DMA_MAP, DMA_UNMAP, SET_IRQS, slice fds and GET_REGION_IO_FDS are answered without the device worker', async () => {
+  const r = await bootedRig();
+  try {
+    const memfd = MemFd.create('sa1-test-tables', { size: 0x2000 });
+    try {
+      const served = await workerCommands(r, async () => {
+        await r.client.dmaMap({ fd: memfd.fd, iova: VICTIM_IOVA, size: 0x2000, flags: 3 });
+        await r.eventfd(1);
+        await r.eventfd(1); // replaces the first: the old eventfd is closed by the rig, not in use by the device
+        const slice = await r.client.feature({
+          flags: 1 << 16 /* GET */,
+          feature: 11,
+          data: dmaBufRequest(),
+        });
+        assert.equal(slice.fds.length, 1, 'one slice fd for the queue page');
+        for (const f of slice.fds) f.close();
+        const io = await r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
+        for (const f of io.fds) f.close();
+        assert.equal(io.fds.length, 4, 'one kick fd per queue page');
+        await r.client.dmaUnmap({ iova: VICTIM_IOVA, size: 0x2000 });
+      });
+      assert.equal(served, 0, 'none of them needed the device worker');
+      assert.equal(r.sim.stats().dmaMaps, 1, 'the device took the map and the unmap (firmware map left)');
+      await assert.rejects(r.client.dmaUnmap({ iova: VICTIM_IOVA, size: 0x2000 }), /ENOENT/);
+    } finally {
+      memfd.close();
+    }
+  } finally {
+    await r.close();
+  }
+});
+
+test('a spinning device finds a map answered just before the doorbell, and lets go of it at the unmap', async () => {
+  const before = openFds();
+  const r = await bootedRig(0);
+  try {
+    const host = await r.map(HOST_IOVA, 0x1_0000);
+    const window = { base: HOST_IOVA, size: 0x100_0000n }; // the ring and the map both
+    const tq = new TestQueue(
+      r.bus,
+      { q: 0, mem: { iova: HOST_IOVA, view: host.view.subarray(0, 0x1000) }, sqSize: 8, cqSize: 8, window },
+      r.sim.options.queueStride,
+    );
+    await tq.configure();
+    const dst = HOST_IOVA + 0x8000n;
+    for (let i = 0; i < 40; i++) {
+      const name = `sa1-test-fresh-${process.pid}-${i}`;
+      const memfd = MemFd.create(name, { size: 0x1000 });
+      try {
+        const bytes = memfd.map();
+        bytes.u8.fill(i + 1, 0, 64);
+        bytes.unmap();
+        await r.client.dmaMap({ fd: memfd.fd, iova: VICTIM_IOVA, size: 0x1000, flags: 3 });
+        await tq.submit([{ opcode: ds.OP_COPY, length: 64, src: VICTIM_IOVA, dst, tag: BigInt(i) }]);
+        const [c] = await tq.reap(1);
+        assert.deepEqual([c?.tag, c?.status], [BigInt(i), ds.ST_OK], `descriptor ${i} found its map`);
+        assert.equal(host.view[0x8000], i + 1, 'the bytes came from the memory just mapped');
+        await r.client.dmaUnmap({ iova: VICTIM_IOVA, size: 0x1000 });
+        assert.equal(mappingsOf(name), 0, 'once DMA_UNMAP is answered the device maps none of it');
+      } finally {
+        memfd.close();
+      }
+    }
+  } finally {
+    await r.close();
+  }
+  assert.equal(openFds(), before, 'every fd opened for the test was closed');
+});
