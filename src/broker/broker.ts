@@ -196,7 +196,7 @@ export class Broker extends EventEmitter {
   async #directSlices(): Promise<void> {
     const dev = this.device as Device & { probeDmaBufMmap?: () => Promise<DmaBufMmapProbe> };
     if (dev.probeDmaBufMmap) this.#dmaBufMmap = await dev.probeDmaBufMmap();
-    if (!dev.capabilities.directSlices || !dev.directFd) return;
+    if (!dev.directSlices || !dev.directFd) return;
     this.leases.direct = await DirectSlices.create(dev, this.config.directAudit, {
       audit: this.audit,
       revoke: (id, reason) => {

@@ -108,7 +108,8 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   deviceInfo() {
-    this.#controlRequest();
+    // The client library's last request of connect() after an audited hand-off: the device fd is closed now.
+    this.#controlRequest(true);
     const last = Math.max(INFO_REGION_INDEX, ...this.#lease.resources.slices.map((s) => s.leaseRegion));
     return {
       flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
@@ -180,8 +181,8 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   /** A control request of an audited lease: its holder is past connect(); the audit scans (not on this path). */
-  #controlRequest(): void {
-    this.#table.direct?.onRequest(this.#lease.id);
+  #controlRequest(handOffDone = false): void {
+    this.#table.direct?.onRequest(this.#lease.id, handOffDone);
   }
 
   async regionRead(index: number, offset: bigint, count: number): Promise<Uint8Array> {

@@ -6,7 +6,7 @@
 //
 // Isolation of a page follows what the transport can do:
 //   - slice fds (vfio-user with DMA_BUF): `enforced`, the device revokes them;
-//   - the kernel's device fd handed out once (capabilities.directSlices):
+//   - the kernel's device fd handed out once (directSlices):
 //     `audited`, mapped directly and checked by the broker (src/broker/audit-scan);
 //   - neither: `cooperative`, reached through the broker (REGION_READ/WRITE).
 // No interrupts, no DMA window: ivshmem-plain has neither.
@@ -41,7 +41,7 @@ export function pageIsolation(dev: Device): { level: Isolation; mappable: boolea
       },
     };
   }
-  if (dev.capabilities.directSlices && dev.directFd) {
+  if (dev.directSlices && dev.directFd) {
     return {
       mappable: true,
       level: {
@@ -93,7 +93,7 @@ export class PageSliceDriver extends EventEmitter implements Driver {
     this.#barSize = r.size;
     this.#barType = barTypeAt(await readBarTypes(this.dev), this.bar);
     const mmap = (r.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0;
-    if (this.dev.capabilities.directSlices && !mmap)
+    if (this.dev.directSlices && !mmap)
       throw new VfioError('EINVAL', `BAR${this.bar} cannot be mmapped: no page of it can be mapped directly`);
     this.validateLayout();
     this.#pages = Number(this.#barSize / this.#page);

@@ -127,7 +127,7 @@ test('audit: a holder mapping its own slice and closing the fd is clean; a kept 
     a.add('good', good.pid, range(0n));
     a.add('keeps', keeps.pid, range(1n));
     a.add('snoops', snoops.pid, range(2n));
-    for (const id of ['good', 'keeps', 'snoops']) a.onRequest(id);
+    for (const id of ['good', 'keeps', 'snoops']) a.onRequest(id, true);
     a.scan();
     const v = audit.recent.filter((r) => r.event === 'audit-violation');
     const by = (pid: number) => v.filter((r) => r.pid === pid).map((r) => r.finding);
@@ -154,7 +154,10 @@ test('audit: within the hand-off grace the holder may still hold the fd; action 
     a.add('l1', keeps.pid, range(0n));
     a.scan();
     assert.deepEqual(revoked, [], 'inside connect(): not yet a violation');
-    a.onRequest('l1'); // its first request after the hand-off: connect() has returned
+    a.onRequest('l1'); // a request pipelined before the client read the hand-off's reply
+    a.scan();
+    assert.deepEqual(revoked, [], 'a pipelined request does not end the hand-off');
+    a.onRequest('l1', true); // DEVICE_GET_INFO after closing the fd: connect() has returned
     a.scan();
     assert.deepEqual(revoked, ['l1']);
     assert.equal(audit.recent.find((r) => r.event === 'audit-violation')?.finding, 'fd-kept');
@@ -170,7 +173,7 @@ test('audit: action kill SIGKILLs the violating process through its pidfd', asyn
   const snoops = await startMapper(PAGE * 7n);
   try {
     a.add('l1', snoops.pid, range(0n));
-    a.onRequest('l1');
+    a.onRequest('l1', true);
     a.scan();
     await snoops.exited;
     assert.equal(snoops.proc.signalCode, 'SIGKILL');
@@ -186,7 +189,7 @@ test('release: the slice is free only when no process maps it; a forked child ho
   assert.ok(holder.child, 'the mapper forked a child');
   try {
     a.add('l1', holder.pid, range(0n));
-    a.onRequest('l1');
+    a.onRequest('l1', true);
     a.scan();
     killPid(holder.pid);
     await holder.exited;
@@ -211,7 +214,7 @@ test('revoke deadline: forced release kills every process still mapping the slic
   const holder = await startMapper(0n, ['--fork']);
   try {
     a.add('l1', holder.pid, range(0n));
-    a.onRequest('l1');
+    a.onRequest('l1', true);
     await a.whenUnmapped('l1', { forced: true, pollMs: 20 });
     await holder.exited;
     const killed = audit.recent.filter((r) => r.event === 'audit-kill').map((r) => r.pid);

@@ -117,11 +117,15 @@ export class SliceAuditor {
     return this.#entries.has(id);
   }
 
-  /** A control request of lease `id` arrived: its holder is past connect(); scan soon (not on the request). */
-  onRequest(id: string): void {
+  /**
+   * A control request of lease `id` arrived: scan soon (not on the request's path). `handOffDone`: it is the
+   * request the client library sends after closing the handed fd (DEVICE_GET_INFO): from now on a kept fd is a
+   * violation. Other requests may have been pipelined before the client even read the hand-off's reply.
+   */
+  onRequest(id: string, handOffDone = false): void {
     const e = this.#entries.get(id);
     if (!e) return;
-    if (e.handedAt !== null) e.settled = true;
+    if (handOffDone && e.handedAt !== null) e.settled = true;
     this.request();
   }
 

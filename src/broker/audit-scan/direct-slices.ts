@@ -68,7 +68,7 @@ export class DirectSlices implements SliceProvider {
   }
 
   static #deviceFd(device: Device): Fd {
-    if (!device.capabilities.directSlices || !device.directFd)
+    if (!device.directSlices || !device.directFd)
       throw new VfioError('ENOTSUP', `a ${device.transport} device hands out no device fd for direct slices`);
     return device.directFd();
   }
@@ -96,9 +96,9 @@ export class DirectSlices implements SliceProvider {
     return { fd, offset: start };
   }
 
-  /** A control request of the lease: scan soon, off the request's path. */
-  onRequest(id: string): void {
-    this.auditor.onRequest(id);
+  /** A control request of the lease: scan soon, off the request's path (`handOffDone`: see SliceAuditor). */
+  onRequest(id: string, handOffDone = false): void {
+    this.auditor.onRequest(id, handOffDone);
   }
 
   /** Resolves when no process maps the lease's slices; `forced`: kill the mappers first (a revoke's deadline). */

@@ -74,7 +74,9 @@ export class KernelDevice extends EventEmitter implements Device {
   flags = 0;
   /** The kernel exports BAR ranges as dma-buf fds (VFIO_DEVICE_FEATURE_DMA_BUF answered its PROBE). */
   dmaBuf = false;
-  readonly capabilities = { mappableSlices: false, revocableSlices: false, directSlices: true };
+  readonly capabilities = { mappableSlices: false, revocableSlices: false };
+  /** The device fd can be handed out for audited slices (directFd()). */
+  readonly directSlices = true;
   /** Whether a dma-buf of a BAR can be mmapped (probed at open; 'no' on every kernel as of 7.3). */
   dmaBufMmap: DmaBufMmapProbe = { mmap: 'untested', reason: 'not probed' };
   readonly domain: IommuDomain;
