@@ -107,9 +107,10 @@ export class LeaseSession implements VfioUserDeviceModel {
     };
   }
 
-  deviceInfo() {
+  deviceInfo(opts: { request?: boolean } = {}) {
     // The client library's last request of connect() after an audited hand-off: the device fd is closed now.
-    this.#controlRequest(true);
+    // (Only the client's own GET_INFO: the server also asks here to validate other requests' bounds.)
+    if (opts.request) this.#controlRequest(true);
     const last = Math.max(INFO_REGION_INDEX, ...this.#lease.resources.slices.map((s) => s.leaseRegion));
     return {
       flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,

@@ -83,9 +83,13 @@ interface Started {
 
 async function start(mode: string, byte = 0x5a): Promise<Started> {
   const proc = spawn(process.execPath, [client, socket, mode, String(byte)], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   procs.push(proc);
+  let stderr = '';
+  proc.stderr!.on('data', (d) => {
+    stderr += d;
+  });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   const lines: Record<string, unknown>[] = [];
   let first: (v: Record<string, unknown>) => void;
@@ -100,7 +104,9 @@ async function start(mode: string, byte = 0x5a): Promise<Started> {
   const v = await Promise.race([
     got,
     exited.then(() => {
-      throw new Error(`ivshmem-client ${mode} exited before it was set up`);
+      const why = proc.signalCode ?? `status ${proc.exitCode}`;
+      const recent = JSON.stringify(audit.slice(-4));
+      throw new Error(`ivshmem-client ${mode} exited (${why}) before it was set up: ${stderr}\naudit: ${recent}`);
     }),
     sleep(120_000).then(() => {
       throw new Error(`ivshmem-client ${mode} not set up in 120 s`);
