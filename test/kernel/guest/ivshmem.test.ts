@@ -106,7 +106,9 @@ async function start(mode: string, byte = 0x5a): Promise<Started> {
     exited.then(() => {
       const why = proc.signalCode ?? `status ${proc.exitCode}`;
       const recent = JSON.stringify(audit.slice(-4));
-      throw new Error(`ivshmem-client ${mode} exited (${why}) before it was set up: ${stderr}\naudit: ${recent}`);
+      throw new Error(
+        `ivshmem-client ${mode} exited (${why}) before it was set up: ${stderr}\naudit: ${recent}`,
+      );
     }),
     sleep(120_000).then(() => {
       throw new Error(`ivshmem-client ${mode} not set up in 120 s`);
