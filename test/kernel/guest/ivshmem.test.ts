@@ -55,7 +55,7 @@ before(async () => {
     config: configFromObject({
       rundir: join(dir, 'run'),
       device: { name: 'ivshmem' },
-      audit: { action: 'revoke', period_ms: 300, handoff_grace_ms: 20_000 },
+      audit: { action: 'revoke', period_ms: 500, handoff_grace_ms: 20_000 },
     }),
     device: dev,
     auditSink: (l) => audit.push(JSON.parse(l) as Record<string, unknown>),
