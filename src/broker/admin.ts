@@ -3,11 +3,11 @@
 //
 //   → {"op":"status"} | {"op":"leases"} | {"op":"clients"} | {"op":"revoke","id":"queue-3","deadlineMs":500}
 //     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"} | {"op":"reload"}
-//     | {"op":"top"} (devlease top's view)
+//     | {"op":"top"} (devlease top's view) | {"op":"upgrade","binary":PATH,"config":FILE} (handover/)
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
 import { chownSync, readFileSync } from 'node:fs';
-import { type Fd, type SeqpacketMessage, SeqpacketServer, type SeqpacketSocket } from '../sys/index.js';
+import { type Fd, type SeqpacketMessage, SeqpacketServer, SeqpacketSocket } from '../sys/index.js';
 import type { Broker } from './broker.js';
 import { checkRevokeDeadline } from './lease.js';
 import { TopSnapshot } from './observe/top-snapshot.js';
@@ -67,6 +67,43 @@ export class AdminServer {
     return group !== null && (cred.gid === group || supplementaryGroups(cred.pid).includes(group));
   }
 
+  /** Open connections and their requests in progress (an upgrade waits for those and hands the sockets over). */
+  readonly #conns = new Map<SeqpacketSocket, { pending: number }>();
+  #held = false;
+
+  /** Stop accepting and reading requests (an upgrade's quiesce); requests in progress carry on. */
+  hold(): void {
+    this.#held = true;
+    this.#server.pause();
+    for (const s of this.#conns.keys()) s.pause();
+  }
+
+  unhold(): void {
+    this.#held = false;
+    this.#server.resume();
+    for (const s of this.#conns.keys()) if (!s.closed) s.resume();
+  }
+
+  /** Requests being handled now, over all connections. */
+  get inFlight(): number {
+    let n = 0;
+    for (const c of this.#conns.values()) n += c.pending;
+    return n;
+  }
+
+  /** The listening socket and every open connection's descriptor (owned here). */
+  handover(): { listening: Fd; connections: Fd[] } {
+    return {
+      listening: this.#server.fd,
+      connections: [...this.#conns.keys()].filter((s) => !s.closed).map((s) => s.fd),
+    };
+  }
+
+  /** Serve a connection another broker accepted (an upgrade): requests it sent meanwhile are read now. */
+  adoptConnection(fd: Fd): void {
+    this.#accept(new SeqpacketSocket(fd));
+  }
+
   #accept(sock: SeqpacketSocket): void {
     if (!this.#allowed(sock)) {
       try {
@@ -78,9 +115,15 @@ export class AdminServer {
       }
       return;
     }
-    let pending = 0;
+    const conn = { pending: 0 };
+    this.#conns.set(sock, conn);
+    sock.on('close', () => this.#conns.delete(sock));
     const flowControl = () => {
       if (sock.closed) return;
+      if (this.#held) {
+        sock.pause();
+        return;
+      }
       if (sock.queuedBytes > ADMIN_REPLY_HARD_LIMIT) {
         this.#broker.log(
           `admin connection (pid ${sock.peerCred().pid}): ${sock.queuedBytes} reply bytes unread; closing it`,
@@ -88,14 +131,14 @@ export class AdminServer {
         sock.close();
         return;
       }
-      if (pending >= ADMIN_MAX_PENDING || sock.queuedBytes > ADMIN_REPLY_HIGH_WATER) sock.pause();
+      if (conn.pending >= ADMIN_MAX_PENDING || sock.queuedBytes > ADMIN_REPLY_HIGH_WATER) sock.pause();
       else sock.resume();
     };
     sock.on('drain', flowControl);
     sock.on('error', () => sock.close());
     sock.on('message', (msg: SeqpacketMessage) => {
       for (const fd of msg.fds) fd.close();
-      pending++;
+      conn.pending++;
       flowControl();
       void this.#handle(msg.data)
         .then((result) => ({ ok: true, result }))
@@ -105,7 +148,7 @@ export class AdminServer {
           code: err.code ?? 'EINVAL',
         }))
         .then((reply) => {
-          pending--;
+          conn.pending--;
           if (sock.closed) return;
           try {
             sock.send(json(reply));
@@ -168,6 +211,22 @@ export class AdminServer {
         return b.reload();
       case 'audit':
         return b.audit.recent.slice(-100);
+      case 'upgrade': {
+        const r = req as { binary?: unknown; config?: unknown; deadlineMs?: unknown };
+        for (const k of ['binary', 'config'] as const)
+          if (r[k] !== undefined && typeof r[k] !== 'string')
+            throw Object.assign(new Error(`upgrade: "${k}" must be a path`), { code: 'EINVAL' });
+        if (r.deadlineMs !== undefined && (!Number.isInteger(r.deadlineMs) || (r.deadlineMs as number) < 1))
+          throw Object.assign(new Error('upgrade: "deadlineMs" must be a positive integer'), {
+            code: 'EINVAL',
+          });
+        return b.upgrade({
+          ...(r.binary ? { binary: r.binary as string } : {}),
+          ...(r.config ? { config: r.config as string } : {}),
+          ...(r.deadlineMs ? { deadlineMs: r.deadlineMs as number } : {}),
+          viaAdmin: true,
+        });
+      }
       case 'top':
         this.#top ??= new TopSnapshot(b);
         return this.#top.snapshot();

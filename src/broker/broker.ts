@@ -12,6 +12,7 @@ import type { Driver } from '../drivers/driver.js';
 import { loadDriverModule } from '../drivers/load.js';
 import { driverFactoryFor } from '../drivers/registry.js';
 import { DevleaseError, VfioError } from '../errors.js';
+import type { Fd } from '../sys/fd.js';
 import { type ListenSocket, listenFdsError, PidFd, type StreamSocket } from '../sys/index.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { ConnectionInfo } from '../vfio/user/device-model.js';
@@ -23,6 +24,10 @@ import { AuditLog } from './audit.js';
 import { DirectSlices } from './audit-scan/direct-slices.js';
 import type { BrokerConfig } from './config.js';
 import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
+import { adoptDriver, finishTakeOver, inheritedListening, rebuild } from './handover/adopt.js';
+import { type BrokerParts, resume } from './handover/collect.js';
+import type { BrokerState } from './handover/format.js';
+import { type UpgradeOptions, type UpgradeOutcome, upgrade } from './handover/upgrade.js';
 import { LeaseTable } from './leases.js';
 import { MetricsServer } from './observe/metrics-server.js';
 import { PendingSession } from './pending-session.js';
@@ -35,6 +40,7 @@ import {
   type ReloadOutcome,
   reload,
 } from './reload.js';
+import type { LeaseSession } from './session.js';
 import { SliceWatcher } from './slices.js';
 
 export interface BrokerOptions {
@@ -52,6 +58,11 @@ export interface BrokerOptions {
    * as they are (their mode and group are the socket unit's); kinds without one are bound as configured.
    */
   listening?: ListenSocket[];
+  /**
+   * Take over from a broker being upgraded (handover/): the state it sent and the fds it names. The device
+   * is adopted, not booted; listening sockets, sessions and leases come from the state.
+   */
+  handover?: { state: BrokerState; fds: Fd[] };
 }
 
 /**
@@ -96,6 +107,12 @@ export class Broker extends EventEmitter {
   readonly #servers: VfioUserServer[] = [];
   readonly #watcher = new SliceWatcher();
   readonly #pidfds = new Set<PidFd>();
+  /** Each connection's session and pidfd, by its socket (an upgrade hands them over). */
+  readonly #sessions = new Map<object, { pending: PendingSession; pidfd: PidFd | null }>();
+  /** When this broker process started, and how many upgrades its lineage has gone through. */
+  startedAt = new Date();
+  upgrades = 0;
+  #upgrading: Promise<UpgradeOutcome> | null = null;
   #admin: AdminServer | null = null;
   /** The Prometheus endpoint (config [metrics] listen), or null. */
   #metrics: MetricsServer | null = null;
@@ -164,9 +181,19 @@ export class Broker extends EventEmitter {
     const driver = factory.create(device, config);
     const broker = new Broker(opts, driver, policy, audit);
     try {
-      await driver.boot();
-      await broker.#directSlices();
-      await broker.#listen(opts.listening ?? []);
+      if (opts.handover) {
+        const h = opts.handover;
+        await adoptDriver(broker, h.state, h.fds);
+        await broker.#directSlices();
+        await broker.#listen(inheritedListening(h.state, h.fds));
+        rebuild(broker, broker.#parts(), h.state, h.fds, (kind, conn, socket, s) =>
+          broker.#session(kind, conn, socket, s),
+        );
+      } else {
+        await driver.boot();
+        await broker.#directSlices();
+        await broker.#listen(opts.listening ?? []);
+      }
       if (config.metrics.listen) broker.#metrics = await MetricsServer.start(broker);
     } catch (err) {
       await broker.close();
@@ -234,8 +261,57 @@ export class Broker extends EventEmitter {
     this.#admin = new AdminServer(this, admin?.path || join(this.dir, 'admin.sock'), admin?.fd);
   }
 
-  #session(kind: string, conn: ConnectionInfo, socket: MessageSocket): PendingSession {
+  #parts(): BrokerParts {
+    return { servers: this.#servers, admin: this.#admin, sessions: this.#sessions };
+  }
+
+  /**
+   * Upgrade in place (handover/upgrade.ts): start the new broker, hand everything over, exit once it took over
+   * (the 'handed-over' event; the daemon exits on it), or roll back and carry on. One at a time.
+   */
+  upgrade(opts: UpgradeOptions = {}): Promise<UpgradeOutcome> {
+    if (this.#upgrading)
+      return Promise.reject(new DevleaseError('EBUSY', 'an upgrade is already in progress'));
+    const p = upgrade(
+      this,
+      this.#parts(),
+      {
+        startedAt: this.startedAt,
+        upgrades: this.upgrades,
+        configPath: this.#configSource?.path ?? null,
+        rundir: (this.#configSource?.overrides as { rundir?: string } | undefined)?.rundir ?? null,
+      },
+      opts,
+    );
+    this.#upgrading = p;
+    void p.then(
+      () => {},
+      () => {
+        this.#upgrading = null;
+      },
+    );
+    return p;
+  }
+
+  /** Resume after a takeover's commit (handover/): serve everything that was handed over. */
+  takeOver(): void {
+    resume(this, this.#parts());
+    finishTakeOver(this);
+  }
+
+  #session(
+    kind: string,
+    conn: ConnectionInfo,
+    socket: MessageSocket,
+    adopted?: { session: LeaseSession; pidfd: PidFd | null },
+  ): PendingSession {
     const { pid, uid } = conn.cred;
+    if (adopted) {
+      const pending = new PendingSession(kind, adopted.session.lease.ctx, this.leases, () => socket.close());
+      pending.adopt(adopted.session);
+      this.#watchSession(socket, pending, adopted.pidfd);
+      return pending;
+    }
     let session: PendingSession | null = null;
     const admitted = this.#admission.admit(uid, pid, () => session?.versionTimedOut());
     if (!admitted) {
@@ -247,12 +323,28 @@ export class Broker extends EventEmitter {
     session = new PendingSession(kind, ctx, this.leases, () => socket.close());
     session.onVersionDone(() => admitted.done());
     session.onEnd(() => admitted.done());
-    // Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child).
     let pidfd: PidFd | null = null;
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      const p = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
-      pidfd = p;
+      pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
+    } catch (err) {
+      // Rate-limited: it fails when descriptors run out, for every connection then.
+      this.#serverLog.log(
+        'no pidfd',
+        `no pidfd for pid ${pid}: ${(err as Error).message}; relying on hang-up alone`,
+      );
+    }
+    this.#watchSession(socket, session, pidfd);
+    return session;
+  }
+
+  /** Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child). */
+  #watchSession(socket: MessageSocket, session: PendingSession, pidfd: PidFd | null): void {
+    this.#sessions.set(socket, { pending: session, pidfd });
+    session.onEnd(() => this.#sessions.delete(socket));
+    if (!pidfd) return;
+    try {
+      const p = pidfd;
       this.#pidfds.add(p);
       p.onExit(() => {
         session?.processExited();
@@ -264,14 +356,9 @@ export class Broker extends EventEmitter {
       });
     } catch (err) {
       // A pidfd whose watch could not start is closed here, not kept until the broker stops (fail-nth walk).
-      if (pidfd && this.#pidfds.delete(pidfd)) pidfd.close();
-      // Rate-limited: it fails when descriptors run out, for every connection then.
-      this.#serverLog.log(
-        'no pidfd',
-        `no pidfd for pid ${pid}: ${(err as Error).message}; relying on hang-up alone`,
-      );
+      if (this.#pidfds.delete(pidfd)) pidfd.close();
+      this.#serverLog.log('no pidfd', `no pidfd watch: ${(err as Error).message}; relying on hang-up alone`);
     }
-    return session;
   }
 
   #deviceClosed(reason: Error | null): void {
@@ -447,6 +534,9 @@ export class Broker extends EventEmitter {
       ...(this.leases.direct ? { directSlices: this.leases.direct.status() } : {}),
       ...(this.#dmaBufMmap ? { dmaBufMmap: this.#dmaBufMmap } : {}),
       sockets: Object.fromEntries(this.sockets),
+      startedAt: this.startedAt.toISOString(),
+      upgrades: this.upgrades,
+      pid: process.pid,
     };
   }
 

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import type { DriverConfig, IovaViewMode } from '../drivers/driver.js';
+import { DevleaseError } from '../errors.js';
 import { DEFAULT_DIRECT_AUDIT, type DirectAuditConfig } from './audit-scan/auditor.js';
 
 /**
@@ -106,10 +107,12 @@ export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export type LogFormat = 'auto' | 'json' | 'pretty';
 
-export class ConfigError extends Error {
+/** A config file or value that cannot be used: code ERR_DEVLEASE_CONFIG, the offending key in `field`. */
+export class ConfigError extends DevleaseError {
+  declare readonly code: 'ERR_DEVLEASE_CONFIG';
   readonly field: string;
   constructor(field: string, problem: string) {
-    super(`config: ${field}: ${problem}`);
+    super('ERR_DEVLEASE_CONFIG', `config: ${field}: ${problem}`, { reason: problem });
     this.name = 'ConfigError';
     this.field = field;
   }

@@ -7,16 +7,16 @@ import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import type { DeviceFault, Driver } from '../drivers/driver.js';
 import { VfioError } from '../errors.js';
-import { LongTimer } from '../util/long-timer.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import type { AuditLog } from './audit.js';
 import type { DirectSlices } from './audit-scan/direct-slices.js';
 import type { BrokerConfig } from './config.js';
-import { deviceRefusal } from './device-refusal.js';
-import { checkRevokeDeadline, Lease } from './lease.js';
+import type { Lease } from './lease.js';
+import { revokeLease, unmapAll } from './lease-end.js';
+import { grantLease } from './lease-grant.js';
 import type { CallerContext, LeaseRequest, Policy, Usage } from './policy.js';
-import { SliceUnit, type SliceWatcher } from './slices.js';
+import type { SliceWatcher } from './slices.js';
 
 /** Events: 'granted' (Lease), 'released' (Lease), 'state' (Lease). */
 export class LeaseTable extends EventEmitter {
@@ -56,6 +56,29 @@ export class LeaseTable extends EventEmitter {
   log: (line: string) => void = (line) => process.stderr.write(`devlease broker: ${line}\n`);
   /** Device refusals of lease requests: one line each, at most 5 per lease and request kind per 10 s. */
   readonly refusals = new RateLimitedLog((line) => this.log(line), { burst: 5, intervalMs: 10_000 });
+
+  /** The device connection's generation (see #generation): a grant checks it did not change under it. */
+  get generation(): number {
+    return this.#generation;
+  }
+
+  /** The next lease's id for `kind` (ids are never reused within a broker, nor across an upgrade). */
+  nextId(kind: string): string {
+    return `${kind}-${this.#next++}`;
+  }
+
+  /** Where the id sequence is (a handover carries it on). */
+  get idSequence(): number {
+    return this.#next;
+  }
+  set idSequence(n: number) {
+    this.#next = Math.max(this.#next, n);
+  }
+
+  /** Enter a lease into the table: a grant that succeeded, or one taken over from another broker. */
+  add(lease: Lease): void {
+    this.#leases.set(lease.id, lease);
+  }
 
   get draining(): boolean {
     return this.#draining;
@@ -109,7 +132,7 @@ export class LeaseTable extends EventEmitter {
   async grant(ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
     this.#granting.set(ctx.uid, (this.#granting.get(ctx.uid) ?? 0) + 1);
     try {
-      return await this.#grant(ctx, req);
+      return await grantLease(this, ctx, req);
     } finally {
       const n = (this.#granting.get(ctx.uid) ?? 1) - 1;
       if (n > 0) this.#granting.set(ctx.uid, n);
@@ -118,7 +141,7 @@ export class LeaseTable extends EventEmitter {
   }
 
   /** Refuse while there is nothing to lease: no device (ENODEV), recovery or shutdown (EAGAIN), draining. */
-  #checkOpen(who: Record<string, unknown>): void {
+  checkOpen(who: Record<string, unknown>): void {
     const [code, reason]: ['ENODEV' | 'EAGAIN' | 'EBUSY', string] | [null, null] = this.deviceGone
       ? ['ENODEV', this.deviceGone]
       : this.suspended
@@ -131,124 +154,13 @@ export class LeaseTable extends EventEmitter {
     throw new VfioError(code, reason);
   }
 
-  async #grant(ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
-    const t0 = process.hrtime.bigint();
-    const who = { pid: ctx.pid, uid: ctx.uid, gid: ctx.gid, exe: ctx.exe, kind: req.kind };
-    this.#checkOpen(who);
-    // This request is itself counted in `granting`: compare the others against the limit.
-    const usage = this.usage(ctx);
-    usage.leases -= 1;
-    const verdict = await this.policy.checkLease(ctx, req, usage, this.driver.capacity?.(req.kind) ?? 1);
-    if (!verdict.allow) {
-      this.audit.write({ event: 'deny', ...who, reason: verdict.reason, code: 'EACCES' });
-      throw new VfioError('EACCES', verdict.reason);
-    }
-    // The device may have gone (or come back with new pools) while policy decided: check again, then take
-    // resources of this generation without yielding in between.
-    this.#checkOpen(who);
-    const generation = this.#generation;
-    let resources: ReturnType<Driver['acquire']>;
-    try {
-      resources = this.driver.acquire(req);
-    } catch (err) {
-      this.audit.write({
-        event: 'deny',
-        ...who,
-        reason: (err as Error).message,
-        code: (err as { code?: string }).code ?? 'EINVAL',
-      });
-      throw err;
-    }
-    const lease = new Lease(`${req.kind}-${this.#next++}`, req, ctx, resources);
-    lease.generation = generation;
-    try {
-      // The slice fds and the device programming go out together: one device connection serves them in
-      // order, so the grant waits for one round trip, not one per command. Every slice that came is kept
-      // (and disposed below) whatever else failed.
-      const settled = await Promise.allSettled([
-        ...resources.slices.map(async (s) => {
-          const units =
-            s.mappable === false ? [] : await this.#sliceUnits(s.region, s.offset, s.size, s.unit);
-          lease.slices.set(s.leaseRegion, units);
-        }),
-        this.driver.activate(resources),
-      ]);
-      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed) throw failed.reason;
-      if (generation !== this.#generation) {
-        throw new VfioError('ENODEV', this.deviceGone ?? 'the device connection was lost during the grant');
-      }
-    } catch (err) {
-      for (const units of lease.slices.values()) for (const u of units) u.dispose(this.watcher);
-      // Resources of a lost device are not returned: the next boot makes new pools.
-      if (generation === this.#generation) this.driver.release(resources);
-      this.audit.write({
-        event: 'deny',
-        ...who,
-        reason: `device refused the lease: ${(err as Error).message}`,
-        code: 'device',
-      });
-      // The device's own errno and words when it refused (the audit line above records it); EIO only for
-      // what carries no errno.
-      const refusal = deviceRefusal(err, 'granting the lease');
-      throw err instanceof VfioError
-        ? err
-        : (refusal?.error ?? new VfioError('EIO', `device refused the lease: ${(err as Error).message}`));
-    }
-    this.#leases.set(lease.id, lease);
-    this.audit.write({
-      event: 'grant',
-      lease: lease.id,
-      ...who,
-      queue: resources.queue,
-      window: resources.window,
-      iovaView: resources.view?.mode ?? null,
-      ms: Number(process.hrtime.bigint() - t0) / 1e6,
-    });
-    this.emit('granted', lease);
-    return lease;
-  }
-
-  async #sliceUnits(region: number, offset: bigint, size: bigint, unit: bigint): Promise<SliceUnit[]> {
-    if (!this.device.capabilities.mappableSlices) return []; // mediated: REGION_READ/WRITE through the broker only
-    const ranges = [];
-    for (let o = 0n; o < size; o += unit) ranges.push({ offset: offset + o, length: unit });
-    const fds = await this.device.sliceFds(region, ranges);
-    return fds.map((fd) => new SliceUnit(fd));
-  }
-
   /** Owner-initiated revoke: REQ notice now, forced reclaim at the deadline (or when the client lets go). */
   revoke(
     id: string,
     deadlineMs = this.config.lifetime.defaultDeadlineMs,
     reason = 'revoked by the owner',
   ): Lease {
-    checkRevokeDeadline(deadlineMs);
-    const lease = this.#leases.get(id);
-    if (!lease) throw new VfioError('ENOENT', `no lease '${id}'`);
-    if (lease.state !== 'active') return lease;
-    lease.state = 'revoking';
-    lease.deadline = Date.now() + deadlineMs;
-    lease.endReason = reason;
-    this.audit.write({
-      event: 'revoke',
-      lease: id,
-      pid: lease.ctx.pid,
-      uid: lease.ctx.uid,
-      deadlineMs,
-      reason,
-    });
-    this.emit('state', lease);
-    lease.notify('req');
-    if (deadlineMs === 0) {
-      void this.reclaim(lease, `revoked with no deadline: ${reason}`);
-      return lease;
-    }
-    lease.revokeTimer = new LongTimer(
-      deadlineMs,
-      () => void this.reclaim(lease, `deadline of ${deadlineMs} ms passed: ${reason}`),
-    );
-    return lease;
+    return revokeLease(this, id, deadlineMs, reason);
   }
 
   /**
@@ -272,9 +184,51 @@ export class LeaseTable extends EventEmitter {
    */
   reclaim(lease: Lease, reason: string): Promise<void> {
     if (lease.reclaimed) return lease.reclaimed;
+    const held = this.#held;
+    if (held) {
+      // An upgrade holds the table (handover/): the reclaim waits for its outcome. Rolled back, it runs
+      // here; handed over, the new broker sees the same hang-up, exit or deadline and reclaims it there.
+      this.#deferred.set(lease, reason);
+      lease.reclaimed = held.promise.then(() => this.#reclaim(lease, reason));
+      return lease.reclaimed;
+    }
     lease.reclaimed = this.#reclaim(lease, reason);
     return lease.reclaimed;
   }
+
+  /**
+   * Hold every reclaim until unhold() (an upgrade's quiesce), after those in progress have finished; rejects
+   * EBUSY, holding nothing, while a lease waits for its slices' release (not carried over by this version).
+   */
+  async hold(): Promise<void> {
+    const parked = this.all().filter((l) => l.state === 'awaiting-release');
+    if (parked.length) {
+      throw new VfioError(
+        'EBUSY',
+        `lease(s) ${parked.map((l) => l.id).join(', ')} await the release of their slices: upgrade once they are released`,
+      );
+    }
+    this.#held ??= deferred();
+    await Promise.all(
+      this.all().flatMap((l) => (l.state === 'reclaiming' && l.reclaimed ? [l.reclaimed] : [])),
+    );
+  }
+
+  /** Reclaims asked for while held (their reasons): the handover carries them. */
+  get deferredReclaims(): ReadonlyMap<Lease, string> {
+    return this.#deferred;
+  }
+
+  /** Let held reclaims run (a rollback). */
+  unhold(): void {
+    const held = this.#held;
+    this.#held = null;
+    this.#deferred.clear();
+    held?.resolve();
+  }
+
+  #held: { promise: Promise<void>; resolve(): void } | null = null;
+  readonly #deferred = new Map<Lease, string>();
 
   async #reclaim(lease: Lease, reason: string): Promise<void> {
     const t0 = process.hrtime.bigint();
@@ -317,7 +271,7 @@ export class LeaseTable extends EventEmitter {
       ...lease.resources.vectors.map((v) =>
         step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]), true),
       ),
-      this.#unmapAll(lease, step),
+      unmapAll(this.device, lease, step),
       ...(revoked
         ? units.map((u) => step('revoke slice', () => this.device.revokeSlice(u.deviceFd, { fault }), false))
         : []),
@@ -453,35 +407,6 @@ export class LeaseTable extends EventEmitter {
       else void this.reclaim(l, why);
     }
     await Promise.all([...this.#leases.values()].map((l) => l.reclaimed));
-  }
-
-  /**
-   * Unmap every IOVA of the lease. The lease owns its whole window, so one DMA_UNMAP over the window takes
-   * them all at once (64 maps: 2 ms instead of 22 ms one by one); if the device refuses that, map by map.
-   */
-  async #unmapAll(
-    lease: Lease,
-    step: (what: string, fn: () => Promise<void>, critical: boolean | 'on-timeout') => Promise<void>,
-  ) {
-    if (lease.mappings.size === 0) return;
-    const w = lease.resources.window;
-    if (w && lease.mappings.size > 1) {
-      try {
-        await this.device.dmaUnmap(w.base, w.size);
-        lease.mappings.clear();
-        return;
-      } catch {
-        // fall through: unmap one by one, each failure recorded
-      }
-    }
-    for (const m of [...lease.mappings.values()]) {
-      await step(
-        `unmap 0x${m.deviceIova.toString(16)}`,
-        () => this.device.dmaUnmap(m.deviceIova, m.size),
-        true,
-      );
-      lease.mappings.delete(m.iova);
-    }
   }
 
   /**

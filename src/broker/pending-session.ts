@@ -73,6 +73,22 @@ export class PendingSession implements VfioUserDeviceModel {
     return this.#session.versionCapabilities();
   }
 
+  /** Serve a lease another broker granted (an upgrade): VERSION was answered there. */
+  adopt(session: LeaseSession): void {
+    this.#session = session;
+    session.lease.disconnect = () => this.#closeSocket();
+    for (const h of this.#versionHooks.splice(0)) h();
+  }
+
+  /** The lease's session once VERSION granted it (an upgrade hands it over), else null. */
+  get session(): LeaseSession | null {
+    return this.#session;
+  }
+
+  get kind(): string {
+    return this.#kind;
+  }
+
   versionCapabilities(): Record<string, unknown> {
     return this.#session?.versionCapabilities() ?? {};
   }

@@ -76,6 +76,11 @@ export class LeaseSession implements VfioUserDeviceModel {
   /** The client proposed devlease in VERSION: it is told of the notice irq (a stock client never sees it). */
   readonly #devlease: boolean;
 
+  /** Whether the client negotiated devlease (an upgrade carries it). */
+  get devlease(): boolean {
+    return this.#devlease;
+  }
+
   constructor(lease: Lease, table: LeaseTable, opts: { devlease?: boolean } = {}) {
     this.#devlease = opts.devlease ?? false;
     this.#lease = lease;

@@ -31,6 +31,18 @@ export class SliceUnit extends EventEmitter {
     this.deviceFd = deviceFd;
   }
 
+  /**
+   * A unit another broker handed over (an upgrade) with `outstanding` descriptions out: watched from now on.
+   * A release between the old broker's last event and this watch is not seen (the count stays high, which
+   * only ever delays a release; see docs/ARCHITECTURE.md, "Upgrading the broker").
+   */
+  static adopt(deviceFd: Fd, outstanding: number, watcher: SliceWatcher): SliceUnit {
+    const u = new SliceUnit(deviceFd);
+    u.#open = outstanding;
+    if (outstanding > 0) u.#wd = watcher.watch(u);
+    return u;
+  }
+
   /** Outstanding descriptions handed out and not yet seen released. */
   get outstanding(): number {
     return this.#open;

@@ -45,6 +45,8 @@ const USAGE = `usage: devlease status|leases|clients [--json]
        devlease drain [--off] [--json]
        devlease reset [--json]
        devlease reload [--json]   re-read the broker's config and policy module (as SIGHUP does)
+       devlease upgrade [--binary PATH] [--config FILE] [--json]   hand everything to a new broker process,
+                  clients keep their leases (as SIGUSR2 does with the same binary; docs/ARCHITECTURE.md)
   common: --admin PATH (default RUNDIR/DEVICE/admin.sock), --rundir DIR (default /run/devlease), --device NAME (default sa1)`;
 
 export async function adminCommand(cmd: string, argv: string[]): Promise<number> {
@@ -60,6 +62,8 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
         admin: { type: 'string' },
         rundir: { type: 'string' },
         device: { type: 'string' },
+        binary: { type: 'string' },
+        config: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -99,12 +103,22 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
     case 'drain':
       req = { op: 'drain', on: !values.off };
       break;
+    case 'upgrade': {
+      const { resolve } = await import('node:path');
+      req = {
+        op: 'upgrade',
+        ...(str('binary') ? { binary: resolve(str('binary')!) } : {}),
+        ...(str('config') ? { config: resolve(str('config')!) } : {}),
+      };
+      break;
+    }
     default:
       req = { op: cmd };
   }
   let result: unknown;
   try {
-    result = await adminRequest(path, req);
+    // An upgrade answers once the new broker took over (or the old one rolled back): up to its deadline.
+    result = await adminRequest(path, req, cmd === 'upgrade' ? 60_000 : 10_000);
   } catch (err) {
     process.stderr.write(`devlease ${cmd}: ${(err as Error).message}\n`);
     return 1;

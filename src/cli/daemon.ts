@@ -1,8 +1,12 @@
 // `devlease daemon --device vfio-user:PATH --config FILE`: the broker.
 
+import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { Broker } from '../broker/broker.js';
 import { type BrokerConfig, ConfigError, defaultConfig, loadConfig } from '../broker/config.js';
+import { adoptDevice } from '../broker/handover/adopt.js';
+import { type BrokerState, READABLE_VERSIONS, refusal } from '../broker/handover/format.js';
+import { decodeState, HandoverWire } from '../broker/handover/wire.js';
 import type { Device } from '../device/device.js';
 import { openDevice } from '../device/open.js';
 import { Fd } from '../sys/fd.js';
@@ -16,7 +20,9 @@ const USAGE = `usage: devlease daemon --device vfio-user:PATH|pci:DDDD:BB:DD.F [
   --device-fd   an inherited vfio cdev fd (/dev/vfio/devices/vfioN) opened by a privileged launcher
   --iommufd-fd  an inherited iommufd (/dev/iommu) for it; without one, /dev/iommu is opened here
   --config      broker configuration (TOML, see docs/CONFIG.md); defaults apply without one
-  --rundir      overrides the config's rundir`;
+  --rundir      overrides the config's rundir
+  --handover-fd an upgrade's socket (started by the running broker: devlease upgrade, SIGUSR2); the device,
+                sockets, sessions and leases come over it instead of --device`;
 
 /** An inherited descriptor number from the command line, or an error message. */
 function inheritedFd(name: string, value: string): Fd | string {
@@ -58,6 +64,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     'iommufd-fd'?: string;
     config?: string;
     rundir?: string;
+    'handover-fd'?: string;
     help?: boolean;
   };
   try {
@@ -69,6 +76,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
         'iommufd-fd': { type: 'string' },
         config: { type: 'string' },
         rundir: { type: 'string' },
+        'handover-fd': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -80,6 +88,14 @@ export async function daemonCommand(argv: string[]): Promise<number> {
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
+  }
+  if (values['handover-fd'] !== undefined) {
+    const fd = inheritedFd('handover-fd', values['handover-fd']);
+    if (typeof fd === 'string') {
+      process.stderr.write(`devlease daemon: ${fd}\n`);
+      return 2;
+    }
+    return takeOverCommand(fd, values);
   }
   if (!values.device === (values['device-fd'] === undefined)) {
     process.stderr.write(`devlease daemon: give --device or --device-fd (one of them)\n${USAGE}\n`);
@@ -138,11 +154,26 @@ export async function daemonCommand(argv: string[]): Promise<number> {
   process.stdout.write(
     `${JSON.stringify({ event: 'ready', sockets: Object.fromEntries(broker.sockets), dir: broker.dir, metrics: broker.metricsEndpoint })}\n`,
   );
+  return serve(broker, device, logger);
+}
+
+/** Run until a signal, a lost device, or an upgrade that handed everything over. */
+function serve(broker: Broker, device: Device, logger: ReturnType<typeof createLogger>): Promise<number> {
+  // SIGUSR2: upgrade in place to the same entry point (devlease upgrade names another).
+  const onUsr2 = () => void broker.upgrade().catch((err: Error) => logger.error(`upgrade: ${err.message}`));
+  process.on('SIGUSR2', onUsr2);
+  broker.on('handed-over', (pid: number) => {
+    notifyMainPid(pid);
+    logger.info?.(`handed over to pid ${pid}; exiting`);
+    // Exit without closing anything: the new broker holds every descriptor; closing here would reclaim.
+    setImmediate(() => process.exit(0));
+  });
   return new Promise<number>((resolve) => {
     const stop = async (code: number) => {
       process.off('SIGINT', onSig);
       process.off('SIGTERM', onSig);
       process.off('SIGHUP', onHup);
+      process.off('SIGUSR2', onUsr2);
       await broker.close();
       await device.close();
       resolve(code);
@@ -159,4 +190,88 @@ export async function daemonCommand(argv: string[]): Promise<number> {
       void stop(1);
     });
   });
+}
+
+/**
+ * The new broker of an upgrade: say which state versions it reads, receive the state, rebuild and check, say
+ * ready, then serve once the old broker commits (or is gone with the whole state sent). On abort, or if
+ * anything fails before the commit, it exits without touching anything: the old broker carries on.
+ *
+ * DEVLEASE_TEST_UPGRADE_MISBEHAVE (tests only, docs/ARCHITECTURE.md): 'exit' exits once the state came,
+ * 'refuse' refuses it, 'hang' never answers, 'old-version' claims to read no version this broker writes.
+ */
+async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: string }): Promise<number> {
+  const misbehave = process.env['DEVLEASE_TEST_UPGRADE_MISBEHAVE'] ?? '';
+  let config: BrokerConfig;
+  try {
+    config = values.config ? loadConfig(values.config) : defaultConfig();
+  } catch (err) {
+    process.stderr.write(`devlease daemon: ${(err as Error).message}\n`);
+    return 2;
+  }
+  if (values.rundir) config.rundir = values.rundir;
+  const logger = createLogger(config.log);
+  const wire = new HandoverWire(fd);
+  wire.send({
+    t: 'hello',
+    versions: misbehave === 'old-version' ? [0] : READABLE_VERSIONS,
+    pid: process.pid,
+  });
+  let received: { json: string; fds: Fd[] };
+  try {
+    received = await wire.receiveState(Date.now() + 60_000);
+  } catch (err) {
+    logger.error(`upgrade: nothing taken over: ${(err as Error).message}`);
+    process.exit(1);
+  }
+  if (misbehave === 'exit') process.exit(3);
+  if (misbehave === 'hang') await new Promise(() => {});
+  const refuse = (reason: string): never => {
+    logger.error(`upgrade: refusing the state: ${reason}`);
+    wire.send({ t: 'refuse', reason });
+    process.exit(1);
+  };
+  const doc = decodeState(received.json);
+  const why = misbehave === 'refuse' ? 'refused by DEVLEASE_TEST_UPGRADE_MISBEHAVE=refuse' : refusal(doc);
+  if (why) return refuse(why);
+  const state = doc as BrokerState;
+  let broker: Broker;
+  let device: Device;
+  try {
+    device = adoptDevice(state, received.fds);
+    broker = await Broker.start({
+      config,
+      device,
+      ...(values.config
+        ? { configSource: { path: values.config, overrides: values.rundir ? { rundir: values.rundir } : {} } }
+        : {}),
+      handover: { state, fds: received.fds },
+      auditSink: (line) => process.stdout.write(`${line}\n`),
+      log: brokerLine(logger),
+    });
+  } catch (err) {
+    return refuse((err as Error).message);
+  }
+  wire.send({ t: 'ready' });
+  const d = await wire.next(Date.now() + 120_000);
+  if (typeof d !== 'string' && d.msg.t !== 'commit') {
+    logger.info?.(`upgrade aborted by the old broker: ${String(d.msg['reason'])}`);
+    process.exit(1);
+  }
+  if (d === 'timeout') process.exit(1);
+  // 'commit', or the old broker gone with the whole state sent: everything is ours alone now.
+  wire.close();
+  broker.takeOver();
+  broker.audit.write({ event: 'upgrade-took-over', from: state.broker.pid, upgrades: broker.upgrades });
+  notifyMainPid(process.pid);
+  process.stdout.write(
+    `${JSON.stringify({ event: 'ready', upgraded: true, sockets: Object.fromEntries(broker.sockets), dir: broker.dir })}\n`,
+  );
+  return serve(broker, device, logger);
+}
+
+/** systemd: the new process becomes the service's main PID (needs NotifyAccess=all; docs/OPERATIONS.md). */
+function notifyMainPid(pid: number): void {
+  if (!process.env['NOTIFY_SOCKET']) return;
+  spawnSync('systemd-notify', [`MAINPID=${pid}`], { stdio: 'ignore', timeout: 2000 });
 }

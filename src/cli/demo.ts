@@ -26,6 +26,18 @@ interface Slot extends ClientRow {
   child: Child;
 }
 
+/** One JSON line a demo client prints (src/demo/client-worker.ts); fields by `type`. */
+interface ClientLine
+  extends Partial<
+    Pick<ClientRow, 'lease' | 'queue' | 'ops' | 'bytes' | 'verifiedBytes' | 'mismatches' | 'p50us' | 'p99us'>
+  > {
+  type: 'leased' | 'stats' | 'released' | 'revoke-requested' | 'error';
+  reason?: string;
+  msLeft?: number;
+  code?: string;
+  message?: string;
+}
+
 export async function demoCommand(argv: string[]): Promise<number> {
   let values: { clients?: string; seconds?: string; json?: boolean; 'no-tty'?: boolean; help?: boolean };
   try {
@@ -122,15 +134,15 @@ export async function demoCommand(argv: string[]): Promise<number> {
       if (why) view.event(`client #${slot.slot} pid ${slot.pid} started (${why})`);
     };
     const onClientLine = (slot: Slot, line: string) => {
-      let m: Record<string, any>;
+      let m: ClientLine;
       try {
-        m = JSON.parse(line);
+        m = JSON.parse(line) as ClientLine;
       } catch {
         return;
       }
       if (m.type === 'leased') {
-        slot.lease = m.lease;
-        slot.queue = m.queue;
+        slot.lease = m.lease ?? '';
+        slot.queue = m.queue ?? null;
         slot.state = 'running';
         view.event(`client #${slot.slot} pid ${slot.pid} leased ${m.lease} (queue ${m.queue})`);
       } else if (m.type === 'stats' || m.type === 'released') {

@@ -7,7 +7,7 @@ usage: devlease <command> [options]
   sim       run the SA-1 simulated accelerator (a vfio-user server)
   daemon    run the broker for a device
   demo      simulator + broker + clients, with a live view (the main job)
-  status | leases | clients | revoke <id> | drain | reset | reload   talk to a running broker
+  status | leases | clients | revoke <id> | drain | reset | reload | upgrade   talk to a running broker
   top       live view of a running broker (leases, rates, device health, events)
   bench     run the benchmarks
   --version`;
@@ -49,6 +49,7 @@ export async function main(argv: string[]): Promise<void> {
     case 'drain':
     case 'reset':
     case 'reload':
+    case 'upgrade':
       code = await (await import('./admin.js')).adminCommand(cmd, rest);
       break;
     default:

@@ -4,6 +4,7 @@
 // the queue's interrupt eventfd.
 
 import { constants as osConstants } from 'node:os';
+import { DevleaseError } from '../errors.js';
 import {
   BAR2,
   CQE_SIZE,
@@ -49,18 +50,18 @@ export interface Completion {
  * ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN for a status the datasheet does not define — a device or firmware bug,
  * not the client's: its value is in `completion.rawStatus`.
  */
-export class DeviceStatusError extends Error {
-  readonly code: StatusName | 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN';
+export class DeviceStatusError extends DevleaseError {
+  declare readonly code: StatusName | 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN';
   readonly completion: Completion;
   constructor(c: Completion) {
     const raw = `0x${c.rawStatus.toString(16)}`;
     super(
+      c.status === 'UNKNOWN' ? 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN' : c.status,
       c.status === 'UNKNOWN'
         ? `descriptor ${c.tag} completed with status ${raw}, which the SA-1 datasheet does not define (a device bug)`
         : `descriptor ${c.tag} completed with ${c.status}`,
     );
     this.name = 'DeviceStatusError';
-    this.code = c.status === 'UNKNOWN' ? 'ERR_DEVLEASE_DEVICE_STATUS_UNKNOWN' : c.status;
     this.completion = c;
   }
 }

@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 import { closedError as closedHandleError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
+import { StreamSocket } from '../sys/stream-socket.js';
 import { encodeDmaBufPayload, encodeDmaBufRevokePayload } from '../vfio/uapi/payloads.js';
 import {
   DMA_BUF_REVOKE_FLAG_DETACH,
@@ -21,9 +22,14 @@ import {
   VFIO_IRQ_SET_DATA_NONE,
   VFIO_PCI_CONFIG_REGION_INDEX,
 } from '../vfio/uapi/vfio.js';
-import { VfioUserClient, type VfioUserClientOptions } from '../vfio/user/client.js';
+import {
+  VfioUserClient,
+  type VfioUserClientHandover,
+  type VfioUserClientOptions,
+} from '../vfio/user/client.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../vfio/user/protocol.js';
 import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
+import { DEFAULT_MAX_MESSAGE, VFIO_USER_FRAMING } from '../vfio/user/transport.js';
 import type {
   Device,
   DeviceRegion,
@@ -34,6 +40,18 @@ import type {
   Transport,
 } from './device.js';
 import { readPciIds } from './pci-ids.js';
+
+/** A vfio-user device connection as a broker upgrade hands it over (JSON; the socket travels as an fd). */
+export interface VfioUserDeviceHandover {
+  endpoint: string;
+  client: VfioUserClientHandover;
+  /** Bytes of a message read but not yet whole (base64). */
+  partial: string;
+  ids: Device['ids'];
+  numRegions: number;
+  numIrqs: number;
+  capabilities: { mappableSlices: boolean; revocableSlices: boolean };
+}
 
 export class VfioUserDevice extends EventEmitter implements Device, Reconnectable {
   readonly transport: Transport = 'vfio-user';
@@ -89,6 +107,47 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
       throw err;
     }
     return dev;
+  }
+
+  /**
+   * Carry on the device connection another broker process had (an upgrade, src/broker/handover): `fd` is
+   * that connection's socket, `state` what handover() said of it there. No VERSION, no describe round trip.
+   */
+  static adopt(fd: Fd, state: VfioUserDeviceHandover, opts: VfioUserClientOptions = {}): VfioUserDevice {
+    const socket = new StreamSocket(fd, {
+      framing: VFIO_USER_FRAMING,
+      maxMessage: DEFAULT_MAX_MESSAGE,
+      partial: { data: Buffer.from(state.partial, 'base64'), fds: [] },
+    });
+    const client = VfioUserClient.adopt(socket, state.client, opts);
+    const dev = new VfioUserDevice(client, state.endpoint, opts);
+    dev.ids = state.ids;
+    dev.numRegions = state.numRegions;
+    dev.numIrqs = state.numIrqs;
+    dev.capabilities = state.capabilities;
+    return dev;
+  }
+
+  /**
+   * What adopt() needs, and the connection's descriptor (still owned here). Only between calls: the caller
+   * has waited for every call to be answered (pendingCount 0), so no reply is owed on this connection.
+   */
+  handover(): { state: VfioUserDeviceHandover; fd: Fd } {
+    const socket = this.#client.socket as StreamSocket;
+    const partial = socket.partial();
+    if (partial.fds.length) throw new Error('the device connection is mid-message with fds: not now');
+    return {
+      fd: socket.fd,
+      state: {
+        endpoint: this.endpoint,
+        client: this.#client.handover(),
+        partial: partial.data.toString('base64'),
+        ids: this.ids,
+        numRegions: this.numRegions,
+        numIrqs: this.numIrqs,
+        capabilities: this.capabilities,
+      },
+    };
   }
 
   /**

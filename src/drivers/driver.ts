@@ -5,6 +5,7 @@
 
 import type { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
+import type { Fd } from '../sys/fd.js';
 
 /** What a client asks to lease (the broker's policy sees the same request). */
 export interface LeaseRequest {
@@ -203,6 +204,17 @@ export interface Driver extends EventEmitter {
   deviceLost(): void;
   /** Stop timers and watchers (the device stays as it is). Synchronous, idempotent. */
   close(): void;
+  /**
+   * Broker upgrade (src/broker/handover; a driver without these cannot be upgraded live): hold() stops every
+   * timer and watcher that would touch the device and waits for the work they started; unhold() undoes it (a
+   * rollback). handover() describes the driver's state as an opaque JSON blob plus the fds it holds (in
+   * order); the new broker's driver adopt()s them instead of boot(), given the resources of the leases taken
+   * over, and checks the device still agrees (rejecting if not).
+   */
+  hold?(): Promise<void>;
+  unhold?(): void;
+  handover?(): { state: unknown; fds: Fd[] };
+  adopt?(state: unknown, fds: Fd[], leased: LeaseResources[]): Promise<void>;
 }
 
 /** An identity view of `window`, for drivers whose device cannot translate addresses. */

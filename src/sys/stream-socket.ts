@@ -39,6 +39,12 @@ export interface StreamSocketOptions {
   maxMessage?: number;
   /** Most fds one message may carry (0..MAX_FDS, default MAX_FDS); a peer sending more is cut off. */
   maxFds?: number;
+  /**
+   * The start of a message another process had read from this socket before handing it over (a broker
+   * upgrade, src/broker/handover): reading carries on from there, so no byte of the stream is lost. The fds
+   * came with those bytes and are owned from here.
+   */
+  partial?: { data: Buffer; fds: Fd[] };
 }
 
 export interface StreamMessage {
@@ -140,6 +146,7 @@ export class StreamSocket extends EventEmitter {
       throw err;
     }
     this.#fd = fd;
+    if (opts.partial) this.#seed(opts.partial);
     this.on('newListener', (event) => {
       if (event === 'message') this.#setInterest(true);
     });
@@ -219,6 +226,34 @@ export class StreamSocket extends EventEmitter {
 
   get paused(): boolean {
     return this.#paused;
+  }
+
+  /**
+   * What has been read of the message in progress (its first bytes, and the fds that came with them): the
+   * part of the stream a handover must carry along with the socket (read while paused, it stays put).
+   */
+  partial(): { data: Buffer; fds: readonly Fd[] } {
+    const buf = this.#msg ?? this.#header;
+    return { data: Buffer.from(buf.subarray(0, this.#have)), fds: this.#fds };
+  }
+
+  #seed(p: { data: Buffer; fds: Fd[] }): void {
+    const h = this.#header.length;
+    this.#fds = p.fds;
+    if (p.data.length === 0) return;
+    if (p.data.length < h) {
+      p.data.copy(this.#header, 0);
+      this.#have = p.data.length;
+      return;
+    }
+    p.data.copy(this.#header, 0, 0, h);
+    const size = this.framing.messageSize(this.#header);
+    if (!Number.isInteger(size) || size < p.data.length || size > this.maxMessage) {
+      throw protocolError(`a handed-over partial message of ${p.data.length} bytes announces ${size}`);
+    }
+    this.#msg = Buffer.allocUnsafe(size);
+    p.data.copy(this.#msg, 0);
+    this.#have = p.data.length;
   }
 
   peerCred(): PeerCred {

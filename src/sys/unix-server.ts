@@ -91,6 +91,22 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
     return this.#fd === null;
   }
 
+  /**
+   * Stop / restart accepting (a broker upgrade's quiesce): connections wait in the listen backlog meanwhile.
+   * Idempotent.
+   */
+  pause(): void {
+    if (this.#fd !== null && this.#backoff === null) this.#watch.events = 0;
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+    if (this.#fd !== null && this.#backoff === null) this.#watch.events = READABLE;
+  }
+
+  #paused = false;
+
   /** Stops accepting and removes the socket file (if it is still ours). Idempotent. */
   close(): void {
     const fd = this.#fd;
@@ -131,7 +147,7 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
       this.emit('error', new SysError('accept', 'EBADF', `poll failed (${status})`));
       return;
     }
-    while (this.#fd !== null && this.#backoff === null) {
+    while (this.#fd !== null && this.#backoff === null && !this.#paused) {
       let conn: number;
       try {
         conn = native.unixAccept(this.#fd.fd);
@@ -160,7 +176,7 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
     this.#watch.events = 0;
     this.#backoff = setTimeout(() => {
       this.#backoff = null;
-      if (this.#fd === null) return;
+      if (this.#fd === null || this.#paused) return;
       this.#watch.events = READABLE;
     }, ACCEPT_BACKOFF_MS);
     this.#backoff.unref();

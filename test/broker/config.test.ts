@@ -6,12 +6,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError, parseConfig } from '../../src/broker/config.js';
+import { DevleaseError } from '../../src/errors.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 
 const bad = (toml: string, field: RegExp) => {
   assert.throws(
     () => parseConfig(toml),
-    (err: unknown) => err instanceof ConfigError && field.test(err.message),
+    (err: unknown) =>
+      err instanceof ConfigError &&
+      err instanceof DevleaseError &&
+      err.code === 'ERR_DEVLEASE_CONFIG' &&
+      field.test(err.message),
     `expected a ConfigError matching ${field} for:\n${toml}`,
   );
 };

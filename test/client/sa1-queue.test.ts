@@ -1,6 +1,7 @@
 // The SA-1 queue helper across ring wraps, back-pressure and error statuses.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { DevleaseError } from '../../src/errors.js';
 import { BAR0, Q, Q_CTRL, qcfg } from '../../src/hw/sa1/regs.js';
 import { connect, DeviceStatusError, type Lease, Sa1Queue } from '../../src/index.js';
 import { crc32c } from '../../src/sim/model/crc32c.js';
@@ -62,7 +63,9 @@ test('status errors are typed; a queue in ERROR is reported and recovers after r
   const buf = await lease.dma.alloc(4096);
   await assert.rejects(q.copy(buf.iova, buf.iova + 2048n, 0), (err: unknown) => {
     assert.ok(err instanceof DeviceStatusError);
+    assert.ok(err instanceof DevleaseError, 'one error model: a device status is a DevleaseError');
     assert.equal(err.code, 'BAD_LENGTH');
+    assert.equal(err.errno, undefined, 'a device status is not an errno');
     return true;
   });
   assert.equal((await q.nop()).status, 'OK', 'BAD_LENGTH does not stop the queue');

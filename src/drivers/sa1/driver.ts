@@ -25,6 +25,7 @@ import {
   STATUS,
   STATUS_NAME,
 } from '../../hw/sa1/regs.js';
+import type { Fd } from '../../sys/fd.js';
 import { EventFd } from '../../sys/index.js';
 import {
   VFIO_PCI_CONFIG_REGION_INDEX,
@@ -64,6 +65,15 @@ export interface Sa1Geometry {
 
 /** Bound on HEARTBEAT moving once a recovery brought the device back (it advances every 10 ms). */
 const HEARTBEAT_ALIVE_TIMEOUT_MS = 1000;
+
+/** What an upgrade carries of the driver (JSON; the fault and ERR eventfds travel as fds). */
+interface Sa1HandoverState {
+  geometry: Omit<Sa1Geometry, 'devmemSize'> & { devmemSize: string };
+  bar2Type: BarType | null;
+  stuckQueues: number[];
+  cleanQueues: number[];
+  faultsSeen: number;
+}
 
 export class Sa1Driver extends EventEmitter implements Driver {
   readonly name = 'sa1';
@@ -418,6 +428,70 @@ export class Sa1Driver extends EventEmitter implements Driver {
     });
   }
 
+  // ---- broker upgrade (src/broker/handover): see Driver.hold/handover/adopt ----
+
+  async hold(): Promise<void> {
+    this.#stopHeartbeat();
+    this.#faultFd?.stopWatching();
+    this.#errFd?.stopWatching();
+    await this.#draining;
+  }
+
+  unhold(): void {
+    this.#watchInterrupts();
+    this.#startHeartbeat();
+  }
+
+  handover(): { state: Sa1HandoverState; fds: Fd[] } {
+    if (!this.#geo || !this.#faultFd || !this.#errFd)
+      throw new Error('sa1: not booted: nothing to hand over');
+    return {
+      state: {
+        geometry: { ...this.#geo, devmemSize: this.#geo.devmemSize.toString() },
+        bar2Type: this.#bar2Type,
+        stuckQueues: [...this.#stuckQueues],
+        cleanQueues: [...this.#cleanQueues],
+        faultsSeen: this.#faultsSeen,
+      },
+      fds: [this.#faultFd.fd, this.#errFd.fd],
+    };
+  }
+
+  async adopt(state: unknown, fds: Fd[], leased: LeaseResources[]): Promise<void> {
+    const s = state as Sa1HandoverState;
+    const [faultFd, errFd] = fds;
+    if (!faultFd || !errFd || !s?.geometry) throw new Error('sa1: the handed-over state lacks its eventfds');
+    this.#geo = { ...s.geometry, devmemSize: BigInt(s.geometry.devmemSize) };
+    this.validateLayout();
+    this.#bar2Type = s.bar2Type;
+    this.#stuckQueues.clear();
+    for (const q of s.stuckQueues) this.#stuckQueues.add(q);
+    this.#cleanQueues.clear();
+    for (const q of s.cleanQueues) this.#cleanQueues.add(q);
+    this.#faultsSeen = s.faultsSeen;
+    const g = this.#geo;
+    const held = new Set(leased.map((r) => r.queue));
+    this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i).filter(
+      (q) => !this.#stuckQueues.has(q) && !held.has(q),
+    );
+    this.#windows = new WindowSlots(this.#cfg.sa1.windowSize, g.numQueues, this.#dev.iovaRanges());
+    this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
+    for (const r of leased) if (r.devmem) this.#granules.reserve(r.devmem);
+    this.#faultFd = EventFd.adopt(faultFd);
+    this.#errFd = EventFd.adopt(errFd);
+    // The device must still be as the old broker left it: running, and every leased queue enabled.
+    const status = await this.#dev.read32(BAR0, REG.STATUS);
+    if (status & STATUS.HUNG) throw new Error('sa1: the device reports HUNG: not taking it over as it is');
+    for (const r of leased) {
+      const ctrl = await this.#dev.read32(BAR0, qcfg(r.queue!, Q.CTRL));
+      if (!(ctrl & Q_CTRL.ENABLE))
+        throw new Error(
+          `sa1: queue ${r.queue} is leased but not enabled on the device (Q_CTRL 0x${ctrl.toString(16)})`,
+        );
+    }
+    this.unhold();
+  }
+
   deviceLost(): void {
     this.#stopHeartbeat();
     this.#cleanQueues.clear();
@@ -508,11 +582,15 @@ export class Sa1Driver extends EventEmitter implements Driver {
   async #armInterrupts(): Promise<void> {
     const g = this.geometry;
     this.#faultFd = new EventFd();
-    this.#faultFd.onReadable(() => this.#scheduleDrain());
-    await this.#dev.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, g.numQueues, [this.#faultFd.fd]);
     this.#errFd = new EventFd();
-    this.#errFd.onReadable(() => void this.#onErr().catch((err) => this.emit('error', err)));
+    this.#watchInterrupts();
+    await this.#dev.setIrqs(VFIO_PCI_MSIX_IRQ_INDEX, g.numQueues, [this.#faultFd.fd]);
     await this.#dev.setIrqs(VFIO_PCI_ERR_IRQ_INDEX, 0, [this.#errFd.fd]);
+  }
+
+  #watchInterrupts(): void {
+    this.#faultFd?.onReadable(() => this.#scheduleDrain());
+    this.#errFd?.onReadable(() => void this.#onErr().catch((err) => this.emit('error', err)));
   }
 
   /** ERR: the device hung, or was reset without the driver asking (its own resets raise none). */

@@ -50,6 +50,12 @@ export class Granules {
     return null;
   }
 
+  /** Mark a range taken (a broker upgrade rebuilding the pool from the leases it took over). */
+  reserve(range: { offset: bigint; size: bigint }): void {
+    const first = Number(range.offset / this.#granule);
+    for (let j = first; j < first + Number(range.size / this.#granule); j++) this.#free[j] = false;
+  }
+
   give(range: { offset: bigint; size: bigint }): void {
     const first = Number(range.offset / this.#granule);
     const n = Number(range.size / this.#granule);

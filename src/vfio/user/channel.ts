@@ -84,6 +84,22 @@ export class RequestChannel extends EventEmitter {
     return this.#closed;
   }
 
+  /** Calls waiting for their reply (a handover waits for none to be left). */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
+  /** Where the msg_id sequence is, and the ids whose late replies are still to be dropped (a handover's). */
+  sequence(): { nextId: number; abandoned: number[] } {
+    return { nextId: this.#nextId, abandoned: [...this.#abandoned] };
+  }
+
+  /** Carry on another process's sequence over the same connection (see sequence()). */
+  continueSequence(s: { nextId: number; abandoned: number[] }): void {
+    this.#nextId = s.nextId & 0xffff;
+    for (const id of s.abandoned) this.#abandoned.add(id & 0xffff);
+  }
+
   /**
    * Send one command and wait for its reply. Resolves with the reply payload and any
    * fds (the caller owns them); rejects with the server's errno, ETIMEDOUT or ECONNRESET.

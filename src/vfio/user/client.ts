@@ -30,7 +30,7 @@ import {
 import * as P from './protocol.js';
 import { decodeRegionIoFdsReply, type IoFdSubRegion } from './region-io-fds.js';
 import { connectVfioUser, type MessageSocket } from './transport.js';
-import { type Capabilities, readVersionReply, versionRequest } from './version.js';
+import { type Capabilities, readCapabilities, readVersionReply, versionRequest } from './version.js';
 
 export interface VfioUserClientOptions {
   /** Default timeout of every call, negotiation included. Default 5000 ms. */
@@ -50,6 +50,14 @@ export interface RegionInfo {
 }
 
 const DEFAULT_TIMEOUT_MS = 5000;
+
+export interface VfioUserClientHandover {
+  version: { major: number; minor: number };
+  /** The server's VERSION capabilities object, as it sent it. */
+  serverCapabilities: Record<string, unknown>;
+  errorReasons: boolean;
+  sequence: { nextId: number; abandoned: number[] };
+}
 
 export class VfioUserClient extends EventEmitter {
   /** What the server advertised in its VERSION reply. */
@@ -77,8 +85,44 @@ export class VfioUserClient extends EventEmitter {
     return client;
   }
 
+  /**
+   * Carry on a connection another process negotiated (a broker upgrade hands its device connection over):
+   * no VERSION exchange; the server's capabilities and the msg_id sequence come from `state`.
+   */
+  static adopt(
+    socket: MessageSocket,
+    state: VfioUserClientHandover,
+    opts: VfioUserClientOptions = {},
+  ): VfioUserClient {
+    const client = new VfioUserClient(socket, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    client.version = state.version;
+    client.serverCapabilities = readCapabilities({ capabilities: state.serverCapabilities });
+    client.#channel.errorReasons = state.errorReasons;
+    client.#channel.continueSequence(state.sequence);
+    return client;
+  }
+
+  /** What adopt() needs to carry this connection on in another process. */
+  handover(): VfioUserClientHandover {
+    return {
+      version: this.version,
+      serverCapabilities: this.serverCapabilities.raw,
+      errorReasons: this.#channel.errorReasons,
+      sequence: this.#channel.sequence(),
+    };
+  }
+
+  /** Calls waiting for their reply. */
+  get pendingCount(): number {
+    return this.#channel.pendingCount;
+  }
+
+  /** The connection's socket (a handover sends its descriptor on). */
+  readonly socket: MessageSocket;
+
   private constructor(socket: MessageSocket, timeoutMs: number) {
     super();
+    this.socket = socket;
     this.#channel = new RequestChannel(socket, timeoutMs, (msg) => this.#serveCommand(msg));
     // 'close' carries the reason: null after close(), an ECONNRESET/EPROTO error otherwise.
     this.#channel.on('close', (reason: Error | null) => {

@@ -39,6 +39,13 @@ export interface ConnectionConfig extends V.ServerLimits {
   log(message: string, err?: unknown): void;
 }
 
+/** A negotiated session as one process hands it to another. */
+export interface AdoptedSession {
+  /** The client's VERSION capabilities object. */
+  peerCapabilities: Record<string, unknown>;
+  wantsReasons: boolean;
+}
+
 type Reply = { payload?: Uint8Array; fds?: Fd[] };
 
 /**
@@ -85,6 +92,8 @@ export class VfioUserConnection {
     socket: MessageSocket,
     config: ConnectionConfig,
     createDevice: (c: ConnectionInfo, s: MessageSocket) => VfioUserDeviceModel | Promise<VfioUserDeviceModel>,
+    /** A session another process negotiated (a broker upgrade): VERSION is done, requests go to the model. */
+    adopted?: AdoptedSession,
   ) {
     this.info = info;
     this.socket = socket;
@@ -92,6 +101,10 @@ export class VfioUserConnection {
     this.closed = new Promise((r) => {
       this.#resolveClosed = r;
     });
+    if (adopted) {
+      this.peer = readCapabilities({ capabilities: adopted.peerCapabilities });
+      this.#wantsReasons = adopted.wantsReasons;
+    }
     // Creating the device is the first entry of the queue: requests wait for it.
     this.#queue = (async () => {
       try {
@@ -117,6 +130,37 @@ export class VfioUserConnection {
   get closing(): boolean {
     return this.#closing !== null;
   }
+
+  /**
+   * Stop reading requests, whatever flow control says, until unhold() (a broker upgrade's quiesce). Requests
+   * already read are still served: idle() says when they all are.
+   */
+  hold(): void {
+    this.#held = true;
+    this.socket.pause();
+  }
+
+  unhold(): void {
+    this.#held = false;
+    this.#flowControl();
+  }
+
+  /** Resolves once every request read so far has been answered. */
+  async idle(): Promise<void> {
+    let q: Promise<void>;
+    do {
+      q = this.#queue;
+      await q;
+    } while (q !== this.#queue);
+  }
+
+  /** What another process needs to carry this session on (see the constructor's `adopted`). */
+  handover(): AdoptedSession | null {
+    if (this.peer === null) return null;
+    return { peerCapabilities: this.peer.raw, wantsReasons: this.#wantsReasons };
+  }
+
+  #held = false;
 
   /** Close this connection (idempotent); the model's disconnected() runs after any request in progress. */
   close(reason = 'closed by server'): void {
@@ -181,7 +225,7 @@ export class VfioUserConnection {
       this.close('client does not read its replies');
       return;
     }
-    const full = this.#pending >= MAX_PENDING || backlog > REPLY_HIGH_WATER;
+    const full = this.#held || this.#pending >= MAX_PENDING || backlog > REPLY_HIGH_WATER;
     if (full) this.socket.pause();
     else this.socket.resume();
   }

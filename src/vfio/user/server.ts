@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import { closedError } from '../../errors.js';
 import { type Fd, StreamServer } from '../../sys/index.js';
 import { MAX_FDS } from '../../sys/native.js';
-import { VfioUserConnection } from './connection.js';
+import { type AdoptedSession, VfioUserConnection } from './connection.js';
 import type { ConnectionInfo, VfioUserDeviceModel } from './device-model.js';
 import {
   DEFAULT_MAX_DATA_XFER_SIZE,
@@ -56,6 +56,7 @@ export class VfioUserServer extends EventEmitter {
     // a peer announcing anything longer is cut off by the framing.
     const maxMessage = HEADER_SIZE + 16 + server.#config.maxDataXferSize + 4096;
     const socket = { framing: VFIO_USER_FRAMING, maxMessage };
+    server.socketOptions = socket;
     const listener = opts.listening
       ? StreamServer.fromListening(opts.listening, path, { socket })
       : StreamServer.listen(path, { mode: opts.mode ?? 0o600, socket });
@@ -95,6 +96,12 @@ export class VfioUserServer extends EventEmitter {
     };
   }
 
+  /** How this server's connection sockets are made (an upgrade makes them from handed-over fds alike). */
+  socketOptions: { framing: typeof VFIO_USER_FRAMING; maxMessage: number } = {
+    framing: VFIO_USER_FRAMING,
+    maxMessage: HEADER_SIZE + 16 + DEFAULT_MAX_DATA_XFER_SIZE + 4096,
+  };
+
   /** The socket path when listening, else null. */
   get path(): string | null {
     return this.#listener?.path ?? null;
@@ -126,6 +133,45 @@ export class VfioUserServer extends EventEmitter {
       this.emit('disconnect', conn, reason);
     });
     this.emit('connection', conn);
+    return conn;
+  }
+
+  /** Stop / restart accepting connections (they wait in the backlog). */
+  pauseAccepting(): void {
+    this.#listener?.pause();
+  }
+  resumeAccepting(): void {
+    this.#listener?.resume();
+  }
+
+  /** The listening socket's descriptor (owned by the server), or null. */
+  get listeningFd(): Fd | null {
+    return this.#listener?.fd ?? null;
+  }
+
+  /** Serve a session another process negotiated (a broker upgrade): `model` serves its requests from now on. */
+  adoptSocket(
+    socket: MessageSocket,
+    model: VfioUserDeviceModel,
+    adopted: AdoptedSession,
+  ): VfioUserConnection {
+    if (this.#closed) {
+      socket.close();
+      throw closedError('VfioUserServer');
+    }
+    const cred = socket.peerCred();
+    const conn = new VfioUserConnection(
+      { id: this.#nextId++, cred },
+      socket,
+      this.#config,
+      () => model,
+      adopted,
+    );
+    this.#connections.add(conn);
+    void conn.closed.then((reason) => {
+      this.#connections.delete(conn);
+      this.emit('disconnect', conn, reason);
+    });
     return conn;
   }
 

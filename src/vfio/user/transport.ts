@@ -24,11 +24,12 @@ export interface MessageSocket {
   on(event: 'close', listener: (...args: unknown[]) => void): unknown;
   /** Socket failures other than hang-up, protocol violations of the framing included; 'close' follows. */
   on(event: 'error', listener: (err: Error) => void): unknown;
+  /** Flow control: 'drain' when the bytes the kernel had not taken (queuedBytes) are sent. */
+  on(event: 'drain', listener: () => void): unknown;
   close(): void;
   peerCred(): PeerCred;
-  /** Flow control: bytes sent but not yet taken by the kernel; 'drain' when they are. */
+  /** Flow control: bytes sent but not yet taken by the kernel. */
   readonly queuedBytes: number;
-  on(event: 'drain', listener: () => void): unknown;
   /** Stop / restart reading messages (the peer's wait in the kernel). */
   pause(): void;
   resume(): void;

@@ -1,0 +1,165 @@
+// The old broker's half of an upgrade, before the transfer: hold the control
+// plane still (no accept, no request read, nothing in flight, no reclaim, no
+// driver timer), then describe everything a lease lives on (format.ts).
+// Holding changes nothing but what is read: resume() puts it all back.
+
+import { VfioUserDevice } from '../../device/vfio-user-device.js';
+import { DevleaseError } from '../../errors.js';
+import type { Fd } from '../../sys/fd.js';
+import type { PidFd } from '../../sys/pidfd.js';
+import type { StreamSocket } from '../../sys/stream-socket.js';
+import type { VfioUserServer } from '../../vfio/user/server.js';
+import type { AdminServer } from '../admin.js';
+import type { Broker } from '../broker.js';
+import type { PendingSession } from '../pending-session.js';
+import {
+  type BrokerState,
+  type HandedLease,
+  type HandedSession,
+  STATE_FORMAT,
+  STATE_VERSION,
+} from './format.js';
+
+/** What the broker lends its upgrade: its servers (in driver.kinds() order), admin and sessions. */
+export interface BrokerParts {
+  servers: VfioUserServer[];
+  admin: AdminServer | null;
+  sessions: Map<object, { pending: PendingSession; pidfd: PidFd | null }>;
+}
+
+/** Resolves when `ready()` holds, polling every ms; rejects ETIMEDOUT naming `what` past the deadline. */
+async function until(what: string, ready: () => boolean, deadline: number): Promise<void> {
+  while (!ready()) {
+    if (Date.now() > deadline)
+      throw new DevleaseError('ETIMEDOUT', `upgrade: ${what} did not finish in time`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+/**
+ * Quiesce: stop accepting and reading, then wait (bounded) for what is in flight — session requests, admin
+ * requests but `exceptAdmin` (the upgrade request itself), reclaims, the driver's own device work, device
+ * calls. Rejects (after resuming) if something does not settle before the deadline.
+ */
+export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadline: number): Promise<void> {
+  for (const s of p.servers) s.pauseAccepting();
+  p.admin?.hold();
+  const conns = p.servers.flatMap((s) => [...s.connections]);
+  for (const c of conns) c.hold();
+  try {
+    const idle = Promise.all(conns.map((c) => c.idle()));
+    let done = false;
+    void idle.then(() => {
+      done = true;
+    });
+    await until('requests in progress', () => done, deadline);
+    await until('admin requests in progress', () => (p.admin?.inFlight ?? 0) <= exceptAdmin, deadline);
+    await b.leases.hold();
+    await b.driver.hold?.();
+    const dev = b.device as VfioUserDevice;
+    await until('device calls in progress', () => dev.client.pendingCount === 0, deadline);
+    // From here the device's replies are the new broker's to read.
+    dev.client.socket.pause();
+  } catch (err) {
+    resume(b, p);
+    throw err;
+  }
+}
+
+/** Undo hold(): everything carries on as before (a rollback). Idempotent. */
+export function resume(b: Broker, p: BrokerParts): void {
+  if (b.device instanceof VfioUserDevice) b.device.client.socket.resume();
+  b.driver.unhold?.();
+  b.leases.unhold();
+  for (const s of p.servers) for (const c of s.connections) c.unhold();
+  p.admin?.unhold();
+  for (const s of p.servers) s.resumeAccepting();
+}
+
+/** Why this broker cannot be upgraded live as it is, or null. */
+export function cannotUpgrade(b: Broker): string | null {
+  if (!(b.device instanceof VfioUserDevice))
+    return 'live upgrade is implemented for the vfio-user backend only (the kernel backend is not yet carried over)';
+  if (!b.driver.handover || !b.driver.adopt || !b.driver.hold)
+    return `driver ${b.driver.name} cannot hand its state over`;
+  if (!b.device.connected || b.leases.deviceGone) return 'the device connection is down';
+  if (b.leases.suspended) return `grants are suspended (${b.leases.suspended})`;
+  return null;
+}
+
+/** The state document and the fds it names by index (still owned by the broker: they are sent as dups). */
+export function collect(
+  b: Broker,
+  p: BrokerParts,
+  meta: { startedAt: Date; upgrades: number },
+): { doc: BrokerState; fds: Fd[] } {
+  const fds: Fd[] = [];
+  const add = (fd: Fd): number => fds.push(fd) - 1;
+  const dev = (b.device as VfioUserDevice).handover();
+  const drv = b.driver.handover!();
+  const kinds = b.driver.kinds();
+  const listening: BrokerState['listening'] = p.servers.map((s, i) => ({
+    name: kinds[i]!,
+    path: b.sockets.get(kinds[i]!) ?? s.path ?? '',
+    type: 'stream',
+    fd: add(s.listeningFd!),
+  }));
+  const admin = p.admin?.handover();
+  if (admin && p.admin)
+    listening.push({ name: 'admin', path: p.admin.path, type: 'seqpacket', fd: add(admin.listening) });
+  const sessions: HandedSession[] = [];
+  p.servers.forEach((server, i) => {
+    for (const conn of server.connections) {
+      if (conn.closing) continue;
+      const socket = conn.socket as unknown as StreamSocket;
+      const entry = p.sessions.get(socket);
+      const partial = socket.partial();
+      const adopted = conn.handover();
+      sessions.push({
+        kind: kinds[i]!,
+        fd: add(socket.fd),
+        pidfd: entry?.pidfd && !entry.pidfd.closed ? add(entry.pidfd.fd) : null,
+        partial: partial.data.toString('base64'),
+        partialFds: partial.fds.map(add),
+        lease: adopted ? (entry?.pending.session?.lease.id ?? null) : null,
+        adopted,
+        devlease: entry?.pending.session?.devlease ?? false,
+      });
+    }
+  });
+  const deferred = b.leases.deferredReclaims;
+  const list: HandedLease[] = b.leases.all().map((l) => ({
+    id: l.id,
+    request: l.request,
+    ctx: l.ctx,
+    resources: l.resources,
+    createdAt: l.createdAt,
+    state: l.state,
+    endReason: l.endReason,
+    quarantineReason: l.quarantineReason,
+    deadline: l.deadline,
+    mappings: [...l.mappings.values()],
+    slices: [...l.slices.entries()].map(([r, units]) => [
+      r,
+      units.map((u) => ({ fd: add(u.deviceFd), outstanding: u.outstanding })),
+    ]),
+    errFd: l.errFd && !l.errFd.closed ? add(l.errFd) : null,
+    reqFd: l.reqFd && !l.reqFd.closed ? add(l.reqFd) : null,
+    noticeFd: l.noticeFd && !l.noticeFd.closed ? add(l.noticeFd) : null,
+    faults: l.faults,
+    reclaim: deferred.get(l) ?? null,
+  }));
+  const doc: BrokerState = {
+    format: STATE_FORMAT,
+    version: STATE_VERSION,
+    broker: { pid: process.pid, startedAt: meta.startedAt.toISOString(), upgrades: meta.upgrades },
+    device: { transport: 'vfio-user', fd: add(dev.fd), state: dev.state },
+    driver: { name: b.driver.name, state: drv.state, fds: drv.fds.map(add) },
+    listening,
+    admin: { connections: (admin?.connections ?? []).map(add) },
+    leases: { nextId: b.leases.idSequence, draining: b.leases.draining, list },
+    sessions,
+    audit: { recent: b.audit.recent.slice(-100) },
+  };
+  return { doc, fds };
+}

@@ -1,0 +1,76 @@
+// The broker state an upgrade hands over: one versioned JSON document whose
+// descriptors travel alongside (SCM_RIGHTS) and are named by their index in
+// the transfer's fd list. The versioning rule is in docs/ARCHITECTURE.md
+// ("Upgrading the broker"): `version` changes only when a reader of the
+// previous version would misread the document; fields are only ever added
+// (a reader ignores what it does not know); per-driver state is an opaque
+// blob under `driver.state`, owned by the driver, with its own fds.
+
+import type { VfioUserDeviceHandover } from '../../device/vfio-user-device.js';
+import type { DeviceFault, LeaseRequest, LeaseResources } from '../../drivers/driver.js';
+import type { AdoptedSession } from '../../vfio/user/connection.js';
+import type { AuditRecord } from '../audit.js';
+import type { LeaseMapping, LeaseState } from '../lease.js';
+import type { CallerContext } from '../policy.js';
+
+export const STATE_FORMAT = 'devlease-broker-state';
+/** This broker writes version 1 and reads the versions listed. */
+export const STATE_VERSION = 1;
+export const READABLE_VERSIONS = [1];
+
+export interface HandedLease {
+  id: string;
+  request: LeaseRequest;
+  ctx: CallerContext;
+  resources: LeaseResources;
+  createdAt: number;
+  state: LeaseState;
+  endReason: string | null;
+  quarantineReason: string | null;
+  /** Revoke deadline, absolute (ms since the epoch): re-armed with what is left of it. */
+  deadline: number | null;
+  mappings: LeaseMapping[];
+  /** Per lease region: each unit's device fd (index) and how many descriptions are out. */
+  slices: [number, { fd: number; outstanding: number }[]][];
+  errFd: number | null;
+  reqFd: number | null;
+  noticeFd: number | null;
+  faults: DeviceFault[];
+  /** A reclaim asked for while the old broker held the table: the new one runs it at once. */
+  reclaim: string | null;
+}
+
+export interface HandedSession {
+  kind: string;
+  fd: number;
+  pidfd: number | null;
+  /** Bytes of the next request already read (base64), and the fds that came with them. */
+  partial: string;
+  partialFds: number[];
+  /** The lease it serves (null: VERSION not yet received; the new broker serves it from the start). */
+  lease: string | null;
+  adopted: AdoptedSession | null;
+  devlease: boolean;
+}
+
+export interface BrokerState {
+  format: typeof STATE_FORMAT;
+  version: number;
+  broker: { pid: number; startedAt: string; upgrades: number };
+  device: { transport: 'vfio-user'; fd: number; state: VfioUserDeviceHandover };
+  driver: { name: string; state: unknown; fds: number[] };
+  listening: { name: string; path: string; type: 'stream' | 'seqpacket'; fd: number }[];
+  admin: { connections: number[] };
+  leases: { nextId: number; draining: boolean; list: HandedLease[] };
+  sessions: HandedSession[];
+  audit: { recent: AuditRecord[] };
+}
+
+/** Why a document cannot be read by this broker, or null. */
+export function refusal(doc: unknown): string | null {
+  const d = doc as Partial<BrokerState> | null;
+  if (!d || d.format !== STATE_FORMAT) return `not a ${STATE_FORMAT} document`;
+  if (!READABLE_VERSIONS.includes(d.version as number))
+    return `state version ${String(d.version)} is not one this broker reads (${READABLE_VERSIONS.join(', ')})`;
+  return null;
+}

@@ -1,0 +1,105 @@
+// The old broker's side of an upgrade, start to end (docs/ARCHITECTURE.md,
+// "Upgrading the broker"): start the new broker with one end of a socketpair,
+// wait for its hello, hold the control plane, send the state, wait for
+// 'ready', then commit — or abort, kill the new process and resume, saying
+// why (rollback). Only the old broker decides: the new one serves nothing
+// before 'commit' (or before the old one is gone with the whole state sent).
+
+import { spawn } from 'node:child_process';
+import { DevleaseError } from '../../errors.js';
+import { Fd } from '../../sys/fd.js';
+import { native } from '../../sys/native.js';
+import type { Broker } from '../broker.js';
+import { type BrokerParts, cannotUpgrade, collect, hold, resume } from './collect.js';
+import { STATE_VERSION } from './format.js';
+import { encodeState, HandoverWire } from './wire.js';
+
+export interface UpgradeOptions {
+  /** The new broker's entry point (bin/devlease.js of the new release); default: this one's. */
+  binary?: string;
+  /** The new broker's config file; default: this broker's. */
+  config?: string;
+  /** From start to 'ready'; past it, the upgrade rolls back. Default 20 s. */
+  deadlineMs?: number;
+  /** The request came over the admin socket (its own request is in flight while the broker quiesces). */
+  viaAdmin?: boolean;
+}
+
+export interface UpgradeOutcome {
+  upgraded: true;
+  pid: number;
+  /** How long the control plane was held (ms). */
+  pausedMs: number;
+}
+
+export async function upgrade(
+  b: Broker,
+  parts: BrokerParts,
+  meta: { startedAt: Date; upgrades: number; configPath: string | null; rundir: string | null },
+  opts: UpgradeOptions,
+): Promise<UpgradeOutcome> {
+  const why = cannotUpgrade(b);
+  if (why) throw new DevleaseError('ENOTSUP', why);
+  const deadline = Date.now() + (opts.deadlineMs ?? 20_000);
+  const [ours, theirs] = native.unixPair(false);
+  const wire = new HandoverWire(new Fd(ours));
+  const theirFd = new Fd(theirs);
+  const config = opts.config ?? meta.configPath;
+  const args = [opts.binary ?? process.argv[1]!, 'daemon', '--handover-fd', '3'];
+  if (config) args.push('--config', config);
+  if (meta.rundir) args.push('--rundir', meta.rundir);
+  let exited: string | null = null;
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', theirFd.fd] });
+  theirFd.close();
+  child.on('exit', (code, signal) => {
+    exited = `the new broker exited (${signal ?? `code ${code}`})`;
+  });
+  child.on('error', (err) => {
+    exited = `the new broker did not start: ${err.message}`;
+  });
+  let held = false;
+  let pausedAt = 0;
+  const rollback = (reason: string): never => {
+    try {
+      wire.send({ t: 'abort', reason });
+    } catch {
+      // the new broker is gone already: nobody to tell
+    }
+    wire.close();
+    if (exited === null) child.kill('SIGKILL');
+    if (held) resume(b, parts);
+    b.audit.write({ event: 'upgrade-rolled-back', reason, pid: child.pid ?? null });
+    b.log(`upgrade rolled back: ${reason}`);
+    throw new DevleaseError('EAGAIN', `upgrade rolled back: ${reason}; the broker carries on`);
+  };
+  const explain = (r: 'gone' | 'timeout') =>
+    r === 'timeout' ? 'the new broker was not ready in time' : (exited ?? 'the new broker hung up');
+  b.audit.write({ event: 'upgrade-start', pid: child.pid ?? null, binary: args[0] });
+  const hello = await wire.next(deadline);
+  if (typeof hello === 'string') return rollback(explain(hello));
+  const versions = hello.msg['versions'];
+  if (hello.msg.t !== 'hello' || !Array.isArray(versions) || !versions.includes(STATE_VERSION))
+    return rollback(
+      `the new broker does not read state version ${STATE_VERSION} (it reads ${JSON.stringify(versions)})`,
+    );
+  try {
+    pausedAt = performance.now();
+    await hold(b, parts, opts.viaAdmin ? 1 : 0, deadline);
+    held = true;
+    const { doc, fds } = collect(b, parts, meta);
+    wire.sendState(encodeState(doc), fds);
+  } catch (err) {
+    return rollback(`quiesce or transfer failed: ${(err as Error).message}`);
+  }
+  const answer = await wire.next(deadline);
+  if (typeof answer === 'string') return rollback(explain(answer));
+  if (answer.msg.t !== 'ready')
+    return rollback(`the new broker refused the state: ${String(answer.msg['reason'] ?? answer.msg.t)}`);
+  // The one decision: from here the new broker owns everything, and this one only exits.
+  wire.send({ t: 'commit' });
+  const pausedMs = performance.now() - pausedAt;
+  child.unref();
+  b.audit.write({ event: 'upgrade-handed-over', pid: child.pid ?? null, pausedMs });
+  b.emit('handed-over', child.pid);
+  return { upgraded: true, pid: child.pid!, pausedMs };
+}

@@ -1,0 +1,152 @@
+// A simulator, a `devlease daemon` and lease clients, each its own process, for the upgrade tests.
+import { type ChildProcess, fork, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { adminRequest } from '../../src/cli/admin.js';
+import { type ChildSimulator, spawnSimulator } from '../../src/sim/host/child.js';
+import { DEVLEASE_BIN } from '../../src/util/processes.js';
+import { stopChild } from '../helpers/stop-child.js';
+import { until } from '../interop/helpers/peers.js';
+
+const CLIENT = join(dirname(fileURLToPath(import.meta.url)), '../fixtures/broker/upgrade-client.js');
+
+export interface ClientStats {
+  copies: number;
+  bytes: number;
+  errors: string[];
+  controls: number;
+  disconnects: number;
+  leaseId: string;
+}
+
+export class UpgradeRig {
+  readonly dir = mkdtempSync(join(tmpdir(), 'devlease-upgrade-'));
+  sim!: ChildSimulator;
+  daemon!: ChildProcess;
+  out = '';
+  readonly clients: ChildProcess[] = [];
+  get admin(): string {
+    return join(this.dir, 'run', 'sa1', 'admin.sock');
+  }
+  get queueSocket(): string {
+    return join(this.dir, 'run', 'sa1', 'queue.sock');
+  }
+
+  static async start(env: Record<string, string> = {}): Promise<UpgradeRig> {
+    const rig = new UpgradeRig();
+    rig.sim = await spawnSimulator({ socketPath: join(rig.dir, 'sim.sock'), numQueues: 8 });
+    rig.daemon = spawn(
+      process.execPath,
+      [
+        DEVLEASE_BIN,
+        'daemon',
+        '--device',
+        `vfio-user:${rig.sim.socketPath}`,
+        '--rundir',
+        join(rig.dir, 'run'),
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
+    );
+    rig.daemon.stdout!.on('data', (d: Buffer) => {
+      rig.out += d.toString();
+    });
+    rig.daemon.stderr!.on('data', (d: Buffer) => {
+      rig.out += d.toString();
+    });
+    await until('the daemon to be ready', () => rig.events().some((e) => e.event === 'ready'), 30_000);
+    return rig;
+  }
+
+  events(): Record<string, any>[] {
+    return this.out
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => {
+        try {
+          return JSON.parse(l) as Record<string, any>;
+        } catch {
+          return {};
+        }
+      });
+  }
+
+  request(req: Record<string, unknown>, timeoutMs = 60_000): Promise<any> {
+    return adminRequest(this.admin, req, timeoutMs);
+  }
+
+  async addClient(): Promise<ChildProcess> {
+    const c = fork(CLIENT, [this.queueSocket], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.clients.push(c);
+    await new Promise<void>((resolve, reject) => {
+      c.once('message', () => resolve());
+      c.once('exit', (code) => reject(new Error(`client exited (${code}) before its lease`)));
+    });
+    return c;
+  }
+
+  /** Resolves once every client has done `n` more copies. */
+  async progress(n = 20): Promise<void> {
+    const ask = (c: ChildProcess) =>
+      new Promise<number>((resolve) => {
+        c.once('message', (m: any) => resolve(m.progress));
+        c.send({ op: 'progress' });
+      });
+    const start = await Promise.all(this.clients.map(ask));
+    await until(
+      'every client to make progress',
+      async () => {
+        const now = await Promise.all(this.clients.map(ask));
+        return now.every((v, i) => v >= start[i]! + n);
+      },
+      60_000,
+    );
+  }
+
+  async stopClients(): Promise<ClientStats[]> {
+    return Promise.all(
+      this.clients.map(
+        (c) =>
+          new Promise<ClientStats>((resolve, reject) => {
+            c.on('message', (m: any) => {
+              if (m.stats) resolve(m.stats);
+            });
+            c.once('exit', (code) => reject(new Error(`client exited (${code}) without its stats`)));
+            c.send({ op: 'stop' });
+          }),
+      ),
+    );
+  }
+
+  /** The broker serving now (after upgrades, not the daemon this rig spawned). */
+  async brokerPid(): Promise<number> {
+    return ((await this.request({ op: 'status' })) as { pid: number }).pid;
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.clients) await stopChild(c);
+    // The broker serving now may be a process the upgrades started: stopped by its pid.
+    try {
+      const pid = await this.brokerPid();
+      if (pid !== this.daemon.pid) {
+        process.kill(pid, 'SIGTERM');
+        await until('the upgraded broker to exit', () => !alive(pid), 30_000);
+      }
+    } catch {
+      // no broker answers: nothing of ours left to stop
+    }
+    await stopChild(this.daemon);
+    await this.sim.close();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

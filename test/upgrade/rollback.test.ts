@@ -1,0 +1,53 @@
+// A new broker that exits during the handover, refuses the state, reads no
+// version the old one writes, or hangs: each upgrade rolls back, says why
+// (the admin reply, the audit log), and the old broker carries on with
+// everything it had — its clients keep copying without an error or a
+// disconnect. The misbehaviour is DEVLEASE_TEST_UPGRADE_MISBEHAVE, a
+// test-only knob read by the new broker (docs/ARCHITECTURE.md).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { UpgradeRig } from './rig.js';
+
+const CASES: [string, RegExp][] = [
+  ['exit', /the new broker (exited|hung up)/],
+  ['refuse', /refused the state: refused by DEVLEASE_TEST_UPGRADE_MISBEHAVE=refuse/],
+  ['old-version', /does not read state version 1/],
+  ['hang', /not ready in time/],
+];
+
+for (const [mode, why] of CASES) {
+  test(`a new broker that misbehaves (${mode}): the upgrade rolls back, clients unaffected`, {
+    timeout: 180_000,
+  }, async () => {
+    const rig = await UpgradeRig.start({ DEVLEASE_TEST_UPGRADE_MISBEHAVE: mode });
+    try {
+      await rig.addClient();
+      await rig.addClient();
+      const pid = await rig.brokerPid();
+      await rig.progress(10);
+      await assert.rejects(
+        rig.request({ op: 'upgrade', deadlineMs: 4000 }),
+        (err: Error & { code?: string }) => {
+          assert.equal(err.code, 'EAGAIN');
+          assert.match(err.message, /upgrade rolled back/);
+          assert.match(err.message, why);
+          return true;
+        },
+      );
+      const status = await rig.request({ op: 'status' });
+      assert.equal(status.pid, pid, 'the old broker carries on');
+      assert.equal(status.upgrades, 0);
+      const audit = (await rig.request({ op: 'audit' })) as { event: string; reason?: string }[];
+      assert.ok(audit.some((r) => r.event === 'upgrade-rolled-back' && why.test(r.reason ?? '')));
+      await rig.progress(10);
+      assert.equal(((await rig.request({ op: 'leases' })) as unknown[]).length, 2);
+      const stats = await rig.stopClients();
+      for (const s of stats) {
+        assert.deepEqual(s.errors, []);
+        assert.equal(s.disconnects, 0);
+      }
+    } finally {
+      await rig.close();
+    }
+  });
+}
