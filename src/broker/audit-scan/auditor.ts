@@ -16,6 +16,7 @@ import type { AuditLog } from '../audit.js';
 import {
   descendsFrom,
   type FileIdentity,
+  isRunning,
   type MappingFound,
   processFacts,
   type ScanResult,
@@ -191,7 +192,9 @@ export class SliceAuditor {
       if (overlaps) e.mapped = true;
       const inside = e.ranges.some((r) => m.offset >= r.start && end <= r.end);
       if (!inside) continue;
-      if (e.knownMappers.has(m.pid) || descendsFrom(m.pid, e.holder)) {
+      // A holder gone: its children are re-parented, and a mapping of its slice is one they inherited (no
+      // other process could map it without an fd, which (a) reports) — even if no scan saw the fork.
+      if (e.knownMappers.has(m.pid) || descendsFrom(m.pid, e.holder) || !isRunning(e.holder)) {
         e.knownMappers.add(m.pid);
         ok = true;
       }

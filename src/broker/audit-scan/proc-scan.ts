@@ -164,6 +164,17 @@ export function parentOf(pid: number): number | null {
   }
 }
 
+/** Whether `pid` is a process that has not exited (gone, a zombie or dead: false). */
+export function isRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X' && state !== 'x';
+  } catch {
+    return false;
+  }
+}
+
 /** Whether `pid` is `ancestor` or descends from it (walks at most 64 parents). */
 export function descendsFrom(pid: number, ancestor: number): boolean {
   let p: number | null = pid;
