@@ -30,6 +30,7 @@ export const CASES = [
   'copy',
   'scale',
   'idle',
+  'upgrade',
 ];
 
 const USAGE = `usage: devlease bench [--quick] [--only CASE,...] [--out DIR] [--svg PATH]

@@ -91,17 +91,44 @@ export class AdminServer {
     return n;
   }
 
-  /** The listening socket and every open connection's descriptor (owned here). */
-  handover(): { listening: Fd; connections: Fd[] } {
+  /** The connection whose `upgrade` request is in progress (handed over: the new broker may answer it). */
+  #asker: SeqpacketSocket | null = null;
+
+  /** The listening socket, every open connection's descriptor (owned here), which one asked for the upgrade. */
+  handover(): { listening: Fd; connections: Fd[]; asker: number | null } {
+    const open = [...this.#conns.keys()].filter((s) => !s.closed);
+    const asker = this.#asker ? open.indexOf(this.#asker) : -1;
     return {
       listening: this.#server.fd,
-      connections: [...this.#conns.keys()].filter((s) => !s.closed).map((s) => s.fd),
+      connections: open.map((s) => s.fd),
+      asker: asker < 0 ? null : asker,
     };
   }
 
-  /** Serve a connection another broker accepted (an upgrade): requests it sent meanwhile are read now. */
-  adoptConnection(fd: Fd): void {
-    this.#accept(new SeqpacketSocket(fd));
+  /**
+   * Serve a connection another broker accepted (an upgrade): requests it sent meanwhile are read now.
+   * `asker`: its `upgrade` request is still unanswered (answerUpgrade() answers it).
+   */
+  adoptConnection(fd: Fd, asker = false): void {
+    const sock = new SeqpacketSocket(fd);
+    this.#accept(sock);
+    if (asker && !sock.closed) this.#asker = sock;
+  }
+
+  /**
+   * The taking-over broker answers the handed-over `upgrade` request when the old broker went away before it
+   * could (result), or forgets it (null: the old broker answers). Sent before anything else is read from that
+   * connection, so replies stay in request order.
+   */
+  answerUpgrade(result: unknown): void {
+    const sock = this.#asker;
+    this.#asker = null;
+    if (!sock || sock.closed || result === null) return;
+    try {
+      sock.send(json({ ok: true, result }));
+    } catch {
+      sock.close(); // the asker is gone
+    }
   }
 
   #accept(sock: SeqpacketSocket): void {
@@ -140,7 +167,7 @@ export class AdminServer {
       for (const fd of msg.fds) fd.close();
       conn.pending++;
       flowControl();
-      void this.#handle(msg.data)
+      void this.#handle(msg.data, sock)
         .then((result) => ({ ok: true, result }))
         .catch((err: Error & { code?: string }) => ({
           ok: false,
@@ -161,7 +188,7 @@ export class AdminServer {
     });
   }
 
-  async #handle(data: Buffer): Promise<unknown> {
+  async #handle(data: Buffer, sock: SeqpacketSocket): Promise<unknown> {
     let req: { op?: unknown; id?: unknown; deadlineMs?: unknown; on?: unknown };
     try {
       req = JSON.parse(data.toString('utf8'));
@@ -220,12 +247,17 @@ export class AdminServer {
           throw Object.assign(new Error('upgrade: "deadlineMs" must be a positive integer'), {
             code: 'EINVAL',
           });
-        return b.upgrade({
-          ...(r.binary ? { binary: r.binary as string } : {}),
-          ...(r.config ? { config: r.config as string } : {}),
-          ...(r.deadlineMs ? { deadlineMs: r.deadlineMs as number } : {}),
-          viaAdmin: true,
-        });
+        this.#asker = sock;
+        try {
+          return await b.upgrade({
+            ...(r.binary ? { binary: r.binary as string } : {}),
+            ...(r.config ? { config: r.config as string } : {}),
+            ...(r.deadlineMs ? { deadlineMs: r.deadlineMs as number } : {}),
+            viaAdmin: true,
+          });
+        } finally {
+          if (this.#asker === sock) this.#asker = null;
+        }
       }
       case 'top':
         this.#top ??= new TopSnapshot(b);

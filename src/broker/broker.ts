@@ -293,8 +293,15 @@ export class Broker extends EventEmitter {
     return p;
   }
 
-  /** Resume after a takeover's commit (handover/): serve everything that was handed over. */
-  takeOver(): void {
+  /**
+   * Resume after a takeover's commit (handover/): serve everything that was handed over. `oldGone`: the old
+   * broker went away after sending the whole state, without a commit (this one is the only owner left): the
+   * `upgrade` request it could not answer is answered from here, before anything else is read.
+   */
+  takeOver(oldGone = false): void {
+    this.#admin?.answerUpgrade(
+      oldGone ? { upgraded: true, pid: process.pid, pausedMs: null, oldGone } : null,
+    );
     resume(this, this.#parts());
     finishTakeOver(this);
   }

@@ -201,6 +201,17 @@ export class LeaseTable extends EventEmitter {
    * EBUSY, holding nothing, while a lease waits for its slices' release (not carried over by this version).
    */
   async hold(): Promise<void> {
+    this.#refuseAwaitingRelease();
+    this.#held ??= deferred();
+    await Promise.all(
+      this.all().flatMap((l) => (l.state === 'reclaiming' && l.reclaimed ? [l.reclaimed] : [])),
+    );
+    // A reclaim that was in progress may have parked its lease awaiting release meanwhile: refused too (the
+    // caller's resume() unholds), or the lease would be handed over with nobody left to finish its reclaim.
+    this.#refuseAwaitingRelease();
+  }
+
+  #refuseAwaitingRelease(): void {
     const parked = this.all().filter((l) => l.state === 'awaiting-release');
     if (parked.length) {
       throw new VfioError(
@@ -208,10 +219,6 @@ export class LeaseTable extends EventEmitter {
         `lease(s) ${parked.map((l) => l.id).join(', ')} await the release of their slices: upgrade once they are released`,
       );
     }
-    this.#held ??= deferred();
-    await Promise.all(
-      this.all().flatMap((l) => (l.state === 'reclaiming' && l.reclaimed ? [l.reclaimed] : [])),
-    );
   }
 
   /** Reclaims asked for while held (their reasons): the handover carries them. */

@@ -252,8 +252,13 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
   } catch (err) {
     return refuse((err as Error).message);
   }
-  wire.send({ t: 'ready' });
-  const d = await wire.next(Date.now() + 120_000);
+  let d: Awaited<ReturnType<HandoverWire['next']>>;
+  try {
+    wire.send({ t: 'ready' });
+    d = await wire.next(Date.now() + 120_000);
+  } catch {
+    d = 'gone'; // EPIPE: the old broker went away while this one rebuilt
+  }
   if (typeof d !== 'string' && d.msg.t !== 'commit') {
     logger.info?.(`upgrade aborted by the old broker: ${String(d.msg['reason'])}`);
     process.exit(1);
@@ -261,7 +266,11 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
   if (d === 'timeout') process.exit(1);
   // 'commit', or the old broker gone with the whole state sent: everything is ours alone now.
   wire.close();
-  broker.takeOver();
+  if (d === 'gone')
+    logger.warn(
+      `upgrade: the old broker (pid ${state.broker.pid}) went away after the transfer; taking over`,
+    );
+  broker.takeOver(d === 'gone');
   broker.audit.write({ event: 'upgrade-took-over', from: state.broker.pid, upgrades: broker.upgrades });
   notifyMainPid(process.pid);
   process.stdout.write(

@@ -128,8 +128,9 @@ export async function simCommand(argv: string[]): Promise<number> {
     if (!line.trim()) return;
     let reply: Record<string, unknown>;
     try {
-      const req = JSON.parse(line, bigintReviver) as InjectRequest | { kind: 'stats' };
+      const req = JSON.parse(line, bigintReviver) as InjectRequest | { kind: 'stats' } | { kind: 'owner' };
       if (req.kind === 'stats') reply = { ok: true, stats: sim.stats() };
+      else if (req.kind === 'owner') reply = { ok: true, ...sim.owner() };
       else {
         sim.inject(req);
         reply = { ok: true };

@@ -28,7 +28,7 @@ import {
   type VfioUserClientOptions,
 } from '../vfio/user/client.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../vfio/user/protocol.js';
-import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
+import type { IoFdSubRegion, RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { DEFAULT_MAX_MESSAGE, VFIO_USER_FRAMING } from '../vfio/user/transport.js';
 import type {
   Device,
@@ -51,6 +51,8 @@ export interface VfioUserDeviceHandover {
   numRegions: number;
   numIrqs: number;
   capabilities: { mappableSlices: boolean; revocableSlices: boolean };
+  /** The io fds asked of the device per region (fd indexes in the handover's list; absent: none carried). */
+  ioFds?: { index: number; subRegions: IoFdSubRegion[]; fds: number[] }[];
 }
 
 export class VfioUserDevice extends EventEmitter implements Device, Reconnectable {
@@ -64,6 +66,8 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   readonly #ranges: IovaRange[];
   /** Region io fds of the current connection's device, per region index (see regionIoFds). */
   readonly #ioFds = new Map<number, Promise<RegionIoFds>>();
+  /** The entries of #ioFds that were answered (an upgrade hands those over). */
+  readonly #ioFdsKnown = new Map<number, RegionIoFds>();
   /** Regions whose io fds were ever asked for: a reconnect asks the new connection for them at once. */
   readonly #ioFdRegions = new Set<number>();
   readonly #opts: VfioUserClientOptions;
@@ -113,18 +117,30 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
    * Carry on the device connection another broker process had (an upgrade, src/broker/handover): `fd` is
    * that connection's socket, `state` what handover() said of it there. No VERSION, no describe round trip.
    */
-  static adopt(fd: Fd, state: VfioUserDeviceHandover, opts: VfioUserClientOptions = {}): VfioUserDevice {
+  static adopt(
+    fd: Fd,
+    state: VfioUserDeviceHandover,
+    opts: VfioUserClientOptions = {},
+    take?: (index: number) => Fd,
+  ): VfioUserDevice {
     const socket = new StreamSocket(fd, {
       framing: VFIO_USER_FRAMING,
       maxMessage: DEFAULT_MAX_MESSAGE,
       partial: { data: Buffer.from(state.partial, 'base64'), fds: [] },
     });
-    const client = VfioUserClient.adopt(socket, state.client, opts);
+    const client = VfioUserClient.adopt(socket, state.client, opts, take);
     const dev = new VfioUserDevice(client, state.endpoint, opts);
     dev.ids = state.ids;
     dev.numRegions = state.numRegions;
     dev.numIrqs = state.numIrqs;
     dev.capabilities = state.capabilities;
+    if (state.ioFds?.length && !take) throw new Error('the io fds handed over need their fds');
+    for (const r of state.ioFds ?? []) {
+      const io: RegionIoFds = { subRegions: r.subRegions, fds: r.fds.map((i) => take!(i)) };
+      dev.#ioFdRegions.add(r.index);
+      dev.#ioFds.set(r.index, Promise.resolve(io));
+      dev.#ioFdsKnown.set(r.index, io);
+    }
     return dev;
   }
 
@@ -132,7 +148,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
    * What adopt() needs, and the connection's descriptor (still owned here). Only between calls: the caller
    * has waited for every call to be answered (pendingCount 0), so no reply is owed on this connection.
    */
-  handover(): { state: VfioUserDeviceHandover; fd: Fd } {
+  handover(add: (fd: Fd) => number): { state: VfioUserDeviceHandover; fd: Fd } {
     const socket = this.#client.socket as StreamSocket;
     const partial = socket.partial();
     if (partial.fds.length) throw new Error('the device connection is mid-message with fds: not now');
@@ -140,12 +156,17 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
       fd: socket.fd,
       state: {
         endpoint: this.endpoint,
-        client: this.#client.handover(),
+        client: this.#client.handover(add),
         partial: partial.data.toString('base64'),
         ids: this.ids,
         numRegions: this.numRegions,
         numIrqs: this.numIrqs,
         capabilities: this.capabilities,
+        ioFds: [...this.#ioFdsKnown].map(([index, io]) => ({
+          index,
+          subRegions: io.subRegions,
+          fds: io.fds.map(add),
+        })),
       },
     };
   }
@@ -368,9 +389,14 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
       const p = this.client.regionIoFds(index);
       cached = p;
       this.#ioFds.set(index, p);
-      p.catch(() => {
-        if (this.#ioFds.get(index) === p) this.#ioFds.delete(index);
-      });
+      p.then(
+        (io) => {
+          if (this.#ioFds.get(index) === p) this.#ioFdsKnown.set(index, io);
+        },
+        () => {
+          if (this.#ioFds.get(index) === p) this.#ioFds.delete(index);
+        },
+      );
     }
     return cached;
   }
@@ -385,6 +411,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
       );
     }
     this.#ioFds.clear();
+    this.#ioFdsKnown.clear();
   }
 
   async revokeSlice(fd: Fd, opts: RevokeOptions = {}): Promise<void> {

@@ -1,6 +1,6 @@
 // A simulator, a `devlease daemon` and lease clients, each its own process, for the upgrade tests.
 import { type ChildProcess, fork, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,26 +37,34 @@ export class UpgradeRig {
   static async start(env: Record<string, string> = {}): Promise<UpgradeRig> {
     const rig = new UpgradeRig();
     rig.sim = await spawnSimulator({ socketPath: join(rig.dir, 'sim.sock'), numQueues: 8 });
-    rig.daemon = spawn(
+    await rig.startDaemon(env);
+    return rig;
+  }
+
+  /** Start a `devlease daemon` on the rig's simulator and rundir (again: a restart after a broker died). */
+  async startDaemon(env: Record<string, string> = {}): Promise<void> {
+    this.daemon = spawn(
       process.execPath,
       [
         DEVLEASE_BIN,
         'daemon',
         '--device',
-        `vfio-user:${rig.sim.socketPath}`,
+        `vfio-user:${this.sim.socketPath}`,
         '--rundir',
-        join(rig.dir, 'run'),
+        join(this.dir, 'run'),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
     );
-    rig.daemon.stdout!.on('data', (d: Buffer) => {
-      rig.out += d.toString();
+    const daemon = this.daemon;
+    const readies = () => this.events().filter((e) => e.event === 'ready' && !e.upgraded).length;
+    const before = readies();
+    daemon.stdout!.on('data', (d: Buffer) => {
+      this.out += d.toString();
     });
-    rig.daemon.stderr!.on('data', (d: Buffer) => {
-      rig.out += d.toString();
+    daemon.stderr!.on('data', (d: Buffer) => {
+      this.out += d.toString();
     });
-    await until('the daemon to be ready', () => rig.events().some((e) => e.event === 'ready'), 30_000);
-    return rig;
+    await until('the daemon to be ready', () => readies() > before, 30_000);
   }
 
   events(): Record<string, any>[] {
@@ -104,6 +112,29 @@ export class UpgradeRig {
     );
   }
 
+  /** Every client rests between copies (nothing in flight through the broker) until resumeClients(). */
+  async pauseClients(): Promise<void> {
+    await Promise.all(
+      this.clients.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            const on = (m: any) => {
+              if (m.paused) {
+                c.off('message', on);
+                resolve();
+              }
+            };
+            c.on('message', on);
+            c.send({ op: 'pause' });
+          }),
+      ),
+    );
+  }
+
+  resumeClients(): void {
+    for (const c of this.clients) c.send({ op: 'resume' });
+  }
+
   async stopClients(): Promise<ClientStats[]> {
     return Promise.all(
       this.clients.map(
@@ -149,4 +180,26 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** A process's open descriptors, counted by kind (socket, anon_inode:[eventfd], /memfd:…, pipe, …). */
+export function fdKinds(pid: number): Map<string, number> {
+  const kinds = new Map<string, number>();
+  for (const name of readdirSync(`/proc/${pid}/fd`)) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/${pid}/fd/${name}`);
+    } catch {
+      continue; // closed meanwhile
+    }
+    const kind = target.replace(/:\[\d+\]$/, '').replace(/ \(deleted\)$/, '');
+    kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
+  }
+  return kinds;
+}
+
+export function total(kinds: Map<string, number>): number {
+  let n = 0;
+  for (const v of kinds.values()) n += v;
+  return n;
 }

@@ -5,8 +5,11 @@
 // disconnect. The misbehaviour is DEVLEASE_TEST_UPGRADE_MISBEHAVE, a
 // test-only knob read by the new broker (docs/ARCHITECTURE.md).
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
-import { UpgradeRig } from './rig.js';
+import { after, test } from 'node:test';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { fdKinds, UpgradeRig } from './rig.js';
+
+after(trackFdLeaks());
 
 const CASES: [string, RegExp][] = [
   ['exit', /the new broker (exited|hung up)/],
@@ -25,6 +28,9 @@ for (const [mode, why] of CASES) {
       await rig.addClient();
       const pid = await rig.brokerPid();
       await rig.progress(10);
+      await rig.pauseClients();
+      const fds = fdKinds(pid);
+      rig.resumeClients();
       await assert.rejects(
         rig.request({ op: 'upgrade', deadlineMs: 4000 }),
         (err: Error & { code?: string }) => {
@@ -41,6 +47,13 @@ for (const [mode, why] of CASES) {
       assert.ok(audit.some((r) => r.event === 'upgrade-rolled-back' && why.test(r.reason ?? '')));
       await rig.progress(10);
       assert.equal(((await rig.request({ op: 'leases' })) as unknown[]).length, 2);
+      await rig.pauseClients();
+      assert.deepEqual(
+        Object.fromEntries([...fdKinds(pid)].sort()),
+        Object.fromEntries([...fds].sort()),
+        'the rolled-back broker holds the descriptors it held before: none leaked, none lost',
+      );
+      rig.resumeClients();
       const stats = await rig.stopClients();
       for (const s of stats) {
         assert.deepEqual(s.errors, []);

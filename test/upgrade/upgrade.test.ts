@@ -3,9 +3,16 @@
 // unmap through the broker) through consecutive `devlease upgrade`s. No
 // error, no disconnect, no new lease, every byte verified, every control
 // request answered; the broker's pid changes, its upgrade count climbs.
+// Nothing leaks: each new broker holds as many descriptors (of each kind) as
+// the first did with the same leases (/proc/<pid>/fd, counted with the
+// clients at rest), the lease count never changes, and this test process ends
+// with the descriptors it started with.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
-import { alive, UpgradeRig } from './rig.js';
+import { after, test } from 'node:test';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { alive, fdKinds, total, UpgradeRig } from './rig.js';
+
+after(trackFdLeaks());
 
 const UPGRADES = Number(process.env['DEVLEASE_UPGRADE_ROUNDS'] ?? 20);
 
@@ -18,6 +25,16 @@ test(`4 clients keep working, unaware, through ${UPGRADES} consecutive upgrades`
     const before = (await rig.request({ op: 'leases' })) as { id: string }[];
     assert.equal(before.length, 4);
     const pids = new Set<number>([await rig.brokerPid()]);
+    // The broker's descriptors with these leases, nothing in flight (the clients rest meanwhile).
+    const fdsAtRest = async (pid: number) => {
+      await rig.pauseClients();
+      try {
+        return fdKinds(pid);
+      } finally {
+        rig.resumeClients();
+      }
+    };
+    const first = await fdsAtRest(await rig.brokerPid());
     for (let u = 1; u <= UPGRADES; u++) {
       const old = await rig.brokerPid();
       const r = await rig.request({ op: 'upgrade' });
@@ -29,6 +46,13 @@ test(`4 clients keep working, unaware, through ${UPGRADES} consecutive upgrades`
       pids.add(status.pid);
       await until(() => !alive(old));
       await rig.progress(10);
+      const now = await fdsAtRest(status.pid);
+      assert.deepEqual(
+        Object.fromEntries([...now].sort()),
+        Object.fromEntries([...first].sort()),
+        `upgrade ${u}: the new broker holds the first broker's descriptors (${total(first)}), no more, no fewer`,
+      );
+      assert.equal(((await rig.request({ op: 'leases' })) as unknown[]).length, 4, `upgrade ${u}: 4 leases`);
     }
     assert.equal(pids.size, UPGRADES + 1, 'each upgrade is a new broker process');
     const after = (await rig.request({ op: 'leases' })) as { id: string; state: string }[];

@@ -23,7 +23,7 @@ import type { BrokerState } from './format.js';
 
 /** The device connection of the state (the daemon opens the device from it instead of --device). */
 export function adoptDevice(state: BrokerState, fds: Fd[]): VfioUserDevice {
-  return VfioUserDevice.adopt(take(fds, state.device.fd), state.device.state);
+  return VfioUserDevice.adopt(take(fds, state.device.fd), state.device.state, {}, (i) => take(fds, i));
 }
 
 /** The driver takes the device as the old broker left it (no boot), and checks it still agrees. */
@@ -115,7 +115,8 @@ export function rebuild(
     const model = makeSession(s.kind, { id: 0, cred: socket.peerCred() }, socket, { session, pidfd });
     server.adoptSocket(socket, model, s.adopted);
   }
-  for (const i of state.admin.connections) p.admin?.adoptConnection(take(fds, i));
+  for (const [n, i] of state.admin.connections.entries())
+    p.admin?.adoptConnection(take(fds, i), n === state.admin.upgradeAsker);
   b.audit.recent.push(...state.audit.recent);
   b.startedAt = new Date();
   b.upgrades = state.broker.upgrades + 1;

@@ -95,7 +95,7 @@ export function collect(
 ): { doc: BrokerState; fds: Fd[] } {
   const fds: Fd[] = [];
   const add = (fd: Fd): number => fds.push(fd) - 1;
-  const dev = (b.device as VfioUserDevice).handover();
+  const dev = (b.device as VfioUserDevice).handover(add);
   const drv = b.driver.handover!();
   const kinds = b.driver.kinds();
   const listening: BrokerState['listening'] = p.servers.map((s, i) => ({
@@ -156,7 +156,7 @@ export function collect(
     device: { transport: 'vfio-user', fd: add(dev.fd), state: dev.state },
     driver: { name: b.driver.name, state: drv.state, fds: drv.fds.map(add) },
     listening,
-    admin: { connections: (admin?.connections ?? []).map(add) },
+    admin: { connections: (admin?.connections ?? []).map(add), upgradeAsker: admin?.asker ?? null },
     leases: { nextId: b.leases.idSequence, draining: b.leases.draining, list },
     sessions,
     audit: { recent: b.audit.recent.slice(-100) },

@@ -60,7 +60,8 @@ export interface BrokerState {
   device: { transport: 'vfio-user'; fd: number; state: VfioUserDeviceHandover };
   driver: { name: string; state: unknown; fds: number[] };
   listening: { name: string; path: string; type: 'stream' | 'seqpacket'; fd: number }[];
-  admin: { connections: number[] };
+  /** upgradeAsker: which connection's `upgrade` request is unanswered (added in version 1; may be absent). */
+  admin: { connections: number[]; upgradeAsker?: number | null };
   leases: { nextId: number; draining: boolean; list: HandedLease[] };
   sessions: HandedSession[];
   audit: { recent: AuditRecord[] };

@@ -25,6 +25,17 @@ export interface UpgradeOptions {
   viaAdmin?: boolean;
 }
 
+/**
+ * Test-only (docs/ARCHITECTURE.md, beside DEVLEASE_TEST_UPGRADE_MISBEHAVE): the old broker stops itself
+ * (SIGSTOP) at this step of the handover, so a test can kill it exactly there: 'started' (the new broker said
+ * hello), 'mid-transfer' (the fds sent, the state's JSON not), 'transferred' (all sent, no answer read),
+ * 'ready' (the new broker is ready, no commit sent).
+ */
+export type TestStopStep = 'started' | 'mid-transfer' | 'transferred' | 'ready';
+function testStop(step: TestStopStep): void {
+  if (process.env['DEVLEASE_TEST_UPGRADE_OLD_STOP'] === step) process.kill(process.pid, 'SIGSTOP');
+}
+
 export interface UpgradeOutcome {
   upgraded: true;
   pid: number;
@@ -82,12 +93,14 @@ export async function upgrade(
     return rollback(
       `the new broker does not read state version ${STATE_VERSION} (it reads ${JSON.stringify(versions)})`,
     );
+  testStop('started');
   try {
     pausedAt = performance.now();
     await hold(b, parts, opts.viaAdmin ? 1 : 0, deadline);
     held = true;
     const { doc, fds } = collect(b, parts, meta);
-    wire.sendState(encodeState(doc), fds);
+    wire.sendState(encodeState(doc), fds, () => testStop('mid-transfer'));
+    testStop('transferred');
   } catch (err) {
     return rollback(`quiesce or transfer failed: ${(err as Error).message}`);
   }
@@ -95,8 +108,14 @@ export async function upgrade(
   if (typeof answer === 'string') return rollback(explain(answer));
   if (answer.msg.t !== 'ready')
     return rollback(`the new broker refused the state: ${String(answer.msg['reason'] ?? answer.msg.t)}`);
+  testStop('ready');
   // The one decision: from here the new broker owns everything, and this one only exits.
-  wire.send({ t: 'commit' });
+  try {
+    wire.send({ t: 'commit' });
+  } catch {
+    // EPIPE: the new broker went away after saying ready; nothing was handed over yet, so carry on
+    return rollback(explain('gone'));
+  }
   const pausedMs = performance.now() - pausedAt;
   child.unref();
   b.audit.write({ event: 'upgrade-handed-over', pid: child.pid ?? null, pausedMs });

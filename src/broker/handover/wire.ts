@@ -68,11 +68,12 @@ export class HandoverWire {
     }
   }
 
-  /** Send the state: its fds first (in order), then its JSON in chunks. */
-  sendState(json: string, fds: (Fd | number)[]): void {
+  /** Send the state: its fds first (in order), then its JSON in chunks (`between` runs in between: tests). */
+  sendState(json: string, fds: (Fd | number)[], between?: () => void): void {
     for (let i = 0; i < fds.length; i += FDS_PER_MESSAGE) {
       this.send({ t: 'fds' }, fds.slice(i, i + FDS_PER_MESSAGE));
     }
+    between?.();
     for (let i = 0; i < json.length || i === 0; i += CHUNK) {
       this.send({ t: 'state', chunk: json.slice(i, i + CHUNK), last: i + CHUNK >= json.length });
     }

@@ -14,6 +14,8 @@ export interface ChildSimulator {
   readonly process: ChildProcess;
   inject(req: InjectRequest): Promise<void>;
   stats(): Promise<DeviceStats>;
+  /** The simulator's view of its owner: the owner connection (or null) and how many connections are open. */
+  owner(): Promise<{ owner: { id: number; pid: number } | null; connections: number }>;
   /** Resolves when the child has exited. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** SIGTERM and wait (the child removes its socket). Idempotent. */
@@ -94,6 +96,12 @@ export async function spawnSimulator(
       await send(req);
     },
     stats: async () => (await send<{ stats: DeviceStats }>({ kind: 'stats' })).stats,
+    owner: async () => {
+      const r = await send<{ owner: { id: number; pid: number } | null; connections: number }>({
+        kind: 'owner',
+      });
+      return { owner: r.owner, connections: r.connections };
+    },
     close() {
       closing ??= (async () => {
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');

@@ -41,6 +41,8 @@ export interface SimulatorHandle {
   stats(): DeviceStats;
   /** Whether an owner is connected. */
   readonly ownerConnected: boolean;
+  /** The owner's connection (id; pid as SO_PEERCRED saw it at connect) and how many connections are open. */
+  owner(): { owner: { id: number; pid: number } | null; connections: number };
   /** Stop serving, drop the owner, stop the device, remove the socket. Idempotent. */
   close(): Promise<void>;
 }
@@ -112,6 +114,10 @@ export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorH
     get ownerConnected() {
       return owner !== null;
     },
+    owner: () => ({
+      owner: owner ? { id: owner.id, pid: owner.pid } : null,
+      connections: server.connections.size,
+    }),
     close() {
       closing ??= (async () => {
         await server.close();

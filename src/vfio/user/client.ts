@@ -57,6 +57,11 @@ export interface VfioUserClientHandover {
   serverCapabilities: Record<string, unknown>;
   errorReasons: boolean;
   sequence: { nextId: number; abandoned: number[] };
+  /**
+   * The DMA maps recorded to serve the server's DMA_READ/DMA_WRITE, each fd named by its index in the
+   * handover's fd list (added in state version 1; absent: none carried).
+   */
+  dmaMaps?: { iova: bigint; size: bigint; flags: number; offset: bigint; fd: number }[];
 }
 
 export class VfioUserClient extends EventEmitter {
@@ -87,28 +92,41 @@ export class VfioUserClient extends EventEmitter {
 
   /**
    * Carry on a connection another process negotiated (a broker upgrade hands its device connection over):
-   * no VERSION exchange; the server's capabilities and the msg_id sequence come from `state`.
+   * no VERSION exchange; the server's capabilities, the msg_id sequence and the DMA maps come from `state`
+   * (`take` gives the fd the state names by index, owned from then on).
    */
   static adopt(
     socket: MessageSocket,
     state: VfioUserClientHandover,
     opts: VfioUserClientOptions = {},
+    take?: (index: number) => Fd,
   ): VfioUserClient {
     const client = new VfioUserClient(socket, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     client.version = state.version;
     client.serverCapabilities = readCapabilities({ capabilities: state.serverCapabilities });
     client.#channel.errorReasons = state.errorReasons;
     client.#channel.continueSequence(state.sequence);
+    if (state.dmaMaps?.length && !take) throw new Error('the DMA maps handed over need their fds');
+    for (const m of state.dmaMaps ?? []) client.#dma.adopt({ ...m, fd: take!(m.fd) });
     return client;
   }
 
-  /** What adopt() needs to carry this connection on in another process. */
-  handover(): VfioUserClientHandover {
+  /**
+   * What adopt() needs to carry this connection on in another process; `add` names each DMA map's fd (still
+   * owned here) by its index in the fds sent along. A map served from memory cannot be carried: throws.
+   */
+  handover(add: (fd: Fd) => number): VfioUserClientHandover {
+    const dmaMaps = this.#dma.entries().map((e) => {
+      if (!e.fd)
+        throw new Error(`the DMA map at 0x${e.iova.toString(16)} has no fd: it cannot be handed over`);
+      return { iova: e.iova, size: e.size, flags: e.flags, offset: e.offset, fd: add(e.fd) };
+    });
     return {
       version: this.version,
       serverCapabilities: this.serverCapabilities.raw,
       errorReasons: this.#channel.errorReasons,
       sequence: this.#channel.sequence(),
+      dmaMaps,
     };
   }
 

@@ -85,6 +85,18 @@ export class ClientDmaMaps {
     return entry;
   }
 
+  /** The maps recorded (a broker upgrade hands them over, with their fds, to the process carrying on). */
+  entries(): readonly DmaMapEntry[] {
+    return this.#maps;
+  }
+
+  /** Take over a map another process recorded (an upgrade): `fd` is owned from here. */
+  adopt(m: { iova: bigint; size: bigint; flags: number; fd: Fd; offset: bigint }): void {
+    const entry: DmaMapEntry = { ...m, memory: null };
+    const at = this.#maps.findIndex((e) => e.iova > m.iova);
+    this.#maps.splice(at < 0 ? this.#maps.length : at, 0, entry);
+  }
+
   /** Forget one map (its DMA_MAP failed, or it was unmapped) and close our fd. */
   remove(entry: DmaMapEntry | null): void {
     if (!entry) return;
