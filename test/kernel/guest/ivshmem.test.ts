@@ -256,7 +256,11 @@ test('revoke with a deadline: notice, the holder killed at the deadline, the pag
   const id = leaseIdOf(c);
   broker.leases.revoke(id, 1500, 'test revoke');
   await until('the revoke notice', () => c.lines.some((l) => l.event === 'revoke-requested'));
-  await c.exited;
+  let gone = false;
+  void c.exited.then(() => {
+    gone = true;
+  });
+  await until('the holder killed at the deadline', () => gone, 60_000);
   assert.equal(c.proc.signalCode, 'SIGKILL', 'killed at the deadline through its pidfd');
   await until('released', () => released(id));
   assert.ok(events('audit-kill').some((r) => r.pid === c.first.pid));
