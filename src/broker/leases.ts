@@ -244,6 +244,10 @@ export class LeaseTable extends EventEmitter {
     lease.revokeTimer?.cancel();
     this.emit('state', lease);
     this.audit.write({ event: 'reclaim', lease: lease.id, pid: lease.ctx.pid, uid: lease.ctx.uid, reason });
+    // A revoke's deadline passed: whoever maps an audited slice now is killed before the hang-up below, which
+    // a holder answers by unmapping (then no later scan would see it, and the kill would depend on timing).
+    if (lease.deadline !== null && Date.now() >= lease.deadline && this.direct?.has(lease.id))
+      this.direct.killMappers(lease.id);
     lease.disconnect?.(reason);
     // Requests the session had in progress finish first: they see the lease is no longer live and undo
     // what they did, so nothing they map or wire can appear after the steps below.

@@ -244,6 +244,28 @@ export class SliceAuditor {
   }
 
   /**
+   * A revoke's deadline: every process mapping lease `id`'s slices now, and every violator of the lease, is
+   * killed (deadlineAction 'report': only recorded). One scan, synchronous. Reclaim calls this BEFORE it
+   * closes the session: a holder that sees the hang-up unmaps its page (the client library's teardown), and
+   * a scan after that raced it — the holder still mapping at the deadline lived or died by scheduling.
+   */
+  killMappers(id: string): void {
+    const e = this.#entries.get(id);
+    if (!e) return;
+    const first = this.scan();
+    const pids = new Set(e.violators);
+    for (const m of first?.maps ?? []) {
+      const end = m.offset + (m.end - m.start);
+      if (e.ranges.some((r) => m.offset < r.end && end > r.start)) pids.add(m.pid);
+    }
+    for (const pid of pids) {
+      if (this.config.deadlineAction === 'kill')
+        this.#kill(pid, `lease ${id} revoked: still mapping its slice`);
+      else this.host.audit.write({ event: 'audit-still-mapped', lease: id, pid, ...processFacts(pid) });
+    }
+  }
+
+  /**
    * Resolves when no process maps any of lease `id`'s slices. `forced` (a revoke's deadline, or a violation's
    * revoke): first every process mapping them, and every violator of the lease, is killed (deadlineAction
    * 'report': only recorded). Scans every `pollMs` while waiting.
@@ -251,19 +273,8 @@ export class SliceAuditor {
   async whenUnmapped(id: string, opts: { forced: boolean; pollMs?: number }): Promise<void> {
     const e = this.#entries.get(id);
     if (!e) return;
-    const first = this.scan();
-    if (opts.forced) {
-      const pids = new Set(e.violators);
-      for (const m of first?.maps ?? []) {
-        const end = m.offset + (m.end - m.start);
-        if (e.ranges.some((r) => m.offset < r.end && end > r.start)) pids.add(m.pid);
-      }
-      for (const pid of pids) {
-        if (this.config.deadlineAction === 'kill')
-          this.#kill(pid, `lease ${id} revoked: still mapping its slice`);
-        else this.host.audit.write({ event: 'audit-still-mapped', lease: id, pid, ...processFacts(pid) });
-      }
-    }
+    if (opts.forced) this.killMappers(id);
+    else this.scan();
     if (!e.mapped) return;
     const poll = setInterval(() => this.request(), opts.pollMs ?? Math.min(this.config.periodMs, 200));
     try {

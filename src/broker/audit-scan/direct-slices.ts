@@ -106,6 +106,11 @@ export class DirectSlices implements SliceProvider {
     return this.auditor.whenUnmapped(id, { forced });
   }
 
+  /** A revoke's deadline passed: kill (or record) every process mapping the lease's slices now. */
+  killMappers(id: string): void {
+    this.auditor.killMappers(id);
+  }
+
   forget(id: string): void {
     this.#handed.delete(id);
     this.auditor.forget(id);
