@@ -223,3 +223,20 @@ test('revoke deadline: forced release kills every process still mapping the slic
     if (holder.child) killPid(holder.child);
   }
 });
+
+test('revoke deadline: killMappers kills at once whoever maps the slice (reclaim calls it before the hang-up)', async () => {
+  const { a, audit } = auditor();
+  const holder = await startMapper(0n, ['--fork']);
+  try {
+    a.add('l1', holder.pid, range(0n));
+    a.onRequest('l1', true);
+    a.killMappers('l1');
+    await holder.exited;
+    const killed = audit.recent.filter((r) => r.event === 'audit-kill').map((r) => r.pid);
+    assert.deepEqual(new Set(killed), new Set([holder.pid, holder.child]));
+    await a.whenUnmapped('l1', { forced: false, pollMs: 20 });
+  } finally {
+    a.close();
+    if (holder.child) killPid(holder.child);
+  }
+});
