@@ -23,6 +23,7 @@ export const CASES = [
   'clib-hot-path',
   'lease-acquire',
   'region-read',
+  'slice-access',
   'dma-map',
   'reclaim',
   'revoke',

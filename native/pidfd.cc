@@ -10,6 +10,9 @@
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
@@ -32,11 +35,25 @@ Napi::Value PidfdSendSignal(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// fork() a child that keeps this process's mappings (and nothing else: every fd past stderr is closed) and
+// pauses until a signal ends it. For tests of the audited-slice release: a forked child that inherited a
+// slice mapping must hold the slice. The child runs only async-signal-safe calls (close_range, pause).
+Napi::Value ForkPause(const Napi::CallbackInfo& info) {
+  pid_t pid = fork();
+  if (pid < 0) ThrowErrno(info.Env(), "fork", errno);
+  if (pid == 0) {
+    syscall(SYS_close_range, 3U, ~0U, 0U);
+    for (;;) pause();
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(pid));
+}
+
 }  // namespace
 
 void RegisterPidfd(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
   exports.Set("pidfdSendSignal", Napi::Function::New(env, PidfdSendSignal, "pidfdSendSignal"));
+  exports.Set("forkPause", Napi::Function::New(env, ForkPause, "forkPause"));
 }
 
 }  // namespace devlease

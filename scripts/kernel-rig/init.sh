@@ -51,6 +51,18 @@ if [ "$rig" != vfio-user ]; then
   driver=$(readlink "/sys/bus/pci/devices/$bdf/driver")
   [ "${driver##*/}" = vfio-pci ] || die "edu $bdf not bound to vfio-pci (driver: ${driver:-none})"
   say "edu $bdf bound to vfio-pci"
+  # ivshmem-plain (1af4:1110; its BAR2 is 1 MiB of a host file): bound to vfio-pci too when QEMU has one, for
+  # the audited-slice tests (test/kernel/guest/ivshmem.test.ts).
+  for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ]; then ivshmem_bdf="${d##*/}"; fi
+  done
+  if [ -n "${ivshmem_bdf:-}" ]; then
+    echo vfio-pci >"/sys/bus/pci/devices/$ivshmem_bdf/driver_override"
+    echo "$ivshmem_bdf" >/sys/bus/pci/drivers_probe
+    driver=$(readlink "/sys/bus/pci/devices/$ivshmem_bdf/driver")
+    [ "${driver##*/}" = vfio-pci ] || die "ivshmem $ivshmem_bdf not bound to vfio-pci (driver: ${driver:-none})"
+    say "ivshmem $ivshmem_bdf bound to vfio-pci"
+  fi
 fi
 
 run=""
@@ -81,7 +93,7 @@ mount -o rbind /sys /host/sys
 mount -o rbind /dev /host/dev
 [ -d /host/run ] && mount -t tmpfs -o mode=755 run /host/run
 cp /spec/run.sh /host/tmp/.devlease-run.sh
-export DEVLEASE_KERNEL_GUEST="$rig" DEVLEASE_EDU_BDF="$bdf"
+export DEVLEASE_KERNEL_GUEST="$rig" DEVLEASE_EDU_BDF="$bdf" DEVLEASE_IVSHMEM_BDF="${ivshmem_bdf:-}"
 
 say "running $run/run.sh in $project"
 echo "=== DEVLEASE-GUEST-BEGIN ==="

@@ -7,6 +7,7 @@ import { EventEmitter } from 'node:events';
 import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Device, isReconnectable } from '../device/device.js';
+import type { DmaBufMmapProbe } from '../device/kernel/dmabuf-probe.js';
 import type { Driver } from '../drivers/driver.js';
 import { loadDriverModule } from '../drivers/load.js';
 import { driverFactoryFor } from '../drivers/registry.js';
@@ -20,6 +21,7 @@ import type { MessageSocket } from '../vfio/user/transport.js';
 import { AdminServer } from './admin.js';
 import { Admission } from './admission.js';
 import { AuditLog } from './audit.js';
+import { DirectSlices } from './audit-scan/direct-slices.js';
 import type { BrokerConfig } from './config.js';
 import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
 import { adoptDriver, finishTakeOver, inheritedListening, rebuild } from './handover/adopt.js';
@@ -130,6 +132,8 @@ export class Broker extends EventEmitter {
   /** The config deciding grants now (the audit log stamps grants and denials with it). */
   readonly configIdentity: ConfigIdentity;
   #reloading: Promise<ReloadOutcome> | null = null;
+  /** The kernel's answer to "can a dma-buf of a BAR be mmapped?" (kernel devices only). */
+  #dmaBufMmap: DmaBufMmapProbe | null = null;
 
   private constructor(opts: BrokerOptions, driver: Driver, policy: Policy, audit: AuditLog) {
     super();
@@ -180,12 +184,14 @@ export class Broker extends EventEmitter {
       if (opts.handover) {
         const h = opts.handover;
         await adoptDriver(broker, h.state, h.fds);
+        await broker.#directSlices();
         await broker.#listen(inheritedListening(h.state, h.fds));
         rebuild(broker, broker.#parts(), h.state, h.fds, (kind, conn, socket, s) =>
           broker.#session(kind, conn, socket, s),
         );
       } else {
         await driver.boot();
+        await broker.#directSlices();
         await broker.#listen(opts.listening ?? []);
       }
       if (config.metrics.listen) broker.#metrics = await MetricsServer.start(broker);
@@ -208,6 +214,27 @@ export class Broker extends EventEmitter {
       config: broker.configIdentity,
     });
     return broker;
+  }
+
+  /**
+   * A kernel device hands its fd out for audited slices (audit-scan/direct-slices.ts): set up the audit, and ask
+   * once whether the kernel could give mmap-able dma-buf slices instead (shown by `devlease status`).
+   */
+  async #directSlices(): Promise<void> {
+    const dev = this.device as Device & { probeDmaBufMmap?: () => Promise<DmaBufMmapProbe> };
+    if (dev.probeDmaBufMmap) this.#dmaBufMmap = await dev.probeDmaBufMmap();
+    if (!dev.directSlices || !dev.directFd) return;
+    this.leases.direct = await DirectSlices.create(dev, this.config.directAudit, {
+      audit: this.audit,
+      revoke: (id, reason) => {
+        try {
+          this.leases.revoke(id, 0, reason);
+        } catch (err) {
+          this.log(`audit: revoking ${id}: ${(err as Error).message}`);
+        }
+      },
+      log: this.log,
+    });
   }
 
   async #listen(listening: ListenSocket[]): Promise<void> {
@@ -511,6 +538,8 @@ export class Broker extends EventEmitter {
       driver: this.#link.gone ? { driver: this.driver.name } : await this.driver.status(),
       draining: this.leases.draining,
       leases: this.leases.all().length,
+      ...(this.leases.direct ? { directSlices: this.leases.direct.status() } : {}),
+      ...(this.#dmaBufMmap ? { dmaBufMmap: this.#dmaBufMmap } : {}),
       sockets: Object.fromEntries(this.sockets),
       startedAt: this.startedAt.toISOString(),
       upgrades: this.upgrades,
@@ -529,6 +558,7 @@ export class Broker extends EventEmitter {
     await this.#losing;
     await Promise.all(this.#servers.map((s) => s.close()));
     await this.leases.reclaimAll('broker shutting down');
+    this.leases.direct?.close();
     this.driver.close();
     for (const p of this.#pidfds) p.close();
     this.#pidfds.clear();

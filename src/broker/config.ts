@@ -7,6 +7,7 @@ import { dirname, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import type { DriverConfig, IovaViewMode } from '../drivers/driver.js';
 import { DevleaseError } from '../errors.js';
+import { DEFAULT_DIRECT_AUDIT, type DirectAuditConfig } from './audit-scan/auditor.js';
 
 /**
  * A lease limit: a count, or 'fair' — a share of the device, ceil(capacity / FAIR_SHARE_DIVISOR) leases,
@@ -88,6 +89,8 @@ export interface BrokerConfig {
   };
   /** JSON-lines audit log; null: stderr only. */
   auditLog: string | null;
+  /** The /proc audit of audited (directly mapped) slices: [audit] action, period_ms, ... (docs/AUDITED-SLICES.md). */
+  directAudit: DirectAuditConfig;
   /**
    * Prometheus endpoint (docs/OPERATIONS.md): `listen` is a unix socket path (created with `mode`) or
    * HOST:PORT; null (the default): no endpoint. Device counters are read at each scrape.
@@ -166,6 +169,7 @@ export function defaultConfig(): BrokerConfig {
       onReloadDeadlineMs: 5000,
     },
     auditLog: null,
+    directAudit: { ...DEFAULT_DIRECT_AUDIT },
     metrics: { listen: null, mode: 0o660 },
     log: { level: 'info', format: 'auto' },
   };
@@ -310,6 +314,21 @@ function parseRule(f: Fields, i: number): PolicyRule {
   return rule;
 }
 
+function parseDirectAudit(f: Fields, d: DirectAuditConfig): DirectAuditConfig {
+  const action = f.string('action', d.action);
+  if (action !== 'report' && action !== 'revoke' && action !== 'kill')
+    throw new ConfigError('audit.action', `must be "report", "revoke" or "kill", got "${action}"`);
+  const deadlineAction = f.string('deadline_action', d.deadlineAction);
+  if (deadlineAction !== 'kill' && deadlineAction !== 'report')
+    throw new ConfigError('audit.deadline_action', `must be "kill" or "report", got "${deadlineAction}"`);
+  return {
+    action,
+    deadlineAction,
+    periodMs: f.int('period_ms', d.periodMs, 50, 600_000),
+    handoffGraceMs: f.int('handoff_grace_ms', d.handoffGraceMs, 0, 600_000),
+  };
+}
+
 /** Validate an already-parsed TOML document. */
 export function configFromObject(doc: Table): BrokerConfig {
   const d = defaultConfig();
@@ -419,6 +438,7 @@ export function configFromObject(doc: Table): BrokerConfig {
 
   const audit = top.table('audit');
   const auditLog = audit.string('path', null);
+  const directAudit = parseDirectAudit(audit, d.directAudit);
   audit.done();
   const met = top.table('metrics');
   const metrics = {
@@ -452,6 +472,7 @@ export function configFromObject(doc: Table): BrokerConfig {
     sa1,
     policy,
     auditLog,
+    directAudit,
     metrics,
     log,
   };

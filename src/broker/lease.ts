@@ -179,6 +179,8 @@ export class Lease {
             device: this.resources.window ? hex(this.resources.window.base) : null,
           }
         : null,
+      // The level of each resource ('enforced', 'audited', 'cooperative'); the reasons are in the info region.
+      isolation: Object.fromEntries(Object.entries(this.resources.isolation).map(([k, v]) => [k, v.level])),
       mappings: this.mappings.size,
       mappedBytes: this.mappedBytes.toString(),
       outstandingSliceFds: [...this.slices.values()].flat().reduce((n, u) => n + u.outstanding, 0),

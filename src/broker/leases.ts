@@ -10,6 +10,7 @@ import { VfioError } from '../errors.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import type { AuditLog } from './audit.js';
+import type { DirectSlices } from './audit-scan/direct-slices.js';
 import type { BrokerConfig } from './config.js';
 import type { Lease } from './lease.js';
 import { revokeLease, unmapAll } from './lease-end.js';
@@ -43,6 +44,9 @@ export class LeaseTable extends EventEmitter {
   ) {
     super();
   }
+
+  /** The audited slice provider, on a device that hands out its fd for direct slices (set by the broker). */
+  direct: DirectSlices | null = null;
 
   /** Why grants are suspended (recovery, shutdown), or null. Unlike draining, this is not the owner's choice. */
   suspended: string | null = null;
@@ -241,6 +245,10 @@ export class LeaseTable extends EventEmitter {
     lease.revokeTimer?.cancel();
     this.emit('state', lease);
     this.audit.write({ event: 'reclaim', lease: lease.id, pid: lease.ctx.pid, uid: lease.ctx.uid, reason });
+    // A revoke's deadline passed: whoever maps an audited slice now is killed before the hang-up below, which
+    // a holder answers by unmapping (then no later scan would see it, and the kill would depend on timing).
+    if (lease.deadline !== null && Date.now() >= lease.deadline && this.direct?.has(lease.id))
+      this.direct.killMappers(lease.id);
     lease.disconnect?.(reason);
     // Requests the session had in progress finish first: they see the lease is no longer live and undo
     // what they did, so nothing they map or wire can appear after the steps below.
@@ -297,9 +305,11 @@ export class LeaseTable extends EventEmitter {
       lease.parked();
       await Promise.race([Promise.all(units.map((u) => u.whenReleased())), this.#lostOf(lease)]);
     }
+    const direct = this.direct?.has(lease.id) ? this.direct : null;
+    if (direct) await this.#awaitDirectRelease(lease, direct);
     // The device went away while we worked: nothing of it can be cleaned, and nothing of it is reused.
     if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
-    if (!revoked && units.length) {
+    if (!revoked && (units.length || direct)) {
       // Nobody holds the slices any more, but they still hold what the last client left: scrub before reuse.
       await step('scrub', () => this.driver.scrub(lease.resources), true);
     }
@@ -310,6 +320,7 @@ export class LeaseTable extends EventEmitter {
       await step('prepare', () => this.driver.prepare!(lease.resources), false);
     if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
     for (const u of units) u.dispose(this.watcher);
+    direct?.forget(lease.id);
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
     if (unsafe) {
       // Never hand these resources to another client; the operator sees why (devlease leases, audit).
@@ -337,6 +348,19 @@ export class LeaseTable extends EventEmitter {
     lease.parked();
   }
 
+  /**
+   * Audited slices (audit-scan/direct-slices.ts) go back only when no process maps them any more, as the /proc
+   * scan sees it: a forked child that inherited the mapping holds the slice until it exits. A revoke's deadline
+   * (the lease has one) first kills every process still mapping them (audit.deadline_action).
+   */
+  async #awaitDirectRelease(lease: Lease, direct: DirectSlices): Promise<void> {
+    lease.state = 'awaiting-release';
+    this.emit('state', lease);
+    this.audit.write({ event: 'awaiting-release', lease: lease.id, direct: true });
+    lease.parked();
+    await Promise.race([direct.whenReleased(lease.id, lease.deadline !== null), this.#lostOf(lease)]);
+  }
+
   /** Whether the device connection this lease was granted on is gone. */
   #deviceLost(lease: Lease): boolean {
     return lease.generation !== this.#generation;
@@ -361,6 +385,7 @@ export class LeaseTable extends EventEmitter {
     const units = [...lease.slices.values()].flat();
     const outstanding = units.reduce((n, u) => n + u.outstanding, 0);
     for (const u of units) u.dispose(this.watcher);
+    this.direct?.forget(lease.id);
     lease.mappings.clear();
     lease.state = 'released';
     this.#leases.delete(lease.id);

@@ -98,8 +98,8 @@ export class PendingSession implements VfioUserDeviceModel {
     return this.#session;
   }
 
-  deviceInfo() {
-    return this.#s().deviceInfo();
+  deviceInfo(opts?: { request?: boolean }) {
+    return this.#s().deviceInfo(opts);
   }
   regionInfo(index: number, opts?: { fd?: boolean }): RegionDescription {
     return this.#s().regionInfo(index, opts);

@@ -11,6 +11,7 @@
 // lease's queue. Nothing else of the device is reachable from here.
 
 import { CONFIG_SPACE_SIZE, LeaseBars, PCI_BASE_ADDRESS_0, PCI_NUM_BARS } from '../drivers/config-space.js';
+import type { SliceSpec } from '../drivers/driver.js';
 import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import {
@@ -111,7 +112,10 @@ export class LeaseSession implements VfioUserDeviceModel {
     };
   }
 
-  deviceInfo() {
+  deviceInfo(opts: { request?: boolean } = {}) {
+    // The client library's last request of connect() after an audited hand-off: the device fd is closed now.
+    // (Only the client's own GET_INFO: the server also asks here to validate other requests' bounds.)
+    if (opts.request) this.#controlRequest(true);
     const last = Math.max(INFO_REGION_INDEX, ...this.#lease.resources.slices.map((s) => s.leaseRegion));
     return {
       flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
@@ -143,6 +147,10 @@ export class LeaseSession implements VfioUserDeviceModel {
     const slice = this.#slice(index);
     if (!slice) return { index, flags: 0, size: 0n, offset: 0n };
     this.#checkLive();
+    if (opts.fd !== false) this.#controlRequest();
+    // An audited slice (a kernel device): the device fd itself, once, with the slice's mmap offset on it.
+    const direct = this.#direct(slice, opts.fd !== false);
+    if (direct) return direct;
     // A lease region is exactly one slice unit (drivers give each unit its own region), so one fd maps it all.
     const unit = this.#lease.slices.get(index)?.[0];
     const fd: Fd | undefined = unit && opts.fd !== false ? unit.handOut(this.#table.watcher) : undefined;
@@ -155,6 +163,32 @@ export class LeaseSession implements VfioUserDeviceModel {
       ...(unit ? { caps: sliceRegionCaps(slice.size) } : {}),
       ...(fd ? { fd } : {}),
     };
+  }
+
+  /**
+   * The hand-off of an audited slice: the region as mappable, with a new fd of the device and the mmap offset
+   * of the slice on it, the first time the client asks with an fd; the auditor starts watching then. Without an
+   * fd (a validation) or once handed out: null, and the region is reached through the broker.
+   */
+  #direct(slice: SliceSpec, withFd: boolean): RegionDescription | null {
+    const direct = this.#table.direct;
+    if (!direct || slice.isolation.level !== 'audited' || slice.mappable === false || !withFd) return null;
+    const h = direct.handOut(this.#lease, slice);
+    if (!h) return null;
+    const rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+    return {
+      index: slice.leaseRegion,
+      flags: rw | VFIO_REGION_INFO_FLAG_MMAP,
+      size: slice.size,
+      offset: h.offset,
+      caps: sliceRegionCaps(slice.size),
+      fd: h.fd,
+    };
+  }
+
+  /** A control request of an audited lease: its holder is past connect(); the audit scans (not on this path). */
+  #controlRequest(handOffDone = false): void {
+    this.#table.direct?.onRequest(this.#lease.id, handOffDone);
   }
 
   async regionRead(index: number, offset: bigint, count: number): Promise<Uint8Array> {
@@ -208,6 +242,7 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   dmaMap(req: DmaMapRequest): Promise<void> {
+    this.#controlRequest();
     return this.#lease.track(this.#dmaMap(req));
   }
 
@@ -313,6 +348,7 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   setIrqs(req: IrqSetRequest): Promise<void> {
+    this.#controlRequest();
     return this.#lease.track(this.#setIrqs(req));
   }
 
@@ -368,6 +404,7 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   async reset(): Promise<void> {
+    this.#controlRequest();
     this.#checkLive();
     await this.#device('DEVICE_RESET', 'of the lease', () =>
       this.#table.driver.resetLease(this.#lease.resources),

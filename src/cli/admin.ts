@@ -157,11 +157,23 @@ function formatHuman(cmd: string, result: unknown): string {
         l.mappings,
         l.mappedBytes,
         l.outstandingSliceFds,
+        isolationColumn(l.isolation),
       ].map(String),
     );
-    return table(['LEASE', 'STATE', 'PID', 'UID', 'QUEUE', 'IOVA-VIEW', 'MAPS', 'BYTES', 'SLICE-FDS'], rows);
+    return table(
+      ['LEASE', 'STATE', 'PID', 'UID', 'QUEUE', 'IOVA-VIEW', 'MAPS', 'BYTES', 'SLICE-FDS', 'ISOLATION'],
+      rows,
+    );
   }
   return JSON.stringify(result, null, 2);
+}
+
+/** "bar2=audited queuePage=enforced": each resource's isolation level. */
+function isolationColumn(iso: unknown): string {
+  if (!iso || typeof iso !== 'object') return '-';
+  return Object.entries(iso as Record<string, unknown>)
+    .map(([k, v]) => `${k}=${String(v)}`)
+    .join(' ');
 }
 
 /** "translated [0x0,+0x100000000)@0x100000000" or "identity [...]": the client's IOVA space and where it lands. */

@@ -3,7 +3,7 @@
 import { leaseError } from './errors.js';
 
 export interface Isolation {
-  level: 'enforced' | 'cooperative';
+  level: 'enforced' | 'audited' | 'cooperative';
   reason: string;
 }
 

@@ -53,6 +53,8 @@ export class Lease extends EventEmitter {
   /** Faults already reported, so a later ERR without a new fault is seen as a reset. */
   #faultsSeen = 0;
   #closed = false;
+  /** A region was mapped from a device fd handed over for an audited slice. */
+  #audited = false;
   /** One shared promise for "the next interrupt", however many wait on it. */
   #nextIrq: { promise: Promise<number>; resolve(v: number): void; reject(e: Error): void } | null = null;
 
@@ -115,6 +117,9 @@ export class Lease extends EventEmitter {
     const settled = await Promise.allSettled(calls);
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
+    // An audited slice's device fd is closed by now: one more request tells the broker so, and its audit
+    // then holds this process to it (without it, the broker waits out its hand-off grace).
+    if (this.#audited) await this.client.deviceInfo();
   }
 
   /** Sends every setup request, pushing each reply's promise onto `calls`. */
@@ -125,7 +130,14 @@ export class Lease extends EventEmitter {
           if (!ri.fd) return; // mediated region: reach it with regionRead/regionWrite
           try {
             if (!this.#closed) {
-              this.#regions.set(r.index, Mapping.map(ri.fd, { length: Number(ri.size), guard: true }));
+              // At the region's offset on the fd: 0 for a slice fd, the VFIO region offset of the slice for
+              // the device fd of an audited slice (which this closes below, before connect() returns).
+              const offset = Number(ri.offset);
+              this.#regions.set(
+                r.index,
+                Mapping.map(ri.fd, { length: Number(ri.size), offset, guard: true }),
+              );
+              if (offset !== 0) this.#audited = true;
             }
           } finally {
             ri.fd.close(); // the mapping keeps the description alive; its release is what the broker watches

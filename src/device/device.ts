@@ -112,6 +112,13 @@ export interface Device extends EventEmitter {
   regionIoFds(index: number, within?: { offset: bigint; size: bigint }): Promise<RegionIoFds>;
   /** What this transport can enforce, for isolation reporting. */
   readonly capabilities: { mappableSlices: boolean; revocableSlices: boolean };
+  /**
+   * The device fd itself can be handed to a client to map its slice from (`directFd()`), which the broker then
+   * audits (kernel VFIO: audited slices, docs/AUDITED-SLICES.md). Not enforcement, so not a capability.
+   */
+  readonly directSlices?: boolean;
+  /** With directSlices: a new fd of the device for one hand-off (the caller owns it). */
+  directFd?(): Fd;
 
   close(): Promise<void>;
 }

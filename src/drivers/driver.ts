@@ -58,7 +58,13 @@ export interface IovaView {
   reason: string;
 }
 
-export type IsolationLevel = 'enforced' | 'cooperative';
+/**
+ * 'enforced': the kernel or the device keeps clients apart (a revocable slice fd, the IOMMU). 'audited': the
+ * client maps its slice directly from the device fd it was handed once; the broker checks from /proc that it
+ * kept and passed no fd and maps only its slice (src/broker/audit-scan), and kills mappers at a revoke's
+ * deadline, but nothing prevents misuse between checks. 'cooperative': reached through the broker, or shared.
+ */
+export type IsolationLevel = 'enforced' | 'audited' | 'cooperative';
 export interface Isolation {
   level: IsolationLevel;
   reason: string;

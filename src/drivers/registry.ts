@@ -7,9 +7,15 @@ import { DevleaseError } from '../errors.js';
 import type { DriverFactory } from './driver.js';
 import { eduDriverFactory } from './edu.js';
 import { genericDriverFactory } from './generic.js';
+import { pageSliceDriverFactory } from './page-slices.js';
 import { sa1DriverFactory } from './sa1/driver.js';
 
-export const DRIVERS: readonly DriverFactory[] = [sa1DriverFactory, eduDriverFactory, genericDriverFactory];
+export const DRIVERS: readonly DriverFactory[] = [
+  sa1DriverFactory,
+  eduDriverFactory,
+  pageSliceDriverFactory,
+  genericDriverFactory,
+];
 
 const hex4 = (n: number) => n.toString(16).padStart(4, '0');
 

@@ -126,6 +126,8 @@ export interface NativeAddon {
   // --- pidfd ---
   pidfdOpen(pid: number): number;
   pidfdSendSignal(pidfd: number, signal: number): void;
+  /** Test support: fork a child that keeps this process's mappings, closes fds >= 3 and pauses; returns its pid. */
+  forkPause(): number;
 
   // --- memfd ---
   memfdCreate(name: string, flags: number): number; // MFD_CLOEXEC always added

@@ -124,7 +124,7 @@ test('reset is VFIO_DEVICE_RESET with no argument', async () => {
   });
 });
 
-test('dma-buf: PROBE|GET of feature 11 only; slices stay cooperative and sliceFds/revokeSlice say ENOTSUP', async () => {
+test('dma-buf: PROBE|GET of feature 11 only; mappable slices are audited (not dma-buf) and sliceFds/revokeSlice say ENOTSUP', async () => {
   for (const dmaBuf of [true, false]) {
     await withDevice(
       async (dev, rec) => {
@@ -135,7 +135,7 @@ test('dma-buf: PROBE|GET of feature 11 only; slices stay cooperative and sliceFd
         );
         assert.equal(dev.dmaBuf, dmaBuf);
         assert.deepEqual(dev.capabilities, { mappableSlices: false, revocableSlices: false });
-        assert.match(dev.path.reason, /BAR slices are cooperative/);
+        assert.match(dev.path.reason, /mappable BAR slices are audited/);
         await assert.rejects(dev.sliceFds(0, [{ offset: 0n, length: 4096n }]), { code: 'ENOTSUP' });
         using some = new EventFd();
         await assert.rejects(dev.revokeSlice(some.fd), { code: 'ENOTSUP' });

@@ -86,12 +86,26 @@ const QEMU_FIXED = [
   .join(' ')
   .split(' ');
 
-function qemuArgs({ kernel, initrd }, runDir) {
+/**
+ * The ivshmem-plain device's memory: 1 MiB of a host file (memory-backend-file, share=on), so a test can read
+ * what guest clients wrote into BAR2 from the file. It lives in the rig cache (the guest sees the host's root
+ * read-only over 9p, but not the host's /tmp) and is zeroed before each boot.
+ */
+export const IVSHMEM_SIZE = 1 << 20;
+export const ivshmemFile = (config) => join(rigCache, `ivshmem-${config}.bin`);
+
+function qemuArgs({ kernel, initrd }, runDir, config) {
   // no_timer_check: under TCG on a loaded host the guest's IO-APIC timer check
   // can miss its ticks and panic ("timer doesn't work through Interrupt-remapped
   // IO-APIC"), seen in 3 of 4 boots with other work on both cores.
   const append = `console=ttyS0 intel_iommu=on panic=-1 quiet no_timer_check devlease_run=${runDir}`;
-  const args = [...QEMU_FIXED, '-kernel', kernel, '-initrd', initrd, '-append', append];
+  const ivshmem = [
+    '-object',
+    `memory-backend-file,id=ivshm,mem-path=${ivshmemFile(config)},size=${IVSHMEM_SIZE},share=on`,
+    '-device',
+    'ivshmem-plain,memdev=ivshm',
+  ];
+  const args = [...QEMU_FIXED, ...ivshmem, '-kernel', kernel, '-initrd', initrd, '-append', append];
   // qboot starts a second or two faster than SeaBIOS.
   if (existsSync('/usr/share/qemu/qboot.rom')) args.push('-bios', '/usr/share/qemu/qboot.rom');
   return args;
@@ -120,10 +134,14 @@ export async function runGuest({
   const started = Date.now();
   try {
     writeFileSync(join(runDir, 'project'), `${projectRoot}\n`);
-    writeFileSync(join(runDir, 'run.sh'), guestScript(nodeArgs, env));
+    writeFileSync(
+      join(runDir, 'run.sh'),
+      guestScript(nodeArgs, { DEVLEASE_IVSHMEM_FILE: ivshmemFile(config), ...env }),
+    );
+    writeFileSync(ivshmemFile(config), Buffer.alloc(IVSHMEM_SIZE));
     const qemu = process.env.DEVLEASE_QEMU ?? 'qemu-system-x86_64';
     // stdin stays an open pipe nobody writes: QEMU's stdio console wants one.
-    const child = spawn(qemu, qemuArgs(paths, runDir), { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(qemu, qemuArgs(paths, runDir, config), { stdio: ['pipe', 'pipe', 'pipe'] });
     const stop = () => child.kill('SIGKILL');
     // QEMU must not outlive this process, however it ends.
     const onSignal = (sig) => {

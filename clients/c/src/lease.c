@@ -141,8 +141,13 @@ out:
 	return rc;
 }
 
-/* REGION_INFO for `index`: size, flags and the slice fd (or -1). Retries once with the argsz asked for. */
-static int region_info(struct devlease *l, unsigned index, uint64_t *size, uint32_t *flags, int *fd)
+/*
+ * REGION_INFO for `index`: size, flags, the mmap offset on the fd, and the fd (or -1): a slice fd (offset 0), or
+ * for an audited slice of a kernel device the device fd itself, handed over once (docs/AUDITED-SLICES.md).
+ * Retries once with the argsz asked for.
+ */
+static int region_info(struct devlease *l, unsigned index, uint64_t *size, uint32_t *flags, uint64_t *offset,
+		       int *fd)
 {
 	uint32_t argsz = 128;
 	*fd = -1;
@@ -167,6 +172,7 @@ static int region_info(struct devlease *l, unsigned index, uint64_t *size, uint3
 		}
 		*flags = dl_get32(r.payload + 4);
 		*size = dl_get64(r.payload + 16);
+		*offset = dl_get64(r.payload + 24);
 		if (r.nfds) {
 			*fd = r.fds[0];
 			r.nfds = 0;
@@ -192,23 +198,27 @@ static int set_irqs(struct devlease *l, unsigned index, unsigned start, const in
 
 static int setup(struct devlease *l)
 {
+	int audited = 0;
 	l->regions = calloc(l->info.nregions ? l->info.nregions : 1, sizeof(*l->regions));
 	if (!l->regions) return dl_fail(ENOMEM, "no memory");
 	for (unsigned i = 0; i < l->info.nregions; i++) {
 		unsigned index = l->info.regions[i].index;
-		uint64_t size;
+		uint64_t size, offset;
 		uint32_t flags;
 		int fd;
-		int rc = region_info(l, index, &size, &flags, &fd);
+		int rc = region_info(l, index, &size, &flags, &offset, &fd);
 		if (rc < 0) return rc;
 		if (fd < 0) continue; /* mediated: devlease_region_read/write */
 		if (size == 0 || size > (1ull << 40)) {
 			close(fd);
 			return dl_fail(EPROTO, "region %u: size %llu is not a slice's", index, (unsigned long long)size);
 		}
-		void *a = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		/* Exactly the slice, at its offset on the fd; an audited slice's device fd is closed here, before
+		 * devlease_connect returns, as the broker's audit expects. */
+		void *a = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
 		int err = errno;
 		close(fd); /* the mapping keeps the description alive; its release is what the broker watches */
+		if (offset != 0) audited = 1;
 		if (a == MAP_FAILED) return dl_fail(err, "region %u: mmap of its slice failed: %s", index, strerror(err));
 		l->regions[l->nregions++] = (struct dl_region){ .index = index, .addr = a, .len = size };
 	}
@@ -232,6 +242,15 @@ static int setup(struct devlease *l)
 	int rc = set_irqs(l, VFIO_PCI_ERR_IRQ_INDEX, 0, &l->err_fd, 1);
 	if (rc == 0 && l->notice_index > 0) rc = set_irqs(l, (unsigned)l->notice_index, 0, &l->err_fd, 1);
 	if (rc == 0) rc = set_irqs(l, VFIO_PCI_REQ_IRQ_INDEX, 0, &l->req_fd, 1);
+	/* After an audited hand-off: DEVICE_GET_INFO, sent after the device fd was closed above, tells the broker's
+	 * audit the hand-off is over (docs/AUDITED-SLICES.md); from then on a kept fd is a violation. */
+	if (rc == 0 && audited) {
+		uint8_t p[16] = { 0 };
+		dl_put32(p, sizeof(p));
+		struct dl_msg r;
+		rc = dl_call(l, VFIO_USER_DEVICE_GET_INFO, p, sizeof(p), NULL, 0, &r, "device info");
+		if (rc == 0) dl_msg_release(&r);
+	}
 	return rc;
 }
 

@@ -5,9 +5,12 @@
 //
 // Slices: the kernel exports BAR ranges as dma-buf fds (feature 11, Linux
 // 6.19) but such an fd cannot be mmapped and has no revoke, so a client
-// cannot be given a slice of its own: sliceFds/revokeSlice reject with
-// ENOTSUP and drivers report BAR access `cooperative`. Feature 13 is never
-// sent here: in the kernel it is s390's ZPCI_ERROR, not devlease's revoke.
+// cannot be given a slice fd of its own: sliceFds/revokeSlice reject with
+// ENOTSUP. A mappable slice is instead handed out `audited`: the client gets
+// the device fd once (directFd()), maps its slice at the region's offset and
+// closes it, and the broker checks from /proc that it did
+// (src/broker/audit-scan). Feature 13 is never sent here: in the kernel it is
+// s390's ZPCI_ERROR, not devlease's revoke.
 
 import { EventEmitter } from 'node:events';
 import { closedError } from '../../errors.js';
@@ -43,6 +46,7 @@ import {
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
 import { readPciIds } from '../pci-ids.js';
+import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
 
@@ -71,6 +75,10 @@ export class KernelDevice extends EventEmitter implements Device {
   /** The kernel exports BAR ranges as dma-buf fds (VFIO_DEVICE_FEATURE_DMA_BUF answered its PROBE). */
   dmaBuf = false;
   readonly capabilities = { mappableSlices: false, revocableSlices: false };
+  /** The device fd can be handed out for audited slices (directFd()). */
+  readonly directSlices = true;
+  /** Whether a dma-buf of a BAR can be mmapped (probed at open; 'no' on every kernel as of 7.3). */
+  dmaBufMmap: DmaBufMmapProbe = { mmap: 'untested', reason: 'not probed' };
   readonly domain: IommuDomain;
   readonly #sys: KernelSys;
   readonly #fd: Fd;
@@ -113,9 +121,36 @@ export class KernelDevice extends EventEmitter implements Device {
     this.ids = await readPciIds((off, n) => this.read(VFIO_PCI_CONFIG_REGION_INDEX, off, n));
     this.dmaBuf = this.#probe(VFIO_DEVICE_FEATURE_DMA_BUF, VFIO_DEVICE_FEATURE_GET);
     const slices = this.dmaBuf
-      ? 'BAR ranges export as dma-buf fds, but those cannot be mmapped or revoked: BAR slices are cooperative'
-      : 'no dma-buf export of BAR ranges (VFIO_DEVICE_FEATURE_DMA_BUF): BAR slices are cooperative';
+      ? 'BAR ranges export as dma-buf fds, but those cannot be revoked: mappable BAR slices are audited'
+      : 'no dma-buf export of BAR ranges (VFIO_DEVICE_FEATURE_DMA_BUF): mappable BAR slices are audited';
     this.path.reason = [this.path.reason, ...this.domain.notes, slices].join('; ');
+  }
+
+  /**
+   * Export a one-page dma-buf of the first mappable BAR and try to mmap it (dmabuf-probe.ts); the answer is kept
+   * in `dmaBufMmap`. The broker asks once at start.
+   */
+  async probeDmaBufMmap(): Promise<DmaBufMmapProbe> {
+    if (!this.dmaBuf) {
+      this.dmaBufMmap = { mmap: 'no', reason: 'the kernel exports no dma-buf of BAR ranges (feature 11)' };
+      return this.dmaBufMmap;
+    }
+    let bar: DeviceRegion | null = null;
+    for (let i = 0; i < Math.min(this.numRegions, 6) && !bar; i++) {
+      const r = await this.region(i).catch(() => null);
+      if (r && r.size >= 4096n && r.flags & VFIO_REGION_INFO_FLAG_MMAP) bar = r;
+    }
+    this.dmaBufMmap = probeDmaBufMmap(this.#sys, bar, (flags, data) => this.#feature(flags, data));
+    return this.dmaBufMmap;
+  }
+
+  /**
+   * A new fd of the device's open description, for a client to mmap its audited slice from (at
+   * region(index).offset + the slice's offset). The caller sends it and closes its copy.
+   */
+  directFd(): Fd {
+    if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    return this.#fd.dup();
   }
 
   /** VFIO_DEVICE_FEATURE with PROBE: does the device support `feature` for `op` (GET or SET)? */

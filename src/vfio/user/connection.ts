@@ -311,7 +311,8 @@ export class VfioUserConnection {
       }
       case P.VFIO_USER_DEVICE_GET_INFO: {
         V.parseInfoArgsz('GET_INFO', payload);
-        const d = model.deviceInfo();
+        // request: a client's own GET_INFO, not a validation of another request's bounds.
+        const d = model.deviceInfo({ request: true });
         return { payload: vfio_user_device_info.encode({ argsz: vfio_user_device_info.size, ...d }) };
       }
       case P.VFIO_USER_DEVICE_GET_REGION_INFO:

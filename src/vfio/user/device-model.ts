@@ -88,7 +88,8 @@ export interface ConnectionInfo {
 }
 
 export interface VfioUserDeviceModel {
-  deviceInfo(): { flags: number; num_regions: number; num_irqs: number };
+  /** `request`: called for the client's DEVICE_GET_INFO (otherwise: to validate another request). */
+  deviceInfo(opts?: { request?: boolean }): { flags: number; num_regions: number; num_irqs: number };
   /**
    * The region's description. `opts.fd === false` when the server only needs flags and size (bounds checks):
    * a model that hands out a fresh fd per call should then make none.

@@ -1,0 +1,313 @@
+// The audit of direct (audited) slices: after a client was handed the device
+// fd to map its slice, the broker checks from /proc (proc-scan.ts) that
+//   (a) no process but the broker holds an fd of the device, and
+//   (b) every mapping of the device lies inside a slice leased to the mapping
+//       process's lease holder (the holder, a process it forked, or a process
+//       already seen mapping that slice legitimately: a forked child outlives
+//       its parent and is re-parented).
+// Scans run after each hand-off, every `periodMs`, and (coalesced, after the
+// reply: never on a request's path) at each control request of an audited
+// lease. A violation is one audit record naming pid, exe and finding, then
+// the configured action. The same scan observes releases: a lease's slice is
+// free only when no process maps any of it any more.
+
+import { PidFd } from '../../sys/pidfd.js';
+import type { AuditLog } from '../audit.js';
+import {
+  descendsFrom,
+  type FileIdentity,
+  isRunning,
+  type MappingFound,
+  processFacts,
+  type ScanResult,
+  scanProc,
+} from './proc-scan.js';
+
+export type AuditAction = 'report' | 'revoke' | 'kill';
+
+export interface DirectAuditConfig {
+  /** What a violation does beyond its record: nothing, revoke its lease at once, or SIGKILL the process. */
+  action: AuditAction;
+  /** Period of the background scan while audited slices exist. */
+  periodMs: number;
+  /** How long the holder may keep the handed fd before its first request after the hand-off says it closed it. */
+  handoffGraceMs: number;
+  /** At a revoke's deadline: SIGKILL every process still mapping the slice ('kill') or only record them. */
+  deadlineAction: 'kill' | 'report';
+}
+
+export const DEFAULT_DIRECT_AUDIT: DirectAuditConfig = {
+  action: 'revoke',
+  periodMs: 1000,
+  handoffGraceMs: 2000,
+  deadlineAction: 'kill',
+};
+
+export type Finding = 'fd-kept' | 'fd-passed' | 'mapping-outside-slice';
+
+export interface Violation {
+  pid: number;
+  exe: string | null;
+  ppid: number | null;
+  finding: Finding;
+  /** The lease the process belongs to (by holder ancestry), or null. */
+  lease: string | null;
+  detail: string;
+}
+
+/** Device-file offset ranges [start, end) of one lease's audited slices. */
+interface Entry {
+  id: string;
+  holder: number;
+  ranges: { start: bigint; end: bigint }[];
+  handedAt: number | null;
+  /** The holder made a request after the hand-off: its connect() has returned, so the fd must be closed. */
+  settled: boolean;
+  knownMappers: Set<number>;
+  /** Violating processes attributed to this lease (killed with it on a forced reclaim). */
+  violators: Set<number>;
+  mapped: boolean;
+  waiters: (() => void)[];
+}
+
+export interface AuditorHost {
+  audit: AuditLog;
+  /** Take the lease back at once (action 'revoke'). */
+  revoke(leaseId: string, reason: string): void;
+  log(line: string): void;
+}
+
+export class SliceAuditor {
+  readonly #entries = new Map<string, Entry>();
+  readonly #reported = new Set<string>();
+  #timer: NodeJS.Timeout | null = null;
+  #scheduled = false;
+  #closed = false;
+  /**
+   * Scans run synchronously on the broker's event loop: the timer, request and release-poll paths never start
+   * one before this (the last scan's end + 9 × its duration), so the audit takes at most ~10% of the broker's
+   * time however slow /proc is (a TCG guest: 50-500 ms a scan).
+   */
+  #nextAllowed = 0;
+  /** Cost accounting for `devlease status` and the bench. */
+  readonly stats = { scans: 0, totalUs: 0, lastUs: 0, processes: 0, violations: 0 };
+
+  constructor(
+    readonly target: FileIdentity,
+    readonly config: DirectAuditConfig,
+    private readonly host: AuditorHost,
+  ) {}
+
+  /** Start auditing `id`'s slices (device-file ranges); called at the hand-off. */
+  add(id: string, holder: number, ranges: { start: bigint; end: bigint }[]): void {
+    const e: Entry = this.#entries.get(id) ?? {
+      id,
+      holder,
+      ranges: [],
+      handedAt: null,
+      settled: false,
+      knownMappers: new Set(),
+      violators: new Set(),
+      mapped: false,
+      waiters: [],
+    };
+    e.ranges.push(...ranges);
+    e.handedAt = Date.now();
+    e.settled = false;
+    this.#entries.set(id, e);
+    this.#ensureTimer();
+    // The first check comes once the grace has passed even if the client never asks anything again.
+    setTimeout(() => this.request(), this.config.handoffGraceMs + 10).unref();
+  }
+
+  has(id: string): boolean {
+    return this.#entries.has(id);
+  }
+
+  /**
+   * A control request of lease `id` arrived: scan soon (not on the request's path). `handOffDone`: it is the
+   * request the client library sends after closing the handed fd (DEVICE_GET_INFO): from now on a kept fd is a
+   * violation. Other requests may have been pipelined before the client even read the hand-off's reply.
+   */
+  onRequest(id: string, handOffDone = false): void {
+    const e = this.#entries.get(id);
+    if (!e) return;
+    if (handOffDone && e.handedAt !== null) e.settled = true;
+    this.request();
+  }
+
+  /**
+   * A coalesced scan, soon: on the next turn of the event loop, or, when the last scan was recent, once the
+   * duty-cycle bound allows (see `#nextAllowed`).
+   */
+  request(): void {
+    if (this.#scheduled || this.#closed) return;
+    this.#scheduled = true;
+    const run = () => {
+      this.#scheduled = false;
+      this.scan();
+    };
+    const wait = this.#nextAllowed - Date.now();
+    if (wait > 0) setTimeout(run, wait).unref();
+    else setImmediate(run);
+  }
+
+  /** One scan: checks, records violations, acts, and wakes release waiters. */
+  scan(): ScanResult | null {
+    if (this.#closed || this.#entries.size === 0) return null;
+    const r = scanProc(this.target, new Set([process.pid]));
+    this.stats.scans++;
+    this.stats.totalUs += r.us;
+    this.stats.lastUs = r.us;
+    this.stats.processes = r.processes;
+    const now = Date.now();
+    this.#nextAllowed = now + Math.ceil((9 * r.us) / 1000);
+    for (const h of r.fds) {
+      const holderOf = this.#leaseOf(h.pid);
+      const e = holderOf ? this.#entries.get(holderOf) : undefined;
+      if (
+        e &&
+        e.holder === h.pid &&
+        !e.settled &&
+        e.handedAt !== null &&
+        now - e.handedAt < this.config.handoffGraceMs
+      )
+        continue; // still inside connect(): mapping its slice
+      const finding: Finding = e && e.holder === h.pid ? 'fd-kept' : 'fd-passed';
+      this.#violate(h.pid, finding, holderOf, `holds the device fd as fd ${h.fd}`);
+    }
+    for (const e of this.#entries.values()) e.mapped = false;
+    for (const m of r.maps) this.#checkMapping(m);
+    for (const e of this.#entries.values()) {
+      if (!e.mapped) for (const w of e.waiters.splice(0)) w();
+    }
+    return r;
+  }
+
+  #checkMapping(m: MappingFound): void {
+    const end = m.offset + (m.end - m.start);
+    let ok = false;
+    for (const e of this.#entries.values()) {
+      const overlaps = e.ranges.some((r) => m.offset < r.end && end > r.start);
+      if (overlaps) e.mapped = true;
+      const inside = e.ranges.some((r) => m.offset >= r.start && end <= r.end);
+      if (!inside) continue;
+      // A holder gone: its children are re-parented, and a mapping of its slice is one they inherited (no
+      // other process could map it without an fd, which (a) reports) — even if no scan saw the fork.
+      if (e.knownMappers.has(m.pid) || descendsFrom(m.pid, e.holder) || !isRunning(e.holder)) {
+        e.knownMappers.add(m.pid);
+        ok = true;
+      }
+    }
+    if (ok) return;
+    const range = `[0x${m.offset.toString(16)}, 0x${end.toString(16)}) of the device file`;
+    this.#violate(m.pid, 'mapping-outside-slice', this.#leaseOf(m.pid), `maps ${range}`);
+  }
+
+  /** The audited lease whose holder `pid` is or descends from. */
+  #leaseOf(pid: number): string | null {
+    for (const e of this.#entries.values()) if (e.holder === pid) return e.id;
+    for (const e of this.#entries.values()) if (descendsFrom(pid, e.holder)) return e.id;
+    return null;
+  }
+
+  #violate(pid: number, finding: Finding, lease: string | null, detail: string): void {
+    const key = `${pid}:${finding}:${lease}`;
+    if (this.#reported.has(key)) return;
+    this.#reported.add(key);
+    const facts = processFacts(pid);
+    const v: Violation = { pid, exe: facts.exe, ppid: facts.ppid, finding, lease, detail };
+    this.stats.violations++;
+    const e = lease ? this.#entries.get(lease) : undefined;
+    e?.violators.add(pid);
+    // Without a lease to revoke, 'revoke' kills: the process can reach the whole device.
+    const action = this.config.action === 'revoke' && !lease ? 'kill' : this.config.action;
+    this.host.audit.write({ event: 'audit-violation', ...v, action });
+    if (action === 'kill') this.#kill(pid, `audit: ${finding}`);
+    else if (action === 'revoke' && lease)
+      this.host.revoke(lease, `audit: pid ${pid} (${facts.exe ?? '?'}) ${finding}: ${detail}`);
+  }
+
+  #kill(pid: number, why: string): boolean {
+    let pfd: PidFd | null = null;
+    try {
+      pfd = PidFd.open(pid);
+      pfd.sendSignal('SIGKILL');
+      this.host.audit.write({ event: 'audit-kill', pid, reason: why });
+      return true;
+    } catch (err) {
+      this.host.log(`audit: could not kill pid ${pid} (${why}): ${(err as Error).message}`);
+      return false;
+    } finally {
+      pfd?.close();
+    }
+  }
+
+  /**
+   * A revoke's deadline: every process mapping lease `id`'s slices now, and every violator of the lease, is
+   * killed (deadlineAction 'report': only recorded). One scan, synchronous. Reclaim calls this BEFORE it
+   * closes the session: a holder that sees the hang-up unmaps its page (the client library's teardown), and
+   * a scan after that raced it — the holder still mapping at the deadline lived or died by scheduling.
+   */
+  killMappers(id: string): void {
+    const e = this.#entries.get(id);
+    if (!e) return;
+    const first = this.scan();
+    const pids = new Set(e.violators);
+    for (const m of first?.maps ?? []) {
+      const end = m.offset + (m.end - m.start);
+      if (e.ranges.some((r) => m.offset < r.end && end > r.start)) pids.add(m.pid);
+    }
+    for (const pid of pids) {
+      if (this.config.deadlineAction === 'kill')
+        this.#kill(pid, `lease ${id} revoked: still mapping its slice`);
+      else this.host.audit.write({ event: 'audit-still-mapped', lease: id, pid, ...processFacts(pid) });
+    }
+  }
+
+  /**
+   * Resolves when no process maps any of lease `id`'s slices. `forced` (a revoke's deadline, or a violation's
+   * revoke): first every process mapping them, and every violator of the lease, is killed (deadlineAction
+   * 'report': only recorded). Scans every `pollMs` while waiting.
+   */
+  async whenUnmapped(id: string, opts: { forced: boolean; pollMs?: number }): Promise<void> {
+    const e = this.#entries.get(id);
+    if (!e) return;
+    if (opts.forced) this.killMappers(id);
+    else this.scan();
+    if (!e.mapped) return;
+    const poll = setInterval(() => this.request(), opts.pollMs ?? Math.min(this.config.periodMs, 200));
+    try {
+      await new Promise<void>((resolve) => e.waiters.push(resolve));
+    } finally {
+      clearInterval(poll);
+    }
+  }
+
+  /** Stop auditing a released lease. */
+  forget(id: string): void {
+    const e = this.#entries.get(id);
+    this.#entries.delete(id);
+    for (const w of e?.waiters.splice(0) ?? []) w();
+    for (const k of [...this.#reported]) if (k.endsWith(`:${id}`)) this.#reported.delete(k);
+    if (this.#entries.size === 0 && this.#timer) {
+      clearInterval(this.#timer);
+      this.#timer = null;
+    }
+  }
+
+  #ensureTimer(): void {
+    if (this.#timer || this.#closed) return;
+    this.#timer = setInterval(() => this.request(), this.config.periodMs);
+    this.#timer.unref();
+  }
+
+  /** Idempotent: stops the timer; waiters are released (the broker is going away). */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    for (const e of this.#entries.values()) for (const w of e.waiters.splice(0)) w();
+  }
+}

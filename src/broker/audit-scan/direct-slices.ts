@@ -1,0 +1,137 @@
+// The audited slice provider: how a lease's mappable slice of a kernel
+// device reaches its client. The kernel gives no mmap-able, revocable
+// per-slice fd (its dma-buf of a BAR has no mmap as of 7.3), so the client is
+// handed the device fd itself, once, with the mmap offset of its slice (the
+// VFIO region offset + the slice's offset); the client library maps exactly
+// that and closes the fd before connect() returns. The SliceAuditor then
+// checks, from /proc, that this is what happened and keeps happening, and
+// tells reclaim when nobody maps the slice any more.
+//
+// Slice providers: 'slice-fds' (vfio-user DMA_BUF: per-slice fds, enforced,
+// src/broker/slices.ts) and this 'audited' one. A kernel whose dma-buf of a
+// BAR can be mmapped (probe: src/device/kernel/dmabuf-probe.ts) would get a
+// third, 'dma-buf', beside this one: per-slice dma-buf fds handed out like
+// the vfio-user slice fds, `enforced`. Not built: no kernel here can test it.
+
+import type { Device } from '../../device/device.js';
+import type { SliceSpec } from '../../drivers/driver.js';
+import { VfioError } from '../../errors.js';
+import type { Fd } from '../../sys/fd.js';
+import { VFIO_PCI_ROM_REGION_INDEX } from '../../vfio/uapi/vfio.js';
+import { type AuditorHost, type DirectAuditConfig, SliceAuditor } from './auditor.js';
+import { identityOfFd } from './proc-scan.js';
+
+export interface SliceProvider {
+  readonly name: 'slice-fds' | 'audited' | 'dma-buf';
+}
+
+export interface DirectHandOff {
+  fd: Fd;
+  /** Where the client mmaps its slice on `fd`. */
+  offset: bigint;
+}
+
+export interface DirectLease {
+  id: string;
+  ctx: { pid: number };
+}
+
+export class DirectSlices implements SliceProvider {
+  readonly name = 'audited' as const;
+  readonly auditor: SliceAuditor;
+  /** Lease regions already handed out, per lease: the fd goes out once. */
+  readonly #handed = new Map<string, Set<number>>();
+  /** The device's mmap offset of each BAR region (read once: REGION_INFO is answered synchronously). */
+  readonly #offsets = new Map<number, bigint>();
+
+  /** Reads the BARs' mmap offsets, then audits `device`'s fd. Rejects ENOTSUP on a device without direct slices. */
+  static async create(device: Device, config: DirectAuditConfig, host: AuditorHost): Promise<DirectSlices> {
+    const d = new DirectSlices(device, config, host);
+    for (let i = 0; i < Math.min(device.numRegions, VFIO_PCI_ROM_REGION_INDEX); i++) {
+      const r = await device.region(i).catch(() => null);
+      if (r && r.size > 0n) d.#offsets.set(i, r.offset);
+    }
+    return d;
+  }
+
+  private constructor(
+    readonly device: Device,
+    config: DirectAuditConfig,
+    host: AuditorHost,
+  ) {
+    const fd = DirectSlices.#deviceFd(device);
+    try {
+      this.auditor = new SliceAuditor(identityOfFd(fd.fd), config, host);
+    } finally {
+      fd.close();
+    }
+  }
+
+  static #deviceFd(device: Device): Fd {
+    if (!device.directSlices || !device.directFd)
+      throw new VfioError('ENOTSUP', `a ${device.transport} device hands out no device fd for direct slices`);
+    return device.directFd();
+  }
+
+  /** Whether the lease has slices handed out directly (reclaim then waits for their observed release). */
+  has(id: string): boolean {
+    return this.#handed.has(id);
+  }
+
+  /**
+   * The device fd for `slice`, once per lease region: null when it was handed out already (a second
+   * REGION_INFO gets no fd; the region is then reached through the broker). The caller sends and closes it.
+   */
+  handOut(lease: DirectLease, slice: SliceSpec): DirectHandOff | null {
+    const handed = this.#handed.get(lease.id) ?? new Set<number>();
+    if (handed.has(slice.leaseRegion)) return null;
+    const regionOffset = this.#offsets.get(slice.region);
+    if (regionOffset === undefined)
+      throw new VfioError('EINVAL', `region ${slice.region} of the device is no BAR that can be handed out`);
+    handed.add(slice.leaseRegion);
+    this.#handed.set(lease.id, handed);
+    const start = regionOffset + slice.offset;
+    const fd = DirectSlices.#deviceFd(this.device);
+    this.auditor.add(lease.id, lease.ctx.pid, [{ start, end: start + slice.size }]);
+    return { fd, offset: start };
+  }
+
+  /** A control request of the lease: scan soon, off the request's path (`handOffDone`: see SliceAuditor). */
+  onRequest(id: string, handOffDone = false): void {
+    this.auditor.onRequest(id, handOffDone);
+  }
+
+  /** Resolves when no process maps the lease's slices; `forced`: kill the mappers first (a revoke's deadline). */
+  whenReleased(id: string, forced: boolean): Promise<void> {
+    return this.auditor.whenUnmapped(id, { forced });
+  }
+
+  /** A revoke's deadline passed: kill (or record) every process mapping the lease's slices now. */
+  killMappers(id: string): void {
+    this.auditor.killMappers(id);
+  }
+
+  forget(id: string): void {
+    this.#handed.delete(id);
+    this.auditor.forget(id);
+  }
+
+  status(): Record<string, unknown> {
+    const s = this.auditor.stats;
+    return {
+      provider: this.name,
+      action: this.auditor.config.action,
+      deadlineAction: this.auditor.config.deadlineAction,
+      periodMs: this.auditor.config.periodMs,
+      scans: s.scans,
+      lastScanUs: Math.round(s.lastUs),
+      meanScanUs: s.scans ? Math.round(s.totalUs / s.scans) : 0,
+      processesScanned: s.processes,
+      violations: s.violations,
+    };
+  }
+
+  close(): void {
+    this.auditor.close();
+  }
+}

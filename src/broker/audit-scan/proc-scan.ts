@@ -1,0 +1,186 @@
+// One pass over /proc: which processes hold an fd of a file, and which map
+// it (and which range of it). This is how the broker checks the assumptions
+// behind an audited slice (docs/AUDITED-SLICES.md): the client closed the
+// device fd it was handed, passed it to nobody, and maps only its slice.
+//
+// A file is named by what stat(2) says of it (st_dev, st_ino, st_rdev) and,
+// for fds, by the target text of its /proc/<pid>/fd link, compared first:
+// readlink is one cheap syscall and almost every fd differs in its text, so
+// stat runs only on the few candidates. A VFIO device fd of the legacy group
+// path is an anonymous inode (`anon_inode:[vfio-device]`) shared with every
+// other device's: `syspath` (fdinfo's `vfio-device-syspath`, kernels since
+// 6.10) tells devices apart where the kernel says it; mappings carry no such
+// line, so two devices on the group path are told apart by their region
+// offsets only (documented as a limit).
+//
+// Bounded: one readdir of /proc, per process one readdir of fd/ plus one
+// readlink per fd and one read of maps. Processes that vanish mid-scan or
+// cannot be read (not root) are counted, never fatal.
+
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+
+/** What identifies the audited file. */
+export interface FileIdentity {
+  /** The /proc/<pid>/fd link text of a description of it (e.g. '/dev/vfio/devices/vfio0'). */
+  link: string;
+  dev: bigint;
+  ino: bigint;
+  rdev: bigint;
+  /** fdinfo's `vfio-device-syspath`, when the kernel prints one. */
+  syspath: string | null;
+}
+
+export interface FdHolding {
+  pid: number;
+  fd: number;
+}
+
+export interface MappingFound {
+  pid: number;
+  start: bigint;
+  end: bigint;
+  /** File offset of `start` (for a VFIO device fd: region offset + offset in the region). */
+  offset: bigint;
+  perms: string;
+}
+
+export interface ScanResult {
+  fds: FdHolding[];
+  maps: MappingFound[];
+  /** Processes looked at, and those that could not be read (gone, or not permitted). */
+  processes: number;
+  unreadable: number;
+  /** Wall time of the scan. */
+  us: number;
+}
+
+/** The identity of an open fd of this process (the broker's own description of the device). */
+export function identityOfFd(fd: number): FileIdentity {
+  const link = readlinkSync(`/proc/self/fd/${fd}`);
+  const st = statSync(`/proc/self/fd/${fd}`, { bigint: true });
+  return { link, dev: st.dev, ino: st.ino, rdev: st.rdev, syspath: syspathOf('self', fd) };
+}
+
+function syspathOf(pid: number | 'self', fd: number): string | null {
+  try {
+    const m = /^vfio-device-syspath:\s*(\S+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+    return m?.[1] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** The maps file's "maj:min" of a stat dev number (Linux's new_encode_dev split). */
+export function mapsDev(dev: bigint): string {
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
+  const hex = (v: bigint, n: number) => v.toString(16).padStart(n, '0');
+  return `${hex(major, 2)}:${hex(minor, 2)}`;
+}
+
+/** Scan every process but `exclude` for fds and mappings of `target`. */
+export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = new Set()): ScanResult {
+  const t0 = process.hrtime.bigint();
+  const out: ScanResult = { fds: [], maps: [], processes: 0, unreadable: 0, us: 0 };
+  const dev = mapsDev(target.dev);
+  const ino = target.ino.toString();
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid) || pid <= 0 || exclude.has(pid)) continue;
+    out.processes++;
+    try {
+      scanMaps(pid, dev, ino, out.maps);
+      scanFds(pid, target, out.fds);
+    } catch {
+      out.unreadable++;
+    }
+  }
+  out.us = Number(process.hrtime.bigint() - t0) / 1000;
+  return out;
+}
+
+function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): void {
+  const text = readFileSync(`/proc/${pid}/maps`, 'latin1');
+  // Cheap pre-filter: most processes map nothing of the file.
+  const needle = ` ${dev} ${ino} `;
+  if (!text.includes(needle)) return;
+  for (const line of text.split('\n')) {
+    if (!line.includes(needle)) continue;
+    // start-end perms offset dev inode [path]
+    const [range = '', perms = '', offset = '0', d, i] = line.split(/\s+/);
+    if (d !== dev || i !== ino) continue;
+    const [s = '0', e = '0'] = range.split('-');
+    into.push({ pid, start: BigInt(`0x${s}`), end: BigInt(`0x${e}`), offset: BigInt(`0x${offset}`), perms });
+  }
+}
+
+function scanFds(pid: number, target: FileIdentity, into: FdHolding[]): void {
+  const dir = `/proc/${pid}/fd`;
+  for (const name of readdirSync(dir)) {
+    let link: string;
+    try {
+      link = readlinkSync(`${dir}/${name}`);
+    } catch {
+      continue; // closed while we looked
+    }
+    if (link !== target.link) continue;
+    try {
+      const st = statSync(`${dir}/${name}`, { bigint: true });
+      if (st.dev !== target.dev || st.ino !== target.ino || st.rdev !== target.rdev) continue;
+    } catch {
+      continue;
+    }
+    const fd = Number(name);
+    if (target.syspath !== null) {
+      const sp = syspathOf(pid, fd);
+      if (sp !== null && sp !== target.syspath) continue; // another VFIO device on the same anon inode
+    }
+    into.push({ pid, fd });
+  }
+}
+
+/** What the audit record names: the executable and the parent (a child the fd was passed to, say). */
+export function processFacts(pid: number): { exe: string | null; ppid: number | null } {
+  let exe: string | null = null;
+  let ppid: number | null = null;
+  try {
+    exe = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    // gone, or a kernel thread
+  }
+  ppid = parentOf(pid);
+  return { exe, ppid };
+}
+
+/** The parent pid from /proc/<pid>/stat (the field after the parenthesised comm), or null. */
+export function parentOf(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ppid = Number(rest[1]);
+    return Number.isInteger(ppid) ? ppid : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether `pid` is a process that has not exited (gone, a zombie or dead: false). */
+export function isRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X' && state !== 'x';
+  } catch {
+    return false;
+  }
+}
+
+/** Whether `pid` is `ancestor` or descends from it (walks at most 64 parents). */
+export function descendsFrom(pid: number, ancestor: number): boolean {
+  let p: number | null = pid;
+  for (let i = 0; i < 64 && p !== null && p > 0; i++) {
+    if (p === ancestor) return true;
+    p = parentOf(p);
+  }
+  return false;
+}

@@ -1,0 +1,69 @@
+// Can a client map a dma-buf of a BAR range? The kernel exports BAR ranges as
+// dma-bufs (VFIO_DEVICE_FEATURE_DMA_BUF, 11) but, as of 7.3, their ops have
+// no .mmap: mmap fails with EINVAL. The series that adds it ("vfio/pci: Add
+// mmap() for DMABUFs") is not merged. When a kernel has it, a per-slice
+// dma-buf fd is an enforced slice (the kernel revokes it); until then slices
+// are handed out audited (src/broker/audit-scan). This probe asks the kernel
+// at start, with one page of the first mappable BAR, and `devlease status`
+// shows the answer.
+
+import { Fd } from '../../sys/fd.js';
+import { native } from '../../sys/native.js';
+import {
+  encodeDmaBufPayload,
+  VFIO_DEVICE_FEATURE_DMA_BUF,
+  VFIO_DEVICE_FEATURE_GET,
+} from '../../vfio/uapi/index.js';
+import type { DeviceRegion } from '../device.js';
+import type { KernelSys } from './sys.js';
+
+export interface DmaBufMmapProbe {
+  /** 'yes': a one-page dma-buf of a BAR mapped; 'no': it did not (errno in `reason`); 'untested': no way to ask. */
+  mmap: 'yes' | 'no' | 'untested';
+  reason: string;
+}
+
+/**
+ * Export one page of `bar` as a dma-buf through `feature` (the device's VFIO_DEVICE_FEATURE call, which returns
+ * the new fd) and try to mmap it. Everything made is closed again.
+ */
+export function probeDmaBufMmap(
+  sys: KernelSys,
+  bar: DeviceRegion | null,
+  feature: (flags: number, data: Uint8Array) => number,
+): DmaBufMmapProbe {
+  if (!bar) return { mmap: 'untested', reason: 'the device has no mappable BAR to export a page of' };
+  const { O_RDWR = 2, O_CLOEXEC = 0o2000000 } = native.constants as Record<string, number>;
+  let fd: Fd;
+  try {
+    const n = feature(
+      VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF,
+      encodeDmaBufPayload({
+        region_index: bar.index,
+        open_flags: O_RDWR | O_CLOEXEC,
+        ranges: [{ offset: 0n, length: 4096n }],
+      }),
+    );
+    if (n < 3) return { mmap: 'untested', reason: `the export returned ${n}, not a new fd` };
+    fd = new Fd(n);
+  } catch (err) {
+    const e = err as { code?: string };
+    return { mmap: 'untested', reason: `exporting a page of BAR ${bar.index} failed (${e.code ?? 'error'})` };
+  }
+  try {
+    const m = sys.mmap(fd, 4096, 0n, 'rw');
+    m.unmap();
+    return {
+      mmap: 'yes',
+      reason: `a one-page dma-buf of BAR ${bar.index} mapped: per-slice dma-buf fds could be enforced slices`,
+    };
+  } catch (err) {
+    const e = err as { code?: string };
+    return {
+      mmap: 'no',
+      reason: `mmap of a one-page dma-buf of BAR ${bar.index}: ${e.code ?? 'error'} (the kernel's dma-buf of a VFIO BAR has no mmap; slices are audited)`,
+    };
+  } finally {
+    fd.close();
+  }
+}

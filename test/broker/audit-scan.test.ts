@@ -1,0 +1,242 @@
+// The /proc audit of direct slices (src/broker/audit-scan), on the host: real
+// processes map a regular file standing in for the VFIO device file (the
+// scan matches it by dev:inode and offset exactly as it matches the device;
+// the feature's real test is the guest's, test/kernel/guest/ivshmem.test.ts).
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { AuditLog } from '../../src/broker/audit.js';
+import { type DirectAuditConfig, SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
+import { type FileIdentity, identityOfFd, mapsDev, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const mapper = join(here, '../fixtures/audit/mapper.js');
+const PAGE = 4096n;
+let dir = '';
+let file = '';
+let fileFd = -1;
+let target: FileIdentity;
+const children: ChildProcess[] = [];
+
+let leakCheck: () => Promise<void> = async () => {};
+before(() => {
+  leakCheck = trackFdLeaks();
+  dir = mkdtempSync(join(tmpdir(), 'devlease-audit-'));
+  file = join(dir, 'bar');
+  fileFd = openSync(file, 'w+');
+  ftruncateSync(fileFd, 16 * 4096);
+  target = identityOfFd(fileFd);
+});
+after(() => {
+  for (const c of children) c.kill('SIGKILL');
+  closeSync(fileFd);
+  rmSync(dir, { recursive: true, force: true });
+  return leakCheck();
+});
+
+interface Mapper {
+  pid: number;
+  child: number | null;
+  proc: ChildProcess;
+  exited: Promise<void>;
+}
+
+/** Starts a mapper process; resolves once it has mapped (and closed or kept its fd, and forked). */
+async function startMapper(offset: bigint, flags: string[] = []): Promise<Mapper> {
+  const proc = spawn(process.execPath, [mapper, file, String(offset), String(PAGE), ...flags], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  children.push(proc);
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const line = await new Promise<string>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('mapper did not report within 30 s')), 30_000);
+    createInterface({ input: proc.stdout! }).once('line', (l) => {
+      clearTimeout(t);
+      resolve(l);
+    });
+  });
+  const { pid, child } = JSON.parse(line) as { pid: number; child: number | null };
+  return { pid, child, proc, exited };
+}
+
+function killPid(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
+function auditor(config: Partial<DirectAuditConfig> = {}) {
+  const audit = new AuditLog(null);
+  const revoked: string[] = [];
+  const a = new SliceAuditor(
+    target,
+    { action: 'report', periodMs: 60_000, handoffGraceMs: 0, deadlineAction: 'kill', ...config },
+    { audit, revoke: (id) => revoked.push(id), log: () => {} },
+  );
+  return { a, audit, revoked };
+}
+
+const range = (page: bigint) => [{ start: page * PAGE, end: (page + 1n) * PAGE }];
+
+test('maps dev numbers as /proc/<pid>/maps prints them', () => {
+  assert.equal(mapsDev((8n << 8n) | 1n), '08:01');
+  assert.equal(mapsDev(0x10n), '00:10');
+  assert.equal(mapsDev((259n << 8n) | 3n), '103:03');
+});
+
+test('scan: finds each process mapping the file (dev:inode, offset) and each holding an fd of it', async () => {
+  const m1 = await startMapper(0n);
+  const m2 = await startMapper(PAGE * 3n, ['--keep-fd']);
+  try {
+    const r = scanProc(target, new Set([process.pid]));
+    const m1maps = r.maps.filter((m) => m.pid === m1.pid);
+    assert.equal(m1maps.length, 1, 'the closed-fd mapper still maps its page');
+    assert.equal(m1maps[0]!.offset, 0n);
+    assert.equal(m1maps[0]!.end - m1maps[0]!.start, PAGE);
+    assert.deepEqual(
+      r.maps.filter((m) => m.pid === m2.pid).map((m) => m.offset),
+      [PAGE * 3n],
+    );
+    assert.deepEqual(
+      r.fds.map((f) => f.pid),
+      [m2.pid],
+      'only the --keep-fd mapper holds an fd (the test process is excluded)',
+    );
+    assert.ok(r.processes > 2 && r.us > 0);
+  } finally {
+    killPid(m1.pid);
+    killPid(m2.pid);
+    await Promise.all([m1.exited, m2.exited]);
+  }
+});
+
+test('audit: a holder mapping its own slice and closing the fd is clean; a kept fd and a neighbour page are recorded', async () => {
+  const { a, audit } = auditor();
+  const good = await startMapper(0n);
+  const keeps = await startMapper(PAGE, ['--keep-fd']);
+  const snoops = await startMapper(PAGE * 5n); // leased page 2, maps page 5
+  try {
+    a.add('good', good.pid, range(0n));
+    a.add('keeps', keeps.pid, range(1n));
+    a.add('snoops', snoops.pid, range(2n));
+    for (const id of ['good', 'keeps', 'snoops']) a.onRequest(id, true);
+    a.scan();
+    const v = audit.recent.filter((r) => r.event === 'audit-violation');
+    const by = (pid: number) => v.filter((r) => r.pid === pid).map((r) => r.finding);
+    assert.deepEqual(by(good.pid), []);
+    assert.deepEqual(by(keeps.pid), ['fd-kept']);
+    assert.deepEqual(by(snoops.pid), ['mapping-outside-slice']);
+    const rec = v.find((r) => r.pid === snoops.pid)!;
+    assert.equal(rec.lease, 'snoops');
+    assert.equal(rec.exe, process.execPath, 'the record names the executable');
+    assert.equal(rec.action, 'report');
+    a.scan();
+    assert.equal(audit.recent.filter((r) => r.event === 'audit-violation').length, v.length, 'recorded once');
+  } finally {
+    a.close();
+    for (const m of [good, keeps, snoops]) killPid(m.pid);
+    await Promise.all([good.exited, keeps.exited, snoops.exited]);
+  }
+});
+
+test('audit: within the hand-off grace the holder may still hold the fd; action revoke names the lease', async () => {
+  const { a, audit, revoked } = auditor({ action: 'revoke', handoffGraceMs: 60_000 });
+  const keeps = await startMapper(0n, ['--keep-fd']);
+  try {
+    a.add('l1', keeps.pid, range(0n));
+    a.scan();
+    assert.deepEqual(revoked, [], 'inside connect(): not yet a violation');
+    a.onRequest('l1'); // a request pipelined before the client read the hand-off's reply
+    a.scan();
+    assert.deepEqual(revoked, [], 'a pipelined request does not end the hand-off');
+    a.onRequest('l1', true); // DEVICE_GET_INFO after closing the fd: connect() has returned
+    a.scan();
+    assert.deepEqual(revoked, ['l1']);
+    assert.equal(audit.recent.find((r) => r.event === 'audit-violation')?.finding, 'fd-kept');
+  } finally {
+    a.close();
+    killPid(keeps.pid);
+    await keeps.exited;
+  }
+});
+
+test('audit: action kill SIGKILLs the violating process through its pidfd', async () => {
+  const { a, audit } = auditor({ action: 'kill' });
+  const snoops = await startMapper(PAGE * 7n);
+  try {
+    a.add('l1', snoops.pid, range(0n));
+    a.onRequest('l1', true);
+    a.scan();
+    await snoops.exited;
+    assert.equal(snoops.proc.signalCode, 'SIGKILL');
+    assert.ok(audit.recent.some((r) => r.event === 'audit-kill' && r.pid === snoops.pid));
+  } finally {
+    a.close();
+  }
+});
+
+test('release: the slice is free only when no process maps it; a forked child holds it until it exits', async () => {
+  const { a } = auditor();
+  const holder = await startMapper(0n, ['--fork']);
+  assert.ok(holder.child, 'the mapper forked a child');
+  try {
+    a.add('l1', holder.pid, range(0n));
+    // No scan before the holder dies: its child is re-parented before the audit ever saw it.
+    killPid(holder.pid);
+    await holder.exited;
+    let freed = false;
+    const released = a.whenUnmapped('l1', { forced: false, pollMs: 20 }).then(() => {
+      freed = true;
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(freed, false, 'the forked child still maps the page');
+    const violations = a.stats.violations;
+    assert.equal(violations, 0, 'an inherited mapping of the slice is no violation');
+    killPid(holder.child!);
+    await released;
+  } finally {
+    a.close();
+    if (holder.child) killPid(holder.child);
+  }
+});
+
+test('revoke deadline: forced release kills every process still mapping the slice', async () => {
+  const { a, audit } = auditor();
+  const holder = await startMapper(0n, ['--fork']);
+  try {
+    a.add('l1', holder.pid, range(0n));
+    a.onRequest('l1', true);
+    await a.whenUnmapped('l1', { forced: true, pollMs: 20 });
+    await holder.exited;
+    const killed = audit.recent.filter((r) => r.event === 'audit-kill').map((r) => r.pid);
+    assert.deepEqual(new Set(killed), new Set([holder.pid, holder.child]));
+  } finally {
+    a.close();
+    if (holder.child) killPid(holder.child);
+  }
+});
+
+test('revoke deadline: killMappers kills at once whoever maps the slice (reclaim calls it before the hang-up)', async () => {
+  const { a, audit } = auditor();
+  const holder = await startMapper(0n, ['--fork']);
+  try {
+    a.add('l1', holder.pid, range(0n));
+    a.onRequest('l1', true);
+    a.killMappers('l1');
+    await holder.exited;
+    const killed = audit.recent.filter((r) => r.event === 'audit-kill').map((r) => r.pid);
+    assert.deepEqual(new Set(killed), new Set([holder.pid, holder.child]));
+    await a.whenUnmapped('l1', { forced: false, pollMs: 20 });
+  } finally {
+    a.close();
+    if (holder.child) killPid(holder.child);
+  }
+});
