@@ -27,7 +27,6 @@ import { EventEmitter } from 'node:events';
 import {
   type BarType,
   barTypeAt,
-  buildLeaseConfigSpace,
   type Device,
   type Driver,
   type DriverFactory,
@@ -35,6 +34,7 @@ import {
   identityView,
   type LeaseRequest,
   type LeaseResources,
+  leaseConfigSpaceOf,
   readBarTypes,
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_BAR1_REGION_INDEX,
@@ -178,15 +178,7 @@ export class ServerSampleDriver extends EventEmitter implements Driver {
     const ids = this.#dev.ids;
     const bars: Record<number, BarType> = {};
     for (const b of [this.#bar0, this.#bar1]) if (b) bars[b.index] = b.type;
-    return buildLeaseConfigSpace({
-      vendor: ids.vendor,
-      device: ids.device,
-      revision: 0,
-      classCode: ids.classCode,
-      subsystemVendor: ids.subsystemVendor,
-      subsystem: ids.subsystem,
-      bars,
-    });
+    return leaseConfigSpaceOf(ids, bars);
   }
 
   /** BAR0 read: seconds since the last time_t written (negative while a timer is armed for the future). */

@@ -77,6 +77,26 @@ export function barTypeAt(types: readonly (BarType | null)[], index: number): Ba
   return t;
 }
 
+/**
+ * The lease's config space for a device that shows its own ids (vendor, device, class, subsystem as the
+ * device reports them): what every driver but SA-1's (which names its ids from the datasheet) builds.
+ */
+export function leaseConfigSpaceOf(
+  ids: Device['ids'],
+  bars: Record<number, BarType>,
+  revision = 0,
+): Uint8Array {
+  return buildLeaseConfigSpace({
+    vendor: ids.vendor,
+    device: ids.device,
+    revision,
+    classCode: ids.classCode,
+    subsystemVendor: ids.subsystemVendor,
+    subsystem: ids.subsystem,
+    bars,
+  });
+}
+
 export function buildLeaseConfigSpace(spec: LeaseConfigSpec): Uint8Array {
   const cs = new Uint8Array(CONFIG_SPACE_SIZE);
   const dv = new DataView(cs.buffer);

@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX } from '../vfio/uapi/vfio.js';
-import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
+import { type BarType, barTypeAt, leaseConfigSpaceOf, readBarTypes } from './config-space.js';
 import {
   type Driver,
   type DriverConfig,
@@ -192,15 +192,7 @@ export class EduDriver extends EventEmitter implements Driver {
 
   leaseConfigSpace(): Uint8Array {
     const ids = this.#dev.ids;
-    return buildLeaseConfigSpace({
-      vendor: ids.vendor,
-      device: ids.device,
-      revision: 0x10,
-      classCode: ids.classCode,
-      subsystemVendor: ids.subsystemVendor,
-      subsystem: ids.subsystem,
-      bars: this.#barType ? { [EDU_BAR]: this.#barType } : {},
-    });
+    return leaseConfigSpaceOf(ids, this.#barType ? { [EDU_BAR]: this.#barType } : {}, 0x10);
   }
 
   async status(): Promise<Record<string, unknown>> {

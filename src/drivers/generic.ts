@@ -14,7 +14,7 @@ import {
   VFIO_PCI_ROM_REGION_INDEX,
   VFIO_REGION_INFO_FLAG_MMAP,
 } from '../vfio/uapi/vfio.js';
-import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
+import { type BarType, barTypeAt, leaseConfigSpaceOf, readBarTypes } from './config-space.js';
 import {
   type Driver,
   type DriverFactory,
@@ -135,15 +135,7 @@ export class GenericDriver extends EventEmitter implements Driver {
     const ids = this.dev.ids;
     const bars: Record<number, BarType> = {};
     for (const b of this.#bars) bars[b.index] = b.type;
-    return buildLeaseConfigSpace({
-      vendor: ids.vendor,
-      device: ids.device,
-      revision: 0,
-      classCode: ids.classCode,
-      subsystemVendor: ids.subsystemVendor,
-      subsystem: ids.subsystem,
-      bars,
-    });
+    return leaseConfigSpaceOf(ids, bars);
   }
 
   async status(): Promise<Record<string, unknown>> {

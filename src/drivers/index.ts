@@ -27,6 +27,7 @@ export {
   buildLeaseConfigSpace,
   CONFIG_SPACE_SIZE,
   type LeaseConfigSpec,
+  leaseConfigSpaceOf,
   readBarTypes,
 } from './config-space.js';
 export type {

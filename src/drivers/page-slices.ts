@@ -15,7 +15,7 @@ import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
 import { VFIO_REGION_INFO_FLAG_MMAP } from '../vfio/uapi/vfio.js';
-import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from './config-space.js';
+import { type BarType, barTypeAt, leaseConfigSpaceOf, readBarTypes } from './config-space.js';
 import type {
   Driver,
   DriverConfig,
@@ -166,15 +166,7 @@ export class PageSliceDriver extends EventEmitter implements Driver {
 
   leaseConfigSpace(): Uint8Array {
     const ids = this.dev.ids;
-    return buildLeaseConfigSpace({
-      vendor: ids.vendor,
-      device: ids.device,
-      revision: 0,
-      classCode: ids.classCode,
-      subsystemVendor: ids.subsystemVendor,
-      subsystem: ids.subsystem,
-      bars: this.#barType ? { [this.bar]: this.#barType } : {},
-    });
+    return leaseConfigSpaceOf(ids, this.#barType ? { [this.bar]: this.#barType } : {});
   }
 
   async status(): Promise<Record<string, unknown>> {
