@@ -10,31 +10,13 @@ import * as ds from '../../src/sim/model/datasheet.js';
 import { MemFd } from '../../src/sys/index.js';
 import { VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { trackFdLeaks } from '../helpers/fds.js';
-import { boot, TestQueue } from './helpers/driver.js';
-import { mappingsOf, openFds, type Rig, rig } from './helpers/real.js';
+import { TestQueue } from './helpers/driver.js';
+import { bootedRig, mappingsOf, openFds, workerCommands } from './helpers/real.js';
 
 after(trackFdLeaks());
 
-const FW_IOVA = 0x10_0000n;
 const HOST_IOVA = 0x20_0000n;
 const VICTIM_IOVA = 0x80_0000n;
-
-async function bootedRig(idlePollUs?: number): Promise<Rig> {
-  const r = await rig(idlePollUs === undefined ? {} : { idlePollUs });
-  try {
-    await boot(r.bus, await r.map(FW_IOVA, 64 * 1024));
-  } catch (err) {
-    await r.close();
-    throw err;
-  }
-  return r;
-}
-
-async function workerCommands(r: Rig, fn: () => Promise<void>): Promise<number> {
-  const before = r.sim.stats().commands;
-  await fn();
-  return r.sim.stats().commands - before - 1;
-}
 
 /** VFIO_DEVICE_FEATURE_DMA_BUF payload: queue page 1 of BAR2, read-write. */
 function dmaBufRequest(): Buffer {
@@ -81,7 +63,7 @@ test('DMA_MAP, DMA_UNMAP, SET_IRQS, slice fds and GET_REGION_IO_FDS are answered
 
 test('a spinning device finds a map answered just before the doorbell, and lets go of it at the unmap', async () => {
   const before = openFds();
-  const r = await bootedRig(0);
+  const r = await bootedRig({ idlePollUs: 0 });
   try {
     const host = await r.map(HOST_IOVA, 0x1_0000);
     const window = { base: HOST_IOVA, size: 0x100_0000n }; // the ring and the map both

@@ -7,31 +7,12 @@ import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as ds from '../../src/sim/model/datasheet.js';
 import { trackFdLeaks } from '../helpers/fds.js';
-import { BAR0, BAR4, boot, CONFIG, qcfg, r32, r64, TestQueue, w32, w64 } from './helpers/driver.js';
-import { type Rig, rig } from './helpers/real.js';
+import { BAR0, BAR4, CONFIG, qcfg, r32, r64, TestQueue, w32, w64 } from './helpers/driver.js';
+import { bootedRig, workerCommands } from './helpers/real.js';
 
 after(trackFdLeaks());
 
-const FW_IOVA = 0x10_0000n;
 const HOST_IOVA = 0x20_0000n;
-
-async function bootedRig(): Promise<Rig> {
-  const r = await rig();
-  try {
-    await boot(r.bus, await r.map(FW_IOVA, 64 * 1024));
-  } catch (err) {
-    await r.close();
-    throw err;
-  }
-  return r;
-}
-
-/** Requests the device worker served while `fn` ran (the stats request that ends the count excluded). */
-async function workerCommands(r: Rig, fn: () => Promise<void>): Promise<number> {
-  const before = r.sim.stats().commands;
-  await fn();
-  return r.sim.stats().commands - before - 1;
-}
 
 test('register reads, and writes that only store a value, are answered without the device worker', async () => {
   const r = await bootedRig();

@@ -14,7 +14,7 @@ import {
   VFIO_USER_F_DMA_REGION_READ,
   VFIO_USER_F_DMA_REGION_WRITE,
 } from '../../../src/vfio/user/protocol.js';
-import type { Bus, HostMem } from './driver.js';
+import { type Bus, boot, type HostMem } from './driver.js';
 
 export function openFds(): number {
   return readdirSync('/proc/self/fd').length;
@@ -131,4 +131,26 @@ export async function rig(opts: Partial<SimulatorOptions> = {}): Promise<Rig> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Where bootedRig() loads the firmware image (64 KiB). */
+export const RIG_FW_IOVA = 0x10_0000n;
+
+/** A rig whose device is booted (firmware at RIG_FW_IOVA); closed again if the boot fails. */
+export async function bootedRig(opts: Partial<SimulatorOptions> = {}): Promise<Rig> {
+  const r = await rig(opts);
+  try {
+    await boot(r.bus, await r.map(RIG_FW_IOVA, 64 * 1024));
+  } catch (err) {
+    await r.close();
+    throw err;
+  }
+  return r;
+}
+
+/** Requests the device worker served while `fn` ran (the stats request that ends the count excluded). */
+export async function workerCommands(r: Rig, fn: () => Promise<void>): Promise<number> {
+  const before = r.sim.stats().commands;
+  await fn();
+  return r.sim.stats().commands - before - 1;
 }
