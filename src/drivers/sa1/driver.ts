@@ -31,6 +31,7 @@ import { enableBusMaster, resetDevice, revokeAll } from './device-commands.js';
 import { queueLeaseResources } from './grant.js';
 import { Sa1Monitor } from './monitor.js';
 import { Granules, WindowSlots } from './pools.js';
+import { QcfgShadow, type QcfgWrite } from './qcfg-shadow.js';
 
 export { DEVICE_RESET_TIMEOUT_MS } from './device-commands.js';
 export { DEVMEM_LEASE_REGION0 } from './grant.js';
@@ -72,6 +73,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
    * of its own, so the reset is paid when the previous holder is reclaimed, not when the next one asks.
    */
   readonly #cleanQueues = new Set<number>();
+  /** Each queue's configuration registers as last written (a grant writes only what changes). */
+  readonly #qcfg = new QcfgShadow();
   #windows: WindowSlots | null = null;
   #granules: Granules | null = null;
   readonly #monitor: Sa1Monitor;
@@ -118,6 +121,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // whose reset does not finish stays out of the pool.
     this.#stuckQueues.clear();
     this.#cleanQueues.clear();
+    this.#qcfg.clear();
     for (let q = 0; q < g.numQueues; q++) {
       if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
       await this.#resetQueue(q).catch((err: { code?: string }) => {
@@ -215,25 +219,36 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // A clean queue: indexes zero, error cleared (reclaim left it so, or reset it now).
     if (!this.#cleanQueues.delete(q)) await this.#resetQueue(q);
     // The writes go out together (the device serves one connection's requests in order), so the grant pays
-    // one device round trip instead of eight. ENABLE is last on the wire; should any write before it fail, the
-    // queue is disabled again and left out of the clean set, so the next grant resets it.
+    // one device round trip, and only the registers whose value changes are written (qcfg-shadow.ts): the
+    // same queue on the same window is granted again with ENABLE alone. ENABLE is last on the wire; should
+    // any write before it fail, the queue is disabled again, its registers unknown and it is left out of the
+    // clean set, so the next grant resets it and writes them all.
     // The window is the one the client sees (its view), and Q_XLAT takes the view to the lease's device range.
     const view = res.view!;
-    const writes = [
-      d.write64(BAR0, qcfg(q, Q.WIN_BASE), view.base),
-      d.write64(BAR0, qcfg(q, Q.WIN_SIZE), view.size),
-      d.write64(BAR0, qcfg(q, Q.XLAT), BigInt.asUintN(64, res.window!.base - view.base)),
-      d.write32(BAR0, qcfg(q, Q.MEM_BASE), Number(res.devmem?.offset ?? 0n)),
-      d.write32(BAR0, qcfg(q, Q.MEM_SIZE), Number(res.devmem?.size ?? 0n)),
-      d.write32(BAR0, qcfg(q, Q.VECTOR), res.vectors[0]!),
-      d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE),
+    const want: QcfgWrite[] = [
+      { offset: Q.WIN_BASE, width: 64, value: view.base },
+      { offset: Q.WIN_SIZE, width: 64, value: view.size },
+      { offset: Q.XLAT, width: 64, value: BigInt.asUintN(64, res.window!.base - view.base) },
+      { offset: Q.MEM_BASE, width: 32, value: res.devmem?.offset ?? 0n },
+      { offset: Q.MEM_SIZE, width: 32, value: res.devmem?.size ?? 0n },
+      { offset: Q.VECTOR, width: 32, value: BigInt(res.vectors[0]!) },
     ];
+    const writes = this.#qcfg
+      .needed(q, want)
+      .map((w) =>
+        w.width === 64
+          ? d.write64(BAR0, qcfg(q, w.offset), w.value)
+          : d.write32(BAR0, qcfg(q, w.offset), Number(w.value)),
+      );
+    writes.push(d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE));
     const results = await Promise.allSettled(writes);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
+      this.#qcfg.forget(q);
       await d.write32(BAR0, qcfg(q, Q.CTRL), 0).catch(() => undefined);
       throw failed.reason;
     }
+    this.#qcfg.record(q, want);
   }
 
   async quiesce(res: LeaseResources): Promise<void> {
@@ -326,6 +341,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
   async recover(): Promise<void> {
     this.#monitor.stopHeartbeat();
     this.#cleanQueues.clear();
+    this.#qcfg.clear();
     await resetDevice(this.#dev);
     await enableBusMaster(this.#dev);
     await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
@@ -386,6 +402,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#stuckQueues.clear();
     for (const q of s.stuckQueues) this.#stuckQueues.add(q);
     this.#cleanQueues.clear();
+    this.#qcfg.clear();
     for (const q of s.cleanQueues) this.#cleanQueues.add(q);
     const g = this.#geo;
     const held = new Set(leased.map((r) => r.queue));
@@ -412,6 +429,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
   deviceLost(): void {
     this.#monitor.stopHeartbeat();
     this.#cleanQueues.clear();
+    this.#qcfg.clear();
     this.#monitor.closeInterrupts();
     this.#freeQueues = [];
     this.#windows = null;
