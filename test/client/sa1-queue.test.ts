@@ -94,7 +94,8 @@ test('a completion status the datasheet does not define is its own error, with t
   } finally {
     lease.dma.alloc = alloc;
   }
-  const cq = new DataView(bufs[1]!.buffer);
+  // One buffer holds both rings (one DMA map): the SQ's 8 × 64 bytes, then the CQ.
+  const cq = new DataView(bufs[0]!.buffer, 8 * 64);
   // The owner stops the queue, so the real device completes nothing; the descriptor (tag 1) stays pending.
   await rig.device.write32(BAR0, qcfg(lease.info.queue!, Q.CTRL), 0);
   const nop = q.nop();
