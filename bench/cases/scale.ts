@@ -10,6 +10,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import type { Lease as BrokerLease } from '../../src/broker/lease.js';
 import { ClientProc, exitAll } from '../fixtures/client-proc.js';
+import { cpuMs, ownCpuMs } from '../fixtures/cpu.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { rssMiB, startRig } from '../fixtures/rig.js';
 
@@ -17,6 +18,8 @@ const fdCount = (): number => readdirSync('/proc/self/fd').length;
 /** The soft RLIMIT_NOFILE of this (the broker's) process. */
 const fdLimit = (): number =>
   Number(/Max open files\s+(\d+)/.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1]);
+
+const sumCpu = (cs: ClientProc[]): number => cs.reduce((sum, c) => sum + cpuMs(c.pid), 0);
 
 async function acquireLoop(
   c: ClientProc,
@@ -67,12 +70,21 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
       );
       clients.push(...batch);
     }
+    // The window holds the acquires only: every client process is started (and its code loaded) before it.
     progress(`${procs} processes × ${each} leases`);
+    const cpu0 = { broker: ownCpuMs(), sim: cpuMs(rig.sim.pid), clients: sumCpu(clients.slice(1)) };
     const t0 = performance.now();
     const per = await Promise.all(
       clients.slice(1).map((c) => c.call<number[]>('acquireMany', { socket: rig.socket, count: each })),
     );
     const allMs = performance.now() - t0;
+    // Where the window's time went, per lease: the broker is one thread, so its CPU per lease × the leases
+    // is a floor under acquire-all; the simulator serves the grants' device commands on one thread too.
+    const cpuPerLeaseUs = {
+      broker: ((ownCpuMs() - cpu0.broker) * 1000) / total,
+      sim: ((cpuMs(rig.sim.pid) - cpu0.sim) * 1000) / total,
+      clients: ((sumCpu(clients.slice(1)) - cpu0.clients) * 1000) / total,
+    };
     const held = rig.broker.leases.all().filter((l) => l.live).length;
     if (held !== total) throw new Error(`expected ${total} live leases, the broker has ${held}`);
     const rssHeld = rssMiB(process.pid);
@@ -106,6 +118,13 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
           },
         ),
         metric('acquire-all', `acquire all ${total} (${procs} processes in parallel)`, 's', [allMs / 1000]),
+        metric('acquire-all-broker-cpu', '· broker CPU per lease in that window (one thread)', 'µs', [
+          cpuPerLeaseUs.broker,
+        ]),
+        metric('acquire-all-sim-cpu', '· simulator CPU per lease in that window', 'µs', [cpuPerLeaseUs.sim]),
+        metric('acquire-all-client-cpu', '· client CPU per lease in that window (all processes)', 'µs', [
+          cpuPerLeaseUs.clients,
+        ]),
         metric('release-all', `all ${procs} processes exit → all ${total} free`, 's', [releaseAllMs / 1000]),
         metric('rss-idle', 'broker RSS, no leases', 'MiB', [rssIdle], { role: 'baseline' }),
         metric('rss-held', `broker RSS, ${total} leases`, 'MiB', [rssHeld], { ref: 'rss-idle' }),
@@ -122,6 +141,8 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
         brokerFds: { idle: fdsIdle, held: fdsHeld, perLease, limit: fdLimit() },
         leasesBeforeFdLimit: Math.floor((fdLimit() - fdsIdle) / perLease),
         simulatorRssMiB: Math.round(simRss),
+        cpuPerLeaseUs:
+          'utime+stime over the acquire-all window / leases; the simulator and clients in 10 ms ticks',
       },
     };
   } finally {
