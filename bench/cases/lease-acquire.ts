@@ -95,7 +95,12 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         }),
         metric('acquire-grant', '· connect → broker granted (policy, QCFG, slice fds)', 'µs', toGrant),
         metric('acquire-map', '· granted → regions mapped, irqs wired', 'µs', grantToMapped),
-        metric('acquire-rings', '· rings allocated (2 DMA_MAPs)', 'µs', mappedToQueue),
+        metric(
+          'acquire-rings',
+          '· rings allocated (kick fd + 1 DMA_MAP for both rings)',
+          'µs',
+          mappedToQueue,
+        ),
         metric('acquire-nop', '· first doorbell → completion', 'µs', queueToNop),
         metric('acquire-device', '· of which the broker waits on device commands', 'µs', deviceMs),
         metric(
@@ -130,7 +135,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
           'µs',
           got('session: regionIoFds'),
         ),
-        metric('map-in-broker', '· DMA_MAP in the broker (2 per acquire)', 'µs', got('session: dmaMap')),
+        metric('map-in-broker', '· DMA_MAP in the broker (1 per acquire)', 'µs', got('session: dmaMap')),
         metric('release', 'lease release: close() → lease free in broker', 'ms', release),
       ],
       notes: {

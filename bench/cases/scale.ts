@@ -48,7 +48,8 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
     config: {
       policy: { rule: [{ any: true, max_leases: 4096, max_mappings: 1 << 16 }] },
       // All 50 processes are one uid and may all be in VERSION at once (the default per-uid cap is 32); a
-      // loaded machine must not turn a slow grant into a refusal either.
+      // loaded machine must not turn a slow grant into a refusal either (nor a client's 5 s call timeout:
+      // 50 VERSIONs queue behind each other's grants, so acquireMany's calls get 60 s).
       sockets: { max_pending_per_uid: 256, version_timeout_ms: 60_000 },
     },
   });
@@ -75,7 +76,9 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
     const cpu0 = { broker: ownCpuMs(), sim: cpuMs(rig.sim.pid), clients: sumCpu(clients.slice(1)) };
     const t0 = performance.now();
     const per = await Promise.all(
-      clients.slice(1).map((c) => c.call<number[]>('acquireMany', { socket: rig.socket, count: each })),
+      clients
+        .slice(1)
+        .map((c) => c.call<number[]>('acquireMany', { socket: rig.socket, count: each, timeoutMs: 60_000 })),
     );
     const allMs = performance.now() - t0;
     // Where the window's time went, per lease: the broker is one thread, so its CPU per lease × the leases
