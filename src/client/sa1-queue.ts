@@ -121,7 +121,8 @@ export class Sa1Queue {
     // The kick fd and the rings are asked for at once (one round trip to the broker, which serves them in
     // order); the rings are one buffer, so one DMA_MAP, which the broker relays to the device: a map per ring
     // was a device round trip more per queue. Whatever came is freed if any failed. The doorbell's kick
-    // (rev 2): the lease owns the fd. The CQ starts at entries × 64 bytes, 16-byte aligned as the datasheet asks (section 2.3).
+    // (rev 2): the lease owns the fd. The CQ starts at entries × 64 bytes: 16-byte aligned, as the
+    // datasheet's section 2.3 asks.
     const [kick, rings] = await Promise.allSettled([
       opts.kick === false ? Promise.resolve(null) : lease.ioEventFd(BAR2, QP.SQ_TAIL),
       lease.dma.alloc(entries * (SQE_SIZE + CQE_SIZE)),
