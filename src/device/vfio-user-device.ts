@@ -381,7 +381,12 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     return { subRegions, fds: dups };
   }
 
-  /** The current connection's io fds of region `index`, asked of the device once (a failure is not kept). */
+  /**
+   * The current connection's io fds of region `index`, asked of the device once. A refusal that is the
+   * device's answer for this connection's lifetime (ENOTSUP: it offers none; ENOSPC: more than one message
+   * can carry, e.g. an SA-1 with over 253 queues) is kept too, so each lease does not ask again (with 1,024
+   * queues the simulator's refusal cost it ~10 ms per lease); any other failure is not kept.
+   */
   #cachedIoFds(index: number): Promise<RegionIoFds> {
     let cached = this.#ioFds.get(index);
     if (!cached) {
@@ -393,7 +398,8 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
         (io) => {
           if (this.#ioFds.get(index) === p) this.#ioFdsKnown.set(index, io);
         },
-        () => {
+        (err: { code?: string }) => {
+          if (err.code === 'ENOTSUP' || err.code === 'ENOSPC') return;
           if (this.#ioFds.get(index) === p) this.#ioFds.delete(index);
         },
       );
