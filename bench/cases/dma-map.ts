@@ -4,14 +4,21 @@
 // same memfd is mapped and unmapped at the same IOVA each time, so memfd
 // creation is not measured.
 //
+// The floor of the ratio: a relay adds at least one hop per call, so the
+// least a broker can do is direct + one echo round trip with the fd attached
+// for DMA_MAP and one without for DMA_UNMAP (rows "relay hop", measured
+// against a minimal vfio-user echo server from the same client, alternating
+// with and without an fd), plus its own checks.
+//
 //   node dist/bench/cases/dma-map.js [--quick]
 
+import { join } from 'node:path';
 import { MemFd } from '../../src/sys/index.js';
 import { checkDmaFd } from '../../src/vfio/user/dma-fd-check.js';
-import { ClientProc } from '../fixtures/client-proc.js';
+import { ClientProc, spawnReady } from '../fixtures/client-proc.js';
 import { RequestProbe } from '../fixtures/request-probe.js';
 import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
-import { startBareSim, startRig } from '../fixtures/rig.js';
+import { startBareSim, startRig, tempDir } from '../fixtures/rig.js';
 
 const SIZES = [
   { bytes: 4096, name: '4k', label: '4 KiB' },
@@ -26,9 +33,28 @@ runCase('dma-map', 'DMA_MAP + DMA_UNMAP: through the broker vs straight to the d
   const bare = await startBareSim(['--queues', '4']);
   const client = await ClientProc.spawn();
   const probe = new RequestProbe(rig.broker);
+  const echoDir = tempDir('echo');
+  const echoSocket = join(echoDir.dir, 'echo.sock');
+  const echo = await spawnReady('region-echo-server.js', [echoSocket]);
   const metrics: Metric[] = [];
+  const median = (a: readonly number[]) => [...a].sort((x, y) => x - y)[a.length >> 1] ?? 0;
   try {
     await client.call('lease', { socket: rig.socket });
+    progress(`relay hop: ${n} echo round trips with an fd attached, alternating with ${n} without`);
+    const hop = await client.call<{ withFd: number[]; bare: number[] }>('echoFd', {
+      socket: echoSocket,
+      n,
+      warmup,
+      budgetMs,
+    });
+    const hopMap = median(hop.withFd);
+    const hopUnmap = median(hop.bare);
+    metrics.push(
+      metric('hop-fd', 'relay hop: echo round trip with an SCM_RIGHTS fd', 'µs', hop.withFd, {
+        role: 'floor',
+      }),
+      metric('hop-bare', '· relay hop: echo round trip, no fd', 'µs', hop.bare, { role: 'floor' }),
+    );
     for (const s of SIZES) {
       progress(`${s.label}: ${n} map+unmap pairs direct, then mediated`);
       const direct = await client.call<{ map: number[]; unmap: number[] }>('dma', {
@@ -61,6 +87,14 @@ runCase('dma-map', 'DMA_MAP + DMA_UNMAP: through the broker vs straight to the d
         metric(`mediated-${s.name}`, `${s.label} map+unmap, through the broker`, 'µs', pair(med), {
           ref: `direct-${s.name}`,
         }),
+        // The best any relay can do (the bound of the ratio): each direct pair plus the two hops' medians.
+        metric(
+          `relay-floor-${s.name}`,
+          `· ${s.label} least through a relay: direct + one echo hop per call`,
+          'µs',
+          pair(direct).map((d) => d + hopMap + hopUnmap),
+          { ref: `direct-${s.name}` },
+        ),
         metric(`mediated-${s.name}-map`, `· ${s.label} DMA_MAP through the broker`, 'µs', med.map, {
           ref: `direct-${s.name}-map`,
         }),
@@ -123,6 +157,8 @@ runCase('dma-map', 'DMA_MAP + DMA_UNMAP: through the broker vs straight to the d
     return { metrics, notes: { simulator: '--queues 4, default --idle-poll-us 50, both instances' } };
   } finally {
     probe.close();
+    await echo.stop();
+    echoDir.remove();
     await client.exit();
     await bare.close();
     await rig.close();
