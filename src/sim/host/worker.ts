@@ -66,6 +66,7 @@ const stats: DeviceStats = {
   sleeps: 0,
   deepSleeps: 0,
   armedSleeps: 0,
+  armedPollFinds: 0,
   commands: 0,
   posts: 0,
   postFailures: 0,
@@ -248,6 +249,8 @@ function serveBetweenDescriptors(): void {
 
 function run(): void {
   const idleMs = options.idlePollUs / 1000;
+  /** The last sleep was armed and ran to its timeout: a doorbell found now was not kicked. */
+  let armedTimedOut = false;
   for (;;) {
     // Inside the round (epoch odd) from before the look for posts until the last access: an unmap posted
     // while the epoch is even is taken before this round touches any mapped memory.
@@ -260,9 +263,12 @@ function run(): void {
     const busy = device.step(serveBetweenDescriptors);
     mailbox.leaveRound();
     if (busy) {
+      if (armedTimedOut) stats.armedPollFinds++;
+      armedTimedOut = false;
       stats.busyRounds++;
       continue;
     }
+    armedTimedOut = false;
     if (shutdownSeq !== null) break;
     stats.idleRounds++;
     const due = device.nextDueInMs();
@@ -287,7 +293,7 @@ function run(): void {
     const ms = due === null ? pollMs : Math.min(pollMs, due);
     if (kicksHandedOut) {
       if (arm === ARMED) stats.armedSleeps++;
-      mailbox.sleepOnFds(waitList, ms);
+      armedTimedOut = !mailbox.sleepOnFds(waitList, ms) && arm === ARMED && due === null;
     } else {
       mailbox.sleep(ms);
     }
