@@ -232,9 +232,11 @@ export class Sa1Queue {
     const fd = this.#kickFd;
     if (fd === null || fd.closed) return; // the lease closed: its number may belong to something else now
     try {
-      // Write and yield once (native eventfd.cc): the woken device thread often lands on this CPU, and the
-      // spin for the completion that follows would hold it off for a whole time slice (~1.5 ms).
-      native.eventfdKick(fd.fd);
+      // A queue that spins for its completions writes and yields once (native eventfd.cc): the woken device
+      // thread often lands on this CPU, and the spin that follows would hold it off for a whole time slice
+      // (~1.5 ms). One that never spins (spinUs 0) goes straight to its event loop, which frees the CPU.
+      if (this.#spinMs > 0) native.eventfdKick(fd.fd);
+      else native.eventfdWrite(fd.fd, 1);
     } catch {
       // EBADF: the lease closed under us (the doorbell itself was stored; the device's idle poll still
       // finds it). EAGAIN (a saturated counter, a wake-up pending anyway) is no error.
