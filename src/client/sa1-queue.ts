@@ -69,14 +69,16 @@ export class Sa1Queue {
   /** Both rings in one DMA buffer (one map through the broker): the SQ at 0, the CQ after it. */
   readonly #rings: DmaBuffer;
   readonly #cqOffset: number;
-  readonly #sqView: DataView;
+  /** The SQ as 32-bit words: a descriptor is written as 16 word stores (this is the hot path). */
+  readonly #sqWords: Uint32Array;
   readonly #cqView: DataView;
   readonly #spinMs: number;
   readonly #timeoutMs: number;
   #tail = 0; // producer index (free-running)
   #cqHead = 0; // consumer index (free-running)
-  #tag = 0n;
-  readonly #pending = new Map<bigint, Pending>();
+  /** The last tag given (a number: tags stay far below 2^53, and number keys hash faster than bigints). */
+  #tag = 0;
+  readonly #pending = new Map<number, Pending>();
   #pumping = false;
   /** The queue page's ioeventfd (doorbell kick, rev 2; the lease owns it), or null when the device offers none. */
   readonly #kickFd: Fd | null;
@@ -97,7 +99,7 @@ export class Sa1Queue {
     this.#words = new Uint32Array(page.buffer);
     this.#rings = rings;
     this.#cqOffset = entries * SQE_SIZE;
-    this.#sqView = new DataView(rings.buffer, 0, entries * SQE_SIZE);
+    this.#sqWords = new Uint32Array(rings.buffer, 0, (entries * SQE_SIZE) / 4);
     this.#cqView = new DataView(rings.buffer, this.#cqOffset, entries * CQE_SIZE);
     this.#spinMs = spinUs / 1000;
     this.#timeoutMs = timeoutMs;
@@ -174,7 +176,7 @@ export class Sa1Queue {
   submit(d: Descriptor): Promise<Completion> {
     this.#checkSubmit(1);
     const tag = ++this.#tag;
-    this.#writeSqe(this.#tail % this.entries, d, tag, true);
+    this.#writeSqe(this.#tail & (this.entries - 1), d, tag, true);
     const deadline = performance.now() + this.#timeoutMs;
     const promise = new Promise<Completion>((resolve, reject) =>
       this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
@@ -189,7 +191,7 @@ export class Sa1Queue {
     const deadline = performance.now() + this.#timeoutMs;
     const promises = ds.map((d, i) => {
       const tag = ++this.#tag;
-      this.#writeSqe((this.#tail + i) % this.entries, d, tag, i === ds.length - 1);
+      this.#writeSqe((this.#tail + i) & (this.entries - 1), d, tag, i === ds.length - 1);
       return new Promise<Completion>((resolve, reject) =>
         this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
       );
@@ -231,10 +233,14 @@ export class Sa1Queue {
     const fd = this.#kickFd;
     if (fd === null || fd.closed) return; // the lease closed: its number may belong to something else now
     try {
-      native.eventfdWrite(fd.fd, 1);
+      // A queue that spins for its completions writes and yields once (native eventfd.cc): the woken device
+      // thread often lands on this CPU, and the spin that follows would hold it off for a whole time slice
+      // (~1.5 ms). One that never spins (spinUs 0) goes straight to its event loop, which frees the CPU.
+      if (this.#spinMs > 0) native.eventfdKick(fd.fd);
+      else native.eventfdWrite(fd.fd, 1);
     } catch {
-      // EAGAIN: the counter is saturated, so a wake-up is pending anyway; EBADF: the lease closed under us
-      // (the doorbell itself was stored; the device's idle poll still finds it).
+      // EBADF: the lease closed under us (the doorbell itself was stored; the device's idle poll still
+      // finds it). EAGAIN (a saturated counter, a wake-up pending anyway) is no error.
     }
   }
 
@@ -243,22 +249,22 @@ export class Sa1Queue {
     return this.entries - ((this.#tail - this.#page.getUint32(QP.SQ_HEAD, true)) >>> 0);
   }
 
-  #writeSqe(slot: number, d: Descriptor, tag: bigint, lastOfBatch: boolean): void {
-    const v = this.#sqView;
-    const o = slot * SQE_SIZE;
+  #writeSqe(slot: number, d: Descriptor, tag: number, lastOfBatch: boolean): void {
+    const w = this.#sqWords;
+    const o = slot * (SQE_SIZE / 4);
     const flags =
       ((d.intr ?? lastOfBatch) ? DESC_FLAG.INTR : 0) |
       (d.srcDevmem ? DESC_FLAG.SRC_DEVMEM : 0) |
       (d.dstDevmem ? DESC_FLAG.DST_DEVMEM : 0);
-    v.setUint8(o, OPCODE[d.opcode]);
-    v.setUint8(o + 1, flags);
-    v.setUint16(o + 2, 0, true);
-    v.setUint32(o + 4, d.length ?? 0, true);
-    v.setBigUint64(o + 8, d.src ?? 0n, true);
-    v.setBigUint64(o + 16, d.dst ?? 0n, true);
-    v.setBigUint64(o + 24, d.imm ?? 0n, true);
-    v.setBigUint64(o + 32, tag, true);
-    for (let i = 40; i < 64; i += 8) v.setBigUint64(o + i, 0n, true);
+    // Little-endian words (datasheet §3; Uint32Array is host order, little-endian on every host we run on).
+    w[o] = OPCODE[d.opcode] | (flags << 8); // bytes 2..3 reserved, 0
+    w[o + 1] = d.length ?? 0;
+    putU64(w, o + 2, d.src);
+    putU64(w, o + 4, d.dst);
+    putU64(w, o + 6, d.imm);
+    w[o + 8] = tag >>> 0;
+    w[o + 9] = Math.floor(tag / 2 ** 32);
+    w.fill(0, o + 10, o + 16);
   }
 
   /** Consume every completion the device has written; returns how many. Never blocks. */
@@ -271,17 +277,20 @@ export class Sa1Queue {
       const o = slot * CQE_SIZE;
       if ((this.#cqView.getUint16(o + 14, true) & 1) !== phase) break;
       const rawStatus = this.#cqView.getUint16(o + 12, true);
+      const tagLo = this.#cqView.getUint32(o, true);
+      const tagHi = this.#cqView.getUint32(o + 4, true);
       const c: Completion = {
-        tag: this.#cqView.getBigUint64(o, true),
+        tag: tagHi === 0 ? BigInt(tagLo) : this.#cqView.getBigUint64(o, true),
         result: this.#cqView.getUint32(o + 8, true),
         status: STATUS_NAME[rawStatus] ?? 'UNKNOWN',
         rawStatus,
       };
       this.#cqHead = (this.#cqHead + 1) >>> 0;
       n++;
-      const p = this.#pending.get(c.tag);
+      const key = tagLo + tagHi * 2 ** 32;
+      const p = this.#pending.get(key);
       if (p) {
-        this.#pending.delete(c.tag);
+        this.#pending.delete(key);
         if (c.status === 'OK') p.resolve(c);
         else p.reject(new DeviceStatusError(c));
       }
@@ -386,6 +395,18 @@ export class Sa1Queue {
     this.#failAll(leaseError('ERR_DEVLEASE_CLOSED', 'queue closed'));
     await this.#rings.free().catch(() => undefined);
   }
+}
+
+/** A 64-bit descriptor field as two little-endian words (none: 0). */
+function putU64(w: Uint32Array, at: number, v: bigint | undefined): void {
+  if (v === undefined || v === 0n) {
+    w[at] = 0;
+    w[at + 1] = 0;
+    return;
+  }
+  const u = BigInt.asUintN(64, v);
+  w[at] = Number(u & 0xffff_ffffn);
+  w[at + 1] = Number(u >> 32n);
 }
 
 /** Whether a queue page reads as a queue reset leaves it: no rings set, nothing rung, no error. */

@@ -147,6 +147,12 @@ export interface NativeAddon {
   eventfdRead(fd: number): bigint | null; // null on EAGAIN
   eventfdWrite(fd: number, value: bigint | number): void;
   /**
+   * A doorbell kick: add 1 to the eventfd, then sched_yield() once, so a thread the write woke onto this
+   * CPU runs now rather than after the caller's time slice (a caller that spins next). false: the counter
+   * was saturated (EAGAIN), a wake-up is pending anyway.
+   */
+  eventfdKick(fd: number): boolean;
+  /**
    * Blocks the calling thread until one of `fds` (eventfds) is readable or `timeoutMs` passes (negative or
    * Infinity: no timeout), then drains every readable one. Returns how many were readable (0: timed out).
    */

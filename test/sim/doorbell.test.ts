@@ -6,23 +6,15 @@ import assert from 'node:assert/strict';
 import { readlinkSync } from 'node:fs';
 import { test } from 'node:test';
 import * as ds from '../../src/sim/model/datasheet.js';
-import { encodeDmaBufRequest } from '../../src/sim/model/slices.js';
-import { type Fd, Mapping, native } from '../../src/sys/index.js';
-import {
-  VFIO_DEVICE_FEATURE_DMA_BUF,
-  VFIO_DEVICE_FEATURE_GET,
-  VFIO_PCI_BAR0_REGION_INDEX,
-  VFIO_PCI_BAR2_REGION_INDEX,
-} from '../../src/vfio/uapi/vfio.js';
+import type { Fd } from '../../src/sys/index.js';
+import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { vfio_user_region_io_fds_request } from '../../src/vfio/user/messages.js';
 import { VFIO_USER_DEVICE_GET_REGION_IO_FDS } from '../../src/vfio/user/protocol.js';
 import { decodeRegionIoFdsReply, VFIO_USER_IO_FD_TYPE_IOEVENTFD } from '../../src/vfio/user/region-io-fds.js';
-import { boot, TestQueue } from './helpers/driver.js';
-import { openFds, type Rig, rig, until } from './helpers/real.js';
+import { queueRig } from './helpers/queue-rig.js';
+import { openFds, rig, until } from './helpers/real.js';
 
 const STRIDE = 65536;
-const FW = 0x10_0000n;
-const HOST = 0x20_0000n;
 
 function closeAll(fds: Fd[]): void {
   for (const fd of fds) fd.close();
@@ -71,42 +63,6 @@ test('GET_REGION_IO_FDS: one eventfd per queue page at its SQ_TAIL; other region
   }
   assert.equal(openFds(), before, 'every io fd was closed');
 });
-
-/** A booted rig with queue 0 configured through its mapped slice page. */
-async function queueRig(idlePollUs: number) {
-  const r: Rig = await rig({ numQueues: 4, idlePollUs });
-  const fw = await r.map(FW, 64 * 1024);
-  await boot(r.bus, fw);
-  const host = await r.map(HOST, 1 << 20);
-  const reply = await r.client.feature({
-    flags: VFIO_DEVICE_FEATURE_GET,
-    feature: VFIO_DEVICE_FEATURE_DMA_BUF,
-    data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, [{ offset: 0n, length: BigInt(STRIDE) }]),
-  });
-  const pageFd = reply.fds[0]!;
-  const page = Mapping.map(pageFd, { length: STRIDE });
-  const words = new Int32Array(page.buffer, 0, ds.QP_REGISTERS_END / 4);
-  const tq = new TestQueue(
-    r.bus,
-    { q: 0, mem: { iova: HOST, view: host.view.subarray(0, 0x1000) }, sqSize: 16, cqSize: 16, page: page.u8 },
-    STRIDE,
-  );
-  const kickNeeded = (): boolean => (Atomics.load(words, ds.QP_Q_NOTIFY / 4) & ds.Q_NOTIFY_KICK_NEEDED) !== 0;
-  /** Write one NOP, store SQ_TAIL (Atomics: a full fence), then kick only if the device asks for it. */
-  const nop = (tag: bigint, kickFd: Fd | null): boolean => {
-    void tq.submit([{ opcode: ds.OP_NOP, tag }], false);
-    Atomics.store(words, ds.QP_SQ_TAIL / 4, tq.tail);
-    const kick = kickFd !== null && kickNeeded();
-    if (kick) native.eventfdWrite(kickFd.fd, 1);
-    return kick;
-  };
-  const close = async (): Promise<void> => {
-    page.unmap();
-    pageFd.close();
-    await r.close();
-  };
-  return { r, tq, kickNeeded, nop, close };
-}
 
 test('an idle device sets KICK_NEEDED; a kick wakes it well inside its (1 s) idle poll interval', async () => {
   const before = openFds();

@@ -2,7 +2,7 @@
 // in another process.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { EventFd, futexWait, futexWake, MemFd } from '../../src/sys/index.js';
+import { EventFd, futexWait, futexWake, MemFd, native } from '../../src/sys/index.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { Peer } from '../helpers/sys-peer.js';
 
@@ -84,4 +84,15 @@ test('futexWait answers not-equal and timed-out', () => {
   assert.throws(() => futexWake(new ArrayBuffer(8) as unknown as SharedArrayBuffer, 0), {
     code: 'ERR_DEVLEASE_INVALID_ARG',
   });
+});
+
+test('eventfdKick (a doorbell kick) adds 1 to the counter; a saturated counter is reported, a bad fd refused', () => {
+  using efd = new EventFd();
+  assert.equal(native.eventfdKick(efd.fd.fd), true);
+  assert.equal(native.eventfdKick(efd.fd.fd), true);
+  assert.equal(efd.read(), 2n);
+  efd.write(0xffff_ffff_ffff_fffen); // the largest value an eventfd holds
+  assert.equal(native.eventfdKick(efd.fd.fd), false, 'EAGAIN: a wake-up is pending anyway');
+  assert.equal(efd.read(), 0xffff_ffff_ffff_fffen);
+  assert.throws(() => native.eventfdKick(-1), { code: 'ERR_DEVLEASE_INVALID_ARG' });
 });

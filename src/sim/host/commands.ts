@@ -58,6 +58,12 @@ export interface DeviceStats {
   deepSleeps: number;
   /** Sleeps with KICK_NEEDED armed and nothing waiting: until kicked, or the armed poll interval. */
   armedSleeps: number;
+  /**
+   * Armed sleeps that ran to their timeout (no kick, no wake-up), after which the next round found a
+   * doorbell: a client that does not kick, served by the armed poll, or a lost wake-up. Zero while every
+   * client kicks as Q_NOTIFY asks.
+   */
+  armedPollFinds: number;
   /** Requests the device worker has served (this one included): owner commands that needed the device. */
   commands: number;
   /** One-way posts taken (DMA table updates the front end answered itself). */

@@ -263,13 +263,15 @@ export class MailboxDevice<R> {
   /**
    * Sleep until a request is posted, one of `fds` (eventfds) is written, or `ms` passes; the readable
    * fds are drained. `fds[0]` is the device's own wake eventfd, which callers write while it sleeps here.
+   * Returns false when it slept the whole `ms` (no fd was written, nothing was pending).
    */
-  sleepOnFds(fds: number[], ms: number): void {
+  sleepOnFds(fds: number[], ms: number): boolean {
     const w = this.#words;
     Atomics.store(w, W_WAKE_FD, fds[0] as number);
     Atomics.store(w, W_FD_SLEEP, 1);
     // A request posted before the flag was visible was not followed by a wake write: look once more.
-    if (!this.pending) native.waitFds(fds, ms);
+    const woken = this.pending || native.waitFds(fds, ms) > 0;
     Atomics.store(w, W_FD_SLEEP, 0);
+    return woken;
   }
 }

@@ -19,8 +19,11 @@ export interface Descriptor {
   reservedZero: boolean;
 }
 
-export function decodeDescriptor(entry: Uint8Array): Descriptor {
-  const dv = new DataView(entry.buffer, entry.byteOffset, SQ_ENTRY_SIZE);
+/** `dv`: a view of the same 64 bytes the caller keeps (the engine's fetch scratch), to spare one per fetch. */
+export function decodeDescriptor(
+  entry: Uint8Array,
+  dv = new DataView(entry.buffer, entry.byteOffset, SQ_ENTRY_SIZE),
+): Descriptor {
   let reservedZero = true;
   for (let i = 40; i < SQ_ENTRY_SIZE; i += 4) {
     if (dv.getUint32(i, true) !== 0) reservedZero = false;

@@ -379,15 +379,21 @@ export class Sa1Device {
       } else this.#loadFirmware();
       work = true;
     }
-    if (this.canRun()) {
+    // Whether queues may run is read once a round, and again only after `between` served owner commands
+    // (a CONTROL write, a reset, a hang can stop them): the registers cost a load each, every round.
+    let canRun = this.canRun();
+    if (canRun) {
       for (const q of this.queues) {
         q.busy = false;
-        if (!q.enabled || q.error || !this.canRun()) continue;
+        if (!q.enabled || q.error || !canRun) continue;
         q.busy = this.engine.turn(q);
         if (q.busy) {
           q.publishInflight(q.inflight.length);
           work = true;
-          between?.();
+          if (between) {
+            between();
+            canRun = this.canRun();
+          }
         }
       }
     }

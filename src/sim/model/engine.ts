@@ -83,6 +83,10 @@ export class Engine {
   readonly #ringSegs: Segments = [];
   /** Scratch for one fetched SQE's bytes (decoded into its own Descriptor at once). */
   readonly #sqeScratch = new Uint8Array(SQ_ENTRY_SIZE);
+  readonly #sqeView = new DataView(this.#sqeScratch.buffer);
+  /** The CQ memory last written, as words: rings stay in one mapping, so one view serves every CQE. */
+  #cqBuffer: ArrayBufferLike | null = null;
+  #cqWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
 
   constructor(private readonly ctx: EngineContext) {}
 
@@ -123,7 +127,7 @@ export class Engine {
       this.#queueFault(q, ST_IOMMU_FAULT, shrank);
       return true;
     }
-    const desc = decodeDescriptor(raw);
+    const desc = decodeDescriptor(raw, this.#sqeView);
     q.sqHead = (q.sqHead + 1) >>> 0;
     q.publish();
     const delay = this.ctx.delayMs(q);
@@ -228,7 +232,7 @@ export class Engine {
       return false;
     }
     const phase = Math.floor(q.cqTail / q.cqSize) & 1 ? 0 : 1;
-    writeCompletion(segs[0] as Uint8Array, desc.tag, out.result, out.status, phase);
+    this.#writeCqe(segs[0] as Uint8Array, desc.tag, out.result, out.status, phase);
     q.cqTail = (q.cqTail + 1) >>> 0;
     q.completed += 1;
     q.bytes += out.bytes;
@@ -236,6 +240,30 @@ export class Engine {
     q.publish();
     if (q.irqMode === IRQ_MODE_EVERY || (desc.flags & FLAG_INTR) !== 0) q.irqPending++;
     return true;
+  }
+
+  /**
+   * writeCompletion() without its two views per entry (the hot path): the tag and result as plain word
+   * stores, then the status and phase word with Atomics.store, which orders them before it (§3: the
+   * phase is what the client polls). The CQ base is 16-byte aligned (latch checks it), so every slot is
+   * 4-byte aligned here. Int32Array stores are little-endian, as the CQE is, on every host Node runs SA-1 on
+   * (x86-64, arm64).
+   */
+  #writeCqe(slot: Uint8Array, tag: bigint, result: number, status: number, phase: number): void {
+    if (slot.byteOffset % 4 !== 0 || slot.length < CQ_ENTRY_SIZE) {
+      writeCompletion(slot, tag, result, status, phase);
+      return;
+    }
+    if (slot.buffer !== this.#cqBuffer) {
+      this.#cqBuffer = slot.buffer;
+      this.#cqWords = new Int32Array(slot.buffer, 0, slot.buffer.byteLength >> 2);
+    }
+    const w = this.#cqWords;
+    const i = slot.byteOffset >> 2;
+    w[i] = Number(tag & 0xffff_ffffn) | 0;
+    w[i + 1] = Number(tag >> 32n) | 0;
+    w[i + 2] = result | 0;
+    Atomics.store(w, i + 3, (status & 0xffff) | ((phase & 1) << 16));
   }
 
   #queueFault(q: Queue, code: number, at: bigint): void {
@@ -251,6 +279,7 @@ export class Engine {
    * IOMMU_FAULT at the first address in the shrunken map, never OK with zeros.
    */
   #executeChecked(q: Queue, d: Descriptor): Outcome {
+    if (d.opcode === OP_NOP) return this.#execute(q, d); // touches no memory: nothing can have shrunk under it
     this.ctx.iommu.sync(); // maps that shrank before this access fault in translate()
     const out = this.#execute(q, d);
     if (out.status !== ST_OK || !this.ctx.iommu.sync()) return out;

@@ -1,0 +1,53 @@
+// A booted simulator with queue 0 configured through its mapped slice page, and the client side of the
+// doorbell protocol (datasheet §2.3 rev 2) as Sa1Queue does it: store SQ_TAIL, then kick only if
+// Q_NOTIFY.KICK_NEEDED is set. For the doorbell tests.
+import * as ds from '../../../src/sim/model/datasheet.js';
+import { encodeDmaBufRequest } from '../../../src/sim/model/slices.js';
+import { type Fd, Mapping, native } from '../../../src/sys/index.js';
+import {
+  VFIO_DEVICE_FEATURE_DMA_BUF,
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_PCI_BAR2_REGION_INDEX,
+} from '../../../src/vfio/uapi/vfio.js';
+import { boot, TestQueue } from './driver.js';
+import { type Rig, rig } from './real.js';
+
+const STRIDE = 65536;
+const FW = 0x10_0000n;
+const HOST = 0x20_0000n;
+
+/** A booted rig with queue 0 configured through its mapped slice page. */
+export async function queueRig(idlePollUs: number) {
+  const r: Rig = await rig({ numQueues: 4, idlePollUs });
+  const fw = await r.map(FW, 64 * 1024);
+  await boot(r.bus, fw);
+  const host = await r.map(HOST, 1 << 20);
+  const reply = await r.client.feature({
+    flags: VFIO_DEVICE_FEATURE_GET,
+    feature: VFIO_DEVICE_FEATURE_DMA_BUF,
+    data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, [{ offset: 0n, length: BigInt(STRIDE) }]),
+  });
+  const pageFd = reply.fds[0]!;
+  const page = Mapping.map(pageFd, { length: STRIDE });
+  const words = new Int32Array(page.buffer, 0, ds.QP_REGISTERS_END / 4);
+  const tq = new TestQueue(
+    r.bus,
+    { q: 0, mem: { iova: HOST, view: host.view.subarray(0, 0x1000) }, sqSize: 16, cqSize: 16, page: page.u8 },
+    STRIDE,
+  );
+  const kickNeeded = (): boolean => (Atomics.load(words, ds.QP_Q_NOTIFY / 4) & ds.Q_NOTIFY_KICK_NEEDED) !== 0;
+  /** Write one NOP, store SQ_TAIL (Atomics: a full fence), then kick only if the device asks for it. */
+  const nop = (tag: bigint, kickFd: Fd | null): boolean => {
+    void tq.submit([{ opcode: ds.OP_NOP, tag }], false);
+    Atomics.store(words, ds.QP_SQ_TAIL / 4, tq.tail);
+    const kick = kickFd !== null && kickNeeded();
+    if (kick) native.eventfdWrite(kickFd.fd, 1);
+    return kick;
+  };
+  const close = async (): Promise<void> => {
+    page.unmap();
+    pageFd.close();
+    await r.close();
+  };
+  return { r, tq, words, kickNeeded, nop, close };
+}
