@@ -111,7 +111,10 @@ export function rebuild(
       server.serveSocket(socket);
       continue;
     }
-    const session = new LeaseSession(lease, b.leases, { devlease: s.devlease });
+    const session = new LeaseSession(lease, b.leases, {
+      devlease: s.devlease,
+      ...(s.pci ? { pci: s.pci } : {}),
+    });
     const model = makeSession(s.kind, { id: 0, cred: socket.peerCred() }, socket, { session, pidfd });
     server.adoptSocket(socket, model, s.adopted);
   }

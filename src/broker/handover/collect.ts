@@ -124,6 +124,7 @@ export function collect(
         lease: adopted ? (entry?.pending.session?.lease.id ?? null) : null,
         adopted,
         devlease: entry?.pending.session?.devlease ?? false,
+        pci: adopted ? (entry?.pending.session?.pciState() ?? null) : null,
       });
     }
   });

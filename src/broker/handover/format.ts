@@ -12,6 +12,7 @@ import type { AdoptedSession } from '../../vfio/user/connection.js';
 import type { AuditRecord } from '../audit.js';
 import type { LeaseMapping, LeaseState } from '../lease.js';
 import type { CallerContext } from '../policy.js';
+import type { SessionPciState } from '../session-state.js';
 
 export const STATE_FORMAT = 'devlease-broker-state';
 /** This broker writes version 1 and reads the versions listed. */
@@ -51,6 +52,11 @@ export interface HandedSession {
   lease: string | null;
   adopted: AdoptedSession | null;
   devlease: boolean;
+  /**
+   * The session's virtual config space and MSI-X table (added in version 1; absent from older documents:
+   * the session then starts from the reset state).
+   */
+  pci?: SessionPciState | null;
 }
 
 export interface BrokerState {
