@@ -37,6 +37,7 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
     revoke: [] as number[],
     prepare: [] as number[],
     commands: [] as number[],
+    rounds: [] as number[],
   };
   const live: ClientProc[] = [];
   try {
@@ -76,6 +77,7 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
         s.revoke.push(p.calls['revokeSlice']?.ms ?? 0);
         s.prepare.push(p.prepareMs);
         s.commands.push(p.commands);
+        s.rounds.push(p.rounds);
         s.floor.push(await probe.roundTrips(p.commands));
       }
       live.length = 0;
@@ -95,6 +97,8 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
       notes: {
         simulator: '--queues 8, default --idle-poll-us 50',
         deviceCommandsPerReclaim: [...new Set(s.commands)],
+        // Times the broker waited on the device with nothing else in flight: its sequential round trips.
+        deviceRoundsPerReclaim: [...new Set(s.rounds)],
         auditReleasedMsMedian: audit.sort((a, b) => a - b)[Math.floor(audit.length / 2)],
       },
     };

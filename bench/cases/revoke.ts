@@ -31,6 +31,8 @@ runCase(
     const quiesce: number[] = [];
     const sliceRevoke: number[] = [];
     const toStart: number[] = [];
+    const commands = new Set<number>();
+    const rounds = new Set<number>();
     const started = new Map<string, number>();
     rig.broker.leases.on('state', (l: BrokerLease) => {
       if (l.state === 'reclaiming') started.set(l.id, epochMs());
@@ -55,6 +57,8 @@ runCase(
         toStart.push(started.get(lease)! - at0);
         quiesce.push(p.quiesceMs);
         sliceRevoke.push(p.calls['revokeSlice']?.ms ?? 0);
+        commands.add(p.commands);
+        rounds.add(p.rounds);
         floor.push(await probe.roundTrips(p.commands));
       }
       return {
@@ -66,7 +70,12 @@ runCase(
           metric('revoke-quiesce', '· quiesce the queue', 'ms', quiesce),
           metric('revoke-slice', '· revoke the queue page slice at the device', 'ms', sliceRevoke),
         ],
-        notes: { simulator: '--queues 8, default --idle-poll-us 50' },
+        notes: {
+          simulator: '--queues 8, default --idle-poll-us 50',
+          deviceCommandsPerRevoke: [...commands],
+          // Times the broker waited on the device with nothing else in flight: its sequential round trips.
+          deviceRoundsPerRevoke: [...rounds],
+        },
       };
     } finally {
       await client.exit();

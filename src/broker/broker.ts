@@ -363,6 +363,8 @@ export class Broker extends EventEmitter {
       sockets: Object.fromEntries(this.sockets),
       startedAt: this.startedAt.toISOString(),
       upgrades: this.upgrades,
+      // A kernel device taken over in an upgrade: where its pinned pages are charged (device/kernel/handover.ts).
+      pinnedAccounting: (this.device as { pinnedAccounting?: string | null }).pinnedAccounting ?? undefined,
       pid: process.pid,
     };
   }

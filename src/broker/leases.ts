@@ -289,26 +289,33 @@ export class LeaseTable extends EventEmitter {
         if (critical === 'on-timeout' ? code === 'ETIMEDOUT' : critical && code !== 'ENOENT') unsafe = true;
       }
     };
-    // A quiesce that fails outright (the device connection went) leaves the rest to device recovery; one that
-    // times out leaves work running on a live device.
-    await step('quiesce', () => this.driver.quiesce(lease.resources), 'on-timeout');
-    // With the work stopped, unwiring, unmapping and revoking depend on none of each other: they go to the
-    // device together (served in this order on its one connection), so reclaim waits for one round trip.
-    const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
     // A holder that wired REQ was offered notice, and the devlease client reads a faulting slice as revoked:
     // its leftover mappings fault. One that did not (a stock client: QEMU never wires REQ) is not killed for
     // it: the device detaches from the slice's memory and the holder keeps a page that reaches nothing.
     const fault = lease.reqFd !== null && !lease.reqFd.closed;
     const units = [...lease.slices.values()].flat();
     let revoked = this.config.lifetime.revoke && this.device.capabilities.revocableSlices;
+    // The slices are revoked first, the quiesce right behind them on the device's one connection (served in
+    // this order): the holder loses its mappings one device round trip after reclaim begins (SA-1: its queue
+    // page, so it can no longer ring or rewrite its rings while the queue is stopped), and the device takes
+    // the stop in the same round trip. Revoking needs no quiesce first: a slice is the device's own memory,
+    // the device answers only once it no longer uses the old backing, and nothing of the holder's memory
+    // (the IOVA maps) is let go of until the quiesce has finished below.
+    const revokes = revoked
+      ? units.map((u) => step('revoke slice', () => this.device.revokeSlice(u.deviceFd, { fault }), false))
+      : [];
+    // A quiesce that fails outright (the device connection went) leaves the rest to device recovery; one that
+    // times out leaves work running on a live device.
+    await step('quiesce', () => this.driver.quiesce(lease.resources), 'on-timeout');
+    // With the work stopped, unwiring and unmapping depend on none of each other: they go to the device
+    // together (served in this order on its one connection), so reclaim waits for one more round trip.
+    const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
     await Promise.all([
       ...lease.resources.vectors.map((v) =>
         step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]), true),
       ),
       unmapAll(this.device, lease, step),
-      ...(revoked
-        ? units.map((u) => step('revoke slice', () => this.device.revokeSlice(u.deviceFd, { fault }), false))
-        : []),
+      ...revokes,
     ]);
     lease.errFd?.close();
     lease.reqFd?.close();

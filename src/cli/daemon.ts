@@ -8,6 +8,7 @@ import { adoptDevice } from '../broker/handover/adopt.js';
 import { type BrokerState, READABLE_VERSIONS, refusal } from '../broker/handover/format.js';
 import { decodeState, HandoverWire } from '../broker/handover/wire.js';
 import type { Device } from '../device/device.js';
+import { KernelDevice } from '../device/kernel/device.js';
 import { openDevice } from '../device/open.js';
 import { Fd } from '../sys/fd.js';
 import { type ListenSocket, takeListenFds } from '../sys/listen-fds.js';
@@ -238,7 +239,7 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
   let broker: Broker;
   let device: Device;
   try {
-    device = adoptDevice(state, received.fds);
+    device = await adoptDevice(state, received.fds);
     broker = await Broker.start({
       config,
       device,
@@ -270,8 +271,16 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
     logger.warn(
       `upgrade: the old broker (pid ${state.broker.pid}) went away after the transfer; taking over`,
     );
+  // A kernel device is this process's from here (its close() would unmap); its pinned pages' accounting moves.
+  const pinned = device instanceof KernelDevice ? device.takeOver() : null;
+  if (pinned) logger.info?.(`upgrade: pinned-page accounting ${pinned}`);
   broker.takeOver(d === 'gone');
-  broker.audit.write({ event: 'upgrade-took-over', from: state.broker.pid, upgrades: broker.upgrades });
+  broker.audit.write({
+    event: 'upgrade-took-over',
+    from: state.broker.pid,
+    upgrades: broker.upgrades,
+    ...(pinned ? { pinnedAccounting: pinned } : {}),
+  });
   notifyMainPid(process.pid);
   process.stdout.write(
     `${JSON.stringify({ event: 'ready', upgraded: true, sockets: Object.fromEntries(broker.sockets), dir: broker.dir })}\n`,

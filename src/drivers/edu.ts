@@ -8,6 +8,7 @@
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
+import type { Fd } from '../sys/fd.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import { type BarType, barTypeAt, leaseConfigSpaceOf, readBarTypes } from './config-space.js';
 import {
@@ -209,6 +210,49 @@ export class EduDriver extends EventEmitter implements Driver {
 
   close(): void {}
 
+  // ---- broker upgrade (src/broker/handover): see Driver.hold/handover/adopt ----
+  // edu has no timer or watcher of its own (its interrupt goes straight to the client's eventfd), so
+  // hold/unhold have nothing to stop; the state is whether it is leased and what boot() read.
+
+  async hold(): Promise<void> {}
+
+  unhold(): void {}
+
+  handover(): { state: EduHandoverState; fds: Fd[] } {
+    if (!this.#version) throw new Error('edu: not booted: nothing to hand over');
+    return { state: { version: this.#version, barType: this.#barType, leased: this.#leased }, fds: [] };
+  }
+
+  /**
+   * Take edu as the old broker left it (no boot: a lease's DMA may be running, its interrupt pending): check it
+   * is still the same live edu — the ID register, the liveness register, bus master on while leased.
+   */
+  async adopt(state: unknown, _fds: Fd[], leased: LeaseResources[]): Promise<void> {
+    const s = state as EduHandoverState;
+    if (!s || typeof s.version !== 'string') throw new Error('edu: the handed-over state has no version');
+    const d = this.#dev;
+    const id = await d.read32(EDU_BAR, EDU.ID);
+    const version = `${id >>> 24}.${(id >>> 16) & 0xff}`;
+    if ((id & 0xffff) !== 0x00ed || version !== s.version)
+      throw new Error(`edu: ID register reads 0x${id.toString(16)}, the old broker had an edu ${s.version}`);
+    const probe = 0x1234_a5a5;
+    await d.write32(EDU_BAR, EDU.LIVENESS, probe);
+    const back = await d.read32(EDU_BAR, EDU.LIVENESS);
+    if (back !== ~probe >>> 0)
+      throw new Error(`edu: liveness register returned 0x${back.toString(16)}: the device is not answering`);
+    this.validateLayout();
+    if (leased.length && !s.leased)
+      throw new Error('edu: a lease is handed over but the driver had edu free');
+    if (s.leased) {
+      const cmd = await d.read(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2);
+      if (!(cmd[0]! & PCI_COMMAND_MASTER))
+        throw new Error('edu: leased, but bus master is off in the command register: its DMA cannot run');
+    }
+    this.#version = s.version;
+    this.#barType = s.barType;
+    this.#leased = s.leased;
+  }
+
   /** DMA_CMD.START until it reads 0, bounded by lifetime.quiesce_timeout_ms (ETIMEDOUT past it). */
   async #waitIdle(): Promise<void> {
     await pollUntil({
@@ -236,6 +280,12 @@ export class EduDriver extends EventEmitter implements Driver {
     new DataView(out.buffer).setUint16(0, want, true);
     await d.write(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, out);
   }
+}
+
+interface EduHandoverState {
+  version: string;
+  barType: BarType | null;
+  leased: boolean;
 }
 
 export const eduDriverFactory: DriverFactory = {

@@ -1,7 +1,7 @@
 // A queue is readied for its next lease when the last holder is reclaimed
 // (Driver.prepare), so the grant needs no reset of its own. What the last
 // holder wrote to its queue page up to the moment its slice was revoked —
-// after the quiesce's reset — must not reach the next lease.
+// reclaim revokes first, then quiesces — must not reach the next lease.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { QP } from '../../src/hw/sa1/regs.js';
@@ -11,24 +11,29 @@ import { trackFdLeaks } from '../helpers/fds.js';
 const leakCheck = trackFdLeaks();
 after(leakCheck);
 
-test('what the last holder wrote to its queue page after the quiesce does not reach the next lease', async () => {
+test('what the last holder wrote to its queue page up to the revoke does not reach the next lease', async () => {
   const rig = await startRig({ sim: { numQueues: 1 } });
   const a = await ClientProc.spawn();
   const b = await ClientProc.spawn();
   try {
     const infoA = (await a.call('connect', { socket: rig.socket })).info;
-    // Between reclaim's quiesce (which resets the queue) and the slice revoke, the holder still has its page.
-    const driver = rig.broker.driver;
-    const quiesce = driver.quiesce.bind(driver);
-    driver.quiesce = async (res) => {
-      await quiesce(res);
-      await a.call('pageWrite', { offset: QP.SQ_BASE, value: 0x7000 });
-      await a.call('pageWrite', { offset: QP.SQ_SIZE, value: 8 });
-      await a.call('pageWrite', { offset: QP.SQ_TAIL, value: 3 });
+    // Up to the revoke the holder still has its page: it writes ring registers and a doorbell through a
+    // mapping kept past its session, just before the revoke reaches the device.
+    const device = rig.broker.device;
+    const revokeSlice = device.revokeSlice.bind(device);
+    let wrote = false;
+    device.revokeSlice = async (fd, opts) => {
+      await a.call('keptWrite', { offset: QP.SQ_BASE, value: 0x7000 });
+      await a.call('keptWrite', { offset: QP.SQ_SIZE, value: 8 });
+      await a.call('keptWrite', { offset: QP.SQ_TAIL, value: 3 });
+      wrote = true;
+      return revokeSlice(fd, opts);
     };
-    rig.broker.leases.revoke(infoA.lease, 0);
-    await until('the lease to be released', () => rig.broker.leases.all().length === 0, 5000);
-    driver.quiesce = quiesce;
+    await a.call('dropSessionKeepMapping');
+    await until('the lease to be released', () => rig.broker.leases.all().length === 0, 10_000);
+    device.revokeSlice = revokeSlice;
+    assert.ok(wrote, 'the holder wrote to its page just before the revoke');
+    await a.call('unmapKept');
     const infoB = (await b.call('connect', { socket: rig.socket })).info;
     assert.equal(infoB.queue, infoA.queue, 'the same queue is leased again');
     for (const reg of [QP.SQ_BASE, QP.SQ_SIZE, QP.SQ_TAIL, QP.SQ_HEAD]) {

@@ -164,6 +164,7 @@ test('the comparison covers the structures and ioctls devlease relies on', () =>
     'iommu_iova_range',
     'iommu_ioas_map',
     'iommu_ioas_map_file',
+    'iommu_ioas_change_process',
     'iommu_ioas_unmap',
     'iommu_ioas_copy',
     'iommu_option',
@@ -172,7 +173,13 @@ test('the comparison covers the structures and ioctls devlease relies on', () =>
     assert.ok(names.has(n), `struct ${n} is not defined in src/vfio/uapi`);
   }
   const consts = new Set(constants.map(([n]) => n));
-  for (const n of ['VFIO_DEVICE_FEATURE', 'VFIO_IOMMU_MAP_DMA', 'IOMMU_IOAS_MAP_FILE', 'IOMMU_GET_HW_INFO']) {
+  for (const n of [
+    'VFIO_DEVICE_FEATURE',
+    'VFIO_IOMMU_MAP_DMA',
+    'IOMMU_IOAS_MAP_FILE',
+    'IOMMU_IOAS_CHANGE_PROCESS',
+    'IOMMU_GET_HW_INFO',
+  ]) {
     assert.ok(consts.has(n), `${n} is not defined in src/vfio/uapi`);
   }
 });

@@ -4,6 +4,8 @@
 // rebuilt — all held still until the old broker commits (takeOver()).
 // Every fd the document does not use is closed: nothing received is leaked.
 
+import type { Device } from '../../device/device.js';
+import { adoptKernelDevice } from '../../device/kernel/handover.js';
 import { VfioUserDevice } from '../../device/vfio-user-device.js';
 import type { LeaseResources } from '../../drivers/driver.js';
 import type { Fd } from '../../sys/fd.js';
@@ -22,8 +24,10 @@ import type { BrokerParts } from './collect.js';
 import type { BrokerState, HandedLease } from './format.js';
 
 /** The device connection of the state (the daemon opens the device from it instead of --device). */
-export function adoptDevice(state: BrokerState, fds: Fd[]): VfioUserDevice {
-  return VfioUserDevice.adopt(take(fds, state.device.fd), state.device.state, {}, (i) => take(fds, i));
+export async function adoptDevice(state: BrokerState, fds: Fd[]): Promise<Device> {
+  const d = state.device;
+  if (d.transport === 'kernel') return adoptKernelDevice(d.state, (i) => take(fds, i));
+  return VfioUserDevice.adopt(take(fds, d.fd), d.state, {}, (i) => take(fds, i));
 }
 
 /** The driver takes the device as the old broker left it (no boot), and checks it still agrees. */

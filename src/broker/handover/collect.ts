@@ -3,6 +3,7 @@
 // driver timer), then describe everything a lease lives on (format.ts).
 // Holding changes nothing but what is read: resume() puts it all back.
 
+import { KernelDevice } from '../../device/kernel/device.js';
 import { VfioUserDevice } from '../../device/vfio-user-device.js';
 import { DevleaseError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
@@ -17,7 +18,7 @@ import {
   type HandedLease,
   type HandedSession,
   STATE_FORMAT,
-  STATE_VERSION,
+  stateVersionFor,
 } from './format.js';
 
 /** What the broker lends its upgrade: its servers (in driver.kinds() order), admin and sessions. */
@@ -56,10 +57,13 @@ export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadl
     await until('admin requests in progress', () => (p.admin?.inFlight ?? 0) <= exceptAdmin, deadline);
     await b.leases.hold();
     await b.driver.hold?.();
-    const dev = b.device as VfioUserDevice;
-    await until('device calls in progress', () => dev.client.pendingCount === 0, deadline);
-    // From here the device's replies are the new broker's to read.
-    dev.client.socket.pause();
+    const dev = b.device;
+    if (dev instanceof VfioUserDevice) {
+      await until('device calls in progress', () => dev.client.pendingCount === 0, deadline);
+      // From here the device's replies are the new broker's to read.
+      dev.client.socket.pause();
+    }
+    // A kernel device's calls are ioctls, done by the time they return: nothing in flight to wait for.
   } catch (err) {
     resume(b, p);
     throw err;
@@ -78,11 +82,17 @@ export function resume(b: Broker, p: BrokerParts): void {
 
 /** Why this broker cannot be upgraded live as it is, or null. */
 export function cannotUpgrade(b: Broker): string | null {
-  if (!(b.device instanceof VfioUserDevice))
-    return 'live upgrade is implemented for the vfio-user backend only (the kernel backend is not yet carried over)';
+  const kernel = b.device instanceof KernelDevice;
+  if (!(b.device instanceof VfioUserDevice) && !kernel)
+    return `live upgrade is implemented for the vfio-user and kernel backends, not ${b.device.transport}`;
   if (!b.driver.handover || !b.driver.adopt || !b.driver.hold)
     return `driver ${b.driver.name} cannot hand its state over`;
-  if (!b.device.connected || b.leases.deviceGone) return 'the device connection is down';
+  if (b.device instanceof VfioUserDevice && !b.device.connected) return 'the device connection is down';
+  if (b.leases.deviceGone) return 'the device connection is down';
+  // The slice audit (hand-off grace, scanned pids, schedule) is not carried: refused while it watches a lease.
+  const audited = b.leases.direct ? b.leases.all().filter((l) => b.leases.direct!.has(l.id)) : [];
+  if (audited.length)
+    return `audited slices are handed out to leases ${audited.map((l) => l.id).join(', ')}: their audit is not carried over; upgrade once they are released`;
   if (b.leases.suspended) return `grants are suspended (${b.leases.suspended})`;
   return null;
 }
@@ -95,7 +105,13 @@ export function collect(
 ): { doc: BrokerState; fds: Fd[] } {
   const fds: Fd[] = [];
   const add = (fd: Fd): number => fds.push(fd) - 1;
-  const dev = (b.device as VfioUserDevice).handover(add);
+  const device: BrokerState['device'] =
+    b.device instanceof KernelDevice
+      ? { transport: 'kernel', state: b.device.handover(add) }
+      : (() => {
+          const dev = (b.device as VfioUserDevice).handover(add);
+          return { transport: 'vfio-user', fd: add(dev.fd), state: dev.state };
+        })();
   const drv = b.driver.handover!();
   const kinds = b.driver.kinds();
   const listening: BrokerState['listening'] = p.servers.map((s, i) => ({
@@ -152,9 +168,9 @@ export function collect(
   }));
   const doc: BrokerState = {
     format: STATE_FORMAT,
-    version: STATE_VERSION,
+    version: stateVersionFor(b.device),
     broker: { pid: process.pid, startedAt: meta.startedAt.toISOString(), upgrades: meta.upgrades },
-    device: { transport: 'vfio-user', fd: add(dev.fd), state: dev.state },
+    device,
     driver: { name: b.driver.name, state: drv.state, fds: drv.fds.map(add) },
     listening,
     admin: { connections: (admin?.connections ?? []).map(add), upgradeAsker: admin?.asker ?? null },

@@ -6,6 +6,7 @@
 // (a reader ignores what it does not know); per-driver state is an opaque
 // blob under `driver.state`, owned by the driver, with its own fds.
 
+import type { KernelDeviceHandover } from '../../device/kernel/handover.js';
 import type { VfioUserDeviceHandover } from '../../device/vfio-user-device.js';
 import type { DeviceFault, LeaseRequest, LeaseResources } from '../../drivers/driver.js';
 import type { AdoptedSession } from '../../vfio/user/connection.js';
@@ -15,9 +16,19 @@ import type { CallerContext } from '../policy.js';
 import type { SessionPciState } from '../session-state.js';
 
 export const STATE_FORMAT = 'devlease-broker-state';
-/** This broker writes version 1 and reads the versions listed. */
+/**
+ * This broker writes version 1 for a vfio-user device and version 2 for a kernel one, and reads both. Version 2
+ * added `device.transport: 'kernel'`: a version-1 reader would take its device for a vfio-user connection, so
+ * it must refuse such a document (at the hello, before anything is held); a vfio-user document is still 1.
+ */
 export const STATE_VERSION = 1;
-export const READABLE_VERSIONS = [1];
+export const KERNEL_STATE_VERSION = 2;
+export const READABLE_VERSIONS = [1, 2];
+
+/** The version a document about this device is written in. */
+export function stateVersionFor(device: { transport: string }): number {
+  return device.transport.startsWith('kernel') ? KERNEL_STATE_VERSION : STATE_VERSION;
+}
 
 export interface HandedLease {
   id: string;
@@ -66,7 +77,10 @@ export interface BrokerState {
   format: typeof STATE_FORMAT;
   version: number;
   broker: { pid: number; startedAt: string; upgrades: number };
-  device: { transport: 'vfio-user'; fd: number; state: VfioUserDeviceHandover };
+  device:
+    | { transport: 'vfio-user'; fd: number; state: VfioUserDeviceHandover }
+    /** Version 2. */
+    | { transport: 'kernel'; state: KernelDeviceHandover };
   driver: { name: string; state: unknown; fds: number[] };
   listening: { name: string; path: string; type: 'stream' | 'seqpacket'; fd: number }[];
   /** upgradeAsker: which connection's `upgrade` request is unanswered (added in version 1; may be absent). */

@@ -11,7 +11,7 @@ import { Fd } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
 import type { Broker } from '../broker.js';
 import { type BrokerParts, cannotUpgrade, collect, hold, resume } from './collect.js';
-import { STATE_VERSION } from './format.js';
+import { stateVersionFor } from './format.js';
 import { encodeState, HandoverWire } from './wire.js';
 
 export interface UpgradeOptions {
@@ -89,9 +89,10 @@ export async function upgrade(
   const hello = await wire.next(deadline);
   if (typeof hello === 'string') return rollback(explain(hello));
   const versions = hello.msg['versions'];
-  if (hello.msg.t !== 'hello' || !Array.isArray(versions) || !versions.includes(STATE_VERSION))
+  const version = stateVersionFor(b.device);
+  if (hello.msg.t !== 'hello' || !Array.isArray(versions) || !versions.includes(version))
     return rollback(
-      `the new broker does not read state version ${STATE_VERSION} (it reads ${JSON.stringify(versions)})`,
+      `the new broker does not read state version ${version} (it reads ${JSON.stringify(versions)})`,
     );
   testStop('started');
   try {

@@ -31,7 +31,15 @@ import {
   vfio_iommu_type1_info,
 } from '../../vfio/uapi/index.js';
 import type { DmaMapping, IovaRange } from '../device.js';
-import { checkMapping, DmaTable, type IommuDomain } from './domain.js';
+import {
+  checkMapped,
+  checkMapping,
+  checkRanges,
+  DmaTable,
+  type DomainHandover,
+  type HandedMap,
+  type IommuDomain,
+} from './domain.js';
 import { codedError, ioctlNamed, type KernelSys } from './sys.js';
 
 export interface ContainerPaths {
@@ -103,6 +111,83 @@ export class Type1Container implements IommuDomain {
       for (const fd of opened.reverse()) fd.close();
       throw err;
     }
+  }
+
+  /**
+   * Carry on the container another broker process set up (an upgrade): dups of its group and container fds.
+   * Checks the IOVA ranges and that every handed map is still mapped; owns both fds (closed on failure).
+   */
+  static adopt(
+    sys: KernelSys,
+    h: Extract<DomainHandover, { kind: 'container' }>,
+    group: Fd,
+    container: Fd,
+  ): Type1Container {
+    try {
+      const { ranges } = iommuInfo(sys, container, h.containerName);
+      checkRanges(h.containerName, h.ranges, ranges);
+      const c = new Type1Container(sys, group, container, h.containerName, ranges, h.notes);
+      c.#checkMaps(h.maps);
+      for (const m of h.maps) c.#dma.add(m.iova, m.size, null, m.byAddress);
+      return c;
+    } catch (err) {
+      group.close();
+      container.close();
+      throw err;
+    }
+  }
+
+  #checkMaps(maps: HandedMap[]): void {
+    checkMapped(
+      this.#sys,
+      maps,
+      this.#containerName,
+      (iova, vaddr) => {
+        const flags = VFIO_DMA_MAP_FLAG_READ;
+        const arg = vfio_iommu_type1_dma_map.encode({
+          argsz: vfio_iommu_type1_dma_map.size,
+          flags,
+          vaddr,
+          iova,
+          size: 4096n,
+        });
+        this.#sys.ioctl(this.#container, VFIO_IOMMU_MAP_DMA, arg);
+      },
+      (iova) => this.unmap(iova, 4096n),
+    );
+  }
+
+  handover(add: (fd: Fd) => number): DomainHandover {
+    return {
+      kind: 'container',
+      group: add(this.#group),
+      container: add(this.#container),
+      containerName: this.#containerName,
+      ranges: this.ranges,
+      notes: this.notes.slice(0, -1),
+      maps: this.#dma.list(),
+    };
+  }
+
+  /**
+   * type1 pinned the pages of every map by address in the previous broker's mm (VFIO_IOMMU_MAP_DMA), and has no
+   * call that moves that: the pins hold after it exits (DMA goes on), its locked_vm went with its mm, and an
+   * unmap here unpins without uncharging anyone (vfio_lock_acct answers ESRCH for an exited mm). Maps made
+   * from here on are charged to this process.
+   */
+  takeAccounting(): string {
+    const n = this.#dma.size;
+    if (!n) return 'nothing to move (no maps)';
+    return (
+      `stayed with the previous broker process (${n} maps): type1 pinned them by address in its mm and cannot ` +
+      'move that; the pins hold, its locked_vm went with it, and unmapping here uncharges nobody'
+    );
+  }
+
+  /** Close the group and container fds and nothing else: the container and its maps are another process's. */
+  abandon(): void {
+    this.#released = true;
+    this.close();
   }
 
   private constructor(

@@ -48,6 +48,7 @@ import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transp
 import { readPciIds } from '../pci-ids.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
+import type { KernelDeviceHandover } from './handover.js';
 import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
 
 export interface KernelDeviceParts {
@@ -62,6 +63,8 @@ export interface KernelDeviceParts {
   reason: string;
   /** Where problems met while closing are reported (close itself never throws). */
   log?: (msg: string) => void;
+  /** false: carried over from another broker process and not yet this one's to tear down (handover.ts). */
+  owned?: boolean;
 }
 
 export class KernelDevice extends EventEmitter implements Device {
@@ -87,6 +90,9 @@ export class KernelDevice extends EventEmitter implements Device {
   readonly #regions = new Map<number, DeviceRegion>();
   readonly #barMaps = new Set<UserMemory>();
   #closed = false;
+  #owned: boolean;
+  /** After an upgrade's commit: what became of the pinned-page accounting (takeOver(); status shows it). */
+  pinnedAccounting: string | null = null;
 
   private constructor(p: KernelDeviceParts) {
     super();
@@ -97,6 +103,7 @@ export class KernelDevice extends EventEmitter implements Device {
     this.domain = p.domain;
     this.transport = p.domain.transport;
     this.path = { chosen: p.chosen, reason: p.reason };
+    this.#owned = p.owned ?? true;
   }
 
   /** Read the device's info, ids and features. On failure everything in `parts` is closed. */
@@ -312,11 +319,13 @@ export class KernelDevice extends EventEmitter implements Device {
 
   async dmaMap(m: DmaMapping): Promise<void> {
     if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    this.#mine('DMA map');
     this.domain.map(m);
   }
 
   async dmaUnmap(iova: bigint, size: bigint): Promise<void> {
     if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    this.#mine('DMA unmap');
     this.domain.unmap(iova, size);
   }
 
@@ -328,6 +337,7 @@ export class KernelDevice extends EventEmitter implements Device {
 
   /** One SET_IRQS for the whole block: fd -1 unassigns a vector, the others keep theirs. */
   async setIrqs(index: number, start: number, fds: (Fd | null)[]): Promise<void> {
+    this.#mine('SET_IRQS');
     const arg = encodeIrqSet({
       index,
       start,
@@ -338,11 +348,13 @@ export class KernelDevice extends EventEmitter implements Device {
   }
 
   async disableIrqs(index: number): Promise<void> {
+    this.#mine('SET_IRQS');
     const arg = encodeIrqSet({ index, start: 0, action: 'trigger', data: { kind: 'none', count: 0 } });
     this.#ioctl(`VFIO_DEVICE_SET_IRQS(${index}, disable)`, VFIO_DEVICE_SET_IRQS, arg);
   }
 
   async reset(): Promise<void> {
+    this.#mine('reset');
     try {
       this.#ioctl('VFIO_DEVICE_RESET', VFIO_DEVICE_RESET, 0);
     } catch (err) {
@@ -371,9 +383,59 @@ export class KernelDevice extends EventEmitter implements Device {
     throw codedError('ENOTSUP', 'the kernel has no revoke for dma-buf slices');
   }
 
-  /** Unmap BARs and DMA, detach, close the device fd, then free the IOMMU side. Idempotent. */
+  /** What another broker process needs to carry this device on (handover.ts); the fds stay this one's. */
+  handover(add: (fd: Fd) => number): KernelDeviceHandover {
+    if (this.#closed) throw closedError(`kernel device ${this.#name}`);
+    return {
+      fd: add(this.#fd),
+      name: this.#name,
+      path: { ...this.path },
+      flags: this.flags,
+      ids: this.ids,
+      regions: [...this.#regions.values()].map((r) => ({
+        index: r.index,
+        flags: r.flags,
+        size: r.size,
+        offset: r.offset,
+      })),
+      domain: this.domain.handover(add),
+    };
+  }
+
+  /**
+   * Adopted and not taken over: the maps, interrupts and device state are the previous broker's, which may
+   * yet roll back and carry on, so nothing here may change them (reads and register writes are the driver's
+   * adopt() checks).
+   */
+  #mine(what: string): void {
+    if (!this.#owned)
+      throw codedError(
+        'EBUSY',
+        `${what} on ${this.#name}: the device is the previous broker's until the upgrade commits`,
+      );
+  }
+
+  /** An adopted device becomes this process's (the upgrade committed); returns what became of the accounting. */
+  takeOver(): string {
+    this.#owned = true;
+    this.pinnedAccounting = this.domain.takeAccounting();
+    return this.pinnedAccounting;
+  }
+
+  /**
+   * Unmap BARs and DMA, detach, close the device fd, then free the IOMMU side. Idempotent. A device adopted
+   * and not taken over only closes its fds: the maps and the attachment are the previous broker's still.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
+    if (!this.#owned) {
+      for (const m of [...this.#barMaps]) m.unmap();
+      this.#closed = true;
+      this.#fd.close();
+      this.domain.abandon();
+      this.emit('close');
+      return;
+    }
     const problems: string[] = [];
     for (const m of [...this.#barMaps]) m.unmap();
     try {

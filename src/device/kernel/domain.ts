@@ -3,8 +3,9 @@
 // answer which IOVA ranges the IOMMU accepts; the device fd itself belongs
 // to KernelDevice.
 
+import type { Fd } from '../../sys/fd.js';
 import type { DmaMapping, IovaRange, Transport } from '../device.js';
-import type { UserMemory } from './sys.js';
+import { codedError, type KernelSys, type UserMemory } from './sys.js';
 
 export interface IommuDomain {
   readonly transport: Extract<Transport, 'kernel-iommufd' | 'kernel-container'>;
@@ -19,20 +20,62 @@ export interface IommuDomain {
   release(): void;
   /** Free the IOMMU objects and close the fds this domain owns (after the device fd is closed). Idempotent. */
   close(): void;
+  /**
+   * Close this process's fds and nothing else: the IOAS or container, its maps and the attachment stay as they
+   * are, for another broker process holding the same objects (an upgrade not yet committed). Idempotent.
+   */
+  abandon(): void;
+  /** The fds and facts another broker process needs to carry this domain on (src/device/kernel/handover.ts). */
+  handover(add: (fd: Fd) => number): DomainHandover;
+  /**
+   * This process now carries the domain alone (an upgrade's commit): move what the kernel can of the pinned-page
+   * accounting here, and say what happened to it.
+   */
+  takeAccounting(): string;
 }
+
+/** One live DMA map as handed over: by file (the IOAS holds the file) or by address (pinned in the old mm). */
+export interface HandedMap {
+  iova: bigint;
+  size: bigint;
+  byAddress: boolean;
+}
+
+export type DomainHandover =
+  | {
+      kind: 'iommufd';
+      iommufd: number;
+      iommufdName: string;
+      devId: number;
+      ioasId: number;
+      mapFile: boolean;
+      ranges: IovaRange[];
+      maps: HandedMap[];
+    }
+  | {
+      kind: 'container';
+      group: number;
+      container: number;
+      containerName: string;
+      ranges: IovaRange[];
+      notes: string[];
+      maps: HandedMap[];
+    };
 
 interface Entry {
   size: bigint;
   /** The mmap whose pages the IOMMU pinned by address; kept until the IOVA is unmapped. */
   memory: UserMemory | null;
+  /** Pinned by address (an adopted map has no mmap here: the old broker's went with it, the pins stay). */
+  byAddress: boolean;
 }
 
 /** The live DMA mappings of one domain and the memory that must outlive them. */
 export class DmaTable {
   readonly #entries = new Map<bigint, Entry>();
 
-  add(iova: bigint, size: bigint, memory: UserMemory | null): void {
-    this.#entries.set(iova, { size, memory });
+  add(iova: bigint, size: bigint, memory: UserMemory | null, byAddress = memory !== null): void {
+    this.#entries.set(iova, { size, memory, byAddress });
   }
 
   /**
@@ -73,8 +116,8 @@ export class DmaTable {
     return problems;
   }
 
-  list(): { iova: bigint; size: bigint }[] {
-    return [...this.#entries].map(([iova, e]) => ({ iova, size: e.size }));
+  list(): HandedMap[] {
+    return [...this.#entries].map(([iova, e]) => ({ iova, size: e.size, byAddress: e.byAddress }));
   }
 
   get size(): number {
@@ -95,4 +138,48 @@ export function checkMapping(m: DmaMapping): void {
       code: 'EINVAL',
     });
   }
+}
+
+/**
+ * Every handed map must still be mapped: a one-page map of scratch memory at its IOVA (`tryMap`) must be
+ * refused EEXIST. One that goes through means the map was not there: it is undone, and the adoption refused.
+ * (Neither iommufd nor type1 lists its maps; IOMMU_IOAS_IOVA_RANGES says what may be mapped, not what is.)
+ */
+export function checkMapped(
+  sys: KernelSys,
+  maps: HandedMap[],
+  what: string,
+  tryMap: (iova: bigint, va: bigint) => void,
+  undo: (iova: bigint) => void,
+): void {
+  if (!maps.length) return;
+  const page = sys.scratch(4096);
+  const missing: string[] = [];
+  try {
+    for (const m of maps) {
+      try {
+        tryMap(m.iova, page.address);
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EEXIST') continue;
+        throw err;
+      }
+      undo(m.iova);
+      missing.push(`0x${m.iova.toString(16)}`);
+    }
+  } finally {
+    page.unmap();
+  }
+  if (missing.length)
+    throw codedError('ENODEV', `${what}: the maps at ${missing.join(', ')} are not there any more`);
+}
+
+/** The IOVA ranges read now must be the ones the previous broker laid leases out in. */
+export function checkRanges(
+  what: string,
+  was: { start: bigint; last: bigint }[],
+  now: { start: bigint; last: bigint }[],
+): void {
+  const s = (rs: { start: bigint; last: bigint }[]) =>
+    rs.map((r) => `[0x${r.start.toString(16)}, 0x${r.last.toString(16)}]`).join(', ');
+  if (s(was) !== s(now)) throw codedError('ENODEV', `${what}: IOVA ranges ${s(now)}, were ${s(was)}`);
 }

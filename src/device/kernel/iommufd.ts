@@ -4,12 +4,14 @@
 // mmap needed, the IOAS holds the file) when the kernel has it, otherwise
 // by address (mmap the memfd, IOMMU_IOAS_MAP, keep the mmap until unmapped).
 
+import { readFileSync } from 'node:fs';
 import { DevleaseError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   decodeIommuIovaRanges,
   IOMMU_DESTROY,
   IOMMU_IOAS_ALLOC,
+  IOMMU_IOAS_CHANGE_PROCESS,
   IOMMU_IOAS_IOVA_RANGES,
   IOMMU_IOAS_MAP,
   IOMMU_IOAS_MAP_FILE,
@@ -19,6 +21,7 @@ import {
   IOMMU_IOAS_UNMAP,
   iommu_destroy,
   iommu_ioas_alloc,
+  iommu_ioas_change_process,
   iommu_ioas_iova_ranges,
   iommu_ioas_map,
   iommu_ioas_map_file,
@@ -32,7 +35,15 @@ import {
   vfio_device_detach_iommufd_pt,
 } from '../../vfio/uapi/index.js';
 import type { DmaMapping, IovaRange } from '../device.js';
-import { checkMapping, DmaTable, type IommuDomain } from './domain.js';
+import {
+  checkMapped,
+  checkMapping,
+  checkRanges,
+  DmaTable,
+  type DomainHandover,
+  type HandedMap,
+  type IommuDomain,
+} from './domain.js';
 import { explain, ioctlNamed, type KernelSys } from './sys.js';
 
 export interface IommufdFiles {
@@ -104,6 +115,94 @@ export class IommufdIoas implements IommuDomain {
       } catch {}
       files.iommufd.close();
       throw err;
+    }
+  }
+
+  /**
+   * Carry on the IOAS another broker process set up (an upgrade): same iommufd (a dup of its fd), device id
+   * and IOAS id. Checks the IOAS is there with the same IOVA ranges and every handed map is still mapped.
+   * Owns `iommufd` from here on (closed on failure); `device` stays the caller's.
+   */
+  static adopt(
+    sys: KernelSys,
+    h: Extract<DomainHandover, { kind: 'iommufd' }>,
+    f: { iommufd: Fd; device: Fd; deviceName: string },
+  ): IommufdIoas {
+    const files: IommufdFiles = { ...f, iommufdName: h.iommufdName };
+    try {
+      const ranges = iovaRanges(sys, files, h.ioasId);
+      checkRanges(`IOAS ${h.ioasId}`, h.ranges, ranges);
+      const ioas = new IommufdIoas(sys, files, { ...h, ranges });
+      ioas.#checkMaps(h.maps);
+      for (const m of h.maps) ioas.#dma.add(m.iova, m.size, null, m.byAddress);
+      return ioas;
+    } catch (err) {
+      f.iommufd.close();
+      throw err;
+    }
+  }
+
+  #checkMaps(maps: HandedMap[]): void {
+    checkMapped(
+      this.#sys,
+      maps,
+      `IOAS ${this.ioasId}`,
+      (iova, user_va) => {
+        const flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE;
+        const arg = iommu_ioas_map.encode({
+          size: iommu_ioas_map.size,
+          flags,
+          ioas_id: this.ioasId,
+          user_va,
+          length: 4096n,
+          iova,
+        });
+        this.#sys.ioctl(this.#f.iommufd, IOMMU_IOAS_MAP, arg);
+      },
+      (iova) => this.unmap(iova, 4096n),
+    );
+  }
+
+  handover(add: (fd: Fd) => number): DomainHandover {
+    return {
+      kind: 'iommufd',
+      iommufd: add(this.#f.iommufd),
+      iommufdName: this.#f.iommufdName,
+      devId: this.devId,
+      ioasId: this.ioasId,
+      mapFile: this.mapFile,
+      ranges: this.ranges,
+      maps: this.#dma.list(),
+    };
+  }
+
+  /**
+   * IOMMU_IOAS_CHANGE_PROCESS: every map's pinned pages are charged to this process (its mm's pinned_vm, its
+   * user's locked_vm) and uncharged from the old one. The kernel does it for MAP_FILE maps only and changes
+   * nothing if it fails; what stays where is said (docs/ARCHITECTURE.md, "Upgrading the broker").
+   */
+  takeAccounting(): string {
+    const arg = iommu_ioas_change_process.encode({ size: iommu_ioas_change_process.size, __reserved: 0 });
+    try {
+      this.#sys.ioctl(this.#f.iommufd, IOMMU_IOAS_CHANGE_PROCESS, arg);
+      // Maps made with CAP_IPC_LOCK are charged to no limit (IOPT_PAGES_ACCOUNT_NONE): the call moves their
+      // owner only, and their VmPin stays with the old process (and is taken off this one's when unmapped).
+      const note = hasIpcLock()
+        ? '; maps made with CAP_IPC_LOCK are charged to no limit, only their owner moved'
+        : '';
+      return `moved to pid ${process.pid} (IOMMU_IOAS_CHANGE_PROCESS, ${this.#dma.size} maps)${note}`;
+    } catch (err) {
+      const code = errCode(err) ?? 'EIO';
+      const why =
+        code === 'ENOTTY'
+          ? 'this kernel has no IOMMU_IOAS_CHANGE_PROCESS (Linux 6.13+)'
+          : code === 'EINVAL'
+            ? 'some maps are by address (IOMMU_IOAS_MAP), which the kernel cannot move'
+            : `IOMMU_IOAS_CHANGE_PROCESS failed: ${code}`;
+      return (
+        `stayed with the previous broker process: ${why}; the pages stay pinned and are uncharged from ` +
+        "that process's user when unmapped here; its mm's pinned_vm went with it"
+      );
     }
   }
 
@@ -213,8 +312,26 @@ export class IommufdIoas implements IommuDomain {
     }
   }
 
+  /** Close the iommufd and nothing else: the IOAS, its maps and the attachment are another process's. */
+  abandon(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#released = true;
+    this.#f.iommufd.close();
+  }
+
   #ioctl(what: string, request: number, arg: Uint8Array): void {
     ioctlNamed(this.#sys, this.#f.iommufd, what, this.#f.iommufdName, request, arg);
+  }
+}
+
+/** Whether this process has CAP_IPC_LOCK (bit 14 of CapEff in /proc/self/status). */
+function hasIpcLock(): boolean {
+  try {
+    const m = /^CapEff:\s+([0-9a-f]+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    return m ? (BigInt(`0x${m[1]}`) & (1n << 14n)) !== 0n : false;
+  } catch {
+    return false;
   }
 }
 

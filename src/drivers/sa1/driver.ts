@@ -240,10 +240,13 @@ export class Sa1Driver extends EventEmitter implements Driver {
     const q = res.queue!;
     const d = this.#dev;
     this.#cleanQueues.delete(q);
-    // Disabling aborts in-flight descriptors (they complete ABORTED); wait for IDLE, then reset
-    // so no ring state survives into the next lease. The first status read goes out with the write.
+    // One Q_CTRL write stops and resets the queue: RESET with ENABLE written 0. The device acts on RESET
+    // first (in-flight descriptors complete ABORTED, rings and indexes zeroed), then takes ENABLE as written
+    // (docs/SA-1.md, "Quiesce"). A reclaim has nothing to drain gracefully, and every Q_CTRL write is a round
+    // trip to the device's engine: a disable, a wait for IDLE and then a reset cost two. The reads that
+    // confirm it (RESET cleared, then Q_STATUS.IDLE) go out with the write, in order on the wire.
     await Promise.all([
-      d.write32(BAR0, qcfg(q, Q.CTRL), 0),
+      this.#resetQueue(q),
       pollUntil({
         what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
         read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
@@ -251,7 +254,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
         timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
       }),
     ]);
-    await this.#resetQueue(q);
   }
 
   async prepare(res: LeaseResources): Promise<void> {

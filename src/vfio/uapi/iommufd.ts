@@ -67,6 +67,16 @@ export const iommu_ioas_map_file = struct('iommu_ioas_map_file', [
   ['iova', 'u64'],
 ] as const);
 
+/**
+ * IOMMU_IOAS_CHANGE_PROCESS: charges every map of every IOAS in the iommufd to the calling process (its mm's
+ * pinned_vm, its user's locked_vm) and uncharges the old one. Only for MAP_FILE maps: EINVAL if any map is by
+ * address, and on any failure nothing changes.
+ */
+export const iommu_ioas_change_process = struct('iommu_ioas_change_process', [
+  ['size', 'u32'],
+  ['__reserved', 'u32'],
+] as const);
+
 /** The source range must match exactly a range established by IOAS_MAP. */
 export const iommu_ioas_copy = struct('iommu_ioas_copy', [
   ['size', 'u32'],

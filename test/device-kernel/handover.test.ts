@@ -1,0 +1,125 @@
+// Kernel backend, broker upgrade: what a KernelDevice hands over and how the
+// new process adopts it (src/device/kernel/handover.ts), against the
+// recorder with canned replies — the argument bytes and the ioctl sequence
+// only. That DMA still lands after a real upgrade is proven in the guest
+// (test/kernel/guest/upgrade.test.ts, npm run test:kernel).
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { adoptKernelDevice } from '../../src/device/kernel/handover.js';
+import { openKernelDevice } from '../../src/device/kernel/open.js';
+import type { Fd } from '../../src/sys/fd.js';
+import { MemFd } from '../../src/sys/memfd.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { kernelError, Recorder } from './helpers/recorder.js';
+import { BDF, NR, scratchSysfs, standardReplies } from './helpers/replies.js';
+
+after(trackFdLeaks());
+
+/** An opened device with one map, its handover, and the fds (dups, as SCM_RIGHTS would deliver). */
+async function handedOver(rec: Recorder) {
+  standardReplies(rec);
+  using sysfs = scratchSysfs();
+  const dev = await openKernelDevice({ bdf: BDF, sys: rec, sysfsRoot: sysfs.root, log: () => {} });
+  using mem = MemFd.create('dma', { size: 4096 });
+  await dev.dmaMap({ fd: mem.fd, offset: 0n, iova: 0x100_0000n, size: 4096n, read: true, write: true });
+  await dev.region(0);
+  const fds: Fd[] = [];
+  const state = dev.handover((fd) => fds.push(fd.dup()) - 1);
+  return { dev, state, fds };
+}
+
+test('adopting checks every handed map is still there: a one-page probe map at its IOVA must be refused EEXIST', async () => {
+  const rec = new Recorder();
+  const { dev, state, fds } = await handedOver(rec);
+  try {
+    assert.deepEqual(state.domain.maps, [{ iova: 0x100_0000n, size: 4096n, byAddress: false }]);
+    rec.replies.set(NR.IOMMU_IOAS_MAP, () => {
+      throw kernelError('EEXIST');
+    });
+    const adopted = await adoptKernelDevice(state, (i) => fds[i]!, { sys: rec });
+    // struct iommu_ioas_map { u32 size, flags, ioas_id, __reserved; u64 user_va, length, iova }: FIXED|READABLE
+    const probe = rec.ioctls(NR.IOMMU_IOAS_MAP);
+    assert.equal(probe.length, 1, 'the map was probed');
+    const a = new DataView((probe[0]!.arg as Uint8Array).buffer);
+    assert.deepEqual(
+      [a.getUint32(4, true), a.getBigUint64(24, true), a.getBigUint64(32, true)],
+      [5, 4096n, 0x100_0000n],
+    );
+    // Not this process's until the commit: nothing that changes the device, and close() only closes fds.
+    await assert.rejects(adopted.dmaUnmap(0x100_0000n, 4096n), { code: 'EBUSY' });
+    const beforeClose = rec.calls.length;
+    await adopted.close();
+    assert.deepEqual(
+      rec.lines(beforeClose).filter((l) => l.startsWith('ioctl')),
+      [],
+      'closing an adopted device issues no unmap, detach or destroy',
+    );
+  } finally {
+    await dev.close();
+  }
+});
+
+test('a handed map that is not there any more refuses the adoption, and the probe map is undone', async () => {
+  const rec = new Recorder();
+  const { dev, state, fds } = await handedOver(rec);
+  try {
+    rec.replies.set(NR.IOMMU_IOAS_MAP, () => 0); // the probe went through: nothing was mapped there
+    const unmaps = rec.ioctls(NR.IOMMU_IOAS_UNMAP).length;
+    await assert.rejects(
+      adoptKernelDevice(state, (i) => fds[i]!, { sys: rec }),
+      {
+        code: 'ENODEV',
+        message: /the maps at 0x1000000 are not there any more/,
+      },
+    );
+    assert.equal(rec.ioctls(NR.IOMMU_IOAS_UNMAP).length, unmaps + 1, 'the probe map was undone');
+    assert.ok(
+      fds.every((f) => f.closed),
+      'every fd received is closed',
+    );
+  } finally {
+    await dev.close();
+  }
+});
+
+test('after the commit: IOMMU_IOAS_CHANGE_PROCESS (struct iommu_ioas_change_process { u32 size, __reserved })', async () => {
+  const rec = new Recorder();
+  const { dev, state, fds } = await handedOver(rec);
+  try {
+    rec.replies.set(NR.IOMMU_IOAS_MAP, () => {
+      throw kernelError('EEXIST');
+    });
+    const adopted = await adoptKernelDevice(state, (i) => fds[i]!, { sys: rec });
+    rec.replies.set(0x3b92, () => 0);
+    assert.match(adopted.takeOver(), /^moved to pid \d+ \(IOMMU_IOAS_CHANGE_PROCESS, 1 maps\)/);
+    assert.deepEqual([...rec.argOf(0x3b92)], [8, 0, 0, 0, 0, 0, 0, 0]);
+    await adopted.dmaUnmap(0x100_0000n, 4096n); // the device is this process's now
+    await adopted.close();
+  } finally {
+    await dev.close();
+  }
+});
+
+test('IOMMU_IOAS_CHANGE_PROCESS refused (by-address maps: EINVAL; old kernel: ENOTTY): the accounting stays, and the status says why', async () => {
+  for (const [code, why] of [
+    ['EINVAL', /stayed with the previous broker process: some maps are by address/],
+    ['ENOTTY', /stayed with the previous broker process: this kernel has no IOMMU_IOAS_CHANGE_PROCESS/],
+  ] as const) {
+    const rec = new Recorder();
+    const { dev, state, fds } = await handedOver(rec);
+    try {
+      rec.replies.set(NR.IOMMU_IOAS_MAP, () => {
+        throw kernelError('EEXIST');
+      });
+      const adopted = await adoptKernelDevice(state, (i) => fds[i]!, { sys: rec });
+      rec.replies.set(0x3b92, () => {
+        throw kernelError(code);
+      });
+      assert.match(adopted.takeOver(), why);
+      assert.match(adopted.pinnedAccounting ?? '', why);
+      await adopted.close();
+    } finally {
+      await dev.close();
+    }
+  }
+});
