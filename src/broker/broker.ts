@@ -1,7 +1,10 @@
 // The broker: owns one device through a Device, runs its driver, and serves
 // one vfio-user socket per lease kind plus an admin socket. Each client
 // connection becomes a lease session once its VERSION (carrying the lease
-// request) passes policy.
+// request) passes policy. Its parts: client-sessions.ts (a connection's
+// session and pidfd), device-loss.ts and recovery-hooks.ts (a device lost,
+// unresponsive or recovering), inherited-sockets.ts (systemd's or an upgrading
+// broker's sockets), handover/ (upgrade in place), reload.ts.
 
 import { EventEmitter } from 'node:events';
 import { chownSync, mkdirSync } from 'node:fs';
@@ -11,28 +14,28 @@ import type { DmaBufMmapProbe } from '../device/kernel/dmabuf-probe.js';
 import type { Driver } from '../drivers/driver.js';
 import { loadDriverModule } from '../drivers/load.js';
 import { driverFactoryFor } from '../drivers/registry.js';
-import { DevleaseError, VfioError } from '../errors.js';
+import { DevleaseError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
-import { type ListenSocket, listenFdsError, PidFd, type StreamSocket } from '../sys/index.js';
+import type { ListenSocket } from '../sys/index.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
-import type { ConnectionInfo } from '../vfio/user/device-model.js';
 import { VfioUserServer } from '../vfio/user/server.js';
-import type { MessageSocket } from '../vfio/user/transport.js';
 import { AdminServer } from './admin.js';
-import { Admission } from './admission.js';
 import { AuditLog } from './audit.js';
 import { DirectSlices } from './audit-scan/direct-slices.js';
+import { ClientSessions } from './client-sessions.js';
 import type { BrokerConfig } from './config.js';
 import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
+import { DeviceLoss } from './device-loss.js';
 import { adoptDriver, finishTakeOver, inheritedListening, rebuild } from './handover/adopt.js';
 import { type BrokerParts, resume } from './handover/collect.js';
 import type { BrokerState } from './handover/format.js';
 import { type UpgradeOptions, type UpgradeOutcome, upgrade } from './handover/upgrade.js';
+import { takeInherited } from './inherited-sockets.js';
 import { LeaseTable } from './leases.js';
 import { MetricsServer } from './observe/metrics-server.js';
-import { PendingSession } from './pending-session.js';
-import { Policy, type PolicyModule, readCallerContext } from './policy.js';
-import { Recovery, type RecoveryCause } from './recovery.js';
+import { Policy, type PolicyModule } from './policy.js';
+import { Recovery } from './recovery.js';
+import { recoveryHooks } from './recovery-hooks.js';
 import {
   type ConfigIdentity,
   type ConfigSource,
@@ -40,7 +43,6 @@ import {
   type ReloadOutcome,
   reload,
 } from './reload.js';
-import type { LeaseSession } from './session.js';
 import { SliceWatcher } from './slices.js';
 
 export interface BrokerOptions {
@@ -72,30 +74,6 @@ export interface BrokerOptions {
  * 'device-lost' (reason): the connection dropped and will not be re-made (a kernel device, or
  * device.reconnect = false): the broker is of no more use (the daemon exits).
  */
-/**
- * The inherited sockets by name, checked: each name a lease kind (SOCK_STREAM) or 'admin' (SOCK_SEQPACKET),
- * once. On a refusal every inherited socket is closed and the error names the socket.
- */
-function takeInherited(listening: ListenSocket[], kinds: string[]): Map<string, ListenSocket> {
-  const byName = new Map<string, ListenSocket>();
-  const refuse = (why: string) => {
-    for (const l of listening) l.fd.close();
-    throw listenFdsError(why);
-  };
-  for (const l of listening) {
-    const want = l.name === 'admin' ? 'seqpacket' : kinds.includes(l.name) ? 'stream' : null;
-    if (want === null)
-      refuse(
-        `socket '${l.name}' (${l.path || 'unnamed'}) names no lease kind of this device (${kinds.join(', ')}) nor 'admin'`,
-      );
-    if (l.type !== want)
-      refuse(`socket '${l.name}' (${l.path || 'unnamed'}) is ${l.type}; it must be ${want}`);
-    if (byName.has(l.name)) refuse(`two sockets are named '${l.name}'`);
-    byName.set(l.name, l);
-  }
-  return byName;
-}
-
 export class Broker extends EventEmitter {
   readonly config: BrokerConfig;
   readonly device: Device;
@@ -106,9 +84,8 @@ export class Broker extends EventEmitter {
   readonly sockets = new Map<string, string>();
   readonly #servers: VfioUserServer[] = [];
   readonly #watcher = new SliceWatcher();
-  readonly #pidfds = new Set<PidFd>();
-  /** Each connection's session and pidfd, by its socket (an upgrade hands them over). */
-  readonly #sessions = new Map<object, { pending: PendingSession; pidfd: PidFd | null }>();
+  /** Client connections and their sessions (client-sessions.ts). */
+  readonly #clients: ClientSessions;
   /** When this broker process started, and how many upgrades its lineage has gone through. */
   startedAt = new Date();
   upgrades = 0;
@@ -119,12 +96,10 @@ export class Broker extends EventEmitter {
   #closed = false;
   /** Device recoveries, one at a time (hang, reset, the owner's reset). */
   readonly #recovery: Recovery;
-  /** Handling a lost device connection: reclaim, reconnect, boot. */
-  #losing: Promise<void> | null = null;
+  /** A lost or unresponsive device (device-loss.ts). */
+  readonly #loss: DeviceLoss;
   readonly #link: DeviceLink;
   readonly log: (msg: string) => void;
-  /** Connections not yet past VERSION: counted, limited, and closed at their deadline. */
-  readonly #admission: Admission;
   /** The vfio-user servers' own lines (accept failures, protocol errors): at most 5 per kind per 10 s. */
   readonly #serverLog: RateLimitedLog;
   readonly #configSource: ConfigSource | null;
@@ -149,23 +124,20 @@ export class Broker extends EventEmitter {
     this.leases = new LeaseTable(opts.device, driver, policy, audit, opts.config, this.#watcher);
     this.leases.log = this.log;
     this.dir = join(opts.config.rundir, opts.config.deviceName);
-    this.#admission = new Admission(opts.config.sockets, this.log);
     this.#serverLog = new RateLimitedLog(this.log, { burst: 5, intervalMs: 10_000 });
+    this.#clients = new ClientSessions(opts.config.sockets, this.leases, this.log, this.#serverLog);
     this.#link = new DeviceLink(opts.config.reconnect, {
       attempt: () => this.#reattach(),
       failed: () => this.driver.deviceLost(),
       log: this.log,
     });
-    this.#recovery = new Recovery(opts.config.recovery, {
-      prepare: (cause, why) => this.#prepareRecovery(cause, why),
-      attempt: () => this.driver.recover(),
-      abandoned: () => this.#closed || this.#link.gone,
-      attemptFailed: (cause, err, attempt, final) => this.#recoveryAttemptFailed(cause, err, attempt, final),
-      succeeded: (cause, attempts) => {
-        this.audit.write({ event: 'device-recovered', cause, attempts });
-        this.emit('recovered');
-        this.leases.suspended = null;
-      },
+    this.#recovery = new Recovery(
+      opts.config.recovery,
+      recoveryHooks(this, () => this.#closed || this.#link.gone),
+    );
+    this.#loss = new DeviceLoss(this, this.#link, this.#recovery, {
+      closing: () => this.#closed,
+      recover: (cause, why) => this.#recover(cause, why),
     });
   }
 
@@ -187,7 +159,7 @@ export class Broker extends EventEmitter {
         await broker.#directSlices();
         await broker.#listen(inheritedListening(h.state, h.fds));
         rebuild(broker, broker.#parts(), h.state, h.fds, (kind, conn, socket, s) =>
-          broker.#session(kind, conn, socket, s),
+          broker.#clients.create(kind, conn, socket, s),
         );
       } else {
         await driver.boot();
@@ -202,9 +174,9 @@ export class Broker extends EventEmitter {
     driver.on('fault', (f) => broker.leases.fault(f));
     driver.on('hang', (why: string) => void broker.#recover('device-hang', why));
     driver.on('device-reset', (why: string) => void broker.#recover('device-reset', why));
-    driver.on('unresponsive', (why: string) => broker.#unresponsive(why));
+    driver.on('unresponsive', (why: string) => broker.#loss.unresponsive(why));
     driver.on('error', (err: Error) => broker.log(`driver: ${err.message}`));
-    device.on('close', (reason?: Error | null) => broker.#deviceClosed(reason ?? null));
+    device.on('close', (reason?: Error | null) => broker.#loss.closed(reason ?? null));
     audit.write({
       event: 'start',
       device: config.deviceName,
@@ -248,7 +220,7 @@ export class Broker extends EventEmitter {
         mode: this.config.sockets.mode,
         // DMA maps must be aligned to the configured page (vfio-user pgsizes), which the client library reads.
         pgsizes: this.config.layout.pageSize,
-        createDevice: (conn, socket) => this.#session(kind, conn, socket),
+        createDevice: (conn, socket) => this.#clients.create(kind, conn, socket),
         // Keyed without numbers (connection ids, pids): one key per kind of line, whoever causes it.
         log: (m, err) =>
           this.#serverLog.log(m.replace(/\d+/g, 'N'), err ? `${m}: ${(err as Error).message ?? err}` : m),
@@ -262,7 +234,7 @@ export class Broker extends EventEmitter {
   }
 
   #parts(): BrokerParts {
-    return { servers: this.#servers, admin: this.#admin, sessions: this.#sessions };
+    return { servers: this.#servers, admin: this.#admin, sessions: this.#clients.bySocket };
   }
 
   /**
@@ -306,116 +278,6 @@ export class Broker extends EventEmitter {
     finishTakeOver(this);
   }
 
-  #session(
-    kind: string,
-    conn: ConnectionInfo,
-    socket: MessageSocket,
-    adopted?: { session: LeaseSession; pidfd: PidFd | null },
-  ): PendingSession {
-    const { pid, uid } = conn.cred;
-    if (adopted) {
-      const pending = new PendingSession(kind, adopted.session.lease.ctx, this.leases, () => socket.close());
-      pending.adopt(adopted.session);
-      this.#watchSession(socket, pending, adopted.pidfd);
-      return pending;
-    }
-    let session: PendingSession | null = null;
-    const admitted = this.#admission.admit(uid, pid, () => session?.versionTimedOut());
-    if (!admitted) {
-      // Closed at once: it costs nothing more (no pidfd, no /proc reads) and frees its descriptor now.
-      socket.close();
-      throw new VfioError('EAGAIN', 'too many connections have not completed VERSION');
-    }
-    const ctx = readCallerContext(pid, uid, conn.cred.gid);
-    session = new PendingSession(kind, ctx, this.leases, () => socket.close());
-    session.onVersionDone(() => admitted.done());
-    session.onEnd(() => admitted.done());
-    let pidfd: PidFd | null = null;
-    try {
-      // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
-    } catch (err) {
-      // Rate-limited: it fails when descriptors run out, for every connection then.
-      this.#serverLog.log(
-        'no pidfd',
-        `no pidfd for pid ${pid}: ${(err as Error).message}; relying on hang-up alone`,
-      );
-    }
-    this.#watchSession(socket, session, pidfd);
-    return session;
-  }
-
-  /** Process exit is noticed through the pidfd even if the socket lingers (an fd inherited by a child). */
-  #watchSession(socket: MessageSocket, session: PendingSession, pidfd: PidFd | null): void {
-    this.#sessions.set(socket, { pending: session, pidfd });
-    session.onEnd(() => this.#sessions.delete(socket));
-    if (!pidfd) return;
-    try {
-      const p = pidfd;
-      this.#pidfds.add(p);
-      p.onExit(() => {
-        session?.processExited();
-        this.#pidfds.delete(p);
-        p.close();
-      });
-      session.onEnd(() => {
-        if (this.#pidfds.delete(p)) p.close();
-      });
-    } catch (err) {
-      // A pidfd whose watch could not start is closed here, not kept until the broker stops (fail-nth walk).
-      if (this.#pidfds.delete(pidfd)) pidfd.close();
-      this.#serverLog.log('no pidfd', `no pidfd watch: ${(err as Error).message}; relying on hang-up alone`);
-    }
-  }
-
-  #deviceClosed(reason: Error | null): void {
-    if (this.#closed || this.#link.gone) return; // while gone, a failed attempt's connection closing is no news
-    const why = reason?.message ?? 'the device connection closed';
-    if (!isReconnectable(this.device) || !this.config.reconnect.enabled) {
-      const how = isReconnectable(this.device)
-        ? 'device.reconnect is off'
-        : 'a kernel device is not reconnected';
-      this.#link.lost(why);
-      this.leases.deviceGone = `the device is lost (${why}); ${how}`;
-      this.log(`the device connection is gone (${why}); ${how}`);
-      this.audit.write({ event: 'device-lost', reason: why });
-      this.emit('device-lost', `${why}; ${how}`);
-      return;
-    }
-    this.#link.lost(why);
-    this.#losing = this.#deviceGone(this.device.endpoint, why)
-      .catch((err: Error) => this.log(`handling the lost device failed: ${err.stack ?? err.message}`))
-      .finally(() => {
-        this.#losing = null;
-      });
-  }
-
-  /**
-   * The device's server went away. Grants stop at once (ENODEV, with the reason); every client is told (ERR)
-   * and every lease ends without asking the device (it took its mappings and wiring with it); then the
-   * broker reconnects with backoff and boots the device again, and grants resume.
-   */
-  async #deviceGone(endpoint: string, why: string): Promise<void> {
-    this.leases.deviceGone =
-      `the device at ${endpoint} is gone since ${this.#link.status().since} (${why}); ` +
-      'the broker is reconnecting: lease again once it is back';
-    this.audit.write({ event: 'device-gone', endpoint, reason: why });
-    this.log(`the device connection is gone (${why}); reconnecting to ${endpoint}`);
-    this.emit('device-gone', why);
-    await this.#recovery.running; // a recovery in progress fails fast now (or is abandoned): let it end first
-    for (const l of this.leases.all()) l.notify('err');
-    await this.leases.deviceLost(why);
-    this.driver.deviceLost();
-    if (!(await this.#link.reconnect())) return; // the broker is closing
-    this.leases.deviceGone = null;
-    this.leases.suspended = null; // also a failed recovery's: the device was booted from scratch
-    this.#recovery.deviceBooted();
-    const s = this.#link.status();
-    this.audit.write({ event: 'device-back', endpoint, attempts: s.attempts });
-    this.log(`the device is back after ${s.attempts} attempt(s)`);
-    this.emit('device-back');
-  }
-
   /** One reconnect attempt: a new connection to the same device, booted by the driver. */
   async #reattach(): Promise<void> {
     if (!isReconnectable(this.device)) throw new Error('the device cannot reconnect');
@@ -429,48 +291,6 @@ export class Broker extends EventEmitter {
   async #recover(cause: 'device-hang' | 'device-reset', why: string): Promise<void> {
     if (this.#closed || this.#link.gone) return;
     await this.#recovery.request(cause, why);
-  }
-
-  /**
-   * The device stopped answering (its server is frozen): a hang no device command can reach. Clients are told
-   * (ERR) and the connection is dropped, so every lease ends without asking the device (as when its server
-   * goes away) and the broker reconnects with backoff until the device answers again. A device that cannot
-   * reconnect (kernel VFIO) gets a recovery instead, whose commands time out and are retried.
-   */
-  #unresponsive(why: string): void {
-    if (this.#closed || this.#link.gone) return;
-    this.audit.write({ event: 'device-unresponsive', reason: why });
-    this.log(`the device is unresponsive: ${why}`);
-    if (!isReconnectable(this.device) || !this.config.reconnect.enabled) {
-      void this.#recover('device-hang', why);
-      return;
-    }
-    this.emit('hang', why);
-    this.device.abandon(new Error(`the device is unresponsive (${why})`));
-  }
-
-  /** Before a recovery's first attempt: suspend grants, tell every client (ERR), reclaim every lease. */
-  async #prepareRecovery(cause: RecoveryCause, why: string): Promise<void> {
-    this.leases.suspended =
-      cause === 'owner-reset'
-        ? 'the device is being reset by its owner: lease again shortly'
-        : `the device is recovering (${cause}): lease again shortly`;
-    this.audit.write({ event: cause, reason: why });
-    if (cause !== 'owner-reset') this.emit(cause === 'device-hang' ? 'hang' : 'reset', why);
-    for (const l of this.leases.all()) l.notify('err');
-    await this.leases.reclaimAll(`${cause}: ${why}`);
-  }
-
-  #recoveryAttemptFailed(cause: RecoveryCause, err: Error, attempt: number, final: boolean): void {
-    const { attempts } = this.config.recovery;
-    this.audit.write({ event: 'recovery-attempt-failed', cause, attempt, error: err.message });
-    this.log(`recovery attempt ${attempt} of ${attempts} failed: ${err.message}`);
-    if (!final) return;
-    // Leave grants suspended: leasing a device that did not come back would only fail later.
-    this.leases.suspended =
-      `the device did not recover: ${err.message} (${attempt} attempt(s); retrying every ` +
-      `${this.config.recovery.backoffMaxMs} ms until it does; devlease reset tries at once)`;
-    this.audit.write({ event: 'recovery-failed', cause, attempts: attempt, error: err.message });
   }
 
   /**
@@ -557,14 +377,12 @@ export class Broker extends EventEmitter {
     await this.#metrics?.close();
     await this.#link.close();
     await this.#recovery.close();
-    await this.#losing;
+    await this.#loss.losing;
     await Promise.all(this.#servers.map((s) => s.close()));
     await this.leases.reclaimAll('broker shutting down');
     this.leases.direct?.close();
     this.driver.close();
-    for (const p of this.#pidfds) p.close();
-    this.#pidfds.clear();
-    this.#admission.flush();
+    this.#clients.close();
     this.#serverLog.flush();
     this.#watcher.close();
   }

@@ -108,6 +108,20 @@ export class LeaseMsix {
     return out; // the PBA and the rest read 0
   }
 
+  /** The table as the client left it (an upgrade carries it: session-state.ts). */
+  tableBytes(): Uint8Array {
+    return this.#table.slice();
+  }
+
+  /** Put back a table tableBytes() gave (an upgrade); throws naming the problem if it is not this table's size. */
+  restoreTable(bytes: Uint8Array): void {
+    if (bytes.byteLength !== this.#table.byteLength)
+      throw new Error(
+        `an MSI-X table of ${bytes.byteLength} bytes cannot be this lease's (${this.vectors} vectors: ${this.#table.byteLength} bytes)`,
+      );
+    this.#table.set(bytes);
+  }
+
   write(offset: number, data: Uint8Array): void {
     for (let i = 0; i < data.byteLength; i++) {
       const o = offset + i;

@@ -198,29 +198,49 @@ export class LeaseTable extends EventEmitter {
   }
 
   /**
-   * Hold every reclaim until unhold() (an upgrade's quiesce), after those in progress have finished; rejects
-   * EBUSY, holding nothing, while a lease waits for its slices' release (not carried over by this version).
+   * Hold every reclaim until unhold() (an upgrade's quiesce), after those in progress have finished or parked
+   * awaiting the release of their slices (an upgrade carries those: the new broker finishes them), and stop
+   * reading slice events (they stay queued: the watcher's inotify instance goes to the new broker). Rejects
+   * EBUSY, holding nothing, while a lease awaits the release of audited slices (not carried by this version).
    */
   async hold(): Promise<void> {
-    this.#refuseAwaitingRelease();
+    this.#refuseAwaitingDirect();
     this.#held ??= deferred();
-    await Promise.all(
-      this.all().flatMap((l) => (l.state === 'reclaiming' && l.reclaimed ? [l.reclaimed] : [])),
-    );
-    // A reclaim that was in progress may have parked its lease awaiting release meanwhile: refused too (the
-    // caller's resume() unholds), or the lease would be handed over with nobody left to finish its reclaim.
-    this.#refuseAwaitingRelease();
+    this.watcher.pause();
+    await Promise.all([
+      ...this.all().flatMap((l) =>
+        l.state === 'reclaiming' && l.reclaimed ? [Promise.race([l.reclaimed, l.whenParked])] : [],
+      ),
+      // Released before the hold: their reclaim finishes (scrub, release) before anything is described.
+      ...[...this.#ending].map((l) => l.reclaimed),
+    ]);
+    this.#refuseAwaitingDirect();
   }
 
-  #refuseAwaitingRelease(): void {
-    const parked = this.all().filter((l) => l.state === 'awaiting-release');
+  #refuseAwaitingDirect(): void {
+    const parked = this.all().filter((l) => l.state === 'awaiting-release' && this.direct?.has(l.id));
     if (parked.length) {
       throw new VfioError(
         'EBUSY',
-        `lease(s) ${parked.map((l) => l.id).join(', ')} await the release of their slices: upgrade once they are released`,
+        `lease(s) ${parked.map((l) => l.id).join(', ')} await the release of their audited slices: upgrade once they are released`,
       );
     }
   }
+
+  /**
+   * A parked lease whose slices came back: while an upgrade holds the table, the rest of its reclaim waits
+   * for the outcome — rolled back, it runs here; handed over, this broker only exits and the new one (which
+   * read the release from the same inotify queue) finishes it. Past this point hold() waits for it.
+   */
+  async #pastRelease(lease: Lease): Promise<void> {
+    while (this.#held) await this.#held.promise;
+    this.#ending.add(lease);
+    const done = () => this.#ending.delete(lease);
+    void lease.reclaimed?.then(done, done);
+  }
+
+  /** Leases past their slices' release, finishing their reclaim (see #pastRelease). */
+  readonly #ending = new Set<Lease>();
 
   /** Reclaims asked for while held (their reasons): the handover carries them. */
   get deferredReclaims(): ReadonlyMap<Lease, string> {
@@ -232,6 +252,7 @@ export class LeaseTable extends EventEmitter {
     const held = this.#held;
     this.#held = null;
     this.#deferred.clear();
+    this.watcher.resume();
     held?.resolve();
   }
 
@@ -314,6 +335,7 @@ export class LeaseTable extends EventEmitter {
     }
     const direct = this.direct?.has(lease.id) ? this.direct : null;
     if (direct) await this.#awaitDirectRelease(lease, direct);
+    if (lease.state === 'awaiting-release') await this.#pastRelease(lease);
     // The device went away while we worked: nothing of it can be cleaned, and nothing of it is reused.
     if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
     if (!revoked && (units.length || direct)) {

@@ -49,6 +49,7 @@ import type { Lease } from './lease.js';
 import { LeaseMsix } from './lease-msix.js';
 import type { LeaseTable } from './leases.js';
 import { infoRegionCaps, sliceRegionCaps } from './region-caps.js';
+import { encodePciState, restorePciState, type SessionPciState } from './session-state.js';
 
 /**
  * devlease's notice irq: index 5, the first past VFIO_PCI_NUM_IRQS (QEMU never looks there). Offered only to
@@ -81,7 +82,8 @@ export class LeaseSession implements VfioUserDeviceModel {
     return this.#devlease;
   }
 
-  constructor(lease: Lease, table: LeaseTable, opts: { devlease?: boolean } = {}) {
+  /** `pci`: the virtual PCI state an upgrade carried (session-state.ts); without it, as at reset. */
+  constructor(lease: Lease, table: LeaseTable, opts: { devlease?: boolean; pci?: SessionPciState } = {}) {
     this.#devlease = opts.devlease ?? false;
     this.#lease = lease;
     this.#table = table;
@@ -92,11 +94,17 @@ export class LeaseSession implements VfioUserDeviceModel {
     const sizes = new Map(lease.resources.slices.map((s) => [s.leaseRegion, s.size]));
     if (this.#msix) sizes.set(this.#msix.bar, BigInt(this.#msix.size));
     this.#bars = new LeaseBars(this.#config, sizes);
+    if (opts.pci) restorePciState(opts.pci, this.#config, this.#msix);
     this.#page = BigInt(table.config.layout.pageSize);
   }
 
   get lease(): Lease {
     return this.#lease;
+  }
+
+  /** The virtual config space and MSI-X table as the client left them (an upgrade carries them). */
+  pciState(): SessionPciState {
+    return encodePciState(this.#config, this.#msix);
   }
 
   versionCapabilities(): Record<string, unknown> {

@@ -32,13 +32,15 @@ export class SliceUnit extends EventEmitter {
   }
 
   /**
-   * A unit another broker handed over (an upgrade) with `outstanding` descriptions out: watched from now on.
-   * A release between the old broker's last event and this watch is not seen (the count stays high, which
-   * only ever delays a release; see docs/ARCHITECTURE.md, "Upgrading the broker").
+   * A unit another broker handed over (an upgrade) with `outstanding` descriptions out, `ownOpens` of them
+   * re-opened by that broker with their IN_OPEN not yet read. Its watch is the same one: the watcher adopted
+   * the old broker's inotify instance (SliceWatcher.adopt), whose queue holds every event since the old
+   * broker's count, so no open or close between the two brokers is missed.
    */
-  static adopt(deviceFd: Fd, outstanding: number, watcher: SliceWatcher): SliceUnit {
+  static adopt(deviceFd: Fd, outstanding: number, watcher: SliceWatcher, ownOpens = 0): SliceUnit {
     const u = new SliceUnit(deviceFd);
     u.#open = outstanding;
+    u.#ownOpens = ownOpens;
     if (outstanding > 0) u.#wd = watcher.watch(u);
     return u;
   }
@@ -46,6 +48,11 @@ export class SliceUnit extends EventEmitter {
   /** Outstanding descriptions handed out and not yet seen released. */
   get outstanding(): number {
     return this.#open;
+  }
+
+  /** Our re-opens whose IN_OPEN is still queued (an upgrade carries the number with the queue). */
+  get ownOpens(): number {
+    return this.#ownOpens;
   }
 
   /** A new description of the slice for a client. The caller sends it and closes its copy. */
@@ -90,10 +97,41 @@ export class SliceWatcher {
   get #inotify(): Inotify {
     if (this.#closed)
       throw Object.assign(new Error('slice watcher is closed'), { code: 'ERR_DEVLEASE_CLOSED' });
-    this.#inotifyHandle ??= new Inotify();
+    if (!this.#inotifyHandle) {
+      this.#inotifyHandle = new Inotify();
+      if (this.#paused) this.#inotifyHandle.pause();
+    }
     return this.#inotifyHandle;
   }
   readonly #byWd = new Map<number, Set<SliceUnit>>();
+  #paused = false;
+
+  /**
+   * Take over another broker's inotify instance (an upgrade), paused until resume(): its queue holds the
+   * events the old broker has not read, which are this broker's to count once it owns the leases. Watching a
+   * unit's inode again gives the same wd. Throws if this watcher already made an instance of its own.
+   */
+  adopt(fd: Fd): void {
+    if (this.#inotifyHandle) throw new Error('the slice watcher has an inotify instance already');
+    this.#inotifyHandle = new Inotify(fd);
+    this.pause();
+  }
+
+  /** The inotify instance's fd (an upgrade hands it over), or null if none was ever needed. */
+  get fd(): Fd | null {
+    return this.#inotifyHandle?.fd ?? null;
+  }
+
+  /** Stop reading events, which stay queued (an upgrade's hold: the queue may go to the next broker). */
+  pause(): void {
+    this.#paused = true;
+    this.#inotifyHandle?.pause();
+  }
+
+  resume(): void {
+    this.#paused = false;
+    this.#inotifyHandle?.resume();
+  }
 
   watch(unit: SliceUnit): number {
     const wd = this.#inotify.watch(`/proc/self/fd/${unit.deviceFd.fd}`, IN_OPEN | IN_CLOSE, (ev) => {

@@ -209,12 +209,14 @@ export interface Driver extends EventEmitter {
    * timer and watcher that would touch the device and waits for the work they started; unhold() undoes it (a
    * rollback). handover() describes the driver's state as an opaque JSON blob plus the fds it holds (in
    * order); the new broker's driver adopt()s them instead of boot(), given the resources of the leases taken
-   * over, and checks the device still agrees (rejecting if not).
+   * over, and checks the device still agrees (rejecting if not). `parked`: the resources of leases taken over
+   * whose reclaim has not finished (awaiting the release of their slices, quarantined): kept out of the pool,
+   * not checked (their work is stopped); the new broker finishes their reclaim (release() then) or keeps them.
    */
   hold?(): Promise<void>;
   unhold?(): void;
   handover?(): { state: unknown; fds: Fd[] };
-  adopt?(state: unknown, fds: Fd[], leased: LeaseResources[]): Promise<void>;
+  adopt?(state: unknown, fds: Fd[], leased: LeaseResources[], parked?: LeaseResources[]): Promise<void>;
 }
 
 /** An identity view of `window`, for drivers whose device cannot translate addresses. */

@@ -22,15 +22,18 @@ export class Inotify {
   #callbacks = new Map<number, (ev: InotifyEvent) => void>();
   #watch: Watch | null = null;
   #refed = true;
+  /** Paused: nothing is read (events stay queued in the kernel) until resume(). */
+  #paused = false;
 
-  constructor() {
-    this.fd = new Fd(native.inotifyInit());
+  /** A new instance, or `adopted` (an instance another process made and handed over, with its watches). */
+  constructor(adopted?: Fd) {
+    this.fd = adopted ?? new Fd(native.inotifyInit());
   }
 
   /** Adds (or replaces) the watch on `path`; returns its watch descriptor. */
   watch(path: string, mask: number, cb: (ev: InotifyEvent) => void): number {
     const wd = native.inotifyAddWatch(this.fd.fd, path, mask);
-    if (this.#watch === null) {
+    if (this.#watch === null && !this.#paused) {
       try {
         this.#watch = new Watch(this.fd.fd, READABLE, () => this.#dispatch());
       } catch (err) {
@@ -60,6 +63,25 @@ export class Inotify {
     } catch (err) {
       if (!isSysError(err, 'EINVAL')) throw err;
     }
+  }
+
+  /**
+   * Stop reading: events stay queued in the kernel, in order, for whoever reads next — this instance after
+   * resume(), or the process it was handed to (a broker upgrade). Idempotent.
+   */
+  pause(): void {
+    this.#paused = true;
+    this.#watch?.stop();
+    this.#watch = null;
+  }
+
+  /** Read again (what queued meanwhile first). Idempotent. */
+  resume(): void {
+    if (!this.#paused || this.fd.closed) return;
+    this.#paused = false;
+    if (this.#callbacks.size === 0 || this.#watch) return;
+    this.#watch = new Watch(this.fd.fd, READABLE, () => this.#dispatch());
+    if (!this.#refed) this.#watch.unref();
   }
 
   /** While watches exist, keep the event loop alive (the default) / do not. */

@@ -11,12 +11,11 @@
 // Ownership is checked in the simulator's view (one owner connection) and the
 // kernel's (which processes hold that connection: test/upgrade/holders.ts).
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { until } from '../interop/helpers/peers.js';
 import { deviceHolders } from './holders.js';
-import { alive, UpgradeRig } from './rig.js';
+import { alive, stopped, UpgradeRig } from './rig.js';
 
 after(trackFdLeaks());
 
@@ -26,15 +25,6 @@ const STEPS = [
   ['transferred', true],
   ['ready', true],
 ] as const;
-
-/** 'T' once the process stopped itself (SIGSTOP). */
-function stopped(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] === 'T';
-  } catch {
-    return false;
-  }
-}
 
 for (const [step, takesOver] of STEPS) {
   test(`the old broker killed at '${step}': ${takesOver ? 'the new one owns everything' : 'reclaimed cleanly, a restart owns the device'}`, {

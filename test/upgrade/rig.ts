@@ -1,6 +1,6 @@
 // A simulator, a `devlease daemon` and lease clients, each its own process, for the upgrade tests.
 import { type ChildProcess, fork, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,12 +34,19 @@ export class UpgradeRig {
     return join(this.dir, 'run', 'sa1', 'queue.sock');
   }
 
-  static async start(env: Record<string, string> = {}): Promise<UpgradeRig> {
+  /** `config`: a config file's text (TOML) the daemon starts with (and hands to its upgrades). */
+  static async start(env: Record<string, string> = {}, opts: { config?: string } = {}): Promise<UpgradeRig> {
     const rig = new UpgradeRig();
+    if (opts.config !== undefined) {
+      rig.configFile = join(rig.dir, 'devlease.toml');
+      writeFileSync(rig.configFile, opts.config);
+    }
     rig.sim = await spawnSimulator({ socketPath: join(rig.dir, 'sim.sock'), numQueues: 8 });
     await rig.startDaemon(env);
     return rig;
   }
+
+  configFile: string | null = null;
 
   /** Start a `devlease daemon` on the rig's simulator and rundir (again: a restart after a broker died). */
   async startDaemon(env: Record<string, string> = {}): Promise<void> {
@@ -52,6 +59,7 @@ export class UpgradeRig {
         `vfio-user:${this.sim.socketPath}`,
         '--rundir',
         join(this.dir, 'run'),
+        ...(this.configFile ? ['--config', this.configFile] : []),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
     );
@@ -170,6 +178,15 @@ export class UpgradeRig {
     await stopChild(this.daemon);
     await this.sim.close();
     rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** 'T' once the process stopped itself (SIGSTOP: DEVLEASE_TEST_UPGRADE_OLD_STOP). */
+export function stopped(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] === 'T';
+  } catch {
+    return false;
   }
 }
 

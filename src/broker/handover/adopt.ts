@@ -21,7 +21,7 @@ import type { PendingSession } from '../pending-session.js';
 import { LeaseSession } from '../session.js';
 import { SliceUnit } from '../slices.js';
 import type { BrokerParts } from './collect.js';
-import type { BrokerState } from './format.js';
+import type { BrokerState, HandedLease } from './format.js';
 
 /** The device connection of the state (the daemon opens the device from it instead of --device). */
 export async function adoptDevice(state: BrokerState, fds: Fd[]): Promise<Device> {
@@ -35,17 +35,16 @@ export async function adoptDriver(b: Broker, state: BrokerState, fds: Fd[]): Pro
   if (state.driver.name !== b.driver.name)
     throw new Error(`the state is of driver ${state.driver.name}, this device gets ${b.driver.name}`);
   if (!b.driver.adopt) throw new Error(`driver ${b.driver.name} cannot take a handed-over device`);
-  const leased: LeaseResources[] = state.leases.list
-    .filter((l) => l.state !== 'released')
-    .map((l) => l.resources);
+  const running = (s: string) => s === 'active' || s === 'revoking';
+  const of = (want: (l: HandedLease) => boolean): LeaseResources[] =>
+    state.leases.list.filter(want).map((l) => l.resources);
   await b.driver.adopt(
     state.driver.state,
     state.driver.fds.map((i) => take(fds, i)),
-    leased.filter((r) =>
-      state.leases.list.some((l) => l.resources === r && (l.state === 'active' || l.state === 'revoking')),
-    ),
+    of((l) => running(l.state)),
+    // Awaiting the release of their slices, or quarantined: out of the pool until their reclaim ends.
+    of((l) => !running(l.state) && l.state !== 'released'),
   );
-  // Quarantined leases keep their resources out of the pool as before.
   await b.driver.hold?.();
 }
 
@@ -69,6 +68,9 @@ export function rebuild(
   makeSession: SessionMaker,
 ): void {
   b.leases.idSequence = state.leases.nextId;
+  // The old broker's slice events not yet read are in this queue (paused until takeOver()): read here, a
+  // release between the old broker's count and now is seen.
+  if (typeof state.leases.sliceWatch === 'number') b.leases.watcher.adopt(take(fds, state.leases.sliceWatch));
   if (state.leases.draining) b.leases.draining = true;
   for (const h of state.leases.list) {
     const lease = new Lease(h.id, h.request, h.ctx, h.resources);
@@ -82,7 +84,7 @@ export function rebuild(
     for (const [region, units] of h.slices)
       lease.slices.set(
         region,
-        units.map((u) => SliceUnit.adopt(take(fds, u.fd), u.outstanding, b.leases.watcher)),
+        units.map((u) => SliceUnit.adopt(take(fds, u.fd), u.outstanding, b.leases.watcher, u.ownOpens ?? 0)),
       );
     lease.errFd = h.errFd === null ? null : take(fds, h.errFd);
     lease.reqFd = h.reqFd === null ? null : take(fds, h.reqFd);
@@ -115,7 +117,10 @@ export function rebuild(
       server.serveSocket(socket);
       continue;
     }
-    const session = new LeaseSession(lease, b.leases, { devlease: s.devlease });
+    const session = new LeaseSession(lease, b.leases, {
+      devlease: s.devlease,
+      ...(s.pci ? { pci: s.pci } : {}),
+    });
     const model = makeSession(s.kind, { id: 0, cred: socket.peerCred() }, socket, { session, pidfd });
     server.adoptSocket(socket, model, s.adopted);
   }
@@ -159,5 +164,10 @@ export function finishTakeOver(b: Broker): void {
     const l = b.leases.get(id);
     if (l) void b.leases.reclaim(l, reason);
   }
+  // Awaiting the release of their slices: the reclaim runs again from the start (quiesce, unwire, unmap are
+  // idempotent; the audit shows it) and waits for the release here, or goes on if it already came.
+  for (const l of b.leases.all())
+    if (l.state === 'awaiting-release' && !l.reclaimed)
+      void b.leases.reclaim(l, l.endReason ?? 'awaiting the release of its slices (carried over)');
   pendingReclaims.delete(b);
 }

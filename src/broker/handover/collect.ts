@@ -140,6 +140,7 @@ export function collect(
         lease: adopted ? (entry?.pending.session?.lease.id ?? null) : null,
         adopted,
         devlease: entry?.pending.session?.devlease ?? false,
+        pci: adopted ? (entry?.pending.session?.pciState() ?? null) : null,
       });
     }
   });
@@ -157,7 +158,7 @@ export function collect(
     mappings: [...l.mappings.values()],
     slices: [...l.slices.entries()].map(([r, units]) => [
       r,
-      units.map((u) => ({ fd: add(u.deviceFd), outstanding: u.outstanding })),
+      units.map((u) => ({ fd: add(u.deviceFd), outstanding: u.outstanding, ownOpens: u.ownOpens })),
     ]),
     errFd: l.errFd && !l.errFd.closed ? add(l.errFd) : null,
     reqFd: l.reqFd && !l.reqFd.closed ? add(l.reqFd) : null,
@@ -173,7 +174,12 @@ export function collect(
     driver: { name: b.driver.name, state: drv.state, fds: drv.fds.map(add) },
     listening,
     admin: { connections: (admin?.connections ?? []).map(add), upgradeAsker: admin?.asker ?? null },
-    leases: { nextId: b.leases.idSequence, draining: b.leases.draining, list },
+    leases: {
+      nextId: b.leases.idSequence,
+      draining: b.leases.draining,
+      list,
+      sliceWatch: b.leases.watcher.fd ? add(b.leases.watcher.fd) : null,
+    },
     sessions,
     audit: { recent: b.audit.recent.slice(-100) },
   };

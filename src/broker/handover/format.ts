@@ -13,6 +13,7 @@ import type { AdoptedSession } from '../../vfio/user/connection.js';
 import type { AuditRecord } from '../audit.js';
 import type { LeaseMapping, LeaseState } from '../lease.js';
 import type { CallerContext } from '../policy.js';
+import type { SessionPciState } from '../session-state.js';
 
 export const STATE_FORMAT = 'devlease-broker-state';
 /**
@@ -41,8 +42,11 @@ export interface HandedLease {
   /** Revoke deadline, absolute (ms since the epoch): re-armed with what is left of it. */
   deadline: number | null;
   mappings: LeaseMapping[];
-  /** Per lease region: each unit's device fd (index) and how many descriptions are out. */
-  slices: [number, { fd: number; outstanding: number }[]][];
+  /**
+   * Per lease region: each unit's device fd (index) and how many descriptions are out; ownOpens (added in
+   * version 1; absent: 0): how many of those the old broker re-opened with their IN_OPEN still queued.
+   */
+  slices: [number, { fd: number; outstanding: number; ownOpens?: number }[]][];
   errFd: number | null;
   reqFd: number | null;
   noticeFd: number | null;
@@ -62,6 +66,11 @@ export interface HandedSession {
   lease: string | null;
   adopted: AdoptedSession | null;
   devlease: boolean;
+  /**
+   * The session's virtual config space and MSI-X table (added in version 1; absent from older documents:
+   * the session then starts from the reset state).
+   */
+  pci?: SessionPciState | null;
 }
 
 export interface BrokerState {
@@ -76,7 +85,12 @@ export interface BrokerState {
   listening: { name: string; path: string; type: 'stream' | 'seqpacket'; fd: number }[];
   /** upgradeAsker: which connection's `upgrade` request is unanswered (added in version 1; may be absent). */
   admin: { connections: number[]; upgradeAsker?: number | null };
-  leases: { nextId: number; draining: boolean; list: HandedLease[] };
+  /**
+   * sliceWatch (added in version 1; absent: a fresh instance, and a slice release between the two brokers
+   * is missed): the fd of the slice watcher's inotify instance, its unread events queued for the new broker.
+   * A lease 'awaiting-release' is reclaimed again by the new broker (the steps are idempotent) and waits there.
+   */
+  leases: { nextId: number; draining: boolean; list: HandedLease[]; sliceWatch?: number | null };
   sessions: HandedSession[];
   audit: { recent: AuditRecord[] };
 }

@@ -394,7 +394,12 @@ export class Sa1Driver extends EventEmitter implements Driver {
     };
   }
 
-  async adopt(state: unknown, fds: Fd[], leased: LeaseResources[]): Promise<void> {
+  async adopt(
+    state: unknown,
+    fds: Fd[],
+    leased: LeaseResources[],
+    parked: LeaseResources[] = [],
+  ): Promise<void> {
     const s = state as Sa1HandoverState;
     const [faultFd, errFd] = fds;
     if (!faultFd || !errFd || !s?.geometry) throw new Error('sa1: the handed-over state lacks its eventfds');
@@ -407,13 +412,13 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#qcfg.clear();
     for (const q of s.cleanQueues) this.#cleanQueues.add(q);
     const g = this.#geo;
-    const held = new Set(leased.map((r) => r.queue));
+    const held = new Set([...leased, ...parked].map((r) => r.queue));
     this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i).filter(
       (q) => !this.#stuckQueues.has(q) && !held.has(q),
     );
     this.#windows = new WindowSlots(this.#cfg.sa1.windowSize, g.numQueues, this.#dev.iovaRanges());
     this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
-    for (const r of leased) if (r.devmem) this.#granules.reserve(r.devmem);
+    for (const r of [...leased, ...parked]) if (r.devmem) this.#granules.reserve(r.devmem);
     this.#monitor.adopt(faultFd, errFd, s.faultsSeen);
     // The device must still be as the old broker left it: running, and every leased queue enabled.
     const status = await this.#dev.read32(BAR0, REG.STATUS);

@@ -1,0 +1,114 @@
+// A lease session's virtual PCI state survives an upgrade: a stock vfio-user
+// client (as QEMU is: no devlease capability) enables memory decoding and bus
+// mastering in the command register, places the MSI-X BAR, enables MSI-X and
+// programs vector 0's table entry (address, data, unmasked), wires the vector
+// to an eventfd and takes an interrupt. The broker is upgraded (a new process);
+// the client reads back every value it wrote, and the next interrupt of its
+// queue arrives on the same eventfd — with no new SET_IRQS.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { encodeDescriptor } from '../../src/sim/model/descriptor.js';
+import { EventFd, Mapping, MemFd } from '../../src/sys/index.js';
+import {
+  VFIO_IRQ_SET_ACTION_TRIGGER,
+  VFIO_IRQ_SET_DATA_EVENTFD,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+} from '../../src/vfio/uapi/vfio.js';
+import { VfioUserClient } from '../../src/vfio/user/client.js';
+import { until } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { alive, UpgradeRig } from './rig.js';
+
+after(trackFdLeaks());
+
+const CONFIG = 7;
+const u32 = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset).getUint32(at, true);
+const u16 = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset).getUint16(at, true);
+const le32 = (v: number) => {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, v >>> 0, true);
+  return b;
+};
+const le16 = (v: number) => new Uint8Array([v & 0xff, v >> 8]);
+
+test('config space and MSI-X table writes of a stock client survive an upgrade; its vector still fires', {
+  timeout: 180_000,
+}, async () => {
+  const rig = await UpgradeRig.start();
+  const client = await VfioUserClient.connect(rig.queueSocket);
+  const efd = new EventFd();
+  using ram = MemFd.create('guest-ram', { size: 65536 });
+  const ramMap = ram.map();
+  let page: Mapping | null = null;
+  try {
+    const cs = await client.regionRead(CONFIG, 0, 256);
+    const bir = u32(cs, 0x44) & 7;
+    const table = u32(cs, 0x44) & ~7;
+    const barReg = 0x10 + 4 * bir;
+    // What QEMU does on the way up: BAR placed, memory + bus master on, MSI-X enabled, vector 0 programmed.
+    await client.regionWrite(CONFIG, barReg, le32(0xfeb0_0000));
+    await client.regionWrite(CONFIG, 0x04, le16(0x0006));
+    await client.regionWrite(CONFIG, 0x42, le16(0x8000));
+    await client.regionWrite(bir, table + 0, le32(0xfee0_1000));
+    await client.regionWrite(bir, table + 4, le32(0));
+    await client.regionWrite(bir, table + 8, le32(0x4021));
+    await client.regionWrite(bir, table + 12, le32(0)); // unmasked
+    const wrote = {
+      command: u16(await client.regionRead(CONFIG, 0x04, 2), 0),
+      bar: u32(await client.regionRead(CONFIG, barReg, 4), 0),
+      msixControl: u16(await client.regionRead(CONFIG, 0x42, 2), 0),
+      entry: [...(await client.regionRead(bir, table, 16))],
+    };
+    assert.equal(wrote.command & 0x6, 0x6, 'memory and bus master on');
+    assert.equal((wrote.bar & 0xffff_f000) >>> 0, 0xfeb0_0000, 'the BAR holds its address');
+    assert.equal(wrote.msixControl & 0x8000, 0x8000, 'MSI-X enabled');
+
+    await client.setIrqs({
+      flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+      index: VFIO_PCI_MSIX_IRQ_INDEX,
+      start: 0,
+      count: 1,
+      fds: [efd.fd],
+    });
+    await client.dmaMap({ fd: ram.fd, iova: 0n, size: 65536n, flags: 3 });
+    const qp = await client.regionInfo(2);
+    assert.ok(qp.fd, 'the queue page is mmap-able');
+    page = Mapping.map(qp.fd, { length: Number(qp.size) });
+    qp.fd.close();
+    const p = new DataView(page.u8.buffer, page.u8.byteOffset, 64);
+    p.setBigUint64(0x00, 0n, true); // SQ_BASE
+    p.setUint32(0x08, 4, true); // SQ_SIZE
+    p.setBigUint64(0x18, 0x1000n, true); // CQ_BASE
+    p.setUint32(0x20, 4, true); // CQ_SIZE
+    p.setUint32(0x30, 0, true); // IRQ_MODE: flagged descriptors only
+    const nop = async (slot: number, tag: bigint) => {
+      encodeDescriptor({ opcode: 0, flags: 1 /* INTR */, tag }, ramMap.u8, slot * 64);
+      p.setUint32(0x0c, slot + 1, true); // SQ_TAIL
+      await until(`the vector to fire for descriptor ${slot}`, () => efd.read() !== null, 60_000);
+      const cqe = new DataView(ramMap.u8.buffer, ramMap.u8.byteOffset + 0x1000 + slot * 16, 16);
+      assert.equal(cqe.getBigUint64(0, true), tag, `completion ${slot} written`);
+    };
+    await nop(0, 0x77n);
+
+    const old = await rig.brokerPid();
+    const r = await rig.request({ op: 'upgrade' });
+    assert.equal(r.upgraded, true);
+    assert.notEqual(await rig.brokerPid(), old, 'a new broker process serves the lease');
+    await until('the old broker to exit', () => !alive(old), 30_000);
+
+    const now = {
+      command: u16(await client.regionRead(CONFIG, 0x04, 2), 0),
+      bar: u32(await client.regionRead(CONFIG, barReg, 4), 0),
+      msixControl: u16(await client.regionRead(CONFIG, 0x42, 2), 0),
+      entry: [...(await client.regionRead(bir, table, 16))],
+    };
+    assert.deepEqual(now, wrote, 'the client reads back what it wrote before the upgrade');
+    await nop(1, 0x78n); // the same eventfd, no new SET_IRQS
+  } finally {
+    page?.unmap();
+    ramMap.unmap();
+    await client.close();
+    efd.close();
+    await rig.close();
+  }
+});
