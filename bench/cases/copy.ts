@@ -23,6 +23,11 @@ const gbps = (bytes: number, us: number): string => `${(bytes / us / 1000).toFix
 
 runCase('copy', 'COPY throughput vs memcpy (TypedArray.set)', async (quick) => {
   const n = quick ? 300 : 3000;
+  // What any device on another core pays for a 4 KiB copy of data the client just wrote: the handoff there
+  // and back plus the copy of 64 lines dirty in the client's cache (copy-floor.ts). Before the rig starts:
+  // its device worker spins, and a third spinner on two cores would measure the scheduler.
+  progress(`cross-core memcpy floor: ${n * 10} handoffs of 4 KiB`);
+  const xcore = await crossCoreCopyFloor(4096, n * 10, quick ? 2000 : 30_000);
   const rig = await startRig({ simArgs: ['--queues', '4', '--idle-poll-us', '0'] });
   const client = await ClientProc.spawn();
   const metrics: Metric[] = [];
@@ -48,10 +53,6 @@ runCase('copy', 'COPY throughput vs memcpy (TypedArray.set)', async (quick) => {
       cpu.note = gbps(s.bytes, cpu.median);
       metrics.push(cpu, dev);
     }
-    // What any device on another core pays for a 4 KiB copy of data the client just wrote: the handoff
-    // there and back plus the copy of 64 lines dirty in the client's cache (copy-floor.ts).
-    progress(`cross-core memcpy floor: ${n * 10} handoffs of 4 KiB`);
-    const xcore = await crossCoreCopyFloor(4096, n * 10, quick ? 2000 : 30_000);
     const floor = metric(
       'xcore-4096',
       'cross-core memcpy 4 KiB (other process copies what this one wrote)',
