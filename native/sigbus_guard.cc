@@ -105,6 +105,12 @@ int Register(void* address, size_t length, int prot) {
 
 uint64_t Revocations() { return revocations.load(std::memory_order_acquire); }
 
+const uint64_t* RevocationsWord() {
+  // A lock-free std::atomic<uint64_t> is the 8 bytes of its value (static_assert above).
+  static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t));
+  return reinterpret_cast<const uint64_t*>(&revocations);
+}
+
 bool IsRevoked(int slot) { return slots[slot].revoked.load(std::memory_order_acquire); }
 
 bool IsRevokedAt(uintptr_t address) {

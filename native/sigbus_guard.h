@@ -18,6 +18,8 @@ int Install();
 int Register(void* address, size_t length, int prot);
 /** Revocations made so far in this process (any slot): unchanged across an access means none happened in it. */
 uint64_t Revocations();
+/** The revocation counter itself (static, never freed): readers in JavaScript load it without a call. */
+const uint64_t* RevocationsWord();
 /** True once the handler replaced the slot's mapping. */
 bool IsRevoked(int slot);
 /**

@@ -141,6 +141,8 @@ export interface NativeAddon {
   mmap(fd: number, length: number, prot: number, offset: number, guard: boolean): RawMapping;
   /** Guarded mappings revoked so far in this process (a file shrank under one); see Mapping.isRevoked(). */
   guardRevocations(): number;
+  /** The same count as a Uint32Array of 2 (low word first) over the counter itself: a load, not a call. */
+  guardRevocationsWord(): Uint32Array;
   /** Whether the guarded mapping starting at `address` was revoked (a thread holding its buffer, not its handle). */
   guardRevokedAt(address: bigint): boolean;
 

@@ -35,6 +35,7 @@ import {
   ST_WINDOW_VIOLATION,
 } from './datasheet.js';
 import { type Descriptor, decodeDescriptor, writeCompletion } from './descriptor.js';
+import { fail, isPlainNop, OK_NOP, type Outcome, ok, plainCopy, touchPages } from './fast-path.js';
 import type { FaultLog } from './faults.js';
 import type { Iommu } from './iommu.js';
 import {
@@ -63,18 +64,6 @@ export interface EngineContext {
   signalQueue(q: Queue): void;
 }
 
-interface Outcome {
-  status: number;
-  result: number;
-  bytes: number;
-  /** The IOVA or BAR4 offset that faulted, for statuses that write a fault record. */
-  at: bigint;
-}
-
-const ok = (result: number, bytes: number): Outcome => ({ status: ST_OK, result, bytes, at: 0n });
-/** A NOP's outcome: outcomes are never mutated, so one object serves every NOP. */
-const OK_NOP: Outcome = Object.freeze(ok(0, 0));
-const fail = (status: number, at: bigint): Outcome => ({ status, result: 0, bytes: 0, at });
 const isPow2Ring = (n: number): boolean =>
   n >= RING_MIN_ENTRIES && n <= RING_MAX_ENTRIES && (n & (n - 1)) === 0;
 
@@ -84,9 +73,10 @@ export class Engine {
   /** Scratch for one fetched SQE's bytes (decoded into its own Descriptor at once). */
   readonly #sqeScratch = new Uint8Array(SQ_ENTRY_SIZE);
   readonly #sqeView = new DataView(this.#sqeScratch.buffer);
-  /** The CQ memory last written, as words: rings stay in one mapping, so one view serves every CQE. */
-  #cqBuffer: ArrayBufferLike | null = null;
-  #cqWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
+  readonly #sqeWords = new Int32Array(this.#sqeScratch.buffer);
+  /** Scratch for a plain COPY's two operands (#plainCopy): reused, never held across calls. */
+  readonly #srcSegs: Segments = [];
+  readonly #dstSegs: Segments = [];
 
   constructor(private readonly ctx: EngineContext) {}
 
@@ -112,29 +102,90 @@ export class Engine {
     if (((q.cqTail - q.cqHead) >>> 0) + q.inflight.length >= q.cqSize) return false; // CQ full: back-pressure
     if (q.inflight.length >= MAX_INFLIGHT) return false;
 
-    const slotIova = q.sqBase + BigInt((q.sqHead % q.sqSize) * SQ_ENTRY_SIZE);
-    const segs = this.#ringSegs;
-    segs.length = 0;
-    const fault = this.#translate(q, slotIova, SQ_ENTRY_SIZE, false, segs);
-    if (fault !== null) {
-      this.#queueFault(q, ST_IOMMU_FAULT, fault);
+    const sqe = this.#sqeWords;
+    const ring = this.#rings(q) ? q.sqRing : null;
+    if (ring !== null) {
+      // The SQ is one piece of mapped memory (the common case): the slot's words, no translation.
+      const o = (q.sqHead & (q.sqSize - 1)) * (SQ_ENTRY_SIZE / 4);
+      for (let i = 0; i < SQ_ENTRY_SIZE / 4; i++) sqe[i] = ring[o + i] as number;
+    } else {
+      const slotIova = q.sqBase + BigInt((q.sqHead % q.sqSize) * SQ_ENTRY_SIZE);
+      const segs = this.#ringSegs;
+      segs.length = 0;
+      const fault = this.#translate(q, slotIova, SQ_ENTRY_SIZE, false, segs);
+      if (fault !== null) {
+        this.#queueFault(q, ST_IOMMU_FAULT, fault);
+        return true;
+      }
+      gather(segs, this.#sqeScratch);
+    }
+    if (this.ctx.iommu.sync()) {
+      const slotIova = q.sqBase + BigInt((q.sqHead % q.sqSize) * SQ_ENTRY_SIZE);
+      const shrank = this.#deadAt(q, slotIova, SQ_ENTRY_SIZE);
+      if (shrank !== null) {
+        this.#queueFault(q, ST_IOMMU_FAULT, shrank);
+        return true;
+      }
+    }
+    const delay = this.ctx.delayMs(q);
+    if (delay === 0 && q.inflight.length === 0 && isPlainNop(sqe)) {
+      // A well-formed NOP completing at once (the hot path): no Descriptor, no BigInt; SQ_HEAD is published
+      // with the completion (one publish per descriptor instead of two).
+      q.sqHead = (q.sqHead + 1) >>> 0;
+      this.#writeCompletionWords(q, sqe[8] as number, sqe[9] as number, (sqe[0] as number) >>> 8, OK_NOP);
       return true;
+    }
+    if (delay === 0 && q.inflight.length === 0) {
+      // A plain host-memory COPY completing at once: checked and run from the words (no BigInt); anything
+      // it does not handle, or that fails a check, takes the decoded path below, which names the failure.
+      const out = plainCopy(this.ctx.iommu, q, sqe, this.#srcSegs, this.#dstSegs);
+      if (out !== null) {
+        q.sqHead = (q.sqHead + 1) >>> 0;
+        this.#writeCompletionWords(q, sqe[8] as number, sqe[9] as number, (sqe[0] as number) >>> 8, out);
+        if (out.status === ST_IOMMU_FAULT) this.#queueFault(q, out.status, out.at); // as #complete()
+        return true;
+      }
     }
     // Decoded at once into its own object: the raw bytes are scratch, reused by the next fetch.
-    const raw = gather(segs, this.#sqeScratch);
-    const shrank = this.ctx.iommu.sync() ? this.#deadAt(q, slotIova, SQ_ENTRY_SIZE) : null;
-    if (shrank !== null) {
-      this.#queueFault(q, ST_IOMMU_FAULT, shrank);
+    const desc = decodeDescriptor(this.#sqeScratch, this.#sqeView);
+    q.sqHead = (q.sqHead + 1) >>> 0;
+    if (delay === 0 && q.inflight.length === 0) {
+      this.#complete(q, { desc, readyAt: 0, poisonIova: null }); // publishes SQ_HEAD with the completion
       return true;
     }
-    const desc = decodeDescriptor(raw, this.#sqeView);
-    q.sqHead = (q.sqHead + 1) >>> 0;
     q.publish();
-    const delay = this.ctx.delayMs(q);
-    const entry: InFlight = { desc, readyAt: this.ctx.now() + delay, poisonIova: null };
-    if (delay === 0 && q.inflight.length === 0) this.#complete(q, entry);
-    else q.inflight.push(entry);
+    q.inflight.push({ desc, readyAt: this.ctx.now() + delay, poisonIova: null });
     return true;
+  }
+
+  /**
+   * Cache both rings as words of the memory they translate to, once per IOMMU generation (a map added or
+   * removed, a revocation noticed) and Q_XLAT: a fetch and a completion then index the words instead of translating
+   * their slot. Returns false when a ring does not translate to one word-aligned piece (unmapped, split
+   * across maps, dead): the caller translates per slot, which faults exactly where it did.
+   */
+  #rings(q: Queue): boolean {
+    const iommu = this.ctx.iommu;
+    if (q.ringGen === iommu.generation && q.ringXlat === q.xlat) return q.sqRing !== null;
+    q.sqRing = null;
+    q.cqRing = null;
+    const sq = this.#ringPiece(q, q.sqBase, q.sqSize * SQ_ENTRY_SIZE, false);
+    const cq = sq && this.#ringPiece(q, q.cqBase, q.cqSize * CQ_ENTRY_SIZE, true);
+    if (sq && cq) {
+      q.sqRing = sq;
+      q.cqRing = cq;
+    }
+    q.ringGen = iommu.generation; // after translating: a miss may have applied waiting maps
+    q.ringXlat = q.xlat;
+    return q.sqRing !== null;
+  }
+
+  #ringPiece(q: Queue, iova: bigint, length: number, write: boolean): Int32Array | null {
+    const segs: Segments = [];
+    if (this.#translate(q, iova, length, write, segs) !== null || segs.length !== 1) return null;
+    const s = segs[0] as Uint8Array;
+    if (s.byteOffset % 4 !== 0) return null;
+    return new Int32Array(s.buffer, s.byteOffset, length / 4);
   }
 
   /** Write ABORTED for every in-flight descriptor (queue reset or disable). */
@@ -223,47 +274,46 @@ export class Engine {
    * checked at latch) only a fault record is written; returns false then.
    */
   #writeCompletion(q: Queue, desc: Descriptor, out: Outcome): boolean {
-    const slotIova = q.cqBase + BigInt((q.cqTail % q.cqSize) * CQ_ENTRY_SIZE);
-    const segs = this.#ringSegs;
-    segs.length = 0;
-    const fault = this.#translate(q, slotIova, CQ_ENTRY_SIZE, true, segs);
-    if (fault !== null) {
-      this.#queueFault(q, ST_IOMMU_FAULT, fault);
-      return false;
-    }
+    const tagLo = Number(desc.tag & 0xffff_ffffn) | 0;
+    const tagHi = Number(desc.tag >> 32n) | 0;
+    return this.#writeCompletionWords(q, tagLo, tagHi, desc.flags, out);
+  }
+
+  /**
+   * The CQE (§3): the tag and result as plain word stores, then the status and phase word with
+   * Atomics.store, which orders them before it (the phase is what the client polls); then SQ_HEAD, CQ_TAIL
+   * and the counters. The CQ base is 16-byte aligned (latch checks it), so every slot is 4-byte aligned.
+   * Int32Array stores are little-endian, as the CQE is, on every host Node runs SA-1 on (x86-64, arm64).
+   */
+  #writeCompletionWords(q: Queue, tagLo: number, tagHi: number, flags: number, out: Outcome): boolean {
     const phase = Math.floor(q.cqTail / q.cqSize) & 1 ? 0 : 1;
-    this.#writeCqe(segs[0] as Uint8Array, desc.tag, out.result, out.status, phase);
+    const word = (out.status & 0xffff) | (phase << 16);
+    const ring = this.#rings(q) ? q.cqRing : null;
+    if (ring !== null) {
+      const i = (q.cqTail & (q.cqSize - 1)) * (CQ_ENTRY_SIZE / 4);
+      ring[i] = tagLo;
+      ring[i + 1] = tagHi;
+      ring[i + 2] = out.result | 0;
+      Atomics.store(ring, i + 3, word);
+    } else {
+      const slotIova = q.cqBase + BigInt((q.cqTail % q.cqSize) * CQ_ENTRY_SIZE);
+      const segs = this.#ringSegs;
+      segs.length = 0;
+      const fault = this.#translate(q, slotIova, CQ_ENTRY_SIZE, true, segs);
+      if (fault !== null) {
+        this.#queueFault(q, ST_IOMMU_FAULT, fault);
+        return false;
+      }
+      const tag = (BigInt(tagHi >>> 0) << 32n) | BigInt(tagLo >>> 0);
+      writeCompletion(segs[0] as Uint8Array, tag, out.result, out.status, phase);
+    }
     q.cqTail = (q.cqTail + 1) >>> 0;
     q.completed += 1;
     q.bytes += out.bytes;
     if (out.status !== ST_OK && out.status !== ST_ABORTED) q.lastError = out.status;
     q.publish();
-    if (q.irqMode === IRQ_MODE_EVERY || (desc.flags & FLAG_INTR) !== 0) q.irqPending++;
+    if (q.irqMode === IRQ_MODE_EVERY || (flags & FLAG_INTR) !== 0) q.irqPending++;
     return true;
-  }
-
-  /**
-   * writeCompletion() without its two views per entry (the hot path): the tag and result as plain word
-   * stores, then the status and phase word with Atomics.store, which orders them before it (§3: the
-   * phase is what the client polls). The CQ base is 16-byte aligned (latch checks it), so every slot is
-   * 4-byte aligned here. Int32Array stores are little-endian, as the CQE is, on every host Node runs SA-1 on
-   * (x86-64, arm64).
-   */
-  #writeCqe(slot: Uint8Array, tag: bigint, result: number, status: number, phase: number): void {
-    if (slot.byteOffset % 4 !== 0 || slot.length < CQ_ENTRY_SIZE) {
-      writeCompletion(slot, tag, result, status, phase);
-      return;
-    }
-    if (slot.buffer !== this.#cqBuffer) {
-      this.#cqBuffer = slot.buffer;
-      this.#cqWords = new Int32Array(slot.buffer, 0, slot.buffer.byteLength >> 2);
-    }
-    const w = this.#cqWords;
-    const i = slot.byteOffset >> 2;
-    w[i] = Number(tag & 0xffff_ffffn) | 0;
-    w[i + 1] = Number(tag >> 32n) | 0;
-    w[i + 2] = result | 0;
-    Atomics.store(w, i + 3, (status & 0xffff) | ((phase & 1) << 16));
   }
 
   #queueFault(q: Queue, code: number, at: bigint): void {
@@ -380,16 +430,6 @@ export class Engine {
     const at = fault === Number(device) ? device : BigInt(fault);
     return xlat === 0n ? at : BigInt.asUintN(64, at - xlat);
   }
-}
-
-/** Read a byte of every 4 KiB page of the segments (and each one's last byte); returns true. */
-function touchPages(segs: Segments): boolean {
-  let x = 0;
-  for (const s of segs) {
-    for (let i = 0; i < s.length; i += 4096) x ^= s[i] as number;
-    if (s.length) x ^= s[s.length - 1] as number;
-  }
-  return x >= 0;
 }
 
 function le64(v: bigint): Uint8Array {

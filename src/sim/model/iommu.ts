@@ -61,14 +61,25 @@ export class Iommu {
    * gone, so none of its bytes can be trusted any more.
    */
   readonly #dead = new Set<DmaMapping>();
-  /** The process's guard revocation count when the maps were last checked. */
-  #revocations = native.guardRevocations();
+  /** The process's guard revocation count (its low word, read in place: a load instead of a native call). */
+  readonly #revocationWord = native.guardRevocationsWord();
+  /** That count when the maps were last checked. */
+  #revocations = Atomics.load(this.#revocationWord, 0);
   /**
    * Called when a translation finds no map (or no permission): the simulator's worker applies map updates
    * its front end already answered (posted one way) and returns true if it applied any; the translation is
    * then tried once more. A map answered before a descriptor was submitted is always found.
    */
   onMiss: (() => boolean) | null = null;
+  /**
+   * Bumped by every change a translation could see (a map added or removed, a revocation noticed): a
+   * translation cached with the generation it was made in is still the table's answer while it holds.
+   */
+  #generation = 0;
+
+  get generation(): number {
+    return this.#generation;
+  }
 
   get maps(): readonly DmaMapping[] {
     return this.#maps;
@@ -88,6 +99,7 @@ export class Iommu {
 
   add(m: DmaMapping): void {
     this.checkFree(m.iova, m.size);
+    this.#generation++;
     this.#maps.splice(this.#firstEndingAfter(m.iova), 0, m);
   }
 
@@ -98,6 +110,7 @@ export class Iommu {
    * no reference.
    */
   remove(iova: number, size: number, all = false): DmaMapping[] {
+    this.#generation++;
     if (all) {
       const out = this.#maps;
       this.#maps = [];
@@ -127,14 +140,16 @@ export class Iommu {
   }
 
   /**
-   * Notice maps whose backing shrank since the last call: one native load when nothing changed (the
-   * process-wide revocation count). Returns true when some guarded mapping was revoked since; the engine
+   * Notice maps whose backing shrank since the last call: one load when nothing changed (the process-wide
+   * revocation count, read in the native counter's own memory). Returns true when some guarded mapping was revoked since; the engine
    * calls it before and after each access, and on true asks deadIn() about the ranges it touched.
    */
   sync(): boolean {
-    const n = native.guardRevocations();
+    // The low word changes with every revocation (2^32 of them between two looks would be needed to miss one).
+    const n = Atomics.load(this.#revocationWord, 0);
     if (n === this.#revocations) return false;
     this.#revocations = n;
+    this.#generation++;
     for (const m of this.#maps) if (m.revoked?.()) this.#dead.add(m);
     return true;
   }

@@ -45,6 +45,8 @@ export class QueueRegisters {
   #memBase = 0;
   #memSize = 0;
   #xlat = 0n;
+  /** Q_INFLIGHT as last stored (the register file starts at 0, and only publishInflight stores it). */
+  #inflightShown = 0;
 
   constructor(
     readonly index: number,
@@ -132,19 +134,22 @@ export class QueueRegisters {
     return this.#completed;
   }
   set completed(v: number) {
+    this.regs.updateCount(this.qcfgAt + Q_COMPLETED, this.#completed, v);
     this.#completed = v;
-    this.regs.storeCount(this.qcfgAt + Q_COMPLETED, v);
   }
   get bytes(): number {
     return this.#bytes;
   }
   set bytes(v: number) {
+    this.regs.updateCount(this.qcfgAt + Q_BYTES, this.#bytes, v);
     this.#bytes = v;
-    this.regs.storeCount(this.qcfgAt + Q_BYTES, v);
   }
 
   /** Q_INFLIGHT as the owner reads it. */
   publishInflight(count: number): void {
+    // After every busy turn; unchanged (0 → 0) for every descriptor that completes at once.
+    if (count === this.#inflightShown) return;
+    this.#inflightShown = count;
     this.regs.store(this.qcfgAt + Q_INFLIGHT, count);
   }
 

@@ -112,6 +112,18 @@ export class RegisterFile {
     this.store(off + 4, Math.floor(value / 2 ** 32));
   }
 
+  /**
+   * storeCount() of a counter that was `old`: equal values store nothing, and the high word only when it
+   * changes (the hot path bumps Q_COMPLETED per descriptor; each store is a full fence). A reader may see
+   * the low word wrap before the high word moves, as it could with storeCount().
+   */
+  updateCount(off: number, old: number, value: number): void {
+    if (value === old) return;
+    this.store(off, value % 2 ** 32);
+    const hi = Math.floor(value / 2 ** 32);
+    if (hi !== Math.floor(old / 2 ** 32)) this.store(off + 4, hi);
+  }
+
   /** Byte offset of QCFG[q] in BAR0. */
   static qcfg(q: number): number {
     return REG_QCFG + q * QCFG_STRIDE;
