@@ -17,7 +17,7 @@ const BUF = 65536;
 async function main(): Promise<void> {
   const socket = process.argv[2];
   if (!socket) throw new Error('usage: client-worker <queue.sock>');
-  const lease = await connect({ socket });
+  const lease = await connect({ socket, deferSetup: true }); // Sa1Queue.create shares the setup's round trip
   say({
     type: 'leased',
     lease: lease.info.lease,
