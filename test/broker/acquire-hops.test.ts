@@ -127,7 +127,9 @@ test('setup and queue requests sent together all succeed and are answered in the
       ),
       call(
         'io-fds',
-        client.regionIoFds(2).then((r) => r.fds.forEach((f) => f.close())),
+        client.regionIoFds(2).then((r) => {
+          for (const f of r.fds) f.close();
+        }),
       ),
       call('map-a', map(base)),
       call('map-b', map(base + 0x1000n)),
