@@ -61,8 +61,10 @@ export const REPLY_HIGH_WATER = 1 << 20;
 export const REPLY_HARD_LIMIT = 8 << 20;
 
 /**
- * Requests that may start before the one ahead of them is answered (see Issued in device-model.ts), and how
- * many may be unanswered at once. Everything else — DMA_UNMAP above all, which must see every earlier map's
+ * Requests that may start before the one ahead of them is answered (see Issued in device-model.ts). A pipelined
+ * request also waits until the request MAX_IN_FLIGHT before it is done in the model, so the model serves at
+ * most MAX_IN_FLIGHT requests of a connection at once (replies waiting their turn are bounded by MAX_PENDING);
+ * 8 lets the client library's whole acquire batch (regions, 4 SET_IRQS, io fds, the rings' DMA_MAP) through. Everything else — DMA_UNMAP above all, which must see every earlier map's
  * result — starts only once every earlier request is answered.
  */
 const PIPELINED = new Set([
@@ -70,7 +72,7 @@ const PIPELINED = new Set([
   P.VFIO_USER_DEVICE_SET_IRQS,
   P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
 ]);
-export const MAX_IN_FLIGHT = 4;
+export const MAX_IN_FLIGHT = 8;
 
 /** Commands this server knows but refuses (ENOTSUP), with the reason given in the log. */
 const REFUSED: Record<number, string> = {
@@ -97,7 +99,7 @@ export class VfioUserConnection {
   #pending = 0;
   /** Resolves when the next pipelined request may start (the last request sent its device calls or ended). */
   #turn: Promise<void> = Promise.resolve();
-  /** The last MAX_IN_FLIGHT requests' completions: a pipelined request waits for the oldest. */
+  /** Whether each of the last MAX_IN_FLIGHT requests is done in the model: a pipelined one waits for the oldest. */
   readonly #recent: Promise<void>[] = [];
   /** The model's work after an early VERSION reply failed (versionSettled): the next request's answer. */
   #settleError: VfioError | null = null;
@@ -225,7 +227,7 @@ export class VfioUserConnection {
     this.#flowControl();
     // Requests start in arrival order and their replies go back in that order. Most start once every earlier
     // one is answered; a pipelined one (PIPELINED) starts once the one before it has sent its device calls
-    // (the model calls `issued`) or finished, with at most MAX_IN_FLIGHT unanswered.
+    // (the model calls `issued`) or finished, and the one MAX_IN_FLIGHT before it is done in the model.
     const answered = this.#queue;
     const pipelined = PIPELINED.has(msg.command) && this.peer !== null;
     const depth = this.#recent.length >= MAX_IN_FLIGHT ? this.#recent[0] : undefined;
@@ -234,18 +236,23 @@ export class VfioUserConnection {
     this.#turn = new Promise<void>((r) => {
       release = r;
     });
+    let served!: () => void;
+    const inModel = new Promise<void>((r) => {
+      served = r;
+    });
     const done = start.then(async () => {
       try {
-        await this.#handle(msg, fds, pipelined ? release : undefined, answered);
+        await this.#handle(msg, fds, { issued: pipelined ? release : undefined, served }, answered);
       } finally {
         release();
+        served();
         this.#pending--;
         this.#flowControl();
       }
     });
     // The queue's tail is "every request so far answered" (idle() and close() rely on it).
     this.#queue = Promise.all([answered, done]).then(() => undefined);
-    this.#recent.push(done);
+    this.#recent.push(inModel);
     if (this.#recent.length > MAX_IN_FLIGHT) this.#recent.shift();
   }
 
@@ -264,8 +271,16 @@ export class VfioUserConnection {
     else this.socket.resume();
   }
 
-  /** `issued`: given to a pipelined request's model call; `answered`: every earlier request is answered. */
-  async #handle(msg: VfioUserMessage, fds: Fd[], issued: Issued | undefined, answered: Promise<void>) {
+  /**
+   * `issued`: given to a pipelined request's model call; `served`: the model is done with this request;
+   * `answered`: every earlier request is answered (this one's reply goes after).
+   */
+  async #handle(
+    msg: VfioUserMessage,
+    fds: Fd[],
+    { issued, served }: { issued: Issued | undefined; served: () => void },
+    answered: Promise<void>,
+  ) {
     if (this.#closing !== null) {
       closeAll(fds);
       return;
@@ -280,7 +295,12 @@ export class VfioUserConnection {
       // The model's work after an early VERSION reply failed: this request is answered with that failure.
       if (this.#settleError !== null) throw this.#settleError;
       reply = await this.#dispatch(msg, fds, take, issued);
+      // Done with the model: the next pipelined request need not wait for this one's turn to reply.
+      issued?.();
+      served();
     } catch (err) {
+      issued?.();
+      served();
       if (!taken) closeAll(fds);
       taken = true;
       let errno: number = ERRNO.EIO;
