@@ -2,7 +2,10 @@
 // allocated (a memfd), through the IOMMU mapping the broker made for it.
 import { connect, Sa1Queue } from 'devlease';
 
-await using lease = await connect({ socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock' });
+await using lease = await connect({
+  socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock',
+  deferSetup: true,
+});
 const queue = await Sa1Queue.create(lease);
 
 // Our buffer, mapped inside our lease's IOVA window. The device sees it at `buf.iova`.

@@ -2,7 +2,10 @@
 // wired it), so a sleeping client wakes without any broker round trip.
 import { connect, Sa1Queue } from 'devlease';
 
-await using lease = await connect({ socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock' });
+await using lease = await connect({
+  socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock',
+  deferSetup: true,
+});
 const queue = await Sa1Queue.create(lease, { spinUs: 0 }); // never spin: always sleep on the interrupt
 
 let interrupts = 0;

@@ -3,7 +3,7 @@
 // client that does not is reclaimed by force, and its mappings read as revoked.
 import { connect, Sa1Queue } from 'devlease';
 
-const lease = await connect({ socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock' });
+const lease = await connect({ socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock', deferSetup: true });
 const queue = await Sa1Queue.create(lease);
 console.log(`leased ${lease.info.lease}; working until the owner wants it back`);
 

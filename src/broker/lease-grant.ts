@@ -10,7 +10,12 @@ import type { CallerContext, LeaseRequest } from './policy.js';
 import { SliceUnit } from './slices.js';
 
 /** Policy check, resources, device programming, slice fds. Throws VfioError with the reason on refusal. */
-export async function grantLease(table: LeaseTable, ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
+export async function grantLease(
+  table: LeaseTable,
+  ctx: CallerContext,
+  req: LeaseRequest,
+  decided?: (lease: Lease) => void,
+): Promise<Lease> {
   const t0 = process.hrtime.bigint();
   const who = { pid: ctx.pid, uid: ctx.uid, gid: ctx.gid, exe: ctx.exe, kind: req.kind };
   table.checkOpen(who);
@@ -44,13 +49,17 @@ export async function grantLease(table: LeaseTable, ctx: CallerContext, req: Lea
     // The slice fds and the device programming go out together: one device connection serves them in
     // order, so the grant waits for one round trip, not one per command. Every slice that came is kept
     // (and disposed below) whatever else failed.
-    const settled = await Promise.allSettled([
+    const commands = Promise.allSettled([
       ...resources.slices.map(async (s) => {
         const units = s.mappable === false ? [] : await sliceUnits(table, s.region, s.offset, s.size, s.unit);
         lease.slices.set(s.leaseRegion, units);
       }),
       table.driver.activate(resources),
     ]);
+    // Policy and resources have decided what the client is told (its queue, window, vectors) and the device
+    // commands are on their way: the caller may answer VERSION now, while they are served (pending-session.ts).
+    decided?.(lease);
+    const settled = await commands;
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
     if (generation !== table.generation) {

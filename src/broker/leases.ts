@@ -126,11 +126,14 @@ export class LeaseTable extends EventEmitter {
     return u;
   }
 
-  /** Policy check, resources, device programming, slice fds. Throws VfioError with the reason on refusal. */
-  async grant(ctx: CallerContext, req: LeaseRequest): Promise<Lease> {
+  /**
+   * Policy check, resources, device programming, slice fds. Throws VfioError with the reason on refusal.
+   * `decided` gets the lease once policy and resources have decided its shape, before the device commands.
+   */
+  async grant(ctx: CallerContext, req: LeaseRequest, decided?: (lease: Lease) => void): Promise<Lease> {
     this.#granting.set(ctx.uid, (this.#granting.get(ctx.uid) ?? 0) + 1);
     try {
-      return await grantLease(this, ctx, req);
+      return await grantLease(this, ctx, req, decided);
     } finally {
       const n = (this.#granting.get(ctx.uid) ?? 1) - 1;
       if (n > 0) this.#granting.set(ctx.uid, n);

@@ -12,14 +12,19 @@ import type {
   FeatureRequest,
   IrqDescription,
   IrqSetRequest,
+  Issued,
   RegionDescription,
   VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
 import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
+import type { Lease } from './lease.js';
 import { readLeaseRequest } from './lease-request.js';
 import type { LeaseTable } from './leases.js';
 import type { CallerContext } from './policy.js';
 import { LeaseSession } from './session.js';
+
+/** How long a connection whose grant failed after VERSION waits for its next request (to answer it). */
+const GRANT_FAILURE_GRACE_MS = 2000;
 
 export class PendingSession implements VfioUserDeviceModel {
   readonly #kind: string;
@@ -30,6 +35,10 @@ export class PendingSession implements VfioUserDeviceModel {
   #ended = false;
   readonly #endHooks: (() => void)[] = [];
   readonly #versionHooks: (() => void)[] = [];
+  /** The grant VERSION started: settles (never rejects) when its device commands have been answered. */
+  #granted: Promise<void> = Promise.resolve();
+  #grantDone = true;
+  #grantError: VfioError | null = null;
 
   constructor(kind: string, ctx: CallerContext, table: LeaseTable, closeSocket: () => void) {
     this.#kind = kind;
@@ -38,18 +47,78 @@ export class PendingSession implements VfioUserDeviceModel {
     this.#closeSocket = closeSocket;
   }
 
-  /** Called with the client's VERSION capabilities; grants the lease or refuses with the policy's reason. */
+  /**
+   * Called with the client's VERSION capabilities: answers as soon as policy and resources have decided the
+   * lease (what the reply carries), while the grant's device commands are still being served; a refusal up
+   * to there is VERSION's answer. The rest of the grant is versionSettled(), which the connection awaits
+   * before serving the next request: a device refusal of the grant answers that request, and the
+   * connection closes (docs/ARCHITECTURE.md, "Lease grant and VERSION").
+   */
   async negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
+    let grant: Promise<unknown> | null = null;
     try {
-      return await this.#negotiate(clientCaps);
+      const request = readLeaseRequest(clientCaps, this.#kind);
+      let decided!: (lease: Lease) => void;
+      const early = new Promise<Lease>((r) => {
+        decided = r;
+      });
+      const granted = this.#table.grant(this.#ctx, request, decided);
+      // A refusal before the decision (policy, resources) rejects the race; after it, versionSettled() has it.
+      const lease = await Promise.race([early, granted]);
+      // A devlease client proposes devlease.request (the client library always does, {} for defaults); a stock
+      // client (QEMU) proposes no devlease, and error_reason alone is not a lease client's negotiation.
+      const ext = clientCaps['devlease'];
+      const devlease = typeof ext === 'object' && ext !== null && 'request' in ext;
+      this.#session = new LeaseSession(lease, this.#table, { devlease });
+      grant = granted;
+      this.#grantDone = false;
+      this.#granted = granted.then(
+        () => this.#onGranted(lease),
+        (err: unknown) => this.#onGrantFailed(err),
+      );
+      return this.#session.versionCapabilities();
     } finally {
-      for (const h of this.#versionHooks.splice(0)) h();
+      // Admission counts this connection until its grant has ended, as when VERSION waited for it.
+      if (grant) void this.#granted.finally(() => this.#versionDone());
+      else this.#versionDone();
     }
   }
 
-  /** `hook` runs once VERSION has been answered, granted or refused. */
-  onVersionDone(hook: () => void): void {
-    this.#versionHooks.push(hook);
+  /** Resolves once the grant VERSION started has completed; rejects with why it failed (see negotiate()). */
+  versionSettled(): Promise<void> {
+    return this.#granted.then(() => {
+      if (this.#grantError) throw this.#grantError;
+    });
+  }
+
+  #versionDone(): void {
+    for (const h of this.#versionHooks.splice(0)) h();
+  }
+
+  #onGranted(lease: Lease): void {
+    this.#grantDone = true;
+    lease.disconnect = () => this.#closeSocket();
+    if (this.#ended) {
+      // the client vanished while we were granting
+      void this.#table.reclaim(lease, 'client gone during the grant');
+    }
+  }
+
+  #onGrantFailed(err: unknown): void {
+    this.#grantDone = true;
+    this.#session = null;
+    const why = `the lease grant failed after VERSION was answered: ${err instanceof VfioError ? err.reason : (err as Error).message}`;
+    this.#grantError =
+      err instanceof VfioError
+        ? new VfioError(err.code, why, err.errno, { cause: err })
+        : new VfioError('EIO', why);
+    // The client's next request gets this error and the connection closes (vfio-user connection); one that
+    // sends nothing more is closed after a grace, so a connection without a lease is not kept.
+    if (!this.#ended) {
+      const t = setTimeout(() => this.#closeSocket(), GRANT_FAILURE_GRACE_MS);
+      t.unref();
+      this.onEnd(() => clearTimeout(t));
+    }
   }
 
   /** No VERSION in time: close the connection (the session ends as for a hang-up). */
@@ -57,20 +126,9 @@ export class PendingSession implements VfioUserDeviceModel {
     this.#closeSocket();
   }
 
-  async #negotiate(clientCaps: Record<string, unknown>): Promise<Record<string, unknown>> {
-    const request = readLeaseRequest(clientCaps, this.#kind);
-    const lease = await this.#table.grant(this.#ctx, request);
-    // A devlease client proposes devlease.request (the client library always does, {} for defaults); a stock
-    // client (QEMU) proposes no devlease, and error_reason alone is not a lease client's negotiation.
-    const ext = clientCaps['devlease'];
-    const devlease = typeof ext === 'object' && ext !== null && 'request' in ext;
-    this.#session = new LeaseSession(lease, this.#table, { devlease });
-    lease.disconnect = () => this.#closeSocket();
-    if (this.#ended) {
-      // the client vanished while we were granting
-      void this.#table.reclaim(lease, 'client gone during the grant');
-    }
-    return this.#session.versionCapabilities();
+  /** `hook` runs once VERSION and the grant it started have ended, granted or refused. */
+  onVersionDone(hook: () => void): void {
+    this.#versionHooks.push(hook);
   }
 
   /** Serve a lease another broker granted (an upgrade): VERSION was answered there. */
@@ -128,8 +186,8 @@ export class PendingSession implements VfioUserDeviceModel {
   feature(req: FeatureRequest): FeatureReply {
     return this.#s().feature(req);
   }
-  regionIoFds(index: number): Promise<RegionIoFds> {
-    return this.#s().regionIoFds(index);
+  regionIoFds(index: number, opts?: { issued?: Issued }): Promise<RegionIoFds> {
+    return this.#s().regionIoFds(index, opts);
   }
 
   disconnected(reason: string): void {
@@ -149,7 +207,8 @@ export class PendingSession implements VfioUserDeviceModel {
   #end(reason: string): void {
     if (this.#ended) return;
     this.#ended = true;
-    if (this.#session) void this.#table.reclaim(this.#session.lease, reason);
+    // A grant still in progress reclaims its lease when it completes (#onGranted).
+    if (this.#session && this.#grantDone) void this.#table.reclaim(this.#session.lease, reason);
     for (const h of this.#endHooks.splice(0)) h();
   }
 }

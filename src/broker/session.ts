@@ -38,6 +38,7 @@ import type {
   FeatureRequest,
   IrqDescription,
   IrqSetRequest,
+  Issued,
   RegionDescription,
   VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
@@ -300,9 +301,13 @@ export class LeaseSession implements VfioUserDeviceModel {
       }
       const fd = req.fd;
       const deviceIova = toDevice(lease, req.iova);
-      await this.#device('DMA_MAP', range(req.iova, req.size), () =>
+      const mapped = this.#device('DMA_MAP', range(req.iova, req.size), () =>
         this.#table.device.dmaMap({ fd, offset: req.offset, iova: deviceIova, size: req.size, read, write }),
       );
+      // Sent to the device: the connection may start the session's next pipelined request (its device call
+      // queues behind this one on the device connection, which serves in order).
+      req.issued?.();
+      await mapped;
       if (!lease.live) {
         // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
         await this.#table.device.dmaUnmap(deviceIova, req.size);
@@ -397,9 +402,11 @@ export class LeaseSession implements VfioUserDeviceModel {
         const physical = vectors[first + i]!;
         const fd = disableAll ? null : (fds[i] ?? null);
         // The client's eventfd goes straight to the device: the broker is not on the interrupt path.
-        await this.#device('SET_IRQS', `MSI-X vector ${first + i}`, () =>
+        const wired = this.#device('SET_IRQS', `MSI-X vector ${first + i}`, () =>
           this.#table.device.setIrqs(physicalIndex, physical, [fd]),
         );
+        if (i === count - 1) req.issued?.(); // the last device call is sent (see dmaMap)
+        await wired;
         if (fd && !lease.live) {
           // Reclaim started while we wired it: take it back rather than leave a vector aimed at this client.
           await this.#table.device.setIrqs(physicalIndex, physical, [null]);
@@ -424,13 +431,15 @@ export class LeaseSession implements VfioUserDeviceModel {
    * wholly inside the slice, offsets translated to the lease region; every other fd is closed here, so a
    * client gets its own queue page's ioeventfd and nothing else.
    */
-  async regionIoFds(index: number): Promise<RegionIoFds> {
+  async regionIoFds(index: number, opts: { issued?: Issued } = {}): Promise<RegionIoFds> {
     const slice = this.#slice(index);
     if (!slice) return { subRegions: [], fds: [] };
     this.#checkLive();
-    const all = await this.#device('GET_REGION_IO_FDS', `region ${index}`, () =>
+    const asked = this.#device('GET_REGION_IO_FDS', `region ${index}`, () =>
       this.#table.device.regionIoFds(slice.region, { offset: slice.offset, size: slice.size }),
     );
+    opts.issued?.(); // asked of the device, or answered from its cache (see dmaMap)
+    const all = await asked;
     const mine = new Map<number, number>(); // device fd index -> index in our reply
     const subRegions: IoFdSubRegion[] = [];
     const fds: Fd[] = [];

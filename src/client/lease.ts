@@ -26,6 +26,13 @@ export interface ConnectOptions {
   request?: Record<string, unknown>;
   /** Timeout of each control call (ms). Default 5000. */
   timeoutMs?: number;
+  /**
+   * Resolve once the broker has answered VERSION and the setup requests (regions, interrupts) are sent,
+   * without waiting for their replies: `lease.ready` says when they are in. What is asked of the lease
+   * before that (Sa1Queue.create, dma.alloc, ioEventFd) goes out behind them, in the same round trip.
+   * region() needs `await lease.ready` first. A setup failure rejects `ready` and closes the lease.
+   */
+  deferSetup?: boolean;
 }
 
 /**
@@ -90,7 +97,17 @@ export class Lease extends EventEmitter {
       // The broker sends the info as granted with VERSION; an older one only has it in the info region.
       const info = parseLeaseInfo(ext?.info ?? (await readJsonRegion(client, infoIndex)));
       lease = new Lease(client, info, infoIndex);
-      await lease.#setup();
+      const calls = lease.#startSetup();
+      if (opts.deferSetup) {
+        const l = lease;
+        l.#ready = l.#finishSetup(calls).catch((err: unknown) => {
+          l.close();
+          throw fromCallError('lease setup failed', err);
+        });
+        l.#ready.catch(() => undefined); // a caller that never awaits ready sees the failure as a closed lease
+        return l;
+      }
+      await lease.#finishSetup(calls);
       return lease;
     } catch (err) {
       // Whatever setup made (mappings, eventfds and their watchers) goes too, not just the connection.
@@ -100,10 +117,11 @@ export class Lease extends EventEmitter {
     }
   }
 
-  async #setup(): Promise<void> {
-    // Every request of the setup goes out at once: the broker serves them in order, so the client waits
-    // for one round trip instead of one per request. Whatever came back is owned (and closed) by the
-    // lease before a failure is thrown.
+  /**
+   * Sends every setup request at once: the broker serves them in order, so the client waits for one round
+   * trip instead of one per request. Whatever comes back is owned (and closed) by the lease.
+   */
+  #startSetup(): Promise<unknown>[] {
     const calls: Promise<unknown>[] = [];
     try {
       this.#sendSetup(calls);
@@ -114,13 +132,28 @@ export class Lease extends EventEmitter {
       for (const c of calls) c.catch(() => undefined);
       throw err;
     }
+    return calls;
+  }
+
+  async #finishSetup(calls: Promise<unknown>[]): Promise<void> {
     const settled = await Promise.allSettled(calls);
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
     // An audited slice's device fd is closed by now: one more request tells the broker so, and its audit
     // then holds this process to it (without it, the broker waits out its hand-off grace).
     if (this.#audited) await this.client.deviceInfo();
+    this.#setupDone = true;
   }
+
+  /**
+   * Resolves once the lease's setup replies are in (regions mapped, interrupts wired): at once unless
+   * connect() was given `deferSetup`. Rejects with the setup's failure (the lease is closed then).
+   */
+  get ready(): Promise<void> {
+    return this.#ready;
+  }
+  #ready: Promise<void> = Promise.resolve();
+  #setupDone = false;
 
   /** Sends every setup request, pushing each reply's promise onto `calls`. */
   #sendSetup(calls: Promise<unknown>[]): void {
@@ -200,6 +233,11 @@ export class Lease extends EventEmitter {
   region(index: number): Mapping {
     this.#checkOpen();
     const m = this.#regions.get(index);
+    if (!m && !this.#setupDone)
+      throw leaseError(
+        'ERR_DEVLEASE_NOT_READY',
+        `lease region ${index}: await lease.ready first (deferSetup)`,
+      );
     if (!m)
       throw leaseError(
         'ENOENT',

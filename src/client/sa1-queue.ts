@@ -118,20 +118,37 @@ export class Sa1Queue {
     // Start from a clean queue: the device latches ring registers at the first doorbell after enable and
     // ignores later writes until a reset, so a second helper on the same lease needs the reset too. The
     // first helper of a lease whose queue page is still as the grant left it (reset, nothing rung) skips it.
-    const fresh = lease.claimFresh() && untouched(lease.region(BAR2));
-    if (!fresh) await lease.resetQueue();
+    // The first helper of a lease sends its requests before the lease's own setup replies are in (a lease
+    // connected with deferSetup): they share its round trip. A later one resets the queue first.
+    const first = lease.claimFresh();
+    if (!first) {
+      await lease.ready;
+      await lease.resetQueue();
+    }
     // The kick fd and the rings are asked for at once (one round trip to the broker, which serves them in
     // order); the rings are one buffer, so one DMA_MAP, which the broker relays to the device: a map per ring
     // was a device round trip more per queue. Whatever came is freed if any failed. The doorbell's kick
     // (rev 2): the lease owns the fd. The CQ starts at entries × 64 bytes: 16-byte aligned, as the
     // datasheet's section 2.3 asks.
-    const [kick, rings] = await Promise.allSettled([
+    const asked = Promise.allSettled([
       opts.kick === false ? Promise.resolve(null) : lease.ioEventFd(BAR2, QP.SQ_TAIL),
       lease.dma.alloc(entries * (SQE_SIZE + CQE_SIZE)),
     ]);
-    if (kick.status === 'rejected' || rings.status === 'rejected') {
+    const [setup] = await Promise.allSettled([lease.ready]);
+    const [kick, rings] = await asked;
+    if (setup.status === 'rejected' || kick.status === 'rejected' || rings.status === 'rejected') {
       if (rings.status === 'fulfilled') await rings.value.free().catch(() => undefined);
-      throw [kick, rings].find((r): r is PromiseRejectedResult => r.status === 'rejected')!.reason;
+      throw [setup, kick, rings].find((r): r is PromiseRejectedResult => r.status === 'rejected')!.reason;
+    }
+    // Found as the grant left it (reset, nothing rung), the queue needs no reset; else it gets one now. A queue
+    // reset keeps the windows and the device keeps its DMA mappings (datasheet §9): the rings stay mapped.
+    if (first && !untouched(lease.region(BAR2))) {
+      try {
+        await lease.resetQueue();
+      } catch (err) {
+        await rings.value.free().catch(() => undefined);
+        throw err;
+      }
     }
     const q = new Sa1Queue(lease, entries, rings.value, opts.spinUs ?? 50, kick.value, timeoutMs);
     q.#program();

@@ -17,7 +17,7 @@ const BUF = 65536;
 async function main(): Promise<void> {
   const socket = process.argv[2];
   if (!socket) throw new Error('usage: client-worker <queue.sock>');
-  const lease = await connect({ socket });
+  const lease = await connect({ socket, deferSetup: true }); // Sa1Queue.create shares the setup's round trip
   // Listen before anything else is awaited: the owner may ask for the lease back as soon as it is granted,
   // and a notice emitted before a listener exists is lost (the loop would then run into the deadline).
   let stop: string | null = null;

@@ -19,7 +19,7 @@ import { runInNewContext } from 'node:vm';
 import { EventFd } from '../../src/sys/index.js';
 import { VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_SET } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
-import { type Rig, startRig } from '../helpers/broker-rig.js';
+import { type Rig, startRig, until } from '../helpers/broker-rig.js';
 import { openFds } from '../helpers/fds.js';
 
 setFlagsFromString('--expose-gc');
@@ -46,7 +46,8 @@ test('fds attached to DEVICE_FEATURE on a lease are closed by the broker (GET an
     capabilities: { devlease: { request: {} } },
   });
   try {
-    assert.equal(rig.broker.leases.all().length, 1, 'the connection holds a lease');
+    // VERSION is answered while the grant's device commands are served: the lease enters the table after.
+    await until('the connection holds a lease', () => rig.broker.leases.all().length === 1, 10_000);
     await settle();
     const fdsBefore = openFds();
     for (const flags of [VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_SET]) {

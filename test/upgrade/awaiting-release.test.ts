@@ -88,8 +88,17 @@ test('a lease awaiting its slice is carried over; the new broker frees it when t
     const parkedQueue = leases.find((l) => l.id === id)!.queue;
     const other = await VfioUserClient.connect(rig.queueSocket);
     try {
-      const mine = ((await rig.request({ op: 'leases' })) as { id: string; queue: number }[]).find(
-        (l) => l.id !== id,
+      // VERSION is answered while the grant's device commands run: the lease is listed once they are done.
+      let mine: { id: string; queue: number } | undefined;
+      await until(
+        'a new lease to be granted meanwhile',
+        async () => {
+          mine = ((await rig.request({ op: 'leases' })) as { id: string; queue: number }[]).find(
+            (l) => l.id !== id,
+          );
+          return mine !== undefined;
+        },
+        10_000,
       );
       assert.ok(mine, 'a new lease is granted meanwhile');
       assert.notEqual(mine.queue, parkedQueue, 'not on the queue of the lease awaiting its slice');

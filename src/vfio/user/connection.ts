@@ -18,7 +18,7 @@ import {
   type VfioUserMessage,
   wantsReply,
 } from './codec.js';
-import type { ConnectionInfo, VfioUserDeviceModel } from './device-model.js';
+import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
 import {
   decodeVersion,
   encodeFeature,
@@ -60,6 +60,20 @@ export const MAX_PENDING = 32;
 export const REPLY_HIGH_WATER = 1 << 20;
 export const REPLY_HARD_LIMIT = 8 << 20;
 
+/**
+ * Requests that may start before the one ahead of them is answered (see Issued in device-model.ts). A pipelined
+ * request also waits until the request MAX_IN_FLIGHT before it is done in the model, so the model serves at
+ * most MAX_IN_FLIGHT requests of a connection at once (replies waiting their turn are bounded by MAX_PENDING);
+ * 8 lets the client library's whole acquire batch (regions, 4 SET_IRQS, io fds, the rings' DMA_MAP) through. Everything else — DMA_UNMAP above all, which must see every earlier map's
+ * result — starts only once every earlier request is answered.
+ */
+const PIPELINED = new Set([
+  P.VFIO_USER_DMA_MAP,
+  P.VFIO_USER_DEVICE_SET_IRQS,
+  P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
+]);
+export const MAX_IN_FLIGHT = 8;
+
 /** Commands this server knows but refuses (ENOTSUP), with the reason given in the log. */
 const REFUSED: Record<number, string> = {
   [P.VFIO_USER_DIRTY_PAGES]: 'dirty page tracking is not supported',
@@ -83,6 +97,12 @@ export class VfioUserConnection {
   #queue: Promise<void>;
   #closing: string | null = null;
   #pending = 0;
+  /** Resolves when the next pipelined request may start (the last request sent its device calls or ended). */
+  #turn: Promise<void> = Promise.resolve();
+  /** Whether each of the last MAX_IN_FLIGHT requests is done in the model: a pipelined one waits for the oldest. */
+  readonly #recent: Promise<void>[] = [];
+  /** The model's work after an early VERSION reply failed (versionSettled): the next request's answer. */
+  #settleError: VfioError | null = null;
   #resolveClosed!: (reason: string) => void;
   /** The client proposed devlease "error_reason": error replies carry the reason (kept even if VERSION fails). */
   #wantsReasons = false;
@@ -205,14 +225,35 @@ export class VfioUserConnection {
     }
     this.#pending++;
     this.#flowControl();
-    this.#queue = this.#queue.then(async () => {
+    // Requests start in arrival order and their replies go back in that order. Most start once every earlier
+    // one is answered; a pipelined one (PIPELINED) starts once the one before it has sent its device calls
+    // (the model calls `issued`) or finished, and the one MAX_IN_FLIGHT before it is done in the model.
+    const answered = this.#queue;
+    const pipelined = PIPELINED.has(msg.command) && this.peer !== null;
+    const depth = this.#recent.length >= MAX_IN_FLIGHT ? this.#recent[0] : undefined;
+    const start = pipelined ? Promise.all([this.#turn, depth]) : answered;
+    let release!: () => void;
+    this.#turn = new Promise<void>((r) => {
+      release = r;
+    });
+    let served!: () => void;
+    const inModel = new Promise<void>((r) => {
+      served = r;
+    });
+    const done = start.then(async () => {
       try {
-        await this.#handle(msg, fds);
+        await this.#handle(msg, fds, { issued: pipelined ? release : undefined, served }, answered);
       } finally {
+        release();
+        served();
         this.#pending--;
         this.#flowControl();
       }
     });
+    // The queue's tail is "every request so far answered" (idle() and close() rely on it).
+    this.#queue = Promise.all([answered, done]).then(() => undefined);
+    this.#recent.push(inModel);
+    if (this.#recent.length > MAX_IN_FLIGHT) this.#recent.shift();
   }
 
   #flowControl(): void {
@@ -230,7 +271,16 @@ export class VfioUserConnection {
     else this.socket.resume();
   }
 
-  async #handle(msg: VfioUserMessage, fds: Fd[]): Promise<void> {
+  /**
+   * `issued`: given to a pipelined request's model call; `served`: the model is done with this request;
+   * `answered`: every earlier request is answered (this one's reply goes after).
+   */
+  async #handle(
+    msg: VfioUserMessage,
+    fds: Fd[],
+    { issued, served }: { issued: Issued | undefined; served: () => void },
+    answered: Promise<void>,
+  ) {
     if (this.#closing !== null) {
       closeAll(fds);
       return;
@@ -242,26 +292,45 @@ export class VfioUserConnection {
       return fds;
     };
     try {
-      reply = await this.#dispatch(msg, fds, take);
+      // The model's work after an early VERSION reply failed: this request is answered with that failure.
+      if (this.#settleError !== null) throw this.#settleError;
+      reply = await this.#dispatch(msg, fds, take, issued);
+      // Done with the model: the next pipelined request need not wait for this one's turn to reply.
+      issued?.();
+      served();
     } catch (err) {
+      issued?.();
+      served();
       if (!taken) closeAll(fds);
       taken = true;
       let errno: number = ERRNO.EIO;
       const what = `vfio-user connection ${this.info.id}: ${P.commandName(msg.command)}`;
       if (err instanceof VfioError) errno = err.errno;
       else this.#config.log(`${what} failed`, err);
+      await answered;
       if (wantsReply(msg)) this.#send(encodeErrorReply(msg.msgId, msg.command, errno, this.#reasonFor(err)));
       else if (err instanceof VfioError) this.#config.log(`${what} (no_reply) refused: ${err.message}`);
       // Nothing but a successful VERSION opens a session (vfio-user.rst, "Connection Initiation").
       if (this.peer === null) this.close(`${P.commandName(msg.command)} failed before version negotiation`);
+      else if (this.#settleError !== null) this.close(`after VERSION: ${(err as Error).message}`);
       return;
     } finally {
       if (!taken) closeAll(fds);
     }
     try {
+      await answered;
       if (wantsReply(msg)) this.#send(encodeReply(msg.msgId, msg.command, reply.payload), reply.fds);
     } finally {
       closeAll(reply.fds ?? []);
+    }
+    // An early VERSION reply: later requests wait (this entry of the queue) until the model has finished.
+    if (msg.command === P.VFIO_USER_VERSION && this.peer !== null && this.#model?.versionSettled) {
+      try {
+        await this.#model.versionSettled();
+      } catch (err) {
+        this.#settleError =
+          err instanceof VfioError ? err : new VfioError('EIO', `after VERSION: ${(err as Error).message}`);
+      }
     }
   }
 
@@ -282,7 +351,12 @@ export class VfioUserConnection {
     }
   }
 
-  async #dispatch(msg: VfioUserMessage, fds: Fd[], take: () => Fd[]): Promise<Reply> {
+  async #dispatch(
+    msg: VfioUserMessage,
+    fds: Fd[],
+    take: () => Fd[],
+    issued: Issued | undefined,
+  ): Promise<Reply> {
     const { command, payload } = msg;
     if (this.peer === null) {
       if (command !== P.VFIO_USER_VERSION) {
@@ -300,7 +374,7 @@ export class VfioUserConnection {
       case P.VFIO_USER_DMA_MAP: {
         const m = V.parseDmaMap(payload, cfg);
         const [fd] = take();
-        await model.dmaMap({ ...m, fd: fd ?? null });
+        await model.dmaMap({ ...m, fd: fd ?? null, ...(issued ? { issued } : {}) });
         return {};
       }
       case P.VFIO_USER_DMA_UNMAP: {
@@ -329,7 +403,12 @@ export class VfioUserConnection {
         const s = V.parseIrqSet(payload, fds, model);
         const given = take();
         const list = given.length > 0 ? given : Array.from({ length: s.count }, () => null);
-        await model.setIrqs({ ...s, fds: list, ...(s.bools ? { bools: s.bools.slice() } : {}) });
+        await model.setIrqs({
+          ...s,
+          fds: list,
+          ...(s.bools ? { bools: s.bools.slice() } : {}),
+          ...(issued ? { issued } : {}),
+        });
         return {};
       }
       case P.VFIO_USER_REGION_READ: {
@@ -357,7 +436,7 @@ export class VfioUserConnection {
       case P.VFIO_USER_DEVICE_FEATURE:
         return this.#feature(payload, model, take);
       case P.VFIO_USER_DEVICE_GET_REGION_IO_FDS:
-        return this.#regionIoFds(payload, model);
+        return this.#regionIoFds(payload, model, issued);
       default:
         if (REFUSED[command] !== undefined) throw new VfioError('ENOTSUP', REFUSED[command]);
         throw new VfioError('ENOSYS', `unknown command ${command}`);
@@ -421,14 +500,14 @@ export class VfioUserConnection {
     );
   }
 
-  async #regionIoFds(payload: Uint8Array, model: VfioUserDeviceModel): Promise<Reply> {
+  async #regionIoFds(payload: Uint8Array, model: VfioUserDeviceModel, issued?: Issued): Promise<Reply> {
     // A device that offers none refuses the command whatever it carries (as before rev 2).
     if (!model.regionIoFds) throw new VfioError('ENOTSUP', 'region I/O fds are not offered by this device');
     const { argsz, index } = parseRegionIoFdsRequest(payload);
     const { num_regions } = model.deviceInfo();
     if (index >= num_regions)
       throw new VfioError('EINVAL', `region ${index} does not exist (${num_regions})`);
-    const answer = await model.regionIoFds(index);
+    const answer = await model.regionIoFds(index, issued ? { issued } : undefined);
     try {
       const peerMaxFds = this.peer?.maxMsgFds ?? 1;
       const reply = encodeRegionIoFdsReply(index, argsz, answer, peerMaxFds);

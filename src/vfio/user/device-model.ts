@@ -49,7 +49,17 @@ export interface DmaMapRequest {
   size: bigint;
   /** VFIO_USER_F_DMA_REGION_READ / _WRITE bits. */
   flags: number;
+  /** See {@link Issued}. */
+  issued?: Issued;
 }
+
+/**
+ * Given with a request the connection may pipeline (DMA_MAP, SET_IRQS, GET_REGION_IO_FDS): a model calls it
+ * once the request has sent the last of its calls to whatever serves it in order (a device connection), so
+ * the connection may start the next such request before this one's reply; replies still go back in order.
+ * A model that never calls it is served one request at a time, as before.
+ */
+export type Issued = () => void;
 
 export interface DmaUnmapRequest {
   iova: bigint;
@@ -66,6 +76,8 @@ export interface IrqSetRequest {
   fds: (Fd | null)[];
   /** DATA_BOOL: `count` bytes. */
   bools?: Uint8Array;
+  /** See {@link Issued}. */
+  issued?: Issued;
 }
 
 export interface FeatureRequest {
@@ -109,7 +121,7 @@ export interface VfioUserDeviceModel {
    * ioeventfd sub-regions and their fds (sent, then closed by the server; hand out new descriptions or dups).
    * Absent: the command is refused with ENOTSUP.
    */
-  regionIoFds?(index: number): RegionIoFds | Promise<RegionIoFds>;
+  regionIoFds?(index: number, opts?: { issued?: Issued }): RegionIoFds | Promise<RegionIoFds>;
   /** The connection is gone (hang-up, close, or malformed input): drop its DMA mappings and IRQ fds. */
   disconnected(reason: string): void | Promise<void>;
   /**
@@ -121,4 +133,10 @@ export interface VfioUserDeviceModel {
   ): Promise<Record<string, unknown>> | Record<string, unknown>;
   /** Extra capabilities merged into the server's version JSON (devlease extensions). */
   versionCapabilities?(): Record<string, unknown>;
+  /**
+   * Awaited once the VERSION reply is sent, before any later request of the connection is served: a model
+   * may answer VERSION early and finish its work here (a lease's grant). A rejection is the answer to the
+   * next request (its errno and reason), and the connection is closed after it.
+   */
+  versionSettled?(): Promise<void>;
 }
