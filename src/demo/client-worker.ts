@@ -18,6 +18,18 @@ async function main(): Promise<void> {
   const socket = process.argv[2];
   if (!socket) throw new Error('usage: client-worker <queue.sock>');
   const lease = await connect({ socket });
+  // Listen before anything else is awaited: the owner may ask for the lease back as soon as it is granted,
+  // and a notice emitted before a listener exists is lost (the loop would then run into the deadline).
+  let stop: string | null = null;
+  const onNotice = (deadline: number) => {
+    say({ type: 'revoke-requested', deadline, msLeft: deadline - Date.now() });
+    stop = 'revoked (released voluntarily before the deadline)';
+  };
+  lease.on('revoke-requested', ({ deadline }: { deadline: number }) => onNotice(deadline));
+  lease.on('disconnected', (why: string) => {
+    stop ??= `disconnected: ${why}`;
+  });
+  if (lease.info.state === 'revoking') onNotice(lease.info.deadline ?? Date.now());
   say({
     type: 'leased',
     lease: lease.info.lease,
@@ -29,14 +41,6 @@ async function main(): Promise<void> {
   const src = await lease.dma.alloc(BUF);
   const dst = await lease.dma.alloc(BUF);
 
-  let stop: string | null = null;
-  lease.on('revoke-requested', ({ deadline }: { deadline: number }) => {
-    say({ type: 'revoke-requested', deadline, msLeft: deadline - Date.now() });
-    stop = 'revoked (released voluntarily before the deadline)';
-  });
-  lease.on('disconnected', (why: string) => {
-    stop ??= `disconnected: ${why}`;
-  });
   process.on('SIGTERM', () => {
     stop ??= 'stopped by the demo';
   });
@@ -72,6 +76,11 @@ async function main(): Promise<void> {
       bytes += 2 * size;
     } catch (err) {
       if (stop || lease.closed) break;
+      // The deadline passed before the notice was handled: the slices are dead, whatever the queue said.
+      if (lease.revoked) {
+        stop = 'revoked by the owner (the deadline passed)';
+        break;
+      }
       throw err;
     }
     if (Date.now() - lastReport >= 250) {

@@ -140,7 +140,21 @@ test('a broker started by systemd-socket-activate serves a lease and the admin s
     chmodSync(adminSock, 0o660);
     const adminIno = statSync(adminSock).ino;
     // The first admin connection starts the inner activator, which makes the lease socket.
-    const wake = SeqpacketSocket.connect(adminSock);
+    // systemd-socket-activate binds (the file appears) before it listens: until then a connect is refused.
+    let wake: SeqpacketSocket | null = null;
+    await until(
+      'the admin socket to accept a connection',
+      () => {
+        try {
+          wake = SeqpacketSocket.connect(adminSock);
+          return true;
+        } catch (e) {
+          if ((e as { code?: string }).code === 'ECONNREFUSED') return false;
+          throw e;
+        }
+      },
+      20_000,
+    );
     await until('the lease socket to be listening', () => exists(leaseSock), 20_000);
     chmodSync(leaseSock, 0o606);
     const leaseIno = statSync(leaseSock).ino;
@@ -151,7 +165,7 @@ test('a broker started by systemd-socket-activate serves a lease and the admin s
     await client.call('queue');
     await client.call('alloc', { name: 'a', size: 4096 });
     await until('the daemon to say ready', () => out.some((l) => l.includes('"event":"ready"')), 20_000);
-    wake.close();
+    (wake as SeqpacketSocket | null)?.close();
 
     // The admin socket the broker serves is the inherited one.
     const leases = (await adminRequest(adminSock, { op: 'leases' })) as { id: string; pid: number }[];
