@@ -25,6 +25,8 @@ struct EnvState {
   std::unordered_set<int> trackedFds;
   Napi::FunctionReference sysError;
   Napi::FunctionReference misuseError;
+  /** poll.cc's PollHandle class: its methods live on one prototype instead of four closures per handle. */
+  Napi::FunctionReference pollHandleClass;
   ~EnvState();
 };
 /** This environment's state, created on first use. */

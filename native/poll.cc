@@ -1,7 +1,7 @@
 // Readiness watching: one uv_poll_t on the calling environment's own loop
 // (main thread or worker), calling back into JS with (status, events).
 //
-// Lifetime: a Watcher is shared by the JS handle's methods (each holds a
+// Lifetime: a Watcher is shared by the JS handle (a PollHandle, which holds a
 // reference, dropped by its finalizer) and by the uv handle while it is open
 // (dropped by the uv_close callback). stop() closes the uv handle; the
 // Watcher is freed when the last reference goes, so a stale PollHandle never
@@ -75,40 +75,53 @@ void OnPoll(uv_poll_t* handle, int status, int events) {
   }
 }
 
-Watcher* WatcherOf(const Napi::CallbackInfo& info) { return static_cast<Watcher*>(info.Data()); }
+// The JS handle: one object of a class defined once per environment, its methods on the prototype (a
+// handle made of four bound functions, each with a finalizer, cost the broker, the simulator and every
+// client a measurable share of a lease's setup: every socket and eventfd gets a watcher). It holds one
+// reference on the Watcher, dropped when the object is collected.
+class PollHandle : public Napi::ObjectWrap<PollHandle> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "PollHandle",
+                       {InstanceMethod<&PollHandle::Stop>("stop"), InstanceMethod<&PollHandle::SetEvents>("setEvents"),
+                        InstanceMethod<&PollHandle::Ref>("ref"), InstanceMethod<&PollHandle::Unref>("unref")});
+  }
 
-Napi::Value Stop(const Napi::CallbackInfo& info) {
-  CloseWatcher(WatcherOf(info));
-  return info.Env().Undefined();
-}
+  explicit PollHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PollHandle>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal()) {
+      ThrowMisuse(info.Env(), "ERR_DEVLEASE_INVALID_ARG", "a PollHandle is made by poll()");
+    }
+    w_ = info[0].As<Napi::External<Watcher>>().Data();
+    w_->refs++;
+  }
+  ~PollHandle() override { Release(w_); }
 
-Napi::Value SetEvents(const Napi::CallbackInfo& info) {
-  Watcher* w = WatcherOf(info);
-  int events = static_cast<int>(IntArg(info, 0, "events", 0, 15));
-  if (!w->open) ThrowMisuse(info.Env(), "ERR_DEVLEASE_CLOSED", "poll handle is stopped");
-  int rc = uv_poll_start(&w->poll, events, OnPoll);
-  if (rc < 0) ThrowErrno(info.Env(), "epoll_ctl", -rc);
-  return info.Env().Undefined();
-}
+ private:
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    CloseWatcher(w_);
+    return info.Env().Undefined();
+  }
 
-Napi::Value Ref(const Napi::CallbackInfo& info) {
-  Watcher* w = WatcherOf(info);
-  if (w->open) uv_ref(reinterpret_cast<uv_handle_t*>(&w->poll));
-  return info.Env().Undefined();
-}
+  Napi::Value SetEvents(const Napi::CallbackInfo& info) {
+    int events = static_cast<int>(IntArg(info, 0, "events", 0, 15));
+    if (!w_->open) ThrowMisuse(info.Env(), "ERR_DEVLEASE_CLOSED", "poll handle is stopped");
+    int rc = uv_poll_start(&w_->poll, events, OnPoll);
+    if (rc < 0) ThrowErrno(info.Env(), "epoll_ctl", -rc);
+    return info.Env().Undefined();
+  }
 
-Napi::Value Unref(const Napi::CallbackInfo& info) {
-  Watcher* w = WatcherOf(info);
-  if (w->open) uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
-  return info.Env().Undefined();
-}
+  Napi::Value Ref(const Napi::CallbackInfo& info) {
+    if (w_->open) uv_ref(reinterpret_cast<uv_handle_t*>(&w_->poll));
+    return info.Env().Undefined();
+  }
 
-void AddMethod(Napi::Env env, Napi::Object target, const char* name, Napi::Function::Callback fn, Watcher* w) {
-  Napi::Function f = Napi::Function::New(env, fn, name, w);
-  w->refs++;
-  f.AddFinalizer([](Napi::Env, Watcher* watcher) { Release(watcher); }, w);
-  target.Set(name, f);
-}
+  Napi::Value Unref(const Napi::CallbackInfo& info) {
+    if (w_->open) uv_unref(reinterpret_cast<uv_handle_t*>(&w_->poll));
+    return info.Env().Undefined();
+  }
+
+  Watcher* w_;
+};
 
 // poll(fd, events, cb): events are UV bits (1 readable, 2 writable, 4 disconnect, 8 prioritized).
 Napi::Value Poll(const Napi::CallbackInfo& info) {
@@ -137,17 +150,13 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
   }
   napi_add_async_cleanup_hook(env, OnEnvCleanup, w, &w->cleanup_hook);
 
-  Napi::Object handle = Napi::Object::New(env);
-  AddMethod(env, handle, "stop", Stop, w);
-  AddMethod(env, handle, "setEvents", SetEvents, w);
-  AddMethod(env, handle, "ref", Ref, w);
-  AddMethod(env, handle, "unref", Unref, w);
-  return handle;
+  return StateOf(env)->pollHandleClass.New({Napi::External<Watcher>::New(env, w)});
 }
 
 }  // namespace
 
 void RegisterPoll(Napi::Env env, Napi::Object exports) {
+  StateOf(env)->pollHandleClass = Napi::Persistent(PollHandle::Define(env));
   exports.Set("poll", Napi::Function::New(env, Poll, "poll"));
 }
 

@@ -12,7 +12,8 @@ import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
 import type { LongTimer } from '../util/long-timer.js';
-import type { CallerContext, LeaseRequest } from './policy.js';
+import { LeaseMappings, type UsageAccounts } from './lease-usage.js';
+import type { CallerContext, LeaseRequest, Usage } from './policy.js';
 import type { SliceUnit } from './slices.js';
 
 /** The longest revoke deadline accepted (24 h): a lease the owner wants back is not left running for weeks. */
@@ -61,14 +62,17 @@ export class Lease {
   readonly createdAt = Date.now();
   /** The device connection this lease was granted on (LeaseTable counts them): a later one does not hold it. */
   generation = 0;
-  state: LeaseState = 'active';
+  #state: LeaseState = 'active';
   /** Why the lease is ending, once it is. */
   endReason: string | null = null;
   /** What failed in reclaim, once the lease is quarantined (its resources are never leased again). */
   quarantineReason: string | null = null;
   /** Revocation deadline (ms since epoch) while `revoking`. */
   deadline: number | null = null;
-  readonly mappings = new Map<bigint, LeaseMapping>();
+  readonly mappings = new LeaseMappings();
+  /** The uid accounts this lease counts in while it is in the table (LeaseTable.add/remove), and its share there. */
+  #accounts: UsageAccounts | null = null;
+  #share: Usage = { leases: 0, mappedBytes: 0n, mappings: 0 };
   /** Slice units per lease region index (a region may be several units: one fd each). */
   readonly slices = new Map<number, SliceUnit[]>();
   /** The client's notification eventfds (ERR: device fault/reset, REQ: revocation notice). */
@@ -99,12 +103,42 @@ export class Lease {
     this.request = request;
     this.ctx = { ...ctx, lease: { id, kind: request.kind } };
     this.resources = resources;
+    this.mappings.onChange = () => this.#recount();
+  }
+
+  get state(): LeaseState {
+    return this.#state;
+  }
+  set state(s: LeaseState) {
+    this.#state = s;
+    this.#recount();
   }
 
   get mappedBytes(): bigint {
-    let n = 0n;
-    for (const m of this.mappings.values()) n += m.size;
-    return n;
+    return this.mappings.bytes;
+  }
+
+  /** Count this lease in `accounts` (entering the table) or in none (leaving it). */
+  countIn(accounts: UsageAccounts | null): void {
+    this.#accounts?.apply(this.ctx.uid, this.#share, -1);
+    this.#accounts = accounts;
+    this.#share = { leases: 0, mappedBytes: 0n, mappings: 0 };
+    this.#recount();
+  }
+
+  /** Move this lease's share in its uid's account to what it holds now. */
+  #recount(): void {
+    const accounts = this.#accounts;
+    if (!accounts) return;
+    const live = this.live;
+    const share: Usage = {
+      leases: live ? 1 : 0,
+      mappedBytes: live ? this.mappings.bytes : 0n,
+      mappings: live ? this.mappings.size : 0,
+    };
+    accounts.apply(this.ctx.uid, this.#share, -1);
+    accounts.apply(this.ctx.uid, share, 1);
+    this.#share = share;
   }
 
   /** Run a session request as tracked work: reclaim waits for it (see `settle()`). */

@@ -15,6 +15,7 @@ import type { BrokerConfig } from './config.js';
 import type { Lease } from './lease.js';
 import { revokeLease, unmapAll } from './lease-end.js';
 import { grantLease } from './lease-grant.js';
+import { UsageAccounts } from './lease-usage.js';
 import { retryLocalTransient } from './local-retry.js';
 import type { CallerContext, LeaseRequest, Policy, Usage } from './policy.js';
 import type { SliceWatcher } from './slices.js';
@@ -22,6 +23,8 @@ import type { SliceWatcher } from './slices.js';
 /** Events: 'granted' (Lease), 'released' (Lease), 'state' (Lease). */
 export class LeaseTable extends EventEmitter {
   readonly #leases = new Map<string, Lease>();
+  /** What each uid's live leases hold (lease-usage.ts): the policy's limits read it on every grant and map. */
+  readonly #accounts = new UsageAccounts();
   #next = 1;
   #draining = false;
   /** Grants in progress per uid: counted against the lease limit so concurrent requests cannot overshoot it. */
@@ -79,6 +82,7 @@ export class LeaseTable extends EventEmitter {
   /** Enter a lease into the table: a grant that succeeded, or one taken over from another broker. */
   add(lease: Lease): void {
     this.#leases.set(lease.id, lease);
+    lease.countIn(this.#accounts);
   }
 
   get draining(): boolean {
@@ -115,17 +119,10 @@ export class LeaseTable extends EventEmitter {
 
   usage(ctx: CallerContext): Usage {
     const inflight = this.#mapping.get(ctx.uid);
-    const u: Usage = {
-      leases: this.#granting.get(ctx.uid) ?? 0,
-      mappedBytes: inflight?.bytes ?? 0n,
-      mappings: inflight?.count ?? 0,
-    };
-    for (const l of this.#leases.values()) {
-      if (l.ctx.uid !== ctx.uid || !l.live) continue;
-      u.leases++;
-      u.mappedBytes += l.mappedBytes;
-      u.mappings += l.mappings.size;
-    }
+    const u = this.#accounts.of(ctx.uid);
+    u.leases += this.#granting.get(ctx.uid) ?? 0;
+    u.mappedBytes += inflight?.bytes ?? 0n;
+    u.mappings += inflight?.count ?? 0;
     return u;
   }
 
@@ -363,6 +360,7 @@ export class LeaseTable extends EventEmitter {
     this.driver.release(lease.resources);
     lease.state = 'released';
     this.#leases.delete(lease.id);
+    lease.countIn(null);
     this.audit.write({
       event: 'released',
       lease: lease.id,
@@ -418,6 +416,7 @@ export class LeaseTable extends EventEmitter {
     lease.mappings.clear();
     lease.state = 'released';
     this.#leases.delete(lease.id);
+    lease.countIn(null);
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
     this.audit.write({
       event: 'released',

@@ -52,6 +52,22 @@ export class MemFd {
     native.ftruncate(this.fd.fd, size);
   }
 
+  /**
+   * Zero `length` bytes at `offset` by freeing them (fallocate PUNCH_HOLE): every mapping reads zeros there
+   * from now on, and pages never touched stay untouched (no fault, no memory).
+   */
+  punchHole(offset: number, length: number): void {
+    for (const [name, v] of [
+      ['offset', offset],
+      ['length', length],
+    ] as const) {
+      if (!Number.isSafeInteger(v) || v < 0) {
+        throw misuse('ERR_DEVLEASE_INVALID_ARG', `${name} must be a non-negative integer, got ${v}`);
+      }
+    }
+    native.punchHole(this.fd.fd, offset, length);
+  }
+
   /** F_ADD_SEALS (needs sealing: true at create()). */
   addSeals(seals: number): void {
     native.addSeals(this.fd.fd, seals);

@@ -132,6 +132,8 @@ export interface NativeAddon {
   // --- memfd ---
   memfdCreate(name: string, flags: number): number; // MFD_CLOEXEC always added
   ftruncate(fd: number, size: number): void;
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads zero in every mapping, its pages freed untouched. */
+  punchHole(fd: number, offset: number, length: number): void;
   addSeals(fd: number, seals: number): void;
   getSeals(fd: number): number;
 

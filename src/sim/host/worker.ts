@@ -199,8 +199,9 @@ function handle(r: DeviceRequest): unknown {
     case 'pageRenewed': {
       // The holder's mapping is already dead (the front end truncated the old memory); the page the engine
       // now reads is a copy of the old registers until this reset zeroes it.
-      device.resetQueue(device.queues[r.queue]!);
+      // Adopted first: the reset zeroes the page through the backing's memfd of it (zeroPage), the new one.
       revokedInodes.add(backing.adoptSpare(r.queue));
+      device.resetQueue(device.queues[r.queue]!);
       return;
     }
     case 'disconnect': {

@@ -100,7 +100,13 @@ export class Sa1Device {
     this.firmware = new Firmware(this.#now, regs);
     this.queues = Array.from(
       { length: options.numQueues },
-      (_, i) => new Queue(i, regs, () => backing.pages[i] as Uint8Array),
+      (_, i) =>
+        new Queue(
+          i,
+          regs,
+          () => backing.pages[i] as Uint8Array,
+          backing.zeroPage ? (from) => backing.zeroPage!(i, from) : undefined,
+        ),
     );
     this.devmem = new DeviceMemory(options.devmemSize, options.devmemGranule, () => backing.granules);
     this.msixTable = regs.msixTable(options.numQueues);

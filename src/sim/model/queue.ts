@@ -59,6 +59,8 @@ export class Queue extends QueueRegisters {
     index: number,
     regs: RegisterFile,
     private readonly pageMemory: () => Uint8Array,
+    /** Zeroes the page from a byte offset to its end without touching it (Backing.zeroPage), if it can. */
+    private readonly zeroRest?: (from: number) => void,
   ) {
     super(index, regs);
     this.vector = Q_VECTOR_NONE;
@@ -184,7 +186,8 @@ export class Queue extends QueueRegisters {
     const w = this.words;
     for (let i = 0; i < w.length; i++) Atomics.store(w, i, 0);
     // The reserved rest of the page reads zero (§2.3): clear whatever a client stored there.
-    this.pageMemory().fill(0, w.byteLength);
+    if (this.zeroRest) this.zeroRest(w.byteLength);
+    else this.pageMemory().fill(0, w.byteLength);
   }
 
   /** Whole-device reset: QCFG back to its power-on values as well. */

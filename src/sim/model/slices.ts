@@ -31,6 +31,11 @@ export interface Backing {
    * the device no longer reads or writes (a stock client's revoke: see docs/ARCHITECTURE.md).
    */
   renew(slice: SliceRef, opts?: { fault?: boolean }): void;
+  /**
+   * Zero queue page q from byte `from` to its end (a queue reset's reserved part). Optional: a backing that
+   * can free the range without touching it says so; without it the device stores zeros.
+   */
+  zeroPage?(q: number, from: number): void;
   close(): void;
 }
 
