@@ -101,6 +101,21 @@ Napi::Value GuardRevokedAt(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), sigbus_guard::IsRevokedAt(static_cast<uintptr_t>(address)));
 }
 
+// guardReplaceAt(address, length, fd): map fd over the guarded mapping at `address` (a bigint) in one step
+// (sigbus_guard::ReplaceAt), for a thread that does not hold the mapping's handle (the simulator's front end
+// renewing a queue page the device worker maps).
+Napi::Value GuardReplaceAt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBigInt()) ThrowMisuse(env, "ERR_DEVLEASE_INVALID_ARG", "address must be a bigint");
+  bool lossless = false;
+  uint64_t address = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
+  auto length = static_cast<size_t>(IntArg(info, 1, "length", 1, int64_t{1} << 40));
+  int fd = FdArg(info, 2);
+  int err = sigbus_guard::ReplaceAt(static_cast<uintptr_t>(address), length, fd);
+  if (err != 0) ThrowErrno(env, "mmap", err);
+  return env.Undefined();
+}
+
 // mmap(fd, length, prot, offset, guard)
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -149,6 +164,7 @@ void RegisterMapping(Napi::Env env, Napi::Object exports) {
   exports.Set("guardRevocations", Napi::Function::New(env, GuardRevocations, "guardRevocations"));
   exports.Set("guardRevocationsWord", Napi::Function::New(env, GuardRevocationsWord, "guardRevocationsWord"));
   exports.Set("guardRevokedAt", Napi::Function::New(env, GuardRevokedAt, "guardRevokedAt"));
+  exports.Set("guardReplaceAt", Napi::Function::New(env, GuardReplaceAt, "guardReplaceAt"));
 }
 
 }  // namespace devlease

@@ -122,6 +122,19 @@ bool IsRevokedAt(uintptr_t address) {
   return false;
 }
 
+int ReplaceAt(uintptr_t address, size_t length, int fd) {
+  for (Slot& slot : slots) {
+    if (slot.state.load(std::memory_order_acquire) != kActive) continue;
+    if (slot.start.load(std::memory_order_relaxed) != address) continue;
+    if (slot.length.load(std::memory_order_relaxed) != length) return ENOENT;
+    if (slot.revoked.load(std::memory_order_acquire)) return ENOENT;
+    void* r = mmap(reinterpret_cast<void*>(address), length, slot.prot.load(std::memory_order_relaxed),
+                   MAP_FIXED | MAP_SHARED, fd, 0);
+    return r == MAP_FAILED ? errno : 0;
+  }
+  return ENOENT;
+}
+
 bool Unregister(int slot) {
   slots[slot].state.store(kBusy, std::memory_order_release);
   bool revoked = slots[slot].revoked.load(std::memory_order_acquire);

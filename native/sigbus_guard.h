@@ -27,6 +27,13 @@ bool IsRevoked(int slot);
  * thread that holds the mapping's memory but not its handle (the simulator's device worker).
  */
 bool IsRevokedAt(uintptr_t address);
+/**
+ * Maps `fd` (MAP_SHARED, offset 0, the slot's prot) over the guarded, not yet revoked mapping that starts at
+ * `address` and is `length` bytes long, in one MAP_FIXED: a thread reading the range sees the old file or the
+ * new one, never a hole. Returns 0, ENOENT (no such guarded mapping) or mmap's errno. The caller must know
+ * the range stays mapped meanwhile (its owner unmaps it only after this returns).
+ */
+int ReplaceAt(uintptr_t address, size_t length, int fd);
 /** Stops guarding the slot (before the range is unmapped); returns whether it had been revoked. */
 bool Unregister(int slot);
 

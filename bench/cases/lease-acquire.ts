@@ -11,6 +11,7 @@ import type { Lease as BrokerLease } from '../../src/broker/lease.js';
 import { StreamServer, type StreamSocket } from '../../src/sys/index.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
 import { ClientProc } from '../fixtures/client-proc.js';
+import { sharedMs } from '../fixtures/clock.js';
 import { BrokerProbe } from '../fixtures/probe.js';
 import { RequestProbe } from '../fixtures/request-probe.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
@@ -25,7 +26,7 @@ interface Acquire {
   totalUs: number;
 }
 
-const epochMs = (): number => performance.timeOrigin + performance.now();
+const epochMs = sharedMs;
 
 runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbell', async (quick) => {
   const n = quick ? 40 : 300;
@@ -152,7 +153,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         // SET_IRQS, DMA_MAP) the broker pipelines: 2 client ↔ broker round trips, 1 device round trip after
         // VERSION (2 in the rounds above when the DMA_MAP reaches the broker after the SET_IRQS reply).
         sequentialClientRoundTripsPerAcquire: 2,
-        clock: 'step times cross processes: performance.timeOrigin + performance.now() on both sides',
+        clock: 'step times cross processes: CLOCK_MONOTONIC (fixtures/clock.ts) on both sides',
       },
     };
   } finally {

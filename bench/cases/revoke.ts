@@ -1,19 +1,19 @@
 // Case 5, revoke with deadline 0: the owner revokes a lease whose holder is
 // spinning on reads of its guarded queue page mapping. Measured: revoke() →
-// the client sees its mapping dead (isRevoked(), timed in the client with
-// performance.timeOrigin + performance.now(), a clock shared across
-// processes) and revoke() → the lease free in the broker. The floor is the
+// the client sees its mapping dead (isRevoked(), timed in the client on
+// CLOCK_MONOTONIC, fixtures/clock.ts) and revoke() → the lease free in the broker. The floor is the
 // device's own part: the same number of bare device round trips.
 //
 //   node dist/bench/cases/revoke.js [--quick]
 
 import type { Lease as BrokerLease } from '../../src/broker/lease.js';
 import { ClientProc } from '../fixtures/client-proc.js';
+import { sharedMs } from '../fixtures/clock.js';
 import { BrokerProbe } from '../fixtures/probe.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { startRig } from '../fixtures/rig.js';
 
-const epochMs = (): number => performance.timeOrigin + performance.now();
+const epochMs = sharedMs;
 
 runCase(
   'revoke',

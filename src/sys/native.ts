@@ -145,6 +145,8 @@ export interface NativeAddon {
   guardRevocationsWord(): Uint32Array;
   /** Whether the guarded mapping starting at `address` was revoked (a thread holding its buffer, not its handle). */
   guardRevokedAt(address: bigint): boolean;
+  /** Map `fd` over the guarded, unrevoked mapping at `address` of `length` bytes in one MAP_FIXED (ENOENT: none). */
+  guardReplaceAt(address: bigint, length: number, fd: number): void;
 
   // --- eventfd ---
   eventfd(initval: number, flags: number): number; // EFD_CLOEXEC always added

@@ -12,6 +12,11 @@ export type InjectRequest =
   | { kind: 'hang'; on?: 'firmware-load'; count?: number }
   | { kind: 'fault'; queue: number; code?: number; iova?: bigint }
   | { kind: 'delay'; ms: number; queue?: number }
+  /**
+   * The device worker stops for `ms` (at most 60 000) right after answering: serves nothing, runs no queue.
+   * For tests of what must not wait on the worker (a queue page's revoke kills the holder's mapping first).
+   */
+  | { kind: 'stall'; ms: number }
   | { kind: 'dropIrq'; count: number; index?: number; vector?: number }
   /** Q_CTRL.RESET of `queue` (none: CONTROL.RESET and every queue's) never finishes; `clear` ends that. */
   | { kind: 'stuckReset'; queue?: number; clear?: boolean };
@@ -42,6 +47,8 @@ export type DeviceRequest =
   | { op: 'reset' }
   /** fault: truncate the old memory so every mapping of it faults (false: only detach the device from it). */
   | { op: 'revoke'; fd: number; fault: boolean }
+  /** The front end renewed queue page `queue` with the spare (page-revoke.ts): reset the queue, adopt it. */
+  | { op: 'pageRenewed'; queue: number }
   | { op: 'disconnect' }
   | { op: 'inject'; inject: InjectRequest }
   | { op: 'stats' }

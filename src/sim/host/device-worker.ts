@@ -21,6 +21,7 @@ import type { DeviceRequest, DeviceStats } from './commands.js';
 import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
+import { PageTable, renewPage } from './page-revoke.js';
 import type { WorkerInit } from './worker.js';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
@@ -44,6 +45,8 @@ export class DeviceWorker {
   #kicksOut = false;
   /** The slices' current memfd numbers, published by the worker's backing (memfd-backing.ts). */
   readonly #sliceFds: Int32Array;
+  /** Queue page addresses and inodes, and the spare page memory (page-revoke.ts). */
+  readonly #pages: PageTable;
   /** The queues' kick ioeventfds (the worker owns and closes them; replies carry dups). */
   readonly #kickFds: number[];
   #worker: Worker;
@@ -87,6 +90,8 @@ export class DeviceWorker {
       native.eventfd(0, EFD_NONBLOCK as number),
     );
     this.#sliceFds = sliceFdTable(options);
+    const pages = PageTable.memory(options.numQueues);
+    this.#pages = new PageTable(pages);
     const init: WorkerInit = {
       options,
       mailbox: wake,
@@ -95,6 +100,7 @@ export class DeviceWorker {
       irqs: irqMemory,
       kickFds: this.#kickFds,
       sliceFds: this.#sliceFds.buffer as SharedArrayBuffer,
+      pages,
     };
     this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
       workerData: init,
@@ -188,6 +194,29 @@ export class DeviceWorker {
       throw err;
     }
     return fds;
+  }
+
+  /**
+   * The revoke feature (datasheet §8) for a slice fd of any description. A queue page is renewed here first,
+   * so its holder's mapping is dead before the worker wakes (page-revoke.ts); the worker then resets the
+   * queue and adopts the new memory, and only then is the revoke answered. A device-memory granule, an fd
+   * of no current page (already revoked, or no slice: the worker says which), a detach, or a revoke with no
+   * spare ready goes to the worker whole, as before.
+   */
+  revoke(fd: number, fault: boolean): void {
+    this.#checkOpen();
+    // A detach (fault false) kills no mapping: nothing to win here, and the worker's order (reset, then let
+    // go) leaves the detached holder the page as the reset zeroed it.
+    const q = fault ? this.#pages.pageOf(native.fstat(fd).ino) : -1;
+    const spare = q >= 0 ? this.#pages.takeSpare() : null;
+    if (!spare) {
+      this.request({ op: 'revoke', fd, fault });
+      return;
+    }
+    const oldFd = Atomics.load(this.#sliceFds, sliceFdIndex(this.options, { kind: 'queue', index: q }));
+    renewPage(this.#pages, q, oldFd, spare, this.options.queueStride);
+    Atomics.store(this.#sliceFds, sliceFdIndex(this.options, { kind: 'queue', index: q }), spare.fd);
+    this.request({ op: 'pageRenewed', queue: q });
   }
 
   request<T = void>(req: DeviceRequest): T {

@@ -206,7 +206,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
             'EINVAL',
             `fd_index ${fd_index} names none of the ${req.fds.length} fds passed`,
           );
-        this.device.request({ op: 'revoke', fd: fd.fd, fault: !(flags & DMA_BUF_REVOKE_FLAG_DETACH) });
+        this.device.revoke(fd.fd, !(flags & DMA_BUF_REVOKE_FLAG_DETACH));
         return {};
       }
       throw new VfioError('ENOTSUP', `device feature ${req.feature} is not supported by SA-1`);

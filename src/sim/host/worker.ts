@@ -19,6 +19,7 @@ import { RegisterFile, sharedClock } from '../model/register-file.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
 import { IrqTable } from './irq-table.js';
 import { type Envelope, MailboxDevice, type WireError } from './mailbox.js';
+import { PageTable } from './page-revoke.js';
 
 export interface WorkerInit {
   options: Sa1Options;
@@ -34,12 +35,14 @@ export interface WorkerInit {
   kickFds: number[];
   /** Where the backing publishes its slices' memfd numbers (memfd-backing.ts), for the front end. */
   sliceFds: SharedArrayBuffer;
+  /** Queue page addresses, inodes and the spare page memory, for the front end's revoke (page-revoke.ts). */
+  pages: SharedArrayBuffer;
 }
 
 const init = workerData as WorkerInit;
 const options = init.options;
 const mailbox = new MailboxDevice<DeviceRequest>(init.mailbox, init.port);
-const backing = new MemfdBacking(options, new Int32Array(init.sliceFds));
+const backing = new MemfdBacking(options, new Int32Array(init.sliceFds), new PageTable(init.pages));
 /** eventfd numbers per VFIO irq index and vector (-1: none). The front-end owns the Fd objects. */
 const irqs = new IrqTable(init.irqs, options.numQueues);
 const device = new Sa1Device(
@@ -73,6 +76,8 @@ const stats: DeviceStats = {
   dmaMaps: 0,
   firmwareRunning: false,
 };
+/** An injected stall still to take after the current answer (inject 'stall'). */
+let stallMs = 0;
 /** The shutdown request, once taken: answered after the loop stops. */
 let shutdownSeq: number | null = null;
 
@@ -151,6 +156,12 @@ function inject(i: InjectRequest): void {
     case 'stuckReset':
       device.setStuckReset(!i.clear, i.queue);
       return;
+    case 'stall':
+      if (!Number.isInteger(i.ms) || i.ms < 0 || i.ms > 60_000) {
+        throw new VfioError('EINVAL', `stall ms must be an integer 0..60000, got ${i.ms}`);
+      }
+      stallMs = i.ms;
+      return;
   }
 }
 
@@ -183,6 +194,14 @@ function handle(r: DeviceRequest): unknown {
       }
       device.revokeSlice(slice, { fault: r.fault });
       revokedInodes.add(ino);
+      return;
+    }
+    case 'pageRenewed': {
+      // The holder's mapping is already dead (the front end truncated the old memory); the page the engine
+      // now reads is a copy of the old registers until this reset zeroes it.
+      // Adopted first: the reset zeroes the page through the backing's memfd of it (zeroPage), the new one.
+      revokedInodes.add(backing.adoptSpare(r.queue));
+      device.resetQueue(device.queues[r.queue]!);
       return;
     }
     case 'disconnect': {
@@ -241,6 +260,11 @@ function serveOne({ seq, req }: Envelope<DeviceRequest>): void {
     return;
   }
   mailbox.answer(seq, { value });
+  if (stallMs > 0) {
+    // An injected stall (InjectRequest 'stall'): answered above, then nothing for its time.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, stallMs);
+    stallMs = 0;
+  }
 }
 
 function serveBetweenDescriptors(): void {

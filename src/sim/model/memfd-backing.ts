@@ -27,11 +27,19 @@ function createSlice(name: string, size: number): Slice {
   }
 }
 
+/** Where queue pages and the spare page memory are published for the front end (host/page-revoke.ts). */
+export interface PageSink {
+  publishPage(q: number, address: bigint, ino: bigint): void;
+  offerSpare(fd: number, ino?: bigint): void;
+}
+
 export class MemfdBacking implements Backing {
   readonly pages: Uint8Array[] = [];
   readonly granules: Uint8Array[] = [];
   readonly #slices: { queue: Slice[]; devmem: Slice[] } = { queue: [], devmem: [] };
   #generation = 0;
+  /** A queue page's next memory, offered to the front end (host/page-revoke.ts); null without a page table. */
+  #spare: { memfd: MemFd; ino: bigint } | null = null;
 
   /**
    * `fdTable`: where to publish each slice's memfd number (queue pages first, then granules; -1 once
@@ -40,10 +48,12 @@ export class MemfdBacking implements Backing {
   constructor(
     private readonly o: Sa1Options,
     private readonly fdTable: Int32Array | null = null,
+    private readonly pageTable: PageSink | null = null,
   ) {
     try {
       for (let q = 0; q < o.numQueues; q++) this.#install({ kind: 'queue', index: q });
       for (let g = 0; g < o.devmemSize / o.devmemGranule; g++) this.#install({ kind: 'devmem', index: g });
+      this.#offerSpare();
     } catch (err) {
       this.close();
       throw err;
@@ -78,6 +88,24 @@ export class MemfdBacking implements Backing {
   }
 
   /**
+   * The front end mapped the spare over queue page q and published it (host/page-revoke.ts renewPage): take
+   * ownership of it, close the old memfd (the front end truncated it), offer a new spare.
+   * Returns the old memory's inode (revoked from now on).
+   */
+  adoptSpare(q: number): bigint {
+    const old = this.#get({ kind: 'queue', index: q });
+    const spare = this.#spare;
+    if (!spare) throw new Error('no spare page memory was offered');
+    this.#spare = null;
+    this.#slices.queue[q] = { memfd: spare.memfd, mapping: old.mapping, ino: spare.ino };
+    if (this.fdTable)
+      Atomics.store(this.fdTable, sliceFdIndex(this.o, { kind: 'queue', index: q }), spare.memfd.fd.fd);
+    old.memfd.close();
+    this.#offerSpare();
+    return old.ino;
+  }
+
+  /**
    * A hole punched in the page's memfd: it reads zero in every mapping (the client's too), and its pages are
    * freed untouched. Storing 64 KiB of zeros instead faulted in all 16 pages of a queue never used before,
    * the largest item of the simulator's CPU per lease at 1,000 leases (docs/PERFORMANCE.md, fifth pass).
@@ -87,6 +115,9 @@ export class MemfdBacking implements Backing {
   }
 
   close(): void {
+    this.pageTable?.offerSpare(-1);
+    this.#spare?.memfd.close();
+    this.#spare = null;
     for (const kind of ['queue', 'devmem'] as const) {
       for (const s of this.#slices[kind]) {
         s.mapping.unmap();
@@ -103,12 +134,20 @@ export class MemfdBacking implements Backing {
     return s;
   }
 
+  #offerSpare(): void {
+    if (!this.pageTable) return;
+    const memfd = MemFd.create(`sa1-queue-spare.${this.#generation++}`, { size: this.o.queueStride });
+    this.#spare = { memfd, ino: memfd.stat().ino };
+    this.pageTable.offerSpare(memfd.fd.fd, this.#spare.ino);
+  }
+
   #install(slice: SliceRef): void {
     const size = slice.kind === 'queue' ? this.o.queueStride : this.o.devmemGranule;
     const s = createSlice(`sa1-${slice.kind}-${slice.index}.${this.#generation++}`, size);
     this.#slices[slice.kind][slice.index] = s;
     if (this.fdTable) Atomics.store(this.fdTable, sliceFdIndex(this.o, slice), s.memfd.fd.fd);
     (slice.kind === 'queue' ? this.pages : this.granules)[slice.index] = s.mapping.u8;
+    if (slice.kind === 'queue') this.pageTable?.publishPage(slice.index, s.mapping.address, s.ino);
   }
 }
 

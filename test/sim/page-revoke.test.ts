@@ -1,0 +1,104 @@
+// A queue page's revoke kills the holder's mapping on the simulator's front
+// end, before the device worker has done anything (issue 16, fifth pass;
+// docs/SA-1.md "Revoke: the holder's mapping dies on the front end"). Shown
+// with the worker stalled (inject 'stall') past the front end's command
+// deadline: the revoke cannot be answered, yet the old memory is already
+// truncated and a guarded mapping of it reads as revoked; once the worker
+// runs again the queue is reset and the page has fresh memory. No fd leaks.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import * as ds from '../../src/sim/model/datasheet.js';
+import { encodeDmaBufRequest } from '../../src/sim/model/slices.js';
+import { Mapping, native } from '../../src/sys/index.js';
+import {
+  VFIO_DEVICE_FEATURE_DMA_BUF,
+  VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_SET,
+  VFIO_PCI_BAR2_REGION_INDEX,
+  vfio_device_feature_dma_buf_revoke,
+} from '../../src/vfio/uapi/vfio.js';
+import { BAR0, boot, qcfg, r32, TestQueue } from './helpers/driver.js';
+import { openFds, rig, until } from './helpers/real.js';
+
+const FW = 0x10_0000n;
+const HOST = 0x20_0000n;
+const STRIDE = 65536;
+
+test("a queue page's revoke kills the holder's mapping while the device worker is stalled", async () => {
+  const before = openFds();
+  // The front end gives up on the stalled worker after 1 s; the stall lasts well past that.
+  const r = await rig({ numQueues: 2, commandTimeoutMs: 1000 });
+  try {
+    await boot(r.bus, await r.map(FW, 64 * 1024));
+    const host = await r.map(HOST, 1 << 20);
+    const range = [{ offset: BigInt(STRIDE), length: BigInt(STRIDE) }];
+    const get = { flags: VFIO_DEVICE_FEATURE_GET, feature: VFIO_DEVICE_FEATURE_DMA_BUF };
+    const [old] = (
+      await r.client.feature({ ...get, data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, range) })
+    ).fds;
+    const oldMap = Mapping.map(old!, { length: STRIDE, guard: true });
+    const tq = new TestQueue(
+      r.bus,
+      {
+        q: 1,
+        mem: { iova: HOST, view: host.view.subarray(0, 0x1000) },
+        sqSize: 8,
+        cqSize: 8,
+        page: oldMap.u8,
+      },
+      STRIDE,
+    );
+    await tq.configure();
+    await tq.submit([{ opcode: ds.OP_NOP, tag: 1n }]);
+    await tq.reap(1);
+    assert.equal(await r32(r.bus, BAR0, qcfg(1, ds.Q_CTRL)), ds.Q_CTRL_ENABLE, 'the queue runs');
+
+    r.sim.inject({ kind: 'stall', ms: 8000 });
+    await assert.rejects(
+      r.client.feature({
+        flags: VFIO_DEVICE_FEATURE_SET,
+        feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+        data: vfio_device_feature_dma_buf_revoke.encode({ fd_index: 0 }),
+        fds: [old!],
+      }),
+      /EIO/,
+      'the stalled worker cannot confirm the revoke',
+    );
+    // Still stalled (the front end's deadline is far inside the stall): the holder's memory is gone anyway.
+    assert.equal(native.fstat(old!.fd).size, 0, 'the old memory was truncated without the worker');
+    void oldMap.u32[0]; // a guarded mapping notices on access
+    assert.equal(oldMap.isRevoked(), true, "the holder's mapping is dead");
+    assert.throws(() => r.sim.stats(), /stuck|did not answer/, 'the worker has not answered yet');
+
+    await until(
+      () => {
+        try {
+          r.sim.stats();
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      'the worker to run again after its stall',
+      30_000,
+    );
+    assert.equal(await r32(r.bus, BAR0, qcfg(1, ds.Q_CTRL)), 0, 'the worker then reset the queue');
+    const [fresh] = (
+      await r.client.feature({ ...get, data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, range) })
+    ).fds;
+    assert.notEqual(native.fstat(fresh!.fd).ino, native.fstat(old!.fd).ino, 'the page has fresh memory');
+    const freshMap = Mapping.map(fresh!, { length: STRIDE });
+    assert.deepEqual(
+      [...freshMap.u32.subarray(0, ds.QP_REGISTERS_END / 4)],
+      new Array(ds.QP_REGISTERS_END / 4).fill(0),
+    );
+    freshMap.unmap();
+    oldMap.unmap();
+    fresh!.close();
+    old!.close();
+  } finally {
+    await r.close();
+  }
+  assert.equal(openFds(), before, 'every fd opened for the test was closed');
+});
