@@ -1,15 +1,14 @@
 // One client connection of a VfioUserServer: framing checks on receipt,
-// then one request at a time (arrival order, async model calls awaited)
-// through validate.ts into the device model, and the reply back.
+// then the requests in arrival order through validate.ts into the device
+// model, and the replies back in the same order. A request waits for the one
+// ahead of it, except those a model may pipeline (DMA_MAP, SET_IRQS,
+// GET_REGION_IO_FDS start once the request ahead has issued its device
+// calls; at most MAX_IN_FLIGHT at once); request-replies.ts builds the
+// replies that are the model's answer plus framing.
 // A message that breaks framing closes this connection only.
 import { ERRNO, ProtocolError, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
-import {
-  VFIO_DEVICE_FEATURE_GET,
-  VFIO_DEVICE_FEATURE_PROBE,
-  VFIO_DEVICE_FLAGS_RESET,
-  vfio_irq_info,
-} from '../uapi/vfio.js';
+import { VFIO_DEVICE_FLAGS_RESET, vfio_irq_info } from '../uapi/vfio.js';
 import {
   decodeMessage,
   encodeErrorReply,
@@ -19,16 +18,9 @@ import {
   wantsReply,
 } from './codec.js';
 import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
-import {
-  decodeVersion,
-  encodeFeature,
-  encodeRegionAccess,
-  encodeVersion,
-  vfio_user_device_info,
-} from './messages.js';
+import { decodeVersion, encodeRegionAccess, encodeVersion, vfio_user_device_info } from './messages.js';
 import * as P from './protocol.js';
-import { regionInfoReply } from './region-info.js';
-import { encodeRegionIoFdsReply, parseRegionIoFdsRequest } from './region-io-fds.js';
+import { closeAll, feature, type Reply, regionInfo, regionIoFds } from './request-replies.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 import * as V from './validate.js';
 import { type Capabilities, readCapabilities, replyCapabilities } from './version.js';
@@ -45,8 +37,6 @@ export interface AdoptedSession {
   peerCapabilities: Record<string, unknown>;
   wantsReasons: boolean;
 }
-
-type Reply = { payload?: Uint8Array; fds?: Fd[] };
 
 /**
  * Flow control, so that a client costs the server a bounded amount whatever
@@ -390,7 +380,9 @@ export class VfioUserConnection {
         return { payload: vfio_user_device_info.encode({ argsz: vfio_user_device_info.size, ...d }) };
       }
       case P.VFIO_USER_DEVICE_GET_REGION_INFO:
-        return this.#regionInfo(payload, model);
+        return regionInfo(payload, model, (m) =>
+          this.#config.log(`vfio-user connection ${this.info.id}: ${m}`),
+        );
       case P.VFIO_USER_DEVICE_GET_IRQ_INFO: {
         const { index } = V.parseInfoArgsz('GET_IRQ_INFO', payload);
         const { num_irqs } = model.deviceInfo();
@@ -434,9 +426,9 @@ export class VfioUserConnection {
         return {};
       }
       case P.VFIO_USER_DEVICE_FEATURE:
-        return this.#feature(payload, model, take);
+        return feature(payload, model, this.peer?.maxMsgFds ?? 1, take);
       case P.VFIO_USER_DEVICE_GET_REGION_IO_FDS:
-        return this.#regionIoFds(payload, model, issued);
+        return regionIoFds(payload, model, this.peer?.maxMsgFds ?? 1, issued);
       default:
         if (REFUSED[command] !== undefined) throw new VfioError('ENOTSUP', REFUSED[command]);
         throw new VfioError('ENOSYS', `unknown command ${command}`);
@@ -487,70 +479,5 @@ export class VfioUserConnection {
     const capabilities = replyCapabilities(this.peer.raw, ours);
     const minor = Math.min(v.minor, P.VFIO_USER_MINOR);
     return { payload: encodeVersion(P.VFIO_USER_MAJOR, minor, { capabilities }) };
-  }
-
-  #regionInfo(payload: Uint8Array, model: VfioUserDeviceModel): Reply {
-    const { argsz, index } = V.parseInfoArgsz('GET_REGION_INFO', payload);
-    const { num_regions } = model.deviceInfo();
-    if (index >= num_regions)
-      throw new VfioError('EINVAL', `region ${index} does not exist (${num_regions})`);
-    // The fd the model handed over is sent, then closed like every fd a model returns.
-    return regionInfoReply(argsz, index, model.regionInfo(index), (m) =>
-      this.#config.log(`vfio-user connection ${this.info.id}: ${m}`),
-    );
-  }
-
-  async #regionIoFds(payload: Uint8Array, model: VfioUserDeviceModel, issued?: Issued): Promise<Reply> {
-    // A device that offers none refuses the command whatever it carries (as before rev 2).
-    if (!model.regionIoFds) throw new VfioError('ENOTSUP', 'region I/O fds are not offered by this device');
-    const { argsz, index } = parseRegionIoFdsRequest(payload);
-    const { num_regions } = model.deviceInfo();
-    if (index >= num_regions)
-      throw new VfioError('EINVAL', `region ${index} does not exist (${num_regions})`);
-    const answer = await model.regionIoFds(index, issued ? { issued } : undefined);
-    try {
-      const peerMaxFds = this.peer?.maxMsgFds ?? 1;
-      const reply = encodeRegionIoFdsReply(index, argsz, answer, peerMaxFds);
-      // fds not sent (the head-only reply) are closed here; sent ones after sending, like every reply's.
-      if (reply.fds.length === 0) closeAll(answer.fds);
-      return reply;
-    } catch (err) {
-      closeAll(answer.fds);
-      throw err;
-    }
-  }
-
-  async #feature(payload: Uint8Array, model: VfioUserDeviceModel, take: () => Fd[]): Promise<Reply> {
-    const f = V.parseFeature(payload);
-    const res = await model.feature({
-      flags: f.flags,
-      feature: f.feature,
-      data: f.data.slice(),
-      fds: take(),
-    });
-    const fds = res.fds ?? [];
-    // GET returns the feature's data; SET and PROBE echo the request's (vfio-user.rst, DEVICE_FEATURE "Reply").
-    const isGet = (f.flags & VFIO_DEVICE_FEATURE_GET) !== 0 && (f.flags & VFIO_DEVICE_FEATURE_PROBE) === 0;
-    const data = res.data ?? (isGet ? new Uint8Array(0) : f.data);
-    const size = 8 + data.byteLength;
-    const peerMaxFds = this.peer?.maxMsgFds ?? 1;
-    if (size > f.argsz || fds.length > peerMaxFds) {
-      closeAll(fds);
-      throw new VfioError(
-        'ENOSPC',
-        `feature ${f.feature} reply (${size} bytes, ${fds.length} fds) exceeds argsz ${f.argsz} or max_msg_fds ${peerMaxFds}`,
-      );
-    }
-    return { payload: encodeFeature(size, f.flags, data), fds };
-  }
-}
-
-function closeAll(fds: readonly Fd[]): void {
-  for (const fd of fds) {
-    try {
-      fd.close();
-    } catch {
-      // already closed by its new owner
-    }
   }
 }
