@@ -109,14 +109,13 @@ export class Engine {
       const o = (q.sqHead & (q.sqSize - 1)) * (SQ_ENTRY_SIZE / 4);
       for (let i = 0; i < SQ_ENTRY_SIZE / 4; i++) sqe[i] = ring[o + i] as number;
     } else {
-      const slotIova = q.sqBase + BigInt((q.sqHead % q.sqSize) * SQ_ENTRY_SIZE);
-      const segs = this.#ringSegs;
-      segs.length = 0;
-      const fault = this.#translate(q, slotIova, SQ_ENTRY_SIZE, false, segs);
-      if (fault !== null) {
-        this.#queueFault(q, ST_IOMMU_FAULT, fault);
-        return true;
-      }
+      const segs = this.#slotSegs(
+        q,
+        q.sqBase + BigInt((q.sqHead % q.sqSize) * SQ_ENTRY_SIZE),
+        SQ_ENTRY_SIZE,
+        false,
+      );
+      if (segs === null) return true;
       gather(segs, this.#sqeScratch);
     }
     if (this.ctx.iommu.sync()) {
@@ -178,6 +177,19 @@ export class Engine {
     q.ringGen = iommu.generation; // after translating: a miss may have applied waiting maps
     q.ringXlat = q.xlat;
     return q.sqRing !== null;
+  }
+
+  /**
+   * A ring slot translated per call (the slow path, when a ring is not one cached piece): its segments in the
+   * shared scratch, or null with the IOMMU fault recorded on the queue.
+   */
+  #slotSegs(q: Queue, iova: bigint, length: number, write: boolean): Segments | null {
+    const segs = this.#ringSegs;
+    segs.length = 0;
+    const fault = this.#translate(q, iova, length, write, segs);
+    if (fault === null) return segs;
+    this.#queueFault(q, ST_IOMMU_FAULT, fault);
+    return null;
   }
 
   #ringPiece(q: Queue, iova: bigint, length: number, write: boolean): Int32Array | null {
@@ -296,14 +308,13 @@ export class Engine {
       ring[i + 2] = out.result | 0;
       Atomics.store(ring, i + 3, word);
     } else {
-      const slotIova = q.cqBase + BigInt((q.cqTail % q.cqSize) * CQ_ENTRY_SIZE);
-      const segs = this.#ringSegs;
-      segs.length = 0;
-      const fault = this.#translate(q, slotIova, CQ_ENTRY_SIZE, true, segs);
-      if (fault !== null) {
-        this.#queueFault(q, ST_IOMMU_FAULT, fault);
-        return false;
-      }
+      const segs = this.#slotSegs(
+        q,
+        q.cqBase + BigInt((q.cqTail % q.cqSize) * CQ_ENTRY_SIZE),
+        CQ_ENTRY_SIZE,
+        true,
+      );
+      if (segs === null) return false;
       const tag = (BigInt(tagHi >>> 0) << 32n) | BigInt(tagLo >>> 0);
       writeCompletion(segs[0] as Uint8Array, tag, out.result, out.status, phase);
     }
