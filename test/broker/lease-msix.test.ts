@@ -6,12 +6,9 @@
 // its queue — working in its own IOVA view, with its rings at address 0.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { encodeDescriptor } from '../../src/sim/model/descriptor.js';
-import { EventFd, Mapping, MemFd } from '../../src/sys/index.js';
+import { EventFd, type Mapping, MemFd } from '../../src/sys/index.js';
 import {
   VFIO_IRQ_INFO_EVENTFD,
-  VFIO_IRQ_SET_ACTION_TRIGGER,
-  VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_REGION_INFO_FLAG_READ,
@@ -20,17 +17,9 @@ import {
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { CONFIG, cqeAt, le32, ringNop, u16, u32, wireGuestQueue } from '../helpers/guest-queue.js';
 
 after(trackFdLeaks());
-
-const CONFIG = 7;
-const u32 = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset).getUint32(at, true);
-const u16 = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset).getUint16(at, true);
-const le32 = (v: number) => {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v >>> 0, true);
-  return b;
-};
 
 test('a stock client finds MSI-X in the capability list, its table trapped, and takes a vector through SET_IRQS', async () => {
   const rig = await startRig();
@@ -85,30 +74,11 @@ test('a stock client finds MSI-X in the capability list, its table trapped, and 
     const irq = await client.irqInfo(VFIO_PCI_MSIX_IRQ_INDEX);
     assert.equal(irq.count, 1);
     assert.equal(irq.flags & VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_EVENTFD);
-    await client.setIrqs({
-      flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-      index: VFIO_PCI_MSIX_IRQ_INDEX,
-      start: 0,
-      count: 1,
-      fds: [efd.fd],
-    });
-
     // Its queue, as a guest driver runs it: rings in "guest RAM" mapped at view address 0.
-    await client.dmaMap({ fd: ram.fd, iova: 0n, size: 65536n, flags: 3 });
-    const qp = await client.regionInfo(2);
-    assert.ok(qp.fd, 'the queue page is mmap-able');
-    page = Mapping.map(qp.fd, { length: Number(qp.size) });
-    qp.fd.close();
-    const p = new DataView(page.u8.buffer, page.u8.byteOffset, 64);
-    p.setBigUint64(0x00, 0n, true); // SQ_BASE
-    p.setUint32(0x08, 4, true); // SQ_SIZE
-    p.setBigUint64(0x18, 0x1000n, true); // CQ_BASE
-    p.setUint32(0x20, 4, true); // CQ_SIZE
-    p.setUint32(0x30, 0, true); // IRQ_MODE: flagged descriptors only
-    encodeDescriptor({ opcode: 0, flags: 1 /* INTR */, tag: 0x77n }, ramMap.u8, 0);
-    p.setUint32(0x0c, 1, true); // SQ_TAIL
+    page = await wireGuestQueue(client, efd, ram);
+    ringNop(page, ramMap, 0, 0x77n);
     await until('the vector to fire', () => efd.read() !== null);
-    const cqe = new DataView(ramMap.u8.buffer, ramMap.u8.byteOffset + 0x1000, 16);
+    const cqe = cqeAt(ramMap, 0);
     assert.equal(cqe.getBigUint64(0, true), 0x77n, 'completion written at view 0x1000');
     assert.equal(cqe.getUint32(12, true), 1 << 16, 'status OK, phase 1');
   } finally {

@@ -7,29 +7,14 @@
 // queue arrives on the same eventfd — with no new SET_IRQS.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { encodeDescriptor } from '../../src/sim/model/descriptor.js';
-import { EventFd, Mapping, MemFd } from '../../src/sys/index.js';
-import {
-  VFIO_IRQ_SET_ACTION_TRIGGER,
-  VFIO_IRQ_SET_DATA_EVENTFD,
-  VFIO_PCI_MSIX_IRQ_INDEX,
-} from '../../src/vfio/uapi/vfio.js';
+import { EventFd, type Mapping, MemFd } from '../../src/sys/index.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { CONFIG, cqeAt, le16, le32, ringNop, u16, u32, wireGuestQueue } from '../helpers/guest-queue.js';
 import { alive, UpgradeRig } from './rig.js';
 
 after(trackFdLeaks());
-
-const CONFIG = 7;
-const u32 = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset).getUint32(at, true);
-const u16 = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset).getUint16(at, true);
-const le32 = (v: number) => {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v >>> 0, true);
-  return b;
-};
-const le16 = (v: number) => new Uint8Array([v & 0xff, v >> 8]);
 
 test('config space and MSI-X table writes of a stock client survive an upgrade; its vector still fires', {
   timeout: 180_000,
@@ -63,30 +48,11 @@ test('config space and MSI-X table writes of a stock client survive an upgrade; 
     assert.equal((wrote.bar & 0xffff_f000) >>> 0, 0xfeb0_0000, 'the BAR holds its address');
     assert.equal(wrote.msixControl & 0x8000, 0x8000, 'MSI-X enabled');
 
-    await client.setIrqs({
-      flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-      index: VFIO_PCI_MSIX_IRQ_INDEX,
-      start: 0,
-      count: 1,
-      fds: [efd.fd],
-    });
-    await client.dmaMap({ fd: ram.fd, iova: 0n, size: 65536n, flags: 3 });
-    const qp = await client.regionInfo(2);
-    assert.ok(qp.fd, 'the queue page is mmap-able');
-    page = Mapping.map(qp.fd, { length: Number(qp.size) });
-    qp.fd.close();
-    const p = new DataView(page.u8.buffer, page.u8.byteOffset, 64);
-    p.setBigUint64(0x00, 0n, true); // SQ_BASE
-    p.setUint32(0x08, 4, true); // SQ_SIZE
-    p.setBigUint64(0x18, 0x1000n, true); // CQ_BASE
-    p.setUint32(0x20, 4, true); // CQ_SIZE
-    p.setUint32(0x30, 0, true); // IRQ_MODE: flagged descriptors only
+    page = await wireGuestQueue(client, efd, ram);
     const nop = async (slot: number, tag: bigint) => {
-      encodeDescriptor({ opcode: 0, flags: 1 /* INTR */, tag }, ramMap.u8, slot * 64);
-      p.setUint32(0x0c, slot + 1, true); // SQ_TAIL
+      ringNop(page!, ramMap, slot, tag);
       await until(`the vector to fire for descriptor ${slot}`, () => efd.read() !== null, 60_000);
-      const cqe = new DataView(ramMap.u8.buffer, ramMap.u8.byteOffset + 0x1000 + slot * 16, 16);
-      assert.equal(cqe.getBigUint64(0, true), tag, `completion ${slot} written`);
+      assert.equal(cqeAt(ramMap, slot).getBigUint64(0, true), tag, `completion ${slot} written`);
     };
     await nop(0, 0x77n);
 
