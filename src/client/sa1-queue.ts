@@ -76,6 +76,7 @@ export class Sa1Queue {
   readonly #timeoutMs: number;
   #tail = 0; // producer index (free-running)
   #cqHead = 0; // consumer index (free-running)
+  #stoppedBy = 0; // a fatal status seen in a completion: the queue is in ERROR until our reset
   /** The last tag given (a number: tags stay far below 2^53, and number keys hash faster than bigints). */
   #tag = 0;
   readonly #pending = new Map<number, Pending>();
@@ -166,6 +167,7 @@ export class Sa1Queue {
     this.#rings.u8.fill(0);
     this.#tail = 0;
     this.#cqHead = 0;
+    this.#stoppedBy = 0;
   }
 
   /** The last error code the device reported (Q_ERROR), fatal or not; 0 since the last reset. */
@@ -175,11 +177,13 @@ export class Sa1Queue {
 
   /**
    * The code that put the queue in ERROR, or 0 while it runs. The queue page shows only the last error
-   * code; BAD_OPCODE and BAD_LENGTH leave the queue running, every other error code stops it (§4).
+   * code; BAD_OPCODE and BAD_LENGTH leave the queue running, every other error code stops it (§4). The
+   * device writes the faulting descriptor's completion before it shows ERROR (docs/SA-1.md), so a fatal
+   * completion already collected means ERROR even while Q_ERROR still reads 0.
    */
   get error(): number {
     const code = this.lastError;
-    return FATAL.has(code) ? code : 0;
+    return FATAL.has(code) ? code : this.#stoppedBy;
   }
 
   get inFlight(): number {
@@ -304,6 +308,7 @@ export class Sa1Queue {
       };
       this.#cqHead = (this.#cqHead + 1) >>> 0;
       n++;
+      if (rawStatus !== 0 && this.#stoppedBy === 0 && FATAL.has(rawStatus)) this.#stoppedBy = rawStatus;
       const key = tagLo + tagHi * 2 ** 32;
       const p = this.#pending.get(key);
       if (p) {

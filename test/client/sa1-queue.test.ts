@@ -79,6 +79,21 @@ test('status errors are typed; a queue in ERROR is reported and recovers after r
   await q.close();
 });
 
+test('a fatal completion is ERROR at once, before the device shows it (Q_ERROR written after the completion)', async () => {
+  const q = await Sa1Queue.create(lease, { entries: 8 });
+  // The device writes the completion, then waits 1.5 s before Q_ERROR, Q_STATUS and the fault record.
+  await rig.sim.inject({ kind: 'errorLag', ms: 1500 });
+  const outside = lease.info.iovaWindow!.base + lease.info.iovaWindow!.size;
+  await assert.rejects(q.writeImm(outside, 1n), { code: 'WINDOW_VIOLATION' });
+  assert.equal(q.lastError, 0, 'the device shows no error yet (else this test shows nothing)');
+  assert.equal(q.error, 3, 'the completion said WINDOW_VIOLATION: the queue is in ERROR');
+  assert.throws(() => q.submit({ opcode: 'NOP' }), { code: 'EIO', message: /ERROR \(WINDOW_VIOLATION\)/ });
+  await q.reset();
+  assert.equal(q.error, 0);
+  assert.equal((await q.nop()).status, 'OK');
+  await q.close();
+});
+
 test('a completion status the datasheet does not define is its own error, with the raw value', async () => {
   // Keep the rings' memory: the test plays a device that writes a status no SA-1 revision defines.
   const bufs: Awaited<ReturnType<Lease['dma']['alloc']>>[] = [];

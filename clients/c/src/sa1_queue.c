@@ -26,6 +26,7 @@ struct devlease_sa1_queue {
 	uint32_t tail, cq_head; /* free-running producer / consumer indexes */
 	uint64_t next_tag;
 	struct devlease_sa1_completion *done; /* by tag & (entries - 1): in flight tags never collide */
+	unsigned stopped_by; /* a fatal status seen in a completion: the queue is in ERROR until our reset */
 };
 
 static const char *const names[] = { "OK", "BAD_OPCODE", "BAD_LENGTH", "WINDOW_VIOLATION", "IOMMU_FAULT",
@@ -61,7 +62,10 @@ unsigned devlease_sa1_error(const struct devlease_sa1_queue *q)
 {
 	if (!q || devlease_closed(q->lease)) return 0;
 	unsigned code = reg32(q, SA1_QP_Q_ERROR) & 0xff;
-	return fatal(code) ? code : 0; /* BAD_OPCODE and BAD_LENGTH leave the queue running (§4) */
+	if (fatal(code)) return code; /* BAD_OPCODE and BAD_LENGTH leave the queue running (§4) */
+	/* The device writes the faulting descriptor's completion before it shows ERROR (docs/SA-1.md), so a
+	 * fatal completion already seen means ERROR even while Q_ERROR still reads 0. */
+	return q->stopped_by;
 }
 
 static int check(const struct devlease_sa1_queue *q, const char *what)
@@ -82,6 +86,7 @@ static void program(struct devlease_sa1_queue *q)
 	set32(q, SA1_QP_CQ_HEAD, 0);
 	set32(q, SA1_QP_IRQ_MODE, SA1_IRQ_MODE_FLAGGED);
 	q->tail = q->cq_head = 0;
+	q->stopped_by = 0;
 }
 
 int devlease_sa1_queue_create(struct devlease *l, const struct devlease_sa1_queue_opts *opts,
@@ -194,6 +199,7 @@ int devlease_sa1_poll(struct devlease_sa1_queue *q)
 		q->cq_head++;
 		n++;
 		if (c.tag) q->done[c.tag & (q->entries - 1)] = c;
+		if (fatal(c.status) && !q->stopped_by) q->stopped_by = c.status;
 	}
 	if (n) set32(q, SA1_QP_CQ_HEAD, q->cq_head);
 	return n;

@@ -17,6 +17,11 @@ export type InjectRequest =
    * For tests of what must not wait on the worker (a queue page's revoke kills the holder's mapping first).
    */
   | { kind: 'stall'; ms: number }
+  /**
+   * The next descriptor that completes with a fatal status (§4) shows ERROR (Q_ERROR, Q_STATUS, its fault
+   * record) only `ms` (at most 60 000) after its completion: a client must take the completion as ERROR.
+   */
+  | { kind: 'errorLag'; ms: number }
   | { kind: 'dropIrq'; count: number; index?: number; vector?: number }
   /** Q_CTRL.RESET of `queue` (none: CONTROL.RESET and every queue's) never finishes; `clear` ends that. */
   | { kind: 'stuckReset'; queue?: number; clear?: boolean };

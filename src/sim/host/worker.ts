@@ -157,10 +157,12 @@ function inject(i: InjectRequest): void {
       device.setStuckReset(!i.clear, i.queue);
       return;
     case 'stall':
+    case 'errorLag':
       if (!Number.isInteger(i.ms) || i.ms < 0 || i.ms > 60_000) {
-        throw new VfioError('EINVAL', `stall ms must be an integer 0..60000, got ${i.ms}`);
+        throw new VfioError('EINVAL', `${i.kind} ms must be an integer 0..60000, got ${i.ms}`);
       }
-      stallMs = i.ms;
+      if (i.kind === 'stall') stallMs = i.ms;
+      else device.setErrorLag(i.ms);
       return;
   }
 }

@@ -74,6 +74,8 @@ export class Sa1Device {
   delayAllMs = 0;
   readonly delayQueueMs = new Map<number, number>();
   readonly #drops: DropRule[] = [];
+  /** inject errorLag: ms the next fatal completion waits before ERROR shows (0: none). */
+  #errorLagMs = 0;
   /** Stuck-reset injection: queues whose Q_CTRL.RESET never finishes; 'device' also holds CONTROL.RESET. */
   readonly #stuckResets = new Set<number | 'device'>();
   /** Queue resets begun but held by a stuck-reset injection (Q_CTRL.RESET reads 1 until it is cleared). */
@@ -119,6 +121,11 @@ export class Sa1Device {
       delayMs: (q) => this.delayQueueMs.get(q.index) ?? this.delayAllMs,
       signalQueue: (q) => {
         if (q.vector <= this.options.numQueues) this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, q.vector);
+      },
+      takeErrorLag: () => {
+        const ms = this.#errorLagMs;
+        this.#errorLagMs = 0;
+        return ms;
       },
     });
   }
@@ -357,6 +364,11 @@ export class Sa1Device {
       q.publish();
     }
     this.faults.write(queue, code, iova);
+  }
+
+  /** The next fatal completion shows ERROR only `ms` after it is written (inject 'errorLag'). */
+  setErrorLag(ms: number): void {
+    this.#errorLagMs = ms;
   }
 
   setDescriptorDelay(ms: number, queue?: number): void {

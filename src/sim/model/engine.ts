@@ -62,6 +62,8 @@ export interface EngineContext {
   delayMs(q: Queue): number;
   /** Fire queue q's MSI-X vector. */
   signalQueue(q: Queue): void;
+  /** The lag (ms) injected before the next fatal completion shows ERROR (inject 'errorLag'); taking it clears it. */
+  takeErrorLag(): number;
 }
 
 const isPow2Ring = (n: number): boolean =>
@@ -321,13 +323,17 @@ export class Engine {
     q.cqTail = (q.cqTail + 1) >>> 0;
     q.completed += 1;
     q.bytes += out.bytes;
-    if (out.status !== ST_OK && out.status !== ST_ABORTED) q.lastError = out.status;
+    // A fatal status's Q_ERROR comes with ERROR itself, after the completion (#queueFault).
+    if (out.status === ST_BAD_OPCODE || out.status === ST_BAD_LENGTH) q.lastError = out.status;
     q.publish();
     if (q.irqMode === IRQ_MODE_EVERY || (flags & FLAG_INTR) !== 0) q.irqPending++;
     return true;
   }
 
   #queueFault(q: Queue, code: number, at: bigint): void {
+    const lag = this.ctx.takeErrorLag();
+    // Injected (tests): the completion is out, ERROR not yet: what a client sees when the device is slow here.
+    if (lag > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, lag);
     q.error = true;
     q.lastError = code;
     q.publish();
