@@ -105,7 +105,7 @@ export class Sa1Device {
       signalQueue: (q) => {
         if (q.vector <= this.options.numQueues) this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, q.vector);
       },
-      takeErrorLag: () => this.#inject.takeErrorLag(),
+      errorLag: () => this.#errorLag(),
     });
   }
 
@@ -278,9 +278,10 @@ export class Sa1Device {
 
   injectHang(): void {
     if (this.hung) return;
+    const record = this.faults.record(FAULT_QUEUE_DEVICE, FAULT_HANG, 0n);
     this.hung = true;
     this.firmware.hang();
-    this.faults.write(FAULT_QUEUE_DEVICE, FAULT_HANG, 0n);
+    this.faults.signal(record);
     this.#interrupt(VFIO_PCI_ERR_IRQ_INDEX, 0);
   }
 
@@ -288,17 +289,23 @@ export class Sa1Device {
   injectFault(queue: number, code = ST_IOMMU_FAULT, iova = 0n): void {
     const q = this.queues[queue];
     if (!q) throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
+    const record = this.faults.record(queue, code, iova);
     if (code >= 1 && code <= 7) {
       q.error = true;
       q.lastError = code;
       q.publish();
     }
-    this.faults.write(queue, code, iova);
+    this.faults.signal(record);
   }
 
-  /** The next fatal completion shows ERROR only `ms` after it is written (inject 'errorLag'). */
+  /** The next error (a data fault, a firmware load error) shows its state `ms` after what it wrote (inject 'errorLag'). */
   setErrorLag(ms: number): void {
     this.#inject.setErrorLag(ms);
+  }
+
+  #errorLag(): void {
+    const ms = this.#inject.takeErrorLag();
+    if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
   }
 
   setDescriptorDelay(ms: number, queue?: number): void {
@@ -413,8 +420,11 @@ export class Sa1Device {
       return shrank >= 0 ? { faultIova: BigInt(shrank) } : bytes;
     };
     const result = verifyImage(fw.iova, fw.len, fetch);
+    // The record before FW_STATUS leaves LOADING: an owner that sees the error finds its record.
+    const record = result.ok ? null : this.faults.record(FAULT_QUEUE_DEVICE, FAULT_FW, result.faultIova);
+    if (record) this.#errorLag();
     fw.finish(result);
-    if (!result.ok) this.faults.write(FAULT_QUEUE_DEVICE, FAULT_FW, result.faultIova);
+    if (record) this.faults.signal(record);
   }
 
   #interrupt(index: number, vector: number): void {

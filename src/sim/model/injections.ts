@@ -1,6 +1,6 @@
 // The SA-1 model's fault injections (programmatic only, never through a BAR): what each one keeps until
 // it fires or is cleared. The device (device.ts) asks here at the points each one acts: a descriptor's
-// delay at fetch, an interrupt's drop at delivery, the error lag at a fatal completion, a hang at a
+// delay at fetch, an interrupt's drop at delivery, the error lag at an error, a hang at a
 // firmware load, a stuck reset at a reset. What an injection does to the device stays in the device.
 
 /** Interrupt-drop injection: drop the next `count` interrupts matching index/vector (undefined = any). */
@@ -14,7 +14,7 @@ export class Injections {
   #delayAllMs = 0;
   readonly #delayQueueMs = new Map<number, number>();
   readonly #drops: DropRule[] = [];
-  /** inject errorLag: ms the next fatal completion waits before ERROR shows (0: none). */
+  /** inject errorLag: ms the next error waits between what it wrote and the state that shows it (0: none). */
   #errorLagMs = 0;
   /** Stuck-reset injection: queues whose Q_CTRL.RESET never finishes; 'device' also holds CONTROL.RESET. */
   readonly #stuckResets = new Set<number | 'device'>();
@@ -48,12 +48,12 @@ export class Injections {
     return true;
   }
 
-  /** The next fatal completion shows ERROR only `ms` after it is written (inject 'errorLag'). */
+  /** The next error (a data fault, a firmware load error) shows its state `ms` after what it wrote (inject 'errorLag'). */
   setErrorLag(ms: number): void {
     this.#errorLagMs = ms;
   }
 
-  /** The lag before the next fatal completion shows ERROR; taking it clears it. */
+  /** The lag before the next error shows its state; taking it clears it. */
   takeErrorLag(): number {
     const ms = this.#errorLagMs;
     this.#errorLagMs = 0;
