@@ -118,7 +118,7 @@ export class Engine {
     const delay = this.ctx.delayMs(q);
     if (delay === 0 && q.inflight.length === 0 && isPlainNop(sqe)) {
       // A well-formed NOP completing at once (the hot path): no Descriptor, no BigInt; SQ_HEAD is published
-      // with the completion (one publish per descriptor instead of two).
+      // with the completion (just before its entry), not at fetch as well.
       q.sqHead = (q.sqHead + 1) >>> 0;
       this.#writeCompletionWords(q, sqe[8] as number, sqe[9] as number, (sqe[0] as number) >>> 8, OK_NOP);
       return true;
@@ -275,11 +275,12 @@ export class Engine {
 
   /**
    * The CQE (§3): the tag and result as plain word stores, then the status and phase word with
-   * Atomics.store, which orders them before it (the phase is what the client polls); then SQ_HEAD, CQ_TAIL
-   * and the counters. The CQ base is 16-byte aligned (latch checks it), so every slot is 4-byte aligned.
+   * Atomics.store, which orders them before it (the phase is what the client polls); SQ_HEAD before it all,
+   * CQ_TAIL and the counters after. The CQ base is 16-byte aligned (latch checks it), so every slot is 4-byte aligned.
    * Int32Array stores are little-endian, as the CQE is, on every host Node runs SA-1 on (x86-64, arm64).
    */
   #writeCompletionWords(q: Queue, tagLo: number, tagHi: number, flags: number, out: Outcome): boolean {
+    q.publishHead(); // before the entry: a client that sees its completion has its SQ slot back
     const phase = Math.floor(q.cqTail / q.cqSize) & 1 ? 0 : 1;
     const word = (out.status & 0xffff) | (phase << 16);
     const ring = this.#rings(q) ? q.cqRing : null;
@@ -305,7 +306,7 @@ export class Engine {
     q.bytes += out.bytes;
     // A fatal status's Q_ERROR comes with ERROR itself, after the completion (#queueFault).
     if (out.status === ST_BAD_OPCODE || out.status === ST_BAD_LENGTH) q.lastError = out.status;
-    q.publish();
+    q.publishAfterCompletion();
     if (q.irqMode === IRQ_MODE_EVERY || (flags & FLAG_INTR) !== 0) q.irqPending++;
     return true;
   }

@@ -117,8 +117,21 @@ export class Queue extends QueueRegisters {
    * (one publish per NOP) five of them were a third of the device's stores.
    */
   publish(): void {
+    Atomics.store(this.words, W(QP_SQ_HEAD), this.sqHead | 0);
+    this.publishAfterCompletion();
+  }
+
+  /**
+   * SQ_HEAD alone: stored before a completion entry is written, so a client that sees the completion sees
+   * SQ_HEAD past its descriptor (its ring space back), never the other way round (docs/SA-1.md).
+   */
+  publishHead(): void {
+    Atomics.store(this.words, W(QP_SQ_HEAD), this.sqHead | 0);
+  }
+
+  /** `publish` without SQ_HEAD: after a completion entry, whose SQ_HEAD `publishHead` stored before it. */
+  publishAfterCompletion(): void {
     const w = this.words;
-    Atomics.store(w, W(QP_SQ_HEAD), this.sqHead | 0);
     Atomics.store(w, W(QP_CQ_TAIL), this.cqTail | 0);
     // Loads of the line the stores above just took: no transfer.
     if (Atomics.load(w, W(QP_SQ_HEAD) + 1) !== 0) Atomics.store(w, W(QP_SQ_HEAD) + 1, 0);
