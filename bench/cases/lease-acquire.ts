@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import type { Lease as BrokerLease } from '../../src/broker/lease.js';
 import { StreamServer, type StreamSocket } from '../../src/sys/index.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
-import { AcquireFloor } from '../fixtures/acquire-floor.js';
+import { AcquireFloor, type FloorSample } from '../fixtures/acquire-floor.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { sharedMs } from '../fixtures/clock.js';
 import { cpuMs, ownCpuMs } from '../fixtures/cpu.js';
@@ -72,7 +72,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     const deviceMs: number[] = [];
     const commands = new Set<number>();
     const rounds = new Set<number>();
-    const topology: number[] = [];
+    const floorSamples: FloorSample[] = [];
     const chunk = Math.ceil(n / CHUNKS);
     requests.take();
     // CPU per acquire + release cycle, process by process (load-robust beside the wall-clock rows): the
@@ -81,7 +81,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     const simPid = rig.sim.proc.pid!;
     for (let i = 0; i < n + 5; i++) {
       if (i >= 5 && (i - 5) % chunk === 0) {
-        topology.push(...(await floor.run(chunk, 2, (quick ? 3000 : 30_000) / CHUNKS)));
+        floorSamples.push(...(await floor.run(chunk, 2, (quick ? 3000 : 30_000) / CHUNKS)));
       }
       const c0 = { client: cpuMs(client.pid), broker: ownCpuMs(), device: cpuMs(simPid) };
       probe.take();
@@ -106,6 +106,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       release.push(released.get(a.lease)! - at);
     }
     // The broker's work per acquire, request by request (warm-up excluded: the last n of each).
+    const topology = floorSamples.map((f) => f.total);
     const calls = requests.take();
     const got = (k: string) => (calls.get(k) ?? []).slice(-n);
     const own = got('grant').map((t, i) => t - (got('device: activate')[i] ?? 0));
@@ -129,10 +130,36 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
           note: `${(summarize(total).median / summarize(topology).median).toFixed(1)}× acquire-topology`,
         }),
         metric(
+          'topology-version',
+          '· zero work: connect → VERSION answered',
+          'µs',
+          floorSamples.map((f) => f.version),
+          { role: 'floor' },
+        ),
+        metric(
+          'topology-batch',
+          '· zero work: VERSION → batch answered (fds, 2 relays)',
+          'µs',
+          floorSamples.map((f) => f.batch),
+          {
+            role: 'floor',
+          },
+        ),
+        metric(
+          'topology-doorbell',
+          '· zero work: doorbell kick → device answers',
+          'µs',
+          floorSamples.map((f) => f.doorbell),
+          {
+            role: 'floor',
+          },
+        ),
+        metric(
           'acquire-version',
           '· connect → VERSION answered (policy, resources decided)',
           'µs',
           toVersion,
+          { ref: 'topology-version' },
         ),
         metric('acquire-grant', '· connect → broker granted (grant device commands done)', 'µs', toGrant),
         metric(
@@ -140,8 +167,11 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
           '· VERSION → queue ready: one batch (regions, irqs, kick fd, the rings DMA_MAP)',
           'µs',
           mappedToQueue,
+          { ref: 'topology-batch' },
         ),
-        metric('acquire-nop', '· first doorbell → completion', 'µs', queueToNop),
+        metric('acquire-nop', '· first doorbell → completion', 'µs', queueToNop, {
+          ref: 'topology-doorbell',
+        }),
         metric('acquire-device', '· of which the broker waits on device commands', 'µs', deviceMs),
         metric(
           'grant',
