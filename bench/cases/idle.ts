@@ -94,6 +94,7 @@ runCase(
         afterIdleKick.push(...got);
       }
       await client.call('releaseAll');
+      const warmWake = await coldWake.run(n, 50, 0, budgetMs);
 
       progress(`hot-path NOP floor (device spinning), ${n * 10} samples`);
       await client.call('lease', { socket: floorRig.socket });
@@ -141,6 +142,13 @@ runCase(
             'µs',
             wake,
             { role: 'floor', note: `goal 30 µs = ${(30 / median(wake)).toFixed(2)}× this floor` },
+          ),
+          metric(
+            'warm-wake',
+            '· the same wake back to back (no idle: the peer just went to sleep)',
+            'µs',
+            warmWake,
+            { role: 'floor' },
           ),
           metric(
             'nop-after-idle-kick',
