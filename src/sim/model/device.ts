@@ -74,7 +74,7 @@ export class Sa1Device {
   delayAllMs = 0;
   readonly delayQueueMs = new Map<number, number>();
   readonly #drops: DropRule[] = [];
-  /** inject errorLag: ms the next fatal completion waits before ERROR shows (0: none). */
+  /** inject errorLag: ms the next error waits between what it wrote and the state that shows it (0: none). */
   #errorLagMs = 0;
   /** Stuck-reset injection: queues whose Q_CTRL.RESET never finishes; 'device' also holds CONTROL.RESET. */
   readonly #stuckResets = new Set<number | 'device'>();
@@ -122,11 +122,7 @@ export class Sa1Device {
       signalQueue: (q) => {
         if (q.vector <= this.options.numQueues) this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, q.vector);
       },
-      takeErrorLag: () => {
-        const ms = this.#errorLagMs;
-        this.#errorLagMs = 0;
-        return ms;
-      },
+      errorLag: () => this.#errorLag(),
     });
   }
 
@@ -348,9 +344,10 @@ export class Sa1Device {
 
   injectHang(): void {
     if (this.hung) return;
+    const record = this.faults.record(FAULT_QUEUE_DEVICE, FAULT_HANG, 0n);
     this.hung = true;
     this.firmware.hang();
-    this.faults.write(FAULT_QUEUE_DEVICE, FAULT_HANG, 0n);
+    this.faults.signal(record);
     this.#interrupt(VFIO_PCI_ERR_IRQ_INDEX, 0);
   }
 
@@ -358,17 +355,24 @@ export class Sa1Device {
   injectFault(queue: number, code = ST_IOMMU_FAULT, iova = 0n): void {
     const q = this.queues[queue];
     if (!q) throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
+    const record = this.faults.record(queue, code, iova);
     if (code >= 1 && code <= 7) {
       q.error = true;
       q.lastError = code;
       q.publish();
     }
-    this.faults.write(queue, code, iova);
+    this.faults.signal(record);
   }
 
-  /** The next fatal completion shows ERROR only `ms` after it is written (inject 'errorLag'). */
+  /** The next error (a data fault, a firmware load error) shows its state `ms` after what it wrote (inject 'errorLag'). */
   setErrorLag(ms: number): void {
     this.#errorLagMs = ms;
+  }
+
+  #errorLag(): void {
+    const ms = this.#errorLagMs;
+    this.#errorLagMs = 0;
+    if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
   }
 
   setDescriptorDelay(ms: number, queue?: number): void {
@@ -486,8 +490,11 @@ export class Sa1Device {
       return shrank >= 0 ? { faultIova: BigInt(shrank) } : bytes;
     };
     const result = verifyImage(fw.iova, fw.len, fetch);
+    // The record before FW_STATUS leaves LOADING: an owner that sees the error finds its record.
+    const record = result.ok ? null : this.faults.record(FAULT_QUEUE_DEVICE, FAULT_FW, result.faultIova);
+    if (record) this.#errorLag();
     fw.finish(result);
-    if (!result.ok) this.faults.write(FAULT_QUEUE_DEVICE, FAULT_FW, result.faultIova);
+    if (record) this.faults.signal(record);
   }
 
   #interrupt(index: number, vector: number): void {

@@ -62,8 +62,8 @@ export interface EngineContext {
   delayMs(q: Queue): number;
   /** Fire queue q's MSI-X vector. */
   signalQueue(q: Queue): void;
-  /** The lag (ms) injected before the next fatal completion shows ERROR (inject 'errorLag'); taking it clears it. */
-  takeErrorLag(): number;
+  /** Wait out the lag injected for the next error before it shows its state (inject 'errorLag'), once. */
+  errorLag(): void;
 }
 
 const isPow2Ring = (n: number): boolean =>
@@ -331,13 +331,13 @@ export class Engine {
   }
 
   #queueFault(q: Queue, code: number, at: bigint): void {
-    const lag = this.ctx.takeErrorLag();
-    // Injected (tests): the completion is out, ERROR not yet: what a client sees when the device is slow here.
-    if (lag > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, lag);
+    const record = this.ctx.faults.record(q.index, code, at);
+    // Injected (tests): the completion and record are out, ERROR not yet: a device slow here.
+    this.ctx.errorLag();
     q.error = true;
     q.lastError = code;
     q.publish();
-    this.ctx.faults.write(q.index, code, at);
+    this.ctx.faults.signal(record);
   }
 
   /**
