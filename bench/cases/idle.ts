@@ -4,17 +4,25 @@
 //               rev 1 behaviour (no kick fd handed out: the device polls every idle interval) and once with
 //               Sa1Queue holding its kick fd (the device sleeps until kicked, 10 ms armed poll)
 //   first op    after an idle pause (≥ 10 ms), one NOP doorbell → completion, with and without kicks, against
-//               the hot-path NOP floor (device spinning, --idle-poll-us 0)
+//               the hot-path NOP floor (device spinning, --idle-poll-us 0), and the kicked one against a
+//               cold-wake floor (fixtures/cold-wake-floor.ts: one eventfd wake of a process asleep in ppoll
+//               as the device sleeps, answered by one store), in alternating chunks
 //
 //   node dist/bench/cases/idle.js [--quick]
 
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { KICK_ARMED_POLL_US } from '../../src/sim/model/options.js';
 import { ClientProc } from '../fixtures/client-proc.js';
+import { ColdWakeFloor } from '../fixtures/cold-wake-floor.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { startRig } from '../fixtures/rig.js';
+import { summarize } from '../stats.js';
 
+const median = (samples: number[]): number => summarize(samples).median;
 const CLK_TCK = 100; // USER_HZ on Linux
+/** The kicked first-op row and its cold-wake floor alternate in this many chunks (load drifts over a run). */
+const CHUNKS = 5;
 
 /** CPU time (ms) a process has used so far: utime + stime of /proc/<pid>/stat. */
 function cpuMs(pid: number): number {
@@ -46,6 +54,7 @@ runCase(
     const rig = await startRig(); // default idle poll interval (50 µs)
     const floorRig = await startRig({ simArgs: ['--queues', '8', '--idle-poll-us', '0'] });
     const client = await ClientProc.spawn();
+    const coldWake = await ColdWakeFloor.start(KICK_ARMED_POLL_US / 1000);
     try {
       const pid = rig.sim.proc.pid!;
       progress(`idle CPU: no queue enabled, ${windows} × ${windowMs} ms`);
@@ -70,14 +79,22 @@ runCase(
       await client.call('idleQueue', { kick: true });
       progress('idle CPU: one enabled queue, Sa1Queue holds its kick fd');
       const notified = await cpuPercent(pid, windows, windowMs);
-      progress(`first NOP after 10 ms idle, kicked, ${n} samples`);
-      const afterIdleKick = await client.call<number[]>('nopAfterIdle', {
-        n,
-        warmup: 5,
-        idleMs: 10,
-        budgetMs,
-      });
+      progress(`first NOP after 10 ms idle, kicked, and the cold-wake floor, ${n} samples each`);
+      const afterIdleKick: number[] = [];
+      const wake: number[] = [];
+      for (let c = 0; c < CHUNKS; c++) {
+        const k = Math.ceil(n / CHUNKS);
+        wake.push(...(await coldWake.run(k, 5, 10, budgetMs / CHUNKS)));
+        const got = await client.call<number[]>('nopAfterIdle', {
+          n: k,
+          warmup: 5,
+          idleMs: 10,
+          budgetMs: budgetMs / CHUNKS,
+        });
+        afterIdleKick.push(...got);
+      }
       await client.call('releaseAll');
+      const warmWake = await coldWake.run(n, 50, 0, budgetMs);
 
       progress(`hot-path NOP floor (device spinning), ${n * 10} samples`);
       await client.call('lease', { socket: floorRig.socket });
@@ -120,21 +137,35 @@ runCase(
             },
           ),
           metric(
+            'cold-wake',
+            'cold wake: eventfd kick → a process asleep in ppoll stores the answer',
+            'µs',
+            wake,
+            { role: 'floor', note: `goal 30 µs = ${(30 / median(wake)).toFixed(2)}× this floor` },
+          ),
+          metric(
+            'warm-wake',
+            '· the same wake back to back (no idle: the peer just went to sleep)',
+            'µs',
+            warmWake,
+            { role: 'floor' },
+          ),
+          metric(
             'nop-after-idle-kick',
             'first NOP after 10 ms idle, kicked (Sa1Queue)',
             'µs',
             afterIdleKick,
-            {
-              ref: 'nop-hot',
-            },
+            { ref: 'cold-wake', note: `${(median(afterIdleKick) / median(hot)).toFixed(1)}× nop-hot` },
           ),
         ],
         notes: {
           cpu: 'CPU rows are % of one core: utime+stime of /proc/<sim pid>/stat over each window; the broker reads HEARTBEAT every 100 ms in every window',
           simulator: 'default --idle-poll-us 50; the floor rig runs --idle-poll-us 0',
+          coldWake: `the peer sleeps in ppoll on one eventfd with a ${KICK_ARMED_POLL_US / 1000} ms timeout (the device's armed poll); this process idles 10 ms on a timer, stores, kicks (write + sched_yield, as Sa1Queue) and spins; ${CHUNKS} chunks alternating with the kicked row`,
         },
       };
     } finally {
+      await coldWake.close();
       await client.exit();
       await floorRig.close();
       await rig.close();

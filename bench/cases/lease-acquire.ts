@@ -3,6 +3,9 @@
 // request/reply with an echo server in the broker's process, close).
 // The client is a separate process; each lease is released (and seen free)
 // before the next acquire, so every acquire starts from the same state.
+// Floor: the acquire's message pattern with zero work per step, client →
+// broker → device in three processes (fixtures/acquire-floor.ts), in chunks
+// alternating with the acquires.
 //
 //   node dist/bench/cases/lease-acquire.js [--quick]
 
@@ -10,12 +13,15 @@ import { join } from 'node:path';
 import type { Lease as BrokerLease } from '../../src/broker/lease.js';
 import { StreamServer, type StreamSocket } from '../../src/sys/index.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
+import { AcquireFloor, type FloorSample } from '../fixtures/acquire-floor.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { sharedMs } from '../fixtures/clock.js';
+import { cpuMs, ownCpuMs } from '../fixtures/cpu.js';
 import { BrokerProbe } from '../fixtures/probe.js';
 import { RequestProbe } from '../fixtures/request-probe.js';
-import { metric, progress, runCase } from '../fixtures/result.js';
+import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
 import { startRig } from '../fixtures/rig.js';
+import { summarize } from '../stats.js';
 
 interface Acquire {
   lease: string;
@@ -27,6 +33,8 @@ interface Acquire {
 }
 
 const epochMs = sharedMs;
+/** The acquires and their same-topology floor alternate in this many chunks (load drifts over a run). */
+const CHUNKS = 5;
 
 runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbell', async (quick) => {
   const n = quick ? 40 : 300;
@@ -45,6 +53,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
   const probe = new BrokerProbe(rig.broker);
   const requests = new RequestProbe(rig.broker);
   const client = await ClientProc.spawn();
+  const floor = await AcquireFloor.start(rig.dir);
   try {
     progress(`raw stream connect + round trip, ${n * 4}×`);
     const rtt = await client.call<number[]>('streamRtt', {
@@ -53,7 +62,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       warmup: 50,
       budgetMs: quick ? 3000 : 30_000,
     });
-    progress(`lease acquire, ${n}×`);
+    progress(`lease acquire, ${n}×, alternating with the same-topology floor (${n}×)`);
     const total: number[] = [];
     const toGrant: number[] = [];
     const toVersion: number[] = [];
@@ -63,13 +72,27 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     const deviceMs: number[] = [];
     const commands = new Set<number>();
     const rounds = new Set<number>();
+    const floorSamples: FloorSample[] = [];
+    const chunk = Math.ceil(n / CHUNKS);
     requests.take();
+    // CPU per acquire + release cycle, process by process (load-robust beside the wall-clock rows): the
+    // bench client, this process (the broker, its probes and the case's own loop), the simulator.
+    const cpu = { client: 0, broker: 0, device: 0, cycles: 0 };
+    const simPid = rig.sim.proc.pid!;
     for (let i = 0; i < n + 5; i++) {
+      if (i >= 5 && (i - 5) % chunk === 0) {
+        floorSamples.push(...(await floor.run(chunk, 2, (quick ? 3000 : 30_000) / CHUNKS)));
+      }
+      const c0 = { client: cpuMs(client.pid), broker: ownCpuMs(), device: cpuMs(simPid) };
       probe.take();
       const a = await client.call<Acquire>('acquire', { socket: rig.socket });
       const p = probe.take();
       const { at } = await client.call<{ at: number }>('releaseAll');
       while (!released.has(a.lease)) await new Promise((r) => setTimeout(r, 1));
+      cpu.client += cpuMs(client.pid) - c0.client;
+      cpu.broker += ownCpuMs() - c0.broker;
+      cpu.device += cpuMs(simPid) - c0.device;
+      cpu.cycles++;
       if (i < 5) continue; // warm-up
       const g = granted.get(a.lease)!;
       total.push(a.totalUs);
@@ -83,6 +106,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       release.push(released.get(a.lease)! - at);
     }
     // The broker's work per acquire, request by request (warm-up excluded: the last n of each).
+    const topology = floorSamples.map((f) => f.total);
     const calls = requests.take();
     const got = (k: string) => (calls.get(k) ?? []).slice(-n);
     const own = got('grant').map((t, i) => t - (got('device: activate')[i] ?? 0));
@@ -91,14 +115,51 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         metric('stream-rtt', 'raw stream socket: connect + 1 framed round trip', 'µs', rtt, {
           role: 'baseline',
         }),
+        metric(
+          'acquire-topology',
+          "acquire's messages, zero work: client → broker → device, 3 processes, fds passed",
+          'µs',
+          topology,
+          {
+            role: 'floor',
+            note: `goal 1 ms = ${(1000 / summarize(topology).median).toFixed(2)}× this floor`,
+          },
+        ),
         metric('acquire', 'lease acquire: connect → mapped → first NOP done', 'µs', total, {
           ref: 'stream-rtt',
+          note: `${(summarize(total).median / summarize(topology).median).toFixed(1)}× acquire-topology`,
         }),
+        metric(
+          'topology-version',
+          '· zero work: connect → VERSION answered',
+          'µs',
+          floorSamples.map((f) => f.version),
+          { role: 'floor' },
+        ),
+        metric(
+          'topology-batch',
+          '· zero work: VERSION → batch answered (fds, 2 relays)',
+          'µs',
+          floorSamples.map((f) => f.batch),
+          {
+            role: 'floor',
+          },
+        ),
+        metric(
+          'topology-doorbell',
+          '· zero work: doorbell kick → device answers',
+          'µs',
+          floorSamples.map((f) => f.doorbell),
+          {
+            role: 'floor',
+          },
+        ),
         metric(
           'acquire-version',
           '· connect → VERSION answered (policy, resources decided)',
           'µs',
           toVersion,
+          { ref: 'topology-version' },
         ),
         metric('acquire-grant', '· connect → broker granted (grant device commands done)', 'µs', toGrant),
         metric(
@@ -106,8 +167,11 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
           '· VERSION → queue ready: one batch (regions, irqs, kick fd, the rings DMA_MAP)',
           'µs',
           mappedToQueue,
+          { ref: 'topology-batch' },
         ),
-        metric('acquire-nop', '· first doorbell → completion', 'µs', queueToNop),
+        metric('acquire-nop', '· first doorbell → completion', 'µs', queueToNop, {
+          ref: 'topology-doorbell',
+        }),
         metric('acquire-device', '· of which the broker waits on device commands', 'µs', deviceMs),
         metric(
           'grant',
@@ -143,6 +207,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         ),
         metric('map-in-broker', '· DMA_MAP in the broker (1 per acquire)', 'µs', got('session: dmaMap')),
         metric('release', 'lease release: close() → lease free in broker', 'ms', release),
+        ...cpuRows(cpu, floor.cpu),
       ],
       notes: {
         simulator: '--queues 8, default --idle-poll-us 50',
@@ -153,13 +218,46 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         // SET_IRQS, DMA_MAP) the broker pipelines: 2 client ↔ broker round trips, 1 device round trip after
         // VERSION (2 in the rounds above when the DMA_MAP reaches the broker after the SET_IRQS reply).
         sequentialClientRoundTripsPerAcquire: 2,
+        topologyFloor:
+          'per sample: connect; VERSION (broker sends the grant 2 device commands, answers at once); a batch of 7 (REGION_INFO: page fd back; MSI-X SET_IRQS: eventfd, relayed; 3 notice SET_IRQS: eventfd each; GET_REGION_IO_FDS: kick fd back; DMA_MAP: memfd, relayed with the MSI-X one as one pipelined device round trip, after the grant replies); doorbell: store + eventfd kick to the device asleep in ppoll, one store back',
         clock: 'step times cross processes: CLOCK_MONOTONIC (fixtures/clock.ts) on both sides',
       },
     };
   } finally {
+    await floor.close();
     requests.close();
     await client.exit();
     echo.close();
     await rig.close();
   }
 });
+
+/** CPU per acquire + release cycle by process, each against the same-topology floor's process. */
+function cpuRows(
+  acq: { client: number; broker: number; device: number; cycles: number },
+  flo: { client: number; broker: number; device: number; samples: number },
+): Metric[] {
+  const roles = [
+    ['client', 'client (bench client process / floor client)'],
+    ['broker', 'broker (this process: broker + probes / floor broker)'],
+    ['device', 'device (simulator / floor device)'],
+  ] as const;
+  return roles.flatMap(([k, label]) => [
+    metric(
+      `cpu-floor-${k}`,
+      `CPU per cycle, zero-work topology: ${label.split(' (')[0]}`,
+      'µs',
+      [(flo[k] * 1000) / Math.max(1, flo.samples)],
+      { role: 'floor' },
+    ),
+    metric(
+      `cpu-${k}`,
+      `CPU per acquire + release: ${label}`,
+      'µs',
+      [(acq[k] * 1000) / Math.max(1, acq.cycles)],
+      {
+        ref: `cpu-floor-${k}`,
+      },
+    ),
+  ]);
+}
