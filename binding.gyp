@@ -15,6 +15,7 @@
         "native/memfd.cc",
         "native/pidfd.cc",
         "native/poll.cc",
+        "native/proc.cc",
         "native/unix_socket.cc",
         "native/sigbus_guard.cc",
         "native/wait_fds.cc"

@@ -3,8 +3,8 @@
 // per uid/gid); an optional module's hooks run after, and a hook that throws
 // or does not answer in time denies.
 
-import { readFileSync, readlinkSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
+import { native } from '../sys/native.js';
 import { type BrokerConfig, FAIR_SHARE_DIVISOR, fairShare, type PolicyRule } from './config.js';
 
 export interface CallerContext {
@@ -46,19 +46,13 @@ export interface PolicyModule {
   map?(ctx: CallerContext, req: MapRequest): Verdict | Promise<Verdict>;
 }
 
+/**
+ * The caller's context at connect time. exe and cgroup are null when unreadable (the process may be gone,
+ * or belong to someone we cannot inspect). One native call: through node:fs the two /proc reads were ~6
+ * syscalls and the fs layer's argument handling on every connection (issue 16, sixth pass).
+ */
 export function readCallerContext(pid: number, uid: number, gid: number): CallerContext {
-  let exe: string | null = null;
-  let cgroup: string | null = null;
-  try {
-    exe = readlinkSync(`/proc/${pid}/exe`);
-  } catch {
-    // the process may be gone or belong to someone we cannot inspect
-  }
-  try {
-    cgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n')[0] ?? null;
-  } catch {
-    // as above
-  }
+  const [exe, cgroup] = pid > 0 ? native.callerFacts(pid) : [null, null];
   return { pid, uid, gid, exe, cgroup };
 }
 

@@ -13,10 +13,24 @@ export function peerCredOf(fd: number): PeerCred {
  * SO_PEERPIDFD: a pidfd of the peer process, race-free. On kernels before
  * 6.5 (ENOPROTOOPT) falls back to pidfd_open(peerCred().pid), which can
  * name the wrong process if the peer died and its pid was reused in between.
+ *
+ * Its pid is SO_PEERCRED's: the kernel keeps one peer pid per socket and
+ * gives both options from it, so PidFd.adopt's read of /proc/self/fdinfo
+ * (an open, two reads and a close, on every accepted connection) would only
+ * say the same — or -1 once the process has exited, which the pidfd itself
+ * reports (onExit) and nothing reads `pid` for.
  */
 export function peerPidfdOf(fd: number): PidFd {
   try {
-    return PidFd.adopt(new Fd(native.peerPidfd(fd)));
+    const pidfd = new Fd(native.peerPidfd(fd));
+    let pid: number;
+    try {
+      pid = native.peerCred(fd).pid;
+    } catch (err) {
+      pidfd.close();
+      throw err;
+    }
+    return new PidFd(pidfd, pid);
   } catch (err) {
     if (!isSysError(err, 'ENOPROTOOPT')) throw err;
     return PidFd.open(native.peerCred(fd).pid);
