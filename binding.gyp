@@ -15,7 +15,6 @@
         "native/memfd.cc",
         "native/pidfd.cc",
         "native/poll.cc",
-        "native/proc.cc",
         "native/unix_socket.cc",
         "native/sigbus_guard.cc",
         "native/wait_fds.cc"

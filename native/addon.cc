@@ -10,7 +10,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   devlease::RegisterPoll(env, exports);
   devlease::RegisterUnixSocket(env, exports);
   devlease::RegisterPidfd(env, exports);
-  devlease::RegisterProc(env, exports);
   devlease::RegisterMemfd(env, exports);
   devlease::RegisterMapping(env, exports);
   devlease::RegisterEventfd(env, exports);

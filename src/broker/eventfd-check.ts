@@ -5,6 +5,7 @@
 // and its description is made non-blocking (a full counter already means
 // "notified").
 
+import { readlinkSync } from 'node:fs';
 import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
@@ -12,7 +13,7 @@ import { native } from '../sys/native.js';
 export function adoptEventFd(fd: Fd): void {
   let target: string;
   try {
-    target = native.fdTarget(fd.fd);
+    target = readlinkSync(`/proc/self/fd/${fd.fd}`);
   } catch {
     throw new VfioError('EBADF', 'the interrupt fd cannot be inspected');
   }

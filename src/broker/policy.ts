@@ -3,8 +3,8 @@
 // per uid/gid); an optional module's hooks run after, and a hook that throws
 // or does not answer in time denies.
 
+import { closeSync, openSync, readlinkSync, readSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { native } from '../sys/native.js';
 import { type BrokerConfig, FAIR_SHARE_DIVISOR, fairShare, type PolicyRule } from './config.js';
 
 export interface CallerContext {
@@ -48,12 +48,42 @@ export interface PolicyModule {
 
 /**
  * The caller's context at connect time. exe and cgroup are null when unreadable (the process may be gone,
- * or belong to someone we cannot inspect). One native call: through node:fs the two /proc reads were ~6
- * syscalls and the fs layer's argument handling on every connection (issue 16, sixth pass).
+ * or belong to someone we cannot inspect).
  */
 export function readCallerContext(pid: number, uid: number, gid: number): CallerContext {
-  const [exe, cgroup] = pid > 0 ? native.callerFacts(pid) : [null, null];
-  return { pid, uid, gid, exe, cgroup };
+  if (pid <= 0) return { pid, uid, gid, exe: null, cgroup: null };
+  let exe: string | null = null;
+  try {
+    exe = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    // gone, or not ours to inspect
+  }
+  return { pid, uid, gid, exe, cgroup: firstLine(`/proc/${pid}/cgroup`) };
+}
+
+/** A /proc file's first line holds in one read (a cgroup path is at most PATH_MAX). */
+const procLine = Buffer.allocUnsafe(8192);
+
+/**
+ * The first line of a /proc file: open, one read, close — readFileSync adds an fstat, a second read to
+ * find the end and its own buffer on every connection (issue 16, sixth pass). null when unreadable.
+ */
+function firstLine(path: string): string | null {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return null;
+  }
+  try {
+    const n = readSync(fd, procLine, 0, procLine.length, 0);
+    const end = procLine.indexOf(10);
+    return procLine.toString('utf8', 0, end >= 0 && end < n ? end : n);
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export class Policy {

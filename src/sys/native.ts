@@ -123,12 +123,6 @@ export interface NativeAddon {
   /** SO_PEERPIDFD (Linux >= 6.5); throws ENOPROTOOPT on older kernels. */
   peerPidfd(fd: number): number;
 
-  // --- /proc (proc.cc) ---
-  /** [readlink /proc/<pid>/exe, first line of /proc/<pid>/cgroup]; each null if it cannot be read. */
-  callerFacts(pid: number): [string | null, string | null];
-  /** readlink /proc/self/fd/<fd>: what the descriptor is ("anon_inode:[eventfd]", "pipe:[…]", a path). */
-  fdTarget(fd: number): string;
-
   // --- pidfd ---
   pidfdOpen(pid: number): number;
   pidfdSendSignal(pidfd: number, signal: number): void;

@@ -1,5 +1,5 @@
 // The caller context policy and audit see: pid, uid, gid from SO_PEERCRED, exe and the first cgroup line
-// read from /proc at connect time. It is read natively (one call, issue 16's sixth pass); these tests hold
+// read from /proc at connect time (one open and read for the cgroup, issue 16's sixth pass); these tests hold
 // it to what node:fs reads from the same files, for a live process, a gone one and an unknown peer.
 import assert from 'node:assert/strict';
 import { readFileSync, readlinkSync } from 'node:fs';
