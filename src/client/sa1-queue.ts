@@ -1,11 +1,11 @@
 // SA-1 queue helper: rings in leased DMA memory, descriptors submitted by
 // writing the queue page's doorbell directly (no broker on the hot path),
 // completions found by the phase bit, spinning briefly and then waiting on
-// the queue's interrupt eventfd.
+// the queue's interrupt eventfd. Setting a queue up (options, the clean
+// check, the rings and kick fd asked of the broker) is sa1-queue-setup.ts.
 
 import { constants as osConstants } from 'node:os';
 import {
-  BAR2,
   CQE_SIZE,
   DESC_FLAG,
   OPCODE,
@@ -15,13 +15,15 @@ import {
   STATUS_CODE,
   STATUS_NAME,
 } from '../hw/sa1/regs.js';
-import { type Fd, type Mapping, native } from '../sys/index.js';
+import { type Fd, native } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';
 import { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
+import { type QueueOptions, setUpQueue } from './sa1-queue-setup.js';
 
 export { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
+export { DEFAULT_COMPLETION_TIMEOUT_MS, type QueueOptions } from './sa1-queue-setup.js';
 
 const FATAL = new Set<number>([
   STATUS_CODE.WINDOW_VIOLATION,
@@ -37,27 +39,6 @@ interface Pending {
   opcode: Descriptor['opcode'];
   /** performance.now() (ms) past which the completion is overdue. */
   deadline: number;
-}
-
-/** Default bound on a descriptor's completion: far above any descriptor's run time (16 MiB at memory speed). */
-export const DEFAULT_COMPLETION_TIMEOUT_MS = 10_000;
-
-export interface QueueOptions {
-  /** Ring entries (power of two, 2..65536). Default 256. */
-  entries?: number;
-  /** Busy-wait this long for a completion before sleeping on the interrupt. Default 50 µs. */
-  spinUs?: number;
-  /**
-   * Kick the device's ioeventfd when Q_NOTIFY asks for it (datasheet rev 2). Default true; false leaves
-   * the device to find doorbells by its idle poll (the rev 1 behaviour, kept for comparisons).
-   */
-  kick?: boolean;
-  /**
-   * A descriptor not completed this long after submission (ms) fails with ETIMEDOUT, and so does everything
-   * submitted after it (the device completes a queue in order): a device that stopped answering is not
-   * waited on forever. Default 10 000.
-   */
-  completionTimeoutMs?: number;
 }
 
 export class Sa1Queue {
@@ -106,52 +87,10 @@ export class Sa1Queue {
     this.#timeoutMs = timeoutMs;
   }
 
-  /** Allocate the rings in leased memory and program the queue page. */
+  /** Allocate the rings in leased memory and program the queue page (the setup is sa1-queue-setup.ts). */
   static async create(lease: Lease, opts: QueueOptions = {}): Promise<Sa1Queue> {
-    const entries = opts.entries ?? 256;
-    if (entries < 2 || entries > 65536 || (entries & (entries - 1)) !== 0) {
-      throw leaseError('EINVAL', `ring entries must be a power of two from 2 to 65536, got ${entries}`);
-    }
-    const timeoutMs = opts.completionTimeoutMs ?? DEFAULT_COMPLETION_TIMEOUT_MS;
-    if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) {
-      throw leaseError('EINVAL', `completionTimeoutMs must be a positive integer (ms), got ${timeoutMs}`);
-    }
-    // Start from a clean queue: the device latches ring registers at the first doorbell after enable and
-    // ignores later writes until a reset, so a second helper on the same lease needs the reset too. The
-    // first helper of a lease whose queue page is still as the grant left it (reset, nothing rung) skips it.
-    // The first helper of a lease sends its requests before the lease's own setup replies are in (a lease
-    // connected with deferSetup): they share its round trip. A later one resets the queue first.
-    const first = lease.claimFresh();
-    if (!first) {
-      await lease.ready;
-      await lease.resetQueue();
-    }
-    // The kick fd and the rings are asked for at once (one round trip to the broker, which serves them in
-    // order); the rings are one buffer, so one DMA_MAP, which the broker relays to the device: a map per ring
-    // was a device round trip more per queue. Whatever came is freed if any failed. The doorbell's kick
-    // (rev 2): the lease owns the fd. The CQ starts at entries × 64 bytes: 16-byte aligned, as the
-    // datasheet's section 2.3 asks.
-    const asked = Promise.allSettled([
-      opts.kick === false ? Promise.resolve(null) : lease.ioEventFd(BAR2, QP.SQ_TAIL),
-      lease.dma.alloc(entries * (SQE_SIZE + CQE_SIZE)),
-    ]);
-    const [setup] = await Promise.allSettled([lease.ready]);
-    const [kick, rings] = await asked;
-    if (setup.status === 'rejected' || kick.status === 'rejected' || rings.status === 'rejected') {
-      if (rings.status === 'fulfilled') await rings.value.free().catch(() => undefined);
-      throw [setup, kick, rings].find((r): r is PromiseRejectedResult => r.status === 'rejected')!.reason;
-    }
-    // Found as the grant left it (reset, nothing rung), the queue needs no reset; else it gets one now. A queue
-    // reset keeps the windows and the device keeps its DMA mappings (datasheet §9): the rings stay mapped.
-    if (first && !untouched(lease.region(BAR2))) {
-      try {
-        await lease.resetQueue();
-      } catch (err) {
-        await rings.value.free().catch(() => undefined);
-        throw err;
-      }
-    }
-    const q = new Sa1Queue(lease, entries, rings.value, opts.spinUs ?? 50, kick.value, timeoutMs);
+    const s = await setUpQueue(lease, opts);
+    const q = new Sa1Queue(lease, s.entries, s.rings, s.spinUs, s.kick, s.timeoutMs);
     q.#program();
     return q;
   }
@@ -429,13 +368,4 @@ function putU64(w: Uint32Array, at: number, v: bigint | undefined): void {
   const u = BigInt.asUintN(64, v);
   w[at] = Number(u & 0xffff_ffffn);
   w[at + 1] = Number(u >> 32n);
-}
-
-/** Whether a queue page reads as a queue reset leaves it: no rings set, nothing rung, no error. */
-function untouched(page: Mapping): boolean {
-  if (page.isRevoked()) return false;
-  const w = page.u32;
-  const words = [QP.SQ_BASE, QP.SQ_BASE + 4, QP.SQ_SIZE, QP.SQ_TAIL, QP.SQ_HEAD, QP.CQ_BASE, QP.CQ_BASE + 4];
-  words.push(QP.CQ_SIZE, QP.CQ_HEAD, QP.CQ_TAIL, QP.Q_ERROR, QP.IRQ_MODE);
-  return words.every((off) => Atomics.load(w, off / 4) === 0);
 }

@@ -1,7 +1,10 @@
 // The SA-1 driver: boots the accelerator (firmware, enable, fault vector),
 // offers the `queue` lease kind, and programs each queue's IOVA and
 // device-memory windows before enabling it — the device-side half of the
-// isolation (the IOMMU is the other half).
+// isolation (the IOMMU is the other half). The register work on one queue
+// (reset, the grant's writes, the wait for IDLE) is queue-program.ts; the
+// health reads (status report, alive after recovery, as left after an upgrade)
+// are health.ts.
 
 import { EventEmitter } from 'node:events';
 import type { Device } from '../../device/device.js';
@@ -14,7 +17,6 @@ import {
   FW_STATUS,
   Q,
   Q_CTRL,
-  Q_STATUS,
   qcfg,
   REG,
   SA1_DEVICE,
@@ -25,13 +27,14 @@ import {
 import type { Fd } from '../../sys/fd.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
 import type { Driver, DriverConfig, DriverFactory, LeaseRequest, LeaseResources } from '../driver.js';
-import { pollUntil } from '../poll.js';
 import { bootFirmware } from './boot.js';
 import { enableBusMaster, resetDevice, revokeAll } from './device-commands.js';
 import { queueLeaseResources } from './grant.js';
+import { checkAlive, checkAsLeft, readStatusRegisters } from './health.js';
 import { Sa1Monitor } from './monitor.js';
 import { Granules, WindowSlots } from './pools.js';
-import { QcfgShadow, type QcfgWrite } from './qcfg-shadow.js';
+import { QcfgShadow } from './qcfg-shadow.js';
+import { programQueue, resetQueueRegisters, waitQueueIdle } from './queue-program.js';
 
 export { DEVICE_RESET_TIMEOUT_MS } from './device-commands.js';
 export { DEVMEM_LEASE_REGION0 } from './grant.js';
@@ -42,9 +45,6 @@ export interface Sa1Geometry {
   devmemSize: bigint;
   granule: number;
 }
-
-/** Bound on HEARTBEAT moving once a recovery brought the device back (it advances every 10 ms). */
-const HEARTBEAT_ALIVE_TIMEOUT_MS = 1000;
 
 /** What an upgrade carries of the driver (JSON; the fault and ERR eventfds travel as fds). */
 interface Sa1HandoverState {
@@ -218,37 +218,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     const q = res.queue!;
     // A clean queue: indexes zero, error cleared (reclaim left it so, or reset it now).
     if (!this.#cleanQueues.delete(q)) await this.#resetQueue(q);
-    // The writes go out together (the device serves one connection's requests in order), so the grant pays
-    // one device round trip, and only the registers whose value changes are written (qcfg-shadow.ts): the
-    // same queue on the same window is granted again with ENABLE alone. ENABLE is last on the wire; should
-    // any write before it fail, the queue is disabled again, its registers unknown and it is left out of the
-    // clean set, so the next grant resets it and writes them all.
-    // The window is the one the client sees (its view), and Q_XLAT takes the view to the lease's device range.
-    const view = res.view!;
-    const want: QcfgWrite[] = [
-      { offset: Q.WIN_BASE, width: 64, value: view.base },
-      { offset: Q.WIN_SIZE, width: 64, value: view.size },
-      { offset: Q.XLAT, width: 64, value: BigInt.asUintN(64, res.window!.base - view.base) },
-      { offset: Q.MEM_BASE, width: 32, value: res.devmem?.offset ?? 0n },
-      { offset: Q.MEM_SIZE, width: 32, value: res.devmem?.size ?? 0n },
-      { offset: Q.VECTOR, width: 32, value: BigInt(res.vectors[0]!) },
-    ];
-    const writes = this.#qcfg
-      .needed(q, want)
-      .map((w) =>
-        w.width === 64
-          ? d.write64(BAR0, qcfg(q, w.offset), w.value)
-          : d.write32(BAR0, qcfg(q, w.offset), Number(w.value)),
-      );
-    writes.push(d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE));
-    const results = await Promise.allSettled(writes);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) {
-      this.#qcfg.forget(q);
-      await d.write32(BAR0, qcfg(q, Q.CTRL), 0).catch(() => undefined);
-      throw failed.reason;
-    }
-    this.#qcfg.record(q, want);
+    await programQueue(d, this.#qcfg, q, res);
   }
 
   async quiesce(res: LeaseResources): Promise<void> {
@@ -260,15 +230,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // (docs/SA-1.md, "Quiesce"). A reclaim has nothing to drain gracefully, and every Q_CTRL write is a round
     // trip to the device's engine: a disable, a wait for IDLE and then a reset cost two. The reads that
     // confirm it (RESET cleared, then Q_STATUS.IDLE) go out with the write, in order on the wire.
-    await Promise.all([
-      this.#resetQueue(q),
-      pollUntil({
-        what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
-        read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
-        done: (st) => (st & Q_STATUS.IDLE) !== 0,
-        timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
-      }),
-    ]);
+    await Promise.all([this.#resetQueue(q), waitQueueIdle(d, q, this.#cfg.lifetime.quiesceTimeoutMs)]);
   }
 
   async prepare(res: LeaseResources): Promise<void> {
@@ -322,17 +284,9 @@ export class Sa1Driver extends EventEmitter implements Driver {
   }
 
   async status(): Promise<Record<string, unknown>> {
-    const d = this.#dev;
-    const st = await d.read32(BAR0, REG.STATUS);
     return {
       driver: 'sa1',
-      status: Object.entries(STATUS)
-        .filter(([, bit]) => st & bit)
-        .map(([n]) => n),
-      fwStatus: await d.read32(BAR0, REG.FW_STATUS),
-      fwVersion: await d.read32(BAR0, REG.FW_VERSION),
-      heartbeat: await d.read32(BAR0, REG.HEARTBEAT),
-      faultHead: await d.read32(BAR0, REG.FAULT_HEAD),
+      ...(await readStatusRegisters(this.#dev)),
       geometry: { ...this.geometry, devmemSize: this.geometry.devmemSize.toString() },
       freeQueues: this.#freeQueues.length,
       quarantinedQueues: [...this.#stuckQueues],
@@ -351,22 +305,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
     await this.#monitor.skipFaults(false);
     // A hang during the attempt (its ERR joined the recovery in progress) must fail the attempt, not be
     // forgotten: the device is back only if it is not hung and its heartbeat moves.
-    await this.#checkAlive();
+    await checkAlive(this.#dev);
     this.#monitor.startHeartbeat();
-  }
-
-  /** Throws unless STATUS.HUNG is clear and HEARTBEAT advances (it does at least every 10 ms, §2.1). */
-  async #checkAlive(): Promise<void> {
-    const d = this.#dev;
-    if ((await d.read32(BAR0, REG.STATUS)) & STATUS.HUNG)
-      throw new Error('sa1: the device hung again during recovery (STATUS.HUNG)');
-    const first = await d.read32(BAR0, REG.HEARTBEAT);
-    await pollUntil({
-      what: 'sa1: HEARTBEAT to advance after recovery',
-      read: () => d.read32(BAR0, REG.HEARTBEAT),
-      done: (v) => v !== first,
-      timeoutMs: HEARTBEAT_ALIVE_TIMEOUT_MS,
-    });
   }
 
   // ---- broker upgrade (src/broker/handover): see Driver.hold/handover/adopt ----
@@ -420,16 +360,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
     for (const r of [...leased, ...parked]) if (r.devmem) this.#granules.reserve(r.devmem);
     this.#monitor.adopt(faultFd, errFd, s.faultsSeen);
-    // The device must still be as the old broker left it: running, and every leased queue enabled.
-    const status = await this.#dev.read32(BAR0, REG.STATUS);
-    if (status & STATUS.HUNG) throw new Error('sa1: the device reports HUNG: not taking it over as it is');
-    for (const r of leased) {
-      const ctrl = await this.#dev.read32(BAR0, qcfg(r.queue!, Q.CTRL));
-      if (!(ctrl & Q_CTRL.ENABLE))
-        throw new Error(
-          `sa1: queue ${r.queue} is leased but not enabled on the device (Q_CTRL 0x${ctrl.toString(16)})`,
-        );
-    }
+    await checkAsLeft(this.#dev, leased);
     this.unhold();
   }
 
@@ -453,18 +384,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
    * next boot checks it again.
    */
   async #resetQueue(q: number): Promise<void> {
-    const d = this.#dev;
     try {
-      // The first read goes out with the write (in order on the wire): one round trip when the reset is quick.
-      await Promise.all([
-        d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
-        pollUntil({
-          what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
-          read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
-          done: (v) => (v & Q_CTRL.RESET) === 0,
-          timeoutMs: this.#cfg.lifetime.quiesceTimeoutMs,
-        }),
-      ]);
+      await resetQueueRegisters(this.#dev, q, this.#cfg.lifetime.quiesceTimeoutMs);
     } catch (err) {
       if ((err as { code?: string }).code === 'ETIMEDOUT') {
         this.#stuckQueues.add(q);

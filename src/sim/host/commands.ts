@@ -18,8 +18,9 @@ export type InjectRequest =
    */
   | { kind: 'stall'; ms: number }
   /**
-   * The next descriptor that completes with a fatal status (§4) shows ERROR (Q_ERROR, Q_STATUS, its fault
-   * record) only `ms` (at most 60 000) after its completion: a client must take the completion as ERROR.
+   * The next error — a descriptor completing with a data fault (§4), a firmware load failing (§6) — shows
+   * its state (Q_ERROR and Q_STATUS.ERROR; FW_STATUS) only `ms` (at most 60 000) after what it wrote (the
+   * completion, the fault record): a client must take a fatal completion itself as ERROR.
    */
   | { kind: 'errorLag'; ms: number }
   /**

@@ -2,16 +2,11 @@
 // as synchronous methods. The worker (worker.ts) drives it in a loop; tests
 // can drive it in-process with step()/runUntilIdle() and a HeapBacking.
 // Register state lives in the register file (register-file.ts), which the
-// simulator's front end shares to answer register accesses itself.
+// simulator's front end shares to answer register accesses itself. The owner's
+// region accesses are region-access.ts; the fault injections' state is injections.ts.
 
-import {
-  VFIO_PCI_BAR0_REGION_INDEX,
-  VFIO_PCI_BAR4_REGION_INDEX,
-  VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_ERR_IRQ_INDEX,
-  VFIO_PCI_MSIX_IRQ_INDEX,
-} from '../../vfio/uapi/vfio.js';
-import { bar0Read32, bar0Write32, deviceCanRun, statusRegister } from './bar0.js';
+import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../vfio/uapi/vfio.js';
+import { deviceCanRun, statusRegister } from './bar0.js';
 import { ConfigSpace } from './config-space.js';
 import {
   BAR0_SIZE,
@@ -32,11 +27,12 @@ import {
 import { Engine, IRQ_BATCH_MAX } from './engine.js';
 import { FaultLog } from './faults.js';
 import { Firmware, verifyImage } from './firmware.js';
+import { Injections } from './injections.js';
 import { type DmaMapping, Iommu } from './iommu.js';
 import { DeviceMemory, gather, type Segments } from './memory.js';
 import { bar2Size, type Sa1Options } from './options.js';
 import { Queue } from './queue.js';
-import { checkRegionAccess } from './regions.js';
+import { readRegion, writeRegion } from './region-access.js';
 import { RegisterFile } from './register-file.js';
 import type { Backing, SliceRef } from './slices.js';
 
@@ -45,13 +41,6 @@ export interface DeviceHooks {
   interrupt(index: number, vector: number): void;
   /** Clock in milliseconds (default performance.now). */
   now?(): number;
-}
-
-/** Interrupt-drop injection: drop the next `count` interrupts matching index/vector (undefined = any). */
-interface DropRule {
-  count: number;
-  index?: number;
-  vector?: number;
 }
 
 /** What armKicks() found (see there). */
@@ -70,14 +59,8 @@ export class Sa1Device {
   readonly msixTable: Uint8Array;
   readonly engine: Engine;
 
-  // --- fault injection (programmatic only, never through a BAR) ---
-  delayAllMs = 0;
-  readonly delayQueueMs = new Map<number, number>();
-  readonly #drops: DropRule[] = [];
-  /** inject errorLag: ms the next fatal completion waits before ERROR shows (0: none). */
-  #errorLagMs = 0;
-  /** Stuck-reset injection: queues whose Q_CTRL.RESET never finishes; 'device' also holds CONTROL.RESET. */
-  readonly #stuckResets = new Set<number | 'device'>();
+  /** Fault injection (programmatic only, never through a BAR): injections.ts. */
+  readonly #inject = new Injections();
   /** Queue resets begun but held by a stuck-reset injection (Q_CTRL.RESET reads 1 until it is cleared). */
   readonly queueResetsPending = new Set<number>();
   readonly #now: () => number;
@@ -118,15 +101,11 @@ export class Sa1Device {
       devmem: this.devmem,
       faults: this.faults,
       now: this.#now,
-      delayMs: (q) => this.delayQueueMs.get(q.index) ?? this.delayAllMs,
+      delayMs: (q) => this.#inject.delayMs(q.index),
       signalQueue: (q) => {
         if (q.vector <= this.options.numQueues) this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, q.vector);
       },
-      takeErrorLag: () => {
-        const ms = this.#errorLagMs;
-        this.#errorLagMs = 0;
-        return ms;
-      },
+      errorLag: () => this.#errorLag(),
     });
   }
 
@@ -168,49 +147,11 @@ export class Sa1Device {
   // --- region access (the owner's REGION_READ / REGION_WRITE) ---
 
   regionRead(index: number, offset: number, count: number): Uint8Array {
-    checkRegionAccess(this.options, index, offset, count);
-    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.config.read(offset, count);
-    if (index === VFIO_PCI_BAR4_REGION_INDEX) {
-      return gather(this.devmem.segments(offset, count), new Uint8Array(count));
-    }
-    const out = new Uint8Array(count);
-    const dv = new DataView(out.buffer);
-    for (let i = 0; i < count; i += 4) dv.setUint32(i, this.#register32(index, offset + i), true);
-    return out;
+    return readRegion(this, this.#now(), index, offset, count);
   }
 
   regionWrite(index: number, offset: number, data: Uint8Array): void {
-    checkRegionAccess(this.options, index, offset, data.length);
-    if (index === VFIO_PCI_CONFIG_REGION_INDEX) {
-      this.config.write(offset, data);
-      return;
-    }
-    if (index === VFIO_PCI_BAR4_REGION_INDEX) {
-      let at = 0;
-      for (const s of this.devmem.segments(offset, data.length)) {
-        s.set(data.subarray(at, at + s.length));
-        at += s.length;
-      }
-      return;
-    }
-    const dv = new DataView(data.buffer, data.byteOffset, data.length);
-    for (let i = 0; i < data.length; i += 4) this.#writeRegister32(index, offset + i, dv.getUint32(i, true));
-  }
-
-  #register32(index: number, off: number): number {
-    if (index === VFIO_PCI_BAR0_REGION_INDEX)
-      return bar0Read32(this.regs, off, this.options.numQueues, this.#now());
-    const q = this.queues[Math.floor(off / this.options.queueStride)];
-    return q ? q.pageRegister(off % this.options.queueStride) : 0;
-  }
-
-  #writeRegister32(index: number, off: number, value: number): void {
-    if (index === VFIO_PCI_BAR0_REGION_INDEX) {
-      bar0Write32(this, off, value);
-      return;
-    }
-    const q = this.queues[Math.floor(off / this.options.queueStride)];
-    q?.writePageRegister(off % this.options.queueStride, value);
+    writeRegion(this, index, offset, data);
   }
 
   // --- control ---
@@ -218,7 +159,7 @@ export class Sa1Device {
   /** Q_CTRL write: RESET first (queue back to its reset state), then ENABLE as written. */
   writeQueueControl(q: Queue, value: number): void {
     if (this.queueResetsPending.has(q.index)) return; // in reset: the queue takes no control until it ends
-    if (value & Q_CTRL_RESET && this.#resetStuck(q.index)) {
+    if (value & Q_CTRL_RESET && this.#inject.resetStuck(q.index)) {
       // The reset begins (the queue stops) but does not finish: Q_CTRL.RESET reads 1 until the injection ends.
       if (q.enabled) this.engine.abort(q);
       q.enabled = false;
@@ -264,7 +205,7 @@ export class Sa1Device {
   /** CONTROL write: RESET first (unless a stuck-reset injection holds it), then ENABLE as written. */
   writeControl(value: number): void {
     if (this.deviceResetPending) return; // resetting: CONTROL takes nothing until the reset ends
-    if (value & CONTROL_RESET && this.#stuckResets.has('device')) {
+    if (value & CONTROL_RESET && this.#inject.deviceResetStuck) {
       this.controlEnable = false;
       this.deviceResetPending = true;
       return;
@@ -315,18 +256,14 @@ export class Sa1Device {
     if (queue !== undefined && !this.queues[queue]) {
       throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
     }
-    const key = queue ?? 'device';
-    if (stuck) {
-      this.#stuckResets.add(key);
-      return;
-    }
-    this.#stuckResets.delete(key);
-    if (this.deviceResetPending && !this.#stuckResets.has('device')) {
+    this.#inject.setStuck(queue ?? 'device', stuck);
+    if (stuck) return;
+    if (this.deviceResetPending && !this.#inject.deviceResetStuck) {
       this.deviceResetPending = false;
       this.reset();
     }
     for (const i of [...this.queueResetsPending]) {
-      if (this.#resetStuck(i)) continue;
+      if (this.#inject.resetStuck(i)) continue;
       this.queueResetsPending.delete(i);
       const q = this.queues[i] as Queue;
       this.regs.store(q.qcfgAt + Q_CTRL, 0);
@@ -334,23 +271,17 @@ export class Sa1Device {
     }
   }
 
-  #resetStuck(queue: number): boolean {
-    return this.#stuckResets.has(queue) || this.#stuckResets.has('device');
-  }
-
   /** The next `count` firmware loads hang the device instead of running (0 clears). */
   hangOnFirmwareLoad(count: number): void {
-    if (!Number.isInteger(count) || count < 0)
-      throw new RangeError(`hang count must be an integer >= 0, got ${count}`);
-    this.#hangAtLoads = count;
+    this.#inject.hangOnFirmwareLoad(count);
   }
-  #hangAtLoads = 0;
 
   injectHang(): void {
     if (this.hung) return;
+    const record = this.faults.record(FAULT_QUEUE_DEVICE, FAULT_HANG, 0n);
     this.hung = true;
     this.firmware.hang();
-    this.faults.write(FAULT_QUEUE_DEVICE, FAULT_HANG, 0n);
+    this.faults.signal(record);
     this.#interrupt(VFIO_PCI_ERR_IRQ_INDEX, 0);
   }
 
@@ -358,27 +289,31 @@ export class Sa1Device {
   injectFault(queue: number, code = ST_IOMMU_FAULT, iova = 0n): void {
     const q = this.queues[queue];
     if (!q) throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
+    const record = this.faults.record(queue, code, iova);
     if (code >= 1 && code <= 7) {
       q.error = true;
       q.lastError = code;
       q.publish();
     }
-    this.faults.write(queue, code, iova);
+    this.faults.signal(record);
   }
 
-  /** The next fatal completion shows ERROR only `ms` after it is written (inject 'errorLag'). */
+  /** The next error (a data fault, a firmware load error) shows its state `ms` after what it wrote (inject 'errorLag'). */
   setErrorLag(ms: number): void {
-    this.#errorLagMs = ms;
+    this.#inject.setErrorLag(ms);
+  }
+
+  #errorLag(): void {
+    const ms = this.#inject.takeErrorLag();
+    if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
   }
 
   setDescriptorDelay(ms: number, queue?: number): void {
-    if (queue === undefined) this.delayAllMs = ms;
-    else if (ms > 0) this.delayQueueMs.set(queue, ms);
-    else this.delayQueueMs.delete(queue);
+    this.#inject.setDescriptorDelay(ms, queue);
   }
 
   dropInterrupts(count: number, index?: number, vector?: number): void {
-    this.#drops.push({ count, index, vector });
+    this.#inject.dropInterrupts(count, index, vector);
   }
 
   // --- running ---
@@ -391,8 +326,7 @@ export class Sa1Device {
   step(between?: () => void): boolean {
     let work = false;
     if (this.firmware.loadPending && !this.hung) {
-      if (this.#hangAtLoads > 0) {
-        this.#hangAtLoads--;
+      if (this.#inject.takeLoadHang()) {
         this.injectHang(); // the load never finishes: FW_STATUS stays LOADING
       } else this.#loadFirmware();
       work = true;
@@ -486,21 +420,15 @@ export class Sa1Device {
       return shrank >= 0 ? { faultIova: BigInt(shrank) } : bytes;
     };
     const result = verifyImage(fw.iova, fw.len, fetch);
+    // The record before FW_STATUS leaves LOADING: an owner that sees the error finds its record.
+    const record = result.ok ? null : this.faults.record(FAULT_QUEUE_DEVICE, FAULT_FW, result.faultIova);
+    if (record) this.#errorLag();
     fw.finish(result);
-    if (!result.ok) this.faults.write(FAULT_QUEUE_DEVICE, FAULT_FW, result.faultIova);
+    if (record) this.faults.signal(record);
   }
 
   #interrupt(index: number, vector: number): void {
-    const rule = this.#drops.find(
-      (r) =>
-        r.count > 0 &&
-        (r.index === undefined || r.index === index) &&
-        (r.vector === undefined || r.vector === vector),
-    );
-    if (rule) {
-      rule.count--;
-      return;
-    }
+    if (this.#inject.takeDrop(index, vector)) return;
     this.hooks.interrupt(index, vector);
   }
 

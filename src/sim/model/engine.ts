@@ -6,21 +6,15 @@
 // A descriptor's data moves when it completes, so everything a turn does is
 // atomic with respect to owner commands (which the worker serves between
 // turns): once DMA_UNMAP is answered no later turn can reach the memory.
+//
+// Running a decoded descriptor (operand checks, the opcodes, the shrunken-backing
+// check) is execute.ts; the hot paths (a plain NOP or COPY) stay in turn() here.
 
 import {
   CQ_BASE_ALIGN,
   CQ_ENTRY_SIZE,
-  FLAG_DST_DEVMEM,
   FLAG_INTR,
-  FLAG_SRC_DEVMEM,
-  FLAGS_DEFINED,
   IRQ_MODE_EVERY,
-  MAX_LENGTH,
-  OP_COPY,
-  OP_CRC32C,
-  OP_FILL,
-  OP_NOP,
-  OP_WRITE_IMM,
   RING_MAX_ENTRIES,
   RING_MIN_ENTRIES,
   SQ_BASE_ALIGN,
@@ -31,21 +25,14 @@ import {
   ST_BAD_QUEUE_CONFIG,
   ST_DEVMEM_VIOLATION,
   ST_IOMMU_FAULT,
-  ST_OK,
   ST_WINDOW_VIOLATION,
 } from './datasheet.js';
 import { type Descriptor, decodeDescriptor, writeCompletion } from './descriptor.js';
-import { fail, isPlainNop, OK_NOP, type Outcome, ok, plainCopy, touchPages } from './fast-path.js';
+import { deadAt, executeChecked, hostRanges, translate, windowFault } from './execute.js';
+import { fail, isPlainNop, OK_NOP, type Outcome, plainCopy } from './fast-path.js';
 import type { FaultLog } from './faults.js';
 import type { Iommu } from './iommu.js';
-import {
-  copySegments,
-  crcSegments,
-  type DeviceMemory,
-  fillSegments,
-  gather,
-  type Segments,
-} from './memory.js';
+import { type DeviceMemory, gather, type Segments } from './memory.js';
 import type { InFlight, Queue } from './queue.js';
 
 /** A queue signals once this many completions are owed an interrupt, even if it stays busy. */
@@ -62,8 +49,8 @@ export interface EngineContext {
   delayMs(q: Queue): number;
   /** Fire queue q's MSI-X vector. */
   signalQueue(q: Queue): void;
-  /** The lag (ms) injected before the next fatal completion shows ERROR (inject 'errorLag'); taking it clears it. */
-  takeErrorLag(): number;
+  /** Wait out the lag injected for the next error before it shows its state (inject 'errorLag'), once. */
+  errorLag(): void;
 }
 
 const isPow2Ring = (n: number): boolean =>
@@ -122,7 +109,7 @@ export class Engine {
     }
     if (this.ctx.iommu.sync()) {
       const slotIova = q.sqBase + BigInt((q.sqHead % q.sqSize) * SQ_ENTRY_SIZE);
-      const shrank = this.#deadAt(q, slotIova, SQ_ENTRY_SIZE);
+      const shrank = deadAt(this.ctx.iommu, q, slotIova, SQ_ENTRY_SIZE);
       if (shrank !== null) {
         this.#queueFault(q, ST_IOMMU_FAULT, shrank);
         return true;
@@ -188,7 +175,7 @@ export class Engine {
   #slotSegs(q: Queue, iova: bigint, length: number, write: boolean): Segments | null {
     const segs = this.#ringSegs;
     segs.length = 0;
-    const fault = this.#translate(q, iova, length, write, segs);
+    const fault = translate(this.ctx.iommu, q, iova, length, write, segs);
     if (fault === null) return segs;
     this.#queueFault(q, ST_IOMMU_FAULT, fault);
     return null;
@@ -196,7 +183,7 @@ export class Engine {
 
   #ringPiece(q: Queue, iova: bigint, length: number, write: boolean): Int32Array | null {
     const segs: Segments = [];
-    if (this.#translate(q, iova, length, write, segs) !== null || segs.length !== 1) return null;
+    if (translate(this.ctx.iommu, q, iova, length, write, segs) !== null || segs.length !== 1) return null;
     const s = segs[0] as Uint8Array;
     if (s.byteOffset % 4 !== 0) return null;
     return new Int32Array(s.buffer, s.byteOffset, length / 4);
@@ -250,8 +237,8 @@ export class Engine {
       this.#queueFault(q, ST_BAD_QUEUE_CONFIG, q.cqBase);
       return false;
     }
-    const sqBad = this.#windowFault(q, q.sqBase, q.sqSize * SQ_ENTRY_SIZE);
-    const cqBad = sqBad ?? this.#windowFault(q, q.cqBase, q.cqSize * CQ_ENTRY_SIZE);
+    const sqBad = windowFault(q, q.sqBase, q.sqSize * SQ_ENTRY_SIZE);
+    const cqBad = sqBad ?? windowFault(q, q.cqBase, q.cqSize * CQ_ENTRY_SIZE);
     if (cqBad !== null) {
       this.#queueFault(q, ST_WINDOW_VIOLATION, cqBad);
       return false;
@@ -259,18 +246,11 @@ export class Engine {
     return true;
   }
 
-  /** The first address of [iova, +length) outside the queue's window, or null when inside. */
-  #windowFault(q: Queue, iova: bigint, length: number): bigint | null {
-    if (q.winSize === 0n || iova < q.winBase || iova >= q.winBase + q.winSize) return iova;
-    const end = iova + BigInt(length);
-    return end <= q.winBase + q.winSize ? null : q.winBase + q.winSize;
-  }
-
   #complete(q: Queue, entry: InFlight): void {
     const out =
       entry.poisonIova !== null
         ? fail(ST_IOMMU_FAULT, entry.poisonIova)
-        : this.#executeChecked(q, entry.desc);
+        : executeChecked(this.ctx, q, entry.desc);
     // The completion first, then the fault record and ERROR (§4): a client that sees the queue in ERROR
     // must already be able to find the faulting descriptor's completion.
     this.#writeCompletion(q, entry.desc, out);
@@ -353,139 +333,12 @@ export class Engine {
   }
 
   #queueFault(q: Queue, code: number, at: bigint): void {
-    const lag = this.ctx.takeErrorLag();
-    // Injected (tests): the completion is out, ERROR not yet: what a client sees when the device is slow here.
-    if (lag > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, lag);
+    const record = this.ctx.faults.record(q.index, code, at);
+    // Injected (tests): the completion and record are out, ERROR not yet: a device slow here.
+    this.ctx.errorLag();
     q.error = true;
     q.lastError = code;
     q.publish();
-    this.ctx.faults.write(q.index, code, at);
+    this.ctx.faults.signal(record);
   }
-
-  /**
-   * Run a descriptor, then make sure the memory it touched was all there (rev 2 §7): when a guarded map was
-   * revoked during the access (the backing shrank: the guard gave zeros) the descriptor completes as
-   * IOMMU_FAULT at the first address in the shrunken map, never OK with zeros.
-   */
-  #executeChecked(q: Queue, d: Descriptor): Outcome {
-    if (d.opcode === OP_NOP) return this.#execute(q, d); // touches no memory: nothing can have shrunk under it
-    this.ctx.iommu.sync(); // maps that shrank before this access fault in translate()
-    const out = this.#execute(q, d);
-    if (out.status !== ST_OK || !this.ctx.iommu.sync()) return out;
-    for (const r of hostRanges(d)) {
-      const at = this.#deadAt(q, r.start, r.length);
-      if (at !== null) return fail(ST_IOMMU_FAULT, at);
-    }
-    return out;
-  }
-
-  /**
-   * The first address of [iova, +length), as the queue sees it (IOVA - Q_XLAT), in a map whose backing shrank;
-   * null when none.
-   */
-  #deadAt(q: Queue, iova: bigint, length: number): bigint | null {
-    const xlat = q.xlat;
-    const device = xlat === 0n ? iova : BigInt.asUintN(64, iova + xlat);
-    const at = this.ctx.iommu.deadIn(Number(device), length);
-    if (at < 0) return null;
-    return xlat === 0n ? BigInt(at) : BigInt.asUintN(64, BigInt(at) - xlat);
-  }
-
-  #execute(q: Queue, d: Descriptor): Outcome {
-    if (d.opcode > OP_WRITE_IMM || d.reserved0 !== 0 || !d.reservedZero || (d.flags & ~FLAGS_DEFINED) !== 0) {
-      return fail(ST_BAD_OPCODE, 0n);
-    }
-    if (d.opcode === OP_NOP) return OK_NOP;
-    if (d.opcode !== OP_WRITE_IMM && (d.length === 0 || d.length > MAX_LENGTH))
-      return fail(ST_BAD_LENGTH, 0n);
-
-    let src: Segments = [];
-    if (d.opcode === OP_COPY || d.opcode === OP_CRC32C) {
-      const devmem = (d.flags & FLAG_SRC_DEVMEM) !== 0;
-      const r = this.#resolve(q, d.src, d.length, devmem, false);
-      if (!Array.isArray(r)) return r;
-      src = r;
-      // Read one byte of every source page first: a source that shrank faults here (the guard swaps in zero
-      // pages), so the descriptor fails before it writes anything, as a transfer stopped by an IOMMU fault.
-      if (!devmem && touchPages(src) && this.ctx.iommu.sync()) {
-        const at = this.#deadAt(q, d.src, d.length);
-        if (at !== null) return fail(ST_IOMMU_FAULT, at);
-      }
-    }
-    let dst: Segments = [];
-    if (d.opcode !== OP_CRC32C) {
-      const len = d.opcode === OP_WRITE_IMM ? 8 : d.length;
-      const r = this.#resolve(q, d.dst, len, (d.flags & FLAG_DST_DEVMEM) !== 0, true);
-      if (!Array.isArray(r)) return r;
-      dst = r;
-    }
-    switch (d.opcode) {
-      case OP_COPY:
-        copySegments(src, dst);
-        return ok(0, d.length);
-      case OP_FILL:
-        fillSegments(dst, le64(d.imm));
-        return ok(0, d.length);
-      case OP_CRC32C:
-        return ok(crcSegments(src), d.length);
-      default: // OP_WRITE_IMM
-        copySegments([le64(d.imm)], dst);
-        return ok(0, 8);
-    }
-  }
-
-  /** Segments for a descriptor operand, or the failure (window, devmem window, IOMMU). */
-  #resolve(q: Queue, addr: bigint, length: number, devmem: boolean, write: boolean): Segments | Outcome {
-    const len = BigInt(length);
-    if (devmem) {
-      const memEnd = BigInt(q.memBase) + BigInt(q.memSize);
-      if (
-        addr < BigInt(q.memBase) ||
-        addr + len > memEnd ||
-        !this.ctx.devmem.contains(Number(addr), length)
-      ) {
-        return fail(ST_DEVMEM_VIOLATION, addr);
-      }
-      return this.ctx.devmem.segments(Number(addr), length);
-    }
-    const outside = this.#windowFault(q, addr, length);
-    if (outside !== null) return fail(ST_WINDOW_VIOLATION, outside);
-    const segs: Segments = [];
-    const fault = this.#translate(q, addr, length, write, segs);
-    if (fault !== null) return fail(ST_IOMMU_FAULT, fault);
-    return segs;
-  }
-
-  /**
-   * Q_XLAT (§2.2, rev 2): the device accesses IOVA + Q_XLAT (mod 2^64) through the IOMMU. Returns null
-   * when [iova, +length) is mapped (segments in `out`), else the faulting address as the queue saw it.
-   */
-  #translate(q: Queue, iova: bigint, length: number, write: boolean, out: Segments): bigint | null {
-    const xlat = q.xlat;
-    const device = xlat === 0n ? iova : BigInt.asUintN(64, iova + xlat);
-    const fault = this.ctx.iommu.translate(Number(device), length, write, out);
-    if (fault < 0) return null;
-    // The IOMMU works in JS numbers; the first byte's fault is given back exactly.
-    const at = fault === Number(device) ? device : BigInt(fault);
-    return xlat === 0n ? at : BigInt.asUintN(64, at - xlat);
-  }
-}
-
-function le64(v: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, v, true);
-  return b;
-}
-
-/** The host-memory (IOVA) ranges a descriptor touches. */
-function hostRanges(d: Descriptor): { start: bigint; length: number }[] {
-  const out: { start: bigint; length: number }[] = [];
-  if ((d.opcode === OP_COPY || d.opcode === OP_CRC32C) && (d.flags & FLAG_SRC_DEVMEM) === 0) {
-    out.push({ start: d.src, length: d.length });
-  }
-  if ((d.opcode === OP_COPY || d.opcode === OP_FILL) && (d.flags & FLAG_DST_DEVMEM) === 0) {
-    out.push({ start: d.dst, length: d.length });
-  }
-  if (d.opcode === OP_WRITE_IMM && (d.flags & FLAG_DST_DEVMEM) === 0) out.push({ start: d.dst, length: 8 });
-  return out;
 }

@@ -40,15 +40,30 @@ export class FaultLog {
     return this.head !== this.ack;
   }
 
-  /** The record first, then FAULT_HEAD: an owner that sees the new head finds the record in place. */
+  /** A record, and the fault vector for it (`record` then `signal`). */
   write(queue: number, code: number, iova: bigint): void {
+    this.signal(this.record(queue, code, iova));
+  }
+
+  /**
+   * The record first, then FAULT_HEAD: an owner that sees the new head finds the record in place. No
+   * interrupt yet: a device error stores its record, then the state that shows the error (Q_ERROR,
+   * FW_STATUS, STATUS.HUNG), then `signal`s, so an owner woken by the vector, or one that sees the state,
+   * finds everything the error wrote (docs/SA-1.md "What an error makes visible, in order").
+   */
+  record(queue: number, code: number, iova: bigint): FaultRecord {
     const head = this.head;
     const at = REG_FAULT_LOG + (head % FAULT_LOG_ENTRIES) * FAULT_RECORD_SIZE;
     this.regs.store(at, (queue & 0xffff) | ((code & 0xffff) << 16));
     this.regs.store(at + 4, 0);
     this.regs.store64(at + 8, iova);
     this.regs.store(REG_FAULT_HEAD, (head + 1) >>> 0);
-    this.onRecord({ queue, code, iova });
+    return { queue, code, iova };
+  }
+
+  /** Raise the fault vector for a record written with `record`. */
+  signal(r: FaultRecord): void {
+    this.onRecord(r);
   }
 
   clear(): void {

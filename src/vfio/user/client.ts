@@ -1,34 +1,27 @@
 // A vfio-user client: negotiates the version, then offers one typed call per
 // command, checking each reply's shape. The request/reply machinery
 // (pipelining, timeouts, disconnects) is channel.ts; serving the server's
-// DMA_READ/DMA_WRITE from the client's maps is dma-maps.ts.
+// DMA_READ/DMA_WRITE from the client's maps is dma-maps.ts; the device
+// queries (info, region info, irq info, io fds, features) are client-queries.ts.
 import { EventEmitter } from 'node:events';
 import { misuse, ProtocolError, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import { MAX_FDS } from '../../sys/native.js';
-import {
-  VFIO_REGION_INFO_FLAG_CAPS,
-  vfio_device_feature,
-  vfio_irq_info,
-  vfio_region_info,
-} from '../uapi/vfio.js';
-import { parseRegionCaps, type RegionCaps } from './caps.js';
 import { type CallOptions, type FdLike, type ReplyMessage, RequestChannel } from './channel.js';
+import * as Q from './client-queries.js';
+import { closeAll, decodeReply, type RegionInfo } from './client-queries.js';
 import type { VfioUserMessage } from './codec.js';
 import { bufferMemory, ClientDmaMaps, type DmaMemory } from './dma-maps.js';
 import {
-  encodeFeature,
   encodeIrqSet,
   encodeRegionAccess,
   irqSetArgs,
-  vfio_user_device_info,
   vfio_user_dma_map,
   vfio_user_dma_unmap,
   vfio_user_region_access,
-  vfio_user_region_io_fds_request,
 } from './messages.js';
 import * as P from './protocol.js';
-import { decodeRegionIoFdsReply, type IoFdSubRegion } from './region-io-fds.js';
+import type { IoFdSubRegion } from './region-io-fds.js';
 import { connectVfioUser, type MessageSocket } from './transport.js';
 import { type Capabilities, readCapabilities, readVersionReply, versionRequest } from './version.js';
 
@@ -39,15 +32,7 @@ export interface VfioUserClientOptions {
   capabilities?: Record<string, unknown>;
 }
 
-export interface RegionInfo {
-  index: number;
-  flags: number;
-  size: bigint;
-  offset: bigint;
-  caps: RegionCaps;
-  /** The region's mappable fd, if the server sent one (the caller owns it). */
-  fd: Fd | null;
-}
+export type { RegionInfo } from './client-queries.js';
 
 const DEFAULT_TIMEOUT_MS = 5000;
 
@@ -197,6 +182,12 @@ export class VfioUserClient extends EventEmitter {
     return this.#channel.fail(err);
   }
 
+  /** What the device queries (client-queries.ts) use of this client. */
+  readonly #requester: Q.Requester = {
+    request: (command, payload, fds, opts) => this.request(command, payload, fds, opts),
+    fail: (err) => this.#fail(err),
+  };
+
   async #negotiate(extra: Record<string, unknown>): Promise<void> {
     // What we accept: region io fds come one per queue page of a device, and the socket takes up to MAX_FDS.
     const r = await this.request(
@@ -215,65 +206,20 @@ export class VfioUserClient extends EventEmitter {
   }
 
   // ---- typed calls -------------------------------------------------------
+  // The device queries are client-queries.ts: each is one request and its reply's shape check.
 
-  async deviceInfo(opts?: CallOptions): Promise<{ flags: number; num_regions: number; num_irqs: number }> {
-    const r = await this.request(
-      P.VFIO_USER_DEVICE_GET_INFO,
-      vfio_user_device_info.encode({ argsz: vfio_user_device_info.size }),
-      [],
-      opts,
-    );
-    closeAll(r.fds);
-    const d = this.#decodeReply(vfio_user_device_info, r.payload, 'VFIO_USER_DEVICE_GET_INFO');
-    return { flags: d.flags, num_regions: d.num_regions, num_irqs: d.num_irqs };
+  deviceInfo(opts?: CallOptions): Promise<{ flags: number; num_regions: number; num_irqs: number }> {
+    return Q.deviceInfo(this.#requester, opts);
   }
 
   /** Region info with its capability chain; retries once with the argsz the server asks for. */
-  async regionInfo(index: number, opts: CallOptions & { argsz?: number } = {}): Promise<RegionInfo> {
-    let argsz = opts.argsz ?? 128;
-    for (let attempt = 0; ; attempt++) {
-      const r = await this.request(
-        P.VFIO_USER_DEVICE_GET_REGION_INFO,
-        vfio_region_info.encode({ argsz, index }),
-        [],
-        opts,
-      );
-      const info = this.#decodeReply(vfio_region_info, r.payload, 'VFIO_USER_DEVICE_GET_REGION_INFO');
-      if (info.argsz > argsz && attempt === 0) {
-        closeAll(r.fds);
-        argsz = info.argsz;
-        continue;
-      }
-      const [fd = null, ...extra] = r.fds;
-      closeAll(extra);
-      try {
-        if (info.argsz > r.payload.byteLength) {
-          throw new ProtocolError(
-            `region ${index} info: argsz ${info.argsz} but ${r.payload.byteLength} bytes sent`,
-          );
-        }
-        const withCaps = (info.flags & VFIO_REGION_INFO_FLAG_CAPS) !== 0 && info.cap_offset !== 0;
-        const caps = withCaps ? parseRegionCaps(r.payload, info.cap_offset) : { all: [] };
-        return { index: info.index, flags: info.flags, size: info.size, offset: info.offset, caps, fd };
-      } catch (err) {
-        fd?.close();
-        throw this.#fail(err as Error);
-      }
-    }
+  regionInfo(index: number, opts: CallOptions & { argsz?: number } = {}): Promise<RegionInfo> {
+    return Q.regionInfo(this.#requester, index, opts);
   }
 
-  async irqInfo(index: number, opts?: CallOptions): Promise<{ index: number; flags: number; count: number }> {
-    const r = await this.request(
-      P.VFIO_USER_DEVICE_GET_IRQ_INFO,
-      vfio_irq_info.encode({ argsz: vfio_irq_info.size, index }),
-      [],
-      opts,
-    );
-    closeAll(r.fds);
-    const i = this.#decodeReply(vfio_irq_info, r.payload, 'VFIO_USER_DEVICE_GET_IRQ_INFO');
-    return { index: i.index, flags: i.flags, count: i.count };
+  irqInfo(index: number, opts?: CallOptions): Promise<{ index: number; flags: number; count: number }> {
+    return Q.irqInfo(this.#requester, index, opts);
   }
-
   /** Largest count per REGION_READ/WRITE message: the smaller of both sides' max_data_xfer_size. */
   get maxTransfer(): number {
     return Math.min(this.serverCapabilities.maxDataXferSize, this.#ourMaxXfer);
@@ -296,7 +242,7 @@ export class VfioUserClient extends EventEmitter {
           opts,
         );
         closeAll(r.fds);
-        const a = this.#decodeReply(vfio_user_region_access, r.payload, 'VFIO_USER_REGION_READ');
+        const a = decodeReply(this.#requester, vfio_user_region_access, r.payload, 'VFIO_USER_REGION_READ');
         if (a.count !== n || a.offset !== off || a.region !== index || r.payload.byteLength !== 16 + n) {
           throw this.#fail(new ProtocolError(`REGION_READ reply does not match its request`));
         }
@@ -428,78 +374,23 @@ export class VfioUserClient extends EventEmitter {
    * DEVICE_FEATURE. `flags` holds GET/SET/PROBE; `feature` the index. The reply's data and fds
    * (owned by the caller) come back. `replyCapacity` bounds the reply data (argsz); default 4096.
    */
-  async feature(
+  feature(
     f: { flags: number; feature: number; data?: Uint8Array; fds?: FdLike[]; replyCapacity?: number },
     opts?: CallOptions,
   ): Promise<{ flags: number; data: Uint8Array; fds: Fd[] }> {
-    const data = f.data ?? new Uint8Array(0);
-    const argsz = vfio_device_feature.size + Math.max(data.byteLength, f.replyCapacity ?? 4096);
-    const flags = (f.flags & ~0xffff) | (f.feature & 0xffff);
-    const r = await this.request(
-      P.VFIO_USER_DEVICE_FEATURE,
-      encodeFeature(argsz, flags, data),
-      f.fds ?? [],
-      opts,
-    );
-    try {
-      const h = this.#decodeReply(vfio_device_feature, r.payload, 'VFIO_USER_DEVICE_FEATURE');
-      return { flags: h.flags, data: r.payload.slice(vfio_device_feature.size), fds: r.fds };
-    } catch (err) {
-      closeAll(r.fds);
-      throw err;
-    }
+    return Q.feature(this.#requester, f, opts);
   }
 
   /**
    * VFIO_USER_DEVICE_GET_REGION_IO_FDS: the region's io fd sub-regions and the fds they index (the caller
    * owns them). Asks again once with the argsz the server says a full reply needs.
    */
-  async regionIoFds(
+  regionIoFds(
     index: number,
     opts: CallOptions & { argsz?: number } = {},
   ): Promise<{ subRegions: IoFdSubRegion[]; fds: Fd[] }> {
-    let argsz = opts.argsz ?? 16 + 40 * 64;
-    for (let attempt = 0; ; attempt++) {
-      const r = await this.request(
-        P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
-        vfio_user_region_io_fds_request.encode({ argsz, index }),
-        [],
-        opts,
-      );
-      let reply: ReturnType<typeof decodeRegionIoFdsReply>;
-      try {
-        reply = decodeRegionIoFdsReply(r.payload);
-        if (reply.subRegions === null && (attempt > 0 || reply.argsz <= argsz)) {
-          throw new ProtocolError(`region ${index} io fds: ${reply.count} sub-regions, payload too short`);
-        }
-        if (reply.subRegions?.some((s) => s.fdIndex >= r.fds.length)) {
-          throw new ProtocolError(`region ${index} io fds: fd_index beyond the ${r.fds.length} fds sent`);
-        }
-      } catch (err) {
-        closeAll(r.fds);
-        throw this.#fail(err instanceof ProtocolError ? err : new ProtocolError((err as Error).message));
-      }
-      if (reply.subRegions === null) {
-        closeAll(r.fds);
-        argsz = reply.argsz;
-        continue;
-      }
-      return { subRegions: reply.subRegions, fds: r.fds };
-    }
+    return Q.regionIoFds(this.#requester, index, opts);
   }
-
-  #decodeReply<T>(layout: { size: number; decode(b: Uint8Array): T }, payload: Uint8Array, name: string): T {
-    if (payload.byteLength < layout.size) {
-      throw this.#fail(
-        new ProtocolError(`${name} reply is ${payload.byteLength} bytes, needs ${layout.size}`),
-      );
-    }
-    return layout.decode(payload);
-  }
-}
-
-function closeAll(fds: readonly Fd[]): void {
-  for (const fd of fds) fd.close();
 }
 
 function invalidArg(message: string): Error {

@@ -177,6 +177,8 @@ test('§6 firmware: header "SA1F"/version/length/CRC32C; FW_STATUS codes; §5 FW
     for (const [what, image, iova, status, faultIova] of cases) {
       fw.view.fill(0);
       fw.view.set(image);
+      // The device holds the error a moment between its record and FW_STATUS: the record must come first.
+      r.sim.inject({ kind: 'errorLag', ms: 200 });
       assert.equal((await loadFirmware(r.client, iova, image.length)) >>> 0, status, what);
       head++;
       assert.equal(await b0r(r, BAR0.FAULT_HEAD), head, `${what}: FAULT_HEAD counts records`);

@@ -1,0 +1,182 @@
+// The vfio-user client's device queries (DEVICE_GET_INFO, GET_REGION_INFO, GET_IRQ_INFO,
+// GET_REGION_IO_FDS, DEVICE_FEATURE): each one request and its reply's shape check, the
+// ask-again-with-the-argsz-the-server-wants included. Kept apart from client.ts, which owns the
+// connection (negotiation, handover, DMA maps, region access); a malformed reply still fails the
+// connection through the `fail` the client passes in.
+import { ProtocolError } from '../../errors.js';
+import type { Fd } from '../../sys/fd.js';
+import {
+  VFIO_REGION_INFO_FLAG_CAPS,
+  vfio_device_feature,
+  vfio_irq_info,
+  vfio_region_info,
+} from '../uapi/vfio.js';
+import { parseRegionCaps, type RegionCaps } from './caps.js';
+import type { CallOptions, FdLike, ReplyMessage } from './channel.js';
+import { encodeFeature, vfio_user_device_info, vfio_user_region_io_fds_request } from './messages.js';
+import * as P from './protocol.js';
+import { decodeRegionIoFdsReply, type IoFdSubRegion } from './region-io-fds.js';
+
+export interface RegionInfo {
+  index: number;
+  flags: number;
+  size: bigint;
+  offset: bigint;
+  caps: RegionCaps;
+  /** The region's mappable fd, if the server sent one (the caller owns it). */
+  fd: Fd | null;
+}
+
+/** What a query needs of the client: a request, and failing the connection on a malformed reply. */
+export interface Requester {
+  request(command: number, payload?: Uint8Array, fds?: FdLike[], opts?: CallOptions): Promise<ReplyMessage>;
+  /** Fail the connection with `err` (EPROTO) and give it back to throw. */
+  fail(err: Error): Error;
+}
+
+export async function deviceInfo(
+  c: Requester,
+  opts?: CallOptions,
+): Promise<{ flags: number; num_regions: number; num_irqs: number }> {
+  const r = await c.request(
+    P.VFIO_USER_DEVICE_GET_INFO,
+    vfio_user_device_info.encode({ argsz: vfio_user_device_info.size }),
+    [],
+    opts,
+  );
+  closeAll(r.fds);
+  const d = decodeReply(c, vfio_user_device_info, r.payload, 'VFIO_USER_DEVICE_GET_INFO');
+  return { flags: d.flags, num_regions: d.num_regions, num_irqs: d.num_irqs };
+}
+
+/** Region info with its capability chain; retries once with the argsz the server asks for. */
+export async function regionInfo(
+  c: Requester,
+  index: number,
+  opts: CallOptions & { argsz?: number } = {},
+): Promise<RegionInfo> {
+  let argsz = opts.argsz ?? 128;
+  for (let attempt = 0; ; attempt++) {
+    const r = await c.request(
+      P.VFIO_USER_DEVICE_GET_REGION_INFO,
+      vfio_region_info.encode({ argsz, index }),
+      [],
+      opts,
+    );
+    const info = decodeReply(c, vfio_region_info, r.payload, 'VFIO_USER_DEVICE_GET_REGION_INFO');
+    if (info.argsz > argsz && attempt === 0) {
+      closeAll(r.fds);
+      argsz = info.argsz;
+      continue;
+    }
+    const [fd = null, ...extra] = r.fds;
+    closeAll(extra);
+    try {
+      if (info.argsz > r.payload.byteLength) {
+        throw new ProtocolError(
+          `region ${index} info: argsz ${info.argsz} but ${r.payload.byteLength} bytes sent`,
+        );
+      }
+      const withCaps = (info.flags & VFIO_REGION_INFO_FLAG_CAPS) !== 0 && info.cap_offset !== 0;
+      const caps = withCaps ? parseRegionCaps(r.payload, info.cap_offset) : { all: [] };
+      return { index: info.index, flags: info.flags, size: info.size, offset: info.offset, caps, fd };
+    } catch (err) {
+      fd?.close();
+      throw c.fail(err as Error);
+    }
+  }
+}
+
+export async function irqInfo(
+  c: Requester,
+  index: number,
+  opts?: CallOptions,
+): Promise<{ index: number; flags: number; count: number }> {
+  const r = await c.request(
+    P.VFIO_USER_DEVICE_GET_IRQ_INFO,
+    vfio_irq_info.encode({ argsz: vfio_irq_info.size, index }),
+    [],
+    opts,
+  );
+  closeAll(r.fds);
+  const i = decodeReply(c, vfio_irq_info, r.payload, 'VFIO_USER_DEVICE_GET_IRQ_INFO');
+  return { index: i.index, flags: i.flags, count: i.count };
+}
+
+/**
+ * DEVICE_FEATURE. `flags` holds GET/SET/PROBE; `feature` the index. The reply's data and fds
+ * (owned by the caller) come back. `replyCapacity` bounds the reply data (argsz); default 4096.
+ */
+export async function feature(
+  c: Requester,
+  f: { flags: number; feature: number; data?: Uint8Array; fds?: FdLike[]; replyCapacity?: number },
+  opts?: CallOptions,
+): Promise<{ flags: number; data: Uint8Array; fds: Fd[] }> {
+  const data = f.data ?? new Uint8Array(0);
+  const argsz = vfio_device_feature.size + Math.max(data.byteLength, f.replyCapacity ?? 4096);
+  const flags = (f.flags & ~0xffff) | (f.feature & 0xffff);
+  const r = await c.request(P.VFIO_USER_DEVICE_FEATURE, encodeFeature(argsz, flags, data), f.fds ?? [], opts);
+  try {
+    const h = decodeReply(c, vfio_device_feature, r.payload, 'VFIO_USER_DEVICE_FEATURE');
+    return { flags: h.flags, data: r.payload.slice(vfio_device_feature.size), fds: r.fds };
+  } catch (err) {
+    closeAll(r.fds);
+    throw err;
+  }
+}
+
+/**
+ * VFIO_USER_DEVICE_GET_REGION_IO_FDS: the region's io fd sub-regions and the fds they index (the caller
+ * owns them). Asks again once with the argsz the server says a full reply needs.
+ */
+export async function regionIoFds(
+  c: Requester,
+  index: number,
+  opts: CallOptions & { argsz?: number } = {},
+): Promise<{ subRegions: IoFdSubRegion[]; fds: Fd[] }> {
+  let argsz = opts.argsz ?? 16 + 40 * 64;
+  for (let attempt = 0; ; attempt++) {
+    const r = await c.request(
+      P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
+      vfio_user_region_io_fds_request.encode({ argsz, index }),
+      [],
+      opts,
+    );
+    let reply: ReturnType<typeof decodeRegionIoFdsReply>;
+    try {
+      reply = decodeRegionIoFdsReply(r.payload);
+      if (reply.subRegions === null && (attempt > 0 || reply.argsz <= argsz)) {
+        throw new ProtocolError(`region ${index} io fds: ${reply.count} sub-regions, payload too short`);
+      }
+      if (reply.subRegions?.some((s) => s.fdIndex >= r.fds.length)) {
+        throw new ProtocolError(`region ${index} io fds: fd_index beyond the ${r.fds.length} fds sent`);
+      }
+    } catch (err) {
+      closeAll(r.fds);
+      throw c.fail(err instanceof ProtocolError ? err : new ProtocolError((err as Error).message));
+    }
+    if (reply.subRegions === null) {
+      closeAll(r.fds);
+      argsz = reply.argsz;
+      continue;
+    }
+    return { subRegions: reply.subRegions, fds: r.fds };
+  }
+}
+
+/** A reply's fixed layout, or the connection failed (EPROTO) when the payload is too short for it. */
+export function decodeReply<T>(
+  c: Requester,
+  layout: { size: number; decode(b: Uint8Array): T },
+  payload: Uint8Array,
+  name: string,
+): T {
+  if (payload.byteLength < layout.size) {
+    throw c.fail(new ProtocolError(`${name} reply is ${payload.byteLength} bytes, needs ${layout.size}`));
+  }
+  return layout.decode(payload);
+}
+
+export function closeAll(fds: readonly Fd[]): void {
+  for (const fd of fds) fd.close();
+}
