@@ -48,7 +48,8 @@ test('devlease demo --seconds 5 --no-tty: revokes one, kills one, re-leases, ver
 
 test('Ctrl-C stops everything: no process, socket or temporary directory left behind', async () => {
   const d = runDemo(['--seconds', '60', '--no-tty', '--clients', '2']);
-  await until('two clients to lease', () => (d.out().match(/ leased queue-/g) ?? []).length >= 2, 20_000);
+  // Simulator, broker and two client processes start first: 20 s was not enough at load ~14 on 2 cores.
+  await until('two clients to lease', () => (d.out().match(/ leased queue-/g) ?? []).length >= 2, 60_000);
   const dir = /run directory (\S+)/.exec(d.out())?.[1];
   const pids = [...d.out().matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
   assert.ok(dir && existsSync(dir), 'the demo made its run directory');

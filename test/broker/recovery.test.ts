@@ -27,8 +27,10 @@ afterEach(async () => {
   rig = null;
 });
 
-const admin = (r: Rig, req: Record<string, unknown>) =>
-  adminRequest(join(r.broker.dir, 'admin.sock'), req) as Promise<{ recovery: RecoveryStatus }>;
+// A reset's answer comes when the recovery ends: attempts (1 s each when stuck) plus backoff, stretched by a
+// loaded machine well past the CLI's 10 s. Its deadline here is generous; the test asserts order, not time.
+const admin = (r: Rig, req: Record<string, unknown>, timeoutMs = req.op === 'reset' ? 60_000 : 10_000) =>
+  adminRequest(join(r.broker.dir, 'admin.sock'), req, timeoutMs) as Promise<{ recovery: RecoveryStatus }>;
 const settled = <T>(p: Promise<T>) =>
   p.then(
     (value) => ({ ok: true as const, value }),
@@ -87,6 +89,8 @@ test('a failed recovery attempt is retried with backoff, visible in status, and 
     // A backoff long enough that the test clears the injection (after spawning a client) before the retry.
     config: { device: { recovery_attempts: 5, recovery_backoff_ms: 3000, recovery_backoff_max_ms: 3000 } },
   });
+  // Spawned before the reset: only its connect (one request) falls between the first attempt and the retry.
+  const late = await spawnClient();
   await rig.sim.inject({ kind: 'stuckReset' }); // CONTROL.RESET never finishes: an attempt times out (1 s)
   const reset = settled(admin(rig, { op: 'reset' }));
   let seen = {} as RecoveryStatus;
@@ -96,25 +100,28 @@ test('a failed recovery attempt is retried with backoff, visible in status, and 
       seen = (await admin(rig!, { op: 'status' })).recovery;
       return seen.nextAttemptAt !== null;
     },
-    5000,
+    20_000,
   );
   assert.equal(seen.state, 'recovering');
   assert.equal(seen.attempts, 1);
   assert.match(seen.lastError ?? '', /ETIMEDOUT: sa1: device reset \(CONTROL.RESET\) did not finish/);
-  const refused = await spawnClient().then((c) => c.call('connect', { socket: rig!.socket }).catch((e) => e));
+  const refused = await late.call('connect', { socket: rig!.socket }).catch((e) => e);
   assert.equal(refused.code, 'EAGAIN', 'no lease while recovering');
   await rig.sim.inject({ kind: 'stuckReset', clear: true });
   const r = await reset;
   assert.ok(r.ok, `the reset failed: ${r.ok ? '' : `${r.error.code} ${r.error.message}`}`);
-  const failedAttempts = rig.audit.filter((e) => e.event === 'recovery-attempt-failed');
+  // Normally one failed attempt; a machine loaded past the 3 s backoff may fail a second one before the
+  // injection is cleared. Either way: attempts numbered in order, then one that succeeds.
+  const failed = rig.audit.filter((e) => e.event === 'recovery-attempt-failed').map((e) => e.attempt);
+  assert.ok(failed.length >= 1, 'the stuck attempt failed');
   assert.deepEqual(
-    failedAttempts.map((e) => e.attempt),
-    [1],
+    failed,
+    failed.map((_, i) => i + 1),
   );
-  assert.equal(rig.audit.find((e) => e.event === 'device-recovered')?.attempts, 2);
+  assert.equal(rig.audit.find((e) => e.event === 'device-recovered')?.attempts, failed.length + 1);
   const status = (await admin(rig, { op: 'status' })).recovery;
   assert.equal(status.state, 'idle');
-  assert.equal(status.attempts, 2);
+  assert.equal(status.attempts, failed.length + 1);
   await leaseWorks(rig);
 });
 

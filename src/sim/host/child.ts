@@ -56,6 +56,8 @@ export async function spawnSimulator(
   const nextLine = (): Promise<string> => new Promise((resolve) => waiting.push(resolve));
   lines.on('line', (l) => waiting.shift()?.(l));
 
+  // A start takes ~0.5 s idle but 5-6 s on a 2-core machine at load 13 (measured): the default leaves room.
+  const readyMs = opts.readyTimeoutMs ?? 30_000;
   const ready = await Promise.race([
     nextLine(),
     exited.then(({ code, signal }) => {
@@ -63,12 +65,23 @@ export async function spawnSimulator(
     }),
     new Promise<never>((_, reject) =>
       setTimeout(
-        () => reject(new Error(`devlease sim not ready: ${stderr.trim()}`)),
-        opts.readyTimeoutMs ?? 10_000,
+        () =>
+          reject(
+            Object.assign(
+              new Error(
+                `devlease sim not ready: no "ready" line within ${readyMs} ms (pid ${child.pid})${stderr.trim() ? `; stderr: ${stderr.trim()}` : ', nothing on stderr'}`,
+              ),
+              { code: 'ETIMEDOUT' },
+            ),
+          ),
+        readyMs,
       ).unref(),
     ),
-  ]).catch((err) => {
+  ]).catch(async (err) => {
     child.kill('SIGKILL');
+    await exited; // reaped, its pipes closing: a caller that counts fds after the error finds none left
+    child.stdin?.destroy();
+    await stdioClosed;
     throw err;
   });
   if (!ready.startsWith('ready ')) throw new Error(`unexpected first line from devlease sim: ${ready}`);

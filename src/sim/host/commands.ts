@@ -23,6 +23,11 @@ export type InjectRequest =
    * completion, the fault record): a client must take a fatal completion itself as ERROR.
    */
   | { kind: 'errorLag'; ms: number }
+  /**
+   * The next completion holds `ms` (at most 60 000) between its CQE (with SQ_HEAD, Q_COMPLETED, Q_BYTES, all
+   * stored before it) and CQ_TAIL, its interrupt and whatever the device does next.
+   */
+  | { kind: 'completionLag'; ms: number }
   | { kind: 'dropIrq'; count: number; index?: number; vector?: number }
   /** Q_CTRL.RESET of `queue` (none: CONTROL.RESET and every queue's) never finishes; `clear` ends that. */
   | { kind: 'stuckReset'; queue?: number; clear?: boolean };

@@ -158,11 +158,13 @@ function inject(i: InjectRequest): void {
       return;
     case 'stall':
     case 'errorLag':
+    case 'completionLag':
       if (!Number.isInteger(i.ms) || i.ms < 0 || i.ms > 60_000) {
         throw new VfioError('EINVAL', `${i.kind} ms must be an integer 0..60000, got ${i.ms}`);
       }
       if (i.kind === 'stall') stallMs = i.ms;
-      else device.setErrorLag(i.ms);
+      else if (i.kind === 'errorLag') device.setErrorLag(i.ms);
+      else device.engine.completionLagMs = i.ms;
       return;
   }
 }

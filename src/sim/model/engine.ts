@@ -280,7 +280,6 @@ export class Engine {
    * Int32Array stores are little-endian, as the CQE is, on every host Node runs SA-1 on (x86-64, arm64).
    */
   #writeCompletionWords(q: Queue, tagLo: number, tagHi: number, flags: number, out: Outcome): boolean {
-    q.publishHead(); // before the entry: a client that sees its completion has its SQ slot back
     const phase = Math.floor(q.cqTail / q.cqSize) & 1 ? 0 : 1;
     const word = (out.status & 0xffff) | (phase << 16);
     const ring = this.#rings(q) ? q.cqRing : null;
@@ -289,6 +288,7 @@ export class Engine {
       ring[i] = tagLo;
       ring[i + 1] = tagHi;
       ring[i + 2] = out.result | 0;
+      this.#beforePhase(q, out);
       Atomics.store(ring, i + 3, word);
     } else {
       const segs = this.#slotSegs(
@@ -298,17 +298,38 @@ export class Engine {
         true,
       );
       if (segs === null) return false;
+      this.#beforePhase(q, out);
       const tag = (BigInt(tagHi >>> 0) << 32n) | BigInt(tagLo >>> 0);
       writeCompletion(segs[0] as Uint8Array, tag, out.result, out.status, phase);
     }
+    // Injected (tests): the CQE is out, CQ_TAIL and the interrupt not yet.
+    if (this.completionLagMs !== 0) this.#lagCompletion();
     q.cqTail = (q.cqTail + 1) >>> 0;
-    q.completed += 1;
-    q.bytes += out.bytes;
     // A fatal status's Q_ERROR comes with ERROR itself, after the completion (#queueFault).
     if (out.status === ST_BAD_OPCODE || out.status === ST_BAD_LENGTH) q.lastError = out.status;
-    q.publishAfterCompletion();
+    q.publishTail();
     if (q.irqMode === IRQ_MODE_EVERY || (flags & FLAG_INTR) !== 0) q.irqPending++;
     return true;
+  }
+
+  /**
+   * What a client that has seen the CQE may rely on is stored before its phase word (docs/SA-1.md): SQ_HEAD
+   * (the slot is free) and the owner's Q_COMPLETED / Q_BYTES (they count it). Sequentially consistent
+   * stores, all before the phase store.
+   */
+  #beforePhase(q: Queue, out: Outcome): void {
+    q.completed += 1;
+    q.bytes += out.bytes;
+    q.publishHead();
+  }
+
+  /** inject completionLag: ms the next completion holds between its CQE and CQ_TAIL (0: none). */
+  completionLagMs = 0;
+
+  #lagCompletion(): void {
+    const ms = this.completionLagMs;
+    this.completionLagMs = 0;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
   }
 
   #queueFault(q: Queue, code: number, at: bigint): void {

@@ -117,24 +117,25 @@ export class Queue extends QueueRegisters {
    * (one publish per NOP) five of them were a third of the device's stores.
    */
   publish(): void {
-    Atomics.store(this.words, W(QP_SQ_HEAD), this.sqHead | 0);
-    this.publishAfterCompletion();
+    this.publishHead();
+    this.publishTail();
   }
 
   /**
-   * SQ_HEAD alone: stored before a completion entry is written, so a client that sees the completion sees
-   * SQ_HEAD past its descriptor (its ring space back), never the other way round (docs/SA-1.md).
+   * SQ_HEAD alone: a completion stores it before its CQE's phase word (docs/SA-1.md), so a client that has
+   * seen the completion finds the slot free (a full ring refilled at once is no spurious "ring full").
    */
   publishHead(): void {
-    Atomics.store(this.words, W(QP_SQ_HEAD), this.sqHead | 0);
+    const w = this.words;
+    Atomics.store(w, W(QP_SQ_HEAD), this.sqHead | 0);
+    // A load of the line the store above just took: no transfer.
+    if (Atomics.load(w, W(QP_SQ_HEAD) + 1) !== 0) Atomics.store(w, W(QP_SQ_HEAD) + 1, 0);
   }
 
-  /** `publish` without SQ_HEAD: after a completion entry, whose SQ_HEAD `publishHead` stored before it. */
-  publishAfterCompletion(): void {
+  /** The rest of publish(): CQ_TAIL (after the CQE it counts), Q_ERROR, Q_NOTIFY. */
+  publishTail(): void {
     const w = this.words;
     Atomics.store(w, W(QP_CQ_TAIL), this.cqTail | 0);
-    // Loads of the line the stores above just took: no transfer.
-    if (Atomics.load(w, W(QP_SQ_HEAD) + 1) !== 0) Atomics.store(w, W(QP_SQ_HEAD) + 1, 0);
     if (Atomics.load(w, W(QP_Q_ERROR)) !== this.lastError) Atomics.store(w, W(QP_Q_ERROR), this.lastError);
     const notify = this.kickNeeded ? Q_NOTIFY_KICK_NEEDED : 0;
     if (Atomics.load(w, W(QP_Q_NOTIFY)) !== notify) Atomics.store(w, W(QP_Q_NOTIFY), notify);
