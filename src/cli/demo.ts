@@ -15,6 +15,11 @@ import { type Child, spawnNode, startBroker, startSim } from '../util/processes.
 import { adminRequest } from './admin.js';
 
 const CLIENT_WORKER = fileURLToPath(new URL('../demo/client-worker.js', import.meta.url));
+/**
+ * The revoked client's notice → release window. The notice costs the client a broker round trip (it reads
+ * the deadline), so on a crowded 2-core machine 500 ms was not always enough to show the voluntary release.
+ */
+const REVOKE_DEADLINE_MS = 2000;
 
 const USAGE = `usage: devlease demo [--clients N] [--seconds S] [--json] [--no-tty]
   --clients  client processes (default 4, 1..32)
@@ -181,11 +186,13 @@ export async function demoCommand(argv: string[]): Promise<number> {
         revoked = true;
         const victim = running[0];
         revokedLease = victim.lease;
-        view.event(`owner: revoke ${victim.lease} (client #${victim.slot}) with a 500 ms deadline`);
+        view.event(
+          `owner: revoke ${victim.lease} (client #${victim.slot}) with a ${REVOKE_DEADLINE_MS} ms deadline`,
+        );
         await adminRequest(join(broker.dir, 'admin.sock'), {
           op: 'revoke',
           id: victim.lease,
-          deadlineMs: 500,
+          deadlineMs: REVOKE_DEADLINE_MS,
         }).catch((err: Error) => view.event(`owner: the revoke was refused: ${err.message}`));
       }
       if (!killed && t >= 0.55 && nClients > 1) {
