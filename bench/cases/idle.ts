@@ -10,26 +10,18 @@
 //
 //   node dist/bench/cases/idle.js [--quick]
 
-import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KICK_ARMED_POLL_US } from '../../src/sim/model/options.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { ColdWakeFloor } from '../fixtures/cold-wake-floor.js';
+import { cpuMs } from '../fixtures/cpu.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { startRig } from '../fixtures/rig.js';
 import { summarize } from '../stats.js';
 
 const median = (samples: number[]): number => summarize(samples).median;
-const CLK_TCK = 100; // USER_HZ on Linux
 /** The kicked first-op row and its cold-wake floor alternate in this many chunks (load drifts over a run). */
 const CHUNKS = 5;
-
-/** CPU time (ms) a process has used so far: utime + stime of /proc/<pid>/stat. */
-function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
-}
 
 /** The process's CPU use over consecutive windows, in % of one core (one sample per window). */
 async function cpuPercent(pid: number, windows: number, windowMs: number): Promise<number[]> {

@@ -34,7 +34,10 @@ export class PidFd {
     return new PidFd(fd, pid);
   }
 
-  /** Takes ownership of `fd`. `pid` is -1 when the process is already gone. */
+  /**
+   * Takes ownership of `fd`. `pid` is -1 when `adopt` finds the process already gone; a peer's pidfd
+   * (peerPidfdOf) keeps SO_PEERCRED's number. Exit is what onExit reports, not `pid`.
+   */
   constructor(fd: Fd, pid: number) {
     this.fd = fd;
     this.pid = pid;

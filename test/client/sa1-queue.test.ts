@@ -81,7 +81,7 @@ test('status errors are typed; a queue in ERROR is reported and recovers after r
 
 test('a fatal completion is ERROR at once, before the device shows it (Q_ERROR written after the completion)', async () => {
   const q = await Sa1Queue.create(lease, { entries: 8 });
-  // The device writes the completion, then waits 1.5 s before Q_ERROR, Q_STATUS and the fault record.
+  // The device writes the completion and the fault record, then waits 1.5 s before Q_ERROR and Q_STATUS.
   await rig.sim.inject({ kind: 'errorLag', ms: 1500 });
   const outside = lease.info.iovaWindow!.base + lease.info.iovaWindow!.size;
   await assert.rejects(q.writeImm(outside, 1n), { code: 'WINDOW_VIOLATION' });

@@ -10,6 +10,7 @@
 import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
 import { type DevleaseError, ERRNO, errnoNumber, VfioError } from '../../errors.js';
 import { native } from '../../sys/index.js';
+import { sleepSync } from '../../util/sleep-sync.js';
 import { Q_CTRL, Q_CTRL_ENABLE } from '../model/datasheet.js';
 import { ARMED, RACED, Sa1Device } from '../model/device.js';
 import type { DmaMapping } from '../model/iommu.js';
@@ -164,7 +165,7 @@ function inject(i: InjectRequest): void {
       }
       if (i.kind === 'stall') stallMs = i.ms;
       else if (i.kind === 'errorLag') device.setErrorLag(i.ms);
-      else device.engine.completionLagMs = i.ms;
+      else device.setCompletionLag(i.ms);
       return;
   }
 }
@@ -266,7 +267,7 @@ function serveOne({ seq, req }: Envelope<DeviceRequest>): void {
   mailbox.answer(seq, { value });
   if (stallMs > 0) {
     // An injected stall (InjectRequest 'stall'): answered above, then nothing for its time.
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, stallMs);
+    sleepSync(stallMs);
     stallMs = 0;
   }
 }

@@ -5,6 +5,7 @@
 // simulator's front end shares to answer register accesses itself. The owner's
 // region accesses are region-access.ts; the fault injections' state is injections.ts.
 
+import { sleepSync } from '../../util/sleep-sync.js';
 import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../vfio/uapi/vfio.js';
 import { deviceCanRun, statusRegister } from './bar0.js';
 import { ConfigSpace } from './config-space.js';
@@ -291,21 +292,32 @@ export class Sa1Device {
     if (!q) throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
     const record = this.faults.record(queue, code, iova);
     if (code >= 1 && code <= 7) {
+      q.lastError = code; // before ERROR, as a queue fault does
       q.error = true;
-      q.lastError = code;
       q.publish();
     }
     this.faults.signal(record);
   }
 
-  /** The next error (a data fault, a firmware load error) shows its state `ms` after what it wrote (inject 'errorLag'). */
+  /**
+   * The next error the device raises itself (a queue fault: a data fault, a bad queue configuration, an
+   * unmapped ring slot; a firmware load error) shows its state `ms` after what it wrote (inject 'errorLag').
+   * The whole device worker waits: every queue and owner command with it.
+   */
   setErrorLag(ms: number): void {
     this.#inject.setErrorLag(ms);
   }
 
+  /**
+   * The next completion holds `ms` between its entry and CQ_TAIL (inject 'completionLag'). A field of the
+   * engine, not Injections: the hot path checks it once per completion without a call.
+   */
+  setCompletionLag(ms: number): void {
+    this.engine.completionLagMs = ms;
+  }
+
   #errorLag(): void {
-    const ms = this.#inject.takeErrorLag();
-    if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+    sleepSync(this.#inject.takeErrorLag());
   }
 
   setDescriptorDelay(ms: number, queue?: number): void {

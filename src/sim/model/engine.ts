@@ -10,6 +10,7 @@
 // Running a decoded descriptor (operand checks, the opcodes, the shrunken-backing
 // check) is execute.ts; the hot paths (a plain NOP or COPY) stay in turn() here.
 
+import { sleepSync } from '../../util/sleep-sync.js';
 import {
   CQ_BASE_ALIGN,
   CQ_ENTRY_SIZE,
@@ -129,8 +130,14 @@ export class Engine {
       const out = plainCopy(this.ctx.iommu, q, sqe, this.#srcSegs, this.#dstSegs);
       if (out !== null) {
         q.sqHead = (q.sqHead + 1) >>> 0;
-        this.#writeCompletionWords(q, sqe[8] as number, sqe[9] as number, (sqe[0] as number) >>> 8, out);
-        if (out.status === ST_IOMMU_FAULT) this.#queueFault(q, out.status, out.at); // as #complete()
+        const written = this.#writeCompletionWords(
+          q,
+          sqe[8] as number,
+          sqe[9] as number,
+          (sqe[0] as number) >>> 8,
+          out,
+        );
+        if (written && out.status === ST_IOMMU_FAULT) this.#queueFault(q, out.status, out.at); // as #complete()
         return true;
       }
     }
@@ -252,8 +259,9 @@ export class Engine {
         ? fail(ST_IOMMU_FAULT, entry.poisonIova)
         : executeChecked(this.ctx, q, entry.desc);
     // The completion first, then the fault record and ERROR (§4): a client that sees the queue in ERROR
-    // must already be able to find the faulting descriptor's completion.
-    this.#writeCompletion(q, entry.desc, out);
+    // must already be able to find the faulting descriptor's completion. A CQ slot that is itself unmapped
+    // has already faulted the queue (IOMMU_FAULT, its one record): nothing more to record.
+    if (!this.#writeCompletion(q, entry.desc, out)) return;
     if (
       out.status === ST_WINDOW_VIOLATION ||
       out.status === ST_IOMMU_FAULT ||
@@ -329,15 +337,15 @@ export class Engine {
   #lagCompletion(): void {
     const ms = this.completionLagMs;
     this.completionLagMs = 0;
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+    sleepSync(ms);
   }
 
   #queueFault(q: Queue, code: number, at: bigint): void {
     const record = this.ctx.faults.record(q.index, code, at);
     // Injected (tests): the completion and record are out, ERROR not yet: a device slow here.
     this.ctx.errorLag();
+    q.lastError = code; // before ERROR: Q_STATUS never shows ERROR with the previous code
     q.error = true;
-    q.lastError = code;
     q.publish();
     this.ctx.faults.signal(record);
   }

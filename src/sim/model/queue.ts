@@ -114,7 +114,7 @@ export class Queue extends QueueRegisters {
    * Store the device-owned (RO) registers into the page, overwriting anything a client put there. SQ_HEAD
    * and CQ_TAIL move with every descriptor; the other three are stored only when the page shows something
    * else (a change, or a client's stray store): each Atomics.store is a full fence, and on the hot path
-   * (one publish per NOP) five of them were a third of the device's stores.
+   * (publishHead and publishTail around each NOP's completion) five of them were a third of the device's stores.
    */
   publish(): void {
     this.publishHead();
