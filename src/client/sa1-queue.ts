@@ -53,6 +53,8 @@ export class Sa1Queue {
   /** The SQ as 32-bit words: a descriptor is written as 16 word stores (this is the hot path). */
   readonly #sqWords: Uint32Array;
   readonly #cqView: DataView;
+  /** The CQ as words: the status-and-phase word is read with Atomics.load (an acquire on arm64 too). */
+  readonly #cqWords: Uint32Array;
   readonly #spinMs: number;
   readonly #timeoutMs: number;
   #tail = 0; // producer index (free-running)
@@ -83,6 +85,7 @@ export class Sa1Queue {
     this.#cqOffset = entries * SQE_SIZE;
     this.#sqWords = new Uint32Array(rings.buffer, 0, (entries * SQE_SIZE) / 4);
     this.#cqView = new DataView(rings.buffer, this.#cqOffset, entries * CQE_SIZE);
+    this.#cqWords = new Uint32Array(rings.buffer, this.#cqOffset, (entries * CQE_SIZE) / 4);
     this.#spinMs = spinUs / 1000;
     this.#timeoutMs = timeoutMs;
   }
@@ -169,7 +172,7 @@ export class Sa1Queue {
         'EIO',
         `queue is in ERROR (${STATUS_NAME[this.error] ?? this.error}); reset() it first`,
       );
-    const sqHead = this.#page.getUint32(QP.SQ_HEAD, true);
+    const sqHead = Atomics.load(this.#words, QP.SQ_HEAD / 4);
     if (((this.#tail - sqHead) >>> 0) + count > this.entries) {
       throw leaseError('EAGAIN', 'submission ring full: wait for completions (back-pressure)');
     }
@@ -206,7 +209,7 @@ export class Sa1Queue {
 
   /** Free submission slots right now. */
   get space(): number {
-    return this.entries - ((this.#tail - this.#page.getUint32(QP.SQ_HEAD, true)) >>> 0);
+    return this.entries - ((this.#tail - Atomics.load(this.#words, QP.SQ_HEAD / 4)) >>> 0);
   }
 
   #writeSqe(slot: number, d: Descriptor, tag: number, lastOfBatch: boolean): void {
@@ -235,8 +238,11 @@ export class Sa1Queue {
       const slot = this.#cqHead & (this.entries - 1);
       const phase = (this.#cqHead & this.entries) === 0 ? 1 : 0;
       const o = slot * CQE_SIZE;
-      if ((this.#cqView.getUint16(o + 14, true) & 1) !== phase) break;
-      const rawStatus = this.#cqView.getUint16(o + 12, true);
+      // The phase word first, with an ordered load: what the device stored before it (tag, result, SQ_HEAD)
+      // is then visible too (docs/SA-1.md). The CQE is little-endian, as every host SA-1 runs on.
+      const word = Atomics.load(this.#cqWords, o / 4 + 3);
+      if (((word >>> 16) & 1) !== phase) break;
+      const rawStatus = word & 0xffff;
       const tagLo = this.#cqView.getUint32(o, true);
       const tagHi = this.#cqView.getUint32(o + 4, true);
       const c: Completion = {
