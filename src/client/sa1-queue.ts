@@ -172,7 +172,7 @@ export class Sa1Queue {
         'EIO',
         `queue is in ERROR (${STATUS_NAME[this.error] ?? this.error}); reset() it first`,
       );
-    const sqHead = Atomics.load(this.#words, QP.SQ_HEAD / 4);
+    const sqHead = this.#consumed();
     if (((this.#tail - sqHead) >>> 0) + count > this.entries) {
       throw leaseError('EAGAIN', 'submission ring full: wait for completions (back-pressure)');
     }
@@ -209,7 +209,7 @@ export class Sa1Queue {
 
   /** Free submission slots right now. */
   get space(): number {
-    return this.entries - ((this.#tail - Atomics.load(this.#words, QP.SQ_HEAD / 4)) >>> 0);
+    return this.entries - ((this.#tail - this.#consumed()) >>> 0);
   }
 
   #writeSqe(slot: number, d: Descriptor, tag: number, lastOfBatch: boolean): void {
@@ -230,6 +230,16 @@ export class Sa1Queue {
     w.fill(0, o + 10, o + 16);
   }
 
+  /**
+   * Slots the device has consumed: the later of SQ_HEAD and the completions collected. Every completion is of
+   * a fetched descriptor, and the device stores SQ_HEAD just after a completion's entry (docs/SA-1.md), so
+   * right after collecting one SQ_HEAD may not show it yet; the count does.
+   */
+  #consumed(): number {
+    const head = Atomics.load(this.#words, QP.SQ_HEAD / 4);
+    return ((this.#cqHead - head) | 0) > 0 ? this.#cqHead : head;
+  }
+
   /** Consume every completion the device has written; returns how many. Never blocks. */
   poll(): number {
     let n = 0;
@@ -238,7 +248,7 @@ export class Sa1Queue {
       const slot = this.#cqHead & (this.entries - 1);
       const phase = (this.#cqHead & this.entries) === 0 ? 1 : 0;
       const o = slot * CQE_SIZE;
-      // The phase word first, with an ordered load: what the device stored before it (tag, result, SQ_HEAD)
+      // The phase word first, with an ordered load: what the device stored before it (the tag and result)
       // is then visible too (docs/SA-1.md). The CQE is little-endian, as every host SA-1 runs on.
       const word = Atomics.load(this.#cqWords, o / 4 + 3);
       if (((word >>> 16) & 1) !== phase) break;

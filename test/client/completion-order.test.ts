@@ -1,7 +1,8 @@
-// What a client (and the owner) may rely on once a completion is seen: its SQ slot is free, and the queue's
-// counters include it (docs/SA-1.md, "What a completion's phase word promises"). Inject completionLag holds the
-// device right after the CQE's phase word, where a loaded machine can preempt it: a device that stored SQ_HEAD
-// or Q_COMPLETED after the phase word shows the old values for the whole lag.
+// What a client (and the owner) may rely on once a completion is seen: its SQ slot is free — the client
+// counts the completions it collected as consumed slots, since the device stores SQ_HEAD just after the CQE —
+// and the owner's counters include it (docs/SA-1.md, "What a completion's phase word promises"). Inject
+// completionLag holds the device right after the CQE's phase word, where a loaded machine can preempt it:
+// SQ_HEAD and CQ_TAIL show the old values for the whole lag.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { BAR0, Q, qcfg } from '../../src/hw/sa1/regs.js';
@@ -24,7 +25,7 @@ after(async () => {
 
 const LAG_MS = 1500;
 
-test('a full ring whose completions were all seen takes a full batch at once: SQ_HEAD moved before the CQE showed', async () => {
+test('a full ring whose completions were all seen takes a full batch at once, before the device moves SQ_HEAD', async () => {
   const q = await Sa1Queue.create(lease, { entries: 8 });
   const nops = (n: number) => Array.from({ length: n }, () => ({ opcode: 'NOP' as const }));
   for (const c of await Promise.all(q.submitBatch(nops(7)))) assert.equal(c.status, 'OK');

@@ -152,7 +152,11 @@ int devlease_sa1_submit(struct devlease_sa1_queue *q, const struct devlease_sa1_
 	if (!d || n == 0 || n > q->entries) return dl_fail(EINVAL, "sa1 submit: a batch of %u (the ring has %u entries)", n, q->entries);
 	unsigned err = devlease_sa1_error(q);
 	if (err) return dl_fail(EIO, "sa1 submit: the queue is in ERROR (%s); reset it first", devlease_sa1_status_name(err));
-	if ((q->tail - reg32(q, SA1_QP_SQ_HEAD)) + n > q->entries)
+	/* Consumed slots: the later of SQ_HEAD and the completions collected (SQ_HEAD follows a completion's
+	 * entry by a moment; every completion is of a fetched descriptor). */
+	uint32_t head = reg32(q, SA1_QP_SQ_HEAD);
+	if ((int32_t)(q->cq_head - head) > 0) head = q->cq_head;
+	if ((q->tail - head) + n > q->entries)
 		return dl_fail(EAGAIN, "sa1 submit: submission ring full: wait for completions (back-pressure)");
 	uint64_t tag = q->next_tag + 1;
 	for (unsigned i = 0; i < n; i++) {

@@ -114,17 +114,14 @@ export class Queue extends QueueRegisters {
    * Store the device-owned (RO) registers into the page, overwriting anything a client put there. SQ_HEAD
    * and CQ_TAIL move with every descriptor; the other three are stored only when the page shows something
    * else (a change, or a client's stray store): each Atomics.store is a full fence, and on the hot path
-   * (publishHead and publishTail around each NOP's completion) five of them were a third of the device's stores.
+   * (one publish per NOP) five of them were a third of the device's stores.
    */
   publish(): void {
     this.publishHead();
     this.publishTail();
   }
 
-  /**
-   * SQ_HEAD alone: a completion stores it before its CQE's phase word (docs/SA-1.md), so a client that has
-   * seen the completion finds the slot free (a full ring refilled at once is no spurious "ring full").
-   */
+  /** SQ_HEAD (and its high dword kept 0). */
   publishHead(): void {
     const w = this.words;
     Atomics.store(w, W(QP_SQ_HEAD), this.sqHead | 0);
@@ -132,7 +129,7 @@ export class Queue extends QueueRegisters {
     if (Atomics.load(w, W(QP_SQ_HEAD) + 1) !== 0) Atomics.store(w, W(QP_SQ_HEAD) + 1, 0);
   }
 
-  /** The rest of publish(): CQ_TAIL (after the CQE it counts), Q_ERROR, Q_NOTIFY. */
+  /** The rest of publish(): CQ_TAIL, Q_ERROR, Q_NOTIFY. */
   publishTail(): void {
     const w = this.words;
     Atomics.store(w, W(QP_CQ_TAIL), this.cqTail | 0);

@@ -299,9 +299,9 @@ test('§8 slices: a queue page of BAR2 and a granule of BAR4 by feature 11; the 
       assert.deepEqual([c?.tag, c?.status, c?.phase], [77n, ST.OK, 1]);
       assert.equal(buf(host.view).readBigUInt64LE(0x9000), 0x5a01n);
       const p = buf(page.u8);
-      assert.equal(p.readUInt32LE(QPAGE.SQ_HEAD), 1, 'SQ_HEAD in the mapped page');
-      // The device writes the CQE, then publishes CQ_TAIL (the datasheet orders neither way for a reader of
-      // both): a client that saw the phase flip may look at the page a moment before CQ_TAIL moves.
+      // The device writes the CQE, then publishes SQ_HEAD and CQ_TAIL (the datasheet orders neither way for a
+      // reader of both; docs/SA-1.md): a client that saw the phase flip may look at the page a moment before.
+      await until(() => p.readUInt32LE(QPAGE.SQ_HEAD) === 1, 'SQ_HEAD 1 in the mapped page');
       await until(() => p.readUInt32LE(QPAGE.CQ_TAIL) === 1, 'CQ_TAIL 1 in the mapped page');
       assert.equal(p.readBigUInt64LE(QPAGE.SQ_BASE), HOST + 0x1_0000n);
       assert.equal(p.readBigUInt64LE(QPAGE.CQ_BASE), HOST + 0x1_1000n);
