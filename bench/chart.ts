@@ -43,10 +43,16 @@ function axis(y0: number, y1: number, lo: number, hi: number, label: (v: number)
 const timeLabel = (us: number): string =>
   us >= 1e6 ? `${us / 1e6} s` : us >= 1e3 ? `${us / 1e3} ms` : us >= 1 ? `${us} µs` : `${us * 1e3} ns`;
 
-/** Bounds in whole decades around the values (at least one decade wide). */
+/**
+ * Bounds in whole decades around the positive, finite values (at least one decade wide). A log axis has no
+ * place for 0 — an idle row can measure 0.00 % and its ratio 0× — so such values sit at its left end
+ * (logX clamps); with them in, log10(0) = -Infinity sent the decade loop on for ever (V8 "invalid size").
+ */
 function bounds(values: number[]): [number, number] {
-  const lo = 10 ** Math.floor(Math.log10(Math.min(...values)));
-  const hi = 10 ** Math.ceil(Math.log10(Math.max(...values)));
+  const shown = values.filter((v) => v > 0 && Number.isFinite(v));
+  if (!shown.length) return [1, 10];
+  const lo = 10 ** Math.floor(Math.log10(Math.min(...shown)));
+  const hi = 10 ** Math.ceil(Math.log10(Math.max(...shown)));
   return [lo, hi > lo ? hi : lo * 10];
 }
 
