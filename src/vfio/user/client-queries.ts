@@ -5,6 +5,7 @@
 // connection through the `fail` the client passes in.
 import { ProtocolError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
+import type { Field, StructLayout, StructValue } from '../struct.js';
 import {
   VFIO_REGION_INFO_FLAG_CAPS,
   vfio_device_feature,
@@ -38,15 +39,24 @@ export async function deviceInfo(
   c: Requester,
   opts?: CallOptions,
 ): Promise<{ flags: number; num_regions: number; num_irqs: number }> {
-  const r = await c.request(
-    P.VFIO_USER_DEVICE_GET_INFO,
-    vfio_user_device_info.encode({ argsz: vfio_user_device_info.size }),
-    [],
-    opts,
-  );
-  closeAll(r.fds);
-  const d = decodeReply(c, vfio_user_device_info, r.payload, 'VFIO_USER_DEVICE_GET_INFO');
+  const d = await fixedQuery(c, P.VFIO_USER_DEVICE_GET_INFO, vfio_user_device_info, {}, opts);
   return { flags: d.flags, num_regions: d.num_regions, num_irqs: d.num_irqs };
+}
+
+/**
+ * A query whose request and reply are one fixed-size structure with argsz first (GET_INFO, GET_IRQ_INFO):
+ * fds the server sends with the reply are not the caller's and are closed.
+ */
+async function fixedQuery<F extends readonly Field[]>(
+  c: Requester,
+  command: number,
+  layout: StructLayout<F>,
+  request: Partial<StructValue<F>>,
+  opts: CallOptions | undefined,
+): Promise<StructValue<F>> {
+  const r = await c.request(command, layout.encode({ argsz: layout.size, ...request }), [], opts);
+  closeAll(r.fds);
+  return decodeReply(c, layout, r.payload, P.commandName(command));
 }
 
 /** Region info with its capability chain; retries once with the argsz the server asks for. */
@@ -92,14 +102,7 @@ export async function irqInfo(
   index: number,
   opts?: CallOptions,
 ): Promise<{ index: number; flags: number; count: number }> {
-  const r = await c.request(
-    P.VFIO_USER_DEVICE_GET_IRQ_INFO,
-    vfio_irq_info.encode({ argsz: vfio_irq_info.size, index }),
-    [],
-    opts,
-  );
-  closeAll(r.fds);
-  const i = decodeReply(c, vfio_irq_info, r.payload, 'VFIO_USER_DEVICE_GET_IRQ_INFO');
+  const i = await fixedQuery(c, P.VFIO_USER_DEVICE_GET_IRQ_INFO, vfio_irq_info, { index }, opts);
   return { index: i.index, flags: i.flags, count: i.count };
 }
 
