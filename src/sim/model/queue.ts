@@ -117,22 +117,11 @@ export class Queue extends QueueRegisters {
    * (one publish per NOP) five of them were a third of the device's stores.
    */
   publish(): void {
-    this.publishHead();
-    this.publishTail();
-  }
-
-  /** SQ_HEAD (and its high dword kept 0). */
-  publishHead(): void {
     const w = this.words;
     Atomics.store(w, W(QP_SQ_HEAD), this.sqHead | 0);
-    // A load of the line the store above just took: no transfer.
-    if (Atomics.load(w, W(QP_SQ_HEAD) + 1) !== 0) Atomics.store(w, W(QP_SQ_HEAD) + 1, 0);
-  }
-
-  /** The rest of publish(): CQ_TAIL, Q_ERROR, Q_NOTIFY. */
-  publishTail(): void {
-    const w = this.words;
     Atomics.store(w, W(QP_CQ_TAIL), this.cqTail | 0);
+    // Loads of the line the stores above just took: no transfer.
+    if (Atomics.load(w, W(QP_SQ_HEAD) + 1) !== 0) Atomics.store(w, W(QP_SQ_HEAD) + 1, 0);
     if (Atomics.load(w, W(QP_Q_ERROR)) !== this.lastError) Atomics.store(w, W(QP_Q_ERROR), this.lastError);
     const notify = this.kickNeeded ? Q_NOTIFY_KICK_NEEDED : 0;
     if (Atomics.load(w, W(QP_Q_NOTIFY)) !== notify) Atomics.store(w, W(QP_Q_NOTIFY), notify);
