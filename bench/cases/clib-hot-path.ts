@@ -6,45 +6,11 @@
 //
 //   node dist/bench/cases/clib-hot-path.js [--quick]
 
-import { execFileSync, spawn } from 'node:child_process';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { buildClibBench, nopClib } from '../fixtures/clib.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { floor } from '../fixtures/pingpong-floor.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { startRig } from '../fixtures/rig.js';
-
-const clib = resolve(fileURLToPath(new URL('../../../clients/c', import.meta.url)));
-
-/** Build libdevlease and its bench program (needs cc, make, json-c: says so when missing). */
-function buildClib(): string {
-  try {
-    execFileSync('make', ['-s', '-C', clib, 'build/bin/clib-bench'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  } catch (err) {
-    const stderr = String((err as { stderr?: Buffer }).stderr ?? '');
-    throw new Error(
-      `cannot build libdevlease (needs cc, make, pkg-config and libjson-c-dev): ${stderr || err}`,
-    );
-  }
-  return join(clib, 'build', 'bin', 'clib-bench');
-}
-
-async function nopClib(
-  bench: string,
-  socket: string,
-  n: number,
-  warmup: number,
-  budgetMs: number,
-): Promise<number[]> {
-  const child = spawn(bench, [socket, String(n), String(warmup), String(budgetMs)]);
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (err += d));
-  const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-  if (code !== 0) throw new Error(`clib-bench exited ${code}: ${err}`);
-  return JSON.parse(out) as number[];
-}
 
 runCase(
   'clib-hot-path',
@@ -53,7 +19,7 @@ runCase(
     const n = quick ? 3000 : 20_000;
     const warmup = quick ? 500 : 2000;
     const budgetMs = quick ? 3000 : 30_000;
-    const bench = buildClib();
+    const bench = buildClibBench();
     progress(`floor: shared-memory ping-pong, ${n * 5} round trips`);
     const floorSamples = await floor(n * 5, budgetMs);
     const rig = await startRig({ simArgs: ['--queues', '4', '--idle-poll-us', '0'] });
@@ -64,7 +30,7 @@ runCase(
       const ts = await client.call<number[]>('nopQueue', { n, warmup, budgetMs });
       await client.call('releaseAll');
       progress(`C: libdevlease, ${n} NOPs`);
-      const c = await nopClib(bench, rig.socket, n, warmup, budgetMs);
+      const c = await nopClib(bench, rig.socket, { n, warmup, budgetMs });
       return {
         metrics: [
           metric('floor', 'shared-memory ping-pong (2 processes, Atomics)', 'µs', floorSamples, {

@@ -12,6 +12,7 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KICK_ARMED_POLL_US } from '../../src/sim/model/options.js';
+import { buildClibBench, nopClib } from '../fixtures/clib.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { ColdWakeFloor } from '../fixtures/cold-wake-floor.js';
 import { cpuMs } from '../fixtures/cpu.js';
@@ -43,6 +44,7 @@ runCase(
     const windowMs = quick ? 1000 : 2000;
     const n = quick ? 100 : 500;
     const budgetMs = quick ? 5000 : 30_000;
+    const clibBench = buildClibBench();
     const rig = await startRig(); // default idle poll interval (50 µs)
     const floorRig = await startRig({ simArgs: ['--queues', '8', '--idle-poll-us', '0'] });
     const client = await ClientProc.spawn();
@@ -73,6 +75,7 @@ runCase(
       const notified = await cpuPercent(pid, windows, windowMs);
       progress(`first NOP after 10 ms idle, kicked, and the cold-wake floor, ${n} samples each`);
       const afterIdleKick: number[] = [];
+      const afterIdleKickC: number[] = [];
       const wake: number[] = [];
       for (let c = 0; c < CHUNKS; c++) {
         const k = Math.ceil(n / CHUNKS);
@@ -84,6 +87,13 @@ runCase(
           budgetMs: budgetMs / CHUNKS,
         });
         afterIdleKick.push(...got);
+        const c = await nopClib(clibBench, rig.socket, {
+          n: k,
+          warmup: 5,
+          idleMs: 10,
+          budgetMs: budgetMs / CHUNKS,
+        });
+        afterIdleKickC.push(...c);
       }
       await client.call('releaseAll');
       const warmWake = await coldWake.run(n, 50, 0, budgetMs);
@@ -148,6 +158,13 @@ runCase(
             'µs',
             afterIdleKick,
             { ref: 'cold-wake', note: `${(median(afterIdleKick) / median(hot)).toFixed(1)}× nop-hot` },
+          ),
+          metric(
+            'nop-after-idle-kick-c',
+            '· the same from C (libdevlease: nanosleep 10 ms, submit, kick, wait spinning)',
+            'µs',
+            afterIdleKickC,
+            { ref: 'cold-wake' },
           ),
         ],
         notes: {

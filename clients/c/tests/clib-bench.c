@@ -1,5 +1,6 @@
-/* Bench driver: NOP doorbell -> completion from the C client (the device and this client spinning).
- *   clib-bench SOCKET N WARMUP BUDGET_MS   prints the N samples (µs) as one JSON array */
+/* Bench driver: NOP doorbell -> completion from the C client (this client spinning).
+ *   clib-bench SOCKET N WARMUP BUDGET_MS [IDLE_MS]   prints the N samples (µs) as one JSON array
+ * IDLE_MS: sleep that long before each NOP (the first op after idle: the device asleep, kicked). */
 #define _GNU_SOURCE
 #include <devlease_sa1.h>
 
@@ -14,11 +15,13 @@ static double now_us(void)
 
 int main(int argc, char **argv)
 {
-	if (argc != 5) {
-		fprintf(stderr, "usage: clib-bench SOCKET N WARMUP BUDGET_MS\n");
+	if (argc != 5 && argc != 6) {
+		fprintf(stderr, "usage: clib-bench SOCKET N WARMUP BUDGET_MS [IDLE_MS]\n");
 		return 2;
 	}
 	long n = atol(argv[2]), warmup = atol(argv[3]);
+	long idle_ms = argc == 6 ? atol(argv[5]) : 0;
+	struct timespec idle = { idle_ms / 1000, (idle_ms % 1000) * 1000000L };
 	double budget_us = atof(argv[4]) * 1000;
 	struct devlease *l;
 	struct devlease_connect_opts o = { .socket = argv[1], .timeout_ms = 20000 };
@@ -33,6 +36,7 @@ int main(int argc, char **argv)
 	/* The budget covers the warm-up too; at least 50 samples whatever the machine's load. */
 	for (long i = 0; i < warmup + n && !(got > 50 && now_us() > end); i++) {
 		uint64_t tag;
+		if (idle_ms > 0) nanosleep(&idle, NULL);
 		double t0 = now_us();
 		DEVLEASE_MUST(devlease_sa1_submit(q, &nop, 1, &tag));
 		DEVLEASE_MUST(devlease_sa1_wait(q, tag, 1000, NULL));
