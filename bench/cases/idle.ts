@@ -6,7 +6,8 @@
 //   first op    after an idle pause (≥ 10 ms), one NOP doorbell → completion, with and without kicks, against
 //               the hot-path NOP floor (device spinning, --idle-poll-us 0), and the kicked one against a
 //               cold-wake floor (fixtures/cold-wake-floor.ts: one eventfd wake of a process asleep in ppoll
-//               as the device sleeps, answered by one store), in alternating chunks
+//               as the device sleeps, answered by one store), in alternating chunks; the kicked one from the C
+//               client too (libdevlease, clients/c: the same device and kick, a client with little code to run)
 //
 //   node dist/bench/cases/idle.js [--quick]
 
