@@ -12,10 +12,11 @@ import { type DevleaseError, ERRNO, errnoNumber, VfioError } from '../../errors.
 import { native } from '../../sys/index.js';
 import { sleepSync } from '../../util/sleep-sync.js';
 import { Q_CTRL, Q_CTRL_ENABLE } from '../model/datasheet.js';
-import { ARMED, RACED, Sa1Device } from '../model/device.js';
+import { Sa1Device } from '../model/device.js';
 import type { DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
 import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
+import { ARMED, armKicks, disarmKicks, pollingNeeded, RACED } from '../model/poller.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
 import { IrqTable } from './irq-table.js';
@@ -305,7 +306,7 @@ function run(): void {
     // the time between two looks at a doorbell down to the round itself.
     if (idleMs === 0 && (stats.idleRounds & 255) !== 0) continue;
     const due = device.nextDueInMs();
-    if (due === null && !device.pollingNeeded()) {
+    if (due === null && !pollingNeeded(device)) {
       // No queue can take a doorbell: sleep until an owner command (which may enable one) arrives.
       stats.deepSleeps++;
       mailbox.sleep(Number.POSITIVE_INFINITY);
@@ -313,9 +314,9 @@ function run(): void {
     }
     if (idleMs === 0) continue;
     // About to sleep: set KICK_NEEDED, then look at every SQ_TAIL once more (§2.3).
-    const arm = device.armKicks();
+    const arm = armKicks(device);
     if (arm === RACED) {
-      device.disarmKicks();
+      disarmKicks(device);
       continue;
     }
     stats.sleeps++;
@@ -330,7 +331,7 @@ function run(): void {
     } else {
       mailbox.sleep(ms);
     }
-    device.disarmKicks();
+    disarmKicks(device);
   }
   // Shutdown: drop every mapping and slice, then answer.
   release(device.iommu.remove(0, 0, true));

@@ -3,7 +3,8 @@
 // can drive it in-process with step()/runUntilIdle() and a HeapBacking.
 // Register state lives in the register file (register-file.ts), which the
 // simulator's front end shares to answer register accesses itself. The owner's
-// region accesses are region-access.ts; the fault injections' state is injections.ts.
+// region accesses are region-access.ts; the fault injections' state is injections.ts; what its poller
+// asks before it sleeps (doorbell notification) is poller.ts.
 
 import { sleepSync } from '../../util/sleep-sync.js';
 import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../vfio/uapi/vfio.js';
@@ -27,10 +28,10 @@ import {
 } from './datasheet.js';
 import { Engine, IRQ_BATCH_MAX } from './engine.js';
 import { FaultLog } from './faults.js';
-import { Firmware, verifyImage } from './firmware.js';
+import { Firmware, imageFetch, verifyImage } from './firmware.js';
 import { Injections } from './injections.js';
 import { type DmaMapping, Iommu } from './iommu.js';
-import { DeviceMemory, gather, type Segments } from './memory.js';
+import { DeviceMemory } from './memory.js';
 import { bar2Size, type Sa1Options } from './options.js';
 import { Queue } from './queue.js';
 import { readRegion, writeRegion } from './region-access.js';
@@ -43,12 +44,6 @@ export interface DeviceHooks {
   /** Clock in milliseconds (default performance.now). */
   now?(): number;
 }
-
-/** What armKicks() found (see there). */
-export const ARMED = 0;
-export const BACKLOG = 1;
-export const RACED = 2;
-export type ArmResult = typeof ARMED | typeof BACKLOG | typeof RACED;
 
 export class Sa1Device {
   readonly config: ConfigSpace;
@@ -367,28 +362,6 @@ export class Sa1Device {
     return work;
   }
 
-  /**
-   * The poller is about to sleep (§2.3, rev 2): set KICK_NEEDED on every queue a doorbell could start,
-   * then read each SQ_TAIL once more. RACED: a doorbell arrived since the last round (do not sleep);
-   * BACKLOG: a queue holds doorbells it cannot fetch yet (full CQ: CQ_HEAD moves without a kick, so
-   * keep to the short idle poll); ARMED: nothing waits, sleep until kicked.
-   */
-  armKicks(): ArmResult {
-    let result: ArmResult = ARMED;
-    if (!this.canRun()) return result;
-    for (const q of this.queues) {
-      if (!q.enabled || q.error) continue;
-      if (q.setKickNeeded(true)) result = RACED;
-      else if (result === ARMED && q.tailSeen !== q.sqHead) result = BACKLOG;
-    }
-    return result;
-  }
-
-  /** Awake again (§2.3): clear KICK_NEEDED wherever it is set. */
-  disarmKicks(): void {
-    for (const q of this.queues) if (q.kickNeeded) q.setKickNeeded(false);
-  }
-
   /** Run rounds until one finds nothing to do (delayed descriptors not yet due count as nothing). */
   runUntilIdle(maxRounds = 1_000_000): number {
     let rounds = 0;
@@ -396,17 +369,6 @@ export class Sa1Device {
       if (++rounds >= maxRounds) throw new Error(`device still busy after ${maxRounds} rounds`);
     }
     return rounds;
-  }
-
-  /**
-   * Could a doorbell be acted on right now? False when the device cannot run
-   * or no queue is enabled and error-free: then only an owner command can
-   * change anything, and the worker may sleep until one arrives.
-   */
-  pollingNeeded(): boolean {
-    if (this.firmware.loadPending) return true;
-    if (!this.canRun()) return false;
-    return this.queues.some((q) => q.enabled && !q.error);
   }
 
   /** Milliseconds until the earliest delayed descriptor is due, or null when none waits. */
@@ -421,17 +383,7 @@ export class Sa1Device {
 
   #loadFirmware(): void {
     const fw = this.firmware;
-    const fetch = (iova: bigint, length: number): Uint8Array | { faultIova: bigint } => {
-      if (!this.config.busMaster) return { faultIova: iova };
-      const segs: Segments = [];
-      const fault = this.iommu.translate(Number(iova), length, false, segs);
-      if (fault >= 0) return { faultIova: fault === Number(iova) ? iova : BigInt(fault) };
-      const bytes = gather(segs, new Uint8Array(length));
-      // The image's backing shrank while it was read (rev 2 §7): a fault, not zeros.
-      const shrank = this.iommu.sync() ? this.iommu.deadIn(Number(iova), length) : -1;
-      return shrank >= 0 ? { faultIova: BigInt(shrank) } : bytes;
-    };
-    const result = verifyImage(fw.iova, fw.len, fetch);
+    const result = verifyImage(fw.iova, fw.len, imageFetch(this.iommu, this.config.busMaster));
     // The record before FW_STATUS leaves LOADING: an owner that sees the error finds its record.
     const record = result.ok ? null : this.faults.record(FAULT_QUEUE_DEVICE, FAULT_FW, result.faultIova);
     if (record) this.#errorLag();

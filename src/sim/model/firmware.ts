@@ -21,6 +21,8 @@ import {
   REG_FW_STATUS,
   REG_FW_VERSION,
 } from './datasheet.js';
+import type { Iommu } from './iommu.js';
+import { gather, type Segments } from './memory.js';
 import type { RegisterFile } from './register-file.js';
 
 const MAGIC_BYTES = new TextEncoder().encode(FW_MAGIC);
@@ -30,6 +32,22 @@ export { makeFirmwareImage } from '../../hw/sa1/firmware-image.js';
 
 /** Reads `length` bytes at `iova` through the IOMMU; returns the faulting IOVA instead when it cannot. */
 export type ImageFetch = (iova: bigint, length: number) => Uint8Array | { faultIova: bigint };
+
+/**
+ * The device's fetch of image bytes: through the IOMMU, as a DMA read, only while bus mastering is on. An
+ * image whose backing shrank while it was read (rev 2 §7) faults rather than reading zeros.
+ */
+export function imageFetch(iommu: Iommu, busMaster: boolean): ImageFetch {
+  return (iova, length) => {
+    if (!busMaster) return { faultIova: iova };
+    const segs: Segments = [];
+    const fault = iommu.translate(Number(iova), length, false, segs);
+    if (fault >= 0) return { faultIova: fault === Number(iova) ? iova : BigInt(fault) };
+    const bytes = gather(segs, new Uint8Array(length));
+    const shrank = iommu.sync() ? iommu.deadIn(Number(iova), length) : -1;
+    return shrank >= 0 ? { faultIova: BigInt(shrank) } : bytes;
+  };
+}
 
 export type VerifyResult = { ok: true; version: number } | { ok: false; error: number; faultIova: bigint };
 

@@ -1,0 +1,43 @@
+// What the device's poller asks before it sleeps, and does when it wakes (datasheet §2.3 rev 2, doorbell
+// notification; §10). The worker (host/worker.ts) and the in-process test driver call these between rounds;
+// they read and set only queue-page state, so they stand apart from the model's actions (device.ts).
+
+import type { Sa1Device } from './device.js';
+
+/** What armKicks() found (see there). */
+export const ARMED = 0;
+export const BACKLOG = 1;
+export const RACED = 2;
+export type ArmResult = typeof ARMED | typeof BACKLOG | typeof RACED;
+
+/**
+ * The poller is about to sleep: set KICK_NEEDED on every queue a doorbell could start, then read each
+ * SQ_TAIL once more. RACED: a doorbell arrived since the last round (do not sleep); BACKLOG: a queue holds
+ * doorbells it cannot fetch yet (full CQ: CQ_HEAD moves without a kick, so keep to the short idle poll);
+ * ARMED: nothing waits, sleep until kicked.
+ */
+export function armKicks(device: Sa1Device): ArmResult {
+  let result: ArmResult = ARMED;
+  if (!device.canRun()) return result;
+  for (const q of device.queues) {
+    if (!q.enabled || q.error) continue;
+    if (q.setKickNeeded(true)) result = RACED;
+    else if (result === ARMED && q.tailSeen !== q.sqHead) result = BACKLOG;
+  }
+  return result;
+}
+
+/** Awake again: clear KICK_NEEDED wherever it is set. */
+export function disarmKicks(device: Sa1Device): void {
+  for (const q of device.queues) if (q.kickNeeded) q.setKickNeeded(false);
+}
+
+/**
+ * Could a doorbell be acted on right now? False when the device cannot run or no queue is enabled and
+ * error-free: then only an owner command can change anything, and the worker may sleep until one arrives.
+ */
+export function pollingNeeded(device: Sa1Device): boolean {
+  if (device.firmware.loadPending) return true;
+  if (!device.canRun()) return false;
+  return device.queues.some((q) => q.enabled && !q.error);
+}
