@@ -158,6 +158,11 @@ export class Lease {
     return this.state === 'active' || this.state === 'revoking';
   }
 
+  /** A session request's first check: ENODEV, naming the lease's state, once it is no longer live. */
+  checkLive(): void {
+    if (!this.live) throw new VfioError('ENODEV', `lease ${this.id} is ${this.state}`);
+  }
+
   /** Signal an eventfd the client gave us; a client that closed its end is simply not told. */
   notify(which: 'err' | 'req' | 'notice'): void {
     const fd = which === 'err' ? this.errFd : which === 'req' ? this.reqFd : this.noticeFd;
