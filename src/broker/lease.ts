@@ -5,7 +5,7 @@
 //   reclaiming ──slices revoked──▶ released
 //   reclaiming ──device cannot revoke──▶ awaiting-release ──release observed, slices scrubbed──▶ released
 //   reclaiming ──an unmap or revoke failed, a quiesce or reset timed out──▶ quarantined (never reused)
-//   any state ──the device connection is lost──▶ released (nothing is asked of the lost device; see leases.ts)
+//   any state ──the device connection is lost──▶ released (nothing is asked of the lost device; see lease-reclaim.ts)
 
 import type { DeviceFault, LeaseResources } from '../drivers/driver.js';
 import { VfioError } from '../errors.js';
