@@ -27,7 +27,13 @@ import {
   type VfioUserMessage,
 } from '../../src/vfio/user/codec.js';
 import type { RegionDescription } from '../../src/vfio/user/device-model.js';
-import { decodeVersion, encodeVersion, vfio_user_dma_region_access } from '../../src/vfio/user/messages.js';
+import {
+  decodeVersion,
+  encodeVersion,
+  vfio_user_dma_map,
+  vfio_user_dma_region_access,
+  vfio_user_dma_unmap,
+} from '../../src/vfio/user/messages.js';
 import * as P from '../../src/vfio/user/protocol.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
 import { vfioUserPair } from '../../src/vfio/user/transport.js';
@@ -504,6 +510,42 @@ async function rawClientOf(device: MemoryDevice, capabilities: Record<string, un
     },
   };
 }
+
+describe('DMA_UNMAP reply', () => {
+  test('"the server responds with the original DMA entry in the request": the 24 bytes as sent', async () => {
+    const device = new MemoryDevice();
+    const t = await rawClientOf(device);
+    try {
+      const mem = memfd('unmap-reply', 8192);
+      const map = vfio_user_dma_map.encode({
+        argsz: vfio_user_dma_map.size,
+        flags: R | W,
+        offset: 0n,
+        addr: 0x10000n,
+        size: 8192n,
+      });
+      t.peer.socket.send(encodeCommand(2, P.VFIO_USER_DMA_MAP, map), [mem.fd]);
+      mem.close();
+      const mapped = await t.peer.next();
+      assert.ok(mapped && !(mapped.flags & P.VFIO_USER_F_ERROR), 'mapped');
+      assert.equal(device.maps.length, 1);
+      const request = vfio_user_dma_unmap.encode({
+        argsz: vfio_user_dma_unmap.size,
+        flags: 0,
+        addr: 0x10000n,
+        size: 8192n,
+      });
+      t.peer.socket.send(encodeCommand(3, P.VFIO_USER_DMA_UNMAP, request));
+      const reply = await t.peer.next();
+      assert.ok(reply && !(reply.flags & P.VFIO_USER_F_ERROR), 'unmapped');
+      assert.equal(reply.command, P.VFIO_USER_DMA_UNMAP);
+      assert.deepEqual([...reply.payload], [...request], "the reply payload is the request's DMA entry");
+      assert.equal(device.maps.length, 0, 'the map is gone');
+    } finally {
+      await t.close();
+    }
+  });
+});
 
 describe('GET_REGION_INFO (items 4 and 5)', () => {
   const regionInfo = (index: number, argsz: number) =>

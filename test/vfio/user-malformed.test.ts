@@ -17,6 +17,7 @@ import * as P from '../../src/vfio/user/protocol.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
 import { vfioUserPair } from '../../src/vfio/user/transport.js';
 import { CONFIG_REGION, MemoryDevice, memfd } from '../fixtures/vfio-user/memory-device.js';
+import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
@@ -130,7 +131,7 @@ describe('vfio-user server against malformed input', () => {
     p.socket.send(encodeCommand(7, P.VFIO_USER_DMA_MAP, new Uint8Array(32)).subarray(0, 8), [mem.fd]);
     mem.close();
     p.socket.close();
-    while (server.connections.size > 1) await new Promise((r) => setImmediate(r));
+    await until('only the good connection to be left', () => server.connections.size <= 1, 10_000);
     assert.equal(devices.length, before);
     assert.equal(devices.at(-1)?.maps.length ?? 0, 0, 'nothing was mapped');
     assert.equal((await good.deviceInfo()).num_regions, 10, 'the other client still works');
@@ -273,7 +274,7 @@ describe('vfio-user server against malformed input', () => {
 
   test('every closed connection told its model once; the good one never', async () => {
     // Hang-ups are noticed asynchronously: wait until only the good connection is left.
-    while (server.connections.size > 1) await new Promise((r) => setImmediate(r));
+    await until('only the good connection to be left', () => server.connections.size <= 1, 10_000);
     for (const d of devices.slice(1)) assert.equal(d.disconnectCalls, 1);
     assert.equal(devices[0]?.disconnectCalls, 0);
     assert.ok(logs.some((l) => l.includes('message size')));
