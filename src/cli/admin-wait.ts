@@ -39,7 +39,9 @@ export class AdminNoAnswerError extends DevleaseError {
 export function parseTimeout(value: string): number | { error: string } {
   const ms = /^[0-9]+$/.test(value) ? Number(value) : Number.NaN;
   if (!Number.isSafeInteger(ms) || ms < 1 || ms > MAX_WAIT_MS)
-    return { error: `--timeout must be a positive integer (ms) of at most ${MAX_WAIT_MS} (24 h), got '${value}'` };
+    return {
+      error: `--timeout must be a positive integer (ms) of at most ${MAX_WAIT_MS} (24 h), got '${value}'`,
+    };
   return ms;
 }
 

@@ -29,10 +29,7 @@ export async function adminRequest(
   let timer: NodeJS.Timeout | undefined;
   try {
     return await new Promise((resolve, reject) => {
-      timer = setTimeout(
-        () => reject(new AdminNoAnswerError(path, timeoutMs)),
-        timeoutMs,
-      );
+      timer = setTimeout(() => reject(new AdminNoAnswerError(path, timeoutMs)), timeoutMs);
       // A socket error (a failed recvmsg or sendmsg) ends the request; without this listener it was an
       // uncaught 'error' event that took the whole process down.
       sock.on('error', reject);

@@ -14,7 +14,8 @@ import { DEVICE_RESET_TIMEOUT_MS } from './device-commands.js';
 const HEARTBEAT_ALIVE_TIMEOUT_MS = 1000;
 
 /** The driver's recover() waits, one after another: device reset, firmware load, heartbeat moving again. */
-export const RECOVER_WAITS_MS = DEVICE_RESET_TIMEOUT_MS + FIRMWARE_LOAD_TIMEOUT_MS + HEARTBEAT_ALIVE_TIMEOUT_MS;
+export const RECOVER_WAITS_MS =
+  DEVICE_RESET_TIMEOUT_MS + FIRMWARE_LOAD_TIMEOUT_MS + HEARTBEAT_ALIVE_TIMEOUT_MS;
 
 /** The device's own part of the driver's status report: STATUS bits by name, firmware, heartbeat, faults. */
 export async function readStatusRegisters(d: Device): Promise<Record<string, unknown>> {
