@@ -16,9 +16,10 @@ import {
 
 /**
  * One admin request and its reply. Every failure is a DevleaseError with a `code`: the connect's errno
- * (ENOENT, ECONNREFUSED), ETIMEDOUT past `timeoutMs` (an AdminNoAnswerError), ECONNRESET when the broker closes without answering,
- * EPROTO for a reply that is not the admin protocol's JSON, a socket error's own errno (a failed recvmsg),
- * and the broker's code for a refusal.
+ * (ENOENT, ECONNREFUSED), ETIMEDOUT past `timeoutMs` (an AdminNoAnswerError: the outcome is unknown),
+ * ECONNRESET when the broker closes without answering, EPROTO for a reply that is not the admin protocol's
+ * JSON, a socket error's own errno (a failed recvmsg), and the broker's code for a refusal (a failed
+ * recovery's ETIMEDOUT among them: a DevleaseError, not an AdminNoAnswerError).
  */
 export async function adminRequest(
   path: string,
