@@ -4,6 +4,12 @@
 // Refusals the broker makes itself are VfioErrors already and pass
 // unchanged; a lost device connection is ENODEV for the lease; an exception
 // without an errno is a bug and stays one (the server answers EIO and logs it).
+// A session's device calls go through leaseDeviceCall, which also logs each
+// refusal, rate-limited.
+
+import { VfioError } from '../errors.js';
+import type { Lease } from './lease.js';
+import type { LeaseTable } from './leases.js';
 
 /** How the device connection itself fails (vfio-user client, closed handle): the device is gone for the lease. */
 const CONNECTION_LOST = new Set(['ECONNRESET', 'ENOTCONN', 'EPIPE', 'EPROTO', 'ERR_DEVLEASE_CLOSED']);
@@ -11,7 +17,6 @@ const CONNECTION_LOST = new Set(['ECONNRESET', 'ENOTCONN', 'EPIPE', 'EPROTO', 'E
 /** Longest device reason passed on or logged: a device's words are not trusted to be short. */
 const MAX_REASON = 300;
 
-import { VfioError } from '../errors.js';
 export interface DeviceRefusal {
   /** What the lease client gets. */
   error: VfioError;
@@ -44,4 +49,29 @@ export function deviceRefusal(err: unknown, what: string): DeviceRefusal | null 
 function oneLine(text: string): string {
   const flat = text.replace(/[\x00-\x1f\x7f]+/g, ' ').trim();
   return flat.length > MAX_REASON ? `${flat.slice(0, MAX_REASON)}…` : flat;
+}
+
+/**
+ * A device call for a lease's session request. A refusal by the device reaches the client with the device's
+ * errno and reason, and is logged as one line, rate-limited per lease and request (a client retrying in a loop
+ * must not flood the log).
+ */
+export async function leaseDeviceCall<T>(
+  table: LeaseTable,
+  lease: Lease,
+  op: string,
+  detail: string,
+  call: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    const refusal = deviceRefusal(err, `${op} ${detail}`);
+    if (!refusal) throw err;
+    table.refusals.log(
+      `lease ${lease.id} ${op}`,
+      `lease ${lease.id} (pid ${lease.ctx.pid}): ${refusal.line}`,
+    );
+    throw refusal.error;
+  }
 }

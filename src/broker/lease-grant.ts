@@ -1,5 +1,5 @@
 // Granting a lease (LeaseTable.grant): policy, resources, slice fds and device programming, and the one
-// audit line saying how it went. Split from leases.ts, which keeps the table and the reclaim order.
+// audit line saying how it went. Split from leases.ts, which keeps the table.
 
 import type { Driver } from '../drivers/driver.js';
 import { VfioError } from '../errors.js';

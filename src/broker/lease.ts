@@ -5,7 +5,7 @@
 //   reclaiming ──slices revoked──▶ released
 //   reclaiming ──device cannot revoke──▶ awaiting-release ──release observed, slices scrubbed──▶ released
 //   reclaiming ──an unmap or revoke failed, a quiesce or reset timed out──▶ quarantined (never reused)
-//   any state ──the device connection is lost──▶ released (nothing is asked of the lost device; see leases.ts)
+//   any state ──the device connection is lost──▶ released (nothing is asked of the lost device; see lease-reclaim.ts)
 
 import type { DeviceFault, LeaseResources } from '../drivers/driver.js';
 import { VfioError } from '../errors.js';
@@ -156,6 +156,11 @@ export class Lease {
 
   get live(): boolean {
     return this.state === 'active' || this.state === 'revoking';
+  }
+
+  /** A session request's first check: ENODEV, naming the lease's state, once it is no longer live. */
+  checkLive(): void {
+    if (!this.live) throw new VfioError('ENODEV', `lease ${this.id} is ${this.state}`);
   }
 
   /** Signal an eventfd the client gave us; a client that closed its end is simply not told. */

@@ -1,22 +1,22 @@
-// The lease table: grants (after policy), revocation with notice and a
-// deadline, and reclaim in the one safe order — quiesce the work, unmap the
-// memory, revoke (or wait for the release of) the slices — before anything
-// goes back to the pool.
+// The lease table: the leases and what each uid holds, the device connection's generations, and an
+// upgrade's hold on reclaims. A lease's life is in the files beside it: grants after policy (lease-grant.ts),
+// the owner's revoke with notice and a deadline (lease-end.ts), and reclaim in the one safe order — quiesce
+// the work, unmap the memory, revoke (or wait for the release of) the slices — before anything goes back to
+// the pool (lease-reclaim.ts).
 
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import type { DeviceFault, Driver } from '../drivers/driver.js';
 import { VfioError } from '../errors.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
-import { VFIO_PCI_MSIX_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import type { AuditLog } from './audit.js';
 import type { DirectSlices } from './audit-scan/direct-slices.js';
 import type { BrokerConfig } from './config.js';
 import type { Lease } from './lease.js';
-import { revokeLease, unmapAll } from './lease-end.js';
+import { revokeLease } from './lease-end.js';
 import { grantLease } from './lease-grant.js';
+import { forgetLease, reclaimLease } from './lease-reclaim.js';
 import { UsageAccounts } from './lease-usage.js';
-import { retryLocalTransient } from './local-retry.js';
 import type { CallerContext, LeaseRequest, Policy, Usage } from './policy.js';
 import type { SliceWatcher } from './slices.js';
 
@@ -83,6 +83,12 @@ export class LeaseTable extends EventEmitter {
   add(lease: Lease): void {
     this.#leases.set(lease.id, lease);
     lease.countIn(this.#accounts);
+  }
+
+  /** Take a lease out of the table: its reclaim has ended (released, or forgotten with its device). */
+  remove(lease: Lease): void {
+    this.#leases.delete(lease.id);
+    lease.countIn(null);
   }
 
   get draining(): boolean {
@@ -190,10 +196,10 @@ export class LeaseTable extends EventEmitter {
       // An upgrade holds the table (handover/): the reclaim waits for its outcome. Rolled back, it runs
       // here; handed over, the new broker sees the same hang-up, exit or deadline and reclaims it there.
       this.#deferred.set(lease, reason);
-      lease.reclaimed = held.promise.then(() => this.#reclaim(lease, reason));
+      lease.reclaimed = held.promise.then(() => reclaimLease(this, lease, reason));
       return lease.reclaimed;
     }
-    lease.reclaimed = this.#reclaim(lease, reason);
+    lease.reclaimed = reclaimLease(this, lease, reason);
     return lease.reclaimed;
   }
 
@@ -232,14 +238,14 @@ export class LeaseTable extends EventEmitter {
    * for the outcome — rolled back, it runs here; handed over, this broker only exits and the new one (which
    * read the release from the same inotify queue) finishes it. Past this point hold() waits for it.
    */
-  async #pastRelease(lease: Lease): Promise<void> {
+  async pastRelease(lease: Lease): Promise<void> {
     while (this.#held) await this.#held.promise;
     this.#ending.add(lease);
     const done = () => this.#ending.delete(lease);
     void lease.reclaimed?.then(done, done);
   }
 
-  /** Leases past their slices' release, finishing their reclaim (see #pastRelease). */
+  /** Leases past their slices' release, finishing their reclaim (see pastRelease). */
   readonly #ending = new Set<Lease>();
 
   /** Reclaims asked for while held (their reasons): the handover carries them. */
@@ -259,180 +265,9 @@ export class LeaseTable extends EventEmitter {
   #held: { promise: Promise<void>; resolve(): void } | null = null;
   readonly #deferred = new Map<Lease, string>();
 
-  async #reclaim(lease: Lease, reason: string): Promise<void> {
-    const t0 = process.hrtime.bigint();
-    lease.state = 'reclaiming';
-    lease.endReason = reason;
-    lease.revokeTimer?.cancel();
-    this.emit('state', lease);
-    this.audit.write({ event: 'reclaim', lease: lease.id, pid: lease.ctx.pid, uid: lease.ctx.uid, reason });
-    // A revoke's deadline passed: whoever maps an audited slice now is killed before the hang-up below, which
-    // a holder answers by unmapping (then no later scan would see it, and the kill would depend on timing).
-    if (lease.deadline !== null && Date.now() >= lease.deadline && this.direct?.has(lease.id))
-      this.direct.killMappers(lease.id);
-    lease.disconnect?.(reason);
-    // Requests the session had in progress finish first: they see the lease is no longer live and undo
-    // what they did, so nothing they map or wire can appear after the steps below.
-    await lease.settle();
-    if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0);
-    const problems: string[] = [];
-    // An unmap or revoke failed, or a quiesce or reset did not finish: this lease's window, slices or queue
-    // may still be reachable or running.
-    let unsafe = false;
-    const step = async (what: string, fn: () => Promise<void>, critical: boolean | 'on-timeout') => {
-      try {
-        // A command that never left the broker (a transient sendmsg failure) is sent again (local-retry.ts).
-        await retryLocalTransient(fn);
-      } catch (err) {
-        problems.push(`${what}: ${(err as Error).message}`);
-        const code = (err as { code?: string }).code;
-        if (critical === 'on-timeout' ? code === 'ETIMEDOUT' : critical && code !== 'ENOENT') unsafe = true;
-      }
-    };
-    // A holder that wired REQ was offered notice, and the devlease client reads a faulting slice as revoked:
-    // its leftover mappings fault. One that did not (a stock client: QEMU never wires REQ) is not killed for
-    // it: the device detaches from the slice's memory and the holder keeps a page that reaches nothing.
-    const fault = lease.reqFd !== null && !lease.reqFd.closed;
-    const units = [...lease.slices.values()].flat();
-    let revoked = this.config.lifetime.revoke && this.device.capabilities.revocableSlices;
-    // The slices are revoked first, the quiesce right behind them on the device's one connection (served in
-    // this order): the holder loses its mappings one device round trip after reclaim begins (SA-1: its queue
-    // page, so it can no longer ring or rewrite its rings while the queue is stopped), and the device takes
-    // the stop in the same round trip. Revoking needs no quiesce first: a slice is the device's own memory,
-    // the device answers only once it no longer uses the old backing, and nothing of the holder's memory
-    // (the IOVA maps) is let go of until the quiesce has finished below.
-    const revokes = revoked
-      ? units.map((u) => step('revoke slice', () => this.device.revokeSlice(u.deviceFd, { fault }), false))
-      : [];
-    // A quiesce that fails outright (the device connection went) leaves the rest to device recovery; one that
-    // times out leaves work running on a live device.
-    await step('quiesce', () => this.driver.quiesce(lease.resources), 'on-timeout');
-    // With the work stopped, unwiring and unmapping depend on none of each other: they go to the device
-    // together (served in this order on its one connection), so reclaim waits for one more round trip.
-    const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
-    await Promise.all([
-      ...lease.resources.vectors.map((v) =>
-        step(`unwire vector ${v}`, () => this.device.setIrqs(irqIndex, v, [null]), true),
-      ),
-      unmapAll(this.device, lease, step),
-      ...revokes,
-    ]);
-    lease.errFd?.close();
-    lease.reqFd?.close();
-    lease.noticeFd?.close();
-    // A slice whose revoke failed falls back to waiting for its observed release.
-    if (revoked && problems.some((p) => p.startsWith('revoke slice'))) revoked = false;
-    if (!revoked && units.some((u) => u.outstanding > 0)) {
-      lease.state = 'awaiting-release';
-      this.emit('state', lease);
-      this.audit.write({
-        event: 'awaiting-release',
-        lease: lease.id,
-        outstanding: units.map((u) => u.outstanding),
-      });
-      lease.parked();
-      await Promise.race([Promise.all(units.map((u) => u.whenReleased())), this.#lostOf(lease)]);
-    }
-    const direct = this.direct?.has(lease.id) ? this.direct : null;
-    if (direct) await this.#awaitDirectRelease(lease, direct);
-    if (lease.state === 'awaiting-release') await this.#pastRelease(lease);
-    // The device went away while we worked: nothing of it can be cleaned, and nothing of it is reused.
-    if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
-    if (!revoked && (units.length || direct)) {
-      // Nobody holds the slices any more, but they still hold what the last client left: scrub before reuse.
-      await step('scrub', () => this.driver.scrub(lease.resources), true);
-    }
-    if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
-    // The next grant of these resources finds them ready (SA-1: the queue reset after its last holder lost
-    // the queue page). Not where scrub already did it; a failure leaves the work to the grant.
-    if (revoked && !unsafe && this.driver.prepare)
-      await step('prepare', () => this.driver.prepare!(lease.resources), false);
-    if (this.#deviceLost(lease)) return this.#forget(lease, reason, t0, problems);
-    for (const u of units) u.dispose(this.watcher);
-    direct?.forget(lease.id);
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    if (unsafe) {
-      // Never hand these resources to another client; the operator sees why (devlease leases, audit).
-      lease.state = 'quarantined';
-      lease.quarantineReason = problems.join('; ');
-      this.audit.write({ event: 'quarantined', lease: lease.id, ms, problems });
-      this.emit('state', lease);
-      lease.parked();
-      return;
-    }
-    this.driver.release(lease.resources);
-    lease.state = 'released';
-    this.#leases.delete(lease.id);
-    lease.countIn(null);
-    this.audit.write({
-      event: 'released',
-      lease: lease.id,
-      ms,
-      revoked,
-      // How the slices were revoked: left faulting ('fault') or only detached from the device ('detach').
-      ...(revoked && units.length ? { revokedAs: fault ? 'fault' : 'detach' } : {}),
-      problems,
-    });
-    this.emit('state', lease);
-    this.emit('released', lease);
-    lease.parked();
-  }
-
-  /**
-   * Audited slices (audit-scan/direct-slices.ts) go back only when no process maps them any more, as the /proc
-   * scan sees it: a forked child that inherited the mapping holds the slice until it exits. A revoke's deadline
-   * (the lease has one) first kills every process still mapping them (audit.deadline_action).
-   */
-  async #awaitDirectRelease(lease: Lease, direct: DirectSlices): Promise<void> {
-    lease.state = 'awaiting-release';
-    this.emit('state', lease);
-    this.audit.write({ event: 'awaiting-release', lease: lease.id, direct: true });
-    lease.parked();
-    await Promise.race([direct.whenReleased(lease.id, lease.deadline !== null), this.#lostOf(lease)]);
-  }
-
-  /** Whether the device connection this lease was granted on is gone. */
-  #deviceLost(lease: Lease): boolean {
-    return lease.generation !== this.#generation;
-  }
-
   /** Settles when the device `lease` was granted on is lost (at once if it already is). */
-  #lostOf(lease: Lease): Promise<void> {
-    return this.#deviceLost(lease) ? Promise.resolve() : this.#lost.promise;
-  }
-
-  /**
-   * End a lease whose device connection is gone. The device process took its DMA mappings, interrupt wiring
-   * and slice memory with it, so there is nothing to quiesce, unmap, revoke or scrub, and its resources are
-   * not returned to the driver: the next boot makes new pools. A client still mapping a slice of the old
-   * device reaches only that dead device's memory.
-   */
-  #forget(lease: Lease, reason: string, t0: bigint, problems: string[] = []): void {
-    lease.revokeTimer?.cancel();
-    lease.errFd?.close();
-    lease.reqFd?.close();
-    lease.noticeFd?.close();
-    const units = [...lease.slices.values()].flat();
-    const outstanding = units.reduce((n, u) => n + u.outstanding, 0);
-    for (const u of units) u.dispose(this.watcher);
-    this.direct?.forget(lease.id);
-    lease.mappings.clear();
-    lease.state = 'released';
-    this.#leases.delete(lease.id);
-    lease.countIn(null);
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    this.audit.write({
-      event: 'released',
-      lease: lease.id,
-      ms,
-      deviceLost: true,
-      reason,
-      outstandingSliceFds: outstanding,
-      problems,
-    });
-    this.emit('state', lease);
-    this.emit('released', lease);
-    lease.parked();
+  lostOf(lease: Lease): Promise<void> {
+    return lease.generation !== this.#generation ? Promise.resolve() : this.#lost.promise;
   }
 
   /**
@@ -447,7 +282,7 @@ export class LeaseTable extends EventEmitter {
     lost.resolve();
     const why = `device lost: ${reason}`;
     for (const l of [...this.#leases.values()]) {
-      if (l.state === 'quarantined') this.#forget(l, why, process.hrtime.bigint());
+      if (l.state === 'quarantined') forgetLease(this, l, why, process.hrtime.bigint());
       else void this.reclaim(l, why);
     }
     await Promise.all([...this.#leases.values()].map((l) => l.reclaimed));

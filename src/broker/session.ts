@@ -9,6 +9,8 @@
 // inside the lease's IOVA view, after policy; a translated view's address V
 // is mapped on the device at the lease window's base + V. DEVICE_RESET resets only the
 // lease's queue. Nothing else of the device is reachable from here.
+// Here: the device's shape and its regions; DMA_MAP/DMA_UNMAP are
+// lease-dma.ts, the interrupts lease-irqs.ts.
 
 import { CONFIG_SPACE_SIZE, LeaseBars, PCI_BASE_ADDRESS_0, PCI_NUM_BARS } from '../drivers/config-space.js';
 import type { SliceSpec } from '../drivers/driver.js';
@@ -17,16 +19,9 @@ import type { Fd } from '../sys/fd.js';
 import {
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
-  VFIO_IRQ_INFO_EVENTFD,
-  VFIO_IRQ_SET_DATA_EVENTFD,
-  VFIO_IRQ_SET_DATA_NONE,
-  VFIO_IRQ_SET_DATA_TYPE_MASK,
   VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_ERR_IRQ_INDEX,
-  VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_PCI_NUM_IRQS,
   VFIO_PCI_NUM_REGIONS,
-  VFIO_PCI_REQ_IRQ_INDEX,
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
@@ -42,29 +37,22 @@ import type {
   RegionDescription,
   VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
-import { checkDmaFd } from '../vfio/user/dma-fd-check.js';
 import type { IoFdSubRegion, RegionIoFds } from '../vfio/user/region-io-fds.js';
-import { deviceRefusal } from './device-refusal.js';
-import { adoptEventFd } from './eventfd-check.js';
+import { leaseDeviceCall } from './device-refusal.js';
 import type { Lease } from './lease.js';
+import { mapForLease, unmapForLease } from './lease-dma.js';
+import { DEVLEASE_NOTICE_IRQ_INDEX, leaseIrqInfo, wireLeaseIrqs } from './lease-irqs.js';
 import { LeaseMsix } from './lease-msix.js';
 import type { LeaseTable } from './leases.js';
 import { infoRegionCaps, sliceRegionCaps } from './region-caps.js';
 import { encodePciState, restorePciState, type SessionPciState } from './session-state.js';
 
-/**
- * devlease's notice irq: index 5, the first past VFIO_PCI_NUM_IRQS (QEMU never looks there). Offered only to
- * clients that proposed devlease in VERSION; signalled for per-queue faults, which never signal ERR.
- */
-export const DEVLEASE_NOTICE_IRQ_INDEX = VFIO_PCI_NUM_IRQS;
+export { DEVLEASE_NOTICE_IRQ_INDEX } from './lease-irqs.js';
 
 /** The devlease info region: index 9, the first device-specific region. */
 export const INFO_REGION_INDEX = VFIO_PCI_NUM_REGIONS;
 /** Room for the JSON: up to 16 faults and dozens of granule regions fit with margin. */
 export const INFO_REGION_SIZE = 16384;
-
-const DMA_READ = 1;
-const DMA_WRITE = 2;
 
 export class LeaseSession implements VfioUserDeviceModel {
   readonly #lease: Lease;
@@ -155,7 +143,7 @@ export class LeaseSession implements VfioUserDeviceModel {
       return { index, flags: rw, size: BigInt(this.#msix.size), offset: 0n };
     const slice = this.#slice(index);
     if (!slice) return { index, flags: 0, size: 0n, offset: 0n };
-    this.#checkLive();
+    this.#lease.checkLive();
     if (opts.fd !== false) this.#controlRequest();
     // An audited slice (a kernel device): the device fd itself, once, with the slice's mmap offset on it.
     const direct = this.#direct(slice, opts.fd !== false);
@@ -216,9 +204,13 @@ export class LeaseSession implements VfioUserDeviceModel {
     }
     if (this.#msix && index === this.#msix.bar) return this.#msix.read(Number(offset), count);
     const slice = this.#needSlice(index);
-    this.#checkLive();
-    return this.#device('REGION_READ', `region ${index} +0x${offset.toString(16)}, ${count} bytes`, () =>
-      this.#table.device.read(slice.region, slice.offset + offset, count),
+    this.#lease.checkLive();
+    return leaseDeviceCall(
+      this.#table,
+      this.#lease,
+      'REGION_READ',
+      `region ${index} +0x${offset.toString(16)}, ${count} bytes`,
+      () => this.#table.device.read(slice.region, slice.offset + offset, count),
     );
   }
 
@@ -227,8 +219,10 @@ export class LeaseSession implements VfioUserDeviceModel {
     if (index === INFO_REGION_INDEX) throw new VfioError('EPERM', 'the info region is read-only');
     if (this.#msix && index === this.#msix.bar) return this.#msix.write(Number(offset), data);
     const slice = this.#needSlice(index);
-    this.#checkLive();
-    await this.#device(
+    this.#lease.checkLive();
+    await leaseDeviceCall(
+      this.#table,
+      this.#lease,
       'REGION_WRITE',
       `region ${index} +0x${offset.toString(16)}, ${data.byteLength} bytes`,
       () => this.#table.device.write(slice.region, slice.offset + offset, data),
@@ -252,176 +246,26 @@ export class LeaseSession implements VfioUserDeviceModel {
 
   dmaMap(req: DmaMapRequest): Promise<void> {
     this.#controlRequest();
-    return this.#lease.track(this.#dmaMap(req));
+    return this.#lease.track(mapForLease(this.#table, this.#lease, this.#page, req));
   }
 
-  async #dmaMap(req: DmaMapRequest): Promise<void> {
-    const lease = this.#lease;
-    let unreserve: (() => void) | null = null;
-    try {
-      this.#checkLive();
-      if (!req.fd)
-        throw new VfioError('EINVAL', 'DMA_MAP needs an fd: only fd-backed memory can be mapped for a lease');
-      const w = lease.resources.view;
-      if (!w) throw new VfioError('EPERM', `lease kind '${lease.kind}' has no IOVA window`);
-      if (req.iova % this.#page || req.size % this.#page || req.size === 0n) {
-        throw new VfioError(
-          'EINVAL',
-          `iova 0x${req.iova.toString(16)} and size 0x${req.size.toString(16)} must be non-zero multiples of the ${this.#page}-byte page`,
-        );
-      }
-      if (req.iova < w.base || req.iova + req.size > w.base + w.size) {
-        throw new VfioError(
-          'EPERM',
-          `[0x${req.iova.toString(16)}, +0x${req.size.toString(16)}) is outside the lease's IOVA ${w.mode === 'translated' ? 'view' : 'window'} [0x${w.base.toString(16)}, +0x${w.size.toString(16)})`,
-        );
-      }
-      const read = (req.flags & DMA_READ) !== 0;
-      const write = (req.flags & DMA_WRITE) !== 0;
-      // A pipe, an empty memfd, a range past the end: refused here, by name, rather than by the device.
-      checkDmaFd(req.fd, { offset: req.offset, size: req.size, write });
-      // Checked against usage that counts maps still in flight (released in `finally`), so concurrent
-      // DMA_MAPs of one uid cannot pass a limit together.
-      const usage = this.#table.usage(lease.ctx);
-      unreserve = this.#table.reserveMap(lease.ctx.uid, req.size);
-      const verdict = await this.#table.policy.checkMap(
-        lease.ctx,
-        { op: 'map', iova: req.iova, size: req.size, read, write },
-        usage,
-      );
-      if (!verdict.allow) {
-        this.#table.audit.write({
-          event: 'deny-map',
-          lease: lease.id,
-          pid: lease.ctx.pid,
-          uid: lease.ctx.uid,
-          reason: verdict.reason,
-        });
-        throw new VfioError('EACCES', verdict.reason);
-      }
-      const fd = req.fd;
-      const deviceIova = toDevice(lease, req.iova);
-      const mapped = this.#device('DMA_MAP', range(req.iova, req.size), () =>
-        this.#table.device.dmaMap({ fd, offset: req.offset, iova: deviceIova, size: req.size, read, write }),
-      );
-      // Sent to the device: the connection may start the session's next pipelined request (its device call
-      // queues behind this one on the device connection, which serves in order).
-      req.issued?.();
-      await mapped;
-      if (!lease.live) {
-        // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
-        await this.#table.device.dmaUnmap(deviceIova, req.size);
-        throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
-      }
-      lease.mappings.set(req.iova, { iova: req.iova, deviceIova, size: req.size, read, write });
-    } finally {
-      unreserve?.();
-      req.fd?.close(); // the device holds its own reference now (or the map was refused)
-    }
-  }
-
-  async dmaUnmap(req: DmaUnmapRequest): Promise<void> {
-    const lease = this.#lease;
-    const end = req.iova + req.size;
-    const hit = [...lease.mappings.values()].filter((m) => m.iova >= req.iova && m.iova + m.size <= end);
-    const partial = [...lease.mappings.values()].some(
-      (m) => m.iova < end && m.iova + m.size > req.iova && !hit.includes(m),
-    );
-    if (partial) throw new VfioError('EINVAL', 'DMA_UNMAP must cover whole mappings');
-    if (hit.length === 0)
-      throw new VfioError(
-        'ENOENT',
-        `no mapping of this lease in [0x${req.iova.toString(16)}, +0x${req.size.toString(16)})`,
-      );
-    // Unmaps pass the policy too (a module may audit or veto them); the declarative limits concern maps only.
-    const verdict = await this.#table.policy.checkMap(
-      lease.ctx,
-      { op: 'unmap', iova: req.iova, size: req.size },
-      this.#table.usage(lease.ctx),
-    );
-    if (!verdict.allow) throw new VfioError('EACCES', verdict.reason);
-    for (const m of hit) {
-      await this.#device('DMA_UNMAP', range(m.iova, m.size), () =>
-        this.#table.device.dmaUnmap(m.deviceIova, m.size),
-      );
-      lease.mappings.delete(m.iova);
-    }
+  dmaUnmap(req: DmaUnmapRequest): Promise<void> {
+    return unmapForLease(this.#table, this.#lease, req);
   }
 
   irqInfo(index: number): IrqDescription {
-    const count =
-      index === VFIO_PCI_MSIX_IRQ_INDEX
-        ? this.#lease.resources.vectors.length
-        : index === VFIO_PCI_ERR_IRQ_INDEX ||
-            index === VFIO_PCI_REQ_IRQ_INDEX ||
-            (index === DEVLEASE_NOTICE_IRQ_INDEX && this.#devlease)
-          ? 1
-          : 0;
-    return { index, flags: count ? VFIO_IRQ_INFO_EVENTFD : 0, count };
+    return leaseIrqInfo(this.#lease, this.#devlease, index);
   }
 
   setIrqs(req: IrqSetRequest): Promise<void> {
     this.#controlRequest();
-    return this.#lease.track(this.#setIrqs(req));
-  }
-
-  async #setIrqs(req: IrqSetRequest): Promise<void> {
-    const lease = this.#lease;
-    const fds = req.fds;
-    try {
-      this.#checkLive();
-      const dataType = req.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
-      if (
-        dataType !== VFIO_IRQ_SET_DATA_EVENTFD &&
-        !(dataType === VFIO_IRQ_SET_DATA_NONE && req.count === 0)
-      ) {
-        throw new VfioError(
-          'EINVAL',
-          'a lease takes eventfds (DATA_EVENTFD) or DATA_NONE with count 0 (disable)',
-        );
-      }
-      // Only real eventfds, made non-blocking: a pipe or a full counter must never stall the broker or the device.
-      for (const fd of fds) if (fd) adoptEventFd(fd);
-      const notice = req.index === DEVLEASE_NOTICE_IRQ_INDEX && this.#devlease;
-      if (req.index === VFIO_PCI_ERR_IRQ_INDEX || req.index === VFIO_PCI_REQ_IRQ_INDEX || notice) {
-        const slot = notice ? 'noticeFd' : req.index === VFIO_PCI_ERR_IRQ_INDEX ? 'errFd' : 'reqFd';
-        lease[slot]?.close();
-        lease[slot] = dataType === VFIO_IRQ_SET_DATA_EVENTFD ? (fds[0] ?? null) : null;
-        fds.length = 0; // ownership moved to the lease
-        return;
-      }
-      if (req.index !== VFIO_PCI_MSIX_IRQ_INDEX)
-        throw new VfioError('EINVAL', `irq index ${req.index} has no vectors in this lease`);
-      const vectors = lease.resources.vectors;
-      // DATA_NONE with count 0: disable every vector of the index (VFIO semantics).
-      const disableAll = dataType === VFIO_IRQ_SET_DATA_NONE;
-      const first = disableAll ? 0 : req.start;
-      const count = disableAll ? vectors.length : req.count;
-      const physicalIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
-      for (let i = 0; i < count; i++) {
-        const physical = vectors[first + i]!;
-        const fd = disableAll ? null : (fds[i] ?? null);
-        // The client's eventfd goes straight to the device: the broker is not on the interrupt path.
-        const wired = this.#device('SET_IRQS', `MSI-X vector ${first + i}`, () =>
-          this.#table.device.setIrqs(physicalIndex, physical, [fd]),
-        );
-        if (i === count - 1) req.issued?.(); // the last device call is sent (see dmaMap)
-        await wired;
-        if (fd && !lease.live) {
-          // Reclaim started while we wired it: take it back rather than leave a vector aimed at this client.
-          await this.#table.device.setIrqs(physicalIndex, physical, [null]);
-          throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
-        }
-      }
-    } finally {
-      for (const fd of fds) fd?.close();
-    }
+    return this.#lease.track(wireLeaseIrqs(this.#table, this.#lease, this.#devlease, req));
   }
 
   async reset(): Promise<void> {
     this.#controlRequest();
-    this.#checkLive();
-    await this.#device('DEVICE_RESET', 'of the lease', () =>
+    this.#lease.checkLive();
+    await leaseDeviceCall(this.#table, this.#lease, 'DEVICE_RESET', 'of the lease', () =>
       this.#table.driver.resetLease(this.#lease.resources),
     );
   }
@@ -434,8 +278,8 @@ export class LeaseSession implements VfioUserDeviceModel {
   async regionIoFds(index: number, opts: { issued?: Issued } = {}): Promise<RegionIoFds> {
     const slice = this.#slice(index);
     if (!slice) return { subRegions: [], fds: [] };
-    this.#checkLive();
-    const asked = this.#device('GET_REGION_IO_FDS', `region ${index}`, () =>
+    this.#lease.checkLive();
+    const asked = leaseDeviceCall(this.#table, this.#lease, 'GET_REGION_IO_FDS', `region ${index}`, () =>
       this.#table.device.regionIoFds(slice.region, { offset: slice.offset, size: slice.size }),
     );
     opts.issued?.(); // asked of the device, or answered from its cache (see dmaMap)
@@ -470,40 +314,9 @@ export class LeaseSession implements VfioUserDeviceModel {
     void this.#table.reclaim(this.#lease, `session closed: ${reason}`);
   }
 
-  /**
-   * A device call for this lease. A refusal by the device reaches the client with the device's errno and
-   * reason, and is logged as one line, rate-limited per lease and request (a client retrying in a loop
-   * must not flood the log).
-   */
-  async #device<T>(op: string, detail: string, call: () => Promise<T>): Promise<T> {
-    try {
-      return await call();
-    } catch (err) {
-      const refusal = deviceRefusal(err, `${op} ${detail}`);
-      if (!refusal) throw err;
-      const l = this.#lease;
-      this.#table.refusals.log(`lease ${l.id} ${op}`, `lease ${l.id} (pid ${l.ctx.pid}): ${refusal.line}`);
-      throw refusal.error;
-    }
-  }
-
   #needSlice(index: number) {
     const s = this.#slice(index);
     if (!s) throw new VfioError('EINVAL', `region ${index} is not part of this lease`);
     return s;
   }
-
-  #checkLive(): void {
-    if (!this.#lease.live) throw new VfioError('ENODEV', `lease ${this.#lease.id} is ${this.#lease.state}`);
-  }
-}
-
-/** The device IOVA of a client's IOVA: its view's base is the lease window's base (identity: the same). */
-function toDevice(lease: Lease, iova: bigint): bigint {
-  const { window, view } = lease.resources;
-  return window && view ? iova - view.base + window.base : iova;
-}
-
-function range(iova: bigint, size: bigint): string {
-  return `[0x${iova.toString(16)}, +0x${size.toString(16)})`;
 }

@@ -4,7 +4,8 @@
 // isolation (the IOMMU is the other half). The register work on one queue
 // (reset, the grant's writes, the wait for IDLE) is queue-program.ts; the
 // health reads (status report, alive after recovery, as left after an upgrade)
-// are health.ts.
+// are health.ts; which queues may be leased, and which need no reset first,
+// pools.ts (QueuePool).
 
 import { EventEmitter } from 'node:events';
 import type { Device } from '../../device/device.js';
@@ -32,7 +33,7 @@ import { enableBusMaster, resetDevice, revokeAll } from './device-commands.js';
 import { queueLeaseResources } from './grant.js';
 import { checkAlive, checkAsLeft, RECOVER_WAITS_MS, readStatusRegisters } from './health.js';
 import { Sa1Monitor } from './monitor.js';
-import { Granules, WindowSlots } from './pools.js';
+import { Granules, QueuePool, WindowSlots } from './pools.js';
 import { QcfgShadow } from './qcfg-shadow.js';
 import { programQueue, resetQueueRegisters, waitQueueIdle } from './queue-program.js';
 
@@ -63,17 +64,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
   #geo: Sa1Geometry | null = null;
   /** The queue-page BAR's type, mirrored in lease config spaces. */
   #bar2Type: BarType | null = null;
-  #freeQueues: number[] = [];
-  /**
-   * Queues whose reset did not finish: never leased again by this driver, whatever the broker does with the
-   * lease that held them (a grant whose activation timed out gives its queue back with release()).
-   */
-  readonly #stuckQueues = new Set<number>();
-  /**
-   * Queues reset by this driver and not enabled since (reclaim's quiesce, scrub): a grant needs no reset
-   * of its own, so the reset is paid when the previous holder is reclaimed, not when the next one asks.
-   */
-  readonly #cleanQueues = new Set<number>();
+  /** Free, stuck and clean queues (pools.ts): a clean one's reset was paid at the last reclaim, not the grant. */
+  readonly #queues = new QueuePool();
   /** Each queue's configuration registers as last written (a grant writes only what changes). */
   readonly #qcfg = new QcfgShadow();
   #windows: WindowSlots | null = null;
@@ -120,8 +112,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     }
     // Stop every queue a previous owner may have left enabled (or in reset) before leasing them again; one
     // whose reset does not finish stays out of the pool.
-    this.#stuckQueues.clear();
-    this.#cleanQueues.clear();
+    this.#queues.forget();
     this.#qcfg.clear();
     for (let q = 0; q < g.numQueues; q++) {
       if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
@@ -141,9 +132,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     }
     await d.write32(BAR0, REG.CONTROL, CONTROL.ENABLE);
 
-    this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i).filter(
-      (q) => !this.#stuckQueues.has(q),
-    );
+    this.#queues.fill(g.numQueues);
     this.#windows = new WindowSlots(this.#cfg.sa1.windowSize, g.numQueues, d.iovaRanges());
     this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
     await this.#monitor.arm(g.numQueues);
@@ -189,17 +178,17 @@ export class Sa1Driver extends EventEmitter implements Driver {
         `devmemGranules must be 0..${this.#cfg.sa1.maxDevmemGranules}, got ${String(granules)}`,
       );
     }
-    const q = this.#freeQueues.shift();
+    const q = this.#queues.take();
     if (q === undefined) {
-      const stuck = this.#stuckQueues.size
-        ? ` or quarantined (${this.#stuckQueues.size} whose reset did not finish)`
+      const stuck = this.#queues.stuck.length
+        ? ` or quarantined (${this.#queues.stuck.length} whose reset did not finish)`
         : '';
       throw new VfioError('ENOSPC', `all ${g.numQueues} queues are leased${stuck}`);
     }
     const window = this.#windows!.take(q);
     const devmem = granules ? this.#granules!.take(granules) : null;
     if (granules && !devmem) {
-      this.#freeQueues.unshift(q);
+      this.#queues.untake(q);
       throw new VfioError('ENOSPC', `no ${granules} contiguous free device-memory granules`);
     }
     return queueLeaseResources({
@@ -218,14 +207,14 @@ export class Sa1Driver extends EventEmitter implements Driver {
     const d = this.#dev;
     const q = res.queue!;
     // A clean queue: indexes zero, error cleared (reclaim left it so, or reset it now).
-    if (!this.#cleanQueues.delete(q)) await this.#resetQueue(q);
+    if (!this.#queues.takeClean(q)) await this.#resetQueue(q);
     await programQueue(d, this.#qcfg, q, res);
   }
 
   async quiesce(res: LeaseResources): Promise<void> {
     const q = res.queue!;
     const d = this.#dev;
-    this.#cleanQueues.delete(q);
+    this.#queues.notClean(q);
     // One Q_CTRL write stops and resets the queue: RESET with ENABLE written 0. The device acts on RESET
     // first (in-flight descriptors complete ABORTED, rings and indexes zeroed), then takes ENABLE as written
     // (docs/SA-1.md, "Quiesce"). A reclaim has nothing to drain gracefully, and every Q_CTRL write is a round
@@ -239,20 +228,20 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // (datasheet rev 2, section 8): the device reset the queue once its last holder could no longer write
     // the page, so nothing it wrote there (ring bases, a doorbell) reaches the next lease, which is granted
     // without a reset of its own. No device command is needed.
-    this.#cleanQueues.add(res.queue!);
+    this.#queues.markClean(res.queue!);
   }
 
   async resetLease(res: LeaseResources): Promise<void> {
-    this.#cleanQueues.delete(res.queue!);
+    this.#queues.notClean(res.queue!);
     await this.#resetQueue(res.queue!);
     await this.#dev.write32(BAR0, qcfg(res.queue!, Q.CTRL), Q_CTRL.ENABLE);
   }
 
   async scrub(res: LeaseResources): Promise<void> {
     // A queue reset zeroes the whole queue page (ring registers and the reserved rest).
-    this.#cleanQueues.delete(res.queue!);
+    this.#queues.notClean(res.queue!);
     await this.#resetQueue(res.queue!);
-    this.#cleanQueues.add(res.queue!);
+    this.#queues.markClean(res.queue!);
     if (res.devmem) {
       const chunk = new Uint8Array(65536); // at most max_data_xfer_size per REGION_WRITE
       for (let off = 0n; off < res.devmem.size; off += BigInt(chunk.byteLength)) {
@@ -264,10 +253,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
   release(res: LeaseResources): void {
     const q = res.queue!;
     if (res.devmem) this.#granules?.give(res.devmem); // none after deviceLost(): the next boot makes new pools
-    if (!this.#freeQueues.includes(q) && !this.#stuckQueues.has(q)) {
-      this.#freeQueues.push(q);
-      this.#freeQueues.sort((a, b) => a - b);
-    }
+    this.#queues.give(q);
   }
 
   leaseConfigSpace(_res: LeaseResources): Uint8Array {
@@ -289,15 +275,15 @@ export class Sa1Driver extends EventEmitter implements Driver {
       driver: 'sa1',
       ...(await readStatusRegisters(this.#dev)),
       geometry: { ...this.geometry, devmemSize: this.geometry.devmemSize.toString() },
-      freeQueues: this.#freeQueues.length,
-      quarantinedQueues: [...this.#stuckQueues],
+      freeQueues: this.#queues.freeCount,
+      quarantinedQueues: this.#queues.stuck,
     };
   }
 
   /** Whole-device recovery after a hang: reset, reload firmware, enable. Leases must already be reclaimed. */
   async recover(): Promise<void> {
     this.#monitor.stopHeartbeat();
-    this.#cleanQueues.clear();
+    this.#queues.forgetClean();
     this.#qcfg.clear();
     await resetDevice(this.#dev);
     await enableBusMaster(this.#dev);
@@ -327,8 +313,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
       state: {
         geometry: { ...this.#geo, devmemSize: this.#geo.devmemSize.toString() },
         bar2Type: this.#bar2Type,
-        stuckQueues: [...this.#stuckQueues],
-        cleanQueues: [...this.#cleanQueues],
+        stuckQueues: this.#queues.stuck,
+        cleanQueues: this.#queues.clean,
         faultsSeen: this.#monitor.faultsSeen,
       },
       fds,
@@ -347,16 +333,10 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#geo = { ...s.geometry, devmemSize: BigInt(s.geometry.devmemSize) };
     this.validateLayout();
     this.#bar2Type = s.bar2Type;
-    this.#stuckQueues.clear();
-    for (const q of s.stuckQueues) this.#stuckQueues.add(q);
-    this.#cleanQueues.clear();
+    this.#queues.adopt(s.stuckQueues, s.cleanQueues);
     this.#qcfg.clear();
-    for (const q of s.cleanQueues) this.#cleanQueues.add(q);
     const g = this.#geo;
-    const held = new Set([...leased, ...parked].map((r) => r.queue));
-    this.#freeQueues = Array.from({ length: g.numQueues }, (_, i) => i).filter(
-      (q) => !this.#stuckQueues.has(q) && !held.has(q),
-    );
+    this.#queues.fill(g.numQueues, new Set([...leased, ...parked].map((r) => r.queue)));
     this.#windows = new WindowSlots(this.#cfg.sa1.windowSize, g.numQueues, this.#dev.iovaRanges());
     this.#granules = new Granules(g.devmemSize, BigInt(g.granule));
     for (const r of [...leased, ...parked]) if (r.devmem) this.#granules.reserve(r.devmem);
@@ -367,10 +347,9 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   deviceLost(): void {
     this.#monitor.stopHeartbeat();
-    this.#cleanQueues.clear();
+    this.#queues.empty();
     this.#qcfg.clear();
     this.#monitor.closeInterrupts();
-    this.#freeQueues = [];
     this.#windows = null;
     this.#granules = null;
   }
@@ -388,10 +367,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     try {
       await resetQueueRegisters(this.#dev, q, this.#cfg.lifetime.quiesceTimeoutMs);
     } catch (err) {
-      if ((err as { code?: string }).code === 'ETIMEDOUT') {
-        this.#stuckQueues.add(q);
-        this.#freeQueues = this.#freeQueues.filter((f) => f !== q);
-      }
+      if ((err as { code?: string }).code === 'ETIMEDOUT') this.#queues.quarantine(q);
       throw err;
     }
   }

@@ -1,5 +1,6 @@
 // Resource pools of the SA-1 driver: one IOVA window per queue slot, and
-// device-memory granules handed out as contiguous runs.
+// device-memory granules handed out as contiguous runs, and the queues themselves
+// (free, stuck, clean): what the driver may lease and what a grant must reset first.
 
 import type { IovaRange } from '../../device/device.js';
 
@@ -60,5 +61,99 @@ export class Granules {
     const first = Number(range.offset / this.#granule);
     const n = Number(range.size / this.#granule);
     for (let j = first; j < first + n; j++) this.#free[j] = true;
+  }
+}
+
+/**
+ * The queues: which are free to lease (lowest first), which are stuck (a reset that did not finish: never
+ * leased again by this driver, whatever the broker does with the lease that held them — a grant whose
+ * activation timed out gives its queue back with release()), and which are clean (reset by this driver and
+ * not enabled since: reclaim's quiesce or scrub paid the reset, so the next grant needs none of its own).
+ */
+export class QueuePool {
+  #free: number[] = [];
+  readonly #stuck = new Set<number>();
+  readonly #clean = new Set<number>();
+
+  /** A fresh boot: nothing stuck or clean yet (fill() makes the free list once the device is up). */
+  forget(): void {
+    this.#stuck.clear();
+    this.#clean.clear();
+  }
+
+  /** Every queue of `numQueues` free but the stuck ones and those `held` (an upgrade's leases). */
+  fill(numQueues: number, held: ReadonlySet<number | null> = new Set()): void {
+    this.#free = Array.from({ length: numQueues }, (_, i) => i).filter(
+      (q) => !this.#stuck.has(q) && !held.has(q),
+    );
+  }
+
+  /** The device is lost: nothing to lease and nothing known clean until the next boot. */
+  empty(): void {
+    this.#clean.clear();
+    this.#free = [];
+  }
+
+  /** The lowest free queue, or undefined. */
+  take(): number | undefined {
+    return this.#free.shift();
+  }
+
+  /** A queue take() gave whose grant failed before it was used: first in line again. */
+  untake(q: number): void {
+    this.#free.unshift(q);
+  }
+
+  /** A reclaimed queue, free again unless it is stuck (or already free). */
+  give(q: number): void {
+    if (!this.#free.includes(q) && !this.#stuck.has(q)) {
+      this.#free.push(q);
+      this.#free.sort((a, b) => a - b);
+    }
+  }
+
+  /** A queue whose reset did not finish: out of the pool for the life of this driver. */
+  quarantine(q: number): void {
+    this.#stuck.add(q);
+    this.#free = this.#free.filter((f) => f !== q);
+  }
+
+  get freeCount(): number {
+    return this.#free.length;
+  }
+
+  get stuck(): number[] {
+    return [...this.#stuck];
+  }
+
+  get clean(): number[] {
+    return [...this.#clean];
+  }
+
+  /** Whether `q` was clean; it no longer is (a grant is about to enable it). */
+  takeClean(q: number): boolean {
+    return this.#clean.delete(q);
+  }
+
+  /** `q` is about to be reset or enabled: no longer known clean. */
+  notClean(q: number): void {
+    this.#clean.delete(q);
+  }
+
+  markClean(q: number): void {
+    this.#clean.add(q);
+  }
+
+  /** Nothing is known clean any more (a device reset or recovery will reset every queue anyway). */
+  forgetClean(): void {
+    this.#clean.clear();
+  }
+
+  /** As an upgrade's handover left them (see stuck and clean). */
+  adopt(stuck: number[], clean: number[]): void {
+    this.#stuck.clear();
+    for (const q of stuck) this.#stuck.add(q);
+    this.#clean.clear();
+    for (const q of clean) this.#clean.add(q);
   }
 }

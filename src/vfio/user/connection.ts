@@ -3,12 +3,11 @@
 // model, and the replies back in the same order. A request waits for the one
 // ahead of it, except those a model may pipeline (DMA_MAP, SET_IRQS,
 // GET_REGION_IO_FDS start once the request ahead has issued its device
-// calls; at most MAX_IN_FLIGHT at once); request-replies.ts builds the
-// replies that are the model's answer plus framing.
+// calls; at most MAX_IN_FLIGHT at once). What each request does once
+// VERSION is done — its checks, the model's call, its reply — is dispatch.ts.
 // A message that breaks framing closes this connection only.
 import { ERRNO, ProtocolError, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
-import { VFIO_DEVICE_FLAGS_RESET, vfio_irq_info } from '../uapi/vfio.js';
 import {
   decodeMessage,
   encodeErrorReply,
@@ -18,9 +17,10 @@ import {
   wantsReply,
 } from './codec.js';
 import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
-import { decodeVersion, encodeRegionAccess, encodeVersion, vfio_user_device_info } from './messages.js';
+import { dispatchRequest } from './dispatch.js';
+import { decodeVersion, encodeVersion } from './messages.js';
 import * as P from './protocol.js';
-import { closeAll, feature, type Reply, regionInfo, regionIoFds } from './request-replies.js';
+import { closeAll, type Reply } from './request-replies.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 import * as V from './validate.js';
 import { type Capabilities, readCapabilities, replyCapabilities } from './version.js';
@@ -63,16 +63,6 @@ const PIPELINED = new Set([
   P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
 ]);
 export const MAX_IN_FLIGHT = 8;
-
-/** Commands this server knows but refuses (ENOTSUP), with the reason given in the log. */
-const REFUSED: Record<number, string> = {
-  [P.VFIO_USER_DIRTY_PAGES]: 'dirty page tracking is not supported',
-  [P.VFIO_USER_REGION_WRITE_MULTI]: 'write_multiple was not negotiated',
-  [P.VFIO_USER_MIG_DATA_READ]: 'migration is not supported',
-  [P.VFIO_USER_MIG_DATA_WRITE]: 'migration is not supported',
-  [P.VFIO_USER_DMA_READ]: 'DMA_READ is a server-to-client command',
-  [P.VFIO_USER_DMA_WRITE]: 'DMA_WRITE is a server-to-client command',
-};
 
 export class VfioUserConnection {
   readonly info: ConnectionInfo;
@@ -284,7 +274,20 @@ export class VfioUserConnection {
     try {
       // The model's work after an early VERSION reply failed: this request is answered with that failure.
       if (this.#settleError !== null) throw this.#settleError;
-      reply = await this.#dispatch(msg, fds, take, issued);
+      // Nothing but VERSION before VERSION; after it, the request itself (dispatch.ts).
+      reply =
+        this.peer === null
+          ? await this.#beforeVersion(msg, fds)
+          : await dispatchRequest(
+              this.#model as VfioUserDeviceModel,
+              this.#config,
+              this.info.id,
+              this.peer,
+              msg,
+              fds,
+              take,
+              issued,
+            );
       // Done with the model: the next pipelined request need not wait for this one's turn to reply.
       issued?.();
       served();
@@ -341,98 +344,13 @@ export class VfioUserConnection {
     }
   }
 
-  async #dispatch(
-    msg: VfioUserMessage,
-    fds: Fd[],
-    take: () => Fd[],
-    issued: Issued | undefined,
-  ): Promise<Reply> {
-    const { command, payload } = msg;
-    if (this.peer === null) {
-      if (command !== P.VFIO_USER_VERSION) {
-        throw new VfioError('EINVAL', `${P.commandName(command)} before VFIO_USER_VERSION`);
-      }
-      V.checkFdCount(command, fds, this.#config);
-      return this.#negotiate(payload);
+  /** The first request: VERSION, or a refusal (async as dispatchRequest, so both fail the same way). */
+  async #beforeVersion(msg: VfioUserMessage, fds: Fd[]): Promise<Reply> {
+    if (msg.command !== P.VFIO_USER_VERSION) {
+      throw new VfioError('EINVAL', `${P.commandName(msg.command)} before VFIO_USER_VERSION`);
     }
-    const model = this.#model as VfioUserDeviceModel;
-    V.checkFdCount(command, fds, this.#config);
-    const cfg = this.#config;
-    switch (command) {
-      case P.VFIO_USER_VERSION:
-        throw new VfioError('EINVAL', 'version already negotiated');
-      case P.VFIO_USER_DMA_MAP: {
-        const m = V.parseDmaMap(payload, cfg);
-        const [fd] = take();
-        await model.dmaMap({ ...m, fd: fd ?? null, ...(issued ? { issued } : {}) });
-        return {};
-      }
-      case P.VFIO_USER_DMA_UNMAP: {
-        const { argsz: _argsz, ...u } = V.parseDmaUnmap(payload, cfg);
-        await model.dmaUnmap(u);
-        // "The server responds with the original DMA entry in the request."
-        return { payload: payload.slice() };
-      }
-      case P.VFIO_USER_DEVICE_GET_INFO: {
-        V.parseInfoArgsz('GET_INFO', payload);
-        // request: a client's own GET_INFO, not a validation of another request's bounds.
-        const d = model.deviceInfo({ request: true });
-        return { payload: vfio_user_device_info.encode({ argsz: vfio_user_device_info.size, ...d }) };
-      }
-      case P.VFIO_USER_DEVICE_GET_REGION_INFO:
-        return regionInfo(payload, model, (m) =>
-          this.#config.log(`vfio-user connection ${this.info.id}: ${m}`),
-        );
-      case P.VFIO_USER_DEVICE_GET_IRQ_INFO: {
-        const { index } = V.parseInfoArgsz('GET_IRQ_INFO', payload);
-        const { num_irqs } = model.deviceInfo();
-        if (index >= num_irqs)
-          throw new VfioError('EINVAL', `irq index ${index} does not exist (${num_irqs})`);
-        const i = model.irqInfo(index);
-        return { payload: vfio_irq_info.encode({ argsz: vfio_irq_info.size, ...i, index }) };
-      }
-      case P.VFIO_USER_DEVICE_SET_IRQS: {
-        const s = V.parseIrqSet(payload, fds, model);
-        const given = take();
-        const list = given.length > 0 ? given : Array.from({ length: s.count }, () => null);
-        await model.setIrqs({
-          ...s,
-          fds: list,
-          ...(s.bools ? { bools: s.bools.slice() } : {}),
-          ...(issued ? { issued } : {}),
-        });
-        return {};
-      }
-      case P.VFIO_USER_REGION_READ: {
-        const a = V.parseRegionAccess(false, payload, model, cfg);
-        const data = await model.regionRead(a.region, a.offset, a.count);
-        if (data.byteLength !== a.count) {
-          throw new Error(`model regionRead returned ${data.byteLength} bytes for ${a.count}`);
-        }
-        return { payload: encodeRegionAccess(a.offset, a.region, data) };
-      }
-      case P.VFIO_USER_REGION_WRITE: {
-        const a = V.parseRegionAccess(true, payload, model, cfg);
-        await model.regionWrite(a.region, a.offset, a.data.slice());
-        return { payload: payload.slice(0, 16) };
-      }
-      case P.VFIO_USER_DEVICE_RESET: {
-        if (payload.byteLength !== 0)
-          throw new VfioError('EINVAL', 'VFIO_USER_DEVICE_RESET carries a payload');
-        if (!(model.deviceInfo().flags & VFIO_DEVICE_FLAGS_RESET)) {
-          throw new VfioError('ENOTSUP', 'device does not support reset');
-        }
-        await model.reset();
-        return {};
-      }
-      case P.VFIO_USER_DEVICE_FEATURE:
-        return feature(payload, model, this.peer?.maxMsgFds ?? 1, take);
-      case P.VFIO_USER_DEVICE_GET_REGION_IO_FDS:
-        return regionIoFds(payload, model, this.peer?.maxMsgFds ?? 1, issued);
-      default:
-        if (REFUSED[command] !== undefined) throw new VfioError('ENOTSUP', REFUSED[command]);
-        throw new VfioError('ENOSYS', `unknown command ${command}`);
-    }
+    V.checkFdCount(msg.command, fds, this.#config);
+    return this.#negotiate(msg.payload);
   }
 
   async #negotiate(payload: Uint8Array): Promise<Reply> {

@@ -243,7 +243,7 @@ test('broker: an edu `dma` lease over the kernel device — BAR0 through the bro
       throw new Error(
         "the lease's vector could not be wired: edu has MSI only, and the broker must wire lease vectors at " +
           'LeaseResources.irqIndex (VFIO_PCI_MSI_IRQ_INDEX for edu) rather than always at MSI-X ' +
-          '(src/broker/session.ts setIrqs, src/broker/leases.ts reclaim)',
+          '(src/broker/lease-irqs.ts wireLeaseIrqs, src/broker/lease-reclaim.ts reclaimLease)',
         { cause: err },
       );
     });

@@ -1,0 +1,122 @@
+// A lease session's DMA_MAP and DMA_UNMAP (session.ts hands them here): the checks a map must pass — an fd,
+// the lease's IOVA view, whole pages, a usable fd, the uid's limits and the policy — then the device call at
+// the device's address, undone if reclaim began meanwhile. It stands alone because it is the one part of a
+// session that spends the client's quota and the policy's say; the rest serves regions and wires interrupts.
+
+import { VfioError } from '../errors.js';
+import type { DmaMapRequest, DmaUnmapRequest } from '../vfio/user/device-model.js';
+import { checkDmaFd } from '../vfio/user/dma-fd-check.js';
+import { leaseDeviceCall } from './device-refusal.js';
+import type { Lease } from './lease.js';
+import type { LeaseTable } from './leases.js';
+
+const DMA_READ = 1;
+const DMA_WRITE = 2;
+
+/** DMA_MAP for `lease`, whose IOVAs must be multiples of `page`; closes the request's fd either way. */
+export async function mapForLease(
+  table: LeaseTable,
+  lease: Lease,
+  page: bigint,
+  req: DmaMapRequest,
+): Promise<void> {
+  let unreserve: (() => void) | null = null;
+  try {
+    lease.checkLive();
+    if (!req.fd)
+      throw new VfioError('EINVAL', 'DMA_MAP needs an fd: only fd-backed memory can be mapped for a lease');
+    const w = lease.resources.view;
+    if (!w) throw new VfioError('EPERM', `lease kind '${lease.kind}' has no IOVA window`);
+    if (req.iova % page || req.size % page || req.size === 0n) {
+      throw new VfioError(
+        'EINVAL',
+        `iova 0x${req.iova.toString(16)} and size 0x${req.size.toString(16)} must be non-zero multiples of the ${page}-byte page`,
+      );
+    }
+    if (req.iova < w.base || req.iova + req.size > w.base + w.size) {
+      throw new VfioError(
+        'EPERM',
+        `[0x${req.iova.toString(16)}, +0x${req.size.toString(16)}) is outside the lease's IOVA ${w.mode === 'translated' ? 'view' : 'window'} [0x${w.base.toString(16)}, +0x${w.size.toString(16)})`,
+      );
+    }
+    const read = (req.flags & DMA_READ) !== 0;
+    const write = (req.flags & DMA_WRITE) !== 0;
+    // A pipe, an empty memfd, a range past the end: refused here, by name, rather than by the device.
+    checkDmaFd(req.fd, { offset: req.offset, size: req.size, write });
+    // Checked against usage that counts maps still in flight (released in `finally`), so concurrent
+    // DMA_MAPs of one uid cannot pass a limit together.
+    const usage = table.usage(lease.ctx);
+    unreserve = table.reserveMap(lease.ctx.uid, req.size);
+    const verdict = await table.policy.checkMap(
+      lease.ctx,
+      { op: 'map', iova: req.iova, size: req.size, read, write },
+      usage,
+    );
+    if (!verdict.allow) {
+      table.audit.write({
+        event: 'deny-map',
+        lease: lease.id,
+        pid: lease.ctx.pid,
+        uid: lease.ctx.uid,
+        reason: verdict.reason,
+      });
+      throw new VfioError('EACCES', verdict.reason);
+    }
+    const fd = req.fd;
+    const deviceIova = toDevice(lease, req.iova);
+    const mapped = leaseDeviceCall(table, lease, 'DMA_MAP', range(req.iova, req.size), () =>
+      table.device.dmaMap({ fd, offset: req.offset, iova: deviceIova, size: req.size, read, write }),
+    );
+    // Sent to the device: the connection may start the session's next pipelined request (its device call
+    // queues behind this one on the device connection, which serves in order).
+    req.issued?.();
+    await mapped;
+    if (!lease.live) {
+      // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
+      await table.device.dmaUnmap(deviceIova, req.size);
+      throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
+    }
+    lease.mappings.set(req.iova, { iova: req.iova, deviceIova, size: req.size, read, write });
+  } finally {
+    unreserve?.();
+    req.fd?.close(); // the device holds its own reference now (or the map was refused)
+  }
+}
+
+/** DMA_UNMAP for `lease`: whole mappings only, after the policy (a module may audit or veto unmaps). */
+export async function unmapForLease(table: LeaseTable, lease: Lease, req: DmaUnmapRequest): Promise<void> {
+  const end = req.iova + req.size;
+  const hit = [...lease.mappings.values()].filter((m) => m.iova >= req.iova && m.iova + m.size <= end);
+  const partial = [...lease.mappings.values()].some(
+    (m) => m.iova < end && m.iova + m.size > req.iova && !hit.includes(m),
+  );
+  if (partial) throw new VfioError('EINVAL', 'DMA_UNMAP must cover whole mappings');
+  if (hit.length === 0)
+    throw new VfioError(
+      'ENOENT',
+      `no mapping of this lease in [0x${req.iova.toString(16)}, +0x${req.size.toString(16)})`,
+    );
+  // Unmaps pass the policy too (a module may audit or veto them); the declarative limits concern maps only.
+  const verdict = await table.policy.checkMap(
+    lease.ctx,
+    { op: 'unmap', iova: req.iova, size: req.size },
+    table.usage(lease.ctx),
+  );
+  if (!verdict.allow) throw new VfioError('EACCES', verdict.reason);
+  for (const m of hit) {
+    await leaseDeviceCall(table, lease, 'DMA_UNMAP', range(m.iova, m.size), () =>
+      table.device.dmaUnmap(m.deviceIova, m.size),
+    );
+    lease.mappings.delete(m.iova);
+  }
+}
+
+/** The device IOVA of a client's IOVA: its view's base is the lease window's base (identity: the same). */
+function toDevice(lease: Lease, iova: bigint): bigint {
+  const { window, view } = lease.resources;
+  return window && view ? iova - view.base + window.base : iova;
+}
+
+function range(iova: bigint, size: bigint): string {
+  return `[0x${iova.toString(16)}, +0x${size.toString(16)})`;
+}

@@ -1,0 +1,95 @@
+// A lease session's interrupts (session.ts hands them here): what GET_IRQ_INFO shows of each index, and
+// SET_IRQS — ERR, REQ and devlease's notice irq kept on the lease for the broker to signal, MSI-X vectors
+// wired straight to the device (the broker is not on the interrupt path), taken back if reclaim began
+// meanwhile. It stands alone because it is the session's only traffic in eventfds and their ownership.
+
+import { VfioError } from '../errors.js';
+import {
+  VFIO_IRQ_INFO_EVENTFD,
+  VFIO_IRQ_SET_DATA_EVENTFD,
+  VFIO_IRQ_SET_DATA_NONE,
+  VFIO_IRQ_SET_DATA_TYPE_MASK,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+  VFIO_PCI_NUM_IRQS,
+  VFIO_PCI_REQ_IRQ_INDEX,
+} from '../vfio/uapi/vfio.js';
+import type { IrqDescription, IrqSetRequest } from '../vfio/user/device-model.js';
+import { leaseDeviceCall } from './device-refusal.js';
+import { adoptEventFd } from './eventfd-check.js';
+import type { Lease } from './lease.js';
+import type { LeaseTable } from './leases.js';
+
+/**
+ * devlease's notice irq: index 5, the first past VFIO_PCI_NUM_IRQS (QEMU never looks there). Offered only to
+ * clients that proposed devlease in VERSION; signalled for per-queue faults, which never signal ERR.
+ */
+export const DEVLEASE_NOTICE_IRQ_INDEX = VFIO_PCI_NUM_IRQS;
+
+/** GET_IRQ_INFO: the lease's vectors, one each of ERR and REQ, the notice irq for a devlease client. */
+export function leaseIrqInfo(lease: Lease, devlease: boolean, index: number): IrqDescription {
+  const count =
+    index === VFIO_PCI_MSIX_IRQ_INDEX
+      ? lease.resources.vectors.length
+      : index === VFIO_PCI_ERR_IRQ_INDEX ||
+          index === VFIO_PCI_REQ_IRQ_INDEX ||
+          (index === DEVLEASE_NOTICE_IRQ_INDEX && devlease)
+        ? 1
+        : 0;
+  return { index, flags: count ? VFIO_IRQ_INFO_EVENTFD : 0, count };
+}
+
+/** SET_IRQS for `lease` (`devlease`: the client negotiated the notice irq); closes every fd it does not keep. */
+export async function wireLeaseIrqs(
+  table: LeaseTable,
+  lease: Lease,
+  devlease: boolean,
+  req: IrqSetRequest,
+): Promise<void> {
+  const fds = req.fds;
+  try {
+    lease.checkLive();
+    const dataType = req.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
+    if (dataType !== VFIO_IRQ_SET_DATA_EVENTFD && !(dataType === VFIO_IRQ_SET_DATA_NONE && req.count === 0)) {
+      throw new VfioError(
+        'EINVAL',
+        'a lease takes eventfds (DATA_EVENTFD) or DATA_NONE with count 0 (disable)',
+      );
+    }
+    // Only real eventfds, made non-blocking: a pipe or a full counter must never stall the broker or the device.
+    for (const fd of fds) if (fd) adoptEventFd(fd);
+    const notice = req.index === DEVLEASE_NOTICE_IRQ_INDEX && devlease;
+    if (req.index === VFIO_PCI_ERR_IRQ_INDEX || req.index === VFIO_PCI_REQ_IRQ_INDEX || notice) {
+      const slot = notice ? 'noticeFd' : req.index === VFIO_PCI_ERR_IRQ_INDEX ? 'errFd' : 'reqFd';
+      lease[slot]?.close();
+      lease[slot] = dataType === VFIO_IRQ_SET_DATA_EVENTFD ? (fds[0] ?? null) : null;
+      fds.length = 0; // ownership moved to the lease
+      return;
+    }
+    if (req.index !== VFIO_PCI_MSIX_IRQ_INDEX)
+      throw new VfioError('EINVAL', `irq index ${req.index} has no vectors in this lease`);
+    const vectors = lease.resources.vectors;
+    // DATA_NONE with count 0: disable every vector of the index (VFIO semantics).
+    const disableAll = dataType === VFIO_IRQ_SET_DATA_NONE;
+    const first = disableAll ? 0 : req.start;
+    const count = disableAll ? vectors.length : req.count;
+    const physicalIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
+    for (let i = 0; i < count; i++) {
+      const physical = vectors[first + i]!;
+      const fd = disableAll ? null : (fds[i] ?? null);
+      // The client's eventfd goes straight to the device: the broker is not on the interrupt path.
+      const wired = leaseDeviceCall(table, lease, 'SET_IRQS', `MSI-X vector ${first + i}`, () =>
+        table.device.setIrqs(physicalIndex, physical, [fd]),
+      );
+      if (i === count - 1) req.issued?.(); // the last device call is sent (see mapForLease)
+      await wired;
+      if (fd && !lease.live) {
+        // Reclaim started while we wired it: take it back rather than leave a vector aimed at this client.
+        await table.device.setIrqs(physicalIndex, physical, [null]);
+        throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
+      }
+    }
+  } finally {
+    for (const fd of fds) fd?.close();
+  }
+}

@@ -1,0 +1,113 @@
+// One request of a negotiated vfio-user session, from command to reply: its checks (validate.ts), the device
+// model's call and the reply's payload (the longer replies are request-replies.ts). It stands apart from
+// connection.ts, which decides when a request runs and where its reply and fds go: this is what it does.
+import { VfioError } from '../../errors.js';
+import type { Fd } from '../../sys/fd.js';
+import { VFIO_DEVICE_FLAGS_RESET, vfio_irq_info } from '../uapi/vfio.js';
+import type { VfioUserMessage } from './codec.js';
+import type { Issued, VfioUserDeviceModel } from './device-model.js';
+import { encodeRegionAccess, vfio_user_device_info } from './messages.js';
+import * as P from './protocol.js';
+import { feature, type Reply, regionInfo, regionIoFds } from './request-replies.js';
+import * as V from './validate.js';
+import type { Capabilities } from './version.js';
+
+/** Commands this server knows but refuses (ENOTSUP), with the reason given in the log. */
+const REFUSED: Record<number, string> = {
+  [P.VFIO_USER_DIRTY_PAGES]: 'dirty page tracking is not supported',
+  [P.VFIO_USER_REGION_WRITE_MULTI]: 'write_multiple was not negotiated',
+  [P.VFIO_USER_MIG_DATA_READ]: 'migration is not supported',
+  [P.VFIO_USER_MIG_DATA_WRITE]: 'migration is not supported',
+  [P.VFIO_USER_DMA_READ]: 'DMA_READ is a server-to-client command',
+  [P.VFIO_USER_DMA_WRITE]: 'DMA_WRITE is a server-to-client command',
+};
+
+/**
+ * Serve `msg` on connection `id` after VERSION (`peer`: the client's capabilities). `take` hands the
+ * request's fds to the model (the caller closes them unless taken); `issued`, for a pipelined request, is
+ * given to the model's call.
+ */
+export async function dispatchRequest(
+  model: VfioUserDeviceModel,
+  cfg: V.ServerLimits & { log(message: string): void },
+  id: number,
+  peer: Capabilities,
+  msg: VfioUserMessage,
+  fds: Fd[],
+  take: () => Fd[],
+  issued: Issued | undefined,
+): Promise<Reply> {
+  const { command, payload } = msg;
+  V.checkFdCount(command, fds, cfg);
+  switch (command) {
+    case P.VFIO_USER_VERSION:
+      throw new VfioError('EINVAL', 'version already negotiated');
+    case P.VFIO_USER_DMA_MAP: {
+      const m = V.parseDmaMap(payload, cfg);
+      const [fd] = take();
+      await model.dmaMap({ ...m, fd: fd ?? null, ...(issued ? { issued } : {}) });
+      return {};
+    }
+    case P.VFIO_USER_DMA_UNMAP: {
+      const { argsz: _argsz, ...u } = V.parseDmaUnmap(payload, cfg);
+      await model.dmaUnmap(u);
+      // "The server responds with the original DMA entry in the request."
+      return { payload: payload.slice() };
+    }
+    case P.VFIO_USER_DEVICE_GET_INFO: {
+      V.parseInfoArgsz('GET_INFO', payload);
+      // request: a client's own GET_INFO, not a validation of another request's bounds.
+      const d = model.deviceInfo({ request: true });
+      return { payload: vfio_user_device_info.encode({ argsz: vfio_user_device_info.size, ...d }) };
+    }
+    case P.VFIO_USER_DEVICE_GET_REGION_INFO:
+      return regionInfo(payload, model, (m) => cfg.log(`vfio-user connection ${id}: ${m}`));
+    case P.VFIO_USER_DEVICE_GET_IRQ_INFO: {
+      const { index } = V.parseInfoArgsz('GET_IRQ_INFO', payload);
+      const { num_irqs } = model.deviceInfo();
+      if (index >= num_irqs) throw new VfioError('EINVAL', `irq index ${index} does not exist (${num_irqs})`);
+      const i = model.irqInfo(index);
+      return { payload: vfio_irq_info.encode({ argsz: vfio_irq_info.size, ...i, index }) };
+    }
+    case P.VFIO_USER_DEVICE_SET_IRQS: {
+      const s = V.parseIrqSet(payload, fds, model);
+      const given = take();
+      const list = given.length > 0 ? given : Array.from({ length: s.count }, () => null);
+      await model.setIrqs({
+        ...s,
+        fds: list,
+        ...(s.bools ? { bools: s.bools.slice() } : {}),
+        ...(issued ? { issued } : {}),
+      });
+      return {};
+    }
+    case P.VFIO_USER_REGION_READ: {
+      const a = V.parseRegionAccess(false, payload, model, cfg);
+      const data = await model.regionRead(a.region, a.offset, a.count);
+      if (data.byteLength !== a.count) {
+        throw new Error(`model regionRead returned ${data.byteLength} bytes for ${a.count}`);
+      }
+      return { payload: encodeRegionAccess(a.offset, a.region, data) };
+    }
+    case P.VFIO_USER_REGION_WRITE: {
+      const a = V.parseRegionAccess(true, payload, model, cfg);
+      await model.regionWrite(a.region, a.offset, a.data.slice());
+      return { payload: payload.slice(0, 16) };
+    }
+    case P.VFIO_USER_DEVICE_RESET: {
+      if (payload.byteLength !== 0) throw new VfioError('EINVAL', 'VFIO_USER_DEVICE_RESET carries a payload');
+      if (!(model.deviceInfo().flags & VFIO_DEVICE_FLAGS_RESET)) {
+        throw new VfioError('ENOTSUP', 'device does not support reset');
+      }
+      await model.reset();
+      return {};
+    }
+    case P.VFIO_USER_DEVICE_FEATURE:
+      return feature(payload, model, peer.maxMsgFds, take);
+    case P.VFIO_USER_DEVICE_GET_REGION_IO_FDS:
+      return regionIoFds(payload, model, peer.maxMsgFds, issued);
+    default:
+      if (REFUSED[command] !== undefined) throw new VfioError('ENOTSUP', REFUSED[command]);
+      throw new VfioError('ENOSYS', `unknown command ${command}`);
+  }
+}
