@@ -34,7 +34,7 @@ import { takeInherited } from './inherited-sockets.js';
 import { LeaseTable } from './leases.js';
 import { MetricsServer } from './observe/metrics-server.js';
 import { Policy, type PolicyModule } from './policy.js';
-import { Recovery } from './recovery.js';
+import { Recovery, type RecoveryStatus } from './recovery.js';
 import { recoveryHooks } from './recovery-hooks.js';
 import {
   type ConfigIdentity,
@@ -339,6 +339,11 @@ export class Broker extends EventEmitter {
   /** Where the Prometheus endpoint listens (HOST:PORT with the bound port, or a socket path), or null. */
   get metricsEndpoint(): string | null {
     return this.#metrics?.endpoint ?? null;
+  }
+
+  /** The recovery's state and bound (status()'s `recovery`), without reading the device. */
+  recoveryStatus(): RecoveryStatus {
+    return this.#recovery.status();
   }
 
   /** Up, or gone since when and why (and how many reconnect attempts so far). */

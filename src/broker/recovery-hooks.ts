@@ -3,8 +3,15 @@
 // reclaim every lease; after each failed attempt, audit it, and after the
 // last, leave grants suspended saying why; once back, lease again.
 
+import { DEFAULT_TIMEOUT_MS as VFIO_USER_REQUEST_TIMEOUT_MS } from '../vfio/user/client.js';
 import type { DeviceHost } from './device-loss.js';
-import type { RecoveryCause, RecoveryHooks } from './recovery.js';
+import type { RecoveryCause, RecoveryDeadlines, RecoveryHooks } from './recovery.js';
+
+/**
+ * Besides a step's own waits, one device request that runs out of its deadline (vfio-user's 5 s; a failed
+ * request ends the step, so one per step). Kernel VFIO requests are synchronous ioctls, faster in practice.
+ */
+const REQUEST_ALLOWANCE_MS = VFIO_USER_REQUEST_TIMEOUT_MS;
 
 /** The recovery hooks of the broker `host`; `abandoned`: stop now (closing, or the connection is gone). */
 export function recoveryHooks(host: DeviceHost, abandoned: () => boolean): RecoveryHooks {
@@ -18,6 +25,18 @@ export function recoveryHooks(host: DeviceHost, abandoned: () => boolean): Recov
       host.emit('recovered');
       host.leases.suspended = null;
     },
+    deadlines: () => deadlines(host),
+  };
+}
+
+/**
+ * The reclaim waits for each lease's quiesce and its queue's preparation for the next grant (each bounded by
+ * lifetime.quiesce_timeout_ms, leases in parallel); an attempt for the driver's recover() waits.
+ */
+function deadlines(host: DeviceHost): RecoveryDeadlines {
+  return {
+    prepareMs: 2 * host.config.lifetime.quiesceTimeoutMs + REQUEST_ALLOWANCE_MS,
+    attemptMs: (host.driver.recoverWaitsMs ?? 0) + REQUEST_ALLOWANCE_MS,
   };
 }
 

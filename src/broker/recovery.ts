@@ -9,7 +9,9 @@
 // get the error, grants stay suspended with the reason) but goes on trying at
 // the longest backoff; a new request (the owner's `devlease reset`) tries at
 // once. It stops only when the broker closes or the device connection is lost
-// (reconnecting takes over). `devlease status` shows the state (status()).
+// (reconnecting takes over). `devlease status` shows the state (status()),
+// and boundMs: how long a recovery may take before its outcome is reported,
+// which `devlease reset` waits for (recoveryBoundMs()).
 
 import { BackoffSleep } from '../util/backoff-sleep.js';
 import type { BrokerConfig } from './config.js';
@@ -35,6 +37,33 @@ export interface RecoveryStatus {
   nextAttemptAt: string | null;
   /** Requests that joined the current (or last) recovery instead of starting another. */
   joined: number;
+  /**
+   * The longest a recovery may take before a request waiting on it is answered (the device back, or the
+   * recovery reported failed), from the config and the driver's deadlines: recoveryBoundMs().
+   */
+  boundMs: number;
+}
+
+/** How long a recovery's steps may take: the reclaim before the first attempt, and one attempt. */
+export interface RecoveryDeadlines {
+  prepareMs: number;
+  attemptMs: number;
+}
+
+/**
+ * The longest a recovery may take before its outcome is reported: the reclaim, `attempts` attempts, and the
+ * backoff between them (the first `backoffMs`, doubling up to `backoffMaxMs`). After the last attempt the
+ * recovery is reported failed (and goes on trying), so no further wait counts. Joining one in progress
+ * waits for less; joining a failed one waits for one more attempt, which this covers too.
+ */
+export function recoveryBoundMs(opts: BrokerConfig['recovery'], d: RecoveryDeadlines): number {
+  let backoff = 0;
+  let delay = opts.backoffMs;
+  for (let i = 1; i < opts.attempts; i++) {
+    backoff += delay;
+    delay = Math.min(delay * 2, opts.backoffMaxMs);
+  }
+  return d.prepareMs + opts.attempts * d.attemptMs + backoff;
 }
 
 export interface RecoveryHooks {
@@ -46,12 +75,14 @@ export interface RecoveryHooks {
   abandoned(): boolean;
   attemptFailed(cause: RecoveryCause, err: Error, attempt: number, final: boolean): void;
   succeeded(cause: RecoveryCause, attempts: number): void;
+  /** How long the reclaim and one attempt may take (from the config and the driver's deadlines). */
+  deadlines(): RecoveryDeadlines;
 }
 
 export class Recovery {
   readonly #opts: BrokerConfig['recovery'];
   readonly #hooks: RecoveryHooks;
-  #status: RecoveryStatus = {
+  #status: Omit<RecoveryStatus, 'boundMs'> = {
     state: 'idle',
     cause: null,
     reason: null,
@@ -79,7 +110,7 @@ export class Recovery {
   }
 
   status(): RecoveryStatus {
-    return { ...this.#status };
+    return { ...this.#status, boundMs: recoveryBoundMs(this.#opts, this.#hooks.deadlines()) };
   }
 
   /**

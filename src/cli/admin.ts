@@ -5,26 +5,32 @@ import { parseArgs } from 'node:util';
 import { MAX_REVOKE_DEADLINE_MS } from '../broker/lease.js';
 import { DevleaseError } from '../errors.js';
 import { SeqpacketSocket } from '../sys/index.js';
+import {
+  AdminNoAnswerError,
+  adminWait,
+  DEFAULT_WAIT_MS,
+  MAX_WAIT_MS,
+  noAnswerMessage,
+  parseTimeout,
+} from './admin-wait.js';
 
 /**
  * One admin request and its reply. Every failure is a DevleaseError with a `code`: the connect's errno
- * (ENOENT, ECONNREFUSED), ETIMEDOUT past `timeoutMs`, ECONNRESET when the broker closes without answering,
- * EPROTO for a reply that is not the admin protocol's JSON, a socket error's own errno (a failed recvmsg),
- * and the broker's code for a refusal.
+ * (ENOENT, ECONNREFUSED), ETIMEDOUT past `timeoutMs` (an AdminNoAnswerError: the outcome is unknown),
+ * ECONNRESET when the broker closes without answering, EPROTO for a reply that is not the admin protocol's
+ * JSON, a socket error's own errno (a failed recvmsg), and the broker's code for a refusal (a failed
+ * recovery's ETIMEDOUT among them: a DevleaseError, not an AdminNoAnswerError).
  */
 export async function adminRequest(
   path: string,
   req: Record<string, unknown>,
-  timeoutMs = 10_000,
+  timeoutMs = DEFAULT_WAIT_MS,
 ): Promise<unknown> {
   const sock = SeqpacketSocket.connect(path);
   let timer: NodeJS.Timeout | undefined;
   try {
     return await new Promise((resolve, reject) => {
-      timer = setTimeout(
-        () => reject(new DevleaseError('ETIMEDOUT', `no answer from ${path} in ${timeoutMs} ms`)),
-        timeoutMs,
-      );
+      timer = setTimeout(() => reject(new AdminNoAnswerError(path, timeoutMs)), timeoutMs);
       // A socket error (a failed recvmsg or sendmsg) ends the request; without this listener it was an
       // uncaught 'error' event that took the whole process down.
       sock.on('error', reject);
@@ -58,11 +64,13 @@ export async function adminRequest(
 const USAGE = `usage: devlease status|leases|clients [--json]
        devlease revoke <lease-id> [--deadline MS (0..86400000, 24 h)] [--json]
        devlease drain [--off] [--json]
-       devlease reset [--json]
+       devlease reset [--json]   reset and recover the device; waits as long as the broker's recovery may take
        devlease reload [--json]   re-read the broker's config and policy module (as SIGHUP does)
        devlease upgrade [--binary PATH] [--config FILE] [--json]   hand everything to a new broker process,
                   clients keep their leases (as SIGUSR2 does with the same binary; docs/ARCHITECTURE.md)
-  common: --admin PATH (default RUNDIR/DEVICE/admin.sock), --rundir DIR (default /run/devlease), --device NAME (default sa1)`;
+  common: --admin PATH (default RUNDIR/DEVICE/admin.sock), --rundir DIR (default /run/devlease), --device NAME (default sa1)
+          --timeout MS (1..${MAX_WAIT_MS}, 24 h): how long to wait for the broker's answer (default 10 s;
+                  upgrade 60 s; reset: the broker's recovery bound, recovery.boundMs in status, plus 5 s)`;
 
 export async function adminCommand(cmd: string, argv: string[]): Promise<number> {
   let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };
@@ -79,6 +87,7 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
         device: { type: 'string' },
         binary: { type: 'string' },
         config: { type: 'string' },
+        timeout: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -94,6 +103,15 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
   const str = (k: string): string | undefined =>
     typeof values[k] === 'string' ? (values[k] as string) : undefined;
   const path = str('admin') ?? join(str('rundir') ?? '/run/devlease', str('device') ?? 'sa1', 'admin.sock');
+  let timeoutMs: number | undefined;
+  if (str('timeout') !== undefined) {
+    const t = parseTimeout(str('timeout')!);
+    if (typeof t !== 'number') {
+      process.stderr.write(`devlease ${cmd}: ${t.error}\n${USAGE}\n`);
+      return 2;
+    }
+    timeoutMs = t;
+  }
   let req: Record<string, unknown>;
   switch (cmd) {
     case 'revoke': {
@@ -132,8 +150,16 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
   }
   let result: unknown;
   try {
-    // An upgrade answers once the new broker took over (or the old one rolled back): up to its deadline.
-    result = await adminRequest(path, req, cmd === 'upgrade' ? 60_000 : 10_000);
+    // A reset answers when the recovery ends, an upgrade when the new broker took over: admin-wait.ts.
+    const wait = await adminWait(cmd, timeoutMs, (r, ms) => adminRequest(path, r, ms));
+    try {
+      result = await adminRequest(path, req, wait.ms);
+    } catch (err) {
+      if (!(err instanceof AdminNoAnswerError)) throw err;
+      const status = `devlease status${values.admin || values.rundir || values.device ? ` --admin ${path}` : ''}`;
+      process.stderr.write(`devlease ${cmd}: ${noAnswerMessage(cmd, wait, status)}\n`);
+      return 1;
+    }
   } catch (err) {
     process.stderr.write(`devlease ${cmd}: ${(err as Error).message}\n`);
     return 1;

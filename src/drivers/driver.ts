@@ -174,6 +174,12 @@ export interface Driver extends EventEmitter {
    */
   recover(): Promise<void>;
   /**
+   * The sum of the deadlines of recover()'s own waits (device reset, firmware load, ...), in ms; absent: it
+   * has none beyond its device requests. The broker's bound on a recovery counts it once per attempt
+   * (`devlease reset` waits that long; recovery.ts).
+   */
+  readonly recoverWaitsMs?: number;
+  /**
    * Clear what a client left in its slices before they are leased again (only needed where slices were not
    * revoked: a revoked slice gets fresh backing). SA-1: queue reset, device memory zeroed. Bounded; a rejection
    * means the slices may still hold the last client's data, and the broker quarantines the lease.

@@ -28,7 +28,8 @@ afterEach(async () => {
 });
 
 // A reset's answer comes when the recovery ends: attempts (1 s each when stuck) plus backoff, stretched by a
-// loaded machine well past the CLI's 10 s. Its deadline here is generous; the test asserts order, not time.
+// loaded machine well past 10 s (the CLI waits for the broker's recovery bound). Its deadline here is generous;
+// the test asserts order, not time.
 const admin = (r: Rig, req: Record<string, unknown>, timeoutMs = req.op === 'reset' ? 60_000 : 10_000) =>
   adminRequest(join(r.broker.dir, 'admin.sock'), req, timeoutMs) as Promise<{ recovery: RecoveryStatus }>;
 const settled = <T>(p: Promise<T>) =>

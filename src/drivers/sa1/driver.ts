@@ -31,7 +31,7 @@ import type { Driver, DriverConfig, DriverFactory, LeaseRequest, LeaseResources 
 import { bootFirmware } from './boot.js';
 import { enableBusMaster, resetDevice, revokeAll } from './device-commands.js';
 import { queueLeaseResources } from './grant.js';
-import { checkAlive, checkAsLeft, readStatusRegisters } from './health.js';
+import { checkAlive, checkAsLeft, RECOVER_WAITS_MS, readStatusRegisters } from './health.js';
 import { Sa1Monitor } from './monitor.js';
 import { Granules, QueuePool, WindowSlots } from './pools.js';
 import { QcfgShadow } from './qcfg-shadow.js';
@@ -58,6 +58,7 @@ interface Sa1HandoverState {
 
 export class Sa1Driver extends EventEmitter implements Driver {
   readonly name = 'sa1';
+  readonly recoverWaitsMs = RECOVER_WAITS_MS;
   readonly #dev: Device;
   readonly #cfg: DriverConfig;
   #geo: Sa1Geometry | null = null;

@@ -7,9 +7,15 @@ import type { Device } from '../../device/device.js';
 import { BAR0, Q, Q_CTRL, qcfg, REG, STATUS } from '../../hw/sa1/regs.js';
 import type { LeaseResources } from '../driver.js';
 import { pollUntil } from '../poll.js';
+import { FIRMWARE_LOAD_TIMEOUT_MS } from './boot.js';
+import { DEVICE_RESET_TIMEOUT_MS } from './device-commands.js';
 
 /** Bound on HEARTBEAT moving once a recovery brought the device back (it advances every 10 ms). */
 const HEARTBEAT_ALIVE_TIMEOUT_MS = 1000;
+
+/** The driver's recover() waits, one after another: device reset, firmware load, heartbeat moving again. */
+export const RECOVER_WAITS_MS =
+  DEVICE_RESET_TIMEOUT_MS + FIRMWARE_LOAD_TIMEOUT_MS + HEARTBEAT_ALIVE_TIMEOUT_MS;
 
 /** The device's own part of the driver's status report: STATUS bits by name, firmware, heartbeat, faults. */
 export async function readStatusRegisters(d: Device): Promise<Record<string, unknown>> {

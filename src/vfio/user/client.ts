@@ -34,7 +34,8 @@ export interface VfioUserClientOptions {
 
 export type { RegionInfo } from './client-queries.js';
 
-const DEFAULT_TIMEOUT_MS = 5000;
+/** Each request's deadline unless `timeoutMs` says otherwise. */
+export const DEFAULT_TIMEOUT_MS = 5000;
 
 export interface VfioUserClientHandover {
   version: { major: number; minor: number };

@@ -1,0 +1,140 @@
+// `devlease reset` waits as long as the recovery it asks for may take (the broker's bound, from its config),
+// not a fixed 10 s; `--timeout MS` overrides any admin command's wait; and a wait that runs out says the
+// broker may still be recovering (and how to check) instead of a bare ETIMEDOUT. Real broker, real simulator,
+// the real CLI as a child process; a slow recovery is a stuck CONTROL.RESET (each attempt times out at 1 s).
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { after, afterEach, test } from 'node:test';
+import type { RecoveryStatus } from '../../src/broker/recovery.js';
+import { adminRequest } from '../../src/cli/admin.js';
+import { adminWait, DEFAULT_WAIT_MS, RESET_MARGIN_MS } from '../../src/cli/admin-wait.js';
+import { RECOVER_WAITS_MS } from '../../src/drivers/sa1/health.js';
+import { DEVLEASE_BIN } from '../../src/util/processes.js';
+import { type Rig, startRig, until } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+const leakCheck = trackFdLeaks();
+after(leakCheck);
+
+let rig: Rig | null = null;
+afterEach(async () => {
+  await rig?.close();
+  rig = null;
+});
+
+const adminPath = (r: Rig) => join(r.broker.dir, 'admin.sock');
+const recovery = async (r: Rig) =>
+  ((await adminRequest(adminPath(r), { op: 'status' })) as { recovery: RecoveryStatus }).recovery;
+
+/** The CLI as an operator runs it; the broker runs in this process, so the child is awaited, never synced. */
+function cli(args: string[], limitMs = 60_000): Promise<{ code: number | null; out: string; err: string }> {
+  const child = spawn(process.execPath, [DEVLEASE_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  const limit = setTimeout(() => child.kill('SIGKILL'), limitMs);
+  return new Promise((resolve) =>
+    child.on('close', (code) => {
+      clearTimeout(limit);
+      resolve({ code, out, err });
+    }),
+  );
+}
+
+test('--timeout must be a positive integer of at most 24 h: anything else is a usage error (exit 2)', () => {
+  for (const cmd of ['status', 'reset', 'upgrade']) {
+    for (const bad of ['0', '1.5', 'soon', '1e3', '86400001', '']) {
+      const r = spawnSync(
+        process.execPath,
+        [DEVLEASE_BIN, cmd, `--timeout=${bad}`, '--admin', '/nonexistent/admin.sock'],
+        { encoding: 'utf8', timeout: 30_000 },
+      );
+      assert.equal(r.status, 2, `${cmd} --timeout=${bad}: exit ${r.status}, stderr: ${r.stderr}`);
+      assert.match(r.stderr, /--timeout must be a positive integer \(ms\) of at most 86400000/);
+      assert.ok(r.stderr.includes(`got '${bad}'`), `${cmd} --timeout=${bad}: names the value: ${r.stderr}`);
+    }
+  }
+  const help = spawnSync(process.execPath, [DEVLEASE_BIN, 'reset', '--help'], { encoding: 'utf8' });
+  assert.match(help.stdout, /--timeout MS/);
+});
+
+test("the reset's wait follows the broker's configured recovery bound, past the old fixed 10 s", async () => {
+  // Backoff between 4 attempts: 1000 + 1500 + 1500 ms.
+  const long = { recovery_attempts: 4, recovery_backoff_ms: 1000, recovery_backoff_max_ms: 1500 };
+  rig = await startRig({ sim: { numQueues: 2 }, config: { device: long } });
+  const ask = (req: Record<string, unknown>, ms: number) => adminRequest(adminPath(rig!), req, ms);
+  const big = (await recovery(rig)).boundMs;
+  assert.ok(big >= 4 * RECOVER_WAITS_MS + 4000, `4 attempts of the driver's waits and the backoff: ${big}`);
+  const wait = await adminWait('reset', undefined, ask);
+  assert.equal(wait.ms, big + RESET_MARGIN_MS, 'the CLI waits for the bound plus its margin');
+  assert.ok(wait.ms > DEFAULT_WAIT_MS);
+  assert.deepEqual(await adminWait('reset', 1234, ask), { ms: 1234, why: '--timeout' });
+  assert.equal((await adminWait('status', undefined, ask)).ms, DEFAULT_WAIT_MS, 'others keep theirs');
+  await rig.close();
+
+  rig = await startRig({ sim: { numQueues: 2 }, config: { device: { recovery_attempts: 1 } } });
+  const small = (await recovery(rig)).boundMs;
+  assert.ok(
+    small < big - 3 * RECOVER_WAITS_MS - 4000,
+    `one attempt, no backoff: ${small} (4 attempts: ${big})`,
+  );
+  assert.equal((await adminWait('reset', undefined, ask)).ms, small + RESET_MARGIN_MS);
+});
+
+test('a --timeout shorter than the recovery: exit 1 saying it may still be recovering; status shows it end', async () => {
+  rig = await startRig({
+    sim: { numQueues: 2 },
+    config: { device: { recovery_attempts: 10, recovery_backoff_ms: 200, recovery_backoff_max_ms: 200 } },
+  });
+  const admin = adminPath(rig);
+  await rig.sim.inject({ kind: 'stuckReset' }); // CONTROL.RESET never finishes: every attempt fails at 1 s
+  const r = await cli(['reset', '--admin', admin, '--timeout', '300']);
+  assert.equal(r.code, 1, `exit ${r.code}: ${r.err}`);
+  assert.match(r.err, /no answer from the broker in 300 ms \(--timeout\)/);
+  assert.match(r.err, /the broker may still be recovering the device/);
+  assert.ok(r.err.includes(`devlease status --admin ${admin}`), r.err);
+  assert.doesNotMatch(r.err, /^devlease reset: ETIMEDOUT|no answer from \//);
+
+  const during = await cli(['status', '--admin', admin, '--json']);
+  assert.equal(during.code, 0, during.err);
+  assert.equal(JSON.parse(during.out).recovery.state, 'recovering', 'the reset went on without the CLI');
+  await until('a stuck attempt to fail', async () => (await recovery(rig!)).lastError !== null, 20_000);
+  await rig.sim.inject({ kind: 'stuckReset', clear: true });
+  await until('the recovery to end', async () => (await recovery(rig!)).state === 'idle', 30_000);
+  const end = await cli(['status', '--admin', admin, '--json']);
+  const rec = JSON.parse(end.out).recovery as RecoveryStatus;
+  assert.equal(rec.cause, 'owner-reset');
+  assert.ok(rec.attempts >= 2, `a stuck attempt failed first, then one succeeded: ${rec.attempts}`);
+  assert.equal(rig.audit.filter((e) => e.event === 'device-recovered').length, 1, 'the device is back');
+});
+
+test('with the default wait the reset waits through a failed attempt and its retry, and reports success', async () => {
+  rig = await startRig({
+    sim: { numQueues: 2 },
+    // A backoff long enough that the test clears the injection before the retry.
+    config: { device: { recovery_attempts: 5, recovery_backoff_ms: 1500, recovery_backoff_max_ms: 1500 } },
+  });
+  await rig.sim.inject({ kind: 'stuckReset' });
+  const reset = cli(['reset', '--admin', adminPath(rig), '--json']);
+  await until('a failed attempt', async () => (await recovery(rig!)).nextAttemptAt !== null, 20_000);
+  await rig.sim.inject({ kind: 'stuckReset', clear: true });
+  const r = await reset;
+  assert.equal(r.code, 0, `exit ${r.code}: ${r.err}`);
+  assert.deepEqual(JSON.parse(r.out), { reset: true });
+});
+
+test('a recovery that failed (its last attempt timed out on the device) is a failure, not "may still be recovering"', async () => {
+  rig = await startRig({ sim: { numQueues: 2 }, config: { device: { recovery_attempts: 1 } } });
+  await rig.sim.inject({ kind: 'stuckReset' });
+  const r = await cli(['reset', '--admin', adminPath(rig)]);
+  assert.equal(r.code, 1, `exit ${r.code}: ${r.err}`);
+  assert.match(r.err, /the device did not recover: .*device reset \(CONTROL.RESET\) did not finish/);
+  assert.doesNotMatch(r.err, /may still be recovering/);
+  await rig.sim.inject({ kind: 'stuckReset', clear: true });
+});
