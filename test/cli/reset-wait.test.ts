@@ -114,19 +114,28 @@ test('a --timeout shorter than the recovery: exit 1 saying it may still be recov
   assert.equal(rig.audit.filter((e) => e.event === 'device-recovered').length, 1, 'the device is back');
 });
 
-test('with the default wait the reset waits through a failed attempt and its retry, and reports success', async () => {
-  rig = await startRig({
-    sim: { numQueues: 2 },
-    // A backoff long enough that the test clears the injection before the retry.
-    config: { device: { recovery_attempts: 5, recovery_backoff_ms: 1500, recovery_backoff_max_ms: 1500 } },
-  });
+test('with the default wait the reset outlasts the old fixed 10 s: a failed attempt, its retry 10.5 s later, success', async () => {
+  // The first attempt fails at 1 s (a stuck CONTROL.RESET); the retry comes 10.5 s later and, the injection
+  // cleared by then, succeeds at ~11.5 s: a CLI waiting a fixed 10 s (or anything but the broker's bound)
+  // gives up before the answer.
+  const retryLate = { recovery_attempts: 2, recovery_backoff_ms: 10_500, recovery_backoff_max_ms: 10_500 };
+  rig = await startRig({ sim: { numQueues: 2 }, config: { device: retryLate } });
   await rig.sim.inject({ kind: 'stuckReset' });
-  const reset = cli(['reset', '--admin', adminPath(rig), '--json']);
+  const reset = cli(['reset', '--admin', adminPath(rig)]);
   await until('a failed attempt', async () => (await recovery(rig!)).nextAttemptAt !== null, 20_000);
+  const failed = await recovery(rig);
+  assert.ok(
+    Date.parse(failed.nextAttemptAt!) - Date.parse(failed.since!) > DEFAULT_WAIT_MS,
+    `the retry is due past the old fixed wait: ${JSON.stringify(failed)}`,
+  );
   await rig.sim.inject({ kind: 'stuckReset', clear: true });
   const r = await reset;
   assert.equal(r.code, 0, `exit ${r.code}: ${r.err}`);
-  assert.deepEqual(JSON.parse(r.out), { reset: true });
+  assert.equal(r.err, '');
+  assert.deepEqual(JSON.parse(r.out), { reset: true }, 'the success output');
+  const rec = await recovery(rig);
+  assert.equal(rec.state, 'idle');
+  assert.equal(rec.attempts, 2, 'one failed attempt, then the retry that succeeded');
 });
 
 test('a recovery that failed (its last attempt timed out on the device) is a failure, not "may still be recovering"', async () => {
