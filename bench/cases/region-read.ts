@@ -10,12 +10,20 @@
 //     against it (issue: "≤ 1.5× libvfio-user's gpio-pci-idio-16").
 // Servers are measured in alternating rounds on open connections, so drift
 // in machine load falls on all of them alike. To add a server, append a
-// Target: its start() returns the socket path and the register to read.
+// Target: its start() returns the socket path, its pid and the register to read.
+//
+// Placement is pinned (taskset, util-linux): a one-in-flight round trip on a VM costs ~25 µs when client
+// and server share a CPU and ~100 µs when each wake-up has to rouse the other, halted vCPU (measured on the
+// 2-vCPU CI machines: the same server moved between the two modes from one 1000-read round to the next,
+// and which mode each server fell into decided the ratio). The goal rows pin client and servers to one CPU
+// (what each server's own code costs); rows marked "across CPUs" pin the servers to another CPU than the
+// client (the wake-up cost, the same for every server).
 //
 //   node dist/bench/cases/region-read.js [--quick]
 
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { REG_SCRATCH } from '../../src/sim/model/datasheet.js';
 import { type Child, spawnNode, startSim } from '../../src/util/processes.js';
@@ -28,6 +36,8 @@ import { tempDir } from '../fixtures/rig.js';
 /** A server to read a register from: where it listens and which 4 bytes to read. */
 export interface RegionReadServer {
   socket: string;
+  /** The server process, pinned to a CPU for each round. */
+  pid: number;
   region: number;
   offset: number;
   close(): Promise<void>;
@@ -60,6 +70,7 @@ async function startEcho(dir: string): Promise<RegionReadServer> {
   ]);
   return {
     socket,
+    pid: child.pid,
     region: VFIO_PCI_BAR0_REGION_INDEX,
     offset: 0,
     close: async () => void (await child.stop()),
@@ -72,6 +83,7 @@ async function startDevleaseSim(dir: string): Promise<RegionReadServer> {
   trackChild(sim.proc);
   return {
     socket,
+    pid: sim.pid,
     region: VFIO_PCI_BAR0_REGION_INDEX,
     offset: REG_SCRATCH,
     close: async () => void (await sim.stop()),
@@ -103,6 +115,7 @@ async function startGpio(dir: string): Promise<RegionReadServer> {
   const exited = new Promise((r) => proc.once('close', r));
   return {
     socket,
+    pid: proc.pid!,
     region: VFIO_PCI_BAR2_REGION_INDEX,
     offset: 0,
     close: async () => {
@@ -139,12 +152,39 @@ export async function regionReadRtt(
   return out;
 }
 
+/** Pin every thread of `pid` to `cpus` (a taskset list, e.g. "0" or "0-1"). */
+function pin(pid: number, cpus: string): void {
+  try {
+    execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    const stderr = String((err as { stderr?: Buffer }).stderr ?? '');
+    throw new Error(`region-read pins client and servers with taskset (util-linux): ${stderr || err}`);
+  }
+}
+
+interface Placement {
+  /** Suffix of the rows' ids ('' for the goal rows). */
+  id: string;
+  label: string;
+  client: string;
+  server: string;
+}
+
 runCase('region-read', 'Register read: 4-byte REGION_READ round trip from VfioUserClient', async (quick) => {
   const rounds = quick ? 4 : 20;
   const perRound = quick ? 500 : 1000;
   const warmup = quick ? 200 : 1000;
+  const cpus = availableParallelism();
+  const all = `0-${cpus - 1}`;
+  const placements: Placement[] = [{ id: '', label: '', client: '0', server: '0' }];
+  if (cpus > 1) placements.push({ id: '-x', label: ', across CPUs', client: '0', server: '1' });
   const tmp = tempDir('region-read');
-  const live: { target: Target; server: RegionReadServer; client: VfioUserClient; samples: number[] }[] = [];
+  const live: {
+    target: Target;
+    server: RegionReadServer;
+    client: VfioUserClient;
+    samples: Map<string, number[]>;
+  }[] = [];
   try {
     for (const target of TARGETS) {
       const server = await target.start(tmp.dir);
@@ -152,31 +192,46 @@ runCase('region-read', 'Register read: 4-byte REGION_READ round trip from VfioUs
         await server.close();
         throw err;
       });
-      live.push({ target, server, client, samples: [] });
+      live.push({ target, server, client, samples: new Map(placements.map((p) => [p.id, []])) });
       await regionReadRtt(client, server, warmup);
     }
     progress(
-      `${rounds} rounds of ${perRound} reads per server, alternating: ${TARGETS.map((t) => t.id).join(', ')}`,
+      `${rounds} rounds of ${perRound} reads per server and placement (${placements.map((p) => p.label || 'one CPU').join(', ')}), alternating: ${TARGETS.map((t) => t.id).join(', ')}`,
     );
     for (let r = 0; r < rounds; r++) {
-      for (const l of live) l.samples.push(...(await regionReadRtt(l.client, l.server, perRound)));
+      for (const p of placements) {
+        pin(process.pid, p.client);
+        for (const l of live) pin(l.server.pid, p.server);
+        for (const l of live)
+          l.samples.get(p.id)!.push(...(await regionReadRtt(l.client, l.server, perRound)));
+      }
     }
-    const metrics = live.map((l) =>
-      metric(l.target.id, l.target.label, 'µs', l.samples, {
-        role: l.target.role,
-        ...(l.target.ref ? { ref: l.target.ref } : {}),
-      }),
+    const metrics = placements.flatMap((p) =>
+      live.map((l) =>
+        metric(
+          l.target.id + p.id,
+          p.id ? `· ${l.target.label}${p.label}` : l.target.label,
+          'µs',
+          l.samples.get(p.id)!,
+          {
+            role: p.id && l.target.role === 'subject' ? 'subject' : l.target.role,
+            ...(l.target.ref ? { ref: l.target.ref + p.id } : {}),
+          },
+        ),
+      ),
     );
     return {
       metrics,
       notes: {
         client: 'VfioUserClient in the case process, one read in flight',
+        placement: `goal rows: client and servers pinned to CPU 0; "across CPUs": client on CPU 0, servers on CPU 1 (taskset -a); ${cpus} CPUs`,
         servers: Object.fromEntries(
           live.map((l) => [l.target.id, { region: l.server.region, offset: l.server.offset }]),
         ),
       },
     };
   } finally {
+    pin(process.pid, all);
     for (const l of live) {
       l.client.close();
       await l.server.close();

@@ -1,6 +1,7 @@
 // What the device's poller asks before it sleeps, and does when it wakes (datasheet §2.3 rev 2, doorbell
-// notification; §10). The worker (host/worker.ts) and the in-process test driver call these between rounds;
-// they read and set only queue-page state, so they stand apart from the model's actions (device.ts).
+// notification; §10). The device worker (host/worker.ts) calls these between rounds. They decide only
+// whether and how the poller may sleep (KICK_NEEDED in the queue pages, whether any queue or a firmware
+// load could use a round); the model's actions stay in device.ts.
 
 import type { Sa1Device } from './device.js';
 
