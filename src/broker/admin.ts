@@ -3,7 +3,7 @@
 //
 //   → {"op":"status"} | {"op":"leases"} | {"op":"clients"} | {"op":"revoke","id":"queue-3","deadlineMs":500}
 //     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"} | {"op":"reload"}
-//     | {"op":"recovery"} (status' `recovery` alone, no device read: its boundMs is how long a reset may take)
+//     | {"op":"recovery"} (status' `recovery` alone, no device read: its boundMs estimates how long a reset may take)
 //     | {"op":"top"} (devlease top's view) | {"op":"upgrade","binary":PATH,"config":FILE} (handover/)
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 

@@ -104,14 +104,19 @@ export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export type LogFormat = 'auto' | 'json' | 'pretty';
 
-/** Everyone's rule when none is configured, and what a [[policy.rule]] leaves out is taken from. */
-export const DEFAULT_RULE: PolicyRule = {
-  match: { any: true },
-  kinds: ['*'],
-  maxLeases: 'fair',
-  maxMappedBytes: 1n << 32n,
-  maxMappings: 1024,
-};
+/**
+ * Everyone's rule when none is configured, and what a [[policy.rule]] leaves out is taken from. A new one
+ * each call: every config owns its rules (a caller editing one config's rules changes no other's).
+ */
+export function defaultRule(): PolicyRule {
+  return {
+    match: { any: true },
+    kinds: ['*'],
+    maxLeases: 'fair',
+    maxMappedBytes: 1n << 32n,
+    maxMappings: 1024,
+  };
+}
 
 /** No lease limit beyond the device's own size. */
 export const UNLIMITED_LEASES = 1 << 20;
@@ -124,8 +129,8 @@ export const UNLIMITED_LEASES = 1 << 20;
 function defaultRules(): PolicyRule[] {
   const owners = [...new Set([0, process.geteuid?.() ?? 0])];
   return [
-    ...owners.map((uid) => ({ ...DEFAULT_RULE, match: { uid }, maxLeases: UNLIMITED_LEASES })),
-    DEFAULT_RULE,
+    ...owners.map((uid) => ({ ...defaultRule(), match: { uid }, maxLeases: UNLIMITED_LEASES })),
+    defaultRule(),
   ];
 }
 

@@ -11,8 +11,8 @@ import { DevleaseError } from '../errors.js';
 import type { DirectAuditConfig } from './audit-scan/auditor.js';
 import {
   type BrokerConfig,
-  DEFAULT_RULE,
   defaultConfig,
+  defaultRule,
   type LeaseLimit,
   LOG_LEVELS,
   type LogFormat,
@@ -21,17 +21,8 @@ import {
   UNLIMITED_LEASES,
 } from './config-schema.js';
 
-export {
-  type BrokerConfig,
-  defaultConfig,
-  FAIR_SHARE_DIVISOR,
-  fairShare,
-  type LeaseLimit,
-  LOG_LEVELS,
-  type LogFormat,
-  type LogLevel,
-  type PolicyRule,
-} from './config-schema.js';
+// All of it: the broker imports its configuration from here.
+export * from './config-schema.js';
 
 /** A config file or value that cannot be used: code ERR_DEVLEASE_CONFIG, the offending key in `field`. */
 export class ConfigError extends DevleaseError {
@@ -172,12 +163,13 @@ function parseRule(f: Fields, i: number): PolicyRule {
   if (!Array.isArray(kindsRaw) || kindsRaw.some((k) => typeof k !== 'string' || k === '')) {
     throw new ConfigError(`${name}.kinds`, 'must be a list of lease kind names (or ["*"])');
   }
+  const d = defaultRule();
   const rule: PolicyRule = {
     match,
     kinds: kindsRaw as string[],
     maxLeases: leaseLimit(f, name),
-    maxMappedBytes: f.bytes('max_mapped_bytes', DEFAULT_RULE.maxMappedBytes, 0n, 1n << 48n),
-    maxMappings: f.int('max_mappings', DEFAULT_RULE.maxMappings, 0, 1 << 20),
+    maxMappedBytes: f.bytes('max_mapped_bytes', d.maxMappedBytes, 0n, 1n << 48n),
+    maxMappings: f.int('max_mappings', d.maxMappings, 0, 1 << 20),
   };
   f.done();
   return rule;

@@ -11,11 +11,27 @@ import type { LeaseTable } from './leases.js';
 import { retryLocalTransient } from './local-retry.js';
 
 /**
+ * What a reclaim does to the table beyond its public surface: take a lease out of it (its reclaim ended),
+ * wait out an upgrade's hold once a lease's slices came back, and learn of the loss of the device a lease was
+ * granted on. LeaseTable makes the one instance and hands it only to the functions below.
+ */
+export interface ReclaimOps {
+  remove(lease: Lease): void;
+  pastRelease(lease: Lease): Promise<void>;
+  lostOf(lease: Lease): Promise<void>;
+}
+
+/**
  * Take everything of `lease` back, in the one safe order (LeaseTable.reclaim calls it once per lease): disconnect,
  * quiesce, unwire vectors, unmap every IOVA, then revoke slices or wait for their release; then scrub, prepare,
  * and give the resources back — or quarantine them when a step left them unsafe.
  */
-export async function reclaimLease(table: LeaseTable, lease: Lease, reason: string): Promise<void> {
+export async function reclaimLease(
+  table: LeaseTable,
+  ops: ReclaimOps,
+  lease: Lease,
+  reason: string,
+): Promise<void> {
   const t0 = process.hrtime.bigint();
   lease.state = 'reclaiming';
   lease.endReason = reason;
@@ -30,7 +46,7 @@ export async function reclaimLease(table: LeaseTable, lease: Lease, reason: stri
   // Requests the session had in progress finish first: they see the lease is no longer live and undo
   // what they did, so nothing they map or wire can appear after the steps below.
   await lease.settle();
-  if (deviceLost(table, lease)) return forgetLease(table, lease, reason, t0);
+  if (deviceLost(table, lease)) return forgetLease(table, ops, lease, reason, t0);
   const problems: string[] = [];
   // An unmap or revoke failed, or a quiesce or reset did not finish: this lease's window, slices or queue
   // may still be reachable or running.
@@ -87,23 +103,23 @@ export async function reclaimLease(table: LeaseTable, lease: Lease, reason: stri
       outstanding: units.map((u) => u.outstanding),
     });
     lease.parked();
-    await Promise.race([Promise.all(units.map((u) => u.whenReleased())), table.lostOf(lease)]);
+    await Promise.race([Promise.all(units.map((u) => u.whenReleased())), ops.lostOf(lease)]);
   }
   const direct = table.direct?.has(lease.id) ? table.direct : null;
-  if (direct) await awaitDirectRelease(table, lease, direct);
-  if (lease.state === 'awaiting-release') await table.pastRelease(lease);
+  if (direct) await awaitDirectRelease(table, ops, lease, direct);
+  if (lease.state === 'awaiting-release') await ops.pastRelease(lease);
   // The device went away while we worked: nothing of it can be cleaned, and nothing of it is reused.
-  if (deviceLost(table, lease)) return forgetLease(table, lease, reason, t0, problems);
+  if (deviceLost(table, lease)) return forgetLease(table, ops, lease, reason, t0, problems);
   if (!revoked && (units.length || direct)) {
     // Nobody holds the slices any more, but they still hold what the last client left: scrub before reuse.
     await step('scrub', () => table.driver.scrub(lease.resources), true);
   }
-  if (deviceLost(table, lease)) return forgetLease(table, lease, reason, t0, problems);
+  if (deviceLost(table, lease)) return forgetLease(table, ops, lease, reason, t0, problems);
   // The next grant of these resources finds them ready (SA-1: the queue reset after its last holder lost
   // the queue page). Not where scrub already did it; a failure leaves the work to the grant.
   if (revoked && !unsafe && table.driver.prepare)
     await step('prepare', () => table.driver.prepare!(lease.resources), false);
-  if (deviceLost(table, lease)) return forgetLease(table, lease, reason, t0, problems);
+  if (deviceLost(table, lease)) return forgetLease(table, ops, lease, reason, t0, problems);
   for (const u of units) u.dispose(table.watcher);
   direct?.forget(lease.id);
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -118,7 +134,7 @@ export async function reclaimLease(table: LeaseTable, lease: Lease, reason: stri
   }
   table.driver.release(lease.resources);
   lease.state = 'released';
-  table.remove(lease);
+  ops.remove(lease);
   table.audit.write({
     event: 'released',
     lease: lease.id,
@@ -138,12 +154,17 @@ export async function reclaimLease(table: LeaseTable, lease: Lease, reason: stri
  * scan sees it: a forked child that inherited the mapping holds the slice until it exits. A revoke's deadline
  * (the lease has one) first kills every process still mapping them (audit.deadline_action).
  */
-async function awaitDirectRelease(table: LeaseTable, lease: Lease, direct: DirectSlices): Promise<void> {
+async function awaitDirectRelease(
+  table: LeaseTable,
+  ops: ReclaimOps,
+  lease: Lease,
+  direct: DirectSlices,
+): Promise<void> {
   lease.state = 'awaiting-release';
   table.emit('state', lease);
   table.audit.write({ event: 'awaiting-release', lease: lease.id, direct: true });
   lease.parked();
-  await Promise.race([direct.whenReleased(lease.id, lease.deadline !== null), table.lostOf(lease)]);
+  await Promise.race([direct.whenReleased(lease.id, lease.deadline !== null), ops.lostOf(lease)]);
 }
 
 /**
@@ -154,6 +175,7 @@ async function awaitDirectRelease(table: LeaseTable, lease: Lease, direct: Direc
  */
 export function forgetLease(
   table: LeaseTable,
+  ops: ReclaimOps,
   lease: Lease,
   reason: string,
   t0: bigint,
@@ -169,7 +191,7 @@ export function forgetLease(
   table.direct?.forget(lease.id);
   lease.mappings.clear();
   lease.state = 'released';
-  table.remove(lease);
+  ops.remove(lease);
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   table.audit.write({
     event: 'released',

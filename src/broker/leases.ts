@@ -15,7 +15,7 @@ import type { BrokerConfig } from './config.js';
 import type { Lease } from './lease.js';
 import { revokeLease } from './lease-end.js';
 import { grantLease } from './lease-grant.js';
-import { forgetLease, reclaimLease } from './lease-reclaim.js';
+import { forgetLease, type ReclaimOps, reclaimLease } from './lease-reclaim.js';
 import { UsageAccounts } from './lease-usage.js';
 import type { CallerContext, LeaseRequest, Policy, Usage } from './policy.js';
 import type { SliceWatcher } from './slices.js';
@@ -85,8 +85,18 @@ export class LeaseTable extends EventEmitter {
     lease.countIn(this.#accounts);
   }
 
+  /**
+   * What only a reclaim (lease-reclaim.ts) does to the table, handed to it alone: the table's own surface
+   * (broker.leases, which embedders reach) has no way to drop a lease without reclaiming it.
+   */
+  readonly #reclaimOps: ReclaimOps = {
+    remove: (lease) => this.#remove(lease),
+    pastRelease: (lease) => this.#pastRelease(lease),
+    lostOf: (lease) => this.#lostOf(lease),
+  };
+
   /** Take a lease out of the table: its reclaim has ended (released, or forgotten with its device). */
-  remove(lease: Lease): void {
+  #remove(lease: Lease): void {
     this.#leases.delete(lease.id);
     lease.countIn(null);
   }
@@ -196,10 +206,10 @@ export class LeaseTable extends EventEmitter {
       // An upgrade holds the table (handover/): the reclaim waits for its outcome. Rolled back, it runs
       // here; handed over, the new broker sees the same hang-up, exit or deadline and reclaims it there.
       this.#deferred.set(lease, reason);
-      lease.reclaimed = held.promise.then(() => reclaimLease(this, lease, reason));
+      lease.reclaimed = held.promise.then(() => reclaimLease(this, this.#reclaimOps, lease, reason));
       return lease.reclaimed;
     }
-    lease.reclaimed = reclaimLease(this, lease, reason);
+    lease.reclaimed = reclaimLease(this, this.#reclaimOps, lease, reason);
     return lease.reclaimed;
   }
 
@@ -238,14 +248,14 @@ export class LeaseTable extends EventEmitter {
    * for the outcome — rolled back, it runs here; handed over, this broker only exits and the new one (which
    * read the release from the same inotify queue) finishes it. Past this point hold() waits for it.
    */
-  async pastRelease(lease: Lease): Promise<void> {
+  async #pastRelease(lease: Lease): Promise<void> {
     while (this.#held) await this.#held.promise;
     this.#ending.add(lease);
     const done = () => this.#ending.delete(lease);
     void lease.reclaimed?.then(done, done);
   }
 
-  /** Leases past their slices' release, finishing their reclaim (see pastRelease). */
+  /** Leases past their slices' release, finishing their reclaim (see #pastRelease). */
   readonly #ending = new Set<Lease>();
 
   /** Reclaims asked for while held (their reasons): the handover carries them. */
@@ -266,7 +276,7 @@ export class LeaseTable extends EventEmitter {
   readonly #deferred = new Map<Lease, string>();
 
   /** Settles when the device `lease` was granted on is lost (at once if it already is). */
-  lostOf(lease: Lease): Promise<void> {
+  #lostOf(lease: Lease): Promise<void> {
     return lease.generation !== this.#generation ? Promise.resolve() : this.#lost.promise;
   }
 
@@ -282,7 +292,7 @@ export class LeaseTable extends EventEmitter {
     lost.resolve();
     const why = `device lost: ${reason}`;
     for (const l of [...this.#leases.values()]) {
-      if (l.state === 'quarantined') forgetLease(this, l, why, process.hrtime.bigint());
+      if (l.state === 'quarantined') forgetLease(this, this.#reclaimOps, l, why, process.hrtime.bigint());
       else void this.reclaim(l, why);
     }
     await Promise.all([...this.#leases.values()].map((l) => l.reclaimed));

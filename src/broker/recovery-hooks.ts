@@ -7,12 +7,6 @@ import { DEFAULT_TIMEOUT_MS as VFIO_USER_REQUEST_TIMEOUT_MS } from '../vfio/user
 import type { DeviceHost } from './device-loss.js';
 import type { RecoveryCause, RecoveryDeadlines, RecoveryHooks } from './recovery.js';
 
-/**
- * Besides a step's own waits, one device request that runs out of its deadline (vfio-user's 5 s; a failed
- * request ends the step, so one per step). Kernel VFIO requests are synchronous ioctls, faster in practice.
- */
-const REQUEST_ALLOWANCE_MS = VFIO_USER_REQUEST_TIMEOUT_MS;
-
 /** The recovery hooks of the broker `host`; `abandoned`: stop now (closing, or the connection is gone). */
 export function recoveryHooks(host: DeviceHost, abandoned: () => boolean): RecoveryHooks {
   return {
@@ -30,13 +24,21 @@ export function recoveryHooks(host: DeviceHost, abandoned: () => boolean): Recov
 }
 
 /**
- * The reclaim waits for each lease's quiesce and its queue's preparation for the next grant (each bounded by
- * lifetime.quiesce_timeout_ms, leases in parallel); an attempt for the driver's recover() waits.
+ * The estimate's parts (recoveryBoundMs() adds them up). The reclaim, leases in parallel: a session request in
+ * progress first (a DMA map's policy hook, policy.hook_timeout_ms), then the lease's quiesce and its queue's
+ * preparation for the next grant (each lifetime.quiesce_timeout_ms). An attempt: the driver's recover()
+ * waits. The reclaim and each attempt also count one device request that runs out its deadline (the
+ * device's own, as it was opened: vfio-user's 5 s unless an embedder set timeoutMs; kernel VFIO requests are
+ * synchronous ioctls with none, counted as 5 s). Not counted, so an estimate and not a guarantee: more device requests
+ * in flight when the reclaim starts, or failing one after another; scrub's writes of device memory (only
+ * where slices were not revoked); an ioctl that blocks.
  */
 function deadlines(host: DeviceHost): RecoveryDeadlines {
+  const request = host.device.requestTimeoutMs ?? VFIO_USER_REQUEST_TIMEOUT_MS;
+  const { lifetime, policy } = host.config;
   return {
-    prepareMs: 2 * host.config.lifetime.quiesceTimeoutMs + REQUEST_ALLOWANCE_MS,
-    attemptMs: (host.driver.recoverWaitsMs ?? 0) + REQUEST_ALLOWANCE_MS,
+    prepareMs: policy.hookTimeoutMs + 2 * lifetime.quiesceTimeoutMs + request,
+    attemptMs: (host.driver.recoverWaitsMs ?? 0) + request,
   };
 }
 

@@ -10,8 +10,8 @@
 // the longest backoff; a new request (the owner's `devlease reset`) tries at
 // once. It stops only when the broker closes or the device connection is lost
 // (reconnecting takes over). `devlease status` shows the state (status()),
-// and boundMs: how long a recovery may take before its outcome is reported,
-// which `devlease reset` waits for (recoveryBoundMs()).
+// and boundMs: an estimate of how long a recovery may take before its outcome
+// is reported, which `devlease reset` waits for (recoveryBoundMs()).
 
 import { BackoffSleep } from '../util/backoff-sleep.js';
 import type { BrokerConfig } from './config.js';
@@ -38,23 +38,27 @@ export interface RecoveryStatus {
   /** Requests that joined the current (or last) recovery instead of starting another. */
   joined: number;
   /**
-   * The longest a recovery may take before a request waiting on it is answered (the device back, or the
-   * recovery reported failed), from the config and the driver's deadlines: recoveryBoundMs().
+   * An estimate of the longest a recovery may take before a request waiting on it is answered (the device
+   * back, or the recovery reported failed), from the config and the deadlines: recoveryBoundMs().
    */
   boundMs: number;
 }
 
-/** How long a recovery's steps may take: the reclaim before the first attempt, and one attempt. */
+/**
+ * How long a recovery's steps may take, from their deadlines: the reclaim before the first attempt, and one
+ * attempt (recovery-hooks.ts says what each counts and what it leaves out).
+ */
 export interface RecoveryDeadlines {
   prepareMs: number;
   attemptMs: number;
 }
 
 /**
- * The longest a recovery may take before its outcome is reported: the reclaim, `attempts` attempts, and the
- * backoff between them (the first `backoffMs`, doubling up to `backoffMaxMs`). After the last attempt the
- * recovery is reported failed (and goes on trying), so no further wait counts. Joining one in progress
- * waits for less; joining a failed one waits for one more attempt, which this covers too.
+ * An estimate of the longest a recovery may take before its outcome is reported: the reclaim, `attempts`
+ * attempts, and the backoff between them (the first `backoffMs`, doubling up to `backoffMaxMs`). After the
+ * last attempt the recovery is reported failed (and goes on trying), so no further wait counts. Joining one
+ * in progress waits for less; joining a failed one waits for one more attempt, which this covers too. The
+ * steps' parts are their deadlines (`d`), which leave some device waits out: an estimate, not a guarantee.
  */
 export function recoveryBoundMs(opts: BrokerConfig['recovery'], d: RecoveryDeadlines): number {
   let backoff = 0;
@@ -75,7 +79,7 @@ export interface RecoveryHooks {
   abandoned(): boolean;
   attemptFailed(cause: RecoveryCause, err: Error, attempt: number, final: boolean): void;
   succeeded(cause: RecoveryCause, attempts: number): void;
-  /** How long the reclaim and one attempt may take (from the config and the driver's deadlines). */
+  /** How long the reclaim and one attempt may take, from the config's, driver's and device's deadlines. */
   deadlines(): RecoveryDeadlines;
 }
 

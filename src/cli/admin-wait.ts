@@ -2,8 +2,10 @@
 // commands are answered at once (the default is for a loaded machine); an upgrade once the new broker took
 // over or the old one rolled back; a reset once the recovery it starts (or joins) ends. That recovery can
 // legitimately outlast any fixed wait (attempts, each with device deadlines, and backoff between them, all
-// configured), so `devlease reset` asks the broker first how long it may take (op `recovery`, boundMs:
-// src/broker/recovery.ts) and waits that long plus a margin. `--timeout MS` overrides every default.
+// configured), so `devlease reset` asks the broker first how long it estimates it may take (op `recovery`,
+// boundMs: src/broker/recovery.ts) and waits that long plus a margin: the estimate counts the deadlines it
+// knows of, not every device wait, and a wait that runs out says the recovery may still be going on.
+// `--timeout MS` overrides every default.
 
 import { DevleaseError } from '../errors.js';
 
@@ -11,9 +13,9 @@ import { DevleaseError } from '../errors.js';
 export const DEFAULT_WAIT_MS = 10_000;
 /** An upgrade's wait: its handover deadline with room to spare. */
 export const UPGRADE_WAIT_MS = 60_000;
-/** Past the broker's recovery bound: the reply's way back on a loaded machine. */
+/** Past the broker's recovery estimate: the reply's way back on a loaded machine, and what it leaves out. */
 export const RESET_MARGIN_MS = 5_000;
-/** A reset's wait when the broker does not say its bound (a broker from before the `recovery` op). */
+/** A reset's wait when the broker gives no estimate (a broker from before the `recovery` op). */
 export const RESET_FALLBACK_WAIT_MS = 60_000;
 /** The longest `--timeout` (and computed wait): 24 h. */
 export const MAX_WAIT_MS = 86_400_000;
@@ -47,7 +49,8 @@ export function parseTimeout(value: string): number | { error: string } {
 
 /**
  * The wait of `cmd` on the admin socket `path`: `timeoutMs` (--timeout) when given; for a reset, the broker's
- * recovery bound plus RESET_MARGIN_MS, asked for with `ask` (an admin request; its own errors propagate).
+ * recovery estimate (boundMs) plus RESET_MARGIN_MS, asked for with `ask` (an admin request; its own errors
+ * propagate).
  */
 export async function adminWait(
   cmd: string,
@@ -72,7 +75,7 @@ export async function adminWait(
     return { ms: RESET_FALLBACK_WAIT_MS, why: 'the broker does not say how long its recovery may take' };
   return {
     ms: Math.min(bound + RESET_MARGIN_MS, MAX_WAIT_MS),
-    why: `the broker's recovery may take up to ${bound} ms, plus ${RESET_MARGIN_MS} ms`,
+    why: `the broker estimates its recovery takes at most ${bound} ms, plus ${RESET_MARGIN_MS} ms`,
   };
 }
 

@@ -64,13 +64,13 @@ export async function adminRequest(
 const USAGE = `usage: devlease status|leases|clients [--json]
        devlease revoke <lease-id> [--deadline MS (0..86400000, 24 h)] [--json]
        devlease drain [--off] [--json]
-       devlease reset [--json]   reset and recover the device; waits as long as the broker's recovery may take
+       devlease reset [--json]   reset and recover the device; waits for the broker's estimate of its recovery
        devlease reload [--json]   re-read the broker's config and policy module (as SIGHUP does)
        devlease upgrade [--binary PATH] [--config FILE] [--json]   hand everything to a new broker process,
                   clients keep their leases (as SIGUSR2 does with the same binary; docs/ARCHITECTURE.md)
   common: --admin PATH (default RUNDIR/DEVICE/admin.sock), --rundir DIR (default /run/devlease), --device NAME (default sa1)
           --timeout MS (1..${MAX_WAIT_MS}, 24 h): how long to wait for the broker's answer (default 10 s;
-                  upgrade 60 s; reset: the broker's recovery bound, recovery.boundMs in status, plus 5 s)`;
+                  upgrade 60 s; reset: the broker's recovery estimate, recovery.boundMs in status, plus 5 s)`;
 
 export async function adminCommand(cmd: string, argv: string[]): Promise<number> {
   let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };

@@ -110,6 +110,11 @@ export interface Device extends EventEmitter {
    * needs its own queue page's, not a dup of all 253).
    */
   regionIoFds(index: number, within?: { offset: bigint; size: bigint }): Promise<RegionIoFds>;
+  /**
+   * Each device request's deadline in ms, where a request has one (vfio-user: the connection's timeoutMs);
+   * absent where a request is a synchronous ioctl (kernel VFIO). The broker's recovery estimate counts it.
+   */
+  readonly requestTimeoutMs?: number;
   /** What this transport can enforce, for isolation reporting. */
   readonly capabilities: { mappableSlices: boolean; revocableSlices: boolean };
   /**

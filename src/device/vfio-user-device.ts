@@ -23,6 +23,7 @@ import {
   VFIO_PCI_CONFIG_REGION_INDEX,
 } from '../vfio/uapi/vfio.js';
 import {
+  DEFAULT_TIMEOUT_MS,
   VfioUserClient,
   type VfioUserClientHandover,
   type VfioUserClientOptions,
@@ -95,6 +96,11 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   /** The current connection. Once it is lost every call on it fails at once (ECONNRESET) until reconnect(). */
   get client(): VfioUserClient {
     return this.#client;
+  }
+
+  /** Each request's deadline: the connection's timeoutMs (a reconnect keeps it). */
+  get requestTimeoutMs(): number {
+    return this.#opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   }
 
   get connected(): boolean {

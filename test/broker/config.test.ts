@@ -5,7 +5,15 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { ConfigError, parseConfig } from '../../src/broker/config.js';
+import * as config from '../../src/broker/config.js';
+import {
+  ConfigError,
+  configFromObject,
+  defaultConfig,
+  defaultRule,
+  parseConfig,
+} from '../../src/broker/config.js';
+import * as schema from '../../src/broker/config-schema.js';
 import { DevleaseError } from '../../src/errors.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 
@@ -53,6 +61,37 @@ max_leases = 0
   assert.equal(c.policy.rules.length, 2);
   assert.equal(c.policy.rules[0]!.maxMappedBytes, 1n << 30n);
   assert.deepEqual(c.policy.rules[1]!.match, { any: true });
+});
+
+test('every config owns its rules: editing one config (or a default rule) changes no other', () => {
+  const a = defaultConfig();
+  for (const r of a.policy.rules) {
+    r.kinds.push('other');
+    r.maxLeases = 1;
+    r.maxMappings = 1;
+  }
+  defaultRule().kinds.push('mine');
+  for (const c of [defaultConfig(), configFromObject({}), parseConfig('[[policy.rule]]\nuid = 7\n')]) {
+    const last = c.policy.rules.at(-1)!;
+    assert.deepEqual(last.kinds, ['*']);
+    assert.equal(last.maxMappings, 1024);
+    assert.equal(last.maxLeases, 'fair');
+    for (const r of c.policy.rules) assert.deepEqual(r.kinds, ['*'], JSON.stringify(r.match));
+  }
+  assert.deepEqual(defaultRule(), {
+    match: { any: true },
+    kinds: ['*'],
+    maxLeases: 'fair',
+    maxMappedBytes: 1n << 32n,
+    maxMappings: 1024,
+  });
+});
+
+test('config.ts re-exports all of config-schema.ts (the broker imports its configuration from one place)', () => {
+  const missing = Object.keys(schema).filter(
+    (k) => (config as Record<string, unknown>)[k] !== (schema as Record<string, unknown>)[k],
+  );
+  assert.deepEqual(missing, []);
 });
 
 test('each kind of mistake names the field', () => {

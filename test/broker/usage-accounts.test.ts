@@ -1,10 +1,11 @@
 // The policy's per-uid usage (leases, mappings, mapped bytes) is kept as counters by the lease table, not
 // walked per request: these check the counters against a walk of the table through grant, map, unmap,
-// revoke, reclaim at process exit, and a lease that ends with its mappings still in place.
+// revoke, reclaim at process exit, and a lease that ends with its mappings still in place; and only a reclaim
+// can take a lease out of the table.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { LeaseMappings } from '../../src/broker/lease-usage.js';
-import type { LeaseTable } from '../../src/broker/leases.js';
+import { LeaseTable } from '../../src/broker/leases.js';
 import type { Usage } from '../../src/broker/policy.js';
 import { ClientProc, startRig } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
@@ -101,4 +102,12 @@ test('a lease mapping table keeps its byte total through replace, delete and cle
   m.clear();
   assert.equal(m.bytes, 0n);
   assert.equal(changes, 5);
+});
+
+test("an embedder's lease table (broker.leases) has no way to drop a lease, or its counts, without its reclaim", () => {
+  // Taking a lease out, waiting out an upgrade's hold past its slices' release and the device's loss are
+  // the reclaim's alone (lease-reclaim.ts gets them from the table): a public remove() would leave the lease's
+  // resources unreclaimed and its uid's counts off.
+  for (const name of ['remove', 'pastRelease', 'lostOf'])
+    assert.equal(name in LeaseTable.prototype, false, `LeaseTable.${name} is not public`);
 });

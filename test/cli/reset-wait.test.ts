@@ -1,4 +1,4 @@
-// `devlease reset` waits as long as the recovery it asks for may take (the broker's bound, from its config),
+// `devlease reset` waits as long as the recovery it asks for may take (the broker's estimate from its deadlines)
 // not a fixed 10 s; `--timeout MS` overrides any admin command's wait; and a wait that runs out says the
 // broker may still be recovering (and how to check) instead of a bare ETIMEDOUT. Real broker, real simulator,
 // the real CLI as a child process; a slow recovery is a stuck CONTROL.RESET (each attempt times out at 1 s).
@@ -64,25 +64,36 @@ test('--timeout must be a positive integer of at most 24 h: anything else is a u
   assert.match(help.stdout, /--timeout MS/);
 });
 
-test("the reset's wait follows the broker's configured recovery bound, past the old fixed 10 s", async () => {
-  // Backoff between 4 attempts: 1000 + 1500 + 1500 ms.
+test("the reset's wait follows the broker's recovery estimate from the configured deadlines, past 10 s", async () => {
+  // Backoff between 4 attempts: 1000 + 1500 + 1500 ms. The reclaim: the policy hook's 200 ms, 2 × the
+  // quiesce's 500 ms, one device request's 5 s; each attempt the driver's waits and one device request.
   const long = { recovery_attempts: 4, recovery_backoff_ms: 1000, recovery_backoff_max_ms: 1500 };
   rig = await startRig({ sim: { numQueues: 2 }, config: { device: long } });
   const ask = (req: Record<string, unknown>, ms: number) => adminRequest(adminPath(rig!), req, ms);
   const big = (await recovery(rig)).boundMs;
-  assert.ok(big >= 4 * RECOVER_WAITS_MS + 4000, `4 attempts of the driver's waits and the backoff: ${big}`);
+  assert.equal(big, 200 + 2 * 500 + 5000 + 4 * (RECOVER_WAITS_MS + 5000) + 4000, 'the defaults, 4 attempts');
   const wait = await adminWait('reset', undefined, ask);
-  assert.equal(wait.ms, big + RESET_MARGIN_MS, 'the CLI waits for the bound plus its margin');
+  assert.equal(wait.ms, big + RESET_MARGIN_MS, 'the CLI waits for the estimate plus its margin');
   assert.ok(wait.ms > DEFAULT_WAIT_MS);
   assert.deepEqual(await adminWait('reset', 1234, ask), { ms: 1234, why: '--timeout' });
   assert.equal((await adminWait('status', undefined, ask)).ms, DEFAULT_WAIT_MS, 'others keep theirs');
   await rig.close();
 
-  rig = await startRig({ sim: { numQueues: 2 }, config: { device: { recovery_attempts: 1 } } });
+  // One attempt, no backoff; a slower policy hook and quiesce, and a device opened with 8 s request deadlines.
+  rig = await startRig({
+    sim: { numQueues: 2 },
+    deviceTimeoutMs: 8000,
+    config: {
+      device: { recovery_attempts: 1 },
+      policy: { hook_timeout_ms: 2500 },
+      lifetime: { quiesce_timeout_ms: 700 },
+    },
+  });
   const small = (await recovery(rig)).boundMs;
-  assert.ok(
-    small < big - 3 * RECOVER_WAITS_MS - 4000,
-    `one attempt, no backoff: ${small} (4 attempts: ${big})`,
+  assert.equal(
+    small,
+    2500 + 2 * 700 + 8000 + (RECOVER_WAITS_MS + 8000),
+    'what this broker was configured with',
   );
   assert.equal((await adminWait('reset', undefined, ask)).ms, small + RESET_MARGIN_MS);
 });
@@ -114,19 +125,28 @@ test('a --timeout shorter than the recovery: exit 1 saying it may still be recov
   assert.equal(rig.audit.filter((e) => e.event === 'device-recovered').length, 1, 'the device is back');
 });
 
-test('with the default wait the reset waits through a failed attempt and its retry, and reports success', async () => {
-  rig = await startRig({
-    sim: { numQueues: 2 },
-    // A backoff long enough that the test clears the injection before the retry.
-    config: { device: { recovery_attempts: 5, recovery_backoff_ms: 1500, recovery_backoff_max_ms: 1500 } },
-  });
+test('with the default wait the reset outlasts the old fixed 10 s: a failed attempt, its retry 10.5 s later, success', async () => {
+  // The first attempt fails at 1 s (a stuck CONTROL.RESET); the retry comes 10.5 s later and, the injection
+  // cleared by then, succeeds at ~11.5 s: a CLI waiting a fixed 10 s (or anything but the broker's estimate)
+  // gives up before the answer.
+  const retryLate = { recovery_attempts: 2, recovery_backoff_ms: 10_500, recovery_backoff_max_ms: 10_500 };
+  rig = await startRig({ sim: { numQueues: 2 }, config: { device: retryLate } });
   await rig.sim.inject({ kind: 'stuckReset' });
-  const reset = cli(['reset', '--admin', adminPath(rig), '--json']);
+  const reset = cli(['reset', '--admin', adminPath(rig)]);
   await until('a failed attempt', async () => (await recovery(rig!)).nextAttemptAt !== null, 20_000);
+  const failed = await recovery(rig);
+  assert.ok(
+    Date.parse(failed.nextAttemptAt!) - Date.parse(failed.since!) > DEFAULT_WAIT_MS,
+    `the retry is due past the old fixed wait: ${JSON.stringify(failed)}`,
+  );
   await rig.sim.inject({ kind: 'stuckReset', clear: true });
   const r = await reset;
   assert.equal(r.code, 0, `exit ${r.code}: ${r.err}`);
-  assert.deepEqual(JSON.parse(r.out), { reset: true });
+  assert.equal(r.err, '');
+  assert.deepEqual(JSON.parse(r.out), { reset: true }, 'the success output');
+  const rec = await recovery(rig);
+  assert.equal(rec.state, 'idle');
+  assert.equal(rec.attempts, 2, 'one failed attempt, then the retry that succeeded');
 });
 
 test('a recovery that failed (its last attempt timed out on the device) is a failure, not "may still be recovering"', async () => {

@@ -38,6 +38,8 @@ export async function startRig(
     /** A config file instead of `config` (rundir overridden), which broker.reload() re-reads. */
     configFile?: string;
     sim?: Partial<Sa1Options>;
+    /** Each device request's deadline, as an embedder may open the device with (default 5000 ms). */
+    deviceTimeoutMs?: number;
     policyModule?: PolicyModule;
     log?: (msg: string) => void;
   } = {},
@@ -45,7 +47,10 @@ export async function startRig(
   const dir = mkdtempSync(join(tmpdir(), 'devlease-test-'));
   const simSocket = join(dir, 'sim.sock');
   const sim = await spawnSimulator({ socketPath: simSocket, numQueues: 8, ...opts.sim });
-  const device = await VfioUserDevice.connect(simSocket);
+  const device = await VfioUserDevice.connect(
+    simSocket,
+    opts.deviceTimeoutMs === undefined ? {} : { timeoutMs: opts.deviceTimeoutMs },
+  );
   const audit: Record<string, any>[] = [];
   const overrides = { rundir: join(dir, 'run') };
   const config = opts.configFile
