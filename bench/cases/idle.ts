@@ -45,14 +45,14 @@ runCase(
     const windowMs = quick ? 1000 : 2000;
     const n = quick ? 100 : 500;
     const budgetMs = quick ? 5000 : 30_000;
-    // The C row needs cc, make and json-c; without them the case still runs, without that row.
+    // The C row needs cc, make and json-c; without them the case still runs, without that row (the note says why).
     let clibBench: string | null = null;
-    let clibMissing = '';
+    let noClib: string | null = null;
     try {
       clibBench = buildClibBench();
     } catch (err) {
-      clibMissing = (err as Error).message;
-      progress(`no C row: ${clibMissing}`);
+      noClib = `no C row: ${(err as Error).message}`;
+      progress(noClib);
     }
     const rig = await startRig(); // default idle poll interval (50 µs)
     const floorRig = await startRig({ simArgs: ['--queues', '8', '--idle-poll-us', '0'] });
@@ -185,7 +185,7 @@ runCase(
         notes: {
           cpu: 'CPU rows are % of one core: utime+stime of /proc/<sim pid>/stat over each window; the broker reads HEARTBEAT every 100 ms in every window',
           simulator: 'default --idle-poll-us 50; the floor rig runs --idle-poll-us 0',
-          ...(clibMissing ? { clib: `no C row: ${clibMissing}` } : {}),
+          ...(noClib ? { clib: noClib } : {}),
           coldWake: `the peer sleeps in ppoll on one eventfd with a ${KICK_ARMED_POLL_US / 1000} ms timeout (the device's armed poll); this process idles 10 ms on a timer, stores, kicks (write + sched_yield, as Sa1Queue) and spins; ${CHUNKS} chunks alternating with the kicked row`,
         },
       };

@@ -65,9 +65,14 @@ export function recoveryBoundMs(opts: BrokerConfig['recovery'], d: RecoveryDeadl
   let delay = opts.backoffMs;
   for (let i = 1; i < opts.attempts; i++) {
     backoff += delay;
-    delay = Math.min(delay * 2, opts.backoffMaxMs);
+    delay = nextBackoffMs(opts, delay);
   }
   return d.prepareMs + opts.attempts * d.attemptMs + backoff;
+}
+
+/** The wait after `delay` (the recovery's loop and its estimate step through the same sequence). */
+function nextBackoffMs(opts: BrokerConfig['recovery'], delay: number): number {
+  return Math.min(delay * 2, opts.backoffMaxMs);
 }
 
 export interface RecoveryHooks {
@@ -189,7 +194,7 @@ export class Recovery {
           this.#answer(err);
         }
         await this.#sleep(delay);
-        delay = Math.min(delay * 2, this.#opts.backoffMaxMs);
+        delay = nextBackoffMs(this.#opts, delay);
         continue;
       }
       if (this.#closed || this.#hooks.abandoned()) return this.#abandon();

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, afterEach, test } from 'node:test';
-import type { RecoveryStatus } from '../../src/broker/recovery.js';
+import { type RecoveryStatus, recoveryBoundMs } from '../../src/broker/recovery.js';
 import { adminRequest } from '../../src/cli/admin.js';
 import { ClientProc, type Rig, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
@@ -171,4 +171,12 @@ test('a hang during the recovery’s firmware load: retried until the device is 
   assert.equal(rig.audit.find((e) => e.event === 'device-recovered')?.attempts, 4);
   assert.equal(rig.broker.leases.all().length, 0, "the client's lease was reclaimed");
   await leaseWorks(rig);
+});
+
+test('the recovery estimate steps through the same backoff as the loop: doubling from backoffMs, capped at backoffMaxMs', () => {
+  const d = { prepareMs: 1000, attemptMs: 300 };
+  // 4 attempts, 3 waits between them: 100, 200, then 400 capped at 250.
+  assert.equal(recoveryBoundMs({ attempts: 4, backoffMs: 100, backoffMaxMs: 250 }, d), 1000 + 4 * 300 + 550);
+  // One attempt: no wait at all.
+  assert.equal(recoveryBoundMs({ attempts: 1, backoffMs: 100, backoffMaxMs: 250 }, d), 1300);
 });
