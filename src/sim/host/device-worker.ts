@@ -119,11 +119,16 @@ export class DeviceWorker {
     checkRegionAccess(this.options, index, offset, count);
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
     if (index !== VFIO_PCI_BAR0_REGION_INDEX) return this.request({ op: 'regionRead', index, offset, count });
+    // Byte stores, not a DataView: taking `out.buffer` would move the 4 or 8 bytes off the V8 heap, an
+    // allocation per register read the collector then has to track (issue 16).
     const out = new Uint8Array(count);
-    const dv = new DataView(out.buffer);
     const now = sharedClock();
     for (let i = 0; i < count; i += 4) {
-      dv.setUint32(i, bar0Read32(this.#regs, offset + i, this.options.numQueues, now), true);
+      const v = bar0Read32(this.#regs, offset + i, this.options.numQueues, now);
+      out[i] = v;
+      out[i + 1] = v >>> 8;
+      out[i + 2] = v >>> 16;
+      out[i + 3] = v >>> 24;
     }
     return out;
   }
