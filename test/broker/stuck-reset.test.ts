@@ -3,6 +3,7 @@
 // letting the broker carry on as if the device had finished.
 import assert from 'node:assert/strict';
 import { after, afterEach, beforeEach, test } from 'node:test';
+import { Q, Q_STATUS, qcfg } from '../../src/hw/sa1/regs.js';
 import { ClientProc, type Rig, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
@@ -50,6 +51,31 @@ test('a reclaimed lease whose queue reset never finishes is quarantined with the
     /ENOSPC.*quarantined \(1 whose reset did not finish\)/,
   );
   assert.deepEqual((await rig.broker.driver.status()).quarantinedQueues, [infoA.queue]);
+});
+
+test('a reclaimed lease whose queue resets but never reports IDLE is quarantined naming Q_STATUS; the queue is not', async () => {
+  const a = await spawnClient();
+  const info = (await a.call('connect', { socket: rig.socket })).info;
+  const lease = rig.broker.leases.get(info.lease)!;
+  // A device whose queue finishes its reset but stays busy: its Q_STATUS (the upper half of the quiesce's
+  // 8-byte read of Q_CTRL and Q_STATUS) never shows IDLE.
+  const device = rig.broker.device;
+  const read64 = device.read64.bind(device);
+  device.read64 = async (index, offset) => {
+    const v = await read64(index, offset);
+    return offset === qcfg(info.queue, Q.CTRL) ? v & ~(BigInt(Q_STATUS.IDLE) << 32n) : v;
+  };
+  await a.exit();
+  await until('the lease to be quarantined', () => lease.state === 'quarantined', 5000);
+  device.read64 = read64;
+  assert.match(
+    lease.quarantineReason ?? '',
+    new RegExp(
+      `quiesce: ETIMEDOUT: sa1: queue ${info.queue} quiesce \\(Q_STATUS.IDLE\\) did not finish in 100 ms \\(last read 0x0\\)`,
+    ),
+  );
+  // The reset finished: the driver's pool has no queue quarantined; the lease holds this one.
+  assert.deepEqual((await rig.broker.driver.status()).quarantinedQueues, []);
 });
 
 test('a grant whose queue reset never finishes is refused with ETIMEDOUT, and that queue is not offered again', async () => {

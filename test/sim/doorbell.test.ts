@@ -101,3 +101,27 @@ test('a client that never kicks is still served (kick fds handed out, default id
   }
   assert.equal(openFds(), before);
 });
+
+test('a queue enabled while the device sleeps on its kick fds asks for a kick from the enable on; its first NOP is kicked', async () => {
+  const before = openFds();
+  const q = await queueRig(1_000_000);
+  const { fds } = await q.r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
+  try {
+    await q.tq.configure();
+    await until(q.kickNeeded, 'the device asleep on its kick fds (queue 0 armed)', 5000);
+    // The enable does not wake the device (no round re-arms the queues): the front end stores KICK_NEEDED
+    // in the new queue's page before answering it, so its holder's first doorbell wakes the device.
+    const q1 = await q.queue(1);
+    await q1.tq.configure();
+    assert.equal(q1.kickNeeded(), true, "queue 1's page asks for a kick as soon as the enable is answered");
+    assert.equal(q1.nop(1n, fds[1]!), true, 'the first doorbell kicks');
+    // Only the kick can explain a completion within 400 ms: the device's armed poll is 1 s away.
+    await until(() => q1.tq.peek(0) !== null, 'the kicked NOP on the new queue completes', 400);
+    assert.equal(q1.tq.peek(0)?.status, ds.ST_OK);
+    await until(q1.kickNeeded, 'KICK_NEEDED set again once idle', 5000);
+  } finally {
+    closeAll(fds);
+    await q.close();
+  }
+  assert.equal(openFds(), before);
+});

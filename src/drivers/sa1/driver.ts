@@ -28,6 +28,7 @@ import {
 import type { Fd } from '../../sys/fd.js';
 import { type BarType, barTypeAt, buildLeaseConfigSpace, readBarTypes } from '../config-space.js';
 import type { Driver, DriverConfig, DriverFactory, LeaseRequest, LeaseResources } from '../driver.js';
+import { PollTimeoutError } from '../poll.js';
 import { bootFirmware } from './boot.js';
 import { enableBusMaster, resetDevice, revokeAll } from './device-commands.js';
 import { queueLeaseResources } from './grant.js';
@@ -35,7 +36,7 @@ import { checkAlive, checkAsLeft, RECOVER_WAITS_MS, readStatusRegisters } from '
 import { Sa1Monitor } from './monitor.js';
 import { Granules, QueuePool, WindowSlots } from './pools.js';
 import { QcfgShadow } from './qcfg-shadow.js';
-import { programQueue, resetQueueRegisters, waitQueueIdle } from './queue-program.js';
+import { programQueue, quiesceQueueRegisters, resetQueueRegisters, resetWhat } from './queue-program.js';
 
 export { DEVICE_RESET_TIMEOUT_MS } from './device-commands.js';
 export { DEVMEM_LEASE_REGION0 } from './grant.js';
@@ -218,9 +219,15 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // One Q_CTRL write stops and resets the queue: RESET with ENABLE written 0. The device acts on RESET
     // first (in-flight descriptors complete ABORTED, rings and indexes zeroed), then takes ENABLE as written
     // (docs/SA-1.md, "Quiesce"). A reclaim has nothing to drain gracefully, and every Q_CTRL write is a round
-    // trip to the device's engine: a disable, a wait for IDLE and then a reset cost two. The reads that
-    // confirm it (RESET cleared, then Q_STATUS.IDLE) go out with the write, in order on the wire.
-    await Promise.all([this.#resetQueue(q), waitQueueIdle(d, q, this.#cfg.lifetime.quiesceTimeoutMs)]);
+    // trip to the device's engine: a disable, a wait for IDLE and then a reset cost two. The read that
+    // confirms it (RESET cleared and Q_STATUS.IDLE, one 8-byte read of both) goes out with the write, in
+    // order on the wire.
+    try {
+      await quiesceQueueRegisters(d, q, this.#cfg.lifetime.quiesceTimeoutMs);
+    } catch (err) {
+      if (err instanceof PollTimeoutError && err.what === resetWhat(q)) this.#queues.quarantine(q);
+      throw err;
+    }
   }
 
   async prepare(res: LeaseResources): Promise<void> {

@@ -6,8 +6,12 @@
 import type { Device } from '../../device/device.js';
 import { BAR0, Q, Q_CTRL, Q_STATUS, qcfg } from '../../hw/sa1/regs.js';
 import type { LeaseResources } from '../driver.js';
-import { pollUntil } from '../poll.js';
+import { PollTimeoutError, pollUntil } from '../poll.js';
 import type { QcfgShadow, QcfgWrite } from './qcfg-shadow.js';
+
+/** What a queue reset's wait names when it runs out (the driver quarantines a queue on it). */
+export const resetWhat = (q: number): string => `sa1: queue ${q} reset (Q_CTRL.RESET)`;
+const idleWhat = (q: number): string => `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`;
 
 /** Q_CTRL.RESET, then its reads until RESET reads 0, bounded by `timeoutMs` (ETIMEDOUT past it). */
 export async function resetQueueRegisters(d: Device, q: number, timeoutMs: number): Promise<void> {
@@ -15,7 +19,7 @@ export async function resetQueueRegisters(d: Device, q: number, timeoutMs: numbe
   await Promise.all([
     d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
     pollUntil({
-      what: `sa1: queue ${q} reset (Q_CTRL.RESET)`,
+      what: resetWhat(q),
       read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
       done: (v) => (v & Q_CTRL.RESET) === 0,
       timeoutMs,
@@ -23,14 +27,34 @@ export async function resetQueueRegisters(d: Device, q: number, timeoutMs: numbe
   ]);
 }
 
-/** Read Q_STATUS until the queue reports IDLE, bounded by `timeoutMs`. */
-export function waitQueueIdle(d: Device, q: number, timeoutMs: number): Promise<number> {
-  return pollUntil({
-    what: `sa1: queue ${q} quiesce (Q_STATUS.IDLE)`,
-    read: () => d.read32(BAR0, qcfg(q, Q.STATUS)),
-    done: (st) => (st & Q_STATUS.IDLE) !== 0,
-    timeoutMs,
-  });
+/**
+ * A quiesce: Q_CTRL.RESET with ENABLE 0, then reads until RESET reads 0 and Q_STATUS reports IDLE, bounded by
+ * `timeoutMs`. Q_CTRL and Q_STATUS are adjacent (QCFG 0x00, 0x04), so each read is one naturally aligned
+ * 8-byte access (datasheet §2: register accesses are 4 or 8 bytes) answering both: one device command a
+ * reclaim does not send. Past the bound, ETIMEDOUT names what did not finish — the reset (resetWhat) first,
+ * else the wait for IDLE — with that register's last value, as two separate waits would.
+ */
+export async function quiesceQueueRegisters(d: Device, q: number, timeoutMs: number): Promise<void> {
+  const ctrl = (v: bigint) => Number(v & 0xffff_ffffn);
+  const status = (v: bigint) => Number(v >> 32n);
+  try {
+    await Promise.all([
+      d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
+      pollUntil({
+        what: resetWhat(q),
+        read: () => d.read64(BAR0, qcfg(q, Q.CTRL)),
+        done: (v) => (ctrl(v) & Q_CTRL.RESET) === 0 && (status(v) & Q_STATUS.IDLE) !== 0,
+        timeoutMs,
+      }),
+    ]);
+  } catch (err) {
+    if (!(err instanceof PollTimeoutError)) throw err;
+    const last = err.lastValue as bigint;
+    const hex = (v: number) => `0x${(v >>> 0).toString(16)}`;
+    if (ctrl(last) & Q_CTRL.RESET)
+      throw new PollTimeoutError(resetWhat(q), ctrl(last), timeoutMs, hex(ctrl(last)));
+    throw new PollTimeoutError(idleWhat(q), status(last), timeoutMs, hex(status(last)));
+  }
 }
 
 /** Write a clean queue's configuration for lease `res` and enable it (see the comment within). */

@@ -11,7 +11,7 @@ import { Fd, native } from '../../sys/index.js';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX } from '../../vfio/uapi/vfio.js';
 import { bar0Read32, bar0WriteDirect, QCTRL_DEVICE, queueControlDirect } from '../model/bar0.js';
 import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
-import { BAR0_SIZE } from '../model/datasheet.js';
+import { BAR0_SIZE, Q_NOTIFY_KICK_NEEDED, QP_Q_NOTIFY } from '../model/datasheet.js';
 import { sliceFdIndex, sliceFdTable } from '../model/memfd-backing.js';
 import { bar2Size, type Sa1Options } from '../model/options.js';
 import { checkRegionAccess, regionSize } from '../model/regions.js';
@@ -25,6 +25,9 @@ import { PageTable, renewPage } from './page-revoke.js';
 import type { WorkerInit } from './worker.js';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
+
+/** Q_NOTIFY with KICK_NEEDED, as stored little-endian in a queue page. */
+const KICK_NEEDED_WORD = new Uint8Array(new Uint32Array([Q_NOTIFY_KICK_NEEDED]).buffer);
 
 const { O_RDONLY: OPEN_RDONLY, O_RDWR: OPEN_RDWR } = native.constants as Record<string, number> as {
   O_RDONLY: number;
@@ -119,11 +122,16 @@ export class DeviceWorker {
     checkRegionAccess(this.options, index, offset, count);
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
     if (index !== VFIO_PCI_BAR0_REGION_INDEX) return this.request({ op: 'regionRead', index, offset, count });
+    // Byte stores, not a DataView: taking `out.buffer` would move the 4 or 8 bytes off the V8 heap, an
+    // allocation per register read the collector then has to track (issue 16).
     const out = new Uint8Array(count);
-    const dv = new DataView(out.buffer);
     const now = sharedClock();
     for (let i = 0; i < count; i += 4) {
-      dv.setUint32(i, bar0Read32(this.#regs, offset + i, this.options.numQueues, now), true);
+      const v = bar0Read32(this.#regs, offset + i, this.options.numQueues, now);
+      out[i] = v;
+      out[i + 1] = v >>> 8;
+      out[i + 2] = v >>> 16;
+      out[i + 3] = v >>> 24;
     }
     return out;
   }
@@ -147,12 +155,29 @@ export class DeviceWorker {
       const queue = queueControlDirect(this.#regs, offset + i, value, this.options.numQueues);
       if (queue >= 0) {
         // Enabled here; the device latches its copy of the windows before its next round (a doorbell rung
-        // after this reply is seen in that round or a later one). Wakes a device asleep for want of queues.
-        this.#mailbox.post({ op: 'queueEnabled', queue });
+        // after this reply is seen in that round or a later one).
+        this.#queueEnabled(queue);
       } else if (queue === QCTRL_DEVICE) {
         this.request({ op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) });
       }
     }
+  }
+
+  /**
+   * Tell the device that queue `q` was enabled. A device asleep on its fds (the kick fds are out and some
+   * queue is armed) is left asleep: waking it would cost it a round and a walk over every queue to arm them
+   * again, on every grant (with a thousand leases held, a thousand queues). So the new queue's page says
+   * KICK_NEEDED (§2.3, rev 2) before the post, and its holder's first doorbell kicks the device awake, which
+   * takes the post before that round; a holder that never kicks is served at the armed poll interval, as
+   * it would be anyway. A device awake, or asleep for want of enabled queues (no kick ends that sleep), is
+   * woken as before.
+   */
+  #queueEnabled(q: number): void {
+    if (this.#kicksOut) {
+      const fd = Atomics.load(this.#sliceFds, sliceFdIndex(this.options, { kind: 'queue', index: q }));
+      if (fd >= 0) native.pwrite(fd, KICK_NEEDED_WORD, QP_Q_NOTIFY);
+    }
+    this.#mailbox.postLeavingFdSleep({ op: 'queueEnabled', queue: q });
   }
 
   /** Size of region `index` (0: not implemented). */

@@ -137,6 +137,24 @@ export class MailboxCaller<R> {
     return this.#send(0, req, wake);
   }
 
+  /**
+   * Post a one-way request, leaving a device that sleeps on its fds (W_FD_SLEEP) asleep: it takes the post
+   * when it next wakes (a kick, its armed poll interval, a request), before that round. A device not asleep
+   * on its fds — awake, or asleep on the request word, which no kick ends — is woken as by post(). Returns
+   * whether the device was left asleep. Sequentially consistent against sleepOnFds as #send is: either the
+   * device sees the post before it sleeps, or this sees it asleep.
+   */
+  postLeavingFdSleep(req: R): boolean {
+    const w = this.#words;
+    this.#posts = (this.#posts + 1) | 0;
+    const n = this.#posts;
+    this.port.postMessage({ seq: 0, n, req } satisfies Envelope<R>);
+    Atomics.store(w, W_REQUEST, n);
+    if (Atomics.load(w, W_FD_SLEEP) !== 0) return true;
+    Atomics.notify(w, W_REQUEST);
+    return false;
+  }
+
   #send(seq: number, req: R, wake = true): number {
     const w = this.#words;
     this.#posts = (this.#posts + 1) | 0;

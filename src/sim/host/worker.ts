@@ -11,7 +11,7 @@ import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
 import { type DevleaseError, ERRNO, errnoNumber, VfioError } from '../../errors.js';
 import { native } from '../../sys/index.js';
 import { sleepSync } from '../../util/sleep-sync.js';
-import { Q_CTRL, Q_CTRL_ENABLE } from '../model/datasheet.js';
+import { Q_CTRL, Q_CTRL_ENABLE, Q_NOTIFY_KICK_NEEDED, QP_Q_NOTIFY } from '../model/datasheet.js';
 import { Sa1Device } from '../model/device.js';
 import type { DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
@@ -184,7 +184,11 @@ function handle(r: DeviceRequest): unknown {
     case 'queueEnabled': {
       // The front end stored ENABLE; requests posted after this one (a disable, a reset) come after it.
       const q = device.queues[r.queue];
-      if (q && !q.enabled && device.regs.load(q.qcfgAt + Q_CTRL) === Q_CTRL_ENABLE) q.enabled = true;
+      if (q && !q.enabled && device.regs.load(q.qcfgAt + Q_CTRL) === Q_CTRL_ENABLE) {
+        q.enabled = true;
+        // The front end may have set KICK_NEEDED in the page (device-worker.ts #queueEnabled): ours to clear.
+        if (Atomics.load(q.words, QP_Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) q.kickNeeded = true;
+      }
       return;
     }
     case 'unmapPosted':

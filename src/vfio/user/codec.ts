@@ -11,7 +11,6 @@ import {
   VFIO_USER_F_TYPE_COMMAND,
   VFIO_USER_F_TYPE_MASK,
   VFIO_USER_F_TYPE_REPLY,
-  vfio_user_header,
 } from './protocol.js';
 
 export interface VfioUserMessage {
@@ -36,19 +35,23 @@ export function encodeMessage(m: {
   errorNo?: number;
   payload?: Uint8Array;
 }): Buffer {
-  const payload = m.payload ?? new Uint8Array(0);
-  const out = Buffer.alloc(HEADER_SIZE + payload.byteLength);
-  vfio_user_header.encode(
-    {
-      msg_id: m.msgId,
-      cmd: m.command,
-      msg_size: out.byteLength,
-      flags: m.flags,
-      error_no: m.errorNo ?? 0,
-    },
-    out,
-  );
-  out.set(payload, HEADER_SIZE);
+  const payload = m.payload;
+  const out = Buffer.allocUnsafe(HEADER_SIZE + (payload?.byteLength ?? 0));
+  if (payload) out.set(payload, HEADER_SIZE);
+  return writeHeader(out, m.msgId, m.command, m.flags, m.errorNo ?? 0);
+}
+
+/**
+ * Fill in the header of a message built in place: `out` is the whole message, its payload already at
+ * HEADER_SIZE (a reply made without a copy of its payload). The fields are written field by field — this runs
+ * once per message each way — and range-checked as vfio_user_header's encoder would (RangeError).
+ */
+export function writeHeader(out: Buffer, msgId: number, command: number, flags: number, errorNo = 0): Buffer {
+  out.writeUInt16LE(msgId, 0);
+  out.writeUInt16LE(command, 2);
+  out.writeUInt32LE(out.byteLength, 4);
+  out.writeUInt32LE(flags, 8);
+  out.writeUInt32LE(errorNo, 12);
   return out;
 }
 
@@ -108,26 +111,41 @@ export function decodeMessage(data: Uint8Array): VfioUserMessage {
       `message of ${data.byteLength} bytes is shorter than the ${HEADER_SIZE}-byte header`,
     );
   }
-  const h = vfio_user_header.decode(data);
-  if (h.msg_size !== data.byteLength) {
+  // The header's fields read in place (once per message each way; vfio_user_header is the layout).
+  const msgId = u16(data, 0);
+  const cmd = u16(data, 2);
+  const size = u32(data, 4);
+  const flags = u32(data, 8);
+  if (size !== data.byteLength) {
     throw new ProtocolError(
-      `${commandName(h.cmd)} msg_size ${h.msg_size} does not match the ${data.byteLength} bytes received`,
+      `${commandName(cmd)} msg_size ${size} does not match the ${data.byteLength} bytes received`,
     );
   }
-  const type = h.flags & VFIO_USER_F_TYPE_MASK;
+  const type = flags & VFIO_USER_F_TYPE_MASK;
   if (type !== VFIO_USER_F_TYPE_COMMAND && type !== VFIO_USER_F_TYPE_REPLY) {
-    throw new ProtocolError(`${commandName(h.cmd)} has unknown message type ${type}`);
+    throw new ProtocolError(`${commandName(cmd)} has unknown message type ${type}`);
   }
-  if ((h.flags & ~(VFIO_USER_F_TYPE_MASK | VFIO_USER_F_NO_REPLY | VFIO_USER_F_ERROR)) !== 0) {
-    throw new ProtocolError(
-      `${commandName(h.cmd)} sets reserved header flag bits (0x${h.flags.toString(16)})`,
-    );
+  if ((flags & ~(VFIO_USER_F_TYPE_MASK | VFIO_USER_F_NO_REPLY | VFIO_USER_F_ERROR)) !== 0) {
+    throw new ProtocolError(`${commandName(cmd)} sets reserved header flag bits (0x${flags.toString(16)})`);
   }
-  return {
-    msgId: h.msg_id,
-    command: h.cmd,
-    flags: h.flags,
-    errorNo: h.error_no,
-    payload: data.subarray(HEADER_SIZE),
-  };
+  return { msgId, command: cmd, flags, errorNo: u32(data, 12), payload: data.subarray(HEADER_SIZE) };
+}
+
+/** Little-endian u16 / u32 at `at` (the caller has checked the length). */
+export function u16(b: Uint8Array, at: number): number {
+  return (b[at] as number) | ((b[at + 1] as number) << 8);
+}
+
+export function u32(b: Uint8Array, at: number): number {
+  return (
+    ((b[at] as number) | ((b[at + 1] as number) << 8) | ((b[at + 2] as number) << 16)) +
+    (b[at + 3] as number) * 0x1000000
+  );
+}
+
+/** Little-endian u64 at `at`, as vfio_user structs carry offsets. */
+export function u64(b: Uint8Array, at: number): bigint {
+  const lo = u32(b, at);
+  const hi = u32(b, at + 4);
+  return hi === 0 ? BigInt(lo) : (BigInt(hi) << 32n) | BigInt(lo);
 }

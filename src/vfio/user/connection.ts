@@ -3,7 +3,9 @@
 // model, and the replies back in the same order. A request waits for the one
 // ahead of it, except those a model may pipeline (DMA_MAP, SET_IRQS,
 // GET_REGION_IO_FDS start once the request ahead has issued its device
-// calls; at most MAX_IN_FLIGHT at once). What each request does once
+// calls; at most MAX_IN_FLIGHT at once: request-order.ts); one with nothing
+// ahead of it is served at once when the model answers synchronously
+// (#serveNow). What each request does once
 // VERSION is done — its checks, the model's call, its reply — is dispatch.ts.
 // A message that breaks framing closes this connection only.
 import { ERRNO, ProtocolError, VfioError } from '../../errors.js';
@@ -15,15 +17,16 @@ import {
   isReply,
   type VfioUserMessage,
   wantsReply,
+  writeHeader,
 } from './codec.js';
 import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
 import { dispatchRequest } from './dispatch.js';
-import { decodeVersion, encodeVersion } from './messages.js';
 import * as P from './protocol.js';
+import { RequestOrder, type Turn } from './request-order.js';
 import { closeAll, type Reply } from './request-replies.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 import * as V from './validate.js';
-import { type Capabilities, readCapabilities, replyCapabilities } from './version.js';
+import { type Capabilities, readCapabilities, readVersionRequest, versionReply } from './version.js';
 
 export interface ConnectionConfig extends V.ServerLimits {
   maxDmaMaps: number;
@@ -50,19 +53,22 @@ export const MAX_PENDING = 32;
 export const REPLY_HIGH_WATER = 1 << 20;
 export const REPLY_HARD_LIMIT = 8 << 20;
 
-/**
- * Requests that may start before the one ahead of them is answered (see Issued in device-model.ts). A pipelined
- * request also waits until the request MAX_IN_FLIGHT before it is done in the model, so the model serves at
- * most MAX_IN_FLIGHT requests of a connection at once (replies waiting their turn are bounded by MAX_PENDING);
- * 8 lets the client library's whole acquire batch (regions, 4 SET_IRQS, io fds, the rings' DMA_MAP) through. Everything else — DMA_UNMAP above all, which must see every earlier map's
- * result — starts only once every earlier request is answered.
- */
+/** Requests that may start before the one ahead of them is answered (request-order.ts). */
 const PIPELINED = new Set([
   P.VFIO_USER_DMA_MAP,
   P.VFIO_USER_DEVICE_SET_IRQS,
   P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
 ]);
-export const MAX_IN_FLIGHT = 8;
+
+export { MAX_IN_FLIGHT } from './request-order.js';
+
+/** Requests never served out of turn (#serveNow): VERSION (its settling holds the queue) and PIPELINED. */
+const QUEUED = new Set([P.VFIO_USER_VERSION, ...PIPELINED]);
+
+/** What a request came to: its reply, or the error its error reply carries. */
+type Outcome = { ok: true; reply: Reply } | { ok: false; err: unknown };
+/** `take` of a request that came without fds. */
+const takeNone = (): Fd[] => [];
 
 export class VfioUserConnection {
   readonly info: ConnectionInfo;
@@ -74,13 +80,8 @@ export class VfioUserConnection {
   #config: ConnectionConfig;
   #model: VfioUserDeviceModel | null = null;
   #refusal: unknown = null;
-  #queue: Promise<void>;
+  readonly #order: RequestOrder;
   #closing: string | null = null;
-  #pending = 0;
-  /** Resolves when the next pipelined request may start (the last request sent its device calls or ended). */
-  #turn: Promise<void> = Promise.resolve();
-  /** Whether each of the last MAX_IN_FLIGHT requests is done in the model: a pipelined one waits for the oldest. */
-  readonly #recent: Promise<void>[] = [];
   /** The model's work after an early VERSION reply failed (versionSettled): the next request's answer. */
   #settleError: VfioError | null = null;
   #resolveClosed!: (reason: string) => void;
@@ -106,7 +107,7 @@ export class VfioUserConnection {
       this.#wantsReasons = adopted.wantsReasons;
     }
     // Creating the device is the first entry of the queue: requests wait for it.
-    this.#queue = (async () => {
+    const created = (async () => {
       try {
         this.#model = await createDevice(info, socket);
       } catch (err) {
@@ -115,6 +116,7 @@ export class VfioUserConnection {
           config.log(`vfio-user connection ${info.id}: createDevice failed`, err);
       }
     })();
+    this.#order = new RequestOrder(created, () => this.#flowControl());
     socket.on('message', (m) => this.#receive(m));
     socket.on('drain', () => this.#flowControl());
     socket.on('close', () => this.close('peer hung up'));
@@ -146,12 +148,8 @@ export class VfioUserConnection {
   }
 
   /** Resolves once every request read so far has been answered. */
-  async idle(): Promise<void> {
-    let q: Promise<void>;
-    do {
-      q = this.#queue;
-      await q;
-    } while (q !== this.#queue);
+  idle(): Promise<void> {
+    return this.#order.idle();
   }
 
   /** What another process needs to carry this session on (see the constructor's `adopted`). */
@@ -171,7 +169,7 @@ export class VfioUserConnection {
     } catch {
       // already closed
     }
-    this.#queue = this.#queue.then(async () => {
+    this.#order.after(async () => {
       try {
         await this.#model?.disconnected(reason);
       } catch (err) {
@@ -203,37 +201,27 @@ export class VfioUserConnection {
       this.close(`protocol error: ${(err as Error).message}`);
       return;
     }
-    this.#pending++;
-    this.#flowControl();
-    // Requests start in arrival order and their replies go back in that order. Most start once every earlier
-    // one is answered; a pipelined one (PIPELINED) starts once the one before it has sent its device calls
-    // (the model calls `issued`) or finished, and the one MAX_IN_FLIGHT before it is done in the model.
-    const answered = this.#queue;
+    // Nothing ahead of it: served now, in this callback, without the queue's promises (a register read's
+    // per-message cost, issue 16). Its answer is what the queue would give; see #serveNow.
+    if (this.#order.clear && this.peer !== null && this.#model !== null && !QUEUED.has(msg.command)) {
+      this.#serveNow(msg, fds);
+      return;
+    }
+    // In arrival order, replies too; a pipelined one may start before the one ahead is answered.
     const pipelined = PIPELINED.has(msg.command) && this.peer !== null;
-    const depth = this.#recent.length >= MAX_IN_FLIGHT ? this.#recent[0] : undefined;
-    const start = pipelined ? Promise.all([this.#turn, depth]) : answered;
-    let release!: () => void;
-    this.#turn = new Promise<void>((r) => {
-      release = r;
-    });
-    let served!: () => void;
-    const inModel = new Promise<void>((r) => {
-      served = r;
-    });
-    const done = start.then(async () => {
-      try {
-        await this.#handle(msg, fds, { issued: pipelined ? release : undefined, served }, answered);
-      } finally {
-        release();
-        served();
-        this.#pending--;
-        this.#flowControl();
-      }
-    });
-    // The queue's tail is "every request so far answered" (idle() and close() rely on it).
-    this.#queue = Promise.all([answered, done]).then(() => undefined);
-    this.#recent.push(inModel);
-    if (this.#recent.length > MAX_IN_FLIGHT) this.#recent.shift();
+    this.#order.enqueue(pipelined, (turn) => this.#handle(msg, fds, turn));
+  }
+
+  /**
+   * A request with every earlier one answered (so nothing to wait for), not VERSION nor pipelined: the model is
+   * called now and, if it answers synchronously, the reply is sent before this returns — no promise, no queue
+   * entry. A model that answers with a promise makes it a request in flight from there: the next requests
+   * queue behind it as behind any other.
+   */
+  #serveNow(msg: VfioUserMessage, fds: Fd[]): void {
+    const outcome = this.#run(msg, fds, undefined);
+    if (outcome instanceof Promise) this.#order.inFlight(outcome, (o) => this.#finish(msg, o));
+    else this.#finish(msg, outcome);
   }
 
   #flowControl(): void {
@@ -246,7 +234,7 @@ export class VfioUserConnection {
       this.close('client does not read its replies');
       return;
     }
-    const full = this.#held || this.#pending >= MAX_PENDING || backlog > REPLY_HIGH_WATER;
+    const full = this.#held || this.#order.pending >= MAX_PENDING || backlog > REPLY_HIGH_WATER;
     if (full) this.socket.pause();
     else this.socket.resume();
   }
@@ -255,30 +243,55 @@ export class VfioUserConnection {
    * `issued`: given to a pipelined request's model call; `served`: the model is done with this request;
    * `answered`: every earlier request is answered (this one's reply goes after).
    */
-  async #handle(
-    msg: VfioUserMessage,
-    fds: Fd[],
-    { issued, served }: { issued: Issued | undefined; served: () => void },
-    answered: Promise<void>,
-  ) {
+  async #handle(msg: VfioUserMessage, fds: Fd[], { issued, served, answered }: Turn) {
     if (this.#closing !== null) {
       closeAll(fds);
       return;
     }
-    let reply: Reply;
+    const outcome = await this.#run(msg, fds, issued);
+    // Done with the model: the next pipelined request need not wait for this one's turn to reply.
+    issued?.();
+    served();
+    await answered;
+    this.#finish(msg, outcome);
+    // An early VERSION reply: later requests wait (this entry of the queue) until the model has finished.
+    if (
+      outcome.ok &&
+      msg.command === P.VFIO_USER_VERSION &&
+      this.peer !== null &&
+      this.#model?.versionSettled
+    ) {
+      try {
+        await this.#model.versionSettled();
+      } catch (err) {
+        this.#settleError =
+          err instanceof VfioError ? err : new VfioError('EIO', `after VERSION: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  /**
+   * The model's part of a request: its reply or its failure, synchronously when the model answered so. The
+   * request's fds are closed once it is done with them, unless the model took them.
+   */
+  #run(msg: VfioUserMessage, fds: Fd[], issued: Issued | undefined): Outcome | Promise<Outcome> {
     let taken = false;
-    const take = (): Fd[] => {
-      taken = true;
-      return fds;
-    };
+    const take =
+      fds.length === 0
+        ? takeNone
+        : (): Fd[] => {
+            taken = true;
+            return fds;
+          };
+    let result: Reply | Promise<Reply>;
     try {
       // The model's work after an early VERSION reply failed: this request is answered with that failure.
       if (this.#settleError !== null) throw this.#settleError;
       // Nothing but VERSION before VERSION; after it, the request itself (dispatch.ts).
-      reply =
+      result =
         this.peer === null
-          ? await this.#beforeVersion(msg, fds)
-          : await dispatchRequest(
+          ? this.#beforeVersion(msg, fds)
+          : dispatchRequest(
               this.#model as VfioUserDeviceModel,
               this.#config,
               this.info.id,
@@ -288,43 +301,58 @@ export class VfioUserConnection {
               take,
               issued,
             );
-      // Done with the model: the next pipelined request need not wait for this one's turn to reply.
-      issued?.();
-      served();
     } catch (err) {
-      issued?.();
-      served();
       if (!taken) closeAll(fds);
-      taken = true;
-      let errno: number = ERRNO.EIO;
-      const what = `vfio-user connection ${this.info.id}: ${P.commandName(msg.command)}`;
-      if (err instanceof VfioError) errno = err.errno;
-      else this.#config.log(`${what} failed`, err);
-      await answered;
-      if (wantsReply(msg)) this.#send(encodeErrorReply(msg.msgId, msg.command, errno, this.#reasonFor(err)));
-      else if (err instanceof VfioError) this.#config.log(`${what} (no_reply) refused: ${err.message}`);
-      // Nothing but a successful VERSION opens a session (vfio-user.rst, "Connection Initiation").
-      if (this.peer === null) this.close(`${P.commandName(msg.command)} failed before version negotiation`);
-      else if (this.#settleError !== null) this.close(`after VERSION: ${(err as Error).message}`);
-      return;
-    } finally {
+      return this.#failed(msg, err);
+    }
+    if (!(result instanceof Promise)) {
       if (!taken) closeAll(fds);
+      return { ok: true, reply: result };
     }
-    try {
-      await answered;
-      if (wantsReply(msg)) this.#send(encodeReply(msg.msgId, msg.command, reply.payload), reply.fds);
-    } finally {
-      closeAll(reply.fds ?? []);
-    }
-    // An early VERSION reply: later requests wait (this entry of the queue) until the model has finished.
-    if (msg.command === P.VFIO_USER_VERSION && this.peer !== null && this.#model?.versionSettled) {
+    return result.then(
+      (reply): Outcome => {
+        if (!taken) closeAll(fds);
+        return { ok: true, reply };
+      },
+      (err) => {
+        if (!taken) closeAll(fds);
+        return this.#failed(msg, err);
+      },
+    );
+  }
+
+  #failed(msg: VfioUserMessage, err: unknown): Outcome {
+    // A VfioError is the model's refusal; anything else is a bug worth a log line (answered EIO).
+    if (!(err instanceof VfioError))
+      this.#config.log(`vfio-user connection ${this.info.id}: ${P.commandName(msg.command)} failed`, err);
+    return { ok: false, err };
+  }
+
+  /** Send a request's reply (or error reply), then whatever its failure means for the connection. */
+  #finish(msg: VfioUserMessage, outcome: Outcome): void {
+    if (outcome.ok) {
+      const { payload, framed, fds } = outcome.reply;
       try {
-        await this.#model.versionSettled();
-      } catch (err) {
-        this.#settleError =
-          err instanceof VfioError ? err : new VfioError('EIO', `after VERSION: ${(err as Error).message}`);
+        if (!wantsReply(msg)) return;
+        const data = framed
+          ? writeHeader(framed, msg.msgId, msg.command, P.VFIO_USER_F_TYPE_REPLY)
+          : encodeReply(msg.msgId, msg.command, payload);
+        this.#send(data, fds);
+      } finally {
+        if (fds) closeAll(fds);
       }
+      return;
     }
+    const err = outcome.err;
+    const errno = err instanceof VfioError ? err.errno : ERRNO.EIO;
+    if (wantsReply(msg)) this.#send(encodeErrorReply(msg.msgId, msg.command, errno, this.#reasonFor(err)));
+    else if (err instanceof VfioError) {
+      const what = `vfio-user connection ${this.info.id}: ${P.commandName(msg.command)}`;
+      this.#config.log(`${what} (no_reply) refused: ${err.message}`);
+    }
+    // Nothing but a successful VERSION opens a session (vfio-user.rst, "Connection Initiation").
+    if (this.peer === null) this.close(`${P.commandName(msg.command)} failed before version negotiation`);
+    else if (this.#settleError !== null) this.close(`after VERSION: ${(err as Error).message}`);
   }
 
   /** The reason text for an error reply, if the client asked for reasons (devlease "error_reason"). */
@@ -354,48 +382,25 @@ export class VfioUserConnection {
   }
 
   async #negotiate(payload: Uint8Array): Promise<Reply> {
-    let v: ReturnType<typeof decodeVersion>;
-    try {
-      v = decodeVersion(payload);
-      this.peer = readCapabilities(v.json);
-      this.#wantsReasons =
-        (this.peer.raw['devlease'] as { error_reason?: unknown } | undefined)?.error_reason === true;
-    } catch (err) {
-      throw new VfioError('EINVAL', `bad VFIO_USER_VERSION: ${(err as Error).message}`);
-    }
+    const v = readVersionRequest(payload);
+    this.#wantsReasons = v.wantsReasons;
     if (v.major !== P.VFIO_USER_MAJOR) {
-      this.peer = null;
       throw new VfioError('ENOTSUP', `protocol major ${v.major} is not supported (${P.VFIO_USER_MAJOR})`);
     }
     if (this.#refusal !== null || this.#model === null) {
-      this.peer = null;
       throw this.#refusal instanceof VfioError ? this.#refusal : new VfioError('EIO', 'device unavailable');
     }
+    this.peer = v.peer;
     // The model may decide now, with the client's capabilities (devlease: the lease request rides here).
     let granted: Record<string, unknown> = {};
     if (this.#model.negotiate) {
       try {
-        granted = await this.#model.negotiate(this.peer.raw);
+        granted = await this.#model.negotiate(v.peer.raw);
       } catch (err) {
         this.peer = null;
         throw err;
       }
     }
-    const cfg = this.#config;
-    const ours: Record<string, unknown> = {
-      ...granted,
-      max_msg_fds: cfg.maxMsgFds,
-      max_data_xfer_size: cfg.maxDataXferSize,
-      max_dma_maps: cfg.maxDmaMaps,
-      pgsizes: cfg.pgsizes,
-      ...(this.#model.versionCapabilities?.() ?? {}),
-    };
-    // The reply says reasons will come, so the client reads error payloads as text only from a server that does.
-    if (this.#wantsReasons)
-      ours['devlease'] = { ...(ours['devlease'] as object | undefined), error_reason: true };
-    // Only what the client proposed; twin_socket is declined by leaving it out (vfio-user.rst, "Reply").
-    const capabilities = replyCapabilities(this.peer.raw, ours);
-    const minor = Math.min(v.minor, P.VFIO_USER_MINOR);
-    return { payload: encodeVersion(P.VFIO_USER_MAJOR, minor, { capabilities }) };
+    return { payload: versionReply(v, this.#config, granted, this.#model.versionCapabilities?.() ?? {}) };
   }
 }

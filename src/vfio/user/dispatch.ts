@@ -6,8 +6,9 @@ import type { Fd } from '../../sys/fd.js';
 import { VFIO_DEVICE_FLAGS_RESET, vfio_irq_info } from '../uapi/vfio.js';
 import type { VfioUserMessage } from './codec.js';
 import type { Issued, VfioUserDeviceModel } from './device-model.js';
-import { encodeRegionAccess, vfio_user_device_info } from './messages.js';
+import { vfio_user_device_info, vfio_user_region_access } from './messages.js';
 import * as P from './protocol.js';
+import { HEADER_SIZE } from './protocol.js';
 import { feature, type Reply, regionInfo, regionIoFds } from './request-replies.js';
 import * as V from './validate.js';
 import type { Capabilities } from './version.js';
@@ -22,12 +23,48 @@ const REFUSED: Record<number, string> = {
   [P.VFIO_USER_DMA_WRITE]: 'DMA_WRITE is a server-to-client command',
 };
 
+/** `f(v)` now if `v` is a value, once it resolves if it is a promise: a model answers either way. */
+function then<T>(v: T | PromiseLike<T>, f: (v: T) => Reply): Reply | Promise<Reply> {
+  return isThenable(v) ? Promise.resolve(v).then(f) : f(v);
+}
+
+function isThenable<T>(v: T | PromiseLike<T>): v is PromiseLike<T> {
+  return typeof (v as { then?: unknown } | null | undefined)?.then === 'function';
+}
+
+const noPayload = (): Reply => ({});
+
+/** vfio_user_region_access: the head of REGION_READ/WRITE requests and replies, before any data. */
+const ACCESS_HEAD = vfio_user_region_access.size;
+
+/**
+ * REGION_READ's reply: the request's access head (offset, region, count: the same values) then the data, built
+ * in the reply message itself (`framed`, the header filled in when sent): one buffer, one copy of the data.
+ */
+function regionReadReply(head: Uint8Array, count: number, data: Uint8Array): Reply {
+  if (data.byteLength !== count) {
+    throw new Error(`model regionRead returned ${data.byteLength} bytes for ${count}`);
+  }
+  const framed = Buffer.allocUnsafe(HEADER_SIZE + ACCESS_HEAD + count);
+  for (let i = 0; i < ACCESS_HEAD; i++) framed[HEADER_SIZE + i] = head[i] as number;
+  framed.set(data, HEADER_SIZE + ACCESS_HEAD);
+  return { framed };
+}
+
+/** REGION_WRITE's reply: the request's access head alone. */
+function regionWriteReply(head: Uint8Array): Reply {
+  const framed = Buffer.allocUnsafe(HEADER_SIZE + ACCESS_HEAD);
+  for (let i = 0; i < ACCESS_HEAD; i++) framed[HEADER_SIZE + i] = head[i] as number;
+  return { framed };
+}
+
 /**
  * Serve `msg` on connection `id` after VERSION (`peer`: the client's capabilities). `take` hands the
  * request's fds to the model (the caller closes them unless taken); `issued`, for a pipelined request, is
- * given to the model's call.
+ * given to the model's call. The reply comes back synchronously when the model answered so (the connection
+ * then sends it at once), else as a promise; a refusal is thrown or rejected alike.
  */
-export async function dispatchRequest(
+export function dispatchRequest(
   model: VfioUserDeviceModel,
   cfg: V.ServerLimits & { log(message: string): void },
   id: number,
@@ -36,7 +73,7 @@ export async function dispatchRequest(
   fds: Fd[],
   take: () => Fd[],
   issued: Issued | undefined,
-): Promise<Reply> {
+): Reply | Promise<Reply> {
   const { command, payload } = msg;
   V.checkFdCount(command, fds, cfg);
   switch (command) {
@@ -45,14 +82,12 @@ export async function dispatchRequest(
     case P.VFIO_USER_DMA_MAP: {
       const m = V.parseDmaMap(payload, cfg);
       const [fd] = take();
-      await model.dmaMap({ ...m, fd: fd ?? null, ...(issued ? { issued } : {}) });
-      return {};
+      return then(model.dmaMap({ ...m, fd: fd ?? null, ...(issued ? { issued } : {}) }), noPayload);
     }
     case P.VFIO_USER_DMA_UNMAP: {
       const { argsz: _argsz, ...u } = V.parseDmaUnmap(payload, cfg);
-      await model.dmaUnmap(u);
       // "The server responds with the original DMA entry in the request."
-      return { payload: payload.slice() };
+      return then(model.dmaUnmap(u), () => ({ payload: payload.slice() }));
     }
     case P.VFIO_USER_DEVICE_GET_INFO: {
       V.parseInfoArgsz('GET_INFO', payload);
@@ -73,34 +108,31 @@ export async function dispatchRequest(
       const s = V.parseIrqSet(payload, fds, model);
       const given = take();
       const list = given.length > 0 ? given : Array.from({ length: s.count }, () => null);
-      await model.setIrqs({
+      const set = model.setIrqs({
         ...s,
         fds: list,
         ...(s.bools ? { bools: s.bools.slice() } : {}),
         ...(issued ? { issued } : {}),
       });
-      return {};
+      return then(set, noPayload);
     }
     case P.VFIO_USER_REGION_READ: {
-      const a = V.parseRegionAccess(false, payload, model, cfg);
-      const data = await model.regionRead(a.region, a.offset, a.count);
-      if (data.byteLength !== a.count) {
-        throw new Error(`model regionRead returned ${data.byteLength} bytes for ${a.count}`);
-      }
-      return { payload: encodeRegionAccess(a.offset, a.region, data) };
+      const { region, offset, count } = V.parseRegionAccess(false, payload, model, cfg);
+      const data = model.regionRead(region, offset, count);
+      if (isThenable(data)) return Promise.resolve(data).then((d) => regionReadReply(payload, count, d));
+      return regionReadReply(payload, count, data);
     }
     case P.VFIO_USER_REGION_WRITE: {
-      const a = V.parseRegionAccess(true, payload, model, cfg);
-      await model.regionWrite(a.region, a.offset, a.data.slice());
-      return { payload: payload.slice(0, 16) };
+      const { region, offset } = V.parseRegionAccess(true, payload, model, cfg);
+      const reply = regionWriteReply(payload);
+      return then(model.regionWrite(region, offset, payload.slice(ACCESS_HEAD)), () => reply);
     }
     case P.VFIO_USER_DEVICE_RESET: {
       if (payload.byteLength !== 0) throw new VfioError('EINVAL', 'VFIO_USER_DEVICE_RESET carries a payload');
       if (!(model.deviceInfo().flags & VFIO_DEVICE_FLAGS_RESET)) {
         throw new VfioError('ENOTSUP', 'device does not support reset');
       }
-      await model.reset();
-      return {};
+      return then(model.reset(), noPayload);
     }
     case P.VFIO_USER_DEVICE_FEATURE:
       return feature(payload, model, peer.maxMsgFds, take);

@@ -10,7 +10,11 @@ import { regionInfoReply } from './region-info.js';
 import { encodeRegionIoFdsReply, parseRegionIoFdsRequest } from './region-io-fds.js';
 import * as V from './validate.js';
 
-export type Reply = { payload?: Uint8Array; fds?: Fd[] };
+/**
+ * A request's reply: its payload, or `framed` — the whole reply message with its payload in place after
+ * HEADER_SIZE bytes left for the header (filled in when sent: no copy of the payload) — and fds to send.
+ */
+export type Reply = { payload?: Uint8Array; framed?: Buffer; fds?: Fd[] };
 
 export function regionInfo(payload: Uint8Array, model: VfioUserDeviceModel, log: (m: string) => void): Reply {
   const { argsz, index } = V.parseInfoArgsz('GET_REGION_INFO', payload);

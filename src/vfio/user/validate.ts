@@ -24,6 +24,7 @@ import {
   vfio_irq_set,
   vfio_region_info,
 } from '../uapi/vfio.js';
+import { u32, u64 } from './codec.js';
 import type { DmaUnmapRequest, VfioUserDeviceModel } from './device-model.js';
 import {
   vfio_user_device_info,
@@ -155,55 +156,60 @@ export function parseDmaUnmap(
   return { argsz: u.argsz, iova: u.addr, size: u.size, flags: u.flags };
 }
 
+/** What an access check asks of regionInfo(): flags and size, no fd. */
+const NO_FD = Object.freeze({ fd: false });
+
 function checkRegion(model: VfioUserDeviceModel, region: number, need: number, what: string) {
   const { num_regions } = model.deviceInfo();
   if (region >= num_regions)
     throw new VfioError('EINVAL', `region ${region} does not exist (${num_regions})`);
-  const info = model.regionInfo(region, { fd: false });
+  const info = model.regionInfo(region, NO_FD);
   // Only flags and size matter here; a model that sent an fd anyway gets it closed.
   info.fd?.close();
   if ((info.flags & need) === 0) throw new VfioError('EINVAL', `region ${region} is not ${what}`);
   return info;
 }
 
-/** "VFIO_USER_REGION_READ" / "VFIO_USER_REGION_WRITE": region exists, allows the access, range inside it. */
+/**
+ * "VFIO_USER_REGION_READ" / "VFIO_USER_REGION_WRITE": region exists, allows the access, range inside it. The
+ * vfio_user_region_access head (offset u64, region u32, count u32) is read in place, not through its struct
+ * codec: this runs for every register access. A write's data is the payload from byte 16 on.
+ */
 export function parseRegionAccess(
   write: boolean,
   payload: Uint8Array,
   model: VfioUserDeviceModel,
   limits: ServerLimits,
-): { region: number; offset: bigint; count: number; data: Uint8Array } {
+): { region: number; offset: bigint; count: number } {
   const name = write ? 'VFIO_USER_REGION_WRITE' : 'VFIO_USER_REGION_READ';
-  if (payload.byteLength < vfio_user_region_access.size) {
+  const head = vfio_user_region_access.size;
+  if (payload.byteLength < head) {
     throw new VfioError('EINVAL', `${name} payload is ${payload.byteLength} bytes`);
   }
-  const a = vfio_user_region_access.decode(payload);
-  exactSize(name, payload, vfio_user_region_access.size + (write ? a.count : 0));
-  if (a.count === 0) throw new VfioError('EINVAL', `${name} of 0 bytes`);
-  if (a.count > limits.maxDataXferSize) {
+  const offset = u64(payload, 0);
+  const region = u32(payload, 8);
+  const count = u32(payload, 12);
+  exactSize(name, payload, head + (write ? count : 0));
+  if (count === 0) throw new VfioError('EINVAL', `${name} of 0 bytes`);
+  if (count > limits.maxDataXferSize) {
     throw new VfioError(
       'EINVAL',
-      `${name} count ${a.count} exceeds max_data_xfer_size ${limits.maxDataXferSize}`,
+      `${name} count ${count} exceeds max_data_xfer_size ${limits.maxDataXferSize}`,
     );
   }
   const info = checkRegion(
     model,
-    a.region,
+    region,
     write ? VFIO_REGION_INFO_FLAG_WRITE : VFIO_REGION_INFO_FLAG_READ,
     write ? 'writable' : 'readable',
   );
-  if (a.offset + BigInt(a.count) > info.size) {
+  if (offset + BigInt(count) > info.size) {
     throw new VfioError(
       'EINVAL',
-      `${name} [0x${a.offset.toString(16)}, +${a.count}) is outside region ${a.region} of ${info.size} bytes`,
+      `${name} [0x${offset.toString(16)}, +${count}) is outside region ${region} of ${info.size} bytes`,
     );
   }
-  return {
-    region: a.region,
-    offset: a.offset,
-    count: a.count,
-    data: payload.subarray(vfio_user_region_access.size),
-  };
+  return { region, offset, count };
 }
 
 /** "VFIO_USER_DEVICE_SET_IRQS": one data type, one action, range inside the index, fds/bools matching count. */

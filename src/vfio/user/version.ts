@@ -3,7 +3,7 @@
 // extensions ride alongside under their own key (devlease uses "devlease").
 // Both sides' negotiation rules are here: what a client proposes and accepts,
 // and what a server may answer (only members the client proposed).
-import { ProtocolError } from '../../errors.js';
+import { ProtocolError, VfioError } from '../../errors.js';
 import { decodeVersion, encodeVersion } from './messages.js';
 import {
   DEFAULT_MAX_MSG_FDS,
@@ -72,6 +72,52 @@ export function replyCapabilities(
   ours: Record<string, unknown>,
 ): Record<string, unknown> {
   return Object.fromEntries(Object.entries(ours).filter(([key]) => Object.hasOwn(proposed, key)));
+}
+
+/**
+ * A client's VERSION as the server reads it: its version numbers and capabilities, and whether it asked
+ * for reasons in error replies (devlease "error_reason"). Throws VfioError EINVAL when it cannot be read.
+ */
+export function readVersionRequest(payload: Uint8Array): {
+  major: number;
+  minor: number;
+  peer: Capabilities;
+  wantsReasons: boolean;
+} {
+  try {
+    const v = decodeVersion(payload);
+    const peer = readCapabilities(v.json);
+    const ext = peer.raw['devlease'] as { error_reason?: unknown } | undefined;
+    return { major: v.major, minor: v.minor, peer, wantsReasons: ext?.error_reason === true };
+  } catch (err) {
+    throw new VfioError('EINVAL', `bad VFIO_USER_VERSION: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * The server's VERSION reply payload: its limits and what the model adds (`granted` by its negotiate(),
+ * `extra` its versionCapabilities()), restricted to what the client proposed; "error_reason" stated when
+ * reasons will come, so the client reads error payloads as text only from a server that sends them.
+ */
+export function versionReply(
+  request: { minor: number; peer: Capabilities; wantsReasons: boolean },
+  limits: { maxMsgFds: number; maxDataXferSize: number; maxDmaMaps: number; pgsizes: number },
+  granted: Record<string, unknown>,
+  extra: Record<string, unknown>,
+): Uint8Array {
+  const ours: Record<string, unknown> = {
+    ...granted,
+    max_msg_fds: limits.maxMsgFds,
+    max_data_xfer_size: limits.maxDataXferSize,
+    max_dma_maps: limits.maxDmaMaps,
+    pgsizes: limits.pgsizes,
+    ...extra,
+  };
+  if (request.wantsReasons)
+    ours['devlease'] = { ...(ours['devlease'] as object | undefined), error_reason: true };
+  // Only what the client proposed; twin_socket is declined by leaving it out (vfio-user.rst, "Reply").
+  const capabilities = replyCapabilities(request.peer.raw, ours);
+  return encodeVersion(VFIO_USER_MAJOR, Math.min(request.minor, VFIO_USER_MINOR), { capabilities });
 }
 
 /** The smallest page size in a pgsizes mask (the alignment DMA maps must keep). */

@@ -10,29 +10,36 @@ import {
   VFIO_PCI_BAR2_REGION_INDEX,
 } from '../../../src/vfio/uapi/vfio.js';
 import { boot, TestQueue } from './driver.js';
-import { type Rig, rig } from './real.js';
+import { type HostRegion, type Rig, rig } from './real.js';
 
 const STRIDE = 65536;
 const FW = 0x10_0000n;
 const HOST = 0x20_0000n;
+/** Host memory per queue (its window: both rings and NOPs). */
+const QUEUE_MEM = 0x1000;
 
-/** A booted rig with queue 0 configured through its mapped slice page. */
-export async function queueRig(idlePollUs: number) {
-  const r: Rig = await rig({ numQueues: 4, idlePollUs });
-  const fw = await r.map(FW, 64 * 1024);
-  await boot(r.bus, fw);
-  const host = await r.map(HOST, 1 << 20);
+/** Queue `q` of the rig's device as a holder sees it: its slice page mapped, a TestQueue over it. */
+async function holderQueue(r: Rig, host: HostRegion, q: number) {
   const reply = await r.client.feature({
     flags: VFIO_DEVICE_FEATURE_GET,
     feature: VFIO_DEVICE_FEATURE_DMA_BUF,
-    data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, [{ offset: 0n, length: BigInt(STRIDE) }]),
+    data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, [
+      { offset: BigInt(q * STRIDE), length: BigInt(STRIDE) },
+    ]),
   });
   const pageFd = reply.fds[0]!;
   const page = Mapping.map(pageFd, { length: STRIDE });
   const words = new Int32Array(page.buffer, 0, ds.QP_REGISTERS_END / 4);
+  const at = q * QUEUE_MEM;
   const tq = new TestQueue(
     r.bus,
-    { q: 0, mem: { iova: HOST, view: host.view.subarray(0, 0x1000) }, sqSize: 16, cqSize: 16, page: page.u8 },
+    {
+      q,
+      mem: { iova: HOST + BigInt(at), view: host.view.subarray(at, at + QUEUE_MEM) },
+      sqSize: 16,
+      cqSize: 16,
+      page: page.u8,
+    },
     STRIDE,
   );
   const kickNeeded = (): boolean => (Atomics.load(words, ds.QP_Q_NOTIFY / 4) & ds.Q_NOTIFY_KICK_NEEDED) !== 0;
@@ -44,10 +51,29 @@ export async function queueRig(idlePollUs: number) {
     if (kick) native.eventfdWrite(kickFd.fd, 1);
     return kick;
   };
-  const close = async (): Promise<void> => {
+  const unmap = (): void => {
     page.unmap();
     pageFd.close();
+  };
+  return { tq, words, kickNeeded, nop, unmap };
+}
+
+/** A booted rig with queue 0 configured through its mapped slice page; queue(q) maps another one. */
+export async function queueRig(idlePollUs: number) {
+  const r: Rig = await rig({ numQueues: 4, idlePollUs });
+  const fw = await r.map(FW, 64 * 1024);
+  await boot(r.bus, fw);
+  const host = await r.map(HOST, 1 << 20);
+  const q0 = await holderQueue(r, host, 0);
+  const others: { unmap(): void }[] = [];
+  const queue = async (q: number) => {
+    const h = await holderQueue(r, host, q);
+    others.push(h);
+    return h;
+  };
+  const close = async (): Promise<void> => {
+    for (const h of [q0, ...others]) h.unmap();
     await r.close();
   };
-  return { r, tq, words, kickNeeded, nop, close };
+  return { r, tq: q0.tq, words: q0.words, kickNeeded: q0.kickNeeded, nop: q0.nop, queue, close };
 }

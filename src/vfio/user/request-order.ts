@@ -1,0 +1,115 @@
+// When each request of a vfio-user connection runs and when its reply may go: arrival order, with the
+// pipelining a model may allow (see Issued in device-model.ts). connection.ts decides what a request does;
+// this keeps its place in line. A request with nothing ahead of it skips the line altogether (`clear`).
+
+/** What a queued request is given: `issued` (pipelined only) and `served` for the model's part. */
+export interface Turn {
+  issued: (() => void) | undefined;
+  served: () => void;
+  /** Every earlier request is answered: the reply goes after this. */
+  answered: Promise<void>;
+}
+
+/**
+ * Requests that may start before the one ahead of them is answered. A pipelined request also waits until
+ * the request MAX_IN_FLIGHT before it is done in the model, so the model serves at most MAX_IN_FLIGHT
+ * requests of a connection at once (replies waiting their turn are bounded by the connection's
+ * MAX_PENDING); 8 lets the client library's whole acquire batch (regions, 4 SET_IRQS, io fds, the rings'
+ * DMA_MAP) through. Everything else — DMA_UNMAP above all, which must see every earlier map's result —
+ * starts only once every earlier request is answered.
+ */
+export const MAX_IN_FLIGHT = 8;
+
+export class RequestOrder {
+  /** Requests read and not yet answered. */
+  pending = 0;
+  /** The tail: resolves once every request so far is answered (and whatever was chained with after()). */
+  #tail: Promise<void>;
+  /** Resolves when the next pipelined request may start (the last request sent its device calls or ended). */
+  #turn: Promise<void> = Promise.resolve();
+  /** Whether each of the last MAX_IN_FLIGHT requests is done in the model: a pipelined one waits for the oldest. */
+  readonly #recent: Promise<void>[] = [];
+  readonly #changed: () => void;
+
+  /** `first`: what every request waits for (the device's creation); `changed`: `pending` moved. */
+  constructor(first: Promise<void>, changed: () => void) {
+    this.#tail = first;
+    this.#changed = changed;
+  }
+
+  /** Nothing is waiting or running: a request now may be served at once, out of line. */
+  get clear(): boolean {
+    return this.pending === 0;
+  }
+
+  /**
+   * Queue a request: `handle` runs once the requests it waits for allow (every earlier one answered; a
+   * pipelined one: the one before it issued, the one MAX_IN_FLIGHT before it served), and its reply waits
+   * for `answered`.
+   */
+  enqueue(pipelined: boolean, handle: (t: Turn) => Promise<void>): void {
+    this.pending++;
+    this.#changed();
+    const answered = this.#tail;
+    const depth = this.#recent.length >= MAX_IN_FLIGHT ? this.#recent[0] : undefined;
+    const start = pipelined ? Promise.all([this.#turn, depth]) : answered;
+    let release!: () => void;
+    this.#turn = new Promise<void>((r) => {
+      release = r;
+    });
+    let served!: () => void;
+    const inModel = new Promise<void>((r) => {
+      served = r;
+    });
+    const done = start.then(async () => {
+      try {
+        await handle({ issued: pipelined ? release : undefined, served, answered });
+      } finally {
+        release();
+        served();
+        this.#done();
+      }
+    });
+    this.#track(done, inModel);
+  }
+
+  /**
+   * A request served out of line whose model answered with a promise: from here it is in flight like a
+   * queued one, and every later request waits for it. `finish` sends its reply.
+   */
+  inFlight<T>(outcome: Promise<T>, finish: (o: T) => void): void {
+    this.pending++;
+    this.#changed();
+    const inModel = outcome.then(() => undefined);
+    this.#turn = inModel;
+    this.#track(
+      outcome.then(finish).finally(() => this.#done()),
+      inModel,
+    );
+  }
+
+  /** Run `f` once every request so far is answered; later requests wait for it too (a connection's close). */
+  after(f: () => Promise<void>): void {
+    this.#tail = this.#tail.then(f);
+  }
+
+  /** Resolves once every request read so far has been answered. */
+  async idle(): Promise<void> {
+    let q: Promise<void>;
+    do {
+      q = this.#tail;
+      await q;
+    } while (q !== this.#tail);
+  }
+
+  #done(): void {
+    this.pending--;
+    this.#changed();
+  }
+
+  #track(done: Promise<void>, inModel: Promise<void>): void {
+    this.#tail = Promise.all([this.#tail, done]).then(() => undefined);
+    this.#recent.push(inModel);
+    if (this.#recent.length > MAX_IN_FLIGHT) this.#recent.shift();
+  }
+}
