@@ -21,11 +21,7 @@ export type ArmResult = typeof ARMED | typeof BACKLOG | typeof RACED;
 export function armKicks(device: Sa1Device): ArmResult {
   let result: ArmResult = ARMED;
   if (!device.canRun()) return result;
-  let flagged = armed.get(device);
-  if (flagged === undefined) {
-    flagged = [];
-    armed.set(device, flagged);
-  }
+  const flagged = flaggedBy(device);
   for (const q of device.watchedQueues) {
     if (!q.enabled || q.error) continue;
     flagged.push(q);
@@ -40,6 +36,24 @@ export function armKicks(device: Sa1Device): ArmResult {
  * each) instead of looking at every queue, cold, while a kicked client waits.
  */
 const armed = new WeakMap<Sa1Device, Queue[]>();
+
+function flaggedBy(device: Sa1Device): Queue[] {
+  let flagged = armed.get(device);
+  if (flagged === undefined) {
+    flagged = [];
+    armed.set(device, flagged);
+  }
+  return flagged;
+}
+
+/**
+ * KICK_NEEDED was stored in queue q's page by someone else (the front end, for a queue enabled while the
+ * poller slept): the device takes it as its own, for the next disarmKicks() to clear.
+ */
+export function adoptKickNeeded(device: Sa1Device, q: Queue): void {
+  q.kickNeeded = true;
+  flaggedBy(device).push(q);
+}
 
 /** Awake again: clear KICK_NEEDED wherever it is set. */
 export function disarmKicks(device: Sa1Device): void {
