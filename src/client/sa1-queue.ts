@@ -132,7 +132,6 @@ export class Sa1Queue {
     return code !== 0 && FATAL.has(code) ? code : this.#stoppedBy;
   }
 
-  /** Descriptors submitted or posted whose completion has not been collected. */
   /**
    * The status the last post()ed descriptor that failed completed with (a STATUS_CODE), 0 when none has since
    * the last reset. Known as its completion is collected; Q_ERROR (lastError) is stored just after it.
@@ -141,6 +140,7 @@ export class Sa1Queue {
     return this.#postError;
   }
 
+  /** Descriptors submitted or posted whose completion has not been collected. */
   get inFlight(): number {
     return this.#pending.size + this.#posted;
   }
@@ -167,8 +167,9 @@ export class Sa1Queue {
    * calling poll(): no promise, no pending-table entry, no pump. It counts in inFlight until poll()
    * collects its completion; a bad status rejects nothing, it shows in postError once collected (and, for
    * one that stops the queue, in error; a queue stopped without a completion, its CQ unmapped, leaves them
-   * counted: spinUntil's deadline ends the wait, error says why). The cheapest submit, for a thread that polls: after an idle pause, when every
-   * object and code page the submit touches is cold, that is what the first operation costs (issue 16).
+   * counted: spinUntil's deadline ends the wait, error says why). The cheapest submit, for a thread that
+   * polls: after an idle pause, when every object and code page the submit touches is cold, that is what the
+   * first operation costs (issue 16).
    */
   post(d: Descriptor): void {
     this.#checkSubmit(1);
