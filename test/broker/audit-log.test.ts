@@ -1,0 +1,42 @@
+// The audit log's own contract, which the admin API (`recent`), the log file and the metrics rely on: each
+// record is one JSON line with the time first, bigints as decimal strings and `decidedBy` on grants and
+// denials only; `recent` holds the last AUDIT_RECENT records, oldest first, as objects.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { AUDIT_RECENT, AuditLog, type AuditRecord } from '../../src/broker/audit.js';
+
+test('a record is one JSON line: time first, bigints as strings, decidedBy on grants and denials only', () => {
+  const lines: string[] = [];
+  const seen: AuditRecord[] = [];
+  const log = new AuditLog(null, (l) => lines.push(l));
+  log.subscribe((r) => seen.push(r));
+  log.decidedBy = { config: 'abc' };
+  log.write({ event: 'grant', lease: 'queue-1', window: { base: 1n << 32n, size: 4096n }, ms: 1.5 });
+  log.write({ event: 'released', lease: 'queue-1', problems: [] });
+  log.write({ event: 'deny', reason: 'no' });
+  const [grant, released, deny] = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.deepEqual(Object.keys(grant!), ['time', 'event', 'lease', 'window', 'ms', 'decidedBy']);
+  assert.ok(!Number.isNaN(Date.parse(grant!.time as string)));
+  assert.deepEqual(grant!.window, { base: '4294967296', size: '4096' });
+  assert.deepEqual(grant!.decidedBy, { config: 'abc' });
+  assert.equal('decidedBy' in released!, false);
+  assert.deepEqual(deny!.decidedBy, { config: 'abc' });
+  // Listeners and `recent` get the record itself (bigints as bigints), with a snapshot of decidedBy.
+  assert.deepEqual(seen[0]!.window, { base: 1n << 32n, size: 4096n });
+  log.decidedBy = { config: 'def' };
+  assert.deepEqual(log.recent[0]!.decidedBy, { config: 'abc' });
+  assert.equal(seen.length, 3);
+});
+
+test('recent keeps the last AUDIT_RECENT records, oldest first', () => {
+  const log = new AuditLog(null);
+  const n = AUDIT_RECENT + 250;
+  for (let i = 0; i < n; i++) {
+    log.write({ event: 'reclaim', i });
+    assert.equal(log.recent.length, Math.min(i + 1, AUDIT_RECENT));
+  }
+  assert.deepEqual(
+    log.recent.map((r) => r.i),
+    Array.from({ length: AUDIT_RECENT }, (_, k) => n - AUDIT_RECENT + k),
+  );
+});
