@@ -165,7 +165,7 @@ runCase(
           ),
           metric(
             'nop-after-idle-kick',
-            'first NOP after 10 ms idle, kicked (Sa1Queue)',
+            'first NOP after 10 ms idle, kicked (Sa1Queue.post + spinUntil)',
             'µs',
             afterIdleKick,
             { ref: 'cold-wake', note: `${(median(afterIdleKick) / median(hot)).toFixed(1)}× nop-hot` },

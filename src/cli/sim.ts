@@ -4,6 +4,7 @@
 
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
 import type { InjectRequest } from '../sim/host/commands.js';
 import { bigintReviver } from '../sim/host/control-json.js';
 import { OptionError, type OptionNames, resolveOptions, type Sa1Options } from '../sim/model/options.js';
@@ -26,6 +27,17 @@ const CLI_NAMES: OptionNames = {
 };
 
 class UsageError extends Error {}
+
+/**
+ * V8's tier-up budget for the simulator's process (bytecode run between two looks at whether a function is
+ * hot enough to optimize; V8's default is 67584). The device worker runs its descriptor path once per
+ * doorbell: with a client doing one operation every 10 ms that is ~300 runs a second, which the default never
+ * got optimized (`--trace-opt` of the idle bench: Engine.turn, the completion writer and the queue page's
+ * publish stayed in the baseline tier, step() deoptimized at the first NOP), so the first operation after idle
+ * ran them unoptimized, and cold (issue 16: kicked first NOP 12–27 µs faster with it, alternating A/B). Only this
+ * process is changed: a program embedding the simulator keeps its own settings.
+ */
+const TIER_UP_BUDGET = 1000;
 
 function integer(flag: string, v: string | undefined, range: string): number | undefined {
   if (v === undefined) return undefined;
@@ -109,6 +121,7 @@ export async function simCommand(argv: string[]): Promise<number> {
     process.stderr.write(`devlease sim: ${err.message}\n${USAGE}\n`);
     return 2;
   }
+  setFlagsFromString(`--interrupt-budget=${TIER_UP_BUDGET}`); // before the device worker's code first runs
   const { startSimulator } = await import('../sim/index.js');
   let sim: Awaited<ReturnType<typeof startSimulator>>;
   try {

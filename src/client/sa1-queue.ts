@@ -63,6 +63,9 @@ export class Sa1Queue {
   /** The last tag given (a number: tags stay far below 2^53, and number keys hash faster than bigints). */
   #tag = 0;
   readonly #pending = new Map<number, Pending>();
+  /** Descriptors post()ed and not collected yet (they have no entry in #pending). */
+  #posted = 0;
+  #postError = 0;
   #pumping = false;
   /** The queue page's ioeventfd (doorbell kick, rev 2; the lease owns it), or null when the device offers none. */
   readonly #kickFd: Fd | null;
@@ -110,11 +113,12 @@ export class Sa1Queue {
     this.#tail = 0;
     this.#cqHead = 0;
     this.#stoppedBy = 0;
+    this.#postError = 0;
   }
 
   /** The last error code the device reported (Q_ERROR), fatal or not; 0 since the last reset. */
   get lastError(): number {
-    return this.#page.getUint32(QP.Q_ERROR, true) & 0xff;
+    return (this.#words[QP.Q_ERROR / 4] as number) & 0xff; // little-endian, as every host SA-1 runs on
   }
 
   /**
@@ -125,11 +129,20 @@ export class Sa1Queue {
    */
   get error(): number {
     const code = this.lastError;
-    return FATAL.has(code) ? code : this.#stoppedBy;
+    return code !== 0 && FATAL.has(code) ? code : this.#stoppedBy;
+  }
+
+  /** Descriptors submitted or posted whose completion has not been collected. */
+  /**
+   * The status the last post()ed descriptor that failed completed with (a STATUS_CODE), 0 when none has since
+   * the last reset. Known as its completion is collected; Q_ERROR (lastError) is stored just after it.
+   */
+  get postError(): number {
+    return this.#postError;
   }
 
   get inFlight(): number {
-    return this.#pending.size;
+    return this.#pending.size + this.#posted;
   }
 
   /**
@@ -145,8 +158,27 @@ export class Sa1Queue {
       this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
     );
     this.#ring(1);
+    this.#startPump();
     return promise;
   }
+
+  /**
+   * Submit one descriptor for a caller that collects completions itself, spinning with spinUntil() or
+   * calling poll(): no promise, no pending-table entry, no pump. It counts in inFlight until poll()
+   * collects its completion; a bad status rejects nothing, it shows in postError once collected (and, for
+   * one that stops the queue, in error; a queue stopped without a completion, its CQ unmapped, leaves them
+   * counted: spinUntil's deadline ends the wait, error says why). The cheapest submit, for a thread that polls: after an idle pause, when every
+   * object and code page the submit touches is cold, that is what the first operation costs (issue 16).
+   */
+  post(d: Descriptor): void {
+    this.#checkSubmit(1);
+    this.#postTag = (this.#postTag + 1) >>> 0;
+    this.#writeSqe(this.#tail & (this.entries - 1), d, this.#postTag, true, POSTED_TAG_HI);
+    this.#posted++;
+    this.#ring(1);
+  }
+  /** post()'s tags count on their own, with POSTED_TAG_HI in the high word: submit()'s stay below 2^53. */
+  #postTag = 0;
 
   /** Submit several descriptors with one doorbell; each gets its own promise. */
   submitBatch(ds: Descriptor[]): Promise<Completion>[] {
@@ -160,6 +192,7 @@ export class Sa1Queue {
       );
     });
     this.#ring(ds.length);
+    this.#startPump();
     return promises;
   }
 
@@ -178,7 +211,7 @@ export class Sa1Queue {
     }
   }
 
-  /** Publish `count` written descriptors: the doorbell, the kick if the device asked for one, the pump. */
+  /** Publish `count` written descriptors: the doorbell, and the kick if the device asked for one. */
   #ring(count: number): void {
     this.#tail = (this.#tail + count) >>> 0;
     // The doorbell: a plain store into the mapped queue page. Atomics orders it after the descriptor writes
@@ -189,6 +222,9 @@ export class Sa1Queue {
     if (this.#kickFd !== null && (Atomics.load(this.#words, QP.Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) !== 0) {
       this.#kick();
     }
+  }
+
+  #startPump(): void {
     if (!this.#pumping) void this.#pump(); // an async call makes a promise: only when it will run
   }
 
@@ -212,7 +248,13 @@ export class Sa1Queue {
     return this.entries - ((this.#tail - this.#consumed()) >>> 0);
   }
 
-  #writeSqe(slot: number, d: Descriptor, tag: number, lastOfBatch: boolean): void {
+  #writeSqe(
+    slot: number,
+    d: Descriptor,
+    tag: number,
+    lastOfBatch: boolean,
+    tagHi = Math.floor(tag / 2 ** 32),
+  ): void {
     const w = this.#sqWords;
     const o = slot * (SQE_SIZE / 4);
     const flags =
@@ -226,8 +268,14 @@ export class Sa1Queue {
     putU64(w, o + 4, d.dst);
     putU64(w, o + 6, d.imm);
     w[o + 8] = tag >>> 0;
-    w[o + 9] = Math.floor(tag / 2 ** 32);
-    w.fill(0, o + 10, o + 16);
+    w[o + 9] = tagHi;
+    // Bytes 40..63 reserved, 0: six stores (a fill() call is a builtin's code to fetch, cold, per submit).
+    w[o + 10] = 0;
+    w[o + 11] = 0;
+    w[o + 12] = 0;
+    w[o + 13] = 0;
+    w[o + 14] = 0;
+    w[o + 15] = 0;
   }
 
   /**
@@ -253,17 +301,26 @@ export class Sa1Queue {
       const word = Atomics.load(this.#cqWords, o / 4 + 3);
       if (((word >>> 16) & 1) !== phase) break;
       const rawStatus = word & 0xffff;
+      const tagHi = this.#cqWords[o / 4 + 1] as number;
+      this.#cqHead = (this.#cqHead + 1) >>> 0;
+      n++;
+      if (rawStatus !== 0 && this.#stoppedBy === 0 && FATAL.has(rawStatus)) this.#stoppedBy = rawStatus;
+      if (tagHi === POSTED_TAG_HI) {
+        // A post()ed descriptor: nothing to settle. After one that stops the queue none of the others will
+        // complete (§4), and a reset's ABORTED completions may still come for them: the count stays at 0.
+        if (this.#posted > 0) this.#posted--;
+        if (rawStatus !== 0) this.#postError = rawStatus;
+        if (this.#stoppedBy !== 0) this.#posted = 0;
+        continue;
+      }
       const tagLo = this.#cqView.getUint32(o, true);
-      const tagHi = this.#cqView.getUint32(o + 4, true);
       const c: Completion = {
         tag: tagHi === 0 ? BigInt(tagLo) : this.#cqView.getBigUint64(o, true),
         result: this.#cqView.getUint32(o + 8, true),
         status: STATUS_NAME[rawStatus] ?? 'UNKNOWN',
         rawStatus,
       };
-      this.#cqHead = (this.#cqHead + 1) >>> 0;
-      n++;
-      if (rawStatus !== 0 && this.#stoppedBy === 0 && FATAL.has(rawStatus)) this.#stoppedBy = rawStatus;
+      if (this.#stoppedBy !== 0) this.#posted = 0;
       const key = tagLo + tagHi * 2 ** 32;
       const p = this.#pending.get(key);
       if (p) {
@@ -341,6 +398,7 @@ export class Sa1Queue {
   #failAll(err: Error): void {
     for (const p of this.#pending.values()) p.reject(err);
     this.#pending.clear();
+    this.#posted = 0; // never completing either
   }
 
   /** Ask the broker for a queue reset (after ERROR), then re-program the rings. */
@@ -373,6 +431,9 @@ export class Sa1Queue {
     await this.#rings.free().catch(() => undefined);
   }
 }
+
+/** The high word of a post()ed descriptor's tag: submit()'s tags stay below 2^53, so never show it. */
+const POSTED_TAG_HI = 0x8000_0000;
 
 /** A 64-bit descriptor field as two little-endian words (none: 0). */
 function putU64(w: Uint32Array, at: number, v: bigint | undefined): void {

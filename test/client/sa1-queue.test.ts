@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { DevleaseError } from '../../src/errors.js';
-import { BAR0, Q, Q_CTRL, qcfg } from '../../src/hw/sa1/regs.js';
+import { BAR0, Q, Q_CTRL, qcfg, STATUS_CODE } from '../../src/hw/sa1/regs.js';
 import { connect, DeviceStatusError, type Lease, Sa1Queue } from '../../src/index.js';
 import { crc32c } from '../../src/sim/model/crc32c.js';
 import { type Rig, startRig } from '../helpers/broker-rig.js';
@@ -156,5 +156,52 @@ test('a completion that never comes fails with ETIMEDOUT naming the queue and th
   await rig.device.write32(BAR0, ctrl, Q_CTRL.ENABLE);
   await q.reset();
   assert.equal((await q.nop()).status, 'OK', 'the queue works again after a reset');
+  await q.close();
+});
+
+test('post(): a polling caller gets no promise; inFlight counts its descriptors until poll() collects them', async () => {
+  const q = await Sa1Queue.create(lease, { entries: 4 });
+  const src = await lease.dma.alloc(4096);
+  const dst = await lease.dma.alloc(4096);
+  for (let i = 0; i < 10; i++) {
+    src.u8.fill(i + 1, 0, 256);
+    q.post({ opcode: 'COPY', src: src.iova, dst: dst.iova, length: 256, intr: false });
+    assert.equal(q.inFlight, 1, 'counted until collected, whether or not the device is done');
+    assert.ok(
+      q.spinUntil(() => q.inFlight === 0),
+      `COPY ${i} collected`,
+    );
+    assert.ok(dst.u8.subarray(0, 256).every((b) => b === i + 1));
+  }
+  // Beside submit(): each settles its own way (the promise's pump may collect the post's completion too).
+  q.post({ opcode: 'NOP' });
+  const nop = q.nop();
+  assert.equal((await nop).status, 'OK');
+  assert.ok(q.spinUntil(() => q.inFlight === 0));
+  // A bad status rejects nothing: it shows in postError once collected; a non-fatal one leaves the queue running.
+  assert.equal(q.postError, 0);
+  q.post({ opcode: 'COPY', src: src.iova, dst: dst.iova, length: 0 });
+  assert.ok(q.spinUntil(() => q.inFlight === 0));
+  assert.equal(q.postError, STATUS_CODE.BAD_LENGTH);
+  assert.equal(q.error, 0);
+  // A fatal one stops the queue: the posts behind it never complete, and stop counting.
+  const ctrl = qcfg(lease.info.queue!, Q.CTRL);
+  await rig.device.write32(BAR0, ctrl, 0); // paused, so both are in the ring before the device looks
+  const outside = lease.info.iovaWindow!.base + lease.info.iovaWindow!.size;
+  q.post({ opcode: 'WRITE_IMM', dst: outside, imm: 1n });
+  q.post({ opcode: 'NOP' });
+  await rig.device.write32(BAR0, ctrl, Q_CTRL.ENABLE);
+  assert.ok(
+    q.spinUntil(() => q.inFlight === 0),
+    'the NOP behind the fault is not waited for',
+  );
+  assert.equal(q.error, STATUS_CODE.WINDOW_VIOLATION);
+  assert.equal(q.postError, STATUS_CODE.WINDOW_VIOLATION);
+  assert.throws(() => q.post({ opcode: 'NOP' }), { code: 'EIO', message: /ERROR \(WINDOW_VIOLATION\)/ });
+  await q.reset();
+  q.post({ opcode: 'NOP' });
+  assert.ok(q.spinUntil(() => q.inFlight === 0));
+  assert.equal(q.error, 0);
+  assert.equal(q.postError, 0, 'a reset clears it');
   await q.close();
 });

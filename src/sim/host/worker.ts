@@ -16,7 +16,7 @@ import { Sa1Device } from '../model/device.js';
 import type { DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
 import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
-import { ARMED, armKicks, disarmKicks, pollingNeeded, RACED } from '../model/poller.js';
+import { ARMED, adoptKickNeeded, armKicks, disarmKicks, pollingNeeded, RACED } from '../model/poller.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
 import { IrqTable } from './irq-table.js';
@@ -187,7 +187,7 @@ function handle(r: DeviceRequest): unknown {
       if (q && !q.enabled && device.regs.load(q.qcfgAt + Q_CTRL) === Q_CTRL_ENABLE) {
         q.enabled = true;
         // The front end may have set KICK_NEEDED in the page (device-worker.ts #queueEnabled): ours to clear.
-        if (Atomics.load(q.words, QP_Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) q.kickNeeded = true;
+        if (Atomics.load(q.words, QP_Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) adoptKickNeeded(device, q);
       }
       return;
     }

@@ -4,6 +4,7 @@
 // load could use a round); the model's actions stay in device.ts.
 
 import type { Sa1Device } from './device.js';
+import type { Queue } from './queue.js';
 
 /** What armKicks() found (see there). */
 export const ARMED = 0;
@@ -20,17 +21,46 @@ export type ArmResult = typeof ARMED | typeof BACKLOG | typeof RACED;
 export function armKicks(device: Sa1Device): ArmResult {
   let result: ArmResult = ARMED;
   if (!device.canRun()) return result;
-  for (const q of device.queues) {
+  const flagged = flaggedBy(device);
+  for (const q of device.watchedQueues) {
     if (!q.enabled || q.error) continue;
+    flagged.push(q);
     if (q.setKickNeeded(true)) result = RACED;
     else if (result === ARMED && q.tailSeen !== q.sqHead) result = BACKLOG;
   }
   return result;
 }
 
+/**
+ * The queues armKicks() flagged, per device, until disarmKicks(): the wake-up clears just those (one store
+ * each) instead of looking at every queue, cold, while a kicked client waits.
+ */
+const armed = new WeakMap<Sa1Device, Queue[]>();
+
+function flaggedBy(device: Sa1Device): Queue[] {
+  let flagged = armed.get(device);
+  if (flagged === undefined) {
+    flagged = [];
+    armed.set(device, flagged);
+  }
+  return flagged;
+}
+
+/**
+ * KICK_NEEDED was stored in queue q's page by someone else (the front end, for a queue enabled while the
+ * poller slept): the device takes it as its own, for the next disarmKicks() to clear.
+ */
+export function adoptKickNeeded(device: Sa1Device, q: Queue): void {
+  q.kickNeeded = true;
+  flaggedBy(device).push(q);
+}
+
 /** Awake again: clear KICK_NEEDED wherever it is set. */
 export function disarmKicks(device: Sa1Device): void {
-  for (const q of device.queues) if (q.kickNeeded) q.setKickNeeded(false);
+  const flagged = armed.get(device);
+  if (flagged === undefined) return;
+  for (const q of flagged) if (q.kickNeeded) q.setKickNeeded(false);
+  flagged.length = 0;
 }
 
 /**
@@ -40,5 +70,5 @@ export function disarmKicks(device: Sa1Device): void {
 export function pollingNeeded(device: Sa1Device): boolean {
   if (device.firmware.loadPending) return true;
   if (!device.canRun()) return false;
-  return device.queues.some((q) => q.enabled && !q.error);
+  return device.watchedQueues.some((q) => q.enabled && !q.error);
 }

@@ -47,6 +47,8 @@ export class QueueRegisters {
   #xlat = 0n;
   /** Q_INFLIGHT as last stored (the register file starts at 0, and only publishInflight stores it). */
   #inflightShown = 0;
+  /** Called when ENABLE or ERROR changes (the device's list of queues a round visits is stale then). */
+  onRunStateChange: (() => void) | null = null;
 
   constructor(
     readonly index: number,
@@ -66,16 +68,20 @@ export class QueueRegisters {
       this.#memSize = this.regs.load(this.qcfgAt + Q_MEM_SIZE);
       this.#xlat = this.regs.load64(this.qcfgAt + Q_XLAT);
     }
+    const changed = v !== this.#enabled;
     this.#enabled = v;
     this.regs.store(this.qcfgAt + Q_CTRL, v ? Q_CTRL_ENABLE : 0);
+    if (changed) this.onRunStateChange?.();
   }
 
   get error(): boolean {
     return this.#error;
   }
   set error(v: boolean) {
+    const changed = v !== this.#error;
     this.#error = v;
     this.#storeStatus();
+    if (changed) this.onRunStateChange?.();
   }
 
   /** Q_STATUS b8..15: the last non-OK, non-ABORTED status this queue produced. */
