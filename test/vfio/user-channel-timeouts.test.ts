@@ -32,7 +32,15 @@ function silentServer() {
   });
   const channel = new RequestChannel(a, 60_000);
   const reply = (msgId: number) => b.send(encodeReply(msgId, VFIO_USER_DEVICE_GET_INFO, new Uint8Array(0)));
-  return { channel, seen, reply, close: () => (channel.close(), b.close()) };
+  return {
+    channel,
+    seen,
+    reply,
+    close: () => {
+      channel.close();
+      b.close();
+    },
+  };
 }
 
 const settled = (p: Promise<unknown>) => {
