@@ -141,7 +141,7 @@ runCase(
           metric('nop-hot', 'NOP hot path: Sa1Queue, device spinning', 'µs', hot, { role: 'floor' }),
           metric(
             'nop-after-idle-poll',
-            'first NOP after 10 ms idle, no kick (idle poll finds it)',
+            'first NOP after 10 ms idle, not kicked (Sa1Queue.post; the idle poll finds it)',
             'µs',
             afterIdlePoll,
             {

@@ -54,19 +54,20 @@ function oneLine(text: string): string {
 /**
  * A device call for a lease's session request. A refusal by the device reaches the client with the device's
  * errno and reason, and is logged as one line, rate-limited per lease and request (a client retrying in a loop
- * must not flood the log).
+ * must not flood the log). `detail` may be a function: it is then only called for a refusal (a DMA_MAP's range
+ * formatted on every call was a measurable share of the broker's work per map).
  */
 export async function leaseDeviceCall<T>(
   table: LeaseTable,
   lease: Lease,
   op: string,
-  detail: string,
+  detail: string | (() => string),
   call: () => Promise<T>,
 ): Promise<T> {
   try {
     return await call();
   } catch (err) {
-    const refusal = deviceRefusal(err, `${op} ${detail}`);
+    const refusal = deviceRefusal(err, `${op} ${typeof detail === 'string' ? detail : detail()}`);
     if (!refusal) throw err;
     table.refusals.log(
       `lease ${lease.id} ${op}`,

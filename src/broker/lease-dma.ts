@@ -7,7 +7,7 @@ import { VfioError } from '../errors.js';
 import type { DmaMapRequest, DmaUnmapRequest } from '../vfio/user/device-model.js';
 import { checkDmaFd } from '../vfio/user/dma-fd-check.js';
 import { leaseDeviceCall } from './device-refusal.js';
-import type { Lease } from './lease.js';
+import type { Lease, LeaseMapping } from './lease.js';
 import type { LeaseTable } from './leases.js';
 
 const DMA_READ = 1;
@@ -64,8 +64,12 @@ export async function mapForLease(
     }
     const fd = req.fd;
     const deviceIova = toDevice(lease, req.iova);
-    const mapped = leaseDeviceCall(table, lease, 'DMA_MAP', range(req.iova, req.size), () =>
-      table.device.dmaMap({ fd, offset: req.offset, iova: deviceIova, size: req.size, read, write }),
+    const mapped = leaseDeviceCall(
+      table,
+      lease,
+      'DMA_MAP',
+      () => range(req.iova, req.size),
+      () => table.device.dmaMap({ fd, offset: req.offset, iova: deviceIova, size: req.size, read, write }),
     );
     // Sent to the device: the connection may start the session's next pipelined request (its device call
     // queues behind this one on the device connection, which serves in order).
@@ -86,11 +90,13 @@ export async function mapForLease(
 /** DMA_UNMAP for `lease`: whole mappings only, after the policy (a module may audit or veto unmaps). */
 export async function unmapForLease(table: LeaseTable, lease: Lease, req: DmaUnmapRequest): Promise<void> {
   const end = req.iova + req.size;
-  const hit = [...lease.mappings.values()].filter((m) => m.iova >= req.iova && m.iova + m.size <= end);
-  const partial = [...lease.mappings.values()].some(
-    (m) => m.iova < end && m.iova + m.size > req.iova && !hit.includes(m),
-  );
-  if (partial) throw new VfioError('EINVAL', 'DMA_UNMAP must cover whole mappings');
+  // One pass: the mappings inside the range are hit; one that only overlaps it would be cut.
+  const hit: LeaseMapping[] = [];
+  for (const m of lease.mappings.values()) {
+    if (m.iova >= req.iova && m.iova + m.size <= end) hit.push(m);
+    else if (m.iova < end && m.iova + m.size > req.iova)
+      throw new VfioError('EINVAL', 'DMA_UNMAP must cover whole mappings');
+  }
   if (hit.length === 0)
     throw new VfioError(
       'ENOENT',
@@ -104,8 +110,12 @@ export async function unmapForLease(table: LeaseTable, lease: Lease, req: DmaUnm
   );
   if (!verdict.allow) throw new VfioError('EACCES', verdict.reason);
   for (const m of hit) {
-    await leaseDeviceCall(table, lease, 'DMA_UNMAP', range(m.iova, m.size), () =>
-      table.device.dmaUnmap(m.deviceIova, m.size),
+    await leaseDeviceCall(
+      table,
+      lease,
+      'DMA_UNMAP',
+      () => range(m.iova, m.size),
+      () => table.device.dmaUnmap(m.deviceIova, m.size),
     );
     lease.mappings.delete(m.iova);
   }

@@ -19,7 +19,7 @@ export class UsageAccounts {
     return u ? { ...u } : { leases: 0, mappedBytes: 0n, mappings: 0 };
   }
 
-  /** Add (sign 1) or take away (sign -1) one lease's share. */
+  /** Add (sign 1) or take away (sign -1) one lease's share, or (sign 1) the change of one. */
   apply(uid: number, share: Usage, sign: 1 | -1): void {
     if (share.leases === 0 && share.mappings === 0 && share.mappedBytes === 0n) return;
     const u = this.#byUid.get(uid) ?? { leases: 0, mappedBytes: 0n, mappings: 0 };

@@ -136,8 +136,17 @@ export class Lease {
       mappedBytes: live ? this.mappings.bytes : 0n,
       mappings: live ? this.mappings.size : 0,
     };
-    accounts.apply(this.ctx.uid, this.#share, -1);
-    accounts.apply(this.ctx.uid, share, 1);
+    // One change of the account by the difference (a map or unmap moves it once, not out and back in).
+    const old = this.#share;
+    accounts.apply(
+      this.ctx.uid,
+      {
+        leases: share.leases - old.leases,
+        mappedBytes: share.mappedBytes - old.mappedBytes,
+        mappings: share.mappings - old.mappings,
+      },
+      1,
+    );
     this.#share = share;
   }
 

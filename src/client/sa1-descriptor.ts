@@ -1,9 +1,9 @@
 // What Sa1Queue submits and what it completes with: the descriptor fields a
-// client sets, a completion as the device wrote it, and the error a non-OK
-// completion rejects with.
+// client sets and their SQE encoding, a completion as the device wrote it, and
+// the error a non-OK completion rejects with.
 
 import { DevleaseError } from '../errors.js';
-import type { OPCODE, StatusName } from '../hw/sa1/regs.js';
+import { DESC_FLAG, OPCODE, SQE_SIZE, type StatusName } from '../hw/sa1/regs.js';
 
 export interface Descriptor {
   opcode: keyof typeof OPCODE;
@@ -47,4 +47,47 @@ export class DeviceStatusError extends DevleaseError {
     this.name = 'DeviceStatusError';
     this.completion = c;
   }
+}
+
+/** Write descriptor `d` into SQ slot `slot` of the ring's words `w` (datasheet §3), with tag (tagHi:tag). */
+export function writeSqe(
+  w: Uint32Array,
+  slot: number,
+  d: Descriptor,
+  tag: number,
+  lastOfBatch: boolean,
+  tagHi = Math.floor(tag / 2 ** 32),
+): void {
+  const o = slot * (SQE_SIZE / 4);
+  const flags =
+    ((d.intr ?? lastOfBatch) ? DESC_FLAG.INTR : 0) |
+    (d.srcDevmem ? DESC_FLAG.SRC_DEVMEM : 0) |
+    (d.dstDevmem ? DESC_FLAG.DST_DEVMEM : 0);
+  // Little-endian words (datasheet §3; Uint32Array is host order, little-endian on every host we run on).
+  w[o] = OPCODE[d.opcode] | (flags << 8); // bytes 2..3 reserved, 0
+  w[o + 1] = d.length ?? 0;
+  putU64(w, o + 2, d.src);
+  putU64(w, o + 4, d.dst);
+  putU64(w, o + 6, d.imm);
+  w[o + 8] = tag >>> 0;
+  w[o + 9] = tagHi;
+  // Bytes 40..63 reserved, 0: six stores (a fill() call is a builtin's code to fetch, cold, per submit).
+  w[o + 10] = 0;
+  w[o + 11] = 0;
+  w[o + 12] = 0;
+  w[o + 13] = 0;
+  w[o + 14] = 0;
+  w[o + 15] = 0;
+}
+
+/** A 64-bit descriptor field as two little-endian words (none: 0). */
+function putU64(w: Uint32Array, at: number, v: bigint | undefined): void {
+  if (v === undefined || v === 0n) {
+    w[at] = 0;
+    w[at + 1] = 0;
+    return;
+  }
+  const u = BigInt.asUintN(64, v);
+  w[at] = Number(u & 0xffff_ffffn);
+  w[at + 1] = Number(u >> 32n);
 }

@@ -5,21 +5,12 @@
 // check, the rings and kick fd asked of the broker) is sa1-queue-setup.ts.
 
 import { constants as osConstants } from 'node:os';
-import {
-  CQE_SIZE,
-  DESC_FLAG,
-  OPCODE,
-  Q_NOTIFY_KICK_NEEDED,
-  QP,
-  SQE_SIZE,
-  STATUS_CODE,
-  STATUS_NAME,
-} from '../hw/sa1/regs.js';
+import { CQE_SIZE, Q_NOTIFY_KICK_NEEDED, QP, SQE_SIZE, STATUS_CODE, STATUS_NAME } from '../hw/sa1/regs.js';
 import { type Fd, native } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';
-import { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
+import { type Completion, type Descriptor, DeviceStatusError, writeSqe } from './sa1-descriptor.js';
 import { type QueueOptions, setUpQueue } from './sa1-queue-setup.js';
 
 export { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
@@ -132,7 +123,6 @@ export class Sa1Queue {
     return code !== 0 && FATAL.has(code) ? code : this.#stoppedBy;
   }
 
-  /** Descriptors submitted or posted whose completion has not been collected. */
   /**
    * The status the last post()ed descriptor that failed completed with (a STATUS_CODE), 0 when none has since
    * the last reset. Known as its completion is collected; Q_ERROR (lastError) is stored just after it.
@@ -141,6 +131,7 @@ export class Sa1Queue {
     return this.#postError;
   }
 
+  /** Descriptors submitted or posted whose completion has not been collected. */
   get inFlight(): number {
     return this.#pending.size + this.#posted;
   }
@@ -152,7 +143,7 @@ export class Sa1Queue {
   submit(d: Descriptor): Promise<Completion> {
     this.#checkSubmit(1);
     const tag = ++this.#tag;
-    this.#writeSqe(this.#tail & (this.entries - 1), d, tag, true);
+    writeSqe(this.#sqWords, this.#tail & (this.entries - 1), d, tag, true);
     const deadline = performance.now() + this.#timeoutMs;
     const promise = new Promise<Completion>((resolve, reject) =>
       this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
@@ -167,13 +158,14 @@ export class Sa1Queue {
    * calling poll(): no promise, no pending-table entry, no pump. It counts in inFlight until poll()
    * collects its completion; a bad status rejects nothing, it shows in postError once collected (and, for
    * one that stops the queue, in error; a queue stopped without a completion, its CQ unmapped, leaves them
-   * counted: spinUntil's deadline ends the wait, error says why). The cheapest submit, for a thread that polls: after an idle pause, when every
-   * object and code page the submit touches is cold, that is what the first operation costs (issue 16).
+   * counted: spinUntil's deadline ends the wait, error says why). The cheapest submit, for a thread that
+   * polls: after an idle pause, when every object and code page the submit touches is cold, that is what the
+   * first operation costs (issue 16).
    */
   post(d: Descriptor): void {
     this.#checkSubmit(1);
     this.#postTag = (this.#postTag + 1) >>> 0;
-    this.#writeSqe(this.#tail & (this.entries - 1), d, this.#postTag, true, POSTED_TAG_HI);
+    writeSqe(this.#sqWords, this.#tail & (this.entries - 1), d, this.#postTag, true, POSTED_TAG_HI);
     this.#posted++;
     this.#ring(1);
   }
@@ -186,7 +178,7 @@ export class Sa1Queue {
     const deadline = performance.now() + this.#timeoutMs;
     const promises = ds.map((d, i) => {
       const tag = ++this.#tag;
-      this.#writeSqe((this.#tail + i) & (this.entries - 1), d, tag, i === ds.length - 1);
+      writeSqe(this.#sqWords, (this.#tail + i) & (this.entries - 1), d, tag, i === ds.length - 1);
       return new Promise<Completion>((resolve, reject) =>
         this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
       );
@@ -246,36 +238,6 @@ export class Sa1Queue {
   /** Free submission slots right now. */
   get space(): number {
     return this.entries - ((this.#tail - this.#consumed()) >>> 0);
-  }
-
-  #writeSqe(
-    slot: number,
-    d: Descriptor,
-    tag: number,
-    lastOfBatch: boolean,
-    tagHi = Math.floor(tag / 2 ** 32),
-  ): void {
-    const w = this.#sqWords;
-    const o = slot * (SQE_SIZE / 4);
-    const flags =
-      ((d.intr ?? lastOfBatch) ? DESC_FLAG.INTR : 0) |
-      (d.srcDevmem ? DESC_FLAG.SRC_DEVMEM : 0) |
-      (d.dstDevmem ? DESC_FLAG.DST_DEVMEM : 0);
-    // Little-endian words (datasheet §3; Uint32Array is host order, little-endian on every host we run on).
-    w[o] = OPCODE[d.opcode] | (flags << 8); // bytes 2..3 reserved, 0
-    w[o + 1] = d.length ?? 0;
-    putU64(w, o + 2, d.src);
-    putU64(w, o + 4, d.dst);
-    putU64(w, o + 6, d.imm);
-    w[o + 8] = tag >>> 0;
-    w[o + 9] = tagHi;
-    // Bytes 40..63 reserved, 0: six stores (a fill() call is a builtin's code to fetch, cold, per submit).
-    w[o + 10] = 0;
-    w[o + 11] = 0;
-    w[o + 12] = 0;
-    w[o + 13] = 0;
-    w[o + 14] = 0;
-    w[o + 15] = 0;
   }
 
   /**
@@ -434,15 +396,3 @@ export class Sa1Queue {
 
 /** The high word of a post()ed descriptor's tag: submit()'s tags stay below 2^53, so never show it. */
 const POSTED_TAG_HI = 0x8000_0000;
-
-/** A 64-bit descriptor field as two little-endian words (none: 0). */
-function putU64(w: Uint32Array, at: number, v: bigint | undefined): void {
-  if (v === undefined || v === 0n) {
-    w[at] = 0;
-    w[at + 1] = 0;
-    return;
-  }
-  const u = BigInt.asUintN(64, v);
-  w[at] = Number(u & 0xffff_ffffn);
-  w[at + 1] = Number(u >> 32n);
-}

@@ -100,3 +100,27 @@ test('a policy module denies by its own rule; a throwing hook denies and is logg
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a module's veto of a DMA_UNMAP reaches the client and leaves the mapping in place", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-policy-'));
+  const mod = join(dir, 'policy.mjs');
+  writeFileSync(
+    mod,
+    `export function map(ctx, req) { return req.op === 'unmap' ? { allow: false, reason: 'unmaps need approval' } : { allow: true }; }`,
+  );
+  const rig = await startRig({ config: { policy: { module: mod } } });
+  const c = await ClientProc.spawn();
+  try {
+    await c.call('connect', { socket: rig.socket });
+    await c.call('alloc', { name: 'kept', size: 4096 });
+    const err = await c.call('free', { name: 'kept' }).catch((e) => e);
+    assert.equal(err.code, 'EACCES');
+    assert.match(err.message, /policy module: unmaps need approval/);
+    const lease = rig.broker.leases.all()[0]!;
+    assert.equal(lease.mappings.size, 1, 'the vetoed mapping stays');
+  } finally {
+    await c.exit();
+    await rig.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

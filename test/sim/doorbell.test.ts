@@ -125,3 +125,27 @@ test('a queue enabled while the device sleeps on its kick fds asks for a kick fr
   }
   assert.equal(openFds(), before);
 });
+
+test('a queue enabled on a spinning device (idle poll 0) after the kick fds are out does not ask for kicks', async () => {
+  const before = openFds();
+  const q = await queueRig(0);
+  const { fds } = await q.r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
+  try {
+    await q.tq.configure();
+    // The front end stores KICK_NEEDED in the page of a queue enabled once kick fds are out; the device,
+    // awake when it takes the enable, clears it. A spinning device never arms, so left set it would stay set
+    // and every doorbell of this holder would kick.
+    const q1 = await q.queue(1);
+    await q1.tq.configure();
+    await until(() => !q1.kickNeeded(), "the awake device clears the new queue's KICK_NEEDED", 5000);
+    for (let i = 1n; i <= 3n; i++) {
+      assert.equal(q1.nop(i, fds[1]!), false, `doorbell ${i} rings without a kick`);
+      await until(() => q1.tq.peek(Number(i) - 1) !== null, `NOP ${i} completes`, 5000);
+    }
+    assert.equal(q1.kickNeeded(), false, 'still no kick asked for');
+  } finally {
+    closeAll(fds);
+    await q.close();
+  }
+  assert.equal(openFds(), before);
+});

@@ -229,3 +229,27 @@ test('interrupts coalesce: one signal per batch, IRQ_MODE 0 only for INTR descri
   p.dev.runUntilIdle();
   assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 2), 5);
 });
+
+test('a queue that goes to ERROR while it owes a coalesced interrupt still signals it', async () => {
+  const p = await booted();
+  const tq = await queue(p, 1, { sqSize: 16, cqSize: 16 });
+  // A NOP, then a COPY from outside the queue's window (WINDOW_VIOLATION: the queue goes to ERROR). The NOP's
+  // completion is owed an interrupt while the queue is still busy; the fault stops the queue in a later
+  // round, and the owed signal must still go out (a client waiting on the vector would otherwise hang).
+  const unmapped = 0x7000_0000_0000n;
+  await tq.submit([
+    { opcode: ds.OP_NOP, tag: 1n },
+    { opcode: ds.OP_COPY, length: 64, src: unmapped, dst: at(DATA), tag: 2n },
+  ]);
+  const done = await tq.reap(2);
+  assert.deepEqual(
+    done.map((c) => [c.tag, c.status]),
+    [
+      [1n, ds.ST_OK],
+      [2n, ds.ST_WINDOW_VIOLATION],
+    ],
+  );
+  p.dev.runUntilIdle();
+  assert.notEqual((await r32(p.bus, BAR0, qcfg(1, ds.Q_STATUS))) & ds.Q_STATUS_ERROR, 0, 'queue in ERROR');
+  assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 1), 1, "the burst's owed interrupt is signalled once");
+});

@@ -225,6 +225,9 @@ export class Sa1Driver extends EventEmitter implements Driver {
     try {
       await quiesceQueueRegisters(d, q, this.#cfg.lifetime.quiesceTimeoutMs);
     } catch (err) {
+      // Only a reset that never finished takes the queue out of the pool. A queue that never reports IDLE, or
+      // a device that does not answer at all (the channel's ETIMEDOUT), fails the quiesce: the broker then
+      // quarantines the lease, and the queue with it.
       if (err instanceof PollTimeoutError && err.what === resetWhat(q)) this.#queues.quarantine(q);
       throw err;
     }

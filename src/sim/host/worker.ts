@@ -16,7 +16,7 @@ import { Sa1Device } from '../model/device.js';
 import type { DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
 import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
-import { ARMED, adoptKickNeeded, armKicks, disarmKicks, pollingNeeded, RACED } from '../model/poller.js';
+import { ARMED, armKicks, disarmKicks, pollingNeeded, RACED } from '../model/poller.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
 import { IrqTable } from './irq-table.js';
@@ -186,8 +186,11 @@ function handle(r: DeviceRequest): unknown {
       const q = device.queues[r.queue];
       if (q && !q.enabled && device.regs.load(q.qcfgAt + Q_CTRL) === Q_CTRL_ENABLE) {
         q.enabled = true;
-        // The front end may have set KICK_NEEDED in the page (device-worker.ts #queueEnabled): ours to clear.
-        if (Atomics.load(q.words, QP_Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) adoptKickNeeded(device, q);
+        // The front end may have stored KICK_NEEDED in the page (device-worker.ts #queueEnabled) for a device
+        // asleep on its fds. Taking this post means the device is awake, so the flag goes now: left set, it
+        // would make the holder kick on every doorbell until the next armed sleep, which a spinning device
+        // (idle poll 0) never takes. Before any sleep armKicks() sets it again and looks at SQ_TAIL once more.
+        if (Atomics.load(q.words, QP_Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) q.setKickNeeded(false);
       }
       return;
     }

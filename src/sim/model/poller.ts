@@ -46,15 +46,6 @@ function flaggedBy(device: Sa1Device): Queue[] {
   return flagged;
 }
 
-/**
- * KICK_NEEDED was stored in queue q's page by someone else (the front end, for a queue enabled while the
- * poller slept): the device takes it as its own, for the next disarmKicks() to clear.
- */
-export function adoptKickNeeded(device: Sa1Device, q: Queue): void {
-  q.kickNeeded = true;
-  flaggedBy(device).push(q);
-}
-
 /** Awake again: clear KICK_NEEDED wherever it is set. */
 export function disarmKicks(device: Sa1Device): void {
   const flagged = armed.get(device);

@@ -5,7 +5,7 @@ import { VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import { VFIO_DEVICE_FLAGS_RESET, vfio_irq_info } from '../uapi/vfio.js';
 import type { VfioUserMessage } from './codec.js';
-import type { Issued, VfioUserDeviceModel } from './device-model.js';
+import type { DmaMapRequest, IrqSetRequest, Issued, VfioUserDeviceModel } from './device-model.js';
 import { vfio_user_device_info, vfio_user_region_access } from './messages.js';
 import * as P from './protocol.js';
 import { HEADER_SIZE } from './protocol.js';
@@ -82,7 +82,17 @@ export function dispatchRequest(
     case P.VFIO_USER_DMA_MAP: {
       const m = V.parseDmaMap(payload, cfg);
       const [fd] = take();
-      return then(model.dmaMap({ ...m, fd: fd ?? null, ...(issued ? { issued } : {}) }), noPayload);
+      // Written out field by field, always the same fields: a spread with an optional member gave every
+      // request its own object shape, and each read of it in the model took V8's slow lookup (issue 16).
+      const req: DmaMapRequest = {
+        fd: fd ?? null,
+        offset: m.offset,
+        iova: m.iova,
+        size: m.size,
+        flags: m.flags,
+        issued,
+      };
+      return then(model.dmaMap(req), noPayload);
     }
     case P.VFIO_USER_DMA_UNMAP: {
       const { argsz: _argsz, ...u } = V.parseDmaUnmap(payload, cfg);
@@ -108,12 +118,17 @@ export function dispatchRequest(
       const s = V.parseIrqSet(payload, fds, model);
       const given = take();
       const list = given.length > 0 ? given : Array.from({ length: s.count }, () => null);
-      const set = model.setIrqs({
-        ...s,
+      // One object shape for every request (see DMA_MAP).
+      const req: IrqSetRequest = {
+        flags: s.flags,
+        index: s.index,
+        start: s.start,
+        count: s.count,
         fds: list,
-        ...(s.bools ? { bools: s.bools.slice() } : {}),
-        ...(issued ? { issued } : {}),
-      });
+        bools: s.bools?.slice(),
+        issued,
+      };
+      const set = model.setIrqs(req);
       return then(set, noPayload);
     }
     case P.VFIO_USER_REGION_READ: {
