@@ -1,6 +1,10 @@
 // The request/reply machinery under VfioUserClient: msg_id allocation,
 // matching replies to requests (so calls may be pipelined), per-call
 // timeouts, and failing every pending call at once when the connection ends.
+// Timeouts: each call has its deadline; one timer per channel is due at the
+// earliest (re-armed only when a call with an earlier deadline comes), and
+// when it fires it fails the calls past theirs and re-arms for the next — a
+// call costs no timer of its own to set and clear.
 // Server-to-client commands (DMA_READ/DMA_WRITE) go to the client's handler,
 // one at a time in arrival order; without a handler they are declined ENOTSUP.
 import { EventEmitter } from 'node:events';
@@ -44,8 +48,13 @@ interface Pending {
   command: number;
   resolve(r: ReplyMessage): void;
   reject(err: Error): void;
-  timer: NodeJS.Timeout;
+  /** performance.now() past which the call fails with ETIMEDOUT. */
+  deadline: number;
+  timeoutMs: number;
 }
+
+/** setTimeout's longest delay: a later deadline is re-checked then. */
+const MAX_TIMER_MS = 0x7fff_ffff;
 
 export class RequestChannel extends EventEmitter {
   #socket: MessageSocket;
@@ -55,6 +64,9 @@ export class RequestChannel extends EventEmitter {
   #abandoned = new Set<number>();
   #nextId = 0;
   #closed = false;
+  /** Due at (or before) the earliest deadline of the pending calls; null when none is pending. */
+  #timer: NodeJS.Timeout | null = null;
+  #timerDue = Number.POSITIVE_INFINITY;
   #serve: CommandHandler | null;
   /** Server-to-client commands are served in arrival order: each waits for the one before. */
   #serving: Promise<void> = Promise.resolve();
@@ -129,20 +141,43 @@ export class RequestChannel extends EventEmitter {
     }
     return new Promise((resolve, reject) => {
       const timeoutMs = opts.timeoutMs ?? this.#timeoutMs;
-      const timer = setTimeout(() => {
-        this.#pending.delete(msgId);
-        this.#abandoned.add(msgId);
-        reject(vfioUserError('ETIMEDOUT', `${name}: no reply within ${timeoutMs} ms`, name));
-      }, timeoutMs);
-      this.#pending.set(msgId, { command, resolve, reject, timer });
+      const deadline = performance.now() + timeoutMs;
+      this.#pending.set(msgId, { command, resolve, reject, deadline, timeoutMs });
       try {
         this.#socket.send(data, fds);
       } catch (err) {
-        clearTimeout(timer);
         this.#pending.delete(msgId);
         reject(err);
+        return;
       }
+      if (deadline < this.#timerDue) this.#armTimer(deadline);
     });
+  }
+
+  #armTimer(due: number): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timerDue = due;
+    const delay = Math.min(MAX_TIMER_MS, Math.max(0, Math.ceil(due - performance.now())));
+    this.#timer = setTimeout(() => this.#expire(), delay);
+  }
+
+  /** Fails the calls past their deadline; re-arms for the earliest one left. */
+  #expire(): void {
+    this.#timer = null;
+    this.#timerDue = Number.POSITIVE_INFINITY;
+    const now = performance.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const [msgId, p] of this.#pending) {
+      if (p.deadline <= now) {
+        this.#pending.delete(msgId);
+        this.#abandoned.add(msgId);
+        const name = P.commandName(p.command);
+        p.reject(vfioUserError('ETIMEDOUT', `${name}: no reply within ${p.timeoutMs} ms`, name));
+      } else if (p.deadline < next) {
+        next = p.deadline;
+      }
+    }
+    if (next !== Number.POSITIVE_INFINITY && !this.#closed) this.#armTimer(next);
   }
 
   #allocateId(): number {
@@ -183,7 +218,6 @@ export class RequestChannel extends EventEmitter {
         );
       }
       this.#pending.delete(msg.msgId);
-      clearTimeout(pending.timer);
       if (isError(msg)) {
         closeAll(rec.fds);
         const name = P.commandName(msg.command);
@@ -249,8 +283,9 @@ export class RequestChannel extends EventEmitter {
     const pending = [...this.#pending.values()];
     this.#pending.clear();
     this.#abandoned.clear();
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
     for (const p of pending) {
-      clearTimeout(p.timer);
       const e = new VfioUserCallError(
         (err as { code?: string } | null)?.code ?? 'ERR_DEVLEASE_CLOSED',
         `${P.commandName(p.command)}: ${err?.message ?? 'client closed'}`,

@@ -180,6 +180,46 @@ export function decodeReply<T>(
   return layout.decode(payload);
 }
 
+/**
+ * vfio_user_region_access (offset u64, region u32, count u32) written field by field: a register read's
+ * request, once per call. Out-of-range values throw RangeError as the struct encoder's do.
+ */
+export function regionAccessHead(offset: bigint, region: number, count: number): Buffer {
+  const b = Buffer.allocUnsafe(16);
+  b.writeBigUInt64LE(offset, 0);
+  b.writeUInt32LE(region, 8);
+  b.writeUInt32LE(count, 12);
+  return b;
+}
+
+/**
+ * The data of a REGION_READ reply (a view of it), once its access head (read in place) and size match the
+ * request; otherwise the server broke the protocol (c.fail: EPROTO, the connection closes).
+ */
+export function regionReadData(
+  c: Requester,
+  payload: Uint8Array,
+  offset: bigint,
+  region: number,
+  count: number,
+): Buffer {
+  const reply = Buffer.isBuffer(payload)
+    ? payload
+    : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  if (reply.byteLength < 16) {
+    throw c.fail(new ProtocolError(`VFIO_USER_REGION_READ reply is ${reply.byteLength} bytes, needs 16`));
+  }
+  if (
+    reply.readUInt32LE(12) !== count ||
+    reply.readBigUInt64LE(0) !== offset ||
+    reply.readUInt32LE(8) !== region ||
+    reply.byteLength !== 16 + count
+  ) {
+    throw c.fail(new ProtocolError('REGION_READ reply does not match its request'));
+  }
+  return reply.subarray(16);
+}
+
 export function closeAll(fds: readonly Fd[]): void {
   for (const fd of fds) fd.close();
 }

@@ -4,12 +4,12 @@
 // DMA_READ/DMA_WRITE from the client's maps is dma-maps.ts; the device
 // queries (info, region info, irq info, io fds, features) are client-queries.ts.
 import { EventEmitter } from 'node:events';
-import { misuse, ProtocolError, VfioError } from '../../errors.js';
+import { misuse, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import { MAX_FDS } from '../../sys/native.js';
 import { type CallOptions, type FdLike, type ReplyMessage, RequestChannel } from './channel.js';
 import * as Q from './client-queries.js';
-import { closeAll, decodeReply, type RegionInfo } from './client-queries.js';
+import { closeAll, type RegionInfo } from './client-queries.js';
 import type { VfioUserMessage } from './codec.js';
 import { bufferMemory, ClientDmaMaps, type DmaMemory } from './dma-maps.js';
 import {
@@ -18,7 +18,6 @@ import {
   irqSetArgs,
   vfio_user_dma_map,
   vfio_user_dma_unmap,
-  vfio_user_region_access,
 } from './messages.js';
 import * as P from './protocol.js';
 import type { IoFdSubRegion } from './region-io-fds.js';
@@ -233,24 +232,21 @@ export class VfioUserClient extends EventEmitter {
     count: number,
     opts?: CallOptions,
   ): Promise<Buffer> {
-    const chunks = this.#chunks(BigInt(offset), count);
+    // A register read is one message: no split, no join.
+    if (Number.isSafeInteger(count) && count > 0 && count <= this.maxTransfer) {
+      return this.#readOne(index, BigInt(offset), count, opts);
+    }
     const parts = await Promise.all(
-      chunks.map(async ([off, n]) => {
-        const r = await this.request(
-          P.VFIO_USER_REGION_READ,
-          vfio_user_region_access.encode({ offset: off, region: index, count: n }),
-          [],
-          opts,
-        );
-        closeAll(r.fds);
-        const a = decodeReply(this.#requester, vfio_user_region_access, r.payload, 'VFIO_USER_REGION_READ');
-        if (a.count !== n || a.offset !== off || a.region !== index || r.payload.byteLength !== 16 + n) {
-          throw this.#fail(new ProtocolError(`REGION_READ reply does not match its request`));
-        }
-        return r.payload.subarray(vfio_user_region_access.size);
-      }),
+      this.#chunks(BigInt(offset), count).map(([off, n]) => this.#readOne(index, off, n, opts)),
     );
     return Buffer.concat(parts);
+  }
+
+  /** One REGION_READ message; the data is a view of the reply (the reply is this call's own). */
+  async #readOne(index: number, off: bigint, n: number, opts?: CallOptions): Promise<Buffer> {
+    const r = await this.request(P.VFIO_USER_REGION_READ, Q.regionAccessHead(off, index, n), [], opts);
+    closeAll(r.fds);
+    return Q.regionReadData(this.#requester, r.payload, off, index, n);
   }
 
   async regionWrite(

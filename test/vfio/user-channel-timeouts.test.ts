@@ -1,0 +1,102 @@
+// Call deadlines under one timer per channel: a call with an earlier deadline
+// than those pending still fails at its own, the timer re-arms for the next
+// deadline after it fires, and a late reply to a timed-out call is dropped.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { StreamMessage } from '../../src/sys/index.js';
+import { RequestChannel } from '../../src/vfio/user/channel.js';
+import { encodeReply } from '../../src/vfio/user/codec.js';
+import { VFIO_USER_DEVICE_GET_INFO } from '../../src/vfio/user/protocol.js';
+import { vfioUserPair } from '../../src/vfio/user/transport.js';
+
+/** `p` settled, or an error after a bounded while (a lost deadline must fail the test, not hang it). */
+async function within<T>(p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`never happened: ${what}`)), 5000);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A channel whose server reads every request and answers none (until told to). */
+function silentServer() {
+  const [a, b] = vfioUserPair();
+  const seen: number[] = [];
+  b.on('message', (m: StreamMessage) => {
+    for (const fd of m.fds) fd.close();
+    seen.push(m.data.readUInt16LE(0));
+  });
+  const channel = new RequestChannel(a, 60_000);
+  const reply = (msgId: number) => b.send(encodeReply(msgId, VFIO_USER_DEVICE_GET_INFO, new Uint8Array(0)));
+  return {
+    channel,
+    seen,
+    reply,
+    close: () => {
+      channel.close();
+      b.close();
+    },
+  };
+}
+
+const settled = (p: Promise<unknown>) => {
+  let done = false;
+  p.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  return () => done;
+};
+
+test('a call with an earlier deadline than the pending ones fails at its own; the others stay pending', async () => {
+  const s = silentServer();
+  const long = s.channel.request(VFIO_USER_DEVICE_GET_INFO, undefined, [], { timeoutMs: 60_000 });
+  const longDone = settled(long);
+  await assert.rejects(
+    within(
+      s.channel.request(VFIO_USER_DEVICE_GET_INFO, undefined, [], { timeoutMs: 20 }),
+      'the 20 ms call failing',
+    ),
+    { code: 'ETIMEDOUT', message: /no reply within 20 ms/ },
+  );
+  assert.equal(longDone(), false);
+  assert.equal(s.channel.pendingCount, 1);
+  s.close();
+  await assert.rejects(long, { code: 'ERR_DEVLEASE_CLOSED' });
+});
+
+test('after the timer fires it re-arms for the next deadline: each call fails at its own, in order', async () => {
+  const s = silentServer();
+  const order: number[] = [];
+  const calls = [10, 40, 80].map((ms) =>
+    s.channel.request(VFIO_USER_DEVICE_GET_INFO, undefined, [], { timeoutMs: ms }).catch((err) => {
+      order.push(ms);
+      assert.equal(err.code, 'ETIMEDOUT');
+    }),
+  );
+  await within(Promise.all(calls), 'all three calls failing');
+  assert.deepEqual(order, [10, 40, 80]);
+  assert.equal(s.channel.pendingCount, 0);
+  s.close();
+});
+
+test('a call answered in time resolves; one issued after it still fails at its deadline; late replies are dropped', async () => {
+  const s = silentServer();
+  const first = s.channel.request(VFIO_USER_DEVICE_GET_INFO, undefined, [], { timeoutMs: 30 });
+  while (s.seen.length < 1) await new Promise((r) => setImmediate(r));
+  s.reply(s.seen[0]!);
+  assert.equal((await within(first, 'the answered call')).payload.byteLength, 0);
+  const second = s.channel.request(VFIO_USER_DEVICE_GET_INFO, undefined, [], { timeoutMs: 30 });
+  await assert.rejects(within(second, 'the unanswered call failing'), { code: 'ETIMEDOUT' });
+  s.reply(s.seen[1] ?? 1); // late: dropped, the channel stays open
+  const third = s.channel.request(VFIO_USER_DEVICE_GET_INFO, undefined, [], { timeoutMs: 1000 });
+  while (s.seen.length < 3) await new Promise((r) => setImmediate(r));
+  s.reply(s.seen[2]!);
+  await within(third, 'the third call');
+  assert.equal(s.channel.closed, false);
+  s.close();
+});
