@@ -100,3 +100,40 @@ test('a call answered in time resolves; one issued after it still fails at its d
   assert.equal(s.channel.closed, false);
   s.close();
 });
+
+test('with no call pending the channel holds no timer that keeps the process alive', async () => {
+  const s = silentServer();
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const before = timers();
+  try {
+    const call = s.channel.request(VFIO_USER_DEVICE_GET_INFO, undefined, [], { timeoutMs: 60_000 });
+    await within(
+      (async () => {
+        while (s.seen.length < 1) await new Promise((r) => setImmediate(r));
+      })(),
+      'the request reaches the server',
+    );
+    assert.equal(timers(), before + 1, 'a pending call keeps the process alive until its deadline');
+    s.reply(s.seen[0]!);
+    await within(call, 'the reply');
+    assert.equal(
+      timers(),
+      before,
+      "answered: the deadline timer no longer holds the process (it did a call's)",
+    );
+    // A second call after the first was answered: its deadline still holds (the kept timer is ref'd again).
+    const second = s.channel.request(VFIO_USER_DEVICE_GET_INFO, undefined, [], { timeoutMs: 60_000 });
+    await within(
+      (async () => {
+        while (s.seen.length < 2) await new Promise((r) => setImmediate(r));
+      })(),
+      'the second request reaches the server',
+    );
+    assert.equal(timers(), before + 1, 'the second pending call keeps the process alive');
+    s.reply(s.seen[1]!);
+    await within(second, 'the second reply');
+    assert.equal(timers(), before);
+  } finally {
+    s.close();
+  }
+});

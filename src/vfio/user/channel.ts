@@ -4,7 +4,8 @@
 // Timeouts: each call has its deadline; one timer per channel is due at the
 // earliest (re-armed only when a call with an earlier deadline comes), and
 // when it fires it fails the calls past theirs and re-arms for the next — a
-// call costs no timer of its own to set and clear.
+// call costs no timer of its own to set and clear. With no call pending the
+// timer is unref'd: it does not keep the process alive.
 // Server-to-client commands (DMA_READ/DMA_WRITE) go to the client's handler,
 // one at a time in arrival order; without a handler they are declined ENOTSUP.
 import { EventEmitter } from 'node:events';
@@ -151,6 +152,7 @@ export class RequestChannel extends EventEmitter {
         return;
       }
       if (deadline < this.#timerDue) this.#armTimer(deadline);
+      else if (this.#pending.size === 1) this.#timer?.ref(); // left armed, unref'd, by the last reply
     });
   }
 
@@ -218,6 +220,9 @@ export class RequestChannel extends EventEmitter {
         );
       }
       this.#pending.delete(msg.msgId);
+      // Nothing pending: the timer stays armed (no clear and set again per call) but holds the process no more
+      // than the calls did, each of whose timers used to be cleared with its reply.
+      if (this.#pending.size === 0) this.#timer?.unref();
       if (isError(msg)) {
         closeAll(rec.fds);
         const name = P.commandName(msg.command);
