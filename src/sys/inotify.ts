@@ -44,6 +44,8 @@ export class Inotify {
         throw err;
       }
       if (!this.#refed) this.#watch.unref();
+    } else if (this.#callbacks.size === 0 && this.#refed) {
+      this.#watch?.ref(); // kept, unref'd, since the last watch went (#idle)
     }
     this.#callbacks.set(wd, cb);
     return wd;
@@ -54,7 +56,7 @@ export class Inotify {
     this.fd.fd; // throws ERR_DEVLEASE_CLOSED after close()
     if (!this.#callbacks.delete(wd)) return;
     this.#rmWatch(wd);
-    this.#stopIfIdle();
+    this.#idle();
   }
 
   #rmWatch(wd: number): void {
@@ -87,7 +89,7 @@ export class Inotify {
   /** While watches exist, keep the event loop alive (the default) / do not. */
   ref(): void {
     this.#refed = true;
-    this.#watch?.ref();
+    if (this.#callbacks.size > 0) this.#watch?.ref();
   }
 
   unref(): void {
@@ -110,10 +112,13 @@ export class Inotify {
     this.close();
   }
 
-  #stopIfIdle(): void {
+  /**
+   * No watch left: the poll handle stays (a broker watching one lease's slices at a time would otherwise stop
+   * it and make it again per lease, ~50 µs each) but no longer keeps the event loop alive.
+   */
+  #idle(): void {
     if (this.#callbacks.size > 0) return;
-    this.#watch?.stop();
-    this.#watch = null;
+    this.#watch?.unref();
   }
 
   #dispatch(): void {
@@ -137,6 +142,6 @@ export class Inotify {
       if (ev.mask & IN_IGNORED!) this.#callbacks.delete(ev.wd);
       cb?.({ mask: ev.mask, name: ev.name });
     }
-    this.#stopIfIdle();
+    this.#idle();
   }
 }
