@@ -6,33 +6,14 @@
 // ahead wait while reading is paused and are handed over by partial().
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import {
-  EventFd,
-  Fd,
-  MemFd,
-  native,
-  type StreamFraming,
-  type StreamMessage,
-  StreamSocket,
-} from '../../src/sys/index.js';
+import { EventFd, Fd, MemFd, native, type StreamMessage, StreamSocket } from '../../src/sys/index.js';
 import { assertNoFdLeak, trackFdLeaks } from '../helpers/fds.js';
+import { body, collect, frame, framing, tick } from '../helpers/stream-frames.js';
+import { within } from '../helpers/within.js';
 
 const leakCheck = trackFdLeaks();
 after(() => leakCheck());
 
-/** A test framing: u32 total size at offset 0 of an 8-byte header. */
-const framing: StreamFraming = { headerSize: 8, messageSize: (h) => h.readUInt32LE(0) };
-
-function frame(body: string): Buffer {
-  const b = Buffer.from(body);
-  const m = Buffer.alloc(8 + b.length);
-  m.writeUInt32LE(m.length, 0);
-  b.copy(m, 8);
-  return m;
-}
-
-const body = (m: StreamMessage) => m.data.subarray(8).toString();
-const tick = () => new Promise((r) => setImmediate(r));
 /** Waits (a bounded while) until `cond` holds. */
 async function until(cond: () => boolean, what: string): Promise<void> {
   const deadline = Date.now() + 5000;
@@ -45,28 +26,6 @@ const closeAll = (fds: readonly Fd[]) => {
   for (const fd of fds) fd.close();
 };
 const sameFile = (a: Fd, b: Fd) => native.fstat(a.fd).ino === native.fstat(b.fd).ino;
-
-/** `p`, or an error after a bounded while. */
-async function within<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`never happened: ${what}`)), 5000);
-  });
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function collect(s: StreamSocket) {
-  const got: StreamMessage[] = [];
-  const errors: (Error & { code?: string })[] = [];
-  s.on('message', (m: StreamMessage) => got.push(m));
-  s.on('error', (e: Error) => errors.push(e));
-  const closed = new Promise<void>((resolve) => s.once('close', () => resolve()));
-  return { got, errors, closed };
-}
 
 test('messages that wait in the kernel together are delivered one by one, each its own buffer', {
   timeout: 20_000,

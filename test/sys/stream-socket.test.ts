@@ -8,17 +8,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import {
-  EventFd,
-  type Fd,
-  MemFd,
-  native,
-  type StreamFraming,
-  type StreamMessage,
-  StreamServer,
-  StreamSocket,
-} from '../../src/sys/index.js';
+import { EventFd, type Fd, MemFd, native, StreamServer, StreamSocket } from '../../src/sys/index.js';
 import { assertNoFdLeak, trackFdLeaks } from '../helpers/fds.js';
+import { body, collect, frame, framing, tick } from '../helpers/stream-frames.js';
 
 const leakCheck = trackFdLeaks();
 const dir = mkdtempSync(join(tmpdir(), 'devlease-stream-'));
@@ -27,33 +19,9 @@ after(async () => {
   await leakCheck();
 });
 
-/** A test framing: u32 total size at offset 0 of an 8-byte header. */
-const framing: StreamFraming = { headerSize: 8, messageSize: (h) => h.readUInt32LE(0) };
-
-function frame(body: Uint8Array | string, tag = 0): Buffer {
-  const b = typeof body === 'string' ? Buffer.from(body) : Buffer.from(body);
-  const m = Buffer.alloc(8 + b.length);
-  m.writeUInt32LE(m.length, 0);
-  m.writeUInt32LE(tag, 4);
-  b.copy(m, 8);
-  return m;
-}
-
-const body = (m: StreamMessage) => m.data.subarray(8).toString();
-const tick = () => new Promise((r) => setImmediate(r));
 const closeAll = (fds: Fd[]) => {
   for (const fd of fds) fd.close();
 };
-
-/** Collects messages and the error/close of a socket. */
-function collect(s: StreamSocket) {
-  const got: StreamMessage[] = [];
-  const errors: (Error & { code?: string })[] = [];
-  s.on('message', (m: StreamMessage) => got.push(m));
-  s.on('error', (e: Error) => errors.push(e));
-  const closed = new Promise<void>((resolve) => s.once('close', () => resolve()));
-  return { got, errors, closed };
-}
 
 test('a message split across many reads arrives whole, once', { timeout: 20_000 }, async () => {
   await assertNoFdLeak(async () => {

@@ -8,19 +8,7 @@ import { RequestChannel } from '../../src/vfio/user/channel.js';
 import { encodeReply } from '../../src/vfio/user/codec.js';
 import { VFIO_USER_DEVICE_GET_INFO } from '../../src/vfio/user/protocol.js';
 import { vfioUserPair } from '../../src/vfio/user/transport.js';
-
-/** `p` settled, or an error after a bounded while (a lost deadline must fail the test, not hang it). */
-async function within<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`never happened: ${what}`)), 5000);
-  });
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+import { within } from '../helpers/within.js';
 
 /** A channel whose server reads every request and answers none (until told to). */
 function silentServer() {
