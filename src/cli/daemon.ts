@@ -215,7 +215,9 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
   const wire = new HandoverWire(fd);
   wire.send({
     t: 'hello',
-    versions: misbehave === 'old-version' ? [0] : READABLE_VERSIONS,
+    // 'old-version': reads nothing this broker writes; 'v2-reader': reads what a broker before the stream
+    // socket's read-ahead read (state versions 1 and 2), which must refuse this one's partials (format.ts).
+    versions: misbehave === 'old-version' ? [0] : misbehave === 'v2-reader' ? [1, 2] : READABLE_VERSIONS,
     pid: process.pid,
   });
   let received: { json: string; fds: Fd[] };

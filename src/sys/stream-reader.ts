@@ -121,11 +121,11 @@ export class StreamReader {
 
   /**
    * Carries on from bytes another reader took off this stream: zero or more whole messages, then the start of
-   * one; the fds came with the last message that starts in them (what one read gives, see the header).
+   * one; the fds came with the last message that starts in them (what one read gives, see the header). Throws
+   * EPROTO, taking nothing, when a message in them announces a size out of bounds.
    */
   seed(p: { data: Buffer; fds: Fd[] }): void {
     const h = this.#header.length;
-    this.#fds = p.fds;
     let at = 0;
     while (p.data.length - at >= h) {
       const size = this.#framing.messageSize(p.data.subarray(at, at + h));
@@ -134,6 +134,8 @@ export class StreamReader {
       }
       at += size;
     }
+    // Checked: the fds are this reader's from here (on a throw above they stay the caller's).
+    this.#fds = p.fds;
     if (p.data.length === 0) return;
     this.#ahead = Buffer.from(p.data);
     this.#pos = 0;

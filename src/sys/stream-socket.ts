@@ -37,9 +37,11 @@ export interface StreamSocketOptions {
   /** Most fds one message may carry (0..MAX_FDS, default MAX_FDS); a peer sending more is cut off. */
   maxFds?: number;
   /**
-   * The start of a message another process had read from this socket before handing it over (a broker
-   * upgrade, src/broker/handover): reading carries on from there, so no byte of the stream is lost. The fds
-   * came with those bytes and are owned from here.
+   * What another process had read from this socket and not served before handing it over (a broker upgrade,
+   * src/broker/handover; partial() there): whole messages, then the start of one. Reading carries on from there,
+   * so no byte of the stream is lost. The fds came with the last message starting in those bytes and are owned
+   * from here; if the bytes announce a size out of bounds the constructor throws EPROTO, closes `fd` and leaves
+   * the fds to the caller.
    */
   partial?: { data: Buffer; fds: Fd[] };
 }
@@ -136,13 +138,14 @@ export class StreamSocket extends EventEmitter {
         hangUp: () => this.#hangUp(),
         fail: (err) => this.#fail(err),
       });
+      // Before the watch: a bad partial closes `fd` like a bad option, and leaves its fds to the caller.
+      if (opts.partial) this.#reader.seed(opts.partial);
       this.#watch = new Watch(fd.fd, DISCONNECT, (status, events) => this.#onReady(status, events));
     } catch (err) {
       fd.close();
       throw err;
     }
     this.#fd = fd;
-    if (opts.partial) this.#reader.seed(opts.partial);
     this.on('newListener', (event) => {
       if (event === 'message') this.#setInterest(true);
     });
@@ -355,9 +358,13 @@ export class StreamSocket extends EventEmitter {
 
   #read(budget: number): void {
     if (this.#fd === null) return;
-    this.#reader.read(this.#fd.fd, budget);
-    // Messages read and not delivered (paused by a listener, or the batch spent) raise no poll event.
-    if (this.#reader.waiting) this.#updateEvents();
+    try {
+      this.#reader.read(this.#fd.fd, budget);
+    } finally {
+      // Messages read and not delivered (paused by a listener, the batch spent, a listener that threw) raise
+      // no poll event: delivered from the loop.
+      if (this.#reader.waiting) this.#updateEvents();
+    }
   }
 
   #deliver(data: Buffer, fds: Fd[]): void {

@@ -212,3 +212,23 @@ test('more messages in one read than one batch: all delivered, in order', { time
     b.close();
   });
 });
+
+test('a handed-over partial announcing a bad size: EPROTO, the socket fd closed, its fds left to the caller', {
+  timeout: 20_000,
+}, async () => {
+  await assertNoFdLeak(async () => {
+    const [x, y] = native.unixPair(true);
+    const peer = new Fd(y);
+    const sockFd = new Fd(x);
+    const e = new EventFd();
+    const bad = Buffer.concat([frame('whole'), Buffer.from([0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0])]);
+    assert.throws(
+      () => new StreamSocket(sockFd, { framing, partial: { data: bad, fds: [e.fd] } }),
+      (err: Error & { code?: string }) => err.code === 'EPROTO' && /announces/.test(err.message),
+    );
+    assert.equal(sockFd.closed, true, 'the socket fd is closed, as for a bad option');
+    assert.equal(e.fd.closed, false, "the partial's fds are still the caller's");
+    e.close();
+    peer.close();
+  });
+});

@@ -14,7 +14,10 @@ after(trackFdLeaks());
 const CASES: [string, RegExp][] = [
   ['exit', /the new broker (exited|hung up)/],
   ['refuse', /refused the state: refused by DEVLEASE_TEST_UPGRADE_MISBEHAVE=refuse/],
-  ['old-version', /does not read state version 1/],
+  ['old-version', /does not read state version 3/],
+  // A broker from before the stream socket read ahead (it reads versions 1 and 2) would misread the partial
+  // messages a session hands over: it is refused at the hello.
+  ['v2-reader', /does not read state version 3 \(it reads \[1,2\]\)/],
   ['hang', /not ready in time/],
 ];
 

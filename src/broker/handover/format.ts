@@ -17,13 +17,18 @@ import type { SessionPciState } from '../session-state.js';
 
 export const STATE_FORMAT = 'devlease-broker-state';
 /**
- * This broker writes version 1 for a vfio-user device and version 2 for a kernel one, and reads both. Version 2
- * added `device.transport: 'kernel'`: a version-1 reader would take its device for a vfio-user connection, so
- * it must refuse such a document (at the hello, before anything is held); a vfio-user document is still 1.
+ * This broker writes version 3 for a vfio-user device and version 4 for a kernel one, and reads 1 to 4.
+ * - Version 2 added `device.transport: 'kernel'`: a version-1 reader would take its device for a vfio-user
+ *   connection, so it must refuse such a document (at the hello, before anything is held).
+ * - Versions 3 and 4 (3: vfio-user, 4: kernel) changed what a socket's `partial` holds: the stream socket reads
+ *   ahead, so it may hold whole messages read and not yet delivered before the start of one, with the fds of
+ *   the last message that starts in it (src/sys/stream-reader.ts). A reader of 1 or 2 takes it for the start of
+ *   one message: it would refuse several and leave one undelivered. A 1 or 2 document (the start of one message
+ *   at most) reads the same either way.
  */
-export const STATE_VERSION = 1;
-export const KERNEL_STATE_VERSION = 2;
-export const READABLE_VERSIONS = [1, 2];
+export const STATE_VERSION = 3;
+export const KERNEL_STATE_VERSION = 4;
+export const READABLE_VERSIONS = [1, 2, 3, 4];
 
 /** The version a document about this device is written in. */
 export function stateVersionFor(device: { transport: string }): number {
@@ -59,7 +64,10 @@ export interface HandedSession {
   kind: string;
   fd: number;
   pidfd: number | null;
-  /** Bytes of the next request already read (base64), and the fds that came with them. */
+  /**
+   * Bytes already read and not yet served (base64): whole messages read ahead, then the start of the next
+   * (versions 1 and 2: the start of the next request only), and the fds of the last message starting in them.
+   */
   partial: string;
   partialFds: number[];
   /** The lease it serves (null: VERSION not yet received; the new broker serves it from the start). */

@@ -65,7 +65,7 @@ export class RequestChannel extends EventEmitter {
   #abandoned = new Set<number>();
   #nextId = 0;
   #closed = false;
-  /** Due at (or before) the earliest deadline of the pending calls; null when none is pending. */
+  /** Due at (or before) the earliest deadline of the pending calls; unref'd while none is pending, null once fired. */
   #timer: NodeJS.Timeout | null = null;
   #timerDue = Number.POSITIVE_INFINITY;
   #serve: CommandHandler | null;
