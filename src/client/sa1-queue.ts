@@ -56,6 +56,8 @@ export class Sa1Queue {
   readonly #pending = new Map<number, Pending>();
   /** Descriptors post()ed and not collected yet (they have no entry in #pending). */
   #posted = 0;
+  /** post()'s tags count on their own, with POSTED_TAG_HI in the high word: submit()'s stay below 2^53. */
+  #postTag = 0;
   #postError = 0;
   #pumping = false;
   /** The queue page's ioeventfd (doorbell kick, rev 2; the lease owns it), or null when the device offers none. */
@@ -169,8 +171,6 @@ export class Sa1Queue {
     this.#posted++;
     this.#ring(1);
   }
-  /** post()'s tags count on their own, with POSTED_TAG_HI in the high word: submit()'s stay below 2^53. */
-  #postTag = 0;
 
   /** Submit several descriptors with one doorbell; each gets its own promise. */
   submitBatch(ds: Descriptor[]): Promise<Completion>[] {
@@ -267,12 +267,13 @@ export class Sa1Queue {
       this.#cqHead = (this.#cqHead + 1) >>> 0;
       n++;
       if (rawStatus !== 0 && this.#stoppedBy === 0 && FATAL.has(rawStatus)) this.#stoppedBy = rawStatus;
+      // Once a completion stopped the queue no post()ed descriptor will complete (§4), and a reset's ABORTED
+      // completions may still come for them: the count stays at 0.
+      if (this.#stoppedBy !== 0) this.#posted = 0;
       if (tagHi === POSTED_TAG_HI) {
-        // A post()ed descriptor: nothing to settle. After one that stops the queue none of the others will
-        // complete (§4), and a reset's ABORTED completions may still come for them: the count stays at 0.
+        // A post()ed descriptor: nothing to settle.
         if (this.#posted > 0) this.#posted--;
         if (rawStatus !== 0) this.#postError = rawStatus;
-        if (this.#stoppedBy !== 0) this.#posted = 0;
         continue;
       }
       const tagLo = this.#cqView.getUint32(o, true);
@@ -282,7 +283,6 @@ export class Sa1Queue {
         status: STATUS_NAME[rawStatus] ?? 'UNKNOWN',
         rawStatus,
       };
-      if (this.#stoppedBy !== 0) this.#posted = 0;
       const key = tagLo + tagHi * 2 ** 32;
       const p = this.#pending.get(key);
       if (p) {

@@ -8,6 +8,15 @@ import { test } from 'node:test';
 
 const SYS = new URL('../../src/sys/index.js', import.meta.url).href;
 
+/** The child's start: a file to watch, an Inotify, IN_MODIFY as `native.constants` has it. */
+const CHILD_SETUP = `import { mkdtempSync, writeFileSync } from 'node:fs';
+  import { tmpdir } from 'node:os';
+  import { join } from 'node:path';
+  const { Inotify, native } = await import(${JSON.stringify(SYS)});
+  const file = join(mkdtempSync(join(tmpdir(), 'inotify-')), 'f');
+  writeFileSync(file, 'x');
+  const ino = new Inotify();`;
+
 /** Runs `body` as an ES module in a child Node; resolves with its exit code and stdout, or rejects at `ms`. */
 function runChild(body: string, ms: number): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve, reject) => {
@@ -29,13 +38,7 @@ function runChild(body: string, ms: number): Promise<{ code: number | null; out:
 
 test('an Inotify whose watches are all gone does not keep the process alive', async () => {
   const r = await runChild(
-    `import { mkdtempSync, writeFileSync } from 'node:fs';
-     import { tmpdir } from 'node:os';
-     import { join } from 'node:path';
-     const { Inotify, native } = await import(${JSON.stringify(SYS)});
-     const file = join(mkdtempSync(join(tmpdir(), 'inotify-')), 'f');
-     writeFileSync(file, 'x');
-     const ino = new Inotify();
+    `${CHILD_SETUP}
      const wd = ino.watch(file, native.constants.IN_MODIFY, () => {});
      ino.unwatch(wd);
      process.stdout.write('unwatched');`,
@@ -50,13 +53,7 @@ test('an Inotify whose watches are all gone does not keep the process alive', as
 
 test('a watch added after the last one went holds the process until its event comes', async () => {
   const r = await runChild(
-    `import { mkdtempSync, writeFileSync } from 'node:fs';
-     import { tmpdir } from 'node:os';
-     import { join } from 'node:path';
-     const { Inotify, native } = await import(${JSON.stringify(SYS)});
-     const file = join(mkdtempSync(join(tmpdir(), 'inotify-')), 'f');
-     writeFileSync(file, 'x');
-     const ino = new Inotify();
+    `${CHILD_SETUP}
      ino.unwatch(ino.watch(file, native.constants.IN_MODIFY, () => {}));
      const wd = ino.watch(file, native.constants.IN_MODIFY, () => {
        process.stdout.write('event');

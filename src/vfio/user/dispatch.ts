@@ -41,20 +41,19 @@ const ACCESS_HEAD = vfio_user_region_access.size;
  * REGION_READ's reply: the request's access head (offset, region, count: the same values) then the data, built
  * in the reply message itself (`framed`, the header filled in when sent): one buffer, one copy of the data.
  */
+/** A REGION_READ/WRITE reply built in one buffer: room for the header, the request's access head, `count` bytes. */
+function framedAccess(head: Uint8Array, count: number): Buffer {
+  const framed = Buffer.allocUnsafe(HEADER_SIZE + ACCESS_HEAD + count);
+  for (let i = 0; i < ACCESS_HEAD; i++) framed[HEADER_SIZE + i] = head[i] as number;
+  return framed;
+}
+
 function regionReadReply(head: Uint8Array, count: number, data: Uint8Array): Reply {
   if (data.byteLength !== count) {
     throw new Error(`model regionRead returned ${data.byteLength} bytes for ${count}`);
   }
-  const framed = Buffer.allocUnsafe(HEADER_SIZE + ACCESS_HEAD + count);
-  for (let i = 0; i < ACCESS_HEAD; i++) framed[HEADER_SIZE + i] = head[i] as number;
+  const framed = framedAccess(head, count);
   framed.set(data, HEADER_SIZE + ACCESS_HEAD);
-  return { framed };
-}
-
-/** REGION_WRITE's reply: the request's access head alone. */
-function regionWriteReply(head: Uint8Array): Reply {
-  const framed = Buffer.allocUnsafe(HEADER_SIZE + ACCESS_HEAD);
-  for (let i = 0; i < ACCESS_HEAD; i++) framed[HEADER_SIZE + i] = head[i] as number;
   return { framed };
 }
 
@@ -139,7 +138,7 @@ export function dispatchRequest(
     }
     case P.VFIO_USER_REGION_WRITE: {
       const { region, offset } = V.parseRegionAccess(true, payload, model, cfg);
-      const reply = regionWriteReply(payload);
+      const reply: Reply = { framed: framedAccess(payload, 0) }; // the request's access head alone
       return then(model.regionWrite(region, offset, payload.slice(ACCESS_HEAD)), () => reply);
     }
     case P.VFIO_USER_DEVICE_RESET: {
