@@ -5,7 +5,7 @@
 // slot's bytes) goes on the port instead, in the same order.
 
 import type { DeviceRequest } from './commands.js';
-import { SLOT_BYTES, type SlotCodec, type SlotViews } from './mailbox.js';
+import { SLOT_BYTES, type SlotCodec, type SlotViews } from './mailbox-ring.js';
 
 const REGION_READ = 1;
 const REGION_WRITE = 2;

@@ -4,18 +4,20 @@
 // come here; see frontend.ts).
 //
 // Requests sit in a ring of fixed slots in shared memory (an op number and a
-// few numeric fields, encoded by a SlotCodec: command-slots.ts), and replies
-// in a reply area (nothing, or up to REPLY_BYTES bytes). Structured clone on
-// the MessagePort cost ~50 µs of the simulator's CPU per message on each
-// side (issue 16); it stays for what is rare or cannot be numbers (a shared
-// buffer, an injection, stats, a refusal with its reason): such a slot says
-// "on the port", and the port keeps the slots' order. The caller fills a
-// slot, bumps the request word and notifies it, then blocks in Atomics.wait
-// (a futex wait, bounded) on the answer word. The device never returns to
-// its event loop: it checks the request word between descriptors, sleeps on
-// it when idle (so a command wakes it at once), and copies each slot out
-// before it publishes it free (W_SEEN). The ring is bounded: a caller that
-// finds it full wakes the device and waits (bounded) for it to take some.
+// few numeric fields, encoded by a SlotCodec: command-slots.ts; the layout
+// is mailbox-ring.ts), and replies in a reply area (nothing, or up to
+// REPLY_BYTES bytes): no structured clone and no MessagePort wake-up for
+// the commands of a lease's life (issue 16). The port stays for what is
+// rare or cannot be numbers (a DMA map's shared buffer, an injection,
+// stats, a refusal with its reason): such a slot says "on the port", and
+// the port keeps the slots' order. The caller fills a slot, bumps the
+// request word and notifies it, then blocks in Atomics.wait (a futex wait,
+// bounded) on the answer word. The device never returns to its event loop:
+// it checks the request word between descriptors, sleeps on it when idle
+// (so a command wakes it at once), and copies each slot out before it
+// publishes it free (W_SEEN). The ring is bounded: a caller that finds it
+// full (a device asleep through SLOTS one-way posts) wakes the device and
+// waits, bounded, for it to take some.
 //
 // fds travel as plain numbers (they are process-wide).
 //
@@ -35,6 +37,16 @@
 import { type MessagePort, receiveMessageOnPort } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
+import {
+  MEMORY_BYTES,
+  REPLY_AT,
+  REPLY_BYTES,
+  SLOTS,
+  type SlotCodec,
+  SlotViews,
+  slotAt,
+  WORDS,
+} from './mailbox-ring.js';
 
 // Int32 word indexes.
 const W_REQUEST = 0; // number of the last post (request or one-way) written to the ring
@@ -57,57 +69,12 @@ const W_SEEN = 8;
 const W_REPLY_SEQ = 9;
 const W_REPLY_KIND = 10;
 const W_REPLY_LEN = 11;
-const WORDS = 16;
+/** Non-zero while the caller waits for a free slot (so the device notifies W_SEEN as it takes posts). */
+const W_SLOT_WAITER = 12;
 
 const R_NOTHING = 0;
 const R_BYTES = 1;
 const R_PORT = 2;
-
-/** Slots in the ring: posts the device has not taken yet, at most (a sleeping device takes DMA maps late). */
-const SLOTS = 256;
-/** A slot: 16 f64 words: op, seq, n, five numeric fields, then SLOT_BYTES of inline bytes. */
-const SLOT_F64 = 16;
-const S_OP = 0;
-const S_SEQ = 1;
-const S_N = 2;
-const S_FIELDS = 3;
-const S_BYTES_F64 = 8;
-/** Inline bytes per slot (a register write's data). */
-export const SLOT_BYTES = (SLOT_F64 - S_BYTES_F64) * 8;
-/** Reply bytes held in shared memory (a longer reply, or any other value, goes on the port). */
-const REPLY_BYTES = 256;
-
-const RING_AT = WORDS * 4;
-const REPLY_AT = RING_AT + SLOTS * SLOT_F64 * 8;
-const MEMORY_BYTES = REPLY_AT + REPLY_BYTES;
-
-/** Typed views over the ring (one set per thread). `at` below is a slot's first field (f64 index). */
-export class SlotViews {
-  readonly f64: Float64Array;
-  readonly u64: BigUint64Array;
-  readonly #u8: Uint8Array;
-
-  constructor(sab: SharedArrayBuffer) {
-    this.f64 = new Float64Array(sab, RING_AT, SLOTS * SLOT_F64);
-    this.u64 = new BigUint64Array(sab, RING_AT, SLOTS * SLOT_F64);
-    this.#u8 = new Uint8Array(sab, RING_AT, SLOTS * SLOT_F64 * 8);
-  }
-
-  /** The slot's inline bytes (SLOT_BYTES of them). */
-  bytes(at: number): Uint8Array {
-    const from = (at - S_FIELDS + S_BYTES_F64) * 8;
-    return this.#u8.subarray(from, from + SLOT_BYTES);
-  }
-}
-
-/**
- * How requests of type R sit in a slot. encode returns the op number (> 0) after writing the fields at `at`,
- * or 0 when the request must go on the port; decode makes the request back from them.
- */
-export interface SlotCodec<R> {
-  encode(req: R, slots: SlotViews, at: number): number;
-  decode(op: number, slots: SlotViews, at: number): R;
-}
 
 /** A request as taken. `seq` 0: a one-way post (no answer). `n`: its number among all posts. */
 export interface Envelope<R> {
@@ -131,9 +98,6 @@ export interface Reply {
 }
 
 export const newMailboxMemory = (): SharedArrayBuffer => new SharedArrayBuffer(MEMORY_BYTES);
-
-/** The first field of post `n`'s slot. */
-const slotAt = (n: number): number => ((n >>> 0) % SLOTS) * SLOT_F64 + S_FIELDS;
 
 /** The caller's side (main thread). */
 export class MailboxCaller<R> {
@@ -247,13 +211,10 @@ export class MailboxCaller<R> {
     const w = this.#words;
     const n = (this.#posts + 1) | 0;
     if (((n - Atomics.load(w, W_SEEN)) | 0) > SLOTS) this.#waitForSlot(n);
-    const f = this.#slots.f64;
     const at = slotAt(n);
     const op = this.codec.encode(req, this.#slots, at);
     if (op === 0) this.port.postMessage(req);
-    f[at - S_FIELDS + S_OP] = op;
-    f[at - S_FIELDS + S_SEQ] = seq;
-    f[at - S_FIELDS + S_N] = n;
+    this.#slots.label(at, op, seq, n);
     this.#posts = n;
     Atomics.store(w, W_REQUEST, n);
     return n;
@@ -273,8 +234,10 @@ export class MailboxCaller<R> {
           `device took none of its ${SLOTS} waiting commands in ${this.fullWaitMs} ms`,
         );
       }
+      Atomics.store(w, W_SLOT_WAITER, 1);
       this.#wake();
       Atomics.wait(w, W_SEEN, seen, Math.min(left, 1));
+      Atomics.store(w, W_SLOT_WAITER, 0);
     }
   }
 
@@ -347,11 +310,10 @@ export class MailboxDevice<R> {
     if (Atomics.load(w, W_REQUEST) === this.#seen) return null;
     const n = (this.#seen + 1) | 0;
     const at = slotAt(n);
-    const f = this.#slots.f64;
-    const op = f[at - S_FIELDS + S_OP]!;
-    const seq = f[at - S_FIELDS + S_SEQ]!;
-    if (f[at - S_FIELDS + S_N] !== n)
-      throw new Error(`mailbox slot for post ${n} holds post ${f[at - S_FIELDS + S_N]}`);
+    const slots = this.#slots;
+    const op = slots.op(at);
+    const seq = slots.seq(at);
+    if (slots.n(at) !== n) throw new Error(`mailbox slot for post ${n} holds post ${slots.n(at)}`);
     let req: R;
     if (op !== 0) req = this.codec.decode(op, this.#slots, at);
     else {
@@ -363,6 +325,7 @@ export class MailboxDevice<R> {
     // Copied out: the caller may write the slot again.
     this.#seen = n;
     Atomics.store(w, W_SEEN, n);
+    if (Atomics.load(w, W_SLOT_WAITER) !== 0) Atomics.notify(w, W_SEEN);
     return { seq, n, req };
   }
 
