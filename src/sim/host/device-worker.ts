@@ -148,7 +148,9 @@ export class DeviceWorker {
       this.request({ op: 'regionWrite', index, offset, data });
       return;
     }
-    // Word by word, low half first: each word the device must act on goes to it, in order.
+    // Word by word, low half first: each word the device must act on goes to it, in order. Room for a post
+    // per word first: a full ring fails the write here, before any register changed.
+    this.#mailbox.makeRoom(data.length >> 2);
     const dv = new DataView(data.buffer, data.byteOffset, data.length);
     for (let i = 0; i < data.length; i += 4) {
       const value = dv.getUint32(i, true);

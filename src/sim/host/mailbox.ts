@@ -132,6 +132,8 @@ export class MailboxCaller<R> {
     if (Atomics.load(w, W_ANSWERED) !== this.#seq) {
       throw new VfioError('EIO', 'device channel is stuck (an earlier command timed out)');
     }
+    // Room first: a full ring that stays full throws here, before this request counts as posted.
+    this.makeRoom();
     this.#seq = (this.#seq + 1) | 0;
     const seq = this.#seq;
     this.#send(seq, req);
@@ -206,11 +208,22 @@ export class MailboxCaller<R> {
     if (Atomics.load(w, W_FD_SLEEP) !== 0) native.eventfdWrite(Atomics.load(w, W_WAKE_FD), 1);
   }
 
+  /**
+   * Make sure the next `posts` posts have free slots, waiting (bounded) for the device to take some; EIO
+   * when it takes none in `fullWaitMs` (a device stuck in a fault injection's stall, or wedged). A caller
+   * that changes its own state before posting calls this first, so a full ring fails it with nothing
+   * changed: its posts then cannot fail (this thread is the only writer).
+   */
+  makeRoom(posts = 1): void {
+    const n = (this.#posts + posts) | 0;
+    if (((n - Atomics.load(this.#words, W_SEEN)) | 0) > SLOTS) this.#waitForSlot(n);
+  }
+
   /** Write post `seq` (0: one-way) into the next slot and publish it (W_REQUEST). Returns its number. */
   #write(seq: number, req: R): number {
     const w = this.#words;
+    this.makeRoom();
     const n = (this.#posts + 1) | 0;
-    if (((n - Atomics.load(w, W_SEEN)) | 0) > SLOTS) this.#waitForSlot(n);
     const at = slotAt(n);
     const op = this.codec.encode(req, this.#slots, at);
     if (op === 0) this.port.postMessage(req);
@@ -256,7 +269,7 @@ export class MailboxCaller<R> {
     try {
       for (;;) {
         const epoch = Atomics.load(w, W_EPOCH);
-        if ((epoch & 1) === 0 || Atomics.load(w, W_TAKEN) - n >= 0) return;
+        if ((epoch & 1) === 0 || ((Atomics.load(w, W_TAKEN) - n) | 0) >= 0) return;
         const left = deadline - performance.now();
         if (left <= 0) throw new VfioError('EIO', `device did not leave its round within ${timeoutMs} ms`);
         // A spinning device takes posts between descriptors within microseconds: spin a little first.
