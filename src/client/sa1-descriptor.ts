@@ -80,11 +80,20 @@ export function writeSqe(
   w[o + 15] = 0;
 }
 
+const MAX_EXACT = BigInt(Number.MAX_SAFE_INTEGER);
+
 /** A 64-bit descriptor field as two little-endian words (none: 0). */
 function putU64(w: Uint32Array, at: number, v: bigint | undefined): void {
   if (v === undefined || v === 0n) {
     w[at] = 0;
     w[at + 1] = 0;
+    return;
+  }
+  if (v > 0n && v <= MAX_EXACT) {
+    // Every IOVA a lease hands out: exact as a number, split without making three BigInts per field.
+    const n = Number(v);
+    w[at] = n >>> 0;
+    w[at + 1] = Math.floor(n / 2 ** 32);
     return;
   }
   const u = BigInt.asUintN(64, v);

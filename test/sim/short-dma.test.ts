@@ -28,13 +28,13 @@ async function bootedRig(log: string[]): Promise<Rig & { host: Awaited<ReturnTyp
   return { ...r, host: await r.map(HOST, 1 << 20) };
 }
 
-/** Queue 0 with its rings at the start of host memory and a window over host and victim memory. */
-async function queue0(r: Rig & { host: { view: Uint8Array } }): Promise<TestQueue> {
+/** Queue q (0 unless said) with its rings in host memory and a window over host and victim memory. */
+async function queue0(r: Rig & { host: { view: Uint8Array } }, q = 0): Promise<TestQueue> {
   const tq = new TestQueue(
     r.bus,
     {
-      q: 0,
-      mem: { iova: HOST, view: r.host.view.subarray(0, 0x1000) },
+      q,
+      mem: { iova: HOST + BigInt(q * 0x1000), view: r.host.view.subarray(q * 0x1000, (q + 1) * 0x1000) },
       sqSize: 8,
       cqSize: 8,
       window: { base: HOST, size: 0x100_0000n },
@@ -139,6 +139,40 @@ test('a source truncated under the device: COPY completes as IOMMU_FAULT, fault 
     await r.close();
   }
   assert.equal(openFds(), before);
+});
+
+test('a source another queue found truncated: a COPY from the map this queue copied from before is IOMMU_FAULT', async () => {
+  const r = await bootedRig([]);
+  try {
+    const victim = await r.map(VICTIM, 0x1_0000);
+    victim.view.fill(0xab);
+    const tq = await queue0(r);
+    await tq.submit([{ opcode: ds.OP_COPY, length: 64, src: VICTIM, dst: HOST + 0x8000n, tag: 1n }]);
+    assert.deepEqual(
+      (await tq.reap(1)).map((c) => c.status),
+      [ds.ST_OK],
+    );
+    victim.mapping.unmap();
+    victim.memfd.truncate(0);
+    // Queue 1's access finds the backing gone (the guard counts the revocation there), before queue 0 looks.
+    const other = await queue0(r, 1);
+    await other.submit([{ opcode: ds.OP_COPY, length: 64, src: VICTIM, dst: HOST + 0xa000n, tag: 2n }]);
+    assert.deepEqual(
+      (await other.reap(1)).map((c) => c.status),
+      [ds.ST_IOMMU_FAULT],
+    );
+    r.host.view.fill(0x11, 0x9000, 0x9000 + 64);
+    await tq.submit([{ opcode: ds.OP_COPY, length: 64, src: VICTIM + 0x100n, dst: HOST + 0x9000n, tag: 3n }]);
+    const [c] = await tq.reap(1);
+    assert.deepEqual([c?.tag, c?.status], [3n, ds.ST_IOMMU_FAULT], 'never OK with zeros');
+    await assertQueueFaulted(r, VICTIM + 0x100n);
+    assert.ok(
+      r.host.view.subarray(0x9000, 0x9000 + 64).every((b) => b === 0x11),
+      'the destination untouched',
+    );
+  } finally {
+    await r.close();
+  }
 });
 
 test('a destination shrunk to 4 KiB: a COPY past the new end is IOMMU_FAULT, and so is every later access to that map', async () => {

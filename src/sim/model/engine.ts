@@ -64,9 +64,6 @@ export class Engine {
   readonly #sqeScratch = new Uint8Array(SQ_ENTRY_SIZE);
   readonly #sqeView = new DataView(this.#sqeScratch.buffer);
   readonly #sqeWords = new Int32Array(this.#sqeScratch.buffer);
-  /** Scratch for a plain COPY's two operands (#plainCopy): reused, never held across calls. */
-  readonly #srcSegs: Segments = [];
-  readonly #dstSegs: Segments = [];
 
   constructor(private readonly ctx: EngineContext) {}
 
@@ -127,7 +124,7 @@ export class Engine {
     if (delay === 0 && q.inflight.length === 0) {
       // A plain host-memory COPY completing at once: checked and run from the words (no BigInt); anything
       // it does not handle, or that fails a check, takes the decoded path below, which names the failure.
-      const out = plainCopy(this.ctx.iommu, q, sqe, this.#srcSegs, this.#dstSegs);
+      const out = plainCopy(this.ctx.iommu, q, sqe);
       if (out !== null) {
         q.sqHead = (q.sqHead + 1) >>> 0;
         const written = this.#writeCompletionWords(

@@ -5,7 +5,7 @@
 
 import { FLAG_INTR, FLAGS_DEFINED, MAX_LENGTH, OP_COPY, OP_NOP, ST_IOMMU_FAULT, ST_OK } from './datasheet.js';
 import type { Iommu } from './iommu.js';
-import { copySegments, type Segments } from './memory.js';
+import type { Segments } from './memory.js';
 import type { Queue } from './queue.js';
 
 export interface Outcome {
@@ -33,18 +33,13 @@ export function isPlainNop(w: Int32Array): boolean {
 
 /**
  * The engine's #executeChecked() of a COPY between host memory, from the SQE's words, for the case it does not fail:
- * addresses below 2^53, no Q_XLAT, a window the numbers hold exactly, both ranges inside it and mapped
- * with the access they need. Returns null for anything else (the engine decodes and runs the general
- * path, which finds and reports the failure exactly as before); returns the IOMMU_FAULT a revocation
- * during the access gives, as the general path does.
+ * addresses below 2^53, no Q_XLAT, a window the numbers hold exactly, both ranges inside it, each inside one
+ * map with the access it needs. Returns null for anything else (the engine decodes and runs the general
+ * path, which applies waiting map updates, finds and reports the failure exactly as before); returns the
+ * IOMMU_FAULT a revocation during the access gives, as the general path does. No segment lists and, for a
+ * source used again, no view made: the maps found are kept on the queue for its IOMMU generation.
  */
-export function plainCopy(
-  iommu: Iommu,
-  q: Queue,
-  w: Int32Array,
-  from: Segments,
-  to: Segments,
-): Outcome | null {
+export function plainCopy(iommu: Iommu, q: Queue, w: Int32Array): Outcome | null {
   const w0 = w[0] as number;
   const flags = (w0 >>> 8) & 0xff;
   // FLAG_INTR alone (no devmem operand), bytes 2..3 and 40..63 zero, length 1..MAX_LENGTH.
@@ -63,24 +58,54 @@ export function plainCopy(
   const winEnd = winBase + Number(winSize);
   if (winEnd > Number.MAX_SAFE_INTEGER) return null;
   if (src < winBase || src + length > winEnd || dst < winBase || dst + length > winEnd) return null;
-  iommu.sync(); // maps that shrank before this access fault in translate()
-  from.length = 0;
-  to.length = 0;
-  if (iommu.translate(src, length, false, from) >= 0 || iommu.translate(dst, length, true, to) >= 0) {
-    return null;
+  iommu.sync(); // maps that shrank before this access fault: their generation is gone, find() refuses them
+  if (q.copyGen !== iommu.generation) {
+    q.forgetCopyMaps();
+    q.copyGen = iommu.generation;
   }
+  let from = q.copyFrom;
+  if (from === null || src < from.iova || src + length > from.iova + from.size) {
+    from = iommu.find(src, length, false);
+    if (from === null) return null;
+    q.copyFrom = from;
+    q.copyFromView = null;
+  }
+  let to = q.copyTo;
+  if (to === null || dst < to.iova || dst + length > to.iova + to.size) {
+    to = iommu.find(dst, length, true);
+    if (to === null) return null;
+    q.copyTo = to;
+  }
+  const at = src - from.iova;
   // As #execute(): one byte of every source page first, so a shrunken source fails before any write.
-  if (touchPages(from) && iommu.sync()) {
-    const at = iommu.deadIn(src, length);
-    if (at >= 0) return fail(ST_IOMMU_FAULT, BigInt(at));
-  }
-  copySegments(from, to);
-  if (iommu.sync()) {
-    const at = iommu.deadIn(src, length); // the source first, as hostRanges() lists them
-    const dead = at >= 0 ? at : iommu.deadIn(dst, length);
+  if (touchRange(from.view, at, length) && iommu.sync()) {
+    const dead = iommu.deadIn(src, length);
     if (dead >= 0) return fail(ST_IOMMU_FAULT, BigInt(dead));
   }
+  if (from === to) {
+    to.view.copyWithin(dst - to.iova, at, at + length); // memmove, as set() within one segment
+  } else {
+    let view = q.copyFromView;
+    if (view === null || q.copyFromAt !== at || view.length !== length) {
+      view = from.view.subarray(at, at + length);
+      q.copyFromView = view;
+      q.copyFromAt = at;
+    }
+    to.view.set(view, dst - to.iova);
+  }
+  if (iommu.sync()) {
+    const dead = iommu.deadIn(src, length); // the source first, as hostRanges() lists them
+    const at2 = dead >= 0 ? dead : iommu.deadIn(dst, length);
+    if (at2 >= 0) return fail(ST_IOMMU_FAULT, BigInt(at2));
+  }
   return ok(0, length);
+}
+
+/** Read a byte of every 4 KiB page of view[at, at+length) (and its last byte); returns true. */
+function touchRange(view: Uint8Array, at: number, length: number): boolean {
+  let x = view[at + length - 1] as number;
+  for (let i = at; i < at + length; i += 4096) x ^= view[i] as number;
+  return x >= 0;
 }
 
 /** Read a byte of every 4 KiB page of the segments (and each one's last byte); returns true. */

@@ -196,6 +196,19 @@ export class Iommu {
     return -1;
   }
 
+  /**
+   * The one map holding all of [iova, iova+length) with the access needed and a live backing, or null (not
+   * mapped, split across maps, no permission, dead, or a map update still waiting: the caller takes
+   * translate(), which applies those and names the fault). Valid while `generation` stays as it was.
+   */
+  find(iova: number, length: number, write: boolean): DmaMapping | null {
+    const m = this.#maps[this.#firstEndingAfter(iova)];
+    if (!m || m.iova > iova || iova + length > m.iova + m.size || (write ? !m.writable : !m.readable)) {
+      return null;
+    }
+    return this.#dead.size !== 0 && this.#dead.has(m) ? null : m;
+  }
+
   /** Index of the first map whose end lies above `iova` (binary search). */
   #firstEndingAfter(iova: number): number {
     let lo = 0;

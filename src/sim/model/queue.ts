@@ -20,6 +20,7 @@ import {
   QP_SQ_TAIL,
 } from './datasheet.js';
 import type { Descriptor } from './descriptor.js';
+import type { DmaMapping } from './iommu.js';
 import { QueueRegisters } from './qcfg.js';
 import type { RegisterFile } from './register-file.js';
 
@@ -58,6 +59,16 @@ export class Queue extends QueueRegisters {
   ringXlat = 0n;
   sqRing: Int32Array<ArrayBufferLike> | null = null;
   cqRing: Int32Array<ArrayBufferLike> | null = null;
+
+  // The plain COPY's last translations (fast-path.ts): the maps its source and destination were found in, and
+  // the source's view, valid while the IOMMU's generation is copyGen (any map added or removed, any
+  // revocation noticed bumps it, so an unmapped or revoked map is never used from here).
+  copyGen = -1;
+  copyFrom: DmaMapping | null = null;
+  copyTo: DmaMapping | null = null;
+  /** copyFrom.view over [copyFromAt, +copyFromView.length), made once for a source used again. */
+  copyFromView: Uint8Array | null = null;
+  copyFromAt = 0;
 
   #u8: Uint8Array | null = null;
   #i32: Int32Array = new Int32Array(0);
@@ -139,6 +150,14 @@ export class Queue extends QueueRegisters {
     return on && this.sqTail !== seen;
   }
 
+  /** Drop the plain COPY's cached translations (a queue reset; a new IOMMU generation drops them too). */
+  forgetCopyMaps(): void {
+    this.copyGen = -1;
+    this.copyFrom = null;
+    this.copyTo = null;
+    this.copyFromView = null;
+  }
+
   /** Device-side value of a page register for an owner read (RO registers are the device's). */
   pageRegister(byteOffset: number): number {
     switch (byteOffset) {
@@ -190,6 +209,7 @@ export class Queue extends QueueRegisters {
     this.ringGen = -1;
     this.sqRing = null;
     this.cqRing = null;
+    this.forgetCopyMaps();
     this.sqBase = 0n;
     this.sqSize = 0;
     this.cqBase = 0n;
