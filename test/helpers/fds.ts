@@ -8,13 +8,21 @@ export function openFdCount(): number {
   return openFds().size;
 }
 
+/**
+ * Files the runtime itself opens for a moment, from any of its threads, and closes again: glibc's malloc reads
+ * /proc/sys/vm/overcommit_memory once per process, the first time a thread's arena shrinks (a V8 or libuv
+ * thread, at any moment). Seen by a snapshot, such an fd is not the code under test's.
+ */
+const RUNTIME_TRANSIENT = new Set(['/proc/sys/vm/overcommit_memory']);
+
 /** Open descriptors of this process as number -> link target (for leak diagnostics). */
 export function openFds(): Map<number, string> {
   const fds = new Map<number, string>();
   for (const name of readdirSync('/proc/self/fd')) {
     const fd = Number(name);
     try {
-      fds.set(fd, readlinkSync(`/proc/self/fd/${name}`));
+      const target = readlinkSync(`/proc/self/fd/${name}`);
+      if (!RUNTIME_TRANSIENT.has(target)) fds.set(fd, target);
     } catch {
       // the fd readdir itself used, already closed again
     }

@@ -2,7 +2,7 @@
 // VfioUserClient the way the broker drives it: host memory is a memfd the
 // test maps and passes with DMA_MAP; interrupts are eventfds.
 
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -14,10 +14,12 @@ import {
   VFIO_USER_F_DMA_REGION_READ,
   VFIO_USER_F_DMA_REGION_WRITE,
 } from '../../../src/vfio/user/protocol.js';
+import { openFdCount } from '../../helpers/fds.js';
 import { type Bus, boot, type HostMem } from './driver.js';
 
+/** Open descriptors of this process (the runtime's own transient reads left out: test/helpers/fds.ts). */
 export function openFds(): number {
-  return readdirSync('/proc/self/fd').length;
+  return openFdCount();
 }
 
 /** Lines of /proc/self/maps naming a memfd (mappings held by this process, device worker included). */
