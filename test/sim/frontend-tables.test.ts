@@ -97,3 +97,30 @@ test('a spinning device finds a map answered just before the doorbell, and lets 
   }
   assert.equal(openFds(), before, 'every fd opened for the test was closed');
 });
+
+test('more DMA table updates than the mailbox holds reach a sleeping device, in order', async () => {
+  const r = await bootedRig(); // no queue enabled: the device sleeps until an owner command wakes it
+  try {
+    const memfd = MemFd.create('sa1-test-many-posts', { size: 0x1000 });
+    try {
+      const iova = (i: number) => VICTIM_IOVA + BigInt(i) * 0x1000n;
+      const maps = 300; // more than the mailbox's 256 slots, all posted one way and none waking the device
+      for (let i = 0; i < maps; i++) {
+        await r.client.dmaMap({ fd: memfd.fd, iova: iova(i), size: 0x1000, flags: 3 });
+      }
+      // An unmap (in a slot) then a map of the same range (its buffer on the port), each: applied out of
+      // order, the map would find the range taken and the device would refuse it.
+      for (let i = 0; i < maps; i++) {
+        await r.client.dmaUnmap({ iova: iova(i), size: 0x1000 });
+        await r.client.dmaMap({ fd: memfd.fd, iova: iova(i), size: 0x1000, flags: 3 });
+      }
+      const stats = r.sim.stats();
+      assert.equal(stats.postFailures, 0, 'the device refused none of the updates');
+      assert.equal(stats.dmaMaps, maps + 1, 'the device holds every map (and the firmware map)');
+    } finally {
+      memfd.close();
+    }
+  } finally {
+    await r.close();
+  }
+});
