@@ -44,7 +44,8 @@ void OnClosed(uv_handle_t* handle) {
 void CloseWatcher(Watcher* w) {
   if (!w->open) return;
   w->open = false;
-  uv_poll_stop(&w->poll);  // also removes the fd from epoll right away
+  // uv_close stops a poll handle at once (the fd leaves epoll and its pending events are dropped before this
+  // returns), so no uv_poll_stop first: that was one more EPOLL_CTL_DEL per watch, failing with ENOENT.
   uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), OnClosed);
 }
 

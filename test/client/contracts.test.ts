@@ -75,6 +75,23 @@ test('no broker: connect names the socket; a broker that goes away ends the leas
   await assert.rejects(lease.nextInterrupt(), { code: 'ERR_DEVLEASE_CLOSED' });
 });
 
+test('close() rejects a pending nextInterrupt() with a named error, and leaves the stack setting alone', async () => {
+  const lease = await connect({ socket: rig.socket });
+  const waiting = lease.nextInterrupt();
+  const limit = Error.stackTraceLimit;
+  lease.close();
+  // The rejection is built without a stack trace (close()'s frames say nothing to the waiter): the process's
+  // own setting must come back as it was.
+  assert.equal(Error.stackTraceLimit, limit);
+  await assert.rejects(waiting, (err: Error & { code?: string }) => {
+    assert.equal(err.name, 'LeaseError');
+    assert.equal(err.code, 'ERR_DEVLEASE_CLOSED');
+    assert.match(err.message, /closed while waiting for an interrupt/);
+    return true;
+  });
+  await until('the broker to reclaim', () => rig.broker.leases.all().length === 0);
+});
+
 function countMaps(): number {
   // Lines of /proc/self/maps that map a memfd (DMA buffers, queue pages).
   return readFileSync('/proc/self/maps', 'utf8')

@@ -96,3 +96,17 @@ test('eventfdKick (a doorbell kick) adds 1 to the counter; a saturated counter i
   assert.equal(efd.read(), 0xffff_ffff_ffff_fffen);
   assert.throws(() => native.eventfdKick(-1), { code: 'ERR_DEVLEASE_INVALID_ARG' });
 });
+
+test('a stopped watch calls back no more, and its fd can be watched again at once', async () => {
+  using efd = new EventFd();
+  let stale = 0;
+  efd.onReadable(() => stale++);
+  efd.write(1n);
+  // Stopped before the loop has looked at it (the fd leaves epoll and the watch is closed in this call, no
+  // separate stop first): the same fd is watched again in the same tick, and only the new callback hears.
+  efd.stopWatching();
+  const seen = await new Promise<bigint>((resolve) => efd.onReadable(resolve));
+  assert.equal(seen, 1n);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(stale, 0, 'the stopped watch called back');
+});
