@@ -12,6 +12,7 @@ import {
   vfio_device_feature,
   vfio_irq_set,
 } from '../uapi/vfio.js';
+import { utf8Strict } from './codec.js';
 
 /** VFIO_USER_VERSION request and reply, followed by optional NUL-terminated JSON (vfio-user.rst, "Version"). */
 export const vfio_user_version = struct(
@@ -119,9 +120,7 @@ export function decodeVersion(payload: Uint8Array): DecodedVersion {
   let end = payload.byteLength;
   while (end > vfio_user_version.size && payload[end - 1] === 0) end--;
   if (end === vfio_user_version.size) return { major, minor, json: {} };
-  const text = new TextDecoder('utf-8', { fatal: true }).decode(
-    payload.subarray(vfio_user_version.size, end),
-  );
+  const text = utf8Strict.decode(payload.subarray(vfio_user_version.size, end));
   const json: unknown = JSON.parse(text);
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new SyntaxError('version data is not a JSON object');
