@@ -10,7 +10,7 @@ import * as ds from '../../src/sim/model/datasheet.js';
 import { MemFd } from '../../src/sys/index.js';
 import { VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { trackFdLeaks } from '../helpers/fds.js';
-import { TestQueue } from './helpers/driver.js';
+import { BAR0, qcfg, r32, TestQueue, w32 } from './helpers/driver.js';
 import { bootedRig, mappingsOf, openFds, until, workerCommands } from './helpers/real.js';
 
 after(trackFdLeaks());
@@ -125,7 +125,7 @@ test('more DMA table updates than the mailbox holds reach a sleeping device, in 
   }
 });
 
-test('a DMA_MAP or DMA_UNMAP that finds the mailbox full fails with EIO and changes nothing', async () => {
+test('a DMA_MAP, DMA_UNMAP or Q_CTRL write that finds the mailbox full fails with EIO and changes nothing', async () => {
   // The worker stalls (a fault injection) while the owner fills all 256 slots with one-way maps: the front
   // end waits its command timeout for a free slot, then refuses the next map and unmap before touching its
   // table, so after the stall the refused map's range is free and the refused unmap's map still held.
@@ -143,6 +143,19 @@ test('a DMA_MAP or DMA_UNMAP that finds the mailbox full fails with EIO and chan
         r.client.dmaUnmap({ iova: iova(0), size: 0x1000 }),
         /EIO/,
         'no slot for the unmap',
+      );
+      // A register write the worker need not see still completes; one it must see is refused unapplied.
+      await w32(r.bus, BAR0, ds.REG_SCRATCH, 0x5a5a_0001);
+      assert.equal(await r32(r.bus, BAR0, ds.REG_SCRATCH), 0x5a5a_0001, 'SCRATCH needs no slot');
+      await assert.rejects(
+        w32(r.bus, BAR0, qcfg(1, ds.Q_CTRL), ds.Q_CTRL_ENABLE),
+        /EIO/,
+        'no slot for ENABLE',
+      );
+      assert.equal(
+        await r32(r.bus, BAR0, qcfg(1, ds.Q_CTRL)),
+        0,
+        'the refused ENABLE left the queue disabled',
       );
       await until(
         () => {

@@ -9,7 +9,13 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
 import { Fd, native } from '../../sys/index.js';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX } from '../../vfio/uapi/vfio.js';
-import { bar0Read32, bar0WriteDirect, QCTRL_DEVICE, queueControlDirect } from '../model/bar0.js';
+import {
+  bar0Read32,
+  bar0WriteDirect,
+  bar0WriteMayReachDevice,
+  QCTRL_DEVICE,
+  queueControlDirect,
+} from '../model/bar0.js';
 import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
 import { BAR0_SIZE, Q_NOTIFY_KICK_NEEDED, QP_Q_NOTIFY } from '../model/datasheet.js';
 import { sliceFdIndex, sliceFdTable } from '../model/memfd-backing.js';
@@ -148,9 +154,14 @@ export class DeviceWorker {
       this.request({ op: 'regionWrite', index, offset, data });
       return;
     }
-    // Word by word, low half first: each word the device must act on goes to it, in order. Room for a post
-    // per word first: a full ring fails the write here, before any register changed.
-    this.#mailbox.makeRoom(data.length >> 2);
+    // Word by word, low half first: each word the device must act on goes to it, in order. Room first for a
+    // post per such word (only those: a SCRATCH or Q_* config write never waits on the worker): a full ring
+    // fails the write here, before any register changed.
+    let posts = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      if (bar0WriteMayReachDevice(offset + i, this.options.numQueues)) posts++;
+    }
+    if (posts) this.#mailbox.makeRoom(posts);
     const dv = new DataView(data.buffer, data.byteOffset, data.length);
     for (let i = 0; i < data.length; i += 4) {
       const value = dv.getUint32(i, true);

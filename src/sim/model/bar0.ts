@@ -157,6 +157,12 @@ export function bar0WriteDirect(regs: RegisterFile, off: number, v: number, numQ
   return true;
 }
 
+/** The offsets whose writes the device itself may have to act on (CONTROL, FW_CMD, a Q_CTRL). */
+export function bar0WriteMayReachDevice(off: number, numQueues: number): boolean {
+  if (off === REG_CONTROL || off === REG_FW_CMD) return true;
+  return qcfgQueue(off, numQueues) >= 0 && (off - REG_QCFG) % QCFG_STRIDE === Q_CTRL;
+}
+
 /** queueControlDirect(): the write needs the device (abort in-flight work, reset the rings). */
 export const QCTRL_DEVICE = -1;
 /** queueControlDirect(): the write changes nothing (0 to a queue that is disabled and not in reset). */
