@@ -110,3 +110,41 @@ test('a COPY within one map (source and destination in the same map) moves the b
   assert.equal(await copy(tq, SRC, SRC + 16n, 2n), ds.ST_OK);
   assert.deepEqual(src.view.subarray(16, 16 + LEN), before);
 });
+
+test('two COPYs from one source map at different offsets each move their own bytes', async () => {
+  const { tq, src, dst } = await afterOneCopy();
+  src.view.subarray(LEN).fill(0x55);
+  assert.equal(await copy(tq, SRC + BigInt(LEN), DST, 2n), ds.ST_OK);
+  assert.ok(
+    dst.view.subarray(0, LEN).every((b) => b === 0x55),
+    'the second offset, not the first',
+  );
+});
+
+test('a source or destination running past its map end, after a cached COPY: IOMMU_FAULT, nothing written', async () => {
+  for (const side of ['src', 'dst'] as const) {
+    const { tq, dst } = await afterOneCopy();
+    dst.view.fill(0);
+    const past = BigInt(LEN + 16); // the last LEN bytes of the range cross the map's end by 16
+    const [from, to] = side === 'src' ? [SRC + past, DST] : [SRC, DST + past];
+    assert.equal(await copy(tq, from, to, 2n), ds.ST_IOMMU_FAULT, `${side} past its map's end`);
+    assert.ok(
+      dst.view.every((b) => b === 0),
+      `${side}: nothing written`,
+    );
+  }
+});
+
+test('a COPY from a write-only map is IOMMU_FAULT, the destination untouched', async () => {
+  const { p, tq, dst } = await afterOneCopy();
+  const WO = 0xb0_0000n;
+  const wo = p.map(WO, LEN, { read: false, write: true });
+  wo.view.fill(0x66);
+  dst.view.fill(0);
+  assert.equal(await copy(tq, WO, DST, 2n), ds.ST_IOMMU_FAULT);
+  assert.equal(await faultedAt(p), WO);
+  assert.ok(
+    dst.view.every((b) => b === 0),
+    'nothing read from the write-only map',
+  );
+});

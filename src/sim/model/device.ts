@@ -232,6 +232,9 @@ export class Sa1Device {
   dmaUnmap(iova: number, size: number, all = false): DmaMapping[] {
     const removed = this.iommu.remove(iova, size, all);
     for (const m of removed) for (const q of this.queues) this.engine.poison(q, m.iova, m.size);
+    // A queue's cached COPY maps (fast-path.ts) would go stale by the generation anyway; dropped here so no
+    // queue keeps the released memory reachable until its next COPY.
+    if (removed.length) for (const q of this.queues) q.forgetCopyMaps();
     return removed;
   }
 
