@@ -11,7 +11,7 @@ import { MemFd } from '../../src/sys/index.js';
 import { VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { BAR0, qcfg, r32, TestQueue, w32 } from './helpers/driver.js';
-import { bootedRig, mappingsOf, openFds, until, workerCommands } from './helpers/real.js';
+import { bootedRig, mappingsOf, openFds, untilWorkerAnswers, workerCommands } from './helpers/real.js';
 
 after(trackFdLeaks());
 
@@ -157,18 +157,7 @@ test('a DMA_MAP, DMA_UNMAP or Q_CTRL write that finds the mailbox full fails wit
         0,
         'the refused ENABLE left the queue disabled',
       );
-      await until(
-        () => {
-          try {
-            r.sim.stats();
-            return true;
-          } catch {
-            return false;
-          }
-        },
-        'the worker to run again after its stall',
-        30_000,
-      );
+      await untilWorkerAnswers(r);
       await map(slots); // its range was left free
       await r.client.dmaUnmap({ iova: iova(0), size: 0x1000 }); // its map was kept
       const stats = r.sim.stats();

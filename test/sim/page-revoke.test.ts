@@ -19,7 +19,7 @@ import {
   vfio_device_feature_dma_buf_revoke,
 } from '../../src/vfio/uapi/vfio.js';
 import { BAR0, boot, qcfg, r32, TestQueue } from './helpers/driver.js';
-import { openFds, rig, until } from './helpers/real.js';
+import { openFds, rig, untilWorkerAnswers } from './helpers/real.js';
 
 const FW = 0x10_0000n;
 const HOST = 0x20_0000n;
@@ -71,18 +71,7 @@ test("a queue page's revoke kills the holder's mapping while the device worker i
     assert.equal(oldMap.isRevoked(), true, "the holder's mapping is dead");
     assert.throws(() => r.sim.stats(), /stuck|did not answer/, 'the worker has not answered yet');
 
-    await until(
-      () => {
-        try {
-          r.sim.stats();
-          return true;
-        } catch {
-          return false;
-        }
-      },
-      'the worker to run again after its stall',
-      30_000,
-    );
+    await untilWorkerAnswers(r);
     assert.equal(await r32(r.bus, BAR0, qcfg(1, ds.Q_CTRL)), 0, 'the worker then reset the queue');
     const [fresh] = (
       await r.client.feature({ ...get, data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, range) })

@@ -42,6 +42,25 @@ export async function until(
   }
 }
 
+/** Wait (bounded) until the device worker answers commands again, after an injected stall. */
+export async function untilWorkerAnswers(
+  r: { sim: { stats(): unknown } },
+  timeoutMs = 30_000,
+): Promise<void> {
+  await until(
+    () => {
+      try {
+        r.sim.stats();
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    'the worker to run again after its stall',
+    timeoutMs,
+  );
+}
+
 export function clientBus(client: VfioUserClient): Bus {
   return {
     read: async (region, offset, count) => new Uint8Array(await client.regionRead(region, offset, count)),
