@@ -79,6 +79,9 @@ test("the addon tells the main thread from a worker: a worker's forgotten fds cl
       // Owned and never closed: only the environment's teardown can close it (terminate runs no finalizers).
       const memfd = MemFd.create('worker-forgotten', { size: 4096 });
       parentPort.postMessage({ isMainThread: native.isMainThread, fd: memfd.fd.fd });
+      // Stay alive until terminate(): a worker that ran out of work would end (and close the fd) on its own,
+      // racing the main thread's look at the fd.
+      parentPort.on('message', () => {});
     });
     `,
     { eval: true, workerData: { sys: SYS } },
