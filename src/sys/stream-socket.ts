@@ -91,6 +91,7 @@ export class StreamSocket extends EventEmitter {
   /** What was sent while corked, joined: the first #corkedBytes bytes (reused; grows up to CORK_LIMIT). */
   #corkBuf: Buffer | null = null;
   #corkedBytes = 0;
+  #corkReads = false;
 
   /** Connects to a listening stream socket; throws ENOENT / ECONNREFUSED / EPROTOTYPE (with `code`) synchronously. */
   static connect(path: string, opts: StreamSocketOptions): StreamSocket {
@@ -231,6 +232,15 @@ export class StreamSocket extends EventEmitter {
     } finally {
       this.uncork();
     }
+  }
+
+  /**
+   * While on, what the 'message' listeners send as one read's messages are delivered is corked until they all
+   * are: a server answering pipelined requests at once sends their replies in one sendmsg (one wake-up of the
+   * client), not one each. Replies sent later (from promises) are not held.
+   */
+  corkReads(on = true): void {
+    this.#corkReads = on;
   }
 
   #joinCorked(data: Uint8Array): void {
@@ -438,9 +448,12 @@ export class StreamSocket extends EventEmitter {
 
   #read(budget: number): void {
     if (this.#fd === null) return;
+    const corked = this.#corkReads;
+    if (corked) this.#corkDepth++;
     try {
       this.#reader.read(this.#fd.fd, budget);
     } finally {
+      if (corked) this.uncork();
       // Messages read and not delivered (paused by a listener, the batch spent, a listener that threw) raise
       // no poll event: delivered from the loop.
       if (this.#reader.waiting) this.#updateEvents();

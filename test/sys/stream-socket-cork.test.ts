@@ -146,3 +146,33 @@ test('close while corked sends nothing more and leaks nothing; uncork after it i
     raw.close();
   });
 });
+
+test('corkReads: what listeners send while one read is delivered goes in one sendmsg after it', async () => {
+  await assertNoFdLeak(async () => {
+    const [x, y] = native.unixPair(true);
+    const server = new StreamSocket(new Fd(x), { framing });
+    const raw = new Fd(y);
+    server.corkReads();
+    const arrivedEarly: boolean[] = [];
+    let replies = 0;
+    server.on('message', (m) => {
+      // A reply sent for an earlier message of this read has not left yet.
+      arrivedEarly.push(native.recvmsg(raw.fd, 1 << 16) !== null);
+      server.send(frame(`re: ${body(m)}`));
+      replies++;
+    });
+    try {
+      native.sendmsg(raw.fd, Buffer.concat([frame('a'), frame('b'), frame('c')]), []);
+      while (replies < 3) await tick();
+      assert.deepEqual(arrivedEarly, [false, false, false]);
+      const r = native.recvmsg(raw.fd, 1 << 16);
+      assert.deepEqual(r?.data, Buffer.concat([frame('re: a'), frame('re: b'), frame('re: c')]));
+      // Outside a read, a send goes at once.
+      server.send(frame('later'));
+      assert.deepEqual(native.recvmsg(raw.fd, 1 << 16)?.data, frame('later'));
+    } finally {
+      server.close();
+      raw.close();
+    }
+  });
+});
