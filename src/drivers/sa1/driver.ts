@@ -115,6 +115,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // whose reset does not finish stays out of the pool.
     this.#queues.forget();
     this.#qcfg.clear();
+    d.forgetPreparedSliceFds?.();
     for (let q = 0; q < g.numQueues; q++) {
       if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
       await this.#resetQueue(q).catch((err: { code?: string }) => {
@@ -237,8 +238,18 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Called after the broker revoked the lease's slices, and "a revoked queue page's queue is reset"
     // (datasheet rev 2, section 8): the device reset the queue once its last holder could no longer write
     // the page, so nothing it wrote there (ring bases, a doorbell) reaches the next lease, which is granted
-    // without a reset of its own. No device command is needed.
+    // without a reset of its own. No device command is needed for that.
     this.#queues.markClean(res.queue!);
+    // The next grant of these slices hands out fds of their fresh memory: asked now, answered while the
+    // queue is free, so the grant has only its Q_CTRL write to wait for (the broker asks one range per unit).
+    const d = this.#dev;
+    if (!d.capabilities.mappableSlices || !d.prepareSliceFds) return;
+    for (const s of res.slices) {
+      if (s.mappable === false) continue;
+      const ranges = [];
+      for (let o = 0n; o < s.size; o += s.unit) ranges.push({ offset: s.offset + o, length: s.unit });
+      d.prepareSliceFds(s.region, ranges);
+    }
   }
 
   async resetLease(res: LeaseResources): Promise<void> {
@@ -295,6 +306,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#monitor.stopHeartbeat();
     this.#queues.forgetClean();
     this.#qcfg.clear();
+    this.#dev.forgetPreparedSliceFds?.();
     await resetDevice(this.#dev);
     await enableBusMaster(this.#dev);
     await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
@@ -359,6 +371,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#monitor.stopHeartbeat();
     this.#queues.empty();
     this.#qcfg.clear();
+    this.#dev.forgetPreparedSliceFds?.();
     this.#monitor.closeInterrupts();
     this.#windows = null;
     this.#granules = null;
