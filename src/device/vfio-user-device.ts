@@ -459,14 +459,22 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   }
 
   async revokeSlice(fd: Fd, opts: RevokeOptions = {}): Promise<void> {
+    // What was prepared over this slice before now is its old memory; what is prepared after this request (a
+    // reclaim's, served after it) is its new memory only if the revoke succeeds.
     this.#prepared.revoking(fd);
     const data = encodeDmaBufRevokePayload(0, (opts.fault ?? true) ? 0 : DMA_BUF_REVOKE_FLAG_DETACH);
-    const r = await this.client.feature({
-      flags: VFIO_DEVICE_FEATURE_SET,
-      feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
-      data,
-      fds: [fd],
-    });
+    let r: Awaited<ReturnType<VfioUserClient['feature']>>;
+    try {
+      r = await this.client.feature({
+        flags: VFIO_DEVICE_FEATURE_SET,
+        feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+        data,
+        fds: [fd],
+      });
+    } catch (err) {
+      this.#prepared.revoking(fd);
+      throw err;
+    }
     for (const f of r.fds) f.close();
   }
 

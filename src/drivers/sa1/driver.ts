@@ -223,8 +223,10 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // trip to the device's engine: a disable, a wait for IDLE and then a reset cost two. The read that
     // confirms it (RESET cleared and Q_STATUS.IDLE, one 8-byte read of both) goes out with the write, in
     // order on the wire.
+    const quiesced = quiesceQueueRegisters(d, q, this.#cfg.lifetime.quiesceTimeoutMs);
+    this.#prepareSlices(res); // on the wire after the revokes and the quiesce
     try {
-      await quiesceQueueRegisters(d, q, this.#cfg.lifetime.quiesceTimeoutMs);
+      await quiesced;
     } catch (err) {
       // Only a reset that never finished takes the queue out of the pool. A queue that never reports IDLE, or
       // a device that does not answer at all (the channel's ETIMEDOUT), fails the quiesce: the broker then
@@ -238,18 +240,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Called after the broker revoked the lease's slices, and "a revoked queue page's queue is reset"
     // (datasheet rev 2, section 8): the device reset the queue once its last holder could no longer write
     // the page, so nothing it wrote there (ring bases, a doorbell) reaches the next lease, which is granted
-    // without a reset of its own. No device command is needed for that.
+    // without a reset of its own. No device command is needed (quiesce() asked for the slices' fresh fds).
     this.#queues.markClean(res.queue!);
-    // The next grant of these slices hands out fds of their fresh memory: asked now, answered while the
-    // queue is free, so the grant has only its Q_CTRL write to wait for (the broker asks one range per unit).
-    const d = this.#dev;
-    if (!d.capabilities.mappableSlices || !d.prepareSliceFds) return;
-    for (const s of res.slices) {
-      if (s.mappable === false) continue;
-      const ranges = [];
-      for (let o = 0n; o < s.size; o += s.unit) ranges.push({ offset: s.offset + o, length: s.unit });
-      d.prepareSliceFds(s.region, ranges);
-    }
   }
 
   async resetLease(res: LeaseResources): Promise<void> {
@@ -379,6 +371,24 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   close(): void {
     this.#monitor.close();
+  }
+
+  /**
+   * Ask the device for the fresh fds of a reclaimed lease's slices, for the next grant of them to take without
+   * a device request (Device.prepareSliceFds). Only where the broker revokes slices: it sends the revokes just
+   * before the quiesce, so this request is served after them and answers the slices' new memory; a revoke
+   * that fails drops it again (vfio-user-device.ts), as does any later revoke. The broker asks one range per unit.
+   */
+  #prepareSlices(res: LeaseResources): void {
+    const d = this.#dev;
+    if (!this.#cfg.lifetime.revoke || !d.capabilities.revocableSlices) return;
+    if (!d.capabilities.mappableSlices || !d.prepareSliceFds) return;
+    for (const s of res.slices) {
+      if (s.mappable === false) continue;
+      const ranges = [];
+      for (let o = 0n; o < s.size; o += s.unit) ranges.push({ offset: s.offset + o, length: s.unit });
+      d.prepareSliceFds(s.region, ranges);
+    }
   }
 
   /**
