@@ -110,6 +110,27 @@ test('fds of a many-range sliceFds() are known: a revoke of one drops only its o
   });
 });
 
+test('a revoke that fails drops what was prepared behind it: the slice may still be the old memory', async () => {
+  await withDevice(async (dev, asks) => {
+    const [held] = await dev.sliceFds(BAR2, [page(0)]);
+    // The device refuses this one revoke: the slice keeps its memory, which `held` still maps.
+    const client = dev.client;
+    const feature = client.feature;
+    client.feature = () => {
+      client.feature = feature;
+      return Promise.reject(Object.assign(new Error('test: revoke refused'), { code: 'EIO' }));
+    };
+    const revoked = dev.revokeSlice(held!);
+    dev.prepareSliceFds(BAR2, [page(0)]); // a reclaim's, behind the revoke
+    await assert.rejects(revoked, /revoke refused/);
+    const before = asks();
+    const [fd] = await dev.sliceFds(BAR2, [page(0)]);
+    assert.equal(asks(), before + 1, 'the prepared fd is not handed out: the device is asked again');
+    fd!.close();
+    held!.close();
+  });
+});
+
 test('prepared slice fds are closed with the device, answered or not', async () => {
   await withDevice(async (dev) => {
     dev.prepareSliceFds(BAR2, [page(0)]);
