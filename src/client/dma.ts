@@ -5,7 +5,8 @@
 // the client's own space, which the broker and the queue's Q_XLAT place in
 // the device's; the client uses them as they are, in descriptors and rings.
 
-import { type Mapping, MemFd } from '../sys/index.js';
+import type { Mapping } from '../sys/mapping.js';
+import { MemFd } from '../sys/memfd.js';
 import type { VfioUserClient } from '../vfio/user/client.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../vfio/user/protocol.js';
 import { minPageSize } from '../vfio/user/version.js';

@@ -6,7 +6,11 @@
 //   await using lease = await connect({ socket, request: { devmemGranules: 1 } });
 
 import { EventEmitter } from 'node:events';
-import { EventFd, type Fd, Mapping } from '../sys/index.js';
+// The sys modules a lease uses, not the barrel (sys/index.js): it also loads the broker's server, pidfd, inotify
+// and seqpacket modules, each a cost at a client process's start (issue 16).
+import { EventFd } from '../sys/eventfd.js';
+import type { Fd } from '../sys/fd.js';
+import { Mapping } from '../sys/mapping.js';
 import {
   VFIO_IRQ_SET_ACTION_TRIGGER,
   VFIO_IRQ_SET_DATA_EVENTFD,

@@ -1,14 +1,14 @@
 // An owned file descriptor: one owner, idempotent close(), disposal, and a
 // finalization safety net that closes (and warns about) an fd whose owner
 // forgot it.
-import { isMainThread } from 'node:worker_threads';
 import { closedError, misuse } from '../errors.js';
 import { native } from './native.js';
 
 // worker.terminate() runs no finalizers: in a worker, the addon closes the
 // fds still owned when the worker's environment is torn down. (On the main
-// thread, process exit does that.)
-const trackForTeardown = !isMainThread;
+// thread, process exit does that.) The addon says which thread this is:
+// node:worker_threads would load ~30 builtin modules into every client.
+const trackForTeardown = !native.isMainThread;
 
 const leakRegistry = new FinalizationRegistry<number>((fd) => {
   process.emitWarning(`devlease: fd ${fd} was garbage-collected without close(); closing it`, 'DevleaseLeak');

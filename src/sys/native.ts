@@ -11,7 +11,6 @@
 // The addon constructs those classes itself (setErrorClasses, below, once per
 // thread), so there is one error model on both sides of the addon.
 
-import { createRequire } from 'node:module';
 import { MisuseError, SysError } from '../errors.js';
 import { withFailNth } from './fail-nth.js';
 
@@ -189,6 +188,8 @@ export interface NativeAddon {
   futexWake(buf: SharedArrayBuffer, index: number, count: number): number;
 
   // --- worker teardown: fds still registered when this environment ends are closed then ---
+  /** This environment is the main thread (not a worker): it runs on libuv's default loop. */
+  isMainThread: boolean;
   trackFd(fd: number): void;
   untrackFd(fd: number): void;
 
@@ -199,11 +200,17 @@ export interface NativeAddon {
   constants: Record<string, number>;
 }
 
-const require = createRequire(import.meta.url);
-const addon = require('../../../build/Release/devlease.node') as NativeAddon;
-if (typeof addon.setErrorClasses !== 'function') {
+// Loaded with process.dlopen, as require() would: node:module's createRequire loads ~7 builtin modules into
+// every client process for this one call (issue 16).
+const loaded = { exports: {} as NativeAddon };
+process.dlopen(
+  loaded,
+  decodeURIComponent(new URL('../../../build/Release/devlease.node', import.meta.url).pathname),
+);
+const addon = loaded.exports;
+if (typeof addon.setErrorClasses !== 'function' || typeof addon.isMainThread !== 'boolean') {
   throw new Error(
-    'build/Release/devlease.node predates setErrorClasses (src/errors.ts): rebuild it with `npm run install`',
+    'build/Release/devlease.node predates setErrorClasses and isMainThread: rebuild it with `npm run install`',
   );
 }
 addon.setErrorClasses(SysError, MisuseError);

@@ -2,7 +2,7 @@
 // fires after SIGKILL of the peer.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { PidFd, SeqpacketSocket } from '../../src/sys/index.js';
+import { Fd, native, PidFd, SeqpacketSocket } from '../../src/sys/index.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { Peer } from '../helpers/sys-peer.js';
 
@@ -60,4 +60,18 @@ test('PidFd.open of this process; a socketpair peer is ourselves', () => {
 test('PidFd.open of a process that does not exist throws ESRCH', () => {
   // pid_max is at most 2^22; this pid cannot exist.
   assert.throws(() => PidFd.open(2 ** 22 + 1), { code: 'ESRCH', errno: 3, syscall: 'pidfd_open' });
+});
+
+test("PidFd.adopt reads a handed-over pidfd's pid from /proc/self/fdinfo", async () => {
+  const peer = await Peer.spawn();
+  try {
+    using fresh = PidFd.open(peer.pid);
+    // What a broker upgrade carries over: a pidfd of unknown origin (here a dup), pid unknown.
+    using adopted = PidFd.adopt(new Fd(native.dup(fresh.fd.fd)));
+    assert.equal(adopted.pid, peer.pid);
+    using self = PidFd.adopt(new Fd(native.pidfdOpen(process.pid)));
+    assert.equal(self.pid, process.pid);
+  } finally {
+    await peer.stop();
+  }
 });

@@ -2,10 +2,11 @@
 // own event loop, and a worker's watches are torn down with the worker.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { readlinkSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { Worker } from 'node:worker_threads';
-import { MemFd, SeqpacketSocket } from '../../src/sys/index.js';
-import { trackFdLeaks } from '../helpers/fds.js';
+import { MemFd, native, SeqpacketSocket } from '../../src/sys/index.js';
+import { openFds, trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
@@ -67,4 +68,28 @@ test('terminating a worker with live watches leaves no handles behind', async ()
   await worker.terminate();
   theirs.close();
   mine.close();
+});
+
+test("the addon tells the main thread from a worker: a worker's forgotten fds close with it, the main thread's are its own", async () => {
+  assert.equal(native.isMainThread, true);
+  const worker = new Worker(
+    `
+    const { workerData, parentPort } = require('node:worker_threads');
+    import(workerData.sys).then(({ MemFd, native }) => {
+      // Owned and never closed: only the environment's teardown can close it (terminate runs no finalizers).
+      const memfd = MemFd.create('worker-forgotten', { size: 4096 });
+      parentPort.postMessage({ isMainThread: native.isMainThread, fd: memfd.fd.fd });
+    });
+    `,
+    { eval: true, workerData: { sys: SYS } },
+  );
+  const [{ isMainThread, fd }] = await once(worker, 'message');
+  assert.equal(isMainThread, false);
+  assert.match(readlinkSync(`/proc/self/fd/${fd}`), /memfd:worker-forgotten/);
+  await worker.terminate();
+  assert.equal(
+    openFds().get(fd)?.includes('worker-forgotten') ?? false,
+    false,
+    "the worker's memfd outlived it",
+  );
 });

@@ -4,8 +4,8 @@
 // The client and server run over any MessageSocket (a socketpair included),
 // one record per vfio-user message.
 import type { Fd } from '../../sys/fd.js';
-import { type StreamFraming, StreamSocket } from '../../sys/index.js';
 import type { PeerCred } from '../../sys/native.js';
+import { type StreamFraming, StreamSocket } from '../../sys/stream-socket.js';
 
 export interface ReceivedRecord {
   data: Buffer;
