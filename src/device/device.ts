@@ -98,16 +98,6 @@ export interface Device extends EventEmitter {
    */
   sliceFds(region: number, ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]>;
   /**
-   * Optional: ask the device now for the slice fds that a later sliceFds() of exactly these `ranges` of `region`
-   * returns without a device round trip (a reclaim readies the next grant's slices once the old ones are
-   * revoked). Nothing to await: a failure only means that sliceFds() asks the device itself. What is prepared
-   * is kept until that call, a revoke of the same slice, a new connection,
-   * forgetPreparedSliceFds() or close(); bounded per device.
-   */
-  prepareSliceFds?(region: number, ranges: { offset: bigint; length: bigint }[]): void;
-  /** Optional: close every prepared slice fd (the device's slices may have changed, e.g. a whole-device reset). */
-  forgetPreparedSliceFds?(): void;
-  /**
    * Permanently revoke a slice: every mapping of any description of it stops reaching the device. With
    * `fault` (the default) those mappings fault; without, they keep working on memory the device has let go of.
    * 'ENOTSUP' if unsupported.

@@ -41,7 +41,6 @@ import type {
   Transport,
 } from './device.js';
 import { readPciIds } from './pci-ids.js';
-import { PreparedSlices, type SliceRange } from './prepared-slices.js';
 
 /** A vfio-user device connection as a broker upgrade hands it over (JSON; the socket travels as an fd). */
 export interface VfioUserDeviceHandover {
@@ -70,8 +69,6 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   readonly #ioFds = new Map<number, Promise<RegionIoFds>>();
   /** The entries of #ioFds that were answered (an upgrade hands those over). */
   readonly #ioFdsKnown = new Map<number, RegionIoFds>();
-  /** Slice fds asked ahead of their grant (prepareSliceFds), of the current connection. */
-  readonly #prepared = new PreparedSlices();
   /** Regions whose io fds were ever asked for: a reconnect asks the new connection for them at once. */
   readonly #ioFdRegions = new Set<number>();
   readonly #opts: VfioUserClientOptions;
@@ -158,8 +155,6 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
    * has waited for every call to be answered (pendingCount 0), so no reply is owed on this connection.
    */
   handover(add: (fd: Fd) => number): { state: VfioUserDeviceHandover; fd: Fd } {
-    // The slices may change hands before this connection is used here again (the next process revokes).
-    this.#prepared.clear();
     const socket = this.#client.socket as StreamSocket;
     const partial = socket.partial();
     if (partial.fds.length) throw new Error('the device connection is mid-message with fds: not now');
@@ -191,7 +186,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     this.#client = client;
     client.on('close', (reason: Error | null) => {
       // The io fds came from this connection's device (a restarted one has others).
-      if (client === this.#client) this.#dropConnectionState();
+      if (client === this.#client) this.#dropIoFds();
       if (client === this.#client && !this.#dropped.has(client)) this.emit('close', reason);
     });
   }
@@ -201,7 +196,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     if (this.#closed || client.closed || this.#dropped.has(client)) return;
     // Marked dropped so its own 'close' (reason-less) is not passed on: this one, with the reason, is.
     this.#dropped.add(client);
-    this.#dropConnectionState();
+    this.#dropIoFds();
     client.close();
     this.emit('close', reason);
   }
@@ -211,7 +206,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     const old = this.#client;
     // Until the new connection is checked, calls keep failing at once on the old, closed one.
     this.#dropped.add(old);
-    this.#dropConnectionState();
+    this.#dropIoFds();
     old.close();
     const client = await VfioUserClient.connect(this.endpoint, this.#opts);
     if (this.#closed) {
@@ -331,31 +326,10 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     });
   }
   reset(): Promise<void> {
-    this.#prepared.clear();
     return this.client.reset();
   }
 
-  async sliceFds(region: number, ranges: SliceRange[]): Promise<Fd[]> {
-    const prepared = await this.#prepared.take(region, ranges);
-    if (prepared) {
-      this.#prepared.handedOut(region, ranges, prepared);
-      return prepared;
-    }
-    const fds = await this.#askSliceFds(region, ranges);
-    this.#prepared.handedOut(region, ranges, fds);
-    return fds;
-  }
-
-  prepareSliceFds(region: number, ranges: SliceRange[]): void {
-    if (!this.connected) return;
-    this.#prepared.prepare(region, ranges, () => this.#askSliceFds(region, ranges));
-  }
-
-  forgetPreparedSliceFds(): void {
-    this.#prepared.clear();
-  }
-
-  async #askSliceFds(region: number, ranges: SliceRange[]): Promise<Fd[]> {
+  async sliceFds(region: number, ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]> {
     const data = encodeDmaBufPayload({
       region_index: region,
       open_flags: native.constants.O_RDWR as number,
@@ -439,12 +413,6 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     return cached;
   }
 
-  /** The connection changes or goes: its io fds and prepared slice fds were that device's. */
-  #dropConnectionState(): void {
-    this.#dropIoFds();
-    this.#prepared.clear();
-  }
-
   #dropIoFds(): void {
     for (const p of this.#ioFds.values()) {
       p.then(
@@ -459,29 +427,19 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   }
 
   async revokeSlice(fd: Fd, opts: RevokeOptions = {}): Promise<void> {
-    // What was prepared over this slice before now is its old memory; what is prepared after this request (a
-    // reclaim's, served after it) is its new memory only if the revoke succeeds.
-    this.#prepared.revoking(fd);
     const data = encodeDmaBufRevokePayload(0, (opts.fault ?? true) ? 0 : DMA_BUF_REVOKE_FLAG_DETACH);
-    let r: Awaited<ReturnType<VfioUserClient['feature']>>;
-    try {
-      r = await this.client.feature({
-        flags: VFIO_DEVICE_FEATURE_SET,
-        feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
-        data,
-        fds: [fd],
-      });
-    } catch (err) {
-      this.#prepared.revoking(fd);
-      throw err;
-    }
+    const r = await this.client.feature({
+      flags: VFIO_DEVICE_FEATURE_SET,
+      feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+      data,
+      fds: [fd],
+    });
     for (const f of r.fds) f.close();
   }
 
   /** Close for good (idempotent): a reconnect in progress fails, and nothing it opened stays open. */
   async close(): Promise<void> {
     this.#closed = true;
-    this.#prepared.clear();
     this.#joining?.close();
     this.#client.close();
   }

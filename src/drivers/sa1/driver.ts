@@ -115,7 +115,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // whose reset does not finish stays out of the pool.
     this.#queues.forget();
     this.#qcfg.clear();
-    d.forgetPreparedSliceFds?.();
     for (let q = 0; q < g.numQueues; q++) {
       if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
       await this.#resetQueue(q).catch((err: { code?: string }) => {
@@ -223,10 +222,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // trip to the device's engine: a disable, a wait for IDLE and then a reset cost two. The read that
     // confirms it (RESET cleared and Q_STATUS.IDLE, one 8-byte read of both) goes out with the write, in
     // order on the wire.
-    const quiesced = quiesceQueueRegisters(d, q, this.#cfg.lifetime.quiesceTimeoutMs);
-    this.#prepareSlices(res); // on the wire after the revokes and the quiesce
     try {
-      await quiesced;
+      await quiesceQueueRegisters(d, q, this.#cfg.lifetime.quiesceTimeoutMs);
     } catch (err) {
       // Only a reset that never finished takes the queue out of the pool. A queue that never reports IDLE, or
       // a device that does not answer at all (the channel's ETIMEDOUT), fails the quiesce: the broker then
@@ -240,7 +237,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Called after the broker revoked the lease's slices, and "a revoked queue page's queue is reset"
     // (datasheet rev 2, section 8): the device reset the queue once its last holder could no longer write
     // the page, so nothing it wrote there (ring bases, a doorbell) reaches the next lease, which is granted
-    // without a reset of its own. No device command is needed (quiesce() asked for the slices' fresh fds).
+    // without a reset of its own. No device command is needed.
     this.#queues.markClean(res.queue!);
   }
 
@@ -298,7 +295,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#monitor.stopHeartbeat();
     this.#queues.forgetClean();
     this.#qcfg.clear();
-    this.#dev.forgetPreparedSliceFds?.();
     await resetDevice(this.#dev);
     await enableBusMaster(this.#dev);
     await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
@@ -363,7 +359,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#monitor.stopHeartbeat();
     this.#queues.empty();
     this.#qcfg.clear();
-    this.#dev.forgetPreparedSliceFds?.();
     this.#monitor.closeInterrupts();
     this.#windows = null;
     this.#granules = null;
@@ -371,24 +366,6 @@ export class Sa1Driver extends EventEmitter implements Driver {
 
   close(): void {
     this.#monitor.close();
-  }
-
-  /**
-   * Ask the device for the fresh fds of a reclaimed lease's slices, for the next grant of them to take without
-   * a device request (Device.prepareSliceFds). Only where the broker revokes slices: it sends the revokes just
-   * before the quiesce, so this request is served after them and answers the slices' new memory; a revoke
-   * that fails drops it again (vfio-user-device.ts), as does any later revoke. The broker asks one range per unit.
-   */
-  #prepareSlices(res: LeaseResources): void {
-    const d = this.#dev;
-    if (!this.#cfg.lifetime.revoke || !d.capabilities.revocableSlices) return;
-    if (!d.capabilities.mappableSlices || !d.prepareSliceFds) return;
-    for (const s of res.slices) {
-      if (s.mappable === false) continue;
-      const ranges = [];
-      for (let o = 0n; o < s.size; o += s.unit) ranges.push({ offset: s.offset + o, length: s.unit });
-      d.prepareSliceFds(s.region, ranges);
-    }
   }
 
   /**
