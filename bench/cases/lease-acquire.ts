@@ -20,6 +20,7 @@ import { ClientProc } from '../fixtures/client-proc.js';
 import { sharedMs } from '../fixtures/clock.js';
 import { cpuMs, ownCpuMs } from '../fixtures/cpu.js';
 import { BrokerProbe } from '../fixtures/probe.js';
+import { ReleaseWatch } from '../fixtures/released.js';
 import { RequestProbe } from '../fixtures/request-probe.js';
 import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
 import { startRig } from '../fixtures/rig.js';
@@ -49,9 +50,8 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     });
   });
   const granted = new Map<string, number>();
-  const released = new Map<string, number>();
   rig.broker.leases.on('granted', (l: BrokerLease) => granted.set(l.id, epochMs()));
-  rig.broker.leases.on('released', (l: BrokerLease) => released.set(l.id, epochMs()));
+  const released = new ReleaseWatch(rig.broker.leases, epochMs);
   const probe = new BrokerProbe(rig.broker);
   const requests = new RequestProbe(rig.broker);
   const client = await ClientProc.spawn();
@@ -87,7 +87,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       for (let i = 0; i < Math.ceil(steady / CHUNKS); i++) {
         const a = await client.call<Acquire>('acquire', { socket: rig.socket });
         await client.call('releaseAll');
-        while (!released.has(a.lease)) await new Promise((r) => setTimeout(r, 1));
+        await released.seen(a.lease);
       }
     }
     // The floor's CPU rows count from here, as the acquires' do.
@@ -106,7 +106,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       const a = await client.call<Acquire>('acquire', { socket: rig.socket });
       const p = probe.take();
       const { at } = await client.call<{ at: number }>('releaseAll');
-      while (!released.has(a.lease)) await new Promise((r) => setTimeout(r, 1));
+      await released.seen(a.lease);
       cpu.client += cpuMs(client.pid) - c0.client;
       cpu.broker += ownCpuMs() - c0.broker;
       cpu.device += cpuMs(simPid) - c0.device;
@@ -120,7 +120,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       toVersion.push((a.atMapped - a.at0) * 1000);
       mappedToQueue.push((a.atQueue - a.atMapped) * 1000);
       queueToNop.push((a.atDone - a.atQueue) * 1000);
-      release.push(released.get(a.lease)! - at);
+      release.push(released.at.get(a.lease)! - at);
     }
     // The broker's work per acquire, request by request (warm-up excluded: the last n of each).
     const topology = floorSamples.map((f) => f.total);

@@ -8,9 +8,9 @@
 //   node dist/bench/cases/scale.js [--quick]
 
 import { readdirSync, readFileSync } from 'node:fs';
-import type { Lease as BrokerLease } from '../../src/broker/lease.js';
 import { ClientProc, exitAll } from '../fixtures/client-proc.js';
 import { cpuMs, ownCpuMs } from '../fixtures/cpu.js';
+import { ReleaseWatch } from '../fixtures/released.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { rssMiB, startRig } from '../fixtures/rig.js';
 
@@ -25,14 +25,14 @@ async function acquireLoop(
   c: ClientProc,
   socket: string,
   n: number,
-  released: Map<string, number>,
+  released: ReleaseWatch,
 ): Promise<number[]> {
   const out: number[] = [];
   const warmup = 10; // the first acquires of a fresh broker run cold code
   for (let i = 0; i < n + warmup; i++) {
     const a = await c.call<{ lease: string; totalUs: number }>('acquire', { socket });
     await c.call('releaseAll');
-    while (!released.has(a.lease)) await new Promise((r) => setTimeout(r, 1));
+    await released.seen(a.lease);
     if (i >= warmup) out.push(a.totalUs / 1000);
   }
   return out;
@@ -53,8 +53,7 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
       sockets: { max_pending_per_uid: 256, version_timeout_ms: 60_000 },
     },
   });
-  const released = new Map<string, number>();
-  rig.broker.leases.on('released', (l: BrokerLease) => released.set(l.id, performance.now()));
+  const released = new ReleaseWatch(rig.broker.leases, () => performance.now());
   const clients: ClientProc[] = [];
   try {
     const probe = await ClientProc.spawn();

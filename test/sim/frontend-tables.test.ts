@@ -11,7 +11,7 @@ import { MemFd } from '../../src/sys/index.js';
 import { VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { TestQueue } from './helpers/driver.js';
-import { bootedRig, mappingsOf, openFds, workerCommands } from './helpers/real.js';
+import { bootedRig, mappingsOf, openFds, until, workerCommands } from './helpers/real.js';
 
 after(trackFdLeaks());
 
@@ -96,4 +96,75 @@ test('a spinning device finds a map answered just before the doorbell, and lets 
     await r.close();
   }
   assert.equal(openFds(), before, 'every fd opened for the test was closed');
+});
+
+test('more DMA table updates than the mailbox holds reach a sleeping device, in order', async () => {
+  const r = await bootedRig(); // no queue enabled: the device sleeps until an owner command wakes it
+  try {
+    const memfd = MemFd.create('sa1-test-many-posts', { size: 0x1000 });
+    try {
+      const iova = (i: number) => VICTIM_IOVA + BigInt(i) * 0x1000n;
+      const maps = 300; // more than the mailbox's 256 slots, all posted one way and none waking the device
+      for (let i = 0; i < maps; i++) {
+        await r.client.dmaMap({ fd: memfd.fd, iova: iova(i), size: 0x1000, flags: 3 });
+      }
+      // An unmap (in a slot) then a map of the same range (its buffer on the port), each: applied out of
+      // order, the map would find the range taken and the device would refuse it.
+      for (let i = 0; i < maps; i++) {
+        await r.client.dmaUnmap({ iova: iova(i), size: 0x1000 });
+        await r.client.dmaMap({ fd: memfd.fd, iova: iova(i), size: 0x1000, flags: 3 });
+      }
+      const stats = r.sim.stats();
+      assert.equal(stats.postFailures, 0, 'the device refused none of the updates');
+      assert.equal(stats.dmaMaps, maps + 1, 'the device holds every map (and the firmware map)');
+    } finally {
+      memfd.close();
+    }
+  } finally {
+    await r.close();
+  }
+});
+
+test('a DMA_MAP or DMA_UNMAP that finds the mailbox full fails with EIO and changes nothing', async () => {
+  // The worker stalls (a fault injection) while the owner fills all 256 slots with one-way maps: the front
+  // end waits its command timeout for a free slot, then refuses the next map and unmap before touching its
+  // table, so after the stall the refused map's range is free and the refused unmap's map still held.
+  const r = await bootedRig({ commandTimeoutMs: 300 });
+  try {
+    const memfd = MemFd.create('sa1-test-full-ring', { size: 0x1000 });
+    try {
+      const iova = (i: number) => VICTIM_IOVA + BigInt(i) * 0x1000n;
+      const map = (i: number) => r.client.dmaMap({ fd: memfd.fd, iova: iova(i), size: 0x1000, flags: 3 });
+      const slots = 256;
+      r.sim.inject({ kind: 'stall', ms: 4000 });
+      for (let i = 0; i < slots; i++) await map(i);
+      await assert.rejects(map(slots), /EIO/, 'no slot for the map');
+      await assert.rejects(
+        r.client.dmaUnmap({ iova: iova(0), size: 0x1000 }),
+        /EIO/,
+        'no slot for the unmap',
+      );
+      await until(
+        () => {
+          try {
+            r.sim.stats();
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        'the worker to run again after its stall',
+        30_000,
+      );
+      await map(slots); // its range was left free
+      await r.client.dmaUnmap({ iova: iova(0), size: 0x1000 }); // its map was kept
+      const stats = r.sim.stats();
+      assert.equal(stats.postFailures, 0, 'the device refused none of the updates');
+      assert.equal(stats.dmaMaps, slots + 1, 'the device holds maps 1..256 and the firmware map');
+    } finally {
+      memfd.close();
+    }
+  } finally {
+    await r.close();
+  }
 });

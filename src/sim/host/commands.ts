@@ -1,8 +1,9 @@
 // Requests from the simulator's front end to its device worker: the owner
 // commands the device itself must act on (register accesses that only read
-// or store register state never come here). They cross the threads by
-// structured clone (mailbox.ts): bigints and bytes as they are, fds as
-// process-wide numbers.
+// or store register state never come here). They cross the threads in the
+// mailbox's shared slots (mailbox.ts, command-slots.ts): numbers, bigints as
+// u64, register data as inline bytes, fds as process-wide numbers; a DMA
+// map's shared buffer, injections and stats by structured clone.
 
 export type InjectRequest =
   /**

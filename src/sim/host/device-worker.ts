@@ -17,6 +17,7 @@ import { bar2Size, type Sa1Options } from '../model/options.js';
 import { checkRegionAccess, regionSize } from '../model/regions.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
 import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
+import { deviceRequestSlots } from './command-slots.js';
 import type { DeviceRequest, DeviceStats } from './commands.js';
 import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
@@ -84,7 +85,7 @@ export class DeviceWorker {
     const { port1, port2 } = new MessageChannel();
     const wake = newMailboxMemory();
     this.#port = port1;
-    this.#mailbox = new MailboxCaller(wake, port1);
+    this.#mailbox = new MailboxCaller(wake, port1, deviceRequestSlots, timeoutMs);
     const irqMemory = IrqTable.memory(options.numQueues);
     this.irqs = new IrqTable(irqMemory, options.numQueues);
     this.dma = new FrontDmaTable(this.#mailbox, timeoutMs);
@@ -147,7 +148,9 @@ export class DeviceWorker {
       this.request({ op: 'regionWrite', index, offset, data });
       return;
     }
-    // Word by word, low half first: each word the device must act on goes to it, in order.
+    // Word by word, low half first: each word the device must act on goes to it, in order. Room for a post
+    // per word first: a full ring fails the write here, before any register changed.
+    this.#mailbox.makeRoom(data.length >> 2);
     const dv = new DataView(data.buffer, data.byteOffset, data.length);
     for (let i = 0; i < data.length; i += 4) {
       const value = dv.getUint32(i, true);

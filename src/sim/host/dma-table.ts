@@ -52,6 +52,7 @@ export class FrontDmaTable {
     this.#table.checkFree(iova, size);
     // Datasheet rev 2 §7: the fd must be memory covering [offset, offset + size) now.
     checkDmaFd(fd.fd, m);
+    this.mailbox.makeRoom(); // a full ring fails the map here, before anything is mapped or taken
     const mapping = mapDmaFd(fd.fd, { offset, size, write: m.write });
     const entry: DmaMapping = {
       iova,
@@ -79,6 +80,7 @@ export class FrontDmaTable {
 
   /** Unmap whole maps in [iova, iova+size) (all: every map); EINVAL for a cut map, ENOENT for none. */
   unmap(iova: bigint, size: bigint, all: boolean): void {
+    this.mailbox.makeRoom(); // a full ring fails the unmap here, with the table and the device unchanged
     const removed = this.#table.remove(Number(iova), Number(size), all);
     const n = this.mailbox.post({ op: 'unmapPosted', iova, size, all }, false);
     try {

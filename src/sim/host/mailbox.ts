@@ -3,18 +3,25 @@
 // (register accesses are answered from the shared register file and never
 // come here; see frontend.ts).
 //
-// Requests and replies are structured-clone messages on a MessagePort pair
-// (bigints and bytes travel as they are); the only shared memory is two
-// sequence words used for wake-ups. The caller posts a request, bumps the
+// Requests sit in a ring of fixed slots in shared memory (an op number and a
+// few numeric fields, encoded by a SlotCodec: command-slots.ts; the layout
+// is mailbox-ring.ts), and replies in a reply area (nothing, or up to
+// REPLY_BYTES bytes): no structured clone and no MessagePort wake-up for
+// the commands of a lease's life (issue 16). The port stays for what is
+// rare or cannot be numbers (a DMA map's shared buffer, an injection,
+// stats, a refusal with its reason): such a slot says "on the port", and
+// the port keeps the slots' order. The caller fills a slot, bumps the
 // request word and notifies it, then blocks in Atomics.wait (a futex wait,
-// bounded) on the answer word and takes the reply synchronously with
-// receiveMessageOnPort. The device never returns to its event loop: it
-// checks the request word between descriptors, sleeps on it when idle (so a
-// command wakes it at once), and takes requests with receiveMessageOnPort.
+// bounded) on the answer word. The device never returns to its event loop:
+// it checks the request word between descriptors, sleeps on it when idle
+// (so a command wakes it at once), and copies each slot out before it
+// publishes it free (W_SEEN). The ring is bounded: a caller that finds it
+// full (a device asleep through SLOTS one-way posts) wakes the device and
+// waits, bounded, for it to take some.
 //
 // fds travel as plain numbers (they are process-wide).
 //
-// One-way posts (post()) share the port, so the device takes them in order
+// One-way posts (post()) share the ring, so the device takes them in order
 // with requests: table updates the front end has already validated and
 // answered (DMA_MAP of a memfd, DMA_UNMAP). The device applies each before
 // its next access to guest memory. The engine epoch (W_EPOCH, odd while the
@@ -30,9 +37,19 @@
 import { type MessagePort, receiveMessageOnPort } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
+import {
+  MEMORY_BYTES,
+  REPLY_AT,
+  REPLY_BYTES,
+  SLOTS,
+  type SlotCodec,
+  SlotViews,
+  slotAt,
+  WORDS,
+} from './mailbox-ring.js';
 
 // Int32 word indexes.
-const W_REQUEST = 0; // sequence number of the last request posted
+const W_REQUEST = 0; // number of the last post (request or one-way) written to the ring
 const W_ANSWERED = 1; // sequence number of the last request answered
 /** Non-zero while the device sleeps in waitFds() (so a request must also write the wake eventfd). */
 const W_FD_SLEEP = 2;
@@ -46,9 +63,20 @@ const W_EPOCH = 5;
 const W_EPOCH_WAITER = 6;
 /** Non-zero once the front end handed out the queues' kick fds (GET_REGION_IO_FDS). */
 const W_KICKS_OUT = 7;
-const WORDS = 8;
+/** Number of the last post the device copied out of the ring: slots up to it may be written again. */
+const W_SEEN = 8;
+/** The reply to request W_ANSWERED: its seq, its kind (R_*), its byte count. */
+const W_REPLY_SEQ = 9;
+const W_REPLY_KIND = 10;
+const W_REPLY_LEN = 11;
+/** Non-zero while the caller waits for a free slot (so the device notifies W_SEEN as it takes posts). */
+const W_SLOT_WAITER = 12;
 
-/** A request on the wire. `seq` 0: a one-way post (no answer). `n`: its number among all posts. */
+const R_NOTHING = 0;
+const R_BYTES = 1;
+const R_PORT = 2;
+
+/** A request as taken. `seq` 0: a one-way post (no answer). `n`: its number among all posts. */
 export interface Envelope<R> {
   seq: number;
   n: number;
@@ -62,28 +90,35 @@ export interface WireError {
   reason: string;
 }
 
-/** A reply on the wire: the value, or the error. */
+/** A reply: the value, or the error. */
 export interface Reply {
   seq: number;
   value?: unknown;
   error?: WireError;
 }
 
-export const newMailboxMemory = (): SharedArrayBuffer => new SharedArrayBuffer(WORDS * 4);
+export const newMailboxMemory = (): SharedArrayBuffer => new SharedArrayBuffer(MEMORY_BYTES);
 
 /** The caller's side (main thread). */
 export class MailboxCaller<R> {
   readonly #words: Int32Array;
+  readonly #slots: SlotViews;
+  readonly #reply: Uint8Array;
   /** Requests posted (answers are counted against it). */
   #seq = 0;
   /** Posts of either kind (the request word). */
   #posts = 0;
 
+  /** `fullWaitMs`: how long a post waits for a free slot before it fails with EIO. */
   constructor(
     sab: SharedArrayBuffer,
     private readonly port: MessagePort,
+    private readonly codec: SlotCodec<R>,
+    private readonly fullWaitMs = 10_000,
   ) {
-    this.#words = new Int32Array(sab);
+    this.#words = new Int32Array(sab, 0, WORDS);
+    this.#slots = new SlotViews(sab);
+    this.#reply = new Uint8Array(sab, REPLY_AT, REPLY_BYTES);
   }
 
   /**
@@ -97,6 +132,8 @@ export class MailboxCaller<R> {
     if (Atomics.load(w, W_ANSWERED) !== this.#seq) {
       throw new VfioError('EIO', 'device channel is stuck (an earlier command timed out)');
     }
+    // Room first: a full ring that stays full throws here, before this request counts as posted.
+    this.makeRoom();
     this.#seq = (this.#seq + 1) | 0;
     const seq = this.#seq;
     this.#send(seq, req);
@@ -108,7 +145,11 @@ export class MailboxCaller<R> {
       if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
       Atomics.wait(w, W_ANSWERED, answered, left);
     }
-    // Replies to requests that timed out earlier were answered late; they are dropped here.
+    const kind = Atomics.load(w, W_REPLY_KIND);
+    if (Atomics.load(w, W_REPLY_SEQ) !== seq) throw new Error(`device answered ${seq} with another reply`);
+    if (kind === R_NOTHING) return undefined as T;
+    if (kind === R_BYTES) return this.#reply.slice(0, Atomics.load(w, W_REPLY_LEN)) as T;
+    // On the port. Replies to requests that timed out earlier were answered late; they are dropped here.
     for (;;) {
       const got = receiveMessageOnPort(this.port);
       if (!got) throw new Error(`device answered request ${seq} but its reply is not on the port`);
@@ -130,8 +171,8 @@ export class MailboxCaller<R> {
   /**
    * Post a one-way request: the device acts on it before anything posted after it, and before its next
    * access to guest memory. Returns its number. `wake` false (a DMA table update): a sleeping device is
-   * left asleep; it takes the post when it next wakes (a doorbell, a kick, its poll, a request), before it
-   * touches memory. Waking a thread costs the caller its core on a loaded machine.
+   * left asleep; it takes the post when it next wakes (a doorbell, a kick, its poll, a request, a full
+   * ring), before it touches memory. Waking a thread costs the caller its core on a loaded machine.
    */
   post(req: R, wake = true): number {
     return this.#send(0, req, wake);
@@ -146,27 +187,71 @@ export class MailboxCaller<R> {
    */
   postLeavingFdSleep(req: R): boolean {
     const w = this.#words;
-    this.#posts = (this.#posts + 1) | 0;
-    const n = this.#posts;
-    this.port.postMessage({ seq: 0, n, req } satisfies Envelope<R>);
-    Atomics.store(w, W_REQUEST, n);
+    this.#write(0, req);
     if (Atomics.load(w, W_FD_SLEEP) !== 0) return true;
     Atomics.notify(w, W_REQUEST);
     return false;
   }
 
   #send(seq: number, req: R, wake = true): number {
-    const w = this.#words;
-    this.#posts = (this.#posts + 1) | 0;
-    const n = this.#posts;
-    this.port.postMessage({ seq, n, req } satisfies Envelope<R>);
-    Atomics.store(w, W_REQUEST, n);
+    const n = this.#write(seq, req);
     if (!wake) return n;
+    this.#wake();
+    return n;
+  }
+
+  #wake(): void {
+    const w = this.#words;
     Atomics.notify(w, W_REQUEST);
     // Sequentially consistent against sleepOnFds: it stores W_FD_SLEEP then loads W_REQUEST, we store
     // W_REQUEST then load W_FD_SLEEP, so either it sees the request or we see it asleep on fds.
     if (Atomics.load(w, W_FD_SLEEP) !== 0) native.eventfdWrite(Atomics.load(w, W_WAKE_FD), 1);
+  }
+
+  /**
+   * Make sure the next `posts` posts have free slots, waiting (bounded) for the device to take some; EIO
+   * when it takes none in `fullWaitMs` (a device stuck in a fault injection's stall, or wedged). A caller
+   * that changes its own state before posting calls this first, so a full ring fails it with nothing
+   * changed: its posts then cannot fail (this thread is the only writer).
+   */
+  makeRoom(posts = 1): void {
+    const n = (this.#posts + posts) | 0;
+    if (((n - Atomics.load(this.#words, W_SEEN)) | 0) > SLOTS) this.#waitForSlot(n);
+  }
+
+  /** Write post `seq` (0: one-way) into the next slot and publish it (W_REQUEST). Returns its number. */
+  #write(seq: number, req: R): number {
+    const w = this.#words;
+    this.makeRoom();
+    const n = (this.#posts + 1) | 0;
+    const at = slotAt(n);
+    const op = this.codec.encode(req, this.#slots, at);
+    if (op === 0) this.port.postMessage(req);
+    this.#slots.label(at, op, seq, n);
+    this.#posts = n;
+    Atomics.store(w, W_REQUEST, n);
     return n;
+  }
+
+  /** The ring is full (a device asleep through SLOTS one-way posts): wake it until it frees post n's slot. */
+  #waitForSlot(n: number): void {
+    const w = this.#words;
+    const deadline = performance.now() + this.fullWaitMs;
+    for (;;) {
+      const seen = Atomics.load(w, W_SEEN);
+      if (((n - seen) | 0) <= SLOTS) return;
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        throw new VfioError(
+          'EIO',
+          `device took none of its ${SLOTS} waiting commands in ${this.fullWaitMs} ms`,
+        );
+      }
+      Atomics.store(w, W_SLOT_WAITER, 1);
+      this.#wake();
+      Atomics.wait(w, W_SEEN, seen, Math.min(left, 1));
+      Atomics.store(w, W_SLOT_WAITER, 0);
+    }
   }
 
   /**
@@ -184,7 +269,7 @@ export class MailboxCaller<R> {
     try {
       for (;;) {
         const epoch = Atomics.load(w, W_EPOCH);
-        if ((epoch & 1) === 0 || Atomics.load(w, W_TAKEN) - n >= 0) return;
+        if ((epoch & 1) === 0 || ((Atomics.load(w, W_TAKEN) - n) | 0) >= 0) return;
         const left = deadline - performance.now();
         if (left <= 0) throw new VfioError('EIO', `device did not leave its round within ${timeoutMs} ms`);
         // A spinning device takes posts between descriptors within microseconds: spin a little first.
@@ -204,11 +289,17 @@ export class MailboxDevice<R> {
   /** A post taken and put back (putBack): the next take() returns it first. */
   #held: Envelope<R> | null = null;
 
+  readonly #slots: SlotViews;
+  readonly #reply: Uint8Array;
+
   constructor(
     sab: SharedArrayBuffer,
     private readonly port: MessagePort,
+    private readonly codec: SlotCodec<R>,
   ) {
-    this.#words = new Int32Array(sab);
+    this.#words = new Int32Array(sab, 0, WORDS);
+    this.#slots = new SlotViews(sab);
+    this.#reply = new Uint8Array(sab, REPLY_AT, REPLY_BYTES);
   }
 
   /** A request was posted that has not been taken yet. */
@@ -216,7 +307,7 @@ export class MailboxDevice<R> {
     return this.#held !== null || Atomics.load(this.#words, W_REQUEST) !== this.#seen;
   }
 
-  /** Return a taken post, to be taken again first (a look at the head of the port that must not act on it). */
+  /** Return a taken post, to be taken again first (a look at the head of the ring that must not act on it). */
   putBack(env: Envelope<R>): void {
     this.#held = env;
   }
@@ -228,15 +319,27 @@ export class MailboxDevice<R> {
       this.#held = null;
       return held;
     }
-    const got = receiveMessageOnPort(this.port);
-    if (!got) {
-      // The request word moved before the message could be seen: never, as the caller posts first.
-      this.#seen = Atomics.load(this.#words, W_REQUEST);
-      return null;
+    const w = this.#words;
+    if (Atomics.load(w, W_REQUEST) === this.#seen) return null;
+    const n = (this.#seen + 1) | 0;
+    const at = slotAt(n);
+    const slots = this.#slots;
+    const op = slots.op(at);
+    const seq = slots.seq(at);
+    if (slots.n(at) !== n) throw new Error(`mailbox slot for post ${n} holds post ${slots.n(at)}`);
+    let req: R;
+    if (op !== 0) req = this.codec.decode(op, this.#slots, at);
+    else {
+      const got = receiveMessageOnPort(this.port);
+      // The caller posts to the port before it publishes the slot: never.
+      if (!got) throw new Error(`post ${n} is on the port but the port is empty`);
+      req = got.message as R;
     }
-    const env = got.message as Envelope<R>;
-    this.#seen = env.n;
-    return env;
+    // Copied out: the caller may write the slot again.
+    this.#seen = n;
+    Atomics.store(w, W_SEEN, n);
+    if (Atomics.load(w, W_SLOT_WAITER) !== 0) Atomics.notify(w, W_SEEN);
+    return { seq, n, req };
   }
 
   /** The front end handed out the kick fds (GET_REGION_IO_FDS). */
@@ -266,11 +369,23 @@ export class MailboxDevice<R> {
     if (Atomics.load(w, W_EPOCH_WAITER) !== 0) Atomics.notify(w, W_EPOCH);
   }
 
-  /** Answer request `seq` and wake the caller. */
+  /** Answer request `seq` and wake the caller: nothing or a few bytes in shared memory, the rest on the port. */
   answer(seq: number, reply: Omit<Reply, 'seq'>): void {
-    this.port.postMessage({ seq, ...reply } satisfies Reply);
-    Atomics.store(this.#words, W_ANSWERED, seq);
-    Atomics.notify(this.#words, W_ANSWERED);
+    const w = this.#words;
+    const v = reply.value;
+    if (reply.error === undefined && v === undefined) {
+      Atomics.store(w, W_REPLY_KIND, R_NOTHING);
+    } else if (reply.error === undefined && v instanceof Uint8Array && v.length <= REPLY_BYTES) {
+      this.#reply.set(v);
+      Atomics.store(w, W_REPLY_LEN, v.length);
+      Atomics.store(w, W_REPLY_KIND, R_BYTES);
+    } else {
+      this.port.postMessage({ seq, ...reply } satisfies Reply);
+      Atomics.store(w, W_REPLY_KIND, R_PORT);
+    }
+    Atomics.store(w, W_REPLY_SEQ, seq);
+    Atomics.store(w, W_ANSWERED, seq);
+    Atomics.notify(w, W_ANSWERED);
   }
 
   /** Sleep until a request is posted or `ms` passes (the device's idle wait; Infinity: until a request). */

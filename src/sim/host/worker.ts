@@ -18,6 +18,7 @@ import { MemfdBacking } from '../model/memfd-backing.js';
 import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
 import { ARMED, armKicks, disarmKicks, pollingNeeded, RACED } from '../model/poller.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
+import { deviceRequestSlots } from './command-slots.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
 import { IrqTable } from './irq-table.js';
 import { type Envelope, MailboxDevice, type WireError } from './mailbox.js';
@@ -25,9 +26,9 @@ import { PageTable } from './page-revoke.js';
 
 export interface WorkerInit {
   options: Sa1Options;
-  /** The mailbox's wake-up words. */
+  /** The mailbox's words, request slots and reply area. */
   mailbox: SharedArrayBuffer;
-  /** The device's end of the request port. */
+  /** The device's end of the port, for requests and replies that do not fit a slot. */
   port: MessagePort;
   /** The register file the front end reads too. */
   registers: SharedArrayBuffer;
@@ -43,7 +44,7 @@ export interface WorkerInit {
 
 const init = workerData as WorkerInit;
 const options = init.options;
-const mailbox = new MailboxDevice<DeviceRequest>(init.mailbox, init.port);
+const mailbox = new MailboxDevice<DeviceRequest>(init.mailbox, init.port, deviceRequestSlots);
 const backing = new MemfdBacking(options, new Int32Array(init.sliceFds), new PageTable(init.pages));
 /** eventfd numbers per VFIO irq index and vector (-1: none). The front-end owns the Fd objects. */
 const irqs = new IrqTable(init.irqs, options.numQueues);
@@ -116,7 +117,7 @@ function mapPosted(r: Extract<DeviceRequest, { op: 'mapPosted' }>): void {
 }
 
 /**
- * A translation missed (iommu.ts onMiss): apply the posts waiting at the head of the port, among them the
+ * A translation missed (iommu.ts onMiss): apply the posts waiting at the head of the ring, among them the
  * maps the front end answered before any descriptor using them could be submitted. Posts that are safe in
  * the middle of a descriptor (maps, an enable, the kick-fd wake) are applied; it stops at an unmap (taken
  * between descriptors, never inside one: the front end waits for that when the engine is in a round) and
