@@ -54,7 +54,8 @@ export async function grantLease(
     const commands = batchCommands(table.device, () =>
       Promise.allSettled([
         ...resources.slices.map(async (s) => {
-          const units = s.mappable === false ? [] : await sliceUnits(table, s.region, s.offset, s.size, s.unit);
+          const units =
+            s.mappable === false ? [] : await sliceUnits(table, s.region, s.offset, s.size, s.unit);
           lease.slices.set(s.leaseRegion, units);
         }),
         table.driver.activate(resources),

@@ -246,7 +246,9 @@ export class StreamSocket extends EventEmitter {
   #joinCorked(data: Uint8Array): void {
     const need = this.#corkedBytes + data.length;
     if (this.#corkBuf === null || this.#corkBuf.length < need) {
-      const grown = Buffer.allocUnsafe(Math.min(CORK_LIMIT, Math.max(need, 2 * (this.#corkBuf?.length ?? 512))));
+      const grown = Buffer.allocUnsafe(
+        Math.min(CORK_LIMIT, Math.max(need, 2 * (this.#corkBuf?.length ?? 512))),
+      );
       if (this.#corkBuf) this.#corkBuf.copy(grown, 0, 0, this.#corkedBytes);
       this.#corkBuf = grown;
     }

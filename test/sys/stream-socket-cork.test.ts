@@ -5,8 +5,8 @@
 // corked sends nothing more and leaks nothing.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CORK_LIMIT } from '../../src/sys/stream-socket.js';
 import { Fd, MemFd, native, StreamSocket } from '../../src/sys/index.js';
+import { CORK_LIMIT } from '../../src/sys/stream-socket.js';
 import { assertNoFdLeak, trackFdLeaks } from '../helpers/fds.js';
 import { body, collect, frame, framing, tick } from '../helpers/stream-frames.js';
 
