@@ -260,12 +260,20 @@ export class StreamSocket extends EventEmitter {
     const n = this.#corkedBytes;
     if (n === 0 || this.#fd === null) return;
     this.#corkedBytes = 0;
+    const data = this.#corkBuf!.subarray(0, n);
     try {
-      this.#write(this.#fd.fd, this.#corkBuf!.subarray(0, n), []);
+      this.#write(this.#fd.fd, data, []);
     } catch (err) {
-      // Nobody to throw to (the sends returned): as a queued write's failure.
-      if (isSysError(err) && PEER_GONE.has(err.code)) this.#hangUp();
-      else this.#fail(err);
+      // Nobody to throw to (the sends returned). A peer gone: as a queued write's failure. Else (a transient
+      // ENOMEM, ENOBUFS) the bytes wait in the write queue and are tried again when writable; a queued write
+      // that fails then closes the socket as before.
+      if (isSysError(err) && PEER_GONE.has(err.code)) {
+        this.#hangUp();
+        return;
+      }
+      this.#queue.push({ data: Buffer.from(data), fds: [] });
+      this.#queuedBytes += n;
+      this.#updateEvents();
     }
   }
 
@@ -347,8 +355,20 @@ export class StreamSocket extends EventEmitter {
     this.#deliverLater?.unref();
   }
 
-  /** Idempotent. Drops unsent data and any partly read message; 'close' follows on the next tick. */
+  /**
+   * Idempotent. Drops unsent data (what the kernel did not take; corked bytes get one try) and any partly read
+   * message; 'close' follows on the next tick.
+   */
   close(): void {
+    // What was sent while corked goes now if the kernel takes it (uncorked, it would have gone already: a reply
+    // then close() must still reach the peer); nothing after it, and nothing waits for it.
+    if (this.#fd !== null && this.#corkedBytes > 0 && this.#queue.length === 0) {
+      try {
+        native.sendmsg(this.#fd.fd, this.#corkBuf!.subarray(0, this.#corkedBytes), []);
+      } catch {
+        // dropped with the rest, as unsent data is
+      }
+    }
     if (this.#release()) process.nextTick(() => this.emit('close'));
   }
 
