@@ -1,6 +1,7 @@
 // Granting a lease (LeaseTable.grant): policy, resources, slice fds and device programming, and the one
 // audit line saying how it went. Split from leases.ts, which keeps the table.
 
+import { batchCommands } from '../device/vfio-user-device.js';
 import type { Driver } from '../drivers/driver.js';
 import { VfioError } from '../errors.js';
 import { deviceRefusal } from './device-refusal.js';
@@ -49,13 +50,17 @@ export async function grantLease(
     // The slice fds and the device programming go out together: one device connection serves them in
     // order, so the grant waits for one round trip, not one per command. Every slice that came is kept
     // (and disposed below) whatever else failed.
-    const commands = Promise.allSettled([
-      ...resources.slices.map(async (s) => {
-        const units = s.mappable === false ? [] : await sliceUnits(table, s.region, s.offset, s.size, s.unit);
-        lease.slices.set(s.leaseRegion, units);
-      }),
-      table.driver.activate(resources),
-    ]);
+    // Those without fds go in one sendmsg (batchCommands): one wake-up of the device.
+    const commands = batchCommands(table.device, () =>
+      Promise.allSettled([
+        ...resources.slices.map(async (s) => {
+          const units =
+            s.mappable === false ? [] : await sliceUnits(table, s.region, s.offset, s.size, s.unit);
+          lease.slices.set(s.leaseRegion, units);
+        }),
+        table.driver.activate(resources),
+      ]),
+    );
     // Policy and resources have decided what the client is told (its queue, window, vectors) and the device
     // commands are on their way: the caller may answer VERSION now, while they are served (pending-session.ts).
     decided?.(lease);

@@ -3,6 +3,7 @@
 // of a lease whose device connection is gone. Split from leases.ts, which keeps the table, its accounting and
 // the upgrade's hold on reclaims: this file is what one reclaim does, step by step.
 
+import { batchCommands } from '../device/vfio-user-device.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import type { DirectSlices } from './audit-scan/direct-slices.js';
 import type { Lease } from './lease.js';
@@ -73,22 +74,29 @@ export async function reclaimLease(
   // the stop in the same round trip. Revoking needs no quiesce first: a slice is the device's own memory,
   // the device answers only once it no longer uses the old backing, and nothing of the holder's memory
   // (the IOVA maps) is let go of until the quiesce has finished below.
-  const revokes = revoked
-    ? units.map((u) => step('revoke slice', () => table.device.revokeSlice(u.deviceFd, { fault }), false))
-    : [];
+  // Both in one sendmsg to the device (batchCommands): one wake-up of it, not one per command.
   // A quiesce that fails outright (the device connection went) leaves the rest to device recovery; one that
   // times out leaves work running on a live device.
-  await step('quiesce', () => table.driver.quiesce(lease.resources), 'on-timeout');
-  // With the work stopped, unwiring and unmapping depend on none of each other: they go to the device
-  // together (served in this order on its one connection), so reclaim waits for one more round trip.
-  const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
-  await Promise.all([
-    ...lease.resources.vectors.map((v) =>
-      step(`unwire vector ${v}`, () => table.device.setIrqs(irqIndex, v, [null]), true),
-    ),
-    unmapAll(table.device, lease, step),
-    ...revokes,
+  const [revokes, quiesced] = batchCommands(table.device, () => [
+    revoked
+      ? units.map((u) => step('revoke slice', () => table.device.revokeSlice(u.deviceFd, { fault }), false))
+      : [],
+    step('quiesce', () => table.driver.quiesce(lease.resources), 'on-timeout'),
   ]);
+  await quiesced;
+  // With the work stopped, unwiring and unmapping depend on none of each other: they go to the device
+  // together (served in this order on its one connection, in one sendmsg), so reclaim waits for one more
+  // round trip.
+  const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
+  await batchCommands(table.device, () =>
+    Promise.all([
+      ...lease.resources.vectors.map((v) =>
+        step(`unwire vector ${v}`, () => table.device.setIrqs(irqIndex, v, [null]), true),
+      ),
+      unmapAll(table.device, lease, step),
+      ...revokes,
+    ]),
+  );
   lease.errFd?.close();
   lease.reqFd?.close();
   lease.noticeFd?.close();

@@ -285,6 +285,14 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     return this.client.regionWrite(index, offset, b);
   }
 
+  /**
+   * Runs `fn`, which issues device commands without awaiting them; those without fds reach the device in one
+   * sendmsg when it returns, in the order issued (one wake-up of the device for the lot, issue 16).
+   */
+  batch<T>(fn: () => T): T {
+    return this.#client.closed ? fn() : this.#client.batch(fn);
+  }
+
   iovaRanges(): IovaRange[] {
     return this.#ranges;
   }
@@ -474,3 +482,12 @@ const formatIds = (i: Device['ids']) =>
   `PCI ${hex4(i.vendor)}:${hex4(i.device)} (subsystem ${hex4(i.subsystemVendor)}:${hex4(i.subsystem)}, class 0x${i.classCode.toString(16).padStart(6, '0')})`;
 
 const closedError = (endpoint: string) => closedHandleError(`the device at ${endpoint}`);
+
+/**
+ * `fn` as one batch of device commands on a device that can join them (VfioUserDevice.batch), else just `fn`:
+ * for the callers that already issue several commands before awaiting any.
+ */
+export function batchCommands<T>(d: Device, fn: () => T): T {
+  const batching = d as Device & { batch?<R>(f: () => R): R };
+  return typeof batching.batch === 'function' ? batching.batch(fn) : fn();
+}

@@ -14,6 +14,11 @@
 // Writing: send() never blocks. What the kernel does not take at once
 // (partial write or a full buffer) is queued and written in order when
 // writable; the fds go with the first bytes written, exactly once.
+// Corking (cork()/uncork(), batch()): messages without fds sent meanwhile are
+// joined and go in one sendmsg at uncork (or once CORK_LIMIT bytes wait), so
+// pipelined messages wake the peer once, not once each. A message with fds
+// flushes what is corked first and goes in its own sendmsg: peers (QEMU,
+// libvfio-user, stream-reader.ts) attribute fds by the sendmsg they came in.
 //
 // Ownership: as SeqpacketSocket — send() leaves the caller its fds (a queued
 // message holds dup()s until written); a 'message' listener owns msg.fds;
@@ -61,6 +66,9 @@ interface Queued {
   fds: Fd[];
 }
 
+/** Corked bytes past which they are sent without waiting for uncork (the bound on what corking holds). */
+export const CORK_LIMIT = 64 * 1024;
+
 /** Messages delivered per readiness callback before yielding to the loop. */
 const READ_BATCH = 64;
 const PEER_GONE = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
@@ -79,6 +87,11 @@ export class StreamSocket extends EventEmitter {
   readonly #reader: StreamReader;
   #refed = true;
   #deliverLater: NodeJS.Immediate | null = null;
+  #corkDepth = 0;
+  /** What was sent while corked, joined: the first #corkedBytes bytes (reused; grows up to CORK_LIMIT). */
+  #corkBuf: Buffer | null = null;
+  #corkedBytes = 0;
+  #corkReads = false;
 
   /** Connects to a listening stream socket; throws ENOENT / ECONNREFUSED / EPROTOTYPE (with `code`) synchronously. */
   static connect(path: string, opts: StreamSocketOptions): StreamSocket {
@@ -180,7 +193,92 @@ export class StreamSocket extends EventEmitter {
         `a message carries at most ${MAX_FDS} fds, got ${fds.length}`,
       );
     }
-    const numbers = fds.map(fdNumber);
+    if (this.#corkDepth > 0) {
+      if (fds.length === 0 && data.length <= CORK_LIMIT) {
+        if (this.#corkedBytes + data.length > CORK_LIMIT) {
+          this.#sendCorked();
+          if (this.#fd === null) throw closedError('socket');
+        }
+        this.#joinCorked(data);
+        return;
+      }
+      // A message with fds goes in its own sendmsg (a large one alone too), after what was corked before it.
+      this.#sendCorked();
+      if (this.#fd === null) throw closedError('socket');
+    }
+    this.#write(fd, data, fds.map(fdNumber));
+  }
+
+  /**
+   * Until the matching uncork(), send() of a message without fds only joins it to the others (in order);
+   * uncork() sends them in one sendmsg. Nests: the outermost uncork() sends.
+   */
+  cork(): void {
+    if (this.#fd === null) throw closedError('socket');
+    this.#corkDepth++;
+  }
+
+  /** Ends a cork(): the outermost sends what was corked (its errors close the socket, as a queued write's do). */
+  uncork(): void {
+    if (this.#corkDepth === 0) return;
+    if (--this.#corkDepth === 0) this.#sendCorked();
+  }
+
+  /** Runs `fn` corked: the messages it sends without fds go in one sendmsg when it returns (or throws). */
+  batch<T>(fn: () => T): T {
+    this.cork();
+    try {
+      return fn();
+    } finally {
+      this.uncork();
+    }
+  }
+
+  /**
+   * While on, what the 'message' listeners send as one read's messages are delivered is corked until they all
+   * are: a server answering pipelined requests at once sends their replies in one sendmsg (one wake-up of the
+   * client), not one each. Replies sent later (from promises) are not held.
+   */
+  corkReads(on = true): void {
+    this.#corkReads = on;
+  }
+
+  #joinCorked(data: Uint8Array): void {
+    const need = this.#corkedBytes + data.length;
+    if (this.#corkBuf === null || this.#corkBuf.length < need) {
+      const grown = Buffer.allocUnsafe(
+        Math.min(CORK_LIMIT, Math.max(need, 2 * (this.#corkBuf?.length ?? 512))),
+      );
+      if (this.#corkBuf) this.#corkBuf.copy(grown, 0, 0, this.#corkedBytes);
+      this.#corkBuf = grown;
+    }
+    this.#corkBuf.set(data, this.#corkedBytes);
+    this.#corkedBytes = need;
+  }
+
+  #sendCorked(): void {
+    const n = this.#corkedBytes;
+    if (n === 0 || this.#fd === null) return;
+    this.#corkedBytes = 0;
+    const data = this.#corkBuf!.subarray(0, n);
+    try {
+      this.#write(this.#fd.fd, data, []);
+    } catch (err) {
+      // Nobody to throw to (the sends returned). A peer gone: as a queued write's failure. Else (a transient
+      // ENOMEM, ENOBUFS) the bytes wait in the write queue and are tried again when writable; a queued write
+      // that fails then closes the socket as before.
+      if (isSysError(err) && PEER_GONE.has(err.code)) {
+        this.#hangUp();
+        return;
+      }
+      this.#queue.push({ data: Buffer.from(data), fds: [] });
+      this.#queuedBytes += n;
+      this.#updateEvents();
+    }
+  }
+
+  /** One sendmsg now if nothing is queued; what the kernel does not take is queued (a copy: `data` may be reused). */
+  #write(fd: number, data: Uint8Array, numbers: number[]): void {
     let sent = 0;
     if (this.#queue.length === 0) {
       sent = Math.max(0, native.sendmsg(fd, data, numbers));
@@ -257,8 +355,20 @@ export class StreamSocket extends EventEmitter {
     this.#deliverLater?.unref();
   }
 
-  /** Idempotent. Drops unsent data and any partly read message; 'close' follows on the next tick. */
+  /**
+   * Idempotent. Drops unsent data (what the kernel did not take; corked bytes get one try) and any partly read
+   * message; 'close' follows on the next tick.
+   */
   close(): void {
+    // What was sent while corked goes now if the kernel takes it (uncorked, it would have gone already: a reply
+    // then close() must still reach the peer); nothing after it, and nothing waits for it.
+    if (this.#fd !== null && this.#corkedBytes > 0 && this.#queue.length === 0) {
+      try {
+        native.sendmsg(this.#fd.fd, this.#corkBuf!.subarray(0, this.#corkedBytes), []);
+      } catch {
+        // dropped with the rest, as unsent data is
+      }
+    }
     if (this.#release()) process.nextTick(() => this.emit('close'));
   }
 
@@ -274,6 +384,8 @@ export class StreamSocket extends EventEmitter {
     fd.close();
     for (const m of this.#queue.splice(0)) for (const d of m.fds) d.close();
     this.#queuedBytes = 0;
+    this.#corkedBytes = 0;
+    this.#corkBuf = null;
     this.#dropPartial();
     if (this.#closeEmitted) return false;
     this.#closeEmitted = true;
@@ -358,9 +470,12 @@ export class StreamSocket extends EventEmitter {
 
   #read(budget: number): void {
     if (this.#fd === null) return;
+    const corked = this.#corkReads;
+    if (corked) this.#corkDepth++;
     try {
       this.#reader.read(this.#fd.fd, budget);
     } finally {
+      if (corked) this.uncork();
       // Messages read and not delivered (paused by a listener, the batch spent, a listener that threw) raise
       // no poll event: delivered from the loop.
       if (this.#reader.waiting) this.#updateEvents();

@@ -4,6 +4,7 @@
 // the state around them: which queues are clean, which are quarantined.
 
 import type { Device } from '../../device/device.js';
+import { batchCommands } from '../../device/vfio-user-device.js';
 import { BAR0, Q, Q_CTRL, Q_STATUS, qcfg } from '../../hw/sa1/regs.js';
 import type { LeaseResources } from '../driver.js';
 import { PollTimeoutError, pollUntil } from '../poll.js';
@@ -16,15 +17,18 @@ const idleWhat = (q: number): string => `sa1: queue ${q} quiesce (Q_STATUS.IDLE)
 /** Q_CTRL.RESET, then its reads until RESET reads 0, bounded by `timeoutMs` (ETIMEDOUT past it). */
 export async function resetQueueRegisters(d: Device, q: number, timeoutMs: number): Promise<void> {
   // The first read goes out with the write (in order on the wire): one round trip when the reset is quick.
-  await Promise.all([
-    d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
-    pollUntil({
-      what: resetWhat(q),
-      read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
-      done: (v) => (v & Q_CTRL.RESET) === 0,
-      timeoutMs,
-    }),
-  ]);
+  // Both in one sendmsg (batchCommands): one wake-up of the device.
+  await batchCommands(d, () =>
+    Promise.all([
+      d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
+      pollUntil({
+        what: resetWhat(q),
+        read: () => d.read32(BAR0, qcfg(q, Q.CTRL)),
+        done: (v) => (v & Q_CTRL.RESET) === 0,
+        timeoutMs,
+      }),
+    ]),
+  );
 }
 
 /**
@@ -38,15 +42,17 @@ export async function quiesceQueueRegisters(d: Device, q: number, timeoutMs: num
   const ctrl = (v: bigint) => Number(v & 0xffff_ffffn);
   const status = (v: bigint) => Number(v >> 32n);
   try {
-    await Promise.all([
-      d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
-      pollUntil({
-        what: resetWhat(q),
-        read: () => d.read64(BAR0, qcfg(q, Q.CTRL)),
-        done: (v) => (ctrl(v) & Q_CTRL.RESET) === 0 && (status(v) & Q_STATUS.IDLE) !== 0,
-        timeoutMs,
-      }),
-    ]);
+    await batchCommands(d, () =>
+      Promise.all([
+        d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.RESET),
+        pollUntil({
+          what: resetWhat(q),
+          read: () => d.read64(BAR0, qcfg(q, Q.CTRL)),
+          done: (v) => (ctrl(v) & Q_CTRL.RESET) === 0 && (status(v) & Q_STATUS.IDLE) !== 0,
+          timeoutMs,
+        }),
+      ]),
+    );
   } catch (err) {
     if (!(err instanceof PollTimeoutError)) throw err;
     const last = err.lastValue as bigint;
@@ -79,14 +85,18 @@ export async function programQueue(
     { offset: Q.MEM_SIZE, width: 32, value: res.devmem?.size ?? 0n },
     { offset: Q.VECTOR, width: 32, value: BigInt(res.vectors[0]!) },
   ];
-  const writes = shadow
-    .needed(q, want)
-    .map((w) =>
-      w.width === 64
-        ? d.write64(BAR0, qcfg(q, w.offset), w.value)
-        : d.write32(BAR0, qcfg(q, w.offset), Number(w.value)),
-    );
-  writes.push(d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE));
+  // In one sendmsg (batchCommands): one wake-up of the device for them all.
+  const writes = batchCommands(d, () => {
+    const w = shadow
+      .needed(q, want)
+      .map((w) =>
+        w.width === 64
+          ? d.write64(BAR0, qcfg(q, w.offset), w.value)
+          : d.write32(BAR0, qcfg(q, w.offset), Number(w.value)),
+      );
+    w.push(d.write32(BAR0, qcfg(q, Q.CTRL), Q_CTRL.ENABLE));
+    return w;
+  });
   const results = await Promise.allSettled(writes);
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) {

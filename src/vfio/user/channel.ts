@@ -166,6 +166,17 @@ export class RequestChannel extends EventEmitter {
     });
   }
 
+  /**
+   * Runs `fn`, and the requests it sends without fds go to the server in one sendmsg when it returns (on a
+   * socket that can join them, StreamSocket.batch; else one each): one wake-up of the server for the lot.
+   * Each request keeps its own deadline and reply; order on the wire is the order of the calls.
+   */
+  batch<T>(fn: () => T): T {
+    const socket = this.#socket as MessageSocket & { batch?<R>(f: () => R): R; closed?: boolean };
+    if (this.#closed || typeof socket.batch !== 'function' || socket.closed) return fn();
+    return socket.batch(fn);
+  }
+
   #armTimer(due: number): void {
     if (this.#timer) clearTimeout(this.#timer);
     this.#timerDue = due;

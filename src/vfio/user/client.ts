@@ -115,6 +115,15 @@ export class VfioUserClient extends EventEmitter {
     };
   }
 
+  /**
+   * Runs `fn` (which issues calls without awaiting them, e.g. `p1 = c.regionWrite(...); p2 = c.regionRead(...)`);
+   * the requests it sends without fds go in one sendmsg when it returns, in the order issued. Each keeps its
+   * own deadline and reply. A request with fds goes in its own sendmsg, after those before it.
+   */
+  batch<T>(fn: () => T): T {
+    return this.#channel.batch(fn);
+  }
+
   /** Calls waiting for their reply. */
   get pendingCount(): number {
     return this.#channel.pendingCount;

@@ -117,6 +117,8 @@ export class VfioUserConnection {
       }
     })();
     this.#order = new RequestOrder(created, () => this.#flowControl());
+    // The replies to the requests one read brought that are answered at once (#serveNow) go in one sendmsg.
+    (socket as MessageSocket & { corkReads?(on: boolean): void }).corkReads?.(true);
     socket.on('message', (m) => this.#receive(m));
     socket.on('drain', () => this.#flowControl());
     socket.on('close', () => this.close('peer hung up'));
