@@ -45,6 +45,21 @@ async function queue0(r: Rig & { host: { view: Uint8Array } }, q = 0): Promise<T
   return tq;
 }
 
+/** Queue 0 copied from a map at VICTIM once (OK); then the map's memfd is truncated under the device. */
+async function copiedThenTruncated(r: Rig & { host: { view: Uint8Array } }): Promise<TestQueue> {
+  const victim = await r.map(VICTIM, 0x1_0000);
+  victim.view.fill(0xab);
+  const tq = await queue0(r);
+  await tq.submit([{ opcode: ds.OP_COPY, length: 64, src: VICTIM, dst: HOST + 0x8000n, tag: 1n }]);
+  assert.deepEqual(
+    (await tq.reap(1)).map((c) => c.status),
+    [ds.ST_OK],
+  );
+  victim.mapping.unmap(); // our own view would fault too
+  victim.memfd.truncate(0);
+  return tq;
+}
+
 async function lastFault(r: Rig): Promise<FaultRecord> {
   const head = await r32(r.bus, BAR0, ds.REG_FAULT_HEAD);
   const log = new Uint8Array(256);
@@ -120,16 +135,7 @@ test('a source truncated under the device: COPY completes as IOMMU_FAULT, fault 
   const before = openFds();
   const r = await bootedRig([]);
   try {
-    const victim = await r.map(VICTIM, 0x1_0000);
-    victim.view.fill(0xab);
-    const tq = await queue0(r);
-    await tq.submit([{ opcode: ds.OP_COPY, length: 64, src: VICTIM, dst: HOST + 0x8000n, tag: 1n }]);
-    assert.deepEqual(
-      (await tq.reap(1)).map((c) => c.status),
-      [ds.ST_OK],
-    );
-    victim.mapping.unmap(); // our own view would fault too
-    victim.memfd.truncate(0);
+    const tq = await copiedThenTruncated(r);
     r.host.view.fill(0x11, 0x9000, 0x9000 + 64);
     await tq.submit([{ opcode: ds.OP_COPY, length: 64, src: VICTIM + 0x100n, dst: HOST + 0x9000n, tag: 2n }]);
     const [c] = await tq.reap(1);
@@ -144,16 +150,7 @@ test('a source truncated under the device: COPY completes as IOMMU_FAULT, fault 
 test('a source another queue found truncated: a COPY from the map this queue copied from before is IOMMU_FAULT', async () => {
   const r = await bootedRig([]);
   try {
-    const victim = await r.map(VICTIM, 0x1_0000);
-    victim.view.fill(0xab);
-    const tq = await queue0(r);
-    await tq.submit([{ opcode: ds.OP_COPY, length: 64, src: VICTIM, dst: HOST + 0x8000n, tag: 1n }]);
-    assert.deepEqual(
-      (await tq.reap(1)).map((c) => c.status),
-      [ds.ST_OK],
-    );
-    victim.mapping.unmap();
-    victim.memfd.truncate(0);
+    const tq = await copiedThenTruncated(r);
     // Queue 1's access finds the backing gone (the guard counts the revocation there), before queue 0 looks.
     const other = await queue0(r, 1);
     await other.submit([{ opcode: ds.OP_COPY, length: 64, src: VICTIM, dst: HOST + 0xa000n, tag: 2n }]);
