@@ -152,14 +152,25 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     logger.error((err as Error).message);
     return 1;
   }
-  process.stdout.write(
-    `${JSON.stringify({ event: 'ready', sockets: Object.fromEntries(broker.sockets), dir: broker.dir, metrics: broker.metricsEndpoint })}\n`,
+  return serve(broker, device, logger, () =>
+    process.stdout.write(
+      `${JSON.stringify({ event: 'ready', sockets: Object.fromEntries(broker.sockets), dir: broker.dir, metrics: broker.metricsEndpoint })}\n`,
+    ),
   );
-  return serve(broker, device, logger);
 }
 
-/** Run until a signal, a lost device, or an upgrade that handed everything over. */
-function serve(broker: Broker, device: Device, logger: ReturnType<typeof createLogger>): Promise<number> {
+/**
+ * Run until a signal, a lost device, or an upgrade that handed everything over. `announce` says 'ready' once
+ * the signal handlers are in place: a supervisor (or a test) that signals the moment it reads 'ready' must not
+ * find SIGHUP's default action, which ends the process (it could: the write wakes the reader, which may run
+ * before this process installs the handlers).
+ */
+function serve(
+  broker: Broker,
+  device: Device,
+  logger: ReturnType<typeof createLogger>,
+  announce: () => void,
+): Promise<number> {
   // SIGUSR2: upgrade in place to the same entry point (devlease upgrade names another).
   const onUsr2 = () => void broker.upgrade().catch((err: Error) => logger.error(`upgrade: ${err.message}`));
   process.on('SIGUSR2', onUsr2);
@@ -190,6 +201,7 @@ function serve(broker: Broker, device: Device, logger: ReturnType<typeof createL
       logger.fatal(`the device is lost: ${why}; exiting`);
       void stop(1);
     });
+    announce();
   });
 }
 
@@ -284,10 +296,11 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
     ...(pinned ? { pinnedAccounting: pinned } : {}),
   });
   notifyMainPid(process.pid);
-  process.stdout.write(
-    `${JSON.stringify({ event: 'ready', upgraded: true, sockets: Object.fromEntries(broker.sockets), dir: broker.dir })}\n`,
+  return serve(broker, device, logger, () =>
+    process.stdout.write(
+      `${JSON.stringify({ event: 'ready', upgraded: true, sockets: Object.fromEntries(broker.sockets), dir: broker.dir })}\n`,
+    ),
   );
-  return serve(broker, device, logger);
 }
 
 /** systemd: the new process becomes the service's main PID (needs NotifyAccess=all; docs/OPERATIONS.md). */
