@@ -21,7 +21,8 @@ import { RegisterFile, sharedClock } from '../model/register-file.js';
 import { deviceRequestSlots } from './command-slots.js';
 import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
 import { IrqTable } from './irq-table.js';
-import { type Envelope, MailboxDevice, type WireError } from './mailbox.js';
+import type { Envelope, WireError } from './mailbox.js';
+import { MailboxDevice } from './mailbox-device.js';
 import { PageTable } from './page-revoke.js';
 
 export interface WorkerInit {
