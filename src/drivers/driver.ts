@@ -21,7 +21,8 @@ export interface LeaseRequest {
  */
 export interface DriverConfig {
   layout: { pageSize: number; allowCooperative: boolean };
-  lifetime: { revoke: boolean; quiesceTimeoutMs: number };
+  /** preparedSliceFds: the cap on slice fds prepared at reclaim (absent: none are prepared). */
+  lifetime: { revoke: boolean; quiesceTimeoutMs: number; preparedSliceFds?: number };
   sa1: {
     /** Firmware image path; null: the broker generates a valid default image. */
     firmware: string | null;
