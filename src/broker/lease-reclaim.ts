@@ -84,19 +84,24 @@ export async function reclaimLease(
     step('quiesce', () => table.driver.quiesce(lease.resources), 'on-timeout'),
   ]);
   await quiesced;
+  // The revokes went before the quiesce on the one connection, so they have been answered: a failed one is known.
+  await Promise.all(revokes);
+  const readyAhead = revoked && !unsafe && !problems.some((p) => p.startsWith('revoke slice'));
   // With the work stopped, unwiring and unmapping depend on none of each other: they go to the device
   // together (served in this order on its one connection, in one sendmsg), so reclaim waits for one more
-  // round trip.
+  // round trip. Behind them, not awaited, the driver asks for what the next grant needs (Driver.prepareAhead):
+  // its answer, an fd, does not delay theirs.
   const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
-  await batchCommands(table.device, () =>
-    Promise.all([
+  await batchCommands(table.device, () => {
+    const done = Promise.all([
       ...lease.resources.vectors.map((v) =>
         step(`unwire vector ${v}`, () => table.device.setIrqs(irqIndex, v, [null]), true),
       ),
       unmapAll(table.device, lease, step),
-      ...revokes,
-    ]),
-  );
+    ]);
+    if (readyAhead) table.driver.prepareAhead?.(lease.resources);
+    return done;
+  });
   lease.errFd?.close();
   lease.reqFd?.close();
   lease.noticeFd?.close();

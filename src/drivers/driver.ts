@@ -194,6 +194,14 @@ export interface Driver extends EventEmitter {
    */
   prepare?(res: LeaseResources): Promise<void>;
   /**
+   * Optional: called while the broker sends a reclaim's last device commands (unwire, unmaps), once the lease's
+   * queue is quiesced and every revoke of its slices has succeeded: ask the device now for what the next grant
+   * of these resources needs, without waiting for the answer (SA-1: the queue page's fresh slice fd,
+   * Device.prepareSliceFds, bounded by lifetime.prepared_slice_fds). prepare() follows when the reclaim ends
+   * well; the broker drops what was asked otherwise.
+   */
+  prepareAhead?(res: LeaseResources): void;
+  /**
    * Return the resources to the pool (after the broker has revoked or seen released every slice). Synchronous;
    * resources the driver has quarantined (a reset that did not finish) stay out of the pool.
    */

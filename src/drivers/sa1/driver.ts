@@ -228,13 +228,9 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // trip to the device's engine: a disable, a wait for IDLE and then a reset cost two. The read that
     // confirms it (RESET cleared and Q_STATUS.IDLE, one 8-byte read of both) goes out with the write, in
     // order on the wire.
-    const quiesced = quiesceQueueRegisters(d, q, this.#cfg.lifetime.quiesceTimeoutMs);
-    // On the wire behind the revokes and the quiesce (one device wake-up with them): the page's fresh fd.
-    this.#prepared.ask(res);
     try {
-      await quiesced;
+      await quiesceQueueRegisters(d, q, this.#cfg.lifetime.quiesceTimeoutMs);
     } catch (err) {
-      this.#prepared.drop(res);
       // Only a reset that never finished takes the queue out of the pool. A queue that never reports IDLE, or
       // a device that does not answer at all (the channel's ETIMEDOUT), fails the quiesce: the broker then
       // quarantines the lease, and the queue with it.
@@ -247,9 +243,15 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Called after the broker revoked the lease's slices, and "a revoked queue page's queue is reset"
     // (datasheet rev 2, section 8): the device reset the queue once its last holder could no longer write
     // the page, so nothing it wrote there (ring bases, a doorbell) reaches the next lease, which is granted
-    // without a reset of its own. No device command is needed (quiesce() asked for the page's fresh fd).
+    // without a reset of its own. No device command is needed (prepareAhead() asked for the page's fresh fd).
     this.#queues.markClean(res.queue!);
     if (this.#prepared.done(res.queue!)) this.#queues.markPrepared(res.queue!);
+  }
+
+  prepareAhead(res: LeaseResources): void {
+    // The page's fresh slice fd, asked in the reclaim's last batch (its unwire and unmaps): the reply comes
+    // behind theirs, and nothing of the reclaim waits for it.
+    this.#prepared.ask(res);
   }
 
   async resetLease(res: LeaseResources): Promise<void> {

@@ -1,6 +1,6 @@
-// Queue pages prepared at reclaim (issue 16): the reclaim asks the device for the page's fresh slice fd right
-// behind the revoke and the quiesce (Device.prepareSliceFds), so the next grant of the queue takes it without
-// a device request. Bounded by lifetime.prepared_slice_fds (the device refuses to hold more; then the grant
+// Queue pages prepared at reclaim (issue 16): the reclaim asks the device for the page's fresh slice fd in its
+// last batch, behind the unwire and the unmaps (Device.prepareSliceFds; nothing waits for it), so the next
+// grant of the queue takes it without a device request. Bounded by lifetime.prepared_slice_fds (the device refuses to hold more; then the grant
 // asks, as without). The pool (pools.ts) grants the most recently prepared queue first, so the fds are used.
 
 import type { Device } from '../../device/device.js';
@@ -24,11 +24,10 @@ export class PreparedPages {
   }
 
   /**
-   * A reclaim's quiesce of `res` is on the wire: ask for its page's fresh fd now, served after it. Only where
-   * the broker revokes slices: it sends the revokes just before the quiesce, so the answer is the page's new
-   * memory; a revoke that fails drops it again (vfio-user-slices.ts), as does any later revoke. The page only:
-   * the next grant of the queue asks exactly its range, while device-memory granules go to whichever lease
-   * fits them first.
+   * A reclaim of `res` quiesced its queue and revoked its slices (Driver.prepareAhead): ask for its page's fresh
+   * fd now, served after the revokes, so the answer is the page's new memory; any later revoke drops it again
+   * (vfio-user-slices.ts). The page only: the next grant of the queue asks exactly its range, while
+   * device-memory granules go to whichever lease fits them first.
    */
   ask(res: LeaseResources): void {
     const d = this.#dev;
