@@ -167,3 +167,53 @@ test('replies given in one turn go at its end, together, in order, after the dev
     device.dispose();
   }
 });
+
+test('a reply held for the turn whose socket a session closes itself in that turn: dropped, its fd closed, no throw', async () => {
+  const device = new MemoryDevice();
+  let socket!: StreamSocket;
+  let answered = false;
+  const model: VfioUserDeviceModel = {
+    deviceInfo: () => device.deviceInfo(),
+    regionInfo: (index) => device.regionInfo(index),
+    regionRead: (i, o, c) => device.regionRead(i, o, c),
+    regionWrite: (i, o, d) => device.regionWrite(i, o, d),
+    dmaMap: (r) => device.dmaMap(r),
+    dmaUnmap: (r) => device.dmaUnmap(r),
+    irqInfo: (i) => device.irqInfo(i),
+    // Answered from a promise (held for the turn's end), and the region request behind it is answered in the
+    // same turn (held too, with its fd); then, still in that turn, the socket is closed directly, as
+    // PendingSession's hang-up does, before its 'close' event can reach the connection.
+    setIrqs: async () => {
+      void Promise.resolve()
+        .then(() => undefined)
+        .then(() => undefined)
+        .then(() => undefined)
+        .then(() => {
+          answered = true;
+          socket.close();
+        });
+    },
+    reset: () => device.reset(),
+    feature: (r) => device.feature(r),
+    disconnected: (reason) => device.disconnected(reason),
+  };
+  const server = new VfioUserServer({ createDevice: () => model, log: () => {} });
+  const [x, y] = native.unixPair(true);
+  const raw = new Fd(y);
+  try {
+    socket = new StreamSocket(new Fd(x), { framing: VFIO_USER_FRAMING });
+    server.serveSocket(socket);
+    native.sendmsg(raw.fd, encodeCommand(1, P.VFIO_USER_VERSION, encodeVersion(0, 0, {})), []);
+    native.sendmsg(raw.fd, Buffer.concat([setIrqs(2, 0), regionInfoRequest(3, MEM_REGION)]), []);
+    const deadline = Date.now() + 5000;
+    while (!answered && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1));
+    assert.ok(answered, 'SET_IRQS reached the model');
+    // The flush of the held reply ran (a throw there would end the process: node:test fails the file).
+    await new Promise((r) => setImmediate(r));
+    assert.ok(socket.closed, 'the socket is closed');
+  } finally {
+    await server.close();
+    raw.close();
+    device.dispose();
+  }
+});

@@ -79,8 +79,10 @@ export class ConnectionReplies {
     if (this.#held.length === 0) return;
     const held = this.#held;
     this.#held = [];
+    let next = 0;
     const sendAll = (): void => {
-      for (const h of held) {
+      for (; next < held.length; next++) {
+        const h = held[next]!;
         try {
           if (!this.#closed) this.#write(h.data, h.fds);
         } finally {
@@ -88,8 +90,20 @@ export class ConnectionReplies {
         }
       }
     };
-    if (this.#socket.batch) this.#socket.batch(sendAll);
-    else sendAll();
+    try {
+      if (this.#socket.batch) this.#socket.batch(sendAll);
+      else sendAll();
+    } catch (err) {
+      // batch() refused to start: the socket was closed directly in this turn (a session's hang-up closes its
+      // socket, not the connection), before its 'close' event reached the connection. This runs from
+      // process.nextTick, where a throw would end the process: the replies are dropped, their fds closed.
+      for (; next < held.length; next++) if (held[next]!.fds) closeAll(held[next]!.fds!);
+      if (!this.#closed) {
+        this.#closed = true;
+        this.#cut(`send failed: ${(err as Error).message}`);
+      }
+      return;
+    }
     this.flowControl();
   }
 
