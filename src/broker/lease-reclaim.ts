@@ -137,7 +137,7 @@ export async function reclaimLease(
     ready = problems.length === before;
   }
   if (deviceLost(table, lease)) return forgetLease(table, ops, lease, reason, t0, problems);
-  // A slice fd the driver asked for at quiesce, for the next grant (Device.prepareSliceFds), is kept only for
+  // A slice fd the driver asked for in the last batch (prepareAhead), for the next grant (Device.prepareSliceFds), is kept only for
   // resources that go back to the pool readied: not of a lease quarantined or scrubbed (it would hold one of
   // the broker's few prepared fds for nothing, or for memory nobody revoked).
   if (!ready) forgetPrepared(table, lease);

@@ -118,7 +118,10 @@ export class QueuePool {
     return clean;
   }
 
-  /** A queue take() gave whose grant failed before it was used: first in line again (prepared still, if it was). */
+  /**
+   * A queue take() gave whose grant failed before it was used: first in line again, and first among the
+   * prepared (take() asks the device whether it still holds the queue's fd, so one that holds none is passed).
+   */
   untake(q: number): void {
     this.#free.unshift(q);
     this.#markPrepared(q);

@@ -10,7 +10,7 @@ import type { DriverConfig, LeaseResources } from '../driver.js';
 export class PreparedPages {
   readonly #dev: Device;
   readonly #cfg: DriverConfig;
-  /** Queues whose reclaim asked for their page's next fd, until that reclaim's prepare() or the next quiesce. */
+  /** Queues whose reclaim asked for their page's next fd, until that reclaim's prepare() (done()) or a drop(). */
   readonly #asked = new Set<number>();
 
   constructor(dev: Device, cfg: DriverConfig) {
@@ -50,15 +50,9 @@ export class PreparedPages {
     return this.#asked.delete(q);
   }
 
-  /** Drop what is prepared: of `res`'s queue page (its reclaim went wrong), or everything (boot, reset, loss). */
-  drop(res?: LeaseResources): void {
-    if (!res) {
-      this.#asked.clear();
-      this.#dev.forgetPreparedSliceFds?.();
-      return;
-    }
-    this.#asked.delete(res.queue!);
-    const page = res.slices.find((s) => s.region === BAR2);
-    if (page) this.#dev.forgetPreparedSliceFds?.(BAR2, [{ offset: page.offset, length: page.size }]);
+  /** Drop everything prepared (boot, reset, loss); a reclaim that went wrong drops its own (lease-reclaim.ts). */
+  drop(): void {
+    this.#asked.clear();
+    this.#dev.forgetPreparedSliceFds?.();
   }
 }
