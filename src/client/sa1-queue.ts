@@ -16,6 +16,16 @@ import { type QueueOptions, setUpQueue } from './sa1-queue-setup.js';
 export { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
 export { DEFAULT_COMPLETION_TIMEOUT_MS, type QueueOptions } from './sa1-queue-setup.js';
 
+// The queue page's words the hot path touches, as indexes of its Uint32Array: module constants, not a property
+// of the imported QP looked up (and divided) on every use, which costs when the path runs cold.
+const SQ_TAIL_W = QP.SQ_TAIL / 4;
+const SQ_HEAD_W = QP.SQ_HEAD / 4;
+const CQ_HEAD_W = QP.CQ_HEAD / 4;
+const Q_ERROR_W = QP.Q_ERROR / 4;
+const Q_NOTIFY_W = QP.Q_NOTIFY / 4;
+/** The addon's exports are a dictionary-mode object: the kick's function is looked up once, here. */
+const eventfdKick = native.eventfdKick;
+
 const FATAL = new Set<number>([
   STATUS_CODE.WINDOW_VIOLATION,
   STATUS_CODE.IOMMU_FAULT,
@@ -62,6 +72,8 @@ export class Sa1Queue {
   #pumping = false;
   /** The queue page's ioeventfd (doorbell kick, rev 2; the lease owns it), or null when the device offers none. */
   readonly #kickFd: Fd | null;
+  /** #kickFd's number (-1 without one), read once: the kick is the cold path's, and a getter costs there. */
+  readonly #kickNumber: number;
 
   private constructor(
     lease: Lease,
@@ -73,6 +85,7 @@ export class Sa1Queue {
   ) {
     this.lease = lease;
     this.#kickFd = kick;
+    this.#kickNumber = kick === null || kick.closed ? -1 : kick.fd;
     this.entries = entries;
     const page = lease.region(2);
     this.#page = new DataView(page.buffer);
@@ -111,7 +124,7 @@ export class Sa1Queue {
 
   /** The last error code the device reported (Q_ERROR), fatal or not; 0 since the last reset. */
   get lastError(): number {
-    return (this.#words[QP.Q_ERROR / 4] as number) & 0xff; // little-endian, as every host SA-1 runs on
+    return (this.#words[Q_ERROR_W] as number) & 0xff; // little-endian, as every host SA-1 runs on
   }
 
   /**
@@ -165,11 +178,32 @@ export class Sa1Queue {
    * first operation costs (issue 16).
    */
   post(d: Descriptor): void {
-    this.#checkSubmit(1);
-    this.#postTag = (this.#postTag + 1) >>> 0;
-    writeSqe(this.#sqWords, this.#tail & (this.entries - 1), d, this.#postTag, true, POSTED_TAG_HI);
+    // One function with no getter or helper on the way to the doorbell: called once per operation, this stays
+    // in V8's interpreter (never hot enough to be optimized), and after an idle pause each call, getter and
+    // object on the way costs microseconds of cold fetches (issue 16, tenth pass). The checks below admit
+    // only what #checkSubmit would; anything else goes to it, which names the error (or, for a non-fatal last
+    // error, passes).
+    const w = this.#words;
+    const tail = this.#tail;
+    const head = Atomics.load(w, SQ_HEAD_W);
+    const consumed = ((this.#cqHead - head) | 0) > 0 ? this.#cqHead : head;
+    if (
+      this.lease.closed ||
+      this.#stoppedBy !== 0 ||
+      ((w[Q_ERROR_W] as number) & 0xff) !== 0 ||
+      (tail - consumed) >>> 0 >= this.entries
+    ) {
+      this.#checkSubmit(1);
+    }
+    const tag = (this.#postTag + 1) >>> 0;
+    this.#postTag = tag;
+    writeSqe(this.#sqWords, tail & (this.entries - 1), d, tag, true, POSTED_TAG_HI);
     this.#posted++;
-    this.#ring(1);
+    const next = (tail + 1) >>> 0;
+    this.#tail = next;
+    // The doorbell and the kick as #ring() does them (its comment says why the order is safe).
+    Atomics.store(w, SQ_TAIL_W, next);
+    if (this.#kickFd !== null && (Atomics.load(w, Q_NOTIFY_W) & Q_NOTIFY_KICK_NEEDED) !== 0) this.#kick();
   }
 
   /** Submit several descriptors with one doorbell; each gets its own promise. */
@@ -210,8 +244,8 @@ export class Sa1Queue {
     // and is a full fence, so the Q_NOTIFY load below cannot pass it (datasheet §2.3, rev 2): a device that
     // set KICK_NEEDED before our store sees the flag's request answered by the kick; one that sets it later
     // reads our SQ_TAIL itself.
-    Atomics.store(this.#words, QP.SQ_TAIL / 4, this.#tail);
-    if (this.#kickFd !== null && (Atomics.load(this.#words, QP.Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) !== 0) {
+    Atomics.store(this.#words, SQ_TAIL_W, this.#tail);
+    if (this.#kickFd !== null && (Atomics.load(this.#words, Q_NOTIFY_W) & Q_NOTIFY_KICK_NEEDED) !== 0) {
       this.#kick();
     }
   }
@@ -227,8 +261,9 @@ export class Sa1Queue {
       // A queue that spins for its completions writes and yields once (native eventfd.cc): the woken device
       // thread often lands on this CPU, and the spin that follows would hold it off for a whole time slice
       // (~1.5 ms). One that never spins (spinUs 0) goes straight to its event loop, which frees the CPU.
-      if (this.#spinMs > 0) native.eventfdKick(fd.fd);
-      else native.eventfdWrite(fd.fd, 1);
+      // The number was read once: open while fd is (checked just above).
+      if (this.#spinMs > 0) eventfdKick(this.#kickNumber);
+      else native.eventfdWrite(this.#kickNumber, 1);
     } catch {
       // EBADF: the lease closed under us (the doorbell itself was stored; the device's idle poll still
       // finds it). EAGAIN (a saturated counter, a wake-up pending anyway) is no error.
@@ -246,7 +281,7 @@ export class Sa1Queue {
    * right after collecting one SQ_HEAD may not show it yet; the count does.
    */
   #consumed(): number {
-    const head = Atomics.load(this.#words, QP.SQ_HEAD / 4);
+    const head = Atomics.load(this.#words, SQ_HEAD_W);
     return ((this.#cqHead - head) | 0) > 0 ? this.#cqHead : head;
   }
 
@@ -291,7 +326,7 @@ export class Sa1Queue {
         else p.reject(new DeviceStatusError(c));
       }
     }
-    if (n) Atomics.store(this.#words, QP.CQ_HEAD / 4, this.#cqHead);
+    if (n) Atomics.store(this.#words, CQ_HEAD_W, this.#cqHead);
     return n;
   }
 
