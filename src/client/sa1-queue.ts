@@ -6,6 +6,7 @@
 
 import { constants as osConstants } from 'node:os';
 import { CQE_SIZE, Q_NOTIFY_KICK_NEEDED, QP, SQE_SIZE, STATUS_CODE, STATUS_NAME } from '../hw/sa1/regs.js';
+import { monotonicMs } from '../sys/clock.js';
 import { type Fd, native } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
@@ -38,7 +39,7 @@ interface Pending {
   reject(e: Error): void;
   /** What was submitted, for a timeout's message. */
   opcode: Descriptor['opcode'];
-  /** performance.now() (ms) past which the completion is overdue. */
+  /** monotonicMs() past which the completion is overdue. */
   deadline: number;
 }
 
@@ -159,7 +160,7 @@ export class Sa1Queue {
     this.#checkSubmit(1);
     const tag = ++this.#tag;
     writeSqe(this.#sqWords, this.#tail & (this.entries - 1), d, tag, true);
-    const deadline = performance.now() + this.#timeoutMs;
+    const deadline = monotonicMs() + this.#timeoutMs;
     const promise = new Promise<Completion>((resolve, reject) =>
       this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
     );
@@ -209,7 +210,7 @@ export class Sa1Queue {
   /** Submit several descriptors with one doorbell; each gets its own promise. */
   submitBatch(ds: Descriptor[]): Promise<Completion>[] {
     this.#checkSubmit(ds.length);
-    const deadline = performance.now() + this.#timeoutMs;
+    const deadline = monotonicMs() + this.#timeoutMs;
     const promises = ds.map((d, i) => {
       const tag = ++this.#tag;
       writeSqe(this.#sqWords, (this.#tail + i) & (this.entries - 1), d, tag, i === ds.length - 1);
@@ -332,11 +333,11 @@ export class Sa1Queue {
 
   /** Spin on the completion ring until `pred` holds or `timeoutNs` passes (hot-path measurements). */
   spinUntil(pred: () => boolean, timeoutNs = 1_000_000_000n): boolean {
-    // performance.now() (a double) rather than hrtime.bigint(), which allocates a BigInt per look.
-    const end = performance.now() + Number(timeoutNs) / 1e6;
+    // monotonicMs() (a double) rather than hrtime.bigint(), which allocates a BigInt per look.
+    const end = monotonicMs() + Number(timeoutNs) / 1e6;
     while (!pred()) {
       this.poll();
-      if (performance.now() > end) return false;
+      if (monotonicMs() > end) return false;
     }
     return true;
   }
@@ -346,8 +347,8 @@ export class Sa1Queue {
     this.#pumping = true;
     try {
       while (this.#pending.size && !this.lease.closed) {
-        const end = performance.now() + this.#spinMs;
-        while (!this.poll() && performance.now() < end) {
+        const end = monotonicMs() + this.#spinMs;
+        while (!this.poll() && monotonicMs() < end) {
           /* brief spin: the device answers in microseconds */
         }
         if (!this.#pending.size) break;
@@ -376,7 +377,7 @@ export class Sa1Queue {
     const first = this.#pending.entries().next();
     if (first.done) return false;
     const [tag, p] = first.value;
-    if (performance.now() < p.deadline) return false;
+    if (monotonicMs() < p.deadline) return false;
     const ms = this.#timeoutMs;
     const queue = this.lease.info.queue ?? '?';
     const more = this.#pending.size > 1 ? ` (and ${this.#pending.size - 1} submitted after it)` : '';
