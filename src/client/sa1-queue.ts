@@ -7,7 +7,10 @@
 import { constants as osConstants } from 'node:os';
 import { CQE_SIZE, Q_NOTIFY_KICK_NEEDED, QP, SQE_SIZE, STATUS_CODE, STATUS_NAME } from '../hw/sa1/regs.js';
 import { monotonicMs } from '../sys/clock.js';
-import { type Fd, native } from '../sys/index.js';
+// Straight from the files, not sys/index.js: that also loads the servers' modules, and through node:fs ~20
+// of Node's stream modules, which a client never uses (issue 16).
+import type { Fd } from '../sys/fd.js';
+import { native } from '../sys/native.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';

@@ -15,6 +15,7 @@ const dist = (p: string): string => new URL(`../../src/${p}`, import.meta.url).h
 const CHILD = `
 const before = new Set(process.moduleLoadList);
 await import(${JSON.stringify(dist('client/index.js'))});
+await import(${JSON.stringify(dist('client/sa1-queue.js'))});
 const { StreamSocket } = await import(${JSON.stringify(dist('sys/stream-socket.js'))});
 const { VfioUserClient } = await import(${JSON.stringify(dist('vfio/user/client.js'))});
 const { VFIO_USER_FRAMING } = await import(${JSON.stringify(dist('vfio/user/transport.js'))});
