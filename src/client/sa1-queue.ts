@@ -2,9 +2,9 @@
 // writing the queue page's doorbell directly (no broker on the hot path),
 // completions found by the phase bit, spinning briefly and then waiting on
 // the queue's interrupt eventfd. Setting a queue up (options, the clean
-// check, the rings and kick fd asked of the broker) is sa1-queue-setup.ts.
+// check, the rings and kick fd asked of the broker) is sa1-queue-setup.ts;
+// submit()'s promises, sa1-pending.ts.
 
-import { constants as osConstants } from 'node:os';
 import { CQE_SIZE, Q_NOTIFY_KICK_NEEDED, QP, SQE_SIZE, STATUS_CODE, STATUS_NAME } from '../hw/sa1/regs.js';
 import { monotonicMs } from '../sys/clock.js';
 // Straight from the files, not sys/index.js: that also loads the servers' modules, and through node:fs ~20
@@ -14,7 +14,8 @@ import { native } from '../sys/native.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';
-import { type Completion, type Descriptor, DeviceStatusError, writeSqe } from './sa1-descriptor.js';
+import { type Completion, type Descriptor, writeSqe } from './sa1-descriptor.js';
+import { PendingCompletions } from './sa1-pending.js';
 import { type QueueOptions, setUpQueue } from './sa1-queue-setup.js';
 
 export { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
@@ -37,15 +38,6 @@ const FATAL = new Set<number>([
   STATUS_CODE.BAD_QUEUE_CONFIG,
 ]);
 
-interface Pending {
-  resolve(c: Completion): void;
-  reject(e: Error): void;
-  /** What was submitted, for a timeout's message. */
-  opcode: Descriptor['opcode'];
-  /** monotonicMs() past which the completion is overdue. */
-  deadline: number;
-}
-
 export class Sa1Queue {
   readonly lease: Lease;
   readonly entries: number;
@@ -67,7 +59,8 @@ export class Sa1Queue {
   #stoppedBy = 0; // a fatal status seen in a completion: the queue is in ERROR until our reset
   /** The last tag given (a number: tags stay far below 2^53, and number keys hash faster than bigints). */
   #tag = 0;
-  readonly #pending = new Map<number, Pending>();
+  /** submit()'s descriptors awaiting completion (sa1-pending.ts). */
+  readonly #pending = new PendingCompletions();
   /** Descriptors post()ed and not collected yet (they have no entry in #pending). */
   #posted = 0;
   /** post()'s tags count on their own, with POSTED_TAG_HI in the high word: submit()'s stay below 2^53. */
@@ -164,9 +157,7 @@ export class Sa1Queue {
     const tag = ++this.#tag;
     writeSqe(this.#sqWords, this.#tail & (this.entries - 1), d, tag, true);
     const deadline = monotonicMs() + this.#timeoutMs;
-    const promise = new Promise<Completion>((resolve, reject) =>
-      this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
-    );
+    const promise = this.#pending.add(tag, d.opcode, deadline);
     this.#ring(1);
     this.#startPump();
     return promise;
@@ -217,9 +208,7 @@ export class Sa1Queue {
     const promises = ds.map((d, i) => {
       const tag = ++this.#tag;
       writeSqe(this.#sqWords, (this.#tail + i) & (this.entries - 1), d, tag, i === ds.length - 1);
-      return new Promise<Completion>((resolve, reject) =>
-        this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
-      );
+      return this.#pending.add(tag, d.opcode, deadline);
     });
     this.#ring(ds.length);
     this.#startPump();
@@ -322,13 +311,7 @@ export class Sa1Queue {
         status: STATUS_NAME[rawStatus] ?? 'UNKNOWN',
         rawStatus,
       };
-      const key = tagLo + tagHi * 2 ** 32;
-      const p = this.#pending.get(key);
-      if (p) {
-        this.#pending.delete(key);
-        if (c.status === 'OK') p.resolve(c);
-        else p.reject(new DeviceStatusError(c));
-      }
+      this.#pending.settle(tagLo + tagHi * 2 ** 32, c);
     }
     if (n) Atomics.store(this.#words, CQ_HEAD_W, this.#cqHead);
     return n;
@@ -377,28 +360,13 @@ export class Sa1Queue {
 
   /** The oldest pending descriptor is overdue: fail it and everything after it (ETIMEDOUT). */
   #timedOut(): boolean {
-    const first = this.#pending.entries().next();
-    if (first.done) return false;
-    const [tag, p] = first.value;
-    if (monotonicMs() < p.deadline) return false;
-    const ms = this.#timeoutMs;
-    const queue = this.lease.info.queue ?? '?';
-    const more = this.#pending.size > 1 ? ` (and ${this.#pending.size - 1} submitted after it)` : '';
-    this.#failAll(
-      Object.assign(
-        leaseError(
-          'ETIMEDOUT',
-          `SA-1 queue ${queue} (lease ${this.lease.info.lease}): descriptor tag ${tag} (${p.opcode}) did not complete within ${ms} ms${more}; the device may be hung or frozen: reset() the queue or lease again`,
-        ),
-        { errno: osConstants.errno.ETIMEDOUT },
-      ),
-    );
-    return true;
+    const err = this.#pending.overdue(this.#timeoutMs, this.lease.info.queue, this.lease.info.lease);
+    if (err) this.#failAll(err);
+    return err !== null;
   }
 
   #failAll(err: Error): void {
-    for (const p of this.#pending.values()) p.reject(err);
-    this.#pending.clear();
+    this.#pending.failAll(err);
     this.#posted = 0; // never completing either
   }
 
