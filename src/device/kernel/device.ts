@@ -10,18 +10,15 @@
 // the device fd once (directFd()), maps its slice at the region's offset and
 // closes it, and the broker checks from /proc that it did
 // (src/broker/audit-scan). Feature 13 is never sent here: in the kernel it is
-// s390's ZPCI_ERROR, not devlease's revoke.
+// s390's ZPCI_ERROR, not devlease's revoke. Region info, bounds and BAR map
+// tracking are regions.ts.
 
 import { EventEmitter } from 'node:events';
 import { closedError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import {
-  decodeRegionTypeCap,
-  decodeSparseMmapCap,
   encodeDeviceFeature,
   encodeIrqSet,
-  findCap,
-  parseCapChain,
   VFIO_DEVICE_FEATURE,
   VFIO_DEVICE_FEATURE_DMA_BUF,
   VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
@@ -31,17 +28,12 @@ import {
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_DEVICE_GET_INFO,
   VFIO_DEVICE_GET_IRQ_INFO,
-  VFIO_DEVICE_GET_REGION_INFO,
   VFIO_DEVICE_RESET,
   VFIO_DEVICE_SET_IRQS,
   VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
-  VFIO_REGION_INFO_CAP_TYPE,
-  VFIO_REGION_INFO_FLAG_CAPS,
   VFIO_REGION_INFO_FLAG_MMAP,
   vfio_device_info,
   vfio_irq_info,
-  vfio_region_info,
 } from '../../vfio/uapi/index.js';
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
@@ -49,6 +41,7 @@ import { readPciIds } from '../pci-ids.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
+import { checkMappable, readRegionInfo, regionSpan, trackBarMap } from './regions.js';
 import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
 
 export interface KernelDeviceParts {
@@ -191,44 +184,13 @@ export class KernelDevice extends EventEmitter implements Device {
   async region(index: number): Promise<DeviceRegion> {
     const known = this.#regions.get(index);
     if (known) return known;
-    const r = this.#regionInfo(index);
+    const r = readRegionInfo((name, request, arg) => this.#ioctl(name, request, arg), index);
     this.#regions.set(index, r);
     return r;
   }
 
-  /** DEVICE_GET_REGION_INFO; asked again with the kernel's argsz when the capability chain did not fit. */
-  #regionInfo(index: number): DeviceRegion {
-    const name = `VFIO_DEVICE_GET_REGION_INFO(${index})`;
-    let buf = vfio_region_info.encode({ argsz: vfio_region_info.size, index });
-    this.#ioctl(name, VFIO_DEVICE_GET_REGION_INFO, buf);
-    let info = vfio_region_info.decode(buf);
-    if (info.argsz > buf.byteLength) {
-      buf = new Uint8Array(info.argsz);
-      vfio_region_info.encode({ argsz: info.argsz, index }, buf);
-      this.#ioctl(name, VFIO_DEVICE_GET_REGION_INFO, buf);
-      info = vfio_region_info.decode(buf);
-    }
-    const region: DeviceRegion = { index, flags: info.flags, size: info.size, offset: info.offset };
-    if (info.flags & VFIO_REGION_INFO_FLAG_CAPS && info.cap_offset !== 0) {
-      const caps = parseCapChain(buf.subarray(0, Math.min(info.argsz, buf.byteLength)), info.cap_offset);
-      const sparse = findCap(caps, VFIO_REGION_INFO_CAP_SPARSE_MMAP);
-      if (sparse) region.sparse = decodeSparseMmapCap(sparse.bytes);
-      const type = findCap(caps, VFIO_REGION_INFO_CAP_TYPE);
-      if (type) region.type = decodeRegionTypeCap(type.bytes);
-    }
-    return region;
-  }
-
   async #span(index: number, offset: bigint | number, count: number): Promise<bigint> {
-    const r = await this.region(index);
-    const off = BigInt(offset);
-    if (off < 0n || count < 0 || off + BigInt(count) > r.size) {
-      throw codedError(
-        'EINVAL',
-        `region ${index}: [0x${off.toString(16)}, +${count}) is outside its 0x${r.size.toString(16)} bytes`,
-      );
-    }
-    return r.offset + off;
+    return regionSpan(await this.region(index), index, offset, count);
   }
 
   async read(index: number, offset: bigint | number, count: number): Promise<Uint8Array> {
@@ -286,31 +248,10 @@ export class KernelDevice extends EventEmitter implements Device {
   async mapRegion(index: number, offset = 0n, length?: bigint): Promise<UserMemory> {
     const r = await this.region(index);
     const len = length ?? r.size - offset;
-    if (!(r.flags & VFIO_REGION_INFO_FLAG_MMAP))
-      throw codedError('EINVAL', `region ${index} cannot be mmapped`);
-    if (r.sparse && !r.sparse.some((a) => offset >= a.offset && offset + len <= a.offset + a.size)) {
-      throw codedError(
-        'EINVAL',
-        `region ${index}: [0x${offset.toString(16)}, +0x${len.toString(16)}) is not in a mmap area`,
-      );
-    }
+    checkMappable(r, index, offset, len);
     const at = await this.#span(index, offset, Number(len));
     if (this.#closed) throw closedError(`kernel device ${this.#name}`);
-    const mem = this.#sys.mmap(this.#fd, Number(len), at, 'rw');
-    const unmap = mem.unmap.bind(mem);
-    const tracked: UserMemory = {
-      address: mem.address,
-      length: mem.length,
-      get u8() {
-        return mem.u8;
-      },
-      unmap: () => {
-        this.#barMaps.delete(tracked);
-        unmap();
-      },
-    };
-    this.#barMaps.add(tracked);
-    return tracked;
+    return trackBarMap(this.#barMaps, this.#sys.mmap(this.#fd, Number(len), at, 'rw'));
   }
 
   iovaRanges(): IovaRange[] {

@@ -2,7 +2,8 @@
 // command, checking each reply's shape. The request/reply machinery
 // (pipelining, timeouts, disconnects) is channel.ts; serving the server's
 // DMA_READ/DMA_WRITE from the client's maps is dma-maps.ts; the device
-// queries (info, region info, irq info, io fds, features) are client-queries.ts.
+// queries (info, region info, irq info, io fds, features) are client-queries.ts;
+// region reads and writes split into messages are client-region-access.ts.
 import { EventEmitter } from 'node:events';
 import { misuse, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
@@ -10,15 +11,10 @@ import { MAX_FDS } from '../../sys/native.js';
 import { type CallOptions, type FdLike, type ReplyMessage, RequestChannel } from './channel.js';
 import * as Q from './client-queries.js';
 import { closeAll, type RegionInfo } from './client-queries.js';
+import * as Access from './client-region-access.js';
 import type { VfioUserMessage } from './codec.js';
 import { bufferMemory, ClientDmaMaps, type DmaMemory } from './dma-maps.js';
-import {
-  encodeIrqSet,
-  encodeRegionAccess,
-  irqSetArgs,
-  vfio_user_dma_map,
-  vfio_user_dma_unmap,
-} from './messages.js';
+import { encodeIrqSet, irqSetArgs, vfio_user_dma_map, vfio_user_dma_unmap } from './messages.js';
 import * as P from './protocol.js';
 import type { IoFdSubRegion } from './region-io-fds.js';
 import { connectVfioUser, type MessageSocket } from './transport.js';
@@ -234,62 +230,14 @@ export class VfioUserClient extends EventEmitter {
     return Math.min(this.serverCapabilities.maxDataXferSize, this.#ourMaxXfer);
   }
 
-  /** Read `count` bytes, split into pipelined messages of at most maxTransfer bytes. */
-  async regionRead(
-    index: number,
-    offset: bigint | number,
-    count: number,
-    opts?: CallOptions,
-  ): Promise<Buffer> {
-    // A register read is one message: no split, no join.
-    if (Number.isSafeInteger(count) && count > 0 && count <= this.maxTransfer) {
-      return this.#readOne(index, BigInt(offset), count, opts);
-    }
-    const parts = await Promise.all(
-      this.#chunks(BigInt(offset), count).map(([off, n]) => this.#readOne(index, off, n, opts)),
-    );
-    return Buffer.concat(parts);
+  /** Read `count` bytes, split into pipelined messages of at most maxTransfer bytes (client-region-access.ts). */
+  regionRead(index: number, offset: bigint | number, count: number, opts?: CallOptions): Promise<Buffer> {
+    return Access.regionRead(this.#requester, this.maxTransfer, index, offset, count, opts);
   }
 
-  /** One REGION_READ message; the data is a view of the reply (the reply is this call's own). */
-  async #readOne(index: number, off: bigint, n: number, opts?: CallOptions): Promise<Buffer> {
-    const r = await this.request(P.VFIO_USER_REGION_READ, Q.regionAccessHead(off, index, n), [], opts);
-    closeAll(r.fds);
-    return Q.regionReadData(this.#requester, r.payload, off, index, n);
-  }
-
-  async regionWrite(
-    index: number,
-    offset: bigint | number,
-    data: Uint8Array,
-    opts?: CallOptions,
-  ): Promise<void> {
-    const base = BigInt(offset);
-    await Promise.all(
-      this.#chunks(base, data.byteLength).map(async ([off, n]) => {
-        const at = Number(off - base);
-        const r = await this.request(
-          P.VFIO_USER_REGION_WRITE,
-          encodeRegionAccess(off, index, data.subarray(at, at + n)),
-          [],
-          opts,
-        );
-        closeAll(r.fds);
-      }),
-    );
-  }
-
-  #chunks(offset: bigint, count: number): [bigint, number][] {
-    if (!Number.isSafeInteger(count) || count <= 0) {
-      throw Object.assign(new RangeError(`count ${count} must be a positive integer`), {
-        code: 'ERR_DEVLEASE_INVALID_ARG',
-      });
-    }
-    const out: [bigint, number][] = [];
-    for (let done = 0; done < count; done += this.maxTransfer) {
-      out.push([offset + BigInt(done), Math.min(this.maxTransfer, count - done)]);
-    }
-    return out;
+  /** Write `data`, split into pipelined messages of at most maxTransfer bytes. */
+  regionWrite(index: number, offset: bigint | number, data: Uint8Array, opts?: CallOptions): Promise<void> {
+    return Access.regionWrite(this.#requester, this.maxTransfer, index, offset, data, opts);
   }
 
   /**
