@@ -69,6 +69,11 @@ export interface BrokerConfig {
     defaultDeadlineMs: number;
     /** How long quiescing a queue may take before the broker resets it anyway. */
     quiesceTimeoutMs: number;
+    /**
+     * At most this many slice fds asked at reclaim for the next grant (issue 16: the grant then needs no slice
+     * request of its own); 0: none. Each is an open fd of the broker's until a grant takes it.
+     */
+    preparedSliceFds: number;
   };
   /** The SA-1 driver's settings (documented where the driver declares them). */
   sa1: DriverConfig['sa1'];
@@ -144,7 +149,7 @@ export function defaultConfig(): BrokerConfig {
     sockets: { mode: 0o666, group: null, versionTimeoutMs: 5000, maxPending: 128, maxPendingPerUid: 32 },
     admin: { mode: 0o600, group: null },
     layout: { pageSize: 4096, allowCooperative: false },
-    lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500 },
+    lifetime: { revoke: true, defaultDeadlineMs: 1000, quiesceTimeoutMs: 500, preparedSliceFds: 8 },
     sa1: {
       firmware: null,
       windowSize: 4n << 30n,

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
+import { MAX_PREPARED_SLICES } from '../device/prepared-slices.js';
 import type { IovaViewMode } from '../drivers/driver.js';
 import { DevleaseError } from '../errors.js';
 import type { DirectAuditConfig } from './audit-scan/auditor.js';
@@ -252,6 +253,7 @@ export function configFromObject(doc: Table): BrokerConfig {
     revoke: life.bool('revoke', d.lifetime.revoke),
     defaultDeadlineMs: life.int('default_deadline_ms', d.lifetime.defaultDeadlineMs, 0, 3_600_000),
     quiesceTimeoutMs: life.int('quiesce_timeout_ms', d.lifetime.quiesceTimeoutMs, 1, 60_000),
+    preparedSliceFds: life.int('prepared_slice_fds', d.lifetime.preparedSliceFds, 0, MAX_PREPARED_SLICES),
   };
   life.done();
 

@@ -84,19 +84,24 @@ export async function reclaimLease(
     step('quiesce', () => table.driver.quiesce(lease.resources), 'on-timeout'),
   ]);
   await quiesced;
+  // The revokes went before the quiesce on the one connection, so they have been answered: a failed one is known.
+  await Promise.all(revokes);
+  const readyAhead = revoked && !unsafe && !problems.some((p) => p.startsWith('revoke slice'));
   // With the work stopped, unwiring and unmapping depend on none of each other: they go to the device
   // together (served in this order on its one connection, in one sendmsg), so reclaim waits for one more
-  // round trip.
+  // round trip. Behind them, not awaited, the driver asks for what the next grant needs (Driver.prepareAhead):
+  // its answer, an fd, does not delay theirs.
   const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
-  await batchCommands(table.device, () =>
-    Promise.all([
+  await batchCommands(table.device, () => {
+    const done = Promise.all([
       ...lease.resources.vectors.map((v) =>
         step(`unwire vector ${v}`, () => table.device.setIrqs(irqIndex, v, [null]), true),
       ),
       unmapAll(table.device, lease, step),
-      ...revokes,
-    ]),
-  );
+    ]);
+    if (readyAhead) table.driver.prepareAhead?.(lease.resources);
+    return done;
+  });
   lease.errFd?.close();
   lease.reqFd?.close();
   lease.noticeFd?.close();
@@ -125,9 +130,17 @@ export async function reclaimLease(
   if (deviceLost(table, lease)) return forgetLease(table, ops, lease, reason, t0, problems);
   // The next grant of these resources finds them ready (SA-1: the queue reset after its last holder lost
   // the queue page). Not where scrub already did it; a failure leaves the work to the grant.
-  if (revoked && !unsafe && table.driver.prepare)
+  let ready = false;
+  if (revoked && !unsafe && table.driver.prepare) {
+    const before = problems.length;
     await step('prepare', () => table.driver.prepare!(lease.resources), false);
+    ready = problems.length === before;
+  }
   if (deviceLost(table, lease)) return forgetLease(table, ops, lease, reason, t0, problems);
+  // A slice fd the driver asked for at quiesce, for the next grant (Device.prepareSliceFds), is kept only for
+  // resources that go back to the pool readied: not of a lease quarantined or scrubbed (it would hold one of
+  // the broker's few prepared fds for nothing, or for memory nobody revoked).
+  if (!ready) forgetPrepared(table, lease);
   for (const u of units) u.dispose(table.watcher);
   direct?.forget(lease.id);
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -213,6 +226,11 @@ export function forgetLease(
   table.emit('state', lease);
   table.emit('released', lease);
   lease.parked();
+}
+
+function forgetPrepared(table: LeaseTable, lease: Lease): void {
+  for (const s of lease.resources.slices)
+    table.device.forgetPreparedSliceFds?.(s.region, [{ offset: s.offset, length: s.size }]);
 }
 
 /** Whether the device connection `lease` was granted on is gone. */

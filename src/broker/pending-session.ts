@@ -76,6 +76,8 @@ export class PendingSession implements VfioUserDeviceModel {
         () => this.#onGranted(lease),
         (err: unknown) => this.#onGrantFailed(err),
       );
+      // What VERSION's reply adds (the vfio-user connection merges it); no versionCapabilities() besides, which
+      // would build the same lease info a second time.
       return this.#session.versionCapabilities();
     } finally {
       // Admission counts this connection until its grant has ended, as when VERSION waited for it.
@@ -145,10 +147,6 @@ export class PendingSession implements VfioUserDeviceModel {
 
   get kind(): string {
     return this.#kind;
-  }
-
-  versionCapabilities(): Record<string, unknown> {
-    return this.#session?.versionCapabilities() ?? {};
   }
 
   #s(): LeaseSession {

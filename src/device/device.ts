@@ -98,6 +98,24 @@ export interface Device extends EventEmitter {
    */
   sliceFds(region: number, ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]>;
   /**
+   * Optional: ask the device now for the slice fds that a later sliceFds() of exactly these `ranges` of
+   * `region` returns without a device round trip (a reclaim readies the next grant's slice once the old one is
+   * revoked: the request must reach the device after that revoke). Not asked (false) when that would hold more
+   * than `cap` prepared fds, or one of the ranges is prepared already. Nothing to await: a failure only means
+   * that sliceFds() asks the device itself. What is prepared is kept until that call, a revoke of the same
+   * slice (a failed one too), a new connection, a reset, a handover, forgetPreparedSliceFds() or close().
+   */
+  prepareSliceFds?(region: number, ranges: { offset: bigint; length: bigint }[], cap: number): boolean;
+  /** Optional: whether every one of `ranges` of `region` is prepared (see prepareSliceFds). */
+  hasPreparedSliceFds?(region: number, ranges: { offset: bigint; length: bigint }[]): boolean;
+  /**
+   * Optional: close the prepared slice fds over `ranges` of `region`, or with no arguments all of them (the
+   * device's slices may have changed, e.g. a whole-device reset).
+   */
+  forgetPreparedSliceFds?(region?: number, ranges?: { offset: bigint; length: bigint }[]): void;
+  /** Optional: how many prepared slice fds the device holds or has asked for (status, tests). */
+  readonly preparedSliceFdCount?: number;
+  /**
    * Permanently revoke a slice: every mapping of any description of it stops reaching the device. With
    * `fault` (the default) those mappings fault; without, they keep working on memory the device has let go of.
    * 'ENOTSUP' if unsupported.

@@ -2,16 +2,14 @@
 // (the SA-1 simulator, or any vfio-user server). Slices come from the
 // dma-buf feature (11) and are revoked with feature 13 — a devlease/SA-1
 // extension that exists only over vfio-user (in the kernel, 13 is s390's
-// ZPCI_ERROR feature; see docs/PROTOCOL.md).
+// ZPCI_ERROR feature; see docs/PROTOCOL.md): vfio-user-slices.ts, which also
+// asks slices ahead of their grant. Region io fds are io-fd-cache.ts.
 
 import { EventEmitter } from 'node:events';
 import { closedError as closedHandleError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
-import { native } from '../sys/native.js';
 import { StreamSocket } from '../sys/stream-socket.js';
-import { encodeDmaBufPayload, encodeDmaBufRevokePayload } from '../vfio/uapi/payloads.js';
 import {
-  DMA_BUF_REVOKE_FLAG_DETACH,
   VFIO_DEVICE_FEATURE_DMA_BUF,
   VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
   VFIO_DEVICE_FEATURE_GET,
@@ -40,7 +38,10 @@ import type {
   RevokeOptions,
   Transport,
 } from './device.js';
+import { IoFdCache } from './io-fd-cache.js';
 import { readPciIds } from './pci-ids.js';
+import type { SliceRange } from './prepared-slices.js';
+import { VfioUserSlices } from './vfio-user-slices.js';
 
 /** A vfio-user device connection as a broker upgrade hands it over (JSON; the socket travels as an fd). */
 export interface VfioUserDeviceHandover {
@@ -65,12 +66,10 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   numIrqs = 0;
   capabilities = { mappableSlices: false, revocableSlices: false };
   readonly #ranges: IovaRange[];
-  /** Region io fds of the current connection's device, per region index (see regionIoFds). */
-  readonly #ioFds = new Map<number, Promise<RegionIoFds>>();
-  /** The entries of #ioFds that were answered (an upgrade hands those over). */
-  readonly #ioFdsKnown = new Map<number, RegionIoFds>();
-  /** Regions whose io fds were ever asked for: a reconnect asks the new connection for them at once. */
-  readonly #ioFdRegions = new Set<number>();
+  /** Region io fds of the current connection's device (see regionIoFds). */
+  readonly #ioFds = new IoFdCache((index) => this.client.regionIoFds(index));
+  /** Slice fds: asked, revoked, and asked ahead of their grant (prepareSliceFds) on the current connection. */
+  readonly #slices = new VfioUserSlices(() => this.client);
   readonly #opts: VfioUserClientOptions;
   #client: VfioUserClient;
   /** A reconnect's new connection while it is being checked (close() closes it too). */
@@ -142,10 +141,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     dev.capabilities = state.capabilities;
     if (state.ioFds?.length && !take) throw new Error('the io fds handed over need their fds');
     for (const r of state.ioFds ?? []) {
-      const io: RegionIoFds = { subRegions: r.subRegions, fds: r.fds.map((i) => take!(i)) };
-      dev.#ioFdRegions.add(r.index);
-      dev.#ioFds.set(r.index, Promise.resolve(io));
-      dev.#ioFdsKnown.set(r.index, io);
+      dev.#ioFds.adopt(r.index, { subRegions: r.subRegions, fds: r.fds.map((i) => take!(i)) });
     }
     return dev;
   }
@@ -155,6 +151,8 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
    * has waited for every call to be answered (pendingCount 0), so no reply is owed on this connection.
    */
   handover(add: (fd: Fd) => number): { state: VfioUserDeviceHandover; fd: Fd } {
+    // The slices may change hands before this connection is used here again (the next process revokes).
+    this.#slices.forgetPrepared();
     const socket = this.#client.socket as StreamSocket;
     const partial = socket.partial();
     if (partial.fds.length) throw new Error('the device connection is mid-message with fds: not now');
@@ -168,7 +166,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
         numRegions: this.numRegions,
         numIrqs: this.numIrqs,
         capabilities: this.capabilities,
-        ioFds: [...this.#ioFdsKnown].map(([index, io]) => ({
+        ioFds: this.#ioFds.known().map(([index, io]) => ({
           index,
           subRegions: io.subRegions,
           fds: io.fds.map(add),
@@ -186,7 +184,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     this.#client = client;
     client.on('close', (reason: Error | null) => {
       // The io fds came from this connection's device (a restarted one has others).
-      if (client === this.#client) this.#dropIoFds();
+      if (client === this.#client) this.#dropConnectionState();
       if (client === this.#client && !this.#dropped.has(client)) this.emit('close', reason);
     });
   }
@@ -196,7 +194,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     if (this.#closed || client.closed || this.#dropped.has(client)) return;
     // Marked dropped so its own 'close' (reason-less) is not passed on: this one, with the reason, is.
     this.#dropped.add(client);
-    this.#dropIoFds();
+    this.#dropConnectionState();
     client.close();
     this.emit('close', reason);
   }
@@ -206,7 +204,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     const old = this.#client;
     // Until the new connection is checked, calls keep failing at once on the old, closed one.
     this.#dropped.add(old);
-    this.#dropIoFds();
+    this.#dropConnectionState();
     old.close();
     const client = await VfioUserClient.connect(this.endpoint, this.#opts);
     if (this.#closed) {
@@ -242,7 +240,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     // reconnect leaves the broker holding what it held before (the same number of ioeventfds, not none
     // until some lease asks), and the first grant after it costs no device round trip. Best effort: a
     // failure leaves the region uncached, to be asked at the next grant as before.
-    await Promise.all([...this.#ioFdRegions].map((index) => this.#cachedIoFds(index).catch(() => undefined)));
+    await this.#ioFds.refetch();
   }
 
   async region(index: number): Promise<DeviceRegion> {
@@ -334,120 +332,49 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     });
   }
   reset(): Promise<void> {
+    this.#slices.forgetPrepared();
     return this.client.reset();
   }
 
-  async sliceFds(region: number, ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]> {
-    const data = encodeDmaBufPayload({
-      region_index: region,
-      open_flags: native.constants.O_RDWR as number,
-      ranges,
-    });
-    const r = await this.client.feature({
-      flags: VFIO_DEVICE_FEATURE_GET,
-      feature: VFIO_DEVICE_FEATURE_DMA_BUF,
-      data,
-    });
-    if (r.fds.length !== ranges.length) {
-      for (const fd of r.fds) fd.close();
-      throw Object.assign(
-        new Error(`the device gave ${r.fds.length} slice fds for ${ranges.length} ranges`),
-        {
-          code: 'EPROTO',
-        },
-      );
-    }
-    return r.fds;
+  /** A prepared fd when there is one (prepareSliceFds), else the device is asked in this tick (in a batch). */
+  sliceFds(region: number, ranges: SliceRange[]): Promise<Fd[]> {
+    return this.#slices.get(region, ranges);
+  }
+  prepareSliceFds(region: number, ranges: SliceRange[], cap: number): boolean {
+    return this.connected && this.#slices.prepare(region, ranges, cap);
+  }
+  hasPreparedSliceFds(region: number, ranges: SliceRange[]): boolean {
+    return this.#slices.hasPrepared(region, ranges);
+  }
+  forgetPreparedSliceFds(region?: number, ranges?: SliceRange[]): void {
+    this.#slices.forgetPrepared(region, ranges);
+  }
+  get preparedSliceFdCount(): number {
+    return this.#slices.preparedCount;
   }
 
   /**
-   * Asked of the device once per region and kept: the ioeventfds are the device's for its lifetime, and a
-   * lease grant should not cost a device round trip. Each call returns dups the caller owns.
+   * Asked of the device once per region and kept (IoFdCache). Each call returns dups the caller owns; with
+   * `within`, only that range's sub-regions and their fds.
    */
-  async regionIoFds(index: number, within?: { offset: bigint; size: bigint }): Promise<RegionIoFds> {
-    const all = await this.#cachedIoFds(index);
-    const inside = within
-      ? all.subRegions.filter(
-          (s) => s.offset >= within.offset && s.offset + s.size <= within.offset + within.size,
-        )
-      : all.subRegions;
-    // Only the fds those sub-regions use are duplicated, renumbered in order of first use.
-    const at = new Map<number, number>();
-    const subRegions = inside.map((s) => {
-      let i = at.get(s.fdIndex);
-      if (i === undefined) {
-        i = at.size;
-        at.set(s.fdIndex, i);
-      }
-      return { ...s, fdIndex: i };
-    });
-    const dups: Fd[] = [];
-    try {
-      for (const from of at.keys()) {
-        const fd = all.fds[from];
-        if (!fd) throw new Error(`region ${index}: sub-region names fd ${from} of ${all.fds.length}`);
-        dups.push(fd.dup());
-      }
-    } catch (err) {
-      for (const fd of dups) fd.close();
-      throw err;
-    }
-    return { subRegions, fds: dups };
+  regionIoFds(index: number, within?: { offset: bigint; size: bigint }): Promise<RegionIoFds> {
+    return this.#ioFds.get(index, within);
   }
 
-  /**
-   * The current connection's io fds of region `index`, asked of the device once. A refusal that is the
-   * device's answer for this connection's lifetime (ENOTSUP: it offers none; ENOSPC: more than one message
-   * can carry, e.g. an SA-1 with over 253 queues) is kept too, so each lease does not ask again (with 1,024
-   * queues the simulator's refusal cost it ~10 ms per lease); any other failure is not kept.
-   */
-  #cachedIoFds(index: number): Promise<RegionIoFds> {
-    let cached = this.#ioFds.get(index);
-    if (!cached) {
-      this.#ioFdRegions.add(index);
-      const p = this.client.regionIoFds(index);
-      cached = p;
-      this.#ioFds.set(index, p);
-      p.then(
-        (io) => {
-          if (this.#ioFds.get(index) === p) this.#ioFdsKnown.set(index, io);
-        },
-        (err: { code?: string }) => {
-          if (err.code === 'ENOTSUP' || err.code === 'ENOSPC') return;
-          if (this.#ioFds.get(index) === p) this.#ioFds.delete(index);
-        },
-      );
-    }
-    return cached;
+  /** The connection changes or goes: its io fds and prepared slice fds were that device's. */
+  #dropConnectionState(): void {
+    this.#ioFds.drop();
+    this.#slices.forgetPrepared();
   }
 
-  #dropIoFds(): void {
-    for (const p of this.#ioFds.values()) {
-      p.then(
-        (r) => {
-          for (const fd of r.fds) fd.close();
-        },
-        () => {},
-      );
-    }
-    this.#ioFds.clear();
-    this.#ioFdsKnown.clear();
-  }
-
-  async revokeSlice(fd: Fd, opts: RevokeOptions = {}): Promise<void> {
-    const data = encodeDmaBufRevokePayload(0, (opts.fault ?? true) ? 0 : DMA_BUF_REVOKE_FLAG_DETACH);
-    const r = await this.client.feature({
-      flags: VFIO_DEVICE_FEATURE_SET,
-      feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
-      data,
-      fds: [fd],
-    });
-    for (const f of r.fds) f.close();
+  revokeSlice(fd: Fd, opts: RevokeOptions = {}): Promise<void> {
+    return this.#slices.revoke(fd, opts);
   }
 
   /** Close for good (idempotent): a reconnect in progress fails, and nothing it opened stays open. */
   async close(): Promise<void> {
     this.#closed = true;
+    this.#slices.forgetPrepared();
     this.#joining?.close();
     this.#client.close();
   }

@@ -21,7 +21,8 @@ export interface LeaseRequest {
  */
 export interface DriverConfig {
   layout: { pageSize: number; allowCooperative: boolean };
-  lifetime: { revoke: boolean; quiesceTimeoutMs: number };
+  /** preparedSliceFds: the cap on slice fds prepared at reclaim (absent: none are prepared). */
+  lifetime: { revoke: boolean; quiesceTimeoutMs: number; preparedSliceFds?: number };
   sa1: {
     /** Firmware image path; null: the broker generates a valid default image. */
     firmware: string | null;
@@ -192,6 +193,14 @@ export interface Driver extends EventEmitter {
    * Bounded as quiesce(); on a rejection activate() does the work itself.
    */
   prepare?(res: LeaseResources): Promise<void>;
+  /**
+   * Optional: called while the broker sends a reclaim's last device commands (unwire, unmaps), once the lease's
+   * queue is quiesced and every revoke of its slices has succeeded: ask the device now for what the next grant
+   * of these resources needs, without waiting for the answer (SA-1: the queue page's fresh slice fd,
+   * Device.prepareSliceFds, bounded by lifetime.prepared_slice_fds). prepare() follows when the reclaim ends
+   * well; the broker drops what was asked otherwise.
+   */
+  prepareAhead?(res: LeaseResources): void;
   /**
    * Return the resources to the pool (after the broker has revoked or seen released every slice). Synchronous;
    * resources the driver has quarantined (a reset that did not finish) stay out of the pool.

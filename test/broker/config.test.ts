@@ -41,6 +41,7 @@ mode = 0o660
 [lifetime]
 revoke = false
 default_deadline_ms = 250
+prepared_slice_fds = 3
 [sa1]
 window_size = "256MiB"
 [[policy.rule]]
@@ -57,6 +58,8 @@ max_leases = 0
   assert.deepEqual(c.reconnect, { enabled: true, initialMs: 10, maxMs: 500 });
   assert.equal(c.sockets.mode, 0o660);
   assert.equal(c.lifetime.revoke, false);
+  assert.equal(c.lifetime.preparedSliceFds, 3);
+  assert.equal(parseConfig('').lifetime.preparedSliceFds, 8, 'eight prepared slice fds at most by default');
   assert.equal(c.sa1.windowSize, 256n << 20n);
   assert.equal(c.policy.rules.length, 2);
   assert.equal(c.policy.rules[0]!.maxMappedBytes, 1n << 30n);
@@ -103,6 +106,14 @@ test('each kind of mistake names the field', () => {
   bad('[sa1]\nwindow_size = "lots"', /sa1\.window_size: must be a byte size/);
   bad('[lifetime]\nrevoke = "yes"', /lifetime\.revoke: must be true or false/);
   bad('[lifetime]\nrevokee = true', /lifetime\.revokee: unknown key/);
+  bad(
+    '[lifetime]\nprepared_slice_fds = -1',
+    /lifetime\.prepared_slice_fds: must be an integer from 0 to 1024 \(got -1\)/,
+  );
+  bad(
+    '[lifetime]\nprepared_slice_fds = 4096',
+    /lifetime\.prepared_slice_fds: must be an integer from 0 to 1024/,
+  );
   bad('[[policy.rule]]\nkinds = ["queue"]', /policy\.rule\[0\]: needs exactly one of uid, gid or any/);
   bad('[[policy.rule]]\nuid = 5\nmax_leases = -1', /policy\.rule\[0\]\.max_leases/);
   bad('[device]\nname = "a/b"', /device\.name: may contain only/);

@@ -4,16 +4,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as ds from '../../src/sim/model/datasheet.js';
-import { decodeFaultRecord, type FaultRecord } from '../../src/sim/model/faults.js';
 import { BAR0, qcfg, r32 } from './helpers/driver.js';
+import { lastFault } from './helpers/fault-log.js';
 import { type Booted, booted, HOST_IOVA, queue } from './helpers/scenario.js';
-
-async function lastFault(p: Booted): Promise<FaultRecord> {
-  const head = await r32(p.bus, BAR0, ds.REG_FAULT_HEAD);
-  const bytes = new Uint8Array(256);
-  for (let i = 0; i < 64; i++) bytes.set(await p.bus.read(BAR0, ds.REG_FAULT_LOG + 4 * i, 4), 4 * i);
-  return decodeFaultRecord(bytes, (head - 1) % 16);
-}
 
 async function queueStatus(p: Booted): Promise<number> {
   return r32(p.bus, BAR0, qcfg(0, ds.Q_STATUS));

@@ -9,10 +9,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as ds from '../../src/sim/model/datasheet.js';
-import { decodeFaultRecord, type FaultRecord } from '../../src/sim/model/faults.js';
 import { type Fd, MemFd, native } from '../../src/sys/index.js';
 import { pipeSync } from '../fixtures/broker/pipe.js';
 import { BAR0, boot, qcfg, r32, TestQueue } from './helpers/driver.js';
+import { lastFault } from './helpers/fault-log.js';
 import { openFds, type Rig, rig, until } from './helpers/real.js';
 
 const FW = 0x10_0000n;
@@ -58,13 +58,6 @@ async function copiedThenTruncated(r: Rig & { host: { view: Uint8Array } }): Pro
   victim.mapping.unmap(); // our own view would fault too
   victim.memfd.truncate(0);
   return tq;
-}
-
-async function lastFault(r: Rig): Promise<FaultRecord> {
-  const head = await r32(r.bus, BAR0, ds.REG_FAULT_HEAD);
-  const log = new Uint8Array(256);
-  for (let i = 0; i < 64; i++) log.set(await r.bus.read(BAR0, ds.REG_FAULT_LOG + 4 * i, 4), 4 * i);
-  return decodeFaultRecord(log, (head - 1) % 16);
 }
 
 async function assertQueueFaulted(r: Rig, at: bigint): Promise<void> {

@@ -35,6 +35,7 @@ import { queueLeaseResources } from './grant.js';
 import { checkAlive, checkAsLeft, RECOVER_WAITS_MS, readStatusRegisters } from './health.js';
 import { Sa1Monitor } from './monitor.js';
 import { Granules, QueuePool, WindowSlots } from './pools.js';
+import { PreparedPages } from './prepared-pages.js';
 import { QcfgShadow } from './qcfg-shadow.js';
 import { programQueue, quiesceQueueRegisters, resetQueueRegisters, resetWhat } from './queue-program.js';
 
@@ -72,12 +73,15 @@ export class Sa1Driver extends EventEmitter implements Driver {
   #windows: WindowSlots | null = null;
   #granules: Granules | null = null;
   readonly #monitor: Sa1Monitor;
+  /** Queue pages whose next slice fd a reclaim asked for (the next grant of the queue asks none). */
+  readonly #prepared: PreparedPages;
 
   constructor(dev: Device, cfg: DriverConfig) {
     super();
     this.#dev = dev;
     this.#cfg = cfg;
     this.#monitor = new Sa1Monitor(dev, cfg, this);
+    this.#prepared = new PreparedPages(dev, cfg);
   }
 
   get geometry(): Sa1Geometry {
@@ -115,6 +119,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // whose reset does not finish stays out of the pool.
     this.#queues.forget();
     this.#qcfg.clear();
+    this.#prepared.drop();
     for (let q = 0; q < g.numQueues; q++) {
       if (!((await d.read32(BAR0, qcfg(q, Q.CTRL))) & (Q_CTRL.ENABLE | Q_CTRL.RESET))) continue;
       await this.#resetQueue(q).catch((err: { code?: string }) => {
@@ -179,7 +184,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
         `devmemGranules must be 0..${this.#cfg.sa1.maxDevmemGranules}, got ${String(granules)}`,
       );
     }
-    const q = this.#queues.take();
+    const stride = BigInt(g.queueStride);
+    const q = this.#queues.take((p) => this.#prepared.holds(p, stride));
     if (q === undefined) {
       const stuck = this.#queues.stuck.length
         ? ` or quarantined (${this.#queues.stuck.length} whose reset did not finish)`
@@ -237,8 +243,15 @@ export class Sa1Driver extends EventEmitter implements Driver {
     // Called after the broker revoked the lease's slices, and "a revoked queue page's queue is reset"
     // (datasheet rev 2, section 8): the device reset the queue once its last holder could no longer write
     // the page, so nothing it wrote there (ring bases, a doorbell) reaches the next lease, which is granted
-    // without a reset of its own. No device command is needed.
+    // without a reset of its own. No device command is needed (prepareAhead() asked for the page's fresh fd).
     this.#queues.markClean(res.queue!);
+    if (this.#prepared.done(res.queue!)) this.#queues.markPrepared(res.queue!);
+  }
+
+  prepareAhead(res: LeaseResources): void {
+    // The page's fresh slice fd, asked in the reclaim's last batch (its unwire and unmaps): the reply comes
+    // behind theirs, and nothing of the reclaim waits for it.
+    this.#prepared.ask(res);
   }
 
   async resetLease(res: LeaseResources): Promise<void> {
@@ -287,6 +300,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
       geometry: { ...this.geometry, devmemSize: this.geometry.devmemSize.toString() },
       freeQueues: this.#queues.freeCount,
       quarantinedQueues: this.#queues.stuck,
+      preparedSliceFds: this.#dev.preparedSliceFdCount ?? 0,
     };
   }
 
@@ -295,6 +309,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#monitor.stopHeartbeat();
     this.#queues.forgetClean();
     this.#qcfg.clear();
+    this.#prepared.drop();
     await resetDevice(this.#dev);
     await enableBusMaster(this.#dev);
     await bootFirmware(this.#dev, this.#cfg.sa1.firmware);
@@ -359,6 +374,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
     this.#monitor.stopHeartbeat();
     this.#queues.empty();
     this.#qcfg.clear();
+    this.#prepared.drop();
     this.#monitor.closeInterrupts();
     this.#windows = null;
     this.#granules = null;

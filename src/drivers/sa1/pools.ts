@@ -65,20 +65,28 @@ export class Granules {
 }
 
 /**
- * The queues: which are free to lease (lowest first), which are stuck (a reset that did not finish: never
+ * The queues: which are free to lease, which are stuck (a reset that did not finish: never
  * leased again by this driver, whatever the broker does with the lease that held them — a grant whose
  * activation timed out gives its queue back with release()), and which are clean (reset by this driver and
- * not enabled since: reclaim's quiesce or scrub paid the reset, so the next grant needs none of its own).
+ * not enabled since: reclaim's quiesce or scrub paid the reset, so the next grant needs none of its own), and which were prepared at their reclaim (the device holds their queue
+ * page's next slice fd: the next grant of one asks the device for none).
+ *
+ * take() order: the most recently prepared free queue (LIFO, so with a steady churn of a few leases the few
+ * prepared fds the cap allows are the ones granted next), then the lowest clean one (no reset at grant), then
+ * the lowest. A stuck queue is never free.
  */
 export class QueuePool {
   #free: number[] = [];
   readonly #stuck = new Set<number>();
   readonly #clean = new Set<number>();
+  /** Queues prepared at reclaim, most recent last; each checked against the device when taken. */
+  #prepared: number[] = [];
 
-  /** A fresh boot: nothing stuck or clean yet (fill() makes the free list once the device is up). */
+  /** A fresh boot: nothing stuck, clean or prepared yet (fill() makes the free list once the device is up). */
   forget(): void {
     this.#stuck.clear();
     this.#clean.clear();
+    this.#prepared = [];
   }
 
   /** Every queue of `numQueues` free but the stuck ones and those `held` (an upgrade's leases). */
@@ -91,17 +99,29 @@ export class QueuePool {
   /** The device is lost: nothing to lease and nothing known clean until the next boot. */
   empty(): void {
     this.#clean.clear();
+    this.#prepared = [];
     this.#free = [];
   }
 
-  /** The lowest free queue, or undefined. */
-  take(): number | undefined {
-    return this.#free.shift();
+  /**
+   * A free queue in take() order, or undefined. `prepared(q)`: whether the device still holds q's prepared
+   * slice fd (it drops them on a revoke, reset, new connection or handover); one it no longer holds is only clean.
+   */
+  take(prepared: (q: number) => boolean = () => false): number | undefined {
+    while (this.#prepared.length) {
+      const q = this.#prepared.pop()!;
+      if (prepared(q) && this.#remove(q)) return q;
+    }
+    const clean = this.#free.find((q) => this.#clean.has(q));
+    if (clean === undefined) return this.#free.shift();
+    this.#remove(clean);
+    return clean;
   }
 
-  /** A queue take() gave whose grant failed before it was used: first in line again. */
+  /** A queue take() gave whose grant failed before it was used: first in line again (prepared still, if it was). */
   untake(q: number): void {
     this.#free.unshift(q);
+    this.#markPrepared(q);
   }
 
   /** A reclaimed queue, free again unless it is stuck (or already free). */
@@ -116,6 +136,7 @@ export class QueuePool {
   quarantine(q: number): void {
     this.#stuck.add(q);
     this.#free = this.#free.filter((f) => f !== q);
+    this.#prepared = this.#prepared.filter((p) => p !== q);
   }
 
   get freeCount(): number {
@@ -144,9 +165,33 @@ export class QueuePool {
     this.#clean.add(q);
   }
 
-  /** Nothing is known clean any more (a device reset or recovery will reset every queue anyway). */
+  /** `q` is clean and its reclaim prepared its slice fd: the next take() prefers it over the others. */
+  markPrepared(q: number): void {
+    if (this.#clean.has(q)) this.#markPrepared(q);
+  }
+
+  /** Nothing is known clean or prepared any more (a device reset or recovery will reset every queue anyway). */
   forgetClean(): void {
     this.#clean.clear();
+    this.#prepared = [];
+  }
+
+  /** The prepared queues, most recent last (tests, status). */
+  get prepared(): number[] {
+    return [...this.#prepared];
+  }
+
+  #markPrepared(q: number): void {
+    this.#prepared = this.#prepared.filter((p) => p !== q);
+    this.#prepared.push(q);
+  }
+
+  /** Take `q` out of the free list: whether it was there. */
+  #remove(q: number): boolean {
+    const i = this.#free.indexOf(q);
+    if (i < 0) return false;
+    this.#free.splice(i, 1);
+    return true;
   }
 
   /** As an upgrade's handover left them (see stuck and clean). */

@@ -5,7 +5,7 @@
 // and SLOT_BYTES of inline bytes; a SlotCodec (command-slots.ts) says
 // which request is which op and fields.
 
-/** Int32 words before the ring (mailbox.ts names them). */
+/** Int32 words before the ring (named below). */
 export const WORDS = 16;
 /** Slots in the ring: posts the device has not taken yet, at most (a sleeping device takes DMA maps late). */
 export const SLOTS = 256;
@@ -75,3 +75,31 @@ export interface SlotCodec<R> {
   encode(req: R, slots: SlotViews, at: number): number;
   decode(op: number, slots: SlotViews, at: number): R;
 }
+
+// The Int32 words, by index: what the caller (mailbox.ts) and the device (mailbox-device.ts) share.
+export const W_REQUEST = 0; // number of the last post (request or one-way) written to the ring
+export const W_ANSWERED = 1; // sequence number of the last request answered
+/** Non-zero while the device sleeps in waitFds() (so a request must also write the wake eventfd). */
+export const W_FD_SLEEP = 2;
+/** The device's wake eventfd (a process-wide fd number). */
+export const W_WAKE_FD = 3;
+/** Count of posts (requests and one-way) the device has taken and acted on. */
+export const W_TAKEN = 4;
+/** Engine epoch: odd while the device is inside a round (its pending check included). */
+export const W_EPOCH = 5;
+/** Non-zero while the front end waits on W_EPOCH (so the device notifies when it moves). */
+export const W_EPOCH_WAITER = 6;
+/** Non-zero once the front end handed out the queues' kick fds (GET_REGION_IO_FDS). */
+export const W_KICKS_OUT = 7;
+/** Number of the last post the device copied out of the ring: slots up to it may be written again. */
+export const W_SEEN = 8;
+/** The reply to request W_ANSWERED: its seq, its kind (R_*), its byte count. */
+export const W_REPLY_SEQ = 9;
+export const W_REPLY_KIND = 10;
+export const W_REPLY_LEN = 11;
+/** Non-zero while the caller waits for a free slot (so the device notifies W_SEEN as it takes posts). */
+export const W_SLOT_WAITER = 12;
+
+export const R_NOTHING = 0;
+export const R_BYTES = 1;
+export const R_PORT = 2;

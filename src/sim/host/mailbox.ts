@@ -1,7 +1,8 @@
 // The command channel between the simulator's front end (main thread) and
 // its device worker, for the owner commands the device itself must act on
 // (register accesses are answered from the shared register file and never
-// come here; see frontend.ts).
+// come here; see frontend.ts). This file is the caller's side; the device's
+// side is mailbox-device.ts, the shared layout and words mailbox-ring.ts.
 //
 // Requests sit in a ring of fixed slots in shared memory (an op number and a
 // few numeric fields, encoded by a SlotCodec: command-slots.ts; the layout
@@ -39,42 +40,29 @@ import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
 import {
   MEMORY_BYTES,
+  R_BYTES,
+  R_NOTHING,
   REPLY_AT,
   REPLY_BYTES,
   SLOTS,
   type SlotCodec,
   SlotViews,
   slotAt,
+  W_ANSWERED,
+  W_EPOCH,
+  W_EPOCH_WAITER,
+  W_FD_SLEEP,
+  W_KICKS_OUT,
+  W_REPLY_KIND,
+  W_REPLY_LEN,
+  W_REPLY_SEQ,
+  W_REQUEST,
+  W_SEEN,
+  W_SLOT_WAITER,
+  W_TAKEN,
+  W_WAKE_FD,
   WORDS,
 } from './mailbox-ring.js';
-
-// Int32 word indexes.
-const W_REQUEST = 0; // number of the last post (request or one-way) written to the ring
-const W_ANSWERED = 1; // sequence number of the last request answered
-/** Non-zero while the device sleeps in waitFds() (so a request must also write the wake eventfd). */
-const W_FD_SLEEP = 2;
-/** The device's wake eventfd (a process-wide fd number). */
-const W_WAKE_FD = 3;
-/** Count of posts (requests and one-way) the device has taken and acted on. */
-const W_TAKEN = 4;
-/** Engine epoch: odd while the device is inside a round (its pending check included). */
-const W_EPOCH = 5;
-/** Non-zero while the front end waits on W_EPOCH (so the device notifies when it moves). */
-const W_EPOCH_WAITER = 6;
-/** Non-zero once the front end handed out the queues' kick fds (GET_REGION_IO_FDS). */
-const W_KICKS_OUT = 7;
-/** Number of the last post the device copied out of the ring: slots up to it may be written again. */
-const W_SEEN = 8;
-/** The reply to request W_ANSWERED: its seq, its kind (R_*), its byte count. */
-const W_REPLY_SEQ = 9;
-const W_REPLY_KIND = 10;
-const W_REPLY_LEN = 11;
-/** Non-zero while the caller waits for a free slot (so the device notifies W_SEEN as it takes posts). */
-const W_SLOT_WAITER = 12;
-
-const R_NOTHING = 0;
-const R_BYTES = 1;
-const R_PORT = 2;
 
 /** A request as taken. `seq` 0: a one-way post (no answer). `n`: its number among all posts. */
 export interface Envelope<R> {
@@ -254,6 +242,33 @@ export class MailboxCaller<R> {
     }
   }
 
+  /** The device has taken post `n` and acted on it. */
+  hasTaken(n: number): boolean {
+    return ((Atomics.load(this.#words, W_TAKEN) - n) | 0) >= 0;
+  }
+
+  /** Wake the device if need be and block until it has taken post `n`. Throws EIO past `timeoutMs`. */
+  awaitTaken(n: number, timeoutMs: number): void {
+    if (this.hasTaken(n)) return;
+    this.#wake();
+    const w = this.#words;
+    const deadline = performance.now() + timeoutMs;
+    // As in quiesce(): with the waiter flag set, taken() moves W_EPOCH and notifies it.
+    Atomics.store(w, W_EPOCH_WAITER, 1);
+    try {
+      for (;;) {
+        const epoch = Atomics.load(w, W_EPOCH);
+        if (this.hasTaken(n)) return;
+        const left = deadline - performance.now();
+        if (left <= 0)
+          throw new VfioError('EIO', `device did not take a posted command within ${timeoutMs} ms`);
+        Atomics.wait(w, W_EPOCH, epoch, Math.min(left, 1));
+      }
+    } finally {
+      Atomics.store(w, W_EPOCH_WAITER, 0);
+    }
+  }
+
   /**
    * Wait until the device cannot be using what post `n` took away: it has taken the post, or it is outside
    * a round (its next round takes every pending post before touching memory). No wait at all when the
@@ -279,132 +294,5 @@ export class MailboxCaller<R> {
     } finally {
       Atomics.store(w, W_EPOCH_WAITER, 0);
     }
-  }
-}
-
-/** The device's side (worker thread). */
-export class MailboxDevice<R> {
-  readonly #words: Int32Array;
-  #seen = 0;
-  /** A post taken and put back (putBack): the next take() returns it first. */
-  #held: Envelope<R> | null = null;
-
-  readonly #slots: SlotViews;
-  readonly #reply: Uint8Array;
-
-  constructor(
-    sab: SharedArrayBuffer,
-    private readonly port: MessagePort,
-    private readonly codec: SlotCodec<R>,
-  ) {
-    this.#words = new Int32Array(sab, 0, WORDS);
-    this.#slots = new SlotViews(sab);
-    this.#reply = new Uint8Array(sab, REPLY_AT, REPLY_BYTES);
-  }
-
-  /** A request was posted that has not been taken yet. */
-  get pending(): boolean {
-    return this.#held !== null || Atomics.load(this.#words, W_REQUEST) !== this.#seen;
-  }
-
-  /** Return a taken post, to be taken again first (a look at the head of the ring that must not act on it). */
-  putBack(env: Envelope<R>): void {
-    this.#held = env;
-  }
-
-  /** The next request, or null when none is waiting. */
-  take(): Envelope<R> | null {
-    const held = this.#held;
-    if (held) {
-      this.#held = null;
-      return held;
-    }
-    const w = this.#words;
-    if (Atomics.load(w, W_REQUEST) === this.#seen) return null;
-    const n = (this.#seen + 1) | 0;
-    const at = slotAt(n);
-    const slots = this.#slots;
-    const op = slots.op(at);
-    const seq = slots.seq(at);
-    if (slots.n(at) !== n) throw new Error(`mailbox slot for post ${n} holds post ${slots.n(at)}`);
-    let req: R;
-    if (op !== 0) req = this.codec.decode(op, this.#slots, at);
-    else {
-      const got = receiveMessageOnPort(this.port);
-      // The caller posts to the port before it publishes the slot: never.
-      if (!got) throw new Error(`post ${n} is on the port but the port is empty`);
-      req = got.message as R;
-    }
-    // Copied out: the caller may write the slot again.
-    this.#seen = n;
-    Atomics.store(w, W_SEEN, n);
-    if (Atomics.load(w, W_SLOT_WAITER) !== 0) Atomics.notify(w, W_SEEN);
-    return { seq, n, req };
-  }
-
-  /** The front end handed out the kick fds (GET_REGION_IO_FDS). */
-  get kicksHandedOut(): boolean {
-    return Atomics.load(this.#words, W_KICKS_OUT) !== 0;
-  }
-
-  /** Posts up to `n` are acted on: a front end waiting in quiesce() may go on. */
-  taken(n: number): void {
-    const w = this.#words;
-    Atomics.store(w, W_TAKEN, n);
-    if (Atomics.load(w, W_EPOCH_WAITER) !== 0) {
-      Atomics.add(w, W_EPOCH, 2); // same parity: still in the round, but the waiter must look again
-      Atomics.notify(w, W_EPOCH);
-    }
-  }
-
-  /** Entering a round (before looking for posts): from here the device may touch mapped memory. */
-  enterRound(): void {
-    Atomics.add(this.#words, W_EPOCH, 1);
-  }
-
-  /** Round over: nothing mapped is in use until the next enterRound(). */
-  leaveRound(): void {
-    const w = this.#words;
-    Atomics.add(w, W_EPOCH, 1);
-    if (Atomics.load(w, W_EPOCH_WAITER) !== 0) Atomics.notify(w, W_EPOCH);
-  }
-
-  /** Answer request `seq` and wake the caller: nothing or a few bytes in shared memory, the rest on the port. */
-  answer(seq: number, reply: Omit<Reply, 'seq'>): void {
-    const w = this.#words;
-    const v = reply.value;
-    if (reply.error === undefined && v === undefined) {
-      Atomics.store(w, W_REPLY_KIND, R_NOTHING);
-    } else if (reply.error === undefined && v instanceof Uint8Array && v.length <= REPLY_BYTES) {
-      this.#reply.set(v);
-      Atomics.store(w, W_REPLY_LEN, v.length);
-      Atomics.store(w, W_REPLY_KIND, R_BYTES);
-    } else {
-      this.port.postMessage({ seq, ...reply } satisfies Reply);
-      Atomics.store(w, W_REPLY_KIND, R_PORT);
-    }
-    Atomics.store(w, W_REPLY_SEQ, seq);
-    Atomics.store(w, W_ANSWERED, seq);
-    Atomics.notify(w, W_ANSWERED);
-  }
-
-  /** Sleep until a request is posted or `ms` passes (the device's idle wait; Infinity: until a request). */
-  sleep(ms: number): void {
-    Atomics.wait(this.#words, W_REQUEST, this.#seen, ms);
-  }
-
-  /**
-   * Sleep until a request is posted, one of `fds` (eventfds) is written, or `ms` passes; the readable
-   * fds are drained. `fds[0]` is the device's own wake eventfd, which callers write while it sleeps here.
-   * Returns false when it slept the whole `ms` (no fd was written, nothing was pending).
-   */
-  sleepOnFds(fds: number[], ms: number): boolean {
-    const w = this.#words;
-    Atomics.store(w, W_WAKE_FD, fds[0] as number);
-    Atomics.store(w, W_FD_SLEEP, 1);
-    // A request posted before the flag was visible was not followed by a wake write: look once more.
-    const woken = this.pending || native.waitFds(fds, ms) > 0;
-    Atomics.store(w, W_FD_SLEEP, 0);
-    return woken;
   }
 }

@@ -19,6 +19,7 @@ import {
   wantsReply,
   writeHeader,
 } from './codec.js';
+import { ConnectionReplies } from './connection-replies.js';
 import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
 import { dispatchRequest } from './dispatch.js';
 import * as P from './protocol.js';
@@ -41,17 +42,8 @@ export interface AdoptedSession {
   wantsReasons: boolean;
 }
 
-/**
- * Flow control, so that a client costs the server a bounded amount whatever
- * it does: reading stops while MAX_PENDING requests are queued or more than
- * REPLY_HIGH_WATER reply bytes wait for the client to read them, and resumes
- * when both are back under. Requests already read still get their replies,
- * so the backlog can pass the high-water mark by at most MAX_PENDING replies;
- * past REPLY_HARD_LIMIT (a client that never reads) the connection is cut.
- */
-export const MAX_PENDING = 32;
-export const REPLY_HIGH_WATER = 1 << 20;
-export const REPLY_HARD_LIMIT = 8 << 20;
+// Flow control (MAX_PENDING, REPLY_HIGH_WATER, REPLY_HARD_LIMIT) and when replies leave: connection-replies.ts.
+export { MAX_PENDING, REPLY_HARD_LIMIT, REPLY_HIGH_WATER } from './connection-replies.js';
 
 /** Requests that may start before the one ahead of them is answered (request-order.ts). */
 const PIPELINED = new Set([
@@ -81,6 +73,7 @@ export class VfioUserConnection {
   #model: VfioUserDeviceModel | null = null;
   #refusal: unknown = null;
   readonly #order: RequestOrder;
+  readonly #replies: ConnectionReplies;
   #closing: string | null = null;
   /** The model's work after an early VERSION reply failed (versionSettled): the next request's answer. */
   #settleError: VfioError | null = null;
@@ -116,11 +109,19 @@ export class VfioUserConnection {
           config.log(`vfio-user connection ${info.id}: createDevice failed`, err);
       }
     })();
-    this.#order = new RequestOrder(created, () => this.#flowControl());
+    this.#replies = new ConnectionReplies(
+      socket,
+      () => this.#order.pending,
+      (reason, logLine) => {
+        if (logLine) config.log(`vfio-user connection ${info.id}: ${logLine}`);
+        this.close(reason);
+      },
+    );
+    this.#order = new RequestOrder(created, () => this.#replies.flowControl());
     // The replies to the requests one read brought that are answered at once (#serveNow) go in one sendmsg.
     (socket as MessageSocket & { corkReads?(on: boolean): void }).corkReads?.(true);
     socket.on('message', (m) => this.#receive(m));
-    socket.on('drain', () => this.#flowControl());
+    socket.on('drain', () => this.#replies.flowControl());
     socket.on('close', () => this.close('peer hung up'));
     socket.on('error', (err) => {
       // The framing cut off a peer that broke it (a lying msg_size, stray fds): say so once.
@@ -140,18 +141,19 @@ export class VfioUserConnection {
    * already read are still served: idle() says when they all are.
    */
   hold(): void {
-    this.#held = true;
+    this.#replies.holding = true;
     this.socket.pause();
   }
 
   unhold(): void {
-    this.#held = false;
-    this.#flowControl();
+    this.#replies.holding = false;
+    this.#replies.flowControl();
   }
 
-  /** Resolves once every request read so far has been answered. */
-  idle(): Promise<void> {
-    return this.#order.idle();
+  /** Resolves once every request read so far has been answered and the replies are sent. */
+  async idle(): Promise<void> {
+    await this.#order.idle();
+    this.#replies.flush();
   }
 
   /** What another process needs to carry this session on (see the constructor's `adopted`). */
@@ -160,12 +162,13 @@ export class VfioUserConnection {
     return { peerCapabilities: this.peer.raw, wantsReasons: this.#wantsReasons };
   }
 
-  #held = false;
-
   /** Close this connection (idempotent); the model's disconnected() runs after any request in progress. */
   close(reason = 'closed by server'): void {
     if (this.#closing !== null) return;
     this.#closing = reason;
+    // Replies given before the close still go (as a reply then close() did when each was sent at once).
+    this.#replies.flush();
+    this.#replies.close();
     try {
       this.socket.close();
     } catch {
@@ -223,22 +226,7 @@ export class VfioUserConnection {
   #serveNow(msg: VfioUserMessage, fds: Fd[]): void {
     const outcome = this.#run(msg, fds, undefined);
     if (outcome instanceof Promise) this.#order.inFlight(outcome, (o) => this.#finish(msg, o));
-    else this.#finish(msg, outcome);
-  }
-
-  #flowControl(): void {
-    if (this.#closing !== null) return;
-    const backlog = this.socket.queuedBytes;
-    if (backlog > REPLY_HARD_LIMIT) {
-      this.#config.log(
-        `vfio-user connection ${this.info.id}: ${backlog} reply bytes unread by the client; closing it`,
-      );
-      this.close('client does not read its replies');
-      return;
-    }
-    const full = this.#held || this.#order.pending >= MAX_PENDING || backlog > REPLY_HIGH_WATER;
-    if (full) this.socket.pause();
-    else this.socket.resume();
+    else this.#finish(msg, outcome, true);
   }
 
   /**
@@ -330,24 +318,37 @@ export class VfioUserConnection {
     return { ok: false, err };
   }
 
-  /** Send a request's reply (or error reply), then whatever its failure means for the connection. */
-  #finish(msg: VfioUserMessage, outcome: Outcome): void {
+  /**
+   * Send a request's reply (or error reply), then whatever its failure means for the connection. `now`: served
+   * at once while its read is delivered; else the reply goes at the end of this turn (connection-replies.ts).
+   */
+  #finish(msg: VfioUserMessage, outcome: Outcome, now = false): void {
     if (outcome.ok) {
       const { payload, framed, fds } = outcome.reply;
+      if (!wantsReply(msg)) {
+        if (fds) closeAll(fds);
+        return;
+      }
+      let data: Uint8Array;
       try {
-        if (!wantsReply(msg)) return;
-        const data = framed
+        data = framed
           ? writeHeader(framed, msg.msgId, msg.command, P.VFIO_USER_F_TYPE_REPLY)
           : encodeReply(msg.msgId, msg.command, payload);
-        this.#send(data, fds);
-      } finally {
+      } catch (err) {
         if (fds) closeAll(fds);
+        throw err;
       }
+      this.#replies.send(data, fds, now); // takes the fds
       return;
     }
     const err = outcome.err;
     const errno = err instanceof VfioError ? err.errno : ERRNO.EIO;
-    if (wantsReply(msg)) this.#send(encodeErrorReply(msg.msgId, msg.command, errno, this.#reasonFor(err)));
+    if (wantsReply(msg))
+      this.#replies.send(
+        encodeErrorReply(msg.msgId, msg.command, errno, this.#reasonFor(err)),
+        undefined,
+        now,
+      );
     else if (err instanceof VfioError) {
       const what = `vfio-user connection ${this.info.id}: ${P.commandName(msg.command)}`;
       this.#config.log(`${what} (no_reply) refused: ${err.message}`);
@@ -362,16 +363,6 @@ export class VfioUserConnection {
     if (!this.#wantsReasons) return undefined;
     if (!(err instanceof VfioError)) return 'internal error in the device (logged by the server)';
     return err.reason;
-  }
-
-  #send(data: Uint8Array, fds?: Fd[]): void {
-    if (this.#closing !== null) return;
-    try {
-      this.socket.send(data, fds);
-      this.#flowControl();
-    } catch (err) {
-      this.close(`send failed: ${(err as Error).message}`);
-    }
   }
 
   /** The first request: VERSION, or a refusal (async as dispatchRequest, so both fail the same way). */

@@ -1,5 +1,6 @@
 // Reading the device's fault log and error state, shared by the queue-fault
-// tests (faults.test.ts) and the device-fault tests (device-faults.test.ts):
+// tests (faults.test.ts), the device-fault tests (device-faults.test.ts) and
+// the DMA fault tests (short-dma, ring-cache):
 // both check each fault's record, its queue's ERROR status and the fault vector.
 import assert from 'node:assert/strict';
 import * as ds from '../../../src/sim/model/datasheet.js';
@@ -10,7 +11,7 @@ import type { InProc } from './inproc.js';
 import type { Booted } from './scenario.js';
 
 /** The record FAULT_HEAD last wrote, read through BAR0 as a driver would. */
-export async function lastFault(p: InProc): Promise<FaultRecord> {
+export async function lastFault(p: Pick<InProc, 'bus'>): Promise<FaultRecord> {
   const head = await r32(p.bus, BAR0, ds.REG_FAULT_HEAD);
   const log = await Promise.all(
     Array.from({ length: 64 }, (_, i) => p.bus.read(BAR0, ds.REG_FAULT_LOG + 4 * i, 4)),

@@ -1,0 +1,169 @@
+// When a vfio-user server's replies leave (connection-replies.ts): those given in one turn of the event loop go
+// at its end, together — the ones without fds in one sendmsg, one with fds alone, in order — so a client that
+// pipelined its requests is woken once for the replies one event released, and a device command the model
+// sends in that turn (the next pipelined request's relay) leaves before the replies. Checked on a real socket
+// pair, counting the server's sendmsg calls.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { Fd, native, StreamSocket } from '../../src/sys/index.js';
+import { VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_NONE } from '../../src/vfio/uapi/vfio.js';
+import { decodeMessage, encodeCommand } from '../../src/vfio/user/codec.js';
+import type { IrqSetRequest, VfioUserDeviceModel } from '../../src/vfio/user/device-model.js';
+import { encodeIrqSet, encodeVersion } from '../../src/vfio/user/messages.js';
+import * as P from '../../src/vfio/user/protocol.js';
+import { HEADER_SIZE } from '../../src/vfio/user/protocol.js';
+import { VfioUserServer } from '../../src/vfio/user/server.js';
+import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
+import { MEM_REGION, MemoryDevice, MSIX_INDEX } from '../fixtures/vfio-user/memory-device.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+const leakCheck = trackFdLeaks();
+after(leakCheck);
+
+function regionInfoRequest(id: number, index: number): Uint8Array {
+  const p = Buffer.alloc(32);
+  p.writeUInt32LE(512, 0); // argsz: room for the region's capabilities, so the reply carries its fd
+  p.writeUInt32LE(index, 8);
+  return encodeCommand(id, P.VFIO_USER_DEVICE_GET_REGION_INFO, p);
+}
+
+const setIrqs = (id: number, start: number) =>
+  encodeCommand(
+    id,
+    P.VFIO_USER_DEVICE_SET_IRQS,
+    encodeIrqSet({
+      flags: VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+      index: MSIX_INDEX,
+      start,
+      count: 1,
+    }),
+  );
+
+/** Each message in a buffer of whole vfio-user messages: its msg_id and whether it is a reply. */
+function split(data: Buffer): { msgId: number; command: number }[] {
+  const out = [];
+  for (let at = 0; at < data.length; ) {
+    const size = data.readUInt32LE(at + 4);
+    const m = decodeMessage(data.subarray(at, at + size));
+    assert.ok(m.flags & P.VFIO_USER_F_TYPE_REPLY, 'a reply');
+    assert.equal(m.flags & P.VFIO_USER_F_ERROR, 0, `msg ${m.msgId} succeeded`);
+    out.push({ msgId: m.msgId, command: m.command });
+    at += size;
+  }
+  return out;
+}
+
+test('replies given in one turn go at its end, together, in order, after the device commands of that turn', async () => {
+  const device = new MemoryDevice();
+  // What the server had sent when each SET_IRQS reached the model (a relay would send its device command now).
+  const sentAtModel: number[] = [];
+  const answers: (() => void)[] = [];
+  // The grant after an early VERSION reply (as the broker's): later requests wait for it (versionSettled).
+  let settle!: () => void;
+  const settled = new Promise<void>((r) => {
+    settle = r;
+  });
+  let serverFd = -1;
+  const sends: { fd: number; bytes: number; fds: number }[] = [];
+  const model: VfioUserDeviceModel = {
+    deviceInfo: () => device.deviceInfo(),
+    regionInfo: (index) => device.regionInfo(index),
+    regionRead: (i, o, c) => device.regionRead(i, o, c),
+    regionWrite: (i, o, d) => device.regionWrite(i, o, d),
+    dmaMap: (r) => device.dmaMap(r),
+    dmaUnmap: (r) => device.dmaUnmap(r),
+    irqInfo: (i) => device.irqInfo(i),
+    setIrqs: (req: IrqSetRequest) => {
+      sentAtModel.push(sends.filter((s) => s.fd === serverFd).length);
+      req.issued?.(); // its device command is out (as a relay's): the next pipelined request may start
+      // Answered later, all at once (as a device's replies that came in one read).
+      return new Promise<void>((resolve) => answers.push(resolve));
+    },
+    reset: () => device.reset(),
+    feature: (r) => device.feature(r),
+    disconnected: (reason) => device.disconnected(reason),
+    versionSettled: () => settled,
+  };
+  const server = new VfioUserServer({ createDevice: () => model, log: () => {} });
+  const [x, y] = native.unixPair(true);
+  serverFd = x;
+  const raw = new Fd(y);
+  const realSend = native.sendmsg;
+  native.sendmsg = (fd, data, fds) => {
+    sends.push({ fd, bytes: data.byteLength, fds: fds.length });
+    return realSend(fd, data, fds);
+  };
+  try {
+    server.serveSocket(new StreamSocket(new Fd(x), { framing: VFIO_USER_FRAMING }));
+    realSend(raw.fd, encodeCommand(1, P.VFIO_USER_VERSION, encodeVersion(0, 0, {})), []);
+    const deadline0 = Date.now() + 5000;
+    let v: ReturnType<typeof native.recvmsg> = null;
+    while (v === null && Date.now() < deadline0) {
+      await new Promise((r) => setTimeout(r, 1));
+      v = native.recvmsg(raw.fd, 1 << 16);
+    }
+    assert.deepEqual(
+      split(v!.data).map((m) => m.msgId),
+      [1],
+      'VERSION answered',
+    );
+    // One write, as the client library's acquire batch: a region (its reply carries the region's fd), three
+    // pipelined SET_IRQS. They wait for the grant; once it is done all run in one turn.
+    realSend(
+      raw.fd,
+      Buffer.concat([regionInfoRequest(2, MEM_REGION), setIrqs(3, 0), setIrqs(4, 1), setIrqs(5, 2)]),
+      [],
+    );
+    await new Promise((r) => setTimeout(r, 10));
+    assert.equal(answers.length, 0, 'nothing is served before the grant is done');
+    const afterVersion = sends.filter((s) => s.fd === x).length;
+    settle();
+    const deadline = Date.now() + 5000;
+    while (answers.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1));
+    assert.equal(answers.length, 3, 'the three SET_IRQS reached the model');
+    // The first SET_IRQS reached the model in the turn that answered VERSION and the region: nothing had left.
+    // The SET_IRQS reached the model in the turn that answered the region: its reply had not left.
+    assert.deepEqual(
+      sentAtModel.map((n) => n - afterVersion),
+      [0, 0, 0],
+      'the replies of a turn wait for its end, after the device commands of that turn',
+    );
+    assert.deepEqual(
+      sends
+        .filter((s) => s.fd === x)
+        .slice(afterVersion)
+        .map((s) => s.fds),
+      [1],
+      'the region reply, with its fd, alone',
+    );
+    const r2 = native.recvmsg(raw.fd, 1 << 16)!;
+    assert.deepEqual(
+      split(r2.data).map((m) => m.msgId),
+      [2],
+    );
+    assert.equal(r2.fds.length, 1, 'the region fd came with its reply');
+    for (const fd of r2.fds) new Fd(fd).close();
+    // The device answers all three at once: their replies go in one sendmsg, in order.
+    const before = sends.filter((s) => s.fd === x).length;
+    for (const a of answers) a();
+    await new Promise((r) => setImmediate(r));
+    const replies = sends.filter((s) => s.fd === x).slice(before);
+    assert.equal(replies.length, 1, 'one sendmsg for the three replies');
+    assert.equal(replies[0]!.bytes, 3 * HEADER_SIZE);
+    const r3 = native.recvmsg(raw.fd, 1 << 16)!;
+    assert.deepEqual(
+      split(r3.data).map((m) => [m.msgId, m.command]),
+      [
+        [3, P.VFIO_USER_DEVICE_SET_IRQS],
+        [4, P.VFIO_USER_DEVICE_SET_IRQS],
+        [5, P.VFIO_USER_DEVICE_SET_IRQS],
+      ],
+    );
+  } finally {
+    native.sendmsg = realSend;
+    for (const a of answers) a();
+    await server.close();
+    raw.close();
+    device.dispose();
+  }
+});
