@@ -1,5 +1,6 @@
 // The lease's info region, as the broker writes it (JSON; see docs/PROTOCOL.md).
 
+import type { VfioUserClient } from '../vfio/user/client.js';
 import { leaseError } from './errors.js';
 
 export interface Isolation {
@@ -82,4 +83,14 @@ export function parseLeaseInfo(raw: unknown): LeaseInfo {
       address: big(f.address, 'fault address'),
     })),
   };
+}
+
+/** The info region's JSON, read through the connection (a broker that sends no info with VERSION). */
+export async function readInfoRegion(client: VfioUserClient, index: number): Promise<unknown> {
+  const info = await client.regionInfo(index);
+  info.fd?.close();
+  const bytes = await client.regionRead(index, 0, Number(info.size));
+  const end = bytes.indexOf(0);
+  const text = new TextDecoder().decode(end < 0 ? bytes : bytes.subarray(0, end));
+  return JSON.parse(text);
 }

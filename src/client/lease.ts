@@ -1,7 +1,7 @@
 // The client side of a lease: a vfio-user connection to the broker's socket
 // for a lease kind, the lease's regions mapped (guarded, so a revocation
 // reads as revoked instead of killing the process), DMA memory, interrupts
-// and notices.
+// and notices. Its interrupt vectors are lease-vectors.ts, the device's ioeventfds io-event-fds.ts.
 //
 //   await using lease = await connect({ socket, request: { devmemGranules: 1 } });
 
@@ -15,13 +15,14 @@ import {
   VFIO_IRQ_SET_ACTION_TRIGGER,
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_PCI_ERR_IRQ_INDEX,
-  VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_PCI_REQ_IRQ_INDEX,
 } from '../vfio/uapi/vfio.js';
 import { VfioUserClient } from '../vfio/user/client.js';
 import { DmaPool } from './dma.js';
 import { fromCallError, leaseError } from './errors.js';
-import { type LeaseInfo, parseLeaseInfo } from './info.js';
+import { type LeaseInfo, parseLeaseInfo, readInfoRegion } from './info.js';
+import { IoEventFds } from './io-event-fds.js';
+import { LeaseVectors } from './lease-vectors.js';
 
 export interface ConnectOptions {
   /** The broker's socket for the lease kind, e.g. /run/devlease/sa1/queue.sock. */
@@ -54,10 +55,10 @@ export class Lease extends EventEmitter {
   info: LeaseInfo;
   readonly dma: DmaPool;
   readonly #regions = new Map<number, Mapping>();
-  readonly #vectors: EventFd[] = [];
+  readonly #vectors = new LeaseVectors((vector, count) => this.emit('interrupt', vector, count));
   readonly #notices: EventFd[] = [];
-  /** ioeventfds asked for with regionIoFds(), per "region:offset" (closed with the lease). */
-  readonly #ioEventFds = new Map<string, Promise<Fd | null>>();
+  /** ioeventfds asked for with ioEventFd() (closed with the lease). */
+  readonly #ioEventFds: IoEventFds;
   /** The ERR notice's eventfd (device fault or reset), read once more when the session ends. */
   #errNotice: EventFd | null = null;
   readonly #infoIndex: number;
@@ -66,8 +67,6 @@ export class Lease extends EventEmitter {
   #closed = false;
   /** A region was mapped from a device fd handed over for an audited slice. */
   #audited = false;
-  /** One shared promise for "the next interrupt", however many wait on it. */
-  #nextIrq: { promise: Promise<number>; resolve(v: number): void; reject(e: Error): void } | null = null;
 
   private constructor(client: VfioUserClient, info: LeaseInfo, infoIndex: number) {
     super();
@@ -75,6 +74,7 @@ export class Lease extends EventEmitter {
     this.info = info;
     this.#infoIndex = infoIndex;
     this.dma = new DmaPool(client, info.iovaWindow ?? { base: 0n, size: 0n }, info.lease);
+    this.#ioEventFds = new IoEventFds(client, () => this.#closed);
     client.on('close', () => this.#onDisconnect());
   }
 
@@ -99,7 +99,7 @@ export class Lease extends EventEmitter {
         | undefined;
       const infoIndex = ext?.infoRegion ?? 9;
       // The broker sends the info as granted with VERSION; an older one only has it in the info region.
-      const info = parseLeaseInfo(ext?.info ?? (await readJsonRegion(client, infoIndex)));
+      const info = parseLeaseInfo(ext?.info ?? (await readInfoRegion(client, infoIndex)));
       lease = new Lease(client, info, infoIndex);
       const calls = lease.#startSetup();
       if (opts.deferSetup) {
@@ -182,22 +182,7 @@ export class Lease extends EventEmitter {
         }),
       );
     }
-    for (let v = 0; v < this.info.vectors; v++) {
-      const efd = new EventFd();
-      this.#vectors.push(efd);
-      efd.onReadable((n) => this.#interrupt(v, n));
-    }
-    if (this.#vectors.length) {
-      calls.push(
-        this.client.setIrqs({
-          flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-          index: VFIO_PCI_MSIX_IRQ_INDEX,
-          start: 0,
-          count: this.#vectors.length,
-          fds: this.#vectors.map((e) => e.fd),
-        }),
-      );
-    }
+    this.#vectors.wire(this.client, this.info.vectors, calls);
     // devlease's notice irq (docs/PROTOCOL.md), when the broker offers it: per-queue faults arrive there.
     const ext = this.client.serverCapabilities.raw.devlease as { noticeIrq?: number } | undefined;
     const noticeIrq = typeof ext?.noticeIrq === 'number' ? [ext.noticeIrq] : [];
@@ -258,7 +243,7 @@ export class Lease extends EventEmitter {
   /** Re-read the info region (state, deadline, faults). */
   async refreshInfo(): Promise<LeaseInfo> {
     this.#checkOpen();
-    this.info = parseLeaseInfo(await readJsonRegion(this.client, this.#infoIndex));
+    this.info = parseLeaseInfo(await readInfoRegion(this.client, this.#infoIndex));
     return this.info;
   }
 
@@ -289,17 +274,7 @@ export class Lease extends EventEmitter {
   /** The next interrupt on any vector; rejects when the lease closes first. */
   nextInterrupt(): Promise<number> {
     if (this.#closed) return Promise.reject(leaseError('ERR_DEVLEASE_CLOSED', 'the lease is closed'));
-    if (!this.#nextIrq) {
-      let resolve!: (v: number) => void;
-      let reject!: (e: Error) => void;
-      const promise = new Promise<number>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
-      promise.catch(() => undefined); // nobody may be listening when the lease closes
-      this.#nextIrq = { promise, resolve, reject };
-    }
-    return this.#nextIrq.promise;
+    return this.#vectors.next();
   }
 
   /** Ask the broker to reset this lease's queue (after an error). */
@@ -311,13 +286,6 @@ export class Lease extends EventEmitter {
     } catch (err) {
       throw fromCallError('queue reset', err);
     }
-  }
-
-  #interrupt(vector: number, count: bigint): void {
-    const w = this.#nextIrq;
-    this.#nextIrq = null;
-    w?.resolve(vector);
-    this.emit('interrupt', vector, count);
   }
 
   async #notice(index: number): Promise<void> {
@@ -362,53 +330,20 @@ export class Lease extends EventEmitter {
    * a kernel device: ENOTSUP). Asked once; the lease keeps the fd and closes it when it closes.
    */
   ioEventFd(region: number, offset: number): Promise<Fd | null> {
-    const key = `${region}:${offset}`;
-    let p = this.#ioEventFds.get(key);
-    if (!p) {
-      p = this.#fetchIoEventFd(region, BigInt(offset));
-      this.#ioEventFds.set(key, p);
-    }
-    return p;
-  }
-
-  async #fetchIoEventFd(region: number, offset: bigint): Promise<Fd | null> {
-    let reply: Awaited<ReturnType<VfioUserClient['regionIoFds']>>;
-    try {
-      reply = await this.client.regionIoFds(region);
-    } catch (err) {
-      // No kick fd offered (ENOTSUP: a device without them; ENOSPC: more than one message can carry, e.g.
-      // an SA-1 with over 253 queues): the device's idle poll serves the queue, as in datasheet rev 1.
-      const code = (err as { code?: string }).code;
-      if (code === 'ENOTSUP' || code === 'ENOSPC') return null;
-      throw fromCallError(`region ${region} io fds`, err);
-    }
-    const hit = reply.subRegions.find((s) => s.offset <= offset && offset < s.offset + (s.size || 1n));
-    const fd = hit ? (reply.fds[hit.fdIndex] ?? null) : null;
-    for (const f of reply.fds) if (f !== fd) f.close();
-    if (fd && this.#closed) {
-      fd.close();
-      return null;
-    }
-    return fd;
+    return this.#ioEventFds.get(region, offset);
   }
 
   #teardown(): void {
     this.#closed = true;
-    for (const p of this.#ioEventFds.values())
-      void p.then(
-        (fd) => fd?.close(),
-        () => undefined,
-      );
-    this.#ioEventFds.clear();
+    this.#ioEventFds.closeAll();
     for (const m of this.#regions.values()) m.unmap();
     this.#regions.clear();
-    for (const e of [...this.#vectors, ...this.#notices]) e.close();
-    this.#vectors.length = 0;
+    this.#vectors.closeFds();
+    for (const e of this.#notices) e.close();
     this.#notices.length = 0;
     this.#errNotice = null;
     this.dma.dropAll();
-    this.#nextIrq?.reject(closedWhileWaiting());
-    this.#nextIrq = null;
+    this.#vectors.rejectWaiters();
     this.client.close();
   }
 
@@ -423,30 +358,6 @@ export class Lease extends EventEmitter {
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
   }
-}
-
-/**
- * The rejection of a pending nextInterrupt() when the lease closes. Built without a stack trace: its frames
- * would be those of close() (not of the waiter, who awaits from elsewhere) and the message says everything,
- * while capturing them cost ~16 µs of every lease a queue helper had waited on (issue 16).
- */
-function closedWhileWaiting(): Error {
-  const limit = Error.stackTraceLimit;
-  Error.stackTraceLimit = 0;
-  try {
-    return leaseError('ERR_DEVLEASE_CLOSED', 'the lease closed while waiting for an interrupt');
-  } finally {
-    Error.stackTraceLimit = limit;
-  }
-}
-
-async function readJsonRegion(client: VfioUserClient, index: number): Promise<unknown> {
-  const info = await client.regionInfo(index);
-  info.fd?.close();
-  const bytes = await client.regionRead(index, 0, Number(info.size));
-  const end = bytes.indexOf(0);
-  const text = new TextDecoder().decode(end < 0 ? bytes : bytes.subarray(0, end));
-  return JSON.parse(text);
 }
 
 export const connect = (opts: ConnectOptions): Promise<Lease> => Lease.connect(opts);

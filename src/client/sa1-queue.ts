@@ -2,19 +2,34 @@
 // writing the queue page's doorbell directly (no broker on the hot path),
 // completions found by the phase bit, spinning briefly and then waiting on
 // the queue's interrupt eventfd. Setting a queue up (options, the clean
-// check, the rings and kick fd asked of the broker) is sa1-queue-setup.ts.
+// check, the rings and kick fd asked of the broker) is sa1-queue-setup.ts;
+// submit()'s promises, sa1-pending.ts.
 
-import { constants as osConstants } from 'node:os';
 import { CQE_SIZE, Q_NOTIFY_KICK_NEEDED, QP, SQE_SIZE, STATUS_CODE, STATUS_NAME } from '../hw/sa1/regs.js';
-import { type Fd, native } from '../sys/index.js';
+import { monotonicMs } from '../sys/clock.js';
+// Straight from the files, not sys/index.js: that also loads the servers' modules, and through node:fs ~20
+// of Node's stream modules, which a client never uses (issue 16).
+import type { Fd } from '../sys/fd.js';
+import { native } from '../sys/native.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
 import type { Lease } from './lease.js';
-import { type Completion, type Descriptor, DeviceStatusError, writeSqe } from './sa1-descriptor.js';
+import { type Completion, type Descriptor, writeSqe } from './sa1-descriptor.js';
+import { PendingCompletions } from './sa1-pending.js';
 import { type QueueOptions, setUpQueue } from './sa1-queue-setup.js';
 
 export { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
 export { DEFAULT_COMPLETION_TIMEOUT_MS, type QueueOptions } from './sa1-queue-setup.js';
+
+// The queue page's words the hot path touches, as indexes of its Uint32Array: module constants, not a property
+// of the imported QP looked up (and divided) on every use, which costs when the path runs cold.
+const SQ_TAIL_W = QP.SQ_TAIL / 4;
+const SQ_HEAD_W = QP.SQ_HEAD / 4;
+const CQ_HEAD_W = QP.CQ_HEAD / 4;
+const Q_ERROR_W = QP.Q_ERROR / 4;
+const Q_NOTIFY_W = QP.Q_NOTIFY / 4;
+/** The addon's exports are a dictionary-mode object: the kick's function is looked up once, here. */
+const eventfdKick = native.eventfdKick;
 
 const FATAL = new Set<number>([
   STATUS_CODE.WINDOW_VIOLATION,
@@ -22,15 +37,6 @@ const FATAL = new Set<number>([
   STATUS_CODE.DEVMEM_VIOLATION,
   STATUS_CODE.BAD_QUEUE_CONFIG,
 ]);
-
-interface Pending {
-  resolve(c: Completion): void;
-  reject(e: Error): void;
-  /** What was submitted, for a timeout's message. */
-  opcode: Descriptor['opcode'];
-  /** performance.now() (ms) past which the completion is overdue. */
-  deadline: number;
-}
 
 export class Sa1Queue {
   readonly lease: Lease;
@@ -53,7 +59,8 @@ export class Sa1Queue {
   #stoppedBy = 0; // a fatal status seen in a completion: the queue is in ERROR until our reset
   /** The last tag given (a number: tags stay far below 2^53, and number keys hash faster than bigints). */
   #tag = 0;
-  readonly #pending = new Map<number, Pending>();
+  /** submit()'s descriptors awaiting completion (sa1-pending.ts). */
+  readonly #pending = new PendingCompletions();
   /** Descriptors post()ed and not collected yet (they have no entry in #pending). */
   #posted = 0;
   /** post()'s tags count on their own, with POSTED_TAG_HI in the high word: submit()'s stay below 2^53. */
@@ -62,6 +69,8 @@ export class Sa1Queue {
   #pumping = false;
   /** The queue page's ioeventfd (doorbell kick, rev 2; the lease owns it), or null when the device offers none. */
   readonly #kickFd: Fd | null;
+  /** #kickFd's number (-1 without one), read once: the kick is the cold path's, and a getter costs there. */
+  readonly #kickNumber: number;
 
   private constructor(
     lease: Lease,
@@ -73,6 +82,7 @@ export class Sa1Queue {
   ) {
     this.lease = lease;
     this.#kickFd = kick;
+    this.#kickNumber = kick === null || kick.closed ? -1 : kick.fd;
     this.entries = entries;
     const page = lease.region(2);
     this.#page = new DataView(page.buffer);
@@ -111,7 +121,7 @@ export class Sa1Queue {
 
   /** The last error code the device reported (Q_ERROR), fatal or not; 0 since the last reset. */
   get lastError(): number {
-    return (this.#words[QP.Q_ERROR / 4] as number) & 0xff; // little-endian, as every host SA-1 runs on
+    return (this.#words[Q_ERROR_W] as number) & 0xff; // little-endian, as every host SA-1 runs on
   }
 
   /**
@@ -146,10 +156,8 @@ export class Sa1Queue {
     this.#checkSubmit(1);
     const tag = ++this.#tag;
     writeSqe(this.#sqWords, this.#tail & (this.entries - 1), d, tag, true);
-    const deadline = performance.now() + this.#timeoutMs;
-    const promise = new Promise<Completion>((resolve, reject) =>
-      this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
-    );
+    const deadline = monotonicMs() + this.#timeoutMs;
+    const promise = this.#pending.add(tag, d.opcode, deadline);
     this.#ring(1);
     this.#startPump();
     return promise;
@@ -165,23 +173,42 @@ export class Sa1Queue {
    * first operation costs (issue 16).
    */
   post(d: Descriptor): void {
-    this.#checkSubmit(1);
-    this.#postTag = (this.#postTag + 1) >>> 0;
-    writeSqe(this.#sqWords, this.#tail & (this.entries - 1), d, this.#postTag, true, POSTED_TAG_HI);
+    // One function with no getter or helper on the way to the doorbell: called once per operation, this stays
+    // in V8's interpreter (never hot enough to be optimized), and after an idle pause each call, getter and
+    // object on the way costs microseconds of cold fetches (issue 16, tenth pass). The checks below admit
+    // only what #checkSubmit would; anything else goes to it, which names the error (or, for a non-fatal last
+    // error, passes).
+    const w = this.#words;
+    const tail = this.#tail;
+    const head = Atomics.load(w, SQ_HEAD_W);
+    const consumed = ((this.#cqHead - head) | 0) > 0 ? this.#cqHead : head;
+    if (
+      this.lease.closed ||
+      this.#stoppedBy !== 0 ||
+      ((w[Q_ERROR_W] as number) & 0xff) !== 0 ||
+      (tail - consumed) >>> 0 >= this.entries
+    ) {
+      this.#checkSubmit(1);
+    }
+    const tag = (this.#postTag + 1) >>> 0;
+    this.#postTag = tag;
+    writeSqe(this.#sqWords, tail & (this.entries - 1), d, tag, true, POSTED_TAG_HI);
     this.#posted++;
-    this.#ring(1);
+    const next = (tail + 1) >>> 0;
+    this.#tail = next;
+    // The doorbell and the kick as #ring() does them (its comment says why the order is safe).
+    Atomics.store(w, SQ_TAIL_W, next);
+    if (this.#kickFd !== null && (Atomics.load(w, Q_NOTIFY_W) & Q_NOTIFY_KICK_NEEDED) !== 0) this.#kick();
   }
 
   /** Submit several descriptors with one doorbell; each gets its own promise. */
   submitBatch(ds: Descriptor[]): Promise<Completion>[] {
     this.#checkSubmit(ds.length);
-    const deadline = performance.now() + this.#timeoutMs;
+    const deadline = monotonicMs() + this.#timeoutMs;
     const promises = ds.map((d, i) => {
       const tag = ++this.#tag;
       writeSqe(this.#sqWords, (this.#tail + i) & (this.entries - 1), d, tag, i === ds.length - 1);
-      return new Promise<Completion>((resolve, reject) =>
-        this.#pending.set(tag, { resolve, reject, opcode: d.opcode, deadline }),
-      );
+      return this.#pending.add(tag, d.opcode, deadline);
     });
     this.#ring(ds.length);
     this.#startPump();
@@ -210,8 +237,8 @@ export class Sa1Queue {
     // and is a full fence, so the Q_NOTIFY load below cannot pass it (datasheet §2.3, rev 2): a device that
     // set KICK_NEEDED before our store sees the flag's request answered by the kick; one that sets it later
     // reads our SQ_TAIL itself.
-    Atomics.store(this.#words, QP.SQ_TAIL / 4, this.#tail);
-    if (this.#kickFd !== null && (Atomics.load(this.#words, QP.Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) !== 0) {
+    Atomics.store(this.#words, SQ_TAIL_W, this.#tail);
+    if (this.#kickFd !== null && (Atomics.load(this.#words, Q_NOTIFY_W) & Q_NOTIFY_KICK_NEEDED) !== 0) {
       this.#kick();
     }
   }
@@ -227,8 +254,9 @@ export class Sa1Queue {
       // A queue that spins for its completions writes and yields once (native eventfd.cc): the woken device
       // thread often lands on this CPU, and the spin that follows would hold it off for a whole time slice
       // (~1.5 ms). One that never spins (spinUs 0) goes straight to its event loop, which frees the CPU.
-      if (this.#spinMs > 0) native.eventfdKick(fd.fd);
-      else native.eventfdWrite(fd.fd, 1);
+      // The number was read once: open while fd is (checked just above).
+      if (this.#spinMs > 0) eventfdKick(this.#kickNumber);
+      else native.eventfdWrite(this.#kickNumber, 1);
     } catch {
       // EBADF: the lease closed under us (the doorbell itself was stored; the device's idle poll still
       // finds it). EAGAIN (a saturated counter, a wake-up pending anyway) is no error.
@@ -246,7 +274,7 @@ export class Sa1Queue {
    * right after collecting one SQ_HEAD may not show it yet; the count does.
    */
   #consumed(): number {
-    const head = Atomics.load(this.#words, QP.SQ_HEAD / 4);
+    const head = Atomics.load(this.#words, SQ_HEAD_W);
     return ((this.#cqHead - head) | 0) > 0 ? this.#cqHead : head;
   }
 
@@ -283,25 +311,19 @@ export class Sa1Queue {
         status: STATUS_NAME[rawStatus] ?? 'UNKNOWN',
         rawStatus,
       };
-      const key = tagLo + tagHi * 2 ** 32;
-      const p = this.#pending.get(key);
-      if (p) {
-        this.#pending.delete(key);
-        if (c.status === 'OK') p.resolve(c);
-        else p.reject(new DeviceStatusError(c));
-      }
+      this.#pending.settle(tagLo + tagHi * 2 ** 32, c);
     }
-    if (n) Atomics.store(this.#words, QP.CQ_HEAD / 4, this.#cqHead);
+    if (n) Atomics.store(this.#words, CQ_HEAD_W, this.#cqHead);
     return n;
   }
 
   /** Spin on the completion ring until `pred` holds or `timeoutNs` passes (hot-path measurements). */
   spinUntil(pred: () => boolean, timeoutNs = 1_000_000_000n): boolean {
-    // performance.now() (a double) rather than hrtime.bigint(), which allocates a BigInt per look.
-    const end = performance.now() + Number(timeoutNs) / 1e6;
+    // monotonicMs() (a double) rather than hrtime.bigint(), which allocates a BigInt per look.
+    const end = monotonicMs() + Number(timeoutNs) / 1e6;
     while (!pred()) {
       this.poll();
-      if (performance.now() > end) return false;
+      if (monotonicMs() > end) return false;
     }
     return true;
   }
@@ -311,8 +333,8 @@ export class Sa1Queue {
     this.#pumping = true;
     try {
       while (this.#pending.size && !this.lease.closed) {
-        const end = performance.now() + this.#spinMs;
-        while (!this.poll() && performance.now() < end) {
+        const end = monotonicMs() + this.#spinMs;
+        while (!this.poll() && monotonicMs() < end) {
           /* brief spin: the device answers in microseconds */
         }
         if (!this.#pending.size) break;
@@ -338,28 +360,13 @@ export class Sa1Queue {
 
   /** The oldest pending descriptor is overdue: fail it and everything after it (ETIMEDOUT). */
   #timedOut(): boolean {
-    const first = this.#pending.entries().next();
-    if (first.done) return false;
-    const [tag, p] = first.value;
-    if (performance.now() < p.deadline) return false;
-    const ms = this.#timeoutMs;
-    const queue = this.lease.info.queue ?? '?';
-    const more = this.#pending.size > 1 ? ` (and ${this.#pending.size - 1} submitted after it)` : '';
-    this.#failAll(
-      Object.assign(
-        leaseError(
-          'ETIMEDOUT',
-          `SA-1 queue ${queue} (lease ${this.lease.info.lease}): descriptor tag ${tag} (${p.opcode}) did not complete within ${ms} ms${more}; the device may be hung or frozen: reset() the queue or lease again`,
-        ),
-        { errno: osConstants.errno.ETIMEDOUT },
-      ),
-    );
-    return true;
+    const err = this.#pending.overdue(this.#timeoutMs, this.lease.info.queue, this.lease.info.lease);
+    if (err) this.#failAll(err);
+    return err !== null;
   }
 
   #failAll(err: Error): void {
-    for (const p of this.#pending.values()) p.reject(err);
-    this.#pending.clear();
+    this.#pending.failAll(err);
     this.#posted = 0; // never completing either
   }
 

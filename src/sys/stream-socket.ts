@@ -11,29 +11,29 @@
 // size outside [headerSize, maxMessage], more fds than maxFds: the peer is
 // cut off ('error' with code EPROTO, then 'close'); nothing it sent is leaked.
 //
-// Writing: send() never blocks. What the kernel does not take at once
-// (partial write or a full buffer) is queued and written in order when
-// writable; the fds go with the first bytes written, exactly once.
-// Corking (cork()/uncork(), batch()): messages without fds sent meanwhile are
-// joined and go in one sendmsg at uncork (or once CORK_LIMIT bytes wait), so
-// pipelined messages wake the peer once, not once each. A message with fds
-// flushes what is corked first and goes in its own sendmsg: peers (QEMU,
-// libvfio-user, stream-reader.ts) attribute fds by the sendmsg they came in.
+// Writing (stream-writer.ts): send() never blocks; what the kernel does not
+// take at once is queued and written in order when writable, the fds with
+// the first bytes written, exactly once. Corking (cork()/uncork(), batch()):
+// messages without fds sent meanwhile go in one sendmsg at uncork, so
+// pipelined messages wake the peer once, not once each; a message with fds
+// goes in its own sendmsg (peers attribute fds by the sendmsg they came in).
 //
 // Ownership: as SeqpacketSocket — send() leaves the caller its fds (a queued
 // message holds dup()s until written); a 'message' listener owns msg.fds;
 // reading pauses while there is no 'message' listener (messages already read
 // wait in the socket, and partial() hands them over); 'close' once.
 import { EventEmitter } from 'node:events';
-import { closedError, isSysError, misuse } from '../errors.js';
-import { Fd, fdNumber } from './fd.js';
+import { closedError, misuse } from '../errors.js';
+import { Fd } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
 import { peerCredOf, peerPidfdOf } from './peer.js';
 import type { PidFd } from './pidfd.js';
 import { type StreamFraming, StreamReader } from './stream-reader.js';
+import { StreamWriter } from './stream-writer.js';
 import { DISCONNECT, READABLE, Watch, WRITABLE } from './watch.js';
 
 export type { StreamFraming } from './stream-reader.js';
+export { CORK_LIMIT } from './stream-writer.js';
 
 export interface StreamSocketOptions {
   framing: StreamFraming;
@@ -60,18 +60,8 @@ export interface StreamMessage {
   ctruncated: boolean;
 }
 
-interface Queued {
-  data: Uint8Array;
-  /** dup()s of the fds still to send with the first bytes; empty once they went. */
-  fds: Fd[];
-}
-
-/** Corked bytes past which they are sent without waiting for uncork (the bound on what corking holds). */
-export const CORK_LIMIT = 64 * 1024;
-
 /** Messages delivered per readiness callback before yielding to the loop. */
 const READ_BATCH = 64;
-const PEER_GONE = new Set(['EPIPE', 'ECONNRESET', 'ENOTCONN']);
 
 export class StreamSocket extends EventEmitter {
   readonly framing: StreamFraming;
@@ -79,18 +69,13 @@ export class StreamSocket extends EventEmitter {
   readonly maxFds: number;
   #fd: Fd | null;
   #watch: Watch;
-  #queue: Queued[] = [];
-  #queuedBytes = 0;
+  readonly #writer: StreamWriter;
   #reading = false;
   #paused = false;
   #closeEmitted = false;
   readonly #reader: StreamReader;
   #refed = true;
   #deliverLater: NodeJS.Immediate | null = null;
-  #corkDepth = 0;
-  /** What was sent while corked, joined: the first #corkedBytes bytes (reused; grows up to CORK_LIMIT). */
-  #corkBuf: Buffer | null = null;
-  #corkedBytes = 0;
   #corkReads = false;
 
   /** Connects to a listening stream socket; throws ENOENT / ECONNREFUSED / EPROTOTYPE (with `code`) synchronously. */
@@ -153,6 +138,12 @@ export class StreamSocket extends EventEmitter {
       });
       // Before the watch: a bad partial closes `fd` like a bad option, and leaves its fds to the caller.
       if (opts.partial) this.#reader.seed(opts.partial);
+      this.#writer = new StreamWriter(fd.fd, {
+        hangUp: () => this.#hangUp(),
+        fail: (err) => this.#fail(err),
+        updateEvents: () => this.#updateEvents(),
+        drained: () => this.emit('drain'),
+      });
       this.#watch = new Watch(fd.fd, DISCONNECT, (status, events) => this.#onReady(status, events));
     } catch (err) {
       fd.close();
@@ -184,7 +175,7 @@ export class StreamSocket extends EventEmitter {
    * when the peer is gone).
    */
   send(data: Uint8Array, fds: readonly (Fd | number)[] = []): void {
-    const fd = this.fd.fd;
+    if (this.#fd === null) throw closedError('socket');
     if (!(data instanceof Uint8Array)) throw misuse('ERR_DEVLEASE_INVALID_ARG', 'data must be a Uint8Array');
     if (data.length === 0) throw misuse('ERR_DEVLEASE_INVALID_ARG', 'a stream message has at least one byte');
     if (fds.length > MAX_FDS) {
@@ -193,20 +184,7 @@ export class StreamSocket extends EventEmitter {
         `a message carries at most ${MAX_FDS} fds, got ${fds.length}`,
       );
     }
-    if (this.#corkDepth > 0) {
-      if (fds.length === 0 && data.length <= CORK_LIMIT) {
-        if (this.#corkedBytes + data.length > CORK_LIMIT) {
-          this.#sendCorked();
-          if (this.#fd === null) throw closedError('socket');
-        }
-        this.#joinCorked(data);
-        return;
-      }
-      // A message with fds goes in its own sendmsg (a large one alone too), after what was corked before it.
-      this.#sendCorked();
-      if (this.#fd === null) throw closedError('socket');
-    }
-    this.#write(fd, data, fds.map(fdNumber));
+    this.#writer.send(data, fds);
   }
 
   /**
@@ -215,13 +193,12 @@ export class StreamSocket extends EventEmitter {
    */
   cork(): void {
     if (this.#fd === null) throw closedError('socket');
-    this.#corkDepth++;
+    this.#writer.cork();
   }
 
   /** Ends a cork(): the outermost sends what was corked (its errors close the socket, as a queued write's do). */
   uncork(): void {
-    if (this.#corkDepth === 0) return;
-    if (--this.#corkDepth === 0) this.#sendCorked();
+    this.#writer.uncork();
   }
 
   /** Runs `fn` corked: the messages it sends without fds go in one sendmsg when it returns (or throws). */
@@ -243,66 +220,9 @@ export class StreamSocket extends EventEmitter {
     this.#corkReads = on;
   }
 
-  #joinCorked(data: Uint8Array): void {
-    const need = this.#corkedBytes + data.length;
-    if (this.#corkBuf === null || this.#corkBuf.length < need) {
-      const grown = Buffer.allocUnsafe(
-        Math.min(CORK_LIMIT, Math.max(need, 2 * (this.#corkBuf?.length ?? 512))),
-      );
-      if (this.#corkBuf) this.#corkBuf.copy(grown, 0, 0, this.#corkedBytes);
-      this.#corkBuf = grown;
-    }
-    this.#corkBuf.set(data, this.#corkedBytes);
-    this.#corkedBytes = need;
-  }
-
-  #sendCorked(): void {
-    const n = this.#corkedBytes;
-    if (n === 0 || this.#fd === null) return;
-    this.#corkedBytes = 0;
-    const data = this.#corkBuf!.subarray(0, n);
-    try {
-      this.#write(this.#fd.fd, data, []);
-    } catch (err) {
-      // Nobody to throw to (the sends returned). A peer gone: as a queued write's failure. Else (a transient
-      // ENOMEM, ENOBUFS) the bytes wait in the write queue and are tried again when writable; a queued write
-      // that fails then closes the socket as before.
-      if (isSysError(err) && PEER_GONE.has(err.code)) {
-        this.#hangUp();
-        return;
-      }
-      this.#queue.push({ data: Buffer.from(data), fds: [] });
-      this.#queuedBytes += n;
-      this.#updateEvents();
-    }
-  }
-
-  /** One sendmsg now if nothing is queued; what the kernel does not take is queued (a copy: `data` may be reused). */
-  #write(fd: number, data: Uint8Array, numbers: number[]): void {
-    let sent = 0;
-    if (this.#queue.length === 0) {
-      sent = Math.max(0, native.sendmsg(fd, data, numbers));
-      if (sent === data.length) return;
-    }
-    // The fds went with the first bytes if any were written; else they wait with the data.
-    const dups: Fd[] = [];
-    if (sent === 0) {
-      try {
-        for (const n of numbers) dups.push(new Fd(native.dup(n)));
-      } catch (err) {
-        for (const d of dups) d.close();
-        throw err;
-      }
-    }
-    const rest = Buffer.from(data.subarray(sent));
-    this.#queue.push({ data: rest, fds: dups });
-    this.#queuedBytes += rest.length;
-    this.#updateEvents();
-  }
-
   /** Bytes waiting for buffer space ('drain' is emitted when they are all written). */
   get queuedBytes(): number {
-    return this.#queuedBytes;
+    return this.#writer.queuedBytes;
   }
 
   /**
@@ -360,15 +280,7 @@ export class StreamSocket extends EventEmitter {
    * message; 'close' follows on the next tick.
    */
   close(): void {
-    // What was sent while corked goes now if the kernel takes it (uncorked, it would have gone already: a reply
-    // then close() must still reach the peer); nothing after it, and nothing waits for it.
-    if (this.#fd !== null && this.#corkedBytes > 0 && this.#queue.length === 0) {
-      try {
-        native.sendmsg(this.#fd.fd, this.#corkBuf!.subarray(0, this.#corkedBytes), []);
-      } catch {
-        // dropped with the rest, as unsent data is
-      }
-    }
+    if (this.#fd !== null) this.#writer.sendCorkedAtClose(); // corked bytes get one try
     if (this.#release()) process.nextTick(() => this.emit('close'));
   }
 
@@ -382,10 +294,7 @@ export class StreamSocket extends EventEmitter {
     this.#fd = null;
     this.#watch.stop();
     fd.close();
-    for (const m of this.#queue.splice(0)) for (const d of m.fds) d.close();
-    this.#queuedBytes = 0;
-    this.#corkedBytes = 0;
-    this.#corkBuf = null;
+    this.#writer.drop();
     this.#dropPartial();
     if (this.#closeEmitted) return false;
     this.#closeEmitted = true;
@@ -416,7 +325,7 @@ export class StreamSocket extends EventEmitter {
   #updateEvents(): void {
     if (this.#fd === null) return;
     const reading = this.#reading && !this.#paused;
-    this.#watch.events = DISCONNECT | (reading ? READABLE : 0) | (this.#queue.length > 0 ? WRITABLE : 0);
+    this.#watch.events = DISCONNECT | (reading ? READABLE : 0) | (this.#writer.waiting ? WRITABLE : 0);
     // Messages read ahead raise no poll event: deliver them from the loop.
     if (reading && this.#reader.waiting && this.#deliverLater === null) {
       this.#deliverLater = setImmediate(() => {
@@ -435,43 +344,15 @@ export class StreamSocket extends EventEmitter {
       this.#hangUp();
       return;
     }
-    if (events & WRITABLE) this.#flush();
+    if (events & WRITABLE) this.#writer.flush();
     if (this.#fd !== null && events & READABLE) this.#read(READ_BATCH);
     if (this.#fd !== null && events & DISCONNECT && !(this.#reading && !this.#paused)) this.#hangUp();
-  }
-
-  #flush(): void {
-    while (this.#fd !== null && this.#queue.length > 0) {
-      const m = this.#queue[0]!;
-      let sent: number;
-      try {
-        sent = native.sendmsg(
-          this.#fd.fd,
-          m.data,
-          m.fds.map((d) => d.fd),
-        );
-      } catch (err) {
-        if (isSysError(err) && PEER_GONE.has(err.code)) this.#hangUp();
-        else this.#fail(err);
-        return;
-      }
-      if (sent <= 0) break;
-      for (const d of m.fds.splice(0)) d.close();
-      this.#queuedBytes -= sent;
-      if (sent < m.data.length) {
-        m.data = m.data.subarray(sent);
-        break;
-      }
-      this.#queue.shift();
-    }
-    this.#updateEvents();
-    if (this.#fd !== null && this.#queue.length === 0) this.emit('drain');
   }
 
   #read(budget: number): void {
     if (this.#fd === null) return;
     const corked = this.#corkReads;
-    if (corked) this.#corkDepth++;
+    if (corked) this.#writer.cork();
     try {
       this.#reader.read(this.#fd.fd, budget);
     } finally {

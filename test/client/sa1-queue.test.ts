@@ -58,6 +58,27 @@ test('a full submission ring refuses more with EAGAIN (back-pressure) and drains
   await q.close();
 });
 
+test('post() refuses as submit() does: a full ring with EAGAIN, a closed lease with ERR_DEVLEASE_CLOSED', async () => {
+  // post() checks inline (its path runs cold after idle, issue 16): the same refusals, nothing written or rung.
+  const q = await Sa1Queue.create(lease, { entries: 4 });
+  const ctrl = qcfg(lease.info.queue!, Q.CTRL);
+  await rig.device.write32(BAR0, ctrl, 0); // paused: nothing is fetched while the ring fills
+  for (let i = 0; i < 4; i++) q.post({ opcode: 'NOP' });
+  assert.equal(q.space, 0);
+  assert.throws(() => q.post({ opcode: 'NOP' }), { code: 'EAGAIN' });
+  assert.equal(q.inFlight, 4, 'the refused one is not counted');
+  await rig.device.write32(BAR0, ctrl, Q_CTRL.ENABLE);
+  assert.ok(q.spinUntil(() => q.inFlight === 0));
+  assert.equal(q.postError, 0);
+  const other = await connect({ socket: rig.socket });
+  const q2 = await Sa1Queue.create(other, { entries: 4 });
+  other.close();
+  assert.throws(() => q2.post({ opcode: 'NOP' }), { code: 'ERR_DEVLEASE_CLOSED' });
+  assert.equal(q2.inFlight, 0);
+  await q2.close();
+  await q.close();
+});
+
 test('status errors are typed; a queue in ERROR is reported and recovers after reset()', async () => {
   const q = await Sa1Queue.create(lease, { entries: 8 });
   const buf = await lease.dma.alloc(4096);

@@ -6,14 +6,16 @@
 // stream classes (~20, through its ESM import), node:module, node:perf_hooks
 // (the global `performance`, ~2 ms of CPU at its first use).
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
+import { startRig } from '../helpers/broker-rig.js';
 
 const dist = (p: string): string => new URL(`../../src/${p}`, import.meta.url).href;
 
 const CHILD = `
 const before = new Set(process.moduleLoadList);
 await import(${JSON.stringify(dist('client/index.js'))});
+await import(${JSON.stringify(dist('client/sa1-queue.js'))});
 const { StreamSocket } = await import(${JSON.stringify(dist('sys/stream-socket.js'))});
 const { VfioUserClient } = await import(${JSON.stringify(dist('vfio/user/client.js'))});
 const { VFIO_USER_FRAMING } = await import(${JSON.stringify(dist('vfio/user/transport.js'))});
@@ -42,4 +44,44 @@ test("loading the client library and its first call's deadline load none of the 
     /^(worker_threads|module|perf_hooks|stream|internal\/fs\/streams|internal\/perf\/performance)$/.test(m),
   );
   assert.deepEqual(unwanted, [], `loaded: ${loaded.join(', ')}`);
+});
+
+const QUEUE_CHILD = `
+const { connect } = await import(${JSON.stringify(dist('client/index.js'))});
+const { Sa1Queue } = await import(${JSON.stringify(dist('client/sa1-queue.js'))});
+const lease = await connect({ socket: process.argv[1] });
+const before = new Set(process.moduleLoadList);
+// A queue's waits: the promise's pump (spin, deadline) and a polling caller's spin.
+const q = await Sa1Queue.create(lease, { entries: 4 });
+const ok = (await q.nop()).status === 'OK';
+q.post({ opcode: 'NOP' });
+const spun = q.spinUntil(() => q.inFlight === 0);
+await q.close();
+lease.close();
+const loaded = process.moduleLoadList.filter((m) => !before.has(m) && m.startsWith('NativeModule '));
+process.stdout.write(JSON.stringify({ ok, spun, loaded: loaded.map((m) => m.slice('NativeModule '.length)) }));
+`;
+
+test("a queue's waits load no Node module: the spin and the deadlines read a clock that needs none", async () => {
+  const rig = await startRig();
+  try {
+    const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', QUEUE_CHILD, rig.socket]);
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (b) => (stdout += b));
+      child.stderr.on('data', (b) => (stderr += b));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 30_000); // bounded: a hung child fails the test
+      child.on('close', (status) => {
+        clearTimeout(timer);
+        resolve({ status, stdout, stderr });
+      });
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const { ok, spun, loaded } = JSON.parse(r.stdout) as { ok: boolean; spun: boolean; loaded: string[] };
+    assert.ok(ok && spun, 'both NOPs completed');
+    assert.deepEqual(loaded, [], `loaded: ${loaded.join(', ')}`);
+  } finally {
+    await rig.close();
+  }
 });

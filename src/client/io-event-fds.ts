@@ -1,0 +1,62 @@
+// The ioeventfds a lease's device offers (VFIO_USER_DEVICE_GET_REGION_IO_FDS; SA-1 rev 2: a queue page's
+// doorbell kick at SQ_TAIL), asked for once per region and offset and owned by the lease (lease.ts), which
+// closes them when it closes.
+
+import type { Fd } from '../sys/fd.js';
+import type { VfioUserClient } from '../vfio/user/client.js';
+import { fromCallError } from './errors.js';
+
+export class IoEventFds {
+  readonly #client: VfioUserClient;
+  /** Whether the owning lease has closed: an fd that arrives after that is closed, not kept. */
+  readonly #closed: () => boolean;
+  /** Per "region:offset". */
+  readonly #byKey = new Map<string, Promise<Fd | null>>();
+
+  constructor(client: VfioUserClient, closed: () => boolean) {
+    this.#client = client;
+    this.#closed = closed;
+  }
+
+  /** The fd for `offset` of `region`, or null when the device offers none there (see Lease.ioEventFd). */
+  get(region: number, offset: number): Promise<Fd | null> {
+    const key = `${region}:${offset}`;
+    let p = this.#byKey.get(key);
+    if (!p) {
+      p = this.#fetch(region, BigInt(offset));
+      this.#byKey.set(key, p);
+    }
+    return p;
+  }
+
+  async #fetch(region: number, offset: bigint): Promise<Fd | null> {
+    let reply: Awaited<ReturnType<VfioUserClient['regionIoFds']>>;
+    try {
+      reply = await this.#client.regionIoFds(region);
+    } catch (err) {
+      // No kick fd offered (ENOTSUP: a device without them; ENOSPC: more than one message can carry, e.g.
+      // an SA-1 with over 253 queues): the device's idle poll serves the queue, as in datasheet rev 1.
+      const code = (err as { code?: string }).code;
+      if (code === 'ENOTSUP' || code === 'ENOSPC') return null;
+      throw fromCallError(`region ${region} io fds`, err);
+    }
+    const hit = reply.subRegions.find((s) => s.offset <= offset && offset < s.offset + (s.size || 1n));
+    const fd = hit ? (reply.fds[hit.fdIndex] ?? null) : null;
+    for (const f of reply.fds) if (f !== fd) f.close();
+    if (fd && this.#closed()) {
+      fd.close();
+      return null;
+    }
+    return fd;
+  }
+
+  /** Closes every fd asked for, now or when its reply comes. */
+  closeAll(): void {
+    for (const p of this.#byKey.values())
+      void p.then(
+        (fd) => fd?.close(),
+        () => undefined,
+      );
+    this.#byKey.clear();
+  }
+}

@@ -1,0 +1,67 @@
+// submit()'s descriptors awaiting their completions (sa1-queue.ts): one promise each, kept in submission
+// order (the device completes a queue in order), settled as poll() collects them, failed together when
+// the queue stops, is reset or closes, or when the oldest is overdue. post()ed descriptors have no entry.
+
+import { constants as osConstants } from 'node:os';
+import { monotonicMs } from '../sys/clock.js';
+import { leaseError } from './errors.js';
+import { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
+
+interface Pending {
+  resolve(c: Completion): void;
+  reject(e: Error): void;
+  /** What was submitted, for a timeout's message. */
+  opcode: Descriptor['opcode'];
+  /** monotonicMs() past which the completion is overdue. */
+  deadline: number;
+}
+
+export class PendingCompletions {
+  /** By tag (a number: tags stay far below 2^53, and number keys hash faster than bigints). */
+  readonly #byTag = new Map<number, Pending>();
+
+  get size(): number {
+    return this.#byTag.size;
+  }
+
+  /** The promise for descriptor `tag`'s completion, overdue at `deadline` (monotonicMs). */
+  add(tag: number, opcode: Descriptor['opcode'], deadline: number): Promise<Completion> {
+    return new Promise<Completion>((resolve, reject) =>
+      this.#byTag.set(tag, { resolve, reject, opcode, deadline }),
+    );
+  }
+
+  /** Settles the promise of tag `key`, if one waits: resolved when OK, else rejected with DeviceStatusError. */
+  settle(key: number, c: Completion): void {
+    const p = this.#byTag.get(key);
+    if (!p) return;
+    this.#byTag.delete(key);
+    if (c.status === 'OK') p.resolve(c);
+    else p.reject(new DeviceStatusError(c));
+  }
+
+  /**
+   * The error to fail everything with when the oldest pending descriptor is overdue (ETIMEDOUT, naming the
+   * queue, the lease and the descriptor), or null while it is not.
+   */
+  overdue(timeoutMs: number, queue: number | null, lease: string): Error | null {
+    const first = this.#byTag.entries().next();
+    if (first.done) return null;
+    const [tag, p] = first.value;
+    if (monotonicMs() < p.deadline) return null;
+    const more = this.#byTag.size > 1 ? ` (and ${this.#byTag.size - 1} submitted after it)` : '';
+    return Object.assign(
+      leaseError(
+        'ETIMEDOUT',
+        `SA-1 queue ${queue ?? '?'} (lease ${lease}): descriptor tag ${tag} (${p.opcode}) did not complete within ${timeoutMs} ms${more}; the device may be hung or frozen: reset() the queue or lease again`,
+      ),
+      { errno: osConstants.errno.ETIMEDOUT },
+    );
+  }
+
+  /** Rejects every pending promise with `err` and forgets them. */
+  failAll(err: Error): void {
+    for (const p of this.#byTag.values()) p.reject(err);
+    this.#byTag.clear();
+  }
+}
