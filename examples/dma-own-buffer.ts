@@ -1,6 +1,6 @@
 // DMA into the client's own buffer: the device writes memory this process
 // allocated (a memfd), through the IOMMU mapping the broker made for it.
-import { connect, Sa1Queue } from 'devlease';
+import { connect, Sa1Queue } from 'devlease/client';
 
 await using lease = await connect({
   socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock',

@@ -1,7 +1,7 @@
 // Waiting on interrupts: the device signals our own eventfd (the broker only
 // wired it), so a sleeping client wakes without any broker round trip.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connect, Sa1Queue } from 'devlease';
+import { connect, Sa1Queue } from 'devlease/client';
 
 await using lease = await connect({
   socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock',

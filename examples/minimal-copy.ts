@@ -1,4 +1,4 @@
-import { connect, Sa1Queue } from 'devlease';
+import { connect, Sa1Queue } from 'devlease/client';
 
 // Lease a queue from the broker's socket for the `queue` lease kind.
 await using lease = await connect({

@@ -1,7 +1,7 @@
 // Handling a revocation notice: the owner asked for the lease back with a
 // deadline. Finish what is in flight, then let go before the deadline — a
 // client that does not is reclaimed by force, and its mappings read as revoked.
-import { connect, Sa1Queue } from 'devlease';
+import { connect, Sa1Queue } from 'devlease/client';
 
 const lease = await connect({ socket: process.argv[2] ?? '/run/devlease/sa1/queue.sock', deferSetup: true });
 const queue = await Sa1Queue.create(lease);

@@ -12,10 +12,13 @@ import { startRig } from '../helpers/broker-rig.js';
 
 const dist = (p: string): string => new URL(`../../src/${p}`, import.meta.url).href;
 
+/** The package's root, where `import 'devlease/client'` resolves to the package itself (its exports). */
+const ROOT = new URL('../../../', import.meta.url);
+
 const CHILD = `
 const before = new Set(process.moduleLoadList);
-await import(${JSON.stringify(dist('client/index.js'))});
-await import(${JSON.stringify(dist('client/sa1-queue.js'))});
+// The client's entry point, as a program that depends on devlease imports it (package.json exports).
+await import('devlease/client');
 const { StreamSocket } = await import(${JSON.stringify(dist('sys/stream-socket.js'))});
 const { VfioUserClient } = await import(${JSON.stringify(dist('vfio/user/client.js'))});
 const { VFIO_USER_FRAMING } = await import(${JSON.stringify(dist('vfio/user/transport.js'))});
@@ -32,8 +35,9 @@ const loaded = process.moduleLoadList.filter((m) => !before.has(m) && m.startsWi
 process.stdout.write(JSON.stringify({ code, loaded: loaded.map((m) => m.slice('NativeModule '.length)) }));
 `;
 
-test("loading the client library and its first call's deadline load none of the Node modules a lease does not use", () => {
+test("loading the client library ('devlease/client') and its first call's deadline load none of the Node modules a lease does not use", () => {
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', CHILD], {
+    cwd: ROOT,
     encoding: 'utf8',
     timeout: 30_000,
   });
