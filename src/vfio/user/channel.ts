@@ -10,6 +10,7 @@
 // one at a time in arrival order; without a handler they are declined ENOTSUP.
 import { EventEmitter } from 'node:events';
 import { ERRNO, errnoName, ProtocolError, VfioUserCallError, vfioUserError } from '../../errors.js';
+import { monotonicMs } from '../../sys/clock.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   decodeMessage,
@@ -49,19 +50,9 @@ interface Pending {
   command: number;
   resolve(r: ReplyMessage): void;
   reject(err: Error): void;
-  /** nowMs() past which the call fails with ETIMEDOUT. */
+  /** monotonicMs() past which the call fails with ETIMEDOUT. */
   deadline: number;
   timeoutMs: number;
-}
-
-/**
- * A monotonic clock in ms for the calls' deadlines. Not the global `performance`: its first use loads
- * node:perf_hooks, ~2 ms of CPU that a fresh client process paid on its first call (issue 16). Same cost per
- * call when warm (~0.2 µs).
- */
-function nowMs(): number {
-  const [s, ns] = process.hrtime();
-  return s * 1000 + ns / 1e6;
 }
 
 /** setTimeout's longest delay: a later deadline is re-checked then. */
@@ -152,7 +143,7 @@ export class RequestChannel extends EventEmitter {
     }
     return new Promise((resolve, reject) => {
       const timeoutMs = opts.timeoutMs ?? this.#timeoutMs;
-      const deadline = nowMs() + timeoutMs;
+      const deadline = monotonicMs() + timeoutMs;
       this.#pending.set(msgId, { command, resolve, reject, deadline, timeoutMs });
       try {
         this.#socket.send(data, fds);
@@ -180,7 +171,7 @@ export class RequestChannel extends EventEmitter {
   #armTimer(due: number): void {
     if (this.#timer) clearTimeout(this.#timer);
     this.#timerDue = due;
-    const delay = Math.min(MAX_TIMER_MS, Math.max(0, Math.ceil(due - nowMs())));
+    const delay = Math.min(MAX_TIMER_MS, Math.max(0, Math.ceil(due - monotonicMs())));
     this.#timer = setTimeout(() => this.#expire(), delay);
   }
 
@@ -188,7 +179,7 @@ export class RequestChannel extends EventEmitter {
   #expire(): void {
     this.#timer = null;
     this.#timerDue = Number.POSITIVE_INFINITY;
-    const now = nowMs();
+    const now = monotonicMs();
     let next = Number.POSITIVE_INFINITY;
     for (const [msgId, p] of this.#pending) {
       if (p.deadline <= now) {
