@@ -12,6 +12,7 @@
 // thread), so there is one error model on both sides of the addon.
 
 import { MisuseError, SysError } from '../errors.js';
+import { withFailNth } from './fail-nth.js';
 
 if (process.platform !== 'linux') {
   throw new Error(
@@ -214,10 +215,9 @@ if (typeof addon.setErrorClasses !== 'function' || typeof addon.isMainThread !==
 }
 addon.setErrorClasses(SysError, MisuseError);
 /**
- * The addon itself, unless the test-only fail-nth hook was asked for at load (fail-nth.ts). That module is
- * imported only then: every module is a cost at a client process's start (issue 16).
+ * The addon itself, unless the test-only fail-nth hook was asked for at load (fail-nth.ts: one small module,
+ * loaded always). Chosen synchronously: a top-level `await import()` here would make every module that
+ * imports this one an async module, which CommonJS cannot require() (ERR_REQUIRE_ASYNC_MODULE).
  */
 export const native: NativeAddon =
-  process.env.DEVLEASE_FAIL_NTH === undefined
-    ? addon
-    : (await import('./fail-nth.js')).withFailNth(addon, process.env.DEVLEASE_FAIL_NTH);
+  process.env.DEVLEASE_FAIL_NTH === undefined ? addon : withFailNth(addon, process.env.DEVLEASE_FAIL_NTH);

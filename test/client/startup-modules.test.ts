@@ -89,3 +89,16 @@ test("a queue's waits load no Node module: the spin and the deadlines read a clo
     await rig.close();
   }
 });
+
+test("the client library loads from CommonJS too: require('devlease/client') (no top-level await in its graph)", () => {
+  const r = spawnSync(
+    process.execPath,
+    [
+      '-e',
+      "const c = require('devlease/client'); process.stdout.write(typeof c.connect + ' ' + typeof c.Sa1Queue)",
+    ],
+    { cwd: ROOT, encoding: 'utf8', timeout: 30_000 },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, 'function function');
+});
