@@ -23,8 +23,13 @@ export class IoEventFds {
     const key = `${region}:${offset}`;
     let p = this.#byKey.get(key);
     if (!p) {
-      p = this.#fetch(region, BigInt(offset));
-      this.#byKey.set(key, p);
+      const fetched = this.#fetch(region, BigInt(offset));
+      this.#byKey.set(key, fetched);
+      // A failure is the caller's, not the lease's for good (a passing ENOMEM): the next ask tries again.
+      fetched.catch(() => {
+        if (this.#byKey.get(key) === fetched) this.#byKey.delete(key);
+      });
+      p = fetched;
     }
     return p;
   }
