@@ -173,7 +173,8 @@ export class Sa1Queue {
    * first operation costs (issue 16).
    */
   post(d: Descriptor): void {
-    // One function with no getter or helper on the way to the doorbell: called once per operation, this stays
+    // One function with no helper call before the doorbell (the lease's `closed` is its one getter; the kick
+    // after it is one call): called once per operation, this stays
     // in V8's interpreter (never hot enough to be optimized), and after an idle pause each call, getter and
     // object on the way costs microseconds of cold fetches (issue 16, tenth pass). The checks below admit
     // only what #checkSubmit would; anything else goes to it, which names the error (or, for a non-fatal last

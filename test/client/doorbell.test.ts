@@ -79,3 +79,21 @@ test('Sa1Queue kicks a sleeping device: NOPs after idle complete well inside its
   }
   await q.close();
 });
+
+test('Sa1Queue.post() kicks a sleeping device too: a posted NOP after idle completes inside its 1 s idle poll', async () => {
+  // post() rings and kicks on its own path (not #ring()'s), for callers that spin.
+  const q = await Sa1Queue.create(b, { entries: 8 });
+  const page = new Int32Array(b.region(BAR2).buffer, 0, 16);
+  const kickNeeded = () => (Atomics.load(page, QP.Q_NOTIFY / 4) & Q_NOTIFY_KICK_NEEDED) !== 0;
+  for (let i = 0; i < 3; i++) {
+    await until('the idle device sets KICK_NEEDED', kickNeeded);
+    await sleep(20);
+    q.post({ opcode: 'NOP' });
+    assert.ok(
+      q.spinUntil(() => q.inFlight === 0, 400_000_000n),
+      'completed within 400 ms: the kick reached the device',
+    );
+    assert.equal(q.postError, 0, 'completed OK (no error status)');
+  }
+  await q.close();
+});

@@ -34,3 +34,22 @@ test('writeSqe stores src, dst and imm as the device decodes them, for every 64-
     );
   }
 });
+
+test('writeSqe clears the fields a descriptor leaves out: a reused slot keeps nothing of the last one', () => {
+  const ring = new Uint32Array(16);
+  const bytes = new Uint8Array(ring.buffer);
+  writeSqe(
+    ring,
+    0,
+    { opcode: 'FILL', src: 0x1234n, dst: 0x9000n, imm: 0x5a5a_5a5a_5a5a_5a5an, length: 64 },
+    1,
+    false,
+  );
+  writeSqe(ring, 0, { opcode: 'NOP' }, 2, false);
+  const d = decodeDescriptor(bytes);
+  assert.deepEqual([d.src, d.dst, d.imm, d.length, d.tag], [0n, 0n, 0n, 0, 2n]);
+  assert.ok(
+    ring.subarray(1, 8).every((w) => w === 0),
+    'words 1..7 (length, src, dst, imm) are 0',
+  );
+});
