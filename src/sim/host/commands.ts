@@ -59,10 +59,7 @@ export type DeviceRequest =
   | { op: 'reset' }
   /** fault: truncate the old memory so every mapping of it faults (false: only detach the device from it). */
   | { op: 'revoke'; fd: number; fault: boolean }
-  /**
-   * One-way: the front end renewed queue page `queue` with the spare (page-revoke.ts) and answered the
-   * revoke: adopt the spare, reset the queue.
-   */
+  /** The front end renewed queue page `queue` with the spare (page-revoke.ts): reset the queue, adopt it. */
   | { op: 'pageRenewed'; queue: number }
   | { op: 'disconnect' }
   | { op: 'inject'; inject: InjectRequest }

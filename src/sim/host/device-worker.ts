@@ -13,12 +13,11 @@ import {
   bar0Read32,
   bar0WriteDirect,
   bar0WriteMayReachDevice,
-  isQueueControl,
   QCTRL_DEVICE,
   queueControlDirect,
 } from '../model/bar0.js';
 import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
-import { BAR0_SIZE, Q_CTRL_RESET, Q_NOTIFY_KICK_NEEDED, QP_Q_NOTIFY } from '../model/datasheet.js';
+import { BAR0_SIZE, Q_NOTIFY_KICK_NEEDED, QP_Q_NOTIFY } from '../model/datasheet.js';
 import { sliceFdIndex, sliceFdTable } from '../model/memfd-backing.js';
 import { bar2Size, type Sa1Options } from '../model/options.js';
 import { checkRegionAccess, regionSize } from '../model/regions.js';
@@ -65,8 +64,6 @@ export class DeviceWorker {
   #closed = false;
   /** The worker is gone (closed, or died): the register file no longer describes a live device. */
   #gone = false;
-  /** The post number of a queue reset a revoke posted and the worker may not have taken yet (0: none). */
-  #resetPosted = 0;
 
   static async start(options: Sa1Options, timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS): Promise<DeviceWorker> {
     const dw = new DeviceWorker(options, timeoutMs);
@@ -132,7 +129,6 @@ export class DeviceWorker {
     checkRegionAccess(this.options, index, offset, count);
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
     if (index !== VFIO_PCI_BAR0_REGION_INDEX) return this.request({ op: 'regionRead', index, offset, count });
-    this.#settle();
     // Byte stores, not a DataView: taking `out.buffer` would move the 4 or 8 bytes off the V8 heap, an
     // allocation per register read the collector then has to track (issue 16).
     const out = new Uint8Array(count);
@@ -169,9 +165,6 @@ export class DeviceWorker {
     const dv = new DataView(data.buffer, data.byteOffset, data.length);
     for (let i = 0; i < data.length; i += 4) {
       const value = dv.getUint32(i, true);
-      // A word this thread may apply waits for a revoke's posted reset; CONTROL, FW_CMD and a Q_CTRL RESET go
-      // to the worker behind it (a reclaim's quiesce: it wakes the worker for both, without waiting here).
-      if (this.#resetPosted !== 0 && this.#appliedHere(offset + i, value)) this.#settle();
       if (bar0WriteDirect(this.#regs, offset + i, value, this.options.numQueues)) continue;
       const queue = queueControlDirect(this.#regs, offset + i, value, this.options.numQueues);
       if (queue >= 0) {
@@ -182,13 +175,6 @@ export class DeviceWorker {
         this.request({ op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) });
       }
     }
-  }
-
-  /** Whether a BAR0 word write may be applied by this thread (every one but those the worker always serves). */
-  #appliedHere(off: number, value: number): boolean {
-    const n = this.options.numQueues;
-    if (!bar0WriteMayReachDevice(off, n)) return true;
-    return isQueueControl(off, n) && (value & Q_CTRL_RESET) === 0;
   }
 
   /**
@@ -228,13 +214,11 @@ export class DeviceWorker {
 
   /**
    * The dma-buf feature (datasheet §8): a new open description of each requested slice's memory, read-only
-   * if asked. Served here: a slice's memory is renewed only inside a revoke request, which this thread is then
-   * blocked on, or by this thread (a queue page, revoke below), so the numbers read here are current. The page
-   * of a revoke whose reset the worker has not taken yet still holds the old registers: settled first.
+   * if asked. Served here: the worker renews a slice's memory only inside a revoke request, which this
+   * thread is then blocked on, so the numbers read here are current.
    */
   openSlices(payload: Uint8Array): Fd[] {
     this.#checkOpen();
-    this.#settle();
     const req = parseDmaBufRequest(this.options, payload);
     const mode = (req.accessMode & O_ACCMODE) === O_RDONLY ? OPEN_RDONLY : OPEN_RDWR;
     const fds: Fd[] = [];
@@ -268,45 +252,15 @@ export class DeviceWorker {
       this.request({ op: 'revoke', fd, fault });
       return;
     }
-    try {
-      this.#settle(); // one reset posted at a time (the worker makes the next spare as it takes it)
-      this.#mailbox.makeRoom(); // a full ring fails the revoke here, before the page changed
-    } catch (err) {
-      this.#pages.returnSpare(spare);
-      throw err;
-    }
     const oldFd = Atomics.load(this.#sliceFds, sliceFdIndex(this.options, { kind: 'queue', index: q }));
     renewPage(this.#pages, q, oldFd, spare, this.options.queueStride);
     Atomics.store(this.#sliceFds, sliceFdIndex(this.options, { kind: 'queue', index: q }), spare.fd);
-    // The holder's mapping is dead and the device reads the fresh page: the revoke is answered now, and the
-    // queue's reset is posted without waking the worker. A reclaim's quiesce (a Q_CTRL RESET write the worker
-    // serves) arrives right behind the revoke and wakes it for both: one wake-up of each thread per reclaim
-    // instead of two (issue 16). Nothing else needs to wake it, and a timer to do so cost the front end more
-    // than it saved: a worker with an enabled queue (the revoked one, if it ran) takes posts before every
-    // round, within its poll interval; one with none runs nothing the reset would stop; and what the owner
-    // could see of the reset (the queue's registers, the page's memory) waits for it here (#settle).
-    this.#resetPosted = this.#mailbox.post({ op: 'pageRenewed', queue: q }, false);
-  }
-
-  /**
-   * An access served here that could see a queue's state (its registers, its page's memory) waits until the
-   * worker has taken the reset a revoke posted (revoke above): to the owner, the revoked page's queue is reset
-   * from the revoke's answer on, as when the worker reset it before the answer.
-   */
-  #settle(): void {
-    if (this.#resetPosted === 0) return;
-    this.#mailbox.awaitTaken(this.#resetPosted, this.timeoutMs);
-    this.#resetPosted = 0;
+    this.request({ op: 'pageRenewed', queue: q });
   }
 
   request<T = void>(req: DeviceRequest): T {
     this.#checkOpen();
-    try {
-      return this.#mailbox.call<T>(req, this.timeoutMs);
-    } finally {
-      // Taken in order before this request, if one was posted.
-      if (this.#resetPosted !== 0 && this.#mailbox.hasTaken(this.#resetPosted)) this.#resetPosted = 0;
-    }
+    return this.#mailbox.call<T>(req, this.timeoutMs);
   }
 
   stats(): DeviceStats {

@@ -11,10 +11,8 @@
 // made the kick fds), and DMA_MAP/DMA_UNMAP (dma-table.ts: checked against
 // the front end's copy of the IOMMU table, answered, and posted to the
 // worker one way; an unmap waits only while the engine is inside a round).
-// A queue page's revoke kills the holder's mapping here and posts the
-// queue's reset (device-worker.ts revoke). Everything else is a request
-// the worker serves between descriptors (mailbox.ts), waited for
-// synchronously.
+// Everything else is a request the worker serves between descriptors
+// (mailbox.ts), waited for synchronously.
 
 import { VfioError } from '../../errors.js';
 import { type Fd, native } from '../../sys/index.js';

@@ -242,33 +242,6 @@ export class MailboxCaller<R> {
     }
   }
 
-  /** The device has taken post `n` and acted on it. */
-  hasTaken(n: number): boolean {
-    return ((Atomics.load(this.#words, W_TAKEN) - n) | 0) >= 0;
-  }
-
-  /** Wake the device if need be and block until it has taken post `n`. Throws EIO past `timeoutMs`. */
-  awaitTaken(n: number, timeoutMs: number): void {
-    if (this.hasTaken(n)) return;
-    this.#wake();
-    const w = this.#words;
-    const deadline = performance.now() + timeoutMs;
-    // As in quiesce(): with the waiter flag set, taken() moves W_EPOCH and notifies it.
-    Atomics.store(w, W_EPOCH_WAITER, 1);
-    try {
-      for (;;) {
-        const epoch = Atomics.load(w, W_EPOCH);
-        if (this.hasTaken(n)) return;
-        const left = deadline - performance.now();
-        if (left <= 0)
-          throw new VfioError('EIO', `device did not take a posted command within ${timeoutMs} ms`);
-        Atomics.wait(w, W_EPOCH, epoch, Math.min(left, 1));
-      }
-    } finally {
-      Atomics.store(w, W_EPOCH_WAITER, 0);
-    }
-  }
-
   /**
    * Wait until the device cannot be using what post `n` took away: it has taken the post, or it is outside
    * a round (its next round takes every pending post before touching memory). No wait at all when the

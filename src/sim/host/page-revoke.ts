@@ -5,11 +5,10 @@
 // worker's view of the page in one MAP_FIXED (threads share the address
 // space, so the engine reads the old page or the new one, never a hole),
 // publishes it as the page's memory, truncates the old memfd (every other
-// mapping of it now faults) and only then posts the worker to reset the
-// queue and take ownership (one way: the revoke is answered, and what could
-// show the reset undone waits for it; device-worker.ts). Without a spare,
-// for a device-memory granule, or for a detach (no mapping to kill), the
-// worker does it all, answered after it is done.
+// mapping of it now faults) and only then asks the worker to reset the queue
+// and take ownership (a request: the revoke is still answered after the
+// reset, as before). Without a spare, for a device-memory granule, or for a
+// detach (no mapping to kill), the worker does it all as before.
 
 import { native } from '../../sys/index.js';
 import { QP_REGISTERS_END } from '../model/datasheet.js';

@@ -121,15 +121,15 @@ function mapPosted(r: Extract<DeviceRequest, { op: 'mapPosted' }>): void {
  * A translation missed (iommu.ts onMiss): apply the posts waiting at the head of the ring, among them the
  * maps the front end answered before any descriptor using them could be submitted. Posts that are safe in
  * the middle of a descriptor (maps, an enable, the kick-fd wake) are applied; it stops at an unmap (taken
- * between descriptors, never inside one: the front end waits for that when the engine is in a round), at a
- * revoke's queue reset (which aborts descriptors) and at a request.
+ * between descriptors, never inside one: the front end waits for that when the engine is in a round) and
+ * at a request.
  */
 function applyWaitingPosts(): boolean {
   let applied = false;
   while (mailbox.pending) {
     const env = mailbox.take();
     if (!env) break;
-    if (env.seq !== 0 || env.req.op === 'unmapPosted' || env.req.op === 'pageRenewed') {
+    if (env.seq !== 0 || env.req.op === 'unmapPosted') {
       mailbox.putBack(env);
       break;
     }
@@ -215,12 +215,8 @@ function handle(r: DeviceRequest): unknown {
       // The holder's mapping is already dead (the front end truncated the old memory); the page the engine
       // now reads is a copy of the old registers until this reset zeroes it.
       // Adopted first: the reset zeroes the page through the backing's memfd of it (zeroPage), the new one.
-      // A post (the revoke was answered): the reset happens even if making the next spare fails.
-      try {
-        revokedInodes.add(backing.adoptSpare(r.queue));
-      } finally {
-        device.resetQueue(device.queues[r.queue]!);
-      }
+      revokedInodes.add(backing.adoptSpare(r.queue));
+      device.resetQueue(device.queues[r.queue]!);
       return;
     }
     case 'disconnect': {

@@ -159,11 +159,7 @@ export function bar0WriteDirect(regs: RegisterFile, off: number, v: number, numQ
 
 /** The offsets whose writes the device itself may have to act on (CONTROL, FW_CMD, a Q_CTRL). */
 export function bar0WriteMayReachDevice(off: number, numQueues: number): boolean {
-  return off === REG_CONTROL || off === REG_FW_CMD || isQueueControl(off, numQueues);
-}
-
-/** A Q_CTRL offset (of a queue that exists). */
-export function isQueueControl(off: number, numQueues: number): boolean {
+  if (off === REG_CONTROL || off === REG_FW_CMD) return true;
   return qcfgQueue(off, numQueues) >= 0 && (off - REG_QCFG) % QCFG_STRIDE === Q_CTRL;
 }
 
