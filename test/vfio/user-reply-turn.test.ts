@@ -53,6 +53,24 @@ function split(data: Buffer): { msgId: number; command: number }[] {
   return out;
 }
 
+/** A vfio-user model serving `device` (MemoryDevice), with the calls a test changes replaced. */
+function modelOf(device: MemoryDevice, over: Partial<VfioUserDeviceModel>): VfioUserDeviceModel {
+  return {
+    deviceInfo: () => device.deviceInfo(),
+    regionInfo: (index) => device.regionInfo(index),
+    regionRead: (i, o, c) => device.regionRead(i, o, c),
+    regionWrite: (i, o, d) => device.regionWrite(i, o, d),
+    dmaMap: (r) => device.dmaMap(r),
+    dmaUnmap: (r) => device.dmaUnmap(r),
+    irqInfo: (i) => device.irqInfo(i),
+    setIrqs: (r) => device.setIrqs(r),
+    reset: () => device.reset(),
+    feature: (r) => device.feature(r),
+    disconnected: (reason) => device.disconnected(reason),
+    ...over,
+  };
+}
+
 test('replies given in one turn go at its end, together, in order, after the device commands of that turn', async () => {
   const device = new MemoryDevice();
   // What the server had sent when each SET_IRQS reached the model (a relay would send its device command now).
@@ -65,25 +83,15 @@ test('replies given in one turn go at its end, together, in order, after the dev
   });
   let serverFd = -1;
   const sends: { fd: number; bytes: number; fds: number }[] = [];
-  const model: VfioUserDeviceModel = {
-    deviceInfo: () => device.deviceInfo(),
-    regionInfo: (index) => device.regionInfo(index),
-    regionRead: (i, o, c) => device.regionRead(i, o, c),
-    regionWrite: (i, o, d) => device.regionWrite(i, o, d),
-    dmaMap: (r) => device.dmaMap(r),
-    dmaUnmap: (r) => device.dmaUnmap(r),
-    irqInfo: (i) => device.irqInfo(i),
+  const model = modelOf(device, {
     setIrqs: (req: IrqSetRequest) => {
       sentAtModel.push(sends.filter((s) => s.fd === serverFd).length);
       req.issued?.(); // its device command is out (as a relay's): the next pipelined request may start
       // Answered later, all at once (as a device's replies that came in one read).
       return new Promise<void>((resolve) => answers.push(resolve));
     },
-    reset: () => device.reset(),
-    feature: (r) => device.feature(r),
-    disconnected: (reason) => device.disconnected(reason),
     versionSettled: () => settled,
-  };
+  });
   const server = new VfioUserServer({ createDevice: () => model, log: () => {} });
   const [x, y] = native.unixPair(true);
   serverFd = x;
@@ -172,17 +180,10 @@ test('a reply held for the turn whose socket a session closes itself in that tur
   const device = new MemoryDevice();
   let socket!: StreamSocket;
   let answered = false;
-  const model: VfioUserDeviceModel = {
-    deviceInfo: () => device.deviceInfo(),
-    regionInfo: (index) => device.regionInfo(index),
-    regionRead: (i, o, c) => device.regionRead(i, o, c),
-    regionWrite: (i, o, d) => device.regionWrite(i, o, d),
-    dmaMap: (r) => device.dmaMap(r),
-    dmaUnmap: (r) => device.dmaUnmap(r),
-    irqInfo: (i) => device.irqInfo(i),
-    // Answered from a promise (held for the turn's end), and the region request behind it is answered in the
-    // same turn (held too, with its fd); then, still in that turn, the socket is closed directly, as
-    // PendingSession's hang-up does, before its 'close' event can reach the connection.
+  // SET_IRQS is answered from a promise (held for the turn's end), and the region request behind it in the same
+  // turn (held too, with its fd); then, still in that turn, the socket is closed directly, as PendingSession's
+  // hang-up does, before its 'close' event can reach the connection.
+  const model = modelOf(device, {
     setIrqs: async () => {
       void Promise.resolve()
         .then(() => undefined)
@@ -193,10 +194,7 @@ test('a reply held for the turn whose socket a session closes itself in that tur
           socket.close();
         });
     },
-    reset: () => device.reset(),
-    feature: (r) => device.feature(r),
-    disconnected: (reason) => device.disconnected(reason),
-  };
+  });
   const server = new VfioUserServer({ createDevice: () => model, log: () => {} });
   const [x, y] = native.unixPair(true);
   const raw = new Fd(y);
