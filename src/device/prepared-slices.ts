@@ -56,8 +56,15 @@ export class PreparedSlices {
       },
       () => null,
     );
-    ranges.forEach((range, i) => {
-      this.#entries.set(keyOf(region, range), { region, range, fd: all.then((fds) => fds?.[i] ?? null) });
+    const entries = ranges.map((range, i): [string, Entry] => [
+      keyOf(region, range),
+      { region, range, fd: all.then((fds) => fds?.[i] ?? null) },
+    ]);
+    for (const [key, e] of entries) this.#entries.set(key, e);
+    // A failed answer holds no fd: its entries leave at once, not one of the cap's places until a grant.
+    void all.then((fds) => {
+      if (fds) return;
+      for (const [key, e] of entries) if (this.#entries.get(key) === e) this.#entries.delete(key);
     });
     return true;
   }

@@ -31,7 +31,7 @@ import type { Driver, DriverConfig, DriverFactory, LeaseRequest, LeaseResources 
 import { PollTimeoutError } from '../poll.js';
 import { bootFirmware } from './boot.js';
 import { enableBusMaster, resetDevice, revokeAll } from './device-commands.js';
-import { queueLeaseResources } from './grant.js';
+import { layoutProblems, queueLeaseResources } from './grant.js';
 import { checkAlive, checkAsLeft, RECOVER_WAITS_MS, readStatusRegisters } from './health.js';
 import { Sa1Monitor } from './monitor.js';
 import { Granules, QueuePool, WindowSlots } from './pools.js';
@@ -147,19 +147,7 @@ export class Sa1Driver extends EventEmitter implements Driver {
   }
 
   validateLayout(): void {
-    const g = this.geometry;
-    const page = this.#cfg.layout.pageSize;
-    const problems: string[] = [];
-    if (g.queueStride < page || g.queueStride % page !== 0) {
-      problems.push(
-        `region 2 (BAR2): offset 0, stride ${g.queueStride} is below or not a multiple of the ${page}-byte page`,
-      );
-    }
-    if (g.granule < page || g.granule % page !== 0) {
-      problems.push(
-        `region 4 (BAR4): offset 0, stride ${g.granule} is below or not a multiple of the ${page}-byte page`,
-      );
-    }
+    const problems = layoutProblems(this.geometry, this.#cfg.layout.pageSize);
     if (problems.length && !this.#cfg.layout.allowCooperative) {
       throw new Error(
         `sa1: layout cannot isolate clients: ${problems.join('; ')} (set layout.allow_cooperative to lease anyway)`,

@@ -89,3 +89,23 @@ export function queueLeaseResources(a: QueueGrant): LeaseResources {
     },
   };
 }
+
+/**
+ * Why the device's layout cannot give each lease pages of its own (empty: it can): a queue page or a
+ * device-memory granule smaller than, or not a multiple of, the host page. Such a layout leases only with
+ * layout.allow_cooperative, and its slices are then `cooperative` (queueLeaseResources).
+ */
+export function layoutProblems(g: Sa1Geometry, page: number): string[] {
+  const problems: string[] = [];
+  if (g.queueStride < page || g.queueStride % page !== 0) {
+    problems.push(
+      `region 2 (BAR2): offset 0, stride ${g.queueStride} is below or not a multiple of the ${page}-byte page`,
+    );
+  }
+  if (g.granule < page || g.granule % page !== 0) {
+    problems.push(
+      `region 4 (BAR4): offset 0, stride ${g.granule} is below or not a multiple of the ${page}-byte page`,
+    );
+  }
+  return problems;
+}

@@ -68,8 +68,9 @@ export class Granules {
  * The queues: which are free to lease, which are stuck (a reset that did not finish: never
  * leased again by this driver, whatever the broker does with the lease that held them — a grant whose
  * activation timed out gives its queue back with release()), and which are clean (reset by this driver and
- * not enabled since: reclaim's quiesce or scrub paid the reset, so the next grant needs none of its own), and which were prepared at their reclaim (the device holds their queue
- * page's next slice fd: the next grant of one asks the device for none).
+ * not enabled since: reclaim's quiesce or scrub paid the reset, so the next grant needs none of its own), and
+ * which were prepared at their reclaim (the device holds their queue page's next slice fd: the next grant of one
+ * asks the device for none).
  *
  * take() order: the most recently prepared free queue (LIFO, so with a steady churn of a few leases the few
  * prepared fds the cap allows are the ones granted next), then the lowest clean one (no reset at grant), then
@@ -108,9 +109,15 @@ export class QueuePool {
    * slice fd (it drops them on a revoke, reset, new connection or handover); one it no longer holds is only clean.
    */
   take(prepared: (q: number) => boolean = () => false): number | undefined {
-    while (this.#prepared.length) {
-      const q = this.#prepared.pop()!;
-      if (prepared(q) && this.#remove(q)) return q;
+    for (let i = this.#prepared.length - 1; i >= 0; i--) {
+      const q = this.#prepared[i]!;
+      // One the device no longer holds is forgotten; one prepared but not free yet (its reclaim marks it
+      // before it gives it back) stays for a later take().
+      if (!prepared(q)) this.#prepared.splice(i, 1);
+      else if (this.#remove(q)) {
+        this.#prepared.splice(i, 1);
+        return q;
+      }
     }
     const clean = this.#free.find((q) => this.#clean.has(q));
     if (clean === undefined) return this.#free.shift();
