@@ -10,15 +10,9 @@ import { closedError as closedHandleError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { StreamSocket } from '../sys/stream-socket.js';
 import {
-  VFIO_DEVICE_FEATURE_DMA_BUF,
-  VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
-  VFIO_DEVICE_FEATURE_GET,
-  VFIO_DEVICE_FEATURE_PROBE,
-  VFIO_DEVICE_FEATURE_SET,
   VFIO_IRQ_SET_ACTION_TRIGGER,
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
-  VFIO_PCI_CONFIG_REGION_INDEX,
 } from '../vfio/uapi/vfio.js';
 import {
   DEFAULT_TIMEOUT_MS,
@@ -39,8 +33,8 @@ import type {
   Transport,
 } from './device.js';
 import { IoFdCache } from './io-fd-cache.js';
-import { readPciIds } from './pci-ids.js';
 import type { SliceRange } from './prepared-slices.js';
+import { describe, formatIds } from './vfio-user-describe.js';
 import { VfioUserSlices } from './vfio-user-slices.js';
 
 /** A vfio-user device connection as a broker upgrade hands it over (JSON; the socket travels as an fd). */
@@ -379,34 +373,6 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     this.#client.close();
   }
 }
-
-/** What a connection says about its device: counts, PCI ids, and whether slices can be mapped and revoked. */
-async function describe(
-  client: VfioUserClient,
-): Promise<Pick<VfioUserDevice, 'numRegions' | 'numIrqs' | 'ids' | 'capabilities'>> {
-  const info = await client.deviceInfo();
-  const ids = await readPciIds((off, n) => client.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, off, n));
-  const probe = async (feature: number, dir: number) => {
-    try {
-      await client.feature({ flags: VFIO_DEVICE_FEATURE_PROBE | dir, feature });
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  const mappable = await probe(VFIO_DEVICE_FEATURE_DMA_BUF, VFIO_DEVICE_FEATURE_GET);
-  const revocable = mappable && (await probe(VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE, VFIO_DEVICE_FEATURE_SET));
-  return {
-    numRegions: info.num_regions,
-    numIrqs: info.num_irqs,
-    ids,
-    capabilities: { mappableSlices: mappable, revocableSlices: revocable },
-  };
-}
-
-const hex4 = (v: number) => v.toString(16).padStart(4, '0');
-const formatIds = (i: Device['ids']) =>
-  `PCI ${hex4(i.vendor)}:${hex4(i.device)} (subsystem ${hex4(i.subsystemVendor)}:${hex4(i.subsystem)}, class 0x${i.classCode.toString(16).padStart(6, '0')})`;
 
 const closedError = (endpoint: string) => closedHandleError(`the device at ${endpoint}`);
 
