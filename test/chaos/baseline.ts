@@ -1,10 +1,11 @@
 // What "back to baseline" means for the chaos suite: the broker's and the
 // simulator's descriptors (the broker's without the slice fds it holds
-// prepared, at most PREPARED_CAP) and memfd mappings (DMA memory, slices), the lease
+// prepared, bounded on their own: helpers/prepared-fds.ts) and memfd mappings (DMA memory, slices), the lease
 // table, and this process's children (only the simulator and the broker).
 // RSS is compared with a bound, not equality (the heap breathes).
 import { readdirSync, readFileSync } from 'node:fs';
 import { adminRequest } from '../../src/cli/admin.js';
+import { preparedFds } from '../helpers/prepared-fds.js';
 import { fdCount, mappingCount, rssBytes } from '../helpers/proc-stat.js';
 
 export interface Snapshot {
@@ -30,22 +31,6 @@ export function childPids(): number[] {
     }
   }
   return out.sort((a, b) => a - b);
-}
-
-/** The most slice fds the broker holds prepared for the next grants (lifetime.prepared_slice_fds default). */
-export const PREPARED_CAP = 8;
-
-/** How many slice fds the broker holds prepared for the next grants (issue 16; docs/CONFIG.md). */
-async function preparedFds(admin: string): Promise<number> {
-  const status = (await adminRequest(admin, { op: 'status' }, 60_000)) as {
-    driver?: { preparedSliceFds?: number };
-  };
-  const n = status.driver?.preparedSliceFds;
-  if (typeof n !== 'number')
-    throw new Error(`status says nothing of prepared slice fds: ${JSON.stringify(status)}`);
-  if (n > PREPARED_CAP)
-    throw new Error(`the broker holds ${n} prepared slice fds, over the cap of ${PREPARED_CAP}`);
-  return n;
 }
 
 export async function snapshot(brokerPid: number, simPid: number, admin: string): Promise<Snapshot> {
