@@ -84,5 +84,9 @@ test('a lease without IOVA maps is reclaimed in one device round trip: every com
     ['issue revokeSlice', 'issue write32', 'issue read64', 'issue setIrqs'],
     `the revoke, the quiesce (its write and first read) and the vector's unwiring go out together: ${log.join(', ')}`,
   );
-  assert.equal(log.filter((e) => e.startsWith('issue')).length, 4, `no command after the answers: ${log.join(', ')}`);
+  assert.equal(
+    log.filter((e) => e.startsWith('issue')).length,
+    4,
+    `no command after the answers: ${log.join(', ')}`,
+  );
 });
