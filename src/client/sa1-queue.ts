@@ -322,6 +322,11 @@ export class Sa1Queue {
 
   /** Spin on the completion ring until `pred` holds or `timeoutNs` passes (hot-path measurements). */
   spinUntil(pred: () => boolean, timeoutNs = 1_000_000_000n): boolean {
+    if (pred()) return true;
+    // One look before the deadline is read: after a kick the device has usually run on this CPU during the
+    // kick's yield, so the completion is there and a cold clock read would only delay seeing it (issue 16).
+    this.poll();
+    if (pred()) return true;
     // monotonicMs() (a double) rather than hrtime.bigint(), which allocates a BigInt per look.
     const end = monotonicMs() + Number(timeoutNs) / 1e6;
     while (!pred()) {
