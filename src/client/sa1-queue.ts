@@ -238,7 +238,8 @@ export class Sa1Queue {
     // The doorbell: a plain store into the mapped queue page. Atomics orders it after the descriptor writes
     // and is a full fence, so the Q_NOTIFY load below cannot pass it (datasheet §2.3, rev 2): a device that
     // set KICK_NEEDED before our store sees the flag's request answered by the kick; one that sets it later
-    // reads our SQ_TAIL itself.
+    // reads our SQ_TAIL itself. The kick comes last, not before the descriptor: a device woken early tends to
+    // preempt us on this CPU and find nothing (docs/SA-1.md, "the client kicks after its doorbell").
     Atomics.store(this.#words, SQ_TAIL_W, this.#tail);
     if (this.#kickFd !== null && (Atomics.load(this.#words, Q_NOTIFY_W) & Q_NOTIFY_KICK_NEEDED) !== 0) {
       this.#kick();
