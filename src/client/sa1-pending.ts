@@ -1,10 +1,13 @@
 // submit()'s descriptors awaiting their completions (sa1-queue.ts): one promise each, kept in submission
 // order (the device completes a queue in order), settled as poll() collects them, failed together when
 // the queue stops, is reset or closes, or when the oldest is overdue. post()ed descriptors have no entry.
+// The pump collects them: a brief spin, then the queue's interrupt or a 1 ms timer, until none is left.
 
 import { constants as osConstants } from 'node:os';
+import { STATUS_NAME } from '../hw/sa1/regs.js';
 import { monotonicMs } from '../sys/clock.js';
 import { leaseError } from './errors.js';
+import type { Lease } from './lease.js';
 import { type Completion, type Descriptor, DeviceStatusError } from './sa1-descriptor.js';
 
 interface Pending {
@@ -16,9 +19,25 @@ interface Pending {
   deadline: number;
 }
 
+/** What the pump asks of the queue whose completions it collects (Sa1Queue). */
+export interface CompletionSource {
+  readonly lease: Lease;
+  /** The code that put the queue in ERROR, or 0 while it runs. */
+  readonly error: number;
+  /** Consume every completion written; returns how many (settling this table's promises). */
+  poll(): number;
+}
+
 export class PendingCompletions {
   /** By tag (a number: tags stay far below 2^53, and number keys hash faster than bigints). */
   readonly #byTag = new Map<number, Pending>();
+
+  #pumping = false;
+
+  /** A pump() is running. */
+  get pumping(): boolean {
+    return this.#pumping;
+  }
 
   get size(): number {
     return this.#byTag.size;
@@ -57,6 +76,49 @@ export class PendingCompletions {
       ),
       { errno: osConstants.errno.ETIMEDOUT },
     );
+  }
+
+  /**
+   * Collect `q`'s completions until none of this table's is pending: spin `spinMs`, then sleep until an
+   * interrupt, looking again at least every millisecond (a descriptor without INTR). `fail` fails everything
+   * in flight: when the oldest is overdue, the queue enters ERROR, or the lease closes.
+   */
+  async pump(
+    q: CompletionSource,
+    spinMs: number,
+    timeoutMs: number,
+    fail: (err: Error) => void,
+  ): Promise<void> {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      while (this.#byTag.size && !q.lease.closed) {
+        const end = monotonicMs() + spinMs;
+        while (!q.poll() && monotonicMs() < end) {
+          /* brief spin: the device answers in microseconds */
+        }
+        if (!this.#byTag.size) break;
+        const late = this.overdue(timeoutMs, q.lease.info.queue, q.lease.info.lease);
+        if (late) {
+          fail(late);
+          return;
+        }
+        if (q.error) {
+          // The faulting descriptor's completion may land just after Q_ERROR: collect it first, so it is
+          // reported with its own status; whatever is still pending will never complete.
+          q.poll();
+          fail(leaseError('EIO', `queue entered ERROR: ${STATUS_NAME[q.error] ?? q.error}`));
+          return;
+        }
+        await Promise.race([q.lease.nextInterrupt(), new Promise((r) => setTimeout(r, 1))]).catch(
+          () => undefined,
+        );
+      }
+      if (q.lease.closed)
+        fail(leaseError('ERR_DEVLEASE_CLOSED', 'the lease closed with descriptors in flight'));
+    } finally {
+      this.#pumping = false;
+    }
   }
 
   /** Rejects every pending promise with `err` and forgets them. */

@@ -3,7 +3,7 @@
 // completions found by the phase bit, spinning briefly and then waiting on
 // the queue's interrupt eventfd. Setting a queue up (options, the clean
 // check, the rings and kick fd asked of the broker) is sa1-queue-setup.ts;
-// submit()'s promises, sa1-pending.ts.
+// submit()'s promises and the pump that collects them, sa1-pending.ts.
 
 import { CQE_SIZE, Q_NOTIFY_KICK_NEEDED, QP, SQE_SIZE, STATUS_CODE, STATUS_NAME } from '../hw/sa1/regs.js';
 import { monotonicMs } from '../sys/clock.js';
@@ -66,7 +66,8 @@ export class Sa1Queue {
   /** post()'s tags count on their own, with POSTED_TAG_HI in the high word: submit()'s stay below 2^53. */
   #postTag = 0;
   #postError = 0;
-  #pumping = false;
+  /** #failAll for the pump (sa1-pending.ts), made once. */
+  readonly #fail = (err: Error): void => this.#failAll(err);
   /** The queue page's ioeventfd (doorbell kick, rev 2; the lease owns it), or null when the device offers none. */
   readonly #kickFd: Fd | null;
   /** #kickFd's number (-1 without one), read once: the kick is the cold path's, and a getter costs there. */
@@ -237,7 +238,8 @@ export class Sa1Queue {
     // The doorbell: a plain store into the mapped queue page. Atomics orders it after the descriptor writes
     // and is a full fence, so the Q_NOTIFY load below cannot pass it (datasheet §2.3, rev 2): a device that
     // set KICK_NEEDED before our store sees the flag's request answered by the kick; one that sets it later
-    // reads our SQ_TAIL itself.
+    // reads our SQ_TAIL itself. The kick comes last, not before the descriptor: a device woken early tends to
+    // preempt us on this CPU and find nothing (docs/SA-1.md, "the client kicks after its doorbell").
     Atomics.store(this.#words, SQ_TAIL_W, this.#tail);
     if (this.#kickFd !== null && (Atomics.load(this.#words, Q_NOTIFY_W) & Q_NOTIFY_KICK_NEEDED) !== 0) {
       this.#kick();
@@ -245,7 +247,8 @@ export class Sa1Queue {
   }
 
   #startPump(): void {
-    if (!this.#pumping) void this.#pump(); // an async call makes a promise: only when it will run
+    // An async call makes a promise: only when it will run.
+    if (!this.#pending.pumping) void this.#pending.pump(this, this.#spinMs, this.#timeoutMs, this.#fail);
   }
 
   #kick(): void {
@@ -320,6 +323,11 @@ export class Sa1Queue {
 
   /** Spin on the completion ring until `pred` holds or `timeoutNs` passes (hot-path measurements). */
   spinUntil(pred: () => boolean, timeoutNs = 1_000_000_000n): boolean {
+    if (pred()) return true;
+    // One look before the deadline is read: after a kick the device has usually run on this CPU during the
+    // kick's yield, so the completion is there and a cold clock read would only delay seeing it (issue 16).
+    this.poll();
+    if (pred()) return true;
     // monotonicMs() (a double) rather than hrtime.bigint(), which allocates a BigInt per look.
     const end = monotonicMs() + Number(timeoutNs) / 1e6;
     while (!pred()) {
@@ -327,43 +335,6 @@ export class Sa1Queue {
       if (monotonicMs() > end) return false;
     }
     return true;
-  }
-
-  async #pump(): Promise<void> {
-    if (this.#pumping) return;
-    this.#pumping = true;
-    try {
-      while (this.#pending.size && !this.lease.closed) {
-        const end = monotonicMs() + this.#spinMs;
-        while (!this.poll() && monotonicMs() < end) {
-          /* brief spin: the device answers in microseconds */
-        }
-        if (!this.#pending.size) break;
-        if (this.#timedOut()) return;
-        if (this.error) {
-          // The faulting descriptor's completion may land just after Q_ERROR: collect it first, so it is
-          // reported with its own status; whatever is still pending will never complete.
-          this.poll();
-          this.#failAll(leaseError('EIO', `queue entered ERROR: ${STATUS_NAME[this.error] ?? this.error}`));
-          return;
-        }
-        // Sleep until an interrupt, but look again at least every millisecond (a descriptor without INTR).
-        await Promise.race([this.lease.nextInterrupt(), new Promise((r) => setTimeout(r, 1))]).catch(
-          () => undefined,
-        );
-      }
-      if (this.lease.closed)
-        this.#failAll(leaseError('ERR_DEVLEASE_CLOSED', 'the lease closed with descriptors in flight'));
-    } finally {
-      this.#pumping = false;
-    }
-  }
-
-  /** The oldest pending descriptor is overdue: fail it and everything after it (ETIMEDOUT). */
-  #timedOut(): boolean {
-    const err = this.#pending.overdue(this.#timeoutMs, this.lease.info.queue, this.lease.info.lease);
-    if (err) this.#failAll(err);
-    return err !== null;
   }
 
   #failAll(err: Error): void {

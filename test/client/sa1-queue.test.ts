@@ -153,6 +153,34 @@ test('a completion status the datasheet does not define is its own error, with t
   await q.close();
 });
 
+test("submit()'s promises behind a fatal completion fail with EIO, and a lease closed under them with ERR_DEVLEASE_CLOSED", async () => {
+  const q = await Sa1Queue.create(lease, { entries: 8 });
+  const ctrl = qcfg(lease.info.queue!, Q.CTRL);
+  await rig.device.write32(BAR0, ctrl, 0); // paused, so both are in the ring before the device looks
+  const outside = lease.info.iovaWindow!.base + lease.info.iovaWindow!.size;
+  const [fault, behind] = q.submitBatch([{ opcode: 'WRITE_IMM', dst: outside, imm: 1n }, { opcode: 'NOP' }]);
+  // Both checked from before the device runs: each rejects as soon as the pump sees it.
+  const checked = Promise.all([
+    assert.rejects(fault!, { code: 'WINDOW_VIOLATION' }, 'the faulting one with its own status'),
+    assert.rejects(behind!, { code: 'EIO', message: /queue entered ERROR: WINDOW_VIOLATION/ }),
+  ]);
+  await rig.device.write32(BAR0, ctrl, Q_CTRL.ENABLE);
+  await checked;
+  assert.equal(q.inFlight, 0);
+  await q.close();
+
+  const other = await connect({ socket: rig.socket });
+  const q2 = await Sa1Queue.create(other, { entries: 8 });
+  await rig.device.write32(BAR0, qcfg(other.info.queue!, Q.CTRL), 0); // nothing completes
+  const pending = q2.nop();
+  other.close();
+  await assert.rejects(pending, {
+    code: 'ERR_DEVLEASE_CLOSED',
+    message: /closed with descriptors in flight/,
+  });
+  assert.equal(q2.inFlight, 0);
+});
+
 test('a completion that never comes fails with ETIMEDOUT naming the queue and the descriptor', async () => {
   await assert.rejects(Sa1Queue.create(lease, { completionTimeoutMs: 0 }), { code: 'EINVAL' });
   const q = await Sa1Queue.create(lease, { entries: 8, completionTimeoutMs: 300 });
