@@ -3,8 +3,9 @@
 // can drive it in-process with step()/runUntilIdle() and a HeapBacking.
 // Register state lives in the register file (register-file.ts), which the
 // simulator's front end shares to answer register accesses itself. The owner's
-// region accesses are region-access.ts; the fault injections' state is injections.ts; what its poller
-// asks before it sleeps (doorbell notification) is poller.ts.
+// region accesses are region-access.ts; CONTROL and Q_CTRL writes and the resets they start (and the
+// stuck-reset injection holding them) are reset-control.ts; the fault injections' state is injections.ts;
+// what its poller asks before it sleeps (doorbell notification) is poller.ts.
 
 import { sleepSync } from '../../util/sleep-sync.js';
 import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../vfio/uapi/vfio.js';
@@ -12,16 +13,10 @@ import { deviceCanRun, statusRegister } from './bar0.js';
 import { ConfigSpace } from './config-space.js';
 import {
   BAR0_SIZE,
-  CONTROL_ENABLE,
-  CONTROL_RESET,
   FAULT_FW,
   FAULT_HANG,
   FAULT_QUEUE_DEVICE,
   MSIX_ENTRY_SIZE,
-  Q_CTRL,
-  Q_CTRL_ENABLE,
-  Q_CTRL_RESET,
-  REG_CONTROL,
   REG_MSIX_TABLE,
   REG_SCRATCH,
   ST_IOMMU_FAULT,
@@ -36,6 +31,7 @@ import { bar2Size, type Sa1Options } from './options.js';
 import { Queue } from './queue.js';
 import { readRegion, writeRegion } from './region-access.js';
 import { RegisterFile } from './register-file.js';
+import { ResetControl } from './reset-control.js';
 import type { Backing, SliceRef } from './slices.js';
 
 export interface DeviceHooks {
@@ -57,8 +53,8 @@ export class Sa1Device {
 
   /** Fault injection (programmatic only, never through a BAR): injections.ts. */
   readonly #inject = new Injections();
-  /** Queue resets begun but held by a stuck-reset injection (Q_CTRL.RESET reads 1 until it is cleared). */
-  readonly queueResetsPending = new Set<number>();
+  /** CONTROL and Q_CTRL writes, queue resets, and the resets a stuck-reset injection holds: reset-control.ts. */
+  readonly #resets: ResetControl;
   readonly #now: () => number;
   /**
    * The queues a round visits, in index order: those that can run (enabled, no ERROR) and those that still
@@ -111,21 +107,9 @@ export class Sa1Device {
       },
       errorLag: () => this.#errorLag(),
     });
+    this.#resets = new ResetControl(regs, this.#inject, this.engine, this.queues, () => this.reset());
   }
 
-  get controlEnable(): boolean {
-    return (this.regs.load(REG_CONTROL) & CONTROL_ENABLE) !== 0;
-  }
-  set controlEnable(v: boolean) {
-    this.regs.store(REG_CONTROL, (v ? CONTROL_ENABLE : 0) | (this.deviceResetPending ? CONTROL_RESET : 0));
-  }
-  /** A CONTROL.RESET held by a stuck-reset injection: CONTROL.RESET reads 1 and STATUS shows RESETTING. */
-  get deviceResetPending(): boolean {
-    return (this.regs.load(REG_CONTROL) & CONTROL_RESET) !== 0;
-  }
-  set deviceResetPending(v: boolean) {
-    this.regs.store(REG_CONTROL, (this.controlEnable ? CONTROL_ENABLE : 0) | (v ? CONTROL_RESET : 0));
-  }
   get scratch(): number {
     return this.regs.load(REG_SCRATCH);
   }
@@ -158,30 +142,21 @@ export class Sa1Device {
     writeRegion(this, index, offset, data);
   }
 
-  // --- control ---
+  // --- control (reset-control.ts) ---
 
-  /** Q_CTRL write: RESET first (queue back to its reset state), then ENABLE as written. */
+  /** CONTROL write (bar0.ts): RESET first (unless a stuck-reset injection holds it), then ENABLE as written. */
+  writeControl(value: number): void {
+    this.#resets.writeControl(value);
+  }
+
+  /** Q_CTRL write (bar0.ts): RESET first (queue back to its reset state), then ENABLE as written. */
   writeQueueControl(q: Queue, value: number): void {
-    if (this.queueResetsPending.has(q.index)) return; // in reset: the queue takes no control until it ends
-    if (value & Q_CTRL_RESET && this.#inject.resetStuck(q.index)) {
-      // The reset begins (the queue stops) but does not finish: Q_CTRL.RESET reads 1 until the injection ends.
-      if (q.enabled) this.engine.abort(q);
-      q.enabled = false;
-      this.regs.store(q.qcfgAt + Q_CTRL, Q_CTRL_RESET);
-      this.queueResetsPending.add(q.index);
-      return;
-    }
-    if (value & Q_CTRL_RESET) this.resetQueue(q);
-    const enable = (value & Q_CTRL_ENABLE) !== 0;
-    if (q.enabled && !enable) this.engine.abort(q);
-    q.enabled = enable;
-    q.publishInflight(q.inflight.length);
+    this.#resets.writeQueueControl(q, value);
   }
 
   /** Queue reset: in-flight descriptors ABORTED, rings and indexes zeroed, ERROR cleared, windows kept. */
   resetQueue(q: Queue): void {
-    this.engine.abort(q);
-    q.clearRings();
+    this.#resets.resetQueue(q);
   }
 
   /**
@@ -190,9 +165,7 @@ export class Sa1Device {
    * sends DEVICE_RESET at every machine reset and stops the VM on ERR.
    */
   reset(): void {
-    // A whole-device reset finishes every register reset still pending (a stuck-reset injection's).
-    this.deviceResetPending = false;
-    this.queueResetsPending.clear();
+    this.#resets.finishAll();
     for (const q of this.queues) {
       this.engine.abort(q);
       q.powerOn();
@@ -200,22 +173,10 @@ export class Sa1Device {
     this.faults.clear();
     this.firmware.unload();
     this.hung = false;
-    this.controlEnable = false;
+    this.#resets.controlEnable = false;
     this.scratch = 0;
     this.devmem.zero();
     this.#maskAllVectors();
-  }
-
-  /** CONTROL write: RESET first (unless a stuck-reset injection holds it), then ENABLE as written. */
-  writeControl(value: number): void {
-    if (this.deviceResetPending) return; // resetting: CONTROL takes nothing until the reset ends
-    if (value & CONTROL_RESET && this.#inject.deviceResetStuck) {
-      this.controlEnable = false;
-      this.deviceResetPending = true;
-      return;
-    }
-    if (value & CONTROL_RESET) this.reset();
-    this.controlEnable = (value & CONTROL_ENABLE) !== 0;
   }
 
   // --- IOMMU ---
@@ -263,19 +224,7 @@ export class Sa1Device {
     if (queue !== undefined && !this.queues[queue]) {
       throw new RangeError(`no queue ${queue} (NUM_QUEUES ${this.options.numQueues})`);
     }
-    this.#inject.setStuck(queue ?? 'device', stuck);
-    if (stuck) return;
-    if (this.deviceResetPending && !this.#inject.deviceResetStuck) {
-      this.deviceResetPending = false;
-      this.reset();
-    }
-    for (const i of [...this.queueResetsPending]) {
-      if (this.#inject.resetStuck(i)) continue;
-      this.queueResetsPending.delete(i);
-      const q = this.queues[i] as Queue;
-      this.regs.store(q.qcfgAt + Q_CTRL, 0);
-      this.resetQueue(q);
-    }
+    this.#resets.setStuckReset(stuck, queue);
   }
 
   /** The next `count` firmware loads hang the device instead of running (0 clears). */

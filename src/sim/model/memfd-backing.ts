@@ -108,7 +108,7 @@ export class MemfdBacking implements Backing {
   /**
    * A hole punched in the page's memfd: it reads zero in every mapping (the client's too), and its pages are
    * freed untouched. Storing 64 KiB of zeros instead faulted in all 16 pages of a queue never used before,
-   * the largest item of the simulator's CPU per lease at 1,000 leases (docs/PERFORMANCE.md, fifth pass).
+   * the largest item of the simulator's CPU per lease at 1,000 leases (docs/performance-history.md, fifth pass).
    */
   zeroPage(q: number, from: number): void {
     this.#get({ kind: 'queue', index: q }).memfd.punchHole(from, this.o.queueStride - from);
