@@ -11,6 +11,7 @@ import type { Lease as BrokerLease } from '../../src/broker/lease.js';
 import { PidFd } from '../../src/sys/index.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { BrokerProbe } from '../fixtures/probe.js';
+import { ReleaseWatch } from '../fixtures/released.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { startRig } from '../fixtures/rig.js';
 
@@ -22,11 +23,12 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
   const rig = await startRig({ simArgs: ['--queues', '8'] });
   const probe = new BrokerProbe(rig.broker);
   const started = new Map<string, number>();
-  const released = new Map<string, number>();
   rig.broker.leases.on('state', (l: BrokerLease) => {
     if (l.state === 'reclaiming') started.set(l.id, performance.now());
   });
-  rig.broker.leases.on('released', (l: BrokerLease) => released.set(l.id, performance.now()));
+  // Waited for on the event and the pidfd: a loop of setImmediate until both kept this process (the broker's)
+  // busy on one of the two CPUs through the reclaim it measures.
+  const released = new ReleaseWatch(rig.broker.leases, () => performance.now());
   const s = {
     pidfdToFree: [] as number[],
     killToPidfd: [] as number[],
@@ -57,18 +59,21 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
       for (const { c, lease } of batch) {
         const pidfd = PidFd.open(c.pid);
         let atPidfd = 0;
-        pidfd.onExit(() => {
-          atPidfd = performance.now();
-        });
+        const exited = new Promise<void>((resolve) =>
+          pidfd.onExit(() => {
+            atPidfd = performance.now();
+            resolve();
+          }),
+        );
         probe.take();
         const atKill = performance.now();
         c.proc.kill('SIGKILL');
-        while (!released.has(lease) || atPidfd === 0) await new Promise((r) => setImmediate(r));
+        await Promise.all([released.seen(lease), exited]);
         pidfd.close();
         await c.exited;
         const p = probe.take();
         const atStart = started.get(lease)!;
-        const atFree = released.get(lease)!;
+        const atFree = released.at.get(lease)!;
         s.killToPidfd.push(atPidfd - atKill);
         s.pidfdToFree.push(atFree - Math.min(atPidfd, atStart));
         s.reclaim.push(atFree - atStart);

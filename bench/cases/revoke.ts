@@ -2,7 +2,9 @@
 // spinning on reads of its guarded queue page mapping. Measured: revoke() →
 // the client sees its mapping dead (isRevoked(), timed in the client on
 // CLOCK_MONOTONIC, fixtures/clock.ts) and revoke() → the lease free in the broker. The floor is the
-// device's own part: the same number of bare device round trips.
+// device's own part: the same number of bare device round trips. The holder spins (a CPU of its own until
+// its mapping dies, as a client busy-waiting on completions does; an idle holder would sleep), holds no IOVA
+// maps, and this process (the broker's) waits for the release on its event.
 //
 //   node dist/bench/cases/revoke.js [--quick]
 
@@ -10,6 +12,7 @@ import type { Lease as BrokerLease } from '../../src/broker/lease.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { sharedMs } from '../fixtures/clock.js';
 import { BrokerProbe } from '../fixtures/probe.js';
+import { ReleaseWatch } from '../fixtures/released.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { startRig } from '../fixtures/rig.js';
 
@@ -22,8 +25,9 @@ runCase(
     const n = quick ? 10 : 50;
     const rig = await startRig({ simArgs: ['--queues', '8'] });
     const probe = new BrokerProbe(rig.broker);
-    const released = new Map<string, number>();
-    rig.broker.leases.on('released', (l: BrokerLease) => released.set(l.id, epochMs()));
+    // Waited for on the event: a loop of setImmediate until the release kept this process (the broker's) busy
+    // on one of the two CPUs through the revoke's device round trips.
+    const released = new ReleaseWatch(rig.broker.leases, epochMs);
     const client = await ClientProc.spawn();
     const toDead: number[] = [];
     const toFree: number[] = [];
@@ -48,12 +52,12 @@ runCase(
         const at0 = epochMs();
         rig.broker.leases.revoke(lease, 0, 'bench: revoke with deadline 0');
         const { atDead } = await dead;
-        while (!released.has(lease)) await new Promise((r) => setImmediate(r));
+        await released.seen(lease);
         const p = probe.take();
         await client.call('releaseAll');
         if (i < 2) continue; // warm-up
         toDead.push(atDead - at0);
-        toFree.push(released.get(lease)! - at0);
+        toFree.push(released.at.get(lease)! - at0);
         toStart.push(started.get(lease)! - at0);
         quiesce.push(p.quiesceMs);
         sliceRevoke.push(p.calls['revokeSlice']?.ms ?? 0);

@@ -24,7 +24,7 @@ export interface ReclaimOps {
 
 /**
  * Take everything of `lease` back, in the one safe order (LeaseTable.reclaim calls it once per lease): disconnect,
- * quiesce, unwire vectors, unmap every IOVA, then revoke slices or wait for their release; then scrub, prepare,
+ * quiesce and unwire vectors (with the slices' revokes, one round trip), unmap every IOVA, then revoke slices or wait for their release; then scrub, prepare,
  * and give the resources back — or quarantine them when a step left them unsafe.
  */
 export async function reclaimLease(
@@ -74,34 +74,38 @@ export async function reclaimLease(
   // the stop in the same round trip. Revoking needs no quiesce first: a slice is the device's own memory,
   // the device answers only once it no longer uses the old backing, and nothing of the holder's memory
   // (the IOVA maps) is let go of until the quiesce has finished below.
-  // Both in one sendmsg to the device (batchCommands): one wake-up of it, not one per command.
+  // The vectors are unwired right behind the quiesce, in the same round trip: an unwired vector only stops
+  // signalling the holder's eventfd (an ABORTED completion of the stop signals nobody), it lets go of no
+  // memory, and the vectors go back to the pool only at the end. A lease without IOVA maps then ends after
+  // this one round trip (issue 16: revoke → lease free).
+  // All in one sendmsg to the device (batchCommands; the revokes carry fds and go ahead on their own): one
+  // wake-up of it, not one per command.
   // A quiesce that fails outright (the device connection went) leaves the rest to device recovery; one that
   // times out leaves work running on a live device.
-  const [revokes, quiesced] = batchCommands(table.device, () => [
+  const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
+  const [revokes, quiesced, unwired] = batchCommands(table.device, () => [
     revoked
       ? units.map((u) => step('revoke slice', () => table.device.revokeSlice(u.deviceFd, { fault }), false))
       : [],
     step('quiesce', () => table.driver.quiesce(lease.resources), 'on-timeout'),
+    lease.resources.vectors.map((v) =>
+      step(`unwire vector ${v}`, () => table.device.setIrqs(irqIndex, v, [null]), true),
+    ),
   ]);
   await quiesced;
   // The revokes went before the quiesce on the one connection, so they have been answered: a failed one is known.
   await Promise.all(revokes);
   const readyAhead = revoked && !unsafe && !problems.some((p) => p.startsWith('revoke slice'));
-  // With the work stopped, unwiring and unmapping depend on none of each other: they go to the device
-  // together (served in this order on its one connection, in one sendmsg), so reclaim waits for one more
-  // round trip. Behind them, not awaited, the driver asks for what the next grant needs (Driver.prepareAhead):
-  // its answer, an fd, does not delay theirs.
-  const irqIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
+  // With the work stopped, the unmaps go to the device together (served in this order on its one connection,
+  // in one sendmsg), so reclaim waits for one more round trip, and none without maps. Behind them, not
+  // awaited, the driver asks for what the next grant needs (Driver.prepareAhead): its answer, an fd, does not
+  // delay theirs.
   await batchCommands(table.device, () => {
-    const done = Promise.all([
-      ...lease.resources.vectors.map((v) =>
-        step(`unwire vector ${v}`, () => table.device.setIrqs(irqIndex, v, [null]), true),
-      ),
-      unmapAll(table.device, lease, step),
-    ]);
+    const done = unmapAll(table.device, lease, step);
     if (readyAhead) table.driver.prepareAhead?.(lease.resources);
     return done;
   });
+  await Promise.all(unwired);
   lease.errFd?.close();
   lease.reqFd?.close();
   lease.noticeFd?.close();

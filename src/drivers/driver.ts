@@ -194,7 +194,7 @@ export interface Driver extends EventEmitter {
    */
   prepare?(res: LeaseResources): Promise<void>;
   /**
-   * Optional: called while the broker sends a reclaim's last device commands (unwire, unmaps), once the lease's
+   * Optional: called while the broker sends a reclaim's last device commands (its unmaps), once the lease's
    * queue is quiesced and every revoke of its slices has succeeded: ask the device now for what the next grant
    * of these resources needs, without waiting for the answer (SA-1: the queue page's fresh slice fd,
    * Device.prepareSliceFds, bounded by lifetime.prepared_slice_fds). prepare() follows when the reclaim ends

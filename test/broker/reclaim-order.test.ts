@@ -50,3 +50,43 @@ test('a reclaimed holder loses its queue page mapping while the quiesce is still
   const released = rig.audit.find((e) => e.event === 'released' && e.lease === info.lease);
   assert.ok(released, 'the release is audited');
 });
+
+test('a lease without IOVA maps is reclaimed in one device round trip: every command goes out before any answer', async () => {
+  const c = await ClientProc.spawn();
+  clients.push(c);
+  const info = (await c.call('connect', { socket: rig.socket })).info;
+  const lease = rig.broker.leases.get(info.lease)!;
+  assert.equal(lease.mappings.size, 0, 'the lease maps nothing');
+  assert.ok(lease.resources.vectors.length > 0, 'the lease has a vector to unwire');
+  // Each reclaim command as issued and as answered, in order (register reads aside: the driver's heartbeat
+  // reads one now and then). The prepared slice fd (sliceFds) is asked for behind them and awaited by nothing.
+  const log: string[] = [];
+  const dev = rig.broker.device as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
+  const originals = new Map<string, (...a: unknown[]) => Promise<unknown>>();
+  for (const name of ['revokeSlice', 'write32', 'read64', 'setIrqs', 'dmaUnmap']) {
+    const orig = dev[name]!;
+    originals.set(name, orig);
+    dev[name] = (...a: unknown[]) => {
+      log.push(`issue ${name}`);
+      return orig.apply(rig.broker.device, a).finally(() => log.push(`answer ${name}`));
+    };
+  }
+  try {
+    rig.broker.leases.revoke(info.lease, 0, 'test: revoke with deadline 0');
+    await until('the lease to be released', () => rig.broker.leases.get(info.lease) === undefined, 20_000);
+  } finally {
+    for (const [name, orig] of originals) dev[name] = orig;
+  }
+  assert.equal(lease.state, 'released', `not quarantined: ${lease.quarantineReason ?? ''}`);
+  const firstAnswer = log.findIndex((e) => e.startsWith('answer'));
+  assert.deepEqual(
+    log.slice(0, firstAnswer),
+    ['issue revokeSlice', 'issue write32', 'issue read64', 'issue setIrqs'],
+    `the revoke, the quiesce (its write and first read) and the vector's unwiring go out together: ${log.join(', ')}`,
+  );
+  assert.equal(
+    log.filter((e) => e.startsWith('issue')).length,
+    4,
+    `no command after the answers: ${log.join(', ')}`,
+  );
+});
