@@ -159,8 +159,32 @@ export class Lease extends EventEmitter {
   #ready: Promise<void> = Promise.resolve();
   #setupDone = false;
 
-  /** Sends every setup request, pushing each reply's promise onto `calls`. */
+  /**
+   * Sends every setup request, pushing each reply's promise onto `calls`. The interrupts go first and the
+   * regions last: the broker answers in request order and relays the MSI-X vectors to the device, so every
+   * reply is then sent in one turn after that relay and this process reads them in one wake-up (regions
+   * first, the region's fd-carrying reply came alone, ahead of the relay: two wake-ups per lease; issue 16).
+   */
   #sendSetup(calls: Promise<unknown>[]): void {
+    this.#vectors.wire(this.client, this.info.vectors, calls);
+    // devlease's notice irq (docs/PROTOCOL.md), when the broker offers it: per-queue faults arrive there.
+    const ext = this.client.serverCapabilities.raw.devlease as { noticeIrq?: number } | undefined;
+    const noticeIrq = typeof ext?.noticeIrq === 'number' ? [ext.noticeIrq] : [];
+    for (const index of [VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX, ...noticeIrq]) {
+      const efd = new EventFd();
+      this.#notices.push(efd);
+      if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errNotice = efd;
+      efd.onReadable(() => void this.#notice(index));
+      calls.push(
+        this.client.setIrqs({
+          flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+          index,
+          start: 0,
+          count: 1,
+          fds: [efd.fd],
+        }),
+      );
+    }
     for (const r of this.info.regions) {
       calls.push(
         this.client.regionInfo(r.index).then((ri) => {
@@ -179,25 +203,6 @@ export class Lease extends EventEmitter {
           } finally {
             ri.fd.close(); // the mapping keeps the description alive; its release is what the broker watches
           }
-        }),
-      );
-    }
-    this.#vectors.wire(this.client, this.info.vectors, calls);
-    // devlease's notice irq (docs/PROTOCOL.md), when the broker offers it: per-queue faults arrive there.
-    const ext = this.client.serverCapabilities.raw.devlease as { noticeIrq?: number } | undefined;
-    const noticeIrq = typeof ext?.noticeIrq === 'number' ? [ext.noticeIrq] : [];
-    for (const index of [VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX, ...noticeIrq]) {
-      const efd = new EventFd();
-      this.#notices.push(efd);
-      if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errNotice = efd;
-      efd.onReadable(() => void this.#notice(index));
-      calls.push(
-        this.client.setIrqs({
-          flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-          index,
-          start: 0,
-          count: 1,
-          fds: [efd.fd],
         }),
       );
     }
