@@ -6,8 +6,8 @@
 // Floor: the acquire's message pattern with zero work per step, client →
 // broker → device in three processes (fixtures/acquire-floor.ts), in chunks
 // alternating with the acquires. Both are measured in steady state, after
-// 500 unmeasured cycles each (a broker's code is still being optimized over
-// its first several hundred acquires).
+// 2000 unmeasured cycles each (a broker's code is still being optimized over
+// its first thousands of acquires).
 //
 //   node dist/bench/cases/lease-acquire.js [--quick]
 
@@ -77,10 +77,11 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     const floorSamples: FloorSample[] = [];
     const chunk = Math.ceil(n / CHUNKS);
     // Steady state first: a broker serves leases for days, and its code (the simulator's and the client's too)
-    // is still being optimized over the first several hundred acquires (a profile of 1000 cycles still showed
-    // V8 compiling; the broker's CPU per cycle over the first 300 was ~1.3× that over 3000). The acquires and
-    // the floor alike, alternating; nothing here is measured.
-    const steady = quick ? 20 : 500;
+    // is still being optimized over the first thousands of acquires: over cycles 500-750 V8's compiler threads
+    // still took ~0.84 ms of the broker's CPU per cycle, ~0.1-0.26 ms after 2000 (issue 16, eleventh pass;
+    // the broker's CPU per cycle over the first 300 was ~1.3× that over 3000). The acquires and the floor
+    // alike, alternating; nothing here is measured.
+    const steady = quick ? 20 : 2000;
     progress(`steady state: ${steady} acquire + release cycles and ${steady} floor cycles, not measured`);
     for (let b = 0; b < CHUNKS; b++) {
       await floor.run(Math.ceil(steady / CHUNKS), 2, (quick ? 3000 : 30_000) / CHUNKS);
