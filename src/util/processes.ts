@@ -12,15 +12,6 @@ const here = dirname(fileURLToPath(import.meta.url));
 /** bin/devlease.js, from dist/src/util/. */
 export const DEVLEASE_BIN = join(here, '..', '..', '..', 'bin', 'devlease.js');
 
-/**
- * Node flags for the broker daemon devlease starts itself (`startBroker`: the demo, tests). V8 collects the
- * broker's heap with helper threads by default (parallel scavenges, concurrent marking and sweeping); on a
- * machine with few CPUs shared with the simulator and the clients, a collection's pause then waits for helper
- * threads that are not running. Collected on the main thread alone, the broker's GC pauses were 2.5-4x shorter
- * in total at the same CPU per lease (issue 16; docs/CONFIG.md "Node flags for the daemon").
- */
-export const BROKER_NODE_FLAGS: readonly string[] = ['--single-threaded-gc'];
-
 export interface Child {
   proc: ChildProcess;
   pid: number;
@@ -34,11 +25,8 @@ export function spawnNode(
   args: string[],
   onLine: (line: string) => void,
   onErr: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
-  nodeFlags: readonly string[] = [],
 ): Child {
-  const proc = spawn(process.execPath, [...nodeFlags, script, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   createInterface({ input: proc.stdout! }).on('line', onLine);
   createInterface({ input: proc.stderr! }).on('line', onErr);
   const exited = new Promise<number>((resolve) => {
@@ -116,22 +104,16 @@ export async function startBroker(
   onEvent: (ev: Record<string, unknown>) => void,
 ): Promise<Child & { sockets: Record<string, string>; dir: string }> {
   let ready: { sockets: Record<string, string>; dir: string } | null = null;
-  const child = spawnNode(
-    DEVLEASE_BIN,
-    ['daemon', '--device', device, ...args],
-    (line) => {
-      let ev: Record<string, unknown>;
-      try {
-        ev = JSON.parse(line);
-      } catch {
-        return;
-      }
-      if (ev.event === 'ready') ready = ev as unknown as typeof ready;
-      onEvent(ev);
-    },
-    undefined,
-    BROKER_NODE_FLAGS,
-  );
+  const child = spawnNode(DEVLEASE_BIN, ['daemon', '--device', device, ...args], (line) => {
+    let ev: Record<string, unknown>;
+    try {
+      ev = JSON.parse(line);
+    } catch {
+      return;
+    }
+    if (ev.event === 'ready') ready = ev as unknown as typeof ready;
+    onEvent(ev);
+  });
   await readyOrKill(
     child,
     waitFor('the broker to be ready', () => ready !== null),
