@@ -99,20 +99,27 @@ test('a grant takes the most recently prepared queue first, and asks the device 
 test('a quarantined lease keeps no prepared fd: nothing of the cap is held for a queue never leased again', async () => {
   await withRig(8, 2, async (rig, clients) => {
     const [a] = await lease(rig, clients, 1);
-    // Unwiring the lease's vector fails: its reclaim cannot make it safe, and the lease is quarantined.
+    await a!.proc.call('queue'); // its rings: one IOVA map for the reclaim to unmap
+    // Unmapping the lease's rings fails: its reclaim cannot make it safe, and the lease is quarantined. The
+    // unmaps go in the reclaim's last batch, with the request for the next grant's slice fd behind them, so
+    // that fd is asked for before the failure is known and must be dropped when the lease is quarantined.
     const device = rig.device;
-    const setIrqs = device.setIrqs.bind(device);
-    device.setIrqs = (index, start, fds) =>
-      fds[0] === null
-        ? Promise.reject(Object.assign(new Error('test: unwire refused'), { code: 'EIO' }))
-        : setIrqs(index, start, fds);
+    const asked = countSliceRequests(rig);
+    const dmaUnmap = device.dmaUnmap.bind(device);
+    device.dmaUnmap = () => Promise.reject(Object.assign(new Error('test: unmap refused'), { code: 'EIO' }));
     await a!.proc.exit();
     await until(
       'the lease to be quarantined',
       () => rig.broker.leases.all().some((l) => l.state === 'quarantined'),
       10_000,
     );
-    device.setIrqs = setIrqs;
+    device.dmaUnmap = dmaUnmap;
+    assert.equal(asked(), 1, "the reclaim asked for the next grant's slice fd behind its unmaps");
+    await until(
+      'the asked-for fd answered',
+      () => device.preparedSliceFdCount === 0 && queuePageFds() === 0,
+      5000,
+    ).catch(() => undefined);
     assert.equal(device.preparedSliceFdCount, 0, 'nothing prepared for the quarantined queue');
     assert.equal(queuePageFds(), 0, 'no queue page fd held');
   });
