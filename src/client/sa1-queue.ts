@@ -332,7 +332,7 @@ export class Sa1Queue {
     const end = monotonicMs() + Number(timeoutNs) / 1e6;
     while (!pred()) {
       this.poll();
-      if (monotonicMs() > end) return false;
+      if (monotonicMs() > end) return pred(); // the last look may have brought it
     }
     return true;
   }

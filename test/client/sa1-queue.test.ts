@@ -5,7 +5,7 @@ import { DevleaseError } from '../../src/errors.js';
 import { BAR0, Q, Q_CTRL, qcfg, STATUS_CODE } from '../../src/hw/sa1/regs.js';
 import { connect, DeviceStatusError, type Lease, Sa1Queue } from '../../src/index.js';
 import { crc32c } from '../../src/sim/model/crc32c.js';
-import { type Rig, startRig } from '../helpers/broker-rig.js';
+import { type Rig, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
@@ -252,5 +252,24 @@ test('post(): a polling caller gets no promise; inFlight counts its descriptors 
   assert.ok(q.spinUntil(() => q.inFlight === 0));
   assert.equal(q.error, 0);
   assert.equal(q.postError, 0, 'a reset clears it');
+  await q.close();
+});
+
+test('spinUntil() collects a completion already in the ring, even with no time left to spin', async () => {
+  const q = await Sa1Queue.create(lease, { entries: 4 });
+  const completed = qcfg(lease.info.queue!, Q.COMPLETED);
+  const before = await rig.device.read32(BAR0, completed);
+  q.post({ opcode: 'NOP' });
+  // Done at the device (Q_COMPLETED is stored just before the completion entry), not yet looked at here.
+  await until(
+    'the device to complete the NOP',
+    async () => (await rig.device.read32(BAR0, completed)) !== before,
+  );
+  assert.equal(q.inFlight, 1, 'not collected before spinUntil looks');
+  assert.ok(
+    q.spinUntil(() => q.inFlight === 0, 0n),
+    'a zero timeout still looks at the ring',
+  );
+  assert.equal(q.inFlight, 0);
   await q.close();
 });
