@@ -287,12 +287,16 @@ test('the daemon stays up across kill/restart cycles of the simulator, and its f
       want: (fds: number) => boolean,
       ms: number,
     ): Promise<number | null> => {
+      // Two looks that agree: the prepared count includes an fd still on its way from the device, which the
+      // process's own count shows only once it has arrived.
       let fds: number | null = null;
+      let previous: number | null = null;
       await until(
         what,
         async () => {
+          previous = fds;
           fds = await settledFds();
-          return fds !== null && want(fds);
+          return fds !== null && fds === previous && want(fds);
         },
         ms,
       ).catch(() => undefined);
@@ -320,9 +324,9 @@ test('the daemon stays up across kill/restart cycles of the simulator, and its f
       (await useOnce()).close();
     }
     assert.equal(broker.proc.exitCode, null, 'the daemon is still running');
-    const after = await settle(`the broker's fds back to ${baseline}`, (fds) => fds === baseline, 3000);
+    const fdsAfter = await settle(`the broker's fds back to ${baseline}`, (fds) => fds === baseline, 3000);
     assert.equal(
-      after,
+      fdsAfter,
       baseline,
       'broker fd count after the cycles (no lease left; prepared slice fds left out)',
     );
