@@ -23,9 +23,10 @@ export interface ReclaimOps {
 }
 
 /**
- * Take everything of `lease` back, in the one safe order (LeaseTable.reclaim calls it once per lease): disconnect,
- * quiesce and unwire vectors (with the slices' revokes, one round trip), unmap every IOVA, then revoke slices or wait for their release; then scrub, prepare,
- * and give the resources back — or quarantine them when a step left them unsafe.
+ * Take everything of `lease` back, in the one safe order (LeaseTable.reclaim calls it once per lease): disconnect;
+ * revoke the slices, quiesce and unwire the vectors (one batch, one round trip); unmap every IOVA; where a slice's
+ * revoke failed, wait for its release; then scrub, prepare, and give the resources back — or quarantine them when
+ * a step left them unsafe.
  */
 export async function reclaimLease(
   table: LeaseTable,

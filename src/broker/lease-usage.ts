@@ -1,8 +1,8 @@
 // What each uid holds, kept up to date as leases change instead of walked on
 // every request: the policy's limits are checked on each grant and DMA map,
 // and a walk over every lease there made a grant O(leases) — at 1,000 leases
-// a measurable share of the broker's CPU per lease (docs/PERFORMANCE.md,
-// "Issue 16, fifth pass"). A lease counts in its uid's account while it is
+// a measurable share of the broker's CPU per lease (docs/performance-history.md,
+// "Issue 16, fifth pass: CPU per lease"). A lease counts in its uid's account while it is
 // in the table and live (active or revoking), with its mappings; anything
 // else counts nothing, as the walk did.
 

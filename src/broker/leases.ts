@@ -197,7 +197,8 @@ export class LeaseTable extends EventEmitter {
 
   /**
    * Take everything back. Idempotent: a second call (pidfd and hang-up both firing) returns the same promise.
-   * Order: disconnect, quiesce, unwire vectors, unmap every IOVA, then revoke slices or wait for their release.
+   * Order (lease-reclaim.ts): disconnect; revoke slices, quiesce and unwire vectors in one batch; unmap every
+   * IOVA; where a revoke failed, wait for the slice's release.
    */
   reclaim(lease: Lease, reason: string): Promise<void> {
     if (lease.reclaimed) return lease.reclaimed;

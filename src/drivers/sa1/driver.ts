@@ -237,8 +237,8 @@ export class Sa1Driver extends EventEmitter implements Driver {
   }
 
   prepareAhead(res: LeaseResources): void {
-    // The page's fresh slice fd, asked in the reclaim's last batch (its unwire and unmaps): the reply comes
-    // behind theirs, and nothing of the reclaim waits for it.
+    // The page's fresh slice fd, asked in the reclaim's last batch (its unmaps): the reply comes behind
+    // theirs, and nothing of the reclaim waits for it.
     this.#prepared.ask(res);
   }
 

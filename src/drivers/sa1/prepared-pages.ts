@@ -1,5 +1,5 @@
 // Queue pages prepared at reclaim (issue 16): the reclaim asks the device for the page's fresh slice fd in its
-// last batch, behind the unwire and the unmaps (Device.prepareSliceFds; nothing waits for it), so the next
+// last batch, behind the unmaps (Device.prepareSliceFds; nothing waits for it), so the next
 // grant of the queue takes it without a device request. Bounded by lifetime.prepared_slice_fds (the device refuses to hold more; then the grant
 // asks, as without). The pool (pools.ts) grants the most recently prepared queue first, so the fds are used.
 
