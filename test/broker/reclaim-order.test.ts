@@ -7,6 +7,7 @@
 // not quarantined.
 import assert from 'node:assert/strict';
 import { after, afterEach, beforeEach, test } from 'node:test';
+import { VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { ClientProc, type Rig, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
@@ -61,6 +62,7 @@ test('a lease without IOVA maps is reclaimed in one device round trip: every com
   // Each reclaim command as issued and as answered, in order (register reads aside: the driver's heartbeat
   // reads one now and then). The prepared slice fd (sliceFds) is asked for behind them and awaited by nothing.
   const log: string[] = [];
+  const unwires: unknown[][] = [];
   const dev = rig.broker.device as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
   const originals = new Map<string, (...a: unknown[]) => Promise<unknown>>();
   for (const name of ['revokeSlice', 'write32', 'read64', 'setIrqs', 'dmaUnmap']) {
@@ -68,6 +70,7 @@ test('a lease without IOVA maps is reclaimed in one device round trip: every com
     originals.set(name, orig);
     dev[name] = (...a: unknown[]) => {
       log.push(`issue ${name}`);
+      if (name === 'setIrqs') unwires.push(a);
       return orig.apply(rig.broker.device, a).finally(() => log.push(`answer ${name}`));
     };
   }
@@ -84,6 +87,8 @@ test('a lease without IOVA maps is reclaimed in one device round trip: every com
     ['issue revokeSlice', 'issue write32', 'issue read64', 'issue setIrqs'],
     `the revoke, the quiesce (its write and first read) and the vector's unwiring go out together: ${log.join(', ')}`,
   );
+  // The one SET_IRQS is the lease's vector disconnected: MSI-X, its vector, no eventfd.
+  assert.deepEqual(unwires, [[VFIO_PCI_MSIX_IRQ_INDEX, lease.resources.vectors[0], [null]]]);
   assert.equal(
     log.filter((e) => e.startsWith('issue')).length,
     4,
