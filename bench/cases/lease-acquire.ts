@@ -207,7 +207,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         metric('grant-own', '·· the rest of the grant (bookkeeping, slice units, audit)', 'µs', own),
         metric(
           'setirqs',
-          '· SET_IRQS in the broker (3 per acquire; MSI-X goes to the device)',
+          '· SET_IRQS in the broker (4 per acquire; MSI-X goes to the device)',
           'µs',
           got('session: setIrqs'),
         ),
@@ -237,7 +237,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         // VERSION (2 in the rounds above when the DMA_MAP reaches the broker after the SET_IRQS reply).
         sequentialClientRoundTripsPerAcquire: 2,
         topologyFloor:
-          'per sample: connect; VERSION (broker sends the grant 2 device commands, answers at once); a batch of 7 (REGION_INFO: page fd back; MSI-X SET_IRQS: eventfd, relayed; 3 notice SET_IRQS: eventfd each; GET_REGION_IO_FDS: kick fd back; DMA_MAP: memfd, relayed with the MSI-X one as one pipelined device round trip, after the grant replies); doorbell: store + eventfd kick to the device asleep in ppoll, one store back',
+          'per sample: connect; VERSION (broker sends the grant 2 device commands, answers at once); a batch of 7 (MSI-X SET_IRQS: eventfd, relayed; 3 notice SET_IRQS: eventfd each; REGION_INFO: page fd back; GET_REGION_IO_FDS: kick fd back; DMA_MAP: memfd, relayed with the MSI-X one as one pipelined device round trip, after the grant replies); doorbell: store + eventfd kick to the device asleep in ppoll, one store back',
         clock: 'step times cross processes: CLOCK_MONOTONIC (fixtures/clock.ts) on both sides',
       },
     };

@@ -174,3 +174,41 @@ test('setup and queue requests sent together all succeed and are answered in the
     await rig.close();
   }
 });
+
+test("a lease's setup and its queue's rings go to the device together: the rings' DMA_MAP does not wait for the MSI-X relay", async () => {
+  const rig = await startRig();
+  // The broker's device calls as issued and as answered (register accesses aside: the driver's heartbeat).
+  const log: string[] = [];
+  const dev = rig.broker.device as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
+  const originals = new Map<string, (...a: unknown[]) => Promise<unknown>>();
+  for (const name of ['setIrqs', 'dmaMap']) {
+    const orig = dev[name]!;
+    originals.set(name, orig);
+    dev[name] = (...a: unknown[]) => {
+      log.push(`issue ${name}`);
+      return orig.apply(rig.broker.device, a).finally(() => log.push(`answer ${name}`));
+    };
+  }
+  try {
+    // The client library's own batch: the interrupts (MSI-X relayed to the device), the regions, then with
+    // the queue its kick fd and its rings' DMA_MAP (relayed), all before any reply.
+    const lease = await connect({ socket: rig.socket, timeoutMs: 10_000, deferSetup: true });
+    try {
+      const q = await Sa1Queue.create(lease, { entries: 8 });
+      assert.equal((await q.nop()).status, 'OK');
+      await q.close();
+    } finally {
+      lease.close();
+    }
+  } finally {
+    for (const [name, orig] of originals) dev[name] = orig;
+    await rig.close();
+  }
+  const mapIssued = log.indexOf('issue dmaMap');
+  const msixAnswered = log.indexOf('answer setIrqs');
+  assert.equal(log[0], 'issue setIrqs', `the MSI-X relay first: ${log.join(', ')}`);
+  assert.ok(
+    mapIssued >= 0 && mapIssued < msixAnswered,
+    `the rings' DMA_MAP went to the device before the MSI-X relay's answer (a region request waiting for that answer would hold the map): ${log.join(', ')}`,
+  );
+});

@@ -271,5 +271,11 @@ test('spinUntil() collects a completion already in the ring, even with no time l
     'a zero timeout still looks at the ring',
   );
   assert.equal(q.inFlight, 0);
+  // A condition that comes true in the look made as the deadline passes counts: spinUntil says so.
+  let looks = 0;
+  assert.ok(
+    q.spinUntil(() => ++looks >= 4, -1n),
+    'true at the deadline is true',
+  );
   await q.close();
 });

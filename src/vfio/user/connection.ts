@@ -45,11 +45,17 @@ export interface AdoptedSession {
 // Flow control (MAX_PENDING, REPLY_HIGH_WATER, REPLY_HARD_LIMIT) and when replies leave: connection-replies.ts.
 export { MAX_PENDING, REPLY_HARD_LIMIT, REPLY_HIGH_WATER } from './connection-replies.js';
 
-/** Requests that may start before the one ahead of them is answered (request-order.ts). */
+/**
+ * Requests that may start before the one ahead of them is answered (request-order.ts). GET_REGION_INFO reads
+ * state no earlier request of a session changes (a region's size, flags and fd), so it need not wait for a
+ * device relay ahead of it: the client library sends its regions behind the interrupts (so every reply goes in
+ * one turn), and its rings' DMA_MAP behind them must still overlap the MSI-X relay (test/broker/acquire-hops).
+ */
 const PIPELINED = new Set([
   P.VFIO_USER_DMA_MAP,
   P.VFIO_USER_DEVICE_SET_IRQS,
   P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
+  P.VFIO_USER_DEVICE_GET_REGION_INFO,
 ]);
 
 export { MAX_IN_FLIGHT } from './request-order.js';

@@ -14,7 +14,7 @@ export interface Turn {
  * Requests that may start before the one ahead of them is answered. A pipelined request also waits until
  * the request MAX_IN_FLIGHT before it is done in the model, so the model serves at most MAX_IN_FLIGHT
  * requests of a connection at once (replies waiting their turn are bounded by the connection's
- * MAX_PENDING); 8 lets the client library's whole acquire batch (regions, 4 SET_IRQS, io fds, the rings'
+ * MAX_PENDING); 8 lets the client library's whole acquire batch (4 SET_IRQS, regions, io fds, the rings'
  * DMA_MAP) through. Everything else — DMA_UNMAP above all, which must see every earlier map's result —
  * starts only once every earlier request is answered.
  */
