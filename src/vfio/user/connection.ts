@@ -23,7 +23,7 @@ import { ConnectionReplies } from './connection-replies.js';
 import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
 import { dispatchRequest } from './dispatch.js';
 import * as P from './protocol.js';
-import { RequestOrder, type Turn } from './request-order.js';
+import { PIPELINED, QUEUED, RequestOrder, type Turn } from './request-order.js';
 import { closeAll, type Reply } from './request-replies.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 import * as V from './validate.js';
@@ -44,24 +44,7 @@ export interface AdoptedSession {
 
 // Flow control (MAX_PENDING, REPLY_HIGH_WATER, REPLY_HARD_LIMIT) and when replies leave: connection-replies.ts.
 export { MAX_PENDING, REPLY_HARD_LIMIT, REPLY_HIGH_WATER } from './connection-replies.js';
-
-/**
- * Requests that may start before the one ahead of them is answered (request-order.ts). GET_REGION_INFO reads
- * state no earlier request of a session changes (a region's size, flags and fd), so it need not wait for a
- * device relay ahead of it: the client library sends its regions behind the interrupts (so every reply goes in
- * one turn), and its rings' DMA_MAP behind them must still overlap the MSI-X relay (test/broker/acquire-hops).
- */
-const PIPELINED = new Set([
-  P.VFIO_USER_DMA_MAP,
-  P.VFIO_USER_DEVICE_SET_IRQS,
-  P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
-  P.VFIO_USER_DEVICE_GET_REGION_INFO,
-]);
-
 export { MAX_IN_FLIGHT } from './request-order.js';
-
-/** Requests never served out of turn (#serveNow): VERSION (its settling holds the queue) and PIPELINED. */
-const QUEUED = new Set([P.VFIO_USER_VERSION, ...PIPELINED]);
 
 /** What a request came to: its reply, or the error its error reply carries. */
 type Outcome = { ok: true; reply: Reply } | { ok: false; err: unknown };

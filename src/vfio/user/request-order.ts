@@ -2,6 +2,24 @@
 // pipelining a model may allow (see Issued in device-model.ts). connection.ts decides what a request does;
 // this keeps its place in line. A request with nothing ahead of it skips the line altogether (`clear`).
 
+import * as P from './protocol.js';
+
+/**
+ * Requests that may start before the one ahead of them is answered (RequestOrder below). GET_REGION_INFO reads
+ * state no earlier request of a session changes (a region's size, flags and fd), so it need not wait for a
+ * device relay ahead of it: the client library sends its regions behind the interrupts (so every reply goes in
+ * one turn), and its rings' DMA_MAP behind them must still overlap the MSI-X relay (test/broker/acquire-hops).
+ */
+export const PIPELINED = new Set([
+  P.VFIO_USER_DMA_MAP,
+  P.VFIO_USER_DEVICE_SET_IRQS,
+  P.VFIO_USER_DEVICE_GET_REGION_IO_FDS,
+  P.VFIO_USER_DEVICE_GET_REGION_INFO,
+]);
+
+/** Requests never served out of turn (connection.ts #serveNow): VERSION (its settling holds the queue) and PIPELINED. */
+export const QUEUED = new Set([P.VFIO_USER_VERSION, ...PIPELINED]);
+
 /** What a queued request is given: `issued` (pipelined only) and `served` for the model's part. */
 export interface Turn {
   issued: (() => void) | undefined;
