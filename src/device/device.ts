@@ -113,8 +113,10 @@ export interface Device extends EventEmitter {
    * device's slices may have changed, e.g. a whole-device reset).
    */
   forgetPreparedSliceFds?(region?: number, ranges?: { offset: bigint; length: bigint }[]): void;
-  /** Optional: how many prepared slice fds the device holds or has asked for (status, tests). */
+  /** Optional: how many prepared slice fds the device holds or has asked for (the cap's count; tests). */
   readonly preparedSliceFdCount?: number;
+  /** Optional: how many of them this process holds now, answered (status: what a count of its fds includes). */
+  readonly preparedSliceFdsHeld?: number;
   /**
    * Permanently revoke a slice: every mapping of any description of it stops reaching the device. With
    * `fault` (the default) those mappings fault; without, they keep working on memory the device has let go of.

@@ -21,6 +21,8 @@ interface Entry {
   region: number;
   range: SliceRange;
   fd: Promise<Fd | null>;
+  /** Answered: the fd is in this process (what `held` counts). */
+  arrived: boolean;
 }
 
 /** The most prepared slice fds one device holds whatever its cap says (the config's upper bound too). */
@@ -35,9 +37,20 @@ export class PreparedSlices {
   /** The range of every slice fd handed out (prepared or asked fresh), for revokes. */
   readonly #ranges = new WeakMap<Fd, { region: number; range: SliceRange }>();
 
-  /** Prepared fds held or on their way. */
+  /** Prepared fds held or on their way (what the cap bounds). */
   get size(): number {
     return this.#entries.size;
+  }
+
+  /**
+   * Prepared fds this process holds now: answered, not yet taken or dropped. A count of the process's own
+   * descriptors matches it at any turn of the event loop (the answer's fd and this flag come in the same one),
+   * which `size` does not while a request is on its way.
+   */
+  get held(): number {
+    let n = 0;
+    for (const e of this.#entries.values()) if (e.arrived) n++;
+    return n;
   }
 
   /**
@@ -58,13 +71,16 @@ export class PreparedSlices {
     );
     const entries = ranges.map((range, i): [string, Entry] => [
       keyOf(region, range),
-      { region, range, fd: all.then((fds) => fds?.[i] ?? null) },
+      { region, range, fd: all.then((fds) => fds?.[i] ?? null), arrived: false },
     ]);
     for (const [key, e] of entries) this.#entries.set(key, e);
     // A failed answer holds no fd: its entries leave at once, not one of the cap's places until a grant.
     void all.then((fds) => {
-      if (fds) return;
-      for (const [key, e] of entries) if (this.#entries.get(key) === e) this.#entries.delete(key);
+      for (const [key, e] of entries) {
+        if (this.#entries.get(key) !== e) continue; // taken or dropped meanwhile: not held here
+        if (fds) e.arrived = true;
+        else this.#entries.delete(key);
+      }
     });
     return true;
   }

@@ -347,6 +347,10 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     return this.#slices.preparedCount;
   }
 
+  get preparedSliceFdsHeld(): number {
+    return this.#slices.preparedHeld;
+  }
+
   /**
    * Asked of the device once per region and kept (IoFdCache). Each call returns dups the caller owns; with
    * `within`, only that range's sub-regions and their fds.

@@ -30,6 +30,11 @@ export class VfioUserSlices {
     return this.#prepared.size;
   }
 
+  /** Prepared fds this process holds (answered). */
+  get preparedHeld(): number {
+    return this.#prepared.held;
+  }
+
   /** A prepared fd when there is one, else the device is asked in this tick (so a batch joins the request). */
   get(region: number, ranges: SliceRange[]): Promise<Fd[]> {
     const prepared = this.#prepared.take(region, ranges);

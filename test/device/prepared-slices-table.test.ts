@@ -31,3 +31,24 @@ test('a failed prepare leaves the table at once: its place under the cap is free
   t.clear();
   await new Promise((r) => setImmediate(r));
 });
+
+test('held counts an fd once it has arrived; size also counts one on its way (the cap)', async () => {
+  const t = new PreparedSlices();
+  let answerNow: (fds: Fd[]) => void = () => undefined;
+  const later = () => new Promise<Fd[]>((resolve) => (answerNow = resolve));
+  assert.equal(t.prepare(2, [page(0)], 4, answer), true);
+  assert.equal(t.prepare(2, [page(1)], 4, later), true);
+  assert.equal(t.size, 2, 'both count against the cap');
+  assert.equal(t.held, 0, 'neither answered yet');
+  await new Promise((r) => setImmediate(r));
+  assert.equal(t.held, 1, 'the answered one is held, the other is on its way');
+  answerNow([MemFd.create('prepared-test', { size: 4096 }).fd]);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(t.held, 2);
+  const fds = await t.take(2, [page(0)]);
+  for (const fd of fds ?? []) fd.close();
+  assert.equal(t.held, 1, "a taken fd is the grant's, not held here");
+  t.clear();
+  assert.equal(t.held, 0, 'a dropped one neither');
+  await new Promise((r) => setImmediate(r));
+});

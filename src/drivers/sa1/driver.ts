@@ -288,7 +288,10 @@ export class Sa1Driver extends EventEmitter implements Driver {
       geometry: { ...this.geometry, devmemSize: this.geometry.devmemSize.toString() },
       freeQueues: this.#queues.freeCount,
       quarantinedQueues: this.#queues.stuck,
-      preparedSliceFds: this.#dev.preparedSliceFdCount ?? 0,
+      // Held (answered): a count of the broker's descriptors includes exactly these; those asked and not yet
+      // answered apart.
+      preparedSliceFds: this.#dev.preparedSliceFdsHeld ?? 0,
+      preparedSliceFdsAsked: (this.#dev.preparedSliceFdCount ?? 0) - (this.#dev.preparedSliceFdsHeld ?? 0),
     };
   }
 
