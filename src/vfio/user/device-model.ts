@@ -54,9 +54,8 @@ export interface DmaMapRequest {
 }
 
 /**
- * Given with a request the connection may pipeline (DMA_MAP, SET_IRQS, GET_REGION_IO_FDS; GET_REGION_INFO is
- * pipelined too, and needs none: regionInfo() is synchronous): a model calls it
- * once the request has sent the last of its calls to whatever serves it in order (a device connection), so
+ * Given with a request the connection may pipeline (PIPELINED in request-order.ts; GET_REGION_INFO, served
+ * synchronously, needs none): a model calls it once the request has sent the last of its calls to whatever serves it in order (a device connection), so
  * the connection may start the next such request before this one's reply; replies still go back in order.
  * A model that never calls it is served one request at a time, as before.
  */

@@ -9,6 +9,8 @@ import * as P from './protocol.js';
  * state no earlier request of a session changes (a region's size, flags and fd), so it need not wait for a
  * device relay ahead of it: the client library sends its regions behind the interrupts (so every reply goes in
  * one turn), and its rings' DMA_MAP behind them must still overlap the MSI-X relay (test/broker/acquire-hops).
+ * Everything else — DMA_UNMAP above all, which must see every earlier map's result — starts only once every
+ * earlier request is answered.
  */
 export const PIPELINED = new Set([
   P.VFIO_USER_DMA_MAP,
@@ -29,12 +31,10 @@ export interface Turn {
 }
 
 /**
- * Requests that may start before the one ahead of them is answered. A pipelined request also waits until
- * the request MAX_IN_FLIGHT before it is done in the model, so the model serves at most MAX_IN_FLIGHT
- * requests of a connection at once (replies waiting their turn are bounded by the connection's
- * MAX_PENDING); 8 lets the client library's whole acquire batch (4 SET_IRQS, regions, io fds, the rings'
- * DMA_MAP) through. Everything else — DMA_UNMAP above all, which must see every earlier map's result —
- * starts only once every earlier request is answered.
+ * A pipelined request also waits until the request MAX_IN_FLIGHT before it is done in the model, so the model
+ * serves at most MAX_IN_FLIGHT requests of a connection at once (replies waiting their turn are bounded by the
+ * connection's MAX_PENDING); 8 lets the client library's whole acquire batch (4 SET_IRQS, regions, io fds, the
+ * rings' DMA_MAP) through.
  */
 export const MAX_IN_FLIGHT = 8;
 
