@@ -87,16 +87,16 @@ export interface NativeAddon {
    */
   recvmsg(fd: number, maxBytes: number, maxFds?: number): (RecvResult & { eof: boolean }) | null;
   /**
-   * recvmsg straight into buf[offset, offset + length); null on EAGAIN; n 0 with no fds on hang-up.
-   * At most `maxFds` fds are installed; any beyond are closed and `ctruncated` is set.
+   * recvmsg straight into buf[offset, offset + length): the bytes read (0 with no fds on hang-up), or -1 on
+   * EAGAIN. What came besides bytes is in recvIntoFds until the next recvInto on this thread. At most
+   * `maxFds` fds are installed; any beyond are closed and the cut is reported there.
    */
-  recvInto(
-    fd: number,
-    buf: Uint8Array,
-    offset: number,
-    length: number,
-    maxFds: number,
-  ): { n: number; fds: number[]; ctruncated: boolean } | null;
+  recvInto(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): number;
+  /**
+   * The last recvInto's fds, one array per thread (no object per read): [0] how many fds came, [1] 1 if
+   * control data was cut (MSG_CTRUNC: fds past maxFds were closed), [2, 2 + [0]) the fds, now the caller's.
+   */
+  readonly recvIntoFds: Int32Array;
   peerCred(fd: number): PeerCred;
   /** SO_PEERPIDFD (Linux >= 6.5); throws ENOPROTOOPT on older kernels. */
   peerPidfd(fd: number): number;
