@@ -3,16 +3,22 @@
 //
 // V8 frees a SharedArrayBuffer's memory only when it is garbage-collected,
 // possibly on another thread if the buffer was shared with a worker. So:
-// - unmap() makes the *file* mapping go away now by mapping anonymous zero
-//   pages over the range (MAP_FIXED, atomic); the file's last reference is
-//   dropped immediately, while JS code still holding the buffer reads zeros
+// - mappingUnmap() makes the *file* mapping go away now by mapping anonymous
+//   zero pages over the range (MAP_FIXED, atomic); the file's last reference
+//   is dropped immediately, while JS code still holding the buffer reads zeros
 //   instead of crashing;
 // - the backing store's deleter munmaps whatever is in the range at GC.
+//
+// The buffer is the mapping's only JS handle: mappingUnmap, mappingRevoked and
+// mappingAddress take it and find the mapping's state by its address. A
+// handle object with bound methods (a napi function and a finalizer each)
+// cost more than the mmap itself, and every lease maps several times in the
+// client and the simulator (issue 16).
 #include <sys/mman.h>
 
-#include <atomic>
 #include <cerrno>
 #include <mutex>
+#include <unordered_map>
 
 #include "common.h"
 #include "sigbus_guard.h"
@@ -28,12 +34,16 @@ struct MappingState {
   int guard_slot = -1;  // sigbus_guard slot while guarded
   bool file_unmapped = false;
   bool revoked = false;  // the guard's verdict, kept after unregistering
-  std::mutex mutex;      // unmap() (JS thread) vs deleter (any thread)
-  std::atomic<int> refs{0};
+  std::mutex mutex;      // mappingUnmap() (a JS thread) vs the deleter (any thread)
 };
 
-void Release(MappingState* s) {
-  if (s->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete s;
+// Every live mapping by its address, process-wide: a buffer may be shared with a worker, and its deleter runs
+// on whichever thread collects it last. An entry lives exactly as long as its backing store, and a range stays
+// mapped (by the file or by zero pages) until that deleter runs, so no two live entries share an address.
+std::mutex registry_mutex;
+std::unordered_map<void*, MappingState*>& Registry() {
+  static auto* registry = new std::unordered_map<void*, MappingState*>();  // never destroyed: deleters may run late
+  return *registry;
 }
 
 // Under s->mutex.
@@ -46,17 +56,35 @@ void StopGuarding(MappingState* s) {
 void OnBackingStoreFreed(void*, size_t, void* data) {
   auto* s = static_cast<MappingState*>(data);
   {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    Registry().erase(s->address);
+  }
+  {
     std::lock_guard<std::mutex> lock(s->mutex);
     StopGuarding(s);
     munmap(s->address, s->length);
   }
-  Release(s);
+  delete s;
 }
 
-MappingState* StateOf(const Napi::CallbackInfo& info) { return static_cast<MappingState*>(info.Data()); }
+// The state of the mapping `info[0]` is the buffer of. The buffer being an argument keeps its backing store,
+// and so the state, alive for the call.
+MappingState* MappingArg(const Napi::CallbackInfo& info) {
+  v8::Local<v8::Value> value = ToV8(info[0]);
+  if (value->IsSharedArrayBuffer()) {
+    void* data = value.As<v8::SharedArrayBuffer>()->Data();
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    auto it = Registry().find(data);
+    if (it != Registry().end() && it->second->length == value.As<v8::SharedArrayBuffer>()->ByteLength()) {
+      return it->second;
+    }
+  }
+  ThrowInvalidArg(info.Env(), "buffer must be a SharedArrayBuffer made by mmap()");
+}
 
-Napi::Value Unmap(const Napi::CallbackInfo& info) {
-  MappingState* s = StateOf(info);
+// mappingUnmap(buffer): replace the file mapping with zero pages now (idempotent).
+Napi::Value MappingUnmap(const Napi::CallbackInfo& info) {
+  MappingState* s = MappingArg(info);
   std::lock_guard<std::mutex> lock(s->mutex);
   if (s->file_unmapped) return info.Env().Undefined();
   StopGuarding(s);
@@ -66,18 +94,18 @@ Napi::Value Unmap(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-Napi::Value IsRevoked(const Napi::CallbackInfo& info) {
-  MappingState* s = StateOf(info);
+// mappingRevoked(buffer): whether the SIGBUS guard replaced the mapping with zero pages.
+Napi::Value MappingRevoked(const Napi::CallbackInfo& info) {
+  MappingState* s = MappingArg(info);
   std::lock_guard<std::mutex> lock(s->mutex);
   bool revoked = s->guard_slot >= 0 ? sigbus_guard::IsRevoked(s->guard_slot) : s->revoked;
   return Napi::Boolean::New(info.Env(), revoked);
 }
 
-void AddMethod(Napi::Env env, Napi::Object target, const char* name, Napi::Function::Callback fn, MappingState* s) {
-  Napi::Function f = Napi::Function::New(env, fn, name, s);
-  s->refs.fetch_add(1, std::memory_order_relaxed);
-  f.AddFinalizer([](Napi::Env, MappingState* state) { Release(state); }, s);
-  target.Set(name, f);
+// mappingAddress(buffer): where the mapping is in this process, as a bigint.
+Napi::Value MappingAddress(const Napi::CallbackInfo& info) {
+  MappingState* s = MappingArg(info);
+  return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(reinterpret_cast<uintptr_t>(s->address)));
 }
 
 // guardRevocations(): how many guarded mappings were revoked so far, process-wide (a double: exact to 2^53).
@@ -141,26 +169,24 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
     }
   }
 
-  // From here on the backing store's deleter owns the range.
-  s->refs.store(1, std::memory_order_relaxed);
+  // From here on the backing store's deleter owns the range and the state.
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    Registry()[address] = s;
+  }
   v8::Isolate* isolate = v8::Isolate::GetCurrent();
   std::shared_ptr<v8::BackingStore> store =
       v8::SharedArrayBuffer::NewBackingStore(address, length, OnBackingStoreFreed, s);
-  v8::Local<v8::SharedArrayBuffer> buffer = v8::SharedArrayBuffer::New(isolate, std::move(store));
-
-  Napi::Object mapping = Napi::Object::New(env);
-  mapping.Set("buffer", Napi::Value(env, ToNapi(buffer)));
-  mapping.Set("length", Napi::Number::New(env, static_cast<double>(length)));
-  mapping.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(address))));
-  AddMethod(env, mapping, "unmap", Unmap, s);
-  AddMethod(env, mapping, "isRevoked", IsRevoked, s);
-  return mapping;
+  return Napi::Value(env, ToNapi(v8::SharedArrayBuffer::New(isolate, std::move(store))));
 }
 
 }  // namespace
 
 void RegisterMapping(Napi::Env env, Napi::Object exports) {
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+  exports.Set("mappingUnmap", Napi::Function::New(env, MappingUnmap, "mappingUnmap"));
+  exports.Set("mappingRevoked", Napi::Function::New(env, MappingRevoked, "mappingRevoked"));
+  exports.Set("mappingAddress", Napi::Function::New(env, MappingAddress, "mappingAddress"));
   exports.Set("guardRevocations", Napi::Function::New(env, GuardRevocations, "guardRevocations"));
   exports.Set("guardRevocationsWord", Napi::Function::New(env, GuardRevocationsWord, "guardRevocationsWord"));
   exports.Set("guardRevokedAt", Napi::Function::New(env, GuardRevokedAt, "guardRevokedAt"));

@@ -173,10 +173,10 @@ Napi::Value Sendmsg(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
-// Collects the SCM_RIGHTS fds of a received message, at most max_fds; any
-// beyond are closed and reported as MSG_CTRUNC.
-std::vector<int> TakeFds(msghdr& msg, int max_fds) {
-  std::vector<int> received;
+// Collects the SCM_RIGHTS fds of a received message into out[0, max_fds); any
+// beyond are closed and reported as MSG_CTRUNC. Returns how many were kept.
+int TakeFds(msghdr& msg, int max_fds, int* out) {
+  int received = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -184,8 +184,8 @@ std::vector<int> TakeFds(msghdr& msg, int max_fds) {
       int rfd;
       memcpy(&rfd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
       // Never more than the caller asked for, whatever the kernel did.
-      if (received.size() < static_cast<size_t>(max_fds)) {
-        received.push_back(rfd);
+      if (received < max_fds) {
+        out[received++] = rfd;
       } else {
         close(rfd);
         msg.msg_flags |= MSG_CTRUNC;
@@ -195,9 +195,9 @@ std::vector<int> TakeFds(msghdr& msg, int max_fds) {
   return received;
 }
 
-Napi::Array FdArray(Napi::Env env, const std::vector<int>& fds) {
-  Napi::Array out = Napi::Array::New(env, fds.size());
-  for (size_t i = 0; i < fds.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, fds[i]));
+Napi::Array FdArray(Napi::Env env, const int* fds, int count) {
+  Napi::Array out = Napi::Array::New(env, count);
+  for (int i = 0; i < count; i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, fds[i]));
   return out;
 }
 
@@ -231,23 +231,29 @@ Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
     ThrowErrno(env, "recvmsg", errno);
   }
 
-  std::vector<int> received = TakeFds(msg, max_fds);
+  int received[kMaxFds];
+  int count = TakeFds(msg, max_fds, received);
 
   size_t got = static_cast<size_t>(n) < max_bytes ? static_cast<size_t>(n) : max_bytes;
   Napi::Object out = Napi::Object::New(env);
   out.Set("data", Napi::Buffer<uint8_t>::Copy(env, scratch.data(), got));
-  out.Set("fds", FdArray(env, received));
+  out.Set("fds", FdArray(env, received, count));
   out.Set("truncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_TRUNC) != 0));
   out.Set("ctruncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
   // A 0-byte read without fds means the peer hung up (both socket types).
-  out.Set("eof", Napi::Boolean::New(env, n == 0 && received.empty() && (msg.msg_flags & MSG_CTRUNC) == 0));
+  out.Set("eof", Napi::Boolean::New(env, n == 0 && count == 0 && (msg.msg_flags & MSG_CTRUNC) == 0));
   return out;
 }
 
-// recvInto(fd, buf, offset, length, maxFds): reads at most `length` bytes into
-// buf[offset..] without an intermediate copy (the stream framer reads each
-// vfio-user message straight into its own buffer). Returns null on EAGAIN,
-// else { n, fds, ctruncated }; n == 0 with no fds is hang-up.
+// What the last recvInto on this thread received besides bytes: [0] the number of fds, [1] 1 if control data
+// was cut (MSG_CTRUNC), [2, 2 + [0]) the fds. JS reads it through one Int32Array made at load (recvIntoFds)
+// instead of an object and an array built per read (every message of every connection is read here).
+// thread_local is per environment: one environment per thread (main, each worker), and the thread outlives it.
+thread_local int32_t recv_fds[2 + kMaxFds];
+
+// recvInto(fd, buf, offset, length, maxFds): reads at most `length` bytes into buf[offset..] without an
+// intermediate copy (the stream framer reads each vfio-user message straight into its own buffer). Returns
+// the byte count (0 with no fds is hang-up), or -1 on EAGAIN; the fds are in recv_fds.
 Napi::Value RecvInto(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
@@ -269,15 +275,13 @@ Napi::Value RecvInto(const Napi::CallbackInfo& info) {
     n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return env.Null();
+    recv_fds[0] = recv_fds[1] = 0;  // nothing received: no stale fds for a caller to take twice
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
     ThrowErrno(env, "recvmsg", errno);
   }
-  std::vector<int> received = TakeFds(msg, max_fds);
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("n", Napi::Number::New(env, static_cast<double>(n)));
-  out.Set("fds", FdArray(env, received));
-  out.Set("ctruncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
-  return out;
+  recv_fds[0] = msg.msg_controllen > 0 ? TakeFds(msg, max_fds, recv_fds + 2) : 0;
+  recv_fds[1] = (msg.msg_flags & MSG_CTRUNC) != 0 ? 1 : 0;
+  return Napi::Number::New(env, static_cast<double>(n));
 }
 
 Napi::Value PeerCred(const Napi::CallbackInfo& info) {
@@ -315,6 +319,9 @@ void RegisterUnixSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("unixAccept", Napi::Function::New(env, Accept, "unixAccept"));
   exports.Set("unixPair", Napi::Function::New(env, Pair, "unixPair"));
   exports.Set("recvInto", Napi::Function::New(env, RecvInto, "recvInto"));
+  // Static memory of this thread, never freed while the environment lives: no finalizer.
+  exports.Set("recvIntoFds", Napi::Int32Array::New(env, 2 + kMaxFds,
+                                                   Napi::ArrayBuffer::New(env, recv_fds, sizeof(recv_fds)), 0));
   exports.Set("sendmsg", Napi::Function::New(env, Sendmsg, "sendmsg"));
   exports.Set("recvmsg", Napi::Function::New(env, Recvmsg, "recvmsg"));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));

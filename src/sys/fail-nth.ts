@@ -8,8 +8,16 @@
 import { SysError } from '../errors.js';
 import type { NativeAddon } from './native.js';
 
-/** Native functions never failed: releases, and fd bookkeeping that makes no syscall. */
-const NEVER = new Set(['close', 'trackFd', 'untrackFd', 'setErrorClasses']);
+/** Native functions never failed: releases, and bookkeeping or queries that make no syscall. */
+const NEVER = new Set([
+  'close',
+  'mappingUnmap',
+  'mappingRevoked',
+  'mappingAddress',
+  'trackFd',
+  'untrackFd',
+  'setErrorClasses',
+]);
 
 let countdown = 0;
 let fired: string | null = null;

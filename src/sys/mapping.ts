@@ -10,7 +10,7 @@
 // (zeros) until garbage-collected, which is when the range is freed.
 import { closedError, misuse } from '../errors.js';
 import { type Fd, fdNumber } from './fd.js';
-import { native, type RawMapping } from './native.js';
+import { native } from './native.js';
 
 const { PROT_READ, PROT_WRITE } = native.constants as Record<string, number>;
 
@@ -26,9 +26,10 @@ export interface MapOptions {
 }
 
 export class Mapping {
+  /** The mapped memory; also the mapping's handle for the addon (mappingUnmap, mappingRevoked). */
   readonly buffer: SharedArrayBuffer;
   readonly length: number;
-  #raw: RawMapping;
+  #address: bigint | null = null;
   #unmapped = false;
   #u8: Uint8Array | null = null;
   #u32: Uint32Array | null = null;
@@ -43,15 +44,15 @@ export class Mapping {
     return new Mapping(native.mmap(fdNumber(fd), length, protBits, offset, guard));
   }
 
-  private constructor(raw: RawMapping) {
-    this.#raw = raw;
-    this.buffer = raw.buffer;
-    this.length = raw.length;
+  private constructor(buffer: SharedArrayBuffer) {
+    this.buffer = buffer;
+    this.length = buffer.byteLength;
   }
 
   /** Address of the mapping in this process (diagnostics). */
   get address(): bigint {
-    return this.#raw.address;
+    this.#address ??= native.mappingAddress(this.buffer);
+    return this.#address;
   }
 
   get closed(): boolean {
@@ -74,13 +75,13 @@ export class Mapping {
 
   /** True once a guarded mapping was revoked (the file shrank under it and it now reads zero). */
   isRevoked(): boolean {
-    return this.#raw.isRevoked();
+    return native.mappingRevoked(this.buffer);
   }
 
   /** Idempotent. */
   unmap(): void {
     if (this.#unmapped) return;
-    this.#raw.unmap();
+    native.mappingUnmap(this.buffer);
     this.#unmapped = true;
     this.#u8 = null;
     this.#u32 = null;

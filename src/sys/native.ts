@@ -51,27 +51,6 @@ export interface PollHandle {
   unref(): void;
 }
 
-/** Raw mapping created by `mmap`: owns the virtual range until `unmap()`. */
-export interface RawMapping {
-  /**
-   * The mapped memory (shared, not copied). A SharedArrayBuffer cannot be
-   * detached: after unmap() (or a guarded revocation) it reads zeros, and the
-   * range is munmapped when the buffer is garbage-collected.
-   */
-  readonly buffer: SharedArrayBuffer;
-  readonly length: number;
-  /**
-   * Drop the file mapping now (idempotent): the range is replaced by private
-   * zero pages, so the file's last reference goes at once while `buffer`
-   * stays memory-safe. Do not rely on `buffer` contents after this.
-   */
-  unmap(): void;
-  /** True once the SIGBUS guard replaced this mapping with zero pages. */
-  isRevoked(): boolean;
-  /** Address, for diagnostics and /proc/self/maps cross-checks. */
-  readonly address: bigint;
-}
-
 export interface NativeAddon {
   // --- generic fd ---
   close(fd: number): void;
@@ -108,16 +87,16 @@ export interface NativeAddon {
    */
   recvmsg(fd: number, maxBytes: number, maxFds?: number): (RecvResult & { eof: boolean }) | null;
   /**
-   * recvmsg straight into buf[offset, offset + length); null on EAGAIN; n 0 with no fds on hang-up.
-   * At most `maxFds` fds are installed; any beyond are closed and `ctruncated` is set.
+   * recvmsg straight into buf[offset, offset + length): the bytes read (0 with no fds on hang-up), or -1 on
+   * EAGAIN. What came besides bytes is in recvIntoFds until the next recvInto on this thread. At most
+   * `maxFds` fds are installed; any beyond are closed and the cut is reported there.
    */
-  recvInto(
-    fd: number,
-    buf: Uint8Array,
-    offset: number,
-    length: number,
-    maxFds: number,
-  ): { n: number; fds: number[]; ctruncated: boolean } | null;
+  recvInto(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): number;
+  /**
+   * The last recvInto's fds, one array per thread (no object per read): [0] how many fds came, [1] 1 if
+   * control data was cut (MSG_CTRUNC: fds past maxFds were closed), [2, 2 + [0]) the fds, now the caller's.
+   */
+  readonly recvIntoFds: Int32Array;
   peerCred(fd: number): PeerCred;
   /** SO_PEERPIDFD (Linux >= 6.5); throws ENOPROTOOPT on older kernels. */
   peerPidfd(fd: number): number;
@@ -137,7 +116,22 @@ export interface NativeAddon {
   getSeals(fd: number): number;
 
   // --- mmap ---
-  mmap(fd: number, length: number, prot: number, offset: number, guard: boolean): RawMapping;
+  /**
+   * mmap(MAP_SHARED): the mapped memory (shared, not copied), which is also the mapping's handle for the three
+   * calls below. A SharedArrayBuffer cannot be detached: after mappingUnmap() (or a guarded revocation) it
+   * reads zeros, and the range is munmapped when the buffer is garbage-collected.
+   */
+  mmap(fd: number, length: number, prot: number, offset: number, guard: boolean): SharedArrayBuffer;
+  /**
+   * Drop the file mapping now (idempotent): the range is replaced by private zero pages, so the file's last
+   * reference goes at once while the buffer stays memory-safe. ERR_DEVLEASE_INVALID_ARG for a buffer mmap()
+   * did not make.
+   */
+  mappingUnmap(buffer: SharedArrayBuffer): void;
+  /** True once the SIGBUS guard replaced the mapping with zero pages. */
+  mappingRevoked(buffer: SharedArrayBuffer): boolean;
+  /** The mapping's address in this process, for diagnostics and /proc/self/maps cross-checks. */
+  mappingAddress(buffer: SharedArrayBuffer): bigint;
   /** Guarded mappings revoked so far in this process (a file shrank under one); see Mapping.isRevoked(). */
   guardRevocations(): number;
   /** The same count as a Uint32Array of 2 (low word first) over the counter itself: a load, not a call. */

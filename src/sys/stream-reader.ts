@@ -47,6 +47,8 @@ export interface StreamReaderSink {
 const SHARED_READ = Buffer.allocUnsafeSlow(64 * 1024);
 let sharedReadBusy = false;
 const NO_BYTES = Buffer.alloc(0);
+/** What the last recvInto of this thread received besides bytes (native.ts: recvIntoFds). */
+const RECV_FDS = native.recvIntoFds;
 
 function protocolError(message: string): DevleaseError {
   return new DevleaseError('EPROTO', message);
@@ -158,14 +160,15 @@ export class StreamReader {
    */
   #readAhead(fd: number, budget: number): number {
     const buf = sharedReadBusy ? Buffer.allocUnsafe(SHARED_READ.length) : SHARED_READ;
-    const r = this.#recv(fd, buf, 0, buf.length);
-    if (r === null) return -1;
-    this.#fds = r.fds;
+    const n = this.#recv(fd, buf, 0, buf.length);
+    if (n < 0) return -1;
+    const fds = this.#recvFds();
+    this.#fds = fds;
     this.#ahead = buf;
     this.#pos = 0;
-    this.#end = r.n;
+    this.#end = n;
     // A read stops after the skb that carried fds: one with fds says nothing about what is left.
-    const drained = r.n < buf.length && r.fds.length === 0;
+    const drained = n < buf.length && fds.length === 0;
     let delivered = 0;
     if (buf === SHARED_READ) sharedReadBusy = true;
     try {
@@ -191,16 +194,16 @@ export class StreamReader {
     const inHeader = this.#msg === null;
     const buf = inHeader ? this.#header : this.#msg!;
     const want = (inHeader ? headerSize : buf.length) - this.#have;
-    const r = this.#recv(fd, buf, this.#have, want);
-    if (r === null) return 'stop';
-    if (r.fds.length > 0) {
-      for (const d of r.fds) d.close();
+    const n = this.#recv(fd, buf, this.#have, want);
+    if (n < 0) return 'stop';
+    if (RECV_FDS[0]! > 0) {
+      for (const d of this.#recvFds()) d.close();
       this.#sink.fail(
         protocolError(`fds arrived ${this.#have} bytes into a message (they must come with its first bytes)`),
       );
       return 'stop';
     }
-    this.#have += r.n;
+    this.#have += n;
     if (inHeader) {
       if (this.#have < headerSize) return 'stop';
       const size = this.#sizeOf(this.#header);
@@ -224,32 +227,41 @@ export class StreamReader {
   }
 
   /**
-   * recvmsg: null on EAGAIN or once the socket ended (hang-up, error, fds past maxFds), else the bytes read
-   * and the fds that came with them (now owned).
+   * recvmsg: -1 on EAGAIN or once the socket ended (hang-up, error, fds past maxFds), else the bytes read; the
+   * fds that came with them are in RECV_FDS, to be taken with #recvFds() before the next read.
    */
-  #recv(fd: number, buf: Buffer, offset: number, length: number): { n: number; fds: Fd[] } | null {
-    let r: ReturnType<typeof native.recvInto>;
+  #recv(fd: number, buf: Buffer, offset: number, length: number): number {
+    let n: number;
     try {
-      r = native.recvInto(fd, buf, offset, length, this.#maxFds);
+      n = native.recvInto(fd, buf, offset, length, this.#maxFds);
     } catch (err) {
       if (isSysError(err, 'ECONNRESET')) this.#sink.hangUp();
       else this.#sink.fail(err);
-      return null;
+      return -1;
     }
-    if (r === null) return null;
-    const fds = r.fds.length > 0 ? r.fds.map((n) => new Fd(n)) : [];
-    if (r.ctruncated) {
-      for (const d of fds) d.close();
+    if (n < 0) return -1;
+    if (RECV_FDS[1] !== 0) {
+      for (const d of this.#recvFds()) d.close();
       this.#sink.fail(protocolError(`a message carried more than ${this.#maxFds} fds`));
-      return null;
+      return -1;
     }
-    if (r.n === 0) {
+    if (n === 0) {
       // Hang-up; a partly read message and its fds are dropped.
-      for (const d of fds) d.close();
+      for (const d of this.#recvFds()) d.close();
       this.#sink.hangUp();
-      return null;
+      return -1;
     }
-    return { n: r.n, fds };
+    return n;
+  }
+
+  /** The fds the last read received, now owned (a new array: they go with a message). */
+  #recvFds(): Fd[] {
+    const count = RECV_FDS[0]!;
+    if (count === 0) return [];
+    const fds: Fd[] = [];
+    for (let i = 0; i < count; i++) fds.push(new Fd(RECV_FDS[i + 2]!));
+    RECV_FDS[0] = 0; // taken: never wrapped twice
+    return fds;
   }
 
   /** A message's size from its header; -1 (the peer cut off) if the header is bad or the size out of bounds. */
