@@ -12,6 +12,7 @@ import type { NativeAddon } from './native.js';
 const NEVER = new Set([
   'close',
   'mappingUnmap',
+  'mappingUnmapMany',
   'mappingRevoked',
   'mappingAddress',
   'trackFd',

@@ -87,6 +87,22 @@ export class Mapping {
     this.#u32 = null;
   }
 
+  /**
+   * unmap() of every mapping given, in as few mmap calls as their adjacent ranges allow: each call over mapped
+   * memory interrupts every other CPU running this process to flush its TLB, and a lease's maps, made in a
+   * burst, are adjacent (the simulator releasing a reclaimed lease's 64 maps; issue 16).
+   */
+  static unmapMany(mappings: readonly Mapping[]): void {
+    const live = mappings.filter((m) => !m.#unmapped);
+    if (live.length === 0) return;
+    native.mappingUnmapMany(live.map((m) => m.buffer));
+    for (const m of live) {
+      m.#unmapped = true;
+      m.#u8 = null;
+      m.#u32 = null;
+    }
+  }
+
   close(): void {
     this.unmap();
   }

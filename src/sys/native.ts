@@ -128,6 +128,11 @@ export interface NativeAddon {
    * did not make.
    */
   mappingUnmap(buffer: SharedArrayBuffer): void;
+  /**
+   * mappingUnmap() of each buffer, with one mmap over each run of adjacent ranges (one TLB flush per run, not
+   * per mapping). Throws the first mmap errno after doing the rest; ERR_DEVLEASE_INVALID_ARG as mappingUnmap.
+   */
+  mappingUnmapMany(buffers: SharedArrayBuffer[]): void;
   /** True once the SIGBUS guard replaced the mapping with zero pages. */
   mappingRevoked(buffer: SharedArrayBuffer): boolean;
   /** The mapping's address in this process, for diagnostics and /proc/self/maps cross-checks. */
