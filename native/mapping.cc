@@ -59,7 +59,8 @@ void OnBackingStoreFreed(void*, size_t, void* data) {
   auto* s = static_cast<MappingState*>(data);
   {
     std::lock_guard<std::mutex> lock(registry_mutex);
-    Registry().erase(s->address);
+    auto it = Registry().find(s->address);
+    if (it != Registry().end() && it->second == s) Registry().erase(it);
   }
   {
     std::lock_guard<std::mutex> lock(s->mutex);
@@ -91,20 +92,21 @@ Napi::Value MappingUnmap(const Napi::CallbackInfo& info) {
   MappingState* s = MappingArg(info);
   std::lock_guard<std::mutex> lock(s->mutex);
   if (s->file_unmapped) return info.Env().Undefined();
-  StopGuarding(s);
+  // The guard stops once the zero pages are in: a failed mmap leaves the file mapping, still guarded.
   void* r = mmap(s->address, s->length, s->prot, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (r == MAP_FAILED) ThrowErrno(info.Env(), "mmap", errno);
+  StopGuarding(s);
   s->file_unmapped = true;
   return info.Env().Undefined();
 }
 
-// mappingUnmapMany(buffers): mappingUnmap() of each, with one mmap over each run of adjacent ranges of the same
+// mappingUnmapMany(buffers) -> the mmap calls made: mappingUnmap() of each, with one mmap over each run of adjacent ranges of the same
 // protection instead of one per mapping. Each mmap over a mapped range flushes the TLB of every other CPU that
 // runs this process, by an interrupt: the simulator releasing a reclaimed lease's 64 maps, with its device
 // thread running on the other CPU, paid 64 of them before it could answer the unmap (0.2-3 ms; issue 16).
 // Mappings made one after another are adjacent (mmap places them top-down), so a burst of maps is one run.
 // On an mmap failure the rest are still done; the first errno is thrown at the end, and the run that failed
-// stays file-mapped (as mappingUnmap leaves a mapping it could not replace).
+// stays file-mapped and guarded (as mappingUnmap leaves a mapping it could not replace).
 Napi::Value MappingUnmapMany(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsArray()) ThrowInvalidArg(env, "buffers must be an array");
@@ -121,6 +123,7 @@ Napi::Value MappingUnmapMany(const Napi::CallbackInfo& info) {
   locks.reserve(states.size());
   for (MappingState* s : states) locks.emplace_back(s->mutex);
   int first_error = 0;
+  int calls = 0;
   size_t i = 0;
   while (i < states.size()) {
     MappingState* head = states[i];
@@ -135,19 +138,22 @@ Napi::Value MappingUnmapMany(const Napi::CallbackInfo& info) {
       end += states[j]->length;
       j++;
     }
-    for (size_t k = i; k < j; k++) StopGuarding(states[k]);
     size_t span = static_cast<size_t>(end - static_cast<char*>(head->address));
     void* r = mmap(head->address, span, head->prot, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    calls++;
     if (r == MAP_FAILED) {
       if (first_error == 0) first_error = errno;
     } else {
-      for (size_t k = i; k < j; k++) states[k]->file_unmapped = true;
+      for (size_t k = i; k < j; k++) {
+        StopGuarding(states[k]);  // after the zero pages are in, as mappingUnmap
+        states[k]->file_unmapped = true;
+      }
     }
     i = j;
   }
   locks.clear();
   if (first_error != 0) ThrowErrno(env, "mmap", first_error);
-  return env.Undefined();
+  return Napi::Number::New(env, calls);
 }
 
 // mappingRevoked(buffer): whether the SIGBUS guard replaced the mapping with zero pages.
@@ -228,7 +234,10 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   // From here on the backing store's deleter owns the range and the state.
   {
     std::lock_guard<std::mutex> lock(registry_mutex);
-    Registry()[address] = s;
+    // A live entry at this address would mean a range was munmapped before its buffer's deleter ran.
+    if (!Registry().emplace(address, s).second) {
+      Napi::Error::Fatal("devlease mmap", "a mapping is already registered at the address mmap returned");
+    }
   }
   v8::Isolate* isolate = v8::Isolate::GetCurrent();
   std::shared_ptr<v8::BackingStore> store =

@@ -256,6 +256,7 @@ thread_local int32_t recv_fds[2 + kMaxFds];
 // the byte count (0 with no fds is hang-up), or -1 on EAGAIN; the fds are in recv_fds.
 Napi::Value RecvInto(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  recv_fds[0] = recv_fds[1] = 0;  // every call rewrites them, a throw too: no stale fds for a caller to take twice
   int fd = FdArg(info, 0);
   Bytes buf = BytesArg(info, 1, "buf");
   auto offset = static_cast<size_t>(IntArg(info, 2, "offset", 0, INT32_MAX));
@@ -275,7 +276,6 @@ Napi::Value RecvInto(const Napi::CallbackInfo& info) {
     n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
-    recv_fds[0] = recv_fds[1] = 0;  // nothing received: no stale fds for a caller to take twice
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
     ThrowErrno(env, "recvmsg", errno);
   }

@@ -95,7 +95,22 @@ export class Mapping {
   static unmapMany(mappings: readonly Mapping[]): void {
     const live = mappings.filter((m) => !m.#unmapped);
     if (live.length === 0) return;
-    native.mappingUnmapMany(live.map((m) => m.buffer));
+    try {
+      native.mappingUnmapMany(live.map((m) => m.buffer));
+    } catch {
+      // A run's mmap failed (the rest were done): each one alone, so those done are marked and the failed
+      // ones are tried once more; the first that still fails throws, after the others.
+      let error: unknown = null;
+      for (const m of live) {
+        try {
+          m.unmap();
+        } catch (err) {
+          error ??= err;
+        }
+      }
+      if (error !== null) throw error;
+      return;
+    }
     for (const m of live) {
       m.#unmapped = true;
       m.#u8 = null;

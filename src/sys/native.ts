@@ -129,10 +129,12 @@ export interface NativeAddon {
    */
   mappingUnmap(buffer: SharedArrayBuffer): void;
   /**
-   * mappingUnmap() of each buffer, with one mmap over each run of adjacent ranges (one TLB flush per run, not
-   * per mapping). Throws the first mmap errno after doing the rest; ERR_DEVLEASE_INVALID_ARG as mappingUnmap.
+   * mappingUnmap() of each buffer, with one mmap over each run of adjacent ranges of one protection (one TLB
+   * flush per run, not per mapping); returns the mmap calls made. Throws the first mmap errno after doing the
+   * rest (a run that failed stays file-mapped and guarded); ERR_DEVLEASE_INVALID_ARG as mappingUnmap, before
+   * anything is done.
    */
-  mappingUnmapMany(buffers: SharedArrayBuffer[]): void;
+  mappingUnmapMany(buffers: SharedArrayBuffer[]): number;
   /** True once the SIGBUS guard replaced the mapping with zero pages. */
   mappingRevoked(buffer: SharedArrayBuffer): boolean;
   /** The mapping's address in this process, for diagnostics and /proc/self/maps cross-checks. */

@@ -18,6 +18,29 @@ function mapsOf(prefix: string): string[] {
     .filter((l) => l.includes(`/memfd:${prefix}`));
 }
 
+/** The permissions /proc/self/maps gives the page at `address` ("rw-p", "r--s", ...). */
+function permsAt(address: bigint): string {
+  for (const line of readFileSync('/proc/self/maps', 'utf8').split('\n')) {
+    const [range, perms] = line.split(' ');
+    if (!range || !perms) continue;
+    const [lo, hi] = range.split('-').map((h) => BigInt(`0x${h}`));
+    if (address >= lo! && address < hi!) return perms;
+  }
+  throw new Error(`nothing mapped at 0x${address.toString(16)}`);
+}
+
+/** The runs of adjacent ranges with one protection among `maps` (what one mmap each can cover). */
+function runsOf(maps: { address: bigint; length: number; prot: string }[]): number {
+  const sorted = [...maps].sort((a, b) => (a.address < b.address ? -1 : 1));
+  let runs = 0;
+  for (let i = 0; i < sorted.length; i++) {
+    const prev = sorted[i - 1];
+    if (!prev || prev.address + BigInt(prev.length) !== sorted[i]!.address || prev.prot !== sorted[i]!.prot)
+      runs++;
+  }
+  return runs;
+}
+
 /** `n` one-page memfds, each mapped (made in a burst: mostly adjacent), with a byte written. */
 function burst(prefix: string, n: number, guard: boolean): { fds: MemFd[]; maps: Mapping[] } {
   const fds: MemFd[] = [];
@@ -38,10 +61,13 @@ test('64 maps made in a burst, guarded or not, all lose their file mapping and r
     const { fds, maps } = burst(prefix, 64, guard);
     try {
       assert.equal(mapsOf(prefix).length, 64);
-      const runs = new Set(maps.map((m) => m.address)).size;
-      assert.equal(runs, 64, 'each map has its own address');
-      Mapping.unmapMany(maps);
+      const runs = runsOf(maps.map((m) => ({ address: m.address, length: m.length, prot: 'rw' })));
+      assert.ok(runs < 64, `a burst of maps is adjacent (found ${runs} runs in 64)`);
+      const calls = native.mappingUnmapMany(maps.map((m) => m.buffer));
+      assert.equal(calls, runs, 'one mmap per run of adjacent ranges');
+      Mapping.unmapMany(maps); // marks them (the native call above already dropped them)
       assert.deepEqual(mapsOf(prefix), [], 'no file mapping left');
+      for (const m of maps) assert.equal(permsAt(m.address), 'rw-p', 'private zero pages, read-write');
       for (const m of maps) {
         assert.equal(m.closed, true);
         assert.equal(new Uint8Array(m.buffer)[0], 0, 'the buffer reads zero pages');
@@ -63,8 +89,11 @@ test('gaps, mixed protections, duplicates and mappings already unmapped', () => 
     maps[3]!.unmap();
     const keep = [maps[8]!, maps[10]!];
     const drop = maps.filter((m) => !keep.includes(m));
+    const roAddress = ro.address;
     Mapping.unmapMany([...drop, ro, drop[0]!, drop[5]!]);
     assert.equal(mapsOf('umany-mix-').length, 2, 'only the two left out stay mapped');
+    assert.equal(permsAt(roAddress), 'r--p', 'the read-only one keeps its protection');
+    for (const m of drop) assert.equal(permsAt(m.address), 'rw-p', 'and the others theirs');
     for (const m of keep) assert.equal(m.u8[0], maps.indexOf(m) + 1, 'and still read their bytes');
     assert.equal(ro.closed, true);
     Mapping.unmapMany(keep);
@@ -86,6 +115,27 @@ test('a buffer the addon did not map is refused and nothing is unmapped', () => 
     Mapping.unmapMany(maps);
     assert.deepEqual(mapsOf('umany-bad-'), []);
   } finally {
+    for (const fd of fds) fd.close();
+  }
+});
+
+test('the native call skips buffers already unmapped, in a run or alone', () => {
+  const { fds, maps } = burst('umany-skip-', 6, true);
+  try {
+    maps[2]!.unmap();
+    maps[5]!.unmap();
+    const calls = native.mappingUnmapMany(maps.map((m) => m.buffer));
+    // 0,1 | 3,4 (2 is done and breaks the run; 5 is done and alone)
+    const live = [0, 1, 3, 4].map((i) => maps[i]!);
+    const adjacent = (a: Mapping, b: Mapping) => a.address + BigInt(a.length) === b.address;
+    const expected =
+      (adjacent(live[0]!, live[1]!) || adjacent(live[1]!, live[0]!) ? 1 : 2) +
+      (adjacent(live[2]!, live[3]!) || adjacent(live[3]!, live[2]!) ? 1 : 2);
+    assert.equal(calls, expected);
+    assert.deepEqual(mapsOf('umany-skip-'), []);
+    assert.equal(native.mappingUnmapMany(maps.map((m) => m.buffer)), 0, 'all done: no call');
+  } finally {
+    for (const m of maps) m.unmap();
     for (const fd of fds) fd.close();
   }
 });

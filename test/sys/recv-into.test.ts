@@ -120,15 +120,21 @@ test('EAGAIN is -1 and hang-up is 0, both without fds', () => {
   }
 });
 
-test('a range outside the buffer is refused before any read', () => {
+test('a range outside the buffer is refused before any read, and leaves no fds from an earlier read', () => {
   const [a, b] = pair();
   try {
+    using memfd = MemFd.create('recv-into-stale', { size: 4096 });
+    native.sendmsg(a, Buffer.from('z'), [memfd.fd.fd]);
+    assert.equal(native.recvInto(b, Buffer.alloc(1), 0, 1, 8), 1);
+    assert.equal(R[0], 1);
+    native.close(R[2]!);
     native.sendmsg(a, Buffer.from('kept'), []);
     const buf = Buffer.alloc(8);
     assert.throws(() => native.recvInto(b, buf, 6, 4, 8), {
       code: 'ERR_DEVLEASE_INVALID_ARG',
       message: /exceed buf/,
     });
+    assert.deepEqual([R[0], R[1]], [0, 0], 'a refused call rewrites recvIntoFds too');
     assert.equal(native.recvInto(b, buf, 0, 8, 8), 4, 'the refused call read nothing');
   } finally {
     native.close(a);

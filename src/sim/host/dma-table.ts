@@ -106,12 +106,7 @@ export class FrontDmaTable {
    * unmap could be answered; issue 16).
    */
   #release(removed: readonly DmaMapping[]): void {
-    const mappings: Mapping[] = [];
-    for (const entry of removed) {
-      const mapping = this.#mappings.get(entry);
-      if (mapping) mappings.push(mapping);
-      else entry.release();
-    }
-    Mapping.unmapMany(mappings);
+    // Every entry map() adds has its mapping here.
+    Mapping.unmapMany(removed.flatMap((entry) => this.#mappings.get(entry) ?? []));
   }
 }
