@@ -100,13 +100,13 @@ Napi::Value MappingUnmap(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// mappingUnmapMany(buffers) -> the mmap calls made: mappingUnmap() of each, with one mmap over each run of adjacent ranges of the same
-// protection instead of one per mapping. Each mmap over a mapped range flushes the TLB of every other CPU that
-// runs this process, by an interrupt: the simulator releasing a reclaimed lease's 64 maps, with its device
-// thread running on the other CPU, paid 64 of them before it could answer the unmap (0.2-3 ms; issue 16).
-// Mappings made one after another are adjacent (mmap places them top-down), so a burst of maps is one run.
-// On an mmap failure the rest are still done; the first errno is thrown at the end, and the run that failed
-// stays file-mapped and guarded (as mappingUnmap leaves a mapping it could not replace).
+// mappingUnmapMany(buffers) -> the mmap calls made: mappingUnmap() of each, with one mmap over each run of adjacent
+// ranges of the same protection instead of one per mapping. Each mmap over a mapped range flushes the TLB of every
+// other CPU that runs this process, by an interrupt: the simulator releasing a reclaimed lease's 64 maps, with its
+// device thread running on the other CPU, paid 64 of them before it could answer the unmap (0.2-3 ms; issue 16).
+// Mappings made one after another are adjacent (mmap places them top-down), so a burst of maps is one run. On an
+// mmap failure the rest are still done; the first errno is thrown at the end, and the run that failed stays
+// file-mapped and guarded (as mappingUnmap leaves a mapping it could not replace).
 Napi::Value MappingUnmapMany(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsArray()) ThrowInvalidArg(env, "buffers must be an array");
