@@ -82,6 +82,10 @@ export class Mapping {
   unmap(): void {
     if (this.#unmapped) return;
     native.mappingUnmap(this.buffer);
+    this.#markUnmapped();
+  }
+
+  #markUnmapped(): void {
     this.#unmapped = true;
     this.#u8 = null;
     this.#u32 = null;
@@ -111,11 +115,7 @@ export class Mapping {
       if (error !== null) throw error;
       return;
     }
-    for (const m of live) {
-      m.#unmapped = true;
-      m.#u8 = null;
-      m.#u32 = null;
-    }
+    for (const m of live) m.#markUnmapped();
   }
 
   close(): void {

@@ -41,8 +41,9 @@ function runsOf(maps: { address: bigint; length: number; prot: string }[]): numb
   return runs;
 }
 
-/** `n` one-page memfds, each mapped (made in a burst: mostly adjacent), with a byte written. */
-function burst(prefix: string, n: number, guard: boolean): { fds: MemFd[]; maps: Mapping[] } {
+/** `n` one-page memfds, each mapped (made in a burst: mostly adjacent), with a byte written; disposing of it unmaps
+ * what is left and closes the memfds. */
+function burst(prefix: string, n: number, guard: boolean): { fds: MemFd[]; maps: Mapping[] } & Disposable {
   const fds: MemFd[] = [];
   const maps: Mapping[] = [];
   for (let i = 0; i < n; i++) {
@@ -52,90 +53,80 @@ function burst(prefix: string, n: number, guard: boolean): { fds: MemFd[]; maps:
     m.u8[0] = i + 1;
     maps.push(m);
   }
-  return { fds, maps };
+  return {
+    fds,
+    maps,
+    [Symbol.dispose]() {
+      for (const m of maps) m.unmap();
+      for (const fd of fds) fd.close();
+    },
+  };
 }
 
 test('64 maps made in a burst, guarded or not, all lose their file mapping and read zero', () => {
   for (const guard of [true, false]) {
     const prefix = `umany-${guard ? 'g' : 'p'}-`;
-    const { fds, maps } = burst(prefix, 64, guard);
-    try {
-      assert.equal(mapsOf(prefix).length, 64);
-      const runs = runsOf(maps.map((m) => ({ address: m.address, length: m.length, prot: 'rw' })));
-      assert.ok(runs < 64, `a burst of maps is adjacent (found ${runs} runs in 64)`);
-      const calls = native.mappingUnmapMany(maps.map((m) => m.buffer));
-      assert.equal(calls, runs, 'one mmap per run of adjacent ranges');
-      Mapping.unmapMany(maps); // marks them (the native call above already dropped them)
-      assert.deepEqual(mapsOf(prefix), [], 'no file mapping left');
-      for (const m of maps) assert.equal(permsAt(m.address), 'rw-p', 'private zero pages, read-write');
-      for (const m of maps) {
-        assert.equal(m.closed, true);
-        assert.equal(new Uint8Array(m.buffer)[0], 0, 'the buffer reads zero pages');
-        assert.equal(m.isRevoked(), false);
-        assert.throws(() => m.u8, { code: 'ERR_DEVLEASE_CLOSED' });
-      }
-      Mapping.unmapMany(maps); // idempotent
-    } finally {
-      for (const fd of fds) fd.close();
+    using b = burst(prefix, 64, guard);
+    const { maps } = b;
+    assert.equal(mapsOf(prefix).length, 64);
+    const runs = runsOf(maps.map((m) => ({ address: m.address, length: m.length, prot: 'rw' })));
+    assert.ok(runs < 64, `a burst of maps is adjacent (found ${runs} runs in 64)`);
+    const calls = native.mappingUnmapMany(maps.map((m) => m.buffer));
+    assert.equal(calls, runs, 'one mmap per run of adjacent ranges');
+    Mapping.unmapMany(maps); // marks them (the native call above already dropped them)
+    assert.deepEqual(mapsOf(prefix), [], 'no file mapping left');
+    for (const m of maps) {
+      assert.equal(permsAt(m.address), 'rw-p', 'private zero pages, read-write');
+      assert.equal(m.closed, true);
+      assert.equal(new Uint8Array(m.buffer)[0], 0, 'the buffer reads zero pages');
+      assert.equal(m.isRevoked(), false);
+      assert.throws(() => m.u8, { code: 'ERR_DEVLEASE_CLOSED' });
     }
+    Mapping.unmapMany(maps); // idempotent
   }
 });
 
 test('gaps, mixed protections, duplicates and mappings already unmapped', () => {
-  const { fds, maps } = burst('umany-mix-', 12, true);
+  using b = burst('umany-mix-', 12, true);
+  const { fds, maps } = b;
   // A read-only mapping in the middle, and a hole: every other one of the last four is left mapped.
-  const ro = Mapping.map(fds[0]!.fd, { length: 4096, prot: 'r' });
-  try {
-    maps[3]!.unmap();
-    const keep = [maps[8]!, maps[10]!];
-    const drop = maps.filter((m) => !keep.includes(m));
-    const roAddress = ro.address;
-    Mapping.unmapMany([...drop, ro, drop[0]!, drop[5]!]);
-    assert.equal(mapsOf('umany-mix-').length, 2, 'only the two left out stay mapped');
-    assert.equal(permsAt(roAddress), 'r--p', 'the read-only one keeps its protection');
-    for (const m of drop) assert.equal(permsAt(m.address), 'rw-p', 'and the others theirs');
-    for (const m of keep) assert.equal(m.u8[0], maps.indexOf(m) + 1, 'and still read their bytes');
-    assert.equal(ro.closed, true);
-    Mapping.unmapMany(keep);
-    assert.deepEqual(mapsOf('umany-mix-'), []);
-  } finally {
-    for (const fd of fds) fd.close();
-  }
+  using ro = Mapping.map(fds[0]!.fd, { length: 4096, prot: 'r' });
+  maps[3]!.unmap();
+  const keep = [maps[8]!, maps[10]!];
+  const drop = maps.filter((m) => !keep.includes(m));
+  const roAddress = ro.address;
+  Mapping.unmapMany([...drop, ro, drop[0]!, drop[5]!]);
+  assert.equal(mapsOf('umany-mix-').length, 2, 'only the two left out stay mapped');
+  assert.equal(permsAt(roAddress), 'r--p', 'the read-only one keeps its protection');
+  for (const m of drop) assert.equal(permsAt(m.address), 'rw-p', 'and the others theirs');
+  for (const m of keep) assert.equal(m.u8[0], maps.indexOf(m) + 1, 'and still read their bytes');
+  assert.equal(ro.closed, true);
+  Mapping.unmapMany(keep);
+  assert.deepEqual(mapsOf('umany-mix-'), []);
 });
 
 test('a buffer the addon did not map is refused and nothing is unmapped', () => {
-  const { fds, maps } = burst('umany-bad-', 3, false);
-  try {
-    const foreign = new SharedArrayBuffer(4096);
-    assert.throws(() => native.mappingUnmapMany([maps[0]!.buffer, foreign, maps[1]!.buffer]), {
-      code: 'ERR_DEVLEASE_INVALID_ARG',
-    });
-    assert.equal(mapsOf('umany-bad-').length, 3, 'all three still mapped');
-    assert.equal(maps[0]!.closed, false);
-    Mapping.unmapMany(maps);
-    assert.deepEqual(mapsOf('umany-bad-'), []);
-  } finally {
-    for (const fd of fds) fd.close();
-  }
+  using b = burst('umany-bad-', 3, false);
+  const { maps } = b;
+  const foreign = new SharedArrayBuffer(4096);
+  assert.throws(() => native.mappingUnmapMany([maps[0]!.buffer, foreign, maps[1]!.buffer]), {
+    code: 'ERR_DEVLEASE_INVALID_ARG',
+  });
+  assert.equal(mapsOf('umany-bad-').length, 3, 'all three still mapped');
+  assert.equal(maps[0]!.closed, false);
+  Mapping.unmapMany(maps);
+  assert.deepEqual(mapsOf('umany-bad-'), []);
 });
 
 test('the native call skips buffers already unmapped, in a run or alone', () => {
-  const { fds, maps } = burst('umany-skip-', 6, true);
-  try {
-    maps[2]!.unmap();
-    maps[5]!.unmap();
-    const calls = native.mappingUnmapMany(maps.map((m) => m.buffer));
-    // 0,1 | 3,4 (2 is done and breaks the run; 5 is done and alone)
-    const live = [0, 1, 3, 4].map((i) => maps[i]!);
-    const adjacent = (a: Mapping, b: Mapping) => a.address + BigInt(a.length) === b.address;
-    const expected =
-      (adjacent(live[0]!, live[1]!) || adjacent(live[1]!, live[0]!) ? 1 : 2) +
-      (adjacent(live[2]!, live[3]!) || adjacent(live[3]!, live[2]!) ? 1 : 2);
-    assert.equal(calls, expected);
-    assert.deepEqual(mapsOf('umany-skip-'), []);
-    assert.equal(native.mappingUnmapMany(maps.map((m) => m.buffer)), 0, 'all done: no call');
-  } finally {
-    for (const m of maps) m.unmap();
-    for (const fd of fds) fd.close();
-  }
+  using b = burst('umany-skip-', 6, true);
+  const { maps } = b;
+  maps[2]!.unmap();
+  maps[5]!.unmap();
+  // The live ones' runs: 2, done, breaks 0,1 from 3,4; 5, done, is skipped alone.
+  const live = [0, 1, 3, 4].map((i) => maps[i]!);
+  const runs = runsOf(live.map((m) => ({ address: m.address, length: m.length, prot: 'rw' })));
+  assert.equal(native.mappingUnmapMany(maps.map((m) => m.buffer)), runs);
+  assert.deepEqual(mapsOf('umany-skip-'), []);
+  assert.equal(native.mappingUnmapMany(maps.map((m) => m.buffer)), 0, 'all done: no call');
 });

@@ -23,6 +23,12 @@ import { mapDmaFd } from './dma-mmap.js';
 import type { MailboxCaller } from './mailbox.js';
 
 const NO_MEMORY = new Uint8Array(0);
+const nothing = (): void => {};
+
+/** A map in the front end's table: the device's view of it, and the front end's own mapping of its memory. */
+interface FrontEntry extends DmaMapping {
+  readonly mapping: Mapping;
+}
 
 export interface MapFields {
   offset: bigint;
@@ -33,10 +39,8 @@ export interface MapFields {
 }
 
 export class FrontDmaTable {
-  /** Ranges and permissions only: the memory is mapped by the worker. */
+  /** Ranges and permissions, and the front end's mapping of each map's memory (FrontEntry). */
   readonly #table = new Iommu();
-  /** Each entry's mapping, so the entries an unmap removes are released together (#release). */
-  readonly #mappings = new WeakMap<DmaMapping, Mapping>();
 
   constructor(
     private readonly mailbox: MailboxCaller<DeviceRequest>,
@@ -56,16 +60,16 @@ export class FrontDmaTable {
     checkDmaFd(fd.fd, m);
     this.mailbox.makeRoom(); // a full ring fails the map here, before anything is mapped or taken
     const mapping = mapDmaFd(fd.fd, { offset, size, write: m.write });
-    const entry: DmaMapping = {
+    const entry: FrontEntry = {
       iova,
       size,
       readable: m.read,
       writable: m.write,
       view: NO_MEMORY,
-      release: () => mapping.unmap(),
+      release: nothing, // the maps an unmap removes are released together (#release)
+      mapping,
     };
     this.#table.add(entry);
-    this.#mappings.set(entry, mapping);
     const { read, write } = m;
     this.mailbox.post(
       {
@@ -106,7 +110,7 @@ export class FrontDmaTable {
    * unmap could be answered; issue 16).
    */
   #release(removed: readonly DmaMapping[]): void {
-    // Every entry map() adds has its mapping here.
-    Mapping.unmapMany(removed.flatMap((entry) => this.#mappings.get(entry) ?? []));
+    // Every entry of this table is one map() added.
+    Mapping.unmapMany((removed as readonly FrontEntry[]).map((entry) => entry.mapping));
   }
 }
