@@ -5,8 +5,8 @@ import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { parseLeaseInfo } from '../../src/client/info.js';
 import { connect, Sa1Queue } from '../../src/index.js';
-import { type Rig, startRig, until } from '../helpers/broker-rig.js';
-import { openFds, trackFdLeaks } from '../helpers/fds.js';
+import { type Rig, startRig, until, untilReclaimed } from '../helpers/broker-rig.js';
+import { describeLeak, openFds, trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
 let rig: Rig;
@@ -20,13 +20,15 @@ after(async () => {
 
 test('disposal closes everything: fds, mappings, DMA buffers, and the broker reclaims', async () => {
   // The in-process broker makes some handles on first use (its inotify watcher; the device's queue-page
-  // ioeventfds, asked for once and kept for the device connection's lifetime): warm it up first.
+  // ioeventfds, asked for once and kept for the device connection's lifetime), and each reclaim leaves one
+  // prepared slice fd for the next grant (untilReclaimed waits for it): warm it up first.
   {
     await using warm = await connect({ socket: rig.socket });
     await Sa1Queue.create(warm);
   }
-  await until('the warm-up lease to be reclaimed', () => rig.broker.leases.all().length === 0);
-  const before = openFds().size;
+  await untilReclaimed(rig);
+  const fdsBefore = openFds();
+  const before = fdsBefore.size;
   const mappingsBefore = countMaps();
   {
     await using lease = await connect({ socket: rig.socket });
@@ -36,9 +38,13 @@ test('disposal closes everything: fds, mappings, DMA buffers, and the broker rec
     assert.equal(buf.u8[0], 0xab);
     assert.ok(openFds().size > before, 'a live lease holds fds');
   }
-  await until('the broker to reclaim', () => rig.broker.leases.all().length === 0);
-  await until('fds to settle', () => openFds().size === before, 2000).catch(() => undefined);
-  assert.equal(openFds().size, before, 'every fd of the lease is closed');
+  await untilReclaimed(rig);
+  const fdsAfter = openFds();
+  assert.equal(
+    fdsAfter.size,
+    before,
+    `every fd of the lease is closed:\n${describeLeak(fdsBefore, fdsAfter)}`,
+  );
   assert.equal(countMaps(), mappingsBefore, 'every mapping of the lease is gone');
 });
 

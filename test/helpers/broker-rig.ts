@@ -160,6 +160,21 @@ export class ClientProc {
   }
 }
 
+/**
+ * Wait until the broker holds no lease and no prepared slice fd is still on its way: a reclaim asks the device
+ * for the next grant's page fd and ends without waiting for the answer (lease-reclaim.ts, prepareAhead), so the
+ * broker's fd count settles only once that answer is in. A test that counts the broker's fds waits for this.
+ */
+export async function untilReclaimed(rig: Rig, timeoutMs = 5000): Promise<void> {
+  await until(
+    'the broker to reclaim every lease and hold its prepared slice fds',
+    () =>
+      rig.broker.leases.all().length === 0 &&
+      rig.device.preparedSliceFdCount === rig.device.preparedSliceFdsHeld,
+    timeoutMs,
+  );
+}
+
 export async function until(
   what: string,
   pred: () => boolean | Promise<boolean>,

@@ -35,7 +35,8 @@ async function settle(): Promise<void> {
   for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve));
 }
 
-function describeLeak(before: Map<number, string>, after: Map<number, string>): string {
+/** The fds added to and removed from `before`, one per line (for an assertion's message). */
+export function describeLeak(before: Map<number, string>, after: Map<number, string>): string {
   const added = [...after].filter(([fd, target]) => before.get(fd) !== target);
   const removed = [...before].filter(([fd, target]) => after.get(fd) !== target);
   return [
