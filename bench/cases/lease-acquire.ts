@@ -72,6 +72,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     const queueToNop: number[] = [];
     const release: number[] = [];
     const deviceMs: number[] = [];
+    const deviceCpuMs: number[] = [];
     const commands = new Set<number>();
     const rounds = new Set<number>();
     const floorSamples: FloorSample[] = [];
@@ -115,6 +116,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       const g = granted.get(a.lease)!;
       total.push(a.totalUs);
       deviceMs.push(p.busyMs * 1000);
+      deviceCpuMs.push(p.busyCpuMs * 1000);
       commands.add(p.commands);
       rounds.add(p.rounds);
       toGrant.push((g - a.at0) * 1000);
@@ -191,6 +193,12 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
           ref: 'topology-doorbell',
         }),
         metric('acquire-device', '· of which the broker waits on device commands', 'µs', deviceMs),
+        metric(
+          'acquire-device-cpu',
+          "·· this process's CPU meanwhile (the broker's own work inside those waits, probes included)",
+          'µs',
+          deviceCpuMs,
+        ),
         metric(
           'grant',
           '· the grant in the broker (policy, resources, device programming)',
