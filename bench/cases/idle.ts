@@ -32,7 +32,7 @@ const CHUNKS = 5;
  * 16, thirteenth pass). Halfway between two armed polls, 5 ms from each: what a user whose pauses have nothing
  * to do with the device's timer gets (the phase does not matter away from the coincidence).
  */
-const IDLE_MS = KICK_ARMED_POLL_US / 1000 + KICK_ARMED_POLL_US / 2000;
+const IDLE_MS = Math.round((KICK_ARMED_POLL_US * 1.5) / 1000); // whole ms: clib-bench reads it with atol()
 
 /** The process's CPU use over consecutive windows, in % of one core (one sample per window). */
 async function cpuPercent(pid: number, windows: number, windowMs: number): Promise<number[]> {

@@ -104,7 +104,7 @@ runCase('reclaim', `Reclaim: SIGKILL a client holding ${MAPPINGS} mappings`, asy
           `· the same, kills ${warmUp + 1}–${kills} (the first ${warmUp} warm V8 up)`,
           'ms',
           s.pidfdToFree.slice(warmUp),
-          { ref: 'floor' },
+          // No ratio: the floor row is over every kill, not these.
         ),
         metric('kill-to-pidfd', '· SIGKILL → pidfd event (kernel teardown)', 'ms', s.killToPidfd),
         metric('reclaim', '· reclaim start → free (audit "released".ms)', 'ms', s.reclaim),
