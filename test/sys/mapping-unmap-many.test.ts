@@ -29,14 +29,13 @@ function permsAt(address: bigint): string {
   throw new Error(`nothing mapped at 0x${address.toString(16)}`);
 }
 
-/** The runs of adjacent ranges with one protection among `maps` (what one mmap each can cover). */
-function runsOf(maps: { address: bigint; length: number; prot: string }[]): number {
+/** The runs of adjacent ranges among `maps`, all of one protection (what one mmap each can cover). */
+function runsOf(maps: readonly Mapping[]): number {
   const sorted = [...maps].sort((a, b) => (a.address < b.address ? -1 : 1));
   let runs = 0;
   for (let i = 0; i < sorted.length; i++) {
     const prev = sorted[i - 1];
-    if (!prev || prev.address + BigInt(prev.length) !== sorted[i]!.address || prev.prot !== sorted[i]!.prot)
-      runs++;
+    if (!prev || prev.address + BigInt(prev.length) !== sorted[i]!.address) runs++;
   }
   return runs;
 }
@@ -69,7 +68,7 @@ test('64 maps made in a burst, guarded or not, all lose their file mapping and r
     using b = burst(prefix, 64, guard);
     const { maps } = b;
     assert.equal(mapsOf(prefix).length, 64);
-    const runs = runsOf(maps.map((m) => ({ address: m.address, length: m.length, prot: 'rw' })));
+    const runs = runsOf(maps);
     assert.ok(runs < 64, `a burst of maps is adjacent (found ${runs} runs in 64)`);
     const calls = native.mappingUnmapMany(maps.map((m) => m.buffer));
     assert.equal(calls, runs, 'one mmap per run of adjacent ranges');
@@ -125,7 +124,7 @@ test('the native call skips buffers already unmapped, in a run or alone', () => 
   maps[5]!.unmap();
   // The live ones' runs: 2, done, breaks 0,1 from 3,4; 5, done, is skipped alone.
   const live = [0, 1, 3, 4].map((i) => maps[i]!);
-  const runs = runsOf(live.map((m) => ({ address: m.address, length: m.length, prot: 'rw' })));
+  const runs = runsOf(live);
   assert.equal(native.mappingUnmapMany(maps.map((m) => m.buffer)), runs);
   assert.deepEqual(mapsOf('umany-skip-'), []);
   assert.equal(native.mappingUnmapMany(maps.map((m) => m.buffer)), 0, 'all done: no call');

@@ -281,7 +281,8 @@ export class Engine {
   /**
    * The CQE (§3): the tag and result as plain word stores, then the status and phase word with
    * Atomics.store, which orders them before it (the phase is what the client polls); the counters before it
-   * (#beforePhase), SQ_HEAD and CQ_TAIL together after it (q.publish). The CQ base is 16-byte aligned (latch checks it), so every slot is 4-byte aligned.
+   * (#beforePhase), SQ_HEAD and CQ_TAIL together after it (q.publish). The CQ base is 16-byte aligned (latch
+   * checks it), so every slot is 4-byte aligned.
    * Int32Array stores are little-endian, as the CQE is, on every host Node runs SA-1 on (x86-64, arm64).
    */
   #writeCompletionWords(q: Queue, tagLo: number, tagHi: number, flags: number, out: Outcome): boolean {
