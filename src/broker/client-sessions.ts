@@ -67,7 +67,8 @@ export class ClientSessions {
     let pidfd: PidFd | null = null;
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd() : PidFd.open(conn.cred.pid);
+      // The cred's pid rides along: SO_PEERCRED was read at accept, and the pidfd's pid is the same number.
+      pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd(pid) : PidFd.open(pid);
     } catch (err) {
       // Rate-limited: it fails when descriptors run out, for every connection then.
       this.#serverLog.log(

@@ -114,7 +114,9 @@ export class PendingCompletions {
           () => undefined,
         );
       }
-      if (q.lease.closed)
+      // Only with descriptors still in flight: a pump parked in its sleep when the last one completed wakes to a
+      // closed lease with nothing to fail, and the error (its stack captured) cost every lease's close (issue 16).
+      if (q.lease.closed && this.#byTag.size)
         fail(leaseError('ERR_DEVLEASE_CLOSED', 'the lease closed with descriptors in flight'));
     } finally {
       this.#pumping = false;

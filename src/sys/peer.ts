@@ -18,14 +18,16 @@ export function peerCredOf(fd: number): PeerCred {
  * gives both options from it, so PidFd.adopt's read of /proc/self/fdinfo
  * (an open, two reads and a close, on every accepted connection) would only
  * say the same — or -1 once the process has exited, which the pidfd itself
- * reports (onExit) and nothing reads `pid` for.
+ * reports (onExit) and nothing reads `pid` for. `credPid`: that number when the caller has already read
+ * SO_PEERCRED (an accepted connection's cred), so it is not asked a second time.
  */
-export function peerPidfdOf(fd: number): PidFd {
+export function peerPidfdOf(fd: number, credPid?: number): PidFd {
+  const pidOf = (): number => (credPid !== undefined && credPid > 0 ? credPid : native.peerCred(fd).pid);
   try {
     const pidfd = new Fd(native.peerPidfd(fd));
     let pid: number;
     try {
-      pid = native.peerCred(fd).pid;
+      pid = pidOf();
     } catch (err) {
       pidfd.close();
       throw err;
@@ -33,6 +35,6 @@ export function peerPidfdOf(fd: number): PidFd {
     return new PidFd(pidfd, pid);
   } catch (err) {
     if (!isSysError(err, 'ENOPROTOOPT')) throw err;
-    return PidFd.open(native.peerCred(fd).pid);
+    return PidFd.open(pidOf());
   }
 }

@@ -258,9 +258,12 @@ export class StreamSocket extends EventEmitter {
     return peerCredOf(this.fd.fd);
   }
 
-  /** SO_PEERPIDFD, with the pidfd_open fallback of older kernels (see peer.ts). */
-  peerPidfd(): PidFd {
-    return peerPidfdOf(this.fd.fd);
+  /**
+   * SO_PEERPIDFD, with the pidfd_open fallback of older kernels (see peer.ts). `credPid`: SO_PEERCRED's pid when
+   * the caller has read it already.
+   */
+  peerPidfd(credPid?: number): PidFd {
+    return peerPidfdOf(this.fd.fd, credPid);
   }
 
   ref(): void {
