@@ -67,7 +67,8 @@ export class ClientSessions {
     let pidfd: PidFd | null = null;
     try {
       // SO_PEERPIDFD names the very process that connected; pidfd_open(pid) is the fallback for other sockets.
-      // The cred's pid rides along: SO_PEERCRED was read at accept, and the pidfd's pid is the same number.
+      // The cred's pid rides along (the server read SO_PEERCRED when it took the socket; pid 0 if that read
+      // failed, and then peerPidfd reads it again): the pidfd's pid is the same number.
       pidfd = 'peerPidfd' in socket ? (socket as StreamSocket).peerPidfd(pid) : PidFd.open(pid);
     } catch (err) {
       // Rate-limited: it fails when descriptors run out, for every connection then.

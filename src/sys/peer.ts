@@ -18,8 +18,11 @@ export function peerCredOf(fd: number): PeerCred {
  * gives both options from it, so PidFd.adopt's read of /proc/self/fdinfo
  * (an open, two reads and a close, on every accepted connection) would only
  * say the same — or -1 once the process has exited, which the pidfd itself
- * reports (onExit) and nothing reads `pid` for. `credPid`: that number when the caller has already read
- * SO_PEERCRED (an accepted connection's cred), so it is not asked a second time.
+ * reports (onExit) and nothing reads `pid` for.
+ *
+ * `credPid`: that pid when the caller has read SO_PEERCRED already (an
+ * accepted connection's cred), so it is not asked twice; undefined or ≤ 0
+ * (the caller's read failed) reads it here.
  */
 export function peerPidfdOf(fd: number, credPid?: number): PidFd {
   const pidOf = (): number => (credPid !== undefined && credPid > 0 ? credPid : native.peerCred(fd).pid);

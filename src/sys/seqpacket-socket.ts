@@ -207,8 +207,8 @@ export class SeqpacketSocket extends EventEmitter {
   }
 
   /**
-   * SO_PEERPIDFD, with the pidfd_open fallback of older kernels (see peer.ts). `credPid`: SO_PEERCRED's pid when
-   * the caller has read it already.
+   * SO_PEERPIDFD, with the pidfd_open fallback of older kernels (see peer.ts). `credPid`: SO_PEERCRED's pid
+   * when the caller has read it already (≤ 0 or undefined: read here).
    */
   peerPidfd(credPid?: number): PidFd {
     return peerPidfdOf(this.fd.fd, credPid);
