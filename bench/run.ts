@@ -6,7 +6,7 @@
 //   devlease bench [--quick] [--only case,case] [--out DIR] [--svg PATH]
 
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -71,6 +71,29 @@ function parseArgs(argv: string[]): Options | string {
   return o;
 }
 
+/** A sysfs value, trimmed; null where the file is absent or unreadable (another kernel, no cpuidle). */
+function sysfs(path: string): string | null {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * How an idle CPU waits: the cpuidle driver and governor and, under the guest haltpoll driver, how long a vCPU polls
+ * before it halts. Every control-path row is made of wake-ups, and waking a halted vCPU is what they cost on a VM
+ * (docs/PERFORMANCE.md, "Issue 16, fourteenth pass" §3): a run is read with this beside it.
+ */
+export function cpuIdle(): { driver: string | null; governor: string | null; haltPollNs: number | null } {
+  const ns = sysfs('/sys/module/haltpoll/parameters/guest_halt_poll_ns');
+  return {
+    driver: sysfs('/sys/devices/system/cpu/cpuidle/current_driver'),
+    governor: sysfs('/sys/devices/system/cpu/cpuidle/current_governor'),
+    haltPollNs: ns === null || !/^\d+$/.test(ns) ? null : Number(ns),
+  };
+}
+
 export function machine(): Record<string, unknown> {
   const cpus = os.cpus();
   const git = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' });
@@ -81,6 +104,7 @@ export function machine(): Record<string, unknown> {
     kernel: `${os.type()} ${os.release()}`,
     memoryGiB: Math.round(os.totalmem() / 2 ** 30),
     loadAverage: os.loadavg().map((l) => Number(l.toFixed(2))),
+    cpuIdle: cpuIdle(),
     commit: git.status === 0 ? git.stdout.trim() : null,
   };
 }
@@ -161,8 +185,12 @@ export async function benchCommand(argv: string[]): Promise<number> {
   const started = new Date();
   const t0 = performance.now();
   const host = machine();
+  const idle = host.cpuIdle as ReturnType<typeof cpuIdle>;
+  const idleNote = idle.driver
+    ? `, cpuidle ${idle.driver}${idle.haltPollNs === null ? '' : ` (halt poll ${idle.haltPollNs} ns)`}`
+    : '';
   process.stdout.write(
-    `devlease bench${opts.quick ? ' --quick' : ''}: ${host.cpu}, ${host.cores} cores, node ${host.node}, ${host.kernel}\n`,
+    `devlease bench${opts.quick ? ' --quick' : ''}: ${host.cpu}, ${host.cores} cores, node ${host.node}, ${host.kernel}${idleNote}\n`,
   );
   const results: CaseResult[] = [];
   const failures: { case: string; error: string }[] = [];
