@@ -82,8 +82,8 @@ function sysfs(path: string): string | null {
 
 /**
  * How an idle CPU waits: the cpuidle driver and governor and, under the guest haltpoll driver, how long a vCPU polls
- * before it halts. Every control-path row is made of wake-ups, and waking a halted vCPU is what they cost on a VM
- * (docs/PERFORMANCE.md, "Issue 16, fourteenth pass" §3): a run is read with this beside it.
+ * before it halts. Every control-path row is made of wake-ups, and waking a halted vCPU is much of what they cost on
+ * a VM (docs/PERFORMANCE.md, "Issue 16, fourteenth pass" §3): a run is read with this beside it.
  */
 export function cpuIdle(): { driver: string | null; governor: string | null; haltPollNs: number | null } {
   const ns = sysfs('/sys/module/haltpoll/parameters/guest_halt_poll_ns');
