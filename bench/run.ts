@@ -80,21 +80,35 @@ function sysfs(path: string): string | null {
   }
 }
 
+/** How this machine's idle CPUs wait (cpuIdle()). */
+export interface CpuIdle {
+  driver: string | null;
+  governor: string | null;
+  /** The haltpoll governor's longest poll window, ns; null unless that governor is the one in use. */
+  haltPollNs: number | null;
+}
+
 /**
- * How an idle CPU waits: the cpuidle driver and governor and, under the guest haltpoll driver, how long a vCPU polls
- * before it halts. Every control-path row is made of wake-ups, and waking a halted vCPU is much of what they cost on
- * a VM (docs/PERFORMANCE.md, "Issue 16, fourteenth pass" §3): a run is read with this beside it.
+ * How an idle CPU waits: the cpuidle driver and governor and, under the haltpoll governor (a KVM guest's), the
+ * longest a vCPU may poll before it halts. Every control-path row is made of wake-ups, and waking a halted vCPU
+ * is much of what they cost on a VM (docs/PERFORMANCE.md, "Issue 16, fourteenth pass" §3): a run is read with
+ * this beside it. `root`: where sysfs is (tests give a tree of their own).
  */
-export function cpuIdle(): { driver: string | null; governor: string | null; haltPollNs: number | null } {
-  const ns = sysfs('/sys/module/haltpoll/parameters/guest_halt_poll_ns');
+export function cpuIdle(root = '/sys'): CpuIdle {
+  const cpuidle = join(root, 'devices/system/cpu/cpuidle');
+  // Older kernels show current_governor only with a boot option (cpuidle_sysfs_switch), else current_governor_ro.
+  const governor = sysfs(join(cpuidle, 'current_governor')) ?? sysfs(join(cpuidle, 'current_governor_ro'));
+  // The parameter exists wherever the governor is built in, polling or not: it means something only in use.
+  const ns =
+    governor === 'haltpoll' ? sysfs(join(root, 'module/haltpoll/parameters/guest_halt_poll_ns')) : null;
   return {
-    driver: sysfs('/sys/devices/system/cpu/cpuidle/current_driver'),
-    governor: sysfs('/sys/devices/system/cpu/cpuidle/current_governor'),
-    haltPollNs: ns === null || !/^\d+$/.test(ns) ? null : Number(ns),
+    driver: sysfs(join(cpuidle, 'current_driver')),
+    governor,
+    haltPollNs: ns !== null && /^\d+$/.test(ns) ? Number(ns) : null,
   };
 }
 
-export function machine(): Record<string, unknown> {
+export function machine(): Record<string, unknown> & { cpuIdle: CpuIdle } {
   const cpus = os.cpus();
   const git = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' });
   return {
@@ -185,12 +199,11 @@ export async function benchCommand(argv: string[]): Promise<number> {
   const started = new Date();
   const t0 = performance.now();
   const host = machine();
-  const idle = host.cpuIdle as ReturnType<typeof cpuIdle>;
-  const idleNote = idle.driver
-    ? `, cpuidle ${idle.driver}${idle.haltPollNs === null ? '' : ` (halt poll ${idle.haltPollNs} ns)`}`
-    : '';
+  const idle = host.cpuIdle;
+  const poll = idle.haltPollNs === null ? '' : ` (halt poll ${idle.haltPollNs} ns)`;
+  const head = `${host.cpu}, ${host.cores} cores, node ${host.node}, ${host.kernel}`;
   process.stdout.write(
-    `devlease bench${opts.quick ? ' --quick' : ''}: ${host.cpu}, ${host.cores} cores, node ${host.node}, ${host.kernel}${idleNote}\n`,
+    `devlease bench${opts.quick ? ' --quick' : ''}: ${head}${idle.driver ? `, cpuidle ${idle.driver}${poll}` : ''}\n`,
   );
   const results: CaseResult[] = [];
   const failures: { case: string; error: string }[] = [];

@@ -1,25 +1,61 @@
-// A bench run records how this machine's idle CPUs wait (cpuidle driver and governor, the haltpoll driver's poll
-// window): control-path rows are made of wake-ups, and on a VM their cost depends on whether an idle vCPU polls or
-// halts at once (docs/PERFORMANCE.md, "Issue 16, fourteenth pass" §3). What the results say must be what sysfs says.
+// A bench run records how the machine's idle CPUs wait: control-path rows are made of wake-ups, and on a VM their
+// cost depends on whether an idle vCPU polls or halts at once (docs/PERFORMANCE.md, "Issue 16, fourteenth pass"
+// §3). Read from a sysfs tree of the test's own, so every case is exercised whatever machine runs it.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { test } from 'node:test';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, test } from 'node:test';
 import { cpuIdle, machine } from '../../bench/run.js';
 
-const read = (path: string): string | null => {
-  try {
-    return readFileSync(path, 'utf8').trim();
-  } catch {
-    return null;
-  }
-};
+const roots: string[] = [];
+after(() => {
+  for (const r of roots) rmSync(r, { recursive: true, force: true });
+});
 
-test("the bench's machine record says how idle CPUs wait, as sysfs does (null where the kernel has no such file)", () => {
-  const rec = machine().cpuIdle as ReturnType<typeof cpuIdle>;
-  assert.deepEqual(rec, cpuIdle());
-  assert.equal(rec.driver, read('/sys/devices/system/cpu/cpuidle/current_driver'));
-  assert.equal(rec.governor, read('/sys/devices/system/cpu/cpuidle/current_governor'));
-  const ns = read('/sys/module/haltpoll/parameters/guest_halt_poll_ns');
-  assert.equal(rec.haltPollNs, ns === null ? null : Number(ns));
-  if (rec.haltPollNs !== null) assert.ok(Number.isInteger(rec.haltPollNs) && rec.haltPollNs >= 0);
+/** A sysfs tree holding `files` (paths under it → contents). */
+function sysTree(files: Record<string, string>): string {
+  const root = mkdtempSync(join(tmpdir(), 'devlease-sysfs-'));
+  roots.push(root);
+  for (const [path, text] of Object.entries(files)) {
+    mkdirSync(dirname(join(root, path)), { recursive: true });
+    writeFileSync(join(root, path), text);
+  }
+  return root;
+}
+
+const CPUIDLE = 'devices/system/cpu/cpuidle';
+const POLL_NS = 'module/haltpoll/parameters/guest_halt_poll_ns';
+
+test('a guest under the haltpoll governor: its driver, its governor and its longest poll window', () => {
+  const root = sysTree({
+    [`${CPUIDLE}/current_driver`]: 'haltpoll\n',
+    [`${CPUIDLE}/current_governor`]: 'haltpoll\n',
+    [POLL_NS]: '200000\n',
+    'module/haltpoll/parameters/guest_halt_poll_grow_start': '50000\n',
+  });
+  assert.deepEqual(cpuIdle(root), { driver: 'haltpoll', governor: 'haltpoll', haltPollNs: 200000 });
+});
+
+test('another governor: no poll window, even where the haltpoll parameter exists (built in, unused)', () => {
+  const root = sysTree({
+    [`${CPUIDLE}/current_driver`]: 'intel_idle\n',
+    [`${CPUIDLE}/current_governor`]: 'menu\n',
+    [POLL_NS]: '200000\n',
+  });
+  assert.deepEqual(cpuIdle(root), { driver: 'intel_idle', governor: 'menu', haltPollNs: null });
+});
+
+test('an older kernel (current_governor_ro only), a window that is not a number, no cpuidle at all', () => {
+  const ro = sysTree({
+    [`${CPUIDLE}/current_driver`]: 'haltpoll\n',
+    [`${CPUIDLE}/current_governor_ro`]: 'haltpoll\n',
+    [POLL_NS]: 'many\n',
+  });
+  assert.deepEqual(cpuIdle(ro), { driver: 'haltpoll', governor: 'haltpoll', haltPollNs: null });
+  assert.deepEqual(cpuIdle(sysTree({})), { driver: null, governor: null, haltPollNs: null });
+});
+
+test("the run's machine record carries this machine's", () => {
+  assert.deepEqual(machine().cpuIdle, cpuIdle());
 });
