@@ -27,34 +27,44 @@ function sysTree(files: Record<string, string>): string {
 const CPUIDLE = 'devices/system/cpu/cpuidle';
 const POLL_NS = 'module/haltpoll/parameters/guest_halt_poll_ns';
 
-test('a guest under the haltpoll governor: its driver, its governor and its longest poll window', () => {
-  const root = sysTree({
-    [`${CPUIDLE}/current_driver`]: 'haltpoll\n',
-    [`${CPUIDLE}/current_governor`]: 'haltpoll\n',
-    [POLL_NS]: '200000\n',
-    'module/haltpoll/parameters/guest_halt_poll_grow_start': '50000\n',
-  });
-  assert.deepEqual(cpuIdle(root), { driver: 'haltpoll', governor: 'haltpoll', haltPollNs: 200000 });
-});
+/** Each case: a sysfs tree, and what cpuIdle() must say of it. */
+const CASES: { name: string; files: Record<string, string>; want: ReturnType<typeof cpuIdle> }[] = [
+  {
+    name: 'a guest under the haltpoll governor: its driver, its governor and its longest poll window',
+    files: {
+      [`${CPUIDLE}/current_driver`]: 'haltpoll\n',
+      [`${CPUIDLE}/current_governor`]: 'haltpoll\n',
+      [POLL_NS]: '200000\n',
+      'module/haltpoll/parameters/guest_halt_poll_grow_start': '50000\n',
+    },
+    want: { driver: 'haltpoll', governor: 'haltpoll', haltPollNs: 200000 },
+  },
+  {
+    name: 'another governor: no poll window, even where the haltpoll parameter exists (built in, unused)',
+    files: {
+      [`${CPUIDLE}/current_driver`]: 'intel_idle\n',
+      [`${CPUIDLE}/current_governor`]: 'menu\n',
+      [POLL_NS]: '200000\n',
+    },
+    want: { driver: 'intel_idle', governor: 'menu', haltPollNs: null },
+  },
+  {
+    name: 'an older kernel (current_governor_ro only), and a window that is not a number',
+    files: {
+      [`${CPUIDLE}/current_driver`]: 'haltpoll\n',
+      [`${CPUIDLE}/current_governor_ro`]: 'haltpoll\n',
+      [POLL_NS]: 'many\n',
+    },
+    want: { driver: 'haltpoll', governor: 'haltpoll', haltPollNs: null },
+  },
+  { name: 'no cpuidle at all', files: {}, want: { driver: null, governor: null, haltPollNs: null } },
+];
 
-test('another governor: no poll window, even where the haltpoll parameter exists (built in, unused)', () => {
-  const root = sysTree({
-    [`${CPUIDLE}/current_driver`]: 'intel_idle\n',
-    [`${CPUIDLE}/current_governor`]: 'menu\n',
-    [POLL_NS]: '200000\n',
+for (const c of CASES) {
+  test(c.name, () => {
+    assert.deepEqual(cpuIdle(sysTree(c.files)), c.want);
   });
-  assert.deepEqual(cpuIdle(root), { driver: 'intel_idle', governor: 'menu', haltPollNs: null });
-});
-
-test('an older kernel (current_governor_ro only), a window that is not a number, no cpuidle at all', () => {
-  const ro = sysTree({
-    [`${CPUIDLE}/current_driver`]: 'haltpoll\n',
-    [`${CPUIDLE}/current_governor_ro`]: 'haltpoll\n',
-    [POLL_NS]: 'many\n',
-  });
-  assert.deepEqual(cpuIdle(ro), { driver: 'haltpoll', governor: 'haltpoll', haltPollNs: null });
-  assert.deepEqual(cpuIdle(sysTree({})), { driver: null, governor: null, haltPollNs: null });
-});
+}
 
 test("the run's machine record carries this machine's", () => {
   assert.deepEqual(machine().cpuIdle, cpuIdle());
