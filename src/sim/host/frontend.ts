@@ -96,7 +96,12 @@ export class Sa1Frontend implements VfioUserDeviceModel {
 
   /** Doorbell notification (rev 2): one ioeventfd per queue page of BAR2 (io-fds.ts). */
   regionIoFds(index: number): RegionIoFds {
-    return sa1RegionIoFds(this.options, index, () => this.device.kickFds());
+    return sa1RegionIoFds(
+      this.options,
+      index,
+      () => this.device.kickFds(),
+      () => this.device.kicksHandedOut(),
+    );
   }
 
   regionRead(index: number, offset: bigint, count: number): Uint8Array {

@@ -1,7 +1,9 @@
 // GET_REGION_IO_FDS for SA-1 (datasheet §2.3, "Doorbell notification", rev 2):
 // region 2 (BAR2) has one ioeventfd per queue page, at the page's SQ_TAIL
 // (offset q·QUEUE_STRIDE + 0x0C, size 4, no datamatch). Every other region
-// has none. The worker owns the eventfds; each reply carries dups.
+// has none. The worker owns the eventfds; each reply carries dups. The device
+// sleeps until kicked only once a reply has carried them (`handedOut`): a
+// head-only reply or an ENOSPC leaves it on its idle poll.
 
 import { Fd, native } from '../../sys/index.js';
 import { VFIO_PCI_BAR2_REGION_INDEX } from '../../vfio/uapi/vfio.js';
@@ -9,7 +11,12 @@ import { type RegionIoFds, VFIO_USER_IO_FD_TYPE_IOEVENTFD } from '../../vfio/use
 import { QP_SQ_TAIL } from '../model/datasheet.js';
 import type { Sa1Options } from '../model/options.js';
 
-export function sa1RegionIoFds(options: Sa1Options, index: number, deviceFds: () => number[]): RegionIoFds {
+export function sa1RegionIoFds(
+  options: Sa1Options,
+  index: number,
+  deviceFds: () => number[],
+  handedOut: () => void,
+): RegionIoFds {
   if (index !== VFIO_PCI_BAR2_REGION_INDEX) return { subRegions: [], fds: [] };
   const fds: Fd[] = [];
   try {
@@ -26,5 +33,5 @@ export function sa1RegionIoFds(options: Sa1Options, index: number, deviceFds: ()
     flags: 0,
     datamatch: 0n,
   }));
-  return { subRegions, fds };
+  return { subRegions, fds, delivered: handedOut };
 }

@@ -51,6 +51,12 @@ export interface IoFdSubRegion {
 export interface RegionIoFds {
   subRegions: IoFdSubRegion[];
   fds: Fd[];
+  /**
+   * Server side, optional: called once a reply carrying these fds is built, not for a head-only reply or a
+   * refusal (ENOSPC). A device that changes how it waits once its fds are out (SA-1 sleeps until kicked)
+   * must not do so for fds nobody was given.
+   */
+  delivered?: () => void;
 }
 
 const HEAD = vfio_user_region_io_fds_request.size;
