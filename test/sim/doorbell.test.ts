@@ -107,35 +107,47 @@ test('a client that never kicks is still served (kick fds handed out, default id
   assert.equal(openFds(), before);
 });
 
-test('kick fds asked for but never sent (a head-only reply) leave the device on its idle poll; sent, it sleeps armed', async () => {
-  const before = openFds();
-  const q = await queueRig(50);
-  try {
-    // argsz too small: the head alone comes back, no fds. Nobody can kick, so the device must keep polling
-    // at its idle interval (50 µs here), never the armed interval (10 ms) that assumes kicks.
-    const small = await q.r.client.request(
-      VFIO_USER_DEVICE_GET_REGION_IO_FDS,
-      vfio_user_region_io_fds_request.encode({ argsz: 16, index: 2 }),
-    );
-    assert.equal(small.fds.length, 0);
-    await q.tq.configure();
-    const slept = (await q.r.sim.stats()).sleeps;
-    await until(async () => (await q.r.sim.stats()).sleeps > slept + 20, 'the device sleeps idle', 5000);
-    assert.equal((await q.r.sim.stats()).armedSleeps, 0, 'no armed sleep while nobody holds a kick fd');
-    q.nop(1n, null);
-    await until(() => q.tq.peek(0) !== null, 'an un-kicked NOP completes', 5000);
-
-    const { fds } = await q.r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
+// Kick fds asked for but never sent must leave the device on its idle poll (50 µs here), never the armed poll
+// (10 ms) that assumes somebody can kick: two ways a reply carries none, then the fds sent for real.
+for (const how of ['a head-only reply (argsz too small)', 'ENOSPC (the client takes 2 fds per message)']) {
+  const enospc = how.startsWith('ENOSPC');
+  const then = enospc ? '' : '; once sent, it does';
+  test(`kick fds asked for but not sent, ${how}: the device never sleeps armed${then}`, async () => {
+    const before = openFds();
+    const q = await queueRig(50, enospc ? { capabilities: { max_msg_fds: 2 } } : {});
     try {
-      await until(async () => (await q.r.sim.stats()).armedSleeps > 0, 'armed sleeps once fds are out', 5000);
+      if (enospc) {
+        await assert.rejects(q.r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX), { code: 'ENOSPC' });
+      } else {
+        const small = await q.r.client.request(
+          VFIO_USER_DEVICE_GET_REGION_IO_FDS,
+          vfio_user_region_io_fds_request.encode({ argsz: 16, index: 2 }),
+        );
+        assert.equal(small.fds.length, 0);
+      }
+      await q.tq.configure();
+      const slept = (await q.r.sim.stats()).sleeps;
+      await until(async () => (await q.r.sim.stats()).sleeps > slept + 20, 'the device sleeps idle', 5000);
+      assert.equal((await q.r.sim.stats()).armedSleeps, 0, 'no armed sleep while nobody holds a kick fd');
+      q.nop(1n, null);
+      await until(() => q.tq.peek(0) !== null, 'an un-kicked NOP completes', 5000);
+      if (enospc) return;
+      const { fds } = await q.r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
+      try {
+        await until(
+          async () => (await q.r.sim.stats()).armedSleeps > 0,
+          'armed sleeps once fds are out',
+          5000,
+        );
+      } finally {
+        closeAll(fds);
+      }
     } finally {
-      closeAll(fds);
+      await q.close();
     }
-  } finally {
-    await q.close();
-  }
-  assert.equal(openFds(), before);
-});
+    assert.equal(openFds(), before);
+  });
+}
 
 test('a queue enabled while the device sleeps on its kick fds asks for a kick from the enable on; its first NOP is kicked', async () => {
   const before = openFds();

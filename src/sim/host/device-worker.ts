@@ -206,18 +206,25 @@ export class DeviceWorker {
   }
 
   /**
-   * A reply carried the kick fds to a client: from now on the idle device sleeps on them, polling only at the
-   * armed interval. Not before: fds asked for but never sent (a head-only reply, ENOSPC for a device with
-   * more queues than the client's max_msg_fds) leave every doorbell to the idle poll, as documented, instead
-   * of to the 10 ms armed poll (a lease's first doorbell on a 1,024-queue simulator waited ~8 ms; issue 16).
+   * A reply carrying the kick fds went to a client's socket: from now on the idle device sleeps on them, polling
+   * only at the armed interval. Not before: fds asked for but never sent (a head-only reply, ENOSPC for a device
+   * with more queues than the client's max_msg_fds) leave every doorbell to the idle poll, as documented, not to
+   * the 10 ms armed poll (a lease's first doorbell on a 1,024-queue simulator waited ~8 ms; issue 16).
    */
   kicksHandedOut(): void {
     if (this.#closed || this.#kicksOut) return;
-    this.#kicksOut = true;
+    // The flag first, so the device reads it when it takes the post below. A device already asleep on its
+    // request word only would not hear a kick until its poll interval: the post wakes it, so it goes back to
+    // sleep on the kick fds too. Nothing here throws (the reply has gone): a post refused takes the flag back,
+    // and the device keeps its idle poll, which serves a holder's doorbells, kicked or not.
     this.#mailbox.kicksHandedOut();
-    // A device already asleep on its request word only would not hear a kick until its poll interval:
-    // wake it, so it goes back to sleep on the kick fds too.
-    this.#mailbox.post({ op: 'kicksHandedOut' });
+    try {
+      this.#mailbox.post({ op: 'kicksHandedOut' });
+    } catch {
+      this.#mailbox.kicksHandedOut(false);
+      return;
+    }
+    this.#kicksOut = true;
   }
 
   /**

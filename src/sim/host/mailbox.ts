@@ -151,9 +151,9 @@ export class MailboxCaller<R> {
     }
   }
 
-  /** The kick fds were handed out: from now on the idle device sleeps on them (W_KICKS_OUT). */
-  kicksHandedOut(): void {
-    Atomics.store(this.#words, W_KICKS_OUT, 1);
+  /** The kick fds were handed out: from now on the idle device sleeps on them (W_KICKS_OUT; false takes it back). */
+  kicksHandedOut(out = true): void {
+    Atomics.store(this.#words, W_KICKS_OUT, out ? 1 : 0);
   }
 
   /**

@@ -328,6 +328,7 @@ export class VfioUserConnection {
         throw err;
       }
       this.#replies.send(data, fds, now); // takes the fds
+      outcome.reply.sent?.();
       return;
     }
     const err = outcome.err;

@@ -14,7 +14,11 @@ import * as V from './validate.js';
  * A request's reply: its payload, or `framed` — the whole reply message with its payload in place after
  * HEADER_SIZE bytes left for the header (filled in when sent: no copy of the payload) — and fds to send.
  */
-export type Reply = { payload?: Uint8Array; framed?: Buffer; fds?: Fd[] };
+/**
+ * A reply to send. `sent`: called once the connection hands the reply, with its fds, to its socket (never for a
+ * request that asked for no reply, nor when the reply cannot be built).
+ */
+export type Reply = { payload?: Uint8Array; framed?: Buffer; fds?: Fd[]; sent?: () => void };
 
 export function regionInfo(payload: Uint8Array, model: VfioUserDeviceModel, log: (m: string) => void): Reply {
   const { argsz, index } = V.parseInfoArgsz('GET_REGION_INFO', payload);
@@ -40,7 +44,7 @@ export async function regionIoFds(
     const reply = encodeRegionIoFdsReply(index, argsz, answer, peerMaxFds);
     // fds not sent (the head-only reply) are closed here; sent ones after sending, like every reply's.
     if (reply.fds.length === 0) closeAll(answer.fds);
-    else answer.delivered?.();
+    else if (answer.delivered) return { ...reply, sent: answer.delivered };
     return reply;
   } catch (err) {
     closeAll(answer.fds);

@@ -9,6 +9,7 @@ import {
   VFIO_DEVICE_FEATURE_GET,
   VFIO_PCI_BAR2_REGION_INDEX,
 } from '../../../src/vfio/uapi/vfio.js';
+import type { VfioUserClientOptions } from '../../../src/vfio/user/client.js';
 import { boot, TestQueue } from './driver.js';
 import { type HostRegion, type Rig, rig } from './real.js';
 
@@ -59,8 +60,8 @@ async function holderQueue(r: Rig, host: HostRegion, q: number) {
 }
 
 /** A booted rig with queue 0 configured through its mapped slice page; queue(q) maps another one. */
-export async function queueRig(idlePollUs: number) {
-  const r: Rig = await rig({ numQueues: 4, idlePollUs });
+export async function queueRig(idlePollUs: number, clientOpts: VfioUserClientOptions = {}) {
+  const r: Rig = await rig({ numQueues: 4, idlePollUs }, clientOpts);
   const fw = await r.map(FW, 64 * 1024);
   await boot(r.bus, fw);
   const host = await r.map(HOST, 1 << 20);

@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type SimulatorHandle, type SimulatorOptions, startSimulator } from '../../../src/sim/index.js';
 import { EventFd, type Mapping, MemFd } from '../../../src/sys/index.js';
 import { VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD } from '../../../src/vfio/uapi/vfio.js';
-import { VfioUserClient } from '../../../src/vfio/user/client.js';
+import { VfioUserClient, type VfioUserClientOptions } from '../../../src/vfio/user/client.js';
 import {
   VFIO_USER_F_DMA_REGION_READ,
   VFIO_USER_F_DMA_REGION_WRITE,
@@ -93,7 +93,10 @@ export interface Rig {
 
 let seq = 0;
 
-export async function rig(opts: Partial<SimulatorOptions> = {}): Promise<Rig> {
+export async function rig(
+  opts: Partial<SimulatorOptions> = {},
+  clientOpts: VfioUserClientOptions = {},
+): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'sa1-test-'));
   const socketPath = join(dir, 'sa1.sock');
   const sim = await startSimulator({
@@ -105,7 +108,7 @@ export async function rig(opts: Partial<SimulatorOptions> = {}): Promise<Rig> {
   });
   let client: VfioUserClient;
   try {
-    client = await VfioUserClient.connect(socketPath);
+    client = await VfioUserClient.connect(socketPath, clientOpts);
   } catch (err) {
     await sim.close();
     throw err;
