@@ -52,7 +52,7 @@ export interface RegionIoFds {
   subRegions: IoFdSubRegion[];
   fds: Fd[];
   /**
-   * Server side, optional: called once the connection has handed a reply carrying these fds to its socket; not
+   * Server side, optional: called once the connection has taken a reply carrying these fds to send; not
    * for a head-only reply, a refusal (ENOSPC), or a request that asked for no reply. A device that changes how
    * it waits once its fds are out (SA-1 sleeps until kicked) must not do so for fds nobody was given.
    */

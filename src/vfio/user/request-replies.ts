@@ -13,10 +13,8 @@ import * as V from './validate.js';
 /**
  * A request's reply: its payload, or `framed` — the whole reply message with its payload in place after
  * HEADER_SIZE bytes left for the header (filled in when sent: no copy of the payload) — and fds to send.
- */
-/**
- * A reply to send. `sent`: called once the connection hands the reply, with its fds, to its socket (never for a
- * request that asked for no reply, nor when the reply cannot be built).
+ * `sent`: called once the connection has taken the reply and its fds to send (never for a request that asked
+ * for no reply, nor when the reply cannot be built).
  */
 export type Reply = { payload?: Uint8Array; framed?: Buffer; fds?: Fd[]; sent?: () => void };
 
