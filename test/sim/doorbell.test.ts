@@ -131,16 +131,17 @@ for (const how of ['a head-only reply (argsz too small)', 'ENOSPC (the client ta
       assert.equal((await q.r.sim.stats()).armedSleeps, 0, 'no armed sleep while nobody holds a kick fd');
       q.nop(1n, null);
       await until(() => q.tq.peek(0) !== null, 'an un-kicked NOP completes', 5000);
-      if (enospc) return;
-      const { fds } = await q.r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
-      try {
-        await until(
-          async () => (await q.r.sim.stats()).armedSleeps > 0,
-          'armed sleeps once fds are out',
-          5000,
-        );
-      } finally {
-        closeAll(fds);
+      if (!enospc) {
+        const { fds } = await q.r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
+        try {
+          await until(
+            async () => (await q.r.sim.stats()).armedSleeps > 0,
+            'armed sleeps once fds are out',
+            5000,
+          );
+        } finally {
+          closeAll(fds);
+        }
       }
     } finally {
       await q.close();

@@ -2,7 +2,7 @@
 // region 2 (BAR2) has one ioeventfd per queue page, at the page's SQ_TAIL
 // (offset q·QUEUE_STRIDE + 0x0C, size 4, no datamatch). Every other region
 // has none. The worker owns the eventfds; each reply carries dups. The device
-// sleeps until kicked only once a reply has carried them (`delivered`): a
+// sleeps until kicked only once a reply has carried them (`sent`): a
 // head-only reply or an ENOSPC leaves it on its idle poll.
 
 import { Fd, native } from '../../sys/index.js';
@@ -15,7 +15,7 @@ export function sa1RegionIoFds(
   options: Sa1Options,
   index: number,
   deviceFds: () => number[],
-  delivered: () => void,
+  sent: () => void,
 ): RegionIoFds {
   if (index !== VFIO_PCI_BAR2_REGION_INDEX) return { subRegions: [], fds: [] };
   const fds: Fd[] = [];
@@ -33,5 +33,5 @@ export function sa1RegionIoFds(
     flags: 0,
     datamatch: 0n,
   }));
-  return { subRegions, fds, delivered };
+  return { subRegions, fds, sent };
 }

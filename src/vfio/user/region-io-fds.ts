@@ -56,7 +56,7 @@ export interface RegionIoFds {
    * for a head-only reply, a refusal (ENOSPC), or a request that asked for no reply. A device that changes how
    * it waits once its fds are out (SA-1 sleeps until kicked) must not do so for fds nobody was given.
    */
-  delivered?: () => void;
+  sent?: () => void;
 }
 
 const HEAD = vfio_user_region_io_fds_request.size;

@@ -42,7 +42,7 @@ export async function regionIoFds(
     const reply = encodeRegionIoFdsReply(index, argsz, answer, peerMaxFds);
     // fds not sent (the head-only reply) are closed here; sent ones after sending, like every reply's.
     if (reply.fds.length === 0) closeAll(answer.fds);
-    else if (answer.delivered) return { ...reply, sent: answer.delivered };
+    else if (answer.sent) return { ...reply, sent: answer.sent };
     return reply;
   } catch (err) {
     closeAll(answer.fds);
