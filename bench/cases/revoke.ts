@@ -107,7 +107,7 @@ runCase(
           ),
           metric(
             'kernel',
-            '· the kernel alone: page truncated → a spinning holder sees it dead (2 processes) [floor]',
+            '· the kernel alone: page truncated → a spinning holder sees it dead (2 processes)',
             'ms',
             kernel,
             { role: 'floor' },
