@@ -15,6 +15,7 @@
 // cost more than the mmap itself, and every lease maps several times in the
 // client and the simulator (issue 16).
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -25,6 +26,10 @@
 #include "common.h"
 #include "sigbus_guard.h"
 #include "v8_interop.h"
+
+#ifndef MAP_FIXED_NOREPLACE
+#error "MAP_FIXED_NOREPLACE is needed (Linux 4.17 headers, glibc 2.28)"
+#endif
 
 namespace devlease {
 namespace {
@@ -104,7 +109,8 @@ Napi::Value MappingUnmap(const Napi::CallbackInfo& info) {
 // ranges of the same protection instead of one per mapping. Each mmap over a mapped range flushes the TLB of every
 // other CPU that runs this process, by an interrupt: the simulator releasing a reclaimed lease's 64 maps, with its
 // device thread running on the other CPU, paid 64 of them before it could answer the unmap (0.2-3 ms; issue 16).
-// Mappings made one after another are adjacent (mmap places them top-down), so a burst of maps is one run. On an
+// The simulator places a lease's maps next to each other (mmap with `at`: src/sim/host/dma-placement.ts), so they
+// are one run even when leases map at the same time (left to the kernel, they interleave). On an
 // mmap failure the rest are still done; the first errno is thrown at the end, and the run that failed stays
 // file-mapped and guarded (as mappingUnmap leaves a mapping it could not replace).
 Napi::Value MappingUnmapMany(const Napi::CallbackInfo& info) {
@@ -206,7 +212,10 @@ Napi::Value GuardReplaceAt(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// mmap(fd, length, prot, offset, guard)
+// mmap(fd, length, prot, offset, guard[, at]): with `at` (a bigint, page-aligned) the mapping goes exactly
+// there or nowhere: MAP_FIXED_NOREPLACE fails with EEXIST over any existing mapping, so no range another
+// handle owns (a live buffer, its zero pages awaiting their deleter) is ever replaced. A kernel older than
+// 4.17 takes the flag's address as a hint: the mapping is valid wherever it went (mappingAddress says where).
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
@@ -214,12 +223,23 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   int prot = static_cast<int>(IntArg(info, 2, "prot", 0, PROT_READ | PROT_WRITE));
   int64_t offset = IntArg(info, 3, "offset", 0, (int64_t{1} << 53) - 1);
   bool guard = BoolArg(info, 4, "guard");
+  void* at = nullptr;
+  int flags = MAP_SHARED;
+  if (info.Length() > 5 && !info[5].IsUndefined()) {
+    if (!info[5].IsBigInt()) ThrowInvalidArg(env, "at must be a bigint");
+    bool lossless = false;
+    uint64_t a = info[5].As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless || a == 0 || a % static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) != 0)
+      ThrowInvalidArg(env, "at must be a nonzero page-aligned address");
+    at = reinterpret_cast<void*>(static_cast<uintptr_t>(a));
+    flags |= MAP_FIXED_NOREPLACE;
+  }
   if (guard) {
     int err = sigbus_guard::Install();
     if (err != 0) ThrowErrno(env, "sigaction", err);
   }
 
-  void* address = mmap(nullptr, length, prot, MAP_SHARED, fd, offset);
+  void* address = mmap(at, length, prot, flags, fd, offset);
   if (address == MAP_FAILED) ThrowErrno(env, "mmap", errno);
   auto* s = new MappingState{address, length, prot};
   if (guard) {
@@ -245,9 +265,21 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   return Napi::Value(env, ToNapi(v8::SharedArrayBuffer::New(isolate, std::move(store))));
 }
 
+// findFreeRange(length): the start (a bigint) of `length` bytes of address space free right now: reserved
+// (PROT_NONE, no memory) and released at once, for a caller that then places mappings there with `at`.
+Napi::Value FindFreeRange(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto length = static_cast<size_t>(IntArg(info, 0, "length", 1, int64_t{1} << 46));
+  void* p = mmap(nullptr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) ThrowErrno(env, "mmap", errno);
+  munmap(p, length);
+  return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)));
+}
+
 }  // namespace
 
 void RegisterMapping(Napi::Env env, Napi::Object exports) {
+  exports.Set("findFreeRange", Napi::Function::New(env, FindFreeRange, "findFreeRange"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("mappingUnmap", Napi::Function::New(env, MappingUnmap, "mappingUnmap"));
   exports.Set("mappingUnmapMany", Napi::Function::New(env, MappingUnmapMany, "mappingUnmapMany"));

@@ -23,33 +23,41 @@ export interface MapOptions {
   prot?: 'r' | 'rw';
   /** Survive truncation by the file's owner (see above). Default false. */
   guard?: boolean;
+  /**
+   * Map exactly at this page-aligned address, or fail with EEXIST when anything is mapped in the range
+   * (MAP_FIXED_NOREPLACE: nothing is ever replaced). A kernel before 4.17 takes it as a hint and maps
+   * elsewhere when it must (`address` says where). Default: where the kernel chooses.
+   */
+  at?: bigint;
 }
 
 export class Mapping {
   /** The mapped memory; also the mapping's handle for the addon (mappingUnmap, mappingRevoked). */
   readonly buffer: SharedArrayBuffer;
   readonly length: number;
+  readonly prot: 'r' | 'rw';
   #address: bigint | null = null;
   #unmapped = false;
   #u8: Uint8Array | null = null;
   #u32: Uint32Array | null = null;
 
   static map(fd: Fd | number, opts: MapOptions): Mapping {
-    const { length, offset = 0, prot = 'rw', guard = false } = opts;
+    const { length, offset = 0, prot = 'rw', guard = false, at } = opts;
     if (!Number.isSafeInteger(length) || length <= 0) {
       throw misuse('ERR_DEVLEASE_INVALID_ARG', `length must be a positive integer, got ${length}`);
     }
     if (prot !== 'r' && prot !== 'rw') throw misuse('ERR_DEVLEASE_INVALID_ARG', `prot must be 'r' or 'rw'`);
     const protBits = prot === 'r' ? PROT_READ! : PROT_READ! | PROT_WRITE!;
-    return new Mapping(native.mmap(fdNumber(fd), length, protBits, offset, guard));
+    return new Mapping(native.mmap(fdNumber(fd), length, protBits, offset, guard, at), prot);
   }
 
-  private constructor(buffer: SharedArrayBuffer) {
+  private constructor(buffer: SharedArrayBuffer, prot: 'r' | 'rw') {
     this.buffer = buffer;
     this.length = buffer.byteLength;
+    this.prot = prot;
   }
 
-  /** Address of the mapping in this process (diagnostics). */
+  /** Address of the mapping in this process (where a neighbour goes, the guard's key, diagnostics). */
   get address(): bigint {
     this.#address ??= native.mappingAddress(this.buffer);
     return this.#address;
@@ -93,14 +101,17 @@ export class Mapping {
 
   /**
    * unmap() of every mapping given, in as few mmap calls as their adjacent ranges allow: each call over mapped
-   * memory interrupts every other CPU running this process to flush its TLB, and a lease's maps, made in a
-   * burst, are adjacent (the simulator releasing a reclaimed lease's 64 maps; issue 16).
+   * memory flushes the TLB of every other CPU running this process, and the simulator places a lease's maps
+   * next to each other for this (src/sim/host/dma-placement.ts: a reclaimed lease's 64 maps; issue 16).
+   * Returns the mmap calls made; after a refused one, the mappings are each unmapped alone and the count is
+   * their number (an upper bound: what the refused call had done is not counted again).
    */
-  static unmapMany(mappings: readonly Mapping[]): void {
+  static unmapMany(mappings: readonly Mapping[]): number {
     const live = mappings.filter((m) => !m.#unmapped);
-    if (live.length === 0) return;
+    if (live.length === 0) return 0;
+    let calls: number;
     try {
-      native.mappingUnmapMany(live.map((m) => m.buffer));
+      calls = native.mappingUnmapMany(live.map((m) => m.buffer));
     } catch {
       // A run's mmap failed (the rest were done): each one alone, so those done are marked and the failed
       // ones are tried once more; the first that still fails throws, after the others.
@@ -113,9 +124,10 @@ export class Mapping {
         }
       }
       if (error !== null) throw error;
-      return;
+      return live.length;
     }
     for (const m of live) m.#markUnmapped();
+    return calls;
   }
 
   close(): void {

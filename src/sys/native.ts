@@ -119,9 +119,20 @@ export interface NativeAddon {
   /**
    * mmap(MAP_SHARED): the mapped memory (shared, not copied), which is also the mapping's handle for the three
    * calls below. A SharedArrayBuffer cannot be detached: after mappingUnmap() (or a guarded revocation) it
-   * reads zeros, and the range is munmapped when the buffer is garbage-collected.
+   * reads zeros, and the range is munmapped when the buffer is garbage-collected. With `at` (page-aligned) the
+   * mapping goes exactly there or fails with EEXIST (MAP_FIXED_NOREPLACE: never over another mapping; a kernel
+   * before 4.17 takes it as a hint).
    */
-  mmap(fd: number, length: number, prot: number, offset: number, guard: boolean): SharedArrayBuffer;
+  mmap(
+    fd: number,
+    length: number,
+    prot: number,
+    offset: number,
+    guard: boolean,
+    at?: bigint,
+  ): SharedArrayBuffer;
+  /** The start of `length` bytes of address space free right now (reserved and released at once). */
+  findFreeRange(length: number): bigint;
   /**
    * Drop the file mapping now (idempotent): the range is replaced by private zero pages, so the file's last
    * reference goes at once while the buffer stays memory-safe. ERR_DEVLEASE_INVALID_ARG for a buffer mmap()
@@ -137,7 +148,7 @@ export interface NativeAddon {
   mappingUnmapMany(buffers: SharedArrayBuffer[]): number;
   /** True once the SIGBUS guard replaced the mapping with zero pages. */
   mappingRevoked(buffer: SharedArrayBuffer): boolean;
-  /** The mapping's address in this process, for diagnostics and /proc/self/maps cross-checks. */
+  /** The mapping's address in this process (where a neighbour is placed, the guard's key, diagnostics). */
   mappingAddress(buffer: SharedArrayBuffer): bigint;
   /** Guarded mappings revoked so far in this process (a file shrank under one); see Mapping.isRevoked(). */
   guardRevocations(): number;

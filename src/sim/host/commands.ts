@@ -91,4 +91,16 @@ export interface DeviceStats {
   postFailures: number;
   dmaMaps: number;
   firmwareRunning: boolean;
+  /**
+   * The front end's (not the worker's): mmap calls it took to drop the maps it let go of (DMA_UNMAPs, and every
+   * map at once when the owner leaves or the device stops), one per run of adjacent maps; and how many maps
+   * went where they were placed, next to an IOVA neighbour or in a run slot, against those it left to the
+   * kernel (dma-placement.ts).
+   */
+  dmaUnmapCalls: number;
+  dmaMapsPlaced: number;
+  dmaMapsUnplaced: number;
 }
+
+/** What the worker counts (DeviceStats less the front end's own counts). */
+export type WorkerStats = Omit<DeviceStats, 'dmaUnmapCalls' | 'dmaMapsPlaced' | 'dmaMapsUnplaced'>;

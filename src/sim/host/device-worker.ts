@@ -24,7 +24,7 @@ import { checkRegionAccess, regionSize } from '../model/regions.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
 import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
 import { deviceRequestSlots } from './command-slots.js';
-import type { DeviceRequest, DeviceStats } from './commands.js';
+import type { DeviceRequest, DeviceStats, WorkerStats } from './commands.js';
 import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
@@ -279,7 +279,13 @@ export class DeviceWorker {
   }
 
   stats(): DeviceStats {
-    return this.request<DeviceStats>({ op: 'stats' });
+    const { placed, unplaced } = this.dma.placement.counts;
+    return {
+      ...this.request<WorkerStats>({ op: 'stats' }),
+      dmaUnmapCalls: this.dma.unmapCalls,
+      dmaMapsPlaced: placed,
+      dmaMapsUnplaced: unplaced,
+    };
   }
 
   /** Stop the device: every DMA mapping and slice memory is dropped. Idempotent. */

@@ -4,11 +4,18 @@
 // (iommu.ts), not as the zero pages the guard puts in its place.
 
 import { ERRNO, type ErrnoName, VfioError } from '../../errors.js';
-import { Mapping } from '../../sys/index.js';
+import type { Mapping } from '../../sys/index.js';
+import type { DmaPlacement, Neighbours } from './dma-placement.js';
 
-export function mapDmaFd(fd: number, m: { offset: number; size: number; write: boolean }): Mapping {
+/** The mapping of `fd` for the device, placed next to `around` where it can be (dma-placement.ts). */
+export function mapDmaFd(
+  fd: number,
+  m: { offset: number; size: number; write: boolean },
+  placement: DmaPlacement,
+  around: Neighbours,
+): Mapping {
   try {
-    return Mapping.map(fd, { length: m.size, offset: m.offset, prot: m.write ? 'rw' : 'r', guard: true });
+    return placement.map(fd, { length: m.size, offset: m.offset, prot: m.write ? 'rw' : 'r' }, around);
   } catch (err) {
     const code = (err as { code?: string }).code;
     // ENODEV: the file cannot be mapped at all (no memory behind it), as EBADF for a pipe; ENOMEM, EACCES, ...

@@ -19,7 +19,7 @@ import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
 import { ARMED, armKicks, disarmKicks, pollingNeeded, RACED } from '../model/poller.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
 import { deviceRequestSlots } from './command-slots.js';
-import type { DeviceRequest, DeviceStats, InjectRequest } from './commands.js';
+import type { DeviceRequest, InjectRequest, WorkerStats } from './commands.js';
 import { IrqTable } from './irq-table.js';
 import type { Envelope, WireError } from './mailbox.js';
 import { MailboxDevice } from './mailbox-device.js';
@@ -67,7 +67,7 @@ const revokedInodes = new Set<bigint>();
 // on them. waitList[0] is the wake fd; the device owns all of them for its lifetime.
 const { EFD_NONBLOCK } = native.constants as Record<string, number>;
 const waitList: number[] = [native.eventfd(0, EFD_NONBLOCK!), ...init.kickFds];
-const stats: DeviceStats = {
+const stats: WorkerStats = {
   busyRounds: 0,
   idleRounds: 0,
   sleeps: 0,

@@ -97,6 +97,17 @@ export class Iommu {
     }
   }
 
+  /** The maps next to a free [iova, iova+size): the one ending at `iova` and the one starting at its end. */
+  neighbours(iova: number, size: number): { before: DmaMapping | null; after: DmaMapping | null } {
+    const i = this.#firstEndingAfter(iova);
+    const prev = this.#maps[i - 1];
+    const next = this.#maps[i];
+    return {
+      before: prev && prev.iova + prev.size === iova ? prev : null,
+      after: next && next.iova === iova + size ? next : null,
+    };
+  }
+
   add(m: DmaMapping): void {
     this.checkFree(m.iova, m.size);
     this.#generation++;
