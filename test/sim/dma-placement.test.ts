@@ -105,3 +105,35 @@ test('a place someone else maps is left to them: the map goes elsewhere and the 
     await r.close();
   }
 });
+
+test('one buffer mapped and unmapped over and over is placed every time, behind the last one', async () => {
+  // More rounds than the placement has slots: a new run that took a fresh slot each time would find every slot
+  // still holding an earlier map's zero pages (collected only by a GC) and pay failed placements per map.
+  const r = await bootedRig();
+  const memfd = MemFd.create(`sa1-test-churn-${process.pid}`, { size: Number(PAGE) });
+  try {
+    const before = r.sim.stats();
+    const addresses = new Set<bigint>();
+    for (let i = 0; i < 300; i++) {
+      await r.client.dmaMap({ fd: memfd.fd, iova: 0x100_0000n, size: PAGE, flags: 3 });
+      addresses.add(rangesOf(`sa1-test-churn-${process.pid}`)[0]![0]);
+      await r.client.dmaUnmap({ iova: 0x100_0000n, size: PAGE });
+    }
+    const after = r.sim.stats();
+    assert.deepEqual(
+      [after.dmaMapsPlaced - before.dmaMapsPlaced, after.dmaMapsUnplaced - before.dmaMapsUnplaced],
+      [300, 0],
+      'every map went where it was placed',
+    );
+    const sorted = [...addresses].sort((a, b) => (a < b ? -1 : 1));
+    assert.equal(
+      sorted.length,
+      300,
+      'each one a page of its own (the ones before still hold their zero pages)',
+    );
+    assert.equal(sorted.at(-1)! - sorted[0]!, 299n * PAGE, 'one after another: 300 pages, one run');
+  } finally {
+    memfd.close();
+    await r.close();
+  }
+});

@@ -4,7 +4,9 @@
 // CPU running the device worker. Left to the kernel, the maps of leases set up at the same time interleave
 // (each lands just below the last mapping made, whoever's it was), so a reclaimed lease's 64 maps took 64
 // calls. Here a map goes right after the map before it in IOVA order (or right before the one after it), and
-// a map with neither starts a run in a slot of its own, in address space found free at the first such map.
+// a map with neither starts a run in a slot (of address space found free when the first such map is made)
+// where no other run has a live map, right after what the slot's last run left there: two runs never grow
+// into each other, and a buffer mapped and unmapped over and over stays in one place.
 // Every place is taken exactly or refused (Mapping.map `at`, MAP_FIXED_NOREPLACE; a kernel before 4.17 takes
 // it as a hint): a range in use by anything (a live map, the zero pages of one unmapped but not yet
 // collected, anyone else's memory) is never replaced; the map then goes where the kernel puts it, as before.
@@ -16,16 +18,11 @@ const PAGE = BigInt(PAGE_SIZE);
 /** Address space for run slots, looked for once (reserved and released: nothing is held). */
 const REGION_BYTES = 64n << 30n;
 /**
- * The room between two slots: a run that outgrows it goes on into the next slot's space while that is free,
- * and otherwise starts again in a slot of its own.
+ * One slot's room. A run that outgrows it goes on into the next slot's space while that is free, and
+ * otherwise starts again in a slot of its own.
  */
 const SLOT_BYTES = 256n << 20n;
 const SLOTS = Number(REGION_BYTES / SLOT_BYTES);
-/**
- * Slots tried for a new run before the map is left to the kernel. A slot is refused while anything is in it:
- * after the slots wrap around, one a reclaimed lease used stays refused until its zero pages are collected.
- */
-const SLOT_TRIES = 4;
 const IN_USE = Symbol('in use');
 
 /** The maps next to a new one in IOVA order: the one ending where it starts, the one starting where it ends. */
@@ -45,9 +42,15 @@ export interface PlacementCounts {
 }
 
 export class DmaPlacement {
-  /** undefined: not looked for yet; null: none found (every new run is left to the kernel). */
-  #base: bigint | null | undefined = undefined;
-  #nextSlot = 0;
+  /** The region's start; null before the first new run looked for it, or when none was found. */
+  #base: bigint | null = null;
+  #looked = false;
+  /** Per slot: bytes from its start to the end of the last map placed in it (where its next run begins). */
+  readonly #cursor = new Float64Array(SLOTS);
+  /** Per slot: its maps not yet let go of. A new run takes a slot with none, so two runs never grow in one. */
+  readonly #live = new Uint32Array(SLOTS);
+  /** The slot new runs go to while it has no live map: one lease after another, its maps after the last's. */
+  #current = 0;
   readonly counts: PlacementCounts = { placed: 0, unplaced: 0 };
 
   /** Map [offset, offset+length) of `fd`, guarded (dma-mmap.ts), next to `around` when that space is free. */
@@ -56,13 +59,27 @@ export class DmaPlacement {
     opts: { offset: number; length: number; prot: 'r' | 'rw' },
     around: Neighbours,
   ): Mapping {
-    const want = { ...opts, guard: true };
-    const length = BigInt(opts.length);
+    const mapping = this.#place(fd, { ...opts, guard: true }, around);
+    this.#count(mapping, 1);
+    return mapping;
+  }
+
+  /** `mapping` (one map() returned) was let go of: its slot may take a new run again. */
+  released(mapping: Mapping): void {
+    this.#count(mapping, -1);
+  }
+
+  #place(
+    fd: Fd | number,
+    want: MapOptions & { length: number; prot: 'r' | 'rw' },
+    around: Neighbours,
+  ): Mapping {
+    const length = BigInt(want.length);
     const nextTo: bigint[] = [];
     // Only where the two would be one run (same protection) and the place is page-aligned.
     const { before, after } = around;
-    if (before && before.prot === opts.prot) nextTo.push(before.address + BigInt(before.length));
-    if (after && after.prot === opts.prot && after.address > length) {
+    if (before && before.prot === want.prot) nextTo.push(before.address + BigInt(before.length));
+    if (after && after.prot === want.prot && after.address > length) {
       const at = after.address - length;
       if (at !== nextTo[0]) nextTo.push(at); // a hole the map fits exactly: one place, tried once
     }
@@ -71,12 +88,19 @@ export class DmaPlacement {
       const got = this.#mapAt(fd, want, at);
       if (got !== IN_USE) return got ?? this.#unplaced(fd, want);
     }
+    // A new run: at the end of what the last run in a slot with no live map left there (the zero pages of its
+    // unmapped maps, until collected), so a lease mapping and unmapping one buffer over and over stays in one
+    // place. Twice at most: a slot found taken (someone else's mapping) is left as full.
     const base = length <= SLOT_BYTES ? this.#regionBase() : null;
-    for (let i = 0; base !== null && i < SLOT_TRIES; i++) {
-      const at = base + BigInt(this.#nextSlot) * SLOT_BYTES;
-      this.#nextSlot = (this.#nextSlot + 1) % SLOTS;
+    for (let i = 0; base !== null && i < 2; i++) {
+      const slot = this.#freeSlot();
+      if (slot < 0) break;
+      if (this.#cursor[slot]! + want.length > Number(SLOT_BYTES)) this.#cursor[slot] = 0; // full: from its start
+      const at = base + BigInt(slot) * SLOT_BYTES + BigInt(this.#cursor[slot]!);
       const got = this.#mapAt(fd, want, at);
       if (got !== IN_USE) return got ?? this.#unplaced(fd, want);
+      this.#cursor[slot] = Number(SLOT_BYTES);
+      this.#current = (slot + 1) % SLOTS;
     }
     return this.#unplaced(fd, want);
   }
@@ -100,15 +124,40 @@ export class DmaPlacement {
     return mapping;
   }
 
+  /** The current slot if it has no live map, else the next one that has none (-1: every slot has a run). */
+  #freeSlot(): number {
+    for (let i = 0; i < SLOTS; i++) {
+      const slot = (this.#current + i) % SLOTS;
+      if (this.#live[slot] === 0) {
+        this.#current = slot;
+        return slot;
+      }
+    }
+    return -1;
+  }
+
+  /** Every map in the region counts in the slot its start is in, wherever it was placed from. */
+  #count(mapping: Mapping, delta: 1 | -1): void {
+    if (this.#base === null) return;
+    const offset = mapping.address - this.#base;
+    if (offset < 0n || offset >= REGION_BYTES) return;
+    const slot = Number(offset / SLOT_BYTES);
+    this.#live[slot] = Math.max(0, this.#live[slot]! + delta);
+    if (delta > 0) {
+      const end = Number(offset % SLOT_BYTES) + mapping.length;
+      if (end > this.#cursor[slot]!) this.#cursor[slot] = end;
+    }
+  }
+
   #regionBase(): bigint | null {
-    if (this.#base === undefined) {
+    if (!this.#looked) {
+      this.#looked = true;
       try {
         this.#base = native.findFreeRange(Number(REGION_BYTES));
       } catch (err) {
         // No such range (an address-space limit, ENOMEM): runs start where the kernel puts them. Asked once:
         // a limit stays, and a simulator under it should not pay a failing mmap per map.
         if ((err as { syscall?: string }).syscall !== 'mmap') throw err;
-        this.#base = null;
       }
     }
     return this.#base;

@@ -125,6 +125,12 @@ export class FrontDmaTable {
    */
   #release(removed: readonly DmaMapping[]): void {
     // Every entry of this table is one map() added.
-    this.#unmapCalls += Mapping.unmapMany((removed as readonly FrontEntry[]).map((entry) => entry.mapping));
+    const mappings = (removed as readonly FrontEntry[]).map((entry) => entry.mapping);
+    try {
+      this.#unmapCalls += Mapping.unmapMany(mappings);
+    } finally {
+      // Out of the table either way (one whose unmap failed stays mapped until its buffer is collected).
+      for (const m of mappings) this.placement.released(m);
+    }
   }
 }
