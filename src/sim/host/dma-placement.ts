@@ -5,8 +5,8 @@
 // (each lands just below the last mapping made, whoever's it was), so a reclaimed lease's 64 maps took 64
 // calls. Here a map goes right after the map before it in IOVA order (or right before the one after it), and
 // a map with neither starts a run in a slot (of address space found free when the first such map is made)
-// where no other run has a live map, right after what the slot's last run left there: two runs never grow
-// into each other, and a buffer mapped and unmapped over and over stays in one place.
+// where no other run has a live map, right after what the slot's last run left there: a new run never starts
+// where another is growing, and a buffer mapped and unmapped over and over stays in one place.
 // Every place is taken exactly or refused (Mapping.map `at`, MAP_FIXED_NOREPLACE; a kernel before 4.17 takes
 // it as a hint): a range in use by anything (a live map, the zero pages of one unmapped but not yet
 // collected, anyone else's memory) is never replaced; the map then goes where the kernel puts it, as before.
@@ -23,6 +23,8 @@ const REGION_BYTES = 64n << 30n;
  */
 const SLOT_BYTES = 256n << 20n;
 const SLOTS = Number(REGION_BYTES / SLOT_BYTES);
+/** A new run starts in a slot only with this much room left in it; with less, from the slot's start again. */
+const RUN_ROOM = 16 * 2 ** 20;
 const IN_USE = Symbol('in use');
 
 /** The maps next to a new one in IOVA order: the one ending where it starts, the one starting where it ends. */
@@ -47,7 +49,7 @@ export class DmaPlacement {
   #looked = false;
   /** Per slot: bytes from its start to the end of the last map placed in it (where its next run begins). */
   readonly #cursor = new Float64Array(SLOTS);
-  /** Per slot: its maps not yet let go of. A new run takes a slot with none, so two runs never grow in one. */
+  /** Per slot: its maps not yet let go of. A new run takes a slot with none: never where another run grows. */
   readonly #live = new Uint32Array(SLOTS);
   /** The slot new runs go to while it has no live map: one lease after another, its maps after the last's. */
   #current = 0;
@@ -95,7 +97,9 @@ export class DmaPlacement {
     for (let i = 0; base !== null && i < 2; i++) {
       const slot = this.#freeSlot();
       if (slot < 0) break;
-      if (this.#cursor[slot]! + want.length > Number(SLOT_BYTES)) this.#cursor[slot] = 0; // full: from its start
+      // Nearly full: from its start, where the oldest runs' zero pages have most likely been collected (if not,
+      // the place is refused and the slot left as full).
+      if (this.#cursor[slot]! + Math.max(want.length, RUN_ROOM) > Number(SLOT_BYTES)) this.#cursor[slot] = 0;
       const at = base + BigInt(slot) * SLOT_BYTES + BigInt(this.#cursor[slot]!);
       const got = this.#mapAt(fd, want, at);
       if (got !== IN_USE) return got ?? this.#unplaced(fd, want);
@@ -136,16 +140,24 @@ export class DmaPlacement {
     return -1;
   }
 
-  /** Every map in the region counts in the slot its start is in, wherever it was placed from. */
+  /**
+   * Every map in the region counts in each slot it covers, wherever it was placed from: a run grown past its
+   * slot's end keeps a new run out of the next slot too, and moves that slot's cursor past itself.
+   */
   #count(mapping: Mapping, delta: 1 | -1): void {
     if (this.#base === null) return;
-    const offset = mapping.address - this.#base;
-    if (offset < 0n || offset >= REGION_BYTES) return;
-    const slot = Number(offset / SLOT_BYTES);
-    this.#live[slot] = Math.max(0, this.#live[slot]! + delta);
-    if (delta > 0) {
-      const end = Number(offset % SLOT_BYTES) + mapping.length;
-      if (end > this.#cursor[slot]!) this.#cursor[slot] = end;
+    const start = mapping.address - this.#base;
+    // The kernel maps whole pages: the next map can go no nearer than the page after this one's last.
+    const end = start + ((BigInt(mapping.length) + PAGE - 1n) / PAGE) * PAGE;
+    if (end <= 0n || start >= REGION_BYTES) return;
+    const first = start < 0n ? 0 : Number(start / SLOT_BYTES);
+    const last = Math.min(SLOTS - 1, Number((end - 1n) / SLOT_BYTES));
+    for (let slot = first; slot <= last; slot++) {
+      this.#live[slot] = Math.max(0, this.#live[slot]! + delta);
+      if (delta > 0) {
+        const reach = Number(end - BigInt(slot) * SLOT_BYTES);
+        this.#cursor[slot] = Math.max(this.#cursor[slot]!, Math.min(reach, Number(SLOT_BYTES)));
+      }
     }
   }
 
