@@ -91,7 +91,7 @@ export interface CpuIdle {
 /**
  * How an idle CPU waits: the cpuidle driver and governor and, under the haltpoll governor (a KVM guest's), the
  * longest a vCPU may poll before it halts. Every control-path row is made of wake-ups, and waking a halted vCPU
- * is much of what they cost on a VM (docs/PERFORMANCE.md, "Issue 16, fourteenth pass" §3): a run is read with
+ * is much of what they cost on a VM (docs/performance-history.md, "Issue 16, fourteenth pass" §3): a run is read with
  * this beside it. `root`: where sysfs is (tests give a tree of their own).
  */
 export function cpuIdle(root = '/sys'): CpuIdle {

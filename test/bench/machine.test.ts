@@ -1,5 +1,5 @@
 // A bench run records how the machine's idle CPUs wait: control-path rows are made of wake-ups, and on a VM their
-// cost depends on whether an idle vCPU polls or halts at once (docs/PERFORMANCE.md, "Issue 16, fourteenth pass"
+// cost depends on whether an idle vCPU polls or halts at once (docs/performance-history.md, "Issue 16, fourteenth pass"
 // §3). Read from a sysfs tree of the test's own, so every case is exercised whatever machine runs it.
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
