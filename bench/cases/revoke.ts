@@ -7,7 +7,8 @@
 // maps, and this process (the broker's) waits for the release on its event. The time to the mapping's death
 // is split where the broker issues the slice revoke (the probe's first revokeSlice call): the broker's part
 // before it, the device's and the kernel's after it. The kernel's part alone is a second floor, measured in
-// the same run (truncate-floor.ts): a memfd page truncated under a holder spinning on it, nothing of devlease.
+// the same run (truncate-floor.ts): a memfd page truncated under a holder spinning on it, with no broker or
+// simulator.
 //
 //   node dist/bench/cases/revoke.js [--quick]
 

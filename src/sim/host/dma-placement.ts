@@ -62,13 +62,13 @@ export class DmaPlacement {
     around: Neighbours,
   ): Mapping {
     const mapping = this.#place(fd, { ...opts, guard: true }, around);
-    this.#count(mapping, 1);
+    this.#track(mapping, 1);
     return mapping;
   }
 
   /** `mapping` (one map() returned) was let go of: its slot may take a new run again. */
   released(mapping: Mapping): void {
-    this.#count(mapping, -1);
+    this.#track(mapping, -1);
   }
 
   #place(
@@ -144,7 +144,7 @@ export class DmaPlacement {
    * Every map in the region counts in each slot it covers, wherever it was placed from: a run grown past its
    * slot's end keeps a new run out of the next slot too, and moves that slot's cursor past itself.
    */
-  #count(mapping: Mapping, delta: 1 | -1): void {
+  #track(mapping: Mapping, delta: 1 | -1): void {
     if (this.#base === null) return;
     const start = mapping.address - this.#base;
     // The kernel maps whole pages: the next map can go no nearer than the page after this one's last.
