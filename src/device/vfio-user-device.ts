@@ -100,7 +100,8 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     return !this.#closed && !this.#client.closed;
   }
 
-  static async connect(socketPath: string, opts: VfioUserClientOptions = {}): Promise<VfioUserDevice> {
+  static async connect(socketPath: string, options: VfioUserClientOptions = {}): Promise<VfioUserDevice> {
+    const opts = brokerClientOptions(options);
     const client = await VfioUserClient.connect(socketPath, opts);
     const dev = new VfioUserDevice(client, socketPath, opts);
     try {
@@ -119,9 +120,10 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   static adopt(
     fd: Fd,
     state: VfioUserDeviceHandover,
-    opts: VfioUserClientOptions = {},
+    options: VfioUserClientOptions = {},
     take?: (index: number) => Fd,
   ): VfioUserDevice {
+    const opts = brokerClientOptions(options);
     const socket = new StreamSocket(fd, {
       framing: VFIO_USER_FRAMING,
       maxMessage: DEFAULT_MAX_MESSAGE,
@@ -379,6 +381,14 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
 }
 
 const closedError = (endpoint: string) => closedHandleError(`the device at ${endpoint}`);
+
+/**
+ * The broker's device connection closes an unmapped map's fd once the unmap's caller has gone on, unless told
+ * otherwise: a reclaim's window unmap is the last close of a killed client's DMA memory (issue 16).
+ */
+function brokerClientOptions(opts: VfioUserClientOptions): VfioUserClientOptions {
+  return { closeUnmappedSoon: true, ...opts };
+}
 
 /**
  * `fn` as one batch of device commands on a device that can join them (VfioUserDevice.batch), else just `fn`:

@@ -19,7 +19,7 @@ import {
   vfio_device_feature_dma_buf_revoke,
 } from '../../src/vfio/uapi/vfio.js';
 import { BAR0, boot, qcfg, r32, TestQueue } from './helpers/driver.js';
-import { openFds, rig, untilWorkerAnswers } from './helpers/real.js';
+import { openFds, rig, until, untilWorkerAnswers } from './helpers/real.js';
 
 const FW = 0x10_0000n;
 const HOST = 0x20_0000n;
@@ -86,6 +86,58 @@ test("a queue page's revoke kills the holder's mapping while the device worker i
     oldMap.unmap();
     fresh!.close();
     old!.close();
+  } finally {
+    await r.close();
+  }
+  assert.equal(openFds(), before, 'every fd opened for the test was closed');
+});
+
+// The spare a revoke used is made again after the revoke, once the device is quiet (issue 16, seventeenth
+// pass), not inside it: the next revoke still kills its holder's mapping on the front end.
+test('after a revoke the next spare is made once the device is quiet, and the next revoke uses it', async () => {
+  const before = openFds();
+  const r = await rig({ numQueues: 2, commandTimeoutMs: 1000 });
+  try {
+    await boot(r.bus, await r.map(FW, 64 * 1024));
+    const page = async (q: number) =>
+      (
+        await r.client.feature({
+          flags: VFIO_DEVICE_FEATURE_GET,
+          feature: VFIO_DEVICE_FEATURE_DMA_BUF,
+          data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, [
+            { offset: BigInt(q * STRIDE), length: BigInt(STRIDE) },
+          ]),
+        })
+      ).fds[0]!;
+    const revoke = (fd: { fd: number }) =>
+      r.client.feature({
+        flags: VFIO_DEVICE_FEATURE_SET,
+        feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+        data: vfio_device_feature_dma_buf_revoke.encode({ fd_index: 0 }),
+        fds: [fd as never],
+      });
+    const first = await page(0);
+    const second = await page(1);
+    assert.equal(r.sim.stats().spareReady, true, 'the device starts with a spare');
+    await revoke(first);
+    assert.equal(native.fstat(first.fd).size, 0, 'the first revoke truncated the old memory');
+    await until(
+      () => r.sim.stats().spareReady,
+      'the worker to make the next spare while the device is quiet',
+    );
+
+    // With the worker held, only a spare already made lets the front end kill the second holder's mapping.
+    r.sim.inject({ kind: 'stall', ms: 4000 });
+    await assert.rejects(revoke(second), /EIO/, 'the stalled worker cannot confirm the revoke');
+    assert.equal(
+      native.fstat(second.fd).size,
+      0,
+      'the second revoke truncated without the worker: a spare was there',
+    );
+    await untilWorkerAnswers(r);
+    await until(() => r.sim.stats().spareReady, 'the spare after the second revoke');
+    first.close();
+    second.close();
   } finally {
     await r.close();
   }

@@ -100,7 +100,16 @@ export interface DeviceStats {
   dmaUnmapCalls: number;
   dmaMapsPlaced: number;
   dmaMapsUnplaced: number;
+  /**
+   * The front end's: spare page memory is offered, so the next queue page revoke kills its holder's mapping on
+   * the front end (page-revoke.ts). The worker makes the next spare once the device is quiet after a revoke
+   * took the last (worker.ts tidyWhenQuiet).
+   */
+  spareReady: boolean;
 }
 
-/** What the worker counts (DeviceStats less the front end's own counts). */
-export type WorkerStats = Omit<DeviceStats, 'dmaUnmapCalls' | 'dmaMapsPlaced' | 'dmaMapsUnplaced'>;
+/** What the worker counts (DeviceStats less the front end's own). */
+export type WorkerStats = Omit<
+  DeviceStats,
+  'dmaUnmapCalls' | 'dmaMapsPlaced' | 'dmaMapsUnplaced' | 'spareReady'
+>;

@@ -285,6 +285,7 @@ export class DeviceWorker {
       dmaUnmapCalls: this.dma.unmapCalls,
       dmaMapsPlaced: placed,
       dmaMapsUnplaced: unplaced,
+      spareReady: this.#pages.spareOffered,
     };
   }
 

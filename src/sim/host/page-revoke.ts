@@ -1,7 +1,8 @@
 // A queue page's revoke, started on the simulator's front end so that the
 // holder's mapping dies without waiting for the device worker to wake
 // (issue 16; docs/SA-1.md "Revoke: the holder's mapping dies on the front
-// end"). The worker keeps a spare memfd ready; the front end maps it over the
+// end"). The worker keeps a spare memfd ready (made again once the device is
+// quiet after a revoke took it, not inside the revoke); the front end maps it over the
 // worker's view of the page in one MAP_FIXED (threads share the address
 // space, so the engine reads the old page or the new one, never a hole),
 // publishes it as the page's memory, truncates the old memfd (every other
@@ -57,6 +58,11 @@ export class PageTable {
 
   address(q: number): bigint {
     return Atomics.load(this.#big, 1 + 2 * q);
+  }
+
+  /** Front end: a spare is offered (takeSpare would return it). */
+  get spareOffered(): boolean {
+    return Atomics.load(this.#i32, 0) >= 0;
   }
 
   /** Front end: take the spare (the worker adopts it in the request that follows), or null. */

@@ -40,6 +40,8 @@ export class MemfdBacking implements Backing {
   #generation = 0;
   /** A queue page's next memory, offered to the front end (host/page-revoke.ts); null without a page table. */
   #spare: { memfd: MemFd; ino: bigint } | null = null;
+  /** The last offerSpare() failed; cleared by the next revoke (spareWanted). */
+  #spareFailed = false;
 
   /**
    * `fdTable`: where to publish each slice's memfd number (queue pages first, then granules; -1 once
@@ -80,6 +82,7 @@ export class MemfdBacking implements Backing {
    * on only in the mappings and fds others hold: theirs alone, reaching nothing of the device.
    */
   renew(slice: SliceRef, opts: { fault?: boolean } = {}): void {
+    this.#spareFailed = false;
     const old = this.#get(slice);
     this.#install(slice);
     old.mapping.unmap();
@@ -89,7 +92,9 @@ export class MemfdBacking implements Backing {
 
   /**
    * The front end mapped the spare over queue page q and published it (host/page-revoke.ts renewPage): take
-   * ownership of it, close the old memfd (the front end truncated it), offer a new spare.
+   * ownership of it and close the old memfd (the front end truncated it). The next spare is not made here:
+   * the worker makes it once the device is quiet (offerSpare), so the revoke and the commands behind it do
+   * not wait for its memfd_create, open and ftruncate (issue 16, seventeenth pass).
    * Returns the old memory's inode (revoked from now on).
    */
   adoptSpare(q: number): bigint {
@@ -97,12 +102,31 @@ export class MemfdBacking implements Backing {
     const spare = this.#spare;
     if (!spare) throw new Error('no spare page memory was offered');
     this.#spare = null;
+    this.#spareFailed = false;
     this.#slices.queue[q] = { memfd: spare.memfd, mapping: old.mapping, ino: spare.ino };
     if (this.fdTable)
       Atomics.store(this.fdTable, sliceFdIndex(this.o, { kind: 'queue', index: q }), spare.memfd.fd.fd);
     old.memfd.close();
-    this.#offerSpare();
     return old.ino;
+  }
+
+  /**
+   * A spare is wanted: there is a page table to offer it in and none is offered. Not after a failed attempt
+   * (out of fds, say) until the next revoke: a quiet device would otherwise retry at every idle look.
+   * Without a spare the front end hands a queue page's revoke to the worker whole, as for a detach.
+   */
+  get spareWanted(): boolean {
+    return this.pageTable !== null && this.#spare === null && !this.#spareFailed;
+  }
+
+  /** Make the next spare page memory and offer it to the front end (see spareWanted). */
+  offerSpare(): void {
+    try {
+      this.#offerSpare();
+    } catch (err) {
+      this.#spareFailed = true;
+      throw err;
+    }
   }
 
   /**

@@ -25,6 +25,13 @@ export interface VfioUserClientOptions {
   timeoutMs?: number;
   /** Extra members of our "capabilities" object (vendor keys such as "devlease" included). */
   capabilities?: Record<string, unknown>;
+  /**
+   * Close the fds of the maps a DMA_UNMAP took away once the caller of dmaUnmap() has gone on (sys/fd.ts
+   * closeSoon), not before it resolves. Default false: when dmaUnmap() resolves, this client holds nothing of
+   * those maps. The broker sets it (VfioUserDevice): its reclaim's window unmap is the last close of a killed
+   * client's DMA memory.
+   */
+  closeUnmappedSoon?: boolean;
 }
 
 export type { RegionInfo } from './client-queries.js';
@@ -52,7 +59,7 @@ export class VfioUserClient extends EventEmitter {
   #channel: RequestChannel;
   #ourMaxXfer = P.DEFAULT_MAX_DATA_XFER_SIZE;
   /** What each DMA_MAP made available to the server, to serve its DMA_READ/DMA_WRITE from. */
-  #dma = new ClientDmaMaps(this.#ourMaxXfer);
+  #dma: ClientDmaMaps;
 
   /** Connect to a vfio-user server's socket path and negotiate. */
   static async connect(path: string, opts: VfioUserClientOptions = {}): Promise<VfioUserClient> {
@@ -61,7 +68,7 @@ export class VfioUserClient extends EventEmitter {
 
   /** Negotiate over an already-connected socket (the client takes ownership; it is closed on failure). */
   static async fromSocket(socket: MessageSocket, opts: VfioUserClientOptions = {}): Promise<VfioUserClient> {
-    const client = new VfioUserClient(socket, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const client = new VfioUserClient(socket, opts);
     try {
       await client.#negotiate(opts.capabilities ?? {});
     } catch (err) {
@@ -82,7 +89,7 @@ export class VfioUserClient extends EventEmitter {
     opts: VfioUserClientOptions = {},
     take?: (index: number) => Fd,
   ): VfioUserClient {
-    const client = new VfioUserClient(socket, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const client = new VfioUserClient(socket, opts);
     client.version = state.version;
     client.serverCapabilities = readCapabilities({ capabilities: state.serverCapabilities });
     client.#channel.errorReasons = state.errorReasons;
@@ -128,9 +135,11 @@ export class VfioUserClient extends EventEmitter {
   /** The connection's socket (a handover sends its descriptor on). */
   readonly socket: MessageSocket;
 
-  private constructor(socket: MessageSocket, timeoutMs: number) {
+  private constructor(socket: MessageSocket, opts: VfioUserClientOptions) {
     super();
     this.socket = socket;
+    this.#dma = new ClientDmaMaps(this.#ourMaxXfer, opts.closeUnmappedSoon ?? false);
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#channel = new RequestChannel(socket, timeoutMs, (msg) => this.#serveCommand(msg));
     // 'close' carries the reason: null after close(), an ECONNRESET/EPROTO error otherwise.
     this.#channel.on('close', (reason: Error | null) => {

@@ -9,7 +9,7 @@
 // An access must lie inside one map: libvfio-user splits its transfers per
 // map (one scatter-gather entry each), so nothing legitimate spans two.
 import { VfioError } from '../../errors.js';
-import { Fd, fdNumber } from '../../sys/fd.js';
+import { closeSoon, Fd, fdNumber } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
 import { vfio_user_dma_region_access } from './messages.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from './protocol.js';
@@ -46,10 +46,16 @@ export class ClientDmaMaps {
   /** Sorted by iova, never overlapping. */
   #maps: DmaMapEntry[] = [];
   readonly #maxXfer: number;
+  readonly #closeSoon: boolean;
 
-  /** `maxXfer`: the max_data_xfer_size this client advertised (the largest count it must serve). */
-  constructor(maxXfer: number) {
+  /**
+   * `maxXfer`: the max_data_xfer_size this client advertised (the largest count it must serve).
+   * `closeSoon`: the fds of the maps a DMA_UNMAP took away are closed after the caller went on
+   * (VfioUserClientOptions.closeUnmappedSoon).
+   */
+  constructor(maxXfer: number, closeSoon = false) {
     this.#maxXfer = maxXfer;
+    this.#closeSoon = closeSoon;
   }
 
   get size(): number {
@@ -69,8 +75,17 @@ export class ClientDmaMaps {
     offset: bigint;
     memory: DmaMemory | null;
   }): DmaMapEntry | null {
-    const end = m.iova + m.size;
-    if (m.size <= 0n || this.#maps.some((e) => m.iova < e.iova + e.size && e.iova < end)) return null;
+    // Sorted and never overlapping: only the maps either side of where this one goes can overlap it.
+    const at = this.#firstFrom(m.iova);
+    const before = this.#maps[at - 1];
+    const after = this.#maps[at];
+    if (
+      m.size <= 0n ||
+      (before && before.iova + before.size > m.iova) ||
+      (after && after.iova < m.iova + m.size)
+    ) {
+      return null;
+    }
     const fd = m.fd == null ? null : new Fd(native.dup(fdNumber(m.fd)));
     const entry: DmaMapEntry = {
       iova: m.iova,
@@ -80,8 +95,7 @@ export class ClientDmaMaps {
       offset: m.offset,
       memory: m.memory,
     };
-    const at = this.#maps.findIndex((e) => e.iova > m.iova);
-    this.#maps.splice(at < 0 ? this.#maps.length : at, 0, entry);
+    this.#maps.splice(at, 0, entry);
     return entry;
   }
 
@@ -93,22 +107,49 @@ export class ClientDmaMaps {
   /** Take over a map another process recorded (an upgrade): `fd` is owned from here. */
   adopt(m: { iova: bigint; size: bigint; flags: number; fd: Fd; offset: bigint }): void {
     const entry: DmaMapEntry = { ...m, memory: null };
-    const at = this.#maps.findIndex((e) => e.iova > m.iova);
-    this.#maps.splice(at < 0 ? this.#maps.length : at, 0, entry);
+    this.#maps.splice(this.#firstFrom(m.iova), 0, entry);
   }
 
   /** Forget one map (its DMA_MAP failed, or it was unmapped) and close our fd. */
   remove(entry: DmaMapEntry | null): void {
     if (!entry) return;
-    const i = this.#maps.indexOf(entry);
-    if (i >= 0) this.#maps.splice(i, 1);
+    const i = this.#firstFrom(entry.iova);
+    if (this.#maps[i] === entry) this.#maps.splice(i, 1);
     entry.fd?.close();
   }
 
-  /** After a successful DMA_UNMAP: forget every map inside [iova, iova + size), or all of them. */
+  /**
+   * After a successful DMA_UNMAP: forget every map inside [iova, iova + size), or all of them. Sorted and
+   * never overlapping, the maps inside are one run, taken out with one splice: a broker's window unmap
+   * removes a lease's maps from among every other lease's (issue 16, seventeenth pass).
+   */
   removeRange(iova: bigint, size: bigint, all: boolean): void {
-    const end = iova + size;
-    for (const e of [...this.#maps]) if (all || (e.iova >= iova && e.iova + e.size <= end)) this.remove(e);
+    let from = 0;
+    let to = this.#maps.length;
+    if (!all) {
+      const end = iova + size;
+      from = this.#firstFrom(iova);
+      // Each map ends before the next begins, so the ends grow too: the first that ends past `end` ends the run.
+      for (to = from; to < this.#maps.length; to++) {
+        const e = this.#maps[to]!;
+        if (e.iova + e.size > end) break;
+      }
+    }
+    const gone = this.#maps.splice(from, to - from);
+    if (this.#closeSoon) closeSoon(gone.flatMap((e) => (e.fd ? [e.fd] : [])));
+    else for (const e of gone) e.fd?.close();
+  }
+
+  /** The index of the first map at or after `iova` (the length if none): a binary search. */
+  #firstFrom(iova: bigint): number {
+    let lo = 0;
+    let hi = this.#maps.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.#maps[mid]!.iova < iova) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   /** Forget every map (the connection is gone). */
@@ -179,7 +220,9 @@ export class ClientDmaMaps {
   #find(name: string, addr: bigint, n: number, need: number): { entry: DmaMapEntry; at: bigint } {
     const end = addr + BigInt(n);
     const range = `[0x${addr.toString(16)}, 0x${end.toString(16)})`;
-    const entry = this.#maps.find((e) => e.iova <= addr && addr < e.iova + e.size);
+    // The map holding addr is the last one starting at or before it.
+    const last = this.#maps[this.#firstFrom(addr + 1n) - 1];
+    const entry = last && addr < last.iova + last.size ? last : undefined;
     if (!entry) throw new VfioError('EFAULT', `${name} of ${range}: no DMA map there`);
     if (end > entry.iova + entry.size) {
       throw new VfioError(
