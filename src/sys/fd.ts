@@ -77,9 +77,10 @@ export function fdNumber(fd: Fd | number): number {
  * now. The last close of a file frees what it holds inside close(2): a killed client's 64 DMA memfds, their
  * inodes and pages, cost a broker 300-550 µs of its one thread before its reclaim could go on (issue 16,
  * seventeenth pass); so closed, the reclaim is done first. Every Fd is closed from here on as far as this
- * process's code can tell; its number stays taken in the kernel until then, so no open is handed it before,
- * and nothing that I/O wakes up later runs before the closes. (On libuv's threadpool the closes cost more
- * than they saved: waking its threads is what these machines do slowest.)
+ * process's code can tell; its number stays taken in the kernel until then, so no open is handed it before.
+ * Callbacks of the loop turn's poll phase may run before them; no I/O that comes after does. In a worker
+ * thread the fds are closed at once. (On libuv's threadpool the closes cost more than they saved: waking its
+ * threads is what these machines do slowest.)
  */
 export function closeSoon(fds: Iterable<Fd>): void {
   // A worker's fds are closed with its environment (trackForTeardown), which a pending immediate may not see.

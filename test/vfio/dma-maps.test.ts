@@ -3,13 +3,15 @@
 // lease's maps among all the others without walking them (issue 16, seventeenth pass). And closeSoon: a window
 // unmap's fds are closed once the caller has gone on, not before it resolves.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { setImmediate as immediate } from 'node:timers/promises';
 import { MemFd } from '../../src/sys/memfd.js';
 import { ClientDmaMaps } from '../../src/vfio/user/dma-maps.js';
 import { vfio_user_dma_region_access } from '../../src/vfio/user/messages.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../../src/vfio/user/protocol.js';
-import { openFds } from '../helpers/fds.js';
+import { openFds, trackFdLeaks } from '../helpers/fds.js';
+
+after(trackFdLeaks());
 
 const RW = VFIO_USER_F_DMA_REGION_READ | VFIO_USER_F_DMA_REGION_WRITE;
 const PAGE = 0x1000n;
@@ -53,9 +55,22 @@ test('maps added in any order are found by address; one overlapping either neigh
       'kept sorted by iova',
     );
     for (const i of [0, 1, 31, 63]) {
-      const reply = await readAt(maps, 0x10_0000n + BigInt(2 * i) * PAGE + 1n, 1);
-      assert.equal(reply.byteLength, vfio_user_dma_region_access.size + 1);
+      const start = 0x10_0000n + BigInt(2 * i) * PAGE;
+      // A map's first byte, one inside, its last: each found in that map (a read of 1 byte needs no more).
+      for (const at of [start, start + 1n, start + PAGE - 1n]) {
+        const reply = await readAt(maps, at, 1);
+        assert.equal(
+          reply.byteLength,
+          vfio_user_dma_region_access.size + 1,
+          `a read at 0x${at.toString(16)}`,
+        );
+      }
     }
+    await assert.rejects(
+      readAt(maps, 0x10_0000n - 1n, 1),
+      { code: 'EFAULT' },
+      'the byte before the first map',
+    );
     // The gap between two maps, and past the last: no map there.
     await assert.rejects(readAt(maps, 0x10_0000n + PAGE, 4), { code: 'EFAULT' });
     await assert.rejects(readAt(maps, 0x10_0000n + 128n * PAGE, 4), { code: 'EFAULT' });
@@ -104,6 +119,9 @@ test('removeRange takes out exactly the maps inside the range, and closes their 
       'our copies of the 10 maps were closed before it returned',
     );
     maps.removeRange(0x900_0000n, PAGE, false); // nothing there
+    assert.equal(maps.size, 30);
+    // A range starting inside map 0 and ending inside map 1: neither is inside it, both stay.
+    maps.removeRange(0x10_0000n + 1n, 2n * PAGE, false);
     assert.equal(maps.size, 30);
     maps.removeRange(0n, 0n, true);
     assert.equal(maps.size, 0);

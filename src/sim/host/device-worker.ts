@@ -285,7 +285,7 @@ export class DeviceWorker {
       dmaUnmapCalls: this.dma.unmapCalls,
       dmaMapsPlaced: placed,
       dmaMapsUnplaced: unplaced,
-      spareReady: this.#pages.spareOffered,
+      spareReady: this.#pages.spareReady,
     };
   }
 

@@ -1,10 +1,10 @@
 // A queue page's revoke, started on the simulator's front end so that the
 // holder's mapping dies without waiting for the device worker to wake
 // (issue 16; docs/SA-1.md "Revoke: the holder's mapping dies on the front
-// end"). The worker keeps a spare memfd ready (made again once the device is
-// quiet after a revoke took it, not inside the revoke); the front end maps it over the
-// worker's view of the page in one MAP_FIXED (threads share the address
-// space, so the engine reads the old page or the new one, never a hole),
+// end"). The worker keeps a spare memfd ready (made again once the device
+// is quiet after a revoke took it, not inside the revoke); the front end maps
+// it over the worker's view of the page in one MAP_FIXED (threads share the
+// address space, so the engine reads the old page or the new one, never a hole),
 // publishes it as the page's memory, truncates the old memfd (every other
 // mapping of it now faults) and only then asks the worker to reset the queue
 // and take ownership (a request: the revoke is still answered after the
@@ -61,7 +61,7 @@ export class PageTable {
   }
 
   /** Front end: a spare is offered (takeSpare would return it). */
-  get spareOffered(): boolean {
+  get spareReady(): boolean {
     return Atomics.load(this.#i32, 0) >= 0;
   }
 

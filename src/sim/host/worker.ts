@@ -288,31 +288,39 @@ function serveBetweenDescriptors(): void {
 
 /** How long the device must have taken no command before it makes what no command waits for. */
 const QUIET_MS = 0.2;
-/** Posts and commands taken at the last idle look, and when that count last moved (tidyWhenQuiet). */
+/** How long such work waits for quiet at most: a device never quiet that long makes it anyway. */
+const TIDY_WAIT_MAX_MS = 2;
+/** Posts and commands taken at the last look, when that count last moved, and when the work was first seen wanted. */
 let takenAtLastLook = -1;
 let lastTakenAt = 0;
+let wantedSince = -1;
 
 /**
- * Work no command waits for, done once the device has taken no command since a look QUIET_MS ago (or before a
- * sleep no doorbell can end). Returns the longest the device may sleep before it looks again: QUIET_MS while such work
- * waits, so that it is done within a fraction of a millisecond of the last command, not at the next armed poll
- * 10 ms on. Today that work is the next spare page memory after a revoke took the last: made inside the revoke,
- * its memfd_create, open and ftruncate cost the revoke and the reclaim's quiesce behind it 90-145 µs; made at
- * the first idle look after it, half the revokes of a back-to-back run found none (issue 16, seventeenth pass).
- * A failure leaves the front end without a spare, which hands the next queue page revoke to this thread whole.
+ * Work no command waits for, done once the device has taken no command since a look QUIET_MS ago, or once it has
+ * waited TIDY_WAIT_MAX_MS for that. Returns the longest the device may sleep before it looks again: what is left
+ * of QUIET_MS while such work waits, so that it is done a fraction of a millisecond after the last command, not at
+ * the next armed poll (10 ms) or never (a sleep no doorbell can end). Today that work is the next spare page memory
+ * after a revoke took the last: made inside the revoke, its memfd_create, open and ftruncate delayed the revoke's
+ * answer and the reclaim's quiesce behind it by 90-145 µs (issue 16, seventeenth pass). A failure leaves the front
+ * end without a spare, which hands the next queue page revoke to this thread whole.
  */
-function tidyWhenQuiet(deepSleep: boolean): number {
-  if (!backing.spareWanted) return Number.POSITIVE_INFINITY;
+function tidyWhenQuiet(): number {
+  if (!backing.spareWanted) {
+    wantedSince = -1;
+    return Number.POSITIVE_INFINITY;
+  }
   const now = performance.now();
+  if (wantedSince < 0) wantedSince = now;
   const taken = stats.commands + stats.posts;
   if (taken !== takenAtLastLook) {
     takenAtLastLook = taken;
     lastTakenAt = now;
   }
   const quietFor = now - lastTakenAt;
-  if (!deepSleep && quietFor < QUIET_MS) return QUIET_MS - quietFor;
+  if (quietFor < QUIET_MS && now - wantedSince < TIDY_WAIT_MAX_MS) return QUIET_MS - quietFor;
+  wantedSince = -1;
   try {
-    backing.offerSpare();
+    backing.makeSpare();
   } catch {
     // spareWanted stays false until the next revoke
   }
@@ -338,6 +346,8 @@ function run(): void {
       if (armedTimedOut) stats.armedPollFinds++;
       armedTimedOut = false;
       stats.busyRounds++;
+      // A device busy with descriptors has no idle look: it tidies between rounds (spareWanted is a field read).
+      if (backing.spareWanted) tidyWhenQuiet();
       continue;
     }
     armedTimedOut = false;
@@ -348,12 +358,12 @@ function run(): void {
     // the time between two looks at a doorbell down to the round itself.
     if (idleMs === 0 && (stats.idleRounds & 255) !== 0) continue;
     const due = device.nextDueInMs();
-    const deepSleep = due === null && !pollingNeeded(device);
-    const tidyInMs = tidyWhenQuiet(deepSleep);
-    if (deepSleep) {
-      // No queue can take a doorbell: sleep until an owner command (which may enable one) arrives.
-      stats.deepSleeps++;
-      mailbox.sleep(Number.POSITIVE_INFINITY);
+    const tidyInMs = tidyWhenQuiet();
+    if (due === null && !pollingNeeded(device)) {
+      // No queue can take a doorbell: sleep until an owner command (which may enable one) arrives, or until
+      // it is time to tidy.
+      if (tidyInMs === Number.POSITIVE_INFINITY) stats.deepSleeps++;
+      mailbox.sleep(tidyInMs);
       continue;
     }
     if (idleMs === 0) continue;
@@ -371,8 +381,9 @@ function run(): void {
     const ms = Math.min(due === null ? pollMs : Math.min(pollMs, due), tidyInMs);
     if (kicksHandedOut) {
       if (arm === ARMED) stats.armedSleeps++;
-      // Only a sleep of the whole armed interval counts (a tidy's shorter one finding a doorbell is no lost kick).
-      armedTimedOut = !mailbox.sleepOnFds(waitList, ms) && arm === ARMED && ms === pollMs;
+      // Only a sleep of the whole armed interval counts: a tidy's shorter one that finds a doorbell may hide a lost
+      // kick, but it is not the armed poll finding it.
+      armedTimedOut = !mailbox.sleepOnFds(waitList, ms) && arm === ARMED && due === null && ms === pollMs;
     } else {
       mailbox.sleep(ms);
     }

@@ -93,7 +93,7 @@ export class MemfdBacking implements Backing {
   /**
    * The front end mapped the spare over queue page q and published it (host/page-revoke.ts renewPage): take
    * ownership of it and close the old memfd (the front end truncated it). The next spare is not made here:
-   * the worker makes it once the device is quiet (offerSpare), so the revoke and the commands behind it do
+   * the worker makes it once the device is quiet (makeSpare), so the revoke and the commands behind it do
    * not wait for its memfd_create, open and ftruncate (issue 16, seventeenth pass).
    * Returns the old memory's inode (revoked from now on).
    */
@@ -102,7 +102,6 @@ export class MemfdBacking implements Backing {
     const spare = this.#spare;
     if (!spare) throw new Error('no spare page memory was offered');
     this.#spare = null;
-    this.#spareFailed = false;
     this.#slices.queue[q] = { memfd: spare.memfd, mapping: old.mapping, ino: spare.ino };
     if (this.fdTable)
       Atomics.store(this.fdTable, sliceFdIndex(this.o, { kind: 'queue', index: q }), spare.memfd.fd.fd);
@@ -111,16 +110,17 @@ export class MemfdBacking implements Backing {
   }
 
   /**
-   * A spare is wanted: there is a page table to offer it in and none is offered. Not after a failed attempt
-   * (out of fds, say) until the next revoke: a quiet device would otherwise retry at every idle look.
-   * Without a spare the front end hands a queue page's revoke to the worker whole, as for a detach.
+   * A spare is wanted: there is a page table to offer it in and this backing holds none (neither offered nor
+   * taken by the front end and not yet adopted: so a new one is never offered over one the front end holds).
+   * Not after a failed attempt (out of fds, say) until the next revoke: a quiet device would otherwise retry at
+   * every look. Without a spare the front end hands a queue page's revoke to the worker whole, as for a detach.
    */
   get spareWanted(): boolean {
     return this.pageTable !== null && this.#spare === null && !this.#spareFailed;
   }
 
   /** Make the next spare page memory and offer it to the front end (see spareWanted). */
-  offerSpare(): void {
+  makeSpare(): void {
     try {
       this.#offerSpare();
     } catch (err) {
@@ -161,7 +161,14 @@ export class MemfdBacking implements Backing {
   #offerSpare(): void {
     if (!this.pageTable) return;
     const memfd = MemFd.create(`sa1-queue-spare.${this.#generation++}`, { size: this.o.queueStride });
-    this.#spare = { memfd, ino: memfd.stat().ino };
+    let ino: bigint;
+    try {
+      ino = memfd.stat().ino;
+    } catch (err) {
+      memfd.close();
+      throw err;
+    }
+    this.#spare = { memfd, ino };
     this.pageTable.offerSpare(memfd.fd.fd, this.#spare.ino);
   }
 

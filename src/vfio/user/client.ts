@@ -29,7 +29,7 @@ export interface VfioUserClientOptions {
    * Close the fds of the maps a DMA_UNMAP took away once the caller of dmaUnmap() has gone on (sys/fd.ts
    * closeSoon), not before it resolves. Default false: when dmaUnmap() resolves, this client holds nothing of
    * those maps. The broker sets it (VfioUserDevice): its reclaim's window unmap is the last close of a killed
-   * client's DMA memory.
+   * client's DMA memory. In a worker thread they are closed at once (closeSoon).
    */
   closeUnmappedSoon?: boolean;
 }

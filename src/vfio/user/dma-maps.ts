@@ -25,7 +25,7 @@ export interface DmaMapEntry {
   readonly size: bigint;
   /** VFIO_USER_F_DMA_REGION_READ / _WRITE as sent in the DMA_MAP. */
   readonly flags: number;
-  /** Our own duplicate of the map's fd (closed on unmap), with the map's file offset. */
+  /** Our own duplicate of the map's fd (closed on unmap, or just after: closeSoon), with the map's file offset. */
   readonly fd: Fd | null;
   readonly offset: bigint;
   readonly memory: DmaMemory | null;
@@ -46,16 +46,16 @@ export class ClientDmaMaps {
   /** Sorted by iova, never overlapping. */
   #maps: DmaMapEntry[] = [];
   readonly #maxXfer: number;
-  readonly #closeSoon: boolean;
+  readonly #deferCloses: boolean;
 
   /**
    * `maxXfer`: the max_data_xfer_size this client advertised (the largest count it must serve).
-   * `closeSoon`: the fds of the maps a DMA_UNMAP took away are closed after the caller went on
+   * `deferCloses`: the fds of the maps a DMA_UNMAP took away are closed after the caller went on
    * (VfioUserClientOptions.closeUnmappedSoon).
    */
-  constructor(maxXfer: number, closeSoon = false) {
+  constructor(maxXfer: number, deferCloses = false) {
     this.#maxXfer = maxXfer;
-    this.#closeSoon = closeSoon;
+    this.#deferCloses = deferCloses;
   }
 
   get size(): number {
@@ -136,7 +136,7 @@ export class ClientDmaMaps {
       }
     }
     const gone = this.#maps.splice(from, to - from);
-    if (this.#closeSoon) closeSoon(gone.flatMap((e) => (e.fd ? [e.fd] : [])));
+    if (this.#deferCloses) closeSoon(gone.flatMap((e) => (e.fd ? [e.fd] : [])));
     else for (const e of gone) e.fd?.close();
   }
 
