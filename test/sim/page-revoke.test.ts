@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as ds from '../../src/sim/model/datasheet.js';
 import { encodeDmaBufRequest } from '../../src/sim/model/slices.js';
-import { Mapping, native } from '../../src/sys/index.js';
+import { type Fd, Mapping, native } from '../../src/sys/index.js';
 import {
   VFIO_DEVICE_FEATURE_DMA_BUF,
   VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
@@ -20,11 +20,56 @@ import {
   vfio_device_feature_dma_buf_revoke,
 } from '../../src/vfio/uapi/vfio.js';
 import { BAR0, boot, qcfg, r32, TestQueue } from './helpers/driver.js';
-import { openFds, rig, until, untilWorkerAnswers } from './helpers/real.js';
+import { bootedRig, openFds, type Rig, rig, until, untilWorkerAnswers } from './helpers/real.js';
 
 const FW = 0x10_0000n;
 const HOST = 0x20_0000n;
 const STRIDE = 65536;
+
+/** A slice fd of queue q's page (the dma-buf feature). */
+const queuePage = async (r: Rig, q: number) =>
+  (
+    await r.client.feature({
+      flags: VFIO_DEVICE_FEATURE_GET,
+      feature: VFIO_DEVICE_FEATURE_DMA_BUF,
+      data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, [
+        { offset: BigInt(q * STRIDE), length: BigInt(STRIDE) },
+      ]),
+    })
+  ).fds[0]!;
+
+/** The revoke feature for a slice fd. */
+const revokeSlice = (r: Rig, fd: Fd) =>
+  r.client.feature({
+    flags: VFIO_DEVICE_FEATURE_SET,
+    feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+    data: vfio_device_feature_dma_buf_revoke.encode({ fd_index: 0 }),
+    fds: [fd],
+  });
+
+/** Queue 1 configured and enabled on `page` (its queue page, mapped), rings in the first 4 KiB of `host`. */
+async function enableQueue1(r: Rig, host: { view: Uint8Array }, page: Uint8Array): Promise<TestQueue> {
+  const tq = new TestQueue(
+    r.bus,
+    { q: 1, mem: { iova: HOST, view: host.view.subarray(0, 0x1000) }, sqSize: 8, cqSize: 8, page },
+    STRIDE,
+  );
+  await tq.configure();
+  assert.equal(await r32(r.bus, BAR0, qcfg(1, ds.Q_CTRL)), ds.Q_CTRL_ENABLE, 'queue 1 is enabled');
+  return tq;
+}
+
+/** `fn` on a booted rig (FW at 1 MiB, the same as FW above), closed after it; every fd it opened closed again. */
+async function onBootedRig(opts: Parameters<typeof rig>[0], fn: (r: Rig) => Promise<void>): Promise<void> {
+  const before = openFds();
+  const r = await bootedRig(opts);
+  try {
+    await fn(r);
+  } finally {
+    await r.close();
+  }
+  assert.equal(openFds(), before, 'every fd opened for the test was closed');
+}
 
 test("a queue page's revoke kills the holder's mapping while the device worker is stalled", async () => {
   const before = openFds();
@@ -39,18 +84,7 @@ test("a queue page's revoke kills the holder's mapping while the device worker i
       await r.client.feature({ ...get, data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, range) })
     ).fds;
     const oldMap = Mapping.map(old!, { length: STRIDE, guard: true });
-    const tq = new TestQueue(
-      r.bus,
-      {
-        q: 1,
-        mem: { iova: HOST, view: host.view.subarray(0, 0x1000) },
-        sqSize: 8,
-        cqSize: 8,
-        page: oldMap.u8,
-      },
-      STRIDE,
-    );
-    await tq.configure();
+    const tq = await enableQueue1(r, host, oldMap.u8);
     await tq.submit([{ opcode: ds.OP_NOP, tag: 1n }]);
     await tq.reap(1);
     assert.equal(await r32(r.bus, BAR0, qcfg(1, ds.Q_CTRL)), ds.Q_CTRL_ENABLE, 'the queue runs');
@@ -95,32 +129,12 @@ test("a queue page's revoke kills the holder's mapping while the device worker i
 
 // The spare a revoke used is made again after the revoke, once the device is quiet (issue 16, seventeenth
 // pass), not inside it: the next revoke still kills its holder's mapping on the front end.
-test('after a revoke the next spare is made once the device is quiet, and the next revoke uses it', async () => {
-  const before = openFds();
-  const r = await rig({ numQueues: 2, commandTimeoutMs: 1000 });
-  try {
-    await boot(r.bus, await r.map(FW, 64 * 1024));
-    const page = async (q: number) =>
-      (
-        await r.client.feature({
-          flags: VFIO_DEVICE_FEATURE_GET,
-          feature: VFIO_DEVICE_FEATURE_DMA_BUF,
-          data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, [
-            { offset: BigInt(q * STRIDE), length: BigInt(STRIDE) },
-          ]),
-        })
-      ).fds[0]!;
-    const revoke = (fd: { fd: number }) =>
-      r.client.feature({
-        flags: VFIO_DEVICE_FEATURE_SET,
-        feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
-        data: vfio_device_feature_dma_buf_revoke.encode({ fd_index: 0 }),
-        fds: [fd as never],
-      });
-    const first = await page(0);
-    const second = await page(1);
+test('after a revoke the next spare is made once the device is quiet, and the next revoke uses it', () =>
+  onBootedRig({ numQueues: 2, commandTimeoutMs: 1000 }, async (r) => {
+    const first = await queuePage(r, 0);
+    const second = await queuePage(r, 1);
     assert.equal(r.sim.stats().spareReady, true, 'the device starts with a spare');
-    await revoke(first);
+    await revokeSlice(r, first);
     assert.equal(native.fstat(first.fd).size, 0, 'the first revoke truncated the old memory');
     // No queue is enabled, so the device sleeps until a request; the sleep is cut short for the spare. Asked once
     // (a request wakes the device, which would make the spare then).
@@ -129,7 +143,7 @@ test('after a revoke the next spare is made once the device is quiet, and the ne
 
     // With the worker held, only a spare already made lets the front end kill the second holder's mapping.
     r.sim.inject({ kind: 'stall', ms: 4000 });
-    await assert.rejects(revoke(second), /EIO/, 'the stalled worker cannot confirm the revoke');
+    await assert.rejects(revokeSlice(r, second), /EIO/, 'the stalled worker cannot confirm the revoke');
     assert.equal(
       native.fstat(second.fd).size,
       0,
@@ -139,56 +153,18 @@ test('after a revoke the next spare is made once the device is quiet, and the ne
     await until(() => r.sim.stats().spareReady, 'the spare after the second revoke');
     first.close();
     second.close();
-  } finally {
-    await r.close();
-  }
-  assert.equal(openFds(), before, 'every fd opened for the test was closed');
-});
+  }));
 
 // The same with a queue enabled and a device that polls it only once a second (no kick fds out): the worker
 // shortens its sleep while a spare is wanted, so the spare does not wait for the next poll.
-test('the next spare does not wait for the idle poll of a device polling an enabled queue', async () => {
-  const before = openFds();
-  const r = await rig({ numQueues: 2, idlePollUs: 1_000_000 });
-  try {
-    await boot(r.bus, await r.map(FW, 64 * 1024));
+test('the next spare does not wait for the idle poll of a device polling an enabled queue', () =>
+  onBootedRig({ numQueues: 2, idlePollUs: 1_000_000 }, async (r) => {
     const host = await r.map(HOST, 1 << 20);
-    const page = async (q: number) =>
-      (
-        await r.client.feature({
-          flags: VFIO_DEVICE_FEATURE_GET,
-          feature: VFIO_DEVICE_FEATURE_DMA_BUF,
-          data: encodeDmaBufRequest(VFIO_PCI_BAR2_REGION_INDEX, [
-            { offset: BigInt(q * STRIDE), length: BigInt(STRIDE) },
-          ]),
-        })
-      ).fds[0]!;
-    const held = await page(1);
+    const held = await queuePage(r, 1);
     const heldMap = Mapping.map(held, { length: STRIDE });
-    const tq = new TestQueue(
-      r.bus,
-      {
-        q: 1,
-        mem: { iova: HOST, view: host.view.subarray(0, 0x1000) },
-        sqSize: 8,
-        cqSize: 8,
-        page: heldMap.u8,
-      },
-      STRIDE,
-    );
-    await tq.configure();
-    assert.equal(
-      await r32(r.bus, BAR0, qcfg(1, ds.Q_CTRL)),
-      ds.Q_CTRL_ENABLE,
-      'queue 1 is enabled and polled',
-    );
-    const revoked = await page(0);
-    await r.client.feature({
-      flags: VFIO_DEVICE_FEATURE_SET,
-      feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
-      data: vfio_device_feature_dma_buf_revoke.encode({ fd_index: 0 }),
-      fds: [revoked],
-    });
+    await enableQueue1(r, host, heldMap.u8); // polled once a second
+    const revoked = await queuePage(r, 0);
+    await revokeSlice(r, revoked);
     // Well under the 1 s poll, and asked once (a request wakes the device, which would make the spare then): the
     // sleep was cut short for it.
     await sleep(300);
@@ -196,8 +172,4 @@ test('the next spare does not wait for the idle poll of a device polling an enab
     heldMap.unmap();
     held.close();
     revoked.close();
-  } finally {
-    await r.close();
-  }
-  assert.equal(openFds(), before, 'every fd opened for the test was closed');
-});
+  }));
