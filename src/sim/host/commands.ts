@@ -71,11 +71,14 @@ export interface DeviceStats {
   /** Rounds that did work / that found nothing. */
   busyRounds: number;
   idleRounds: number;
-  /** Idle sleeps of one idle poll interval (Atomics.wait on the request word). */
+  /**
+   * Idle sleeps of one idle poll interval (Atomics.wait on the request word), or shorter while a spare page is
+   * wanted (worker.ts tidyWhenQuiet; a deep sleep so shortened counts here too).
+   */
   sleeps: number;
   /** Sleeps until the next owner command, taken when no queue could act on a doorbell. */
   deepSleeps: number;
-  /** Sleeps with KICK_NEEDED armed and nothing waiting: until kicked, or the armed poll interval. */
+  /** Sleeps with KICK_NEEDED armed and nothing waiting: until kicked, or the armed poll interval (or less, as above). */
   armedSleeps: number;
   /**
    * Armed sleeps that ran to their timeout (no kick, no wake-up), after which the next round found a

@@ -280,12 +280,14 @@ export class DeviceWorker {
 
   stats(): DeviceStats {
     const { placed, unplaced } = this.dma.placement.counts;
+    // Read before the request: the request wakes the worker, which could make a wanted spare before answering.
+    const spareReady = this.#pages.spareReady;
     return {
       ...this.request<WorkerStats>({ op: 'stats' }),
       dmaUnmapCalls: this.dma.unmapCalls,
       dmaMapsPlaced: placed,
       dmaMapsUnplaced: unplaced,
-      spareReady: this.#pages.spareReady,
+      spareReady,
     };
   }
 

@@ -357,12 +357,13 @@ function run(): void {
     // walk over every queue; every 256th idle round is soon enough for a sleep nobody waits on, and keeps
     // the time between two looks at a doorbell down to the round itself.
     if (idleMs === 0 && (stats.idleRounds & 255) !== 0) continue;
-    const due = device.nextDueInMs();
     const tidyInMs = tidyWhenQuiet();
+    const due = device.nextDueInMs(); // after the tidy, which may have taken a while
     if (due === null && !pollingNeeded(device)) {
       // No queue can take a doorbell: sleep until an owner command (which may enable one) arrives, or until
       // it is time to tidy.
       if (tidyInMs === Number.POSITIVE_INFINITY) stats.deepSleeps++;
+      else stats.sleeps++;
       mailbox.sleep(tidyInMs);
       continue;
     }

@@ -38,9 +38,12 @@ export class MemfdBacking implements Backing {
   readonly granules: Uint8Array[] = [];
   readonly #slices: { queue: Slice[]; devmem: Slice[] } = { queue: [], devmem: [] };
   #generation = 0;
-  /** A queue page's next memory, offered to the front end (host/page-revoke.ts); null without a page table. */
+  /**
+   * A queue page's next memory, offered to the front end (host/page-revoke.ts); null without a page table, and
+   * after a revoke adopted it until the worker makes the next (makeSpare).
+   */
   #spare: { memfd: MemFd; ino: bigint } | null = null;
-  /** The last offerSpare() failed; cleared by the next revoke (spareWanted). */
+  /** The last makeSpare() failed; cleared by the next revoke the worker serves whole (renew). */
   #spareFailed = false;
 
   /**
