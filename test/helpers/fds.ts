@@ -30,6 +30,11 @@ export function openFds(): Map<number, string> {
   return fds;
 }
 
+/** Open descriptors of this process on memfds whose name starts with `name`. */
+export function memfdFdCount(name: string): number {
+  return [...openFds().values()].filter((t) => t.startsWith(`/memfd:${name}`)).length;
+}
+
 /** Give finalizers and libuv handle closes a chance to run before counting. */
 async function settle(): Promise<void> {
   for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve));

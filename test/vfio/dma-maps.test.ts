@@ -9,15 +9,12 @@ import { MemFd } from '../../src/sys/memfd.js';
 import { ClientDmaMaps } from '../../src/vfio/user/dma-maps.js';
 import { vfio_user_dma_region_access } from '../../src/vfio/user/messages.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../../src/vfio/user/protocol.js';
-import { openFds, trackFdLeaks } from '../helpers/fds.js';
+import { memfdFdCount, trackFdLeaks } from '../helpers/fds.js';
 
 after(trackFdLeaks());
 
 const RW = VFIO_USER_F_DMA_REGION_READ | VFIO_USER_F_DMA_REGION_WRITE;
 const PAGE = 0x1000n;
-
-/** Descriptors of this process on memfds named `name`. */
-const copies = (name: string) => [...openFds().values()].filter((t) => t.startsWith(`/memfd:${name}`)).length;
 
 const readAt = (maps: ClientDmaMaps, addr: bigint, count: number) =>
   maps.read(vfio_user_dma_region_access.encode({ addr, count: BigInt(count) }));
@@ -98,7 +95,7 @@ test('maps added in any order are found by address; one overlapping either neigh
     maps.removeRange(0n, 0n, true);
     for (const m of mems) m.close();
   }
-  assert.equal(copies('dma-maps-find'), 0);
+  assert.equal(memfdFdCount('dma-maps-find'), 0);
 });
 
 test('removeRange takes out exactly the maps inside the range, and closes their fds at once by default', () => {
@@ -114,7 +111,7 @@ test('removeRange takes out exactly the maps inside the range, and closes their 
       ...Array.from({ length: 20 }, (_, i) => i + 20),
     ]);
     assert.equal(
-      copies('dma-maps-range'),
+      memfdFdCount('dma-maps-range'),
       40 + 30,
       'our copies of the 10 maps were closed before it returned',
     );
@@ -125,11 +122,11 @@ test('removeRange takes out exactly the maps inside the range, and closes their 
     assert.equal(maps.size, 30);
     maps.removeRange(0n, 0n, true);
     assert.equal(maps.size, 0);
-    assert.equal(copies('dma-maps-range'), 40);
+    assert.equal(memfdFdCount('dma-maps-range'), 40);
   } finally {
     for (const m of mems) m.close();
   }
-  assert.equal(copies('dma-maps-range'), 0);
+  assert.equal(memfdFdCount('dma-maps-range'), 0);
 });
 
 test('closeSoon: the fds of the maps a range took out are closed after the caller went on, in the same loop turn', async () => {
@@ -139,13 +136,13 @@ test('closeSoon: the fds of the maps a range took out are closed after the calle
     maps.removeRange(0x10_0000n, 8n * PAGE, false); // maps 0..3
     assert.equal(maps.size, 4, 'out of the record at once');
     await assert.rejects(readAt(maps, 0x10_0000n, 4), { code: 'EFAULT' }, 'and served no more');
-    assert.equal(copies('dma-maps-soon'), 8 + 8, 'still open while the caller goes on');
+    assert.equal(memfdFdCount('dma-maps-soon'), 8 + 8, 'still open while the caller goes on');
     await immediate();
-    assert.equal(copies('dma-maps-soon'), 8 + 4, 'closed in the same turn of the event loop');
+    assert.equal(memfdFdCount('dma-maps-soon'), 8 + 4, 'closed in the same turn of the event loop');
     maps.removeRange(0n, 0n, true);
     await immediate();
   } finally {
     for (const m of mems) m.close();
   }
-  assert.equal(copies('dma-maps-soon'), 0);
+  assert.equal(memfdFdCount('dma-maps-soon'), 0);
 });

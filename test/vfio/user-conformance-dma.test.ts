@@ -16,7 +16,7 @@ import {
 import { vfio_user_dma_region_access } from '../../src/vfio/user/messages.js';
 import * as P from '../../src/vfio/user/protocol.js';
 import { memfd } from '../fixtures/vfio-user/memory-device.js';
-import { assertNoFdLeak, openFds, trackFdLeaks } from '../helpers/fds.js';
+import { assertNoFdLeak, memfdFdCount, trackFdLeaks } from '../helpers/fds.js';
 import { clientOfRawServer } from './helpers/raw-peer.js';
 
 const leakCheck = trackFdLeaks();
@@ -245,7 +245,7 @@ describe('server-to-client DMA_READ / DMA_WRITE (item 1)', () => {
     const { server, client, close } = await clientOfRawServer();
     const mem = memfd('dma-unmap', 0x2000);
     /** Open descriptors of this process on that memfd (ours is one). */
-    const copies = () => [...openFds().values()].filter((t) => t.startsWith('/memfd:dma-unmap')).length;
+    const copies = () => memfdFdCount('dma-unmap');
     const map = async () => {
       const mapping = client.dmaMap({ fd: mem, iova: 0x10000, size: 0x2000, flags: R | W });
       await server.answer(P.VFIO_USER_DMA_MAP);

@@ -58,7 +58,7 @@ export class MemfdBacking implements Backing {
     try {
       for (let q = 0; q < o.numQueues; q++) this.#install({ kind: 'queue', index: q });
       for (let g = 0; g < o.devmemSize / o.devmemGranule; g++) this.#install({ kind: 'devmem', index: g });
-      this.#offerSpare();
+      this.makeSpare();
     } catch (err) {
       this.close();
       throw err;
@@ -124,8 +124,16 @@ export class MemfdBacking implements Backing {
 
   /** Make the next spare page memory and offer it to the front end (see spareWanted). */
   makeSpare(): void {
+    if (!this.pageTable) return;
     try {
-      this.#offerSpare();
+      const memfd = MemFd.create(`sa1-queue-spare.${this.#generation++}`, { size: this.o.queueStride });
+      try {
+        this.#spare = { memfd, ino: memfd.stat().ino };
+      } catch (err) {
+        memfd.close();
+        throw err;
+      }
+      this.pageTable.offerSpare(memfd.fd.fd, this.#spare.ino);
     } catch (err) {
       this.#spareFailed = true;
       throw err;
@@ -159,20 +167,6 @@ export class MemfdBacking implements Backing {
     const s = this.#slices[slice.kind][slice.index];
     if (!s) throw new RangeError(`no ${slice.kind} slice ${slice.index}`);
     return s;
-  }
-
-  #offerSpare(): void {
-    if (!this.pageTable) return;
-    const memfd = MemFd.create(`sa1-queue-spare.${this.#generation++}`, { size: this.o.queueStride });
-    let ino: bigint;
-    try {
-      ino = memfd.stat().ino;
-    } catch (err) {
-      memfd.close();
-      throw err;
-    }
-    this.#spare = { memfd, ino };
-    this.pageTable.offerSpare(memfd.fd.fd, this.#spare.ino);
   }
 
   #install(slice: SliceRef): void {
