@@ -21,7 +21,7 @@
 //
 //   node dist/bench/cases/region-read.js [--quick]
 
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +30,7 @@ import { type Child, spawnNode, startSim } from '../../src/util/processes.js';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { trackChild } from '../fixtures/cleanup.js';
+import { pinAll } from '../fixtures/placement.js';
 import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
 import { tempDir } from '../fixtures/rig.js';
 
@@ -152,15 +153,8 @@ export async function regionReadRtt(
   return out;
 }
 
-/** Pin every thread of `pid` to `cpus` (a taskset list, e.g. "0" or "0-1"). */
-function pin(pid: number, cpus: string): void {
-  try {
-    execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
-  } catch (err) {
-    const stderr = String((err as { stderr?: Buffer }).stderr ?? '');
-    throw new Error(`region-read pins client and servers with taskset (util-linux): ${stderr || err}`);
-  }
-}
+/** Pin every thread of `pid` to `cpus` (fixtures/placement.ts). */
+const pin = (pid: number, cpus: string): void => pinAll(pid, cpus, 'region-read pins client and servers');
 
 interface Placement {
   /** Suffix of the rows' ids ('' for the goal rows). */
