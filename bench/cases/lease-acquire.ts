@@ -7,8 +7,8 @@
 // broker → device in three processes (fixtures/acquire-floor.ts), in chunks
 // alternating with the acquires. Both are measured in steady state, after
 // 2000 unmeasured cycles each (a broker's code is still being optimized over
-// its first thousands of acquires). Last, the acquire with the broker's process confined to one CPU, alternating
-// with unconfined ones (placementAB below).
+// its first thousands of acquires). Last, the acquire with the broker's process
+// confined to one CPU, alternating with unconfined ones (fixtures/placement.ts).
 //
 //   node dist/bench/cases/lease-acquire.js [--quick]
 
@@ -20,7 +20,7 @@ import { AcquireFloor, type FloorSample } from '../fixtures/acquire-floor.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { sharedMs } from '../fixtures/clock.js';
 import { cpuMs, ownCpuMs } from '../fixtures/cpu.js';
-import { allowedCpus, firstCpu, pinAll } from '../fixtures/placement.js';
+import { alternateConfined } from '../fixtures/placement.js';
 import { BrokerProbe } from '../fixtures/probe.js';
 import { ReleaseWatch } from '../fixtures/released.js';
 import { RequestProbe } from '../fixtures/request-probe.js';
@@ -150,7 +150,14 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     } finally {
       probe.sampleCpu = false;
     }
-    const placement = await placementAB(quick ? 20 : 300, async () => {
+    // Placement (OPERATIONS.md, "Placement: the broker on one CPU"): the same acquires with every thread
+    // of this process, the broker's, confined to one CPU, as systemd's CPUAffinity= does; the client and
+    // the simulator stay where the scheduler puts them. Unlike the acquire row, no floor chunks run between.
+    const perArm = quick ? 20 : 300;
+    progress(
+      `${perArm} acquires with the broker's process on one CPU, alternating with ${perArm} unconfined`,
+    );
+    const placement = await alternateConfined(perArm, CHUNKS, async () => {
       const a = await client.call<Acquire>('acquire', { socket: rig.socket });
       await client.call('releaseAll');
       await released.seen(a.lease);
@@ -268,7 +275,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         metric('map-in-broker', '· DMA_MAP in the broker (1 per acquire)', 'µs', got('session: dmaMap')),
         metric(
           'acquire-free',
-          '· placement: the acquire in chunks alternating with the row below, every process unconfined',
+          '· placement: acquires alternating in chunks with the row below (no floor between), unconfined',
           'µs',
           placement.free,
           { role: 'baseline' },
@@ -295,7 +302,9 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         topologyFloor:
           'per sample: connect; VERSION (broker sends the grant 2 device commands, answers at once); a batch of 7 (MSI-X SET_IRQS: eventfd, relayed; 3 notice SET_IRQS: eventfd each; REGION_INFO: page fd back; GET_REGION_IO_FDS: kick fd back; DMA_MAP: memfd, relayed with the MSI-X one as one pipelined device round trip, after the grant replies); doorbell: store + eventfd kick to the device asleep in ppoll, one store back',
         clock: 'step times cross processes: CLOCK_MONOTONIC (fixtures/clock.ts) on both sides',
-        placement: `acquire-one-cpu: this process (the broker, its probes) pinned to CPU ${placement.cpu} of ${placement.allowed} with taskset -a, the client and the simulator unconfined`,
+        placement: placement.confined
+          ? `acquire-one-cpu: this process (the broker, with the case's loop, probes and echo server) pinned to CPU ${placement.cpu} of ${placement.allowed} (taskset -a); the client and the simulator unconfined`
+          : `one CPU allowed (${placement.allowed}): acquire-free and acquire-one-cpu ran alike`,
       },
     };
   } finally {
@@ -306,36 +315,6 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     await rig.close();
   }
 });
-
-/**
- * `perArm` acquires (`acquire` returns one's total, µs) with every thread of this process, the broker's, confined to
- * the first CPU it may run on, alternating in CHUNKS with as many unconfined: what OPERATIONS.md's "The broker on a CPU
- * of its own" does with systemd's CPUAffinity= (issue 16, eighteenth pass). The client and the simulator stay where
- * the scheduler puts them. The process's CPUs are put back whatever happens.
- */
-async function placementAB(
-  perArm: number,
-  acquire: () => Promise<number>,
-): Promise<{ free: number[]; one: number[]; allowed: string; cpu: string }> {
-  const allowed = allowedCpus();
-  const cpu = firstCpu(allowed);
-  const free: number[] = [];
-  const one: number[] = [];
-  progress(
-    `${perArm} acquires with the broker's process on CPU ${cpu}, alternating with ${perArm} unconfined`,
-  );
-  const chunk = Math.ceil(perArm / CHUNKS);
-  for (let c = 0; c < CHUNKS; c++) {
-    for (let i = 0; i < chunk; i++) free.push(await acquire());
-    pinAll(process.pid, cpu, 'lease-acquire confines the broker');
-    try {
-      for (let i = 0; i < chunk; i++) one.push(await acquire());
-    } finally {
-      pinAll(process.pid, allowed, 'lease-acquire puts the broker back');
-    }
-  }
-  return { free, one, allowed, cpu };
-}
 
 /** CPU per acquire + release cycle by process, each against the same-topology floor's process. */
 function cpuRows(

@@ -30,7 +30,7 @@ import { type Child, spawnNode, startSim } from '../../src/util/processes.js';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { trackChild } from '../fixtures/cleanup.js';
-import { pinAll } from '../fixtures/placement.js';
+import { allowedCpus, pinAll } from '../fixtures/placement.js';
 import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
 import { tempDir } from '../fixtures/rig.js';
 
@@ -153,8 +153,8 @@ export async function regionReadRtt(
   return out;
 }
 
-/** Pin every thread of `pid` to `cpus` (fixtures/placement.ts). */
-const pin = (pid: number, cpus: string): void => pinAll(pid, cpus, 'region-read pins client and servers');
+/** What pinAll's error names. */
+const PINS = 'region-read pins client and servers';
 
 interface Placement {
   /** Suffix of the rows' ids ('' for the goal rows). */
@@ -169,7 +169,7 @@ runCase('region-read', 'Register read: 4-byte REGION_READ round trip from VfioUs
   const perRound = quick ? 500 : 1000;
   const warmup = quick ? 200 : 1000;
   const cpus = availableParallelism();
-  const all = `0-${cpus - 1}`;
+  const all = allowedCpus(); // put back as found
   const placements: Placement[] = [{ id: '', label: '', client: '0', server: '0' }];
   if (cpus > 1) placements.push({ id: '-x', label: ', across CPUs', client: '0', server: '1' });
   const tmp = tempDir('region-read');
@@ -194,8 +194,8 @@ runCase('region-read', 'Register read: 4-byte REGION_READ round trip from VfioUs
     );
     for (let r = 0; r < rounds; r++) {
       for (const p of placements) {
-        pin(process.pid, p.client);
-        for (const l of live) pin(l.server.pid, p.server);
+        pinAll(process.pid, p.client, PINS);
+        for (const l of live) pinAll(l.server.pid, p.server, PINS);
         for (const l of live)
           l.samples.get(p.id)!.push(...(await regionReadRtt(l.client, l.server, perRound)));
       }
@@ -225,7 +225,7 @@ runCase('region-read', 'Register read: 4-byte REGION_READ round trip from VfioUs
       },
     };
   } finally {
-    pin(process.pid, all);
+    pinAll(process.pid, all, PINS);
     for (const l of live) {
       l.client.close();
       await l.server.close();
