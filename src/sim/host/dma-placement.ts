@@ -1,4 +1,4 @@
-// Where the simulator's front end maps an owner's DMA memory (issue 16, sixteenth pass: docs/PERFORMANCE.md).
+// Where the simulator's front end maps an owner's DMA memory (issue 16, sixteenth pass: docs/performance-history.md).
 // A reclaim unmaps a lease's whole IOVA window with one DMA_UNMAP, and the front end drops those maps with one
 // mmap call per run of adjacent ranges of one protection (Mapping.unmapMany), each a TLB flush on the other
 // CPU running the device worker. Left to the kernel, the maps of leases set up at the same time interleave
