@@ -120,7 +120,10 @@ export class UpgradeRig {
     );
   }
 
-  /** Every client rests between copies (nothing in flight through the broker) until resumeClients(). */
+  /**
+   * Every client rests between copies until resumeClients(): nothing in flight through the broker, and the broker's
+   * turn that answered each client's last request has ended (upgrade-client.ts).
+   */
   async pauseClients(): Promise<void> {
     await Promise.all(
       this.clients.map(
