@@ -62,44 +62,74 @@ function readScalar(dv: DataView, off: number, s: Scalar): number | bigint {
   }
 }
 
-function writeScalar(dv: DataView, off: number, s: Scalar, v: number | bigint, where: string): void {
+const U64_MAX = 0xffffffffffffffffn;
+const S64_MIN = -(1n << 63n);
+const S64_MAX = (1n << 63n) - 1n;
+
+function writeScalar(
+  dv: DataView,
+  off: number,
+  s: Scalar,
+  v: number | bigint,
+  where: string,
+  index: number,
+): void {
   switch (s) {
     case 'u8':
-      dv.setUint8(off, checkInt(v, 0, 0xff, where));
+      dv.setUint8(off, checkInt(v, 0, 0xff, where, index));
       return;
     case 'u16':
-      dv.setUint16(off, checkInt(v, 0, 0xffff, where), true);
+      dv.setUint16(off, checkInt(v, 0, 0xffff, where, index), true);
       return;
     case 'u32':
-      dv.setUint32(off, checkInt(v, 0, 0xffffffff, where), true);
+      dv.setUint32(off, checkInt(v, 0, 0xffffffff, where, index), true);
       return;
     case 's32':
-      dv.setInt32(off, checkInt(v, -0x80000000, 0x7fffffff, where), true);
+      dv.setInt32(off, checkInt(v, -0x80000000, 0x7fffffff, where, index), true);
       return;
     case 'u64':
-      dv.setBigUint64(off, checkBig(v, 0n, 0xffffffffffffffffn, where), true);
+      dv.setBigUint64(off, checkBig(v, 0n, U64_MAX, where, index), true);
       return;
     case 's64':
-      dv.setBigInt64(off, checkBig(v, -(1n << 63n), (1n << 63n) - 1n, where), true);
+      dv.setBigInt64(off, checkBig(v, S64_MIN, S64_MAX, where, index), true);
       return;
   }
 }
 
-function checkInt(v: number | bigint, min: number, max: number, where: string): number {
+function checkInt(v: number | bigint, min: number, max: number, where: string, index: number): number {
   const n = typeof v === 'bigint' ? Number(v) : v;
   if (!Number.isInteger(n) || n < min || n > max) {
-    throw new RangeError(`${where}: ${String(v)} is not an integer in [${min}, ${max}]`);
+    throw new RangeError(`${at(where, index)}: ${String(v)} is not an integer in [${min}, ${max}]`);
   }
   return n;
 }
 
-function checkBig(v: number | bigint, min: bigint, max: bigint, where: string): bigint {
+function checkBig(v: number | bigint, min: bigint, max: bigint, where: string, index: number): bigint {
   if (typeof v === 'number' && !Number.isSafeInteger(v)) {
-    throw new RangeError(`${where}: ${v} is not a safe integer; pass a bigint`);
+    throw new RangeError(`${at(where, index)}: ${v} is not a safe integer; pass a bigint`);
   }
   const b = BigInt(v);
-  if (b < min || b > max) throw new RangeError(`${where}: ${b} is out of range`);
+  if (b < min || b > max) throw new RangeError(`${at(where, index)}: ${b} is out of range`);
   return b;
+}
+
+/** `struct.field`, or `struct.field[i]` for an array element: built only for an error message. */
+const at = (where: string, index: number): string => (index < 0 ? where : `${where}[${index}]`);
+
+/**
+ * One field as encode and decode walk it, worked out once per layout: every encode and decode of a request
+ * runs these, so nothing per field is looked up, destructured or formatted on the way (issue 16).
+ */
+interface FieldPlan {
+  readonly name: string;
+  /** Offset in the struct. */
+  readonly offset: number;
+  /** The scalar of a scalar field or of an array's elements; null for a byte field. */
+  readonly scalar: Scalar | null;
+  /** Elements of an array field (-1: a scalar); bytes of a byte field. */
+  readonly count: number;
+  /** `struct.field`, for error messages. */
+  readonly where: string;
 }
 
 export function struct<const F extends readonly Field[]>(
@@ -108,6 +138,7 @@ export function struct<const F extends readonly Field[]>(
   opts: { packed?: boolean } = {},
 ): StructLayout<F> {
   const offsets: Record<string, number> = {};
+  const plan: FieldPlan[] = [];
   let off = 0;
   let maxAlign = 1;
   for (const [fname, spec] of fields) {
@@ -115,6 +146,11 @@ export function struct<const F extends readonly Field[]>(
     const a = opts.packed ? 1 : align;
     off = Math.ceil(off / a) * a;
     offsets[fname] = off;
+    const where = `${name}.${fname}`;
+    if (typeof spec === 'string') plan.push({ name: fname, offset: off, scalar: spec, count: -1, where });
+    else if ('array' in spec)
+      plan.push({ name: fname, offset: off, scalar: spec.array, count: spec.count, where });
+    else plan.push({ name: fname, offset: off, scalar: null, count: spec.bytes, where });
     off += size;
     maxAlign = Math.max(maxAlign, a);
   }
@@ -129,26 +165,25 @@ export function struct<const F extends readonly Field[]>(
     }
     const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     const v = value as Record<string, unknown>;
-    for (const [fname, spec] of fields) {
-      const at = offset + (offsets[fname] as number);
-      const fv = v[fname];
-      const where = `${name}.${fname}`;
-      if (typeof spec === 'string') {
-        writeScalar(dv, at, spec, (fv as number | bigint | undefined) ?? 0, where);
-      } else if ('array' in spec) {
-        const arr = (fv as (number | bigint)[] | undefined) ?? [];
-        if (arr.length > spec.count)
-          throw new RangeError(`${where}: ${arr.length} elements, room for ${spec.count}`);
-        const es = SCALAR_SIZE[spec.array];
-        for (let i = 0; i < spec.count; i++)
-          writeScalar(dv, at + i * es, spec.array, arr[i] ?? 0, `${where}[${i}]`);
-      } else {
-        const bytes = (fv as Uint8Array | undefined) ?? new Uint8Array(0);
-        if (bytes.byteLength > spec.bytes) {
-          throw new RangeError(`${where}: ${bytes.byteLength} bytes, room for ${spec.bytes}`);
+    for (let f = 0; f < plan.length; f++) {
+      const p = plan[f] as FieldPlan;
+      const pos = offset + p.offset;
+      const fv = v[p.name];
+      if (p.scalar === null) {
+        const bytes = (fv as Uint8Array | undefined) ?? EMPTY;
+        if (bytes.byteLength > p.count) {
+          throw new RangeError(`${p.where}: ${bytes.byteLength} bytes, room for ${p.count}`);
         }
-        buf.fill(0, at, at + spec.bytes);
-        buf.set(bytes, at);
+        buf.fill(0, pos, pos + p.count);
+        buf.set(bytes, pos);
+      } else if (p.count < 0) {
+        writeScalar(dv, pos, p.scalar, (fv as number | bigint | undefined) ?? 0, p.where, -1);
+      } else {
+        const arr = (fv as (number | bigint)[] | undefined) ?? NONE;
+        if (arr.length > p.count)
+          throw new RangeError(`${p.where}: ${arr.length} elements, room for ${p.count}`);
+        const es = SCALAR_SIZE[p.scalar];
+        for (let i = 0; i < p.count; i++) writeScalar(dv, pos + i * es, p.scalar, arr[i] ?? 0, p.where, i);
       }
     }
     return buf;
@@ -162,13 +197,17 @@ export function struct<const F extends readonly Field[]>(
     }
     const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     const out: Record<string, unknown> = {};
-    for (const [fname, spec] of fields) {
-      const at = offset + (offsets[fname] as number);
-      if (typeof spec === 'string') out[fname] = readScalar(dv, at, spec);
-      else if ('array' in spec) {
-        const es = SCALAR_SIZE[spec.array];
-        out[fname] = Array.from({ length: spec.count }, (_, i) => readScalar(dv, at + i * es, spec.array));
-      } else out[fname] = buf.slice(at, at + spec.bytes);
+    for (let f = 0; f < plan.length; f++) {
+      const p = plan[f] as FieldPlan;
+      const pos = offset + p.offset;
+      if (p.scalar === null) out[p.name] = buf.slice(pos, pos + p.count);
+      else if (p.count < 0) out[p.name] = readScalar(dv, pos, p.scalar);
+      else {
+        const es = SCALAR_SIZE[p.scalar];
+        const arr: (number | bigint)[] = [];
+        for (let i = 0; i < p.count; i++) arr.push(readScalar(dv, pos + i * es, p.scalar));
+        out[p.name] = arr;
+      }
     }
     return out as StructValue<F>;
   };
@@ -183,6 +222,9 @@ export function struct<const F extends readonly Field[]>(
     decode,
   };
 }
+
+const EMPTY = new Uint8Array(0);
+const NONE: readonly (number | bigint)[] = [];
 
 /** Linux's _IOC encoding (asm-generic/ioctl.h, as used on x86-64). */
 export const IOC_NONE = 0;
