@@ -99,37 +99,56 @@ function writeScalar(
 function checkInt(v: number | bigint, min: number, max: number, where: string, index: number): number {
   const n = typeof v === 'bigint' ? Number(v) : v;
   if (!Number.isInteger(n) || n < min || n > max) {
-    throw new RangeError(`${at(where, index)}: ${String(v)} is not an integer in [${min}, ${max}]`);
+    throw new RangeError(`${fieldName(where, index)}: ${String(v)} is not an integer in [${min}, ${max}]`);
   }
   return n;
 }
 
 function checkBig(v: number | bigint, min: bigint, max: bigint, where: string, index: number): bigint {
   if (typeof v === 'number' && !Number.isSafeInteger(v)) {
-    throw new RangeError(`${at(where, index)}: ${v} is not a safe integer; pass a bigint`);
+    throw new RangeError(`${fieldName(where, index)}: ${v} is not a safe integer; pass a bigint`);
   }
   const b = BigInt(v);
-  if (b < min || b > max) throw new RangeError(`${at(where, index)}: ${b} is out of range`);
+  if (b < min || b > max) throw new RangeError(`${fieldName(where, index)}: ${b} is out of range`);
   return b;
 }
 
 /** `struct.field`, or `struct.field[i]` for an array element: built only for an error message. */
-const at = (where: string, index: number): string => (index < 0 ? where : `${where}[${index}]`);
+const fieldName = (where: string, index: number): string => (index < 0 ? where : `${where}[${index}]`);
+
+const NO_BYTES = new Uint8Array(0);
+const NO_ELEMENTS: readonly (number | bigint)[] = [];
 
 /**
- * One field as encode and decode walk it, worked out once per layout: every encode and decode of a request
- * runs these, so nothing per field is looked up, destructured or formatted on the way (issue 16).
+ * One field as encode and decode walk it, worked out once per layout: every request on the wire is encoded
+ * and decoded through these, mostly by code that runs a few times per lease and so runs cold, so the walk
+ * neither destructures the field list nor formats a name unless a value is refused (issue 16).
  */
-interface FieldPlan {
+type FieldPlan = {
   readonly name: string;
-  /** Offset in the struct. */
+  /** Byte offset in the struct. */
   readonly offset: number;
-  /** The scalar of a scalar field or of an array's elements; null for a byte field. */
-  readonly scalar: Scalar | null;
-  /** Elements of an array field (-1: a scalar); bytes of a byte field. */
-  readonly count: number;
   /** `struct.field`, for error messages. */
   readonly where: string;
+} & (
+  | { readonly kind: 'scalar'; readonly scalar: Scalar }
+  | { readonly kind: 'array'; readonly scalar: Scalar; readonly count: number; readonly elementSize: number }
+  | { readonly kind: 'bytes'; readonly length: number }
+);
+
+function planField(struct: string, fname: string, spec: FieldSpec, offset: number): FieldPlan {
+  const where = `${struct}.${fname}`;
+  if (typeof spec === 'string') return { name: fname, offset, where, kind: 'scalar', scalar: spec };
+  if ('array' in spec) {
+    if (!Number.isSafeInteger(spec.count) || spec.count < 0) {
+      throw new RangeError(`${where}: an array of ${spec.count} elements`);
+    }
+    const elementSize = SCALAR_SIZE[spec.array];
+    return { name: fname, offset, where, kind: 'array', scalar: spec.array, count: spec.count, elementSize };
+  }
+  if (!Number.isSafeInteger(spec.bytes) || spec.bytes < 0)
+    throw new RangeError(`${where}: ${spec.bytes} bytes`);
+  return { name: fname, offset, where, kind: 'bytes', length: spec.bytes };
 }
 
 export function struct<const F extends readonly Field[]>(
@@ -142,15 +161,12 @@ export function struct<const F extends readonly Field[]>(
   let off = 0;
   let maxAlign = 1;
   for (const [fname, spec] of fields) {
+    if (Object.hasOwn(offsets, fname)) throw new RangeError(`${name}.${fname}: a second field of that name`);
     const { size, align } = specSize(spec);
     const a = opts.packed ? 1 : align;
     off = Math.ceil(off / a) * a;
     offsets[fname] = off;
-    const where = `${name}.${fname}`;
-    if (typeof spec === 'string') plan.push({ name: fname, offset: off, scalar: spec, count: -1, where });
-    else if ('array' in spec)
-      plan.push({ name: fname, offset: off, scalar: spec.array, count: spec.count, where });
-    else plan.push({ name: fname, offset: off, scalar: null, count: spec.bytes, where });
+    plan.push(planField(name, fname, spec, off));
     off += size;
     maxAlign = Math.max(maxAlign, a);
   }
@@ -165,25 +181,28 @@ export function struct<const F extends readonly Field[]>(
     }
     const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     const v = value as Record<string, unknown>;
+    // Indexed, not for-of: in code that has not been optimized yet, for-of walks an iterator (issue 16).
     for (let f = 0; f < plan.length; f++) {
       const p = plan[f] as FieldPlan;
       const pos = offset + p.offset;
       const fv = v[p.name];
-      if (p.scalar === null) {
-        const bytes = (fv as Uint8Array | undefined) ?? EMPTY;
-        if (bytes.byteLength > p.count) {
-          throw new RangeError(`${p.where}: ${bytes.byteLength} bytes, room for ${p.count}`);
-        }
-        buf.fill(0, pos, pos + p.count);
-        buf.set(bytes, pos);
-      } else if (p.count < 0) {
+      if (p.kind === 'scalar') {
         writeScalar(dv, pos, p.scalar, (fv as number | bigint | undefined) ?? 0, p.where, -1);
-      } else {
-        const arr = (fv as (number | bigint)[] | undefined) ?? NONE;
-        if (arr.length > p.count)
+      } else if (p.kind === 'array') {
+        const arr = (fv as (number | bigint)[] | undefined) ?? NO_ELEMENTS;
+        if (arr.length > p.count) {
           throw new RangeError(`${p.where}: ${arr.length} elements, room for ${p.count}`);
-        const es = SCALAR_SIZE[p.scalar];
-        for (let i = 0; i < p.count; i++) writeScalar(dv, pos + i * es, p.scalar, arr[i] ?? 0, p.where, i);
+        }
+        for (let i = 0; i < p.count; i++) {
+          writeScalar(dv, pos + i * p.elementSize, p.scalar, arr[i] ?? 0, p.where, i);
+        }
+      } else {
+        const bytes = (fv as Uint8Array | undefined) ?? NO_BYTES;
+        if (bytes.byteLength > p.length) {
+          throw new RangeError(`${p.where}: ${bytes.byteLength} bytes, room for ${p.length}`);
+        }
+        buf.fill(0, pos, pos + p.length);
+        buf.set(bytes, pos);
       }
     }
     return buf;
@@ -200,13 +219,15 @@ export function struct<const F extends readonly Field[]>(
     for (let f = 0; f < plan.length; f++) {
       const p = plan[f] as FieldPlan;
       const pos = offset + p.offset;
-      if (p.scalar === null) out[p.name] = buf.slice(pos, pos + p.count);
-      else if (p.count < 0) out[p.name] = readScalar(dv, pos, p.scalar);
-      else {
-        const es = SCALAR_SIZE[p.scalar];
+      if (p.kind === 'scalar') out[p.name] = readScalar(dv, pos, p.scalar);
+      else if (p.kind === 'array') {
         const arr: (number | bigint)[] = [];
-        for (let i = 0; i < p.count; i++) arr.push(readScalar(dv, pos + i * es, p.scalar));
+        for (let i = 0; i < p.count; i++) arr.push(readScalar(dv, pos + i * p.elementSize, p.scalar));
         out[p.name] = arr;
+      } else {
+        // A copy, whatever `buf` is: a Buffer's own slice() is a view of the same memory (the transport's
+        // read buffers are Buffers, and some are reused).
+        out[p.name] = Uint8Array.prototype.slice.call(buf, pos, pos + p.length);
       }
     }
     return out as StructValue<F>;
@@ -222,9 +243,6 @@ export function struct<const F extends readonly Field[]>(
     decode,
   };
 }
-
-const EMPTY = new Uint8Array(0);
-const NONE: readonly (number | bigint)[] = [];
 
 /** Linux's _IOC encoding (asm-generic/ioctl.h, as used on x86-64). */
 export const IOC_NONE = 0;
