@@ -225,8 +225,8 @@ export function struct<const F extends readonly Field[]>(
         for (let i = 0; i < p.count; i++) arr.push(readScalar(dv, pos + i * p.elementSize, p.scalar));
         out[p.name] = arr;
       } else {
-        // A copy, whatever `buf` is: a Buffer's own slice() is a view of the same memory (the transport's
-        // read buffers are Buffers, and some are reused).
+        // A copy, whatever `buf` is: a Buffer's own slice() is a view of the same memory, which a caller
+        // reusing its buffer would change under the decoded value (the transport gives each message its own).
         out[p.name] = Uint8Array.prototype.slice.call(buf, pos, pos + p.length);
       }
     }
