@@ -34,9 +34,16 @@ export class UpgradeRig {
     return join(this.dir, 'run', 'sa1', 'queue.sock');
   }
 
-  /** `config`: a config file's text (TOML) the daemon starts with (and hands to its upgrades). */
-  static async start(env: Record<string, string> = {}, opts: { config?: string } = {}): Promise<UpgradeRig> {
+  /**
+   * `config`: a config file's text (TOML) the daemon starts with (and hands to its upgrades). `nodeArgs`: Node
+   * options the daemon is started with (`node <nodeArgs> devlease daemon …`).
+   */
+  static async start(
+    env: Record<string, string> = {},
+    opts: { config?: string; nodeArgs?: string[] } = {},
+  ): Promise<UpgradeRig> {
     const rig = new UpgradeRig();
+    rig.nodeArgs = opts.nodeArgs ?? [];
     if (opts.config !== undefined) {
       rig.configFile = join(rig.dir, 'devlease.toml');
       writeFileSync(rig.configFile, opts.config);
@@ -47,12 +54,14 @@ export class UpgradeRig {
   }
 
   configFile: string | null = null;
+  nodeArgs: string[] = [];
 
   /** Start a `devlease daemon` on the rig's simulator and rundir (again: a restart after a broker died). */
   async startDaemon(env: Record<string, string> = {}): Promise<void> {
     this.daemon = spawn(
       process.execPath,
       [
+        ...this.nodeArgs,
         DEVLEASE_BIN,
         'daemon',
         '--device',

@@ -12,6 +12,7 @@ import { native } from '../../sys/native.js';
 import type { Broker } from '../broker.js';
 import { type BrokerParts, cannotUpgrade, collect, hold, resume } from './collect.js';
 import { stateVersionFor } from './format.js';
+import { inheritedNodeOptions } from './node-options.js';
 import { encodeState, HandoverWire } from './wire.js';
 
 export interface UpgradeOptions {
@@ -59,8 +60,13 @@ export async function upgrade(
   const args = [opts.binary ?? process.argv[1]!, 'daemon', '--handover-fd', '3'];
   if (config) args.push('--config', config);
   if (meta.rundir) args.push('--rundir', meta.rundir);
+  // The new broker runs with this one's Node options (a heap size, a preloaded agent), less those that
+  // would clash with this process or change what the new one is (node-options.ts).
+  const nodeOptions = inheritedNodeOptions(process.execArgv);
   let exited: string | null = null;
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', theirFd.fd] });
+  const child = spawn(process.execPath, [...nodeOptions, ...args], {
+    stdio: ['ignore', 'inherit', 'inherit', theirFd.fd],
+  });
   theirFd.close();
   child.on('exit', (code, signal) => {
     exited = `the new broker exited (${signal ?? `code ${code}`})`;
@@ -85,7 +91,7 @@ export async function upgrade(
   };
   const explain = (r: 'gone' | 'timeout') =>
     r === 'timeout' ? 'the new broker was not ready in time' : (exited ?? 'the new broker hung up');
-  b.audit.write({ event: 'upgrade-start', pid: child.pid ?? null, binary: args[0] });
+  b.audit.write({ event: 'upgrade-start', pid: child.pid ?? null, binary: args[0], nodeOptions });
   const hello = await wire.next(deadline);
   if (typeof hello === 'string') return rollback(explain(hello));
   const versions = hello.msg['versions'];
