@@ -1,11 +1,17 @@
-// Which of the old broker's Node options an upgrade passes on to the new one
-// (src/broker/handover/node-options.ts); test/upgrade/node-options.test.ts
-// runs an upgrade with them.
+// Which of the old broker's Node options an upgrade passes on to the new one, on its command line and in
+// NODE_OPTIONS (src/broker/handover/node-options.ts); test/upgrade/node-options.test.ts runs an upgrade with
+// them. The option lists are what Node 20 puts in process.execArgv (a value written apart is its own element).
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
-import { inheritedNodeOptions } from '../../src/broker/handover/node-options.js';
+import {
+  inheritedEnv,
+  inheritedNodeOptions,
+  joinNodeOptions,
+  splitNodeOptions,
+} from '../../src/broker/handover/node-options.js';
 
-test('heap sizes, V8 flags and preloads are kept, in order, as written', () => {
+test('heap sizes, V8 flags and preloads are kept, in order, with their values', () => {
   const argv = [
     '--min-semi-space-size=16',
     '--max-old-space-size=512',
@@ -24,12 +30,14 @@ test('the inspector, watch mode and the other run modes are dropped, with their 
   const cases: [string[], string[]][] = [
     [['--inspect'], []],
     [['--inspect=127.0.0.1:9229'], []],
-    [['--inspect-brk=0', '--inspect-wait'], []],
+    [['--inspect-brk=0', '--inspect-wait', '--inspect-brk-node'], []],
     [['--inspect-port', '9230', '--debug-port=9231'], []],
     [['--inspect-publish-uid', 'stderr'], []],
+    // Node reads `_` as `-` in a name.
+    [['--inspect_port', '0', '--inspect', '--debug_port', '1', '--inspect_brk=0'], []],
     [['--watch', '--watch-path', '/etc/devlease', '--watch-preserve-output'], []],
-    [['--test', '--test-name-pattern', 'x', '--test-only', '--test-reporter=tap'], []],
-    [['-e', 'code', '--print', '1', '--input-type', 'module', '-c', '-i'], []],
+    [['--test', '--test-name-pattern', 'x', '--test-coverage-lines', '80', '--test-reporter=tap'], []],
+    [['-e', 'code', '--print', '1', '-pe', '2', '--input-type', 'module', '-c', '-i'], []],
     [
       [
         '--min-semi-space-size=16',
@@ -46,8 +54,45 @@ test('the inspector, watch mode and the other run modes are dropped, with their 
   for (const [argv, kept] of cases) assert.deepEqual(inheritedNodeOptions(argv), kept, JSON.stringify(argv));
 });
 
-test('a dropped option written last, its value missing, takes nothing with it', () => {
-  assert.deepEqual(inheritedNodeOptions(['--max-old-space-size=64', '--inspect-port']), [
+test('NODE_OPTIONS is split as Node splits it, and joined back to the same options', () => {
+  const value = '--max-old-space-size=64  --title "a b" --require "/opt/x \\"y\\".cjs" --inspect-port 0';
+  const options = [
     '--max-old-space-size=64',
-  ]);
+    '--title',
+    'a b',
+    '--require',
+    '/opt/x "y".cjs',
+    '--inspect-port',
+    '0',
+  ];
+  assert.deepEqual(splitNodeOptions(value), options);
+  assert.deepEqual(splitNodeOptions(joinNodeOptions(options)), options);
+  assert.throws(() => splitNodeOptions('--title "a'), /unterminated quote/);
+  // Node's own reading of the joined value, as the new broker's Node will read it.
+  const seen = execFileSync(process.execPath, ['-p', 'process.title'], {
+    env: { ...process.env, NODE_OPTIONS: joinNodeOptions(['--title', 'a "b" \\c']) },
+    encoding: 'utf8',
+  });
+  assert.equal(seen.trim(), 'a "b" \\c');
+});
+
+test("the new broker's environment: NODE_OPTIONS filtered, removed when nothing is left", () => {
+  const env = {
+    PATH: '/usr/bin',
+    NODE_OPTIONS: '--inspect-brk=0 --max-old-space-size=64 --require "/a b.cjs"',
+  };
+  assert.deepEqual(inheritedEnv(env), {
+    PATH: '/usr/bin',
+    NODE_OPTIONS: '--max-old-space-size=64 --require "/a b.cjs"',
+  });
+  assert.equal(
+    env.NODE_OPTIONS.startsWith('--inspect-brk'),
+    true,
+    "the broker's own environment is left alone",
+  );
+  assert.deepEqual(inheritedEnv({ PATH: '/usr/bin', NODE_OPTIONS: '--inspect --inspect-port 0' }), {
+    PATH: '/usr/bin',
+  });
+  const none = { PATH: '/usr/bin' };
+  assert.deepEqual(inheritedEnv(none), none);
 });

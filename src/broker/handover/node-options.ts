@@ -1,68 +1,113 @@
-// The Node options (`process.execArgv`: what came between `node` and the
-// script) the old broker passes on to the new one in an upgrade. An operator
-// who started the broker with, say, `--min-semi-space-size=16`
-// (docs/OPERATIONS.md, "Node's heap for the broker") or `--require` of an
-// agent expects the broker that replaces it to run the same way. Dropped are
-// the options that tie a process to something the old one holds or that
-// would change what the new process is:
-// - the inspector (`--inspect*`, `--debug-port`): its port is the old
-//   broker's, and `--inspect-brk` / `--inspect-wait` would stop the new one
-//   until a debugger attached, past the upgrade's deadline;
+// The Node options the old broker passes on to the new one in an upgrade:
+// those on its command line (`process.execArgv`, between `node` and the
+// script) and those in NODE_OPTIONS, which the new broker's environment
+// carries. An operator who started the broker with, say,
+// `--min-semi-space-size=16` (docs/OPERATIONS.md, "Node's heap for the
+// broker") or `--require` of an agent expects the broker that replaces it to
+// run the same way. Dropped, from both:
+// - the inspector (`--inspect*`, `--debug-port`): the new broker would have no
+//   working debugger (the port is the old one's), or, on port 0 or a free
+//   port with `--inspect-brk` / `--inspect-wait`, would wait for one past the
+//   upgrade's deadline;
 // - watch mode (`--watch*`): it would make the new broker a supervisor that
 //   restarts a child on file changes;
 // - the modes that run something other than the script (`--test*`, `-e`,
-//   `--eval`, `-p`, `--print`, `-c`, `--check`, `-i`, `--interactive`,
+//   `--eval`, `-p`, `--print`, `-pe`, `-c`, `--check`, `-i`, `--interactive`,
 //   `--input-type`).
-// Options that come from NODE_OPTIONS are not in execArgv: the new broker
-// inherits the environment, and with it those.
+// Node reads `_` as `-` in an option's name (`--inspect_port`), and so does
+// this. A value written apart (`--inspect-port 9230`) is the element after
+// its option: Node refuses a separate value that starts with `-`, and V8's
+// flags take none, so an element that does not start with `-` always belongs
+// to the one before it, and goes with it.
 
-/** Dropped options that take a value, which may be the next element (`--inspect-port 9230`). */
-const DROPPED_WITH_VALUE = new Set([
-  '--inspect-port',
+const DROPPED = new Set([
   '--debug-port',
-  '--inspect-publish-uid',
-  '--watch-path',
-  '--test-name-pattern',
-  '--test-skip-pattern',
-  '--test-reporter',
-  '--test-reporter-destination',
-  '--test-concurrency',
-  '--test-timeout',
-  '--test-shard',
-  '--test-coverage-include',
-  '--test-coverage-exclude',
+  '--watch',
+  '--test',
   '-e',
   '--eval',
   '-p',
   '--print',
+  '-pe',
+  '-c',
+  '--check',
+  '-i',
+  '--interactive',
   '--input-type',
 ]);
-
-/** Dropped options that take no value (or only one written with `=`). */
-const DROPPED_FLAGS = new Set(['-c', '--check', '-i', '--interactive', '--test', '--watch']);
 const DROPPED_PREFIXES = ['--inspect', '--watch-', '--test-'];
 
-function dropped(name: string): boolean {
-  return (
-    DROPPED_WITH_VALUE.has(name) ||
-    DROPPED_FLAGS.has(name) ||
-    DROPPED_PREFIXES.some((p) => name.startsWith(p))
-  );
+function dropped(arg: string): boolean {
+  const eq = arg.indexOf('=');
+  const name = (eq === -1 ? arg : arg.slice(0, eq)).replace(/_/g, '-');
+  return DROPPED.has(name) || DROPPED_PREFIXES.some((p) => name.startsWith(p));
 }
 
-/** `execArgv` without the options above, in order; every other option kept as it was written. */
-export function inheritedNodeOptions(execArgv: readonly string[]): string[] {
+/** Options without the ones above, in order; every other option kept as it was written, with its value. */
+export function inheritedNodeOptions(options: readonly string[]): string[] {
   const kept: string[] = [];
-  for (let i = 0; i < execArgv.length; i++) {
-    const arg = execArgv[i]!;
-    const eq = arg.indexOf('=');
-    const name = eq === -1 ? arg : arg.slice(0, eq);
-    if (!dropped(name)) {
-      kept.push(arg);
+  let droppingValues = false;
+  for (const arg of options) {
+    if (!arg.startsWith('-')) {
+      if (!droppingValues) kept.push(arg); // the value of the option before it
       continue;
     }
-    // `--inspect-port 9230`: its value is the next element, dropped with it (`--inspect-port=9230` is one).
-    if (eq === -1 && DROPPED_WITH_VALUE.has(name) && i + 1 < execArgv.length) i++;
+    droppingValues = dropped(arg);
+    if (!droppingValues) kept.push(arg);
   }
   return kept;
+}
+
+/**
+ * NODE_OPTIONS as Node splits it: on spaces, except inside double quotes, where a backslash escapes the
+ * next character. Throws on what Node itself refuses (an unterminated quote or escape).
+ */
+export function splitNodeOptions(value: string): string[] {
+  const out: string[] = [];
+  let quoted = false;
+  let startNew = true;
+  for (let i = 0; i < value.length; i++) {
+    let c = value[i]!;
+    if (c === '\\' && quoted) {
+      if (i + 1 === value.length) throw new Error('NODE_OPTIONS ends in an escape');
+      c = value[++i]!;
+    } else if (c === ' ' && !quoted) {
+      startNew = true;
+      continue;
+    } else if (c === '"') {
+      quoted = !quoted;
+      continue;
+    }
+    if (startNew) out.push(c);
+    else out[out.length - 1] += c;
+    startNew = false;
+  }
+  if (quoted) throw new Error('NODE_OPTIONS has an unterminated quote');
+  return out;
+}
+
+/** Options joined back into a NODE_OPTIONS value that splitNodeOptions reads as `options`. */
+export function joinNodeOptions(options: readonly string[]): string {
+  return options.map((o) => (/[ "\\]/.test(o) ? `"${o.replace(/["\\]/g, (c) => `\\${c}`)}"` : o)).join(' ');
+}
+
+/**
+ * The new broker's environment: this one's, with NODE_OPTIONS filtered as the command line is (removed when
+ * nothing is left). A NODE_OPTIONS that Node could not have read (this process would not have started) is
+ * passed on as it is.
+ */
+export function inheritedEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const value = env['NODE_OPTIONS'];
+  if (value === undefined) return env;
+  let options: string[];
+  try {
+    options = splitNodeOptions(value);
+  } catch {
+    return env;
+  }
+  const kept = inheritedNodeOptions(options);
+  const out = { ...env };
+  if (kept.length === 0) delete out['NODE_OPTIONS'];
+  else out['NODE_OPTIONS'] = joinNodeOptions(kept);
+  return out;
 }

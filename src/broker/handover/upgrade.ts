@@ -12,7 +12,7 @@ import { native } from '../../sys/native.js';
 import type { Broker } from '../broker.js';
 import { type BrokerParts, cannotUpgrade, collect, hold, resume } from './collect.js';
 import { stateVersionFor } from './format.js';
-import { inheritedNodeOptions } from './node-options.js';
+import { inheritedEnv, inheritedNodeOptions } from './node-options.js';
 import { encodeState, HandoverWire } from './wire.js';
 
 export interface UpgradeOptions {
@@ -60,12 +60,13 @@ export async function upgrade(
   const args = [opts.binary ?? process.argv[1]!, 'daemon', '--handover-fd', '3'];
   if (config) args.push('--config', config);
   if (meta.rundir) args.push('--rundir', meta.rundir);
-  // The new broker runs with this one's Node options (a heap size, a preloaded agent), less those that
-  // would clash with this process or change what the new one is (node-options.ts).
+  // The new broker runs with this one's Node options (a heap size, a preloaded agent), on its command line
+  // and in NODE_OPTIONS, less those that would hold it up or change what it is (node-options.ts).
   const nodeOptions = inheritedNodeOptions(process.execArgv);
   let exited: string | null = null;
   const child = spawn(process.execPath, [...nodeOptions, ...args], {
     stdio: ['ignore', 'inherit', 'inherit', theirFd.fd],
+    env: inheritedEnv(process.env),
   });
   theirFd.close();
   child.on('exit', (code, signal) => {
