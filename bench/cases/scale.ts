@@ -3,15 +3,19 @@
 // the time to acquire them all (every process leasing its 20 one after
 // another, all processes at once), the broker's RSS and fd count, and the
 // lease-acquire time (connect → first NOP) while they are held, against the
-// same with none held.
+// same with none held. Then the same burst again, warm: the leases released,
+// WARM_BURSTS more bursts unmeasured, and one measured (`acquire-all-warm`),
+// which splits what a fresh broker and fresh clients cost (their code not yet
+// compiled, their heaps still growing) from what every burst costs; the
+// release-all row is the exit of the processes holding that last burst.
 //
 //   node dist/bench/cases/scale.js [--quick]
 
 import { readdirSync, readFileSync } from 'node:fs';
 import { ClientProc, exitAll } from '../fixtures/client-proc.js';
-import { cpuMs, ownCpuMs } from '../fixtures/cpu.js';
+import { cpuMs, helperThreadsCpuMs, ownCpuMs } from '../fixtures/cpu.js';
 import { ReleaseWatch } from '../fixtures/released.js';
-import { metric, progress, runCase } from '../fixtures/result.js';
+import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
 import { rssMiB, startRig } from '../fixtures/rig.js';
 
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
@@ -20,6 +24,72 @@ const fdLimit = (): number =>
   Number(/Max open files\s+(\d+)/.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1]);
 
 const sumCpu = (cs: ClientProc[]): number => cs.reduce((sum, c) => sum + cpuMs(c.pid), 0);
+
+/** Unmeasured bursts before the warm one: over 5 then 10 in scratch runs the broker's CPU per lease settled. */
+const WARM_BURSTS = 5;
+
+interface Burst {
+  ms: number;
+  /** Each lease's connect → mapped, µs, per process. */
+  each: number[][];
+  /** CPU per lease in the window (µs): this process (the broker), of that its helper threads, simulator, clients. */
+  cpu: { broker: number; brokerHelpers: number; sim: number; clients: number };
+}
+
+/** Every client leases `each` at once, one after another in each process; the leases stay held. */
+async function burst(clients: ClientProc[], socket: string, each: number, simPid: number): Promise<Burst> {
+  const total = clients.length * each;
+  const cpu0 = {
+    broker: ownCpuMs(),
+    helpers: helperThreadsCpuMs(),
+    sim: cpuMs(simPid),
+    clients: sumCpu(clients),
+  };
+  const t0 = performance.now();
+  const per = await Promise.all(
+    clients.map((c) => c.call<number[]>('acquireMany', { socket, count: each, timeoutMs: 60_000 })),
+  );
+  const ms = performance.now() - t0;
+  // Where the window's time went, per lease: the broker is one thread, so its CPU per lease × the leases
+  // is a floor under the burst; the simulator serves the grants' device commands on one thread too.
+  const perLease = (ms: number) => (ms * 1000) / total;
+  return {
+    ms,
+    each: per,
+    cpu: {
+      broker: perLease(ownCpuMs() - cpu0.broker),
+      brokerHelpers: perLease(helperThreadsCpuMs() - cpu0.helpers),
+      sim: perLease(cpuMs(simPid) - cpu0.sim),
+      clients: perLease(sumCpu(clients) - cpu0.clients),
+    },
+  };
+}
+
+/** A burst's rows: its time, and its CPU per lease process by process. */
+function burstRows(id: string, label: string, b: Burst): Metric[] {
+  return [
+    metric(id, label, 's', [b.ms / 1000]),
+    metric(
+      `${id}-broker-cpu`,
+      '· broker CPU per lease in that window (its requests on one thread)',
+      'µs',
+      [b.cpu.broker],
+      {
+        note: `${b.cpu.brokerHelpers.toFixed(0)} µs of it in V8's and libuv's helper threads`,
+      },
+    ),
+    metric(`${id}-sim-cpu`, '· simulator CPU per lease in that window', 'µs', [b.cpu.sim]),
+    metric(`${id}-client-cpu`, '· client CPU per lease in that window (all processes)', 'µs', [
+      b.cpu.clients,
+    ]),
+  ];
+}
+
+/** Every client lets its leases go; resolves once the broker holds none. */
+async function releaseBurst(clients: ClientProc[], leases: () => number): Promise<void> {
+  await Promise.all(clients.map((c) => c.call('releaseAll')));
+  while (leases() > 0) await new Promise((r) => setTimeout(r, 5));
+}
 
 async function acquireLoop(
   c: ClientProc,
@@ -72,21 +142,9 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
     }
     // The window holds the acquires only: every client process is started (and its code loaded) before it.
     progress(`${procs} processes × ${each} leases`);
-    const cpu0 = { broker: ownCpuMs(), sim: cpuMs(rig.sim.pid), clients: sumCpu(clients.slice(1)) };
-    const t0 = performance.now();
-    const per = await Promise.all(
-      clients
-        .slice(1)
-        .map((c) => c.call<number[]>('acquireMany', { socket: rig.socket, count: each, timeoutMs: 60_000 })),
-    );
-    const allMs = performance.now() - t0;
-    // Where the window's time went, per lease: the broker is one thread, so its CPU per lease × the leases
-    // is a floor under acquire-all; the simulator serves the grants' device commands on one thread too.
-    const cpuPerLeaseUs = {
-      broker: ((ownCpuMs() - cpu0.broker) * 1000) / total,
-      sim: ((cpuMs(rig.sim.pid) - cpu0.sim) * 1000) / total,
-      clients: ((sumCpu(clients.slice(1)) - cpu0.clients) * 1000) / total,
-    };
+    const holders = clients.slice(1);
+    const simPid = rig.sim.pid;
+    const fresh = await burst(holders, rig.socket, each, simPid);
     const held = rig.broker.leases.all().filter((l) => l.live).length;
     if (held !== total) throw new Error(`expected ${total} live leases, the broker has ${held}`);
     const rssHeld = rssMiB(process.pid);
@@ -95,9 +153,21 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
 
     progress(`lease acquire with ${total} held, ${probes}×`);
     const loaded = await acquireLoop(probe, rig.socket, probes, released);
+    const warmBursts = quick ? 1 : WARM_BURSTS;
+    progress(`the same burst again after ${warmBursts} more, unmeasured`);
+    const liveLeases = () => rig.broker.leases.all().length;
+    await releaseBurst(holders, liveLeases);
+    for (let i = 0; i < warmBursts; i++) {
+      await burst(holders, rig.socket, each, simPid);
+      await releaseBurst(holders, liveLeases);
+    }
+    const warm = await burst(holders, rig.socket, each, simPid);
+    const heldWarm = rig.broker.leases.all().filter((l) => l.live).length;
+    if (heldWarm !== total)
+      throw new Error(`expected ${total} live leases again, the broker has ${heldWarm}`);
     progress('releasing');
     const tr = performance.now();
-    await exitAll(clients.slice(1));
+    await exitAll(holders);
     while (rig.broker.leases.all().length > 0) await new Promise((r) => setTimeout(r, 5));
     const releaseAllMs = performance.now() - tr;
     const idleM = metric('acquire-idle', 'lease acquire, none held', 'ms', idle, { role: 'baseline' });
@@ -114,19 +184,17 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
           'acquire-each',
           `one lease of the ${total} (connect → mapped), all at once`,
           'ms',
-          per.flat().map((us) => us / 1000),
+          fresh.each.flat().map((us) => us / 1000),
           {
             ref: 'acquire-idle',
           },
         ),
-        metric('acquire-all', `acquire all ${total} (${procs} processes in parallel)`, 's', [allMs / 1000]),
-        metric('acquire-all-broker-cpu', '· broker CPU per lease in that window (one thread)', 'µs', [
-          cpuPerLeaseUs.broker,
-        ]),
-        metric('acquire-all-sim-cpu', '· simulator CPU per lease in that window', 'µs', [cpuPerLeaseUs.sim]),
-        metric('acquire-all-client-cpu', '· client CPU per lease in that window (all processes)', 'µs', [
-          cpuPerLeaseUs.clients,
-        ]),
+        ...burstRows('acquire-all', `acquire all ${total} (${procs} processes in parallel)`, fresh),
+        ...burstRows(
+          'acquire-all-warm',
+          `the same, again after ${warmBursts} more (released, unmeasured)`,
+          warm,
+        ),
         metric('release-all', `all ${procs} processes exit → all ${total} free`, 's', [releaseAllMs / 1000]),
         metric('rss-idle', 'broker RSS, no leases', 'MiB', [rssIdle], { role: 'baseline' }),
         metric('rss-held', `broker RSS, ${total} leases`, 'MiB', [rssHeld], { ref: 'rss-idle' }),
@@ -144,7 +212,8 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
         leasesBeforeFdLimit: Math.floor((fdLimit() - fdsIdle) / perLease),
         simulatorRssMiB: Math.round(simRss),
         cpuPerLeaseUs:
-          'utime+stime over the acquire-all window / leases; the simulator and clients in 10 ms ticks',
+          "utime+stime over each burst's window / leases; the simulator, clients and the broker's helper threads in 10 ms ticks",
+        warmBursts,
       },
     };
   } finally {
