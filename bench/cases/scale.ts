@@ -4,18 +4,23 @@
 // another, all processes at once), the broker's RSS and fd count, and the
 // lease-acquire time (connect → first NOP) while they are held, against the
 // same with none held. Then the same burst again, warm: the leases released,
-// WARM_BURSTS more bursts unmeasured, and one measured (`acquire-all-warm`),
-// which splits what a fresh broker and fresh clients cost (their code not yet
-// compiled, their heaps still growing) from what every burst costs; the
-// release-all row is the exit of the processes holding that last burst.
+// WARM_BURSTS more bursts unmeasured (1 in --quick), each released, and one
+// measured (`acquire-all-warm`). That splits what a fresh broker, simulator
+// and clients cost (their code not yet compiled, their heaps still growing)
+// from what every burst costs. The fresh burst also resets each queue at its
+// first grant (the warm one's were reset when reclaimed), one device round
+// trip a lease: skipping it changed the fresh burst by less than its
+// run-to-run spread (issue 16, twenty-first pass). The release-all row is the
+// exit of the processes holding the warm burst.
 //
 //   node dist/bench/cases/scale.js [--quick]
 
 import { readdirSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ClientProc, exitAll } from '../fixtures/client-proc.js';
-import { cpuMs, helperThreadsCpuMs, ownCpuMs } from '../fixtures/cpu.js';
+import { burst, burstRows, releaseAllLeases } from '../fixtures/lease-burst.js';
 import { ReleaseWatch } from '../fixtures/released.js';
-import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
+import { metric, progress, runCase } from '../fixtures/result.js';
 import { rssMiB, startRig } from '../fixtures/rig.js';
 
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
@@ -23,73 +28,14 @@ const fdCount = (): number => readdirSync('/proc/self/fd').length;
 const fdLimit = (): number =>
   Number(/Max open files\s+(\d+)/.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1]);
 
-const sumCpu = (cs: ClientProc[]): number => cs.reduce((sum, c) => sum + cpuMs(c.pid), 0);
-
-/** Unmeasured bursts before the warm one: over 5 then 10 in scratch runs the broker's CPU per lease settled. */
+/**
+ * Unmeasured bursts before the warm one. In scratch runs (issue 16, twenty-first pass) the burst took
+ * 1.61–1.67 s after 5 and 1.40–1.54 s after 10, the broker's CPU per lease 0.52–0.58 and 0.51–0.55 ms:
+ * the broker's had settled by 5, the clients' still fell.
+ */
 const WARM_BURSTS = 5;
-
-interface Burst {
-  ms: number;
-  /** Each lease's connect → mapped, µs, per process. */
-  each: number[][];
-  /** CPU per lease in the window (µs): this process (the broker), of that its helper threads, simulator, clients. */
-  cpu: { broker: number; brokerHelpers: number; sim: number; clients: number };
-}
-
-/** Every client leases `each` at once, one after another in each process; the leases stay held. */
-async function burst(clients: ClientProc[], socket: string, each: number, simPid: number): Promise<Burst> {
-  const total = clients.length * each;
-  const cpu0 = {
-    broker: ownCpuMs(),
-    helpers: helperThreadsCpuMs(),
-    sim: cpuMs(simPid),
-    clients: sumCpu(clients),
-  };
-  const t0 = performance.now();
-  const per = await Promise.all(
-    clients.map((c) => c.call<number[]>('acquireMany', { socket, count: each, timeoutMs: 60_000 })),
-  );
-  const ms = performance.now() - t0;
-  // Where the window's time went, per lease: the broker is one thread, so its CPU per lease × the leases
-  // is a floor under the burst; the simulator serves the grants' device commands on one thread too.
-  const perLease = (ms: number) => (ms * 1000) / total;
-  return {
-    ms,
-    each: per,
-    cpu: {
-      broker: perLease(ownCpuMs() - cpu0.broker),
-      brokerHelpers: perLease(helperThreadsCpuMs() - cpu0.helpers),
-      sim: perLease(cpuMs(simPid) - cpu0.sim),
-      clients: perLease(sumCpu(clients) - cpu0.clients),
-    },
-  };
-}
-
-/** A burst's rows: its time, and its CPU per lease process by process. */
-function burstRows(id: string, label: string, b: Burst): Metric[] {
-  return [
-    metric(id, label, 's', [b.ms / 1000]),
-    metric(
-      `${id}-broker-cpu`,
-      '· broker CPU per lease in that window (its requests on one thread)',
-      'µs',
-      [b.cpu.broker],
-      {
-        note: `${b.cpu.brokerHelpers.toFixed(0)} µs of it in V8's and libuv's helper threads`,
-      },
-    ),
-    metric(`${id}-sim-cpu`, '· simulator CPU per lease in that window', 'µs', [b.cpu.sim]),
-    metric(`${id}-client-cpu`, '· client CPU per lease in that window (all processes)', 'µs', [
-      b.cpu.clients,
-    ]),
-  ];
-}
-
-/** Every client lets its leases go; resolves once the broker holds none. */
-async function releaseBurst(clients: ClientProc[], leases: () => number): Promise<void> {
-  await Promise.all(clients.map((c) => c.call('releaseAll')));
-  while (leases() > 0) await new Promise((r) => setTimeout(r, 5));
-}
+/** A pause after a release before the next burst: the reclaims' last device replies come in meanwhile. */
+const SETTLE_MS = 20;
 
 async function acquireLoop(
   c: ClientProc,
@@ -154,21 +100,21 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
     progress(`lease acquire with ${total} held, ${probes}×`);
     const loaded = await acquireLoop(probe, rig.socket, probes, released);
     const warmBursts = quick ? 1 : WARM_BURSTS;
-    progress(`the same burst again after ${warmBursts} more, unmeasured`);
-    const liveLeases = () => rig.broker.leases.all().length;
-    await releaseBurst(holders, liveLeases);
+    progress(`the same burst again, warm: after ${warmBursts} more, each released`);
+    const letGo = () => Promise.all(holders.map((c) => c.call('releaseAll')));
+    await releaseAllLeases(rig.broker, released, letGo);
     for (let i = 0; i < warmBursts; i++) {
       await burst(holders, rig.socket, each, simPid);
-      await releaseBurst(holders, liveLeases);
+      await releaseAllLeases(rig.broker, released, letGo);
     }
+    await sleep(SETTLE_MS);
     const warm = await burst(holders, rig.socket, each, simPid);
     const heldWarm = rig.broker.leases.all().filter((l) => l.live).length;
     if (heldWarm !== total)
       throw new Error(`expected ${total} live leases again, the broker has ${heldWarm}`);
     progress('releasing');
     const tr = performance.now();
-    await exitAll(holders);
-    while (rig.broker.leases.all().length > 0) await new Promise((r) => setTimeout(r, 5));
+    await releaseAllLeases(rig.broker, released, () => exitAll(holders));
     const releaseAllMs = performance.now() - tr;
     const idleM = metric('acquire-idle', 'lease acquire, none held', 'ms', idle, { role: 'baseline' });
     const heldM = metric('acquire-held', `lease acquire, ${total} held`, 'ms', loaded, {
@@ -184,18 +130,27 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
           'acquire-each',
           `one lease of the ${total} (connect → mapped), all at once`,
           'ms',
-          fresh.each.flat().map((us) => us / 1000),
+          fresh.samples.flat().map((us) => us / 1000),
           {
             ref: 'acquire-idle',
           },
         ),
+        metric(
+          'acquire-each-warm',
+          `one lease of the ${total} again, warm`,
+          'ms',
+          warm.samples.flat().map((us) => us / 1000),
+          { ref: 'acquire-idle' },
+        ),
         ...burstRows('acquire-all', `acquire all ${total} (${procs} processes in parallel)`, fresh),
         ...burstRows(
           'acquire-all-warm',
-          `the same, again after ${warmBursts} more (released, unmeasured)`,
+          `acquire all ${total} again, warm (after ${warmBursts} unmeasured bursts, each released)`,
           warm,
         ),
-        metric('release-all', `all ${procs} processes exit → all ${total} free`, 's', [releaseAllMs / 1000]),
+        metric('release-all', `all ${procs} processes exit → all ${total} free (the warm burst's)`, 's', [
+          releaseAllMs / 1000,
+        ]),
         metric('rss-idle', 'broker RSS, no leases', 'MiB', [rssIdle], { role: 'baseline' }),
         metric('rss-held', `broker RSS, ${total} leases`, 'MiB', [rssHeld], { ref: 'rss-idle' }),
         metric('rss-per-lease', '· broker memory per lease ((held − none) / leases)', 'KiB', [
@@ -214,6 +169,7 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
         cpuPerLeaseUs:
           "utime+stime over each burst's window / leases; the simulator, clients and the broker's helper threads in 10 ms ticks",
         warmBursts,
+        brokerHelpersCpuPerLeaseUs: { fresh: fresh.cpu.brokerHelpers, warm: warm.cpu.brokerHelpers },
       },
     };
   } finally {
