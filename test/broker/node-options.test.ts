@@ -3,6 +3,9 @@
 // them. The option lists are what Node 20 puts in process.execArgv (a value written apart is its own element).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import {
   inheritedEnv,
@@ -76,7 +79,19 @@ test('NODE_OPTIONS is split as Node splits it, and joined back to the same optio
   assert.equal(seen.trim(), 'a "b" \\c');
 });
 
-test("the new broker's environment: NODE_OPTIONS filtered, removed when nothing is left", () => {
+test("a word after an option written with = is not its value; a V8 flag's value written apart is kept", () => {
+  // In NODE_OPTIONS Node stops reading at a stray word: kept, so the new broker's Node stops there too.
+  assert.deepEqual(inheritedNodeOptions(['--inspect-port=0', 'stray', '--title=x']), ['stray', '--title=x']);
+  assert.deepEqual(inheritedNodeOptions(['--stack-trace-limit', '-1', '--inspect']), [
+    '--stack-trace-limit',
+    '-1',
+  ]);
+  assert.deepEqual(inheritedNodeOptions(['--max-old-space-size=64', '--inspect-port']), [
+    '--max-old-space-size=64',
+  ]);
+});
+
+test("the new broker's environment: NODE_OPTIONS filtered, left empty when nothing is left", () => {
   const env = {
     PATH: '/usr/bin',
     NODE_OPTIONS: '--inspect-brk=0 --max-old-space-size=64 --require "/a b.cjs"',
@@ -92,7 +107,38 @@ test("the new broker's environment: NODE_OPTIONS filtered, removed when nothing 
   );
   assert.deepEqual(inheritedEnv({ PATH: '/usr/bin', NODE_OPTIONS: '--inspect --inspect-port 0' }), {
     PATH: '/usr/bin',
+    NODE_OPTIONS: '',
   });
   const none = { PATH: '/usr/bin' };
   assert.deepEqual(inheritedEnv(none), none);
+  // A NODE_OPTIONS Node could not have read goes on as it is (this process would not have started with it).
+  assert.equal(inheritedEnv({ NODE_OPTIONS: '--title "a' }).NODE_OPTIONS, '--title "a');
+  assert.throws(() => splitNodeOptions('--title "a\\'), /ends in an escape/);
+});
+
+test('NODE_OPTIONS filtered to nothing stays set: an --env-file on the command line cannot bring it back', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-env-file-'));
+  try {
+    const file = join(dir, 'broker.env');
+    writeFileSync(file, 'NODE_OPTIONS="--title=from-the-env-file"\n');
+    const run = (env: NodeJS.ProcessEnv) =>
+      execFileSync(process.execPath, [`--env-file=${file}`, '-p', 'process.title'], {
+        env,
+        encoding: 'utf8',
+      }).trim();
+    const { NODE_OPTIONS: _, ...withoutOptions } = process.env;
+    assert.equal(
+      run(withoutOptions),
+      'from-the-env-file',
+      'unset, Node reads NODE_OPTIONS from the env file',
+    );
+    // Node's own title, as without any NODE_OPTIONS: the file's is not read.
+    const plain = execFileSync(process.execPath, ['-p', 'process.title'], {
+      env: withoutOptions,
+      encoding: 'utf8',
+    });
+    assert.equal(run(inheritedEnv({ ...withoutOptions, NODE_OPTIONS: '--inspect-port=0' })), plain.trim());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

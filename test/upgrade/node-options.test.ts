@@ -69,8 +69,10 @@ test('an upgraded broker keeps its Node options, and drops the inspector', { tim
       [old, pid],
       'the preloaded module ran in both brokers',
     );
-    const audit = (await rig.request({ op: 'audit' })) as { event: string; nodeOptions?: string[] }[];
-    assert.deepEqual(audit.find((e) => e.event === 'upgrade-start')?.nodeOptions, kept);
+    const audit = (await rig.request({ op: 'audit' })) as Record<string, unknown>[];
+    const start = audit.find((e) => e.event === 'upgrade-start');
+    assert.deepEqual(start?.['nodeOptions'], kept);
+    assert.equal(start?.['nodeOptionsEnv'], '--max-old-space-size=300');
     await until('the old broker to exit', () => !alive(old), 30_000);
     await rig.progress(10);
     const [stats] = await rig.stopClients();

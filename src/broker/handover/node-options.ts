@@ -6,9 +6,9 @@
 // broker") or `--require` of an agent expects the broker that replaces it to
 // run the same way. Dropped, from both:
 // - the inspector (`--inspect*`, `--debug-port`): the new broker would have no
-//   working debugger (the port is the old one's), or, on port 0 or a free
-//   port with `--inspect-brk` / `--inspect-wait`, would wait for one past the
-//   upgrade's deadline;
+//   debugger (its fixed port is the old one's) or one on a port nobody was
+//   told (port 0), and with `--inspect-brk` / `--inspect-wait` on a port it
+//   can take it would wait for a debugger past the upgrade's deadline;
 // - watch mode (`--watch*`): it would make the new broker a supervisor that
 //   restarts a child on file changes;
 // - the modes that run something other than the script (`--test*`, `-e`,
@@ -16,9 +16,14 @@
 //   `--input-type`).
 // Node reads `_` as `-` in an option's name (`--inspect_port`), and so does
 // this. A value written apart (`--inspect-port 9230`) is the element after
-// its option: Node refuses a separate value that starts with `-`, and V8's
-// flags take none, so an element that does not start with `-` always belongs
-// to the one before it, and goes with it.
+// its option: Node refuses a separate value that starts with `-`, so an
+// element that does not start with `-` belongs to the option before it and
+// goes with it (a V8 flag's value written apart reaches V8 only when it starts
+// with `-`, `--stack-trace-limit -1`, and such a pair is never dropped). An
+// option written with `=` has its value already: a word after it is not its
+// value, and is kept (in NODE_OPTIONS Node stops reading there; a word after
+// a dropped option that takes no value is dropped with it, a malformed
+// NODE_OPTIONS this does not try to mend).
 
 const DROPPED = new Set([
   '--debug-port',
@@ -52,8 +57,9 @@ export function inheritedNodeOptions(options: readonly string[]): string[] {
       if (!droppingValues) kept.push(arg); // the value of the option before it
       continue;
     }
-    droppingValues = dropped(arg);
-    if (!droppingValues) kept.push(arg);
+    const drop = dropped(arg);
+    if (!drop) kept.push(arg);
+    droppingValues = drop && !arg.includes('=');
   }
   return kept;
 }
@@ -92,9 +98,10 @@ export function joinNodeOptions(options: readonly string[]): string {
 }
 
 /**
- * The new broker's environment: this one's, with NODE_OPTIONS filtered as the command line is (removed when
- * nothing is left). A NODE_OPTIONS that Node could not have read (this process would not have started) is
- * passed on as it is.
+ * The new broker's environment: this one's as it is now, with NODE_OPTIONS filtered as the command line is.
+ * Filtered down to nothing it stays set, empty: unset, Node would read NODE_OPTIONS again from an
+ * `--env-file` on the command line, unfiltered. A NODE_OPTIONS that Node could not have read (this process
+ * would not have started) is passed on as it is.
  */
 export function inheritedEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   const value = env['NODE_OPTIONS'];
@@ -105,9 +112,5 @@ export function inheritedEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   } catch {
     return env;
   }
-  const kept = inheritedNodeOptions(options);
-  const out = { ...env };
-  if (kept.length === 0) delete out['NODE_OPTIONS'];
-  else out['NODE_OPTIONS'] = joinNodeOptions(kept);
-  return out;
+  return { ...env, NODE_OPTIONS: joinNodeOptions(inheritedNodeOptions(options)) };
 }

@@ -63,10 +63,11 @@ export async function upgrade(
   // The new broker runs with this one's Node options (a heap size, a preloaded agent), on its command line
   // and in NODE_OPTIONS, less those that would hold it up or change what it is (node-options.ts).
   const nodeOptions = inheritedNodeOptions(process.execArgv);
+  const env = inheritedEnv(process.env);
   let exited: string | null = null;
   const child = spawn(process.execPath, [...nodeOptions, ...args], {
     stdio: ['ignore', 'inherit', 'inherit', theirFd.fd],
-    env: inheritedEnv(process.env),
+    env,
   });
   theirFd.close();
   child.on('exit', (code, signal) => {
@@ -92,7 +93,13 @@ export async function upgrade(
   };
   const explain = (r: 'gone' | 'timeout') =>
     r === 'timeout' ? 'the new broker was not ready in time' : (exited ?? 'the new broker hung up');
-  b.audit.write({ event: 'upgrade-start', pid: child.pid ?? null, binary: args[0], nodeOptions });
+  b.audit.write({
+    event: 'upgrade-start',
+    pid: child.pid ?? null,
+    binary: args[0],
+    nodeOptions,
+    nodeOptionsEnv: env['NODE_OPTIONS'] ?? null,
+  });
   const hello = await wire.next(deadline);
   if (typeof hello === 'string') return rollback(explain(hello));
   const versions = hello.msg['versions'];
