@@ -22,6 +22,7 @@ export const CASES = [
   'hot-path',
   'clib-hot-path',
   'lease-acquire',
+  'acquire-patterns',
   'region-read',
   'slice-access',
   'dma-map',
