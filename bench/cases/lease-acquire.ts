@@ -9,6 +9,10 @@
 // 2000 unmeasured cycles each (a broker's code is still being optimized over
 // its first thousands of acquires). Last, the acquire with the broker's process
 // confined to one CPU, alternating with unconfined ones (fixtures/placement.ts).
+// Beside each process's CPU per cycle: how long its threads waited runnable
+// for a CPU during an acquire (the floor's, per sample), and how long the
+// broker's process's helper threads ran during the slowest tenth of the
+// acquires and during the rest (/proc/<pid>/task/<tid>/schedstat, fixtures/cpu.ts).
 //
 //   node dist/bench/cases/lease-acquire.js [--quick]
 
@@ -19,7 +23,7 @@ import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
 import { AcquireFloor, type FloorSample } from '../fixtures/acquire-floor.js';
 import { ClientProc } from '../fixtures/client-proc.js';
 import { sharedMs } from '../fixtures/clock.js';
-import { cpuMs, ownCpuMs } from '../fixtures/cpu.js';
+import { cpuMs, ownCpuMs, threadTimes, threadTimesSince } from '../fixtures/cpu.js';
 import { alternateConfined } from '../fixtures/placement.js';
 import { BrokerProbe } from '../fixtures/probe.js';
 import { ReleaseWatch } from '../fixtures/released.js';
@@ -98,19 +102,37 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     }
     // The floor's CPU rows count from here, as the acquires' do.
     Object.assign(floor.cpu, { client: 0, broker: 0, device: 0, samples: 0 });
+    Object.assign(floor.wait, { client: 0, broker: 0, device: 0 });
     requests.take();
     // CPU per acquire + release cycle, process by process (load-robust beside the wall-clock rows): the
     // bench client, this process (the broker, its probes and the case's own loop), the simulator.
     const cpu = { client: 0, broker: 0, device: 0, cycles: 0 };
+    // And how long their threads waited runnable for a CPU during the acquire (the IPC call to the client that
+    // makes it included; the release not): the machine has two CPUs, the acquire three processes and their
+    // helper threads.
+    const wait = { client: 0, broker: 0, device: 0 };
+    // Per acquire, how long the broker's process's helper threads (V8's compiler and collector) ran meanwhile:
+    // the slowest acquires are those they ran in (issue 16, twenty-third pass).
+    const brokerHelpers: { acquireUs: number; helpersUs: number }[] = [];
     const simPid = rig.sim.proc.pid!;
     for (let i = 0; i < n; i++) {
       if (i % chunk === 0) {
         floorSamples.push(...(await floor.run(chunk, 2, (quick ? 3000 : 30_000) / CHUNKS)));
       }
       const c0 = { client: cpuMs(client.pid), broker: ownCpuMs(), device: cpuMs(simPid) };
+      const t0 = {
+        client: threadTimes(client.pid),
+        broker: threadTimes(process.pid),
+        device: threadTimes(simPid),
+      };
       probe.take();
       const a = await client.call<Acquire>('acquire', { socket: rig.socket });
       const p = probe.take();
+      const inBroker = threadTimesSince(process.pid, t0.broker);
+      wait.client += threadTimesSince(client.pid, t0.client).waitMs;
+      wait.broker += inBroker.waitMs;
+      wait.device += threadTimesSince(simPid, t0.device).waitMs;
+      brokerHelpers.push({ acquireUs: a.totalUs, helpersUs: inBroker.helpersRunMs * 1000 });
       const { at } = await client.call<{ at: number }>('releaseAll');
       await released.seen(a.lease);
       cpu.client += cpuMs(client.pid) - c0.client;
@@ -287,6 +309,8 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         ),
         metric('release', 'lease release: close() → lease free in broker', 'ms', release),
         ...cpuRows(cpu, floor.cpu),
+        ...waitRows(wait, cpu.cycles, floor.wait, floor.cpu.samples),
+        ...helperRows(brokerHelpers),
       ],
       notes: {
         simulator: '--queues 8, default --idle-poll-us 50',
@@ -342,4 +366,64 @@ function cpuRows(
       },
     ),
   ]);
+}
+
+/**
+ * Run-queue wait during an acquire by process (all its threads: runnable, not running), each against the
+ * same-topology floor's process over its whole sample: how much of the acquire the three processes spent
+ * waiting for one of the machine's CPUs. Means, as the CPU rows.
+ */
+function waitRows(
+  acq: { client: number; broker: number; device: number },
+  acquires: number,
+  flo: { client: number; broker: number; device: number },
+  samples: number,
+): Metric[] {
+  const roles = [
+    ['client', 'client (bench client / floor client, in this process)'],
+    ['broker', 'broker (this process / floor broker)'],
+    ['device', 'device (simulator / floor device)'],
+  ] as const;
+  return roles.flatMap(([k, label]) => [
+    metric(
+      `wait-floor-${k}`,
+      `run-queue wait per sample, zero-work topology: ${label.split(' (')[0]}`,
+      'µs',
+      [(flo[k] * 1000) / Math.max(1, samples)],
+      { role: 'floor' },
+    ),
+    metric(
+      `wait-${k}`,
+      `run-queue wait in an acquire: ${label}`,
+      'µs',
+      [(acq[k] * 1000) / Math.max(1, acquires)],
+      { ref: `wait-floor-${k}` },
+    ),
+  ]);
+}
+
+/**
+ * How long the broker's process's helper threads ran during the slowest tenth of the acquires, against the rest
+ * (means): V8's compiling and collecting, on a machine with two CPUs, is what the slowest acquires wait behind.
+ */
+function helperRows(samples: { acquireUs: number; helpersUs: number }[]): Metric[] {
+  const byTime = [...samples].sort((a, b) => a.acquireUs - b.acquireUs);
+  const cut = Math.floor(byTime.length * 0.9);
+  const mean = (xs: { helpersUs: number }[]) =>
+    xs.reduce((s, x) => s + x.helpersUs, 0) / Math.max(1, xs.length);
+  const rest = byTime.slice(0, cut);
+  const slowest = byTime.slice(cut);
+  return [
+    metric(
+      'helpers-rest',
+      "broker's helper threads (V8: compiler, GC) on a CPU in an acquire, fastest 90 % (mean)",
+      'µs',
+      [mean(rest)],
+      { role: 'baseline', note: `${rest.length} acquires` },
+    ),
+    metric('helpers-slowest', '· the same during the slowest 10 % (mean)', 'µs', [mean(slowest)], {
+      ref: 'helpers-rest',
+      note: `${slowest.length} acquires, from ${Math.round(slowest[0]?.acquireUs ?? 0)} µs`,
+    }),
+  ];
 }
