@@ -9,10 +9,11 @@
 // 2000 unmeasured cycles each (a broker's code is still being optimized over
 // its first thousands of acquires). Last, the acquire with the broker's process
 // confined to one CPU, alternating with unconfined ones (fixtures/placement.ts).
-// Beside each process's CPU per cycle: how long its threads waited runnable
-// for a CPU during an acquire (the floor's, per sample), and how long the
-// broker's process's helper threads ran during the slowest tenth of the
-// acquires and during the rest (/proc/<pid>/task/<tid>/schedstat, fixtures/cpu.ts).
+// Beside each process's CPU per cycle, from acquires of their own: how long
+// its threads waited runnable for a CPU during an acquire (the floor's, per
+// sample), and how long the broker's process's helper threads ran during the
+// slowest tenth of those acquires and during the rest
+// (/proc/<pid>/task/<tid>/schedstat, fixtures/cpu.ts).
 //
 //   node dist/bench/cases/lease-acquire.js [--quick]
 
@@ -26,6 +27,7 @@ import { sharedMs } from '../fixtures/clock.js';
 import { cpuMs, ownCpuMs, threadTimes, threadTimesSince } from '../fixtures/cpu.js';
 import { alternateConfined } from '../fixtures/placement.js';
 import { BrokerProbe } from '../fixtures/probe.js';
+import { type ByProcess, type ProcessRowsSpec, processRows } from '../fixtures/process-rows.js';
 import { ReleaseWatch } from '../fixtures/released.js';
 import { RequestProbe } from '../fixtures/request-probe.js';
 import { type Metric, metric, progress, runCase } from '../fixtures/result.js';
@@ -62,6 +64,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
   const requests = new RequestProbe(rig.broker);
   const client = await ClientProc.spawn();
   const floor = await AcquireFloor.start(rig.dir);
+  floor.measureWaits = true;
   try {
     progress(`raw stream connect + round trip, ${n * 4}×`);
     const rtt = await client.call<number[]>('streamRtt', {
@@ -107,32 +110,15 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     // CPU per acquire + release cycle, process by process (load-robust beside the wall-clock rows): the
     // bench client, this process (the broker, its probes and the case's own loop), the simulator.
     const cpu = { client: 0, broker: 0, device: 0, cycles: 0 };
-    // And how long their threads waited runnable for a CPU during the acquire (the IPC call to the client that
-    // makes it included; the release not): the machine has two CPUs, the acquire three processes and their
-    // helper threads.
-    const wait = { client: 0, broker: 0, device: 0 };
-    // Per acquire, how long the broker's process's helper threads (V8's compiler and collector) ran meanwhile:
-    // the slowest acquires are those they ran in (issue 16, twenty-third pass).
-    const brokerHelpers: { acquireUs: number; helpersUs: number }[] = [];
     const simPid = rig.sim.proc.pid!;
     for (let i = 0; i < n; i++) {
       if (i % chunk === 0) {
         floorSamples.push(...(await floor.run(chunk, 2, (quick ? 3000 : 30_000) / CHUNKS)));
       }
       const c0 = { client: cpuMs(client.pid), broker: ownCpuMs(), device: cpuMs(simPid) };
-      const t0 = {
-        client: threadTimes(client.pid),
-        broker: threadTimes(process.pid),
-        device: threadTimes(simPid),
-      };
       probe.take();
       const a = await client.call<Acquire>('acquire', { socket: rig.socket });
       const p = probe.take();
-      const inBroker = threadTimesSince(process.pid, t0.broker);
-      wait.client += threadTimesSince(client.pid, t0.client).waitMs;
-      wait.broker += inBroker.waitMs;
-      wait.device += threadTimesSince(simPid, t0.device).waitMs;
-      brokerHelpers.push({ acquireUs: a.totalUs, helpersUs: inBroker.helpersRunMs * 1000 });
       const { at } = await client.call<{ at: number }>('releaseAll');
       await released.seen(a.lease);
       cpu.client += cpuMs(client.pid) - c0.client;
@@ -174,6 +160,29 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       }
     } finally {
       probe.sampleCpu = false;
+    }
+    // The scheduler's view, in acquires of their own too (reading every thread's schedstat of three processes
+    // costs this process ~65 µs a read, which the CPU rows above would count): how long each process's threads
+    // waited runnable for a CPU during an acquire, and how long the broker's process's helper threads (V8's
+    // compiler and collector, libuv's pool) ran meanwhile, which the nineteenth pass found in the slowest ones.
+    const scheduled = quick ? 20 : n;
+    progress(`${scheduled} more acquires, every thread's scheduler times read around each`);
+    const wait: ByProcess = { client: 0, broker: 0, device: 0 };
+    const helpers: { acquireUs: number; helpersUs: number }[] = [];
+    for (let i = 0; i < scheduled; i++) {
+      const before = {
+        client: threadTimes(client.pid),
+        broker: threadTimes(process.pid),
+        device: threadTimes(simPid),
+      };
+      const a = await client.call<Acquire>('acquire', { socket: rig.socket });
+      const broker = threadTimesSince(process.pid, before.broker);
+      wait.client += threadTimesSince(client.pid, before.client).waitMs;
+      wait.broker += broker.waitMs;
+      wait.device += threadTimesSince(simPid, before.device).waitMs;
+      helpers.push({ acquireUs: a.totalUs, helpersUs: broker.helpersRunMs * 1000 });
+      await client.call('releaseAll');
+      await released.seen(a.lease);
     }
     // Placement (OPERATIONS.md, "Placement: the broker on one CPU"): the same acquires with every thread
     // of this process, the broker's, confined to one CPU, as systemd's CPUAffinity= does; the client and
@@ -308,9 +317,9 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
           { ref: 'acquire-free' },
         ),
         metric('release', 'lease release: close() → lease free in broker', 'ms', release),
-        ...cpuRows(cpu, floor.cpu),
-        ...waitRows(wait, cpu.cycles, floor.wait, floor.cpu.samples),
-        ...helperRows(brokerHelpers),
+        ...processRows(CPU_ROWS, cpu, cpu.cycles, floor.cpu, floor.cpu.samples),
+        ...processRows(WAIT_ROWS, wait, scheduled, floor.wait, floor.cpu.samples),
+        ...helperRows(helpers),
       ],
       notes: {
         simulator: '--queues 8, default --idle-poll-us 50',
@@ -338,73 +347,39 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
   }
 });
 
-/** CPU per acquire + release cycle by process, each against the same-topology floor's process. */
-function cpuRows(
-  acq: { client: number; broker: number; device: number; cycles: number },
-  flo: { client: number; broker: number; device: number; samples: number },
-): Metric[] {
-  const roles = [
-    ['client', 'client (bench client process / floor client)'],
-    ['broker', 'broker (this process: broker + probes / floor broker)'],
-    ['device', 'device (simulator / floor device)'],
-  ] as const;
-  return roles.flatMap(([k, label]) => [
-    metric(
-      `cpu-floor-${k}`,
-      `CPU per cycle, zero-work topology: ${label.split(' (')[0]}`,
-      'µs',
-      [(flo[k] * 1000) / Math.max(1, flo.samples)],
-      { role: 'floor' },
-    ),
-    metric(
-      `cpu-${k}`,
-      `CPU per acquire + release: ${label}`,
-      'µs',
-      [(acq[k] * 1000) / Math.max(1, acq.cycles)],
-      {
-        ref: `cpu-floor-${k}`,
-      },
-    ),
-  ]);
-}
+/** CPU per acquire + release cycle by process (/proc/<pid>/stat), each against the floor's process per sample. */
+const CPU_ROWS: ProcessRowsSpec = {
+  id: 'cpu',
+  floorLabel: 'CPU per cycle, zero-work topology',
+  label: 'CPU per acquire + release',
+  who: {
+    client: 'bench client process / floor client',
+    broker: 'this process: broker + probes / floor broker',
+    device: 'simulator / floor device',
+  },
+};
 
 /**
- * Run-queue wait during an acquire by process (all its threads: runnable, not running), each against the
- * same-topology floor's process over its whole sample: how much of the acquire the three processes spent
- * waiting for one of the machine's CPUs. Means, as the CPU rows.
+ * Run-queue wait by process: how long its threads, summed, were runnable but not running. A thread that waits
+ * need not hold up the acquire (a V8 helper behind the main thread), and the sum may pass the acquire's time.
+ * The acquire's window is the call to the client process that makes it (its IPC included, the release not);
+ * the floor's, a chunk of its samples with its client in this process.
  */
-function waitRows(
-  acq: { client: number; broker: number; device: number },
-  acquires: number,
-  flo: { client: number; broker: number; device: number },
-  samples: number,
-): Metric[] {
-  const roles = [
-    ['client', 'client (bench client / floor client, in this process)'],
-    ['broker', 'broker (this process / floor broker)'],
-    ['device', 'device (simulator / floor device)'],
-  ] as const;
-  return roles.flatMap(([k, label]) => [
-    metric(
-      `wait-floor-${k}`,
-      `run-queue wait per sample, zero-work topology: ${label.split(' (')[0]}`,
-      'µs',
-      [(flo[k] * 1000) / Math.max(1, samples)],
-      { role: 'floor' },
-    ),
-    metric(
-      `wait-${k}`,
-      `run-queue wait in an acquire: ${label}`,
-      'µs',
-      [(acq[k] * 1000) / Math.max(1, acquires)],
-      { ref: `wait-floor-${k}` },
-    ),
-  ]);
-}
+const WAIT_ROWS: ProcessRowsSpec = {
+  id: 'wait',
+  floorLabel: 'run-queue wait per sample, zero-work topology',
+  label: 'run-queue wait in an acquire, all threads',
+  who: {
+    client: 'bench client, with the IPC call / floor client, in this process',
+    broker: 'this process / floor broker',
+    device: 'simulator / floor device',
+  },
+};
 
 /**
  * How long the broker's process's helper threads ran during the slowest tenth of the acquires, against the rest
- * (means): V8's compiling and collecting, on a machine with two CPUs, is what the slowest acquires wait behind.
+ * (means): on two CPUs, V8's compiling and collecting in the broker is what the slowest acquires ran beside
+ * (issue 16, nineteenth pass §1).
  */
 function helperRows(samples: { acquireUs: number; helpersUs: number }[]): Metric[] {
   const byTime = [...samples].sort((a, b) => a.acquireUs - b.acquireUs);
@@ -413,17 +388,20 @@ function helperRows(samples: { acquireUs: number; helpersUs: number }[]): Metric
     xs.reduce((s, x) => s + x.helpersUs, 0) / Math.max(1, xs.length);
   const rest = byTime.slice(0, cut);
   const slowest = byTime.slice(cut);
+  // A longer acquire is a longer window: its helpers' CPU is given with the acquires' mean time.
+  const window = (xs: { acquireUs: number }[]) =>
+    Math.round(xs.reduce((s, x) => s + x.acquireUs, 0) / Math.max(1, xs.length));
   return [
     metric(
       'helpers-rest',
       "broker's helper threads (V8: compiler, GC) on a CPU in an acquire, fastest 90 % (mean)",
       'µs',
       [mean(rest)],
-      { role: 'baseline', note: `${rest.length} acquires` },
+      { role: 'baseline', note: `${rest.length} acquires, ${window(rest)} µs each on average` },
     ),
     metric('helpers-slowest', '· the same during the slowest 10 % (mean)', 'µs', [mean(slowest)], {
       ref: 'helpers-rest',
-      note: `${slowest.length} acquires, from ${Math.round(slowest[0]?.acquireUs ?? 0)} µs`,
+      note: `${slowest.length} acquires, from ${Math.round(slowest[0]?.acquireUs ?? 0)} µs, ${window(slowest)} µs on average`,
     }),
   ];
 }
