@@ -64,7 +64,6 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
   const requests = new RequestProbe(rig.broker);
   const client = await ClientProc.spawn();
   const floor = await AcquireFloor.start(rig.dir);
-  floor.measureWaits = true;
   try {
     progress(`raw stream connect + round trip, ${n * 4}×`);
     const rtt = await client.call<number[]>('streamRtt', {
@@ -103,9 +102,8 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       await floor.run(Math.ceil(steady / CHUNKS), 2, (quick ? 3000 : 30_000) / CHUNKS);
       for (let i = 0; i < Math.ceil(steady / CHUNKS); i++) await cycle();
     }
-    // The floor's CPU rows count from here, as the acquires' do.
+    // The floor's CPU rows count from here, as the acquires' do (its run-queue rows count in their own phase).
     Object.assign(floor.cpu, { client: 0, broker: 0, device: 0, samples: 0 });
-    Object.assign(floor.wait, { client: 0, broker: 0, device: 0 });
     requests.take();
     // CPU per acquire + release cycle, process by process (load-robust beside the wall-clock rows): the
     // bench client, this process (the broker, its probes and the case's own loop), the simulator.
@@ -136,10 +134,12 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       queueToNop.push((a.atDone - a.atQueue) * 1000);
       release.push(released.at.get(a.lease)! - at);
     }
-    // The broker's work per acquire, request by request (warm-up excluded: the last n of each).
+    // The broker's work per acquire, request by request: every request of the measured acquires (the take()
+    // before them dropped the warm-up's), 4 SET_IRQS an acquire.
     const topology = floorSamples.map((f) => f.total);
+    const floorCpu = { ...floor.cpu };
     const calls = requests.take();
-    const got = (k: string) => (calls.get(k) ?? []).slice(-n);
+    const got = (k: string) => calls.get(k) ?? [];
     // The broker's own CPU inside its device waits, in cycles of their own after the measured ones: sampling it
     // (process.cpuUsage() at each wait's start and end, a few µs each on a many-threaded process) would add to
     // the measured cycles' device programming what it measures.
@@ -165,11 +165,17 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     // costs this process ~65 µs a read, which the CPU rows above would count): how long each process's threads
     // waited runnable for a CPU during an acquire, and how long the broker's process's helper threads (V8's
     // compiler and collector, libuv's pool) ran meanwhile, which the nineteenth pass found in the slowest ones.
+    // The floor's waits alternate with them in chunks, as the floor and the acquires do above.
     const scheduled = quick ? 20 : n;
-    progress(`${scheduled} more acquires, every thread's scheduler times read around each`);
+    progress(
+      `${scheduled} more acquires, every thread's scheduler times read around each, alternating with the floor's`,
+    );
     const wait: ByProcess = { client: 0, broker: 0, device: 0 };
     const helpers: { acquireUs: number; helpersUs: number }[] = [];
+    const schedChunk = Math.ceil(scheduled / CHUNKS);
+    floor.measureWaits = true;
     for (let i = 0; i < scheduled; i++) {
+      if (i % schedChunk === 0) await floor.run(schedChunk, 2, (quick ? 3000 : 30_000) / CHUNKS);
       const before = {
         client: threadTimes(client.pid),
         broker: threadTimes(process.pid),
@@ -184,6 +190,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       await client.call('releaseAll');
       await released.seen(a.lease);
     }
+    floor.measureWaits = false;
     // Placement (OPERATIONS.md, "Placement: the broker on one CPU"): the same acquires with every thread
     // of this process, the broker's, confined to one CPU, as systemd's CPUAffinity= does; the client and
     // the simulator stay where the scheduler puts them. Unlike the acquire row, no floor chunks run between.
@@ -317,8 +324,8 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
           { ref: 'acquire-free' },
         ),
         metric('release', 'lease release: close() → lease free in broker', 'ms', release),
-        ...processRows(CPU_ROWS, cpu, cpu.cycles, floor.cpu, floor.cpu.samples),
-        ...processRows(WAIT_ROWS, wait, scheduled, floor.wait, floor.cpu.samples),
+        ...processRows(CPU_ROWS, cpu, cpu.cycles, floorCpu, floorCpu.samples),
+        ...processRows(WAIT_ROWS, wait, scheduled, floor.wait, floor.wait.samples),
         ...helperRows(helpers),
       ],
       notes: {
@@ -362,15 +369,15 @@ const CPU_ROWS: ProcessRowsSpec = {
 /**
  * Run-queue wait by process: how long its threads, summed, were runnable but not running. A thread that waits
  * need not hold up the acquire (a V8 helper behind the main thread), and the sum may pass the acquire's time.
- * The acquire's window is the call to the client process that makes it (its IPC included, the release not);
- * the floor's, a chunk of its samples with its client in this process.
+ * Every process's window is the call to the client process that makes the acquire (its IPC included, the
+ * release not); the floor's, a chunk of its samples (its client in this process), alternating with them.
  */
 const WAIT_ROWS: ProcessRowsSpec = {
   id: 'wait',
-  floorLabel: 'run-queue wait per sample, zero-work topology',
-  label: 'run-queue wait in an acquire, all threads',
+  floorLabel: 'run-queue wait per sample, zero-work topology, all threads',
+  label: 'run-queue wait in an acquire + its IPC call, all threads',
   who: {
-    client: 'bench client, with the IPC call / floor client, in this process',
+    client: 'bench client / floor client, in this process',
     broker: 'this process / floor broker',
     device: 'simulator / floor device',
   },
@@ -394,7 +401,7 @@ function helperRows(samples: { acquireUs: number; helpersUs: number }[]): Metric
   return [
     metric(
       'helpers-rest',
-      "broker's helper threads (V8: compiler, GC) on a CPU in an acquire, fastest 90 % (mean)",
+      "broker's helper threads (V8's compiler, GC; libuv) on a CPU in an acquire, fastest 90 % (mean)",
       'µs',
       [mean(rest)],
       { role: 'baseline', note: `${rest.length} acquires, ${window(rest)} µs each on average` },
