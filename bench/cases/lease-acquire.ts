@@ -89,11 +89,16 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
     // still took ~0.84 ms of the broker's CPU per cycle, ~0.1-0.26 ms after 2000 (issue 16, eleventh pass;
     // the broker's CPU per cycle over the first 300 was ~1.3× that over 3000). The acquires and the floor
     // alike, alternating; nothing here is measured.
+    // The client lets the lease go and the broker frees it; resolves with when the client let go (epoch ms).
+    const letGo = async (a: Acquire): Promise<number> => {
+      const { at } = await client.call<{ at: number }>('releaseAll');
+      await released.seen(a.lease);
+      return at;
+    };
     // One acquire + release cycle, unmeasured beyond the acquire's own times (the warm-up and the placement A/B).
     const cycle = async (): Promise<Acquire> => {
       const a = await client.call<Acquire>('acquire', { socket: rig.socket });
-      await client.call('releaseAll');
-      await released.seen(a.lease);
+      await letGo(a);
       return a;
     };
     const steady = quick ? 20 : 2000;
@@ -117,8 +122,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       probe.take();
       const a = await client.call<Acquire>('acquire', { socket: rig.socket });
       const p = probe.take();
-      const { at } = await client.call<{ at: number }>('releaseAll');
-      await released.seen(a.lease);
+      const at = await letGo(a);
       cpu.client += cpuMs(client.pid) - c0.client;
       cpu.broker += ownCpuMs() - c0.broker;
       cpu.device += cpuMs(simPid) - c0.device;
@@ -153,8 +157,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
         probe.take();
         const a = await client.call<Acquire>('acquire', { socket: rig.socket });
         const p = probe.take();
-        await client.call('releaseAll');
-        await released.seen(a.lease);
+        await letGo(a);
         deviceWaitMs.push(p.busyMs * 1000);
         deviceWaitCpuMs.push(p.busyCpuMs * 1000);
       }
@@ -187,8 +190,7 @@ runCase('lease-acquire', 'Lease acquire: connect to slice mapped to first doorbe
       wait.broker += broker.waitMs;
       wait.device += threadTimesSince(simPid, before.device).waitMs;
       helpers.push({ acquireUs: a.totalUs, helpersUs: broker.helpersRunMs * 1000 });
-      await client.call('releaseAll');
-      await released.seen(a.lease);
+      await letGo(a);
     }
     floor.measureWaits = false;
     // Placement (OPERATIONS.md, "Placement: the broker on one CPU"): the same acquires with every thread
@@ -391,24 +393,29 @@ const WAIT_ROWS: ProcessRowsSpec = {
 function helperRows(samples: { acquireUs: number; helpersUs: number }[]): Metric[] {
   const byTime = [...samples].sort((a, b) => a.acquireUs - b.acquireUs);
   const cut = Math.floor(byTime.length * 0.9);
-  const mean = (xs: { helpersUs: number }[]) =>
-    xs.reduce((s, x) => s + x.helpersUs, 0) / Math.max(1, xs.length);
   const rest = byTime.slice(0, cut);
   const slowest = byTime.slice(cut);
+  const mean = (xs: typeof samples, key: 'acquireUs' | 'helpersUs') =>
+    xs.reduce((sum, x) => sum + x[key], 0) / Math.max(1, xs.length);
   // A longer acquire is a longer window: its helpers' CPU is given with the acquires' mean time.
-  const window = (xs: { acquireUs: number }[]) =>
-    Math.round(xs.reduce((s, x) => s + x.acquireUs, 0) / Math.max(1, xs.length));
+  const window = (xs: typeof samples) => Math.round(mean(xs, 'acquireUs'));
   return [
     metric(
       'helpers-rest',
       "broker's helper threads (V8's compiler, GC; libuv) on a CPU in an acquire, fastest 90 % (mean)",
       'µs',
-      [mean(rest)],
+      [mean(rest, 'helpersUs')],
       { role: 'baseline', note: `${rest.length} acquires, ${window(rest)} µs each on average` },
     ),
-    metric('helpers-slowest', '· the same during the slowest 10 % (mean)', 'µs', [mean(slowest)], {
-      ref: 'helpers-rest',
-      note: `${slowest.length} acquires, from ${Math.round(slowest[0]?.acquireUs ?? 0)} µs, ${window(slowest)} µs on average`,
-    }),
+    metric(
+      'helpers-slowest',
+      '· the same during the slowest 10 % (mean)',
+      'µs',
+      [mean(slowest, 'helpersUs')],
+      {
+        ref: 'helpers-rest',
+        note: `${slowest.length} acquires, from ${Math.round(slowest[0]?.acquireUs ?? 0)} µs, ${window(slowest)} µs on average`,
+      },
+    ),
   ];
 }
