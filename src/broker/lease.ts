@@ -101,7 +101,9 @@ export class Lease {
     this.id = id;
     this.kind = request.kind;
     this.request = request;
-    this.ctx = { ...ctx, lease: { id, kind: request.kind } };
+    // Object.assign, not a spread: one hidden class for every lease (docs/PERFORMANCE.md, issue 16, twenty-fourth
+    // pass §4).
+    this.ctx = Object.assign({}, ctx, { lease: { id, kind: request.kind } });
     this.resources = resources;
     this.mappings.onChange = () => this.#recount();
   }

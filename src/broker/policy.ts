@@ -180,7 +180,9 @@ export class Policy {
         timer = setTimeout(() => reject(new Error(`timed out after ${this.#timeoutMs} ms`)), this.#timeoutMs);
       });
       const v = await Promise.race([
-        Promise.resolve().then(() => fn(Object.freeze({ ...ctx }), req)),
+        // Frozen from an Object.assign copy: a frozen spread gets a new hidden class on every call (V8 11;
+        // docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+        Promise.resolve().then(() => fn(Object.freeze(Object.assign({}, ctx)), req)),
         timeout,
       ]);
       if (!v || typeof v !== 'object' || typeof v.allow !== 'boolean') {

@@ -92,7 +92,12 @@ export class MemFd {
 
   /** Maps the memfd (default: all of it, read-write, unguarded). */
   map(opts: { length?: number; offset?: number; prot?: 'r' | 'rw'; guard?: boolean } = {}): Mapping {
-    return Mapping.map(this.fd, { ...opts, length: opts.length ?? this.stat().size - (opts.offset ?? 0) });
+    // Object.assign, not a spread: one hidden class for every call (docs/PERFORMANCE.md, issue 16, twenty-fourth
+    // pass §4).
+    return Mapping.map(
+      this.fd,
+      Object.assign({}, opts, { length: opts.length ?? this.stat().size - (opts.offset ?? 0) }),
+    );
   }
 
   get closed(): boolean {

@@ -61,7 +61,9 @@ export class DmaPlacement {
     opts: { offset: number; length: number; prot: 'r' | 'rw' },
     around: Neighbours,
   ): Mapping {
-    const mapping = this.#place(fd, { ...opts, guard: true }, around);
+    // Object.assign, not a spread: one hidden class for every map (docs/PERFORMANCE.md, issue 16, twenty-fourth pass
+    // §4); the same below.
+    const mapping = this.#place(fd, Object.assign({}, opts, { guard: true }), around);
     this.#track(mapping, 1);
     return mapping;
   }
@@ -112,7 +114,7 @@ export class DmaPlacement {
   /** The map at `at`; IN_USE when something is there; null when it failed otherwise (the plain map says why). */
   #mapAt(fd: Fd | number, want: MapOptions, at: bigint): Mapping | typeof IN_USE | null {
     try {
-      const mapping = Mapping.map(fd, { ...want, at });
+      const mapping = Mapping.map(fd, Object.assign({}, want, { at }));
       // A kernel before 4.17 takes the address as a hint: the map is valid wherever it went.
       if (mapping.address === at) this.counts.placed++;
       else this.counts.unplaced++;

@@ -138,7 +138,9 @@ export function encodeIrqSet(
   v: { flags: number; index: number; start: number; count: number },
   data: Uint8Array = new Uint8Array(0),
 ): Uint8Array {
-  const head = vfio_irq_set.encode({ ...v, argsz: vfio_irq_set.size + data.byteLength });
+  // Object.assign, not a spread: one hidden class for every call (docs/PERFORMANCE.md, issue 16, twenty-fourth
+  // pass §4).
+  const head = vfio_irq_set.encode(Object.assign({}, v, { argsz: vfio_irq_set.size + data.byteLength }));
   return concat(head, data);
 }
 
