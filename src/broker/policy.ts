@@ -180,8 +180,8 @@ export class Policy {
         timer = setTimeout(() => reject(new Error(`timed out after ${this.#timeoutMs} ms`)), this.#timeoutMs);
       });
       const v = await Promise.race([
-        // Frozen from an Object.assign copy: a frozen spread gets a new hidden class on every call (V8 11;
-        // docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+        // Frozen from an Object.assign copy: on Node 20 (V8 11.3) a frozen spread gets a new hidden class nearly
+        // every call (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
         Promise.resolve().then(() => fn(Object.freeze(Object.assign({}, ctx)), req)),
         timeout,
       ]);

@@ -61,8 +61,8 @@ export class DmaPlacement {
     opts: { offset: number; length: number; prot: 'r' | 'rw' },
     around: Neighbours,
   ): Mapping {
-    // Object.assign, not a spread: one hidden class for every map (docs/PERFORMANCE.md, issue 16, twenty-fourth pass
-    // §4); the same below.
+    // Object.assign, not a spread: on Node 20 (V8 11.3) a spread followed by a new property makes a new hidden class
+    // nearly every DMA map (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4); the same below.
     const mapping = this.#place(fd, Object.assign({}, opts, { guard: true }), around);
     this.#track(mapping, 1);
     return mapping;

@@ -65,8 +65,8 @@ function walk(buf: Uint8Array, first: number): ParsedCap[] {
   }
   return found.map((c) => {
     const end = starts.find((s) => s > c.offset) ?? buf.byteLength;
-    // Built whole, not `{ ...c, bytes }`: a spread and then a new property make a new hidden class on every call
-    // (V8 11; docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+    // Built whole, not `{ ...c, bytes }`: on Node 20 (V8 11.3) a spread followed by a new property makes a new
+    // hidden class nearly every call (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
     return { id: c.id, version: c.version, offset: c.offset, bytes: buf.subarray(c.offset, end) };
   });
 }
