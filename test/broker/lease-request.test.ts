@@ -82,3 +82,24 @@ test('readLeaseRequest: no devlease member leases the socket kind with defaults;
     kind: 'queue',
   });
 });
+
+test('readLeaseRequest: the other members are copied as plain members, a "__proto__" one too', () => {
+  const caps = JSON.parse(
+    '{"devlease":{"request":{"__proto__":{"admin":true},"devmemGranules":2,"tag":"x"}}}',
+  );
+  const req = readLeaseRequest(caps, 'queue');
+  assert.equal(Object.getPrototypeOf(req), Object.prototype, 'the copy keeps the plain prototype');
+  assert.equal((req as { admin?: unknown }).admin, undefined, 'nothing reached through a planted prototype');
+  assert.deepEqual(Object.getOwnPropertyDescriptor(req, '__proto__')?.value, { admin: true });
+  assert.equal(req.kind, 'queue');
+  assert.equal(req.devmemGranules, 2);
+  assert.equal((req as { tag?: unknown }).tag, 'x');
+  // A request naming the socket's kind itself is the same request.
+  assert.deepEqual(
+    readLeaseRequest(JSON.parse('{"devlease":{"request":{"kind":"queue","tag":"y"}}}'), 'queue'),
+    {
+      kind: 'queue',
+      tag: 'y',
+    },
+  );
+});

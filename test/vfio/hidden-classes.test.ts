@@ -6,13 +6,15 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 
-test('parsed capabilities and REGION_IO_FDS replies keep one hidden class, call after call', () => {
+test('parsed capabilities, REGION_IO_FDS replies and lease requests keep one hidden class, call after call', () => {
   const caps = new URL('../../src/vfio/uapi/caps.js', import.meta.url).href;
   const ioFds = new URL('../../src/vfio/user/region-io-fds.js', import.meta.url).href;
+  const leaseRequest = new URL('../../src/broker/lease-request.js', import.meta.url).href;
   // V8's own check (%HaveSameMap), in a child with natives syntax on.
   const script = `
     const { buildCapChain, parseCapBlob, sparseMmapCap } = await import(${JSON.stringify(caps)});
     const { decodeRegionIoFdsReply, encodeRegionIoFdsReply } = await import(${JSON.stringify(ioFds)});
+    const { readLeaseRequest } = await import(${JSON.stringify(leaseRequest)});
     const sameMaps = (make) => {
       let same = 0;
       let prev = make(0);
@@ -28,6 +30,10 @@ test('parsed capabilities and REGION_IO_FDS replies keep one hidden class, call 
     console.log(JSON.stringify({
       caps: sameMaps(() => parseCapBlob(chain)[0]),
       ioFds: sameMaps(() => decodeRegionIoFdsReply(reply)),
+      // Each from its own JSON.parse, as each VERSION's capabilities are; a request without 'kind'.
+      leaseRequest: sameMaps((i) =>
+        readLeaseRequest(JSON.parse('{"devlease":{"request":{"devmemGranules":' + (i % 3) + ',"tag":"t"}}}'), 'queue'),
+      ),
     }));`;
   const out = execFileSync(
     process.execPath,
@@ -39,7 +45,7 @@ test('parsed capabilities and REGION_IO_FDS replies keep one hidden class, call 
   );
   assert.deepEqual(
     JSON.parse(out),
-    { caps: 199, ioFds: 199 },
+    { caps: 199, ioFds: 199, leaseRequest: 199 },
     'of 199 calls, how many kept the map of the one before',
   );
 });
