@@ -172,7 +172,7 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
         leasesBeforeFdLimit: Math.floor((fdLimit() - fdsIdle) / perLease),
         simulatorRssMiB: Math.round(simRss),
         cpuPerLeaseUs:
-          "utime+stime over each burst's window / leases; the simulator, clients and the broker's helper threads in 10 ms ticks",
+          "utime+stime over each burst's window / leases; the simulator and clients in 10 ms ticks, the broker's helper threads from schedstat (ns)",
         warmBursts,
         brokerHelpersCpuPerLeaseUs: { fresh: fresh.cpu.brokerHelpers, warm: warm.cpu.brokerHelpers },
       },

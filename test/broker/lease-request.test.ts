@@ -89,11 +89,11 @@ test('readLeaseRequest: the other members are copied as plain members, a "__prot
   );
   const req = readLeaseRequest(caps, 'queue');
   assert.equal(Object.getPrototypeOf(req), Object.prototype, 'the copy keeps the plain prototype');
-  assert.equal((req as { admin?: unknown }).admin, undefined, 'nothing reached through a planted prototype');
+  assert.equal(req.admin, undefined, 'nothing reached through a planted prototype');
   assert.deepEqual(Object.getOwnPropertyDescriptor(req, '__proto__')?.value, { admin: true });
   assert.equal(req.kind, 'queue');
   assert.equal(req.devmemGranules, 2);
-  assert.equal((req as { tag?: unknown }).tag, 'x');
+  assert.equal(req.tag, 'x');
   // A request naming the socket's kind itself is the same request.
   assert.deepEqual(
     readLeaseRequest(JSON.parse('{"devlease":{"request":{"kind":"queue","tag":"y"}}}'), 'queue'),
