@@ -17,7 +17,7 @@
         "native/poll.cc",
         "native/unix_socket.cc",
         "native/sigbus_guard.cc",
-        "native/wait_fds.cc"
+        "native/wait_set.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=9", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],

@@ -17,7 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   devlease::RegisterFutex(env, exports);
   devlease::RegisterConstants(env, exports);
   devlease::RegisterEnvFds(env, exports);
-  devlease::RegisterWaitFds(env, exports);
+  devlease::RegisterWaitSet(env, exports);
   devlease::RegisterErrors(env, exports);
   return exports;
 }

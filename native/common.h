@@ -90,7 +90,7 @@ void RegisterInotify(Napi::Env env, Napi::Object exports);
 void RegisterFutex(Napi::Env env, Napi::Object exports);
 void RegisterConstants(Napi::Env env, Napi::Object exports);
 void RegisterEnvFds(Napi::Env env, Napi::Object exports);
-void RegisterWaitFds(Napi::Env env, Napi::Object exports);
+void RegisterWaitSet(Napi::Env env, Napi::Object exports);
 void RegisterErrors(Napi::Env env, Napi::Object exports);
 
 }  // namespace devlease

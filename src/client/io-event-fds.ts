@@ -39,8 +39,8 @@ export class IoEventFds {
     try {
       reply = await this.#client.regionIoFds(region);
     } catch (err) {
-      // No kick fd offered (ENOTSUP: a device without them; ENOSPC: more than one message can carry, e.g.
-      // an SA-1 with over 253 queues): the device's idle poll serves the queue, as in datasheet rev 1.
+      // No kick fd offered (ENOTSUP: a device without them; ENOSPC: more than one message can carry, from a
+      // device that does not share them): the device's idle poll serves the queue, as in datasheet rev 1.
       const code = (err as { code?: string }).code;
       if (code === 'ENOTSUP' || code === 'ENOSPC') return null;
       throw fromCallError(`region ${region} io fds`, err);

@@ -90,9 +90,9 @@ export class IoFdCache {
 
   /**
    * Region `index`'s io fds, asked once. A refusal that is the device's answer for this connection's lifetime
-   * (ENOTSUP: it offers none; ENOSPC: more than one message can carry, e.g. an SA-1 with over 253 queues) is
-   * kept too, so each lease does not ask again (with 1,024 queues the simulator's refusal cost it ~10 ms per
-   * lease); any other failure is not kept.
+   * (ENOTSUP: it offers none; ENOSPC: more than one message can carry, from a device that does not share them
+   * as the simulator does) is kept too, so each lease does not ask again (the simulator's refusal, before it
+   * shared, cost it ~10 ms per lease with 1,024 queues); any other failure is not kept.
    */
   #cached(index: number): Promise<RegionIoFds> {
     let cached = this.#asked.get(index);

@@ -169,11 +169,16 @@ export interface NativeAddon {
    * was saturated (EAGAIN), a wake-up is pending anyway.
    */
   eventfdKick(fd: number): boolean;
+  /** An epoll fd (O_CLOEXEC) watching `fds` (eventfds) for input, for waitSet(); the caller closes it. */
+  waitSetCreate(fds: number[]): number;
   /**
-   * Blocks the calling thread until one of `fds` (eventfds) is readable or `timeoutMs` passes (negative or
-   * Infinity: no timeout), then drains every readable one. Returns how many were readable (0: timed out).
+   * Blocks the calling thread until one of the set's fds is readable or `timeoutMs` passes (negative or
+   * Infinity: no timeout; sub-millisecond timeouts kept), then drains every readable one (up to 64 a call; the
+   * rest end the next call at once), never blocking whatever their O_NONBLOCK. Returns how many were readable:
+   * 0 when it timed out (or a signal ended the wait), at least 1 when the set was readable, even if another
+   * reader drained it first.
    */
-  waitFds(fds: number[], timeoutMs: number): number;
+  waitSet(epfd: number, timeoutMs: number): number;
 
   // --- inotify ---
   inotifyInit(): number; // IN_NONBLOCK | IN_CLOEXEC

@@ -7,7 +7,7 @@
 
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
-import { Fd, native } from '../../sys/index.js';
+import { Fd, MAX_FDS, native } from '../../sys/index.js';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX } from '../../vfio/uapi/vfio.js';
 import {
   bar0Read32,
@@ -57,7 +57,11 @@ export class DeviceWorker {
   readonly #sliceFds: Int32Array;
   /** Queue page addresses and inodes, and the spare page memory (page-revoke.ts). */
   readonly #pages: PageTable;
-  /** The queues' kick ioeventfds (the worker owns and closes them; replies carry dups). */
+  /**
+   * The queues' kick ioeventfds (the worker owns and closes them; replies carry dups): one per queue, up to the
+   * fds one message can carry (MAX_FDS); beyond that queues share them (io-fds.ts), and the worker sleeps on
+   * at most that many.
+   */
   readonly #kickFds: number[];
   #worker: Worker;
   #exited: Promise<void>;
@@ -96,7 +100,7 @@ export class DeviceWorker {
     this.irqs = new IrqTable(irqMemory, options.numQueues);
     this.dma = new FrontDmaTable(this.#mailbox, timeoutMs);
     const { EFD_NONBLOCK } = native.constants as Record<string, number>;
-    this.#kickFds = Array.from({ length: options.numQueues }, () =>
+    this.#kickFds = Array.from({ length: Math.min(options.numQueues, MAX_FDS) }, () =>
       native.eventfd(0, EFD_NONBLOCK as number),
     );
     this.#sliceFds = sliceFdTable(options);
@@ -207,9 +211,8 @@ export class DeviceWorker {
 
   /**
    * A reply carrying the kick fds is on its way to a client: from now on the idle device sleeps on them, polling
-   * only at the armed interval. Not before: fds asked for but never sent (a head-only reply, ENOSPC for a device
-   * with more queues than the client's max_msg_fds) leave every doorbell to the idle poll, as documented, not to
-   * the 10 ms armed poll (a lease's first doorbell on a 1,024-queue simulator waited ~8 ms; issue 16).
+   * only at the armed interval. Not before: fds asked for but never sent (a head-only reply, ENOSPC for a client
+   * that takes no fds) leave every doorbell to the idle poll, as documented, not to the 10 ms armed poll (a lease's first doorbell on a 1,024-queue simulator waited ~8 ms; issue 16).
    */
   kicksHandedOut(): void {
     if (this.#closed || this.#kicksOut) return;

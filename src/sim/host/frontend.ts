@@ -95,12 +95,13 @@ export class Sa1Frontend implements VfioUserDeviceModel {
   }
 
   /** Doorbell notification (rev 2): one ioeventfd per queue page of BAR2 (io-fds.ts). */
-  regionIoFds(index: number): RegionIoFds {
+  regionIoFds(index: number, opts: { maxFds?: number } = {}): RegionIoFds {
     return sa1RegionIoFds(
       this.options,
       index,
       () => this.device.kickFds(),
       () => this.device.kicksHandedOut(),
+      opts.maxFds,
     );
   }
 

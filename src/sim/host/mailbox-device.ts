@@ -143,17 +143,52 @@ export class MailboxDevice<R> {
   }
 
   /**
-   * Sleep until a request is posted, one of `fds` (eventfds) is written, or `ms` passes; the readable
-   * fds are drained. `fds[0]` is the device's own wake eventfd, which callers write while it sleeps here.
+   * Sleep until a request is posted, one of the set's eventfds is written, or `ms` passes; the readable
+   * ones are drained. `set.epfd` is a native wait set (waitSetCreate) holding `set.wakeFd`, the device's own
+   * wake eventfd, which callers write while it sleeps here.
    * Returns false when it slept the whole `ms` (no fd was written, nothing was pending).
    */
-  sleepOnFds(fds: number[], ms: number): boolean {
+  sleepOnFds(set: WaitSet, ms: number): boolean {
     const w = this.#words;
-    Atomics.store(w, W_WAKE_FD, fds[0] as number);
+    Atomics.store(w, W_WAKE_FD, set.wakeFd);
     Atomics.store(w, W_FD_SLEEP, 1);
     // A request posted before the flag was visible was not followed by a wake write: look once more.
-    const woken = this.pending || native.waitFds(fds, ms) > 0;
+    const woken = this.pending || native.waitSet(set.epfd, ms) > 0;
     Atomics.store(w, W_FD_SLEEP, 0);
     return woken;
+  }
+}
+
+/** What the device sleeps on when kick fds are out (MailboxDevice.sleepOnFds). */
+export interface WaitSet {
+  /** The native wait set (an epoll fd) of `wakeFd` and the kick fds. */
+  epfd: number;
+  /** The device's own wake eventfd, which the front end writes when a command arrives while it sleeps. */
+  wakeFd: number;
+  kickFds: number[];
+}
+
+/**
+ * The device's wake eventfd and one wait set of it and the queues' kick fds (which the device owns from here).
+ * Each is tracked for the worker's teardown: a terminate() runs no shutdown, and the addon closes them then.
+ */
+export function openWaitSet(kickFds: number[]): WaitSet {
+  const { EFD_NONBLOCK } = native.constants as Record<string, number>;
+  for (const fd of kickFds) native.trackFd(fd);
+  const wakeFd = native.eventfd(0, EFD_NONBLOCK as number);
+  native.trackFd(wakeFd);
+  const epfd = native.waitSetCreate([wakeFd, ...kickFds]);
+  native.trackFd(epfd);
+  return { epfd, wakeFd, kickFds };
+}
+
+/**
+ * The device stops: the wait set first. An eventfd closed while still in the set stays registered as long as a
+ * lease holds a dup of it, and a drain would read whatever file took its number next.
+ */
+export function closeWaitSet(set: WaitSet): void {
+  for (const fd of [set.epfd, set.wakeFd, ...set.kickFds]) {
+    native.untrackFd(fd);
+    native.close(fd);
   }
 }

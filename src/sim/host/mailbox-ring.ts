@@ -79,7 +79,7 @@ export interface SlotCodec<R> {
 // The Int32 words, by index: what the caller (mailbox.ts) and the device (mailbox-device.ts) share.
 export const W_REQUEST = 0; // number of the last post (request or one-way) written to the ring
 export const W_ANSWERED = 1; // sequence number of the last request answered
-/** Non-zero while the device sleeps in waitFds() (so a request must also write the wake eventfd). */
+/** Non-zero while the device sleeps in waitSet() (so a request must also write the wake eventfd). */
 export const W_FD_SLEEP = 2;
 /** The device's wake eventfd (a process-wide fd number). */
 export const W_WAKE_FD = 3;

@@ -31,7 +31,7 @@
 // away: until the device has taken the post (W_TAKEN) or left the round.
 //
 // Doorbell notification (datasheet rev 2): an idle device may sleep in
-// waitFds() on its queues' ioeventfds instead of Atomics.wait. It says so in
+// waitSet() on its queues' ioeventfds instead of Atomics.wait. It says so in
 // W_FD_SLEEP, and a caller that sees it set after posting also writes the
 // device's wake eventfd (W_WAKE_FD), so a request still wakes it at once.
 

@@ -22,7 +22,7 @@ import { deviceRequestSlots } from './command-slots.js';
 import type { DeviceRequest, InjectRequest, WorkerStats } from './commands.js';
 import { IrqTable } from './irq-table.js';
 import type { Envelope, WireError } from './mailbox.js';
-import { MailboxDevice } from './mailbox-device.js';
+import { closeWaitSet, MailboxDevice, openWaitSet } from './mailbox-device.js';
 import { PageTable } from './page-revoke.js';
 
 export interface WorkerInit {
@@ -35,7 +35,7 @@ export interface WorkerInit {
   registers: SharedArrayBuffer;
   /** The irq eventfd numbers the front end stores (irq-table.ts). */
   irqs: SharedArrayBuffer;
-  /** One kick ioeventfd per queue page, made by the front end; the device owns them from here. */
+  /** The kick ioeventfds (one per queue page, up to MAX_FDS: io-fds.ts), made by the front end; the device's. */
   kickFds: number[];
   /** Where the backing publishes its slices' memfd numbers (memfd-backing.ts), for the front end. */
   sliceFds: SharedArrayBuffer;
@@ -62,11 +62,10 @@ const device = new Sa1Device(
   new RegisterFile(init.registers),
 );
 const revokedInodes = new Set<bigint>();
-// Doorbell notification (datasheet §2.3 rev 2): one ioeventfd per queue page (the front end made them and
-// hands out dups with GET_REGION_IO_FDS), plus the wake eventfd the mailbox writes while the device sleeps
-// on them. waitList[0] is the wake fd; the device owns all of them for its lifetime.
-const { EFD_NONBLOCK } = native.constants as Record<string, number>;
-const waitList: number[] = [native.eventfd(0, EFD_NONBLOCK!), ...init.kickFds];
+// Doorbell notification (datasheet §2.3 rev 2): the queues' ioeventfds (the front end made them and hands out
+// dups with GET_REGION_IO_FDS) and the wake eventfd the mailbox writes while the device sleeps on them, in one
+// wait set made once; the device owns all of them for its lifetime.
+const waitSet = openWaitSet(init.kickFds);
 const stats: WorkerStats = {
   busyRounds: 0,
   idleRounds: 0,
@@ -384,7 +383,7 @@ function run(): void {
       if (arm === ARMED) stats.armedSleeps++;
       // Only a sleep of the whole armed interval counts: a tidy's shorter one that finds a doorbell may hide a lost
       // kick, but it is not the armed poll finding it.
-      armedTimedOut = !mailbox.sleepOnFds(waitList, ms) && arm === ARMED && due === null && ms === pollMs;
+      armedTimedOut = !mailbox.sleepOnFds(waitSet, ms) && arm === ARMED && due === null && ms === pollMs;
     } else {
       mailbox.sleep(ms);
     }
@@ -393,7 +392,7 @@ function run(): void {
   // Shutdown: drop every mapping and slice, then answer.
   release(device.iommu.remove(0, 0, true));
   backing.close();
-  for (const fd of waitList) native.close(fd);
+  closeWaitSet(waitSet);
   mailbox.answer(shutdownSeq, {});
 }
 

@@ -119,9 +119,13 @@ export interface VfioUserDeviceModel {
   /**
    * VFIO_USER_DEVICE_GET_REGION_IO_FDS for a region (index already checked against num_regions): its
    * ioeventfd sub-regions and their fds (sent, then closed by the server; hand out new descriptions or dups).
-   * Absent: the command is refused with ENOTSUP.
+   * Absent: the command is refused with ENOTSUP. `maxFds` is the client's max_msg_fds: a reply needing more
+   * fds is refused with ENOSPC, so a device that can share one fd among sub-regions may do so to fit it.
    */
-  regionIoFds?(index: number, opts?: { issued?: Issued }): RegionIoFds | Promise<RegionIoFds>;
+  regionIoFds?(
+    index: number,
+    opts?: { issued?: Issued; maxFds?: number },
+  ): RegionIoFds | Promise<RegionIoFds>;
   /** The connection is gone (hang-up, close, or malformed input): drop its DMA mappings and IRQ fds. */
   disconnected(reason: string): void | Promise<void>;
   /**
