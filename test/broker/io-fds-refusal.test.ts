@@ -81,7 +81,9 @@ test("a 300-queue device's kick fds are asked of it once, shared 253 ways; every
 function eventfdId(fd: Fd): string {
   const id = /^eventfd-id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd.fd}`, 'utf8'))?.[1];
   if (id === undefined)
-    throw new Error(`fd ${fd.fd}: no eventfd-id in /proc/self/fdinfo (not an eventfd, or a kernel whose fdinfo shows no eventfd ids)`);
+    throw new Error(
+      `fd ${fd.fd}: no eventfd-id in /proc/self/fdinfo (not an eventfd, or a kernel whose fdinfo shows no eventfd ids)`,
+    );
   return id;
 }
 
