@@ -11,13 +11,15 @@
 // first grant (the warm one's were reset when reclaimed), one device round
 // trip a lease: skipping it changed the fresh burst by less than its
 // run-to-run spread (issue 16, twenty-first pass). The release-all row is the
-// exit of the processes holding the warm burst.
+// exit of the processes holding the warm burst. Between the fresh burst and the probes the simulator's CPU is read
+// with every lease held and idle (`sim-idle-held`).
 //
 //   node dist/bench/cases/scale.js [--quick]
 
 import { readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ClientProc, exitAll } from '../fixtures/client-proc.js';
+import { threadTimes } from '../fixtures/cpu.js';
 import { burst, burstRows, releaseAllLeases } from '../fixtures/lease-burst.js';
 import { ReleaseWatch } from '../fixtures/released.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
@@ -36,6 +38,20 @@ const fdLimit = (): number =>
 const WARM_BURSTS = 5;
 /** A pause after a release before the next burst: the reclaims' last device replies come in meanwhile. */
 const SETTLE_MS = 20;
+/** How long the simulator's CPU is read with every lease held and idle. */
+const IDLE_WINDOW_MS = 2000;
+
+/**
+ * The CPU all threads of `pid` use over `ms` of wall time, % of a core, from schedstat (ns): a device asleep until
+ * kicked runs some 100 short rounds a second, well under /proc's 10 ms ticks.
+ */
+async function idleCpuPercent(pid: number, ms: number): Promise<number> {
+  const runNs = () => [...threadTimes(pid).values()].reduce((sum, t) => sum + t.runNs, 0);
+  const r0 = runNs();
+  const t0 = performance.now();
+  await sleep(ms);
+  return ((runNs() - r0) / 1e6 / (performance.now() - t0)) * 100;
+}
 
 async function acquireLoop(
   c: ClientProc,
@@ -103,6 +119,8 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
     const rssHeld = rssMiB(process.pid);
     const fdsHeld = fdCount();
     const simRss = rssMiB(rig.sim.pid);
+    progress(`the simulator with ${total} leases held idle`);
+    const simIdle = await idleCpuPercent(rig.sim.pid, quick ? 500 : IDLE_WINDOW_MS);
 
     progress(`lease acquire with ${total} held, ${probes}×`);
     const loaded = await acquireLoop(probe, rig.socket, probes, released);
@@ -156,6 +174,15 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
         metric('release-all', `all ${procs} processes exit → all ${total} free (the warm burst's)`, 's', [
           releaseAllMs / 1000,
         ]),
+        metric(
+          'sim-idle-held',
+          `simulator CPU with the ${total} leases held idle, % of a core (all its threads, schedstat)`,
+          '%',
+          [simIdle],
+          {
+            note: 'their queues enabled by the grant, nothing rung: the device sleeps until kicked (its kick fds shared 253 ways), polling every 10 ms',
+          },
+        ),
         metric('rss-idle', 'broker RSS, no leases', 'MiB', [rssIdle], { role: 'baseline' }),
         metric('rss-held', `broker RSS, ${total} leases`, 'MiB', [rssHeld], { ref: 'rss-idle' }),
         metric('rss-per-lease', '· broker memory per lease ((held − none) / leases)', 'KiB', [
