@@ -195,7 +195,7 @@ runCase(
           cpu: 'CPU rows are % of one core: utime+stime of /proc/<sim pid>/stat over each window; the broker reads HEARTBEAT every 100 ms in every window',
           simulator: 'default --idle-poll-us 50; the floor rig runs --idle-poll-us 0',
           ...(noClib ? { clib: noClib } : {}),
-          coldWake: `the peer sleeps in ppoll on one eventfd with a ${KICK_ARMED_POLL_US / 1000} ms timeout (the device's armed poll); this process idles ${IDLE_MS} ms on a timer, stores, kicks (write + sched_yield, as Sa1Queue) and spins; ${CHUNKS} chunks alternating with the kicked row`,
+          coldWake: `the peer sleeps in native waitSet (ppoll on an epoll set, as the device worker) on one eventfd with a ${KICK_ARMED_POLL_US / 1000} ms timeout (the device's armed poll); this process idles ${IDLE_MS} ms on a timer, stores, kicks (write + sched_yield, as Sa1Queue) and spins; ${CHUNKS} chunks alternating with the kicked row`,
         },
       };
     } finally {
