@@ -180,7 +180,7 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
           '%',
           [simIdle],
           {
-            note: 'their queues enabled by the grant, nothing rung: the device sleeps until kicked (its kick fds shared 253 ways), polling every 10 ms',
+            note: 'their queues enabled by the grant, nothing rung: the device sleeps until kicked (1,024 queues on 253 shared kick fds), polling every 10 ms',
           },
         ),
         metric('rss-idle', 'broker RSS, no leases', 'MiB', [rssIdle], { role: 'baseline' }),

@@ -102,7 +102,7 @@ export class Lease {
     this.kind = request.kind;
     this.request = request;
     // Object.assign, not a spread: on Node 20 (V8 11.3) `{ ...ctx, lease }` makes a new hidden class nearly every
-    // time (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+    // time (docs/performance-history.md, issue 16, twenty-fourth pass §4).
     this.ctx = Object.assign({}, ctx, { lease: { id, kind: request.kind } });
     this.resources = resources;
     this.mappings.onChange = () => this.#recount();

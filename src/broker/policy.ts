@@ -181,7 +181,7 @@ export class Policy {
       });
       const v = await Promise.race([
         // Frozen from an Object.assign copy: on Node 20 (V8 11.3) a frozen spread gets a new hidden class nearly
-        // every call (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+        // every call (docs/performance-history.md, issue 16, twenty-fourth pass §4).
         Promise.resolve().then(() => fn(Object.freeze(Object.assign({}, ctx)), req)),
         timeout,
       ]);

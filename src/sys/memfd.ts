@@ -93,7 +93,7 @@ export class MemFd {
   /** Maps the memfd (default: all of it, read-write, unguarded). */
   map(opts: { length?: number; offset?: number; prot?: 'r' | 'rw'; guard?: boolean } = {}): Mapping {
     // Object.assign, not a spread: on Node 20 (V8 11.3) a spread followed by a new property makes a new hidden class
-    // nearly every call (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+    // nearly every call (docs/performance-history.md, issue 16, twenty-fourth pass §4).
     return Mapping.map(
       this.fd,
       Object.assign({}, opts, { length: opts.length ?? this.stat().size - (opts.offset ?? 0) }),

@@ -1,7 +1,7 @@
 // The decoders a lease's requests run build each result with one hidden class for every call. On Node 20 an
 // object literal that starts with a spread and adds a property gets a new one almost every time, which leaves
 // a map in the old generation per call and sends the code reading these objects down V8's megamorphic path
-// (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+// (docs/performance-history.md, issue 16, twenty-fourth pass §4).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';

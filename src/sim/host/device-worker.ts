@@ -212,7 +212,8 @@ export class DeviceWorker {
   /**
    * A reply carrying the kick fds is on its way to a client: from now on the idle device sleeps on them, polling
    * only at the armed interval. Not before: fds asked for but never sent (a head-only reply, ENOSPC for a client
-   * that takes no fds) leave every doorbell to the idle poll, as documented, not to the 10 ms armed poll (a lease's first doorbell on a 1,024-queue simulator waited ~8 ms; issue 16).
+   * that takes no fds) leave every doorbell to the idle poll, as documented, not to the 10 ms armed poll (a
+   * lease's first doorbell on a 1,024-queue simulator waited ~8 ms; issue 16).
    */
   kicksHandedOut(): void {
     if (this.#closed || this.#kicksOut) return;

@@ -62,7 +62,7 @@ export class DmaPlacement {
     around: Neighbours,
   ): Mapping {
     // Object.assign, not a spread: on Node 20 (V8 11.3) a spread followed by a new property makes a new hidden class
-    // nearly every DMA map (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4); the same below.
+    // nearly every DMA map (docs/performance-history.md, issue 16, twenty-fourth pass §4); the same below.
     const mapping = this.#place(fd, Object.assign({}, opts, { guard: true }), around);
     this.#track(mapping, 1);
     return mapping;

@@ -66,7 +66,7 @@ function walk(buf: Uint8Array, first: number): ParsedCap[] {
   return found.map((c) => {
     const end = starts.find((s) => s > c.offset) ?? buf.byteLength;
     // Built whole, not `{ ...c, bytes }`: on Node 20 (V8 11.3) a spread followed by a new property makes a new
-    // hidden class nearly every call (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+    // hidden class nearly every call (docs/performance-history.md, issue 16, twenty-fourth pass §4).
     return { id: c.id, version: c.version, offset: c.offset, bytes: buf.subarray(c.offset, end) };
   });
 }

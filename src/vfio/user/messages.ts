@@ -139,7 +139,7 @@ export function encodeIrqSet(
   data: Uint8Array = new Uint8Array(0),
 ): Uint8Array {
   // Object.assign, not a spread: on Node 20 (V8 11.3) a spread followed by a new property makes a new hidden class
-  // nearly every call (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+  // nearly every call (docs/performance-history.md, issue 16, twenty-fourth pass §4).
   const head = vfio_irq_set.encode(Object.assign({}, v, { argsz: vfio_irq_set.size + data.byteLength }));
   return concat(head, data);
 }

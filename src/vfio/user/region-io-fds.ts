@@ -130,7 +130,7 @@ export function decodeRegionIoFdsReply(payload: Uint8Array): {
   if (payload.byteLength < HEAD) throw new Error(`reply of ${payload.byteLength} bytes, head is ${HEAD}`);
   const h = vfio_user_region_io_fds_reply.decode(payload);
   // Object.assign, not a spread, here and below: on Node 20 (V8 11.3) a spread followed by a new property makes a new
-  // hidden class nearly every call (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4).
+  // hidden class nearly every call (docs/performance-history.md, issue 16, twenty-fourth pass §4).
   if (payload.byteLength < HEAD + ENTRY * h.count) return Object.assign({}, h, { subRegions: null });
   const subRegions: IoFdSubRegion[] = [];
   for (let i = 0; i < h.count; i++) {

@@ -106,7 +106,7 @@ export function versionReply(
   extra: Record<string, unknown>,
 ): Uint8Array {
   // Object.assign, not spreads: on Node 20 (V8 11.3) a spread followed by new properties makes a new hidden class
-  // nearly every reply (docs/PERFORMANCE.md, issue 16, twenty-fourth pass §4). So `granted` and `extra` must not
+  // nearly every reply (docs/performance-history.md, issue 16, twenty-fourth pass §4). So `granted` and `extra` must not
   // carry members of parsed JSON: an own `__proto__` would set this copy's prototype.
   const ours: Record<string, unknown> = Object.assign(
     {},
