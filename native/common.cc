@@ -63,6 +63,15 @@ int FdArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return static_cast<int>(IntArg(info, i, name, 0, INT32_MAX));
 }
 
+int FdElement(Napi::Env env, const Napi::Array& list, uint32_t i) {
+  Napi::Value v = list.Get(i);
+  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (d < 0 || d > INT32_MAX || static_cast<double>(static_cast<int>(d)) != d) {
+    ThrowInvalidArg(env, "fds[" + std::to_string(i) + "] is not a file descriptor");
+  }
+  return static_cast<int>(d);
+}
+
 int64_t OffsetArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   Napi::Value v = info[i];
   if (v.IsBigInt()) {

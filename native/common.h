@@ -44,6 +44,8 @@ EnvState* StateOf(Napi::Env env);
 
 /** info[i] as a non-negative int32 file descriptor. */
 int FdArg(const Napi::CallbackInfo& info, size_t i, const char* name = "fd");
+/** list[i] (an array of descriptors, e.g. fds to send or to wait on) as a non-negative int32 file descriptor. */
+int FdElement(Napi::Env env, const Napi::Array& list, uint32_t i);
 /** info[i] as an integer in [min, max] (numbers must be integral). */
 int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max);
 /** info[i] as a number or bigint in [0, 2^63). */

@@ -138,14 +138,7 @@ Napi::Value Sendmsg(const Napi::CallbackInfo& info) {
       ThrowMisuse(env, "ERR_DEVLEASE_TOO_MANY_FDS",
                   "a message carries at most " + std::to_string(kMaxFds) + " fds, got " + std::to_string(nfds));
     }
-    for (uint32_t i = 0; i < nfds; i++) {
-      Napi::Value v = list.Get(i);
-      double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-      if (d < 0 || d > INT32_MAX || static_cast<double>(static_cast<int>(d)) != d) {
-        ThrowInvalidArg(env, "fds[" + std::to_string(i) + "] is not a file descriptor");
-      }
-      fds[i] = static_cast<int>(d);
-    }
+    for (uint32_t i = 0; i < nfds; i++) fds[i] = FdElement(env, list, i);
   }
 
   iovec iov{data.data, data.length};

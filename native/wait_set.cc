@@ -55,14 +55,7 @@ Napi::Value WaitSetCreate(const Napi::CallbackInfo& info) {
   uint32_t n = list.Length();
   if (n > kMaxWaitFds) ThrowInvalidArg(env, "at most " + std::to_string(kMaxWaitFds) + " fds");
   std::vector<int> fds(n);
-  for (uint32_t i = 0; i < n; i++) {
-    Napi::Value v = list.Get(i);
-    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-    if (d < 0 || d > INT32_MAX || static_cast<double>(static_cast<int>(d)) != d) {
-      ThrowInvalidArg(env, "fds[" + std::to_string(i) + "] is not a file descriptor");
-    }
-    fds[i] = static_cast<int>(d);
-  }
+  for (uint32_t i = 0; i < n; i++) fds[i] = FdElement(env, list, i);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) ThrowErrno(env, "epoll_create1", errno);
   for (int fd : fds) {
