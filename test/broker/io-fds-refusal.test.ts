@@ -115,20 +115,21 @@ test('an ENOSPC refusal of GET_REGION_IO_FDS is kept: asked of the device once, 
   const server = new VfioUserServer({ createDevice: () => device, log: () => {} });
   const [a, b] = vfioUserPair();
   server.serveSocket(b);
-  const client = await VfioUserClient.fromSocket(a); // takes MAX_FDS (253) fds per message
+  let client: VfioUserClient | null = null;
   let asked = 0;
   const cache = new IoFdCache((index) => {
     asked++;
-    return client.regionIoFds(index);
+    return client!.regionIoFds(index);
   });
   try {
+    client = await VfioUserClient.fromSocket(a); // takes MAX_FDS (253) fds per message
     for (let i = 0; i < 3; i++) await assert.rejects(cache.get(2), { code: 'ENOSPC' }, `ask ${i}`);
     assert.equal(asked, 1, 'the device was asked once');
     // Two messages, one request: the first reply, head-only, said how large a whole one is (argsz).
     assert.equal(device.asked, 2);
   } finally {
     cache.drop();
-    client.close();
+    client?.close(); // a failed VERSION closed the socket itself (fromSocket)
     await server.close();
     device.mem.close();
   }
