@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import * as ds from '../../src/sim/model/datasheet.js';
 import { type Fd, MemFd, native } from '../../src/sys/index.js';
 import { pipeSync } from '../fixtures/broker/pipe.js';
-import { BAR0, boot, qcfg, r32, TestQueue } from './helpers/driver.js';
+import { BAR0, boot, qcfg, r32, TestQueue, w64 } from './helpers/driver.js';
 import { lastFault } from './helpers/fault-log.js';
 import { openFds, type Rig, rig, until } from './helpers/real.js';
 
@@ -209,4 +209,55 @@ test('a source truncated while its descriptor is in flight completes as IOMMU_FA
   } finally {
     await r.close();
   }
+});
+
+test('a translated queue (Q_XLAT): COPY moves the memory at IOVA + Q_XLAT; a source truncated under it faults at the address the queue saw', async () => {
+  const before = openFds();
+  const r = await bootedRig([]);
+  try {
+    // The holder sees the device's addresses XLAT lower (a lease's translated view): HOST at HOST - XLAT.
+    const XLAT = 0x10_0000n;
+    const victim = await r.map(VICTIM, 0x1_0000);
+    victim.view.fill(0xab);
+    await w64(r.bus, BAR0, qcfg(0, ds.Q_XLAT), XLAT);
+    const tq = new TestQueue(
+      r.bus,
+      {
+        q: 0,
+        mem: { iova: HOST - XLAT, view: r.host.view.subarray(0, 0x1000) },
+        sqSize: 8,
+        cqSize: 8,
+        window: { base: HOST - XLAT, size: 0x100_0000n },
+      },
+      STRIDE,
+    );
+    await tq.configure();
+    await tq.submit([
+      { opcode: ds.OP_COPY, length: 64, src: VICTIM - XLAT, dst: HOST - XLAT + 0x8000n, tag: 1n },
+    ]);
+    assert.deepEqual(
+      (await tq.reap(1)).map((c) => c.status),
+      [ds.ST_OK],
+    );
+    assert.ok(
+      r.host.view.subarray(0x8000, 0x8000 + 64).every((b) => b === 0xab),
+      'the bytes at VICTIM arrived at HOST + 0x8000',
+    );
+    victim.mapping.unmap();
+    victim.memfd.truncate(0);
+    r.host.view.fill(0x11, 0x9000, 0x9000 + 64);
+    await tq.submit([
+      { opcode: ds.OP_COPY, length: 64, src: VICTIM - XLAT + 0x100n, dst: HOST - XLAT + 0x9000n, tag: 2n },
+    ]);
+    const [c] = await tq.reap(1);
+    assert.deepEqual([c?.tag, c?.status], [2n, ds.ST_IOMMU_FAULT], 'never OK with zeros');
+    await assertQueueFaulted(r, VICTIM - XLAT + 0x100n);
+    assert.ok(
+      r.host.view.subarray(0x9000, 0x9000 + 64).every((b) => b === 0x11),
+      'the destination untouched',
+    );
+  } finally {
+    await r.close();
+  }
+  assert.equal(openFds(), before);
 });

@@ -33,11 +33,12 @@ export function isPlainNop(w: Int32Array): boolean {
 
 /**
  * The engine's #executeChecked() of a COPY between host memory, from the SQE's words, for the case it does not fail:
- * addresses below 2^53, no Q_XLAT, a window the numbers hold exactly, both ranges inside it, each inside one
- * map with the access it needs. Returns null for anything else (the engine decodes and runs the general
- * path, which applies waiting map updates, finds and reports the failure exactly as before); returns the
- * IOMMU_FAULT a revocation during the access gives, as the general path does. No segment lists and, for a
- * source used again, no view made: the maps found are kept on the queue for its IOMMU generation.
+ * addresses below 2^53, a window and Q_XLAT the numbers hold exactly (Queue.plainWindow), both ranges inside the
+ * window, each at IOVA + Q_XLAT inside one map with the access it needs. Returns null for anything else (the
+ * engine decodes and runs the general path, which applies waiting map updates, finds and reports the failure
+ * exactly as before); returns the IOMMU_FAULT a revocation during the access gives, as the general path does,
+ * at the address as the queue saw it. No segment lists, no BigInt and, for a source used again, no view made:
+ * the maps found are kept on the queue for its IOMMU generation.
  */
 export function plainCopy(iommu: Iommu, q: Queue, w: Int32Array): Outcome | null {
   const w0 = w[0] as number;
@@ -46,18 +47,21 @@ export function plainCopy(iommu: Iommu, q: Queue, w: Int32Array): Outcome | null
   if ((w0 & 0xff) !== OP_COPY || w0 >>> 16 !== 0 || (flags & ~FLAG_INTR) !== 0) return null;
   if ((w[10]! | w[11]! | w[12]! | w[13]! | w[14]! | w[15]!) !== 0) return null;
   const length = (w[1] as number) >>> 0;
-  if (length === 0 || length > MAX_LENGTH || q.xlat !== 0n) return null;
+  if (length === 0 || length > MAX_LENGTH) return null;
   const srcHi = (w[3] as number) >>> 0;
   const dstHi = (w[5] as number) >>> 0;
   if (srcHi >= 0x20_0000 || dstHi >= 0x20_0000) return null; // 2^53: exact as numbers
-  const src = ((w[2] as number) >>> 0) + srcHi * 2 ** 32;
-  const dst = ((w[4] as number) >>> 0) + dstHi * 2 ** 32;
-  const winSize = q.winSize;
-  if (winSize === 0n) return null;
-  const winBase = Number(q.winBase);
-  const winEnd = winBase + Number(winSize);
-  if (winEnd > Number.MAX_SAFE_INTEGER) return null;
-  if (src < winBase || src + length > winEnd || dst < winBase || dst + length > winEnd) return null;
+  const win = q.plainWindow;
+  if (win === null) return null;
+  const viewSrc = ((w[2] as number) >>> 0) + srcHi * 2 ** 32;
+  const viewDst = ((w[4] as number) >>> 0) + dstHi * 2 ** 32;
+  if (viewSrc < win.base || viewSrc + length > win.end || viewDst < win.base || viewDst + length > win.end) {
+    return null;
+  }
+  // Q_XLAT (§2.2): the device's IOVAs, below 2^53 as the window's translated end is. Faults report view addresses.
+  const shift = win.shift;
+  const src = viewSrc + shift;
+  const dst = viewDst + shift;
   iommu.sync(); // maps that shrank before this access fault: their generation is gone, find() refuses them
   if (q.copyGen !== iommu.generation) {
     q.forgetCopyMaps();
@@ -80,7 +84,7 @@ export function plainCopy(iommu: Iommu, q: Queue, w: Int32Array): Outcome | null
   // As #execute(): one byte of every source page first, so a shrunken source fails before any write.
   if (touchRange(from.view, at, length) && iommu.sync()) {
     const dead = iommu.deadIn(src, length);
-    if (dead >= 0) return fail(ST_IOMMU_FAULT, BigInt(dead));
+    if (dead >= 0) return fail(ST_IOMMU_FAULT, BigInt(dead - shift));
   }
   if (from === to) {
     to.view.copyWithin(dst - to.iova, at, at + length); // memmove, as set() within one segment
@@ -96,7 +100,7 @@ export function plainCopy(iommu: Iommu, q: Queue, w: Int32Array): Outcome | null
   if (iommu.sync()) {
     const dead = iommu.deadIn(src, length); // the source first, as hostRanges() lists them
     const at2 = dead >= 0 ? dead : iommu.deadIn(dst, length);
-    if (at2 >= 0) return fail(ST_IOMMU_FAULT, BigInt(at2));
+    if (at2 >= 0) return fail(ST_IOMMU_FAULT, BigInt(at2 - shift));
   }
   return ok(0, length);
 }

@@ -27,6 +27,16 @@ import {
 } from './datasheet.js';
 import { RegisterFile } from './register-file.js';
 
+/**
+ * A queue's window and Q_XLAT as JS numbers, for the engine's fast COPY (fast-path.ts): the window
+ * [base, end) as the queue sees it, and `shift`, Q_XLAT, added to reach the device's IOVA.
+ */
+export interface PlainWindow {
+  readonly base: number;
+  readonly end: number;
+  readonly shift: number;
+}
+
 export class QueueRegisters {
   /** Byte offset of this queue's QCFG in BAR0. */
   readonly qcfgAt: number;
@@ -45,6 +55,7 @@ export class QueueRegisters {
   #memBase = 0;
   #memSize = 0;
   #xlat = 0n;
+  #plainWindow: PlainWindow | null = null;
   /** Q_INFLIGHT as last stored (the register file starts at 0, and only publishInflight stores it). */
   #inflightShown = 0;
   /** Called when ENABLE or ERROR changes (the device's list of queues a round visits is stale then). */
@@ -67,6 +78,7 @@ export class QueueRegisters {
       this.#memBase = this.regs.load(this.qcfgAt + Q_MEM_BASE);
       this.#memSize = this.regs.load(this.qcfgAt + Q_MEM_SIZE);
       this.#xlat = this.regs.load64(this.qcfgAt + Q_XLAT);
+      this.#plainWindow = plainWindow(this.#winBase, this.#winSize, this.#xlat);
     }
     const changed = v !== this.#enabled;
     this.#enabled = v;
@@ -129,6 +141,13 @@ export class QueueRegisters {
     this.#xlat = BigInt.asUintN(64, v);
     this.regs.store64(this.qcfgAt + Q_XLAT, v);
   }
+  /**
+   * The window and Q_XLAT as numbers while the queue is enabled (they are fixed then, §2.2), for the fast
+   * COPY; null while disabled, and for a window it cannot take exactly (plainWindow()).
+   */
+  get plainWindow(): PlainWindow | null {
+    return this.#enabled ? this.#plainWindow : null;
+  }
   /** Read from the register file every time: the owner may change it while the queue runs. */
   get vector(): number {
     return this.regs.load(this.qcfgAt + Q_VECTOR);
@@ -165,4 +184,15 @@ export class QueueRegisters {
       (this.#error ? Q_STATUS_ERROR : 0) | (this.#lastError << Q_STATUS_ERROR_SHIFT),
     );
   }
+}
+
+/**
+ * The window and Q_XLAT as numbers, or null when they cannot be taken exactly: an empty window, or one whose
+ * end, or end + Q_XLAT (the highest device IOVA a descriptor inside it reaches), passes 2^53; and a Q_XLAT that
+ * wraps (a holder's view above the device's addresses, 2^64 − x). The decoded path handles those in BigInts.
+ */
+function plainWindow(base: bigint, size: bigint, xlat: bigint): PlainWindow | null {
+  const max = BigInt(Number.MAX_SAFE_INTEGER);
+  if (size === 0n || base + size > max || base + size + xlat > max) return null;
+  return { base: Number(base), end: Number(base + size), shift: Number(xlat) };
 }
