@@ -157,9 +157,10 @@ export class Sa1Queue {
     this.#checkSubmit(1);
     const tag = ++this.#tag;
     writeSqe(this.#sqWords, this.#tail & (this.entries - 1), d, tag, true);
-    // The doorbell before the bookkeeping: the promise, its table entry and the deadline's clock read (~0.1 µs)
-    // are made while the device works. Nothing collects a completion before they exist: only poll() does,
-    // and nothing calls it in between (issue 16, twenty-seventh pass).
+    // The doorbell before the bookkeeping: the promise, its table entry and the deadline's clock read (~0.1 µs
+    // warm, microseconds cold) are made while a spinning device works on the descriptor (when a kick yields this
+    // CPU to the device, it has mostly finished by then). Nothing collects a completion before they exist: only
+    // poll() does, and nothing calls it in between (docs/PERFORMANCE.md, issue 16, twenty-seventh pass).
     this.#ring(1);
     const promise = this.#pending.add(tag, d.opcode, monotonicMs() + this.#timeoutMs);
     this.#startPump();
@@ -213,7 +214,7 @@ export class Sa1Queue {
       writeSqe(this.#sqWords, (this.#tail + i) & (this.entries - 1), ds[i]!, first + i, i === ds.length - 1);
     }
     this.#tag += ds.length;
-    this.#ring(ds.length); // the doorbell first, as submit() rings it
+    this.#ring(ds.length); // the doorbell before the bookkeeping: submit() says why
     const deadline = monotonicMs() + this.#timeoutMs;
     const promises = ds.map((d, i) => this.#pending.add(first + i, d.opcode, deadline));
     this.#startPump();

@@ -58,6 +58,19 @@ test('a full submission ring refuses more with EAGAIN (back-pressure) and drains
   await q.close();
 });
 
+test('a batch with a descriptor that cannot be written throws and leaves nothing in flight; the queue goes on', async () => {
+  const q = await Sa1Queue.create(lease, { entries: 8 });
+  // A JavaScript caller's hole in the array: writeSqe throws at the second descriptor, before the doorbell.
+  const holed = [{ opcode: 'NOP' }, undefined] as unknown as Parameters<Sa1Queue['submitBatch']>[0];
+  assert.throws(() => q.submitBatch(holed), TypeError);
+  assert.equal(q.inFlight, 0, 'no promise waits for a descriptor never rung');
+  assert.equal(q.space, 8, 'nothing published');
+  const [a, b] = q.submitBatch([{ opcode: 'NOP' }, { opcode: 'NOP' }]);
+  assert.deepEqual([(await a!).status, (await b!).status], ['OK', 'OK']);
+  assert.equal(q.inFlight, 0);
+  await q.close();
+});
+
 test('post() refuses as submit() does: a full ring with EAGAIN, a closed lease with ERR_DEVLEASE_CLOSED', async () => {
   // post() checks inline (its path runs cold after idle, issue 16): the same refusals, nothing written or rung.
   const q = await Sa1Queue.create(lease, { entries: 4 });

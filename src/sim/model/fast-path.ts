@@ -58,10 +58,11 @@ export function plainCopy(iommu: Iommu, q: Queue, w: Int32Array): Outcome | null
   if (viewSrc < win.base || viewSrc + length > win.end || viewDst < win.base || viewDst + length > win.end) {
     return null;
   }
-  // Q_XLAT (§2.2): the device's IOVAs, below 2^53 as the window's translated end is. Faults report view addresses.
-  const shift = win.shift;
-  const src = viewSrc + shift;
-  const dst = viewDst + shift;
+  // Q_XLAT (§2.2): the device's IOVAs are view + Q_XLAT, exact (exactWindow bounds the window's end + Q_XLAT by
+  // 2^53 − 1). A fault is reported at the address as the queue saw it, device − Q_XLAT.
+  const xlat = win.xlat;
+  const src = viewSrc + xlat;
+  const dst = viewDst + xlat;
   iommu.sync(); // maps that shrank before this access fault: their generation is gone, find() refuses them
   if (q.copyGen !== iommu.generation) {
     q.forgetCopyMaps();
@@ -84,7 +85,7 @@ export function plainCopy(iommu: Iommu, q: Queue, w: Int32Array): Outcome | null
   // As #execute(): one byte of every source page first, so a shrunken source fails before any write.
   if (touchRange(from.view, at, length) && iommu.sync()) {
     const dead = iommu.deadIn(src, length);
-    if (dead >= 0) return fail(ST_IOMMU_FAULT, BigInt(dead - shift));
+    if (dead >= 0) return fail(ST_IOMMU_FAULT, BigInt(dead - xlat));
   }
   if (from === to) {
     to.view.copyWithin(dst - to.iova, at, at + length); // memmove, as set() within one segment
@@ -100,7 +101,7 @@ export function plainCopy(iommu: Iommu, q: Queue, w: Int32Array): Outcome | null
   if (iommu.sync()) {
     const dead = iommu.deadIn(src, length); // the source first, as hostRanges() lists them
     const at2 = dead >= 0 ? dead : iommu.deadIn(dst, length);
-    if (at2 >= 0) return fail(ST_IOMMU_FAULT, BigInt(at2 - shift));
+    if (at2 >= 0) return fail(ST_IOMMU_FAULT, BigInt(at2 - xlat));
   }
   return ok(0, length);
 }

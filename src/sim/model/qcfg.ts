@@ -29,12 +29,12 @@ import { RegisterFile } from './register-file.js';
 
 /**
  * A queue's window and Q_XLAT as JS numbers, for the engine's fast COPY (fast-path.ts): the window
- * [base, end) as the queue sees it, and `shift`, Q_XLAT, added to reach the device's IOVA.
+ * [base, end) as the queue sees it, and Q_XLAT, added to an address in it to reach the device's IOVA.
  */
 export interface PlainWindow {
   readonly base: number;
   readonly end: number;
-  readonly shift: number;
+  readonly xlat: number;
 }
 
 export class QueueRegisters {
@@ -49,7 +49,8 @@ export class QueueRegisters {
   #completed = 0;
   #bytes = 0;
   // The windows and Q_XLAT, as of the last enable: the owner cannot change them while the queue is enabled (§2.2),
-  // so while enabled the engine reads this copy instead of building BigInts from shared words.
+  // so while enabled the engine reads this copy instead of building BigInts from shared words. The setters below
+  // run only on a disabled queue (powerOn), whose getters read the register file; the next enable copies again.
   #winBase = 0n;
   #winSize = 0n;
   #memBase = 0;
@@ -78,7 +79,7 @@ export class QueueRegisters {
       this.#memBase = this.regs.load(this.qcfgAt + Q_MEM_BASE);
       this.#memSize = this.regs.load(this.qcfgAt + Q_MEM_SIZE);
       this.#xlat = this.regs.load64(this.qcfgAt + Q_XLAT);
-      this.#plainWindow = plainWindow(this.#winBase, this.#winSize, this.#xlat);
+      this.#plainWindow = exactWindow(this.#winBase, this.#winSize, this.#xlat);
     }
     const changed = v !== this.#enabled;
     this.#enabled = v;
@@ -143,7 +144,7 @@ export class QueueRegisters {
   }
   /**
    * The window and Q_XLAT as numbers while the queue is enabled (they are fixed then, §2.2), for the fast
-   * COPY; null while disabled, and for a window it cannot take exactly (plainWindow()).
+   * COPY; null while disabled, and for a window it cannot take exactly (exactWindow()).
    */
   get plainWindow(): PlainWindow | null {
     return this.#enabled ? this.#plainWindow : null;
@@ -191,8 +192,8 @@ export class QueueRegisters {
  * end, or end + Q_XLAT (the highest device IOVA a descriptor inside it reaches), passes 2^53; and a Q_XLAT that
  * wraps (a holder's view above the device's addresses, 2^64 − x). The decoded path handles those in BigInts.
  */
-function plainWindow(base: bigint, size: bigint, xlat: bigint): PlainWindow | null {
+function exactWindow(base: bigint, size: bigint, xlat: bigint): PlainWindow | null {
   const max = BigInt(Number.MAX_SAFE_INTEGER);
   if (size === 0n || base + size > max || base + size + xlat > max) return null;
-  return { base: Number(base), end: Number(base + size), shift: Number(xlat) };
+  return { base: Number(base), end: Number(base + size), xlat: Number(xlat) };
 }
