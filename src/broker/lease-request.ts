@@ -56,8 +56,8 @@ export function readLeaseRequest(caps: Record<string, unknown>, kind: string): L
   }
   // Other members are the policy module's to read (plain JSON values: they came from JSON.parse). `kind`
   // first: on Node 20 (V8 11.3) a literal that starts with a spread and adds a key gets a new hidden class
-  // nearly every call (issue 16: docs/performance-history.md, twenty-fourth pass §4; docs/PERFORMANCE.md,
-  // twenty-fifth pass §1). Not Object.assign: it would set the copy's prototype from an own `__proto__` member
-  // of the JSON, where a spread defines it as a plain member. `raw.kind`, if present, equals `kind` (checked above).
+  // nearly every call (issue 16: docs/performance-history.md, twenty-fourth pass §4 and twenty-fifth pass §1).
+  // Not Object.assign: it would set the copy's prototype from an own `__proto__` member of the JSON, where a
+  // spread defines it as a plain member. `raw.kind`, if present, equals `kind` (checked above).
   return { kind, ...raw };
 }
