@@ -68,7 +68,7 @@ test('a translated queue: the fast COPY takes every plain in-window COPY and end
   });
 });
 
-test('a Q_XLAT that wraps (2^64 − x), or a translated end past 2^53: the fast COPY declines, the decoded path runs it', async () => {
+test('a Q_XLAT that wraps (2^64 − x), or a translated end at or above 2^53: the fast COPY declines, the decoded path runs it', async () => {
   const p = await booted();
   const mem = p.map(DEVICE, MAPPED).view;
   // The holder's view above the device's addresses: VIEW2 + xlat = DEVICE mod 2^64.
