@@ -85,7 +85,7 @@ test('a Q_XLAT that wraps (2^64 − x), or a translated end at or above 2^53: th
     [max + 1n, false],
   ] as const) {
     await w32(p.bus, BAR0, qcfg(Q, ds.Q_CTRL), 0);
-    // window [0x1000, +size) with Q_XLAT so that its translated end is `end`
+    // A window [0x1000, 0x2000) and a Q_XLAT that puts its translated end at `end`.
     await translatedQueue(p, end - 0x2000n, { base: 0x1000n, size: 0x1000n });
     assert.equal(
       q.plainWindow !== null,
