@@ -72,6 +72,22 @@ int FdElement(Napi::Env env, const Napi::Array& list, uint32_t i) {
   return static_cast<int>(d);
 }
 
+double TimeoutMsArg(const Napi::CallbackInfo& info, size_t i, bool optional) {
+  Napi::Env env = info.Env();
+  if (optional && (info.Length() <= i || info[i].IsUndefined())) return -1;
+  if (!info[i].IsNumber()) ThrowInvalidArg(env, "timeoutMs must be a number");
+  double ms = info[i].As<Napi::Number>().DoubleValue();
+  if (std::isnan(ms)) ThrowInvalidArg(env, "timeoutMs must not be NaN");
+  return ms < 0 || std::isinf(ms) ? -1 : ms;
+}
+
+timespec RelativeTimespec(double ms) {
+  timespec rel{};
+  rel.tv_sec = static_cast<time_t>(ms / 1e3);
+  rel.tv_nsec = static_cast<long>(std::fmod(ms, 1e3) * 1e6);
+  return rel;
+}
+
 int64_t OffsetArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   Napi::Value v = info[i];
   if (v.IsBigInt()) {

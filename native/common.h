@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <ctime>
 #include <string>
 #include <unordered_set>
 
@@ -46,6 +47,13 @@ EnvState* StateOf(Napi::Env env);
 int FdArg(const Napi::CallbackInfo& info, size_t i, const char* name = "fd");
 /** list[i] (an array of descriptors, e.g. fds to send or to wait on) as a non-negative int32 file descriptor. */
 int FdElement(Napi::Env env, const Napi::Array& list, uint32_t i);
+/**
+ * info[i] as a timeout in ms for a blocking wait: negative or Infinity mean none (returned as -1); NaN and
+ * non-numbers throw. `optional`: an absent or undefined argument means none too.
+ */
+double TimeoutMsArg(const Napi::CallbackInfo& info, size_t i, bool optional = false);
+/** A relative timespec of `ms` (>= 0) milliseconds, sub-millisecond parts kept. */
+timespec RelativeTimespec(double ms);
 /** info[i] as an integer in [min, max] (numbers must be integral). */
 int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max);
 /** info[i] as a number or bigint in [0, 2^63). */

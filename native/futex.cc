@@ -8,7 +8,6 @@
 
 #include <cerrno>
 #include <climits>
-#include <cmath>
 #include <ctime>
 #include <memory>
 
@@ -48,21 +47,15 @@ Napi::Value FutexWait(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Word word = WordArg(info);
   auto expected = static_cast<uint32_t>(IntArg(info, 2, "expected", INT32_MIN, UINT32_MAX));
-  double timeout_ms = -1;
-  if (info.Length() > 3 && !info[3].IsUndefined()) {
-    if (!info[3].IsNumber()) ThrowInvalidArg(env, "timeoutMs must be a number");
-    timeout_ms = info[3].As<Napi::Number>().DoubleValue();
-    if (std::isnan(timeout_ms)) ThrowInvalidArg(env, "timeoutMs must not be NaN");
-  }
-  bool forever = timeout_ms < 0 || std::isinf(timeout_ms);
+  double timeout_ms = TimeoutMsArg(info, 3, true);
+  bool forever = timeout_ms < 0;
   timespec start = Now();
   for (;;) {
     timespec rel{};
     if (!forever) {
       double left = timeout_ms - MsBetween(start, Now());
       if (left <= 0) return Napi::String::New(env, "timed-out");
-      rel.tv_sec = static_cast<time_t>(left / 1e3);
-      rel.tv_nsec = static_cast<long>(std::fmod(left, 1e3) * 1e6);
+      rel = RelativeTimespec(left);
     }
     long rc = syscall(SYS_futex, word.address, FUTEX_WAIT, expected, forever ? nullptr : &rel, nullptr, 0);
     if (rc == 0) return Napi::String::New(env, "ok");

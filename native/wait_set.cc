@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cmath>
 #include <ctime>
 #include <vector>
 
@@ -74,15 +73,9 @@ Napi::Value WaitSetCreate(const Napi::CallbackInfo& info) {
 Napi::Value WaitSet(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int ep = FdArg(info, 0);
-  if (!info[1].IsNumber()) ThrowInvalidArg(env, "timeoutMs must be a number");
-  double timeout_ms = info[1].As<Napi::Number>().DoubleValue();
-  if (std::isnan(timeout_ms)) ThrowInvalidArg(env, "timeoutMs must not be NaN");
-  bool forever = timeout_ms < 0 || std::isinf(timeout_ms);
-  timespec rel{};
-  if (!forever) {
-    rel.tv_sec = static_cast<time_t>(timeout_ms / 1e3);
-    rel.tv_nsec = static_cast<long>(std::fmod(timeout_ms, 1e3) * 1e6);
-  }
+  double timeout_ms = TimeoutMsArg(info, 1);
+  bool forever = timeout_ms < 0;
+  timespec rel = forever ? timespec{} : RelativeTimespec(timeout_ms);
   pollfd p{ep, POLLIN, 0};
   // EINTR: report "nothing ready"; the caller re-checks its state and sleeps again.
   int rc = ppoll(&p, 1, forever ? nullptr : &rel, nullptr);

@@ -37,10 +37,7 @@ export async function regionIoFds(
   const { argsz, index } = parseRegionIoFdsRequest(payload);
   const { num_regions } = model.deviceInfo();
   if (index >= num_regions) throw new VfioError('EINVAL', `region ${index} does not exist (${num_regions})`);
-  const answer = await model.regionIoFds(
-    index,
-    issued ? { issued, maxFds: peerMaxFds } : { maxFds: peerMaxFds },
-  );
+  const answer = await model.regionIoFds(index, { issued, maxFds: peerMaxFds });
   try {
     const reply = encodeRegionIoFdsReply(index, argsz, answer, peerMaxFds);
     // fds not sent (the head-only reply) are closed here; sent ones after sending, like every reply's.
