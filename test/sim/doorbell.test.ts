@@ -156,7 +156,7 @@ test('a client taking 2 fds per message gets all 4 queues over 2 shared fds; a k
     for (const fd of fds) assert.equal(readlinkSync(`/proc/self/fd/${fd.fd}`), 'anon_inode:[eventfd]');
     const q3 = await q.queue(3);
     await q3.tq.configure();
-    await until(q3.kickNeeded, 'the device asleep on its kick fds (queue 3 armed)', 5000);
+    await q.untilAsleepArmed(q3.kickNeeded, 'the device asleep on its kick fds (queue 3 armed)');
     const kickFd = fds[subRegions[3]!.fdIndex]!;
     assert.equal(q3.nop(1n, kickFd), true, "queue 3's doorbell kicks its (shared) fd");
     // Only the kick can explain a completion within 400 ms: the device's idle poll is 1 s away.
@@ -176,7 +176,7 @@ test('a queue enabled while the device sleeps on its kick fds asks for a kick fr
   const { fds } = await q.r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
   try {
     await q.tq.configure();
-    await until(q.kickNeeded, 'the device asleep on its kick fds (queue 0 armed)', 5000);
+    await q.untilAsleepArmed(q.kickNeeded, 'the device asleep on its kick fds (queue 0 armed)');
     // The enable does not wake the device (no round re-arms the queues): the front end stores KICK_NEEDED
     // in the new queue's page before answering it, so its holder's first doorbell wakes the device.
     const q1 = await q.queue(1);

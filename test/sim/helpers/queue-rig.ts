@@ -11,7 +11,7 @@ import {
 } from '../../../src/vfio/uapi/vfio.js';
 import type { VfioUserClientOptions } from '../../../src/vfio/user/client.js';
 import { boot, TestQueue } from './driver.js';
-import { type HostRegion, type Rig, rig } from './real.js';
+import { type HostRegion, type Rig, rig, until } from './real.js';
 
 const STRIDE = 65536;
 const FW = 0x10_0000n;
@@ -72,9 +72,32 @@ export async function queueRig(idlePollUs: number, clientOpts: VfioUserClientOpt
     others.push(h);
     return h;
   };
+  /**
+   * Wait until the device sleeps on its kick fds with `kickNeeded` set by its own arming, and nothing but a
+   * command or a kick can wake it: for a test whose next step (an enable, a doorbell) must find it asleep.
+   * A look at KICK_NEEDED alone proves neither. The front end stores it in a queue page at enable, before the
+   * device takes the enable's post and clears it (host/device-worker.ts #queueEnabled). And after boot the
+   * device makes its first spare page memory once quiet (host/worker.ts tidyWhenQuiet), so its first armed
+   * sleep ends a fraction of a millisecond in. Asking for stats does both: the device takes every earlier post
+   * before it answers, and the answer says whether the spare is made (the command wakes the device; it arms
+   * again after it).
+   */
+  const untilAsleepArmed = async (kickNeeded: () => boolean, what: string): Promise<void> => {
+    await until(async () => (await r.sim.stats()).spareReady, "the device's first spare page memory", 5000);
+    await until(kickNeeded, what, 5000);
+  };
   const close = async (): Promise<void> => {
     for (const h of [q0, ...others]) h.unmap();
     await r.close();
   };
-  return { r, tq: q0.tq, words: q0.words, kickNeeded: q0.kickNeeded, nop: q0.nop, queue, close };
+  return {
+    r,
+    tq: q0.tq,
+    words: q0.words,
+    kickNeeded: q0.kickNeeded,
+    nop: q0.nop,
+    queue,
+    untilAsleepArmed,
+    close,
+  };
 }
