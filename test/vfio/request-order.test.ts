@@ -1,10 +1,10 @@
-// RequestOrder (src/vfio/user/request-order.ts) on its own: when each request may start, given what is ahead of it.
-// The connection tests see the same through a socket; these pin the rules down one by one.
+// RequestOrder (src/vfio/user/request-order.ts) on its own: when each request may start, and when its reply may go,
+// given what is ahead of it. The connection tests see the same through a socket; these pin the rules down one by one.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MAX_IN_FLIGHT, RequestOrder, type Turn } from '../../src/vfio/user/request-order.js';
 
-/** A promise and its resolve function. */
+/** A promise and the function that resolves it. */
 function gate(): { open: () => void; opened: Promise<void> } {
   let open!: () => void;
   const opened = new Promise<void>((r) => {
@@ -13,10 +13,10 @@ function gate(): { open: () => void; opened: Promise<void> } {
   return { open, opened };
 }
 
-/** Let every pending reaction run (a few rounds of microtasks and one macrotask). */
+/** Every reaction the requests chain runs first: the microtask queue drains completely before a setImmediate. */
 const settle = () => new Promise<void>((r) => setImmediate(r));
 
-test('a request that must wait for every earlier answer waits for a slow pipelined one that a faster one passed', async () => {
+test("a request that is not pipelined waits for a slow pipelined one that a faster one passed; the faster one's reply waits too", async () => {
   const order = new RequestOrder(Promise.resolve(), () => {});
   const log: string[] = [];
   const slow = gate();
@@ -26,36 +26,31 @@ test('a request that must wait for every earlier answer waits for a slow pipelin
     await slow.opened;
     log.push('A end');
   });
-  order.enqueue(true, async () => {
+  order.enqueue(true, async (t: Turn) => {
     log.push('B start');
+    void t.answered.then(() => log.push('B may reply'));
     log.push('B end');
   });
-  let cAnswered: Promise<void> | null = null;
-  order.enqueue(false, async (t: Turn) => {
+  order.enqueue(false, async () => {
     log.push('C start');
-    cAnswered = t.answered;
   });
   await settle();
-  assert.deepEqual(log, ['A start', 'B start', 'B end'], 'B passed A; C (not pipelined) has not started');
+  assert.deepEqual(log, ['A start', 'B start', 'B end'], 'B passed A; its reply and C (not pipelined) wait');
   assert.equal(order.pending, 2, 'A and C: B is done');
   slow.open();
   await order.idle();
-  assert.deepEqual(log, ['A start', 'B start', 'B end', 'A end', 'C start']);
-  assert.ok(cAnswered, "C's turn had an `answered`");
-  await cAnswered;
+  assert.deepEqual(log, ['A start', 'B start', 'B end', 'A end', 'B may reply', 'C start']);
   assert.equal(order.pending, 0);
   assert.equal(order.clear, true);
 });
 
-test('requests that are not pipelined run one at a time, in arrival order; each reply waits for every earlier one', async () => {
+test('requests that are not pipelined run one at a time, in arrival order', async () => {
   const order = new RequestOrder(Promise.resolve(), () => {});
   const log: string[] = [];
   const gates = [gate(), gate(), gate()];
-  const answeredAt: string[] = [];
   for (let i = 0; i < 3; i++) {
-    order.enqueue(false, async (t: Turn) => {
+    order.enqueue(false, async () => {
       log.push(`${i} start`);
-      void t.answered.then(() => answeredAt.push(`${i} may reply`));
       await gates[i]!.opened;
       log.push(`${i} end`);
     });
@@ -70,29 +65,38 @@ test('requests that are not pipelined run one at a time, in arrival order; each 
   assert.deepEqual(log, ['0 start', '0 end', '1 start', '1 end', '2 start']);
   gates[2]!.open();
   await order.idle();
-  assert.deepEqual(answeredAt, ['0 may reply', '1 may reply', '2 may reply']);
+  assert.equal(order.pending, 0);
 });
 
-test(`a pipelined request waits for the one ${MAX_IN_FLIGHT} before it to be served in the model`, async () => {
+test(`a pipelined request waits for the one ${MAX_IN_FLIGHT} before it to be served in the model, not to end`, async () => {
   const order = new RequestOrder(Promise.resolve(), () => {});
-  const started: number[] = [];
-  const first = gate();
+  const log: string[] = [];
+  const serve = gate();
+  const end = gate();
   for (let i = 0; i <= MAX_IN_FLIGHT; i++) {
     order.enqueue(true, async (t: Turn) => {
-      started.push(i);
+      log.push(`${i} start`);
       t.issued?.();
-      if (i === 0) await first.opened;
-      t.served();
+      if (i === 0) {
+        await serve.opened;
+        t.served(); // done in the model; its reply still waits below
+        await end.opened;
+        log.push('0 end');
+      }
     });
   }
   await settle();
+  const first = Array.from({ length: MAX_IN_FLIGHT }, (_, i) => `${i} start`);
+  assert.deepEqual(log, first, `${MAX_IN_FLIGHT} in the model at once; the next waits for the first`);
+  serve.open();
+  await settle();
   assert.deepEqual(
-    started,
-    Array.from({ length: MAX_IN_FLIGHT }, (_, i) => i),
-    `${MAX_IN_FLIGHT} in the model at once; the next waits for the first`,
+    log,
+    [...first, `${MAX_IN_FLIGHT} start`],
+    'it starts once the first is served, before it ends',
   );
-  first.open();
+  end.open();
   await order.idle();
-  assert.equal(started.length, MAX_IN_FLIGHT + 1);
-  assert.equal(started[MAX_IN_FLIGHT], MAX_IN_FLIGHT);
+  assert.deepEqual(log.at(-1), '0 end');
+  assert.equal(order.pending, 0);
 });

@@ -70,9 +70,12 @@ export class RequestOrder {
     this.#changed();
     const answered = this.#tail;
     const depth = this.#recent.length >= MAX_IN_FLIGHT ? this.#recent[0] : undefined;
-    // Promise.all only when there are two things to wait for: it is the broker's largest allocation site per
-    // request otherwise (issue 16, twenty-eighth pass).
-    const start = !pipelined ? answered : depth === undefined ? this.#turn : Promise.all([this.#turn, depth]);
+    // A Promise.all per request was the broker's largest allocation site (issue 16, twenty-eighth pass): one is
+    // made only when there are two things to wait for.
+    let start: Promise<unknown>;
+    if (!pipelined) start = answered;
+    else if (depth === undefined) start = this.#turn;
+    else start = Promise.all([this.#turn, depth]);
     let release!: () => void;
     this.#turn = new Promise<void>((r) => {
       release = r;
@@ -90,7 +93,8 @@ export class RequestOrder {
         this.#done();
       }
     });
-    // A request that waited for every earlier one to be answered settles after them: it is the new tail.
+    // A request that is not pipelined started from the tail (start === answered === #tail), so its `done` settles
+    // after every earlier request is answered: it is the new tail by itself.
     this.#track(done, inModel, !pipelined);
   }
 
@@ -128,8 +132,9 @@ export class RequestOrder {
     this.#changed();
   }
 
-  #track(done: Promise<void>, inModel: Promise<void>, afterTail = false): void {
-    this.#tail = afterTail ? done : Promise.all([this.#tail, done]).then(() => undefined);
+  /** `settlesAfterTail`: `done` was chained on the current #tail (see enqueue). */
+  #track(done: Promise<void>, inModel: Promise<void>, settlesAfterTail = false): void {
+    this.#tail = settlesAfterTail ? done : Promise.all([this.#tail, done]).then(() => undefined);
     this.#recent.push(inModel);
     if (this.#recent.length > MAX_IN_FLIGHT) this.#recent.shift();
   }

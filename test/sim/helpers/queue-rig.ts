@@ -73,17 +73,17 @@ export async function queueRig(idlePollUs: number, clientOpts: VfioUserClientOpt
     return h;
   };
   /**
-   * Wait until the device sleeps on its kick fds with `kickNeeded` set by its own arming, and nothing but a
-   * command or a kick can wake it: for a test whose next step (an enable, a doorbell) must find it asleep.
-   * A look at KICK_NEEDED alone proves neither. The front end stores it in a queue page at enable, before the
-   * device takes the enable's post and clears it (host/device-worker.ts #queueEnabled). And after boot the
-   * device makes its first spare page memory once quiet (host/worker.ts tidyWhenQuiet), so its first armed
-   * sleep ends a fraction of a millisecond in. Asking for stats does both: the device takes every earlier post
-   * before it answers, and the answer says whether the spare is made (the command wakes the device; it arms
-   * again after it).
+   * Wait until `kickNeeded` was set by the device's own arming, as it goes to sleep on its kick fds: for a test
+   * whose next step (an enable, a doorbell) must find it asleep. A look at KICK_NEEDED alone does not prove it:
+   * for a queue enabled once kick fds are out, the front end stores the flag in the queue's page before the
+   * device takes the enable's post (host/device-worker.ts #queueEnabled), and a device woken by that post
+   * clears it (host/worker.ts, 'queueEnabled') and only then arms. A stats command is the barrier: the device
+   * takes every earlier post before it answers it. It leaves the device awake; the look after it finds the flag
+   * once the device has armed again, asleep or microseconds from it (it stores KICK_NEEDED just before it
+   * enters its wait). From then on only a command, a kick or the armed poll (1 s in the tests using this) wakes it.
    */
   const untilAsleepArmed = async (kickNeeded: () => boolean, what: string): Promise<void> => {
-    await until(async () => (await r.sim.stats()).spareReady, "the device's first spare page memory", 5000);
+    r.sim.stats();
     await until(kickNeeded, what, 5000);
   };
   const close = async (): Promise<void> => {
