@@ -13,11 +13,14 @@ function gate(): { open: () => void; opened: Promise<void> } {
   return { open, opened };
 }
 
+/** The line's `failed`: none of these requests throws. */
+const noFailure = (err: unknown) => assert.fail(`no request here fails: ${(err as Error).message}`);
+
 /** Every reaction the requests chain runs first: the microtask queue drains completely before a setImmediate. */
 const settle = () => new Promise<void>((r) => setImmediate(r));
 
 test("a request that is not pipelined waits for a slow pipelined one that a faster one passed; the faster one's reply waits too", async () => {
-  const order = new RequestOrder(Promise.resolve(), () => {});
+  const order = new RequestOrder(Promise.resolve(), () => {}, noFailure);
   const log: string[] = [];
   const slow = gate();
   order.enqueue(true, async (t: Turn) => {
@@ -45,7 +48,7 @@ test("a request that is not pipelined waits for a slow pipelined one that a fast
 });
 
 test('requests that are not pipelined run one at a time, in arrival order', async () => {
-  const order = new RequestOrder(Promise.resolve(), () => {});
+  const order = new RequestOrder(Promise.resolve(), () => {}, noFailure);
   const log: string[] = [];
   const gates = [gate(), gate(), gate()];
   for (let i = 0; i < 3; i++) {
@@ -69,7 +72,7 @@ test('requests that are not pipelined run one at a time, in arrival order', asyn
 });
 
 test(`a pipelined request waits for the one ${MAX_IN_FLIGHT} before it to be served in the model, not to end`, async () => {
-  const order = new RequestOrder(Promise.resolve(), () => {});
+  const order = new RequestOrder(Promise.resolve(), () => {}, noFailure);
   const log: string[] = [];
   const serve = gate();
   const end = gate();
@@ -99,4 +102,48 @@ test(`a pipelined request waits for the one ${MAX_IN_FLIGHT} before it to be ser
   await order.idle();
   assert.deepEqual(log.at(-1), '0 end');
   assert.equal(order.pending, 0);
+});
+
+test('a request whose handling throws is reported, and the line goes on: the requests behind it run, after() runs, idle() resolves', async () => {
+  const failures: string[] = [];
+  const order = new RequestOrder(
+    Promise.resolve(),
+    () => {},
+    (err) => failures.push((err as Error).message),
+  );
+  const log: string[] = [];
+  // Served out of line (nothing was ahead of it), its model answering later; then its reply's finish throws.
+  order.inFlight(Promise.resolve('outcome'), () => {
+    throw new Error('a model whose sent() threw');
+  });
+  order.enqueue(false, async () => {
+    throw new Error('a reply that could not be built');
+  });
+  order.enqueue(true, async (t: Turn) => {
+    t.issued?.();
+    log.push('pipelined');
+  });
+  order.enqueue(false, async () => {
+    log.push('next');
+  });
+  order.after(async () => {
+    log.push('after (a close)');
+  });
+  order.enqueue(false, async () => {
+    log.push('behind the close');
+  });
+  let timer: NodeJS.Timeout | undefined;
+  const stuck = new Promise<string>((r) => {
+    timer = setTimeout(r, 2000, 'stuck');
+  });
+  try {
+    const idle = order.idle().then(() => 'idle');
+    assert.equal(await Promise.race([idle, stuck]), 'idle', 'every request is answered: none is stranded');
+  } finally {
+    clearTimeout(timer);
+  }
+  assert.deepEqual(failures, ['a model whose sent() threw', 'a reply that could not be built']);
+  assert.deepEqual(log, ['pipelined', 'next', 'after (a close)', 'behind the close']);
+  assert.equal(order.pending, 0, "each failed request's pending is counted off");
+  assert.equal(order.clear, true);
 });

@@ -106,7 +106,14 @@ export class VfioUserConnection {
         this.close(reason);
       },
     );
-    this.#order = new RequestOrder(created, () => this.#replies.flowControl());
+    this.#order = new RequestOrder(
+      created,
+      () => this.#replies.flowControl(),
+      (err) => {
+        config.log(`vfio-user connection ${info.id}: a request's handling threw; closing it`, err);
+        this.close(`internal error: ${(err as Error)?.message ?? String(err)}`);
+      },
+    );
     // The replies to the requests one read brought that are answered at once (#serveNow) go in one sendmsg.
     (socket as MessageSocket & { corkReads?(on: boolean): void }).corkReads?.(true);
     socket.on('message', (m) => this.#receive(m));
@@ -310,8 +317,20 @@ export class VfioUserConnection {
   /**
    * Send a request's reply (or error reply), then whatever its failure means for the connection. `now`: served
    * at once while its read is delivered; else the reply goes at the end of this turn (connection-replies.ts).
+   * Never throws: a reply that cannot be built, or a model whose `sent` throws, ends the connection — the
+   * client is owed a reply it will not get, or the model's state after its reply is unknown.
    */
   #finish(msg: VfioUserMessage, outcome: Outcome, now = false): void {
+    try {
+      this.#reply(msg, outcome, now);
+    } catch (err) {
+      const what = `the reply to ${P.commandName(msg.command)} (msg_id ${msg.msgId})`;
+      this.#config.log(`vfio-user connection ${this.info.id}: ${what} failed; closing it`, err);
+      this.close(`internal error: ${what} failed: ${(err as Error)?.message ?? String(err)}`);
+    }
+  }
+
+  #reply(msg: VfioUserMessage, outcome: Outcome, now: boolean): void {
     if (outcome.ok) {
       const { payload, framed, fds } = outcome.reply;
       if (!wantsReply(msg)) {

@@ -48,11 +48,19 @@ export class RequestOrder {
   /** Whether each of the last MAX_IN_FLIGHT requests is done in the model: a pipelined one waits for the oldest. */
   readonly #recent: Promise<void>[] = [];
   readonly #changed: () => void;
+  readonly #failed: (err: unknown) => void;
 
-  /** `first`: what every request waits for (the device's creation); `changed`: `pending` moved. */
-  constructor(first: Promise<void>, changed: () => void) {
+  /**
+   * `first`: what every request waits for (the device's creation); `changed`: `pending` moved; `failed`: a
+   * request's handling threw (a bug: the connection should end). The line goes on past such a request — the
+   * requests behind it still run and its `pending` is counted off — so that whatever was chained with after()
+   * runs and idle() resolves; a rejection left in the tail would strand them all, and the last one would go
+   * unhandled.
+   */
+  constructor(first: Promise<void>, changed: () => void, failed: (err: unknown) => void) {
     this.#tail = first;
     this.#changed = changed;
+    this.#failed = failed;
   }
 
   /** Nothing is waiting or running: a request now may be served at once, out of line. */
@@ -87,6 +95,8 @@ export class RequestOrder {
     const done = start.then(async () => {
       try {
         await handle({ issued: pipelined ? release : undefined, served, answered });
+      } catch (err) {
+        this.#failed(err);
       } finally {
         release();
         served();
@@ -100,22 +110,29 @@ export class RequestOrder {
 
   /**
    * A request served out of line whose model answered with a promise: from here it is in flight like a
-   * queued one, and every later request waits for it. `finish` sends its reply.
+   * queued one, and every later request waits for it. `finish` sends its reply. `outcome` must not reject (the
+   * connection turns a model's failure into an outcome); a `finish` that throws is reported as a handle's is.
    */
   inFlight<T>(outcome: Promise<T>, finish: (o: T) => void): void {
     this.pending++;
     this.#changed();
     const inModel = outcome.then(() => undefined);
     this.#turn = inModel;
-    this.#track(
-      outcome.then(finish).finally(() => this.#done()),
-      inModel,
-    );
+    const done = outcome.then((o) => {
+      try {
+        finish(o);
+      } catch (err) {
+        this.#failed(err);
+      } finally {
+        this.#done();
+      }
+    });
+    this.#track(done, inModel);
   }
 
   /** Run `f` once every request so far is answered; later requests wait for it too (a connection's close). */
   after(f: () => Promise<void>): void {
-    this.#tail = this.#tail.then(f);
+    this.#tail = this.#tail.then(f).catch(this.#failed);
   }
 
   /** Resolves once every request read so far has been answered. */
