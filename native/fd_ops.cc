@@ -15,9 +15,15 @@ namespace {
 
 Napi::Value Close(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
-  // On Linux the fd is released even when close() reports EINTR; retrying
-  // could close a descriptor another thread just received.
-  if (close(fd) < 0 && errno != EINTR) ThrowErrno(info.Env(), "close", errno);
+  // On Linux the fd is released whatever close() reports (close(2), "Dealing
+  // with error returns from close()"); retrying could close a descriptor
+  // another thread just received. Only EBADF is ours to hear: the number was
+  // not open, a bookkeeping bug. EINTR, and the EIO/ENOSPC/EDQUOT a file
+  // system's flush may return, concern data written through a file this
+  // library only passes on or maps; a client's own FUSE server answers every
+  // FLUSH with EIO if it likes, and throwing that from a cleanup path (a
+  // socket's hang-up, a reclaim) let a client kill the broker.
+  if (close(fd) < 0 && errno == EBADF) ThrowErrno(info.Env(), "close", errno);
   return info.Env().Undefined();
 }
 

@@ -96,7 +96,8 @@ export function closeSoon(fds: Iterable<Fd>): void {
       try {
         native.close(n);
       } catch {
-        // close(2) frees the number whatever it says; an error (a file system's EIO) has nobody to go to
+        // EBADF only (native close ignores the rest: close(2) frees the number whatever it says); here, with
+        // the turn's callbacks run, it has nobody to go to
       }
     }
   });
