@@ -4,6 +4,7 @@
 // permissions, maps without an fd, No_reply, and the fds it keeps. The other
 // items are user-conformance.test.ts; the peers both use are helpers/raw-peer.ts.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
 import type { Fd } from '../../src/sys/fd.js';
 import { native } from '../../src/sys/native.js';
@@ -25,6 +26,7 @@ after(leakCheck);
 const R = P.VFIO_USER_F_DMA_REGION_READ;
 const W = P.VFIO_USER_F_DMA_REGION_WRITE;
 const EPERM = 1;
+const ENOENT = 2;
 const EFAULT = 14;
 const EINVAL = 22;
 
@@ -213,6 +215,35 @@ describe('server-to-client DMA_READ / DMA_WRITE (item 1)', () => {
       await assert.rejects(client.dmaMap({ iova: 0x40000, size: 0x2000, flags: R, memory: buffer }), {
         code: 'ERR_DEVLEASE_INVALID_ARG',
       });
+    } finally {
+      close();
+    }
+  });
+
+  test("a map's memory that fails with a Node system error (negative errno) is answered with that errno; later commands are served", async () => {
+    const { server, client, close } = await clientOfRawServer();
+    try {
+      let fail = true;
+      const memory = {
+        read: async (_offset: bigint, count: number) => {
+          // A real fs error, as an embedder's file-backed memory would throw: errno -2 in libuv's form.
+          if (fail) readFileSync('/nonexistent/devlease-dma-memory');
+          return new Uint8Array(count).fill(0x5a);
+        },
+        write: () => {},
+      };
+      const map = client.dmaMap({ iova: 0x10000, size: 0x1000, flags: R | W, memory });
+      await server.answer(P.VFIO_USER_DMA_MAP);
+      await map;
+      expectErrno(await server.command(P.VFIO_USER_DMA_READ, access(0x10000n, 4)), ENOENT, 'the fs error');
+      fail = false;
+      const r = await server.command(P.VFIO_USER_DMA_READ, access(0x10000n, 4));
+      assert.equal(
+        r.flags & P.VFIO_USER_F_ERROR,
+        0,
+        'the next DMA_READ is served (before: stalled for good)',
+      );
+      assert.deepEqual([...r.payload.subarray(16)], [0x5a, 0x5a, 0x5a, 0x5a]);
     } finally {
       close();
     }

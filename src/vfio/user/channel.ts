@@ -216,7 +216,13 @@ export class RequestChannel extends EventEmitter {
         const fdCount = rec.fds.length;
         closeAll(rec.fds);
         const copy = { ...msg, payload: msg.payload.slice() };
-        this.#serving = this.#serving.then(() => this.#serveCommand(copy, fdCount));
+        // #serveCommand answers every failure of the handler; anything that escapes it is a bug, which ends the
+        // channel rather than stall every later command behind a rejection (and go unhandled).
+        this.#serving = this.#serving
+          .then(() => this.#serveCommand(copy, fdCount))
+          .catch((e) => {
+            this.fail(e as Error);
+          });
         return;
       }
       const pending = this.#pending.get(msg.msgId);
@@ -267,8 +273,7 @@ export class RequestChannel extends EventEmitter {
       const payload = await this.#serve(msg);
       reply = encodeReply(msg.msgId, msg.command, payload);
     } catch (err) {
-      const errno = (err as { errno?: number }).errno || ERRNO.EIO;
-      reply = encodeErrorReply(msg.msgId, msg.command, errno);
+      reply = encodeErrorReply(msg.msgId, msg.command, replyErrno(err));
       this.emit('commandRefused', err, msg);
     }
     if (this.#closed || !wantsReply(msg)) return;
@@ -325,4 +330,15 @@ export class RequestChannel extends EventEmitter {
 
 function closeAll(fds: readonly Fd[]): void {
   for (const fd of fds) fd.close();
+}
+
+/**
+ * The errno an error reply carries for a handler's failure: a VfioError's; a Node system error's, which libuv
+ * gives negated (fs errors from an embedder's DMA memory); EIO for anything else. The header's field is a u32.
+ */
+function replyErrno(err: unknown): number {
+  const e = (err as { errno?: unknown } | null)?.errno;
+  if (typeof e !== 'number' || !Number.isInteger(e) || e === 0) return ERRNO.EIO;
+  const n = Math.abs(e);
+  return n < 4096 ? n : ERRNO.EIO;
 }
