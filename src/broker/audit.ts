@@ -1,6 +1,11 @@
 // The audit log: one JSON line per grant, denial, revocation and reclaim,
 // with the caller's identity and the reason. Written synchronously so that a
 // crash right after a decision still leaves its record.
+//
+// write() never throws: it runs in the middle of grants and reclaims, and a file that cannot take the line (a
+// full disk, EIO) must not leave a lease half granted or a reclaim stopped with its resources held (a client
+// can fill a shared file system). The record still reaches `recent`, the sink and the observers (metrics);
+// the failure is counted (writeErrors) and reported to onError (the broker logs it, rate-limited).
 
 import { appendFileSync } from 'node:fs';
 
@@ -25,6 +30,11 @@ export class AuditLog {
   /** Observers of every record (metrics count grants, denials, reclaims from them). */
   readonly #listeners = new Set<(rec: AuditRecord) => void>();
 
+  /** Records the file did not take (appendFileSync failed), and observers that threw, since start. */
+  writeErrors = 0;
+  /** Told of each failure to write a record or of an observer (the broker: a rate-limited log line). */
+  onError: ((what: string, err: unknown) => void) | null = null;
+
   constructor(path: string | null, sink?: (line: string) => void) {
     this.#path = path;
     this.#sink = sink ?? null;
@@ -40,9 +50,34 @@ export class AuditLog {
     // broker has written 1,000 (~3 µs a record, three records a lease).
     this.recent.push(full);
     while (this.recent.length > AUDIT_RECENT) this.recent.shift();
-    if (this.#path) appendFileSync(this.#path, `${line}\n`);
-    this.#sink?.(line);
-    for (const l of this.#listeners) l(full);
+    if (this.#path) {
+      try {
+        appendFileSync(this.#path, `${line}\n`);
+      } catch (err) {
+        this.#failed(`cannot append to ${this.#path}`, err);
+      }
+    }
+    try {
+      this.#sink?.(line);
+    } catch (err) {
+      this.#failed('the audit sink threw', err);
+    }
+    for (const l of this.#listeners) {
+      try {
+        l(full);
+      } catch (err) {
+        this.#failed('an audit observer threw', err);
+      }
+    }
+  }
+
+  #failed(what: string, err: unknown): void {
+    this.writeErrors++;
+    try {
+      this.onError?.(what, err);
+    } catch {
+      // the report's own failure has nowhere else to go
+    }
   }
 
   /** Calls `fn` with every record written from now on; returns the unsubscribe function. */

@@ -125,6 +125,8 @@ export class Broker extends EventEmitter {
     this.leases.log = this.log;
     this.dir = join(opts.config.rundir, opts.config.deviceName);
     this.#serverLog = new RateLimitedLog(this.log, { burst: 5, intervalMs: 10_000 });
+    audit.onError = (what, err) =>
+      this.#serverLog.log(`audit: ${what}`, `audit: ${what}: ${(err as Error)?.message ?? String(err)}`);
     this.#clients = new ClientSessions(opts.config.sockets, this.leases, this.log, this.#serverLog);
     this.#link = new DeviceLink(opts.config.reconnect, {
       attempt: () => this.#reattach(),

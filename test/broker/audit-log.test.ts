@@ -40,3 +40,24 @@ test('recent keeps the last AUDIT_RECENT records, oldest first', () => {
     Array.from({ length: AUDIT_RECENT }, (_, k) => n - AUDIT_RECENT + k),
   );
 });
+
+test('write() never throws: a file that refuses the line and an observer that throws are counted and reported; the others still get the record', () => {
+  const lines: string[] = [];
+  const reported: string[] = [];
+  const log = new AuditLog('/dev/full', (l) => lines.push(l)); // every append fails with ENOSPC
+  log.onError = (what, err) => reported.push(`${what}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  const seen: AuditRecord[] = [];
+  log.subscribe(() => {
+    throw new Error('observer bug');
+  });
+  log.subscribe((r) => seen.push(r));
+  log.write({ event: 'reclaim', lease: 'queue-1' });
+  assert.equal(lines.length, 1, 'the sink got the line');
+  assert.equal(seen.length, 1, 'the observer after the throwing one got the record');
+  assert.equal(log.recent.length, 1);
+  assert.equal(log.writeErrors, 2);
+  assert.deepEqual(reported, [
+    'cannot append to /dev/full: ENOSPC',
+    'an audit observer threw: Error: observer bug',
+  ]);
+});

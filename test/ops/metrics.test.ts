@@ -112,6 +112,7 @@ test('metrics over a unix socket: promtool accepts a scrape with leases active, 
     assert.ok(value(m, 'devlease_device_command_duration_seconds_count', { command: 'region_read' }) > 0);
     assert.ok(value(m, 'devlease_device_command_duration_seconds_count', { command: 'dma_map' }) >= 2);
     assert.equal(value(m, 'devlease_device_up'), 1);
+    assert.equal(value(m, 'devlease_audit_write_errors_total'), 0, 'no audit record refused');
     assert.ok(value(m, 'devlease_device_heartbeat_age_seconds') < 5);
 
     // Denied while draining (reason class 'draining').

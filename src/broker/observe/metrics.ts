@@ -187,6 +187,15 @@ export class BrokerMetrics {
         for (const l of broker.leases.all()) this.inc({ kind: l.kind, state: l.state });
       },
     });
+    new Counter({
+      name: 'devlease_audit_write_errors_total',
+      help: 'Audit records the audit file did not take (a full disk, EIO), and audit observers that threw.',
+      registers: r,
+      collect() {
+        this.reset();
+        this.inc(broker.audit.writeErrors);
+      },
+    });
     new Gauge({
       name: 'devlease_device_up',
       help: '1 while the device connection is up and grants are not suspended by a recovery.',
