@@ -207,11 +207,57 @@ export class LeaseTable extends EventEmitter {
       // An upgrade holds the table (handover/): the reclaim waits for its outcome. Rolled back, it runs
       // here; handed over, the new broker sees the same hang-up, exit or deadline and reclaims it there.
       this.#deferred.set(lease, reason);
-      lease.reclaimed = held.promise.then(() => reclaimLease(this, this.#reclaimOps, lease, reason));
+      lease.reclaimed = held.promise
+        .then(() => reclaimLease(this, this.#reclaimOps, lease, reason))
+        .catch((err) => this.#reclaimFailed(lease, err));
       return lease.reclaimed;
     }
-    lease.reclaimed = reclaimLease(this, this.#reclaimOps, lease, reason);
+    lease.reclaimed = reclaimLease(this, this.#reclaimOps, lease, reason).catch((err) =>
+      this.#reclaimFailed(lease, err),
+    );
     return lease.reclaimed;
+  }
+
+  /**
+   * A reclaim that threw (a bug: its device steps report their failures, they do not throw). Whatever it had
+   * not given back is kept out of the pool, as a quarantine says, and `reclaimed` resolves: callers fire and
+   * forget reclaims, so a rejection would go unhandled and end the broker, and a recovery or shutdown waiting
+   * for the lease to park would wait for good.
+   */
+  #reclaimFailed(lease: Lease, err: unknown): void {
+    const why = `reclaim failed: ${(err as Error)?.message ?? String(err)}`;
+    this.log(`lease ${lease.id}: ${why}`);
+    if (lease.state !== 'released' && lease.state !== 'quarantined') {
+      // What the broker holds for the lease goes, each step on its own (the session, the notification fds,
+      // its copies of the slice fds and their watches), as a quarantine's reclaim lets them go; the device
+      // resources stay out of the pool.
+      const cleanup = [
+        () => lease.revokeTimer?.cancel(),
+        () => lease.disconnect?.(why),
+        () => lease.errFd?.close(),
+        () => lease.reqFd?.close(),
+        () => lease.noticeFd?.close(),
+        () => {
+          for (const u of [...lease.slices.values()].flat()) u.dispose(this.watcher);
+        },
+      ];
+      for (const step of cleanup) {
+        try {
+          step();
+        } catch {
+          // the next one still runs
+        }
+      }
+      lease.state = 'quarantined';
+      lease.quarantineReason = why;
+      this.audit.write({ event: 'quarantined', lease: lease.id, problems: [why] });
+      try {
+        this.emit('state', lease);
+      } catch {
+        // the listener that threw above may throw again: the lease is quarantined all the same
+      }
+    }
+    lease.parked();
   }
 
   /**

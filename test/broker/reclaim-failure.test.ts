@@ -1,0 +1,50 @@
+// A reclaim that throws — here a 'state' listener's bug, thrown as the reclaim starts — quarantines its lease
+// (its resources stay out of the pool: nobody knows what the reclaim left undone) instead of ending the broker:
+// reclaims are fired and forgotten from hang-ups, exits and deadlines, so before this their rejection went
+// unhandled, and a shutdown or recovery waiting for the lease to park waited for good.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import type { Lease } from '../../src/broker/lease.js';
+import { ClientProc, startRig, until } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+const leakCheck = trackFdLeaks();
+after(leakCheck);
+
+test('a reclaim that throws quarantines its lease; the broker goes on granting from the rest and shuts down', async () => {
+  const logs: string[] = [];
+  const rig = await startRig({ log: (m) => logs.push(m) });
+  let thrown = false;
+  rig.broker.leases.on('state', (l: Lease) => {
+    if (l.state === 'reclaiming' && !thrown) {
+      thrown = true;
+      throw new Error('a state listener bug');
+    }
+  });
+  const a = await ClientProc.spawn();
+  const b = await ClientProc.spawn();
+  try {
+    const first = (await a.call('connect', { socket: rig.socket })).info;
+    await a.exit();
+    await until(
+      'the lease to be quarantined',
+      () => rig.broker.leases.get(first.lease)?.state === 'quarantined',
+    );
+    const lease = rig.broker.leases.get(first.lease)!;
+    assert.match(lease.quarantineReason ?? '', /^reclaim failed: a state listener bug/);
+    assert.ok(
+      rig.audit.some((r) => r.event === 'quarantined' && r.lease === first.lease),
+      'the audit says why',
+    );
+    assert.ok(logs.some((l) => l.includes(`lease ${first.lease}: reclaim failed`)));
+    // Its queue stays out of the pool; the next lease gets another.
+    const second = (await b.call('connect', { socket: rig.socket })).info;
+    assert.notEqual(second.queue, first.queue, "the quarantined lease's queue is not leased again");
+    await b.exit();
+    await until('the second lease to be released', () => rig.broker.leases.get(second.lease) === undefined);
+  } finally {
+    await a.exit();
+    await b.exit();
+    await rig.close(); // does not wait for the quarantined lease: it is parked
+  }
+});
