@@ -15,9 +15,10 @@ export function recoveryHooks(host: DeviceHost, abandoned: () => boolean): Recov
     abandoned,
     attemptFailed: (cause, err, attempt, final) => attemptFailed(host, cause, err, attempt, final),
     succeeded: (cause, attempts) => {
+      // Grants resume first: what reports it (a 'recovered' listener) cannot keep them suspended.
+      host.leases.suspended = null;
       host.audit.write({ event: 'device-recovered', cause, attempts });
       host.emit('recovered');
-      host.leases.suspended = null;
     },
     deadlines: () => deadlines(host),
   };

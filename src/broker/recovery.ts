@@ -188,7 +188,7 @@ export class Recovery {
         this.#status.lastError = err.message;
         // The `attempts`th failure reports the recovery failed; later ones are that failure going on.
         const final = attempt === this.#opts.attempts;
-        this.#hooks.attemptFailed(cause, err, attempt, final);
+        this.#report(() => this.#hooks.attemptFailed(cause, err, attempt, final));
         if (attempt >= this.#opts.attempts) {
           if (final) this.#settle('failed');
           this.#answer(err);
@@ -199,8 +199,20 @@ export class Recovery {
       }
       if (this.#closed || this.#hooks.abandoned()) return this.#abandon();
       this.#settle('idle');
-      this.#hooks.succeeded(cause, attempt);
+      this.#report(() => this.#hooks.succeeded(cause, attempt));
       return null;
+    }
+  }
+
+  /**
+   * A hook's report (audit, log, events): one that throws (a listener's bug) must not end the recovery's loop,
+   * whose promise everyone joining it waits on; the device's state is what counts. Kept as the last error.
+   */
+  #report(f: () => void): void {
+    try {
+      f();
+    } catch (err) {
+      this.#status.lastError = `reporting: ${(err as Error)?.message ?? String(err)}`;
     }
   }
 

@@ -180,3 +180,25 @@ test('the recovery estimate steps through the same backoff as the loop: doubling
   // One attempt: no wait at all.
   assert.equal(recoveryBoundMs({ attempts: 1, backoffMs: 100, backoffMaxMs: 250 }, d), 1300);
 });
+
+test("a 'recovered' listener that throws: the recovery still ends, the reset is answered, grants resume, status names it", async () => {
+  rig = await startRig({ sim: { numQueues: 2 } });
+  let thrown = 0;
+  rig.broker.on('recovered', () => {
+    thrown++;
+    throw new Error('a recovered listener bug');
+  });
+  const first = await settled(admin(rig, { op: 'reset' }));
+  assert.ok(first.ok, `the reset is answered (${first.ok ? '' : first.error.message})`);
+  assert.equal(thrown, 1);
+  const status = await admin(rig, { op: 'status' });
+  assert.equal(status.recovery.state, 'idle');
+  assert.match(status.recovery.lastError ?? '', /^reporting: a recovered listener bug/);
+  assert.equal(rig.broker.leases.suspended, null, 'grants are not left suspended');
+  await leaseWorks(rig);
+  // The loop is not left running: a second reset runs a recovery of its own.
+  const second = await settled(admin(rig, { op: 'reset' }));
+  assert.ok(second.ok);
+  assert.equal(thrown, 2);
+  assert.equal(rig.audit.filter((e) => e.event === 'device-recovered').length, 2);
+});
