@@ -97,7 +97,13 @@ export async function grantLease(
     iovaView: resources.view?.mode ?? null,
     ms: Number(process.hrtime.bigint() - t0) / 1e6,
   });
-  table.emit('granted', lease);
+  // The lease is granted and in the table: a listener's failure (a bug) is logged, not made the grant's, which
+  // would leave the lease in the table with no session to end it.
+  try {
+    table.emit('granted', lease);
+  } catch (err) {
+    table.log(`lease ${lease.id}: a 'granted' listener threw: ${(err as Error)?.message ?? String(err)}`);
+  }
   return lease;
 }
 

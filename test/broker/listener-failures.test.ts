@@ -1,7 +1,9 @@
-// A reclaim that throws — here a 'state' listener's bug, thrown as the reclaim starts — quarantines its lease
-// (its resources stay out of the pool: nobody knows what the reclaim left undone) instead of ending the broker:
+// A lease's grant and reclaim with a listener that throws (a bug in whoever listens: metrics, an embedder).
+// A reclaim that throws — here a 'state' listener's, as the reclaim starts — quarantines its lease (its
+// resources stay out of the pool: nobody knows what the reclaim left undone) instead of ending the broker:
 // reclaims are fired and forgotten from hang-ups, exits and deadlines, so before this their rejection went
-// unhandled, and a shutdown or recovery waiting for the lease to park waited for good.
+// unhandled, and a shutdown or recovery waiting for the lease to park waited for good. A 'granted' listener's
+// throw made a lease already in the table fail its grant, with no session left to end it.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import type { Lease } from '../../src/broker/lease.js';
@@ -46,5 +48,26 @@ test('a reclaim that throws quarantines its lease; the broker goes on granting f
     await a.exit();
     await b.exit();
     await rig.close(); // does not wait for the quarantined lease: it is parked
+  }
+});
+
+test("a 'granted' listener that throws: the lease is granted all the same, and reclaimed when its client goes", async () => {
+  const logs: string[] = [];
+  const rig = await startRig({ log: (m) => logs.push(m) });
+  rig.broker.leases.on('granted', () => {
+    throw new Error('a granted listener bug');
+  });
+  const c = await ClientProc.spawn();
+  try {
+    const { info } = await c.call('connect', { socket: rig.socket });
+    assert.equal(rig.broker.leases.get(info.lease)?.state, 'active');
+    assert.ok(
+      logs.some((l) => l.includes(`lease ${info.lease}: a 'granted' listener threw: a granted listener bug`)),
+    );
+    await c.exit();
+    await until('the lease to be released', () => rig.broker.leases.get(info.lease) === undefined);
+  } finally {
+    await c.exit();
+    await rig.close();
   }
 });
