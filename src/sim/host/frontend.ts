@@ -229,18 +229,22 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     } catch {
       // the device is shutting down: its mappings go with it
     }
-    this.device.dma.releaseAll();
     try {
-      this.device.irqs.clear();
-    } catch {
-      // a worker stuck in an eventfd write: closing the fds is still right, the device is gone
+      this.device.dma.releaseAll();
+      try {
+        this.device.irqs.clear();
+      } catch {
+        // a worker stuck in an eventfd write: closing the fds is still right, the device is gone
+      }
+      for (const slots of this.#irqs) {
+        slots.forEach((f, i) => {
+          f?.close();
+          slots[i] = null;
+        });
+      }
+    } finally {
+      // The next owner may connect whatever failed above (an unmap the OS refused): the connection logs it.
+      this.onGone();
     }
-    for (const slots of this.#irqs) {
-      slots.forEach((f, i) => {
-        f?.close();
-        slots[i] = null;
-      });
-    }
-    this.onGone();
   }
 }
