@@ -4,6 +4,7 @@
       "target_name": "devlease",
       "sources": [
         "native/addon.cc",
+        "native/close.cc",
         "native/common.cc",
         "native/constants.cc",
         "native/env_fds.cc",

@@ -7,6 +7,7 @@ namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   devlease::RegisterFdOps(env, exports);
+  devlease::RegisterClose(env, exports);
   devlease::RegisterPoll(env, exports);
   devlease::RegisterUnixSocket(env, exports);
   devlease::RegisterPidfd(env, exports);

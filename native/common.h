@@ -90,6 +90,9 @@ class FdGuard {
 
 // Each topic file registers its functions on the exports object.
 void RegisterFdOps(Napi::Env env, Napi::Object exports);
+void RegisterClose(Napi::Env env, Napi::Object exports);
+/** Closes a descriptor another process sent, on the closer thread if its close may wait (close.cc). */
+void CloseReceivedFd(int fd);
 void RegisterPoll(Napi::Env env, Napi::Object exports);
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports);
 void RegisterPidfd(Napi::Env env, Napi::Object exports);

@@ -1,4 +1,4 @@
-// Generic descriptor syscalls: close, dup, ioctl, pread/pwrite, read/write,
+// Generic descriptor syscalls (close is close.cc): dup, ioctl, pread/pwrite, read/write,
 // open, fstat, O_NONBLOCK, and the F_SETLEASE "does anyone else have this
 // file open" probe.
 #include <fcntl.h>
@@ -12,20 +12,6 @@
 
 namespace devlease {
 namespace {
-
-Napi::Value Close(const Napi::CallbackInfo& info) {
-  int fd = FdArg(info, 0);
-  // On Linux the fd is released whatever close() reports (close(2), "Dealing
-  // with error returns from close()"); retrying could close a descriptor
-  // another thread just received. Only EBADF is ours to hear: the number was
-  // not open, a bookkeeping bug. EINTR, and the EIO/ENOSPC/EDQUOT a file
-  // system's flush may return, concern data written through a file this
-  // library only passes on or maps; a client's own FUSE server answers every
-  // FLUSH with EIO if it likes, and throwing that from a cleanup path (a
-  // socket's hang-up, a reclaim) let a client kill the broker.
-  if (close(fd) < 0 && errno == EBADF) ThrowErrno(info.Env(), "close", errno);
-  return info.Env().Undefined();
-}
 
 Napi::Value Dup(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
@@ -151,7 +137,6 @@ Napi::Value LeaseProbe(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void RegisterFdOps(Napi::Env env, Napi::Object exports) {
-  exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("dup", Napi::Function::New(env, Dup, "dup"));
   exports.Set("ioctl", Napi::Function::New(env, Ioctl, "ioctl"));
   exports.Set("pread", Napi::Function::New(env, Pread, "pread"));

@@ -180,7 +180,7 @@ int TakeFds(msghdr& msg, int max_fds, int* out) {
       if (received < max_fds) {
         out[received++] = rfd;
       } else {
-        close(rfd);
+        CloseReceivedFd(rfd);  // a client's: its close may wait on a server it runs (close.cc)
         msg.msg_flags |= MSG_CTRUNC;
       }
     }

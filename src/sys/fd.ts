@@ -10,24 +10,40 @@ import { native } from './native.js';
 // node:worker_threads would load ~30 builtin modules into every client.
 const trackForTeardown = !native.isMainThread;
 
-const leakRegistry = new FinalizationRegistry<number>((fd) => {
+/** Closes a descriptor as its origin needs: one another process sent may be on a file system whose close waits. */
+const closeNumber = (fd: number, received: boolean): void =>
+  received ? native.closeReceived(fd) : native.close(fd);
+
+// The held value is the number, bitwise-negated for a received one (no object per Fd).
+const leakRegistry = new FinalizationRegistry<number>((held) => {
+  const fd = held < 0 ? ~held : held;
   process.emitWarning(`devlease: fd ${fd} was garbage-collected without close(); closing it`, 'DevleaseLeak');
   try {
     if (trackForTeardown) native.untrackFd(fd);
-    native.close(fd);
+    closeNumber(fd, held < 0);
   } catch {
     // already gone: nothing to do
   }
 });
 
+/** Fd's option for a descriptor another process sent (SCM_RIGHTS). */
+export const RECEIVED = Object.freeze({ received: true });
+
 export class Fd {
   #fd: number;
-  constructor(fd: number) {
+  /**
+   * Sent by another process (SCM_RIGHTS), or a dup of one: its file may be on a file system whose close waits
+   * on that process (FUSE) or a server, so close() hands it to the addon's closer thread unless a look that asks
+   * no file system says otherwise (native/close.cc). It may then still be open for a moment after close().
+   */
+  readonly received: boolean;
+  constructor(fd: number, opts?: { received?: boolean }) {
     if (!Number.isInteger(fd) || fd < 0) {
       throw misuse('ERR_DEVLEASE_INVALID_ARG', `not a file descriptor: ${fd}`);
     }
     this.#fd = fd;
-    leakRegistry.register(this, fd, this);
+    this.received = opts?.received === true;
+    leakRegistry.register(this, this.received ? ~fd : fd, this);
     if (trackForTeardown) native.trackFd(fd);
   }
   /** The descriptor number; throws ERR_DEVLEASE_CLOSED after close(). */
@@ -40,7 +56,7 @@ export class Fd {
   }
   /** A new owned descriptor for the same open file description (F_DUPFD_CLOEXEC). */
   dup(): Fd {
-    return new Fd(native.dup(this.fd));
+    return new Fd(native.dup(this.fd), this.received ? RECEIVED : undefined);
   }
   /** Give up ownership: the caller now owns the returned number. */
   release(): number {
@@ -56,7 +72,7 @@ export class Fd {
     this.#fd = -1;
     leakRegistry.unregister(this);
     if (trackForTeardown) native.untrackFd(fd);
-    native.close(fd);
+    closeNumber(fd, this.received);
   }
   [Symbol.dispose](): void {
     this.close();
@@ -88,13 +104,19 @@ export function closeSoon(fds: Iterable<Fd>): void {
     for (const f of fds) f.close();
     return;
   }
+  // A received one's number is kept bitwise-negated, as in the leak registry.
   const numbers: number[] = [];
-  for (const f of fds) if (!f.closed) numbers.push(f.release());
+  for (const f of fds) {
+    if (f.closed) continue;
+    const received = f.received;
+    const n = f.release();
+    numbers.push(received ? ~n : n);
+  }
   if (numbers.length === 0) return;
   setImmediate(() => {
     for (const n of numbers) {
       try {
-        native.close(n);
+        closeNumber(n < 0 ? ~n : n, n < 0);
       } catch {
         // EBADF only (native close ignores the rest: close(2) frees the number whatever it says); here, with
         // the turn's callbacks run, it has nobody to go to

@@ -53,7 +53,16 @@ export interface PollHandle {
 
 export interface NativeAddon {
   // --- generic fd ---
+  /** close(2); throws only EBADF (the number is released whatever else close says). */
   close(fd: number): void;
+  /**
+   * close(2) of a descriptor another process sent: at once if its close cannot wait on anyone (memory, an
+   * anonymous inode, a pipe, an AF_UNIX socket), else on the addon's closer thread (native/close.cc), so it may
+   * still be open when this returns. Throws only EBADF.
+   */
+  closeReceived(fd: number): void;
+  /** Descriptors queued to the closer thread and not yet closed. */
+  closesPending(): number;
   dup(fd: number): number; // F_DUPFD_CLOEXEC
   /** ioctl with an integer argument or a buffer (in/out). Returns the ioctl's return value. */
   ioctl(fd: number, request: number, arg: number | bigint | Uint8Array): number;

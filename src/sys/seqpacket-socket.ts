@@ -19,7 +19,7 @@
 
 import { EventEmitter } from 'node:events';
 import { closedError, isSysError, misuse } from '../errors.js';
-import { Fd, fdNumber } from './fd.js';
+import { Fd, fdNumber, RECEIVED } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
 import { peerCredOf, peerPidfdOf } from './peer.js';
 import type { PidFd } from './pidfd.js';
@@ -161,7 +161,8 @@ export class SeqpacketSocket extends EventEmitter {
 
     const dups: Fd[] = [];
     try {
-      for (const n of numbers) dups.push(new Fd(native.dup(n)));
+      // Whose they are is not known here (a relayed client's fd, often): closed as a received one would be.
+      for (const n of numbers) dups.push(new Fd(native.dup(n), RECEIVED));
     } catch (err) {
       for (const d of dups) d.close();
       throw err;
@@ -324,7 +325,7 @@ export class SeqpacketSocket extends EventEmitter {
       }
       const msg: SeqpacketMessage = {
         data: r.data,
-        fds: r.fds.map((n) => new Fd(n)),
+        fds: r.fds.map((n) => new Fd(n, RECEIVED)),
         truncated: r.truncated,
         ctruncated: r.ctruncated,
       };

@@ -18,7 +18,7 @@
 // maxMessage], more fds than maxFds: the peer is cut off (EPROTO); nothing it
 // sent is leaked.
 import { DevleaseError, isSysError } from '../errors.js';
-import { Fd } from './fd.js';
+import { Fd, RECEIVED } from './fd.js';
 import { native } from './native.js';
 
 export interface StreamFraming {
@@ -259,7 +259,7 @@ export class StreamReader {
     const count = RECV_FDS[0]!;
     if (count === 0) return [];
     const fds: Fd[] = [];
-    for (let i = 0; i < count; i++) fds.push(new Fd(RECV_FDS[i + 2]!));
+    for (let i = 0; i < count; i++) fds.push(new Fd(RECV_FDS[i + 2]!, RECEIVED));
     RECV_FDS[0] = 0; // taken: never wrapped twice
     return fds;
   }

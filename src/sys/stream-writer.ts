@@ -8,7 +8,7 @@
 // fds by the sendmsg they came in.
 
 import { closedError, isSysError } from '../errors.js';
-import { Fd, fdNumber } from './fd.js';
+import { Fd, fdNumber, RECEIVED } from './fd.js';
 import { native } from './native.js';
 
 /** Corked bytes past which they are sent without waiting for uncork (the bound on what corking holds). */
@@ -133,7 +133,8 @@ export class StreamWriter {
     const dups: Fd[] = [];
     if (sent === 0) {
       try {
-        for (const n of numbers) dups.push(new Fd(native.dup(n)));
+        // Whose they are is not known here (a relayed client's fd, often): closed as a received one would be.
+        for (const n of numbers) dups.push(new Fd(native.dup(n), RECEIVED));
       } catch (err) {
         for (const d of dups) d.close();
         throw err;

@@ -9,7 +9,7 @@
 // An access must lie inside one map: libvfio-user splits its transfers per
 // map (one scatter-gather entry each), so nothing legitimate spans two.
 import { VfioError } from '../../errors.js';
-import { closeSoon, Fd, fdNumber } from '../../sys/fd.js';
+import { closeSoon, Fd, fdNumber, RECEIVED } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
 import { vfio_user_dma_region_access } from './messages.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from './protocol.js';
@@ -86,7 +86,10 @@ export class ClientDmaMaps {
     ) {
       return null;
     }
-    const fd = m.fd == null ? null : new Fd(native.dup(fdNumber(m.fd)));
+    // A copy of the caller's fd, as received as it is (a broker relays a client's: its close may wait on a
+    // server that client runs, sys/fd.ts); a bare number's origin is unknown, so it is taken as received.
+    const fd =
+      m.fd == null ? null : m.fd instanceof Fd ? m.fd.dup() : new Fd(native.dup(fdNumber(m.fd)), RECEIVED);
     const entry: DmaMapEntry = {
       iova: m.iova,
       size: m.size,

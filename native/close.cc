@@ -1,0 +1,156 @@
+// close(2), and a thread of its own for the closes of other processes' descriptors that may never return.
+//
+// A close runs the file's flush. For a file on FUSE that is a FLUSH request to whoever serves it — any local
+// user can (fusermount3), and pass such an fd to the broker in any message — and once the server has read it
+// the kernel waits for the answer uninterruptibly (a forced request; only the kernel's
+// fs.fuse.max_request_timeout, off by default, ends it). Network file systems flush to their server the same
+// way. Closed on the JavaScript thread, one such fd would stop the broker for good; so a descriptor received
+// from a peer is closed here at once only if a look that reaches no file system server says its close cannot
+// wait on one — memory (memfd, shmem, hugetlbfs: F_GET_SEALS answers), an anonymous inode (eventfd, pidfd,
+// epoll), a pipe or an AF_UNIX socket — and on one closer thread otherwise. (fstat or fstatfs would ask the
+// server itself.) If a close there never returns, only the descriptors queued behind it wait, each still open.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <new>
+#include <system_error>
+#include <thread>
+
+#include "common.h"
+
+namespace devlease {
+namespace {
+
+// Whether closing `fd` can wait on another party, judged without asking the file's file system anything.
+bool CloseMayWait(int fd) {
+  if (fcntl(fd, F_GET_SEALS) >= 0) return false;  // shmem or hugetlbfs: memory, no flush
+  char link[64];
+  char path[40];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, link, sizeof link - 1);
+  if (n < 0) return false;  // EBADF and the like: close() below says so
+  link[n] = 0;
+  if (strncmp(link, "anon_inode:", 11) == 0 || strncmp(link, "pipe:", 5) == 0) return false;
+  if (strncmp(link, "socket:", 7) == 0) {
+    // AF_UNIX closes at once; another family's close may linger (SO_LINGER) as its peer allows.
+    int domain = 0;
+    socklen_t len = sizeof domain;
+    return getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX;
+  }
+  return true;  // a file on some file system: it may be FUSE or remote
+}
+
+// One thread, started at the first such close, never joined (process exit ends it). A queue, not a thread per
+// close: a server that never answers costs one blocked thread, whatever it is sent.
+struct Closer {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<int> queue;
+  size_t pending = 0;  // queued + the one being closed
+  bool started = false;
+
+  void Push(int fd) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!started) {
+        try {
+          std::thread([this] { Run(); }).detach();
+          started = true;
+        } catch (const std::system_error&) {
+          // No thread to be had (EAGAIN): this close is done here, as before there was one.
+        }
+      }
+      if (started) {
+        try {
+          queue.push_back(fd);
+          pending++;
+          cv.notify_one();
+          return;
+        } catch (const std::bad_alloc&) {
+          // no memory for the queue: closed here, as a last resort
+        }
+      }
+    }
+    close(fd);
+  }
+
+  void Run() {
+    for (;;) {
+      int fd;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [this] { return !queue.empty(); });
+        fd = queue.front();
+        queue.pop_front();
+      }
+      close(fd);  // whatever it says, the number is released (close(2))
+      std::lock_guard<std::mutex> lock(mu);
+      pending--;
+    }
+  }
+
+  size_t Pending() {
+    std::lock_guard<std::mutex> lock(mu);
+    return pending;
+  }
+};
+
+// Leaked on purpose: the detached thread may still use it while the process exits.
+Closer& TheCloser() {
+  static Closer* closer = new Closer();
+  return *closer;
+}
+
+// On Linux the fd is released whatever close() reports (close(2), "Dealing with error returns from close()");
+// retrying could close a descriptor another thread just received. Only EBADF is ours to hear: the number was
+// not open, a bookkeeping bug. EINTR, and the EIO/ENOSPC/EDQUOT a flush may return, concern data written
+// through a file this library only passes on or maps; a client's FUSE server answers every FLUSH with EIO if
+// it likes, and throwing that from a cleanup path (a socket's hang-up, a reclaim) let a client kill the broker.
+void CloseNow(Napi::Env env, int fd) {
+  if (close(fd) < 0 && errno == EBADF) ThrowErrno(env, "close", errno);
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  CloseNow(info.Env(), FdArg(info, 0));
+  return info.Env().Undefined();
+}
+
+/** A descriptor another process sent: closed now, or on the closer thread if its close may wait (above). */
+Napi::Value CloseReceived(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  if (CloseMayWait(fd))
+    TheCloser().Push(fd);
+  else
+    CloseNow(info.Env(), fd);
+  return info.Env().Undefined();
+}
+
+/** Descriptors handed to the closer thread and not closed yet (tests, diagnostics). */
+Napi::Value ClosesPending(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(TheCloser().Pending()));
+}
+
+}  // namespace
+
+void CloseReceivedFd(int fd) {
+  if (CloseMayWait(fd))
+    TheCloser().Push(fd);
+  else
+    close(fd);  // nobody to tell of an error here (TakeFds' surplus)
+}
+
+void RegisterClose(Napi::Env env, Napi::Object exports) {
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("closeReceived", Napi::Function::New(env, CloseReceived, "closeReceived"));
+  exports.Set("closesPending", Napi::Function::New(env, ClosesPending, "closesPending"));
+}
+
+}  // namespace devlease
