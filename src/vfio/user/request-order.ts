@@ -96,7 +96,7 @@ export class RequestOrder {
       try {
         await handle({ issued: pipelined ? release : undefined, served, answered });
       } catch (err) {
-        this.#failed(err);
+        this.#report(err);
       } finally {
         release();
         served();
@@ -110,29 +110,45 @@ export class RequestOrder {
 
   /**
    * A request served out of line whose model answered with a promise: from here it is in flight like a
-   * queued one, and every later request waits for it. `finish` sends its reply. `outcome` must not reject (the
-   * connection turns a model's failure into an outcome); a `finish` that throws is reported as a handle's is.
+   * queued one, and every later request waits for it. `finish` sends its reply. `outcome` does not reject (the
+   * connection turns a model's failure into an outcome); if it did, or `finish` throws, that is reported as a
+   * handle's throw is.
    */
   inFlight<T>(outcome: Promise<T>, finish: (o: T) => void): void {
     this.pending++;
     this.#changed();
     const inModel = outcome.then(() => undefined);
     this.#turn = inModel;
-    const done = outcome.then((o) => {
-      try {
-        finish(o);
-      } catch (err) {
-        this.#failed(err);
-      } finally {
+    const done = outcome.then(
+      (o) => {
+        try {
+          finish(o);
+        } catch (err) {
+          this.#report(err);
+        } finally {
+          this.#done();
+        }
+      },
+      (err) => {
+        this.#report(err);
         this.#done();
-      }
-    });
+      },
+    );
     this.#track(done, inModel);
   }
 
   /** Run `f` once every request so far is answered; later requests wait for it too (a connection's close). */
   after(f: () => Promise<void>): void {
-    this.#tail = this.#tail.then(f).catch(this.#failed);
+    this.#tail = this.#tail.then(f).catch((err) => this.#report(err));
+  }
+
+  /** `failed`, whose own throw must not reject the line either. */
+  #report(err: unknown): void {
+    try {
+      this.#failed(err);
+    } catch {
+      // nobody else to tell
+    }
   }
 
   /** Resolves once every request read so far has been answered. */
