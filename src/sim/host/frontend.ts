@@ -229,22 +229,26 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     } catch {
       // the device is shutting down: its mappings go with it
     }
+    // Each step on its own, and the device freed for the next owner whatever failed (an unmap the OS refused:
+    // the connection logs a throw from here).
     try {
       this.device.dma.releaseAll();
+    } finally {
       try {
         this.device.irqs.clear();
       } catch {
         // a worker stuck in an eventfd write: closing the fds is still right, the device is gone
       }
-      for (const slots of this.#irqs) {
-        slots.forEach((f, i) => {
-          f?.close();
-          slots[i] = null;
-        });
+      try {
+        for (const slots of this.#irqs) {
+          slots.forEach((f, i) => {
+            f?.close();
+            slots[i] = null;
+          });
+        }
+      } finally {
+        this.onGone();
       }
-    } finally {
-      // The next owner may connect whatever failed above (an unmap the OS refused): the connection logs it.
-      this.onGone();
     }
   }
 }
