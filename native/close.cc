@@ -7,17 +7,17 @@
 // way. Closed on the JavaScript thread, one such fd would stop the broker for good; so a descriptor received
 // from a peer is closed here at once only if a look that reaches no file system server says its close cannot
 // wait on one — memory (memfd, shmem, hugetlbfs: F_GET_SEALS answers), an anonymous inode (eventfd, pidfd,
-// epoll), a pipe or an AF_UNIX socket — and on one closer thread otherwise. (fstat or fstatfs would ask the
-// server itself.) If a close there never returns, only the descriptors queued behind it wait, each still open.
+// epoll), a pipe or an AF_UNIX socket — and on one closer thread otherwise. (A plain fstat, or fstatfs, may
+// ask the server itself.) If a close there never returns, only the descriptors queued behind it wait, each
+// still open.
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <condition_variable>
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
 #include <deque>
 #include <mutex>
 #include <new>
@@ -29,23 +29,28 @@
 namespace devlease {
 namespace {
 
-// Whether closing `fd` can wait on another party, judged without asking the file's file system anything.
+// Whether closing `fd` can wait on another party, judged without asking the file's file system anything:
+// statx with AT_STATX_DONT_SYNC answers from what the kernel has cached (FUSE and NFS send no request for it),
+// F_GET_SEALS and SO_DOMAIN never reach a file system. (A readlink of /proc/self/fd/N would do too, at ~5 µs
+// a close against ~0.5: a lease's eventfds are closed this way.)
 bool CloseMayWait(int fd) {
-  if (fcntl(fd, F_GET_SEALS) >= 0) return false;  // shmem or hugetlbfs: memory, no flush
-  char link[64];
-  char path[40];
-  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-  ssize_t n = readlink(path, link, sizeof link - 1);
-  if (n < 0) return false;  // EBADF and the like: close() below says so
-  link[n] = 0;
-  if (strncmp(link, "anon_inode:", 11) == 0 || strncmp(link, "pipe:", 5) == 0) return false;
-  if (strncmp(link, "socket:", 7) == 0) {
-    // AF_UNIX closes at once; another family's close may linger (SO_LINGER) as its peer allows.
-    int domain = 0;
-    socklen_t len = sizeof domain;
-    return getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX;
+  struct statx stx;
+  if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE, &stx) < 0) return errno != EBADF;
+  switch (stx.stx_mode & S_IFMT) {
+    case 0:  // an anonymous inode: eventfd, pidfd, epoll, timerfd
+    case S_IFIFO:  // a pipe, or a FIFO: its close is the pipe's, whatever file system holds its name
+      return false;
+    case S_IFSOCK: {
+      // AF_UNIX closes at once; another family's close may linger (SO_LINGER) as its peer allows.
+      int domain = 0;
+      socklen_t len = sizeof domain;
+      return getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX;
+    }
+    case S_IFREG:
+      return fcntl(fd, F_GET_SEALS) < 0;  // memfd, shmem, hugetlbfs: memory, no flush; any other file may wait
+    default:
+      return true;  // a device node (a tty drains on close), a directory: on the closer thread
   }
-  return true;  // a file on some file system: it may be FUSE or remote
 }
 
 // One thread, started at the first such close, never joined (process exit ends it). A queue, not a thread per
