@@ -160,7 +160,7 @@ export class Sa1Queue {
     // The doorbell before the bookkeeping: the promise, its table entry and the deadline's clock read (~0.1 µs
     // warm, microseconds cold) are made while a spinning device works on the descriptor (when a kick yields this
     // CPU to the device, it has mostly finished by then). Nothing collects a completion before they exist: only
-    // poll() does, and nothing calls it in between (docs/PERFORMANCE.md, issue 16, twenty-seventh pass).
+    // poll() does, and nothing calls it in between (docs/performance-history.md, issue 16, twenty-seventh pass).
     this.#ring(1);
     const promise = this.#pending.add(tag, d.opcode, monotonicMs() + this.#timeoutMs);
     this.#startPump();
