@@ -7,29 +7,18 @@ import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { Fd, native } from '../../src/sys/index.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
-import type { VfioUserDeviceModel } from '../../src/vfio/user/device-model.js';
 import { VFIO_USER_IO_FD_TYPE_IOEVENTFD } from '../../src/vfio/user/region-io-fds.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
 import { vfioUserPair } from '../../src/vfio/user/transport.js';
-import { MemoryDevice, REG_REGION } from '../fixtures/vfio-user/memory-device.js';
+import { MemoryDevice, modelOf, REG_REGION } from '../fixtures/vfio-user/memory-device.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
 
 /** `d` as a model whose region io fds reply hands out one eventfd and whose `sent` throws (a model bug). */
-function throwingSent(d: MemoryDevice): VfioUserDeviceModel {
-  return {
-    deviceInfo: () => d.deviceInfo(),
-    regionInfo: (index) => d.regionInfo(index),
-    regionRead: (index, offset, count) => d.regionRead(index, offset, count),
-    regionWrite: (index, offset, data) => d.regionWrite(index, offset, data),
-    dmaMap: (req) => d.dmaMap(req),
-    dmaUnmap: (req) => d.dmaUnmap(req),
-    irqInfo: (index) => d.irqInfo(index),
-    setIrqs: (req) => d.setIrqs(req),
-    reset: () => d.reset(),
-    feature: (req) => d.feature(req),
+const throwingSent = (d: MemoryDevice) =>
+  modelOf(d, {
     regionIoFds: () => ({
       subRegions: [
         { offset: 0n, size: 4n, fdIndex: 0, type: VFIO_USER_IO_FD_TYPE_IOEVENTFD, flags: 0, datamatch: 0n },
@@ -39,9 +28,7 @@ function throwingSent(d: MemoryDevice): VfioUserDeviceModel {
         throw new Error('model bug: sent() threw');
       },
     }),
-    disconnected: (reason) => d.disconnected(reason),
-  };
-}
+  });
 
 /** `p`'s outcome, or 'stuck' if it has none within `ms`. */
 async function within<T>(p: Promise<T>, ms: number): Promise<T | 'stuck'> {

@@ -8,13 +8,13 @@ import { after, test } from 'node:test';
 import { Fd, native, StreamSocket } from '../../src/sys/index.js';
 import { VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_NONE } from '../../src/vfio/uapi/vfio.js';
 import { decodeMessage, encodeCommand } from '../../src/vfio/user/codec.js';
-import type { IrqSetRequest, VfioUserDeviceModel } from '../../src/vfio/user/device-model.js';
+import type { IrqSetRequest } from '../../src/vfio/user/device-model.js';
 import { encodeIrqSet, encodeVersion } from '../../src/vfio/user/messages.js';
 import * as P from '../../src/vfio/user/protocol.js';
 import { HEADER_SIZE } from '../../src/vfio/user/protocol.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
-import { MEM_REGION, MemoryDevice, MSIX_INDEX } from '../fixtures/vfio-user/memory-device.js';
+import { MEM_REGION, MemoryDevice, MSIX_INDEX, modelOf } from '../fixtures/vfio-user/memory-device.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
@@ -51,24 +51,6 @@ function split(data: Buffer): { msgId: number; command: number }[] {
     at += size;
   }
   return out;
-}
-
-/** A vfio-user model serving `device` (MemoryDevice), with the calls a test changes replaced. */
-function modelOf(device: MemoryDevice, over: Partial<VfioUserDeviceModel>): VfioUserDeviceModel {
-  return {
-    deviceInfo: () => device.deviceInfo(),
-    regionInfo: (index) => device.regionInfo(index),
-    regionRead: (i, o, c) => device.regionRead(i, o, c),
-    regionWrite: (i, o, d) => device.regionWrite(i, o, d),
-    dmaMap: (r) => device.dmaMap(r),
-    dmaUnmap: (r) => device.dmaUnmap(r),
-    irqInfo: (i) => device.irqInfo(i),
-    setIrqs: (r) => device.setIrqs(r),
-    reset: () => device.reset(),
-    feature: (r) => device.feature(r),
-    disconnected: (reason) => device.disconnected(reason),
-    ...over,
-  };
 }
 
 test('replies given in one turn go at its end, together, in order, after the device commands of that turn', async () => {

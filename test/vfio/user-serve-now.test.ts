@@ -12,17 +12,21 @@ import { encodeVersion, vfio_user_region_access } from '../../src/vfio/user/mess
 import * as P from '../../src/vfio/user/protocol.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
 import { vfioUserPair } from '../../src/vfio/user/transport.js';
-import { HANG_OFFSET, MemoryDevice, memfd, REG_REGION } from '../fixtures/vfio-user/memory-device.js';
+import {
+  HANG_OFFSET,
+  MemoryDevice,
+  memfd,
+  modelOf,
+  REG_REGION,
+} from '../fixtures/vfio-user/memory-device.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
 
 /** A MemoryDevice whose register region answers synchronously, as the simulator's front end does. */
-function syncRegisters(d: MemoryDevice): VfioUserDeviceModel {
-  return {
-    deviceInfo: () => d.deviceInfo(),
-    regionInfo: (index) => d.regionInfo(index),
+const syncRegisters = (d: MemoryDevice): VfioUserDeviceModel =>
+  modelOf(d, {
     regionRead: (index, offset, count) => {
       if (index !== REG_REGION || offset === BigInt(HANG_OFFSET)) return d.regionRead(index, offset, count);
       return d.regs.slice(Number(offset), Number(offset) + count);
@@ -32,15 +36,7 @@ function syncRegisters(d: MemoryDevice): VfioUserDeviceModel {
       if (data[0] === 0xee) throw new Error('model bug for the EIO test');
       d.regs.set(data, 0);
     },
-    dmaMap: (req) => d.dmaMap(req),
-    dmaUnmap: (req) => d.dmaUnmap(req),
-    irqInfo: (index) => d.irqInfo(index),
-    setIrqs: (req) => d.setIrqs(req),
-    reset: () => d.reset(),
-    feature: (req) => d.feature(req),
-    disconnected: (reason) => d.disconnected(reason),
-  };
-}
+  });
 
 const access = (offset: bigint, region: number, count: number) =>
   vfio_user_region_access.encode({ offset, region, count });
