@@ -147,3 +147,22 @@ test('a request whose handling throws is reported, and the line goes on: the req
   assert.equal(order.pending, 0, "each failed request's pending is counted off");
   assert.equal(order.clear, true);
 });
+
+test('a request served out of line whose outcome rejects is reported and counted off; the pipelined request behind it still runs', async () => {
+  const failures: string[] = [];
+  const order = new RequestOrder(
+    Promise.resolve(),
+    () => {},
+    (err) => failures.push((err as Error).message),
+  );
+  const log: string[] = [];
+  order.inFlight(Promise.reject(new Error('an outcome that rejected')), () => log.push('finished'));
+  order.enqueue(true, async (t: Turn) => {
+    t.issued?.();
+    log.push('pipelined');
+  });
+  await order.idle();
+  assert.deepEqual(failures, ['an outcome that rejected']);
+  assert.deepEqual(log, ['pipelined'], 'no reply for it; the next request ran');
+  assert.equal(order.pending, 0);
+});

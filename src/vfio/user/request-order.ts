@@ -38,6 +38,8 @@ export interface Turn {
  */
 export const MAX_IN_FLIGHT = 8;
 
+const settled = (): void => {};
+
 export class RequestOrder {
   /** Requests read and not yet answered. */
   pending = 0;
@@ -117,7 +119,8 @@ export class RequestOrder {
   inFlight<T>(outcome: Promise<T>, finish: (o: T) => void): void {
     this.pending++;
     this.#changed();
-    const inModel = outcome.then(() => undefined);
+    // Settles either way, as a queued request's `served` does: later requests wait on it, not on its result.
+    const inModel = outcome.then(settled, settled);
     this.#turn = inModel;
     const done = outcome.then(
       (o) => {
