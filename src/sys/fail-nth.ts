@@ -11,6 +11,8 @@ import type { NativeAddon } from './native.js';
 /** Native functions never failed: releases, and bookkeeping or queries that make no syscall. */
 const NEVER = new Set([
   'close',
+  'closeReceived',
+  'closesPending',
   'mappingUnmap',
   'mappingUnmapMany',
   'mappingRevoked',
