@@ -104,14 +104,19 @@ test(`a pipelined request waits for the one ${MAX_IN_FLIGHT} before it to be ser
   assert.equal(order.pending, 0);
 });
 
-test('a request whose handling throws is reported, and the line goes on: the requests behind it run, after() runs, idle() resolves', async () => {
+/** A line whose `failed` records each failure's message, and a log for the requests to write to. */
+function reportingLine(): { order: RequestOrder; failures: string[]; log: string[] } {
   const failures: string[] = [];
   const order = new RequestOrder(
     Promise.resolve(),
     () => {},
     (err) => failures.push((err as Error).message),
   );
-  const log: string[] = [];
+  return { order, failures, log: [] };
+}
+
+test('a request whose handling throws is reported, and the line goes on: the requests behind it run, after() runs, idle() resolves', async () => {
+  const { order, failures, log } = reportingLine();
   // Served out of line (nothing was ahead of it), its model answering later; then its reply's finish throws.
   order.inFlight(Promise.resolve('outcome'), () => {
     throw new Error('a model whose sent() threw');
@@ -149,13 +154,7 @@ test('a request whose handling throws is reported, and the line goes on: the req
 });
 
 test('a request served out of line whose outcome rejects is reported and counted off; the pipelined request behind it still runs', async () => {
-  const failures: string[] = [];
-  const order = new RequestOrder(
-    Promise.resolve(),
-    () => {},
-    (err) => failures.push((err as Error).message),
-  );
-  const log: string[] = [];
+  const { order, failures, log } = reportingLine();
   order.inFlight(Promise.reject(new Error('an outcome that rejected')), () => log.push('finished'));
   order.enqueue(true, async (t: Turn) => {
     t.issued?.();
