@@ -1,5 +1,6 @@
-// Two steps of a lease's end, split from leases.ts: the owner's revoke (notice now, reclaim at the
-// deadline) and unmapping a lease's whole IOVA window in reclaim.
+// Three steps of a lease's end, split from leases.ts: the owner's revoke (notice now, reclaim at the
+// deadline), unmapping a lease's whole IOVA window in reclaim, and letting go of what the broker itself holds
+// for a lease.
 
 import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
@@ -61,4 +62,29 @@ export async function unmapAll(
     await step(`unmap 0x${m.deviceIova.toString(16)}`, () => device.dmaUnmap(m.deviceIova, m.size), true);
     lease.mappings.delete(m.iova);
   }
+}
+
+/**
+ * Let go of what the broker holds for `lease` (its revoke timer, the notification fds, its copies of the
+ * slice fds and their watches, the audited slices' watch), each step on its own, so one that throws (a bug)
+ * does not keep the rest: every end of a lease comes here, and a broker fd kept by a failed step is a leak
+ * for the broker's lifetime. Returns what failed, for the lease's problems. The session is the caller's.
+ */
+export function letGoOfHolds(table: LeaseTable, lease: Lease): string[] {
+  const failed: string[] = [];
+  const step = (what: string, fn: () => void) => {
+    try {
+      fn();
+    } catch (err) {
+      failed.push(`${what}: ${(err as Error)?.message ?? String(err)}`);
+    }
+  };
+  step('cancel the revoke timer', () => lease.revokeTimer?.cancel());
+  step('close the ERR fd', () => lease.errFd?.close());
+  step('close the REQ fd', () => lease.reqFd?.close());
+  step('close the notice fd', () => lease.noticeFd?.close());
+  for (const u of [...lease.slices.values()].flat())
+    step('let go of a slice', () => u.dispose(table.watcher));
+  step('forget the audited slices', () => table.direct?.forget(lease.id));
+  return failed;
 }

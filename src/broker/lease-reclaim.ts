@@ -7,7 +7,7 @@ import { batchCommands } from '../device/vfio-user-device.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import type { DirectSlices } from './audit-scan/direct-slices.js';
 import type { Lease } from './lease.js';
-import { unmapAll } from './lease-end.js';
+import { letGoOfHolds, unmapAll } from './lease-end.js';
 import type { LeaseTable } from './leases.js';
 import { retryLocalTransient } from './local-retry.js';
 
@@ -146,8 +146,8 @@ export async function reclaimLease(
   // resources that go back to the pool readied: not of a lease quarantined or scrubbed (it would hold one of
   // the broker's few prepared fds for nothing, or for memory nobody revoked).
   if (!ready) forgetPrepared(table, lease);
-  for (const u of units) u.dispose(table.watcher);
-  direct?.forget(lease.id);
+  // The slice fds and their watches, and the audited slices' watch (the notification fds went above).
+  problems.push(...letGoOfHolds(table, lease));
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   if (unsafe) {
     // Never hand these resources to another client; the operator sees why (devlease leases, audit).
@@ -207,14 +207,8 @@ export function forgetLease(
   t0: bigint,
   problems: string[] = [],
 ): void {
-  lease.revokeTimer?.cancel();
-  lease.errFd?.close();
-  lease.reqFd?.close();
-  lease.noticeFd?.close();
-  const units = [...lease.slices.values()].flat();
-  const outstanding = units.reduce((n, u) => n + u.outstanding, 0);
-  for (const u of units) u.dispose(table.watcher);
-  table.direct?.forget(lease.id);
+  const outstanding = [...lease.slices.values()].flat().reduce((n, u) => n + u.outstanding, 0);
+  problems.push(...letGoOfHolds(table, lease));
   lease.mappings.clear();
   lease.state = 'released';
   ops.remove(lease);
@@ -233,7 +227,8 @@ export function forgetLease(
   lease.parked();
 }
 
-function forgetPrepared(table: LeaseTable, lease: Lease): void {
+/** Drop the slice fds prepared for the next grant of `lease`'s resources (they do not go back readied). */
+export function forgetPrepared(table: LeaseTable, lease: Lease): void {
   for (const s of lease.resources.slices)
     table.device.forgetPreparedSliceFds?.(s.region, [{ offset: s.offset, length: s.size }]);
 }

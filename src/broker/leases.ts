@@ -13,9 +13,9 @@ import type { AuditLog } from './audit.js';
 import type { DirectSlices } from './audit-scan/direct-slices.js';
 import type { BrokerConfig } from './config.js';
 import type { Lease } from './lease.js';
-import { revokeLease } from './lease-end.js';
+import { letGoOfHolds, revokeLease } from './lease-end.js';
 import { grantLease } from './lease-grant.js';
-import { forgetLease, type ReclaimOps, reclaimLease } from './lease-reclaim.js';
+import { forgetLease, forgetPrepared, type ReclaimOps, reclaimLease } from './lease-reclaim.js';
 import { UsageAccounts } from './lease-usage.js';
 import type { CallerContext, LeaseRequest, Policy, Usage } from './policy.js';
 import type { SliceWatcher } from './slices.js';
@@ -228,29 +228,24 @@ export class LeaseTable extends EventEmitter {
     const why = `reclaim failed: ${(err as Error)?.message ?? String(err)}`;
     this.log(`lease ${lease.id}: ${why}`);
     if (lease.state !== 'released' && lease.state !== 'quarantined') {
-      // What the broker holds for the lease goes, each step on its own (the session, the notification fds,
-      // its copies of the slice fds and their watches), as a quarantine's reclaim lets them go; the device
-      // resources stay out of the pool.
-      const cleanup = [
-        () => lease.revokeTimer?.cancel(),
-        () => lease.disconnect?.(why),
-        () => lease.errFd?.close(),
-        () => lease.reqFd?.close(),
-        () => lease.noticeFd?.close(),
-        () => {
-          for (const u of [...lease.slices.values()].flat()) u.dispose(this.watcher);
-        },
-      ];
-      for (const step of cleanup) {
-        try {
-          step();
-        } catch {
-          // the next one still runs
-        }
+      // The session ends and what the broker holds for the lease goes, each step on its own, as a
+      // quarantine's reclaim lets them go; the device resources stay out of the pool, and the slice fds
+      // prepared for their next grant go (they are not readied).
+      const problems = [why];
+      try {
+        lease.disconnect?.(why);
+      } catch (e) {
+        problems.push(`disconnect: ${(e as Error)?.message ?? String(e)}`);
+      }
+      problems.push(...letGoOfHolds(this, lease));
+      try {
+        forgetPrepared(this, lease);
+      } catch (e) {
+        problems.push(`forget prepared slice fds: ${(e as Error)?.message ?? String(e)}`);
       }
       lease.state = 'quarantined';
       lease.quarantineReason = why;
-      this.audit.write({ event: 'quarantined', lease: lease.id, problems: [why] });
+      this.audit.write({ event: 'quarantined', lease: lease.id, problems });
       try {
         this.emit('state', lease);
       } catch {

@@ -39,6 +39,19 @@ test('a reclaim that throws quarantines its lease; the broker goes on granting f
       'the audit says why',
     );
     assert.ok(logs.some((l) => l.includes(`lease ${first.lease}: reclaim failed`)));
+    // What the broker held for it is let go of all the same: the notification fds, its slice fds.
+    const held = [lease.errFd, lease.reqFd, lease.noticeFd].filter((fd) => fd !== null);
+    assert.ok(held.length > 0, 'the client wired its notification eventfds');
+    assert.ok(
+      held.every((fd) => fd.closed),
+      'the notification fds are closed',
+    );
+    const units = [...lease.slices.values()].flat();
+    assert.ok(units.length > 0, 'the lease held slices');
+    assert.ok(
+      units.every((u) => u.deviceFd.closed),
+      "the broker's slice fds are closed",
+    );
     // Its queue stays out of the pool; the next lease gets another.
     const second = (await b.call('connect', { socket: rig.socket })).info;
     assert.notEqual(second.queue, first.queue, "the quarantined lease's queue is not leased again");
