@@ -146,8 +146,13 @@ export async function reclaimLease(
   // resources that go back to the pool readied: not of a lease quarantined or scrubbed (it would hold one of
   // the broker's few prepared fds for nothing, or for memory nobody revoked).
   if (!ready) forgetPrepared(table, lease);
-  // The slice fds and their watches, and the audited slices' watch (the notification fds went above).
-  problems.push(...letGoOfHolds(table, lease));
+  // The slice fds and their watches, and the audited slices' watch (the notification fds went above). A step
+  // of the broker's own that throws is a bug, and nothing says what it left: the lease is quarantined.
+  const notLetGo = letGoOfHolds(table, lease);
+  if (notLetGo.length) {
+    problems.push(...notLetGo);
+    unsafe = true;
+  }
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   if (unsafe) {
     // Never hand these resources to another client; the operator sees why (devlease leases, audit).

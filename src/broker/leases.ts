@@ -239,7 +239,8 @@ export class LeaseTable extends EventEmitter {
       }
       problems.push(...letGoOfHolds(this, lease));
       try {
-        forgetPrepared(this, lease);
+        // Not after a device loss: the prepared fds for these ranges would be the new device's.
+        if (lease.generation === this.generation) forgetPrepared(this, lease);
       } catch (e) {
         problems.push(`forget prepared slice fds: ${(e as Error)?.message ?? String(e)}`);
       }
