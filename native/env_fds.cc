@@ -13,7 +13,10 @@
 namespace devlease {
 
 EnvState::~EnvState() {
-  for (int fd : trackedFds) close(fd);
+  // As a received fd is closed (close.cc): a worker's descriptors may be a peer's (the simulator's device
+  // worker holds its owner's DMA fds), whose close can wait on a file system the peer serves; the teardown
+  // must not.
+  for (int fd : trackedFds) CloseReceivedFd(fd);
 }
 
 namespace {
