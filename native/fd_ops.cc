@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -97,6 +98,26 @@ Napi::Value Fstat(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// statx of an fd with AT_STATX_DONT_SYNC: the kernel's cached attributes, so a file system served by a peer
+// (FUSE, NFS) is not asked — a FUSE server that never answers GETATTR would otherwise hold the calling thread,
+// the broker's one thread among them. Also the mount id (STATX_MNT_ID), to name the file system in an error.
+Napi::Value StatCached(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0);
+  struct statx stx {};
+  if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_MODE | STATX_INO | STATX_SIZE | STATX_MNT_ID,
+            &stx) < 0)
+    ThrowErrno(info.Env(), "statx", errno);
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("ino", Napi::BigInt::New(env, static_cast<uint64_t>(stx.stx_ino)));
+  out.Set("dev", Napi::BigInt::New(env, static_cast<uint64_t>(makedev(stx.stx_dev_major, stx.stx_dev_minor))));
+  out.Set("size", Napi::Number::New(env, static_cast<double>(stx.stx_size)));
+  out.Set("mode", Napi::Number::New(env, stx.stx_mode));
+  out.Set("mntId",
+          (stx.stx_mask & STATX_MNT_ID) ? Napi::Number::New(env, static_cast<double>(stx.stx_mnt_id)) : env.Null());
+  return out;
+}
+
 // fcntl(F_GETFL): the description's access mode and status flags, without a
 // read of /proc/self/fdinfo (which costs an open, a read and a close).
 Napi::Value StatusFlags(const Napi::CallbackInfo& info) {
@@ -145,6 +166,7 @@ void RegisterFdOps(Napi::Env env, Napi::Object exports) {
   exports.Set("write", Napi::Function::New(env, Write, "write"));
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
+  exports.Set("statCached", Napi::Function::New(env, StatCached, "statCached"));
   exports.Set("setNonBlocking", Napi::Function::New(env, SetNonBlocking, "setNonBlocking"));
   exports.Set("statusFlags", Napi::Function::New(env, StatusFlags, "statusFlags"));
   exports.Set("leaseProbe", Napi::Function::New(env, LeaseProbe, "leaseProbe"));

@@ -4,6 +4,7 @@
 // config.ts's job (which re-exports all of this, so the broker imports its configuration from one place).
 
 import type { DriverConfig } from '../drivers/driver.js';
+import type { DmaFiles } from '../vfio/user/dma-fd-check.js';
 import { DEFAULT_DIRECT_AUDIT, type DirectAuditConfig } from './audit-scan/auditor.js';
 
 /**
@@ -88,6 +89,11 @@ export interface BrokerConfig {
      */
     onReload: 'keep' | 'revoke';
     onReloadDeadlineMs: number;
+    /**
+     * Which regular files may back a lease's DMA maps: "memory" (memfd, tmpfs, hugetlbfs: never a file system a
+     * client serves) or "any" (vfio-user/dma-fd-check.ts).
+     */
+    dmaFiles: DmaFiles;
   };
   /** JSON-lines audit log; null: stderr only. */
   auditLog: string | null;
@@ -164,6 +170,7 @@ export function defaultConfig(): BrokerConfig {
       hookTimeoutMs: 200,
       onReload: 'keep',
       onReloadDeadlineMs: 5000,
+      dmaFiles: 'memory',
     },
     auditLog: null,
     directAudit: { ...DEFAULT_DIRECT_AUDIT },

@@ -9,6 +9,7 @@ import { parse as parseToml } from 'smol-toml';
 import { MAX_PREPARED_SLICES } from '../device/prepared-slices.js';
 import type { IovaViewMode } from '../drivers/driver.js';
 import { DevleaseError } from '../errors.js';
+import type { DmaFiles } from '../vfio/user/dma-fd-check.js';
 import type { DirectAuditConfig } from './audit-scan/auditor.js';
 import {
   type BrokerConfig,
@@ -293,7 +294,11 @@ export function configFromObject(doc: Table): BrokerConfig {
     hookTimeoutMs: pol.int('hook_timeout_ms', d.policy.hookTimeoutMs, 1, 60_000),
     onReload: pol.string('on_reload', d.policy.onReload) as 'keep' | 'revoke',
     onReloadDeadlineMs: pol.int('on_reload_deadline_ms', d.policy.onReloadDeadlineMs, 0, 3_600_000),
+    dmaFiles: pol.string('dma_files', d.policy.dmaFiles) as DmaFiles,
   };
+  if (policy.dmaFiles !== 'memory' && policy.dmaFiles !== 'any') {
+    throw new ConfigError('policy.dma_files', `must be "memory" or "any" (got "${policy.dmaFiles}")`);
+  }
   if (policy.onReload !== 'keep' && policy.onReload !== 'revoke') {
     throw new ConfigError('policy.on_reload', `must be "keep" or "revoke" (got "${policy.onReload}")`);
   }

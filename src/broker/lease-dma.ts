@@ -42,7 +42,12 @@ export async function mapForLease(
     const read = (req.flags & DMA_READ) !== 0;
     const write = (req.flags & DMA_WRITE) !== 0;
     // A pipe, an empty memfd, a range past the end: refused here, by name, rather than by the device.
-    checkDmaFd(req.fd, { offset: req.offset, size: req.size, write });
+    checkDmaFd(
+      req.fd,
+      { offset: req.offset, size: req.size, write },
+      table.config.policy.dmaFiles,
+      lease.ctx.pid,
+    );
     // Checked against usage that counts maps still in flight (released in `finally`), so concurrent
     // DMA_MAPs of one uid cannot pass a limit together.
     const usage = table.usage(lease.ctx);

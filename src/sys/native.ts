@@ -74,6 +74,11 @@ export interface NativeAddon {
   open(path: string, flags: number, mode?: number): number;
   /** fstat subset. */
   fstat(fd: number): { ino: bigint; dev: bigint; size: number; mode: number };
+  /**
+   * The same from statx(AT_STATX_DONT_SYNC): the kernel's cached attributes (a FUSE or NFS server is not asked),
+   * with the mount id (null where the kernel gives none).
+   */
+  statCached(fd: number): { ino: bigint; dev: bigint; size: number; mode: number; mntId: number | null };
   setNonBlocking(fd: number, on: boolean): void;
   /** fcntl(F_GETFL): access mode (O_ACCMODE bits) and status flags. */
   statusFlags(fd: number): number;

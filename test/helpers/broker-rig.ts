@@ -45,6 +45,17 @@ export async function startRig(
   } = {},
 ): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-test-'));
+  const overrides = { rundir: join(dir, 'run') };
+  // First: a config the broker refuses leaves nothing running.
+  let config: ReturnType<typeof configFromObject>;
+  try {
+    config = opts.configFile
+      ? Object.assign(loadConfig(opts.configFile), overrides)
+      : configFromObject({ ...overrides, ...(opts.config ?? {}) });
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   const simSocket = join(dir, 'sim.sock');
   const sim = await spawnSimulator({ socketPath: simSocket, numQueues: 8, ...opts.sim });
   const device = await VfioUserDevice.connect(
@@ -52,10 +63,6 @@ export async function startRig(
     opts.deviceTimeoutMs === undefined ? {} : { timeoutMs: opts.deviceTimeoutMs },
   );
   const audit: Record<string, any>[] = [];
-  const overrides = { rundir: join(dir, 'run') };
-  const config = opts.configFile
-    ? Object.assign(loadConfig(opts.configFile), overrides)
-    : configFromObject({ ...overrides, ...(opts.config ?? {}) });
   let broker: Broker;
   try {
     broker = await Broker.start({

@@ -6,7 +6,18 @@
 // its end); a description opened without the access the map asks for cannot
 // be mapped that way (EACCES). Anything else (a dma-buf, a device node) goes
 // on to mmap, which decides.
+//
+// The attributes are the kernel's cached ones (statx AT_STATX_DONT_SYNC): a
+// file system served by a peer — a FUSE server the client runs — is never
+// asked, so a server that does not answer cannot hold the checker's thread.
+// With `files: 'memory'` (the broker's default, policy.dma_files) a regular
+// file must also be memory: a memfd, or a file on tmpfs or hugetlbfs (those
+// answer F_GET_SEALS). Any other file's pages come from its file system when
+// the device touches them, and one served by the client could stall the
+// device's accesses for every lease; it is refused (EPERM), naming the file
+// system. So is a block device (a loop device may be backed by such a file).
 
+import { readFileSync } from 'node:fs';
 import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
 
@@ -15,6 +26,7 @@ const S_IFREG = 0o100000;
 const S_IFIFO = 0o010000;
 const S_IFSOCK = 0o140000;
 const S_IFDIR = 0o040000;
+const S_IFBLK = 0o060000;
 const NOT_MEMORY = new Map([
   [S_IFIFO, 'a pipe'],
   [S_IFSOCK, 'a socket'],
@@ -24,19 +36,39 @@ const O_ACCMODE = 0o3;
 const O_RDONLY = 0o0;
 const O_WRONLY = 0o1;
 
-/** `fd`: an Fd or a process-wide fd number (the simulator's device worker has numbers). */
+/** Which regular files may back a DMA map: only memory (memfd, tmpfs, hugetlbfs), or any. */
+export type DmaFiles = 'memory' | 'any';
+
+/**
+ * `fd`: an Fd or a process-wide fd number (the simulator's device worker has numbers). `pid`: the process that
+ * sent it, whose mounts name a refused file's file system (the broker may run in a mount namespace of its own).
+ */
 export function checkDmaFd(
   fdOrNumber: { fd: number } | number,
   m: { offset: bigint; size: bigint; write: boolean },
+  files: DmaFiles = 'any',
+  pid?: number,
 ): void {
   const fd = typeof fdOrNumber === 'number' ? fdOrNumber : fdOrNumber.fd;
-  const st = native.fstat(fd);
+  const st = native.statCached(fd);
   const type = st.mode & S_IFMT;
   const kind = NOT_MEMORY.get(type);
   if (kind) {
     throw new VfioError('EBADF', `the DMA_MAP fd is ${kind}, not memory: map a memfd, shm or file`);
   }
+  if (files === 'memory' && type === S_IFBLK) {
+    throw new VfioError(
+      'EPERM',
+      'the DMA_MAP fd is a block device, not memory: this broker maps a memfd or a file on tmpfs or hugetlbfs (policy.dma_files = "memory")',
+    );
+  }
   if (type === S_IFREG) {
+    if (files === 'memory' && !isMemory(fd)) {
+      throw new VfioError(
+        'EPERM',
+        `the DMA_MAP fd is a file on ${fileSystemOf(st.mntId, pid)}, not memory: this broker maps a memfd or a file on tmpfs or hugetlbfs (policy.dma_files = "memory")`,
+      );
+    }
     const fileSize = BigInt(st.size);
     if (fileSize === 0n) throw new VfioError('EINVAL', 'the DMA_MAP fd is an empty file (0 bytes)');
     if (m.offset + m.size > fileSize) {
@@ -66,4 +98,43 @@ function accessMode(fd: number): number | null {
   } catch {
     return null;
   }
+}
+
+/** memfd, tmpfs (shmem) and hugetlbfs files answer F_GET_SEALS; no other file does (EINVAL), nor asks its file system. */
+function isMemory(fd: number): boolean {
+  try {
+    native.getSeals(fd);
+    return true;
+  } catch (err) {
+    if ((err as { code?: string }).code === 'EINVAL') return false;
+    throw err; // EBADF, or a failure of the call itself: not an answer about the file
+  }
+}
+
+/**
+ * The file system type and mount point of mount `mntId`, from the sender's /proc/<pid>/mountinfo (mount ids are
+ * unique system-wide; the sender sees the mount), else ours; "another file system" where neither has it. An
+ * error path only: it reads the whole table.
+ */
+function fileSystemOf(mntId: number | null, pid?: number): string {
+  if (mntId === null) return 'another file system';
+  for (const who of pid === undefined ? ['self'] : [String(pid), 'self']) {
+    let table: string;
+    try {
+      table = readFileSync(`/proc/${who}/mountinfo`, 'utf8');
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    for (const line of table.split('\n')) {
+      // mount id, parent id, major:minor, root, mount point, options, optional fields..., "-", type, source, ...
+      const f = line.split(' ');
+      if (Number(f[0]) !== mntId) continue;
+      const type = f[f.indexOf('-') + 1];
+      const at = (f[4] ?? '?').replace(/\\([0-7]{3})/g, (_, o: string) =>
+        String.fromCharCode(Number.parseInt(o, 8)),
+      );
+      return `${type} (mounted at ${at})`;
+    }
+  }
+  return 'another file system';
 }
