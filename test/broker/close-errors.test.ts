@@ -166,3 +166,25 @@ test("a DMA map's copy of a received fd is closed as received: an unmap does not
     await held.unmount();
   }
 });
+
+test('a socket closed with a FUSE fd still queued in it does not wait for that fd: the kernel flushes only a close(2), never a dropped message', async () => {
+  // As the broker's close of a connection whose client sent fds it never read (the hang-up path closes the
+  // socket inline): the queued file's last reference goes with the socket, and FUSE's release is sent without
+  // waiting for its answer; no FLUSH is sent at all.
+  const held = await mountFlushFailingFs({ hold: true, holdMs: 10_000 });
+  try {
+    const [a, b] = native.unixPair(true);
+    const n = openSync(held.file, 'r');
+    native.sendmsg(a, Buffer.from([1]), [n]);
+    native.closeReceived(n); // ours: to the closer thread, whose held FLUSH then blocks it
+    await until('our close to reach the server', () => held.flushes() >= 1);
+    native.close(a);
+    native.close(b); // the last reference to the queued file: released with the message
+    assert.equal(held.flushes(), 1, 'no FLUSH for the fd that was only queued');
+    assert.equal(held.answered(), 0, 'the socket closed while the FLUSH of ours was still held');
+  } finally {
+    held.release();
+    await until('the closer thread to be done', () => native.closesPending() === 0);
+    await held.unmount();
+  }
+});
