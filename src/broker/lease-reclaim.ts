@@ -142,10 +142,6 @@ export async function reclaimLease(
     ready = problems.length === before;
   }
   if (deviceLost(table, lease)) return forgetLease(table, ops, lease, reason, t0, problems);
-  // A slice fd the driver asked for in the last batch (prepareAhead), for the next grant (Device.prepareSliceFds), is kept only for
-  // resources that go back to the pool readied: not of a lease quarantined or scrubbed (it would hold one of
-  // the broker's few prepared fds for nothing, or for memory nobody revoked).
-  if (!ready) forgetPrepared(table, lease);
   // The slice fds and their watches, and the audited slices' watch (the notification fds went above). A step
   // of the broker's own that throws is a bug, and nothing says what it left: the lease is quarantined.
   const notLetGo = letGoOfHolds(table, lease);
@@ -153,6 +149,11 @@ export async function reclaimLease(
     problems.push(...notLetGo);
     unsafe = true;
   }
+  // A slice fd the driver asked for in the last batch (prepareAhead), for the next grant
+  // (Device.prepareSliceFds), is kept only for resources that go back to the pool readied: not of a lease
+  // quarantined or scrubbed (it would hold one of the broker's few prepared fds for nothing, or for memory
+  // nobody revoked).
+  if (!ready || unsafe) forgetPrepared(table, lease);
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   if (unsafe) {
     // Never hand these resources to another client; the operator sees why (devlease leases, audit).

@@ -5,6 +5,7 @@
 // kernel's cached attributes only: a FUSE server that holds GETATTR answers holds nothing of the broker.
 import assert from 'node:assert/strict';
 import {
+  closeSync,
   mkdtempSync,
   openSync,
   readdirSync,
@@ -49,9 +50,11 @@ function blockDevice(): string {
   for (const name of readdirSync('/dev')) {
     const path = `/dev/${name}`;
     try {
-      if (statSync(path).isBlockDevice()) return path;
+      if (!statSync(path).isBlockDevice()) continue;
+      closeSync(openSync(path, 'r'));
+      return path;
     } catch {
-      // gone meanwhile
+      // gone meanwhile, or no medium (an empty CD drive)
     }
   }
   throw new Error('this test needs a block device node in /dev (a loop device or a disk)');

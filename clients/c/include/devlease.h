@@ -137,7 +137,8 @@ int devlease_reset(struct devlease *l);
 
 /* Map [offset, offset + size) of `fd` at `iova` inside the lease's window. The lease keeps its own
  * duplicate of fd. By default the broker maps only memory: a memfd, or a file on tmpfs or hugetlbfs
- * (-EPERM for any other file, naming its file system; docs/CONFIG.md, policy.dma_files). */
+ * (-EPERM for any other file, naming its file system, and for a block device; docs/CONFIG.md,
+ * policy.dma_files). */
 int devlease_dma_map(struct devlease *l, int fd, uint64_t offset, uint64_t iova, uint64_t size, unsigned flags);
 int devlease_dma_unmap(struct devlease *l, uint64_t iova, uint64_t size);
 

@@ -17,7 +17,7 @@
 // device's accesses for every lease; it is refused (EPERM), naming the file
 // system. So is a block device (a loop device may be backed by such a file).
 
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
 
@@ -111,24 +111,23 @@ function isMemory(fd: number): boolean {
   }
 }
 
+/** How much of a mountinfo table is read to name a file system: a client may make many mounts of its own. */
+const MOUNTINFO_MAX_BYTES = 64 * 1024;
+
 /**
  * The file system type and mount point of mount `mntId`, from the sender's /proc/<pid>/mountinfo (mount ids are
- * unique system-wide; the sender sees the mount), else ours; "another file system" where neither has it. An
- * error path only: it reads the whole table.
+ * unique system-wide; the sender sees the mount), else ours; "another file system" where neither has it in its
+ * first MOUNTINFO_MAX_BYTES. An error path only, bounded: the kernel generates only what is read.
  */
 function fileSystemOf(mntId: number | null, pid?: number): string {
   if (mntId === null) return 'another file system';
   for (const who of pid === undefined ? ['self'] : [String(pid), 'self']) {
-    let table: string;
-    try {
-      table = readFileSync(`/proc/${who}/mountinfo`, 'utf8');
-    } catch {
-      continue; // gone, or not ours to read
-    }
+    const table = readHead(`/proc/${who}/mountinfo`, MOUNTINFO_MAX_BYTES);
+    if (table === null) continue; // gone, or not ours to read
     for (const line of table.split('\n')) {
       // mount id, parent id, major:minor, root, mount point, options, optional fields..., "-", type, source, ...
       const f = line.split(' ');
-      if (Number(f[0]) !== mntId) continue;
+      if (Number(f[0]) !== mntId || f.indexOf('-') < 0) continue;
       const type = f[f.indexOf('-') + 1];
       const at = (f[4] ?? '?').replace(/\\([0-7]{3})/g, (_, o: string) =>
         String.fromCharCode(Number.parseInt(o, 8)),
@@ -137,4 +136,24 @@ function fileSystemOf(mntId: number | null, pid?: number): string {
     }
   }
   return 'another file system';
+}
+
+/** Up to `max` bytes of a file (reads until the end or `max`), or null when it cannot be read. */
+function readHead(path: string, max: number): string | null {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return null;
+  }
+  try {
+    const buf = Buffer.alloc(max);
+    let n = 0;
+    for (let got = 1; got > 0 && n < max; n += got) got = readSync(fd, buf, n, max - n, null);
+    return buf.toString('utf8', 0, n);
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
 }
