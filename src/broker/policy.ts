@@ -3,8 +3,9 @@
 // per uid/gid); an optional module's hooks run after, and a hook that throws
 // or does not answer in time denies.
 
-import { closeSync, openSync, readlinkSync, readSync } from 'node:fs';
+import { readlinkSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
+import { readHead } from '../sys/read-head.js';
 import { type BrokerConfig, FAIR_SHARE_DIVISOR, fairShare, type PolicyRule } from './config.js';
 
 export interface CallerContext {
@@ -64,26 +65,12 @@ export function readCallerContext(pid: number, uid: number, gid: number): Caller
 /** A /proc file's first line holds in one read (a cgroup path is at most PATH_MAX). */
 const procLine = Buffer.allocUnsafe(8192);
 
-/**
- * The first line of a /proc file: open, one read, close — readFileSync adds an fstat, a second read to
- * find the end and its own buffer on every connection (issue 16, sixth pass). null when unreadable.
- */
+/** The first line of a /proc file (readHead: no fstat, no buffer of its own); null when unreadable. */
 function firstLine(path: string): string | null {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch {
-    return null;
-  }
-  try {
-    const n = readSync(fd, procLine, 0, procLine.length, 0);
-    const end = procLine.indexOf(10);
-    return procLine.toString('utf8', 0, end >= 0 && end < n ? end : n);
-  } catch {
-    return null;
-  } finally {
-    closeSync(fd);
-  }
+  const n = readHead(path, procLine, (got) => procLine.subarray(0, got).includes(10));
+  if (n === null) return null;
+  const end = procLine.subarray(0, n).indexOf(10);
+  return procLine.toString('utf8', 0, end >= 0 ? end : n);
 }
 
 export class Policy {

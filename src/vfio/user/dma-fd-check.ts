@@ -17,9 +17,9 @@
 // device's accesses for every lease; it is refused (EPERM), naming the file
 // system. So is a block device (a loop device may be backed by such a file).
 
-import { closeSync, openSync, readSync } from 'node:fs';
 import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
+import { readHead } from '../../sys/read-head.js';
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
@@ -122,8 +122,10 @@ const MOUNTINFO_MAX_BYTES = 64 * 1024;
 function fileSystemOf(mntId: number | null, pid?: number): string {
   if (mntId === null) return 'another file system';
   for (const who of pid === undefined ? ['self'] : [String(pid), 'self']) {
-    const table = readHead(`/proc/${who}/mountinfo`, MOUNTINFO_MAX_BYTES);
-    if (table === null) continue; // gone, or not ours to read
+    const buf = Buffer.alloc(MOUNTINFO_MAX_BYTES);
+    const n = readHead(`/proc/${who}/mountinfo`, buf);
+    if (n === null) continue; // gone, or not ours to read
+    const table = buf.toString('utf8', 0, n);
     for (const line of table.split('\n')) {
       // mount id, parent id, major:minor, root, mount point, options, optional fields..., "-", type, source, ...
       const f = line.split(' ');
@@ -136,24 +138,4 @@ function fileSystemOf(mntId: number | null, pid?: number): string {
     }
   }
   return 'another file system';
-}
-
-/** Up to `max` bytes of a file (reads until the end or `max`), or null when it cannot be read. */
-function readHead(path: string, max: number): string | null {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch {
-    return null;
-  }
-  try {
-    const buf = Buffer.alloc(max);
-    let n = 0;
-    for (let got = 1; got > 0 && n < max; n += got) got = readSync(fd, buf, n, max - n, null);
-    return buf.toString('utf8', 0, n);
-  } catch {
-    return null;
-  } finally {
-    closeSync(fd);
-  }
 }
