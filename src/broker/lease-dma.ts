@@ -6,6 +6,7 @@
 import { VfioError } from '../errors.js';
 import type { DmaMapRequest, DmaUnmapRequest } from '../vfio/user/device-model.js';
 import { checkDmaFd } from '../vfio/user/dma-fd-check.js';
+import { VFIO_DMA_UNMAP_FLAG_ALL } from '../vfio/user/protocol.js';
 import { leaseDeviceCall } from './device-refusal.js';
 import type { Lease, LeaseMapping } from './lease.js';
 import type { LeaseTable } from './leases.js';
@@ -92,25 +93,28 @@ export async function mapForLease(
   }
 }
 
-/** DMA_UNMAP for `lease`: whole mappings only, after the policy (a module may audit or veto unmaps). */
+/**
+ * DMA_UNMAP for `lease`: whole mappings only, after the policy (a module may audit or veto unmaps). With
+ * VFIO_DMA_UNMAP_FLAG_ALL (address and size 0, validate.ts) every mapping of the lease goes, and none is no
+ * error: QEMU sends it when a guest's IOMMU address space goes away (a reset, translation turned off).
+ */
 export async function unmapForLease(table: LeaseTable, lease: Lease, req: DmaUnmapRequest): Promise<void> {
-  const end = req.iova + req.size;
-  // One pass: the mappings inside the range are hit; one that only overlaps it would be cut.
-  const hit: LeaseMapping[] = [];
-  for (const m of lease.mappings.values()) {
-    if (m.iova >= req.iova && m.iova + m.size <= end) hit.push(m);
-    else if (m.iova < end && m.iova + m.size > req.iova)
-      throw new VfioError('EINVAL', 'DMA_UNMAP must cover whole mappings');
-  }
-  if (hit.length === 0)
+  const all = (req.flags & VFIO_DMA_UNMAP_FLAG_ALL) !== 0;
+  const hit = all ? [...lease.mappings.values()] : mappingsIn(lease, req);
+  if (hit.length === 0) {
+    if (all) return;
     throw new VfioError(
       'ENOENT',
       `no mapping of this lease in [0x${req.iova.toString(16)}, +0x${req.size.toString(16)})`,
     );
+  }
+  // What the policy is told: the range asked for, or for "all" the span of the lease's mappings.
+  let [iova, end] = [req.iova, req.iova + req.size];
+  if (all) [iova, end] = span(hit);
   // Unmaps pass the policy too (a module may audit or veto them); the declarative limits concern maps only.
   const verdict = await table.policy.checkMap(
     lease.ctx,
-    { op: 'unmap', iova: req.iova, size: req.size },
+    { op: 'unmap', iova, size: end - iova },
     table.usage(lease.ctx),
   );
   if (!verdict.allow) throw new VfioError('EACCES', verdict.reason);
@@ -124,6 +128,28 @@ export async function unmapForLease(table: LeaseTable, lease: Lease, req: DmaUnm
     );
     lease.mappings.delete(m.iova);
   }
+}
+
+/** The smallest [start, end) holding every one of `maps` (not empty). */
+function span(maps: LeaseMapping[]): [bigint, bigint] {
+  let [start, end] = [maps[0]!.iova, maps[0]!.iova + maps[0]!.size];
+  for (const m of maps) {
+    if (m.iova < start) start = m.iova;
+    if (m.iova + m.size > end) end = m.iova + m.size;
+  }
+  return [start, end];
+}
+
+/** The lease's mappings inside [iova, +size); throws EINVAL if one only overlaps it (it would be cut). */
+function mappingsIn(lease: Lease, req: DmaUnmapRequest): LeaseMapping[] {
+  const end = req.iova + req.size;
+  const hit: LeaseMapping[] = [];
+  for (const m of lease.mappings.values()) {
+    if (m.iova >= req.iova && m.iova + m.size <= end) hit.push(m);
+    else if (m.iova < end && m.iova + m.size > req.iova)
+      throw new VfioError('EINVAL', 'DMA_UNMAP must cover whole mappings');
+  }
+  return hit;
 }
 
 /** The device IOVA of a client's IOVA: its view's base is the lease window's base (identity: the same). */
