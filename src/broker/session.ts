@@ -259,7 +259,7 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   dmaUnmap(req: DmaUnmapRequest): Promise<void> {
-    return unmapForLease(this.#table, this.#lease, req);
+    return this.#lease.track(unmapForLease(this.#table, this.#lease, req));
   }
 
   irqInfo(index: number): IrqDescription {
@@ -271,11 +271,18 @@ export class LeaseSession implements VfioUserDeviceModel {
     return this.#lease.track(wireLeaseIrqs(this.#table, this.#lease, this.#devlease, req));
   }
 
-  async reset(): Promise<void> {
+  /**
+   * Tracked, as a map is: a reclaim waits for a reset in progress before it stops the queue. Untracked, the
+   * reset's last write (SA-1: Q_CTRL.ENABLE) reached the device behind the reclaim's quiesce, and the queue
+   * went back to the pool enabled and marked clean.
+   */
+  reset(): Promise<void> {
     this.#controlRequest();
     this.#lease.checkLive();
-    await leaseDeviceCall(this.#table, this.#lease, 'DEVICE_RESET', 'of the lease', () =>
-      this.#table.driver.resetLease(this.#lease.resources),
+    return this.#lease.track(
+      leaseDeviceCall(this.#table, this.#lease, 'DEVICE_RESET', 'of the lease', () =>
+        this.#table.driver.resetLease(this.#lease.resources),
+      ),
     );
   }
 
