@@ -9,7 +9,8 @@
 // wait on one — memory (memfd, shmem, hugetlbfs: F_GET_SEALS answers), an anonymous inode (eventfd, pidfd,
 // epoll), a pipe or an AF_UNIX socket — and on one closer thread otherwise. (A plain fstat, or fstatfs, may
 // ask the server itself.) If a close there never returns, only the descriptors queued behind it wait, each
-// still open.
+// still open — at most kMaxQueuedCloses of them: with the queue full, sockets of untrusted peers take no more
+// fds (unix_socket.cc, recvInto), so a client that holds one FLUSH cannot fill the broker's fd table.
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -52,6 +53,10 @@ bool CloseMayWait(int fd) {
       return true;  // a device node (a tty drains on close), a directory: on the closer thread
   }
 }
+
+// Descriptors that may wait behind a close that does not return: past this many, the broker's sockets of
+// clients take no fds (a few per lease are ever closed here, and only those a close may hold up).
+constexpr size_t kMaxQueuedCloses = 1024;
 
 // One thread, started at the first such close, never joined (process exit ends it). A queue, not a thread per
 // close: a server that never answers costs one blocked thread, whatever it is sent.
@@ -106,6 +111,11 @@ struct Closer {
     std::lock_guard<std::mutex> lock(mu);
     return pending;
   }
+
+  bool Full() {
+    std::lock_guard<std::mutex> lock(mu);
+    return queue.size() >= kMaxQueuedCloses;
+  }
 };
 
 // Leaked on purpose: the detached thread may still use it while the process exits.
@@ -145,6 +155,8 @@ Napi::Value ClosesPending(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+bool ClosesBacklogged() { return TheCloser().Full(); }
+
 void CloseReceivedFd(int fd) {
   if (CloseMayWait(fd))
     TheCloser().Push(fd);
@@ -156,6 +168,7 @@ void RegisterClose(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("closeReceived", Napi::Function::New(env, CloseReceived, "closeReceived"));
   exports.Set("closesPending", Napi::Function::New(env, ClosesPending, "closesPending"));
+  exports.Set("closesQueueLimit", Napi::Number::New(env, static_cast<double>(kMaxQueuedCloses)));
 }
 
 }  // namespace devlease

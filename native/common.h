@@ -93,6 +93,8 @@ void RegisterFdOps(Napi::Env env, Napi::Object exports);
 void RegisterClose(Napi::Env env, Napi::Object exports);
 /** Closes a descriptor another process sent, on the closer thread if its close may wait (close.cc). */
 void CloseReceivedFd(int fd);
+/** The closer thread's queue is full (close.cc): an untrusted peer's fds are not taken (unix_socket.cc). */
+bool ClosesBacklogged();
 void RegisterPoll(Napi::Env env, Napi::Object exports);
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports);
 void RegisterPidfd(Napi::Env env, Napi::Object exports);

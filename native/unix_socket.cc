@@ -244,9 +244,12 @@ Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
 // thread_local is per environment: one environment per thread (main, each worker), and the thread outlives it.
 thread_local int32_t recv_fds[2 + kMaxFds];
 
-// recvInto(fd, buf, offset, length, maxFds): reads at most `length` bytes into buf[offset..] without an
-// intermediate copy (the stream framer reads each vfio-user message straight into its own buffer). Returns
-// the byte count (0 with no fds is hang-up), or -1 on EAGAIN; the fds are in recv_fds.
+// recvInto(fd, buf, offset, length, maxFds, untrusted = false): reads at most `length` bytes into buf[offset..]
+// without an intermediate copy (the stream framer reads each vfio-user message straight into its own buffer).
+// Returns the byte count (0 with no fds is hang-up), or -1 on EAGAIN; the fds are in recv_fds. From an
+// untrusted peer (a client), no fd is taken while the closer thread's queue is full (close.cc): the kernel
+// drops the message's fds unopened — a drop is no close(2), so no file system is asked to flush — and
+// recv_fds[1] says 2.
 Napi::Value RecvInto(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   recv_fds[0] = recv_fds[1] = 0;  // every call rewrites them, a throw too: no stale fds for a caller to take twice
@@ -256,6 +259,8 @@ Napi::Value RecvInto(const Napi::CallbackInfo& info) {
   auto length = static_cast<size_t>(IntArg(info, 3, "length", 1, INT32_MAX));
   int max_fds = static_cast<int>(IntArg(info, 4, "maxFds", 0, kMaxFds));
   if (offset > buf.length || length > buf.length - offset) ThrowInvalidArg(env, "offset + length exceed buf");
+  const bool backlogged = info.Length() > 5 && info[5].ToBoolean().Value() && ClosesBacklogged();
+  if (backlogged) max_fds = 0;
 
   iovec iov{buf.data + offset, length};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
@@ -273,7 +278,7 @@ Napi::Value RecvInto(const Napi::CallbackInfo& info) {
     ThrowErrno(env, "recvmsg", errno);
   }
   recv_fds[0] = msg.msg_controllen > 0 ? TakeFds(msg, max_fds, recv_fds + 2) : 0;
-  recv_fds[1] = (msg.msg_flags & MSG_CTRUNC) != 0 ? 1 : 0;
+  recv_fds[1] = (msg.msg_flags & MSG_CTRUNC) == 0 ? 0 : backlogged ? 2 : 1;
   return Napi::Number::New(env, static_cast<double>(n));
 }
 

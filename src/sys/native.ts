@@ -63,6 +63,11 @@ export interface NativeAddon {
   closeReceived(fd: number): void;
   /** Descriptors queued to the closer thread and not yet closed. */
   closesPending(): number;
+  /**
+   * How many may queue behind a close that does not return; with that many queued, recvInto from an untrusted
+   * peer takes no fds (the kernel drops them unopened) and says so in recvIntoFds[1].
+   */
+  readonly closesQueueLimit: number;
   dup(fd: number): number; // F_DUPFD_CLOEXEC
   /** ioctl with an integer argument or a buffer (in/out). Returns the ioctl's return value. */
   ioctl(fd: number, request: number, arg: number | bigint | Uint8Array): number;
@@ -105,10 +110,18 @@ export interface NativeAddon {
    * EAGAIN. What came besides bytes is in recvIntoFds until the next recvInto on this thread. At most
    * `maxFds` fds are installed; any beyond are closed and the cut is reported there.
    */
-  recvInto(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): number;
+  recvInto(
+    fd: number,
+    buf: Uint8Array,
+    offset: number,
+    length: number,
+    maxFds: number,
+    untrusted?: boolean,
+  ): number;
   /**
    * The last recvInto's fds, one array per thread (no object per read): [0] how many fds came, [1] 1 if
-   * control data was cut (MSG_CTRUNC: fds past maxFds were closed), [2, 2 + [0]) the fds, now the caller's.
+   * control data was cut (MSG_CTRUNC: fds past maxFds were closed), 2 if an untrusted peer's fds were dropped
+   * because the closer thread's queue is full, [2, 2 + [0]) the fds, now the caller's.
    */
   readonly recvIntoFds: Int32Array;
   peerCred(fd: number): PeerCred;

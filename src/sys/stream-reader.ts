@@ -58,6 +58,7 @@ export class StreamReader {
   readonly #framing: StreamFraming;
   readonly #maxMessage: number;
   readonly #maxFds: number;
+  readonly #untrusted: boolean;
   readonly #sink: StreamReaderSink;
   // The message being read: its header first, then (once its size is known) all of it.
   readonly #header: Buffer;
@@ -71,10 +72,18 @@ export class StreamReader {
   /** fds of the message being read, or of the last message in #ahead. */
   #fds: Fd[] = [];
 
-  constructor(framing: StreamFraming, maxMessage: number, maxFds: number, sink: StreamReaderSink) {
+  /** `untrusted`: the peer is a client (StreamSocketOptions.untrustedPeer). */
+  constructor(
+    framing: StreamFraming,
+    maxMessage: number,
+    maxFds: number,
+    sink: StreamReaderSink,
+    untrusted = false,
+  ) {
     this.#framing = framing;
     this.#maxMessage = maxMessage;
     this.#maxFds = maxFds;
+    this.#untrusted = untrusted;
     this.#sink = sink;
     this.#header = Buffer.allocUnsafe(framing.headerSize);
   }
@@ -233,7 +242,7 @@ export class StreamReader {
   #recv(fd: number, buf: Buffer, offset: number, length: number): number {
     let n: number;
     try {
-      n = native.recvInto(fd, buf, offset, length, this.#maxFds);
+      n = native.recvInto(fd, buf, offset, length, this.#maxFds, this.#untrusted);
     } catch (err) {
       if (isSysError(err, 'ECONNRESET')) this.#sink.hangUp();
       else this.#sink.fail(err);
@@ -242,7 +251,14 @@ export class StreamReader {
     if (n < 0) return -1;
     if (RECV_FDS[1] !== 0) {
       for (const d of this.#recvFds()) d.close();
-      this.#sink.fail(protocolError(`a message carried more than ${this.#maxFds} fds`));
+      this.#sink.fail(
+        RECV_FDS[1] === 2
+          ? new DevleaseError(
+              'EMFILE',
+              `a message carried fds while ${native.closesQueueLimit} received fds wait to be closed behind a close that does not return (a file system not answering FLUSH): no fds are taken from clients until they are closed`,
+            )
+          : protocolError(`a message carried more than ${this.#maxFds} fds`),
+      );
       return -1;
     }
     if (n === 0) {

@@ -49,6 +49,12 @@ export interface StreamSocketOptions {
    * the fds to the caller.
    */
   partial?: { data: Buffer; fds: Fd[] };
+  /**
+   * The peer is a client, not a server this process chose: once the addon's closer thread has its limit of
+   * received fds queued behind a close that does not return (native/close.cc), a message of this peer that
+   * carries fds cuts it off, and the kernel drops those fds unopened (no close, so no file system is asked).
+   */
+  untrustedPeer?: boolean;
 }
 
 export interface StreamMessage {
@@ -130,12 +136,18 @@ export class StreamSocket extends EventEmitter {
       this.framing = opts.framing;
       this.maxMessage = maxMessage;
       this.maxFds = maxFds;
-      this.#reader = new StreamReader(opts.framing, maxMessage, maxFds, {
-        canDeliver: () => this.#fd !== null && this.#reading && !this.#paused,
-        deliver: (data, fds) => this.#deliver(data, fds),
-        hangUp: () => this.#hangUp(),
-        fail: (err) => this.#fail(err),
-      });
+      this.#reader = new StreamReader(
+        opts.framing,
+        maxMessage,
+        maxFds,
+        {
+          canDeliver: () => this.#fd !== null && this.#reading && !this.#paused,
+          deliver: (data, fds) => this.#deliver(data, fds),
+          hangUp: () => this.#hangUp(),
+          fail: (err) => this.#fail(err),
+        },
+        opts.untrustedPeer === true,
+      );
       // Before the watch: a bad partial closes `fd` like a bad option, and leaves its fds to the caller.
       if (opts.partial) this.#reader.seed(opts.partial);
       this.#writer = new StreamWriter(fd.fd, {
