@@ -39,7 +39,7 @@ import {
   vfio_user_region_access,
 } from '../../src/vfio/user/messages.js';
 import * as P from '../../src/vfio/user/protocol.js';
-import { minPageSize, readCapabilities } from '../../src/vfio/user/version.js';
+import { MAX_CAPABILITY_DEPTH, minPageSize, readCapabilities } from '../../src/vfio/user/version.js';
 
 /** Bytes from a hex string with spaces, e.g. '01 00 ff'. */
 function hex(s: string): Buffer {
@@ -153,6 +153,31 @@ describe('vfio-user golden vectors', () => {
     assert.equal(c.twinSocket, true);
     assert.equal(minPageSize(c.pgsizes), 4096);
     assert.throws(() => readCapabilities({ capabilities: { max_msg_fds: 'many' } }), /max_msg_fds/);
+  });
+
+  test('"Version" capabilities: a u64 pgsizes mask is read; max_data_xfer_size 0 and deep nesting are refused', () => {
+    // Every page size from 4 KiB up: past 2^53, exact as a double, and what a server may well send.
+    const all = readCapabilities({ capabilities: { pgsizes: 0xfffffffffffff000 } });
+    assert.equal(minPageSize(all.pgsizes), 4096);
+    assert.throws(
+      () => readCapabilities({ capabilities: { pgsizes: 2 ** 64 } }),
+      /pgsizes must be a 64-bit mask/,
+    );
+    // Transfers are split into pieces of max_data_xfer_size: 0 would never end.
+    assert.throws(
+      () => readCapabilities({ capabilities: { max_data_xfer_size: 0 } }),
+      /max_data_xfer_size must be an integer of at least 1, got 0/,
+    );
+    // The raw object is kept and handed over at a broker upgrade, whose encoding recurses.
+    let deep: unknown = 1;
+    for (let i = 0; i < MAX_CAPABILITY_DEPTH + 1; i++) deep = [deep];
+    assert.throws(() => readCapabilities({ capabilities: { x: deep } }), /nests deeper than 32 levels/);
+    let ok: unknown = 1;
+    for (let i = 0; i < MAX_CAPABILITY_DEPTH - 1; i++) ok = [ok];
+    assert.deepEqual(readCapabilities({ capabilities: { x: ok } }).raw, { x: ok });
+    let huge: unknown = 1;
+    for (let i = 0; i < 30_000; i++) huge = [huge];
+    assert.throws(() => readCapabilities({ capabilities: { x: huge } }), /nests deeper/);
   });
 
   test('"VFIO_USER_DMA_MAP": argsz, flags, offset, address, size (32 bytes)', () => {

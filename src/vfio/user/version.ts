@@ -29,12 +29,43 @@ export interface Capabilities {
   raw: Record<string, unknown>;
 }
 
-function positiveInt(v: unknown, name: string, fallback: number): number {
+function positiveInt(v: unknown, name: string, fallback: number, min = 0): number {
   if (v === undefined) return fallback;
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
-    throw new RangeError(`capability ${name} must be a non-negative integer, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
+    const what = min > 0 ? `an integer of at least ${min}` : 'a non-negative integer';
+    throw new RangeError(`capability ${name} must be ${what}, got ${JSON.stringify(v)}`);
   }
   return v;
+}
+
+/** pgsizes is a u64 mask: 0xfffffffffffff000 (every size from 4 KiB up) is past 2^53, and valid. */
+function pageSizes(v: unknown): number {
+  if (v === undefined) return SPEC_DEFAULT_PGSIZES;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= 2 ** 64) {
+    throw new RangeError(`capability pgsizes must be a 64-bit mask, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+/**
+ * Capabilities nested deeper than this are refused: the whole object is kept (Capabilities.raw) and goes into
+ * a broker upgrade's state, whose encoding recurses (a client's 30,000 nested arrays, 60 KB, overflowed its
+ * stack and rolled every upgrade back while the lease lived).
+ */
+export const MAX_CAPABILITY_DEPTH = 32;
+
+function deeperThan(v: unknown, limit: number): boolean {
+  let level: unknown[] = [v];
+  for (let depth = 0; level.length; depth++) {
+    const next: unknown[] = [];
+    for (const x of level) {
+      if (x === null || typeof x !== 'object') continue;
+      for (const y of Object.values(x)) next.push(y);
+    }
+    if (next.length && depth + 1 > limit) return true;
+    level = next;
+  }
+  return false;
 }
 
 /** Read the "capabilities" member of a version JSON object; throws RangeError on ill-typed members. */
@@ -44,19 +75,23 @@ export function readCapabilities(json: Record<string, unknown>): Capabilities {
     throw new RangeError('"capabilities" must be a JSON object');
   }
   const c = caps as Record<string, unknown>;
+  if (deeperThan(c, MAX_CAPABILITY_DEPTH))
+    throw new RangeError(`"capabilities" nests deeper than ${MAX_CAPABILITY_DEPTH} levels`);
   const twin = c['twin_socket'];
   if (twin !== undefined && (twin === null || typeof twin !== 'object')) {
     throw new RangeError('capability twin_socket must be an object');
   }
   return {
     maxMsgFds: positiveInt(c['max_msg_fds'], 'max_msg_fds', SPEC_DEFAULT_MAX_MSG_FDS),
+    // At least 1: a transfer is split into pieces of this size (0 never ended).
     maxDataXferSize: positiveInt(
       c['max_data_xfer_size'],
       'max_data_xfer_size',
       SPEC_DEFAULT_MAX_DATA_XFER_SIZE,
+      1,
     ),
     maxDmaMaps: positiveInt(c['max_dma_maps'], 'max_dma_maps', SPEC_DEFAULT_MAX_DMA_MAPS),
-    pgsizes: positiveInt(c['pgsizes'], 'pgsizes', SPEC_DEFAULT_PGSIZES),
+    pgsizes: pageSizes(c['pgsizes']),
     twinSocket: (twin as { supported?: unknown } | undefined)?.supported === true,
     raw: c,
   };
