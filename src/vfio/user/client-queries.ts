@@ -16,7 +16,11 @@ import { parseRegionCaps, type RegionCaps } from './caps.js';
 import type { CallOptions, FdLike, ReplyMessage } from './channel.js';
 import { encodeFeature, vfio_user_device_info, vfio_user_region_io_fds_request } from './messages.js';
 import * as P from './protocol.js';
-import { decodeRegionIoFdsReply, type IoFdSubRegion } from './region-io-fds.js';
+import {
+  decodeRegionIoFdsReply,
+  type IoFdSubRegion,
+  VFIO_USER_IO_FD_TYPE_IOEVENTFD,
+} from './region-io-fds.js';
 
 export interface RegionInfo {
   index: number;
@@ -129,8 +133,10 @@ export async function feature(
 }
 
 /**
- * VFIO_USER_DEVICE_GET_REGION_IO_FDS: the region's io fd sub-regions and the fds they index (the caller
- * owns them). Asks again once with the argsz the server says a full reply needs.
+ * VFIO_USER_DEVICE_GET_REGION_IO_FDS: the region's ioeventfd sub-regions and the fds the reply carried (the
+ * caller owns them). Asks again once with the argsz the server says a full reply needs. Entries of other types
+ * (ioregionfd; libvfio-user's shadow ioeventfds, whose writes land in memory of another fd) are left out: a
+ * client that rings through one of those without its protocol would be lost.
  */
 export async function regionIoFds(
   c: Requester,
@@ -163,7 +169,10 @@ export async function regionIoFds(
       argsz = reply.argsz;
       continue;
     }
-    return { subRegions: reply.subRegions, fds: r.fds };
+    return {
+      subRegions: reply.subRegions.filter((s) => s.type === VFIO_USER_IO_FD_TYPE_IOEVENTFD),
+      fds: r.fds,
+    };
   }
 }
 

@@ -3,11 +3,14 @@
 // the client-side decoding. Kept apart from messages.ts/validate.ts because
 // it is one self-contained command.
 //
-// Layouts follow the spec's tables (and libvfio-user): request and reply head
-// are { argsz, flags, index, count } (16 bytes); each sub-region entry is 40
-// bytes. Reply argsz = 16 + 40·count is what the full reply needs; when the
-// client's argsz is smaller, the reply is the head alone, with no fds, and
-// the client asks again with the argsz it was told.
+// Layouts follow the spec's tables: request and reply head are { argsz, flags,
+// index, count } (16 bytes); each sub-region entry is 40 bytes ("currently
+// 40 bytes ... not to be relied on"). Reply argsz = 16 + 40·count is what the
+// full reply needs; when the client's argsz is smaller, the reply is the head
+// alone, with no fds, and the client asks again with the argsz it was told.
+// A client reads entries at the stride the reply's argsz gives: libvfio-user's
+// are 48 bytes (shadow_mem_fd_index in the padding, then shadow_offset, then
+// datamatch at 40), its vfio_user_sub_region_ioeventfd_t.
 import { VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import { struct } from '../struct.js';
@@ -33,6 +36,10 @@ export const vfio_user_sub_region_ioeventfd = struct(
 
 export const VFIO_USER_IO_FD_TYPE_IOEVENTFD = 0;
 export const VFIO_USER_IO_FD_TYPE_IOREGIONFD = 1;
+/** libvfio-user's: an ioeventfd whose writes land in shadow memory (another fd); devlease does not use it. */
+export const VFIO_USER_IO_FD_TYPE_IOEVENTFD_SHADOW = 2;
+/** libvfio-user's entry: the spec's 40 bytes with shadow_offset (u64) before datamatch. */
+const LIBVFIO_USER_ENTRY = 48;
 /** KVM_IOEVENTFD_FLAG_DATAMATCH (linux/kvm.h): datamatch is meaningful. */
 export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 
@@ -120,7 +127,11 @@ export function encodeRegionIoFdsReply(
   return { payload: out, fds };
 }
 
-/** Client side: decode a reply (its head says how large a full reply is). */
+/**
+ * Client side: decode a reply. A head alone (its argsz says how large a full reply is) gives no entries
+ * (null). Entries are read at the stride the payload gives — the spec's 40 bytes, or libvfio-user's 48
+ * (datamatch at 40); any other stride is an error.
+ */
 export function decodeRegionIoFdsReply(payload: Uint8Array): {
   argsz: number;
   index: number;
@@ -131,19 +142,26 @@ export function decodeRegionIoFdsReply(payload: Uint8Array): {
   const h = vfio_user_region_io_fds_reply.decode(payload);
   // Object.assign, not a spread, here and below: on Node 20 (V8 11.3) a spread followed by a new property makes a new
   // hidden class nearly every call (docs/performance-history.md, issue 16, twenty-fourth pass §4).
-  if (payload.byteLength < HEAD + ENTRY * h.count) return Object.assign({}, h, { subRegions: null });
+  if (h.count === 0) return Object.assign({}, h, { subRegions: [] });
+  if (payload.byteLength === HEAD) return Object.assign({}, h, { subRegions: null });
+  const stride = (payload.byteLength - HEAD) / h.count;
+  if (stride !== ENTRY && stride !== LIBVFIO_USER_ENTRY) {
+    throw new Error(
+      `reply of ${payload.byteLength} bytes for ${h.count} sub-regions: entries of ${stride} bytes, not ${ENTRY} (the spec) or ${LIBVFIO_USER_ENTRY} (libvfio-user)`,
+    );
+  }
+  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
   const subRegions: IoFdSubRegion[] = [];
   for (let i = 0; i < h.count; i++) {
-    const e = vfio_user_sub_region_ioeventfd.decode(
-      payload.subarray(HEAD + i * ENTRY, HEAD + (i + 1) * ENTRY),
-    );
+    const at = HEAD + i * stride;
+    const e = vfio_user_sub_region_ioeventfd.decode(payload.subarray(at, at + ENTRY));
     subRegions.push({
       offset: e.offset,
       size: e.size,
       fdIndex: e.fd_index,
       type: e.type,
       flags: e.flags,
-      datamatch: e.datamatch,
+      datamatch: stride === ENTRY ? e.datamatch : dv.getBigUint64(at + 40, true),
     });
   }
   return Object.assign({}, h, { subRegions });
