@@ -323,6 +323,22 @@ export class VfioUserClient extends EventEmitter {
     },
     opts?: CallOptions,
   ): Promise<void> {
+    // The server takes at most max_msg_fds fds a message (vfio-user.rst, "Version"; libvfio-user: 8): more
+    // eventfds go in several messages, each for its part of the vectors, as QEMU sends them.
+    const most = this.serverCapabilities.maxMsgFds;
+    const n = s.fds?.filter((f) => f !== null && f !== undefined).length ?? 0;
+    if (n > most) {
+      if (most < 1)
+        throw new VfioError(
+          'ENOSPC',
+          `the server takes no fds (max_msg_fds 0): SET_IRQS cannot send ${n} eventfds`,
+        );
+      for (let at = 0; at < s.count; at += most) {
+        const count = Math.min(most, s.count - at);
+        await this.setIrqs({ ...s, start: s.start + at, count, fds: s.fds!.slice(at, at + count) }, opts);
+      }
+      return;
+    }
     const { fds, data } = irqSetArgs(s);
     const r = await this.request(P.VFIO_USER_DEVICE_SET_IRQS, encodeIrqSet(s, data), fds, opts);
     closeAll(r.fds);
