@@ -237,6 +237,11 @@ export class StreamSocket extends EventEmitter {
     return this.#writer.queuedBytes;
   }
 
+  /** Descriptors held to go with queued bytes (a dup each). */
+  get queuedFds(): number {
+    return this.#writer.queuedFds;
+  }
+
   /**
    * Stop reading (flow control: the peer's next messages wait in the kernel,
    * and once its socket buffer is full its writes block or fail with EAGAIN).

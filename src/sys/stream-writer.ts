@@ -40,6 +40,8 @@ export class StreamWriter {
   readonly #hooks: WriterHooks;
   #queue: Queued[] = [];
   #queuedBytes = 0;
+  /** Dups held for queued bytes (each an open file: counted by the owner's flow control, as bytes are). */
+  #queuedFds = 0;
   #corkDepth = 0;
   /** What was sent while corked, joined: the first #corkedBytes bytes (reused; grows up to CORK_LIMIT). */
   #corkBuf: Buffer | null = null;
@@ -53,6 +55,11 @@ export class StreamWriter {
   /** Bytes waiting for buffer space. */
   get queuedBytes(): number {
     return this.#queuedBytes;
+  }
+
+  /** Descriptors held for queued bytes, to go with them. */
+  get queuedFds(): number {
+    return this.#queuedFds;
   }
 
   /** Bytes wait for the socket to be writable. */
@@ -143,6 +150,7 @@ export class StreamWriter {
     const rest = Buffer.from(data.subarray(sent));
     this.#queue.push({ data: rest, fds: dups });
     this.#queuedBytes += rest.length;
+    this.#queuedFds += dups.length;
     this.#hooks.updateEvents();
   }
 
@@ -163,6 +171,7 @@ export class StreamWriter {
         return;
       }
       if (sent <= 0) break;
+      this.#queuedFds -= m.fds.length;
       for (const d of m.fds.splice(0)) d.close();
       this.#queuedBytes -= sent;
       if (sent < m.data.length) {
@@ -194,6 +203,7 @@ export class StreamWriter {
     this.#fd = -1;
     for (const m of this.#queue.splice(0)) for (const d of m.fds) d.close();
     this.#queuedBytes = 0;
+    this.#queuedFds = 0;
     this.#corkedBytes = 0;
     this.#corkBuf = null;
   }

@@ -5,9 +5,10 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import type { StreamMessage } from '../../src/sys/index.js';
+import { vfio_region_info } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { decodeMessage, encodeCommand } from '../../src/vfio/user/codec.js';
-import { MAX_PENDING, REPLY_HIGH_WATER } from '../../src/vfio/user/connection.js';
+import { MAX_PENDING, REPLY_FDS_HIGH_WATER, REPLY_HIGH_WATER } from '../../src/vfio/user/connection.js';
 import { encodeVersion, vfio_user_region_access } from '../../src/vfio/user/messages.js';
 import * as P from '../../src/vfio/user/protocol.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
@@ -83,6 +84,61 @@ test('a never-reading client is paused at the high-water mark; it gets every rep
       .slice(1)
       .every((m) => m.data.length === reply && (decodeMessage(m.data).flags & P.VFIO_USER_F_ERROR) === 0),
   );
+  a.close();
+  await server.close();
+  for (const dev of devices) dev.dispose();
+});
+
+test('a never-reading client asking for a region fd over and over is paused at the fd high-water mark, not the byte one', {
+  timeout: 60_000,
+}, async () => {
+  const devices: MemoryDevice[] = [];
+  const server = new VfioUserServer({
+    createDevice: () => {
+      const d = new MemoryDevice();
+      devices.push(d);
+      return d;
+    },
+    log: () => {},
+  });
+  const [a, b] = vfioUserPair();
+  const conn = server.serveSocket(b);
+  const got: StreamMessage[] = [];
+  a.on('message', (m: StreamMessage) => got.push(m));
+  a.send(encodeCommand(0, P.VFIO_USER_VERSION, encodeVersion(0, 0, { max_msg_fds: 16 })));
+  while (got.length < 1) await tick();
+  a.pause(); // from here on the client reads nothing
+  // Each reply is small and carries a dup of the region's memfd: bytes alone would let thousands queue.
+  const N = 2000;
+  for (let i = 1; i <= N; i++) {
+    const req = vfio_region_info.encode({
+      argsz: 256,
+      flags: 0,
+      index: MEM_REGION,
+      cap_offset: 0,
+      size: 0n,
+      offset: 0n,
+    });
+    a.send(encodeCommand(i & 0xffff, P.VFIO_USER_DEVICE_GET_REGION_INFO, req));
+  }
+  let last = -1;
+  for (let stable = 0; stable < 20; ) {
+    await new Promise((r) => setTimeout(r, 10));
+    const now = conn.socket.queuedFds ?? 0;
+    stable = now === last ? stable + 1 : 0;
+    last = now;
+  }
+  const fds = conn.socket.queuedFds ?? 0;
+  assert.ok(fds > 0, 'replies with fds are waiting for the client');
+  assert.ok(
+    fds <= REPLY_FDS_HIGH_WATER + MAX_PENDING,
+    `fds held for unread replies: ${fds}, bounded by ${REPLY_FDS_HIGH_WATER + MAX_PENDING}`,
+  );
+  assert.equal(conn.closing, false, 'paused, not cut off');
+  a.resume();
+  while (got.length < N + 1) await tick();
+  for (const m of got) for (const f of m.fds) f.close();
+  assert.equal(conn.socket.queuedFds, 0, 'all sent');
   a.close();
   await server.close();
   for (const dev of devices) dev.dispose();

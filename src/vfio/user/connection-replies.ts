@@ -9,8 +9,10 @@
 // turn's end is its microtasks' end (a nextTick queued from a microtask runs once they are drained).
 //
 // Flow control, so that a client costs the server a bounded amount whatever it does: reading stops while
-// MAX_PENDING requests are queued or more than REPLY_HIGH_WATER reply bytes wait for the client to read them,
-// and resumes when both are back under. Requests already read still get their replies, so the backlog can pass
+// MAX_PENDING requests are queued, more than REPLY_HIGH_WATER reply bytes wait for the client to read them, or
+// more than REPLY_FDS_HIGH_WATER fds wait to go with them (each a dup held open: a client that never reads,
+// asking for a region's fd over and over in small replies, held ~13,000 of them before the bytes paused it),
+// and resumes when all are back under. Requests already read still get their replies, so the backlog can pass
 // the high-water mark by at most MAX_PENDING replies; past REPLY_HARD_LIMIT (a client that never reads) the
 // connection is cut.
 import type { Fd } from '../../sys/fd.js';
@@ -20,6 +22,7 @@ import type { MessageSocket } from './transport.js';
 export const MAX_PENDING = 32;
 export const REPLY_HIGH_WATER = 1 << 20;
 export const REPLY_HARD_LIMIT = 8 << 20;
+export const REPLY_FDS_HIGH_WATER = 64;
 
 /** A socket that can join messages without fds into one sendmsg (StreamSocket). */
 type Batching = { batch<T>(fn: () => T): T };
@@ -133,7 +136,11 @@ export class ConnectionReplies {
       );
       return;
     }
-    const full = this.holding || this.#pending() >= MAX_PENDING || backlog > REPLY_HIGH_WATER;
+    const full =
+      this.holding ||
+      this.#pending() >= MAX_PENDING ||
+      backlog > REPLY_HIGH_WATER ||
+      (this.#socket.queuedFds ?? 0) > REPLY_FDS_HIGH_WATER;
     if (full) this.#socket.pause();
     else this.#socket.resume();
   }

@@ -43,7 +43,12 @@ export interface AdoptedSession {
 }
 
 // Flow control (MAX_PENDING, REPLY_HIGH_WATER, REPLY_HARD_LIMIT) and when replies leave: connection-replies.ts.
-export { MAX_PENDING, REPLY_HARD_LIMIT, REPLY_HIGH_WATER } from './connection-replies.js';
+export {
+  MAX_PENDING,
+  REPLY_FDS_HIGH_WATER,
+  REPLY_HARD_LIMIT,
+  REPLY_HIGH_WATER,
+} from './connection-replies.js';
 export { MAX_IN_FLIGHT } from './request-order.js';
 
 /** What a request came to: its reply, or the error its error reply carries. */

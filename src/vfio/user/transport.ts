@@ -30,6 +30,8 @@ export interface MessageSocket {
   peerCred(): PeerCred;
   /** Flow control: bytes sent but not yet taken by the kernel. */
   readonly queuedBytes: number;
+  /** Flow control: descriptors held to go with those bytes (absent: none are ever held). */
+  readonly queuedFds?: number;
   /** Stop / restart reading messages (the peer's wait in the kernel). */
   pause(): void;
   resume(): void;
