@@ -21,9 +21,8 @@ after(leakCheck);
 
 const tick = () => new Promise((r) => setImmediate(r));
 
-test('a never-reading client is paused at the high-water mark; it gets every reply once it reads', {
-  timeout: 60_000,
-}, async () => {
+/** A server of MemoryDevices, and a client past VERSION (proposing `caps`) that from now on reads nothing. */
+async function neverReadingClient(caps: Record<string, unknown>) {
   const devices: MemoryDevice[] = [];
   const server = new VfioUserServer({
     createDevice: () => {
@@ -37,9 +36,16 @@ test('a never-reading client is paused at the high-water mark; it gets every rep
   const conn = server.serveSocket(b);
   const got: StreamMessage[] = [];
   a.on('message', (m: StreamMessage) => got.push(m));
-  a.send(encodeCommand(0, P.VFIO_USER_VERSION, encodeVersion(0, 0, {})));
+  a.send(encodeCommand(0, P.VFIO_USER_VERSION, encodeVersion(0, 0, { capabilities: caps })));
   while (got.length < 1) await tick();
-  a.pause(); // from here on the client reads nothing
+  a.pause();
+  return { devices, server, conn, a, got };
+}
+
+test('a never-reading client is paused at the high-water mark; it gets every reply once it reads', {
+  timeout: 60_000,
+}, async () => {
+  const { devices, server, conn, a, got } = await neverReadingClient({});
 
   const N = 2000;
   const COUNT = 4096;
@@ -92,22 +98,7 @@ test('a never-reading client is paused at the high-water mark; it gets every rep
 test('a never-reading client asking for a region fd over and over is paused at the fd high-water mark, not the byte one', {
   timeout: 60_000,
 }, async () => {
-  const devices: MemoryDevice[] = [];
-  const server = new VfioUserServer({
-    createDevice: () => {
-      const d = new MemoryDevice();
-      devices.push(d);
-      return d;
-    },
-    log: () => {},
-  });
-  const [a, b] = vfioUserPair();
-  const conn = server.serveSocket(b);
-  const got: StreamMessage[] = [];
-  a.on('message', (m: StreamMessage) => got.push(m));
-  a.send(encodeCommand(0, P.VFIO_USER_VERSION, encodeVersion(0, 0, { max_msg_fds: 16 })));
-  while (got.length < 1) await tick();
-  a.pause(); // from here on the client reads nothing
+  const { devices, server, conn, a, got } = await neverReadingClient({ max_msg_fds: 16 });
   // Each reply is small and carries a dup of the region's memfd: bytes alone would let thousands queue.
   const N = 2000;
   for (let i = 1; i <= N; i++) {
