@@ -13,9 +13,15 @@
 // Caveat (documented in docs/ARCHITECTURE.md): the count is per inode, so any
 // other process opening the same memfd by path (e.g. through /proc/<pid>/fd)
 // is counted too, which only ever delays the release — never hastens it.
+// Unless events are lost: when the inotify queue overflows (16,384 events: a
+// holder opening its slice through /proc in a loop can do it), every unit
+// watched then has lost opens or closes, so its count may say released while
+// a mapping remains, or never say it. Such a unit is `countLost`: its waiters
+// are let go, and a reclaim that did not revoke its slices quarantines the
+// resources (lease-reclaim.ts) rather than trust the count.
 
 import { EventEmitter } from 'node:events';
-import { Fd, IN_CLOSE, IN_OPEN, Inotify, native } from '../sys/index.js';
+import { Fd, IN_CLOSE, IN_OPEN, IN_Q_OVERFLOW, Inotify, native } from '../sys/index.js';
 
 export class SliceUnit extends EventEmitter {
   /** The device's description of this slice unit (kept to revoke with). */
@@ -25,6 +31,7 @@ export class SliceUnit extends EventEmitter {
   #ownOpens = 0;
   #wd = -1;
   #released = false;
+  #countLost = false;
 
   constructor(deviceFd: Fd) {
     super();
@@ -43,6 +50,11 @@ export class SliceUnit extends EventEmitter {
     u.#ownOpens = ownOpens;
     if (outstanding > 0) u.#wd = watcher.watch(u);
     return u;
+  }
+
+  /** Events of this unit's inode were lost (the inotify queue overflowed): `outstanding` cannot be trusted. */
+  get countLost(): boolean {
+    return this.#countLost;
   }
 
   /** Outstanding descriptions handed out and not yet seen released. */
@@ -66,8 +78,14 @@ export class SliceUnit extends EventEmitter {
     return reopened;
   }
 
-  /** Called by the watcher for each IN_OPEN / IN_CLOSE on the inode. */
+  /** Called by the watcher for each IN_OPEN / IN_CLOSE on the inode, and for a queue overflow. */
   onEvent(mask: number): void {
+    if (mask & IN_Q_OVERFLOW!) {
+      // Nothing more the count says can be believed; whoever waits for it is let go to decide otherwise.
+      this.#countLost = true;
+      this.emit('idle');
+      return;
+    }
     if (mask & IN_OPEN) {
       if (this.#ownOpens > 0) this.#ownOpens--;
       else this.#open++;
@@ -76,9 +94,9 @@ export class SliceUnit extends EventEmitter {
     if (this.#open === 0) this.emit('idle');
   }
 
-  /** Resolve once every handed-out description has been closed and unmapped. */
+  /** Resolve once every handed-out description has been closed and unmapped, or the count was lost. */
   whenReleased(): Promise<void> {
-    if (this.#open === 0) return Promise.resolve();
+    if (this.#open === 0 || this.#countLost) return Promise.resolve();
     return new Promise((resolve) => this.once('idle', resolve));
   }
 
