@@ -25,6 +25,7 @@ import {
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
+  vfio_region_info,
 } from '../vfio/uapi/vfio.js';
 import type {
   DmaMapRequest,
@@ -133,7 +134,7 @@ export class LeaseSession implements VfioUserDeviceModel {
     return this.#lease.resources.slices.find((s) => s.leaseRegion === index);
   }
 
-  regionInfo(index: number, opts: { fd?: boolean } = {}): RegionDescription {
+  regionInfo(index: number, opts: { fd?: boolean; argsz?: number } = {}): RegionDescription {
     const rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
     if (index === VFIO_PCI_CONFIG_REGION_INDEX)
       return { index, flags: rw, size: BigInt(CONFIG_SPACE_SIZE), offset: 0n };
@@ -154,7 +155,7 @@ export class LeaseSession implements VfioUserDeviceModel {
     this.#lease.checkLive();
     if (opts.fd !== false) this.#controlRequest();
     // An audited slice (a kernel device): the device fd itself, once, with the slice's mmap offset on it.
-    const direct = this.#direct(slice, opts.fd !== false);
+    const direct = this.#direct(slice, opts.fd !== false, opts.argsz);
     if (direct) return direct;
     // A lease region is exactly one slice unit (drivers give each unit its own region), so one fd maps it all.
     const unit = this.#lease.slices.get(index)?.[0];
@@ -172,23 +173,31 @@ export class LeaseSession implements VfioUserDeviceModel {
 
   /**
    * The hand-off of an audited slice: the region as mappable, with a new fd of the device and the mmap offset
-   * of the slice on it, the first time the client asks with an fd; the auditor starts watching then. Without an
-   * fd (a validation) or once handed out: null, and the region is reached through the broker.
+   * of the slice on it, the first time the client asks with an fd and room for the whole reply; the auditor
+   * starts watching then. A request too small for the reply (QEMU asks with argsz 32 first) is answered with the
+   * head alone and hands nothing out: the retry gets it. Without an fd (a validation) or once handed out: null,
+   * and the region is reached through the broker.
    */
-  #direct(slice: SliceSpec, withFd: boolean): RegionDescription | null {
+  #direct(slice: SliceSpec, withFd: boolean, argsz: number | undefined): RegionDescription | null {
     const direct = this.#table.direct;
     if (!direct || slice.isolation.level !== 'audited' || slice.mappable === false || !withFd) return null;
-    const h = direct.handOut(this.#lease, slice);
-    if (!h) return null;
     const rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-    return {
+    const caps = sliceRegionCaps(slice.size);
+    const described = {
       index: slice.leaseRegion,
       flags: rw | VFIO_REGION_INFO_FLAG_MMAP,
       size: slice.size,
-      offset: h.offset,
-      caps: sliceRegionCaps(slice.size),
-      fd: h.fd,
+      caps,
     };
+    if (
+      argsz !== undefined &&
+      argsz < vfio_region_info.size + caps.byteLength &&
+      !direct.handedOut(this.#lease, slice)
+    )
+      return Object.assign(described, { offset: 0n });
+    const h = direct.handOut(this.#lease, slice);
+    if (!h) return null;
+    return Object.assign(described, { offset: h.offset, fd: h.fd });
   }
 
   /** A control request of an audited lease: its holder is past connect(); the audit scans (not on this path). */

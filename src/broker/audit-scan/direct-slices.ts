@@ -78,6 +78,11 @@ export class DirectSlices implements SliceProvider {
     return this.#handed.has(id);
   }
 
+  /** Whether `slice` of the lease was handed out already (its next REGION_INFO gets no fd). */
+  handedOut(lease: DirectLease, slice: SliceSpec): boolean {
+    return this.#handed.get(lease.id)?.has(slice.leaseRegion) === true;
+  }
+
   /**
    * The device fd for `slice`, once per lease region: null when it was handed out already (a second
    * REGION_INFO gets no fd; the region is then reached through the broker). The caller sends and closes it.

@@ -104,9 +104,11 @@ export interface VfioUserDeviceModel {
   deviceInfo(opts?: { request?: boolean }): { flags: number; num_regions: number; num_irqs: number };
   /**
    * The region's description. `opts.fd === false` when the server only needs flags and size (bounds checks):
-   * a model that hands out a fresh fd per call should then make none.
+   * a model that hands out a fresh fd per call should then make none. `opts.argsz`: the client's GET_REGION_INFO
+   * argsz; a reply it cannot hold whole (32 bytes and the capability chain) goes as the head alone, without the
+   * fd (the client asks again), so a model that hands something out only once should wait for that request.
    */
-  regionInfo(index: number, opts?: { fd?: boolean }): RegionDescription;
+  regionInfo(index: number, opts?: { fd?: boolean; argsz?: number }): RegionDescription;
   regionRead(index: number, offset: bigint, count: number): Uint8Array | Promise<Uint8Array>;
   regionWrite(index: number, offset: bigint, data: Uint8Array): void | Promise<void>;
   dmaMap(req: DmaMapRequest): void | Promise<void>;

@@ -23,7 +23,7 @@ export function regionInfo(payload: Uint8Array, model: VfioUserDeviceModel, log:
   const { num_regions } = model.deviceInfo();
   if (index >= num_regions) throw new VfioError('EINVAL', `region ${index} does not exist (${num_regions})`);
   // The fd the model handed over is sent, then closed like every fd a model returns.
-  return regionInfoReply(argsz, index, model.regionInfo(index), log);
+  return regionInfoReply(argsz, index, model.regionInfo(index, { argsz }), log);
 }
 
 export async function regionIoFds(
