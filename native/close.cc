@@ -24,6 +24,7 @@
 #include <new>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "common.h"
 
@@ -66,6 +67,7 @@ struct Closer {
   std::deque<int> queue;
   size_t pending = 0;  // queued + the one being closed
   bool started = false;
+  bool held = false;  // Hold() .. Resume(): nothing is taken off the queue
 
   void Push(int fd) {
     {
@@ -97,7 +99,7 @@ struct Closer {
       int fd;
       {
         std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock, [this] { return !queue.empty(); });
+        cv.wait(lock, [this] { return !queue.empty() && !held; });
         fd = queue.front();
         queue.pop_front();
       }
@@ -115,6 +117,28 @@ struct Closer {
   bool Full() {
     std::lock_guard<std::mutex> lock(mu);
     return queue.size() >= kMaxQueuedCloses;
+  }
+
+  // For a child this process is about to exec (an upgrade's new broker): exec closes every O_CLOEXEC fd it
+  // inherited, and for a queued fd that close is the FLUSH this queue waits behind, so the exec (and the spawn
+  // reading its status pipe, on the JavaScript thread) would wait for it too. The queued fds are left open
+  // across the exec instead — the child is told their numbers and closes them on its own closer thread — and
+  // nothing leaves the queue until Resume(), so the numbers stay what the child is told.
+  std::vector<int> Hold() {
+    std::lock_guard<std::mutex> lock(mu);
+    held = true;
+    std::vector<int> out;
+    for (int fd : queue) {
+      if (fd > 3 && fcntl(fd, F_SETFD, 0) == 0) out.push_back(fd);  // 0-3: the child's stdio and handover fd
+    }
+    return out;
+  }
+
+  void Resume() {
+    std::lock_guard<std::mutex> lock(mu);
+    for (int fd : queue) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    held = false;
+    cv.notify_one();
   }
 };
 
@@ -148,6 +172,19 @@ Napi::Value CloseReceived(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+/** closesHold(): the queued fds' numbers, left open across an exec until closesResume() (Closer::Hold). */
+Napi::Value ClosesHold(const Napi::CallbackInfo& info) {
+  std::vector<int> fds = TheCloser().Hold();
+  Napi::Array out = Napi::Array::New(info.Env(), fds.size());
+  for (size_t i = 0; i < fds.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(info.Env(), fds[i]));
+  return out;
+}
+
+Napi::Value ClosesResume(const Napi::CallbackInfo& info) {
+  TheCloser().Resume();
+  return info.Env().Undefined();
+}
+
 /** Descriptors handed to the closer thread and not closed yet (tests, diagnostics). */
 Napi::Value ClosesPending(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(TheCloser().Pending()));
@@ -168,6 +205,8 @@ void RegisterClose(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("closeReceived", Napi::Function::New(env, CloseReceived, "closeReceived"));
   exports.Set("closesPending", Napi::Function::New(env, ClosesPending, "closesPending"));
+  exports.Set("closesHold", Napi::Function::New(env, ClosesHold, "closesHold"));
+  exports.Set("closesResume", Napi::Function::New(env, ClosesResume, "closesResume"));
   exports.Set("closesQueueLimit", Napi::Number::New(env, static_cast<double>(kMaxQueuedCloses)));
 }
 

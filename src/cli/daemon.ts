@@ -23,7 +23,27 @@ const USAGE = `usage: devlease daemon --device vfio-user:PATH|pci:DDDD:BB:DD.F [
   --config      broker configuration (TOML, see docs/CONFIG.md); defaults apply without one
   --rundir      overrides the config's rundir
   --handover-fd an upgrade's socket (started by the running broker: devlease upgrade, SIGUSR2); the device,
-                sockets, sessions and leases come over it instead of --device`;
+                sockets, sessions and leases come over it instead of --device
+  --close-inherited N,N,...  with --handover-fd: fds the old broker had queued to close (their close may wait
+                on a client's file system), left open across the exec for this broker to close`;
+
+/**
+ * The old broker's queued closes (--close-inherited): closed as received fds are, on the closer thread where
+ * the close may wait. Never looked at otherwise (an fstat of a FUSE file may ask its server). A number that is
+ * not open (EBADF) or not a number is skipped, saying so: the new broker starts either way.
+ */
+function closeInherited(list: string | undefined): void {
+  if (list === undefined) return;
+  for (const item of list.split(',')) {
+    const n = Number(item);
+    try {
+      if (!/^\d+$/.test(item) || n <= 3) throw new Error('not an inherited descriptor number above 3');
+      native.closeReceived(n);
+    } catch (err) {
+      process.stderr.write(`devlease daemon: --close-inherited ${item}: ${(err as Error).message}\n`);
+    }
+  }
+}
 
 /** An inherited descriptor number from the command line, or an error message. */
 function inheritedFd(name: string, value: string): Fd | string {
@@ -66,6 +86,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     config?: string;
     rundir?: string;
     'handover-fd'?: string;
+    'close-inherited'?: string;
     help?: boolean;
   };
   try {
@@ -78,6 +99,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
         config: { type: 'string' },
         rundir: { type: 'string' },
         'handover-fd': { type: 'string' },
+        'close-inherited': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -96,6 +118,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
       process.stderr.write(`devlease daemon: ${fd}\n`);
       return 2;
     }
+    closeInherited(values['close-inherited']);
     return takeOverCommand(fd, values);
   }
   if (!values.device === (values['device-fd'] === undefined)) {

@@ -68,6 +68,13 @@ export interface NativeAddon {
    * peer takes no fds (the kernel drops them unopened) and says so in recvIntoFds[1].
    */
   readonly closesQueueLimit: number;
+  /**
+   * For a child about to be exec'd: the closer thread's queued fds are left open across the exec (their close,
+   * exec's close-on-exec, would wait on the same FLUSH) and stay queued until closesResume(). Their numbers,
+   * which the child is to close.
+   */
+  closesHold(): number[];
+  closesResume(): void;
   dup(fd: number): number; // F_DUPFD_CLOEXEC
   /** ioctl with an integer argument or a buffer (in/out). Returns the ioctl's return value. */
   ioctl(fd: number, request: number, arg: number | bigint | Uint8Array): number;

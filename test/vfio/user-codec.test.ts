@@ -169,8 +169,9 @@ describe('vfio-user golden vectors', () => {
       /max_data_xfer_size must be an integer of at least 1, got 0/,
     );
     // The raw object is kept and handed over at a broker upgrade, whose encoding recurses.
+    // The capabilities object is the first level: 32 in all are taken, 33 refused.
     let deep: unknown = 1;
-    for (let i = 0; i < MAX_CAPABILITY_DEPTH + 1; i++) deep = [deep];
+    for (let i = 0; i < MAX_CAPABILITY_DEPTH; i++) deep = [deep];
     assert.throws(() => readCapabilities({ capabilities: { x: deep } }), /nests deeper than 32 levels/);
     let ok: unknown = 1;
     for (let i = 0; i < MAX_CAPABILITY_DEPTH - 1; i++) ok = [ok];

@@ -65,10 +65,20 @@ export async function upgrade(
   const nodeOptions = inheritedNodeOptions(process.execArgv);
   const env = inheritedEnv(process.env);
   let exited: string | null = null;
-  const child = spawn(process.execPath, [...nodeOptions, ...args], {
-    stdio: ['ignore', 'inherit', 'inherit', theirFd.fd],
-    env,
-  });
+  // Received fds queued behind a close that does not return (a client's FUSE file holding FLUSH) go to the new
+  // broker open, for it to close: exec's close-on-exec would send their FLUSH and wait, and so would this thread
+  // (spawn reads the exec's status).
+  const inherited = native.closesHold();
+  if (inherited.length) args.push('--close-inherited', inherited.join(','));
+  let child: ReturnType<typeof spawn>;
+  try {
+    child = spawn(process.execPath, [...nodeOptions, ...args], {
+      stdio: ['ignore', 'inherit', 'inherit', theirFd.fd],
+      env,
+    });
+  } finally {
+    native.closesResume();
+  }
   theirFd.close();
   child.on('exit', (code, signal) => {
     exited = `the new broker exited (${signal ?? `code ${code}`})`;

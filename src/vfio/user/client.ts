@@ -325,8 +325,9 @@ export class VfioUserClient extends EventEmitter {
   ): Promise<void> {
     // The server takes at most max_msg_fds fds a message (vfio-user.rst, "Version"; libvfio-user: 8): more
     // eventfds go in several messages, each for its part of the vectors, as QEMU sends them.
+    const { fds, data } = irqSetArgs(s); // the whole request checked before any part of it goes
     const most = this.serverCapabilities.maxMsgFds;
-    const n = s.fds?.filter((f) => f !== null && f !== undefined).length ?? 0;
+    const n = fds.length;
     if (n > most) {
       if (most < 1)
         throw new VfioError(
@@ -339,7 +340,6 @@ export class VfioUserClient extends EventEmitter {
       }
       return;
     }
-    const { fds, data } = irqSetArgs(s);
     const r = await this.request(P.VFIO_USER_DEVICE_SET_IRQS, encodeIrqSet(s, data), fds, opts);
     closeAll(r.fds);
   }

@@ -48,24 +48,26 @@ function pageSizes(v: unknown): number {
 }
 
 /**
- * Capabilities nested deeper than this are refused: the whole object is kept (Capabilities.raw) and goes into
+ * Capabilities nested deeper than this are refused (the capabilities object is the first level, and only objects
+ * and arrays count): the whole object is kept (Capabilities.raw) and goes into
  * a broker upgrade's state, whose encoding recurses (a client's 30,000 nested arrays, 60 KB, overflowed its
  * stack and rolled every upgrade back while the lease lived).
  */
 export const MAX_CAPABILITY_DEPTH = 32;
 
+/** Whether `v` holds objects or arrays nested more than `limit` levels deep (`v` itself the first level). */
 function deeperThan(v: unknown, limit: number): boolean {
   let level: unknown[] = [v];
-  for (let depth = 0; level.length; depth++) {
+  for (let depth = 1; ; depth++) {
     const next: unknown[] = [];
     for (const x of level) {
       if (x === null || typeof x !== 'object') continue;
-      for (const y of Object.values(x)) next.push(y);
+      for (const y of Object.values(x)) if (y !== null && typeof y === 'object') next.push(y);
     }
-    if (next.length && depth + 1 > limit) return true;
+    if (next.length === 0) return false;
+    if (depth + 1 > limit) return true;
     level = next;
   }
-  return false;
 }
 
 /** Read the "capabilities" member of a version JSON object; throws RangeError on ill-typed members. */
