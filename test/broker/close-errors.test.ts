@@ -14,6 +14,7 @@ import * as P from '../../src/vfio/user/protocol.js';
 import { type FlushFailingFs, mountFlushFailingFs } from '../fixtures/sys/fuse-flush-eio.js';
 import { ClientProc, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { unfinishedVersion } from '../helpers/unfinished-version.js';
 import { clientOfRawServer } from '../vfio/helpers/raw-peer.js';
 
 let fuse: FlushFailingFs;
@@ -78,11 +79,7 @@ test('a client that sends fds whose close fails with a message it never finishes
     const a = openSync(fuse.file, 'r');
     const b = openSync(fuse.file, 'r');
     // A VERSION header that claims 64 bytes, and only the header: the broker holds the fds for the rest of it.
-    const head = Buffer.alloc(16);
-    head.writeUInt16LE(1, 0); // msg_id
-    head.writeUInt16LE(1, 2); // VFIO_USER_VERSION
-    head.writeUInt32LE(64, 4); // msg_size
-    native.sendmsg(sock, head, [a, b]);
+    native.sendmsg(sock, unfinishedVersion(), [a, b]);
     closeOurs(a);
     closeOurs(b);
     const flushed = fuse.flushes();
@@ -118,11 +115,7 @@ test('a descriptor whose close never returns (its FUSE server holds FLUSH) does 
   try {
     const sock = native.unixConnect(rig.socket, true);
     const n = openSync(held.file, 'r');
-    const head = Buffer.alloc(16);
-    head.writeUInt16LE(1, 0);
-    head.writeUInt16LE(1, 2); // VFIO_USER_VERSION
-    head.writeUInt32LE(64, 4); // and never the rest
-    native.sendmsg(sock, head, [n]);
+    native.sendmsg(sock, unfinishedVersion(), [n]);
     native.closeReceived(n); // ours, as the broker closes a client's: the held FLUSH blocks the closer thread
     native.close(sock); // hang up: the broker closes its copy
     await until('the broker to let go of its copy (queued behind ours)', () => native.closesPending() >= 2);

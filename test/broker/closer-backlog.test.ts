@@ -11,24 +11,11 @@ import { native } from '../../src/sys/index.js';
 import { mountFlushFailingFs } from '../fixtures/sys/fuse-flush-eio.js';
 import { ClientProc, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { sendAndHangUp, unfinishedVersion } from '../helpers/unfinished-version.js';
 
 after(trackFdLeaks());
 
 const PER_MESSAGE = 16;
-
-/** A VERSION header announcing 64 bytes, never the rest, with `fds`; then the hang-up: the broker closes them. */
-function sendAndHangUp(socket: string, fds: number[]): void {
-  const sock = native.unixConnect(socket, true);
-  try {
-    const head = Buffer.alloc(16);
-    head.writeUInt16LE(1, 0);
-    head.writeUInt16LE(1, 2); // VFIO_USER_VERSION
-    head.writeUInt32LE(64, 4);
-    native.sendmsg(sock, head, fds);
-  } finally {
-    native.close(sock);
-  }
-}
 
 test('with the closer thread held and its queue full, a client sending fds is cut off and its fds are never opened; the queue drains once the close returns', {
   timeout: 120_000,
@@ -55,11 +42,7 @@ test('with the closer thread held and its queue full, a client sending fds is cu
     // One more client with fds: cut off, none of them taken.
     const sock = native.unixConnect(rig.socket, true);
     try {
-      const head = Buffer.alloc(16);
-      head.writeUInt16LE(2, 0);
-      head.writeUInt16LE(1, 2);
-      head.writeUInt32LE(64, 4);
-      native.sendmsg(sock, head, fds);
+      native.sendmsg(sock, unfinishedVersion(2), fds);
       await until('the broker to cut the client off', () => {
         try {
           return native.recvmsg(sock, 4096)?.eof === true;

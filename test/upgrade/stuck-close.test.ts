@@ -10,6 +10,7 @@ import { openSync, readdirSync, readlinkSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { native } from '../../src/sys/index.js';
 import { type FlushFailingFs, mountFlushFailingFs } from '../fixtures/sys/fuse-flush-eio.js';
+import { sendAndHangUp } from '../helpers/unfinished-version.js';
 import { until } from '../interop/helpers/peers.js';
 import { UpgradeRig } from './rig.js';
 
@@ -38,20 +39,6 @@ function fuseFds(pid: number): number {
   return n;
 }
 
-/** A VERSION header announcing 64 bytes, never the rest, with `fd`; then the hang-up: the broker closes it. */
-function sendAndHangUp(socket: string, fd: number): void {
-  const sock = native.unixConnect(socket, true);
-  try {
-    const head = Buffer.alloc(16);
-    head.writeUInt16LE(1, 0);
-    head.writeUInt16LE(1, 2);
-    head.writeUInt32LE(64, 4);
-    native.sendmsg(sock, head, [fd]);
-  } finally {
-    native.close(sock);
-  }
-}
-
 test("an upgrade while the broker's closer thread waits on a client's FUSE server: the old broker answers meanwhile, the upgrade completes, and the new broker closes what was queued", {
   timeout: 180_000,
 }, async () => {
@@ -60,9 +47,9 @@ test("an upgrade while the broker's closer thread waits on a client's FUSE serve
   const file = openSync(fuse.file, 'r');
   try {
     const oldPid = await rig.brokerPid();
-    sendAndHangUp(rig.queueSocket, file);
+    sendAndHangUp(rig.queueSocket, [file]);
     await until('the broker to close it (its FLUSH held)', () => fuse.flushes() >= 1, 10_000);
-    sendAndHangUp(rig.queueSocket, file);
+    sendAndHangUp(rig.queueSocket, [file]);
     await until('the second to wait behind it, open', () => fuseFds(oldPid) === 1, 10_000);
     const t0 = Date.now();
     // Asked while the upgrade runs: the old broker answers (its thread is not held by the exec).
