@@ -1,8 +1,8 @@
 // AF_UNIX sockets, SOCK_STREAM (the vfio-user wire, as QEMU and libvfio-user
 // use it) or SOCK_SEQPACKET (devlease's own admin socket): listen, connect,
 // accept, pair, sendmsg and recvmsg with SCM_RIGHTS, peer credentials and
-// SO_PEERPIDFD. Every socket is non-blocking and close-on-exec; nothing here
-// ever blocks.
+// SO_PEERPIDFD; and one SOCK_DGRAM send, systemd's notify protocol. Every
+// socket is non-blocking and close-on-exec; nothing here ever blocks.
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -309,6 +309,33 @@ Napi::Value PeerPidfd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), pidfd);
 }
 
+// sdNotify(address, message): one datagram to systemd's NOTIFY_SOCKET, as
+// sd_notify(3) sends it: a path, or an abstract name written with a leading
+// '@'. Sent here rather than by running systemd-notify: a child would inherit
+// (and close, as it execs and exits) fds whose close may wait on a client's
+// FUSE server, and the caller would wait for the child. Non-blocking: a full
+// receive queue is EAGAIN, not a wait.
+Napi::Value SdNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string address = StringArg(info, 0, "address");
+  Bytes message = BytesArg(info, 1, "message");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (address.empty() || address.size() >= sizeof(addr.sun_path)) ThrowErrno(env, "sendto", ENAMETOOLONG);
+  if (address[0] != '/' && address[0] != '@') ThrowErrno(env, "sendto", EAFNOSUPPORT);
+  memcpy(addr.sun_path, address.data(), address.size());
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + address.size());
+  if (address[0] == '@') addr.sun_path[0] = '\0';  // abstract: the name is exactly these bytes
+  else len += 1;                                  // a path: with its terminating NUL
+  FdGuard sock(NewSocket(env, SOCK_DGRAM | kSockFlags));
+  ssize_t n;
+  do {
+    n = sendto(sock.get(), message.data, message.length, MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), len);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) ThrowErrno(env, "sendto", errno);
+  return env.Undefined();
+}
+
 }  // namespace
 
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports) {
@@ -321,6 +348,7 @@ void RegisterUnixSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("recvIntoFds", Napi::Int32Array::New(env, 2 + kMaxFds,
                                                    Napi::ArrayBuffer::New(env, recv_fds, sizeof(recv_fds)), 0));
   exports.Set("sendmsg", Napi::Function::New(env, Sendmsg, "sendmsg"));
+  exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
   exports.Set("recvmsg", Napi::Function::New(env, Recvmsg, "recvmsg"));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
   exports.Set("peerPidfd", Napi::Function::New(env, PeerPidfd, "peerPidfd"));

@@ -1,6 +1,5 @@
 // `devlease daemon --device vfio-user:PATH --config FILE`: the broker.
 
-import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { Broker } from '../broker/broker.js';
 import { type BrokerConfig, ConfigError, defaultConfig, loadConfig } from '../broker/config.js';
@@ -198,7 +197,7 @@ function serve(
   const onUsr2 = () => void broker.upgrade().catch((err: Error) => logger.error(`upgrade: ${err.message}`));
   process.on('SIGUSR2', onUsr2);
   broker.on('handed-over', (pid: number) => {
-    notifyMainPid(pid);
+    notifyMainPid(pid, logger);
     logger.info?.(`handed over to pid ${pid}; exiting`);
     // Exit without closing anything: the new broker holds every descriptor; closing here would reclaim.
     setImmediate(() => process.exit(0));
@@ -318,7 +317,7 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
     upgrades: broker.upgrades,
     ...(pinned ? { pinnedAccounting: pinned } : {}),
   });
-  notifyMainPid(process.pid);
+  notifyMainPid(process.pid, logger);
   return serve(broker, device, logger, () =>
     process.stdout.write(
       `${JSON.stringify({ event: 'ready', upgraded: true, sockets: Object.fromEntries(broker.sockets), dir: broker.dir })}\n`,
@@ -326,8 +325,19 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
   );
 }
 
-/** systemd: the new process becomes the service's main PID (needs NotifyAccess=all; docs/OPERATIONS.md). */
-function notifyMainPid(pid: number): void {
-  if (!process.env['NOTIFY_SOCKET']) return;
-  spawnSync('systemd-notify', [`MAINPID=${pid}`], { stdio: 'ignore', timeout: 2000 });
+/**
+ * systemd: the new process becomes the service's main PID (needs NotifyAccess=all; docs/OPERATIONS.md). One
+ * datagram, not `systemd-notify`: a child would inherit the fds this process was handed still queued behind a
+ * held close (--close-inherited), close them as it execs and exits, and wait for their FLUSH, and we for it.
+ */
+function notifyMainPid(pid: number, logger: ReturnType<typeof createLogger>): void {
+  const address = process.env['NOTIFY_SOCKET'];
+  if (!address) return;
+  try {
+    native.sdNotify(address, Buffer.from(`MAINPID=${pid}\n`));
+  } catch (e) {
+    logger.warn(
+      `upgrade: could not tell systemd the new main pid through NOTIFY_SOCKET=${address}: ${String(e)}`,
+    );
+  }
 }

@@ -108,6 +108,11 @@ export interface NativeAddon {
   /** sendmsg with MSG_NOSIGNAL and optional SCM_RIGHTS; returns bytes sent, or -1 on EAGAIN. */
   sendmsg(fd: number, data: Uint8Array, fds: number[]): number;
   /**
+   * One datagram to systemd's NOTIFY_SOCKET (a path, or '@' and an abstract name), as sd_notify(3) sends it;
+   * never blocks (a full queue throws EAGAIN), and starts no process.
+   */
+  sdNotify(address: string, message: Uint8Array): void;
+  /**
    * recvmsg with MSG_CMSG_CLOEXEC into a buffer of `maxBytes`; null on EAGAIN; data.length 0 + eof on hang-up.
    * At most `maxFds` (default MAX_FDS) fds are installed; any beyond are closed and `ctruncated` is set.
    */

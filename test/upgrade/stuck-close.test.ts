@@ -7,9 +7,10 @@
 // queued fds are left open across the exec, and the new broker closes them on its own closer thread.
 import assert from 'node:assert/strict';
 import { openSync, readdirSync, readlinkSync } from 'node:fs';
-import { after, before, test } from 'node:test';
+import { afterEach, beforeEach, test } from 'node:test';
 import { native } from '../../src/sys/index.js';
 import { type FlushFailingFs, mountFlushFailingFs } from '../fixtures/sys/fuse-flush-eio.js';
+import { notifyReceiver } from '../helpers/notify-receiver.js';
 import { sendAndHangUp } from '../helpers/unfinished-version.js';
 import { until } from '../interop/helpers/peers.js';
 import { UpgradeRig } from './rig.js';
@@ -18,10 +19,10 @@ import { UpgradeRig } from './rig.js';
 const HOLD_MS = 60_000;
 let fuse: FlushFailingFs;
 
-before(async () => {
+beforeEach(async () => {
   fuse = await mountFlushFailingFs({ hold: true, holdMs: HOLD_MS });
 });
-after(async () => {
+afterEach(async () => {
   fuse.release();
   await fuse.unmount();
 });
@@ -71,5 +72,46 @@ test("an upgrade while the broker's closer thread waits on a client's FUSE serve
     fuse.release();
     native.closeReceived(file);
     await rig.close();
+  }
+});
+
+// Under systemd (NOTIFY_SOCKET set) the new broker tells systemd its pid as it takes over. It used to run
+// `systemd-notify` for that: a child that inherits the fds the new broker was handed still queued behind a held
+// close, and closes them as it execs and exits — a FLUSH to the client's server, which the child waited for and
+// the new broker with it (spawnSync), before it served anyone. Now the message is one datagram, sent directly.
+test('under systemd, the new broker tells MAINPID= and serves while the fds it was handed wait behind a held close', {
+  timeout: 180_000,
+}, async () => {
+  const notify = await notifyReceiver();
+  const rig = await UpgradeRig.start({ NOTIFY_SOCKET: notify.address });
+  const file = openSync(fuse.file, 'r');
+  try {
+    const oldPid = await rig.brokerPid();
+    sendAndHangUp(rig.queueSocket, [file]);
+    await until('the broker to close it (its FLUSH held)', () => fuse.flushes() >= 1, 10_000);
+    // Two more wait, open: the new broker is handed both, its closer thread waits on the first, the second
+    // stays in its table while it starts.
+    sendAndHangUp(rig.queueSocket, [file, file]);
+    await until('two to wait behind it, open', () => fuseFds(oldPid) === 2, 10_000);
+    const t0 = Date.now();
+    const out = (await rig.request({ op: 'upgrade', deadlineMs: 20_000 }, 30_000)) as { pid: number };
+    assert.notEqual(out.pid, oldPid, 'a new broker serves');
+    await until(
+      'systemd to be told the new main pid',
+      () => notify.messages.includes(`MAINPID=${out.pid}`),
+      10_000,
+    );
+    const status = (await rig.request({ op: 'status' }, 10_000)) as { pid: number };
+    assert.equal(status.pid, out.pid, 'the new broker answers');
+    assert.ok(
+      Date.now() - t0 < HOLD_MS / 3,
+      `the new broker served before the held FLUSH ended (${Date.now() - t0} ms)`,
+    );
+    await until('the new broker to close the fds it was handed', () => fuseFds(out.pid) === 1, 10_000);
+  } finally {
+    fuse.release();
+    native.closeReceived(file);
+    await rig.close();
+    notify.close();
   }
 });
