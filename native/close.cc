@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -65,6 +66,8 @@ struct Closer {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<int> queue;
+  // queue.size(), mirrored for Full(): read on every receive from a client socket, so without the mutex.
+  std::atomic<size_t> queued{0};
   size_t pending = 0;  // queued + the one being closed
   bool started = false;
   bool held = false;  // Hold() .. Resume(): nothing is taken off the queue
@@ -83,6 +86,7 @@ struct Closer {
       if (started) {
         try {
           queue.push_back(fd);
+          queued.store(queue.size(), std::memory_order_relaxed);
           pending++;
           cv.notify_one();
           return;
@@ -102,6 +106,7 @@ struct Closer {
         cv.wait(lock, [this] { return !queue.empty() && !held; });
         fd = queue.front();
         queue.pop_front();
+        queued.store(queue.size(), std::memory_order_relaxed);
       }
       close(fd);  // whatever it says, the number is released (close(2))
       std::lock_guard<std::mutex> lock(mu);
@@ -114,10 +119,9 @@ struct Closer {
     return pending;
   }
 
-  bool Full() {
-    std::lock_guard<std::mutex> lock(mu);
-    return queue.size() >= kMaxQueuedCloses;
-  }
+  // A check, not a reservation (as it was under the mutex): the fds of a message received after a "not full"
+  // are queued all the same, so the queue passes the bound by at most what the messages being read carry.
+  bool Full() { return queued.load(std::memory_order_relaxed) >= kMaxQueuedCloses; }
 
   // For a child this process is about to exec (an upgrade's new broker): exec closes every O_CLOEXEC fd it
   // inherited, and for a queued fd that close is the FLUSH this queue waits behind, so the exec (and the spawn
