@@ -18,6 +18,8 @@ import type { SliceUnit } from './slices.js';
 
 /** The longest revoke deadline accepted (24 h): a lease the owner wants back is not left running for weeks. */
 export const MAX_REVOKE_DEADLINE_MS = 24 * 3600 * 1000;
+/** Fault records a lease's info keeps (the last ones): the info region's JSON has room for them. */
+export const FAULTS_KEPT = 16;
 
 /** Throws EINVAL naming deadlineMs unless it is an integer from 0 to MAX_REVOKE_DEADLINE_MS. */
 export function checkRevokeDeadline(deadlineMs: unknown): asserts deadlineMs is number {
@@ -84,7 +86,9 @@ export class Lease {
   readonly #ops = new Set<Promise<unknown>>();
   /** The owner's revocation deadline timer, cleared when the lease ends first. */
   revokeTimer: LongTimer | null = null;
+  /** The last FAULTS_KEPT fault records of this lease; `faultsTotal` counts every one it was sent. */
   readonly faults: DeviceFault[] = [];
+  faultsTotal = 0;
   /** Disconnects the client's session (set by the session). */
   disconnect: ((reason: string) => void) | null = null;
   /** Settles when the lease is released. */
@@ -208,6 +212,8 @@ export class Lease {
         name: f.name,
         address: hex(f.address),
       })),
+      // How many there were in all: `faults` keeps the last FAULTS_KEPT, so a client counts new ones by this.
+      faultsTotal: this.faultsTotal,
     };
   }
 

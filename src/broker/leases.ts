@@ -12,7 +12,7 @@ import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { AuditLog } from './audit.js';
 import type { DirectSlices } from './audit-scan/direct-slices.js';
 import type { BrokerConfig } from './config.js';
-import type { Lease } from './lease.js';
+import { FAULTS_KEPT, type Lease } from './lease.js';
 import { letGoOfHolds, revokeLease } from './lease-end.js';
 import { grantLease } from './lease-grant.js';
 import { forgetLease, forgetPrepared, type ReclaimOps, reclaimLease } from './lease-reclaim.js';
@@ -190,7 +190,8 @@ export class LeaseTable extends EventEmitter {
     for (const l of this.#leases.values()) {
       if (!l.live || (f.queue !== null && l.resources.queue !== f.queue)) continue;
       l.faults.push(f);
-      if (l.faults.length > 16) l.faults.shift();
+      l.faultsTotal++;
+      if (l.faults.length > FAULTS_KEPT) l.faults.shift();
       l.notify(f.queue === null ? 'err' : 'notice');
     }
   }

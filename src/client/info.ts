@@ -26,7 +26,10 @@ export interface LeaseInfo {
   vectors: number;
   regions: { index: number; size: bigint; unit: bigint }[];
   isolation: Record<string, Isolation>;
+  /** The last fault records the broker keeps for this lease (16), oldest first. */
   faults: { queue: number | null; code: number; name: string; address: bigint }[];
+  /** How many faults this lease was sent in all (a broker that does not say: faults.length). */
+  faultsTotal: number;
 }
 
 const big = (v: unknown, what: string): bigint => {
@@ -49,6 +52,7 @@ interface RawInfo {
   regions?: { index: number; size: string; unit: string }[];
   isolation?: Record<string, Isolation>;
   faults?: { queue: number | null; code: number; name: string; address: string }[];
+  faultsTotal?: number;
 }
 
 export function parseLeaseInfo(raw: unknown): LeaseInfo {
@@ -82,6 +86,7 @@ export function parseLeaseInfo(raw: unknown): LeaseInfo {
       name: f.name,
       address: big(f.address, 'fault address'),
     })),
+    faultsTotal: j.faultsTotal ?? j.faults?.length ?? 0,
   };
 }
 

@@ -45,7 +45,8 @@ export interface ConnectOptions {
  * - 'interrupt' (vector: number, count: bigint)
  * - 'revoke-requested' ({ deadline: number }): the owner wants the lease back; close() before the deadline
  * - 'revoked': the lease was taken back (slices dead, session closed)
- * - 'device-fault' (faults): a fault record concerning this lease
+ * - 'device-fault' (faults, missed): fault records concerning this lease, the new ones the info still holds;
+ *   `missed`: how many more there were, older than those and no longer kept (the broker keeps the last 16)
  * - 'device-reset': the device was reset, or its server went away (the broker reconnects to it); the lease
  *   is gone: connect again for a new one (refused with ENODEV while the device is away)
  * - 'disconnected' (reason): the session ended for any reason
@@ -62,7 +63,7 @@ export class Lease extends EventEmitter {
   /** The ERR notice's eventfd (device fault or reset), read once more when the session ends. */
   #errNotice: EventFd | null = null;
   readonly #infoIndex: number;
-  /** Faults already reported, so a later ERR without a new fault is seen as a reset. */
+  /** Faults already reported (the info's faultsTotal), so a later ERR without a new fault is seen as a reset. */
   #faultsSeen = 0;
   #closed = false;
   /** A region was mapped from a device fd handed over for an audited slice. */
@@ -298,9 +299,13 @@ export class Lease extends EventEmitter {
     const info = await this.refreshInfo().catch(() => null);
     if (index === VFIO_PCI_REQ_IRQ_INDEX) {
       this.emit('revoke-requested', { deadline: info?.deadline ?? Date.now() });
-    } else if (info && info.faults.length > this.#faultsSeen) {
-      this.emit('device-fault', info.faults.slice(this.#faultsSeen));
-      this.#faultsSeen = info.faults.length;
+    } else if (info && info.faultsTotal > this.#faultsSeen) {
+      // Counted by the total, not by the list: the list stops growing at 16, and two faults may arrive
+      // between reads.
+      const fresh = info.faultsTotal - this.#faultsSeen;
+      const held = Math.min(fresh, info.faults.length);
+      this.emit('device-fault', info.faults.slice(info.faults.length - held), fresh - held);
+      this.#faultsSeen = info.faultsTotal;
     } else if (index === VFIO_PCI_ERR_IRQ_INDEX) {
       this.emit('device-reset');
     }

@@ -43,6 +43,44 @@ test('a fault record on a queue reaches only the client holding it, as ERR with 
   await until('both leases to end', () => rig.broker.leases.all().length === 0);
 });
 
+// The broker keeps a lease's last 16 fault records; a client counts new ones by the info's faultsTotal. Counted
+// by the list's length, the 17th fault was never reported (the list stayed at 16), and two faults between reads
+// reported one.
+test('every fault reaches the client, past the 16 records the broker keeps, and a burst is counted whole', async () => {
+  const a = await spawnClient();
+  const info = (await a.call('connect', { socket: rig.socket })).info;
+  type FaultEvent = { addresses: string[]; missed: number };
+  const reported = async () => {
+    const evs: FaultEvent[] = await a.call('faultEvents');
+    return {
+      addresses: evs.flatMap((e) => e.addresses),
+      total: evs.reduce((n, e) => n + e.addresses.length + e.missed, 0),
+    };
+  };
+  const iova = (i: number) => 0x1000000 + i * 0x1000;
+  for (let i = 0; i < 20; i++) {
+    await rig.sim.inject({ kind: 'fault', queue: info.queue, code: 4, iova: BigInt(iova(i)) });
+    await until(`fault ${i + 1} to be reported`, async () => (await reported()).total === i + 1);
+  }
+  assert.deepEqual(
+    (await reported()).addresses,
+    Array.from({ length: 20 }, (_, i) => `0x${iova(i).toString(16)}`),
+    'each fault reported once, in order',
+  );
+  const lease = rig.broker.leases.all().find((l) => l.ctx.pid === a.pid)!;
+  assert.equal(lease.faults.length, 16, 'the broker keeps the last 16');
+  assert.equal(lease.faultsTotal, 20);
+  // 30 more at once: however the client's reads fall, every one is counted, and the last is among those held.
+  for (let i = 20; i < 50; i++)
+    await rig.sim.inject({ kind: 'fault', queue: info.queue, code: 4, iova: BigInt(iova(i)) });
+  await until('the burst to be counted', async () => (await reported()).total >= 50);
+  const after = await reported();
+  assert.equal(after.total, 50, 'counted whole, none twice');
+  assert.equal(after.addresses.at(-1), `0x${iova(49).toString(16)}`);
+  await a.exit();
+  await until('the lease to end', () => rig.broker.leases.all().length === 0);
+});
+
 test('a hang: every client is told, every lease reclaimed, the device reset and rebooted, and leasing works again', async () => {
   const [a, b] = await Promise.all([spawnClient(), spawnClient()]);
   await a.call('connect', { socket: rig.socket });

@@ -117,6 +117,20 @@ test('device faults and a device reset reach the C client as notices on its ERR 
   await rig.sim.inject({ kind: 'fault', queue, code: 3, iova: 0x1234000n });
   await until('the fault notice', () => out.includes('fault WINDOW_VIOLATION'), 30_000);
   assert.match(out, /notice fault\nfault WINDOW_VIOLATION code 3 queue \d+ address 0x1234000/);
+  // Past the 16 records the broker keeps: each new fault reported once (counted by faults_total, not the list).
+  for (let i = 1; i < 20; i++) {
+    await rig.sim.inject({ kind: 'fault', queue, code: 3, iova: 0x1234000n + BigInt(i) * 0x1000n });
+    const address = `address 0x${(0x1234000 + i * 0x1000).toString(16)}\n`;
+    await until(`fault ${i + 1}'s notice`, () => out.includes(address), 30_000);
+  }
+  const reported = [...out.matchAll(/^fault WINDOW_VIOLATION code 3 queue \d+ address (0x[0-9a-f]+)$/gm)].map(
+    (m) => m[1],
+  );
+  assert.deepEqual(
+    reported,
+    Array.from({ length: 20 }, (_, i) => `0x${(0x1234000 + i * 0x1000).toString(16)}`),
+    'each fault reported once, in order',
+  );
   await rig.sim.inject({ kind: 'hang' }); // the broker recovers the device: every lease ends
   const code = await exited;
   assert.equal(sanitizerFindings(err), null);

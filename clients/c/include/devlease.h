@@ -79,8 +79,9 @@ struct devlease_info {
 	const struct devlease_region_info *regions;
 	unsigned nisolation;
 	const struct devlease_isolation *isolation;
-	unsigned nfaults;
+	unsigned nfaults; /* the last fault records the broker keeps (16), oldest first */
 	const struct devlease_fault *faults;
+	uint64_t faults_total; /* faults this lease was sent in all (a broker that does not say: nfaults) */
 };
 
 /* ---- errors ---- */
@@ -175,7 +176,7 @@ int devlease_socket_fd(const struct devlease *l);
 enum devlease_notice_kind {
 	DEVLEASE_NOTICE_NONE = 0,
 	DEVLEASE_NOTICE_REVOKE,       /* close before deadline_ms */
-	DEVLEASE_NOTICE_FAULT,        /* new fault records in the info (first_fault onwards) */
+	DEVLEASE_NOTICE_FAULT,        /* new faults: the records the info still holds from first_fault */
 	DEVLEASE_NOTICE_RESET,        /* the device reset or went away: the lease is gone */
 	DEVLEASE_NOTICE_DISCONNECTED, /* the broker closed the session (revoked, reclaimed) */
 };
@@ -183,7 +184,9 @@ enum devlease_notice_kind {
 struct devlease_notice {
 	enum devlease_notice_kind kind;
 	int64_t deadline_ms; /* REVOKE */
-	unsigned first_fault, nfaults; /* FAULT: info->faults[first_fault .. first_fault + nfaults) */
+	/* FAULT: info->faults[first_fault .. first_fault + nfaults) are new; when more came than the broker
+	 * keeps, the older ones are gone (info->faults_total counts them all). */
+	unsigned first_fault, nfaults;
 };
 
 /* Call when a notice fd or the socket is readable: serves what the broker sent and reports one notice.

@@ -134,6 +134,11 @@ static int parse(struct devlease *l, json_object *j)
 		in->nfaults = (unsigned)n;
 	}
 	in->faults = l->info_faults;
+	in->faults_total = in->nfaults;
+	if ((v = opt(j, "faultsTotal")) && u64_of(v, "faultsTotal", &in->faults_total) < 0) return -EPROTO;
+	if (in->faults_total < in->nfaults)
+		return dl_fail(EPROTO, "info region: faultsTotal %llu is less than the %u faults listed",
+			       (unsigned long long)in->faults_total, in->nfaults);
 	return 0;
 }
 

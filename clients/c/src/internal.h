@@ -97,7 +97,7 @@ struct devlease {
 	int *vectors;
 	unsigned nvectors;
 	int err_fd, req_fd;
-	unsigned faults_seen;
+	uint64_t faults_seen; /* the info's faults_total when last reported */
 	bool disconnect_reported;
 	struct dl_iofd *iofds;
 	unsigned niofds;

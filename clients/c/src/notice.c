@@ -98,11 +98,14 @@ int devlease_next_notice(struct devlease *l, struct devlease_notice *n)
 	if (rc < 0) return rc;
 	if (rc) {
 		if (!l->broken) devlease_refresh_info(l); /* best effort: the session may be ending */
-		if (l->info.nfaults > l->faults_seen) {
+		if (l->info.faults_total > l->faults_seen) {
+			/* Counted by the total, not by the list: it stops growing at 16, and two may come between reads. */
+			uint64_t fresh = l->info.faults_total - l->faults_seen;
+			unsigned held = fresh < l->info.nfaults ? (unsigned)fresh : l->info.nfaults;
 			n->kind = DEVLEASE_NOTICE_FAULT;
-			n->first_fault = l->faults_seen;
-			n->nfaults = l->info.nfaults - l->faults_seen;
-			l->faults_seen = l->info.nfaults;
+			n->first_fault = l->info.nfaults - held;
+			n->nfaults = held;
+			l->faults_seen = l->info.faults_total;
 		} else {
 			n->kind = DEVLEASE_NOTICE_RESET;
 		}

@@ -90,6 +90,7 @@ export function rebuild(
     lease.reqFd = h.reqFd === null ? null : take(fds, h.reqFd);
     lease.noticeFd = h.noticeFd === null ? null : take(fds, h.noticeFd);
     lease.faults.push(...h.faults);
+    lease.faultsTotal = h.faultsTotal ?? h.faults.length;
     if (h.state === 'quarantined') {
       lease.parked();
       lease.reclaimed = Promise.resolve(); // its reclaim ended (in the old broker) with the quarantine

@@ -164,6 +164,7 @@ export function collect(
     reqFd: l.reqFd && !l.reqFd.closed ? add(l.reqFd) : null,
     noticeFd: l.noticeFd && !l.noticeFd.closed ? add(l.noticeFd) : null,
     faults: l.faults,
+    faultsTotal: l.faultsTotal,
     reclaim: deferred.get(l) ?? null,
   }));
   const doc: BrokerState = {

@@ -56,6 +56,8 @@ export interface HandedLease {
   reqFd: number | null;
   noticeFd: number | null;
   faults: DeviceFault[];
+  /** Every fault the lease was sent, `faults` the last of them (absent from an older broker: faults.length). */
+  faultsTotal?: number;
   /** A reclaim asked for while the old broker held the table: the new one runs it at once. */
   reclaim: string | null;
 }
