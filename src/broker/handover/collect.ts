@@ -156,10 +156,15 @@ export function collect(
     quarantineReason: l.quarantineReason,
     deadline: l.deadline,
     mappings: [...l.mappings.values()],
-    slices: [...l.slices.entries()].map(([r, units]) => [
-      r,
-      units.map((u) => ({ fd: add(u.deviceFd), outstanding: u.outstanding, ownOpens: u.ownOpens })),
-    ]),
+    // Units still held: a quarantine let go of its lease's (their fds closed, the lease still lists them),
+    // and there is nothing of them left to hand over.
+    slices: [...l.slices.entries()]
+      .map(([r, units]) => [r, units.filter((u) => !u.deviceFd.closed)] as const)
+      .filter(([, units]) => units.length > 0)
+      .map(([r, units]) => [
+        r,
+        units.map((u) => ({ fd: add(u.deviceFd), outstanding: u.outstanding, ownOpens: u.ownOpens })),
+      ]),
     errFd: l.errFd && !l.errFd.closed ? add(l.errFd) : null,
     reqFd: l.reqFd && !l.reqFd.closed ? add(l.reqFd) : null,
     noticeFd: l.noticeFd && !l.noticeFd.closed ? add(l.noticeFd) : null,
