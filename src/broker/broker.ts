@@ -26,7 +26,13 @@ import { ClientSessions } from './client-sessions.js';
 import type { BrokerConfig } from './config.js';
 import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
 import { DeviceLoss } from './device-loss.js';
-import { adoptDriver, finishTakeOver, inheritedListening, rebuild } from './handover/adopt.js';
+import {
+  adoptDriver,
+  finishTakeOver,
+  inheritedListening,
+  inheritedMetrics,
+  rebuild,
+} from './handover/adopt.js';
 import { type BrokerParts, resume } from './handover/collect.js';
 import type { BrokerState } from './handover/format.js';
 import { type UpgradeOptions, type UpgradeOutcome, upgrade } from './handover/upgrade.js';
@@ -154,12 +160,15 @@ export class Broker extends EventEmitter {
     if (opts.policyModule) policy.setModule(opts.policyModule);
     const driver = factory.create(device, config);
     const broker = new Broker(opts, driver, policy, audit);
+    let metricsFd: Fd | null = null;
     try {
       if (opts.handover) {
         const h = opts.handover;
         await adoptDriver(broker, h.state, h.fds);
         await broker.#directSlices();
         await broker.#listen(inheritedListening(h.state, h.fds));
+        // Taken before rebuild(), which closes every fd not taken by then.
+        metricsFd = inheritedMetrics(h.state, h.fds, config.metrics.listen);
         rebuild(broker, broker.#parts(), h.state, h.fds, (kind, conn, socket, s) =>
           broker.#clients.create(kind, conn, socket, s),
         );
@@ -168,9 +177,14 @@ export class Broker extends EventEmitter {
         await broker.#directSlices();
         await broker.#listen(opts.listening ?? []);
       }
-      if (config.metrics.listen) broker.#metrics = await MetricsServer.start(broker);
+      if (config.metrics.listen) broker.#metrics = await MetricsServer.start(broker, metricsFd);
     } catch (err) {
-      await broker.close();
+      // The new broker of an upgrade touches nothing on its way out: everything it rebuilt is the old broker's,
+      // which carries on (daemon.ts refuses the state and exits at once). A close() here reclaimed the old
+      // broker's live leases on the device both talk to (revoked their slices, reset their queues, unmapped
+      // their DMA) and unwatched their slices in the inotify instance both share; and with the table held, it
+      // waited for good, the old broker with it until its deadline.
+      if (!opts.handover) await broker.close();
       throw err;
     }
     driver.on('fault', (f) => broker.leases.fault(f));
@@ -236,7 +250,12 @@ export class Broker extends EventEmitter {
   }
 
   #parts(): BrokerParts {
-    return { servers: this.#servers, admin: this.#admin, sessions: this.#clients.bySocket };
+    return {
+      servers: this.#servers,
+      admin: this.#admin,
+      metrics: this.#metrics,
+      sessions: this.#clients.bySocket,
+    };
   }
 
   /**

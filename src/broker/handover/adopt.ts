@@ -48,6 +48,18 @@ export async function adoptDriver(b: Broker, state: BrokerState, fds: Fd[]): Pro
   await b.driver.hold?.();
 }
 
+/**
+ * The metrics endpoint's listening socket, if the old broker had one for the same `listen`; one bound for
+ * another address is closed (a dup: the old broker's stays) and the new broker binds its own.
+ */
+export function inheritedMetrics(state: BrokerState, fds: Fd[], listen: string | null): Fd | null {
+  if (!state.metrics) return null;
+  const fd = take(fds, state.metrics.fd);
+  if (state.metrics.listen === listen) return fd;
+  fd.close();
+  return null;
+}
+
 export function inheritedListening(state: BrokerState, fds: Fd[]): ListenSocket[] {
   return state.listening.map((l) => ({ name: l.name, path: l.path, type: l.type, fd: take(fds, l.fd) }));
 }

@@ -12,6 +12,7 @@ import type { StreamSocket } from '../../sys/stream-socket.js';
 import type { VfioUserServer } from '../../vfio/user/server.js';
 import type { AdminServer } from '../admin.js';
 import type { Broker } from '../broker.js';
+import type { MetricsServer } from '../observe/metrics-server.js';
 import type { PendingSession } from '../pending-session.js';
 import {
   type BrokerState,
@@ -25,6 +26,7 @@ import {
 export interface BrokerParts {
   servers: VfioUserServer[];
   admin: AdminServer | null;
+  metrics: MetricsServer | null;
   sessions: Map<object, { pending: PendingSession; pidfd: PidFd | null }>;
 }
 
@@ -179,6 +181,7 @@ export function collect(
     device,
     driver: { name: b.driver.name, state: drv.state, fds: drv.fds.map(add) },
     listening,
+    metrics: p.metrics ? { listen: b.config.metrics.listen!, fd: add(p.metrics.handoverFd()) } : null,
     admin: { connections: (admin?.connections ?? []).map(add), upgradeAsker: admin?.asker ?? null },
     leases: {
       nextId: b.leases.idSequence,

@@ -93,6 +93,11 @@ export interface BrokerState {
     | { transport: 'kernel'; state: KernelDeviceHandover };
   driver: { name: string; state: unknown; fds: number[] };
   listening: { name: string; path: string; type: 'stream' | 'seqpacket'; fd: number }[];
+  /**
+   * The metrics endpoint's listening socket and the `[metrics] listen` it was bound for (absent from an older
+   * broker, or with no endpoint: the new broker binds its own).
+   */
+  metrics?: { listen: string; fd: number } | null;
   /** upgradeAsker: which connection's `upgrade` request is unanswered (added in version 1; may be absent). */
   admin: { connections: number[]; upgradeAsker?: number | null };
   /**

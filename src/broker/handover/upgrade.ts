@@ -142,6 +142,7 @@ export async function upgrade(
     return rollback(explain('gone'));
   }
   const pausedMs = performance.now() - pausedAt;
+  parts.metrics?.stopListening();
   child.unref();
   b.audit.write({ event: 'upgrade-handed-over', pid: child.pid ?? null, pausedMs });
   b.emit('handed-over', child.pid);

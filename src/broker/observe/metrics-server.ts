@@ -1,8 +1,11 @@
 // The Prometheus endpoint: GET /metrics over HTTP on a unix socket or HOST:PORT (config [metrics] listen).
 // Bounded: a few connections at once, and each request must arrive and be answered within deadlines.
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { DevleaseError } from '../../errors.js';
+import { Fd } from '../../sys/fd.js';
+import { native } from '../../sys/native.js';
 import type { Broker } from '../broker.js';
 import { BrokerMetrics } from './metrics.js';
 
@@ -14,6 +17,10 @@ export class MetricsServer {
   /** Where it listens: the socket path, or HOST:PORT with the port bound (for `:0`). */
   readonly endpoint: string;
   readonly #server: Server;
+  /** A dup of the listening socket, made for an upgrade's state (sent as a dup, closed with the server). */
+  #handoverFd: Fd | null = null;
+  /** The socket path this broker serves (removed at close; not when it hands it over). */
+  #path: string | null = null;
   #closed = false;
 
   private constructor(metrics: BrokerMetrics, server: Server, endpoint: string) {
@@ -22,7 +29,12 @@ export class MetricsServer {
     this.endpoint = endpoint;
   }
 
-  static async start(broker: Broker): Promise<MetricsServer> {
+  /**
+   * `inherited`: the listening socket an upgrade's old broker handed over for the same `listen`, served as it
+   * is: the old broker still listens on it until it exits (binding the address again failed with EADDRINUSE,
+   * and a socket path was unlinked from under the old broker, which a rollback left without its endpoint).
+   */
+  static async start(broker: Broker, inherited: Fd | null = null): Promise<MetricsServer> {
     const { listen, mode } = broker.config.metrics;
     if (!listen) throw new Error('metrics.listen is not set');
     const metrics = new BrokerMetrics(broker);
@@ -41,18 +53,23 @@ export class MetricsServer {
     server.headersTimeout = REQUEST_TIMEOUT_MS;
     server.keepAliveTimeout = 5_000;
     const path = listen.startsWith('/') ? listen : null;
+    let fd: number | null = null;
     try {
-      if (path) removeStaleSocket(path);
+      // A path is bound here, not by server.listen(path): libuv unlinks a path it bound when the server
+      // closes, which an upgrade's old broker does as it stops accepting (stopListening) while the new one
+      // serves that socket. unixListen removes only a stale socket file (nobody listening) and sets the mode
+      // before anyone can connect.
+      fd = inherited?.release() ?? (path ? native.unixListen(path, mode, 64, true) : null);
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        if (path) server.listen(path, resolve);
+        if (fd !== null) server.listen({ fd: fd }, resolve);
         else {
           const i = listen.lastIndexOf(':');
           server.listen(Number(listen.slice(i + 1)), listen.slice(0, i).replace(/^\[|\]$/g, ''), resolve);
         }
       });
-      if (path) chmodSync(path, mode);
     } catch (err) {
+      if (fd !== null && !server.listening) native.close(fd); // not the server's yet
       server.close();
       metrics.close();
       throw Object.assign(new Error(`metrics: cannot listen on ${listen}: ${(err as Error).message}`), {
@@ -60,28 +77,46 @@ export class MetricsServer {
       });
     }
     let endpoint = listen;
-    if (!path) {
+    if (!path && !inherited) {
       const a = server.address() as AddressInfo;
       endpoint = `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
     }
-    return new MetricsServer(metrics, server, endpoint);
+    const m = new MetricsServer(metrics, server, endpoint);
+    m.#path = path;
+    return m;
+  }
+
+  /** The listening socket, for an upgrade's state (a dup this server owns). */
+  handoverFd(): Fd {
+    if (this.#handoverFd && !this.#handoverFd.closed) return this.#handoverFd;
+    const fd = (this.#server as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0)
+      throw new DevleaseError(
+        'EINVAL',
+        `metrics: the listening socket on ${this.endpoint} has no descriptor`,
+      );
+    this.#handoverFd = new Fd(native.dup(fd));
+    return this.#handoverFd;
+  }
+
+  /**
+   * An upgrade committed: the new broker serves the listening socket from now on, so this one accepts no more
+   * (a scrape it accepted would die with it as it exits: a reset). Requests in progress are answered.
+   */
+  stopListening(): void {
+    this.#path = null;
+    this.#server.close();
+    this.#server.closeIdleConnections();
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#handoverFd?.close();
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     this.#server.closeAllConnections();
     await closed;
     this.metrics.close();
-  }
-}
-
-/** A socket file left by a broker that died: removed. Anything else at the path is left and listen fails. */
-function removeStaleSocket(path: string): void {
-  try {
-    if (lstatSync(path).isSocket()) unlinkSync(path);
-  } catch {
-    // nothing there
+    if (this.#path) rmSync(this.#path, { force: true });
   }
 }
