@@ -80,10 +80,17 @@ export async function mapForLease(
     // Sent to the device: the connection may start the session's next pipelined request (its device call
     // queues behind this one on the device connection, which serves in order).
     req.issued?.();
-    await mapped;
+    await mapped.catch((err: { code?: string }) => {
+      // Not answered in time: the device may still make the map, which no mapping of the lease records.
+      if (err?.code === 'ETIMEDOUT') lease.unknownMaps = true;
+      throw err;
+    });
     if (!lease.live) {
       // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
-      await table.device.dmaUnmap(deviceIova, req.size);
+      await table.device.dmaUnmap(deviceIova, req.size).catch((err) => {
+        lease.unknownMaps = true;
+        throw err;
+      });
       throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
     }
     lease.mappings.set(req.iova, { iova: req.iova, deviceIova, size: req.size, read, write });

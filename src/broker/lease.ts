@@ -72,6 +72,11 @@ export class Lease {
   /** Revocation deadline (ms since epoch) while `revoking`. */
   deadline: number | null = null;
   readonly mappings = new LeaseMappings();
+  /**
+   * A DMA_MAP the device may have made without the broker knowing: its answer timed out (the device may still
+   * serve it), or the undo of a map made while the lease ended failed. Reclaim then unmaps the whole window.
+   */
+  unknownMaps = false;
   /** The uid accounts this lease counts in while it is in the table (LeaseTable.add/remove), and its share there. */
   #accounts: UsageAccounts | null = null;
   #share: Usage = { leases: 0, mappedBytes: 0n, mappings: 0 };

@@ -172,6 +172,7 @@ export function collect(
     noticeFd: l.noticeFd && !l.noticeFd.closed ? add(l.noticeFd) : null,
     faults: l.faults,
     faultsTotal: l.faultsTotal,
+    unknownMaps: l.unknownMaps,
     reclaim: deferred.get(l) ?? null,
   }));
   const doc: BrokerState = {
