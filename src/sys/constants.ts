@@ -21,6 +21,7 @@ export const F_SEAL_SEAL = constant('F_SEAL_SEAL');
 export const F_SEAL_SHRINK = constant('F_SEAL_SHRINK');
 export const F_SEAL_GROW = constant('F_SEAL_GROW');
 export const F_SEAL_WRITE = constant('F_SEAL_WRITE');
+export const F_SEAL_FUTURE_WRITE = constant('F_SEAL_FUTURE_WRITE');
 
 export const PAGE_SIZE = constant('PAGE_SIZE');
 

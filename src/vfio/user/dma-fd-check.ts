@@ -18,6 +18,7 @@
 // system. So is a block device (a loop device may be backed by such a file).
 
 import { VfioError } from '../../errors.js';
+import { F_SEAL_FUTURE_WRITE, F_SEAL_WRITE } from '../../sys/constants.js';
 import { native } from '../../sys/native.js';
 import { readHead } from '../../sys/read-head.js';
 
@@ -32,6 +33,7 @@ const NOT_MEMORY = new Map([
   [S_IFSOCK, 'a socket'],
   [S_IFDIR, 'a directory'],
 ]);
+const SEALED_AGAINST_WRITING = F_SEAL_WRITE | F_SEAL_FUTURE_WRITE;
 const O_ACCMODE = 0o3;
 const O_RDONLY = 0o0;
 const O_WRONLY = 0o1;
@@ -63,10 +65,20 @@ export function checkDmaFd(
     );
   }
   if (type === S_IFREG) {
-    if (files === 'memory' && !isMemory(fd)) {
+    const seals = sealsOf(fd);
+    if (files === 'memory' && seals === null) {
       throw new VfioError(
         'EPERM',
         `the DMA_MAP fd is a file on ${fileSystemOf(st.mntId, pid)}, not memory: this broker maps a memfd or a file on tmpfs or hugetlbfs (policy.dma_files = "memory")`,
+      );
+    }
+    // A memfd sealed against writing: mmap refuses a shared writable map of it, but IOMMU_IOAS_MAP_FILE
+    // (the iommufd path: no mmap) does not check the seals on every kernel that has it, and the device could
+    // write memory its creator sealed. Refused here, on every path alike.
+    if (m.write && seals !== null && (seals & SEALED_AGAINST_WRITING) !== 0) {
+      throw new VfioError(
+        'EPERM',
+        'the DMA_MAP fd is sealed against writing (F_SEAL_WRITE or F_SEAL_FUTURE_WRITE), but the map lets the device write',
       );
     }
     const fileSize = BigInt(st.size);
@@ -100,13 +112,15 @@ function accessMode(fd: number): number | null {
   }
 }
 
-/** memfd, tmpfs (shmem) and hugetlbfs files answer F_GET_SEALS; no other file does (EINVAL), nor asks its file system. */
-function isMemory(fd: number): boolean {
+/**
+ * The file's seals, or null when it is not memory: memfd, tmpfs (shmem) and hugetlbfs files answer F_GET_SEALS;
+ * no other file does (EINVAL), nor asks its file system.
+ */
+function sealsOf(fd: number): number | null {
   try {
-    native.getSeals(fd);
-    return true;
+    return native.getSeals(fd);
   } catch (err) {
-    if ((err as { code?: string }).code === 'EINVAL') return false;
+    if ((err as { code?: string }).code === 'EINVAL') return null;
     throw err; // EBADF, or a failure of the call itself: not an answer about the file
   }
 }
