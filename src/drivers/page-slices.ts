@@ -49,7 +49,9 @@ export function pageIsolation(dev: Device): { level: Isolation; mappable: boolea
         reason:
           'mapped directly from the VFIO device fd, handed over once and closed before connect() returned; the ' +
           'broker checks from /proc that no process keeps or passes the fd and that every mapping lies in its ' +
-          'lease; the kernel does not prevent misuse (its dma-buf of a BAR has no mmap and no revoke). At a ' +
+          'lease; the kernel does not prevent misuse (its dma-buf of a BAR has no mmap and no revoke): while a ' +
+          'holder has the fd it can do all the fd allows (every region, config space, reset, a dma-buf export), ' +
+          'unseen by the audit, so the holder is trusted not to be hostile. At a ' +
           "revoke's deadline every process still mapping the page is killed: the strongest revoke a stock kernel allows",
       },
     };
