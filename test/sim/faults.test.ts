@@ -86,6 +86,38 @@ test('windows changed while a queue is disabled (not reset) apply when it is ena
   );
 });
 
+test('a window moved or shrunk off the latched rings while the queue is disabled: WINDOW_VIOLATION at re-enable, nothing fetched or written outside it', async () => {
+  // The rings (SQ 512 bytes, CQ right after) at HOST_IOVA, inside the first window; the second leaves out
+  // the SQ (moved) or the CQ (shrunk to the SQ alone).
+  const cases = [
+    { name: 'moved', win: { base: HOST_IOVA + 0x1_0000n, size: 0x1_0000n }, at: HOST_IOVA },
+    { name: 'shrunk', win: { base: HOST_IOVA, size: 512n }, at: HOST_IOVA + 512n },
+  ];
+  for (const c of cases) {
+    const p = await booted();
+    const tq = await queue(p, 0, { window: { base: HOST_IOVA, size: 0x1_0000n }, ringOffset: 0 });
+    await tq.submit([{ opcode: ds.OP_NOP, tag: 1n }]);
+    assert.equal((await tq.reap(1))[0]?.status, ds.ST_OK, `${c.name}: rings latched inside the window`);
+    await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), 0);
+    await w64(p.bus, BAR0, qcfg(0, ds.Q_WIN_BASE), c.win.base);
+    await w64(p.bus, BAR0, qcfg(0, ds.Q_WIN_SIZE), c.win.size);
+    await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_ENABLE);
+    const faultsBefore = faultVector(p);
+    await tq.submit([{ opcode: ds.OP_NOP, tag: 2n }]);
+    p.dev.runUntilIdle();
+    assert.equal(tq.peek(1), null, `${c.name}: no completion written outside the window`);
+    assert.equal(await tq.pageRead32(ds.QP_SQ_HEAD), 1, `${c.name}: no SQ entry fetched`);
+    assert.equal(await tq.pageRead32(ds.QP_CQ_TAIL), 1, `${c.name}: CQ_TAIL not advanced`);
+    assert.deepEqual(
+      await lastFault(p),
+      { queue: 0, code: ds.ST_WINDOW_VIOLATION, iova: c.at },
+      `${c.name}: the first ring address outside the new window`,
+    );
+    await expectQueueError(p, 0, ds.ST_WINDOW_VIOLATION);
+    assert.equal(faultVector(p), faultsBefore + 1, `${c.name}: the fault vector fired once`);
+  }
+});
+
 test('IOMMU_FAULT: unmapped IOVA inside the window, and a write through a read-only map', async () => {
   const p = await booted();
   const ro = p.map(0x40_0000n, 4096, { read: true, write: false });

@@ -81,7 +81,7 @@ export class Engine {
     }
     const tail = q.sqTail;
     if (tail === q.sqHead) return false;
-    if (!q.latched && !this.#latch(q)) return true;
+    if (!q.ringsChecked && !this.#checkRings(q)) return true;
     if ((tail - q.sqHead) >>> 0 > q.sqSize) {
       this.#queueFault(q, ST_BAD_QUEUE_CONFIG, BigInt(tail));
       return true;
@@ -229,10 +229,15 @@ export class Engine {
     this.ctx.signalQueue(q);
   }
 
-  /** Check and latch the ring registers; on a bad configuration the queue goes to ERROR. */
-  #latch(q: Queue): boolean {
-    q.latched = true;
-    q.latch();
+  /**
+   * Latch the ring registers (the first doorbell after a queue reset) and check them against the windows of
+   * this enable; on a bad configuration the queue goes to ERROR. Runs once per enable: the rings stay latched
+   * across a disable (§2.3: until a queue reset), the windows do not (§2.2), so a re-enabled queue whose
+   * window no longer holds its rings faults here instead of fetching and completing outside it.
+   */
+  #checkRings(q: Queue): boolean {
+    if (!q.latched) q.latch();
+    q.ringsChecked = true;
     if (!isPow2Ring(q.sqSize) || q.sqBase % BigInt(SQ_BASE_ALIGN) !== 0n) {
       this.#queueFault(q, ST_BAD_QUEUE_CONFIG, q.sqBase);
       return false;

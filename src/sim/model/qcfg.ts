@@ -61,6 +61,12 @@ export class QueueRegisters {
   #inflightShown = 0;
   /** Called when ENABLE or ERROR changes (the device's list of queues a round visits is stale then). */
   onRunStateChange: (() => void) | null = null;
+  /**
+   * The latched rings were checked against the windows of the current enable (engine.ts #checkRings). Every
+   * enable clears it: the owner may have moved or shrunk the window while the queue was disabled (§2.2), and
+   * §4 holds the rings to the window in force, so a queue re-enabled with latched rings is checked again.
+   */
+  ringsChecked = false;
 
   constructor(
     readonly index: number,
@@ -80,6 +86,7 @@ export class QueueRegisters {
       this.#memSize = this.regs.load(this.qcfgAt + Q_MEM_SIZE);
       this.#xlat = this.regs.load64(this.qcfgAt + Q_XLAT);
       this.#plainWindow = exactWindow(this.#winBase, this.#winSize, this.#xlat);
+      this.ringsChecked = false;
     }
     const changed = v !== this.#enabled;
     this.#enabled = v;
