@@ -274,8 +274,8 @@ export class Engine {
   }
 
   /**
-   * Write one completion. When the CQ slot itself is unmapped (the window was
-   * checked at latch) only a fault record is written; returns false then.
+   * Write one completion. When the CQ slot itself is unmapped, or its backing shrank under the store (the
+   * window was checked at latch) only a fault record is written; returns false then.
    */
   #writeCompletion(q: Queue, desc: Descriptor, out: Outcome): boolean {
     const tagLo = Number(desc.tag & 0xffff_ffffn) | 0;
@@ -313,6 +313,10 @@ export class Engine {
       const tag = (BigInt(tagHi >>> 0) << 32n) | BigInt(tagLo >>> 0);
       writeCompletion(segs[0] as Uint8Array, tag, out.result, out.status, phase);
     }
+    // A CQ whose backing shrank (rev 2 §7): the store that found it gone went to the guard's zero page, so
+    // the completion is not in the ring. Checked after the phase word, so a shrink racing any of the slot's
+    // stores is seen; one load when no mapping was revoked, as for the SQ fetch.
+    if (this.ctx.iommu.sync() && this.#cqSlotDied(q, out)) return false;
     // Injected (tests): the CQE is out, CQ_TAIL and the interrupt not yet.
     if (this.completionLagMs !== 0) this.#lagCompletion();
     q.cqTail = (q.cqTail + 1) >>> 0;
@@ -333,6 +337,21 @@ export class Engine {
   #beforePhase(q: Queue, out: Outcome): void {
     q.completed += 1;
     q.bytes += out.bytes;
+  }
+
+  /**
+   * After a revocation: if the CQ slot just written lies in a map whose backing shrank, take back the counts
+   * #beforePhase gave it (Q_COMPLETED counts completions written) and fault the queue at the slot's IOVA,
+   * leaving CQ_TAIL where it was (§7: an access past the end completes as IOMMU_FAULT).
+   */
+  #cqSlotDied(q: Queue, out: Outcome): boolean {
+    const slot = q.cqBase + BigInt((q.cqTail % q.cqSize) * CQ_ENTRY_SIZE);
+    const at = deadAt(this.ctx.iommu, q, slot, CQ_ENTRY_SIZE);
+    if (at === null) return false;
+    q.completed -= 1;
+    q.bytes -= out.bytes;
+    this.#queueFault(q, ST_IOMMU_FAULT, at);
+    return true;
   }
 
   /** inject completionLag: ms the next completion holds between its CQE and CQ_TAIL (0: none). */
