@@ -1,12 +1,14 @@
 // Descriptor execution, rings, phase, back-pressure, fairness and interrupt
-// coalescing, on the device model driven in-process.
+// coalescing (a batch ended by the device stopping included), on the device
+// model driven in-process.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { PCI_COMMAND, PCI_COMMAND_MEMORY } from '../../src/sim/model/config-space.js';
 import { crc32c } from '../../src/sim/model/crc32c.js';
 import * as ds from '../../src/sim/model/datasheet.js';
-import { VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
-import { BAR0, qcfg, r32, r64 } from './helpers/driver.js';
-import { booted, HOST_IOVA, queue } from './helpers/scenario.js';
+import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
+import { BAR0, CONFIG, qcfg, r32, r64, w32 } from './helpers/driver.js';
+import { type Booted, booted, HOST_IOVA, queue } from './helpers/scenario.js';
 
 const DATA = 0x8_0000; // offset of scratch data inside host memory
 const at = (off: number): bigint => HOST_IOVA + BigInt(off);
@@ -228,6 +230,58 @@ test('interrupts coalesce: one signal per batch, IRQ_MODE 0 only for INTR descri
   await tq.reap(1);
   p.dev.runUntilIdle();
   assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 2), 5);
+});
+
+test('completions written right before the device stops still get their interrupt (CONTROL.ENABLE, bus master, a failed firmware load, a hang)', async () => {
+  const stops: { name: string; stop: (p: Booted) => Promise<void> }[] = [
+    { name: 'CONTROL.ENABLE cleared', stop: (p) => w32(p.bus, BAR0, ds.REG_CONTROL, 0) },
+    {
+      name: 'bus master cleared',
+      stop: (p) => p.bus.write(CONFIG, PCI_COMMAND, new Uint8Array([PCI_COMMAND_MEMORY, 0])),
+    },
+    {
+      name: 'a firmware load that fails',
+      stop: async (p) => {
+        await w32(p.bus, BAR0, ds.REG_FW_LEN, 0); // bad length: FW_STATUS error, no firmware running
+        await w32(p.bus, BAR0, ds.REG_FW_CMD, ds.FW_CMD_LOAD);
+      },
+    },
+    {
+      // docs/SA-1.md: the hang ends the batch and signals it as it begins; a hung device signals nothing new.
+      name: 'a hang',
+      stop: async (p) => {
+        p.dev.injectHang();
+        assert.deepEqual(
+          p.irqs,
+          [
+            [VFIO_PCI_MSIX_IRQ_INDEX, 2],
+            [VFIO_PCI_MSIX_IRQ_INDEX, p.dev.options.numQueues],
+            [VFIO_PCI_ERR_IRQ_INDEX, 0],
+          ],
+          'the owed queue vector first, then the HANG record and ERR; nothing after (below)',
+        );
+      },
+    },
+  ];
+  for (const c of stops) {
+    const p = await booted();
+    const tq = await queue(p, 2, { sqSize: 16, cqSize: 16 });
+    await tq.submit([
+      { opcode: ds.OP_NOP, tag: 1n },
+      { opcode: ds.OP_NOP, tag: 2n },
+    ]);
+    p.dev.step(); // the first completion is written; the queue has more, so its batch is still open
+    assert.equal(tq.peek(0)?.tag, 1n, `${c.name}: the first completion written`);
+    assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 2), 0, `${c.name}: its batch not yet signalled`);
+    await c.stop(p);
+    p.dev.runUntilIdle();
+    assert.equal(tq.peek(1), null, `${c.name}: the device stopped before the second`);
+    assert.equal(
+      p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 2),
+      1,
+      `${c.name}: the written completion's batch is signalled once, without the device running again`,
+    );
+  }
 });
 
 test('a queue that goes to ERROR while it owes a coalesced interrupt still signals it', async () => {

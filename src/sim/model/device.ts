@@ -234,6 +234,10 @@ export class Sa1Device {
 
   injectHang(): void {
     if (this.hung) return;
+    // The hang ends every completion batch: what is owed for completions already written is signalled as it
+    // begins (§2.4), before HUNG shows. From then on the device signals nothing new (it runs no turn, so no
+    // queue comes to owe an interrupt) but the hang's own fault vector and ERR (docs/SA-1.md).
+    for (const q of this.queues) if (q.irqPending > 0) this.engine.flushInterrupt(q);
     const record = this.faults.record(FAULT_QUEUE_DEVICE, FAULT_HANG, 0n);
     this.hung = true;
     this.firmware.hang();
@@ -304,18 +308,19 @@ export class Sa1Device {
     // The list as of the round's start: a queue enabled by an owner command served between turns runs from
     // the next round; one that stops (disabled, ERROR) is skipped by the check below.
     const watched = this.watchedQueues;
-    if (canRun) {
-      for (const q of watched) {
-        q.busy = false;
-        if (!q.enabled || q.error || !canRun) continue;
-        q.busy = this.engine.turn(q);
-        if (q.busy) {
-          q.publishInflight(q.inflight.length);
-          work = true;
-          if (between) {
-            between();
-            canRun = this.canRun();
-          }
+    for (const q of watched) {
+      // Cleared whether or not the device can run: a queue that takes no turn this round ended its batch, and
+      // the flush below signals what its completions are owed (§2.4), also when the device stopped (CONTROL,
+      // bus master, a firmware load that failed) right after writing them.
+      q.busy = false;
+      if (!canRun || !q.enabled || q.error) continue;
+      q.busy = this.engine.turn(q);
+      if (q.busy) {
+        q.publishInflight(q.inflight.length);
+        work = true;
+        if (between) {
+          between();
+          canRun = this.canRun();
         }
       }
     }
