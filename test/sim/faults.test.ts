@@ -1,12 +1,15 @@
 // Queue faults: every error status with its fault record and interrupt;
 // windows (rings included); IOMMU faults, also after DMA_UNMAP with
-// descriptors in flight; aborts on disable and reset. The device-wide faults
+// descriptors in flight; aborts on disable and reset (none written while bus
+// master is clear). The device-wide faults
 // (firmware, hang, injection, stuck reset, the fault log ring) are
 // device-faults.test.ts.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../src/sim/model/config-space.js';
 import * as ds from '../../src/sim/model/datasheet.js';
-import { BAR0, qcfg, r32, w32, w64 } from './helpers/driver.js';
+import { VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
+import { BAR0, CONFIG, qcfg, r32, w32, w64 } from './helpers/driver.js';
 import { expectQueueError, faultVector, lastFault } from './helpers/fault-log.js';
 import { booted, HOST_IOVA, queue } from './helpers/scenario.js';
 
@@ -278,6 +281,47 @@ test('ABORTED for descriptors in flight when a queue is disabled or reset', asyn
     ],
   );
   assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 0);
+});
+
+test('bus master clear: a disable, a queue reset or a device reset writes no ABORTED completion; the descriptors in flight are dropped', async () => {
+  const ends = [
+    { name: 'Q_CTRL.ENABLE cleared', value: 0, reg: qcfg(0, ds.Q_CTRL) },
+    { name: 'Q_CTRL.RESET', value: ds.Q_CTRL_RESET, reg: qcfg(0, ds.Q_CTRL) },
+    { name: 'CONTROL.RESET', value: ds.CONTROL_RESET, reg: ds.REG_CONTROL },
+  ];
+  for (const c of ends) {
+    const p = await booted();
+    const tq = await queue(p, 0, { ringOffset: 0 });
+    p.dev.setDescriptorDelay(1000);
+    await tq.submit([
+      { opcode: ds.OP_NOP, tag: 1n },
+      { opcode: ds.OP_NOP, tag: 2n },
+    ]);
+    p.dev.step();
+    p.dev.step();
+    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 2, `${c.name}: two in flight`);
+    await p.bus.write(CONFIG, PCI_COMMAND, new Uint8Array([PCI_COMMAND_MEMORY, 0])); // bus master off
+    await w32(p.bus, BAR0, c.reg, c.value);
+    const cq = p.host.view.subarray(tq.cqOffset, tq.cqOffset + 8 * ds.CQ_ENTRY_SIZE);
+    assert.ok(
+      cq.every((b) => b === 0),
+      `${c.name}: nothing written to the completion ring (DMA is refused while bus master is clear)`,
+    );
+    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 0, `${c.name}: nothing in flight`);
+    assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 0), 0, `${c.name}: no interrupt`);
+    if (c.value !== 0) continue;
+    // Disabled, not reset: the indexes are kept, so with bus master back the queue continues after the
+    // dropped descriptors, and its next completion takes the first CQ slot.
+    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_COMPLETED)), 0, 'the dropped ones are not counted');
+    p.dev.setDescriptorDelay(0);
+    await p.bus.write(CONFIG, PCI_COMMAND, new Uint8Array([PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, 0]));
+    await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_ENABLE);
+    await tq.submit([{ opcode: ds.OP_NOP, tag: 3n }]);
+    assert.deepEqual(
+      (await tq.reap(1)).map((x) => [x.tag, x.status]),
+      [[3n, ds.ST_OK]],
+    );
+  }
 });
 
 test('a completion ring that becomes unmapped: only the fault record is written', async () => {

@@ -102,6 +102,7 @@ export class Sa1Device {
       faults: this.faults,
       now: this.#now,
       delayMs: (q) => this.#inject.delayMs(q.index),
+      busMaster: () => this.config.busMaster,
       signalQueue: (q) => {
         if (q.vector <= this.options.numQueues) this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, q.vector);
       },

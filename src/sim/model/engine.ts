@@ -48,6 +48,8 @@ export interface EngineContext {
   now(): number;
   /** Per-descriptor delay (ms) in force for queue q. */
   delayMs(q: Queue): number;
+  /** Config space bus master (§1): DMA is refused while it is clear. */
+  busMaster(): boolean;
   /** Fire queue q's MSI-X vector. */
   signalQueue(q: Queue): void;
   /** Wait out the lag injected for the next error before it shows its state (inject 'errorLag'), once. */
@@ -193,14 +195,19 @@ export class Engine {
     return new Int32Array(s.buffer, s.byteOffset, length / 4);
   }
 
-  /** Write ABORTED for every in-flight descriptor (queue reset or disable). */
+  /**
+   * Write ABORTED for every in-flight descriptor (queue reset or disable). With bus master clear the device
+   * may not DMA (§1), so they are dropped unwritten (docs/SA-1.md): no completion, no count, no interrupt.
+   */
   abort(q: Queue): void {
     const pending = q.inflight;
     q.inflight = [];
-    for (const entry of pending) {
-      if (!this.#writeCompletion(q, entry.desc, { status: ST_ABORTED, result: 0, bytes: 0, at: 0n })) break;
+    if (pending.length > 0 && this.ctx.busMaster()) {
+      for (const entry of pending) {
+        if (!this.#writeCompletion(q, entry.desc, { status: ST_ABORTED, result: 0, bytes: 0, at: 0n })) break;
+      }
     }
-    if (q.irqPending > 0) this.flushInterrupt(q);
+    if (q.irqPending > 0) this.flushInterrupt(q); // owed for completions written before: not DMA, still due
   }
 
   /**
