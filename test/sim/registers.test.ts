@@ -4,8 +4,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { VfioError } from '../../src/errors.js';
+import { startSimulator } from '../../src/sim/index.js';
 import { MSIX_CAP_OFFSET, PCI_CAP_ID_MSIX } from '../../src/sim/model/config-space.js';
 import * as ds from '../../src/sim/model/datasheet.js';
+import { OptionError } from '../../src/sim/model/options.js';
 import { BAR0, BAR2, BAR4, CONFIG, qcfg, r32, r64, w32, w64 } from './helpers/driver.js';
 import { inProcess } from './helpers/inproc.js';
 import { booted, queue } from './helpers/scenario.js';
@@ -72,6 +74,24 @@ test('BAR0 identity and geometry registers', async () => {
   await w32(p.bus, BAR0, ds.REG_SCRATCH, 0xdeadbeef);
   assert.equal(await r32(p.bus, BAR0, ds.REG_SCRATCH), 0xdeadbeef);
   assert.equal(await r32(p.bus, BAR0, 0x0ffc), 0, 'reserved offsets read 0');
+});
+
+test('a device memory DEVMEM_SIZE_MB cannot report (under 1 MiB) is refused, naming the option', async () => {
+  for (const devmemSize of [1 << 16, 1 << 19]) {
+    const named = (e: unknown): boolean =>
+      e instanceof OptionError &&
+      e.option === 'devmemSize' &&
+      e.message ===
+        `devmemSize must be a whole number of MiB, at least 1048576 bytes (DEVMEM_SIZE_MB reports it in MiB), got ${devmemSize}`;
+    assert.throws(() => inProcess({ devmemSize, devmemGranule: 1 << 16 }), named, `${devmemSize} bytes`);
+    await assert.rejects(
+      startSimulator({ socketPath: '/nonexistent/sa1.sock', devmemSize, devmemGranule: 1 << 16 }),
+      named,
+      `startSimulator, ${devmemSize} bytes`,
+    );
+  }
+  const smallest = inProcess({ devmemSize: 1 << 20, devmemGranule: 1 << 16 });
+  assert.equal(await r32(smallest.bus, BAR0, ds.REG_DEVMEM_SIZE_MB), 1, '1 MiB, the smallest, reads 1');
 });
 
 test('BAR0 CONTROL, firmware registers, HEARTBEAT, FW_CMD write-only', async () => {

@@ -8,7 +8,7 @@ export interface Sa1Options {
   numQueues: number;
   /** QUEUE_STRIDE in bytes: a power of two, 4096..65536. */
   queueStride: number;
-  /** DEVMEM_SIZE in bytes: a power of two and a multiple of the granule. */
+  /** DEVMEM_SIZE in bytes: a power of two of at least 1 MiB, and a multiple of the granule. */
   devmemSize: number;
   /** DEVMEM_GRANULE in bytes: a power of two, at least 64 KiB. */
   devmemGranule: number;
@@ -26,6 +26,8 @@ export const DEFAULT_OPTIONS: Readonly<Sa1Options> = Object.freeze({
 
 /** Largest device memory the simulator accepts (DEVMEM_SIZE_MB is 32-bit; 4 GiB keeps BAR4 sane). */
 export const MAX_DEVMEM_SIZE = 4 * 1024 * 1024 * 1024;
+/** DEVMEM_SIZE_MB's unit: device memory is a whole number of MiB. */
+export const DEVMEM_SIZE_UNIT = 1024 * 1024;
 export const MAX_IDLE_POLL_US = 1_000_000;
 /**
  * The idle poll interval of a device that has handed out kick fds (GET_REGION_IO_FDS) and sleeps with
@@ -102,6 +104,14 @@ export function resolveOptions(
       names.devmemSize,
       `${names.devmemSize} must be a power of two, a multiple of the granule (${o.devmemGranule} bytes) ` +
         `and at most ${MAX_DEVMEM_SIZE} bytes, got ${o.devmemSize}`,
+    );
+  }
+  // DEVMEM_SIZE_MB (§2.1) reports the size in whole MiB: a smaller power of two would read 0 there.
+  if (o.devmemSize < DEVMEM_SIZE_UNIT || o.devmemSize % DEVMEM_SIZE_UNIT !== 0) {
+    throw new OptionError(
+      names.devmemSize,
+      `${names.devmemSize} must be a whole number of MiB, at least ${DEVMEM_SIZE_UNIT} bytes ` +
+        `(DEVMEM_SIZE_MB reports it in MiB), got ${o.devmemSize}`,
     );
   }
   if (!int(o.idlePollUs) || o.idlePollUs < 0 || o.idlePollUs > MAX_IDLE_POLL_US) {
