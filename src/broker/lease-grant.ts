@@ -32,6 +32,7 @@ export async function grantLease(
   // resources of this generation without yielding in between.
   table.checkOpen(who);
   const generation = table.generation;
+  const suspensions = table.suspensions;
   let resources: ReturnType<Driver['acquire']>;
   try {
     resources = table.driver.acquire(req);
@@ -69,6 +70,15 @@ export async function grantLease(
     if (failed) throw failed.reason;
     if (generation !== table.generation) {
       throw new VfioError('ENODEV', table.deviceGone ?? 'the device connection was lost during the grant');
+    }
+    // A recovery or an owner's reset began while the device programmed this lease: it reclaimed the leases in
+    // the table, not this one, and resets the device behind these commands (the queue would be left disabled,
+    // its holder never told).
+    if (suspensions !== table.suspensions) {
+      throw new VfioError(
+        'EAGAIN',
+        `${table.suspended ?? 'the device was recovered'} (it began while this lease was being granted)`,
+      );
     }
   } catch (err) {
     for (const units of lease.slices.values()) for (const u of units) u.dispose(table.watcher);

@@ -51,8 +51,24 @@ export class LeaseTable extends EventEmitter {
   /** The audited slice provider, on a device that hands out its fd for direct slices (set by the broker). */
   direct: DirectSlices | null = null;
 
+  #suspended: string | null = null;
+  #suspensions = 0;
   /** Why grants are suspended (recovery, shutdown), or null. Unlike draining, this is not the owner's choice. */
-  suspended: string | null = null;
+  get suspended(): string | null {
+    return this.#suspended;
+  }
+  set suspended(why: string | null) {
+    if (why !== null && this.#suspended === null) this.#suspensions++;
+    this.#suspended = why;
+  }
+  /**
+   * How many times grants were suspended: a grant in progress compares it before and after its device commands,
+   * since a recovery (or shutdown) may have begun and even ended meanwhile, and reclaimed only the leases then in
+   * the table, not the one being granted.
+   */
+  get suspensions(): number {
+    return this.#suspensions;
+  }
   /** Why there is no device to lease (its connection is lost; the broker is reconnecting), or null. */
   deviceGone: string | null = null;
 
