@@ -131,12 +131,16 @@ export async function reload(source: ConfigSource, t: ReloadTarget): Promise<Rel
   for (const k of Object.keys(t.identity) as (keyof ConfigIdentity)[]) delete t.identity[k];
   Object.assign(t.identity, identity);
 
+  // Grants that passed the old policy and are still being programmed are in the table once these end.
+  await t.leases.grantsSettled();
   const refused = await recheck(t.leases, policy);
   const onReload = next.policy.onReload;
   const outcome: ReloadOutcome = { config: identity, previous, onReload, refused: [] };
   for (const r of refused) {
     const action = onReload === 'revoke' ? 'revoked' : 'kept';
     if (action === 'revoked') {
+      // Not there any more: it ended while the policy's hook ran for the leases after it.
+      if (!t.leases.get(r.lease)) continue;
       t.leases.revoke(r.lease, next.policy.onReloadDeadlineMs, `the reloaded policy refuses it: ${r.reason}`);
     } else {
       t.audit.write({ event: 'reload-kept', lease: r.lease, pid: r.pid, uid: r.uid, reason: r.reason });

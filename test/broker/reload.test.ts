@@ -6,7 +6,7 @@
 // names the sha256 of the config that decided it.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -193,3 +193,96 @@ test('a changed policy module is imported afresh on reload, and decisions name i
     }
   });
 });
+
+// A lease that ends while the reload's policy hook runs for the leases before it: the reload went on to revoke
+// it by id, which threw ENOENT — the new policy was in place, but the leases after it were not revoked, no
+// `reload` record was written, and the caller was told "no lease".
+test('on_reload = "revoke": a refused lease that ends while the new policy is being asked does not stop the others being revoked', async () => {
+  const mod = join(dir, 'slow-policy.mjs');
+  writeFileSync(mod, 'export function lease() { return { allow: true }; }\n');
+  await withRig(policy(4, `module = "${mod}"`), async (rig, file, admin) => {
+    const clients = await Promise.all([ClientProc.spawn(), ClientProc.spawn(), ClientProc.spawn()]);
+    try {
+      const ids: string[] = [];
+      for (const c of clients) ids.push((await c.call('connect', { socket: rig.socket })).info.lease);
+      // The new module refuses everything, slowly, and says when it is first asked: the first lease ends while
+      // it is asked about.
+      const slow = join(dir, 'slow-policy-2.mjs');
+      const asked = join(dir, 'slow-policy-asked');
+      writeFileSync(
+        slow,
+        "import { appendFileSync } from 'node:fs';\n" +
+          `export async function lease() { appendFileSync(${JSON.stringify(asked)}, 'x'); ` +
+          "await new Promise((r) => setTimeout(r, 1500)); return { allow: false, reason: 'closed' }; }\n",
+      );
+      writeFileSync(
+        file,
+        policy(4, `module = "${slow}"\non_reload = "revoke"\non_reload_deadline_ms = 60000`),
+      );
+      const reloaded = adminRequest(admin, { op: 'reload' }, 60_000) as Promise<ReloadOutcome>;
+      await until('the new policy to be asked about the first lease', () => existsSync(asked), 20_000);
+      await clients[0]!.exit();
+      await until('the first lease to end', () => !rig.broker.leases.get(ids[0]!), 20_000);
+      const out = await reloaded;
+      assert.deepEqual(
+        out.refused.map((r) => [r.lease, r.action]),
+        [
+          [ids[1], 'revoked'],
+          [ids[2], 'revoked'],
+        ],
+      );
+      for (const id of ids.slice(1)) assert.equal(rig.broker.leases.get(id)?.state, 'revoking');
+      assert.ok(
+        rig.audit.some((e) => e.event === 'reload'),
+        'the reload is audited',
+      );
+    } finally {
+      await Promise.all(clients.map((c) => c.exit()));
+    }
+  });
+});
+
+// A grant that passed the old policy and was still being programmed when the reload checked the leases: added
+// after the check, it was never checked, and on_reload = "revoke" did not reach it.
+test('on_reload = "revoke": a lease still being granted when the policy is reloaded is checked against the new policy too', async () => {
+  await withRig(policy(4), async (rig, file, admin) => {
+    const c = await ClientProc.spawn();
+    const driver = rig.broker.driver;
+    const activate = driver.activate.bind(driver);
+    const oldPolicy = rig.broker.leases.policy;
+    // The device stops as the grant's programming goes out; it goes on once the reload swapped the policy.
+    driver.activate = (res) => {
+      process.kill(rig.sim.pid, 'SIGSTOP');
+      return activate(res);
+    };
+    try {
+      writeFileSync(file, policy(0, 'on_reload = "revoke"\non_reload_deadline_ms = 60000'));
+      const granted = c.call('connect', { socket: rig.socket });
+      await until(
+        'the grant to reach the device',
+        () => driver.activate !== activate && stoppedSim(rig),
+        20_000,
+      );
+      const reloaded = adminRequest(admin, { op: 'reload' }, 60_000) as Promise<ReloadOutcome>;
+      await until('the new policy to be in place', () => rig.broker.leases.policy !== oldPolicy, 20_000);
+      process.kill(rig.sim.pid, 'SIGCONT');
+      const lease = (await granted).info.lease;
+      const out = await reloaded;
+      assert.deepEqual(
+        out.refused.map((r) => [r.lease, r.action]),
+        [[lease, 'revoked']],
+      );
+      assert.equal(rig.broker.leases.get(lease)?.state, 'revoking');
+    } finally {
+      process.kill(rig.sim.pid, 'SIGCONT');
+      driver.activate = activate;
+      await c.exit();
+    }
+  });
+});
+
+/** Whether the rig's simulator process is stopped (SIGSTOP). */
+function stoppedSim(rig: Rig): boolean {
+  const stat = readFileSync(`/proc/${rig.sim.pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2)[0] === 'T';
+}
