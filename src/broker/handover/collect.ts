@@ -66,6 +66,11 @@ export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadl
       dev.client.socket.pause();
     }
     // A kernel device's calls are ioctls, done by the time they return: nothing in flight to wait for.
+    // Asked again now that nothing new can start: a recovery that began while the new broker started (a hang
+    // the heartbeat saw) runs through the hold, between its device calls, and its next ones would go out on
+    // the connection the new broker reads; nor would it hand over a half-booted device as ready.
+    const why = cannotUpgrade(b);
+    if (why) throw new DevleaseError('EAGAIN', `the broker cannot be upgraded now: ${why}`);
   } catch (err) {
     resume(b, p);
     throw err;
