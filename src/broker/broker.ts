@@ -113,6 +113,8 @@ export class Broker extends EventEmitter {
   /** The config deciding grants now (the audit log stamps grants and denials with it). */
   readonly configIdentity: ConfigIdentity;
   #reloading: Promise<ReloadOutcome> | null = null;
+  /** Reloads asked for and not ended (an upgrade waits for none: it is refused while one runs). */
+  #reloadsRunning = 0;
   /** The kernel's answer to "can a dma-buf of a BAR be mmapped?" (kernel devices only). */
   #dmaBufMmap: DmaBufMmapProbe | null = null;
 
@@ -265,6 +267,10 @@ export class Broker extends EventEmitter {
   upgrade(opts: UpgradeOptions = {}): Promise<UpgradeOutcome> {
     if (this.#upgrading)
       return Promise.reject(new DevleaseError('EBUSY', 'an upgrade is already in progress'));
+    // A reload's revokes must not land between the state sent and the commit (the new broker would hold the
+    // lease as it was, its client told it is revoked).
+    if (this.#reloadsRunning > 0)
+      return Promise.reject(new DevleaseError('EBUSY', 'a reload is in progress: upgrade once it has ended'));
     const p = upgrade(
       this,
       this.#parts(),
@@ -341,6 +347,20 @@ export class Broker extends EventEmitter {
     const source = this.#configSource;
     if (!source)
       throw new DevleaseError('EINVAL', 'the broker was started without a config file: nothing to reload');
+    if (this.#upgrading) {
+      // Its revokes could land after the state went to the new broker, which would hold the leases as they were.
+      const why =
+        'an upgrade is in progress: reload once it has ended (a new broker reads the config file anew)';
+      this.audit.write({
+        event: 'reload-refused',
+        path: source.path,
+        error: why,
+        config: this.configIdentity.config,
+      });
+      this.log(`reload of ${source.path} refused, nothing changed: ${why}`);
+      throw new DevleaseError('EBUSY', `reload refused, nothing changed: ${why}`);
+    }
+    this.#reloadsRunning++;
     const run = async (): Promise<ReloadOutcome> => {
       await this.#reloading?.catch(() => {});
       return reload(source, {
@@ -352,7 +372,9 @@ export class Broker extends EventEmitter {
         log: this.log,
       });
     };
-    const p = run();
+    const p = run().finally(() => {
+      this.#reloadsRunning--;
+    });
     this.#reloading = p;
     return p;
   }
