@@ -200,3 +200,31 @@ test('a short BDF gets domain 0000; the device reads config space at the config 
     await dev.close();
   }
 });
+
+// type1 writes back how much it unmapped, and answers success with less for mappings it skips (before Linux
+// 6.0, those another process's mm made: a broker's maps after an upgrade). Taken as done, the lease's memory
+// was released while the IOMMU still reached it.
+test('an UNMAP_DMA the kernel answers with fewer bytes than are mapped there is an error; the mapping is kept', async () => {
+  const { rec, dev } = await openLegacy();
+  using mem = MemFd.create('dma', { size: 2 * 4096 });
+  try {
+    await dev.dmaMap({ fd: mem.fd, offset: 0n, iova: 0x100_0000n, size: 8192n, read: true, write: true });
+    const answer = rec.replies.get(NR.VFIO_IOMMU_UNMAP_DMA)!;
+    // struct vfio_iommu_type1_dma_unmap { u32 argsz, flags; u64 iova, size }: size written back as 0.
+    rec.replies.set(NR.VFIO_IOMMU_UNMAP_DMA, (arg) => {
+      new DataView((arg as Uint8Array).buffer, (arg as Uint8Array).byteOffset).setBigUint64(16, 0n, true);
+      return 0;
+    });
+    await assert.rejects(dev.dmaUnmap(0x100_0000n, 8192n), {
+      code: 'EIO',
+      message:
+        /VFIO_IOMMU_UNMAP_DMA of iova 0x1000000: the kernel unmapped 0x0 of the 0x2000 bytes mapped there/,
+    });
+    assert.equal(rec.calls.filter((c) => c.op === 'munmap').length, 0, 'the pinned memory stays mapped');
+    rec.replies.set(NR.VFIO_IOMMU_UNMAP_DMA, answer);
+    await dev.dmaUnmap(0x100_0000n, 8192n);
+    assert.equal(rec.calls.filter((c) => c.op === 'munmap').length, 1, 'unmapped once the kernel did');
+  } finally {
+    await dev.close();
+  }
+});

@@ -231,7 +231,10 @@ export class Type1Container implements IommuDomain {
       iova,
       size,
     });
-    this.#ioctl(`VFIO_IOMMU_UNMAP_DMA of iova 0x${iova.toString(16)}`, VFIO_IOMMU_UNMAP_DMA, arg);
+    const what = `VFIO_IOMMU_UNMAP_DMA of iova 0x${iova.toString(16)}`;
+    this.#ioctl(what, VFIO_IOMMU_UNMAP_DMA, arg);
+    // The kernel writes back how much it unmapped (size).
+    this.#dma.checkUnmapped(what, iova, size, vfio_iommu_type1_dma_unmap.decode(arg).size);
     this.#dma.drop(iova, size);
   }
 

@@ -3,6 +3,7 @@
 // answer which IOVA ranges the IOMMU accepts; the device fd itself belongs
 // to KernelDevice.
 
+import { DevleaseError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import type { DmaMapping, IovaRange, Transport } from '../device.js';
 import { codedError, type KernelSys, type UserMemory } from './sys.js';
@@ -91,6 +92,28 @@ export class DmaTable {
       throw err;
     }
     this.add(m.iova, m.size, memory);
+  }
+
+  /** Bytes of the mappings inside [iova, iova + size): what an unmap of that range must take. */
+  bytesWithin(iova: bigint, size: bigint): bigint {
+    let n = 0n;
+    for (const [at, e] of this.#entries) if (at >= iova && at + e.size <= iova + size) n += e.size;
+    return n;
+  }
+
+  /**
+   * After an unmap of [iova, iova + size) the kernel said took `unmapped` bytes: throws EIO, keeping the
+   * table, when that is less than the mappings there (type1 answers success with less for mappings it skips:
+   * before Linux 6.0, those another process's mm made, as after an upgrade), so no lease's memory is taken
+   * for unmapped while the IOMMU still reaches it.
+   */
+  checkUnmapped(what: string, iova: bigint, size: bigint, unmapped: bigint): void {
+    const want = this.bytesWithin(iova, size);
+    if (unmapped >= want) return;
+    throw new DevleaseError(
+      'EIO',
+      `${what}: the kernel unmapped 0x${unmapped.toString(16)} of the 0x${want.toString(16)} bytes mapped there`,
+    );
   }
 
   /** Forget (and munmap the memory of) every mapping inside [iova, iova + size). */

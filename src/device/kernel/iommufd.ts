@@ -279,7 +279,10 @@ export class IommufdIoas implements IommuDomain {
       iova,
       length: size,
     });
-    this.#ioctl(`IOMMU_IOAS_UNMAP of iova 0x${iova.toString(16)}`, IOMMU_IOAS_UNMAP, arg);
+    const what = `IOMMU_IOAS_UNMAP of iova 0x${iova.toString(16)}`;
+    this.#ioctl(what, IOMMU_IOAS_UNMAP, arg);
+    // The kernel writes back how much it unmapped (length).
+    this.#dma.checkUnmapped(what, iova, size, iommu_ioas_unmap.decode(arg).length);
     this.#dma.drop(iova, size);
   }
 
