@@ -90,10 +90,23 @@ export function parseLeaseInfo(raw: unknown): LeaseInfo {
   };
 }
 
+/**
+ * The largest info region read: the broker's is 16 KiB (docs/PROTOCOL.md, "Device-specific info region"). The size
+ * comes from the server, and a read of it is held whole in memory: unbounded, a REGION_INFO saying 2^36 made the
+ * client try to read 64 GiB. The C library has the same cap (clients/c/src/info.c).
+ */
+export const MAX_INFO_REGION_BYTES = 1 << 20;
+
 /** The info region's JSON, read through the connection (a broker that sends no info with VERSION). */
 export async function readInfoRegion(client: VfioUserClient, index: number): Promise<unknown> {
   const info = await client.regionInfo(index);
   info.fd?.close();
+  if (info.size === 0n || info.size > BigInt(MAX_INFO_REGION_BYTES)) {
+    throw leaseError(
+      'EPROTO',
+      `info region ${index}: size ${info.size} is not an info region's (1..${MAX_INFO_REGION_BYTES} bytes)`,
+    );
+  }
   const bytes = await client.regionRead(index, 0, Number(info.size));
   const end = bytes.indexOf(0);
   const text = new TextDecoder().decode(end < 0 ? bytes : bytes.subarray(0, end));

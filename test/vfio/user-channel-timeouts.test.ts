@@ -2,13 +2,17 @@
 // than those pending still fails at its own, the timer re-arms for the next
 // deadline after it fires, and a late reply to a timed-out call is dropped.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import type { StreamMessage } from '../../src/sys/index.js';
-import { RequestChannel } from '../../src/vfio/user/channel.js';
+import { MAX_ABANDONED_IDS, RequestChannel } from '../../src/vfio/user/channel.js';
 import { encodeReply } from '../../src/vfio/user/codec.js';
 import { VFIO_USER_DEVICE_GET_INFO } from '../../src/vfio/user/protocol.js';
 import { vfioUserPair } from '../../src/vfio/user/transport.js';
+import { trackFdLeaks } from '../helpers/fds.js';
 import { within } from '../helpers/within.js';
+
+const leakCheck = trackFdLeaks();
+after(leakCheck);
 
 /** A channel whose server reads every request and answers none (until told to). */
 function silentServer() {
@@ -121,6 +125,26 @@ test('with no call pending the channel holds no timer that keeps the process ali
     s.reply(s.seen[1]!);
     await within(second, 'the second reply');
     assert.equal(timers(), before);
+  } finally {
+    s.close();
+  }
+});
+
+test('a server that never answers timed-out calls: past MAX_ABANDONED_IDS of them the connection closes, saying why', async () => {
+  const s = silentServer();
+  let reason: Error | null = null;
+  s.channel.on('close', (err: Error | null) => (reason = err));
+  try {
+    const calls = Array.from({ length: MAX_ABANDONED_IDS + 1 }, () =>
+      s.channel.request(VFIO_USER_DEVICE_GET_INFO, undefined, [], { timeoutMs: 1 }).catch((e: Error) => e),
+    );
+    const errors = await within(Promise.all(calls), 'every call failing', 30_000);
+    assert.ok(errors.every((e) => (e as { code?: string }).code === 'ETIMEDOUT'));
+    // Without the bound each id stayed taken for good: 65,536 such calls later every request failed EAGAIN.
+    assert.equal(s.channel.closed, true, 'the connection is closed');
+    assert.match(String(reason), /left 4097 timed-out calls unanswered/);
+    assert.equal((reason as { code?: string } | null)?.code, 'ETIMEDOUT');
+    await assert.rejects(s.channel.request(VFIO_USER_DEVICE_GET_INFO), { code: 'ECONNRESET' });
   } finally {
     s.close();
   }

@@ -58,6 +58,14 @@ interface Pending {
 /** setTimeout's longest delay: a later deadline is re-checked then. */
 const MAX_TIMER_MS = 0x7fff_ffff;
 
+/**
+ * Timed-out calls whose msg_id is kept out of use for a late reply: one more closes the connection. An id is
+ * freed only by its reply (reused earlier, a late reply would answer the new call); a server that never sends
+ * them used to take ids for good, until every call failed EAGAIN. A sixteenth of the id space: a server that
+ * leaves this many calls unanswered past their deadlines is not answering.
+ */
+export const MAX_ABANDONED_IDS = 4096;
+
 export class RequestChannel extends EventEmitter {
   #socket: MessageSocket;
   #timeoutMs: number;
@@ -190,6 +198,15 @@ export class RequestChannel extends EventEmitter {
       } else if (p.deadline < next) {
         next = p.deadline;
       }
+    }
+    if (this.#abandoned.size > MAX_ABANDONED_IDS) {
+      this.#shutdown(
+        vfioUserError(
+          'ETIMEDOUT',
+          `vfio-user server left ${this.#abandoned.size} timed-out calls unanswered (at most ${MAX_ABANDONED_IDS} may wait for a late reply): connection closed`,
+        ),
+      );
+      return;
     }
     if (next !== Number.POSITIVE_INFINITY && !this.#closed) this.#armTimer(next);
   }

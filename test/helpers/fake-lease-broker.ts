@@ -1,0 +1,157 @@
+// A fake lease broker for the TypeScript client (Lease.connect): a real AF_UNIX stream socket in this process
+// that answers a lease's setup well-formed — VERSION (the info in it, or only in the info region), REGION_INFO
+// (the info region; slices as memfds), REGION_READ of the info, GET_REGION_IO_FDS (the queue page's kick fd),
+// anything else an empty reply — unless a test's `fault` answers a request itself. Each test states only the
+// one thing its broker does wrong. (test/clib/bad-broker.test.ts has the C client's twin.)
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Fd, MemFd, StreamServer, type StreamSocket } from '../../src/sys/index.js';
+import { vfio_region_info } from '../../src/vfio/uapi/vfio.js';
+import {
+  decodeMessage,
+  encodeErrorReply,
+  encodeReply,
+  type VfioUserMessage,
+} from '../../src/vfio/user/codec.js';
+import { VFIO_USER_FRAMING } from '../../src/vfio/user/index.js';
+import { encodeVersion } from '../../src/vfio/user/messages.js';
+import * as P from '../../src/vfio/user/protocol.js';
+import { encodeRegionIoFdsReply, VFIO_USER_IO_FD_TYPE_IOEVENTFD } from '../../src/vfio/user/region-io-fds.js';
+
+export const INFO_REGION = 9;
+/** SQ_TAIL's offset in an SA-1 queue page: where a kick fd is asked for. */
+const SQ_TAIL = 0x0c;
+
+export const LEASE_INFO = {
+  kind: 'queue',
+  lease: 'queue-9',
+  state: 'active',
+  deadline: null,
+  queue: 0,
+  iovaWindow: { base: '0x100000000', size: '0x40000000' },
+  iovaView: { mode: 'translated', reason: 'test' },
+  devmem: null,
+  vectors: 1,
+  regions: [{ index: 2, size: '0x1000', unit: '0x1000' }],
+  isolation: { queuePage: { level: 'enforced', reason: 'test' } },
+  faults: [],
+  faultsTotal: 0,
+};
+
+export interface FakeBrokerOptions {
+  /** The info (default LEASE_INFO). */
+  info?: Record<string, unknown>;
+  /** Send the info with VERSION (default); false: only in the info region, which the client then reads. */
+  infoInVersion?: boolean;
+  /** Members added to the VERSION reply's "devlease" object (e.g. noticeIrq). */
+  devlease?: Record<string, unknown>;
+  /** The VERSION reply's max_data_xfer_size (default 65536). */
+  maxDataXferSize?: number;
+  /** REGION_INFO's size for the info region (default 16384, as the broker's). */
+  infoSize?: bigint;
+  /** A slice region's size, and its memfd's (default 4096). */
+  sliceSize?: number;
+  /** GET_REGION_IO_FDS of region 2: the fd to hand out as the kick at SQ_TAIL (default: ENOTSUP). */
+  kickFd?: () => Fd;
+  /** Answers a request itself (true) instead of the well-formed answer. */
+  fault?: (sock: StreamSocket, msg: VfioUserMessage) => boolean;
+}
+
+export interface FakeBroker {
+  socket: string;
+  /** Requests received, by command number, in order. */
+  commands: number[];
+  close(): void;
+}
+
+export function fakeLeaseBroker(opts: FakeBrokerOptions = {}): FakeBroker {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-fake-lease-broker-'));
+  const socket = join(dir, 'fake.sock');
+  const server = StreamServer.listen(socket, { socket: { framing: VFIO_USER_FRAMING } });
+  const info = opts.info ?? LEASE_INFO;
+  const infoBytes = Buffer.alloc(16384);
+  infoBytes.write(JSON.stringify(info));
+  const commands: number[] = [];
+  const open = new Set<StreamSocket>();
+  server.on('connection', (sock: StreamSocket) => {
+    open.add(sock);
+    sock.on('close', () => open.delete(sock));
+    sock.on('error', () => undefined);
+    sock.on('message', (m: { data: Buffer; fds: Fd[] }) => {
+      for (const fd of m.fds) fd.close();
+      const msg = decodeMessage(m.data);
+      if ((msg.flags & P.VFIO_USER_F_TYPE_MASK) === P.VFIO_USER_F_TYPE_REPLY) return; // answers a command of ours
+      commands.push(msg.command);
+      try {
+        if (!opts.fault?.(sock, msg)) answer(sock, msg);
+      } catch {
+        // the client hung up first (it refused what we sent): nothing to answer
+      }
+    });
+  });
+
+  function answer(sock: StreamSocket, msg: VfioUserMessage): void {
+    const { msgId: id, command: cmd, payload } = msg;
+    const b = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+    if (cmd === P.VFIO_USER_VERSION) {
+      const devlease = {
+        error_reason: true,
+        infoRegion: INFO_REGION,
+        ...(opts.infoInVersion === false ? {} : { info }),
+        ...opts.devlease,
+      };
+      const caps = {
+        max_msg_fds: 16,
+        max_data_xfer_size: opts.maxDataXferSize ?? 65536,
+        pgsizes: 4096,
+        devlease,
+      };
+      sock.send(encodeReply(id, cmd, encodeVersion(0, 0, { capabilities: caps })));
+    } else if (cmd === P.VFIO_USER_DEVICE_GET_REGION_INFO) {
+      const index = b.readUInt32LE(8);
+      const isInfo = index === INFO_REGION;
+      const size = isInfo ? (opts.infoSize ?? 16384n) : BigInt(opts.sliceSize ?? 4096);
+      const reply = vfio_region_info.encode({ argsz: 32, flags: isInfo ? 1 : 7, index, size, offset: 0n });
+      if (isInfo) sock.send(encodeReply(id, cmd, reply));
+      else {
+        using mem = MemFd.create('fake-slice', { size: opts.sliceSize ?? 4096 });
+        sock.send(encodeReply(id, cmd, reply), [mem.fd]);
+      }
+    } else if (cmd === P.VFIO_USER_REGION_READ) {
+      const offset = Number(b.readBigUInt64LE(0));
+      const count = b.readUInt32LE(12);
+      if (offset + count > infoBytes.length) {
+        sock.send(encodeErrorReply(id, cmd, 22, 'read past the info we hold')); // EINVAL
+        return;
+      }
+      const data = Buffer.alloc(count);
+      infoBytes.copy(data, 0, offset, offset + count);
+      sock.send(encodeReply(id, cmd, Buffer.concat([b.subarray(0, 16), data])));
+    } else if (cmd === P.VFIO_USER_DEVICE_GET_REGION_IO_FDS && opts.kickFd) {
+      const fd = opts.kickFd();
+      try {
+        const sub = { offset: BigInt(SQ_TAIL), size: 4n, fdIndex: 0, flags: 0, datamatch: 0n };
+        const answer = { subRegions: [{ ...sub, type: VFIO_USER_IO_FD_TYPE_IOEVENTFD }], fds: [fd] };
+        const r = encodeRegionIoFdsReply(b.readUInt32LE(8), b.readUInt32LE(0), answer, 16);
+        sock.send(encodeReply(id, cmd, r.payload), r.fds);
+      } finally {
+        fd.close();
+      }
+    } else if (cmd === P.VFIO_USER_DEVICE_GET_REGION_IO_FDS) {
+      sock.send(encodeErrorReply(id, cmd, 95, 'no io fds here')); // ENOTSUP
+    } else {
+      sock.send(encodeReply(id, cmd));
+    }
+  }
+
+  return {
+    socket,
+    commands,
+    close() {
+      for (const s of open) s.close();
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
