@@ -5,9 +5,8 @@ import { constants as osConstants } from 'node:os';
 import { misuse } from '../errors.js';
 import { Fd } from './fd.js';
 import { native } from './native.js';
+import { readProcText } from './proc-text.js';
 import { READABLE, Watch } from './watch.js';
-
-const { O_RDONLY } = native.constants as Record<string, number>;
 
 export class PidFd {
   readonly pid: number;
@@ -103,26 +102,5 @@ export class PidFd {
     const callbacks = this.#exitCallbacks;
     this.#exitCallbacks = [];
     for (const cb of callbacks) cb();
-  }
-}
-
-/**
- * A small /proc file as text, read with the addon's open/read: not node:fs, whose ESM import loads its
- * stream classes (~20 builtin modules) into every process that loads this module — every client, through
- * the stream socket's peerPidfd() (issue 16).
- */
-function readProcText(path: string): string {
-  const fd = new Fd(native.open(path, O_RDONLY!));
-  try {
-    const chunks: Uint8Array[] = [];
-    for (;;) {
-      const buf = new Uint8Array(4096);
-      const n = native.read(fd.fd, buf);
-      if (n <= 0) break;
-      chunks.push(buf.subarray(0, n));
-    }
-    return Buffer.concat(chunks).toString('utf8');
-  } finally {
-    fd.close();
   }
 }

@@ -3,129 +3,17 @@
 // none belong, malformed JSON. Each is an error naming the problem, never a crash, and the C process
 // ends with the fds it started with (clib-probe connect counts them; the sanitizer build checks memory).
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { MemFd, StreamServer, type StreamSocket } from '../../src/sys/index.js';
-import { VFIO_USER_FRAMING } from '../../src/vfio/user/index.js';
+import { Fd, MemFd, native } from '../../src/sys/index.js';
 import { trackFdLeaks } from '../helpers/fds.js';
-import { buildClib, runProgram, sanitizerFindings } from './build.js';
+import { buildClib } from './build.js';
+import { CAPS, header, INFO, probe, reply, type Step, sent, versionReply } from './fake-broker.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
 before(() => buildClib());
 
-const CAPS = {
-  capabilities: {
-    max_msg_fds: 16,
-    max_data_xfer_size: 65536,
-    pgsizes: 4096,
-    devlease: { error_reason: true },
-  },
-};
-const INFO = {
-  kind: 'queue',
-  lease: 'queue-9',
-  state: 'active',
-  deadline: null,
-  queue: 0,
-  iovaWindow: { base: '0x100000000', size: '0x40000000' },
-  devmem: null,
-  vectors: 1,
-  regions: [{ index: 2, size: '0x1000', unit: '0x1000' }],
-  isolation: { queuePage: { level: 'enforced', reason: 'test' } },
-  faults: [],
-};
-
-function header(id: number, cmd: number, size: number, flags = 1, err = 0): Buffer {
-  const h = Buffer.alloc(16);
-  h.writeUInt16LE(id, 0);
-  h.writeUInt16LE(cmd, 2);
-  h.writeUInt32LE(size, 4);
-  h.writeUInt32LE(flags, 8);
-  h.writeUInt32LE(err, 12);
-  return h;
-}
-const reply = (id: number, cmd: number, payload: Buffer = Buffer.alloc(0)) =>
-  Buffer.concat([header(id, cmd, 16 + payload.length), payload]);
-
-function versionReply(json: unknown): Buffer {
-  const text = typeof json === 'string' ? json : JSON.stringify(json);
-  return Buffer.concat([Buffer.alloc(4), Buffer.from(`${text}\0`)]);
-}
-function regionInfo(index: number, size: number): Buffer {
-  const b = Buffer.alloc(32);
-  b.writeUInt32LE(32, 0);
-  b.writeUInt32LE(index === 9 ? 1 : 7, 4); // READ (info) / READ|WRITE|MMAP
-  b.writeUInt32LE(index, 8);
-  b.writeBigUInt64LE(BigInt(size), 16);
-  return b;
-}
-function regionRead(req: Buffer, info: Buffer): Buffer {
-  const offset = Number(req.readBigUInt64LE(16));
-  const count = req.readUInt32LE(28);
-  const data = Buffer.alloc(count);
-  info.copy(data, 0, offset, offset + count);
-  return Buffer.concat([req.subarray(16, 32), data]);
-}
-
-/** Send one message; true: the step was the fault's to answer. */
-function sent(s: StreamSocket, data: Buffer): boolean {
-  s.send(data);
-  return true;
-}
-
-/** A well-behaved answer to each request; a scenario replaces one step with its fault. */
-type Step = (sock: StreamSocket, id: number, cmd: number, msg: Buffer) => boolean;
-function fakeBroker(path: string, fault: Step): StreamServer {
-  const server = StreamServer.listen(path, { socket: { framing: VFIO_USER_FRAMING } });
-  const info = Buffer.alloc(16384);
-  info.write(JSON.stringify(INFO));
-  server.on('connection', (sock: StreamSocket) => {
-    sock.on('message', (m: { data: Buffer; fds: { close(): void }[] }) => {
-      for (const fd of m.fds) fd.close();
-      const id = m.data.readUInt16LE(0);
-      const cmd = m.data.readUInt16LE(2);
-      if ((m.data.readUInt32LE(8) & 0xf) === 1) return; // the client's answer to a command of ours
-      try {
-        answer(sock, id, cmd, m.data);
-      } catch {
-        // the client hung up first (it refused what we sent): nothing to answer
-      }
-    });
-    sock.on('error', () => undefined);
-  });
-  function answer(sock: StreamSocket, id: number, cmd: number, msg: Buffer): void {
-    if (fault(sock, id, cmd, msg)) return;
-    if (cmd === 1) sock.send(reply(id, cmd, versionReply(CAPS)));
-    else if (cmd === 5) {
-      const index = msg.readUInt32LE(16 + 8);
-      if (index === 9) sock.send(reply(id, cmd, regionInfo(9, 16384)));
-      else {
-        using mem = MemFd.create('fake-slice', { size: 4096 });
-        sock.send(reply(id, cmd, regionInfo(index, 4096)), [mem.fd]);
-      }
-    } else if (cmd === 9) sock.send(reply(id, cmd, regionRead(msg, info)));
-    else sock.send(reply(id, cmd));
-  }
-  return server;
-}
-
-async function connectTo(fault: Step): Promise<string> {
-  const dir = mkdtempSync(join(tmpdir(), 'devlease-fake-broker-'));
-  const server = fakeBroker(join(dir, 'fake.sock'), fault);
-  try {
-    const r = await runProgram('clib-probe', ['connect', join(dir, 'fake.sock')]);
-    assert.equal(sanitizerFindings(r.stderr), null, r.stderr);
-    assert.equal(r.code, 0, `clib-probe connect exited ${r.code} (${r.signal})\n${r.stdout}\n${r.stderr}`);
-    assert.match(r.stdout, /ok fds back to baseline/);
-    return r.stdout;
-  } finally {
-    server.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+const connectTo = (fault: Step): Promise<string> => probe('connect', fault);
 
 test('the fake broker itself is well-formed: the C client connects', async () => {
   assert.match(await connectTo(() => false), /connected queue-9/);
@@ -258,3 +146,23 @@ for (const [name, fault, expect] of cases) {
     assert.match(await connectTo(fault), expect);
   });
 }
+
+test('a doorbell kick fd that would block the submit (a blocking eventfd, or no eventfd) is refused: EPROTO', async () => {
+  const { EFD_NONBLOCK } = native.constants as Record<string, number>;
+  const ok = await probe('queue', () => false, { kickFd: () => new Fd(native.eventfd(0, EFD_NONBLOCK!)) });
+  assert.match(ok, /queue created/, 'a non-blocking eventfd is taken');
+  const saturated = () => {
+    const fd = new Fd(native.eventfd(0, 0));
+    native.eventfdWrite(fd.fd, 0xffff_ffff_ffff_fffen); // a write of 1 more never returns
+    return fd;
+  };
+  // Before the fix the queue was made with it, and its first kicked submit blocked in write(2) for good.
+  assert.match(
+    await probe('queue', () => false, { kickFd: saturated }),
+    /error EPROTO: region 2 io fd at offset 0xc refused: it is a blocking eventfd \(no O_NONBLOCK\)/,
+  );
+  assert.match(
+    await probe('queue', () => false, { kickFd: () => MemFd.create('not-a-kick', { size: 4096 }).fd }),
+    /error EPROTO: region 2 io fd at offset 0xc refused: it is not an eventfd/,
+  );
+});

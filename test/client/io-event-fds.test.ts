@@ -7,13 +7,18 @@ import { IoEventFds } from '../../src/client/io-event-fds.js';
 import { Fd, native } from '../../src/sys/index.js';
 import type { VfioUserClient } from '../../src/vfio/user/client.js';
 
+const { EFD_NONBLOCK } = native.constants as Record<string, number>;
+
 test('a failed ioeventfd request is asked again; a successful one is kept', async () => {
   let asked = 0;
   const client = {
     regionIoFds: async () => {
       asked++;
       if (asked === 1) throw Object.assign(new Error('cannot allocate memory'), { code: 'ENOMEM' });
-      return { subRegions: [{ offset: 0n, size: 4n, fdIndex: 0 }], fds: [new Fd(native.eventfd(0, 0))] };
+      return {
+        subRegions: [{ offset: 0n, size: 4n, fdIndex: 0 }],
+        fds: [new Fd(native.eventfd(0, EFD_NONBLOCK!))],
+      };
     },
   } as unknown as VfioUserClient;
   const fds = new IoEventFds(client, () => false);

@@ -4,6 +4,8 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -71,6 +73,25 @@ int devlease_reset(struct devlease *l)
 	return rc;
 }
 
+/*
+ * Why `fd` cannot be a doorbell kick, or NULL. The kick is a write(2) in devlease_sa1_submit to an fd the broker
+ * chose: a blocking eventfd whose counter stands at 0xfffffffffffffffe would hold that write, and the caller,
+ * for good. It must be an eventfd whose open file description is non-blocking; that flag is the description's,
+ * shared with the sender, so it is checked, never set here. Checked once, when the fd arrives.
+ */
+static const char *kick_fd_problem(int fd)
+{
+	char path[48], link[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, link, sizeof(link) - 1);
+	if (n < 0) return "it cannot be inspected (/proc/self/fd)";
+	link[n] = 0;
+	if (strcmp(link, "anon_inode:[eventfd]") != 0) return "it is not an eventfd";
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || !(fl & O_NONBLOCK)) return "it is a blocking eventfd (no O_NONBLOCK)";
+	return NULL;
+}
+
 /* GET_REGION_IO_FDS: the fd of the sub-region holding `offset`, or -1 (-ENOTSUP/-ENOSPC: none offered). */
 static int fetch_io_fd(struct devlease *l, unsigned region, uint64_t offset, int *fd)
 {
@@ -114,6 +135,13 @@ static int fetch_io_fd(struct devlease *l, unsigned region, uint64_t offset, int
 			}
 		}
 		dl_msg_release(&r);
+		const char *why = *fd >= 0 ? kick_fd_problem(*fd) : NULL;
+		if (why) {
+			close(*fd);
+			*fd = -1;
+			return dl_fail(EPROTO, "region %u io fd at offset 0x%llx refused: %s; a doorbell kick must be a non-blocking eventfd",
+				       region, (unsigned long long)offset, why);
+		}
 		return 0;
 	}
 }

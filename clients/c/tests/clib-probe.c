@@ -6,6 +6,7 @@
  *   clib-probe revoke SOCK     work until the revocation notice, then release before its deadline
  *   clib-probe hold SOCK       lease, map, then wait to be killed
  *   clib-probe connect SOCK    connect once and report the error (fake-broker tests); fds checked
+ *   clib-probe queue SOCK      connect and make an SA-1 queue; report the error (fake-broker tests); fds checked
  *   clib-probe notices SOCK    lease, then print every notice until the session ends
  *   clib-probe request SOCK JSON   lease with a request; the info's devmem and the regions mapped
  */
@@ -314,18 +315,36 @@ static int connect_once(const char *sock)
 	return failed;
 }
 
+static int queue_once(const char *sock)
+{
+	int fds0 = fd_count();
+	struct devlease *l = NULL;
+	struct devlease_connect_opts o = { .socket = sock, .timeout_ms = 3000 };
+	int rc = devlease_connect(&o, &l);
+	struct devlease_sa1_queue *q = NULL;
+	if (rc == 0) rc = devlease_sa1_queue_create(l, NULL, &q);
+	if (rc < 0) printf("error %s: %s\n", strerrorname_np(-rc), devlease_errmsg());
+	else printf("queue created\n");
+	devlease_sa1_queue_free(q);
+	devlease_free(l);
+	int fds1 = fd_count();
+	step(fds1 == fds0, "fds back to baseline (%d before, %d after)", fds0, fds1);
+	return failed;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (argc == 4 && !strcmp(argv[1], "request")) return request(argv[2], argv[3]);
 	if (argc != 3) {
-		fprintf(stderr, "usage: clib-probe workload|revoke|hold|connect|notices SOCKET\n");
+		fprintf(stderr, "usage: clib-probe workload|revoke|hold|connect|queue|notices SOCKET\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "workload")) return workload(argv[2]);
 	if (!strcmp(argv[1], "revoke")) return revoke_scenario(argv[2]);
 	if (!strcmp(argv[1], "hold")) return hold(argv[2]);
 	if (!strcmp(argv[1], "connect")) return connect_once(argv[2]);
+	if (!strcmp(argv[1], "queue")) return queue_once(argv[2]);
 	if (!strcmp(argv[1], "notices")) return notices(argv[2]);
 	fprintf(stderr, "clib-probe: unknown scenario %s\n", argv[1]);
 	return 2;

@@ -99,6 +99,8 @@ export class DeviceWorker {
     const irqMemory = IrqTable.memory(options.numQueues);
     this.irqs = new IrqTable(irqMemory, options.numQueues);
     this.dma = new FrontDmaTable(this.#mailbox, timeoutMs);
+    // Non-blocking: a lease client writes them on its submit path and refuses a kick fd that could block
+    // (docs/PROTOCOL.md); the broker hands out dups, which share this description and its flag.
     const { EFD_NONBLOCK } = native.constants as Record<string, number>;
     this.#kickFds = Array.from({ length: Math.min(options.numQueues, MAX_FDS) }, () =>
       native.eventfd(0, EFD_NONBLOCK as number),

@@ -1,0 +1,149 @@
+// The fake broker of the C client's tests (bad-broker.test.ts): a real AF_UNIX stream socket in this process
+// that answers clib-probe well-formed, unless a scenario's fault answers a request itself.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Fd, MemFd, StreamServer, type StreamSocket } from '../../src/sys/index.js';
+import { VFIO_USER_FRAMING } from '../../src/vfio/user/index.js';
+import { encodeRegionIoFdsReply, VFIO_USER_IO_FD_TYPE_IOEVENTFD } from '../../src/vfio/user/region-io-fds.js';
+import { runProgram, sanitizerFindings } from './build.js';
+
+export const CAPS = {
+  capabilities: {
+    max_msg_fds: 16,
+    max_data_xfer_size: 65536,
+    pgsizes: 4096,
+    devlease: { error_reason: true },
+  },
+};
+export const INFO = {
+  kind: 'queue',
+  lease: 'queue-9',
+  state: 'active',
+  deadline: null,
+  queue: 0,
+  iovaWindow: { base: '0x100000000', size: '0x40000000' },
+  devmem: null,
+  vectors: 1,
+  regions: [{ index: 2, size: '0x1000', unit: '0x1000' }],
+  isolation: { queuePage: { level: 'enforced', reason: 'test' } },
+  faults: [],
+};
+
+export function header(id: number, cmd: number, size: number, flags = 1, err = 0): Buffer {
+  const h = Buffer.alloc(16);
+  h.writeUInt16LE(id, 0);
+  h.writeUInt16LE(cmd, 2);
+  h.writeUInt32LE(size, 4);
+  h.writeUInt32LE(flags, 8);
+  h.writeUInt32LE(err, 12);
+  return h;
+}
+export const reply = (id: number, cmd: number, payload: Buffer = Buffer.alloc(0)) =>
+  Buffer.concat([header(id, cmd, 16 + payload.length), payload]);
+
+export function versionReply(json: unknown): Buffer {
+  const text = typeof json === 'string' ? json : JSON.stringify(json);
+  return Buffer.concat([Buffer.alloc(4), Buffer.from(`${text}\0`)]);
+}
+export function regionInfo(index: number, size: number): Buffer {
+  const b = Buffer.alloc(32);
+  b.writeUInt32LE(32, 0);
+  b.writeUInt32LE(index === 9 ? 1 : 7, 4); // READ (info) / READ|WRITE|MMAP
+  b.writeUInt32LE(index, 8);
+  b.writeBigUInt64LE(BigInt(size), 16);
+  return b;
+}
+export function regionRead(req: Buffer, info: Buffer): Buffer {
+  const offset = Number(req.readBigUInt64LE(16));
+  const count = req.readUInt32LE(28);
+  const data = Buffer.alloc(count);
+  info.copy(data, 0, offset, offset + count);
+  return Buffer.concat([req.subarray(16, 32), data]);
+}
+
+/** Send one message; true: the step was the fault's to answer. */
+export function sent(s: StreamSocket, data: Buffer): boolean {
+  s.send(data);
+  return true;
+}
+
+/** A well-behaved answer to each request; a scenario replaces one step with its fault. */
+export type Step = (sock: StreamSocket, id: number, cmd: number, msg: Buffer) => boolean;
+
+export interface FakeOptions {
+  /** GET_REGION_IO_FDS of region 2: the fd handed out as the kick at SQ_TAIL (default: an empty reply). */
+  kickFd?: () => Fd;
+}
+
+export function fakeBroker(path: string, fault: Step, opts: FakeOptions = {}): StreamServer {
+  const server = StreamServer.listen(path, { socket: { framing: VFIO_USER_FRAMING } });
+  const info = Buffer.alloc(16384);
+  info.write(JSON.stringify(INFO));
+  server.on('connection', (sock: StreamSocket) => {
+    sock.on('message', (m: { data: Buffer; fds: { close(): void }[] }) => {
+      for (const fd of m.fds) fd.close();
+      const id = m.data.readUInt16LE(0);
+      const cmd = m.data.readUInt16LE(2);
+      if ((m.data.readUInt32LE(8) & 0xf) === 1) return; // the client's answer to a command of ours
+      try {
+        answer(sock, id, cmd, m.data);
+      } catch {
+        // the client hung up first (it refused what we sent): nothing to answer
+      }
+    });
+    sock.on('error', () => undefined);
+  });
+  function answer(sock: StreamSocket, id: number, cmd: number, msg: Buffer): void {
+    if (fault(sock, id, cmd, msg)) return;
+    if (cmd === 1) sock.send(reply(id, cmd, versionReply(CAPS)));
+    else if (cmd === 5) {
+      const index = msg.readUInt32LE(16 + 8);
+      if (index === 9) sock.send(reply(id, cmd, regionInfo(9, 16384)));
+      else {
+        using mem = MemFd.create('fake-slice', { size: 4096 });
+        sock.send(reply(id, cmd, regionInfo(index, 4096)), [mem.fd]);
+      }
+    } else if (cmd === 9) sock.send(reply(id, cmd, regionRead(msg, info)));
+    else if (cmd === 6 && opts.kickFd) {
+      const fd = opts.kickFd();
+      try {
+        const sub = { offset: 0x0cn, size: 4n, fdIndex: 0, flags: 0, datamatch: 0n };
+        const answer = { subRegions: [{ ...sub, type: VFIO_USER_IO_FD_TYPE_IOEVENTFD }], fds: [fd] };
+        const r = encodeRegionIoFdsReply(msg.readUInt32LE(16 + 8), msg.readUInt32LE(16), answer, 16);
+        sock.send(reply(id, cmd, Buffer.from(r.payload)), r.fds);
+      } finally {
+        fd.close();
+      }
+    } else sock.send(reply(id, cmd));
+  }
+  return server;
+}
+
+/**
+ * Runs `clib-probe <scenario>` against a fake broker with `fault`; its output. The probe must exit 0 with its fds
+ * back to baseline and no sanitizer finding. `timeoutMs` bounds the probe (a client stuck for good fails the test).
+ */
+export async function probe(
+  scenario: string,
+  fault: Step,
+  opts: FakeOptions & { timeoutMs?: number } = {},
+): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-fake-broker-'));
+  const server = fakeBroker(join(dir, 'fake.sock'), fault, opts);
+  try {
+    const r = await runProgram('clib-probe', [scenario, join(dir, 'fake.sock')], opts.timeoutMs);
+    assert.equal(sanitizerFindings(r.stderr), null, r.stderr);
+    assert.equal(
+      r.code,
+      0,
+      `clib-probe ${scenario} exited ${r.code} (${r.signal}${r.signal === 'SIGKILL' ? ': still running at its deadline' : ''})\n${r.stdout}\n${r.stderr}`,
+    );
+    assert.match(r.stdout, /ok fds back to baseline/);
+    return r.stdout;
+  } finally {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
