@@ -7,24 +7,17 @@
 // call costs no timer of its own to set and clear. With no call pending the
 // timer is unref'd: it does not keep the process alive.
 // Server-to-client commands (DMA_READ/DMA_WRITE) go to the client's handler,
-// one at a time in arrival order; without a handler they are declined ENOTSUP.
+// one at a time in arrival order, with their replies bounded: channel-commands.ts.
 import { EventEmitter } from 'node:events';
-import { ERRNO, errnoName, ProtocolError, VfioUserCallError, vfioUserError } from '../../errors.js';
+import { errnoName, ProtocolError, VfioUserCallError, vfioUserError } from '../../errors.js';
 import { monotonicMs } from '../../sys/clock.js';
 import type { Fd } from '../../sys/fd.js';
-import {
-  decodeMessage,
-  encodeCommand,
-  encodeErrorReply,
-  encodeReply,
-  errorReason,
-  isError,
-  isReply,
-  type VfioUserMessage,
-  wantsReply,
-} from './codec.js';
+import { type CommandHandler, ServerCommands } from './channel-commands.js';
+import { decodeMessage, encodeCommand, errorReason, isError, isReply } from './codec.js';
 import * as P from './protocol.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
+
+export type { CommandHandler } from './channel-commands.js';
 
 export type FdLike = Fd | number;
 
@@ -39,12 +32,6 @@ export interface ReplyMessage {
   /** fds that came with the reply: the caller owns them. */
   fds: Fd[];
 }
-
-/**
- * Serves one server-to-client command: resolves with the reply payload, or throws an error whose `errno`
- * (EIO if none) goes back in a header-only error reply.
- */
-export type CommandHandler = (msg: VfioUserMessage) => Promise<Uint8Array> | Uint8Array;
 
 interface Pending {
   command: number;
@@ -77,9 +64,8 @@ export class RequestChannel extends EventEmitter {
   /** Due at (or before) the earliest deadline of the pending calls; unref'd while none is pending, null once fired. */
   #timer: NodeJS.Timeout | null = null;
   #timerDue = Number.POSITIVE_INFINITY;
-  #serve: CommandHandler | null;
-  /** Server-to-client commands are served in arrival order: each waits for the one before. */
-  #serving: Promise<void> = Promise.resolve();
+  /** Server-to-client commands: served in arrival order, their replies bounded. */
+  readonly #commands: ServerCommands;
   /**
    * The server accepted devlease "error_reason" in its VERSION reply: error payloads are reason text.
    * Until then (and with any other server) an error reply's payload is ignored — the spec's error reply is
@@ -92,8 +78,14 @@ export class RequestChannel extends EventEmitter {
     super();
     this.#socket = socket;
     this.#timeoutMs = timeoutMs;
-    this.#serve = serve;
+    this.#commands = new ServerCommands(socket, serve, {
+      closed: () => this.#closed,
+      fail: (err) => this.fail(err),
+      shutdown: (err) => this.#shutdown(err),
+      refused: (err, msg) => this.emit('commandRefused', err, msg),
+    });
     socket.on('message', (m) => this.#receive(m));
+    socket.on('drain', () => this.#commands.drained());
     socket.on('error', (err) => this.#shutdown(err));
     socket.on('close', () => {
       // Our own close() (every lease's end) closed it: no error to build (its stack trace was ~45 µs of a
@@ -232,14 +224,7 @@ export class RequestChannel extends EventEmitter {
       if (!isReply(msg)) {
         const fdCount = rec.fds.length;
         closeAll(rec.fds);
-        const copy = { ...msg, payload: msg.payload.slice() };
-        // #serveCommand answers every failure of the handler; anything that escapes it is a bug, which ends the
-        // channel rather than stall every later command behind a rejection (and go unhandled).
-        this.#serving = this.#serving
-          .then(() => this.#serveCommand(copy, fdCount))
-          .catch((e) => {
-            this.fail(e as Error);
-          });
+        this.#commands.receive(msg, fdCount);
         return;
       }
       const pending = this.#pending.get(msg.msgId);
@@ -279,28 +264,6 @@ export class RequestChannel extends EventEmitter {
     }
   }
 
-  async #serveCommand(msg: VfioUserMessage, fdCount: number): Promise<void> {
-    if (this.#closed) return;
-    let reply: Uint8Array;
-    try {
-      const name = P.commandName(msg.command);
-      if (!this.#serve)
-        throw vfioUserError('ENOTSUP', `${name}: this client serves no server-to-client commands`);
-      if (fdCount) throw vfioUserError('EINVAL', `${name} carried ${fdCount} fd(s); it takes none`);
-      const payload = await this.#serve(msg);
-      reply = encodeReply(msg.msgId, msg.command, payload);
-    } catch (err) {
-      reply = encodeErrorReply(msg.msgId, msg.command, replyErrno(err));
-      this.emit('commandRefused', err, msg);
-    }
-    if (this.#closed || !wantsReply(msg)) return;
-    try {
-      this.#socket.send(reply);
-    } catch (err) {
-      this.#shutdown(err as Error);
-    }
-  }
-
   /** The server broke the protocol: close, and fail everything pending with that error (returned). */
   fail(err: Error): Error {
     const e =
@@ -322,6 +285,7 @@ export class RequestChannel extends EventEmitter {
     const pending = [...this.#pending.values()];
     this.#pending.clear();
     this.#abandoned.clear();
+    this.#commands.drained();
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
     for (const p of pending) {
@@ -347,15 +311,4 @@ export class RequestChannel extends EventEmitter {
 
 function closeAll(fds: readonly Fd[]): void {
   for (const fd of fds) fd.close();
-}
-
-/**
- * The errno an error reply carries for a handler's failure: a VfioError's; a Node system error's, which libuv
- * gives negated (fs errors from an embedder's DMA memory); EIO for anything else. The header's field is a u32.
- */
-function replyErrno(err: unknown): number {
-  const e = (err as { errno?: unknown } | null)?.errno;
-  if (typeof e !== 'number' || !Number.isInteger(e) || e === 0) return ERRNO.EIO;
-  const n = Math.abs(e);
-  return n < 4096 ? n : ERRNO.EIO;
 }

@@ -1,0 +1,128 @@
+// The server-to-client commands (DMA_READ/DMA_WRITE) a RequestChannel (channel.ts) receives: each goes to the
+// client's handler, one at a time in arrival order, and is answered (an error reply when the handler throws);
+// without a handler they are declined ENOTSUP.
+//
+// What a server can make the client hold is bounded, as the server bounds its own replies
+// (connection-replies.ts): the next command is served only once no more than COMMAND_REPLY_HIGH_WATER reply
+// bytes wait for the server to read them, and a server with more than MAX_COMMANDS_WAITING commands unanswered
+// is cut off (EPROTO). Unbounded, a server sending 64 KiB DMA_READs and reading nothing made the client queue
+// every reply. Reading is not paused for it, as the server's is: the replies to the client's own calls, which
+// the server may be blocked writing, must still be read.
+import { ERRNO, ProtocolError, vfioUserError } from '../../errors.js';
+import { encodeErrorReply, encodeReply, type VfioUserMessage, wantsReply } from './codec.js';
+import * as P from './protocol.js';
+import type { MessageSocket } from './transport.js';
+
+/**
+ * Serves one server-to-client command: resolves with the reply payload, or throws an error whose `errno`
+ * (EIO if none) goes back in a header-only error reply.
+ */
+export type CommandHandler = (msg: VfioUserMessage) => Promise<Uint8Array> | Uint8Array;
+
+/** Reply bytes that may wait for the server to read them before the next command is served (the server's too). */
+export const COMMAND_REPLY_HIGH_WATER = 1 << 20;
+
+/**
+ * Commands received and not yet answered: one more closes the connection. A stock server (libvfio-user's
+ * vfu_sgl_read/write) waits for each reply before its next command; this many waiting means it is not reading
+ * them. With the high-water mark: at most 1 MiB and one reply queued, and 32 commands held.
+ */
+export const MAX_COMMANDS_WAITING = 32;
+
+/** What the commands need of their channel. */
+export interface CommandHooks {
+  closed(): boolean;
+  /** Something escaped the serving (a bug): end the channel with it. */
+  fail(err: Error): void;
+  /** Sending a reply failed: the connection is gone. */
+  shutdown(err: Error): void;
+  /** A command was refused (its errno went back in the reply): for diagnostics. */
+  refused(err: unknown, msg: VfioUserMessage): void;
+}
+
+export class ServerCommands {
+  readonly #socket: MessageSocket;
+  readonly #serve: CommandHandler | null;
+  readonly #hooks: CommandHooks;
+  /** Each command waits for the one before. */
+  #serving: Promise<void> = Promise.resolve();
+  /** Received and not answered yet (MAX_COMMANDS_WAITING). */
+  #waiting = 0;
+  /** The command being served waits for the server to read the replies before it ('drain'), or for the close. */
+  #drainWaiter: (() => void) | null = null;
+
+  constructor(socket: MessageSocket, serve: CommandHandler | null, hooks: CommandHooks) {
+    this.#socket = socket;
+    this.#serve = serve;
+    this.#hooks = hooks;
+  }
+
+  /** A command arrived (its `fdCount` fds already closed): queued, or ProtocolError past the bound. */
+  receive(msg: VfioUserMessage, fdCount: number): void {
+    if (++this.#waiting > MAX_COMMANDS_WAITING) {
+      throw new ProtocolError(
+        `server sent ${this.#waiting} commands without reading the replies to them (at most ${MAX_COMMANDS_WAITING} may wait)`,
+      );
+    }
+    const copy = { ...msg, payload: msg.payload.slice() };
+    // #answer answers every failure of the handler; anything that escapes it is a bug, which ends the channel
+    // rather than stall every later command behind a rejection (and go unhandled).
+    this.#serving = this.#serving
+      .then(() => this.#next(copy, fdCount))
+      .catch((e) => {
+        this.#hooks.fail(e as Error);
+      });
+  }
+
+  /** The socket drained, or the channel closed: the command waiting for it goes on. */
+  drained(): void {
+    const wake = this.#drainWaiter;
+    this.#drainWaiter = null;
+    wake?.();
+  }
+
+  async #next(msg: VfioUserMessage, fdCount: number): Promise<void> {
+    try {
+      // The replies before this one wait for the server to read them: serve no more until it has.
+      if (this.#socket.queuedBytes > COMMAND_REPLY_HIGH_WATER && !this.#hooks.closed()) {
+        await new Promise<void>((resolve) => (this.#drainWaiter = resolve));
+      }
+      await this.#answer(msg, fdCount);
+    } finally {
+      this.#waiting--;
+    }
+  }
+
+  async #answer(msg: VfioUserMessage, fdCount: number): Promise<void> {
+    if (this.#hooks.closed()) return;
+    let reply: Uint8Array;
+    try {
+      const name = P.commandName(msg.command);
+      if (!this.#serve)
+        throw vfioUserError('ENOTSUP', `${name}: this client serves no server-to-client commands`);
+      if (fdCount) throw vfioUserError('EINVAL', `${name} carried ${fdCount} fd(s); it takes none`);
+      const payload = await this.#serve(msg);
+      reply = encodeReply(msg.msgId, msg.command, payload);
+    } catch (err) {
+      reply = encodeErrorReply(msg.msgId, msg.command, replyErrno(err));
+      this.#hooks.refused(err, msg);
+    }
+    if (this.#hooks.closed() || !wantsReply(msg)) return;
+    try {
+      this.#socket.send(reply);
+    } catch (err) {
+      this.#hooks.shutdown(err as Error);
+    }
+  }
+}
+
+/**
+ * The errno an error reply carries for a handler's failure: a VfioError's; a Node system error's, which libuv
+ * gives negated (fs errors from an embedder's DMA memory); EIO for anything else. The header's field is a u32.
+ */
+function replyErrno(err: unknown): number {
+  const e = (err as { errno?: unknown } | null)?.errno;
+  if (typeof e !== 'number' || !Number.isInteger(e) || e === 0) return ERRNO.EIO;
+  const n = Math.abs(e);
+  return n < 4096 ? n : ERRNO.EIO;
+}
