@@ -18,7 +18,7 @@ import { VfioUserServer } from '../../src/vfio/user/server.js';
 import { vfioUserPair } from '../../src/vfio/user/transport.js';
 import { CONFIG_REGION, MemoryDevice, memfd } from '../fixtures/vfio-user/memory-device.js';
 import { until } from '../helpers/broker-rig.js';
-import { trackFdLeaks } from '../helpers/fds.js';
+import { memfdFdCount, trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
@@ -314,6 +314,23 @@ describe('vfio-user client against a misbehaving server', () => {
     );
     await assert.rejects(pending, { code: 'EPROTO' });
     await server.closed;
+  });
+
+  test('a REGION_INFO reply too short for its fixed part, with an fd: EPROTO, and the fd is closed', async () => {
+    const { server, client } = await fakeServer();
+    const pending = client.regionInfo(2);
+    const req = await server.next();
+    assert.ok(req);
+    const mem = memfd('short-region-info', 4096);
+    server.socket.send(
+      encodeReply(decodeMessage(req.data).msgId, P.VFIO_USER_DEVICE_GET_REGION_INFO, new Uint8Array(8)),
+      [mem.fd],
+    );
+    mem.close();
+    await assert.rejects(pending, { code: 'EPROTO', message: /REGION_INFO reply is 8 bytes, needs 32/ });
+    await server.closed;
+    // Before the fix the fd that came with the reply stayed open in the client for good.
+    await until("the reply's fd closed", () => memfdFdCount('short-region-info') === 0, 2000);
   });
 
   test('server-to-client DMA_READ of memory never mapped: an EFAULT error reply; the session goes on', async () => {

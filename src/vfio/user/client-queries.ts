@@ -77,7 +77,13 @@ export async function regionInfo(
       [],
       opts,
     );
-    const info = decodeReply(c, vfio_region_info, r.payload, 'VFIO_USER_DEVICE_GET_REGION_INFO');
+    let info: ReturnType<typeof vfio_region_info.decode>;
+    try {
+      info = decodeReply(c, vfio_region_info, r.payload, 'VFIO_USER_DEVICE_GET_REGION_INFO');
+    } catch (err) {
+      closeAll(r.fds); // a reply too short for its fixed part still brought them: ours to close
+      throw err;
+    }
     if (info.argsz > argsz && attempt === 0) {
       closeAll(r.fds);
       argsz = info.argsz;
