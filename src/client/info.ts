@@ -55,11 +55,56 @@ interface RawInfo {
   faultsTotal?: number;
 }
 
+/** Most MSI-X vectors a lease may have: a PCI function has at most 2048 (as the C client). */
+export const MAX_LEASE_VECTORS = 2048;
+/** Most regions a lease lists (as the C client); indexes above 4096 name no region of any device. */
+const MAX_LEASE_REGIONS = 64;
+const MAX_REGION_INDEX = 4096;
+
+const refuse = (what: string): never => {
+  throw leaseError('EPROTO', `info region: ${what}`);
+};
+const isIndex = (v: unknown, max: number): v is number =>
+  typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max;
+
+/**
+ * The broker's info, checked before the client acts on it (it maps each region, makes an eventfd per vector):
+ * a region listed twice was mapped twice and its first mapping outlived close(); a vector count was taken
+ * as sent. Each refusal is EPROTO naming the field.
+ */
 export function parseLeaseInfo(raw: unknown): LeaseInfo {
   const j = raw as RawInfo;
   if (typeof j !== 'object' || j === null || typeof j.lease !== 'string') {
     throw leaseError('EPROTO', 'info region does not hold a devlease lease description');
   }
+  if (typeof j.kind !== 'string' || typeof j.state !== 'string') refuse('kind or state is not a string');
+  const vectors = j.vectors ?? 0;
+  if (!isIndex(vectors, MAX_LEASE_VECTORS))
+    refuse(`vectors ${JSON.stringify(vectors)} is not a vector count (0..${MAX_LEASE_VECTORS})`);
+  const rawRegions = j.regions ?? [];
+  if (!Array.isArray(rawRegions) || rawRegions.length > MAX_LEASE_REGIONS)
+    refuse(`regions is not an array of at most ${MAX_LEASE_REGIONS}`);
+  const seen = new Set<number>();
+  const regions = rawRegions.map((r, i) => {
+    if (typeof r !== 'object' || r === null || !isIndex(r.index, MAX_REGION_INDEX))
+      refuse(`regions[${i}].index is not a region index (0..${MAX_REGION_INDEX})`);
+    if (seen.has(r.index)) refuse(`region ${r.index} is listed twice (regions[${i}])`);
+    seen.add(r.index);
+    return { index: r.index, size: big(r.size, 'region size'), unit: big(r.unit, 'region unit') };
+  });
+  const rawFaults = j.faults ?? [];
+  if (!Array.isArray(rawFaults)) refuse('faults is not an array');
+  const faults = rawFaults.map((f) => ({
+    queue: f.queue,
+    code: f.code,
+    name: f.name,
+    address: big(f.address, 'fault address'),
+  }));
+  const faultsTotal = j.faultsTotal ?? faults.length;
+  if (!Number.isSafeInteger(faultsTotal) || faultsTotal < faults.length)
+    refuse(
+      `faultsTotal ${JSON.stringify(faultsTotal)} is not a count of at least the ${faults.length} faults listed`,
+    );
   return {
     kind: j.kind,
     lease: j.lease,
@@ -73,21 +118,28 @@ export function parseLeaseInfo(raw: unknown): LeaseInfo {
     devmem: j.devmem
       ? { offset: big(j.devmem.offset, 'devmem.offset'), size: big(j.devmem.size, 'devmem.size') }
       : null,
-    vectors: j.vectors ?? 0,
-    regions: (j.regions ?? []).map((r) => ({
-      index: r.index,
-      size: big(r.size, 'region size'),
-      unit: big(r.unit, 'region unit'),
-    })),
+    vectors,
+    regions,
     isolation: j.isolation ?? {},
-    faults: (j.faults ?? []).map((f) => ({
-      queue: f.queue,
-      code: f.code,
-      name: f.name,
-      address: big(f.address, 'fault address'),
-    })),
-    faultsTotal: j.faultsTotal ?? j.faults?.length ?? 0,
+    faults,
+    faultsTotal,
   };
+}
+
+/**
+ * devlease's notice irq from the VERSION reply (docs/PROTOCOL.md), or null when the broker offers none. It must
+ * be past the five standard indexes (VFIO_PCI_NUM_IRQS): one of them (3, ERR) had its eventfd replaced.
+ */
+export function noticeIrqOf(devlease: { noticeIrq?: unknown } | undefined): number | null {
+  const v = devlease?.noticeIrq;
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 5 || v > MAX_REGION_INDEX) {
+    throw leaseError(
+      'EPROTO',
+      `VERSION reply: devlease.noticeIrq ${JSON.stringify(v)} is not an irq index above the standard five (5..${MAX_REGION_INDEX})`,
+    );
+  }
+  return v;
 }
 
 /**

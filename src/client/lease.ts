@@ -20,7 +20,7 @@ import {
 import { VfioUserClient } from '../vfio/user/client.js';
 import { DmaPool } from './dma.js';
 import { fromCallError, leaseError } from './errors.js';
-import { type LeaseInfo, parseLeaseInfo, readInfoRegion } from './info.js';
+import { type LeaseInfo, noticeIrqOf, parseLeaseInfo, readInfoRegion } from './info.js';
 import { IoEventFds } from './io-event-fds.js';
 import { LeaseVectors } from './lease-vectors.js';
 
@@ -63,17 +63,20 @@ export class Lease extends EventEmitter {
   /** The ERR notice's eventfd (device fault or reset), read once more when the session ends. */
   #errNotice: EventFd | null = null;
   readonly #infoIndex: number;
+  /** devlease's notice irq index (VERSION), or null: none offered. */
+  readonly #noticeIrq: number | null;
   /** Faults already reported (the info's faultsTotal), so a later ERR without a new fault is seen as a reset. */
   #faultsSeen = 0;
   #closed = false;
   /** A region was mapped from a device fd handed over for an audited slice. */
   #audited = false;
 
-  private constructor(client: VfioUserClient, info: LeaseInfo, infoIndex: number) {
+  private constructor(client: VfioUserClient, info: LeaseInfo, infoIndex: number, noticeIrq: number | null) {
     super();
     this.client = client;
     this.info = info;
     this.#infoIndex = infoIndex;
+    this.#noticeIrq = noticeIrq;
     this.dma = new DmaPool(client, info.iovaWindow ?? { base: 0n, size: 0n }, info.lease);
     this.#ioEventFds = new IoEventFds(client, () => this.#closed);
     client.on('close', () => this.#onDisconnect());
@@ -96,12 +99,13 @@ export class Lease extends EventEmitter {
     let lease: Lease | null = null;
     try {
       const ext = client.serverCapabilities.raw.devlease as
-        | { infoRegion?: number; info?: unknown }
+        | { infoRegion?: number; info?: unknown; noticeIrq?: unknown }
         | undefined;
       const infoIndex = ext?.infoRegion ?? 9;
+      const noticeIrq = noticeIrqOf(ext);
       // The broker sends the info as granted with VERSION; an older one only has it in the info region.
       const info = parseLeaseInfo(ext?.info ?? (await readInfoRegion(client, infoIndex)));
-      lease = new Lease(client, info, infoIndex);
+      lease = new Lease(client, info, infoIndex, noticeIrq);
       const calls = lease.#startSetup();
       if (opts.deferSetup) {
         const l = lease;
@@ -169,8 +173,7 @@ export class Lease extends EventEmitter {
   #sendSetup(calls: Promise<unknown>[]): void {
     this.#vectors.wire(this.client, this.info.vectors, calls);
     // devlease's notice irq (docs/PROTOCOL.md), when the broker offers it: per-queue faults arrive there.
-    const ext = this.client.serverCapabilities.raw.devlease as { noticeIrq?: number } | undefined;
-    const noticeIrq = typeof ext?.noticeIrq === 'number' ? [ext.noticeIrq] : [];
+    const noticeIrq = this.#noticeIrq === null ? [] : [this.#noticeIrq];
     for (const index of [VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX, ...noticeIrq]) {
       const efd = new EventFd();
       this.#notices.push(efd);

@@ -2,6 +2,7 @@
 // reset unless the grant left it clean, and the doorbell's kick fd and the rings asked of the broker in one
 // round trip. Sa1Queue (sa1-queue.ts) takes what this returns and programs the queue page.
 
+import { QP_REGISTERS_END } from '../hw/sa1/datasheet.js';
 import { BAR2, CQE_SIZE, QP, SQE_SIZE } from '../hw/sa1/regs.js';
 import type { Fd, Mapping } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
@@ -73,6 +74,20 @@ export async function setUpQueue(lease: Lease, opts: QueueOptions): Promise<Queu
   if (setup.status === 'rejected' || kick.status === 'rejected' || rings.status === 'rejected') {
     if (rings.status === 'fulfilled') await rings.value.free().catch(() => undefined);
     throw [setup, kick, rings].find((r): r is PromiseRejectedResult => r.status === 'rejected')!.reason;
+  }
+  // The page's size is the broker's word (REGION_INFO): one too short for the registers the queue stores into
+  // and reads made a RangeError of the first access, and left the rings allocated.
+  try {
+    const pageBytes = lease.region(BAR2).length; // ENOENT: not mapped (no fd for it)
+    if (pageBytes < QP_REGISTERS_END) {
+      throw leaseError(
+        'EPROTO',
+        `the queue page (region ${BAR2}) is ${pageBytes} bytes, smaller than the SA-1 queue registers (${QP_REGISTERS_END})`,
+      );
+    }
+  } catch (err) {
+    await rings.value.free().catch(() => undefined);
+    throw err;
   }
   // Found as the grant left it (reset, nothing rung), the queue needs no reset; else it gets one now. A queue
   // reset keeps the windows and the device keeps its DMA mappings (datasheet §9): the rings stay mapped.
