@@ -31,6 +31,37 @@ const cases: [string, Step, RegExp][] = [
     /error EPROTO: .*truncated/,
   ],
   [
+    // Before the fix the fds that came with the first 8 bytes stayed open in the client (fds not back to baseline).
+    'a header cut short after its first 8 bytes brought fds, then a hang-up',
+    (s, id, cmd) => {
+      if (cmd !== 1) return false;
+      using a = MemFd.create('cut-header', { size: 4096 });
+      s.send(header(id, cmd, 200).subarray(0, 8), [a.fd, a.fd]);
+      setTimeout(() => s.close(), 50);
+      return true;
+    },
+    /error EPROTO: .*truncated message and hung up/,
+  ],
+  [
+    'a header whose first bytes brought fds, and its rest more',
+    (s, id, cmd) => {
+      if (cmd !== 1) return false;
+      const whole = reply(id, cmd, versionReply(CAPS));
+      using a = MemFd.create('cut-header', { size: 4096 });
+      s.send(whole.subarray(0, 8), [a.fd]);
+      setTimeout(() => {
+        using b = MemFd.create('cut-header-rest', { size: 4096 });
+        try {
+          s.send(whole.subarray(8), [b.fd]);
+        } catch {
+          // the client may have hung up already
+        }
+      }, 100);
+      return true;
+    },
+    /error EPROTO: .*fds after a message's first bytes/,
+  ],
+  [
     'a message announcing 4 GiB',
     (s, id, cmd) => cmd === 1 && sent(s, header(id, cmd, 0xffffffff)),
     /error EPROTO: .*msg_size 4294967295/,

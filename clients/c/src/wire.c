@@ -153,7 +153,10 @@ static int recv_msg(struct devlease *l, struct dl_msg *m, int64_t deadline)
 	uint8_t h[VFIO_USER_HEADER_SIZE];
 	memset(m, 0, sizeof(*m));
 	int rc = recv_exact(l, h, sizeof(h), m->fds, &m->nfds, deadline);
-	if (rc < 0) return rc;
+	if (rc < 0) {
+		dl_msg_release(m); /* fds that came with the header's first bytes before it was cut short */
+		return rc;
+	}
 	uint16_t id, cmd;
 	memcpy(&id, h, 2);
 	memcpy(&cmd, h + 2, 2);
