@@ -7,7 +7,17 @@ import { after, before, test } from 'node:test';
 import { Fd, MemFd, native } from '../../src/sys/index.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { buildClib } from './build.js';
-import { CAPS, header, INFO, probe, reply, type Step, sent, versionReply } from './fake-broker.js';
+import {
+  CAPS,
+  header,
+  INFO,
+  probe,
+  reply,
+  type Step,
+  sent,
+  streamCommands,
+  versionReply,
+} from './fake-broker.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
@@ -196,4 +206,39 @@ test('a doorbell kick fd that would block the submit (a blocking eventfd, or no 
     await probe('queue', () => false, { kickFd: () => MemFd.create('not-a-kick', { size: 4096 }).fd }),
     /error EPROTO: region 2 io fd at offset 0xc refused: it is not an eventfd/,
   );
+});
+
+test('a broker streaming commands instead of answering: devlease_connect ends at its timeout (ETIMEDOUT)', async () => {
+  let more: (() => void) | undefined;
+  const out = await probe(
+    'connect',
+    (s, _id, cmd) => {
+      if (cmd !== 1) return false;
+      more = streamCommands(s); // and never the VERSION reply
+      return true;
+    },
+    // Before the fix each command was read at once, so the call never waited long enough to time out: the
+    // probe ran until this bound killed it.
+    { onReply: () => more?.(), timeoutMs: 30_000 },
+  );
+  assert.match(
+    out,
+    /error ETIMEDOUT: lease refused: no reply from the broker in 3000 ms \(it sent \d+ commands meanwhile\)/,
+  );
+});
+
+test('a broker streaming commands after setup: devlease_next_notice serves some and returns', async () => {
+  let more: (() => void) | undefined;
+  const out = await probe(
+    'notice-once',
+    (s, id, cmd, m) => {
+      if (cmd !== 8 || m.readUInt32LE(16 + 8) !== 4) return false; // SET_IRQS of REQ, the last setup request
+      s.send(reply(id, cmd));
+      more = streamCommands(s);
+      return true;
+    },
+    // Before the fix devlease_next_notice ("Never blocks") served them for as long as they came.
+    { onReply: () => more?.(), timeoutMs: 30_000 },
+  );
+  assert.match(out, /next notice returned 0 \(none\)/);
 });

@@ -75,6 +75,39 @@ export type Step = (sock: StreamSocket, id: number, cmd: number, msg: Buffer) =>
 export interface FakeOptions {
   /** GET_REGION_IO_FDS of region 2: the fd handed out as the kick at SQ_TAIL (default: an empty reply). */
   kickFd?: () => Fd;
+  /** Called for each reply the client sends (to a command of ours). */
+  onReply?: (sock: StreamSocket) => void;
+}
+
+/** A DMA_READ command of 64 bytes at an address the client never mapped (it answers EFAULT). */
+export function dmaRead(id: number): Buffer {
+  const access = Buffer.alloc(16);
+  access.writeBigUInt64LE(0x100000000n, 0);
+  access.writeBigUInt64LE(64n, 8);
+  return Buffer.concat([header(id, 11, 32, 0), access]);
+}
+
+/**
+ * Keeps `sock`'s peer busy for good: DMA_READs in batches of 1024 (one write each), another batch whenever fewer
+ * than 2048 are unanswered, so commands always wait in the client's socket however fast it serves them. Returns
+ * what to call for each reply.
+ */
+export function streamCommands(sock: StreamSocket): () => void {
+  let next = 1000;
+  let unanswered = 0;
+  const batch = () => {
+    try {
+      sock.send(Buffer.concat(Array.from({ length: 1024 }, () => dmaRead(next++ & 0xffff))));
+      unanswered += 1024;
+    } catch {
+      // the client hung up
+    }
+  };
+  batch();
+  batch();
+  return () => {
+    if (--unanswered < 2048) batch();
+  };
 }
 
 export function fakeBroker(path: string, fault: Step, opts: FakeOptions = {}): StreamServer {
@@ -86,7 +119,10 @@ export function fakeBroker(path: string, fault: Step, opts: FakeOptions = {}): S
       for (const fd of m.fds) fd.close();
       const id = m.data.readUInt16LE(0);
       const cmd = m.data.readUInt16LE(2);
-      if ((m.data.readUInt32LE(8) & 0xf) === 1) return; // the client's answer to a command of ours
+      if ((m.data.readUInt32LE(8) & 0xf) === 1) {
+        opts.onReply?.(sock); // the client's answer to a command of ours
+        return;
+      }
       try {
         answer(sock, id, cmd, m.data);
       } catch {

@@ -190,7 +190,9 @@ struct devlease_notice {
 };
 
 /* Call when a notice fd or the socket is readable: serves what the broker sent and reports one notice.
- * Returns 1 with *n filled, 0 when nothing is pending. Never blocks. */
+ * Returns 1 with *n filled, 0 when nothing is pending. Never blocks: it serves at most 16 of the broker's
+ * commands per call (the socket stays readable while more wait: call again when epoll says so), and waits only
+ * for the rest of a message the broker has begun, within timeout_ms. */
 int devlease_next_notice(struct devlease *l, struct devlease_notice *n);
 
 const char *devlease_notice_name(enum devlease_notice_kind k);

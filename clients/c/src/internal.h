@@ -36,6 +36,8 @@ enum {
 /* What we accept: fds per message, data per transfer (the broker advertises 65536). */
 #define DL_MAX_FDS 16
 #define DL_MAX_XFER 65536u
+/* Commands from the broker one devlease_next_notice serves at most: one streaming them must not hold it. */
+#define DL_MAX_SERVED 16
 /* The largest message we take: a transfer plus headroom for io-fd tables. */
 #define DL_MAX_MSG (VFIO_USER_HEADER_SIZE + 2 * DL_MAX_XFER)
 #define DL_MAX_DMA_MAPS 4096
@@ -79,6 +81,7 @@ struct devlease {
 	int broken; /* 0, or the -errno every later call gets (the session is unusable) */
 	uint16_t next_id;
 	int timeout_ms;
+	int64_t deadline; /* the current call's (CLOCK_MONOTONIC ms): every wait of it, replies it sends included */
 	uint64_t page;
 	uint32_t max_xfer;
 	bool reasons;

@@ -2,7 +2,10 @@
  * The vfio-user wire (AF_UNIX SOCK_STREAM, docs/PROTOCOL.md): one message is
  * read exactly (its 16-byte header, then the rest), so fds received belong to
  * the message being read; fds must come with the first bytes. Every read and
- * write has the call's deadline. Anything malformed (short, oversized, fds
+ * write has the call's deadline (l->deadline), set once per call: a call's
+ * waits together, the commands it serves meanwhile included, end by then, so
+ * a broker that trickles a message or streams commands cannot hold the caller
+ * past timeout_ms. Anything malformed (short, oversized, fds
  * where none may be, a reply to an id we did not send) is a protocol error
  * that ends the session: the broker is not trusted to be well-formed.
  */
@@ -177,8 +180,8 @@ static int recv_msg(struct devlease *l, struct dl_msg *m, int64_t deadline)
 		dl_msg_release(m);
 		return broken(l, ENOMEM, "%s", "no memory for a message");
 	}
-	/* The deadline may have been nearly spent on the header: give the rest the call's full timeout. */
-	rc = recv_exact(l, m->payload, m->payload_len, NULL, NULL, mono_ms() + l->timeout_ms);
+	/* The call's deadline, not a fresh one: a message begun late is still read by the call's end. */
+	rc = recv_exact(l, m->payload, m->payload_len, NULL, NULL, deadline);
 	if (rc < 0) dl_msg_release(m);
 	return rc;
 }
@@ -194,7 +197,7 @@ static int send_reply(struct devlease *l, const struct dl_msg *cmd, uint32_t err
 	dl_put32(buf + 8, VFIO_USER_F_TYPE_REPLY | (err ? VFIO_USER_F_ERROR : 0));
 	dl_put32(buf + 12, err);
 	if (len) memcpy(buf + VFIO_USER_HEADER_SIZE, data, len);
-	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, NULL, 0, mono_ms() + l->timeout_ms);
+	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, NULL, 0, l->deadline);
 	free(buf);
 	return rc;
 }
@@ -242,18 +245,25 @@ static int handle_unsolicited(struct devlease *l, struct dl_msg *m)
 	return rc;
 }
 
+/*
+ * Serve what the broker has sent, without waiting for more: at most DL_MAX_SERVED commands (a broker streaming
+ * them kept devlease_next_notice here for good; the socket stays readable, so the caller's epoll calls again).
+ * A message begun is read whole, within timeout_ms.
+ */
 int dl_serve_pending(struct devlease *l)
 {
-	for (;;) {
+	l->deadline = mono_ms() + l->timeout_ms;
+	for (unsigned served = 0; served < DL_MAX_SERVED; served++) {
 		if (l->broken) return dl_fail(-l->broken, "the session with the broker is broken");
 		struct pollfd p = { .fd = l->sock, .events = POLLIN };
 		if (poll(&p, 1, 0) <= 0) return 0;
 		struct dl_msg m;
-		int rc = recv_msg(l, &m, mono_ms() + l->timeout_ms);
+		int rc = recv_msg(l, &m, l->deadline);
 		if (rc < 0) return rc;
 		rc = handle_unsolicited(l, &m);
 		if (rc < 0) return rc;
 	}
+	return 0;
 }
 
 /* Text of an error reply's payload, when it is a reason (printable UTF-8, as the broker sends). */
@@ -285,16 +295,21 @@ int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, c
 	dl_put32(buf + 8, 0);
 	dl_put32(buf + 12, 0);
 	if (len) memcpy(buf + VFIO_USER_HEADER_SIZE, payload, len);
-	int64_t deadline = mono_ms() + l->timeout_ms;
+	int64_t deadline = l->deadline = mono_ms() + l->timeout_ms;
 	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, fds, nfds, deadline);
 	free(buf);
 	if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());
-	for (;;) {
+	for (unsigned served = 0;; served++) {
 		struct dl_msg m;
-		rc = recv_msg(l, &m, deadline);
+		/* Past the deadline no message is read, even one already there: commands streamed without end
+		 * (each read at once, no wait to time out) kept the call, and devlease_connect, here for good. */
+		rc = mono_ms() >= deadline ? -ETIMEDOUT : recv_msg(l, &m, deadline);
 		if (rc == -ETIMEDOUT) {
 			/* A late reply would answer a call nobody waits for: the session cannot be trusted. */
 			l->broken = -ETIMEDOUT;
+			if (served)
+				return dl_fail(ETIMEDOUT, "%s: no reply from the broker in %d ms (it sent %u commands meanwhile)",
+					       what, l->timeout_ms, served);
 			return dl_fail(ETIMEDOUT, "%s: no reply from the broker in %d ms", what, l->timeout_ms);
 		}
 		if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());

@@ -7,6 +7,7 @@
  *   clib-probe hold SOCK       lease, map, then wait to be killed
  *   clib-probe connect SOCK    connect once and report the error (fake-broker tests); fds checked
  *   clib-probe queue SOCK      connect and make an SA-1 queue; report the error (fake-broker tests); fds checked
+ *   clib-probe notice-once SOCK   connect, wait for the socket to be readable, one devlease_next_notice; fds checked
  *   clib-probe notices SOCK    lease, then print every notice until the session ends
  *   clib-probe request SOCK JSON   lease with a request; the info's devmem and the regions mapped
  */
@@ -15,6 +16,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -332,12 +334,32 @@ static int queue_once(const char *sock)
 	return failed;
 }
 
+static int notice_once(const char *sock)
+{
+	int fds0 = fd_count();
+	struct devlease *l = NULL;
+	struct devlease_connect_opts o = { .socket = sock, .timeout_ms = 3000 };
+	int rc = devlease_connect(&o, &l);
+	if (rc == 0) {
+		struct pollfd p = { .fd = devlease_socket_fd(l), .events = POLLIN };
+		step(poll(&p, 1, 3000) == 1, "the session socket turned readable");
+		struct devlease_notice n;
+		rc = devlease_next_notice(l, &n);
+		if (rc >= 0) printf("next notice returned %d (%s)\n", rc, rc ? devlease_notice_name(n.kind) : "none");
+	}
+	if (rc < 0) printf("error %s: %s\n", strerrorname_np(-rc), devlease_errmsg());
+	devlease_free(l);
+	int fds1 = fd_count();
+	step(fds1 == fds0, "fds back to baseline (%d before, %d after)", fds0, fds1);
+	return failed;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (argc == 4 && !strcmp(argv[1], "request")) return request(argv[2], argv[3]);
 	if (argc != 3) {
-		fprintf(stderr, "usage: clib-probe workload|revoke|hold|connect|queue|notices SOCKET\n");
+		fprintf(stderr, "usage: clib-probe workload|revoke|hold|connect|queue|notice-once|notices SOCKET\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "workload")) return workload(argv[2]);
@@ -345,6 +367,7 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "hold")) return hold(argv[2]);
 	if (!strcmp(argv[1], "connect")) return connect_once(argv[2]);
 	if (!strcmp(argv[1], "queue")) return queue_once(argv[2]);
+	if (!strcmp(argv[1], "notice-once")) return notice_once(argv[2]);
 	if (!strcmp(argv[1], "notices")) return notices(argv[2]);
 	fprintf(stderr, "clib-probe: unknown scenario %s\n", argv[1]);
 	return 2;
