@@ -4,7 +4,8 @@
 // ends with the fds it started with (clib-probe connect counts them; the sanitizer build checks memory).
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { Fd, MemFd, native } from '../../src/sys/index.js';
+import { Fd, MemFd, native, StreamSocket } from '../../src/sys/index.js';
+import { VFIO_USER_FRAMING } from '../../src/vfio/user/index.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { buildClib } from './build.js';
 import {
@@ -15,6 +16,7 @@ import {
   reply,
   type Step,
   sent,
+  serveFake,
   streamCommands,
   versionReply,
 } from './fake-broker.js';
@@ -241,4 +243,84 @@ test('a broker streaming commands after setup: devlease_next_notice serves some 
     { onReply: () => more?.(), timeoutMs: 30_000 },
   );
   assert.match(out, /next notice returned 0 \(none\)/);
+});
+
+/** A listener with a backlog of 1 that accepts nothing, filled by connections of our own until one gets EAGAIN. */
+function fullBacklog(path: string) {
+  const listener = new Fd(native.unixListen(path, 0o600, 1, true));
+  const fillers: Fd[] = [];
+  for (;;) {
+    try {
+      fillers.push(new Fd(native.unixConnect(path, true)));
+    } catch (err) {
+      if ((err as { code?: string }).code === 'EAGAIN') break;
+      throw err;
+    }
+    assert.ok(fillers.length < 64, 'the backlog never filled');
+  }
+  return { listener, fillers };
+}
+
+test('a broker whose listen backlog stays full: devlease_connect fails ETIMEDOUT at its timeout, saying so', async () => {
+  const out = await probe('connect', () => false, {
+    listen: (path) => {
+      const { listener, fillers } = fullBacklog(path);
+      return {
+        close() {
+          for (const f of [listener, ...fillers]) f.close();
+        },
+      };
+    },
+  });
+  // Before the fix: the POLLOUT of a socket that never connected came at once, then "ENOTCONN … sending".
+  assert.match(
+    out,
+    /error ETIMEDOUT: connect .*fake\.sock: the broker's listen backlog stayed full for 3000 ms/,
+  );
+});
+
+test('a broker whose listen backlog is full for a while: devlease_connect tries again and connects', async () => {
+  const sockets: { close(): void }[] = [];
+  const out = await probe('connect', () => false, {
+    listen: (path) => {
+      const { listener, fillers } = fullBacklog(path);
+      sockets.push(listener, ...fillers);
+      // Room comes later: the fillers are accepted and dropped, then each new connection is served.
+      let dropped = 0;
+      const accept = () => {
+        for (let fd = native.unixAccept(listener.fd); fd >= 0; fd = native.unixAccept(listener.fd)) {
+          if (dropped++ < fillers.length) {
+            native.close(fd);
+            continue;
+          }
+          const sock = new StreamSocket(new Fd(fd), { framing: VFIO_USER_FRAMING });
+          sockets.push(sock);
+          serveFake(sock, () => false);
+        }
+      };
+      let timer = setTimeout(() => {
+        timer = setInterval(accept, 5);
+      }, 300);
+      return {
+        close() {
+          clearTimeout(timer);
+          clearInterval(timer);
+          for (const s of sockets) s.close();
+        },
+      };
+    },
+  });
+  assert.match(out, /connected queue-9/);
+});
+
+test("a VERSION pgsizes above INT64_MAX (libvfio-user's 0xfffffffffffff000) gives a 4096-byte DMA page", async () => {
+  // Written as JSON text: a JS number cannot hold 2^64 - 4096 exactly as JSON.stringify would print it.
+  const json = JSON.stringify(CAPS).replace('"pgsizes":4096', '"pgsizes":18446744073709547520');
+  assert.notEqual(json, JSON.stringify(CAPS));
+  const out = await probe(
+    'connect',
+    (s, id, cmd) => cmd === 1 && sent(s, reply(id, cmd, versionReply(json))),
+  );
+  // Before the fix json_object_get_int64 clamped it to INT64_MAX, whose lowest set bit made the page 1 byte.
+  assert.match(out, /connected queue-9 dma page 4096/);
 });

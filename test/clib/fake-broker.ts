@@ -112,25 +112,29 @@ export function streamCommands(sock: StreamSocket): () => void {
 
 export function fakeBroker(path: string, fault: Step, opts: FakeOptions = {}): StreamServer {
   const server = StreamServer.listen(path, { socket: { framing: VFIO_USER_FRAMING } });
+  server.on('connection', (sock: StreamSocket) => serveFake(sock, fault, opts));
+  return server;
+}
+
+/** The fake broker's side of one connection. */
+export function serveFake(sock: StreamSocket, fault: Step, opts: FakeOptions = {}): void {
   const info = Buffer.alloc(16384);
   info.write(JSON.stringify(INFO));
-  server.on('connection', (sock: StreamSocket) => {
-    sock.on('message', (m: { data: Buffer; fds: { close(): void }[] }) => {
-      for (const fd of m.fds) fd.close();
-      const id = m.data.readUInt16LE(0);
-      const cmd = m.data.readUInt16LE(2);
-      if ((m.data.readUInt32LE(8) & 0xf) === 1) {
-        opts.onReply?.(sock); // the client's answer to a command of ours
-        return;
-      }
-      try {
-        answer(sock, id, cmd, m.data);
-      } catch {
-        // the client hung up first (it refused what we sent): nothing to answer
-      }
-    });
-    sock.on('error', () => undefined);
+  sock.on('message', (m: { data: Buffer; fds: { close(): void }[] }) => {
+    for (const fd of m.fds) fd.close();
+    const id = m.data.readUInt16LE(0);
+    const cmd = m.data.readUInt16LE(2);
+    if ((m.data.readUInt32LE(8) & 0xf) === 1) {
+      opts.onReply?.(sock); // the client's answer to a command of ours
+      return;
+    }
+    try {
+      answer(sock, id, cmd, m.data);
+    } catch {
+      // the client hung up first (it refused what we sent): nothing to answer
+    }
   });
+  sock.on('error', () => undefined);
   function answer(sock: StreamSocket, id: number, cmd: number, msg: Buffer): void {
     if (fault(sock, id, cmd, msg)) return;
     if (cmd === 1) sock.send(reply(id, cmd, versionReply(CAPS)));
@@ -154,7 +158,6 @@ export function fakeBroker(path: string, fault: Step, opts: FakeOptions = {}): S
       }
     } else sock.send(reply(id, cmd));
   }
-  return server;
 }
 
 /**
@@ -164,10 +167,10 @@ export function fakeBroker(path: string, fault: Step, opts: FakeOptions = {}): S
 export async function probe(
   scenario: string,
   fault: Step,
-  opts: FakeOptions & { timeoutMs?: number } = {},
+  opts: FakeOptions & { timeoutMs?: number; listen?: (path: string) => { close(): void } } = {},
 ): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-fake-broker-'));
-  const server = fakeBroker(join(dir, 'fake.sock'), fault, opts);
+  const server = opts.listen?.(join(dir, 'fake.sock')) ?? fakeBroker(join(dir, 'fake.sock'), fault, opts);
   try {
     const r = await runProgram('clib-probe', [scenario, join(dir, 'fake.sock')], opts.timeoutMs);
     assert.equal(sanitizerFindings(r.stderr), null, r.stderr);

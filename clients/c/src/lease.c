@@ -8,12 +8,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VFIO_REGION_INFO_FLAG_MMAP (1u << 2)
@@ -28,14 +28,29 @@ static int open_socket(const char *path, int timeout_ms)
 	strcpy(sa.sun_path, path);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0) return dl_fail(errno, "socket: %s", strerror(errno));
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) return fd;
-	int err = errno;
-	if (err == EAGAIN || err == EINPROGRESS) { /* the listener's backlog is full: wait for room */
-		struct pollfd p = { .fd = fd, .events = POLLOUT };
-		socklen_t len = sizeof(err);
-		if (poll(&p, 1, timeout_ms) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0)
-			return fd;
-		if (err == EAGAIN || err == EINPROGRESS) err = ETIMEDOUT;
+	/*
+	 * A non-blocking AF_UNIX connect completes or fails at once; EAGAIN says the listener's backlog is full, and
+	 * the socket is then not connecting (unlike TCP's EINPROGRESS): polling it for POLLOUT returned at once and
+	 * the first send failed ENOTCONN. So the connect itself is tried again, every millisecond or so, until the
+	 * deadline: the broker accepts its backlog in bursts.
+	 */
+	struct timespec start;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	int err;
+	for (;;) {
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) return fd;
+		err = errno;
+		if (err == EINTR) continue;
+		if (err != EAGAIN) break;
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		int64_t spent = (int64_t)(now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+		if (spent >= timeout_ms) {
+			close(fd);
+			return dl_fail(ETIMEDOUT, "connect %s: the broker's listen backlog stayed full for %d ms", path, timeout_ms);
+		}
+		struct timespec pause = { 0, 1000000 };
+		nanosleep(&pause, NULL);
 	}
 	close(fd);
 	if (err == ENOENT || err == ECONNREFUSED) return dl_fail(err, "no broker is listening on %s (%s)", path, strerror(err));
@@ -92,7 +107,9 @@ static int version(struct devlease *l, const char *request_json)
 	}
 	l->page = 4096;
 	if (json_object_object_get_ex(c, "pgsizes", &v)) {
-		uint64_t ps = (uint64_t)json_object_get_int64(v);
+		/* As u64: libvfio-user sends 0xfffffffffffff000, above INT64_MAX, which json_object_get_int64 clamps to
+		 * INT64_MAX (a mask whose lowest page is 1 byte). A negative number reads 0, refused below. */
+		uint64_t ps = json_object_get_uint64(v);
 		if (!json_object_is_type(v, json_type_int) || ps == 0) {
 			dl_fail(EPROTO, "bad VERSION reply: pgsizes is not a page-size mask");
 			goto out;

@@ -310,7 +310,7 @@ static int connect_once(const char *sock)
 	struct devlease_connect_opts o = { .socket = sock, .timeout_ms = 3000 };
 	int rc = devlease_connect(&o, &l);
 	if (rc < 0) printf("error %s: %s\n", strerrorname_np(-rc), devlease_errmsg());
-	else printf("connected %s\n", devlease_info(l)->lease);
+	else printf("connected %s dma page %llu\n", devlease_info(l)->lease, (unsigned long long)devlease_dma_page(l));
 	devlease_free(l);
 	int fds1 = fd_count();
 	step(fds1 == fds0, "fds back to baseline (%d before, %d after)", fds0, fds1);
