@@ -9,6 +9,7 @@ import { decodeState, HandoverWire } from '../broker/handover/wire.js';
 import type { Device } from '../device/device.js';
 import { KernelDevice } from '../device/kernel/device.js';
 import { openDevice } from '../device/open.js';
+import { VfioUserDevice } from '../device/vfio-user-device.js';
 import { Fd } from '../sys/fd.js';
 import { type ListenSocket, takeListenFds } from '../sys/listen-fds.js';
 import { native } from '../sys/native.js';
@@ -233,7 +234,8 @@ function serve(
  * anything fails before the commit, it exits without touching anything: the old broker carries on.
  *
  * DEVLEASE_TEST_UPGRADE_MISBEHAVE (tests only, docs/ARCHITECTURE.md): 'exit' exits once the state came,
- * 'refuse' refuses it, 'hang' never answers, 'old-version' claims to read no version this broker writes.
+ * 'refuse' refuses it, 'hang' never answers, 'hang-mid-call' never answers and leaves a device request's reply
+ * unread, 'old-version' claims to read no version this broker writes.
  */
 async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: string }): Promise<number> {
   const misbehave = process.env['DEVLEASE_TEST_UPGRADE_MISBEHAVE'] ?? '';
@@ -288,6 +290,13 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
     });
   } catch (err) {
     return refuse((err as Error).message);
+  }
+  if (misbehave === 'hang-mid-call' && device instanceof VfioUserDevice) {
+    // A device request whose reply this process never reads, then nothing: the old broker rolls back at its
+    // deadline and finds the reply on the device connection.
+    void device.client.deviceInfo().catch(() => {});
+    device.client.socket.pause();
+    await new Promise(() => {});
   }
   let d: Awaited<ReturnType<HandoverWire['next']>>;
   try {

@@ -6,6 +6,7 @@
 // before 'commit' (or before the old one is gone with the whole state sent).
 
 import { spawn } from 'node:child_process';
+import { VfioUserDevice } from '../../device/vfio-user-device.js';
 import { DevleaseError } from '../../errors.js';
 import { Fd } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
@@ -33,6 +34,9 @@ export interface UpgradeOptions {
  * 'ready' (the new broker is ready, no commit sent).
  */
 export type TestStopStep = 'started' | 'mid-transfer' | 'transferred' | 'ready';
+/** How long a rollback waits for the killed new broker to be gone before it reads the device again. */
+const ROLLBACK_EXIT_WAIT_MS = 5000;
+
 function testStop(step: TestStopStep): void {
   if (process.env['DEVLEASE_TEST_UPGRADE_OLD_STOP'] === step) process.kill(process.pid, 'SIGSTOP');
 }
@@ -88,7 +92,11 @@ export async function upgrade(
   });
   let held = false;
   let pausedAt = 0;
-  const rollback = (reason: string): never => {
+  const gone = new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.once('error', () => resolve());
+  });
+  const rollback = async (reason: string): Promise<never> => {
     try {
       wire.send({ t: 'abort', reason });
     } catch {
@@ -96,7 +104,16 @@ export async function upgrade(
     }
     wire.close();
     if (exited === null) child.kill('SIGKILL');
-    if (held) resume(b, parts);
+    if (held) {
+      // The new broker may have sent device requests whose replies it never read (it hung, or was killed):
+      // they come to this process once it reads the device connection again, to msg_ids it never sent. Once
+      // the new broker is gone (no more of its requests), reading resumes behind a resync: those replies are
+      // dropped up to the answer of a request of ours. Before, the first one was a protocol error, and the
+      // device connection was dropped with every lease.
+      await Promise.race([gone, new Promise((r) => setTimeout(r, ROLLBACK_EXIT_WAIT_MS))]);
+      resume(b, parts);
+      if (b.device instanceof VfioUserDevice) await b.device.client.resync().catch(() => {});
+    }
     b.audit.write({ event: 'upgrade-rolled-back', reason, pid: child.pid ?? null });
     b.log(`upgrade rolled back: ${reason}`);
     throw new DevleaseError('EAGAIN', `upgrade rolled back: ${reason}; the broker carries on`);

@@ -59,6 +59,8 @@ export class RequestChannel extends EventEmitter {
   #pending = new Map<number, Pending>();
   /** msg_ids whose call timed out: their late replies are dropped, not treated as strays. */
   #abandoned = new Set<number>();
+  /** resync() in progress: a reply to an unknown msg_id is another process's, dropped. */
+  #resyncing = 0;
   #nextId = 0;
   #closed = false;
   /** Due at (or before) the earliest deadline of the pending calls; unref'd while none is pending, null once fired. */
@@ -109,6 +111,22 @@ export class RequestChannel extends EventEmitter {
   /** Where the msg_id sequence is, and the ids whose late replies are still to be dropped (a handover's). */
   sequence(): { nextId: number; abandoned: number[] } {
     return { nextId: this.#nextId, abandoned: [...this.#abandoned] };
+  }
+
+  /**
+   * Another process used this connection and is gone (an upgrade's new broker, rolled back): replies to its
+   * requests may still come, to msg_ids this channel never sent. Its ids came after `nextId`, so this
+   * channel's jump half the id space past them; replies to ids it does not know are dropped until `probe` — a
+   * request of its own, which the server answers after everything sent before it — is answered.
+   */
+  async resync(probe: () => Promise<unknown>): Promise<void> {
+    this.#nextId = (this.#nextId + 0x8000) & 0xffff;
+    this.#resyncing++;
+    try {
+      await probe();
+    } finally {
+      this.#resyncing--;
+    }
   }
 
   /** Carry on another process's sequence over the same connection (see sequence()). */
@@ -230,7 +248,7 @@ export class RequestChannel extends EventEmitter {
       const pending = this.#pending.get(msg.msgId);
       if (!pending) {
         closeAll(rec.fds);
-        if (this.#abandoned.delete(msg.msgId)) return;
+        if (this.#abandoned.delete(msg.msgId) || this.#resyncing > 0) return;
         throw new ProtocolError(`reply to unknown msg_id ${msg.msgId} (${P.commandName(msg.command)})`);
       }
       if (pending.command !== msg.command) {

@@ -127,6 +127,14 @@ export class VfioUserClient extends EventEmitter {
     return this.#channel.batch(fn);
   }
 
+  /**
+   * After another process used this connection and went (an upgrade rolled back): its late replies are
+   * dropped until a DEVICE_GET_INFO of ours is answered (RequestChannel.resync).
+   */
+  resync(opts?: CallOptions): Promise<void> {
+    return this.#channel.resync(() => this.deviceInfo(opts));
+  }
+
   /** Calls waiting for their reply. */
   get pendingCount(): number {
     return this.#channel.pendingCount;
