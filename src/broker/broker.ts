@@ -179,7 +179,11 @@ export class Broker extends EventEmitter {
         await broker.#directSlices();
         await broker.#listen(opts.listening ?? []);
       }
-      if (config.metrics.listen) broker.#metrics = await MetricsServer.start(broker, metricsFd);
+      if (config.metrics.listen)
+        broker.#metrics = await MetricsServer.start(broker, metricsFd, {
+          held: !!opts.handover,
+          replaceLive: !!opts.handover && opts.handover.state.metrics === undefined,
+        });
     } catch (err) {
       // The new broker of an upgrade touches nothing on its way out: everything it rebuilt is the old broker's,
       // which carries on (daemon.ts refuses the state and exits at once). A close() here reclaimed the old

@@ -125,3 +125,35 @@ test('a new broker that cannot start its metrics endpoint refuses the state at o
     await new Promise((r) => held.server.close(r));
   }
 });
+
+// A scrape reads the device (heartbeat, queue states). While an upgrade holds the broker the device connection
+// is the new broker's to read, so a scrape then got its device reads' replies taken by the new broker (a
+// protocol error there) or its msg_ids colliding with the new broker's. Now the held broker answers 503.
+test('while an upgrade holds the broker, a scrape is answered 503 without reading the device; after the rollback, 200', {
+  timeout: 180_000,
+}, async () => {
+  const endpoint = `127.0.0.1:${await freePort()}`;
+  const rig = await UpgradeRig.start(
+    { DEVLEASE_TEST_UPGRADE_MISBEHAVE: 'hang' },
+    { config: `[metrics]\nlisten = "${endpoint}"\n` },
+  );
+  try {
+    await rig.addClient();
+    // Under the clients' 5 s call timeout: their requests wait out the hold.
+    const upgrading = rig.request({ op: 'upgrade', deadlineMs: 4000 }, 60_000).catch((e: Error) => e);
+    let held = false;
+    const until503 = Date.now() + 30_000;
+    while (!held && Date.now() < until503) {
+      held = (await scrape(endpoint)).status === 503;
+      if (!held) await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.ok(held, 'a scrape during the hold was answered 503');
+    assert.match(String((await upgrading) as Error), /upgrade rolled back/);
+    const after = await scrape(endpoint);
+    assert.equal(after.status, 200);
+    await rig.progress(5);
+    assert.deepEqual((await rig.stopClients())[0]!.errors, []);
+  } finally {
+    await rig.close();
+  }
+});

@@ -21,6 +21,16 @@ export class MetricsServer {
   #handoverFd: Fd | null = null;
   /** The socket path this broker serves (removed at close; not when it hands it over). */
   #path: string | null = null;
+  /** An upgrade holds the broker: scrapes are answered 503 (hold()/unhold()). */
+  #held = false;
+
+  hold(): void {
+    this.#held = true;
+  }
+
+  unhold(): void {
+    this.#held = false;
+  }
   #closed = false;
 
   private constructor(metrics: BrokerMetrics, server: Server, endpoint: string) {
@@ -34,13 +44,26 @@ export class MetricsServer {
    * is: the old broker still listens on it until it exits (binding the address again failed with EADDRINUSE,
    * and a socket path was unlinked from under the old broker, which a rollback left without its endpoint).
    */
-  static async start(broker: Broker, inherited: Fd | null = null): Promise<MetricsServer> {
+  static async start(
+    broker: Broker,
+    inherited: Fd | null = null,
+    opts: { held?: boolean; replaceLive?: boolean } = {},
+  ): Promise<MetricsServer> {
     const { listen, mode } = broker.config.metrics;
     if (!listen) throw new Error('metrics.listen is not set');
     const metrics = new BrokerMetrics(broker);
+    let self: MetricsServer | null = null;
     const server = createServer((req, res) => {
       if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: GET /metrics\n');
+        return;
+      }
+      // A scrape reads the device: not while an upgrade holds the device connection (the new broker reads its
+      // replies), nor in the new broker before the commit.
+      if (self === null || self.#held) {
+        res
+          .writeHead(503, { 'content-type': 'text/plain', 'retry-after': '1' })
+          .end('the broker is being upgraded: scrape again\n');
         return;
       }
       metrics.metrics().then(
@@ -59,6 +82,9 @@ export class MetricsServer {
       // closes, which an upgrade's old broker does as it stops accepting (stopListening) while the new one
       // serves that socket. unixListen removes only a stale socket file (nobody listening) and sets the mode
       // before anyone can connect.
+      // An upgrade from a broker that did not hand its socket over: its live socket file is replaced, as that
+      // broker's own upgrades did (a rollback then leaves it without its path).
+      if (path && !inherited && opts.replaceLive) rmSync(path, { force: true });
       fd = inherited?.release() ?? (path ? native.unixListen(path, mode, 64, true) : null);
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
@@ -69,7 +95,6 @@ export class MetricsServer {
         }
       });
     } catch (err) {
-      if (fd !== null && !server.listening) native.close(fd); // not the server's yet
       server.close();
       metrics.close();
       throw Object.assign(new Error(`metrics: cannot listen on ${listen}: ${(err as Error).message}`), {
@@ -77,12 +102,14 @@ export class MetricsServer {
       });
     }
     let endpoint = listen;
-    if (!path && !inherited) {
+    if (!path) {
       const a = server.address() as AddressInfo;
       endpoint = `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
     }
     const m = new MetricsServer(metrics, server, endpoint);
     m.#path = path;
+    m.#held = opts.held === true;
+    self = m;
     return m;
   }
 
@@ -101,7 +128,8 @@ export class MetricsServer {
 
   /**
    * An upgrade committed: the new broker serves the listening socket from now on, so this one accepts no more
-   * (a scrape it accepted would die with it as it exits: a reset). Requests in progress are answered.
+   * (a scrape it accepted would die with it as it exits: a reset). Idle kept-alive connections are closed; one
+   * with a request in progress ends when this process exits.
    */
   stopListening(): void {
     this.#path = null;
