@@ -82,13 +82,13 @@ export async function mapForLease(
     req.issued?.();
     await mapped.catch((err: { code?: string }) => {
       // Not answered in time: the device may still make the map, which no mapping of the lease records.
-      if (err?.code === 'ETIMEDOUT') lease.unknownMaps = true;
+      if (err?.code === 'ETIMEDOUT') lease.maybeMaps.push({ deviceIova, size: req.size });
       throw err;
     });
     if (!lease.live) {
       // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
       await table.device.dmaUnmap(deviceIova, req.size).catch((err) => {
-        lease.unknownMaps = true;
+        lease.maybeMaps.push({ deviceIova, size: req.size });
         throw err;
       });
       throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);

@@ -73,10 +73,11 @@ export class Lease {
   deadline: number | null = null;
   readonly mappings = new LeaseMappings();
   /**
-   * A DMA_MAP the device may have made without the broker knowing: its answer timed out (the device may still
-   * serve it), or the undo of a map made while the lease ended failed. Reclaim then unmaps the whole window.
+   * DMA_MAPs the device may have made without the broker knowing (device IOVAs): the answer timed out (the
+   * device may still serve it), or the undo of a map made while the lease ended failed. Reclaim unmaps each
+   * exactly as asked (unmapAll); an upgrade is refused while there are any (the state does not carry them).
    */
-  unknownMaps = false;
+  readonly maybeMaps: { deviceIova: bigint; size: bigint }[] = [];
   /** The uid accounts this lease counts in while it is in the table (LeaseTable.add/remove), and its share there. */
   #accounts: UsageAccounts | null = null;
   #share: Usage = { leases: 0, mappedBytes: 0n, mappings: 0 };

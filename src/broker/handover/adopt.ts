@@ -103,7 +103,6 @@ export function rebuild(
     lease.noticeFd = h.noticeFd === null ? null : take(fds, h.noticeFd);
     lease.faults.push(...h.faults);
     lease.faultsTotal = h.faultsTotal ?? h.faults.length;
-    lease.unknownMaps = h.unknownMaps ?? false;
     if (h.state === 'quarantined') {
       lease.parked();
       lease.reclaimed = Promise.resolve(); // its reclaim ended (in the old broker) with the quarantine

@@ -47,6 +47,7 @@ async function until(what: string, ready: () => boolean, deadline: number): Prom
 export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadline: number): Promise<void> {
   for (const s of p.servers) s.pauseAccepting();
   p.admin?.hold();
+  p.metrics?.hold(); // a scrape reads the device; those in progress are among the device calls waited for
   const conns = p.servers.flatMap((s) => [...s.connections]);
   for (const c of conns) c.hold();
   try {
@@ -84,6 +85,7 @@ export function resume(b: Broker, p: BrokerParts): void {
   b.leases.unhold();
   for (const s of p.servers) for (const c of s.connections) c.unhold();
   p.admin?.unhold();
+  p.metrics?.unhold();
   for (const s of p.servers) s.resumeAccepting();
 }
 
@@ -101,6 +103,10 @@ export function cannotUpgrade(b: Broker): string | null {
   if (audited.length)
     return `audited slices are handed out to leases ${audited.map((l) => l.id).join(', ')}: their audit is not carried over; upgrade once they are released`;
   if (b.leases.suspended) return `grants are suspended (${b.leases.suspended})`;
+  // Not in the state: a broker that reads it would never unmap them.
+  const maybe = b.leases.all().filter((l) => l.maybeMaps.length > 0);
+  if (maybe.length)
+    return `leases ${maybe.map((l) => l.id).join(', ')} may hold DMA maps the device made after their DMA_MAP timed out: upgrade once they have ended`;
   return null;
 }
 
@@ -177,7 +183,6 @@ export function collect(
     noticeFd: l.noticeFd && !l.noticeFd.closed ? add(l.noticeFd) : null,
     faults: l.faults,
     faultsTotal: l.faultsTotal,
-    unknownMaps: l.unknownMaps,
     reclaim: deferred.get(l) ?? null,
   }));
   const doc: BrokerState = {

@@ -58,8 +58,6 @@ export interface HandedLease {
   faults: DeviceFault[];
   /** Every fault the lease was sent, `faults` the last of them (absent from an older broker: faults.length). */
   faultsTotal?: number;
-  /** Lease.unknownMaps (absent from an older broker: false). */
-  unknownMaps?: boolean;
   /** A reclaim asked for while the old broker held the table: the new one runs it at once. */
   reclaim: string | null;
 }
