@@ -28,8 +28,11 @@ export interface LeaseInfo {
   isolation: Record<string, Isolation>;
   /** The last fault records the broker keeps for this lease (16), oldest first. */
   faults: { queue: number | null; code: number; name: string; address: bigint }[];
-  /** How many faults this lease was sent in all (a broker that does not say: faults.length). */
-  faultsTotal: number;
+  /**
+   * How many faults this lease was sent in all; null from a broker that does not count them (one from before
+   * the count, e.g. after a downgrade), whose list is then all there is to go by.
+   */
+  faultsTotal: number | null;
 }
 
 const big = (v: unknown, what: string): bigint => {
@@ -57,9 +60,12 @@ interface RawInfo {
 
 /** Most MSI-X vectors a lease may have: a PCI function has at most 2048 (as the C client). */
 export const MAX_LEASE_VECTORS = 2048;
-/** Most regions a lease lists (as the C client); indexes above 4096 name no region of any device. */
-const MAX_LEASE_REGIONS = 64;
-const MAX_REGION_INDEX = 4096;
+/**
+ * Most regions a lease lists (as the C client): device-memory granules are regions 10, 11, … (the broker's
+ * sa1.max_devmem_granules allows 65,536; the 16 KiB info region holds a few hundred); no index past them.
+ */
+const MAX_LEASE_REGIONS = 1024;
+const MAX_REGION_INDEX = 10 + 65_536;
 
 const refuse = (what: string): never => {
   throw leaseError('EPROTO', `info region: ${what}`);
@@ -100,8 +106,8 @@ export function parseLeaseInfo(raw: unknown): LeaseInfo {
     name: f.name,
     address: big(f.address, 'fault address'),
   }));
-  const faultsTotal = j.faultsTotal ?? faults.length;
-  if (!Number.isSafeInteger(faultsTotal) || faultsTotal < faults.length)
+  const faultsTotal = j.faultsTotal ?? null;
+  if (faultsTotal !== null && (!Number.isSafeInteger(faultsTotal) || faultsTotal < faults.length))
     refuse(
       `faultsTotal ${JSON.stringify(faultsTotal)} is not a count of at least the ${faults.length} faults listed`,
     );

@@ -6,7 +6,7 @@ import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
 import { readProcText } from '../sys/proc-text.js';
 import type { VfioUserClient } from '../vfio/user/client.js';
-import { fromCallError, leaseError } from './errors.js';
+import { fromCallError } from './errors.js';
 
 const { O_NONBLOCK } = native.constants as Record<string, number>;
 
@@ -15,7 +15,9 @@ const { O_NONBLOCK } = native.constants as Record<string, number>;
  * the server chose: a blocking eventfd whose counter stands at 0xfffffffffffffffe would hold that write, and the
  * client with it, for good. It must be an eventfd (only an eventfd's fdinfo has eventfd-count) whose open file
  * description is non-blocking; that flag is the description's, shared with the server, so it is checked, never
- * set here. Checked once, when the fd arrives: the submit path stays a store and a load.
+ * set here. Checked once, when the queue is made (sa1-queue-setup.ts): the submit path stays a store and a load.
+ * Not for every io fd: libvfio-user's own servers register blocking eventfds, which a client that kicks them
+ * itself (Lease.ioEventFd) may take.
  */
 export function kickFdProblem(fd: Fd): string | null {
   if (!/^eventfd-count:/m.test(readProcText(`/proc/self/fdinfo/${fd.fd}`))) return 'it is not an eventfd';
@@ -65,20 +67,6 @@ export class IoEventFds {
     const hit = reply.subRegions.find((s) => s.offset <= offset && offset < s.offset + (s.size || 1n));
     const fd = hit ? (reply.fds[hit.fdIndex] ?? null) : null;
     for (const f of reply.fds) if (f !== fd) f.close();
-    let problem: string | null = null;
-    try {
-      problem = fd && kickFdProblem(fd);
-    } catch (err) {
-      fd?.close();
-      throw fromCallError(`region ${region} io fd`, err);
-    }
-    if (fd && problem) {
-      fd.close();
-      throw leaseError(
-        'EPROTO',
-        `region ${region} io fd at offset 0x${offset.toString(16)} refused: ${problem}; a doorbell kick must be a non-blocking eventfd`,
-      );
-    }
     if (fd && this.#closed()) {
       fd.close();
       return null;

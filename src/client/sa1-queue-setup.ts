@@ -7,6 +7,7 @@ import { BAR2, CQE_SIZE, QP, SQE_SIZE } from '../hw/sa1/regs.js';
 import type { Fd, Mapping } from '../sys/index.js';
 import type { DmaBuffer } from './dma.js';
 import { leaseError } from './errors.js';
+import { kickFdProblem } from './io-event-fds.js';
 import type { Lease } from './lease.js';
 
 /** Default bound on a descriptor's completion: far above any descriptor's run time (16 MiB at memory speed). */
@@ -78,6 +79,14 @@ export async function setUpQueue(lease: Lease, opts: QueueOptions): Promise<Queu
   // The page's size is the broker's word (REGION_INFO): one too short for the registers the queue stores into
   // and reads made a RangeError of the first access, and left the rings allocated.
   try {
+    // The kick is a write(2) on the submit path to an fd the server chose (io-event-fds.ts, kickFdProblem).
+    const problem = kick.value && kickFdProblem(kick.value);
+    if (problem) {
+      throw leaseError(
+        'EPROTO',
+        `the queue's doorbell kick fd (region ${BAR2} io fd at 0x${QP.SQ_TAIL.toString(16)}) is refused: ${problem}; it must be a non-blocking eventfd`,
+      );
+    }
     const pageBytes = lease.region(BAR2).length; // ENOENT: not mapped (no fd for it)
     if (pageBytes < QP_REGISTERS_END) {
       throw leaseError(

@@ -202,11 +202,11 @@ test('a doorbell kick fd that would block the submit (a blocking eventfd, or no 
   // Before the fix the queue was made with it, and its first kicked submit blocked in write(2) for good.
   assert.match(
     await probe('queue', () => false, { kickFd: saturated }),
-    /error EPROTO: region 2 io fd at offset 0xc refused: it is a blocking eventfd \(no O_NONBLOCK\)/,
+    /error EPROTO: the queue's doorbell kick fd is refused: it is a blocking eventfd \(no O_NONBLOCK\)/,
   );
   assert.match(
     await probe('queue', () => false, { kickFd: () => MemFd.create('not-a-kick', { size: 4096 }).fd }),
-    /error EPROTO: region 2 io fd at offset 0xc refused: it is not an eventfd/,
+    /error EPROTO: the queue's doorbell kick fd is refused: it is not an eventfd/,
   );
 });
 

@@ -86,7 +86,8 @@ static int parse(struct devlease *l, json_object *j)
 	if ((v = opt(j, "regions"))) {
 		if (!json_object_is_type(v, json_type_array)) return dl_fail(EPROTO, "info region: regions is not an array");
 		size_t n = json_object_array_length(v);
-		if (n > 64) return dl_fail(EPROTO, "info region: %zu regions is more than a lease has", n);
+		/* Device-memory granules are regions 10, 11, ... (as src/client/info.ts). */
+		if (n > 1024) return dl_fail(EPROTO, "info region: %zu regions is more than a lease has", n);
 		l->info_regions = calloc(n ? n : 1, sizeof(*l->info_regions));
 		if (!l->info_regions) return dl_fail(ENOMEM, "info region: no memory");
 		for (size_t i = 0; i < n; i++) {
@@ -95,7 +96,7 @@ static int parse(struct devlease *l, json_object *j)
 			    !json_object_object_get_ex(r, "size", &s) || !json_object_object_get_ex(r, "unit", &u))
 				return dl_fail(EPROTO, "info region: regions[%zu] lacks index, size or unit", i);
 			int idx = json_object_get_int(x);
-			if (!json_object_is_type(x, json_type_int) || idx < 0 || idx > 4096)
+			if (!json_object_is_type(x, json_type_int) || idx < 0 || idx > 10 + 65536)
 				return dl_fail(EPROTO, "info region: regions[%zu].index is not a region index", i);
 			l->info_regions[i].index = (unsigned)idx;
 			if (u64_of(s, "region size", &l->info_regions[i].size) < 0 || u64_of(u, "region unit", &l->info_regions[i].unit) < 0)
@@ -135,7 +136,8 @@ static int parse(struct devlease *l, json_object *j)
 	}
 	in->faults = l->info_faults;
 	in->faults_total = in->nfaults;
-	if ((v = opt(j, "faultsTotal")) && u64_of(v, "faultsTotal", &in->faults_total) < 0) return -EPROTO;
+	in->faults_counted = (v = opt(j, "faultsTotal")) != NULL;
+	if (v && u64_of(v, "faultsTotal", &in->faults_total) < 0) return -EPROTO;
 	if (in->faults_total < in->nfaults)
 		return dl_fail(EPROTO, "info region: faultsTotal %llu is less than the %u faults listed",
 			       (unsigned long long)in->faults_total, in->nfaults);

@@ -101,6 +101,7 @@ struct devlease {
 	unsigned nvectors;
 	int err_fd, req_fd;
 	uint64_t faults_seen; /* the info's faults_total when last reported */
+	unsigned faults_listed; /* the info's nfaults when last reported (a broker that does not count) */
 	bool disconnect_reported;
 	struct dl_iofd *iofds;
 	unsigned niofds;
@@ -141,5 +142,8 @@ static inline uint64_t dl_get64(const uint8_t *p) { uint64_t v; __builtin_memcpy
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "libdevlease: vfio-user is little-endian; big-endian hosts are not supported"
 #endif
+
+/* Why `fd` cannot be a doorbell kick (not a non-blocking eventfd), or NULL (region.c). */
+const char *dl_kick_fd_problem(int fd);
 
 #endif

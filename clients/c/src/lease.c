@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -109,7 +110,13 @@ static int version(struct devlease *l, const char *request_json)
 	if (json_object_object_get_ex(c, "pgsizes", &v)) {
 		/* As u64: libvfio-user sends 0xfffffffffffff000, above INT64_MAX, which json_object_get_int64 clamps to
 		 * INT64_MAX (a mask whose lowest page is 1 byte). A negative number reads 0, refused below. */
+#if JSON_C_VERSION_NUM >= ((0 << 16) | (14 << 8))
 		uint64_t ps = json_object_get_uint64(v);
+#else
+		/* json-c before 0.14 has no u64 getter: the number's own text (a negative one reads 0). */
+		const char *text = json_object_to_json_string(v);
+		uint64_t ps = text[0] == '-' ? 0 : strtoull(text, NULL, 10);
+#endif
 		if (!json_object_is_type(v, json_type_int) || ps == 0) {
 			dl_fail(EPROTO, "bad VERSION reply: pgsizes is not a page-size mask");
 			goto out;

@@ -77,9 +77,11 @@ int devlease_reset(struct devlease *l)
  * Why `fd` cannot be a doorbell kick, or NULL. The kick is a write(2) in devlease_sa1_submit to an fd the broker
  * chose: a blocking eventfd whose counter stands at 0xfffffffffffffffe would hold that write, and the caller,
  * for good. It must be an eventfd whose open file description is non-blocking; that flag is the description's,
- * shared with the sender, so it is checked, never set here. Checked once, when the fd arrives.
+ * shared with the sender, so it is checked, never set here. Checked once, when the SA-1 queue is made
+ * (sa1_queue.c), not for every io fd: libvfio-user's own servers register blocking eventfds, which a caller
+ * that kicks them itself (devlease_io_eventfd) may take.
  */
-static const char *kick_fd_problem(int fd)
+const char *dl_kick_fd_problem(int fd)
 {
 	char path[48], link[64];
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
@@ -135,13 +137,6 @@ static int fetch_io_fd(struct devlease *l, unsigned region, uint64_t offset, int
 			}
 		}
 		dl_msg_release(&r);
-		const char *why = *fd >= 0 ? kick_fd_problem(*fd) : NULL;
-		if (why) {
-			close(*fd);
-			*fd = -1;
-			return dl_fail(EPROTO, "region %u io fd at offset 0x%llx refused: %s; a doorbell kick must be a non-blocking eventfd",
-				       region, (unsigned long long)offset, why);
-		}
 		return 0;
 	}
 }

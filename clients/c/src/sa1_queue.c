@@ -118,8 +118,17 @@ int devlease_sa1_queue_create(struct devlease *l, const struct devlease_sa1_queu
 	q->kick_fd = -1;
 	if (!(opts && opts->no_kick)) {
 		rc = devlease_io_eventfd(l, DEVLEASE_SA1_QUEUE_PAGE_REGION, SA1_QP_SQ_TAIL);
-		if (rc >= 0) q->kick_fd = rc;
-		else if (rc != -ENOTSUP) goto fail; /* ENOTSUP: the device's idle poll serves us (rev 1) */
+		if (rc >= 0) {
+			/* The kick is a write(2) on the submit path, to an fd the server chose (region.c). */
+			const char *why = dl_kick_fd_problem(rc);
+			if (why) {
+				rc = dl_fail(EPROTO, "the queue's doorbell kick fd is refused: %s; it must be a non-blocking eventfd",
+					     why);
+				goto fail;
+			}
+			q->kick_fd = rc; /* the lease's: closed with it */
+		} else if (rc != -ENOTSUP)
+			goto fail; /* ENOTSUP: the device's idle poll serves us (rev 1) */
 	}
 	if ((rc = devlease_dma_alloc(l, (size_t)entries * SA1_SQ_ENTRY_SIZE, &q->sq)) < 0) goto fail;
 	if ((rc = devlease_dma_alloc(l, (size_t)entries * SA1_CQ_ENTRY_SIZE, &q->cq)) < 0) goto fail;
