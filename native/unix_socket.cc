@@ -4,6 +4,7 @@
 // SO_PEERPIDFD; and one SOCK_DGRAM send, systemd's notify protocol. Every
 // socket is non-blocking and close-on-exec; nothing here ever blocks.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -313,26 +314,36 @@ Napi::Value PeerPidfd(const Napi::CallbackInfo& info) {
 // sd_notify(3) sends it: a path, or an abstract name written with a leading
 // '@'. Sent here rather than by running systemd-notify: a child would inherit
 // (and close, as it execs and exits) fds whose close may wait on a client's
-// FUSE server, and the caller would wait for the child. Non-blocking: a full
-// receive queue is EAGAIN, not a wait.
+// FUSE server, and the caller would wait for the child. A full receive
+// queue is waited for up to a second (connected, POLLOUT says when it has
+// room), then EAGAIN: never an unbounded wait.
 Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string address = StringArg(info, 0, "address");
   Bytes message = BytesArg(info, 1, "message");
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (address.empty() || address.size() >= sizeof(addr.sun_path)) ThrowErrno(env, "sendto", ENAMETOOLONG);
+  // A path needs its terminating NUL; an abstract name is exactly its bytes ('@' standing for the first, 0).
+  size_t room = address[0] == '@' ? sizeof(addr.sun_path) : sizeof(addr.sun_path) - 1;
+  if (address.empty() || address.size() > room) ThrowErrno(env, "sendto", ENAMETOOLONG);
   if (address[0] != '/' && address[0] != '@') ThrowErrno(env, "sendto", EAFNOSUPPORT);
   memcpy(addr.sun_path, address.data(), address.size());
   socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + address.size());
   if (address[0] == '@') addr.sun_path[0] = '\0';  // abstract: the name is exactly these bytes
   else len += 1;                                  // a path: with its terminating NUL
   FdGuard sock(NewSocket(env, SOCK_DGRAM | kSockFlags));
+  if (connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), len) < 0) ThrowErrno(env, "connect", errno);
   ssize_t n;
-  do {
-    n = sendto(sock.get(), message.data, message.length, MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), len);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) ThrowErrno(env, "sendto", errno);
+  for (int tries = 0;; tries++) {
+    n = send(sock.get(), message.data, message.length, MSG_NOSIGNAL);
+    if (n >= 0 || errno == EINTR) {
+      if (n >= 0) break;
+      continue;
+    }
+    if (errno != EAGAIN || tries > 0) ThrowErrno(env, "sendto", errno);
+    pollfd p{sock.get(), POLLOUT, 0};
+    if (poll(&p, 1, 1000) <= 0) ThrowErrno(env, "sendto", EAGAIN);
+  }
   return env.Undefined();
 }
 

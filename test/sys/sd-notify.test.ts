@@ -34,7 +34,7 @@ test('sdNotify: an address it cannot use is an error naming the syscall and errn
     });
     assert.throws(() => native.sdNotify('/nonexistent/devlease/notify.sock', Buffer.from('READY=1')), {
       code: 'ENOENT',
-      syscall: 'sendto',
+      syscall: 'connect',
     });
     assert.throws(() => native.sdNotify(`/${'x'.repeat(200)}`, Buffer.from('READY=1')), {
       code: 'ENAMETOOLONG',
