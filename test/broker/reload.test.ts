@@ -213,7 +213,7 @@ test('on_reload = "revoke": a refused lease that ends while the new policy is be
         slow,
         "import { appendFileSync } from 'node:fs';\n" +
           `export async function lease() { appendFileSync(${JSON.stringify(asked)}, 'x'); ` +
-          "await new Promise((r) => setTimeout(r, 1500)); return { allow: false, reason: 'closed' }; }\n",
+          "await new Promise((r) => setTimeout(r, 3000)); return { allow: false, reason: 'closed' }; }\n",
       );
       writeFileSync(
         file,
