@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { type Fd, MemFd, StreamServer, type StreamSocket } from '../../src/sys/index.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/index.js';
 import { encodeRegionIoFdsReply, VFIO_USER_IO_FD_TYPE_IOEVENTFD } from '../../src/vfio/user/region-io-fds.js';
+import { LEASE_INFO } from '../helpers/fake-lease-broker.js';
 import { runProgram, sanitizerFindings } from './build.js';
 
 export const CAPS = {
@@ -17,19 +18,8 @@ export const CAPS = {
     devlease: { error_reason: true },
   },
 };
-export const INFO = {
-  kind: 'queue',
-  lease: 'queue-9',
-  state: 'active',
-  deadline: null,
-  queue: 0,
-  iovaWindow: { base: '0x100000000', size: '0x40000000' },
-  devmem: null,
-  vectors: 1,
-  regions: [{ index: 2, size: '0x1000', unit: '0x1000' }],
-  isolation: { queuePage: { level: 'enforced', reason: 'test' } },
-  faults: [],
-};
+/** The lease info the fake broker describes (the TypeScript client's fake broker's). */
+export const INFO = LEASE_INFO;
 
 export function header(id: number, cmd: number, size: number, flags = 1, err = 0): Buffer {
   const h = Buffer.alloc(16);

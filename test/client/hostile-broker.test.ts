@@ -80,7 +80,7 @@ test('a doorbell kick fd that would block the submit (a blocking eventfd, or no 
         });
         // Lease.ioEventFd itself hands any io fd over (libvfio-user's servers register blocking eventfds): a
         // caller that kicks one itself decides.
-        assert.ok(await lease.ioEventFd(2, 0x0c), 'the io fd is the lease caller\'s to judge');
+        assert.ok(await lease.ioEventFd(2, 0x0c), "the io fd is the lease caller's to judge");
       } finally {
         lease.close();
       }

@@ -261,9 +261,11 @@ test('DMA_UNMAP with descriptors in flight: they complete as IOMMU_FAULT, even i
   assert.deepEqual([aborted?.tag, aborted?.status], [3n, ds.ST_ABORTED]);
 });
 
-test('ABORTED for descriptors in flight when a queue is disabled or reset', async () => {
-  const p = await booted();
-  const tq = await queue(p, 0);
+/** Two NOPs taken by the device and held there (a descriptor delay): in flight. */
+async function twoNopsInFlight(
+  p: { dev: { setDescriptorDelay(ms: number): void; step(): unknown } },
+  tq: { submit(d: { opcode: number; tag: bigint }[]): Promise<unknown> },
+): Promise<void> {
   p.dev.setDescriptorDelay(1000);
   await tq.submit([
     { opcode: ds.OP_NOP, tag: 1n },
@@ -271,6 +273,12 @@ test('ABORTED for descriptors in flight when a queue is disabled or reset', asyn
   ]);
   p.dev.step();
   p.dev.step();
+}
+
+test('ABORTED for descriptors in flight when a queue is disabled or reset', async () => {
+  const p = await booted();
+  const tq = await queue(p, 0);
+  await twoNopsInFlight(p, tq);
   await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), 0);
   const done = await tq.reap(2);
   assert.deepEqual(
@@ -292,13 +300,7 @@ test('bus master clear: a disable, a queue reset or a device reset writes no ABO
   for (const c of ends) {
     const p = await booted();
     const tq = await queue(p, 0, { ringOffset: 0 });
-    p.dev.setDescriptorDelay(1000);
-    await tq.submit([
-      { opcode: ds.OP_NOP, tag: 1n },
-      { opcode: ds.OP_NOP, tag: 2n },
-    ]);
-    p.dev.step();
-    p.dev.step();
+    await twoNopsInFlight(p, tq);
     assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 2, `${c.name}: two in flight`);
     await p.bus.write(CONFIG, PCI_COMMAND, new Uint8Array([PCI_COMMAND_MEMORY, 0])); // bus master off
     await w32(p.bus, BAR0, c.reg, c.value);

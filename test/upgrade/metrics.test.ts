@@ -115,11 +115,7 @@ test('a new broker that cannot start its metrics endpoint refuses the state at o
       ['active', 'active'],
     );
     await rig.addClient(); // the sockets are still there: a new client leases
-    const stats = await rig.stopClients();
-    for (const s of stats) {
-      assert.deepEqual(s.errors, []);
-      assert.equal(s.disconnects, 0);
-    }
+    await rig.stopClientsUnharmed();
   } finally {
     await rig.close();
     await new Promise((r) => held.server.close(r));

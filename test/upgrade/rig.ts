@@ -1,4 +1,5 @@
 // A simulator, a `devlease daemon` and lease clients, each its own process, for the upgrade tests.
+import assert from 'node:assert/strict';
 import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -153,6 +154,16 @@ export class UpgradeRig {
 
   resumeClients(): void {
     for (const c of this.clients) c.send({ op: 'resume' });
+  }
+
+  /** Stops every client, and checks that none saw an error or a disconnect. */
+  async stopClientsUnharmed(): Promise<ClientStats[]> {
+    const stats = await this.stopClients();
+    for (const s of stats) {
+      assert.deepEqual(s.errors, [], `client of lease ${s.leaseId} saw errors`);
+      assert.equal(s.disconnects, 0, `client of lease ${s.leaseId} was disconnected`);
+    }
+    return stats;
   }
 
   async stopClients(): Promise<ClientStats[]> {

@@ -63,11 +63,7 @@ for (const [mode, why] of CASES) {
         'the rolled-back broker holds the descriptors it held before: none leaked, none lost',
       );
       rig.resumeClients();
-      const stats = await rig.stopClients();
-      for (const s of stats) {
-        assert.deepEqual(s.errors, []);
-        assert.equal(s.disconnects, 0);
-      }
+      await rig.stopClientsUnharmed();
     } finally {
       await rig.close();
     }
