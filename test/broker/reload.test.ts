@@ -6,7 +6,7 @@
 // names the sha256 of the config that decided it.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -14,6 +14,7 @@ import type { ReloadOutcome } from '../../src/broker/reload.js';
 import { adminRequest } from '../../src/cli/admin.js';
 import { ClientProc, type Rig, startRig } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { stopped } from '../helpers/proc-stat.js';
 import { until } from '../interop/helpers/peers.js';
 
 const leakCheck = trackFdLeaks();
@@ -260,7 +261,7 @@ test('on_reload = "revoke": a lease still being granted when the policy is reloa
       const granted = c.call('connect', { socket: rig.socket });
       await until(
         'the grant to reach the device',
-        () => driver.activate !== activate && stoppedSim(rig),
+        () => driver.activate !== activate && stopped(rig.sim.pid),
         20_000,
       );
       const reloaded = adminRequest(admin, { op: 'reload' }, 60_000) as Promise<ReloadOutcome>;
@@ -280,9 +281,3 @@ test('on_reload = "revoke": a lease still being granted when the policy is reloa
     }
   });
 });
-
-/** Whether the rig's simulator process is stopped (SIGSTOP). */
-function stoppedSim(rig: Rig): boolean {
-  const stat = readFileSync(`/proc/${rig.sim.pid}/stat`, 'utf8');
-  return stat.slice(stat.lastIndexOf(')') + 2)[0] === 'T';
-}

@@ -16,6 +16,7 @@ import {
   reply,
   type Step,
   sent,
+  sentSplit,
   serveFake,
   streamCommands,
   versionReply,
@@ -58,18 +59,8 @@ const cases: [string, Step, RegExp][] = [
     'a header whose first bytes brought fds, and its rest more',
     (s, id, cmd) => {
       if (cmd !== 1) return false;
-      const whole = reply(id, cmd, versionReply(CAPS));
       using a = MemFd.create('cut-header', { size: 4096 });
-      s.send(whole.subarray(0, 8), [a.fd]);
-      setTimeout(() => {
-        using b = MemFd.create('cut-header-rest', { size: 4096 });
-        try {
-          s.send(whole.subarray(8), [b.fd]);
-        } catch {
-          // the client may have hung up already
-        }
-      }, 100);
-      return true;
+      return sentSplit(s, reply(id, cmd, versionReply(CAPS)), 8, [a.fd], true);
     },
     /error EPROTO: .*fds after a message's first bytes/,
   ],
@@ -110,20 +101,7 @@ const cases: [string, Step, RegExp][] = [
   ],
   [
     'fds arriving after the first bytes of a message',
-    (s, id, cmd) => {
-      if (cmd !== 1) return false;
-      const whole = reply(id, cmd, versionReply(CAPS));
-      s.send(whole.subarray(0, 16));
-      setTimeout(() => {
-        using a = MemFd.create('x', { size: 4096 });
-        try {
-          s.send(whole.subarray(16), [a.fd]);
-        } catch {
-          // the client may have hung up already
-        }
-      }, 100);
-      return true;
-    },
+    (s, id, cmd) => cmd === 1 && sentSplit(s, reply(id, cmd, versionReply(CAPS)), 16, [], true),
     /error EPROTO: .*fds after a message's first bytes/,
   ],
   [

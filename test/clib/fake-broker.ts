@@ -59,6 +59,29 @@ export function sent(s: StreamSocket, data: Buffer): boolean {
   return true;
 }
 
+/**
+ * `whole` in two pieces: the bytes before `at` (with `firstFds`) now, the rest (with a new memfd when `restFd`)
+ * 100 ms later — a message whose pieces arrive in separate reads.
+ */
+export function sentSplit(
+  s: StreamSocket,
+  whole: Buffer,
+  at: number,
+  firstFds: readonly (Fd | number)[],
+  restFd: boolean,
+): boolean {
+  s.send(whole.subarray(0, at), firstFds);
+  setTimeout(() => {
+    using rest = restFd ? MemFd.create('split-rest', { size: 4096 }) : null;
+    try {
+      s.send(whole.subarray(at), rest ? [rest.fd] : []);
+    } catch {
+      // the client may have hung up already
+    }
+  }, 100);
+  return true;
+}
+
 /** A well-behaved answer to each request; a scenario replaces one step with its fault. */
 export type Step = (sock: StreamSocket, id: number, cmd: number, msg: Buffer) => boolean;
 

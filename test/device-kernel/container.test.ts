@@ -209,19 +209,15 @@ test('an UNMAP_DMA the kernel answers with fewer bytes than are mapped there is 
   using mem = MemFd.create('dma', { size: 2 * 4096 });
   try {
     await dev.dmaMap({ fd: mem.fd, offset: 0n, iova: 0x100_0000n, size: 8192n, read: true, write: true });
-    const answer = rec.replies.get(NR.VFIO_IOMMU_UNMAP_DMA)!;
     // struct vfio_iommu_type1_dma_unmap { u32 argsz, flags; u64 iova, size }: size written back as 0.
-    rec.replies.set(NR.VFIO_IOMMU_UNMAP_DMA, (arg) => {
-      new DataView((arg as Uint8Array).buffer, (arg as Uint8Array).byteOffset).setBigUint64(16, 0n, true);
-      return 0;
-    });
+    const restore = rec.writeBack(NR.VFIO_IOMMU_UNMAP_DMA, 16, 0n);
     await assert.rejects(dev.dmaUnmap(0x100_0000n, 8192n), {
       code: 'EIO',
       message:
         /VFIO_IOMMU_UNMAP_DMA of iova 0x1000000: the kernel unmapped 0x0 of the 0x2000 bytes mapped there/,
     });
     assert.equal(rec.calls.filter((c) => c.op === 'munmap').length, 0, 'the pinned memory stays mapped');
-    rec.replies.set(NR.VFIO_IOMMU_UNMAP_DMA, answer);
+    restore();
     await dev.dmaUnmap(0x100_0000n, 8192n);
     assert.equal(rec.calls.filter((c) => c.op === 'munmap').length, 1, 'unmapped once the kernel did');
   } finally {

@@ -263,18 +263,14 @@ test('an IOMMU_IOAS_UNMAP the kernel answers with fewer bytes than are mapped th
   using mem = MemFd.create('dma', { size: 2 * 4096 });
   try {
     await dev.dmaMap({ fd: mem.fd, offset: 0n, iova: 0x100_0000n, size: 8192n, read: true, write: true });
-    const answer = rec.replies.get(NR.IOMMU_IOAS_UNMAP)!;
     // struct iommu_ioas_unmap { u32 size, ioas_id; u64 iova, length }: length written back as one page.
-    rec.replies.set(NR.IOMMU_IOAS_UNMAP, (arg) => {
-      new DataView((arg as Uint8Array).buffer, (arg as Uint8Array).byteOffset).setBigUint64(16, 4096n, true);
-      return 0;
-    });
+    const restore = rec.writeBack(NR.IOMMU_IOAS_UNMAP, 16, 4096n);
     await assert.rejects(dev.dmaUnmap(0x100_0000n, 8192n), {
       code: 'EIO',
       message:
         /IOMMU_IOAS_UNMAP of iova 0x1000000: the kernel unmapped 0x1000 of the 0x2000 bytes mapped there/,
     });
-    rec.replies.set(NR.IOMMU_IOAS_UNMAP, answer);
+    restore();
     await dev.dmaUnmap(0x100_0000n, 8192n);
   } finally {
     await dev.close();

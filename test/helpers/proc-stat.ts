@@ -14,6 +14,16 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
 }
 
+/** Whether `pid` is stopped (state T: SIGSTOP, or a process that stopped itself); false once it is gone. */
+export function stopped(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] === 'T';
+  } catch {
+    return false;
+  }
+}
+
 /** Open descriptors of `pid`. */
 export function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;

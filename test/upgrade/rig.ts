@@ -1,7 +1,7 @@
 // A simulator, a `devlease daemon` and lease clients, each its own process, for the upgrade tests.
 import assert from 'node:assert/strict';
 import { type ChildProcess, fork, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -205,13 +205,7 @@ export class UpgradeRig {
 }
 
 /** 'T' once the process stopped itself (SIGSTOP: DEVLEASE_TEST_UPGRADE_OLD_STOP). */
-export function stopped(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] === 'T';
-  } catch {
-    return false;
-  }
-}
+export { stopped } from '../helpers/proc-stat.js';
 
 export function alive(pid: number): boolean {
   try {

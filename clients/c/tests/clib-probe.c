@@ -303,55 +303,45 @@ static int notices(const char *sock)
 	return 1;
 }
 
-static int connect_once(const char *sock)
+/* One lease from a fake broker (3 s deadline): `then` runs on it, any error is printed, and every fd is checked
+ * back to its baseline once the lease is freed. */
+static int once(const char *sock, int (*then)(struct devlease *l))
 {
 	int fds0 = fd_count();
 	struct devlease *l = NULL;
 	struct devlease_connect_opts o = { .socket = sock, .timeout_ms = 3000 };
 	int rc = devlease_connect(&o, &l);
+	if (rc == 0) rc = then(l);
 	if (rc < 0) printf("error %s: %s\n", strerrorname_np(-rc), devlease_errmsg());
-	else printf("connected %s dma page %llu\n", devlease_info(l)->lease, (unsigned long long)devlease_dma_page(l));
 	devlease_free(l);
 	int fds1 = fd_count();
 	step(fds1 == fds0, "fds back to baseline (%d before, %d after)", fds0, fds1);
 	return failed;
 }
 
-static int queue_once(const char *sock)
+static int connected(struct devlease *l)
 {
-	int fds0 = fd_count();
-	struct devlease *l = NULL;
-	struct devlease_connect_opts o = { .socket = sock, .timeout_ms = 3000 };
-	int rc = devlease_connect(&o, &l);
+	printf("connected %s dma page %llu\n", devlease_info(l)->lease, (unsigned long long)devlease_dma_page(l));
+	return 0;
+}
+
+static int make_queue(struct devlease *l)
+{
 	struct devlease_sa1_queue *q = NULL;
-	if (rc == 0) rc = devlease_sa1_queue_create(l, NULL, &q);
-	if (rc < 0) printf("error %s: %s\n", strerrorname_np(-rc), devlease_errmsg());
-	else printf("queue created\n");
+	int rc = devlease_sa1_queue_create(l, NULL, &q);
+	if (rc == 0) printf("queue created\n");
 	devlease_sa1_queue_free(q);
-	devlease_free(l);
-	int fds1 = fd_count();
-	step(fds1 == fds0, "fds back to baseline (%d before, %d after)", fds0, fds1);
-	return failed;
+	return rc;
 }
 
-static int notice_once(const char *sock)
+static int one_notice(struct devlease *l)
 {
-	int fds0 = fd_count();
-	struct devlease *l = NULL;
-	struct devlease_connect_opts o = { .socket = sock, .timeout_ms = 3000 };
-	int rc = devlease_connect(&o, &l);
-	if (rc == 0) {
-		struct pollfd p = { .fd = devlease_socket_fd(l), .events = POLLIN };
-		step(poll(&p, 1, 3000) == 1, "the session socket turned readable");
-		struct devlease_notice n;
-		rc = devlease_next_notice(l, &n);
-		if (rc >= 0) printf("next notice returned %d (%s)\n", rc, rc ? devlease_notice_name(n.kind) : "none");
-	}
-	if (rc < 0) printf("error %s: %s\n", strerrorname_np(-rc), devlease_errmsg());
-	devlease_free(l);
-	int fds1 = fd_count();
-	step(fds1 == fds0, "fds back to baseline (%d before, %d after)", fds0, fds1);
-	return failed;
+	struct pollfd p = { .fd = devlease_socket_fd(l), .events = POLLIN };
+	step(poll(&p, 1, 3000) == 1, "the session socket turned readable");
+	struct devlease_notice n;
+	int rc = devlease_next_notice(l, &n);
+	if (rc >= 0) printf("next notice returned %d (%s)\n", rc, rc ? devlease_notice_name(n.kind) : "none");
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -365,9 +355,9 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "workload")) return workload(argv[2]);
 	if (!strcmp(argv[1], "revoke")) return revoke_scenario(argv[2]);
 	if (!strcmp(argv[1], "hold")) return hold(argv[2]);
-	if (!strcmp(argv[1], "connect")) return connect_once(argv[2]);
-	if (!strcmp(argv[1], "queue")) return queue_once(argv[2]);
-	if (!strcmp(argv[1], "notice-once")) return notice_once(argv[2]);
+	if (!strcmp(argv[1], "connect")) return once(argv[2], connected);
+	if (!strcmp(argv[1], "queue")) return once(argv[2], make_queue);
+	if (!strcmp(argv[1], "notice-once")) return once(argv[2], one_notice);
 	if (!strcmp(argv[1], "notices")) return notices(argv[2]);
 	fprintf(stderr, "clib-probe: unknown scenario %s\n", argv[1]);
 	return 2;

@@ -79,6 +79,23 @@ export class Recorder implements KernelSys {
     return reply(arg, call, this) ?? 0;
   }
 
+  /**
+   * From now on `request` is answered by writing `value` as a u64 at byte `offset` of its argument (a field the
+   * kernel writes back); returns a function that puts the previous reply back.
+   */
+  writeBack(request: number, offset: number, value: bigint): () => void {
+    const before = this.replies.get(request);
+    this.replies.set(request, (arg) => {
+      const buf = arg as Uint8Array;
+      new DataView(buf.buffer, buf.byteOffset).setBigUint64(offset, value, true);
+      return 0;
+    });
+    return () => {
+      if (before) this.replies.set(request, before);
+      else this.replies.delete(request);
+    };
+  }
+
   pread(fd: Fd, buf: Uint8Array, offset: bigint): number {
     this.calls.push({ op: 'pread', file: this.fileOf(fd), offset, length: buf.byteLength });
     buf.fill(0);
