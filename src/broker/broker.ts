@@ -194,6 +194,7 @@ export class Broker extends EventEmitter {
       throw err;
     }
     driver.on('fault', (f) => broker.leases.fault(f));
+    driver.on('faults-lost', (lost: number) => audit.write({ event: 'device-faults-lost', lost }));
     driver.on('hang', (why: string) => void broker.#recover('device-hang', why));
     driver.on('device-reset', (why: string) => void broker.#recover('device-reset', why));
     driver.on('unresponsive', (why: string) => broker.#loss.unresponsive(why));

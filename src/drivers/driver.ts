@@ -118,6 +118,8 @@ export interface DeviceFault {
 /**
  * Events a driver emits:
  * - 'fault' (DeviceFault): a fault record; the broker forwards it to the lease holding the queue.
+ * - 'faults-lost' (count: number): records the device's log overwrote before the driver read them; the broker
+ *   audits `device-faults-lost`.
  * - 'hang' (reason: string): the device stopped; the broker notifies everyone, resets and reboots.
  * - 'device-reset' (reason: string): the device was reset behind the driver's back; leases are gone.
  * - 'unresponsive' (reason: string): the device stopped answering (a frozen server): a hang that no device

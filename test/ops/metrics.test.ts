@@ -148,6 +148,13 @@ test('metrics over a unix socket: promtool accepts a scrape with leases active, 
           name: 'IOMMU_FAULT',
         }) === 1,
     );
+    // 18 more with the fault vector (4: NUM_QUEUES) silent for the first 17: the log kept 16, 2 were lost.
+    await rig2.sim.inject({ kind: 'dropIrq', count: 17, vector: 4 });
+    for (let i = 0; i < 18; i++) await rig2.sim.inject({ kind: 'fault', queue: infoD.queue, code: 4 });
+    await until(
+      'the lost records to be counted',
+      async () => value((await get(target)).body, 'devlease_device_faults_lost_total') === 2,
+    );
     const recovered = new Promise<void>((resolve) => rig2.broker.once('recovered', resolve));
     await rig2.sim.inject({ kind: 'hang' });
     await recovered;

@@ -111,6 +111,11 @@ export class BrokerMetrics {
       labelNames: ['code', 'name'],
       registers: r,
     });
+    const faultsLost = new Counter({
+      name: 'devlease_device_faults_lost_total',
+      help: "Fault records the device's log overwrote before the broker read them.",
+      registers: r,
+    });
     const commandSeconds = new Histogram({
       name: 'devlease_device_command_duration_seconds',
       help: "Latency of the broker's commands to the device (register access, DMA map/unmap, interrupt wiring, reset, slices).",
@@ -160,6 +165,9 @@ export class BrokerMetrics {
             break;
           case 'recovery-failed':
             recoveryFailures.inc();
+            break;
+          case 'device-faults-lost':
+            if (typeof rec.lost === 'number') faultsLost.inc(rec.lost);
             break;
         }
       }),

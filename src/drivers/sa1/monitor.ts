@@ -116,9 +116,15 @@ export class Sa1Monitor {
   async #drainFaults(): Promise<void> {
     const d = this.dev;
     const head = await d.read32(BAR0, REG.FAULT_HEAD);
-    // The log holds the last 16 records; older ones are lost if we fell that far behind.
+    // The log holds the last 16 records; older ones are lost if we fell that far behind. Which queues they were
+    // for is gone with them, so no lease hears of them (each such queue is in ERROR, which its holder sees):
+    // they are counted for the operator.
     let from = this.#faultsSeen;
-    if ((head - from) >>> 0 > FAULT_LOG_ENTRIES) from = (head - FAULT_LOG_ENTRIES) >>> 0;
+    const lost = (head - from) >>> 0 > FAULT_LOG_ENTRIES ? (head - from - FAULT_LOG_ENTRIES) >>> 0 : 0;
+    if (lost) {
+      from = (head - FAULT_LOG_ENTRIES) >>> 0;
+      this.events.emit('faults-lost', lost);
+    }
     for (let n = from; n !== head; n = (n + 1) >>> 0) {
       // BAR0 takes 4- or 8-byte accesses only: a record is two 64-bit reads.
       const at = REG.FAULT_LOG + (n % FAULT_LOG_ENTRIES) * FAULT_RECORD_SIZE;
