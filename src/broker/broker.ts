@@ -200,6 +200,8 @@ export class Broker extends EventEmitter {
     driver.on('unresponsive', (why: string) => broker.#loss.unresponsive(why));
     driver.on('error', (err: Error) => broker.log(`driver: ${err.message}`));
     device.on('close', (reason?: Error | null) => broker.#loss.closed(reason ?? null));
+    // The kernel wants the device back (an unbind): let it go as a lost device (the daemon exits, closing it).
+    device.on('release-requested', (why: string) => broker.#loss.closed(new Error(why)));
     audit.write({
       event: 'start',
       device: config.deviceName,

@@ -45,7 +45,11 @@ export interface IovaRange {
   last: bigint;
 }
 
-/** Events: 'close' (reason: Error | null; the transport is gone: device connection lost, or closed by us: null). */
+/**
+ * Events: 'close' (reason: Error | null; the transport is gone: device connection lost, or closed by us: null);
+ * 'release-requested' (reason: string; the host wants the device back, a kernel device's VFIO REQ: its owner
+ * must close it, or an unbind waits for the process to exit).
+ */
 export interface RevokeOptions {
   /**
    * Default true: every remaining mapping of the slice faults (a guarded one reads as revoked). False: the

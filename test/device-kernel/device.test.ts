@@ -8,6 +8,8 @@ import { after, test } from 'node:test';
 import type { KernelDevice } from '../../src/device/kernel/device.js';
 import { openKernelDevice } from '../../src/device/kernel/open.js';
 import { EventFd } from '../../src/sys/eventfd.js';
+import { native } from '../../src/sys/native.js';
+import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { le, Recorder } from './helpers/recorder.js';
 import { BDF, NR, regionOffset, SPARSE, scratchSysfs, standardReplies } from './helpers/replies.js';
@@ -91,6 +93,13 @@ test('BAR mmap at the region offset, inside a sparse-mmap area; unmapped when th
 
 test('SET_IRQS: eventfds for a block of vectors (-1 unassigns), DATA_NONE to disable; IRQ info', async () => {
   await withDevice(async (dev, rec) => {
+    // At open, the REQ irq (4) got an eventfd of the device's own (release-request.ts): nth 0 of each below.
+    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_GET_IRQ_INFO, 0), le([4, 16], [4, 0], [4, 4], [4, 0]));
+    assert.equal(
+      rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 0).subarray(4, 20).join(),
+      le([4, 0x24], [4, 4], [4, 0], [4, 1]).join(),
+    );
+    const calls = rec.calls.length;
     using a = new EventFd();
     using b = new EventFd();
     await dev.setIrqs(2, 3, [a.fd, null, b.fd]);
@@ -99,18 +108,37 @@ test('SET_IRQS: eventfds for a block of vectors (-1 unassigns), DATA_NONE to dis
     // struct vfio_irq_set { u32 argsz, flags, index, start, count; s32 data[] }
     // DATA_EVENTFD 0x4 | ACTION_TRIGGER 0x20; DATA_NONE 0x1 | ACTION_TRIGGER
     assert.deepEqual(
-      rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 0),
+      rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 1),
       le([4, 32], [4, 0x24], [4, 2], [4, 3], [4, 3], [4, a.fd.fd], [4, -1], [4, b.fd.fd]),
     );
     assert.deepEqual(
-      rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 1),
+      rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 2),
       le([4, 24], [4, 0x24], [4, 1], [4, 0], [4, 1], [4, a.fd.fd]),
     );
-    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 2), le([4, 20], [4, 0x21], [4, 1], [4, 0], [4, 0]));
+    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 3), le([4, 20], [4, 0x21], [4, 1], [4, 0], [4, 0]));
+    assert.equal(rec.calls.length, calls + 3);
     assert.equal(await dev.irqCount(1), 1);
     // struct vfio_irq_info { u32 argsz, flags, index, count }
-    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_GET_IRQ_INFO), le([4, 16], [4, 0], [4, 1], [4, 0]));
+    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_GET_IRQ_INFO, 1), le([4, 16], [4, 0], [4, 1], [4, 0]));
     assert.equal(await dev.irqCount(2), 0);
+  });
+});
+
+// The kernel asks for the device back through the REQ eventfd (vfio-pci, at an unbind): the device says so
+// once, though the kernel asks again every 10 s while it waits. Not wired, the unbind waited for the broker to
+// exit. The guest test unbinds a real device (edu.test.ts).
+test('the REQ irq is wired at open; its eventfd firing is one release-requested event', async () => {
+  await withDevice(async (dev, rec) => {
+    const set = rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 0);
+    const reqFd = new DataView(set.buffer, set.byteOffset).getInt32(20, true);
+    const heard: string[] = [];
+    dev.on('release-requested', (why: string) => heard.push(why));
+    native.eventfdWrite(reqFd, 1n);
+    await until('the request to be heard', () => heard.length > 0);
+    native.eventfdWrite(reqFd, 1n);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(heard.length, 1, 'heard once');
+    assert.match(heard[0]!, /the kernel asks for the device back/);
   });
 });
 

@@ -15,6 +15,7 @@
 
 import { EventEmitter } from 'node:events';
 import { closedError } from '../../errors.js';
+import type { EventFd } from '../../sys/eventfd.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   encodeDeviceFeature,
@@ -42,6 +43,7 @@ import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
 import { checkMappable, readRegionInfo, regionSpan, trackBarMap } from './regions.js';
+import { RELEASE_REQUESTED, watchReleaseRequests } from './release-request.js';
 import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
 
 export interface KernelDeviceParts {
@@ -84,6 +86,8 @@ export class KernelDevice extends EventEmitter implements Device {
   readonly #barMaps = new Set<UserMemory>();
   #closed = false;
   #owned: boolean;
+  /** Wired to the REQ irq while the device is this process's (release-request.ts). */
+  #releaseRequests: EventFd | null = null;
   /** After an upgrade's commit: what became of the pinned-page accounting (takeOver(); status shows it). */
   pinnedAccounting: string | null = null;
 
@@ -104,6 +108,7 @@ export class KernelDevice extends EventEmitter implements Device {
     const dev = new KernelDevice(parts);
     try {
       await dev.#init();
+      if (dev.#owned) await dev.#watchReleaseRequests();
     } catch (err) {
       await dev.close();
       throw err;
@@ -356,9 +361,29 @@ export class KernelDevice extends EventEmitter implements Device {
       );
   }
 
-  /** An adopted device becomes this process's (the upgrade committed); returns what became of the accounting. */
+  /**
+   * 'release-requested' when the kernel asks for the device back. Not wired, an unbind waits for the process
+   * to exit; failing to wire it is logged, not fatal (the device works as before).
+   */
+  async #watchReleaseRequests(): Promise<void> {
+    try {
+      this.#releaseRequests = await watchReleaseRequests(this, () => {
+        if (!this.#closed) this.emit('release-requested', RELEASE_REQUESTED);
+      });
+    } catch (err) {
+      this.#log(
+        `${this.#name}: no device request eventfd (an unbind waits for this process): ${(err as Error).message}`,
+      );
+    }
+  }
+
+  /**
+   * An adopted device becomes this process's (the upgrade committed); returns what became of the accounting.
+   * Its REQ irq is wired to this process from here on (the previous broker's eventfd is replaced).
+   */
   takeOver(): string {
     this.#owned = true;
+    void this.#watchReleaseRequests();
     this.pinnedAccounting = this.domain.takeAccounting();
     return this.pinnedAccounting;
   }
@@ -373,6 +398,7 @@ export class KernelDevice extends EventEmitter implements Device {
       for (const m of [...this.#barMaps]) m.unmap();
       this.#closed = true;
       this.#fd.close();
+      this.#releaseRequests?.close();
       this.domain.abandon();
       this.emit('close');
       return;
@@ -386,6 +412,7 @@ export class KernelDevice extends EventEmitter implements Device {
     }
     this.#closed = true;
     this.#fd.close();
+    this.#releaseRequests?.close();
     try {
       this.domain.close();
     } catch (err) {

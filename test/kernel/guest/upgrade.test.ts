@@ -9,69 +9,18 @@
 // type1: stays with the old, gone, process). A new broker that fails after
 // adopting the device rolls back: the old one keeps it and DMA still lands.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
-import {
-  existsSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { adminRequest } from '../../../src/cli/admin.js';
 import { connect, type Lease } from '../../../src/client/index.js';
-import { EDU, EDU_DMA_BUFFER, EDU_DMA_CMD } from '../../../src/drivers/edu.js';
-import { DEVLEASE_BIN } from '../../../src/util/processes.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
+import { bdf, Daemon, roundTrip, until } from './fixtures/daemon.js';
 
 const config = process.env.DEVLEASE_KERNEL_GUEST;
-const bdf = process.env.DEVLEASE_EDU_BDF ?? '';
-const BAR0 = 0;
 /** A new broker's start under TCG takes many seconds: the upgrade's deadline is generous. */
 const UPGRADE_MS = 150_000;
-const SETPRIV = '/usr/bin/setpriv';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 after(trackFdLeaks());
-
-async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-/** One edu DMA through the lease (BAR0 through the broker): `src`/`dst` are IOVAs or edu's buffer. */
-async function leaseDma(lease: Lease, src: bigint, dst: bigint, count: number, toRam: boolean) {
-  const w64 = (off: number, v: bigint) => {
-    const b = new Uint8Array(8);
-    new DataView(b.buffer).setBigUint64(0, v, true);
-    return lease.client.regionWrite(BAR0, off, b);
-  };
-  await w64(EDU.DMA_SRC, src);
-  await w64(EDU.DMA_DST, dst);
-  await w64(EDU.DMA_COUNT, BigInt(count));
-  await w64(EDU.DMA_CMD, BigInt(EDU_DMA_CMD.START | (toRam ? EDU_DMA_CMD.TO_RAM : 0)));
-  await until('the edu DMA to finish', async () => {
-    const c = await lease.client.regionRead(BAR0, EDU.DMA_CMD, 4);
-    return !(c[0]! & EDU_DMA_CMD.START);
-  });
-}
-
-/** Round trip through the device: `text` from the first page to edu's buffer, then back to the second page. */
-async function roundTrip(lease: Lease, buf: { iova: bigint; u8: Uint8Array }, text: string): Promise<string> {
-  const data = new TextEncoder().encode(text);
-  buf.u8.fill(0);
-  buf.u8.set(data, 0);
-  await leaseDma(lease, buf.iova, EDU_DMA_BUFFER, data.byteLength, false);
-  await leaseDma(lease, EDU_DMA_BUFFER, buf.iova + 4096n, data.byteLength, true);
-  return new TextDecoder().decode(buf.u8.slice(4096, 4096 + data.byteLength));
-}
 
 /**
  * kB charged to `pid`'s mm: VmPin (mm->pinned_vm: iommufd charges every pinned page there) or VmLck
@@ -99,69 +48,6 @@ function holdsVfio(pid: number): boolean {
       return false;
     }
   });
-}
-
-class Daemon {
-  readonly dir = mkdtempSync(join(tmpdir(), 'devlease-kup-'));
-  proc!: ChildProcess;
-  out = '';
-  get admin(): string {
-    return join(this.dir, 'run', 'sa1', 'admin.sock');
-  }
-  get dma(): string {
-    return join(this.dir, 'run', 'sa1', 'dma.sock');
-  }
-  async start(): Promise<void> {
-    // Without CAP_IPC_LOCK, as a broker should run: the kernel then charges its pins (with it, iommufd
-    // charges no limit and IOMMU_IOAS_CHANGE_PROCESS has nothing to move; docs/ARCHITECTURE.md).
-    assert.ok(
-      existsSync(SETPRIV),
-      `${SETPRIV} (util-linux) is missing: it drops CAP_IPC_LOCK for the broker`,
-    );
-    this.proc = spawn(
-      SETPRIV,
-      [
-        '--bounding-set=-ipc_lock',
-        '--inh-caps=-ipc_lock',
-        process.execPath,
-        DEVLEASE_BIN,
-        'daemon',
-        '--device',
-        `pci:${bdf}`,
-        '--rundir',
-        join(this.dir, 'run'),
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    this.proc.stdout!.on('data', (d: Buffer) => {
-      this.out += d.toString();
-    });
-    this.proc.stderr!.on('data', (d: Buffer) => {
-      this.out += d.toString();
-    });
-    await until(
-      'the daemon to be ready',
-      () => /"event":"ready"/.test(this.out) || this.proc.exitCode !== null,
-    );
-    assert.equal(this.proc.exitCode, null, `the daemon exited: ${this.out}`);
-  }
-  // biome-ignore lint/suspicious/noExplicitAny: admin answers are JSON of many shapes
-  request(req: Record<string, unknown>, ms = 200_000): Promise<any> {
-    return adminRequest(this.admin, req, ms);
-  }
-  async stop(): Promise<void> {
-    const s = await this.request({ op: 'status' }).catch(() => null);
-    if (s?.pid) {
-      try {
-        process.kill(s.pid, 'SIGTERM');
-      } catch {}
-      await until('the broker to exit', () => !existsSync(`/proc/${s.pid}`), 30_000).catch(() => {
-        process.kill(s.pid, 'SIGKILL');
-      });
-    }
-    if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
-    rmSync(this.dir, { recursive: true, force: true });
-  }
 }
 
 test('runs inside a kernel-rig guest with edu bound to vfio-pci', () => {
