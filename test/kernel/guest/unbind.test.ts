@@ -29,7 +29,9 @@ test('runs inside a kernel-rig guest with edu bound to vfio-pci', () => {
 
 /** `echo BDF > .../vfio-pci/unbind` in a child: the write blocks in the kernel until the device is released. */
 function unbind(): { proc: ChildProcess; exited: Promise<number | null> } {
-  const proc = spawn('sh', ['-c', `echo ${bdf} > /sys/bus/pci/drivers/vfio-pci/unbind`], { stdio: 'inherit' });
+  const proc = spawn('sh', ['-c', `echo ${bdf} > /sys/bus/pci/drivers/vfio-pci/unbind`], {
+    stdio: 'inherit',
+  });
   return { proc, exited: new Promise((resolve) => proc.once('exit', (code) => resolve(code))) };
 }
 
