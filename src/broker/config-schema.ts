@@ -78,6 +78,8 @@ export interface BrokerConfig {
   };
   /** The SA-1 driver's settings (documented where the driver declares them). */
   sa1: DriverConfig['sa1'];
+  /** The generic driver's settings (documented where the driver declares them). */
+  generic: NonNullable<DriverConfig['generic']>;
   policy: {
     rules: PolicyRule[];
     /** Optional module exporting lease(ctx, req) and map(ctx, req) hooks. */
@@ -164,6 +166,7 @@ export function defaultConfig(): BrokerConfig {
       heartbeatMs: 100,
       responseTimeoutMs: 2000,
     },
+    generic: { reuseWithoutReset: false },
     policy: {
       rules: defaultRules(),
       module: null,

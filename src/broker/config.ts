@@ -274,6 +274,9 @@ export function configFromObject(doc: Table): BrokerConfig {
     responseTimeoutMs: s.int('response_timeout_ms', d.sa1.responseTimeoutMs, 100, 600_000),
   };
   s.done();
+  const gen = top.table('generic');
+  const generic = { reuseWithoutReset: gen.bool('reuse_without_reset', d.generic.reuseWithoutReset) };
+  gen.done();
 
   const pol = top.table('policy');
   const rulesRaw = pol.raw('rule');
@@ -338,6 +341,7 @@ export function configFromObject(doc: Table): BrokerConfig {
     layout,
     lifetime,
     sa1,
+    generic,
     policy,
     auditLog,
     directAudit,

@@ -73,6 +73,8 @@ export interface Device extends EventEmitter {
   };
   readonly numRegions: number;
   readonly numIrqs: number;
+  /** false: the device reports no reset method (VFIO_DEVICE_FLAGS_RESET clear), so reset() fails. Absent: it does. */
+  readonly resettable?: boolean;
 
   region(index: number): Promise<DeviceRegion>;
   read(index: number, offset: bigint | number, count: number): Promise<Uint8Array>;

@@ -8,6 +8,7 @@ import {
   VFIO_DEVICE_FEATURE_GET,
   VFIO_DEVICE_FEATURE_PROBE,
   VFIO_DEVICE_FEATURE_SET,
+  VFIO_DEVICE_FLAGS_RESET,
   VFIO_PCI_CONFIG_REGION_INDEX,
 } from '../vfio/uapi/vfio.js';
 import type { VfioUserClient } from '../vfio/user/client.js';
@@ -17,7 +18,7 @@ import { readPciIds } from './pci-ids.js';
 /** What a connection says about its device: counts, PCI ids, and whether slices can be mapped and revoked. */
 export async function describe(
   client: VfioUserClient,
-): Promise<Pick<Device, 'numRegions' | 'numIrqs' | 'ids' | 'capabilities'>> {
+): Promise<Pick<Device, 'numRegions' | 'numIrqs' | 'ids' | 'capabilities'> & { resettable: boolean }> {
   const info = await client.deviceInfo();
   const ids = await readPciIds((off, n) => client.regionRead(VFIO_PCI_CONFIG_REGION_INDEX, off, n));
   const probe = async (feature: number, dir: number) => {
@@ -33,6 +34,7 @@ export async function describe(
   return {
     numRegions: info.num_regions,
     numIrqs: info.num_irqs,
+    resettable: (info.flags & VFIO_DEVICE_FLAGS_RESET) !== 0,
     ids,
     capabilities: { mappableSlices: mappable, revocableSlices: revocable },
   };

@@ -47,6 +47,8 @@ export interface VfioUserDeviceHandover {
   numRegions: number;
   numIrqs: number;
   capabilities: { mappableSlices: boolean; revocableSlices: boolean };
+  /** Whether the device reports a reset method (absent from an older broker: assumed). */
+  resettable?: boolean;
   /** The io fds asked of the device per region (fd indexes in the handover's list; absent: none carried). */
   ioFds?: { index: number; subRegions: IoFdSubRegion[]; fds: number[] }[];
 }
@@ -58,6 +60,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   ids!: Device['ids'];
   numRegions = 0;
   numIrqs = 0;
+  resettable = true;
   capabilities = { mappableSlices: false, revocableSlices: false };
   readonly #ranges: IovaRange[];
   /** Region io fds of the current connection's device (see regionIoFds). */
@@ -135,6 +138,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
     dev.numRegions = state.numRegions;
     dev.numIrqs = state.numIrqs;
     dev.capabilities = state.capabilities;
+    dev.resettable = state.resettable ?? true; // a broker before 'resettable' handed over none
     if (state.ioFds?.length && !take) throw new Error('the io fds handed over need their fds');
     for (const r of state.ioFds ?? []) {
       dev.#ioFds.adopt(r.index, { subRegions: r.subRegions, fds: r.fds.map((i) => take!(i)) });
@@ -162,6 +166,7 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
         numRegions: this.numRegions,
         numIrqs: this.numIrqs,
         capabilities: this.capabilities,
+        resettable: this.resettable,
         ioFds: this.#ioFds.known().map(([index, io]) => ({
           index,
           subRegions: io.subRegions,

@@ -40,6 +40,11 @@ export interface DriverConfig {
      */
     responseTimeoutMs: number;
   };
+  /**
+   * The generic driver: whether a device that reports no reset method (VFIO_DEVICE_FLAGS_RESET clear) is leased
+   * again after a lease, as that lease left it (true), or quarantined then (false, the default; absent: false).
+   */
+  generic?: { reuseWithoutReset: boolean };
 }
 
 /**

@@ -3,6 +3,12 @@
 // on a device without MSI-X, its INTx line as the lease's vector 0), and
 // one IOVA window, to one client at a time. Nothing is isolated inside the
 // device, so every slice is reported `cooperative`, with the reason.
+//
+// Between leases the device is reset (VFIO_DEVICE_RESET): the only way to
+// clear a device one knows nothing about. One with no reset method (QEMU's
+// edu under vfio-pci, many integrated devices) is quarantined after its first
+// lease, with the reason, unless `[generic] reuse_without_reset` leases it
+// again as the last holder left it.
 
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
@@ -17,6 +23,7 @@ import {
 import { type BarType, barTypeAt, leaseConfigSpaceOf, readBarTypes } from './config-space.js';
 import {
   type Driver,
+  type DriverConfig,
   type DriverFactory,
   identityView,
   type LeaseRequest,
@@ -30,6 +37,10 @@ const COOPERATIVE = {
     'generic driver: the whole region is shared with the device owner; nothing inside the device separates clients',
 };
 
+const NO_RESET =
+  'the device reports no reset method (VFIO_DEVICE_FLAGS_RESET clear: no FLR, PM or bus reset), so what a ' +
+  'lease leaves in it cannot be cleared';
+
 export class GenericDriver extends EventEmitter implements Driver {
   readonly name = 'generic';
   #bars: { index: number; size: bigint; mmap: boolean; type: BarType }[] = [];
@@ -37,9 +48,18 @@ export class GenericDriver extends EventEmitter implements Driver {
   #leased = false;
   /** The device's irq index behind the lease's vectors: MSI-X, or INTx on a device without MSI-X. */
   #irqIndex = VFIO_PCI_MSIX_IRQ_INDEX;
+  /** Why the device is leased no more (a lease ended on a device with no reset), or null. */
+  #quarantined: string | null = null;
 
-  constructor(private readonly dev: Device) {
+  constructor(
+    private readonly dev: Device,
+    private readonly config?: DriverConfig,
+  ) {
     super();
+  }
+
+  get #reuseWithoutReset(): boolean {
+    return this.config?.generic?.reuseWithoutReset ?? false;
   }
 
   kinds(): string[] {
@@ -48,6 +68,7 @@ export class GenericDriver extends EventEmitter implements Driver {
 
   async boot(): Promise<void> {
     this.#bars = [];
+    this.#quarantined = null; // booted afresh (a reconnect, a recovery): nothing of a last lease is known to be left
     // The lease's BARs mirror the device's own: I/O or memory, 64-bit, prefetchable.
     const types = await readBarTypes(this.dev);
     for (let i = 0; i < Math.min(this.dev.numRegions, VFIO_PCI_ROM_REGION_INDEX); i++) {
@@ -75,6 +96,7 @@ export class GenericDriver extends EventEmitter implements Driver {
   acquire(req: LeaseRequest): LeaseResources {
     if (req.kind !== 'device')
       throw new VfioError('EINVAL', `the generic driver offers lease kind 'device', not '${req.kind}'`);
+    if (this.#quarantined) throw new VfioError('EBUSY', `the device is quarantined: ${this.#quarantined}`);
     if (this.#leased) throw new VfioError('EBUSY', 'the device is leased whole to another client');
     this.#leased = true;
     const slices: SliceSpec[] = this.#bars.map((b) => ({
@@ -100,7 +122,13 @@ export class GenericDriver extends EventEmitter implements Driver {
       irqIndex: this.#irqIndex,
       devmem: null,
       isolation: {
-        regions: COOPERATIVE,
+        regions:
+          this.dev.resettable === false
+            ? {
+                ...COOPERATIVE,
+                reason: `${COOPERATIVE.reason}; ${NO_RESET}: it comes as the last lease left it`,
+              }
+            : COOPERATIVE,
         iovaWindow: { level: 'enforced', reason: 'the broker maps all DMA after a window check' },
         interrupts: { level: 'enforced', reason: 'the client eventfds are wired to this lease only' },
       },
@@ -108,15 +136,32 @@ export class GenericDriver extends EventEmitter implements Driver {
   }
 
   async activate(): Promise<void> {}
+  /**
+   * A reset stops whatever the device was doing for the lease before its IOVA window is unmapped. Without a
+   * reset method nothing can: the device is leased no more (the next acquire says why), or with
+   * reuse_without_reset it goes on as it is (a DMA it still runs faults on the unmapped window).
+   */
   async quiesce(): Promise<void> {
+    if (this.dev.resettable === false) return this.#noReset();
     await this.dev.reset().catch(() => undefined);
   }
   async resetLease(): Promise<void> {
     await this.dev.reset();
   }
-  /** Nothing but a device reset can clear a device we know nothing about. */
+  /**
+   * Nothing but a device reset can clear a device we know nothing about. Without one the device is quarantined
+   * (the broker keeps the lease's resources out: this throws), unless the config leases it again as it is.
+   */
   async scrub(): Promise<void> {
+    if (this.dev.resettable === false) return this.#noReset();
     await this.dev.reset();
+  }
+
+  /** A lease ended on a device with no reset method: quarantine it (this throws), unless configured not to. */
+  #noReset(): void {
+    if (this.#reuseWithoutReset) return;
+    this.#quarantined = `${NO_RESET}; [generic] reuse_without_reset = true leases it again as the last lease left it (restart the broker to apply)`;
+    throw new VfioError('ENOTSUP', this.#quarantined);
   }
   async recover(): Promise<void> {
     await this.dev.reset();
@@ -142,6 +187,13 @@ export class GenericDriver extends EventEmitter implements Driver {
     return {
       driver: 'generic',
       leased: this.#leased,
+      reset:
+        this.dev.resettable !== false
+          ? 'VFIO_DEVICE_RESET between leases'
+          : this.#reuseWithoutReset
+            ? 'none: leased again as the last lease left it ([generic] reuse_without_reset)'
+            : 'none: quarantined after its first lease ([generic] reuse_without_reset = false)',
+      ...(this.#quarantined ? { quarantined: this.#quarantined } : {}),
       bars: this.#bars.map((b) => ({ ...b, size: b.size.toString() })),
       configRegion: VFIO_PCI_CONFIG_REGION_INDEX,
     };
@@ -153,5 +205,5 @@ export class GenericDriver extends EventEmitter implements Driver {
 export const genericDriverFactory: DriverFactory = {
   name: 'generic',
   matches: () => true,
-  create: (device) => new GenericDriver(device),
+  create: (device, config) => new GenericDriver(device, config),
 };

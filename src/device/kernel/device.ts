@@ -70,6 +70,10 @@ export class KernelDevice extends EventEmitter implements Device {
   numIrqs = 0;
   /** VFIO_DEVICE_FLAGS_*. */
   flags = 0;
+  /** The kernel has a reset method for the device (FLR, PM, bus reset, ...): VFIO_DEVICE_RESET works. */
+  get resettable(): boolean {
+    return (this.flags & VFIO_DEVICE_FLAGS_RESET) !== 0;
+  }
   /** The kernel exports BAR ranges as dma-buf fds (VFIO_DEVICE_FEATURE_DMA_BUF answered its PROBE). */
   dmaBuf = false;
   readonly capabilities = { mappableSlices: false, revocableSlices: false };

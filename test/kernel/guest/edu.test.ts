@@ -358,3 +358,57 @@ test('broker: a client SIGKILLed while holding a DMA mapping is reclaimed; the s
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+// The generic driver over edu, which has no reset method under vfio-pci (no FLR or PM capability, and on the
+// root bus no bus reset): what a lease leaves (here the liveness register) cannot be cleared. The device is
+// leased no more after its first lease, the next client told why; with [generic] reuse_without_reset it is
+// leased again as the last lease left it.
+test('broker: the generic driver over edu (no reset method): leased no more after a lease, or again with reuse_without_reset', async () => {
+  for (const reuse of [false, true]) {
+    const dir = mkdtempSync(join(tmpdir(), 'devlease-edu-generic-'));
+    const dev = await open();
+    let broker: Broker | null = null;
+    try {
+      assert.equal(dev.resettable, false, 'edu reports no reset method (VFIO_DEVICE_FLAGS_RESET clear)');
+      broker = await Broker.start({
+        config: configFromObject({
+          rundir: join(dir, 'run'),
+          device: { name: 'edu', driver: join(here, 'fixtures', 'generic-driver.js') },
+          generic: { reuse_without_reset: reuse },
+        }),
+        device: dev,
+        log: () => {},
+      });
+      assert.equal(broker.driver.name, 'generic');
+      const socket = broker.sockets.get('device')!;
+      const first = await connect({ socket });
+      const u32 = (v: number) => new Uint8Array(new Uint32Array([v]).buffer);
+      await first.client.regionWrite(BAR0, EDU.LIVENESS, u32(0x12345678));
+      first.close();
+      await until('the first lease to end', () => broker!.leases.all().length === 0);
+      if (!reuse) {
+        await assert.rejects(
+          connect({ socket }),
+          /quarantined: the device reports no reset method .*reuse_without_reset = true/,
+        );
+        continue;
+      }
+      const next = await connect({ socket });
+      try {
+        const live = await next.client.regionRead(BAR0, EDU.LIVENESS, 4);
+        assert.equal(
+          new DataView(live.buffer, live.byteOffset).getUint32(0, true),
+          ~0x12345678 >>> 0,
+          'the liveness register as the last lease left it',
+        );
+      } finally {
+        next.close();
+      }
+      await until('the second lease to end', () => broker!.leases.all().length === 0);
+    } finally {
+      await broker?.close();
+      await dev.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+});
