@@ -7,11 +7,12 @@ import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { adoptKernelDevice } from '../../src/device/kernel/handover.js';
 import { openKernelDevice } from '../../src/device/kernel/open.js';
+import { EventFd } from '../../src/sys/eventfd.js';
 import type { Fd } from '../../src/sys/fd.js';
 import { MemFd } from '../../src/sys/memfd.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { kernelError, Recorder } from './helpers/recorder.js';
-import { BDF, NR, scratchSysfs, standardReplies } from './helpers/replies.js';
+import { BDF, irqSet, msixInfo, NR, scratchSysfs, standardReplies } from './helpers/replies.js';
 
 after(trackFdLeaks());
 
@@ -117,6 +118,48 @@ test('IOMMU_IOAS_CHANGE_PROCESS refused (by-address maps: EINVAL; old kernel: EN
       });
       assert.match(adopted.takeOver(), why);
       assert.match(adopted.pinnedAccounting ?? '', why);
+      await adopted.close();
+    } finally {
+      await dev.close();
+    }
+  }
+});
+
+// An MSI-X index the kernel sizes once (NORESIZE) that the old broker enabled must not be enabled again whole by
+// the new one: fd -1 for every vector not asked would unwire the old broker's leases. The handover says which
+// indexes are enabled; from a broker that does not say, each is taken as enabled.
+test('adopted: an MSI-X index the old broker enabled is wired a block at a time; one it did not, whole', async () => {
+  for (const [enabled, whole] of [
+    [[2], false],
+    [[], true],
+    [undefined, false],
+  ] as const) {
+    const rec = new Recorder();
+    const { dev, state, fds } = await handedOver(rec);
+    try {
+      msixInfo(rec, 4, 0x9);
+      if (enabled === undefined) delete state.irqsEnabled;
+      else state.irqsEnabled = [...enabled];
+      rec.replies.set(NR.IOMMU_IOAS_MAP, () => {
+        throw kernelError('EEXIST'); // the handed map is still there
+      });
+      const adopted = await adoptKernelDevice(state, (i) => fds[i]!, { sys: rec });
+      adopted.takeOver();
+      using a = new EventFd();
+      const from = rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).length;
+      await adopted.setIrqs(2, 2, [a.fd]);
+      // takeOver() also wires the REQ irq (index 4): the MSI-X block is the one for index 2.
+      const sent = rec
+        .ioctls(NR.VFIO_DEVICE_SET_IRQS)
+        .slice(from)
+        .map((c) => c.arg as Uint8Array)
+        .filter((arg) => new DataView(arg.buffer).getUint32(8, true) === 2);
+      assert.equal(sent.length, 1);
+      assert.deepEqual(
+        sent[0],
+        whole ? irqSet(2, 0, [-1, -1, a.fd.fd, -1]) : irqSet(2, 2, [a.fd.fd]),
+        `irqsEnabled ${JSON.stringify(enabled)}`,
+      );
       await adopted.close();
     } finally {
       await dev.close();

@@ -42,6 +42,7 @@ import { readPciIds } from '../pci-ids.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
+import { IrqBlocks } from './irq-blocks.js';
 import { checkMappable, readRegionInfo, regionSpan, trackBarMap } from './regions.js';
 import { RELEASE_REQUESTED, watchReleaseRequests } from './release-request.js';
 import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
@@ -92,6 +93,8 @@ export class KernelDevice extends EventEmitter implements Device {
   #owned: boolean;
   /** Wired to the REQ irq while the device is this process's (release-request.ts). */
   #releaseRequests: EventFd | null = null;
+  /** MSI/MSI-X indexes the kernel sizes once: enabled whole (irq-blocks.ts). */
+  readonly #irqBlocks = new IrqBlocks((index) => this.#irqInfo(index));
   /** After an upgrade's commit: what became of the pinned-page accounting (takeOver(); status shows it). */
   pinnedAccounting: string | null = null;
 
@@ -279,28 +282,51 @@ export class KernelDevice extends EventEmitter implements Device {
     this.domain.unmap(iova, size);
   }
 
-  async irqCount(index: number): Promise<number> {
+  #irqInfo(index: number): { flags: number; count: number } {
     const arg = vfio_irq_info.encode({ argsz: vfio_irq_info.size, index });
     this.#ioctl(`VFIO_DEVICE_GET_IRQ_INFO(${index})`, VFIO_DEVICE_GET_IRQ_INFO, arg);
-    return vfio_irq_info.decode(arg).count;
+    return vfio_irq_info.decode(arg);
   }
 
-  /** One SET_IRQS for the whole block: fd -1 unassigns a vector, the others keep theirs. */
+  async irqCount(index: number): Promise<number> {
+    return this.#irqBlocks.infoOf(index).count;
+  }
+
+  /**
+   * One SET_IRQS for the block: fd -1 unassigns a vector, the others keep theirs. On an index the kernel sizes
+   * once (NORESIZE), the SET_IRQS that enables it carries every vector of it (irq-blocks.ts).
+   */
   async setIrqs(index: number, start: number, fds: (Fd | null)[]): Promise<void> {
     this.#mine('SET_IRQS');
-    const arg = encodeIrqSet({
+    const block = this.#irqBlocks.block(
       index,
       start,
+      fds.map((f) => (f ? f.fd : -1)),
+    );
+    const arg = encodeIrqSet({
+      index,
+      start: block.start,
       action: 'trigger',
-      data: { kind: 'eventfd', fds: fds.map((f) => (f ? f.fd : -1)) },
+      data: { kind: 'eventfd', fds: block.fds },
     });
-    this.#ioctl(`VFIO_DEVICE_SET_IRQS(${index}, ${start}+${fds.length})`, VFIO_DEVICE_SET_IRQS, arg);
+    this.#ioctl(
+      `VFIO_DEVICE_SET_IRQS(${index}, ${block.start}+${block.fds.length})`,
+      VFIO_DEVICE_SET_IRQS,
+      arg,
+    );
+    this.#irqBlocks.wired(index);
   }
 
   async disableIrqs(index: number): Promise<void> {
     this.#mine('SET_IRQS');
     const arg = encodeIrqSet({ index, start: 0, action: 'trigger', data: { kind: 'none', count: 0 } });
     this.#ioctl(`VFIO_DEVICE_SET_IRQS(${index}, disable)`, VFIO_DEVICE_SET_IRQS, arg);
+    this.#irqBlocks.disabled(index);
+  }
+
+  /** Adopted: which MSI/MSI-X indexes the previous broker had enabled (undefined: it did not say). */
+  adoptIrqs(enabled: number[] | undefined): void {
+    this.#irqBlocks.adopt(enabled);
   }
 
   async reset(): Promise<void> {
@@ -349,6 +375,7 @@ export class KernelDevice extends EventEmitter implements Device {
         offset: r.offset,
       })),
       domain: this.domain.handover(add),
+      irqsEnabled: this.#irqBlocks.handover(),
     };
   }
 

@@ -29,6 +29,8 @@ export interface KernelDeviceHandover {
   /** The region info the old broker had read (checked against the kernel's answer again). */
   regions: { index: number; flags: number; size: bigint; offset: bigint }[];
   domain: DomainHandover;
+  /** MSI/MSI-X indexes the kernel sizes once that the old broker had enabled (absent from an older broker). */
+  irqsEnabled?: number[];
 }
 
 /** Rebuild the device from a handover; `take` hands over the fd of an index. Checks it still agrees. */
@@ -74,5 +76,6 @@ export async function adoptKernelDevice(
     throw err;
   }
   dev.path.reason = h.path.reason;
+  dev.adoptIrqs(h.irqsEnabled);
   return dev;
 }

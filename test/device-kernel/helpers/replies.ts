@@ -24,7 +24,7 @@ import {
   vfio_irq_info,
   vfio_region_info,
 } from '../../../src/vfio/uapi/index.js';
-import { kernelError, type Recorder } from './recorder.js';
+import { kernelError, le, type Recorder } from './recorder.js';
 
 export const NR = {
   VFIO_GET_API_VERSION: 0x3b64,
@@ -229,3 +229,29 @@ export function scratchSysfs(opts: { cdev?: boolean; group?: number | null; driv
   if (opts.cdev !== false) mkdirSync(join(dir, 'vfio-dev/vfio0'), { recursive: true });
   return { root, [Symbol.dispose]: () => rmSync(root, { recursive: true, force: true }) };
 }
+
+/** GET_IRQ_INFO answers `count` vectors of MSI-X (2) with `flags` (EVENTFD 0x1, NORESIZE 0x8), MSI (1) one. */
+export function msixInfo(rec: Recorder, count: number, flags: number): void {
+  const standard = rec.replies.get(NR.VFIO_DEVICE_GET_IRQ_INFO)!;
+  rec.replies.set(NR.VFIO_DEVICE_GET_IRQ_INFO, (a, call, r) => {
+    standard(a, call, r);
+    const dv = new DataView((a as Uint8Array).buffer, (a as Uint8Array).byteOffset);
+    if (dv.getUint32(8, true) === 2) {
+      dv.setUint32(4, flags, true);
+      dv.setUint32(12, count, true);
+    }
+    return 0;
+  });
+}
+
+// struct vfio_irq_set { u32 argsz, flags, index, start, count; s32 data[] }
+// DATA_EVENTFD 0x4 | ACTION_TRIGGER 0x20; DATA_NONE 0x1 | ACTION_TRIGGER
+export const irqSet = (index: number, start: number, fds: number[]) =>
+  le(
+    [4, 20 + 4 * fds.length],
+    [4, 0x24],
+    [4, index],
+    [4, start],
+    [4, fds.length],
+    ...fds.map((f) => [4, f] as [4, number]),
+  );
