@@ -3,13 +3,16 @@
 // wired straight to the device (the broker is not on the interrupt path), taken back if reclaim began
 // meanwhile. It stands alone because it is the session's only traffic in eventfds and their ownership.
 
+import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
+import type { Fd } from '../sys/fd.js';
 import {
   VFIO_IRQ_INFO_EVENTFD,
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
   VFIO_IRQ_SET_DATA_TYPE_MASK,
   VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_INTX_IRQ_INDEX,
   VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_PCI_NUM_IRQS,
   VFIO_PCI_REQ_IRQ_INDEX,
@@ -18,6 +21,7 @@ import type { IrqDescription, IrqSetRequest } from '../vfio/user/device-model.js
 import { leaseDeviceCall } from './device-refusal.js';
 import { adoptEventFd } from './eventfd-check.js';
 import type { Lease } from './lease.js';
+import { IntxRelay } from './lease-intx.js';
 import type { LeaseTable } from './leases.js';
 
 /**
@@ -74,6 +78,19 @@ export async function wireLeaseIrqs(
     const first = disableAll ? 0 : req.start;
     const count = disableAll ? vectors.length : req.count;
     const physicalIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
+    if (physicalIndex === VFIO_PCI_INTX_IRQ_INDEX && (await automasked(table))) {
+      return await relayIntx(
+        table,
+        lease,
+        first,
+        count,
+        disableAll ? null : (fds[0] ?? null),
+        () => {
+          fds.length = 0; // the relay owns the client's eventfd
+        },
+        req.issued,
+      );
+    }
     for (let i = 0; i < count; i++) {
       const physical = vectors[first + i]!;
       const fd = disableAll ? null : (fds[i] ?? null);
@@ -92,4 +109,49 @@ export async function wireLeaseIrqs(
   } finally {
     for (const fd of fds) fd?.close();
   }
+}
+
+/** Whether the device masks its INTx at each interrupt and waits to be told to unmask it (vfio-pci). */
+async function automasked(table: LeaseTable): Promise<boolean> {
+  return (await table.device.irqAutomasked?.(VFIO_PCI_INTX_IRQ_INDEX).catch(() => false)) ?? false;
+}
+
+/**
+ * The lease's vector 0 on a device INTx line that automasks: the broker relays it (lease-intx.ts). `fd` null
+ * unwires it. `owned()` is called once the relay owns `fd`.
+ */
+async function relayIntx(
+  table: LeaseTable,
+  lease: Lease,
+  first: number,
+  count: number,
+  fd: Fd | null,
+  owned: () => void,
+  issued: (() => void) | undefined,
+): Promise<void> {
+  if (first !== 0 || count !== 1)
+    throw new VfioError('EINVAL', `the lease has one vector (0, the device's INTx): not ${first}+${count}`);
+  lease.intx?.close();
+  lease.intx = null;
+  if (!fd) {
+    const unwired = leaseDeviceCall(table, lease, 'SET_IRQS', 'INTx', () =>
+      table.device.setIrqs(VFIO_PCI_INTX_IRQ_INDEX, 0, [null]),
+    );
+    issued?.();
+    return unwired;
+  }
+  const log = (m: string) => table.log(`lease ${lease.id}: ${m}`);
+  const wiring = leaseDeviceCall(table, lease, 'SET_IRQS', 'INTx', () =>
+    IntxRelay.wire(table.device as Required<Device>, VFIO_PCI_INTX_IRQ_INDEX, fd, log),
+  );
+  owned();
+  issued?.();
+  const relay = await wiring;
+  if (!lease.live) {
+    // Reclaim started while we wired it: take it back rather than leave the line aimed at this client.
+    await table.device.setIrqs(VFIO_PCI_INTX_IRQ_INDEX, 0, [null]).catch(() => undefined);
+    relay.close();
+    throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
+  }
+  lease.intx = relay;
 }

@@ -12,6 +12,7 @@ import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
 import type { LongTimer } from '../util/long-timer.js';
+import type { IntxRelay } from './lease-intx.js';
 import { LeaseMappings, type UsageAccounts } from './lease-usage.js';
 import type { CallerContext, LeaseRequest, Usage } from './policy.js';
 import type { SliceUnit } from './slices.js';
@@ -88,6 +89,8 @@ export class Lease {
   reqFd: Fd | null = null;
   /** devlease's notice irq (DEVLEASE_NOTICE_IRQ_INDEX): per-queue faults, for clients that negotiated devlease. */
   noticeFd: Fd | null = null;
+  /** The relay of a device INTx line that automasks, when that is the lease's vector (lease-intx.ts). */
+  intx: IntxRelay | null = null;
   /** Session requests in progress (DMA_MAP, SET_IRQS): reclaim waits for them before it undoes anything. */
   readonly #ops = new Set<Promise<unknown>>();
   /** The owner's revocation deadline timer, cleared when the lease ends first. */

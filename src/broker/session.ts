@@ -228,7 +228,7 @@ export class LeaseSession implements VfioUserDeviceModel {
       'REGION_READ',
       `region ${index} +0x${offset.toString(16)}, ${count} bytes`,
       () => this.#table.device.read(slice.region, slice.offset + offset, count),
-    );
+    ).finally(() => this.#lease.intx?.serviced()); // a BAR access services a relayed INTx (lease-intx.ts)
   }
 
   async regionWrite(index: number, offset: bigint, data: Uint8Array): Promise<void> {
@@ -243,7 +243,7 @@ export class LeaseSession implements VfioUserDeviceModel {
       'REGION_WRITE',
       `region ${index} +0x${offset.toString(16)}, ${data.byteLength} bytes`,
       () => this.#table.device.write(slice.region, slice.offset + offset, data),
-    );
+    ).finally(() => this.#lease.intx?.serviced());
   }
 
   #configWrite(offset: number, data: Uint8Array): void {

@@ -107,6 +107,10 @@ export function cannotUpgrade(b: Broker): string | null {
   const maybe = b.leases.all().filter((l) => l.maybeMaps.length > 0);
   if (maybe.length)
     return `leases ${maybe.map((l) => l.id).join(', ')} may hold DMA maps the device made after their DMA_MAP timed out: upgrade once they have ended`;
+  // The relay's eventfd is the broker's own, wired to the device's INTx: not carried.
+  const intx = b.leases.all().filter((l) => l.intx);
+  if (intx.length)
+    return `leases ${intx.map((l) => l.id).join(', ')} have the device's INTx relayed by this broker (it unmasks the line): upgrade once they have ended`;
   return null;
 }
 

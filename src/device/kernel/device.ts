@@ -31,6 +31,7 @@ import {
   VFIO_DEVICE_GET_IRQ_INFO,
   VFIO_DEVICE_RESET,
   VFIO_DEVICE_SET_IRQS,
+  VFIO_IRQ_INFO_AUTOMASKED,
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_REGION_INFO_FLAG_MMAP,
   vfio_device_info,
@@ -322,6 +323,16 @@ export class KernelDevice extends EventEmitter implements Device {
     const arg = encodeIrqSet({ index, start: 0, action: 'trigger', data: { kind: 'none', count: 0 } });
     this.#ioctl(`VFIO_DEVICE_SET_IRQS(${index}, disable)`, VFIO_DEVICE_SET_IRQS, arg);
     this.#irqBlocks.disabled(index);
+  }
+
+  async irqAutomasked(index: number): Promise<boolean> {
+    return (this.#irqBlocks.infoOf(index).flags & VFIO_IRQ_INFO_AUTOMASKED) !== 0;
+  }
+
+  async unmaskIrq(index: number, start: number): Promise<void> {
+    this.#mine('SET_IRQS');
+    const arg = encodeIrqSet({ index, start, action: 'unmask', data: { kind: 'none', count: 1 } });
+    this.#ioctl(`VFIO_DEVICE_SET_IRQS(${index}, ${start}, unmask)`, VFIO_DEVICE_SET_IRQS, arg);
   }
 
   /** Adopted: which MSI/MSI-X indexes the previous broker had enabled (undefined: it did not say). */

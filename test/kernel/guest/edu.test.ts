@@ -412,3 +412,47 @@ test('broker: the generic driver over edu (no reset method): leased no more afte
     }
   }
 });
+
+// edu under the generic driver has no MSI-X: its INTx line is the lease's vector 0. vfio-pci masks the line at
+// each interrupt until told to unmask it, which a lease client (shown an MSI-X vector) never does: wired
+// straight to the client, one interrupt came and then none. The broker relays it and unmasks the line after
+// the client's next BAR access (lease-intx.ts).
+test('broker: the generic driver over edu: its INTx reaches the client at every raise, not only the first', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-edu-intx-'));
+  const dev = await open();
+  let broker: Broker | null = null;
+  try {
+    broker = await Broker.start({
+      config: configFromObject({
+        rundir: join(dir, 'run'),
+        device: { name: 'edu', driver: join(here, 'fixtures', 'generic-driver.js') },
+        generic: { reuse_without_reset: true },
+      }),
+      device: dev,
+      log: () => {},
+    });
+    const lease = await connect({ socket: broker.sockets.get('device')! });
+    try {
+      const u32 = (v: number) => new Uint8Array(new Uint32Array([v]).buffer);
+      for (let i = 1; i <= 3; i++) {
+        const irq = lease.nextInterrupt();
+        await lease.client.regionWrite(BAR0, EDU.IRQ_RAISE, u32(1 << i));
+        const vector = await Promise.race([
+          irq,
+          sleep(10_000).then(() => {
+            throw new Error(`interrupt ${i} never reached the client`);
+          }),
+        ]);
+        assert.equal(vector, 0, `interrupt ${i} on the lease's vector 0`);
+        await lease.client.regionWrite(BAR0, EDU.IRQ_ACK, u32(1 << i)); // the line drops
+      }
+    } finally {
+      lease.close();
+    }
+    await until('the lease to end', () => broker!.leases.all().length === 0);
+  } finally {
+    await broker?.close();
+    await dev.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
