@@ -222,13 +222,15 @@ export class LeaseSession implements VfioUserDeviceModel {
     if (this.#msix && index === this.#msix.bar) return this.#msix.read(Number(offset), count);
     const slice = this.#needSlice(index);
     this.#lease.checkLive();
-    return leaseDeviceCall(
-      this.#table,
-      this.#lease,
-      'REGION_READ',
-      `region ${index} +0x${offset.toString(16)}, ${count} bytes`,
-      () => this.#table.device.read(slice.region, slice.offset + offset, count),
-    ).finally(() => this.#lease.intx?.serviced()); // a BAR access services a relayed INTx (lease-intx.ts)
+    return this.#servicing(
+      leaseDeviceCall(
+        this.#table,
+        this.#lease,
+        'REGION_READ',
+        `region ${index} +0x${offset.toString(16)}, ${count} bytes`,
+        () => this.#table.device.read(slice.region, slice.offset + offset, count),
+      ),
+    );
   }
 
   async regionWrite(index: number, offset: bigint, data: Uint8Array): Promise<void> {
@@ -237,13 +239,21 @@ export class LeaseSession implements VfioUserDeviceModel {
     if (this.#msix && index === this.#msix.bar) return this.#msix.write(Number(offset), data);
     const slice = this.#needSlice(index);
     this.#lease.checkLive();
-    await leaseDeviceCall(
-      this.#table,
-      this.#lease,
-      'REGION_WRITE',
-      `region ${index} +0x${offset.toString(16)}, ${data.byteLength} bytes`,
-      () => this.#table.device.write(slice.region, slice.offset + offset, data),
-    ).finally(() => this.#lease.intx?.serviced());
+    await this.#servicing(
+      leaseDeviceCall(
+        this.#table,
+        this.#lease,
+        'REGION_WRITE',
+        `region ${index} +0x${offset.toString(16)}, ${data.byteLength} bytes`,
+        () => this.#table.device.write(slice.region, slice.offset + offset, data),
+      ),
+    );
+  }
+
+  /** A BAR access of a lease whose INTx the broker relays services it (lease-intx.ts); others pass as they are. */
+  #servicing<T>(access: Promise<T>): Promise<T> {
+    const intx = this.#lease.intx;
+    return intx ? access.finally(() => intx.serviced()) : access;
   }
 
   #configWrite(offset: number, data: Uint8Array): void {

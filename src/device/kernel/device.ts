@@ -19,7 +19,6 @@ import type { EventFd } from '../../sys/eventfd.js';
 import type { Fd } from '../../sys/fd.js';
 import {
   encodeDeviceFeature,
-  encodeIrqSet,
   VFIO_DEVICE_FEATURE,
   VFIO_DEVICE_FEATURE_DMA_BUF,
   VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
@@ -28,14 +27,10 @@ import {
   VFIO_DEVICE_FEATURE_PROBE,
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_DEVICE_GET_INFO,
-  VFIO_DEVICE_GET_IRQ_INFO,
   VFIO_DEVICE_RESET,
-  VFIO_DEVICE_SET_IRQS,
-  VFIO_IRQ_INFO_AUTOMASKED,
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_REGION_INFO_FLAG_MMAP,
   vfio_device_info,
-  vfio_irq_info,
 } from '../../vfio/uapi/index.js';
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
@@ -43,7 +38,7 @@ import { readPciIds } from '../pci-ids.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
-import { IrqBlocks } from './irq-blocks.js';
+import { KernelIrqs } from './irqs.js';
 import { checkMappable, readRegionInfo, regionSpan, trackBarMap } from './regions.js';
 import { RELEASE_REQUESTED, watchReleaseRequests } from './release-request.js';
 import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
@@ -94,8 +89,8 @@ export class KernelDevice extends EventEmitter implements Device {
   #owned: boolean;
   /** Wired to the REQ irq while the device is this process's (release-request.ts). */
   #releaseRequests: EventFd | null = null;
-  /** MSI/MSI-X indexes the kernel sizes once: enabled whole (irq-blocks.ts). */
-  readonly #irqBlocks = new IrqBlocks((index) => this.#irqInfo(index));
+  /** GET_IRQ_INFO and SET_IRQS (irqs.ts: MSI/MSI-X indexes the kernel sizes once are enabled whole). */
+  readonly #irqs = new KernelIrqs((name, request, arg) => this.#ioctl(name, request, arg));
   /** After an upgrade's commit: what became of the pinned-page accounting (takeOver(); status shows it). */
   pinnedAccounting: string | null = null;
 
@@ -283,61 +278,37 @@ export class KernelDevice extends EventEmitter implements Device {
     this.domain.unmap(iova, size);
   }
 
-  #irqInfo(index: number): { flags: number; count: number } {
-    const arg = vfio_irq_info.encode({ argsz: vfio_irq_info.size, index });
-    this.#ioctl(`VFIO_DEVICE_GET_IRQ_INFO(${index})`, VFIO_DEVICE_GET_IRQ_INFO, arg);
-    return vfio_irq_info.decode(arg);
-  }
-
   async irqCount(index: number): Promise<number> {
-    return this.#irqBlocks.infoOf(index).count;
+    return this.#irqs.infoOf(index).count;
   }
 
-  /**
-   * One SET_IRQS for the block: fd -1 unassigns a vector, the others keep theirs. On an index the kernel sizes
-   * once (NORESIZE), the SET_IRQS that enables it carries every vector of it (irq-blocks.ts).
-   */
+  /** One SET_IRQS for the block: fd -1 unassigns a vector, the others keep theirs (irqs.ts: NORESIZE indexes). */
   async setIrqs(index: number, start: number, fds: (Fd | null)[]): Promise<void> {
     this.#mine('SET_IRQS');
-    const block = this.#irqBlocks.block(
+    this.#irqs.set(
       index,
       start,
       fds.map((f) => (f ? f.fd : -1)),
     );
-    const arg = encodeIrqSet({
-      index,
-      start: block.start,
-      action: 'trigger',
-      data: { kind: 'eventfd', fds: block.fds },
-    });
-    this.#ioctl(
-      `VFIO_DEVICE_SET_IRQS(${index}, ${block.start}+${block.fds.length})`,
-      VFIO_DEVICE_SET_IRQS,
-      arg,
-    );
-    this.#irqBlocks.wired(index);
   }
 
   async disableIrqs(index: number): Promise<void> {
     this.#mine('SET_IRQS');
-    const arg = encodeIrqSet({ index, start: 0, action: 'trigger', data: { kind: 'none', count: 0 } });
-    this.#ioctl(`VFIO_DEVICE_SET_IRQS(${index}, disable)`, VFIO_DEVICE_SET_IRQS, arg);
-    this.#irqBlocks.disabled(index);
+    this.#irqs.disable(index);
   }
 
   async irqAutomasked(index: number): Promise<boolean> {
-    return (this.#irqBlocks.infoOf(index).flags & VFIO_IRQ_INFO_AUTOMASKED) !== 0;
+    return this.#irqs.automasked(index);
   }
 
   async unmaskIrq(index: number, start: number): Promise<void> {
     this.#mine('SET_IRQS');
-    const arg = encodeIrqSet({ index, start, action: 'unmask', data: { kind: 'none', count: 1 } });
-    this.#ioctl(`VFIO_DEVICE_SET_IRQS(${index}, ${start}, unmask)`, VFIO_DEVICE_SET_IRQS, arg);
+    this.#irqs.unmask(index, start);
   }
 
   /** Adopted: which MSI/MSI-X indexes the previous broker had enabled (undefined: it did not say). */
   adoptIrqs(enabled: number[] | undefined): void {
-    this.#irqBlocks.adopt(enabled);
+    this.#irqs.adopt(enabled);
   }
 
   async reset(): Promise<void> {
@@ -386,7 +357,7 @@ export class KernelDevice extends EventEmitter implements Device {
         offset: r.offset,
       })),
       domain: this.domain.handover(add),
-      irqsEnabled: this.#irqBlocks.handover(),
+      irqsEnabled: this.#irqs.handover(),
     };
   }
 
