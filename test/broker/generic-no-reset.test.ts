@@ -4,21 +4,15 @@
 // what to set; with `[generic] reuse_without_reset` it is leased again, as the last lease left it. Before, the
 // second client got "leased whole to another client" with nobody holding it, for good.
 import assert from 'node:assert/strict';
-import { type ChildProcess, fork } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
-import { Broker } from '../../src/broker/broker.js';
+import type { Broker } from '../../src/broker/broker.js';
 import { configFromObject } from '../../src/broker/config.js';
 import { connect, type Lease } from '../../src/client/lease.js';
-import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
 import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { withGenericBroker } from '../helpers/generic-broker.js';
 
 after(trackFdLeaks());
-const here = dirname(fileURLToPath(import.meta.url));
 /** BAR1 of the fixture: 4 KiB of plain memory, which a reset zeroes. */
 const BAR1 = 1;
 
@@ -27,34 +21,14 @@ async function withGeneric(
   generic: Record<string, unknown> | undefined,
   fn: (broker: Broker, socket: string, audit: Record<string, unknown>[]) => Promise<void>,
 ): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'devlease-noreset-'));
-  const sock = join(dir, 'dev.sock');
-  const server: ChildProcess = fork(
-    join(here, '..', 'fixtures', 'vfio-user', 'server-child.js'),
-    [sock, model],
-    {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  const audit: Record<string, unknown>[] = [];
+  await withGenericBroker(
+    { model, config: generic ? { generic } : {}, auditSink: (line) => audit.push(JSON.parse(line)) },
+    async (broker, socket) => {
+      assert.equal(broker.driver.name, 'generic');
+      await fn(broker, socket, audit);
     },
   );
-  await new Promise<void>((resolve) => server.once('message', () => resolve()));
-  const device = await VfioUserDevice.connect(sock);
-  const audit: Record<string, unknown>[] = [];
-  const broker = await Broker.start({
-    config: configFromObject({ rundir: join(dir, 'run'), ...(generic ? { generic } : {}) }),
-    device,
-    auditSink: (line) => audit.push(JSON.parse(line)),
-    log: () => {},
-  });
-  try {
-    assert.equal(broker.driver.name, 'generic');
-    await fn(broker, broker.sockets.get('device')!, audit);
-  } finally {
-    await broker.close();
-    await device.close();
-    server.send('stop');
-    await new Promise((r) => server.once('exit', r));
-    rmSync(dir, { recursive: true, force: true });
-  }
 }
 
 /** A lease that leaves `pattern` in BAR1 and ends; resolves once its reclaim has finished either way. */

@@ -1,12 +1,10 @@
 // Layout validation at start, cooperative marking by config, and the generic
 // driver (whole regions, cooperative, one client at a time) on a non-SA-1 device.
 import assert from 'node:assert/strict';
-import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { Broker } from '../../src/broker/broker.js';
 import { configFromObject } from '../../src/broker/config.js';
 import { connect } from '../../src/client/lease.js';
@@ -15,10 +13,10 @@ import { spawnSimulator } from '../../src/sim/host/child.js';
 import { VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP } from '../../src/vfio/uapi/vfio.js';
 import { ClientProc, startRig } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { withGenericBroker } from '../helpers/generic-broker.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
-const here = dirname(fileURLToPath(import.meta.url));
 
 test('a layout that cannot isolate clients is refused, naming region, offset and stride', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-layout-'));
@@ -58,21 +56,8 @@ test('with layout.allow_cooperative the same layout is leased, and the lease say
 });
 
 test('the generic driver leases whole regions, cooperatively, to one client at a time', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'devlease-generic-'));
-  const sock = join(dir, 'mem.sock');
-  const server = fork(join(here, '..', 'fixtures', 'vfio-user', 'server-child.js'), [sock], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  });
-  await new Promise<void>((resolve) => server.once('message', () => resolve()));
-  const device = await VfioUserDevice.connect(sock);
-  const broker = await Broker.start({
-    config: configFromObject({ rundir: join(dir, 'run') }),
-    device,
-    log: () => {},
-  });
-  try {
+  await withGenericBroker({}, async (broker, socket) => {
     assert.equal(broker.driver.name, 'generic');
-    const socket = broker.sockets.get('device')!;
     assert.ok(socket, 'the generic driver offers lease kind "device"');
     const lease = await connect({ socket });
     assert.equal(lease.info.kind, 'device');
@@ -103,11 +88,5 @@ test('the generic driver leases whole regions, cooperatively, to one client at a
     assert.equal(second.code, 'EBUSY');
     assert.match(second.message, /leased whole to another client/);
     lease.close();
-  } finally {
-    await broker.close();
-    await device.close();
-    server.send('stop');
-    await new Promise((r) => server.once('exit', r));
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });

@@ -3,24 +3,16 @@
 // exactly as REGION_INFO gives the lease region. A client sizes them the PCI
 // way: all-ones written, the mask read back.
 import assert from 'node:assert/strict';
-import { fork } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
-import { Broker } from '../../src/broker/broker.js';
-import { configFromObject } from '../../src/broker/config.js';
 import { connect, type Lease } from '../../src/client/lease.js';
-import { VfioUserDevice } from '../../src/device/vfio-user-device.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { BARS } from '../fixtures/vfio-user/bar-device.js';
 import { startRig } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { withGenericBroker } from '../helpers/generic-broker.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
-const here = dirname(fileURLToPath(import.meta.url));
 const CONFIG = VFIO_PCI_CONFIG_REGION_INDEX;
 
 async function readBar(lease: Lease, i: number): Promise<number> {
@@ -48,21 +40,9 @@ async function sizeBars(lease: Lease): Promise<{ before: number[]; masks: number
 const hex = (v: number[]) => v.map((x) => `0x${x.toString(16).padStart(8, '0')}`);
 
 test('I/O, 32-bit, 64-bit prefetchable and >4 GiB BARs of a device size in the lease as they do on the device', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'devlease-bars-'));
-  const sock = join(dir, 'bars.sock');
-  const server = fork(join(here, '..', 'fixtures', 'vfio-user', 'server-child.js'), [sock, 'bars'], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  });
-  await new Promise<void>((resolve) => server.once('message', () => resolve()));
-  const device = await VfioUserDevice.connect(sock);
-  const broker = await Broker.start({
-    config: configFromObject({ rundir: join(dir, 'run') }),
-    device,
-    log: () => {},
-  });
-  try {
+  await withGenericBroker({ model: 'bars' }, async (broker, socket) => {
     assert.equal(broker.driver.name, 'generic');
-    const lease = await connect({ socket: broker.sockets.get('device')! });
+    const lease = await connect({ socket });
     try {
       const { before, masks } = await sizeBars(lease);
       // Type bits alone (address 0): I/O; 32-bit memory; 64-bit prefetchable + upper; 64-bit + upper.
@@ -97,13 +77,7 @@ test('I/O, 32-bit, 64-bit prefetchable and >4 GiB BARs of a device size in the l
     } finally {
       lease.close();
     }
-  } finally {
-    await broker.close();
-    await device.close();
-    server.send('stop');
-    await new Promise((r) => server.once('exit', r));
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("an SA-1 lease's queue page is a 64-bit prefetchable BAR2, as on the device, sized to the page", async () => {

@@ -31,9 +31,8 @@ import {
 import { EventFd, MemFd } from '../../../src/sys/index.js';
 import { VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/vfio/uapi/vfio.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
+import { bdf, guestConfig as config, inEduGuest } from './fixtures/guest.js';
 
-const config = process.env.DEVLEASE_KERNEL_GUEST;
-const bdf = process.env.DEVLEASE_EDU_BDF ?? '';
 const paths = config === 'iommufd' ? (['auto', 'container'] as const) : (['auto'] as const);
 const BAR0 = 0;
 const here = dirname(fileURLToPath(import.meta.url));
@@ -41,13 +40,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 after(trackFdLeaks());
 
-test('runs inside a kernel-rig guest with edu bound to vfio-pci', () => {
-  assert.ok(
-    config === 'legacy' || config === 'iommufd',
-    `DEVLEASE_KERNEL_GUEST is '${config}': run npm run test:kernel`,
-  );
-  assert.match(bdf, /^[0-9a-f]{4}:/, 'DEVLEASE_EDU_BDF names the edu device');
-});
+inEduGuest();
 
 async function open(path: 'auto' | 'container' | 'iommufd' = 'auto'): Promise<KernelDevice> {
   return openKernelDevice({ bdf, path, log: () => {} });
@@ -359,39 +352,58 @@ test('broker: a client SIGKILLed while holding a DMA mapping is reclaimed; the s
   }
 });
 
+/** The generic driver (loaded as a driver module: the edu driver would take edu) over edu, for `fn`. */
+async function withGenericEdu(
+  reuseWithoutReset: boolean,
+  fn: (broker: Broker, socket: string) => Promise<void>,
+) {
+  const dir = mkdtempSync(join(tmpdir(), 'devlease-edu-generic-'));
+  const dev = await open();
+  let broker: Broker | null = null;
+  try {
+    broker = await Broker.start({
+      config: configFromObject({
+        rundir: join(dir, 'run'),
+        device: { name: 'edu', driver: join(here, 'fixtures', 'generic-driver.js') },
+        generic: { reuse_without_reset: reuseWithoutReset },
+      }),
+      device: dev,
+      log: () => {},
+    });
+    assert.equal(broker.driver.name, 'generic');
+    await fn(broker, broker.sockets.get('device')!);
+    await until('every lease to end', () => broker!.leases.all().length === 0);
+  } finally {
+    await broker?.close();
+    await dev.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const u32 = (v: number) => new Uint8Array(new Uint32Array([v]).buffer);
+
 // The generic driver over edu, which has no reset method under vfio-pci (no FLR or PM capability, and on the
 // root bus no bus reset): what a lease leaves (here the liveness register) cannot be cleared. The device is
 // leased no more after its first lease, the next client told why; with [generic] reuse_without_reset it is
 // leased again as the last lease left it.
 test('broker: the generic driver over edu (no reset method): leased no more after a lease, or again with reuse_without_reset', async () => {
   for (const reuse of [false, true]) {
-    const dir = mkdtempSync(join(tmpdir(), 'devlease-edu-generic-'));
-    const dev = await open();
-    let broker: Broker | null = null;
-    try {
-      assert.equal(dev.resettable, false, 'edu reports no reset method (VFIO_DEVICE_FLAGS_RESET clear)');
-      broker = await Broker.start({
-        config: configFromObject({
-          rundir: join(dir, 'run'),
-          device: { name: 'edu', driver: join(here, 'fixtures', 'generic-driver.js') },
-          generic: { reuse_without_reset: reuse },
-        }),
-        device: dev,
-        log: () => {},
-      });
-      assert.equal(broker.driver.name, 'generic');
-      const socket = broker.sockets.get('device')!;
+    await withGenericEdu(reuse, async (broker, socket) => {
+      assert.equal(
+        broker.device.resettable,
+        false,
+        'edu reports no reset method (VFIO_DEVICE_FLAGS_RESET clear)',
+      );
       const first = await connect({ socket });
-      const u32 = (v: number) => new Uint8Array(new Uint32Array([v]).buffer);
       await first.client.regionWrite(BAR0, EDU.LIVENESS, u32(0x12345678));
       first.close();
-      await until('the first lease to end', () => broker!.leases.all().length === 0);
+      await until('the first lease to end', () => broker.leases.all().length === 0);
       if (!reuse) {
         await assert.rejects(
           connect({ socket }),
           /quarantined: the device reports no reset method .*reuse_without_reset = true/,
         );
-        continue;
+        return;
       }
       const next = await connect({ socket });
       try {
@@ -404,12 +416,7 @@ test('broker: the generic driver over edu (no reset method): leased no more afte
       } finally {
         next.close();
       }
-      await until('the second lease to end', () => broker!.leases.all().length === 0);
-    } finally {
-      await broker?.close();
-      await dev.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   }
 });
 
@@ -418,22 +425,9 @@ test('broker: the generic driver over edu (no reset method): leased no more afte
 // straight to the client, one interrupt came and then none. The broker relays it and unmasks the line after
 // the client's next BAR access (lease-intx.ts).
 test('broker: the generic driver over edu: its INTx reaches the client at every raise, not only the first', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'devlease-edu-intx-'));
-  const dev = await open();
-  let broker: Broker | null = null;
-  try {
-    broker = await Broker.start({
-      config: configFromObject({
-        rundir: join(dir, 'run'),
-        device: { name: 'edu', driver: join(here, 'fixtures', 'generic-driver.js') },
-        generic: { reuse_without_reset: true },
-      }),
-      device: dev,
-      log: () => {},
-    });
-    const lease = await connect({ socket: broker.sockets.get('device')! });
+  await withGenericEdu(true, async (_broker, socket) => {
+    const lease = await connect({ socket });
     try {
-      const u32 = (v: number) => new Uint8Array(new Uint32Array([v]).buffer);
       for (let i = 1; i <= 3; i++) {
         const irq = lease.nextInterrupt();
         await lease.client.regionWrite(BAR0, EDU.IRQ_RAISE, u32(1 << i));
@@ -449,10 +443,5 @@ test('broker: the generic driver over edu: its INTx reaches the client at every 
     } finally {
       lease.close();
     }
-    await until('the lease to end', () => broker!.leases.all().length === 0);
-  } finally {
-    await broker?.close();
-    await dev.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });

@@ -11,21 +11,15 @@ import { existsSync, readlinkSync, writeFileSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { connect, type Lease } from '../../../src/client/index.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
-import { bdf, Daemon, roundTrip, until } from './fixtures/daemon.js';
+import { Daemon, roundTrip, until } from './fixtures/daemon.js';
+import { bdf, inEduGuest } from './fixtures/guest.js';
 
-const config = process.env.DEVLEASE_KERNEL_GUEST;
 const UPGRADE_MS = 150_000;
 const driverLink = `/sys/bus/pci/devices/${bdf}/driver`;
 
 after(trackFdLeaks());
 
-test('runs inside a kernel-rig guest with edu bound to vfio-pci', () => {
-  assert.ok(
-    config === 'legacy' || config === 'iommufd',
-    `DEVLEASE_KERNEL_GUEST is '${config}': run npm run test:kernel`,
-  );
-  assert.match(bdf, /^[0-9a-f]{4}:/, 'DEVLEASE_EDU_BDF names the edu device');
-});
+inEduGuest();
 
 /** `echo BDF > .../vfio-pci/unbind` in a child: the write blocks in the kernel until the device is released. */
 function unbind(): { proc: ChildProcess; exited: Promise<number | null> } {
@@ -62,17 +56,14 @@ async function unbindWhileLeased(d: Daemon, lease: Lease, brokerPid: number): Pr
   }
 }
 
-test('an unbind of the leased device: the broker lets go (device lost, exit 1), the client is told, the unbind completes', async () => {
+/** A daemon and a lease of it for `fn`; afterwards the daemon is stopped and edu bound to vfio-pci again. */
+async function withLeasedDaemon(fn: (d: Daemon, lease: Lease) => Promise<void>): Promise<void> {
   const d = new Daemon();
   await d.start();
   let lease: Lease | null = null;
   try {
-    const pid: number = (await d.request({ op: 'status' })).pid;
     lease = await connect({ socket: d.dma });
-    const buf = await lease.dma.alloc(8192);
-    assert.equal(await roundTrip(lease, buf, 'before the unbind'), 'before the unbind');
-    await unbindWhileLeased(d, lease, pid);
-    assert.equal(d.proc.exitCode, 1, 'the daemon exits 1 on a lost device');
+    await fn(d, lease);
   } catch (err) {
     throw Object.assign(err as Error, { message: `${(err as Error).message}\nbroker output:\n${d.out}` });
   } finally {
@@ -80,14 +71,20 @@ test('an unbind of the leased device: the broker lets go (device lost, exit 1), 
     await d.stop();
     rebind();
   }
+}
+
+test('an unbind of the leased device: the broker lets go (device lost, exit 1), the client is told, the unbind completes', async () => {
+  await withLeasedDaemon(async (d, lease) => {
+    const pid: number = (await d.request({ op: 'status' })).pid;
+    const buf = await lease.dma.alloc(8192);
+    assert.equal(await roundTrip(lease, buf, 'before the unbind'), 'before the unbind');
+    await unbindWhileLeased(d, lease, pid);
+    assert.equal(d.proc.exitCode, 1, 'the daemon exits 1 on a lost device');
+  });
 });
 
 test('after an upgrade the new broker is the one the unbind reaches', async () => {
-  const d = new Daemon();
-  await d.start();
-  let lease: Lease | null = null;
-  try {
-    lease = await connect({ socket: d.dma });
+  await withLeasedDaemon(async (d, lease) => {
     const r = await d.request({ op: 'upgrade', deadlineMs: UPGRADE_MS });
     assert.equal(r.upgraded, true);
     const pid: number = (await d.request({ op: 'status' })).pid;
@@ -95,11 +92,5 @@ test('after an upgrade the new broker is the one the unbind reaches', async () =
     const buf = await lease.dma.alloc(8192);
     assert.equal(await roundTrip(lease, buf, 'after the upgrade'), 'after the upgrade');
     await unbindWhileLeased(d, lease, pid);
-  } catch (err) {
-    throw Object.assign(err as Error, { message: `${(err as Error).message}\nbroker output:\n${d.out}` });
-  } finally {
-    lease?.close();
-    await d.stop();
-    rebind();
-  }
+  });
 });

@@ -14,9 +14,9 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { connect, type Lease } from '../../../src/client/index.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
-import { bdf, Daemon, roundTrip, until } from './fixtures/daemon.js';
+import { Daemon, roundTrip, until } from './fixtures/daemon.js';
+import { guestConfig as config, inEduGuest } from './fixtures/guest.js';
 
-const config = process.env.DEVLEASE_KERNEL_GUEST;
 /** A new broker's start under TCG takes many seconds: the upgrade's deadline is generous. */
 const UPGRADE_MS = 150_000;
 
@@ -50,13 +50,7 @@ function holdsVfio(pid: number): boolean {
   });
 }
 
-test('runs inside a kernel-rig guest with edu bound to vfio-pci', () => {
-  assert.ok(
-    config === 'legacy' || config === 'iommufd',
-    `DEVLEASE_KERNEL_GUEST is '${config}': run npm run test:kernel`,
-  );
-  assert.match(bdf, /^[0-9a-f]{4}:/, 'DEVLEASE_EDU_BDF names the edu device');
-});
+inEduGuest();
 
 test('upgrade with an edu lease holding a DMA mapping: DMA lands after it, same lease and connection, new broker owns the device', async () => {
   const d = new Daemon();
