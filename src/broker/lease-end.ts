@@ -98,7 +98,10 @@ export function letGoOfHolds(table: LeaseTable, lease: Lease): string[] {
   step('close the ERR fd', () => lease.errFd?.close());
   step('close the REQ fd', () => lease.reqFd?.close());
   step('close the notice fd', () => lease.noticeFd?.close());
-  step('close the INTx relay', () => lease.intx?.close());
+  step('close the INTx relay', () => {
+    lease.intx?.close();
+    lease.intx = null;
+  });
   for (const u of [...lease.slices.values()].flat())
     step('let go of a slice', () => u.dispose(table.watcher));
   step('forget the audited slices', () => table.direct?.forget(lease.id));

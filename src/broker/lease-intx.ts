@@ -20,13 +20,16 @@ export interface IntxDevice {
 }
 
 export class IntxRelay {
-  readonly #trigger = new EventFd();
+  readonly #trigger: EventFd;
   #pending = false;
   #closed = false;
 
   /**
-   * Relay the device's INTx (irq `index`, vector 0) to `client` (an eventfd, owned from here on). Wires the
-   * broker's eventfd to the device; on failure closes both.
+   * Relay the device's INTx (irq `index`, vector 0) to `client` (an eventfd, owned from here on, closed on
+   * failure). Wires the broker's eventfd to the device, then unmasks the line: vfio-pci keeps a line masked
+   * across a new trigger (and a reset), so one that fired for a previous relay and was never serviced (its lease
+   * ended, or its client wired the vector again) would stay masked for this one. An unmask of a line still
+   * asserted signals the new eventfd at once, as it should: the device still wants service.
    */
   static async wire(
     device: IntxDevice,
@@ -34,9 +37,16 @@ export class IntxRelay {
     client: Fd,
     log: (msg: string) => void,
   ): Promise<IntxRelay> {
-    const relay = new IntxRelay(device, index, client, log);
+    let relay: IntxRelay;
+    try {
+      relay = new IntxRelay(device, index, client, log);
+    } catch (err) {
+      client.close(); // the broker's eventfd was refused (EMFILE)
+      throw err;
+    }
     try {
       await device.setIrqs(index, 0, [relay.#trigger.fd]);
+      await device.unmaskIrq(index, 0);
     } catch (err) {
       relay.close();
       throw err;
@@ -50,6 +60,7 @@ export class IntxRelay {
     private readonly client: Fd,
     private readonly log: (msg: string) => void,
   ) {
+    this.#trigger = new EventFd();
     this.#trigger.onReadable(() => {
       if (this.#closed) return;
       this.#pending = true;

@@ -131,6 +131,9 @@ async function relayIntx(
 ): Promise<void> {
   if (first !== 0 || count !== 1)
     throw new VfioError('EINVAL', `the lease has one vector (0, the device's INTx): not ${first}+${count}`);
+  // SET_IRQS requests are pipelined: a later one may start before this one is answered. They reach the device
+  // in order, so the latest wiring is the one the line signals: an earlier one finishing after it stands down.
+  const generation = ++lease.intxGeneration;
   lease.intx?.close();
   lease.intx = null;
   if (!fd) {
@@ -147,6 +150,10 @@ async function relayIntx(
   owned();
   issued?.();
   const relay = await wiring;
+  if (lease.intxGeneration !== generation) {
+    relay.close(); // a later SET_IRQS of the vector replaced this wiring on the device
+    return;
+  }
   if (!lease.live) {
     // Reclaim started while we wired it: take it back rather than leave the line aimed at this client.
     await table.device.setIrqs(VFIO_PCI_INTX_IRQ_INDEX, 0, [null]).catch(() => undefined);

@@ -111,6 +111,7 @@ export async function reclaimLease(
   lease.reqFd?.close();
   lease.noticeFd?.close();
   lease.intx?.close(); // its line was unwired above, with the vectors
+  lease.intx = null;
   // A slice whose revoke failed falls back to waiting for its observed release.
   if (revoked && problems.some((p) => p.startsWith('revoke slice'))) revoked = false;
   if (!revoked && units.some((u) => u.outstanding > 0)) {

@@ -91,6 +91,8 @@ export class Lease {
   noticeFd: Fd | null = null;
   /** The relay of a device INTx line that automasks, when that is the lease's vector (lease-intx.ts). */
   intx: IntxRelay | null = null;
+  /** Counts the lease's INTx wirings: the latest one keeps its relay (lease-irqs.ts relayIntx). */
+  intxGeneration = 0;
   /** Session requests in progress (DMA_MAP, SET_IRQS): reclaim waits for them before it undoes anything. */
   readonly #ops = new Set<Promise<unknown>>();
   /** The owner's revocation deadline timer, cleared when the lease ends first. */

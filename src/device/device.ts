@@ -96,8 +96,8 @@ export interface Device extends EventEmitter {
   /** Disable all vectors of `index`. */
   disableIrqs(index: number): Promise<void>;
   /**
-   * Optional: whether the device masks vector `start` of irq `index` itself at each interrupt and unmasks it only
-   * when told (VFIO_IRQ_INFO_AUTOMASKED: vfio-pci's INTx); absent: never (a vfio-user server's line is its own).
+   * Optional: whether the device masks irq `index` itself at each interrupt and unmasks it only when told
+   * (VFIO_IRQ_INFO_AUTOMASKED: vfio-pci's INTx); absent: never (a vfio-user server's line is its own).
    */
   irqAutomasked?(index: number): Promise<boolean>;
   /** Optional: unmask vector `start` of irq `index` (VFIO_IRQ_SET_ACTION_UNMASK, DATA_NONE). */

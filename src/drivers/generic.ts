@@ -68,7 +68,6 @@ export class GenericDriver extends EventEmitter implements Driver {
 
   async boot(): Promise<void> {
     this.#bars = [];
-    this.#quarantined = null; // booted afresh (a reconnect, a recovery): nothing of a last lease is known to be left
     // The lease's BARs mirror the device's own: I/O or memory, 64-bit, prefetchable.
     const types = await readBarTypes(this.dev);
     for (let i = 0; i < Math.min(this.dev.numRegions, VFIO_PCI_ROM_REGION_INDEX); i++) {
@@ -160,7 +159,7 @@ export class GenericDriver extends EventEmitter implements Driver {
   /** A lease ended on a device with no reset method: quarantine it (this throws), unless configured not to. */
   #noReset(): void {
     if (this.#reuseWithoutReset) return;
-    this.#quarantined = `${NO_RESET}; [generic] reuse_without_reset = true leases it again as the last lease left it (restart the broker to apply)`;
+    this.#quarantined = `${NO_RESET}; it is leased no more until the broker restarts ([generic] reuse_without_reset = true leases it again as the last lease left it)`;
     throw new VfioError('ENOTSUP', this.#quarantined);
   }
   async recover(): Promise<void> {

@@ -29,10 +29,12 @@ test('a relayed INTx: each interrupt reaches the client; the next access unmasks
   const clientFd = client.fd.dup();
   const relay = await IntxRelay.wire(device, 0, clientFd, (m) => calls.push(`log ${m}`));
   try {
-    assert.deepEqual(calls, ['set 0 0']);
+    // Wired, then unmasked: vfio-pci keeps a line masked across a new trigger, and one that fired for a previous
+    // relay and was never serviced would otherwise stay masked for this one.
+    assert.deepEqual(calls, ['set 0 0', 'unmask 0 0']);
     assert.ok(line, "the broker's own eventfd is wired to the line");
     relay.serviced();
-    assert.deepEqual(calls, ['set 0 0'], 'nothing to unmask before the line fired');
+    assert.equal(calls.length, 2, 'nothing to unmask before the line fired');
     for (let i = 1; i <= 2; i++) {
       native.eventfdWrite((line as Fd).fd, 1n); // the device raises the line (the kernel masks it)
       await until(`interrupt ${i} at the client`, () => client.read() !== null);
@@ -40,7 +42,7 @@ test('a relayed INTx: each interrupt reaches the client; the next access unmasks
       relay.serviced();
       relay.serviced();
       assert.deepEqual(calls.slice(-1), ['unmask 0 0']);
-      assert.equal(calls.filter((c) => c.startsWith('unmask')).length, i, 'one unmask per interrupt');
+      assert.equal(calls.filter((c) => c.startsWith('unmask')).length, i + 1, 'one unmask per interrupt');
     }
   } finally {
     relay.close();

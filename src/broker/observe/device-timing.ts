@@ -16,6 +16,7 @@ const COMMANDS: Record<string, string> = {
   dmaUnmap: 'dma_unmap',
   setIrqs: 'set_irqs',
   disableIrqs: 'set_irqs',
+  unmaskIrq: 'set_irqs',
   reset: 'reset',
   sliceFds: 'slice_fds',
   revokeSlice: 'revoke_slice',

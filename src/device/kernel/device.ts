@@ -380,9 +380,12 @@ export class KernelDevice extends EventEmitter implements Device {
    */
   async #watchReleaseRequests(): Promise<void> {
     try {
-      this.#releaseRequests = await watchReleaseRequests(this, () => {
+      const efd = await watchReleaseRequests(this, () => {
         if (!this.#closed) this.emit('release-requested', RELEASE_REQUESTED);
       });
+      // takeOver() does not wait for this: a close() meanwhile did not see the eventfd to close it.
+      if (this.#closed) efd?.close();
+      else this.#releaseRequests = efd;
     } catch (err) {
       this.#log(
         `${this.#name}: no device request eventfd (an unbind waits for this process): ${(err as Error).message}`,

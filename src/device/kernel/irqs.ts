@@ -28,8 +28,8 @@ export interface IrqInfo {
   count: number;
 }
 
-/** Issues one ioctl on the device fd (`name` for its error message). */
-export type DeviceIoctl = (name: string, request: number, arg: Uint8Array) => void;
+/** Issues one ioctl on the device fd (`name` for its error message); returns what the kernel returned. */
+export type DeviceIoctl = (name: string, request: number, arg: Uint8Array) => number;
 
 export class KernelIrqs {
   readonly #info = new Map<number, IrqInfo>();
@@ -54,20 +54,38 @@ export class KernelIrqs {
     return (this.infoOf(index).flags & VFIO_IRQ_INFO_AUTOMASKED) !== 0;
   }
 
-  /** One SET_IRQS of eventfds (-1: unassign) at `start`: the whole index where it enables a NORESIZE one. */
+  /**
+   * One SET_IRQS of eventfds (-1: unassign) at `start`: the whole index where it enables a NORESIZE one. The
+   * kernel answers an enable it could allocate only part of with the count it could (a positive return, having
+   * allocated none): a whole-index enable is asked again at that size when the vectors asked fit in it, and
+   * otherwise the call fails ENOSPC, naming the counts.
+   */
   set(index: number, start: number, fds: number[]): void {
-    const block = this.block(index, start, fds);
-    const arg = encodeIrqSet({
-      index,
-      start: block.start,
-      action: 'trigger',
-      data: { kind: 'eventfd', fds: block.fds },
-    });
-    this.ioctl(
-      `VFIO_DEVICE_SET_IRQS(${index}, ${block.start}+${block.fds.length})`,
-      VFIO_DEVICE_SET_IRQS,
-      arg,
-    );
+    // Nothing wired on an index not enabled: nothing to unwire (enabling it whole for that would take every
+    // host vector it has, for none).
+    if (this.#fixed(index) && !this.#enabled.has(index) && fds.every((fd) => fd < 0)) return;
+    let block = this.block(index, start, fds);
+    for (;;) {
+      const arg = encodeIrqSet({
+        index,
+        start: block.start,
+        action: 'trigger',
+        data: { kind: 'eventfd', fds: block.fds },
+      });
+      const got = this.ioctl(
+        `VFIO_DEVICE_SET_IRQS(${index}, ${block.start}+${block.fds.length})`,
+        VFIO_DEVICE_SET_IRQS,
+        arg,
+      );
+      if (got <= 0) break;
+      const whole = block.start === 0 && block.fds.length > start + fds.length;
+      if (!whole || got < start + fds.length || got >= block.fds.length)
+        throw new VfioError(
+          'ENOSPC',
+          `irq index ${index}: the kernel could allocate ${got} of the ${block.start + block.fds.length} vectors asked (vectors ${start}..${start + fds.length - 1} wanted)`,
+        );
+      block = { start: 0, fds: block.fds.slice(0, got) };
+    }
     this.wired(index);
   }
 

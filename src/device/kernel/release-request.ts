@@ -21,9 +21,10 @@ export const RELEASE_REQUESTED =
   'the kernel asks for the device back (VFIO device request: an unbind or a removal); it is released';
 
 /**
- * Wire an eventfd to the device's REQ irq and call `requested` once when it fires. Returns the eventfd (the
- * caller closes it after the device fd), or null when the device has no REQ irq (not every VFIO bus driver
- * offers one; vfio-pci does).
+ * Wire an eventfd to the device's REQ irq and call `requested` each time it fires: the kernel asks again every
+ * 10 s while it waits, and a request that came before anyone listened is heard at the next (the broker takes
+ * the first and ignores the rest). Returns the eventfd (the caller closes it after the device fd), or null
+ * when the device has no REQ irq (not every VFIO bus driver offers one; vfio-pci does).
  */
 export async function watchReleaseRequests(
   dev: RequestWiring,
@@ -37,12 +38,7 @@ export async function watchReleaseRequests(
     efd.close();
     throw err;
   }
-  let told = false;
-  efd.onReadable(() => {
-    if (told) return; // the kernel asks again every 10 s while it waits: one answer is enough
-    told = true;
-    requested();
-  });
+  efd.onReadable(() => requested());
   // The device's owner keeps the process alive; this watch alone must not.
   efd.unref();
   return efd;

@@ -120,6 +120,8 @@ export class Sa1Monitor {
     // for is gone with them, so no lease hears of them (each such queue is in ERROR, which its holder sees):
     // they are counted for the operator.
     let from = this.#faultsSeen;
+    // A head behind what was seen is a log that started again (a device reset clears it): count from 0.
+    if ((head - from) >>> 0 >= 2 ** 31) from = 0;
     const lost = (head - from) >>> 0 > FAULT_LOG_ENTRIES ? (head - from - FAULT_LOG_ENTRIES) >>> 0 : 0;
     if (lost) {
       from = (head - FAULT_LOG_ENTRIES) >>> 0;

@@ -15,7 +15,7 @@ import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Broker } from '../../../src/broker/broker.js';
 import { configFromObject, defaultConfig } from '../../../src/broker/config.js';
-import { connect } from '../../../src/client/index.js';
+import { connect, type Lease } from '../../../src/client/index.js';
 import type { KernelDevice } from '../../../src/device/kernel/device.js';
 import { IommufdIoas } from '../../../src/device/kernel/iommufd.js';
 import { openKernelDevice } from '../../../src/device/kernel/open.js';
@@ -424,24 +424,36 @@ test('broker: the generic driver over edu (no reset method): leased no more afte
 // each interrupt until told to unmask it, which a lease client (shown an MSI-X vector) never does: wired
 // straight to the client, one interrupt came and then none. The broker relays it and unmasks the line after
 // the client's next BAR access (lease-intx.ts).
-test('broker: the generic driver over edu: its INTx reaches the client at every raise, not only the first', async () => {
-  await withGenericEdu(true, async (_broker, socket) => {
-    const lease = await connect({ socket });
+// A lease that ends with its interrupt unserviced leaves the line masked in vfio-pci (a new trigger does not
+// unmask it): the next lease's relay unmasks it when wired, or that lease would hear nothing.
+test('broker: the generic driver over edu: its INTx reaches the client at every raise, not only the first, and the next lease too', async () => {
+  await withGenericEdu(true, async (broker, socket) => {
+    const raise = async (lease: Lease, i: number, ack = true) => {
+      const irq = lease.nextInterrupt();
+      await lease.client.regionWrite(BAR0, EDU.IRQ_RAISE, u32(1 << i));
+      const vector = await Promise.race([
+        irq,
+        sleep(10_000).then(() => {
+          throw new Error(`interrupt ${i} never reached the client`);
+        }),
+      ]);
+      assert.equal(vector, 0, `interrupt ${i} on the lease's vector 0`);
+      if (ack) await lease.client.regionWrite(BAR0, EDU.IRQ_ACK, u32(1 << i)); // the line drops
+    };
+    const first = await connect({ socket });
     try {
-      for (let i = 1; i <= 3; i++) {
-        const irq = lease.nextInterrupt();
-        await lease.client.regionWrite(BAR0, EDU.IRQ_RAISE, u32(1 << i));
-        const vector = await Promise.race([
-          irq,
-          sleep(10_000).then(() => {
-            throw new Error(`interrupt ${i} never reached the client`);
-          }),
-        ]);
-        assert.equal(vector, 0, `interrupt ${i} on the lease's vector 0`);
-        await lease.client.regionWrite(BAR0, EDU.IRQ_ACK, u32(1 << i)); // the line drops
-      }
+      for (let i = 1; i <= 3; i++) await raise(first, i);
+      await raise(first, 4, false); // its lease ends with the line raised and masked
     } finally {
-      lease.close();
+      first.close();
+    }
+    await until('the first lease to end', () => broker.leases.all().length === 0);
+    const next = await connect({ socket });
+    try {
+      await next.client.regionWrite(BAR0, EDU.IRQ_ACK, u32(0xffffffff)); // what the last lease left
+      for (let i = 5; i <= 6; i++) await raise(next, i);
+    } finally {
+      next.close();
     }
   });
 });
