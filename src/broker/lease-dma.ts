@@ -80,11 +80,14 @@ export async function mapForLease(
     // Sent to the device: the connection may start the session's next pipelined request (its device call
     // queues behind this one on the device connection, which serves in order).
     req.issued?.();
-    await mapped.catch((err: { code?: string }) => {
+    try {
+      await mapped;
+    } catch (err) {
       // Not answered in time: the device may still make the map, which no mapping of the lease records.
-      if (err?.code === 'ETIMEDOUT') lease.maybeMaps.push({ deviceIova, size: req.size });
+      if ((err as { code?: string })?.code === 'ETIMEDOUT')
+        lease.maybeMaps.push({ deviceIova, size: req.size });
       throw err;
-    });
+    }
     if (!lease.live) {
       // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
       await table.device.dmaUnmap(deviceIova, req.size).catch((err) => {

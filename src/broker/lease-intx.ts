@@ -10,14 +10,13 @@
 // (the access did not acknowledge the device) is signalled again at once by the kernel: one more interrupt
 // for the client, one per access, never a storm.
 
+import type { Device } from '../device/device.js';
 import { EventFd } from '../sys/eventfd.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
 
-export interface IntxDevice {
-  setIrqs(index: number, start: number, fds: (Fd | null)[]): Promise<void>;
-  unmaskIrq(index: number, start: number): Promise<void>;
-}
+/** A device whose INTx automasks (Device.irqAutomasked): it has unmaskIrq. */
+export type IntxDevice = Pick<Required<Device>, 'setIrqs' | 'unmaskIrq'>;
 
 export class IntxRelay {
   readonly #trigger: EventFd;

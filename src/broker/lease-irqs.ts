@@ -3,7 +3,6 @@
 // wired straight to the device (the broker is not on the interrupt path), taken back if reclaim began
 // meanwhile. It stands alone because it is the session's only traffic in eventfds and their ownership.
 
-import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import {
@@ -21,7 +20,7 @@ import type { IrqDescription, IrqSetRequest } from '../vfio/user/device-model.js
 import { leaseDeviceCall } from './device-refusal.js';
 import { adoptEventFd } from './eventfd-check.js';
 import type { Lease } from './lease.js';
-import { IntxRelay } from './lease-intx.js';
+import { type IntxDevice, IntxRelay } from './lease-intx.js';
 import type { LeaseTable } from './leases.js';
 
 /**
@@ -79,17 +78,7 @@ export async function wireLeaseIrqs(
     const count = disableAll ? vectors.length : req.count;
     const physicalIndex = lease.resources.irqIndex ?? VFIO_PCI_MSIX_IRQ_INDEX;
     if (physicalIndex === VFIO_PCI_INTX_IRQ_INDEX && (await automasked(table))) {
-      return await relayIntx(
-        table,
-        lease,
-        first,
-        count,
-        disableAll ? null : (fds[0] ?? null),
-        () => {
-          fds.length = 0; // the relay owns the client's eventfd
-        },
-        req.issued,
-      );
+      return await relayIntx(table, lease, first, count, disableAll ? [] : fds, req.issued);
     }
     for (let i = 0; i < count; i++) {
       const physical = vectors[first + i]!;
@@ -117,18 +106,18 @@ async function automasked(table: LeaseTable): Promise<boolean> {
 }
 
 /**
- * The lease's vector 0 on a device INTx line that automasks: the broker relays it (lease-intx.ts). `fd` null
- * unwires it. `owned()` is called once the relay owns `fd`.
+ * The lease's vector 0 on a device INTx line that automasks: the broker relays it (lease-intx.ts). No eventfd
+ * in `fds` unwires it; one is taken out of `fds` once the relay owns it.
  */
 async function relayIntx(
   table: LeaseTable,
   lease: Lease,
   first: number,
   count: number,
-  fd: Fd | null,
-  owned: () => void,
+  fds: (Fd | null)[],
   issued: (() => void) | undefined,
 ): Promise<void> {
+  const fd = fds[0] ?? null;
   if (first !== 0 || count !== 1)
     throw new VfioError('EINVAL', `the lease has one vector (0, the device's INTx): not ${first}+${count}`);
   // SET_IRQS requests are pipelined: a later one may start before this one is answered. They reach the device
@@ -145,9 +134,9 @@ async function relayIntx(
   }
   const log = (m: string) => table.log(`lease ${lease.id}: ${m}`);
   const wiring = leaseDeviceCall(table, lease, 'SET_IRQS', 'INTx', () =>
-    IntxRelay.wire(table.device as Required<Device>, VFIO_PCI_INTX_IRQ_INDEX, fd, log),
+    IntxRelay.wire(table.device as IntxDevice, VFIO_PCI_INTX_IRQ_INDEX, fd, log),
   );
-  owned();
+  fds.length = 0; // the relay owns the client's eventfd (and closes it on failure)
   issued?.();
   const relay = await wiring;
   if (lease.intxGeneration !== generation) {

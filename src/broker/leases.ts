@@ -30,7 +30,7 @@ export class LeaseTable extends EventEmitter {
   /** Grants in progress per uid: counted against the lease limit so concurrent requests cannot overshoot it. */
   readonly #granting = new Map<number, number>();
   /** Each grant in progress, settled either way (a reload waits for those that checked the old policy). */
-  readonly #grantsInProgress = new Set<Promise<void>>();
+  readonly #grantsInProgress = new Set<Promise<Lease>>();
   /** DMA maps in progress per uid, counted against the map limits for the same reason. */
   readonly #mapping = new Map<number, { bytes: bigint; count: number }>();
   /** Counts device connections lost: a lease granted in an earlier generation lost its device. */
@@ -161,30 +161,26 @@ export class LeaseTable extends EventEmitter {
   }
 
   /**
-   * Policy check, resources, device programming, slice fds. Throws VfioError with the reason on refusal.
-   * `decided` gets the lease once policy and resources have decided its shape, before the device commands.
-   */
-  /**
    * Resolves once every grant in progress now has ended (each is bounded: policy hook and device deadlines).
    * A reload waits for them before it checks the leases against its new policy: one that passed the old
    * policy and was still being programmed would be added after the check, never checked.
    */
-  grantsSettled(): Promise<void> {
-    return Promise.all([...this.#grantsInProgress]).then(() => undefined);
+  async grantsSettled(): Promise<void> {
+    await Promise.allSettled([...this.#grantsInProgress]);
   }
 
+  /**
+   * Policy check, resources, device programming, slice fds. Throws VfioError with the reason on refusal.
+   * `decided` gets the lease once policy and resources have decided its shape, before the device commands.
+   */
   async grant(ctx: CallerContext, req: LeaseRequest, decided?: (lease: Lease) => void): Promise<Lease> {
     this.#granting.set(ctx.uid, (this.#granting.get(ctx.uid) ?? 0) + 1);
     const granting = grantLease(this, ctx, req, decided);
-    const settled = granting.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.#grantsInProgress.add(settled);
+    this.#grantsInProgress.add(granting);
     try {
       return await granting;
     } finally {
-      this.#grantsInProgress.delete(settled);
+      this.#grantsInProgress.delete(granting);
       const n = (this.#granting.get(ctx.uid) ?? 1) - 1;
       if (n > 0) this.#granting.set(ctx.uid, n);
       else this.#granting.delete(ctx.uid);

@@ -227,7 +227,7 @@ export class LeaseSession implements VfioUserDeviceModel {
         this.#table,
         this.#lease,
         'REGION_READ',
-        `region ${index} +0x${offset.toString(16)}, ${count} bytes`,
+        () => `region ${index} +0x${offset.toString(16)}, ${count} bytes`, // built only for a refusal
         () => this.#table.device.read(slice.region, slice.offset + offset, count),
       ),
     );
@@ -244,7 +244,7 @@ export class LeaseSession implements VfioUserDeviceModel {
         this.#table,
         this.#lease,
         'REGION_WRITE',
-        `region ${index} +0x${offset.toString(16)}, ${data.byteLength} bytes`,
+        () => `region ${index} +0x${offset.toString(16)}, ${data.byteLength} bytes`,
         () => this.#table.device.write(slice.region, slice.offset + offset, data),
       ),
     );

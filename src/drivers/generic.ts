@@ -148,11 +148,11 @@ export class GenericDriver extends EventEmitter implements Driver {
     await this.dev.reset();
   }
   /**
-   * Nothing but a device reset can clear a device we know nothing about. Without one the device is quarantined
-   * (the broker keeps the lease's resources out: this throws), unless the config leases it again as it is.
+   * Nothing but a device reset can clear a device we know nothing about. Without one, quiesce() has decided
+   * already (quarantined, or leased again as it is).
    */
   async scrub(): Promise<void> {
-    if (this.dev.resettable === false) return this.#noReset();
+    if (this.dev.resettable === false) return;
     await this.dev.reset();
   }
 

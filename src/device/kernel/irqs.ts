@@ -22,14 +22,12 @@ import {
   VFIO_PCI_MSIX_IRQ_INDEX,
   vfio_irq_info,
 } from '../../vfio/uapi/index.js';
+import type { DeviceIoctl } from './regions.js';
 
 export interface IrqInfo {
   flags: number;
   count: number;
 }
-
-/** Issues one ioctl on the device fd (`name` for its error message); returns what the kernel returned. */
-export type DeviceIoctl = (name: string, request: number, arg: Uint8Array) => number;
 
 export class KernelIrqs {
   readonly #info = new Map<number, IrqInfo>();
@@ -64,7 +62,7 @@ export class KernelIrqs {
     // Nothing wired on an index not enabled: nothing to unwire (enabling it whole for that would take every
     // host vector it has, for none).
     if (this.#fixed(index) && !this.#enabled.has(index) && fds.every((fd) => fd < 0)) return;
-    let block = this.block(index, start, fds);
+    let block = this.#block(index, start, fds);
     for (;;) {
       const arg = encodeIrqSet({
         index,
@@ -86,14 +84,14 @@ export class KernelIrqs {
         );
       block = { start: 0, fds: block.fds.slice(0, got) };
     }
-    this.wired(index);
+    if (this.#fixed(index)) this.#enabled.add(index); // enabled: from here on a block at a time
   }
 
   /** DATA_NONE, count 0: every vector of `index` unwired and the index disabled. */
   disable(index: number): void {
     const arg = encodeIrqSet({ index, start: 0, action: 'trigger', data: { kind: 'none', count: 0 } });
     this.ioctl(`VFIO_DEVICE_SET_IRQS(${index}, disable)`, VFIO_DEVICE_SET_IRQS, arg);
-    this.disabled(index);
+    this.#enabled.delete(index); // the next wiring enables it again, whole
   }
 
   /** ACTION_UNMASK, DATA_NONE: unmask vector `start` of `index` (an automasked line that fired). */
@@ -109,7 +107,7 @@ export class KernelIrqs {
   }
 
   /** The block a SET_IRQS of `fds` (-1: none) at `start` must carry. */
-  block(index: number, start: number, fds: number[]): { start: number; fds: number[] } {
+  #block(index: number, start: number, fds: number[]): { start: number; fds: number[] } {
     if (!this.#fixed(index) || this.#enabled.has(index)) return { start, fds };
     const { count } = this.infoOf(index);
     if (start + fds.length > count)
@@ -122,16 +120,6 @@ export class KernelIrqs {
       whole[start + i] = fd;
     });
     return { start: 0, fds: whole };
-  }
-
-  /** A SET_IRQS with eventfds on `index` succeeded: the index is enabled. */
-  wired(index: number): void {
-    if (this.#fixed(index)) this.#enabled.add(index);
-  }
-
-  /** `index` was disabled (DATA_NONE, count 0): the next wiring enables it again, whole. */
-  disabled(index: number): void {
-    this.#enabled.delete(index);
   }
 
   /** What an upgrade carries: the NORESIZE indexes enabled. */

@@ -11,11 +11,9 @@
 
 import { EventFd } from '../../sys/eventfd.js';
 import { VFIO_PCI_REQ_IRQ_INDEX } from '../../vfio/uapi/vfio.js';
+import type { Device } from '../device.js';
 
-export interface RequestWiring {
-  irqCount(index: number): Promise<number>;
-  setIrqs(index: number, start: number, fds: (EventFd['fd'] | null)[]): Promise<void>;
-}
+export type RequestWiring = Pick<Device, 'irqCount' | 'setIrqs'>;
 
 export const RELEASE_REQUESTED =
   'the kernel asks for the device back (VFIO device request: an unbind or a removal); it is released';

@@ -119,14 +119,12 @@ export class Sa1Monitor {
     // The log holds the last 16 records; older ones are lost if we fell that far behind. Which queues they were
     // for is gone with them, so no lease hears of them (each such queue is in ERROR, which its holder sees):
     // they are counted for the operator.
-    let from = this.#faultsSeen;
+    let behind = (head - this.#faultsSeen) >>> 0;
     // A head behind what was seen is a log that started again (a device reset clears it): count from 0.
-    if ((head - from) >>> 0 >= 2 ** 31) from = 0;
-    const lost = (head - from) >>> 0 > FAULT_LOG_ENTRIES ? (head - from - FAULT_LOG_ENTRIES) >>> 0 : 0;
-    if (lost) {
-      from = (head - FAULT_LOG_ENTRIES) >>> 0;
-      this.events.emit('faults-lost', lost);
-    }
+    if (behind >= 2 ** 31) behind = head;
+    const lost = Math.max(0, behind - FAULT_LOG_ENTRIES);
+    if (lost) this.events.emit('faults-lost', lost);
+    const from = (head - Math.min(behind, FAULT_LOG_ENTRIES)) >>> 0;
     for (let n = from; n !== head; n = (n + 1) >>> 0) {
       // BAR0 takes 4- or 8-byte accesses only: a record is two 64-bit reads.
       const at = REG.FAULT_LOG + (n % FAULT_LOG_ENTRIES) * FAULT_RECORD_SIZE;

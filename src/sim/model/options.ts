@@ -27,7 +27,7 @@ export const DEFAULT_OPTIONS: Readonly<Sa1Options> = Object.freeze({
 /** Largest device memory the simulator accepts (DEVMEM_SIZE_MB is 32-bit; 4 GiB keeps BAR4 sane). */
 export const MAX_DEVMEM_SIZE = 4 * 1024 * 1024 * 1024;
 /** DEVMEM_SIZE_MB's unit: device memory is a whole number of MiB. */
-export const DEVMEM_SIZE_UNIT = 1024 * 1024;
+const DEVMEM_SIZE_UNIT = 1024 * 1024;
 export const MAX_IDLE_POLL_US = 1_000_000;
 /**
  * The idle poll interval of a device that has handed out kick fds (GET_REGION_IO_FDS) and sleeps with
@@ -106,8 +106,9 @@ export function resolveOptions(
         `and at most ${MAX_DEVMEM_SIZE} bytes, got ${o.devmemSize}`,
     );
   }
-  // DEVMEM_SIZE_MB (§2.1) reports the size in whole MiB: a smaller power of two would read 0 there.
-  if (o.devmemSize < DEVMEM_SIZE_UNIT || o.devmemSize % DEVMEM_SIZE_UNIT !== 0) {
+  // DEVMEM_SIZE_MB (§2.1) reports the size in whole MiB: a power of two below 1 MiB would read 0 there (one
+  // at or above it is a whole number of MiB).
+  if (o.devmemSize < DEVMEM_SIZE_UNIT) {
     throw new OptionError(
       names.devmemSize,
       `${names.devmemSize} must be a whole number of MiB, at least ${DEVMEM_SIZE_UNIT} bytes ` +
