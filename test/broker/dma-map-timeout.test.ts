@@ -40,14 +40,11 @@ test('a DMA_MAP answered too late is unmapped when its lease ends: nothing of it
   // The device stops (SIGSTOP) with the map sent: its answer misses the broker's deadline.
   const iova = BigInt(info.iovaWindow.base) + 0x100000n;
   process.kill(rig.sim.pid, 'SIGSTOP');
-  let resumed = false;
   try {
     await assert.rejects(a.call('rawMap', { iova: `0x${iova.toString(16)}`, size: '0x1000' }), /ETIMEDOUT/);
   } finally {
     process.kill(rig.sim.pid, 'SIGCONT');
-    resumed = true;
   }
-  assert.ok(resumed);
   await until('the device to make the map after all', async () => (await deviceMaps()) === known + 1, 10_000);
   assert.equal(lease.mappings.size, known - idle, 'the broker did not record it');
   await a.exit();

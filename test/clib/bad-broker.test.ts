@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { Fd, MemFd, native, StreamSocket } from '../../src/sys/index.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/index.js';
-import { trackFdLeaks } from '../helpers/fds.js';
+import { saturatedBlockingEventfd, trackFdLeaks } from '../helpers/fds.js';
 import { buildClib } from './build.js';
 import {
   CAPS,
@@ -172,14 +172,9 @@ test('a doorbell kick fd that would block the submit (a blocking eventfd, or no 
   const { EFD_NONBLOCK } = native.constants as Record<string, number>;
   const ok = await probe('queue', () => false, { kickFd: () => new Fd(native.eventfd(0, EFD_NONBLOCK!)) });
   assert.match(ok, /queue created/, 'a non-blocking eventfd is taken');
-  const saturated = () => {
-    const fd = new Fd(native.eventfd(0, 0));
-    native.eventfdWrite(fd.fd, 0xffff_ffff_ffff_fffen); // a write of 1 more never returns
-    return fd;
-  };
   // Before the fix the queue was made with it, and its first kicked submit blocked in write(2) for good.
   assert.match(
-    await probe('queue', () => false, { kickFd: saturated }),
+    await probe('queue', () => false, { kickFd: saturatedBlockingEventfd }),
     /error EPROTO: the queue's doorbell kick fd is refused: it is a blocking eventfd \(no O_NONBLOCK\)/,
   );
   assert.match(

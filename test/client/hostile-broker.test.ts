@@ -14,7 +14,7 @@ import {
   fakeLeaseBroker,
   LEASE_INFO,
 } from '../helpers/fake-lease-broker.js';
-import { assertNoFdLeak, memfdFdCount, trackFdLeaks } from '../helpers/fds.js';
+import { assertNoFdLeak, memfdFdCount, saturatedBlockingEventfd, trackFdLeaks } from '../helpers/fds.js';
 import { within } from '../helpers/within.js';
 
 const leakCheck = trackFdLeaks();
@@ -56,13 +56,6 @@ test('an info region larger than 1 MiB is refused (EPROTO) before any of it is r
     assert.ok(!broker.commands.includes(P.VFIO_USER_REGION_READ), 'nothing of it was read');
   });
 });
-
-/** A blocking eventfd whose counter stands one below its limit: a write of 1 to it never returns. */
-function saturatedBlockingEventfd(): Fd {
-  const fd = new Fd(native.eventfd(0, 0));
-  native.eventfdWrite(fd.fd, 0xffff_ffff_ffff_fffen);
-  return fd;
-}
 
 test('a doorbell kick fd that would block the submit (a blocking eventfd, or no eventfd) is refused: EPROTO', async () => {
   const kinds: [string, () => Fd, RegExp][] = [

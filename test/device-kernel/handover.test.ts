@@ -144,23 +144,26 @@ test('adopted: an MSI-X index the old broker enabled is wired a block at a time;
         throw kernelError('EEXIST'); // the handed map is still there
       });
       const adopted = await adoptKernelDevice(state, (i) => fds[i]!, { sys: rec });
-      adopted.takeOver();
-      using a = new EventFd();
-      const from = rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).length;
-      await adopted.setIrqs(2, 2, [a.fd]);
-      // takeOver() also wires the REQ irq (index 4): the MSI-X block is the one for index 2.
-      const sent = rec
-        .ioctls(NR.VFIO_DEVICE_SET_IRQS)
-        .slice(from)
-        .map((c) => c.arg as Uint8Array)
-        .filter((arg) => new DataView(arg.buffer).getUint32(8, true) === 2);
-      assert.equal(sent.length, 1);
-      assert.deepEqual(
-        sent[0],
-        whole ? irqSet(2, 0, [-1, -1, a.fd.fd, -1]) : irqSet(2, 2, [a.fd.fd]),
-        `irqsEnabled ${JSON.stringify(enabled)}`,
-      );
-      await adopted.close();
+      try {
+        adopted.takeOver();
+        using a = new EventFd();
+        const from = rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).length;
+        await adopted.setIrqs(2, 2, [a.fd]);
+        // takeOver() also wires the REQ irq (index 4): the MSI-X block is the one for index 2.
+        const sent = rec
+          .ioctls(NR.VFIO_DEVICE_SET_IRQS)
+          .slice(from)
+          .map((c) => c.arg as Uint8Array)
+          .filter((arg) => new DataView(arg.buffer).getUint32(8, true) === 2);
+        assert.equal(sent.length, 1);
+        assert.deepEqual(
+          sent[0],
+          whole ? irqSet(2, 0, [-1, -1, a.fd.fd, -1]) : irqSet(2, 2, [a.fd.fd]),
+          `irqsEnabled ${JSON.stringify(enabled)}`,
+        );
+      } finally {
+        await adopted.close();
+      }
     } finally {
       await dev.close();
     }

@@ -2,6 +2,8 @@
 // leaves the process with the same set of open descriptors it started with.
 import assert from 'node:assert/strict';
 import { readdirSync, readlinkSync } from 'node:fs';
+import { Fd } from '../../src/sys/fd.js';
+import { native } from '../../src/sys/native.js';
 
 /** Number of open descriptors of this process (the /proc/self/fd listing itself excluded). */
 export function openFdCount(): number {
@@ -78,4 +80,11 @@ export function trackFdLeaks(): () => Promise<void> {
     const diff = describeLeak(before, after);
     assert.equal(diff, '', `test file leaked fds (${before.size} before, ${after.size} after):\n${diff}`);
   };
+}
+
+/** A blocking eventfd whose counter stands one below its limit: a write of 1 to it never returns. */
+export function saturatedBlockingEventfd(): Fd {
+  const fd = new Fd(native.eventfd(0, 0));
+  native.eventfdWrite(fd.fd, 0xffff_ffff_ffff_fffen);
+  return fd;
 }

@@ -31,6 +31,7 @@ import {
 import { EventFd, MemFd } from '../../../src/sys/index.js';
 import { VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/vfio/uapi/vfio.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
+import { within } from '../../helpers/within.js';
 import { bdf, guestConfig as config, inEduGuest } from './fixtures/guest.js';
 
 const paths = config === 'iommufd' ? (['auto', 'container'] as const) : (['auto'] as const);
@@ -431,12 +432,7 @@ test('broker: the generic driver over edu: its INTx reaches the client at every 
     const raise = async (lease: Lease, i: number, ack = true) => {
       const irq = lease.nextInterrupt();
       await lease.client.regionWrite(BAR0, EDU.IRQ_RAISE, u32(1 << i));
-      const vector = await Promise.race([
-        irq,
-        sleep(10_000).then(() => {
-          throw new Error(`interrupt ${i} never reached the client`);
-        }),
-      ]);
+      const vector = await within(irq, `interrupt ${i} reaching the client`, 10_000);
       assert.equal(vector, 0, `interrupt ${i} on the lease's vector 0`);
       if (ack) await lease.client.regionWrite(BAR0, EDU.IRQ_ACK, u32(1 << i)); // the line drops
     };
