@@ -39,6 +39,22 @@ if [ -f /modules.order ]; then
   say "modules loaded"
 fi
 
+# Binds the device vendor:device (if QEMU has one) to vfio-pci; sets $bound to its address (empty: none).
+bind_if_present() {
+  bound=""
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor")" = "$1" ] && [ "$(cat "$d/device")" = "$2" ] || continue
+    # A virtio device is virtio-pci's from boot: let it go first.
+    [ -e "$d/driver" ] && echo "${d##*/}" >"$d/driver/unbind"
+    echo vfio-pci >"$d/driver_override"
+    echo "${d##*/}" >/sys/bus/pci/drivers_probe
+    driver=$(readlink "$d/driver")
+    [ "${driver##*/}" = vfio-pci ] || die "$3 ${d##*/} not bound to vfio-pci (driver: ${driver:-none})"
+    say "$3 ${d##*/} bound to vfio-pci"
+    bound="${d##*/}"
+  done
+}
+
 bdf=""
 # The vfio-user guest (test/vm) has no edu: its device is QEMU's vfio-user-pci.
 [ "$rig" = vfio-user ] || for d in /sys/bus/pci/devices/*; do
@@ -51,18 +67,11 @@ if [ "$rig" != vfio-user ]; then
   driver=$(readlink "/sys/bus/pci/devices/$bdf/driver")
   [ "${driver##*/}" = vfio-pci ] || die "edu $bdf not bound to vfio-pci (driver: ${driver:-none})"
   say "edu $bdf bound to vfio-pci"
-  # ivshmem-plain (1af4:1110; its BAR2 is 1 MiB of a host file): bound to vfio-pci too when QEMU has one, for
-  # the audited-slice tests (test/kernel/guest/ivshmem.test.ts).
-  for d in /sys/bus/pci/devices/*; do
-    if [ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ]; then ivshmem_bdf="${d##*/}"; fi
-  done
-  if [ -n "${ivshmem_bdf:-}" ]; then
-    echo vfio-pci >"/sys/bus/pci/devices/$ivshmem_bdf/driver_override"
-    echo "$ivshmem_bdf" >/sys/bus/pci/drivers_probe
-    driver=$(readlink "/sys/bus/pci/devices/$ivshmem_bdf/driver")
-    [ "${driver##*/}" = vfio-pci ] || die "ivshmem $ivshmem_bdf not bound to vfio-pci (driver: ${driver:-none})"
-    say "ivshmem $ivshmem_bdf bound to vfio-pci"
-  fi
+  # Bound to vfio-pci too when QEMU has them: ivshmem-plain (1af4:1110; its BAR2 is 1 MiB of a host file), for
+  # the audited-slice tests (test/kernel/guest/ivshmem.test.ts); a virtio-net (1af4:1041) with AER behind a PCIe
+  # root port, for the error tests (test/kernel/guest/aer.test.ts). The 9p share is virtio too, but 1af4:1009.
+  bind_if_present 0x1af4 0x1110 ivshmem; ivshmem_bdf=$bound
+  bind_if_present 0x1af4 0x1041 virtio-net; aer_bdf=$bound
 fi
 
 run=""
@@ -93,7 +102,8 @@ mount -o rbind /sys /host/sys
 mount -o rbind /dev /host/dev
 [ -d /host/run ] && mount -t tmpfs -o mode=755 run /host/run
 cp /spec/run.sh /host/tmp/.devlease-run.sh
-export DEVLEASE_KERNEL_GUEST="$rig" DEVLEASE_EDU_BDF="$bdf" DEVLEASE_IVSHMEM_BDF="${ivshmem_bdf:-}"
+export DEVLEASE_KERNEL_GUEST="$rig" DEVLEASE_EDU_BDF="$bdf" DEVLEASE_IVSHMEM_BDF="${ivshmem_bdf:-}" \
+  DEVLEASE_AER_BDF="${aer_bdf:-}"
 
 say "running $run/run.sh in $project"
 echo "=== DEVLEASE-GUEST-BEGIN ==="

@@ -40,7 +40,7 @@ import { takeInherited } from './inherited-sockets.js';
 import { LeaseTable } from './leases.js';
 import { MetricsServer } from './observe/metrics-server.js';
 import { Policy, type PolicyModule } from './policy.js';
-import { Recovery, type RecoveryStatus } from './recovery.js';
+import { Recovery, type RecoveryCause, type RecoveryStatus } from './recovery.js';
 import { recoveryHooks } from './recovery-hooks.js';
 import {
   type ConfigIdentity,
@@ -74,7 +74,7 @@ export interface BrokerOptions {
 }
 
 /**
- * Events: 'hang' (reason), 'reset' (reason), 'recovered';
+ * Events: 'hang' (reason), 'reset' (reason), 'device-error' (reason: the kernel reported an AER error), 'recovered';
  * 'device-gone' (reason): the device connection dropped; leases reclaimed, the broker reconnecting;
  * 'device-back': reconnected and booted, leasing again;
  * 'device-lost' (reason): the connection dropped and will not be re-made (a kernel device, or
@@ -202,6 +202,8 @@ export class Broker extends EventEmitter {
     device.on('close', (reason?: Error | null) => broker.#loss.closed(reason ?? null));
     // The kernel wants the device back (an unbind): let it go as a lost device (the daemon exits, closing it).
     device.on('release-requested', (why: string) => broker.#loss.closed(new Error(why)));
+    // The kernel reports an AER error of the device: its state can no longer be trusted; recover it.
+    device.on('error-reported', (why: string) => void broker.#recover('device-error', why));
     audit.write({
       event: 'start',
       device: config.deviceName,
@@ -321,8 +323,8 @@ export class Broker extends EventEmitter {
     if (!this.device.connected) throw new Error('the device connection closed again during boot');
   }
 
-  /** The device hung or was reset behind our back: recover it (or join the recovery in progress). */
-  async #recover(cause: 'device-hang' | 'device-reset', why: string): Promise<void> {
+  /** The device hung, was reset behind our back or reported an error: recover it (or join the recovery in progress). */
+  async #recover(cause: Exclude<RecoveryCause, 'owner-reset'>, why: string): Promise<void> {
     if (this.#closed || this.#link.gone) return;
     await this.#recovery.request(cause, why);
   }

@@ -43,6 +43,13 @@ function deadlines(host: DeviceHost): RecoveryDeadlines {
   };
 }
 
+/** The broker's event for each recovery cause but the owner's own reset. */
+const BROKER_EVENT = {
+  'device-hang': 'hang',
+  'device-reset': 'reset',
+  'device-error': 'device-error',
+} as const;
+
 /** Before a recovery's first attempt: suspend grants, tell every client (ERR), reclaim every lease. */
 async function prepare(host: DeviceHost, cause: RecoveryCause, why: string): Promise<void> {
   host.leases.suspended =
@@ -50,7 +57,7 @@ async function prepare(host: DeviceHost, cause: RecoveryCause, why: string): Pro
       ? 'the device is being reset by its owner: lease again shortly'
       : `the device is recovering (${cause}): lease again shortly`;
   host.audit.write({ event: cause, reason: why });
-  if (cause !== 'owner-reset') host.emit(cause === 'device-hang' ? 'hang' : 'reset', why);
+  if (cause !== 'owner-reset') host.emit(BROKER_EVENT[cause], why);
   for (const l of host.leases.all()) l.notify('err');
   await host.leases.reclaimAll(`${cause}: ${why}`);
 }

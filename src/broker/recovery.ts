@@ -16,7 +16,7 @@
 import { BackoffSleep } from '../util/backoff-sleep.js';
 import type { BrokerConfig } from './config.js';
 
-export type RecoveryCause = 'device-hang' | 'device-reset' | 'owner-reset';
+export type RecoveryCause = 'device-hang' | 'device-reset' | 'device-error' | 'owner-reset';
 
 export interface RecoveryStatus {
   /**

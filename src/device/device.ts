@@ -48,7 +48,9 @@ export interface IovaRange {
 /**
  * Events: 'close' (reason: Error | null; the transport is gone: device connection lost, or closed by us: null);
  * 'release-requested' (reason: string; the host wants the device back, a kernel device's VFIO REQ: its owner
- * must close it, or an unbind waits for the process to exit).
+ * must close it, or an unbind waits for the process to exit); 'error-reported' (reason: string; a kernel
+ * device's VFIO ERR: the kernel's AER driver reported an uncorrectable error of the device, whose state can no
+ * longer be trusted).
  */
 export interface RevokeOptions {
   /**

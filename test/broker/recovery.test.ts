@@ -65,6 +65,31 @@ test('two concurrent devlease reset: one recovery, both answered OK, leasing wor
   await leaseWorks(rig);
 });
 
+// A kernel device reports an AER error of itself through its ERR irq ('error-reported'; the guest test
+// test/kernel/guest/aer.test.ts has QEMU raise one): its state can no longer be trusted. Here the simulator's device
+// object emits it, to check what the broker does with it on a device that can say what a recovery did.
+test('an error the device reports (AER): one recovery, the client told, its lease reclaimed, leasing works after', async () => {
+  rig = await startRig({ sim: { numQueues: 2 } });
+  const a = await spawnClient();
+  await a.call('connect', { socket: rig.socket });
+  const recovered = new Promise<void>((resolve) => rig!.broker.once('recovered', resolve));
+  const heard = new Promise<string>((resolve) => rig!.broker.once('device-error', resolve));
+  rig.broker.device.emit('error-reported', 'an uncorrectable PCIe error');
+  assert.equal(await heard, 'an uncorrectable PCIe error');
+  await recovered;
+  assert.deepEqual(
+    rig.audit.filter((e) => e.event === 'device-error').map((e) => e.reason),
+    ['an uncorrectable PCIe error'],
+  );
+  assert.ok(
+    rig.audit.some((e) => e.event === 'reclaim' && /^device-error: /.test(e.reason)),
+    "the client's lease was reclaimed for the error",
+  );
+  assert.equal((await admin(rig, { op: 'status' })).recovery.cause, 'device-error');
+  assert.equal(rig.broker.leases.all().length, 0);
+  await leaseWorks(rig);
+});
+
 test('a reset racing a hang: both end in one recovered device, not recovery-failed', async () => {
   rig = await startRig({ sim: { numQueues: 2 }, config: { sa1: { heartbeat_ms: 20 } } });
   const a = await spawnClient();

@@ -102,23 +102,29 @@ test('BAR mmap at the region offset, inside a sparse-mmap area; unmapped when th
 
 test('SET_IRQS: eventfds for a block of vectors (-1 unassigns), DATA_NONE to disable; IRQ info', async () => {
   await withDevice(async (dev, rec) => {
-    // At open, the REQ irq (4) got an eventfd of the device's own (release-request.ts): nth 0 of each below.
-    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_GET_IRQ_INFO, 0), le([4, 16], [4, 0], [4, 4], [4, 0]));
-    assert.equal(
-      rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 0).subarray(4, 20).join(),
-      le([4, 0x24], [4, 4], [4, 0], [4, 1]).join(),
-    );
+    // At open, the REQ (4) and ERR (3) irqs got an eventfd each of the device's own (device-signals.ts): nth 0
+    // and 1 of each below.
+    for (const [nth, index] of [
+      [0, 4],
+      [1, 3],
+    ]) {
+      assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_GET_IRQ_INFO, nth), le([4, 16], [4, 0], [4, index], [4, 0]));
+      assert.equal(
+        rec.argOf(NR.VFIO_DEVICE_SET_IRQS, nth).subarray(4, 20).join(),
+        le([4, 0x24], [4, index], [4, 0], [4, 1]).join(),
+      );
+    }
     msixInfo(rec, 8, 0x1); // MSI-X that resizes (dynamic MSI-X, Linux 6.5+): each block as asked
     using a = new EventFd();
     using b = new EventFd();
     await dev.setIrqs(2, 3, [a.fd, null, b.fd]);
     await dev.disableIrqs(2);
-    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 1), irqSet(2, 3, [a.fd.fd, -1, b.fd.fd]));
-    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 2), le([4, 20], [4, 0x21], [4, 2], [4, 0], [4, 0]));
+    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 2), irqSet(2, 3, [a.fd.fd, -1, b.fd.fd]));
+    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 3), le([4, 20], [4, 0x21], [4, 2], [4, 0], [4, 0]));
     assert.equal(await dev.irqCount(2), 8);
     // struct vfio_irq_info { u32 argsz, flags, index, count }, as sent
-    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_GET_IRQ_INFO, 1), le([4, 16], [4, 0], [4, 2], [4, 0]));
-    assert.equal(rec.ioctls(NR.VFIO_DEVICE_GET_IRQ_INFO).length, 2, 'asked once per index');
+    assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_GET_IRQ_INFO, 2), le([4, 16], [4, 0], [4, 2], [4, 0]));
+    assert.equal(rec.ioctls(NR.VFIO_DEVICE_GET_IRQ_INFO).length, 3, 'asked once per index');
   });
 });
 
@@ -138,7 +144,7 @@ test('SET_IRQS on an index the kernel sizes once (NORESIZE): enabled with every 
     await dev.setIrqs(1, 0, [a.fd]); // MSI (NORESIZE, one vector): whole is the vector asked
     const sets = rec
       .ioctls(NR.VFIO_DEVICE_SET_IRQS)
-      .slice(1)
+      .slice(2)
       .map((c) => c.arg);
     const _ = -1;
     assert.deepEqual(sets, [
@@ -190,18 +196,24 @@ test('SET_IRQS on a NORESIZE index the kernel can allocate only part of: asked a
 // The kernel asks for the device back through the REQ eventfd (vfio-pci, at an unbind), and again every 10 s
 // while it waits: each is heard (one that came before anyone listened is heard at the next; the broker acts on
 // the first). Not wired, the unbind waited for the broker to exit. The guest test unbinds a real device
-// (unbind.test.ts).
-test('the REQ irq is wired at open; each request the kernel sends is a release-requested event', async () => {
+// (unbind.test.ts). The ERR eventfd is signalled at each AER error the kernel reports of the device; the guest
+// test has QEMU report them (aer.test.ts).
+test('the REQ and ERR irqs are wired at open; each signal is a release-requested or error-reported event', async () => {
   await withDevice(async (dev, rec) => {
-    const set = rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 0);
-    const reqFd = new DataView(set.buffer, set.byteOffset).getInt32(20, true);
-    const heard: string[] = [];
-    dev.on('release-requested', (why: string) => heard.push(why));
-    for (let i = 1; i <= 2; i++) {
-      native.eventfdWrite(reqFd, 1n);
-      await until(`request ${i} to be heard`, () => heard.length === i);
+    for (const [nth, event, why] of [
+      [0, 'release-requested', /the kernel asks for the device back/],
+      [1, 'error-reported', /the kernel reports an uncorrectable PCIe error of the device/],
+    ] as const) {
+      const set = rec.argOf(NR.VFIO_DEVICE_SET_IRQS, nth);
+      const efd = new DataView(set.buffer, set.byteOffset).getInt32(20, true);
+      const heard: string[] = [];
+      dev.on(event, (reason: string) => heard.push(reason));
+      for (let i = 1; i <= 2; i++) {
+        native.eventfdWrite(efd, 1n);
+        await until(`${event} ${i} to be heard`, () => heard.length === i);
+      }
+      assert.match(heard[0]!, why);
     }
-    assert.match(heard[0]!, /the kernel asks for the device back/);
   });
 });
 

@@ -74,7 +74,8 @@ test('by PCI address: opens the cdev and /dev/iommu, binds, allocates an IOAS, a
       rec.argOf(NR.IOMMU_IOAS_MAP_FILE),
       le([4, 40], [4, 1 << 2], [4, IOAS_ID], [4, -1], [8, 0], [8, 4096], [8, 0]),
     );
-    // Then the device itself: info, config space ids, the dma-buf probe, the REQ irq wired (release-request.ts).
+    // Then the device itself: info, config space ids, the dma-buf probe, the REQ and ERR irqs wired
+    // (device-signals.ts).
     assert.deepEqual(rec.lines(9), [
       `ioctl ${IOMMU} ${hex(NR.IOMMU_IOAS_MAP_FILE)}`,
       `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_GET_INFO)}`,
@@ -83,6 +84,10 @@ test('by PCI address: opens the cdev and /dev/iommu, binds, allocates an IOAS, a
       `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_FEATURE)}`,
       `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_GET_IRQ_INFO)}`,
       `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_SET_IRQS)}`,
+      `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_GET_IRQ_INFO)}`,
+      `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_SET_IRQS)}`,
+      // ERR wired: the status register says whether there is a capability list to find PCIe's in (none here).
+      `pread ${CDEV} 0x${(regionOffset(7) + 6n).toString(16)}`,
     ]);
     assert.equal(dev.transport, 'kernel-iommufd');
     assert.equal(dev.ids.vendor, 0x1234);

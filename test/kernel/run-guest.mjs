@@ -9,13 +9,21 @@
 // The guest's output is streamed to stdout as it comes; the exit status is the
 // guest script's. 124: timed out; 125: the rig itself failed (QEMU, boot,
 // binding edu, mounting the host): the boot log is printed to say why.
-// Guest env: DEVLEASE_KERNEL_GUEST=<config>, DEVLEASE_EDU_BDF=<pci address>.
+// Guest env: DEVLEASE_KERNEL_GUEST=<config>, DEVLEASE_EDU_BDF=<pci address>,
+// DEVLEASE_IVSHMEM_BDF, DEVLEASE_AER_BDF (a virtio-net with AER behind a PCIe root port).
+//
+// A guest test asks the host for an AER error on that device by writing the line
+// `=== DEVLEASE-HOST aer-inject NAME ===` to /dev/console (aerInject() in
+// test/kernel/guest/fixtures/aer.ts): the host sends QEMU's monitor
+// `pcie_aer_inject_error aerdev NAME` and prints the monitor's answer
+// among the guest's output as `[host] aer-inject: <answer>`.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { hmp } from './hmp.mjs';
 
 export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const configs = ['legacy', 'iommufd'];
@@ -27,6 +35,8 @@ const END = /^=== DEVLEASE-GUEST-END status=(\d+) ===$/;
 const DMESG_BEGIN = '=== DEVLEASE-DMESG-BEGIN ===';
 const DMESG_END = '=== DEVLEASE-DMESG-END ===';
 const RIG_ERROR = /^=== DEVLEASE-RIG-ERROR (.*) ===$/;
+// Anywhere in a line: the console is shared, so another writer's partial line may come first.
+const HOST_REQUEST = /=== DEVLEASE-HOST aer-inject ([A-Z_]+) ===/;
 
 /** Builds (or finds cached) one configuration; returns { kernel, initrd }. */
 export function buildConfig(config) {
@@ -94,6 +104,20 @@ const QEMU_FIXED = [
 export const IVSHMEM_SIZE = 1 << 20;
 export const ivshmemFile = (config) => join(rigCache, `ivshmem-${config}.bin`);
 
+/**
+ * A PCIe device with an AER capability (edu and ivshmem are plain PCI) behind a PCIe root port, so that QEMU can
+ * report an AER error through the port: the guest's AER driver hands it to vfio-pci, which signals the device's
+ * ERR irq. The guest binds it to vfio-pci (DEVLEASE_AER_BDF). A virtio-net, because QEMU lets a driver set its
+ * error reporting bits (x-pcie-deverr-init; igb's, say, stay clear, so its errors are never reported) and it has
+ * FLR; nothing in the guest drives it as a network device.
+ */
+const AER_DEVICE = [
+  '-device',
+  'pcie-root-port,id=rp0,chassis=1',
+  '-device',
+  'virtio-net-pci,bus=rp0,id=aerdev,aer=on,disable-legacy=on',
+];
+
 function qemuArgs({ kernel, initrd }, runDir, config) {
   // no_timer_check: under TCG on a loaded host the guest's IO-APIC timer check
   // can miss its ticks and panic ("timer doesn't work through Interrupt-remapped
@@ -105,10 +129,25 @@ function qemuArgs({ kernel, initrd }, runDir, config) {
     '-device',
     'ivshmem-plain,memdev=ivshm',
   ];
-  const args = [...QEMU_FIXED, ...ivshmem, '-kernel', kernel, '-initrd', initrd, '-append', append];
+  const monitor = ['-monitor', `unix:${monitorPath(runDir)},server=on,wait=off`];
+  const args = [...QEMU_FIXED, ...ivshmem, ...AER_DEVICE, ...monitor, '-kernel', kernel, '-initrd', initrd];
+  args.push('-append', append);
   // qboot starts a second or two faster than SeaBIOS.
   if (existsSync('/usr/share/qemu/qboot.rom')) args.push('-bios', '/usr/share/qemu/qboot.rom');
   return args;
+}
+
+const monitorPath = (runDir) => join(runDir, 'monitor.sock');
+
+/** A guest's request for an AER error: sent to QEMU's monitor; its answer is reported with the guest's output. */
+async function injectAer(runDir, name, report) {
+  let answer;
+  try {
+    answer = (await hmp(monitorPath(runDir), `pcie_aer_inject_error aerdev ${name}`)) || 'ok';
+  } catch (err) {
+    answer = `failed: ${err.message}`;
+  }
+  report(`[host] aer-inject ${name}: ${answer.replace(/\s+/g, ' ')}`);
 }
 
 /**
@@ -196,6 +235,12 @@ export async function runGuest({
           status = Number(m[1]);
           phase = 'after';
         } else {
+          const request = line.match(HOST_REQUEST);
+          if (request)
+            void injectAer(runDir, request[1], (l) => {
+              output.push(l);
+              onLine(l);
+            });
           output.push(line);
           onLine(line);
         }

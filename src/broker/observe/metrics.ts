@@ -29,7 +29,7 @@ const DENIAL_CLASS: Record<string, string> = {
 export function reclaimCause(reason: string): string {
   if (/^(revoked with no deadline|deadline of)/.test(reason)) return 'revoke';
   if (/^device lost/.test(reason)) return 'device-lost';
-  if (/^(device-hang|device-reset|owner-reset)/.test(reason)) return 'recovery';
+  if (/^(device-hang|device-reset|device-error|owner-reset)/.test(reason)) return 'recovery';
   if (/^broker shutting down/.test(reason)) return 'shutdown';
   return 'client'; // the session ended: the client closed, hung up or exited
 }
@@ -93,6 +93,11 @@ export class BrokerMetrics {
     const resets = new Counter({
       name: 'devlease_device_resets_total',
       help: "Device resets behind the broker's back.",
+      registers: r,
+    });
+    const deviceErrors = new Counter({
+      name: 'devlease_device_errors_total',
+      help: 'Uncorrectable PCIe errors the kernel reported of the device (AER, the VFIO error irq).',
       registers: r,
     });
     const recoveries = new Counter({
@@ -159,6 +164,9 @@ export class BrokerMetrics {
             break;
           case 'device-reset':
             resets.inc();
+            break;
+          case 'device-error':
+            deviceErrors.inc();
             break;
           case 'device-recovered':
             recoveries.inc();

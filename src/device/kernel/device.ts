@@ -35,12 +35,12 @@ import {
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
 import { readPciIds } from '../pci-ids.js';
+import { watchDeviceSignals } from './device-signals.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
 import { KernelIrqs } from './irqs.js';
 import { checkMappable, readRegionInfo, regionSpan, trackBarMap } from './regions.js';
-import { RELEASE_REQUESTED, watchReleaseRequests } from './release-request.js';
 import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
 
 export interface KernelDeviceParts {
@@ -87,8 +87,8 @@ export class KernelDevice extends EventEmitter implements Device {
   readonly #barMaps = new Set<UserMemory>();
   #closed = false;
   #owned: boolean;
-  /** Wired to the REQ irq while the device is this process's (release-request.ts). */
-  #releaseRequests: EventFd | null = null;
+  /** Wired to the REQ and ERR irqs while the device is this process's (device-signals.ts). */
+  #signals: EventFd[] = [];
   /** GET_IRQ_INFO and SET_IRQS (irqs.ts: MSI/MSI-X indexes the kernel sizes once are enabled whole). */
   readonly #irqs = new KernelIrqs((name, request, arg) => this.#ioctl(name, request, arg));
   /** After an upgrade's commit: what became of the pinned-page accounting (takeOver(); status shows it). */
@@ -111,7 +111,7 @@ export class KernelDevice extends EventEmitter implements Device {
     const dev = new KernelDevice(parts);
     try {
       await dev.#init();
-      if (dev.#owned) await dev.#watchReleaseRequests();
+      if (dev.#owned) await dev.#watchSignals();
     } catch (err) {
       await dev.close();
       throw err;
@@ -375,31 +375,28 @@ export class KernelDevice extends EventEmitter implements Device {
   }
 
   /**
-   * 'release-requested' when the kernel asks for the device back. Not wired, an unbind waits for the process
-   * to exit; failing to wire it is logged, not fatal (the device works as before).
+   * 'release-requested' when the kernel asks for the device back, 'error-reported' when it reports an AER error
+   * of the device (device-signals.ts). Failing to wire one is logged, not fatal (the device works as before).
    */
-  async #watchReleaseRequests(): Promise<void> {
-    try {
-      const efd = await watchReleaseRequests(this, () => {
-        if (!this.#closed) this.emit('release-requested', RELEASE_REQUESTED);
-      });
-      // takeOver() does not wait for this: a close() meanwhile did not see the eventfd to close it.
-      if (this.#closed) efd?.close();
-      else this.#releaseRequests = efd;
-    } catch (err) {
-      this.#log(
-        `${this.#name}: no device request eventfd (an unbind waits for this process): ${(err as Error).message}`,
-      );
-    }
+  async #watchSignals(): Promise<void> {
+    const efds = await watchDeviceSignals(this, {
+      fired: (event, why) => {
+        if (!this.#closed) this.emit(event, why);
+      },
+      // takeOver() does not wait for this: a close() meanwhile did not see the eventfds to close them.
+      closed: () => this.#closed,
+      log: (msg) => this.#log(`${this.#name}: ${msg}`),
+    });
+    this.#signals.push(...efds);
   }
 
   /**
    * An adopted device becomes this process's (the upgrade committed); returns what became of the accounting.
-   * Its REQ irq is wired to this process from here on (the previous broker's eventfd is replaced).
+   * Its REQ and ERR irqs are wired to this process from here on (the previous broker's eventfds are replaced).
    */
   takeOver(): string {
     this.#owned = true;
-    void this.#watchReleaseRequests();
+    void this.#watchSignals();
     this.pinnedAccounting = this.domain.takeAccounting();
     return this.pinnedAccounting;
   }
@@ -414,7 +411,7 @@ export class KernelDevice extends EventEmitter implements Device {
       for (const m of [...this.#barMaps]) m.unmap();
       this.#closed = true;
       this.#fd.close();
-      this.#releaseRequests?.close();
+      for (const efd of this.#signals.splice(0)) efd.close();
       this.domain.abandon();
       this.emit('close');
       return;
@@ -428,7 +425,7 @@ export class KernelDevice extends EventEmitter implements Device {
     }
     this.#closed = true;
     this.#fd.close();
-    this.#releaseRequests?.close();
+    for (const efd of this.#signals.splice(0)) efd.close();
     try {
       this.domain.close();
     } catch (err) {

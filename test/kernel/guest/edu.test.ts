@@ -32,6 +32,7 @@ import { EventFd, MemFd } from '../../../src/sys/index.js';
 import { VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/vfio/uapi/vfio.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
 import { within } from '../../helpers/within.js';
+import { withGenericKernelBroker } from './fixtures/generic-broker.js';
 import { bdf, guestConfig as config, inEduGuest } from './fixtures/guest.js';
 
 const paths = config === 'iommufd' ? (['auto', 'container'] as const) : (['auto'] as const);
@@ -358,27 +359,14 @@ async function withGenericEdu(
   reuseWithoutReset: boolean,
   fn: (broker: Broker, socket: string) => Promise<void>,
 ) {
-  const dir = mkdtempSync(join(tmpdir(), 'devlease-edu-generic-'));
-  const dev = await open();
-  let broker: Broker | null = null;
-  try {
-    broker = await Broker.start({
-      config: configFromObject({
-        rundir: join(dir, 'run'),
-        device: { name: 'edu', driver: join(here, 'fixtures', 'generic-driver.js') },
-        generic: { reuse_without_reset: reuseWithoutReset },
-      }),
-      device: dev,
-      log: () => {},
-    });
-    assert.equal(broker.driver.name, 'generic');
-    await fn(broker, broker.sockets.get('device')!);
-    await until('every lease to end', () => broker!.leases.all().length === 0);
-  } finally {
-    await broker?.close();
-    await dev.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  await withGenericKernelBroker(
+    { bdf, config: { generic: { reuse_without_reset: reuseWithoutReset } } },
+    async (broker, socket) => {
+      assert.equal(broker.driver.name, 'generic');
+      await fn(broker, socket);
+      await until('every lease to end', () => broker.leases.all().length === 0);
+    },
+  );
 }
 
 const u32 = (v: number) => new Uint8Array(new Uint32Array([v]).buffer);

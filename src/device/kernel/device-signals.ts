@@ -1,0 +1,144 @@
+// The two things vfio-pci tells a device's owner by eventfd, besides the
+// device's own interrupts:
+//
+// - REQ (VFIO_PCI_REQ_IRQ_INDEX): the kernel asks for the device back. It is
+//   signalled when the device is to be unbound or removed; the kernel then
+//   waits, asking again every 10 s, until every fd of the device is closed.
+//   With no eventfd wired it only logs "No device request channel registered,
+//   blocked until released by user" and waits for the broker to exit: an
+//   operator's unbind hung for as long as the broker ran. The broker lets the
+//   device go (device-loss.ts): every lease ends, the device fd closes, and
+//   the unbind completes.
+// - ERR (VFIO_PCI_ERR_IRQ_INDEX): the kernel's AER driver reported an
+//   uncorrectable error of the device (vfio-pci's error_detected callback).
+//   The kernel carries on with its own recovery (a fatal error resets the
+//   link) without waiting for us; only PCIe devices have this irq. Unwired,
+//   an error went unnoticed until the device misbehaved. The broker recovers
+//   the device (recovery.ts): every client is told (ERR), every lease is
+//   reclaimed, the driver resets the device, and grants resume.
+
+import { EventFd } from '../../sys/eventfd.js';
+import {
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_REQ_IRQ_INDEX,
+} from '../../vfio/uapi/vfio.js';
+import type { Device } from '../device.js';
+
+export type SignalWiring = Pick<Device, 'irqCount' | 'setIrqs'>;
+export type SignalDevice = SignalWiring & Pick<Device, 'read' | 'write'>;
+
+export const RELEASE_REQUESTED =
+  'the kernel asks for the device back (VFIO device request: an unbind or a removal); it is released';
+export const ERROR_REPORTED =
+  'the kernel reports an uncorrectable PCIe error of the device (AER, VFIO error irq); it is recovered';
+
+export const DEVICE_SIGNALS = [
+  {
+    index: VFIO_PCI_REQ_IRQ_INDEX,
+    name: 'device request',
+    event: 'release-requested',
+    why: RELEASE_REQUESTED,
+  },
+  { index: VFIO_PCI_ERR_IRQ_INDEX, name: 'error', event: 'error-reported', why: ERROR_REPORTED },
+] as const;
+
+export interface SignalHooks {
+  /** A signal came: the device's event and its reason. */
+  fired(event: (typeof DEVICE_SIGNALS)[number]['event'], why: string): void;
+  /** The device closed meanwhile: what was wired is closed, not kept. */
+  closed(): boolean;
+  log(msg: string): void;
+}
+
+/**
+ * Wire REQ and ERR, and have the device report its errors. Returns the eventfds (the caller closes them after
+ * the device fd). Failing to wire one is logged, not fatal: the device works as before, that signal unheard.
+ */
+export async function watchDeviceSignals(dev: SignalDevice, hooks: SignalHooks): Promise<EventFd[]> {
+  const efds: EventFd[] = [];
+  for (const s of DEVICE_SIGNALS) {
+    try {
+      const efd = await watchSignal(dev, s.index, () => hooks.fired(s.event, s.why));
+      if (!efd) continue;
+      efds.push(efd);
+      if (hooks.closed()) break;
+      if (s.index === VFIO_PCI_ERR_IRQ_INDEX)
+        await enableErrorReporting({
+          read: (off, n) => dev.read(VFIO_PCI_CONFIG_REGION_INDEX, off, n),
+          write: (off, data) => dev.write(VFIO_PCI_CONFIG_REGION_INDEX, off, data),
+        });
+    } catch (err) {
+      hooks.log(`no ${s.name} eventfd (${s.event} unheard): ${(err as Error).message}`);
+    }
+  }
+  if (!hooks.closed()) return efds;
+  for (const efd of efds) efd.close();
+  return [];
+}
+
+/**
+ * Wire an eventfd to the irq `index` and call `fired` each time it is signalled (the kernel asks again every
+ * 10 s for REQ, and every error is one more ERR; a signal that came before anyone listened is heard at the
+ * next). Returns the eventfd (the caller closes it after the device fd), or null when the device has no such
+ * irq (not every VFIO bus driver offers one; vfio-pci offers ERR on PCIe devices only).
+ */
+export async function watchSignal(
+  dev: SignalWiring,
+  index: number,
+  fired: () => void,
+): Promise<EventFd | null> {
+  if ((await dev.irqCount(index).catch(() => 0)) < 1) return null;
+  const efd = new EventFd();
+  try {
+    await dev.setIrqs(index, 0, [efd.fd]);
+  } catch (err) {
+    efd.close();
+    throw err;
+  }
+  efd.onReadable(() => fired());
+  // The device's owner keeps the process alive; this watch alone must not.
+  efd.unref();
+  return efd;
+}
+
+// Config space (include/uapi/linux/pci_regs.h).
+const PCI_STATUS = 0x06;
+const PCI_STATUS_CAP_LIST = 0x10;
+const PCI_CAPABILITY_LIST = 0x34;
+const PCI_CAP_ID_EXP = 0x10;
+const PCI_EXP_DEVCTL = 0x08;
+/** Correctable, non-fatal, fatal and unsupported-request reporting: the kernel's PCI_EXP_AER_FLAGS. */
+const PCI_EXP_AER_FLAGS = 0x0001 | 0x0002 | 0x0004 | 0x0008;
+/** The kernel's bound on a capability walk (PCI_FIND_CAP_TTL): a looped list ends. */
+const CAP_TTL = 48;
+
+export interface ConfigAccess {
+  read(offset: number, count: number): Promise<Uint8Array>;
+  write(offset: number, data: Uint8Array): Promise<void>;
+}
+
+/**
+ * Has the device report its errors (PCIe Device Control: CERE, NFERE, FERE, URRE), as drivers did with
+ * pci_enable_pcie_error_reporting(): a device with them clear records an error in its own status and tells
+ * nobody, so no AER error of it reaches the ERR irq. Since Linux 6.0 the kernel sets them on every device whose
+ * AER it owns; before, each driver set its own, and vfio-pci never did, so there a device bound to it reported
+ * nothing. Setting bits already set changes nothing. Returns false for a device with no PCI Express capability
+ * (it has no ERR irq either).
+ */
+export async function enableErrorReporting(cfg: ConfigAccess): Promise<boolean> {
+  const u8 = async (at: number) => (await cfg.read(at, 1))[0]!;
+  const status = await cfg.read(PCI_STATUS, 2);
+  if (!((status[0]! | (status[1]! << 8)) & PCI_STATUS_CAP_LIST)) return false;
+  let at = (await u8(PCI_CAPABILITY_LIST)) & ~3;
+  for (let ttl = CAP_TTL; at >= 0x40 && ttl > 0; ttl--) {
+    if ((await u8(at)) === PCI_CAP_ID_EXP) {
+      const ctl = await cfg.read(at + PCI_EXP_DEVCTL, 2);
+      const value = ctl[0]! | (ctl[1]! << 8) | PCI_EXP_AER_FLAGS;
+      await cfg.write(at + PCI_EXP_DEVCTL, new Uint8Array([value & 0xff, value >> 8]));
+      return true;
+    }
+    at = (await u8(at + 1)) & ~3;
+  }
+  return false;
+}
