@@ -1,8 +1,8 @@
-// A fake lease broker for the TypeScript client (Lease.connect): a real AF_UNIX stream socket in this process
-// that answers a lease's setup well-formed — VERSION (the info in it, or only in the info region), REGION_INFO
-// (the info region; slices as memfds), REGION_READ of the info, GET_REGION_IO_FDS (the queue page's kick fd),
-// anything else an empty reply — unless a test's `fault` answers a request itself. Each test states only the
-// one thing its broker does wrong. (test/clib/bad-broker.test.ts has the C client's twin.)
+// A fake lease broker for the clients (Lease.connect; libdevlease through test/clib/fake-broker.ts): a real
+// AF_UNIX stream socket in this process that answers a lease's setup well-formed — VERSION (the info in it, or
+// only in the info region), REGION_INFO (the info region; slices as memfds), REGION_READ of the info,
+// GET_REGION_IO_FDS (the queue page's kick fd), anything else an empty reply — unless a test's `fault` answers a
+// request itself. Each test states only the one thing its broker does wrong.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,6 +39,12 @@ export const LEASE_INFO = {
   faultsTotal: 0,
 };
 
+/** One message a client sent: its bytes (header included) and the fds that came with it. */
+export interface ReceivedMessage {
+  data: Buffer;
+  fds: Fd[];
+}
+
 export interface FakeBrokerOptions {
   /** The info (default LEASE_INFO). */
   info?: Record<string, unknown>;
@@ -54,8 +60,13 @@ export interface FakeBrokerOptions {
   sliceSize?: number;
   /** GET_REGION_IO_FDS of region 2: the fd to hand out as the kick at SQ_TAIL (default: ENOTSUP). */
   kickFd?: () => Fd;
-  /** Answers a request itself (true) instead of the well-formed answer. */
-  fault?: (sock: StreamSocket, msg: VfioUserMessage) => boolean;
+  /**
+   * Answers a request itself (true) instead of the well-formed answer. The message's fds are closed after it
+   * (dup one to keep it).
+   */
+  fault?: (sock: StreamSocket, msg: VfioUserMessage, received: ReceivedMessage) => boolean;
+  /** Called for each reply the client sends (to a command of ours). */
+  onReply?: (sock: StreamSocket) => void;
 }
 
 export interface FakeBroker {
@@ -69,29 +80,51 @@ export function fakeLeaseBroker(opts: FakeBrokerOptions = {}): FakeBroker {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-fake-lease-broker-'));
   const socket = join(dir, 'fake.sock');
   const server = StreamServer.listen(socket, { socket: { framing: VFIO_USER_FRAMING } });
-  const info = opts.info ?? LEASE_INFO;
-  const infoBytes = Buffer.alloc(16384);
-  infoBytes.write(JSON.stringify(info));
   const commands: number[] = [];
   const open = new Set<StreamSocket>();
   server.on('connection', (sock: StreamSocket) => {
     open.add(sock);
     sock.on('close', () => open.delete(sock));
-    sock.on('error', () => undefined);
-    sock.on('message', (m: { data: Buffer; fds: Fd[] }) => {
-      for (const fd of m.fds) fd.close();
-      const msg = decodeMessage(m.data);
-      if ((msg.flags & P.VFIO_USER_F_TYPE_MASK) === P.VFIO_USER_F_TYPE_REPLY) return; // answers a command of ours
-      commands.push(msg.command);
-      try {
-        if (!opts.fault?.(sock, msg)) answer(sock, msg);
-      } catch {
-        // the client hung up first (it refused what we sent): nothing to answer
+    serveFakeLease(sock, opts, commands);
+  });
+  return {
+    socket,
+    commands,
+    close() {
+      for (const s of open) s.close();
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The fake broker's side of one connection; each request's command number is pushed to `commands`. */
+export function serveFakeLease(
+  sock: StreamSocket,
+  opts: FakeBrokerOptions = {},
+  commands: number[] = [],
+): void {
+  const info = opts.info ?? LEASE_INFO;
+  const infoBytes = Buffer.alloc(16384);
+  infoBytes.write(JSON.stringify(info));
+  sock.on('error', () => undefined);
+  sock.on('message', (m: ReceivedMessage) => {
+    const msg = decodeMessage(m.data);
+    try {
+      if ((msg.flags & P.VFIO_USER_F_TYPE_MASK) === P.VFIO_USER_F_TYPE_REPLY) {
+        opts.onReply?.(sock); // the client's answer to a command of ours
+        return;
       }
-    });
+      commands.push(msg.command);
+      if (!opts.fault?.(sock, msg, m)) answer(msg);
+    } catch {
+      // the client hung up first (it refused what we sent): nothing to answer
+    } finally {
+      for (const fd of m.fds) fd.close();
+    }
   });
 
-  function answer(sock: StreamSocket, msg: VfioUserMessage): void {
+  function answer(msg: VfioUserMessage): void {
     const { msgId: id, command: cmd, payload } = msg;
     const b = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
     if (cmd === P.VFIO_USER_VERSION) {
@@ -144,14 +177,4 @@ export function fakeLeaseBroker(opts: FakeBrokerOptions = {}): FakeBroker {
       sock.send(encodeReply(id, cmd));
     }
   }
-
-  return {
-    socket,
-    commands,
-    close() {
-      for (const s of open) s.close();
-      server.close();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
 }
