@@ -6,12 +6,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Fd, MemFd, StreamServer, type StreamSocket } from '../../src/sys/index.js';
-import { vfio_region_info } from '../../src/vfio/uapi/vfio.js';
+import { type Fd, MemFd, native, StreamServer, type StreamSocket } from '../../src/sys/index.js';
+import { VFIO_PCI_ERR_IRQ_INDEX, vfio_region_info } from '../../src/vfio/uapi/vfio.js';
 import {
   decodeMessage,
   encodeErrorReply,
   encodeReply,
+  u32,
   type VfioUserMessage,
 } from '../../src/vfio/user/codec.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/index.js';
@@ -46,8 +47,8 @@ export interface ReceivedMessage {
 }
 
 export interface FakeBrokerOptions {
-  /** The info (default LEASE_INFO). */
-  info?: Record<string, unknown>;
+  /** The info (default LEASE_INFO); a function: the info as it is when asked for (it may change). */
+  info?: Record<string, unknown> | (() => Record<string, unknown>);
   /** Send the info with VERSION (default); false: only in the info region, which the client then reads. */
   infoInVersion?: boolean;
   /** Members added to the VERSION reply's "devlease" object (e.g. noticeIrq). */
@@ -104,9 +105,7 @@ export function serveFakeLease(
   opts: FakeBrokerOptions = {},
   commands: number[] = [],
 ): void {
-  const info = opts.info ?? LEASE_INFO;
-  const infoBytes = Buffer.alloc(16384);
-  infoBytes.write(JSON.stringify(info));
+  const infoNow = () => (typeof opts.info === 'function' ? opts.info() : (opts.info ?? LEASE_INFO));
   sock.on('error', () => undefined);
   sock.on('message', (m: ReceivedMessage) => {
     const msg = decodeMessage(m.data);
@@ -131,7 +130,7 @@ export function serveFakeLease(
       const devlease = {
         error_reason: true,
         infoRegion: INFO_REGION,
-        ...(opts.infoInVersion === false ? {} : { info }),
+        ...(opts.infoInVersion === false ? {} : { info: infoNow() }),
         ...opts.devlease,
       };
       const caps = {
@@ -152,6 +151,8 @@ export function serveFakeLease(
         sock.send(encodeReply(id, cmd, reply), [mem.fd]);
       }
     } else if (cmd === P.VFIO_USER_REGION_READ) {
+      const infoBytes = Buffer.alloc(16384);
+      infoBytes.write(JSON.stringify(infoNow()));
       const offset = Number(b.readBigUInt64LE(0));
       const count = b.readUInt32LE(12);
       if (offset + count > infoBytes.length) {
@@ -177,4 +178,44 @@ export function serveFakeLease(
       sock.send(encodeReply(id, cmd));
     }
   }
+}
+
+/**
+ * A broker that lists faults without counting them (its info has no faultsTotal: one from before the count).
+ * list(n) makes the info list n WINDOW_VIOLATIONs, at 0x1000, 0x2000, …, and signals the lease's ERR eventfd as
+ * the broker does for a fault; the same n again makes that signal a reset.
+ */
+export function uncountingBroker(opts: FakeBrokerOptions = {}): FakeBroker & { list(n: number): void } {
+  const { faultsTotal: _uncounted, ...info } = LEASE_INFO;
+  let faults: { queue: number; code: number; name: string; address: string }[] = [];
+  let err: Fd | null = null;
+  const broker = fakeLeaseBroker({
+    ...opts,
+    info: () => ({ ...info, faults }),
+    fault: (sock, msg, received) => {
+      // SET_IRQS of ERR (vfio_irq_set's index at 8): keep its eventfd; the well-formed answer is sent still.
+      if (msg.command === P.VFIO_USER_DEVICE_SET_IRQS && u32(msg.payload, 8) === VFIO_PCI_ERR_IRQ_INDEX) {
+        err?.close();
+        err = received.fds[0]?.dup() ?? null;
+      }
+      return opts.fault?.(sock, msg, received) ?? false;
+    },
+  });
+  return {
+    ...broker,
+    list(n) {
+      if (!err) throw new Error('the lease has no ERR eventfd yet');
+      faults = Array.from({ length: n }, (_, i) => ({
+        queue: 0,
+        code: 3,
+        name: 'WINDOW_VIOLATION',
+        address: `0x${((i + 1) * 0x1000).toString(16)}`,
+      }));
+      native.eventfdWrite(err.fd, 1n);
+    },
+    close() {
+      err?.close();
+      broker.close();
+    },
+  };
 }

@@ -104,7 +104,6 @@ struct devlease {
 	unsigned nvectors;
 	int err_fd, req_fd;
 	uint64_t faults_seen; /* the info's faults_total when last reported */
-	unsigned faults_listed; /* the info's nfaults when last reported (a broker that does not count) */
 	bool disconnect_reported;
 	struct dl_iofd *iofds;
 	unsigned niofds;
