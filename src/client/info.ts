@@ -29,10 +29,10 @@ export interface LeaseInfo {
   /** The last fault records the broker keeps for this lease (16), oldest first. */
   faults: { queue: number | null; code: number; name: string; address: bigint }[];
   /**
-   * How many faults this lease was sent in all; null from a broker that does not count them (one from before
-   * the count, e.g. after a downgrade), whose list is then all there is to go by.
+   * How many faults this lease was sent in all. A broker that does not count them (one from before the count,
+   * e.g. after a downgrade) is taken to have sent the faults it lists: faults.length, which grows with the list.
    */
-  faultsTotal: number | null;
+  faultsTotal: number;
 }
 
 const big = (v: unknown, what: string): bigint => {
@@ -106,8 +106,8 @@ export function parseLeaseInfo(raw: unknown): LeaseInfo {
     name: f.name,
     address: big(f.address, 'fault address'),
   }));
-  const faultsTotal = j.faultsTotal ?? null;
-  if (faultsTotal !== null && (!Number.isSafeInteger(faultsTotal) || faultsTotal < faults.length))
+  const faultsTotal = j.faultsTotal ?? faults.length;
+  if (!Number.isSafeInteger(faultsTotal) || faultsTotal < faults.length)
     refuse(
       `faultsTotal ${JSON.stringify(faultsTotal)} is not a count of at least the ${faults.length} faults listed`,
     );

@@ -67,8 +67,6 @@ export class Lease extends EventEmitter {
   readonly #noticeIrq: number | null;
   /** Faults already reported (the info's faultsTotal), so a later ERR without a new fault is seen as a reset. */
   #faultsSeen = 0;
-  /** The list's length when last reported (for a broker that does not count faults: faultsTotal null). */
-  #faultsListed = 0;
   #closed = false;
   /** A region was mapped from a device fd handed over for an audited slice. */
   #audited = false;
@@ -304,18 +302,13 @@ export class Lease extends EventEmitter {
     const info = await this.refreshInfo().catch(() => null);
     if (index === VFIO_PCI_REQ_IRQ_INDEX) {
       this.emit('revoke-requested', { deadline: info?.deadline ?? Date.now() });
-    } else if (info && info.faultsTotal !== null && info.faultsTotal > this.#faultsSeen) {
+    } else if (info && info.faultsTotal > this.#faultsSeen) {
       // Counted by the total, not by the list: the list stops growing at 16, and two faults may arrive
       // between reads.
       const fresh = info.faultsTotal - this.#faultsSeen;
       const held = Math.min(fresh, info.faults.length);
       this.emit('device-fault', info.faults.slice(info.faults.length - held), fresh - held);
       this.#faultsSeen = info.faultsTotal;
-      this.#faultsListed = info.faults.length;
-    } else if (info && info.faultsTotal === null && info.faults.length > this.#faultsListed) {
-      // A broker that does not count them: the list's growth is all there is (it stops at 16).
-      this.emit('device-fault', info.faults.slice(this.#faultsListed), 0);
-      this.#faultsListed = info.faults.length;
     } else if (index === VFIO_PCI_ERR_IRQ_INDEX) {
       this.emit('device-reset');
     }

@@ -1,13 +1,13 @@
 // The fake broker of the C client's tests (bad-broker.test.ts): a real AF_UNIX stream socket in this process
-// that answers clib-probe well-formed, unless a scenario's fault answers a request itself.
+// that answers clib-probe well-formed, as the TypeScript client's fake broker does (serveFakeLease), unless a
+// scenario's fault answers a request itself. The helpers here build the raw messages a fault sends.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Fd, MemFd, StreamServer, type StreamSocket } from '../../src/sys/index.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/index.js';
-import { encodeRegionIoFdsReply, VFIO_USER_IO_FD_TYPE_IOEVENTFD } from '../../src/vfio/user/region-io-fds.js';
-import { LEASE_INFO } from '../helpers/fake-lease-broker.js';
+import { type FakeBrokerOptions, LEASE_INFO, serveFakeLease } from '../helpers/fake-lease-broker.js';
 import { runProgram, sanitizerFindings } from './build.js';
 
 export const CAPS = {
@@ -36,21 +36,6 @@ export const reply = (id: number, cmd: number, payload: Buffer = Buffer.alloc(0)
 export function versionReply(json: unknown): Buffer {
   const text = typeof json === 'string' ? json : JSON.stringify(json);
   return Buffer.concat([Buffer.alloc(4), Buffer.from(`${text}\0`)]);
-}
-export function regionInfo(index: number, size: number): Buffer {
-  const b = Buffer.alloc(32);
-  b.writeUInt32LE(32, 0);
-  b.writeUInt32LE(index === 9 ? 1 : 7, 4); // READ (info) / READ|WRITE|MMAP
-  b.writeUInt32LE(index, 8);
-  b.writeBigUInt64LE(BigInt(size), 16);
-  return b;
-}
-export function regionRead(req: Buffer, info: Buffer): Buffer {
-  const offset = Number(req.readBigUInt64LE(16));
-  const count = req.readUInt32LE(28);
-  const data = Buffer.alloc(count);
-  info.copy(data, 0, offset, offset + count);
-  return Buffer.concat([req.subarray(16, 32), data]);
 }
 
 /** Send one message; true: the step was the fault's to answer. */
@@ -82,15 +67,11 @@ export function sentSplit(
   return true;
 }
 
-/** A well-behaved answer to each request; a scenario replaces one step with its fault. */
+/** A well-behaved answer to each request; a scenario replaces one step with its fault (`msg`: header included). */
 export type Step = (sock: StreamSocket, id: number, cmd: number, msg: Buffer) => boolean;
 
-export interface FakeOptions {
-  /** GET_REGION_IO_FDS of region 2: the fd handed out as the kick at SQ_TAIL (default: an empty reply). */
-  kickFd?: () => Fd;
-  /** Called for each reply the client sends (to a command of ours). */
-  onReply?: (sock: StreamSocket) => void;
-}
+/** The kick fd at SQ_TAIL (default: ENOTSUP), and what to call for each reply the client sends. */
+export type FakeOptions = Pick<FakeBrokerOptions, 'kickFd' | 'onReply'>;
 
 /** A DMA_READ command of 64 bytes at an address the client never mapped (it answers EFAULT). */
 export function dmaRead(id: number): Buffer {
@@ -131,46 +112,12 @@ export function fakeBroker(path: string, fault: Step, opts: FakeOptions = {}): S
 
 /** The fake broker's side of one connection. */
 export function serveFake(sock: StreamSocket, fault: Step, opts: FakeOptions = {}): void {
-  const info = Buffer.alloc(16384);
-  info.write(JSON.stringify(INFO));
-  sock.on('message', (m: { data: Buffer; fds: { close(): void }[] }) => {
-    for (const fd of m.fds) fd.close();
-    const id = m.data.readUInt16LE(0);
-    const cmd = m.data.readUInt16LE(2);
-    if ((m.data.readUInt32LE(8) & 0xf) === 1) {
-      opts.onReply?.(sock); // the client's answer to a command of ours
-      return;
-    }
-    try {
-      answer(sock, id, cmd, m.data);
-    } catch {
-      // the client hung up first (it refused what we sent): nothing to answer
-    }
+  const { kickFd, onReply } = opts;
+  serveFakeLease(sock, {
+    kickFd,
+    onReply,
+    fault: (s, msg, { data }) => fault(s, msg.msgId, msg.command, data),
   });
-  sock.on('error', () => undefined);
-  function answer(sock: StreamSocket, id: number, cmd: number, msg: Buffer): void {
-    if (fault(sock, id, cmd, msg)) return;
-    if (cmd === 1) sock.send(reply(id, cmd, versionReply(CAPS)));
-    else if (cmd === 5) {
-      const index = msg.readUInt32LE(16 + 8);
-      if (index === 9) sock.send(reply(id, cmd, regionInfo(9, 16384)));
-      else {
-        using mem = MemFd.create('fake-slice', { size: 4096 });
-        sock.send(reply(id, cmd, regionInfo(index, 4096)), [mem.fd]);
-      }
-    } else if (cmd === 9) sock.send(reply(id, cmd, regionRead(msg, info)));
-    else if (cmd === 6 && opts.kickFd) {
-      const fd = opts.kickFd();
-      try {
-        const sub = { offset: 0x0cn, size: 4n, fdIndex: 0, flags: 0, datamatch: 0n };
-        const answer = { subRegions: [{ ...sub, type: VFIO_USER_IO_FD_TYPE_IOEVENTFD }], fds: [fd] };
-        const r = encodeRegionIoFdsReply(msg.readUInt32LE(16 + 8), msg.readUInt32LE(16), answer, 16);
-        sock.send(reply(id, cmd, Buffer.from(r.payload)), r.fds);
-      } finally {
-        fd.close();
-      }
-    } else sock.send(reply(id, cmd));
-  }
 }
 
 /**

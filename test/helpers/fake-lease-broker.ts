@@ -1,17 +1,18 @@
-// A fake lease broker for the TypeScript client (Lease.connect): a real AF_UNIX stream socket in this process
-// that answers a lease's setup well-formed — VERSION (the info in it, or only in the info region), REGION_INFO
-// (the info region; slices as memfds), REGION_READ of the info, GET_REGION_IO_FDS (the queue page's kick fd),
-// anything else an empty reply — unless a test's `fault` answers a request itself. Each test states only the
-// one thing its broker does wrong. (test/clib/bad-broker.test.ts has the C client's twin.)
+// A fake lease broker for the clients (Lease.connect; libdevlease through test/clib/fake-broker.ts): a real
+// AF_UNIX stream socket in this process that answers a lease's setup well-formed — VERSION (the info in it, or
+// only in the info region), REGION_INFO (the info region; slices as memfds), REGION_READ of the info,
+// GET_REGION_IO_FDS (the queue page's kick fd), anything else an empty reply — unless a test's `fault` answers a
+// request itself. Each test states only the one thing its broker does wrong.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Fd, MemFd, StreamServer, type StreamSocket } from '../../src/sys/index.js';
-import { vfio_region_info } from '../../src/vfio/uapi/vfio.js';
+import { type Fd, MemFd, native, StreamServer, type StreamSocket } from '../../src/sys/index.js';
+import { VFIO_PCI_ERR_IRQ_INDEX, vfio_region_info } from '../../src/vfio/uapi/vfio.js';
 import {
   decodeMessage,
   encodeErrorReply,
   encodeReply,
+  u32,
   type VfioUserMessage,
 } from '../../src/vfio/user/codec.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/index.js';
@@ -39,9 +40,15 @@ export const LEASE_INFO = {
   faultsTotal: 0,
 };
 
+/** One message a client sent: its bytes (header included) and the fds that came with it. */
+export interface ReceivedMessage {
+  data: Buffer;
+  fds: Fd[];
+}
+
 export interface FakeBrokerOptions {
-  /** The info (default LEASE_INFO). */
-  info?: Record<string, unknown>;
+  /** The info (default LEASE_INFO); a function: the info as it is when asked for (it may change). */
+  info?: Record<string, unknown> | (() => Record<string, unknown>);
   /** Send the info with VERSION (default); false: only in the info region, which the client then reads. */
   infoInVersion?: boolean;
   /** Members added to the VERSION reply's "devlease" object (e.g. noticeIrq). */
@@ -54,8 +61,13 @@ export interface FakeBrokerOptions {
   sliceSize?: number;
   /** GET_REGION_IO_FDS of region 2: the fd to hand out as the kick at SQ_TAIL (default: ENOTSUP). */
   kickFd?: () => Fd;
-  /** Answers a request itself (true) instead of the well-formed answer. */
-  fault?: (sock: StreamSocket, msg: VfioUserMessage) => boolean;
+  /**
+   * Answers a request itself (true) instead of the well-formed answer. The message's fds are closed after it
+   * (dup one to keep it).
+   */
+  fault?: (sock: StreamSocket, msg: VfioUserMessage, received: ReceivedMessage) => boolean;
+  /** Called for each reply the client sends (to a command of ours). */
+  onReply?: (sock: StreamSocket) => void;
 }
 
 export interface FakeBroker {
@@ -69,36 +81,56 @@ export function fakeLeaseBroker(opts: FakeBrokerOptions = {}): FakeBroker {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-fake-lease-broker-'));
   const socket = join(dir, 'fake.sock');
   const server = StreamServer.listen(socket, { socket: { framing: VFIO_USER_FRAMING } });
-  const info = opts.info ?? LEASE_INFO;
-  const infoBytes = Buffer.alloc(16384);
-  infoBytes.write(JSON.stringify(info));
   const commands: number[] = [];
   const open = new Set<StreamSocket>();
   server.on('connection', (sock: StreamSocket) => {
     open.add(sock);
     sock.on('close', () => open.delete(sock));
-    sock.on('error', () => undefined);
-    sock.on('message', (m: { data: Buffer; fds: Fd[] }) => {
-      for (const fd of m.fds) fd.close();
-      const msg = decodeMessage(m.data);
-      if ((msg.flags & P.VFIO_USER_F_TYPE_MASK) === P.VFIO_USER_F_TYPE_REPLY) return; // answers a command of ours
-      commands.push(msg.command);
-      try {
-        if (!opts.fault?.(sock, msg)) answer(sock, msg);
-      } catch {
-        // the client hung up first (it refused what we sent): nothing to answer
+    serveFakeLease(sock, opts, commands);
+  });
+  return {
+    socket,
+    commands,
+    close() {
+      for (const s of open) s.close();
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The fake broker's side of one connection; each request's command number is pushed to `commands`. */
+export function serveFakeLease(
+  sock: StreamSocket,
+  opts: FakeBrokerOptions = {},
+  commands: number[] = [],
+): void {
+  const infoNow = () => (typeof opts.info === 'function' ? opts.info() : (opts.info ?? LEASE_INFO));
+  sock.on('error', () => undefined);
+  sock.on('message', (m: ReceivedMessage) => {
+    const msg = decodeMessage(m.data);
+    try {
+      if ((msg.flags & P.VFIO_USER_F_TYPE_MASK) === P.VFIO_USER_F_TYPE_REPLY) {
+        opts.onReply?.(sock); // the client's answer to a command of ours
+        return;
       }
-    });
+      commands.push(msg.command);
+      if (!opts.fault?.(sock, msg, m)) answer(msg);
+    } catch {
+      // the client hung up first (it refused what we sent): nothing to answer
+    } finally {
+      for (const fd of m.fds) fd.close();
+    }
   });
 
-  function answer(sock: StreamSocket, msg: VfioUserMessage): void {
+  function answer(msg: VfioUserMessage): void {
     const { msgId: id, command: cmd, payload } = msg;
     const b = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
     if (cmd === P.VFIO_USER_VERSION) {
       const devlease = {
         error_reason: true,
         infoRegion: INFO_REGION,
-        ...(opts.infoInVersion === false ? {} : { info }),
+        ...(opts.infoInVersion === false ? {} : { info: infoNow() }),
         ...opts.devlease,
       };
       const caps = {
@@ -119,6 +151,8 @@ export function fakeLeaseBroker(opts: FakeBrokerOptions = {}): FakeBroker {
         sock.send(encodeReply(id, cmd, reply), [mem.fd]);
       }
     } else if (cmd === P.VFIO_USER_REGION_READ) {
+      const infoBytes = Buffer.alloc(16384);
+      infoBytes.write(JSON.stringify(infoNow()));
       const offset = Number(b.readBigUInt64LE(0));
       const count = b.readUInt32LE(12);
       if (offset + count > infoBytes.length) {
@@ -144,14 +178,44 @@ export function fakeLeaseBroker(opts: FakeBrokerOptions = {}): FakeBroker {
       sock.send(encodeReply(id, cmd));
     }
   }
+}
 
+/**
+ * A broker that lists faults without counting them (its info has no faultsTotal: one from before the count).
+ * list(n) makes the info list n WINDOW_VIOLATIONs, at 0x1000, 0x2000, …, and signals the lease's ERR eventfd as
+ * the broker does for a fault; the same n again makes that signal a reset.
+ */
+export function uncountingBroker(opts: FakeBrokerOptions = {}): FakeBroker & { list(n: number): void } {
+  const { faultsTotal: _uncounted, ...info } = LEASE_INFO;
+  let faults: { queue: number; code: number; name: string; address: string }[] = [];
+  let err: Fd | null = null;
+  const broker = fakeLeaseBroker({
+    ...opts,
+    info: () => ({ ...info, faults }),
+    fault: (sock, msg, received) => {
+      // SET_IRQS of ERR (vfio_irq_set's index at 8): keep its eventfd; the well-formed answer is sent still.
+      if (msg.command === P.VFIO_USER_DEVICE_SET_IRQS && u32(msg.payload, 8) === VFIO_PCI_ERR_IRQ_INDEX) {
+        err?.close();
+        err = received.fds[0]?.dup() ?? null;
+      }
+      return opts.fault?.(sock, msg, received) ?? false;
+    },
+  });
   return {
-    socket,
-    commands,
+    ...broker,
+    list(n) {
+      if (!err) throw new Error('the lease has no ERR eventfd yet');
+      faults = Array.from({ length: n }, (_, i) => ({
+        queue: 0,
+        code: 3,
+        name: 'WINDOW_VIOLATION',
+        address: `0x${((i + 1) * 0x1000).toString(16)}`,
+      }));
+      native.eventfdWrite(err.fd, 1n);
+    },
     close() {
-      for (const s of open) s.close();
-      server.close();
-      rmSync(dir, { recursive: true, force: true });
+      err?.close();
+      broker.close();
     },
   };
 }

@@ -81,8 +81,7 @@ struct devlease_info {
 	const struct devlease_isolation *isolation;
 	unsigned nfaults; /* the last fault records the broker keeps (16), oldest first */
 	const struct devlease_fault *faults;
-	uint64_t faults_total; /* faults this lease was sent in all (a broker that does not say: nfaults) */
-	bool faults_counted;   /* false: a broker that does not count them; nfaults' growth is all there is */
+	uint64_t faults_total; /* faults this lease was sent in all (a broker that does not count them: nfaults) */
 };
 
 /* ---- errors ---- */

@@ -135,9 +135,10 @@ static int parse(struct devlease *l, json_object *j)
 		in->nfaults = (unsigned)n;
 	}
 	in->faults = l->info_faults;
+	/* A broker that does not count them (one from before the count) has sent, for all we know, the faults it
+	 * lists: the total then grows with the list, and devlease_next_notice reports the list's new records. */
 	in->faults_total = in->nfaults;
-	in->faults_counted = (v = opt(j, "faultsTotal")) != NULL;
-	if (v && u64_of(v, "faultsTotal", &in->faults_total) < 0) return -EPROTO;
+	if ((v = opt(j, "faultsTotal")) && u64_of(v, "faultsTotal", &in->faults_total) < 0) return -EPROTO;
 	if (in->faults_total < in->nfaults)
 		return dl_fail(EPROTO, "info region: faultsTotal %llu is less than the %u faults listed",
 			       (unsigned long long)in->faults_total, in->nfaults);

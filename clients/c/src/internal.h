@@ -5,6 +5,7 @@
 #include "devlease.h"
 
 #include <json-c/json.h>
+#include <time.h>
 
 /* vfio-user commands (QEMU docs/interop/vfio-user.rst) and header flags. */
 enum {
@@ -81,7 +82,9 @@ struct devlease {
 	int broken; /* 0, or the -errno every later call gets (the session is unusable) */
 	uint16_t next_id;
 	int timeout_ms;
-	int64_t deadline; /* the current call's (CLOCK_MONOTONIC ms): every wait of it, replies it sends included */
+	/* The current call's (CLOCK_MONOTONIC ms): every wait of it, replies it sends included. Set by dl_call and
+	 * dl_serve_pending, the wire's functions read it here: nothing a call serves starts another call. */
+	int64_t deadline;
 	uint64_t page;
 	uint32_t max_xfer;
 	bool reasons;
@@ -101,7 +104,6 @@ struct devlease {
 	unsigned nvectors;
 	int err_fd, req_fd;
 	uint64_t faults_seen; /* the info's faults_total when last reported */
-	unsigned faults_listed; /* the info's nfaults when last reported (a broker that does not count) */
 	bool disconnect_reported;
 	struct dl_iofd *iofds;
 	unsigned niofds;
@@ -142,6 +144,15 @@ static inline uint64_t dl_get64(const uint8_t *p) { uint64_t v; __builtin_memcpy
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "libdevlease: vfio-user is little-endian; big-endian hosts are not supported"
 #endif
+
+/* CLOCK_MONOTONIC, for deadlines and the queue's spin: the wall clock may step. */
+static inline int64_t dl_mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+static inline int64_t dl_mono_ms(void) { return dl_mono_us() / 1000; }
 
 /* Why `fd` cannot be a doorbell kick (not a non-blocking eventfd), or NULL (region.c). */
 const char *dl_kick_fd_problem(int fd);

@@ -35,18 +35,14 @@ static int open_socket(const char *path, int timeout_ms)
 	 * the first send failed ENOTCONN. So the connect itself is tried again, every millisecond or so, until the
 	 * deadline: the broker accepts its backlog in bursts.
 	 */
-	struct timespec start;
-	clock_gettime(CLOCK_MONOTONIC, &start);
+	int64_t start = dl_mono_ms();
 	int err;
 	for (;;) {
 		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) return fd;
 		err = errno;
 		if (err == EINTR) continue;
 		if (err != EAGAIN) break;
-		struct timespec now;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		int64_t spent = (int64_t)(now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-		if (spent >= timeout_ms) {
+		if (dl_mono_ms() - start >= timeout_ms) {
 			close(fd);
 			return dl_fail(ETIMEDOUT, "connect %s: the broker's listen backlog stayed full for %d ms", path, timeout_ms);
 		}

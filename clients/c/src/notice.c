@@ -98,21 +98,15 @@ int devlease_next_notice(struct devlease *l, struct devlease_notice *n)
 	if (rc < 0) return rc;
 	if (rc) {
 		if (!l->broken) devlease_refresh_info(l); /* best effort: the session may be ending */
-		if (!l->info.faults_counted && l->info.nfaults > l->faults_listed) {
-			/* A broker that does not count them: the list's growth is all there is (it stops at 16). */
-			n->kind = DEVLEASE_NOTICE_FAULT;
-			n->first_fault = l->faults_listed;
-			n->nfaults = l->info.nfaults - l->faults_listed;
-			l->faults_listed = l->info.nfaults;
-		} else if (l->info.faults_counted && l->info.faults_total > l->faults_seen) {
-			/* Counted by the total, not by the list: it stops growing at 16, and two may come between reads. */
+		if (l->info.faults_total > l->faults_seen) {
+			/* Counted by the total, not by the list: it stops growing at 16, and two may come between reads.
+			 * (From a broker that does not count them the total is the list's length: its growth.) */
 			uint64_t fresh = l->info.faults_total - l->faults_seen;
 			unsigned held = fresh < l->info.nfaults ? (unsigned)fresh : l->info.nfaults;
 			n->kind = DEVLEASE_NOTICE_FAULT;
 			n->first_fault = l->info.nfaults - held;
 			n->nfaults = held;
 			l->faults_seen = l->info.faults_total;
-			l->faults_listed = l->info.nfaults;
 		} else {
 			n->kind = DEVLEASE_NOTICE_RESET;
 		}

@@ -223,13 +223,6 @@ int devlease_sa1_poll(struct devlease_sa1_queue *q)
 	return n;
 }
 
-static int64_t now_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 int devlease_sa1_wait(struct devlease_sa1_queue *q, uint64_t tag, int timeout_ms, struct devlease_sa1_completion *c)
 {
 	int rc = check(q, "sa1 wait");
@@ -237,12 +230,12 @@ int devlease_sa1_wait(struct devlease_sa1_queue *q, uint64_t tag, int timeout_ms
 	if (tag == 0 || tag > q->next_tag || q->next_tag - tag >= q->entries)
 		return dl_fail(EINVAL, "sa1 wait: tag %llu is not in flight", (unsigned long long)tag);
 	struct devlease_sa1_completion *slot = &q->done[tag & (q->entries - 1)];
-	int64_t start = now_us(), end = start + (int64_t)timeout_ms * 1000;
+	int64_t start = dl_mono_us(), end = start + (int64_t)timeout_ms * 1000;
 	int vfd = devlease_vector_count(q->lease) ? devlease_vector_fd(q->lease, 0) : -1;
 	while (slot->tag != tag) {
 		if ((rc = devlease_sa1_poll(q)) < 0) return rc;
 		if (slot->tag == tag) break;
-		int64_t t = now_us();
+		int64_t t = dl_mono_us();
 		if (t > end) return dl_fail(ETIMEDOUT, "sa1 wait: descriptor %llu did not complete in %d ms", (unsigned long long)tag, timeout_ms);
 		unsigned err = devlease_sa1_error(q);
 		if (err) {

@@ -16,15 +16,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void close_fds(int *fds, unsigned n)
 {
@@ -47,20 +39,20 @@ static int broken(struct devlease *l, int err, const char *fmt, const char *deta
 	return dl_fail(err, fmt, detail);
 }
 
-static int wait_fd(int fd, short events, int64_t deadline)
+/* Wait for the session socket until the call's deadline. */
+static int wait_sock(struct devlease *l, short events)
 {
 	for (;;) {
-		int64_t left = deadline - mono_ms();
+		int64_t left = l->deadline - dl_mono_ms();
 		if (left <= 0) return -ETIMEDOUT;
-		struct pollfd p = { .fd = fd, .events = events };
+		struct pollfd p = { .fd = l->sock, .events = events };
 		int n = poll(&p, 1, (int)(left > 60000 ? 60000 : left));
 		if (n > 0) return 0;
 		if (n < 0 && errno != EINTR) return -errno;
 	}
 }
 
-static int send_msg(struct devlease *l, const uint8_t *buf, size_t len, const int *fds, unsigned nfds,
-		    int64_t deadline)
+static int send_msg(struct devlease *l, const uint8_t *buf, size_t len, const int *fds, unsigned nfds)
 {
 	size_t done = 0;
 	while (done < len) {
@@ -87,7 +79,7 @@ static int send_msg(struct devlease *l, const uint8_t *buf, size_t len, const in
 		}
 		if (n < 0 && errno == EINTR) continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			int rc = wait_fd(l->sock, POLLOUT, deadline);
+			int rc = wait_sock(l, POLLOUT);
 			if (rc == -ETIMEDOUT) return broken(l, ETIMEDOUT, "%s", "the broker took no data before the deadline");
 			if (rc < 0) return broken(l, -rc, "%s", "waiting to send");
 			continue;
@@ -99,7 +91,7 @@ static int send_msg(struct devlease *l, const uint8_t *buf, size_t len, const in
 }
 
 /* Read exactly len bytes; fds only allowed (and taken) with the first read when fds != NULL. */
-static int recv_exact(struct devlease *l, uint8_t *buf, size_t len, int *fds, unsigned *nfds, int64_t deadline)
+static int recv_exact(struct devlease *l, uint8_t *buf, size_t len, int *fds, unsigned *nfds)
 {
 	size_t done = 0;
 	while (done < len) {
@@ -113,7 +105,7 @@ static int recv_exact(struct devlease *l, uint8_t *buf, size_t len, int *fds, un
 		ssize_t n = recvmsg(l->sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
 		if (n < 0 && errno == EINTR) continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			int rc = wait_fd(l->sock, POLLIN, deadline);
+			int rc = wait_sock(l, POLLIN);
 			if (rc == -ETIMEDOUT)
 				return done ? broken(l, EPROTO, "%s", "the broker sent a truncated message (no rest before the deadline)")
 					    : -ETIMEDOUT;
@@ -151,11 +143,11 @@ static int recv_exact(struct devlease *l, uint8_t *buf, size_t len, int *fds, un
 }
 
 /* Read one whole message. -ETIMEDOUT (session intact) when none started before the deadline. */
-static int recv_msg(struct devlease *l, struct dl_msg *m, int64_t deadline)
+static int recv_msg(struct devlease *l, struct dl_msg *m)
 {
 	uint8_t h[VFIO_USER_HEADER_SIZE];
 	memset(m, 0, sizeof(*m));
-	int rc = recv_exact(l, h, sizeof(h), m->fds, &m->nfds, deadline);
+	int rc = recv_exact(l, h, sizeof(h), m->fds, &m->nfds);
 	if (rc < 0) {
 		dl_msg_release(m); /* fds that came with the header's first bytes before it was cut short */
 		return rc;
@@ -181,7 +173,7 @@ static int recv_msg(struct devlease *l, struct dl_msg *m, int64_t deadline)
 		return broken(l, ENOMEM, "%s", "no memory for a message");
 	}
 	/* The call's deadline, not a fresh one: a message begun late is still read by the call's end. */
-	rc = recv_exact(l, m->payload, m->payload_len, NULL, NULL, deadline);
+	rc = recv_exact(l, m->payload, m->payload_len, NULL, NULL);
 	if (rc < 0) dl_msg_release(m);
 	return rc;
 }
@@ -197,7 +189,7 @@ static int send_reply(struct devlease *l, const struct dl_msg *cmd, uint32_t err
 	dl_put32(buf + 8, VFIO_USER_F_TYPE_REPLY | (err ? VFIO_USER_F_ERROR : 0));
 	dl_put32(buf + 12, err);
 	if (len) memcpy(buf + VFIO_USER_HEADER_SIZE, data, len);
-	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, NULL, 0, l->deadline);
+	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, NULL, 0);
 	free(buf);
 	return rc;
 }
@@ -252,13 +244,13 @@ static int handle_unsolicited(struct devlease *l, struct dl_msg *m)
  */
 int dl_serve_pending(struct devlease *l)
 {
-	l->deadline = mono_ms() + l->timeout_ms;
+	l->deadline = dl_mono_ms() + l->timeout_ms;
 	for (unsigned served = 0; served < DL_MAX_SERVED; served++) {
 		if (l->broken) return dl_fail(-l->broken, "the session with the broker is broken");
 		struct pollfd p = { .fd = l->sock, .events = POLLIN };
 		if (poll(&p, 1, 0) <= 0) return 0;
 		struct dl_msg m;
-		int rc = recv_msg(l, &m, l->deadline);
+		int rc = recv_msg(l, &m);
 		if (rc < 0) return rc;
 		rc = handle_unsolicited(l, &m);
 		if (rc < 0) return rc;
@@ -295,15 +287,15 @@ int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, c
 	dl_put32(buf + 8, 0);
 	dl_put32(buf + 12, 0);
 	if (len) memcpy(buf + VFIO_USER_HEADER_SIZE, payload, len);
-	int64_t deadline = l->deadline = mono_ms() + l->timeout_ms;
-	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, fds, nfds, deadline);
+	l->deadline = dl_mono_ms() + l->timeout_ms;
+	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, fds, nfds);
 	free(buf);
 	if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());
 	for (unsigned served = 0;; served++) {
 		struct dl_msg m;
 		/* Past the deadline no message is read, even one already there: commands streamed without end
 		 * (each read at once, no wait to time out) kept the call, and devlease_connect, here for good. */
-		rc = mono_ms() >= deadline ? -ETIMEDOUT : recv_msg(l, &m, deadline);
+		rc = dl_mono_ms() >= l->deadline ? -ETIMEDOUT : recv_msg(l, &m);
 		if (rc == -ETIMEDOUT) {
 			/* A late reply would answer a call nobody waits for: the session cannot be trusted. */
 			l->broken = -ETIMEDOUT;
