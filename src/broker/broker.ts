@@ -179,11 +179,13 @@ export class Broker extends EventEmitter {
         await broker.#directSlices();
         await broker.#listen(opts.listening ?? []);
       }
-      if (config.metrics.listen)
+      if (config.metrics.listen) {
         broker.#metrics = await MetricsServer.start(broker, metricsFd, {
-          held: !!opts.handover,
           replaceLive: !!opts.handover && opts.handover.state.metrics === undefined,
         });
+        // The new broker of an upgrade reads the device only once the old one commits (takeOver() unholds).
+        if (opts.handover) broker.#metrics.hold();
+      }
     } catch (err) {
       // The new broker of an upgrade touches nothing on its way out: everything it rebuilt is the old broker's,
       // which carries on (daemon.ts refuses the state and exits at once). A close() here reclaimed the old
