@@ -47,6 +47,7 @@ import {
   type ConfigSource,
   configIdentity,
   type ReloadOutcome,
+  refuseReload,
   reload,
 } from './reload.js';
 import { SliceWatcher } from './slices.js';
@@ -112,9 +113,11 @@ export class Broker extends EventEmitter {
   readonly #codePolicy: PolicyModule | null;
   /** The config deciding grants now (the audit log stamps grants and denials with it). */
   readonly configIdentity: ConfigIdentity;
+  /**
+   * The last reload asked for, null once it has ended: each runs after the one before, so null means none runs
+   * (an upgrade waits for none: it is refused while one runs).
+   */
   #reloading: Promise<ReloadOutcome> | null = null;
-  /** Reloads asked for and not ended (an upgrade waits for none: it is refused while one runs). */
-  #reloadsRunning = 0;
   /** The kernel's answer to "can a dma-buf of a BAR be mmapped?" (kernel devices only). */
   #dmaBufMmap: DmaBufMmapProbe | null = null;
 
@@ -179,11 +182,13 @@ export class Broker extends EventEmitter {
         await broker.#directSlices();
         await broker.#listen(opts.listening ?? []);
       }
-      if (config.metrics.listen)
+      if (config.metrics.listen) {
         broker.#metrics = await MetricsServer.start(broker, metricsFd, {
-          held: !!opts.handover,
           replaceLive: !!opts.handover && opts.handover.state.metrics === undefined,
         });
+        // The new broker of an upgrade reads the device only once the old one commits (takeOver() unholds).
+        if (opts.handover) broker.#metrics.hold();
+      }
     } catch (err) {
       // The new broker of an upgrade touches nothing on its way out: everything it rebuilt is the old broker's,
       // which carries on (daemon.ts refuses the state and exits at once). A close() here reclaimed the old
@@ -278,7 +283,7 @@ export class Broker extends EventEmitter {
       return Promise.reject(new DevleaseError('EBUSY', 'an upgrade is already in progress'));
     // A reload's revokes must not land between the state sent and the commit (the new broker would hold the
     // lease as it was, its client told it is revoked).
-    if (this.#reloadsRunning > 0)
+    if (this.#reloading)
       return Promise.reject(new DevleaseError('EBUSY', 'a reload is in progress: upgrade once it has ended'));
     const p = upgrade(
       this,
@@ -356,33 +361,26 @@ export class Broker extends EventEmitter {
     const source = this.#configSource;
     if (!source)
       throw new DevleaseError('EINVAL', 'the broker was started without a config file: nothing to reload');
+    const target = {
+      config: this.config,
+      leases: this.leases,
+      audit: this.audit,
+      codeModule: this.#codePolicy,
+      identity: this.configIdentity,
+      log: this.log,
+    };
+    // Its revokes could land after the state went to the new broker, which would hold the leases as they were.
     if (this.#upgrading) {
-      // Its revokes could land after the state went to the new broker, which would hold the leases as they were.
       const why =
         'an upgrade is in progress: reload once it has ended (a new broker reads the config file anew)';
-      this.audit.write({
-        event: 'reload-refused',
-        path: source.path,
-        error: why,
-        config: this.configIdentity.config,
-      });
-      this.log(`reload of ${source.path} refused, nothing changed: ${why}`);
-      throw new DevleaseError('EBUSY', `reload refused, nothing changed: ${why}`);
+      throw refuseReload(source, target, 'EBUSY', why);
     }
-    this.#reloadsRunning++;
     const run = async (): Promise<ReloadOutcome> => {
       await this.#reloading?.catch(() => {});
-      return reload(source, {
-        config: this.config,
-        leases: this.leases,
-        audit: this.audit,
-        codeModule: this.#codePolicy,
-        identity: this.configIdentity,
-        log: this.log,
-      });
+      return reload(source, target);
     };
-    const p = run().finally(() => {
-      this.#reloadsRunning--;
+    const p: Promise<ReloadOutcome> = run().finally(() => {
+      if (this.#reloading === p) this.#reloading = null;
     });
     this.#reloading = p;
     return p;

@@ -109,6 +109,19 @@ async function prepare(source: ConfigSource, t: ReloadTarget) {
   return { next, policy, identity };
 }
 
+/** A reload refused, having changed nothing: audited and logged; the error to throw. */
+export function refuseReload(
+  source: ConfigSource,
+  t: Pick<ReloadTarget, 'audit' | 'identity' | 'log'>,
+  code: 'EINVAL' | 'EBUSY',
+  why: string,
+  cause?: unknown,
+): DevleaseError {
+  t.audit.write({ event: 'reload-refused', path: source.path, error: why, config: t.identity.config });
+  t.log(`reload of ${source.path} refused, nothing changed: ${why}`);
+  return new DevleaseError(code, `reload refused, nothing changed: ${why}`, { reason: why, cause });
+}
+
 /**
  * Reload from `source`. Resolves with what was applied; rejects with EINVAL (and the reason) when the new
  * config is refused, having changed nothing. Both outcomes are audited and logged.
@@ -118,10 +131,7 @@ export async function reload(source: ConfigSource, t: ReloadTarget): Promise<Rel
   try {
     prepared = await prepare(source, t);
   } catch (err) {
-    const why = (err as Error).message;
-    t.audit.write({ event: 'reload-refused', path: source.path, error: why, config: t.identity.config });
-    t.log(`reload of ${source.path} refused, nothing changed: ${why}`);
-    throw new DevleaseError('EINVAL', `reload refused, nothing changed: ${why}`, { reason: why, cause: err });
+    throw refuseReload(source, t, 'EINVAL', (err as Error).message, err);
   }
   const { next, policy, identity } = prepared;
   const previous = { ...t.identity };

@@ -35,6 +35,18 @@ export interface StreamListenOptions extends UnixListenOptions {
   socket: StreamSocketOptions;
 }
 
+/**
+ * Removes the socket file at `path` if it is still the one of `inode`: a server that replaced it (a stale-socket
+ * bind, an upgrade's new broker) owns the file now.
+ */
+export function unlinkOwnSocket(path: string, inode: bigint): void {
+  try {
+    if (lstatSync(path, { bigint: true }).ino === inode) unlinkSync(path);
+  } catch {
+    // already removed (or replaced and removed) by someone else: nothing of ours is left
+  }
+}
+
 export class UnixServer<S extends { close(): void }> extends EventEmitter {
   readonly path: string;
   #fd: Fd | null;
@@ -116,12 +128,7 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
     this.#backoff = null;
     this.#watch.stop();
     fd.close();
-    if (this.#inode === null) return;
-    try {
-      if (lstatSync(this.path, { bigint: true }).ino === this.#inode) unlinkSync(this.path);
-    } catch {
-      // already removed (or replaced and removed) by someone else: nothing of ours is left
-    }
+    if (this.#inode !== null) unlinkOwnSocket(this.path, this.#inode);
   }
 
   [Symbol.dispose](): void {

@@ -3,8 +3,9 @@
 // granted, used, denied, revoked, reclaimed, and the device hangs and recovers.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, unlinkSync } from 'node:fs';
 import { request } from 'node:http';
+import { createServer } from 'node:net';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -177,6 +178,22 @@ test('metrics over a unix socket: promtool accepts a scrape with leases active, 
     await rig2.close();
   }
   assert.ok(!existsSync(target.socketPath), 'the metrics socket is removed at close');
+});
+
+// The path is only removed while it is still this broker's socket: it used to be removed whatever was there.
+test('a metrics socket path bound anew by another server is left to it when the broker closes', async () => {
+  const path = join('/tmp', `devlease-metrics-rebound-${process.pid}.sock`);
+  const rig = await startRig({ sim: { numQueues: 2 }, config: { metrics: { listen: path } } });
+  const other = createServer();
+  try {
+    unlinkSync(path);
+    await new Promise<void>((resolve) => other.listen(path, resolve));
+  } finally {
+    await rig.close();
+  }
+  const kept = existsSync(path);
+  await new Promise((r) => other.close(r));
+  assert.ok(kept, "the other server's socket is still there");
 });
 
 test('metrics on HOST:PORT, and [metrics] listen validated', async () => {

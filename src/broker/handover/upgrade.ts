@@ -68,7 +68,6 @@ export async function upgrade(
   // and in NODE_OPTIONS, less those that would hold it up or change what it is (node-options.ts).
   const nodeOptions = inheritedNodeOptions(process.execArgv);
   const env = inheritedEnv(process.env);
-  let exited: string | null = null;
   // Received fds queued behind a close that does not return (a client's FUSE file holding FLUSH) go to the new
   // broker open, for it to close: exec's close-on-exec would send their FLUSH and wait, and so would this thread
   // (spawn reads the exec's status).
@@ -84,18 +83,20 @@ export async function upgrade(
     native.closesResume();
   }
   theirFd.close();
-  child.on('exit', (code, signal) => {
-    exited = `the new broker exited (${signal ?? `code ${code}`})`;
-  });
-  child.on('error', (err) => {
-    exited = `the new broker did not start: ${err.message}`;
+  // Why the new broker is gone, once it is; a rollback waits for `gone` before it reads the device again.
+  let exited: string | null = null;
+  const gone = new Promise<void>((resolve) => {
+    child.on('exit', (code, signal) => {
+      exited = `the new broker exited (${signal ?? `code ${code}`})`;
+      resolve();
+    });
+    child.on('error', (err) => {
+      exited = `the new broker did not start: ${err.message}`;
+      resolve();
+    });
   });
   let held = false;
   let pausedAt = 0;
-  const gone = new Promise<void>((resolve) => {
-    child.once('exit', () => resolve());
-    child.once('error', () => resolve());
-  });
   const rollback = async (reason: string): Promise<never> => {
     try {
       wire.send({ t: 'abort', reason });
@@ -110,7 +111,12 @@ export async function upgrade(
       // the new broker is gone (no more of its requests), reading resumes behind a resync: those replies are
       // dropped up to the answer of a request of ours. Before, the first one was a protocol error, and the
       // device connection was dropped with every lease.
-      await Promise.race([gone, new Promise((r) => setTimeout(r, ROLLBACK_EXIT_WAIT_MS))]);
+      let timer: NodeJS.Timeout | undefined;
+      const waited = new Promise((r) => {
+        timer = setTimeout(r, ROLLBACK_EXIT_WAIT_MS);
+      });
+      await Promise.race([gone, waited]);
+      clearTimeout(timer);
       resume(b, parts);
       if (b.device instanceof VfioUserDevice) await b.device.client.resync().catch(() => {});
     }

@@ -1,11 +1,12 @@
 // The Prometheus endpoint: GET /metrics over HTTP on a unix socket or HOST:PORT (config [metrics] listen).
 // Bounded: a few connections at once, and each request must arrive and be answered within deadlines.
-import { rmSync } from 'node:fs';
+import { lstatSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { DevleaseError } from '../../errors.js';
 import { Fd } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
+import { unlinkOwnSocket } from '../../sys/unix-server.js';
 import type { Broker } from '../broker.js';
 import { BrokerMetrics } from './metrics.js';
 
@@ -19,10 +20,20 @@ export class MetricsServer {
   readonly #server: Server;
   /** A dup of the listening socket, made for an upgrade's state (sent as a dup, closed with the server). */
   #handoverFd: Fd | null = null;
-  /** The socket path this broker serves (removed at close; not when it hands it over). */
-  #path: string | null = null;
+  /**
+   * The socket file this broker serves and its inode: removed at close if it is still that file (not once
+   * handed over, nor when someone has bound the path anew since).
+   */
+  #socket: { path: string; inode: bigint } | null = null;
   /** An upgrade holds the broker: scrapes are answered 503 (hold()/unhold()). */
   #held = false;
+  #closed = false;
+
+  private constructor(metrics: BrokerMetrics, server: Server, endpoint: string) {
+    this.metrics = metrics;
+    this.#server = server;
+    this.endpoint = endpoint;
+  }
 
   hold(): void {
     this.#held = true;
@@ -30,13 +41,6 @@ export class MetricsServer {
 
   unhold(): void {
     this.#held = false;
-  }
-  #closed = false;
-
-  private constructor(metrics: BrokerMetrics, server: Server, endpoint: string) {
-    this.metrics = metrics;
-    this.#server = server;
-    this.endpoint = endpoint;
   }
 
   /**
@@ -47,7 +51,7 @@ export class MetricsServer {
   static async start(
     broker: Broker,
     inherited: Fd | null = null,
-    opts: { held?: boolean; replaceLive?: boolean } = {},
+    opts: { replaceLive?: boolean } = {},
   ): Promise<MetricsServer> {
     const { listen, mode } = broker.config.metrics;
     if (!listen) throw new Error('metrics.listen is not set');
@@ -107,8 +111,7 @@ export class MetricsServer {
       endpoint = `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
     }
     const m = new MetricsServer(metrics, server, endpoint);
-    m.#path = path;
-    m.#held = opts.held === true;
+    m.#socket = path ? socketFileAt(path) : null;
     self = m;
     return m;
   }
@@ -132,7 +135,7 @@ export class MetricsServer {
    * with a request in progress ends when this process exits.
    */
   stopListening(): void {
-    this.#path = null;
+    this.#socket = null;
     this.#server.close();
     this.#server.closeIdleConnections();
   }
@@ -145,6 +148,15 @@ export class MetricsServer {
     this.#server.closeAllConnections();
     await closed;
     this.metrics.close();
-    if (this.#path) rmSync(this.#path, { force: true });
+    if (this.#socket) unlinkOwnSocket(this.#socket.path, this.#socket.inode);
+  }
+}
+
+/** The socket file at `path` as it is now, or null when there is none (an inherited socket's, removed since). */
+function socketFileAt(path: string): { path: string; inode: bigint } | null {
+  try {
+    return { path, inode: lstatSync(path, { bigint: true }).ino };
+  } catch {
+    return null;
   }
 }
