@@ -4,6 +4,7 @@
 // replies. These tests check encoding and sequence only; they do not pretend
 // to be the kernel. The real proof is the guest tests (npm run test:kernel).
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, test } from 'node:test';
 import type { KernelDevice } from '../../src/device/kernel/device.js';
 import { openKernelDevice } from '../../src/device/kernel/open.js';
@@ -213,7 +214,25 @@ test('the REQ and ERR irqs are wired at open; each signal is a release-requested
         await until(`${event} ${i} to be heard`, () => heard.length === i);
       }
       assert.match(heard[0]!, why);
+      dev.removeAllListeners(event);
     }
+  });
+});
+
+// ERR is signalled once per error: one that comes between the device's open and the broker's listening (it
+// listens once its driver booted) is kept for the first listener, not lost.
+test('an ERR signalled before anyone listens is heard by the first listener', async () => {
+  await withDevice(async (dev, rec) => {
+    const set = rec.argOf(NR.VFIO_DEVICE_SET_IRQS, 1);
+    const efd = new DataView(set.buffer, set.byteOffset).getInt32(20, true);
+    native.eventfdWrite(efd, 1n);
+    await until('the device to read the signal', () =>
+      /^eventfd-count:\s+0$/m.test(readFileSync(`/proc/self/fdinfo/${efd}`, 'utf8')),
+    );
+    const heard: string[] = [];
+    dev.on('error-reported', (reason: string) => heard.push(reason));
+    await until('the kept error to be heard', () => heard.length === 1);
+    assert.match(heard[0]!, /uncorrectable PCIe error/);
   });
 });
 

@@ -164,13 +164,18 @@ test('metrics over a unix socket: promtool accepts a scrape with leases active, 
     assert.equal(value(m, 'devlease_device_hangs_total'), 1);
     assert.equal(value(m, 'devlease_device_recoveries_total'), 1);
     assert.equal(value(m, 'devlease_reclaims_total', { cause: 'recovery' }), 1);
-    // An error the kernel reports of a device (AER: a kernel device's 'error-reported', test/kernel/guest/aer.test.ts).
+    // An error the kernel reports of a device (AER: a kernel device's 'error-reported', test/kernel/guest/aer.test.ts),
+    // with a lease held: counted, and its reclaim counted as a recovery's.
+    const e = await ClientProc.spawn();
+    clients.push(e);
+    await e.call('connect', { socket: rig2.socket });
     const again = new Promise<void>((resolve) => rig2.broker.once('recovered', resolve));
     rig2.broker.device.emit('error-reported', 'an AER error');
     await again;
     m = (await get(target)).body;
     assert.equal(value(m, 'devlease_device_errors_total'), 1);
     assert.equal(value(m, 'devlease_device_recoveries_total'), 2);
+    assert.equal(value(m, 'devlease_reclaims_total', { cause: 'recovery' }), 2);
 
     assert.equal((await get(target, '/other')).status, 404);
   } finally {

@@ -57,30 +57,45 @@ export interface SignalHooks {
  */
 export async function watchDeviceSignals(dev: SignalDevice, hooks: SignalHooks): Promise<EventFd[]> {
   const efds: EventFd[] = [];
+  let errWired = false;
   for (const s of DEVICE_SIGNALS) {
     try {
       const efd = await watchSignal(dev, s.index, () => hooks.fired(s.event, s.why));
       if (!efd) continue;
       efds.push(efd);
-      if (hooks.closed()) break;
-      if (s.index === VFIO_PCI_ERR_IRQ_INDEX)
-        await enableErrorReporting({
-          read: (off, n) => dev.read(VFIO_PCI_CONFIG_REGION_INDEX, off, n),
-          write: (off, data) => dev.write(VFIO_PCI_CONFIG_REGION_INDEX, off, data),
-        });
+      errWired ||= s.index === VFIO_PCI_ERR_IRQ_INDEX;
     } catch (err) {
       hooks.log(`no ${s.name} eventfd (${s.event} unheard): ${(err as Error).message}`);
     }
+    if (hooks.closed()) break;
   }
+  if (errWired && !hooks.closed()) await reportErrors(dev, hooks.log);
   if (!hooks.closed()) return efds;
   for (const efd of efds) efd.close();
   return [];
 }
 
 /**
+ * Has the device report its errors (enableErrorReporting), when it has an ERR irq: at open, at an upgrade's
+ * commit, and after a reset, which may have cleared the bits. Failing is logged: ERR stays wired, and a kernel
+ * that set the bits itself (6.0 and later) still hears the device.
+ */
+export async function reportErrors(dev: SignalDevice, log: (msg: string) => void): Promise<void> {
+  try {
+    if ((await dev.irqCount(VFIO_PCI_ERR_IRQ_INDEX).catch(() => 0)) < 1) return;
+    await enableErrorReporting({
+      read: (off, n) => dev.read(VFIO_PCI_CONFIG_REGION_INDEX, off, n),
+      write: (off, data) => dev.write(VFIO_PCI_CONFIG_REGION_INDEX, off, data),
+    });
+  } catch (err) {
+    log(`the device's error reporting bits (PCIe Device Control) not set: ${(err as Error).message}`);
+  }
+}
+
+/**
  * Wire an eventfd to the irq `index` and call `fired` each time it is signalled (the kernel asks again every
- * 10 s for REQ, and every error is one more ERR; a signal that came before anyone listened is heard at the
- * next). Returns the eventfd (the caller closes it after the device fd), or null when the device has no such
+ * 10 s for REQ; every error is one more ERR, and one signalled before the eventfd was wired is never heard).
+ * Returns the eventfd (the caller closes it after the device fd), or null when the device has no such
  * irq (not every VFIO bus driver offers one; vfio-pci offers ERR on PCIe devices only).
  */
 export async function watchSignal(
