@@ -13,7 +13,8 @@ const { O_NONBLOCK } = native.constants as Record<string, number>;
 /**
  * Why `fd` cannot be a doorbell kick, or null. The kick is a write(2) on the submit path (sa1-queue.ts), to an fd
  * the server chose: a blocking eventfd whose counter stands at 0xfffffffffffffffe would hold that write, and the
- * client with it, for good. It must be an eventfd (only an eventfd's fdinfo has eventfd-count) whose open file
+ * client with it, for good. It must be an eventfd (only an eventfd's fdinfo has eventfd-count; read with the addon,
+ * as the broker's readlink of /proc/self/fd would load node:fs and its streams into every client) whose open file
  * description is non-blocking; that flag is the description's, shared with the server, so it is checked, never
  * set here. Checked once, when the queue is made (sa1-queue-setup.ts): the submit path stays a store and a load.
  * Not for every io fd: libvfio-user's own servers register blocking eventfds, which a client that kicks them

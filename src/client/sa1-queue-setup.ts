@@ -77,7 +77,8 @@ export async function setUpQueue(lease: Lease, opts: QueueOptions): Promise<Queu
     throw [setup, kick, rings].find((r): r is PromiseRejectedResult => r.status === 'rejected')!.reason;
   }
   // The page's size is the broker's word (REGION_INFO): one too short for the registers the queue stores into
-  // and reads made a RangeError of the first access, and left the rings allocated.
+  // and reads made a RangeError of the first access, and left the rings allocated. Any failure from here frees
+  // the rings.
   try {
     // The kick is a write(2) on the submit path to an fd the server chose (io-event-fds.ts, kickFdProblem).
     const problem = kick.value && kickFdProblem(kick.value);
@@ -94,19 +95,12 @@ export async function setUpQueue(lease: Lease, opts: QueueOptions): Promise<Queu
         `the queue page (region ${BAR2}) is ${pageBytes} bytes, smaller than the SA-1 queue registers (${QP_REGISTERS_END})`,
       );
     }
+    // Found as the grant left it (reset, nothing rung), the queue needs no reset; else it gets one now. A queue
+    // reset keeps the windows and the device keeps its DMA mappings (datasheet §9): the rings stay mapped.
+    if (first && !untouched(lease.region(BAR2))) await lease.resetQueue();
   } catch (err) {
     await rings.value.free().catch(() => undefined);
     throw err;
-  }
-  // Found as the grant left it (reset, nothing rung), the queue needs no reset; else it gets one now. A queue
-  // reset keeps the windows and the device keeps its DMA mappings (datasheet §9): the rings stay mapped.
-  if (first && !untouched(lease.region(BAR2))) {
-    try {
-      await lease.resetQueue();
-    } catch (err) {
-      await rings.value.free().catch(() => undefined);
-      throw err;
-    }
   }
   return { entries, spinUs: opts.spinUs ?? 50, timeoutMs, rings: rings.value, kick: kick.value };
 }

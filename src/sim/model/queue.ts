@@ -206,7 +206,6 @@ export class Queue extends QueueRegisters {
     this.completed = 0;
     this.bytes = 0;
     this.latched = false;
-    this.ringsChecked = false;
     this.ringGen = -1;
     this.sqRing = null;
     this.cqRing = null;
