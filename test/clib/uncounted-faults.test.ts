@@ -20,8 +20,8 @@ before(() => {
 
 test('a broker that does not count faults: the new records of its list reach the C client, then a reset', async () => {
   const broker = uncountingBroker();
+  const child = spawn(join(bin, 'clib-probe'), ['notices', broker.socket], { env: sanitizerEnv });
   try {
-    const child = spawn(join(bin, 'clib-probe'), ['notices', broker.socket], { env: sanitizerEnv });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
@@ -55,6 +55,7 @@ test('a broker that does not count faults: the new records of its list reach the
       'each fault reported once, in order; the unchanged list a reset',
     );
   } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     broker.close();
   }
 });

@@ -190,14 +190,18 @@ test('a metrics socket path bound anew by another server is left to it when the 
   const path = join('/tmp', `devlease-metrics-rebound-${process.pid}.sock`);
   const rig = await startRig({ sim: { numQueues: 2 }, config: { metrics: { listen: path } } });
   const other = createServer();
+  let kept: boolean;
   try {
-    unlinkSync(path);
-    await new Promise<void>((resolve) => other.listen(path, resolve));
+    try {
+      unlinkSync(path);
+      await new Promise<void>((resolve) => other.listen(path, resolve));
+    } finally {
+      await rig.close();
+    }
+    kept = existsSync(path);
   } finally {
-    await rig.close();
+    await new Promise((r) => other.close(r));
   }
-  const kept = existsSync(path);
-  await new Promise((r) => other.close(r));
   assert.ok(kept, "the other server's socket is still there");
 });
 

@@ -13,13 +13,16 @@ test('an AER error during the transfer: the upgrade rolls back, the old broker r
   timeout: 120_000,
 }, async () => {
   const rig = await startRig({ sim: { numQueues: 2 } });
-  const client = await ClientProc.spawn();
+  let client: ClientProc | null = null;
   try {
+    client = await ClientProc.spawn();
     await client.call('connect', { socket: rig.socket });
     const socket = rig.device.client.socket;
     const pause = socket.pause.bind(socket);
     // hold() pauses the device connection just before its last check, then the state is sent at once.
+    // Once: the connection's back-pressure pauses it too, and each would be one more error.
     socket.pause = () => {
+      socket.pause = pause;
       pause();
       setImmediate(() => rig.device.emit('error-reported', 'an uncorrectable PCIe error'));
       return socket;
@@ -43,7 +46,7 @@ test('an AER error during the transfer: the upgrade rolls back, the old broker r
       await next.kill();
     }
   } finally {
-    await client.kill();
+    await client?.kill();
     await rig.close();
   }
 });

@@ -17,6 +17,7 @@
 //   the device (recovery.ts): every client is told (ERR), every lease is
 //   reclaimed, the driver resets the device, and grants resume.
 
+import type { EventEmitter } from 'node:events';
 import { EventFd } from '../../sys/eventfd.js';
 import {
   VFIO_PCI_CONFIG_REGION_INDEX,
@@ -25,8 +26,7 @@ import {
 } from '../../vfio/uapi/vfio.js';
 import type { Device } from '../device.js';
 
-export type SignalWiring = Pick<Device, 'irqCount' | 'setIrqs'>;
-export type SignalDevice = SignalWiring & Pick<Device, 'read' | 'write'>;
+export type SignalDevice = Pick<Device, 'irqCount' | 'setIrqs' | 'read' | 'write'>;
 
 export const RELEASE_REQUESTED =
   'the kernel asks for the device back (VFIO device request: an unbind or a removal); it is released';
@@ -43,36 +43,51 @@ export const DEVICE_SIGNALS = [
   { index: VFIO_PCI_ERR_IRQ_INDEX, name: 'error', event: 'error-reported', why: ERROR_REPORTED },
 ] as const;
 
+export type SignalEvent = (typeof DEVICE_SIGNALS)[number]['event'];
+
+/**
+ * Emits a signal's event on `target`. ERR comes once per error: one with nobody listening yet (between the
+ * device's open and the broker's start, which listens once its driver booted) is kept for the first listener.
+ */
+export function signalEmitter(target: EventEmitter): (event: SignalEvent, why: string) => void {
+  let unheardError: string | null = null;
+  target.on('newListener', (event: string) => {
+    const why = unheardError;
+    if (event !== 'error-reported' || why === null) return;
+    unheardError = null;
+    queueMicrotask(() => target.emit(event, why));
+  });
+  return (event, why) => {
+    if (!target.emit(event, why) && event === 'error-reported') unheardError = why;
+  };
+}
+
 export interface SignalHooks {
   /** A signal came: the device's event and its reason. */
-  fired(event: (typeof DEVICE_SIGNALS)[number]['event'], why: string): void;
-  /** The device closed meanwhile: what was wired is closed, not kept. */
+  fired(event: SignalEvent, why: string): void;
+  /** The device closed meanwhile: wire nothing more (the caller closes what was). */
   closed(): boolean;
   log(msg: string): void;
 }
 
 /**
  * Wire REQ and ERR, and have the device report its errors. Returns the eventfds (the caller closes them after
- * the device fd). Failing to wire one is logged, not fatal: the device works as before, that signal unheard.
+ * the device fd, or at once if it closed meanwhile). Failing to wire one is logged, not fatal: the device works
+ * as before, that signal unheard.
  */
 export async function watchDeviceSignals(dev: SignalDevice, hooks: SignalHooks): Promise<EventFd[]> {
   const efds: EventFd[] = [];
-  let errWired = false;
   for (const s of DEVICE_SIGNALS) {
     try {
       const efd = await watchSignal(dev, s.index, () => hooks.fired(s.event, s.why));
-      if (!efd) continue;
-      efds.push(efd);
-      errWired ||= s.index === VFIO_PCI_ERR_IRQ_INDEX;
+      if (efd) efds.push(efd);
     } catch (err) {
       hooks.log(`no ${s.name} eventfd (${s.event} unheard): ${(err as Error).message}`);
     }
-    if (hooks.closed()) break;
+    if (hooks.closed()) return efds;
   }
-  if (errWired && !hooks.closed()) await reportErrors(dev, hooks.log);
-  if (!hooks.closed()) return efds;
-  for (const efd of efds) efd.close();
-  return [];
+  await reportErrors(dev, hooks.log);
+  return efds;
 }
 
 /**
@@ -98,11 +113,7 @@ export async function reportErrors(dev: SignalDevice, log: (msg: string) => void
  * Returns the eventfd (the caller closes it after the device fd), or null when the device has no such
  * irq (not every VFIO bus driver offers one; vfio-pci offers ERR on PCIe devices only).
  */
-export async function watchSignal(
-  dev: SignalWiring,
-  index: number,
-  fired: () => void,
-): Promise<EventFd | null> {
+async function watchSignal(dev: SignalDevice, index: number, fired: () => void): Promise<EventFd | null> {
   if ((await dev.irqCount(index).catch(() => 0)) < 1) return null;
   const efd = new EventFd();
   try {

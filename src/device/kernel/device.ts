@@ -35,7 +35,7 @@ import {
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
 import { readPciIds } from '../pci-ids.js';
-import { reportErrors, watchDeviceSignals } from './device-signals.js';
+import { reportErrors, signalEmitter, watchDeviceSignals } from './device-signals.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
@@ -89,8 +89,8 @@ export class KernelDevice extends EventEmitter implements Device {
   #owned: boolean;
   /** Wired to the REQ and ERR irqs while the device is this process's (device-signals.ts). */
   #signals: EventFd[] = [];
-  /** An ERR that came with nobody listening, for the first listener (constructor). */
-  #unheardError: string | null = null;
+  /** Emits a REQ or ERR signal's event (device-signals.ts: an ERR with nobody listening is kept). */
+  readonly #emitSignal = signalEmitter(this);
   /** GET_IRQ_INFO and SET_IRQS (irqs.ts: MSI/MSI-X indexes the kernel sizes once are enabled whole). */
   readonly #irqs = new KernelIrqs((name, request, arg) => this.#ioctl(name, request, arg));
   /** After an upgrade's commit: what became of the pinned-page accounting (takeOver(); status shows it). */
@@ -106,12 +106,6 @@ export class KernelDevice extends EventEmitter implements Device {
     this.transport = p.domain.transport;
     this.path = { chosen: p.chosen, reason: p.reason };
     this.#owned = p.owned ?? true;
-    this.on('newListener', (event: string) => {
-      const why = this.#unheardError;
-      if (event !== 'error-reported' || why === null) return;
-      this.#unheardError = null;
-      queueMicrotask(() => this.emit(event, why));
-    });
   }
 
   /** Read the device's info, ids and features. On failure everything in `parts` is closed. */
@@ -390,15 +384,12 @@ export class KernelDevice extends EventEmitter implements Device {
   async #watchSignals(): Promise<void> {
     const efds = await watchDeviceSignals(this, {
       fired: (event, why) => {
-        if (this.#closed) return;
-        // ERR comes once: one heard before the broker listens (it listens once the driver booted) is kept.
-        if (!this.emit(event, why) && event === 'error-reported') this.#unheardError = why;
+        if (!this.#closed) this.#emitSignal(event, why);
       },
-      // takeOver() does not wait for this: a close() meanwhile did not see the eventfds to close them.
       closed: () => this.#closed,
       log: (msg) => this.#log(`${this.#name}: ${msg}`),
     });
-    // Closed after watchDeviceSignals' last look: the eventfds are closed here, not kept.
+    // takeOver() does not wait for this: a close() meanwhile did not see the eventfds to close them.
     if (this.#closed) for (const efd of efds) efd.close();
     else this.#signals.push(...efds);
   }
