@@ -9,10 +9,14 @@
 // edu under vfio-pci, many integrated devices) is quarantined after its first
 // lease, with the reason, unless `[generic] reuse_without_reset` leases it
 // again as the last holder left it.
+//
+// A broker with this driver can be upgraded live: its state is what it read
+// at boot, whether the device is leased, and a quarantine.
 
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
+import type { Fd } from '../sys/fd.js';
 import {
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_INTX_IRQ_INDEX,
@@ -199,6 +203,55 @@ export class GenericDriver extends EventEmitter implements Driver {
   }
 
   close(): void {}
+
+  // ---- broker upgrade (src/broker/handover): see Driver.hold/handover/adopt ----
+  // The driver has no timer or watcher of its own (the lease's vectors go straight to the client's eventfds), so
+  // hold/unhold have nothing to stop. The state is what boot() read, whether it is leased, and a quarantine.
+
+  async hold(): Promise<void> {}
+
+  unhold(): void {}
+
+  handover(): { state: GenericHandoverState; fds: Fd[] } {
+    return {
+      state: {
+        bars: this.#bars.map((b) => ({ ...b, size: b.size.toString() })),
+        vectors: this.#vectors,
+        irqIndex: this.#irqIndex,
+        leased: this.#leased,
+        quarantined: this.#quarantined,
+      },
+      fds: [],
+    };
+  }
+
+  /**
+   * Take the device as the old broker left it: read what boot() reads (it changes nothing in the device) and
+   * check it agrees with what the old broker had, then carry on its lease and quarantine.
+   */
+  async adopt(state: unknown, _fds: Fd[], leased: LeaseResources[]): Promise<void> {
+    const s = state as GenericHandoverState;
+    if (!s || !Array.isArray(s.bars)) throw new Error('generic: the handed-over state has no BARs');
+    await this.boot();
+    const now = this.handover().state;
+    for (const key of ['bars', 'vectors', 'irqIndex'] as const)
+      if (JSON.stringify(now[key]) !== JSON.stringify(s[key]))
+        throw new Error(
+          `generic: the device's ${key} read ${JSON.stringify(now[key])}, the old broker had ${JSON.stringify(s[key])}`,
+        );
+    if (leased.length && !s.leased)
+      throw new Error('generic: a lease is handed over but the driver had the device free');
+    this.#leased = s.leased;
+    this.#quarantined = s.quarantined;
+  }
+}
+
+interface GenericHandoverState {
+  bars: { index: number; size: string; mmap: boolean; type: BarType }[];
+  vectors: number;
+  irqIndex: number;
+  leased: boolean;
+  quarantined: string | null;
 }
 
 export const genericDriverFactory: DriverFactory = {

@@ -4,12 +4,17 @@
 // only. That DMA still lands after a real upgrade is proven in the guest
 // (test/kernel/guest/upgrade.test.ts, npm run test:kernel).
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, test } from 'node:test';
+import { setImmediate as setImmediatePromise } from 'node:timers/promises';
 import { adoptKernelDevice } from '../../src/device/kernel/handover.js';
 import { openKernelDevice } from '../../src/device/kernel/open.js';
 import { EventFd } from '../../src/sys/eventfd.js';
 import type { Fd } from '../../src/sys/fd.js';
 import { MemFd } from '../../src/sys/memfd.js';
+import { native } from '../../src/sys/native.js';
+import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
+import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { kernelError, Recorder } from './helpers/recorder.js';
 import { BDF, irqSet, msixInfo, NR, scratchSysfs, standardReplies } from './helpers/replies.js';
@@ -167,5 +172,112 @@ test('adopted: an MSI-X index the old broker enabled is wired a block at a time;
     } finally {
       await dev.close();
     }
+  }
+});
+
+/** The eventfd the device wired to the irq `index` (VFIO_DEVICE_SET_IRQS: struct vfio_irq_set's data at 20). */
+function wiredEventFd(rec: Recorder, index: number): number {
+  const set = rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).find((c) => {
+    const arg = c.arg as Uint8Array;
+    return new DataView(arg.buffer, arg.byteOffset).getUint32(8, true) === index;
+  });
+  assert.ok(set, `the device wired irq ${index}`);
+  const arg = set.arg as Uint8Array;
+  return new DataView(arg.buffer, arg.byteOffset).getInt32(20, true);
+}
+
+const eventfdCount = (fd: number) =>
+  Number(/^eventfd-count:\s+(\w+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]);
+
+// The kernel reports an AER error once, to the eventfd wired to ERR. During an upgrade's transfer the old broker
+// leaves its REQ and ERR eventfds unread and hands them over; the new broker watches them from its commit, so an
+// error that came in between is heard by the broker that carries on. Before, the new broker wired eventfds of its
+// own at its commit, and an error signalled before that went to the old one, which was exiting.
+test('the REQ and ERR eventfds are handed over: a signal left unread during the transfer is heard after the commit', async () => {
+  const rec = new Recorder();
+  const { dev, state, fds } = await handedOver(rec);
+  try {
+    const err = wiredEventFd(rec, VFIO_PCI_ERR_IRQ_INDEX);
+    assert.deepEqual(
+      state.signals?.map((s) => s.index),
+      [VFIO_PCI_REQ_IRQ_INDEX, VFIO_PCI_ERR_IRQ_INDEX],
+    );
+    const oldHeard: string[] = [];
+    dev.on('error-reported', (why: string) => oldHeard.push(why));
+    dev.holdSignals();
+    native.eventfdWrite(err, 1n); // the kernel's signal, mid-transfer
+    rec.replies.set(NR.IOMMU_IOAS_MAP, () => {
+      throw kernelError('EEXIST'); // the handed map is still there
+    });
+    const adopted = await adoptKernelDevice(state, (i) => fds[i]!, { sys: rec });
+    try {
+      const heard: string[] = [];
+      adopted.on('error-reported', (why: string) => heard.push(why));
+      await setImmediatePromise();
+      assert.equal(eventfdCount(err), 1, 'nobody read it before the commit');
+      const wiredBefore = rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).length;
+      adopted.takeOver();
+      await until('the new owner to hear the error', () => heard.length === 1);
+      assert.match(heard[0]!, /uncorrectable PCIe error/);
+      assert.deepEqual(oldHeard, [], 'the old broker did not');
+      assert.equal(
+        rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).length,
+        wiredBefore,
+        'the handed eventfds are watched as they are wired: nothing wired anew',
+      );
+    } finally {
+      await adopted.close();
+    }
+  } finally {
+    await dev.close();
+  }
+});
+
+// A rollback: the old broker reads its signals again, with what came while they were held.
+test('a REQ signalled while the signals are held is heard once they are watched again (a rollback)', async () => {
+  const rec = new Recorder();
+  const { dev, fds } = await handedOver(rec);
+  try {
+    for (const fd of fds) fd.close();
+    const req = wiredEventFd(rec, VFIO_PCI_REQ_IRQ_INDEX);
+    const heard: string[] = [];
+    dev.on('release-requested', (why: string) => heard.push(why));
+    dev.holdSignals();
+    native.eventfdWrite(req, 1n);
+    await setImmediatePromise();
+    assert.equal(eventfdCount(req), 1, 'held: left in the eventfd');
+    dev.unholdSignals();
+    await until('the request to be heard', () => heard.length === 1);
+    assert.match(heard[0]!, /the kernel asks for the device back/);
+  } finally {
+    await dev.close();
+  }
+});
+
+// From a broker that hands no signals over (an older release), the new one wires its own at its commit.
+test('a handover without signals: takeOver() wires REQ and ERR anew', async () => {
+  const rec = new Recorder();
+  const { dev, state, fds } = await handedOver(rec);
+  try {
+    for (const s of state.signals ?? []) fds[s.fd]!.close();
+    delete state.signals;
+    rec.replies.set(NR.IOMMU_IOAS_MAP, () => {
+      throw kernelError('EEXIST');
+    });
+    const adopted = await adoptKernelDevice(state, (i) => fds[i]!, { sys: rec });
+    try {
+      const from = rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).length;
+      adopted.takeOver();
+      await until('REQ and ERR to be wired', () => rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).length === from + 2);
+      const indexes = rec
+        .ioctls(NR.VFIO_DEVICE_SET_IRQS)
+        .slice(from)
+        .map((c) => new DataView((c.arg as Uint8Array).buffer).getUint32(8, true));
+      assert.deepEqual(indexes, [VFIO_PCI_REQ_IRQ_INDEX, VFIO_PCI_ERR_IRQ_INDEX]);
+    } finally {
+      await adopted.close();
+    }
+  } finally {
+    await dev.close();
   }
 });

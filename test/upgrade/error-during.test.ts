@@ -1,9 +1,9 @@
-// A kernel device signals an AER error once (its ERR irq), and only to the broker wired to it: the old broker,
-// until the new one takes the device over at the commit. An error heard after the hold's last check and before
-// the commit started a recovery (grants suspended, clients told, reclaims waiting on the held table) in a broker
-// about to hand over leases the state called live: the new broker carried them on a device nobody recovered.
-// The upgrade is now rolled back, and the recovery runs in the broker that heard the error. The simulator's
-// device object emits the error here, right after the state went out (the new broker has not answered yet).
+// A recovery that begins during an upgrade's transfer (after the hold's last check, before the commit) suspends
+// grants and reclaims leases the state called live: the new broker would carry them on a device nobody
+// recovered. The upgrade is rolled back, and the recovery runs in the broker that began it. The simulator's
+// device object emits an error here, right after the state went out (the new broker has not answered yet). (A
+// kernel device's AER error no longer does this: its signals are held during the transfer and read by the broker
+// that carries on, test/device-kernel/handover.test.ts and the guest's aer.test.ts; this guards the last check.)
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';

@@ -66,7 +66,10 @@ export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadl
       // From here the device's replies are the new broker's to read.
       dev.client.socket.pause();
     }
-    // A kernel device's calls are ioctls, done by the time they return: nothing in flight to wait for.
+    // A kernel device's calls are ioctls, done by the time they return: nothing in flight to wait for. Its REQ
+    // and ERR signals are left unread from here, in the eventfds the state hands over: one that comes during the
+    // transfer is heard by the broker that carries on (device-signals.ts, holdSignals).
+    if (dev instanceof KernelDevice) dev.holdSignals();
     // Asked again now that nothing new can start: a recovery that began while the new broker started (a hang
     // the heartbeat saw) runs through the hold, between its device calls, and its next ones would go out on
     // the connection the new broker reads; nor would it hand over a half-booted device as ready.
@@ -81,6 +84,7 @@ export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadl
 /** Undo hold(): everything carries on as before (a rollback). Idempotent. */
 export function resume(b: Broker, p: BrokerParts): void {
   if (b.device instanceof VfioUserDevice) b.device.client.socket.resume();
+  if (b.device instanceof KernelDevice) b.device.unholdSignals();
   b.driver.unhold?.();
   b.leases.unhold();
   for (const s of p.servers) for (const c of s.connections) c.unhold();

@@ -157,9 +157,9 @@ export async function upgrade(
   if (answer.msg.t !== 'ready')
     return rollback(`the new broker refused the state: ${String(answer.msg['reason'] ?? answer.msg.t)}`);
   testStop('ready');
-  // Asked a last time: a recovery that began during the transfer (an AER error the kernel reports once, heard by
-  // this broker only) suspended grants and reclaims what the state says is live; the new broker would carry
-  // those leases on a device nobody recovers.
+  // Asked a last time: a recovery that began during the transfer suspended grants and reclaims what the state
+  // says is live; the new broker would carry those leases on a device nobody recovers. (A kernel device's AER
+  // error no longer starts one here: its signals are held, for the broker that carries on to read.)
   const late = cannotUpgrade(b);
   if (late) return rollback(`the broker cannot be upgraded now: ${late}`);
   // The one decision: from here the new broker owns everything, and this one only exits.

@@ -70,24 +70,71 @@ export interface SignalHooks {
   log(msg: string): void;
 }
 
+/** One of the device's REQ or ERR irqs wired to an eventfd of this process, and what to call when it fires. */
+export interface WiredSignal {
+  index: number;
+  efd: EventFd;
+  fired(): void;
+}
+
 /**
- * Wire REQ and ERR, and have the device report its errors. Returns the eventfds (the caller closes them after
- * the device fd, or at once if it closed meanwhile). Failing to wire one is logged, not fatal: the device works
- * as before, that signal unheard.
+ * Wire REQ and ERR, and have the device report its errors. Returns what was wired (the caller closes the eventfds
+ * after the device fd, or at once if it closed meanwhile). `handed` (an upgrade's commit) are the eventfds the
+ * previous broker wired, by irq index: watched as they are, so a signal that came during the transfer, which the
+ * previous broker left unread (holdSignals), is heard here; each one taken is deleted from the map. Failing to
+ * wire one is logged, not fatal: the device works as before, that signal unheard.
  */
-export async function watchDeviceSignals(dev: SignalDevice, hooks: SignalHooks): Promise<EventFd[]> {
-  const efds: EventFd[] = [];
+export async function watchDeviceSignals(
+  dev: SignalDevice,
+  hooks: SignalHooks,
+  handed: Map<number, EventFd> = new Map(),
+): Promise<WiredSignal[]> {
+  const wired: WiredSignal[] = [];
   for (const s of DEVICE_SIGNALS) {
+    const fired = () => hooks.fired(s.event, s.why);
+    const efd = handed.get(s.index);
+    handed.delete(s.index);
     try {
-      const efd = await watchSignal(dev, s.index, () => hooks.fired(s.event, s.why));
-      if (efd) efds.push(efd);
+      if (efd) {
+        try {
+          wired.push(listen({ index: s.index, efd, fired }));
+        } catch (err) {
+          efd.close();
+          throw err;
+        }
+      } else {
+        const w = await wireSignal(dev, s.index, fired);
+        if (w) wired.push(w);
+      }
     } catch (err) {
       hooks.log(`no ${s.name} eventfd (${s.event} unheard): ${(err as Error).message}`);
     }
-    if (hooks.closed()) return efds;
+    if (hooks.closed()) return wired;
   }
-  await reportErrors(dev, hooks.log);
-  return efds;
+  // Quiet once the device closed meanwhile (the reads then fail for that alone).
+  await reportErrors(dev, (msg) => hooks.closed() || hooks.log(msg));
+  return wired;
+}
+
+/**
+ * Watch a wired signal (again, after holdSignals). Level-triggered: a count left in the eventfd meanwhile is
+ * read at once. The device's owner keeps the process alive; this watch alone must not.
+ */
+export function listen(w: WiredSignal): WiredSignal {
+  w.efd.onReadable(() => w.fired());
+  w.efd.unref();
+  return w;
+}
+
+/**
+ * Stop reading the signals, leaving what comes in their eventfds' counts: an upgrade's transfer. An error the
+ * kernel reports then is signalled once, to these eventfds; read here it would start a recovery in a broker about
+ * to hand its leases over as live, and never reach the new broker. Left in the count, it is read by whichever
+ * broker carries on: the new one, which watches the same eventfds from its commit, or this one again
+ * (listen) after a rollback.
+ */
+export function holdSignals(wired: WiredSignal[]): void {
+  for (const w of wired) w.efd.stopWatching();
 }
 
 /**
@@ -108,12 +155,11 @@ export async function reportErrors(dev: SignalDevice, log: (msg: string) => void
 }
 
 /**
- * Wire an eventfd to the irq `index` and call `fired` each time it is signalled (the kernel asks again every
- * 10 s for REQ; every error is one more ERR, and one signalled before the eventfd was wired is never heard).
- * Returns the eventfd (the caller closes it after the device fd), or null when the device has no such
- * irq (not every VFIO bus driver offers one; vfio-pci offers ERR on PCIe devices only).
+ * Wire an eventfd to the irq `index` and watch it (the kernel asks again every 10 s for REQ; every error is one
+ * more ERR, and one signalled before the eventfd was wired is never heard). Null when the device has no such irq
+ * (not every VFIO bus driver offers one; vfio-pci offers ERR on PCIe devices only).
  */
-async function watchSignal(dev: SignalDevice, index: number, fired: () => void): Promise<EventFd | null> {
+async function wireSignal(dev: SignalDevice, index: number, fired: () => void): Promise<WiredSignal | null> {
   if ((await dev.irqCount(index).catch(() => 0)) < 1) return null;
   const efd = new EventFd();
   try {
@@ -122,10 +168,7 @@ async function watchSignal(dev: SignalDevice, index: number, fired: () => void):
     efd.close();
     throw err;
   }
-  efd.onReadable(() => fired());
-  // The device's owner keeps the process alive; this watch alone must not.
-  efd.unref();
-  return efd;
+  return listen({ index, efd, fired });
 }
 
 // Config space (include/uapi/linux/pci_regs.h).

@@ -35,7 +35,14 @@ import {
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
 import { readPciIds } from '../pci-ids.js';
-import { reportErrors, signalEmitter, watchDeviceSignals } from './device-signals.js';
+import {
+  holdSignals,
+  listen,
+  reportErrors,
+  signalEmitter,
+  type WiredSignal,
+  watchDeviceSignals,
+} from './device-signals.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
@@ -57,6 +64,8 @@ export interface KernelDeviceParts {
   log?: (msg: string) => void;
   /** false: carried over from another broker process and not yet this one's to tear down (handover.ts). */
   owned?: boolean;
+  /** Carried over: the previous broker's REQ and ERR eventfds by irq index, owned from here (watched at takeOver()). */
+  signals?: Map<number, EventFd>;
 }
 
 export class KernelDevice extends EventEmitter implements Device {
@@ -88,7 +97,11 @@ export class KernelDevice extends EventEmitter implements Device {
   #closed = false;
   #owned: boolean;
   /** Wired to the REQ and ERR irqs while the device is this process's (device-signals.ts). */
-  #signals: EventFd[] = [];
+  #signals: WiredSignal[] = [];
+  /** An upgrade's transfer: the signals are left unread in their eventfds (holdSignals()). */
+  #signalsHeld = false;
+  /** Adopted: the previous broker's REQ and ERR eventfds by irq index, watched from takeOver(). */
+  readonly #handedSignals: Map<number, EventFd>;
   /** Emits a REQ or ERR signal's event (device-signals.ts: an ERR with nobody listening is kept). */
   readonly #emitSignal = signalEmitter(this);
   /** GET_IRQ_INFO and SET_IRQS (irqs.ts: MSI/MSI-X indexes the kernel sizes once are enabled whole). */
@@ -106,6 +119,7 @@ export class KernelDevice extends EventEmitter implements Device {
     this.transport = p.domain.transport;
     this.path = { chosen: p.chosen, reason: p.reason };
     this.#owned = p.owned ?? true;
+    this.#handedSignals = p.signals ?? new Map();
   }
 
   /** Read the device's info, ids and features. On failure everything in `parts` is closed. */
@@ -361,6 +375,7 @@ export class KernelDevice extends EventEmitter implements Device {
       })),
       domain: this.domain.handover(add),
       irqsEnabled: this.#irqs.handover(),
+      signals: this.#signals.map((w) => ({ index: w.index, fd: add(w.efd.fd) })),
     };
   }
 
@@ -382,21 +397,50 @@ export class KernelDevice extends EventEmitter implements Device {
    * of the device (device-signals.ts). Failing to wire one is logged, not fatal (the device works as before).
    */
   async #watchSignals(): Promise<void> {
-    const efds = await watchDeviceSignals(this, {
-      fired: (event, why) => {
-        if (!this.#closed) this.#emitSignal(event, why);
+    const wired = await watchDeviceSignals(
+      this,
+      {
+        fired: (event, why) => {
+          if (!this.#closed) this.#emitSignal(event, why);
+        },
+        closed: () => this.#closed,
+        log: (msg) => this.#log(`${this.#name}: ${msg}`),
       },
-      closed: () => this.#closed,
-      log: (msg) => this.#log(`${this.#name}: ${msg}`),
-    });
+      this.#handedSignals,
+    );
+    this.#closeHandedSignals(); // any the device has no irq for
     // takeOver() does not wait for this: a close() meanwhile did not see the eventfds to close them.
-    if (this.#closed) for (const efd of efds) efd.close();
-    else this.#signals.push(...efds);
+    if (this.#closed) for (const w of wired) w.efd.close();
+    else {
+      if (this.#signalsHeld) holdSignals(wired);
+      this.#signals.push(...wired);
+    }
+  }
+
+  /**
+   * An upgrade's transfer: REQ and ERR are left unread in their eventfds, which the handover carries, for the
+   * broker that carries on to read (device-signals.ts, holdSignals). unholdSignals() undoes it (a rollback).
+   */
+  holdSignals(): void {
+    this.#signalsHeld = true;
+    holdSignals(this.#signals);
+  }
+
+  unholdSignals(): void {
+    if (!this.#signalsHeld) return;
+    this.#signalsHeld = false;
+    if (!this.#closed) for (const w of this.#signals) listen(w);
+  }
+
+  #closeHandedSignals(): void {
+    for (const efd of this.#handedSignals.values()) efd.close();
+    this.#handedSignals.clear();
   }
 
   /**
    * An adopted device becomes this process's (the upgrade committed); returns what became of the accounting.
-   * Its REQ and ERR irqs are wired to this process from here on (the previous broker's eventfds are replaced).
+   * Its REQ and ERR irqs are this process's from here on: the eventfds the previous broker handed over are
+   * watched (with what was signalled during the transfer), or, from a broker that handed none, new ones wired.
    */
   takeOver(): string {
     this.#owned = true;
@@ -415,7 +459,8 @@ export class KernelDevice extends EventEmitter implements Device {
       for (const m of [...this.#barMaps]) m.unmap();
       this.#closed = true;
       this.#fd.close();
-      for (const efd of this.#signals.splice(0)) efd.close();
+      for (const w of this.#signals.splice(0)) w.efd.close();
+      this.#closeHandedSignals();
       this.domain.abandon();
       this.emit('close');
       return;
@@ -429,7 +474,8 @@ export class KernelDevice extends EventEmitter implements Device {
     }
     this.#closed = true;
     this.#fd.close();
-    for (const efd of this.#signals.splice(0)) efd.close();
+    for (const w of this.#signals.splice(0)) w.efd.close();
+    this.#closeHandedSignals();
     try {
       this.domain.close();
     } catch (err) {

@@ -4,7 +4,11 @@
 // the new process re-reads what the kernel can tell (device info, ids,
 // regions, IOVA ranges) and checks it against what it was told, and probes
 // that every handed map is still there. Interrupts need nothing: the
-// eventfds wired with VFIO_DEVICE_SET_IRQS stay wired in the kernel.
+// eventfds wired with VFIO_DEVICE_SET_IRQS stay wired in the kernel. The
+// REQ and ERR eventfds travel too: the old broker leaves them unread during
+// the transfer (holdSignals), and the new one watches them from its commit,
+// so an error the kernel reports meanwhile (once) is heard by the broker
+// that carries on.
 //
 // Until the upgrade commits the adopted device is not this process's to tear
 // down (close() only closes its fds: unmapping or detaching would take the
@@ -12,6 +16,7 @@
 // this process's and moves the pinned-page accounting where the kernel can
 // (docs/ARCHITECTURE.md, "Upgrading the broker").
 
+import { EventFd } from '../../sys/eventfd.js';
 import type { Fd } from '../../sys/fd.js';
 import type { Device } from '../device.js';
 import { Type1Container } from './container.js';
@@ -31,6 +36,8 @@ export interface KernelDeviceHandover {
   domain: DomainHandover;
   /** MSI/MSI-X indexes the kernel sizes once that the old broker had enabled (absent from an older broker). */
   irqsEnabled?: number[];
+  /** The REQ and ERR eventfds wired to the device, by irq index (absent from an older broker: wired anew). */
+  signals?: { index: number; fd: number }[];
 }
 
 /** Rebuild the device from a handover; `take` hands over the fd of an index. Checks it still agrees. */
@@ -41,8 +48,10 @@ export async function adoptKernelDevice(
 ): Promise<KernelDevice> {
   const sys = opts.sys ?? realSys;
   const device = take(h.fd);
+  const signals = new Map<number, EventFd>();
   let domain: IommuDomain;
   try {
+    for (const s of h.signals ?? []) signals.set(s.index, EventFd.adopt(take(s.fd)));
     const d = h.domain;
     domain =
       d.kind === 'iommufd'
@@ -50,6 +59,7 @@ export async function adoptKernelDevice(
         : Type1Container.adopt(sys, d, take(d.group), take(d.container));
   } catch (err) {
     device.close();
+    for (const efd of signals.values()) efd.close();
     throw err;
   }
   const dev = await KernelDevice.create({
@@ -60,6 +70,7 @@ export async function adoptKernelDevice(
     chosen: h.path.chosen,
     reason: 'carried over from the previous broker process (upgrade)',
     owned: false,
+    signals,
     ...(opts.log ? { log: opts.log } : {}),
   });
   try {

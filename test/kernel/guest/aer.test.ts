@@ -7,28 +7,29 @@
 // injects the error, asked by the host (fixtures/aer.ts). (The device's error
 // reporting bits, which the broker also sets for kernels before 6.0, are set
 // by these kernels already: test/device-kernel/error-reporting.test.ts.)
+//
+// During an upgrade's transfer the old broker leaves the ERR eventfd unread
+// and hands it over; the new broker watches it from its commit. An error the
+// kernel reports in between (once) is heard by the broker that carries on.
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { connect } from '../../../src/client/index.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
+import { stopped } from '../../helpers/proc-stat.js';
 import { aerBdf, aerCount, aerInject } from './fixtures/aer.js';
-import { until } from './fixtures/daemon.js';
+import { Daemon, until } from './fixtures/daemon.js';
 import { withGenericKernelBroker } from './fixtures/generic-broker.js';
-import { guestConfig } from './fixtures/guest.js';
+import { inKernelGuest } from './fixtures/guest.js';
 
 after(trackFdLeaks());
 
-test('runs inside a kernel-rig guest with an AER-capable device (a virtio-net behind a PCIe root port) bound to vfio-pci', () => {
-  assert.ok(
-    guestConfig === 'legacy' || guestConfig === 'iommufd',
-    `DEVLEASE_KERNEL_GUEST is '${guestConfig}': run npm run test:kernel`,
-  );
-  assert.match(
-    aerBdf,
-    /^[0-9a-f]{4}:/,
-    'DEVLEASE_AER_BDF names the virtio-net (scripts/kernel-rig/init.sh binds it)',
-  );
-});
+inKernelGuest(
+  'an AER-capable device (a virtio-net behind a PCIe root port, bound to vfio-pci by scripts/kernel-rig/init.sh)',
+  'DEVLEASE_AER_BDF',
+);
 
 test('broker: an AER error of the leased device reaches it; the client is told, the device reset, and leased again', async () => {
   const audit: Record<string, unknown>[] = [];
@@ -65,4 +66,69 @@ test('broker: an AER error of the leased device reaches it; the client is told, 
       await until('every lease to end', () => broker.leases.all().length === 0);
     },
   );
+});
+
+/** The eventfds of `pid` whose count is not zero (signalled, and not read), by fd number. */
+function signalledEventFds(pid: number): Set<string> {
+  const fds = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
+    try {
+      const m = /^eventfd-count:\s+(\w+)$/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+      if (m && Number.parseInt(m[1]!, 16) !== 0) fds.add(fd);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return fds;
+}
+
+const GENERIC_DRIVER = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'generic-driver.js');
+
+test('upgrade: an AER error during the transfer is heard and recovered by the new broker', async () => {
+  // The old broker stops itself (SIGSTOP) once the state went out, before it reads the new broker's answer
+  // (upgrade.ts, testStop): after SIGCONT its event loop runs while it waits for 'ready', as it would for an error
+  // that came during the transfer.
+  const d = new Daemon({
+    bdf: aerBdf,
+    name: 'aerdev',
+    config: `[device]\nname = "aerdev"\ndriver = "${GENERIC_DRIVER}"\n`,
+    env: { DEVLEASE_TEST_UPGRADE_OLD_STOP: 'transferred' },
+  });
+  await d.start();
+  try {
+    const oldPid = (await d.request({ op: 'status' })).pid as number;
+    const upgrading = d.request({ op: 'upgrade', deadlineMs: 150_000 });
+    upgrading.catch(() => {}); // awaited below; a rejection meanwhile is not unhandled
+    await until('the old broker to stop after the transfer', () => stopped(oldPid), 150_000);
+    const before = signalledEventFds(oldPid);
+    const nonfatal = aerCount('nonfatal');
+    aerInject('POISON_TLP');
+    await until('the kernel to count the error', () => aerCount('nonfatal') === nonfatal + 1, 60_000);
+    await until(
+      "the kernel to signal the old broker's ERR eventfd (left unread: its signals are held)",
+      () => [...signalledEventFds(oldPid)].some((fd) => !before.has(fd)),
+      30_000,
+    );
+    process.kill(oldPid, 'SIGCONT');
+    const r = await upgrading;
+    assert.equal(r.upgraded, true);
+    const s = await d.request({ op: 'status' });
+    assert.notEqual(s.pid, oldPid, 'a new broker process');
+    // The new broker's own records: the old one's were collected before the error.
+    const audit = async () => (await d.request({ op: 'audit' })) as Record<string, unknown>[];
+    await until(
+      'the new broker to recover the device',
+      async () => (await audit()).some((e) => e.event === 'device-recovered'),
+      60_000,
+    );
+    const errors = (await audit()).filter((e) => e.event === 'device-error');
+    assert.equal(errors.length, 1, 'one error, one recovery');
+    assert.match(String(errors[0]!.reason), /uncorrectable PCIe error of the device \(AER/);
+    const lease = await connect({ socket: d.socket('device') });
+    lease.close();
+  } catch (err) {
+    throw Object.assign(err as Error, { message: `${(err as Error).message}\nbroker output:\n${d.out}` });
+  } finally {
+    await d.stop();
+  }
 });
