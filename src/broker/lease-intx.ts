@@ -72,11 +72,6 @@ export class IntxRelay {
     });
   }
 
-  /** Whether an interrupt was relayed and the line is still masked. */
-  get pending(): boolean {
-    return this.#pending;
-  }
-
   /** The client accessed the device (a BAR read or write through the broker): unmask a line that fired. */
   serviced(): void {
     if (!this.#pending || this.#closed) return;

@@ -10,20 +10,23 @@
 // client that is not QEMU reads back what it wrote); the PBA reads 0:
 // delivery is by eventfd, nothing pends.
 
-import { PCI_BASE_ADDRESS_0, PCI_NUM_BARS } from '../drivers/config-space.js';
+import { PCI_NUM_BARS } from '../drivers/config-space.js';
 import type { LeaseResources } from '../drivers/driver.js';
+import {
+  PCI_BASE_ADDRESS_0,
+  PCI_CAP_ID_MSIX,
+  PCI_CAPABILITY_LIST,
+  PCI_MSIX_FLAGS,
+  PCI_MSIX_FLAGS_ENABLE,
+  PCI_MSIX_FLAGS_MASKALL,
+  PCI_MSIX_PBA,
+  PCI_MSIX_TABLE,
+  PCI_STATUS,
+  PCI_STATUS_CAP_LIST,
+} from '../vfio/uapi/pci-regs.js';
 
-const PCI_STATUS = 0x06;
-const PCI_STATUS_CAP_LIST = 0x10;
-const PCI_CAPABILITY_LIST = 0x34;
-const PCI_CAP_ID_MSIX = 0x11;
 /** Where the capability sits: the first byte past the type-0 header. */
 export const MSIX_CAP_AT = 0x40;
-const PCI_MSIX_FLAGS = 2;
-const PCI_MSIX_TABLE = 4;
-const PCI_MSIX_PBA = 8;
-const PCI_MSIX_FLAGS_ENABLE = 0x8000;
-const PCI_MSIX_FLAGS_MASKALL = 0x4000;
 const MSIX_ENTRY_SIZE = 16;
 /** Vector control: masked, as at power-on. */
 const MSIX_ENTRY_CTRL_MASKBIT = 1;

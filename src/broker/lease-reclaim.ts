@@ -107,6 +107,9 @@ export async function reclaimLease(
     return done;
   });
   await Promise.all(unwired);
+  // Closed here, not left to letGoOfHolds below: the wait for the slices' release between can last as long as
+  // a holder keeps them, and meanwhile these fds would be held for nothing and a relay still set would refuse
+  // an upgrade (cannotUpgrade), which carries a lease awaiting release.
   lease.errFd?.close();
   lease.reqFd?.close();
   lease.noticeFd?.close();

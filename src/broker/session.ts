@@ -12,10 +12,11 @@
 // Here: the device's shape and its regions; DMA_MAP/DMA_UNMAP are
 // lease-dma.ts, the interrupts lease-irqs.ts.
 
-import { CONFIG_SPACE_SIZE, LeaseBars, PCI_BASE_ADDRESS_0, PCI_NUM_BARS } from '../drivers/config-space.js';
+import { CONFIG_SPACE_SIZE, LeaseBars, PCI_NUM_BARS } from '../drivers/config-space.js';
 import type { SliceSpec } from '../drivers/driver.js';
 import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
+import { PCI_BASE_ADDRESS_0 } from '../vfio/uapi/pci-regs.js';
 import {
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,

@@ -5,10 +5,10 @@
 // capabilities.
 
 import type { Device } from '../device/device.js';
+import { PCI_BASE_ADDRESS_0 } from '../vfio/uapi/pci-regs.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX } from '../vfio/uapi/vfio.js';
 
 export const CONFIG_SPACE_SIZE = 256;
-export const PCI_BASE_ADDRESS_0 = 0x10;
 export const PCI_NUM_BARS = 6;
 
 const BAR_IO = 0x1;

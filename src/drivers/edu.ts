@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../vfio/uapi/pci-regs.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX } from '../vfio/uapi/vfio.js';
 import { type BarType, barTypeAt, leaseConfigSpaceOf, readBarTypes } from './config-space.js';
 import {
@@ -52,10 +53,6 @@ export const EDU_DMA_BUFFER_SIZE = 4096;
  * sit below 256 MiB: 64 MiB at 16 MiB, clear of the low pages.
  */
 export const EDU_WINDOW = { base: 16n << 20n, size: 64n << 20n } as const;
-
-const PCI_COMMAND = 0x04;
-const PCI_COMMAND_MEMORY = 1 << 1;
-const PCI_COMMAND_MASTER = 1 << 2;
 
 const BAR_ISOLATION: Isolation = {
   level: 'cooperative',

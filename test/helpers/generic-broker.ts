@@ -2,6 +2,7 @@
 // a MemoryDevice, a BarDevice ('bars'), or a BarDevice with no reset method ('bars-no-reset'). Everything is
 // torn down after `fn`, whatever it did.
 import { fork } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -30,11 +31,30 @@ export async function withGenericBroker(
   const dir = mkdtempSync(join(tmpdir(), 'devlease-generic-'));
   const sock = join(dir, 'dev.sock');
   const model = opts.model ?? 'memory';
+  // Its output is passed through as it comes, and kept to say why it died if it does before it is ready.
   const server = fork(serverChild, model === 'memory' ? [sock] : [sock, model], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
   });
+  let output = '';
+  server.stdout!.on('data', (b: Buffer) => {
+    output += b;
+    process.stdout.write(b);
+  });
+  server.stderr!.on('data', (b: Buffer) => {
+    output += b;
+    process.stderr.write(b);
+  });
+  // 'close', not 'exit': by then all of its output has been read.
+  const closed = once(server, 'close') as Promise<[number | null, NodeJS.Signals | null]>;
   try {
-    await new Promise<void>((resolve) => server.once('message', () => resolve()));
+    await Promise.race([
+      once(server, 'message'),
+      closed.then(([code, signal]) => {
+        throw new Error(
+          `the vfio-user server child exited before it was ready (code ${code}, signal ${signal}): ${output.trim() || 'no output'}`,
+        );
+      }),
+    ]);
     const device = await VfioUserDevice.connect(sock);
     try {
       const broker = await Broker.start({
@@ -52,8 +72,8 @@ export async function withGenericBroker(
       await device.close();
     }
   } finally {
-    server.send('stop');
-    await new Promise((r) => server.once('exit', r));
+    if (server.connected) server.send('stop');
+    await closed;
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -6,8 +6,8 @@
 // device-faults.test.ts.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../src/sim/model/config-space.js';
 import * as ds from '../../src/sim/model/datasheet.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../src/vfio/uapi/pci-regs.js';
 import { VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { BAR0, CONFIG, qcfg, r32, w32, w64 } from './helpers/driver.js';
 import { expectQueueError, faultVector, lastFault } from './helpers/fault-log.js';

@@ -3,9 +3,9 @@
 // model driven in-process.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PCI_COMMAND, PCI_COMMAND_MEMORY } from '../../src/sim/model/config-space.js';
 import { crc32c } from '../../src/sim/model/crc32c.js';
 import * as ds from '../../src/sim/model/datasheet.js';
+import { PCI_COMMAND, PCI_COMMAND_MEMORY } from '../../src/vfio/uapi/pci-regs.js';
 import { VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { BAR0, CONFIG, qcfg, r32, r64, w32 } from './helpers/driver.js';
 import { type Booted, booted, HOST_IOVA, queue } from './helpers/scenario.js';

@@ -1,26 +1,63 @@
 // A rollback after the hold waits (bounded, 5 s) for the new broker to be gone before it reads the device
 // again. The bound's timer used to stay armed when the new broker was gone first: for 5 s after the upgrade
 // ended it kept the process alive (a daemon told to stop waited for it). The broker runs in this process here,
-// so its timers can be counted.
+// so the bound's own timer can be watched: armed with its delay by the upgrade's code (the device requests'
+// deadline, 5 s too by default, is armed elsewhere).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { ROLLBACK_EXIT_WAIT_MS } from '../../src/broker/handover/upgrade.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { startRig } from '../helpers/broker-rig.js';
 
-const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+/**
+ * Watch the timers armed with `delay` by code in `file`, until `stop`: how many were armed, and how many are
+ * still live (neither cleared nor fired).
+ */
+function watchTimers(delay: number, file: string) {
+  const { setTimeout: set, clearTimeout: clear } = globalThis;
+  const live = new Set<unknown>();
+  let armed = 0;
+  globalThis.setTimeout = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    if (ms !== delay || !new Error().stack?.includes(file)) return set(fn, ms, ...args);
+    const t = set(
+      (...a: unknown[]) => {
+        live.delete(t);
+        fn(...a);
+      },
+      ms,
+      ...args,
+    );
+    live.add(t);
+    armed++;
+    return t;
+  }) as typeof setTimeout;
+  globalThis.clearTimeout = ((t?: Parameters<typeof clear>[0]) => {
+    live.delete(t);
+    clear(t);
+  }) as typeof clearTimeout;
+  return {
+    armed: () => armed,
+    live: () => live.size,
+    stop() {
+      globalThis.setTimeout = set;
+      globalThis.clearTimeout = clear;
+    },
+  };
+}
 
 test('a rollback whose new broker is gone already leaves no timer behind', { timeout: 120_000 }, async () => {
-  // A long heartbeat: the driver arms no timer of its own while this test counts.
-  const rig = await startRig({ config: { sa1: { heartbeat_ms: 60_000 } } });
+  const rig = await startRig();
   process.env['DEVLEASE_TEST_UPGRADE_MISBEHAVE'] = 'exit'; // the new broker exits once the state came
+  const timers = watchTimers(ROLLBACK_EXIT_WAIT_MS, '/handover/upgrade.js');
   try {
-    const before = timers();
     await assert.rejects(rig.broker.upgrade({ binary: DEVLEASE_BIN, deadlineMs: 60_000 }), (err: Error) => {
       assert.match(err.message, /upgrade rolled back: the new broker (exited|hung up)/);
       return true;
     });
-    assert.equal(timers(), before, 'the rollback left no timer armed');
+    assert.equal(timers.armed(), 1, 'the rollback waited for the new broker to be gone, bounded');
+    assert.equal(timers.live(), 0, 'the rollback left its bound armed');
   } finally {
+    timers.stop();
     delete process.env['DEVLEASE_TEST_UPGRADE_MISBEHAVE'];
     await rig.close();
   }

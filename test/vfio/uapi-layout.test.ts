@@ -1,7 +1,8 @@
 // Compares every structure layout, constant and ioctl number in
-// src/vfio/uapi against the kernel's own headers (linux-libc-dev 7.x from
-// Debian, fetched by scripts/kernel-headers.sh): a C probe generated from the
-// TS metadata prints sizeof/offsetof/values as the compiler sees them.
+// src/vfio/uapi (the PCI config-space registers too) against the kernel's own
+// headers (linux-libc-dev 7.x from Debian, fetched by scripts/kernel-headers.sh):
+// a C probe generated from the TS metadata prints sizeof/offsetof/values as the
+// compiler sees them.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -51,6 +52,7 @@ function probeSource(): string {
     '#include <linux/version.h>',
     '#include <linux/vfio.h>',
     '#include <linux/iommufd.h>',
+    '#include <linux/pci_regs.h>',
     '#define S(T) printf("S %s %zu\\n", #T, sizeof(struct T));',
     '#define F(T, f) printf("F %s.%s %zu %zu\\n", #T, #f, offsetof(struct T, f), sizeof(((struct T *)0)->f));',
     // Every VFIO/iommufd constant fits 32 bits; print them as the u32 the ABI carries.
@@ -179,6 +181,9 @@ test('the comparison covers the structures and ioctls devlease relies on', () =>
     'IOMMU_IOAS_MAP_FILE',
     'IOMMU_IOAS_CHANGE_PROCESS',
     'IOMMU_GET_HW_INFO',
+    'PCI_STATUS_CAP_LIST',
+    'PCI_CAP_ID_MSIX',
+    'PCI_MSIX_FLAGS_ENABLE',
   ]) {
     assert.ok(consts.has(n), `${n} is not defined in src/vfio/uapi`);
   }

@@ -35,7 +35,7 @@ export interface UpgradeOptions {
  */
 export type TestStopStep = 'started' | 'mid-transfer' | 'transferred' | 'ready';
 /** How long a rollback waits for the killed new broker to be gone before it reads the device again. */
-const ROLLBACK_EXIT_WAIT_MS = 5000;
+export const ROLLBACK_EXIT_WAIT_MS = 5000;
 
 function testStop(step: TestStopStep): void {
   if (process.env['DEVLEASE_TEST_UPGRADE_OLD_STOP'] === step) process.kill(process.pid, 'SIGSTOP');

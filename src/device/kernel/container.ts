@@ -234,8 +234,7 @@ export class Type1Container implements IommuDomain {
     const what = `VFIO_IOMMU_UNMAP_DMA of iova 0x${iova.toString(16)}`;
     this.#ioctl(what, VFIO_IOMMU_UNMAP_DMA, arg);
     // The kernel writes back how much it unmapped (size).
-    this.#dma.checkUnmapped(what, iova, size, vfio_iommu_type1_dma_unmap.decode(arg).size);
-    this.#dma.drop(iova, size);
+    this.#dma.dropUnmapped(what, iova, size, vfio_iommu_type1_dma_unmap.decode(arg).size);
   }
 
   release(): void {

@@ -20,6 +20,13 @@
 import type { EventEmitter } from 'node:events';
 import { EventFd } from '../../sys/eventfd.js';
 import {
+  PCI_CAP_ID_EXP,
+  PCI_CAPABILITY_LIST,
+  PCI_EXP_DEVCTL,
+  PCI_STATUS,
+  PCI_STATUS_CAP_LIST,
+} from '../../vfio/uapi/pci-regs.js';
+import {
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_ERR_IRQ_INDEX,
   VFIO_PCI_REQ_IRQ_INDEX,
@@ -171,12 +178,6 @@ async function wireSignal(dev: SignalDevice, index: number, fired: () => void): 
   return listen({ index, efd, fired });
 }
 
-// Config space (include/uapi/linux/pci_regs.h).
-const PCI_STATUS = 0x06;
-const PCI_STATUS_CAP_LIST = 0x10;
-const PCI_CAPABILITY_LIST = 0x34;
-const PCI_CAP_ID_EXP = 0x10;
-const PCI_EXP_DEVCTL = 0x08;
 /** Correctable, non-fatal, fatal and unsupported-request reporting: the kernel's PCI_EXP_AER_FLAGS. */
 const PCI_EXP_AER_FLAGS = 0x0001 | 0x0002 | 0x0004 | 0x0008;
 /** The kernel's bound on a capability walk (PCI_FIND_CAP_TTL): a looped list ends. */

@@ -94,35 +94,24 @@ export class DmaTable {
     this.add(m.iova, m.size, memory);
   }
 
-  /** Bytes of the mappings inside [iova, iova + size): what an unmap of that range must take. */
-  bytesWithin(iova: bigint, size: bigint): bigint {
-    let n = 0n;
-    for (const [at, e] of this.#entries) if (at >= iova && at + e.size <= iova + size) n += e.size;
-    return n;
-  }
-
   /**
-   * After an unmap of [iova, iova + size) the kernel said took `unmapped` bytes: throws EIO, keeping the
-   * table, when that is less than the mappings there (type1 answers success with less for mappings it skips:
-   * before Linux 6.0, those another process's mm made, as after an upgrade), so no lease's memory is taken
-   * for unmapped while the IOMMU still reaches it.
+   * After an unmap of [iova, iova + size) the kernel said took `unmapped` bytes: forget (and munmap the memory
+   * of) every mapping there. Throws EIO, keeping the table, when that is less than the mappings there (type1
+   * answers success with less for mappings it skips: before Linux 6.0, those another process's mm made, as after
+   * an upgrade), so no lease's memory is taken for unmapped while the IOMMU still reaches it.
    */
-  checkUnmapped(what: string, iova: bigint, size: bigint, unmapped: bigint): void {
-    const want = this.bytesWithin(iova, size);
-    if (unmapped >= want) return;
-    throw new DevleaseError(
-      'EIO',
-      `${what}: the kernel unmapped 0x${unmapped.toString(16)} of the 0x${want.toString(16)} bytes mapped there`,
-    );
-  }
-
-  /** Forget (and munmap the memory of) every mapping inside [iova, iova + size). */
-  drop(iova: bigint, size: bigint): void {
-    for (const [at, e] of this.#entries) {
-      if (at >= iova && at + e.size <= iova + size) {
-        e.memory?.unmap();
-        this.#entries.delete(at);
-      }
+  dropUnmapped(what: string, iova: bigint, size: bigint, unmapped: bigint): void {
+    const within = [...this.#entries].filter(([at, e]) => at >= iova && at + e.size <= iova + size);
+    const want = within.reduce((n, [, e]) => n + e.size, 0n);
+    if (unmapped < want) {
+      throw new DevleaseError(
+        'EIO',
+        `${what}: the kernel unmapped 0x${unmapped.toString(16)} of the 0x${want.toString(16)} bytes mapped there`,
+      );
+    }
+    for (const [at, e] of within) {
+      e.memory?.unmap();
+      this.#entries.delete(at);
     }
   }
 

@@ -282,8 +282,7 @@ export class IommufdIoas implements IommuDomain {
     const what = `IOMMU_IOAS_UNMAP of iova 0x${iova.toString(16)}`;
     this.#ioctl(what, IOMMU_IOAS_UNMAP, arg);
     // The kernel writes back how much it unmapped (length).
-    this.#dma.checkUnmapped(what, iova, size, iommu_ioas_unmap.decode(arg).length);
-    this.#dma.drop(iova, size);
+    this.#dma.dropUnmapped(what, iova, size, iommu_ioas_unmap.decode(arg).length);
   }
 
   /** Unmap every IOVA, then detach the device from the IOAS. */

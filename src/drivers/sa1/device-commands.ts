@@ -4,12 +4,9 @@
 
 import type { Device } from '../../device/device.js';
 import { BAR0, CONTROL, REG } from '../../hw/sa1/regs.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../vfio/uapi/pci-regs.js';
 import { VFIO_PCI_CONFIG_REGION_INDEX } from '../../vfio/uapi/vfio.js';
 import { pollUntil } from '../poll.js';
-
-const PCI_COMMAND = 0x04;
-const PCI_COMMAND_MEMORY = 1 << 1;
-const PCI_COMMAND_MASTER = 1 << 2;
 
 /** Bound on a whole-device reset (CONTROL.RESET to read 0). */
 export const DEVICE_RESET_TIMEOUT_MS = 1000;

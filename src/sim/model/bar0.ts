@@ -11,7 +11,7 @@
 // the device must act on (CONTROL, FW_CMD, Q_CTRL), which bar0Write32 runs
 // on the device.
 
-import { PCI_COMMAND, PCI_COMMAND_MASTER } from './config-space.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../vfio/uapi/pci-regs.js';
 import {
   CONTROL_ENABLE,
   CONTROL_RESET,

@@ -5,6 +5,19 @@
 // mask, then BAR dwords are re-derived from their size masks.
 
 import {
+  PCI_BASE_ADDRESS_0,
+  PCI_CAP_ID_MSIX,
+  PCI_CAPABILITY_LIST,
+  PCI_COMMAND,
+  PCI_COMMAND_INTX_DISABLE,
+  PCI_COMMAND_MASTER,
+  PCI_COMMAND_MEMORY,
+  PCI_MSIX_FLAGS_ENABLE,
+  PCI_MSIX_FLAGS_MASKALL,
+  PCI_STATUS,
+  PCI_STATUS_CAP_LIST,
+} from '../../vfio/uapi/pci-regs.js';
+import {
   CONFIG_SPACE_SIZE,
   REG_MSIX_PBA,
   REG_MSIX_TABLE,
@@ -16,19 +29,8 @@ import {
   SA1_VENDOR_ID,
 } from './datasheet.js';
 
-export const PCI_COMMAND = 0x04;
-export const PCI_COMMAND_MEMORY = 1 << 1;
-export const PCI_COMMAND_MASTER = 1 << 2;
-export const PCI_COMMAND_INTX_DISABLE = 1 << 10;
-export const PCI_STATUS = 0x06;
-export const PCI_STATUS_CAP_LIST = 1 << 4;
-export const PCI_BASE_ADDRESS_0 = 0x10;
-export const PCI_CAPABILITY_LIST = 0x34;
-export const PCI_CAP_ID_MSIX = 0x11;
 /** Where the MSI-X capability sits. */
 export const MSIX_CAP_OFFSET = 0x40;
-export const PCI_MSIX_FLAGS_ENABLE = 1 << 15;
-export const PCI_MSIX_FLAGS_MASKALL = 1 << 14;
 
 /** Does a write of [offset, +length) reach the command register (whose bus-master bit the device acts on)? */
 export function writeReachesCommand(offset: number, length: number): boolean {

@@ -2,7 +2,6 @@
 // the same steps drive the device in-process (Sa1Device) and through
 // VfioUserClient (the real simulator).
 
-import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../../src/sim/model/config-space.js';
 import * as ds from '../../../src/sim/model/datasheet.js';
 import {
   type Completion,
@@ -11,6 +10,7 @@ import {
   encodeDescriptor,
 } from '../../../src/sim/model/descriptor.js';
 import { makeFirmwareImage } from '../../../src/sim/model/firmware.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../../src/vfio/uapi/pci-regs.js';
 
 export const BAR0 = 0;
 export const BAR2 = 2;
