@@ -5,6 +5,7 @@
 // broker, this one the config walk and the write.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { decodeBits, restoreDecode } from '../../src/device/kernel/bar-restore.js';
 import { enableErrorReporting } from '../../src/device/kernel/device-signals.js';
 
 /** A config space in memory, with every write recorded. */
@@ -49,4 +50,18 @@ test('error reporting: a device with no capability list, or no PCI Express capab
   });
   assert.equal(await enableErrorReporting(looped), false);
   assert.deepEqual([...none.writes, ...looped.writes], []);
+});
+
+// A fatal error resets the link after ERR: the hardware loses its BARs and decode, which vfio-pci restores at a
+// command-register write enabling decode it thinks enabled (bar-restore.ts). The guest test shows the device
+// decoding again (aer.test.ts, MALF_TLP); this one which write is asked, and that an intact device gets none.
+test('after a reset: decode the device had at open and lost is written back; an intact device gets no write', async () => {
+  const cfg = configSpace((dv) => dv.setUint16(0x04, 0x0406, true)); // MEMORY|MASTER|INTX_DISABLE
+  const decode = await decodeBits(cfg);
+  assert.equal(decode, 0x2, 'memory decode (no I/O)');
+  assert.equal(await restoreDecode(cfg, decode), false);
+  assert.deepEqual(cfg.writes, [], 'intact: nothing written');
+  cfg.bytes.set([0x00, 0x04], 0x04); // the link reset: decode and bus master gone (INTx disable is vfio-pci's)
+  assert.equal(await restoreDecode(cfg, decode), true);
+  assert.deepEqual(cfg.writes, [[0x04, [0x02, 0x04]]], 'memory decode asked back, the rest as it reads');
 });

@@ -19,6 +19,7 @@
 
 import type { EventEmitter } from 'node:events';
 import { EventFd } from '../../sys/eventfd.js';
+import type { Fd } from '../../sys/fd.js';
 import {
   PCI_CAP_ID_EXP,
   PCI_CAPABILITY_LIST,
@@ -72,76 +73,111 @@ export function signalEmitter(target: EventEmitter): (event: SignalEvent, why: s
 export interface SignalHooks {
   /** A signal came: the device's event and its reason. */
   fired(event: SignalEvent, why: string): void;
-  /** The device closed meanwhile: wire nothing more (the caller closes what was). */
-  closed(): boolean;
   log(msg: string): void;
 }
 
 /** One of the device's REQ or ERR irqs wired to an eventfd of this process, and what to call when it fires. */
-export interface WiredSignal {
+interface WiredSignal {
   index: number;
   efd: EventFd;
   fired(): void;
 }
 
 /**
- * Wire REQ and ERR, and have the device report its errors. Returns what was wired (the caller closes the eventfds
- * after the device fd, or at once if it closed meanwhile). `handed` (an upgrade's commit) are the eventfds the
- * previous broker wired, by irq index: watched as they are, so a signal that came during the transfer, which the
- * previous broker left unread (holdSignals), is heard here; each one taken is deleted from the map. Failing to
- * wire one is logged, not fatal: the device works as before, that signal unheard.
+ * The device's REQ and ERR eventfds while it is this process's: wired at open (or, at an upgrade's commit, the
+ * ones the previous broker handed over), watched, held during an upgrade's transfer, handed over, and closed
+ * after the device fd.
  */
-export async function watchDeviceSignals(
-  dev: SignalDevice,
-  hooks: SignalHooks,
-  handed: Map<number, EventFd> = new Map(),
-): Promise<WiredSignal[]> {
-  const wired: WiredSignal[] = [];
-  for (const s of DEVICE_SIGNALS) {
-    const fired = () => hooks.fired(s.event, s.why);
-    const efd = handed.get(s.index);
-    handed.delete(s.index);
-    try {
-      if (efd) {
-        try {
-          wired.push(listen({ index: s.index, efd, fired }));
-        } catch (err) {
-          efd.close();
-          throw err;
-        }
-      } else {
-        const w = await wireSignal(dev, s.index, fired);
-        if (w) wired.push(w);
-      }
-    } catch (err) {
-      hooks.log(`no ${s.name} eventfd (${s.event} unheard): ${(err as Error).message}`);
-    }
-    if (hooks.closed()) return wired;
+export class DeviceSignals {
+  #wired: WiredSignal[] = [];
+  #held = false;
+  #closed = false;
+  /** The previous broker's eventfds by irq index (an upgrade): watched as they are by start(). */
+  readonly #handed: Map<number, EventFd>;
+
+  constructor(
+    private readonly dev: SignalDevice,
+    private readonly hooks: SignalHooks,
+    handed: Map<number, EventFd> = new Map(),
+  ) {
+    this.#handed = handed;
   }
-  // Quiet once the device closed meanwhile (the reads then fail for that alone).
-  await reportErrors(dev, (msg) => hooks.closed() || hooks.log(msg));
-  return wired;
+
+  /**
+   * Wire REQ and ERR, and have the device report its errors. A handed eventfd is watched as it is, so a signal
+   * that came during the transfer, which the previous broker left unread (hold()), is heard here. Failing to wire
+   * one is logged, not fatal: the device works as before, that signal unheard.
+   */
+  async start(): Promise<void> {
+    for (const s of DEVICE_SIGNALS) {
+      const fired = () => this.hooks.fired(s.event, s.why);
+      const handed = this.#handed.get(s.index);
+      this.#handed.delete(s.index);
+      try {
+        const w = handed ? { index: s.index, efd: handed, fired } : await wireSignal(this.dev, s.index, fired);
+        if (w) this.#add(w);
+      } catch (err) {
+        handed?.close();
+        this.hooks.log(`no ${s.name} eventfd (${s.event} unheard): ${(err as Error).message}`);
+      }
+      if (this.#closed) return;
+    }
+    this.#closeHanded(); // any the device has no irq for
+    // Quiet once the device closed meanwhile (the reads then fail for that alone).
+    await reportErrors(this.dev, (msg) => this.#closed || this.hooks.log(msg));
+  }
+
+  /**
+   * Stop reading the signals, leaving what comes in their eventfds' counts: an upgrade's transfer. An error the
+   * kernel reports then is signalled once, to these eventfds; read here it would start a recovery that resets the
+   * device under the new broker's adopted view, or never reach the new broker. Left in the count, it is read by
+   * the broker that carries on: the new one, which watches the same eventfds from its commit, or this one again
+   * after a rollback (unhold()).
+   */
+  hold(): void {
+    this.#held = true;
+    for (const w of this.#wired) w.efd.stopWatching();
+  }
+
+  unhold(): void {
+    if (!this.#held) return;
+    this.#held = false;
+    if (!this.#closed) for (const w of this.#wired) listen(w);
+  }
+
+  /** The eventfds by irq index, for the next broker (the fds stay this one's). */
+  handover(add: (fd: Fd) => number): { index: number; fd: number }[] {
+    return this.#wired.map((w) => ({ index: w.index, fd: add(w.efd.fd) }));
+  }
+
+  /** Idempotent; the device fd is closed first (while it is open, the kernel may still signal). */
+  close(): void {
+    this.#closed = true;
+    for (const w of this.#wired.splice(0)) w.efd.close();
+    this.#closeHanded();
+  }
+
+  /** Watched, unless held; closed at once if the device closed while it was being wired. */
+  #add(w: WiredSignal): void {
+    if (this.#closed) return w.efd.close();
+    this.#wired.push(w);
+    listen(w);
+    if (this.#held) w.efd.stopWatching();
+  }
+
+  #closeHanded(): void {
+    for (const efd of this.#handed.values()) efd.close();
+    this.#handed.clear();
+  }
 }
 
 /**
- * Watch a wired signal (again, after holdSignals). Level-triggered: a count left in the eventfd meanwhile is
- * read at once. The device's owner keeps the process alive; this watch alone must not.
+ * Watch a wired signal (again, after a hold). Level-triggered: a count left in the eventfd meanwhile is read at
+ * once. The device's owner keeps the process alive; this watch alone must not.
  */
-export function listen(w: WiredSignal): WiredSignal {
+function listen(w: WiredSignal): void {
   w.efd.onReadable(() => w.fired());
   w.efd.unref();
-  return w;
-}
-
-/**
- * Stop reading the signals, leaving what comes in their eventfds' counts: an upgrade's transfer. An error the
- * kernel reports then is signalled once, to these eventfds; read here it would start a recovery in a broker about
- * to hand its leases over as live, and never reach the new broker. Left in the count, it is read by whichever
- * broker carries on: the new one, which watches the same eventfds from its commit, or this one again
- * (listen) after a rollback.
- */
-export function holdSignals(wired: WiredSignal[]): void {
-  for (const w of wired) w.efd.stopWatching();
 }
 
 /**
@@ -162,7 +198,7 @@ export async function reportErrors(dev: SignalDevice, log: (msg: string) => void
 }
 
 /**
- * Wire an eventfd to the irq `index` and watch it (the kernel asks again every 10 s for REQ; every error is one
+ * Wire an eventfd to the irq `index` (the kernel asks again every 10 s for REQ; every error is one
  * more ERR, and one signalled before the eventfd was wired is never heard). Null when the device has no such irq
  * (not every VFIO bus driver offers one; vfio-pci offers ERR on PCIe devices only).
  */
@@ -175,7 +211,7 @@ async function wireSignal(dev: SignalDevice, index: number, fired: () => void): 
     efd.close();
     throw err;
   }
-  return listen({ index, efd, fired });
+  return { index, efd, fired };
 }
 
 /** Correctable, non-fatal, fatal and unsupported-request reporting: the kernel's PCI_EXP_AER_FLAGS. */

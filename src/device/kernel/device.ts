@@ -35,14 +35,8 @@ import {
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
 import { readPciIds } from '../pci-ids.js';
-import {
-  holdSignals,
-  listen,
-  reportErrors,
-  signalEmitter,
-  type WiredSignal,
-  watchDeviceSignals,
-} from './device-signals.js';
+import { DeviceSignals, reportErrors, signalEmitter } from './device-signals.js';
+import { decodeBits, restoreDecode } from './bar-restore.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
@@ -96,12 +90,10 @@ export class KernelDevice extends EventEmitter implements Device {
   readonly #barMaps = new Set<UserMemory>();
   #closed = false;
   #owned: boolean;
+  /** The command register's decode bits at open, which a reset must leave (bar-restore.ts). */
+  #decode = 0;
   /** Wired to the REQ and ERR irqs while the device is this process's (device-signals.ts). */
-  #signals: WiredSignal[] = [];
-  /** An upgrade's transfer: the signals are left unread in their eventfds (holdSignals()). */
-  #signalsHeld = false;
-  /** Adopted: the previous broker's REQ and ERR eventfds by irq index, watched from takeOver(). */
-  readonly #handedSignals: Map<number, EventFd>;
+  readonly #signals: DeviceSignals;
   /** Emits a REQ or ERR signal's event (device-signals.ts: an ERR with nobody listening is kept). */
   readonly #emitSignal = signalEmitter(this);
   /** GET_IRQ_INFO and SET_IRQS (irqs.ts: MSI/MSI-X indexes the kernel sizes once are enabled whole). */
@@ -119,7 +111,16 @@ export class KernelDevice extends EventEmitter implements Device {
     this.transport = p.domain.transport;
     this.path = { chosen: p.chosen, reason: p.reason };
     this.#owned = p.owned ?? true;
-    this.#handedSignals = p.signals ?? new Map();
+    this.#signals = new DeviceSignals(
+      this,
+      {
+        fired: (event, why) => {
+          if (!this.#closed) this.#emitSignal(event, why);
+        },
+        log: (msg) => this.#log(`${this.#name}: ${msg}`),
+      },
+      p.signals,
+    );
   }
 
   /** Read the device's info, ids and features. On failure everything in `parts` is closed. */
@@ -127,7 +128,7 @@ export class KernelDevice extends EventEmitter implements Device {
     const dev = new KernelDevice(parts);
     try {
       await dev.#init();
-      if (dev.#owned) await dev.#watchSignals();
+      if (dev.#owned) await dev.#signals.start();
     } catch (err) {
       await dev.close();
       throw err;
@@ -143,6 +144,7 @@ export class KernelDevice extends EventEmitter implements Device {
     this.numRegions = d.num_regions;
     this.numIrqs = d.num_irqs;
     this.ids = await readPciIds((off, n) => this.read(VFIO_PCI_CONFIG_REGION_INDEX, off, n));
+    this.#decode = await decodeBits(this.#config);
     this.dmaBuf = this.#probe(VFIO_DEVICE_FEATURE_DMA_BUF, VFIO_DEVICE_FEATURE_GET);
     const slices = this.dmaBuf
       ? 'BAR ranges export as dma-buf fds, but those cannot be revoked: mappable BAR slices are audited'
@@ -329,6 +331,9 @@ export class KernelDevice extends EventEmitter implements Device {
 
   async reset(): Promise<void> {
     this.#mine('reset');
+    // Before: the reset's save then holds decoded BARs, so its restore can write the MSI-X table (bar-restore.ts).
+    // After: in case the link was reset meanwhile.
+    await this.#restoreDecode();
     try {
       this.#ioctl('VFIO_DEVICE_RESET', VFIO_DEVICE_RESET, 0);
     } catch (err) {
@@ -337,8 +342,20 @@ export class KernelDevice extends EventEmitter implements Device {
         message: `${(err as Error).message}: the kernel reports no reset method for this device (no FLR, PM or bus reset)`,
       });
     }
+    await this.#restoreDecode();
     await reportErrors(this, (msg) => this.#log(`${this.#name}: ${msg}`));
   }
+
+  async #restoreDecode(): Promise<void> {
+    if (await restoreDecode(this.#config, this.#decode))
+      this.#log(`${this.#name}: the device had lost its BARs and decode (a link reset); vfio-pci restored them`);
+  }
+
+  /** The device's config space through vfio-pci (its virtual view where vfio-pci keeps one). */
+  readonly #config = {
+    read: (offset: number, count: number) => this.read(VFIO_PCI_CONFIG_REGION_INDEX, offset, count),
+    write: (offset: number, data: Uint8Array) => this.write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data),
+  };
 
   async sliceFds(_region: number, _ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]> {
     throw codedError(
@@ -375,7 +392,7 @@ export class KernelDevice extends EventEmitter implements Device {
       })),
       domain: this.domain.handover(add),
       irqsEnabled: this.#irqs.handover(),
-      signals: this.#signals.map((w) => ({ index: w.index, fd: add(w.efd.fd) })),
+      signals: this.#signals.handover(add),
     };
   }
 
@@ -393,48 +410,15 @@ export class KernelDevice extends EventEmitter implements Device {
   }
 
   /**
-   * 'release-requested' when the kernel asks for the device back, 'error-reported' when it reports an AER error
-   * of the device (device-signals.ts). Failing to wire one is logged, not fatal (the device works as before).
-   */
-  async #watchSignals(): Promise<void> {
-    const wired = await watchDeviceSignals(
-      this,
-      {
-        fired: (event, why) => {
-          if (!this.#closed) this.#emitSignal(event, why);
-        },
-        closed: () => this.#closed,
-        log: (msg) => this.#log(`${this.#name}: ${msg}`),
-      },
-      this.#handedSignals,
-    );
-    this.#closeHandedSignals(); // any the device has no irq for
-    // takeOver() does not wait for this: a close() meanwhile did not see the eventfds to close them.
-    if (this.#closed) for (const w of wired) w.efd.close();
-    else {
-      if (this.#signalsHeld) holdSignals(wired);
-      this.#signals.push(...wired);
-    }
-  }
-
-  /**
    * An upgrade's transfer: REQ and ERR are left unread in their eventfds, which the handover carries, for the
-   * broker that carries on to read (device-signals.ts, holdSignals). unholdSignals() undoes it (a rollback).
+   * broker that carries on to read (device-signals.ts, DeviceSignals.hold). unholdSignals() undoes it (a rollback).
    */
   holdSignals(): void {
-    this.#signalsHeld = true;
-    holdSignals(this.#signals);
+    this.#signals.hold();
   }
 
   unholdSignals(): void {
-    if (!this.#signalsHeld) return;
-    this.#signalsHeld = false;
-    if (!this.#closed) for (const w of this.#signals) listen(w);
-  }
-
-  #closeHandedSignals(): void {
-    for (const efd of this.#handedSignals.values()) efd.close();
-    this.#handedSignals.clear();
+    this.#signals.unhold();
   }
 
   /**
@@ -444,7 +428,7 @@ export class KernelDevice extends EventEmitter implements Device {
    */
   takeOver(): string {
     this.#owned = true;
-    void this.#watchSignals();
+    void this.#signals.start();
     this.pinnedAccounting = this.domain.takeAccounting();
     return this.pinnedAccounting;
   }
@@ -459,8 +443,7 @@ export class KernelDevice extends EventEmitter implements Device {
       for (const m of [...this.#barMaps]) m.unmap();
       this.#closed = true;
       this.#fd.close();
-      for (const w of this.#signals.splice(0)) w.efd.close();
-      this.#closeHandedSignals();
+      this.#signals.close();
       this.domain.abandon();
       this.emit('close');
       return;
@@ -474,8 +457,7 @@ export class KernelDevice extends EventEmitter implements Device {
     }
     this.#closed = true;
     this.#fd.close();
-    for (const w of this.#signals.splice(0)) w.efd.close();
-    this.#closeHandedSignals();
+    this.#signals.close();
     try {
       this.domain.close();
     } catch (err) {

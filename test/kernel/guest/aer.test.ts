@@ -68,6 +68,61 @@ test('broker: an AER error of the leased device reaches it; the client is told, 
   );
 });
 
+/** The device's config header as the hardware has it (sysfs reads the device, not vfio-pci's virtual view). */
+function hardwareHeader(): Buffer {
+  return readFileSync(`/sys/bus/pci/devices/${aerBdf}/config`).subarray(0, 0x40);
+}
+const PCI_COMMAND = 0x04;
+const PCI_COMMAND_MEMORY = 0x2;
+/** The six BAR registers. */
+const bars = (h: Buffer) => h.subarray(0x10, 0x28).toString('hex');
+/** virtio-pci (modern, QEMU's layout): the common configuration at BAR4 offset 0; device_feature at 0x04. */
+const VIRTIO_BAR = 4;
+const DEVICE_FEATURE = 0x04;
+
+// A fatal error: the kernel's AER recovery resets the link (a secondary bus reset of the root port) after it
+// signalled ERR, which clears the device's BARs, command register and MSI-X, and nothing puts them back for
+// vfio-pci (it has no slot_reset). VFIO_DEVICE_RESET saves and restores the state the device has: the cleared
+// one. The device decoded nothing any more: every BAR access read all-ones.
+test('broker: a fatal AER error (the link reset) is recovered: the device decodes its BARs again', async () => {
+  const audit: Record<string, unknown>[] = [];
+  await withGenericKernelBroker(
+    { bdf: aerBdf, auditSink: (line) => audit.push(JSON.parse(line)) },
+    async (broker, socket) => {
+      const header = hardwareHeader();
+      assert.ok(header.readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MEMORY, 'memory decode on before');
+      const lease = await connect({ socket });
+      let features: number;
+      try {
+        features = (await lease.client.regionRead(VIRTIO_BAR, DEVICE_FEATURE, 4)).readUInt32LE(0);
+        assert.notEqual(features, 0xffff_ffff, 'the device answers before the error');
+        const fatal = aerCount('fatal');
+        aerInject('MALF_TLP');
+        await until(
+          'the broker to recover the device (see the [host] aer-inject line for QEMU)',
+          () => audit.some((r) => r.event === 'device-recovered'),
+          60_000,
+        );
+        assert.equal(aerCount('fatal'), fatal + 1, 'the kernel saw one fatal error');
+        assert.equal(audit.filter((r) => r.event === 'device-error').length, 1, 'one error, one recovery');
+      } finally {
+        lease.close();
+      }
+      const after = hardwareHeader();
+      assert.equal(bars(after), bars(header), 'the BARs are back in the hardware');
+      assert.ok(after.readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MEMORY, 'memory decode on again');
+      const next = await connect({ socket });
+      try {
+        const again = (await next.client.regionRead(VIRTIO_BAR, DEVICE_FEATURE, 4)).readUInt32LE(0);
+        assert.equal(again, features, 'the device answers as before');
+      } finally {
+        next.close();
+      }
+      await until('every lease to end', () => broker.leases.all().length === 0);
+    },
+  );
+});
+
 /** The eventfds of `pid` whose count is not zero (signalled, and not read), by fd number. */
 function signalledEventFds(pid: number): Set<string> {
   const fds = new Set<string>();
