@@ -114,7 +114,9 @@ export class DeviceSignals {
       const handed = this.#handed.get(s.index);
       this.#handed.delete(s.index);
       try {
-        const w = handed ? { index: s.index, efd: handed, fired } : await wireSignal(this.dev, s.index, fired);
+        const w = handed
+          ? { index: s.index, efd: handed, fired }
+          : await wireSignal(this.dev, s.index, fired);
         if (w) this.#add(w);
       } catch (err) {
         handed?.close();
@@ -159,7 +161,10 @@ export class DeviceSignals {
 
   /** Watched, unless held; closed at once if the device closed while it was being wired. */
   #add(w: WiredSignal): void {
-    if (this.#closed) return w.efd.close();
+    if (this.#closed) {
+      w.efd.close();
+      return;
+    }
     this.#wired.push(w);
     listen(w);
     if (this.#held) w.efd.stopWatching();

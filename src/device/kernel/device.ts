@@ -35,8 +35,8 @@ import {
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
 import { readPciIds } from '../pci-ids.js';
-import { DeviceSignals, reportErrors, signalEmitter } from './device-signals.js';
 import { decodeBits, restoreDecode } from './bar-restore.js';
+import { DeviceSignals, reportErrors, signalEmitter } from './device-signals.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
@@ -348,7 +348,9 @@ export class KernelDevice extends EventEmitter implements Device {
 
   async #restoreDecode(): Promise<void> {
     if (await restoreDecode(this.#config, this.#decode))
-      this.#log(`${this.#name}: the device had lost its BARs and decode (a link reset); vfio-pci restored them`);
+      this.#log(
+        `${this.#name}: the device had lost its BARs and decode (a link reset); vfio-pci restored them`,
+      );
   }
 
   /** The device's config space through vfio-pci (its virtual view where vfio-pci keeps one). */
