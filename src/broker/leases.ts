@@ -290,13 +290,13 @@ export class LeaseTable extends EventEmitter {
   /**
    * Hold every reclaim until unhold() (an upgrade's quiesce), after those in progress have finished or parked
    * awaiting the release of their slices (an upgrade carries those: the new broker finishes them), and stop
-   * reading slice events (they stay queued: the watcher's inotify instance goes to the new broker). Rejects
-   * EBUSY, holding nothing, while a lease awaits the release of audited slices (not carried by this version).
+   * reading slice events (they stay queued: the watcher's inotify instance goes to the new broker), and stop the
+   * audit of direct slices (its entries go to the new broker).
    */
   async hold(): Promise<void> {
-    this.#refuseAwaitingDirect();
     this.#held ??= deferred();
     this.watcher.pause();
+    this.direct?.auditor.hold();
     await Promise.all([
       ...this.all().flatMap((l) =>
         l.state === 'reclaiming' && l.reclaimed ? [Promise.race([l.reclaimed, l.whenParked])] : [],
@@ -304,17 +304,6 @@ export class LeaseTable extends EventEmitter {
       // Released before the hold: their reclaim finishes (scrub, release) before anything is described.
       ...[...this.#ending].map((l) => l.reclaimed),
     ]);
-    this.#refuseAwaitingDirect();
-  }
-
-  #refuseAwaitingDirect(): void {
-    const parked = this.all().filter((l) => l.state === 'awaiting-release' && this.direct?.has(l.id));
-    if (parked.length) {
-      throw new VfioError(
-        'EBUSY',
-        `lease(s) ${parked.map((l) => l.id).join(', ')} await the release of their audited slices: upgrade once they are released`,
-      );
-    }
   }
 
   /**
@@ -343,6 +332,7 @@ export class LeaseTable extends EventEmitter {
     this.#held = null;
     this.#deferred.clear();
     this.watcher.resume();
+    this.direct?.auditor.unhold();
     held?.resolve();
   }
 

@@ -14,6 +14,7 @@
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
+import type { Fd } from '../sys/fd.js';
 import { VFIO_REGION_INFO_FLAG_MMAP } from '../vfio/uapi/vfio.js';
 import { type BarType, barTypeAt, leaseConfigSpaceOf, readBarTypes } from './config-space.js';
 import type {
@@ -182,6 +183,37 @@ export class PageSliceDriver extends EventEmitter implements Driver {
   }
 
   close(): void {}
+
+  // ---- broker upgrade (src/broker/handover): see Driver.hold/handover/adopt ----
+  // No timer or watcher of its own: hold/unhold have nothing to stop. The pages leased are the leases' own
+  // resources (given to adopt()); the state is the BAR's size, checked against a fresh read.
+
+  async hold(): Promise<void> {}
+
+  unhold(): void {}
+
+  handover(): { state: { barSize: string }; fds: Fd[] } {
+    return { state: { barSize: this.#barSize.toString() }, fds: [] };
+  }
+
+  /** The BAR read again (boot() changes nothing in the device); every page not leased, nor parked, is free. */
+  async adopt(
+    state: unknown,
+    _fds: Fd[],
+    leased: LeaseResources[],
+    parked: LeaseResources[] = [],
+  ): Promise<void> {
+    const s = state as { barSize?: unknown };
+    if (typeof s?.barSize !== 'string')
+      throw new Error(`${this.name}: the handed-over state has no BAR size`);
+    await this.boot();
+    if (this.#barSize.toString() !== s.barSize)
+      throw new Error(
+        `${this.name}: BAR${this.bar} is ${this.#barSize} bytes, the old broker had ${s.barSize}`,
+      );
+    const taken = new Set([...leased, ...parked].flatMap((r) => r.slices.map((sl) => sl.offset)));
+    this.#free = this.#free.filter((o) => !taken.has(o));
+  }
 }
 
 export const pageSliceDriverFactory: DriverFactory = {

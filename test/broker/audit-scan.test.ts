@@ -240,3 +240,52 @@ test('revoke deadline: killMappers kills at once whoever maps the slice (reclaim
     if (holder.child) killPid(holder.child);
   }
 });
+
+// A broker upgrade carries the audit (handover/format.ts, version 5): the new broker's auditor adopts the old
+// one's entries, scans nothing until the commit, and takes the other broker holding the device fd for what it
+// is. The guest test upgrades a daemon with ivshmem pages handed out (ivshmem-upgrade.test.ts).
+test('upgrade: an adopted audit is held until the commit, knows the hand-offs, and lets the other broker hold the fd', async () => {
+  const { a: before } = auditor();
+  const holder = await startMapper(0n);
+  const otherBroker = await startMapper(4n * PAGE, ['--keep-fd']); // holds the device fd, as the other broker does
+  const { a: after, audit } = auditor();
+  try {
+    before.add('l1', holder.pid, range(0n));
+    before.hold();
+    assert.equal(before.scan(), null, 'held: no scan');
+    const state = JSON.parse(JSON.stringify(before.handover()));
+    after.adopt(state);
+    after.hold(); // as the new broker is until the commit
+    after.allowBroker(otherBroker.pid);
+    assert.equal(after.scan(), null, 'held: no scan');
+    after.unhold();
+    assert.ok(after.has('l1'));
+    assert.ok(after.scan(), 'scanning from the commit');
+    assert.equal(after.stats.violations, 0, `no violation: ${JSON.stringify(audit.recent)}`);
+    let freed = false;
+    const released = after.whenUnmapped('l1', { forced: false, pollMs: 20 }).then(() => {
+      freed = true;
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(freed, false, "the holder maps its page: the adopted entry's release is awaited");
+    killPid(holder.pid);
+    await released;
+    // Once the other broker is gone, a process holding the fd is a violation again.
+    killPid(otherBroker.pid);
+    await otherBroker.exited;
+    const keeper = await startMapper(5n * PAGE, ['--keep-fd']);
+    after.scan();
+    assert.ok(
+      audit.recent.some(
+        (r) => r.event === 'audit-violation' && r.pid === keeper.pid && r.finding === 'fd-passed',
+      ),
+      'a process holding the fd is reported',
+    );
+    killPid(keeper.pid);
+  } finally {
+    before.close();
+    after.close();
+    killPid(holder.pid);
+    killPid(otherBroker.pid);
+  }
+});

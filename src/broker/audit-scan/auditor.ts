@@ -70,6 +70,21 @@ interface Entry {
   waiters: (() => void)[];
 }
 
+/** What an upgrade carries of the audit (handover/format.ts): each audited lease's entry, and what was reported. */
+export interface AuditorState {
+  entries: {
+    id: string;
+    holder: number;
+    /** Device-file offsets, decimal strings. */
+    ranges: { start: string; end: string }[];
+    handedAt: number | null;
+    settled: boolean;
+    knownMappers: number[];
+    violators: number[];
+  }[];
+  reported: string[];
+}
+
 export interface AuditorHost {
   audit: AuditLog;
   /** Take the lease back at once (action 'revoke'). */
@@ -83,6 +98,10 @@ export class SliceAuditor {
   #timer: NodeJS.Timeout | null = null;
   #scheduled = false;
   #closed = false;
+  /** An upgrade's transfer: no scan (nothing is acted on; the next broker carries the entries on). */
+  #held = false;
+  /** The other broker of an upgrade, while it lives: it holds the device fd as this one does. */
+  readonly #brokers = new Set<number>();
   /**
    * Scans run synchronously on the broker's event loop: the timer, request and release-poll paths never start
    * one before this (the last scan's end + 9 × its duration), so the audit takes at most ~10% of the broker's
@@ -154,8 +173,9 @@ export class SliceAuditor {
 
   /** One scan: checks, records violations, acts, and wakes release waiters. */
   scan(): ScanResult | null {
-    if (this.#closed || this.#entries.size === 0) return null;
-    const r = scanProc(this.target, new Set([process.pid]));
+    if (this.#closed || this.#held || this.#entries.size === 0) return null;
+    for (const pid of this.#brokers) if (!isRunning(pid)) this.#brokers.delete(pid);
+    const r = scanProc(this.target, new Set([process.pid, ...this.#brokers]));
     this.stats.scans++;
     this.stats.totalUs += r.us;
     this.stats.lastUs = r.us;
@@ -294,6 +314,61 @@ export class SliceAuditor {
       clearInterval(this.#timer);
       this.#timer = null;
     }
+  }
+
+  /**
+   * An upgrade: `pid` is the other broker (the new one, seen from the old; the old, seen from the new), which
+   * holds the device fd as this one does; no violation while it lives.
+   */
+  allowBroker(pid: number): void {
+    this.#brokers.add(pid);
+  }
+
+  /** An upgrade's transfer: scans stop until unhold() (the commit, in the new broker; a rollback, in the old). */
+  hold(): void {
+    this.#held = true;
+  }
+
+  unhold(): void {
+    if (!this.#held) return;
+    this.#held = false;
+    if (this.#entries.size) {
+      this.#ensureTimer();
+      this.request();
+    }
+  }
+
+  handover(): AuditorState {
+    return {
+      entries: [...this.#entries.values()].map((e) => ({
+        id: e.id,
+        holder: e.holder,
+        ranges: e.ranges.map((r) => ({ start: r.start.toString(), end: r.end.toString() })),
+        handedAt: e.handedAt,
+        settled: e.settled,
+        knownMappers: [...e.knownMappers],
+        violators: [...e.violators],
+      })),
+      reported: [...this.#reported],
+    };
+  }
+
+  /** The previous broker's entries (an upgrade), audited from unhold() on. */
+  adopt(state: AuditorState): void {
+    for (const h of state.entries) {
+      this.#entries.set(h.id, {
+        id: h.id,
+        holder: h.holder,
+        ranges: h.ranges.map((r) => ({ start: BigInt(r.start), end: BigInt(r.end) })),
+        handedAt: h.handedAt,
+        settled: h.settled,
+        knownMappers: new Set(h.knownMappers),
+        violators: new Set(h.violators),
+        mapped: true, // until a scan says otherwise
+        waiters: [],
+      });
+    }
+    for (const k of state.reported) this.#reported.add(k);
   }
 
   #ensureTimer(): void {

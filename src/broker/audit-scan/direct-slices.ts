@@ -18,7 +18,7 @@ import type { SliceSpec } from '../../drivers/driver.js';
 import { VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import { VFIO_PCI_ROM_REGION_INDEX } from '../../vfio/uapi/vfio.js';
-import { type AuditorHost, type DirectAuditConfig, SliceAuditor } from './auditor.js';
+import { type AuditorHost, type AuditorState, type DirectAuditConfig, SliceAuditor } from './auditor.js';
 import { identityOfFd } from './proc-scan.js';
 
 export interface SliceProvider {
@@ -29,6 +29,12 @@ export interface DirectHandOff {
   fd: Fd;
   /** Where the client mmaps its slice on `fd`. */
   offset: bigint;
+}
+
+/** What an upgrade carries (handover/format.ts): the lease regions handed out, and the audit's entries. */
+export interface DirectSlicesState {
+  handed: { lease: string; regions: number[] }[];
+  auditor: AuditorState;
 }
 
 export interface DirectLease {
@@ -71,6 +77,11 @@ export class DirectSlices implements SliceProvider {
     if (!device.directSlices || !device.directFd)
       throw new VfioError('ENOTSUP', `a ${device.transport} device hands out no device fd for direct slices`);
     return device.directFd();
+  }
+
+  /** Whether any lease has slices handed out directly (an upgrade then carries the audit). */
+  get handingOut(): boolean {
+    return this.#handed.size > 0;
   }
 
   /** Whether the lease has slices handed out directly (reclaim then waits for their observed release). */
@@ -119,6 +130,19 @@ export class DirectSlices implements SliceProvider {
   forget(id: string): void {
     this.#handed.delete(id);
     this.auditor.forget(id);
+  }
+
+  handover(): DirectSlicesState {
+    return {
+      handed: [...this.#handed].map(([lease, regions]) => ({ lease, regions: [...regions] })),
+      auditor: this.auditor.handover(),
+    };
+  }
+
+  /** The previous broker's hand-offs and audit (an upgrade): audited from the commit on (Leases.unhold). */
+  adopt(state: DirectSlicesState): void {
+    for (const h of state.handed) this.#handed.set(h.lease, new Set(h.regions));
+    this.auditor.adopt(state.auditor);
   }
 
   status(): Record<string, unknown> {

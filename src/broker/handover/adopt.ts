@@ -84,6 +84,13 @@ export function rebuild(
   // release between the old broker's count and now is seen.
   if (typeof state.leases.sliceWatch === 'number') b.leases.watcher.adopt(take(fds, state.leases.sliceWatch));
   if (state.leases.draining) b.leases.draining = true;
+  if (state.leases.direct) {
+    if (!b.leases.direct)
+      throw new Error('the state carries an audit of direct slices: this device hands none out');
+    b.leases.direct.adopt(state.leases.direct);
+  }
+  // The old broker holds the device fd until it exits: not a violation of the slice audit.
+  b.leases.direct?.auditor.allowBroker(state.broker.pid);
   for (const h of state.leases.list) {
     const lease = new Lease(h.id, h.request, h.ctx, h.resources);
     Object.assign(lease, { createdAt: h.createdAt });

@@ -102,10 +102,6 @@ export function cannotUpgrade(b: Broker): string | null {
     return `driver ${b.driver.name} cannot hand its state over`;
   if (b.device instanceof VfioUserDevice && !b.device.connected) return 'the device connection is down';
   if (b.leases.deviceGone) return 'the device connection is down';
-  // The slice audit (hand-off grace, scanned pids, schedule) is not carried: refused while it watches a lease.
-  const audited = b.leases.direct ? b.leases.all().filter((l) => b.leases.direct!.has(l.id)) : [];
-  if (audited.length)
-    return `audited slices are handed out to leases ${audited.map((l) => l.id).join(', ')}: their audit is not carried over; upgrade once they are released`;
   if (b.leases.suspended) return `grants are suspended (${b.leases.suspended})`;
   // Not in the state: a broker that reads it would never unmap them.
   const maybe = b.leases.all().filter((l) => l.maybeMaps.length > 0);
@@ -134,6 +130,8 @@ export function collect(
           return { transport: 'vfio-user', fd: add(dev.fd), state: dev.state };
         })();
   const drv = b.driver.handover!();
+  // The audit of direct slices travels once one is handed out (state version 5; format.ts).
+  const direct = b.leases.direct?.handingOut ? b.leases.direct.handover() : null;
   const kinds = b.driver.kinds();
   const listening: BrokerState['listening'] = p.servers.map((s, i) => ({
     name: kinds[i]!,
@@ -195,7 +193,7 @@ export function collect(
   }));
   const doc: BrokerState = {
     format: STATE_FORMAT,
-    version: stateVersionFor(b.device),
+    version: stateVersionFor(b.device, !!direct),
     broker: { pid: process.pid, startedAt: meta.startedAt.toISOString(), upgrades: meta.upgrades },
     device,
     driver: { name: b.driver.name, state: drv.state, fds: drv.fds.map(add) },
@@ -207,6 +205,7 @@ export function collect(
       draining: b.leases.draining,
       list,
       sliceWatch: b.leases.watcher.fd ? add(b.leases.watcher.fd) : null,
+      ...(direct ? { direct } : {}),
     },
     sessions,
     audit: { recent: b.audit.recent.slice(-100) },

@@ -11,13 +11,15 @@ import type { VfioUserDeviceHandover } from '../../device/vfio-user-device.js';
 import type { DeviceFault, LeaseRequest, LeaseResources } from '../../drivers/driver.js';
 import type { AdoptedSession } from '../../vfio/user/connection.js';
 import type { AuditRecord } from '../audit.js';
+import type { DirectSlicesState } from '../audit-scan/direct-slices.js';
 import type { LeaseMapping, LeaseState } from '../lease.js';
 import type { CallerContext } from '../policy.js';
 import type { SessionPciState } from '../session-state.js';
 
 export const STATE_FORMAT = 'devlease-broker-state';
 /**
- * This broker writes version 3 for a vfio-user device and version 4 for a kernel one, and reads 1 to 4.
+ * This broker writes version 3 for a vfio-user device and version 4 (5 with audited slices handed out) for a
+ * kernel one, and reads 1 to 5.
  * - Version 2 added `device.transport: 'kernel'`: a version-1 reader would take its device for a vfio-user
  *   connection, so it must refuse such a document (at the hello, before anything is held).
  * - Versions 3 and 4 (3: vfio-user, 4: kernel) changed what a socket's `partial` holds: the stream socket reads
@@ -28,11 +30,18 @@ export const STATE_FORMAT = 'devlease-broker-state';
  */
 export const STATE_VERSION = 3;
 export const KERNEL_STATE_VERSION = 4;
-export const READABLE_VERSIONS = [1, 2, 3, 4];
+/**
+ * Version 5 (kernel): `leases.direct`, the audit of direct slices handed out. A reader of 4 would serve those
+ * leases unaudited and finish a reclaim awaiting their release at once (scrubbing a page still mapped), so a
+ * document with audited slices handed out is 5; without, it stays 4 (older brokers read it).
+ */
+export const KERNEL_AUDITED_STATE_VERSION = 5;
+export const READABLE_VERSIONS = [1, 2, 3, 4, 5];
 
-/** The version a document about this device is written in. */
-export function stateVersionFor(device: { transport: string }): number {
-  return device.transport.startsWith('kernel') ? KERNEL_STATE_VERSION : STATE_VERSION;
+/** The version a document about this device is written in (`audited`: direct slices are handed out). */
+export function stateVersionFor(device: { transport: string }, audited = false): number {
+  if (!device.transport.startsWith('kernel')) return STATE_VERSION;
+  return audited ? KERNEL_AUDITED_STATE_VERSION : KERNEL_STATE_VERSION;
 }
 
 export interface HandedLease {
@@ -105,7 +114,14 @@ export interface BrokerState {
    * is missed): the fd of the slice watcher's inotify instance, its unread events queued for the new broker.
    * A lease 'awaiting-release' is reclaimed again by the new broker (the steps are idempotent) and waits there.
    */
-  leases: { nextId: number; draining: boolean; list: HandedLease[]; sliceWatch?: number | null };
+  leases: {
+    nextId: number;
+    draining: boolean;
+    list: HandedLease[];
+    sliceWatch?: number | null;
+    /** The audit of direct slices handed out (kernel; version 5, absent before). */
+    direct?: DirectSlicesState;
+  };
   sessions: HandedSession[];
   audit: { recent: AuditRecord[] };
 }

@@ -83,6 +83,8 @@ export async function upgrade(
     native.closesResume();
   }
   theirFd.close();
+  // It holds the device fd as this broker does: not a violation of the slice audit (after a rollback, until gone).
+  if (child.pid) b.leases.direct?.auditor.allowBroker(child.pid);
   // Why the new broker is gone, once it is; a rollback waits for `gone` before it reads the device again.
   let exited: string | null = null;
   const gone = new Promise<void>((resolve) => {
@@ -136,7 +138,7 @@ export async function upgrade(
   const hello = await wire.next(deadline);
   if (typeof hello === 'string') return rollback(explain(hello));
   const versions = hello.msg['versions'];
-  const version = stateVersionFor(b.device);
+  const version = stateVersionFor(b.device, !!b.leases.direct?.handingOut);
   if (hello.msg.t !== 'hello' || !Array.isArray(versions) || !versions.includes(version))
     return rollback(
       `the new broker does not read state version ${version} (it reads ${JSON.stringify(versions)})`,
@@ -147,6 +149,11 @@ export async function upgrade(
     await hold(b, parts, opts.viaAdmin ? 1 : 0, deadline);
     held = true;
     const { doc, fds } = collect(b, parts, meta);
+    // Direct slices handed out after the hello make the document one the new broker may not read.
+    if (!versions.includes(doc.version))
+      throw new Error(
+        `the new broker does not read state version ${doc.version} (it reads ${JSON.stringify(versions)})`,
+      );
     wire.sendState(encodeState(doc), fds, () => testStop('mid-transfer'));
     testStop('transferred');
   } catch (err) {
