@@ -296,7 +296,6 @@ export class LeaseTable extends EventEmitter {
   async hold(): Promise<void> {
     this.#held ??= deferred();
     this.watcher.pause();
-    this.direct?.auditor.hold();
     await Promise.all([
       ...this.all().flatMap((l) =>
         l.state === 'reclaiming' && l.reclaimed ? [Promise.race([l.reclaimed, l.whenParked])] : [],
@@ -304,6 +303,8 @@ export class LeaseTable extends EventEmitter {
       // Released before the hold: their reclaim finishes (scrub, release) before anything is described.
       ...[...this.#ending].map((l) => l.reclaimed),
     ]);
+    // After those: a reclaim in progress waits on a scan to see its audited slices released.
+    this.direct?.auditor.hold();
   }
 
   /**

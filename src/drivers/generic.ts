@@ -229,7 +229,12 @@ export class GenericDriver extends EventEmitter implements Driver {
    * Take the device as the old broker left it: read what boot() reads (it changes nothing in the device) and
    * check it agrees with what the old broker had, then carry on its lease and quarantine.
    */
-  async adopt(state: unknown, _fds: Fd[], leased: LeaseResources[]): Promise<void> {
+  async adopt(
+    state: unknown,
+    _fds: Fd[],
+    leased: LeaseResources[],
+    parked: LeaseResources[] = [],
+  ): Promise<void> {
     const s = state as GenericHandoverState;
     if (!s || !Array.isArray(s.bars)) throw new Error('generic: the handed-over state has no BARs');
     await this.boot();
@@ -239,8 +244,13 @@ export class GenericDriver extends EventEmitter implements Driver {
         throw new Error(
           `generic: the device's ${key} read ${JSON.stringify(now[key])}, the old broker had ${JSON.stringify(s[key])}`,
         );
-    if (leased.length && !s.leased)
-      throw new Error('generic: a lease is handed over but the driver had the device free');
+    const held = leased.length + parked.length > 0;
+    if (held !== s.leased)
+      throw new Error(
+        held
+          ? 'generic: a lease is handed over but the driver had the device free'
+          : 'generic: the driver had the device leased but no lease is handed over',
+      );
     this.#leased = s.leased;
     this.#quarantined = s.quarantined;
   }

@@ -186,14 +186,14 @@ export class PageSliceDriver extends EventEmitter implements Driver {
 
   // ---- broker upgrade (src/broker/handover): see Driver.hold/handover/adopt ----
   // No timer or watcher of its own: hold/unhold have nothing to stop. The pages leased are the leases' own
-  // resources (given to adopt()); the state is the BAR's size, checked against a fresh read.
+  // resources (given to adopt()); the state is the BAR's size, checked against a fresh read, and the page size.
 
   async hold(): Promise<void> {}
 
   unhold(): void {}
 
-  handover(): { state: { barSize: string }; fds: Fd[] } {
-    return { state: { barSize: this.#barSize.toString() }, fds: [] };
+  handover(): { state: { barSize: string; pageSize: string }; fds: Fd[] } {
+    return { state: { barSize: this.#barSize.toString(), pageSize: this.#page.toString() }, fds: [] };
   }
 
   /** The BAR read again (boot() changes nothing in the device); every page not leased, nor parked, is free. */
@@ -203,9 +203,14 @@ export class PageSliceDriver extends EventEmitter implements Driver {
     leased: LeaseResources[],
     parked: LeaseResources[] = [],
   ): Promise<void> {
-    const s = state as { barSize?: unknown };
+    const s = state as { barSize?: unknown; pageSize?: unknown };
     if (typeof s?.barSize !== 'string')
       throw new Error(`${this.name}: the handed-over state has no BAR size`);
+    // The config may change at an upgrade; the pages leased are cut in the old size.
+    if (s.pageSize !== this.#page.toString())
+      throw new Error(
+        `${this.name}: [layout] page_size is ${this.#page}, the old broker leased pages of ${String(s.pageSize)}`,
+      );
     await this.boot();
     if (this.#barSize.toString() !== s.barSize)
       throw new Error(

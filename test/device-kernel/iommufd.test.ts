@@ -74,13 +74,14 @@ test('by PCI address: opens the cdev and /dev/iommu, binds, allocates an IOAS, a
       rec.argOf(NR.IOMMU_IOAS_MAP_FILE),
       le([4, 40], [4, 1 << 2], [4, IOAS_ID], [4, -1], [8, 0], [8, 4096], [8, 0]),
     );
-    // Then the device itself: info, config space ids, the dma-buf probe, the REQ and ERR irqs wired
-    // (device-signals.ts).
+    // Then the device itself: info, config space ids, the command register's decode bits (bar-restore.ts), the
+    // dma-buf probe, the REQ and ERR irqs wired (device-signals.ts).
     assert.deepEqual(rec.lines(9), [
       `ioctl ${IOMMU} ${hex(NR.IOMMU_IOAS_MAP_FILE)}`,
       `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_GET_INFO)}`,
       `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_GET_REGION_INFO)}`,
       `pread ${CDEV} 0x${regionOffset(7).toString(16)}`,
+      `pread ${CDEV} 0x${(regionOffset(7) + 4n).toString(16)}`,
       `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_FEATURE)}`,
       `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_GET_IRQ_INFO)}`,
       `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_SET_IRQS)}`,

@@ -49,8 +49,8 @@ test('gpio-pci-idio-16 behind devlease daemon: the generic driver is upgraded li
 
     // The same lease, through the new broker, on the device as the lease left it.
     assert.equal(await input(0x1), 0xfe, 'the count kept');
-    // Pin 0's bit is set again at its third count (daemon-gpio.test.ts): a device reset on the way would have
-    // left it clear at this, the second count since.
+    // Pin 0's bit is set again at its third count (daemon-gpio.test.ts). (The sample keeps its counts across a
+    // reset; that nothing reset or recovered the device is the audit's word, below.)
     await lease.client.regionWrite(GPIO_BAR, 0x0, Uint8Array.of(0x01));
     assert.equal(await input(0x1), 0xfe, 'pin 0 at 2');
     await lease.client.regionWrite(GPIO_BAR, 0x0, Uint8Array.of(0x01));
@@ -61,6 +61,12 @@ test('gpio-pci-idio-16 behind devlease daemon: the generic driver is upgraded li
       [lease.info.lease],
     );
     assert.equal(disconnected, false, 'the client saw no disconnect');
+    const audit = (await request({ op: 'audit' })) as { event: string }[];
+    assert.deepEqual(
+      audit.filter((e) => /reset|recover|reclaim/.test(e.event)).map((e) => e.event),
+      [],
+      'no reset, recovery or reclaim on the way',
+    );
     // The new broker's driver took the lease over: the device is still leased to it alone.
     await assert.rejects(connect({ socket }), /leased whole to another client/);
   } finally {

@@ -295,7 +295,8 @@ export class SliceAuditor {
     if (!e) return;
     if (opts.forced) this.killMappers(id);
     else this.scan();
-    if (!e.mapped) return;
+    // Held, no scan ran: what the entry says may be stale; the first scan after unhold() decides.
+    if (!e.mapped && !this.#held) return;
     const poll = setInterval(() => this.request(), opts.pollMs ?? Math.min(this.config.periodMs, 200));
     try {
       await new Promise<void>((resolve) => e.waiters.push(resolve));

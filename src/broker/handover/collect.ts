@@ -84,7 +84,13 @@ export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadl
 /** Undo hold(): everything carries on as before (a rollback). Idempotent. */
 export function resume(b: Broker, p: BrokerParts): void {
   if (b.device instanceof VfioUserDevice) b.device.client.socket.resume();
-  if (b.device instanceof KernelDevice) b.device.unholdSignals();
+  if (b.device instanceof KernelDevice) {
+    try {
+      b.device.unholdSignals();
+    } catch (err) {
+      b.log(`resuming the device's REQ/ERR watch: ${(err as Error).message}`);
+    }
+  }
   b.driver.unhold?.();
   b.leases.unhold();
   for (const s of p.servers) for (const c of s.connections) c.unhold();

@@ -119,7 +119,6 @@ export class DeviceSignals {
           : await wireSignal(this.dev, s.index, fired);
         if (w) this.#add(w);
       } catch (err) {
-        handed?.close();
         this.hooks.log(`no ${s.name} eventfd (${s.event} unheard): ${(err as Error).message}`);
       }
       if (this.#closed) return;
@@ -159,14 +158,17 @@ export class DeviceSignals {
     this.#closeHanded();
   }
 
-  /** Watched, unless held; closed at once if the device closed while it was being wired. */
+  /** Watched, unless held; closed at once if the device closed while it was being wired, or if it cannot be. */
   #add(w: WiredSignal): void {
-    if (this.#closed) {
+    try {
+      if (this.#closed) throw new Error('closed');
+      listen(w);
+    } catch (err) {
       w.efd.close();
-      return;
+      if (this.#closed) return;
+      throw err;
     }
     this.#wired.push(w);
-    listen(w);
     if (this.#held) w.efd.stopWatching();
   }
 

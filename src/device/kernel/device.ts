@@ -60,6 +60,8 @@ export interface KernelDeviceParts {
   owned?: boolean;
   /** Carried over: the previous broker's REQ and ERR eventfds by irq index, owned from here (watched at takeOver()). */
   signals?: Map<number, EventFd>;
+  /** Carried over: the decode bits the device had when the previous broker opened it (not read again). */
+  decode?: number;
 }
 
 export class KernelDevice extends EventEmitter implements Device {
@@ -92,6 +94,7 @@ export class KernelDevice extends EventEmitter implements Device {
   #owned: boolean;
   /** The command register's decode bits at open, which a reset must leave (bar-restore.ts). */
   #decode = 0;
+  readonly #carriedDecode: number | undefined;
   /** Wired to the REQ and ERR irqs while the device is this process's (device-signals.ts). */
   readonly #signals: DeviceSignals;
   /** Emits a REQ or ERR signal's event (device-signals.ts: an ERR with nobody listening is kept). */
@@ -111,6 +114,7 @@ export class KernelDevice extends EventEmitter implements Device {
     this.transport = p.domain.transport;
     this.path = { chosen: p.chosen, reason: p.reason };
     this.#owned = p.owned ?? true;
+    this.#carriedDecode = p.decode;
     this.#signals = new DeviceSignals(
       this,
       {
@@ -144,7 +148,8 @@ export class KernelDevice extends EventEmitter implements Device {
     this.numRegions = d.num_regions;
     this.numIrqs = d.num_irqs;
     this.ids = await readPciIds((off, n) => this.read(VFIO_PCI_CONFIG_REGION_INDEX, off, n));
-    this.#decode = await decodeBits(this.#config);
+    // Carried over by an upgrade rather than read: a link reset may have cleared them since.
+    this.#decode = this.#carriedDecode ?? (await decodeBits(this.#config));
     this.dmaBuf = this.#probe(VFIO_DEVICE_FEATURE_DMA_BUF, VFIO_DEVICE_FEATURE_GET);
     const slices = this.dmaBuf
       ? 'BAR ranges export as dma-buf fds, but those cannot be revoked: mappable BAR slices are audited'
@@ -331,9 +336,11 @@ export class KernelDevice extends EventEmitter implements Device {
 
   async reset(): Promise<void> {
     this.#mine('reset');
-    // Before: the reset's save then holds decoded BARs, so its restore can write the MSI-X table (bar-restore.ts).
-    // After: in case the link was reset meanwhile.
-    await this.#restoreDecode();
+    // Before: the reset's save then holds decoded BARs, so its restore can write the MSI-X table (bar-restore.ts);
+    // failing, the reset runs still. After: in case the link was reset meanwhile.
+    await this.#restoreDecode().catch((err: Error) =>
+      this.#log(`${this.#name}: the command register before the reset: ${err.message}`),
+    );
     try {
       this.#ioctl('VFIO_DEVICE_RESET', VFIO_DEVICE_RESET, 0);
     } catch (err) {
@@ -395,6 +402,7 @@ export class KernelDevice extends EventEmitter implements Device {
       domain: this.domain.handover(add),
       irqsEnabled: this.#irqs.handover(),
       signals: this.#signals.handover(add),
+      decode: this.#decode,
     };
   }
 

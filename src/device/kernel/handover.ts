@@ -38,6 +38,8 @@ export interface KernelDeviceHandover {
   irqsEnabled?: number[];
   /** The REQ and ERR eventfds wired to the device, by irq index (absent from an older broker: wired anew). */
   signals?: { index: number; fd: number }[];
+  /** The command register's decode bits at the first open (absent from an older broker: read at adoption). */
+  decode?: number;
 }
 
 /** Rebuild the device from a handover; `take` hands over the fd of an index. Checks it still agrees. */
@@ -71,6 +73,7 @@ export async function adoptKernelDevice(
     reason: 'carried over from the previous broker process (upgrade)',
     owned: false,
     signals,
+    ...(h.decode !== undefined ? { decode: h.decode } : {}),
     ...(opts.log ? { log: opts.log } : {}),
   });
   try {

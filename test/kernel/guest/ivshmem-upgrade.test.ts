@@ -61,8 +61,9 @@ test('upgrade with audited pages handed out: the new broker audits them, awaits 
       .filter((l) => l.startsWith('{"time"'))
       .map((l) => JSON.parse(l) as Record<string, unknown>)
       .filter((r) => r.event === event);
-  const stateOf = async (id: string) =>
-    ((await d.request({ op: 'leases' })) as { id: string; state: string }[]).find((l) => l.id === id)?.state;
+  const leases = async () =>
+    (await d.request({ op: 'leases' })) as { id: string; state: string; queue: number }[];
+  const stateOf = async (id: string) => (await leases()).find((l) => l.id === id)?.state;
   try {
     const socket = d.socket('page');
     const oldPid = (await d.request({ op: 'status' })).pid as number;
@@ -91,6 +92,13 @@ test('upgrade with audited pages handed out: the new broker audits them, awaits 
     assert.deepEqual(records('audit-violation'), [], 'no violation: not the brokers, not the clients');
     assert.equal(await stateOf(parkedId), 'awaiting-release', 'the forked child maps the page still');
     assert.equal(await stateOf(String(live.first.lease)), 'active');
+    // The page-slice driver took both pages as leased: a new lease gets a third.
+    const third = await startClient(socket, 'good', 0x77);
+    const pages = new Map((await leases()).map((l) => [l.id, l.queue]));
+    const thirdPage = pages.get(String(third.first.lease));
+    assert.ok(thirdPage !== undefined && thirdPage !== pages.get(parkedId), 'not the parked page');
+    assert.notEqual(thirdPage, pages.get(String(live.first.lease)), 'not the live page');
+    third.proc.kill('SIGKILL');
     process.kill(child, 'SIGKILL');
     await until('the parked lease to be released', async () => (await stateOf(parkedId)) === undefined);
 
