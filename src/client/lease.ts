@@ -299,7 +299,11 @@ export class Lease extends EventEmitter {
 
   async #notice(index: number): Promise<void> {
     if (this.#closed) return;
+    // Read from its eventfd, not yet reported: a hang-up meanwhile reports it (#onDisconnect), in order.
+    if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errUnreported = true;
     const info = await this.refreshInfo().catch(() => null);
+    if (this.#closed) return;
+    if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errUnreported = false;
     if (index === VFIO_PCI_REQ_IRQ_INDEX) {
       this.emit('revoke-requested', { deadline: info?.deadline ?? Date.now() });
     } else if (info && info.faultsTotal > this.#faultsSeen) {
@@ -313,6 +317,9 @@ export class Lease extends EventEmitter {
       this.emit('device-reset');
     }
   }
+
+  /** An ERR notice read whose info refresh is still out (#notice). */
+  #errUnreported = false;
 
   #onDisconnect(): void {
     if (this.#closed) return;
@@ -328,7 +335,7 @@ export class Lease extends EventEmitter {
       // connection's close handler (the fail-nth walk of revoke), and the lease was never torn down.
     }
     this.#teardown();
-    if (errPending) this.emit('device-reset');
+    if (errPending || this.#errUnreported) this.emit('device-reset');
     if (wasRevoking) this.emit('revoked');
     this.emit('disconnected', 'the broker closed the session');
   }
