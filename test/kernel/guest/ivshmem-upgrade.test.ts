@@ -4,17 +4,14 @@
 // processes seen mapping its page legitimately — so the new broker goes on auditing where the old one stopped.
 // Before, the upgrade was refused while any page was handed out.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { trackFdLeaks } from '../../helpers/fds.js';
 import { Daemon, sleep, until } from './fixtures/daemon.js';
 import { inKernelGuest } from './fixtures/guest.js';
+import { startIvshmemClient } from './fixtures/ivshmem-clients.js';
 
-const client = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'ivshmem-client.js');
 const procs: ChildProcess[] = [];
 
 after(async () => {
@@ -24,27 +21,8 @@ after(trackFdLeaks());
 
 inKernelGuest('ivshmem-plain bound to vfio-pci', 'DEVLEASE_IVSHMEM_BDF');
 
-/** An ivshmem-client (fixtures/ivshmem-client.ts) in `mode`, once it printed its first line. */
-async function startClient(socket: string, mode: string, byte: number) {
-  const proc = spawn(process.execPath, [client, socket, mode, String(byte)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  procs.push(proc);
-  let stderr = '';
-  proc.stderr!.on('data', (d) => {
-    stderr += d;
-  });
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const first = await Promise.race([
-    new Promise<Record<string, unknown>>((resolve) =>
-      createInterface({ input: proc.stdout! }).once('line', (l) => resolve(JSON.parse(l))),
-    ),
-    exited.then(() => {
-      throw new Error(`ivshmem-client ${mode} exited before it was set up: ${stderr}`);
-    }),
-  ]);
-  return { proc, first, exited };
-}
+const startClient = (socket: string, mode: string, byte: number) =>
+  startIvshmemClient(procs, socket, mode, byte);
 
 test('upgrade with audited pages handed out: the new broker audits them, awaits a parked release, catches a kept fd', async () => {
   const d = new Daemon({

@@ -8,7 +8,6 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Broker } from '../../../src/broker/broker.js';
@@ -16,6 +15,7 @@ import { configFromObject } from '../../../src/broker/config.js';
 import type { KernelDevice } from '../../../src/device/kernel/device.js';
 import { openKernelDevice } from '../../../src/device/kernel/open.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
+import { type StartedClient, startIvshmemClient } from './fixtures/ivshmem-clients.js';
 
 const bdf = process.env.DEVLEASE_IVSHMEM_BDF ?? '';
 const backingFile = process.env.DEVLEASE_IVSHMEM_FILE ?? '';
@@ -74,48 +74,10 @@ after(async () => {
   await leakCheck();
 });
 
-interface Started {
-  proc: ChildProcess;
-  first: Record<string, unknown>;
-  lines: Record<string, unknown>[];
-  exited: Promise<void>;
-}
+type Started = StartedClient;
 
-async function start(mode: string, byte = 0x5a): Promise<Started> {
-  const proc = spawn(process.execPath, [client, socket, mode, String(byte)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  procs.push(proc);
-  let stderr = '';
-  proc.stderr!.on('data', (d) => {
-    stderr += d;
-  });
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const lines: Record<string, unknown>[] = [];
-  let first: (v: Record<string, unknown>) => void;
-  const got = new Promise<Record<string, unknown>>((r) => {
-    first = r;
-  });
-  createInterface({ input: proc.stdout! }).on('line', (l) => {
-    const v = JSON.parse(l) as Record<string, unknown>;
-    lines.push(v);
-    if (lines.length === 1) first(v);
-  });
-  const v = await Promise.race([
-    got,
-    exited.then(() => {
-      const why = proc.signalCode ?? `status ${proc.exitCode}`;
-      const recent = JSON.stringify(audit.slice(-4));
-      throw new Error(
-        `ivshmem-client ${mode} exited (${why}) before it was set up: ${stderr}\naudit: ${recent}`,
-      );
-    }),
-    sleep(120_000).then(() => {
-      throw new Error(`ivshmem-client ${mode} not set up in 120 s`);
-    }),
-  ]);
-  return { proc, first: v, lines, exited };
-}
+const start = (mode: string, byte = 0x5a): Promise<Started> =>
+  startIvshmemClient(procs, socket, mode, byte, () => `\naudit: ${JSON.stringify(audit.slice(-4))}`);
 
 async function until(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
   const end = Date.now() + ms;
