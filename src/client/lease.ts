@@ -300,10 +300,12 @@ export class Lease extends EventEmitter {
   async #notice(index: number): Promise<void> {
     if (this.#closed) return;
     // Read from its eventfd, not yet reported: a hang-up meanwhile reports it (#onDisconnect), in order.
-    if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errUnreported = true;
+    const unreported =
+      index === VFIO_PCI_ERR_IRQ_INDEX ? 'err' : index === VFIO_PCI_REQ_IRQ_INDEX ? 'req' : null;
+    if (unreported) this.#unreported[unreported]++;
     const info = await this.refreshInfo().catch(() => null);
+    if (unreported) this.#unreported[unreported]--;
     if (this.#closed) return;
-    if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errUnreported = false;
     if (index === VFIO_PCI_REQ_IRQ_INDEX) {
       this.emit('revoke-requested', { deadline: info?.deadline ?? Date.now() });
     } else if (info && info.faultsTotal > this.#faultsSeen) {
@@ -318,12 +320,13 @@ export class Lease extends EventEmitter {
     }
   }
 
-  /** An ERR notice read whose info refresh is still out (#notice). */
-  #errUnreported = false;
+  /** ERR and REQ notices read whose info refresh is still out (#notice): two may overlap. */
+  readonly #unreported = { err: 0, req: 0 };
 
   #onDisconnect(): void {
     if (this.#closed) return;
-    const wasRevoking = this.info.state === 'revoking' || this.revoked;
+    // A revoke notice read and not yet reported: the hang-up is its end.
+    const wasRevoking = this.info.state === 'revoking' || this.revoked || this.#unreported.req > 0;
     // On a device hang or reset the broker signals ERR and closes the session at once: when the hang-up is
     // seen first, the notice still sits in its eventfd. Report it, or the client would hear only 'disconnected'.
     let errPending: bigint | null = null;
@@ -335,7 +338,7 @@ export class Lease extends EventEmitter {
       // connection's close handler (the fail-nth walk of revoke), and the lease was never torn down.
     }
     this.#teardown();
-    if (errPending || this.#errUnreported) this.emit('device-reset');
+    if (errPending || this.#unreported.err > 0) this.emit('device-reset');
     if (wasRevoking) this.emit('revoked');
     this.emit('disconnected', 'the broker closed the session');
   }

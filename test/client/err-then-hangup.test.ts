@@ -6,10 +6,11 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { after, test } from 'node:test';
 import { connect } from '../../src/client/lease.js';
-import { type Fd, native } from '../../src/sys/index.js';
+import { type Fd, native, type StreamSocket } from '../../src/sys/index.js';
 import { VFIO_PCI_ERR_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
+import { encodeReply, type VfioUserMessage } from '../../src/vfio/user/codec.js';
 import * as P from '../../src/vfio/user/protocol.js';
-import { fakeLeaseBroker } from '../helpers/fake-lease-broker.js';
+import { fakeLeaseBroker, LEASE_INFO } from '../helpers/fake-lease-broker.js';
 import { assertNoFdLeak, trackFdLeaks } from '../helpers/fds.js';
 import { within } from '../helpers/within.js';
 
@@ -51,6 +52,73 @@ test('an ERR notice whose info refresh meets the hang-up: device-reset, then dis
           'the reset',
         );
         assert.deepEqual(heard, ['device-reset', 'disconnected']);
+      } finally {
+        lease.close();
+      }
+    } finally {
+      (err as Fd | null)?.close();
+      broker.close();
+    }
+  });
+});
+
+// Two notices overlap: a fault's (its refresh answered late) and a reset's (its refresh met by the hang-up). The
+// first one's answer must not take the second for reported.
+test('two ERR notices overlap, the second met by the hang-up: device-fault, device-reset, then disconnected', async () => {
+  await assertNoFdLeak(async () => {
+    let err: Fd | null = null;
+    let armed = false;
+    let held: { sock: StreamSocket; msg: VfioUserMessage } | null = null;
+    const faulted = {
+      ...LEASE_INFO,
+      faults: [{ queue: 0, code: 3, name: 'WINDOW_VIOLATION', address: '0x1000' }],
+      faultsTotal: 1,
+    };
+    const broker = fakeLeaseBroker({
+      fault: (sock, msg, received) => {
+        const index = new DataView(msg.payload.buffer, msg.payload.byteOffset).getUint32(8, true);
+        if (msg.command === P.VFIO_USER_DEVICE_SET_IRQS && index === VFIO_PCI_ERR_IRQ_INDEX) {
+          err?.close();
+          err = received.fds[0]?.dup() ?? null;
+        }
+        if (!armed || msg.command !== P.VFIO_USER_REGION_READ) return false;
+        if (!held) {
+          held = { sock, msg }; // the first notice's refresh: answered once the second asks
+          return true;
+        }
+        // The second notice's refresh: the first is answered (a fault), then the session hangs up.
+        const b = Buffer.from(
+          held.msg.payload.buffer,
+          held.msg.payload.byteOffset,
+          held.msg.payload.byteLength,
+        );
+        const info = Buffer.alloc(16384);
+        info.write(JSON.stringify(faulted));
+        const data = info.subarray(
+          Number(b.readBigUInt64LE(0)),
+          Number(b.readBigUInt64LE(0)) + b.readUInt32LE(12),
+        );
+        sock.send(encodeReply(held.msg.msgId, held.msg.command, Buffer.concat([b.subarray(0, 16), data])));
+        sock.close();
+        return true;
+      },
+    });
+    try {
+      const lease = await within(connect({ socket: broker.socket, timeoutMs: 2000 }), 'connect');
+      const heard: string[] = [];
+      for (const ev of ['device-fault', 'device-reset', 'disconnected']) lease.on(ev, () => heard.push(ev));
+      try {
+        armed = true;
+        native.eventfdWrite((err as Fd | null)!.fd, 1n);
+        await within(
+          (async () => {
+            while (!held) await new Promise((r) => setTimeout(r, 5));
+          })(),
+          'the first refresh',
+        );
+        native.eventfdWrite((err as Fd | null)!.fd, 1n);
+        await within(once(lease, 'disconnected'), 'the hang-up');
+        assert.deepEqual(heard, ['device-fault', 'device-reset', 'disconnected']);
       } finally {
         lease.close();
       }

@@ -143,7 +143,16 @@ export class DeviceSignals {
   unhold(): void {
     if (!this.#held) return;
     this.#held = false;
-    if (!this.#closed) for (const w of this.#wired) listen(w);
+    if (this.#closed) return;
+    for (const w of this.#wired) {
+      try {
+        listen(w);
+      } catch (err) {
+        this.hooks.log(
+          `index ${w.index}: its eventfd cannot be watched again (unheard): ${(err as Error).message}`,
+        );
+      }
+    }
   }
 
   /** The eventfds by irq index, for the next broker (the fds stay this one's). */

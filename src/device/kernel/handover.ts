@@ -73,7 +73,8 @@ export async function adoptKernelDevice(
     reason: 'carried over from the previous broker process (upgrade)',
     owned: false,
     signals,
-    ...(h.decode !== undefined ? { decode: h.decode } : {}),
+    // The command register's memory and I/O decode bits (0..3); anything else is read again.
+    ...(Number.isInteger(h.decode) && h.decode! >= 0 && h.decode! <= 3 ? { decode: h.decode! } : {}),
     ...(opts.log ? { log: opts.log } : {}),
   });
   try {
