@@ -7,10 +7,9 @@ import { once } from 'node:events';
 import { after, test } from 'node:test';
 import { connect } from '../../src/client/lease.js';
 import { type Fd, native, type StreamSocket } from '../../src/sys/index.js';
-import { VFIO_PCI_ERR_IRQ_INDEX } from '../../src/vfio/uapi/vfio.js';
 import { encodeReply, type VfioUserMessage } from '../../src/vfio/user/codec.js';
 import * as P from '../../src/vfio/user/protocol.js';
-import { fakeLeaseBroker, LEASE_INFO } from '../helpers/fake-lease-broker.js';
+import { errEventfdOf, fakeLeaseBroker, LEASE_INFO } from '../helpers/fake-lease-broker.js';
 import { assertNoFdLeak, trackFdLeaks } from '../helpers/fds.js';
 import { within } from '../helpers/within.js';
 
@@ -23,10 +22,10 @@ test('an ERR notice whose info refresh meets the hang-up: device-reset, then dis
     let hangUpOnRead = false;
     const broker = fakeLeaseBroker({
       fault: (sock, msg, received) => {
-        const index = new DataView(msg.payload.buffer, msg.payload.byteOffset).getUint32(8, true);
-        if (msg.command === P.VFIO_USER_DEVICE_SET_IRQS && index === VFIO_PCI_ERR_IRQ_INDEX) {
+        const wired = errEventfdOf(msg, received);
+        if (wired) {
           err?.close();
-          err = received.fds[0]?.dup() ?? null;
+          err = wired;
         }
         // The info refresh the notice asks for: the broker hangs up instead (its reclaim closed the session).
         if (hangUpOnRead && msg.command === P.VFIO_USER_REGION_READ) {
@@ -76,10 +75,10 @@ test('two ERR notices overlap, the second met by the hang-up: device-fault, devi
     };
     const broker = fakeLeaseBroker({
       fault: (sock, msg, received) => {
-        const index = new DataView(msg.payload.buffer, msg.payload.byteOffset).getUint32(8, true);
-        if (msg.command === P.VFIO_USER_DEVICE_SET_IRQS && index === VFIO_PCI_ERR_IRQ_INDEX) {
+        const wired = errEventfdOf(msg, received);
+        if (wired) {
           err?.close();
-          err = received.fds[0]?.dup() ?? null;
+          err = wired;
         }
         if (!armed || msg.command !== P.VFIO_USER_REGION_READ) return false;
         if (!held) {

@@ -180,6 +180,13 @@ export function serveFakeLease(
   }
 }
 
+/** The ERR eventfd a client's SET_IRQS wires (vfio_irq_set's index at 8), as a dup the caller closes; else null. */
+export function errEventfdOf(msg: VfioUserMessage, received: ReceivedMessage): Fd | null {
+  if (msg.command !== P.VFIO_USER_DEVICE_SET_IRQS || u32(msg.payload, 8) !== VFIO_PCI_ERR_IRQ_INDEX)
+    return null;
+  return received.fds[0]?.dup() ?? null;
+}
+
 /**
  * A broker that lists faults without counting them (its info has no faultsTotal: one from before the count).
  * list(n) makes the info list n WINDOW_VIOLATIONs, at 0x1000, 0x2000, …, and signals the lease's ERR eventfd as
@@ -193,10 +200,11 @@ export function uncountingBroker(opts: FakeBrokerOptions = {}): FakeBroker & { l
     ...opts,
     info: () => ({ ...info, faults }),
     fault: (sock, msg, received) => {
-      // SET_IRQS of ERR (vfio_irq_set's index at 8): keep its eventfd; the well-formed answer is sent still.
-      if (msg.command === P.VFIO_USER_DEVICE_SET_IRQS && u32(msg.payload, 8) === VFIO_PCI_ERR_IRQ_INDEX) {
+      // Keep the ERR eventfd; the well-formed answer is sent still.
+      const wired = errEventfdOf(msg, received);
+      if (wired) {
         err?.close();
-        err = received.fds[0]?.dup() ?? null;
+        err = wired;
       }
       return opts.fault?.(sock, msg, received) ?? false;
     },

@@ -89,7 +89,7 @@ interface WiredSignal {
  * after the device fd.
  */
 export class DeviceSignals {
-  #wired: WiredSignal[] = [];
+  readonly #wired: WiredSignal[] = [];
   #held = false;
   #closed = false;
   /** The previous broker's eventfds by irq index (an upgrade): watched as they are by start(). */
@@ -169,12 +169,14 @@ export class DeviceSignals {
 
   /** Watched, unless held; closed at once if the device closed while it was being wired, or if it cannot be. */
   #add(w: WiredSignal): void {
+    if (this.#closed) {
+      w.efd.close();
+      return;
+    }
     try {
-      if (this.#closed) throw new Error('closed');
       listen(w);
     } catch (err) {
       w.efd.close();
-      if (this.#closed) return;
       throw err;
     }
     this.#wired.push(w);
@@ -204,10 +206,7 @@ function listen(w: WiredSignal): void {
 export async function reportErrors(dev: SignalDevice, log: (msg: string) => void): Promise<void> {
   try {
     if ((await dev.irqCount(VFIO_PCI_ERR_IRQ_INDEX).catch(() => 0)) < 1) return;
-    await enableErrorReporting({
-      read: (off, n) => dev.read(VFIO_PCI_CONFIG_REGION_INDEX, off, n),
-      write: (off, data) => dev.write(VFIO_PCI_CONFIG_REGION_INDEX, off, data),
-    });
+    await enableErrorReporting(configAccess(dev));
   } catch (err) {
     log(`the device's error reporting bits (PCIe Device Control) not set: ${(err as Error).message}`);
   }
@@ -238,6 +237,14 @@ const CAP_TTL = 48;
 export interface ConfigAccess {
   read(offset: number, count: number): Promise<Uint8Array>;
   write(offset: number, data: Uint8Array): Promise<void>;
+}
+
+/** The device's config space through its VFIO config region (vfio-pci's virtual view where it keeps one). */
+export function configAccess(dev: Pick<Device, 'read' | 'write'>): ConfigAccess {
+  return {
+    read: (offset, count) => dev.read(VFIO_PCI_CONFIG_REGION_INDEX, offset, count),
+    write: (offset, data) => dev.write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data),
+  };
 }
 
 /**

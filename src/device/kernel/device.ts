@@ -36,7 +36,7 @@ import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
 import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transport } from '../device.js';
 import { readPciIds } from '../pci-ids.js';
 import { decodeBits, restoreDecode } from './bar-restore.js';
-import { DeviceSignals, reportErrors, signalEmitter } from './device-signals.js';
+import { configAccess, DeviceSignals, reportErrors, signalEmitter } from './device-signals.js';
 import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
 import type { KernelDeviceHandover } from './handover.js';
@@ -360,11 +360,7 @@ export class KernelDevice extends EventEmitter implements Device {
       );
   }
 
-  /** The device's config space through vfio-pci (its virtual view where vfio-pci keeps one). */
-  readonly #config = {
-    read: (offset: number, count: number) => this.read(VFIO_PCI_CONFIG_REGION_INDEX, offset, count),
-    write: (offset: number, data: Uint8Array) => this.write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data),
-  };
+  readonly #config = configAccess(this);
 
   async sliceFds(_region: number, _ranges: { offset: bigint; length: bigint }[]): Promise<Fd[]> {
     throw codedError(
