@@ -326,6 +326,42 @@ test('bus master clear: a disable, a queue reset or a device reset writes no ABO
   }
 });
 
+test('hung: a disable, a queue reset or a device reset writes no ABORTED completion; the descriptors in flight are dropped', async () => {
+  // A hung device makes no progress (§9) and "writes no completion until a reset" (docs/SA-1.md): the aborts of
+  // an owner's disable or reset are no exception, and a whole-device reset's aborts come before it ends the hang.
+  const ends = [
+    { name: 'Q_CTRL.ENABLE cleared', value: 0, reg: qcfg(0, ds.Q_CTRL) },
+    { name: 'Q_CTRL.RESET', value: ds.Q_CTRL_RESET, reg: qcfg(0, ds.Q_CTRL) },
+    { name: 'CONTROL.RESET', value: ds.CONTROL_RESET, reg: ds.REG_CONTROL },
+  ];
+  for (const c of ends) {
+    const p = await booted();
+    const tq = await queue(p, 0, { ringOffset: 0 });
+    await twoNopsInFlight(p, tq);
+    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 2, `${c.name}: two in flight`);
+    p.dev.injectHang();
+    await w32(p.bus, BAR0, c.reg, c.value);
+    const cq = p.host.view.subarray(tq.cqOffset, tq.cqOffset + 8 * ds.CQ_ENTRY_SIZE);
+    assert.ok(
+      cq.every((b) => b === 0),
+      `${c.name}: nothing written to the completion ring by a hung device`,
+    );
+    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 0, `${c.name}: nothing in flight`);
+    assert.equal(
+      await r32(p.bus, BAR0, qcfg(0, ds.Q_COMPLETED)),
+      0,
+      `${c.name}: the dropped ones are not counted`,
+    );
+    assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 0), 0, `${c.name}: no queue interrupt`);
+    const hung = (await r32(p.bus, BAR0, ds.REG_STATUS)) & ds.STATUS_HUNG;
+    assert.equal(
+      hung,
+      c.reg === ds.REG_CONTROL ? 0 : ds.STATUS_HUNG,
+      `${c.name}: only a device reset ends the hang`,
+    );
+  }
+});
+
 test('a completion ring that becomes unmapped: only the fault record is written', async () => {
   const p = await booted();
   const ring = p.map(0x90_0000n, 4096);

@@ -103,6 +103,7 @@ export class Sa1Device {
       now: this.#now,
       delayMs: (q) => this.#inject.delayMs(q.index),
       busMaster: () => this.config.busMaster,
+      hung: () => this.regs.hung,
       signalQueue: (q) => {
         if (q.vector <= this.options.numQueues) this.#interrupt(VFIO_PCI_MSIX_IRQ_INDEX, q.vector);
       },

@@ -50,6 +50,8 @@ export interface EngineContext {
   delayMs(q: Queue): number;
   /** Config space bus master (§1): DMA is refused while it is clear. */
   busMaster(): boolean;
+  /** STATUS.HUNG (§9): a hung device makes no progress, so it writes nothing until a reset ends the hang. */
+  hung(): boolean;
   /** Fire queue q's MSI-X vector. */
   signalQueue(q: Queue): void;
   /** Wait out the lag injected for the next error before it shows its state (inject 'errorLag'), once. */
@@ -197,12 +199,14 @@ export class Engine {
 
   /**
    * Write ABORTED for every in-flight descriptor (queue reset or disable). With bus master clear the device
-   * may not DMA (§1), so they are dropped unwritten (docs/SA-1.md): no completion, no count, no interrupt.
+   * may not DMA (§1), and a hung device makes no progress (§9), so then they are dropped unwritten
+   * (docs/SA-1.md): no completion, no count, no interrupt. A whole-device reset of a hung device drops them
+   * too: its aborts come before the reset clears HUNG.
    */
   abort(q: Queue): void {
     const pending = q.inflight;
     q.inflight = [];
-    if (pending.length > 0 && this.ctx.busMaster()) {
+    if (pending.length > 0 && this.ctx.busMaster() && !this.ctx.hung()) {
       for (const entry of pending) {
         if (!this.#writeCompletion(q, entry.desc, { status: ST_ABORTED, result: 0, bytes: 0, at: 0n })) break;
       }
