@@ -48,6 +48,18 @@ export class LeaseTable extends EventEmitter {
     readonly watcher: SliceWatcher,
   ) {
     super();
+    watcher.onOverflow = () => {
+      const leases = this.withSliceCountLost().map((l) => l.id);
+      this.audit.write({ event: 'slice-count-lost', leases });
+      this.log(
+        `slice release counts lost (the inotify queue overflowed): leases ${leases.join(', ') || 'none'}`,
+      );
+    };
+  }
+
+  /** Leases holding a slice whose release count lost events (slices.ts): their reclaim quarantines. */
+  withSliceCountLost(): Lease[] {
+    return this.all().filter((l) => [...l.slices.values()].some((us) => us.some((u) => u.countLost)));
   }
 
   /** The audited slice provider, on a device that hands out its fd for direct slices (set by the broker). */

@@ -42,12 +42,21 @@ export class SliceUnit extends EventEmitter {
    * A unit another broker handed over (an upgrade) with `outstanding` descriptions out, `ownOpens` of them
    * re-opened by that broker with their IN_OPEN not yet read. Its watch is the same one: the watcher adopted
    * the old broker's inotify instance (SliceWatcher.adopt), whose queue holds every event since the old
-   * broker's count, so no open or close between the two brokers is missed.
+   * broker's count, so no open or close between the two brokers is missed. `countLost`: the old broker's count
+   * lost events (an overflow it read, or one still queued: the new broker reads that one itself).
    */
-  static adopt(deviceFd: Fd, outstanding: number, watcher: SliceWatcher, ownOpens = 0): SliceUnit {
+  static adopt(
+    deviceFd: Fd,
+    outstanding: number,
+    watcher: SliceWatcher,
+    ownOpens = 0,
+    countLost = false,
+  ): SliceUnit {
     const u = new SliceUnit(deviceFd);
     u.#open = outstanding;
     u.#ownOpens = ownOpens;
+    // A count the old broker lost stays lost: the new broker must not trust it either (its reclaim quarantines).
+    u.#countLost = countLost;
     if (outstanding > 0) u.#wd = watcher.watch(u);
     return u;
   }
@@ -151,9 +160,21 @@ export class SliceWatcher {
     this.#inotifyHandle?.resume();
   }
 
+  /** Called once for each queue overflow read, after every watched unit has been marked (the broker audits it). */
+  onOverflow: (() => void) | null = null;
+  #overflowQueued = false;
+
   watch(unit: SliceUnit): number {
     const wd = this.#inotify.watch(`/proc/self/fd/${unit.deviceFd.fd}`, IN_OPEN | IN_CLOSE, (ev) => {
       for (const u of this.#byWd.get(wd) ?? []) u.onEvent(ev.mask);
+      // The inotify instance hands an overflow to every watch: one report, once all of them have it.
+      if (ev.mask & IN_Q_OVERFLOW! && !this.#overflowQueued) {
+        this.#overflowQueued = true;
+        queueMicrotask(() => {
+          this.#overflowQueued = false;
+          this.onOverflow?.();
+        });
+      }
     });
     const set = this.#byWd.get(wd) ?? new Set<SliceUnit>();
     this.#byWd.set(wd, set);

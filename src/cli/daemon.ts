@@ -235,8 +235,16 @@ function serve(
  *
  * DEVLEASE_TEST_UPGRADE_MISBEHAVE (tests only, docs/ARCHITECTURE.md): 'exit' exits once the state came,
  * 'refuse' refuses it, 'hang' never answers, 'hang-mid-call' never answers and leaves a device request's reply
- * unread, 'old-version' claims to read no version this broker writes.
+ * unread, 'old-version' claims to read no version this broker writes, 'v2-reader' and 'v5-reader' read what
+ * older brokers read.
  */
+/** The state versions a misbehaving new broker claims to read (DEVLEASE_TEST_UPGRADE_MISBEHAVE). */
+const TEST_READERS: Record<string, number[]> = {
+  'old-version': [0],
+  'v2-reader': [1, 2],
+  'v5-reader': [1, 2, 3, 4, 5],
+};
+
 async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: string }): Promise<number> {
   const misbehave = process.env['DEVLEASE_TEST_UPGRADE_MISBEHAVE'] ?? '';
   let config: BrokerConfig;
@@ -252,8 +260,9 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
   wire.send({
     t: 'hello',
     // 'old-version': reads nothing this broker writes; 'v2-reader': reads what a broker before the stream
-    // socket's read-ahead read (state versions 1 and 2), which must refuse this one's partials (format.ts).
-    versions: misbehave === 'old-version' ? [0] : misbehave === 'v2-reader' ? [1, 2] : READABLE_VERSIONS,
+    // socket's read-ahead read (state versions 1 and 2), which must refuse this one's partials (format.ts);
+    // 'v5-reader': a broker from before slice units carried a lost release count (versions 1 to 5).
+    versions: TEST_READERS[misbehave] ?? READABLE_VERSIONS,
     pid: process.pid,
   });
   let received: { json: string; fds: Fd[] };

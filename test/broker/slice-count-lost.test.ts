@@ -32,6 +32,12 @@ test('an inotify overflow while a slice is out: its count is lost, and the lease
     for (let i = 0; i < queued / 2 + 100; i++) closeSync(openSync(path, 'r'));
     rig.broker.leases.watcher.resume();
     await until('the overflow to be read', () => units.every((u) => u.countLost));
+    // Audited once per overflow read (every watch hears it), naming the leases whose counts it took.
+    await until('the overflow to be audited', () => rig.audit.some((e) => e.event === 'slice-count-lost'));
+    assert.deepEqual(
+      rig.audit.filter((e) => e.event === 'slice-count-lost').map((e) => e.leases),
+      [[lease.id]],
+    );
     await c.exit();
     await until('the lease to be quarantined', () => lease.state === 'quarantined', 20_000);
     assert.match(lease.quarantineReason ?? '', /slice release count lost \(the inotify queue overflowed\)/);

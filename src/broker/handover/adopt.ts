@@ -103,7 +103,15 @@ export function rebuild(
     for (const [region, units] of h.slices)
       lease.slices.set(
         region,
-        units.map((u) => SliceUnit.adopt(take(fds, u.fd), u.outstanding, b.leases.watcher, u.ownOpens ?? 0)),
+        units.map((u) =>
+          SliceUnit.adopt(
+            take(fds, u.fd),
+            u.outstanding,
+            b.leases.watcher,
+            u.ownOpens ?? 0,
+            u.countLost === true,
+          ),
+        ),
       );
     lease.errFd = h.errFd === null ? null : take(fds, h.errFd);
     lease.reqFd = h.reqFd === null ? null : take(fds, h.reqFd);

@@ -188,7 +188,12 @@ export function collect(
       .filter(([, units]) => units.length > 0)
       .map(([r, units]) => [
         r,
-        units.map((u) => ({ fd: add(u.deviceFd), outstanding: u.outstanding, ownOpens: u.ownOpens })),
+        units.map((u) => ({
+          fd: add(u.deviceFd),
+          outstanding: u.outstanding,
+          ownOpens: u.ownOpens,
+          ...(u.countLost ? { countLost: true } : {}),
+        })),
       ]),
     errFd: l.errFd && !l.errFd.closed ? add(l.errFd) : null,
     reqFd: l.reqFd && !l.reqFd.closed ? add(l.reqFd) : null,
@@ -199,7 +204,7 @@ export function collect(
   }));
   const doc: BrokerState = {
     format: STATE_FORMAT,
-    version: stateVersionFor(b.device, !!direct),
+    version: stateVersionFor(b.device, !!direct, b.leases.withSliceCountLost().length > 0),
     broker: { pid: process.pid, startedAt: meta.startedAt.toISOString(), upgrades: meta.upgrades },
     device,
     driver: { name: b.driver.name, state: drv.state, fds: drv.fds.map(add) },

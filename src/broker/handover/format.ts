@@ -19,7 +19,7 @@ import type { SessionPciState } from '../session-state.js';
 export const STATE_FORMAT = 'devlease-broker-state';
 /**
  * This broker writes version 3 for a vfio-user device and version 4 (5 with audited slices handed out) for a
- * kernel one, and reads 1 to 5.
+ * kernel one, 6 for either when a slice's release count was lost, and reads 1 to 6.
  * - Version 2 added `device.transport: 'kernel'`: a version-1 reader would take its device for a vfio-user
  *   connection, so it must refuse such a document (at the hello, before anything is held).
  * - Versions 3 and 4 (3: vfio-user, 4: kernel) changed what a socket's `partial` holds: the stream socket reads
@@ -36,10 +36,20 @@ export const KERNEL_STATE_VERSION = 4;
  * document with audited slices handed out is 5; without, it stays 4 (older brokers read it).
  */
 export const KERNEL_AUDITED_STATE_VERSION = 5;
-export const READABLE_VERSIONS = [1, 2, 3, 4, 5];
+/**
+ * Version 6 (either device): a slice unit's `countLost`, a release count that lost events to an inotify overflow.
+ * A reader of 5 would trust the count again, and could hand a slice still mapped by its last holder to the next
+ * client, so a document with such a unit is 6 (it may hold what 3, 4 or 5 hold); without one it stays as it was.
+ */
+export const SLICE_COUNT_LOST_STATE_VERSION = 6;
+export const READABLE_VERSIONS = [1, 2, 3, 4, 5, 6];
 
-/** The version a document about this device is written in (`audited`: direct slices are handed out). */
-export function stateVersionFor(device: { transport: string }, audited = false): number {
+/**
+ * The version a document about this device is written in (`audited`: direct slices are handed out;
+ * `countLost`: a slice unit handed over has lost its release count).
+ */
+export function stateVersionFor(device: { transport: string }, audited = false, countLost = false): number {
+  if (countLost) return SLICE_COUNT_LOST_STATE_VERSION;
   if (!device.transport.startsWith('kernel')) return STATE_VERSION;
   return audited ? KERNEL_AUDITED_STATE_VERSION : KERNEL_STATE_VERSION;
 }
@@ -58,9 +68,10 @@ export interface HandedLease {
   mappings: LeaseMapping[];
   /**
    * Per lease region: each unit's device fd (index) and how many descriptions are out; ownOpens (added in
-   * version 1; absent: 0): how many of those the old broker re-opened with their IN_OPEN still queued.
+   * version 1; absent: 0): how many of those the old broker re-opened with their IN_OPEN still queued;
+   * countLost (version 6; absent: false): the count lost events, so `outstanding` is not to be trusted.
    */
-  slices: [number, { fd: number; outstanding: number; ownOpens?: number }[]][];
+  slices: [number, { fd: number; outstanding: number; ownOpens?: number; countLost?: boolean }[]][];
   errFd: number | null;
   reqFd: number | null;
   noticeFd: number | null;

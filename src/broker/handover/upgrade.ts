@@ -138,7 +138,11 @@ export async function upgrade(
   const hello = await wire.next(deadline);
   if (typeof hello === 'string') return rollback(explain(hello));
   const versions = hello.msg['versions'];
-  const version = stateVersionFor(b.device, !!b.leases.direct?.handingOut);
+  const version = stateVersionFor(
+    b.device,
+    !!b.leases.direct?.handingOut,
+    b.leases.withSliceCountLost().length > 0,
+  );
   if (hello.msg.t !== 'hello' || !Array.isArray(versions) || !versions.includes(version))
     return rollback(
       `the new broker does not read state version ${version} (it reads ${JSON.stringify(versions)})`,
@@ -149,7 +153,8 @@ export async function upgrade(
     await hold(b, parts, opts.viaAdmin ? 1 : 0, deadline);
     held = true;
     const { doc, fds } = collect(b, parts, meta);
-    // Direct slices handed out after the hello make the document one the new broker may not read.
+    // Direct slices handed out (or a slice count lost) after the hello make the document one the new broker may
+    // not read.
     if (!versions.includes(doc.version))
       throw new Error(
         `the new broker does not read state version ${doc.version} (it reads ${JSON.stringify(versions)})`,
