@@ -57,9 +57,14 @@ export class LeaseTable extends EventEmitter {
     };
   }
 
-  /** Leases holding a slice whose release count lost events (slices.ts): their reclaim quarantines. */
+  /**
+   * Leases holding a slice whose release count lost events (slices.ts): their reclaim quarantines. Not those
+   * already quarantined: their units are closed, and nothing of them is handed over or trusted again.
+   */
   withSliceCountLost(): Lease[] {
-    return this.all().filter((l) => [...l.slices.values()].some((us) => us.some((u) => u.countLost)));
+    return this.all().filter((l) =>
+      [...l.slices.values()].some((us) => us.some((u) => u.countLost && !u.deviceFd.closed)),
+    );
   }
 
   /** The audited slice provider, on a device that hands out its fd for direct slices (set by the broker). */

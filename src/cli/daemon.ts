@@ -228,6 +228,13 @@ function serve(
   });
 }
 
+/** The state versions a misbehaving new broker claims to read (DEVLEASE_TEST_UPGRADE_MISBEHAVE). */
+const TEST_READERS: Record<string, number[]> = {
+  'old-version': [0],
+  'v2-reader': [1, 2],
+  'v5-reader': [1, 2, 3, 4, 5],
+};
+
 /**
  * The new broker of an upgrade: say which state versions it reads, receive the state, rebuild and check, say
  * ready, then serve once the old broker commits (or is gone with the whole state sent). On abort, or if
@@ -238,13 +245,6 @@ function serve(
  * unread, 'old-version' claims to read no version this broker writes, 'v2-reader' and 'v5-reader' read what
  * older brokers read.
  */
-/** The state versions a misbehaving new broker claims to read (DEVLEASE_TEST_UPGRADE_MISBEHAVE). */
-const TEST_READERS: Record<string, number[]> = {
-  'old-version': [0],
-  'v2-reader': [1, 2],
-  'v5-reader': [1, 2, 3, 4, 5],
-};
-
 async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: string }): Promise<number> {
   const misbehave = process.env['DEVLEASE_TEST_UPGRADE_MISBEHAVE'] ?? '';
   let config: BrokerConfig;
