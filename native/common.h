@@ -91,10 +91,21 @@ class FdGuard {
 // Each topic file registers its functions on the exports object.
 void RegisterFdOps(Napi::Env env, Napi::Object exports);
 void RegisterClose(Napi::Env env, Napi::Object exports);
-/** Closes a descriptor another process sent, on the closer thread if its close may wait (close.cc). */
-void CloseReceivedFd(int fd);
-/** The closer thread's queue is full (close.cc): an untrusted peer's fds are not taken (unix_socket.cc). */
-bool ClosesBacklogged();
+/**
+ * A received descriptor's sender uid when none is known: the fd counts against the closer thread's global bound
+ * only (the broker's own, a trusted peer's, one an old broker handed over; close.cc).
+ */
+constexpr int64_t kNoSender = -1;
+/**
+ * Closes a descriptor another process sent, on the closer thread if its close may wait (close.cc), counted
+ * against `sender` (a uid, or kNoSender) while it is queued there.
+ */
+void CloseReceivedFd(int fd, int64_t sender);
+/**
+ * The closer thread's queue is full, or the share of it of uid `sender` (kNoSender: the global bound alone) is
+ * (close.cc): an untrusted peer's fds are not taken (unix_socket.cc).
+ */
+bool ClosesBacklogged(int64_t sender);
 void RegisterPoll(Napi::Env env, Napi::Object exports);
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports);
 void RegisterPidfd(Napi::Env env, Napi::Object exports);

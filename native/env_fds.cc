@@ -15,8 +15,8 @@ namespace devlease {
 EnvState::~EnvState() {
   // As a received fd is closed (close.cc): a worker's descriptors may be a peer's (the simulator's device
   // worker holds its owner's DMA fds), whose close can wait on a file system the peer serves; the teardown
-  // must not.
-  for (int fd : trackedFds) CloseReceivedFd(fd);
+  // must not. Whose they are is not known here: counted by the closer's global bound only.
+  for (int fd : trackedFds) CloseReceivedFd(fd, kNoSender);
 }
 
 namespace {

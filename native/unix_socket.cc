@@ -168,8 +168,9 @@ Napi::Value Sendmsg(const Napi::CallbackInfo& info) {
 }
 
 // Collects the SCM_RIGHTS fds of a received message into out[0, max_fds); any
-// beyond are closed and reported as MSG_CTRUNC. Returns how many were kept.
-int TakeFds(msghdr& msg, int max_fds, int* out) {
+// beyond are closed (counted against `sender`, the peer's uid or kNoSender, if
+// that close is queued) and reported as MSG_CTRUNC. Returns how many were kept.
+int TakeFds(msghdr& msg, int max_fds, int* out, int64_t sender) {
   int received = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -181,7 +182,7 @@ int TakeFds(msghdr& msg, int max_fds, int* out) {
       if (received < max_fds) {
         out[received++] = rfd;
       } else {
-        CloseReceivedFd(rfd);  // a client's: its close may wait on a server it runs (close.cc)
+        CloseReceivedFd(rfd, sender);  // a client's: its close may wait on a server it runs (close.cc)
         msg.msg_flags |= MSG_CTRUNC;
       }
     }
@@ -226,7 +227,7 @@ Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
   }
 
   int received[kMaxFds];
-  int count = TakeFds(msg, max_fds, received);
+  int count = TakeFds(msg, max_fds, received, kNoSender);  // seqpacket peers: the admin socket's, trusted
 
   size_t got = static_cast<size_t>(n) < max_bytes ? static_cast<size_t>(n) : max_bytes;
   Napi::Object out = Napi::Object::New(env);
@@ -245,12 +246,15 @@ Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
 // thread_local is per environment: one environment per thread (main, each worker), and the thread outlives it.
 thread_local int32_t recv_fds[2 + kMaxFds];
 
-// recvInto(fd, buf, offset, length, maxFds, untrusted = false): reads at most `length` bytes into buf[offset..]
-// without an intermediate copy (the stream framer reads each vfio-user message straight into its own buffer).
-// Returns the byte count (0 with no fds is hang-up), or -1 on EAGAIN; the fds are in recv_fds. From an
-// untrusted peer (a client), no fd is taken while the closer thread's queue is full (close.cc): the kernel
-// drops the message's fds unopened — a drop is no close(2), so no file system is asked to flush — and
-// recv_fds[1] says 2.
+// recvInto(fd, buf, offset, length, maxFds, untrusted = false, peerUid = -1): reads at most `length` bytes
+// into buf[offset..] without an intermediate copy (the stream framer reads each vfio-user message straight into
+// its own buffer). Returns the byte count (0 with no fds is hang-up), or -1 on EAGAIN; the fds are in recv_fds.
+// From an untrusted peer (a client), no fd is taken while the closer thread's queue is full, or while the
+// share of it of the peer's uid (SO_PEERCRED, read once by the caller; -1: not known, the global bound alone)
+// is (close.cc): the kernel drops the message's fds unopened — a drop is no close(2), so no file system is
+// asked to flush — and recv_fds[1] says 2. So the user who holds a close up is refused once its own share is
+// queued, and other users' clients are not, until the global bound. The caller counts the fds it takes
+// against peerUid when it closes them (src/sys/fd.ts, senderUid).
 Napi::Value RecvInto(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   recv_fds[0] = recv_fds[1] = 0;  // every call rewrites them, a throw too: no stale fds for a caller to take twice
@@ -260,7 +264,10 @@ Napi::Value RecvInto(const Napi::CallbackInfo& info) {
   auto length = static_cast<size_t>(IntArg(info, 3, "length", 1, INT32_MAX));
   int max_fds = static_cast<int>(IntArg(info, 4, "maxFds", 0, kMaxFds));
   if (offset > buf.length || length > buf.length - offset) ThrowInvalidArg(env, "offset + length exceed buf");
-  const bool backlogged = info.Length() > 5 && info[5].ToBoolean().Value() && ClosesBacklogged();
+  const bool untrusted = info.Length() > 5 && info[5].ToBoolean().Value();
+  int64_t peer = kNoSender;
+  if (untrusted && info.Length() > 6 && !info[6].IsUndefined()) peer = IntArg(info, 6, "peerUid", -1, 0xfffffffe);
+  const bool backlogged = untrusted && ClosesBacklogged(peer);
   if (backlogged) max_fds = 0;
 
   iovec iov{buf.data + offset, length};
@@ -278,7 +285,7 @@ Napi::Value RecvInto(const Napi::CallbackInfo& info) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
     ThrowErrno(env, "recvmsg", errno);
   }
-  recv_fds[0] = msg.msg_controllen > 0 ? TakeFds(msg, max_fds, recv_fds + 2) : 0;
+  recv_fds[0] = msg.msg_controllen > 0 ? TakeFds(msg, max_fds, recv_fds + 2, peer) : 0;
   recv_fds[1] = (msg.msg_flags & MSG_CTRUNC) == 0 ? 0 : backlogged ? 2 : 1;
   return Napi::Number::New(env, static_cast<double>(n));
 }

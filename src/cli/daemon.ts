@@ -29,7 +29,8 @@ const USAGE = `usage: devlease daemon --device vfio-user:PATH|pci:DDDD:BB:DD.F [
 
 /**
  * The old broker's queued closes (--close-inherited): closed as received fds are, on the closer thread where
- * the close may wait. Never looked at otherwise (an fstat of a FUSE file may ask its server). A number that is
+ * the close may wait. Never looked at otherwise (an fstat of a FUSE file may ask its server). Whose they were
+ * is not handed over: they count against the closer's global bound only, not a uid's share. A number that is
  * not open (EBADF) or not a number is skipped, saying so: the new broker starts either way.
  */
 function closeInherited(list: string | undefined): void {

@@ -13,6 +13,7 @@ const NEVER = new Set([
   'close',
   'closeReceived',
   'closesPending',
+  'closesQueuedFrom',
   'mappingUnmap',
   'mappingUnmapMany',
   'mappingRevoked',

@@ -10,24 +10,42 @@ import { native } from './native.js';
 // node:worker_threads would load ~30 builtin modules into every client.
 const trackForTeardown = !native.isMainThread;
 
-/** Closes a descriptor as its origin needs: one another process sent may be on a file system whose close waits. */
-const closeNumber = (fd: number, received: boolean): void =>
-  received ? native.closeReceived(fd) : native.close(fd);
+/**
+ * Closes a descriptor as its origin needs: one another process sent may be on a file system whose close waits,
+ * and is counted against its sender's uid (null: not known) while it waits for the closer thread.
+ */
+const closeNumber = (fd: number, received: boolean, senderUid: number | null): void =>
+  received ? native.closeReceived(fd, senderUid ?? -1) : native.close(fd);
 
-// The held value is the number, bitwise-negated for a received one (no object per Fd).
-const leakRegistry = new FinalizationRegistry<number>((held) => {
-  const fd = held < 0 ? ~held : held;
+// The held value is the number, bitwise-negated for a received one (no object per Fd); a received one with a
+// known sender is held with its uid (a uid and an fd number do not fit one safe integer together).
+type Held = number | { fd: number; senderUid: number };
+const leakRegistry = new FinalizationRegistry<Held>((held) => {
+  const fd = typeof held === 'number' ? (held < 0 ? ~held : held) : held.fd;
   process.emitWarning(`devlease: fd ${fd} was garbage-collected without close(); closing it`, 'DevleaseLeak');
   try {
     if (trackForTeardown) native.untrackFd(fd);
-    closeNumber(fd, held < 0);
+    if (typeof held === 'number') closeNumber(fd, held < 0, null);
+    else closeNumber(fd, true, held.senderUid);
   } catch {
     // already gone: nothing to do
   }
 });
 
-/** Fd's option for a descriptor another process sent (SCM_RIGHTS). */
-export const RECEIVED = Object.freeze({ received: true });
+export interface FdOptions {
+  /** Sent by another process (SCM_RIGHTS), or a copy of such a descriptor. */
+  received?: boolean;
+  /** With `received`: the uid of the peer that sent it (SO_PEERCRED), if known. */
+  senderUid?: number | null;
+}
+
+/** Fd's option for a descriptor another process sent (SCM_RIGHTS), whose sender is not known (or trusted). */
+export const RECEIVED: FdOptions = Object.freeze({ received: true });
+
+/** Fd's option for a descriptor a peer of uid `uid` sent (null: not known, as RECEIVED). */
+export function receivedFrom(uid: number | null): FdOptions {
+  return uid === null ? RECEIVED : Object.freeze({ received: true, senderUid: uid });
+}
 
 export class Fd {
   #fd: number;
@@ -37,13 +55,23 @@ export class Fd {
    * no file system says otherwise (native/close.cc). It may then still be open for a moment after close().
    */
   readonly received: boolean;
-  constructor(fd: number, opts?: { received?: boolean }) {
+  /**
+   * Of a received one, the uid of the peer that sent it (its socket's SO_PEERCRED), kept by dups and relayed
+   * copies; null if not known (the broker's own, a trusted peer's, one an old broker handed over). While its
+   * close waits on the closer thread it counts against that uid's share of the queue, which is what confines a
+   * user who holds a close up to refusing its own clients' fds (native/close.cc).
+   */
+  readonly senderUid: number | null;
+  constructor(fd: number, opts?: FdOptions) {
     if (!Number.isInteger(fd) || fd < 0) {
       throw misuse('ERR_DEVLEASE_INVALID_ARG', `not a file descriptor: ${fd}`);
     }
     this.#fd = fd;
     this.received = opts?.received === true;
-    leakRegistry.register(this, this.received ? ~fd : fd, this);
+    const uid = opts?.senderUid;
+    this.senderUid = this.received && uid !== undefined && uid !== null && uid >= 0 ? uid : null;
+    const held = this.received ? (this.senderUid === null ? ~fd : { fd, senderUid: this.senderUid }) : fd;
+    leakRegistry.register(this, held, this);
     if (trackForTeardown) native.trackFd(fd);
   }
   /** The descriptor number; throws ERR_DEVLEASE_CLOSED after close(). */
@@ -56,7 +84,7 @@ export class Fd {
   }
   /** A new owned descriptor for the same open file description (F_DUPFD_CLOEXEC). */
   dup(): Fd {
-    return new Fd(native.dup(this.fd), this.received ? RECEIVED : undefined);
+    return new Fd(native.dup(this.fd), this.received ? receivedFrom(this.senderUid) : undefined);
   }
   /** Give up ownership: the caller now owns the returned number. */
   release(): number {
@@ -72,11 +100,21 @@ export class Fd {
     this.#fd = -1;
     leakRegistry.unregister(this);
     if (trackForTeardown) native.untrackFd(fd);
-    closeNumber(fd, this.received);
+    closeNumber(fd, this.received, this.senderUid);
   }
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/**
+ * A dup of `f` kept as a received descriptor (a relayed copy, closed as a client's would be): with f's sender
+ * if f is an Fd received from a known uid; a bare number's origin, or an Fd of this process's own, is not known
+ * here, and is taken as received from nobody known.
+ */
+export function receivedCopy(f: Fd | number): Fd {
+  const sender = f instanceof Fd ? f.senderUid : null;
+  return new Fd(native.dup(fdNumber(f)), receivedFrom(sender));
 }
 
 /** The descriptor number of an owned Fd or a plain number (validated; throws ERR_DEVLEASE_CLOSED for a closed Fd). */
@@ -104,19 +142,22 @@ export function closeSoon(fds: Iterable<Fd>): void {
     for (const f of fds) f.close();
     return;
   }
-  // A received one's number is kept bitwise-negated, as in the leak registry.
+  // A received one's number is kept bitwise-negated, as in the leak registry, its sender's uid beside it.
   const numbers: number[] = [];
+  const senders: (number | null)[] = [];
   for (const f of fds) {
     if (f.closed) continue;
     const received = f.received;
+    senders.push(f.senderUid);
     const n = f.release();
     numbers.push(received ? ~n : n);
   }
   if (numbers.length === 0) return;
   setImmediate(() => {
-    for (const n of numbers) {
+    for (let i = 0; i < numbers.length; i++) {
+      const n = numbers[i]!;
       try {
-        closeNumber(n < 0 ? ~n : n, n < 0);
+        closeNumber(n < 0 ? ~n : n, n < 0, senders[i] ?? null);
       } catch {
         // EBADF only (native close ignores the rest: close(2) frees the number whatever it says); here, with
         // the turn's callbacks run, it has nobody to go to

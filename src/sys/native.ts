@@ -58,16 +58,24 @@ export interface NativeAddon {
   /**
    * close(2) of a descriptor another process sent: at once if its close cannot wait on anyone (memory, an
    * anonymous inode, a pipe, an AF_UNIX socket), else on the addon's closer thread (native/close.cc), so it may
-   * still be open when this returns. Throws only EBADF.
+   * still be open when this returns, counted meanwhile against `senderUid` (the uid of the peer that sent it;
+   * undefined or -1: not known, the global bound alone). Throws only EBADF.
    */
-  closeReceived(fd: number): void;
+  closeReceived(fd: number, senderUid?: number): void;
   /** Descriptors queued to the closer thread and not yet closed. */
   closesPending(): number;
+  /** Descriptors queued to the closer thread (not the one being closed) counted against `uid`. */
+  closesQueuedFrom(uid: number): number;
   /**
    * How many may queue behind a close that does not return; with that many queued, recvInto from an untrusted
    * peer takes no fds (the kernel drops them unopened) and says so in recvIntoFds[1].
    */
   readonly closesQueueLimit: number;
+  /**
+   * How many of those one uid's fds may be (closesQueuedFrom); with that many queued, recvInto from an untrusted
+   * peer of that uid takes no fds, as with the queue full. A quarter of closesQueueLimit (why: native/close.cc).
+   */
+  readonly closesQueueLimitPerUid: number;
   /**
    * For a child about to be exec'd: the closer thread's queued fds are left open across the exec (their close,
    * exec's close-on-exec, would wait on the same FLUSH) and stay queued until closesResume(). Their numbers,
@@ -129,11 +137,13 @@ export interface NativeAddon {
     length: number,
     maxFds: number,
     untrusted?: boolean,
+    peerUid?: number,
   ): number;
   /**
    * The last recvInto's fds, one array per thread (no object per read): [0] how many fds came, [1] 1 if
    * control data was cut (MSG_CTRUNC: fds past maxFds were closed), 2 if an untrusted peer's fds were dropped
-   * because the closer thread's queue is full, [2, 2 + [0]) the fds, now the caller's.
+   * because the closer thread's queue is full or the peer's uid's share of it is (`peerUid`), [2, 2 + [0]) the
+   * fds, now the caller's (to be closed counted against peerUid: Fd's senderUid).
    */
   readonly recvIntoFds: Int32Array;
   peerCred(fd: number): PeerCred;

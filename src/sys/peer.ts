@@ -10,6 +10,18 @@ export function peerCredOf(fd: number): PeerCred {
 }
 
 /**
+ * SO_PEERCRED's uid, or null if the socket has none to give (not a connected AF_UNIX socket: a bug of the
+ * caller's, whose fds are then counted as from nobody known rather than failing the connection).
+ */
+export function peerUidOf(fd: number): number | null {
+  try {
+    return native.peerCred(fd).uid;
+  } catch {
+    return null;
+  }
+}
+
+/**
  * SO_PEERPIDFD: a pidfd of the peer process, race-free. On kernels before
  * 6.5 (ENOPROTOOPT) falls back to pidfd_open(peerCred().pid), which can
  * name the wrong process if the peer died and its pid was reused in between.

@@ -19,7 +19,7 @@
 
 import { EventEmitter } from 'node:events';
 import { closedError, isSysError, misuse } from '../errors.js';
-import { Fd, fdNumber, RECEIVED } from './fd.js';
+import { Fd, fdNumber, RECEIVED, receivedCopy } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
 import { peerCredOf, peerPidfdOf } from './peer.js';
 import type { PidFd } from './pidfd.js';
@@ -161,8 +161,9 @@ export class SeqpacketSocket extends EventEmitter {
 
     const dups: Fd[] = [];
     try {
-      // Whose they are is not known here (a relayed client's fd, often): closed as a received one would be.
-      for (const n of numbers) dups.push(new Fd(native.dup(n), RECEIVED));
+      // Whose they are is not known here (a relayed client's fd, often): closed as a received one would be,
+      // counted against the uid that sent it if it is an Fd that knows.
+      for (const f of fds) dups.push(receivedCopy(f));
     } catch (err) {
       for (const d of dups) d.close();
       throw err;

@@ -17,8 +17,16 @@
 // a message (no message starts in it), a size outside [headerSize,
 // maxMessage], more fds than maxFds: the peer is cut off (EPROTO); nothing it
 // sent is leaked.
+//
+// An untrusted peer (a client) is also cut off (EMFILE) by a message that
+// carries fds while the addon's closer thread has too many received fds
+// queued behind a close that does not return (native/close.cc): its queue's
+// limit, or the share of it of the peer's uid. The fds are dropped unopened.
+// Every fd read from such a peer carries its uid (Fd.senderUid), so that once
+// closed onto that queue it counts against the uid that sent it: the user who
+// holds a close up exhausts its own share, not every client's.
 import { DevleaseError, isSysError } from '../errors.js';
-import { Fd, RECEIVED } from './fd.js';
+import { Fd, type FdOptions, receivedFrom } from './fd.js';
 import { native } from './native.js';
 
 export interface StreamFraming {
@@ -59,6 +67,10 @@ export class StreamReader {
   readonly #maxMessage: number;
   readonly #maxFds: number;
   readonly #untrusted: boolean;
+  /** An untrusted peer's uid (SO_PEERCRED; -1: not known), which its fds are counted against (native/close.cc). */
+  readonly #peerUid: number;
+  /** What the fds read are made with: received, from #peerUid. */
+  readonly #fdOptions: FdOptions;
   readonly #sink: StreamReaderSink;
   // The message being read: its header first, then (once its size is known) all of it.
   readonly #header: Buffer;
@@ -72,18 +84,24 @@ export class StreamReader {
   /** fds of the message being read, or of the last message in #ahead. */
   #fds: Fd[] = [];
 
-  /** `untrusted`: the peer is a client (StreamSocketOptions.untrustedPeer). */
+  /**
+   * `untrusted`: the peer is a client (StreamSocketOptions.untrustedPeer), whose uid is `peerUid` (null: not
+   * known; a trusted peer's fds are counted against no uid).
+   */
   constructor(
     framing: StreamFraming,
     maxMessage: number,
     maxFds: number,
     sink: StreamReaderSink,
     untrusted = false,
+    peerUid: number | null = null,
   ) {
     this.#framing = framing;
     this.#maxMessage = maxMessage;
     this.#maxFds = maxFds;
     this.#untrusted = untrusted;
+    this.#peerUid = untrusted && peerUid !== null ? peerUid : -1;
+    this.#fdOptions = receivedFrom(this.#peerUid < 0 ? null : this.#peerUid);
     this.#sink = sink;
     this.#header = Buffer.allocUnsafe(framing.headerSize);
   }
@@ -242,7 +260,7 @@ export class StreamReader {
   #recv(fd: number, buf: Buffer, offset: number, length: number): number {
     let n: number;
     try {
-      n = native.recvInto(fd, buf, offset, length, this.#maxFds, this.#untrusted);
+      n = native.recvInto(fd, buf, offset, length, this.#maxFds, this.#untrusted, this.#peerUid);
     } catch (err) {
       if (isSysError(err, 'ECONNRESET')) this.#sink.hangUp();
       else this.#sink.fail(err);
@@ -253,10 +271,7 @@ export class StreamReader {
       for (const d of this.#recvFds()) d.close();
       this.#sink.fail(
         RECV_FDS[1] === 2
-          ? new DevleaseError(
-              'EMFILE',
-              `a message carried fds while ${native.closesQueueLimit} received fds wait to be closed behind a close that does not return (a file system not answering FLUSH): no fds are taken from clients until they are closed`,
-            )
+          ? this.#backlogError()
           : protocolError(`a message carried more than ${this.#maxFds} fds`),
       );
       return -1;
@@ -270,12 +285,28 @@ export class StreamReader {
     return n;
   }
 
+  /**
+   * Why a message's fds were dropped (recvIntoFds[1] = 2): this peer's uid has its share of the closer thread's
+   * queue, or the queue is full. Read after the fact, for the message only: the counts may have moved since.
+   */
+  #backlogError(): DevleaseError {
+    const limit = native.closesQueueLimitPerUid;
+    const mine = this.#peerUid >= 0 && native.closesQueuedFrom(this.#peerUid) >= limit;
+    const what = mine
+      ? `${limit} fds of uid ${this.#peerUid}'s clients`
+      : `${native.closesQueueLimit} received fds`;
+    return new DevleaseError(
+      'EMFILE',
+      `a message carried fds while ${what} wait to be closed behind a close that does not return (a file system not answering FLUSH): no fds are taken from ${mine ? 'that uid' : 'clients'} until they are closed`,
+    );
+  }
+
   /** The fds the last read received, now owned (a new array: they go with a message). */
   #recvFds(): Fd[] {
     const count = RECV_FDS[0]!;
     if (count === 0) return [];
     const fds: Fd[] = [];
-    for (let i = 0; i < count; i++) fds.push(new Fd(RECV_FDS[i + 2]!, RECEIVED));
+    for (let i = 0; i < count; i++) fds.push(new Fd(RECV_FDS[i + 2]!, this.#fdOptions));
     RECV_FDS[0] = 0; // taken: never wrapped twice
     return fds;
   }

@@ -26,7 +26,7 @@ import { EventEmitter } from 'node:events';
 import { closedError, misuse } from '../errors.js';
 import { Fd } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
-import { peerCredOf, peerPidfdOf } from './peer.js';
+import { peerCredOf, peerPidfdOf, peerUidOf } from './peer.js';
 import type { PidFd } from './pidfd.js';
 import { type StreamFraming, StreamReader } from './stream-reader.js';
 import { StreamWriter } from './stream-writer.js';
@@ -51,8 +51,9 @@ export interface StreamSocketOptions {
   partial?: { data: Buffer; fds: Fd[] };
   /**
    * The peer is a client, not a server this process chose: once the addon's closer thread has its limit of
-   * received fds queued behind a close that does not return (native/close.cc), a message of this peer that
-   * carries fds cuts it off, and the kernel drops those fds unopened (no close, so no file system is asked).
+   * received fds queued behind a close that does not return (native/close.cc), or the peer's uid (SO_PEERCRED,
+   * read once here) its share of that limit, a message of this peer that carries fds cuts it off, and the kernel
+   * drops those fds unopened (no close, so no file system is asked). Its fds are counted against that uid.
    */
   untrustedPeer?: boolean;
 }
@@ -147,6 +148,7 @@ export class StreamSocket extends EventEmitter {
           fail: (err) => this.#fail(err),
         },
         opts.untrustedPeer === true,
+        opts.untrustedPeer === true ? peerUidOf(fd.fd) : null,
       );
       // Before the watch: a bad partial closes `fd` like a bad option, and leaves its fds to the caller.
       if (opts.partial) this.#reader.seed(opts.partial);

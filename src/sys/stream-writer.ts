@@ -8,7 +8,7 @@
 // fds by the sendmsg they came in.
 
 import { closedError, isSysError } from '../errors.js';
-import { Fd, fdNumber, RECEIVED } from './fd.js';
+import { type Fd, fdNumber, receivedCopy } from './fd.js';
 import { native } from './native.js';
 
 /** Corked bytes past which they are sent without waiting for uncork (the bound on what corking holds). */
@@ -82,7 +82,7 @@ export class StreamWriter {
       this.#sendCorked();
       if (this.#fd < 0) throw closedError('socket');
     }
-    this.#write(data, fds.map(fdNumber));
+    this.#write(data, fds);
   }
 
   cork(): void {
@@ -130,18 +130,19 @@ export class StreamWriter {
   }
 
   /** One sendmsg now if nothing is queued; what the kernel does not take is queued (a copy: `data` may be reused). */
-  #write(data: Uint8Array, numbers: number[]): void {
+  #write(data: Uint8Array, fds: readonly (Fd | number)[]): void {
     let sent = 0;
     if (this.#queue.length === 0) {
-      sent = Math.max(0, native.sendmsg(this.#fd, data, numbers));
+      sent = Math.max(0, native.sendmsg(this.#fd, data, fds.length === 0 ? [] : fds.map(fdNumber)));
       if (sent === data.length) return;
     }
     // The fds went with the first bytes if any were written; else they wait with the data.
     const dups: Fd[] = [];
     if (sent === 0) {
       try {
-        // Whose they are is not known here (a relayed client's fd, often): closed as a received one would be.
-        for (const n of numbers) dups.push(new Fd(native.dup(n), RECEIVED));
+        // Whose they are is not known here (a relayed client's fd, often): closed as a received one would be,
+        // counted against the uid that sent it if it is an Fd that knows.
+        for (const f of fds) dups.push(receivedCopy(f));
       } catch (err) {
         for (const d of dups) d.close();
         throw err;

@@ -70,7 +70,8 @@ export async function upgrade(
   const env = inheritedEnv(process.env);
   // Received fds queued behind a close that does not return (a client's FUSE file holding FLUSH) go to the new
   // broker open, for it to close: exec's close-on-exec would send their FLUSH and wait, and so would this thread
-  // (spawn reads the exec's status).
+  // (spawn reads the exec's status). Only their numbers go: the new broker counts them against no uid (its
+  // global bound alone), so a client of the uid that sent them gets a fresh share there (ARCHITECTURE.md).
   const inherited = native.closesHold();
   if (inherited.length) args.push('--close-inherited', inherited.join(','));
   let child: ReturnType<typeof spawn>;

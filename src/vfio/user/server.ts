@@ -55,7 +55,8 @@ export class VfioUserServer extends EventEmitter {
     // Room for the largest request accepted (REGION_WRITE of max_data_xfer_size) and then some:
     // a peer announcing anything longer is cut off by the framing.
     const maxMessage = HEADER_SIZE + 16 + server.#config.maxDataXferSize + 4096;
-    // Its clients' fds are taken only while the closer thread keeps up (StreamSocketOptions.untrustedPeer).
+    // Its clients' fds are taken only while the closer thread keeps up, with them and with their uid's share of
+    // its queue (StreamSocketOptions.untrustedPeer).
     const socket = { framing: VFIO_USER_FRAMING, maxMessage, untrustedPeer: true };
     server.socketOptions = socket;
     const listener = opts.listening
