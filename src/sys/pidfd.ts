@@ -2,7 +2,7 @@
 // readable when the process exits, which onExit() watches with uv_poll.
 
 import { constants as osConstants } from 'node:os';
-import { misuse } from '../errors.js';
+import { isSysError, misuse } from '../errors.js';
 import { Fd } from './fd.js';
 import { native } from './native.js';
 import { readProcText } from './proc-text.js';
@@ -66,6 +66,22 @@ export class PidFd {
     if (n === undefined || !Number.isInteger(n))
       throw misuse('ERR_DEVLEASE_INVALID_ARG', `unknown signal ${sig}`);
     native.pidfdSendSignal(this.fd.fd, n);
+  }
+
+  /**
+   * Whether the process is still there, asked of the kernel now: pidfd_send_signal with signal 0, which the
+   * kernel answers ESRCH once the process is reaped, when its pid becomes free for another process. A zombie is
+   * still there (and still holds its pid). Synchronous, unlike onExit(); other failures are thrown.
+   */
+  isAlive(): boolean {
+    try {
+      native.pidfdSendSignal(this.fd.fd, 0);
+      return true;
+    } catch (err) {
+      if (isSysError(err, 'ESRCH')) return false;
+      if (isSysError(err, 'EPERM')) return true; // there, only not ours to signal
+      throw err;
+    }
   }
 
   /** Keep the event loop alive while waiting for the exit (the default) / do not. */

@@ -4,7 +4,18 @@
 // the feature's real test is the guest's, test/kernel/guest/ivshmem.test.ts).
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import {
+  accessSync,
+  closeSync,
+  constants,
+  existsSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -13,7 +24,8 @@ import { fileURLToPath } from 'node:url';
 import { AuditLog } from '../../src/broker/audit.js';
 import { type DirectAuditConfig, SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
 import { type FileIdentity, identityOfFd, mapsDev, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
-import { trackFdLeaks } from '../helpers/fds.js';
+import { until } from '../helpers/broker-rig.js';
+import { openFds, trackFdLeaks } from '../helpers/fds.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const mapper = join(here, '../fixtures/audit/mapper.js');
@@ -45,6 +57,8 @@ interface Mapper {
   child: number | null;
   proc: ChildProcess;
   exited: Promise<void>;
+  /** Exited and its stdout closed (a forked child holding the pipe gone too). */
+  closed: Promise<void>;
 }
 
 /** Starts a mapper process; resolves once it has mapped (and closed or kept its fd, and forked). */
@@ -54,6 +68,7 @@ async function startMapper(offset: bigint, flags: string[] = []): Promise<Mapper
   });
   children.push(proc);
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const closed = new Promise<void>((r) => proc.once('close', () => r()));
   const line = await new Promise<string>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error('mapper did not report within 30 s')), 30_000);
     createInterface({ input: proc.stdout! }).once('line', (l) => {
@@ -62,7 +77,7 @@ async function startMapper(offset: bigint, flags: string[] = []): Promise<Mapper
     });
   });
   const { pid, child } = JSON.parse(line) as { pid: number; child: number | null };
-  return { pid, child, proc, exited };
+  return { pid, child, proc, exited, closed };
 }
 
 function killPid(pid: number): void {
@@ -287,5 +302,118 @@ test('upgrade: an adopted audit is held until the commit, knows the hand-offs, a
     after.close();
     killPid(holder.pid);
     killPid(otherBroker.pid);
+  }
+});
+
+// The other broker is left out of the scan by pid, and so held by pidfd (allowed-brokers.ts): once it is gone
+// its pid is another process's to take. Before, it was left out until a scan found no process running under
+// that pid, so a process given it within a scan period was never audited.
+const pidfds = () => [...openFds().values()].filter((t) => t === 'anon_inode:[pidfd]').length;
+
+test('upgrade: the other broker is held by a pidfd, dropped at its exit with no scan; a process holding the fd then is reported', async () => {
+  // A long grace and no request: nothing but this test starts a scan (add() and onRequest() schedule them).
+  const { a, audit } = auditor({ handoffGraceMs: 60_000 });
+  const holder = await startMapper(0n);
+  const otherBroker = await startMapper(4n * PAGE, ['--keep-fd']);
+  let keeper: Mapper | null = null;
+  try {
+    a.add('l1', holder.pid, range(0n));
+    const before = pidfds();
+    a.allowBroker(otherBroker.pid);
+    assert.equal(pidfds(), before + 1, 'the other broker is held by its pidfd');
+    a.scan();
+    assert.equal(a.stats.violations, 0, `it holds the fd by right: ${JSON.stringify(audit.recent)}`);
+    const scans = a.stats.scans;
+    killPid(otherBroker.pid);
+    await until('the pidfd to be dropped at the exit', () => pidfds() === before);
+    assert.equal(a.stats.scans, scans, 'dropped by the exit watch, with no scan');
+    keeper = await startMapper(5n * PAGE, ['--keep-fd']);
+    a.scan();
+    assert.ok(
+      audit.recent.some(
+        (r) => r.event === 'audit-violation' && r.pid === keeper!.pid && r.finding === 'fd-passed',
+      ),
+    );
+    a.close();
+    a.close();
+  } finally {
+    a.close();
+    for (const m of [holder, otherBroker, keeper]) if (m) killPid(m.pid);
+    await Promise.all([holder.closed, otherBroker.closed, keeper?.closed]);
+  }
+});
+
+/** Blocks this thread (and its event loop) for `ms`. */
+const sleepSync = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+/** Polls `pred` with the event loop blocked: nothing asynchronous (a pidfd's exit watch) runs meanwhile. */
+function waitSync(pred: () => boolean, ms: number): boolean {
+  for (const end = Date.now() + ms; Date.now() < end; sleepSync(5)) if (pred()) return true;
+  return pred();
+}
+
+const NS_LAST_PID = '/proc/sys/kernel/ns_last_pid';
+const canSetPid = (() => {
+  try {
+    accessSync(NS_LAST_PID, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+// A real pid reuse, as root: ns_last_pid (the last pid allocated in this pid namespace) set to one less than
+// the gone broker's, the next process made gets its pid (tried again when another process took it first). The
+// broker is a re-parented grandchild, reaped by init, so all of it (its death, the reuse, the scan) happens with
+// this event loop blocked: the pidfd's exit watch cannot have run, the scan's own check must see it gone.
+test("upgrade: a process given the gone broker's pid is audited (the scan's pidfd check, before the exit watch runs)", async () => {
+  assert.ok(canSetPid, `this test needs root: it writes ${NS_LAST_PID} to give a new process a chosen pid`);
+  const { a, audit } = auditor();
+  const holder = await startMapper(0n);
+  const parent = await startMapper(4n * PAGE, ['--keep-fd', '--fork']); // its child holds the fd and maps
+  const broker = parent.child!;
+  killPid(parent.pid);
+  await parent.exited;
+  let reuser: ChildProcess | null = null;
+  try {
+    a.add('l1', holder.pid, range(0n));
+    a.onRequest('l1', true);
+    a.allowBroker(broker);
+    a.scan();
+    assert.equal(a.stats.violations, 0, `it holds the fd by right: ${JSON.stringify(audit.recent)}`);
+    killPid(broker);
+    assert.ok(
+      waitSync(() => !existsSync(`/proc/${broker}`), 30_000),
+      `init (pid 1) reaped the re-parented broker ${broker} within 30 s: its pid must be free to be reused`,
+    );
+    for (let i = 0; i < 50 && !reuser; i++) {
+      writeFileSync(NS_LAST_PID, String(broker - 1));
+      const p = spawn('sh', ['-c', 'exec sleep 60 3<>"$0"', file], { stdio: 'ignore' });
+      children.push(p);
+      if (p.pid === broker) reuser = p;
+      else p.kill('SIGKILL');
+    }
+    assert.ok(reuser, `no process got pid ${broker} in 50 tries`);
+    const holdsFd = () => {
+      try {
+        return readlinkSync(`/proc/${broker}/fd/3`) === file;
+      } catch {
+        return false;
+      }
+    };
+    assert.ok(waitSync(holdsFd, 10_000), 'the new process opened the file');
+    a.scan();
+    assert.ok(
+      audit.recent.some(
+        (r) => r.event === 'audit-violation' && r.pid === broker && r.finding === 'fd-passed',
+      ),
+      `the new process with the gone broker's pid is reported: ${JSON.stringify(audit.recent)}`,
+    );
+  } finally {
+    a.close();
+    killPid(holder.pid);
+    killPid(broker);
+    reuser?.kill('SIGKILL');
+    await Promise.all([holder.closed, parent.closed]); // the parent's pipe, held by its child until it is gone
   }
 });

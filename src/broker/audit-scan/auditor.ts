@@ -13,6 +13,7 @@
 
 import { PidFd } from '../../sys/pidfd.js';
 import type { AuditLog } from '../audit.js';
+import { AllowedBrokers } from './allowed-brokers.js';
 import {
   descendsFrom,
   type FileIdentity,
@@ -100,8 +101,8 @@ export class SliceAuditor {
   #closed = false;
   /** An upgrade's transfer: no scan (nothing is acted on; the next broker carries the entries on). */
   #held = false;
-  /** The other broker of an upgrade, while it lives: it holds the device fd as this one does. */
-  readonly #brokers = new Set<number>();
+  /** The other broker of an upgrade, while it lives: it holds the device fd as this one does (by pidfd). */
+  readonly #brokers: AllowedBrokers;
   /**
    * Scans run synchronously on the broker's event loop: the timer, request and release-poll paths never start
    * one before this (the last scan's end + 9 × its duration), so the audit takes at most ~10% of the broker's
@@ -115,7 +116,9 @@ export class SliceAuditor {
     readonly target: FileIdentity,
     readonly config: DirectAuditConfig,
     private readonly host: AuditorHost,
-  ) {}
+  ) {
+    this.#brokers = new AllowedBrokers((line) => host.log(line));
+  }
 
   /** Start auditing `id`'s slices (device-file ranges); called at the hand-off. */
   add(id: string, holder: number, ranges: { start: bigint; end: bigint }[]): void {
@@ -174,8 +177,15 @@ export class SliceAuditor {
   /** One scan: checks, records violations, acts, and wakes release waiters. */
   scan(): ScanResult | null {
     if (this.#closed || this.#held || this.#entries.size === 0) return null;
-    for (const pid of this.#brokers) if (!isRunning(pid)) this.#brokers.delete(pid);
-    const r = scanProc(this.target, new Set([process.pid, ...this.#brokers]));
+    const allowed = this.#brokers.alive();
+    let r = scanProc(this.target, new Set([process.pid, ...allowed]));
+    // Left out by pid, so only while the pid was the broker's: still there at the scan's end, it was all along
+    // (it had the pid before the scan began, and a pid is freed only when its process is reaped). Gone
+    // meanwhile, its pid may have named another process when the scan read it: scanned again without it.
+    if (this.#brokers.alive().length < allowed.length) {
+      const again = scanProc(this.target, new Set([process.pid, ...this.#brokers.pids]));
+      r = { ...again, us: r.us + again.us };
+    }
     this.stats.scans++;
     this.stats.totalUs += r.us;
     this.stats.lastUs = r.us;
@@ -319,10 +329,11 @@ export class SliceAuditor {
 
   /**
    * An upgrade: `pid` is the other broker (the new one, seen from the old; the old, seen from the new), which
-   * holds the device fd as this one does; no violation while it lives.
+   * holds the device fd as this one does; no violation while it lives. It must be that process now: its
+   * pidfd is taken here (allowed-brokers.ts), and a process given its pid after it is audited.
    */
   allowBroker(pid: number): void {
-    this.#brokers.add(pid);
+    this.#brokers.allow(pid);
   }
 
   /** An upgrade's transfer: scans stop until unhold() (the commit, in the new broker; a rollback, in the old). */
@@ -378,12 +389,13 @@ export class SliceAuditor {
     this.#timer.unref();
   }
 
-  /** Idempotent: stops the timer; waiters are released (the broker is going away). */
+  /** Idempotent: stops the timer, closes the other broker's pidfd; waiters are released (the broker goes). */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
+    this.#brokers.close();
     for (const e of this.#entries.values()) for (const w of e.waiters.splice(0)) w();
   }
 }

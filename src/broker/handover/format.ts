@@ -6,7 +6,7 @@
 // (a reader ignores what it does not know); per-driver state is an opaque
 // blob under `driver.state`, owned by the driver, with its own fds.
 
-import type { KernelDeviceHandover } from '../../device/kernel/handover.js';
+import type { KernelDeviceHandover } from '../../device/kernel/device-upgrade.js';
 import type { VfioUserDeviceHandover } from '../../device/vfio-user-device.js';
 import type { DeviceFault, LeaseRequest, LeaseResources } from '../../drivers/driver.js';
 import type { AdoptedSession } from '../../vfio/user/connection.js';

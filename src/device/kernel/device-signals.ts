@@ -34,7 +34,7 @@ import {
 } from '../../vfio/uapi/vfio.js';
 import type { Device } from '../device.js';
 
-export type SignalDevice = Pick<Device, 'irqCount' | 'setIrqs' | 'read' | 'write'>;
+export type SignalDevice = Pick<Device, 'irqCount' | 'setIrqs' | 'disableIrqs' | 'read' | 'write'>;
 
 export const RELEASE_REQUESTED =
   'the kernel asks for the device back (VFIO device request: an unbind or a removal); it is released';
@@ -117,7 +117,7 @@ export class DeviceSignals {
         const w = handed
           ? { index: s.index, efd: handed, fired }
           : await wireSignal(this.dev, s.index, fired);
-        if (w) this.#add(w);
+        if (w) await this.#add(w);
       } catch (err) {
         this.hooks.log(`no ${s.name} eventfd (${s.event} unheard): ${(err as Error).message}`);
       }
@@ -167,8 +167,11 @@ export class DeviceSignals {
     this.#closeHanded();
   }
 
-  /** Watched, unless held; closed at once if the device closed while it was being wired, or if it cannot be. */
-  #add(w: WiredSignal): void {
+  /**
+   * Watched, unless held; closed at once if the device closed while it was being wired (its trigger went with the
+   * device fd), or unwired and closed if it cannot be watched.
+   */
+  async #add(w: WiredSignal): Promise<void> {
     if (this.#closed) {
       w.efd.close();
       return;
@@ -176,11 +179,31 @@ export class DeviceSignals {
     try {
       listen(w);
     } catch (err) {
+      await this.#unwire(w.index);
       w.efd.close();
       throw err;
     }
     this.#wired.push(w);
     if (this.#held) w.efd.stopWatching();
+  }
+
+  /**
+   * Take the irq's trigger back from an eventfd this process will not read: the kernel holds its own reference
+   * to the eventfd, so closing ours leaves it wired. REQ signalled into it, an unbind waits for the broker's
+   * exit as with none wired, but without the kernel's "No device request channel registered" log to say why;
+   * an ERR is heard by nobody. SET_IRQS with DATA_NONE, count 0 (disableIrqs) drops the trigger.
+   */
+  async #unwire(index: number): Promise<void> {
+    try {
+      await this.dev.disableIrqs(index);
+      this.hooks.log(`index ${index}: its eventfd cannot be watched; unwired`);
+    } catch (err) {
+      // Quiet once the device closed meanwhile: its close dropped the trigger.
+      if (!this.#closed)
+        this.hooks.log(
+          `index ${index}: its eventfd cannot be watched, nor unwired (the kernel keeps signalling it): ${(err as Error).message}`,
+        );
+    }
   }
 
   #closeHanded(): void {

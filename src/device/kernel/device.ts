@@ -11,25 +11,18 @@
 // closes it, and the broker checks from /proc that it did
 // (src/broker/audit-scan). Feature 13 is never sent here: in the kernel it is
 // s390's ZPCI_ERROR, not devlease's revoke. Region info, bounds and BAR map
-// tracking are regions.ts.
+// tracking are regions.ts; the VFIO_DEVICE_FEATURE calls, dmabuf-probe.ts;
+// the device's part in a broker upgrade (whose it is, what it hands over),
+// device-upgrade.ts.
 
 import { EventEmitter } from 'node:events';
 import { closedError } from '../../errors.js';
-import type { EventFd } from '../../sys/eventfd.js';
 import type { Fd } from '../../sys/fd.js';
 import {
-  encodeDeviceFeature,
-  VFIO_DEVICE_FEATURE,
-  VFIO_DEVICE_FEATURE_DMA_BUF,
-  VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
-  VFIO_DEVICE_FEATURE_GET,
-  VFIO_DEVICE_FEATURE_MASK,
-  VFIO_DEVICE_FEATURE_PROBE,
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_DEVICE_GET_INFO,
   VFIO_DEVICE_RESET,
   VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_REGION_INFO_FLAG_MMAP,
   vfio_device_info,
 } from '../../vfio/uapi/index.js';
 import type { RegionIoFds } from '../../vfio/user/region-io-fds.js';
@@ -37,14 +30,14 @@ import type { Device, DeviceRegion, DmaMapping, IovaRange, RevokeOptions, Transp
 import { readPciIds } from '../pci-ids.js';
 import { decodeBits, restoreDecode } from './bar-restore.js';
 import { configAccess, DeviceSignals, reportErrors, signalEmitter } from './device-signals.js';
-import { type DmaBufMmapProbe, probeDmaBufMmap } from './dmabuf-probe.js';
+import { type CarriedParts, DeviceUpgrade, type KernelDeviceHandover } from './device-upgrade.js';
+import { type DmaBufMmapProbe, exportsDmaBuf, probeBarDmaBufMmap } from './dmabuf-probe.js';
 import type { IommuDomain } from './domain.js';
-import type { KernelDeviceHandover } from './handover.js';
 import { KernelIrqs } from './irqs.js';
-import { checkMappable, readRegionInfo, regionSpan, trackBarMap } from './regions.js';
+import { checkMappable, type DeviceIoctl, readRegionInfo, regionSpan, trackBarMap } from './regions.js';
 import { codedError, explain, ioctlNamed, type KernelSys, type UserMemory } from './sys.js';
 
-export interface KernelDeviceParts {
+export interface KernelDeviceParts extends CarriedParts {
   sys: KernelSys;
   /** The VFIO device fd; owned by the device from here on. */
   fd: Fd;
@@ -56,12 +49,6 @@ export interface KernelDeviceParts {
   reason: string;
   /** Where problems met while closing are reported (close itself never throws). */
   log?: (msg: string) => void;
-  /** false: carried over from another broker process and not yet this one's to tear down (handover.ts). */
-  owned?: boolean;
-  /** Carried over: the previous broker's REQ and ERR eventfds by irq index, owned from here (watched at takeOver()). */
-  signals?: Map<number, EventFd>;
-  /** Carried over: the decode bits the device had when the previous broker opened it (not read again). */
-  decode?: number;
 }
 
 export class KernelDevice extends EventEmitter implements Device {
@@ -91,7 +78,6 @@ export class KernelDevice extends EventEmitter implements Device {
   readonly #regions = new Map<number, DeviceRegion>();
   readonly #barMaps = new Set<UserMemory>();
   #closed = false;
-  #owned: boolean;
   /** The command register's decode bits at open, which a reset must leave (bar-restore.ts). */
   #decode = 0;
   readonly #carriedDecode: number | undefined;
@@ -101,8 +87,8 @@ export class KernelDevice extends EventEmitter implements Device {
   readonly #emitSignal = signalEmitter(this);
   /** GET_IRQ_INFO and SET_IRQS (irqs.ts: MSI/MSI-X indexes the kernel sizes once are enabled whole). */
   readonly #irqs = new KernelIrqs((name, request, arg) => this.#ioctl(name, request, arg));
-  /** After an upgrade's commit: what became of the pinned-page accounting (takeOver(); status shows it). */
-  pinnedAccounting: string | null = null;
+  /** Whose the device is across a broker upgrade, and what it hands the next broker (device-upgrade.ts). */
+  readonly #upgrade: DeviceUpgrade;
 
   private constructor(p: KernelDeviceParts) {
     super();
@@ -113,7 +99,6 @@ export class KernelDevice extends EventEmitter implements Device {
     this.domain = p.domain;
     this.transport = p.domain.transport;
     this.path = { chosen: p.chosen, reason: p.reason };
-    this.#owned = p.owned ?? true;
     this.#carriedDecode = p.decode;
     this.#signals = new DeviceSignals(
       this,
@@ -125,6 +110,18 @@ export class KernelDevice extends EventEmitter implements Device {
       },
       p.signals,
     );
+    this.#upgrade = new DeviceUpgrade(
+      {
+        device: this,
+        fd: p.fd,
+        name: p.name,
+        regions: this.#regions,
+        irqs: this.#irqs,
+        signals: this.#signals,
+        decode: () => this.#decode,
+      },
+      p.owned ?? true,
+    );
   }
 
   /** Read the device's info, ids and features. On failure everything in `parts` is closed. */
@@ -132,7 +129,7 @@ export class KernelDevice extends EventEmitter implements Device {
     const dev = new KernelDevice(parts);
     try {
       await dev.#init();
-      if (dev.#owned) await dev.#signals.start();
+      if (dev.#upgrade.owned) await dev.#signals.start();
     } catch (err) {
       await dev.close();
       throw err;
@@ -150,7 +147,7 @@ export class KernelDevice extends EventEmitter implements Device {
     this.ids = await readPciIds((off, n) => this.read(VFIO_PCI_CONFIG_REGION_INDEX, off, n));
     // Carried over by an upgrade rather than read: a link reset may have cleared them since.
     this.#decode = this.#carriedDecode ?? (await decodeBits(this.#config));
-    this.dmaBuf = this.#probe(VFIO_DEVICE_FEATURE_DMA_BUF, VFIO_DEVICE_FEATURE_GET);
+    this.dmaBuf = exportsDmaBuf(this.#deviceIoctl);
     const slices = this.dmaBuf
       ? 'BAR ranges export as dma-buf fds, but those cannot be revoked: mappable BAR slices are audited'
       : 'no dma-buf export of BAR ranges (VFIO_DEVICE_FEATURE_DMA_BUF): mappable BAR slices are audited';
@@ -162,16 +159,7 @@ export class KernelDevice extends EventEmitter implements Device {
    * in `dmaBufMmap`. The broker asks once at start.
    */
   async probeDmaBufMmap(): Promise<DmaBufMmapProbe> {
-    if (!this.dmaBuf) {
-      this.dmaBufMmap = { mmap: 'no', reason: 'the kernel exports no dma-buf of BAR ranges (feature 11)' };
-      return this.dmaBufMmap;
-    }
-    let bar: DeviceRegion | null = null;
-    for (let i = 0; i < Math.min(this.numRegions, 6) && !bar; i++) {
-      const r = await this.region(i).catch(() => null);
-      if (r && r.size >= 4096n && r.flags & VFIO_REGION_INFO_FLAG_MMAP) bar = r;
-    }
-    this.dmaBufMmap = probeDmaBufMmap(this.#sys, bar, (flags, data) => this.#feature(flags, data));
+    this.dmaBufMmap = await probeBarDmaBufMmap(this.#sys, this, this.#deviceIoctl);
     return this.dmaBufMmap;
   }
 
@@ -184,38 +172,18 @@ export class KernelDevice extends EventEmitter implements Device {
     return this.#fd.dup();
   }
 
-  /** VFIO_DEVICE_FEATURE with PROBE: does the device support `feature` for `op` (GET or SET)? */
-  #probe(feature: number, op: number): boolean {
-    try {
-      this.#feature(VFIO_DEVICE_FEATURE_PROBE | op | feature);
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
-  #feature(flags: number, data?: Uint8Array): number {
-    const feature = flags & VFIO_DEVICE_FEATURE_MASK;
-    // Feature 13 is devlease's revoke over vfio-user only; in the kernel it is s390's ZPCI_ERROR.
-    if (feature === VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE) {
-      throw codedError('ENOTSUP', 'feature 13 is never sent to a kernel device (it is ZPCI_ERROR there)');
-    }
-    return this.#ioctl(
-      `VFIO_DEVICE_FEATURE(${feature})`,
-      VFIO_DEVICE_FEATURE,
-      encodeDeviceFeature(flags, data),
-    );
-  }
-
   #ioctl(name: string, request: number, arg: number | Uint8Array): number {
     if (this.#closed) throw closedError(`kernel device ${this.#name}`);
     return ioctlNamed(this.#sys, this.#fd, name, this.#name, request, arg);
   }
 
+  /** #ioctl as a function, for the helpers that issue the device's ioctls (regions.ts, dmabuf-probe.ts). */
+  readonly #deviceIoctl: DeviceIoctl = (name, request, arg) => this.#ioctl(name, request, arg);
+
   async region(index: number): Promise<DeviceRegion> {
     const known = this.#regions.get(index);
     if (known) return known;
-    const r = readRegionInfo((name, request, arg) => this.#ioctl(name, request, arg), index);
+    const r = readRegionInfo(this.#deviceIoctl, index);
     this.#regions.set(index, r);
     return r;
   }
@@ -291,13 +259,13 @@ export class KernelDevice extends EventEmitter implements Device {
 
   async dmaMap(m: DmaMapping): Promise<void> {
     if (this.#closed) throw closedError(`kernel device ${this.#name}`);
-    this.#mine('DMA map');
+    this.#upgrade.mine('DMA map');
     this.domain.map(m);
   }
 
   async dmaUnmap(iova: bigint, size: bigint): Promise<void> {
     if (this.#closed) throw closedError(`kernel device ${this.#name}`);
-    this.#mine('DMA unmap');
+    this.#upgrade.mine('DMA unmap');
     this.domain.unmap(iova, size);
   }
 
@@ -307,7 +275,7 @@ export class KernelDevice extends EventEmitter implements Device {
 
   /** One SET_IRQS for the block: fd -1 unassigns a vector, the others keep theirs (irqs.ts: NORESIZE indexes). */
   async setIrqs(index: number, start: number, fds: (Fd | null)[]): Promise<void> {
-    this.#mine('SET_IRQS');
+    this.#upgrade.mine('SET_IRQS');
     this.#irqs.set(
       index,
       start,
@@ -316,7 +284,7 @@ export class KernelDevice extends EventEmitter implements Device {
   }
 
   async disableIrqs(index: number): Promise<void> {
-    this.#mine('SET_IRQS');
+    this.#upgrade.mine('SET_IRQS');
     this.#irqs.disable(index);
   }
 
@@ -325,7 +293,7 @@ export class KernelDevice extends EventEmitter implements Device {
   }
 
   async unmaskIrq(index: number, start: number): Promise<void> {
-    this.#mine('SET_IRQS');
+    this.#upgrade.mine('SET_IRQS');
     this.#irqs.unmask(index, start);
   }
 
@@ -335,7 +303,7 @@ export class KernelDevice extends EventEmitter implements Device {
   }
 
   async reset(): Promise<void> {
-    this.#mine('reset');
+    this.#upgrade.mine('reset');
     // Before: the reset's save then holds decoded BARs, so its restore can write the MSI-X table (bar-restore.ts);
     // failing, the reset runs still. After: in case the link was reset meanwhile.
     await this.#restoreDecode().catch((err: Error) =>
@@ -380,39 +348,9 @@ export class KernelDevice extends EventEmitter implements Device {
     throw codedError('ENOTSUP', 'the kernel has no revoke for dma-buf slices');
   }
 
-  /** What another broker process needs to carry this device on (handover.ts); the fds stay this one's. */
+  /** What another broker process needs to carry this device on (device-upgrade.ts); the fds stay this one's. */
   handover(add: (fd: Fd) => number): KernelDeviceHandover {
-    if (this.#closed) throw closedError(`kernel device ${this.#name}`);
-    return {
-      fd: add(this.#fd),
-      name: this.#name,
-      path: { ...this.path },
-      flags: this.flags,
-      ids: this.ids,
-      regions: [...this.#regions.values()].map((r) => ({
-        index: r.index,
-        flags: r.flags,
-        size: r.size,
-        offset: r.offset,
-      })),
-      domain: this.domain.handover(add),
-      irqsEnabled: this.#irqs.handover(),
-      signals: this.#signals.handover(add),
-      decode: this.#decode,
-    };
-  }
-
-  /**
-   * Adopted and not taken over: the maps, interrupts and device state are the previous broker's, which may
-   * yet roll back and carry on, so nothing here may change them (reads and register writes are the driver's
-   * adopt() checks).
-   */
-  #mine(what: string): void {
-    if (!this.#owned)
-      throw codedError(
-        'EBUSY',
-        `${what} on ${this.#name}: the device is the previous broker's until the upgrade commits`,
-      );
+    return this.#upgrade.handover(add);
   }
 
   /**
@@ -427,16 +365,14 @@ export class KernelDevice extends EventEmitter implements Device {
     this.#signals.unhold();
   }
 
-  /**
-   * An adopted device becomes this process's (the upgrade committed); returns what became of the accounting.
-   * Its REQ and ERR irqs are this process's from here on: the eventfds the previous broker handed over are
-   * watched (with what was signalled during the transfer), or, from a broker that handed none, new ones wired.
-   */
+  /** An adopted device becomes this process's (the upgrade committed); returns what became of the accounting. */
   takeOver(): string {
-    this.#owned = true;
-    void this.#signals.start();
-    this.pinnedAccounting = this.domain.takeAccounting();
-    return this.pinnedAccounting;
+    return this.#upgrade.takeOver();
+  }
+
+  /** After an upgrade's commit: what became of the pinned-page accounting (status shows it). */
+  get pinnedAccounting(): string | null {
+    return this.#upgrade.pinnedAccounting;
   }
 
   /**
@@ -445,7 +381,7 @@ export class KernelDevice extends EventEmitter implements Device {
    */
   async close(): Promise<void> {
     if (this.#closed) return;
-    if (!this.#owned) {
+    if (!this.#upgrade.owned) {
       for (const m of [...this.#barMaps]) m.unmap();
       this.#closed = true;
       this.#fd.close();

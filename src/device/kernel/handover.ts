@@ -14,33 +14,17 @@
 // down (close() only closes its fds: unmapping or detaching would take the
 // device from the old broker, which may yet roll back). takeOver() makes it
 // this process's and moves the pinned-page accounting where the kernel can
-// (docs/ARCHITECTURE.md, "Upgrading the broker").
+// (docs/ARCHITECTURE.md, "Upgrading the broker"). The handover's format, and
+// what builds it from the old broker's device, are device-upgrade.ts.
 
 import { EventFd } from '../../sys/eventfd.js';
 import type { Fd } from '../../sys/fd.js';
-import type { Device } from '../device.js';
 import { Type1Container } from './container.js';
 import { KernelDevice } from './device.js';
-import type { DomainHandover, IommuDomain } from './domain.js';
+import type { KernelDeviceHandover } from './device-upgrade.js';
+import type { IommuDomain } from './domain.js';
 import { IommufdIoas } from './iommufd.js';
 import { codedError, type KernelSys, realSys } from './sys.js';
-
-export interface KernelDeviceHandover {
-  fd: number;
-  name: string;
-  path: { chosen: string; reason: string };
-  flags: number;
-  ids: Device['ids'];
-  /** The region info the old broker had read (checked against the kernel's answer again). */
-  regions: { index: number; flags: number; size: bigint; offset: bigint }[];
-  domain: DomainHandover;
-  /** MSI/MSI-X indexes the kernel sizes once that the old broker had enabled (absent from an older broker). */
-  irqsEnabled?: number[];
-  /** The REQ and ERR eventfds wired to the device, by irq index (absent from an older broker: wired anew). */
-  signals?: { index: number; fd: number }[];
-  /** The command register's decode bits at the first open (absent from an older broker: read at adoption). */
-  decode?: number;
-}
 
 /** Rebuild the device from a handover; `take` hands over the fd of an index. Checks it still agrees. */
 export async function adoptKernelDevice(
