@@ -10,13 +10,21 @@
 // lease, with the reason, unless `[generic] reuse_without_reset` leases it
 // again as the last holder left it.
 //
+// Bus master is the broker's, as the rest of the lease's config space is
+// virtual (session.ts): a grant sets it, so the lease's DMA and MSI/MSI-X
+// messages reach memory (a real device does neither without it), and
+// quiesce clears it before the reset, which stops both at once — also on a
+// device with no reset method. A device whose config space takes no write
+// (a vfio-user server that emulates none) is leased as it is.
+//
 // A broker with this driver can be upgraded live: its state is what it read
 // at boot, whether the device is leased, and a quarantine.
 
 import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
-import { VfioError } from '../errors.js';
+import { DevleaseError, VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../vfio/uapi/pci-regs.js';
 import {
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_INTX_IRQ_INDEX,
@@ -54,6 +62,8 @@ export class GenericDriver extends EventEmitter implements Driver {
   #irqIndex = VFIO_PCI_MSIX_IRQ_INDEX;
   /** Why the device is leased no more (a lease ended on a device with no reset), or null. */
   #quarantined: string | null = null;
+  /** Why bus master cannot be set (the device refused a command-register access), or null. */
+  #noBusMaster: string | null = null;
 
   constructor(
     private readonly dev: Device,
@@ -138,15 +148,40 @@ export class GenericDriver extends EventEmitter implements Driver {
     };
   }
 
-  async activate(): Promise<void> {}
+  /** Bus master on: the lease's DMA and MSI/MSI-X messages are memory writes of the device. */
+  async activate(): Promise<void> {
+    await this.#busMaster(true);
+  }
   /**
-   * A reset stops whatever the device was doing for the lease before its IOVA window is unmapped. Without a
-   * reset method nothing can: the device is leased no more (the next acquire says why), or with
-   * reuse_without_reset it goes on as it is (a DMA it still runs faults on the unmapped window).
+   * Bus master off, then a reset, stop whatever the device was doing for the lease before its IOVA window is
+   * unmapped. Without a reset method bus master off is all there is: the device is leased no more (the next
+   * acquire says why), or with reuse_without_reset it goes on as it is from the next grant.
    */
   async quiesce(): Promise<void> {
+    await this.#busMaster(false).catch(() => undefined);
     if (this.dev.resettable === false) return this.#noReset();
     await this.dev.reset().catch(() => undefined);
+  }
+
+  /** PCI_COMMAND's bus master bit set or cleared (no write when it is so already); the rest kept. */
+  async #busMaster(on: boolean): Promise<void> {
+    if (this.#noBusMaster) return;
+    try {
+      const cmd = await this.dev.read(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2);
+      const v = cmd[0]! | (cmd[1]! << 8);
+      const want = on ? v | PCI_COMMAND_MASTER : v & ~PCI_COMMAND_MASTER;
+      if (want !== v)
+        await this.dev.write(
+          VFIO_PCI_CONFIG_REGION_INDEX,
+          PCI_COMMAND,
+          new Uint8Array([want & 0xff, want >> 8]),
+        );
+    } catch (err) {
+      // A device that takes no config write (a vfio-user server emulating none) has no bus master to set: it is
+      // leased as it is, and `devlease status` says so. A device gone fails its next access as well.
+      if (!(err instanceof DevleaseError) || !['EPERM', 'EINVAL', 'ENOTSUP'].includes(err.code)) throw err;
+      this.#noBusMaster = `the device refused its command register (${err.code}: ${err.message})`;
+    }
   }
   async resetLease(): Promise<void> {
     await this.dev.reset();
@@ -197,6 +232,7 @@ export class GenericDriver extends EventEmitter implements Driver {
             ? 'none: leased again as the last lease left it ([generic] reuse_without_reset)'
             : 'none: quarantined after its first lease ([generic] reuse_without_reset = false)',
       ...(this.#quarantined ? { quarantined: this.#quarantined } : {}),
+      busMaster: this.#noBusMaster ?? 'set at each grant, cleared at each lease end',
       bars: this.#bars.map((b) => ({ ...b, size: b.size.toString() })),
       configRegion: VFIO_PCI_CONFIG_REGION_INDEX,
     };

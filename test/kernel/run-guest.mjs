@@ -16,7 +16,8 @@
 // `=== DEVLEASE-HOST aer-inject NAME ===` to /dev/console (aerInject() in
 // test/kernel/guest/fixtures/aer.ts): the host sends QEMU's monitor
 // `pcie_aer_inject_error aerdev NAME` and prints the monitor's answer
-// among the guest's output as `[host] aer-inject: <answer>`.
+// among the guest's output as `[host] aer-inject NAME: <answer>`. The same way,
+// `=== DEVLEASE-HOST set-link on|off ===` sends `set_link aerdev on|off` (setLink()).
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
@@ -36,7 +37,13 @@ const DMESG_BEGIN = '=== DEVLEASE-DMESG-BEGIN ===';
 const DMESG_END = '=== DEVLEASE-DMESG-END ===';
 const RIG_ERROR = /^=== DEVLEASE-RIG-ERROR (.*) ===$/;
 // Anywhere in a line: the console is shared, so another writer's partial line may come first.
-const HOST_REQUEST = /=== DEVLEASE-HOST aer-inject ([A-Z_]+) ===/;
+// aer-inject NAME: QEMU's pcie_aer_inject_error on the AER device; set-link on|off: its link, which a virtio-net
+// with DRIVER_OK reports with a config interrupt (its MSI-X config vector).
+const HOST_REQUEST = /=== DEVLEASE-HOST (aer-inject [A-Z_]+|set-link (?:on|off)) ===/;
+const HOST_COMMANDS = {
+  'aer-inject': (arg) => `pcie_aer_inject_error aerdev ${arg}`,
+  'set-link': (arg) => `set_link aerdev ${arg}`,
+};
 
 /** Builds (or finds cached) one configuration; returns { kernel, initrd }. */
 export function buildConfig(config) {
@@ -139,15 +146,16 @@ function qemuArgs({ kernel, initrd }, runDir, config) {
 
 const monitorPath = (runDir) => join(runDir, 'monitor.sock');
 
-/** A guest's request for an AER error: sent to QEMU's monitor; its answer is reported with the guest's output. */
-async function injectAer(runDir, name, report) {
+/** A guest's request of the host (HOST_REQUEST): sent to QEMU's monitor; its answer is reported with the guest's output. */
+async function hostRequest(runDir, request, report) {
+  const [kind, arg] = request.split(' ');
   let answer;
   try {
-    answer = (await hmp(monitorPath(runDir), `pcie_aer_inject_error aerdev ${name}`)) || 'ok';
+    answer = (await hmp(monitorPath(runDir), HOST_COMMANDS[kind](arg))) || 'ok';
   } catch (err) {
     answer = `failed: ${err.message}`;
   }
-  report(`[host] aer-inject ${name}: ${answer.replace(/\s+/g, ' ')}`);
+  report(`[host] ${request}: ${answer.replace(/\s+/g, ' ')}`);
 }
 
 /**
@@ -237,7 +245,7 @@ export async function runGuest({
         } else {
           const request = line.match(HOST_REQUEST);
           if (request)
-            void injectAer(runDir, request[1], (l) => {
+            void hostRequest(runDir, request[1], (l) => {
               output.push(l);
               onLine(l);
             });
