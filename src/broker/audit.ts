@@ -6,12 +6,29 @@
 // full disk, EIO) must not leave a lease half granted or a reclaim stopped with its resources held (a client
 // can fill a shared file system). The record still reaches `recent`, the sink and the observers (metrics);
 // the failure is counted (writeErrors) and reported to onError (the broker logs it, rate-limited).
+//
+// The file is one O_APPEND descriptor, opened at the first record (again after a failed open) and closed with
+// the broker. A write the file takes only part of (a full disk, a file-size limit: ENOSPC, EFBIG) leaves a
+// fragment of a line: the next record starts with a newline, so it is not glued onto that fragment and every
+// whole record is still a line of its own for a reader.
 
-import { appendFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 
 export interface AuditRecord {
   event: string;
   [key: string]: unknown;
+}
+
+const lastByte = Buffer.alloc(1);
+
+/** Whether the file ends in part of a line (a broker before this one stopped mid-record): false if unreadable. */
+function endsInPart(fd: number): boolean {
+  try {
+    const size = fstatSync(fd).size;
+    return size > 0 && readSync(fd, lastByte, 0, 1, size - 1) === 1 && lastByte[0] !== 10;
+  } catch {
+    return false;
+  }
 }
 
 /** How many records `recent` keeps. */
@@ -29,6 +46,10 @@ export class AuditLog {
   decidedBy: { readonly config: string; readonly policyModule?: string } | null = null;
   /** Observers of every record (metrics count grants, denials, reclaims from them). */
   readonly #listeners = new Set<(rec: AuditRecord) => void>();
+  #fd: number | null = null;
+  #closed = false;
+  /** The file may end in part of a line (a write it took only part of): the next record starts a new one. */
+  #torn = false;
 
   /** Records the file did not take (appendFileSync failed), and observers that threw, since start. */
   writeErrors = 0;
@@ -52,7 +73,7 @@ export class AuditLog {
     while (this.recent.length > AUDIT_RECENT) this.recent.shift();
     if (this.#path) {
       try {
-        appendFileSync(this.#path, `${line}\n`);
+        this.#append(this.#path, line);
       } catch (err) {
         this.#failed(`cannot append to ${this.#path}`, err);
       }
@@ -69,6 +90,43 @@ export class AuditLog {
         this.#failed('an audit observer threw', err);
       }
     }
+  }
+
+  #append(path: string, line: string): void {
+    // After close() (a record written on the way out) the file is opened for that record alone.
+    let fd = this.#fd;
+    if (fd === null) {
+      fd = openSync(path, 'a+'); // O_APPEND, and readable for the check below
+      if (endsInPart(fd)) this.#torn = true;
+      if (!this.#closed) this.#fd = fd;
+    }
+    const buf = Buffer.from(`${this.#torn ? '\n' : ''}${line}\n`);
+    let done = 0;
+    try {
+      while (done < buf.length) done += writeSync(fd, buf, done);
+      this.#torn = false;
+    } catch (err) {
+      if (done > 0) this.#torn = true; // part of this record went in; a failure before any keeps the state
+      throw err;
+    } finally {
+      if (this.#closed) closeSync(fd);
+    }
+  }
+
+  /** The next record opens the path anew (`devlease reload`, SIGHUP: after a rotation renamed the file). */
+  reopen(): void {
+    const fd = this.#fd;
+    this.#fd = null;
+    if (fd !== null) closeSync(fd);
+  }
+
+  /** Close the file (the broker's close). Idempotent; a record written after it opens the file for itself. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const fd = this.#fd;
+    this.#fd = null;
+    if (fd !== null) closeSync(fd);
   }
 
   #failed(what: string, err: unknown): void {

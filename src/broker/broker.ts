@@ -160,11 +160,17 @@ export class Broker extends EventEmitter {
     const factory = driverFactoryFor(device, own);
     if (!factory) throw new DevleaseError('ENODEV', 'no driver matches the device');
     const audit = new AuditLog(config.auditLog, opts.auditSink);
-    const policy = new Policy(config.policy, (e) => audit.write({ event: 'policy', ...e }));
-    if (config.policy.module) await policy.loadModule(config.policy.module);
-    if (opts.policyModule) policy.setModule(opts.policyModule);
-    const driver = factory.create(device, config);
-    const broker = new Broker(opts, driver, policy, audit);
+    let driver: Driver;
+    let broker: Broker;
+    try {
+      const log = (e: Record<string, unknown>) => audit.write({ event: 'policy', ...e });
+      const policy = await Policy.load(config.policy, log, opts.policyModule ?? null);
+      driver = factory.create(device, config);
+      broker = new Broker(opts, driver, policy, audit);
+    } catch (err) {
+      audit.close(); // nobody else will: no broker owns it yet
+      throw err;
+    }
     let metricsFd: Fd | null = null;
     try {
       if (opts.handover) {
@@ -358,6 +364,8 @@ export class Broker extends EventEmitter {
    * Rejects with EINVAL, changing nothing, when the new config is refused.
    */
   async reload(): Promise<ReloadOutcome> {
+    // The audit file is reopened at its path (after a rotation renamed it), whatever becomes of the reload.
+    this.audit.reopen();
     const source = this.#configSource;
     if (!source)
       throw new DevleaseError('EINVAL', 'the broker was started without a config file: nothing to reload');
@@ -440,5 +448,6 @@ export class Broker extends EventEmitter {
     this.#clients.close();
     this.#serverLog.flush();
     this.#watcher.close();
+    this.audit.close();
   }
 }

@@ -86,6 +86,13 @@ export interface BrokerConfig {
     module: string | null;
     hookTimeoutMs: number;
     /**
+     * How long the module's import may take, at start and at reload (its top-level code: a module that awaits
+     * a service that never answers would otherwise hold the start or the reload, and every reload after it).
+     */
+    loadTimeoutMs: number;
+    /** How long a reload's check of the live leases against the new policy may take in all. */
+    recheckTimeoutMs: number;
+    /**
      * After a reload (devlease reload, SIGHUP), leases the new policy would refuse: kept to their end, or revoked
      * with a deadline of `onReloadDeadlineMs`.
      */
@@ -171,6 +178,8 @@ export function defaultConfig(): BrokerConfig {
       rules: defaultRules(),
       module: null,
       hookTimeoutMs: 200,
+      loadTimeoutMs: 5000,
+      recheckTimeoutMs: 5000,
       onReload: 'keep',
       onReloadDeadlineMs: 5000,
       dmaFiles: 'memory',

@@ -199,10 +199,11 @@ export function configFromObject(doc: Table): BrokerConfig {
   const rundir = top.string('rundir', d.rundir);
   const device = top.table('device');
   const deviceName = device.string('name', d.deviceName);
-  if (!/^[A-Za-z0-9_.-]+$/.test(deviceName)) {
+  // It names a folder under rundir: "." or ".." would put the sockets in rundir or its parent.
+  if (!/^[A-Za-z0-9_.-]+$/.test(deviceName) || deviceName === '.' || deviceName === '..') {
     throw new ConfigError(
       'device.name',
-      'may contain only letters, digits, ".", "_" and "-" (it names a folder)',
+      `may contain only letters, digits, ".", "_" and "-", and not be "." or ".." (it names a folder under rundir), got ${JSON.stringify(deviceName)}`,
     );
   }
   const driverModule = device.string('driver', null);
@@ -295,6 +296,8 @@ export function configFromObject(doc: Table): BrokerConfig {
     rules,
     module: pol.string('module', null),
     hookTimeoutMs: pol.int('hook_timeout_ms', d.policy.hookTimeoutMs, 1, 60_000),
+    loadTimeoutMs: pol.int('load_timeout_ms', d.policy.loadTimeoutMs, 1, 600_000),
+    recheckTimeoutMs: pol.int('recheck_timeout_ms', d.policy.recheckTimeoutMs, 1, 3_600_000),
     onReload: pol.string('on_reload', d.policy.onReload) as 'keep' | 'revoke',
     onReloadDeadlineMs: pol.int('on_reload_deadline_ms', d.policy.onReloadDeadlineMs, 0, 3_600_000),
     dmaFiles: pol.string('dma_files', d.policy.dmaFiles) as DmaFiles,
@@ -380,8 +383,15 @@ export function loadConfig(path: string): BrokerConfig {
   } catch (err) {
     throw new ConfigError('(file)', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
   }
-  const config = parseConfig(text, path);
-  // A driver module is named relative to the config file that names it, as an operator reads the file.
-  if (config.driverModule) config.driverModule = resolve(dirname(path), config.driverModule);
+  return resolveConfigPaths(parseConfig(text, path), path);
+}
+
+/**
+ * The modules a config file names (device.driver, policy.module), relative to that file's directory, as an
+ * operator reads the file: a relative policy.module used to resolve against the daemon's working directory.
+ */
+export function resolveConfigPaths(config: BrokerConfig, file: string): BrokerConfig {
+  if (config.driverModule) config.driverModule = resolve(dirname(file), config.driverModule);
+  if (config.policy.module) config.policy.module = resolve(dirname(file), config.policy.module);
   return config;
 }

@@ -1,12 +1,13 @@
 // Policy: every lease request and every map/unmap passes here with the
 // caller's context. The declarative rules from the config run first (limits
 // per uid/gid); an optional module's hooks run after, and a hook that throws
-// or does not answer in time denies.
+// or does not answer in time denies (a reload's recheck asks to be told of
+// such a failure instead: PolicyHookError).
 
 import { readlinkSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { readHead } from '../sys/read-head.js';
-import { type BrokerConfig, FAIR_SHARE_DIVISOR, fairShare, type PolicyRule } from './config.js';
+import { type BrokerConfig, ConfigError, FAIR_SHARE_DIVISOR, fairShare, type PolicyRule } from './config.js';
 
 export interface CallerContext {
   pid: number;
@@ -73,25 +74,79 @@ function firstLine(path: string): string | null {
   return procLine.toString('utf8', 0, end >= 0 ? end : n);
 }
 
+/** A hook that threw, answered nonsense or not in time, when the caller asked to tell that from a denial. */
+export class PolicyHookError extends Error {
+  constructor(
+    readonly hook: 'lease' | 'map',
+    readonly problem: string,
+  ) {
+    super(`policy module ${hook}() failed: ${problem}`);
+    this.name = 'PolicyHookError';
+  }
+}
+
 export class Policy {
   readonly #rules: PolicyRule[];
   readonly #timeoutMs: number;
+  readonly #loadTimeoutMs: number;
   #module: PolicyModule | null = null;
   readonly #log: (event: Record<string, unknown>) => void;
 
   constructor(config: BrokerConfig['policy'], log: (event: Record<string, unknown>) => void) {
     this.#rules = config.rules;
     this.#timeoutMs = config.hookTimeoutMs;
+    this.#loadTimeoutMs = config.loadTimeoutMs;
     this.#log = log;
+  }
+
+  /**
+   * The policy as configured, its module loaded (a failure named as a reload names it: the key, and why — a
+   * syntax error, a missing export, no load in time); `code`: hooks given in code, in force over the module.
+   */
+  static async load(
+    config: BrokerConfig['policy'],
+    log: (event: Record<string, unknown>) => void,
+    code: PolicyModule | null,
+  ): Promise<Policy> {
+    const policy = new Policy(config, log);
+    if (config.module) {
+      try {
+        await policy.loadModule(config.module);
+      } catch (err) {
+        throw new ConfigError('policy.module', (err as Error).message);
+      }
+    }
+    if (code) policy.setModule(code);
+    return policy;
   }
 
   /**
    * Load the optional policy module (an ES module exporting `lease` and/or `map`). `version` (a reload's hash of
    * the file) makes a changed file import afresh: ES modules are cached by URL.
+   *
+   * Within policy.load_timeout_ms: a module whose top-level code awaits something that never settles left the
+   * broker never ready, or a reload (and every reload and upgrade queued behind it) waiting for good. An
+   * import() cannot be cancelled, so such a module's evaluation stays pending in memory, and a later import of
+   * the same file (same sha256) waits on it again and is refused the same way.
    */
   async loadModule(path: string, version?: string): Promise<void> {
     const url = pathToFileURL(path).href + (version ? `?sha256=${version}` : '');
-    const mod = (await import(url)) as PolicyModule & { default?: PolicyModule };
+    let timer: NodeJS.Timeout | undefined;
+    const ms = this.#loadTimeoutMs;
+    let mod: PolicyModule & { default?: PolicyModule };
+    try {
+      mod = await Promise.race([
+        import(url) as Promise<PolicyModule & { default?: PolicyModule }>,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`${path} did not load within ${ms} ms (policy.load_timeout_ms)`)),
+            ms,
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
     const hooks = mod.lease || mod.map ? mod : (mod.default ?? {});
     if (typeof hooks.lease !== 'function' && typeof hooks.map !== 'function') {
       throw new Error(`policy module ${path} exports neither lease(ctx, req) nor map(ctx, req)`);
@@ -116,7 +171,14 @@ export class Policy {
   /**
    * `capacity`: how many leases of req.kind the device holds at once, which a 'fair' limit is a share of.
    */
-  async checkLease(ctx: CallerContext, req: LeaseRequest, usage: Usage, capacity = 1): Promise<Verdict> {
+  /** `strict`: a hook that fails throws a PolicyHookError rather than denying (a reload's recheck). */
+  async checkLease(
+    ctx: CallerContext,
+    req: LeaseRequest,
+    usage: Usage,
+    capacity = 1,
+    strict = false,
+  ): Promise<Verdict> {
     const rule = this.ruleFor(ctx);
     if (!rule) return { allow: false, reason: `no policy rule matches uid ${ctx.uid} gid ${ctx.gid}` };
     if (!rule.kinds.includes('*') && !rule.kinds.includes(req.kind)) {
@@ -136,7 +198,7 @@ export class Policy {
         reason: `uid ${ctx.uid} already holds ${usage.leases} lease(s); the limit is ${limit}${fair}`,
       };
     }
-    return this.#hook('lease', ctx, req);
+    return this.#hook('lease', ctx, req, strict);
   }
 
   async checkMap(ctx: CallerContext, req: MapRequest, usage: Usage): Promise<Verdict> {
@@ -156,7 +218,12 @@ export class Policy {
     return this.#hook('map', ctx, req);
   }
 
-  async #hook(name: 'lease' | 'map', ctx: CallerContext, req: LeaseRequest | MapRequest): Promise<Verdict> {
+  async #hook(
+    name: 'lease' | 'map',
+    ctx: CallerContext,
+    req: LeaseRequest | MapRequest,
+    strict = false,
+  ): Promise<Verdict> {
     const fn = this.#module?.[name] as
       | ((c: CallerContext, r: unknown) => Verdict | Promise<Verdict>)
       | undefined;
@@ -179,6 +246,7 @@ export class Policy {
       return { allow: true };
     } catch (err) {
       this.#log({ event: 'policy-hook-failed', hook: name, pid: ctx.pid, error: (err as Error).message });
+      if (strict) throw new PolicyHookError(name, (err as Error).message);
       return { allow: false, reason: `policy module ${name}() failed: ${(err as Error).message}` };
     } finally {
       clearTimeout(timer);

@@ -7,15 +7,18 @@
 // the new policy would refuse are kept or revoked with notice, as the new
 // config's policy.on_reload says. Every grant and denial is audited with the
 // sha256 of the config (and policy module) that decided it.
+//
+// A hook that fails (throws, answers nonsense or not in time) while the live leases are checked is not a
+// refusal: it refuses the reload, which puts the old policy back, rather than revoking leases because a policy
+// service is down. The whole check is bounded by the new file's policy.recheck_timeout_ms.
 
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
 import { DevleaseError } from '../errors.js';
 import type { AuditLog } from './audit.js';
-import { type BrokerConfig, ConfigError, parseConfig } from './config.js';
+import { type BrokerConfig, ConfigError, parseConfig, resolveConfigPaths } from './config.js';
 import type { LeaseTable } from './leases.js';
-import { Policy, type PolicyModule } from './policy.js';
+import { Policy, PolicyHookError, type PolicyModule, type Verdict } from './policy.js';
 
 /** Which config decided: the sha256 of the config file's bytes, and of the policy module's when there is one. */
 export interface ConfigIdentity {
@@ -78,8 +81,7 @@ async function prepare(source: ConfigSource, t: ReloadTarget) {
       `cannot read ${source.path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
     );
   }
-  const next = parseConfig(text.toString('utf8'), source.path);
-  if (next.driverModule) next.driverModule = resolve(dirname(source.path), next.driverModule);
+  const next = resolveConfigPaths(parseConfig(text.toString('utf8'), source.path), source.path);
   Object.assign(next, source.overrides ?? {});
   const changed = restartOnlyChange(t.config, next);
   if (changed) {
@@ -113,7 +115,7 @@ async function prepare(source: ConfigSource, t: ReloadTarget) {
 export function refuseReload(
   source: ConfigSource,
   t: Pick<ReloadTarget, 'audit' | 'identity' | 'log'>,
-  code: 'EINVAL' | 'EBUSY',
+  code: 'EINVAL' | 'EBUSY' | 'EAGAIN' | 'ETIMEDOUT',
   why: string,
   cause?: unknown,
 ): DevleaseError {
@@ -135,15 +137,28 @@ export async function reload(source: ConfigSource, t: ReloadTarget): Promise<Rel
   }
   const { next, policy, identity } = prepared;
   const previous = { ...t.identity };
-  t.config.policy = next.policy;
-  t.leases.policy = policy;
-  // In place: the audit log stamps grants and denials with this very object.
-  for (const k of Object.keys(t.identity) as (keyof ConfigIdentity)[]) delete t.identity[k];
-  Object.assign(t.identity, identity);
+  const old = { config: t.config.policy, policy: t.leases.policy };
+  const swap = (config: BrokerConfig['policy'], p: Policy, id: ConfigIdentity) => {
+    t.config.policy = config;
+    t.leases.policy = p;
+    // In place: the audit log stamps grants and denials with this very object.
+    for (const k of Object.keys(t.identity) as (keyof ConfigIdentity)[]) delete t.identity[k];
+    Object.assign(t.identity, id);
+  };
+  swap(next.policy, policy, identity);
 
-  // Grants that passed the old policy and are still being programmed are in the table once these end.
-  await t.leases.grantsSettled();
-  const refused = await recheck(t.leases, policy);
+  let refused: Awaited<ReturnType<typeof recheck>>;
+  try {
+    // Grants that passed the old policy and are still being programmed are in the table once these end.
+    await t.leases.grantsSettled();
+    refused = await recheck(t.leases, policy, next.policy.recheckTimeoutMs);
+  } catch (err) {
+    // Requests decided since the swap were decided by the new policy (their records say so); from now on the
+    // old one decides again, and no lease was revoked.
+    swap(old.config, old.policy, previous);
+    const code = err instanceof RecheckError ? err.code : 'EINVAL';
+    throw refuseReload(source, t, code, (err as Error).message, err);
+  }
   const onReload = next.policy.onReload;
   const outcome: ReloadOutcome = { config: identity, previous, onReload, refused: [] };
   for (const r of refused) {
@@ -165,18 +180,59 @@ export async function reload(source: ConfigSource, t: ReloadTarget): Promise<Rel
   return outcome;
 }
 
+/** Why a recheck could not say which leases the new policy refuses: the reload is refused with `code`. */
+class RecheckError extends Error {
+  constructor(
+    readonly code: 'EAGAIN' | 'ETIMEDOUT',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /**
  * The live leases the new policy would refuse now, in grant order: each is checked as a new request would
  * be, counting the leases of its uid that were kept before it (so with a tighter limit the oldest stay).
+ * Throws a RecheckError when a hook fails or the whole check takes longer than `timeoutMs`: one at a time
+ * (each count depends on the verdicts before it), each up to hook_timeout_ms, it was unbounded in all.
  */
-async function recheck(leases: LeaseTable, policy: Policy) {
+async function recheck(leases: LeaseTable, policy: Policy, timeoutMs: number) {
+  const deadline = Date.now() + timeoutMs;
   const kept = new Map<number, number>();
   const refused: { lease: string; pid: number; uid: number; reason: string }[] = [];
-  for (const l of leases.all()) {
-    if (l.state !== 'active') continue;
+  const live = leases.all().filter((l) => l.state === 'active');
+  for (const [i, l] of live.entries()) {
+    if (l.state !== 'active') continue; // it ended while the hook ran for the leases before it
     const usage = { leases: kept.get(l.ctx.uid) ?? 0, mappedBytes: 0n, mappings: 0 };
     const capacity = leases.driver.capacity?.(l.request.kind) ?? 1;
-    const v = await policy.checkLease(l.ctx, l.request, usage, capacity);
+    const who = `lease ${l.id} (pid ${l.ctx.pid}, uid ${l.ctx.uid})`;
+    let timer: NodeJS.Timeout | undefined;
+    let v: Verdict;
+    try {
+      v = await Promise.race([
+        policy.checkLease(l.ctx, l.request, usage, capacity, true),
+        new Promise<never>((_, reject) => {
+          const overdue = () =>
+            reject(
+              new RecheckError(
+                'ETIMEDOUT',
+                `checking the live leases against the new policy took longer than policy.recheck_timeout_ms ` +
+                  `(${timeoutMs} ms), at ${who} (${i + 1} of ${live.length})`,
+              ),
+            );
+          timer = setTimeout(overdue, Math.max(0, deadline - Date.now()));
+        }),
+      ]);
+    } catch (err) {
+      if (!(err instanceof PolicyHookError)) throw err;
+      throw new RecheckError(
+        'EAGAIN',
+        `the new policy could not be asked about ${who}: ${err.message} ` +
+          '(a failed hook is not a refusal: no lease is revoked for it)',
+      );
+    } finally {
+      clearTimeout(timer);
+    }
     if (v.allow) kept.set(l.ctx.uid, usage.leases + 1);
     else refused.push({ lease: l.id, pid: l.ctx.pid, uid: l.ctx.uid, reason: v.reason });
   }

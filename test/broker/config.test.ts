@@ -117,6 +117,12 @@ test('each kind of mistake names the field', () => {
   bad('[[policy.rule]]\nkinds = ["queue"]', /policy\.rule\[0\]: needs exactly one of uid, gid or any/);
   bad('[[policy.rule]]\nuid = 5\nmax_leases = -1', /policy\.rule\[0\]\.max_leases/);
   bad('[device]\nname = "a/b"', /device\.name: may contain only/);
+  // It names a folder under rundir: ".." put the device's sockets in rundir's parent.
+  bad('[device]\nname = ".."', /device\.name: .*not be "\." or "\.\." .*got "\.\."/);
+  bad('[device]\nname = "."', /device\.name: .*got "\."/);
+  bad('[device]\nname = ""', /device\.name: must be a non-empty string/);
+  bad('[policy]\nload_timeout_ms = 0', /policy\.load_timeout_ms: must be an integer from 1 to 600000/);
+  bad('[policy]\nrecheck_timeout_ms = 0', /policy\.recheck_timeout_ms: must be an integer from 1/);
   bad('[device]\nreconnect = 1', /device\.reconnect: must be true or false/);
   bad('[device]\nreconnect_initial_ms = 0', /device\.reconnect_initial_ms: must be an integer from 1/);
   bad(

@@ -1,17 +1,31 @@
 // The Prometheus endpoint: GET /metrics over HTTP on a unix socket or HOST:PORT (config [metrics] listen).
-// Bounded: a few connections at once, and each request must arrive and be answered within deadlines.
+// Bounded: a few connections at once, a few per peer, and each request must arrive within deadlines that
+// are enforced within a second (not at Node's default 30 s sweep).
 import { lstatSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { DevleaseError } from '../../errors.js';
 import { Fd } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
 import { unlinkOwnSocket } from '../../sys/unix-server.js';
+import { RateLimitedLog } from '../../util/rate-limited-log.js';
 import type { Broker } from '../broker.js';
 import { BrokerMetrics } from './metrics.js';
 
 const MAX_CONNECTIONS = 16;
+/**
+ * Connections one peer (a TCP address, a unix socket's uid) may hold at once: a scraper needs one, and a peer
+ * that opens and idles on every slot would otherwise refuse every scrape until the header deadline drops them.
+ */
+const MAX_PER_PEER = 4;
+/** A scraper sends its request at once: a connection still without headers after this is dropped. */
+const HEADERS_TIMEOUT_MS = 5_000;
 const REQUEST_TIMEOUT_MS = 10_000;
+/**
+ * How often Node checks those deadlines. Its default (30 s) let idle or drip-feeding connections hold the
+ * slots for up to 30 s past the deadline, so a few of them refused scrapes for half a minute at a time.
+ */
+const CHECK_INTERVAL_MS = 1_000;
 
 export class MetricsServer {
   readonly metrics: BrokerMetrics;
@@ -57,7 +71,7 @@ export class MetricsServer {
     if (!listen) throw new Error('metrics.listen is not set');
     const metrics = new BrokerMetrics(broker);
     let self: MetricsServer | null = null;
-    const server = createServer((req, res) => {
+    const server = createServer({ connectionsCheckingInterval: CHECK_INTERVAL_MS }, (req, res) => {
       if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: GET /metrics\n');
         return;
@@ -77,8 +91,9 @@ export class MetricsServer {
     });
     server.maxConnections = MAX_CONNECTIONS;
     server.requestTimeout = REQUEST_TIMEOUT_MS;
-    server.headersTimeout = REQUEST_TIMEOUT_MS;
+    server.headersTimeout = HEADERS_TIMEOUT_MS;
     server.keepAliveTimeout = 5_000;
+    limitPerPeer(server);
     const path = listen.startsWith('/') ? listen : null;
     let fd: number | null = null;
     try {
@@ -91,11 +106,15 @@ export class MetricsServer {
       if (path && !inherited && opts.replaceLive) rmSync(path, { force: true });
       fd = inherited?.release() ?? (path ? native.unixListen(path, mode, 64, true) : null);
       await new Promise<void>((resolve, reject) => {
+        const listening = () => {
+          server.off('error', reject);
+          resolve();
+        };
         server.once('error', reject);
-        if (fd !== null) server.listen({ fd: fd }, resolve);
+        if (fd !== null) server.listen({ fd: fd }, listening);
         else {
           const i = listen.lastIndexOf(':');
-          server.listen(Number(listen.slice(i + 1)), listen.slice(0, i).replace(/^\[|\]$/g, ''), resolve);
+          server.listen(Number(listen.slice(i + 1)), listen.slice(0, i).replace(/^\[|\]$/g, ''), listening);
         }
       });
     } catch (err) {
@@ -105,6 +124,13 @@ export class MetricsServer {
         code: (err as { code?: string }).code ?? 'EINVAL',
       });
     }
+    // Once listening, an 'error' is an accept that failed (ENFILE, ENOMEM, ENOBUFS): the server goes on
+    // listening, so it is logged (rate-limited: it can repeat at every connection) and nothing more. With no
+    // listener it was an uncaught exception that ended the broker; the listen's once-listener only hid the first.
+    const errors = new RateLimitedLog((line) => broker.log(line));
+    server.on('error', (err: Error & { code?: string }) =>
+      errors.log(err.code ?? 'error', `metrics: accept failed on ${listen}: ${err.message}`),
+    );
     let endpoint = listen;
     if (!path) {
       const a = server.address() as AddressInfo;
@@ -150,6 +176,40 @@ export class MetricsServer {
     this.metrics.close();
     if (this.#socket) unlinkOwnSocket(this.#socket.path, this.#socket.inode);
   }
+}
+
+/**
+ * Drop a connection at once when its peer already holds MAX_PER_PEER: the peer is the TCP address, or for a
+ * unix socket the uid (SO_PEERCRED; every local peer has no address). Node drops connections past
+ * maxConnections before 'connection', so only accepted ones are counted.
+ */
+function limitPerPeer(server: Server): void {
+  const held = new Map<string, number>();
+  server.on('connection', (sock: Socket) => {
+    const peer = peerOf(sock);
+    const n = held.get(peer) ?? 0;
+    if (n >= MAX_PER_PEER) {
+      sock.destroy();
+      return;
+    }
+    held.set(peer, n + 1);
+    sock.once('close', () => {
+      const left = (held.get(peer) ?? 1) - 1;
+      if (left > 0) held.set(peer, left);
+      else held.delete(peer);
+    });
+  });
+}
+
+function peerOf(sock: Socket): string {
+  if (sock.remoteAddress) return `addr ${sock.remoteAddress}`;
+  const fd = (sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  try {
+    if (typeof fd === 'number' && fd >= 0) return `uid ${native.peerCred(fd).uid}`;
+  } catch {
+    // The peer cannot be told (SO_PEERCRED failed): such peers share one count.
+  }
+  return 'unknown';
 }
 
 /** The socket file at `path` as it is now, or null when there is none (an inherited socket's, removed since). */

@@ -225,9 +225,10 @@ export class BrokerMetrics {
       help: 'Seconds since the device heartbeat was last seen to advance (read at scrape; SA-1).',
       registers: r,
       async collect() {
+        // Reset and set in one step after the read, as the per-lease counters below (an overlapping
+        // scrape's reset must not land between this one's set and its read of the value).
+        const age = broker.leases.deviceGone ? null : await sampler.heartbeatAgeSeconds();
         this.reset();
-        if (broker.leases.deviceGone) return;
-        const age = await sampler.heartbeatAgeSeconds();
         if (age !== null) this.set(age);
       },
     });
@@ -253,14 +254,16 @@ export class BrokerMetrics {
       return sample;
     };
     // Counters per lease (they only grow while the lease lives; a new lease starts a new series).
+    // Their collects reset and set in one synchronous step after the shared sample: resetting before the
+    // await let two overlapping scrapes each add the sample to the same series, so both reported it doubled.
     new Counter({
       name: 'devlease_lease_completed_total',
       help: "Descriptors the lease's queue has completed since the grant (SA-1 QCFG Q_COMPLETED; read at scrape).",
       labelNames: leaseLabels,
       registers: r,
       async collect() {
-        this.reset();
         const m = await sampleOnce();
+        this.reset(); // after the await: see the comment above
         for (const l of broker.leases.all()) {
           const c = m.get(l.id);
           if (c) this.inc(labelsOf(l), Number(c.completed));
@@ -273,8 +276,8 @@ export class BrokerMetrics {
       labelNames: leaseLabels,
       registers: r,
       async collect() {
-        this.reset();
         const m = await sampleOnce();
+        this.reset(); // after the await: see the comment above
         for (const l of broker.leases.all()) {
           const c = m.get(l.id);
           if (c) this.inc(labelsOf(l), Number(c.bytes));
