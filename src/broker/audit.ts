@@ -22,12 +22,18 @@ export interface AuditRecord {
 const lastByte = Buffer.alloc(1);
 
 /** Whether the file ends in part of a line (a broker before this one stopped mid-record): false if unreadable. */
-function endsInPart(fd: number): boolean {
+function endsInPart(path: string): boolean {
+  // A read-only open of its own: the log's fd is opened write-only, as a file or folder the broker may append
+  // to but not read (mode 0220, an append-only policy) must still take records. Unreadable: taken as whole.
+  let fd: number | null = null;
   try {
+    fd = openSync(path, 'r');
     const size = fstatSync(fd).size;
     return size > 0 && readSync(fd, lastByte, 0, 1, size - 1) === 1 && lastByte[0] !== 10;
   } catch {
     return false;
+  } finally {
+    if (fd !== null) closeSync(fd);
   }
 }
 
@@ -96,8 +102,9 @@ export class AuditLog {
     // After close() (a record written on the way out) the file is opened for that record alone.
     let fd = this.#fd;
     if (fd === null) {
-      fd = openSync(path, 'a+'); // O_APPEND, and readable for the check below
-      if (endsInPart(fd)) this.#torn = true;
+      fd = openSync(path, 'a'); // O_APPEND, write-only: as appendFileSync opened it
+      // Of this file: a rotation's fresh file starts whole, whatever the renamed one ended in.
+      this.#torn = endsInPart(path);
       if (!this.#closed) this.#fd = fd;
     }
     const buf = Buffer.from(`${this.#torn ? '\n' : ''}${line}\n`);
@@ -113,11 +120,19 @@ export class AuditLog {
     }
   }
 
-  /** The next record opens the path anew (`devlease reload`, SIGHUP: after a rotation renamed the file). */
+  /**
+   * The next record opens the path anew (`devlease reload`, SIGHUP: after a rotation renamed the file). Never
+   * throws: a close's deferred error (NFS) is reported as a write error, and the number is released anyway.
+   */
   reopen(): void {
     const fd = this.#fd;
     this.#fd = null;
-    if (fd !== null) closeSync(fd);
+    if (fd === null) return;
+    try {
+      closeSync(fd);
+    } catch (err) {
+      this.#failed('closing the audit file to reopen it failed', err);
+    }
   }
 
   /** Close the file (the broker's close). Idempotent; a record written after it opens the file for itself. */

@@ -170,8 +170,8 @@ export class Policy {
 
   /**
    * `capacity`: how many leases of req.kind the device holds at once, which a 'fair' limit is a share of.
+   * `strict`: a hook that fails throws a PolicyHookError rather than denying (a reload's recheck).
    */
-  /** `strict`: a hook that fails throws a PolicyHookError rather than denying (a reload's recheck). */
   async checkLease(
     ctx: CallerContext,
     req: LeaseRequest,

@@ -49,6 +49,9 @@ const COOPERATIVE = {
     'generic driver: the whole region is shared with the device owner; nothing inside the device separates clients',
 };
 
+/** Errors that say the device is gone, not that it refused a config access (vfio-user: the connection). */
+const DEVICE_GONE = new Set(['ENODEV', 'ECONNRESET', 'EPIPE', 'ENOTCONN', 'ESHUTDOWN', 'ETIMEDOUT']);
+
 const NO_RESET =
   'the device reports no reset method (VFIO_DEVICE_FLAGS_RESET clear: no FLR, PM or bus reset), so what a ' +
   'lease leaves in it cannot be cleared';
@@ -64,6 +67,8 @@ export class GenericDriver extends EventEmitter implements Driver {
   #quarantined: string | null = null;
   /** Why bus master cannot be set (the device refused a command-register access), or null. */
   #noBusMaster: string | null = null;
+  /** Set by a grant and not yet cleared (a grant that failed after activate() leaves it to release()). */
+  #busMasterOn = false;
 
   constructor(
     private readonly dev: Device,
@@ -166,6 +171,7 @@ export class GenericDriver extends EventEmitter implements Driver {
   /** PCI_COMMAND's bus master bit set or cleared (no write when it is so already); the rest kept. */
   async #busMaster(on: boolean): Promise<void> {
     if (this.#noBusMaster) return;
+    this.#busMasterOn = on;
     try {
       const cmd = await this.dev.read(VFIO_PCI_CONFIG_REGION_INDEX, PCI_COMMAND, 2);
       const v = cmd[0]! | (cmd[1]! << 8);
@@ -177,9 +183,9 @@ export class GenericDriver extends EventEmitter implements Driver {
           new Uint8Array([want & 0xff, want >> 8]),
         );
     } catch (err) {
-      // A device that takes no config write (a vfio-user server emulating none) has no bus master to set: it is
-      // leased as it is, and `devlease status` says so. A device gone fails its next access as well.
-      if (!(err instanceof DevleaseError) || !['EPERM', 'EINVAL', 'ENOTSUP'].includes(err.code)) throw err;
+      // A device that takes no config write (a vfio-user server emulating none, whatever errno it answers) has
+      // no bus master to set: it is leased as it is, and `devlease status` says so. A device gone is no refusal.
+      if (!(err instanceof DevleaseError) || DEVICE_GONE.has(err.code)) throw err;
       this.#noBusMaster = `the device refused its command register (${err.code}: ${err.message})`;
     }
   }
@@ -206,6 +212,9 @@ export class GenericDriver extends EventEmitter implements Driver {
   }
   release(): void {
     this.#leased = false;
+    // A grant that failed after activate(): no lease ends through quiesce(), so bus master is cleared here. The
+    // device's calls are served in order, so a next grant's activate() still finds it set afterwards.
+    if (this.#busMasterOn) void this.#busMaster(false).catch(() => undefined);
   }
   /** The lease died with the device; boot() rereads the regions of whatever comes back. */
   deviceLost(): void {

@@ -69,7 +69,12 @@ export class Fd {
     this.#fd = fd;
     this.received = opts?.received === true;
     const uid = opts?.senderUid;
-    this.senderUid = this.received && uid !== undefined && uid !== null && uid >= 0 ? uid : null;
+    // Only a uid the addon takes (0 .. 2^32 - 2): a bad one would make closeReceived() throw after this Fd let go
+    // of its number, leaking it. Anything else is no sender known (the global bound only).
+    this.senderUid =
+      this.received && typeof uid === 'number' && Number.isInteger(uid) && uid >= 0 && uid <= 0xfffffffe
+        ? uid
+        : null;
     const held = this.received ? (this.senderUid === null ? ~fd : { fd, senderUid: this.senderUid }) : fd;
     leakRegistry.register(this, held, this);
     if (trackForTeardown) native.trackFd(fd);

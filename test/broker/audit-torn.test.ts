@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -115,4 +115,42 @@ test('reopen() (at every reload) writes to the path anew after a rotation rename
     lines(file).records.map((r) => r.event),
     ['three', 'four'],
   );
+});
+
+// The broker may append to its audit file without reading it (mode 0220 or 0200, an append-only policy): the log's
+// own fd is opened write-only, as appendFileSync opened it, and the torn-line check reads through an open of its
+// own or not at all. Opened read-write, every record failed with EACCES. (As another uid: root reads anything.)
+test('a file the broker may write but not read takes every record', () => {
+  const shared = mkdtempSync(join(tmpdir(), 'devlease-audit-wo-'));
+  try {
+    const file = join(shared, 'audit.jsonl');
+    writeFileSync(file, '');
+    chmodSync(shared, 0o777);
+    chownSync(file, 65534, 65534);
+    chmodSync(file, 0o200);
+    const script = `
+const { AuditLog } = await import(process.env.AUDIT_MODULE);
+const a = new AuditLog(process.env.AUDIT_FILE);
+for (let i = 0; i < 2; i++) a.write({ event: 'grant', lease: 'wo-' + i });
+a.close();
+console.log(JSON.stringify({ errors: a.writeErrors }));`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      uid: 65534,
+      gid: 65534,
+      encoding: 'utf8',
+      env: {
+        ...process.env,
+        AUDIT_MODULE: new URL('../../src/broker/audit.js', import.meta.url).href,
+        AUDIT_FILE: file,
+      },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout.trim()), { errors: 0 }, 'no record refused');
+    assert.deepEqual(
+      lines(file).records.map((x) => x['lease']),
+      ['wo-0', 'wo-1'],
+    );
+  } finally {
+    rmSync(shared, { recursive: true, force: true });
+  }
 });

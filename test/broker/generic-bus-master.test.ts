@@ -63,3 +63,15 @@ test('generic driver: a device whose config space takes no write is leased as it
     );
   });
 });
+
+test('generic driver: a grant that fails after activate() leaves bus master off (release() clears it)', async () => {
+  await withGenericBroker({}, async (broker) => {
+    // The driver's part of a grant, then its failure (as when handing out a slice fails): acquire, activate,
+    // release, with no lease and so no quiesce.
+    const res = broker.driver.acquire({ kind: 'device' } as never);
+    await broker.driver.activate(res);
+    assert.equal((await command(broker)) & PCI_COMMAND_MASTER, PCI_COMMAND_MASTER, 'on once activated');
+    broker.driver.release(res);
+    await until('bus master to be cleared', async () => ((await command(broker)) & PCI_COMMAND_MASTER) === 0);
+  });
+});
