@@ -291,30 +291,51 @@ test('ABORTED for descriptors in flight when a queue is disabled or reset', asyn
   assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 0);
 });
 
+/** The owner's three ways to stop a queue with descriptors in flight. */
+const QUEUE_ENDS = [
+  { name: 'Q_CTRL.ENABLE cleared', value: 0, reg: qcfg(0, ds.Q_CTRL) },
+  { name: 'Q_CTRL.RESET', value: ds.Q_CTRL_RESET, reg: qcfg(0, ds.Q_CTRL) },
+  { name: 'CONTROL.RESET', value: ds.CONTROL_RESET, reg: ds.REG_CONTROL },
+];
+
+/**
+ * Two NOPs in flight on queue 0, then `cause` (what keeps the device from writing), then the queue stopped by
+ * `end`: the descriptors are dropped — nothing in the completion ring, nothing in flight, no queue interrupt.
+ */
+async function droppedUnwritten(
+  end: (typeof QUEUE_ENDS)[number],
+  cause: string,
+  makeCause: (p: Awaited<ReturnType<typeof booted>>) => Promise<unknown> | unknown,
+) {
+  const p = await booted();
+  const tq = await queue(p, 0, { ringOffset: 0 });
+  await twoNopsInFlight(p, tq);
+  assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 2, `${end.name}: two in flight`);
+  await makeCause(p);
+  await w32(p.bus, BAR0, end.reg, end.value);
+  const cq = p.host.view.subarray(tq.cqOffset, tq.cqOffset + 8 * ds.CQ_ENTRY_SIZE);
+  assert.ok(
+    cq.every((b) => b === 0),
+    `${end.name}: nothing written to the completion ring (${cause})`,
+  );
+  assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 0, `${end.name}: nothing in flight`);
+  assert.equal(
+    await r32(p.bus, BAR0, qcfg(0, ds.Q_COMPLETED)),
+    0,
+    `${end.name}: the dropped ones are not counted`,
+  );
+  assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 0), 0, `${end.name}: no queue interrupt`);
+  return { p, tq };
+}
+
 test('bus master clear: a disable, a queue reset or a device reset writes no ABORTED completion; the descriptors in flight are dropped', async () => {
-  const ends = [
-    { name: 'Q_CTRL.ENABLE cleared', value: 0, reg: qcfg(0, ds.Q_CTRL) },
-    { name: 'Q_CTRL.RESET', value: ds.Q_CTRL_RESET, reg: qcfg(0, ds.Q_CTRL) },
-    { name: 'CONTROL.RESET', value: ds.CONTROL_RESET, reg: ds.REG_CONTROL },
-  ];
-  for (const c of ends) {
-    const p = await booted();
-    const tq = await queue(p, 0, { ringOffset: 0 });
-    await twoNopsInFlight(p, tq);
-    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 2, `${c.name}: two in flight`);
-    await p.bus.write(CONFIG, PCI_COMMAND, new Uint8Array([PCI_COMMAND_MEMORY, 0])); // bus master off
-    await w32(p.bus, BAR0, c.reg, c.value);
-    const cq = p.host.view.subarray(tq.cqOffset, tq.cqOffset + 8 * ds.CQ_ENTRY_SIZE);
-    assert.ok(
-      cq.every((b) => b === 0),
-      `${c.name}: nothing written to the completion ring (DMA is refused while bus master is clear)`,
+  for (const end of QUEUE_ENDS) {
+    const { p, tq } = await droppedUnwritten(end, 'DMA is refused while bus master is clear', (p) =>
+      p.bus.write(CONFIG, PCI_COMMAND, new Uint8Array([PCI_COMMAND_MEMORY, 0])),
     );
-    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 0, `${c.name}: nothing in flight`);
-    assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 0), 0, `${c.name}: no interrupt`);
-    if (c.value !== 0) continue;
+    if (end.value !== 0) continue;
     // Disabled, not reset: the indexes are kept, so with bus master back the queue continues after the
     // dropped descriptors, and its next completion takes the first CQ slot.
-    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_COMPLETED)), 0, 'the dropped ones are not counted');
     p.dev.setDescriptorDelay(0);
     await p.bus.write(CONFIG, PCI_COMMAND, new Uint8Array([PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, 0]));
     await w32(p.bus, BAR0, qcfg(0, ds.Q_CTRL), ds.Q_CTRL_ENABLE);
@@ -329,35 +350,13 @@ test('bus master clear: a disable, a queue reset or a device reset writes no ABO
 test('hung: a disable, a queue reset or a device reset writes no ABORTED completion; the descriptors in flight are dropped', async () => {
   // A hung device makes no progress (§9) and "writes no completion until a reset" (docs/SA-1.md): the aborts of
   // an owner's disable or reset are no exception, and a whole-device reset's aborts come before it ends the hang.
-  const ends = [
-    { name: 'Q_CTRL.ENABLE cleared', value: 0, reg: qcfg(0, ds.Q_CTRL) },
-    { name: 'Q_CTRL.RESET', value: ds.Q_CTRL_RESET, reg: qcfg(0, ds.Q_CTRL) },
-    { name: 'CONTROL.RESET', value: ds.CONTROL_RESET, reg: ds.REG_CONTROL },
-  ];
-  for (const c of ends) {
-    const p = await booted();
-    const tq = await queue(p, 0, { ringOffset: 0 });
-    await twoNopsInFlight(p, tq);
-    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 2, `${c.name}: two in flight`);
-    p.dev.injectHang();
-    await w32(p.bus, BAR0, c.reg, c.value);
-    const cq = p.host.view.subarray(tq.cqOffset, tq.cqOffset + 8 * ds.CQ_ENTRY_SIZE);
-    assert.ok(
-      cq.every((b) => b === 0),
-      `${c.name}: nothing written to the completion ring by a hung device`,
-    );
-    assert.equal(await r32(p.bus, BAR0, qcfg(0, ds.Q_INFLIGHT)), 0, `${c.name}: nothing in flight`);
-    assert.equal(
-      await r32(p.bus, BAR0, qcfg(0, ds.Q_COMPLETED)),
-      0,
-      `${c.name}: the dropped ones are not counted`,
-    );
-    assert.equal(p.fired(VFIO_PCI_MSIX_IRQ_INDEX, 0), 0, `${c.name}: no queue interrupt`);
+  for (const end of QUEUE_ENDS) {
+    const { p } = await droppedUnwritten(end, 'a hung device writes nothing', (p) => p.dev.injectHang());
     const hung = (await r32(p.bus, BAR0, ds.REG_STATUS)) & ds.STATUS_HUNG;
     assert.equal(
       hung,
-      c.reg === ds.REG_CONTROL ? 0 : ds.STATUS_HUNG,
-      `${c.name}: only a device reset ends the hang`,
+      end.reg === ds.REG_CONTROL ? 0 : ds.STATUS_HUNG,
+      `${end.name}: only a device reset ends the hang`,
     );
   }
 });
