@@ -20,7 +20,7 @@ import { connect } from '../../../src/client/index.js';
 import { PCI_COMMAND, PCI_COMMAND_MEMORY } from '../../../src/vfio/uapi/pci-regs.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
 import { stopped } from '../../helpers/proc-stat.js';
-import { aerBdf, aerCount, aerInject } from './fixtures/aer.js';
+import { aerBdf, aerCount, aerInject, injectAndAwaitRecovery } from './fixtures/aer.js';
 import { Daemon, until } from './fixtures/daemon.js';
 import { withGenericKernelBroker } from './fixtures/generic-broker.js';
 import { inKernelGuest } from './fixtures/guest.js';
@@ -42,14 +42,7 @@ test('broker: an AER error of the leased device reaches it; the client is told, 
       const heard: string[] = [];
       for (const ev of ['device-reset', 'disconnected']) lease.on(ev, () => heard.push(ev));
       try {
-        const nonfatal = aerCount('nonfatal');
-        aerInject('POISON_TLP');
-        await until(
-          'the broker to recover the device (see the [host] aer-inject line for QEMU)',
-          () => audit.some((r) => r.event === 'device-recovered'),
-          60_000,
-        );
-        assert.equal(aerCount('nonfatal'), nonfatal + 1, 'the kernel saw one non-fatal error');
+        await injectAndAwaitRecovery(audit, 'POISON_TLP');
         const errors = audit.filter((r) => r.event === 'device-error');
         assert.equal(errors.length, 1, 'one error, one recovery');
         assert.match(String(errors[0]!.reason), /uncorrectable PCIe error of the device \(AER/);
@@ -95,14 +88,7 @@ test('broker: a fatal AER error (the link reset) is recovered: the device decode
       try {
         features = (await lease.client.regionRead(VIRTIO_BAR, DEVICE_FEATURE, 4)).readUInt32LE(0);
         assert.notEqual(features, 0xffff_ffff, 'the device answers before the error');
-        const fatal = aerCount('fatal');
-        aerInject('MALF_TLP');
-        await until(
-          'the broker to recover the device (see the [host] aer-inject line for QEMU)',
-          () => audit.some((r) => r.event === 'device-recovered'),
-          60_000,
-        );
-        assert.equal(aerCount('fatal'), fatal + 1, 'the kernel saw one fatal error');
+        await injectAndAwaitRecovery(audit, 'MALF_TLP');
         assert.equal(audit.filter((r) => r.event === 'device-error').length, 1, 'one error, one recovery');
       } finally {
         lease.close();
