@@ -317,6 +317,24 @@ Napi::Value PeerPidfd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), pidfd);
 }
 
+// setSendBuffer(fd, bytes): raise SO_SNDBUF so that one message of `bytes` fits (on AF_UNIX SOCK_SEQPACKET a
+// message longer than the send buffer fails with EMSGSIZE, however long one waits). SO_SNDBUFFORCE passes
+// net.core.wmem_max when the process may (CAP_NET_ADMIN); otherwise SO_SNDBUF, which the kernel caps there.
+// Returns the buffer the kernel set (it doubles the value asked, for its bookkeeping).
+Napi::Value SetSendBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int bytes = static_cast<int>(IntArg(info, 1, "bytes", 1, 64 * 1024 * 1024));
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes)) < 0) {
+    if (errno != EPERM) ThrowErrno(env, "setsockopt", errno);
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes)) < 0) ThrowErrno(env, "setsockopt", errno);
+  }
+  int now = 0;
+  socklen_t len = sizeof(now);
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &now, &len) < 0) ThrowErrno(env, "getsockopt", errno);
+  return Napi::Number::New(env, now);
+}
+
 // sdNotify(address, message): one datagram to systemd's NOTIFY_SOCKET, as
 // sd_notify(3) sends it: a path, or an abstract name written with a leading
 // '@'. Sent here rather than by running systemd-notify: a child would inherit
@@ -370,6 +388,7 @@ void RegisterUnixSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("recvmsg", Napi::Function::New(env, Recvmsg, "recvmsg"));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
   exports.Set("peerPidfd", Napi::Function::New(env, PeerPidfd, "peerPidfd"));
+  exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
 }
 
 }  // namespace devlease

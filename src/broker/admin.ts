@@ -4,10 +4,12 @@
 //   → {"op":"status"} | {"op":"leases"} | {"op":"clients"} | {"op":"revoke","id":"queue-3","deadlineMs":500}
 //     | {"op":"drain","on":true} | {"op":"reset"} | {"op":"audit"} | {"op":"reload"}
 //     | {"op":"recovery"} (status' `recovery` alone, no device read: its boundMs estimates how long a reset may take)
-//     | {"op":"top"} (devlease top's view) | {"op":"upgrade","binary":PATH,"config":FILE} (handover/)
+//     | {"op":"top"} (devlease top's view) | {"op":"upgrade","binary":PATH,"config":FILE,"deadlineMs":N} (handover/;
+//       binary and config from root or the broker's user only: admin-requests.ts)
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
 import { chownSync, readFileSync } from 'node:fs';
+import { DevleaseError, isSysError } from '../errors.js';
 import {
   type Fd,
   type PeerCred,
@@ -15,7 +17,10 @@ import {
   SeqpacketServer,
   SeqpacketSocket,
 } from '../sys/index.js';
+import { native } from '../sys/native.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
+import { AdminConnectionLimits, type AdminLimits } from './admin-limits.js';
+import { type AdminRequest, drainOn, parseRequest, upgradeOptions } from './admin-requests.js';
 import type { Broker } from './broker.js';
 import { checkRevokeDeadline } from './lease.js';
 import { TopSnapshot } from './observe/top-snapshot.js';
@@ -27,12 +32,21 @@ import { TopSnapshot } from './observe/top-snapshot.js';
  * than ADMIN_REPLY_HIGH_WATER reply bytes wait for the client to read them,
  * and resumes when both are back under. Requests already read still get their
  * replies, so the backlog passes the high-water mark by at most
- * ADMIN_MAX_PENDING replies; past ADMIN_REPLY_HARD_LIMIT (replies that big
- * are not expected) the connection is cut.
+ * ADMIN_MAX_PENDING replies; past ADMIN_REPLY_HARD_LIMIT (a client that
+ * pipelines several ~1 MiB replies, `leases` of thousands, and reads none of
+ * them) the connection is cut.
  */
 export const ADMIN_MAX_PENDING = 16;
 export const ADMIN_REPLY_HIGH_WATER = 256 * 1024;
 export const ADMIN_REPLY_HARD_LIMIT = 4 * 1024 * 1024;
+/**
+ * The longest reply sent: what a client's receive buffer takes whole (SeqpacketSocket's default, 1 MiB + 4 KiB,
+ * adminRequest's). Each connection's SO_SNDBUF is raised to carry it: at the default (net.core.wmem_default,
+ * ~212 KB) a longer reply failed sendmsg with EMSGSIZE, which once closed the connection with every request
+ * pending on it. A longer reply (or one the kernel still refuses: without CAP_NET_ADMIN, net.core.wmem_max caps
+ * the buffer) is answered with an EMSGSIZE error naming the op and the size.
+ */
+export const ADMIN_MAX_REPLY = 1024 * 1024;
 
 const json = (v: unknown) =>
   Buffer.from(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : x)));
@@ -56,10 +70,17 @@ export class AdminServer {
   /** Accept failures, at most a few lines per errno per interval whatever their rate. */
   readonly #errors: RateLimitedLog;
 
-  /** `listening`: a socket systemd made (socket activation): its mode and group are the socket unit's. */
-  constructor(broker: Broker, path: string, listening?: Fd) {
+  /** Open connections in all and per uid, and their idle deadline (admin-limits.ts). */
+  readonly #limits: AdminConnectionLimits;
+
+  /**
+   * `listening`: a socket systemd made (socket activation): its mode and group are the socket unit's.
+   * `limits`: admin-limits.ts's ADMIN_LIMITS unless an embedder (or a test) asks for others.
+   */
+  constructor(broker: Broker, path: string, listening?: Fd, limits: Partial<AdminLimits> = {}) {
     this.#broker = broker;
     this.path = path;
+    this.#limits = new AdminConnectionLimits(limits, (line) => broker.log(line));
     this.#errors = new RateLimitedLog((line) => broker.log(line));
     const { mode, group } = broker.config.admin;
     if (listening) {
@@ -126,7 +147,7 @@ export class AdminServer {
    */
   adoptConnection(fd: Fd, asker = false): void {
     const sock = new SeqpacketSocket(fd);
-    this.#accept(sock);
+    this.#accept(sock, true);
     if (asker && !sock.closed) this.#asker = sock;
   }
 
@@ -146,7 +167,19 @@ export class AdminServer {
     }
   }
 
-  #accept(sock: SeqpacketSocket): void {
+  /** Sends a refusal, if the peer still listens, and closes. */
+  #refuse(sock: SeqpacketSocket, code: string, error: string): void {
+    try {
+      sock.send(json({ ok: false, code, error }));
+    } catch {
+      // gone already (EPIPE): the refusal has no one to go to
+    } finally {
+      sock.close();
+    }
+  }
+
+  /** `adopted`: handed over by the broker this one took over from, which admitted it: counted, not refused. */
+  #accept(sock: SeqpacketSocket, adopted = false): void {
     let cred: PeerCred;
     try {
       cred = sock.peerCred();
@@ -159,20 +192,35 @@ export class AdminServer {
     }
     const pid = cred.pid;
     if (!this.#allowed(cred)) {
-      try {
-        sock.send(
-          json({ ok: false, code: 'EACCES', error: 'the admin socket is for root or the admin group' }),
-        );
-      } catch {
-        // gone already (EPIPE): the refusal has no one to go to
-      } finally {
-        sock.close();
-      }
+      this.#refuse(sock, 'EACCES', 'the admin socket is for root or the admin group');
       return;
     }
-    const conn = { pending: 0 };
+    const release = this.#limits.admit(cred.uid, pid, adopted, (why) =>
+      this.#refuse(sock, 'EAGAIN', `too many admin connections: ${why}; close some and retry`),
+    );
+    if (!release) return;
+    // Room for the longest reply (ADMIN_MAX_REPLY); replies are small but for a broker with many leases.
+    let sndbuf = 0; // not known: the kernel's EMSGSIZE tells
+    try {
+      sndbuf = native.setSendBuffer(sock.fd.fd, ADMIN_MAX_REPLY / 2 + 16 * 1024); // the kernel doubles it
+    } catch (err) {
+      this.#errors.log('sndbuf', `admin socket: SO_SNDBUF: ${(err as Error).message}`);
+    }
+    const conn = { pending: 0, sndbuf };
     this.#conns.set(sock, conn);
-    sock.on('close', () => this.#conns.delete(sock));
+    // Closed after idleMs without a request; not while held: an upgrade is about to hand it over.
+    const idle = this.#limits.idleTimer(
+      cred.uid,
+      pid,
+      () => sock.close(),
+      () => this.#held,
+    );
+    idle.arm();
+    sock.on('close', () => {
+      idle.disarm();
+      this.#conns.delete(sock);
+      release();
+    });
     const flowControl = () => {
       if (sock.closed) return;
       if (this.#held) {
@@ -192,8 +240,14 @@ export class AdminServer {
     sock.on('message', (msg: SeqpacketMessage) => {
       for (const fd of msg.fds) fd.close();
       conn.pending++;
+      idle.disarm();
       flowControl();
-      void this.#handle(msg.data, sock)
+      let op = '';
+      void (async () => {
+        const req = parseRequest(msg.data);
+        op = typeof req.op === 'string' ? req.op : '';
+        return this.#handle(req, sock, cred);
+      })()
         .then((result) => ({ ok: true, result }))
         .catch((err: Error & { code?: string }) => ({
           ok: false,
@@ -203,24 +257,50 @@ export class AdminServer {
         .then((reply) => {
           conn.pending--;
           if (sock.closed) return;
-          try {
-            sock.send(json(reply));
-          } catch {
-            sock.close(); // the peer is gone (EPIPE)
-            return;
-          }
+          if (!this.#send(sock, reply, op, conn.sndbuf)) return;
+          if (conn.pending === 0) idle.arm();
           flowControl();
         });
     });
   }
 
-  async #handle(data: Buffer, sock: SeqpacketSocket): Promise<unknown> {
-    let req: { op?: unknown; id?: unknown; deadlineMs?: unknown; on?: unknown };
+  /**
+   * Sends a reply, or an EMSGSIZE error in its place when it is too long to send; false if the peer is gone.
+   * `sndbuf`: the socket's send buffer (0: not known). The kernel refuses a message longer than it less 32
+   * bytes, on the spot or, queued behind unread replies, later, when that would close the connection: checked
+   * here first. Without CAP_NET_ADMIN, net.core.wmem_max caps the buffer below ADMIN_MAX_REPLY.
+   */
+  #send(sock: SeqpacketSocket, reply: unknown, op: string, sndbuf: number): boolean {
+    const data = json(reply);
+    const tooBig = (why: string) =>
+      json({
+        ok: false,
+        code: 'EMSGSIZE',
+        error: `the reply to ${op ? JSON.stringify(op.slice(0, 32)) : 'the request'} is ${data.length} bytes: ${why}`,
+      });
+    const kernelLimit = "more than the socket's send buffer takes (net.core.wmem_max caps it)";
+    let out = data;
+    if (data.length > ADMIN_MAX_REPLY) out = tooBig(`more than an admin reply carries (${ADMIN_MAX_REPLY})`);
+    else if (sndbuf > 0 && data.length > sndbuf - 64) out = tooBig(`${kernelLimit}: ${sndbuf} bytes`);
     try {
-      req = JSON.parse(data.toString('utf8'));
-    } catch {
-      throw Object.assign(new Error('request is not JSON'), { code: 'EINVAL' });
+      sock.send(out);
+      return true;
+    } catch (err) {
+      if (!isSysError(err, 'EMSGSIZE')) {
+        sock.close(); // the peer is gone (EPIPE)
+        return false;
+      }
     }
+    try {
+      sock.send(tooBig(kernelLimit));
+      return true;
+    } catch {
+      sock.close();
+      return false;
+    }
+  }
+
+  async #handle(req: AdminRequest, sock: SeqpacketSocket, peer: PeerCred): Promise<unknown> {
     const b = this.#broker;
     switch (req.op) {
       case 'status':
@@ -247,15 +327,14 @@ export class AdminServer {
         return [...byPid.values()];
       }
       case 'revoke': {
-        if (typeof req.id !== 'string')
-          throw Object.assign(new Error('revoke needs "id"'), { code: 'EINVAL' });
+        if (typeof req['id'] !== 'string') throw new DevleaseError('EINVAL', 'revoke needs "id"');
         // Checked here, before any lease is touched: a deadline past setTimeout's range once reclaimed at once.
-        if (req.deadlineMs !== undefined) checkRevokeDeadline(req.deadlineMs);
-        const lease = b.leases.revoke(req.id, req.deadlineMs);
+        if (req['deadlineMs'] !== undefined) checkRevokeDeadline(req['deadlineMs']);
+        const lease = b.leases.revoke(req['id'], req['deadlineMs']);
         return lease.summary();
       }
       case 'drain':
-        b.leases.draining = req.on !== false;
+        b.leases.draining = drainOn(req);
         return { draining: b.leases.draining };
       case 'recovery':
         return b.recoveryStatus();
@@ -267,31 +346,22 @@ export class AdminServer {
       case 'audit':
         return b.audit.recent.slice(-100);
       case 'upgrade': {
-        const r = req as { binary?: unknown; config?: unknown; deadlineMs?: unknown };
-        for (const k of ['binary', 'config'] as const)
-          if (r[k] !== undefined && typeof r[k] !== 'string')
-            throw Object.assign(new Error(`upgrade: "${k}" must be a path`), { code: 'EINVAL' });
-        if (r.deadlineMs !== undefined && (!Number.isInteger(r.deadlineMs) || (r.deadlineMs as number) < 1))
-          throw Object.assign(new Error('upgrade: "deadlineMs" must be a positive integer'), {
-            code: 'EINVAL',
-          });
-        this.#asker = sock;
+        const p = b.upgrade(upgradeOptions(req, peer));
+        // Recorded only if this request started the upgrade: one refused (EBUSY) once took the place of the
+        // upgrade's own asker and then cleared it, and a handover's new broker could not answer that asker.
+        const mine = b.upgrading === p;
+        if (mine) this.#asker = sock;
         try {
-          return await b.upgrade({
-            ...(r.binary ? { binary: r.binary as string } : {}),
-            ...(r.config ? { config: r.config as string } : {}),
-            ...(r.deadlineMs ? { deadlineMs: r.deadlineMs as number } : {}),
-            viaAdmin: true,
-          });
+          return await p;
         } finally {
-          if (this.#asker === sock) this.#asker = null;
+          if (mine && this.#asker === sock) this.#asker = null;
         }
       }
       case 'top':
         this.#top ??= new TopSnapshot(b);
         return this.#top.snapshot();
       default:
-        throw Object.assign(new Error(`unknown op ${JSON.stringify(req.op)}`), { code: 'EINVAL' });
+        throw new DevleaseError('EINVAL', `unknown op ${JSON.stringify(req.op)}`);
     }
   }
 

@@ -97,6 +97,10 @@ export class Broker extends EventEmitter {
   startedAt = new Date();
   upgrades = 0;
   #upgrading: Promise<UpgradeOutcome> | null = null;
+  /** The upgrade in progress (upgrade()'s promise), or null: tells a caller whether its upgrade() was taken. */
+  get upgrading(): Promise<UpgradeOutcome> | null {
+    return this.#upgrading;
+  }
   #admin: AdminServer | null = null;
   /** The Prometheus endpoint (config [metrics] listen), or null. */
   #metrics: MetricsServer | null = null;

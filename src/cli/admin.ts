@@ -36,6 +36,11 @@ export async function adminRequest(
       sock.on('error', reject);
       sock.once('message', (msg) => {
         for (const fd of msg.fds) fd.close();
+        if (msg.truncated) {
+          // Longer than this end reads (the broker sends at most ADMIN_MAX_REPLY, which fits): not its reply whole.
+          reject(new DevleaseError('EMSGSIZE', `${path} answered with more than ${sock.maxMessage} bytes`));
+          return;
+        }
         let reply: { ok?: unknown; result?: unknown; error?: unknown; code?: unknown };
         try {
           reply = JSON.parse(msg.data.toString('utf8'));
@@ -120,10 +125,12 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
         process.stderr.write(`devlease revoke: name the lease id\n${USAGE}\n`);
         return 2;
       }
-      const deadlineMs = str('deadline') === undefined ? undefined : Number(str('deadline'));
+      // Digits only, as parseTimeout: Number() read '' and ' ' as 0 (an immediate forced reclaim), '0x10' as 16.
+      const raw = str('deadline');
+      const deadlineMs = raw === undefined ? undefined : /^[0-9]+$/.test(raw) ? Number(raw) : Number.NaN;
       if (
         deadlineMs !== undefined &&
-        (!Number.isInteger(deadlineMs) || deadlineMs < 0 || deadlineMs > MAX_REVOKE_DEADLINE_MS)
+        (!Number.isSafeInteger(deadlineMs) || deadlineMs < 0 || deadlineMs > MAX_REVOKE_DEADLINE_MS)
       ) {
         process.stderr.write(
           `devlease revoke: --deadline must be a non-negative integer (ms) of at most ${MAX_REVOKE_DEADLINE_MS} (24 h), got '${values.deadline}'\n`,

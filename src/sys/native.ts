@@ -149,6 +149,8 @@ export interface NativeAddon {
   peerCred(fd: number): PeerCred;
   /** SO_PEERPIDFD (Linux >= 6.5); throws ENOPROTOOPT on older kernels. */
   peerPidfd(fd: number): number;
+  /** Raise SO_SNDBUF (SO_SNDBUFFORCE when permitted) to `bytes`; returns the size the kernel set. */
+  setSendBuffer(fd: number, bytes: number): number;
 
   // --- pidfd ---
   pidfdOpen(pid: number): number;

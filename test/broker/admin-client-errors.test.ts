@@ -154,3 +154,45 @@ test("the broker cannot tell an admin peer's credentials (SO_PEERCRED fails): th
   }
   assert.deepEqual(crashes, []);
 });
+
+test("a reply longer than the admin connection's send buffer (SO_SNDBUF not raised) is an EMSGSIZE error, the connection kept", {
+  timeout: 60_000,
+}, async () => {
+  const { SeqpacketSocket } = await import('../../src/sys/index.js');
+  const rig = await startRig();
+  try {
+    const admin = join(rig.broker.dir, 'admin.sock');
+    // As a broker without CAP_NET_ADMIN whose net.core.wmem_max is the default: the buffer stays ~212 KB. Such
+    // a reply once failed sendmsg with EMSGSIZE, taken for a peer gone: the connection closed, its requests lost.
+    failCall('setSendBuffer');
+    const sock = SeqpacketSocket.connect(admin);
+    try {
+      const replies: { ok: boolean; code?: string; error?: string }[] = [];
+      let closed = false;
+      sock.on('message', (m) => replies.push(JSON.parse(m.data.toString('utf8'))));
+      sock.on('close', () => {
+        closed = true;
+      });
+      // An unknown op's error echoes it, each '"' escaped twice: ~400 KB.
+      sock.send(Buffer.from(JSON.stringify({ op: '"'.repeat(100_000) })));
+      sock.send(Buffer.from(JSON.stringify({ op: 'status' })));
+      const deadline = Date.now() + 10_000;
+      while (replies.length < 2 && !closed && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.equal(failNthFired(), 'setSendBuffer', 'the broker tried to raise the buffer and failed');
+      assert.equal(closed, false, 'the connection stays open');
+      assert.equal(replies[0]?.code, 'EMSGSIZE');
+      assert.match(
+        replies[0]!.error!,
+        /^the reply to "(\\")+" is \d+ bytes: more than the socket's send buffer takes/,
+      );
+      assert.equal(replies[1]?.ok, true, 'the request behind it is answered');
+    } finally {
+      failNth(0);
+      sock.close();
+    }
+  } finally {
+    await rig.close();
+  }
+  assert.deepEqual(crashes, []);
+});

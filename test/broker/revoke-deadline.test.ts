@@ -89,3 +89,17 @@ test('a revoke deadline over 24 h is refused naming the field; the lease stays a
     await c.exit();
   }
 });
+
+test("the CLI's --deadline is digits only: '' and ' ' were 0 (an immediate forced reclaim), '0x10' 16", () => {
+  const admin = join(rig.broker.dir, 'admin.sock');
+  for (const v of ['', ' ', '0x10', '1e3', '+5', '-0', '5.0']) {
+    const cli = spawnSync(
+      process.execPath,
+      [DEVLEASE_BIN, 'revoke', 'queue-0', `--deadline=${v}`, '--admin', admin],
+      { encoding: 'utf8' },
+    );
+    assert.equal(cli.status, 2, `--deadline '${v}' was sent: ${cli.stderr}`);
+    assert.match(cli.stderr, /--deadline must be a non-negative integer \(ms\)/);
+    assert.ok(cli.stderr.includes(`got '${v}'`), cli.stderr);
+  }
+});

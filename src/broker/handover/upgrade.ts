@@ -21,7 +21,7 @@ export interface UpgradeOptions {
   binary?: string;
   /** The new broker's config file; default: this broker's. */
   config?: string;
-  /** From start to 'ready'; past it, the upgrade rolls back. Default 20 s. */
+  /** From start to 'ready'; past it, the upgrade rolls back. Default 20 s, at most MAX_UPGRADE_DEADLINE_MS. */
   deadlineMs?: number;
   /** The request came over the admin socket (its own request is in flight while the broker quiesces). */
   viaAdmin?: boolean;
@@ -34,6 +34,11 @@ export interface UpgradeOptions {
  * 'ready' (the new broker is ready, no commit sent).
  */
 export type TestStopStep = 'started' | 'mid-transfer' | 'transferred' | 'ready';
+/**
+ * The longest deadlineMs taken: past it a hung new broker would block every reload and upgrade (EBUSY) for as
+ * long, and past 2^31-1 ms setTimeout fires at once, so the wait for 'ready' spun instead of waiting.
+ */
+export const MAX_UPGRADE_DEADLINE_MS = 600_000;
 /** How long a rollback waits for the killed new broker to be gone before it reads the device again. */
 export const ROLLBACK_EXIT_WAIT_MS = 5000;
 
@@ -54,6 +59,12 @@ export async function upgrade(
   meta: { startedAt: Date; upgrades: number; configPath: string | null; rundir: string | null },
   opts: UpgradeOptions,
 ): Promise<UpgradeOutcome> {
+  const ms = opts.deadlineMs;
+  if (ms !== undefined && (!Number.isInteger(ms) || ms < 1 || ms > MAX_UPGRADE_DEADLINE_MS))
+    throw new DevleaseError(
+      'EINVAL',
+      `upgrade: deadlineMs must be an integer from 1 to ${MAX_UPGRADE_DEADLINE_MS} (10 min), got ${ms}`,
+    );
   const why = cannotUpgrade(b);
   if (why) throw new DevleaseError('ENOTSUP', why);
   const deadline = Date.now() + (opts.deadlineMs ?? 20_000);
