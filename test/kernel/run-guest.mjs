@@ -277,7 +277,13 @@ export async function runGuest({
       ...(verbose ? [] : boot.slice(-40).map((l) => `[guest boot] ${l}`)),
       ...(stderr ? [`[qemu stderr] ${stderr.trim()}`] : []),
     ].join('\n');
-    return { ...result, status: timedOut ? 124 : 125, error: `kernel-rig ${config}: ${why}\n${context}` };
+    // neverStarted: the guest's kernel did not get as far as the test script (a boot that hung: TCG under load).
+    return {
+      ...result,
+      status: timedOut ? 124 : 125,
+      error: `kernel-rig ${config}: ${why}\n${context}`,
+      neverStarted: phase === 'boot',
+    };
   } finally {
     rmSync(runDir, { recursive: true, force: true });
   }
