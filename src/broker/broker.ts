@@ -24,6 +24,7 @@ import { AuditLog } from './audit.js';
 import { DirectSlices } from './audit-scan/direct-slices.js';
 import { ClientSessions } from './client-sessions.js';
 import type { BrokerConfig } from './config.js';
+import { wireDeviceEvents } from './device-events.js';
 import { type DeviceConnectionStatus, DeviceLink } from './device-link.js';
 import { DeviceLoss } from './device-loss.js';
 import {
@@ -208,17 +209,11 @@ export class Broker extends EventEmitter {
       if (!opts.handover) await broker.close();
       throw err;
     }
-    driver.on('fault', (f) => broker.leases.fault(f));
-    driver.on('faults-lost', (lost: number) => audit.write({ event: 'device-faults-lost', lost }));
-    driver.on('hang', (why: string) => void broker.#recover('device-hang', why));
-    driver.on('device-reset', (why: string) => void broker.#recover('device-reset', why));
-    driver.on('unresponsive', (why: string) => broker.#loss.unresponsive(why));
-    driver.on('error', (err: Error) => broker.log(`driver: ${err.message}`));
-    device.on('close', (reason?: Error | null) => broker.#loss.closed(reason ?? null));
-    // The kernel wants the device back (an unbind): let it go as a lost device (the daemon exits, closing it).
-    device.on('release-requested', (why: string) => broker.#loss.closed(new Error(why)));
-    // The kernel reports an AER error of the device: its state can no longer be trusted; recover it.
-    device.on('error-reported', (why: string) => void broker.#recover('device-error', why));
+    wireDeviceEvents(broker, {
+      recover: (cause, why) => broker.#recover(cause, why),
+      unresponsive: (why) => broker.#loss.unresponsive(why),
+      closed: (reason) => broker.#loss.closed(reason),
+    });
     audit.write({
       event: 'start',
       device: config.deviceName,
