@@ -2,9 +2,10 @@
 // one vfio-user socket per lease kind plus an admin socket. Each client
 // connection becomes a lease session once its VERSION (carrying the lease
 // request) passes policy. Its parts: client-sessions.ts (a connection's
-// session and pidfd), device-loss.ts and recovery-hooks.ts (a device lost,
-// unresponsive or recovering), inherited-sockets.ts (systemd's or an upgrading
-// broker's sockets), handover/ (upgrade in place), reload.ts.
+// session and pidfd), device-events.ts (what each driver and device event
+// starts), device-loss.ts and recovery-hooks.ts (a device lost, unresponsive
+// or recovering), inherited-sockets.ts (systemd's or an upgrading broker's
+// sockets), handover/ (upgrade in place), reload.ts.
 
 import { EventEmitter } from 'node:events';
 import { chownSync, mkdirSync } from 'node:fs';
