@@ -14,6 +14,7 @@
         "native/inotify.cc",
         "native/mapping.cc",
         "native/memfd.cc",
+        "native/peer.cc",
         "native/pidfd.cc",
         "native/poll.cc",
         "native/unix_socket.cc",

@@ -10,6 +10,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   devlease::RegisterClose(env, exports);
   devlease::RegisterPoll(env, exports);
   devlease::RegisterUnixSocket(env, exports);
+  devlease::RegisterPeer(env, exports);
   devlease::RegisterPidfd(env, exports);
   devlease::RegisterMemfd(env, exports);
   devlease::RegisterMapping(env, exports);

@@ -108,6 +108,7 @@ void CloseReceivedFd(int fd, int64_t sender);
 bool ClosesBacklogged(int64_t sender);
 void RegisterPoll(Napi::Env env, Napi::Object exports);
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports);
+void RegisterPeer(Napi::Env env, Napi::Object exports);
 void RegisterPidfd(Napi::Env env, Napi::Object exports);
 void RegisterMemfd(Napi::Env env, Napi::Object exports);
 void RegisterMapping(Napi::Env env, Napi::Object exports);

@@ -1,9 +1,8 @@
 // AF_UNIX sockets, SOCK_STREAM (the vfio-user wire, as QEMU and libvfio-user
 // use it) or SOCK_SEQPACKET (devlease's own admin socket): listen, connect,
-// accept, pair, sendmsg and recvmsg with SCM_RIGHTS, peer credentials and
-// SO_PEERPIDFD; and one SOCK_DGRAM send, systemd's notify protocol. Every
-// socket is non-blocking and close-on-exec; nothing here ever blocks.
-#include <fcntl.h>
+// accept, pair, sendmsg and recvmsg with SCM_RIGHTS (who the peer is: peer.cc);
+// and one SOCK_DGRAM send, systemd's notify protocol. Every socket is
+// non-blocking and close-on-exec; nothing here ever blocks.
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -15,10 +14,6 @@
 #include <vector>
 
 #include "common.h"
-
-#ifndef SO_PEERPIDFD
-#define SO_PEERPIDFD 77
-#endif
 
 namespace devlease {
 namespace {
@@ -290,33 +285,6 @@ Napi::Value RecvInto(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
-Napi::Value PeerCred(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = FdArg(info, 0);
-  ucred cred{};
-  socklen_t len = sizeof(cred);
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) ThrowErrno(env, "getsockopt", errno);
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("pid", Napi::Number::New(env, cred.pid));
-  out.Set("uid", Napi::Number::New(env, cred.uid));
-  out.Set("gid", Napi::Number::New(env, cred.gid));
-  return out;
-}
-
-Napi::Value PeerPidfd(const Napi::CallbackInfo& info) {
-  int fd = FdArg(info, 0);
-  int pidfd = -1;
-  socklen_t len = sizeof(pidfd);
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) ThrowErrno(info.Env(), "getsockopt", errno);
-  // The kernel installs it O_CLOEXEC; make sure regardless of version.
-  if (fcntl(pidfd, F_SETFD, FD_CLOEXEC) < 0) {
-    int err = errno;
-    close(pidfd);
-    ThrowErrno(info.Env(), "fcntl", err);
-  }
-  return Napi::Number::New(info.Env(), pidfd);
-}
-
 // setSendBuffer(fd, bytes): raise SO_SNDBUF so that one message of `bytes` fits (on AF_UNIX SOCK_SEQPACKET a
 // message longer than the send buffer fails with EMSGSIZE, however long one waits). SO_SNDBUFFORCE passes
 // net.core.wmem_max when the process may (CAP_NET_ADMIN); otherwise SO_SNDBUF, which the kernel caps there.
@@ -386,8 +354,6 @@ void RegisterUnixSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("sendmsg", Napi::Function::New(env, Sendmsg, "sendmsg"));
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
   exports.Set("recvmsg", Napi::Function::New(env, Recvmsg, "recvmsg"));
-  exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
-  exports.Set("peerPidfd", Napi::Function::New(env, PeerPidfd, "peerPidfd"));
   exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
 }
 

@@ -3,6 +3,7 @@
 // idle closes are logged rate-limited, as the lease sockets' admission does
 // (admission.ts): a script reconnecting in a loop costs a few lines per 10 s.
 
+import { PerUidCount } from '../util/per-uid-count.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 
 /**
@@ -25,8 +26,7 @@ export const ADMIN_LIMITS: Readonly<AdminLimits> = {
 
 export class AdminConnectionLimits {
   readonly limits: AdminLimits;
-  readonly #perUid = new Map<number, number>();
-  #total = 0;
+  readonly #count = new PerUidCount();
   readonly #log: RateLimitedLog;
 
   constructor(limits: Partial<AdminLimits>, log: (line: string) => void) {
@@ -39,30 +39,16 @@ export class AdminConnectionLimits {
    * gets the reason (logged). `force`: counted whatever the count (a connection handed over in an upgrade).
    */
   admit(uid: number, pid: number, force: boolean, refused: (why: string) => void): (() => void) | null {
-    const mine = this.#perUid.get(uid) ?? 0;
-    const why = force
-      ? null
-      : mine >= this.limits.maxConnectionsPerUid
-        ? `uid ${uid} has ${mine} admin connections open (at most ${this.limits.maxConnectionsPerUid} per uid)`
-        : this.#total >= this.limits.maxConnections
-          ? `${this.#total} admin connections are open (at most ${this.limits.maxConnections})`
-          : null;
-    if (why) {
-      this.#log.log(`refused uid ${uid}`, `admin socket: refused a connection of pid ${pid}: ${why}`);
-      refused(why);
-      return null;
-    }
-    this.#perUid.set(uid, mine + 1);
-    this.#total++;
-    let counted = true;
-    return () => {
-      if (!counted) return;
-      counted = false;
-      this.#total--;
-      const n = (this.#perUid.get(uid) ?? 1) - 1;
-      if (n > 0) this.#perUid.set(uid, n);
-      else this.#perUid.delete(uid);
-    };
+    const { maxConnectionsPerUid: perUid, maxConnections: total } = this.limits;
+    const taken = this.#count.take(uid, perUid, total, force);
+    if (taken.ok) return taken.release;
+    const why =
+      taken.limit === 'uid'
+        ? `uid ${uid} has ${taken.held} admin connections open (at most ${perUid} per uid)`
+        : `${taken.held} admin connections are open (at most ${total})`;
+    this.#log.log(`refused uid ${uid}`, `admin socket: refused a connection of pid ${pid}: ${why}`);
+    refused(why);
+    return null;
   }
 
   /**

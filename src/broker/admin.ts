@@ -8,7 +8,7 @@
 //       binary and config from root or the broker's user only: admin-requests.ts)
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
-import { chownSync, readFileSync } from 'node:fs';
+import { chownSync } from 'node:fs';
 import { DevleaseError, isSysError } from '../errors.js';
 import {
   type Fd,
@@ -51,16 +51,6 @@ export const ADMIN_MAX_REPLY = 1024 * 1024;
 const json = (v: unknown) =>
   Buffer.from(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : x)));
 
-/** The peer's supplementary groups (SO_PEERCRED carries only the primary gid). */
-function supplementaryGroups(pid: number): number[] {
-  try {
-    const line = readFileSync(`/proc/${pid}/status`, 'utf8').match(/^Groups:\s*(.*)$/m)?.[1] ?? '';
-    return line.split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
-
 export class AdminServer {
   readonly #server: SeqpacketServer;
   readonly #broker: Broker;
@@ -97,10 +87,30 @@ export class AdminServer {
     );
   }
 
-  #allowed(cred: PeerCred): boolean {
+  /**
+   * Why the peer may not use the admin socket, or null if it may: root, the broker's user, or a member of
+   * admin.group by primary gid (SO_PEERCRED) or supplementary group (SO_PEERGROUPS), both as they were at
+   * connect(). The groups were once read from /proc/<pid>/status at accept: a peer that had exited, its socket
+   * passed on, and whose pid a group member's process then got, was granted with that process's groups. When
+   * SO_PEERGROUPS fails nothing else tells the groups of that connect(): refused.
+   */
+  #refusal(sock: SeqpacketSocket, cred: PeerCred): string | null {
     const group = this.#broker.config.admin.group;
-    if (cred.uid === 0 || cred.uid === process.getuid?.()) return true;
-    return group !== null && (cred.gid === group || supplementaryGroups(cred.pid).includes(group));
+    if (cred.uid === 0 || cred.uid === process.getuid?.()) return null;
+    const notMember = 'the admin socket is for root or the admin group';
+    if (group === null) return notMember;
+    if (cred.gid === group) return null;
+    let groups: number[];
+    try {
+      groups = sock.peerGroups();
+    } catch (err) {
+      this.#errors.log(
+        'peergroups',
+        `admin socket: refused a connection of pid ${cred.pid}: ${(err as Error).message}`,
+      );
+      return `${notMember}; the groups of uid ${cred.uid} could not be read (${(err as Error).message})`;
+    }
+    return groups.includes(group) ? null : notMember;
   }
 
   /** Open connections and their requests in progress (an upgrade waits for those and hands the sockets over). */
@@ -191,8 +201,9 @@ export class AdminServer {
       return;
     }
     const pid = cred.pid;
-    if (!this.#allowed(cred)) {
-      this.#refuse(sock, 'EACCES', 'the admin socket is for root or the admin group');
+    const refusal = this.#refusal(sock, cred);
+    if (refusal !== null) {
+      this.#refuse(sock, 'EACCES', refusal);
       return;
     }
     const release = this.#limits.admit(cred.uid, pid, adopted, (why) =>

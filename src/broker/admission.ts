@@ -6,6 +6,7 @@
 // closures are logged rate-limited: an attacker reconnecting in a loop costs a
 // few lines per 10 s, not one per connection.
 
+import { PerUidCount } from '../util/per-uid-count.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { BrokerConfig } from './config.js';
 
@@ -16,8 +17,7 @@ export interface Admitted {
 
 export class Admission {
   readonly #limits: BrokerConfig['sockets'];
-  readonly #perUid = new Map<number, number>();
-  #total = 0;
+  readonly #count = new PerUidCount();
   readonly #log: RateLimitedLog;
 
   constructor(limits: BrokerConfig['sockets'], log: (line: string) => void) {
@@ -27,7 +27,7 @@ export class Admission {
 
   /** Connections waiting for their VERSION: in all, and of one uid. */
   pending(uid?: number): number {
-    return uid === undefined ? this.#total : (this.#perUid.get(uid) ?? 0);
+    return this.#count.count(uid);
   }
 
   /**
@@ -35,19 +35,15 @@ export class Admission {
    * `onDeadline` runs if it is still pending after sockets.version_timeout_ms.
    */
   admit(uid: number, pid: number, onDeadline: () => void): Admitted | null {
-    const mine = this.#perUid.get(uid) ?? 0;
-    const why =
-      mine >= this.#limits.maxPendingPerUid
-        ? `${mine} of its connections have not completed VERSION (sockets.max_pending_per_uid = ${this.#limits.maxPendingPerUid})`
-        : this.#total >= this.#limits.maxPending
-          ? `${this.#total} connections have not completed VERSION (sockets.max_pending = ${this.#limits.maxPending})`
-          : null;
-    if (why) {
+    const taken = this.#count.take(uid, this.#limits.maxPendingPerUid, this.#limits.maxPending);
+    if (!taken.ok) {
+      const why =
+        taken.limit === 'uid'
+          ? `${taken.held} of its connections have not completed VERSION (sockets.max_pending_per_uid = ${this.#limits.maxPendingPerUid})`
+          : `${taken.held} connections have not completed VERSION (sockets.max_pending = ${this.#limits.maxPending})`;
       this.#log.log(`refused uid ${uid}`, `refused a connection from uid ${uid} (pid ${pid}): ${why}`);
       return null;
     }
-    this.#perUid.set(uid, mine + 1);
-    this.#total++;
     const ms = this.#limits.versionTimeoutMs;
     const timer = setTimeout(() => {
       this.#log.log(
@@ -57,16 +53,10 @@ export class Admission {
       onDeadline();
     }, ms);
     timer.unref();
-    let counted = true;
     return {
       done: () => {
-        if (!counted) return;
-        counted = false;
         clearTimeout(timer);
-        this.#total--;
-        const n = (this.#perUid.get(uid) ?? 1) - 1;
-        if (n > 0) this.#perUid.set(uid, n);
-        else this.#perUid.delete(uid);
+        taken.release();
       },
     };
   }

@@ -147,6 +147,11 @@ export interface NativeAddon {
    */
   readonly recvIntoFds: Int32Array;
   peerCred(fd: number): PeerCred;
+  /**
+   * SO_PEERGROUPS (Linux >= 4.13): the peer's supplementary groups as they were at connect(), from the same
+   * credentials as peerCred (its gid is the primary group, not always among these).
+   */
+  peerGroups(fd: number): number[];
   /** SO_PEERPIDFD (Linux >= 6.5); throws ENOPROTOOPT on older kernels. */
   peerPidfd(fd: number): number;
   /** Raise SO_SNDBUF (SO_SNDBUFFORCE when permitted) to `bytes`; returns the size the kernel set. */

@@ -10,6 +10,15 @@ export function peerCredOf(fd: number): PeerCred {
 }
 
 /**
+ * SO_PEERGROUPS: the peer's supplementary groups at connect() time, kept with the socket as SO_PEERCRED's ids
+ * are. Not /proc/<pid>/status read now: the peer may have exited since (its socket passed on) and its pid been
+ * given to another process, whose groups those would be.
+ */
+export function peerGroupsOf(fd: number): number[] {
+  return native.peerGroups(fd);
+}
+
+/**
  * SO_PEERCRED's uid, or null if the socket has none to give (not a connected AF_UNIX socket: a bug of the
  * caller's, whose fds are then counted as from nobody known rather than failing the connection).
  */

@@ -21,7 +21,7 @@ import { EventEmitter } from 'node:events';
 import { closedError, isSysError, misuse } from '../errors.js';
 import { Fd, fdNumber, RECEIVED, receivedCopy } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
-import { peerCredOf, peerPidfdOf } from './peer.js';
+import { peerCredOf, peerGroupsOf, peerPidfdOf } from './peer.js';
 import type { PidFd } from './pidfd.js';
 import { DISCONNECT, READABLE, Watch, WRITABLE } from './watch.js';
 
@@ -206,6 +206,11 @@ export class SeqpacketSocket extends EventEmitter {
   /** SO_PEERCRED: the peer's pid/uid/gid at connect() time. */
   peerCred(): PeerCred {
     return peerCredOf(this.fd.fd);
+  }
+
+  /** SO_PEERGROUPS: the peer's supplementary groups at connect() time (peer.ts). */
+  peerGroups(): number[] {
+    return peerGroupsOf(this.fd.fd);
   }
 
   /**

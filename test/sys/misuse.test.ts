@@ -113,6 +113,7 @@ test('every handle refuses use after close() with ERR_DEVLEASE_CLOSED, and close
   assert.equal(a.closed, true);
   assert.throws(() => a.send(Buffer.from('x')), CLOSED);
   assert.throws(() => a.peerCred(), CLOSED);
+  assert.throws(() => a.peerGroups(), CLOSED);
   assert.throws(() => a.peerPidfd(), CLOSED);
 
   const memfd = MemFd.create('closed', { size: 4096 });

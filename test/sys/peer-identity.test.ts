@@ -1,6 +1,7 @@
-// Acceptance: peer credentials and the peer's pidfd are correct; the pidfd
-// fires after SIGKILL of the peer.
+// Acceptance: peer credentials, supplementary groups and the peer's pidfd are
+// correct; the pidfd fires after SIGKILL of the peer.
 import assert from 'node:assert/strict';
+import { closeSync, openSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { Fd, native, PidFd, SeqpacketSocket } from '../../src/sys/index.js';
 import { trackFdLeaks } from '../helpers/fds.js';
@@ -73,5 +74,42 @@ test("PidFd.adopt reads a handed-over pidfd's pid from /proc/self/fdinfo", async
     assert.equal(self.pid, process.pid);
   } finally {
     await peer.stop();
+  }
+});
+
+// A socketpair's peer credentials are its creator's at socketpair(): this process's, with the groups it had then.
+test("peerGroups are the peer's supplementary groups at connect(), however many, not its groups now", () => {
+  assert.equal(
+    process.getuid?.(),
+    0,
+    'this test needs root: it sets its own supplementary groups (setgroups)',
+  );
+  const saved = process.getgroups!();
+  // More than the addon's first getsockopt holds (64): the kernel's ERANGE, then the size it names.
+  const many = Array.from({ length: 1000 }, (_, i) => 70_000 + i);
+  const pairs: SeqpacketSocket[][] = [];
+  try {
+    process.setgroups!([]);
+    pairs.push(SeqpacketSocket.pair());
+    process.setgroups!([70_001, 70_000]);
+    pairs.push(SeqpacketSocket.pair());
+    process.setgroups!(many);
+    pairs.push(SeqpacketSocket.pair());
+    process.setgroups!([4242]); // what the process has now is no socket's
+    assert.deepEqual(pairs[0]![0]!.peerGroups(), []);
+    assert.deepEqual(pairs[1]![1]!.peerGroups(), [70_000, 70_001]); // the kernel keeps them sorted
+    assert.deepEqual(pairs[2]![0]!.peerGroups(), many);
+  } finally {
+    process.setgroups!(saved);
+    for (const p of pairs) for (const s of p) s.close();
+  }
+});
+
+test('peerGroups of a descriptor that is no socket is a SysError naming getsockopt (ENOTSOCK)', () => {
+  const file = openSync('/dev/null', 'r');
+  try {
+    assert.throws(() => native.peerGroups(file), { code: 'ENOTSOCK', errno: 88, syscall: 'getsockopt' });
+  } finally {
+    closeSync(file);
   }
 });
