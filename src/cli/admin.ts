@@ -26,7 +26,16 @@ export async function adminRequest(
   req: Record<string, unknown>,
   timeoutMs = DEFAULT_WAIT_MS,
 ): Promise<unknown> {
-  const sock = SeqpacketSocket.connect(path);
+  return await adminRequestOver(SeqpacketSocket.connect(path), path, req, timeoutMs);
+}
+
+/** adminRequest() over a socket already connected to `path` (this takes it, and closes it). */
+export async function adminRequestOver(
+  sock: SeqpacketSocket,
+  path: string,
+  req: Record<string, unknown>,
+  timeoutMs = DEFAULT_WAIT_MS,
+): Promise<unknown> {
   let timer: NodeJS.Timeout | undefined;
   try {
     return await new Promise((resolve, reject) => {
@@ -58,7 +67,15 @@ export async function adminRequest(
       sock.once('close', () =>
         reject(new DevleaseError('ECONNRESET', `${path} closed the connection without answering`)),
       );
-      sock.send(Buffer.from(JSON.stringify(req)));
+      try {
+        sock.send(Buffer.from(JSON.stringify(req)));
+      } catch (err) {
+        // The broker refuses a connection (not root nor of admin.group; too many open) as soon as it accepts it:
+        // its reason, then a close. Were that before this send, the send fails EPIPE, and the reason still
+        // waits to be read: the 'message' (or, with no reason sent, the 'close') above settles the request.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'EPIPE' && code !== 'ECONNRESET') throw err;
+      }
     });
   } finally {
     clearTimeout(timer);

@@ -8,7 +8,7 @@
 // native call), hence the dynamic imports.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -16,7 +16,8 @@ import { fileURLToPath } from 'node:url';
 
 process.env.DEVLEASE_FAIL_NTH ??= '0';
 const { failCall, failNth, failNthFired } = await import('../../src/sys/fail-nth.js');
-const { adminRequest } = await import('../../src/cli/admin.js');
+const { adminRequest, adminRequestOver } = await import('../../src/cli/admin.js');
+const { SeqpacketSocket } = await import('../../src/sys/index.js');
 const { startRig } = await import('../helpers/broker-rig.js');
 const { trackFdLeaks } = await import('../helpers/fds.js');
 
@@ -43,7 +44,10 @@ after(async () => {
 });
 
 /** Runs the stand-in server answering `mode`; resolves with its socket path once it listens. */
-async function withServer(mode: string, fn: (path: string) => Promise<void>): Promise<void> {
+async function withServer(
+  mode: string,
+  fn: (path: string, child: ChildProcess) => Promise<void>,
+): Promise<void> {
   const path = join(dir, `${mode}.sock`);
   const child: ChildProcess = spawn(process.execPath, [SERVER, mode, path], {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -59,7 +63,7 @@ async function withServer(mode: string, fn: (path: string) => Promise<void>): Pr
       });
       child.once('exit', (code) => reject(new Error(`the ${mode} server exited (${code})`)));
     });
-    await fn(path);
+    await fn(path, child);
   } finally {
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
@@ -90,6 +94,25 @@ test('a broker that never answers: ETIMEDOUT at the deadline', { timeout: 60_000
 test('an answer that is not JSON, or a refusal without a code: EPROTO', { timeout: 60_000 }, async () => {
   await withServer('garbage', (p) => rejectsWith(adminRequest(p, { op: 'status' }), 'EPROTO', /not JSON/));
   await withServer('nocode', (p) => rejectsWith(adminRequest(p, { op: 'status' }), 'EPROTO', /^no$/));
+});
+
+test("a broker that refused the connection before the request was sent: its refusal, not the send's EPIPE", {
+  timeout: 60_000,
+}, async () => {
+  await withServer('refuse', async (p) => {
+    const sock = SeqpacketSocket.connect(p);
+    // The CLI sends on the tick it connects; the race is the broker's accept, refusal and close landing first.
+    // Made certain here: this thread waits (its event loop not turning, as between the CLI's connect and send)
+    // until the server has answered and hung up, so the send fails EPIPE with the refusal unread.
+    const deadline = Date.now() + 20_000;
+    const nap = new Int32Array(new SharedArrayBuffer(4));
+    while (!existsSync(`${p}.refused`)) {
+      if (Date.now() > deadline) throw new Error('the refusing server did not refuse in 20 s');
+      Atomics.wait(nap, 0, 0, 5);
+    }
+    await rejectsWith(adminRequestOver(sock, p, { op: 'status' }), 'EACCES', /admin group/);
+    assert.equal(sock.closed, true);
+  });
 });
 
 test('no socket: the connect errno (ENOENT)', { timeout: 60_000 }, async () => {
