@@ -72,13 +72,15 @@ function scrape(socketPath: string): Promise<{ status: number | string; body: st
 const leaseSeries = (body: string) =>
   body.split('\n').filter((l) => l.startsWith('devlease_lease_completed_total{')).length;
 
+const REQUEST = 'GET /metrics HTTP/1.1\r\nhost: devlease\r\n\r\n';
+
 /** A connection that has sent `GET /metrics` and reads nothing (until readToEnd). */
 async function unread(): Promise<Socket> {
   const s = netConnect(path);
   s.on('error', () => {});
   await within(new Promise((r) => s.once('connect', r)), 'a connection to the metrics socket');
   s.pause();
-  s.write('GET /metrics HTTP/1.1\r\nhost: devlease\r\n\r\n');
+  s.write(REQUEST);
   return s;
 }
 
@@ -108,13 +110,16 @@ function isOpen(end: { fd: number; target: string }): boolean {
   }
 }
 
-/** Everything the peer was sent, read once it reads again, until the broker's end is closed. */
+/**
+ * Everything the peer was sent, read once it reads again, until the connection ends (at EOF, or a reset when
+ * the broker closed its end with requests unread).
+ */
 function readToEnd(s: Socket): Promise<string> {
   let got = '';
   s.setEncoding('latin1');
   s.on('data', (c: string) => (got += c));
   s.resume();
-  return within(new Promise((r) => s.once('end', () => r(got))), 'the end of the connection');
+  return within(new Promise((r) => s.once('close', () => r(got))), 'the end of the connection');
 }
 
 /** Until the fds are those of `before` again, or 3 s (leaving an assertion to say which differ). */
@@ -198,4 +203,51 @@ test('peers that go away before or in the middle of their response cost nothing 
   assert.equal(leaseSeries(s.body), LEASES);
   await fdsAsBefore(before);
   assert.deepEqual(logs.slice(dropped), [], 'a peer that left is not one that stalled');
+});
+
+test('a peer that sends requests behind one it has not read is dropped at the second: none behind it is answered', async () => {
+  const before = openFds();
+  const from = logs.length;
+  const peer = await unread();
+  try {
+    const end = await brokerEnd(before, peer);
+    // The first response is in progress until the peer takes it, which it does not. Each request behind it
+    // used to build a whole response (1,000 of them: 232 MB) held until the peer took those before it, or
+    // until the stall deadline dropped the connection.
+    peer.write(REQUEST.repeat(1000));
+    await until('the broker to drop the connection', () => !isOpen(end), 2 * STALL_MS + 3_000);
+    assert.deepEqual(logs.slice(from), [
+      `metrics: dropped a connection on ${path} (uid 0): it sent a request before it had its last response`,
+    ]);
+    const got = await readToEnd(peer);
+    assert.ok(got.split('HTTP/1.1 ').length - 1 <= 1, 'at most (a part of) the first response was sent');
+  } finally {
+    peer.destroy();
+    await settle(before);
+  }
+  await fdsAsBefore(before);
+  const s = await scrape(path);
+  assert.equal(s.status, 200, 'still serving');
+});
+
+test('a peer that reads each response before its next request is served on one connection', async () => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    for (let i = 0; i < 3; i++) {
+      const s = await new Promise<{ status: number; body: string; reused: boolean }>((resolve, reject) => {
+        const req = http.get({ socketPath: path, path: '/metrics', agent, timeout: 10_000 }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body, reused: req.reusedSocket }));
+        });
+        req.on('error', reject);
+      });
+      assert.equal(s.status, 200, `scrape ${i}`);
+      assert.equal(leaseSeries(s.body), LEASES, `scrape ${i} is whole`);
+      assert.equal(s.reused, i > 0, `scrape ${i} went over the connection kept alive from the first`);
+    }
+  } finally {
+    agent.destroy();
+  }
 });

@@ -94,6 +94,19 @@ export class MetricsServer {
       );
     let self: MetricsServer | null = null;
     const server = createServer({ connectionsCheckingInterval: CHECK_INTERVAL_MS }, (req, res) => {
+      // A scraper waits for each response before it sends its next request. A request sent behind one still in
+      // progress (pipelined: Node gives its response no socket until its turn) would build a whole response
+      // and hold it until the peer took those before it, and a thousand such requests fit in one packet: the
+      // connection is dropped instead. (Node calls this for the rest of the requests it had read all the same.)
+      if (req.socket.destroyed) return;
+      if (res.socket === null) {
+        errors.log(
+          'pipelined',
+          `metrics: dropped a connection on ${listen} (${peerOf(req.socket)}): it sent a request before it had its last response`,
+        );
+        req.socket.destroy();
+        return;
+      }
       if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
         send(res, 404, { 'content-type': 'text/plain' }, 'not found: GET /metrics\n');
         return;
