@@ -32,8 +32,8 @@ const CHECK_INTERVAL_MS = 1_000;
  * holds in the broker's memory: a peer that never read held that and a connection slot for as long as it liked
  * (requestTimeout stops counting once the request is in). This is an inactivity deadline, the socket's
  * timeout, not one for the whole response: Node counts a write's progress as activity (net.Socket's
- * _onTimeout compares the write queue's size at each expiry), so a slow reader that keeps taking a large
- * response is not cut, however long it takes. The first expiry also counts what the kernel took at once, so a
+ * _onTimeout compares the write queue's size at each expiry), so a slow reader of a large response is not cut
+ * while the broker can write some more of it every 3 s. The first expiry also counts what the kernel took at once, so a
  * peer that never reads is dropped at the second: 6 s after its response was sent, as long as a peer that
  * never sends its headers holds a slot (5 s, checked every second). A scraper reads a response as it comes:
  * 3 s with nothing taken is a scraper that is stuck, or no scraper.
