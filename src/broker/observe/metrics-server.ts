@@ -1,8 +1,8 @@
 // The Prometheus endpoint: GET /metrics over HTTP on a unix socket or HOST:PORT (config [metrics] listen).
-// Bounded: a few connections at once, a few per peer, and each request must arrive within deadlines that
-// are enforced within a second (not at Node's default 30 s sweep).
+// Bounded: a few connections at once, a few per peer, each request must arrive within deadlines that are
+// enforced within a second (not at Node's default 30 s sweep), and each response must be taken by the peer.
 import { lstatSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { createServer, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { DevleaseError } from '../../errors.js';
 import { Fd } from '../../sys/fd.js';
@@ -26,6 +26,19 @@ const REQUEST_TIMEOUT_MS = 10_000;
  * slots for up to 30 s past the deadline, so a few of them refused scrapes for half a minute at a time.
  */
 const CHECK_INTERVAL_MS = 1_000;
+/**
+ * A response of which the broker can write nothing for this long (its peer is not reading) is dropped with its
+ * connection. With many leases a response outgrows the socket buffer, and what the kernel does not take Node
+ * holds in the broker's memory: a peer that never read held that and a connection slot for as long as it liked
+ * (requestTimeout stops counting once the request is in). This is an inactivity deadline, the socket's
+ * timeout, not one for the whole response: Node counts a write's progress as activity (net.Socket's
+ * _onTimeout compares the write queue's size at each expiry), so a slow reader of a large response is not cut
+ * while the broker can write some more of it every 3 s. The first expiry also counts what the kernel took at once, so a
+ * peer that never reads is dropped at the second: 6 s after its response was sent, as long as a peer that
+ * never sends its headers holds a slot (5 s, checked every second). A scraper reads a response as it comes:
+ * 3 s with nothing taken is a scraper that is stuck, or no scraper.
+ */
+const WRITE_STALL_MS = 3_000;
 
 export class MetricsServer {
   readonly metrics: BrokerMetrics;
@@ -70,23 +83,50 @@ export class MetricsServer {
     const { listen, mode } = broker.config.metrics;
     if (!listen) throw new Error('metrics.listen is not set');
     const metrics = new BrokerMetrics(broker);
+    // Errors of the endpoint are logged rate-limited: each can repeat at every connection.
+    const errors = new RateLimitedLog((line) => broker.log(line));
+    const send = (res: ServerResponse, status: number, headers: OutgoingHttpHeaders, body: string) =>
+      respond(res, status, headers, body, (peer) =>
+        errors.log(
+          'write-stall',
+          `metrics: dropped a connection on ${listen} (${peer}): it took none of its response for ${WRITE_STALL_MS / 1000} s`,
+        ),
+      );
     let self: MetricsServer | null = null;
     const server = createServer({ connectionsCheckingInterval: CHECK_INTERVAL_MS }, (req, res) => {
+      // A scraper waits for each response before it sends its next request. A request sent behind one still in
+      // progress (pipelined: Node gives its response no socket until its turn) would build a whole response
+      // and hold it until the peer took those before it, and a thousand such requests fit in one packet: the
+      // connection is dropped instead. (Node calls this for the rest of the requests it had read all the same.)
+      if (req.socket.destroyed) return;
+      if (res.socket === null) {
+        errors.log(
+          'pipelined',
+          `metrics: dropped a connection on ${listen} (${peerOf(req.socket)}): it sent a request before it had its last response`,
+        );
+        req.socket.destroy();
+        return;
+      }
       if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
-        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: GET /metrics\n');
+        send(res, 404, { 'content-type': 'text/plain' }, 'not found: GET /metrics\n');
         return;
       }
       // A scrape reads the device: not while an upgrade holds the device connection (the new broker reads its
       // replies), nor in the new broker before the commit.
       if (self === null || self.#held) {
-        res
-          .writeHead(503, { 'content-type': 'text/plain', 'retry-after': '1' })
-          .end('the broker is being upgraded: scrape again\n');
+        send(
+          res,
+          503,
+          { 'content-type': 'text/plain', 'retry-after': '1' },
+          'the broker is being upgraded: scrape again\n',
+        );
         return;
       }
+      // The peer may be gone by the time the text is ready: the response is then written nowhere (Node drops
+      // writes to a destroyed socket), and the text is garbage once this returns.
       metrics.metrics().then(
-        (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
-        (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
+        (text) => send(res, 200, { 'content-type': metrics.contentType }, text),
+        (err: Error) => send(res, 500, { 'content-type': 'text/plain' }, `${err.message}\n`),
       );
     });
     server.maxConnections = MAX_CONNECTIONS;
@@ -127,7 +167,6 @@ export class MetricsServer {
     // Once listening, an 'error' is an accept that failed (ENFILE, ENOMEM, ENOBUFS): the server goes on
     // listening, so it is logged (rate-limited: it can repeat at every connection) and nothing more. With no
     // listener it was an uncaught exception that ended the broker; the listen's once-listener only hid the first.
-    const errors = new RateLimitedLog((line) => broker.log(line));
     server.on('error', (err: Error & { code?: string }) =>
       errors.log(err.code ?? 'error', `metrics: accept failed on ${listen}: ${err.message}`),
     );
@@ -199,6 +238,27 @@ function limitPerPeer(server: Server): void {
       else held.delete(peer);
     });
   });
+}
+
+/**
+ * Write a response, dropping the connection once its peer takes none of it for WRITE_STALL_MS (`stalled` is
+ * told whose). The socket's timeout is armed here, not at the request: the broker's own time to read the device
+ * is not the peer's. Once the response is written Node sets the socket's timeout to the keep-alive deadline
+ * (or ends a connection not kept alive), so nothing is left to disarm.
+ */
+function respond(
+  res: ServerResponse,
+  status: number,
+  headers: OutgoingHttpHeaders,
+  body: string,
+  stalled: (peer: string) => void,
+): void {
+  // Node emits the socket's 'timeout' on the response it is writing; with a listener, dropping is ours to do.
+  res.setTimeout(WRITE_STALL_MS, () => {
+    if (res.socket) stalled(peerOf(res.socket));
+    res.destroy();
+  });
+  res.writeHead(status, headers).end(body);
 }
 
 function peerOf(sock: Socket): string {
