@@ -1,7 +1,7 @@
 // The INTx relay (src/broker/lease-intx.ts) on its own, with real eventfds: the device's line signals the
 // broker's eventfd; the client's is signalled; the line is unmasked once, after the client's next access, and
 // not again until it fires again. Against a real automasking line (vfio-pci INTx) in the guest:
-// test/kernel/guest/edu.test.ts.
+// test/kernel/guest/edu-generic.test.ts.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { IntxRelay } from '../../src/broker/lease-intx.js';

@@ -1,10 +1,11 @@
 // A REQ or ERR eventfd wired at open whose watch (a uv_poll start) fails is
 // closed, and its irq unwired: the kernel holds its own reference to the
 // eventfd, so closing ours alone left the trigger in place, signalling an
-// eventfd nobody reads (device-signals.ts). The watch is failed with the
-// fail-nth hook (installed for this file, hence the dynamic imports); the
-// unwire is SET_IRQS DATA_NONE|ACTION_TRIGGER, count 0, for that index, as the
-// recorder sees it sent.
+// eventfd nobody reads (device-signals.ts). So is one whose watch fails when
+// it is watched again after an upgrade's rollback (unhold). The watch is
+// failed with the fail-nth hook (installed for this file, hence the dynamic
+// imports); the unwire is SET_IRQS DATA_NONE|ACTION_TRIGGER, count 0, for that
+// index, as the recorder sees it sent.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 
@@ -14,6 +15,8 @@ const { openKernelDevice } = await import('../../src/device/kernel/open.js');
 const { openFds, trackFdLeaks } = await import('../helpers/fds.js');
 const { kernelError, le, Recorder } = await import('./helpers/recorder.js');
 const { BDF, NR, scratchSysfs, standardReplies } = await import('./helpers/replies.js');
+const { native } = await import('../../src/sys/native.js');
+const { until } = await import('../helpers/broker-rig.js');
 
 after(trackFdLeaks());
 
@@ -83,3 +86,73 @@ test('an unwire that fails is logged; the eventfd is closed all the same', async
     await dev.close();
   }
 });
+
+/** The eventfd wired to irq `index` at open: the fd in its SET_IRQS (struct vfio_irq_set's data, at 20). */
+function wiredFd(rec: InstanceType<typeof Recorder>, index: number): number {
+  const arg = rec
+    .ioctls(NR.VFIO_DEVICE_SET_IRQS)
+    .map((c) => c.arg as Uint8Array)
+    .find((a) => a.byteLength === 24 && new DataView(a.buffer, a.byteOffset).getUint32(8, true) === index);
+  assert.ok(arg, `irq ${index} was wired`);
+  return new DataView(arg.buffer, arg.byteOffset).getInt32(20, true);
+}
+
+// An upgrade's rollback watches the held signals again (DeviceSignals.unhold). One whose watch fails then was
+// only logged: its irq stayed wired to an eventfd nobody read, so a device request or an AER error went unheard
+// until the device closed. It is given up as at its wiring: unwired and closed, and handed over no more; the
+// other signal is heard as before.
+for (const [k, index, name, event, other, otherEvent] of [
+  [1, 4, 'device request', 'release-requested', 3, 'error-reported'],
+  [2, 3, 'error', 'error-reported', 4, 'release-requested'],
+] as const) {
+  test(`the ${name} eventfd (index ${index}), if it cannot be watched again after a hold, is unwired and closed`, async () => {
+    const rec = new Recorder();
+    standardReplies(rec);
+    using sysfs = scratchSysfs();
+    const logs: string[] = [];
+    const dev = await openKernelDevice({
+      bdf: BDF,
+      sys: rec,
+      sysfsRoot: sysfs.root,
+      log: (m) => logs.push(m),
+    });
+    try {
+      const otherFd = wiredFd(rec, other);
+      const wired = eventfds();
+      const setsBefore = rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).length;
+      dev.holdSignals();
+      failCall('poll', k); // REQ is watched again first, then ERR
+      await dev.unholdSignals();
+      assert.equal(failNthFired(), 'poll', 'the watch was failed');
+      assert.deepEqual(
+        rec
+          .ioctls(NR.VFIO_DEVICE_SET_IRQS)
+          .slice(setsBefore)
+          .map((c) => c.arg as Uint8Array),
+        [unwireOf(index)],
+        'one SET_IRQS DATA_NONE|TRIGGER, count 0, for that index',
+      );
+      assert.equal(eventfds(), wired - 1, 'its eventfd closed, the other kept');
+      assert.ok(
+        logs.some((l) =>
+          l.includes(`index ${index}: its eventfd cannot be watched again (${event} unheard)`),
+        ),
+        logs.join('\n'),
+      );
+      assert.ok(logs.some((l) => l.includes(`index ${index}: its eventfd cannot be watched; unwired`)));
+      let n = 0;
+      const handed = dev.handover(() => n++);
+      assert.deepEqual(
+        handed.signals?.map((s) => s.index),
+        [other],
+        'the next broker is handed the one still wired',
+      );
+      const heard: string[] = [];
+      dev.on(otherEvent, (why: string) => heard.push(why));
+      native.eventfdWrite(otherFd, 1n); // the kernel's signal
+      await until(`the ${otherEvent} signal, still watched, to be heard`, () => heard.length === 1);
+    } finally {
+      await dev.close();
+    }
+  });
+}

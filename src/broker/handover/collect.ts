@@ -86,7 +86,8 @@ export function resume(b: Broker, p: BrokerParts): void {
   if (b.device instanceof VfioUserDevice) b.device.client.socket.resume();
   if (b.device instanceof KernelDevice) {
     try {
-      b.device.unholdSignals();
+      // Not awaited: a signal whose watch fails is unwired and closed in the background (an ioctl), logged.
+      void b.device.unholdSignals();
     } catch (err) {
       b.log(`resuming the device's REQ/ERR watch: ${(err as Error).message}`);
     }

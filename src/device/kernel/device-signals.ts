@@ -140,19 +140,28 @@ export class DeviceSignals {
     for (const w of this.#wired) w.efd.stopWatching();
   }
 
-  unhold(): void {
-    if (!this.#held) return;
+  /**
+   * Watch the signals again (a rollback). One whose watch fails now is given up as at its wiring (#add): unwired
+   * and closed, and handed over no more. Resolves once that is done; never rejects.
+   */
+  unhold(): Promise<void> {
+    if (!this.#held) return Promise.resolve();
     this.#held = false;
-    if (this.#closed) return;
-    for (const w of this.#wired) {
+    if (this.#closed) return Promise.resolve();
+    const lost: Promise<void>[] = [];
+    for (const w of [...this.#wired]) {
       try {
         listen(w);
       } catch (err) {
+        const s = DEVICE_SIGNALS.find((d) => d.index === w.index);
         this.hooks.log(
-          `index ${w.index}: its eventfd cannot be watched again (unheard): ${(err as Error).message}`,
+          `index ${w.index}: its eventfd cannot be watched again (${s?.event ?? 'the signal'} unheard): ${(err as Error).message}`,
         );
+        this.#wired.splice(this.#wired.indexOf(w), 1);
+        lost.push(this.#giveUp(w));
       }
     }
+    return Promise.all(lost).then(() => undefined);
   }
 
   /** The eventfds by irq index, for the next broker (the fds stay this one's). */
@@ -179,12 +188,17 @@ export class DeviceSignals {
     try {
       listen(w);
     } catch (err) {
-      await this.#unwire(w.index);
-      w.efd.close();
+      await this.#giveUp(w);
       throw err;
     }
     this.#wired.push(w);
     if (this.#held) w.efd.stopWatching();
+  }
+
+  /** An eventfd that cannot be watched (at its wiring, or again after a hold): its irq unwired, then it closed. */
+  async #giveUp(w: WiredSignal): Promise<void> {
+    await this.#unwire(w.index);
+    w.efd.close();
   }
 
   /**

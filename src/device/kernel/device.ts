@@ -355,14 +355,15 @@ export class KernelDevice extends EventEmitter implements Device {
 
   /**
    * An upgrade's transfer: REQ and ERR are left unread in their eventfds, which the handover carries, for the
-   * broker that carries on to read (device-signals.ts, DeviceSignals.hold). unholdSignals() undoes it (a rollback).
+   * broker that carries on to read (device-signals.ts, DeviceSignals.hold). unholdSignals() undoes it (a rollback),
+   * resolving once a signal that cannot be watched again is unwired and closed (DeviceSignals.unhold).
    */
   holdSignals(): void {
     this.#signals.hold();
   }
 
-  unholdSignals(): void {
-    this.#signals.unhold();
+  unholdSignals(): Promise<void> {
+    return this.#signals.unhold();
   }
 
   /** An adopted device becomes this process's (the upgrade committed); returns what became of the accounting. */

@@ -4,7 +4,8 @@
 // the custom kernel, group + type1v2 container on Debian's stock one), real
 // DMA through the IOMMU both ways with the MSI eventfd, a DMA to an unmapped
 // IOVA refused by the IOMMU, BAR mmap, passed-in fds, release on close, and
-// an edu `dma` lease through the broker.
+// an edu `dma` lease through the broker. The generic driver over edu (no
+// reset method, its INTx relayed) is edu-generic.test.ts.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { closeSync, constants, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
@@ -15,7 +16,7 @@ import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Broker } from '../../../src/broker/broker.js';
 import { configFromObject, defaultConfig } from '../../../src/broker/config.js';
-import { connect, type Lease } from '../../../src/client/index.js';
+import { connect } from '../../../src/client/index.js';
 import type { KernelDevice } from '../../../src/device/kernel/device.js';
 import { IommufdIoas } from '../../../src/device/kernel/iommufd.js';
 import { openKernelDevice } from '../../../src/device/kernel/open.js';
@@ -31,8 +32,6 @@ import {
 import { EventFd, MemFd } from '../../../src/sys/index.js';
 import { VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from '../../../src/vfio/uapi/vfio.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
-import { within } from '../../helpers/within.js';
-import { withGenericKernelBroker } from './fixtures/generic-broker.js';
 import { bdf, guestConfig as config, inEduGuest } from './fixtures/guest.js';
 
 const paths = config === 'iommufd' ? (['auto', 'container'] as const) : (['auto'] as const);
@@ -352,92 +351,4 @@ test('broker: a client SIGKILLed while holding a DMA mapping is reclaimed; the s
     await dev.close();
     rmSync(dir, { recursive: true, force: true });
   }
-});
-
-/** The generic driver (loaded as a driver module: the edu driver would take edu) over edu, for `fn`. */
-async function withGenericEdu(
-  reuseWithoutReset: boolean,
-  fn: (broker: Broker, socket: string) => Promise<void>,
-) {
-  await withGenericKernelBroker(
-    { bdf, config: { generic: { reuse_without_reset: reuseWithoutReset } } },
-    async (broker, socket) => {
-      assert.equal(broker.driver.name, 'generic');
-      await fn(broker, socket);
-      await until('every lease to end', () => broker.leases.all().length === 0);
-    },
-  );
-}
-
-const u32 = (v: number) => new Uint8Array(new Uint32Array([v]).buffer);
-
-// The generic driver over edu, which has no reset method under vfio-pci (no FLR or PM capability, and on the
-// root bus no bus reset): what a lease leaves (here the liveness register) cannot be cleared. The device is
-// leased no more after its first lease, the next client told why; with [generic] reuse_without_reset it is
-// leased again as the last lease left it.
-test('broker: the generic driver over edu (no reset method): leased no more after a lease, or again with reuse_without_reset', async () => {
-  for (const reuse of [false, true]) {
-    await withGenericEdu(reuse, async (broker, socket) => {
-      assert.equal(
-        broker.device.resettable,
-        false,
-        'edu reports no reset method (VFIO_DEVICE_FLAGS_RESET clear)',
-      );
-      const first = await connect({ socket });
-      await first.client.regionWrite(BAR0, EDU.LIVENESS, u32(0x12345678));
-      first.close();
-      await until('the first lease to end', () => broker.leases.all().length === 0);
-      if (!reuse) {
-        await assert.rejects(
-          connect({ socket }),
-          /quarantined: the device reports no reset method .*reuse_without_reset = true/,
-        );
-        return;
-      }
-      const next = await connect({ socket });
-      try {
-        const live = await next.client.regionRead(BAR0, EDU.LIVENESS, 4);
-        assert.equal(
-          new DataView(live.buffer, live.byteOffset).getUint32(0, true),
-          ~0x12345678 >>> 0,
-          'the liveness register as the last lease left it',
-        );
-      } finally {
-        next.close();
-      }
-    });
-  }
-});
-
-// edu under the generic driver has no MSI-X: its INTx line is the lease's vector 0. vfio-pci masks the line at
-// each interrupt until told to unmask it, which a lease client (shown an MSI-X vector) never does: wired
-// straight to the client, one interrupt came and then none. The broker relays it and unmasks the line after
-// the client's next BAR access (lease-intx.ts).
-// A lease that ends with its interrupt unserviced leaves the line masked in vfio-pci (a new trigger does not
-// unmask it): the next lease's relay unmasks it when wired, or that lease would hear nothing.
-test('broker: the generic driver over edu: its INTx reaches the client at every raise, not only the first, and the next lease too', async () => {
-  await withGenericEdu(true, async (broker, socket) => {
-    const raise = async (lease: Lease, i: number, ack = true) => {
-      const irq = lease.nextInterrupt();
-      await lease.client.regionWrite(BAR0, EDU.IRQ_RAISE, u32(1 << i));
-      const vector = await within(irq, `interrupt ${i} reaching the client`, 10_000);
-      assert.equal(vector, 0, `interrupt ${i} on the lease's vector 0`);
-      if (ack) await lease.client.regionWrite(BAR0, EDU.IRQ_ACK, u32(1 << i)); // the line drops
-    };
-    const first = await connect({ socket });
-    try {
-      for (let i = 1; i <= 3; i++) await raise(first, i);
-      await raise(first, 4, false); // its lease ends with the line raised and masked
-    } finally {
-      first.close();
-    }
-    await until('the first lease to end', () => broker.leases.all().length === 0);
-    const next = await connect({ socket });
-    try {
-      await next.client.regionWrite(BAR0, EDU.IRQ_ACK, u32(0xffffffff)); // what the last lease left
-      for (let i = 5; i <= 6; i++) await raise(next, i);
-    } finally {
-      next.close();
-    }
-  });
 });
