@@ -251,7 +251,7 @@ test('a REQ signalled while the signals are held is heard once they are watched 
     native.eventfdWrite(req, 1n);
     await setImmediatePromise();
     assert.equal(eventfdCount(req), 1, 'held: left in the eventfd');
-    dev.unholdSignals();
+    await dev.unholdSignals();
     await until('the request to be heard', () => heard.length === 1);
     assert.match(heard[0]!, /the kernel asks for the device back/);
   } finally {

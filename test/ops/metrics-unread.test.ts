@@ -151,8 +151,8 @@ test('a peer that never reads its scrape is dropped once it takes nothing for 3 
       assert.equal(s.status, 200, `scrape ${i} while the peer holds its response`);
       assert.equal(leaseSeries(s.body), LEASES, `scrape ${i} is whole`);
     }
-    // Dropped 6 s after the response was sent (two expiries of WRITE_STALL_MS): within 6 s and the time to
-    // build the response. The broker used to hold it for as long as the peer kept the connection.
+    // Dropped 3 s after the response was sent (WRITE_STALL_MS with nothing more written), within that and the
+    // time to build the response. The broker used to hold it for as long as the peer kept the connection.
     await until(
       'the broker to close the connection of a peer that takes none of its response',
       () => !isOpen(end),
@@ -174,6 +174,31 @@ test('a peer that never reads its scrape is dropped once it takes nothing for 3 
   } finally {
     peer.destroy();
     await settle(before); // the broker's end too, failed or not: the next test counts from here
+  }
+  await fdsAsBefore(before);
+});
+
+test('a peer that never reads but sends blank lines (which start no request) is dropped all the same', async () => {
+  const before = openFds();
+  const from = logs.length;
+  const peer = await unread();
+  // Each blank line is a read for the broker's socket: under the socket's inactivity timeout (the first version
+  // of the deadline) it kept the connection, and the response, open for as long as the peer went on.
+  const trickle = setInterval(() => peer.write('\r\n'), 500);
+  try {
+    const end = await brokerEnd(before, peer);
+    await until(
+      'the broker to close the connection of a peer that reads nothing but keeps writing blank lines',
+      () => !isOpen(end),
+      2 * STALL_MS + 3_000,
+    );
+    assert.deepEqual(logs.slice(from), [
+      `metrics: dropped a connection on ${path} (uid 0): it took none of its response for 3 s`,
+    ]);
+  } finally {
+    clearInterval(trickle);
+    peer.destroy();
+    await settle(before);
   }
   await fdsAsBefore(before);
 });

@@ -30,13 +30,13 @@ const CHECK_INTERVAL_MS = 1_000;
  * A response of which the broker can write nothing for this long (its peer is not reading) is dropped with its
  * connection. With many leases a response outgrows the socket buffer, and what the kernel does not take Node
  * holds in the broker's memory: a peer that never read held that and a connection slot for as long as it liked
- * (requestTimeout stops counting once the request is in). This is an inactivity deadline, the socket's
- * timeout, not one for the whole response: Node counts a write's progress as activity (net.Socket's
- * _onTimeout compares the write queue's size at each expiry), so a slow reader of a large response is not cut
- * while the broker can write some more of it every 3 s. The first expiry also counts what the kernel took at once, so a
- * peer that never reads is dropped at the second: 6 s after its response was sent, as long as a peer that
- * never sends its headers holds a slot (5 s, checked every second). A scraper reads a response as it comes:
- * 3 s with nothing taken is a scraper that is stuck, or no scraper.
+ * (requestTimeout stops counting once the request is in). What counts is the write's progress (the part of the
+ * response still waiting for the socket shrank since the last check), checked every 3 s from the response's
+ * send: not the socket's inactivity timeout, which a read restarts, so a peer that never read but sent a blank
+ * line every second (which the HTTP parser skips: no request, no deadline) kept its connection for good. A
+ * scraper reads a response as it comes: 3 s in which the broker could hand the kernel nothing more is a scraper
+ * that is stuck, or no scraper. (On a unix socket the kernel takes more once the peer has read all but about a
+ * quarter of the socket buffer: a reader slower than that per 3 s, some 50 KB/s here, is cut.)
  */
 const WRITE_STALL_MS = 3_000;
 
@@ -241,10 +241,9 @@ function limitPerPeer(server: Server): void {
 }
 
 /**
- * Write a response, dropping the connection once its peer takes none of it for WRITE_STALL_MS (`stalled` is
- * told whose). The socket's timeout is armed here, not at the request: the broker's own time to read the device
- * is not the peer's. Once the response is written Node sets the socket's timeout to the keep-alive deadline
- * (or ends a connection not kept alive), so nothing is left to disarm.
+ * Write a response, dropping the connection once the broker can hand the kernel none of what is left of it for
+ * WRITE_STALL_MS (`stalled` is told whose). Checked from the send, not the request: the broker's own time to
+ * read the device is not the peer's.
  */
 function respond(
   res: ServerResponse,
@@ -253,12 +252,28 @@ function respond(
   body: string,
   stalled: (peer: string) => void,
 ): void {
-  // Node emits the socket's 'timeout' on the response it is writing; with a listener, dropping is ours to do.
-  res.setTimeout(WRITE_STALL_MS, () => {
-    if (res.socket) stalled(peerOf(res.socket));
-    res.destroy();
-  });
   res.writeHead(status, headers).end(body);
+  const sock = res.socket;
+  if (!sock || res.writableFinished) return;
+  // libuv's count of bytes still to write (net.Socket's own timeout reads it the same way); what the kernel
+  // took at once is not in it.
+  const pending = () =>
+    (sock as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize;
+  let left = pending();
+  const check = setInterval(() => {
+    const now = pending();
+    if (now === undefined || now === 0 || left === undefined || now < left) {
+      left = now;
+      return;
+    }
+    clearInterval(check);
+    stalled(peerOf(sock));
+    sock.destroy();
+  }, WRITE_STALL_MS);
+  check.unref();
+  const done = () => clearInterval(check);
+  res.once('finish', done);
+  res.once('close', done);
 }
 
 function peerOf(sock: Socket): string {
