@@ -4,11 +4,14 @@
 // so the bound's own timer can be watched: armed with its delay by the upgrade's code (the device requests'
 // deadline, 5 s too by default, is armed elsewhere).
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { ROLLBACK_EXIT_WAIT_MS } from '../../src/broker/handover/upgrade.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { startRig } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
 import { watchTimers } from '../helpers/timers.js';
+
+after(trackFdLeaks());
 
 test('a rollback whose new broker is gone already leaves no timer behind', { timeout: 120_000 }, async () => {
   const rig = await startRig();
