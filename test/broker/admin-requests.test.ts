@@ -203,11 +203,15 @@ test('admin connections are bounded in all and per uid; refusals are named and l
       /too many admin connections: uid 0 has 2 admin connections open \(at most 2 per uid\)/,
     );
     assert.ok(logged.some((l) => /admin socket: refused a connection of pid \d+: uid 0 has 2/.test(l)));
-    // Closing one frees its place.
+    // Closing one frees its place, once the server has seen the hang-up: a connection is admitted then.
     mine[0]!.sock.close();
-    await new Promise((r) => setTimeout(r, 100));
-    const again = await open(path, 1);
-    assert.equal((await again[0]!.reply).ok, true);
+    const again: Awaited<ReturnType<typeof open>> = [];
+    await until('a connection admitted in the freed place', async () => {
+      const [c] = await open(path, 1);
+      if ((await c!.reply).ok) again.push(c!);
+      else c!.sock.close();
+      return again.length > 0;
+    });
     for (const s of [...mine, ...again]) s.sock.close();
   } finally {
     server.close();
@@ -227,7 +231,9 @@ test('admin connections are bounded in all and per uid; refusals are named and l
 
 test('an admin connection without a request for idleMs is closed (and logged)', async () => {
   const path = join(rig.broker.dir, 'admin-idle.sock');
-  const server = new AdminServer(rig.broker, path, undefined, { idleMs: 300 });
+  // Gaps of a quarter of idleMs, five of them: past idleMs in all (so each request restarted the deadline), each
+  // far inside it (a loaded machine stretches a gap by its request's round trip only).
+  const server = new AdminServer(rig.broker, path, undefined, { idleMs: 2000 });
   try {
     const [c] = await open(path, 1);
     let closed = false;
@@ -235,15 +241,15 @@ test('an admin connection without a request for idleMs is closed (and logged)', 
       closed = true;
     });
     // Requests keep it open: each one restarts the deadline.
-    for (let i = 0; i < 4; i++) {
-      await new Promise((r) => setTimeout(r, 150));
+    for (let i = 0; i < 5; i++) {
+      await new Promise((r) => setTimeout(r, 500));
       const got = new Promise((r) => c!.sock.once('message', r));
       c!.sock.send(Buffer.from('{"op":"recovery"}'));
       await got;
     }
     assert.equal(closed, false, 'a connection in use is not idle');
-    await until('the idle connection to be closed', () => closed, 5000);
-    assert.ok(logged.some((l) => /closed a connection of uid 0 \(pid \d+\): no request in 300 ms/.test(l)));
+    await until('the idle connection to be closed', () => closed, 10_000);
+    assert.ok(logged.some((l) => /closed a connection of uid 0 \(pid \d+\): no request in 2000 ms/.test(l)));
     // One that never sends a request too.
     const silent = SeqpacketSocket.connect(path);
     const gone = new Promise<void>((r) => silent.once('close', () => r()));
@@ -253,7 +259,7 @@ test('an admin connection without a request for idleMs is closed (and logged)', 
         await Promise.race([gone, new Promise((r) => setTimeout(r, 50))]);
         return silent.closed;
       },
-      5000,
+      10_000,
     ).finally(() => silent.close());
   } finally {
     server.close();

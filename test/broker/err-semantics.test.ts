@@ -58,9 +58,10 @@ test('a queue fault: no ERR for a stock client or a devlease one; the devlease c
     assert.equal(stockErr.read(), null, 'no ERR for the stock client: QEMU would stop the VM');
     assert.equal(dlErr.read(), null, 'no ERR for the devlease client either');
 
-    // A hang is unrecoverable for the lease: ERR.
+    // A hang is unrecoverable for the lease: ERR, for both clients.
     await rig.sim.inject({ kind: 'hang' });
     await until('ERR for the stock client on a hang', () => stockErr.read() !== null);
+    await until('ERR for the devlease client on a hang', () => dlErr.read() !== null);
   } finally {
     await stock.close();
     await dl.close();

@@ -20,17 +20,19 @@ import { EventFd } from '../../src/sys/index.js';
 import { VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_SET } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { type Rig, startRig, until } from '../helpers/broker-rig.js';
-import { openFds } from '../helpers/fds.js';
+import { openFds, trackFdLeaks } from '../helpers/fds.js';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
+const leakCheck = trackFdLeaks();
 let rig: Rig;
 before(async () => {
   rig = await startRig();
 });
 after(async () => {
   await rig.close();
+  await leakCheck();
 });
 
 const settle = () => new Promise((r) => setTimeout(r, 100));

@@ -32,7 +32,7 @@ before(async () => {
 after(async () => {
   await c.exit();
   await rig.close();
-  leakCheck();
+  await leakCheck();
 });
 
 test('an unmap that would cut a mapping is refused and changes nothing', async () => {

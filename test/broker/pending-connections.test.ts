@@ -12,11 +12,16 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { spawnSimulator } from '../../src/sim/host/child.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { ClientProc, until } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
 import { cpuDuring, fdCount } from '../helpers/proc-stat.js';
+
+// The daemon's fds are counted below; this process's (the simulator's control channel, the client's and
+// children's pipes) here.
+after(trackFdLeaks());
 
 const FD_LIMIT = 256;
 const ATTACK = 300;

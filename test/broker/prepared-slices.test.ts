@@ -13,16 +13,22 @@ after(leakCheck);
 /** The simulator's queue-page memory as this (the broker's) process holds it: one memfd per slice fd. */
 const queuePageFds = () => [...openFds().values()].filter((t) => t.startsWith('/memfd:sa1-queue-')).length;
 
-/** Count the slice-fd requests the broker's device connection sends from now on. */
-function countSliceRequests(rig: Rig): () => number {
+type FeatureReply = Awaited<ReturnType<Rig['device']['client']['feature']>>;
+
+/**
+ * Count the slice-fd requests the broker's device connection sends from now on; `replies` are their answers
+ * as they come (settled before the broker's own handling of each runs: it awaits the same promise after us).
+ */
+function countSliceRequests(rig: Rig): (() => number) & { replies: Promise<FeatureReply>[] } {
   const client = rig.device.client;
   const feature = client.feature.bind(client);
-  let asked = 0;
+  const replies: Promise<FeatureReply>[] = [];
   client.feature = (f, opts) => {
-    if (f.feature === VFIO_DEVICE_FEATURE_DMA_BUF) asked++;
-    return feature(f, opts);
+    const reply = feature(f, opts);
+    if (f.feature === VFIO_DEVICE_FEATURE_DMA_BUF) replies.push(reply);
+    return reply;
   };
-  return () => asked;
+  return Object.assign(() => replies.length, { replies });
 }
 
 async function withRig(
@@ -117,12 +123,15 @@ test('a quarantined lease keeps no prepared fd: nothing of the cap is held for a
     );
     device.dmaUnmap = dmaUnmap;
     assert.equal(asked(), 1, "the reclaim asked for the next grant's slice fd behind its unmaps");
-    await until(
-      'the asked-for fd answered',
-      () => device.preparedSliceFdCount === 0 && queuePageFds() === 0,
-      5000,
-    ).catch(() => undefined);
     assert.equal(device.preparedSliceFdCount, 0, 'nothing prepared for the quarantined queue');
-    assert.equal(queuePageFds(), 0, 'no queue page fd held');
+    // The answer to that request came after the quarantine: an fd the broker then holds until it drops it.
+    const reply = await asked.replies[0]!;
+    assert.equal(reply.fds.length, 1, 'the device answered with the slice fd');
+    await until(
+      'the broker to close the fd that came for the quarantined queue',
+      () => reply.fds.every((fd) => fd.closed) && queuePageFds() === 0,
+      5000,
+    );
+    assert.equal(device.preparedSliceFdCount, 0, 'nothing prepared for the quarantined queue');
   });
 });

@@ -7,8 +7,11 @@
 // (the global `performance`, ~2 ms of CPU at its first use).
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { startRig } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+after(trackFdLeaks());
 
 const dist = (p: string): string => new URL(`../../src/${p}`, import.meta.url).href;
 

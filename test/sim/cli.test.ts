@@ -6,12 +6,15 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { spawnSimulator } from '../../src/sim/index.js';
 import * as ds from '../../src/sim/model/datasheet.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
+import { trackFdLeaks } from '../helpers/fds.js';
 import { BAR0, r32 } from './helpers/driver.js';
 import { clientBus, until } from './helpers/real.js';
+
+after(trackFdLeaks());
 
 const BIN = new URL('../../../bin/devlease.js', import.meta.url).pathname;
 

@@ -7,7 +7,6 @@
 // runs again the queue is reset and the page has fresh memory. No fd leaks.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import * as ds from '../../src/sim/model/datasheet.js';
 import { encodeDmaBufRequest } from '../../src/sim/model/slices.js';
 import { type Fd, Mapping, native } from '../../src/sys/index.js';
@@ -19,6 +18,7 @@ import {
   VFIO_PCI_BAR2_REGION_INDEX,
   vfio_device_feature_dma_buf_revoke,
 } from '../../src/vfio/uapi/vfio.js';
+import { memfdFdCount } from '../helpers/fds.js';
 import { BAR0, boot, qcfg, r32, TestQueue } from './helpers/driver.js';
 import { bootedRig, openFds, type Rig, rig, until, untilWorkerAnswers } from './helpers/real.js';
 
@@ -37,6 +37,13 @@ const queuePage = async (r: Rig, q: number) =>
       ]),
     })
   ).fds[0]!;
+
+/**
+ * Spare page memfds open in this process (the device worker is a thread of it: memfd-backing.ts names them
+ * sa1-queue-spare.N). Counted without a request: a request wakes the device, which would make a wanted spare
+ * then, and the tests below are about the device making it on its own while quiet.
+ */
+const spareMemfds = () => memfdFdCount('sa1-queue-spare.');
 
 /** The revoke feature for a slice fd. */
 const revokeSlice = (r: Rig, fd: Fd) =>
@@ -134,12 +141,14 @@ test('after a revoke the next spare is made once the device is quiet, and the ne
     const first = await queuePage(r, 0);
     const second = await queuePage(r, 1);
     assert.equal(r.sim.stats().spareReady, true, 'the device starts with a spare');
+    const spares = spareMemfds();
     await revokeSlice(r, first);
     assert.equal(native.fstat(first.fd).size, 0, 'the first revoke truncated the old memory');
-    // No queue is enabled, so the device sleeps until a request; the sleep is cut short for the spare. Asked once
-    // (a request wakes the device, which would make the spare then).
-    await sleep(300);
-    assert.equal(r.sim.stats().spareReady, true, 'the worker made the next spare while the device was quiet');
+    // No queue is enabled, so the device sleeps until a request; the sleep is cut short for the spare. Watched
+    // without a request: without the cut, no spare would come at all.
+    await until(() => spareMemfds() > spares, 'the worker to make the next spare while the device is quiet');
+    // Made already: the request that asks now is not what made it.
+    await until(() => r.sim.stats().spareReady, 'the new spare offered to the front end');
 
     // With the worker held, only a spare already made lets the front end kill the second holder's mapping.
     r.sim.inject({ kind: 'stall', ms: 4000 });
@@ -164,11 +173,13 @@ test('the next spare does not wait for the idle poll of a device polling an enab
     const heldMap = Mapping.map(held, { length: STRIDE });
     await enableQueue1(r, host, heldMap.u8); // polled once a second
     const revoked = await queuePage(r, 0);
+    const spares = spareMemfds();
     await revokeSlice(r, revoked);
-    // Well under the 1 s poll, and asked once (a request wakes the device, which would make the spare then): the
-    // sleep was cut short for it.
-    await sleep(300);
-    assert.equal(r.sim.stats().spareReady, true, 'the spare was made before the next idle poll');
+    // Watched without a request (one wakes the device, which would make the spare then). Made in well under a
+    // millisecond when the sleep is cut short for it; uncut, at the device's next idle poll, 1 s after the
+    // revoke: the deadline lies between, far from both.
+    await until(() => spareMemfds() > spares, 'the spare, before the next idle poll (1 s)', 500);
+    await until(() => r.sim.stats().spareReady, 'the new spare offered to the front end');
     heldMap.unmap();
     held.close();
     revoked.close();

@@ -63,10 +63,15 @@ async function quietFds(pid: number): Promise<Record<string, number>> {
   return Object.fromEntries([...best!].sort());
 }
 
-const released = (rig: UpgradeRig, id: string, pid: number) =>
-  rig.events().some((e) => e.event === 'released' && e.lease === id) &&
-  rig.events().some((e) => e.event === 'upgrade-took-over') &&
-  pid > 0;
+/**
+ * The new broker released `id`: its audit 'released' comes after the 'upgrade-took-over' of the upgrade from
+ * `old` (the new broker writes that as it starts serving; the old one writes to the same stdout, before).
+ */
+const releasedAfterTakeover = (rig: UpgradeRig, id: string, old: number) => {
+  const events = rig.events();
+  const took = events.findIndex((e) => e.event === 'upgrade-took-over' && e.from === old);
+  return took >= 0 && events.slice(took + 1).some((e) => e.event === 'released' && e.lease === id);
+};
 
 test('a lease awaiting its slice is carried over; the new broker frees it when the client lets go', {
   timeout: 240_000,
@@ -113,7 +118,7 @@ test('a lease awaiting its slice is carried over; the new broker frees it when t
       ends.some((e) => e.event === 'released' && e.lease === id),
       `audit 'released' for ${id}: ${JSON.stringify(ends)}`,
     );
-    assert.ok(released(rig, id, pid));
+    assert.ok(releasedAfterTakeover(rig, id, old), `'released' for ${id} after the new broker took over`);
     assert.deepEqual(
       await quietFds(pid),
       baseline,
@@ -149,7 +154,10 @@ test('a slice released in the middle of the handover is seen by the new broker',
     const pid = await rig.brokerPid();
     assert.notEqual(pid, old);
     await until('the new broker to free the lease', async () => (await state(rig, id)) === null, 60_000);
-    assert.ok(released(rig, id, pid), `audit 'released' for ${id} after the upgrade`);
+    assert.ok(
+      releasedAfterTakeover(rig, id, old),
+      `audit 'released' for ${id} after the new broker took over`,
+    );
   } finally {
     await rig.close();
   }

@@ -5,9 +5,12 @@
 // kernel device's AER error no longer does this: its signals are held during the transfer and read by the broker
 // that carries on, test/device-kernel/handover.test.ts and the guest's aer.test.ts; this guards the last check.)
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { ClientProc, startRig, until } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+after(trackFdLeaks());
 
 test('an AER error during the transfer: the upgrade rolls back, the old broker recovers the device', {
   timeout: 120_000,

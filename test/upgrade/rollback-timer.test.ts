@@ -4,51 +4,19 @@
 // so the bound's own timer can be watched: armed with its delay by the upgrade's code (the device requests'
 // deadline, 5 s too by default, is armed elsewhere).
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { ROLLBACK_EXIT_WAIT_MS } from '../../src/broker/handover/upgrade.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { startRig } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import { watchTimers } from '../helpers/timers.js';
 
-/**
- * Watch the timers armed with `delay` by code in `file`, until `stop`: how many were armed, and how many are
- * still live (neither cleared nor fired).
- */
-function watchTimers(delay: number, file: string) {
-  const { setTimeout: set, clearTimeout: clear } = globalThis;
-  const live = new Set<unknown>();
-  let armed = 0;
-  globalThis.setTimeout = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) => {
-    if (ms !== delay || !new Error().stack?.includes(file)) return set(fn, ms, ...args);
-    const t = set(
-      (...a: unknown[]) => {
-        live.delete(t);
-        fn(...a);
-      },
-      ms,
-      ...args,
-    );
-    live.add(t);
-    armed++;
-    return t;
-  }) as typeof setTimeout;
-  globalThis.clearTimeout = ((t?: Parameters<typeof clear>[0]) => {
-    live.delete(t);
-    clear(t);
-  }) as typeof clearTimeout;
-  return {
-    armed: () => armed,
-    live: () => live.size,
-    stop() {
-      globalThis.setTimeout = set;
-      globalThis.clearTimeout = clear;
-    },
-  };
-}
+after(trackFdLeaks());
 
 test('a rollback whose new broker is gone already leaves no timer behind', { timeout: 120_000 }, async () => {
   const rig = await startRig();
   process.env['DEVLEASE_TEST_UPGRADE_MISBEHAVE'] = 'exit'; // the new broker exits once the state came
-  const timers = watchTimers(ROLLBACK_EXIT_WAIT_MS, '/handover/upgrade.js');
+  const timers = watchTimers('/handover/upgrade.js', ROLLBACK_EXIT_WAIT_MS);
   try {
     await assert.rejects(rig.broker.upgrade({ binary: DEVLEASE_BIN, deadlineMs: 60_000 }), (err: Error) => {
       assert.match(err.message, /upgrade rolled back: the new broker (exited|hung up)/);

@@ -64,10 +64,16 @@ test("an upgrade while the broker's closer thread waits on a client's FUSE serve
     assert.notEqual(out.pid, oldPid, 'a new broker serves');
     assert.ok(tookMs < HOLD_MS / 3, `the upgrade did not wait for the held FLUSH (${tookMs} ms)`);
     assert.ok((await statusDuring) < HOLD_MS / 3, 'the old broker answered meanwhile');
-    // The new broker was handed the queued fd open and closed it as it started, on its own closer thread: gone
-    // from its table, and its FLUSH (held too) sent.
+    // The new broker was handed the queued fd open and closed it as it started, on its own closer thread: its
+    // FLUSH (held too) sent by the new broker itself — not one from the old broker (whose exit closes what it
+    // still holds), and not none (a broker never handed the fd has none of it in its table either) — and the fd
+    // gone from its table.
+    await until(
+      'a FLUSH from the new broker (the fd it was handed, closed)',
+      () => fuse.flushSenders().includes(out.pid),
+      10_000,
+    );
     await until('the new broker to close the fd it was handed', () => fuseFds(out.pid) === 0, 10_000);
-    await until('its FLUSH', () => fuse.flushes() >= 2, 10_000);
   } finally {
     fuse.release();
     native.closeReceived(file);
@@ -107,7 +113,12 @@ test('under systemd, the new broker tells MAINPID= and serves while the fds it w
       Date.now() - t0 < HOLD_MS / 3,
       `the new broker served before the held FLUSH ended (${Date.now() - t0} ms)`,
     );
-    await until('the new broker to close the fds it was handed', () => fuseFds(out.pid) === 1, 10_000);
+    await until(
+      'the new broker to close the first fd it was handed (its FLUSH sent by the new broker)',
+      () => fuse.flushSenders().includes(out.pid),
+      10_000,
+    );
+    await until('the second to wait behind it in its table', () => fuseFds(out.pid) === 1, 10_000);
   } finally {
     fuse.release();
     native.closeReceived(file);
