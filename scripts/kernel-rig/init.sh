@@ -18,6 +18,10 @@ export PATH=/bin
 mount -t proc proc /proc
 echo 1 >/proc/sys/kernel/printk
 mount -t sysfs sys /sys
+# A hang must say where (test/kernel/run-guest.mjs asks by SysRq at its timeout): every SysRq function, and
+# tasks stuck in D state reported after 60 s (on kernels with the detector).
+[ -e /proc/sys/kernel/sysrq ] && echo 1 >/proc/sys/kernel/sysrq
+[ -e /proc/sys/kernel/hung_task_timeout_secs ] && echo 60 >/proc/sys/kernel/hung_task_timeout_secs
 mount -t devtmpfs dev /dev
 exec </dev/console >/dev/console 2>&1
 

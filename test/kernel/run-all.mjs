@@ -71,7 +71,8 @@ for (const config of selected) {
       build: false,
       timeoutSec,
       verbose,
-      nodeArgs: ['--test', '--test-reporter=spec', '--test-concurrency=1', ...files],
+      // A test stuck past 5 min (the longest take ~25 s under TCG) fails by its name, the others go on.
+      nodeArgs: ['--test', '--test-reporter=spec', '--test-concurrency=1', '--test-timeout=300000', ...files],
       onLine: (line) => {
         // node:test's spec summary: "ℹ pass 5", "ℹ fail 0".
         const m = line.match(/^(?:ℹ|#) (pass|fail|cancelled) (\d+)$/);
@@ -80,12 +81,16 @@ for (const config of selected) {
       },
     });
   let r = await boot();
-  if (r.neverStarted) {
-    // A TCG guest's kernel can stall while it boots (an RCU stall, a timer that never fires, seen in CI with the
-    // host otherwise idle): no test ran, so it is booted once more, saying so; a second such boot fails the suite.
-    console.log(
-      `test:kernel: ${config}: the guest never reached its tests; booting it again once:\n${r.error}`,
-    );
+  // Booted once more, saying so, for what is not the tests' doing (a second time fails the suite): a TCG guest's
+  // kernel can stall while it boots (an RCU stall, a timer that never fires, seen in CI with the host otherwise
+  // idle), and no test ran; or QEMU itself hung: at the timeout its own monitor did not answer. A guest that hung
+  // while QEMU answered fails, with what it said when asked (run-guest.mjs, askWhereStuck).
+  if (r.neverStarted || r.qemuStuck) {
+    const why = r.neverStarted
+      ? 'the guest never reached its tests'
+      : 'QEMU itself hung (its monitor did not answer)';
+    console.log(`test:kernel: ${config}: ${why}; booting it again once:\n${r.error}`);
+    for (const k of Object.keys(counts)) delete counts[k];
     r = await boot();
   }
   const faults = dmarFaults(r.dmesg);

@@ -99,6 +99,8 @@ const QEMU_FIXED = [
   '-device intel-iommu,intremap=on,caching-mode=on -device edu',
   '-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
   '-nographic -no-reboot -nic none',
+  // The serial console on stdio through a mux: its Ctrl-A b sends the guest a break (SysRq: askWhereStuck).
+  '-chardev stdio,id=console,mux=on,signal=off -serial chardev:console',
 ]
   .join(' ')
   .split(' ');
@@ -158,6 +160,34 @@ async function hostRequest(runDir, request, report) {
   report(`[host] ${request}: ${answer.replace(/\s+/g, ' ')}`);
 }
 
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * At a timeout with the guest's tests running: whether QEMU's monitor still answers (a stuck QEMU, or a stuck
+ * guest), then SysRq over the serial line (a break: the stdio mux's Ctrl-A b, then the key): console log level 8,
+ * the tasks blocked in D state with their stacks, every CPU's backtrace. Lines the guest prints meanwhile reach
+ * `report` through the usual path; this waits for them ~10 s.
+ */
+async function askWhereStuck(child, runDir, report) {
+  let status;
+  let answered = true;
+  try {
+    status = (await hmp(monitorPath(runDir), 'info status', 5_000)) || '(nothing)';
+  } catch (err) {
+    status = `no answer (${err.message})`;
+    answered = false;
+  }
+  report(`[host] timed out: QEMU's monitor, asked 'info status': ${status.replace(/\s+/g, ' ')}`);
+  report('[host] asking the guest by SysRq: 8 (log level), w (blocked tasks), l (CPU backtraces)');
+  for (const key of ['8', 'w', 'l']) {
+    if (!child.stdin.writable) break;
+    child.stdin.write(`\x01b${key}`);
+    await sleep(3_000);
+  }
+  await sleep(2_000);
+  return { monitorAnswered: answered };
+}
+
 /**
  * Boots `config`, runs `node ...nodeArgs` in the guest, resolves with
  * { status, output, dmesg, seconds, error? } once QEMU has exited.
@@ -190,6 +220,8 @@ export async function runGuest({
     // stdin stays an open pipe nobody writes: QEMU's stdio console wants one.
     const child = spawn(qemu, qemuArgs(paths, runDir, config), { stdio: ['pipe', 'pipe', 'pipe'] });
     const stop = () => child.kill('SIGKILL');
+    // A write to QEMU's stdin (askWhereStuck) after it died fails EPIPE: nothing to report.
+    child.stdin.on('error', () => {});
     // QEMU must not outlive this process, however it ends.
     const onSignal = (sig) => {
       stop();
@@ -204,6 +236,7 @@ export async function runGuest({
     let status = null;
     let rigError = null;
     let timedOut = null;
+    let stuck = null;
     const boot = [];
     const output = [];
     const dmesg = [];
@@ -214,8 +247,14 @@ export async function runGuest({
     child.on('error', (err) => {
       stderr += `cannot run ${qemu}: ${err.message} (scripts/kernel-rig/deps.sh installs QEMU)`;
     });
-    const timer = setTimeout(() => {
+    const timer = setTimeout(async () => {
       timedOut = `after ${timeoutSec} s`;
+      // A guest that hangs says where before it is killed (its output, with the others').
+      if (phase === 'guest')
+        stuck = await askWhereStuck(child, runDir, (l) => {
+          output.push(l);
+          onLine(l);
+        });
       stop();
     }, timeoutSec * 1000);
     // Booting takes 5-15 s; a guest that has not started the script after
@@ -283,6 +322,8 @@ export async function runGuest({
       status: timedOut ? 124 : 125,
       error: `kernel-rig ${config}: ${why}\n${context}`,
       neverStarted: phase === 'boot',
+      // qemuStuck: at the timeout QEMU's own monitor did not answer: QEMU hung (its main loop), not the guest.
+      qemuStuck: stuck !== null && !stuck.monitorAnswered,
     };
   } finally {
     rmSync(runDir, { recursive: true, force: true });
