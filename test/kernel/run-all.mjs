@@ -65,6 +65,8 @@ const problems = [];
 for (const config of selected) {
   console.log(`test:kernel: booting the ${config} guest: node --test ${files.join(' ')}`);
   const counts = {};
+  // Tests this boot reported failed as they ended (spec: "✖ name"): a hung boot prints no summary.
+  let failedNames = [];
   const boot = () =>
     runGuest({
       config,
@@ -77,6 +79,7 @@ for (const config of selected) {
         // node:test's spec summary: "ℹ pass 5", "ℹ fail 0".
         const m = line.match(/^(?:ℹ|#) (pass|fail|cancelled) (\d+)$/);
         if (m) counts[m[1]] = Number(m[2]);
+        if (/^\s*✖ /.test(line)) failedNames.push(line.trim());
         process.stdout.write(`[${config}] ${line}\n`);
       },
     });
@@ -84,13 +87,17 @@ for (const config of selected) {
   // Booted once more, saying so, for what is not the tests' doing (a second time fails the suite): a TCG guest's
   // kernel can stall while it boots (an RCU stall, a timer that never fires, seen in CI with the host otherwise
   // idle), and no test ran; or QEMU itself hung: at the timeout its own monitor did not answer. A guest that hung
-  // while QEMU answered fails, with what it said when asked (run-guest.mjs, askWhereStuck).
-  if (r.neverStarted || r.qemuStuck) {
+  // while QEMU answered fails, with what it said when asked (run-guest.mjs, askWhereStuck); so does one where a
+  // test had failed before QEMU hung (what failed may be what hung it).
+  if (r.qemuStuck && failedNames.length)
+    problems.push(`${config}: failed before QEMU hung, not booted again:\n${failedNames.join('\n')}`);
+  else if (r.neverStarted || r.qemuStuck) {
     const why = r.neverStarted
       ? 'the guest never reached its tests'
       : 'QEMU itself hung (its monitor did not answer)';
     console.log(`test:kernel: ${config}: ${why}; booting it again once:\n${r.error}`);
     for (const k of Object.keys(counts)) delete counts[k];
+    failedNames = [];
     r = await boot();
   }
   const faults = dmarFaults(r.dmesg);
@@ -100,7 +107,8 @@ for (const config of selected) {
   else if (r.status !== 0) problems.push(`${config}: guest tests exited with status ${r.status}`);
   if (counts.pass === undefined) problems.push(`${config}: no node:test summary in the guest output`);
   passed += counts.pass ?? 0;
-  failed += (counts.fail ?? 0) + (counts.cancelled ?? 0);
+  // A guest that hung printed no summary: its failures are the ones it reported as they ended.
+  failed += counts.fail !== undefined ? counts.fail + (counts.cancelled ?? 0) : failedNames.length;
   console.log(
     `test:kernel: ${config}: ${counts.pass ?? 0} passed, ${counts.fail ?? 0} failed in ${r.seconds.toFixed(1)} s`,
   );
