@@ -43,5 +43,10 @@ if (files.length === 0) {
   console.error(`run-tests: no test files under ${root}`);
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...files], { stdio: 'inherit' });
+// In `npm test` a test stuck on a lost event fails by its name after 10 min (the whole run takes ~12) instead
+// of holding the suite until CI's own limit. The long suites (chaos, fuzz: their own timeouts) are left alone.
+const timeout = dir === 'test' ? ['--test-timeout=600000'] : [];
+const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', ...timeout, ...files], {
+  stdio: 'inherit',
+});
 process.exit(r.status ?? 1);
