@@ -1,7 +1,9 @@
 // Who owns the simulator, and what a connection costs it before VERSION: the
 // owner is the connection whose VERSION succeeded (a silent one made first
 // owns nothing, and its close leaves the owner's device alone); of two
-// VERSIONs waiting for the owner's disconnect, one gets the device.
+// VERSIONs waiting for the owner's disconnect, one gets the device; a
+// connection without VERSION is closed at its deadline, and one past the
+// pending limits at once.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,7 +15,8 @@ import { MemFd, type StreamSocket } from '../../src/sys/index.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../../src/vfio/user/protocol.js';
 import { connectVfioUser } from '../../src/vfio/user/transport.js';
-import { trackFdLeaks } from '../helpers/fds.js';
+import { openFdCount, trackFdLeaks } from '../helpers/fds.js';
+import { within } from '../helpers/within.js';
 import { BAR0, r32, w32 } from './helpers/driver.js';
 import { clientBus, until } from './helpers/real.js';
 
@@ -104,3 +107,65 @@ test("of two VERSIONs waiting for the owner's disconnect, one gets the device an
     const refused = outcomes.find((o) => !o.ok);
     assert.match(String(refused?.err), /EBUSY/);
   }));
+
+/** Resolves once the simulator has closed `sock` (its hang-up seen here). */
+const hungUp = (sock: StreamSocket) => new Promise<void>((r) => sock.once('close', () => r()));
+
+test('a connection that never completes VERSION is closed at its deadline; the owner is kept', () =>
+  withSim({ ownerHandoverMs: 100, versionTimeoutMs: 500 }, async (s) => {
+    const owner = await VfioUserClient.connect(s.socketPath);
+    try {
+      const quiet = await silent(s);
+      try {
+        await within(hungUp(quiet), 'the deadline to close the silent connection', 10_000);
+        const bus = clientBus(owner);
+        await w32(bus, BAR0, ds.REG_SCRATCH, 0x77);
+        assert.equal(
+          await r32(bus, BAR0, ds.REG_SCRATCH),
+          0x77,
+          'the owner, past its own deadline, is served',
+        );
+        assert.equal(s.owner().connections, 1);
+      } finally {
+        quiet.close();
+      }
+    } finally {
+      owner.close();
+    }
+  }));
+
+test('connections past the pending limit are closed at once: the simulator holds a bounded number of fds', async () => {
+  const lines: string[] = [];
+  const PER_UID = 4;
+  const ATTACK = 40;
+  await withSim({ maxPending: 6, maxPendingPerUid: PER_UID, log: (l) => lines.push(l) }, async (s) => {
+    const before = openFdCount();
+    const socks: StreamSocket[] = [];
+    try {
+      const ended: Promise<void>[] = [];
+      for (let i = 0; i < ATTACK; i++) {
+        const sock = connectVfioUser(s.socketPath);
+        sock.on('error', () => {});
+        socks.push(sock);
+        ended.push(hungUp(sock));
+      }
+      let refused = 0;
+      for (const e of ended) void e.then(() => refused++);
+      await until(() => refused === ATTACK - PER_UID, 'every connection past the limit to be closed');
+      assert.equal(s.owner().connections, PER_UID, 'the simulator serves maxPendingPerUid of them');
+      // Both ends of each held connection (a refused one's socket closed itself at the hang-up).
+      assert.equal(openFdCount() - before, 2 * PER_UID, "the simulator's fds are bounded");
+      assert.ok(
+        lines.some((l) => /refused a connection .*maxPendingPerUid = 4/.test(l)),
+        lines.join('\n'),
+      );
+      // Their places are freed by their close: a client completes VERSION and owns the device.
+      for (const sock of socks) sock.close();
+      await until(() => s.owner().connections === 0, 'the held connections to be gone');
+      const owner = await VfioUserClient.connect(s.socketPath);
+      owner.close();
+    } finally {
+      for (const sock of socks) sock.close();
+    }
+  });
+});

@@ -3,6 +3,7 @@
 // spawnSimulator() runs `devlease sim` as a child process with a JSON-lines
 // control channel on stdin for fault injection.
 
+import { Admission } from '../../util/admission.js';
 import { RateLimitedLog } from '../../util/rate-limited-log.js';
 import { VfioUserServer } from '../../vfio/user/server.js';
 import { resolveOptions, type Sa1Options } from '../model/options.js';
@@ -26,9 +27,26 @@ export interface SimulatorOptions extends Partial<Sa1Options> {
    * EBUSY (default 1 s). The owner is the connection whose VERSION succeeded (owner-seat.ts).
    */
   ownerHandoverMs?: number;
+  /**
+   * Connections that have not completed VERSION, in all (default 64) and of one uid (default 16): one more is
+   * closed as soon as it is accepted. Each costs the simulator a descriptor until then.
+   */
+  maxPending?: number;
+  maxPendingPerUid?: number;
+  /**
+   * A connection whose VERSION has not succeeded this long after it was accepted is closed (default 5 s past
+   * ownerHandoverMs, which a VERSION may spend waiting for the owner's disconnect; must exceed it).
+   */
+  versionTimeoutMs?: number;
   /** Where the server's lines go: one line each, rate limited per kind (default console.warn). */
   log?: (message: string) => void;
 }
+
+/** SimulatorOptions' defaults for connections before VERSION (docs/SA-1.md, "Connections"). */
+export const SIM_MAX_PENDING = 64;
+export const SIM_MAX_PENDING_PER_UID = 16;
+/** versionTimeoutMs's default: this long past ownerHandoverMs. */
+export const SIM_VERSION_GRACE_MS = 5000;
 
 export interface SimulatorHandle {
   readonly socketPath: string;
@@ -67,16 +85,45 @@ function rateLimited(sink: (message: string) => void): (message: string, err?: u
   };
 }
 
+/**
+ * What a connection may cost before its VERSION: without it, connections that never spoke were held for good
+ * (3,000 of them took the simulator from 220 fds to 3,220; at ~19,900 accept failed EMFILE and the owner's own
+ * connection was cut).
+ */
+function admission(opts: SimulatorOptions, handoverMs: number, sink: (line: string) => void): Admission {
+  const versionTimeoutMs = opts.versionTimeoutMs ?? handoverMs + SIM_VERSION_GRACE_MS;
+  if (versionTimeoutMs <= handoverMs) {
+    throw new RangeError(
+      `versionTimeoutMs (${versionTimeoutMs}) must exceed ownerHandoverMs (${handoverMs}): a VERSION may wait that long for the owner`,
+    );
+  }
+  const limits = {
+    versionTimeoutMs,
+    maxPending: opts.maxPending ?? SIM_MAX_PENDING,
+    maxPendingPerUid: opts.maxPendingPerUid ?? SIM_MAX_PENDING_PER_UID,
+  };
+  const names = {
+    versionTimeoutMs: 'versionTimeoutMs',
+    maxPending: 'maxPending',
+    maxPendingPerUid: 'maxPendingPerUid',
+  };
+  return new Admission(limits, names, (line) => sink(`vfio-user server: ${line}`));
+}
+
 export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorHandle> {
   const options = resolveOptions(opts);
+  const handoverMs = opts.ownerHandoverMs ?? 1000;
+  const sink = opts.log ?? ((message: string) => console.warn(`devlease: ${message}`));
+  const pending = admission(opts, handoverMs, sink);
   const device = await DeviceWorker.start(options, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
-  const seat = new OwnerSeat(opts.ownerHandoverMs ?? 1000);
+  const seat = new OwnerSeat(handoverMs);
 
   let server: VfioUserServer;
   try {
     server = VfioUserServer.listen(opts.socketPath, {
       mode: opts.mode,
-      log: rateLimited(opts.log ?? ((message) => console.warn(`devlease: ${message}`))),
+      log: rateLimited(sink),
+      admission: pending,
       // The owner is taken at VERSION (Sa1Frontend.negotiate), not here: a connection that never speaks owns nothing.
       createDevice: (conn) => new Sa1Frontend(device, () => seat.take(conn)),
     });
