@@ -75,8 +75,16 @@ export class VfioUserServer extends EventEmitter {
     // a peer announcing anything longer is cut off by the framing.
     const maxMessage = HEADER_SIZE + 16 + server.#config.maxDataXferSize + 4096;
     // Its clients' fds are taken only while the closer thread keeps up, with them and with their uid's share of
-    // its queue (StreamSocketOptions.untrustedPeer).
-    const socket = { framing: VFIO_USER_FRAMING, maxMessage, untrustedPeer: true };
+    // its queue (StreamSocketOptions.untrustedPeer), and no more per message than advertised (max_msg_fds): the
+    // kernel drops the rest unopened and the peer is cut off (EPROTO), as the connection cuts off one whose
+    // message carries more. Without maxFds all 253 were installed first, then closed: each close possibly
+    // waiting for a FUSE server, on the closer thread's queue.
+    const socket = {
+      framing: VFIO_USER_FRAMING,
+      maxMessage,
+      maxFds: server.#config.maxMsgFds,
+      untrustedPeer: true,
+    };
     server.socketOptions = socket;
     const listener = opts.listening
       ? StreamServer.fromListening(opts.listening, path, { socket })
@@ -120,7 +128,7 @@ export class VfioUserServer extends EventEmitter {
   }
 
   /** How this server's connection sockets are made (an upgrade makes them from handed-over fds alike). */
-  socketOptions: { framing: typeof VFIO_USER_FRAMING; maxMessage: number } = {
+  socketOptions: { framing: typeof VFIO_USER_FRAMING; maxMessage: number; maxFds?: number } = {
     framing: VFIO_USER_FRAMING,
     maxMessage: HEADER_SIZE + 16 + DEFAULT_MAX_DATA_XFER_SIZE + 4096,
   };
