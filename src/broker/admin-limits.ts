@@ -1,7 +1,7 @@
 // What admin connections may cost the broker (admin.ts): how many are open, in
 // all and per uid, and how long one may sit without a request. Refusals and
 // idle closes are logged rate-limited, as the lease sockets' admission does
-// (admission.ts): a script reconnecting in a loop costs a few lines per 10 s.
+// (util/admission.ts): a script reconnecting in a loop costs a few lines per 10 s.
 
 import { PerUidCount } from '../util/per-uid-count.js';
 import { RateLimitedLog } from '../util/rate-limited-log.js';

@@ -48,6 +48,13 @@ export const ADMIN_REPLY_HARD_LIMIT = 4 * 1024 * 1024;
  */
 export const ADMIN_MAX_REPLY = 1024 * 1024;
 
+/**
+ * How admin connections read: admin requests carry no fds, so none are taken (maxFds 0: the kernel drops any
+ * sent unopened; the request is still served). With the default, all 253 a peer sent were installed in the
+ * broker, then closed.
+ */
+const ADMIN_SOCKET = { maxFds: 0 } as const;
+
 const json = (v: unknown) =>
   Buffer.from(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : x)));
 
@@ -74,9 +81,9 @@ export class AdminServer {
     this.#errors = new RateLimitedLog((line) => broker.log(line));
     const { mode, group } = broker.config.admin;
     if (listening) {
-      this.#server = SeqpacketServer.fromListening(listening, path);
+      this.#server = SeqpacketServer.fromListening(listening, path, { socket: ADMIN_SOCKET });
     } else {
-      this.#server = SeqpacketServer.listen(path, { mode });
+      this.#server = SeqpacketServer.listen(path, { mode, socket: ADMIN_SOCKET });
       if (group !== null) chownSync(path, -1, group);
     }
     this.#server.on('connection', (sock: SeqpacketSocket) => this.#accept(sock));
@@ -156,7 +163,7 @@ export class AdminServer {
    * `asker`: its `upgrade` request is still unanswered (answerUpgrade() answers it).
    */
   adoptConnection(fd: Fd, asker = false): void {
-    const sock = new SeqpacketSocket(fd);
+    const sock = new SeqpacketSocket(fd, ADMIN_SOCKET);
     this.#accept(sock, true);
     if (asker && !sock.closed) this.#asker = sock;
   }
@@ -249,7 +256,7 @@ export class AdminServer {
     sock.on('drain', flowControl);
     sock.on('error', () => sock.close());
     sock.on('message', (msg: SeqpacketMessage) => {
-      for (const fd of msg.fds) fd.close();
+      for (const fd of msg.fds) fd.close(); // none: ADMIN_SOCKET takes none
       conn.pending++;
       idle.disarm();
       flowControl();

@@ -6,15 +6,22 @@
 
 import { VfioError } from '../errors.js';
 import { PidFd, type StreamSocket } from '../sys/index.js';
+import { Admission } from '../util/admission.js';
 import type { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { ConnectionInfo } from '../vfio/user/device-model.js';
 import type { MessageSocket } from '../vfio/user/transport.js';
-import { Admission } from './admission.js';
 import type { BrokerConfig } from './config.js';
 import type { LeaseTable } from './leases.js';
 import { PendingSession } from './pending-session.js';
 import { readCallerContext } from './policy.js';
 import type { LeaseSession } from './session.js';
+
+/** The limits' config keys, as the admission's lines name them. */
+const SOCKETS_KEYS = {
+  versionTimeoutMs: 'sockets.version_timeout_ms',
+  maxPending: 'sockets.max_pending',
+  maxPendingPerUid: 'sockets.max_pending_per_uid',
+} as const;
 
 export type SessionEntry = { pending: PendingSession; pidfd: PidFd | null };
 
@@ -34,7 +41,7 @@ export class ClientSessions {
     log: (msg: string) => void,
     serverLog: RateLimitedLog,
   ) {
-    this.#admission = new Admission(sockets, log);
+    this.#admission = new Admission(sockets, SOCKETS_KEYS, log);
     this.#leases = leases;
     this.#serverLog = serverLog;
   }

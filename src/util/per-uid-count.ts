@@ -1,6 +1,6 @@
 // Connections counted in all and per uid, each count with a limit: what the
 // broker bounds the lease sockets' connections waiting for VERSION with
-// (broker/admission.ts) and the admin socket's connections (broker/admin-limits.ts).
+// (util/admission.ts) and the admin socket's connections (broker/admin-limits.ts).
 // One count here, and each caller says in its own words (its config keys) why
 // a connection was refused.
 

@@ -3,7 +3,8 @@
 // (upgrade's binary/config from whom, and which files; its deadline; drain's
 // `on`; a request that is not an object), replies past the default socket
 // buffer delivered or refused with EMSGSIZE (never a closed connection), and
-// the connection limits and idle deadline.
+// the connection limits and idle deadline; fds sent with a request are
+// dropped by the kernel, never installed.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { chmodSync, chownSync, writeFileSync } from 'node:fs';
@@ -12,11 +13,12 @@ import { after, before, test } from 'node:test';
 import { ADMIN_MAX_REPLY, AdminServer } from '../../src/broker/admin.js';
 import { MAX_UPGRADE_DEADLINE_MS } from '../../src/broker/handover/upgrade.js';
 import { adminRequest } from '../../src/cli/admin.js';
-import { type SeqpacketMessage, SeqpacketSocket } from '../../src/sys/index.js';
+import { EventFd, MAX_FDS, type SeqpacketMessage, SeqpacketSocket } from '../../src/sys/index.js';
 import { native } from '../../src/sys/native.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { type Rig, startRig, until } from '../helpers/broker-rig.js';
-import { trackFdLeaks } from '../helpers/fds.js';
+import { fdTableSize, fillFdTable, trackFdLeaks } from '../helpers/fds.js';
+import { within } from '../helpers/within.js';
 
 /** An admin-group member that is not root nor the broker's user (the tests run as root). */
 const MEMBER = { uid: 65534, gid: 65534 };
@@ -263,5 +265,29 @@ test('an admin connection without a request for idleMs is closed (and logged)', 
     ).finally(() => silent.close());
   } finally {
     server.close();
+  }
+});
+
+test('fds sent with an admin request are never installed in the broker; the request is answered', async () => {
+  const sock = SeqpacketSocket.connect(admin);
+  const efd = new EventFd();
+  try {
+    const reply = new Promise<{ ok: boolean }>((resolve, reject) => {
+      sock.once('message', (m: SeqpacketMessage) => resolve(JSON.parse(m.data.toString('utf8'))));
+      sock.once('close', () => reject(new Error('the broker closed the connection')));
+    });
+    // Room for 16 more fds in this process's table (the broker runs here): installing 253 would grow it.
+    const fillers = fillFdTable(16);
+    try {
+      const size = fdTableSize();
+      sock.send(Buffer.from('{"op":"recovery"}'), new Array(MAX_FDS).fill(efd.fd));
+      assert.equal((await within(reply, 'the reply', 10_000)).ok, true, 'the request is answered');
+      assert.equal(fdTableSize(), size, 'none of the 253 fds was installed');
+    } finally {
+      for (const f of fillers) f.close();
+    }
+  } finally {
+    sock.close();
+    efd.close();
   }
 });

@@ -1,5 +1,5 @@
 // The count both connection bounds share (src/util/per-uid-count.ts: the lease sockets' connections before
-// VERSION, admission.ts; the admin socket's, admin-limits.ts): per uid first, then in all; a forced one counted
+// VERSION, util/admission.ts; the admin socket's, admin-limits.ts): per uid first, then in all; a forced one counted
 // past both; a release that comes twice (a connection closed after its deadline closed it) frees one place.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';

@@ -1,7 +1,7 @@
 // Fd-leak accounting for tests: the project standard is that every test file
 // leaves the process with the same set of open descriptors it started with.
 import assert from 'node:assert/strict';
-import { readdirSync, readlinkSync } from 'node:fs';
+import { openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { Fd } from '../../src/sys/fd.js';
 import { native } from '../../src/sys/native.js';
 
@@ -87,4 +87,40 @@ export function saturatedBlockingEventfd(): Fd {
   const fd = new Fd(native.eventfd(0, 0));
   native.eventfdWrite(fd.fd, 0xffff_ffff_ffff_fffen);
   return fd;
+}
+
+/**
+ * The size of this process's fd table (FDSize in /proc/self/status): the kernel grows it to fit the highest
+ * descriptor ever installed and never shrinks it, so it tells whether fds were installed even after they were
+ * closed again.
+ */
+export function fdTableSize(): number {
+  const m = /^FDSize:\s*(\d+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  if (!m) throw new Error('no FDSize in /proc/self/status');
+  return Number(m[1]);
+}
+
+/**
+ * Take the lowest free descriptor numbers (/dev/null, read-only) until exactly `free` are left below the fd
+ * table's size (growing the table first if fewer are): installing more than `free` fds at once then grows it
+ * (fdTableSize), whoever closes them afterwards. Returns the fillers, to be closed by the caller.
+ */
+export function fillFdTable(free: number): Fd[] {
+  const fillers: Fd[] = [];
+  const fill = () => fillers.push(new Fd(openSync('/dev/null', 'r')));
+  try {
+    for (;;) {
+      const size = fdTableSize();
+      let left = size - [...openFds().keys()].filter((fd) => fd < size).length;
+      if (left < free) {
+        fill(); // on to the end of the table, until it grows
+        continue;
+      }
+      for (; left > free; left--) fill();
+      return fillers;
+    }
+  } catch (err) {
+    for (const f of fillers) f.close();
+    throw err;
+  }
 }

@@ -14,8 +14,8 @@ export interface ChildSimulator {
   readonly process: ChildProcess;
   inject(req: InjectRequest): Promise<void>;
   stats(): Promise<DeviceStats>;
-  /** The simulator's view of its owner: the owner connection (or null) and how many connections are open. */
-  owner(): Promise<{ owner: { id: number; pid: number } | null; connections: number }>;
+  /** The simulator's view of its owner: as SimulatorHandle.owner() says it. */
+  owner(): Promise<{ owner: { id: number; pid: number } | null; waiting: number; connections: number }>;
   /** Resolves when the child has exited. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** SIGTERM and wait (the child removes its socket). Idempotent. */
@@ -110,10 +110,14 @@ export async function spawnSimulator(
     },
     stats: async () => (await send<{ stats: DeviceStats }>({ kind: 'stats' })).stats,
     owner: async () => {
-      const r = await send<{ owner: { id: number; pid: number } | null; connections: number }>({
+      const r = await send<{
+        owner: { id: number; pid: number } | null;
+        waiting: number;
+        connections: number;
+      }>({
         kind: 'owner',
       });
-      return { owner: r.owner, connections: r.connections };
+      return { owner: r.owner, waiting: r.waiting, connections: r.connections };
     },
     close() {
       closing ??= (async () => {

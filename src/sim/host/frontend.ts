@@ -59,18 +59,36 @@ import { sa1RegionIoFds } from './io-fds.js';
 
 export { DEFAULT_COMMAND_TIMEOUT_MS, DeviceWorker } from './device-worker.js';
 
-/** The owner's view of the device: one per owner connection. */
+/**
+ * The owner's view of the device: one per connection, which owns the device once its VERSION has taken the
+ * seat (`claim`, owner-seat.ts). The server serves nothing else before a successful VERSION, so only the owner's
+ * requests reach the device, and only the owner's disconnect resets it.
+ */
 export class Sa1Frontend implements VfioUserDeviceModel {
   /** eventfds given with SET_IRQS, per irq index and vector. */
   readonly #irqs: (Fd | null)[][];
   #gone = false;
+  /** Frees the owner's seat: set once this connection's VERSION took it. */
+  #release: (() => void) | null = null;
 
   constructor(
     readonly device: DeviceWorker,
-    private readonly onGone: () => void,
+    private readonly claim: () => Promise<() => void>,
   ) {
     const o = device.options;
     this.#irqs = [[], [], new Array(o.numQueues + 1).fill(null), [null], [null]];
+  }
+
+  /** VERSION: this connection becomes the owner, or is refused EBUSY (owner-seat.ts). */
+  async negotiate(): Promise<Record<string, unknown>> {
+    const release = await this.claim();
+    // The connection ends after the disconnect it may have had meanwhile; the seat must not outlive it.
+    if (this.#gone) {
+      release();
+      throw new VfioError('ECONNRESET', 'the connection closed during VERSION');
+    }
+    this.#release = release;
+    return {};
   }
 
   get options(): Sa1Options {
@@ -224,6 +242,9 @@ export class Sa1Frontend implements VfioUserDeviceModel {
   disconnected(_reason: string): void {
     if (this.#gone) return;
     this.#gone = true;
+    // Never the owner (silent, refused at VERSION, or gone before it): the owner's device is left alone.
+    const release = this.#release;
+    if (release === null) return;
     try {
       this.device.request({ op: 'disconnect' });
     } catch {
@@ -247,7 +268,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
           });
         }
       } finally {
-        this.onGone();
+        release();
       }
     }
   }

@@ -3,12 +3,13 @@
 // spawnSimulator() runs `devlease sim` as a child process with a JSON-lines
 // control channel on stdin for fault injection.
 
-import { VfioError } from '../../errors.js';
+import { Admission } from '../../util/admission.js';
 import { RateLimitedLog } from '../../util/rate-limited-log.js';
 import { VfioUserServer } from '../../vfio/user/server.js';
 import { resolveOptions, type Sa1Options } from '../model/options.js';
 import type { DeviceStats, InjectRequest } from './commands.js';
 import { DEFAULT_COMMAND_TIMEOUT_MS, DeviceWorker, Sa1Frontend } from './frontend.js';
+import { type Owner, OwnerSeat } from './owner-seat.js';
 
 export { makeFirmwareImage } from '../model/firmware.js';
 export { DEFAULT_OPTIONS, OptionError, resolveOptions, type Sa1Options } from '../model/options.js';
@@ -21,11 +22,31 @@ export interface SimulatorOptions extends Partial<Sa1Options> {
   mode?: number;
   /** Bound on one owner command inside the device (default 10 s); past it the request fails with EIO. */
   commandTimeoutMs?: number;
-  /** How long a new owner waits for the previous owner's disconnect to finish before being refused (default 1 s). */
+  /**
+   * How long a VERSION that finds an owner waits for that owner's disconnect to finish before being refused
+   * EBUSY (default 1 s). The owner is the connection whose VERSION succeeded (owner-seat.ts).
+   */
   ownerHandoverMs?: number;
+  /**
+   * Connections that have not completed VERSION, in all (default 64) and of one uid (default 16): one more is
+   * closed as soon as it is accepted. Each costs the simulator a descriptor until then.
+   */
+  maxPending?: number;
+  maxPendingPerUid?: number;
+  /**
+   * A connection whose VERSION has not succeeded this long after it was accepted is closed (default 5 s past
+   * ownerHandoverMs, which a VERSION may spend waiting for the owner's disconnect; must exceed it).
+   */
+  versionTimeoutMs?: number;
   /** Where the server's lines go: one line each, rate limited per kind (default console.warn). */
   log?: (message: string) => void;
 }
+
+/** SimulatorOptions' defaults for connections before VERSION (docs/SA-1.md, "Connections"). */
+export const SIM_MAX_PENDING = 64;
+export const SIM_MAX_PENDING_PER_UID = 16;
+/** versionTimeoutMs's default: this long past ownerHandoverMs. */
+export const SIM_VERSION_GRACE_MS = 5000;
 
 export interface SimulatorHandle {
   readonly socketPath: string;
@@ -41,8 +62,11 @@ export interface SimulatorHandle {
   stats(): DeviceStats;
   /** Whether an owner is connected. */
   readonly ownerConnected: boolean;
-  /** The owner's connection (id; pid as SO_PEERCRED saw it at connect) and how many connections are open. */
-  owner(): { owner: { id: number; pid: number } | null; connections: number };
+  /**
+   * The owner's connection (id; pid as SO_PEERCRED saw it at connect), how many VERSIONs wait for its
+   * disconnect (`ownerHandoverMs`), and how many connections are open.
+   */
+  owner(): { owner: Owner | null; waiting: number; connections: number };
   /** Stop serving, drop the owner, stop the device, remove the socket. Idempotent. */
   close(): Promise<void>;
 }
@@ -61,39 +85,47 @@ function rateLimited(sink: (message: string) => void): (message: string, err?: u
   };
 }
 
+/**
+ * What a connection may cost before its VERSION: without it, connections that never spoke were held for good
+ * (3,000 of them took the simulator from 220 fds to 3,220; at ~19,900 accept failed EMFILE and the owner's own
+ * connection was cut).
+ */
+function admission(opts: SimulatorOptions, handoverMs: number, sink: (line: string) => void): Admission {
+  const versionTimeoutMs = opts.versionTimeoutMs ?? handoverMs + SIM_VERSION_GRACE_MS;
+  if (versionTimeoutMs <= handoverMs) {
+    throw new RangeError(
+      `versionTimeoutMs (${versionTimeoutMs}) must exceed ownerHandoverMs (${handoverMs}): a VERSION may wait that long for the owner`,
+    );
+  }
+  const limits = {
+    versionTimeoutMs,
+    maxPending: opts.maxPending ?? SIM_MAX_PENDING,
+    maxPendingPerUid: opts.maxPendingPerUid ?? SIM_MAX_PENDING_PER_UID,
+  };
+  const names = {
+    versionTimeoutMs: 'versionTimeoutMs',
+    maxPending: 'maxPending',
+    maxPendingPerUid: 'maxPendingPerUid',
+  };
+  return new Admission(limits, names, (line) => sink(`vfio-user server: ${line}`));
+}
+
 export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorHandle> {
   const options = resolveOptions(opts);
+  const handoverMs = opts.ownerHandoverMs ?? 1000;
+  const sink = opts.log ?? ((message: string) => console.warn(`devlease: ${message}`));
+  const pending = admission(opts, handoverMs, sink);
   const device = await DeviceWorker.start(options, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
-  const handover = opts.ownerHandoverMs ?? 1000;
-  let owner: { id: number; pid: number; gone: Promise<void> } | null = null;
+  const seat = new OwnerSeat(handoverMs);
 
   let server: VfioUserServer;
   try {
     server = VfioUserServer.listen(opts.socketPath, {
       mode: opts.mode,
-      log: rateLimited(opts.log ?? ((message) => console.warn(`devlease: ${message}`))),
-      async createDevice(conn) {
-        if (owner) {
-          const current = owner;
-          await Promise.race([current.gone, new Promise((r) => setTimeout(r, handover).unref())]);
-          if (owner === current) {
-            throw new VfioError(
-              'EBUSY',
-              `SA-1 already has an owner (connection ${current.id}, pid ${current.pid}); one owner at a time`,
-            );
-          }
-        }
-        let markGone!: () => void;
-        const gone = new Promise<void>((r) => {
-          markGone = r;
-        });
-        const me = { id: conn.id, pid: conn.cred.pid, gone };
-        owner = me;
-        return new Sa1Frontend(device, () => {
-          if (owner === me) owner = null;
-          markGone();
-        });
-      },
+      log: rateLimited(sink),
+      admission: pending,
+      // The owner is taken at VERSION (Sa1Frontend.negotiate), not here: a connection that never speaks owns nothing.
+      createDevice: (conn) => new Sa1Frontend(device, () => seat.take(conn)),
     });
   } catch (err) {
     await device.close();
@@ -112,12 +144,9 @@ export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorH
     dropInterrupts: (count, filter = {}) => inject({ kind: 'dropIrq', count, ...filter }),
     stats: () => device.stats(),
     get ownerConnected() {
-      return owner !== null;
+      return seat.owner !== null;
     },
-    owner: () => ({
-      owner: owner ? { id: owner.id, pid: owner.pid } : null,
-      connections: server.connections.size,
-    }),
+    owner: () => ({ owner: seat.owner, waiting: seat.waiting, connections: server.connections.size }),
     close() {
       closing ??= (async () => {
         await server.close();

@@ -63,6 +63,8 @@ export class VfioUserConnection {
   peer: Capabilities | null = null;
   /** Resolves with the close reason once the model has been told (disconnected() returned). */
   readonly closed: Promise<string>;
+  /** Called when VERSION succeeds (the server's admission stops counting the connection: util/admission.ts). */
+  onVersion: (() => void) | null = null;
   #config: ConnectionConfig;
   #model: VfioUserDeviceModel | null = null;
   #refusal: unknown = null;
@@ -408,6 +410,8 @@ export class VfioUserConnection {
         throw err;
       }
     }
-    return { payload: versionReply(v, this.#config, granted, this.#model.versionCapabilities?.() ?? {}) };
+    const reply = versionReply(v, this.#config, granted, this.#model.versionCapabilities?.() ?? {});
+    this.onVersion?.();
+    return { payload: reply };
   }
 }

@@ -2,7 +2,7 @@
 // sockets handed over with serveSocket), gives each its own device model
 // from createDevice(), and serves it through a VfioUserConnection.
 import { EventEmitter } from 'node:events';
-import { closedError } from '../../errors.js';
+import { closedError, VfioError } from '../../errors.js';
 import { type Fd, StreamServer } from '../../sys/index.js';
 import { MAX_FDS } from '../../sys/native.js';
 import { type AdoptedSession, VfioUserConnection } from './connection.js';
@@ -32,6 +32,23 @@ export interface VfioUserServerOptions {
   pgsizes?: number;
   /** Where protocol violations and unexpected model exceptions are reported. Default: console.warn. */
   log?: (message: string, err?: unknown) => void;
+  /**
+   * What bounds connections before their VERSION succeeds (util/admission.ts's Admission: the simulator's
+   * socket). Absent: every connection is served until it ends (the broker admits its lease connections itself,
+   * in createDevice: broker/client-sessions.ts).
+   */
+  admission?: PendingAdmission;
+}
+
+/** Counts connections that have not completed VERSION, each against limits and a deadline. */
+export interface PendingAdmission {
+  /**
+   * Count a new connection of `uid` until done() (its VERSION succeeded, or it ended), or refuse it: null, and
+   * the server closes it at once. `onDeadline`: called if it is still counted when its time is up (closed then).
+   */
+  admit(uid: number, pid: number, onDeadline: () => void): { done(): void } | null;
+  /** The server closes: pending log summaries are written. */
+  flush?(): void;
 }
 
 export interface VfioUserListenOptions extends VfioUserServerOptions {
@@ -45,6 +62,8 @@ export class VfioUserServer extends EventEmitter {
   #options: VfioUserServerOptions;
   #config: ConstructorParameters<typeof VfioUserConnection>[2];
   #listener: StreamServer | null = null;
+  /** Connections not yet past VERSION, when the server was given an admission. */
+  #admission: PendingAdmission | null = null;
   #connections = new Set<VfioUserConnection>();
   #nextId = 1;
   #closed = false;
@@ -56,8 +75,16 @@ export class VfioUserServer extends EventEmitter {
     // a peer announcing anything longer is cut off by the framing.
     const maxMessage = HEADER_SIZE + 16 + server.#config.maxDataXferSize + 4096;
     // Its clients' fds are taken only while the closer thread keeps up, with them and with their uid's share of
-    // its queue (StreamSocketOptions.untrustedPeer).
-    const socket = { framing: VFIO_USER_FRAMING, maxMessage, untrustedPeer: true };
+    // its queue (StreamSocketOptions.untrustedPeer), and no more per message than advertised (max_msg_fds): the
+    // kernel drops the rest unopened and the peer is cut off (EPROTO), as the connection cuts off one whose
+    // message carries more. Without maxFds all 253 were installed first, then closed: each close possibly
+    // waiting for a FUSE server, on the closer thread's queue.
+    const socket = {
+      framing: VFIO_USER_FRAMING,
+      maxMessage,
+      maxFds: server.#config.maxMsgFds,
+      untrustedPeer: true,
+    };
     server.socketOptions = socket;
     const listener = opts.listening
       ? StreamServer.fromListening(opts.listening, path, { socket })
@@ -66,7 +93,8 @@ export class VfioUserServer extends EventEmitter {
     listener.on('error', (err: Error) => server.#config.log('vfio-user server: accept failed', err));
     listener.on('connection', (socket: MessageSocket) => {
       try {
-        server.serveSocket(socket);
+        // Refused (closed; logged, rate-limited, by the admission) when past the limits.
+        server.#serve(socket);
       } catch (err) {
         server.#config.log('vfio-user server: cannot serve connection', err);
       }
@@ -88,6 +116,7 @@ export class VfioUserServer extends EventEmitter {
     if (!Number.isSafeInteger(pgsizes) || pgsizes <= 0)
       throw new RangeError('pgsizes must be a positive integer');
     this.#options = opts;
+    this.#admission = opts.admission ?? null;
     this.#config = {
       maxMsgFds,
       maxDataXferSize,
@@ -99,7 +128,7 @@ export class VfioUserServer extends EventEmitter {
   }
 
   /** How this server's connection sockets are made (an upgrade makes them from handed-over fds alike). */
-  socketOptions: { framing: typeof VFIO_USER_FRAMING; maxMessage: number } = {
+  socketOptions: { framing: typeof VFIO_USER_FRAMING; maxMessage: number; maxFds?: number } = {
     framing: VFIO_USER_FRAMING,
     maxMessage: HEADER_SIZE + 16 + DEFAULT_MAX_DATA_XFER_SIZE + 4096,
   };
@@ -114,8 +143,15 @@ export class VfioUserServer extends EventEmitter {
     return this.#connections;
   }
 
-  /** Serve an already-connected socket (the server takes ownership of it). */
+  /** Serve an already-connected socket (the server takes ownership of it); EAGAIN when the admission refuses it. */
   serveSocket(socket: MessageSocket): VfioUserConnection {
+    const conn = this.#serve(socket);
+    if (conn === null) throw new VfioError('EAGAIN', 'too many connections have not completed VERSION');
+    return conn;
+  }
+
+  /** serveSocket, or null when the admission refused the connection (closed, and logged there). */
+  #serve(socket: MessageSocket): VfioUserConnection | null {
     if (this.#closed) {
       socket.close();
       throw closedError('VfioUserServer');
@@ -126,13 +162,30 @@ export class VfioUserServer extends EventEmitter {
     } catch {
       // not a unix socket peer (cannot happen with StreamSocket); keep the unknown identity
     }
-    const conn = new VfioUserConnection({ id: this.#nextId++, cred }, socket, this.#config, (c, s) =>
-      this.#options.createDevice(c, s),
+    let conn: VfioUserConnection | null = null;
+    const admitted = this.#admission?.admit(cred.uid, cred.pid, () =>
+      conn?.close('no VERSION completed in time'),
     );
+    if (admitted === null) {
+      // Closed at once: a refused connection costs nothing past its accept.
+      socket.close();
+      return null;
+    }
+    try {
+      conn = new VfioUserConnection({ id: this.#nextId++, cred }, socket, this.#config, (c, s) =>
+        this.#options.createDevice(c, s),
+      );
+    } catch (err) {
+      admitted?.done();
+      throw err;
+    }
+    if (admitted) conn.onVersion = () => admitted.done();
     this.#connections.add(conn);
+    const served = conn;
     void conn.closed.then((reason) => {
-      this.#connections.delete(conn);
-      this.emit('disconnect', conn, reason);
+      admitted?.done();
+      this.#connections.delete(served);
+      this.emit('disconnect', served, reason);
     });
     this.emit('connection', conn);
     return conn;
@@ -183,6 +236,7 @@ export class VfioUserServer extends EventEmitter {
       this.#closed = true;
       this.#listener?.close();
       for (const c of this.#connections) c.close('server closed');
+      this.#admission?.flush?.();
     }
     await Promise.all([...this.#connections].map((c) => c.closed));
   }
