@@ -3,7 +3,9 @@
 // accept, pair, sendmsg and recvmsg with SCM_RIGHTS (who the peer is: peer.cc);
 // and one SOCK_DGRAM send, systemd's notify protocol. Every socket is
 // non-blocking and close-on-exec; nothing here ever blocks.
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -235,11 +237,36 @@ Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// What the last recvInto on this thread received besides bytes: [0] the number of fds, [1] 1 if control data
-// was cut (MSG_CTRUNC), [2, 2 + [0]) the fds. JS reads it through one Int32Array made at load (recvIntoFds)
-// instead of an object and an array built per read (every message of every connection is read here).
+// What the last recvInto on this thread received besides bytes: [0] the number of fds, [1] why control data
+// was cut (MSG_CTRUNC; a RecvCut), [2, 2 + [0]) the fds. JS reads it through one Int32Array made at load
+// (recvIntoFds) instead of an object and an array built per read (every message of every connection is read
+// here).
 // thread_local is per environment: one environment per thread (main, each worker), and the thread outlives it.
 thread_local int32_t recv_fds[2 + kMaxFds];
+
+// recv_fds[1]. The kernel sets MSG_CTRUNC both when a message carries more fds than the control buffer holds
+// and when it cannot install one in this process (scm_detach_fds, net/core/scm.c: it installs them in order and
+// stops at the first that fails — fd table full, EMFILE past RLIMIT_NOFILE; or a security module's
+// security_file_receive refusing it — and sets MSG_CTRUNC for the rest, which it drops). The buffer holds at
+// least max_fds, so fewer than max_fds taken with MSG_CTRUNC can only be an install that failed: the peer sent
+// nothing wrong, this process could not take what it sent. (Exactly max_fds taken is read as "more than
+// max_fds", which it is, whatever else happened to the rest.)
+enum RecvCut : int32_t {
+  kCutNone = 0,
+  kCutTooMany = 1,     // more fds than max_fds: the rest were closed
+  kCutBacklogged = 2,  // an untrusted peer's fds dropped unopened (the closer thread's queue, close.cc)
+  kCutTableFull = 3,   // fds not installed: this process's fd table is full (EMFILE)
+  kCutRefused = 4,     // fds not installed, the table not full: a security module refused them
+};
+
+// Why fds came cut short though there was room for them (see RecvCut). Probed with a dup of `fd` while those
+// that were installed are still open, i.e. with the table as the kernel found it: EMFILE says full.
+RecvCut InstallFailure(int fd) {
+  int probe = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (probe < 0) return errno == EMFILE ? kCutTableFull : kCutRefused;
+  close(probe);
+  return kCutRefused;
+}
 
 // recvInto(fd, buf, offset, length, maxFds, untrusted = false, peerUid = -1): reads at most `length` bytes
 // into buf[offset..] without an intermediate copy (the stream framer reads each vfio-user message straight into
@@ -280,9 +307,32 @@ Napi::Value RecvInto(const Napi::CallbackInfo& info) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
     ThrowErrno(env, "recvmsg", errno);
   }
-  recv_fds[0] = msg.msg_controllen > 0 ? TakeFds(msg, max_fds, recv_fds + 2, peer) : 0;
-  recv_fds[1] = (msg.msg_flags & MSG_CTRUNC) == 0 ? 0 : backlogged ? 2 : 1;
+  // The kernel's own cut, before TakeFds adds one for fds past max_fds (CMSG_SPACE's padding can hold one more).
+  const bool kernel_cut = (msg.msg_flags & MSG_CTRUNC) != 0;
+  int count = msg.msg_controllen > 0 ? TakeFds(msg, max_fds, recv_fds + 2, peer) : 0;
+  RecvCut cut = kCutNone;
+  if (backlogged && kernel_cut) {
+    cut = kCutBacklogged;
+  } else if (kernel_cut && count < max_fds) {
+    // The message is whole (its bytes were read) but its fds are not: those that came are of no use without
+    // the rest, and each holds a slot of the full table. Closed here, after the probe.
+    cut = InstallFailure(fd);
+    for (int i = 0; i < count; i++) CloseReceivedFd(recv_fds[2 + i], peer);
+    count = 0;
+  } else if ((msg.msg_flags & MSG_CTRUNC) != 0) {
+    cut = kCutTooMany;
+  }
+  recv_fds[0] = count;
+  recv_fds[1] = cut;
   return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// nofileLimit(): RLIMIT_NOFILE's soft limit (what a full fd table is full at), -1 if unlimited. For the
+// message of a failed receive: read without opening anything, as the table it describes may be full.
+Napi::Value NofileLimit(const Napi::CallbackInfo& info) {
+  rlimit r{};
+  if (getrlimit(RLIMIT_NOFILE, &r) < 0) ThrowErrno(info.Env(), "getrlimit", errno);
+  return Napi::Number::New(info.Env(), r.rlim_cur == RLIM_INFINITY ? -1 : static_cast<double>(r.rlim_cur));
 }
 
 // setSendBuffer(fd, bytes): raise SO_SNDBUF so that one message of `bytes` fits (on AF_UNIX SOCK_SEQPACKET a
@@ -351,6 +401,7 @@ void RegisterUnixSocket(Napi::Env env, Napi::Object exports) {
   // Static memory of this thread, never freed while the environment lives: no finalizer.
   exports.Set("recvIntoFds", Napi::Int32Array::New(env, 2 + kMaxFds,
                                                    Napi::ArrayBuffer::New(env, recv_fds, sizeof(recv_fds)), 0));
+  exports.Set("nofileLimit", Napi::Function::New(env, NofileLimit, "nofileLimit"));
   exports.Set("sendmsg", Napi::Function::New(env, Sendmsg, "sendmsg"));
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify, "sdNotify"));
   exports.Set("recvmsg", Napi::Function::New(env, Recvmsg, "recvmsg"));

@@ -20,6 +20,22 @@ if (process.platform !== 'linux') {
   );
 }
 
+/** recvIntoFds[1]: why the last recvInto's control data was cut (MSG_CTRUNC), native/unix_socket.cc RecvCut. */
+export const RECV_CUT = {
+  NONE: 0,
+  /** More fds than maxFds: the first maxFds came, the rest were closed. */
+  TOO_MANY: 1,
+  /** An untrusted peer's fds were dropped unopened: the closer thread's queue, or the peer's uid's share, is full. */
+  BACKLOGGED: 2,
+  /**
+   * The message's fds could not be installed (fewer than maxFds came, though there was room): this process's fd
+   * table is full (EMFILE). The message's bytes were read; the fds that did come are closed ([0] is 0).
+   */
+  TABLE_FULL: 3,
+  /** As TABLE_FULL, the table not full: a security module refused them (security_file_receive). */
+  REFUSED: 4,
+} as const;
+
 /** Maximum number of fds one message may carry (SCM_RIGHTS). */
 export const MAX_FDS = 253; // SCM_MAX_FD, the kernel's own limit (native kMaxFds)
 
@@ -140,12 +156,13 @@ export interface NativeAddon {
     peerUid?: number,
   ): number;
   /**
-   * The last recvInto's fds, one array per thread (no object per read): [0] how many fds came, [1] 1 if
-   * control data was cut (MSG_CTRUNC: fds past maxFds were closed), 2 if an untrusted peer's fds were dropped
-   * because the closer thread's queue is full or the peer's uid's share of it is (`peerUid`), [2, 2 + [0]) the
-   * fds, now the caller's (to be closed counted against peerUid: Fd's senderUid).
+   * The last recvInto's fds, one array per thread (no object per read): [0] how many fds came, [1] why control
+   * data was cut (MSG_CTRUNC), RECV_CUT; [2, 2 + [0]) the fds, now the caller's (to be closed counted against
+   * peerUid: Fd's senderUid).
    */
   readonly recvIntoFds: Int32Array;
+  /** RLIMIT_NOFILE's soft limit, -1 if unlimited (getrlimit: opens nothing, so it answers with the table full). */
+  nofileLimit(): number;
   peerCred(fd: number): PeerCred;
   /**
    * SO_PEERGROUPS (Linux >= 4.13): the peer's supplementary groups as they were at connect(), from the same

@@ -18,6 +18,13 @@
 // maxMessage], more fds than maxFds: the peer is cut off (EPROTO); nothing it
 // sent is leaked.
 //
+// fds this process cannot take — its fd table full (EMFILE), or a security
+// module refusing them (native RECV_CUT) — are the receiver's failure, not the
+// peer's: the kernel still reads the message's bytes in full (the framing is
+// intact), so the message is delivered whole, without fds, with the reason
+// (deliver's fdsLost) for its receiver to fail that one message; the fds that
+// did arrive are closed, and the connection carries on.
+//
 // An untrusted peer (a client) is also cut off (EMFILE) by a message that
 // carries fds while the addon's closer thread has too many received fds
 // queued behind a close that does not return (native/close.cc): its queue's
@@ -27,7 +34,8 @@
 // holds a close up exhausts its own share, not every client's.
 import { DevleaseError, isSysError } from '../errors.js';
 import { Fd, type FdOptions, receivedFrom } from './fd.js';
-import { native } from './native.js';
+import { native, RECV_CUT } from './native.js';
+import { backlogError, fdsLostError } from './stream-receive-errors.js';
 
 export interface StreamFraming {
   /** Bytes at the start of every message, enough to know its size. */
@@ -40,8 +48,12 @@ export interface StreamFraming {
 export interface StreamReaderSink {
   /** Whether a message may be delivered now (the socket open, reading on, not paused). */
   canDeliver(): boolean;
-  /** One whole message; its fds are the sink's from here. */
-  deliver(data: Buffer, fds: Fd[]): void;
+  /**
+   * One whole message; its fds are the sink's from here. `fdsLost`: it came with fds this process could not
+   * take (EMFILE: the fd table is full; EACCES: a security module refused them), so `fds` is empty: the
+   * message is to fail on its own, the connection is sound.
+   */
+  deliver(data: Buffer, fds: Fd[], fdsLost: DevleaseError | null): void;
   /** The peer hung up (or reset the connection). */
   hangUp(): void;
   /** The peer broke the framing (EPROTO) or the read failed: the socket ends. */
@@ -83,6 +95,8 @@ export class StreamReader {
   #end = 0;
   /** fds of the message being read, or of the last message in #ahead. */
   #fds: Fd[] = [];
+  /** Why that message's fds could not be received (fdsLostError); null if they were, or none came. */
+  #fdsLost: DevleaseError | null = null;
 
   /**
    * `untrusted`: the peer is a client (StreamSocketOptions.untrustedPeer), whose uid is `peerUid` (null: not
@@ -142,6 +156,12 @@ export class StreamReader {
    * the last message starting in it: the part of the stream a handover must carry along with the socket.
    */
   partial(): { data: Buffer; fds: readonly Fd[] } {
+    // The next process would read it as a message that came without fds, and serve it as one.
+    if (this.#fdsLost !== null)
+      throw new DevleaseError(
+        this.#fdsLost.code,
+        `a message whose fds could not be received waits to be delivered (${this.#fdsLost.message}): it cannot be handed over`,
+      );
     if (this.#end > this.#pos)
       return { data: Buffer.from(this.#ahead.subarray(this.#pos, this.#end)), fds: this.#fds };
     const buf = this.#msg ?? this.#header;
@@ -165,6 +185,7 @@ export class StreamReader {
     }
     // Checked: the fds are this reader's from here (on a throw above they stay the caller's).
     this.#fds = p.fds;
+    this.#fdsLost = null;
     if (p.data.length === 0) return;
     this.#ahead = Buffer.from(p.data);
     this.#pos = 0;
@@ -174,6 +195,7 @@ export class StreamReader {
   /** Drops what was read and not delivered, closing its fds. Idempotent. */
   drop(): void {
     for (const d of this.#fds.splice(0)) d.close();
+    this.#fdsLost = null;
     this.#msg = null;
     this.#have = 0;
     this.#ahead = NO_BYTES;
@@ -191,11 +213,12 @@ export class StreamReader {
     if (n < 0) return -1;
     const fds = this.#recvFds();
     this.#fds = fds;
+    this.#fdsLost = RECV_FDS[1] === RECV_CUT.NONE ? null : fdsLostError(RECV_FDS[1]!);
     this.#ahead = buf;
     this.#pos = 0;
     this.#end = n;
-    // A read stops after the skb that carried fds: one with fds says nothing about what is left.
-    const drained = n < buf.length && fds.length === 0;
+    // A read stops after the skb that carried fds (taken or not): one with fds says nothing about what is left.
+    const drained = n < buf.length && fds.length === 0 && this.#fdsLost === null;
     let delivered = 0;
     if (buf === SHARED_READ) sharedReadBusy = true;
     try {
@@ -223,7 +246,8 @@ export class StreamReader {
     const want = (inHeader ? headerSize : buf.length) - this.#have;
     const n = this.#recv(fd, buf, this.#have, want);
     if (n < 0) return 'stop';
-    if (RECV_FDS[0]! > 0) {
+    // (fds this process could not take count too: the peer sent them where none may come.)
+    if (RECV_FDS[0]! > 0 || RECV_FDS[1] !== RECV_CUT.NONE) {
       for (const d of this.#recvFds()) d.close();
       this.#sink.fail(
         protocolError(`fds arrived ${this.#have} bytes into a message (they must come with its first bytes)`),
@@ -246,16 +270,20 @@ export class StreamReader {
     }
     const data = this.#msg!;
     const fds = this.#fds;
+    const lost = this.#fdsLost;
     this.#msg = null;
     this.#have = 0;
     this.#fds = [];
-    this.#sink.deliver(data, fds);
+    this.#fdsLost = null;
+    this.#sink.deliver(data, fds, lost);
     return 'message';
   }
 
   /**
    * recvmsg: -1 on EAGAIN or once the socket ended (hang-up, error, fds past maxFds), else the bytes read; the
-   * fds that came with them are in RECV_FDS, to be taken with #recvFds() before the next read.
+   * fds that came with them are in RECV_FDS, to be taken with #recvFds() before the next read, and RECV_FDS[1]
+   * says whether fds came that this process could not take (TABLE_FULL, REFUSED: its own failure, not the
+   * peer's; none of them is left open).
    */
   #recv(fd: number, buf: Buffer, offset: number, length: number): number {
     let n: number;
@@ -267,11 +295,12 @@ export class StreamReader {
       return -1;
     }
     if (n < 0) return -1;
-    if (RECV_FDS[1] !== 0) {
+    const cut = RECV_FDS[1];
+    if (cut === RECV_CUT.TOO_MANY || cut === RECV_CUT.BACKLOGGED) {
       for (const d of this.#recvFds()) d.close();
       this.#sink.fail(
-        RECV_FDS[1] === 2
-          ? this.#backlogError()
+        cut === RECV_CUT.BACKLOGGED
+          ? backlogError(this.#peerUid)
           : protocolError(`a message carried more than ${this.#maxFds} fds`),
       );
       return -1;
@@ -283,22 +312,6 @@ export class StreamReader {
       return -1;
     }
     return n;
-  }
-
-  /**
-   * Why a message's fds were dropped (recvIntoFds[1] = 2): this peer's uid has its share of the closer thread's
-   * queue, or the queue is full. Read after the fact, for the message only: the counts may have moved since.
-   */
-  #backlogError(): DevleaseError {
-    const limit = native.closesQueueLimitPerUid;
-    const mine = this.#peerUid >= 0 && native.closesQueuedFrom(this.#peerUid) >= limit;
-    const what = mine
-      ? `${limit} fds of uid ${this.#peerUid}'s clients`
-      : `${native.closesQueueLimit} received fds`;
-    return new DevleaseError(
-      'EMFILE',
-      `a message carried fds while ${what} wait to be closed behind a close that does not return (a file system not answering FLUSH): no fds are taken from ${mine ? 'that uid' : 'clients'} until they are closed`,
-    );
   }
 
   /** The fds the last read received, now owned (a new array: they go with a message). */
@@ -357,12 +370,15 @@ export class StreamReader {
       buf.copy(data, 0, this.#pos, this.#pos + size);
       this.#pos += size;
       let fds: Fd[] = [];
+      let lost: DevleaseError | null = null;
       if (this.#pos === this.#end) {
         fds = this.#fds;
+        lost = this.#fdsLost;
         this.#fds = [];
+        this.#fdsLost = null;
       }
       delivered++;
-      this.#sink.deliver(data, fds);
+      this.#sink.deliver(data, fds, lost);
     }
     if (this.#pos === this.#end && this.#ahead !== NO_BYTES) {
       this.#ahead = NO_BYTES;

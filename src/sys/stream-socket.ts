@@ -10,6 +10,8 @@
 // guarantees, see there). fds that arrive after a message's first read, a
 // size outside [headerSize, maxMessage], more fds than maxFds: the peer is
 // cut off ('error' with code EPROTO, then 'close'); nothing it sent is leaked.
+// fds this process cannot take (its fd table full) fail their message alone:
+// it is delivered whole, without fds, with `fdsLost` saying why.
 //
 // Writing (stream-writer.ts): send() never blocks; what the kernel does not
 // take at once is queued and written in order when writable, the fds with
@@ -23,7 +25,7 @@
 // reading pauses while there is no 'message' listener (messages already read
 // wait in the socket, and partial() hands them over); 'close' once.
 import { EventEmitter } from 'node:events';
-import { closedError, misuse } from '../errors.js';
+import { closedError, type DevleaseError, misuse } from '../errors.js';
 import { Fd } from './fd.js';
 import { MAX_FDS, native, type PeerCred } from './native.js';
 import { peerCredOf, peerPidfdOf, peerUidOf } from './peer.js';
@@ -64,7 +66,14 @@ export interface StreamMessage {
   fds: Fd[];
   /** Always false: an oversized message cuts the peer off instead. Kept for the record shape. */
   truncated: boolean;
+  /** Always false: more fds than maxFds cut the peer off instead. */
   ctruncated: boolean;
+  /**
+   * The message came with fds this process could not take — code EMFILE: its fd table is full; EACCES: a
+   * security module refused them — so `fds` is empty (those that came are closed). The message is whole and
+   * the connection sound: it is this message that fails. Null when its fds (if any) came.
+   */
+  fdsLost: DevleaseError | null;
 }
 
 /** Messages delivered per readiness callback before yielding to the loop. */
@@ -143,7 +152,7 @@ export class StreamSocket extends EventEmitter {
         maxFds,
         {
           canDeliver: () => this.#fd !== null && this.#reading && !this.#paused,
-          deliver: (data, fds) => this.#deliver(data, fds),
+          deliver: (data, fds, fdsLost) => this.#deliver(data, fds, fdsLost),
           hangUp: () => this.#hangUp(),
           fail: (err) => this.#fail(err),
         },
@@ -385,8 +394,8 @@ export class StreamSocket extends EventEmitter {
     }
   }
 
-  #deliver(data: Buffer, fds: Fd[]): void {
-    const msg: StreamMessage = { data, fds, truncated: false, ctruncated: false };
+  #deliver(data: Buffer, fds: Fd[], fdsLost: DevleaseError | null): void {
+    const msg: StreamMessage = { data, fds, truncated: false, ctruncated: false, fdsLost };
     if (!this.emit('message', msg)) for (const d of msg.fds) d.close();
   }
 }

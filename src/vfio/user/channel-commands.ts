@@ -57,8 +57,11 @@ export class ServerCommands {
     this.#hooks = hooks;
   }
 
-  /** A command arrived (its `fdCount` fds already closed): queued, or ProtocolError past the bound. */
-  receive(msg: VfioUserMessage, fdCount: number): void {
+  /**
+   * A command arrived (its `fdCount` fds already closed; `fdsLost`: it came with fds this process could not
+   * take): queued, or ProtocolError past the bound.
+   */
+  receive(msg: VfioUserMessage, fdCount: number, fdsLost = false): void {
     if (++this.#waiting > MAX_COMMANDS_WAITING) {
       throw new ProtocolError(
         `server sent ${this.#waiting} commands without reading the replies to them (at most ${MAX_COMMANDS_WAITING} may wait)`,
@@ -68,7 +71,7 @@ export class ServerCommands {
     // #answer answers every failure of the handler; anything that escapes it is a bug, which ends the channel
     // rather than stall every later command behind a rejection (and go unhandled).
     this.#serving = this.#serving
-      .then(() => this.#next(copy, fdCount))
+      .then(() => this.#next(copy, fdsLost ? 'fds (not received)' : fdCount ? `${fdCount} fd(s)` : null))
       .catch((e) => {
         this.#hooks.fail(e as Error);
       });
@@ -81,26 +84,27 @@ export class ServerCommands {
     wake?.();
   }
 
-  async #next(msg: VfioUserMessage, fdCount: number): Promise<void> {
+  /** `fds`: what came with the command besides bytes, in words (null: nothing), which refuses it. */
+  async #next(msg: VfioUserMessage, fds: string | null): Promise<void> {
     try {
       // The replies before this one wait for the server to read them: serve no more until it has.
       if (this.#socket.queuedBytes > COMMAND_REPLY_HIGH_WATER && !this.#hooks.closed()) {
         await new Promise<void>((resolve) => (this.#drainWaiter = resolve));
       }
-      await this.#answer(msg, fdCount);
+      await this.#answer(msg, fds);
     } finally {
       this.#waiting--;
     }
   }
 
-  async #answer(msg: VfioUserMessage, fdCount: number): Promise<void> {
+  async #answer(msg: VfioUserMessage, fds: string | null): Promise<void> {
     if (this.#hooks.closed()) return;
     let reply: Uint8Array;
     try {
       const name = P.commandName(msg.command);
       if (!this.#serve)
         throw vfioUserError('ENOTSUP', `${name}: this client serves no server-to-client commands`);
-      if (fdCount) throw vfioUserError('EINVAL', `${name} carried ${fdCount} fd(s); it takes none`);
+      if (fds) throw vfioUserError('EINVAL', `${name} carried ${fds}; it takes none`);
       const payload = await this.#serve(msg);
       reply = encodeReply(msg.msgId, msg.command, payload);
     } catch (err) {

@@ -14,6 +14,7 @@ import { monotonicMs } from '../../sys/clock.js';
 import type { Fd } from '../../sys/fd.js';
 import { type CommandHandler, ServerCommands } from './channel-commands.js';
 import { decodeMessage, encodeCommand, errorReason, isError, isReply } from './codec.js';
+import { replyFdsLost } from './fds-lost.js';
 import * as P from './protocol.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 
@@ -239,10 +240,12 @@ export class RequestChannel extends EventEmitter {
       if (rec.truncated) throw new ProtocolError('message larger than the receive buffer');
       if (rec.ctruncated) throw new ProtocolError('message carried more fds than max_msg_fds');
       const msg = decodeMessage(rec.data);
+      // fds this process could not take (its fd table full): the message is whole, and fails alone.
+      const lost = rec.fdsLost ?? null;
       if (!isReply(msg)) {
         const fdCount = rec.fds.length;
         closeAll(rec.fds);
-        this.#commands.receive(msg, fdCount);
+        this.#commands.receive(msg, fdCount, lost !== null);
         return;
       }
       const pending = this.#pending.get(msg.msgId);
@@ -273,6 +276,8 @@ export class RequestChannel extends EventEmitter {
           { command: name, errno: msg.errorNo, reason: reason || undefined },
         );
         pending.reject(err);
+      } else if (lost !== null) {
+        pending.reject(replyFdsLost(msg.command, lost));
       } else {
         pending.resolve({ payload: msg.payload, fds: rec.fds });
       }

@@ -7,7 +7,9 @@
 // ahead of it is served at once when the model answers synchronously
 // (#serveNow). What each request does once
 // VERSION is done — its checks, the model's call, its reply — is dispatch.ts.
-// A message that breaks framing closes this connection only.
+// A message that breaks framing closes this connection only; one whose fds
+// this process could not take (its fd table full) is refused EMFILE alone
+// (fds-lost.ts).
 import { ERRNO, ProtocolError, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import {
@@ -22,6 +24,7 @@ import {
 import { ConnectionReplies } from './connection-replies.js';
 import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
 import { dispatchRequest } from './dispatch.js';
+import { FdsLostError, requestFdsLost } from './fds-lost.js';
 import * as P from './protocol.js';
 import { PIPELINED, QUEUED, RequestOrder, type Turn } from './request-order.js';
 import { closeAll, type Reply } from './request-replies.js';
@@ -209,15 +212,17 @@ export class VfioUserConnection {
       this.close(`protocol error: ${(err as Error).message}`);
       return;
     }
+    // Its fds did not arrive: it is refused in its turn, like any request the model refuses.
+    const lost = rec.fdsLost ? requestFdsLost(this.#config, this.info.id, msg, rec.fdsLost) : null;
     // Nothing ahead of it: served now, in this callback, without the queue's promises (a register read's
     // per-message cost, issue 16). Its answer is what the queue would give; see #serveNow.
     if (this.#order.clear && this.peer !== null && this.#model !== null && !QUEUED.has(msg.command)) {
-      this.#serveNow(msg, fds);
+      this.#serveNow(msg, fds, lost);
       return;
     }
     // In arrival order, replies too; a pipelined one may start before the one ahead is answered.
     const pipelined = PIPELINED.has(msg.command) && this.peer !== null;
-    this.#order.enqueue(pipelined, (turn) => this.#handle(msg, fds, turn));
+    this.#order.enqueue(pipelined, (turn) => this.#handle(msg, fds, turn, lost));
   }
 
   /**
@@ -226,8 +231,8 @@ export class VfioUserConnection {
    * entry. A model that answers with a promise makes it a request in flight from there: the next requests
    * queue behind it as behind any other.
    */
-  #serveNow(msg: VfioUserMessage, fds: Fd[]): void {
-    const outcome = this.#run(msg, fds, undefined);
+  #serveNow(msg: VfioUserMessage, fds: Fd[], lost: FdsLostError | null): void {
+    const outcome = this.#run(msg, fds, undefined, lost);
     if (outcome instanceof Promise) this.#order.inFlight(outcome, (o) => this.#finish(msg, o));
     else this.#finish(msg, outcome, true);
   }
@@ -236,12 +241,17 @@ export class VfioUserConnection {
    * `issued`: given to a pipelined request's model call; `served`: the model is done with this request;
    * `answered`: every earlier request is answered (this one's reply goes after).
    */
-  async #handle(msg: VfioUserMessage, fds: Fd[], { issued, served, answered }: Turn) {
+  async #handle(
+    msg: VfioUserMessage,
+    fds: Fd[],
+    { issued, served, answered }: Turn,
+    lost: FdsLostError | null,
+  ) {
     if (this.#closing !== null) {
       closeAll(fds);
       return;
     }
-    const outcome = await this.#run(msg, fds, issued);
+    const outcome = await this.#run(msg, fds, issued, lost);
     // Done with the model: the next pipelined request need not wait for this one's turn to reply.
     issued?.();
     served();
@@ -265,9 +275,15 @@ export class VfioUserConnection {
 
   /**
    * The model's part of a request: its reply or its failure, synchronously when the model answered so. The
-   * request's fds are closed once it is done with them, unless the model took them.
+   * request's fds are closed once it is done with them, unless the model took them. `lost`: its fds did not
+   * arrive; it fails with that.
    */
-  #run(msg: VfioUserMessage, fds: Fd[], issued: Issued | undefined): Outcome | Promise<Outcome> {
+  #run(
+    msg: VfioUserMessage,
+    fds: Fd[],
+    issued: Issued | undefined,
+    lost: FdsLostError | null,
+  ): Outcome | Promise<Outcome> {
     let taken = false;
     const take =
       fds.length === 0
@@ -280,6 +296,7 @@ export class VfioUserConnection {
     try {
       // The model's work after an early VERSION reply failed: this request is answered with that failure.
       if (this.#settleError !== null) throw this.#settleError;
+      if (lost !== null) throw lost;
       // Nothing but VERSION before VERSION; after it, the request itself (dispatch.ts).
       result =
         this.peer === null
@@ -365,7 +382,8 @@ export class VfioUserConnection {
         undefined,
         now,
       );
-    else if (err instanceof VfioError) {
+    else if (err instanceof VfioError && !(err instanceof FdsLostError)) {
+      // (A lost-fds refusal was logged, rate-limited, when it came.)
       const what = `vfio-user connection ${this.info.id}: ${P.commandName(msg.command)}`;
       this.#config.log(`${what} (no_reply) refused: ${err.message}`);
     }

@@ -15,6 +15,12 @@ export interface ReceivedRecord {
   truncated: boolean;
   /** More fds were sent than fit. */
   ctruncated: boolean;
+  /**
+   * The record came with fds this process could not take (StreamMessage.fdsLost: EMFILE, its fd table full;
+   * EACCES, a security module refused them): `fds` is empty, the record whole, the connection sound. That
+   * record's request (or reply) fails; the peer did nothing wrong. Absent or null: its fds came.
+   */
+  fdsLost?: Error | null;
 }
 
 export interface MessageSocket {
