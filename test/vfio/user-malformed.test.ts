@@ -124,16 +124,21 @@ describe('vfio-user server against malformed input', () => {
     encodeCommand(5, P.VFIO_USER_DEVICE_GET_INFO, vfio_user_device_info.encode({ argsz }));
 
   test('a message cut short by hang-up is dropped; the model never sees it', async () => {
+    // Counted before peer(): the device is made when the connection is served, not by a request.
+    const made = devices.length;
     const p = await peer();
-    const before = devices.length;
+    assert.equal(devices.length, made + 1, 'the connection made its own device');
+    const device = devices[made] as MemoryDevice;
     const mem = memfd('partial', 4096);
     // The first 8 bytes of a DMA_MAP header, with its fd, then hang-up.
     p.socket.send(encodeCommand(7, P.VFIO_USER_DMA_MAP, new Uint8Array(32)).subarray(0, 8), [mem.fd]);
     mem.close();
     p.socket.close();
-    await until('only the good connection to be left', () => server.connections.size <= 1, 10_000);
-    assert.equal(devices.length, before);
-    assert.equal(devices.at(-1)?.maps.length ?? 0, 0, 'nothing was mapped');
+    await until('the model to be told of the hang-up', () => device.disconnectCalls === 1, 10_000);
+    // `events` is the model's log, which disconnected() leaves alone (it empties `maps`, so maps says nothing).
+    assert.deepEqual(device.events, [], 'the model was asked for nothing, a map least of all');
+    assert.equal(device.disconnectReason, 'peer hung up');
+    await until("the partial message's fd closed", () => memfdFdCount('partial') === 0, 2000);
     assert.equal((await good.deviceInfo()).num_regions, 10, 'the other client still works');
   });
 
