@@ -6,7 +6,10 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+after(trackFdLeaks());
 
 const BIN = new URL('../../../bin/devlease.js', import.meta.url).pathname;
 

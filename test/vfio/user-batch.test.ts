@@ -2,14 +2,17 @@
 // and VfioUserDevice.batch): they reach the server in one sendmsg, in the order
 // issued, and each keeps its own reply and its own deadline.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { Fd, native, StreamSocket } from '../../src/sys/index.js';
 import { RequestChannel } from '../../src/vfio/user/channel.js';
 import { encodeReply } from '../../src/vfio/user/codec.js';
 import { VFIO_USER_DEVICE_GET_INFO, VFIO_USER_DEVICE_RESET } from '../../src/vfio/user/protocol.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
+import { trackFdLeaks } from '../helpers/fds.js';
 import { recordSendmsg } from '../helpers/sendmsg.js';
 import { within } from '../helpers/within.js';
+
+after(trackFdLeaks());
 
 test('a batch of requests goes in one sendmsg, in order; each keeps its reply and its own deadline', async () => {
   using sends = recordSendmsg();
