@@ -19,6 +19,7 @@ import { vfioUserPair } from '../../src/vfio/user/transport.js';
 import { CONFIG_REGION, MemoryDevice, memfd } from '../fixtures/vfio-user/memory-device.js';
 import { until } from '../helpers/broker-rig.js';
 import { memfdFdCount, trackFdLeaks } from '../helpers/fds.js';
+import { within } from '../helpers/within.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
@@ -47,12 +48,12 @@ class RawPeer {
     );
   }
 
-  /** The next message, or null if the server closed the connection. */
-  next(): Promise<StreamMessage | null> {
+  /** The next message, or null if the server closed the connection; an error if neither comes within `ms`. */
+  next(ms = 5000): Promise<StreamMessage | null> {
     const m = this.#inbox.shift();
     if (m) return Promise.resolve(m);
     if (this.#isClosed) return Promise.resolve(null);
-    return new Promise((r) => this.#waiters.push(r));
+    return within(new Promise((r) => this.#waiters.push(r)), 'the next message or the close', ms);
   }
 
   async request(bytes: Uint8Array, fds: number[] = []) {
