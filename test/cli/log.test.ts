@@ -12,23 +12,30 @@ import { type ChildSimulator, spawnSimulator } from '../../src/sim/host/child.js
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { stopChild } from '../helpers/stop-child.js';
+import { within } from '../helpers/within.js';
 import { until } from '../interop/helpers/peers.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
 
-/** Start a daemon with `logSection`, make it log a refused reload, and return its stderr and stdout. */
+/**
+ * Start a daemon with `logSection`, make it log a refused reload, end it, and return all it wrote to stderr and
+ * stdout, read to their end: the audit line (stdout) is written before the log line (stderr), and two pipes
+ * arrive in no order the reader can rely on. `loseDevice`: end it by closing its device with
+ * device.reconnect = false, which it logs at fatal (a line every level passes), instead of by SIGTERM.
+ */
 async function refusedReloadLines(
   logSection: string,
-  wrap?: (argv: string[]) => [string, string[]],
-): Promise<{ err: string; out: string }> {
+  opts: { wrap?: (argv: string[]) => [string, string[]]; loseDevice?: boolean } = {},
+): Promise<{ err: string; out: string; code: number | null }> {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-log-'));
   let sim: ChildSimulator | null = null;
   let daemon: ChildProcess | null = null;
   try {
     sim = await spawnSimulator({ socketPath: join(dir, 'sim.sock'), numQueues: 2 });
     const file = join(dir, 'broker.toml');
-    writeFileSync(file, `${logSection}\n[policy]\nhook_timeout_ms = 200\n`);
+    const device = opts.loseDevice ? '[device]\nreconnect = false\n' : '';
+    writeFileSync(file, `${logSection}\n${device}[policy]\nhook_timeout_ms = 200\n`);
     const run = join(dir, 'run');
     const argv = [
       DEVLEASE_BIN,
@@ -40,18 +47,21 @@ async function refusedReloadLines(
       '--rundir',
       run,
     ];
-    const [cmd, args] = wrap ? wrap([process.execPath, ...argv]) : [process.execPath, argv];
-    daemon = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, args] = opts.wrap ? opts.wrap([process.execPath, ...argv]) : [process.execPath, argv];
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    daemon = child;
+    // 'close' comes once the process is gone and both pipes have ended: all it wrote has been read.
+    const closed = new Promise<number | null>((r) => child.once('close', (code) => r(code)));
     let out = '';
     let err = '';
-    daemon.stdout!.on('data', (d: Buffer) => {
+    child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
     });
-    daemon.stderr!.on('data', (d: Buffer) => {
+    child.stderr!.on('data', (d: Buffer) => {
       err += d.toString();
     });
     await until('the daemon to be ready', () => out.includes('"event":"ready"'), 30_000);
-    writeFileSync(file, `${logSection}\n[policy]\nhook_timeout_ms = "slow"\n`);
+    writeFileSync(file, `${logSection}\n${device}[policy]\nhook_timeout_ms = "slow"\n`);
     const r = spawnSync(
       process.execPath,
       [DEVLEASE_BIN, 'reload', '--admin', join(run, 'sa1', 'admin.sock')],
@@ -61,9 +71,14 @@ async function refusedReloadLines(
     );
     assert.equal(r.status, 1, r.stderr);
     await until('the refusal in the audit log', () => out.includes('"reload-refused"'), 10_000);
-    // The log line is written before the admin reply; give the pipe a moment when it is filtered out.
-    await new Promise((res) => setTimeout(res, 300));
-    return { err, out };
+    if (opts.loseDevice) {
+      await sim.close();
+      sim = null;
+    } else {
+      await stopChild(child);
+    }
+    const code = await within(closed, 'the daemon to exit and its output to end', 30_000);
+    return { err, out, code };
   } finally {
     await stopChild(daemon);
     await sim?.close();
@@ -88,7 +103,10 @@ test('stderr not a terminal: one JSON object per line (level, time, pid, msg); t
 });
 
 test('[log] level = "warn" drops info lines; format = "pretty" is for people, not JSON', async () => {
-  const quiet = await refusedReloadLines('[log]\nlevel = "warn"');
+  const quiet = await refusedReloadLines('[log]\nlevel = "warn"', { loseDevice: true });
+  // The fatal line, logged after the refusal, shows the log was read past where the refusal would be.
+  assert.equal(quiet.code, 1, 'the daemon exits when its device is lost');
+  assert.match(quiet.err, /the device is lost: .*; exiting/, 'a fatal line passes the warn level');
   assert.doesNotMatch(quiet.err, REFUSAL, 'an info line is filtered out at warn');
   const pretty = await refusedReloadLines('[log]\nformat = "pretty"');
   const line = pretty.err.split('\n').find((l) => REFUSAL.test(l));
@@ -105,10 +123,9 @@ test('format = "auto" on a terminal is human-readable (script(1) gives the daemo
     `script(1) from util-linux is needed for this test: ${script.error ?? script.stderr}`,
   );
   // script runs the daemon on a pty and copies everything it writes to its own stdout.
-  const { out } = await refusedReloadLines('', (argv) => [
-    'script',
-    ['-qfec', argv.map((a) => `'${a}'`).join(' '), '/dev/null'],
-  ]);
+  const { out } = await refusedReloadLines('', {
+    wrap: (argv) => ['script', ['-qfec', argv.map((a) => `'${a}'`).join(' '), '/dev/null']],
+  });
   const line = out.split('\n').find((l) => REFUSAL.test(l));
   assert.ok(line, `the refusal is on the terminal: ${out.slice(-2000)}`);
   assert.match(line, /INFO/);

@@ -128,10 +128,17 @@ test('close: UNMAP_DMA what is left, close the device fd, then the group and the
   await dev.dmaMap({ fd: mem.fd, offset: 0n, iova: 0x100_0000n, size: 4096n, read: true, write: true });
   const fds = [rec.fdOf(DEVICE), rec.fdOf(GROUP), rec.fdOf(CONTAINER)];
   const from = rec.calls.length;
-  await dev.close();
+  {
+    using _closes = rec.recordCloses();
+    await dev.close();
+  }
+  // The device fd first, then the group (closing it takes it out of the container), then the container.
   assert.deepEqual(rec.lines(from), [
     `ioctl ${CONTAINER} ${hex(NR.VFIO_IOMMU_UNMAP_DMA)}`,
     `munmap fd ${mem.fd.fd} (rw)`,
+    `close ${DEVICE}`,
+    `close ${GROUP}`,
+    `close ${CONTAINER}`,
   ]);
   for (const fd of fds) assert.throws(() => native.fstat(fd), { code: 'EBADF' });
 });

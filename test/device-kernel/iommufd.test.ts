@@ -192,13 +192,19 @@ test('close: unmaps what is still mapped, detaches, closes the device fd, destro
   let closed = 0;
   dev.on('close', () => closed++);
   const from = rec.calls.length;
-  await dev.close();
-  await dev.close(); // idempotent
+  {
+    using _closes = rec.recordCloses();
+    await dev.close();
+    await dev.close(); // idempotent
+  }
   assert.equal(closed, 1);
+  // The device fd is closed before IOMMU_DESTROY (iommufd.ts: closed or detached first), the iommufd last.
   assert.deepEqual(rec.lines(from), [
     `ioctl ${IOMMU} ${hex(NR.IOMMU_IOAS_UNMAP)}`,
     `ioctl ${CDEV} ${hex(NR.VFIO_DEVICE_DETACH_IOMMUFD_PT)}`,
+    `close ${CDEV}`,
     `ioctl ${IOMMU} ${hex(NR.IOMMU_DESTROY)}`,
+    `close ${IOMMU}`,
   ]);
   // struct vfio_device_detach_iommufd_pt { u32 argsz, flags, pasid }; struct iommu_destroy { u32 size, id }
   assert.deepEqual(rec.argOf(NR.VFIO_DEVICE_DETACH_IOMMUFD_PT), le([4, 12], [4, 0], [4, 0]));

@@ -69,3 +69,27 @@ export function fdDiff(before: Map<string, string>, after: Map<string, string>):
   const removed = [...before].filter(([fd, t]) => after.get(fd) !== t).map(([fd, t]) => `-${fd}->${t}`);
   return [...added, ...removed].join(' ');
 }
+
+/**
+ * What `pid` has had of child processes: the pids whose parent it is now (from /proc/<n>/stat: no
+ * /proc/<pid>/task/<tid>/children on a kernel without CONFIG_PROC_CHILDREN), and the page faults of the children
+ * it has waited for (cminflt + cmajflt). A child started and reaped in between (a spawnSync) leaves no pid but
+ * adds its faults, which no exec'd process has none of.
+ */
+export function childTrace(pid: number): { children: number[]; waitedFaults: number } {
+  const children: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      // ppid is field 4: the second after the parenthesised command name.
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // cminflt and cmajflt are fields 11 and 13.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { children: children.sort((a, b) => a - b), waitedFaults: Number(fields[8]) + Number(fields[10]) };
+}

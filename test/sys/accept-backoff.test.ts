@@ -1,7 +1,10 @@
 // Behaviour check (not a speed check): when accept() fails with EMFILE the
 // listener stays readable (the backlog is not empty), so retrying at once
 // spins at 100 % CPU and writes an error per spin. The server pauses
-// accepting ACCEPT_BACKOFF_MS after a failure: one error per back-off.
+// accepting ACCEPT_BACKOFF_MS after a failure: one error per back-off. The
+// fixture (a real EMFILE, under ulimit -n) watches its own back-off timers
+// and counts accept calls and listener wake-ups while one is pending; no
+// clock or CPU time is measured.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -9,14 +12,28 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { ACCEPT_BACKOFF_MS } from '../../src/sys/unix-server.js';
-import { cpuDuring } from '../helpers/proc-stat.js';
+import { until } from '../helpers/broker-rig.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import type { WatchedTimer } from '../helpers/timers.js';
+
+after(trackFdLeaks());
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/sys/accept-emfile.js', import.meta.url));
 const FD_LIMIT = 96;
 const CONNECTIONS = 160;
+/** Back-offs to sit through: enough to see each failure arm one timer and accepting resume after each. */
+const ROUNDS = 3;
+
+interface Report {
+  accepts: number;
+  acceptsDuringBackoff: number;
+  wakeupsDuringBackoff: number;
+  errors: number;
+  timers: WatchedTimer[];
+}
 
 test(`accept failing with EMFILE (ulimit -n ${FD_LIMIT}) reports once per back-off, without spinning`, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-emfile-'));
@@ -33,14 +50,12 @@ test(`accept failing with EMFILE (ulimit -n ${FD_LIMIT}) reports once per back-o
   child.stdout.on('data', (chunk: string) => {
     out += chunk;
   });
-  const errors = () => out.split('\n').filter((l) => l.startsWith('error ')).length;
+  const lines = () => out.split('\n');
+  const errors = () => lines().filter((l) => l.startsWith('error '));
   try {
-    await new Promise<void>((resolve, reject) => {
-      const check = setInterval(() => out.includes('ready') && (clearInterval(check), resolve()), 5);
-      child.once('exit', (code) => {
-        clearInterval(check);
-        reject(new Error(`fixture exited early (${code})`));
-      });
+    await until('the fixture to listen', () => {
+      if (child.exitCode !== null) throw new Error(`fixture exited early (${child.exitCode})`);
+      return out.includes('ready');
     });
     // More connections than the child has descriptors: the rest wait in its backlog.
     for (let i = 0; i < CONNECTIONS; i++) {
@@ -48,21 +63,37 @@ test(`accept failing with EMFILE (ulimit -n ${FD_LIMIT}) reports once per back-o
       s.on('error', () => {});
       clients.push(s);
     }
-    const deadline = Date.now() + 5000;
-    while (errors() === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    assert.match(out, /error EMFILE/, 'accept ran out of descriptors');
-    const before = errors();
-    const windowMs = 2000;
-    const cpu = await cpuDuring(child.pid!, windowMs);
-    const reported = errors() - before;
-    const most = windowMs / ACCEPT_BACKOFF_MS + 3;
+    await until(`${ROUNDS} accept errors`, () => errors().length >= ROUNDS, 10_000);
+    child.stdin.write('report\n');
+    await until('the report', () => out.includes('report '));
+    const report = JSON.parse(
+      lines()
+        .find((l) => l.startsWith('report '))!
+        .slice(7),
+    ) as Report;
+    // The errors printed before the report, in order, each with the back-off timers armed by then.
+    const reported = errors().slice(0, report.errors);
     assert.ok(
-      reported <= most,
-      `${reported} accept errors in ${windowMs} ms (at most ${most}: one per back-off)`,
+      reported.every((l) => / EMFILE /.test(l)),
+      `accept ran out of descriptors: ${reported.join('; ')}`,
     );
-    assert.ok(reported >= 1, 'accepting is retried after the back-off');
-    // Generous: a spinning child uses ~2 s of CPU in 2 s.
-    assert.ok(cpu < 0.5, `the server used ${cpu.toFixed(2)} s of CPU in ${windowMs / 1000} s`);
+    assert.deepEqual(
+      reported.map((l) => Number(l.split(' ').at(-1))),
+      reported.map((_, i) => i + 1),
+      'each failure armed exactly one back-off timer before it was reported',
+    );
+    assert.equal(report.timers.length, report.errors, 'no back-off timer without a failure');
+    assert.ok(
+      report.timers.every((t) => t.delay === ACCEPT_BACKOFF_MS),
+      `every back-off is ACCEPT_BACKOFF_MS: ${JSON.stringify(report.timers)}`,
+    );
+    assert.deepEqual(
+      report.timers.slice(0, -1).map((t) => t.state),
+      report.timers.slice(0, -1).map(() => 'fired'),
+      'each back-off but the last ran out (accepting resumed after it)',
+    );
+    assert.equal(report.acceptsDuringBackoff, 0, 'accept is not retried before the back-off ends');
+    assert.equal(report.wakeupsDuringBackoff, 0, 'the listener is not watched during the back-off');
   } finally {
     for (const s of clients) s.destroy();
     child.stdin.end();

@@ -3,8 +3,10 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { EventFd, futexWait, futexWake, MemFd, native } from '../../src/sys/index.js';
+import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { Peer } from '../helpers/sys-peer.js';
+import { within } from '../helpers/within.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
@@ -29,12 +31,12 @@ test('eventfd signals travel both ways between processes', async () => {
     });
     toPeer.write(5n);
     toPeer.write(2);
-    await reachedSeven;
+    await within(reachedSeven, 'the peer to see 7');
     assert.equal(total, 7n);
 
     const seen = new Promise<bigint>((resolve) => fromPeer.onReadable(resolve));
     await peer.call('eventfdWrite', { fd: ours, value: '3' });
-    assert.equal(await seen, 3n);
+    assert.equal(await within(seen, "the peer's write to be seen"), 3n);
     fromPeer.stopWatching();
     assert.equal(fromPeer.read(), null, 'drained by onReadable');
   } finally {
@@ -48,13 +50,14 @@ test('semaphore eventfd: read() takes one at a time, onReadable reports the coun
   assert.equal(efd.read(), 1n);
   assert.equal(efd.read(), null);
   efd.write(3);
-  assert.equal(await new Promise<bigint>((resolve) => efd.onReadable(resolve)), 3n);
+  assert.equal(await within(new Promise<bigint>((resolve) => efd.onReadable(resolve)), 'readiness'), 3n);
 });
 
 test('futexWake in this process wakes a futexWait in another process', async () => {
   using memfd = MemFd.create('futex', { size: 4096 });
   using mine = memfd.map();
   const peer = await Peer.spawn();
+  let woken = 0;
   try {
     using shared = memfd.reopen();
     const took = await peer.call('take', {}, [shared]);
@@ -62,14 +65,17 @@ test('futexWake in this process wakes a futexWait in another process', async () 
     const { mapping } = await peer.call('map', { fd, length: 4096, guard: false });
     // The word stays 0, so the waiter can only return 'ok' by being woken.
     const waited = peer.call('futexWait', { mapping, word: 1, expected: 0, timeoutMs: -1 });
-    let woken = 0;
-    while (woken === 0) {
+    waited.catch(() => {}); // rejected by the kill below when the test failed first: that failure is the one to see
+    // Woken once the peer is in futexWait: until then a wake finds no waiter (0).
+    await until('a futexWake to find the waiter in the other process', () => {
       woken = futexWake(mine.buffer, 1);
-      if (woken === 0) await new Promise((resolve) => setTimeout(resolve, 1));
-    }
+      return woken > 0;
+    });
     assert.equal(woken, 1);
-    assert.equal((await waited).result, 'ok');
+    assert.equal((await within(waited, 'the waiter to return')).result, 'ok');
   } finally {
+    // A waiter never woken would hold the peer, and its 'exit' request, for good.
+    if (woken === 0) peer.child.kill('SIGKILL');
     await peer.stop();
   }
 });

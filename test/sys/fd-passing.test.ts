@@ -5,6 +5,7 @@ import { after, before, test } from 'node:test';
 import { Fd, MAX_FDS, MemFd, native, pwrite, SeqpacketSocket } from '../../src/sys/index.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { Peer } from '../helpers/sys-peer.js';
+import { within } from '../helpers/within.js';
 
 const leakCheck = trackFdLeaks();
 let peer: Peer;
@@ -86,7 +87,7 @@ test('a full socket queues messages and delivers them in order, fds included', a
     assert.ok(a.queued > 0, 'expected the socket buffer to fill so that send() had to queue');
     const received: number[] = [];
     let withFd = 0;
-    await new Promise<void>((resolve) => {
+    const all = new Promise<void>((resolve) => {
       b.on('message', (msg) => {
         const i = msg.data.readUInt32LE(0);
         received.push(i);
@@ -103,6 +104,7 @@ test('a full socket queues messages and delivers them in order, fds included', a
         if (received.length === total) resolve();
       });
     });
+    await within(all, `all ${total} messages`, 10_000);
     assert.deepEqual(
       received,
       Array.from({ length: total }, (_, i) => i),

@@ -2,12 +2,14 @@
 // meanwhile are held and go in one sendmsg at uncork, in order; a message with
 // fds flushes them first and goes alone (fds attributed as before, by our reader
 // and by a raw recvmsg); past CORK_LIMIT they go without waiting; close while
-// corked sends nothing more and leaks nothing.
+// corked sends nothing more and leaks nothing. "One sendmsg" is checked by
+// counting the calls: a stream recvmsg joins what several sends wrote.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Fd, MemFd, native, StreamSocket } from '../../src/sys/index.js';
 import { CORK_LIMIT } from '../../src/sys/stream-socket.js';
 import { assertNoFdLeak, trackFdLeaks } from '../helpers/fds.js';
+import { recordSendmsg } from '../helpers/sendmsg.js';
 import { body, collect, frame, framing, tick } from '../helpers/stream-frames.js';
 
 const leakCheck = trackFdLeaks();
@@ -19,12 +21,13 @@ function rawPeer() {
   const sock = new StreamSocket(new Fd(x), { framing });
   const raw = new Fd(y);
   const recv = () => native.recvmsg(raw.fd, 1 << 20, 8);
-  return { sock, raw, recv };
+  return { sock, raw, recv, fd: x };
 }
 
 test('messages sent while corked wait for uncork, then arrive in one read, in order', async () => {
   await assertNoFdLeak(async () => {
-    const { sock, raw, recv } = rawPeer();
+    using sends = recordSendmsg();
+    const { sock, raw, recv, fd } = rawPeer();
     const msgs = [frame('one'), frame('two', 2), frame('three', 3)];
     sock.cork();
     for (const m of msgs) sock.send(m);
@@ -34,16 +37,23 @@ test('messages sent while corked wait for uncork, then arrive in one read, in or
     assert.deepEqual(r.data, Buffer.concat(msgs));
     assert.equal(r.fds.length, 0);
     assert.equal(recv(), null);
+    assert.deepEqual(
+      sends.on(fd).map((c) => c.bytes),
+      [r.data.length],
+      'the three went in one sendmsg',
+    );
     // Uncorked again: a send goes at once.
     sock.send(frame('four'));
     assert.deepEqual(recv()!.data, frame('four'));
+    assert.equal(sends.on(fd).length, 2, 'a send after uncork is its own sendmsg');
     sock.close();
     raw.close();
   });
 });
 
 test('batch(fn) sends what fn sent when it returns, and when it throws', async () => {
-  const { sock, raw, recv } = rawPeer();
+  using sends = recordSendmsg();
+  const { sock, raw, recv, fd } = rawPeer();
   const out = sock.batch(() => {
     sock.send(frame('a'));
     sock.send(frame('b'));
@@ -52,6 +62,7 @@ test('batch(fn) sends what fn sent when it returns, and when it throws', async (
   });
   assert.equal(out, 7);
   assert.deepEqual(recv()!.data, Buffer.concat([frame('a'), frame('b')]));
+  assert.equal(sends.on(fd).length, 1, 'what fn sent went in one sendmsg');
   assert.throws(
     () =>
       sock.batch(() => {
@@ -61,6 +72,7 @@ test('batch(fn) sends what fn sent when it returns, and when it throws', async (
     /boom/,
   );
   assert.deepEqual(recv()!.data, frame('c'));
+  assert.equal(sends.on(fd).length, 2, 'a batch that threw: one sendmsg');
   sock.close();
   raw.close();
 });
@@ -70,12 +82,22 @@ test('a message with fds in a cork flushes what came before it and goes in its o
     using mem = MemFd.create('cork-fd', { size: 4096 });
     // A raw recvmsg: af_unix stops a read at the message whose fds it hands over.
     {
-      const { sock, raw, recv } = rawPeer();
+      using sends = recordSendmsg();
+      const { sock, raw, recv, fd } = rawPeer();
       sock.batch(() => {
         sock.send(frame('before'));
         sock.send(frame('with fd'), [mem.fd]);
         sock.send(frame('after'));
       });
+      // What was corked before the fd message, the fd message alone, what came after it at the batch's end.
+      assert.deepEqual(
+        sends.on(fd).map((c) => [c.bytes, c.fds]),
+        [
+          [frame('before').length, 0],
+          [frame('with fd').length, 1],
+          [frame('after').length, 0],
+        ],
+      );
       const first = recv()!;
       assert.deepEqual(first.data, Buffer.concat([frame('before'), frame('with fd')]));
       assert.equal(first.fds.length, 1);
@@ -178,6 +200,7 @@ test('a corked flush the kernel refuses for a moment is kept and sent when writa
 
 test('corkReads: what listeners send while one read is delivered goes in one sendmsg after it', async () => {
   await assertNoFdLeak(async () => {
+    using sends = recordSendmsg();
     const [x, y] = native.unixPair(true);
     const server = new StreamSocket(new Fd(x), { framing });
     const raw = new Fd(y);
@@ -191,11 +214,12 @@ test('corkReads: what listeners send while one read is delivered goes in one sen
       replies++;
     });
     try {
-      native.sendmsg(raw.fd, Buffer.concat([frame('a'), frame('b'), frame('c')]), []);
+      sends.real(raw.fd, Buffer.concat([frame('a'), frame('b'), frame('c')]), []);
       while (replies < 3) await tick();
       assert.deepEqual(arrivedEarly, [false, false, false]);
       const r = native.recvmsg(raw.fd, 1 << 16);
       assert.deepEqual(r?.data, Buffer.concat([frame('re: a'), frame('re: b'), frame('re: c')]));
+      assert.equal(sends.on(x).length, 1, 'the three replies went in one sendmsg');
       // Outside a read, a send goes at once.
       server.send(frame('later'));
       assert.deepEqual(native.recvmsg(raw.fd, 1 << 16)?.data, frame('later'));

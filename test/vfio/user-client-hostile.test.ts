@@ -18,9 +18,12 @@ after(leakCheck);
 test('a server with max_data_xfer_size 1: a 70,000-byte read is at most 64 messages in flight, and completes', async () => {
   const { server, client, close } = await clientOfRawServer({ max_data_xfer_size: 1 });
   try {
-    // Answer every REGION_READ with the low byte of its offset.
+    // Answer every REGION_READ with the low byte of its offset, noting how many the client had in flight when
+    // each arrived: the bound must hold while the lanes refill, not only when the read starts.
+    let peak = 0;
     server.socket.removeAllListeners('message');
     server.socket.on('message', (m: StreamMessage) => {
+      peak = Math.max(peak, client.pendingCount);
       for (const fd of m.fds) fd.close();
       const msg = decodeMessage(m.data);
       const head = Buffer.from(msg.payload.subarray(0, 16));
@@ -34,6 +37,7 @@ test('a server with max_data_xfer_size 1: a 70,000-byte read is at most 64 messa
       `${client.pendingCount} REGION_READs in flight at once (at most ${MAX_IN_FLIGHT})`,
     );
     const bytes = await within(read, 'the 70,000-byte read', 60_000);
+    assert.ok(peak <= MAX_IN_FLIGHT, `at most ${MAX_IN_FLIGHT} in flight throughout, saw ${peak}`);
     assert.equal(bytes.length, count);
     for (let i = 0; i < count; i += 997) assert.equal(bytes[i], i & 0xff, `byte ${i}`);
     assert.equal(client.closed, false);

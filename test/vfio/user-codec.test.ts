@@ -103,7 +103,14 @@ describe('vfio-user golden vectors', () => {
   });
 
   test('"Header": short header, msg_size mismatch and unknown type are ProtocolErrors', () => {
-    assert.throws(() => decodeMessage(hex('0100 0100 10000000')), ProtocolError);
+    assert.throws(
+      () => decodeMessage(hex('0100 0100 10000000')),
+      (err: Error) => {
+        assert.ok(err instanceof ProtocolError);
+        assert.match(err.message, /message of 8 bytes is shorter than the 16-byte header/);
+        return true;
+      },
+    );
     assert.throws(
       () => decodeMessage(hex('0100 0d00 20000000 00000000 00000000')),
       /msg_size 32 .* 16 bytes/,
@@ -245,8 +252,16 @@ describe('vfio-user golden vectors', () => {
     assert.equal(caps.all.length, 2);
     const loop = reply.slice();
     new DataView(loop.buffer).setUint32(32 + 4, 32, true); // first cap's next points at itself
-    assert.throws(() => parseRegionCaps(loop, 32), ProtocolError);
-    assert.throws(() => parseRegionCaps(reply, 4096), ProtocolError);
+    const protocolError = (message: RegExp) => (err: Error) => {
+      assert.ok(err instanceof ProtocolError);
+      assert.match(err.message, message);
+      return true;
+    };
+    assert.throws(() => parseRegionCaps(loop, 32), protocolError(/chain loops back to offset 32/));
+    assert.throws(
+      () => parseRegionCaps(reply, 4096),
+      protocolError(/capability at offset 4096 overruns the 80-byte buffer/),
+    );
   });
 
   test('"VFIO_USER_DEVICE_GET_IRQ_INFO": argsz, flags, index, count', () => {

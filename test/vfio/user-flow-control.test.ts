@@ -14,12 +14,11 @@ import * as P from '../../src/vfio/user/protocol.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
 import { vfioUserPair } from '../../src/vfio/user/transport.js';
 import { MEM_REGION, MemoryDevice } from '../fixtures/vfio-user/memory-device.js';
+import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
-
-const tick = () => new Promise((r) => setImmediate(r));
 
 /** A server of MemoryDevices, and a client past VERSION (proposing `caps`) that from now on reads nothing. */
 async function neverReadingClient(caps: Record<string, unknown>) {
@@ -37,7 +36,7 @@ async function neverReadingClient(caps: Record<string, unknown>) {
   const got: StreamMessage[] = [];
   a.on('message', (m: StreamMessage) => got.push(m));
   a.send(encodeCommand(0, P.VFIO_USER_VERSION, encodeVersion(0, 0, { capabilities: caps })));
-  while (got.length < 1) await tick();
+  await until('the VERSION reply', () => got.length >= 1);
   a.pause();
   return { devices, server, conn, a, got };
 }
@@ -78,7 +77,7 @@ test('a never-reading client is paused at the high-water mark; it gets every rep
   good.close();
 
   a.resume();
-  while (got.length < N + 1) await tick();
+  await until(`all ${N} replies`, () => got.length >= N + 1, 30_000);
   const ids = got.slice(1).map((m) => decodeMessage(m.data).msgId);
   assert.deepEqual(
     ids,
@@ -127,7 +126,7 @@ test('a never-reading client asking for a region fd over and over is paused at t
   );
   assert.equal(conn.closing, false, 'paused, not cut off');
   a.resume();
-  while (got.length < N + 1) await tick();
+  await until(`all ${N} replies`, () => got.length >= N + 1, 30_000);
   for (const m of got) for (const f of m.fds) f.close();
   assert.equal(conn.socket.queuedFds, 0, 'all sent');
   a.close();

@@ -2,7 +2,7 @@
 // the data comes back; a reply whose access head (offset, region, count) or
 // size does not match the request is a protocol error that closes the client.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import type { StreamMessage } from '../../src/sys/index.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { encodeVersion } from '../../src/vfio/user/messages.js';
@@ -15,6 +15,9 @@ import {
   VFIO_USER_VERSION,
 } from '../../src/vfio/user/protocol.js';
 import { vfioUserPair } from '../../src/vfio/user/transport.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+after(trackFdLeaks());
 
 /** How the server below spoils a REGION_READ reply (its access head starts as the request's). */
 type Spoil = (payload: Buffer) => Buffer;

@@ -15,7 +15,8 @@ import { HEADER_SIZE } from '../../src/vfio/user/protocol.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
 import { VFIO_USER_FRAMING } from '../../src/vfio/user/transport.js';
 import { MEM_REGION, MemoryDevice, MSIX_INDEX, modelOf } from '../fixtures/vfio-user/memory-device.js';
-import { trackFdLeaks } from '../helpers/fds.js';
+import { memfdFdCount, trackFdLeaks } from '../helpers/fds.js';
+import { untilRead } from '../helpers/unread.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
@@ -104,7 +105,10 @@ test('replies given in one turn go at its end, together, in order, after the dev
       Buffer.concat([regionInfoRequest(2, MEM_REGION), setIrqs(3, 0), setIrqs(4, 1), setIrqs(5, 2)]),
       [],
     );
-    await new Promise((r) => setTimeout(r, 10));
+    // Read by the server (else "nothing served" would hold only because nothing had arrived), then a turn for
+    // whatever that read set going.
+    await untilRead(x, 'the four requests');
+    await new Promise((r) => setImmediate(r));
     assert.equal(answers.length, 0, 'nothing is served before the grant is done');
     const afterVersion = sends.filter((s) => s.fd === x).length;
     settle();
@@ -190,7 +194,19 @@ test('a reply held for the turn whose socket a session closes itself in that tur
     assert.ok(answered, 'SET_IRQS reached the model');
     // The flush of the held reply ran (a throw there would end the process: node:test fails the file).
     await new Promise((r) => setImmediate(r));
-    assert.ok(socket.closed, 'the socket is closed');
+    // The region reply's fd (a dup of the device memory's) was closed with the dropped reply: only the device's
+    // own is left.
+    assert.equal(memfdFdCount('vfio-user-test-mem'), 1, "the dropped reply's fd is closed");
+    // Dropped: the stream ends with no reply of that turn (the server's end is closed: EOF, not EAGAIN).
+    const ids: number[] = [];
+    for (let eof = false; !eof; ) {
+      const r = native.recvmsg(raw.fd, 1 << 16);
+      assert.ok(r, 'the server closed its end');
+      for (const fd of r.fds) new Fd(fd).close();
+      ids.push(...split(r.data).map((m) => m.msgId));
+      eof = r.eof;
+    }
+    assert.ok(!ids.includes(2) && !ids.includes(3), `no reply of that turn was sent (got ${ids})`);
   } finally {
     await server.close();
     raw.close();

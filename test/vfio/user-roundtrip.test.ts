@@ -40,6 +40,7 @@ import {
   SLOW_OFFSET,
 } from '../fixtures/vfio-user/memory-device.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { within } from '../helpers/within.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
@@ -309,11 +310,15 @@ describe('vfio-user disconnect', () => {
   test('server close: pending and later client calls reject with ECONNRESET', async () => {
     const t = await setup();
     const closed = new Promise((r) => t.client.once('close', r));
+    const inModel = new Promise<void>((resolve) => {
+      t.device.onHang = resolve;
+    });
     const pending = t.client.regionRead(REG_REGION, HANG_OFFSET, 4);
-    await new Promise((r) => setTimeout(r, 10));
+    // The close must find the request in the model (not yet read, it would be dropped and the model told at once).
+    await within(inModel, 'the read to reach the model');
     const serverClosed = t.server.close();
-    await assert.rejects(pending, { code: 'ECONNRESET' });
-    const err = (await closed) as Error & { code: string };
+    await assert.rejects(within(pending, 'the pending call to settle'), { code: 'ECONNRESET' });
+    const err = (await within(closed, "the client's close")) as Error & { code: string };
     assert.equal(err.code, 'ECONNRESET');
     // The model is told only once the request it is working on returns.
     assert.equal(t.device.disconnectCalls, 0);

@@ -20,6 +20,8 @@ import {
   REG_REGION,
 } from '../fixtures/vfio-user/memory-device.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { untilRead } from '../helpers/unread.js';
+import { within } from '../helpers/within.js';
 
 const leakCheck = trackFdLeaks();
 after(leakCheck);
@@ -72,7 +74,7 @@ const CASES: [string, (id: number) => Uint8Array, number][] = [
 /** A hand-driven client that asked for error reasons, so replies can be compared text and all. */
 async function client(
   server: VfioUserServer,
-): Promise<{ socket: StreamSocket; next(): Promise<VfioUserMessage> }> {
+): Promise<{ socket: StreamSocket; served: StreamSocket; next(): Promise<VfioUserMessage> }> {
   const [a, b] = vfioUserPair();
   server.serveSocket(b);
   const inbox: StreamMessage[] = [];
@@ -83,7 +85,7 @@ async function client(
     else inbox.push(m);
   });
   const next = async () => {
-    const m = inbox.shift() ?? (await new Promise<StreamMessage>((r) => waiting.push(r)));
+    const m = inbox.shift() ?? (await within(new Promise<StreamMessage>((r) => waiting.push(r)), 'a reply'));
     assert.equal(m.fds.length, 0, 'no reply here carries fds');
     return decodeMessage(m.data);
   };
@@ -91,7 +93,7 @@ async function client(
   a.send(encodeCommand(1, P.VFIO_USER_VERSION, encodeVersion(0, 0, { capabilities })));
   const v = await next();
   assert.equal(v.flags & P.VFIO_USER_F_ERROR, 0, 'VERSION accepted');
-  return { socket: a, next };
+  return { socket: a, served: b, next };
 }
 
 const summary = (m: VfioUserMessage) => ({
@@ -115,6 +117,21 @@ test('a request served at once answers as the same request queued behind another
   });
   try {
     const c = await client(server);
+    const model = models[0] as MemoryDevice;
+    /**
+     * Resolves once the read of HANG_OFFSET is held in the model and the server has read the request sent behind
+     * it (so that one is queued, not served at once after the release); then releases the read.
+     */
+    const holdThenRelease = () => {
+      const inModel = new Promise<void>((resolve) => {
+        model.onHang = resolve;
+      });
+      return async () => {
+        await within(inModel, 'the read of HANG_OFFSET to reach the model');
+        await untilRead(c.served.fd.fd, 'the request behind the held read');
+        model.releaseHangs();
+      };
+    };
     let id = 10;
     for (const [what, make, errno] of CASES) {
       // One fd with it: refused (REGION_READ/WRITE take none) and closed either way.
@@ -124,11 +141,11 @@ test('a request served at once answers as the same request queued behind another
       const now = await c.next();
       // Behind a read the model holds: queued, answered once that one is.
       const hung = id++;
+      let release = holdThenRelease();
       c.socket.send(read(hung, access(BigInt(HANG_OFFSET), REG_REGION, 4)));
       c.socket.send(make(id++), what === 'a good read' ? [] : [fd.fd]);
       fd.close();
-      await new Promise((r) => setTimeout(r, 20));
-      models[0]?.releaseHangs();
+      await release();
       assert.equal((await c.next()).msgId, hung, `${what}: replies in arrival order`);
       const queued = await c.next();
       const fdRefused = what !== 'a good read';
@@ -138,10 +155,10 @@ test('a request served at once answers as the same request queued behind another
       // The same request without an fd: its own checks.
       c.socket.send(make(id++));
       const alone = await c.next();
+      release = holdThenRelease();
       c.socket.send(read(id++, access(BigInt(HANG_OFFSET), REG_REGION, 4)));
       c.socket.send(make(id++));
-      await new Promise((r) => setTimeout(r, 20));
-      models[0]?.releaseHangs();
+      await release();
       await c.next();
       const behind = await c.next();
       assert.equal(alone.errorNo, errno, `${what}: errno`);
@@ -150,6 +167,8 @@ test('a request served at once answers as the same request queued behind another
     }
     c.socket.close();
   } finally {
+    // A read still held would keep server.close() waiting for good (after a failure).
+    for (const d of models) d.releaseHangs();
     await server.close();
     for (const d of models) d.dispose();
   }

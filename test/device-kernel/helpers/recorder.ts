@@ -5,7 +5,8 @@
 // (the usual ones are in standardReplies). The real proof is the guest test.
 //
 // Fds are real: each opened node and each fd a reply hands out is a real
-// descriptor of /dev/null, so closing and leaks are observable.
+// descriptor of /dev/null, so closing and leaks are observable; recordCloses()
+// records their closes in order with the other calls.
 
 import { type KernelSys, realSys, type UserMemory } from '../../../src/device/kernel/sys.js';
 import { SysError } from '../../../src/errors.js';
@@ -13,7 +14,7 @@ import { Fd } from '../../../src/sys/fd.js';
 import { native } from '../../../src/sys/native.js';
 
 export interface Call {
-  op: 'open' | 'ioctl' | 'pread' | 'pwrite' | 'mmap' | 'munmap' | 'scratch';
+  op: 'open' | 'ioctl' | 'pread' | 'pwrite' | 'mmap' | 'munmap' | 'scratch' | 'close';
   /** The path the fd was opened as (or the label a reply gave it). */
   file: string;
   request?: number;
@@ -38,13 +39,34 @@ export class Recorder implements KernelSys {
   /** pread answers: bytes at an absolute file offset. */
   readonly memory = new Map<bigint, Uint8Array>();
   readonly #names = new Map<number, string>();
+  /** The numbers handed out and not seen closed (a closed number is anyone's to reuse). */
+  readonly #open = new Set<number>();
   readonly #scratch = new Map<bigint, UserMemory>();
 
   /** A real descriptor (of /dev/null) labelled `name`, as the raw number a syscall returns. */
   newFd(name: string): number {
     const n = native.open('/dev/null', native.constants.O_RDWR as number);
     this.#names.set(n, name);
+    this.#open.add(n);
     return n;
+  }
+
+  /**
+   * Until disposed, each close of a descriptor this recorder handed out is a call ('close <file>'), in order with
+   * the others. Hooked where every Fd's close ends (native.close), not on the Fds open() returns: the backend
+   * wraps some numbers in Fds of its own (the device fd VFIO_GROUP_GET_DEVICE_FD answers).
+   */
+  recordCloses(): Disposable {
+    const real = native.close;
+    native.close = (fd: number) => {
+      if (this.#open.delete(fd)) this.calls.push({ op: 'close', file: this.fileOf(fd) });
+      return real(fd);
+    };
+    return {
+      [Symbol.dispose]: () => {
+        native.close = real;
+      },
+    };
   }
 
   fileOf(fd: Fd | number): string {
