@@ -198,7 +198,10 @@ test('SIGKILL: the page is released only once no process maps it; a forked child
   c.proc.kill('SIGKILL');
   await c.exited;
   await until('the lease awaiting release', () => broker.leases.get(id)?.state === 'awaiting-release');
-  await sleep(1500); // several audit periods
+  // Several audit scans ran with the child mapping the page: the negative checks below are not vacuous.
+  const scans = () => broker.leases.direct!.status().scans as number;
+  const scans0 = scans();
+  await until('three more audit scans', () => scans() >= scans0 + 3);
   assert.equal(released(id), false, 'the forked child still maps the page');
   assert.deepEqual(
     events('audit-violation').filter((r) => r.pid === child),
