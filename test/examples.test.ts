@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { type Rig, startRig, until } from './helpers/broker-rig.js';
+import { within } from './helpers/within.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
@@ -31,7 +32,14 @@ function runExample(
   child.stderr.on('data', (d: Buffer) => {
     out += d;
   });
-  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, out })));
+  const exited = new Promise<{ code: number | null; out: string }>((resolve) =>
+    child.on('exit', (code) => resolve({ code, out })),
+  );
+  // An example that hangs fails the test (and is killed) instead of hanging the suite.
+  return within(exited, `example ${name} to exit`, 60_000).catch((err: Error) => {
+    child.kill('SIGKILL');
+    throw Object.assign(err, { message: `${err.message}\n${out}` });
+  });
 }
 
 test('minimal-copy: lease, copy, verify', async () => {
