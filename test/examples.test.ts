@@ -7,15 +7,21 @@ import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { type Rig, startRig, until } from './helpers/broker-rig.js';
+import { trackFdLeaks } from './helpers/fds.js';
 import { within } from './helpers/within.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
 let rig: Rig;
+// Taken before the rig starts; checked once it is closed (the simulator, broker and their sockets in-process).
+const leakCheck = trackFdLeaks();
 before(async () => {
   rig = await startRig();
 });
-after(async () => rig?.close());
+after(async () => {
+  await rig?.close();
+  await leakCheck();
+});
 
 function runExample(
   name: string,
