@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { test } from 'node:test';
 import { DEVLEASE_BIN } from '../src/util/processes.js';
 import { until } from './helpers/broker-rig.js';
+import { within } from './helpers/within.js';
 
 function runDemo(args: string[]) {
   const child = spawn(process.execPath, [DEVLEASE_BIN, 'demo', ...args], {
@@ -32,7 +33,8 @@ const alive = (pid: number) => {
 
 test('devlease demo --seconds 5 --no-tty: revokes one, kills one, re-leases, verifies every byte, exits 0', async () => {
   const d = runDemo(['--seconds', '5', '--no-tty', '--clients', '3']);
-  const code = await d.exited;
+  // A 5 s demo: generous for start-up and shutdown under load, but a hung demo fails instead of hanging.
+  const code = await within(d.exited, 'the 5 s demo to exit', 120_000);
   const out = d.out();
   assert.equal(code, 0, out);
   assert.match(out, /owner: revoke queue-\d+ .* with a \d+ ms deadline/);
@@ -55,7 +57,7 @@ test('Ctrl-C stops everything: no process, socket or temporary directory left be
   assert.ok(dir && existsSync(dir), 'the demo made its run directory');
   assert.ok(pids.length >= 4, `saw the simulator, broker and client pids in: ${d.out()}`);
   d.child.kill('SIGINT');
-  assert.equal(await d.exited, 130);
+  assert.equal(await within(d.exited, 'the demo to exit after SIGINT', 30_000), 130);
   assert.equal(existsSync(dir), false, 'the run directory (and its sockets) is gone');
   await until('every child to be gone', () => pids.every((p) => !alive(p)), 5000);
 });

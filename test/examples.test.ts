@@ -7,14 +7,21 @@ import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { type Rig, startRig, until } from './helpers/broker-rig.js';
+import { trackFdLeaks } from './helpers/fds.js';
+import { within } from './helpers/within.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
 let rig: Rig;
+// Taken before the rig starts; checked once it is closed (the simulator, broker and their sockets in-process).
+const leakCheck = trackFdLeaks();
 before(async () => {
   rig = await startRig();
 });
-after(async () => rig?.close());
+after(async () => {
+  await rig?.close();
+  await leakCheck();
+});
 
 function runExample(
   name: string,
@@ -31,7 +38,14 @@ function runExample(
   child.stderr.on('data', (d: Buffer) => {
     out += d;
   });
-  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, out })));
+  const exited = new Promise<{ code: number | null; out: string }>((resolve) =>
+    child.on('exit', (code) => resolve({ code, out })),
+  );
+  // An example that hangs fails the test (and is killed) instead of hanging the suite.
+  return within(exited, `example ${name} to exit`, 60_000).catch((err: Error) => {
+    child.kill('SIGKILL');
+    throw Object.assign(err, { message: `${err.message}\n${out}` });
+  });
 }
 
 test('minimal-copy: lease, copy, verify', async () => {

@@ -6,6 +6,7 @@
 // detection and recovery times are printed per round and summed up at the
 // end (measured, never asserted). Rounds: DEVLEASE_DEVICE_FAILURE_ROUNDS
 // (default 3).
+import assert from 'node:assert/strict';
 import { after, afterEach, test } from 'node:test';
 import { type Rig, startRig } from '../helpers/broker-rig.js';
 import {
@@ -66,7 +67,16 @@ test('hang: detected by the heartbeat, leases reclaimed, recovered, leasing agai
   rounds('hang', 'leasing again after', (r) => hang(r)));
 
 test('frozen device (SIGSTOP): unresponsive, leases ended, reconnected after SIGCONT', () =>
-  rounds('frozen (SIGSTOP 3 s)', 'leasing again after SIGCONT in', (r) => frozen(r, 3000)));
+  rounds('frozen (SIGSTOP 3 s)', 'leasing again after SIGCONT in', async (r) => {
+    const t = await frozen(r, 3000);
+    // Refused at once with the reason while frozen: a client is told the device is gone, not left to time out.
+    assert.equal(
+      t.refusedCode,
+      'ENODEV',
+      'a lease asked for while the device is frozen is refused with ENODEV',
+    );
+    return t;
+  }));
 
 test('hang during recovery: three firmware loads hang, the recovery goes on until the device is back', () =>
   rounds('hang during recovery', 'leasing again after', (r) => hangDuringRecovery(r, 3)));

@@ -107,7 +107,31 @@ test(`fuzz: ${FRAMES} hostile frames; no target dies, the good client is served 
     errors: {},
   }));
 
+  // A fresh well-behaved client gets a lease and copies through it: the good client's long-lived connection
+  // cannot see a broker that stopped admitting new ones (an admission slot leaked by each hostile session).
+  let freshChecks = 0;
+  const freshClient = async (when: string) => {
+    try {
+      const c = await connect({ socket: leaseSocket, request: {} });
+      try {
+        const fq = await Sa1Queue.create(c, { entries: 4 });
+        const a = await c.dma.alloc(4096);
+        const b = await c.dma.alloc(4096);
+        a.u8.fill(0x5a);
+        const done = await fq.copy(a.iova, b.iova, 4096);
+        if (done.status !== 'OK' || b.u8.some((x) => x !== 0x5a))
+          throw new Error(`copy ended ${done.status} with wrong data`);
+      } finally {
+        c.close();
+      }
+      freshChecks++;
+    } catch (err) {
+      crashes.push(`a fresh client ${when} was not served: ${(err as Error).message}`);
+    }
+  };
+
   const run = async (t: Target, index: number) => {
+    let lastFresh = Date.now();
     const r = rng((SEED ^ (index * 0x9e3779b9)) >>> 0);
     let lastReport = Date.now();
     while (t.frames < t.quota && crashes.length === 0) {
@@ -134,6 +158,13 @@ test(`fuzz: ${FRAMES} hostile frames; no target dies, the good client is served 
       t.frames += res.frames;
       t.replies += res.replies;
       if (res.cut) t.cut++;
+      // A lease session that sent VERSION must be answered or cut off: one left hanging is a broker not serving.
+      if (t.name === 'lease' && res.unanswered)
+        crashes.push('a lease session got no reply to VERSION and no close');
+      if (t.name === 'lease' && Date.now() - lastFresh > 2_000) {
+        lastFresh = Date.now();
+        await freshClient(`after ${t.sessions} lease sessions`);
+      }
       if (t.name === 'sim') {
         // A well-behaved owner is served after the hostile one left.
         try {
@@ -157,6 +188,7 @@ test(`fuzz: ${FRAMES} hostile frames; no target dies, the good client is served 
 
   try {
     await Promise.all(targets.map(run));
+    if (ONLY.includes('lease')) await freshClient('at the end');
     stopping = true;
     await goodLoop;
     // Only the good lease left; descriptors back (connections of the fuzzer closed and noticed; the
@@ -190,7 +222,7 @@ test(`fuzz: ${FRAMES} hostile frames; no target dies, the good client is served 
         )
         .join(
           '; ',
-        )}), ${crashes.length} crashes, ${goodChecks} good-client checks, ${ownerChecks} good-owner checks, ` +
+        )}), ${crashes.length} crashes, ${goodChecks} good-client checks, ${ownerChecks} good-owner checks, ${freshChecks} fresh-client checks, ` +
         `${((Date.now() - started) / 1000).toFixed(0)} s, seed ${SEED}`,
     );
     good.close();

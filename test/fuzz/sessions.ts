@@ -18,6 +18,8 @@ export interface SessionResult {
   frames: number;
   replies: number;
   cut: boolean;
+  /** VERSION was sent and, within its deadline, neither answered nor the connection closed. */
+  unanswered?: boolean;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -97,6 +99,7 @@ export async function vfioUserSession(
     if (manner !== 'pre-version') {
       send(encodeCommand(msgId++, P.VFIO_USER_VERSION, encodeVersion(0, 0, opts.version)));
       await until(() => closed || res.replies > 0, 15_000);
+      if (!closed && res.replies === 0) res.unanswered = true;
     }
     if (manner === 'never-reading') {
       sock.pause();

@@ -141,7 +141,6 @@ test('a peer that never reads its scrape is dropped once it takes nothing for 3 
     `the response (${full.length} bytes) must outgrow the socket buffer (net.core.wmem_default ${wmem})`,
   );
   const before = openFds();
-  const t0 = Date.now();
   const peer = await unread();
   try {
     const end = await brokerEnd(before, peer);
@@ -158,11 +157,8 @@ test('a peer that never reads its scrape is dropped once it takes nothing for 3 
       () => !isOpen(end),
       2 * STALL_MS + 3_000,
     );
-    const waited = Date.now() - t0;
-    assert.ok(
-      waited >= STALL_MS,
-      `a peer is given ${STALL_MS} ms to read; it was dropped after ${waited} ms`,
-    );
+    // No lower bound on when: a wall-clock one cannot tell an early drop from a slow run (the stall check is a
+    // setInterval, which watchTimers does not see); the log line below names the 3 s stall the broker measured.
     // What the kernel had taken is still there to read, then the end: the response was cut, not finished.
     const got = await readToEnd(peer);
     assert.match(got, /^HTTP\/1\.1 200 OK\r\n/);

@@ -12,6 +12,7 @@ import { after, test } from 'node:test';
 import { configFromObject } from '../../src/broker/config.js';
 import { ClientProc, startRig, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { within } from '../helpers/within.js';
 
 after(trackFdLeaks());
 
@@ -158,7 +159,7 @@ test('metrics over a unix socket: promtool accepts a scrape with leases active, 
     );
     const recovered = new Promise<void>((resolve) => rig2.broker.once('recovered', resolve));
     await rig2.sim.inject({ kind: 'hang' });
-    await recovered;
+    await within(recovered, 'the recovery from the hang', 60_000);
     m = (await get(target)).body;
     check(m);
     assert.equal(value(m, 'devlease_device_hangs_total'), 1);
@@ -171,7 +172,7 @@ test('metrics over a unix socket: promtool accepts a scrape with leases active, 
     await e.call('connect', { socket: rig2.socket });
     const again = new Promise<void>((resolve) => rig2.broker.once('recovered', resolve));
     rig2.broker.device.emit('error-reported', 'an AER error');
-    await again;
+    await within(again, 'the recovery from the reported error', 60_000);
     m = (await get(target)).body;
     assert.equal(value(m, 'devlease_device_errors_total'), 1);
     assert.equal(value(m, 'devlease_device_recoveries_total'), 2);

@@ -31,6 +31,7 @@ import { SeqpacketSocket } from '../../src/sys/index.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { ClientProc, until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { within } from '../helpers/within.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const UNITS = join(here, '..', '..', '..', 'contrib', 'systemd');
@@ -235,7 +236,7 @@ test('an inherited socket of the wrong type is refused, naming it', async () => 
       '-e',
       `require('node:net').connect(${JSON.stringify(sock)}).on('error', () => {})`,
     ]);
-    const [code] = await exited;
+    const [code] = await within(exited, 'the daemon refusing the stream socket and exiting', 30_000);
     poke.kill();
     assert.equal(code, 1);
     assert.ok(

@@ -6,13 +6,16 @@
 // interrupt: the client sets the device up as far as DRIVER_OK with its config vector on the lease's vector 0,
 // and the host takes the NIC's link down (QEMU's set_link), which virtio reports on that vector.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { connect, type Lease } from '../../../src/client/index.js';
+import { trackFdLeaks } from '../../helpers/fds.js';
 import { within } from '../../helpers/within.js';
 import { aerBdf, injectAndAwaitRecovery, setLink } from './fixtures/aer.js';
 import { until } from './fixtures/daemon.js';
 import { withGenericKernelBroker } from './fixtures/generic-broker.js';
 import { inKernelGuest } from './fixtures/guest.js';
+
+after(trackFdLeaks());
 
 inKernelGuest(
   'an AER-capable device (a virtio-net behind a PCIe root port, bound to vfio-pci by scripts/kernel-rig/init.sh)',

@@ -8,7 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { trackFdLeaks } from '../../helpers/fds.js';
-import { Daemon, sleep, until } from './fixtures/daemon.js';
+import { Daemon, until } from './fixtures/daemon.js';
 import { inKernelGuest } from './fixtures/guest.js';
 import { startIvshmemClient } from './fixtures/ivshmem-clients.js';
 
@@ -66,7 +66,11 @@ test('upgrade with audited pages handed out: the new broker audits them, awaits 
     await until('the old broker to exit', () => !existsSync(`/proc/${oldPid}`), 30_000);
 
     // The new broker audits what it was handed: the forked child's mapping is still one it knows.
-    await sleep(1500); // several audit periods
+    // Several scans of the new broker ran with the child mapping the page: the negative checks below are not vacuous.
+    const scans = async () =>
+      ((await d.request({ op: 'status' })).directSlices as { scans: number } | undefined)?.scans ?? 0;
+    const scans0 = await scans();
+    await until('three more audit scans of the new broker', async () => (await scans()) >= scans0 + 3);
     assert.deepEqual(records('audit-violation'), [], 'no violation: not the brokers, not the clients');
     assert.equal(await stateOf(parkedId), 'awaiting-release', 'the forked child maps the page still');
     assert.equal(await stateOf(String(live.first.lease)), 'active');
