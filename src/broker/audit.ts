@@ -2,6 +2,9 @@
 // with the caller's identity and the reason. Written synchronously so that a
 // crash right after a decision still leaves its record.
 //
+// Bounded: the two strings a record carries that a client can make long are cut (TEXT_CAPS): `exe` is the
+// client's executable, a path it chooses (up to PATH_MAX, 4 KiB), and a reason can quote what the client sent.
+//
 // write() never throws: it runs in the middle of grants and reclaims, and a file that cannot take the line (a
 // full disk, EIO) must not leave a lease half granted or a reclaim stopped with its resources held (a client
 // can fill a shared file system). The record still reaches `recent`, the sink and the observers (metrics);
@@ -43,6 +46,19 @@ export const AUDIT_RECENT = 1000;
 /** Bigints (windows, IOVAs) are written as decimal strings. One function for every record, not one per write. */
 const bigintAsString = (_k: string, v: unknown): unknown => (typeof v === 'bigint' ? v.toString() : v);
 
+/** The longest `exe` and `reason` a record carries, in UTF-16 units; longer ones are cut, and say so. */
+export const TEXT_CAPS: Readonly<Record<string, number>> = { exe: 256, reason: 512 };
+/** TEXT_CAPS as a list, made once: write() runs for every record. */
+const CAP_LIST = Object.entries(TEXT_CAPS);
+
+/** `s` cut to `max` units (not inside a surrogate pair), with ` [truncated: N chars]` saying it was. */
+function capped(s: string, max: number): string {
+  if (s.length <= max) return s;
+  const code = s.charCodeAt(max - 1);
+  const end = code >= 0xd800 && code <= 0xdbff ? max - 1 : max;
+  return `${s.slice(0, end)} [truncated: ${s.length} chars]`;
+}
+
 export class AuditLog {
   readonly #path: string | null;
   readonly #sink: ((line: string) => void) | null;
@@ -69,6 +85,7 @@ export class AuditLog {
 
   write(rec: AuditRecord): void {
     const full: AuditRecord = { time: new Date().toISOString(), ...rec };
+    for (const [k, max] of CAP_LIST) if (typeof full[k] === 'string') full[k] = capped(full[k], max);
     if (this.decidedBy && (rec.event === 'grant' || rec.event === 'deny'))
       full.decidedBy = { ...this.decidedBy };
     const line = JSON.stringify(full, bigintAsString);

@@ -1,9 +1,10 @@
 // The audit log's own contract, which the admin API (`recent`), the log file and the metrics rely on: each
 // record is one JSON line with the time first, bigints as decimal strings and `decidedBy` on grants and
-// denials only; `recent` holds the last AUDIT_RECENT records, oldest first, as objects.
+// denials only; `recent` holds the last AUDIT_RECENT records, oldest first, as objects. And its bounds:
+// long `exe` and `reason` strings cut.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { AUDIT_RECENT, AuditLog, type AuditRecord } from '../../src/broker/audit.js';
+import { AUDIT_RECENT, AuditLog, type AuditRecord, TEXT_CAPS } from '../../src/broker/audit.js';
 
 test('a record is one JSON line: time first, bigints as strings, decidedBy on grants and denials only', () => {
   const lines: string[] = [];
@@ -60,4 +61,25 @@ test('write() never throws: a file that refuses the line and an observer that th
     'cannot append to /dev/full: ENOSPC',
     'an audit observer threw: Error: observer bug',
   ]);
+});
+
+test('a long exe or reason is cut, saying how long it was; other fields and short ones are left as they are', () => {
+  const lines: Record<string, unknown>[] = [];
+  const log = new AuditLog(null, (l) => lines.push(JSON.parse(l)));
+  // A client may run from any path up to PATH_MAX (4 KiB): the record carried it whole, ~4 KB a denial.
+  const exe = `/${'d/'.repeat(2000)}client`;
+  const reason = 'r'.repeat(2000);
+  const other = 'x'.repeat(1000);
+  log.write({ event: 'deny', exe, reason, other });
+  log.write({ event: 'grant', exe: '/usr/bin/node', reason: 'short' });
+  // Not cut inside a surrogate pair (a lone half would be written as an escape).
+  log.write({ event: 'deny', exe: `${'a'.repeat(TEXT_CAPS.exe! - 1)}😀😀` });
+  assert.deepEqual(TEXT_CAPS, { exe: 256, reason: 512 });
+  assert.equal(lines[0]!.exe, `${exe.slice(0, 256)} [truncated: ${exe.length} chars]`);
+  assert.equal(lines[0]!.reason, `${reason.slice(0, 512)} [truncated: 2000 chars]`);
+  assert.equal(lines[0]!.other, other);
+  assert.equal(lines[1]!.exe, '/usr/bin/node');
+  assert.equal(lines[1]!.reason, 'short');
+  assert.equal(lines[2]!.exe, `${'a'.repeat(255)} [truncated: 259 chars]`);
+  log.close();
 });
