@@ -2,6 +2,11 @@
 // with the caller's identity and the reason. Written synchronously so that a
 // crash right after a decision still leaves its record.
 //
+// Bounded: repeated denials are collapsed (audit-denials.ts: a burst per uid and code per window, then one
+// `suppressed` record with the count), and the two strings a record carries that a client can make long are
+// cut (TEXT_CAPS): `exe` is the client's executable, a path it chooses (up to PATH_MAX, 4 KiB), and a reason
+// can quote what the client sent.
+//
 // write() never throws: it runs in the middle of grants and reclaims, and a file that cannot take the line (a
 // full disk, EIO) must not leave a lease half granted or a reclaim stopped with its resources held (a client
 // can fill a shared file system). The record still reaches `recent`, the sink and the observers (metrics);
@@ -13,6 +18,7 @@
 // whole record is still a line of its own for a reader.
 
 import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
+import { DENIAL_LIMITS, DenialLimiter, type DenialLimits } from './audit-denials.js';
 
 export interface AuditRecord {
   event: string;
@@ -43,10 +49,23 @@ export const AUDIT_RECENT = 1000;
 /** Bigints (windows, IOVAs) are written as decimal strings. One function for every record, not one per write. */
 const bigintAsString = (_k: string, v: unknown): unknown => (typeof v === 'bigint' ? v.toString() : v);
 
+/** The longest `exe` and `reason` a record carries, in UTF-16 units; longer ones are cut, and say so. */
+export const TEXT_CAPS: Readonly<Record<string, number>> = { exe: 256, reason: 512 };
+/** TEXT_CAPS as a list, made once: write() runs for every record. */
+const CAP_LIST = Object.entries(TEXT_CAPS);
+
+/** `s` cut to `max` units (not inside a surrogate pair), with ` [truncated: N chars]` saying it was. */
+function capped(s: string, max: number): string {
+  if (s.length <= max) return s;
+  const code = s.charCodeAt(max - 1);
+  const end = code >= 0xd800 && code <= 0xdbff ? max - 1 : max;
+  return `${s.slice(0, end)} [truncated: ${s.length} chars]`;
+}
+
 export class AuditLog {
   readonly #path: string | null;
   readonly #sink: ((line: string) => void) | null;
-  /** The last AUDIT_RECENT records, oldest first, for the admin API and tests. */
+  /** The last AUDIT_RECENT records written (not denials suppressed), oldest first: the admin API, tests. */
   readonly recent: AuditRecord[] = [];
   /** Which config decides now (reload.ts): stamped on every grant and denial as `decidedBy`. */
   decidedBy: { readonly config: string; readonly policyModule?: string } | null = null;
@@ -62,15 +81,34 @@ export class AuditLog {
   /** Told of each failure to write a record or of an observer (the broker: a rate-limited log line). */
   onError: ((what: string, err: unknown) => void) | null = null;
 
-  constructor(path: string | null, sink?: (line: string) => void) {
+  readonly #denials: DenialLimiter;
+
+  /** `denials`: how repeated denials are collapsed (audit-denials.ts; tests and embedders may pass others). */
+  constructor(path: string | null, sink?: (line: string) => void, denials: DenialLimits = DENIAL_LIMITS) {
     this.#path = path;
     this.#sink = sink ?? null;
+    this.#denials = new DenialLimiter(denials, (rec) => this.write(rec));
   }
 
   write(rec: AuditRecord): void {
     const full: AuditRecord = { time: new Date().toISOString(), ...rec };
+    for (const [k, max] of CAP_LIST) if (typeof full[k] === 'string') full[k] = capped(full[k], max);
     if (this.decidedBy && (rec.event === 'grant' || rec.event === 'deny'))
       full.decidedBy = { ...this.decidedBy };
+    // A denial past its key's burst is only counted (written later as a `suppressed` record's count); the
+    // observers still get it, so the metrics count every denial.
+    if (this.#denials.admit(full)) this.#output(full);
+    for (const l of this.#listeners) {
+      try {
+        l(full);
+      } catch (err) {
+        this.#failed('an audit observer threw', err);
+      }
+    }
+  }
+
+  /** The record to `recent`, the file and the sink. */
+  #output(full: AuditRecord): void {
     const line = JSON.stringify(full, bigintAsString);
     // shift(), not splice(): a full window drops its oldest record in place (V8 moves the array's start)
     // instead of copying the other 999 and allocating the removed one's array, on every record once a
@@ -89,13 +127,11 @@ export class AuditLog {
     } catch (err) {
       this.#failed('the audit sink threw', err);
     }
-    for (const l of this.#listeners) {
-      try {
-        l(full);
-      } catch (err) {
-        this.#failed('an audit observer threw', err);
-      }
-    }
+  }
+
+  /** Write the counts of the denials suppressed so far, ending their windows (before the broker goes). */
+  flushDenials(): void {
+    this.#denials.flush();
   }
 
   #append(path: string, line: string): void {
@@ -135,9 +171,13 @@ export class AuditLog {
     }
   }
 
-  /** Close the file (the broker's close). Idempotent; a record written after it opens the file for itself. */
+  /**
+   * Close the file (the broker's close), after writing the counts of suppressed denials. Idempotent; a record
+   * written after it opens the file for itself.
+   */
   close(): void {
     if (this.#closed) return;
+    this.flushDenials();
     this.#closed = true;
     const fd = this.#fd;
     this.#fd = null;

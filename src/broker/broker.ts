@@ -22,6 +22,7 @@ import { RateLimitedLog } from '../util/rate-limited-log.js';
 import { VfioUserServer } from '../vfio/user/server.js';
 import { AdminServer } from './admin.js';
 import { AuditLog } from './audit.js';
+import type { DenialLimits } from './audit-denials.js';
 import { DirectSlices } from './audit-scan/direct-slices.js';
 import { ClientSessions } from './client-sessions.js';
 import type { BrokerConfig } from './config.js';
@@ -63,6 +64,8 @@ export interface BrokerOptions {
   configSource?: ConfigSource;
   /** Audit lines also go here (tests, the demo's live view). */
   auditSink?: (line: string) => void;
+  /** How repeated denials are collapsed in the audit log (default DENIAL_LIMITS, audit-denials.ts). */
+  auditDenials?: DenialLimits;
   log?: (msg: string) => void;
   /**
    * Sockets systemd made (socket activation), by FileDescriptorName=: a lease kind's name or 'admin'. Served
@@ -165,7 +168,7 @@ export class Broker extends EventEmitter {
     const own = config.driverModule ? [await loadDriverModule(config.driverModule)] : [];
     const factory = driverFactoryFor(device, own);
     if (!factory) throw new DevleaseError('ENODEV', 'no driver matches the device');
-    const audit = new AuditLog(config.auditLog, opts.auditSink);
+    const audit = new AuditLog(config.auditLog, opts.auditSink, opts.auditDenials);
     let driver: Driver;
     let broker: Broker;
     try {

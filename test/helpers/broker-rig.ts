@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { DenialLimits } from '../../src/broker/audit-denials.js';
 import { Broker } from '../../src/broker/broker.js';
 import { configFromObject, loadConfig } from '../../src/broker/config.js';
 import type { PolicyModule } from '../../src/broker/policy.js';
@@ -42,6 +43,8 @@ export async function startRig(
     deviceTimeoutMs?: number;
     policyModule?: PolicyModule;
     log?: (msg: string) => void;
+    /** How the audit log collapses repeated denials (default: the broker's). */
+    auditDenials?: DenialLimits;
   } = {},
 ): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'devlease-test-'));
@@ -71,6 +74,7 @@ export async function startRig(
       ...(opts.policyModule ? { policyModule: opts.policyModule } : {}),
       ...(opts.configFile ? { configSource: { path: opts.configFile, overrides } } : {}),
       auditSink: (line) => audit.push(JSON.parse(line)),
+      ...(opts.auditDenials ? { auditDenials: opts.auditDenials } : {}),
       log: opts.log ?? (() => {}),
     });
   } catch (err) {

@@ -1,13 +1,14 @@
 // The metrics endpoint under conditions a scraper does not make: accept errors on the listening socket,
-// scrapes that overlap, and peers that open connections and send nothing.
+// scrapes that overlap, peers that open connections and send nothing, and peers that keep a connection
+// alive after their response with blank lines.
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { syncBuiltinESMExports } from 'node:module';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { ClientProc, startRig } from '../helpers/broker-rig.js';
-import { trackFdLeaks } from '../helpers/fds.js';
+import { ClientProc, startRig, until } from '../helpers/broker-rig.js';
+import { describeLeak, openFds, trackFdLeaks } from '../helpers/fds.js';
 import { within } from '../helpers/within.js';
 
 after(trackFdLeaks());
@@ -137,5 +138,65 @@ test('connections that send nothing hold the slots only until the header deadlin
   } finally {
     for (const s of socks) s.destroy();
     await rig.close();
+  }
+});
+
+/**
+ * A connection from `from` that has sent one `GET /metrics` and read its whole response (kept alive: HTTP/1.1),
+ * then sends a blank line every 500 ms until it is closed. Resolved once the response is in.
+ */
+async function trickler(port: number, from: string): Promise<{ sock: Socket; closed: Promise<void> }> {
+  const sock = connect({ host: '127.0.0.1', port, localAddress: from });
+  sock.on('error', () => {});
+  const closed = new Promise<void>((r) => sock.once('close', () => r()));
+  await within(new Promise((r) => sock.once('connect', r)), `a connection from ${from}`);
+  let got = '';
+  sock.setEncoding('latin1');
+  const response = new Promise<void>((resolve) => {
+    const onData = (c: string) => {
+      got += c;
+      const end = got.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const length = /\r\ncontent-length: (\d+)\r\n/i.exec(got.slice(0, end + 2));
+      const whole = length ? got.length >= end + 4 + Number(length[1]) : got.endsWith('\r\n0\r\n\r\n');
+      if (!whole) return;
+      sock.off('data', onData);
+      resolve();
+    };
+    sock.on('data', onData);
+  });
+  sock.write('GET /metrics HTTP/1.1\r\nhost: devlease\r\n\r\n');
+  await within(response, `the response on the connection from ${from}`);
+  assert.match(got, /^HTTP\/1\.1 200 OK\r\n/);
+  sock.resume(); // whatever else comes (nothing: the broker only closes)
+  // A blank line starts no request (the HTTP parser skips it), so no request deadline applies; each one is a
+  // read, which restarts the socket's inactivity timer (Node's keepAliveTimeout).
+  const trickle = setInterval(() => sock.write('\r\n'), 500);
+  closed.then(() => clearInterval(trickle));
+  return { sock, closed };
+}
+
+test('connections kept alive after a response with blank lines are closed at the idle deadline, freeing the slots', async () => {
+  const rig = await startRig({ sim: { numQueues: 2 }, config: { metrics: { listen: '127.0.0.1:0' } } });
+  const before = openFds();
+  const peers: { sock: Socket; closed: Promise<void> }[] = [];
+  try {
+    const port = Number(rig.broker.metricsEndpoint!.split(':')[1]);
+    // 4 peers (127.0.0.2..5) with 4 connections each, within the per-peer limit: all 16 slots.
+    for (let a = 2; a <= 5; a++) for (let i = 0; i < 4; i++) peers.push(await trickler(port, `127.0.0.${a}`));
+    // Each is closed once it has been idle (no request) for 5 s, blank lines or not. They used to stay open
+    // for as long as their peer went on, and every scrape was refused.
+    await within(
+      Promise.all(peers.map((p) => p.closed)),
+      'the broker to close connections that send blank lines after their response',
+      30_000,
+    );
+    assert.equal((await scrape({ host: '127.0.0.1', port })).status, 200, 'the slots are free again');
+  } finally {
+    for (const p of peers) p.sock.destroy();
+    await until('the fds of before', () => describeLeak(before, openFds()) === '', 3_000).catch(() => {});
+    const left = describeLeak(before, openFds());
+    await rig.close();
+    assert.equal(left, '', 'fds left open (the broker ends of the connections)');
   }
 });

@@ -196,6 +196,8 @@ export async function upgrade(
   const pausedMs = performance.now() - pausedAt;
   parts.metrics?.stopListening();
   child.unref();
+  // This broker exits without close(): the counts of denials it suppressed go out now, not with it.
+  b.audit.flushDenials();
   b.audit.write({ event: 'upgrade-handed-over', pid: child.pid ?? null, pausedMs });
   b.emit('handed-over', child.pid);
   return { upgraded: true, pid: child.pid!, pausedMs };

@@ -1,6 +1,7 @@
 // The Prometheus endpoint: GET /metrics over HTTP on a unix socket or HOST:PORT (config [metrics] listen).
 // Bounded: a few connections at once, a few per peer, each request must arrive within deadlines that are
-// enforced within a second (not at Node's default 30 s sweep), and each response must be taken by the peer.
+// enforced within a second (not at Node's default 30 s sweep), each response must be taken by the peer, and a
+// connection kept alive must bring its next request within 5 s of its last response.
 import { lstatSync, rmSync } from 'node:fs';
 import { createServer, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -39,6 +40,14 @@ const CHECK_INTERVAL_MS = 1_000;
  * quarter of the socket buffer: a reader slower than that per 3 s, some 50 KB/s here, is cut.)
  */
 const WRITE_STALL_MS = 3_000;
+/**
+ * A connection kept alive after a response must bring its next request (its headers in full) within this, or
+ * it is closed. Node's keepAliveTimeout is the socket's inactivity timer, which every byte read restarts, and
+ * no request deadline runs between requests: a peer that sent a blank line (which the HTTP parser skips: no
+ * request begins) every 2 s kept its connection for good, and 16 such, 4 a peer, refused every scrape. This
+ * one is armed when a response has been written and only the next request clears it.
+ */
+const KEEP_ALIVE_IDLE_MS = 5_000;
 
 export class MetricsServer {
   readonly metrics: BrokerMetrics;
@@ -132,8 +141,9 @@ export class MetricsServer {
     server.maxConnections = MAX_CONNECTIONS;
     server.requestTimeout = REQUEST_TIMEOUT_MS;
     server.headersTimeout = HEADERS_TIMEOUT_MS;
-    server.keepAliveTimeout = 5_000;
+    server.keepAliveTimeout = KEEP_ALIVE_IDLE_MS;
     limitPerPeer(server);
+    limitIdle(server);
     const path = listen.startsWith('/') ? listen : null;
     let fd: number | null = null;
     try {
@@ -236,6 +246,33 @@ function limitPerPeer(server: Server): void {
       const left = (held.get(peer) ?? 1) - 1;
       if (left > 0) held.set(peer, left);
       else held.delete(peer);
+    });
+  });
+}
+
+/**
+ * Close a kept-alive connection KEEP_ALIVE_IDLE_MS after its response was written unless its next request has
+ * come ('request': its headers are in) by then. What the peer sends meanwhile that is not a request (blank
+ * lines) does not count. Prepended: the handler after it may end a response at once.
+ */
+function limitIdle(server: Server): void {
+  const idle = new Map<Socket, NodeJS.Timeout>();
+  const clear = (sock: Socket) => {
+    clearTimeout(idle.get(sock));
+    idle.delete(sock);
+  };
+  server.on('connection', (sock: Socket) => sock.once('close', () => clear(sock)));
+  server.prependListener('request', (req, res) => {
+    const sock = req.socket;
+    clear(sock);
+    res.once('finish', () => {
+      if (sock.destroyed) return;
+      const t = setTimeout(() => {
+        idle.delete(sock);
+        sock.destroy();
+      }, KEEP_ALIVE_IDLE_MS);
+      t.unref();
+      idle.set(sock, t);
     });
   });
 }
