@@ -13,6 +13,9 @@ import { type SimulatorHandle, type SimulatorOptions, startSimulator } from '../
 import * as ds from '../../src/sim/model/datasheet.js';
 import { MemFd, type StreamSocket } from '../../src/sys/index.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
+import { encodeCommand } from '../../src/vfio/user/codec.js';
+import { encodeVersion } from '../../src/vfio/user/messages.js';
+import * as P from '../../src/vfio/user/protocol.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../../src/vfio/user/protocol.js';
 import { connectVfioUser } from '../../src/vfio/user/transport.js';
 import { openFdCount, trackFdLeaks } from '../helpers/fds.js';
@@ -106,6 +109,30 @@ test("of two VERSIONs waiting for the owner's disconnect, one gets the device an
     assert.equal(outcomes.filter((o) => o.ok).length, 1, 'exactly one new owner');
     const refused = outcomes.find((o) => !o.ok);
     assert.match(String(refused?.err), /EBUSY/);
+  }));
+
+test('a VERSION whose client hung up while it waited for the owner takes nothing: the live one waiting gets the device', () =>
+  withSim({ ownerHandoverMs: 60_000 }, async (s) => {
+    const first = await VfioUserClient.connect(s.socketPath);
+    // A VERSION sent by hand, whose sender hangs up while it waits for the owner (a broker killed mid-start).
+    const dead = connectVfioUser(s.socketPath);
+    dead.on('error', () => {});
+    dead.send(encodeCommand(0, P.VFIO_USER_VERSION, encodeVersion(0, 0, { capabilities: {} })));
+    await until(() => s.owner().waiting === 1, 'the dead VERSION to wait for the owner');
+    // The simulator (in this process) has seen the hang-up once its end of the socket is closed too.
+    const fds = openFdCount();
+    dead.close();
+    await until(() => openFdCount() === fds - 2, "the simulator to see the dead connection's hang-up");
+    const live = VfioUserClient.connect(s.socketPath, { timeoutMs: 60_000 });
+    await until(() => s.owner().waiting === 2, 'the live VERSION to wait too');
+    first.close();
+    const owner = await within(live, 'the live VERSION to be answered', 30_000);
+    try {
+      assert.ok(s.owner().owner, 'the live client owns the device');
+      assert.equal(s.owner().connections, 1, 'the dead connection is gone');
+    } finally {
+      owner.close();
+    }
   }));
 
 /** Resolves once the simulator has closed `sock` (its hang-up seen here). */

@@ -81,13 +81,8 @@ export class Sa1Frontend implements VfioUserDeviceModel {
 
   /** VERSION: this connection becomes the owner, or is refused EBUSY (owner-seat.ts). */
   async negotiate(): Promise<Record<string, unknown>> {
-    const release = await this.claim();
-    // The connection ends after the disconnect it may have had meanwhile; the seat must not outlive it.
-    if (this.#gone) {
-      release();
-      throw new VfioError('ECONNRESET', 'the connection closed during VERSION');
-    }
-    this.#release = release;
+    // A connection that hung up while it waited takes nothing (owner-seat.ts): its disconnect comes after.
+    this.#release = await this.claim();
     return {};
   }
 

@@ -42,8 +42,13 @@ export class OwnerSeat {
     return this.#waiting;
   }
 
-  /** Take the seat for `conn` (its VERSION), or throw EBUSY; the returned release() frees it (idempotent). */
-  async take(conn: ConnectionInfo): Promise<() => void> {
+  /**
+   * Take the seat for `conn` (its VERSION), or throw EBUSY; the returned release() frees it (idempotent).
+   * `hungUp`: whether the connection's peer is gone. One that hung up while its VERSION waited takes nothing:
+   * its disconnect runs only after the VERSION (requests end in order), so it would hold the seat, and refuse a
+   * live VERSION waiting with it, until then.
+   */
+  async take(conn: ConnectionInfo, hungUp: () => boolean = () => false): Promise<() => void> {
     const current = this.#owner;
     if (current) {
       let timer: NodeJS.Timeout | undefined;
@@ -61,6 +66,7 @@ export class OwnerSeat {
         this.#waiting--;
       }
     }
+    if (hungUp()) throw new VfioError('ECONNRESET', 'the connection closed during VERSION');
     const holder = this.#owner;
     if (holder) {
       throw new VfioError(

@@ -125,7 +125,13 @@ export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorH
       log: rateLimited(sink),
       admission: pending,
       // The owner is taken at VERSION (Sa1Frontend.negotiate), not here: a connection that never speaks owns nothing.
-      createDevice: (conn) => new Sa1Frontend(device, () => seat.take(conn)),
+      createDevice: (conn, socket) => {
+        let hungUp = false;
+        socket.on('close', () => {
+          hungUp = true;
+        });
+        return new Sa1Frontend(device, () => seat.take(conn, () => hungUp));
+      },
     });
   } catch (err) {
     await device.close();
