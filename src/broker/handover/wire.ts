@@ -27,13 +27,16 @@ export class HandoverWire {
 
   constructor(fd: Fd) {
     this.socket = new SeqpacketSocket(fd, { maxMessage: CHUNK + 4096, maxFds: FDS_PER_MESSAGE });
-    this.socket.on('message', (m: { data: Buffer; fds: Fd[] }) => {
+    this.socket.on('message', (m: { data: Buffer; fds: Fd[]; ctruncated: boolean }) => {
       let msg: WireMessage;
       try {
         msg = JSON.parse(m.data.toString('utf8')) as WireMessage;
       } catch {
         msg = { t: 'garbled' };
       }
+      // Fds of a message lost on the way (this process's fd table full, or more than FDS_PER_MESSAGE): every
+      // later fd would take the role of the one before it, so the transfer fails here (receiveState).
+      if (m.ctruncated) msg = { t: 'fds-lost', of: msg.t, arrived: m.fds.length };
       this.#queue.push({ msg, fds: m.fds });
       this.#waiter?.();
     });
@@ -91,6 +94,13 @@ export class HandoverWire {
         if (r === 'timeout')
           throw Object.assign(new Error('the state did not arrive in time'), { code: 'ETIMEDOUT' });
         fds.push(...r.fds);
+        if (r.msg.t === 'fds-lost')
+          throw Object.assign(
+            new Error(
+              `a '${String(r.msg['of'])}' message of the transfer lost fds (${String(r.msg['arrived'])} arrived): this process's fd table is full, or the old broker sent more than ${FDS_PER_MESSAGE}`,
+            ),
+            { code: Number(r.msg['arrived']) < FDS_PER_MESSAGE ? 'EMFILE' : 'EPROTO' },
+          );
         if (r.msg.t === 'abort')
           throw Object.assign(new Error(`aborted: ${String(r.msg['reason'])}`), { code: 'ECANCELED' });
         if (r.msg.t === 'fds') continue;
