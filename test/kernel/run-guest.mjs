@@ -250,12 +250,15 @@ export async function runGuest({
     const timer = setTimeout(async () => {
       timedOut = `after ${timeoutSec} s`;
       // A guest that hangs says where before it is killed (its output, with the others').
-      if (phase === 'guest')
-        stuck = await askWhereStuck(child, runDir, (l) => {
-          output.push(l);
-          onLine(l);
-        });
-      stop();
+      try {
+        if (phase === 'guest')
+          stuck = await askWhereStuck(child, runDir, (l) => {
+            output.push(l);
+            onLine(l);
+          });
+      } finally {
+        stop();
+      }
     }, timeoutSec * 1000);
     // Booting takes 5-15 s; a guest that has not started the script after
     // bootTimeoutSec is stuck, however long the script itself may take.
