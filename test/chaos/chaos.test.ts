@@ -32,6 +32,14 @@ const SEED = seedFrom('CHAOS_SEED');
 const RSS_BOUND = 96 * 2 ** 20;
 const NODE_SHARE = Number(process.env.CHAOS_NODE_SHARE ?? '0.1');
 const PHASES = ['connect', 'dma', 'queue', 'revoke'] as const;
+/**
+ * What a victim may be told: ECONNRESET (its session ended: a revoke's deadline, a recovery's reclaim), EAGAIN
+ * (the broker suspended for a recovery: lease again later), ENODEV (a lease's call while the device is being
+ * reset under it), EFAULT (the C victim's queue page faulted, revoked, and a notice confirmed the lease ended:
+ * clients/c/tests/chaos-victim.c). Anything else — EPROTO, EINVAL, EMFILE, a code of 'none' — is a defect the
+ * kills exposed.
+ */
+const CLIENT_ERRORS = new Set(['ECONNRESET', 'EAGAIN', 'ENODEV', 'EFAULT']);
 type Phase = (typeof PHASES)[number];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -44,7 +52,13 @@ interface Tally {
   resets: number;
   resetFailures: string[];
   revokes: number;
+  /** Admin revokes refused for another reason than the lease being gone already (ENOENT). */
+  revokeFailures: string[];
   clientErrors: Record<string, number>;
+  /** Client errors with a code a victim should never see (not in CLIENT_ERRORS), with their messages. */
+  unexpectedErrors: string[];
+  /** Victims that never reached their phase's mark in 30 s, outside a recovery. */
+  stalls: string[];
   unexpectedExits: string[];
   leaks: string[];
   maxRssGrowth: number;
@@ -77,7 +91,10 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
     resets: 0,
     resetFailures: [],
     revokes: 0,
+    revokeFailures: [],
     clientErrors: {},
+    unexpectedErrors: [],
+    stalls: [],
     unexpectedExits: [],
     leaks: [],
     maxRssGrowth: 0,
@@ -97,7 +114,11 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
       { socket, phase, seed: vr.int(0, 2 ** 31), comply: vr.chance(0.5) },
       (msg) => {
         marks.push(msg);
-        if (msg.m === 'error') t.clientErrors[msg.code!] = (t.clientErrors[msg.code!] ?? 0) + 1;
+        if (msg.m === 'error') {
+          t.clientErrors[msg.code!] = (t.clientErrors[msg.code!] ?? 0) + 1;
+          if (!CLIENT_ERRORS.has(msg.code!) && t.unexpectedErrors.length < 20)
+            t.unexpectedErrors.push(`${kind} ${phase}: ${msg.code} ${msg.message ?? ''}`);
+        }
         for (const w of waiters.splice(0)) w();
       },
     );
@@ -136,7 +157,11 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
       const deadlineMs = vr.int(10, 300);
       await adminRequest(admin, { op: 'revoke', id: mark.lease, deadlineMs }, 60_000).then(
         () => t.revokes++,
-        () => {}, // already gone (a recovery reclaimed it): still a kill in this phase
+        (err: Error & { code?: string }) => {
+          // ENOENT: already gone (a recovery reclaimed it, or the victim's lifecycle ended it): still a kill in
+          // this phase. Anything else is the broker refusing a revoke it should take.
+          if (err.code !== 'ENOENT') t.revokeFailures.push(`${mark?.lease}: ${err.code} ${err.message}`);
+        },
       );
       await Promise.race([sleep(vr.int(0, deadlineMs + 100)), now]);
     } else await Promise.race([sleep(vr.int(0, 150)), now]);
@@ -144,6 +169,17 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
     if (resetting) {
       aim = 'recovery';
       t.duringRecovery++;
+    } else if (
+      aim === 'stalled' &&
+      child.exitCode === null &&
+      child.signalCode === null &&
+      t.stalls.length < 20
+    ) {
+      // Not killed early (that only happens while resetting) and still alive: a client that got no lease or
+      // could not work for 30 s while no reset ran — what a broker refusing or losing clients looks like.
+      t.stalls.push(
+        `${kind} ${phase}: no '${want}' mark in 30 s; marks ${JSON.stringify(marks.slice(-5))}; ${stderr().trim().slice(0, 300)}`,
+      );
     }
     killed = true;
     child.kill('SIGKILL');
@@ -230,7 +266,7 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
         .join(
           ', ',
         )}; ${t.duringRecovery} during a recovery), ${t.resets} resets (${t.resetFailures.length} failed), ` +
-        `${t.revokes} revokes with a deadline, client errors ${JSON.stringify(t.clientErrors)}, ` +
+        `${t.revokes} revokes with a deadline (${t.revokeFailures.length} refused), ${t.stalls.length} stalled, client errors ${JSON.stringify(t.clientErrors)}, ` +
         `${t.leaks.length} leaks, ${t.unexpectedExits.length} unexpected exits, ` +
         `max broker RSS growth ${(t.maxRssGrowth / 2 ** 20).toFixed(1)} MiB, ${secs.toFixed(0)} s, seed ${SEED}`,
     );
@@ -241,5 +277,11 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
   assert.deepEqual(t.leaks, [], 'every batch back to baseline');
   assert.deepEqual(t.unexpectedExits, [], 'no client died but by SIGKILL');
   assert.deepEqual(t.resetFailures, [], 'every reset recovered the device');
+  assert.deepEqual(t.stalls, [], 'every victim reached its phase (a lease, its work) unless a reset ran');
+  assert.deepEqual(t.revokeFailures, [], 'every revoke of a live lease was taken');
+  assert.deepEqual(t.unexpectedErrors, [], `victims saw only ${[...CLIENT_ERRORS].join(', ')}`);
+  // Kills that hit what they aimed at: every phase was reached and killed in, not only stalls and recoveries.
+  if (KILLS >= 40)
+    for (const p of PHASES) assert.ok((t.byPhase[p] ?? 0) > 0, `no victim was killed in its '${p}' phase`);
   assert.ok(t.maxRssGrowth < RSS_BOUND, `broker RSS growth ${t.maxRssGrowth} < ${RSS_BOUND}`);
 });

@@ -16,6 +16,8 @@ export interface Mark {
   m: string;
   lease?: string;
   code?: string;
+  /** An 'error' mark's message. */
+  message?: string;
 }
 
 const NODE_CLIENT = join(dirname(fileURLToPath(import.meta.url)), 'chaos-client.js');
@@ -45,7 +47,7 @@ export function spawnVictim(
         const [m = '', a, ...rest] = buf.slice(0, nl).split(' ');
         buf = buf.slice(nl + 1);
         if (m === 'working') onMark({ m, lease: a ?? '' });
-        else if (m === 'error') onMark({ m, code: a ?? 'none', lease: rest.join(' ') });
+        else if (m === 'error') onMark({ m, code: a ?? 'none', message: rest.join(' ') });
         else if (m) onMark({ m });
       }
     });
