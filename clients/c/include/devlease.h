@@ -126,7 +126,8 @@ int devlease_region(struct devlease *l, unsigned index, void **addr, size_t *len
 int devlease_region_read(struct devlease *l, unsigned index, uint64_t offset, void *buf, size_t len);
 int devlease_region_write(struct devlease *l, unsigned index, uint64_t offset, const void *buf, size_t len);
 /* The ioeventfd the device offers at `offset` of `region` (SA-1 rev 2: the doorbell kick at SQ_TAIL);
- * -ENOTSUP when it offers none. The lease owns the fd. */
+ * -ENOTSUP when it offers none; -EMFILE when this process's fd table is full as the fd comes (nothing is kept: ask
+ * again once fds are free; the session goes on). The lease owns the fd. */
 int devlease_io_eventfd(struct devlease *l, unsigned region, uint64_t offset);
 /* Ask the broker to reset the lease's queue (after an error). */
 int devlease_reset(struct devlease *l);

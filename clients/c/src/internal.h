@@ -50,6 +50,9 @@ struct dl_msg {
 	size_t payload_len;
 	int fds[DL_MAX_FDS];
 	unsigned nfds;
+	/* 0, or why the message's fds did not arrive though it came whole (EMFILE: our fd table was full; EACCES:
+	 * a security module refused them). nfds is then 0: those that did arrive were closed. */
+	int fds_lost;
 };
 
 struct dl_dma_map {

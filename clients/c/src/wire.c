@@ -6,15 +6,19 @@
  * waits together, the commands it serves meanwhile included, end by then, so
  * a broker that trickles a message or streams commands cannot hold the caller
  * past timeout_ms. Anything malformed (short, oversized, fds
- * where none may be, a reply to an id we did not send) is a protocol error
- * that ends the session: the broker is not trusted to be well-formed.
+ * where none may be, more fds than DL_MAX_FDS, a reply to an id we did not
+ * send) is a protocol error that ends the session: the broker is not trusted
+ * to be well-formed. Fds this process could not take (its fd table full) are
+ * not the broker's fault: that message's call fails, the session goes on.
  */
 #define _GNU_SOURCE
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -90,8 +94,32 @@ static int send_msg(struct devlease *l, const uint8_t *buf, size_t len, const in
 	return 0;
 }
 
-/* Read exactly len bytes; fds only allowed (and taken) with the first read when fds != NULL. */
-static int recv_exact(struct devlease *l, uint8_t *buf, size_t len, int *fds, unsigned *nfds)
+/* The fds a read's control buffer holds, as the kernel counts them (scm_detach_fds): DL_MAX_FDS, no more (the
+ * collecting loop below keeps that many). */
+#define CTL_FDS ((CMSG_SPACE(sizeof(int) * DL_MAX_FDS) - CMSG_LEN(0)) / sizeof(int))
+_Static_assert(CTL_FDS == DL_MAX_FDS, "the control buffer must hold exactly DL_MAX_FDS fds");
+
+/*
+ * Why a read's fds came cut short (MSG_CTRUNC) though the buffer had room for more. The kernel sets MSG_CTRUNC
+ * both for more fds than the buffer holds and for fds it could not install here: scm_detach_fds (net/core/scm.c)
+ * installs them in order, stops at the first that fails - EMFILE past RLIMIT_NOFILE, or a security module's
+ * security_file_receive - and drops the rest. Probed with one dup while those that came are still open, i.e.
+ * with the table as the kernel found it (as native/unix_socket.cc's InstallFailure does).
+ */
+static int install_failure(int sock)
+{
+	int probe = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+	if (probe < 0) return errno; /* EMFILE: the table is full; ENOMEM: it could not grow */
+	close(probe);
+	return EACCES; /* room for one more: not the table, a security module */
+}
+
+/*
+ * Read exactly len bytes; fds only allowed (and taken) with the first read when fds != NULL. Fds the kernel
+ * could not install set *lost (install_failure) instead: those that came are closed and the bytes are read on,
+ * so the stream stays framed.
+ */
+static int recv_exact(struct devlease *l, uint8_t *buf, size_t len, int *fds, unsigned *nfds, int *lost)
 {
 	size_t done = 0;
 	while (done < len) {
@@ -122,13 +150,21 @@ static int recv_exact(struct devlease *l, uint8_t *buf, size_t len, int *fds, un
 			for (unsigned i = 0; i < k && got < DL_MAX_FDS; i++)
 				memcpy(&extra[got++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
 		}
-		if (mh.msg_flags & MSG_CTRUNC) {
+		bool cut = mh.msg_flags & MSG_CTRUNC;
+		if (cut && got >= CTL_FDS) { /* the buffer filled: the broker sent more than DL_MAX_FDS */
 			close_fds(extra, got);
 			return broken(l, EPROTO, "%s", "the broker sent more fds than a message may carry");
 		}
-		if (got && (done || !fds)) {
+		if ((got || cut) && (done || !fds)) {
 			close_fds(extra, got);
 			return broken(l, EPROTO, "%s", "the broker sent fds after a message's first bytes");
+		}
+		if (cut) {
+			/* Fewer than the buffer holds, cut: an install failed here. Those that came are no use without
+			 * the rest, and each holds a slot of a full table. */
+			*lost = install_failure(l->sock);
+			close_fds(extra, got);
+			got = 0;
 		}
 		if (got) {
 			memcpy(fds, extra, sizeof(int) * got);
@@ -147,7 +183,7 @@ static int recv_msg(struct devlease *l, struct dl_msg *m)
 {
 	uint8_t h[VFIO_USER_HEADER_SIZE];
 	memset(m, 0, sizeof(*m));
-	int rc = recv_exact(l, h, sizeof(h), m->fds, &m->nfds);
+	int rc = recv_exact(l, h, sizeof(h), m->fds, &m->nfds, &m->fds_lost);
 	if (rc < 0) {
 		dl_msg_release(m); /* fds that came with the header's first bytes before it was cut short */
 		return rc;
@@ -173,7 +209,7 @@ static int recv_msg(struct devlease *l, struct dl_msg *m)
 		return broken(l, ENOMEM, "%s", "no memory for a message");
 	}
 	/* The call's deadline, not a fresh one: a message begun late is still read by the call's end. */
-	rc = recv_exact(l, m->payload, m->payload_len, NULL, NULL);
+	rc = recv_exact(l, m->payload, m->payload_len, NULL, NULL, NULL);
 	if (rc < 0) dl_msg_release(m);
 	return rc;
 }
@@ -198,7 +234,7 @@ static int send_reply(struct devlease *l, const struct dl_msg *cmd, uint32_t err
 static int serve(struct devlease *l, struct dl_msg *m)
 {
 	close_fds(m->fds, m->nfds); /* no server command we serve takes fds */
-	uint32_t had_fds = m->nfds;
+	uint32_t had_fds = m->nfds || m->fds_lost; /* refused as one with fds, whether they arrived or not */
 	m->nfds = 0;
 	if (m->cmd != VFIO_USER_DMA_READ && m->cmd != VFIO_USER_DMA_WRITE) return send_reply(l, m, ENOTSUP, NULL, 0);
 	if (had_fds || m->payload_len < 16) return send_reply(l, m, EINVAL, NULL, 0);
@@ -272,6 +308,25 @@ static void reason_of(const struct dl_msg *m, char *out, size_t cap)
 	out[n] = 0;
 }
 
+/* The failure of a call whose reply's fds could not be received (recv_exact's *lost), naming why. */
+static int fds_lost_fail(int err, const char *what)
+{
+	if (err == EACCES)
+		return dl_fail(err, "%s: the broker's reply carried fds a security module refused to this process (pid %d); "
+				    "the session goes on", what, (int)getpid());
+	if (err != EMFILE)
+		return dl_fail(err, "%s: the broker's reply carried fds this process (pid %d) could not take (%s); the "
+				    "session goes on", what, (int)getpid(), strerror(err));
+	struct rlimit r;
+	char limit[32] = "unknown";
+	if (getrlimit(RLIMIT_NOFILE, &r) == 0) {
+		if (r.rlim_cur == RLIM_INFINITY) snprintf(limit, sizeof(limit), "unlimited");
+		else snprintf(limit, sizeof(limit), "%llu", (unsigned long long)r.rlim_cur);
+	}
+	return dl_fail(EMFILE, "%s: the broker's reply carried fds this process (pid %d) could not take: its fd table "
+			       "is full (RLIMIT_NOFILE %s); the session goes on", what, (int)getpid(), limit);
+}
+
 int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, const int *fds, unsigned nfds,
 	    struct dl_msg *reply, const char *what)
 {
@@ -323,6 +378,11 @@ int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, c
 			else why[0] = 0;
 			dl_msg_release(&m);
 			return dl_fail(err, "%s: %s%s%s", what, strerror(err), why[0] ? ": " : "", why);
+		}
+		if (m.fds_lost) {
+			/* The reply came whole, without its fds: this call fails, the session goes on. */
+			dl_msg_release(&m);
+			return fds_lost_fail(m.fds_lost, what);
 		}
 		*reply = m;
 		return 0;
