@@ -101,6 +101,7 @@ test('with the default options every map up to the advertised max_dma_maps is he
   const advertised = r.client.serverCapabilities.maxDmaMaps;
   const name = `sa1-test-room-${process.pid}`;
   const memfd = MemFd.create(name, { size: Number(PAGE) * (advertised + 1) });
+  const slotsIdle = native.guardSlots().inUse;
   try {
     for (let i = 0; i < advertised; i++) {
       await mapPage(r.client, memfd, i).catch((err: Error) =>
@@ -125,6 +126,7 @@ test('with the default options every map up to the advertised max_dma_maps is he
     assert.match(err.message, new RegExp(`at most ${advertised} maps`));
     await unmapAll(r.client);
     assert.equal(mappingsOf(name), 0);
+    assert.equal(native.guardSlots().inUse, slotsIdle, 'every map gave its guard slot back');
     assert.equal(r.sim.stats().dmaMaps, 0);
   } finally {
     memfd.close();
