@@ -190,6 +190,14 @@ Napi::Value GuardRevocationsWord(const Napi::CallbackInfo& info) {
   return Napi::Uint32Array::New(info.Env(), 2, buf, 0);
 }
 
+// guardSlots(): { capacity, inUse } of the process's SIGBUS guard table (every guarded mmap takes a slot).
+Napi::Value GuardSlots(const Napi::CallbackInfo& info) {
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("capacity", Napi::Number::New(info.Env(), sigbus_guard::Capacity()));
+  out.Set("inUse", Napi::Number::New(info.Env(), sigbus_guard::InUse()));
+  return out;
+}
+
 // guardRevokedAt(address): whether the guarded mapping starting at `address` (a bigint) was revoked.
 Napi::Value GuardRevokedAt(const Napi::CallbackInfo& info) {
   bool lossless = false;
@@ -287,6 +295,7 @@ void RegisterMapping(Napi::Env env, Napi::Object exports) {
   exports.Set("mappingAddress", Napi::Function::New(env, MappingAddress, "mappingAddress"));
   exports.Set("guardRevocations", Napi::Function::New(env, GuardRevocations, "guardRevocations"));
   exports.Set("guardRevocationsWord", Napi::Function::New(env, GuardRevocationsWord, "guardRevocationsWord"));
+  exports.Set("guardSlots", Napi::Function::New(env, GuardSlots, "guardSlots"));
   exports.Set("guardRevokedAt", Napi::Function::New(env, GuardRevokedAt, "guardRevokedAt"));
   exports.Set("guardReplaceAt", Napi::Function::New(env, GuardReplaceAt, "guardReplaceAt"));
 }

@@ -11,6 +11,8 @@
 namespace devlease::sigbus_guard {
 namespace {
 
+// The table's size is what bounds the guarded mappings one process holds (the simulator advertises its
+// max_dma_maps from it: sim/host/dma-limit.ts); Capacity() tells the TypeScript side.
 constexpr int kSlots = 4096;
 enum SlotState : int { kFree = 0, kBusy = 1, kActive = 2 };
 
@@ -26,6 +28,8 @@ struct Slot {
 static_assert(std::atomic<uintptr_t>::is_always_lock_free && std::atomic<int>::is_always_lock_free);
 
 Slot slots[kSlots];
+// Slots not free (busy or active): what Register has handed out and Unregister not yet taken back.
+std::atomic<int> in_use{0};
 // Revocations ever made: a reader that saw the same count before and after an
 // access knows no guarded mapping was revoked in between (one load, no lock).
 std::atomic<uint64_t> revocations{0};
@@ -98,6 +102,7 @@ int Register(void* address, size_t length, int prot) {
     slots[i].prot.store(prot, std::memory_order_relaxed);
     slots[i].revoked.store(false, std::memory_order_relaxed);
     slots[i].state.store(kActive, std::memory_order_release);
+    in_use.fetch_add(1, std::memory_order_relaxed);
     return i;
   }
   return -1;
@@ -139,7 +144,12 @@ bool Unregister(int slot) {
   slots[slot].state.store(kBusy, std::memory_order_release);
   bool revoked = slots[slot].revoked.load(std::memory_order_acquire);
   slots[slot].state.store(kFree, std::memory_order_release);
+  in_use.fetch_sub(1, std::memory_order_relaxed);
   return revoked;
 }
+
+int Capacity() { return kSlots; }
+
+int InUse() { return in_use.load(std::memory_order_relaxed); }
 
 }  // namespace devlease::sigbus_guard

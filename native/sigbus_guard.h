@@ -34,6 +34,10 @@ bool IsRevokedAt(uintptr_t address);
  * the range stays mapped meanwhile (its owner unmaps it only after this returns).
  */
 int ReplaceAt(uintptr_t address, size_t length, int fd);
+/** How many mappings the table can guard at once (Register returns -1 past it). */
+int Capacity();
+/** Mappings guarded right now, in this whole process. */
+int InUse();
 /** Stops guarding the slot (before the range is unmapped); returns whether it had been revoked. */
 bool Unregister(int slot);
 

@@ -7,15 +7,18 @@ import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import type { InjectRequest } from '../sim/host/commands.js';
 import { bigintReviver } from '../sim/host/control-json.js';
+import { resolveMaxDmaMaps } from '../sim/host/dma-limit.js';
 import { OptionError, type OptionNames, resolveOptions, type Sa1Options } from '../sim/model/options.js';
 
 const USAGE = `usage: devlease sim --socket PATH [--queues N] [--stride BYTES] [--devmem MIB] [--granule BYTES]
-                    [--idle-poll-us N] [--control-stdin]
+                    [--idle-poll-us N] [--max-dma-maps N] [--control-stdin]
   --queues N          NUM_QUEUES, 1..1024 (default 64)
   --stride BYTES      QUEUE_STRIDE, a power of two from 4096 to 65536 (default 65536)
   --devmem MIB        DEVMEM_SIZE in MiB, a power of two, a multiple of the granule, at most 4096 (default 64)
   --granule BYTES     DEVMEM_GRANULE, a power of two of at least 65536 (default 1048576)
   --idle-poll-us N    idle poll interval in µs, 0..1000000, 0 = always spin (default 50)
+  --max-dma-maps N    max_dma_maps advertised and held, 1..room left in the guard table (default: all of it;
+                      3904 with the other defaults; docs/SA-1.md, "IOMMU")
   --control-stdin     accept fault-injection requests as JSON lines on stdin`;
 
 const CLI_NAMES: OptionNames = {
@@ -45,7 +48,14 @@ function integer(flag: string, v: string | undefined, range: string): number | u
   return Number(v);
 }
 
-function parse(argv: string[]): { socket: string; options: Sa1Options; controlStdin: boolean } {
+interface SimArgs {
+  socket: string;
+  options: Sa1Options;
+  maxDmaMaps: number;
+  controlStdin: boolean;
+}
+
+function parse(argv: string[]): SimArgs {
   let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({
@@ -59,6 +69,7 @@ function parse(argv: string[]): { socket: string; options: Sa1Options; controlSt
         devmem: { type: 'string' },
         granule: { type: 'string' },
         'idle-poll-us': { type: 'string' },
+        'max-dma-maps': { type: 'string' },
         'control-stdin': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -100,7 +111,12 @@ function parse(argv: string[]): { socket: string; options: Sa1Options; controlSt
       },
       CLI_NAMES,
     );
-    return { socket, options, controlStdin: values['control-stdin'] === true };
+    const maxDmaMaps = resolveMaxDmaMaps(
+      options,
+      integer('--max-dma-maps', values['max-dma-maps'] as string | undefined, 'a positive integer'),
+      '--max-dma-maps',
+    );
+    return { socket, options, maxDmaMaps, controlStdin: values['control-stdin'] === true };
   } catch (err) {
     if (err instanceof OptionError) throw new UsageError(err.message);
     throw err;
@@ -125,7 +141,7 @@ export async function simCommand(argv: string[]): Promise<number> {
   const { startSimulator } = await import('../sim/index.js');
   let sim: Awaited<ReturnType<typeof startSimulator>>;
   try {
-    sim = await startSimulator({ socketPath: args.socket, ...args.options });
+    sim = await startSimulator({ socketPath: args.socket, ...args.options, maxDmaMaps: args.maxDmaMaps });
   } catch (err) {
     process.stderr.write(`devlease sim: cannot serve on ${args.socket}: ${(err as Error).message}\n`);
     return 1;
@@ -133,7 +149,8 @@ export async function simCommand(argv: string[]): Promise<number> {
   const o = sim.options;
   process.stdout.write(
     `ready socket=${sim.socketPath} queues=${o.numQueues} stride=${o.queueStride} ` +
-      `devmem-mib=${o.devmemSize / 1048576} granule=${o.devmemGranule} idle-poll-us=${o.idlePollUs} pid=${process.pid}\n`,
+      `devmem-mib=${o.devmemSize / 1048576} granule=${o.devmemGranule} idle-poll-us=${o.idlePollUs} ` +
+      `max-dma-maps=${sim.maxDmaMaps} pid=${process.pid}\n`,
   );
 
   const control = args.controlStdin ? createInterface({ input: process.stdin, terminal: false }) : null;

@@ -227,6 +227,11 @@ export interface NativeAddon {
   guardRevocations(): number;
   /** The same count as a Uint32Array of 2 (low word first) over the counter itself: a load, not a call. */
   guardRevocationsWord(): Uint32Array;
+  /**
+   * The process's SIGBUS guard table: how many guarded mappings it can hold at once (a guarded mmap past that
+   * fails ERR_DEVLEASE_GUARD_TABLE_FULL) and how many it holds now (every thread's, the simulator's included).
+   */
+  guardSlots(): { capacity: number; inUse: number };
   /** Whether the guarded mapping starting at `address` was revoked (a thread holding its buffer, not its handle). */
   guardRevokedAt(address: bigint): boolean;
   /** Map `fd` over the guarded, unrevoked mapping at `address` of `length` bytes in one MAP_FIXED (ENOENT: none). */

@@ -38,7 +38,8 @@ export async function startRig(
     config?: Record<string, unknown>;
     /** A config file instead of `config` (rundir overridden), which broker.reload() re-reads. */
     configFile?: string;
-    sim?: Partial<Sa1Options>;
+    /** The simulator child's options; maxDmaMaps is its --max-dma-maps. */
+    sim?: Partial<Sa1Options> & { maxDmaMaps?: number };
     /** Each device request's deadline, as an embedder may open the device with (default 5000 ms). */
     deviceTimeoutMs?: number;
     policyModule?: PolicyModule;

@@ -44,7 +44,7 @@ test('devlease sim prints one ready line, serves the device, and removes its soc
   });
   assert.match(
     first,
-    /^ready socket=\S+ queues=8 stride=65536 devmem-mib=4 granule=65536 idle-poll-us=50 pid=\d+$/,
+    /^ready socket=\S+ queues=8 stride=65536 devmem-mib=4 granule=65536 idle-poll-us=50 max-dma-maps=\d+ pid=\d+$/,
   );
   assert.ok(existsSync(t.sock));
   const client = await VfioUserClient.connect(t.sock);

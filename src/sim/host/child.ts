@@ -33,13 +33,14 @@ const FLAGS: Record<keyof Sa1Options, (v: number) => string[]> = {
 };
 
 export async function spawnSimulator(
-  opts: Partial<Sa1Options> & { socketPath: string; readyTimeoutMs?: number },
+  opts: Partial<Sa1Options> & { socketPath: string; readyTimeoutMs?: number; maxDmaMaps?: number },
 ): Promise<ChildSimulator> {
   const args = [BIN.pathname, 'sim', '--socket', opts.socketPath, '--control-stdin'];
   for (const [k, flag] of Object.entries(FLAGS)) {
     const v = opts[k as keyof Sa1Options];
     if (v !== undefined) args.push(...flag(v));
   }
+  if (opts.maxDmaMaps !== undefined) args.push('--max-dma-maps', String(opts.maxDmaMaps));
   const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),

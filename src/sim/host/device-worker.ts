@@ -25,6 +25,7 @@ import { RegisterFile, sharedClock } from '../model/register-file.js';
 import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
 import { deviceRequestSlots } from './command-slots.js';
 import type { DeviceRequest, DeviceStats, WorkerStats } from './commands.js';
+import { dmaMapRoom } from './dma-limit.js';
 import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
@@ -69,8 +70,13 @@ export class DeviceWorker {
   /** The worker is gone (closed, or died): the register file no longer describes a live device. */
   #gone = false;
 
-  static async start(options: Sa1Options, timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS): Promise<DeviceWorker> {
-    const dw = new DeviceWorker(options, timeoutMs);
+  /** `maxDmaMaps`: the max_dma_maps the simulator advertises (dma-limit.ts), default the most it can hold. */
+  static async start(
+    options: Sa1Options,
+    timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS,
+    maxDmaMaps = dmaMapRoom(options),
+  ): Promise<DeviceWorker> {
+    const dw = new DeviceWorker(options, timeoutMs, maxDmaMaps);
     await new Promise<void>((resolve, reject) => {
       dw.#worker.once('message', () => resolve());
       dw.#worker.once('error', reject);
@@ -84,6 +90,7 @@ export class DeviceWorker {
   private constructor(
     readonly options: Sa1Options,
     readonly timeoutMs: number,
+    maxDmaMaps: number,
   ) {
     this.#regs = RegisterFile.create(options);
     this.#config = new ConfigSpace(
@@ -98,7 +105,7 @@ export class DeviceWorker {
     this.#mailbox = new MailboxCaller(wake, port1, deviceRequestSlots, timeoutMs);
     const irqMemory = IrqTable.memory(options.numQueues);
     this.irqs = new IrqTable(irqMemory, options.numQueues);
-    this.dma = new FrontDmaTable(this.#mailbox, timeoutMs);
+    this.dma = new FrontDmaTable(this.#mailbox, timeoutMs, maxDmaMaps);
     // Non-blocking: a lease client writes them on its submit path and refuses a kick fd that could block
     // (docs/PROTOCOL.md); the broker hands out dups, which share this description and its flag.
     const { EFD_NONBLOCK } = native.constants as Record<string, number>;

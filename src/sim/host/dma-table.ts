@@ -19,6 +19,7 @@ import { type Fd, Mapping } from '../../sys/index.js';
 import { checkDmaFd } from '../../vfio/user/dma-fd-check.js';
 import { checkMapRequest, type DmaMapping, Iommu } from '../model/iommu.js';
 import type { DeviceRequest } from './commands.js';
+import { tooManyMaps } from './dma-limit.js';
 import { mapDmaFd } from './dma-mmap.js';
 import { DmaPlacement } from './dma-placement.js';
 import type { MailboxCaller } from './mailbox.js';
@@ -49,6 +50,8 @@ export class FrontDmaTable {
   constructor(
     private readonly mailbox: MailboxCaller<DeviceRequest>,
     private readonly timeoutMs: number,
+    /** The max_dma_maps the simulator advertised (dma-limit.ts): a map past it is refused ENOSPC. */
+    readonly maxMaps: number,
   ) {}
 
   /** mmap calls taken to drop the maps let go of (Mapping.unmapMany): one per run of adjacent maps. */
@@ -65,6 +68,8 @@ export class FrontDmaTable {
   map(fd: Fd, m: MapFields): void {
     const { iova, size, offset } = checkMapRequest(m);
     this.#table.checkFree(iova, size);
+    // After the overlap check, as VFIO's type1 IOMMU orders EEXIST before ENOSPC; before anything is mapped.
+    if (this.#table.maps.length >= this.maxMaps) throw tooManyMaps(this.maxMaps);
     // Datasheet rev 2 §7: the fd must be memory covering [offset, offset + size) now.
     checkDmaFd(fd.fd, m);
     this.mailbox.makeRoom(); // a full ring fails the map here, before anything is mapped or taken

@@ -8,6 +8,7 @@ import { RateLimitedLog } from '../../util/rate-limited-log.js';
 import { VfioUserServer } from '../../vfio/user/server.js';
 import { resolveOptions, type Sa1Options } from '../model/options.js';
 import type { DeviceStats, InjectRequest } from './commands.js';
+import { resolveMaxDmaMaps } from './dma-limit.js';
 import { DEFAULT_COMMAND_TIMEOUT_MS, DeviceWorker, Sa1Frontend } from './frontend.js';
 import { type Owner, OwnerSeat } from './owner-seat.js';
 
@@ -15,6 +16,7 @@ export { makeFirmwareImage } from '../model/firmware.js';
 export { DEFAULT_OPTIONS, OptionError, resolveOptions, type Sa1Options } from '../model/options.js';
 export { type ChildSimulator, spawnSimulator } from './child.js';
 export type { DeviceStats, InjectRequest } from './commands.js';
+export { dmaMapRoom, SIM_GUARD_RESERVE } from './dma-limit.js';
 
 export interface SimulatorOptions extends Partial<Sa1Options> {
   socketPath: string;
@@ -38,6 +40,12 @@ export interface SimulatorOptions extends Partial<Sa1Options> {
    * ownerHandoverMs, which a VERSION may spend waiting for the owner's disconnect; must exceed it).
    */
   versionTimeoutMs?: number;
+  /**
+   * The max_dma_maps VERSION advertises, and the most maps the device holds (one more is refused ENOSPC). Default
+   * and upper bound: what the process's SIGBUS guard table has left after the queue pages and granules
+   * (dmaMapRoom(); 3,904 with the default options). docs/SA-1.md, "IOMMU".
+   */
+  maxDmaMaps?: number;
   /** Where the server's lines go: one line each, rate limited per kind (default console.warn). */
   log?: (message: string) => void;
 }
@@ -51,6 +59,8 @@ export const SIM_VERSION_GRACE_MS = 5000;
 export interface SimulatorHandle {
   readonly socketPath: string;
   readonly options: Sa1Options;
+  /** The max_dma_maps advertised and held (SimulatorOptions.maxDmaMaps, or its default). */
+  readonly maxDmaMaps: number;
   /** Fault injection (datasheet §9): never reachable through a BAR. */
   inject(req: InjectRequest): void;
   injectHang(): void;
@@ -112,16 +122,22 @@ function admission(opts: SimulatorOptions, handoverMs: number, sink: (line: stri
 
 export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorHandle> {
   const options = resolveOptions(opts);
+  const maxDmaMaps = resolveMaxDmaMaps(options, opts.maxDmaMaps);
   const handoverMs = opts.ownerHandoverMs ?? 1000;
   const sink = opts.log ?? ((message: string) => console.warn(`devlease: ${message}`));
   const pending = admission(opts, handoverMs, sink);
-  const device = await DeviceWorker.start(options, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
+  const device = await DeviceWorker.start(
+    options,
+    opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS,
+    maxDmaMaps,
+  );
   const seat = new OwnerSeat(handoverMs);
 
   let server: VfioUserServer;
   try {
     server = VfioUserServer.listen(opts.socketPath, {
       mode: opts.mode,
+      maxDmaMaps,
       log: rateLimited(sink),
       admission: pending,
       // The owner is taken at VERSION (Sa1Frontend.negotiate), not here: a connection that never speaks owns nothing.
@@ -143,6 +159,7 @@ export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorH
   return {
     socketPath: opts.socketPath,
     options,
+    maxDmaMaps,
     inject,
     injectHang: () => inject({ kind: 'hang' }),
     injectFault: (queue, code, iova) => inject({ kind: 'fault', queue, code, iova }),
