@@ -19,7 +19,7 @@ import { driverFactoryFor } from '../drivers/registry.js';
 import { DevleaseError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import type { ListenSocket } from '../sys/index.js';
-import { RateLimitedLog } from '../util/rate-limited-log.js';
+import { RateLimitedLog } from '../sys/rate-limited-log.js';
 import { VfioUserServer } from '../vfio/user/server.js';
 import { AdminServer } from './admin.js';
 import { AuditLog } from './audit.js';
