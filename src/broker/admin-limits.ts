@@ -3,8 +3,8 @@
 // idle closes are logged rate-limited, as the lease sockets' admission does
 // (util/admission.ts): a script reconnecting in a loop costs a few lines per 10 s.
 
+import { RateLimitedLog } from '../sys/rate-limited-log.js';
 import { PerUidCount } from '../util/per-uid-count.js';
-import { RateLimitedLog } from '../util/rate-limited-log.js';
 
 /**
  * Each connection is a socket, a send buffer of up to ~1 MiB (ADMIN_MAX_REPLY) and a reply backlog

@@ -18,7 +18,7 @@ import {
   SeqpacketSocket,
 } from '../sys/index.js';
 import { native } from '../sys/native.js';
-import { RateLimitedLog } from '../util/rate-limited-log.js';
+import { RateLimitedLog } from '../sys/rate-limited-log.js';
 import { AdminConnectionLimits, type AdminLimits } from './admin-limits.js';
 import { type AdminRequest, drainOn, parseRequest, upgradeOptions } from './admin-requests.js';
 import type { Broker } from './broker.js';

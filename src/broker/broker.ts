@@ -5,7 +5,8 @@
 // session and pidfd), device-events.ts (what each driver and device event
 // starts), device-loss.ts and recovery-hooks.ts (a device lost, unresponsive
 // or recovering), inherited-sockets.ts (systemd's or an upgrading broker's
-// sockets), handover/ (upgrade in place), reload.ts.
+// sockets), changes.ts (a reload or an upgrade, one at a time: reload.ts,
+// handover/).
 
 import { EventEmitter } from 'node:events';
 import { chownSync, mkdirSync } from 'node:fs';
@@ -18,12 +19,13 @@ import { driverFactoryFor } from '../drivers/registry.js';
 import { DevleaseError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import type { ListenSocket } from '../sys/index.js';
-import { RateLimitedLog } from '../util/rate-limited-log.js';
+import { RateLimitedLog } from '../sys/rate-limited-log.js';
 import { VfioUserServer } from '../vfio/user/server.js';
 import { AdminServer } from './admin.js';
 import { AuditLog } from './audit.js';
 import type { DenialLimits } from './audit-denials.js';
 import { DirectSlices } from './audit-scan/direct-slices.js';
+import { BrokerChanges } from './changes.js';
 import { ClientSessions } from './client-sessions.js';
 import type { BrokerConfig } from './config.js';
 import { wireDeviceEvents } from './device-events.js';
@@ -38,21 +40,14 @@ import {
 } from './handover/adopt.js';
 import { type BrokerParts, resume } from './handover/collect.js';
 import type { BrokerState } from './handover/format.js';
-import { type UpgradeOptions, type UpgradeOutcome, upgrade } from './handover/upgrade.js';
+import type { UpgradeOptions, UpgradeOutcome } from './handover/upgrade.js';
 import { takeInherited } from './inherited-sockets.js';
 import { LeaseTable } from './leases.js';
 import { MetricsServer } from './observe/metrics-server.js';
 import { Policy, type PolicyModule } from './policy.js';
 import { Recovery, type RecoveryCause, type RecoveryStatus } from './recovery.js';
 import { recoveryHooks } from './recovery-hooks.js';
-import {
-  type ConfigIdentity,
-  type ConfigSource,
-  configIdentity,
-  type ReloadOutcome,
-  refuseReload,
-  reload,
-} from './reload.js';
+import { type ConfigIdentity, type ConfigSource, configIdentity, type ReloadOutcome } from './reload.js';
 import { SliceWatcher } from './slices.js';
 
 export interface BrokerOptions {
@@ -101,10 +96,11 @@ export class Broker extends EventEmitter {
   /** When this broker process started, and how many upgrades its lineage has gone through. */
   startedAt = new Date();
   upgrades = 0;
-  #upgrading: Promise<UpgradeOutcome> | null = null;
+  /** Reloads and upgrades, kept apart (changes.ts). */
+  readonly #changes: BrokerChanges;
   /** The upgrade in progress (upgrade()'s promise), or null: tells a caller whether its upgrade() was taken. */
   get upgrading(): Promise<UpgradeOutcome> | null {
-    return this.#upgrading;
+    return this.#changes.upgrading;
   }
   #admin: AdminServer | null = null;
   /** The Prometheus endpoint (config [metrics] listen), or null. */
@@ -118,15 +114,8 @@ export class Broker extends EventEmitter {
   readonly log: (msg: string) => void;
   /** The vfio-user servers' own lines (accept failures, protocol errors): at most 5 per kind per 10 s. */
   readonly #serverLog: RateLimitedLog;
-  readonly #configSource: ConfigSource | null;
-  readonly #codePolicy: PolicyModule | null;
   /** The config deciding grants now (the audit log stamps grants and denials with it). */
   readonly configIdentity: ConfigIdentity;
-  /**
-   * The last reload asked for, null once it has ended: each runs after the one before, so null means none runs
-   * (an upgrade waits for none: it is refused while one runs).
-   */
-  #reloading: Promise<ReloadOutcome> | null = null;
   /** The kernel's answer to "can a dma-buf of a BAR be mmapped?" (kernel devices only). */
   #dmaBufMmap: DmaBufMmapProbe | null = null;
 
@@ -136,8 +125,12 @@ export class Broker extends EventEmitter {
     this.device = opts.device;
     this.driver = driver;
     this.audit = audit;
-    this.#configSource = opts.configSource ?? null;
-    this.#codePolicy = opts.policyModule ?? null;
+    this.#changes = new BrokerChanges(
+      this,
+      () => this.#parts(),
+      opts.configSource ?? null,
+      opts.policyModule ?? null,
+    );
     this.configIdentity = configIdentity(opts.configSource?.path ?? null, opts.config);
     audit.decidedBy = this.configIdentity;
     this.log = opts.log ?? ((m) => process.stderr.write(`devlease broker: ${m}\n`));
@@ -288,31 +281,7 @@ export class Broker extends EventEmitter {
    * (the 'handed-over' event; the daemon exits on it), or roll back and carry on. One at a time.
    */
   upgrade(opts: UpgradeOptions = {}): Promise<UpgradeOutcome> {
-    if (this.#upgrading)
-      return Promise.reject(new DevleaseError('EBUSY', 'an upgrade is already in progress'));
-    // A reload's revokes must not land between the state sent and the commit (the new broker would hold the
-    // lease as it was, its client told it is revoked).
-    if (this.#reloading)
-      return Promise.reject(new DevleaseError('EBUSY', 'a reload is in progress: upgrade once it has ended'));
-    const p = upgrade(
-      this,
-      this.#parts(),
-      {
-        startedAt: this.startedAt,
-        upgrades: this.upgrades,
-        configPath: this.#configSource?.path ?? null,
-        rundir: (this.#configSource?.overrides as { rundir?: string } | undefined)?.rundir ?? null,
-      },
-      opts,
-    );
-    this.#upgrading = p;
-    void p.then(
-      () => {},
-      () => {
-        this.#upgrading = null;
-      },
-    );
-    return p;
+    return this.#changes.upgrade(opts);
   }
 
   /**
@@ -366,35 +335,8 @@ export class Broker extends EventEmitter {
    * refuses are kept or revoked (policy.on_reload). One at a time: a second call waits for the first, then runs.
    * Rejects with EINVAL, changing nothing, when the new config is refused.
    */
-  async reload(): Promise<ReloadOutcome> {
-    // The audit file is reopened at its path (after a rotation renamed it), whatever becomes of the reload.
-    this.audit.reopen();
-    const source = this.#configSource;
-    if (!source)
-      throw new DevleaseError('EINVAL', 'the broker was started without a config file: nothing to reload');
-    const target = {
-      config: this.config,
-      leases: this.leases,
-      audit: this.audit,
-      codeModule: this.#codePolicy,
-      identity: this.configIdentity,
-      log: this.log,
-    };
-    // Its revokes could land after the state went to the new broker, which would hold the leases as they were.
-    if (this.#upgrading) {
-      const why =
-        'an upgrade is in progress: reload once it has ended (a new broker reads the config file anew)';
-      throw refuseReload(source, target, 'EBUSY', why);
-    }
-    const run = async (): Promise<ReloadOutcome> => {
-      await this.#reloading?.catch(() => {});
-      return reload(source, target);
-    };
-    const p: Promise<ReloadOutcome> = run().finally(() => {
-      if (this.#reloading === p) this.#reloading = null;
-    });
-    this.#reloading = p;
-    return p;
+  reload(): Promise<ReloadOutcome> {
+    return this.#changes.reload();
   }
 
   /** Where the Prometheus endpoint listens (HOST:PORT with the bound port, or a socket path), or null. */

@@ -6,8 +6,8 @@
 
 import { VfioError } from '../errors.js';
 import { PidFd, type StreamSocket } from '../sys/index.js';
+import type { RateLimitedLog } from '../sys/rate-limited-log.js';
 import { Admission } from '../util/admission.js';
-import type { RateLimitedLog } from '../util/rate-limited-log.js';
 import type { ConnectionInfo } from '../vfio/user/device-model.js';
 import type { MessageSocket } from '../vfio/user/transport.js';
 import type { BrokerConfig } from './config.js';

@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events';
 import type { Device } from '../device/device.js';
 import type { DeviceFault, Driver } from '../drivers/driver.js';
 import { VfioError } from '../errors.js';
-import { RateLimitedLog } from '../util/rate-limited-log.js';
+import { RateLimitedLog } from '../sys/rate-limited-log.js';
 import type { AuditLog } from './audit.js';
 import type { DirectSlices } from './audit-scan/direct-slices.js';
 import type { BrokerConfig } from './config.js';

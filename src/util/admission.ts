@@ -8,8 +8,8 @@
 // rate-limited: an attacker reconnecting in a loop costs a few lines per 10 s,
 // not one per connection.
 
+import { RateLimitedLog } from '../sys/rate-limited-log.js';
 import { PerUidCount } from './per-uid-count.js';
-import { RateLimitedLog } from './rate-limited-log.js';
 
 export interface AdmissionLimits {
   /** A connection that has not completed VERSION this long after it was accepted is closed. */

@@ -44,19 +44,16 @@ async function heldPort(): Promise<{ port: number; server: Server }> {
   return { port: (server.address() as { port: number }).port, server };
 }
 
-async function freePort(): Promise<number> {
-  const { port, server } = await heldPort();
-  await new Promise((r) => server.close(r));
-  return port;
-}
-
 for (const kind of ['HOST:PORT', 'a socket path'] as const) {
   test(`an upgrade with the metrics endpoint on ${kind}: the new broker serves it, twice over`, {
     timeout: 180_000,
   }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'devlease-metrics-'));
-    const endpoint = kind === 'HOST:PORT' ? `127.0.0.1:${await freePort()}` : join(dir, 'metrics.sock');
-    const rig = await UpgradeRig.start({}, { config: `[metrics]\nlisten = "${endpoint}"\n` });
+    // Port 0: the kernel picks a free port as the first broker binds (a port found free beforehand, then
+    // closed, could be taken by anyone before the broker bound it); its 'ready' line says which.
+    const listen = kind === 'HOST:PORT' ? '127.0.0.1:0' : join(dir, 'metrics.sock');
+    const rig = await UpgradeRig.start({}, { config: `[metrics]\nlisten = "${listen}"\n` });
+    const endpoint = rig.metricsEndpoint();
     try {
       await rig.addClient();
       assert.equal((await scrape(endpoint)).status, 200, 'the first broker serves metrics');
@@ -128,11 +125,11 @@ test('a new broker that cannot start its metrics endpoint refuses the state at o
 test('while an upgrade holds the broker, a scrape is answered 503 without reading the device; after the rollback, 200', {
   timeout: 180_000,
 }, async () => {
-  const endpoint = `127.0.0.1:${await freePort()}`;
   const rig = await UpgradeRig.start(
     { DEVLEASE_TEST_UPGRADE_MISBEHAVE: 'hang' },
-    { config: `[metrics]\nlisten = "${endpoint}"\n` },
+    { config: `[metrics]\nlisten = "127.0.0.1:0"\n` },
   );
+  const endpoint = rig.metricsEndpoint();
   try {
     await rig.addClient();
     // Under the clients' 5 s call timeout: their requests wait out the hold.

@@ -85,6 +85,16 @@ export class UpgradeRig {
     await until('the daemon to be ready', () => readies() > before, 30_000);
   }
 
+  /**
+   * Where the metrics endpoint listens, as the first daemon's 'ready' line says: for `[metrics] listen` on port
+   * 0, HOST:PORT with the port the kernel gave it (an upgrade's new broker serves the same socket).
+   */
+  metricsEndpoint(): string {
+    const ready = this.events().find((e) => e.event === 'ready' && !e.upgraded);
+    if (typeof ready?.metrics !== 'string') throw new Error(`no metrics endpoint in the daemon's ready line`);
+    return ready.metrics;
+  }
+
   events(): Record<string, any>[] {
     return this.out
       .split('\n')

@@ -4,11 +4,16 @@
 // client gets every reply, in order, once it reads again.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import type { StreamMessage } from '../../src/sys/index.js';
+import type { StreamMessage, StreamSocket } from '../../src/sys/index.js';
 import { vfio_region_info } from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { decodeMessage, encodeCommand } from '../../src/vfio/user/codec.js';
-import { MAX_PENDING, REPLY_FDS_HIGH_WATER, REPLY_HIGH_WATER } from '../../src/vfio/user/connection.js';
+import {
+  MAX_PENDING,
+  REPLY_FDS_HIGH_WATER,
+  REPLY_HIGH_WATER,
+  type VfioUserConnection,
+} from '../../src/vfio/user/connection.js';
 import { encodeVersion, vfio_user_region_access } from '../../src/vfio/user/messages.js';
 import * as P from '../../src/vfio/user/protocol.js';
 import { VfioUserServer } from '../../src/vfio/user/server.js';
@@ -38,13 +43,31 @@ async function neverReadingClient(caps: Record<string, unknown>) {
   a.send(encodeCommand(0, P.VFIO_USER_VERSION, encodeVersion(0, 0, { capabilities: caps })));
   await until('the VERSION reply', () => got.length >= 1);
   a.pause();
-  return { devices, server, conn, a, got };
+  return { devices, server, conn, a, b, got };
+}
+
+/**
+ * Resolves once the server has stopped reading the never-reading client for good: every request it read is
+ * answered and its reply handed to the socket (idle()), and flow control, run after the last of them, left its
+ * end paused. With no request pending, what holds it paused is the reply backlog (bytes or fds), which a client
+ * that reads nothing never shrinks. (A pause at MAX_PENDING alone lifts as those requests are answered, so
+ * `paused` is read only once the connection is idle.)
+ */
+async function untilServerStopsReading(conn: VfioUserConnection, b: StreamSocket): Promise<void> {
+  await until(
+    'the server to stop reading the client',
+    async () => {
+      await conn.idle();
+      return b.paused;
+    },
+    30_000,
+  );
 }
 
 test('a never-reading client is paused at the high-water mark; it gets every reply once it reads', {
   timeout: 60_000,
 }, async () => {
-  const { devices, server, conn, a, got } = await neverReadingClient({});
+  const { devices, server, conn, a, b, got } = await neverReadingClient({});
 
   const N = 2000;
   const COUNT = 4096;
@@ -53,13 +76,7 @@ test('a never-reading client is paused at the high-water mark; it gets every rep
     a.send(encodeCommand(i & 0xffff, P.VFIO_USER_REGION_READ, req));
   }
   // Let the server work until it stops on its own.
-  let last = -1;
-  for (let stable = 0; stable < 20; ) {
-    await new Promise((r) => setTimeout(r, 10));
-    const now = conn.socket.queuedBytes;
-    stable = now === last ? stable + 1 : 0;
-    last = now;
-  }
+  await untilServerStopsReading(conn, b);
   const reply = 16 + 16 + COUNT;
   assert.ok(conn.socket.queuedBytes > 0, 'replies are waiting for the client');
   assert.ok(
@@ -97,7 +114,7 @@ test('a never-reading client is paused at the high-water mark; it gets every rep
 test('a never-reading client asking for a region fd over and over is paused at the fd high-water mark, not the byte one', {
   timeout: 60_000,
 }, async () => {
-  const { devices, server, conn, a, got } = await neverReadingClient({ max_msg_fds: 16 });
+  const { devices, server, conn, a, b, got } = await neverReadingClient({ max_msg_fds: 16 });
   // Each reply is small and carries a dup of the region's memfd: bytes alone would let thousands queue.
   const N = 2000;
   for (let i = 1; i <= N; i++) {
@@ -111,13 +128,7 @@ test('a never-reading client asking for a region fd over and over is paused at t
     });
     a.send(encodeCommand(i & 0xffff, P.VFIO_USER_DEVICE_GET_REGION_INFO, req));
   }
-  let last = -1;
-  for (let stable = 0; stable < 20; ) {
-    await new Promise((r) => setTimeout(r, 10));
-    const now = conn.socket.queuedFds ?? 0;
-    stable = now === last ? stable + 1 : 0;
-    last = now;
-  }
+  await untilServerStopsReading(conn, b);
   const fds = conn.socket.queuedFds ?? 0;
   assert.ok(fds > 0, 'replies with fds are waiting for the client');
   assert.ok(

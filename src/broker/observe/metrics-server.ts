@@ -8,8 +8,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import { DevleaseError } from '../../errors.js';
 import { Fd } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
+import { RateLimitedLog } from '../../sys/rate-limited-log.js';
 import { unlinkOwnSocket } from '../../sys/unix-server.js';
-import { RateLimitedLog } from '../../util/rate-limited-log.js';
 import type { Broker } from '../broker.js';
 import { BrokerMetrics } from './metrics.js';
 

@@ -3,8 +3,8 @@
 // spawnSimulator() runs `devlease sim` as a child process with a JSON-lines
 // control channel on stdin for fault injection.
 
+import { RateLimitedLog } from '../../sys/rate-limited-log.js';
 import { Admission } from '../../util/admission.js';
-import { RateLimitedLog } from '../../util/rate-limited-log.js';
 import { VfioUserServer } from '../../vfio/user/server.js';
 import { resolveOptions, type Sa1Options } from '../model/options.js';
 import type { DeviceStats, InjectRequest } from './commands.js';

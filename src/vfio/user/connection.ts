@@ -6,27 +6,22 @@
 // calls; at most MAX_IN_FLIGHT at once: request-order.ts); one with nothing
 // ahead of it is served at once when the model answers synchronously
 // (#serveNow). What each request does once
-// VERSION is done — its checks, the model's call, its reply — is dispatch.ts.
+// VERSION is done — its checks, the model's call, its reply — is dispatch.ts;
+// its fds' ownership while the model runs, and its reply message, are
+// request-outcome.ts.
 // A message that breaks framing closes this connection only; one whose fds
 // this process could not take (its fd table full) is refused EMFILE alone
 // (fds-lost.ts).
-import { ERRNO, ProtocolError, VfioError } from '../../errors.js';
+import { ProtocolError, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
-import {
-  decodeMessage,
-  encodeErrorReply,
-  encodeReply,
-  isReply,
-  type VfioUserMessage,
-  wantsReply,
-  writeHeader,
-} from './codec.js';
+import { decodeMessage, isReply, type VfioUserMessage, wantsReply } from './codec.js';
 import { ConnectionReplies } from './connection-replies.js';
 import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
 import { dispatchRequest } from './dispatch.js';
 import { FdsLostError, requestFdsLost } from './fds-lost.js';
 import * as P from './protocol.js';
 import { PIPELINED, QUEUED, RequestOrder, type Turn } from './request-order.js';
+import { errorReplyMessage, type Outcome, replyMessage, runWithFds } from './request-outcome.js';
 import { closeAll, type Reply } from './request-replies.js';
 import type { MessageSocket, ReceivedRecord } from './transport.js';
 import * as V from './validate.js';
@@ -53,11 +48,6 @@ export {
   REPLY_HIGH_WATER,
 } from './connection-replies.js';
 export { MAX_IN_FLIGHT } from './request-order.js';
-
-/** What a request came to: its reply, or the error its error reply carries. */
-type Outcome = { ok: true; reply: Reply } | { ok: false; err: unknown };
-/** `take` of a request that came without fds. */
-const takeNone = (): Fd[] => [];
 
 export class VfioUserConnection {
   readonly info: ConnectionInfo;
@@ -284,50 +274,18 @@ export class VfioUserConnection {
     issued: Issued | undefined,
     lost: FdsLostError | null,
   ): Outcome | Promise<Outcome> {
-    let taken = false;
-    const take =
-      fds.length === 0
-        ? takeNone
-        : (): Fd[] => {
-            taken = true;
-            return fds;
-          };
-    let result: Reply | Promise<Reply>;
-    try {
-      // The model's work after an early VERSION reply failed: this request is answered with that failure.
-      if (this.#settleError !== null) throw this.#settleError;
-      if (lost !== null) throw lost;
-      // Nothing but VERSION before VERSION; after it, the request itself (dispatch.ts).
-      result =
-        this.peer === null
-          ? this.#beforeVersion(msg, fds)
-          : dispatchRequest(
-              this.#model as VfioUserDeviceModel,
-              this.#config,
-              this.info.id,
-              this.peer,
-              msg,
-              fds,
-              take,
-              issued,
-            );
-    } catch (err) {
-      if (!taken) closeAll(fds);
-      return this.#failed(msg, err);
-    }
-    if (!(result instanceof Promise)) {
-      if (!taken) closeAll(fds);
-      return { ok: true, reply: result };
-    }
-    return result.then(
-      (reply): Outcome => {
-        if (!taken) closeAll(fds);
-        return { ok: true, reply };
+    return runWithFds(
+      fds,
+      (take) => {
+        // The model's work after an early VERSION reply failed: this request is answered with that failure.
+        if (this.#settleError !== null) throw this.#settleError;
+        if (lost !== null) throw lost;
+        // Nothing but VERSION before VERSION; after it, the request itself (dispatch.ts).
+        if (this.peer === null) return this.#beforeVersion(msg, fds);
+        const model = this.#model as VfioUserDeviceModel;
+        return dispatchRequest(model, this.#config, this.info.id, this.peer, msg, fds, take, issued);
       },
-      (err) => {
-        if (!taken) closeAll(fds);
-        return this.#failed(msg, err);
-      },
+      (err) => this.#failed(msg, err),
     );
   }
 
@@ -356,32 +314,17 @@ export class VfioUserConnection {
 
   #reply(msg: VfioUserMessage, outcome: Outcome, now: boolean): void {
     if (outcome.ok) {
-      const { payload, framed, fds } = outcome.reply;
+      const { fds } = outcome.reply;
       if (!wantsReply(msg)) {
         if (fds) closeAll(fds);
         return;
       }
-      let data: Uint8Array;
-      try {
-        data = framed
-          ? writeHeader(framed, msg.msgId, msg.command, P.VFIO_USER_F_TYPE_REPLY)
-          : encodeReply(msg.msgId, msg.command, payload);
-      } catch (err) {
-        if (fds) closeAll(fds);
-        throw err;
-      }
-      this.#replies.send(data, fds, now); // takes the fds
+      this.#replies.send(replyMessage(msg, outcome.reply), fds, now); // takes the fds
       outcome.reply.sent?.();
       return;
     }
     const err = outcome.err;
-    const errno = err instanceof VfioError ? err.errno : ERRNO.EIO;
-    if (wantsReply(msg))
-      this.#replies.send(
-        encodeErrorReply(msg.msgId, msg.command, errno, this.#reasonFor(err)),
-        undefined,
-        now,
-      );
+    if (wantsReply(msg)) this.#replies.send(errorReplyMessage(msg, err, this.#wantsReasons), undefined, now);
     else if (err instanceof VfioError && !(err instanceof FdsLostError)) {
       // (A lost-fds refusal was logged, rate-limited, when it came.)
       const what = `vfio-user connection ${this.info.id}: ${P.commandName(msg.command)}`;
@@ -390,13 +333,6 @@ export class VfioUserConnection {
     // Nothing but a successful VERSION opens a session (vfio-user.rst, "Connection Initiation").
     if (this.peer === null) this.close(`${P.commandName(msg.command)} failed before version negotiation`);
     else if (this.#settleError !== null) this.close(`after VERSION: ${(err as Error).message}`);
-  }
-
-  /** The reason text for an error reply, if the client asked for reasons (devlease "error_reason"). */
-  #reasonFor(err: unknown): string | undefined {
-    if (!this.#wantsReasons) return undefined;
-    if (!(err instanceof VfioError)) return 'internal error in the device (logged by the server)';
-    return err.reason;
   }
 
   /** The first request: VERSION, or a refusal (async as dispatchRequest, so both fail the same way). */

@@ -6,6 +6,7 @@
 // dropped its device over the next reply carrying a slice fd.
 import { ERRNO, VfioError, VfioUserCallError } from '../../errors.js';
 import { monotonicMs } from '../../sys/clock.js';
+import { RateLimitedLog } from '../../sys/rate-limited-log.js';
 import type { VfioUserMessage } from './codec.js';
 import * as P from './protocol.js';
 
@@ -23,23 +24,12 @@ export function replyFdsLost(command: number, lost: Error): VfioUserCallError {
   });
 }
 
-/** At most LOG_BURST lines per server per LOG_INTERVAL_MS; the rest are counted, and the count written after. */
-const LOG_BURST = 5;
-const LOG_INTERVAL_MS = 10_000;
-
-interface LogWindow {
-  start: number;
-  written: number;
-  suppressed: number;
-}
-
 /**
- * One window per server (keyed by its config, shared by its connections): a full fd table refuses every request
- * with fds until it has room, and a client retrying would otherwise write a line per request. (src/vfio may not
- * use src/util's RateLimitedLog; this is its shape without the timer: the count of a window is written at the
- * first line after it.)
+ * One log per server (keyed by its config, shared by its connections): a full fd table refuses every request
+ * with fds until it has room, and a client retrying would otherwise write a line per request. At most 5 lines
+ * per server per 10 s; the rest are counted, and the count written once the 10 s are over.
  */
-const windows = new WeakMap<object, LogWindow>();
+const logs = new WeakMap<object, RateLimitedLog>();
 
 /** The refusal of a request whose fds were lost (`lost`, the reader's error), logged rate-limited. */
 export function requestFdsLost(
@@ -50,20 +40,17 @@ export function requestFdsLost(
 ): FdsLostError {
   const { code, errno } = lost as Error & { code?: string; errno?: number };
   const err = new FdsLostError(code ?? 'EMFILE', lost.message, errno ?? ERRNO.EMFILE, { cause: lost });
-  const now = monotonicMs();
-  let w = windows.get(config);
-  if (!w || now - w.start >= LOG_INTERVAL_MS) {
-    if (w?.suppressed)
-      config.log(`vfio-user server: ${w.suppressed} more request(s) refused, their fds not received`);
-    w = { start: now, written: 0, suppressed: 0 };
-    windows.set(config, w);
+  let log = logs.get(config);
+  if (!log) {
+    log = new RateLimitedLog((line) => config.log(line), {
+      burst: 5,
+      intervalMs: 10_000,
+      now: monotonicMs,
+      summary: (_key, n) => `vfio-user server: ${n} more request(s) refused, their fds not received`,
+    });
+    logs.set(config, log);
   }
-  if (w.written >= LOG_BURST) {
-    w.suppressed++;
-    return err;
-  }
-  w.written++;
   const what = `${P.commandName(msg.command)} (msg_id ${msg.msgId})`;
-  config.log(`vfio-user connection ${connection}: ${what} refused ${err.code}: ${err.reason}`);
+  log.log('fds lost', `vfio-user connection ${connection}: ${what} refused ${err.code}: ${err.reason}`);
   return err;
 }

@@ -1,9 +1,10 @@
-// The rate-limited log the broker writes device refusals with: a burst of
+// The rate-limited log the broker writes device refusals with (and the vfio-user
+// server its lost-fds refusals, in its own words): a burst of
 // lines per key per interval, then a "suppressed K" count, per key, bounded
 // in the keys it tracks.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { OVERFLOW_KEY, RateLimitedLog } from '../../src/util/rate-limited-log.js';
+import { OVERFLOW_KEY, RateLimitedLog } from '../../src/sys/rate-limited-log.js';
 import { until } from '../helpers/broker-rig.js';
 
 function clocked(opts: { burst: number; intervalMs: number; maxKeys?: number }) {
@@ -31,6 +32,22 @@ test('at most `burst` lines per key per interval; the next interval starts with 
   assert.deepEqual(c.lines.slice(3), ['a: suppressed 4 more line(s) in the last 1.0 s', 'a6']);
   c.log.flush();
   assert.equal(c.lines.length, 5, 'nothing suppressed since: flush writes nothing');
+});
+
+test('`summary` words the count line (fds-lost.ts: "N more request(s) refused")', () => {
+  const lines: string[] = [];
+  let t = 0;
+  const log = new RateLimitedLog((l) => lines.push(l), {
+    burst: 1,
+    intervalMs: 1000,
+    now: () => t,
+    summary: (key, n, secs) => `${key}: ${n} more in ${secs} s`,
+  });
+  for (const l of ['a', 'b', 'c']) log.log('k', l);
+  t += 1500;
+  log.log('k', 'd');
+  assert.deepEqual(lines, ['a', 'k: 2 more in 1.5 s', 'd']);
+  log.flush();
 });
 
 test('the suppressed count is written when the interval ends even if no further line comes', async () => {

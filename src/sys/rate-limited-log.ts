@@ -3,6 +3,10 @@
 // one "suppressed K" summary, not a line per request. The summary is written
 // when the key's interval ends (a timer that does not hold the process open),
 // or at the key's next line after that, or on flush().
+//
+// In src/sys, not src/util, because src/vfio uses it too (fds-lost.ts) and may
+// import only src/sys and src/errors.ts (docs/ARCHITECTURE.md, import
+// directions). It imports nothing.
 
 export interface RateLimitOptions {
   /** Lines written per key per interval. Default 5. */
@@ -13,6 +17,11 @@ export interface RateLimitOptions {
   maxKeys?: number;
   /** The clock, in ms. Default Date.now. */
   now?: () => number;
+  /**
+   * The line saying how many lines of `key` were suppressed in the last `seconds`. Default
+   * "KEY: suppressed N more line(s) in the last S s".
+   */
+  summary?: (key: string, suppressed: number, seconds: number) => string;
 }
 
 interface Window {
@@ -31,6 +40,7 @@ export class RateLimitedLog {
   readonly #intervalMs: number;
   readonly #maxKeys: number;
   readonly #now: () => number;
+  readonly #summary: (key: string, suppressed: number, seconds: number) => string;
   readonly #windows = new Map<string, Window>();
 
   constructor(sink: (line: string) => void, opts: RateLimitOptions = {}) {
@@ -39,6 +49,9 @@ export class RateLimitedLog {
     this.#intervalMs = opts.intervalMs ?? 10_000;
     this.#maxKeys = opts.maxKeys ?? 256;
     this.#now = opts.now ?? Date.now;
+    this.#summary =
+      opts.summary ??
+      ((key, n, secs) => `${key}: suppressed ${n} more line(s) in the last ${secs.toFixed(1)} s`);
     for (const [name, v] of [
       ['burst', this.#burst],
       ['intervalMs', this.#intervalMs],
@@ -93,7 +106,7 @@ export class RateLimitedLog {
     if (this.#windows.get(key) === w) this.#windows.delete(key);
     if (w.suppressed > 0) {
       const secs = Math.max(0, this.#now() - w.start) / 1000;
-      this.#sink(`${key}: suppressed ${w.suppressed} more line(s) in the last ${secs.toFixed(1)} s`);
+      this.#sink(this.#summary(key, w.suppressed, secs));
       w.suppressed = 0;
     }
   }
