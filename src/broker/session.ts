@@ -28,6 +28,7 @@ import {
   VFIO_REGION_INFO_FLAG_WRITE,
   vfio_region_info,
 } from '../vfio/uapi/vfio.js';
+import { SPEC_DEFAULT_MAX_DMA_MAPS } from '../vfio/user/protocol.js';
 import type {
   DmaMapRequest,
   DmaUnmapRequest,
@@ -39,7 +40,6 @@ import type {
   RegionDescription,
   VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
-import { SPEC_DEFAULT_MAX_DMA_MAPS } from '../vfio/user/protocol.js';
 import type { IoFdSubRegion, RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { leaseDeviceCall } from './device-refusal.js';
 import type { Lease } from './lease.js';
