@@ -28,7 +28,6 @@ import {
   VFIO_REGION_INFO_FLAG_WRITE,
   vfio_region_info,
 } from '../vfio/uapi/vfio.js';
-import { SPEC_DEFAULT_MAX_DMA_MAPS } from '../vfio/user/protocol.js';
 import type {
   DmaMapRequest,
   DmaUnmapRequest,
@@ -108,17 +107,8 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   versionCapabilities(): Record<string, unknown> {
-    // max_dma_maps: what this lease may really hold, not the spec's default 65535 — the policy's max_mappings for
-    // its caller (counted over all of the uid's leases, so an upper bound) and what the device holds (a vfio-user
-    // device's own max_dma_maps; shared by every lease). A stock client sizes its mapping strategy by it (QEMU's
-    // vfio-user container keeps it as its DMA mapping limit). At least 1: the field is positive, and a rule of 0
-    // refuses every map at DMA_MAP with its reason.
-    const rule = this.#table.policy.ruleFor(this.#lease.ctx);
-    const device = this.#table.device.maxDmaMaps ?? SPEC_DEFAULT_MAX_DMA_MAPS;
-    const maxMaps = Math.max(1, Math.min(rule?.maxMappings ?? SPEC_DEFAULT_MAX_DMA_MAPS, device));
     // The info region's JSON as granted comes along, so a devlease client needs no two round trips to read it.
     return {
-      max_dma_maps: maxMaps,
       devlease: {
         lease: this.#lease.id,
         kind: this.#lease.kind,

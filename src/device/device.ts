@@ -77,8 +77,6 @@ export interface Device extends EventEmitter {
   readonly numIrqs: number;
   /** false: the device reports no reset method (VFIO_DEVICE_FLAGS_RESET clear), so reset() fails. Absent: it does. */
   readonly resettable?: boolean;
-  /** The most DMA mappings the device holds at once, when it says (a vfio-user server's max_dma_maps). */
-  readonly maxDmaMaps?: number;
 
   region(index: number): Promise<DeviceRegion>;
   read(index: number, offset: bigint | number, count: number): Promise<Uint8Array>;

@@ -62,10 +62,6 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   numIrqs = 0;
   resettable = true;
   capabilities = { mappableSlices: false, revocableSlices: false };
-  /** The server's max_dma_maps, as the current connection negotiated it. */
-  get maxDmaMaps(): number {
-    return this.#client.serverCapabilities.maxDmaMaps;
-  }
   readonly #ranges: IovaRange[];
   /** Region io fds of the current connection's device (see regionIoFds). */
   readonly #ioFds = new IoFdCache((index) => this.client.regionIoFds(index));

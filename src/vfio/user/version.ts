@@ -133,7 +133,7 @@ export function readVersionRequest(payload: Uint8Array): {
 
 /**
  * The server's VERSION reply payload: its limits and what the model adds (`granted` by its negotiate(),
- * `extra` its versionCapabilities(); `granted` may lower max_dma_maps), restricted to what the client proposed; "error_reason" stated when
+ * `extra` its versionCapabilities()), restricted to what the client proposed; "error_reason" stated when
  * reasons will come, so the client reads error payloads as text only from a server that sends them.
  */
 export function versionReply(
@@ -156,11 +156,6 @@ export function versionReply(
     },
     extra,
   );
-  // A model may advertise fewer DMA maps than the server's limit (what it can really hold: a lease, the policy's
-  // max_mappings and its device's own limit), never more: the model enforces its own count at DMA_MAP.
-  const modelMaps = granted['max_dma_maps'];
-  if (typeof modelMaps === 'number' && modelMaps >= 1 && modelMaps < limits.maxDmaMaps)
-    ours['max_dma_maps'] = modelMaps;
   if (request.wantsReasons) ours['devlease'] = Object.assign({}, ours['devlease'], { error_reason: true });
   // Only what the client proposed; twin_socket is declined by leaving it out (vfio-user.rst, "Reply").
   const capabilities = replyCapabilities(request.peer.raw, ours);
