@@ -33,13 +33,15 @@ const RSS_BOUND = 96 * 2 ** 20;
 const NODE_SHARE = Number(process.env.CHAOS_NODE_SHARE ?? '0.1');
 const PHASES = ['connect', 'dma', 'queue', 'revoke'] as const;
 /**
- * What a victim may be told: ECONNRESET (its session ended: a revoke's deadline, a recovery's reclaim), EAGAIN
- * (the broker suspended for a recovery: lease again later), ENODEV (a lease's call while the device is being
- * reset under it), EFAULT (the C victim's queue page faulted, revoked, and a notice confirmed the lease ended:
- * clients/c/tests/chaos-victim.c). Anything else — EPROTO, EINVAL, EMFILE, a code of 'none' — is a defect the
+ * What a victim may be told away from a reset (near one, anything: its queue's work errors EIO, its waits time
+ * out): ECONNRESET (its session ended: a revoke's deadline, a recovery's reclaim), EAGAIN (the broker suspended
+ * for a recovery: lease again later), ENODEV (a lease's call while the device is being reset under it), EFAULT
+ * (the C victim's queue page faulted, revoked, and a notice confirmed the lease ended:
+ * clients/c/tests/chaos-victim.c), ENOSPC (all 8 queues leased for a moment: the live victims' and those of killed
+ * victims still being reclaimed; queues that never come back show as stalls and as leaks). Anything else — EPROTO, EINVAL, EMFILE, a code of 'none' — is a defect the
  * kills exposed.
  */
-const CLIENT_ERRORS = new Set(['ECONNRESET', 'EAGAIN', 'ENODEV', 'EFAULT']);
+const CLIENT_ERRORS = new Set(['ECONNRESET', 'EAGAIN', 'ENODEV', 'EFAULT', 'ENOSPC']);
 type Phase = (typeof PHASES)[number];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -100,6 +102,11 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
     maxRssGrowth: 0,
   };
   let resetting = false;
+  /** Resets started so far, and when the last one ended: a victim's wait or error near one is the reset's doing. */
+  let resetsStarted = 0;
+  let lastResetEnd = 0;
+  /** A reset runs, or ended less than 5 s ago (a C victim then sees EIO or ETIMEDOUT from its queue, too). */
+  const nearReset = () => resetting || Date.now() - lastResetEnd < 5000;
   /** Victims alive now, each with a way to be killed at once (the resetter kills some mid-recovery). */
   const live = new Set<() => void>();
 
@@ -116,13 +123,14 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
         marks.push(msg);
         if (msg.m === 'error') {
           t.clientErrors[msg.code!] = (t.clientErrors[msg.code!] ?? 0) + 1;
-          if (!CLIENT_ERRORS.has(msg.code!) && t.unexpectedErrors.length < 20)
+          if (!CLIENT_ERRORS.has(msg.code!) && !nearReset() && t.unexpectedErrors.length < 20)
             t.unexpectedErrors.push(`${kind} ${phase}: ${msg.code} ${msg.message ?? ''}`);
         }
         for (const w of waiters.splice(0)) w();
       },
     );
     let killed = false;
+    const resetsAtStart = resetsStarted;
     const exited = new Promise<void>((resolve) =>
       child.once('exit', (code, sig) => {
         if (!killed)
@@ -171,12 +179,15 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
       t.duringRecovery++;
     } else if (
       aim === 'stalled' &&
+      !killedEarly &&
+      resetsStarted === resetsAtStart &&
+      !nearReset() &&
       child.exitCode === null &&
       child.signalCode === null &&
       t.stalls.length < 20
     ) {
-      // Not killed early (that only happens while resetting) and still alive: a client that got no lease or
-      // could not work for 30 s while no reset ran — what a broker refusing or losing clients looks like.
+      // Still alive, and no reset ran while it waited (nor ended just before): a client that got no lease or
+      // could not work for 30 s — what a broker refusing or losing clients looks like.
       t.stalls.push(
         `${kind} ${phase}: no '${want}' mark in 30 s; marks ${JSON.stringify(marks.slice(-5))}; ${stderr().trim().slice(0, 300)}`,
       );
@@ -212,6 +223,7 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
         const at = br.int(0, 1500);
         resetter = sleep(at).then(async () => {
           resetting = true;
+          resetsStarted++;
           t.resets++;
           const done = adminRequest(admin, { op: 'reset' }, 120_000).catch((err: Error) => {
             t.resetFailures.push(err.message);
@@ -221,6 +233,7 @@ test(`chaos: ${KILLS} clients SIGKILLed at random points; everything back to bas
           for (const k of [...live].slice(0, br.int(1, PARALLEL))) k();
           await done;
           resetting = false;
+          lastResetEnd = Date.now();
         });
       }
       const slots = Array.from({ length: PARALLEL }, async () => {
