@@ -19,20 +19,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-static int failed;
-
-static void step(bool ok, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	printf("%s ", ok ? "ok" : "FAIL");
-	vprintf(fmt, ap);
-	va_end(ap);
-	if (!ok) printf(" [%s]", devlease_errmsg());
-	printf("\n");
-	fflush(stdout);
-	if (!ok) failed = 1;
-}
+#include "step.h"
 
 /* Open fds (opendir takes one, counted the same way each time), and the highest open fd. */
 static int fd_count(int *highest)

@@ -23,20 +23,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-static int failed;
-
-static void step(bool ok, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	printf("%s ", ok ? "ok" : "FAIL");
-	vprintf(fmt, ap);
-	va_end(ap);
-	if (!ok) printf(" [%s]", devlease_errmsg());
-	printf("\n");
-	fflush(stdout);
-	if (!ok) failed = 1;
-}
+#include "step.h"
 
 static int fd_count(void)
 {
