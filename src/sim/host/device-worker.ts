@@ -25,7 +25,7 @@ import { RegisterFile, sharedClock } from '../model/register-file.js';
 import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
 import { deviceRequestSlots } from './command-slots.js';
 import type { DeviceRequest, DeviceStats, WorkerStats } from './commands.js';
-import { dmaMapRoom } from './dma-limit.js';
+import { resolveMaxDmaMaps } from './dma-limit.js';
 import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
@@ -70,11 +70,11 @@ export class DeviceWorker {
   /** The worker is gone (closed, or died): the register file no longer describes a live device. */
   #gone = false;
 
-  /** `maxDmaMaps`: the max_dma_maps the simulator advertises (dma-limit.ts), default the most it can hold. */
+  /** `maxDmaMaps`: the max_dma_maps the simulator advertises (dma-limit.ts); default the most it can hold (OptionError if none). */
   static async start(
     options: Sa1Options,
     timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS,
-    maxDmaMaps = dmaMapRoom(options),
+    maxDmaMaps = resolveMaxDmaMaps(options, undefined),
   ): Promise<DeviceWorker> {
     const dw = new DeviceWorker(options, timeoutMs, maxDmaMaps);
     await new Promise<void>((resolve, reject) => {
