@@ -79,6 +79,30 @@ test('server: a request whose fds it cannot take is refused EMFILE, rate-limited
   }
 });
 
+test('server: closing the server writes the count of refusals not logged at once, not after it closed', async () => {
+  const t = await rawClientOf(new MemoryDevice(), { devlease: { error_reason: true } });
+  const mem = MemFd.create('table-full-close', { size: 0x4000 });
+  try {
+    const table = fillFdTable();
+    try {
+      // Seven: five logged, two counted (the window's 10 s are far from over).
+      for (let id = 2; id < 9; id++) {
+        t.peer.socket.send(dmaMap(id, 0x100000n), [mem.fd]);
+        await within(t.peer.next(), `the reply to DMA_MAP ${id}`);
+      }
+    } finally {
+      table.restore();
+    }
+    const count = 'vfio-user server: 2 more request(s) refused, their fds not received';
+    assert.ok(!t.logs.includes(count), 'not yet: the window is still open');
+    await t.close();
+    assert.equal(t.logs.filter((l) => l === count).length, 1, `written at close: ${JSON.stringify(t.logs)}`);
+  } finally {
+    mem.close();
+    await t.close();
+  }
+});
+
 test('client: a call whose reply carries fds it cannot take rejects EMFILE; the connection carries on', {
   timeout: 20_000,
 }, async () => {

@@ -54,3 +54,9 @@ export function requestFdsLost(
   log.log('fds lost', `vfio-user connection ${connection}: ${what} refused ${err.code}: ${err.reason}`);
   return err;
 }
+
+/** Write the server's pending "N more" count now and forget its log (its server closed: no line after that). */
+export function flushFdsLostLog(config: object): void {
+  logs.get(config)?.flush();
+  logs.delete(config);
+}

@@ -7,6 +7,7 @@ import { type Fd, StreamServer } from '../../sys/index.js';
 import { MAX_FDS } from '../../sys/native.js';
 import { type AdoptedSession, VfioUserConnection } from './connection.js';
 import type { ConnectionInfo, VfioUserDeviceModel } from './device-model.js';
+import { flushFdsLostLog } from './fds-lost.js';
 import {
   DEFAULT_MAX_DATA_XFER_SIZE,
   DEFAULT_MAX_MSG_FDS,
@@ -237,6 +238,8 @@ export class VfioUserServer extends EventEmitter {
       this.#listener?.close();
       for (const c of this.#connections) c.close('server closed');
       this.#admission?.flush?.();
+      // After the connections' close: a refusal they log meanwhile is counted in this last line, not after it.
+      flushFdsLostLog(this.#config);
     }
     await Promise.all([...this.#connections].map((c) => c.closed));
   }
