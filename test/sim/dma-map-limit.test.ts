@@ -16,8 +16,17 @@ import {
   spawnSimulator,
   startSimulator,
 } from '../../src/sim/index.js';
+import { encodeDmaBufRequest } from '../../src/sim/model/slices.js';
 import { MemFd } from '../../src/sys/index.js';
 import { native } from '../../src/sys/native.js';
+import {
+  VFIO_DEVICE_FEATURE_DMA_BUF,
+  VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_SET,
+  VFIO_PCI_BAR4_REGION_INDEX,
+  vfio_device_feature_dma_buf_revoke,
+} from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import { VFIO_DMA_UNMAP_FLAG_ALL } from '../../src/vfio/user/protocol.js';
 import { openFdCount, trackFdLeaks } from '../helpers/fds.js';
@@ -117,6 +126,28 @@ test('with the default options every map up to the advertised max_dma_maps is he
       capacity - native.guardSlots().inUse >= SIM_GUARD_RESERVE,
       'at the limit the reserve is still free (a slice renewal takes a slot before it lets one go)',
     );
+    // A device-memory granule revoked with every map held: its renewal maps the fresh memory (a guard slot)
+    // before it lets the old go — what the reserve is for. (A queue page's revoke takes no slot: its spare
+    // replaces the old memory in place.)
+    const granule = BigInt(r.sim.options.devmemGranule);
+    const [page] = (
+      await r.client.feature({
+        flags: VFIO_DEVICE_FEATURE_GET,
+        feature: VFIO_DEVICE_FEATURE_DMA_BUF,
+        data: encodeDmaBufRequest(VFIO_PCI_BAR4_REGION_INDEX, [{ offset: granule, length: granule }]),
+      })
+    ).fds;
+    try {
+      await r.client.feature({
+        flags: VFIO_DEVICE_FEATURE_SET,
+        feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+        data: vfio_device_feature_dma_buf_revoke.encode({ fd_index: 0 }),
+        fds: [page!],
+      });
+      assert.equal(native.fstat(page!.fd).size, 0, 'the old granule was truncated: revoked');
+    } finally {
+      page!.close();
+    }
     const err = await refusal(r.client, memfd, advertised);
     assert.equal(
       err.code,
