@@ -161,6 +161,8 @@ async function hostRequest(runDir, request, report) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** How long a guest may print nothing after an AER injection before it is taken for stuck (its tests: < 60 s). */
+const AER_SILENCE_MS = Number(process.env.DEVLEASE_AER_SILENCE_SEC ?? 180) * 1000;
 
 /**
  * At a timeout with the guest's tests running: whether QEMU's monitor still answers (a stuck QEMU, or a stuck
@@ -168,7 +170,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * the tasks blocked in D state with their stacks, every CPU's backtrace. Lines the guest prints meanwhile reach
  * `report` through the usual path; this waits for them ~10 s.
  */
-async function askWhereStuck(child, runDir, report) {
+async function askWhereStuck(child, runDir, report, guestLines) {
   let status;
   let answered = true;
   try {
@@ -178,14 +180,29 @@ async function askWhereStuck(child, runDir, report) {
     answered = false;
   }
   report(`[host] timed out: QEMU's monitor, asked 'info status': ${status.replace(/\s+/g, ' ')}`);
+  if (answered) {
+    // Where each vCPU is: halted (HLT=1: the guest waits for an interrupt that does not come) or running, and at
+    // which kernel address (the guest's System.map names it).
+    try {
+      const regs = await hmp(monitorPath(runDir), 'info registers -a', 5_000);
+      const where = regs.split('\n').filter((l) => /^CPU#|RIP=/.test(l.trim()));
+      report(`[host] vCPUs: ${where.map((l) => l.trim().replace(/\s+/g, ' ')).join(' | ')}`);
+    } catch (err) {
+      report(`[host] vCPUs: no answer (${err.message})`);
+    }
+  }
   report('[host] asking the guest by SysRq: 8 (log level), w (blocked tasks), l (CPU backtraces)');
+  const before = guestLines();
   for (const key of ['8', 'w', 'l']) {
     if (!child.stdin.writable) break;
     child.stdin.write(`\x01b${key}`);
     await sleep(3_000);
   }
   await sleep(2_000);
-  return { monitorAnswered: answered };
+  const sysrqAnswered = guestLines() > before;
+  if (!sysrqAnswered)
+    report('[host] the guest printed nothing for SysRq: its kernel (or its console) is stuck');
+  return { monitorAnswered: answered, sysrqAnswered };
 }
 
 /**
@@ -234,6 +251,11 @@ export async function runGuest({
 
     let phase = 'boot';
     let status = null;
+    // Guest lines seen (SysRq's answer is counted by them), the last one's time, and the last AER injection's.
+    let guestLines = 0;
+    let lastLineAt = 0;
+    let aerInjectedAt = 0;
+    let silentAfterAer = false;
     let rigError = null;
     let timedOut = null;
     let stuck = null;
@@ -247,19 +269,38 @@ export async function runGuest({
     child.on('error', (err) => {
       stderr += `cannot run ${qemu}: ${err.message} (scripts/kernel-rig/deps.sh installs QEMU)`;
     });
-    const timer = setTimeout(async () => {
-      timedOut = `after ${timeoutSec} s`;
+    let asking = false;
+    const giveUp = async (why) => {
+      if (asking) return;
+      asking = true;
+      timedOut = why;
       // A guest that hangs says where before it is killed (its output, with the others').
       try {
         if (phase === 'guest')
-          stuck = await askWhereStuck(child, runDir, (l) => {
-            output.push(l);
-            onLine(l);
-          });
+          stuck = await askWhereStuck(
+            child,
+            runDir,
+            (l) => {
+              output.push(l);
+              onLine(l);
+            },
+            () => guestLines,
+          );
       } finally {
         stop();
       }
-    }, timeoutSec * 1000);
+    };
+    const timer = setTimeout(() => void giveUp(`after ${timeoutSec} s`), timeoutSec * 1000);
+    // A guest silent for AER_SILENCE_MS after the host injected an AER error stopped there (each test after an
+    // injection ends within a minute, with a line): seen twice in CI, once per guest kernel, never reproduced in
+    // dozens of loops (docs/KERNEL-TESTS.md). Asked where it is now rather than at the run's timeout.
+    const silence = setInterval(() => {
+      if (phase === 'guest' && aerInjectedAt > lastLineAt && Date.now() - aerInjectedAt > AER_SILENCE_MS) {
+        clearInterval(silence);
+        silentAfterAer = true;
+        void giveUp(`silent ${AER_SILENCE_MS / 1000} s after an AER injection`);
+      }
+    }, 5_000);
     // Booting takes 5-15 s; a guest that has not started the script after
     // bootTimeoutSec is stuck, however long the script itself may take.
     const bootTimer = setTimeout(() => {
@@ -285,7 +326,10 @@ export async function runGuest({
           status = Number(m[1]);
           phase = 'after';
         } else {
+          guestLines++;
           const request = line.match(HOST_REQUEST);
+          if (request?.[1].startsWith('aer-inject')) aerInjectedAt = Date.now();
+          else lastLineAt = Date.now();
           if (request)
             void hostRequest(runDir, request[1], (l) => {
               output.push(l);
@@ -302,6 +346,7 @@ export async function runGuest({
     });
     const exit = await new Promise((res) => child.on('close', (code, signal) => res({ code, signal })));
     clearTimeout(timer);
+    clearInterval(silence);
     clearTimeout(bootTimer);
     process.removeListener('exit', stop);
     process.removeListener('SIGINT', onSignal);
@@ -327,6 +372,9 @@ export async function runGuest({
       neverStarted: phase === 'boot',
       // qemuStuck: at the timeout QEMU's own monitor did not answer: QEMU hung (its main loop), not the guest.
       qemuStuck: stuck !== null && !stuck.monitorAnswered,
+      // guestWedged: silent after an AER injection, QEMU answering, and nothing printed for SysRq: the guest's
+      // kernel stopped (not a devlease process blocked in it: SysRq would list that one with its stack).
+      guestWedged: silentAfterAer && stuck !== null && stuck.monitorAnswered && !stuck.sysrqAnswered,
     };
   } finally {
     rmSync(runDir, { recursive: true, force: true });
