@@ -12,6 +12,7 @@ process.env.DEVLEASE_FAIL_NTH ??= '0';
 const { failCall, failNth, failNthFired } = await import('../../src/sys/fail-nth.js');
 const { connect } = await import('../../src/client/lease.js');
 const { Sa1Queue } = await import('../../src/client/sa1-queue.js');
+const { leaseAndCopy } = await import('../helpers/lease-copy.js');
 const { startRig, until } = await import('../helpers/broker-rig.js');
 const { trackFdLeaks } = await import('../helpers/fds.js');
 type Rig = Awaited<ReturnType<typeof startRig>>;
@@ -27,20 +28,7 @@ after(async () => {
   await leakCheck();
 });
 
-const copyWorks = async () => {
-  const lease = await connect({ socket: rig.socket, request: {}, timeoutMs: 10_000 });
-  try {
-    const q = await Sa1Queue.create(lease, { entries: 4 });
-    const src = await lease.dma.alloc(4096);
-    const dst = await lease.dma.alloc(4096);
-    src.u8.fill(0xa5);
-    const c = await q.copy(src.iova, dst.iova, 4096);
-    assert.equal(c.status, 'OK');
-    assert.ok(dst.u8.every((b) => b === 0xa5));
-  } finally {
-    lease.close();
-  }
-};
+const copyWorks = () => leaseAndCopy(rig.socket, { timeoutMs: 10_000, byte: 0xa5 });
 
 /** One revoke with the kth device send of its reclaim failing; returns whether a send failed. */
 async function revokeFailingSend(k: number): Promise<boolean> {

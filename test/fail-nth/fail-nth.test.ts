@@ -58,6 +58,7 @@ test(`fail-nth: every native syscall of lease, map, unmap, revoke and reclaim fa
   const { failNth, failNthFired, failNthInstalled } = await import('../../src/sys/fail-nth.js');
   const { connect } = await import('../../src/client/lease.js');
   const { Sa1Queue } = await import('../../src/client/sa1-queue.js');
+  const { leaseAndCopy } = await import('../helpers/lease-copy.js');
   const { adminRequest } = await import('../../src/cli/admin.js');
   const { startRig, until } = await import('../helpers/broker-rig.js');
   assert.ok(
@@ -78,17 +79,7 @@ test(`fail-nth: every native syscall of lease, map, unmap, revoke and reclaim fa
   const started = Date.now();
 
   const freshLeaseWorks = async () => {
-    const lease = await open();
-    try {
-      const q = await Sa1Queue.create(lease, { entries: 4 });
-      const src = await lease.dma.alloc(4096);
-      const dst = await lease.dma.alloc(4096);
-      src.u8.fill(0x5a);
-      const c = await q.copy(src.iova, dst.iova, 4096);
-      if (c.status !== 'OK' || dst.u8.some((b) => b !== 0x5a)) throw new Error(`COPY ended ${c.status}`);
-    } finally {
-      lease.close();
-    }
+    await leaseAndCopy(rig.socket, { timeoutMs: 10_000 });
     await noLeases();
   };
   await freshLeaseWorks(); // warms everything up that is made once (the admin path, lazy tables)

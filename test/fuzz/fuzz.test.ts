@@ -19,6 +19,7 @@ import { Sa1Queue } from '../../src/client/sa1-queue.js';
 import { spawnSimulator } from '../../src/sim/host/child.js';
 import { startBroker } from '../../src/util/processes.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
+import { leaseAndCopy } from '../helpers/lease-copy.js';
 import { preparedFds } from '../helpers/prepared-fds.js';
 import { fdCount, fdDiff, fdTargets, rssBytes } from '../helpers/proc-stat.js';
 import { countFrom, rng, seedFrom } from '../helpers/rng.js';
@@ -112,18 +113,7 @@ test(`fuzz: ${FRAMES} hostile frames; no target dies, the good client is served 
   let freshChecks = 0;
   const freshClient = async (when: string) => {
     try {
-      const c = await connect({ socket: leaseSocket, request: {} });
-      try {
-        const fq = await Sa1Queue.create(c, { entries: 4 });
-        const a = await c.dma.alloc(4096);
-        const b = await c.dma.alloc(4096);
-        a.u8.fill(0x5a);
-        const done = await fq.copy(a.iova, b.iova, 4096);
-        if (done.status !== 'OK' || b.u8.some((x) => x !== 0x5a))
-          throw new Error(`copy ended ${done.status} with wrong data`);
-      } finally {
-        c.close();
-      }
+      await leaseAndCopy(leaseSocket);
       freshChecks++;
     } catch (err) {
       crashes.push(`a fresh client ${when} was not served: ${(err as Error).message}`);

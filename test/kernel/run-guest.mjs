@@ -374,7 +374,7 @@ export async function runGuest({
       qemuStuck: stuck !== null && !stuck.monitorAnswered,
       // guestWedged: silent after an AER injection, QEMU answering, and nothing printed for SysRq: the guest's
       // kernel stopped (not a devlease process blocked in it: SysRq would list that one with its stack).
-      guestWedged: silentAfterAer && stuck !== null && stuck.monitorAnswered && !stuck.sysrqAnswered,
+      guestWedged: silentAfterAer && stuck?.monitorAnswered && !stuck.sysrqAnswered,
     };
   } finally {
     rmSync(runDir, { recursive: true, force: true });
