@@ -16,6 +16,13 @@
 // Bounded: one readdir of /proc, per process one readdir of fd/ plus one
 // readlink per fd and one read of maps. Processes that vanish mid-scan or
 // cannot be read (not root) are counted, never fatal.
+//
+// /proc/<pid> is the process's main thread: once that thread has exited
+// (pthread_exit in main) it is a zombie with no mm and no fd table, and its
+// maps and fd/ read empty while the other threads run on with both. Such a
+// process is read through one of its live threads (/proc/<pid>/task/<tid>);
+// read only through /proc/<pid>, it held the device fd and mapped its slice
+// unseen (the slice went back to the pool while still mapped).
 
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 
@@ -61,9 +68,9 @@ export function identityOfFd(fd: number): FileIdentity {
   return { link, dev: st.dev, ino: st.ino, rdev: st.rdev, syspath: syspathOf('self', fd) };
 }
 
-function syspathOf(pid: number | 'self', fd: number): string | null {
+function syspathOf(pid: number | 'self', fd: number, dir = `/proc/${pid}`): string | null {
   try {
-    const m = /^vfio-device-syspath:\s*(\S+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+    const m = /^vfio-device-syspath:\s*(\S+)/m.exec(readFileSync(`${dir}/fdinfo/${fd}`, 'utf8'));
     return m?.[1] ?? null;
   } catch {
     return null;
@@ -89,8 +96,9 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
     if (!Number.isInteger(pid) || pid <= 0 || exclude.has(pid)) continue;
     out.processes++;
     try {
-      scanMaps(pid, dev, ino, out.maps);
-      scanFds(pid, target, out.fds);
+      const { dir, maps } = readMaps(pid);
+      scanMaps(pid, maps, dev, ino, out.maps);
+      scanFds(pid, dir, target, out.fds);
     } catch {
       out.unreadable++;
     }
@@ -99,8 +107,27 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
   return out;
 }
 
-function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): void {
-  const text = readFileSync(`/proc/${pid}/maps`, 'latin1');
+/**
+ * The process's maps, and the /proc directory it was read from (its fds are read there too): /proc/<pid>, or
+ * when that reads empty (a kernel thread, a zombie, or a main thread gone: see the top) a live thread's.
+ */
+function readMaps(pid: number): { dir: string; maps: string } {
+  const dir = `/proc/${pid}`;
+  const maps = readFileSync(`${dir}/maps`, 'latin1');
+  if (maps !== '') return { dir, maps };
+  for (const tid of readdirSync(`${dir}/task`)) {
+    if (tid === String(pid)) continue;
+    try {
+      const t = readFileSync(`${dir}/task/${tid}/maps`, 'latin1');
+      if (t !== '') return { dir: `${dir}/task/${tid}`, maps: t };
+    } catch {
+      // that thread exited meanwhile: another may still run
+    }
+  }
+  return { dir, maps };
+}
+
+function scanMaps(pid: number, text: string, dev: string, ino: string, into: MappingFound[]): void {
   // Cheap pre-filter: most processes map nothing of the file.
   const needle = ` ${dev} ${ino} `;
   if (!text.includes(needle)) return;
@@ -114,8 +141,8 @@ function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): 
   }
 }
 
-function scanFds(pid: number, target: FileIdentity, into: FdHolding[]): void {
-  const dir = `/proc/${pid}/fd`;
+function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHolding[]): void {
+  const dir = `${procDir}/fd`;
   for (const name of readdirSync(dir)) {
     let link: string;
     try {
@@ -132,7 +159,7 @@ function scanFds(pid: number, target: FileIdentity, into: FdHolding[]): void {
     }
     const fd = Number(name);
     if (target.syspath !== null) {
-      const sp = syspathOf(pid, fd);
+      const sp = syspathOf(pid, fd, procDir);
       if (sp !== null && sp !== target.syspath) continue; // another VFIO device on the same anon inode
     }
     into.push({ pid, fd });
@@ -144,7 +171,7 @@ export function processFacts(pid: number): { exe: string | null; ppid: number | 
   let exe: string | null = null;
   let ppid: number | null = null;
   try {
-    exe = readlinkSync(`/proc/${pid}/exe`);
+    exe = readlinkSync(`${readMaps(pid).dir}/exe`); // a live thread's, when the main thread has exited
   } catch {
     // gone, or a kernel thread
   }
@@ -164,12 +191,17 @@ export function parentOf(pid: number): number | null {
   }
 }
 
-/** Whether `pid` is a process that has not exited (gone, a zombie or dead: false). */
+/**
+ * Whether `pid` is a process that has not exited (gone, a zombie or dead: false). A zombie main thread with
+ * other threads still counted (num_threads, field 20, counts the zombie leader too) is a running process.
+ */
 export function isRunning(pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X' && state !== 'x';
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const state = rest[0];
+    if (state !== 'Z' && state !== 'X' && state !== 'x') return true;
+    return Number(rest[17]) > 1; // field 20: rest[0] is field 3
   } catch {
     return false;
   }
