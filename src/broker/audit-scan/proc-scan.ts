@@ -192,6 +192,19 @@ export function parentOf(pid: number): number | null {
 }
 
 /**
+ * The start time of the process `pid` names now (/proc/<pid>/stat field 22, in clock ticks since boot), or null
+ * when there is none. With the pid it names one process: a pid alone names whichever process has it now.
+ */
+export function startTimeOf(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null; // rest[0] is field 3
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Whether `pid` is a process that has not exited (gone, a zombie or dead: false). A zombie main thread with
  * other threads still counted (num_threads, field 20, counts the zombie leader too) is a running process.
  */
