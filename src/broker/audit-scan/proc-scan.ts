@@ -15,7 +15,12 @@
 //
 // Bounded: one readdir of /proc, per process one readdir of fd/ plus one
 // readlink per fd and one read of maps. Processes that vanish mid-scan or
-// cannot be read (not root) are counted, never fatal.
+// cannot be read (not root) are counted, never fatal. A maps file is read
+// through one fixed buffer and only each line's head (range, perms, offset,
+// dev, inode) is looked at: any process can make its maps file huge (65530
+// mappings of a file with a path thousands of bytes long: hundreds of MB), and
+// read whole it cost the broker that much memory at each scan (past V8's
+// longest string, ~512 MB, the process went unread: its mappings unseen).
 //
 // /proc/<pid> is the process's main thread: once that thread has exited
 // (pthread_exit in main) it is a zombie with no mm and no fd table, and its
@@ -24,7 +29,7 @@
 // read only through /proc/<pid>, it held the device fd and mapped its slice
 // unseen (the slice went back to the pool while still mapped).
 
-import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
 
 /** What identifies the audited file. */
 export interface FileIdentity {
@@ -96,9 +101,7 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
     if (!Number.isInteger(pid) || pid <= 0 || exclude.has(pid)) continue;
     out.processes++;
     try {
-      const { dir, maps } = readMaps(pid);
-      scanMaps(pid, maps, dev, ino, out.maps);
-      scanFds(pid, dir, target, out.fds);
+      scanFds(pid, scanMaps(pid, dev, ino, out.maps), target, out.fds);
     } catch {
       out.unreadable++;
     }
@@ -108,37 +111,81 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
 }
 
 /**
- * The process's maps, and the /proc directory it was read from (its fds are read there too): /proc/<pid>, or
- * when that reads empty (a kernel thread, a zombie, or a main thread gone: see the top) a live thread's.
+ * Adds the process's mappings of the file (dev, ino as maps prints them) to `into`; returns the /proc directory
+ * they were read from, where its fds are read too: /proc/<pid>, or when its maps is empty (a kernel thread, a
+ * zombie, or a main thread gone: see the top) a live thread's.
  */
-function readMaps(pid: number): { dir: string; maps: string } {
+function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): string {
   const dir = `/proc/${pid}`;
-  const maps = readFileSync(`${dir}/maps`, 'latin1');
-  if (maps !== '') return { dir, maps };
+  if (grepMaps(pid, `${dir}/maps`, dev, ino, into)) return dir;
   for (const tid of readdirSync(`${dir}/task`)) {
     if (tid === String(pid)) continue;
     try {
-      const t = readFileSync(`${dir}/task/${tid}/maps`, 'latin1');
-      if (t !== '') return { dir: `${dir}/task/${tid}`, maps: t };
+      if (grepMaps(pid, `${dir}/task/${tid}/maps`, dev, ino, into)) return `${dir}/task/${tid}`;
     } catch {
       // that thread exited meanwhile: another may still run
     }
   }
-  return { dir, maps };
+  return dir;
 }
 
-function scanMaps(pid: number, text: string, dev: string, ino: string, into: MappingFound[]): void {
-  // Cheap pre-filter: most processes map nothing of the file.
+/** The read buffer of maps files (scans are synchronous: one at a time). */
+const CHUNK = Buffer.allocUnsafe(64 * 1024);
+/**
+ * How much of a maps line is looked at: "start-end perms offset dev inode" is at most some 100 bytes (16 hex
+ * digits each for start, end and offset, a 20-digit inode); the path after it can be any length.
+ */
+const HEAD = 160;
+
+/** Reads maps file `path` line by line; whether it had any line (an empty maps: no mm to read). */
+function grepMaps(pid: number, path: string, dev: string, ino: string, into: MappingFound[]): boolean {
   const needle = ` ${dev} ${ino} `;
-  if (!text.includes(needle)) return;
-  for (const line of text.split('\n')) {
-    if (!line.includes(needle)) continue;
-    // start-end perms offset dev inode [path]
-    const [range = '', perms = '', offset = '0', d, i] = line.split(/\s+/);
-    if (d !== dev || i !== ino) continue;
-    const [s = '0', e = '0'] = range.split('-');
-    into.push({ pid, start: BigInt(`0x${s}`), end: BigInt(`0x${e}`), offset: BigInt(`0x${offset}`), perms });
+  const fd = openSync(path, 'r');
+  let any = false;
+  try {
+    let line = ''; // the head of the line being read
+    let skipping = false; // past the head of a long line: its rest is dropped up to the newline
+    for (
+      let n = readSync(fd, CHUNK, 0, CHUNK.length, null);
+      n > 0;
+      n = readSync(fd, CHUNK, 0, CHUNK.length, null)
+    ) {
+      any = true;
+      const buf = CHUNK.subarray(0, n);
+      for (let at = 0; at < n; ) {
+        const nl = buf.indexOf(10, at);
+        const end = nl < 0 ? n : nl;
+        if (!skipping) {
+          line += buf.toString('latin1', at, Math.min(end, at + HEAD - line.length));
+          skipping = line.length >= HEAD;
+        }
+        if (end === n) break; // the line goes on in the next read
+        if (line.includes(needle)) parseMapping(pid, line, dev, ino, into);
+        line = '';
+        skipping = false;
+        at = end + 1;
+      }
+    }
+    if (line.includes(needle)) parseMapping(pid, line, dev, ino, into);
+  } finally {
+    closeSync(fd);
   }
+  return any;
+}
+
+/** The mappings of `target` a maps-format file lists (for tests of the line reader: proc's files are made here). */
+export function mappingsInFile(path: string, pid: number, target: FileIdentity): MappingFound[] {
+  const into: MappingFound[] = [];
+  grepMaps(pid, path, mapsDev(target.dev), target.ino.toString(), into);
+  return into;
+}
+
+function parseMapping(pid: number, line: string, dev: string, ino: string, into: MappingFound[]): void {
+  // start-end perms offset dev inode [path]
+  const [range = '', perms = '', offset = '0', d, i] = line.split(/\s+/);
+  if (d !== dev || i !== ino) return;
+  const [s = '0', e = '0'] = range.split('-');
+  into.push({ pid, start: BigInt(`0x${s}`), end: BigInt(`0x${e}`), offset: BigInt(`0x${offset}`), perms });
 }
 
 function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHolding[]): void {
@@ -171,9 +218,17 @@ export function processFacts(pid: number): { exe: string | null; ppid: number | 
   let exe: string | null = null;
   let ppid: number | null = null;
   try {
-    exe = readlinkSync(`${readMaps(pid).dir}/exe`); // a live thread's, when the main thread has exited
+    exe = readlinkSync(`/proc/${pid}/exe`);
   } catch {
-    // gone, or a kernel thread
+    // gone, a kernel thread, or a main thread gone (see the top): a live thread's
+    for (const tid of safeReaddir(`/proc/${pid}/task`)) {
+      try {
+        exe = readlinkSync(`/proc/${pid}/task/${tid}/exe`);
+        break;
+      } catch {
+        // not this one
+      }
+    }
   }
   ppid = parentOf(pid);
   return { exe, ppid };
@@ -228,4 +283,12 @@ export function descendsFrom(pid: number, ancestor: number): boolean {
     p = parentOf(p);
   }
   return false;
+}
+
+function safeReaddir(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
 }
