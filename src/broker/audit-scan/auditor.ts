@@ -322,14 +322,17 @@ export class SliceAuditor {
    */
   async whenUnmapped(id: string, opts: { forced: boolean; pollMs?: number }): Promise<void> {
     const e = this.#entries.get(id);
-    if (!e) return;
+    if (!e || this.#closed) return;
     if (opts.forced) this.killMappers(id);
-    else this.scan();
-    // Held, no scan ran: what the entry says may be stale; the first scan after unhold() decides.
-    if (!e.mapped && !this.#held) return;
+    // The scan that decides is a requested one (coalesced, within the duty cycle; held: after unhold()), not
+    // one run here: each lease's end ran a whole scan at once, so releases in a burst (or a client leasing and
+    // leaving in a loop) cost a scan each, back to back on the event loop, past the audit's tenth of its time.
     const poll = setInterval(() => this.request(), opts.pollMs ?? Math.min(this.config.periodMs, 200));
     try {
-      await new Promise<void>((resolve) => e.waiters.push(resolve));
+      await new Promise<void>((resolve) => {
+        e.waiters.push(resolve);
+        this.request();
+      });
     } finally {
       clearInterval(poll);
     }

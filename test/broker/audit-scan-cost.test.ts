@@ -1,15 +1,19 @@
-// The /proc audit of direct slices (src/broker/audit-scan) against a process with a huge maps file: any
-// process can map a file thousands of times under a path thousands of bytes long (tens of MB of maps text
-// here; 65530 mappings of a deeper path make it GBs). The scan must find every mapping of the audited file
-// in it, be fooled by none of the path's text, and cost the broker a fixed amount of memory, not the file's
-// size. A real process (python3, libc's mmap through ctypes) maps a real memfd standing in for the device.
+// What the /proc audit of direct slices (src/broker/audit-scan) costs the broker, whatever other processes do.
+// A process with a huge maps file: any process can map a file thousands of times under a path thousands of
+// bytes long (tens of MB of maps text here; 65530 mappings of a deeper path make it GBs). The scan must find
+// every mapping of the audited file in it, be fooled by none of the path's text, and cost the broker a fixed
+// amount of memory, not the file's size. And releases in a burst: one scan, not one each. Real processes
+// (python3, libc's mmap through ctypes; the mapper fixture) map a real memfd standing in for the device.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { AuditLog } from '../../src/broker/audit.js';
+import { SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
 import {
   type FileIdentity,
   identityOfFd,
@@ -136,4 +140,40 @@ test('maps lines: one across a read boundary is found, and record-like text in a
     [0x50000n, 0x5000n],
     [0x60000n, 0x6000n],
   ]);
+});
+
+const mapper = join(dirname(fileURLToPath(import.meta.url)), '../fixtures/audit/mapper.js');
+
+test('release: leases ending together are decided by one scan, not one each on the event loop', async () => {
+  const audit = new AuditLog(null);
+  const a = new SliceAuditor(
+    target,
+    { action: 'report', periodMs: 60_000, handoffGraceMs: 0, deadlineAction: 'kill' },
+    { audit, revoke: () => {}, log: () => {} },
+  );
+  const holders = await Promise.all(
+    [0, 1, 2, 3].map(async (page) => {
+      const args = [mapper, `/proc/${process.pid}/fd/${memfd}`, String(page * PAGE), String(PAGE)];
+      const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+      children.push(proc);
+      const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+      await new Promise((r) => createInterface({ input: proc.stdout! }).once('line', r));
+      return { proc, exited, page };
+    }),
+  );
+  try {
+    for (const h of holders) {
+      a.add(`l${h.page}`, h.proc.pid!, [{ start: BigInt(h.page * PAGE), end: BigInt((h.page + 1) * PAGE) }]);
+      a.onRequest(`l${h.page}`, true);
+    }
+    for (const h of holders) h.proc.kill('SIGKILL');
+    await Promise.all(holders.map((h) => h.exited));
+    // The four leases end together (their clients died): each waits for its slice's release.
+    const scans = a.stats.scans;
+    await Promise.all(holders.map((h) => a.whenUnmapped(`l${h.page}`, { forced: false, pollMs: 60_000 })));
+    assert.equal(a.stats.scans - scans, 1, 'one scan released the four slices');
+    assert.equal(a.stats.violations, 0);
+  } finally {
+    a.close();
+  }
 });
