@@ -40,6 +40,8 @@ export interface FileIdentity {
   rdev: bigint;
   /** fdinfo's `vfio-device-syspath`, when the kernel prints one. */
   syspath: string | null;
+  /** fdinfo's `mnt_id` (with `ino`, what names the file where fd/ cannot be read: scanFdinfo). */
+  mntId: number | null;
 }
 
 export interface FdHolding {
@@ -70,7 +72,15 @@ export interface ScanResult {
 export function identityOfFd(fd: number): FileIdentity {
   const link = readlinkSync(`/proc/self/fd/${fd}`);
   const st = statSync(`/proc/self/fd/${fd}`, { bigint: true });
-  return { link, dev: st.dev, ino: st.ino, rdev: st.rdev, syspath: syspathOf('self', fd) };
+  const mnt = fdinfoField(readFdinfo(`/proc/self/fdinfo/${fd}`), 'mnt_id');
+  return {
+    link,
+    dev: st.dev,
+    ino: st.ino,
+    rdev: st.rdev,
+    syspath: syspathOf('self', fd),
+    mntId: mnt === null ? null : Number(mnt),
+  };
 }
 
 function syspathOf(pid: number | 'self', fd: number, dir = `/proc/${pid}`): string | null {
@@ -190,7 +200,15 @@ function parseMapping(pid: number, line: string, dev: string, ino: string, into:
 
 function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHolding[]): void {
   const dir = `${procDir}/fd`;
-  for (const name of readdirSync(dir)) {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
+    scanFdinfo(pid, procDir, target, into, err as Error);
+    return;
+  }
+  for (const name of names) {
     let link: string;
     try {
       link = readlinkSync(`${dir}/${name}`);
@@ -211,6 +229,47 @@ function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHol
     }
     into.push({ pid, fd });
   }
+}
+
+/**
+ * fd/ of another uid's process is mode 0500, its owner's: listing it takes CAP_DAC_READ_SEARCH, which the
+ * broker as shipped has not (contrib/systemd: User=devlease, CAP_SYS_PTRACE only), so it saw no fd of any
+ * client of another uid. fdinfo/ takes ptrace read access only, and each fd's `mnt_id` and `ino` name its file
+ * as (dev, ino) do: one small read per fd instead of a readlink. An anonymous inode (the group path's VFIO
+ * device fd) shares both with every other anonymous-inode file (eventfds, epolls): told apart only by
+ * `vfio-device-syspath`, and where the kernel prints none the process stays unread (`cause` is thrown).
+ */
+function scanFdinfo(
+  pid: number,
+  procDir: string,
+  target: FileIdentity,
+  into: FdHolding[],
+  cause: Error,
+): void {
+  const anon = target.link.startsWith('anon_inode:');
+  if (target.mntId === null || (anon && target.syspath === null)) throw cause;
+  const ino = target.ino.toString();
+  for (const name of readdirSync(`${procDir}/fdinfo`)) {
+    const text = readFdinfo(`${procDir}/fdinfo/${name}`);
+    if (fdinfoField(text, 'ino') !== ino || Number(fdinfoField(text, 'mnt_id')) !== target.mntId) continue;
+    const sp = fdinfoField(text, 'vfio-device-syspath');
+    if (target.syspath !== null && (anon ? sp !== target.syspath : sp !== null && sp !== target.syspath))
+      continue;
+    into.push({ pid, fd: Number(name) });
+  }
+}
+
+/** An fdinfo file's text ('' once its fd is closed). */
+function readFdinfo(path: string): string {
+  try {
+    return readFileSync(path, 'latin1');
+  } catch {
+    return '';
+  }
+}
+
+function fdinfoField(text: string, name: string): string | null {
+  return new RegExp(`^${name}:\\s*(\\S+)`, 'm').exec(text)?.[1] ?? null;
 }
 
 /** What the audit record names: the executable and the parent (a child the fd was passed to, say). */
