@@ -215,7 +215,8 @@ function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHol
     } catch {
       continue; // closed while we looked
     }
-    if (link !== target.link) continue;
+    // A device node removed (udev, by hand) while open: each fd's link reads so, and stat still names the file.
+    if (link !== target.link && link !== `${target.link} (deleted)`) continue;
     try {
       const st = statSync(`${dir}/${name}`, { bigint: true });
       if (st.dev !== target.dev || st.ino !== target.ino || st.rdev !== target.rdev) continue;
