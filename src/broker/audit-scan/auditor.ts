@@ -22,6 +22,7 @@ import {
   processFacts,
   type ScanResult,
   scanProc,
+  startTimeOf,
 } from './proc-scan.js';
 
 export type AuditAction = 'report' | 'revoke' | 'kill';
@@ -65,8 +66,11 @@ interface Entry {
   /** The holder made a request after the hand-off: its connect() has returned, so the fd must be closed. */
   settled: boolean;
   knownMappers: Set<number>;
-  /** Violating processes attributed to this lease (killed with it on a forced reclaim). */
-  violators: Set<number>;
+  /**
+   * Violating processes attributed to this lease (killed with it on a forced reclaim): pid → its start time
+   * (proc-scan startTimeOf), so that a pid another process has taken since is not killed for it.
+   */
+  violators: Map<number, string | null>;
   mapped: boolean;
   waiters: (() => void)[];
 }
@@ -95,7 +99,12 @@ export interface AuditorHost {
 
 export class SliceAuditor {
   readonly #entries = new Map<string, Entry>();
+  /**
+   * Violations recorded (pid:finding:lease), once while each lasts: dropped when a scan no longer sees it, or
+   * another process given the pid later (pid_max wraps) went unrecorded and unpunished for good.
+   */
   readonly #reported = new Set<string>();
+  readonly #seen = new Set<string>(); // those the scan in progress saw
   #timer: NodeJS.Timeout | null = null;
   #scheduled = false;
   #closed = false;
@@ -129,7 +138,7 @@ export class SliceAuditor {
       handedAt: null,
       settled: false,
       knownMappers: new Set(),
-      violators: new Set(),
+      violators: new Map(),
       mapped: false,
       waiters: [],
     };
@@ -191,6 +200,7 @@ export class SliceAuditor {
     this.stats.lastUs = r.us;
     this.stats.processes = r.processes;
     const now = Date.now();
+    this.#seen.clear();
     this.#nextAllowed = now + Math.ceil((9 * r.us) / 1000);
     for (const h of r.fds) {
       const holderOf = this.#leaseOf(h.pid);
@@ -208,6 +218,7 @@ export class SliceAuditor {
     }
     for (const e of this.#entries.values()) e.mapped = false;
     for (const m of r.maps) this.#checkMapping(m);
+    for (const k of this.#reported) if (!this.#seen.has(k)) this.#reported.delete(k);
     for (const e of this.#entries.values()) {
       if (!e.mapped) for (const w of e.waiters.splice(0)) w();
     }
@@ -243,13 +254,14 @@ export class SliceAuditor {
 
   #violate(pid: number, finding: Finding, lease: string | null, detail: string): void {
     const key = `${pid}:${finding}:${lease}`;
+    this.#seen.add(key);
     if (this.#reported.has(key)) return;
     this.#reported.add(key);
     const facts = processFacts(pid);
     const v: Violation = { pid, exe: facts.exe, ppid: facts.ppid, finding, lease, detail };
     this.stats.violations++;
     const e = lease ? this.#entries.get(lease) : undefined;
-    e?.violators.add(pid);
+    e?.violators.set(pid, startTimeOf(pid));
     // Without a lease to revoke, 'revoke' kills: the process can reach the whole device.
     const action = this.config.action === 'revoke' && !lease ? 'kill' : this.config.action;
     this.host.audit.write({ event: 'audit-violation', ...v, action });
@@ -258,10 +270,15 @@ export class SliceAuditor {
       this.host.revoke(lease, `audit: pid ${pid} (${facts.exe ?? '?'}) ${finding}: ${detail}`);
   }
 
-  #kill(pid: number, why: string): boolean {
+  /** `start`: the process's start time when it was recorded (null: it was gone then); undefined: seen just now. */
+  #kill(pid: number, why: string, start?: string | null): boolean {
+    if (start === null) return false;
     let pfd: PidFd | null = null;
     try {
       pfd = PidFd.open(pid);
+      // Checked with the pidfd held: it names the process that had the pid then, which is the one recorded only
+      // if the start time (read after) is still the same.
+      if (start !== undefined && startTimeOf(pid) !== start) return false;
       pfd.sendSignal('SIGKILL');
       this.host.audit.write({ event: 'audit-kill', pid, reason: why });
       return true;
@@ -283,15 +300,18 @@ export class SliceAuditor {
     const e = this.#entries.get(id);
     if (!e) return;
     const first = this.scan();
-    const pids = new Set(e.violators);
+    // A violator recorded earlier is that process only while its start time is the same: it may have exited
+    // since and its pid named another process (which was SIGKILLed for it). A mapper was seen just now.
+    const pids = new Map<number, string | null | undefined>(e.violators);
     for (const m of first?.maps ?? []) {
       const end = m.offset + (m.end - m.start);
-      if (e.ranges.some((r) => m.offset < r.end && end > r.start)) pids.add(m.pid);
+      if (e.ranges.some((r) => m.offset < r.end && end > r.start)) pids.set(m.pid, undefined);
     }
-    for (const pid of pids) {
+    for (const [pid, start] of pids) {
       if (this.config.deadlineAction === 'kill')
-        this.#kill(pid, `lease ${id} revoked: still mapping its slice`);
-      else this.host.audit.write({ event: 'audit-still-mapped', lease: id, pid, ...processFacts(pid) });
+        this.#kill(pid, `lease ${id} revoked: still mapping its slice`, start);
+      else if (start === undefined || (start !== null && startTimeOf(pid) === start))
+        this.host.audit.write({ event: 'audit-still-mapped', lease: id, pid, ...processFacts(pid) });
     }
   }
 
@@ -302,14 +322,17 @@ export class SliceAuditor {
    */
   async whenUnmapped(id: string, opts: { forced: boolean; pollMs?: number }): Promise<void> {
     const e = this.#entries.get(id);
-    if (!e) return;
+    if (!e || this.#closed) return;
     if (opts.forced) this.killMappers(id);
-    else this.scan();
-    // Held, no scan ran: what the entry says may be stale; the first scan after unhold() decides.
-    if (!e.mapped && !this.#held) return;
+    // The scan that decides is a requested one (coalesced, within the duty cycle; held: after unhold()), not
+    // one run here: each lease's end ran a whole scan at once, so releases in a burst (or a client leasing and
+    // leaving in a loop) cost a scan each, back to back on the event loop, past the audit's tenth of its time.
     const poll = setInterval(() => this.request(), opts.pollMs ?? Math.min(this.config.periodMs, 200));
     try {
-      await new Promise<void>((resolve) => e.waiters.push(resolve));
+      await new Promise<void>((resolve) => {
+        e.waiters.push(resolve);
+        this.request();
+      });
     } finally {
       clearInterval(poll);
     }
@@ -359,7 +382,7 @@ export class SliceAuditor {
         handedAt: e.handedAt,
         settled: e.settled,
         knownMappers: [...e.knownMappers],
-        violators: [...e.violators],
+        violators: [...e.violators.keys()],
       })),
       reported: [...this.#reported],
     };
@@ -375,7 +398,8 @@ export class SliceAuditor {
         handedAt: h.handedAt,
         settled: h.settled,
         knownMappers: new Set(h.knownMappers),
-        violators: new Set(h.violators),
+        // Their start times now: the processes the old broker recorded, unless gone (and their pid taken) since.
+        violators: new Map(h.violators.map((pid) => [pid, startTimeOf(pid)])),
         mapped: true, // until a scan says otherwise
         waiters: [],
       });

@@ -15,9 +15,21 @@
 //
 // Bounded: one readdir of /proc, per process one readdir of fd/ plus one
 // readlink per fd and one read of maps. Processes that vanish mid-scan or
-// cannot be read (not root) are counted, never fatal.
+// cannot be read (not root) are counted, never fatal. A maps file is read
+// through one fixed buffer and only each line's head (range, perms, offset,
+// dev, inode) is looked at: any process can make its maps file huge (65530
+// mappings of a file with a path thousands of bytes long: hundreds of MB), and
+// read whole it cost the broker that much memory at each scan (past V8's
+// longest string, ~512 MB, the process went unread: its mappings unseen).
+//
+// /proc/<pid> is the process's main thread: once that thread has exited
+// (pthread_exit in main) it is a zombie with no mm and no fd table, and its
+// maps and fd/ read empty while the other threads run on with both. Such a
+// process is read through one of its live threads (/proc/<pid>/task/<tid>);
+// read only through /proc/<pid>, it held the device fd and mapped its slice
+// unseen (the slice went back to the pool while still mapped).
 
-import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
 
 /** What identifies the audited file. */
 export interface FileIdentity {
@@ -28,6 +40,8 @@ export interface FileIdentity {
   rdev: bigint;
   /** fdinfo's `vfio-device-syspath`, when the kernel prints one. */
   syspath: string | null;
+  /** fdinfo's `mnt_id` (with `ino`, what names the file where fd/ cannot be read: scanFdinfo). */
+  mntId: number | null;
 }
 
 export interface FdHolding {
@@ -58,12 +72,20 @@ export interface ScanResult {
 export function identityOfFd(fd: number): FileIdentity {
   const link = readlinkSync(`/proc/self/fd/${fd}`);
   const st = statSync(`/proc/self/fd/${fd}`, { bigint: true });
-  return { link, dev: st.dev, ino: st.ino, rdev: st.rdev, syspath: syspathOf('self', fd) };
+  const mnt = fdinfoField(readFdinfo(`/proc/self/fdinfo/${fd}`), 'mnt_id');
+  return {
+    link,
+    dev: st.dev,
+    ino: st.ino,
+    rdev: st.rdev,
+    syspath: syspathOf('self', fd),
+    mntId: mnt === null ? null : Number(mnt),
+  };
 }
 
-function syspathOf(pid: number | 'self', fd: number): string | null {
+function syspathOf(pid: number | 'self', fd: number, dir = `/proc/${pid}`): string | null {
   try {
-    const m = /^vfio-device-syspath:\s*(\S+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+    const m = /^vfio-device-syspath:\s*(\S+)/m.exec(readFileSync(`${dir}/fdinfo/${fd}`, 'utf8'));
     return m?.[1] ?? null;
   } catch {
     return null;
@@ -89,8 +111,7 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
     if (!Number.isInteger(pid) || pid <= 0 || exclude.has(pid)) continue;
     out.processes++;
     try {
-      scanMaps(pid, dev, ino, out.maps);
-      scanFds(pid, target, out.fds);
+      scanFds(pid, scanMaps(pid, dev, ino, out.maps), target, out.fds);
     } catch {
       out.unreadable++;
     }
@@ -99,31 +120,103 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
   return out;
 }
 
-function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): void {
-  const text = readFileSync(`/proc/${pid}/maps`, 'latin1');
-  // Cheap pre-filter: most processes map nothing of the file.
-  const needle = ` ${dev} ${ino} `;
-  if (!text.includes(needle)) return;
-  for (const line of text.split('\n')) {
-    if (!line.includes(needle)) continue;
-    // start-end perms offset dev inode [path]
-    const [range = '', perms = '', offset = '0', d, i] = line.split(/\s+/);
-    if (d !== dev || i !== ino) continue;
-    const [s = '0', e = '0'] = range.split('-');
-    into.push({ pid, start: BigInt(`0x${s}`), end: BigInt(`0x${e}`), offset: BigInt(`0x${offset}`), perms });
+/**
+ * Adds the process's mappings of the file (dev, ino as maps prints them) to `into`; returns the /proc directory
+ * they were read from, where its fds are read too: /proc/<pid>, or when its maps is empty (a kernel thread, a
+ * zombie, or a main thread gone: see the top) a live thread's.
+ */
+function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): string {
+  const dir = `/proc/${pid}`;
+  if (grepMaps(pid, `${dir}/maps`, dev, ino, into)) return dir;
+  for (const tid of readdirSync(`${dir}/task`)) {
+    if (tid === String(pid)) continue;
+    try {
+      if (grepMaps(pid, `${dir}/task/${tid}/maps`, dev, ino, into)) return `${dir}/task/${tid}`;
+    } catch {
+      // that thread exited meanwhile: another may still run
+    }
   }
+  return dir;
 }
 
-function scanFds(pid: number, target: FileIdentity, into: FdHolding[]): void {
-  const dir = `/proc/${pid}/fd`;
-  for (const name of readdirSync(dir)) {
+/** The read buffer of maps files (scans are synchronous: one at a time). */
+const CHUNK = Buffer.allocUnsafe(64 * 1024);
+/**
+ * How much of a maps line is looked at: "start-end perms offset dev inode" is at most some 100 bytes (16 hex
+ * digits each for start, end and offset, a 20-digit inode); the path after it can be any length.
+ */
+const HEAD = 160;
+
+/** Reads maps file `path` line by line; whether it had any line (an empty maps: no mm to read). */
+function grepMaps(pid: number, path: string, dev: string, ino: string, into: MappingFound[]): boolean {
+  const needle = ` ${dev} ${ino} `;
+  const fd = openSync(path, 'r');
+  let any = false;
+  try {
+    let line = ''; // the head of the line being read
+    let skipping = false; // past the head of a long line: its rest is dropped up to the newline
+    for (
+      let n = readSync(fd, CHUNK, 0, CHUNK.length, null);
+      n > 0;
+      n = readSync(fd, CHUNK, 0, CHUNK.length, null)
+    ) {
+      any = true;
+      const buf = CHUNK.subarray(0, n);
+      for (let at = 0; at < n; ) {
+        const nl = buf.indexOf(10, at);
+        const end = nl < 0 ? n : nl;
+        if (!skipping) {
+          line += buf.toString('latin1', at, Math.min(end, at + HEAD - line.length));
+          skipping = line.length >= HEAD;
+        }
+        if (end === n) break; // the line goes on in the next read
+        if (line.includes(needle)) parseMapping(pid, line, dev, ino, into);
+        line = '';
+        skipping = false;
+        at = end + 1;
+      }
+    }
+    if (line.includes(needle)) parseMapping(pid, line, dev, ino, into);
+  } finally {
+    closeSync(fd);
+  }
+  return any;
+}
+
+/** The mappings of `target` a maps-format file lists (for tests of the line reader: proc's files are made here). */
+export function mappingsInFile(path: string, pid: number, target: FileIdentity): MappingFound[] {
+  const into: MappingFound[] = [];
+  grepMaps(pid, path, mapsDev(target.dev), target.ino.toString(), into);
+  return into;
+}
+
+function parseMapping(pid: number, line: string, dev: string, ino: string, into: MappingFound[]): void {
+  // start-end perms offset dev inode [path]
+  const [range = '', perms = '', offset = '0', d, i] = line.split(/\s+/);
+  if (d !== dev || i !== ino) return;
+  const [s = '0', e = '0'] = range.split('-');
+  into.push({ pid, start: BigInt(`0x${s}`), end: BigInt(`0x${e}`), offset: BigInt(`0x${offset}`), perms });
+}
+
+function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHolding[]): void {
+  const dir = `${procDir}/fd`;
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
+    scanFdinfo(pid, procDir, target, into, err as Error);
+    return;
+  }
+  for (const name of names) {
     let link: string;
     try {
       link = readlinkSync(`${dir}/${name}`);
     } catch {
       continue; // closed while we looked
     }
-    if (link !== target.link) continue;
+    // A device node removed (udev, by hand) while open: each fd's link reads so, and stat still names the file.
+    if (link !== target.link && link !== `${target.link} (deleted)`) continue;
     try {
       const st = statSync(`${dir}/${name}`, { bigint: true });
       if (st.dev !== target.dev || st.ino !== target.ino || st.rdev !== target.rdev) continue;
@@ -132,11 +225,52 @@ function scanFds(pid: number, target: FileIdentity, into: FdHolding[]): void {
     }
     const fd = Number(name);
     if (target.syspath !== null) {
-      const sp = syspathOf(pid, fd);
+      const sp = syspathOf(pid, fd, procDir);
       if (sp !== null && sp !== target.syspath) continue; // another VFIO device on the same anon inode
     }
     into.push({ pid, fd });
   }
+}
+
+/**
+ * fd/ of another uid's process is mode 0500, its owner's: listing it takes CAP_DAC_READ_SEARCH, which the
+ * broker as shipped has not (contrib/systemd: User=devlease, CAP_SYS_PTRACE only), so it saw no fd of any
+ * client of another uid. fdinfo/ takes ptrace read access only, and each fd's `mnt_id` and `ino` name its file
+ * as (dev, ino) do: one small read per fd instead of a readlink. An anonymous inode (the group path's VFIO
+ * device fd) shares both with every other anonymous-inode file (eventfds, epolls): told apart only by
+ * `vfio-device-syspath`, and where the kernel prints none the process stays unread (`cause` is thrown).
+ */
+function scanFdinfo(
+  pid: number,
+  procDir: string,
+  target: FileIdentity,
+  into: FdHolding[],
+  cause: Error,
+): void {
+  const anon = target.link.startsWith('anon_inode:');
+  if (target.mntId === null || (anon && target.syspath === null)) throw cause;
+  const ino = target.ino.toString();
+  for (const name of readdirSync(`${procDir}/fdinfo`)) {
+    const text = readFdinfo(`${procDir}/fdinfo/${name}`);
+    if (fdinfoField(text, 'ino') !== ino || Number(fdinfoField(text, 'mnt_id')) !== target.mntId) continue;
+    const sp = fdinfoField(text, 'vfio-device-syspath');
+    if (target.syspath !== null && (anon ? sp !== target.syspath : sp !== null && sp !== target.syspath))
+      continue;
+    into.push({ pid, fd: Number(name) });
+  }
+}
+
+/** An fdinfo file's text ('' once its fd is closed). */
+function readFdinfo(path: string): string {
+  try {
+    return readFileSync(path, 'latin1');
+  } catch {
+    return '';
+  }
+}
+
+function fdinfoField(text: string, name: string): string | null {
+  return new RegExp(`^${name}:\\s*(\\S+)`, 'm').exec(text)?.[1] ?? null;
 }
 
 /** What the audit record names: the executable and the parent (a child the fd was passed to, say). */
@@ -146,7 +280,15 @@ export function processFacts(pid: number): { exe: string | null; ppid: number | 
   try {
     exe = readlinkSync(`/proc/${pid}/exe`);
   } catch {
-    // gone, or a kernel thread
+    // gone, a kernel thread, or a main thread gone (see the top): a live thread's
+    for (const tid of safeReaddir(`/proc/${pid}/task`)) {
+      try {
+        exe = readlinkSync(`/proc/${pid}/task/${tid}/exe`);
+        break;
+      } catch {
+        // not this one
+      }
+    }
   }
   ppid = parentOf(pid);
   return { exe, ppid };
@@ -164,12 +306,30 @@ export function parentOf(pid: number): number | null {
   }
 }
 
-/** Whether `pid` is a process that has not exited (gone, a zombie or dead: false). */
+/**
+ * The start time of the process `pid` names now (/proc/<pid>/stat field 22, in clock ticks since boot), or null
+ * when there is none. With the pid it names one process: a pid alone names whichever process has it now.
+ */
+export function startTimeOf(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null; // rest[0] is field 3
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Whether `pid` is a process that has not exited (gone, a zombie or dead: false). A zombie main thread with
+ * other threads still counted (num_threads, field 20, counts the zombie leader too) is a running process.
+ */
 export function isRunning(pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X' && state !== 'x';
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const state = rest[0];
+    if (state !== 'Z' && state !== 'X' && state !== 'x') return true;
+    return Number(rest[17]) > 1; // field 20: rest[0] is field 3
   } catch {
     return false;
   }
@@ -183,4 +343,12 @@ export function descendsFrom(pid: number, ancestor: number): boolean {
     p = parentOf(p);
   }
   return false;
+}
+
+function safeReaddir(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
 }

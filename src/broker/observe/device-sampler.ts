@@ -46,7 +46,7 @@ export class DeviceSampler {
 
   /**
    * Seconds since HEARTBEAT was last seen to change (0 when it changed since the previous sample), or null
-   * when the device has none or did not answer. The first sample counts as a change.
+   * when the device has none, or did not answer and was never read. The first sample counts as a change.
    */
   async heartbeatAgeSeconds(now = Date.now()): Promise<number | null> {
     if (!this.#sa1) return null;
@@ -54,7 +54,9 @@ export class DeviceSampler {
     try {
       value = await this.#device.read32(BAR0, REG.HEARTBEAT);
     } catch {
-      return null;
+      // A device that does not answer was not seen to change either: the age grows from the last change seen.
+      // (It was null, which the metric showed as 0, a heartbeat just seen, for as long as the device was stuck.)
+      return this.#heartbeat === null ? null : (now - this.#heartbeat.changedAt) / 1000;
     }
     if (this.#heartbeat === null || this.#heartbeat.value !== value)
       this.#heartbeat = { value, changedAt: now };

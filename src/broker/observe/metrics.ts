@@ -229,7 +229,10 @@ export class BrokerMetrics {
         // scrape's reset must not land between this one's set and its read of the value).
         const age = broker.leases.deviceGone ? null : await sampler.heartbeatAgeSeconds();
         this.reset();
+        // No age known (no heartbeat register, the device gone): no sample. reset() leaves a gauge without
+        // labels at 0, which claimed a heartbeat seen this instant.
         if (age !== null) this.set(age);
+        else this.remove();
       },
     });
     const leaseLabels = ['lease', 'kind', 'pid', 'exe'];

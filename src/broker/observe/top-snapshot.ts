@@ -27,7 +27,9 @@ export class TopSnapshot {
         bytes: c ? c.bytes.toString() : null,
       });
     }
-    const recovery = (await b.status()).recovery;
+    // Not status(): it reads the driver's state off the device, so a device that did not answer failed the whole
+    // view (ETIMEDOUT), just when its health is what the operator looks for.
+    const recovery = b.recoveryStatus();
     return {
       time: Date.now(),
       device: b.config.deviceName,

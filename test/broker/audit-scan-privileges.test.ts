@@ -1,0 +1,82 @@
+// The /proc audit of direct slices (src/broker/audit-scan) with the privileges the broker is shipped with
+// (contrib/systemd/devlease@.service: User=devlease, CAP_SYS_PTRACE its one capability), against a client of
+// another uid. /proc/<pid>/fd of another uid's process is mode 0500, its owner's: listing it takes
+// CAP_DAC_READ_SEARCH, which ptrace access does not give; /proc/<pid>/fdinfo takes ptrace access only. A
+// real scan runs in a child process made another uid with CAP_SYS_PTRACE (setpriv, util-linux); the client
+// is a root process holding an fd of, and mapping, the file.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, closeSync, ftruncateSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { trackFdLeaks } from '../helpers/fds.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const scanner = join(here, '../fixtures/audit/scanner.js');
+const mapper = join(here, '../fixtures/audit/mapper.js');
+let dir = '';
+let file = '';
+const children: ChildProcess[] = [];
+
+let leakCheck: () => Promise<void> = async () => {};
+before(() => {
+  leakCheck = trackFdLeaks();
+  dir = mkdtempSync(join(tmpdir(), 'devlease-audit-priv-'));
+  chmodSync(dir, 0o755);
+  file = join(dir, 'bar');
+  const fd = openSync(file, 'w+', 0o644);
+  ftruncateSync(fd, 4 * 4096);
+  closeSync(fd);
+});
+after(() => {
+  for (const c of children) c.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+  return leakCheck();
+});
+
+/** Runs the scanner as uid/gid 65534 (nobody) with CAP_SYS_PTRACE as its only capability. */
+function scanAsBroker(): { fds: number[]; maps: number[]; unreadable: number } {
+  const r = spawnSync(
+    'setpriv',
+    [
+      '--reuid=65534',
+      '--regid=65534',
+      '--clear-groups',
+      '--inh-caps=-all,+sys_ptrace',
+      '--ambient-caps=-all,+sys_ptrace',
+      '--bounding-set=-all,+sys_ptrace',
+      process.execPath,
+      scanner,
+      file,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(r.status, 0, `the scanner (setpriv, util-linux) failed: ${r.error?.message ?? ''}${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+test("a scan with the broker's shipped privileges sees the fd a client of another uid holds", async () => {
+  assert.equal(
+    process.getuid?.(),
+    0,
+    'this test needs root: it runs a scan as another uid with CAP_SYS_PTRACE',
+  );
+  // A root process (another uid than the scanner's) that maps a page of the file and keeps its fd.
+  const proc = spawn(process.execPath, [mapper, file, '0', '4096', '--keep-fd'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  children.push(proc);
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  try {
+    await new Promise((r) => createInterface({ input: proc.stdout! }).once('line', r));
+    const r = scanAsBroker();
+    assert.deepEqual(r.maps, [proc.pid], 'its mapping (maps takes ptrace access only)');
+    assert.deepEqual(r.fds, [proc.pid], 'its fd of the file: fd-kept, fd-passed are found');
+  } finally {
+    proc.kill('SIGKILL');
+    await exited;
+  }
+});
