@@ -1,5 +1,5 @@
 // devlease public API.
-export const VERSION = '0.1.0';
+export { VERSION } from './version.js';
 
 // Broker: for embedding a USD in your own process.
 export { Broker, type BrokerOptions } from './broker/broker.js';

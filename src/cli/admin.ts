@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MAX_REVOKE_DEADLINE_MS } from '../broker/lease.js';
-import { DevleaseError } from '../errors.js';
+import { DevleaseError, isSysError } from '../errors.js';
 import { SeqpacketSocket } from '../sys/index.js';
 import {
   AdminNoAnswerError,
@@ -81,6 +81,23 @@ export async function adminRequestOver(
     clearTimeout(timer);
     sock.close();
   }
+}
+
+/** What a failed connect means here: its errno alone named neither the socket tried nor what to check. */
+const CONNECT_HINTS: Record<string, string> = {
+  ENOENT:
+    'no socket there: is the daemon running, and do --admin, --rundir and --device name its admin socket?',
+  ECONNREFUSED: 'nothing listens there: the broker stopped, or it is not a socket',
+  EACCES: 'not permitted: admin.mode and admin.group decide who may connect',
+  EPROTOTYPE: "not a broker's admin socket: a lease or device socket?",
+};
+
+/** An admin command's failure for its one line on stderr: a failed connect names the socket it tried. */
+export function adminFailure(path: string, err: unknown): string {
+  const message = (err as Error).message;
+  if (!isSysError(err) || err.syscall !== 'connect') return message;
+  const hint = CONNECT_HINTS[err.code];
+  return `cannot connect to ${path}: ${message}${hint ? ` (${hint})` : ''}`;
 }
 
 const USAGE = `usage: devlease status|leases|clients [--json]
@@ -185,7 +202,7 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
       return 1;
     }
   } catch (err) {
-    process.stderr.write(`devlease ${cmd}: ${(err as Error).message}\n`);
+    process.stderr.write(`devlease ${cmd}: ${adminFailure(path, err)}\n`);
     return 1;
   }
   if (values.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);

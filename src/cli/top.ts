@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { emitKeypressEvents } from 'node:readline';
 import { parseArgs } from 'node:util';
 import ansiEscapes from 'ansi-escapes';
-import { adminRequest } from './admin.js';
+import { adminFailure, adminRequest } from './admin.js';
 import { renderTop, SORT_KEYS, type SortKey, type TopSnap } from './top-view.js';
 
 const USAGE = `usage: devlease top [--interval MS] [--iterations N] [--sort lease|pid|state|ops|bytes]
@@ -69,7 +69,7 @@ export async function topCommand(argv: string[]): Promise<number> {
   try {
     cur = await fetchSnap();
   } catch (err) {
-    process.stderr.write(`devlease top: ${(err as Error).message}\n`);
+    process.stderr.write(`devlease top: ${adminFailure(path, err)}\n`);
     return 1;
   }
   if (!tty) return plain(fetchSnap, cur, sort, interval, iterations);

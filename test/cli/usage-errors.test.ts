@@ -1,0 +1,48 @@
+// What the command line says where it cannot do anything: not on Linux, and no broker at the admin socket.
+// One line naming the problem (and the socket tried), a non-zero exit, no stack trace.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { assertFailed, runCli } from './run-cli.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'devlease-usage-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+// Another OS, as far as the program can tell: process.platform is all devlease looks at.
+const elsewhere = [
+  '--import',
+  'data:text/javascript,Object.defineProperty(process,"platform",{value:"darwin"})',
+];
+
+test('off Linux: each command says devlease runs on Linux only, in one line; --version still answers', async () => {
+  for (const args of [['status'], ['daemon', '--device', 'vfio-user:/x'], ['sim', '--help']]) {
+    const r = await runCli(args, { nodeArgs: elsewhere });
+    assertFailed(r, 1, /^devlease: runs on Linux only \(.*\); this is darwin\n$/);
+  }
+  const v = await runCli(['--version'], { nodeArgs: elsewhere });
+  assert.equal(v.code, 0, v.stderr);
+  assert.match(v.stdout, /^devlease \d+\.\d+\.\d+\n$/);
+});
+
+test('admin commands and top name the socket they could not connect to, and what to check', async () => {
+  const rundir = join(dir, 'no-broker');
+  const status = await runCli(['status', '--rundir', rundir]);
+  const admin = join(rundir, 'sa1', 'admin.sock');
+  assertFailed(
+    status,
+    1,
+    new RegExp(
+      `^devlease status: cannot connect to ${admin}: connect: .*\\(no socket there: is the daemon running`,
+    ),
+  );
+  const file = join(dir, 'not-a-socket');
+  writeFileSync(file, '');
+  const top = await runCli(['top', '--admin', file]);
+  assertFailed(
+    top,
+    1,
+    new RegExp(`^devlease top: cannot connect to ${file}: connect: .*\\(nothing listens there`),
+  );
+});
