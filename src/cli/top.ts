@@ -13,6 +13,7 @@ import { adminFailure, adminRequest } from './admin.js';
 import { renderTop, SORT_KEYS, type SortKey, type TopSnap } from './top-view.js';
 
 const USAGE = `usage: devlease top [--interval MS] [--iterations N] [--sort lease|pid|state|ops|bytes]
+  --interval MS (100..3600000, default 1000) between refreshes; --sort the lease table's order (default lease)
   --admin PATH (default RUNDIR/DEVICE/admin.sock), --rundir DIR (default /run/devlease), --device NAME (default sa1)
   keys (on a terminal): q quit, s next sort column, r reverse; without a terminal it prints --iterations frames (default 1)`;
 
