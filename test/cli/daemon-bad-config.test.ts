@@ -131,3 +131,9 @@ test('a group the broker may not give its sockets to: the start fails naming the
     if (user) await nobodySim.stop();
   }
 });
+
+test('metrics.listen at a path a folder holds: the start fails saying it is in the way, lease sockets removed', async () => {
+  const r = await daemon(`[metrics]\nlisten = "${dir}"\n`);
+  assertFailed(r, 1, /metrics: cannot listen on .*: bind: .* is in the way: it exists and is not a socket/);
+  assert.deepEqual(sockets(r.rundir), [], 'no socket file left');
+});

@@ -1,7 +1,7 @@
 // What the command line says where it cannot do anything: not on Linux, and no broker at the admin socket.
 // One line naming the problem (and the socket tried), a non-zero exit, no stack trace.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -45,4 +45,17 @@ test('admin commands and top name the socket they could not connect to, and what
     1,
     new RegExp(`^devlease top: cannot connect to ${file}: connect: .*\\(nothing listens there`),
   );
+});
+
+test('sim --socket at a path a file or folder holds: says it is in the way (not "Address already in use")', async () => {
+  for (const path of [join(dir, 'a-file'), dir]) {
+    writeFileSync(join(dir, 'a-file'), 'kept');
+    const r = await runCli(['sim', '--socket', path]);
+    assertFailed(
+      r,
+      1,
+      new RegExp(`cannot serve on ${path}: bind: ${path} is in the way: it exists and is not a socket`),
+    );
+  }
+  assert.equal(readFileSync(join(dir, 'a-file'), 'utf8'), 'kept', 'the file is left as it was');
 });
