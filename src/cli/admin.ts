@@ -139,6 +139,13 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
+  // Only revoke takes an argument (one lease id): another word was silently ignored (`devlease status queue-1`
+  // answered with the whole status; `revoke a b` revoked a alone).
+  const extra = positionals.slice(cmd === 'revoke' ? 1 : 0);
+  if (extra.length) {
+    process.stderr.write(`devlease ${cmd}: unexpected argument '${extra[0]}'\n${USAGE}\n`);
+    return 2;
+  }
   const str = (k: string): string | undefined =>
     typeof values[k] === 'string' ? (values[k] as string) : undefined;
   const path = str('admin') ?? join(str('rundir') ?? '/run/devlease', str('device') ?? 'sa1', 'admin.sock');

@@ -59,3 +59,23 @@ test('sim --socket at a path a file or folder holds: says it is in the way (not 
   }
   assert.equal(readFileSync(join(dir, 'a-file'), 'utf8'), 'kept', 'the file is left as it was');
 });
+
+test('an argument a command does not take is a usage error, not ignored', async () => {
+  assertFailed(
+    await runCli(['status', 'queue-1']),
+    2,
+    /^devlease status: unexpected argument 'queue-1'\nusage:/,
+  );
+  assertFailed(
+    await runCli(['revoke', 'queue-1', 'queue-2']),
+    2,
+    /^devlease revoke: unexpected argument 'queue-2'\n/,
+  );
+  // Digits past 2^53 were read rounded, and quoted as such ("got 100000000000000000000").
+  const r = await runCli(['sim', '--socket', join(dir, 's.sock'), '--queues', '99999999999999999999']);
+  assertFailed(
+    r,
+    2,
+    /^devlease sim: --queues must be an integer from 1 to 1024, got '99999999999999999999'\n/,
+  );
+});
