@@ -6,8 +6,10 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { trackFdLeaks } from '../helpers/fds.js';
 import { assertFailed, runCli, startSim } from './run-cli.js';
 
+const leakCheck = trackFdLeaks(); // the children's pipes, the simulators' too, all closed
 const dir = mkdtempSync(join(tmpdir(), 'devlease-badcfg-'));
 chmodSync(dir, 0o777); // the unprivileged daemon below writes its rundir here
 let sim: Awaited<ReturnType<typeof startSim>>;
@@ -17,6 +19,7 @@ before(async () => {
 after(async () => {
   await sim?.stop();
   rmSync(dir, { recursive: true, force: true });
+  await leakCheck();
 });
 
 let n = 0;
