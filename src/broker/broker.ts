@@ -246,9 +246,8 @@ export class Broker extends EventEmitter {
   async #listen(listening: ListenSocket[]): Promise<void> {
     const inherited = takeInherited(listening, this.driver.kinds());
     checkSocketPaths(
-      [...this.driver.kinds(), 'admin']
-        .filter((k) => !inherited.get(k)?.path)
-        .map((k) => join(this.dir, `${k}.sock`)),
+      this.dir,
+      [...this.driver.kinds(), 'admin'].filter((k) => !inherited.get(k)?.path),
     );
     makeSocketDir(this.dir, 0o755);
     for (const kind of this.driver.kinds()) {

@@ -6,7 +6,7 @@
 //   left listening kept the daemon's event loop alive, so a failed start hung instead of exiting.
 
 import { chownSync, mkdirSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ConfigError } from './config.js';
 
 const code = (err: unknown): string => (err as NodeJS.ErrnoException).code ?? String(err);
@@ -43,9 +43,9 @@ function makeDirs(dir: string, mode: number): void {
 /** The longest socket path bind() takes: sizeof(sun_path) less its terminating NUL. */
 export const MAX_SOCKET_PATH = 107;
 
-/** Throws a ConfigError naming rundir if one of `paths` is too long for a unix socket. */
-export function checkSocketPaths(paths: string[]): void {
-  for (const path of paths) {
+/** Throws a ConfigError naming rundir if the socket of one of `kinds` in `dir` is too long a path. */
+export function checkSocketPaths(dir: string, kinds: string[]): void {
+  for (const path of kinds.map((k) => join(dir, `${k}.sock`))) {
     const n = Buffer.byteLength(path);
     if (n > MAX_SOCKET_PATH)
       throw new ConfigError(
