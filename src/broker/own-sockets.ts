@@ -5,38 +5,19 @@
 //   of it. A chown that fails fails the start naming the key, and the caller closes the socket it made: one
 //   left listening kept the daemon's event loop alive, so a failed start hung instead of exiting.
 
-import { chownSync, mkdirSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { chownSync } from 'node:fs';
+import { join } from 'node:path';
+import { makeDirs } from '../util/make-dirs.js';
 import { ConfigError } from './config.js';
 
 const code = (err: unknown): string => (err as NodeJS.ErrnoException).code ?? String(err);
 
-/**
- * mkdir -p of the sockets' folder, naming rundir when it fails. Not mkdirSync's recursive option: Node's walk
- * steps back to the parent on every ENOENT and forward on its EEXIST, so under /proc (which answers ENOENT for
- * a folder it cannot make under a parent that exists) it spun at 100% CPU forever. Here each level is tried
- * once: after its parent was made, ENOENT is final.
- */
+/** mkdir -p of the sockets' folder (make-dirs.ts: one that ends under /proc too), naming rundir when it fails. */
 export function makeSocketDir(dir: string, mode: number): void {
   try {
     makeDirs(dir, mode);
   } catch (err) {
     throw new ConfigError('rundir', `cannot make ${dir}: ${code(err)}`);
-  }
-}
-
-function makeDirs(dir: string, mode: number): void {
-  try {
-    mkdirSync(dir, { mode });
-  } catch (err) {
-    if (code(err) === 'EEXIST') {
-      if (!statSync(dir).isDirectory()) throw Object.assign(new Error(), { code: `ENOTDIR (${dir})` });
-      return;
-    }
-    const parent = dirname(dir);
-    if (code(err) !== 'ENOENT' || parent === dir) throw err;
-    makeDirs(parent, mode);
-    mkdirSync(dir, { mode });
   }
 }
 

@@ -79,3 +79,22 @@ test('an argument a command does not take is a usage error, not ignored', async 
     /^devlease sim: --queues must be an integer from 1 to 1024, got '99999999999999999999'\n/,
   );
 });
+
+test('bench: an --out or --svg it cannot write is refused before any case runs (it failed at the end, with a stack)', async () => {
+  const file = join(dir, 'results-file');
+  writeFileSync(file, '');
+  const out = await runCli(['bench', '--quick', '--only', 'idle', '--out', join(file, 'sub')]);
+  assertFailed(out, 2, /^devlease bench: --out .*results-file\/sub: ENOTDIR\n$/);
+  const svg = await runCli([
+    'bench',
+    '--quick',
+    '--only',
+    'idle',
+    '--out',
+    dir,
+    '--svg',
+    join(dir, 'none', 'c.svg'),
+  ]);
+  assertFailed(svg, 2, /^devlease bench: --svg .*none\/c\.svg: ENOENT\n$/);
+  assert.equal(out.stdout + svg.stdout, '', 'no case ran');
+});
