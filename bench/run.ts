@@ -6,11 +6,12 @@
 //   devlease bench [--quick] [--only case,case] [--out DIR] [--svg PATH]
 
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { makeDirs } from '../src/util/make-dirs.js';
 import { renderChart } from './chart.js';
 import type { CaseResult, Metric } from './fixtures/result.js';
 import { fmt } from './stats.js';
@@ -69,6 +70,24 @@ function parseArgs(argv: string[]): Options | string {
   }
   const unknown = o.only.filter((c) => !CASES.includes(c));
   if (unknown.length) return `devlease bench: unknown case ${unknown.join(', ')}\n${USAGE}`;
+  // Where the results go, checked before the cases run (a full run takes many minutes): a folder that could
+  // not be made, or a --svg that could not be written, failed only at the end, with a stack, the run lost.
+  try {
+    makeDirs(o.out);
+    accessSync(o.out, constants.W_OK);
+  } catch (err) {
+    return `devlease bench: --out ${o.out}: ${(err as NodeJS.ErrnoException).code ?? err}`;
+  }
+  if (o.svg) {
+    try {
+      if (statSync(dirname(o.svg)).isDirectory()) accessSync(dirname(o.svg), constants.W_OK);
+      else return `devlease bench: --svg ${o.svg}: ${dirname(o.svg)} is not a folder`;
+      if (statSync(o.svg, { throwIfNoEntry: false })?.isDirectory())
+        return `devlease bench: --svg ${o.svg}: a folder`;
+    } catch (err) {
+      return `devlease bench: --svg ${o.svg}: ${(err as NodeJS.ErrnoException).code ?? err}`;
+    }
+  }
   return o;
 }
 
@@ -234,7 +253,6 @@ export async function benchCommand(argv: string[]): Promise<number> {
     cases: results,
     failures,
   };
-  mkdirSync(opts.out, { recursive: true });
   const jsonPath = join(opts.out, `${stamp}.json`);
   const svgPath = join(opts.out, `${stamp}.svg`);
   writeFileSync(jsonPath, `${JSON.stringify(report, null, 2)}\n`);

@@ -1,5 +1,4 @@
-// devlease public API.
-export const VERSION = '0.1.0';
+// devlease public API (VERSION: src/version.ts, the command line reads it without loading the rest).
 
 // Broker: for embedding a USD in your own process.
 export { Broker, type BrokerOptions } from './broker/broker.js';
@@ -21,3 +20,4 @@ export { type Completion, type Descriptor, DeviceStatusError, Sa1Queue } from '.
 export type { Device } from './device/device.js';
 export { openDevice } from './device/open.js';
 export { VfioUserDevice } from './device/vfio-user-device.js';
+export { VERSION } from './version.js';

@@ -8,7 +8,6 @@
 //       binary and config from root or the broker's user only: admin-requests.ts)
 //   ← {"ok":true,"result":...} | {"ok":false,"error":"...","code":"..."}
 
-import { chownSync } from 'node:fs';
 import { DevleaseError, isSysError } from '../errors.js';
 import {
   type Fd,
@@ -24,6 +23,7 @@ import { type AdminRequest, drainOn, parseRequest, upgradeOptions } from './admi
 import type { Broker } from './broker.js';
 import { checkRevokeDeadline } from './lease.js';
 import { TopSnapshot } from './observe/top-snapshot.js';
+import { giveToGroup } from './own-sockets.js';
 
 /**
  * Flow control, as on the vfio-user connections (src/vfio/user/connection.ts),
@@ -84,7 +84,14 @@ export class AdminServer {
       this.#server = SeqpacketServer.fromListening(listening, path, { socket: ADMIN_SOCKET });
     } else {
       this.#server = SeqpacketServer.listen(path, { mode, socket: ADMIN_SOCKET });
-      if (group !== null) chownSync(path, -1, group);
+      if (group !== null) {
+        try {
+          giveToGroup(path, group, 'admin.group');
+        } catch (err) {
+          this.#server.close(); // the start fails: nothing of it may stay listening (own-sockets.ts)
+          throw err;
+        }
+      }
     }
     this.#server.on('connection', (sock: SeqpacketSocket) => this.#accept(sock));
     // An accept that fails (EMFILE, ENOMEM) pauses accepting for a while (unix-server.ts) and is reported

@@ -9,7 +9,6 @@
 // handover/).
 
 import { EventEmitter } from 'node:events';
-import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Device, isReconnectable } from '../device/device.js';
 import type { DmaBufMmapProbe } from '../device/kernel/dmabuf-probe.js';
@@ -44,6 +43,7 @@ import type { UpgradeOptions, UpgradeOutcome } from './handover/upgrade.js';
 import { takeInherited } from './inherited-sockets.js';
 import { LeaseTable } from './leases.js';
 import { MetricsServer } from './observe/metrics-server.js';
+import { checkSocketPaths, giveToGroup, makeSocketDir } from './own-sockets.js';
 import { Policy, type PolicyModule } from './policy.js';
 import { Recovery, type RecoveryCause, type RecoveryStatus } from './recovery.js';
 import { recoveryHooks } from './recovery-hooks.js';
@@ -245,7 +245,11 @@ export class Broker extends EventEmitter {
 
   async #listen(listening: ListenSocket[]): Promise<void> {
     const inherited = takeInherited(listening, this.driver.kinds());
-    mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+    checkSocketPaths(
+      this.dir,
+      [...this.driver.kinds(), 'admin'].filter((k) => !inherited.get(k)?.path),
+    );
+    makeSocketDir(this.dir, 0o755);
     for (const kind of this.driver.kinds()) {
       const given = inherited.get(kind);
       const path = given?.path || join(this.dir, `${kind}.sock`);
@@ -259,8 +263,10 @@ export class Broker extends EventEmitter {
         log: (m, err) =>
           this.#serverLog.log(m.replace(/\d+/g, 'N'), err ? `${m}: ${(err as Error).message ?? err}` : m),
       });
-      if (!given && this.config.sockets.group !== null) chownSync(path, -1, this.config.sockets.group);
+      // Kept before the chown: a chown that fails fails the start, whose close() must close this server too.
       this.#servers.push(server);
+      if (!given && this.config.sockets.group !== null)
+        giveToGroup(path, this.config.sockets.group, 'sockets.group');
       this.sockets.set(kind, path);
     }
     const admin = inherited.get('admin');

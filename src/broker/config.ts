@@ -132,8 +132,12 @@ export function parseBytes(v: unknown): bigint | null {
 function groupId(f: Fields, key: string): number | null {
   const v = f.raw(key);
   if (v === undefined) return null;
-  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return v;
-  throw new ConfigError(`${f.path}.${key}`, 'must be a numeric gid (names are not resolved)');
+  // At most 2^32 - 2: (gid_t)-1 is chown's "leave the group as it is", and Node refuses more.
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xfffffffe) return v;
+  throw new ConfigError(
+    `${f.path}.${key}`,
+    `must be a numeric gid from 0 to 4294967294 (names are not resolved), got ${String(v)}`,
+  );
 }
 
 /** max_leases: "fair" (the default) or a count. */

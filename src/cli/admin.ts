@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MAX_REVOKE_DEADLINE_MS } from '../broker/lease.js';
-import { DevleaseError } from '../errors.js';
+import { DevleaseError, isSysError } from '../errors.js';
 import { SeqpacketSocket } from '../sys/index.js';
 import {
   AdminNoAnswerError,
@@ -83,6 +83,23 @@ export async function adminRequestOver(
   }
 }
 
+/** What a failed connect means here: its errno alone named neither the socket tried nor what to check. */
+const CONNECT_HINTS: Record<string, string> = {
+  ENOENT:
+    'no socket there: is the daemon running, and do --admin, --rundir and --device name its admin socket?',
+  ECONNREFUSED: 'nothing listens there: the broker stopped, or it is not a socket',
+  EACCES: 'not permitted: admin.mode and admin.group decide who may connect',
+  EPROTOTYPE: "not a broker's admin socket: a lease or device socket?",
+};
+
+/** An admin command's failure for its one line on stderr: a failed connect names the socket it tried. */
+export function adminFailure(path: string, err: unknown): string {
+  const message = (err as Error).message;
+  if (!isSysError(err) || err.syscall !== 'connect') return message;
+  const hint = CONNECT_HINTS[err.code];
+  return `cannot connect to ${path}: ${message}${hint ? ` (${hint})` : ''}`;
+}
+
 const USAGE = `usage: devlease status|leases|clients [--json]
        devlease revoke <lease-id> [--deadline MS (0..86400000, 24 h)] [--json]
        devlease drain [--off] [--json]
@@ -121,6 +138,13 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
+  }
+  // Only revoke takes an argument (one lease id): another word was silently ignored (`devlease status queue-1`
+  // answered with the whole status; `revoke a b` revoked a alone).
+  const extra = positionals.slice(cmd === 'revoke' ? 1 : 0);
+  if (extra.length) {
+    process.stderr.write(`devlease ${cmd}: unexpected argument '${extra[0]}'\n${USAGE}\n`);
+    return 2;
   }
   const str = (k: string): string | undefined =>
     typeof values[k] === 'string' ? (values[k] as string) : undefined;
@@ -185,7 +209,7 @@ export async function adminCommand(cmd: string, argv: string[]): Promise<number>
       return 1;
     }
   } catch (err) {
-    process.stderr.write(`devlease ${cmd}: ${(err as Error).message}\n`);
+    process.stderr.write(`devlease ${cmd}: ${adminFailure(path, err)}\n`);
     return 1;
   }
   if (values.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);

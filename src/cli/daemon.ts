@@ -3,6 +3,7 @@
 import { parseArgs } from 'node:util';
 import { Broker } from '../broker/broker.js';
 import { type BrokerConfig, ConfigError, defaultConfig, loadConfig } from '../broker/config.js';
+import { checkConfigFiles } from '../broker/config-files.js';
 import { adoptDevice } from '../broker/handover/adopt.js';
 import { type BrokerState, READABLE_VERSIONS, refusal } from '../broker/handover/format.js';
 import { decodeState, HandoverWire } from '../broker/handover/wire.js';
@@ -126,9 +127,17 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     process.stderr.write(`devlease daemon: give --device or --device-fd (one of them)\n${USAGE}\n`);
     return 2;
   }
+  // A spec neither form names is a usage error, as a missing --device is (openDevice would say so as a start failure).
+  if (values.device && !/^(vfio-user|pci):./.test(values.device)) {
+    process.stderr.write(
+      `devlease daemon: --device must be vfio-user:PATH or pci:DDDD:BB:DD.F, got '${values.device}'\n${USAGE}\n`,
+    );
+    return 2;
+  }
   let config: BrokerConfig;
   try {
     config = values.config ? loadConfig(values.config) : defaultConfig();
+    checkConfigFiles(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`devlease daemon: ${err.message}\n`);
@@ -155,7 +164,8 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     device = await openFromArgs(values);
   } catch (err) {
     closeListening();
-    logger.error((err as Error).message);
+    // Which device: the errors of a connect or an open (ENOENT, EACCES) do not say.
+    logger.error(`${values.device ? `cannot open ${values.device}: ` : ''}${(err as Error).message}`);
     return 1;
   }
   let broker: Broker;
@@ -251,6 +261,7 @@ async function takeOverCommand(fd: Fd, values: { config?: string; rundir?: strin
   let config: BrokerConfig;
   try {
     config = values.config ? loadConfig(values.config) : defaultConfig();
+    checkConfigFiles(config);
   } catch (err) {
     process.stderr.write(`devlease daemon: ${(err as Error).message}\n`);
     return 2;

@@ -77,18 +77,28 @@ export async function demoCommand(argv: string[]): Promise<number> {
     return 2;
   }
   const tty = !values['no-tty'] && !values.json && process.stdout.isTTY === true;
-  const view = new LiveView(tty);
+  const view = new LiveView(tty, values.json ? process.stderr : process.stdout);
   const dir = mkdtempSync(join(tmpdir(), 'devlease-demo-'));
   const children: Child[] = [];
   const slots: Slot[] = [];
   let stopping = false;
-  let interrupted = false;
-  const onSigint = () => {
-    interrupted = true;
+  /** Why the demo stops early, as an exit code (128 + the signal), or 0. */
+  let interrupted = 0;
+  const stopOn = (code: number) => () => {
+    interrupted ||= code;
     stopping = true;
   };
+  // Each of these ends the demo the way Ctrl-C does: its children stopped, its run directory removed. SIGHUP (the
+  // terminal closed) and a reader gone from stdout or stderr (`devlease demo | head`: EPIPE, an 'error' event
+  // that was uncaught) killed the demo outright, its simulator left running and its run directory left behind.
+  const onSigint = stopOn(130);
+  const onSighup = stopOn(129);
+  const onPipeError = stopOn(141);
   process.on('SIGINT', onSigint);
   process.on('SIGTERM', onSigint);
+  process.on('SIGHUP', onSighup);
+  process.stdout.on('error', onPipeError);
+  process.stderr.on('error', onPipeError);
 
   const simSock = join(dir, 'sa1.sock');
   let broker: Awaited<ReturnType<typeof startBroker>> | null = null;
@@ -229,14 +239,16 @@ export async function demoCommand(argv: string[]): Promise<number> {
     for (const c of children.reverse()) await c.stop('SIGTERM').catch(() => 0);
     process.off('SIGINT', onSigint);
     process.off('SIGTERM', onSigint);
+    process.off('SIGHUP', onSighup);
     rmSync(dir, { recursive: true, force: true });
+    // The pipe handlers stay: a write after this one (the process's last) must not be an uncaught EPIPE either.
   }
 }
 
 function summarize(
   slots: Slot[],
   json: boolean,
-  interrupted: boolean,
+  interrupted: number,
   leasesLeft: number,
   revoked: boolean,
   killed: boolean,
@@ -244,7 +256,7 @@ function summarize(
   const verified = slots.reduce((n, s) => n + s.verifiedBytes, 0);
   const mismatches = slots.reduce((n, s) => n + s.mismatches, 0);
   const errors = slots.filter((s) => s.state.startsWith('error')).length;
-  const ok = mismatches === 0 && errors === 0 && verified > 0 && !interrupted && leasesLeft === 0;
+  const ok = mismatches === 0 && errors === 0 && verified > 0 && interrupted === 0 && leasesLeft === 0;
   const summary = {
     ok,
     clients: slots.length,
@@ -264,5 +276,5 @@ function summarize(
         `${revoked ? ', one lease revoked' : ''}${killed ? ', one client killed' : ''} → ${ok ? 'PASS' : 'FAIL'}\n`,
     );
   }
-  return interrupted ? 130 : ok ? 0 : 1;
+  return interrupted || (ok ? 0 : 1);
 }

@@ -1,5 +1,5 @@
 // devlease command line: dispatches to sub-commands.
-import { VERSION } from '../index.js';
+import { VERSION } from '../version.js';
 
 const HELP = `devlease ${VERSION} — lease slices of a VFIO device to client processes
 
@@ -27,6 +27,22 @@ export async function main(argv: string[]): Promise<void> {
     case '-h':
       process.stdout.write(`${HELP}\n`);
       break;
+    default:
+      // Every command needs the native addon, which loads on Linux only (src/sys/native.ts): said here in one
+      // line, rather than as that load's error with its stack from bin/devlease.js's last-resort handler.
+      if (process.platform !== 'linux') {
+        process.stderr.write(
+          `devlease: runs on Linux only (it needs AF_UNIX SCM_RIGHTS, pidfd, memfd and VFIO); this is ${process.platform}\n`,
+        );
+        code = 1;
+      } else code = await command(cmd, rest);
+  }
+  process.exitCode = code;
+}
+
+async function command(cmd: string, rest: string[]): Promise<number> {
+  let code: number;
+  switch (cmd) {
     case 'sim':
       code = await (await import('./sim.js')).simCommand(rest);
       break;
@@ -56,5 +72,5 @@ export async function main(argv: string[]): Promise<void> {
       process.stderr.write(`devlease: unknown command '${cmd}'\n${HELP}\n`);
       code = 2;
   }
-  process.exitCode = code;
+  return code;
 }

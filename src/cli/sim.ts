@@ -44,7 +44,9 @@ const TIER_UP_BUDGET = 1000;
 
 function integer(flag: string, v: string | undefined, range: string): number | undefined {
   if (v === undefined) return undefined;
-  if (!/^\d+$/.test(v)) throw new UsageError(`${flag} must be ${range}, got '${v}'`);
+  // Safe integers only: a longer run of digits was read rounded, and the error quoted that (1e+20), not `v`.
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v)))
+    throw new UsageError(`${flag} must be ${range}, got '${v}'`);
   return Number(v);
 }
 

@@ -9,10 +9,11 @@ import { join } from 'node:path';
 import { emitKeypressEvents } from 'node:readline';
 import { parseArgs } from 'node:util';
 import ansiEscapes from 'ansi-escapes';
-import { adminRequest } from './admin.js';
+import { adminFailure, adminRequest } from './admin.js';
 import { renderTop, SORT_KEYS, type SortKey, type TopSnap } from './top-view.js';
 
 const USAGE = `usage: devlease top [--interval MS] [--iterations N] [--sort lease|pid|state|ops|bytes]
+  --interval MS (100..3600000, default 1000) between refreshes; --sort the lease table's order (default lease)
   --admin PATH (default RUNDIR/DEVICE/admin.sock), --rundir DIR (default /run/devlease), --device NAME (default sa1)
   keys (on a terminal): q quit, s next sort column, r reverse; without a terminal it prints --iterations frames (default 1)`;
 
@@ -69,7 +70,7 @@ export async function topCommand(argv: string[]): Promise<number> {
   try {
     cur = await fetchSnap();
   } catch (err) {
-    process.stderr.write(`devlease top: ${(err as Error).message}\n`);
+    process.stderr.write(`devlease top: ${adminFailure(path, err)}\n`);
     return 1;
   }
   if (!tty) return plain(fetchSnap, cur, sort, interval, iterations);

@@ -76,8 +76,12 @@ export class LiveView {
   readonly #events: string[] = [];
   readonly #t0 = Date.now();
 
-  constructor(tty: boolean) {
+  readonly #out: NodeJS.WritableStream;
+
+  /** `out`: where the view goes; stderr under `devlease demo --json`, whose stdout is the summary alone. */
+  constructor(tty: boolean, out: NodeJS.WritableStream = process.stdout) {
     this.#tty = tty;
+    this.#out = out;
   }
 
   #closed = false;
@@ -94,7 +98,7 @@ export class LiveView {
     if (this.#tty) {
       this.#events.push(line);
       if (this.#events.length > 8) this.#events.shift();
-    } else process.stdout.write(`${line}\n`);
+    } else this.#out.write(`${line}\n`);
   }
 
   draw(rows: ClientRow[], footer: string): void {
@@ -103,12 +107,12 @@ export class LiveView {
     if (!this.#tty) {
       const live = rows.filter((r) => r.state === 'running');
       const ops = live.reduce((n, r) => n + r.ops / Math.max(secs(r), 1e-3), 0);
-      process.stdout.write(`${footer}  clients=${live.length} total-ops/s=${ops.toFixed(0)}\n`);
+      this.#out.write(`${footer}  clients=${live.length} total-ops/s=${ops.toFixed(0)}\n`);
       return;
     }
     const text = `${table}\n\n${this.#events.join('\n')}\n${footer}\n`;
-    if (this.#drawnLines) process.stdout.write(`\x1b[${this.#drawnLines}F\x1b[J`);
-    process.stdout.write(text);
+    if (this.#drawnLines) this.#out.write(`\x1b[${this.#drawnLines}F\x1b[J`);
+    this.#out.write(text);
     this.#drawnLines = text.split('\n').length - 1;
   }
 }

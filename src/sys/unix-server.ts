@@ -47,6 +47,20 @@ export function unlinkOwnSocket(path: string, inode: bigint): void {
   }
 }
 
+/**
+ * bind()'s EADDRINUSE for a path that holds a file or folder, not a socket: said as such. "Address already in
+ * use" sent the reader looking for another server, where only a socket would be replaced when stale.
+ */
+export function inTheWay(path: string, err: unknown): unknown {
+  if (!(err instanceof SysError) || err.code !== 'EADDRINUSE') return err;
+  try {
+    if (lstatSync(path).isSocket()) return err;
+  } catch {
+    return err;
+  }
+  return new SysError('bind', 'EADDRINUSE', `${path} is in the way: it exists and is not a socket`);
+}
+
 export class UnixServer<S extends { close(): void }> extends EventEmitter {
   readonly path: string;
   #fd: Fd | null;
@@ -68,7 +82,13 @@ export class UnixServer<S extends { close(): void }> extends EventEmitter {
     opts: UnixListenOptions,
     adopt: (fd: Fd) => S,
   ): UnixServer<S> {
-    const fd = new Fd(native.unixListen(path, opts.mode ?? 0o600, opts.backlog ?? 511, stream));
+    let raw: number;
+    try {
+      raw = native.unixListen(path, opts.mode ?? 0o600, opts.backlog ?? 511, stream);
+    } catch (err) {
+      throw inTheWay(path, err);
+    }
+    const fd = new Fd(raw);
     try {
       return new UnixServer(path, fd, lstatSync(path, { bigint: true }).ino, adopt);
     } catch (err) {

@@ -16,6 +16,9 @@ const commands = [
   'revoke',
   'drain',
   'reset',
+  'reload',
+  'upgrade',
+  'top',
 ];
 
 for (const cmd of commands) {

@@ -9,7 +9,7 @@ import { DevleaseError } from '../../errors.js';
 import { Fd } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
 import { RateLimitedLog } from '../../sys/rate-limited-log.js';
-import { unlinkOwnSocket } from '../../sys/unix-server.js';
+import { inTheWay, unlinkOwnSocket } from '../../sys/unix-server.js';
 import type { Broker } from '../broker.js';
 import { BrokerMetrics } from './metrics.js';
 
@@ -167,9 +167,10 @@ export class MetricsServer {
           server.listen(Number(listen.slice(i + 1)), listen.slice(0, i).replace(/^\[|\]$/g, ''), listening);
         }
       });
-    } catch (err) {
+    } catch (e) {
       server.close();
       metrics.close();
+      const err = path ? inTheWay(path, e) : e;
       throw Object.assign(new Error(`metrics: cannot listen on ${listen}: ${(err as Error).message}`), {
         code: (err as { code?: string }).code ?? 'EINVAL',
       });
