@@ -100,12 +100,13 @@ test('--device: a spec of neither form is a usage error; a socket that is not th
   );
 });
 
-test('a group the broker may not give its sockets to: the start fails naming the key, and leaves nothing', {
-  skip: process.getuid?.() !== 0 && process.getgroups?.().includes(0) ? 'this user is in group 0' : false,
-}, async () => {
-  // Unprivileged, and not a member of group 0: root drops to nobody for the daemon (and its simulator, whose
-  // socket is its own user's); anyone else is such a user already.
+test('a group the broker may not give its sockets to: the start fails naming the key, and leaves nothing', async () => {
+  // Unprivileged, and not a member of the group: root drops to nobody for the daemon (and its simulator, whose
+  // socket is its own user's); anyone else is unprivileged already, and gets a group it is not in.
   const user = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : undefined;
+  const mine = new Set(user ? [user.gid] : [process.getgid?.() ?? -1, ...(process.getgroups?.() ?? [])]);
+  let gid = 0;
+  while (mine.has(gid)) gid++;
   const own = user ? join(dir, 'nobody') : dir;
   if (user) {
     mkdirSync(own, { mode: 0o777 });
@@ -115,7 +116,7 @@ test('a group the broker may not give its sockets to: the start fails naming the
   try {
     for (const key of ['sockets', 'admin']) {
       const file = join(own, `${key}.toml`);
-      writeFileSync(file, `[${key}]\ngroup = 0\n`, { mode: 0o644 });
+      writeFileSync(file, `[${key}]\ngroup = ${gid}\n`, { mode: 0o644 });
       const rundir = join(own, `run-${key}`);
       const args = [
         'daemon',
@@ -127,7 +128,7 @@ test('a group the broker may not give its sockets to: the start fails naming the
         rundir,
       ];
       const r = await runCli(args, user ? { user } : {});
-      assertFailed(r, 1, new RegExp(`config: ${key}\\.group: cannot give .*\\.sock to gid 0: EPERM`));
+      assertFailed(r, 1, new RegExp(`config: ${key}\\.group: cannot give .*\\.sock to gid ${gid}: EPERM`));
       assert.deepEqual(sockets(rundir), [], 'no socket file left');
     }
   } finally {
