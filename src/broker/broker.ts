@@ -12,7 +12,7 @@ import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import { type Device, isReconnectable } from '../device/device.js';
 import type { DmaBufMmapProbe } from '../device/kernel/dmabuf-probe.js';
-import type { Driver } from '../drivers/driver.js';
+import { type Driver, statusOrFailure } from '../drivers/driver.js';
 import { loadDriverModule } from '../drivers/load.js';
 import { driverFactoryFor } from '../drivers/registry.js';
 import { DevleaseError } from '../errors.js';
@@ -368,8 +368,8 @@ export class Broker extends EventEmitter {
       ids: this.device.ids,
       deviceConnection: this.#link.status(),
       recovery: this.#recovery.status(),
-      // Nothing to read from a device that is not there.
-      driver: this.#link.gone ? { driver: this.driver.name } : await this.driver.status(),
+      // Nothing to read from a device that is not there; one that does not answer: its failure, in the answer.
+      driver: this.#link.gone ? { driver: this.driver.name } : await statusOrFailure(this.driver),
       draining: this.leases.draining,
       leases: this.leases.all().length,
       ...(this.leases.direct ? { directSlices: this.leases.direct.status() } : {}),

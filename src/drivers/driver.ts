@@ -242,6 +242,20 @@ export interface Driver extends EventEmitter {
 }
 
 /** An identity view of `window`, for drivers whose device cannot translate addresses. */
+/**
+ * The driver's status(), or, when reading the device failed (a device that does not answer: ETIMEDOUT), what
+ * failed in its place: `devlease status` is asked just when the device is in trouble, and the rest of its
+ * answer (recovery, leases, sockets) must not be lost with the device's part.
+ */
+export async function statusOrFailure(driver: Driver): Promise<Record<string, unknown>> {
+  try {
+    return await driver.status();
+  } catch (err) {
+    const { code, message } = err as { code?: string; message?: string };
+    return { driver: driver.name, error: `reading the device's state failed: ${message}`, code };
+  }
+}
+
 export function identityView(window: { base: bigint; size: bigint } | null, reason: string): IovaView | null {
   return window ? { mode: 'identity', base: window.base, size: window.size, reason } : null;
 }
