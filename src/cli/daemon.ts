@@ -134,6 +134,17 @@ export async function daemonCommand(argv: string[]): Promise<number> {
     );
     return 2;
   }
+  // A descriptor number that is not one is a usage error too (it was a start failure, exit 1); whether it is open
+  // is known only when it is taken (openFromArgs).
+  for (const name of ['device-fd', 'iommufd-fd'] as const) {
+    const v = values[name];
+    if (v !== undefined && (!/^\d+$/.test(v) || Number(v) < 3)) {
+      process.stderr.write(
+        `devlease daemon: --${name} must be an inherited descriptor number >= 3, got '${v}'\n${USAGE}\n`,
+      );
+      return 2;
+    }
+  }
   let config: BrokerConfig;
   try {
     config = values.config ? loadConfig(values.config) : defaultConfig();

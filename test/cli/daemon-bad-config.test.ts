@@ -100,6 +100,22 @@ test('--device: a spec of neither form is a usage error; a socket that is not th
   );
 });
 
+test('--device-fd / --iommufd-fd that are not descriptor numbers: usage errors naming the option', async () => {
+  for (const [args, name] of [
+    [['--device-fd', 'abc'], 'device-fd'],
+    [['--device-fd', '2'], 'device-fd'],
+    [['--device-fd', '7', '--iommufd-fd=x1'], 'iommufd-fd'],
+  ] as const) {
+    const r = await runCli(['daemon', ...args, '--rundir', join(dir, 'fd-run')]);
+    assertFailed(
+      r,
+      2,
+      new RegExp(`^devlease daemon: --${name} must be an inherited descriptor number >= 3, got`),
+    );
+    assert.deepEqual(sockets(join(dir, 'fd-run')), [], 'no socket file left');
+  }
+});
+
 test('a group the broker may not give its sockets to: the start fails naming the key, and leaves nothing', async () => {
   // Unprivileged, and not a member of the group: root drops to nobody for the daemon (and its simulator, whose
   // socket is its own user's); anyone else is unprivileged already, and gets a group it is not in.
