@@ -241,7 +241,6 @@ export interface Driver extends EventEmitter {
   adopt?(state: unknown, fds: Fd[], leased: LeaseResources[], parked?: LeaseResources[]): Promise<void>;
 }
 
-/** An identity view of `window`, for drivers whose device cannot translate addresses. */
 /**
  * The driver's status(), or, when reading the device failed (a device that does not answer: ETIMEDOUT), what
  * failed in its place: `devlease status` is asked just when the device is in trouble, and the rest of its
@@ -256,6 +255,7 @@ export async function statusOrFailure(driver: Driver): Promise<Record<string, un
   }
 }
 
+/** An identity view of `window`, for drivers whose device cannot translate addresses. */
 export function identityView(window: { base: bigint; size: bigint } | null, reason: string): IovaView | null {
   return window ? { mode: 'identity', base: window.base, size: window.size, reason } : null;
 }

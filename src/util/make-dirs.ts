@@ -19,6 +19,11 @@ export function makeDirs(dir: string, mode = 0o777): void {
     const parent = dirname(dir);
     if (code !== 'ENOENT' || parent === dir) throw err;
     makeDirs(parent, mode);
-    mkdirSync(dir, { mode });
+    try {
+      mkdirSync(dir, { mode });
+    } catch (e) {
+      // Made meanwhile by another (two daemons starting at once): as good as made here, if it is a folder.
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || !statSync(dir).isDirectory()) throw e;
+    }
   }
 }

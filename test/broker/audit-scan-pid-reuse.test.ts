@@ -93,7 +93,8 @@ test("a process given the pid of one whose violation was recorded is recorded fo
     assert.equal(violations(pid).length, 1, 'the first process is recorded');
     first.proc.kill('SIGKILL');
     await first.exited;
-    a.scan(); // the broker scans every period_ms: it sees the first process gone
+    // No scan while the pid is free: the pid is given again between two scans (period_ms apart, or longer under
+    // the duty cycle), so what tells the second process from the first is its start time, not a scan without it.
     second = await withPid(pid, holdingFd);
     await until('the second process to open the file', () => a.scan()!.fds.some((f) => f.pid === pid));
     assert.equal(

@@ -176,9 +176,15 @@ export class SliceAuditor {
     this.#scheduled = true;
     const run = () => {
       this.#scheduled = false;
-      this.scan();
+      // Off any request's path: a scan that fails here (readdir of /proc at EMFILE) would be an uncaught
+      // exception, the broker's end. Logged; the periodic scan and the release waiters' polls ask again.
+      try {
+        this.scan();
+      } catch (err) {
+        this.host.log(`audit: a scan of /proc failed: ${(err as Error).message}`);
+      }
     };
-    const wait = this.#nextAllowed - Date.now();
+    const wait = this.#nextAllowed - performance.now();
     if (wait > 0) setTimeout(run, wait).unref();
     else setImmediate(run);
   }
@@ -201,7 +207,7 @@ export class SliceAuditor {
     this.stats.processes = r.processes;
     const now = Date.now();
     this.#seen.clear();
-    this.#nextAllowed = now + Math.ceil((9 * r.us) / 1000);
+    this.#nextAllowed = performance.now() + Math.ceil((9 * r.us) / 1000); // monotonic: a clock step moves it not
     for (const h of r.fds) {
       const holderOf = this.#leaseOf(h.pid);
       const e = holderOf ? this.#entries.get(holderOf) : undefined;
@@ -253,7 +259,9 @@ export class SliceAuditor {
   }
 
   #violate(pid: number, finding: Finding, lease: string | null, detail: string): void {
-    const key = `${pid}:${finding}:${lease}`;
+    // The pid with its start time: a process given the pid between two scans is another key, recorded anew.
+    const start = startTimeOf(pid);
+    const key = `${pid}@${start}:${finding}:${lease}`;
     this.#seen.add(key);
     if (this.#reported.has(key)) return;
     this.#reported.add(key);
@@ -261,7 +269,7 @@ export class SliceAuditor {
     const v: Violation = { pid, exe: facts.exe, ppid: facts.ppid, finding, lease, detail };
     this.stats.violations++;
     const e = lease ? this.#entries.get(lease) : undefined;
-    e?.violators.set(pid, startTimeOf(pid));
+    e?.violators.set(pid, start);
     // Without a lease to revoke, 'revoke' kills: the process can reach the whole device.
     const action = this.config.action === 'revoke' && !lease ? 'kill' : this.config.action;
     this.host.audit.write({ event: 'audit-violation', ...v, action });

@@ -30,6 +30,7 @@
 // unseen (the slice went back to the pool while still mapped).
 
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
+import { readHead } from '../../sys/read-head.js';
 
 /** What identifies the audited file. */
 export interface FileIdentity {
@@ -260,13 +261,16 @@ function scanFdinfo(
   }
 }
 
-/** An fdinfo file's text ('' once its fd is closed). */
+/** fdinfo's head: its fixed fields (pos, flags, mnt_id, ino) and a VFIO device's syspath come first. */
+const FDINFO_HEAD = Buffer.allocUnsafe(4096);
+
+/**
+ * An fdinfo file's head ('' once its fd is closed). Not the whole file: an epoll's fdinfo has a line per fd it
+ * watches and an inotify's per watch, so any process can make one tens of MB long (as a maps file: above).
+ */
 function readFdinfo(path: string): string {
-  try {
-    return readFileSync(path, 'latin1');
-  } catch {
-    return '';
-  }
+  const n = readHead(path, FDINFO_HEAD);
+  return n === null ? '' : FDINFO_HEAD.toString('latin1', 0, n);
 }
 
 function fdinfoField(text: string, name: string): string | null {
