@@ -13,6 +13,7 @@ import { AuditLog } from '../../src/broker/audit.js';
 import { SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
 import { type FileIdentity, identityOfFd } from '../../src/broker/audit-scan/proc-scan.js';
 import { native } from '../../src/sys/native.js';
+import { PidFd } from '../../src/sys/pidfd.js';
 import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 
@@ -117,6 +118,7 @@ test("a violator that exited is not killed at its lease's revoke deadline in the
   const { child } = JSON.parse(
     await new Promise<string>((r) => createInterface({ input: holder.proc.stdout! }).once('line', r)),
   ) as { child: number };
+  const childFd = PidFd.open(child); // while it is alive: the pidfd names it, not whoever has its pid later
   try {
     a.add('l1', holder.proc.pid!, [{ start: 0n, end: PAGE }]);
     a.onRequest('l1', true);
@@ -132,7 +134,7 @@ test("a violator that exited is not killed at its lease's revoke deadline in the
     // The holder goes (this process reaps it), then its re-parented child (init reaps it): its pid is free.
     holder.proc.kill('SIGKILL');
     await holder.exited;
-    process.kill(child, 'SIGKILL');
+    childFd.sendSignal('SIGKILL');
     const innocent = track(await withPid(child, () => spawn('sleep', ['60'], { stdio: 'ignore' })));
     a.killMappers('l1'); // the revoke's deadline
     assert.deepEqual(
@@ -145,10 +147,8 @@ test("a violator that exited is not killed at its lease's revoke deadline in the
     assert.equal(innocent.proc.signalCode, 'SIGTERM', 'it lived until this test ended it');
   } finally {
     a.close();
-    try {
-      process.kill(child, 'SIGKILL');
-    } catch {
-      // gone
-    }
+    // Through its pidfd, never its pid: once it is gone the pid may be another process's (another test's).
+    if (childFd.isAlive()) childFd.sendSignal('SIGKILL');
+    childFd.close();
   }
 });

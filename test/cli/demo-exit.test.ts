@@ -3,12 +3,11 @@
 // second with a stack trace, and left its simulator running (spinning) and its run directory behind. And
 // --json: stdout is the summary alone, parseable as JSON.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { test } from 'node:test';
-import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { until } from '../helpers/broker-rig.js';
 import { within } from '../helpers/within.js';
+import { spawnCli } from './run-cli.js';
 
 const alive = (pid: number) => {
   try {
@@ -21,23 +20,12 @@ const alive = (pid: number) => {
 
 /** A demo started, with what it printed so far; resolves once its simulator's pid and run directory showed. */
 async function startDemo(args: string[]) {
-  const child = spawn(process.execPath, [DEVLEASE_BIN, 'demo', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (d: Buffer) => {
-    out += d;
-  });
-  child.stderr.on('data', (d: Buffer) => {
-    err += d;
-  });
-  const exited = new Promise<number | null>((r) => child.once('close', (code) => r(code)));
-  const seen = () => `${out}${err}`;
+  const { child, closed: exited, out, err } = spawnCli(['demo', ...args]);
+  const seen = () => `${out()}${err()}`;
   await until('the simulator to start', () => /SA-1 simulator pid \d+/.test(seen()), 60_000);
   const simPid = Number(/SA-1 simulator pid (\d+)/.exec(seen())![1]);
   const dir = /run directory (\S+)/.exec(seen())![1]!;
-  return { child, exited, simPid, dir, out: () => out, err: () => err };
+  return { child, exited, simPid, dir, out, err };
 }
 
 async function assertCleanedUp(d: Awaited<ReturnType<typeof startDemo>>, code: number) {

@@ -22,7 +22,8 @@ export interface CliOptions {
   timeoutMs?: number;
 }
 
-export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
+/** `devlease ARGS` started, its output collected as it comes; `closed` resolves with its exit code once both pipes ended. */
+export function spawnCli(args: string[], opts: Pick<CliOptions, 'user' | 'nodeArgs'> = {}) {
   const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), DEVLEASE_BIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(opts.user ?? {}),
@@ -35,18 +36,21 @@ export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult
   child.stderr.on('data', (d: Buffer) => {
     stderr += d;
   });
+  // 'close': exited and both pipes read to their end.
+  const closed = new Promise<number | null>((r) => child.once('close', (code) => r(code)));
+  return { child, closed, out: () => stdout, err: () => stderr };
+}
+
+export async function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
+  const run = spawnCli(args, opts);
   let hung = false;
   const timer = setTimeout(() => {
     hung = true;
-    child.kill('SIGKILL');
+    run.child.kill('SIGKILL');
   }, opts.timeoutMs ?? 60_000);
-  // 'close': exited and both pipes read to their end.
-  return new Promise((resolve) =>
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, hung });
-    }),
-  );
+  const code = await run.closed;
+  clearTimeout(timer);
+  return { code, stdout: run.out(), stderr: run.err(), hung };
 }
 
 /** The command failed with `code` and said so in one line matching `message`, without a stack trace. */

@@ -64,7 +64,7 @@ test('option mistakes are refused before anything is opened', () => {
     assert.equal(r.status, 2);
     assert.match(r.stderr, /give --device or --device-fd/);
     r = refused(['--device-fd', '1']);
-    assert.equal(r.status, 1);
+    assert.equal(r.status, 2, 'not a descriptor number past stdio: a usage error');
     assert.match(r.stderr, /--device-fd must be an inherited descriptor number >= 3/);
     r = refused(['--device-fd', '57']);
     assert.equal(r.status, 1);
