@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { test } from 'node:test';
 import { DEVLEASE_BIN } from '../src/util/processes.js';
 import { until } from './helpers/broker-rig.js';
+import { alive } from './helpers/proc-stat.js';
 import { within } from './helpers/within.js';
 
 function runDemo(args: string[]) {
@@ -21,15 +22,6 @@ function runDemo(args: string[]) {
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   return { child, exited, out: () => out };
 }
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 test('devlease demo --seconds 5 --no-tty: revokes one, kills one, re-leases, verifies every byte, exits 0', async () => {
   const d = runDemo(['--seconds', '5', '--no-tty', '--clients', '3']);

@@ -6,17 +6,9 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { test } from 'node:test';
 import { until } from '../helpers/broker-rig.js';
+import { alive } from '../helpers/proc-stat.js';
 import { within } from '../helpers/within.js';
 import { spawnCli } from './run-cli.js';
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /** A demo started, with what it printed so far; resolves once its simulator's pid and run directory showed. */
 async function startDemo(args: string[]) {

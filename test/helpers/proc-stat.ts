@@ -24,6 +24,16 @@ export function stopped(pid: number): boolean {
   }
 }
 
+/** Whether a process has `pid` (signal 0: a zombie still has it). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Open descriptors of `pid`. */
 export function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { adminRequest } from '../../src/cli/admin.js';
 import { type ChildSimulator, spawnSimulator } from '../../src/sim/host/child.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
+import { alive, stopped } from '../helpers/proc-stat.js';
 import { stopChild } from '../helpers/stop-child.js';
 import { until } from '../interop/helpers/peers.js';
 
@@ -214,17 +215,8 @@ export class UpgradeRig {
   }
 }
 
-/** 'T' once the process stopped itself (SIGSTOP: DEVLEASE_TEST_UPGRADE_OLD_STOP). */
-export { stopped } from '../helpers/proc-stat.js';
-
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+/** Whether a pid is taken; 'T' once the process stopped itself (SIGSTOP: DEVLEASE_TEST_UPGRADE_OLD_STOP). */
+export { alive, stopped };
 
 /** A process's open descriptors, counted by kind (socket, anon_inode:[eventfd], /memfd:…, pipe, …). */
 export function fdKinds(pid: number): Map<string, number> {
