@@ -73,24 +73,16 @@ export interface ScanResult {
 export function identityOfFd(fd: number): FileIdentity {
   const link = readlinkSync(`/proc/self/fd/${fd}`);
   const st = statSync(`/proc/self/fd/${fd}`, { bigint: true });
-  const mnt = fdinfoField(readFdinfo(`/proc/self/fdinfo/${fd}`), 'mnt_id');
+  const info = readFdinfo(`/proc/self/fdinfo/${fd}`); // one read for both fields
+  const mnt = fdinfoField(info, 'mnt_id');
   return {
     link,
     dev: st.dev,
     ino: st.ino,
     rdev: st.rdev,
-    syspath: syspathOf('self', fd),
+    syspath: fdinfoField(info, 'vfio-device-syspath'),
     mntId: mnt === null ? null : Number(mnt),
   };
-}
-
-function syspathOf(pid: number | 'self', fd: number, dir = `/proc/${pid}`): string | null {
-  try {
-    const m = /^vfio-device-syspath:\s*(\S+)/m.exec(readFileSync(`${dir}/fdinfo/${fd}`, 'utf8'));
-    return m?.[1] ?? null;
-  } catch {
-    return null;
-  }
 }
 
 /** The maps file's "maj:min" of a stat dev number (Linux's new_encode_dev split). */
@@ -226,7 +218,7 @@ function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHol
     }
     const fd = Number(name);
     if (target.syspath !== null) {
-      const sp = syspathOf(pid, fd, procDir);
+      const sp = fdinfoField(readFdinfo(`${procDir}/fdinfo/${fd}`), 'vfio-device-syspath');
       if (sp !== null && sp !== target.syspath) continue; // another VFIO device on the same anon inode
     }
     into.push({ pid, fd });
@@ -298,16 +290,23 @@ export function processFacts(pid: number): { exe: string | null; ppid: number | 
   return { exe, ppid };
 }
 
-/** The parent pid from /proc/<pid>/stat (the field after the parenthesised comm), or null. */
-export function parentOf(pid: number): number | null {
+/**
+ * /proc/<pid>/stat's fields after the parenthesised comm (which may hold spaces and parentheses): [0] is field 3
+ * (state), [1] field 4 (ppid), [17] field 20 (num_threads), [19] field 22 (starttime). Null when there is none.
+ */
+function statFields(pid: number): string[] | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ppid = Number(rest[1]);
-    return Number.isInteger(ppid) ? ppid : null;
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
     return null;
   }
+}
+
+/** The parent pid from /proc/<pid>/stat, or null. */
+export function parentOf(pid: number): number | null {
+  const ppid = Number(statFields(pid)?.[1]);
+  return Number.isInteger(ppid) ? ppid : null;
 }
 
 /**
@@ -315,12 +314,7 @@ export function parentOf(pid: number): number | null {
  * when there is none. With the pid it names one process: a pid alone names whichever process has it now.
  */
 export function startTimeOf(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null; // rest[0] is field 3
-  } catch {
-    return null;
-  }
+  return statFields(pid)?.[19] ?? null;
 }
 
 /**
@@ -328,15 +322,11 @@ export function startTimeOf(pid: number): string | null {
  * other threads still counted (num_threads, field 20, counts the zombie leader too) is a running process.
  */
 export function isRunning(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const state = rest[0];
-    if (state !== 'Z' && state !== 'X' && state !== 'x') return true;
-    return Number(rest[17]) > 1; // field 20: rest[0] is field 3
-  } catch {
-    return false;
-  }
+  const rest = statFields(pid);
+  if (rest === null) return false;
+  const state = rest[0];
+  if (state !== 'Z' && state !== 'X' && state !== 'x') return true;
+  return Number(rest[17]) > 1;
 }
 
 /** Whether `pid` is `ancestor` or descends from it (walks at most 64 parents). */
