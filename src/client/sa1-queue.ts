@@ -67,7 +67,7 @@ export class Sa1Queue {
   #postTag = 0;
   #postError = 0;
   /** #failAll for the pump (sa1-pending.ts), made once. */
-  readonly #fail = (err: Error): void => this.#failAll(err);
+  readonly #fail = (err: Error): void => this.#failAll(() => err);
   /** The queue page's ioeventfd (doorbell kick, rev 2; the lease owns it), or null when the device offers none. */
   readonly #kickFd: Fd | null;
   /** #kickFd's number (-1 without one), read once: the kick is the cold path's, and a getter costs there. */
@@ -341,14 +341,14 @@ export class Sa1Queue {
     return true;
   }
 
-  #failAll(err: Error): void {
-    this.#pending.failAll(err);
+  #failAll(why: () => Error): void {
+    this.#pending.failAll(why);
     this.#posted = 0; // never completing either
   }
 
   /** Ask the broker for a queue reset (after ERROR), then re-program the rings. */
   async reset(): Promise<void> {
-    this.#failAll(leaseError('ECANCELED', 'queue reset'));
+    this.#failAll(() => leaseError('ECANCELED', 'queue reset'));
     await this.lease.resetQueue();
     this.#program();
   }
@@ -372,7 +372,7 @@ export class Sa1Queue {
 
   /** Free the rings (the lease's close() frees them too). */
   async close(): Promise<void> {
-    this.#failAll(leaseError('ERR_DEVLEASE_CLOSED', 'queue closed'));
+    this.#failAll(() => leaseError('ERR_DEVLEASE_CLOSED', 'queue closed'));
     await this.#rings.free().catch(() => undefined);
   }
 }

@@ -292,3 +292,43 @@ test('spinUntil() collects a completion already in the ring, even with no time l
   );
   await q.close();
 });
+
+test('close() and reset() reject the descriptors still in flight (ERR_DEVLEASE_CLOSED, ECANCELED), each once', async () => {
+  // The rejection is built only when something is pending (issue 16: a close with nothing in flight builds no
+  // error); this holds that whatever is pending still gets one.
+  const ctrl = qcfg(lease.info.queue!, Q.CTRL);
+  const q = await Sa1Queue.create(lease, { entries: 8 });
+  await rig.device.write32(BAR0, ctrl, 0); // paused: the descriptors stay in flight
+  const reset = q.submitBatch([{ opcode: 'NOP' }, { opcode: 'NOP' }]).map((p) => outcome(p, 'reset()'));
+  await q.reset(); // re-programs the rings and enables the queue again
+  for (const e of await Promise.all(reset)) assert.equal((e as DevleaseError).code, 'ECANCELED');
+  assert.equal(q.inFlight, 0);
+  assert.equal((await q.nop()).status, 'OK', 'the queue runs after the reset');
+  await rig.device.write32(BAR0, ctrl, 0);
+  const closed = q.submitBatch([{ opcode: 'NOP' }, { opcode: 'NOP' }]).map((p) => outcome(p, 'close()'));
+  await q.close();
+  for (const e of await Promise.all(closed)) {
+    assert.ok(e instanceof DevleaseError, `rejected with a DevleaseError, got ${String(e)}`);
+    assert.equal(e.code, 'ERR_DEVLEASE_CLOSED');
+  }
+  await q.close(); // again: nothing pending, nothing thrown
+  await rig.device.write32(BAR0, ctrl, Q_CTRL.ENABLE);
+});
+
+/** What `p` settles with (its error, or 'done'); an error naming `what` if it never settles (a hang fails). */
+function outcome(p: Promise<unknown>, what: string): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined;
+  const never = new Promise((resolve) => {
+    timer = setTimeout(
+      () => resolve(new Error(`a descriptor in flight at ${what} was never settled`)),
+      10_000,
+    );
+  });
+  return Promise.race([
+    p.then(
+      () => 'done',
+      (e: unknown) => e,
+    ),
+    never,
+  ]).finally(() => clearTimeout(timer));
+}
