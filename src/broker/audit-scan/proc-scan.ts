@@ -110,10 +110,12 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
     out.processes++;
     try {
       const tid = scanMaps(pid, dev, ino, out.maps);
-      const dir = tid === pid ? `/proc/${pid}` : `/proc/${pid}/task/${tid}`;
+      const dir = tid === null || tid === pid ? `/proc/${pid}` : `/proc/${pid}/task/${tid}`;
       scanFds(pid, dir, target, out.fds);
-      // A thread's own file table (unshare(CLONE_FILES)): fd/ above listed one table only (file-tables.ts).
-      const all = forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t));
+      // A thread's own file table (unshare(CLONE_FILES)): fd/ above listed one table only (file-tables.ts). No mm:
+      // a kernel thread (most of /proc's processes) or a zombie, whose threads keep no fd of their own.
+      const all =
+        tid === null || forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t));
       if (!all) out.unreadable++;
     } catch {
       out.unreadable++;
@@ -126,9 +128,9 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
 /**
  * Adds the process's mappings of the file (dev, ino as maps prints them) to `into`; returns the task they were
  * read from, whose fds are read too: `pid`, or when its maps is empty (a kernel thread, a zombie, or a main
- * thread gone: see the top) a live thread.
+ * thread gone: see the top) a live thread; null when no task has an mm (a kernel thread, a zombie).
  */
-function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): number {
+function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): number | null {
   const dir = `/proc/${pid}`;
   if (grepMaps(pid, `${dir}/maps`, dev, ino, into)) return pid;
   for (const tid of readdirSync(`${dir}/task`)) {
@@ -139,7 +141,7 @@ function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): 
       // that thread exited meanwhile: another may still run
     }
   }
-  return pid;
+  return null;
 }
 
 /** The read buffer of maps files (scans are synchronous: one at a time). */
