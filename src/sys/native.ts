@@ -177,6 +177,11 @@ export interface NativeAddon {
   // --- pidfd ---
   pidfdOpen(pid: number): number;
   pidfdSendSignal(pidfd: number, signal: number): void;
+  /**
+   * kcmp(a, b, KCMP_FILES): whether tasks `a` and `b` (pids or thread ids) share one file table. Throws ESRCH
+   * (a task gone), EPERM (no ptrace read access to one), ENOSYS (a kernel without CONFIG_KCMP).
+   */
+  kcmpFiles(a: number, b: number): boolean;
   /** Test support: fork a child that keeps this process's mappings, closes fds >= 3 and pauses; returns its pid. */
   forkPause(): number;
 

@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { startOwnTables } from '../helpers/own-file-table.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const scanner = join(here, '../fixtures/audit/scanner.js');
@@ -78,5 +79,24 @@ test("a scan with the broker's shipped privileges sees the fd a client of anothe
   } finally {
     proc.kill('SIGKILL');
     await exited;
+  }
+});
+
+test("with the broker's shipped privileges, an fd kept in a thread's own file table of another uid's client is seen", async () => {
+  assert.equal(
+    process.getuid?.(),
+    0,
+    'this test needs root: it runs a scan as another uid with CAP_SYS_PTRACE',
+  );
+  // A root process whose thread keeps the file in a table of its own (unshare(CLONE_FILES)), the main thread's
+  // copy closed: told apart by kcmp (ptrace read access: CAP_SYS_PTRACE), read through the thread's fdinfo/.
+  const p = await startOwnTables({ mode: 'keep', own: 1, file });
+  children.push(p.proc);
+  try {
+    const r = scanAsBroker();
+    assert.deepEqual(r.fds, [p.pid], 'its fd of the file, in the thread');
+  } finally {
+    p.proc.kill('SIGKILL');
+    await p.exited;
   }
 });

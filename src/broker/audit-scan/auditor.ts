@@ -220,7 +220,8 @@ export class SliceAuditor {
       )
         continue; // still inside connect(): mapping its slice
       const finding: Finding = e && e.holder === h.pid ? 'fd-kept' : 'fd-passed';
-      this.#violate(h.pid, finding, holderOf, `holds the device fd as fd ${h.fd}`);
+      const table = h.tid === undefined ? '' : ` of thread ${h.tid}'s own file table (unshare(CLONE_FILES))`;
+      this.#violate(h.pid, finding, holderOf, `holds the device fd as fd ${h.fd}${table}`);
     }
     for (const e of this.#entries.values()) e.mapped = false;
     for (const m of r.maps) this.#checkMapping(m);

@@ -14,7 +14,9 @@
 // offsets only (documented as a limit).
 //
 // Bounded: one readdir of /proc, per process one readdir of fd/ plus one
-// readlink per fd and one read of maps. Processes that vanish mid-scan or
+// readlink per fd, one read of maps and one stat of task/ (a thread with a
+// file table of its own is read too, within bounds: file-tables.ts).
+// Processes that vanish mid-scan or
 // cannot be read (not root) are counted, never fatal. A maps file is read
 // through one fixed buffer and only each line's head (range, perms, offset,
 // dev, inode) is looked at: any process can make its maps file huge (65530
@@ -31,6 +33,7 @@
 
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
 import { readHead } from '../../sys/read-head.js';
+import { forEachOtherFileTable } from './file-tables.js';
 
 /** What identifies the audited file. */
 export interface FileIdentity {
@@ -48,6 +51,8 @@ export interface FileIdentity {
 export interface FdHolding {
   pid: number;
   fd: number;
+  /** The thread whose own file table holds it (unshare(CLONE_FILES): file-tables.ts); absent: the process's. */
+  tid?: number;
 }
 
 export interface MappingFound {
@@ -104,7 +109,14 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
     if (!Number.isInteger(pid) || pid <= 0 || exclude.has(pid)) continue;
     out.processes++;
     try {
-      scanFds(pid, scanMaps(pid, dev, ino, out.maps), target, out.fds);
+      const tid = scanMaps(pid, dev, ino, out.maps);
+      const dir = tid === null || tid === pid ? `/proc/${pid}` : `/proc/${pid}/task/${tid}`;
+      scanFds(pid, dir, target, out.fds);
+      // A thread's own file table (unshare(CLONE_FILES)): fd/ above listed one table only (file-tables.ts). No mm:
+      // a kernel thread (most of /proc's processes) or a zombie, whose threads keep no fd of their own.
+      const all =
+        tid === null || forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t));
+      if (!all) out.unreadable++;
     } catch {
       out.unreadable++;
     }
@@ -114,22 +126,22 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
 }
 
 /**
- * Adds the process's mappings of the file (dev, ino as maps prints them) to `into`; returns the /proc directory
- * they were read from, where its fds are read too: /proc/<pid>, or when its maps is empty (a kernel thread, a
- * zombie, or a main thread gone: see the top) a live thread's.
+ * Adds the process's mappings of the file (dev, ino as maps prints them) to `into`; returns the task they were
+ * read from, whose fds are read too: `pid`, or when its maps is empty (a kernel thread, a zombie, or a main
+ * thread gone: see the top) a live thread; null when no task has an mm (a kernel thread, a zombie).
  */
-function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): string {
+function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): number | null {
   const dir = `/proc/${pid}`;
-  if (grepMaps(pid, `${dir}/maps`, dev, ino, into)) return dir;
+  if (grepMaps(pid, `${dir}/maps`, dev, ino, into)) return pid;
   for (const tid of readdirSync(`${dir}/task`)) {
     if (tid === String(pid)) continue;
     try {
-      if (grepMaps(pid, `${dir}/task/${tid}/maps`, dev, ino, into)) return `${dir}/task/${tid}`;
+      if (grepMaps(pid, `${dir}/task/${tid}/maps`, dev, ino, into)) return Number(tid);
     } catch {
       // that thread exited meanwhile: another may still run
     }
   }
-  return dir;
+  return null;
 }
 
 /** The read buffer of maps files (scans are synchronous: one at a time). */
@@ -191,14 +203,15 @@ function parseMapping(pid: number, line: string, dev: string, ino: string, into:
   into.push({ pid, start: BigInt(`0x${s}`), end: BigInt(`0x${e}`), offset: BigInt(`0x${offset}`), perms });
 }
 
-function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHolding[]): void {
+/** `tid`: `procDir` is that thread's, read for a file table of its own (file-tables.ts). */
+function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHolding[], tid?: number): void {
   const dir = `${procDir}/fd`;
   let names: string[];
   try {
     names = readdirSync(dir);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
-    scanFdinfo(pid, procDir, target, into, err as Error);
+    scanFdinfo(pid, procDir, target, into, err as Error, tid);
     return;
   }
   for (const name of names) {
@@ -221,7 +234,7 @@ function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHol
       const sp = fdinfoField(readFdinfo(`${procDir}/fdinfo/${fd}`), 'vfio-device-syspath');
       if (sp !== null && sp !== target.syspath) continue; // another VFIO device on the same anon inode
     }
-    into.push({ pid, fd });
+    into.push(tid === undefined ? { pid, fd } : { pid, fd, tid });
   }
 }
 
@@ -239,6 +252,7 @@ function scanFdinfo(
   target: FileIdentity,
   into: FdHolding[],
   cause: Error,
+  tid?: number,
 ): void {
   const anon = target.link.startsWith('anon_inode:');
   if (target.mntId === null || (anon && target.syspath === null)) throw cause;
@@ -249,7 +263,7 @@ function scanFdinfo(
     const sp = fdinfoField(text, 'vfio-device-syspath');
     if (target.syspath !== null && (anon ? sp !== target.syspath : sp !== null && sp !== target.syspath))
       continue;
-    into.push({ pid, fd: Number(name) });
+    into.push(tid === undefined ? { pid, fd: Number(name) } : { pid, fd: Number(name), tid });
   }
 }
 
