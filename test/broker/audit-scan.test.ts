@@ -24,6 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { AuditLog } from '../../src/broker/audit.js';
 import { type DirectAuditConfig, SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
 import { type FileIdentity, identityOfFd, mapsDev, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
+import { PidFd } from '../../src/sys/pidfd.js';
 import { until } from '../helpers/broker-rig.js';
 import { openFds, trackFdLeaks } from '../helpers/fds.js';
 
@@ -35,6 +36,8 @@ let file = '';
 let fileFd = -1;
 let target: FileIdentity;
 const children: ChildProcess[] = [];
+/** A pidfd of every process a mapper reported, taken while it lived: killPid signals through it, never a pid. */
+const ourPidfds = new Map<number, PidFd>();
 
 let leakCheck: () => Promise<void> = async () => {};
 before(() => {
@@ -47,6 +50,7 @@ before(() => {
 });
 after(() => {
   for (const c of children) c.kill('SIGKILL');
+  for (const p of ourPidfds.values()) p.close();
   closeSync(fileFd);
   rmSync(dir, { recursive: true, force: true });
   return leakCheck();
@@ -77,14 +81,22 @@ async function startMapper(offset: bigint, flags: string[] = []): Promise<Mapper
     });
   });
   const { pid, child } = JSON.parse(line) as { pid: number; child: number | null };
+  // Both wait for a signal once reported: alive here, so each pidfd names that process for good.
+  for (const p of child === null ? [pid] : [pid, child]) ourPidfds.set(p, PidFd.open(p));
   return { pid, child, proc, exited, closed };
 }
 
+/**
+ * SIGKILLs a process a mapper reported, through the pidfd taken while it lived: once it has exited its pid may
+ * be another process's (a CI's test beside this one), which a kill by pid would hit.
+ */
 function killPid(pid: number): void {
+  const fd = ourPidfds.get(pid);
+  if (!fd) throw new Error(`killPid(${pid}): not a process a mapper reported`);
   try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // already gone
+    fd.sendSignal('SIGKILL');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // already gone
   }
 }
 
