@@ -1,5 +1,4 @@
 // devlease command line: dispatches to sub-commands.
-import { exitWithParent } from '../util/exit-with-parent.js';
 import { VERSION } from '../version.js';
 
 const HELP = `devlease ${VERSION} — lease slices of a VFIO device to client processes
@@ -43,7 +42,8 @@ export async function main(argv: string[]): Promise<void> {
 
 async function command(cmd: string, rest: string[]): Promise<number> {
   // Started by the demo (or another devlease process) to end with it: watch that parent (a no-op otherwise).
-  exitWithParent();
+  // Imported here, on Linux only: it loads the native addon.
+  (await import('../util/exit-with-parent.js')).exitWithParent();
   let code: number;
   switch (cmd) {
     case 'sim':
