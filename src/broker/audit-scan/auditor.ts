@@ -73,6 +73,11 @@ interface Entry {
   violators: Map<number, string | null>;
   mapped: boolean;
   waiters: (() => void)[];
+  /**
+   * A revoke's deadline passed but its scan failed (killMappers): the next scan that succeeds kills the mappers
+   * it finds. Until then no scan succeeded, so no waiter was woken: the slices stay out of the pool.
+   */
+  killPending: boolean;
 }
 
 /** What an upgrade carries of the audit (handover/format.ts): each audited lease's entry, and what was reported. */
@@ -141,6 +146,7 @@ export class SliceAuditor {
       violators: new Map(),
       mapped: false,
       waiters: [],
+      killPending: false,
     };
     e.ranges.push(...ranges);
     e.handedAt = Date.now();
@@ -225,6 +231,7 @@ export class SliceAuditor {
     for (const e of this.#entries.values()) e.mapped = false;
     for (const m of r.maps) this.#checkMapping(m);
     for (const k of this.#reported) if (!this.#seen.has(k)) this.#reported.delete(k);
+    for (const e of this.#entries.values()) if (e.killPending) this.#killMappersOf(e, r.maps);
     for (const e of this.#entries.values()) {
       if (!e.mapped) for (const w of e.waiters.splice(0)) w();
     }
@@ -307,19 +314,45 @@ export class SliceAuditor {
   killMappers(id: string): void {
     const e = this.#entries.get(id);
     if (!e) return;
-    const first = this.scan();
+    e.killPending = true;
+    let scanned: ScanResult | null;
+    try {
+      scanned = this.scan(); // kills what it finds (killPending), and clears the flag
+    } catch (err) {
+      // Thrown out of here, the failure (readdir of /proc at EMFILE) ended the reclaim half-done. The kill is
+      // left to the next scan that succeeds (the periodic one, or the release wait's polls); no waiter is woken
+      // before it, so the slices stay out of the pool meanwhile.
+      const error = (err as Error).message;
+      this.host.log(`audit: lease ${id}: the scan for processes still mapping its slices failed: ${error}`);
+      this.host.audit.write({
+        event: 'audit-scan-failed',
+        lease: id,
+        code: (err as NodeJS.ErrnoException).code ?? null,
+        error,
+        retry: 'the next scan kills the mappers; the slices stay out of the pool until then',
+      });
+      this.request();
+      return;
+    }
+    // No scan ran (an upgrade's hold, or closed): the violators recorded earlier are all there is to act on.
+    if (scanned === null && e.killPending) this.#killMappersOf(e, []);
+  }
+
+  /** killMappers' kills, for the mappings `maps` of one scan, and the violators recorded of the lease. */
+  #killMappersOf(e: Entry, maps: readonly MappingFound[]): void {
+    e.killPending = false;
     // A violator recorded earlier is that process only while its start time is the same: it may have exited
     // since and its pid named another process (which was SIGKILLed for it). A mapper was seen just now.
     const pids = new Map<number, string | null | undefined>(e.violators);
-    for (const m of first?.maps ?? []) {
+    for (const m of maps) {
       const end = m.offset + (m.end - m.start);
       if (e.ranges.some((r) => m.offset < r.end && end > r.start)) pids.set(m.pid, undefined);
     }
     for (const [pid, start] of pids) {
       if (this.config.deadlineAction === 'kill')
-        this.#kill(pid, `lease ${id} revoked: still mapping its slice`, start);
+        this.#kill(pid, `lease ${e.id} revoked: still mapping its slice`, start);
       else if (start === undefined || (start !== null && startTimeOf(pid) === start))
-        this.host.audit.write({ event: 'audit-still-mapped', lease: id, pid, ...processFacts(pid) });
+        this.host.audit.write({ event: 'audit-still-mapped', lease: e.id, pid, ...processFacts(pid) });
     }
   }
 
@@ -410,6 +443,7 @@ export class SliceAuditor {
         violators: new Map(h.violators.map((pid) => [pid, startTimeOf(pid)])),
         mapped: true, // until a scan says otherwise
         waiters: [],
+        killPending: false, // not carried across an upgrade
       });
     }
     for (const k of state.reported) this.#reported.add(k);

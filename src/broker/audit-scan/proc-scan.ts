@@ -105,12 +105,23 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
     out.processes++;
     try {
       scanFds(pid, scanMaps(pid, dev, ino, out.maps), target, out.fds);
-    } catch {
+    } catch (err) {
+      throwIfShortage(err);
       out.unreadable++;
     }
   }
   out.us = Number(process.hrtime.bigint() - t0) / 1000;
   return out;
+}
+
+/**
+ * The broker's own shortage (out of fds or memory) says nothing of the process being read: a scan that counted
+ * it unreadable saw no mapping of it, and a slice it still maps would have gone back to the pool. The whole
+ * scan fails instead; its callers log it and keep the slices out of the pool (auditor.ts).
+ */
+const SHORTAGE = new Set(['EMFILE', 'ENFILE', 'ENOMEM']);
+function throwIfShortage(err: unknown): void {
+  if (SHORTAGE.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
 }
 
 /**
@@ -125,7 +136,8 @@ function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): 
     if (tid === String(pid)) continue;
     try {
       if (grepMaps(pid, `${dir}/task/${tid}/maps`, dev, ino, into)) return `${dir}/task/${tid}`;
-    } catch {
+    } catch (err) {
+      throwIfShortage(err);
       // that thread exited meanwhile: another may still run
     }
   }
