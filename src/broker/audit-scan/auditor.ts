@@ -124,7 +124,7 @@ export class SliceAuditor {
    */
   #nextAllowed = 0;
   /** Cost accounting for `devlease status` and the bench. */
-  readonly stats = { scans: 0, totalUs: 0, lastUs: 0, processes: 0, violations: 0 };
+  readonly stats = { scans: 0, totalUs: 0, lastUs: 0, processes: 0, unreadable: 0, violations: 0 };
 
   constructor(
     readonly target: FileIdentity,
@@ -211,6 +211,7 @@ export class SliceAuditor {
     this.stats.totalUs += r.us;
     this.stats.lastUs = r.us;
     this.stats.processes = r.processes;
+    this.stats.unreadable = r.unreadable;
     const now = Date.now();
     this.#seen.clear();
     this.#nextAllowed = performance.now() + Math.ceil((9 * r.us) / 1000); // monotonic: a clock step moves it not
