@@ -11,9 +11,9 @@
 // the configured action. The same scan observes releases: a lease's slice is
 // free only when no process maps any of it any more.
 
-import { PidFd } from '../../sys/pidfd.js';
 import type { AuditLog } from '../audit.js';
 import { AllowedBrokers } from './allowed-brokers.js';
+import { killMappersOf, killRecorded } from './kill.js';
 import {
   descendsFrom,
   type FileIdentity,
@@ -281,29 +281,9 @@ export class SliceAuditor {
     // Without a lease to revoke, 'revoke' kills: the process can reach the whole device.
     const action = this.config.action === 'revoke' && !lease ? 'kill' : this.config.action;
     this.host.audit.write({ event: 'audit-violation', ...v, action });
-    if (action === 'kill') this.#kill(pid, `audit: ${finding}`);
+    if (action === 'kill') killRecorded(this.host, pid, `audit: ${finding}`);
     else if (action === 'revoke' && lease)
       this.host.revoke(lease, `audit: pid ${pid} (${facts.exe ?? '?'}) ${finding}: ${detail}`);
-  }
-
-  /** `start`: the process's start time when it was recorded (null: it was gone then); undefined: seen just now. */
-  #kill(pid: number, why: string, start?: string | null): boolean {
-    if (start === null) return false;
-    let pfd: PidFd | null = null;
-    try {
-      pfd = PidFd.open(pid);
-      // Checked with the pidfd held: it names the process that had the pid then, which is the one recorded only
-      // if the start time (read after) is still the same.
-      if (start !== undefined && startTimeOf(pid) !== start) return false;
-      pfd.sendSignal('SIGKILL');
-      this.host.audit.write({ event: 'audit-kill', pid, reason: why });
-      return true;
-    } catch (err) {
-      this.host.log(`audit: could not kill pid ${pid} (${why}): ${(err as Error).message}`);
-      return false;
-    } finally {
-      pfd?.close();
-    }
   }
 
   /**
@@ -339,22 +319,9 @@ export class SliceAuditor {
     if (scanned === null && e.killPending) this.#killMappersOf(e, []);
   }
 
-  /** killMappers' kills, for the mappings `maps` of one scan, and the violators recorded of the lease. */
   #killMappersOf(e: Entry, maps: readonly MappingFound[]): void {
     e.killPending = false;
-    // A violator recorded earlier is that process only while its start time is the same: it may have exited
-    // since and its pid named another process (which was SIGKILLed for it). A mapper was seen just now.
-    const pids = new Map<number, string | null | undefined>(e.violators);
-    for (const m of maps) {
-      const end = m.offset + (m.end - m.start);
-      if (e.ranges.some((r) => m.offset < r.end && end > r.start)) pids.set(m.pid, undefined);
-    }
-    for (const [pid, start] of pids) {
-      if (this.config.deadlineAction === 'kill')
-        this.#kill(pid, `lease ${e.id} revoked: still mapping its slice`, start);
-      else if (start === undefined || (start !== null && startTimeOf(pid) === start))
-        this.host.audit.write({ event: 'audit-still-mapped', lease: e.id, pid, ...processFacts(pid) });
-    }
+    killMappersOf(this.host, this.config, e, maps);
   }
 
   /**
