@@ -11,6 +11,7 @@ import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { childEnv } from '../src/util/exit-with-parent.js';
 import { makeDirs } from '../src/util/make-dirs.js';
 import { renderChart } from './chart.js';
 import type { CaseResult, Metric } from './fixtures/result.js';
@@ -148,6 +149,7 @@ function runOne(name: string, quick: boolean, timeoutMs: number): Promise<CaseRe
   const script = join(here, 'cases', `${name}.js`);
   const child = spawn(process.execPath, [script, ...(quick ? ['--quick'] : [])], {
     stdio: ['ignore', 'pipe', 'inherit'],
+    env: childEnv(), // the case (and, through fixtures/cleanup.ts, what it started) ends if bench is SIGKILLed
   });
   let result: CaseResult | null = null;
   createInterface({ input: child.stdout! }).on('line', (line) => {

@@ -47,10 +47,15 @@ function closeInherited(list: string | undefined): void {
   }
 }
 
+/** Whether `value` names an inherited descriptor: decimal digits (not '0x4', '1e1', ' 4'), 3 up to INT_MAX. */
+function isDescriptorNumber(value: string): boolean {
+  return /^\d+$/.test(value) && Number(value) >= 3 && Number(value) <= 2 ** 31 - 1;
+}
+
 /** An inherited descriptor number from the command line, or an error message. */
 function inheritedFd(name: string, value: string): Fd | string {
   const n = Number(value);
-  if (!/^\d+$/.test(value) || n < 3)
+  if (!isDescriptorNumber(value))
     return `--${name} must be an inherited descriptor number >= 3, got '${value}'`;
   try {
     native.fstat(n); // EBADF now rather than at the first ioctl
@@ -138,7 +143,7 @@ export async function daemonCommand(argv: string[]): Promise<number> {
   // is known only when it is taken (openFromArgs).
   for (const name of ['device-fd', 'iommufd-fd'] as const) {
     const v = values[name];
-    if (v !== undefined && (!/^\d+$/.test(v) || Number(v) < 3)) {
+    if (v !== undefined && !isDescriptorNumber(v)) {
       process.stderr.write(
         `devlease daemon: --${name} must be an inherited descriptor number >= 3, got '${v}'\n${USAGE}\n`,
       );

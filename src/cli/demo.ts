@@ -13,6 +13,7 @@ import { parseArgs } from 'node:util';
 import { type ClientRow, HEAD, LiveView, renderTable, rowCells } from '../demo/view.js';
 import { type Child, spawnNode, startBroker, startSim } from '../util/processes.js';
 import { adminRequest } from './admin.js';
+import { intOption } from './int-option.js';
 
 const CLIENT_WORKER = fileURLToPath(new URL('../demo/client-worker.js', import.meta.url));
 /**
@@ -23,7 +24,7 @@ const REVOKE_DEADLINE_MS = 2000;
 
 const USAGE = `usage: devlease demo [--clients N] [--seconds S] [--json] [--no-tty]
   --clients  client processes (default 4, 1..32)
-  --seconds  how long the workload runs (default 10, 2..3600)
+  --seconds  how long the workload runs, whole seconds (default 10, 2..3600)
   --json     print the summary as JSON
   --no-tty   plain progress lines instead of the live table`;
 
@@ -64,16 +65,11 @@ export async function demoCommand(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
-  const nClients = Number(values.clients ?? 4);
-  const seconds = Number(values.seconds ?? 10);
-  if (!Number.isInteger(nClients) || nClients < 1 || nClients > 32) {
-    process.stderr.write(
-      `devlease demo: --clients must be an integer from 1 to 32, got '${values.clients}'\n`,
-    );
-    return 2;
-  }
-  if (!Number.isFinite(seconds) || seconds < 2 || seconds > 3600) {
-    process.stderr.write(`devlease demo: --seconds must be from 2 to 3600, got '${values.seconds}'\n`);
+  const nClients = intOption('--clients', values.clients ?? '4', 1, 32);
+  const seconds = intOption('--seconds', values.seconds ?? '10', 2, 3600);
+  if (typeof nClients === 'object' || typeof seconds === 'object') {
+    const bad = typeof nClients === 'object' ? nClients : (seconds as { error: string });
+    process.stderr.write(`devlease demo: ${bad.error}\n${USAGE}\n`);
     return 2;
   }
   const tty = !values['no-tty'] && !values.json && process.stdout.isTTY === true;

@@ -41,6 +41,9 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 async function command(cmd: string, rest: string[]): Promise<number> {
+  // Started by the demo (or another devlease process) to end with it: watch that parent (a no-op otherwise).
+  // Imported here, on Linux only: it loads the native addon.
+  (await import('../util/exit-with-parent.js')).exitWithParent();
   let code: number;
   switch (cmd) {
     case 'sim':

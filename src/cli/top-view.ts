@@ -26,6 +26,8 @@ export interface TopSnap {
   draining: boolean;
   heartbeatAgeSeconds: number | null;
   leases: TopLease[];
+  /** Leases whose counters the broker's read did not get in time, and why (absent from an older broker). */
+  countersUnavailable?: { leases: string[]; code: string; error: string } | null;
   audit: { time: string; event: string; [k: string]: unknown }[];
 }
 
@@ -127,6 +129,12 @@ export function renderTop(
       cur.heartbeatAgeSeconds === null ? '-' : `${cur.heartbeatAgeSeconds.toFixed(1)}s`
     }  grants: ${grants}`,
     `leases: ${cur.leases.length}  ops/s: ${human(totalOps)}  bytes/s: ${human(totalBytes, 'B')}`,
+    // Their rows show '-': said here why, rather than read as idle.
+    ...(cur.countersUnavailable
+      ? [
+          `counters unavailable for ${cur.countersUnavailable.leases.length} lease(s): ${cur.countersUnavailable.error} (${cur.countersUnavailable.code})`,
+        ]
+      : []),
     '',
     ...table(
       ['LEASE', 'STATE', 'PID', 'EXE', 'QUEUE', 'OPS/S', 'BYTES/S', 'DEADLINE'],

@@ -10,6 +10,7 @@ import { emitKeypressEvents } from 'node:readline';
 import { parseArgs } from 'node:util';
 import ansiEscapes from 'ansi-escapes';
 import { adminFailure, adminRequest } from './admin.js';
+import { intOption } from './int-option.js';
 import { renderTop, SORT_KEYS, type SortKey, type TopSnap } from './top-view.js';
 
 const USAGE = `usage: devlease top [--interval MS] [--iterations N] [--sort lease|pid|state|ops|bytes]
@@ -41,20 +42,21 @@ export async function topCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
-  const interval = Number(str('interval') ?? 1000);
-  if (!Number.isInteger(interval) || interval < 100 || interval > 3_600_000) {
-    process.stderr.write(
-      `devlease top: --interval must be an integer from 100 to 3600000 (ms), got '${str('interval')}'\n`,
-    );
+  const interval = intOption('--interval', str('interval') ?? '1000', 100, 3_600_000, 'ms');
+  if (typeof interval === 'object') {
+    process.stderr.write(`devlease top: ${interval.error}\n`);
     return 2;
   }
   const tty = process.stdout.isTTY === true && process.stdin.isTTY === true;
+  const given = str('iterations');
   const iterations =
-    str('iterations') === undefined ? (tty ? Number.POSITIVE_INFINITY : 1) : Number(str('iterations'));
-  if (!(iterations >= 1) || (Number.isFinite(iterations) && !Number.isInteger(iterations))) {
-    process.stderr.write(
-      `devlease top: --iterations must be a positive integer, got '${str('iterations')}'\n`,
-    );
+    given === undefined
+      ? tty
+        ? Number.POSITIVE_INFINITY
+        : 1
+      : intOption('--iterations', given, 1, 1_000_000_000);
+  if (typeof iterations === 'object') {
+    process.stderr.write(`devlease top: ${iterations.error}\n`);
     return 2;
   }
   let sort = (str('sort') ?? 'lease') as SortKey;

@@ -7,6 +7,7 @@ import { randomFillSync } from 'node:crypto';
 import { connect } from '../client/lease.js';
 import { Sa1Queue } from '../client/sa1-queue.js';
 import { crc32c } from '../hw/sa1/crc32c.js';
+import { exitWithParent } from '../util/exit-with-parent.js';
 
 const say = (msg: Record<string, unknown>) =>
   process.stdout.write(`${JSON.stringify(msg, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
@@ -92,6 +93,7 @@ async function main(): Promise<void> {
   lease.close();
 }
 
+exitWithParent(); // the demo SIGKILLed: SIGTERM, and this client lets go of its lease
 main().then(
   () => process.exit(0),
   (err: Error & { code?: string }) => {

@@ -7,6 +7,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { childEnv } from './exit-with-parent.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 /** bin/devlease.js, from dist/src/util/. */
@@ -26,7 +27,11 @@ export function spawnNode(
   onLine: (line: string) => void,
   onErr: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
 ): Child {
-  const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // childEnv: the child ends with this process, even if this one is SIGKILLed (src/util/exit-with-parent.ts).
+  const proc = spawn(process.execPath, [script, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: childEnv(),
+  });
   createInterface({ input: proc.stdout! }).on('line', onLine);
   createInterface({ input: proc.stderr! }).on('line', onErr);
   const exited = new Promise<number>((resolve) => {

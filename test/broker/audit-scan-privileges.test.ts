@@ -100,3 +100,33 @@ test("with the broker's shipped privileges, an fd kept in a thread's own file ta
     await p.exited;
   }
 });
+
+test("devlease status counts the processes the last scan could not read (without CAP_SYS_PTRACE: root's)", async () => {
+  // This process is root's, alive through the scan: unreadable to a scanner of another uid without ptrace.
+  const r = spawnSync(
+    'setpriv',
+    [
+      '--reuid=65534',
+      '--regid=65534',
+      '--clear-groups',
+      '--inh-caps=-all',
+      '--bounding-set=-all',
+      process.execPath,
+      join(here, '../fixtures/audit/audit-status.js'),
+      file,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(r.status, 0, `the scan (setpriv, util-linux) failed: ${r.error?.message ?? ''}${r.stderr}`);
+  const status = JSON.parse(r.stdout) as {
+    scans: number;
+    processesScanned: number;
+    processesUnreadable: number;
+  };
+  assert.equal(status.scans, 1);
+  assert.ok(status.processesUnreadable >= 1, `root's processes are unreadable to it: ${r.stdout}`);
+  assert.ok(status.processesUnreadable <= status.processesScanned, r.stdout);
+  // With CAP_SYS_PTRACE (the shipped privileges) this process is read: fewer are left unreadable.
+  const withPtrace = scanAsBroker();
+  assert.ok(withPtrace.unreadable < status.processesUnreadable, JSON.stringify(withPtrace));
+});

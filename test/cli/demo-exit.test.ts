@@ -3,8 +3,10 @@
 // second with a stack trace, and left its simulator running (spinning) and its run directory behind. And
 // --json: stdout is the summary alone, parseable as JSON.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'node:test';
+import { PidFd } from '../../src/sys/pidfd.js';
 import { until } from '../helpers/broker-rig.js';
 import { alive } from '../helpers/proc-stat.js';
 import { within } from '../helpers/within.js';
@@ -45,4 +47,43 @@ test('--json: stdout is the summary alone (the progress lines go to stderr)', as
   const summary = JSON.parse(d.out()) as { ok: boolean };
   assert.equal(summary.ok, true);
   assert.match(d.err(), /run directory/);
+});
+
+/** The pids `pid`'s threads started (its child processes), from /proc/PID/task/TID/children. */
+function childrenOf(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
+    readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8')
+      .split(' ')
+      .filter((s) => s !== '')
+      .map(Number),
+  );
+}
+
+test('SIGKILLed, it gives no chance to stop anything: its simulator, broker and clients end with it all the same', async (t) => {
+  const d = await startDemo(['--seconds', '60', '--no-tty', '--clients', '2']);
+  await until('both clients to hold a lease', () => (d.out().match(/ leased /g) ?? []).length >= 2, 60_000);
+  const brokerPid = Number(/broker pid (\d+)/.exec(d.out())![1]);
+  const kids = childrenOf(d.child.pid!);
+  assert.ok(kids.includes(d.simPid) && kids.includes(brokerPid) && kids.length >= 4, `children: ${kids}`);
+  // pidfds, taken while they are the demo's (not yet reaped, so these pids are theirs): what is watched below
+  // is these processes, and a cleanup signal cannot reach another process that got a reused pid.
+  const fds = kids.map((pid) => PidFd.open(pid));
+  t.after(() => {
+    for (const f of fds) {
+      if (f.isAlive()) f.sendSignal('SIGKILL');
+      f.close();
+    }
+    rmSync(d.dir, { recursive: true, force: true });
+  });
+  d.child.kill('SIGKILL');
+  assert.equal(await within(d.exited, 'the demo to die', 10_000), null);
+  await within(
+    Promise.all(fds.map((f) => new Promise<void>((r) => f.onExit(r)))),
+    `the demo's children ${kids} to end after it`,
+    30_000,
+  );
+  // The run directory is the demo's to remove, and it could not; what the simulator and the broker served
+  // there they unlinked as they stopped (docs/OPERATIONS.md, "devlease demo").
+  assert.equal(existsSync(join(d.dir, 'sa1.sock')), false, "the simulator's socket is gone");
+  assert.deepEqual(readdirSync(join(d.dir, 'run', 'sa1')), [], "the broker's sockets are gone");
 });

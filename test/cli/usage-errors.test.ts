@@ -98,3 +98,42 @@ test('bench: an --out or --svg it cannot write is refused before any case runs (
   assertFailed(svg, 2, /^devlease bench: --svg .*none\/c\.svg: ENOENT\n$/);
   assert.equal(out.stdout + svg.stdout, '', 'no case ran');
 });
+
+test('integer options take decimal digits only: 0x4, 1e1, 4.5, " 4" and "" are usage errors naming the option', async () => {
+  // Each was read through Number(): '0x4' ran 4 clients, '1e1' 10, ' 4' 4, and '' (0) a 1000 ms top interval.
+  const cases: [string[], string, string][] = [];
+  for (const v of ['0x4', '1e1', '4.5', ' 4', '', '+4', '99999999999999999999'])
+    cases.push([['demo', '--clients', v], 'demo', `--clients must be an integer from 1 to 32, got '${v}'`]);
+  cases.push([
+    ['demo', '--seconds', '2.5'],
+    'demo',
+    "--seconds must be an integer from 2 to 3600, got '2.5'",
+  ]);
+  cases.push([
+    ['demo', '--seconds', '0x10'],
+    'demo',
+    "--seconds must be an integer from 2 to 3600, got '0x10'",
+  ]);
+  cases.push([
+    ['top', '--admin', join(dir, 'none.sock'), '--interval', '0x100'],
+    'top',
+    "--interval must be an integer from 100 to 3600000 (ms), got '0x100'",
+  ]);
+  cases.push([
+    ['top', '--admin', join(dir, 'none.sock'), '--iterations', '1e0'],
+    'top',
+    "--iterations must be an integer from 1 to 1000000000, got '1e0'",
+  ]);
+  for (const v of ['0x4', '99999999999999999999'])
+    cases.push([
+      ['daemon', '--device-fd', v],
+      'daemon',
+      `--device-fd must be an inherited descriptor number >= 3, got '${v}'`,
+    ]);
+  for (const [args, cmd, said] of cases) {
+    const r = await runCli(args);
+    const escaped = said.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    assertFailed(r, 2, new RegExp(`^devlease ${cmd}: ${escaped}\\n`));
+    assert.equal(r.stdout, '', `${args.join(' ')}: nothing started`);
+  }
+});

@@ -11,9 +11,9 @@
 // the configured action. The same scan observes releases: a lease's slice is
 // free only when no process maps any of it any more.
 
-import { PidFd } from '../../sys/pidfd.js';
 import type { AuditLog } from '../audit.js';
 import { AllowedBrokers } from './allowed-brokers.js';
+import { killMappersOf, killRecorded } from './kill.js';
 import {
   descendsFrom,
   type FileIdentity,
@@ -73,6 +73,11 @@ interface Entry {
   violators: Map<number, string | null>;
   mapped: boolean;
   waiters: (() => void)[];
+  /**
+   * A revoke's deadline passed but its scan failed (killMappers): the next scan that succeeds kills the mappers
+   * it finds. Until then no scan succeeded, so no waiter was woken: the slices stay out of the pool.
+   */
+  killPending: boolean;
 }
 
 /** What an upgrade carries of the audit (handover/format.ts): each audited lease's entry, and what was reported. */
@@ -119,7 +124,7 @@ export class SliceAuditor {
    */
   #nextAllowed = 0;
   /** Cost accounting for `devlease status` and the bench. */
-  readonly stats = { scans: 0, totalUs: 0, lastUs: 0, processes: 0, violations: 0 };
+  readonly stats = { scans: 0, totalUs: 0, lastUs: 0, processes: 0, unreadable: 0, violations: 0 };
 
   constructor(
     readonly target: FileIdentity,
@@ -141,6 +146,7 @@ export class SliceAuditor {
       violators: new Map(),
       mapped: false,
       waiters: [],
+      killPending: false,
     };
     e.ranges.push(...ranges);
     e.handedAt = Date.now();
@@ -205,6 +211,7 @@ export class SliceAuditor {
     this.stats.totalUs += r.us;
     this.stats.lastUs = r.us;
     this.stats.processes = r.processes;
+    this.stats.unreadable = r.unreadable;
     const now = Date.now();
     this.#seen.clear();
     this.#nextAllowed = performance.now() + Math.ceil((9 * r.us) / 1000); // monotonic: a clock step moves it not
@@ -226,6 +233,7 @@ export class SliceAuditor {
     for (const e of this.#entries.values()) e.mapped = false;
     for (const m of r.maps) this.#checkMapping(m);
     for (const k of this.#reported) if (!this.#seen.has(k)) this.#reported.delete(k);
+    for (const e of this.#entries.values()) if (e.killPending) this.#killMappersOf(e, r.maps);
     for (const e of this.#entries.values()) {
       if (!e.mapped) for (const w of e.waiters.splice(0)) w();
     }
@@ -274,29 +282,9 @@ export class SliceAuditor {
     // Without a lease to revoke, 'revoke' kills: the process can reach the whole device.
     const action = this.config.action === 'revoke' && !lease ? 'kill' : this.config.action;
     this.host.audit.write({ event: 'audit-violation', ...v, action });
-    if (action === 'kill') this.#kill(pid, `audit: ${finding}`);
+    if (action === 'kill') killRecorded(this.host, pid, `audit: ${finding}`);
     else if (action === 'revoke' && lease)
       this.host.revoke(lease, `audit: pid ${pid} (${facts.exe ?? '?'}) ${finding}: ${detail}`);
-  }
-
-  /** `start`: the process's start time when it was recorded (null: it was gone then); undefined: seen just now. */
-  #kill(pid: number, why: string, start?: string | null): boolean {
-    if (start === null) return false;
-    let pfd: PidFd | null = null;
-    try {
-      pfd = PidFd.open(pid);
-      // Checked with the pidfd held: it names the process that had the pid then, which is the one recorded only
-      // if the start time (read after) is still the same.
-      if (start !== undefined && startTimeOf(pid) !== start) return false;
-      pfd.sendSignal('SIGKILL');
-      this.host.audit.write({ event: 'audit-kill', pid, reason: why });
-      return true;
-    } catch (err) {
-      this.host.log(`audit: could not kill pid ${pid} (${why}): ${(err as Error).message}`);
-      return false;
-    } finally {
-      pfd?.close();
-    }
   }
 
   /**
@@ -308,20 +296,33 @@ export class SliceAuditor {
   killMappers(id: string): void {
     const e = this.#entries.get(id);
     if (!e) return;
-    const first = this.scan();
-    // A violator recorded earlier is that process only while its start time is the same: it may have exited
-    // since and its pid named another process (which was SIGKILLed for it). A mapper was seen just now.
-    const pids = new Map<number, string | null | undefined>(e.violators);
-    for (const m of first?.maps ?? []) {
-      const end = m.offset + (m.end - m.start);
-      if (e.ranges.some((r) => m.offset < r.end && end > r.start)) pids.set(m.pid, undefined);
+    e.killPending = true;
+    let scanned: ScanResult | null;
+    try {
+      scanned = this.scan(); // kills what it finds (killPending), and clears the flag
+    } catch (err) {
+      // Thrown out of here, the failure (readdir of /proc at EMFILE) ended the reclaim half-done. The kill is
+      // left to the next scan that succeeds (the periodic one, or the release wait's polls); no waiter is woken
+      // before it, so the slices stay out of the pool meanwhile.
+      const error = (err as Error).message;
+      this.host.log(`audit: lease ${id}: the scan for processes still mapping its slices failed: ${error}`);
+      this.host.audit.write({
+        event: 'audit-scan-failed',
+        lease: id,
+        code: (err as NodeJS.ErrnoException).code ?? null,
+        error,
+        retry: 'the next scan kills the mappers; the slices stay out of the pool until then',
+      });
+      this.request();
+      return;
     }
-    for (const [pid, start] of pids) {
-      if (this.config.deadlineAction === 'kill')
-        this.#kill(pid, `lease ${id} revoked: still mapping its slice`, start);
-      else if (start === undefined || (start !== null && startTimeOf(pid) === start))
-        this.host.audit.write({ event: 'audit-still-mapped', lease: id, pid, ...processFacts(pid) });
-    }
+    // No scan ran (an upgrade's hold, or closed): the violators recorded earlier are all there is to act on.
+    if (scanned === null && e.killPending) this.#killMappersOf(e, []);
+  }
+
+  #killMappersOf(e: Entry, maps: readonly MappingFound[]): void {
+    e.killPending = false;
+    killMappersOf(this.host, this.config, e, maps);
   }
 
   /**
@@ -411,6 +412,7 @@ export class SliceAuditor {
         violators: new Map(h.violators.map((pid) => [pid, startTimeOf(pid)])),
         mapped: true, // until a scan says otherwise
         waiters: [],
+        killPending: false, // not carried across an upgrade
       });
     }
     for (const k of state.reported) this.#reported.add(k);

@@ -37,6 +37,24 @@ export interface DirectSlicesState {
   auditor: AuditorState;
 }
 
+/** The audit's part of `devlease status` (its `directSlices`): its settings and what its scans cost and saw. */
+export function auditStatus(auditor: SliceAuditor): Record<string, unknown> {
+  const s = auditor.stats;
+  return {
+    action: auditor.config.action,
+    deadlineAction: auditor.config.deadlineAction,
+    periodMs: auditor.config.periodMs,
+    scans: s.scans,
+    lastScanUs: Math.round(s.lastUs),
+    meanScanUs: s.scans ? Math.round(s.totalUs / s.scans) : 0,
+    processesScanned: s.processes,
+    // Of those, the last scan could read neither maps nor fds of these (gone meanwhile, or not permitted: the
+    // broker without CAP_SYS_PTRACE). What they map or hold is unseen: a count that stays up is a blind spot.
+    processesUnreadable: s.unreadable,
+    violations: s.violations,
+  };
+}
+
 export interface DirectLease {
   id: string;
   ctx: { pid: number };
@@ -146,18 +164,7 @@ export class DirectSlices implements SliceProvider {
   }
 
   status(): Record<string, unknown> {
-    const s = this.auditor.stats;
-    return {
-      provider: this.name,
-      action: this.auditor.config.action,
-      deadlineAction: this.auditor.config.deadlineAction,
-      periodMs: this.auditor.config.periodMs,
-      scans: s.scans,
-      lastScanUs: Math.round(s.lastUs),
-      meanScanUs: s.scans ? Math.round(s.totalUs / s.scans) : 0,
-      processesScanned: s.processes,
-      violations: s.violations,
-    };
+    return { provider: this.name, ...auditStatus(this.auditor) };
   }
 
   close(): void {

@@ -22,6 +22,16 @@ import { opendirSync, readdirSync, statSync } from 'node:fs';
 import { native } from '../../sys/native.js';
 
 /**
+ * The broker's own shortage (out of fds or memory) says nothing of the process being read: a scan that counted
+ * it unreadable saw no mapping or fd of it, and a slice it still maps would have gone back to the pool. The
+ * whole scan fails instead; its callers log it and keep the slices out of the pool (auditor.ts).
+ */
+const SHORTAGE = new Set(['EMFILE', 'ENFILE', 'ENOMEM']);
+export function throwIfShortage(err: unknown): void {
+  if (SHORTAGE.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+}
+
+/**
  * kcmp calls per process and scan (one per thread when all share a table): with the walk of task/, a few ms at
  * most for one process. A process of more threads is read in part (and counted so).
  */
@@ -70,6 +80,7 @@ export function forEachOtherFileTable(
     try {
       read(`${task}/${tid}`, tid);
     } catch (err) {
+      throwIfShortage(err);
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // the thread exited: its table with it
       complete = false; // unreadable (fdinfo that names no file): its sharers are not tried again
     }

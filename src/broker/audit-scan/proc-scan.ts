@@ -33,7 +33,7 @@
 
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
 import { readHead } from '../../sys/read-head.js';
-import { forEachOtherFileTable } from './file-tables.js';
+import { forEachOtherFileTable, throwIfShortage } from './file-tables.js';
 
 /** What identifies the audited file. */
 export interface FileIdentity {
@@ -117,7 +117,8 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
       const all =
         tid === null || forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t));
       if (!all) out.unreadable++;
-    } catch {
+    } catch (err) {
+      throwIfShortage(err);
       out.unreadable++;
     }
   }
@@ -137,7 +138,8 @@ function scanMaps(pid: number, dev: string, ino: string, into: MappingFound[]): 
     if (tid === String(pid)) continue;
     try {
       if (grepMaps(pid, `${dir}/task/${tid}/maps`, dev, ino, into)) return Number(tid);
-    } catch {
+    } catch (err) {
+      throwIfShortage(err);
       // that thread exited meanwhile: another may still run
     }
   }

@@ -9,7 +9,7 @@ import type { DeviceFault } from '../../drivers/driver.js';
 import type { AuditRecord } from '../audit.js';
 import type { Broker } from '../broker.js';
 import type { LeaseState } from '../lease.js';
-import { DeviceSampler } from './device-sampler.js';
+import { type CountersSample, DeviceSampler } from './device-sampler.js';
 import { timeDeviceCommands } from './device-timing.js';
 
 const STATES: LeaseState[] = ['active', 'revoking', 'reclaiming', 'awaiting-release', 'quarantined'];
@@ -243,17 +243,13 @@ export class BrokerMetrics {
       exe: l.ctx.exe ?? '',
     });
     // Both per-lease counters come from one read of the device per lease, shared by the two collects.
-    let sample: Promise<Map<string, { completed: bigint; bytes: bigint }>> | null = null;
+    // Read concurrently under one deadline (DeviceSampler.sampleLeases): a scrape answers with what arrived.
+    let sample: Promise<CountersSample> | null = null;
     const sampleOnce = () => {
-      sample ??= (async () => {
-        const m = new Map<string, { completed: bigint; bytes: bigint }>();
-        if (broker.leases.deviceGone) return m;
-        for (const l of broker.leases.all()) {
-          const c = await sampler.leaseCounters(l);
-          if (c) m.set(l.id, c);
-        }
-        return m;
-      })().finally(() => setImmediate(() => (sample = null)));
+      sample ??= (async (): Promise<CountersSample> =>
+        broker.leases.deviceGone
+          ? { counters: new Map(), unavailable: null }
+          : sampler.sampleLeases(broker.leases.all()))().finally(() => setImmediate(() => (sample = null)));
       return sample;
     };
     // Counters per lease (they only grow while the lease lives; a new lease starts a new series).
@@ -265,7 +261,7 @@ export class BrokerMetrics {
       labelNames: leaseLabels,
       registers: r,
       async collect() {
-        const m = await sampleOnce();
+        const m = (await sampleOnce()).counters;
         this.reset(); // after the await: see the comment above
         for (const l of broker.leases.all()) {
           const c = m.get(l.id);
@@ -279,12 +275,24 @@ export class BrokerMetrics {
       labelNames: leaseLabels,
       registers: r,
       async collect() {
-        const m = await sampleOnce();
+        const m = (await sampleOnce()).counters;
         this.reset(); // after the await: see the comment above
         for (const l of broker.leases.all()) {
           const c = m.get(l.id);
           if (c) this.inc(labelsOf(l), Number(c.bytes));
         }
+      },
+    });
+    new Gauge({
+      name: 'devlease_lease_counters_unavailable',
+      help: 'Leases whose device counters did not arrive at this scrape (their series are absent), by error code.',
+      labelNames: ['code'],
+      registers: r,
+      async collect() {
+        const u = (await sampleOnce()).unavailable;
+        this.reset(); // after the await: see the comment above
+        if (u) this.set({ code: u.code }, u.leases.length);
+        else this.set(0);
       },
     });
   }

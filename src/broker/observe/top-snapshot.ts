@@ -18,15 +18,20 @@ export class TopSnapshot {
   async snapshot(): Promise<Record<string, unknown>> {
     const b = this.#broker;
     const gone = b.leases.deviceGone !== null;
-    const leases = [];
-    for (const l of b.leases.all()) {
-      const c = gone ? null : await this.#sampler.leaseCounters(l);
-      leases.push({
+    const all = b.leases.all();
+    // Counters and heartbeat read together, each under the sample's one deadline (device-sampler.ts): a device
+    // that does not answer makes the view late by that deadline, not by leases × its request timeout.
+    const [sample, heartbeatAgeSeconds] = gone
+      ? [{ counters: new Map(), unavailable: null }, null]
+      : await Promise.all([this.#sampler.sampleLeases(all), this.#sampler.heartbeatAgeSeconds()]);
+    const leases = all.map((l) => {
+      const c = sample.counters.get(l.id);
+      return {
         ...l.summary(),
         completed: c ? c.completed.toString() : null,
         bytes: c ? c.bytes.toString() : null,
-      });
-    }
+      };
+    });
     // Not status(): it reads the driver's state off the device, so a device that did not answer failed the whole
     // view (ETIMEDOUT), just when its health is what the operator looks for.
     const recovery = b.recoveryStatus();
@@ -38,8 +43,9 @@ export class TopSnapshot {
       recovery,
       suspended: b.leases.suspended,
       draining: b.leases.draining,
-      heartbeatAgeSeconds: gone ? null : await this.#sampler.heartbeatAgeSeconds(),
+      heartbeatAgeSeconds,
       leases,
+      countersUnavailable: sample.unavailable,
       audit: b.audit.recent.slice(-RECENT_AUDIT),
     };
   }
