@@ -7,7 +7,7 @@ import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { AuditLog } from '../../src/broker/audit.js';
 import { SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
-import { forEachOtherFileTable } from '../../src/broker/audit-scan/file-tables.js';
+import { forEachOtherFileTable, MAX_TABLE_FDS } from '../../src/broker/audit-scan/file-tables.js';
 import { type FileIdentity, identityOfFd, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
 import { native } from '../../src/sys/native.js';
 import { trackFdLeaks } from '../helpers/fds.js';
@@ -29,7 +29,7 @@ after(() => {
 });
 
 async function withProcess(
-  opts: { mode: 'keep' | 'receive'; own: number; shared?: number; exitMain?: boolean },
+  opts: { mode: 'keep' | 'receive'; own: number; shared?: number; exitMain?: boolean; padFds?: number },
   body: (p: OwnTables) => void,
 ) {
   const p = await startOwnTables({ ...opts, file: memfd });
@@ -164,5 +164,41 @@ test("scan: a process whose main thread exited, read through a live thread, is s
       r.fds.filter((f) => f.pid === p.pid),
       [{ pid: p.pid, fd: t!.fd, tid: t!.tid }],
     );
+  });
+});
+
+test("scan bounds: a thread's own table of more fds than a scan reads is not read; a lease's process is reported audit-incomplete, once", async () => {
+  // unshare copies the whole table: without a bound on the fds listed, one process could show the scan 17 times
+  // its RLIMIT_NOFILE (~2 s of the broker's event loop at 19,000 fds). Past it the process is read in part.
+  await withProcess({ mode: 'keep', own: 1, padFds: MAX_TABLE_FDS }, (p) => {
+    const r = scanProc(target, new Set([process.pid]));
+    assert.deepEqual(
+      r.fds.filter((f) => f.pid === p.pid),
+      [],
+      'the table over the bound is not read',
+    );
+    assert.ok(r.partial.includes(p.pid), `counted as read in part: ${JSON.stringify(r.partial)}`);
+    const { a, audit } = auditor();
+    try {
+      a.add('l1', p.pid, [{ start: 0n, end: 4096n }]);
+      a.onRequest('l1', true);
+      a.scan();
+      a.scan();
+      const rec = audit.recent.filter((e) => e.event === 'audit-incomplete');
+      assert.deepEqual(
+        rec.map((e) => [e.pid, e.lease]),
+        [[p.pid, 'l1']],
+        'recorded once, naming the lease',
+      );
+      assert.equal(a.stats.violations, 0, 'not a violation: nothing was found');
+    } finally {
+      a.close();
+    }
+  });
+  // Under the bound the same table is read, and the fd found.
+  await withProcess({ mode: 'keep', own: 1, padFds: 64 }, (p) => {
+    const r = scanProc(target, new Set([process.pid]));
+    assert.equal(r.fds.filter((f) => f.pid === p.pid).length, 1);
+    assert.ok(!r.partial.includes(p.pid));
   });
 });

@@ -8,12 +8,22 @@ import { createInterface } from 'node:readline';
 // closes that copy and receives the fd again over a socket (SCM_RIGHTS), into its own table. SHARED threads
 // more share the main thread's table. Then the main thread closes its fd: only the own tables hold the file.
 // Prints {"pid", "own": [[tid, fd], ...]} and waits to be killed; with a fifth argument 'exit-main' its main
-// thread exits (pthread_exit) instead, and the other threads run on.
+// thread exits (pthread_exit) instead, and the other threads run on. PAD (the sixth argument, default 0): each
+// own-table thread first opens that many more fds of /dev/null in its table (RLIMIT_NOFILE raised to its hard
+// limit for them).
 const SCRIPT = `
 import ctypes, json, os, socket, sys, threading
 libc = ctypes.CDLL(None, use_errno=True)
 mode, own, shared, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-exit_main = sys.argv[5:] == ['exit-main']
+exit_main = sys.argv[5] == 'exit-main'
+pad = int(sys.argv[6])
+if pad:
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < pad + 64:
+        os.write(2, b'RLIMIT_NOFILE hard limit %d is under the %d fds this test needs\\n' % (hard, pad + 64))
+        os._exit(1)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 fd = 3 if path == '-' else os.open(path, os.O_RDWR)
 a, b = socket.socketpair()
 stop = threading.Event()
@@ -23,6 +33,8 @@ def own_table():
     if libc.unshare(0x400) != 0:  # CLONE_FILES
         os.write(2, b'unshare(CLONE_FILES): errno %d\\n' % ctypes.get_errno())
         os._exit(1)
+    for _ in range(pad):
+        os.open('/dev/null', os.O_RDONLY)
     kept = fd
     if mode == 'receive':
         os.close(fd)
@@ -63,6 +75,8 @@ export async function startOwnTables(opts: {
   shared?: number;
   file: string | number;
   exitMain?: boolean;
+  /** More fds (of /dev/null) each own table holds. */
+  padFds?: number;
 }): Promise<OwnTables> {
   const path = typeof opts.file === 'string' ? opts.file : '-';
   const stdio: ('ignore' | 'pipe' | 'inherit' | number)[] = ['ignore', 'pipe', 'inherit'];
@@ -76,7 +90,8 @@ export async function startOwnTables(opts: {
       String(opts.own),
       String(opts.shared ?? 0),
       path,
-      ...(opts.exitMain ? ['exit-main'] : []),
+      opts.exitMain ? 'exit-main' : '-',
+      String(opts.padFds ?? 0),
     ],
     {
       stdio,
@@ -86,6 +101,7 @@ export async function startOwnTables(opts: {
   const line = await new Promise<string>((resolve, reject) => {
     const fail = (e: Error) => {
       clearTimeout(t);
+      proc.kill('SIGKILL'); // not left waiting forever (a no-op once it has exited)
       reject(e);
     };
     const t = setTimeout(() => fail(new Error('python3 did not report within 30 s')), 30_000);

@@ -230,6 +230,7 @@ export class SliceAuditor {
       const table = h.tid === undefined ? '' : ` of thread ${h.tid}'s own file table (unshare(CLONE_FILES))`;
       this.#violate(h.pid, finding, holderOf, `holds the device fd as fd ${h.fd}${table}`);
     }
+    for (const pid of r.partial) this.#incomplete(pid);
     for (const e of this.#entries.values()) e.mapped = false;
     for (const m of r.maps) this.#checkMapping(m);
     for (const k of this.#reported) if (!this.#seen.has(k)) this.#reported.delete(k);
@@ -265,6 +266,23 @@ export class SliceAuditor {
     for (const e of this.#entries.values()) if (e.holder === pid) return e.id;
     for (const e of this.#entries.values()) if (descendsFrom(pid, e.holder)) return e.id;
     return null;
+  }
+
+  /**
+   * A lease's process the scan read but for some of its threads' own file tables (past the walk's bounds, or
+   * kcmp refused: file-tables.ts): an fd kept there is not seen. Recorded once (`audit-incomplete`), not acted
+   * on: a process of more than 1,024 threads may be an honest one, and nothing was found.
+   */
+  #incomplete(pid: number): void {
+    const lease = this.#leaseOf(pid);
+    if (lease === null) return;
+    const key = `${pid}@${startTimeOf(pid)}:incomplete:${lease}`;
+    this.#seen.add(key);
+    if (this.#reported.has(key)) return;
+    this.#reported.add(key);
+    const detail = "not every thread's own file table was read (over the scan's bounds, or kcmp refused)";
+    this.host.audit.write({ event: 'audit-incomplete', pid, ...processFacts(pid), lease, detail });
+    this.host.log(`audit: lease ${lease}: pid ${pid}: ${detail}`);
   }
 
   #violate(pid: number, finding: Finding, lease: string | null, detail: string): void {

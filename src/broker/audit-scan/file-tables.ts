@@ -14,9 +14,11 @@
 // count): no readdir, no kcmp. A process of N threads sharing one table costs a readdir of task/ and N - 1
 // kcmp calls (2-3.5 µs each here: docs/AUDITED-SLICES.md, "Cost"); reading every thread's fd/ instead cost
 // ~45 µs a thread (a readdir and a readlink per fd each). Bounded per process and scan: at most MAX_COMPARES
-// kcmp calls and MAX_TABLES more tables read, past which the process counts as not fully read (the scan's
-// `unreadable`), so a process of 10,000 threads (or 10,000 tables) costs the broker a bounded time however it
-// is made.
+// kcmp calls, MAX_TABLES more tables read and MAX_TABLE_FDS fds in them (unshare copies a whole table, so
+// without that bound one process could show the scan 17 × its RLIMIT_NOFILE fds: ~2 s of the broker's event
+// loop at 19,000 fds, measured), past which the process counts as not fully read (the scan's `unreadable`
+// and `partial`; the auditor reports a lease's process so), so a process of 10,000 threads, tables or fds
+// costs the broker a bounded time however it is made.
 
 import { opendirSync, readdirSync, statSync } from 'node:fs';
 import { native } from '../../sys/native.js';
@@ -38,6 +40,19 @@ export function throwIfShortage(err: unknown): void {
 export const MAX_COMPARES = 1024;
 /** File tables read per process and scan besides the first. */
 export const MAX_TABLES = 16;
+/** Fds listed in those tables together, per process and scan. */
+export const MAX_TABLE_FDS = 4096;
+
+/** What is left of a process's MAX_TABLE_FDS in one scan; spend() throws TableFdsSpent past it. */
+export class TableFdBudget {
+  constructor(public left = MAX_TABLE_FDS) {}
+  spend(n: number): void {
+    if (n > this.left) throw new TableFdsSpent();
+    this.left -= n;
+  }
+}
+/** Thrown by TableFdBudget.spend: the process's other tables hold more fds than one scan reads. */
+export class TableFdsSpent extends Error {}
 
 /**
  * Calls `read(dir, tid)` once per file table of process `pid` other than that of task `readTid` (whose fd/ the
@@ -80,6 +95,7 @@ export function forEachOtherFileTable(
     try {
       read(`${task}/${tid}`, tid);
     } catch (err) {
+      if (err instanceof TableFdsSpent) return false;
       throwIfShortage(err);
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // the thread exited: its table with it
       complete = false; // unreadable (fdinfo that names no file): its sharers are not tried again
@@ -96,7 +112,8 @@ export function forEachOtherFileTable(
  * first 4096 of them ~9 ms), and the entries past `max` would not be looked at anyway.
  */
 function taskIds(task: string, count: number, max: number): { tids: number[]; truncated: boolean } {
-  // Listed whole, 3 times cheaper than through a Dir for a few entries; a thread made since is at most one more.
+  // Listed whole, 3 times cheaper than through a Dir for a few entries. Threads made since the stat are listed
+  // too (a race of microseconds; the kcmp bound still holds the walk).
   if (count <= max) return { tids: readdirSync(task).map(Number), truncated: false };
   const tids: number[] = [];
   const dir = opendirSync(task, { bufferSize: 256 });

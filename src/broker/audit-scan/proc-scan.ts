@@ -33,7 +33,7 @@
 
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
 import { readHead } from '../../sys/read-head.js';
-import { forEachOtherFileTable, throwIfShortage } from './file-tables.js';
+import { forEachOtherFileTable, TableFdBudget, throwIfShortage } from './file-tables.js';
 
 /** What identifies the audited file. */
 export interface FileIdentity {
@@ -70,6 +70,11 @@ export interface ScanResult {
   /** Processes looked at, and those that could not be read (gone, or not permitted). */
   processes: number;
   unreadable: number;
+  /**
+   * Of the unreadable, the processes read but for some of their threads' own file tables (file-tables.ts: past
+   * its bounds, or kcmp refused): an fd kept there is not seen. The auditor reports a lease's process so.
+   */
+  partial: number[];
   /** Wall time of the scan. */
   us: number;
 }
@@ -101,7 +106,7 @@ export function mapsDev(dev: bigint): string {
 /** Scan every process but `exclude` for fds and mappings of `target`. */
 export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = new Set()): ScanResult {
   const t0 = process.hrtime.bigint();
-  const out: ScanResult = { fds: [], maps: [], processes: 0, unreadable: 0, us: 0 };
+  const out: ScanResult = { fds: [], maps: [], processes: 0, unreadable: 0, partial: [], us: 0 };
   const dev = mapsDev(target.dev);
   const ino = target.ino.toString();
   for (const name of readdirSync('/proc')) {
@@ -114,9 +119,14 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
       scanFds(pid, dir, target, out.fds);
       // A thread's own file table (unshare(CLONE_FILES)): fd/ above listed one table only (file-tables.ts). No mm:
       // a kernel thread (most of /proc's processes) or a zombie, whose threads keep no fd of their own.
+      const budget = new TableFdBudget();
       const all =
-        tid === null || forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t));
-      if (!all) out.unreadable++;
+        tid === null ||
+        forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t, budget));
+      if (!all) {
+        out.unreadable++;
+        out.partial.push(pid);
+      }
     } catch (err) {
       throwIfShortage(err);
       out.unreadable++;
@@ -205,17 +215,28 @@ function parseMapping(pid: number, line: string, dev: string, ino: string, into:
   into.push({ pid, start: BigInt(`0x${s}`), end: BigInt(`0x${e}`), offset: BigInt(`0x${offset}`), perms });
 }
 
-/** `tid`: `procDir` is that thread's, read for a file table of its own (file-tables.ts). */
-function scanFds(pid: number, procDir: string, target: FileIdentity, into: FdHolding[], tid?: number): void {
+/**
+ * `tid`: `procDir` is that thread's, read for a file table of its own (file-tables.ts), its fds counted against
+ * `budget`.
+ */
+function scanFds(
+  pid: number,
+  procDir: string,
+  target: FileIdentity,
+  into: FdHolding[],
+  tid?: number,
+  budget?: TableFdBudget,
+): void {
   const dir = `${procDir}/fd`;
   let names: string[];
   try {
     names = readdirSync(dir);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
-    scanFdinfo(pid, procDir, target, into, err as Error, tid);
+    scanFdinfo(pid, procDir, target, into, err as Error, tid, budget);
     return;
   }
+  budget?.spend(names.length);
   for (const name of names) {
     let link: string;
     try {
@@ -255,11 +276,14 @@ function scanFdinfo(
   into: FdHolding[],
   cause: Error,
   tid?: number,
+  budget?: TableFdBudget,
 ): void {
   const anon = target.link.startsWith('anon_inode:');
   if (target.mntId === null || (anon && target.syspath === null)) throw cause;
   const ino = target.ino.toString();
-  for (const name of readdirSync(`${procDir}/fdinfo`)) {
+  const names = readdirSync(`${procDir}/fdinfo`);
+  budget?.spend(names.length);
+  for (const name of names) {
     const text = readFdinfo(`${procDir}/fdinfo/${name}`);
     if (fdinfoField(text, 'ino') !== ino || Number(fdinfoField(text, 'mnt_id')) !== target.mntId) continue;
     const sp = fdinfoField(text, 'vfio-device-syspath');
