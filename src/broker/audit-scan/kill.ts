@@ -3,7 +3,7 @@
 // left alone.
 
 import { PidFd } from '../../sys/pidfd.js';
-import type { AuditorHost, DirectAuditConfig } from './auditor.js';
+import type { AuditorHost, DirectAuditConfig } from './audit-types.js';
 import { type MappingFound, processFacts, startTimeOf } from './proc-scan.js';
 
 /**
