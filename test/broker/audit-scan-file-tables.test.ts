@@ -143,7 +143,7 @@ test('scan bounds: each distinct table read once; past the kcmp or table bound t
     assert.equal(
       walk({ compares: 1, tables: 16 }).all,
       false,
-      'task/ read in part (more threads than the bound)',
+      'one compare, task/ listed only in part: not fully read (the kcmp bound decides; truncation alone decides only when the main thread exited)',
     );
     const r = scanProc(target, new Set([process.pid]));
     assert.equal(
