@@ -19,6 +19,9 @@ export function childEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEn
 
 let watching: PidFd | null = null;
 
+/** How long the SIGTERM this process sends itself at its parent's death may take before it SIGKILLs itself. */
+const STOP_GRACE_MS = 10_000;
+
 /**
  * When this process was started by childEnv(): once its parent is gone, it sends itself SIGTERM, so it stops
  * the way it does on `kill` (the simulator and the broker unlink their sockets; see docs/OPERATIONS.md). The
@@ -31,7 +34,20 @@ export function exitWithParent(): void {
   delete process.env[PARENT_PID_ENV];
   const pid = Number(named);
   if (!/^[1-9]\d*$/.test(named) || !Number.isSafeInteger(pid)) return;
-  const stop = () => process.kill(process.pid, 'SIGTERM');
+  // The parent's death breaks the pipes it read this process's output from, before its pidfd says so: the next
+  // write (a broker's log line of the simulator it lost) failed EPIPE as an unhandled 'error' and ended this
+  // process at once, its sockets left behind. Output nobody reads any more is dropped instead.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+    });
+  }
+  const stop = () => {
+    // A stop that does not finish (a broker waiting on a device that stopped answering) must not leave this
+    // process behind either: the demo's own stop escalates to SIGKILL after 5 s (processes.ts), this after 10.
+    setTimeout(() => process.kill(process.pid, 'SIGKILL'), STOP_GRACE_MS).unref();
+    process.kill(process.pid, 'SIGTERM');
+  };
   let pidfd: PidFd;
   try {
     pidfd = PidFd.open(pid);
