@@ -35,6 +35,9 @@ export {
   type Violation,
 } from './audit-types.js';
 
+/** The least pause after a failed scan before the next (a walk that fails at once would otherwise spin). */
+const FAILED_SCAN_PAUSE_MS = 1000;
+
 /** Device-file offset ranges [start, end) of one lease's audited slices. */
 interface Entry {
   id: string;
@@ -79,8 +82,21 @@ export class SliceAuditor {
    * time however slow /proc is (a TCG guest: 50-500 ms a scan).
    */
   #nextAllowed = 0;
+  /** When a failed scan was last logged (request()); reset by a scan that succeeds. */
+  #failureLoggedAt = Number.NEGATIVE_INFINITY;
   /** Cost accounting for `devlease status` and the bench. */
-  readonly stats = { scans: 0, totalUs: 0, lastUs: 0, processes: 0, unreadable: 0, violations: 0 };
+  readonly stats = {
+    scans: 0,
+    totalUs: 0,
+    lastUs: 0,
+    processes: 0,
+    unreadable: 0,
+    violations: 0,
+    /** Scans that failed (the broker's own shortage: EMFILE, ENOMEM), and the last one's error while no scan has
+     * succeeded since (null once one has). */
+    scanFailures: 0,
+    lastScanError: null as string | null,
+  };
 
   constructor(
     readonly target: FileIdentity,
@@ -143,7 +159,14 @@ export class SliceAuditor {
       try {
         this.scan();
       } catch (err) {
-        this.host.log(`audit: a scan of /proc failed: ${(err as Error).message}`);
+        // The first failure after a scan that succeeded, then once a minute, with the count (status has it too).
+        const now = performance.now();
+        if (now >= this.#failureLoggedAt + 60_000) {
+          this.host.log(
+            `audit: a scan of /proc failed (${this.stats.scanFailures} so far): ${(err as Error).message}`,
+          );
+          this.#failureLoggedAt = now;
+        }
       }
     };
     const wait = this.#nextAllowed - performance.now();
@@ -155,14 +178,28 @@ export class SliceAuditor {
   scan(): ScanResult | null {
     if (this.#closed || this.#held || this.#entries.size === 0) return null;
     const allowed = this.#brokers.alive();
-    let r = scanProc(this.target, new Set([process.pid, ...allowed]));
-    // Left out by pid, so only while the pid was the broker's: still there at the scan's end, it was all along
-    // (it had the pid before the scan began, and a pid is freed only when its process is reaped). Gone
-    // meanwhile, its pid may have named another process when the scan read it: scanned again without it.
-    if (this.#brokers.alive().length < allowed.length) {
-      const again = scanProc(this.target, new Set([process.pid, ...this.#brokers.pids]));
-      r = { ...again, us: r.us + again.us };
+    const t0 = performance.now();
+    let r: ScanResult;
+    try {
+      r = scanProc(this.target, new Set([process.pid, ...allowed]));
+      // Left out by pid, so only while the pid was the broker's: still there at the scan's end, it was all along
+      // (it had the pid before the scan began, and a pid is freed only when its process is reaped). Gone
+      // meanwhile, its pid may have named another process when the scan read it: scanned again without it.
+      if (this.#brokers.alive().length < allowed.length) {
+        const again = scanProc(this.target, new Set([process.pid, ...this.#brokers.pids]));
+        r = { ...again, us: r.us + again.us };
+      }
+    } catch (err) {
+      // A failed scan (the broker out of fds or memory) is paced too: the release waiters' polls would otherwise
+      // run one after another, each as long as the walk got before it failed.
+      const spent = performance.now() - t0;
+      this.#nextAllowed = performance.now() + Math.max(9 * spent, FAILED_SCAN_PAUSE_MS);
+      this.stats.scanFailures++;
+      this.stats.lastScanError = `${(err as NodeJS.ErrnoException).code ?? 'Error'}: ${(err as Error).message}`;
+      throw err;
     }
+    this.stats.lastScanError = null;
+    this.#failureLoggedAt = Number.NEGATIVE_INFINITY;
     this.stats.scans++;
     this.stats.totalUs += r.us;
     this.stats.lastUs = r.us;
@@ -290,13 +327,18 @@ export class SliceAuditor {
       this.request();
       return;
     }
-    // No scan ran (an upgrade's hold, or closed): the violators recorded earlier are all there is to act on.
-    if (scanned === null && e.killPending) this.#killMappersOf(e, []);
+    // No scan ran (an upgrade's hold, or closed): the violators recorded earlier are all there is to act on now.
+    // Held, the flag stays: the first scan after the hold kills whoever maps the slices then (an upgrade rolled
+    // back resumes here; one committed runs the reclaim again in the new broker).
+    if (scanned === null && e.killPending) {
+      this.#killMappersOf(e, []);
+      if (this.#held) e.killPending = true;
+    }
   }
 
+  /** The flag clears only once every kill is done: one that failed (pidfd_open at EMFILE) is tried again. */
   #killMappersOf(e: Entry, maps: readonly MappingFound[]): void {
-    e.killPending = false;
-    killMappersOf(this.host, this.config, e, maps);
+    e.killPending = !killMappersOf(this.host, this.config, e, maps);
   }
 
   /**

@@ -48,10 +48,15 @@ export function auditStatus(auditor: SliceAuditor): Record<string, unknown> {
     lastScanUs: Math.round(s.lastUs),
     meanScanUs: s.scans ? Math.round(s.totalUs / s.scans) : 0,
     processesScanned: s.processes,
-    // Of those, the last scan could read neither maps nor fds of these (gone meanwhile, or not permitted: the
-    // broker without CAP_SYS_PTRACE). What they map or hold is unseen: a count that stays up is a blind spot.
+    // Of those, the last scan did not fully read these (gone meanwhile; not permitted: the broker without
+    // CAP_SYS_PTRACE; or threads' own file tables past the walk's bounds). What they map or hold may be unseen:
+    // a count that stays up is a blind spot.
     processesUnreadable: s.unreadable,
     violations: s.violations,
+    // Scans that failed outright (the broker out of fds or memory), and the last error while none succeeded
+    // since: slices waiting for their release stay out of the pool meanwhile.
+    scanFailures: s.scanFailures,
+    lastScanError: s.lastScanError,
   };
 }
 
