@@ -107,15 +107,23 @@ export async function topCommand(argv: string[]): Promise<number> {
   let error: string | null = null;
   let n = 1;
   draw();
+  // One snapshot at a time: a tick while the last is still asked for is skipped. With a device that stopped
+  // answering each snapshot takes the sample's 2 s deadline, and at a short --interval they piled up, each
+  // leaving its device reads outstanding (on the device's one connection) until the device's own timeout.
+  let fetching = false;
   const timer = setInterval(() => {
+    if (fetching) return;
+    fetching = true;
     fetchSnap().then(
       (s) => {
+        fetching = false;
         prev = cur;
         cur = s;
         draw();
         if (++n >= iterations) stop(0);
       },
       (err: Error) => {
+        fetching = false;
         error = err.message;
         stop(1);
       },
