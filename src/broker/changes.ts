@@ -57,7 +57,14 @@ export class BrokerChanges {
         startedAt: b.startedAt,
         upgrades: b.upgrades,
         configPath: this.#configSource?.path ?? null,
-        rundir: (this.#configSource?.overrides as { rundir?: string } | undefined)?.rundir ?? null,
+        // The new broker's rundir: the one given over the config file's, if any; with no config file, the one
+        // this broker runs with (--rundir or the default). It was null then, so a broker started with --rundir
+        // alone was upgraded into the default rundir: its sockets (inherited) still served, but it made the
+        // default's socket folder, said it served there, and where that folder could not be made (a non-root
+        // broker and /run/devlease) the upgrade failed.
+        rundir: this.#configSource
+          ? ((this.#configSource.overrides as { rundir?: string } | undefined)?.rundir ?? null)
+          : b.config.rundir,
       },
       opts,
     );

@@ -8,6 +8,7 @@
 // clients at rest), the lease count never changes, and this test process ends
 // with the descriptors it started with.
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { alive, fdKinds, total, UpgradeRig } from './rig.js';
@@ -55,6 +56,16 @@ test(`4 clients keep working, unaware, through ${UPGRADES} consecutive upgrades`
       assert.equal(((await rig.request({ op: 'leases' })) as unknown[]).length, 4, `upgrade ${u}: 4 leases`);
     }
     assert.equal(pids.size, UPGRADES + 1, 'each upgrade is a new broker process');
+    // Started with --rundir and no config file: each new broker runs in that rundir too, not the default one.
+    const dirs = rig
+      .events()
+      .filter((e) => e.event === 'ready' && e.upgraded)
+      .map((e) => e.dir);
+    assert.deepEqual(
+      dirs,
+      Array(UPGRADES).fill(join(rig.dir, 'run', 'sa1')),
+      'each new broker in the same rundir',
+    );
     const after = (await rig.request({ op: 'leases' })) as { id: string; state: string }[];
     assert.deepEqual(
       after.map((l) => l.id).sort(),
