@@ -5,13 +5,12 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import { AuditLog } from '../../src/broker/audit.js';
-import { SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
 import { forEachOtherFileTable, MAX_TABLE_FDS } from '../../src/broker/audit-scan/file-tables.js';
 import { type FileIdentity, identityOfFd, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
 import { native } from '../../src/sys/native.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 import { type OwnTables, startOwnTables } from '../helpers/own-file-table.js';
+import { testAuditor } from '../helpers/slice-auditor.js';
 
 let memfd = -1;
 let target: FileIdentity;
@@ -59,13 +58,7 @@ async function withProcess(
 }
 
 function auditor() {
-  const audit = new AuditLog(null);
-  const a = new SliceAuditor(
-    target,
-    { action: 'report', periodMs: 60_000, handoffGraceMs: 0, deadlineAction: 'kill' },
-    { audit, revoke: () => {}, log: () => {} },
-  );
-  return { a, audit };
+  return testAuditor(target);
 }
 
 test("audit: a holder keeping the device fd only in a thread's own file table is fd-kept", async () => {

@@ -9,13 +9,12 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { AuditLog } from '../../src/broker/audit.js';
-import { SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
 import { type FileIdentity, identityOfFd } from '../../src/broker/audit-scan/proc-scan.js';
 import { native } from '../../src/sys/native.js';
 import { PidFd } from '../../src/sys/pidfd.js';
 import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { testAuditor } from '../helpers/slice-auditor.js';
 
 const mapper = join(dirname(fileURLToPath(import.meta.url)), '../fixtures/audit/mapper.js');
 const PAGE = 4096n;
@@ -71,13 +70,7 @@ async function withPid(pid: number, make: () => ChildProcess): Promise<ChildProc
 }
 
 function auditor() {
-  const audit = new AuditLog(null);
-  const a = new SliceAuditor(
-    target,
-    { action: 'report', periodMs: 60_000, handoffGraceMs: 0, deadlineAction: 'kill' },
-    { audit, revoke: () => {}, log: () => {} },
-  );
-  return { a, audit };
+  return testAuditor(target);
 }
 
 test("a process given the pid of one whose violation was recorded is recorded for its own (it was not: the record's key is the pid)", async () => {

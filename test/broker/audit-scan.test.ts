@@ -21,12 +21,12 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { AuditLog } from '../../src/broker/audit.js';
-import { type DirectAuditConfig, SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
+import type { DirectAuditConfig } from '../../src/broker/audit-scan/auditor.js';
 import { type FileIdentity, identityOfFd, mapsDev, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
 import { PidFd } from '../../src/sys/pidfd.js';
 import { until } from '../helpers/broker-rig.js';
 import { openFds, trackFdLeaks } from '../helpers/fds.js';
+import { testAuditor } from '../helpers/slice-auditor.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const mapper = join(here, '../fixtures/audit/mapper.js');
@@ -101,14 +101,7 @@ function killPid(pid: number): void {
 }
 
 function auditor(config: Partial<DirectAuditConfig> = {}) {
-  const audit = new AuditLog(null);
-  const revoked: string[] = [];
-  const a = new SliceAuditor(
-    target,
-    { action: 'report', periodMs: 60_000, handoffGraceMs: 0, deadlineAction: 'kill', ...config },
-    { audit, revoke: (id) => revoked.push(id), log: () => {} },
-  );
-  return { a, audit, revoked };
+  return testAuditor(target, config);
 }
 
 const range = (page: bigint) => [{ start: page * PAGE, end: (page + 1n) * PAGE }];
