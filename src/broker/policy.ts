@@ -7,6 +7,7 @@
 import { readlinkSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { readHead } from '../sys/read-head.js';
+import { withTimeout } from '../util/with-timeout.js';
 import { type BrokerConfig, ConfigError, FAIR_SHARE_DIVISOR, fairShare, type PolicyRule } from './config.js';
 
 export interface CallerContext {
@@ -131,22 +132,12 @@ export class Policy {
    */
   async loadModule(path: string, version?: string): Promise<void> {
     const url = pathToFileURL(path).href + (version ? `?sha256=${version}` : '');
-    let timer: NodeJS.Timeout | undefined;
     const ms = this.#loadTimeoutMs;
-    let mod: PolicyModule & { default?: PolicyModule };
-    try {
-      mod = await Promise.race([
-        import(url) as Promise<PolicyModule & { default?: PolicyModule }>,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`${path} did not load within ${ms} ms (policy.load_timeout_ms)`)),
-            ms,
-          );
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
+    const mod = await withTimeout(
+      import(url) as Promise<PolicyModule & { default?: PolicyModule }>,
+      ms,
+      () => `${path} did not load within ${ms} ms (policy.load_timeout_ms)`,
+    );
     const hooks = mod.lease || mod.map ? mod : (mod.default ?? {});
     if (typeof hooks.lease !== 'function' && typeof hooks.map !== 'function') {
       throw new Error(`policy module ${path} exports neither lease(ctx, req) nor map(ctx, req)`);
@@ -228,17 +219,14 @@ export class Policy {
       | ((c: CallerContext, r: unknown) => Verdict | Promise<Verdict>)
       | undefined;
     if (!fn) return { allow: true };
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${this.#timeoutMs} ms`)), this.#timeoutMs);
-      });
-      const v = await Promise.race([
+      const v = await withTimeout(
         // Frozen from an Object.assign copy: on Node 20 (V8 11.3) a frozen spread gets a new hidden class nearly
         // every call (docs/performance-history.md, issue 16, twenty-fourth pass §4).
         Promise.resolve().then(() => fn(Object.freeze(Object.assign({}, ctx)), req)),
-        timeout,
-      ]);
+        this.#timeoutMs,
+        () => `timed out after ${this.#timeoutMs} ms`,
+      );
       if (!v || typeof v !== 'object' || typeof v.allow !== 'boolean') {
         throw new Error('hook returned neither { allow: true } nor { allow: false, reason }');
       }
@@ -248,8 +236,6 @@ export class Policy {
       this.#log({ event: 'policy-hook-failed', hook: name, pid: ctx.pid, error: (err as Error).message });
       if (strict) throw new PolicyHookError(name, (err as Error).message);
       return { allow: false, reason: `policy module ${name}() failed: ${(err as Error).message}` };
-    } finally {
-      clearTimeout(timer);
     }
   }
 }

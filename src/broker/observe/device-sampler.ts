@@ -7,6 +7,7 @@
 import type { Device } from '../../device/device.js';
 import type { Driver } from '../../drivers/driver.js';
 import { BAR0, Q, qcfg, REG } from '../../hw/sa1/regs.js';
+import { withTimeout } from '../../util/with-timeout.js';
 import type { Lease } from '../lease.js';
 
 export interface LeaseCounters {
@@ -106,21 +107,17 @@ export class DeviceSampler {
   async heartbeatAgeSeconds(now = Date.now(), deadlineMs = SAMPLE_DEADLINE_MS): Promise<number | null> {
     if (!this.#sa1) return null;
     let value: number;
-    let timer: NodeJS.Timeout | undefined;
     try {
       // Bounded as the counters are (sampleLeases): the read, unanswered, took the device's request timeout.
-      value = await Promise.race([
+      value = await withTimeout(
         this.#device.read32(BAR0, REG.HEARTBEAT),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error('no answer in time')), deadlineMs);
-        }),
-      ]);
+        deadlineMs,
+        () => 'no answer in time',
+      );
     } catch {
       // A device that does not answer was not seen to change either: the age grows from the last change seen.
       // (It was null, which the metric showed as 0, a heartbeat just seen, for as long as the device was stuck.)
       return this.#heartbeat === null ? null : (now - this.#heartbeat.changedAt) / 1000;
-    } finally {
-      clearTimeout(timer);
     }
     if (this.#heartbeat === null || this.#heartbeat.value !== value)
       this.#heartbeat = { value, changedAt: now };
