@@ -47,16 +47,20 @@ function closeInherited(list: string | undefined): void {
   }
 }
 
-/** Whether `value` names an inherited descriptor: decimal digits (not '0x4', '1e1', ' 4'), 3 up to INT_MAX. */
-function isDescriptorNumber(value: string): boolean {
-  return /^\d+$/.test(value) && Number(value) >= 3 && Number(value) <= 2 ** 31 - 1;
+/**
+ * Why `value` of option --`name` names no inherited descriptor (decimal digits, not '0x4', '1e1', ' 4'; 3 up to
+ * INT_MAX), or null.
+ */
+function descriptorProblem(name: string, value: string): string | null {
+  const ok = /^\d+$/.test(value) && Number(value) >= 3 && Number(value) <= 2 ** 31 - 1;
+  return ok ? null : `--${name} must be an inherited descriptor number >= 3, got '${value}'`;
 }
 
 /** An inherited descriptor number from the command line, or an error message. */
 function inheritedFd(name: string, value: string): Fd | string {
   const n = Number(value);
-  if (!isDescriptorNumber(value))
-    return `--${name} must be an inherited descriptor number >= 3, got '${value}'`;
+  const problem = descriptorProblem(name, value);
+  if (problem) return problem;
   try {
     native.fstat(n); // EBADF now rather than at the first ioctl
     return new Fd(n);
@@ -142,11 +146,9 @@ export async function daemonCommand(argv: string[]): Promise<number> {
   // A descriptor number that is not one is a usage error too (it was a start failure, exit 1); whether it is open
   // is known only when it is taken (openFromArgs).
   for (const name of ['device-fd', 'iommufd-fd'] as const) {
-    const v = values[name];
-    if (v !== undefined && !isDescriptorNumber(v)) {
-      process.stderr.write(
-        `devlease daemon: --${name} must be an inherited descriptor number >= 3, got '${v}'\n${USAGE}\n`,
-      );
+    const problem = values[name] === undefined ? null : descriptorProblem(name, values[name]);
+    if (problem) {
+      process.stderr.write(`devlease daemon: ${problem}\n${USAGE}\n`);
       return 2;
     }
   }

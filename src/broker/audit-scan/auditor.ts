@@ -268,23 +268,29 @@ export class SliceAuditor {
    */
   #incomplete(pid: number): void {
     const lease = this.#leaseOf(pid);
-    if (lease === null) return;
-    const key = `${pid}@${startTimeOf(pid)}:incomplete:${lease}`;
-    this.#seen.add(key);
-    if (this.#reported.has(key)) return;
-    this.#reported.add(key);
+    if (lease === null || this.#firstSeen(pid, 'incomplete', lease) === false) return;
     const detail = "not every thread's own file table was read (over the scan's bounds, or kcmp refused)";
     this.host.audit.write({ event: 'audit-incomplete', pid, ...processFacts(pid), lease, detail });
     this.host.log(`audit: lease ${lease}: pid ${pid}: ${detail}`);
   }
 
-  #violate(pid: number, finding: Finding, lease: string | null, detail: string): void {
-    // The pid with its start time: a process given the pid between two scans is another key, recorded anew.
+  /**
+   * Marks what this scan saw of `pid` (`what`, for `lease`); its start time, or false when an earlier scan had
+   * seen it already (recorded then). The pid with its start time: a process given the pid between two scans is
+   * another key, recorded anew.
+   */
+  #firstSeen(pid: number, what: string, lease: string | null): string | null | false {
     const start = startTimeOf(pid);
-    const key = `${pid}@${start}:${finding}:${lease}`;
+    const key = `${pid}@${start}:${what}:${lease}`;
     this.#seen.add(key);
-    if (this.#reported.has(key)) return;
+    if (this.#reported.has(key)) return false;
     this.#reported.add(key);
+    return start;
+  }
+
+  #violate(pid: number, finding: Finding, lease: string | null, detail: string): void {
+    const start = this.#firstSeen(pid, finding, lease);
+    if (start === false) return;
     const facts = processFacts(pid);
     const v: Violation = { pid, exe: facts.exe, ppid: facts.ppid, finding, lease, detail };
     this.stats.violations++;
@@ -310,7 +316,7 @@ export class SliceAuditor {
     e.killPending = true;
     let scanned: ScanResult | null;
     try {
-      scanned = this.scan(); // kills what it finds (killPending), and clears the flag
+      scanned = this.scan(); // kills what it finds (killPending); the flag clears once every kill is done
     } catch (err) {
       // Thrown out of here, the failure (readdir of /proc at EMFILE) ended the reclaim half-done. The kill is
       // left to the next scan that succeeds (the periodic one, or the release wait's polls); no waiter is woken

@@ -7,8 +7,8 @@
 //
 // /proc names no file table; kcmp(KCMP_FILES) says whether two tasks share one (CONFIG_KCMP, on by default in
 // the distributions' kernels; it takes ptrace read access to both tasks, which the broker has as it has for
-// maps: CAP_SYS_PTRACE). So each thread is compared with the task whose fd/ was read, and fd/ is read once
-// more per distinct table, through a thread using it.
+// maps: CAP_SYS_PTRACE). So each thread is compared with a thread of each table found so far (the first: the
+// task whose fd/ was read), and fd/ is read once more per distinct table, through a thread using it.
 //
 // Cost: the common case, a process of one thread, is one stat(2) of task/ (its link count is 2 + the thread
 // count): no readdir, no kcmp. A process of N threads sharing one table costs a readdir of task/ and N - 1
@@ -24,6 +24,7 @@ import { opendirSync, readdirSync, statSync } from 'node:fs';
 import { native } from '../../sys/native.js';
 
 /**
+ * (Here rather than in proc-scan.ts, which imports this file: both read /proc files of a process.)
  * The broker's own shortage (out of fds or memory) says nothing of the process being read: a scan that counted
  * it unreadable saw no mapping or fd of it, and a slice it still maps would have gone back to the pool. The
  * whole scan fails instead; its callers log it and keep the slices out of the pool (auditor.ts).
