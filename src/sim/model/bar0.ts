@@ -148,7 +148,7 @@ export function bar0WriteDirect(regs: RegisterFile, off: number, v: number, numQ
     if (within === Q_CTRL) return false;
     const enabled = (regs.load(off - within + Q_CTRL) & Q_CTRL_ENABLE) !== 0;
     if (ALWAYS_WRITABLE.has(within) || (LOCKED_WHILE_ENABLED.has(within) && !enabled)) {
-      regs.store(off, within === Q_VECTOR ? value & 0xffff : value);
+      regs.store(off, value); // Q_VECTOR too: all 32 bits (a value past the MSI-X table is no vector)
     }
     return true;
   }

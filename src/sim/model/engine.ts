@@ -90,7 +90,14 @@ export class Engine {
       this.#queueFault(q, ST_BAD_QUEUE_CONFIG, BigInt(tail));
       return true;
     }
-    if (((q.cqTail - q.cqHead) >>> 0) + q.inflight.length >= q.cqSize) return false; // CQ full: back-pressure
+    const cqUsed = (q.cqTail - q.cqHead) >>> 0;
+    if (cqUsed > q.cqSize) {
+      // CQ_HEAD ahead of CQ_TAIL, or more than CQ_SIZE behind it: no ring state the device wrote, and waiting
+      // for it to advance would be a silent stall (datasheet §2.3). CQ_HEAD is the fault record's "iova".
+      this.#queueFault(q, ST_BAD_QUEUE_CONFIG, BigInt(q.cqHead));
+      return true;
+    }
+    if (cqUsed + q.inflight.length >= q.cqSize) return false; // CQ full: back-pressure
     if (q.inflight.length >= MAX_INFLIGHT) return false;
 
     const sqe = this.#sqeWords;

@@ -161,7 +161,7 @@ export class QueueRegisters {
     return this.regs.load(this.qcfgAt + Q_VECTOR);
   }
   set vector(v: number) {
-    this.regs.store(this.qcfgAt + Q_VECTOR, v & 0xffff);
+    this.regs.store(this.qcfgAt + Q_VECTOR, v);
   }
   get completed(): number {
     return this.#completed;

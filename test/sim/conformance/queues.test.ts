@@ -8,7 +8,17 @@ import { after, test } from 'node:test';
 import { Mapping } from '../../../src/sys/index.js';
 import { trackFdLeaks } from '../../helpers/fds.js';
 import { type HostRegion, type Rig, rig, until } from '../helpers/real.js';
-import { bootRig, crc32cReference, faultRecord, type QueueLayout, RawQueue, r32, r64, w32 } from './owner.js';
+import {
+  bootRig,
+  crc32cReference,
+  faultRecord,
+  type QueueLayout,
+  qcfg,
+  RawQueue,
+  r32,
+  r64,
+  w32,
+} from './owner.js';
 import {
   BAR0,
   CRC32C_VECTORS,
@@ -145,6 +155,25 @@ test('§3 every opcode and flag from raw SQE bytes; CQE tag/result/status/phase 
     await q.pageWrite32(QPAGE.IRQ_MODE, IRQ_MODE.EVERY);
     await run([{ opcode: OP.NOP, tag: 7n }]);
     await until(() => irq.read() !== null, 'IRQ_MODE 1: every completion interrupts');
+
+    // Q_VECTOR is a 4-byte register: all 32 bits are kept, and 0x10002 is no vector (past the MSI-X table),
+    // not vector 2 (docs/SA-1.md). A NOP then signals nothing; one after Q_VECTOR 2 again signals vector 2
+    // once: had the first signalled too, the eventfd's count would read 2.
+    await w32(r.client, REGION.bar0, qcfg(2, QCFG.Q_VECTOR), 0x1_0002);
+    assert.equal(
+      await r32(r.client, REGION.bar0, qcfg(2, QCFG.Q_VECTOR)),
+      0x1_0002,
+      'Q_VECTOR keeps 32 bits',
+    );
+    await run([{ opcode: OP.NOP, tag: 8n }]);
+    await w32(r.client, REGION.bar0, qcfg(2, QCFG.Q_VECTOR), 2);
+    await run([{ opcode: OP.NOP, tag: 9n }]);
+    let count: bigint | null = null;
+    await until(() => {
+      count = irq.read();
+      return count !== null;
+    }, 'the NOP with Q_VECTOR 2 interrupts');
+    assert.equal(count, 1n, 'Q_VECTOR 0x10002: no interrupt on vector 2');
   });
 });
 
@@ -256,6 +285,16 @@ test('§4 status codes 1..7, §5 fault records, ERROR state and queue reset', as
     await q.configure();
     await q.pageWrite32(QPAGE.SQ_TAIL, layout.sqSize + 1);
     await expectFault(ST.BAD_QUEUE_CONFIG, BigInt(layout.sqSize + 1));
+    // ... and a CQ_HEAD ahead of CQ_TAIL (the client "consumed" completions never written): the device would
+    // wait for ring space forever, so it is BAD_QUEUE_CONFIG at the next fetch, CQ_HEAD as the "iova" (a
+    // choice, docs/SA-1.md: the datasheet says only that a full ring never stalls silently).
+    await q.reset();
+    q = new RawQueue(r.client, layout);
+    await q.configure();
+    await q.pageWrite32(QPAGE.CQ_HEAD, 100);
+    await q.submit([{ opcode: OP.NOP, tag: 13n }]);
+    await expectFault(ST.BAD_QUEUE_CONFIG, 100n);
+    assert.equal(q.cqe(0).phase, 0, 'no completion written');
     // FAULT_HEAD at 0x40 and FAULT_ACK at 0x44 as one 64-bit read: nothing acknowledged yet.
     assert.equal(await r64(r.client, REGION.bar0, BAR0.FAULT_HEAD), BigInt(faults));
     await w32(r.client, REGION.bar0, BAR0.FAULT_ACK, faults);
