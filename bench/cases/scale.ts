@@ -12,15 +12,19 @@
 // trip a lease: skipping it changed the fresh burst by less than its
 // run-to-run spread (issue 16, twenty-first pass). The release-all row is the
 // exit of the processes holding the warm burst. Between the fresh burst and the probes the simulator's CPU is read
-// with every lease held and idle (`sim-idle-held`).
+// with every lease held and idle (`sim-idle-held`). Last, the same burst from as many C processes (libdevlease,
+// clients/c/tests/clib-scale.c; `acquire-all-c`), after one unmeasured: the broker and simulator as warm as for
+// the warm burst, with clients whose own CPU per lease is small, which shows how much of a burst is the clients'.
 //
 //   node dist/bench/cases/scale.js [--quick]
 
 import { readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { buildClibProgram } from '../fixtures/clib.js';
+import { ClibScaleProc } from '../fixtures/clib-scale.js';
 import { ClientProc, exitAll } from '../fixtures/client-proc.js';
 import { threadTimes } from '../fixtures/cpu.js';
-import { burst, burstRows, releaseAllLeases } from '../fixtures/lease-burst.js';
+import { asBurstClient, burst, burstRows, releaseAllLeases } from '../fixtures/lease-burst.js';
 import { ReleaseWatch } from '../fixtures/released.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
 import { rssMiB, startRig } from '../fixtures/rig.js';
@@ -75,6 +79,8 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
   const each = quick ? 10 : 20;
   const total = procs * each;
   const probes = quick ? 30 : 200;
+  // Built before anything starts: a machine without a C compiler or json-c fails here, saying so.
+  const clibScale = buildClibProgram('clib-scale');
   const rig = await startRig({
     simArgs: ['--queues', '1024'],
     config: {
@@ -87,6 +93,7 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
   });
   const released = new ReleaseWatch(rig.broker.leases, () => performance.now());
   const clients: ClientProc[] = [];
+  const cHolders: ClibScaleProc[] = [];
   try {
     const probe = await ClientProc.spawn();
     clients.push(probe);
@@ -104,7 +111,7 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
     }
     // The window holds the acquires only: every client process is started (and its code loaded) before it.
     progress(`${procs} processes × ${each} leases`);
-    const holders = clients.slice(1);
+    const holders = clients.slice(1).map(asBurstClient);
     const simPid = rig.sim.pid;
     // Every lease of a burst must be live in the broker when it ends (none refused, none reclaimed under it).
     const expectAllLive = (burstName: string): void => {
@@ -126,7 +133,7 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
     const loaded = await acquireLoop(probe, rig.socket, probes, released);
     const warmBursts = quick ? 1 : WARM_BURSTS;
     progress(`the same burst again, warm: after ${warmBursts} more, each released`);
-    const letGo = () => Promise.all(holders.map((c) => c.call('releaseAll')));
+    const letGo = () => Promise.all(holders.map((c) => c.releaseAll()));
     await releaseAllLeases(rig.broker, released, letGo);
     for (let i = 0; i < warmBursts; i++) {
       await burst(holders, rig.socket, each, simPid);
@@ -137,8 +144,29 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
     expectAllLive('warm');
     progress('releasing');
     const tr = performance.now();
-    await releaseAllLeases(rig.broker, released, () => exitAll(holders));
+    await releaseAllLeases(rig.broker, released, () => exitAll(clients.slice(1)));
     const releaseAllMs = performance.now() - tr;
+
+    // The same burst from C clients (libdevlease): the broker and the simulator as warm as for the warm burst
+    // above, the clients' own CPU per lease a fraction of the TypeScript client's. One burst unmeasured first
+    // (the C processes' first leases fault their pages in).
+    progress(`${procs} C processes (libdevlease) × ${each} leases`);
+    for (let i = 0; i < procs; i += 10) {
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(10, procs - i) }, () =>
+          ClibScaleProc.spawn(clibScale, rig.socket, each),
+        ),
+      );
+      cHolders.push(...batch);
+    }
+    const cLetGo = () => Promise.all(cHolders.map((c) => c.releaseAll()));
+    await burst(cHolders, rig.socket, each, simPid);
+    expectAllLive('first C');
+    await releaseAllLeases(rig.broker, released, cLetGo);
+    await sleep(SETTLE_MS);
+    const cBurst = await burst(cHolders, rig.socket, each, simPid);
+    expectAllLive('C');
+    await releaseAllLeases(rig.broker, released, () => Promise.all(cHolders.map((c) => c.exit())));
     const idleM = metric('acquire-idle', 'lease acquire, none held', 'ms', idle, { role: 'baseline' });
     const heldM = metric('acquire-held', `lease acquire, ${total} held`, 'ms', loaded, {
       ref: 'acquire-idle',
@@ -170,6 +198,11 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
           'acquire-all-warm',
           `acquire all ${total} again, warm (after ${warmBursts} unmeasured bursts, each released)`,
           warm,
+        ),
+        ...burstRows(
+          'acquire-all-c',
+          `acquire all ${total} from ${procs} C processes (libdevlease; after one unmeasured burst)`,
+          cBurst,
         ),
         metric('release-all', `all ${procs} processes exit → all ${total} free (the warm burst's)`, 's', [
           releaseAllMs / 1000,
@@ -205,7 +238,7 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
       },
     };
   } finally {
-    await Promise.all(clients.map((c) => c.kill()));
+    await Promise.all([...clients.map((c) => c.kill()), ...cHolders.map((c) => c.exit())]);
     await rig.close();
   }
 });
