@@ -11,12 +11,15 @@ import { resolveMaxDmaMaps } from '../sim/host/dma-limit.js';
 import { OptionError, type OptionNames, resolveOptions, type Sa1Options } from '../sim/model/options.js';
 
 const USAGE = `usage: devlease sim --socket PATH [--queues N] [--stride BYTES] [--devmem MIB] [--granule BYTES]
-                    [--idle-poll-us N] [--max-dma-maps N] [--control-stdin]
+                    [--idle-poll-us N] [--armed-poll-us N] [--max-dma-maps N] [--control-stdin]
   --queues N          NUM_QUEUES, 1..1024 (default 64)
   --stride BYTES      QUEUE_STRIDE, a power of two from 4096 to 65536 (default 65536)
   --devmem MIB        DEVMEM_SIZE in MiB, a power of two, a multiple of the granule, at most 4096 (default 64)
   --granule BYTES     DEVMEM_GRANULE, a power of two of at least 65536 (default 1048576)
   --idle-poll-us N    idle poll interval in µs, 0..1000000, 0 = always spin (default 50)
+  --armed-poll-us N   poll interval in µs while asleep waiting for a kick (once kick fds are handed out),
+                      0..1000000, never below --idle-poll-us (default 10000; a client that never kicks
+                      waits up to this long after an idle spell: docs/SA-1.md, "Doorbell notification")
   --max-dma-maps N    max_dma_maps advertised and held, 1..room left in the guard table (default: all of it;
                       3904 with the other defaults; docs/SA-1.md, "IOMMU")
   --control-stdin     accept fault-injection requests as JSON lines on stdin`;
@@ -27,6 +30,7 @@ const CLI_NAMES: OptionNames = {
   devmemSize: '--devmem',
   devmemGranule: '--granule',
   idlePollUs: '--idle-poll-us',
+  armedPollUs: '--armed-poll-us',
 };
 
 class UsageError extends Error {}
@@ -71,6 +75,7 @@ function parse(argv: string[]): SimArgs {
         devmem: { type: 'string' },
         granule: { type: 'string' },
         'idle-poll-us': { type: 'string' },
+        'armed-poll-us': { type: 'string' },
         'max-dma-maps': { type: 'string' },
         'control-stdin': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -108,6 +113,11 @@ function parse(argv: string[]): SimArgs {
         idlePollUs: integer(
           '--idle-poll-us',
           values['idle-poll-us'] as string | undefined,
+          'an integer from 0 to 1000000',
+        ),
+        armedPollUs: integer(
+          '--armed-poll-us',
+          values['armed-poll-us'] as string | undefined,
           'an integer from 0 to 1000000',
         ),
       },
@@ -152,7 +162,7 @@ export async function simCommand(argv: string[]): Promise<number> {
   process.stdout.write(
     `ready socket=${sim.socketPath} queues=${o.numQueues} stride=${o.queueStride} ` +
       `devmem-mib=${o.devmemSize / 1048576} granule=${o.devmemGranule} idle-poll-us=${o.idlePollUs} ` +
-      `max-dma-maps=${sim.maxDmaMaps} pid=${process.pid}\n`,
+      `armed-poll-us=${o.armedPollUs} max-dma-maps=${sim.maxDmaMaps} pid=${process.pid}\n`,
   );
 
   const control = args.controlStdin ? createInterface({ input: process.stdin, terminal: false }) : null;

@@ -44,7 +44,7 @@ test('devlease sim prints one ready line, serves the device, and removes its soc
   });
   assert.match(
     first,
-    /^ready socket=\S+ queues=8 stride=65536 devmem-mib=4 granule=65536 idle-poll-us=50 max-dma-maps=\d+ pid=\d+$/,
+    /^ready socket=\S+ queues=8 stride=65536 devmem-mib=4 granule=65536 idle-poll-us=50 armed-poll-us=10000 max-dma-maps=\d+ pid=\d+$/,
   );
   assert.ok(existsSync(t.sock));
   const client = await VfioUserClient.connect(t.sock);
@@ -65,6 +65,7 @@ test('devlease sim: a bad option names the option and its range, exit 2', () => 
     [['--devmem', '3'], /--devmem must be a power of two number of MiB from 1 to 4096/],
     [['--devmem', '1', '--granule', '2097152'], /--devmem must be .*multiple of the granule/],
     [['--idle-poll-us', '-1'], /--idle-poll-us/],
+    [['--armed-poll-us', '1000001'], /--armed-poll-us must be an integer from 0 to 1000000 µs, got 1000001/],
     [['--bogus'], /Unknown option '--bogus'/],
   ];
   for (const [args, message] of cases) {

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { readlinkSync } from 'node:fs';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import * as ds from '../../src/sim/model/datasheet.js';
 import type { Fd } from '../../src/sys/index.js';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX } from '../../src/vfio/uapi/vfio.js';
@@ -110,6 +111,32 @@ test('a client that never kicks is still served (kick fds handed out, default id
       await until(() => q.tq.peek(i - 1) !== null, `un-kicked NOP ${i} completes`, 5000);
     }
     assert.ok((await q.r.sim.stats()).armedSleeps > 0, 'the device slept armed in between');
+  } finally {
+    closeAll(fds);
+    await q.close();
+  }
+  assert.equal(openFds(), before);
+});
+
+// --armed-poll-us: how long a device asleep on its kick fds waits before it polls anyway. Counted, not timed:
+// every wake-up that finds nothing ends in one armed sleep, so over a quiet 300 ms a 1 s interval allows the two
+// wake-ups the stats commands cause (and one more at most), where the 10 ms default would show some thirty.
+// A loaded machine only wakes the device less often.
+test('--armed-poll-us: the armed device polls at that interval (1 s: a few armed sleeps in 300 ms, not ~30); an un-kicked doorbell is still served', async () => {
+  const before = openFds();
+  const q = await queueRig(50, {}, { armedPollUs: 1_000_000 });
+  const { fds } = await q.r.client.regionIoFds(VFIO_PCI_BAR2_REGION_INDEX);
+  try {
+    await q.tq.configure();
+    await q.untilAsleepArmed(q.kickNeeded, 'the device asleep armed');
+    const s0 = await q.r.sim.stats();
+    await sleep(300);
+    const s1 = await q.r.sim.stats();
+    const armed = s1.armedSleeps - s0.armedSleeps;
+    assert.ok(armed <= 3, `${armed} armed sleeps in 300 ms: the device did not sleep its 1 s armed interval`);
+    q.nop(1n, null);
+    await until(() => q.tq.peek(0) !== null, 'the un-kicked NOP completes (found by the armed poll)', 10_000);
+    assert.ok((await q.r.sim.stats()).armedPollFinds > s1.armedPollFinds, 'found by the armed poll');
   } finally {
     closeAll(fds);
     await q.close();

@@ -30,6 +30,7 @@ const FLAGS: Record<keyof Sa1Options, (v: number) => string[]> = {
   devmemSize: (v) => ['--devmem', String(v / 1048576)],
   devmemGranule: (v) => ['--granule', String(v)],
   idlePollUs: (v) => ['--idle-poll-us', String(v)],
+  armedPollUs: (v) => ['--armed-poll-us', String(v)],
 };
 
 export async function spawnSimulator(

@@ -15,7 +15,7 @@ import { Q_CTRL, Q_CTRL_ENABLE, Q_NOTIFY_KICK_NEEDED, QP_Q_NOTIFY } from '../mod
 import { Sa1Device } from '../model/device.js';
 import type { DmaMapping } from '../model/iommu.js';
 import { MemfdBacking } from '../model/memfd-backing.js';
-import { KICK_ARMED_POLL_US, type Sa1Options } from '../model/options.js';
+import type { Sa1Options } from '../model/options.js';
 import { ARMED, armKicks, disarmKicks, pollingNeeded, RACED } from '../model/poller.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
 import { deviceRequestSlots } from './command-slots.js';
@@ -328,6 +328,8 @@ function tidyWhenQuiet(): number {
 
 function run(): void {
   const idleMs = options.idlePollUs / 1000;
+  /** An armed sleep's timeout: never shorter than the idle poll interval (docs/SA-1.md, "Doorbell notification"). */
+  const armedMs = Math.max(idleMs, options.armedPollUs / 1000);
   /** The last sleep was armed and ran to its timeout: a doorbell found now was not kicked. */
   let armedTimedOut = false;
   for (;;) {
@@ -377,7 +379,7 @@ function run(): void {
     // Nobody can kick (no fd handed out) or a full CQ waits for CQ_HEAD: the idle poll interval.
     // Otherwise sleep until kicked, still polling at the armed interval for clients that never kick.
     const kicksHandedOut = mailbox.kicksHandedOut;
-    const pollMs = kicksHandedOut && arm === ARMED ? Math.max(idleMs, KICK_ARMED_POLL_US / 1000) : idleMs;
+    const pollMs = kicksHandedOut && arm === ARMED ? armedMs : idleMs;
     const ms = Math.min(due === null ? pollMs : Math.min(pollMs, due), tidyInMs);
     if (kicksHandedOut) {
       if (arm === ARMED) stats.armedSleeps++;

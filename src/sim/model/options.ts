@@ -14,6 +14,11 @@ export interface Sa1Options {
   devmemGranule: number;
   /** Idle poll interval in µs (0 = always spin). */
   idlePollUs: number;
+  /**
+   * The poll interval, µs, of a device asleep with KICK_NEEDED set once it has handed out kick fds (datasheet
+   * §2.3, §10): a client that never kicks is served within max(this, idlePollUs). Default KICK_ARMED_POLL_US.
+   */
+  armedPollUs: number;
 }
 
 export const DEFAULT_OPTIONS: Readonly<Sa1Options> = Object.freeze({
@@ -22,6 +27,7 @@ export const DEFAULT_OPTIONS: Readonly<Sa1Options> = Object.freeze({
   devmemSize: 64 * 1024 * 1024,
   devmemGranule: 1024 * 1024,
   idlePollUs: 50,
+  armedPollUs: 10_000,
 });
 
 /** Largest device memory the simulator accepts (DEVMEM_SIZE_MB is 32-bit; 4 GiB keeps BAR4 sane). */
@@ -30,12 +36,12 @@ export const MAX_DEVMEM_SIZE = 4 * 1024 * 1024 * 1024;
 const DEVMEM_SIZE_UNIT = 1024 * 1024;
 export const MAX_IDLE_POLL_US = 1_000_000;
 /**
- * The idle poll interval of a device that has handed out kick fds (GET_REGION_IO_FDS) and sleeps with
- * KICK_NEEDED set (datasheet §2.3, §10; docs/SA-1.md "Doorbell notification"): a client that never kicks
- * is served within this (or the configured idle poll interval, if longer). 10 ms: ~100 wake-ups a
- * second, so an idle lease costs the host well under 1 % of a core.
+ * The default armed poll interval (armedPollUs): the idle poll interval of a device that has handed out kick
+ * fds (GET_REGION_IO_FDS) and sleeps with KICK_NEEDED set (datasheet §2.3, §10; docs/SA-1.md "Doorbell
+ * notification"): a client that never kicks is served within this (or the idle poll interval, if longer).
+ * 10 ms: ~100 wake-ups a second, so an idle lease costs the host well under 1 % of a core.
  */
-export const KICK_ARMED_POLL_US = 10_000;
+export const KICK_ARMED_POLL_US = DEFAULT_OPTIONS.armedPollUs;
 
 /** A bad option: `option` is the option's name (CLI spelling given by the caller). */
 export class OptionError extends RangeError {
@@ -60,6 +66,7 @@ export interface OptionNames {
   devmemSize: string;
   devmemGranule: string;
   idlePollUs: string;
+  armedPollUs: string;
 }
 const API_NAMES: OptionNames = {
   numQueues: 'numQueues',
@@ -67,6 +74,7 @@ const API_NAMES: OptionNames = {
   devmemSize: 'devmemSize',
   devmemGranule: 'devmemGranule',
   idlePollUs: 'idlePollUs',
+  armedPollUs: 'armedPollUs',
 };
 
 /** Fill defaults and check every range; throws OptionError naming the option and what is allowed. */
@@ -119,6 +127,12 @@ export function resolveOptions(
     throw new OptionError(
       names.idlePollUs,
       `${names.idlePollUs} must be an integer from 0 to ${MAX_IDLE_POLL_US} µs, got ${o.idlePollUs}`,
+    );
+  }
+  if (!int(o.armedPollUs) || o.armedPollUs < 0 || o.armedPollUs > MAX_IDLE_POLL_US) {
+    throw new OptionError(
+      names.armedPollUs,
+      `${names.armedPollUs} must be an integer from 0 to ${MAX_IDLE_POLL_US} µs, got ${o.armedPollUs}`,
     );
   }
   return o;

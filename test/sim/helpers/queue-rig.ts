@@ -60,8 +60,12 @@ async function holderQueue(r: Rig, host: HostRegion, q: number) {
 }
 
 /** A booted rig with queue 0 configured through its mapped slice page; queue(q) maps another one. */
-export async function queueRig(idlePollUs: number, clientOpts: VfioUserClientOptions = {}) {
-  const r: Rig = await rig({ numQueues: 4, idlePollUs }, clientOpts);
+export async function queueRig(
+  idlePollUs: number,
+  clientOpts: VfioUserClientOptions = {},
+  simOpts: { armedPollUs?: number } = {},
+) {
+  const r: Rig = await rig({ numQueues: 4, idlePollUs, ...simOpts }, clientOpts);
   const fw = await r.map(FW, 64 * 1024);
   await boot(r.bus, fw);
   const host = await r.map(HOST, 1 << 20);
