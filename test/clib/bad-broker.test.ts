@@ -183,6 +183,27 @@ test('a doorbell kick fd that would block the submit (a blocking eventfd, or no 
   );
 });
 
+// The lease's setup (its SET_IRQS and REGION_INFOs) goes out as one batch: a broker that answers none of it until
+// it holds both kinds still gets a connected client. A client that waited for each reply before the next request
+// (every setup request its own round trip, as before issue 16's forty-first pass) sent one and waited for good.
+test('the setup goes out as one batch: a broker answering only once it holds SET_IRQS and REGION_INFO requests gets a lease', async () => {
+  const held: { cmd: number; answer: () => void }[] = [];
+  const out = await probe(
+    'connect',
+    (_s, _id, cmd, m, answer) => {
+      // SET_IRQS, and GET_REGION_INFO of the queue page's slice (region 2; the info region's is read before)
+      if (cmd !== 8 && !(cmd === 5 && m.readUInt32LE(16 + 8) === 2)) return false;
+      held.push({ cmd, answer });
+      if (held.some((h) => h.cmd === 8) && held.some((h) => h.cmd === 5)) {
+        for (const h of held.splice(0)) h.answer();
+      }
+      return true;
+    },
+    { timeoutMs: 20_000 },
+  );
+  assert.match(out, /connected queue-9/);
+});
+
 test('a broker streaming commands instead of answering: devlease_connect ends at its timeout (ETIMEDOUT)', async () => {
   let more: (() => void) | undefined;
   const out = await probe(
@@ -207,7 +228,7 @@ test('a broker streaming commands after setup: devlease_next_notice serves some 
   const out = await probe(
     'notice-once',
     (s, id, cmd, m) => {
-      if (cmd !== 8 || m.readUInt32LE(16 + 8) !== 4) return false; // SET_IRQS of REQ, the last setup request
+      if (cmd !== 8 || m.readUInt32LE(16 + 8) !== 4) return false; // SET_IRQS of REQ, the last interrupt of the setup
       s.send(reply(id, cmd));
       more = streamCommands(s);
       return true;

@@ -68,7 +68,8 @@ export function sentSplit(
 }
 
 /** A well-behaved answer to each request; a scenario replaces one step with its fault (`msg`: header included). */
-export type Step = (sock: StreamSocket, id: number, cmd: number, msg: Buffer) => boolean;
+/** A fault: true when it answered the request itself; `answer()` sends the well-formed answer (later, say). */
+export type Step = (sock: StreamSocket, id: number, cmd: number, msg: Buffer, answer: () => void) => boolean;
 
 /** The kick fd at SQ_TAIL (default: ENOTSUP), and what to call for each reply the client sends. */
 export type FakeOptions = Pick<FakeBrokerOptions, 'kickFd' | 'onReply'>;
@@ -116,7 +117,7 @@ export function serveFake(sock: StreamSocket, fault: Step, opts: FakeOptions = {
   serveFakeLease(sock, {
     kickFd,
     onReply,
-    fault: (s, msg, { data }) => fault(s, msg.msgId, msg.command, data),
+    fault: (s, msg, { data }, answer) => fault(s, msg.msgId, msg.command, data, answer),
   });
 }
 

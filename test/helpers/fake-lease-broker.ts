@@ -63,9 +63,9 @@ export interface FakeBrokerOptions {
   kickFd?: () => Fd;
   /**
    * Answers a request itself (true) instead of the well-formed answer. The message's fds are closed after it
-   * (dup one to keep it).
+   * (dup one to keep it). `answer()` sends the well-formed answer (for a fault that only delays it).
    */
-  fault?: (sock: StreamSocket, msg: VfioUserMessage, received: ReceivedMessage) => boolean;
+  fault?: (sock: StreamSocket, msg: VfioUserMessage, received: ReceivedMessage, answer: () => void) => boolean;
   /** Called for each reply the client sends (to a command of ours). */
   onReply?: (sock: StreamSocket) => void;
 }
@@ -115,7 +115,7 @@ export function serveFakeLease(
         return;
       }
       commands.push(msg.command);
-      if (!opts.fault?.(sock, msg, m)) answer(msg);
+      if (!opts.fault?.(sock, msg, m, () => answer(msg))) answer(msg);
     } catch {
       // the client hung up first (it refused what we sent): nothing to answer
     } finally {
@@ -199,14 +199,14 @@ export function uncountingBroker(opts: FakeBrokerOptions = {}): FakeBroker & { l
   const broker = fakeLeaseBroker({
     ...opts,
     info: () => ({ ...info, faults }),
-    fault: (sock, msg, received) => {
+    fault: (sock, msg, received, answer) => {
       // Keep the ERR eventfd; the well-formed answer is sent still.
       const wired = errEventfdOf(msg, received);
       if (wired) {
         err?.close();
         err = wired;
       }
-      return opts.fault?.(sock, msg, received) ?? false;
+      return opts.fault?.(sock, msg, received, answer) ?? false;
     },
   });
   return {

@@ -125,6 +125,24 @@ int dl_check_open(const struct devlease *l, const char *what);
 void dl_msg_release(struct dl_msg *m);
 int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, const int *fds,
 	    unsigned nfds, struct dl_msg *reply, const char *what);
+/* One request of a batch: its payload and fds are only read while dl_call_batch sends it. */
+struct dl_request {
+	uint16_t cmd;
+	const void *payload;
+	size_t len;
+	const int *fds;
+	unsigned nfds;
+	const char *what;
+};
+/* Requests in one batch at most (a lease's setup: its interrupts and regions). */
+#define DL_MAX_BATCH 16
+/*
+ * Sends all `n` requests, then takes their replies as they come (commands from the broker served meanwhile),
+ * all within one timeout_ms: replies[i] answers reqs[i]. The first that fails (an error reply, a command
+ * mismatch, fds lost, the deadline) is the batch's failure: every reply taken is released, and the session is
+ * marked broken if replies were still due. dl_call is a batch of one.
+ */
+int dl_call_batch(struct devlease *l, const struct dl_request *reqs, unsigned n, struct dl_msg *replies);
 int dl_serve_pending(struct devlease *l);
 int dl_region_read_raw(struct devlease *l, unsigned index, uint64_t offset, void *buf, size_t len);
 

@@ -202,46 +202,46 @@ static int region_info(struct devlease *l, unsigned index, uint64_t *size, uint3
 	}
 }
 
-static int set_irqs(struct devlease *l, unsigned index, unsigned start, const int *fds, unsigned n)
+/* A SET_IRQS payload (vfio_irq_set without its data: the eventfds go as the message's fds). */
+static void irq_set(uint8_t p[20], unsigned index, unsigned start, unsigned n)
 {
-	uint8_t p[20];
-	dl_put32(p, sizeof(p));
+	dl_put32(p, 20);
 	dl_put32(p + 4, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER);
 	dl_put32(p + 8, index);
 	dl_put32(p + 12, start);
 	dl_put32(p + 16, n);
-	struct dl_msg r;
-	int rc = dl_call(l, VFIO_USER_DEVICE_SET_IRQS, p, sizeof(p), fds, n, &r, "set irqs");
-	if (rc == 0) dl_msg_release(&r);
-	return rc;
 }
 
+/* Maps region `index`'s slice from the REGION_INFO reply's fd (closed here); a mediated region (no fd) is skipped. */
+static int map_region(struct devlease *l, unsigned index, uint64_t size, uint64_t offset, int fd, int *audited)
+{
+	if (fd < 0) return 0; /* mediated: devlease_region_read/write */
+	if (size == 0 || size > (1ull << 40)) {
+		close(fd);
+		return dl_fail(EPROTO, "region %u: size %llu is not a slice's", index, (unsigned long long)size);
+	}
+	/* Exactly the slice, at its offset on the fd; an audited slice's device fd is closed here, before
+	 * devlease_connect returns, as the broker's audit expects. */
+	void *a = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
+	int err = errno;
+	close(fd); /* the mapping keeps the description alive; its release is what the broker watches */
+	if (offset != 0) *audited = 1;
+	if (a == MAP_FAILED) return dl_fail(err, "region %u: mmap of its slice failed: %s", index, strerror(err));
+	l->regions[l->nregions++] = (struct dl_region){ .index = index, .addr = a, .len = size };
+	return 0;
+}
+
+/*
+ * The lease's setup as one batch (dl_call_batch): the vectors' SET_IRQS, ERR, devlease's notice and REQ, then
+ * every region's REGION_INFO, all sent before any reply is read, so connect waits for one round trip here
+ * instead of one per request (as the TypeScript client's; issue 16). The interrupts go first: the broker relays
+ * the vectors to the device and answers in order, so the replies then come together.
+ */
 static int setup(struct devlease *l)
 {
 	int audited = 0;
 	l->regions = calloc(l->info.nregions ? l->info.nregions : 1, sizeof(*l->regions));
 	if (!l->regions) return dl_fail(ENOMEM, "no memory");
-	for (unsigned i = 0; i < l->info.nregions; i++) {
-		unsigned index = l->info.regions[i].index;
-		uint64_t size, offset;
-		uint32_t flags;
-		int fd;
-		int rc = region_info(l, index, &size, &flags, &offset, &fd);
-		if (rc < 0) return rc;
-		if (fd < 0) continue; /* mediated: devlease_region_read/write */
-		if (size == 0 || size > (1ull << 40)) {
-			close(fd);
-			return dl_fail(EPROTO, "region %u: size %llu is not a slice's", index, (unsigned long long)size);
-		}
-		/* Exactly the slice, at its offset on the fd; an audited slice's device fd is closed here, before
-		 * devlease_connect returns, as the broker's audit expects. */
-		void *a = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
-		int err = errno;
-		close(fd); /* the mapping keeps the description alive; its release is what the broker watches */
-		if (offset != 0) audited = 1;
-		if (a == MAP_FAILED) return dl_fail(err, "region %u: mmap of its slice failed: %s", index, strerror(err));
-		l->regions[l->nregions++] = (struct dl_region){ .index = index, .addr = a, .len = size };
-	}
 	if (l->info.vectors) {
 		l->vectors = malloc(sizeof(int) * l->info.vectors);
 		if (!l->vectors) return dl_fail(ENOMEM, "no memory");
@@ -250,26 +250,84 @@ static int setup(struct devlease *l)
 			if (e < 0) return dl_fail(errno, "eventfd: %s", strerror(errno));
 			l->vectors[l->nvectors++] = e;
 		}
-		for (unsigned s = 0; s < l->nvectors; s += DL_MAX_FDS) {
-			unsigned n = l->nvectors - s < DL_MAX_FDS ? l->nvectors - s : DL_MAX_FDS;
-			int rc = set_irqs(l, VFIO_PCI_MSIX_IRQ_INDEX, s, l->vectors + s, n);
-			if (rc < 0) return rc;
-		}
 	}
 	l->err_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	l->req_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (l->err_fd < 0 || l->req_fd < 0) return dl_fail(errno, "eventfd: %s", strerror(errno));
-	int rc = set_irqs(l, VFIO_PCI_ERR_IRQ_INDEX, 0, &l->err_fd, 1);
-	if (rc == 0 && l->notice_index > 0) rc = set_irqs(l, (unsigned)l->notice_index, 0, &l->err_fd, 1);
-	if (rc == 0) rc = set_irqs(l, VFIO_PCI_REQ_IRQ_INDEX, 0, &l->req_fd, 1);
+
+	unsigned chunks = (l->nvectors + DL_MAX_FDS - 1) / DL_MAX_FDS;
+	unsigned n = chunks + 2 + (l->notice_index > 0) + l->info.nregions;
+	if (n > DL_MAX_BATCH)
+		return dl_fail(EPROTO, "the lease has %u regions and %u vectors: more setup requests (%u) than %d",
+			       l->info.nregions, l->info.vectors, n, DL_MAX_BATCH);
+	uint8_t irq[DL_MAX_BATCH][20];
+	uint8_t info[DL_MAX_BATCH][32];
+	struct dl_request q[DL_MAX_BATCH];
+	struct dl_msg r[DL_MAX_BATCH];
+	unsigned k = 0;
+	for (unsigned s = 0; s < l->nvectors; s += DL_MAX_FDS, k++) {
+		unsigned c = l->nvectors - s < DL_MAX_FDS ? l->nvectors - s : DL_MAX_FDS;
+		irq_set(irq[k], VFIO_PCI_MSIX_IRQ_INDEX, s, c);
+		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, l->vectors + s, c, "set irqs" };
+	}
+	irq_set(irq[k], VFIO_PCI_ERR_IRQ_INDEX, 0, 1);
+	q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (ERR)" };
+	k++;
+	if (l->notice_index > 0) {
+		irq_set(irq[k], (unsigned)l->notice_index, 0, 1);
+		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (notice)" };
+		k++;
+	}
+	irq_set(irq[k], VFIO_PCI_REQ_IRQ_INDEX, 0, 1);
+	q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->req_fd, 1, "set irqs (REQ)" };
+	k++;
+	unsigned first_region = k;
+	for (unsigned i = 0; i < l->info.nregions; i++, k++) {
+		memset(info[k], 0, 32);
+		dl_put32(info[k], 128);
+		dl_put32(info[k] + 8, l->info.regions[i].index);
+		q[k] = (struct dl_request){ VFIO_USER_DEVICE_GET_REGION_INFO, info[k], 32, NULL, 0, "region info" };
+	}
+	int rc = dl_call_batch(l, q, n, r);
+	if (rc < 0) return rc;
+	/* Every reply is taken here, mapped or released, even after a failure: none may keep its fd. */
+	for (unsigned j = 0; j < first_region; j++) dl_msg_release(&r[j]);
+	for (unsigned i = 0; i < l->info.nregions; i++) {
+		struct dl_msg *m = &r[first_region + i];
+		unsigned index = l->info.regions[i].index;
+		if (rc < 0) {
+			dl_msg_release(m);
+			continue;
+		}
+		if (m->payload_len < 32 || m->nfds > 1) {
+			rc = dl_fail(EPROTO, "region %u info: the reply has %zu bytes and %u fds (needs 32 bytes, at most 1 fd)",
+				     index, m->payload_len, m->nfds);
+			l->broken = -EPROTO;
+			dl_msg_release(m);
+			continue;
+		}
+		uint64_t size = dl_get64(m->payload + 16), offset = dl_get64(m->payload + 24);
+		uint32_t flags;
+		int fd = m->nfds ? m->fds[0] : -1;
+		m->nfds = 0;
+		bool small = dl_get32(m->payload) > 128;
+		dl_msg_release(m);
+		if (small) {
+			/* Its capabilities did not fit: asked again, alone, with the size the broker named. */
+			if (fd >= 0) close(fd);
+			rc = region_info(l, index, &size, &flags, &offset, &fd);
+			if (rc < 0) continue;
+		}
+		rc = map_region(l, index, size, offset, fd, &audited);
+	}
 	/* After an audited hand-off: DEVICE_GET_INFO, sent after the device fd was closed above, tells the broker's
 	 * audit the hand-off is over (docs/AUDITED-SLICES.md); from then on a kept fd is a violation. */
 	if (rc == 0 && audited) {
 		uint8_t p[16] = { 0 };
 		dl_put32(p, sizeof(p));
-		struct dl_msg r;
-		rc = dl_call(l, VFIO_USER_DEVICE_GET_INFO, p, sizeof(p), NULL, 0, &r, "device info");
-		if (rc == 0) dl_msg_release(&r);
+		struct dl_msg m;
+		rc = dl_call(l, VFIO_USER_DEVICE_GET_INFO, p, sizeof(p), NULL, 0, &m, "device info");
+		if (rc == 0) dl_msg_release(&m);
 	}
 	return rc;
 }

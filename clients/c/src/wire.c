@@ -327,30 +327,37 @@ static int fds_lost_fail(int err, const char *what)
 			       "is full (RLIMIT_NOFILE %s); the session goes on", what, (int)getpid(), limit);
 }
 
-int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, const int *fds, unsigned nfds,
-	    struct dl_msg *reply, const char *what)
+/* Sends one request (the caller set the deadline): its message id in *id. */
+static int send_request(struct devlease *l, const struct dl_request *q, uint16_t *id)
 {
-	memset(reply, 0, sizeof(*reply));
-	if (l->broken) return dl_fail(-l->broken, "%s: the session with the broker is broken", what);
-	if (len + VFIO_USER_HEADER_SIZE > DL_MAX_MSG) return dl_fail(EINVAL, "%s: %zu bytes is too large a message", what, len);
-	uint16_t id = l->next_id++;
-	uint8_t *buf = malloc(VFIO_USER_HEADER_SIZE + len);
-	if (!buf) return dl_fail(ENOMEM, "%s: no memory", what);
-	memcpy(buf, &id, 2);
-	memcpy(buf + 2, &cmd, 2);
-	dl_put32(buf + 4, (uint32_t)(VFIO_USER_HEADER_SIZE + len));
+	if (q->len + VFIO_USER_HEADER_SIZE > DL_MAX_MSG)
+		return dl_fail(EINVAL, "%s: %zu bytes is too large a message", q->what, q->len);
+	*id = l->next_id++;
+	uint8_t *buf = malloc(VFIO_USER_HEADER_SIZE + q->len);
+	if (!buf) return dl_fail(ENOMEM, "%s: no memory", q->what);
+	memcpy(buf, id, 2);
+	memcpy(buf + 2, &q->cmd, 2);
+	dl_put32(buf + 4, (uint32_t)(VFIO_USER_HEADER_SIZE + q->len));
 	dl_put32(buf + 8, 0);
 	dl_put32(buf + 12, 0);
-	if (len) memcpy(buf + VFIO_USER_HEADER_SIZE, payload, len);
-	l->deadline = dl_mono_ms() + l->timeout_ms;
-	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + len, fds, nfds);
+	if (q->len) memcpy(buf + VFIO_USER_HEADER_SIZE, q->payload, q->len);
+	int rc = send_msg(l, buf, VFIO_USER_HEADER_SIZE + q->len, q->fds, q->nfds);
 	free(buf);
-	if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());
+	if (rc < 0) return dl_fail(-rc, "%s: %s", q->what, devlease_errmsg());
+	return 0;
+}
+
+/*
+ * The next reply to one of the requests ids[0..n) whose reply has not come (got[i] false): its index, the
+ * message in *m. Commands from the broker are served meanwhile; a reply to any other id is a protocol error.
+ */
+static int next_reply(struct devlease *l, const uint16_t *ids, const bool *got, unsigned n, struct dl_msg *m,
+		      const char *what)
+{
 	for (unsigned served = 0;; served++) {
-		struct dl_msg m;
 		/* Past the deadline no message is read, even one already there: commands streamed without end
 		 * (each read at once, no wait to time out) kept the call, and devlease_connect, here for good. */
-		rc = dl_mono_ms() >= l->deadline ? -ETIMEDOUT : recv_msg(l, &m);
+		int rc = dl_mono_ms() >= l->deadline ? -ETIMEDOUT : recv_msg(l, m);
 		if (rc == -ETIMEDOUT) {
 			/* A late reply would answer a call nobody waits for: the session cannot be trusted. */
 			l->broken = -ETIMEDOUT;
@@ -360,31 +367,79 @@ int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, c
 			return dl_fail(ETIMEDOUT, "%s: no reply from the broker in %d ms", what, l->timeout_ms);
 		}
 		if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());
-		bool is_reply = (m.flags & VFIO_USER_F_TYPE_MASK) == VFIO_USER_F_TYPE_REPLY;
-		if (!is_reply || m.id != id) {
-			rc = handle_unsolicited(l, &m);
-			if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());
-			continue;
-		}
-		if (m.cmd != cmd) {
-			dl_msg_release(&m);
-			l->broken = -EPROTO;
-			return dl_fail(EPROTO, "%s: the broker's reply names command %u, not %u", what, m.cmd, cmd);
-		}
-		if (m.flags & VFIO_USER_F_ERROR) {
-			int err = m.error_no > 0 && m.error_no < 4096 ? (int)m.error_no : EPROTO;
-			char why[1025];
-			if (l->reasons || cmd == VFIO_USER_VERSION) reason_of(&m, why, sizeof(why));
-			else why[0] = 0;
-			dl_msg_release(&m);
-			return dl_fail(err, "%s: %s%s%s", what, strerror(err), why[0] ? ": " : "", why);
-		}
-		if (m.fds_lost) {
-			/* The reply came whole, without its fds: this call fails, the session goes on. */
-			dl_msg_release(&m);
-			return fds_lost_fail(m.fds_lost, what);
-		}
-		*reply = m;
-		return 0;
+		if ((m->flags & VFIO_USER_F_TYPE_MASK) == VFIO_USER_F_TYPE_REPLY)
+			for (unsigned i = 0; i < n; i++)
+				if (!got[i] && ids[i] == m->id) return (int)i;
+		rc = handle_unsolicited(l, m); /* a command; a reply to an id not waiting breaks the session */
+		if (rc < 0) return dl_fail(-rc, "%s: %s", what, devlease_errmsg());
 	}
+}
+
+/* A reply `m` to request `q`: 0 with *reply = m, or the request's failure (m released). */
+static int take_reply(struct devlease *l, struct dl_msg *m, const struct dl_request *q, struct dl_msg *reply)
+{
+	if (m->cmd != q->cmd) {
+		uint16_t got = m->cmd;
+		dl_msg_release(m);
+		l->broken = -EPROTO;
+		return dl_fail(EPROTO, "%s: the broker's reply names command %u, not %u", q->what, got, q->cmd);
+	}
+	if (m->flags & VFIO_USER_F_ERROR) {
+		int err = m->error_no > 0 && m->error_no < 4096 ? (int)m->error_no : EPROTO;
+		char why[1025];
+		if (l->reasons || q->cmd == VFIO_USER_VERSION) reason_of(m, why, sizeof(why));
+		else why[0] = 0;
+		dl_msg_release(m);
+		return dl_fail(err, "%s: %s%s%s", q->what, strerror(err), why[0] ? ": " : "", why);
+	}
+	if (m->fds_lost) {
+		/* The reply came whole, without its fds: this request fails, the session goes on. */
+		int lost = m->fds_lost;
+		dl_msg_release(m);
+		return fds_lost_fail(lost, q->what);
+	}
+	*reply = *m;
+	return 0;
+}
+
+int dl_call_batch(struct devlease *l, const struct dl_request *reqs, unsigned n, struct dl_msg *replies)
+{
+	for (unsigned i = 0; i < n; i++) memset(&replies[i], 0, sizeof(replies[i]));
+	if (n == 0) return 0;
+	if (l->broken) return dl_fail(-l->broken, "%s: the session with the broker is broken", reqs[0].what);
+	if (n > DL_MAX_BATCH) return dl_fail(EINVAL, "%s: %u requests in one batch (at most %d)", reqs[0].what, n, DL_MAX_BATCH);
+	uint16_t ids[DL_MAX_BATCH];
+	bool got[DL_MAX_BATCH] = { false };
+	l->deadline = dl_mono_ms() + l->timeout_ms;
+	/* Every request first: the broker serves them in order, and this process waits for one round trip. A send
+	 * that fails leaves the requests before it unanswered here: the session is then closed by the caller (a
+	 * connect that fails), or their late replies break it (a reply to an id not waiting). */
+	for (unsigned i = 0; i < n; i++) {
+		int rc = send_request(l, &reqs[i], &ids[i]);
+		if (rc < 0) {
+			if (i) l->broken = rc;
+			return rc;
+		}
+	}
+	for (unsigned k = 0; k < n; k++) {
+		struct dl_msg m;
+		int i = next_reply(l, ids, got, n, &m, reqs[k].what);
+		int rc = i < 0 ? i : take_reply(l, &m, &reqs[i], &replies[i]);
+		if (i >= 0) got[i] = true;
+		if (rc < 0) {
+			/* The first failure ends the batch: what came is let go; replies still due would answer ids
+			 * nobody waits for, so the session is broken unless this was the last. */
+			for (unsigned j = 0; j < n; j++) dl_msg_release(&replies[j]);
+			if (k + 1 < n && !l->broken) l->broken = rc;
+			return rc;
+		}
+	}
+	return 0;
+}
+
+int dl_call(struct devlease *l, uint16_t cmd, const void *payload, size_t len, const int *fds, unsigned nfds,
+	    struct dl_msg *reply, const char *what)
+{
+	struct dl_request q = { .cmd = cmd, .payload = payload, .len = len, .fds = fds, .nfds = nfds, .what = what };
+	return dl_call_batch(l, &q, 1, reply);
 }
