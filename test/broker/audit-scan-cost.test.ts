@@ -8,10 +8,9 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { AuditLog } from '../../src/broker/audit.js';
 import { SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
 import {
@@ -23,6 +22,7 @@ import {
 } from '../../src/broker/audit-scan/proc-scan.js';
 import { native } from '../../src/sys/native.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { closeMappers, startMapper } from '../helpers/mapper.js';
 
 const PAGE = 4096;
 let memfd = -1;
@@ -38,11 +38,12 @@ before(() => {
   target = identityOfFd(memfd);
   dir = mkdtempSync(join(tmpdir(), 'devlease-audit-big-'));
 });
-after(() => {
+after(async () => {
   for (const c of children) c.kill('SIGKILL');
+  await closeMappers();
   native.close(memfd);
   rmSync(dir, { recursive: true, force: true });
-  return leakCheck();
+  await leakCheck();
 });
 
 // argv: DIR NEEDLE BIG EVERY. Makes a file under DIR at a path of some 3,800 bytes, one of whose components
@@ -142,8 +143,6 @@ test('maps lines: one across a read boundary is found, and record-like text in a
   ]);
 });
 
-const mapper = join(dirname(fileURLToPath(import.meta.url)), '../fixtures/audit/mapper.js');
-
 test('release: leases ending together are decided by one scan, not one each on the event loop', async () => {
   const audit = new AuditLog(null);
   const a = new SliceAuditor(
@@ -153,12 +152,8 @@ test('release: leases ending together are decided by one scan, not one each on t
   );
   const holders = await Promise.all(
     [0, 1, 2, 3].map(async (page) => {
-      const args = [mapper, `/proc/${process.pid}/fd/${memfd}`, String(page * PAGE), String(PAGE)];
-      const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-      children.push(proc);
-      const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-      await new Promise((r) => createInterface({ input: proc.stdout! }).once('line', r));
-      return { proc, exited, page };
+      const m = await startMapper(`/proc/${process.pid}/fd/${memfd}`, page * PAGE, PAGE);
+      return { proc: m.proc, exited: m.exited, page };
     }),
   );
   try {

@@ -6,27 +6,22 @@
 // reproduced here: readdirSync closes its fd before the first process is read, so the two cannot be split).
 // Real exhaustion: this process's descriptors filled with /dev/null up to RLIMIT_NOFILE.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
+import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { AuditLog } from '../../src/broker/audit.js';
 import { SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
 import { identityOfFd } from '../../src/broker/audit-scan/proc-scan.js';
-import { PidFd } from '../../src/sys/pidfd.js';
 import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { closeMappers, startMapper } from '../helpers/mapper.js';
 import { within } from '../helpers/within.js';
 
-const mapper = join(dirname(fileURLToPath(import.meta.url)), '../fixtures/audit/mapper.js');
-const children: ChildProcess[] = [];
 const leakCheck = trackFdLeaks();
-after(() => {
-  for (const c of children) c.kill('SIGKILL');
-  return leakCheck();
+after(async () => {
+  await closeMappers();
+  await leakCheck();
 });
 
 /** Open /dev/null until EMFILE, then close `spare` of them again: the descriptors left to the code under test. */
@@ -49,14 +44,9 @@ test('killMappers at EMFILE: no throw, recorded, nothing released meanwhile; the
   const file = join(dir, 'bar');
   const fileFd = openSync(file, 'w+');
   ftruncateSync(fileFd, 4 * 4096);
-  const proc = spawn(process.execPath, [mapper, file, '0', '4096', '--fork'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(proc);
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const line = await new Promise<string>((r) => createInterface({ input: proc.stdout! }).once('line', r));
-  const { pid, child } = JSON.parse(line) as { pid: number; child: number };
-  const childFd = PidFd.open(child); // the mapper's forked child: held by pidfd, not signalled by its pid
+  // Its forked child is held by pidfd (the helper's), not signalled by its pid.
+  const m = await startMapper(file, 0, 4096, ['--fork']);
+  const { pid, child, proc, exited } = m;
   const logs: string[] = [];
   const audit = new AuditLog(null);
   const a = new SliceAuditor(
@@ -103,9 +93,7 @@ test('killMappers at EMFILE: no throw, recorded, nothing released meanwhile; the
   } finally {
     for (const fd of fillers) closeSync(fd);
     a.close();
-    proc.kill('SIGKILL');
-    if (childFd.isAlive()) childFd.sendSignal('SIGKILL');
-    childFd.close();
+    await m.close();
     closeSync(fileFd);
     rmSync(dir, { recursive: true, force: true });
   }

@@ -5,18 +5,14 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants, existsSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { type FileIdentity, identityOfFd } from '../../src/broker/audit-scan/proc-scan.js';
 import { native } from '../../src/sys/native.js';
-import { PidFd } from '../../src/sys/pidfd.js';
 import { until } from '../helpers/broker-rig.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { closeMappers, startMapper } from '../helpers/mapper.js';
 import { testAuditor } from '../helpers/slice-auditor.js';
 
-const mapper = join(dirname(fileURLToPath(import.meta.url)), '../fixtures/audit/mapper.js');
 const PAGE = 4096n;
 const NS_LAST_PID = '/proc/sys/kernel/ns_last_pid';
 let memfd = -1;
@@ -33,10 +29,11 @@ before(() => {
   file = `/proc/${process.pid}/fd/${memfd}`;
   target = identityOfFd(memfd);
 });
-after(() => {
+after(async () => {
   for (const c of children) c.kill('SIGKILL');
+  await closeMappers();
   native.close(memfd);
-  return leakCheck();
+  await leakCheck();
 });
 
 function canSetPid(): boolean {
@@ -107,11 +104,10 @@ test("a violator that exited is not killed at its lease's revoke deadline in the
   assert.ok(canSetPid(), `this test needs root: it writes ${NS_LAST_PID} to give a new process a chosen pid`);
   const { a, audit } = auditor();
   // The holder maps the page after its slice and forks a child that inherits the mapping: both violators of l1.
-  const holder = track(spawn(process.execPath, [mapper, file, String(PAGE), String(PAGE), '--fork']));
-  const { child } = JSON.parse(
-    await new Promise<string>((r) => createInterface({ input: holder.proc.stdout! }).once('line', r)),
-  ) as { child: number };
-  const childFd = PidFd.open(child); // while it is alive: the pidfd names it, not whoever has its pid later
+  // Its child is held by the helper's pidfd, taken while it is alive: it names the child, not whoever has its
+  // pid later.
+  const holder = await startMapper(file, PAGE, PAGE, ['--fork']);
+  const child = holder.child!;
   try {
     a.add('l1', holder.proc.pid!, [{ start: 0n, end: PAGE }]);
     a.onRequest('l1', true);
@@ -125,9 +121,9 @@ test("a violator that exited is not killed at its lease's revoke deadline in the
       ].sort(),
     );
     // The holder goes (this process reaps it), then its re-parented child (init reaps it): its pid is free.
-    holder.proc.kill('SIGKILL');
+    holder.kill();
     await holder.exited;
-    childFd.sendSignal('SIGKILL');
+    holder.killChild();
     const innocent = track(await withPid(child, () => spawn('sleep', ['60'], { stdio: 'ignore' })));
     a.killMappers('l1'); // the revoke's deadline
     assert.deepEqual(
@@ -141,7 +137,6 @@ test("a violator that exited is not killed at its lease's revoke deadline in the
   } finally {
     a.close();
     // Through its pidfd, never its pid: once it is gone the pid may be another process's (another test's).
-    if (childFd.isAlive()) childFd.sendSignal('SIGKILL');
-    childFd.close();
+    await holder.close();
   }
 });

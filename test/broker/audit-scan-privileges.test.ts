@@ -5,19 +5,18 @@
 // real scan runs in a child process made another uid with CAP_SYS_PTRACE (setpriv, util-linux); the client
 // is a root process holding an fd of, and mapping, the file.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { chmodSync, closeSync, ftruncateSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { closeMappers, startMapper } from '../helpers/mapper.js';
 import { startOwnTables } from '../helpers/own-file-table.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const scanner = join(here, '../fixtures/audit/scanner.js');
-const mapper = join(here, '../fixtures/audit/mapper.js');
 let dir = '';
 let file = '';
 const children: ChildProcess[] = [];
@@ -32,10 +31,11 @@ before(() => {
   ftruncateSync(fd, 4 * 4096);
   closeSync(fd);
 });
-after(() => {
+after(async () => {
   for (const c of children) c.kill('SIGKILL');
+  await closeMappers();
   rmSync(dir, { recursive: true, force: true });
-  return leakCheck();
+  await leakCheck();
 });
 
 /** Runs the scanner as uid/gid 65534 (nobody) with CAP_SYS_PTRACE as its only capability. */
@@ -66,19 +66,14 @@ test("a scan with the broker's shipped privileges sees the fd a client of anothe
     'this test needs root: it runs a scan as another uid with CAP_SYS_PTRACE',
   );
   // A root process (another uid than the scanner's) that maps a page of the file and keeps its fd.
-  const proc = spawn(process.execPath, [mapper, file, '0', '4096', '--keep-fd'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(proc);
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const m = await startMapper(file, 0, 4096, ['--keep-fd']);
+  const proc = m.proc;
   try {
-    await new Promise((r) => createInterface({ input: proc.stdout! }).once('line', r));
     const r = scanAsBroker();
     assert.deepEqual(r.maps, [proc.pid], 'its mapping (maps takes ptrace access only)');
     assert.deepEqual(r.fds, [proc.pid], 'its fd of the file: fd-kept, fd-passed are found');
   } finally {
-    proc.kill('SIGKILL');
-    await exited;
+    await m.close();
   }
 });
 

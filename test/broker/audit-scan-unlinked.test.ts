@@ -3,22 +3,18 @@
 // "<path> (deleted)"; the file is the same one (stat says so). A real process holds an fd of, and maps, a
 // regular file standing in for the device node, which this test then unlinks.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
+import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { identityOfFd, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { closeMappers, startMapper } from '../helpers/mapper.js';
 
-const mapper = join(dirname(fileURLToPath(import.meta.url)), '../fixtures/audit/mapper.js');
-const children: ChildProcess[] = [];
 const leakCheck = trackFdLeaks();
-after(() => {
-  for (const c of children) c.kill('SIGKILL');
-  return leakCheck();
+after(async () => {
+  await closeMappers();
+  await leakCheck();
 });
 
 test('a process holding an fd of the device file is found after the file was unlinked', async () => {
@@ -27,13 +23,9 @@ test('a process holding an fd of the device file is found after the file was unl
   const fd = openSync(file, 'w+');
   ftruncateSync(fd, 4 * 4096);
   const target = identityOfFd(fd); // the broker's, taken at its start
-  const proc = spawn(process.execPath, [mapper, file, '4096', '4096', '--keep-fd'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(proc);
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const m = await startMapper(file, 4096, 4096, ['--keep-fd']);
+  const proc = m.proc;
   try {
-    await new Promise((r) => createInterface({ input: proc.stdout! }).once('line', r));
     assert.deepEqual(
       scanProc(target, new Set([process.pid])).fds.map((f) => f.pid),
       [proc.pid],
@@ -51,8 +43,7 @@ test('a process holding an fd of the device file is found after the file was unl
       'its fd, whose link now reads "(deleted)"',
     );
   } finally {
-    proc.kill('SIGKILL');
-    await exited;
+    await m.close();
     closeSync(fd);
     rmSync(dir, { recursive: true, force: true });
   }

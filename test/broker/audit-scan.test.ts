@@ -17,27 +17,22 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import type { DirectAuditConfig } from '../../src/broker/audit-scan/auditor.js';
 import { type FileIdentity, identityOfFd, mapsDev, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
-import { PidFd } from '../../src/sys/pidfd.js';
 import { until } from '../helpers/broker-rig.js';
 import { openFds, trackFdLeaks } from '../helpers/fds.js';
+import { closeMappers, type Mapper, startMapper } from '../helpers/mapper.js';
 import { testAuditor } from '../helpers/slice-auditor.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const mapper = join(here, '../fixtures/audit/mapper.js');
 const PAGE = 4096n;
 let dir = '';
 let file = '';
 let fileFd = -1;
 let target: FileIdentity;
+/** Processes this file started other than mappers (which closeMappers() ends). */
 const children: ChildProcess[] = [];
-/** A pidfd of every process a mapper reported, taken while it lived: killPid signals through it, never a pid. */
-const ourPidfds = new Map<number, PidFd>();
 
 let leakCheck: () => Promise<void> = async () => {};
 before(() => {
@@ -48,57 +43,16 @@ before(() => {
   ftruncateSync(fileFd, 16 * 4096);
   target = identityOfFd(fileFd);
 });
-after(() => {
+after(async () => {
   for (const c of children) c.kill('SIGKILL');
-  for (const p of ourPidfds.values()) p.close();
+  await closeMappers();
   closeSync(fileFd);
   rmSync(dir, { recursive: true, force: true });
   return leakCheck();
 });
 
-interface Mapper {
-  pid: number;
-  child: number | null;
-  proc: ChildProcess;
-  exited: Promise<void>;
-  /** Exited and its stdout closed (a forked child holding the pipe gone too). */
-  closed: Promise<void>;
-}
-
-/** Starts a mapper process; resolves once it has mapped (and closed or kept its fd, and forked). */
-async function startMapper(offset: bigint, flags: string[] = []): Promise<Mapper> {
-  const proc = spawn(process.execPath, [mapper, file, String(offset), String(PAGE), ...flags], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(proc);
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const closed = new Promise<void>((r) => proc.once('close', () => r()));
-  const line = await new Promise<string>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('mapper did not report within 30 s')), 30_000);
-    createInterface({ input: proc.stdout! }).once('line', (l) => {
-      clearTimeout(t);
-      resolve(l);
-    });
-  });
-  const { pid, child } = JSON.parse(line) as { pid: number; child: number | null };
-  // Both wait for a signal once reported: alive here, so each pidfd names that process for good.
-  for (const p of child === null ? [pid] : [pid, child]) ourPidfds.set(p, PidFd.open(p));
-  return { pid, child, proc, exited, closed };
-}
-
-/**
- * SIGKILLs a process a mapper reported, through the pidfd taken while it lived: once it has exited its pid may
- * be another process's (a CI's test beside this one), which a kill by pid would hit.
- */
-function killPid(pid: number): void {
-  const fd = ourPidfds.get(pid);
-  if (!fd) throw new Error(`killPid(${pid}): not a process a mapper reported`);
-  try {
-    fd.sendSignal('SIGKILL');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // already gone
-  }
-}
+/** Starts a mapper of the test's file; resolves once it has mapped (and closed or kept its fd, and forked). */
+const mapPage = (offset: bigint, flags: string[] = []) => startMapper(file, offset, PAGE, flags);
 
 function auditor(config: Partial<DirectAuditConfig> = {}) {
   return testAuditor(target, config);
@@ -113,8 +67,8 @@ test('maps dev numbers as /proc/<pid>/maps prints them', () => {
 });
 
 test('scan: finds each process mapping the file (dev:inode, offset) and each holding an fd of it', async () => {
-  const m1 = await startMapper(0n);
-  const m2 = await startMapper(PAGE * 3n, ['--keep-fd']);
+  const m1 = await mapPage(0n);
+  const m2 = await mapPage(PAGE * 3n, ['--keep-fd']);
   try {
     const r = scanProc(target, new Set([process.pid]));
     const m1maps = r.maps.filter((m) => m.pid === m1.pid);
@@ -132,17 +86,17 @@ test('scan: finds each process mapping the file (dev:inode, offset) and each hol
     );
     assert.ok(r.processes > 2 && r.us > 0);
   } finally {
-    killPid(m1.pid);
-    killPid(m2.pid);
+    m1.kill();
+    m2.kill();
     await Promise.all([m1.exited, m2.exited]);
   }
 });
 
 test('audit: a holder mapping its own slice and closing the fd is clean; a kept fd and a neighbour page are recorded', async () => {
   const { a, audit } = auditor();
-  const good = await startMapper(0n);
-  const keeps = await startMapper(PAGE, ['--keep-fd']);
-  const snoops = await startMapper(PAGE * 5n); // leased page 2, maps page 5
+  const good = await mapPage(0n);
+  const keeps = await mapPage(PAGE, ['--keep-fd']);
+  const snoops = await mapPage(PAGE * 5n); // leased page 2, maps page 5
   try {
     a.add('good', good.pid, range(0n));
     a.add('keeps', keeps.pid, range(1n));
@@ -162,14 +116,14 @@ test('audit: a holder mapping its own slice and closing the fd is clean; a kept 
     assert.equal(audit.recent.filter((r) => r.event === 'audit-violation').length, v.length, 'recorded once');
   } finally {
     a.close();
-    for (const m of [good, keeps, snoops]) killPid(m.pid);
+    for (const m of [good, keeps, snoops]) m.kill();
     await Promise.all([good.exited, keeps.exited, snoops.exited]);
   }
 });
 
 test('audit: within the hand-off grace the holder may still hold the fd; action revoke names the lease', async () => {
   const { a, audit, revoked } = auditor({ action: 'revoke', handoffGraceMs: 60_000 });
-  const keeps = await startMapper(0n, ['--keep-fd']);
+  const keeps = await mapPage(0n, ['--keep-fd']);
   try {
     a.add('l1', keeps.pid, range(0n));
     a.scan();
@@ -183,14 +137,14 @@ test('audit: within the hand-off grace the holder may still hold the fd; action 
     assert.equal(audit.recent.find((r) => r.event === 'audit-violation')?.finding, 'fd-kept');
   } finally {
     a.close();
-    killPid(keeps.pid);
+    keeps.kill();
     await keeps.exited;
   }
 });
 
 test('audit: action kill SIGKILLs the violating process through its pidfd', async () => {
   const { a, audit } = auditor({ action: 'kill' });
-  const snoops = await startMapper(PAGE * 7n);
+  const snoops = await mapPage(PAGE * 7n);
   try {
     a.add('l1', snoops.pid, range(0n));
     a.onRequest('l1', true);
@@ -205,12 +159,12 @@ test('audit: action kill SIGKILLs the violating process through its pidfd', asyn
 
 test('release: the slice is free only when no process maps it; a forked child holds it until it exits', async () => {
   const { a } = auditor();
-  const holder = await startMapper(0n, ['--fork']);
+  const holder = await mapPage(0n, ['--fork']);
   assert.ok(holder.child, 'the mapper forked a child');
   try {
     a.add('l1', holder.pid, range(0n));
     // No scan before the holder dies: its child is re-parented before the audit ever saw it.
-    killPid(holder.pid);
+    holder.kill();
     await holder.exited;
     let freed = false;
     const released = a.whenUnmapped('l1', { forced: false, pollMs: 20 }).then(() => {
@@ -220,17 +174,17 @@ test('release: the slice is free only when no process maps it; a forked child ho
     assert.equal(freed, false, 'the forked child still maps the page');
     const violations = a.stats.violations;
     assert.equal(violations, 0, 'an inherited mapping of the slice is no violation');
-    killPid(holder.child!);
+    holder.killChild();
     await released;
   } finally {
     a.close();
-    if (holder.child) killPid(holder.child);
+    holder.killChild();
   }
 });
 
 test('revoke deadline: forced release kills every process still mapping the slice', async () => {
   const { a, audit } = auditor();
-  const holder = await startMapper(0n, ['--fork']);
+  const holder = await mapPage(0n, ['--fork']);
   try {
     a.add('l1', holder.pid, range(0n));
     a.onRequest('l1', true);
@@ -240,13 +194,13 @@ test('revoke deadline: forced release kills every process still mapping the slic
     assert.deepEqual(new Set(killed), new Set([holder.pid, holder.child]));
   } finally {
     a.close();
-    if (holder.child) killPid(holder.child);
+    holder.killChild();
   }
 });
 
 test('revoke deadline: killMappers kills at once whoever maps the slice (reclaim calls it before the hang-up)', async () => {
   const { a, audit } = auditor();
-  const holder = await startMapper(0n, ['--fork']);
+  const holder = await mapPage(0n, ['--fork']);
   try {
     a.add('l1', holder.pid, range(0n));
     a.onRequest('l1', true);
@@ -257,7 +211,7 @@ test('revoke deadline: killMappers kills at once whoever maps the slice (reclaim
     await a.whenUnmapped('l1', { forced: false, pollMs: 20 });
   } finally {
     a.close();
-    if (holder.child) killPid(holder.child);
+    holder.killChild();
   }
 });
 
@@ -266,8 +220,8 @@ test('revoke deadline: killMappers kills at once whoever maps the slice (reclaim
 // is. The guest test upgrades a daemon with ivshmem pages handed out (ivshmem-upgrade.test.ts).
 test('upgrade: an adopted audit is held until the commit, knows the hand-offs, and lets the other broker hold the fd', async () => {
   const { a: before } = auditor();
-  const holder = await startMapper(0n);
-  const otherBroker = await startMapper(4n * PAGE, ['--keep-fd']); // holds the device fd, as the other broker does
+  const holder = await mapPage(0n);
+  const otherBroker = await mapPage(4n * PAGE, ['--keep-fd']); // holds the device fd, as the other broker does
   const { a: after, audit } = auditor();
   try {
     before.add('l1', holder.pid, range(0n));
@@ -288,12 +242,12 @@ test('upgrade: an adopted audit is held until the commit, knows the hand-offs, a
     });
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(freed, false, "the holder maps its page: the adopted entry's release is awaited");
-    killPid(holder.pid);
+    holder.kill();
     await released;
     // Once the other broker is gone, a process holding the fd is a violation again.
-    killPid(otherBroker.pid);
+    otherBroker.kill();
     await otherBroker.exited;
-    const keeper = await startMapper(5n * PAGE, ['--keep-fd']);
+    const keeper = await mapPage(5n * PAGE, ['--keep-fd']);
     after.scan();
     assert.ok(
       audit.recent.some(
@@ -301,12 +255,12 @@ test('upgrade: an adopted audit is held until the commit, knows the hand-offs, a
       ),
       'a process holding the fd is reported',
     );
-    killPid(keeper.pid);
+    keeper.kill();
   } finally {
     before.close();
     after.close();
-    killPid(holder.pid);
-    killPid(otherBroker.pid);
+    holder.kill();
+    otherBroker.kill();
   }
 });
 
@@ -318,8 +272,8 @@ const pidfds = () => [...openFds().values()].filter((t) => t === 'anon_inode:[pi
 test('upgrade: the other broker is held by a pidfd, dropped at its exit with no scan; a process holding the fd then is reported', async () => {
   // A long grace and no request: nothing but this test starts a scan (add() and onRequest() schedule them).
   const { a, audit } = auditor({ handoffGraceMs: 60_000 });
-  const holder = await startMapper(0n);
-  const otherBroker = await startMapper(4n * PAGE, ['--keep-fd']);
+  const holder = await mapPage(0n);
+  const otherBroker = await mapPage(4n * PAGE, ['--keep-fd']);
   let keeper: Mapper | null = null;
   try {
     a.add('l1', holder.pid, range(0n));
@@ -329,10 +283,10 @@ test('upgrade: the other broker is held by a pidfd, dropped at its exit with no 
     a.scan();
     assert.equal(a.stats.violations, 0, `it holds the fd by right: ${JSON.stringify(audit.recent)}`);
     const scans = a.stats.scans;
-    killPid(otherBroker.pid);
+    otherBroker.kill();
     await until('the pidfd to be dropped at the exit', () => pidfds() === before);
     assert.equal(a.stats.scans, scans, 'dropped by the exit watch, with no scan');
-    keeper = await startMapper(5n * PAGE, ['--keep-fd']);
+    keeper = await mapPage(5n * PAGE, ['--keep-fd']);
     a.scan();
     assert.ok(
       audit.recent.some(
@@ -343,7 +297,7 @@ test('upgrade: the other broker is held by a pidfd, dropped at its exit with no 
     a.close();
   } finally {
     a.close();
-    for (const m of [holder, otherBroker, keeper]) if (m) killPid(m.pid);
+    for (const m of [holder, otherBroker, keeper]) if (m) m.kill();
     await Promise.all([holder.closed, otherBroker.closed, keeper?.closed]);
   }
 });
@@ -374,10 +328,10 @@ const canSetPid = (() => {
 test("upgrade: a process given the gone broker's pid is audited (the scan's pidfd check, before the exit watch runs)", async () => {
   assert.ok(canSetPid, `this test needs root: it writes ${NS_LAST_PID} to give a new process a chosen pid`);
   const { a, audit } = auditor();
-  const holder = await startMapper(0n);
-  const parent = await startMapper(4n * PAGE, ['--keep-fd', '--fork']); // its child holds the fd and maps
+  const holder = await mapPage(0n);
+  const parent = await mapPage(4n * PAGE, ['--keep-fd', '--fork']); // its child holds the fd and maps
   const broker = parent.child!;
-  killPid(parent.pid);
+  parent.kill();
   await parent.exited;
   let reuser: ChildProcess | null = null;
   try {
@@ -386,7 +340,7 @@ test("upgrade: a process given the gone broker's pid is audited (the scan's pidf
     a.allowBroker(broker);
     a.scan();
     assert.equal(a.stats.violations, 0, `it holds the fd by right: ${JSON.stringify(audit.recent)}`);
-    killPid(broker);
+    parent.killChild();
     assert.ok(
       waitSync(() => !existsSync(`/proc/${broker}`), 30_000),
       `init (pid 1) reaped the re-parented broker ${broker} within 30 s: its pid must be free to be reused`,
@@ -416,8 +370,8 @@ test("upgrade: a process given the gone broker's pid is audited (the scan's pidf
     );
   } finally {
     a.close();
-    killPid(holder.pid);
-    killPid(broker);
+    holder.kill();
+    parent.killChild();
     reuser?.kill('SIGKILL');
     await Promise.all([holder.closed, parent.closed]); // the parent's pipe, held by its child until it is gone
   }

@@ -73,7 +73,7 @@ test('every fault reaches the client, past the 16 records the broker keeps, and 
   // 30 more while the client is stopped: it wakes to one notice, 16 records held and 14 it can only count.
   // The device's log holds 16 records (datasheet §2.1), so the broker drains it after each 15: the burst is the
   // client's, not a device log overflowing (a broker that falls behind loses records: device-faults-lost).
-  process.kill(a.pid, 'SIGSTOP');
+  a.proc.kill('SIGSTOP'); // its ChildProcess: never a pid another process may have by now
   try {
     for (const end of [35, 50]) {
       for (let i = end - 15; i < end; i++)
@@ -81,7 +81,7 @@ test('every fault reaches the client, past the 16 records the broker keeps, and 
       await until(`the broker to count ${end} faults`, () => lease.faultsTotal === end);
     }
   } finally {
-    process.kill(a.pid, 'SIGCONT');
+    a.proc.kill('SIGCONT');
   }
   await until('the burst to be counted', async () => (await reported()).total >= 50);
   const after = await reported();

@@ -46,11 +46,11 @@ for (const recorded of [0, 2]) {
     assert.equal(lease.mappings.size, recorded);
     // The device stops (SIGSTOP) with the map sent: its answer misses the broker's deadline.
     const iova = base + 0x100000n;
-    process.kill(rig.sim.pid, 'SIGSTOP');
+    rig.sim.process.kill('SIGSTOP'); // its ChildProcess: never a pid another process may have by now
     try {
       await assert.rejects(a.call('rawMap', { iova: `0x${iova.toString(16)}`, size: '0x1000' }), /ETIMEDOUT/);
     } finally {
-      process.kill(rig.sim.pid, 'SIGCONT');
+      rig.sim.process.kill('SIGCONT');
     }
     await until(
       'the device to make the map after all',

@@ -258,7 +258,7 @@ test('on_reload = "revoke": a lease still being granted when the policy is reloa
     const oldPolicy = rig.broker.leases.policy;
     // The device stops as the grant's programming goes out; it goes on once the reload swapped the policy.
     driver.activate = (res) => {
-      process.kill(rig.sim.pid, 'SIGSTOP');
+      rig.sim.process.kill('SIGSTOP'); // its ChildProcess: never a pid another process may have by now
       return activate(res);
     };
     try {
@@ -267,7 +267,7 @@ test('on_reload = "revoke": a lease still being granted when the policy is reloa
       await until('the grant to reach the device', () => stopped(rig.sim.pid), 20_000);
       const reloaded = adminRequest(admin, { op: 'reload' }, 60_000) as Promise<ReloadOutcome>;
       await until('the new policy to be in place', () => rig.broker.leases.policy !== oldPolicy, 20_000);
-      process.kill(rig.sim.pid, 'SIGCONT');
+      rig.sim.process.kill('SIGCONT');
       const lease = (await granted).info.lease;
       const out = await reloaded;
       assert.deepEqual(
@@ -276,7 +276,7 @@ test('on_reload = "revoke": a lease still being granted when the policy is reloa
       );
       assert.equal(rig.broker.leases.get(lease)?.state, 'revoking');
     } finally {
-      process.kill(rig.sim.pid, 'SIGCONT');
+      rig.sim.process.kill('SIGCONT');
       driver.activate = activate;
       await c.exit();
     }

@@ -27,7 +27,7 @@ test('status while the device does not answer: the driver part names the failure
     assert.equal(before.driver.error, undefined, 'no error while the device answers');
     assert.ok(Array.isArray(before.driver.status), 'the SA-1 status registers are read');
 
-    process.kill(rig.sim.pid, 'SIGSTOP');
+    rig.sim.process.kill('SIGSTOP'); // its ChildProcess: never a pid another process may have by now
     stopped = true;
     const during = (await adminRequest(admin, { op: 'status' }, 30_000)) as Status;
     assert.equal(during.driver.driver, 'sa1');
@@ -36,10 +36,10 @@ test('status while the device does not answer: the driver part names the failure
     assert.ok(during.recovery, 'the recovery state is still reported');
     assert.equal(during.leases, 0);
 
-    process.kill(rig.sim.pid, 'SIGCONT');
+    rig.sim.process.kill('SIGCONT');
     stopped = false;
   } finally {
-    if (stopped) process.kill(rig.sim.pid, 'SIGCONT');
+    if (stopped) rig.sim.process.kill('SIGCONT');
     await rig.close();
   }
 });

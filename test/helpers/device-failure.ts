@@ -106,10 +106,10 @@ export async function frozen(r: Rig, frozenMs = 3000): Promise<FailureTimes & { 
   const c = await leasedClient(r);
   const from = r.audit.length;
   const t0 = performance.now();
-  process.kill(r.sim.pid, 'SIGSTOP');
+  r.sim.process.kill('SIGSTOP'); // its ChildProcess: never a pid another process may have by now
   let thawed = false;
   const thaw = () => {
-    if (!thawed) process.kill(r.sim.pid, 'SIGCONT');
+    if (!thawed) r.sim.process.kill('SIGCONT');
     thawed = true;
   };
   try {

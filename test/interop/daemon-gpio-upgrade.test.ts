@@ -7,7 +7,9 @@ import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
 import { adminRequest } from '../../src/cli/admin.js';
 import { connect } from '../../src/client/lease.js';
+import type { PidFd } from '../../src/sys/pidfd.js';
 import { trackFdLeaks } from '../helpers/fds.js';
+import { confirmedPidfd, signal } from '../helpers/pidfd.js';
 import { Peers, until } from './helpers/peers.js';
 
 const leakCheck = trackFdLeaks();
@@ -27,7 +29,8 @@ test('gpio-pci-idio-16 behind devlease daemon: the generic driver is upgraded li
   const admin = join(dirname(socket), 'admin.sock');
   // biome-ignore lint/suspicious/noExplicitAny: admin answers are JSON of many shapes
   const request = (req: Record<string, unknown>): Promise<any> => adminRequest(admin, req, 60_000);
-  let newPid: number | null = null;
+  /** The broker the upgrade started (not this process's child): held by pidfd, signalled through it, never its pid. */
+  let newBroker: PidFd | null = null;
   const lease = await connect({ socket });
   let disconnected = false;
   lease.on('disconnected', () => {
@@ -42,9 +45,14 @@ test('gpio-pci-idio-16 behind devlease daemon: the generic driver is upgraded li
     const r = await request({ op: 'upgrade', deadlineMs: 60_000 });
     assert.equal(r.upgraded, true);
     const s = await request({ op: 'status' });
-    newPid = s.pid as number;
+    const newPid = s.pid as number;
     assert.notEqual(newPid, oldPid, 'a new broker process');
     assert.equal(s.upgrades, 1);
+    newBroker = await confirmedPidfd(
+      async () => (await request({ op: 'status' })).pid as number,
+      'the new broker',
+    );
+    assert.equal(newBroker.pid, newPid);
     await until('the old broker to exit', () => !existsSync(`/proc/${oldPid}`));
 
     // The same lease, through the new broker, on the device as the lease left it.
@@ -71,9 +79,10 @@ test('gpio-pci-idio-16 behind devlease daemon: the generic driver is upgraded li
     await assert.rejects(connect({ socket }), /leased whole to another client/);
   } finally {
     lease.close();
-    if (newPid !== null) {
-      process.kill(newPid, 'SIGTERM');
-      await until('the new broker to exit', () => !existsSync(`/proc/${newPid}`), 30_000);
+    if (newBroker !== null) {
+      const b = newBroker;
+      if (signal(b, 'SIGTERM')) await until('the new broker to exit', () => !b.isAlive(), 30_000);
+      b.close();
     }
   }
   assert.ok(gpio.running, `the gpio sample still runs: ${gpio.stderr()}`);

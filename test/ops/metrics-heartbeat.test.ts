@@ -53,7 +53,7 @@ test('a device that stops answering: the heartbeat age goes on from the last cha
     assert.equal(first.length, 1, 'one sample while the device answers');
     const adminSock = join(rig.broker.dir, 'admin.sock');
     await adminRequest(adminSock, { op: 'top' }); // the top view's own first sample
-    process.kill(rig.sim.pid, 'SIGSTOP');
+    rig.sim.process.kill('SIGSTOP'); // its ChildProcess: never a pid another process may have by now
     stopped = true;
     // Each read now fails at its deadline (300 ms), so at least that long has passed since the first samples.
     const age = samples(await scrape(port), AGE);
@@ -67,7 +67,7 @@ test('a device that stops answering: the heartbeat age goes on from the last cha
       `devlease top shows the age too: ${snap.heartbeatAgeSeconds}`,
     );
   } finally {
-    if (stopped) process.kill(rig.sim.pid, 'SIGCONT');
+    if (stopped) rig.sim.process.kill('SIGCONT');
     await rig.close();
   }
 });

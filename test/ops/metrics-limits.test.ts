@@ -40,11 +40,16 @@ function value(text: string, name: string): number[] {
     .map((l) => Number(l.split(' ').at(-1)));
 }
 
-/** `n` connections that send nothing, from `from(i)`; resolved once all are connected. */
-async function idle(port: number, n: number, from: (i: number) => string): Promise<Socket[]> {
+/** `n` connections that send nothing, from `from(i)` to `host`; resolved once all are connected. */
+async function idle(
+  port: number,
+  n: number,
+  from: (i: number) => string,
+  host = '127.0.0.1',
+): Promise<Socket[]> {
   const socks: Socket[] = [];
   for (let i = 0; i < n; i++) {
-    const s = connect({ host: '127.0.0.1', port, localAddress: from(i) });
+    const s = connect({ host, port, localAddress: from(i) });
     s.on('error', () => {});
     // Read (nothing ever comes) so the broker's drop is seen as an end and a 'close'.
     s.resume();
@@ -135,6 +140,38 @@ test('connections that send nothing hold the slots only until the header deadlin
       20_000,
     );
     assert.equal((await scrape({ host: '127.0.0.1', port })).status, 200, 'a slot is free again');
+  } finally {
+    for (const s of socks) s.destroy();
+    await rig.close();
+  }
+});
+
+// On a dual-stack listener ([::]) an IPv4 peer is ::ffff:a.b.c.d: counted as its IPv4 address, not by its /64
+// (::ffff:0:0/64, which every IPv4 peer shares). An IPv6 peer is its /64 (::1's here).
+test('on a dual-stack endpoint, IPv4 peers are counted each by its address and an IPv6 peer by its /64', async () => {
+  const rig = await startRig({ sim: { numQueues: 2 }, config: { metrics: { listen: '[::]:0' } } });
+  const socks: Socket[] = [];
+  try {
+    const endpoint = rig.broker.metricsEndpoint!;
+    const port = Number(endpoint.slice(endpoint.lastIndexOf(':') + 1));
+    socks.push(...(await idle(port, 4, () => '127.0.0.2')));
+    assert.equal(
+      (await scrape({ host: '127.0.0.1', port, localAddress: '127.0.0.3' })).status,
+      200,
+      'another IPv4 peer has slots of its own',
+    );
+    assert.equal(
+      (await scrape({ host: '127.0.0.1', port, localAddress: '127.0.0.2' })).status,
+      'ECONNRESET',
+      "the first peer's 4 are held",
+    );
+    socks.push(...(await idle(port, 4, () => '::1', '::1')));
+    assert.equal(
+      (await scrape({ host: '::1', port, localAddress: '::1' })).status,
+      'ECONNRESET',
+      '::1/64 has 4',
+    );
+    assert.equal((await scrape({ host: '127.0.0.1', port })).status, 200, 'IPv4 peers are not in ::1/64');
   } finally {
     for (const s of socks) s.destroy();
     await rig.close();

@@ -66,7 +66,7 @@ test('a second upgrade is refused (EBUSY) and the first is still the one answere
     await until('the old broker to stop after the transfer', () => stopped(oldPid), 60_000);
     const newPid = rig.events().find((e) => e.event === 'upgrade-start')?.pid as number;
     const exited = new Promise((r) => rig.daemon.once('exit', r));
-    process.kill(oldPid, 'SIGKILL');
+    rig.daemon.kill('SIGKILL'); // oldPid is this child's: its handle, never the pid
     await exited;
     const answer = await first;
     assert.ok(answer.ok, `the first upgrade request is answered: ${answer.ok ? '' : answer.err.message}`);

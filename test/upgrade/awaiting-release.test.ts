@@ -148,7 +148,7 @@ test('a slice released in the middle of the handover is seen by the new broker',
     // Stopped after counting the slice's descriptions and sending the fds, before the new broker rebuilt.
     await until("the old broker to stop at 'mid-transfer'", () => stopped(old), 60_000);
     slice.close();
-    process.kill(old, 'SIGCONT');
+    rig.daemon.kill('SIGCONT'); // old is this child's: its handle, never the pid
     const r = await asked;
     assert.equal(r.upgraded, true);
     const pid = await rig.brokerPid();

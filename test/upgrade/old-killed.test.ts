@@ -46,7 +46,7 @@ for (const [step, takesOver] of STEPS) {
       const newPid = rig.events().find((e) => e.event === 'upgrade-start')?.pid as number;
       assert.ok(newPid > 0, 'the upgrade-start audit record names the new broker');
       const exited = new Promise((r) => rig.daemon.once('exit', r));
-      process.kill(oldPid, 'SIGKILL');
+      rig.daemon.kill('SIGKILL'); // oldPid is this child's: its handle, never the pid
       await exited;
       if (takesOver) {
         const answer = await asked;

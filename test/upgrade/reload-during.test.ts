@@ -22,11 +22,11 @@ test('SIGHUP while an upgrade is in progress: the reload is refused and changes 
   const rig = await UpgradeRig.start({ DEVLEASE_TEST_UPGRADE_MISBEHAVE: 'hang' }, { config: policy(4) });
   try {
     await rig.addClient();
-    const pid = await rig.brokerPid();
+    using broker = await rig.brokerPidfd(); // not its pid: see helpers/pidfd.ts
     writeFileSync(rig.configFile!, policy(0)); // would revoke every lease
     const upgrading = rig.request({ op: 'upgrade', deadlineMs: 6000 }, 60_000).catch((e: Error) => e);
     await until('the upgrade to start', () => rig.events().some((e) => e.event === 'upgrade-start'), 30_000);
-    process.kill(pid, 'SIGHUP');
+    broker.sendSignal('SIGHUP');
     await until(
       'the reload to be refused',
       () => rig.events().some((e) => e.event === 'reload-refused' && /upgrade is in progress/.test(e.error)),

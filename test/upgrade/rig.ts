@@ -7,7 +7,9 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { adminRequest } from '../../src/cli/admin.js';
 import { type ChildSimulator, spawnSimulator } from '../../src/sim/host/child.js';
+import type { PidFd } from '../../src/sys/pidfd.js';
 import { DEVLEASE_BIN } from '../../src/util/processes.js';
+import { confirmedPidfd, signal } from '../helpers/pidfd.js';
 import { alive, stopped } from '../helpers/proc-stat.js';
 import { stopChild } from '../helpers/stop-child.js';
 import { until } from '../interop/helpers/peers.js';
@@ -197,17 +199,31 @@ export class UpgradeRig {
     return ((await this.request({ op: 'status' })) as { pid: number }).pid;
   }
 
+  /**
+   * A pidfd of the broker serving now, for a signal to it: not its pid, which is another process's once the
+   * broker is reaped (a broker an upgrade started is not this process's child, so no handle tells when).
+   */
+  brokerPidfd(): Promise<PidFd> {
+    return confirmedPidfd(() => this.brokerPid(), 'the broker serving now');
+  }
+
   async close(): Promise<void> {
     for (const c of this.clients) await stopChild(c);
-    // The broker serving now may be a process the upgrades started: stopped by its pid.
+    // The broker serving now may be a process the upgrades started: stopped through its pidfd.
+    let broker: PidFd | null = null;
     try {
-      const pid = await this.brokerPid();
-      if (pid !== this.daemon.pid) {
-        process.kill(pid, 'SIGTERM');
-        await until('the upgraded broker to exit', () => !alive(pid), 30_000);
-      }
+      broker = await this.brokerPidfd();
     } catch {
       // no broker answers: nothing of ours left to stop
+    }
+    if (broker !== null) {
+      const b = broker;
+      try {
+        if (b.pid !== this.daemon.pid && signal(b, 'SIGTERM'))
+          await until('the upgraded broker to exit', () => !b.isAlive(), 30_000);
+      } finally {
+        b.close();
+      }
     }
     await stopChild(this.daemon);
     await this.sim.close();

@@ -36,13 +36,13 @@ async function leaseWithLostCount(
   });
   // Events pile up while the broker is stopped, past the kernel's queue: each open and close of the slice's
   // inode by path is two of them.
-  const pid = await rig.brokerPid();
+  using broker = await rig.brokerPidfd(); // not its pid: see helpers/pidfd.ts
   const queued = Number(readFileSync('/proc/sys/fs/inotify/max_queued_events', 'utf8'));
-  process.kill(pid, 'SIGSTOP');
+  broker.sendSignal('SIGSTOP');
   try {
     for (let i = 0; i < queued / 2 + 100; i++) closeSync(openSync(`/proc/self/fd/${qp.fd.fd}`, 'r'));
   } finally {
-    process.kill(pid, 'SIGCONT');
+    broker.sendSignal('SIGCONT');
   }
   await until('the broker to audit the lost count', () =>
     rig.events().some((e) => e.event === 'slice-count-lost' && (e.leases as string[]).includes(id)),

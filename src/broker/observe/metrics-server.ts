@@ -12,11 +12,13 @@ import { RateLimitedLog } from '../../sys/rate-limited-log.js';
 import { inTheWay, unlinkOwnSocket } from '../../sys/unix-server.js';
 import type { Broker } from '../broker.js';
 import { BrokerMetrics } from './metrics.js';
+import { addressKey } from './peer-key.js';
 
 const MAX_CONNECTIONS = 16;
 /**
- * Connections one peer (a TCP address, a unix socket's uid) may hold at once: a scraper needs one, and a peer
- * that opens and idles on every slot would otherwise refuse every scrape until the header deadline drops them.
+ * Connections one peer (an IPv4 address, an IPv6 /64, a unix socket's uid: peer-key.ts) may hold at once: a
+ * scraper needs one, and a peer that opens and idles on every slot would otherwise refuse every scrape until the
+ * header deadline drops them.
  */
 const MAX_PER_PEER = 4;
 /** A scraper sends its request at once: a connection still without headers after this is dropped. */
@@ -229,14 +231,14 @@ export class MetricsServer {
 }
 
 /**
- * Drop a connection at once when its peer already holds MAX_PER_PEER: the peer is the TCP address, or for a
- * unix socket the uid (SO_PEERCRED; every local peer has no address). Node drops connections past
- * maxConnections before 'connection', so only accepted ones are counted.
+ * Drop a connection at once when its peer already holds MAX_PER_PEER: the peer is the IPv4 address or the IPv6
+ * /64 (addressKey), or for a unix socket the uid (SO_PEERCRED; every local peer has no address). Node drops
+ * connections past maxConnections before 'connection', so only accepted ones are counted.
  */
 function limitPerPeer(server: Server): void {
   const held = new Map<string, number>();
   server.on('connection', (sock: Socket) => {
-    const peer = peerOf(sock);
+    const peer = sock.remoteAddress ? addressKey(sock.remoteAddress) : peerOf(sock);
     const n = held.get(peer) ?? 0;
     if (n >= MAX_PER_PEER) {
       sock.destroy();
