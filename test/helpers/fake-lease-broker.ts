@@ -65,7 +65,12 @@ export interface FakeBrokerOptions {
    * Answers a request itself (true) instead of the well-formed answer. The message's fds are closed after it
    * (dup one to keep it). `answer()` sends the well-formed answer (for a fault that only delays it).
    */
-  fault?: (sock: StreamSocket, msg: VfioUserMessage, received: ReceivedMessage, answer: () => void) => boolean;
+  fault?: (
+    sock: StreamSocket,
+    msg: VfioUserMessage,
+    received: ReceivedMessage,
+    answer: () => void,
+  ) => boolean;
   /** Called for each reply the client sends (to a command of ours). */
   onReply?: (sock: StreamSocket) => void;
 }
