@@ -13,6 +13,7 @@
 
 import { AllowedBrokers } from './allowed-brokers.js';
 import type { AuditorHost, AuditorState, DirectAuditConfig, Finding, Violation } from './audit-types.js';
+import { TableCursors } from './file-tables.js';
 import { killMappersOf, killRecorded } from './kill.js';
 import {
   descendsFrom,
@@ -69,6 +70,8 @@ export class SliceAuditor {
    */
   readonly #reported = new Set<string>();
   readonly #seen = new Set<string>(); // those the scan in progress saw
+  /** Where each large process's walk of threads' own file tables goes on at the next scan (file-tables.ts). */
+  readonly #cursors = new TableCursors();
   #timer: NodeJS.Timeout | null = null;
   #scheduled = false;
   #closed = false;
@@ -181,12 +184,12 @@ export class SliceAuditor {
     const t0 = performance.now();
     let r: ScanResult;
     try {
-      r = scanProc(this.target, new Set([process.pid, ...allowed]));
+      r = scanProc(this.target, new Set([process.pid, ...allowed]), this.#cursors);
       // Left out by pid, so only while the pid was the broker's: still there at the scan's end, it was all along
       // (it had the pid before the scan began, and a pid is freed only when its process is reaped). Gone
       // meanwhile, its pid may have named another process when the scan read it: scanned again without it.
       if (this.#brokers.alive().length < allowed.length) {
-        const again = scanProc(this.target, new Set([process.pid, ...this.#brokers.pids]));
+        const again = scanProc(this.target, new Set([process.pid, ...this.#brokers.pids]), this.#cursors);
         r = { ...again, us: r.us + again.us };
       }
     } catch (err) {
@@ -223,10 +226,14 @@ export class SliceAuditor {
       const table = h.tid === undefined ? '' : ` of thread ${h.tid}'s own file table (unshare(CLONE_FILES))`;
       this.#violate(h.pid, finding, holderOf, `holds the device fd as fd ${h.fd}${table}`);
     }
-    for (const pid of r.partial) this.#incomplete(pid);
+    for (const pid of r.partial) this.#incomplete(pid, r.unreadTables.includes(pid));
     for (const e of this.#entries.values()) e.mapped = false;
     for (const m of r.maps) this.#checkMapping(m);
-    for (const k of this.#reported) if (!this.#seen.has(k)) this.#reported.delete(k);
+    // An fd found in a thread's own table of a process read in part is kept (reported once) though this scan's
+    // window did not see it: the window moves on, and the next round would report it anew at every pass.
+    const partial = new Set(r.partial);
+    for (const k of this.#reported)
+      if (!this.#seen.has(k) && !heldInPart(k, partial)) this.#reported.delete(k);
     for (const e of this.#entries.values()) if (e.killPending) this.#killMappersOf(e, r.maps);
     for (const e of this.#entries.values()) {
       if (!e.mapped) for (const w of e.waiters.splice(0)) w();
@@ -262,15 +269,27 @@ export class SliceAuditor {
   }
 
   /**
-   * A lease's process the scan read but for some of its threads' own file tables (past the walk's bounds, or
-   * kcmp refused: file-tables.ts): an fd kept there is not seen. Recorded once (`audit-incomplete`), not acted
-   * on: a process of more than 1,024 threads may be an honest one, and nothing was found.
+   * A lease's process the scan read but for some of its threads' own file tables (file-tables.ts): an fd kept
+   * there is not seen in this scan. Past the walk's bounds the next scans read the rest in turn (`rotating`);
+   * a table no scan reads (kcmp refused, over 4,096 fds) is `unread`: an fd kept there is never seen. Recorded
+   * once each (`audit-incomplete`), not acted on: a process of more than 1,024 threads may be an honest one,
+   * and nothing was found.
    */
-  #incomplete(pid: number): void {
+  #incomplete(pid: number, unread: boolean): void {
     const lease = this.#leaseOf(pid);
-    if (lease === null || this.#firstSeen(pid, 'incomplete', lease) === false) return;
-    const detail = "not every thread's own file table was read (over the scan's bounds, or kcmp refused)";
-    this.host.audit.write({ event: 'audit-incomplete', pid, ...processFacts(pid), lease, detail });
+    const what = unread ? 'unread' : 'rotating';
+    if (lease === null || this.#firstSeen(pid, `incomplete-${what}`, lease) === false) return;
+    const detail = unread
+      ? "a thread's own file table is read by no scan (kcmp refused, or it holds over 4,096 fds)"
+      : "more threads' own file tables than one scan reads (1,024 kcmp, 16 tables, 4,096 fds): read over the next scans in turn";
+    this.host.audit.write({
+      event: 'audit-incomplete',
+      pid,
+      ...processFacts(pid),
+      lease,
+      reason: what,
+      detail,
+    });
     this.host.log(`audit: lease ${lease}: pid ${pid}: ${detail}`);
   }
 
@@ -455,4 +474,11 @@ export class SliceAuditor {
     this.#brokers.close();
     for (const e of this.#entries.values()) for (const w of e.waiters.splice(0)) w();
   }
+}
+
+/** Whether report key `k` (firstSeen's) is of an fd found in a process the scan read in part. */
+function heldInPart(k: string, partial: ReadonlySet<number>): boolean {
+  return (
+    (k.includes(':fd-kept:') || k.includes(':fd-passed:')) && partial.has(Number(k.slice(0, k.indexOf('@'))))
+  );
 }

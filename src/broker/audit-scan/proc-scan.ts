@@ -33,7 +33,7 @@
 
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
 import { readHead } from '../../sys/read-head.js';
-import { forEachOtherFileTable, TableFdBudget, throwIfShortage } from './file-tables.js';
+import { forEachOtherFileTable, TableCursors, TableFdBudget, throwIfShortage } from './file-tables.js';
 
 /** What identifies the audited file. */
 export interface FileIdentity {
@@ -72,9 +72,12 @@ export interface ScanResult {
   unreadable: number;
   /**
    * Of the unreadable, the processes read but for some of their threads' own file tables (file-tables.ts: past
-   * its bounds, or kcmp refused): an fd kept there is not seen. The auditor reports a lease's process so.
+   * its bounds, or kcmp refused): an fd kept there is not seen in this scan. The auditor reports a lease's
+   * process so. Past the bounds, the next scans read the rest in turn (TableCursors); not so `unreadTables`.
    */
   partial: number[];
+  /** Of `partial`, those with a table no scan reads (kcmp refused, fdinfo naming no file, over MAX_TABLE_FDS). */
+  unreadTables: number[];
   /** Wall time of the scan. */
   us: number;
 }
@@ -103,12 +106,29 @@ export function mapsDev(dev: bigint): string {
   return `${hex(major, 2)}:${hex(minor, 2)}`;
 }
 
-/** Scan every process but `exclude` for fds and mappings of `target`. */
-export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = new Set()): ScanResult {
+/**
+ * Scan every process but `exclude` for fds and mappings of `target`. `cursors`: where the walks of threads' own
+ * file tables stopped in the last scan given them, moved on by this one (file-tables.ts); without, each
+ * process's walk starts at its first thread.
+ */
+export function scanProc(
+  target: FileIdentity,
+  exclude: ReadonlySet<number> = new Set(),
+  cursors = new TableCursors(),
+): ScanResult {
   const t0 = process.hrtime.bigint();
-  const out: ScanResult = { fds: [], maps: [], processes: 0, unreadable: 0, partial: [], us: 0 };
+  const out: ScanResult = {
+    fds: [],
+    maps: [],
+    processes: 0,
+    unreadable: 0,
+    partial: [],
+    unreadTables: [],
+    us: 0,
+  };
   const dev = mapsDev(target.dev);
   const ino = target.ino.toString();
+  cursors.beginScan();
   for (const name of readdirSync('/proc')) {
     const pid = Number(name);
     if (!Number.isInteger(pid) || pid <= 0 || exclude.has(pid)) continue;
@@ -119,19 +139,23 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
       scanFds(pid, dir, target, out.fds);
       // A thread's own file table (unshare(CLONE_FILES)): fd/ above listed one table only (file-tables.ts). No mm:
       // a kernel thread (most of /proc's processes) or a zombie, whose threads keep no fd of their own.
+      if (tid === null) continue;
       const budget = new TableFdBudget();
-      const all =
-        tid === null ||
-        forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t, budget));
-      if (!all) {
+      const start = () => startTimeOf(pid);
+      const from = cursors.from(pid, start);
+      const w = forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t, budget), from);
+      cursors.set(pid, w.next, start);
+      if (from !== 0 || !w.done || w.unread) {
         out.unreadable++;
         out.partial.push(pid);
+        if (w.unread) out.unreadTables.push(pid);
       }
     } catch (err) {
       throwIfShortage(err);
       out.unreadable++;
     }
   }
+  cursors.endScan();
   out.us = Number(process.hrtime.bigint() - t0) / 1000;
   return out;
 }
