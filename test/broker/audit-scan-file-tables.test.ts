@@ -9,6 +9,7 @@ import {
   forEachOtherFileTable,
   MAX_COMPARES,
   MAX_TABLE_FDS,
+  MAX_TABLES,
   TableCursors,
 } from '../../src/broker/audit-scan/file-tables.js';
 import { type FileIdentity, identityOfFd, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
@@ -33,7 +34,7 @@ after(() => {
 });
 
 async function withProcess(
-  opts: { mode: 'keep' | 'receive'; own: number; shared?: number; exitMain?: boolean; padFds?: number },
+  opts: Omit<Parameters<typeof startOwnTables>[0], 'file'>,
   body: (p: OwnTables) => void,
 ) {
   const p = await startOwnTables({ ...opts, file: memfd });
@@ -288,4 +289,57 @@ test('scan window: the cursor is kept per process while it is walked in part, an
   assert.ok(!r.partial.includes(pid));
   assert.ok(cursors.size < before, `the gone process's entry is dropped (${before} -> ${cursors.size})`);
   assert.ok(cursors.size <= r.partial.length, 'no more entries than processes walked in part');
+});
+
+test('scan window: a device fd in a table past the first MAX_TABLES is read by a later scan; no walk reads more than MAX_TABLES', async () => {
+  // Decoys: tables of their own without the file, made before the one holding it (earlier in task/'s order).
+  await withProcess({ mode: 'keep', own: 1, decoys: MAX_TABLES + 4 }, (p) => {
+    const [t] = p.own;
+    const reads: number[][] = [];
+    let from = 0;
+    do {
+      const read: number[] = [];
+      from = forEachOtherFileTable(p.pid, p.pid, (_dir, tid) => read.push(tid), from).next;
+      reads.push(read);
+    } while (from !== 0 && reads.length < 4);
+    assert.deepEqual(
+      reads.map((r) => r.length),
+      [MAX_TABLES, 5],
+      'a round of two walks: 16 tables, then the 4 decoys left and the one holding the file',
+    );
+    assert.ok(reads[1]!.includes(t!.tid), 'the second walk reads the table holding the file');
+    const cursors = new TableCursors();
+    const found = [0, 1].map(
+      () => scanProc(target, new Set([process.pid]), cursors).fds.filter((f) => f.pid === p.pid).length,
+    );
+    assert.deepEqual(found, [0, 1], 'seen by the second scan');
+  });
+});
+
+test('scan bounds: a table no scan reads (over MAX_TABLE_FDS) is passed over, not hiding the tables after it; audit-incomplete says unread', async () => {
+  // Before, the walk stopped at such a table at every scan: a huge decoy made first hid every table after it.
+  await withProcess({ mode: 'keep', own: 1, decoys: 1, decoyPadFds: MAX_TABLE_FDS }, (p) => {
+    const [t] = p.own;
+    const r = scanProc(target, new Set([process.pid]));
+    assert.deepEqual(
+      r.fds.filter((f) => f.pid === p.pid),
+      [{ pid: p.pid, fd: t!.fd, tid: t!.tid }],
+    );
+    assert.ok(r.unreadTables.includes(p.pid), 'counted as holding a table no scan reads');
+    const { a, audit } = auditor();
+    try {
+      a.add('l1', p.pid, [{ start: 0n, end: 4096n }]);
+      a.onRequest('l1', true);
+      a.scan();
+      assert.deepEqual(
+        audit.recent.filter((e) => e.pid === p.pid).map((e) => [e.event, e.finding ?? e.reason]),
+        [
+          ['audit-violation', 'fd-kept'],
+          ['audit-incomplete', 'unread'],
+        ],
+      );
+    } finally {
+      a.close();
+    }
+  });
 });
