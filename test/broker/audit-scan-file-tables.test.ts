@@ -225,6 +225,9 @@ test('scan window: a device fd kept in a thread past the first MAX_COMPARES is f
     const [t] = p.own;
     const tids = native.taskIdsFrom(p.pid, 0, 1 << 20);
     assert.equal(tids.length, shared + 2, 'main, shared and own threads');
+    // The listing from a position (one lseek: native.taskIdsFrom) is the whole listing's rest; past it, none.
+    assert.deepEqual(native.taskIdsFrom(p.pid, 1000, 50), tids.slice(1000, 1050));
+    assert.deepEqual(native.taskIdsFrom(p.pid, tids.length, 50), []);
     assert.ok(tids.indexOf(t!.tid) > MAX_COMPARES + 1, "the own table's thread is past the first window");
     const rounds = Math.ceil(tids.length / MAX_COMPARES);
     const { a, audit } = auditor();
