@@ -15,16 +15,8 @@ import { AllowedBrokers } from './allowed-brokers.js';
 import type { AuditorHost, AuditorState, DirectAuditConfig, Finding, Violation } from './audit-types.js';
 import { TableCursors } from './file-tables.js';
 import { killMappersOf, killRecorded } from './kill.js';
-import {
-  descendsFrom,
-  type FileIdentity,
-  isRunning,
-  type MappingFound,
-  processFacts,
-  type ScanResult,
-  scanProc,
-  startTimeOf,
-} from './proc-scan.js';
+import { type FileIdentity, type MappingFound, type ScanResult, scanProc } from './proc-scan.js';
+import { descendsFrom, isRunning, processFacts, startTimeOf } from './process-facts.js';
 import { ReportOnce } from './report-once.js';
 import { ScanPacer } from './scan-pacing.js';
 
@@ -49,7 +41,7 @@ interface Entry {
   knownMappers: Set<number>;
   /**
    * Violating processes attributed to this lease (killed with it on a forced reclaim): pid → its start time
-   * (proc-scan startTimeOf), so that a pid another process has taken since is not killed for it.
+   * (process-facts.ts: startTimeOf), so that a pid another process has taken since is not killed for it.
    */
   violators: Map<number, string | null>;
   mapped: boolean;

@@ -2,7 +2,7 @@
 // while it lasts, not at every scan that sees it again. Keyed by pid with its start time, what was found and the
 // lease: a process given the pid later (pid_max wraps) is another key, recorded anew.
 
-import { startTimeOf } from './proc-scan.js';
+import { startTimeOf } from './process-facts.js';
 
 export class ReportOnce {
   /**
