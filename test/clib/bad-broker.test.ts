@@ -204,6 +204,11 @@ test('the setup goes out as one batch: a broker answering only once it holds SET
   assert.match(out, /connected queue-9/);
 });
 
+test("a setup request never answered (REQ's SET_IRQS): devlease_connect times out naming it, not the requests answered after it", async () => {
+  const out = await probe('connect', (_s, _id, cmd, m) => cmd === 8 && m.readUInt32LE(16 + 8) === 4);
+  assert.match(out, /error ETIMEDOUT: set irqs \(REQ\): no reply from the broker in 3000 ms/);
+});
+
 test('a broker streaming commands instead of answering: devlease_connect ends at its timeout (ETIMEDOUT)', async () => {
   let more: (() => void) | undefined;
   const out = await probe(

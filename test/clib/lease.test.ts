@@ -151,6 +151,11 @@ test('the lease request rides in VERSION: device memory granted and mapped, a ba
   assert.match(ok.stdout, /leased queue-\d+ devmem yes 0x0\+0x100000/);
   assert.match(ok.stdout, /region 10 size 0x100000 mapped/);
   assert.match(ok.stdout, /ok region 10: a store through the mapping reads back through the broker/);
+  // 16 granules: 21 setup requests (4 interrupts, the queue page and 16 granules), more than one batch carries
+  // (DL_MAX_BATCH): sent in two (refused EPROTO when one batch was all there was).
+  const many = await runProgram('clib-probe', ['request', rig.socket, '{"devmemGranules":16}']);
+  clean(many, 'clib-probe request (16 granules)');
+  assert.match(many.stdout, /leased queue-\d+ devmem yes 0x0\+0x1000000/);
   const bad = await runProgram('clib-probe', ['request', rig.socket, '{"devmemGranules":-1}']);
   clean(bad, 'clib-probe request (refused)');
   assert.match(

@@ -257,42 +257,44 @@ static int setup(struct devlease *l)
 
 	unsigned chunks = (l->nvectors + DL_MAX_FDS - 1) / DL_MAX_FDS;
 	unsigned n = chunks + 2 + (l->notice_index > 0) + l->info.nregions;
-	if (n > DL_MAX_BATCH)
-		return dl_fail(EPROTO, "the lease has %u regions and %u vectors: more setup requests (%u) than %d",
-			       l->info.nregions, l->info.vectors, n, DL_MAX_BATCH);
-	uint8_t irq[DL_MAX_BATCH][20];
-	uint8_t info[DL_MAX_BATCH][32];
-	struct dl_request q[DL_MAX_BATCH];
-	struct dl_msg r[DL_MAX_BATCH];
+	/* Payloads, requests and replies for all n: sent DL_MAX_BATCH at a time (one round trip each; a lease of
+	 * many regions or vectors takes a few), every reply taken before any is acted on. */
+	uint8_t (*irq)[20] = calloc(n, sizeof(*irq));
+	uint8_t (*info)[32] = calloc(n, sizeof(*info));
+	struct dl_request *q = calloc(n, sizeof(*q));
+	struct dl_msg *r = calloc(n, sizeof(*r));
+	int rc = irq && info && q && r ? 0 : dl_fail(ENOMEM, "no memory");
 	unsigned k = 0;
-	for (unsigned s = 0; s < l->nvectors; s += DL_MAX_FDS, k++) {
+	for (unsigned s = 0; rc == 0 && s < l->nvectors; s += DL_MAX_FDS, k++) {
 		unsigned c = l->nvectors - s < DL_MAX_FDS ? l->nvectors - s : DL_MAX_FDS;
 		irq_set(irq[k], VFIO_PCI_MSIX_IRQ_INDEX, s, c);
 		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, l->vectors + s, c, "set irqs" };
 	}
-	irq_set(irq[k], VFIO_PCI_ERR_IRQ_INDEX, 0, 1);
-	q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (ERR)" };
-	k++;
-	if (l->notice_index > 0) {
-		irq_set(irq[k], (unsigned)l->notice_index, 0, 1);
-		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (notice)" };
+	unsigned first_region = 0;
+	if (rc == 0) {
+		irq_set(irq[k], VFIO_PCI_ERR_IRQ_INDEX, 0, 1);
+		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (ERR)" };
 		k++;
+		if (l->notice_index > 0) {
+			irq_set(irq[k], (unsigned)l->notice_index, 0, 1);
+			q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (notice)" };
+			k++;
+		}
+		irq_set(irq[k], VFIO_PCI_REQ_IRQ_INDEX, 0, 1);
+		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->req_fd, 1, "set irqs (REQ)" };
+		k++;
+		first_region = k;
+		for (unsigned i = 0; i < l->info.nregions; i++, k++) {
+			dl_put32(info[k], 128);
+			dl_put32(info[k] + 8, l->info.regions[i].index);
+			q[k] = (struct dl_request){ VFIO_USER_DEVICE_GET_REGION_INFO, info[k], 32, NULL, 0, "region info" };
+		}
 	}
-	irq_set(irq[k], VFIO_PCI_REQ_IRQ_INDEX, 0, 1);
-	q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->req_fd, 1, "set irqs (REQ)" };
-	k++;
-	unsigned first_region = k;
-	for (unsigned i = 0; i < l->info.nregions; i++, k++) {
-		memset(info[k], 0, 32);
-		dl_put32(info[k], 128);
-		dl_put32(info[k] + 8, l->info.regions[i].index);
-		q[k] = (struct dl_request){ VFIO_USER_DEVICE_GET_REGION_INFO, info[k], 32, NULL, 0, "region info" };
-	}
-	int rc = dl_call_batch(l, q, n, r);
-	if (rc < 0) return rc;
+	for (unsigned off = 0; rc == 0 && off < n; off += DL_MAX_BATCH)
+		rc = dl_call_batch(l, q + off, n - off < DL_MAX_BATCH ? n - off : DL_MAX_BATCH, r + off);
 	/* Every reply is taken here, mapped or released, even after a failure: none may keep its fd. */
-	for (unsigned j = 0; j < first_region; j++) dl_msg_release(&r[j]);
-	for (unsigned i = 0; i < l->info.nregions; i++) {
+	for (unsigned j = 0; r && j < first_region; j++) dl_msg_release(&r[j]);
+	for (unsigned i = 0; r && i < l->info.nregions && first_region; i++) {
 		struct dl_msg *m = &r[first_region + i];
 		unsigned index = l->info.regions[i].index;
 		if (rc < 0) {
@@ -320,6 +322,10 @@ static int setup(struct devlease *l)
 		}
 		rc = map_region(l, index, size, offset, fd, &audited);
 	}
+	free(irq);
+	free(info);
+	free(q);
+	free(r);
 	/* After an audited hand-off: DEVICE_GET_INFO, sent after the device fd was closed above, tells the broker's
 	 * audit the hand-off is over (docs/AUDITED-SLICES.md); from then on a kept fd is a violation. */
 	if (rc == 0 && audited) {

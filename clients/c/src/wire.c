@@ -423,7 +423,10 @@ int dl_call_batch(struct devlease *l, const struct dl_request *reqs, unsigned n,
 	}
 	for (unsigned k = 0; k < n; k++) {
 		struct dl_msg m;
-		int i = next_reply(l, ids, got, n, &m, reqs[k].what);
+		/* A failure before a reply comes (the deadline, a hang-up) names the first request still unanswered. */
+		unsigned due = 0;
+		while (got[due]) due++;
+		int i = next_reply(l, ids, got, n, &m, reqs[due].what);
 		int rc = i < 0 ? i : take_reply(l, &m, &reqs[i], &replies[i]);
 		if (i >= 0) got[i] = true;
 		if (rc < 0) {

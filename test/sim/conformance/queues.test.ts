@@ -287,7 +287,8 @@ test('§4 status codes 1..7, §5 fault records, ERROR state and queue reset', as
     await expectFault(ST.BAD_QUEUE_CONFIG, BigInt(layout.sqSize + 1));
     // ... and a CQ_HEAD ahead of CQ_TAIL (the client "consumed" completions never written): the device would
     // wait for ring space forever, so it is BAD_QUEUE_CONFIG at the next fetch, CQ_HEAD as the "iova" (a
-    // choice, docs/SA-1.md: the datasheet says only that a full ring never stalls silently).
+    // choice, docs/SA-1.md: the datasheet says only that a full ring never stalls silently; a CQ_HEAD far
+    // behind is back-pressure).
     await q.reset();
     q = new RawQueue(r.client, layout);
     await q.configure();
