@@ -152,12 +152,15 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
     // (the C processes' first leases fault their pages in).
     progress(`${procs} C processes (libdevlease) × ${each} leases`);
     for (let i = 0; i < procs; i += 10) {
-      const batch = await Promise.all(
+      // allSettled: the processes that did start are held (and stopped in `finally`) when one of them did not.
+      const batch = await Promise.allSettled(
         Array.from({ length: Math.min(10, procs - i) }, () =>
           ClibScaleProc.spawn(clibScale, rig.socket, each),
         ),
       );
-      cHolders.push(...batch);
+      for (const s of batch) if (s.status === 'fulfilled') cHolders.push(s.value);
+      const failed = batch.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+      if (failed) throw failed.reason;
     }
     const cLetGo = () => Promise.all(cHolders.map((c) => c.releaseAll()));
     await burst(cHolders, rig.socket, each, simPid);
@@ -232,7 +235,7 @@ runCase('scale', 'Scale: concurrent leases from many processes', async (quick) =
         leasesBeforeFdLimit: Math.floor((fdLimit() - fdsIdle) / perLease),
         simulatorRssMiB: Math.round(simRss),
         cpuPerLeaseUs:
-          "utime+stime over each burst's window / leases; the simulator and clients in 10 ms ticks, the broker's helper threads from schedstat (ns)",
+          "over each burst's window / leases: this (the broker's) process's utime+stime; the simulator, the clients and the broker's helper threads from schedstat (ns, every thread)",
         warmBursts,
         brokerHelpersCpuPerLeaseUs: { fresh: fresh.cpu.brokerHelpers, warm: warm.cpu.brokerHelpers },
       },

@@ -129,11 +129,17 @@ test('--armed-poll-us: the armed device polls at that interval (1 s: a few armed
   try {
     await q.tq.configure();
     await q.untilAsleepArmed(q.kickNeeded, 'the device asleep armed');
+    const t0 = performance.now();
     const s0 = await q.r.sim.stats();
     await sleep(300);
     const s1 = await q.r.sim.stats();
+    // A loaded machine may stretch the window past 300 ms: one more armed sleep allowed per second it lasted.
+    const allowed = 3 + Math.floor((performance.now() - t0) / 1000);
     const armed = s1.armedSleeps - s0.armedSleeps;
-    assert.ok(armed <= 3, `${armed} armed sleeps in 300 ms: the device did not sleep its 1 s armed interval`);
+    assert.ok(
+      armed <= allowed,
+      `${armed} armed sleeps in the window: the device did not sleep its 1 s armed interval`,
+    );
     q.nop(1n, null);
     await until(() => q.tq.peek(0) !== null, 'the un-kicked NOP completes (found by the armed poll)', 10_000);
     assert.ok((await q.r.sim.stats()).armedPollFinds > s1.armedPollFinds, 'found by the armed poll');

@@ -49,6 +49,11 @@ int main(int argc, char **argv)
 	char line[64];
 	while (fgets(line, sizeof(line), stdin)) {
 		if (strcmp(line, "go\n") == 0) {
+			if (n != 0) {
+				fprintf(stderr, "clib-scale: go while %ld leases are held (release first)\n", n);
+				release_all(held, &n);
+				return 2;
+			}
 			for (long i = 0; i < count; i++) {
 				double t0 = now_us();
 				if (devlease_connect(&o, &held[n]) < 0) {
