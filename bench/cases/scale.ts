@@ -23,7 +23,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { buildClibProgram } from '../fixtures/clib.js';
 import { ClibScaleProc } from '../fixtures/clib-scale.js';
 import { ClientProc, exitAll } from '../fixtures/client-proc.js';
-import { threadTimes } from '../fixtures/cpu.js';
+import { runMs } from '../fixtures/cpu.js';
 import { asBurstClient, burst, burstRows, releaseAllLeases } from '../fixtures/lease-burst.js';
 import { ReleaseWatch } from '../fixtures/released.js';
 import { metric, progress, runCase } from '../fixtures/result.js';
@@ -50,11 +50,10 @@ const IDLE_WINDOW_MS = 2000;
  * kicked runs some 100 short rounds a second, well under /proc's 10 ms ticks.
  */
 async function idleCpuPercent(pid: number, ms: number): Promise<number> {
-  const runNs = () => [...threadTimes(pid).values()].reduce((sum, t) => sum + t.runNs, 0);
-  const r0 = runNs();
+  const r0 = runMs(pid);
   const t0 = performance.now();
   await sleep(ms);
-  return ((runNs() - r0) / 1e6 / (performance.now() - t0)) * 100;
+  return ((runMs(pid) - r0) / (performance.now() - t0)) * 100;
 }
 
 async function acquireLoop(

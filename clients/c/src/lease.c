@@ -263,38 +263,42 @@ static int setup(struct devlease *l)
 	uint8_t (*info)[32] = calloc(n, sizeof(*info));
 	struct dl_request *q = calloc(n, sizeof(*q));
 	struct dl_msg *r = calloc(n, sizeof(*r));
-	int rc = irq && info && q && r ? 0 : dl_fail(ENOMEM, "no memory");
+	if (!irq || !info || !q || !r) {
+		free(irq);
+		free(info);
+		free(q);
+		free(r);
+		return dl_fail(ENOMEM, "no memory");
+	}
 	unsigned k = 0;
-	for (unsigned s = 0; rc == 0 && s < l->nvectors; s += DL_MAX_FDS, k++) {
+	for (unsigned s = 0; s < l->nvectors; s += DL_MAX_FDS, k++) {
 		unsigned c = l->nvectors - s < DL_MAX_FDS ? l->nvectors - s : DL_MAX_FDS;
 		irq_set(irq[k], VFIO_PCI_MSIX_IRQ_INDEX, s, c);
 		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, l->vectors + s, c, "set irqs" };
 	}
-	unsigned first_region = 0;
-	if (rc == 0) {
-		irq_set(irq[k], VFIO_PCI_ERR_IRQ_INDEX, 0, 1);
-		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (ERR)" };
+	irq_set(irq[k], VFIO_PCI_ERR_IRQ_INDEX, 0, 1);
+	q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (ERR)" };
+	k++;
+	if (l->notice_index > 0) {
+		irq_set(irq[k], (unsigned)l->notice_index, 0, 1);
+		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (notice)" };
 		k++;
-		if (l->notice_index > 0) {
-			irq_set(irq[k], (unsigned)l->notice_index, 0, 1);
-			q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->err_fd, 1, "set irqs (notice)" };
-			k++;
-		}
-		irq_set(irq[k], VFIO_PCI_REQ_IRQ_INDEX, 0, 1);
-		q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->req_fd, 1, "set irqs (REQ)" };
-		k++;
-		first_region = k;
-		for (unsigned i = 0; i < l->info.nregions; i++, k++) {
-			dl_put32(info[k], 128);
-			dl_put32(info[k] + 8, l->info.regions[i].index);
-			q[k] = (struct dl_request){ VFIO_USER_DEVICE_GET_REGION_INFO, info[k], 32, NULL, 0, "region info" };
-		}
 	}
+	irq_set(irq[k], VFIO_PCI_REQ_IRQ_INDEX, 0, 1);
+	q[k] = (struct dl_request){ VFIO_USER_DEVICE_SET_IRQS, irq[k], 20, &l->req_fd, 1, "set irqs (REQ)" };
+	k++;
+	unsigned first_region = k;
+	for (unsigned i = 0; i < l->info.nregions; i++, k++) {
+		dl_put32(info[k], 128);
+		dl_put32(info[k] + 8, l->info.regions[i].index);
+		q[k] = (struct dl_request){ VFIO_USER_DEVICE_GET_REGION_INFO, info[k], 32, NULL, 0, "region info" };
+	}
+	int rc = 0;
 	for (unsigned off = 0; rc == 0 && off < n; off += DL_MAX_BATCH)
 		rc = dl_call_batch(l, q + off, n - off < DL_MAX_BATCH ? n - off : DL_MAX_BATCH, r + off);
 	/* Every reply is taken here, mapped or released, even after a failure: none may keep its fd. */
-	for (unsigned j = 0; r && j < first_region; j++) dl_msg_release(&r[j]);
-	for (unsigned i = 0; r && i < l->info.nregions && first_region; i++) {
+	for (unsigned j = 0; j < first_region; j++) dl_msg_release(&r[j]);
+	for (unsigned i = 0; i < l->info.nregions; i++) {
 		struct dl_msg *m = &r[first_region + i];
 		unsigned index = l->info.regions[i].index;
 		if (rc < 0) {

@@ -412,8 +412,7 @@ int dl_call_batch(struct devlease *l, const struct dl_request *reqs, unsigned n,
 	bool got[DL_MAX_BATCH] = { false };
 	l->deadline = dl_mono_ms() + l->timeout_ms;
 	/* Every request first: the broker serves them in order, and this process waits for one round trip. A send
-	 * that fails leaves the requests before it unanswered here: the session is then closed by the caller (a
-	 * connect that fails), or their late replies break it (a reply to an id not waiting). */
+	 * that fails after others went marks the session broken: their replies would answer ids nobody waits for. */
 	for (unsigned i = 0; i < n; i++) {
 		int rc = send_request(l, &reqs[i], &ids[i]);
 		if (rc < 0) {

@@ -90,15 +90,16 @@ export class Engine {
       this.#queueFault(q, ST_BAD_QUEUE_CONFIG, BigInt(tail));
       return true;
     }
-    if (((q.cqHead - q.cqTail) | 0) > 0) {
+    const cqHead = q.cqHead; // a load from the client's page: read once per fetch
+    if (((cqHead - q.cqTail) | 0) > 0) {
       // CQ_HEAD ahead of CQ_TAIL: completions consumed that were never written. Waiting for ring space would be
       // a silent stall (datasheet §2.3). CQ_HEAD is the fault record's "iova". One more than CQ_SIZE behind is
       // taken as a full ring instead: a queue page's renewal copies CQ_HEAD while this thread still completes
       // (host/page-revoke.ts), so a stale copy can be that far behind until the reset that follows.
-      this.#queueFault(q, ST_BAD_QUEUE_CONFIG, BigInt(q.cqHead));
+      this.#queueFault(q, ST_BAD_QUEUE_CONFIG, BigInt(cqHead));
       return true;
     }
-    if (((q.cqTail - q.cqHead) >>> 0) + q.inflight.length >= q.cqSize) return false; // CQ full: back-pressure
+    if (((q.cqTail - cqHead) >>> 0) + q.inflight.length >= q.cqSize) return false; // CQ full: back-pressure
     if (q.inflight.length >= MAX_INFLIGHT) return false;
 
     const sqe = this.#sqeWords;
