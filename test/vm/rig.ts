@@ -81,14 +81,29 @@ function runScript(commands: GuestCommand[]): string {
  * in the kernel rig: a TCG guest on a loaded host can fail the IO-APIC timer
  * check through interrupt remapping and panic.
  */
-export function qemuArgs(o: { socket: string; qmp: string; runDir: string; memMiB?: number }): string[] {
+export function qemuArgs(o: {
+  socket: string;
+  qmp: string;
+  runDir: string;
+  memMiB?: number;
+  /** false: plain guest RAM QEMU keeps to itself, so every DMA_MAP comes without an fd. */
+  sharedRam?: boolean;
+}): string[] {
   const { kernel, initrd } = guestImages();
   const mem = o.memMiB ?? 1024;
   const device = { driver: 'vfio-user-pci', bus: 'rp0', socket: { path: o.socket, type: 'unix' } };
+  const shared = o.sharedRam ?? true;
   return [
-    ...['-machine', 'q35,kernel-irqchip=split,memory-backend=mem', '-accel', 'tcg', '-cpu', 'max'],
+    ...[
+      '-machine',
+      `q35,kernel-irqchip=split${shared ? ',memory-backend=mem' : ''}`,
+      '-accel',
+      'tcg',
+      '-cpu',
+      'max',
+    ],
     ...['-smp', '1', '-m', `${mem}M`],
-    ...['-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`],
+    ...(shared ? ['-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`] : []),
     ...['-device', 'intel-iommu,intremap=on,caching-mode=on'],
     ...['-device', 'pcie-root-port,id=rp0,chassis=1,slot=1'],
     ...['-device', JSON.stringify(device)],
@@ -138,7 +153,11 @@ export class Vm {
   }
 
   /** Boots a guest with vfio-user-pci on `socket` that runs `commands`. */
-  static async boot(socket: string, commands: GuestCommand[], opts: { memMiB?: number } = {}): Promise<Vm> {
+  static async boot(
+    socket: string,
+    commands: GuestCommand[],
+    opts: { memMiB?: number; sharedRam?: boolean } = {},
+  ): Promise<Vm> {
     const qemu = qemu11();
     const dir = mkdtempSync(join(tmpdir(), 'devlease-vm-'));
     writeFileSync(join(dir, 'project'), `${projectRoot}\n`);

@@ -180,3 +180,37 @@ test('a VM on devlease sim: the guest sees the SA-1 with its BARs and MSI-X, rea
     }
   });
 });
+
+test('a VM whose RAM is not shared drives SA-1 through DMA_READ/DMA_WRITE: rings, payloads and firmware in guest RAM the simulator cannot map', async (t) => {
+  await assertNoFdLeak(async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'devlease-vm-sim-nofd-'));
+    const sim = await startSim(join(dir, 'sim.sock'));
+    let vm: Vm | undefined;
+    try {
+      // Without a shared memory backend QEMU has no fd for guest RAM: every DMA_MAP it forwards for the
+      // guest's IOMMU maps comes without one, and the device reaches that memory only by asking QEMU.
+      vm = await Vm.boot(join(dir, 'sim.sock'), [{ exec: [guestDriver(), '--owner'] }], { sharedRam: false });
+      const driver = await vm.waitLine(DRIVER, 0, BOOT_MS);
+      t.diagnostic(`guest driver done: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
+      for (const l of vm.lines.slice(0, driver.index)) if (l.includes('DEVLEASE-VM-STEP')) t.diagnostic(l);
+      const d = JSON.parse(driver.match[1] as string);
+      assert.equal(d.error, undefined, `the guest driver failed: ${d.error}\n${vm.context()}`);
+      assert.equal(d.irqVector, 0, 'the INTR completion came by vector 0');
+      assert.equal(d.fault.qError, ds.ST_WINDOW_VIOLATION, 'the out-of-window descriptor faulted the queue');
+      assert.equal(await vm.qmp.status(), 'running');
+      assert.doesNotMatch(
+        vm.stderr,
+        /error reply on async request command 2|Unrecoverable error/,
+        'QEMU saw no DMA_MAP refused and no device error',
+      );
+      const exit = await vm.quit();
+      vm = undefined;
+      assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU exits 0 on quit');
+      assert.equal(await stopSim(sim), 0, 'the simulator exits cleanly');
+    } finally {
+      await vm?.kill();
+      await stopSim(sim).catch(() => sim.kill('SIGKILL'));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

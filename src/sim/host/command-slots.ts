@@ -17,6 +17,7 @@ const REVOKE = 7;
 const PAGE_RENEWED = 8;
 const DISCONNECT = 9;
 const SHUTDOWN = 10;
+const REMOTE_MAP_POSTED = 11;
 
 /** The slot's numeric fields, as f64 (and u64 over the same words) indexes within a slot. */
 const F0 = 0;
@@ -44,6 +45,11 @@ export const deviceRequestSlots: SlotCodec<DeviceRequest> = {
         s.u64[at + F1] = BigInt.asUintN(64, r.size);
         f[at + F2] = r.all ? 1 : 0;
         return UNMAP_POSTED;
+      case 'remoteMapPosted':
+        f[at + F0] = r.iova;
+        f[at + F1] = r.size;
+        f[at + F2] = (r.read ? 1 : 0) | (r.write ? 2 : 0);
+        return REMOTE_MAP_POSTED;
       case 'kicksHandedOut':
         return KICKS_HANDED_OUT;
       case 'queueEnabled':
@@ -82,6 +88,16 @@ export const deviceRequestSlots: SlotCodec<DeviceRequest> = {
         };
       case UNMAP_POSTED:
         return { op: 'unmapPosted', iova: s.u64[at + F0]!, size: s.u64[at + F1]!, all: f[at + F2] === 1 };
+      case REMOTE_MAP_POSTED: {
+        const access = f[at + F2]!;
+        return {
+          op: 'remoteMapPosted',
+          iova: f[at + F0]!,
+          size: f[at + F1]!,
+          read: (access & 1) !== 0,
+          write: (access & 2) !== 0,
+        };
+      }
       case KICKS_HANDED_OUT:
         return { op: 'kicksHandedOut' };
       case QUEUE_ENABLED:

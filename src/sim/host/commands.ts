@@ -51,6 +51,8 @@ export type DeviceRequest =
       read: boolean;
       write: boolean;
     }
+  /** One-way: a map without an fd (datasheet rev 2 §7), reached through the owner (remote-dma.ts). */
+  | { op: 'remoteMapPosted'; iova: number; size: number; read: boolean; write: boolean }
   | { op: 'unmapPosted'; iova: bigint; size: bigint; all: boolean }
   /** One-way: the front end handed out the kick fds; wakes the device so it sleeps on them from now on. */
   | { op: 'kicksHandedOut' }
@@ -94,6 +96,13 @@ export interface DeviceStats {
   postFailures: number;
   dmaMaps: number;
   firmwareRunning: boolean;
+  /**
+   * Device accesses to owner memory that came without an fd (DMA_READ/DMA_WRITE through the front end,
+   * remote-dma.ts; one per piece of at most 1 MiB), and those that failed (the owner refused, did not answer
+   * in time, unmapped the range or left).
+   */
+  remoteAccesses: number;
+  remoteFailures: number;
   /**
    * The front end's (not the worker's): mmap calls it took to drop the maps it let go of (DMA_UNMAPs, and every
    * map at once when the owner leaves or the device stops), one per run of adjacent maps; and how many maps

@@ -8,7 +8,13 @@
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
 import { Fd, MAX_FDS, native } from '../../sys/index.js';
-import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX } from '../../vfio/uapi/vfio.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../vfio/uapi/pci-regs.js';
+import {
+  VFIO_PCI_BAR0_REGION_INDEX,
+  VFIO_PCI_BAR2_REGION_INDEX,
+  VFIO_PCI_BAR4_REGION_INDEX,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+} from '../../vfio/uapi/vfio.js';
 import {
   bar0Read32,
   bar0WriteDirect,
@@ -30,6 +36,8 @@ import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
 import { PageTable, renewPage } from './page-revoke.js';
+import { newRemoteDmaMemory, RemoteDmaServer } from './remote-dma.js';
+import { SliceAccess } from './slice-access.js';
 import type { WorkerInit } from './worker.js';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
@@ -53,6 +61,8 @@ export class DeviceWorker {
   readonly irqs: IrqTable;
   /** The front end's copy of the IOMMU table: DMA_MAP/DMA_UNMAP are checked and answered from it. */
   readonly dma: FrontDmaTable;
+  /** Serves the device's accesses to owner memory that came without an fd (remote-dma.ts). */
+  readonly remote: RemoteDmaServer;
   #kicksOut = false;
   /** The slices' current memfd numbers, published by the worker's backing (memfd-backing.ts). */
   readonly #sliceFds: Int32Array;
@@ -64,6 +74,8 @@ export class DeviceWorker {
    * at most that many.
    */
   readonly #kickFds: number[];
+  /** BAR2 and BAR4 accesses, served from the slices' memory on this thread (slice-access.ts). */
+  readonly #slices: SliceAccess;
   #worker: Worker;
   #exited: Promise<void>;
   #closed = false;
@@ -75,8 +87,9 @@ export class DeviceWorker {
     options: Sa1Options,
     timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS,
     maxDmaMaps = resolveMaxDmaMaps(options, undefined),
+    log: (message: string, err?: unknown) => void = () => {},
   ): Promise<DeviceWorker> {
-    const dw = new DeviceWorker(options, timeoutMs, maxDmaMaps);
+    const dw = new DeviceWorker(options, timeoutMs, maxDmaMaps, log);
     await new Promise<void>((resolve, reject) => {
       dw.#worker.once('message', () => resolve());
       dw.#worker.once('error', reject);
@@ -91,6 +104,7 @@ export class DeviceWorker {
     readonly options: Sa1Options,
     readonly timeoutMs: number,
     maxDmaMaps: number,
+    log: (message: string, err?: unknown) => void,
   ) {
     this.#regs = RegisterFile.create(options);
     this.#config = new ConfigSpace(
@@ -113,8 +127,15 @@ export class DeviceWorker {
       native.eventfd(0, EFD_NONBLOCK as number),
     );
     this.#sliceFds = sliceFdTable(options);
+    this.#slices = new SliceAccess(
+      options,
+      this.#sliceFds,
+      (q) => this.#kickFds[q % this.#kickFds.length] as number,
+    );
     const pages = PageTable.memory(options.numQueues);
     this.#pages = new PageTable(pages);
+    const remoteDma = newRemoteDmaMemory();
+    this.remote = new RemoteDmaServer(remoteDma, log);
     const init: WorkerInit = {
       options,
       mailbox: wake,
@@ -124,6 +145,7 @@ export class DeviceWorker {
       kickFds: this.#kickFds,
       sliceFds: this.#sliceFds.buffer as SharedArrayBuffer,
       pages,
+      remoteDma,
     };
     this.#worker = new Worker(new URL('./worker.js', import.meta.url), {
       workerData: init,
@@ -137,10 +159,13 @@ export class DeviceWorker {
     );
   }
 
+  /** Served here, never by the device worker: config space, BAR0 from the register file, BAR2/BAR4 from the slices. */
   regionRead(index: number, offset: number, count: number): Uint8Array {
     this.#checkOpen();
     checkRegionAccess(this.options, index, offset, count);
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
+    if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.#slices.readPages(offset, count);
+    if (index === VFIO_PCI_BAR4_REGION_INDEX) return this.#slices.readDevmem(offset, count);
     if (index !== VFIO_PCI_BAR0_REGION_INDEX) return this.request({ op: 'regionRead', index, offset, count });
     // Byte stores, not a DataView: taking `out.buffer` would move the 4 or 8 bytes off the V8 heap, an
     // allocation per register read the collector then has to track (issue 16).
@@ -157,14 +182,38 @@ export class DeviceWorker {
   }
 
   regionWrite(index: number, offset: number, data: Uint8Array): void {
+    for (const req of this.#regionWriteSteps(index, offset, data)) this.request(req);
+  }
+
+  /** regionWrite(), waiting for the device without blocking this thread (see MailboxCaller.callAsync). */
+  async regionWriteAsync(index: number, offset: number, data: Uint8Array): Promise<void> {
+    for (const req of this.#regionWriteSteps(index, offset, data)) await this.requestAsync(req);
+  }
+
+  /**
+   * A region write's own part, and the requests the device must serve, in order: each is yielded when the
+   * write comes to it, and the caller has it answered before the rest of the write goes on.
+   */
+  *#regionWriteSteps(index: number, offset: number, data: Uint8Array): Generator<DeviceRequest, void> {
     this.#checkOpen();
     checkRegionAccess(this.options, index, offset, data.length);
     if (index === VFIO_PCI_CONFIG_REGION_INDEX && !writeReachesCommand(offset, data.length)) {
       this.#config.write(offset, data);
       return;
     }
+    // Bus master going off: the device may not DMA (§1), so an access it is making through the owner (memory
+    // without an fd) fails now rather than wait on an owner that may not serve it while this write waits.
+    if (
+      index === VFIO_PCI_CONFIG_REGION_INDEX &&
+      PCI_COMMAND - offset >= 0 &&
+      PCI_COMMAND - offset < data.length
+    ) {
+      if (((data[PCI_COMMAND - offset] as number) & PCI_COMMAND_MASTER) === 0) this.remote.abort();
+    }
+    if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.#slices.writePages(offset, data);
+    if (index === VFIO_PCI_BAR4_REGION_INDEX) return this.#slices.writeDevmem(offset, data);
     if (index !== VFIO_PCI_BAR0_REGION_INDEX) {
-      this.request({ op: 'regionWrite', index, offset, data });
+      yield { op: 'regionWrite', index, offset, data };
       return;
     }
     // Word by word, low half first: each word the device must act on goes to it, in order. Room first for a
@@ -185,7 +234,7 @@ export class DeviceWorker {
         // after this reply is seen in that round or a later one).
         this.#queueEnabled(queue);
       } else if (queue === QCTRL_DEVICE) {
-        this.request({ op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) });
+        yield { op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) };
       }
     }
   }
@@ -286,9 +335,23 @@ export class DeviceWorker {
     this.request({ op: 'pageRenewed', queue: q });
   }
 
+  /** A command waited for without blocking this thread (requestAsync), settled; null when none. */
+  get commandInFlight(): Promise<void> | null {
+    return this.#mailbox.inFlight;
+  }
+
   request<T = void>(req: DeviceRequest): T {
     this.#checkOpen();
     return this.#mailbox.call<T>(req, this.timeoutMs);
+  }
+
+  /**
+   * request(), waiting without blocking this thread: for an owner with memory without an fd, whose accesses
+   * the device makes through this thread (remote-dma.ts) and could be waiting on.
+   */
+  requestAsync<T = void>(req: DeviceRequest): Promise<T> {
+    this.#checkOpen();
+    return this.#mailbox.callAsync<T>(req, this.timeoutMs);
   }
 
   stats(): DeviceStats {
@@ -314,6 +377,7 @@ export class DeviceWorker {
         await this.#worker.terminate();
       }
       this.dma.releaseAll(); // the device dropped its views (or is gone): let go of the memory
+      this.remote.close();
       this.#port.close();
     }
     await this.#exited;

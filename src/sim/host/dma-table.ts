@@ -27,9 +27,12 @@ import type { MailboxCaller } from './mailbox.js';
 const NO_MEMORY = new Uint8Array(0);
 const nothing = (): void => {};
 
-/** A map in the front end's table: the device's view of it, and the front end's own mapping of its memory. */
+/**
+ * A map in the front end's table: the device's view of it, and the front end's own mapping of its memory (null
+ * for a map without an fd: the owner's memory, reached through DMA_READ/DMA_WRITE, remote-dma.ts).
+ */
 interface FrontEntry extends DmaMapping {
-  readonly mapping: Mapping;
+  readonly mapping: Mapping | null;
 }
 
 export interface MapFields {
@@ -46,6 +49,8 @@ export class FrontDmaTable {
   /** Where the maps go: a lease's next to each other, so its window's unmap is one mmap call. */
   readonly placement = new DmaPlacement();
   #unmapCalls = 0;
+  /** Maps without an fd in the table. */
+  #remoteMaps = 0;
 
   constructor(
     private readonly mailbox: MailboxCaller<DeviceRequest>,
@@ -57,6 +62,11 @@ export class FrontDmaTable {
   /** mmap calls taken to drop the maps let go of (Mapping.unmapMany): one per run of adjacent maps. */
   get unmapCalls(): number {
     return this.#unmapCalls;
+  }
+
+  /** Maps without an fd in the table: while there are any, the device may wait on this thread (remote-dma.ts). */
+  get remoteMaps(): number {
+    return this.#remoteMaps;
   }
 
   /** Maps in the table (the device's count, once it took every post). */
@@ -104,11 +114,32 @@ export class FrontDmaTable {
     );
   }
 
+  /**
+   * Map [iova, iova+size) of owner memory that came without an fd (datasheet rev 2 §7): the same checks as
+   * map() but the fd's; the device reaches it through the owner (remote-dma.ts).
+   */
+  mapRemote(m: Omit<MapFields, 'offset'>): void {
+    const { iova, size } = checkMapRequest({ ...m, offset: 0n });
+    this.#table.checkFree(iova, size);
+    if (this.#table.maps.length >= this.maxMaps) throw tooManyMaps(this.maxMaps);
+    this.mailbox.makeRoom();
+    const entry: FrontEntry = {
+      iova,
+      size,
+      readable: m.read,
+      writable: m.write,
+      view: NO_MEMORY,
+      release: nothing,
+      mapping: null,
+    };
+    this.#table.add(entry);
+    this.#remoteMaps++;
+    this.mailbox.post({ op: 'remoteMapPosted', iova, size, read: m.read, write: m.write }, false);
+  }
+
   /** Unmap whole maps in [iova, iova+size) (all: every map); EINVAL for a cut map, ENOENT for none. */
   unmap(iova: bigint, size: bigint, all: boolean): void {
-    this.mailbox.makeRoom(); // a full ring fails the unmap here, with the table and the device unchanged
-    const removed = this.#table.remove(Number(iova), Number(size), all);
-    const n = this.mailbox.post({ op: 'unmapPosted', iova, size, all }, false);
+    const { removed, n } = this.#unpost(iova, size, all);
     try {
       this.mailbox.quiesce(n, this.timeoutMs);
     } finally {
@@ -117,8 +148,26 @@ export class FrontDmaTable {
     }
   }
 
+  /** unmap(), waiting for the device without blocking this thread (while maps without an fd exist). */
+  async unmapAsync(iova: bigint, size: bigint, all: boolean): Promise<void> {
+    const { removed, n } = this.#unpost(iova, size, all);
+    try {
+      await this.mailbox.quiesceAsync(n, this.timeoutMs);
+    } finally {
+      this.#release(removed);
+    }
+  }
+
+  #unpost(iova: bigint, size: bigint, all: boolean): { removed: DmaMapping[]; n: number } {
+    this.mailbox.makeRoom(); // a full ring fails the unmap here, with the table and the device unchanged
+    const removed = this.#table.remove(Number(iova), Number(size), all);
+    for (const m of removed as FrontEntry[]) if (m.mapping === null) this.#remoteMaps--;
+    return { removed, n: this.mailbox.post({ op: 'unmapPosted', iova, size, all }, false) };
+  }
+
   /** The owner left, or the device stopped: it dropped every map; the memory is let go of here. */
   releaseAll(): void {
+    this.#remoteMaps = 0;
     this.#release(this.#table.remove(0, 0, true));
   }
 
@@ -129,8 +178,8 @@ export class FrontDmaTable {
    * 0.2-3 ms before the unmap could be answered; issue 16).
    */
   #release(removed: readonly DmaMapping[]): void {
-    // Every entry of this table is one map() added.
-    const mappings = (removed as readonly FrontEntry[]).map((entry) => entry.mapping);
+    // Every entry of this table is one map() or mapRemote() added (the latter without a mapping).
+    const mappings = (removed as readonly FrontEntry[]).flatMap((entry) => entry.mapping ?? []);
     try {
       this.#unmapCalls += Mapping.unmapMany(mappings);
     } finally {

@@ -47,6 +47,7 @@ import type {
   RegionDescription,
   VfioUserDeviceModel,
 } from '../../vfio/user/device-model.js';
+import type { PeerDma } from '../../vfio/user/peer-dma.js';
 import {
   VFIO_DMA_UNMAP_FLAG_ALL,
   VFIO_USER_F_DMA_REGION_READ,
@@ -70,6 +71,8 @@ export class Sa1Frontend implements VfioUserDeviceModel {
   #gone = false;
   /** Frees the owner's seat: set once this connection's VERSION took it. */
   #release: (() => void) | null = null;
+  /** The owner's memory through DMA_READ/DMA_WRITE, for maps without an fd (datasheet rev 2 §7). */
+  #peer: PeerDma | null = null;
 
   constructor(
     readonly device: DeviceWorker,
@@ -84,6 +87,20 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     // A connection that hung up while it waited takes nothing (owner-seat.ts): its disconnect comes after.
     this.#release = await this.claim();
     return {};
+  }
+
+  /** The connection's DMA_READ/DMA_WRITE, given once VERSION succeeded (so only to the owner). */
+  peerDma(dma: PeerDma): void {
+    this.#peer = dma;
+    this.device.remote.peer = dma;
+  }
+
+  /**
+   * While the owner has memory without an fd the device may be waiting on this thread for it
+   * (remote-dma.ts): a command the device must serve is then waited for without blocking the thread.
+   */
+  get #waitAsync(): boolean {
+    return this.device.dma.remoteMaps > 0;
   }
 
   get options(): Sa1Options {
@@ -122,31 +139,45 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     return this.device.regionRead(index, Number(offset), count);
   }
 
-  regionWrite(index: number, offset: bigint, data: Uint8Array): void {
+  regionWrite(index: number, offset: bigint, data: Uint8Array): void | Promise<void> {
+    if (this.#waitAsync) return this.device.regionWriteAsync(index, Number(offset), data);
     this.device.regionWrite(index, Number(offset), data);
   }
 
   dmaMap(req: DmaMapRequest): void {
     const fd = req.fd;
-    try {
-      if (!fd)
-        throw new VfioError('EINVAL', 'SA-1 needs an fd with every DMA map (no DMA_READ/DMA_WRITE messages)');
+    const access = {
+      iova: req.iova,
+      size: req.size,
+      read: (req.flags & VFIO_USER_F_DMA_REGION_READ) !== 0,
+      write: (req.flags & VFIO_USER_F_DMA_REGION_WRITE) !== 0,
+    };
+    if (!fd) {
+      // Datasheet rev 2 §7: memory without an fd is reached with DMA_READ/DMA_WRITE to the owner.
+      if (!this.#peer) throw new VfioError('EINVAL', 'a DMA map without an fd needs a negotiated owner');
       this.device.checkOpen();
-      this.device.dma.map(fd, {
-        offset: req.offset,
-        iova: req.iova,
-        size: req.size,
-        read: (req.flags & VFIO_USER_F_DMA_REGION_READ) !== 0,
-        write: (req.flags & VFIO_USER_F_DMA_REGION_WRITE) !== 0,
-      });
+      this.device.dma.mapRemote(access);
+      return;
+    }
+    try {
+      this.device.checkOpen();
+      this.device.dma.map(fd, { offset: req.offset, ...access });
     } finally {
-      fd?.close(); // the mapping keeps the memory
+      fd.close(); // the mapping keeps the memory
     }
   }
 
-  dmaUnmap(req: DmaUnmapRequest): void {
+  dmaUnmap(req: DmaUnmapRequest): void | Promise<void> {
     this.device.checkOpen();
-    this.device.dma.unmap(req.iova, req.size, (req.flags & VFIO_DMA_UNMAP_FLAG_ALL) !== 0);
+    const all = (req.flags & VFIO_DMA_UNMAP_FLAG_ALL) !== 0;
+    if (!this.#waitAsync) {
+      this.device.dma.unmap(req.iova, req.size, all);
+      return;
+    }
+    // An access the device is making into the range fails now (§7: it completes as IOMMU_FAULT): the owner
+    // may not serve it while it waits for this reply.
+    this.device.remote.unmapped(Number(req.iova), Number(req.size), all);
+    return this.device.dma.unmapAsync(req.iova, req.size, all);
   }
 
   irqInfo(index: number): IrqDescription {
@@ -197,7 +228,13 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     }
   }
 
-  reset(): void {
+  reset(): void | Promise<void> {
+    if (this.#waitAsync) {
+      // The reset aborts whatever the device is doing: an access it makes through the owner ends now, as the
+      // owner (QEMU) does not serve one while it waits for this reply.
+      this.device.remote.abort();
+      return this.device.requestAsync({ op: 'reset' });
+    }
     this.device.request({ op: 'reset' });
   }
 
@@ -234,12 +271,24 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     }
   }
 
-  disconnected(_reason: string): void {
+  disconnected(_reason: string): void | Promise<void> {
     if (this.#gone) return;
     this.#gone = true;
     // Never the owner (silent, refused at VERSION, or gone before it): the owner's device is left alone.
     const release = this.#release;
     if (release === null) return;
+    // First: an access the device makes to the owner's memory without an fd fails at once from now on, so the
+    // device never waits on this thread while it is blocked below.
+    if (this.#peer) this.device.remote.peer = null;
+    this.#peer = null;
+    // A command still waited for without blocking (the owner's memory without an fd) ends first: the device
+    // takes one command at a time.
+    const inFlight = this.device.commandInFlight;
+    if (inFlight) return inFlight.then(() => this.#leave(release));
+    this.#leave(release);
+  }
+
+  #leave(release: () => void): void {
     try {
       this.device.request({ op: 'disconnect' });
     } catch {

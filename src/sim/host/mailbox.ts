@@ -38,6 +38,7 @@
 import { type MessagePort, receiveMessageOnPort } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
 import { native } from '../../sys/native.js';
+import { waitAsync } from '../../util/wait-async.js';
 import {
   MEMORY_BYTES,
   R_BYTES,
@@ -96,6 +97,8 @@ export class MailboxCaller<R> {
   #seq = 0;
   /** Posts of either kind (the request word). */
   #posts = 0;
+  /** The callAsync() waiting for its answer, settled; null when none. */
+  #asyncCall: Promise<void> | null = null;
 
   /** `fullWaitMs`: how long a post waits for a free slot before it fails with EIO. */
   constructor(
@@ -116,6 +119,65 @@ export class MailboxCaller<R> {
    */
   call<T>(req: R, timeoutMs: number): T {
     const w = this.#words;
+    const seq = this.#start(req);
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const answered = Atomics.load(w, W_ANSWERED);
+      if (answered === seq) break;
+      const left = deadline - performance.now();
+      if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
+      Atomics.wait(w, W_ANSWERED, answered, left);
+    }
+    return this.#answer<T>(seq);
+  }
+
+  /**
+   * call(), waiting without blocking this thread (Atomics.waitAsync): for when the device may itself be
+   * waiting on this thread (an access to owner memory without an fd, remote-dma.ts), which a blocked thread
+   * would never serve. Slower to wake than call(); nothing else may call the device meanwhile.
+   */
+  callAsync<T>(req: R, timeoutMs: number): Promise<T> {
+    let seq: number;
+    try {
+      seq = this.#start(req);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const call = this.#waitAnswer<T>(seq, timeoutMs);
+    const settled = call.then(
+      () => {},
+      () => {},
+    );
+    this.#asyncCall = settled;
+    void settled.then(() => {
+      if (this.#asyncCall === settled) this.#asyncCall = null;
+    });
+    return call;
+  }
+
+  /** The callAsync() in flight, settled (never rejects); null when none. */
+  get inFlight(): Promise<void> | null {
+    return this.#asyncCall;
+  }
+
+  async #waitAnswer<T>(seq: number, timeoutMs: number): Promise<T> {
+    const w = this.#words;
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const answered = Atomics.load(w, W_ANSWERED);
+      if (answered === seq) break;
+      const left = deadline - performance.now();
+      if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
+      const r = waitAsync(w, W_ANSWERED, answered, left);
+      if (r.async) await r.value;
+    }
+    return this.#answer<T>(seq);
+  }
+
+  /** Post request `req` and return its number, or throw when the channel cannot take it now. */
+  #start(req: R): number {
+    const w = this.#words;
+    if (this.#asyncCall) throw new VfioError('EBUSY', 'a device command is in flight (waiting on the owner)');
     // One request at a time: an earlier one that timed out and is still unanswered blocks the channel.
     if (Atomics.load(w, W_ANSWERED) !== this.#seq) {
       throw new VfioError('EIO', 'device channel is stuck (an earlier command timed out)');
@@ -125,14 +187,12 @@ export class MailboxCaller<R> {
     this.#seq = (this.#seq + 1) | 0;
     const seq = this.#seq;
     this.#send(seq, req);
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      const answered = Atomics.load(w, W_ANSWERED);
-      if (answered === seq) break;
-      const left = deadline - performance.now();
-      if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
-      Atomics.wait(w, W_ANSWERED, answered, left);
-    }
+    return seq;
+  }
+
+  /** Request `seq`'s answer, once W_ANSWERED says it was given. */
+  #answer<T>(seq: number): T {
+    const w = this.#words;
     const kind = Atomics.load(w, W_REPLY_KIND);
     if (Atomics.load(w, W_REPLY_SEQ) !== seq) throw new Error(`device answered ${seq} with another reply`);
     if (kind === R_NOTHING) return undefined as T;
@@ -263,6 +323,25 @@ export class MailboxCaller<R> {
         // A spinning device takes posts between descriptors within microseconds: spin a little first.
         if (++spins < 200) continue;
         Atomics.wait(w, W_EPOCH, epoch, Math.min(left, 1));
+      }
+    } finally {
+      Atomics.store(w, W_EPOCH_WAITER, 0);
+    }
+  }
+
+  /** quiesce() without blocking this thread (see callAsync). */
+  async quiesceAsync(n: number, timeoutMs: number): Promise<void> {
+    const w = this.#words;
+    const deadline = performance.now() + timeoutMs;
+    Atomics.store(w, W_EPOCH_WAITER, 1);
+    try {
+      for (;;) {
+        const epoch = Atomics.load(w, W_EPOCH);
+        if ((epoch & 1) === 0 || ((Atomics.load(w, W_TAKEN) - n) | 0) >= 0) return;
+        const left = deadline - performance.now();
+        if (left <= 0) throw new VfioError('EIO', `device did not leave its round within ${timeoutMs} ms`);
+        const r = waitAsync(w, W_EPOCH, epoch, Math.min(left, 1));
+        if (r.async) await r.value;
       }
     } finally {
       Atomics.store(w, W_EPOCH_WAITER, 0);

@@ -126,10 +126,12 @@ export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorH
   const handoverMs = opts.ownerHandoverMs ?? 1000;
   const sink = opts.log ?? ((message: string) => console.warn(`devlease: ${message}`));
   const pending = admission(opts, handoverMs, sink);
+  const log = rateLimited(sink);
   const device = await DeviceWorker.start(
     options,
     opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS,
     maxDmaMaps,
+    (message, err) => log(`SA-1: ${message}`, err),
   );
   const seat = new OwnerSeat(handoverMs);
 
@@ -138,7 +140,7 @@ export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorH
     server = VfioUserServer.listen(opts.socketPath, {
       mode: opts.mode,
       maxDmaMaps,
-      log: rateLimited(sink),
+      log,
       admission: pending,
       // The owner is taken at VERSION (Sa1Frontend.negotiate), not here: a connection that never speaks owns nothing.
       createDevice: (conn, socket) => {

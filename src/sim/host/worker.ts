@@ -24,6 +24,7 @@ import { IrqTable } from './irq-table.js';
 import type { Envelope, WireError } from './mailbox.js';
 import { closeWaitSet, MailboxDevice, openWaitSet } from './mailbox-device.js';
 import { PageTable } from './page-revoke.js';
+import { RemoteDmaDevice } from './remote-dma.js';
 
 export interface WorkerInit {
   options: Sa1Options;
@@ -41,6 +42,8 @@ export interface WorkerInit {
   sliceFds: SharedArrayBuffer;
   /** Queue page addresses, inodes and the spare page memory, for the front end's revoke (page-revoke.ts). */
   pages: SharedArrayBuffer;
+  /** Where the device asks the front end for owner memory that came without an fd (remote-dma.ts). */
+  remoteDma: SharedArrayBuffer;
 }
 
 const init = workerData as WorkerInit;
@@ -62,6 +65,8 @@ const device = new Sa1Device(
   new RegisterFile(init.registers),
 );
 const revokedInodes = new Set<bigint>();
+/** Owner memory without an fd (datasheet rev 2 §7), through the front end's DMA_READ/DMA_WRITE. */
+const remote = new RemoteDmaDevice(init.remoteDma);
 // Doorbell notification (datasheet §2.3 rev 2): the queues' ioeventfds (the front end made them and hands out
 // dups with GET_REGION_IO_FDS) and the wake eventfd the mailbox writes while the device sleeps on them, in one
 // wait set made once; the device owns all of them for its lifetime.
@@ -78,6 +83,8 @@ const stats: WorkerStats = {
   postFailures: 0,
   dmaMaps: 0,
   firmwareRunning: false,
+  remoteAccesses: 0,
+  remoteFailures: 0,
 };
 /** An injected stall still to take after the current answer (inject 'stall'). */
 let stallMs = 0;
@@ -113,6 +120,19 @@ function mapPosted(r: Extract<DeviceRequest, { op: 'mapPosted' }>): void {
     view: new Uint8Array(r.buffer),
     revoked: () => native.guardRevokedAt(address),
     release: nothing, // the front end unmaps it once the device let go
+  });
+}
+
+/** A map without an fd (datasheet rev 2 §7): the owner's memory, reached through messages (remote-dma.ts). */
+function remoteMapPosted(r: Extract<DeviceRequest, { op: 'remoteMapPosted' }>): void {
+  device.dmaMap({
+    iova: r.iova,
+    size: r.size,
+    readable: r.read,
+    writable: r.write,
+    view: new Uint8Array(0),
+    remote,
+    release: nothing,
   });
 }
 
@@ -180,6 +200,8 @@ function handle(r: DeviceRequest): unknown {
       return device.regionWrite(r.index, r.offset, r.data);
     case 'mapPosted':
       return mapPosted(r);
+    case 'remoteMapPosted':
+      return remoteMapPosted(r);
     case 'kicksHandedOut':
       return; // the flag is in the mailbox words; the post only woke the loop
     case 'queueEnabled': {
@@ -225,7 +247,13 @@ function handle(r: DeviceRequest): unknown {
     case 'inject':
       return inject(r.inject);
     case 'stats':
-      return { ...stats, dmaMaps: device.iommu.maps.length, firmwareRunning: device.firmware.running };
+      return {
+        ...stats,
+        dmaMaps: device.iommu.maps.length,
+        firmwareRunning: device.firmware.running,
+        remoteAccesses: remote.accesses,
+        remoteFailures: remote.failures,
+      };
     case 'shutdown':
       throw new Error('shutdown is served by the device loop');
   }

@@ -29,7 +29,7 @@ import {
   ST_WINDOW_VIOLATION,
 } from './datasheet.js';
 import { type Descriptor, decodeDescriptor, writeCompletion } from './descriptor.js';
-import { deadAt, executeChecked, hostRanges, translate, windowFault } from './execute.js';
+import { deadAt, executeChecked, flushRemote, hostRanges, translate, windowFault } from './execute.js';
 import { fail, isPlainNop, OK_NOP, type Outcome, plainCopy } from './fast-path.js';
 import type { FaultLog } from './faults.js';
 import type { Iommu } from './iommu.js';
@@ -200,7 +200,9 @@ export class Engine {
 
   #ringPiece(q: Queue, iova: bigint, length: number, write: boolean): Int32Array | null {
     const segs: Segments = [];
-    if (translate(this.ctx.iommu, q, iova, length, write, segs) !== null || segs.length !== 1) return null;
+    // Local memory only: a ring in owner memory without an fd is reached per slot, through the owner.
+    if (translate(this.ctx.iommu, q, iova, length, write, segs, true) !== null || segs.length !== 1)
+      return null;
     const s = segs[0] as Uint8Array;
     if (s.byteOffset % 4 !== 0) return null;
     return new Int32Array(s.buffer, s.byteOffset, length / 4);
@@ -332,6 +334,15 @@ export class Engine {
       this.#beforePhase(q, out);
       const tag = (BigInt(tagHi >>> 0) << 32n) | BigInt(tagLo >>> 0);
       writeCompletion(segs[0] as Uint8Array, tag, out.result, out.status, phase);
+      // A CQ in owner memory without an fd: the entry goes to the owner now, whole; one it did not take is no
+      // completion (as a slot whose backing shrank, below).
+      const unsent = flushRemote(this.ctx.iommu, q);
+      if (unsent !== null) {
+        q.completed -= 1;
+        q.bytes -= out.bytes;
+        this.#queueFault(q, ST_IOMMU_FAULT, unsent);
+        return false;
+      }
     }
     // A CQ whose backing shrank (rev 2 §7): the store that found it gone went to the guard's zero page, so
     // the completion is not in the ring. Checked after the phase word, so a shrink racing any of the slot's

@@ -43,7 +43,14 @@ export function executeChecked(m: Memories, q: Queue, d: Descriptor): Outcome {
   if (d.opcode === OP_NOP) return execute(m, q, d); // touches no memory: nothing can have shrunk under it
   m.iommu.sync(); // maps that shrank before this access fault in translate()
   const out = execute(m, q, d);
-  if (out.status !== ST_OK || !m.iommu.sync()) return out;
+  if (out.status !== ST_OK) {
+    m.iommu.dropWrites();
+    return out;
+  }
+  // Memory without an fd: what the descriptor wrote goes to the owner now (its completion comes after).
+  const unsent = flushRemote(m.iommu, q);
+  if (unsent !== null) return fail(ST_IOMMU_FAULT, unsent);
+  if (!m.iommu.sync()) return out;
   for (const r of hostRanges(d)) {
     const at = deadAt(m.iommu, q, r.start, r.length);
     if (at !== null) return fail(ST_IOMMU_FAULT, at);
@@ -136,14 +143,25 @@ export function translate(
   length: number,
   write: boolean,
   out: Segments,
+  local = false,
 ): bigint | null {
   const xlat = q.xlat;
   const device = xlat === 0n ? iova : BigInt.asUintN(64, iova + xlat);
-  const fault = iommu.translate(Number(device), length, write, out);
+  const fault = iommu.translate(Number(device), length, write, out, local);
   if (fault < 0) return null;
   // The IOMMU works in JS numbers; the first byte's fault is given back exactly.
   const at = fault === Number(device) ? device : BigInt(fault);
   return xlat === 0n ? at : BigInt.asUintN(64, at - xlat);
+}
+
+/**
+ * Send the writes made through maps without an fd (iommu.ts flush). Returns null, or the address, as the
+ * queue saw it, where the owner did not take one.
+ */
+export function flushRemote(iommu: Iommu, q: Queue): bigint | null {
+  const failed = iommu.flush();
+  if (failed < 0) return null;
+  return q.xlat === 0n ? BigInt(failed) : BigInt.asUintN(64, BigInt(failed) - q.xlat);
 }
 
 /**

@@ -8,6 +8,16 @@ import { native } from '../../sys/native.js';
 import { IOMMU_PAGE_SIZE, IOVA_LIMIT } from './datasheet.js';
 import type { Segments } from './memory.js';
 
+/**
+ * Owner memory that came without an fd (datasheet rev 2 §7): reached through the owner (DMA_READ/DMA_WRITE
+ * messages), synchronously from the device's point of view. Each returns -1, or the first IOVA it could not
+ * reach.
+ */
+export interface RemoteMemory {
+  read(iova: number, into: Uint8Array): number;
+  write(iova: number, data: Uint8Array): number;
+}
+
 export interface DmaMapping {
   readonly iova: number;
   readonly size: number;
@@ -22,6 +32,19 @@ export interface DmaMapping {
   revoked?(): boolean;
   /** Called exactly once when the map leaves the table: the owner of the memory unmaps it. */
   release(): void;
+  /**
+   * Set for a map without an fd: its memory is the owner's, reached through messages (`view` is empty). A
+   * translation reads a read's bytes into a buffer of its own, and a write's buffer goes to the owner at
+   * flush(), after the access.
+   */
+  readonly remote?: RemoteMemory;
+}
+
+/** A write through a map without an fd, waiting for flush(). */
+interface RemoteWrite {
+  remote: RemoteMemory;
+  iova: number;
+  data: Uint8Array;
 }
 
 export interface MapRequest {
@@ -76,6 +99,10 @@ export class Iommu {
    * translation cached with the generation it was made in is still the table's answer while it holds.
    */
   #generation = 0;
+  /** Maps without an fd in the table. */
+  #remoteMaps = 0;
+  /** Writes through maps without an fd since the last flush(). */
+  #remoteWrites: RemoteWrite[] = [];
 
   get generation(): number {
     return this.#generation;
@@ -108,9 +135,15 @@ export class Iommu {
     };
   }
 
+  /** Whether some map has no fd (its memory is reached through the owner). */
+  get hasRemote(): boolean {
+    return this.#remoteMaps !== 0;
+  }
+
   add(m: DmaMapping): void {
     this.checkFree(m.iova, m.size);
     this.#generation++;
+    if (m.remote) this.#remoteMaps++;
     this.#maps.splice(this.#firstEndingAfter(m.iova), 0, m);
   }
 
@@ -126,6 +159,7 @@ export class Iommu {
       const out = this.#maps;
       this.#maps = [];
       this.#dead.clear();
+      this.#remoteMaps = 0;
       return out;
     }
     const end = iova + size;
@@ -146,7 +180,10 @@ export class Iommu {
       throw new VfioError('ENOENT', `no DMA map in [0x${iova.toString(16)}, +0x${size.toString(16)})`);
     }
     const out = this.#maps.splice(first, last - first);
-    for (const m of out) this.#dead.delete(m);
+    for (const m of out) {
+      this.#dead.delete(m);
+      if (m.remote) this.#remoteMaps--;
+    }
     return out;
   }
 
@@ -182,15 +219,26 @@ export class Iommu {
    * -1 on success, else the first IOVA that is unmapped or mapped without the
    * needed permission (`out` is then partial and must be discarded).
    */
-  translate(iova: number, length: number, write: boolean, out: Segments): number {
+  translate(iova: number, length: number, write: boolean, out: Segments, local = false): number {
     const base = out.length;
-    const fault = this.#translate(iova, length, write, out);
-    if (fault < 0 || !this.onMiss?.()) return fault;
-    out.length = base;
-    return this.#translate(iova, length, write, out);
+    const writes = this.#remoteWrites.length;
+    let fault = this.#translate(iova, length, write, out, local);
+    if (fault >= 0 && this.onMiss?.()) {
+      out.length = base;
+      this.#remoteWrites.length = writes;
+      fault = this.#translate(iova, length, write, out, local);
+    }
+    // A failed translation leaves nothing to write back: its buffers are never filled.
+    if (fault >= 0) this.#remoteWrites.length = writes;
+    return fault;
   }
 
-  #translate(iova: number, length: number, write: boolean, out: Segments): number {
+  /**
+   * `local`: a map without an fd counts as a miss (the engine's ring cache wants memory it can keep). Through
+   * such a map a read's bytes are fetched from the owner now, into a buffer of their own; a write's buffer is
+   * sent at the next flush().
+   */
+  #translate(iova: number, length: number, write: boolean, out: Segments, local: boolean): number {
     let at = iova;
     const end = iova + length;
     let i = this.#firstEndingAfter(at);
@@ -200,7 +248,18 @@ export class Iommu {
       if (this.#dead.size !== 0 && this.#dead.has(m)) return at;
       const within = at - m.iova;
       const n = Math.min(end - at, m.size - within);
-      out.push(m.view.subarray(within, within + n));
+      if (m.remote) {
+        if (local) return at;
+        const data = new Uint8Array(n);
+        if (write) this.#remoteWrites.push({ remote: m.remote, iova: at, data });
+        else {
+          const failed = m.remote.read(at, data);
+          if (failed >= 0) return failed;
+        }
+        out.push(data);
+      } else {
+        out.push(m.view.subarray(within, within + n));
+      }
       at += n;
       i++;
     }
@@ -208,13 +267,40 @@ export class Iommu {
   }
 
   /**
+   * Send the writes made through maps without an fd since the last call, in order. Returns -1, or the first
+   * IOVA the owner did not take (the rest are dropped: the access failed there). One comparison when there
+   * are none.
+   */
+  flush(): number {
+    if (this.#remoteWrites.length === 0) return -1;
+    const writes = this.#remoteWrites;
+    this.#remoteWrites = [];
+    for (const w of writes) {
+      const failed = w.remote.write(w.iova, w.data);
+      if (failed >= 0) return failed;
+    }
+    return -1;
+  }
+
+  /** Forget the writes not yet flushed (an access that failed before it wrote anything). */
+  dropWrites(): void {
+    this.#remoteWrites.length = 0;
+  }
+
+  /**
    * The one map holding all of [iova, iova+length) with the access needed and a live backing, or null (not
-   * mapped, split across maps, no permission, dead, or a map update still waiting: the caller takes
+   * mapped, split across maps, no permission, dead, a map without an fd, or a map update still waiting: the caller takes
    * translate(), which applies those and names the fault). Valid while `generation` stays as it was.
    */
   find(iova: number, length: number, write: boolean): DmaMapping | null {
     const m = this.#maps[this.#firstEndingAfter(iova)];
-    if (!m || m.iova > iova || iova + length > m.iova + m.size || (write ? !m.writable : !m.readable)) {
+    if (
+      !m ||
+      m.remote ||
+      m.iova > iova ||
+      iova + length > m.iova + m.size ||
+      (write ? !m.writable : !m.readable)
+    ) {
       return null;
     }
     return this.#dead.size !== 0 && this.#dead.has(m) ? null : m;

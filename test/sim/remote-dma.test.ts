@@ -1,0 +1,169 @@
+// Owner memory without an fd (datasheet rev 2 §7): the simulator accepts the map and reaches the memory with
+// VFIO_USER_DMA_READ/DMA_WRITE messages to the owner, which serves them from its own buffer (devlease's
+// VfioUserClient, src/vfio/user/dma-maps.ts). Rings, payloads and the firmware image all live in that
+// memory here; the owner's commands stay answered while the device waits on it; an unmap, a slow or
+// vanished owner end such an access as IOMMU_FAULT, never with a hang.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { VfioUserClient } from '../../src/vfio/user/client.js';
+import type { DmaMemory } from '../../src/vfio/user/dma-maps.js';
+import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../../src/vfio/user/protocol.js';
+import { trackFdLeaks } from '../helpers/fds.js';
+import {
+  boot,
+  enableBusMaster,
+  faultRecord,
+  type QueueLayout,
+  qcfg,
+  RawQueue,
+  r32,
+  w32,
+} from './conformance/owner.js';
+import { BAR0, FW_STATUS, OP, Q_STATUS, QCFG, REGION, ST } from './conformance/sa1-spec.js';
+import { type HostRegion, type Rig, rig, until } from './helpers/real.js';
+
+after(trackFdLeaks());
+
+const CONFIG = { numQueues: 4, queueStride: 16384, devmemSize: 1 << 20, devmemGranule: 1 << 16 };
+const RW = VFIO_USER_F_DMA_REGION_READ | VFIO_USER_F_DMA_REGION_WRITE;
+const FW = 0x10_0000n;
+const HOST = 0x20_0000n;
+const HOST_SIZE = 1 << 20;
+const SLOW = 0x40_0000n;
+
+/** Memory the owner keeps to itself: a buffer behind a map without an fd. */
+function ownerMemory(size: number): { iova: bigint; view: Uint8Array } & { region: HostRegion } {
+  const view = new Uint8Array(size);
+  const mem = { iova: 0n, view };
+  return { ...mem, region: mem as unknown as HostRegion };
+}
+
+async function mapNoFd(r: Rig, iova: bigint, size: number, memory: Uint8Array | DmaMemory): Promise<void> {
+  await r.client.dmaMap({ iova, size, flags: RW, memory });
+}
+
+function layout(host: HostRegion, q = 0): QueueLayout {
+  return {
+    q,
+    stride: CONFIG.queueStride,
+    host,
+    sqAt: 0,
+    cqAt: 0x1000,
+    sqSize: 16,
+    cqSize: 16,
+    window: { base: host.iova, size: BigInt(host.view.length) },
+  };
+}
+
+async function withOwnerMemory(fn: (r: Rig, host: HostRegion) => Promise<void>): Promise<void> {
+  const r = await rig(CONFIG);
+  try {
+    const fw = ownerMemory(64 * 1024);
+    await mapNoFd(r, FW, 64 * 1024, fw.view);
+    await boot(r.client, { ...fw.region, iova: FW } as HostRegion); // the image is fetched by DMA_READ
+    const host = ownerMemory(HOST_SIZE);
+    await mapNoFd(r, HOST, HOST_SIZE, host.view);
+    await fn(r, { ...host.region, iova: HOST } as HostRegion);
+  } finally {
+    await r.close();
+  }
+}
+
+test('rings, payloads and the firmware in owner memory without an fd work through DMA_READ/DMA_WRITE', async () => {
+  await withOwnerMemory(async (r, host) => {
+    const q = new RawQueue(r.client, layout(host));
+    await q.configure();
+    const src = 0x8000;
+    const dst = 0x20000;
+    for (let i = 0; i < 6000; i++) host.view[src + i] = (i * 7 + 3) & 0xff;
+    await q.submit([
+      { opcode: OP.NOP, tag: 1n },
+      { opcode: OP.COPY, length: 6000, src: HOST + BigInt(src), dst: HOST + BigInt(dst), tag: 2n },
+      { opcode: OP.FILL, length: 4096, dst: HOST + 0x40000n, imm: 0x0102_0304_0506_0708n, tag: 3n },
+      { opcode: OP.WRITE_IMM, dst: HOST + 0x50000n, imm: 0xfeed_face_cafe_beefn, tag: 4n },
+      { opcode: OP.CRC32C, length: 6000, src: HOST + BigInt(src), tag: 5n },
+    ]);
+    const done = await q.reap(5);
+    assert.deepEqual(
+      done.map((c) => [c.tag, c.status]),
+      [1n, 2n, 3n, 4n, 5n].map((t) => [t, ST.OK]),
+      'every descriptor completed OK, its completion written into owner memory',
+    );
+    assert.deepEqual(host.view.subarray(dst, dst + 6000), host.view.subarray(src, src + 6000), 'COPY');
+    const fill = Buffer.from(host.view.subarray(0x40000, 0x40000 + 4096));
+    for (let i = 0; i < 4096; i += 8) assert.equal(fill.readBigUInt64LE(i), 0x0102_0304_0506_0708n, 'FILL');
+    assert.equal(Buffer.from(host.view).readBigUInt64LE(0x50000), 0xfeed_face_cafe_beefn, 'WRITE_IMM');
+    const stats = await r.sim.stats();
+    assert.ok(stats.remoteAccesses > 0 && stats.remoteFailures === 0, JSON.stringify(stats));
+  });
+});
+
+test('a device access the owner never answers: its unmap ends it as IOMMU_FAULT, and the owner was answered meanwhile', async () => {
+  await withOwnerMemory(async (r, host) => {
+    let stalled = 0;
+    const never: DmaMemory = {
+      read: () => {
+        stalled++;
+        return new Promise<Uint8Array>(() => {});
+      },
+      write: () => new Promise<void>(() => {}),
+    };
+    await mapNoFd(r, SLOW, 0x10000, never);
+    const q = new RawQueue(r.client, {
+      ...layout(host),
+      window: { base: HOST, size: SLOW + 0x10000n - HOST },
+    });
+    await q.configure();
+    await q.submit([{ opcode: OP.COPY, length: 64, src: SLOW, dst: HOST + 0x30000n, tag: 9n }]);
+    await until(async () => stalled > 0, 'the device to read the stalled memory');
+    // The device waits on the owner: a register the device must act on (Q_CTRL of another queue) and a
+    // BAR0 read are still answered.
+    await w32(r.client, REGION.bar0, qcfg(1, QCFG.Q_CTRL), 0);
+    assert.equal(await r32(r.client, REGION.bar0, BAR0.ID), 0x5a01_0001);
+    await r.client.dmaUnmap({ iova: SLOW, size: 0x10000 });
+    const [c] = await q.reap(1);
+    assert.equal(c?.status, ST.IOMMU_FAULT, 'the copy from the unmapped memory faulted');
+    const rec = await faultRecord(r.client, 0);
+    assert.equal(rec.iova, SLOW, 'the fault record names the address it could not read');
+    assert.ok((await q.qcfg32(QCFG.Q_STATUS)) & Q_STATUS.ERROR);
+  });
+});
+
+test('an owner that leaves while the device waits on its memory: nothing hangs, and the next owner is served', async () => {
+  const r = await rig(CONFIG);
+  try {
+    let stalled = 0;
+    const never: DmaMemory = {
+      read: () => {
+        stalled++;
+        return new Promise<Uint8Array>(() => {});
+      },
+      write: () => new Promise<void>(() => {}),
+    };
+    await mapNoFd(r, FW, 64 * 1024, never);
+    // FW_CMD: the device fetches the image from memory the owner never serves.
+    await enableBusMaster(r.client);
+    await w32(r.client, REGION.bar0, BAR0.FW_IOVA, Number(FW));
+    await w32(r.client, REGION.bar0, BAR0.FW_LEN, 4096);
+    await w32(r.client, REGION.bar0, BAR0.FW_CMD, 1);
+    await until(async () => stalled > 0, 'the firmware fetch to reach the owner');
+    r.client.close();
+    await until(async () => !r.sim.ownerConnected, 'the owner to be gone');
+    const stats = await r.sim.stats();
+    assert.equal(stats.dmaMaps, 0, 'the maps went with the owner');
+    assert.ok(stats.remoteFailures >= 1, 'the access failed instead of waiting on');
+    const next = await VfioUserClient.connect(r.sim.socketPath);
+    try {
+      assert.equal(await r32(next, REGION.bar0, BAR0.ID), 0x5a01_0001, 'the next owner is served');
+      assert.equal(
+        await r32(next, REGION.bar0, BAR0.FW_STATUS),
+        FW_STATUS.IOMMU_FAULT,
+        'the fetch failed as an IOMMU fault',
+      );
+    } finally {
+      next.close();
+    }
+  } finally {
+    await r.close();
+  }
+});
