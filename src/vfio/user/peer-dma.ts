@@ -13,7 +13,10 @@ import { vfio_user_dma_region_access } from './messages.js';
 import * as P from './protocol.js';
 
 export interface PeerDma {
-  /** The client's max_data_xfer_size from its VERSION: the most one DMA_READ/DMA_WRITE may carry. */
+  /**
+   * The client's max_data_xfer_size from its VERSION (the server's own when smaller: a DMA_READ reply must fit its
+   * receive buffer): the most one DMA_READ/DMA_WRITE may carry.
+   */
   readonly maxTransfer: number;
   /** VFIO_USER_DMA_READ of [addr, addr+count): the bytes. */
   read(addr: bigint, count: number, timeoutMs: number): Promise<Uint8Array>;
