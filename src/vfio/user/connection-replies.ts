@@ -15,6 +15,12 @@
 // and resumes when all are back under. Requests already read still get their replies, so the backlog can pass
 // the high-water mark by at most MAX_PENDING replies; past REPLY_HARD_LIMIT (a client that never reads) the
 // connection is cut.
+//
+// While a command of the server's own (a model's DMA_READ/DMA_WRITE, peer-dma.ts) waits for its reply, reading
+// is not paused but for hold(): that reply comes behind whatever the client sent before it, and a request being
+// served — the one whose model waits for it — holds the queue until it comes (a client that pipelines 32
+// requests behind a REGION_WRITE whose model reads its memory would otherwise wait for the command's deadline).
+// What is read meanwhile is still bounded: past MAX_PENDING_AWAITING requests queued the connection is cut.
 import type { Fd } from '../../sys/fd.js';
 import { closeAll } from './request-replies.js';
 import type { MessageSocket } from './transport.js';
@@ -23,6 +29,8 @@ export const MAX_PENDING = 32;
 export const REPLY_HIGH_WATER = 1 << 20;
 export const REPLY_HARD_LIMIT = 8 << 20;
 export const REPLY_FDS_HIGH_WATER = 64;
+/** Requests queued while a server command awaits its reply, past which the client is cut off. */
+export const MAX_PENDING_AWAITING = 4 * MAX_PENDING;
 
 /** A socket that can join messages without fds into one sendmsg (StreamSocket). */
 type Batching = { batch<T>(fn: () => T): T };
@@ -37,6 +45,8 @@ export class ConnectionReplies {
   readonly #socket: MessageSocket & Partial<Batching>;
   /** Requests read and not yet answered (the connection's request order). */
   readonly #pending: () => number;
+  /** Commands of the server's own wait for their replies: reading goes on (see above). */
+  readonly #awaiting: () => boolean;
   /** The connection must end: a send failed, or the client does not read its replies. */
   readonly #cut: (reason: string, logLine?: string) => void;
   #held: Held[] = [];
@@ -45,9 +55,15 @@ export class ConnectionReplies {
   /** Reading stopped whatever flow control says (a broker upgrade's quiesce: hold()). */
   holding = false;
 
-  constructor(socket: MessageSocket, pending: () => number, cut: (reason: string, logLine?: string) => void) {
+  constructor(
+    socket: MessageSocket,
+    pending: () => number,
+    awaiting: () => boolean,
+    cut: (reason: string, logLine?: string) => void,
+  ) {
     this.#socket = socket as MessageSocket & Partial<Batching>;
     this.#pending = pending;
+    this.#awaiting = awaiting;
     this.#cut = cut;
   }
 
@@ -136,11 +152,21 @@ export class ConnectionReplies {
       );
       return;
     }
+    const awaiting = this.#awaiting();
+    if (awaiting && this.#pending() > MAX_PENDING_AWAITING) {
+      this.#closed = true;
+      this.#cut(
+        'client sent too many requests while the server awaited its reply',
+        `${this.#pending()} requests queued while a DMA command awaits the client's reply; closing it`,
+      );
+      return;
+    }
     const full =
       this.holding ||
-      this.#pending() >= MAX_PENDING ||
-      backlog > REPLY_HIGH_WATER ||
-      (this.#socket.queuedFds ?? 0) > REPLY_FDS_HIGH_WATER;
+      (!awaiting &&
+        (this.#pending() >= MAX_PENDING ||
+          backlog > REPLY_HIGH_WATER ||
+          (this.#socket.queuedFds ?? 0) > REPLY_FDS_HIGH_WATER));
     if (full) this.#socket.pause();
     else this.#socket.resume();
   }

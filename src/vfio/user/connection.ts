@@ -11,7 +11,8 @@
 // request-outcome.ts.
 // A message that breaks framing closes this connection only; one whose fds
 // this process could not take (its fd table full) is refused EMFILE alone
-// (fds-lost.ts).
+// (fds-lost.ts). A reply is the answer to one of the server's own commands
+// (DMA_READ/DMA_WRITE, peer-dma.ts), routed as soon as it is read.
 import { ProtocolError, VfioError } from '../../errors.js';
 import type { Fd } from '../../sys/fd.js';
 import { decodeMessage, isReply, type VfioUserMessage, wantsReply } from './codec.js';
@@ -19,6 +20,7 @@ import { ConnectionReplies } from './connection-replies.js';
 import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
 import { dispatchRequest } from './dispatch.js';
 import { FdsLostError, requestFdsLost } from './fds-lost.js';
+import { offerPeerDma, type PeerCommands } from './peer-dma.js';
 import * as P from './protocol.js';
 import { PIPELINED, QUEUED, RequestOrder, type Turn } from './request-order.js';
 import { errorReplyMessage, type Outcome, replyMessage, runWithFds } from './request-outcome.js';
@@ -69,6 +71,8 @@ export class VfioUserConnection {
   #resolveClosed!: (reason: string) => void;
   /** The client proposed devlease "error_reason": error replies carry the reason (kept even if VERSION fails). */
   #wantsReasons = false;
+  /** The model's DMA_READ/DMA_WRITE to the client, once VERSION succeeded (only for a model that asks: peerDma). */
+  #peerDma: PeerCommands | null = null;
 
   constructor(
     info: ConnectionInfo,
@@ -92,6 +96,8 @@ export class VfioUserConnection {
     const created = (async () => {
       try {
         this.#model = await createDevice(info, socket);
+        // A session negotiated elsewhere has had its VERSION: the model gets the client's memory now.
+        if (adopted) this.#givePeerDma();
       } catch (err) {
         this.#refusal = err;
         if (!(err instanceof VfioError))
@@ -101,6 +107,7 @@ export class VfioUserConnection {
     this.#replies = new ConnectionReplies(
       socket,
       () => this.#order.pending,
+      () => (this.#peerDma?.outstanding ?? 0) > 0,
       (reason, logLine) => {
         if (logLine) config.log(`vfio-user connection ${info.id}: ${logLine}`);
         this.close(reason);
@@ -162,6 +169,8 @@ export class VfioUserConnection {
   close(reason = 'closed by server'): void {
     if (this.#closing !== null) return;
     this.#closing = reason;
+    // EPIPE before disconnected(), which waits a turn more: what the model chained on that failure runs first.
+    if (this.#peerDma?.close(reason)) this.#order.after(() => new Promise((r) => setImmediate(r)));
     // Replies given before the close still go (as a reply then close() did when each was sent at once).
     this.#replies.flush();
     this.#replies.close();
@@ -193,9 +202,14 @@ export class VfioUserConnection {
         throw new ProtocolError(`message carries more than max_msg_fds (${this.#config.maxMsgFds}) fds`);
       }
       msg = decodeMessage(rec.data);
-      // This server sends no commands, so no reply can be expected from the client.
-      if (isReply(msg))
-        throw new ProtocolError(`reply (msg_id ${msg.msgId}) to a command this server never sent`);
+      if (isReply(msg)) {
+        // Routed now, not queued: a request being served may be waiting for it (a model's DMA_READ).
+        const extra = fds.length > 0 ? `${fds.length} fd(s)` : rec.fdsLost ? 'fds (not received)' : null;
+        if (!this.#peerDma?.route(msg, extra))
+          throw new ProtocolError(`reply (msg_id ${msg.msgId}) to a command this server never sent`);
+        closeAll(fds);
+        return;
+      }
     } catch (err) {
       closeAll(fds);
       this.#config.log(`vfio-user connection ${this.info.id}: ${(err as Error).message}; closing it`);
@@ -335,6 +349,21 @@ export class VfioUserConnection {
     else if (this.#settleError !== null) this.close(`after VERSION: ${(err as Error).message}`);
   }
 
+  /** VERSION is done: a model that asks for it gets the client's memory by message (peer-dma.ts offerPeerDma). */
+  #givePeerDma(): void {
+    if (!this.#model?.peerDma || this.peer === null) return;
+    const what = `vfio-user connection ${this.info.id}`;
+    this.#peerDma = offerPeerDma(this.#model, this.peer, this.#config, {
+      send: (bytes) => this.socket.send(bytes),
+      log: (message) => this.#config.log(`${what}: ${message}`),
+      cut: (reason) => {
+        this.#config.log(`${what}: ${reason}; closing it`);
+        this.close(reason);
+      },
+      changed: () => this.#replies.flowControl(),
+    });
+  }
+
   /** The first request: VERSION, or a refusal (async as dispatchRequest, so both fail the same way). */
   async #beforeVersion(msg: VfioUserMessage, fds: Fd[]): Promise<Reply> {
     if (msg.command !== P.VFIO_USER_VERSION) {
@@ -355,14 +384,14 @@ export class VfioUserConnection {
     }
     this.peer = v.peer;
     // The model may decide now, with the client's capabilities (devlease: the lease request rides here).
+    // Then it gets the client's memory (peerDma), before any later request is served.
     let granted: Record<string, unknown> = {};
-    if (this.#model.negotiate) {
-      try {
-        granted = await this.#model.negotiate(v.peer.raw);
-      } catch (err) {
-        this.peer = null;
-        throw err;
-      }
+    try {
+      if (this.#model.negotiate) granted = await this.#model.negotiate(v.peer.raw);
+      this.#givePeerDma();
+    } catch (err) {
+      this.peer = null;
+      throw err;
     }
     const reply = versionReply(v, this.#config, granted, this.#model.versionCapabilities?.() ?? {});
     this.onVersion?.();

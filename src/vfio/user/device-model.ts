@@ -13,6 +13,7 @@
 
 import type { Fd } from '../../sys/fd.js';
 import type { PeerCred } from '../../sys/native.js';
+import type { PeerDma } from './peer-dma.js';
 import type { RegionIoFds } from './region-io-fds.js';
 
 // VfioError, ERRNO (os.constants.errno) and ErrnoName are defined in src/errors.ts, the one error model;
@@ -145,4 +146,10 @@ export interface VfioUserDeviceModel {
    * next request (its errno and reason), and the connection is closed after it.
    */
   versionSettled?(): Promise<void>;
+  /**
+   * Called once, when VERSION has succeeded and before any later request is served: the client's memory through
+   * DMA_READ/DMA_WRITE (peer-dma.ts; bound to this connection, failing EPIPE once it closes). A throw refuses the
+   * VERSION as negotiate()'s does.
+   */
+  peerDma?(dma: PeerDma): void;
 }

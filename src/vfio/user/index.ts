@@ -24,6 +24,7 @@ export {
 export { VfioUserConnection } from './connection.js';
 export * from './device-model.js';
 export * from './messages.js';
+export { MAX_PEER_COMMANDS, type PeerDma } from './peer-dma.js';
 export * from './protocol.js';
 export * from './region-io-fds.js';
 export { type VfioUserListenOptions, VfioUserServer, type VfioUserServerOptions } from './server.js';
