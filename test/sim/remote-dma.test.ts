@@ -19,7 +19,7 @@ import {
   r32,
   w32,
 } from './conformance/owner.js';
-import { BAR0, FW_STATUS, OP, Q_STATUS, QCFG, REGION, ST } from './conformance/sa1-spec.js';
+import { BAR0, FW_STATUS, OP, Q_CTRL, Q_STATUS, QCFG, QPAGE, REGION, ST } from './conformance/sa1-spec.js';
 import { type HostRegion, type Rig, rig, until } from './helpers/real.js';
 
 after(trackFdLeaks());
@@ -100,15 +100,22 @@ test('rings, payloads and the firmware in owner memory without an fd work throug
 
 test('a device access the owner never answers: its unmap ends it as IOMMU_FAULT, and the owner was answered meanwhile', async () => {
   await withOwnerMemory(async (r, host) => {
+    // The owner holds its answer until after its unmap (it serves DMA one request at a time, so it must
+    // answer at some point for the device's later writes to reach it).
     let stalled = 0;
-    const never: DmaMemory = {
-      read: () => {
+    let release = (): void => {};
+    const held = new Promise<void>((res) => {
+      release = res;
+    });
+    const slow: DmaMemory = {
+      read: async (_offset, count) => {
         stalled++;
-        return new Promise<Uint8Array>(() => {});
+        await held;
+        return new Uint8Array(count);
       },
-      write: () => new Promise<void>(() => {}),
+      write: () => held,
     };
-    await mapNoFd(r, SLOW, 0x10000, never);
+    await mapNoFd(r, SLOW, 0x10000, slow);
     const q = new RawQueue(r.client, {
       ...layout(host),
       window: { base: HOST, size: SLOW + 0x10000n - HOST },
@@ -116,16 +123,53 @@ test('a device access the owner never answers: its unmap ends it as IOMMU_FAULT,
     await q.configure();
     await q.submit([{ opcode: OP.COPY, length: 64, src: SLOW, dst: HOST + 0x30000n, tag: 9n }]);
     await until(async () => stalled > 0, 'the device to read the stalled memory');
-    // The device waits on the owner: a register the device must act on (Q_CTRL of another queue) and a
-    // BAR0 read are still answered.
-    await w32(r.client, REGION.bar0, qcfg(1, QCFG.Q_CTRL), 0);
+    // The device waits on the owner: register reads — BAR0, and the queue page (BAR2), which QEMU's vCPUs
+    // read synchronously — are answered without it.
     assert.equal(await r32(r.client, REGION.bar0, BAR0.ID), 0x5a01_0001);
+    assert.equal(await r32(r.client, REGION.bar2, QPAGE.SQ_TAIL), 1, 'SQ_TAIL through BAR2');
     await r.client.dmaUnmap({ iova: SLOW, size: 0x10000 });
+    release(); // too late: the device gave the access up when the range was unmapped
     const [c] = await q.reap(1);
     assert.equal(c?.status, ST.IOMMU_FAULT, 'the copy from the unmapped memory faulted');
     const rec = await faultRecord(r.client, 0);
     assert.equal(rec.iova, SLOW, 'the fault record names the address it could not read');
     assert.ok((await q.qcfg32(QCFG.Q_STATUS)) & Q_STATUS.ERROR);
+  });
+});
+
+test('an owner command the device must serve waits for its access to owner memory, which the owner answers meanwhile', async () => {
+  await withOwnerMemory(async (r, host) => {
+    let stalled = 0;
+    let release = (): void => {};
+    const held = new Promise<void>((res) => {
+      release = res;
+    });
+    const slow: DmaMemory = {
+      read: async (offset, count) => {
+        stalled++;
+        await held;
+        return new Uint8Array(count).fill(Number(offset & 0xffn) + 1);
+      },
+      write: () => held,
+    };
+    await mapNoFd(r, SLOW, 0x10000, slow);
+    const q = new RawQueue(r.client, { ...layout(host), window: { base: HOST, size: SLOW + 0x10000n - HOST } });
+    await q.configure();
+    await w32(r.client, REGION.bar0, qcfg(1, QCFG.Q_CTRL), Q_CTRL.ENABLE); // stored on the front end
+    await q.submit([{ opcode: OP.COPY, length: 64, src: SLOW + 0x20n, dst: HOST + 0x30000n, tag: 7n }]);
+    await until(async () => stalled > 0, 'the device to read the slow memory');
+    // Disabling an enabled queue is the device's to do: it is served after the COPY in progress, which waits on
+    // the owner's answer. A front end blocked waiting for the device would never hand that answer over.
+    const disabled = w32(r.client, REGION.bar0, qcfg(1, QCFG.Q_CTRL), 0);
+    await new Promise((res) => setTimeout(res, 50));
+    release();
+    await disabled;
+    const [c] = await q.reap(1);
+    assert.deepEqual([c?.tag, c?.status], [7n, ST.OK], 'the copy completed with the owner\'s bytes');
+    assert.deepEqual(host.view.subarray(0x30000, 0x30040), new Uint8Array(64).fill(0x21));
+    assert.equal(await q.qcfg32(QCFG.Q_STATUS) & Q_STATUS.ERROR, 0);
+    const stats = await r.sim.stats();
+    assert.equal(stats.remoteFailures, 0, 'no access failed');
   });
 });
 

@@ -50,12 +50,14 @@ before(() => {
   guestDriver();
 });
 
-async function startSim(socket: string): Promise<ChildProcess> {
+/** `devlease sim` with its control on stdin (for its stats); its stdout lines are kept in `lines`. */
+async function startSim(socket: string): Promise<ChildProcess & { lines: string[] }> {
   const sim = spawn(
     process.execPath,
     [
       join(projectRoot, 'bin/devlease.js'),
       'sim',
+      '--control-stdin',
       '--socket',
       socket,
       '--queues',
@@ -65,15 +67,36 @@ async function startSim(socket: string): Promise<ChildProcess> {
       '--devmem',
       `${DEVMEM_MIB}`,
     ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
+    { stdio: ['pipe', 'pipe', 'inherit'] },
   );
+  const lines: string[] = [];
   const ready = new Promise<void>((res, rej) => {
     const rl = createInterface({ input: sim.stdout! });
-    rl.on('line', (l) => l.startsWith('ready ') && res());
+    rl.on('line', (l) => {
+      lines.push(l);
+      if (l.startsWith('ready ')) res();
+    });
     sim.once('exit', (code) => rej(new Error(`devlease sim exited (${code}) before it was ready`)));
   });
   await withDeadline(ready, 30_000, 'devlease sim ready');
-  return sim;
+  return Object.assign(sim, { lines });
+}
+
+/** The simulator's device stats (its control's `stats` request). */
+async function simStats(sim: ChildProcess & { lines: string[] }): Promise<Record<string, number>> {
+  const from = sim.lines.length;
+  sim.stdin?.write('{"kind":"stats"}\n');
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const line = sim.lines.slice(from).find((l) => l.startsWith('{'));
+    if (line) {
+      const reply = JSON.parse(line) as { ok: boolean; stats?: Record<string, number>; error?: string };
+      if (!reply.ok || !reply.stats) throw new Error(`devlease sim stats: ${reply.error}`);
+      return reply.stats;
+    }
+    if (Date.now() > deadline) throw new Error('devlease sim did not answer its stats request');
+    await new Promise((res) => setTimeout(res, 20));
+  }
 }
 
 async function stopSim(sim: ChildProcess): Promise<number | null> {
@@ -203,6 +226,12 @@ test('a VM whose RAM is not shared drives SA-1 through DMA_READ/DMA_WRITE: rings
         /error reply on async request command 2|Unrecoverable error/,
         'QEMU saw no DMA_MAP refused and no device error',
       );
+      // Every map came without an fd, and the device's accesses all went through QEMU and succeeded.
+      const stats = await simStats(sim);
+      t.diagnostic(`simulator: ${JSON.stringify(stats)}`);
+      assert.ok(stats.dmaMaps > 0 && stats.dmaMapsRemote === stats.dmaMaps, 'every DMA map is without an fd');
+      assert.ok(stats.remoteAccesses > 0, 'the device reached guest RAM through DMA_READ/DMA_WRITE');
+      assert.equal(stats.remoteFailures, 0, 'and none of those accesses failed');
       const exit = await vm.quit();
       vm = undefined;
       assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU exits 0 on quit');

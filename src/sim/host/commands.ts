@@ -112,6 +112,8 @@ export interface DeviceStats {
   dmaUnmapCalls: number;
   dmaMapsPlaced: number;
   dmaMapsUnplaced: number;
+  /** The front end's: maps without an fd in the table (the device reaches them through the owner). */
+  dmaMapsRemote: number;
   /**
    * The front end's: spare page memory is offered, so the next queue page revoke kills its holder's mapping on
    * the front end (page-revoke.ts). The worker makes the next spare once the device is quiet after a revoke
@@ -123,5 +125,5 @@ export interface DeviceStats {
 /** What the worker counts (DeviceStats less the front end's own). */
 export type WorkerStats = Omit<
   DeviceStats,
-  'dmaUnmapCalls' | 'dmaMapsPlaced' | 'dmaMapsUnplaced' | 'spareReady'
+  'dmaUnmapCalls' | 'dmaMapsPlaced' | 'dmaMapsUnplaced' | 'dmaMapsRemote' | 'spareReady'
 >;

@@ -135,7 +135,11 @@ export class DeviceWorker {
     const pages = PageTable.memory(options.numQueues);
     this.#pages = new PageTable(pages);
     const remoteDma = newRemoteDmaMemory();
-    this.remote = new RemoteDmaServer(remoteDma, log);
+    this.remote = new RemoteDmaServer(
+      remoteDma,
+      (iova, length, write) => this.dma.covers(iova, length, write),
+      log,
+    );
     const init: WorkerInit = {
       options,
       mailbox: wake,
@@ -363,6 +367,7 @@ export class DeviceWorker {
       dmaUnmapCalls: this.dma.unmapCalls,
       dmaMapsPlaced: placed,
       dmaMapsUnplaced: unplaced,
+      dmaMapsRemote: this.dma.remoteMaps,
       spareReady,
     };
   }

@@ -148,14 +148,28 @@ export class FrontDmaTable {
     }
   }
 
-  /** unmap(), waiting for the device without blocking this thread (while maps without an fd exist). */
-  async unmapAsync(iova: bigint, size: bigint, all: boolean): Promise<void> {
+  /**
+   * unmap() while maps without an fd exist, waiting for the device without blocking this thread. The device
+   * holds no reference to memory without an fd (each access asks the front end, which refuses one outside
+   * this table from now on: covers()), so an unmap of only such maps is answered at once. One that takes
+   * memory the device maps waits until the device cannot be using it; `beforeWait` first ends an access the
+   * device may be blocked in (QEMU serves none while it waits for this reply).
+   */
+  async unmapAsync(iova: bigint, size: bigint, all: boolean, beforeWait: () => void): Promise<void> {
     const { removed, n } = this.#unpost(iova, size, all);
     try {
-      await this.mailbox.quiesceAsync(n, this.timeoutMs);
+      if ((removed as FrontEntry[]).some((m) => m.mapping !== null)) {
+        beforeWait();
+        await this.mailbox.quiesceAsync(n, this.timeoutMs);
+      }
     } finally {
       this.#release(removed);
     }
+  }
+
+  /** Whether [iova, iova+length) lies in maps with the access needed (the device's access is refused if not). */
+  covers(iova: number, length: number, write: boolean): boolean {
+    return this.#table.translate(iova, length, write, []) < 0;
   }
 
   #unpost(iova: bigint, size: bigint, all: boolean): { removed: DmaMapping[]; n: number } {

@@ -5,14 +5,16 @@
 //
 // Register accesses that only read or store register state (all of BAR0 but
 // CONTROL, FW_CMD and Q_CTRL writes; config space but writes reaching the
-// command register) are served here from the register file, with no
-// round trip to the worker thread. So are the owner commands that only
-// touch tables: SET_IRQS (irq-table.ts), GET_REGION_IO_FDS (the front end
-// made the kick fds), and DMA_MAP/DMA_UNMAP (dma-table.ts: checked against
-// the front end's copy of the IOMMU table, answered, and posted to the
-// worker one way; an unmap waits only while the engine is inside a round).
-// Everything else is a request the worker serves between descriptors
-// (mailbox.ts), waited for synchronously.
+// command register; BAR2 and BAR4 from the slices' memory, slice-access.ts)
+// are served here, with no round trip to the worker thread. So are the owner
+// commands that only touch tables: SET_IRQS (irq-table.ts), GET_REGION_IO_FDS
+// (the front end made the kick fds), and DMA_MAP/DMA_UNMAP (dma-table.ts:
+// checked against the front end's copy of the IOMMU table, answered, and
+// posted to the worker one way; an unmap waits only while the engine is
+// inside a round). Everything else is a request the worker serves between
+// descriptors (mailbox.ts), waited for synchronously — or, while the owner
+// has memory without an fd, which the device reaches through this thread
+// (remote-dma.ts), without blocking it.
 
 import { VfioError } from '../../errors.js';
 import { type Fd, native } from '../../sys/index.js';
@@ -177,7 +179,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     // An access the device is making into the range fails now (§7: it completes as IOMMU_FAULT): the owner
     // may not serve it while it waits for this reply.
     this.device.remote.unmapped(Number(req.iova), Number(req.size), all);
-    return this.device.dma.unmapAsync(req.iova, req.size, all);
+    return this.device.dma.unmapAsync(req.iova, req.size, all, () => this.device.remote.abort());
   }
 
   irqInfo(index: number): IrqDescription {

@@ -152,8 +152,16 @@ export class RemoteDmaServer {
   #current: { asked: number; iova: number; length: number } | null = null;
   #log: (message: string, err?: unknown) => void;
 
-  /** `log`: rate limited by message (the error's detail goes in `err`). */
-  constructor(sab: SharedArrayBuffer, log: (message: string, err?: unknown) => void) {
+  /**
+   * `covers`: whether the owner's maps (the front end's table) hold a range now; an access outside them is
+   * refused here, so none reaches the owner after the unmap that took its range was answered.
+   * `log`: rate limited by message (the error's detail goes in `err`).
+   */
+  constructor(
+    sab: SharedArrayBuffer,
+    private readonly covers: (iova: number, length: number, write: boolean) => boolean,
+    log: (message: string, err?: unknown) => void,
+  ) {
     this.#w = new Int32Array(sab, 0, WORDS);
     this.#data = new Uint8Array(sab, WORDS * 4, REMOTE_CHUNK);
     this.#log = log;
@@ -219,6 +227,10 @@ export class RemoteDmaServer {
     const peer = this.#peer;
     try {
       if (!peer) throw new VfioError('ENODEV', 'no owner to serve the DMA access');
+      if (!this.covers(iova, length, op === OP_WRITE)) {
+        this.#finish(asked, 14, null); // EFAULT: unmapped since the device translated it
+        return;
+      }
       if (op === OP_READ) bytes = await this.#read(peer, iova, length);
       else await this.#write(peer, iova, this.#data.slice(0, length));
     } catch (err) {
