@@ -42,7 +42,7 @@ test('register reads, and writes that only store a value, are answered without t
       await w32(r.bus, BAR2, page1 + ds.QP_SQ_SIZE, 64);
       await w32(r.bus, BAR2, page1 + ds.QP_CQ_TAIL, 7); // read-only: ignored
       assert.equal(await r32(r.bus, BAR2, page1 + ds.QP_SQ_SIZE), 64, 'a queue page register');
-      assert.equal(await r32(r.bus, BAR2, page1 + ds.QP_CQ_TAIL), 0, 'CQ_TAIL is the device\'s');
+      assert.equal(await r32(r.bus, BAR2, page1 + ds.QP_CQ_TAIL), 0, "CQ_TAIL is the device's");
     });
     assert.equal(served, 0, 'no register access above needed the device worker');
 

@@ -153,7 +153,10 @@ test('an owner command the device must serve waits for its access to owner memor
       write: () => held,
     };
     await mapNoFd(r, SLOW, 0x10000, slow);
-    const q = new RawQueue(r.client, { ...layout(host), window: { base: HOST, size: SLOW + 0x10000n - HOST } });
+    const q = new RawQueue(r.client, {
+      ...layout(host),
+      window: { base: HOST, size: SLOW + 0x10000n - HOST },
+    });
     await q.configure();
     await w32(r.client, REGION.bar0, qcfg(1, QCFG.Q_CTRL), Q_CTRL.ENABLE); // stored on the front end
     await q.submit([{ opcode: OP.COPY, length: 64, src: SLOW + 0x20n, dst: HOST + 0x30000n, tag: 7n }]);
@@ -165,9 +168,9 @@ test('an owner command the device must serve waits for its access to owner memor
     release();
     await disabled;
     const [c] = await q.reap(1);
-    assert.deepEqual([c?.tag, c?.status], [7n, ST.OK], 'the copy completed with the owner\'s bytes');
+    assert.deepEqual([c?.tag, c?.status], [7n, ST.OK], "the copy completed with the owner's bytes");
     assert.deepEqual(host.view.subarray(0x30000, 0x30040), new Uint8Array(64).fill(0x21));
-    assert.equal(await q.qcfg32(QCFG.Q_STATUS) & Q_STATUS.ERROR, 0);
+    assert.equal((await q.qcfg32(QCFG.Q_STATUS)) & Q_STATUS.ERROR, 0);
     const stats = await r.sim.stats();
     assert.equal(stats.remoteFailures, 0, 'no access failed');
   });
