@@ -166,21 +166,25 @@ export async function simCommand(argv: string[]): Promise<number> {
   );
 
   const control = args.controlStdin ? createInterface({ input: process.stdin, terminal: false }) : null;
+  // One request at a time, answered in order (stats and injections wait for the device).
+  let turn = Promise.resolve();
   control?.on('line', (line) => {
     if (!line.trim()) return;
-    let reply: Record<string, unknown>;
-    try {
-      const req = JSON.parse(line, bigintReviver) as InjectRequest | { kind: 'stats' } | { kind: 'owner' };
-      if (req.kind === 'stats') reply = { ok: true, stats: sim.stats() };
-      else if (req.kind === 'owner') reply = { ok: true, ...sim.owner() };
-      else {
-        sim.inject(req);
-        reply = { ok: true };
+    turn = turn.then(async () => {
+      let reply: Record<string, unknown>;
+      try {
+        const req = JSON.parse(line, bigintReviver) as InjectRequest | { kind: 'stats' } | { kind: 'owner' };
+        if (req.kind === 'stats') reply = { ok: true, stats: await sim.stats() };
+        else if (req.kind === 'owner') reply = { ok: true, ...sim.owner() };
+        else {
+          await sim.inject(req);
+          reply = { ok: true };
+        }
+      } catch (err) {
+        reply = { ok: false, error: (err as Error).message };
       }
-    } catch (err) {
-      reply = { ok: false, error: (err as Error).message };
-    }
-    process.stdout.write(`${JSON.stringify(reply)}\n`);
+      process.stdout.write(`${JSON.stringify(reply)}\n`);
+    });
   });
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {

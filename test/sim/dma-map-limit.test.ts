@@ -86,7 +86,7 @@ test('maxDmaMaps is advertised and held: the map past it is ENOSPC naming the li
     // The refused map took nothing: neither a mapping, nor a guard slot, nor a place in the device's table.
     assert.equal(mappingsOf(name), limit);
     assert.equal(native.guardSlots().inUse, slotsIdle + limit);
-    assert.equal(r.sim.stats().dmaMaps, limit);
+    assert.equal((await r.sim.stats()).dmaMaps, limit);
     // The limit counts maps held, not maps ever made.
     await r.client.dmaUnmap({ iova: 0x1000_0000n, size: PAGE });
     await mapPage(r.client, memfd, limit);
@@ -94,7 +94,7 @@ test('maxDmaMaps is advertised and held: the map past it is ENOSPC naming the li
     await unmapAll(r.client);
     assert.equal(mappingsOf(name), 0, 'once DMA_UNMAP is answered the device maps none of it');
     assert.equal(native.guardSlots().inUse, slotsIdle, 'every map gave its guard slot back');
-    assert.equal(r.sim.stats().dmaMaps, 0);
+    assert.equal((await r.sim.stats()).dmaMaps, 0);
   } finally {
     memfd.close();
     await r.close();
@@ -121,7 +121,7 @@ test('with the default options every map up to the advertised max_dma_maps is he
     assert.equal(advertised, r.sim.maxDmaMaps);
     // The number the issue was about: 4096 slots less 64 queue pages, 64 granules and the reserve.
     assert.equal(advertised, capacity - 128 - SIM_GUARD_RESERVE);
-    assert.equal(r.sim.stats().dmaMaps, advertised);
+    assert.equal((await r.sim.stats()).dmaMaps, advertised);
     assert.ok(
       capacity - native.guardSlots().inUse >= SIM_GUARD_RESERVE,
       'at the limit the reserve is still free (a slice renewal takes a slot before it lets one go)',
@@ -158,7 +158,7 @@ test('with the default options every map up to the advertised max_dma_maps is he
     await unmapAll(r.client);
     assert.equal(mappingsOf(name), 0);
     assert.equal(native.guardSlots().inUse, slotsIdle, 'every map gave its guard slot back');
-    assert.equal(r.sim.stats().dmaMaps, 0);
+    assert.equal((await r.sim.stats()).dmaMaps, 0);
   } finally {
     memfd.close();
     await r.close();

@@ -40,7 +40,7 @@ test("two leases mapping at once each get their maps together, and each window's
   try {
     const windows = [0x100_0000n, 0x200_0000n];
     const name = (k: number) => `sa1-test-place-${process.pid}-${k}-`;
-    const placedBefore = r.sim.stats().dmaMapsPlaced;
+    const placedBefore = (await r.sim.stats()).dmaMapsPlaced;
     // Interleaved, as leases set up together map: left to the kernel, each map would land just below the
     // last one made, the other lease's.
     for (let i = 0; i < 16; i++) {
@@ -55,11 +55,19 @@ test("two leases mapping at once each get their maps together, and each window's
       assert.equal(ranges.length, 16, `lease ${k}: every map is mapped once`);
       assert.equal(runs(ranges), 1, `lease ${k}: its 16 maps lie next to each other`);
     }
-    assert.equal(r.sim.stats().dmaMapsPlaced - placedBefore, 32, 'every map went where it was placed');
+    assert.equal(
+      (await r.sim.stats()).dmaMapsPlaced - placedBefore,
+      32,
+      'every map went where it was placed',
+    );
     for (const [k, base] of windows.entries()) {
-      const calls = r.sim.stats().dmaUnmapCalls;
+      const calls = (await r.sim.stats()).dmaUnmapCalls;
       await r.client.dmaUnmap({ iova: base, size: 16n * PAGE });
-      assert.equal(r.sim.stats().dmaUnmapCalls - calls, 1, `lease ${k}: one mmap call dropped its 16 maps`);
+      assert.equal(
+        (await r.sim.stats()).dmaUnmapCalls - calls,
+        1,
+        `lease ${k}: one mmap call dropped its 16 maps`,
+      );
       assert.equal(
         rangesOf(name(k)).length,
         0,
@@ -85,12 +93,12 @@ test('a place someone else maps is left to them: the map goes elsewhere and the 
     // This process (the simulator's) maps something of its own right where the next map would go.
     squatter = Mapping.map(mine.fd, { length: Number(PAGE), at: end });
     squatter.u32[0] = 0x5eed;
-    const { dmaMapsPlaced: placed, dmaMapsUnplaced: unplaced } = r.sim.stats();
+    const { dmaMapsPlaced: placed, dmaMapsUnplaced: unplaced } = await r.sim.stats();
     await r.client.dmaMap({ fd: second.fd, iova: 0x100_0000n + PAGE, size: PAGE, flags: 3 });
     assert.equal(squatter.u32[0], 0x5eed, 'the mapping that was there is untouched');
     assert.equal(mappingsOf(`sa1-test-taken-mine-${process.pid}`), 1);
     assert.equal(mappingsOf(`sa1-test-taken-second-${process.pid}`), 1, 'the new map is mapped, elsewhere');
-    const after = r.sim.stats();
+    const after = await r.sim.stats();
     assert.deepEqual(
       [after.dmaMapsPlaced - placed, after.dmaMapsUnplaced - unplaced],
       [1, 0],
@@ -112,14 +120,14 @@ test('one buffer mapped and unmapped over and over is placed every time, behind 
   const r = await bootedRig();
   const memfd = MemFd.create(`sa1-test-churn-${process.pid}`, { size: Number(PAGE) });
   try {
-    const before = r.sim.stats();
+    const before = await r.sim.stats();
     const addresses = new Set<bigint>();
     for (let i = 0; i < 300; i++) {
       await r.client.dmaMap({ fd: memfd.fd, iova: 0x100_0000n, size: PAGE, flags: 3 });
       addresses.add(rangesOf(`sa1-test-churn-${process.pid}`)[0]![0]);
       await r.client.dmaUnmap({ iova: 0x100_0000n, size: PAGE });
     }
-    const after = r.sim.stats();
+    const after = await r.sim.stats();
     assert.deepEqual(
       [after.dmaMapsPlaced - before.dmaMapsPlaced, after.dmaMapsUnplaced - before.dmaMapsUnplaced],
       [300, 0],

@@ -51,7 +51,11 @@ test('DMA_MAP, DMA_UNMAP, SET_IRQS, slice fds and GET_REGION_IO_FDS are answered
         await r.client.dmaUnmap({ iova: VICTIM_IOVA, size: 0x2000 });
       });
       assert.equal(served, 0, 'none of them needed the device worker');
-      assert.equal(r.sim.stats().dmaMaps, 1, 'the device took the map and the unmap (firmware map left)');
+      assert.equal(
+        (await r.sim.stats()).dmaMaps,
+        1,
+        'the device took the map and the unmap (firmware map left)',
+      );
       await assert.rejects(r.client.dmaUnmap({ iova: VICTIM_IOVA, size: 0x2000 }), /ENOENT/);
     } finally {
       memfd.close();
@@ -114,7 +118,7 @@ test('more DMA table updates than the mailbox holds reach a sleeping device, in 
         await r.client.dmaUnmap({ iova: iova(i), size: 0x1000 });
         await r.client.dmaMap({ fd: memfd.fd, iova: iova(i), size: 0x1000, flags: 3 });
       }
-      const stats = r.sim.stats();
+      const stats = await r.sim.stats();
       assert.equal(stats.postFailures, 0, 'the device refused none of the updates');
       assert.equal(stats.dmaMaps, maps + 1, 'the device holds every map (and the firmware map)');
     } finally {
@@ -160,7 +164,7 @@ test('a DMA_MAP, DMA_UNMAP or Q_CTRL write that finds the mailbox full fails wit
       await untilWorkerAnswers(r);
       await map(slots); // its range was left free
       await r.client.dmaUnmap({ iova: iova(0), size: 0x1000 }); // its map was kept
-      const stats = r.sim.stats();
+      const stats = await r.sim.stats();
       assert.equal(stats.postFailures, 0, 'the device refused none of the updates');
       assert.equal(stats.dmaMaps, slots + 1, 'the device holds maps 1..256 and the firmware map');
     } finally {

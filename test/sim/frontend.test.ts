@@ -7,7 +7,7 @@ import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as ds from '../../src/sim/model/datasheet.js';
 import { trackFdLeaks } from '../helpers/fds.js';
-import { BAR0, BAR2, BAR4, CONFIG, qcfg, r32, r64, TestQueue, w32, w64 } from './helpers/driver.js';
+import { BAR0, BAR4, CONFIG, qcfg, r32, r64, TestQueue, w32, w64 } from './helpers/driver.js';
 import { bootedRig, workerCommands } from './helpers/real.js';
 
 after(trackFdLeaks());
@@ -34,15 +34,6 @@ test('register reads, and writes that only store a value, are answered without t
       assert.equal(await r32(r.bus, CONFIG, 0), ds.SA1_VENDOR_ID | (ds.SA1_DEVICE_ID << 16));
       await w32(r.bus, CONFIG, 0x10, 0xffff_ffff); // BAR0 sizing
       assert.equal(await r32(r.bus, CONFIG, 0x10), ~(ds.BAR0_SIZE - 1) >>> 0);
-      // BAR2 and BAR4: the slices' own memory (slice-access.ts), as a holder's mapping sees it.
-      await w32(r.bus, BAR4, 0x1_0000 - 4, 0xa1b2_c3d4); // the last word of granule 0 and
-      await w32(r.bus, BAR4, 0x1_0000, 0x0506_0708); // the first of granule 1
-      assert.equal(await r64(r.bus, BAR4, 0x1_0000 - 4), 0x0506_0708_a1b2_c3d4n, 'BAR4 across granules');
-      const page1 = r.sim.options.queueStride; // queue 1's page
-      await w32(r.bus, BAR2, page1 + ds.QP_SQ_SIZE, 64);
-      await w32(r.bus, BAR2, page1 + ds.QP_CQ_TAIL, 7); // read-only: ignored
-      assert.equal(await r32(r.bus, BAR2, page1 + ds.QP_SQ_SIZE), 64, 'a queue page register');
-      assert.equal(await r32(r.bus, BAR2, page1 + ds.QP_CQ_TAIL), 0, "CQ_TAIL is the device's");
     });
     assert.equal(served, 0, 'no register access above needed the device worker');
 
@@ -61,6 +52,7 @@ test('register reads, and writes that only store a value, are answered without t
     assert.equal(await workerCommands(r, () => w32(r.bus, BAR0, ds.REG_CONTROL, enable)), 1, 'CONTROL');
     const cmd = await r32(r.bus, CONFIG, 4);
     assert.equal(await workerCommands(r, () => w32(r.bus, CONFIG, 4, cmd)), 1, 'PCI_COMMAND');
+    assert.equal(await workerCommands(r, async () => void (await r.bus.read(BAR4, 0, 4))), 1, 'BAR4');
   } finally {
     await r.close();
   }

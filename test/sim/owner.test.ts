@@ -81,7 +81,7 @@ test('a silent connection made first owns nothing: the client that completes VER
         // The silent connection goes: the owner's device is not reset under it.
         quiet.close();
         await until(() => s.owner().connections === 1, 'the silent connection to be gone');
-        assert.equal(s.stats().dmaMaps, 1, "the owner's DMA map is kept");
+        assert.equal((await s.stats()).dmaMaps, 1, "the owner's DMA map is kept");
         assert.equal(await r32(bus, BAR0, ds.REG_SCRATCH), 0x1234);
         assert.ok(s.owner().owner, 'still the owner');
       } finally {

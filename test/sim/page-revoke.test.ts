@@ -111,7 +111,7 @@ test("a queue page's revoke kills the holder's mapping while the device worker i
     assert.equal(native.fstat(old!.fd).size, 0, 'the old memory was truncated without the worker');
     void oldMap.u32[0]; // a guarded mapping notices on access
     assert.equal(oldMap.isRevoked(), true, "the holder's mapping is dead");
-    assert.throws(() => r.sim.stats(), /stuck|did not answer/, 'the worker has not answered yet');
+    await assert.rejects(r.sim.stats(), /stuck|did not answer/, 'the worker has not answered yet');
 
     await untilWorkerAnswers(r);
     assert.equal(await r32(r.bus, BAR0, qcfg(1, ds.Q_CTRL)), 0, 'the worker then reset the queue');
@@ -140,7 +140,7 @@ test('after a revoke the next spare is made once the device is quiet, and the ne
   onBootedRig({ numQueues: 2, commandTimeoutMs: 1000 }, async (r) => {
     const first = await queuePage(r, 0);
     const second = await queuePage(r, 1);
-    assert.equal(r.sim.stats().spareReady, true, 'the device starts with a spare');
+    assert.equal((await r.sim.stats()).spareReady, true, 'the device starts with a spare');
     const spares = spareMemfds();
     await revokeSlice(r, first);
     assert.equal(native.fstat(first.fd).size, 0, 'the first revoke truncated the old memory');
@@ -148,7 +148,7 @@ test('after a revoke the next spare is made once the device is quiet, and the ne
     // without a request: without the cut, no spare would come at all.
     await until(() => spareMemfds() > spares, 'the worker to make the next spare while the device is quiet');
     // Made already: the request that asks now is not what made it.
-    await until(() => r.sim.stats().spareReady, 'the new spare offered to the front end');
+    await until(async () => (await r.sim.stats()).spareReady, 'the new spare offered to the front end');
 
     // With the worker held, only a spare already made lets the front end kill the second holder's mapping.
     r.sim.inject({ kind: 'stall', ms: 4000 });
@@ -159,7 +159,7 @@ test('after a revoke the next spare is made once the device is quiet, and the ne
       'the second revoke truncated without the worker: a spare was there',
     );
     await untilWorkerAnswers(r);
-    await until(() => r.sim.stats().spareReady, 'the spare after the second revoke');
+    await until(async () => (await r.sim.stats()).spareReady, 'the spare after the second revoke');
     first.close();
     second.close();
   }));
@@ -179,7 +179,7 @@ test('the next spare does not wait for the idle poll of a device polling an enab
     // millisecond when the sleep is cut short for it; uncut, at the device's next idle poll, 1 s after the
     // revoke: the deadline lies between, far from both.
     await until(() => spareMemfds() > spares, 'the spare, before the next idle poll (1 s)', 500);
-    await until(() => r.sim.stats().spareReady, 'the new spare offered to the front end');
+    await until(async () => (await r.sim.stats()).spareReady, 'the new spare offered to the front end');
     heldMap.unmap();
     held.close();
     revoked.close();

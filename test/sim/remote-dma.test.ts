@@ -55,15 +55,19 @@ function layout(host: HostRegion, q = 0): QueueLayout {
   };
 }
 
-async function withOwnerMemory(fn: (r: Rig, host: HostRegion) => Promise<void>): Promise<void> {
-  const r = await rig(CONFIG);
+/** A simulator whose owner maps its memory without fds; `logged`: the simulator's log lines. */
+async function withOwnerMemory(
+  fn: (r: Rig, host: HostRegion, logged: string[]) => Promise<void>,
+): Promise<void> {
+  const logged: string[] = [];
+  const r = await rig({ ...CONFIG, log: (line) => logged.push(line) });
   try {
     const fw = ownerMemory(64 * 1024);
     await mapNoFd(r, FW, 64 * 1024, fw.view);
     await boot(r.client, { ...fw.region, iova: FW } as HostRegion); // the image is fetched by DMA_READ
     const host = ownerMemory(HOST_SIZE);
     await mapNoFd(r, HOST, HOST_SIZE, host.view);
-    await fn(r, { ...host.region, iova: HOST } as HostRegion);
+    await fn(r, { ...host.region, iova: HOST } as HostRegion, logged);
   } finally {
     await r.close();
   }
@@ -99,7 +103,7 @@ test('rings, payloads and the firmware in owner memory without an fd work throug
 });
 
 test('a device access the owner never answers: its unmap ends it as IOMMU_FAULT, and the owner was answered meanwhile', async () => {
-  await withOwnerMemory(async (r, host) => {
+  await withOwnerMemory(async (r, host, logged) => {
     // The owner holds its answer until after its unmap (it serves DMA one request at a time, so it must
     // answer at some point for the device's later writes to reach it).
     let stalled = 0;
@@ -131,6 +135,13 @@ test('a device access the owner never answers: its unmap ends it as IOMMU_FAULT,
     release(); // too late: the device gave the access up when the range was unmapped
     const [c] = await q.reap(1);
     assert.equal(c?.status, ST.IOMMU_FAULT, 'the copy from the unmapped memory faulted');
+    // Ended by the unmap, not by its deadline (a register read that waited on the device would have held this
+    // thread until the access timed out, which the simulator logs).
+    assert.deepEqual(
+      logged.filter((l) => l.includes('through the owner failed')),
+      [],
+      'no access timed out or failed on its own',
+    );
     const rec = await faultRecord(r.client, 0);
     assert.equal(rec.iova, SLOW, 'the fault record names the address it could not read');
     assert.ok((await q.qcfg32(QCFG.Q_STATUS)) & Q_STATUS.ERROR);
@@ -163,16 +174,59 @@ test('an owner command the device must serve waits for its access to owner memor
     await until(async () => stalled > 0, 'the device to read the slow memory');
     // Disabling an enabled queue is the device's to do: it is served after the COPY in progress, which waits on
     // the owner's answer. A front end blocked waiting for the device would never hand that answer over.
-    const disabled = w32(r.client, REGION.bar0, qcfg(1, QCFG.Q_CTRL), 0);
+    let answered = false;
+    const disabled = w32(r.client, REGION.bar0, qcfg(1, QCFG.Q_CTRL), 0).then(() => {
+      answered = true;
+    });
+    const stats = r.sim.stats(); // the device's too: waited for without blocking, as the disable
     await new Promise((res) => setTimeout(res, 50));
+    assert.equal(answered, false, 'the disable waits for the device, which waits for the owner');
     release();
     await disabled;
+    assert.ok((await stats).remoteAccesses > 0);
     const [c] = await q.reap(1);
     assert.deepEqual([c?.tag, c?.status], [7n, ST.OK], "the copy completed with the owner's bytes");
     assert.deepEqual(host.view.subarray(0x30000, 0x30040), new Uint8Array(64).fill(0x21));
     assert.equal((await q.qcfg32(QCFG.Q_STATUS)) & Q_STATUS.ERROR, 0);
-    const stats = await r.sim.stats();
-    assert.equal(stats.remoteFailures, 0, 'no access failed');
+    assert.equal((await r.sim.stats()).remoteFailures, 0, 'no access failed');
+  });
+});
+
+test('an unmap in the middle of a device write to owner memory: nothing more is written, not even into a new map at the same IOVA', async () => {
+  await withOwnerMemory(async (r, host) => {
+    const old = new Uint8Array(0x10_0000);
+    let writes = 0;
+    let firstWrite = (): void => {};
+    const first = new Promise<void>((res) => {
+      firstWrite = res;
+    });
+    const slow: DmaMemory = {
+      read: (offset, count) => old.slice(Number(offset), Number(offset) + count),
+      write: async (offset, data) => {
+        writes++;
+        firstWrite();
+        await new Promise((res) => setTimeout(res, 30)); // an owner slow to take each piece
+        old.set(data, Number(offset));
+      },
+    };
+    await mapNoFd(r, SLOW, old.length, slow);
+    const q = new RawQueue(r.client, {
+      ...layout(host),
+      window: { base: HOST, size: SLOW + 0x10_0000n - HOST },
+    });
+    await q.configure();
+    // 1 MiB FILL: sixteen 64 KiB DMA_WRITEs, one at a time.
+    await q.submit([
+      { opcode: OP.FILL, length: old.length, dst: SLOW, imm: 0x1111_1111_1111_1111n, tag: 5n },
+    ]);
+    await first;
+    await r.client.dmaUnmap({ iova: SLOW, size: old.length });
+    const fresh = new Uint8Array(old.length);
+    await mapNoFd(r, SLOW, fresh.length, fresh);
+    const [c] = await q.reap(1);
+    assert.equal(c?.status, ST.IOMMU_FAULT, 'the fill faulted where its range was unmapped');
+    assert.ok(writes < 16, `the fill stopped (${writes} of its 16 writes reached the owner)`);
+    assert.equal(fresh.indexOf(0x11), -1, 'nothing of the fill landed in the new map');
   });
 });
 

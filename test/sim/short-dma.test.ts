@@ -113,7 +113,7 @@ test('DMA_MAP of memory shorter than the map is EINVAL; a pipe or socket is EBAD
       native.close(s1);
       native.close(s2);
     }
-    assert.equal(r.sim.stats().dmaMaps, 2, 'only the firmware and host maps');
+    assert.equal((await r.sim.stats()).dmaMaps, 2, 'only the firmware and host maps');
     assert.ok(log.length <= 10, `at most a few rate-limited lines for 40 refused maps, got ${log.length}`);
     assert.ok(!log.some((l) => /\n\s+at /.test(l)), `no stack trace in the log: ${log.join('\n')}`);
     // The connection keeps working.

@@ -320,7 +320,7 @@ test('hang injection fires the ERR eventfd; VFIO_USER_DEVICE_RESET recovers', as
     assert.equal(count, 1n, 'VFIO_USER_DEVICE_RESET signals no ERR; only the hang does');
     await r.client.reset();
     assert.equal(await r32(r.bus, BAR0, ds.REG_FW_STATUS), ds.FW_STATUS_NONE, 'reset unloads firmware');
-    assert.equal(r.sim.stats().dmaMaps, 2, 'DMA mappings are kept across a device reset');
+    assert.equal((await r.sim.stats()).dmaMaps, 2, 'DMA mappings are kept across a device reset');
   } finally {
     await r.close();
   }
@@ -346,7 +346,7 @@ test('owner disconnect drops every mapping and resets queues; firmware keeps run
     r.client.close();
     await until(() => !r.sim.ownerConnected, 'owner gone');
     assert.equal(mappingsOf(r.host.name), 1, 'the device dropped its mapping of the owner memory');
-    assert.equal(r.sim.stats().dmaMaps, 0);
+    assert.equal((await r.sim.stats()).dmaMaps, 0);
 
     const again = await VfioUserClient.connect(r.sim.socketPath);
     try {

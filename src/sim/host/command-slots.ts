@@ -18,6 +18,7 @@ const PAGE_RENEWED = 8;
 const DISCONNECT = 9;
 const SHUTDOWN = 10;
 const REMOTE_MAP_POSTED = 11;
+const DOORBELL = 12;
 
 /** The slot's numeric fields, as f64 (and u64 over the same words) indexes within a slot. */
 const F0 = 0;
@@ -50,6 +51,8 @@ export const deviceRequestSlots: SlotCodec<DeviceRequest> = {
         f[at + F1] = r.size;
         f[at + F2] = (r.read ? 1 : 0) | (r.write ? 2 : 0);
         return REMOTE_MAP_POSTED;
+      case 'doorbell':
+        return DOORBELL;
       case 'kicksHandedOut':
         return KICKS_HANDED_OUT;
       case 'queueEnabled':
@@ -98,6 +101,8 @@ export const deviceRequestSlots: SlotCodec<DeviceRequest> = {
           write: (access & 2) !== 0,
         };
       }
+      case DOORBELL:
+        return { op: 'doorbell' };
       case KICKS_HANDED_OUT:
         return { op: 'kicksHandedOut' };
       case QUEUE_ENABLED:

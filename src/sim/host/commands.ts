@@ -54,6 +54,11 @@ export type DeviceRequest =
   /** One-way: a map without an fd (datasheet rev 2 §7), reached through the owner (remote-dma.ts). */
   | { op: 'remoteMapPosted'; iova: number; size: number; read: boolean; write: boolean }
   | { op: 'unmapPosted'; iova: bigint; size: bigint; all: boolean }
+  /**
+   * One-way: the owner stored SQ_TAIL through BAR2 on the front end (slice-access.ts); only wakes the device,
+   * which then sees the doorbell in its next round.
+   */
+  | { op: 'doorbell' }
   /** One-way: the front end handed out the kick fds; wakes the device so it sleeps on them from now on. */
   | { op: 'kicksHandedOut' }
   /** One-way: the front end set Q_CTRL.ENABLE of a disabled, idle queue (bar0.ts queueControlDirect). */

@@ -7,7 +7,7 @@
 
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { VfioError } from '../../errors.js';
-import { Fd, MAX_FDS, native } from '../../sys/index.js';
+import { type Fd, MAX_FDS, native } from '../../sys/index.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../vfio/uapi/pci-regs.js';
 import {
   VFIO_PCI_BAR0_REGION_INDEX,
@@ -28,9 +28,8 @@ import { sliceFdIndex, sliceFdTable } from '../model/memfd-backing.js';
 import { bar2Size, type Sa1Options } from '../model/options.js';
 import { checkRegionAccess, regionSize } from '../model/regions.js';
 import { RegisterFile, sharedClock } from '../model/register-file.js';
-import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
 import { deviceRequestSlots } from './command-slots.js';
-import type { DeviceRequest, DeviceStats, WorkerStats } from './commands.js';
+import type { DeviceRequest, DeviceStats, InjectRequest, WorkerStats } from './commands.js';
 import { resolveMaxDmaMaps } from './dma-limit.js';
 import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
@@ -44,11 +43,6 @@ export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
 
 /** Q_NOTIFY with KICK_NEEDED, as stored little-endian in a queue page. */
 const KICK_NEEDED_WORD = new Uint8Array(new Uint32Array([Q_NOTIFY_KICK_NEEDED]).buffer);
-
-const { O_RDONLY: OPEN_RDONLY, O_RDWR: OPEN_RDWR } = native.constants as Record<string, number> as {
-  O_RDONLY: number;
-  O_RDWR: number;
-};
 
 /** The device worker, its mailbox and the register file both threads use. */
 export class DeviceWorker {
@@ -127,19 +121,17 @@ export class DeviceWorker {
       native.eventfd(0, EFD_NONBLOCK as number),
     );
     this.#sliceFds = sliceFdTable(options);
-    this.#slices = new SliceAccess(
-      options,
-      this.#sliceFds,
-      (q) => this.#kickFds[q % this.#kickFds.length] as number,
-    );
+    this.#slices = new SliceAccess(options, this.#sliceFds, (q) => this.#doorbell(q));
     const pages = PageTable.memory(options.numQueues);
     this.#pages = new PageTable(pages);
     const remoteDma = newRemoteDmaMemory();
     this.remote = new RemoteDmaServer(
       remoteDma,
       (iova, length, write) => this.dma.covers(iova, length, write),
+      () => this.#mailbox.taken(),
       log,
     );
+    this.dma.onUnmapPosted = (post, iova, size, all) => this.remote.unmapped(post, iova, size, all);
     const init: WorkerInit = {
       options,
       mailbox: wake,
@@ -163,14 +155,27 @@ export class DeviceWorker {
     );
   }
 
-  /** Served here, never by the device worker: config space, BAR0 from the register file, BAR2/BAR4 from the slices. */
+  /**
+   * Whether the device may be using owner memory without an fd, so that it may be waiting on this thread for
+   * the owner (remote-dma.ts): commands it must serve are then waited for without blocking this thread, and
+   * BAR2/BAR4 accesses served from the slices here (slice-access.ts).
+   */
+  get waitsAsync(): boolean {
+    return this.dma.remoteInUse;
+  }
+
+  /** Served here: config space, BAR0 from the register file (and BAR2/BAR4 from the slices: waitsAsync). */
   regionRead(index: number, offset: number, count: number): Uint8Array {
     this.#checkOpen();
     checkRegionAccess(this.options, index, offset, count);
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
-    if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.#slices.readPages(offset, count);
-    if (index === VFIO_PCI_BAR4_REGION_INDEX) return this.#slices.readDevmem(offset, count);
-    if (index !== VFIO_PCI_BAR0_REGION_INDEX) return this.request({ op: 'regionRead', index, offset, count });
+    if (index !== VFIO_PCI_BAR0_REGION_INDEX) {
+      if (this.waitsAsync) {
+        if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.#slices.readPages(offset, count);
+        if (index === VFIO_PCI_BAR4_REGION_INDEX) return this.#slices.readDevmem(offset, count);
+      }
+      return this.request({ op: 'regionRead', index, offset, count });
+    }
     // Byte stores, not a DataView: taking `out.buffer` would move the 4 or 8 bytes off the V8 heap, an
     // allocation per register read the collector then has to track (issue 16).
     const out = new Uint8Array(count);
@@ -189,9 +194,30 @@ export class DeviceWorker {
     for (const req of this.#regionWriteSteps(index, offset, data)) this.request(req);
   }
 
-  /** regionWrite(), waiting for the device without blocking this thread (see MailboxCaller.callAsync). */
-  async regionWriteAsync(index: number, offset: number, data: Uint8Array): Promise<void> {
-    for (const req of this.#regionWriteSteps(index, offset, data)) await this.requestAsync(req);
+  /**
+   * regionWrite(), waiting for the device without blocking this thread (see MailboxCaller.callAsync). A PCI
+   * command write turning bus mastering off is waited for with accesses to the owner failing at once
+   * (RemoteDmaServer.failFast): the device may not DMA then (§1), and the owner, waiting for this reply, would
+   * not serve them.
+   */
+  regionWriteAsync(index: number, offset: number, data: Uint8Array): Promise<void> {
+    const run = async (): Promise<void> => {
+      for (const req of this.#regionWriteSteps(index, offset, data)) await this.requestAsync(req);
+    };
+    const at = PCI_COMMAND - offset;
+    const masterOff =
+      index === VFIO_PCI_CONFIG_REGION_INDEX &&
+      at >= 0 &&
+      at < data.length &&
+      ((data[at] as number) & PCI_COMMAND_MASTER) === 0;
+    return masterOff ? this.remote.failFast(run) : run();
+  }
+
+  /** The owner stored SQ_TAIL through BAR2 here: wake the device (by its kick fd when it sleeps on those). */
+  #doorbell(q: number): void {
+    if (this.#mailbox.postLeavingFdSleep({ op: 'doorbell' })) {
+      native.eventfdWrite(this.#kickFds[q % this.#kickFds.length] as number, 1);
+    }
   }
 
   /**
@@ -205,17 +231,10 @@ export class DeviceWorker {
       this.#config.write(offset, data);
       return;
     }
-    // Bus master going off: the device may not DMA (§1), so an access it is making through the owner (memory
-    // without an fd) fails now rather than wait on an owner that may not serve it while this write waits.
-    if (
-      index === VFIO_PCI_CONFIG_REGION_INDEX &&
-      PCI_COMMAND - offset >= 0 &&
-      PCI_COMMAND - offset < data.length
-    ) {
-      if (((data[PCI_COMMAND - offset] as number) & PCI_COMMAND_MASTER) === 0) this.remote.abort();
+    if (this.waitsAsync) {
+      if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.#slices.writePages(offset, data);
+      if (index === VFIO_PCI_BAR4_REGION_INDEX) return this.#slices.writeDevmem(offset, data);
     }
-    if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.#slices.writePages(offset, data);
-    if (index === VFIO_PCI_BAR4_REGION_INDEX) return this.#slices.writeDevmem(offset, data);
     if (index !== VFIO_PCI_BAR0_REGION_INDEX) {
       yield { op: 'regionWrite', index, offset, data };
       return;
@@ -293,27 +312,10 @@ export class DeviceWorker {
     this.#kicksOut = true;
   }
 
-  /**
-   * The dma-buf feature (datasheet §8): a new open description of each requested slice's memory, read-only
-   * if asked. Served here: the worker renews a slice's memory only inside a revoke request, which this
-   * thread is then blocked on, so the numbers read here are current.
-   */
+  /** The dma-buf feature (datasheet §8): a new open description of each requested slice's memory. */
   openSlices(payload: Uint8Array): Fd[] {
     this.#checkOpen();
-    const req = parseDmaBufRequest(this.options, payload);
-    const mode = (req.accessMode & O_ACCMODE) === O_RDONLY ? OPEN_RDONLY : OPEN_RDWR;
-    const fds: Fd[] = [];
-    try {
-      for (const s of req.slices) {
-        const n = Atomics.load(this.#sliceFds, sliceFdIndex(this.options, s));
-        if (n < 0) throw new VfioError('ENODEV', 'the SA-1 device has shut down');
-        fds.push(new Fd(native.open(`/proc/self/fd/${n}`, mode)));
-      }
-    } catch (err) {
-      for (const f of fds) f.close();
-      throw err;
-    }
-    return fds;
+    return this.#slices.open(payload);
   }
 
   /**
@@ -323,20 +325,27 @@ export class DeviceWorker {
    * of no current page (already revoked, or no slice: the worker says which), a detach, or a revoke with no
    * spare ready goes to the worker whole, as before.
    */
-  revoke(fd: number, fault: boolean): void {
+  revoke(fd: number, fault: boolean): void | Promise<void> {
     this.#checkOpen();
     // A detach (fault false) kills no mapping: nothing to win here, and the worker's order (reset, then let
     // go) leaves the detached holder the page as the reset zeroed it.
     const q = fault ? this.#pages.pageOf(native.fstat(fd).ino) : -1;
     const spare = q >= 0 ? this.#pages.takeSpare() : null;
-    if (!spare) {
-      this.request({ op: 'revoke', fd, fault });
-      return;
-    }
+    if (!spare) return this.#command({ op: 'revoke', fd, fault });
     const oldFd = Atomics.load(this.#sliceFds, sliceFdIndex(this.options, { kind: 'queue', index: q }));
     renewPage(this.#pages, q, oldFd, spare, this.options.queueStride);
     Atomics.store(this.#sliceFds, sliceFdIndex(this.options, { kind: 'queue', index: q }), spare.fd);
-    this.request({ op: 'pageRenewed', queue: q });
+    return this.#command({ op: 'pageRenewed', queue: q });
+  }
+
+  /** A request waited for as it must be: without blocking this thread while waitsAsync. */
+  #command<T = void>(req: DeviceRequest): T | Promise<T> {
+    return this.waitsAsync ? this.requestAsync<T>(req) : this.request<T>(req);
+  }
+
+  /** A fault injection (tests, `--control-stdin`), waited for as #command. */
+  inject(req: InjectRequest): void | Promise<void> {
+    return this.#command({ op: 'inject', inject: req });
   }
 
   /** A command waited for without blocking this thread (requestAsync), settled; null when none. */
@@ -358,12 +367,12 @@ export class DeviceWorker {
     return this.#mailbox.callAsync<T>(req, this.timeoutMs);
   }
 
-  stats(): DeviceStats {
+  async stats(): Promise<DeviceStats> {
     const { placed, unplaced } = this.dma.placement.counts;
     // Read before the request: the request wakes the worker, which could make a wanted spare before answering.
     const spareReady = this.#pages.spareReady;
     return {
-      ...this.request<WorkerStats>({ op: 'stats' }),
+      ...(await this.#command<WorkerStats>({ op: 'stats' })),
       dmaUnmapCalls: this.dma.unmapCalls,
       dmaMapsPlaced: placed,
       dmaMapsUnplaced: unplaced,
@@ -376,13 +385,16 @@ export class DeviceWorker {
   async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
+      // Accesses to the owner fail from now on, so a command waited for without blocking ends; then the
+      // shutdown waits as any request.
+      this.remote.close();
+      await this.#mailbox.inFlight;
       try {
         this.#mailbox.call({ op: 'shutdown' }, this.timeoutMs);
       } catch {
         await this.#worker.terminate();
       }
       this.dma.releaseAll(); // the device dropped its views (or is gone): let go of the memory
-      this.remote.close();
       this.#port.close();
     }
     await this.#exited;

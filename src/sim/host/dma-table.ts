@@ -51,6 +51,10 @@ export class FrontDmaTable {
   #unmapCalls = 0;
   /** Maps without an fd in the table. */
   #remoteMaps = 0;
+  /** The post of the last unmap that took maps without an fd (the device may use them until it takes it). */
+  #remoteUnmapPost: number | null = null;
+  /** Told of every unmap posted (its post number and range): remote-dma.ts refuses stale accesses with it. */
+  onUnmapPosted: ((post: number, iova: number, size: number, all: boolean) => void) | null = null;
 
   constructor(
     private readonly mailbox: MailboxCaller<DeviceRequest>,
@@ -64,9 +68,21 @@ export class FrontDmaTable {
     return this.#unmapCalls;
   }
 
-  /** Maps without an fd in the table: while there are any, the device may wait on this thread (remote-dma.ts). */
+  /** Maps without an fd in the table. */
   get remoteMaps(): number {
     return this.#remoteMaps;
+  }
+
+  /**
+   * Whether the device may be using memory without an fd, and so may wait on this thread for the owner
+   * (remote-dma.ts): such maps in the table, or taken away by an unmap the device has not taken yet.
+   */
+  get remoteInUse(): boolean {
+    if (this.#remoteMaps > 0) return true;
+    if (this.#remoteUnmapPost === null) return false;
+    if (((this.mailbox.taken() - this.#remoteUnmapPost) | 0) < 0) return true;
+    this.#remoteUnmapPost = null;
+    return false;
   }
 
   /** Maps in the table (the device's count, once it took every post). */
@@ -149,18 +165,22 @@ export class FrontDmaTable {
   }
 
   /**
-   * unmap() while maps without an fd exist, waiting for the device without blocking this thread. The device
-   * holds no reference to memory without an fd (each access asks the front end, which refuses one outside
-   * this table from now on: covers()), so an unmap of only such maps is answered at once. One that takes
-   * memory the device maps waits until the device cannot be using it; `beforeWait` first ends an access the
-   * device may be blocked in (QEMU serves none while it waits for this reply).
+   * unmap() while the device may use memory without an fd, waiting for it without blocking this thread. The
+   * device holds no reference to memory without an fd (each access asks the front end, which refuses one
+   * into an unmapped range from now on: remote-dma.ts), so an unmap of only such maps is answered at once.
+   * One that takes memory the device maps waits until the device cannot be using it, the wait wrapped by
+   * `wrap` (accesses to the owner fail meanwhile: QEMU serves none while it waits for this reply).
    */
-  async unmapAsync(iova: bigint, size: bigint, all: boolean, beforeWait: () => void): Promise<void> {
+  async unmapAsync(
+    iova: bigint,
+    size: bigint,
+    all: boolean,
+    wrap: (wait: () => Promise<void>) => Promise<void>,
+  ): Promise<void> {
     const { removed, n } = this.#unpost(iova, size, all);
     try {
       if ((removed as FrontEntry[]).some((m) => m.mapping !== null)) {
-        beforeWait();
-        await this.mailbox.quiesceAsync(n, this.timeoutMs);
+        await wrap(() => this.mailbox.quiesceAsync(n, this.timeoutMs));
       }
     } finally {
       this.#release(removed);
@@ -175,13 +195,23 @@ export class FrontDmaTable {
   #unpost(iova: bigint, size: bigint, all: boolean): { removed: DmaMapping[]; n: number } {
     this.mailbox.makeRoom(); // a full ring fails the unmap here, with the table and the device unchanged
     const removed = this.#table.remove(Number(iova), Number(size), all);
-    for (const m of removed as FrontEntry[]) if (m.mapping === null) this.#remoteMaps--;
-    return { removed, n: this.mailbox.post({ op: 'unmapPosted', iova, size, all }, false) };
+    let remote = false;
+    for (const m of removed as FrontEntry[]) {
+      if (m.mapping === null) {
+        this.#remoteMaps--;
+        remote = true;
+      }
+    }
+    const n = this.mailbox.post({ op: 'unmapPosted', iova, size, all }, false);
+    if (remote) this.#remoteUnmapPost = n;
+    this.onUnmapPosted?.(n, Number(iova), Number(size), all);
+    return { removed, n };
   }
 
   /** The owner left, or the device stopped: it dropped every map; the memory is let go of here. */
   releaseAll(): void {
     this.#remoteMaps = 0;
+    this.#remoteUnmapPost = null;
     this.#release(this.#table.remove(0, 0, true));
   }
 

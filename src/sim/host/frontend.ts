@@ -102,7 +102,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
    * (remote-dma.ts): a command the device must serve is then waited for without blocking the thread.
    */
   get #waitAsync(): boolean {
-    return this.device.dma.remoteMaps > 0;
+    return this.device.waitsAsync;
   }
 
   get options(): Sa1Options {
@@ -176,10 +176,9 @@ export class Sa1Frontend implements VfioUserDeviceModel {
       this.device.dma.unmap(req.iova, req.size, all);
       return;
     }
-    // An access the device is making into the range fails now (§7: it completes as IOMMU_FAULT): the owner
-    // may not serve it while it waits for this reply.
-    this.device.remote.unmapped(Number(req.iova), Number(req.size), all);
-    return this.device.dma.unmapAsync(req.iova, req.size, all, () => this.device.remote.abort());
+    // An access the device is making into the range fails now (§7: it completes as IOMMU_FAULT; the table
+    // tells remote-dma.ts of the unmap as it posts it): the owner may not serve it while it waits for this reply.
+    return this.device.dma.unmapAsync(req.iova, req.size, all, (wait) => this.device.remote.failFast(wait));
   }
 
   irqInfo(index: number): IrqDescription {
@@ -232,10 +231,9 @@ export class Sa1Frontend implements VfioUserDeviceModel {
 
   reset(): void | Promise<void> {
     if (this.#waitAsync) {
-      // The reset aborts whatever the device is doing: an access it makes through the owner ends now, as the
-      // owner (QEMU) does not serve one while it waits for this reply.
-      this.device.remote.abort();
-      return this.device.requestAsync({ op: 'reset' });
+      // The reset aborts whatever the device is doing: accesses it makes through the owner fail until it took
+      // the reset, as the owner (QEMU) serves none while it waits for this reply.
+      return this.device.remote.failFast(() => this.device.requestAsync({ op: 'reset' }));
     }
     this.device.request({ op: 'reset' });
   }

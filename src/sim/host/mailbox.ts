@@ -137,6 +137,9 @@ export class MailboxCaller<R> {
    * would never serve. Slower to wake than call(); nothing else may call the device meanwhile.
    */
   callAsync<T>(req: R, timeoutMs: number): Promise<T> {
+    // One at a time: a second waits for the first (the connection serves one such command at a time anyway).
+    const ahead = this.#asyncCall;
+    if (ahead) return ahead.then(() => this.callAsync<T>(req, timeoutMs));
     let seq: number;
     try {
       seq = this.#start(req);
@@ -153,6 +156,11 @@ export class MailboxCaller<R> {
       if (this.#asyncCall === settled) this.#asyncCall = null;
     });
     return call;
+  }
+
+  /** How many posts the device has taken (requests and one-way posts, in order). */
+  taken(): number {
+    return Atomics.load(this.#words, W_TAKEN);
   }
 
   /** The callAsync() in flight, settled (never rejects); null when none. */

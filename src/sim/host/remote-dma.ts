@@ -2,13 +2,16 @@
 // through VFIO_USER_DMA_READ/DMA_WRITE messages to the owner, which only the main thread can send and
 // receive (it owns the connection). The two meet in a small shared area: the device writes one access (op,
 // IOVA, length, and a write's bytes) and blocks on the state word; the main thread, woken by
-// Atomics.waitAsync on that word, sends the message through the connection's PeerDma, copies a read's bytes
-// in, and publishes the outcome. One access at a time (the device thread is one thread); an access larger
-// than the area or than the owner's max_data_xfer_size goes in pieces.
+// Atomics.waitAsync on that word, claims the access, sends the messages through the connection's PeerDma,
+// copies a read's bytes in, and publishes the outcome. One access at a time (the device thread is one
+// thread), at most REMOTE_CHUNK bytes: larger ones go in pieces.
 //
-// The state word carries a sequence number with the state, so that an access the device gave up on (its
-// deadline passed) is never answered into the next one: each side moves the word only with a
-// compare-exchange from the exact value it saw.
+// The state word carries a sequence number with the state, and each side moves it only by compare-exchange
+// from the exact value it saw: the device gives an access up (its deadline) only while it is not being
+// answered, and the main thread writes an answer only into the access it claimed, so no answer lands in the
+// next access. An access being served is checked before every message it sends (it stops at once when it
+// was cancelled, abandoned or its range unmapped), so nothing reaches the owner for a range after the unmap
+// that took it was answered — not even into a new map at the same IOVA.
 //
 // Correct, and slow: each access is a message round trip through the main thread. The owner's memory that
 // came with an fd is mapped and never goes through here.
@@ -18,21 +21,20 @@ import { waitAsync } from '../../util/wait-async.js';
 import type { PeerDma } from '../../vfio/user/peer-dma.js';
 import type { RemoteMemory } from '../model/iommu.js';
 
-/** Bytes one access of the device carries at most (larger ones go in pieces). */
-export const REMOTE_CHUNK = 1 << 20;
 /**
- * Bytes one DMA_READ/DMA_WRITE message carries at most (and at most the owner's max_data_xfer_size). QEMU
- * 11.1 advertises 1 MiB, but a DMA_READ reply of more than about 214 KiB stalls in its socket and never
- * completes (observed: its non-blocking write is not resumed), which kills its device; 64 KiB is well clear.
+ * Bytes one DMA_READ/DMA_WRITE message carries at most (and at most the owner's max_data_xfer_size), and so
+ * one access of the device. QEMU 11.1 advertises 1 MiB, but a DMA_READ reply of more than about 214 KiB
+ * stalls in its socket and never completes (observed: its non-blocking write is not resumed), which kills
+ * its device; 64 KiB is well clear.
  */
-export const REMOTE_MESSAGE_MAX = 64 * 1024;
+export const REMOTE_CHUNK = 64 * 1024;
 /**
- * How long the main thread gives the owner to answer one DMA_READ/DMA_WRITE. Below QEMU's own per-message
- * deadline (5 s): an owner command the device answers only after such an access must still be answered in
- * QEMU's time, since QEMU treats a reply after its deadline as a broken connection.
+ * How long the main thread gives the owner to answer one access, all its messages together. Below QEMU's own
+ * per-request deadline (5 s): an owner command the device answers only after such an access must still be
+ * answered in QEMU's time, since QEMU treats a reply after its deadline as a broken connection.
  */
 export const REMOTE_DMA_TIMEOUT_MS = 2_000;
-/** How long the device waits for the main thread's answer: the owner's deadline and a margin. */
+/** How long the device waits for an answer: the owner's deadline and a margin. */
 const DEVICE_WAIT_MS = REMOTE_DMA_TIMEOUT_MS + 1_000;
 
 // Words of the control area.
@@ -42,19 +44,24 @@ const W_LENGTH = 2;
 const W_ERRNO = 3;
 const W_IOVA_LO = 4;
 const W_IOVA_HI = 5;
-/** 1 while no owner can serve an access: the device fails one at once, without waiting on the main thread. */
+/** 1 while no owner can serve an access: the device fails one at once, without asking the main thread. */
 const W_NO_OWNER = 6;
+/** Non-zero while the main thread waits for the device to take a command the owner waits for (failFast). */
+const W_FAIL_FAST = 7;
 const WORDS = 8;
 
 // States (low 3 bits of W_STATE).
-const IDLE = 0;
 const ASKED = 1; // the device wrote an access and waits
-const TAKEN = 2; // the main thread is filling in the answer
-const DONE = 3; // answered: W_ERRNO 0, or the errno
-const ABANDONED = 4; // the device's deadline passed first
+const SERVING = 2; // the main thread claimed it (read its fields and bytes) and is sending it
+const TAKEN = 3; // the main thread is writing the answer
+const DONE = 4; // answered: W_ERRNO 0, or the errno
+const ABANDONED = 5; // the device gave it up first
 
 const OP_READ = 1;
 const OP_WRITE = 2;
+
+const ENODEV = 19;
+const ETIMEDOUT = 110;
 
 export const newRemoteDmaMemory = (): SharedArrayBuffer => new SharedArrayBuffer(WORDS * 4 + REMOTE_CHUNK);
 
@@ -79,8 +86,7 @@ export class RemoteDmaDevice implements RemoteMemory {
   read(iova: number, into: Uint8Array): number {
     for (let done = 0; done < into.length; ) {
       const n = Math.min(REMOTE_CHUNK, into.length - done);
-      const errno = this.#access(OP_READ, iova + done, n);
-      if (errno !== 0) return iova + done;
+      if (this.#access(OP_READ, iova + done, n) !== 0) return iova + done;
       into.set(this.#data.subarray(0, n), done);
       done += n;
     }
@@ -91,22 +97,24 @@ export class RemoteDmaDevice implements RemoteMemory {
     for (let done = 0; done < data.length; ) {
       const n = Math.min(REMOTE_CHUNK, data.length - done);
       this.#data.set(data.subarray(done, done + n));
-      const errno = this.#access(OP_WRITE, iova + done, n);
-      if (errno !== 0) return iova + done;
+      if (this.#access(OP_WRITE, iova + done, n) !== 0) return iova + done;
       done += n;
     }
     return -1;
+  }
+
+  /** Fail at once: no owner, or the main thread waits for this thread on behalf of an owner that waits too. */
+  #refused(): boolean {
+    return Atomics.load(this.#w, W_NO_OWNER) !== 0 || Atomics.load(this.#w, W_FAIL_FAST) !== 0;
   }
 
   /** One access of at most REMOTE_CHUNK bytes: 0, or the errno it failed with. */
   #access(op: number, iova: number, length: number): number {
     const w = this.#w;
     this.accesses++;
-    // The owner left (or none came): the main thread may be blocked on this thread right now (the owner's
-    // disconnect), so it is not asked.
-    if (Atomics.load(w, W_NO_OWNER) !== 0) {
+    if (this.#refused()) {
       this.failures++;
-      return 19; // ENODEV
+      return ENODEV;
     }
     this.#seq = (this.#seq + 1) & 0x0fff_ffff;
     const seq = this.#seq;
@@ -126,20 +134,37 @@ export class RemoteDmaDevice implements RemoteMemory {
         if (errno !== 0) this.failures++;
         return errno;
       }
+      // Refused meanwhile (the main thread notifies this word when it starts refusing), or past the deadline:
+      // give up while the main thread is not writing the answer (TAKEN: it is moments from DONE).
       const left = deadline - performance.now();
-      // The owner left while this waited (its disconnect notifies this word), or the deadline passed: give
-      // up, unless the main thread took the access this instant (then its answer is moments away).
-      const gone = Atomics.load(w, W_NO_OWNER) !== 0;
-      if (v === asked && (gone || left <= 0)) {
-        if (Atomics.compareExchange(w, W_STATE, asked, word(seq, ABANDONED)) === asked) {
+      const refused = this.#refused();
+      const open = v === asked || v === word(seq, SERVING);
+      if (open && (refused || left <= 0)) {
+        if (Atomics.compareExchange(w, W_STATE, v, word(seq, ABANDONED)) === v) {
           this.failures++;
-          return gone ? 19 : 110; // ENODEV, ETIMEDOUT
+          return refused ? ENODEV : ETIMEDOUT;
         }
         continue;
       }
-      Atomics.wait(w, W_STATE, v, v === asked ? left : 10);
+      Atomics.wait(w, W_STATE, v, open ? Math.max(left, 1) : 10);
     }
   }
+}
+
+/** An access the main thread is serving. */
+interface Serving {
+  /** Its claimed state word: it is still wanted while W_STATE holds this. */
+  readonly claimed: number;
+  readonly iova: number;
+  readonly length: number;
+  cancelled: number; // 0, or the errno it was cancelled with
+}
+
+/** An unmap the device has not taken yet: an access into its range comes from a translation made before it. */
+interface PendingUnmap {
+  readonly post: number;
+  readonly iova: number;
+  readonly end: number;
 }
 
 /** The main thread's side: serves the device's accesses through the owner's connection while one is set. */
@@ -148,18 +173,18 @@ export class RemoteDmaServer {
   readonly #data: Uint8Array;
   #peer: PeerDma | null = null;
   #closed = false;
-  /** The access being served: its word and range, so an unmap or a disconnect can fail it at once. */
-  #current: { asked: number; iova: number; length: number } | null = null;
-  #log: (message: string, err?: unknown) => void;
+  readonly #serving = new Set<Serving>();
+  #unmaps: PendingUnmap[] = [];
+  readonly #log: (message: string, err?: unknown) => void;
 
   /**
-   * `covers`: whether the owner's maps (the front end's table) hold a range now; an access outside them is
-   * refused here, so none reaches the owner after the unmap that took its range was answered.
-   * `log`: rate limited by message (the error's detail goes in `err`).
+   * `covers`: whether the owner's maps (the front end's table) hold a range now. `taken`: how many posts the
+   * device has taken (the mailbox's W_TAKEN). `log`: rate limited by message (the detail goes in `err`).
    */
   constructor(
     sab: SharedArrayBuffer,
     private readonly covers: (iova: number, length: number, write: boolean) => boolean,
+    private readonly taken: () => number,
     log: (message: string, err?: unknown) => void,
   ) {
     this.#w = new Int32Array(sab, 0, WORDS);
@@ -169,115 +194,147 @@ export class RemoteDmaServer {
     void this.#serve();
   }
 
-  /** The owner's DMA_READ/DMA_WRITE (null: no owner; accesses fail ENODEV). */
+  /** The owner's DMA_READ/DMA_WRITE (null: no owner; accesses fail at once). */
   set peer(peer: PeerDma | null) {
     this.#peer = peer;
     Atomics.store(this.#w, W_NO_OWNER, peer === null ? 1 : 0);
     if (peer !== null) return;
-    this.#failCurrent(32); // EPIPE: the owner is gone
-    Atomics.notify(this.#w, W_STATE); // a device waiting on an access not yet taken gives it up
+    this.#cancel(() => true, 32); // EPIPE: the owner is gone
+    Atomics.notify(this.#w, W_STATE); // a device waiting on an access not yet claimed gives it up
   }
 
   get peer(): PeerDma | null {
     return this.#peer;
   }
 
-  /** The owner unmapped [iova, iova+size): an access into it fails now (§7: it completes as IOMMU_FAULT). */
-  unmapped(iova: number, size: number, all: boolean): void {
-    const c = this.#current;
-    if (c && (all || (c.iova < iova + size && c.iova + c.length > iova))) this.#failCurrent(14); // EFAULT
+  /**
+   * The owner unmapped [iova, iova+size) with post `post` (all: every map): an access into it fails now (§7:
+   * it completes as IOMMU_FAULT), and until the device has taken the post, an access into the range comes
+   * from a translation made before the unmap and is refused, whatever is mapped there since.
+   */
+  unmapped(post: number, iova: number, size: number, all: boolean): void {
+    const end = all ? Number.POSITIVE_INFINITY : iova + size;
+    const start = all ? 0 : iova;
+    this.#unmaps.push({ post, iova: start, end });
+    this.#cancel((s) => s.iova < end && s.iova + s.length > start, 14); // EFAULT
   }
 
-  /** The access being made fails now (EIO): a device reset, or bus mastering off, ends it anyway. */
-  abort(): void {
-    this.#failCurrent(5);
+  /**
+   * Run `wait` (the main thread waiting for the device to take a command the owner waits for too: a reset,
+   * bus mastering off, an unmap of memory the device maps) with every access to the owner failing at once:
+   * QEMU serves no DMA_READ while it waits for its own request's reply, so each would only wait out its
+   * deadline (and the reset's aborted completions each one more).
+   */
+  async failFast<T>(wait: () => Promise<T>): Promise<T> {
+    Atomics.add(this.#w, W_FAIL_FAST, 1);
+    this.#cancel(() => true, 5); // EIO
+    Atomics.notify(this.#w, W_STATE);
+    try {
+      return await wait();
+    } finally {
+      Atomics.sub(this.#w, W_FAIL_FAST, 1);
+    }
   }
 
   close(): void {
     this.#closed = true;
     Atomics.store(this.#w, W_NO_OWNER, 1);
-    this.#failCurrent(19); // ENODEV
-    Atomics.notify(this.#w, W_STATE); // ends #serve's wait
+    this.#cancel(() => true, ENODEV);
+    Atomics.notify(this.#w, W_STATE); // ends #serve's wait, and a device's wait on an unclaimed access
   }
 
   async #serve(): Promise<void> {
     const w = this.#w;
     while (!this.#closed) {
       const v = Atomics.load(w, W_STATE);
-      if (stateOf(v) !== ASKED || this.#current?.asked === v) {
-        const r = waitAsync(w, W_STATE, v);
-        if (r.async) await r.value;
+      if (stateOf(v) === ASKED) {
+        // Claimed before its fields are read: the device gives up only an access not being served.
+        const claimed = word(seqOf(v), SERVING);
+        if (Atomics.compareExchange(w, W_STATE, v, claimed) === v) this.#start(claimed);
         continue;
       }
-      const length = Atomics.load(w, W_LENGTH);
-      const iova = Atomics.load(w, W_IOVA_LO) + Atomics.load(w, W_IOVA_HI) * 2 ** 32;
-      const op = Atomics.load(w, W_OP);
-      this.#current = { asked: v, iova, length };
-      // Not awaited: an unmap or a disconnect can fail it meanwhile (#failCurrent), and the loop then waits
-      // for the device's next access.
-      void this.#answer(v, op, iova, length);
       const r = waitAsync(w, W_STATE, v);
       if (r.async) await r.value;
     }
   }
 
-  async #answer(asked: number, op: number, iova: number, length: number): Promise<void> {
-    let errno = 0;
-    let bytes: Uint8Array | null = null;
-    const peer = this.#peer;
-    try {
-      if (!peer) throw new VfioError('ENODEV', 'no owner to serve the DMA access');
-      if (!this.covers(iova, length, op === OP_WRITE)) {
-        this.#finish(asked, 14, null); // EFAULT: unmapped since the device translated it
-        return;
-      }
-      if (op === OP_READ) bytes = await this.#read(peer, iova, length);
-      else await this.#write(peer, iova, this.#data.slice(0, length));
-    } catch (err) {
-      errno = (err as VfioError).errno ?? 5;
-      this.#log(
-        `a device DMA ${op === OP_READ ? 'read' : 'write'} through the owner failed (an IOMMU fault)`,
-        new Error(`${length} bytes at 0x${iova.toString(16)}: ${(err as Error).message}`),
-      );
-    }
-    this.#finish(asked, errno, bytes);
-  }
-
-  async #read(peer: PeerDma, iova: number, length: number): Promise<Uint8Array> {
-    const most = Math.min(peer.maxTransfer, REMOTE_MESSAGE_MAX);
-    if (length <= most) return peer.read(BigInt(iova), length, REMOTE_DMA_TIMEOUT_MS);
-    const out = new Uint8Array(length);
-    for (let done = 0; done < length; done += most) {
-      const n = Math.min(most, length - done);
-      out.set(await peer.read(BigInt(iova + done), n, REMOTE_DMA_TIMEOUT_MS), done);
-    }
-    return out;
-  }
-
-  async #write(peer: PeerDma, iova: number, data: Uint8Array): Promise<void> {
-    const most = Math.min(peer.maxTransfer, REMOTE_MESSAGE_MAX);
-    for (let done = 0; done < data.length; done += most) {
-      const n = Math.min(most, data.length - done);
-      await peer.write(BigInt(iova + done), data.subarray(done, done + n), REMOTE_DMA_TIMEOUT_MS);
-    }
-  }
-
-  /** Publish the answer to access `asked`, unless the device gave up on it or it was failed already. */
-  #finish(asked: number, errno: number, bytes: Uint8Array | null): void {
+  #start(claimed: number): void {
     const w = this.#w;
-    if (this.#current?.asked === asked) this.#current = null;
-    const taken = word(seqOf(asked), TAKEN);
-    if (Atomics.compareExchange(w, W_STATE, asked, taken) !== asked) return; // abandoned, or failed before
-    if (errno === 0 && bytes) this.#data.set(bytes.subarray(0, Atomics.load(w, W_LENGTH)));
+    const op = Atomics.load(w, W_OP);
+    const length = Atomics.load(w, W_LENGTH);
+    const iova = Atomics.load(w, W_IOVA_LO) + Atomics.load(w, W_IOVA_HI) * 2 ** 32;
+    const bytes = op === OP_WRITE ? this.#data.slice(0, length) : null;
+    const s: Serving = { claimed, iova, length, cancelled: 0 };
+    this.#serving.add(s);
+    void this.#answer(s, op, bytes).finally(() => this.#serving.delete(s));
+  }
+
+  async #answer(s: Serving, op: number, bytes: Uint8Array | null): Promise<void> {
+    const deadline = performance.now() + REMOTE_DMA_TIMEOUT_MS;
+    let out: Uint8Array | null = null;
+    let errno = 0;
+    try {
+      const peer = this.#peer;
+      if (!peer) throw new VfioError('ENODEV', 'no owner to serve the DMA access');
+      const most = Math.min(peer.maxTransfer, REMOTE_CHUNK);
+      if (op === OP_READ) out = new Uint8Array(s.length);
+      for (let done = 0; done < s.length; done += most) {
+        const n = Math.min(most, s.length - done);
+        const at = s.iova + done;
+        this.#check(s, at, n, op === OP_WRITE);
+        const left = Math.max(1, Math.ceil(deadline - performance.now()));
+        if (out) out.set(await peer.read(BigInt(at), n, left), done);
+        else await peer.write(BigInt(at), (bytes as Uint8Array).subarray(done, done + n), left);
+      }
+    } catch (err) {
+      errno = s.cancelled || ((err as VfioError).errno ?? 5);
+      if (!s.cancelled) {
+        this.#log(
+          `a device DMA ${op === OP_READ ? 'read' : 'write'} through the owner failed (an IOMMU fault)`,
+          new Error(`${s.length} bytes at 0x${s.iova.toString(16)}: ${(err as Error).message}`),
+        );
+      }
+    }
+    this.#finish(s, s.cancelled || errno, out);
+  }
+
+  /** Before each message: the access is still wanted and its range still the owner's map it was. */
+  #check(s: Serving, iova: number, length: number, write: boolean): void {
+    if (s.cancelled) throw new VfioError('ECANCELED', 'the access was cancelled');
+    if (Atomics.load(this.#w, W_STATE) !== s.claimed) {
+      throw new VfioError('ECANCELED', 'the device gave the access up');
+    }
+    if (this.#staleRange(iova, length) || !this.covers(iova, length, write)) {
+      s.cancelled = 14; // EFAULT: unmapped since the device translated it
+      throw new VfioError('EFAULT', 'the range was unmapped');
+    }
+  }
+
+  /** Whether [iova, +length) meets an unmap the device has not taken yet (it translated before the unmap). */
+  #staleRange(iova: number, length: number): boolean {
+    if (this.#unmaps.length === 0) return false;
+    const taken = this.taken();
+    this.#unmaps = this.#unmaps.filter((u) => ((taken - u.post) | 0) < 0);
+    return this.#unmaps.some((u) => u.iova < iova + length && u.end > iova);
+  }
+
+  /** Publish the answer to `s`, unless the device gave it up; idempotent. */
+  #finish(s: Serving, errno: number, bytes: Uint8Array | null): void {
+    const w = this.#w;
+    const taken = word(seqOf(s.claimed), TAKEN);
+    if (Atomics.compareExchange(w, W_STATE, s.claimed, taken) !== s.claimed) return;
+    if (errno === 0 && bytes) this.#data.set(bytes);
     Atomics.store(w, W_ERRNO, errno);
-    Atomics.store(w, W_STATE, word(seqOf(asked), DONE));
+    Atomics.store(w, W_STATE, word(seqOf(s.claimed), DONE));
     Atomics.notify(w, W_STATE);
   }
 
-  #failCurrent(errno: number): void {
-    const c = this.#current;
-    if (c) this.#finish(c.asked, errno, null);
+  /** Cancel the accesses being served that `which` names: each sends nothing more, and fails now. */
+  #cancel(which: (s: Serving) => boolean, errno: number): void {
+    for (const s of this.#serving) {
+      if (s.cancelled || !which(s)) continue;
+      s.cancelled = errno;
+      this.#finish(s, errno, null);
+    }
   }
 }
-
-export const REMOTE_IDLE = IDLE;

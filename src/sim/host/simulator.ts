@@ -61,15 +61,18 @@ export interface SimulatorHandle {
   readonly options: Sa1Options;
   /** The max_dma_maps advertised and held (SimulatorOptions.maxDmaMaps, or its default). */
   readonly maxDmaMaps: number;
-  /** Fault injection (datasheet §9): never reachable through a BAR. */
-  inject(req: InjectRequest): void;
-  injectHang(): void;
-  injectFault(queue: number, code?: number, iova?: bigint): void;
+  /**
+   * Fault injection (datasheet §9): never reachable through a BAR. A promise while the owner has memory
+   * without an fd (the device may be waiting on this thread then): await it.
+   */
+  inject(req: InjectRequest): void | Promise<void>;
+  injectHang(): void | Promise<void>;
+  injectFault(queue: number, code?: number, iova?: bigint): void | Promise<void>;
   /** Per-descriptor delay in ms (all queues, or one queue); 0 removes it. */
-  setDescriptorDelay(ms: number, queue?: number): void;
+  setDescriptorDelay(ms: number, queue?: number): void | Promise<void>;
   /** Drop the next `count` interrupts (optionally only of one irq index / vector). */
-  dropInterrupts(count: number, filter?: { index?: number; vector?: number }): void;
-  stats(): DeviceStats;
+  dropInterrupts(count: number, filter?: { index?: number; vector?: number }): void | Promise<void>;
+  stats(): Promise<DeviceStats>;
   /** Whether an owner is connected. */
   readonly ownerConnected: boolean;
   /**
@@ -157,7 +160,7 @@ export async function startSimulator(opts: SimulatorOptions): Promise<SimulatorH
   }
 
   let closing: Promise<void> | null = null;
-  const inject = (req: InjectRequest): void => device.request({ op: 'inject', inject: req });
+  const inject = (req: InjectRequest): void | Promise<void> => device.inject(req);
   return {
     socketPath: opts.socketPath,
     options,

@@ -1,4 +1,5 @@
-// The owner's REGION_READ / REGION_WRITE of BAR2 (queue pages) and BAR4 (device memory), served by the front
+// The slices' memory on the front end: the dma-buf feature's new descriptions of it (open), and the owner's
+// REGION_READ / REGION_WRITE of BAR2 (queue pages) and BAR4 (device memory), served by the front
 // end from the slices' own memory (their memfds, whose current numbers the worker publishes), with no round
 // trip to the device worker — what a holder of the slice sees through its mapping, read or written the same
 // way. Besides costing no thread wake-up, this keeps the owner's register accesses answered while the device
@@ -9,11 +10,10 @@
 // Queue page registers (datasheet §2.3) are the page's words: the device publishes SQ_HEAD, CQ_TAIL, Q_ERROR
 // and Q_NOTIFY there and reads the owner's stores from there (queue.ts publish / pageRegister). Reads past the
 // registers read 0; stores to read-only or reserved words are ignored, as the device does. A store to SQ_TAIL
-// kicks the queue's ioeventfd, as a holder that sees KICK_NEEDED does (§2.3): a device asleep on its kick fds
-// wakes; one polling sees the doorbell within its poll interval anyway.
+// wakes the device (`doorbell`), as the request that served it did.
 
 import { VfioError } from '../../errors.js';
-import { native } from '../../sys/index.js';
+import { Fd, native } from '../../sys/index.js';
 import {
   QP_CQ_BASE,
   QP_CQ_HEAD,
@@ -26,6 +26,12 @@ import {
 } from '../model/datasheet.js';
 import { sliceFdIndex } from '../model/memfd-backing.js';
 import type { Sa1Options } from '../model/options.js';
+import { O_ACCMODE, O_RDONLY, parseDmaBufRequest } from '../model/slices.js';
+
+const { O_RDONLY: OPEN_RDONLY, O_RDWR: OPEN_RDWR } = native.constants as Record<string, number> as {
+  O_RDONLY: number;
+  O_RDWR: number;
+};
 
 /** The queue page words the owner may store (the rest are read-only or reserved). */
 const WRITABLE = new Set([
@@ -45,8 +51,8 @@ export class SliceAccess {
     private readonly options: Sa1Options,
     /** The slices' current memfd numbers (memfd-backing.ts), -1 once the device shut down. */
     private readonly sliceFds: Int32Array,
-    /** The kick ioeventfd of queue q (io-fds.ts: queues past MAX_FDS share them). */
-    private readonly kickFd: (q: number) => number,
+    /** Wake the device for a doorbell of queue q. */
+    private readonly doorbell: (q: number) => void,
   ) {}
 
   /** BAR2: `count` bytes of queue page registers, word by word (checkRegionAccess made them whole words). */
@@ -69,7 +75,7 @@ export class SliceAccess {
       const at = (offset + i) % stride;
       if (!WRITABLE.has(at)) continue;
       native.pwrite(this.#fd('queue', q), data.subarray(i, i + 4), at);
-      if (at === QP_SQ_TAIL) native.eventfdWrite(this.kickFd(q), 1);
+      if (at === QP_SQ_TAIL) this.doorbell(q);
     }
   }
 
@@ -84,6 +90,25 @@ export class SliceAccess {
     this.#granules(offset, data.length, (fd, at, done, n) => {
       native.pwrite(fd, data.subarray(done, done + n), at);
     });
+  }
+
+  /**
+   * The dma-buf feature (datasheet §8): a new open description of each requested slice's memory, read-only
+   * if asked. Served on the front end: the worker renews a slice's memory only inside a revoke, which the
+   * owner's connection waits for before its next request, so the numbers read here are current.
+   */
+  open(payload: Uint8Array): Fd[] {
+    const req = parseDmaBufRequest(this.options, payload);
+    const mode = (req.accessMode & O_ACCMODE) === O_RDONLY ? OPEN_RDONLY : OPEN_RDWR;
+    const fds: Fd[] = [];
+    try {
+      for (const s of req.slices)
+        fds.push(new Fd(native.open(`/proc/self/fd/${this.#fd(s.kind, s.index)}`, mode)));
+    } catch (err) {
+      for (const f of fds) f.close();
+      throw err;
+    }
+    return fds;
   }
 
   #granules(

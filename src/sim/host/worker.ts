@@ -204,6 +204,8 @@ function handle(r: DeviceRequest): unknown {
       return remoteMapPosted(r);
     case 'kicksHandedOut':
       return; // the flag is in the mailbox words; the post only woke the loop
+    case 'doorbell':
+      return; // the post only woke the loop: its next round sees SQ_TAIL
     case 'queueEnabled': {
       // The front end stored ENABLE; requests posted after this one (a disable, a reset) come after it.
       const q = device.queues[r.queue];

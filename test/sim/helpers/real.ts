@@ -44,13 +44,13 @@ export async function until(
 
 /** Wait (bounded) until the device worker answers commands again, after an injected stall. */
 export async function untilWorkerAnswers(
-  r: { sim: { stats(): unknown } },
+  r: { sim: { stats(): Promise<unknown> } },
   timeoutMs = 30_000,
 ): Promise<void> {
   await until(
-    () => {
+    async () => {
       try {
-        r.sim.stats();
+        await r.sim.stats();
         return true;
       } catch {
         return false;
@@ -174,7 +174,7 @@ export async function bootedRig(opts: Partial<SimulatorOptions> = {}): Promise<R
 
 /** Requests the device worker served while `fn` ran (the stats request that ends the count excluded). */
 export async function workerCommands(r: Rig, fn: () => Promise<void>): Promise<number> {
-  const before = r.sim.stats().commands;
+  const before = (await r.sim.stats()).commands;
   await fn();
-  return r.sim.stats().commands - before - 1;
+  return (await r.sim.stats()).commands - before - 1;
 }
