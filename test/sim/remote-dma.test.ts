@@ -5,6 +5,16 @@
 // vanished owner end such an access as IOMMU_FAULT, never with a hang.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
+import { encodeDmaBufRequest } from '../../src/sim/model/slices.js';
+import { Mapping } from '../../src/sys/index.js';
+import {
+  VFIO_DEVICE_FEATURE_DMA_BUF,
+  VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_SET,
+  VFIO_PCI_BAR4_REGION_INDEX,
+  vfio_device_feature_dma_buf_revoke,
+} from '../../src/vfio/uapi/vfio.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import type { DmaMemory } from '../../src/vfio/user/dma-maps.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../../src/vfio/user/protocol.js';
@@ -267,4 +277,32 @@ test('an owner that leaves while the device waits on its memory: nothing hangs, 
   } finally {
     await r.close();
   }
+});
+
+test('a revoke while the owner has memory without an fd: waited for without blocking, the slice fd passed kept until the device is done', async () => {
+  await withOwnerMemory(async (r) => {
+    // A device-memory granule: its revoke goes to the device whole, with the fd passed (the device finds
+    // the slice by the fd's inode).
+    const granule = (
+      await r.client.feature({
+        flags: VFIO_DEVICE_FEATURE_GET,
+        feature: VFIO_DEVICE_FEATURE_DMA_BUF,
+        data: encodeDmaBufRequest(VFIO_PCI_BAR4_REGION_INDEX, [{ offset: 0n, length: 1n << 16n }]),
+      })
+    ).fds[0]!;
+    try {
+      const mapping = Mapping.map(granule.fd, { length: 1 << 16, guard: true });
+      await r.client.feature({
+        flags: VFIO_DEVICE_FEATURE_SET,
+        feature: VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE,
+        data: vfio_device_feature_dma_buf_revoke.encode({ fd_index: 0 }),
+        fds: [granule],
+      });
+      void mapping.u8[0]; // the access that finds the memory gone (the guard turns it into zero pages)
+      assert.ok(mapping.isRevoked(), "the holder's mapping of the granule is dead");
+      mapping.unmap();
+    } finally {
+      granule.close();
+    }
+  });
 });

@@ -238,37 +238,48 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     this.device.request({ op: 'reset' });
   }
 
-  feature(req: FeatureRequest): FeatureReply {
+  feature(req: FeatureRequest): FeatureReply | Promise<FeatureReply> {
+    let reply: FeatureReply | Promise<FeatureReply>;
     try {
-      const probe = (req.flags & VFIO_DEVICE_FEATURE_PROBE) !== 0;
-      const get = (req.flags & VFIO_DEVICE_FEATURE_GET) !== 0;
-      const set = (req.flags & VFIO_DEVICE_FEATURE_SET) !== 0;
-      if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF) {
-        if (set) throw new VfioError('EINVAL', 'the dma-buf feature supports GET only');
-        if (probe) return {};
-        return { data: req.data, fds: this.device.openSlices(req.data) };
-      }
-      if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE) {
-        if (get) throw new VfioError('EINVAL', 'the revoke feature supports SET only');
-        if (probe) return {};
-        if (req.data.length < 4) throw new VfioError('EINVAL', 'revoke needs { s32 fd_index; u32 flags }');
-        const { fd_index, flags } = decodeDmaBufRevokePayload(req.data);
-        if (flags & ~DMA_BUF_REVOKE_FLAG_DETACH) {
-          throw new VfioError('EINVAL', `revoke flags 0x${flags.toString(16)}: only DETACH (1) is defined`);
-        }
-        const fd = req.fds[fd_index];
-        if (!fd)
-          throw new VfioError(
-            'EINVAL',
-            `fd_index ${fd_index} names none of the ${req.fds.length} fds passed`,
-          );
-        this.device.revoke(fd.fd, !(flags & DMA_BUF_REVOKE_FLAG_DETACH));
-        return {};
-      }
-      throw new VfioError('ENOTSUP', `device feature ${req.feature} is not supported by SA-1`);
-    } finally {
+      reply = this.#feature(req);
+    } catch (err) {
       for (const f of req.fds) f.close();
+      throw err;
     }
+    // The fds passed stay open until the device is done with them (a revoke waited for without blocking).
+    if (!(reply instanceof Promise)) {
+      for (const f of req.fds) f.close();
+      return reply;
+    }
+    return reply.finally(() => {
+      for (const f of req.fds) f.close();
+    });
+  }
+
+  #feature(req: FeatureRequest): FeatureReply | Promise<FeatureReply> {
+    const probe = (req.flags & VFIO_DEVICE_FEATURE_PROBE) !== 0;
+    const get = (req.flags & VFIO_DEVICE_FEATURE_GET) !== 0;
+    const set = (req.flags & VFIO_DEVICE_FEATURE_SET) !== 0;
+    if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF) {
+      if (set) throw new VfioError('EINVAL', 'the dma-buf feature supports GET only');
+      if (probe) return {};
+      return { data: req.data, fds: this.device.openSlices(req.data) };
+    }
+    if (req.feature === VFIO_DEVICE_FEATURE_DMA_BUF_REVOKE) {
+      if (get) throw new VfioError('EINVAL', 'the revoke feature supports SET only');
+      if (probe) return {};
+      if (req.data.length < 4) throw new VfioError('EINVAL', 'revoke needs { s32 fd_index; u32 flags }');
+      const { fd_index, flags } = decodeDmaBufRevokePayload(req.data);
+      if (flags & ~DMA_BUF_REVOKE_FLAG_DETACH) {
+        throw new VfioError('EINVAL', `revoke flags 0x${flags.toString(16)}: only DETACH (1) is defined`);
+      }
+      const fd = req.fds[fd_index];
+      if (!fd)
+        throw new VfioError('EINVAL', `fd_index ${fd_index} names none of the ${req.fds.length} fds passed`);
+      const done = this.device.revoke(fd.fd, !(flags & DMA_BUF_REVOKE_FLAG_DETACH));
+      return done ? done.then(() => ({})) : {};
+    }
+    throw new VfioError('ENOTSUP', `device feature ${req.feature} is not supported by SA-1`);
   }
 
   disconnected(_reason: string): void | Promise<void> {
