@@ -10,18 +10,22 @@ import { createInterface } from 'node:readline';
 // Prints {"pid", "own": [[tid, fd], ...]} and waits to be killed; with a fifth argument 'exit-main' its main
 // thread exits (pthread_exit) instead, and the other threads run on. PAD (the sixth argument, default 0): each
 // own-table thread first opens that many more fds of /dev/null in its table (RLIMIT_NOFILE raised to its hard
-// limit for them).
+// limit for them). DECOYS (the seventh argument, default 0) threads, made after the SHARED and before the OWN
+// ones, unshare their table and close the file in it (tables without it), each with DECOY_PAD (the eighth)
+// more fds of /dev/null.
 const SCRIPT = `
 import ctypes, json, os, socket, sys, threading
 libc = ctypes.CDLL(None, use_errno=True)
 mode, own, shared, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 exit_main = sys.argv[5] == 'exit-main'
 pad = int(sys.argv[6])
-if pad:
+decoys, decoy_pad = int(sys.argv[7]), int(sys.argv[8])
+if pad or decoy_pad:
+    pad_max = max(pad, decoy_pad)
     import resource
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY and hard < pad + 64:
-        os.write(2, b'RLIMIT_NOFILE hard limit %d is under the %d fds this test needs\\n' % (hard, pad + 64))
+    if hard != resource.RLIM_INFINITY and hard < pad_max + 64:
+        os.write(2, b'RLIMIT_NOFILE hard limit %d is under the %d fds this test needs\\n' % (hard, pad_max + 64))
         os._exit(1)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 fd = 3 if path == '-' else os.open(path, os.O_RDWR)
@@ -29,10 +33,19 @@ a, b = socket.socketpair()
 stop = threading.Event()
 ready = threading.Semaphore(0)
 done = []
-def own_table():
+def unshare():
     if libc.unshare(0x400) != 0:  # CLONE_FILES
         os.write(2, b'unshare(CLONE_FILES): errno %d\\n' % ctypes.get_errno())
         os._exit(1)
+def decoy_table():
+    unshare()
+    for _ in range(decoy_pad):
+        os.open('/dev/null', os.O_RDONLY)
+    os.close(fd)
+    ready.release()
+    stop.wait()
+def own_table():
+    unshare()
     for _ in range(pad):
         os.open('/dev/null', os.O_RDONLY)
     kept = fd
@@ -45,6 +58,9 @@ def own_table():
 threading.stack_size(65536)
 for _ in range(shared):
     threading.Thread(target=stop.wait, daemon=True).start()
+for _ in range(decoys):
+    threading.Thread(target=decoy_table, daemon=True).start()
+    ready.acquire()
 for _ in range(own):
     threading.Thread(target=own_table, daemon=True).start()
     if mode == 'receive':
@@ -77,6 +93,9 @@ export async function startOwnTables(opts: {
   exitMain?: boolean;
   /** More fds (of /dev/null) each own table holds. */
   padFds?: number;
+  /** Threads with a table of their own without the file (made before the own ones), and their more fds. */
+  decoys?: number;
+  decoyPadFds?: number;
 }): Promise<OwnTables> {
   const path = typeof opts.file === 'string' ? opts.file : '-';
   const stdio: ('ignore' | 'pipe' | 'inherit' | number)[] = ['ignore', 'pipe', 'inherit'];
@@ -92,6 +111,8 @@ export async function startOwnTables(opts: {
       path,
       opts.exitMain ? 'exit-main' : '-',
       String(opts.padFds ?? 0),
+      String(opts.decoys ?? 0),
+      String(opts.decoyPadFds ?? 0),
     ],
     {
       stdio,
