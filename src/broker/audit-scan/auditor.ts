@@ -15,7 +15,7 @@ import { AllowedBrokers } from './allowed-brokers.js';
 import type { AuditorHost, AuditorState, DirectAuditConfig, Finding, Violation } from './audit-types.js';
 import { TableCursors } from './file-tables.js';
 import { killMappersOf, killRecorded } from './kill.js';
-import { type FileIdentity, type MappingFound, type ScanResult, scanProc } from './proc-scan.js';
+import { type FileIdentity, type MappingFound, type ScanResult, scanProc, unionFds } from './proc-scan.js';
 import { descendsFrom, isRunning, processFacts, startTimeOf } from './process-facts.js';
 import { ReportOnce } from './report-once.js';
 import { ScanPacer } from './scan-pacing.js';
@@ -73,6 +73,8 @@ export class SliceAuditor {
     lastUs: 0,
     processes: 0,
     unreadable: 0,
+    /** Of `unreadable`, the last scan's processes read but for threads' own file tables (`partial`). */
+    readInPart: 0,
     violations: 0,
     /** Scans that failed (the broker's own shortage: EMFILE, ENOMEM), and the last one's error while no scan has
      * succeeded since (null once one has). */
@@ -150,10 +152,13 @@ export class SliceAuditor {
       // Left out by pid, so only while the pid was the broker's: still there at the scan's end, it was all along
       // (it had the pid before the scan began, and a pid is freed only when its process is reaped). Gone
       // meanwhile, its pid may have named another process when the scan read it: scanned again without it.
+      // The scan run again reads the same windows of threads' own file tables (nothing moved: the cursors move
+      // at commit, once a scan), and what the first pass found is kept: none of it was of the excluded pid.
       if (this.#brokers.alive().length < allowed.length) {
         const again = scanProc(this.target, new Set([process.pid, ...this.#brokers.pids]), this.#cursors);
-        r = { ...again, us: r.us + again.us };
+        r = { ...again, fds: unionFds(r.fds, again.fds), us: r.us + again.us };
       }
+      this.#cursors.commit();
     } catch (err) {
       this.#pacer.failed(performance.now() - t0); // paced too
       this.stats.scanFailures++;
@@ -166,8 +171,9 @@ export class SliceAuditor {
     this.stats.lastUs = r.us;
     this.stats.processes = r.processes;
     this.stats.unreadable = r.unreadable;
+    this.stats.readInPart = r.partial.length;
     const now = Date.now();
-    this.#reported.beginScan();
+    this.#reported.beginScan(r.windows);
     this.#pacer.scanned(r.us);
     for (const h of r.fds) {
       const holderOf = this.#leaseOf(h.pid);
@@ -187,7 +193,7 @@ export class SliceAuditor {
     for (const pid of r.partial) this.#incomplete(pid, r.unreadTables.includes(pid));
     for (const e of this.#entries.values()) e.mapped = false;
     for (const m of r.maps) this.#checkMapping(m);
-    this.#reported.endScan(r.partial);
+    this.#reported.endScan();
     for (const e of this.#entries.values()) if (e.killPending) this.#killMappersOf(e, r.maps);
     for (const e of this.#entries.values()) {
       if (!e.mapped) for (const w of e.waiters.splice(0)) w();
@@ -225,25 +231,21 @@ export class SliceAuditor {
   /**
    * A lease's process the scan read but for some of its threads' own file tables (file-tables.ts): an fd kept
    * there is not seen in this scan. Past the walk's bounds the next scans read the rest in turn (`rotating`);
-   * a table no scan reads (kcmp refused, over 4,096 fds) is `unread`: an fd kept there is never seen. Recorded
-   * once each (`audit-incomplete`), not acted on: a process of more than 1,024 threads may be an honest one,
-   * and nothing was found.
+   * a table no scan reads (kcmp refused on its thread, over 4,096 fds) is `unread`: an fd kept there is never
+   * seen. Recorded once while the process is read in part, scan after scan (one key whatever the reason: a
+   * process rotating through an unread table is read in part at every scan, but `unread` only in the scans
+   * whose window holds that table, and a key per reason was recorded anew at each change), with the first
+   * scan's reason. Not acted on: a process of more than 1,024 threads may be an honest one, and nothing was
+   * found.
    */
   #incomplete(pid: number, unread: boolean): void {
     const lease = this.#leaseOf(pid);
-    const what = unread ? 'unread' : 'rotating';
-    if (lease === null || this.#reported.firstSeen(pid, `incomplete-${what}`, lease) === false) return;
+    if (lease === null || this.#reported.firstSeen(pid, 'incomplete', lease) === false) return;
+    const reason = unread ? 'unread' : 'rotating';
     const detail = unread
       ? "a thread's own file table is read by no scan (kcmp refused, or it holds over 4,096 fds)"
       : "more threads' own file tables than one scan reads (1,024 kcmp, 16 tables, 4,096 fds): read over the next scans in turn";
-    this.host.audit.write({
-      event: 'audit-incomplete',
-      pid,
-      ...processFacts(pid),
-      lease,
-      reason: what,
-      detail,
-    });
+    this.host.audit.write({ event: 'audit-incomplete', pid, ...processFacts(pid), lease, reason, detail });
     this.host.log(`audit: lease ${lease}: pid ${pid}: ${detail}`);
   }
 

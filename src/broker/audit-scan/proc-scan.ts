@@ -33,7 +33,13 @@
 
 import { closeSync, openSync, readdirSync, readlinkSync, readSync, statSync } from 'node:fs';
 import { readHead } from '../../sys/read-head.js';
-import { forEachOtherFileTable, TableCursors, TableFdBudget, throwIfShortage } from './file-tables.js';
+import {
+  forEachOtherFileTable,
+  TableCursors,
+  TableFdBudget,
+  throwIfShortage,
+  type WalkPlace,
+} from './file-tables.js';
 import { startTimeOf } from './process-facts.js';
 
 /** What identifies the audited file. */
@@ -79,6 +85,8 @@ export interface ScanResult {
   partial: number[];
   /** Of `partial`, those with a table no scan reads (kcmp refused, fdinfo naming no file, over MAX_TABLE_FDS). */
   unreadTables: number[];
+  /** Each of `partial`'s place in the rounds of its walk (the auditor forgets fd findings by it: report-once.ts). */
+  windows: Map<number, WalkPlace>;
   /** Wall time of the scan. */
   us: number;
 }
@@ -109,8 +117,9 @@ export function mapsDev(dev: bigint): string {
 
 /**
  * Scan every process but `exclude` for fds and mappings of `target`. `cursors`: where the walks of threads' own
- * file tables stopped in the last scan given them, moved on by this one (file-tables.ts); without, each
- * process's walk starts at its first thread.
+ * file tables go on (file-tables.ts); this scan's walks start from its committed positions and set the next
+ * ones, which take effect at cursors.commit() (the caller's, once per scan it keeps). Without, each process's
+ * walk starts at its first thread.
  */
 export function scanProc(
   target: FileIdentity,
@@ -125,11 +134,12 @@ export function scanProc(
     unreadable: 0,
     partial: [],
     unreadTables: [],
+    windows: new Map(),
     us: 0,
   };
   const dev = mapsDev(target.dev);
   const ino = target.ino.toString();
-  cursors.beginScan();
+  cursors.begin();
   for (const name of readdirSync('/proc')) {
     const pid = Number(name);
     if (!Number.isInteger(pid) || pid <= 0 || exclude.has(pid)) continue;
@@ -143,22 +153,32 @@ export function scanProc(
       if (tid === null) continue;
       const budget = new TableFdBudget();
       const start = () => startTimeOf(pid);
-      const from = cursors.from(pid, start);
-      const w = forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t, budget), from);
-      cursors.set(pid, w.next, start);
-      if (from !== 0 || !w.done || w.unread) {
-        out.unreadable++;
-        out.partial.push(pid);
-        if (w.unread) out.unreadTables.push(pid);
-      }
+      const at = cursors.from(pid, start);
+      const w = forEachOtherFileTable(
+        pid,
+        tid,
+        (d, t) => scanFds(pid, d, target, out.fds, t, budget),
+        at.next,
+      );
+      if ((at.next === 0 || w.restarted) && w.done && w.unread === 0) continue; // read whole: no cursor kept
+      out.unreadable++;
+      out.partial.push(pid);
+      out.windows.set(pid, cursors.walked(pid, at, w, start));
+      if (w.unread > 0) out.unreadTables.push(pid);
     } catch (err) {
       throwIfShortage(err);
       out.unreadable++;
     }
   }
-  cursors.endScan();
   out.us = Number(process.hrtime.bigint() - t0) / 1000;
   return out;
+}
+
+/** The fd holdings of two passes of a scan (the auditor's, run again: auditor.ts), each once. */
+export function unionFds(a: readonly FdHolding[], b: readonly FdHolding[]): FdHolding[] {
+  const key = (h: FdHolding) => `${h.pid}:${h.tid ?? ''}:${h.fd}`;
+  const seen = new Set(b.map(key));
+  return [...b, ...a.filter((h) => !seen.has(key(h)))];
 }
 
 /**
@@ -255,13 +275,13 @@ function scanFds(
   const dir = `${procDir}/fd`;
   let names: string[];
   try {
-    names = readdirSync(dir);
+    // Another thread's table: listed only as far as the process's budget goes (file-tables.ts).
+    names = budget ? budget.list(dir) : readdirSync(dir);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
     scanFdinfo(pid, procDir, target, into, err as Error, tid, budget);
     return;
   }
-  budget?.spend(names.length);
   for (const name of names) {
     let link: string;
     try {
@@ -306,8 +326,7 @@ function scanFdinfo(
   const anon = target.link.startsWith('anon_inode:');
   if (target.mntId === null || (anon && target.syspath === null)) throw cause;
   const ino = target.ino.toString();
-  const names = readdirSync(`${procDir}/fdinfo`);
-  budget?.spend(names.length);
+  const names = budget ? budget.list(`${procDir}/fdinfo`) : readdirSync(`${procDir}/fdinfo`);
   for (const name of names) {
     const text = readFdinfo(`${procDir}/fdinfo/${name}`);
     if (fdinfoField(text, 'ino') !== ino || Number(fdinfoField(text, 'mnt_id')) !== target.mntId) continue;

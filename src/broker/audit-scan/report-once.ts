@@ -1,19 +1,31 @@
 // What the audit has recorded already (auditor.ts): each violation and each `audit-incomplete` is recorded once
 // while it lasts, not at every scan that sees it again. Keyed by pid with its start time, what was found and the
 // lease: a process given the pid later (pid_max wraps) is another key, recorded anew.
+//
+// When a finding stops lasting: a key the scan did not see is forgotten at its end (so the same finding made
+// again later is recorded again), but for an fd found in a thread's own table of a process the scan read in
+// part. Its walk of file tables moves on a window a scan (file-tables.ts), so one scan not seeing the fd says
+// nothing; forgotten at every such scan, it was recorded anew at every round. Such a key is kept until a whole
+// round of the walk (the scans from the first thread to the last) has passed without seeing it: at the end of
+// the first round that began after the one it was last seen in. Kept for ever instead (as first written), a
+// finding that went away and came back in a process always read in part was never recorded again.
 
+import type { WalkPlace } from './file-tables.js';
 import { startTimeOf } from './process-facts.js';
 
-export class ReportOnce {
-  /**
-   * Keys recorded (pid@start:what:lease), while each lasts: dropped when a scan no longer sees it (endScan), so
-   * that the same finding made again later is recorded again.
-   */
-  readonly #reported = new Set<string>();
-  readonly #seen = new Set<string>(); // those the scan in progress saw
+/** The round of a key last seen while its process was read whole (or adopted from an upgrade): none. */
+const NO_ROUND = -1;
 
-  beginScan(): void {
+export class ReportOnce {
+  /** Keys recorded (pid@start:what:lease) → the round of the process's walk in which each was last seen. */
+  readonly #reported = new Map<string, number>();
+  readonly #seen = new Set<string>(); // those the scan in progress saw
+  /** The scan in progress's processes read in part: where each one's walk is (proc-scan.ts: windows). */
+  #windows: ReadonlyMap<number, WalkPlace> = new Map();
+
+  beginScan(windows: ReadonlyMap<number, WalkPlace>): void {
     this.#seen.clear();
+    this.#windows = windows;
   }
 
   /**
@@ -24,40 +36,39 @@ export class ReportOnce {
     const start = startTimeOf(pid);
     const key = `${pid}@${start}:${what}:${lease}`;
     this.#seen.add(key);
-    if (this.#reported.has(key)) return false;
-    this.#reported.add(key);
-    return start;
+    const w = this.#windows.get(pid);
+    const had = this.#reported.has(key);
+    this.#reported.set(key, w !== undefined && w.start === start ? w.round : NO_ROUND);
+    return had ? false : start;
   }
 
-  /**
-   * The scan is over: what it did not see is forgotten, but for an fd found in a thread's own table of a
-   * process it read in part (`partial`): the walk's window moved on (file-tables.ts), and the fd, unseen by
-   * this window, would be recorded anew at each round.
-   */
-  endScan(partial: readonly number[]): void {
-    const inPart = new Set(partial);
-    for (const k of this.#reported)
-      if (!this.#seen.has(k) && !heldInPart(k, inPart)) this.#reported.delete(k);
+  /** The scan is over: what it did not see is forgotten, but as the top says. */
+  endScan(): void {
+    for (const [k, round] of this.#reported)
+      if (!this.#seen.has(k) && !this.#keptInPart(k, round)) this.#reported.delete(k);
+  }
+
+  /** Whether key `k` (last seen in `round`) is of an fd in a process read in part whose round since is not over. */
+  #keptInPart(k: string, round: number): boolean {
+    if (!k.includes(':fd-kept:') && !k.includes(':fd-passed:')) return false; // fd/ and maps are read whole
+    const at = k.indexOf('@');
+    const w = this.#windows.get(Number(k.slice(0, at)));
+    if (w === undefined || !k.startsWith(`${k.slice(0, at)}@${w.start}:`)) return false; // read whole, or gone
+    return !(w.ended && w.round > round);
   }
 
   /** A lease released: what was recorded for it goes. */
   forgetLease(id: string): void {
-    for (const k of [...this.#reported]) if (k.endsWith(`:${id}`)) this.#reported.delete(k);
+    for (const k of [...this.#reported.keys()]) if (k.endsWith(`:${id}`)) this.#reported.delete(k);
   }
 
   /** For an upgrade's handover (the next broker adopts them: nothing recorded twice across it). */
   keys(): string[] {
-    return [...this.#reported];
+    return [...this.#reported.keys()];
   }
 
+  /** The next broker's walks start over (their cursors are not carried): a round of theirs decides. */
   adopt(keys: readonly string[]): void {
-    for (const k of keys) this.#reported.add(k);
+    for (const k of keys) this.#reported.set(k, NO_ROUND);
   }
-}
-
-/** Whether key `k` is of an fd found in a process of `partial`. */
-function heldInPart(k: string, partial: ReadonlySet<number>): boolean {
-  return (
-    (k.includes(':fd-kept:') || k.includes(':fd-passed:')) && partial.has(Number(k.slice(0, k.indexOf('@'))))
-  );
 }
