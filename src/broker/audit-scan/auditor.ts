@@ -229,14 +229,11 @@ export class SliceAuditor {
   }
 
   /**
-   * A lease's process the scan read but for some of its threads' own file tables (file-tables.ts): an fd kept
-   * there is not seen in this scan. Past the walk's bounds the next scans read the rest in turn (`rotating`);
-   * a table no scan reads (kcmp refused on its thread, over 4,096 fds) is `unread`: an fd kept there is never
-   * seen. Recorded once while the process is read in part, scan after scan (one key whatever the reason: a
-   * process rotating through an unread table is read in part at every scan, but `unread` only in the scans
-   * whose window holds that table, and a key per reason was recorded anew at each change), with the first
-   * scan's reason. Not acted on: a process of more than 1,024 threads may be an honest one, and nothing was
-   * found.
+   * A lease's process the scan read but for some of its threads' own file tables (file-tables.ts): past the
+   * walk's bounds (`rotating`: the next scans read the rest) or a table no scan reads (`unread`). Recorded once
+   * while it is read in part, scan after scan: one key whatever the reason (a key per reason was recorded anew
+   * at every change, and a rotating process's reason changes with its window), the first scan's reason given.
+   * Not acted on: a process of more than 1,024 threads may be an honest one, and nothing was found.
    */
   #incomplete(pid: number, unread: boolean): void {
     const lease = this.#leaseOf(pid);
