@@ -230,14 +230,21 @@ export class SliceAuditor {
 
   /**
    * A lease's process the scan read but for some of its threads' own file tables (file-tables.ts): past the
-   * walk's bounds (`rotating`: the next scans read the rest) or a table no scan reads (`unread`). Recorded once
-   * while it is read in part, scan after scan: one key whatever the reason (a key per reason was recorded anew
-   * at every change, and a rotating process's reason changes with its window), the first scan's reason given.
+   * walk's bounds (`rotating`: the next scans read the rest) or a table no scan reads (`unread`). Two keys, each
+   * recorded once while it lasts: `incomplete` while the process is read in part (whatever the reason: a rotating
+   * process's reason changes with its window, and a key per reason was recorded anew at every change), and
+   * `incomplete-unread` once a window holds an unread table. With the first key alone, a first scan whose window
+   * missed that table recorded `rotating` ("read over the next scans") for a table never read, and nothing more.
+   * `incomplete-unread` is kept through the windows without that table as an fd finding is (report-once.ts).
    * Not acted on: a process of more than 1,024 threads may be an honest one, and nothing was found.
    */
   #incomplete(pid: number, unread: boolean): void {
     const lease = this.#leaseOf(pid);
-    if (lease === null || this.#reported.firstSeen(pid, 'incomplete', lease) === false) return;
+    if (lease === null) return;
+    // Both keys are marked seen (so kept) at every scan that sees them: no short-circuit between them.
+    const first = this.#reported.firstSeen(pid, 'incomplete', lease) !== false;
+    const firstUnread = unread && this.#reported.firstSeen(pid, 'incomplete-unread', lease) !== false;
+    if (unread ? !firstUnread : !first) return;
     const reason = unread ? 'unread' : 'rotating';
     const detail = unread
       ? "a thread's own file table is read by no scan (kcmp refused, or it holds over 4,096 fds)"

@@ -4,7 +4,8 @@
 //
 // When a finding stops lasting: a key the scan did not see is forgotten at its end (so the same finding made
 // again later is recorded again), but for an fd found in a thread's own table of a process the scan read in
-// part. Its walk of file tables moves on a window a scan (file-tables.ts), so one scan not seeing the fd says
+// part (and for its `incomplete-unread`: a table no scan reads, in some windows only). Its walk of file tables
+// moves on a window a scan (file-tables.ts), so one scan not seeing the fd says
 // nothing; forgotten at every such scan, it was recorded anew at every round. Such a key is kept until a whole
 // round of the walk (the scans from the first thread to the last) has passed without seeing it: at the end of
 // the first round that began after the one it was last seen in. Kept for ever instead (as first written), a
@@ -48,9 +49,14 @@ export class ReportOnce {
       if (!this.#seen.has(k) && !this.#keptInPart(k, round)) this.#reported.delete(k);
   }
 
-  /** Whether key `k` (last seen in `round`) is of an fd in a process read in part whose round since is not over. */
+  /**
+   * Whether key `k` (last seen in `round`) is of an fd, or an unread table, in a process read in part whose round
+   * since is not over.
+   */
   #keptInPart(k: string, round: number): boolean {
-    if (!k.includes(':fd-kept:') && !k.includes(':fd-passed:')) return false; // fd/ and maps are read whole
+    // fd/ and maps are read whole; an unread table is in some windows only (auditor.ts: #incomplete).
+    if (!k.includes(':fd-kept:') && !k.includes(':fd-passed:') && !k.includes(':incomplete-unread:'))
+      return false;
     const at = k.indexOf('@');
     const w = this.#windows.get(Number(k.slice(0, at)));
     if (w === undefined || !k.startsWith(`${k.slice(0, at)}@${w.start}:`)) return false; // read whole, or gone
