@@ -52,9 +52,11 @@ export const MAX_TABLE_FDS = 4096;
  * What is left of a process's MAX_TABLE_FDS in one scan. A table is listed through it (list()), entry by entry
  * and only up to what is left: a table of 19,000 fds listed whole and then found too big cost the scan all of
  * it, and a window could list 16 such tables each scan (192,096 fds, 190-310 ms a scan) however small the
- * budget. Every entry listed is charged, a table passed over too, so the fds one scan lists in one process's
- * other tables stay at MAX_TABLE_FDS + 1 (and what the kernel puts in one getdents buffer past that: glibc's
- * readdir reads 32 KiB at a time, some 1,300 entries of fd/).
+ * budget. Every entry listed is charged, a table passed over too, and a listing cut short by an error (a thread
+ * exiting meanwhile): the fds one scan lists in one process's other tables stay at MAX_TABLE_FDS + 1. Past that
+ * the kernel reads ahead what glibc's readdir asks for, 32 KiB at a time (some 1,300 entries of fd/): up to two
+ * such buffers, the one the last entry came from and the one that held the entry over the budget (~2,700
+ * entries), filled but not looked at.
  */
 export class TableFdBudget {
   readonly whole: number;
@@ -65,20 +67,21 @@ export class TableFdBudget {
   /** The entries of `dir` (a table's fd/ or fdinfo/), charged; TableFdsSpent once more than is left. */
   list(dir: string): string[] {
     const fresh = this.left === this.whole;
+    // Nothing left: the table is the next scan's, unopened (its first entry read here was one past the bound).
+    if (this.left === 0 && !fresh) throw new TableFdsSpent(false);
     const names: string[] = [];
     const d = opendirSync(dir, { bufferSize: 256 });
     try {
       for (let e = d.readSync(); e !== null; e = d.readSync()) {
-        if (names.length === this.left) {
-          this.left = 0; // the left entries and this one were listed: all of the budget
-          throw new TableFdsSpent(fresh);
-        }
+        // The left entries and this one were listed: all of the budget (names.length === left, charged below).
+        if (names.length === this.left) throw new TableFdsSpent(fresh);
         names.push(e.name);
       }
     } finally {
       d.closeSync();
+      // Here, not after the loop: entries listed before readSync threw (ENOENT: the thread exited) cost as much.
+      this.left -= names.length;
     }
-    this.left -= names.length;
     return names;
   }
 }
