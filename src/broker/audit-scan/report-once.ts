@@ -60,7 +60,12 @@ export class ReportOnce {
     const at = k.indexOf('@');
     const w = this.#windows.get(Number(k.slice(0, at)));
     if (w === undefined || !k.startsWith(`${k.slice(0, at)}@${w.start}:`)) return false; // read whole, or gone
-    return !(w.ended && w.round > round);
+    // The last round over: this one if its window reached the last thread, else the one before. That one ended
+    // at the scan before, by reaching the last thread, or by a restart (threads exited below the cursor: the walk
+    // started over at the first thread in this scan, a round on). Counted by `ended` alone, a process whose every
+    // round ended by a restart kept its fd keys for ever.
+    const over = w.ended ? w.round : w.round - 1;
+    return over <= round;
   }
 
   /** A lease released: what was recorded for it goes. */
