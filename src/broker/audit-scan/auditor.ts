@@ -15,7 +15,7 @@ import { AllowedBrokers } from './allowed-brokers.js';
 import type { AuditorHost, AuditorState, DirectAuditConfig, Finding, Violation } from './audit-types.js';
 import { TableCursors } from './file-tables.js';
 import { killMappersOf, killRecorded } from './kill.js';
-import { type FileIdentity, type MappingFound, type ScanResult, scanProc, unionFds } from './proc-scan.js';
+import { type FileIdentity, type MappingFound, type ScanResult, scanProc } from './proc-scan.js';
 import { descendsFrom, isRunning, processFacts, startTimeOf } from './process-facts.js';
 import { ReportOnce } from './report-once.js';
 import { ScanPacer } from './scan-pacing.js';
@@ -153,10 +153,11 @@ export class SliceAuditor {
       // (it had the pid before the scan began, and a pid is freed only when its process is reaped). Gone
       // meanwhile, its pid may have named another process when the scan read it: scanned again without it.
       // The scan run again reads the same windows of threads' own file tables (nothing moved: the cursors move
-      // at commit, once a scan), and what the first pass found is kept: none of it was of the excluded pid.
+      // at commit, once a scan), so the first pass is dropped whole: its holdings carry no start time, and one
+      // whose process exited since (its pid taken by another) was recorded, and acted on, against that other.
       if (this.#brokers.alive().length < allowed.length) {
         const again = scanProc(this.target, new Set([process.pid, ...this.#brokers.pids]), this.#cursors);
-        r = { ...again, fds: unionFds(r.fds, again.fds), us: r.us + again.us };
+        r = { ...again, us: r.us + again.us };
       }
       this.#cursors.commit();
     } catch (err) {

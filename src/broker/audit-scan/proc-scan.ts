@@ -174,13 +174,6 @@ export function scanProc(
   return out;
 }
 
-/** The fd holdings of two passes of a scan (the auditor's, run again: auditor.ts), each once. */
-export function unionFds(a: readonly FdHolding[], b: readonly FdHolding[]): FdHolding[] {
-  const key = (h: FdHolding) => `${h.pid}:${h.tid ?? ''}:${h.fd}`;
-  const seen = new Set(b.map(key));
-  return [...b, ...a.filter((h) => !seen.has(key(h)))];
-}
-
 /**
  * Adds the process's mappings of the file (dev, ino as maps prints them) to `into`; returns the task they were
  * read from, whose fds are read too: `pid`, or when its maps is empty (a kernel thread, a zombie, or a main
