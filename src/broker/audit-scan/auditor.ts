@@ -13,10 +13,11 @@
 
 import { AllowedBrokers } from './allowed-brokers.js';
 import type { AuditorHost, AuditorState, DirectAuditConfig, Finding, Violation } from './audit-types.js';
+import { adoptedEntry, type Entry, entryState } from './entries.js';
 import { TableCursors } from './file-tables.js';
 import { killMappersOf, killRecorded } from './kill.js';
 import { type FileIdentity, type MappingFound, type ScanResult, scanProc } from './proc-scan.js';
-import { descendsFrom, isRunning, processFacts, startTimeOf } from './process-facts.js';
+import { descendsFrom, isRunning, processFacts } from './process-facts.js';
 import { ReportOnce } from './report-once.js';
 import { ScanPacer } from './scan-pacing.js';
 
@@ -29,29 +30,6 @@ export {
   type Finding,
   type Violation,
 } from './audit-types.js';
-
-/** Device-file offset ranges [start, end) of one lease's audited slices. */
-interface Entry {
-  id: string;
-  holder: number;
-  ranges: { start: bigint; end: bigint }[];
-  handedAt: number | null;
-  /** The holder made a request after the hand-off: its connect() has returned, so the fd must be closed. */
-  settled: boolean;
-  knownMappers: Set<number>;
-  /**
-   * Violating processes attributed to this lease (killed with it on a forced reclaim): pid → its start time
-   * (process-facts.ts: startTimeOf), so that a pid another process has taken since is not killed for it.
-   */
-  violators: Map<number, string | null>;
-  mapped: boolean;
-  waiters: (() => void)[];
-  /**
-   * A revoke's deadline passed but its scan failed (killMappers): the next scan that succeeds kills the mappers
-   * it finds. Until then no scan succeeded, so no waiter was woken: the slices stay out of the pool.
-   */
-  killPending: boolean;
-}
 
 export class SliceAuditor {
   readonly #entries = new Map<string, Entry>();
@@ -369,37 +347,12 @@ export class SliceAuditor {
   }
 
   handover(): AuditorState {
-    return {
-      entries: [...this.#entries.values()].map((e) => ({
-        id: e.id,
-        holder: e.holder,
-        ranges: e.ranges.map((r) => ({ start: r.start.toString(), end: r.end.toString() })),
-        handedAt: e.handedAt,
-        settled: e.settled,
-        knownMappers: [...e.knownMappers],
-        violators: [...e.violators.keys()],
-      })),
-      reported: this.#reported.keys(),
-    };
+    return { entries: [...this.#entries.values()].map(entryState), reported: this.#reported.keys() };
   }
 
   /** The previous broker's entries (an upgrade), audited from unhold() on. */
   adopt(state: AuditorState): void {
-    for (const h of state.entries) {
-      this.#entries.set(h.id, {
-        id: h.id,
-        holder: h.holder,
-        ranges: h.ranges.map((r) => ({ start: BigInt(r.start), end: BigInt(r.end) })),
-        handedAt: h.handedAt,
-        settled: h.settled,
-        knownMappers: new Set(h.knownMappers),
-        // Their start times now: the processes the old broker recorded, unless gone (and their pid taken) since.
-        violators: new Map(h.violators.map((pid) => [pid, startTimeOf(pid)])),
-        mapped: true, // until a scan says otherwise
-        waiters: [],
-        killPending: false, // not carried across an upgrade
-      });
-    }
+    for (const h of state.entries) this.#entries.set(h.id, adoptedEntry(h));
     this.#reported.adopt(state.reported);
   }
 
