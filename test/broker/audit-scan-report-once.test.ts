@@ -51,3 +51,22 @@ test('rule of rounds: a finding seen within the round since is kept, whether rou
   assert.equal(scan(cursors, reported, restarted, false), false); // round 2 (round 1 ended by the restart)
   assert.ok(kept(reported), 'last seen in round 1, the round over: kept until round 2 is');
 });
+
+test('audit-incomplete outlasts one scan reading the process whole: a process read whole and in part by turns is recorded once', () => {
+  // A thread count moving about the bound (~1,026 threads): forgotten at each whole read, the key was recorded
+  // anew about every other scan.
+  const reported = new ReportOnce();
+  const place = new Map([[pid, { start: start(), round: 0, ended: true }]]);
+  /** One scan; `inPart`: the process read in part (its `incomplete` seen). Whether it was recorded. */
+  const scanOnce = (inPart: boolean) => {
+    reported.beginScan(inPart ? place : new Map());
+    const first = inPart && reported.firstSeen(pid, 'incomplete', 'l1') !== false;
+    reported.endScan();
+    return first;
+  };
+  const recorded = [true, false, true, false, true, false, true].map(scanOnce);
+  assert.deepEqual(recorded, [true, false, false, false, false, false, false], 'recorded once');
+  scanOnce(false);
+  scanOnce(false);
+  assert.equal(scanOnce(true), true, 'two whole reads in a row: read in part again is recorded again');
+});

@@ -10,6 +10,11 @@
 // round of the walk (the scans from the first thread to the last) has passed without seeing it: at the end of
 // the first round that began after the one it was last seen in. Kept for ever instead (as first written), a
 // finding that went away and came back in a process always read in part was never recorded again.
+//
+// And `audit-incomplete` (`incomplete`: the process is read in part) outlasts one scan that reads the process
+// whole: it is forgotten at the second such scan in a row. A process whose thread count moves about the bound
+// (some 1,026 threads) is read whole and in part by turns, and forgotten at each whole read its key was
+// recorded anew about every other scan.
 
 import type { WalkPlace } from './file-tables.js';
 import { startTimeOf } from './process-facts.js';
@@ -21,6 +26,8 @@ export class ReportOnce {
   /** Keys recorded (pid@start:what:lease) → the round of the process's walk in which each was last seen. */
   readonly #reported = new Map<string, number>();
   readonly #seen = new Set<string>(); // those the scan in progress saw
+  /** `incomplete` keys the last scan did not see: the next scan not seeing them forgets them. */
+  readonly #missed = new Set<string>();
   /** The scan in progress's processes read in part: where each one's walk is (proc-scan.ts: windows). */
   #windows: ReadonlyMap<number, WalkPlace> = new Map();
 
@@ -45,8 +52,15 @@ export class ReportOnce {
 
   /** The scan is over: what it did not see is forgotten, but as the top says. */
   endScan(): void {
-    for (const [k, round] of this.#reported)
-      if (!this.#seen.has(k) && !this.#keptInPart(k, round)) this.#reported.delete(k);
+    for (const [k, round] of this.#reported) {
+      if (this.#seen.has(k) || this.#keptInPart(k, round)) this.#missed.delete(k);
+      // One scan without it reading the process whole: kept (as the top says); the second forgets it.
+      else if (k.includes(':incomplete:') && !this.#missed.has(k)) this.#missed.add(k);
+      else {
+        this.#reported.delete(k);
+        this.#missed.delete(k);
+      }
+    }
   }
 
   /**
@@ -70,7 +84,11 @@ export class ReportOnce {
 
   /** A lease released: what was recorded for it goes. */
   forgetLease(id: string): void {
-    for (const k of [...this.#reported.keys()]) if (k.endsWith(`:${id}`)) this.#reported.delete(k);
+    for (const k of [...this.#reported.keys()])
+      if (k.endsWith(`:${id}`)) {
+        this.#reported.delete(k);
+        this.#missed.delete(k);
+      }
   }
 
   /** For an upgrade's handover (the next broker adopts them: nothing recorded twice across it). */
