@@ -182,6 +182,12 @@ export interface NativeAddon {
    * (a task gone), EPERM (no ptrace read access to one), ENOSYS (a kernel without CONFIG_KCMP).
    */
   kcmpFiles(a: number, b: number): boolean;
+  /**
+   * The thread ids of process `pid` from position `from` (0: the first) of its /proc/<pid>/task listing, at
+   * most `max`, in the kernel's thread-list order; [] past the last. One lseek to the position: the threads
+   * before it cost no entry (the audit's rotating walk of file tables). Throws ENOENT (gone), EMFILE.
+   */
+  taskIdsFrom(pid: number, from: number, max: number): number[];
   /** Test support: fork a child that keeps this process's mappings, closes fds >= 3 and pauses; returns its pid. */
   forkPause(): number;
 

@@ -28,7 +28,7 @@ after(() => {
 });
 
 async function withProcess(
-  opts: { mode: 'keep' | 'receive'; own: number; shared?: number; exitMain?: boolean; padFds?: number },
+  opts: Omit<Parameters<typeof startOwnTables>[0], 'file'>,
   body: (p: OwnTables) => void,
 ) {
   const p = await startOwnTables({ ...opts, file: memfd });
@@ -119,8 +119,8 @@ test('scan bounds: each distinct table read once; past the kcmp or table bound t
   await withProcess({ mode: 'keep', own: 3, shared: 4 }, (p) => {
     const walk = (limits?: { compares: number; tables: number }) => {
       const read: number[] = [];
-      const all = forEachOtherFileTable(p.pid, p.pid, (_dir, tid) => read.push(tid), limits);
-      return { all, read };
+      const w = forEachOtherFileTable(p.pid, p.pid, (_dir, tid) => read.push(tid), 0, limits);
+      return { all: w.done && w.unread === 0, read };
     };
     const full = walk();
     assert.equal(full.all, true);

@@ -9,13 +9,8 @@ import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
 import { AuditLog } from '../../src/broker/audit.js';
 import { SliceAuditor } from '../../src/broker/audit-scan/auditor.js';
-import {
-  type FileIdentity,
-  identityOfFd,
-  isRunning,
-  processFacts,
-  scanProc,
-} from '../../src/broker/audit-scan/proc-scan.js';
+import { type FileIdentity, identityOfFd, scanProc } from '../../src/broker/audit-scan/proc-scan.js';
+import { isRunning, processFacts } from '../../src/broker/audit-scan/process-facts.js';
 import { native } from '../../src/sys/native.js';
 import { trackFdLeaks } from '../helpers/fds.js';
 

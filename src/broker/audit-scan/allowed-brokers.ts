@@ -12,7 +12,7 @@
 
 import { isSysError } from '../../errors.js';
 import { PidFd } from '../../sys/pidfd.js';
-import { isRunning } from './proc-scan.js';
+import { isRunning } from './process-facts.js';
 
 export class AllowedBrokers {
   /** By pid; null: no pidfd could be had, allowed by pid (until it is seen not running). */

@@ -13,17 +13,13 @@
 
 import { AllowedBrokers } from './allowed-brokers.js';
 import type { AuditorHost, AuditorState, DirectAuditConfig, Finding, Violation } from './audit-types.js';
+import { adoptedEntry, type Entry, entryState } from './entries.js';
+import { TableCursors } from './file-tables.js';
 import { killMappersOf, killRecorded } from './kill.js';
-import {
-  descendsFrom,
-  type FileIdentity,
-  isRunning,
-  type MappingFound,
-  processFacts,
-  type ScanResult,
-  scanProc,
-  startTimeOf,
-} from './proc-scan.js';
+import { type FileIdentity, type MappingFound, type ScanResult, scanProc } from './proc-scan.js';
+import { descendsFrom, isRunning, processFacts } from './process-facts.js';
+import { ReportOnce } from './report-once.js';
+import { ScanPacer } from './scan-pacing.js';
 
 export {
   type AuditAction,
@@ -35,55 +31,19 @@ export {
   type Violation,
 } from './audit-types.js';
 
-/** The least pause after a failed scan before the next (a walk that fails at once would otherwise spin). */
-const FAILED_SCAN_PAUSE_MS = 1000;
-
-/** Device-file offset ranges [start, end) of one lease's audited slices. */
-interface Entry {
-  id: string;
-  holder: number;
-  ranges: { start: bigint; end: bigint }[];
-  handedAt: number | null;
-  /** The holder made a request after the hand-off: its connect() has returned, so the fd must be closed. */
-  settled: boolean;
-  knownMappers: Set<number>;
-  /**
-   * Violating processes attributed to this lease (killed with it on a forced reclaim): pid → its start time
-   * (proc-scan startTimeOf), so that a pid another process has taken since is not killed for it.
-   */
-  violators: Map<number, string | null>;
-  mapped: boolean;
-  waiters: (() => void)[];
-  /**
-   * A revoke's deadline passed but its scan failed (killMappers): the next scan that succeeds kills the mappers
-   * it finds. Until then no scan succeeded, so no waiter was woken: the slices stay out of the pool.
-   */
-  killPending: boolean;
-}
-
 export class SliceAuditor {
   readonly #entries = new Map<string, Entry>();
-  /**
-   * Violations recorded (pid:finding:lease), once while each lasts: dropped when a scan no longer sees it, or
-   * another process given the pid later (pid_max wraps) went unrecorded and unpunished for good.
-   */
-  readonly #reported = new Set<string>();
-  readonly #seen = new Set<string>(); // those the scan in progress saw
-  #timer: NodeJS.Timeout | null = null;
-  #scheduled = false;
+  /** Violations and audit-incomplete recorded, once while each lasts (report-once.ts). */
+  readonly #reported = new ReportOnce();
+  /** Where each large process's walk of threads' own file tables goes on at the next scan (file-tables.ts). */
+  readonly #cursors = new TableCursors();
+  /** When scans run: coalesced, within a tenth of the broker's time (scan-pacing.ts). */
+  readonly #pacer: ScanPacer;
   #closed = false;
   /** An upgrade's transfer: no scan (nothing is acted on; the next broker carries the entries on). */
   #held = false;
   /** The other broker of an upgrade, while it lives: it holds the device fd as this one does (by pidfd). */
   readonly #brokers: AllowedBrokers;
-  /**
-   * Scans run synchronously on the broker's event loop: the timer, request and release-poll paths never start
-   * one before this (the last scan's end + 9 × its duration), so the audit takes at most ~10% of the broker's
-   * time however slow /proc is (a TCG guest: 50-500 ms a scan).
-   */
-  #nextAllowed = 0;
-  /** When a failed scan was last logged (request()); reset by a scan that succeeds. */
-  #failureLoggedAt = Number.NEGATIVE_INFINITY;
   /** Cost accounting for `devlease status` and the bench. */
   readonly stats = {
     scans: 0,
@@ -91,6 +51,8 @@ export class SliceAuditor {
     lastUs: 0,
     processes: 0,
     unreadable: 0,
+    /** Of `unreadable`, the last scan's processes read but for threads' own file tables (`partial`). */
+    readInPart: 0,
     violations: 0,
     /** Scans that failed (the broker's own shortage: EMFILE, ENOMEM), and the last one's error while no scan has
      * succeeded since (null once one has). */
@@ -104,6 +66,10 @@ export class SliceAuditor {
     private readonly host: AuditorHost,
   ) {
     this.#brokers = new AllowedBrokers((line) => host.log(line));
+    this.#pacer = new ScanPacer(
+      () => this.scan(),
+      (err) => host.log(`audit: a scan of /proc failed (${this.stats.scanFailures} so far): ${err.message}`),
+    );
   }
 
   /** Start auditing `id`'s slices (device-file ranges); called at the hand-off. */
@@ -147,31 +113,10 @@ export class SliceAuditor {
 
   /**
    * A coalesced scan, soon: on the next turn of the event loop, or, when the last scan was recent, once the
-   * duty-cycle bound allows (see `#nextAllowed`).
+   * duty-cycle bound allows (scan-pacing.ts). A failure is logged, not thrown.
    */
   request(): void {
-    if (this.#scheduled || this.#closed) return;
-    this.#scheduled = true;
-    const run = () => {
-      this.#scheduled = false;
-      // Off any request's path: a scan that fails here (readdir of /proc at EMFILE) would be an uncaught
-      // exception, the broker's end. Logged; the periodic scan and the release waiters' polls ask again.
-      try {
-        this.scan();
-      } catch (err) {
-        // The first failure after a scan that succeeded, then once a minute, with the count (status has it too).
-        const now = performance.now();
-        if (now >= this.#failureLoggedAt + 60_000) {
-          this.host.log(
-            `audit: a scan of /proc failed (${this.stats.scanFailures} so far): ${(err as Error).message}`,
-          );
-          this.#failureLoggedAt = now;
-        }
-      }
-    };
-    const wait = this.#nextAllowed - performance.now();
-    if (wait > 0) setTimeout(run, wait).unref();
-    else setImmediate(run);
+    if (!this.#closed) this.#pacer.request();
   }
 
   /** One scan: checks, records violations, acts, and wakes release waiters. */
@@ -181,33 +126,34 @@ export class SliceAuditor {
     const t0 = performance.now();
     let r: ScanResult;
     try {
-      r = scanProc(this.target, new Set([process.pid, ...allowed]));
+      r = scanProc(this.target, new Set([process.pid, ...allowed]), this.#cursors);
       // Left out by pid, so only while the pid was the broker's: still there at the scan's end, it was all along
       // (it had the pid before the scan began, and a pid is freed only when its process is reaped). Gone
       // meanwhile, its pid may have named another process when the scan read it: scanned again without it.
+      // The scan run again reads the same windows of threads' own file tables (nothing moved: the cursors move
+      // at commit, once a scan), so the first pass is dropped whole: its holdings carry no start time, and one
+      // whose process exited since (its pid taken by another) was recorded, and acted on, against that other.
       if (this.#brokers.alive().length < allowed.length) {
-        const again = scanProc(this.target, new Set([process.pid, ...this.#brokers.pids]));
+        const again = scanProc(this.target, new Set([process.pid, ...this.#brokers.pids]), this.#cursors);
         r = { ...again, us: r.us + again.us };
       }
+      this.#cursors.commit();
     } catch (err) {
-      // A failed scan (the broker out of fds or memory) is paced too: the release waiters' polls would otherwise
-      // run one after another, each as long as the walk got before it failed.
-      const spent = performance.now() - t0;
-      this.#nextAllowed = performance.now() + Math.max(9 * spent, FAILED_SCAN_PAUSE_MS);
+      this.#pacer.failed(performance.now() - t0); // paced too
       this.stats.scanFailures++;
       this.stats.lastScanError = `${(err as NodeJS.ErrnoException).code ?? 'Error'}: ${(err as Error).message}`;
       throw err;
     }
     this.stats.lastScanError = null;
-    this.#failureLoggedAt = Number.NEGATIVE_INFINITY;
     this.stats.scans++;
     this.stats.totalUs += r.us;
     this.stats.lastUs = r.us;
     this.stats.processes = r.processes;
     this.stats.unreadable = r.unreadable;
+    this.stats.readInPart = r.partial.length;
     const now = Date.now();
-    this.#seen.clear();
-    this.#nextAllowed = performance.now() + Math.ceil((9 * r.us) / 1000); // monotonic: a clock step moves it not
+    this.#reported.beginScan(r.windows);
+    this.#pacer.scanned(r.us);
     for (const h of r.fds) {
       const holderOf = this.#leaseOf(h.pid);
       const e = holderOf ? this.#entries.get(holderOf) : undefined;
@@ -223,10 +169,10 @@ export class SliceAuditor {
       const table = h.tid === undefined ? '' : ` of thread ${h.tid}'s own file table (unshare(CLONE_FILES))`;
       this.#violate(h.pid, finding, holderOf, `holds the device fd as fd ${h.fd}${table}`);
     }
-    for (const pid of r.partial) this.#incomplete(pid);
+    for (const pid of r.partial) this.#incomplete(pid, r.unreadTables.includes(pid));
     for (const e of this.#entries.values()) e.mapped = false;
     for (const m of r.maps) this.#checkMapping(m);
-    for (const k of this.#reported) if (!this.#seen.has(k)) this.#reported.delete(k);
+    this.#reported.endScan();
     for (const e of this.#entries.values()) if (e.killPending) this.#killMappersOf(e, r.maps);
     for (const e of this.#entries.values()) {
       if (!e.mapped) for (const w of e.waiters.splice(0)) w();
@@ -262,34 +208,32 @@ export class SliceAuditor {
   }
 
   /**
-   * A lease's process the scan read but for some of its threads' own file tables (past the walk's bounds, or
-   * kcmp refused: file-tables.ts): an fd kept there is not seen. Recorded once (`audit-incomplete`), not acted
-   * on: a process of more than 1,024 threads may be an honest one, and nothing was found.
+   * A lease's process the scan read but for some of its threads' own file tables (file-tables.ts): past the
+   * walk's bounds (`rotating`: the next scans read the rest) or a table no scan reads (`unread`). Two keys, each
+   * recorded once while it lasts: `incomplete` while the process is read in part (whatever the reason: a rotating
+   * process's reason changes with its window, and a key per reason was recorded anew at every change), and
+   * `incomplete-unread` once a window holds an unread table. With the first key alone, a first scan whose window
+   * missed that table recorded `rotating` ("read over the next scans") for a table never read, and nothing more.
+   * `incomplete-unread` is kept through the windows without that table as an fd finding is (report-once.ts).
+   * Not acted on: a process of more than 1,024 threads may be an honest one, and nothing was found.
    */
-  #incomplete(pid: number): void {
+  #incomplete(pid: number, unread: boolean): void {
     const lease = this.#leaseOf(pid);
-    if (lease === null || this.#firstSeen(pid, 'incomplete', lease) === false) return;
-    const detail = "not every thread's own file table was read (over the scan's bounds, or kcmp refused)";
-    this.host.audit.write({ event: 'audit-incomplete', pid, ...processFacts(pid), lease, detail });
+    if (lease === null) return;
+    // Both keys are marked seen (so kept) at every scan that sees them: no short-circuit between them.
+    const first = this.#reported.firstSeen(pid, 'incomplete', lease) !== false;
+    const firstUnread = unread && this.#reported.firstSeen(pid, 'incomplete-unread', lease) !== false;
+    if (unread ? !firstUnread : !first) return;
+    const reason = unread ? 'unread' : 'rotating';
+    const detail = unread
+      ? "a thread's own file table is read by no scan (kcmp refused, or it holds over 4,096 fds)"
+      : "more threads' own file tables than one scan reads (1,024 kcmp, 16 tables, 4,096 fds): read over the next scans in turn";
+    this.host.audit.write({ event: 'audit-incomplete', pid, ...processFacts(pid), lease, reason, detail });
     this.host.log(`audit: lease ${lease}: pid ${pid}: ${detail}`);
   }
 
-  /**
-   * Marks what this scan saw of `pid` (`what`, for `lease`); its start time, or false when an earlier scan had
-   * seen it already (recorded then). The pid with its start time: a process given the pid between two scans is
-   * another key, recorded anew.
-   */
-  #firstSeen(pid: number, what: string, lease: string | null): string | null | false {
-    const start = startTimeOf(pid);
-    const key = `${pid}@${start}:${what}:${lease}`;
-    this.#seen.add(key);
-    if (this.#reported.has(key)) return false;
-    this.#reported.add(key);
-    return start;
-  }
-
   #violate(pid: number, finding: Finding, lease: string | null, detail: string): void {
-    const start = this.#firstSeen(pid, finding, lease);
+    const start = this.#reported.firstSeen(pid, finding, lease);
     if (start === false) return;
     const facts = processFacts(pid);
     const v: Violation = { pid, exe: facts.exe, ppid: facts.ppid, finding, lease, detail };
@@ -375,11 +319,8 @@ export class SliceAuditor {
     const e = this.#entries.get(id);
     this.#entries.delete(id);
     for (const w of e?.waiters.splice(0) ?? []) w();
-    for (const k of [...this.#reported]) if (k.endsWith(`:${id}`)) this.#reported.delete(k);
-    if (this.#entries.size === 0 && this.#timer) {
-      clearInterval(this.#timer);
-      this.#timer = null;
-    }
+    this.#reported.forgetLease(id);
+    if (this.#entries.size === 0) this.#pacer.stopPeriodic();
   }
 
   /**
@@ -406,52 +347,24 @@ export class SliceAuditor {
   }
 
   handover(): AuditorState {
-    return {
-      entries: [...this.#entries.values()].map((e) => ({
-        id: e.id,
-        holder: e.holder,
-        ranges: e.ranges.map((r) => ({ start: r.start.toString(), end: r.end.toString() })),
-        handedAt: e.handedAt,
-        settled: e.settled,
-        knownMappers: [...e.knownMappers],
-        violators: [...e.violators.keys()],
-      })),
-      reported: [...this.#reported],
-    };
+    return { entries: [...this.#entries.values()].map(entryState), reported: this.#reported.keys() };
   }
 
   /** The previous broker's entries (an upgrade), audited from unhold() on. */
   adopt(state: AuditorState): void {
-    for (const h of state.entries) {
-      this.#entries.set(h.id, {
-        id: h.id,
-        holder: h.holder,
-        ranges: h.ranges.map((r) => ({ start: BigInt(r.start), end: BigInt(r.end) })),
-        handedAt: h.handedAt,
-        settled: h.settled,
-        knownMappers: new Set(h.knownMappers),
-        // Their start times now: the processes the old broker recorded, unless gone (and their pid taken) since.
-        violators: new Map(h.violators.map((pid) => [pid, startTimeOf(pid)])),
-        mapped: true, // until a scan says otherwise
-        waiters: [],
-        killPending: false, // not carried across an upgrade
-      });
-    }
-    for (const k of state.reported) this.#reported.add(k);
+    for (const h of state.entries) this.#entries.set(h.id, adoptedEntry(h));
+    this.#reported.adopt(state.reported);
   }
 
   #ensureTimer(): void {
-    if (this.#timer || this.#closed) return;
-    this.#timer = setInterval(() => this.request(), this.config.periodMs);
-    this.#timer.unref();
+    if (!this.#closed) this.#pacer.startPeriodic(this.config.periodMs);
   }
 
   /** Idempotent: stops the timer, closes the other broker's pidfd; waiters are released (the broker goes). */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = null;
+    this.#pacer.stopPeriodic();
     this.#brokers.close();
     for (const e of this.#entries.values()) for (const w of e.waiters.splice(0)) w();
   }

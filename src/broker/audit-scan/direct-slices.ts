@@ -49,9 +49,13 @@ export function auditStatus(auditor: SliceAuditor): Record<string, unknown> {
     meanScanUs: s.scans ? Math.round(s.totalUs / s.scans) : 0,
     processesScanned: s.processes,
     // Of those, the last scan did not fully read these (gone meanwhile; not permitted: the broker without
-    // CAP_SYS_PTRACE; or threads' own file tables past the walk's bounds). What they map or hold may be unseen:
-    // a count that stays up is a blind spot.
+    // CAP_SYS_PTRACE; or read in part, below). What they map or hold may be unseen: a count that stays up is a
+    // blind spot.
     processesUnreadable: s.unreadable,
+    // Of the unreadable, those the last scan read but for some threads' own file tables: past the walk's bounds
+    // (the next scans read the rest: docs/AUDITED-SLICES.md) or a table no scan reads. The last scan's count,
+    // as processesUnreadable (kept after a scan run again, an upgrade's: the count of the pass kept).
+    processesReadInPart: s.readInPart,
     violations: s.violations,
     // Scans that failed outright (the broker out of fds or memory), and the last error while none succeeded
     // since: slices waiting for their release stay out of the pool meanwhile.

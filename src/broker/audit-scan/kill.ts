@@ -4,7 +4,8 @@
 
 import { PidFd } from '../../sys/pidfd.js';
 import type { AuditorHost, DirectAuditConfig } from './audit-types.js';
-import { type MappingFound, processFacts, startTimeOf } from './proc-scan.js';
+import type { MappingFound } from './proc-scan.js';
+import { processFacts, startTimeOf } from './process-facts.js';
 
 /**
  * SIGKILL `pid`, recorded as `audit-kill`. `start`: the process's start time when it was recorded (null: it was

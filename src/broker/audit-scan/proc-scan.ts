@@ -31,9 +31,16 @@
 // read only through /proc/<pid>, it held the device fd and mapped its slice
 // unseen (the slice went back to the pool while still mapped).
 
-import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readlinkSync, readSync, statSync } from 'node:fs';
 import { readHead } from '../../sys/read-head.js';
-import { forEachOtherFileTable, TableFdBudget, throwIfShortage } from './file-tables.js';
+import {
+  forEachOtherFileTable,
+  TableCursors,
+  TableFdBudget,
+  throwIfShortage,
+  type WalkPlace,
+} from './file-tables.js';
+import { startTimeOf } from './process-facts.js';
 
 /** What identifies the audited file. */
 export interface FileIdentity {
@@ -72,9 +79,14 @@ export interface ScanResult {
   unreadable: number;
   /**
    * Of the unreadable, the processes read but for some of their threads' own file tables (file-tables.ts: past
-   * its bounds, or kcmp refused): an fd kept there is not seen. The auditor reports a lease's process so.
+   * its bounds, or kcmp refused): an fd kept there is not seen in this scan. The auditor reports a lease's
+   * process so. Past the bounds, the next scans read the rest in turn (TableCursors); not so `unreadTables`.
    */
   partial: number[];
+  /** Of `partial`, those with a table no scan reads (kcmp refused, fdinfo naming no file, over MAX_TABLE_FDS). */
+  unreadTables: number[];
+  /** Each of `partial`'s place in the rounds of its walk (the auditor forgets fd findings by it: report-once.ts). */
+  windows: Map<number, WalkPlace>;
   /** Wall time of the scan. */
   us: number;
 }
@@ -103,12 +115,31 @@ export function mapsDev(dev: bigint): string {
   return `${hex(major, 2)}:${hex(minor, 2)}`;
 }
 
-/** Scan every process but `exclude` for fds and mappings of `target`. */
-export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = new Set()): ScanResult {
+/**
+ * Scan every process but `exclude` for fds and mappings of `target`. `cursors`: where the walks of threads' own
+ * file tables go on (file-tables.ts); this scan's walks start from its committed positions and set the next
+ * ones, which take effect at cursors.commit() (the caller's, once per scan it keeps). Without, each process's
+ * walk starts at its first thread.
+ */
+export function scanProc(
+  target: FileIdentity,
+  exclude: ReadonlySet<number> = new Set(),
+  cursors = new TableCursors(),
+): ScanResult {
   const t0 = process.hrtime.bigint();
-  const out: ScanResult = { fds: [], maps: [], processes: 0, unreadable: 0, partial: [], us: 0 };
+  const out: ScanResult = {
+    fds: [],
+    maps: [],
+    processes: 0,
+    unreadable: 0,
+    partial: [],
+    unreadTables: [],
+    windows: new Map(),
+    us: 0,
+  };
   const dev = mapsDev(target.dev);
   const ino = target.ino.toString();
+  cursors.begin();
   for (const name of readdirSync('/proc')) {
     const pid = Number(name);
     if (!Number.isInteger(pid) || pid <= 0 || exclude.has(pid)) continue;
@@ -119,14 +150,21 @@ export function scanProc(target: FileIdentity, exclude: ReadonlySet<number> = ne
       scanFds(pid, dir, target, out.fds);
       // A thread's own file table (unshare(CLONE_FILES)): fd/ above listed one table only (file-tables.ts). No mm:
       // a kernel thread (most of /proc's processes) or a zombie, whose threads keep no fd of their own.
+      if (tid === null) continue;
       const budget = new TableFdBudget();
-      const all =
-        tid === null ||
-        forEachOtherFileTable(pid, tid, (d, t) => scanFds(pid, d, target, out.fds, t, budget));
-      if (!all) {
-        out.unreadable++;
-        out.partial.push(pid);
-      }
+      const start = () => startTimeOf(pid);
+      const at = cursors.from(pid, start);
+      const w = forEachOtherFileTable(
+        pid,
+        tid,
+        (d, t) => scanFds(pid, d, target, out.fds, t, budget),
+        at.next,
+      );
+      if ((at.next === 0 || w.restarted) && w.done && w.unread === 0) continue; // read whole: no cursor kept
+      out.unreadable++;
+      out.partial.push(pid);
+      out.windows.set(pid, cursors.walked(pid, at, w, start));
+      if (w.unread > 0) out.unreadTables.push(pid);
     } catch (err) {
       throwIfShortage(err);
       out.unreadable++;
@@ -230,13 +268,13 @@ function scanFds(
   const dir = `${procDir}/fd`;
   let names: string[];
   try {
-    names = readdirSync(dir);
+    // Another thread's table: listed only as far as the process's budget goes (file-tables.ts).
+    names = budget ? budget.list(dir) : readdirSync(dir);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EACCES') throw err;
     scanFdinfo(pid, procDir, target, into, err as Error, tid, budget);
     return;
   }
-  budget?.spend(names.length);
   for (const name of names) {
     let link: string;
     try {
@@ -281,8 +319,7 @@ function scanFdinfo(
   const anon = target.link.startsWith('anon_inode:');
   if (target.mntId === null || (anon && target.syspath === null)) throw cause;
   const ino = target.ino.toString();
-  const names = readdirSync(`${procDir}/fdinfo`);
-  budget?.spend(names.length);
+  const names = budget ? budget.list(`${procDir}/fdinfo`) : readdirSync(`${procDir}/fdinfo`);
   for (const name of names) {
     const text = readFdinfo(`${procDir}/fdinfo/${name}`);
     if (fdinfoField(text, 'ino') !== ino || Number(fdinfoField(text, 'mnt_id')) !== target.mntId) continue;
@@ -307,82 +344,4 @@ function readFdinfo(path: string): string {
 
 function fdinfoField(text: string, name: string): string | null {
   return new RegExp(`^${name}:\\s*(\\S+)`, 'm').exec(text)?.[1] ?? null;
-}
-
-/** What the audit record names: the executable and the parent (a child the fd was passed to, say). */
-export function processFacts(pid: number): { exe: string | null; ppid: number | null } {
-  let exe: string | null = null;
-  let ppid: number | null = null;
-  try {
-    exe = readlinkSync(`/proc/${pid}/exe`);
-  } catch {
-    // gone, a kernel thread, or a main thread gone (see the top): a live thread's
-    for (const tid of safeReaddir(`/proc/${pid}/task`)) {
-      try {
-        exe = readlinkSync(`/proc/${pid}/task/${tid}/exe`);
-        break;
-      } catch {
-        // not this one
-      }
-    }
-  }
-  ppid = parentOf(pid);
-  return { exe, ppid };
-}
-
-/**
- * /proc/<pid>/stat's fields after the parenthesised comm (which may hold spaces and parentheses): [0] is field 3
- * (state), [1] field 4 (ppid), [17] field 20 (num_threads), [19] field 22 (starttime). Null when there is none.
- */
-function statFields(pid: number): string[] | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return null;
-  }
-}
-
-/** The parent pid from /proc/<pid>/stat, or null. */
-export function parentOf(pid: number): number | null {
-  const ppid = Number(statFields(pid)?.[1]);
-  return Number.isInteger(ppid) ? ppid : null;
-}
-
-/**
- * The start time of the process `pid` names now (/proc/<pid>/stat field 22, in clock ticks since boot), or null
- * when there is none. With the pid it names one process: a pid alone names whichever process has it now.
- */
-export function startTimeOf(pid: number): string | null {
-  return statFields(pid)?.[19] ?? null;
-}
-
-/**
- * Whether `pid` is a process that has not exited (gone, a zombie or dead: false). A zombie main thread with
- * other threads still counted (num_threads, field 20, counts the zombie leader too) is a running process.
- */
-export function isRunning(pid: number): boolean {
-  const rest = statFields(pid);
-  if (rest === null) return false;
-  const state = rest[0];
-  if (state !== 'Z' && state !== 'X' && state !== 'x') return true;
-  return Number(rest[17]) > 1;
-}
-
-/** Whether `pid` is `ancestor` or descends from it (walks at most 64 parents). */
-export function descendsFrom(pid: number, ancestor: number): boolean {
-  let p: number | null = pid;
-  for (let i = 0; i < 64 && p !== null && p > 0; i++) {
-    if (p === ancestor) return true;
-    p = parentOf(p);
-  }
-  return false;
-}
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
 }
