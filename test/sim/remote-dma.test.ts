@@ -182,6 +182,9 @@ test('an owner command the device must serve waits for its access to owner memor
     await w32(r.client, REGION.bar0, qcfg(1, QCFG.Q_CTRL), Q_CTRL.ENABLE); // stored on the front end
     await q.submit([{ opcode: OP.COPY, length: 64, src: SLOW + 0x20n, dst: HOST + 0x30000n, tag: 7n }]);
     await until(async () => stalled > 0, 'the device to read the slow memory');
+    // Doorbells stored through BAR2 while the device waits (the same SQ_TAIL: no new work) are answered, more
+    // of them than the device's command ring holds (one wake post at a time).
+    for (let i = 0; i < 300; i++) await w32(r.client, REGION.bar2, QPAGE.SQ_TAIL, 1);
     // Disabling an enabled queue is the device's to do: it is served after the COPY in progress, which waits on
     // the owner's answer. A front end blocked waiting for the device would never hand that answer over.
     let answered = false;

@@ -58,6 +58,8 @@ export class DeviceWorker {
   /** Serves the device's accesses to owner memory that came without an fd (remote-dma.ts). */
   readonly remote: RemoteDmaServer;
   #kicksOut = false;
+  /** The last doorbell wake post (slice-access.ts), while the device may not have taken it. */
+  #doorbellPost: number | null = null;
   /** The slices' current memfd numbers, published by the worker's backing (memfd-backing.ts). */
   readonly #sliceFds: Int32Array;
   /** Queue page addresses and inodes, and the spare page memory (page-revoke.ts). */
@@ -213,11 +215,17 @@ export class DeviceWorker {
     return masterOff ? this.remote.failFast(run) : run();
   }
 
-  /** The owner stored SQ_TAIL through BAR2 here: wake the device (by its kick fd when it sleeps on those). */
+  /**
+   * The owner stored SQ_TAIL through BAR2 here: wake the device (by its kick fd when it sleeps on those). One
+   * wake post at a time: while the last is not taken, the device has yet to run the round that sees this store,
+   * and doorbells stored in a loop while it waits on the owner must not fill the ring (a full ring would block
+   * this thread, which the device may be waiting on).
+   */
   #doorbell(q: number): void {
-    if (this.#mailbox.postLeavingFdSleep({ op: 'doorbell' })) {
-      native.eventfdWrite(this.#kickFds[q % this.#kickFds.length] as number, 1);
-    }
+    if (this.#doorbellPost !== null && ((this.#mailbox.taken() - this.#doorbellPost) | 0) < 0) return;
+    const asleepOnFds = this.#mailbox.postLeavingFdSleep({ op: 'doorbell' });
+    this.#doorbellPost = this.#mailbox.posts;
+    if (asleepOnFds) native.eventfdWrite(this.#kickFds[q % this.#kickFds.length] as number, 1);
   }
 
   /**

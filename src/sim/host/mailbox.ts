@@ -158,6 +158,11 @@ export class MailboxCaller<R> {
     return call;
   }
 
+  /** The number of the last post (requests and one-way posts count alike). */
+  get posts(): number {
+    return this.#posts;
+  }
+
   /** How many posts the device has taken (requests and one-way posts, in order). */
   taken(): number {
     return Atomics.load(this.#words, W_TAKEN);
