@@ -309,3 +309,40 @@ test('a revoke while the owner has memory without an fd: waited for without bloc
     }
   });
 });
+
+test('an unmap of mapped memory fails the access in flight at once, and the device goes on with its next descriptor as soon as it took the unmap', async () => {
+  await withOwnerMemory(async (r, host) => {
+    let release = (): void => {};
+    const held = new Promise<void>((res) => {
+      release = res;
+    });
+    let stalled = 0;
+    const slow: DmaMemory = {
+      read: async (_offset, count) => {
+        stalled++;
+        await held;
+        return new Uint8Array(count);
+      },
+      write: () => held,
+    };
+    await mapNoFd(r, SLOW, 0x10000, slow);
+    const mapped = await r.map(0x80_0000n, 0x1000); // memory the device maps (an fd)
+    const window = { base: HOST, size: 0x80_1000n - HOST };
+    const q0 = new RawQueue(r.client, { ...layout(host, 0), window });
+    const q1 = new RawQueue(r.client, { ...layout(host, 1), sqAt: 0x2000, cqAt: 0x3000, window });
+    await q0.configure();
+    await q1.configure();
+    await q0.submit([{ opcode: OP.COPY, length: 64, src: SLOW, dst: HOST + 0x30000n, tag: 1n }]);
+    await until(async () => stalled > 0, 'the device to wait on the owner');
+    await q1.submit([{ opcode: OP.NOP, tag: 2n }]); // waits behind queue 0's access
+    // The owner waits for this unmap's reply (as QEMU does): the access in flight fails at once.
+    await r.client.dmaUnmap({ iova: mapped.iova, size: 0x1000 });
+    release();
+    // The copy failed, and so did its completion's write (the owner cannot take it before its unmap is
+    // answered): a fault record, queue 0 in ERROR.
+    await until(async () => ((await q0.qcfg32(QCFG.Q_STATUS)) & Q_STATUS.ERROR) !== 0, 'queue 0 in ERROR');
+    assert.equal((await faultRecord(r.client, 0)).code, ST.IOMMU_FAULT);
+    const [c1] = await q1.reap(1);
+    assert.deepEqual([c1?.tag, c1?.status], [2n, ST.OK], 'the next descriptor, after the unmap, went on');
+  });
+});

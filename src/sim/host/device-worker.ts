@@ -34,6 +34,7 @@ import { resolveMaxDmaMaps } from './dma-limit.js';
 import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
+import { SLOTS } from './mailbox-ring.js';
 import { PageTable, renewPage } from './page-revoke.js';
 import { newRemoteDmaMemory, RemoteDmaServer } from './remote-dma.js';
 import { SliceAccess } from './slice-access.js';
@@ -130,7 +131,7 @@ export class DeviceWorker {
     this.remote = new RemoteDmaServer(
       remoteDma,
       (iova, length, write) => this.dma.covers(iova, length, write),
-      () => this.#mailbox.taken(),
+      { last: () => this.#mailbox.posts, taken: () => this.#mailbox.taken() },
       log,
     );
     this.dma.onUnmapPosted = (post, iova, size, all) => this.remote.unmapped(post, iova, size, all);
@@ -203,16 +204,24 @@ export class DeviceWorker {
    * not serve them.
    */
   regionWriteAsync(index: number, offset: number, data: Uint8Array): Promise<void> {
-    const run = async (): Promise<void> => {
-      for (const req of this.#regionWriteSteps(index, offset, data)) await this.requestAsync(req);
-    };
     const at = PCI_COMMAND - offset;
     const masterOff =
       index === VFIO_PCI_CONFIG_REGION_INDEX &&
       at >= 0 &&
       at < data.length &&
       ((data[at] as number) & PCI_COMMAND_MASTER) === 0;
+    const run = async (posted?: (post: number) => void): Promise<void> => {
+      for (const req of this.#regionWriteSteps(index, offset, data)) await this.requestAsync(req, posted);
+    };
     return masterOff ? this.remote.failFast(run) : run();
+  }
+
+  /**
+   * A device reset waited for without blocking, owner accesses failing at once until the device took it
+   * (RemoteDmaServer.failFast: the owner waits for this reply and serves none).
+   */
+  resetAsync(): Promise<void> {
+    return this.remote.failFast((posted) => this.requestAsync({ op: 'reset' }, posted));
   }
 
   /**
@@ -222,7 +231,10 @@ export class DeviceWorker {
    * this thread, which the device may be waiting on).
    */
   #doorbell(q: number): void {
-    if (this.#doorbellPost !== null && ((this.#mailbox.taken() - this.#doorbellPost) | 0) < 0) return;
+    // Pending: not taken, and (the numbers are int32 counters) less than a ring's worth of posts ago.
+    const last = this.#doorbellPost;
+    const m = this.#mailbox;
+    if (last !== null && ((m.taken() - last) | 0) < 0 && ((m.posts - last) | 0) <= SLOTS) return;
     const asleepOnFds = this.#mailbox.postLeavingFdSleep({ op: 'doorbell' });
     this.#doorbellPost = this.#mailbox.posts;
     if (asleepOnFds) native.eventfdWrite(this.#kickFds[q % this.#kickFds.length] as number, 1);
@@ -346,9 +358,22 @@ export class DeviceWorker {
     return this.#command({ op: 'pageRenewed', queue: q });
   }
 
-  /** A request waited for as it must be: without blocking this thread while waitsAsync. */
+  /**
+   * A request waited for as it must be: without blocking this thread while waitsAsync, or behind one waited
+   * for so (one command at a time: a blocking one would find the channel busy).
+   */
   #command<T = void>(req: DeviceRequest): T | Promise<T> {
-    return this.waitsAsync ? this.requestAsync<T>(req) : this.request<T>(req);
+    return this.waitsAsyncNow ? this.requestAsync<T>(req) : this.request<T>(req);
+  }
+
+  /** waitsAsync, or a command waited for without blocking is still in flight or queued. */
+  get waitsAsyncNow(): boolean {
+    return this.waitsAsync || this.#mailbox.inFlight !== null;
+  }
+
+  /** Until no command waited for without blocking is in flight or queued. */
+  async settled(): Promise<void> {
+    for (let p = this.#mailbox.inFlight; p; p = this.#mailbox.inFlight) await p;
   }
 
   /** A fault injection (tests, `--control-stdin`), waited for as #command. */
@@ -370,9 +395,9 @@ export class DeviceWorker {
    * request(), waiting without blocking this thread: for an owner with memory without an fd, whose accesses
    * the device makes through this thread (remote-dma.ts) and could be waiting on.
    */
-  requestAsync<T = void>(req: DeviceRequest): Promise<T> {
+  requestAsync<T = void>(req: DeviceRequest, posted?: (post: number) => void): Promise<T> {
     this.#checkOpen();
-    return this.#mailbox.callAsync<T>(req, this.timeoutMs);
+    return this.#mailbox.callAsync<T>(req, this.timeoutMs, posted);
   }
 
   async stats(): Promise<DeviceStats> {
@@ -396,7 +421,7 @@ export class DeviceWorker {
       // Accesses to the owner fail from now on, so a command waited for without blocking ends; then the
       // shutdown waits as any request.
       this.remote.close();
-      await this.#mailbox.inFlight;
+      await this.settled();
       try {
         this.#mailbox.call({ op: 'shutdown' }, this.timeoutMs);
       } catch {

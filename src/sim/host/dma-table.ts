@@ -175,12 +175,15 @@ export class FrontDmaTable {
     iova: bigint,
     size: bigint,
     all: boolean,
-    wrap: (wait: () => Promise<void>) => Promise<void>,
+    wrap: (wait: (posted: (post: number) => void) => Promise<void>) => Promise<void>,
   ): Promise<void> {
     const { removed, n } = this.#unpost(iova, size, all);
     try {
       if ((removed as FrontEntry[]).some((m) => m.mapping !== null)) {
-        await wrap(() => this.mailbox.quiesceAsync(n, this.timeoutMs));
+        await wrap((posted) => {
+          posted(n);
+          return this.mailbox.quiesceAsync(n, this.timeoutMs);
+        });
       }
     } finally {
       this.#release(removed);
@@ -203,8 +206,10 @@ export class FrontDmaTable {
       }
     }
     const n = this.mailbox.post({ op: 'unmapPosted', iova, size, all }, false);
-    if (remote) this.#remoteUnmapPost = n;
-    this.onUnmapPosted?.(n, Number(iova), Number(size), all);
+    if (remote) {
+      this.#remoteUnmapPost = n;
+      this.onUnmapPosted?.(n, Number(iova), Number(size), all);
+    }
     return { removed, n };
   }
 

@@ -102,7 +102,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
    * (remote-dma.ts): a command the device must serve is then waited for without blocking the thread.
    */
   get #waitAsync(): boolean {
-    return this.device.waitsAsync;
+    return this.device.waitsAsyncNow;
   }
 
   get options(): Sa1Options {
@@ -233,7 +233,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     if (this.#waitAsync) {
       // The reset aborts whatever the device is doing: accesses it makes through the owner fail until it took
       // the reset, as the owner (QEMU) serves none while it waits for this reply.
-      return this.device.remote.failFast(() => this.device.requestAsync({ op: 'reset' }));
+      return this.device.resetAsync();
     }
     this.device.request({ op: 'reset' });
   }
@@ -294,8 +294,7 @@ export class Sa1Frontend implements VfioUserDeviceModel {
     this.#peer = null;
     // A command still waited for without blocking (the owner's memory without an fd) ends first: the device
     // takes one command at a time.
-    const inFlight = this.device.commandInFlight;
-    if (inFlight) return inFlight.then(() => this.#leave(release));
+    if (this.device.commandInFlight) return this.device.settled().then(() => this.#leave(release));
     this.#leave(release);
   }
 

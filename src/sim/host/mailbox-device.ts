@@ -96,6 +96,11 @@ export class MailboxDevice<R> {
     return Atomics.load(this.#words, W_KICKS_OUT) !== 0;
   }
 
+  /** The number of the last post acted on. */
+  get lastTaken(): number {
+    return Atomics.load(this.#words, W_TAKEN);
+  }
+
   /** Posts up to `n` are acted on: a front end waiting in quiesce() may go on. */
   taken(n: number): void {
     const w = this.#words;

@@ -136,16 +136,17 @@ export class MailboxCaller<R> {
    * waiting on this thread (an access to owner memory without an fd, remote-dma.ts), which a blocked thread
    * would never serve. Slower to wake than call(); nothing else may call the device meanwhile.
    */
-  callAsync<T>(req: R, timeoutMs: number): Promise<T> {
+  callAsync<T>(req: R, timeoutMs: number, posted?: (post: number) => void): Promise<T> {
     // One at a time: a second waits for the first (the connection serves one such command at a time anyway).
     const ahead = this.#asyncCall;
-    if (ahead) return ahead.then(() => this.callAsync<T>(req, timeoutMs));
+    if (ahead) return ahead.then(() => this.callAsync<T>(req, timeoutMs, posted));
     let seq: number;
     try {
       seq = this.#start(req);
     } catch (err) {
       return Promise.reject(err);
     }
+    posted?.(this.#posts);
     const call = this.#waitAnswer<T>(seq, timeoutMs);
     const settled = call.then(
       () => {},

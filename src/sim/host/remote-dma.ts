@@ -20,6 +20,7 @@ import { VfioError } from '../../errors.js';
 import { waitAsync } from '../../util/wait-async.js';
 import type { PeerDma } from '../../vfio/user/peer-dma.js';
 import type { RemoteMemory } from '../model/iommu.js';
+import { SLOTS } from './mailbox-ring.js';
 
 /**
  * Bytes one DMA_READ/DMA_WRITE message carries at most (and at most the owner's max_data_xfer_size), and so
@@ -46,9 +47,14 @@ const W_IOVA_LO = 4;
 const W_IOVA_HI = 5;
 /** 1 while no owner can serve an access: the device fails one at once, without asking the main thread. */
 const W_NO_OWNER = 6;
-/** Non-zero while the main thread waits for the device to take a command the owner waits for (failFast). */
+/**
+ * 1 while the main thread waits for the device to take post W_FAIL_UNTIL, a command the owner waits for too
+ * (failFast): the device fails accesses at once until it has taken that post (W_TAKEN of the mailbox), the
+ * main thread clears it when its wait ends.
+ */
 const W_FAIL_FAST = 7;
-const WORDS = 8;
+const W_FAIL_UNTIL = 8;
+const WORDS = 10;
 
 // States (low 3 bits of W_STATE).
 const ASKED = 1; // the device wrote an access and waits
@@ -78,7 +84,11 @@ export class RemoteDmaDevice implements RemoteMemory {
   accesses = 0;
   failures = 0;
 
-  constructor(sab: SharedArrayBuffer) {
+  /** `taken`: the number of the last post the device took (its mailbox's W_TAKEN). */
+  constructor(
+    sab: SharedArrayBuffer,
+    private readonly taken: () => number,
+  ) {
     this.#w = new Int32Array(sab, 0, WORDS);
     this.#data = new Uint8Array(sab, WORDS * 4, REMOTE_CHUNK);
   }
@@ -103,9 +113,14 @@ export class RemoteDmaDevice implements RemoteMemory {
     return -1;
   }
 
-  /** Fail at once: no owner, or the main thread waits for this thread on behalf of an owner that waits too. */
+  /**
+   * Fail at once: no owner, or the main thread waits for this thread to take a command the owner waits for too
+   * (and this thread has not taken it yet: once taken, its next descriptor goes on as usual).
+   */
   #refused(): boolean {
-    return Atomics.load(this.#w, W_NO_OWNER) !== 0 || Atomics.load(this.#w, W_FAIL_FAST) !== 0;
+    const w = this.#w;
+    if (Atomics.load(w, W_NO_OWNER) !== 0) return true;
+    return Atomics.load(w, W_FAIL_FAST) !== 0 && ((this.taken() - Atomics.load(w, W_FAIL_UNTIL)) | 0) < 0;
   }
 
   /** One access of at most REMOTE_CHUNK bytes: 0, or the errno it failed with. */
@@ -178,13 +193,14 @@ export class RemoteDmaServer {
   readonly #log: (message: string, err?: unknown) => void;
 
   /**
-   * `covers`: whether the owner's maps (the front end's table) hold a range now. `taken`: how many posts the
-   * device has taken (the mailbox's W_TAKEN). `log`: rate limited by message (the detail goes in `err`).
+   * `covers`: whether the owner's maps (the front end's table) hold a range now. `posts`: the mailbox's post
+   * numbers, the last posted and the last the device took. `log`: rate limited by message (the detail goes
+   * in `err`).
    */
   constructor(
     sab: SharedArrayBuffer,
     private readonly covers: (iova: number, length: number, write: boolean) => boolean,
-    private readonly taken: () => number,
+    private readonly posts: { last(): number; taken(): number },
     log: (message: string, err?: unknown) => void,
   ) {
     this.#w = new Int32Array(sab, 0, WORDS);
@@ -215,24 +231,31 @@ export class RemoteDmaServer {
   unmapped(post: number, iova: number, size: number, all: boolean): void {
     const end = all ? Number.POSITIVE_INFINITY : iova + size;
     const start = all ? 0 : iova;
+    this.#pruneUnmaps();
     this.#unmaps.push({ post, iova: start, end });
     this.#cancel((s) => s.iova < end && s.iova + s.length > start, 14); // EFAULT
   }
 
   /**
-   * Run `wait` (the main thread waiting for the device to take a command the owner waits for too: a reset,
-   * bus mastering off, an unmap of memory the device maps) with every access to the owner failing at once:
-   * QEMU serves no DMA_READ while it waits for its own request's reply, so each would only wait out its
-   * deadline (and the reset's aborted completions each one more).
+   * The main thread waits (until `wait` settles) for the device to take post `post`, a command the owner waits
+   * for too: a reset, bus mastering off, an unmap of memory the device maps. Meanwhile every access to the
+   * owner fails at once, until the device has taken the post: QEMU serves no DMA_READ while it waits for its
+   * own request's reply, so each would only wait out its deadline (and the reset's aborted completions each
+   * one more). `wait` calls `posted` with the command's post number as soon as it is made.
    */
-  async failFast<T>(wait: () => Promise<T>): Promise<T> {
-    Atomics.add(this.#w, W_FAIL_FAST, 1);
-    this.#cancel(() => true, 5); // EIO
-    Atomics.notify(this.#w, W_STATE);
+  async failFast<T>(wait: (posted: (post: number) => void) => Promise<T>): Promise<T> {
+    const w = this.#w;
+    let started = false;
     try {
-      return await wait();
+      return await wait((post) => {
+        Atomics.store(w, W_FAIL_UNTIL, post);
+        Atomics.add(w, W_FAIL_FAST, 1);
+        started = true;
+        this.#cancel(() => true, 5); // EIO
+        Atomics.notify(w, W_STATE);
+      });
     } finally {
-      Atomics.sub(this.#w, W_FAIL_FAST, 1);
+      if (started) Atomics.sub(w, W_FAIL_FAST, 1);
     }
   }
 
@@ -313,9 +336,18 @@ export class RemoteDmaServer {
   /** Whether [iova, +length) meets an unmap the device has not taken yet (it translated before the unmap). */
   #staleRange(iova: number, length: number): boolean {
     if (this.#unmaps.length === 0) return false;
-    const taken = this.taken();
-    this.#unmaps = this.#unmaps.filter((u) => ((taken - u.post) | 0) < 0);
+    this.#pruneUnmaps();
     return this.#unmaps.some((u) => u.iova < iova + length && u.end > iova);
+  }
+
+  /**
+   * Forget the unmaps the device has taken. Their post numbers are int32 counters: one more than a ring's
+   * worth of posts old is taken too (the ring holds at most MAILBOX_SLOTS untaken), whatever the wrap says.
+   */
+  #pruneUnmaps(): void {
+    const taken = this.posts.taken();
+    const last = this.posts.last();
+    this.#unmaps = this.#unmaps.filter((u) => ((taken - u.post) | 0) < 0 && ((last - u.post) | 0) <= SLOTS);
   }
 
   /** Publish the answer to `s`, unless the device gave it up; idempotent. */

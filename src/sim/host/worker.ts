@@ -66,7 +66,7 @@ const device = new Sa1Device(
 );
 const revokedInodes = new Set<bigint>();
 /** Owner memory without an fd (datasheet rev 2 §7), through the front end's DMA_READ/DMA_WRITE. */
-const remote = new RemoteDmaDevice(init.remoteDma);
+const remote = new RemoteDmaDevice(init.remoteDma, () => mailbox.lastTaken);
 // Doorbell notification (datasheet §2.3 rev 2): the queues' ioeventfds (the front end made them and hands out
 // dups with GET_REGION_IO_FDS) and the wake eventfd the mailbox writes while the device sleeps on them, in one
 // wait set made once; the device owns all of them for its lifetime.

@@ -87,7 +87,7 @@ export async function queueRig(
    * enters its wait). From then on only a command, a kick or the armed poll (1 s in the tests using this) wakes it.
    */
   const untilAsleepArmed = async (kickNeeded: () => boolean, what: string): Promise<void> => {
-    r.sim.stats();
+    await r.sim.stats();
     await until(kickNeeded, what, 5000);
   };
   const close = async (): Promise<void> => {
