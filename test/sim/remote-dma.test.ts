@@ -52,6 +52,34 @@ async function mapNoFd(r: Rig, iova: bigint, size: number, memory: Uint8Array | 
   await r.client.dmaMap({ iova, size, flags: RW, memory });
 }
 
+/**
+ * Owner memory whose every access waits until release(): reads give `fill(offset)` bytes. `asked()`: accesses
+ * the owner received.
+ */
+function heldMemory(fill: (offset: bigint) => number = () => 0): {
+  memory: DmaMemory;
+  release: () => void;
+  asked: () => number;
+} {
+  let asked = 0;
+  let release = (): void => {};
+  const held = new Promise<void>((res) => {
+    release = res;
+  });
+  const memory: DmaMemory = {
+    read: async (offset, count) => {
+      asked++;
+      await held;
+      return new Uint8Array(count).fill(fill(offset));
+    },
+    write: async () => {
+      asked++;
+      await held;
+    },
+  };
+  return { memory, release, asked: () => asked };
+}
+
 function layout(host: HostRegion, q = 0): QueueLayout {
   return {
     q,
@@ -116,27 +144,15 @@ test('a device access the owner never answers: its unmap ends it as IOMMU_FAULT,
   await withOwnerMemory(async (r, host, logged) => {
     // The owner holds its answer until after its unmap (it serves DMA one request at a time, so it must
     // answer at some point for the device's later writes to reach it).
-    let stalled = 0;
-    let release = (): void => {};
-    const held = new Promise<void>((res) => {
-      release = res;
-    });
-    const slow: DmaMemory = {
-      read: async (_offset, count) => {
-        stalled++;
-        await held;
-        return new Uint8Array(count);
-      },
-      write: () => held,
-    };
-    await mapNoFd(r, SLOW, 0x10000, slow);
+    const { memory, release, asked } = heldMemory();
+    await mapNoFd(r, SLOW, 0x10000, memory);
     const q = new RawQueue(r.client, {
       ...layout(host),
       window: { base: HOST, size: SLOW + 0x10000n - HOST },
     });
     await q.configure();
     await q.submit([{ opcode: OP.COPY, length: 64, src: SLOW, dst: HOST + 0x30000n, tag: 9n }]);
-    await until(async () => stalled > 0, 'the device to read the stalled memory');
+    await until(async () => asked() > 0, 'the device to read the stalled memory');
     // The device waits on the owner: register reads — BAR0, and the queue page (BAR2), which QEMU's vCPUs
     // read synchronously — are answered without it.
     assert.equal(await r32(r.client, REGION.bar0, BAR0.ID), 0x5a01_0001);
@@ -160,20 +176,8 @@ test('a device access the owner never answers: its unmap ends it as IOMMU_FAULT,
 
 test('an owner command the device must serve waits for its access to owner memory, which the owner answers meanwhile', async () => {
   await withOwnerMemory(async (r, host) => {
-    let stalled = 0;
-    let release = (): void => {};
-    const held = new Promise<void>((res) => {
-      release = res;
-    });
-    const slow: DmaMemory = {
-      read: async (offset, count) => {
-        stalled++;
-        await held;
-        return new Uint8Array(count).fill(Number(offset & 0xffn) + 1);
-      },
-      write: () => held,
-    };
-    await mapNoFd(r, SLOW, 0x10000, slow);
+    const { memory, release, asked } = heldMemory((offset) => Number(offset & 0xffn) + 1);
+    await mapNoFd(r, SLOW, 0x10000, memory);
     const q = new RawQueue(r.client, {
       ...layout(host),
       window: { base: HOST, size: SLOW + 0x10000n - HOST },
@@ -181,7 +185,7 @@ test('an owner command the device must serve waits for its access to owner memor
     await q.configure();
     await w32(r.client, REGION.bar0, qcfg(1, QCFG.Q_CTRL), Q_CTRL.ENABLE); // stored on the front end
     await q.submit([{ opcode: OP.COPY, length: 64, src: SLOW + 0x20n, dst: HOST + 0x30000n, tag: 7n }]);
-    await until(async () => stalled > 0, 'the device to read the slow memory');
+    await until(async () => asked() > 0, 'the device to read the slow memory');
     // Doorbells stored through BAR2 while the device waits (the same SQ_TAIL: no new work) are answered, more
     // of them than the device's command ring holds (one wake post at a time).
     for (let i = 0; i < 300; i++) await w32(r.client, REGION.bar2, QPAGE.SQ_TAIL, 1);
@@ -246,21 +250,14 @@ test('an unmap in the middle of a device write to owner memory: nothing more is 
 test('an owner that leaves while the device waits on its memory: nothing hangs, and the next owner is served', async () => {
   const r = await rig(CONFIG);
   try {
-    let stalled = 0;
-    const never: DmaMemory = {
-      read: () => {
-        stalled++;
-        return new Promise<Uint8Array>(() => {});
-      },
-      write: () => new Promise<void>(() => {}),
-    };
-    await mapNoFd(r, FW, 64 * 1024, never);
+    const { memory, asked } = heldMemory(); // never released
+    await mapNoFd(r, FW, 64 * 1024, memory);
     // FW_CMD: the device fetches the image from memory the owner never serves.
     await enableBusMaster(r.client);
     await w32(r.client, REGION.bar0, BAR0.FW_IOVA, Number(FW));
     await w32(r.client, REGION.bar0, BAR0.FW_LEN, 4096);
     await w32(r.client, REGION.bar0, BAR0.FW_CMD, 1);
-    await until(async () => stalled > 0, 'the firmware fetch to reach the owner');
+    await until(async () => asked() > 0, 'the firmware fetch to reach the owner');
     r.client.close();
     await until(async () => !r.sim.ownerConnected, 'the owner to be gone');
     const stats = await r.sim.stats();
@@ -312,20 +309,8 @@ test('a revoke while the owner has memory without an fd: waited for without bloc
 
 test('an unmap of mapped memory fails the access in flight at once, and the device goes on with its next descriptor as soon as it took the unmap', async () => {
   await withOwnerMemory(async (r, host) => {
-    let release = (): void => {};
-    const held = new Promise<void>((res) => {
-      release = res;
-    });
-    let stalled = 0;
-    const slow: DmaMemory = {
-      read: async (_offset, count) => {
-        stalled++;
-        await held;
-        return new Uint8Array(count);
-      },
-      write: () => held,
-    };
-    await mapNoFd(r, SLOW, 0x10000, slow);
+    const { memory, release, asked } = heldMemory();
+    await mapNoFd(r, SLOW, 0x10000, memory);
     const mapped = await r.map(0x80_0000n, 0x1000); // memory the device maps (an fd)
     const window = { base: HOST, size: 0x80_1000n - HOST };
     const q0 = new RawQueue(r.client, { ...layout(host, 0), window });
@@ -333,7 +318,7 @@ test('an unmap of mapped memory fails the access in flight at once, and the devi
     await q0.configure();
     await q1.configure();
     await q0.submit([{ opcode: OP.COPY, length: 64, src: SLOW, dst: HOST + 0x30000n, tag: 1n }]);
-    await until(async () => stalled > 0, 'the device to wait on the owner');
+    await until(async () => asked() > 0, 'the device to wait on the owner');
     await q1.submit([{ opcode: OP.NOP, tag: 2n }]); // waits behind queue 0's access
     // The owner waits for this unmap's reply (as QEMU does): the access in flight fails at once.
     await r.client.dmaUnmap({ iova: mapped.iova, size: 0x1000 });

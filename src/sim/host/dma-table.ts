@@ -35,6 +35,22 @@ interface FrontEntry extends DmaMapping {
   readonly mapping: Mapping | null;
 }
 
+/** The front end's entry: the device's view is its own (posted); the maps an unmap removes are released together. */
+const entry = (
+  iova: number,
+  size: number,
+  m: { read: boolean; write: boolean },
+  mapping: Mapping | null,
+): FrontEntry => ({
+  iova,
+  size,
+  readable: m.read,
+  writable: m.write,
+  view: NO_MEMORY,
+  release: nothing,
+  mapping,
+});
+
 export interface MapFields {
   offset: bigint;
   iova: bigint;
@@ -105,16 +121,7 @@ export class FrontDmaTable {
       after: (near.after as FrontEntry | null)?.mapping ?? null,
     };
     const mapping = mapDmaFd(fd.fd, { offset, size, write: m.write }, this.placement, around);
-    const entry: FrontEntry = {
-      iova,
-      size,
-      readable: m.read,
-      writable: m.write,
-      view: NO_MEMORY,
-      release: nothing, // the maps an unmap removes are released together (#release)
-      mapping,
-    };
-    this.#table.add(entry);
+    this.#table.add(entry(iova, size, m, mapping));
     const { read, write } = m;
     this.mailbox.post(
       {
@@ -139,16 +146,7 @@ export class FrontDmaTable {
     this.#table.checkFree(iova, size);
     if (this.#table.maps.length >= this.maxMaps) throw tooManyMaps(this.maxMaps);
     this.mailbox.makeRoom();
-    const entry: FrontEntry = {
-      iova,
-      size,
-      readable: m.read,
-      writable: m.write,
-      view: NO_MEMORY,
-      release: nothing,
-      mapping: null,
-    };
-    this.#table.add(entry);
+    this.#table.add(entry(iova, size, m, null));
     this.#remoteMaps++;
     this.mailbox.post({ op: 'remoteMapPosted', iova, size, read: m.read, write: m.write }, false);
   }

@@ -330,8 +330,8 @@ export class MailboxCaller<R> {
     Atomics.store(w, W_EPOCH_WAITER, 1);
     try {
       for (;;) {
-        const epoch = Atomics.load(w, W_EPOCH);
-        if ((epoch & 1) === 0 || ((Atomics.load(w, W_TAKEN) - n) | 0) >= 0) return;
+        const epoch = this.#roundWith(n);
+        if (epoch === null) return;
         const left = deadline - performance.now();
         if (left <= 0) throw new VfioError('EIO', `device did not leave its round within ${timeoutMs} ms`);
         // A spinning device takes posts between descriptors within microseconds: spin a little first.
@@ -343,6 +343,13 @@ export class MailboxCaller<R> {
     }
   }
 
+  /** The epoch of the round the device may still be using what post `n` took away in; null once it cannot. */
+  #roundWith(n: number): number | null {
+    const w = this.#words;
+    const epoch = Atomics.load(w, W_EPOCH);
+    return (epoch & 1) === 0 || ((Atomics.load(w, W_TAKEN) - n) | 0) >= 0 ? null : epoch;
+  }
+
   /** quiesce() without blocking this thread (see callAsync). */
   async quiesceAsync(n: number, timeoutMs: number): Promise<void> {
     const w = this.#words;
@@ -350,8 +357,8 @@ export class MailboxCaller<R> {
     Atomics.store(w, W_EPOCH_WAITER, 1);
     try {
       for (;;) {
-        const epoch = Atomics.load(w, W_EPOCH);
-        if ((epoch & 1) === 0 || ((Atomics.load(w, W_TAKEN) - n) | 0) >= 0) return;
+        const epoch = this.#roundWith(n);
+        if (epoch === null) return;
         const left = deadline - performance.now();
         if (left <= 0) throw new VfioError('EIO', `device did not leave its round within ${timeoutMs} ms`);
         const r = waitAsync(w, W_EPOCH, epoch, Math.min(left, 1));
