@@ -248,8 +248,8 @@ export class RemoteDmaServer {
     let started = false;
     try {
       return await wait((post) => {
-        Atomics.store(w, W_FAIL_UNTIL, post);
-        Atomics.add(w, W_FAIL_FAST, 1);
+        Atomics.store(w, W_FAIL_UNTIL, post); // a later post of the same wait moves it on
+        if (!started) Atomics.add(w, W_FAIL_FAST, 1);
         started = true;
         this.#cancel(() => true, 5); // EIO
         Atomics.notify(w, W_STATE);
