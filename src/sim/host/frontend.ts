@@ -5,8 +5,9 @@
 //
 // Register accesses that only read or store register state (all of BAR0 but
 // CONTROL, FW_CMD and Q_CTRL writes; config space but writes reaching the
-// command register; BAR2 and BAR4 from the slices' memory, slice-access.ts)
-// are served here, with no round trip to the worker thread. So are the owner
+// command register; BAR2 and BAR4 from the slices' memory while the owner has
+// memory without an fd, slice-access.ts) are served here, with no round trip
+// to the worker thread. So are the owner
 // commands that only touch tables: SET_IRQS (irq-table.ts), GET_REGION_IO_FDS
 // (the front end made the kick fds), and DMA_MAP/DMA_UNMAP (dma-table.ts:
 // checked against the front end's copy of the IOMMU table, answered, and

@@ -99,8 +99,6 @@ export class Iommu {
    * translation cached with the generation it was made in is still the table's answer while it holds.
    */
   #generation = 0;
-  /** Maps without an fd in the table. */
-  #remoteMaps = 0;
   /** Writes through maps without an fd since the last flush(). */
   #remoteWrites: RemoteWrite[] = [];
 
@@ -135,15 +133,9 @@ export class Iommu {
     };
   }
 
-  /** Whether some map has no fd (its memory is reached through the owner). */
-  get hasRemote(): boolean {
-    return this.#remoteMaps !== 0;
-  }
-
   add(m: DmaMapping): void {
     this.checkFree(m.iova, m.size);
     this.#generation++;
-    if (m.remote) this.#remoteMaps++;
     this.#maps.splice(this.#firstEndingAfter(m.iova), 0, m);
   }
 
@@ -159,7 +151,6 @@ export class Iommu {
       const out = this.#maps;
       this.#maps = [];
       this.#dead.clear();
-      this.#remoteMaps = 0;
       return out;
     }
     const end = iova + size;
@@ -180,10 +171,7 @@ export class Iommu {
       throw new VfioError('ENOENT', `no DMA map in [0x${iova.toString(16)}, +0x${size.toString(16)})`);
     }
     const out = this.#maps.splice(first, last - first);
-    for (const m of out) {
-      this.#dead.delete(m);
-      if (m.remote) this.#remoteMaps--;
-    }
+    for (const m of out) this.#dead.delete(m);
     return out;
   }
 
