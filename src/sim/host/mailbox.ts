@@ -134,7 +134,10 @@ export class MailboxCaller<R> {
   /**
    * call(), waiting without blocking this thread (Atomics.waitAsync): for when the device may itself be
    * waiting on this thread (an access to owner memory without an fd, remote-dma.ts), which a blocked thread
-   * would never serve. Slower to wake than call(); nothing else may call the device meanwhile.
+   * would never serve. Slower to wake than call(). One at a time: a callAsync() made while others are in
+   * flight or waiting is posted once those have settled, either way (so they go in order, and its timeout
+   * runs from its own post); a call() made meanwhile fails with EBUSY (DeviceWorker.#command goes async
+   * instead); one-way posts go on as ever.
    */
   callAsync<T>(req: R, timeoutMs: number, posted?: (post: number) => void): Promise<T> {
     // One at a time: a second waits for the first (the connection serves one such command at a time anyway).
