@@ -118,17 +118,13 @@ export class MailboxCaller<R> {
    * VfioError, or EIO when the device does not answer in time.
    */
   call<T>(req: R, timeoutMs: number): T {
-    const w = this.#words;
     const seq = this.#start(req);
     const deadline = performance.now() + timeoutMs;
     for (;;) {
-      const answered = Atomics.load(w, W_ANSWERED);
-      if (answered === seq) break;
-      const left = deadline - performance.now();
-      if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
-      Atomics.wait(w, W_ANSWERED, answered, left);
+      const seen = this.#unanswered(seq, deadline, timeoutMs);
+      if (seen === null) return this.#answer<T>(seq);
+      Atomics.wait(this.#words, W_ANSWERED, seen, deadline - performance.now());
     }
-    return this.#answer<T>(seq);
   }
 
   /**
@@ -178,17 +174,22 @@ export class MailboxCaller<R> {
   }
 
   async #waitAnswer<T>(seq: number, timeoutMs: number): Promise<T> {
-    const w = this.#words;
     const deadline = performance.now() + timeoutMs;
     for (;;) {
-      const answered = Atomics.load(w, W_ANSWERED);
-      if (answered === seq) break;
-      const left = deadline - performance.now();
-      if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
-      const r = waitAsync(w, W_ANSWERED, answered, left);
+      const seen = this.#unanswered(seq, deadline, timeoutMs);
+      if (seen === null) return this.#answer<T>(seq);
+      const r = waitAsync(this.#words, W_ANSWERED, seen, deadline - performance.now());
       if (r.async) await r.value;
     }
-    return this.#answer<T>(seq);
+  }
+
+  /** The answer word while request `seq` is unanswered (to wait on); null once answered; EIO past `deadline`. */
+  #unanswered(seq: number, deadline: number, timeoutMs: number): number | null {
+    const answered = Atomics.load(this.#words, W_ANSWERED);
+    if (answered === seq) return null;
+    const left = deadline - performance.now();
+    if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
+    return answered;
   }
 
   /** Post request `req` and return its number, or throw when the channel cannot take it now. */
