@@ -15,19 +15,13 @@ import {
   VFIO_PCI_BAR4_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
 } from '../../vfio/uapi/vfio.js';
-import {
-  bar0Read32,
-  bar0WriteDirect,
-  bar0WriteMayReachDevice,
-  QCTRL_DEVICE,
-  queueControlDirect,
-} from '../model/bar0.js';
 import { ConfigSpace, writeReachesCommand } from '../model/config-space.js';
-import { BAR0_SIZE, Q_NOTIFY_KICK_NEEDED, QP_Q_NOTIFY } from '../model/datasheet.js';
+import { BAR0_SIZE } from '../model/datasheet.js';
 import { sliceFdIndex, sliceFdTable } from '../model/memfd-backing.js';
 import { bar2Size, type Sa1Options } from '../model/options.js';
 import { checkRegionAccess, regionSize } from '../model/regions.js';
-import { RegisterFile, sharedClock } from '../model/register-file.js';
+import { RegisterFile } from '../model/register-file.js';
+import { Bar0Access } from './bar0-access.js';
 import { deviceRequestSlots } from './command-slots.js';
 import type { DeviceRequest, DeviceStats, InjectRequest, WorkerStats } from './commands.js';
 import { resolveMaxDmaMaps } from './dma-limit.js';
@@ -41,9 +35,6 @@ import { SliceAccess } from './slice-access.js';
 import type { WorkerInit } from './worker.js';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
-
-/** Q_NOTIFY with KICK_NEEDED, as stored little-endian in a queue page. */
-const KICK_NEEDED_WORD = new Uint8Array(new Uint32Array([Q_NOTIFY_KICK_NEEDED]).buffer);
 
 /** The device worker, its mailbox and the register file both threads use. */
 export class DeviceWorker {
@@ -71,6 +62,8 @@ export class DeviceWorker {
    * at most that many.
    */
   readonly #kickFds: number[];
+  /** BAR0 accesses, served from the register file on this thread (bar0-access.ts). */
+  readonly #bar0: Bar0Access;
   /** BAR2 and BAR4 accesses, served from the slices' memory on this thread (slice-access.ts). */
   readonly #slices: SliceAccess;
   #worker: Worker;
@@ -124,6 +117,7 @@ export class DeviceWorker {
       native.eventfd(0, EFD_NONBLOCK as number),
     );
     this.#sliceFds = sliceFdTable(options);
+    this.#bar0 = new Bar0Access(options, this.#regs, this.#mailbox, this.#sliceFds, () => this.#kicksOut);
     this.#slices = new SliceAccess(options, this.#sliceFds, (q) => this.#doorbell(q));
     const pages = PageTable.memory(options.numQueues);
     this.#pages = new PageTable(pages);
@@ -172,25 +166,12 @@ export class DeviceWorker {
     this.#checkOpen();
     checkRegionAccess(this.options, index, offset, count);
     if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.#config.read(offset, count);
-    if (index !== VFIO_PCI_BAR0_REGION_INDEX) {
-      if (this.waitsAsync) {
-        if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.#slices.readPages(offset, count);
-        if (index === VFIO_PCI_BAR4_REGION_INDEX) return this.#slices.readDevmem(offset, count);
-      }
-      return this.request({ op: 'regionRead', index, offset, count });
+    if (index === VFIO_PCI_BAR0_REGION_INDEX) return this.#bar0.read(offset, count);
+    if (this.waitsAsync) {
+      if (index === VFIO_PCI_BAR2_REGION_INDEX) return this.#slices.readPages(offset, count);
+      if (index === VFIO_PCI_BAR4_REGION_INDEX) return this.#slices.readDevmem(offset, count);
     }
-    // Byte stores, not a DataView: taking `out.buffer` would move the 4 or 8 bytes off the V8 heap, an
-    // allocation per register read the collector then has to track (issue 16).
-    const out = new Uint8Array(count);
-    const now = sharedClock();
-    for (let i = 0; i < count; i += 4) {
-      const v = bar0Read32(this.#regs, offset + i, this.options.numQueues, now);
-      out[i] = v;
-      out[i + 1] = v >>> 8;
-      out[i + 2] = v >>> 16;
-      out[i + 3] = v >>> 24;
-    }
-    return out;
+    return this.request({ op: 'regionRead', index, offset, count });
   }
 
   regionWrite(index: number, offset: number, data: Uint8Array): void {
@@ -259,44 +240,7 @@ export class DeviceWorker {
       yield { op: 'regionWrite', index, offset, data };
       return;
     }
-    // Word by word, low half first: each word the device must act on goes to it, in order. Room first for a
-    // post per such word (only those: a SCRATCH or Q_* config write never waits on the worker): a full ring
-    // fails the write here, before any register changed.
-    let posts = 0;
-    for (let i = 0; i < data.length; i += 4) {
-      if (bar0WriteMayReachDevice(offset + i, this.options.numQueues)) posts++;
-    }
-    if (posts) this.#mailbox.makeRoom(posts);
-    const dv = new DataView(data.buffer, data.byteOffset, data.length);
-    for (let i = 0; i < data.length; i += 4) {
-      const value = dv.getUint32(i, true);
-      if (bar0WriteDirect(this.#regs, offset + i, value, this.options.numQueues)) continue;
-      const queue = queueControlDirect(this.#regs, offset + i, value, this.options.numQueues);
-      if (queue >= 0) {
-        // Enabled here; the device latches its copy of the windows before its next round (a doorbell rung
-        // after this reply is seen in that round or a later one).
-        this.#queueEnabled(queue);
-      } else if (queue === QCTRL_DEVICE) {
-        yield { op: 'regionWrite', index, offset: offset + i, data: data.slice(i, i + 4) };
-      }
-    }
-  }
-
-  /**
-   * Tell the device that queue `q` was enabled. A device asleep on its fds (the kick fds are out and some
-   * queue is armed) is left asleep: waking it would cost it a round and a walk over every queue to arm them
-   * again, on every grant (with a thousand leases held, a thousand queues). So the new queue's page says
-   * KICK_NEEDED (§2.3, rev 2) before the post, and its holder's first doorbell kicks the device awake, which
-   * takes the post before that round; a holder that never kicks is served at the armed poll interval, as
-   * it would be anyway. A device awake, or asleep for want of enabled queues (no kick ends that sleep), is
-   * woken as before.
-   */
-  #queueEnabled(q: number): void {
-    if (this.#kicksOut) {
-      const fd = Atomics.load(this.#sliceFds, sliceFdIndex(this.options, { kind: 'queue', index: q }));
-      if (fd >= 0) native.pwrite(fd, KICK_NEEDED_WORD, QP_Q_NOTIFY);
-    }
-    this.#mailbox.postLeavingFdSleep({ op: 'queueEnabled', queue: q });
+    yield* this.#bar0.write(offset, data);
   }
 
   /** Size of region `index` (0: not implemented). */

@@ -118,23 +118,22 @@ export class MailboxCaller<R> {
    * VfioError, or EIO when the device does not answer in time.
    */
   call<T>(req: R, timeoutMs: number): T {
-    const w = this.#words;
     const seq = this.#start(req);
     const deadline = performance.now() + timeoutMs;
     for (;;) {
-      const answered = Atomics.load(w, W_ANSWERED);
-      if (answered === seq) break;
-      const left = deadline - performance.now();
-      if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
-      Atomics.wait(w, W_ANSWERED, answered, left);
+      const seen = this.#unanswered(seq, deadline, timeoutMs);
+      if (seen === null) return this.#answer<T>(seq);
+      Atomics.wait(this.#words, W_ANSWERED, seen, deadline - performance.now());
     }
-    return this.#answer<T>(seq);
   }
 
   /**
    * call(), waiting without blocking this thread (Atomics.waitAsync): for when the device may itself be
    * waiting on this thread (an access to owner memory without an fd, remote-dma.ts), which a blocked thread
-   * would never serve. Slower to wake than call(); nothing else may call the device meanwhile.
+   * would never serve. Slower to wake than call(). One at a time: a callAsync() made while others are in
+   * flight or waiting is posted once those have settled, either way (so they go in order, and its timeout
+   * runs from its own post); a call() made meanwhile fails with EBUSY (DeviceWorker.#command goes async
+   * instead); one-way posts go on as ever.
    */
   callAsync<T>(req: R, timeoutMs: number, posted?: (post: number) => void): Promise<T> {
     // One at a time: a second waits for the first (the connection serves one such command at a time anyway).
@@ -175,17 +174,22 @@ export class MailboxCaller<R> {
   }
 
   async #waitAnswer<T>(seq: number, timeoutMs: number): Promise<T> {
-    const w = this.#words;
     const deadline = performance.now() + timeoutMs;
     for (;;) {
-      const answered = Atomics.load(w, W_ANSWERED);
-      if (answered === seq) break;
-      const left = deadline - performance.now();
-      if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
-      const r = waitAsync(w, W_ANSWERED, answered, left);
+      const seen = this.#unanswered(seq, deadline, timeoutMs);
+      if (seen === null) return this.#answer<T>(seq);
+      const r = waitAsync(this.#words, W_ANSWERED, seen, deadline - performance.now());
       if (r.async) await r.value;
     }
-    return this.#answer<T>(seq);
+  }
+
+  /** The answer word while request `seq` is unanswered (to wait on); null once answered; EIO past `deadline`. */
+  #unanswered(seq: number, deadline: number, timeoutMs: number): number | null {
+    const answered = Atomics.load(this.#words, W_ANSWERED);
+    if (answered === seq) return null;
+    const left = deadline - performance.now();
+    if (left <= 0) throw new VfioError('EIO', `device did not answer within ${timeoutMs} ms`);
+    return answered;
   }
 
   /** Post request `req` and return its number, or throw when the channel cannot take it now. */

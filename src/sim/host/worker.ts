@@ -211,7 +211,7 @@ function handle(r: DeviceRequest): unknown {
       const q = device.queues[r.queue];
       if (q && !q.enabled && device.regs.load(q.qcfgAt + Q_CTRL) === Q_CTRL_ENABLE) {
         q.enabled = true;
-        // The front end may have stored KICK_NEEDED in the page (device-worker.ts #queueEnabled) for a device
+        // The front end may have stored KICK_NEEDED in the page (bar0-access.ts #queueEnabled) for a device
         // asleep on its fds. Taking this post means the device is awake, so the flag goes now: left set, it
         // would make the holder kick on every doorbell until the next armed sleep, which a spinning device
         // (idle poll 0) never takes. Before any sleep armKicks() sets it again and looks at SQ_TAIL once more.

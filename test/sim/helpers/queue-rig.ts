@@ -80,7 +80,7 @@ export async function queueRig(
    * Wait until `kickNeeded` was set by the device's own arming, as it goes to sleep on its kick fds: for a test
    * whose next step (an enable, a doorbell) must find it asleep. A look at KICK_NEEDED alone does not prove it:
    * for a queue enabled once kick fds are out, the front end stores the flag in the queue's page before the
-   * device takes the enable's post (host/device-worker.ts #queueEnabled), and a device woken by that post
+   * device takes the enable's post (host/bar0-access.ts #queueEnabled), and a device woken by that post
    * clears it (host/worker.ts, 'queueEnabled') and only then arms. A stats command is the barrier: the device
    * takes every earlier post before it answers it. It leaves the device awake; the look after it finds the flag
    * once the device has armed again, asleep or microseconds from it (it stores KICK_NEEDED just before it
