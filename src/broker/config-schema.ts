@@ -103,6 +103,12 @@ export interface BrokerConfig {
      * client serves) or "any" (vfio-user/dma-fd-check.ts).
      */
     dmaFiles: DmaFiles;
+    /**
+     * A lease's DMA_MAP without an fd (QEMU's guest RAM when it is not shared): refused, or mapped on a vfio-user
+     * device and each device access relayed to the client by message (lease-dma-relay.ts) — which makes the
+     * device wait on that client (SA-1: every queue) for up to RELAY_ACCESS_MS per access.
+     */
+    dmaWithoutFd: 'refuse' | 'relay';
   };
   /** JSON-lines audit log; null: stderr only. */
   auditLog: string | null;
@@ -183,6 +189,7 @@ export function defaultConfig(): BrokerConfig {
       onReload: 'keep',
       onReloadDeadlineMs: 5000,
       dmaFiles: 'memory',
+      dmaWithoutFd: 'refuse',
     },
     auditLog: null,
     directAudit: { ...DEFAULT_DIRECT_AUDIT },

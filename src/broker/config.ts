@@ -305,7 +305,14 @@ export function configFromObject(doc: Table): BrokerConfig {
     onReload: pol.string('on_reload', d.policy.onReload) as 'keep' | 'revoke',
     onReloadDeadlineMs: pol.int('on_reload_deadline_ms', d.policy.onReloadDeadlineMs, 0, 3_600_000),
     dmaFiles: pol.string('dma_files', d.policy.dmaFiles) as DmaFiles,
+    dmaWithoutFd: pol.string('dma_without_fd', d.policy.dmaWithoutFd) as 'refuse' | 'relay',
   };
+  if (policy.dmaWithoutFd !== 'refuse' && policy.dmaWithoutFd !== 'relay') {
+    throw new ConfigError(
+      'policy.dma_without_fd',
+      `must be "refuse" or "relay" (got "${policy.dmaWithoutFd}")`,
+    );
+  }
   if (policy.dmaFiles !== 'memory' && policy.dmaFiles !== 'any') {
     throw new ConfigError('policy.dma_files', `must be "memory" or "any" (got "${policy.dmaFiles}")`);
   }

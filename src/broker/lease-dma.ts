@@ -1,6 +1,7 @@
-// A lease session's DMA_MAP and DMA_UNMAP (session.ts hands them here): the checks a map must pass — an fd,
-// the lease's IOVA view, whole pages, a usable fd, the uid's limits and the policy — then the device call at
-// the device's address, undone if reclaim began meanwhile. It stands alone because it is the one part of a
+// A lease session's DMA_MAP and DMA_UNMAP (session.ts hands them here): the checks a map must pass — an fd
+// (or policy.dma_without_fd = "relay" on a vfio-user device), the lease's IOVA view, whole pages, a usable
+// fd, the uid's limits and the policy — then the device call at the device's address, undone if reclaim began
+// meanwhile. A map without an fd is served through the broker (lease-dma-relay.ts). It stands alone because it is the one part of a
 // session that spends the client's quota and the policy's say; the rest serves regions and wires interrupts.
 
 import { VfioError } from '../errors.js';
@@ -24,8 +25,7 @@ export async function mapForLease(
   let unreserve: (() => void) | null = null;
   try {
     lease.checkLive();
-    if (!req.fd)
-      throw new VfioError('EINVAL', 'DMA_MAP needs an fd: only fd-backed memory can be mapped for a lease');
+    if (!req.fd) refuseWithoutFd(table);
     const w = lease.resources.view;
     if (!w) throw new VfioError('EPERM', `lease kind '${lease.kind}' has no IOVA window`);
     if (req.iova % page || req.size % page || req.size === 0n) {
@@ -43,12 +43,14 @@ export async function mapForLease(
     const read = (req.flags & DMA_READ) !== 0;
     const write = (req.flags & DMA_WRITE) !== 0;
     // A pipe, an empty memfd, a range past the end: refused here, by name, rather than by the device.
-    checkDmaFd(
-      req.fd,
-      { offset: req.offset, size: req.size, write },
-      table.config.policy.dmaFiles,
-      lease.ctx.pid,
-    );
+    if (req.fd) {
+      checkDmaFd(
+        req.fd,
+        { offset: req.offset, size: req.size, write },
+        table.config.policy.dmaFiles,
+        lease.ctx.pid,
+      );
+    }
     // Checked against usage that counts maps still in flight (released in `finally`), so concurrent
     // DMA_MAPs of one uid cannot pass a limit together.
     const usage = table.usage(lease.ctx);
@@ -70,12 +72,21 @@ export async function mapForLease(
     }
     const fd = req.fd;
     const deviceIova = toDevice(lease, req.iova);
+    const mapping: LeaseMapping = { iova: req.iova, deviceIova, size: req.size, read, write };
+    // Relayed from before the device has the map (it may access it at once) until the mapping goes.
+    if (!fd) {
+      mapping.relayed = true;
+      table.relay.add(lease, mapping);
+    }
     const mapped = leaseDeviceCall(
       table,
       lease,
       'DMA_MAP',
       () => range(req.iova, req.size),
-      () => table.device.dmaMap({ fd, offset: req.offset, iova: deviceIova, size: req.size, read, write }),
+      () =>
+        fd
+          ? table.device.dmaMap({ fd, offset: req.offset, iova: deviceIova, size: req.size, read, write })
+          : table.device.dmaMapWithoutFd!({ iova: deviceIova, size: req.size, read, write }),
     );
     // Sent to the device: the connection may start the session's next pipelined request (its device call
     // queues behind this one on the device connection, which serves in order).
@@ -83,20 +94,23 @@ export async function mapForLease(
     try {
       await mapped;
     } catch (err) {
-      // Not answered in time: the device may still make the map, which no mapping of the lease records.
+      // Not answered in time: the device may still make the map, which no mapping of the lease records
+      // (a relayed one then reaches nothing: its relay goes now).
       if ((err as { code?: string })?.code === 'ETIMEDOUT')
         lease.maybeMaps.push({ deviceIova, size: req.size });
+      table.relay.remove(mapping);
       throw err;
     }
     if (!lease.live) {
       // Reclaim started while the device mapped it: undo, so nothing of this client stays mapped.
+      table.relay.remove(mapping);
       await table.device.dmaUnmap(deviceIova, req.size).catch((err) => {
         lease.maybeMaps.push({ deviceIova, size: req.size });
         throw err;
       });
       throw new VfioError('ENODEV', `lease ${lease.id} is ${lease.state}`);
     }
-    lease.mappings.set(req.iova, { iova: req.iova, deviceIova, size: req.size, read, write });
+    lease.mappings.set(req.iova, mapping);
   } finally {
     unreserve?.();
     req.fd?.close(); // the device holds its own reference now (or the map was refused)
@@ -137,6 +151,25 @@ export async function unmapForLease(table: LeaseTable, lease: Lease, req: DmaUnm
       () => table.device.dmaUnmap(m.deviceIova, m.size),
     );
     lease.mappings.delete(m.iova);
+  }
+}
+
+/**
+ * A DMA_MAP without an fd: refused unless the policy relays such memory and the device can map it (a vfio-user
+ * device reaches it by message; the kernel's VFIO maps only memory the broker could pin, which it is not).
+ */
+function refuseWithoutFd(table: LeaseTable): void {
+  if (table.config.policy.dmaWithoutFd !== 'relay') {
+    throw new VfioError(
+      'EINVAL',
+      'DMA_MAP without an fd: this broker maps only memory with an fd for a lease (policy.dma_without_fd = "refuse"); share the memory (QEMU: a memory-backend-memfd, share=on) or ask for "relay"',
+    );
+  }
+  if (!table.device.dmaMapWithoutFd) {
+    throw new VfioError(
+      'EINVAL',
+      "DMA_MAP without an fd: this broker's device is driven through the kernel's VFIO, which maps only memory with an fd",
+    );
   }
 }
 

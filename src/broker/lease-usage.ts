@@ -36,6 +36,8 @@ export class LeaseMappings extends Map<bigint, LeaseMapping> {
   #bytes = 0n;
   /** Called after every change (the lease re-counts its share). */
   onChange: () => void = () => {};
+  /** Called for each relayed mapping (no fd) that goes: the broker's DmaRelay forgets it. */
+  onRelayedGone: (m: LeaseMapping) => void = () => {};
 
   get bytes(): bigint {
     return this.#bytes;
@@ -45,6 +47,7 @@ export class LeaseMappings extends Map<bigint, LeaseMapping> {
     const old = super.get(iova);
     super.set(iova, m);
     this.#bytes += m.size - (old?.size ?? 0n);
+    if (old?.relayed && old !== m) this.onRelayedGone(old);
     this.onChange();
     return this;
   }
@@ -54,12 +57,15 @@ export class LeaseMappings extends Map<bigint, LeaseMapping> {
     if (!old) return false;
     super.delete(iova);
     this.#bytes -= old.size;
+    if (old.relayed) this.onRelayedGone(old);
     this.onChange();
     return true;
   }
 
   override clear(): void {
+    const relayed = [...super.values()].filter((m) => m.relayed);
     super.clear();
+    for (const m of relayed) this.onRelayedGone(m);
     this.#bytes = 0n;
     this.onChange();
   }

@@ -12,6 +12,7 @@ import { VfioError } from '../errors.js';
 import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
 import type { LongTimer } from '../util/long-timer.js';
+import type { PeerDma } from '../vfio/user/peer-dma.js';
 import type { IntxRelay } from './lease-intx.js';
 import { LeaseMappings, type UsageAccounts } from './lease-usage.js';
 import type { CallerContext, LeaseRequest, Usage } from './policy.js';
@@ -54,6 +55,8 @@ export interface LeaseMapping {
   size: bigint;
   read: boolean;
   write: boolean;
+  /** Mapped without an fd: the device's accesses are relayed to the client (lease-dma-relay.ts). */
+  relayed?: boolean;
 }
 
 export class Lease {
@@ -100,6 +103,8 @@ export class Lease {
   /** The last FAULTS_KEPT fault records of this lease; `faultsTotal` counts every one it was sent. */
   readonly faults: DeviceFault[] = [];
   faultsTotal = 0;
+  /** The client's memory by DMA_READ/DMA_WRITE on its connection (set by the session): relayed maps use it. */
+  peer: PeerDma | null = null;
   /** Disconnects the client's session (set by the session). */
   disconnect: ((reason: string) => void) | null = null;
   /** Settles when the lease is released. */
@@ -250,6 +255,8 @@ export class Lease {
       isolation: Object.fromEntries(Object.entries(this.resources.isolation).map(([k, v]) => [k, v.level])),
       mappings: this.mappings.size,
       mappedBytes: this.mappedBytes.toString(),
+      // Of those, the maps without an fd, whose device accesses the broker relays to the client.
+      relayedMappings: [...this.mappings.values()].filter((m) => m.relayed).length,
       outstandingSliceFds: [...this.slices.values()].flat().reduce((n, u) => n + u.outstanding, 0),
       deadline: this.deadline,
       since: new Date(this.createdAt).toISOString(),

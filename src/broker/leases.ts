@@ -13,6 +13,7 @@ import type { AuditLog } from './audit.js';
 import type { DirectSlices } from './audit-scan/direct-slices.js';
 import type { BrokerConfig } from './config.js';
 import { FAULTS_KEPT, type Lease } from './lease.js';
+import { DmaRelay } from './lease-dma-relay.js';
 import { letGoOfHolds, revokeLease } from './lease-end.js';
 import { grantLease } from './lease-grant.js';
 import { forgetLease, forgetPrepared, type ReclaimOps, reclaimLease } from './lease-reclaim.js';
@@ -48,6 +49,8 @@ export class LeaseTable extends EventEmitter {
     readonly watcher: SliceWatcher,
   ) {
     super();
+    // The device serves its maps without an fd from the leases' clients, found at each access by address.
+    if (device.dmaMapWithoutFd) device.relayedMemory = (iova) => this.relay.memoryAt(iova);
     watcher.onOverflow = () => {
       const leases = this.withSliceCountLost().map((l) => l.id);
       this.audit.write({ event: 'slice-count-lost', leases });
@@ -66,6 +69,9 @@ export class LeaseTable extends EventEmitter {
       [...l.slices.values()].some((us) => us.some((u) => u.countLost && !u.deviceFd.closed)),
     );
   }
+
+  /** The leases' memory mapped without an fd, which the broker relays (policy.dma_without_fd = "relay"). */
+  readonly relay = new DmaRelay();
 
   /** The audited slice provider, on a device that hands out its fd for direct slices (set by the broker). */
   direct: DirectSlices | null = null;

@@ -16,6 +16,7 @@ import type {
   RegionDescription,
   VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
+import type { PeerDma } from '../vfio/user/peer-dma.js';
 import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
 import type { Lease } from './lease.js';
 import { readLeaseRequest } from './lease-request.js';
@@ -171,6 +172,10 @@ export class PendingSession implements VfioUserDeviceModel {
   }
   dmaUnmap(req: DmaUnmapRequest) {
     return this.#s().dmaUnmap(req);
+  }
+  /** Once VERSION has succeeded, so the session exists. */
+  peerDma(dma: PeerDma) {
+    this.#s().peerDma(dma);
   }
   irqInfo(index: number): IrqDescription {
     return this.#s().irqInfo(index);

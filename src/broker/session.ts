@@ -39,6 +39,7 @@ import type {
   RegionDescription,
   VfioUserDeviceModel,
 } from '../vfio/user/device-model.js';
+import type { PeerDma } from '../vfio/user/peer-dma.js';
 import type { IoFdSubRegion, RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { leaseDeviceCall } from './device-refusal.js';
 import type { Lease } from './lease.js';
@@ -280,6 +281,11 @@ export class LeaseSession implements VfioUserDeviceModel {
 
   dmaUnmap(req: DmaUnmapRequest): Promise<void> {
     return this.#lease.track(unmapForLease(this.#table, this.#lease, req));
+  }
+
+  /** The client's memory by message, for what it maps without an fd (lease-dma-relay.ts). */
+  peerDma(dma: PeerDma): void {
+    this.#lease.peer = dma;
   }
 
   irqInfo(index: number): IrqDescription {

@@ -8,6 +8,7 @@
 
 import type { EventEmitter } from 'node:events';
 import type { Fd } from '../sys/fd.js';
+import type { DmaMemory } from '../vfio/user/dma-maps.js';
 import type { RegionIoFds } from '../vfio/user/region-io-fds.js';
 
 export type Transport = 'vfio-user' | 'kernel-iommufd' | 'kernel-container';
@@ -89,6 +90,14 @@ export interface Device extends EventEmitter {
   /** IOVA ranges the IOMMU accepts. */
   iovaRanges(): IovaRange[];
   dmaMap(m: DmaMapping): Promise<void>;
+  /**
+   * vfio-user devices only (absent on the kernel's, which map only memory this process can pin): map
+   * [iova, +size) without an fd; the device reaches it by DMA_READ/DMA_WRITE, served from what
+   * `relayedMemory(iova)` gives at each access (the broker's DmaRelay, lease-dma-relay.ts).
+   */
+  dmaMapWithoutFd?(m: Omit<DmaMapping, 'fd' | 'offset'>): Promise<void>;
+  /** Where the maps without an fd are served from, by their IOVA: set once by the broker's lease table. */
+  relayedMemory?: ((iova: bigint) => DmaMemory) | null;
   /** Resolves only when the device holds no reference to the memory any more. */
   dmaUnmap(iova: bigint, size: bigint): Promise<void>;
 

@@ -20,6 +20,7 @@ import {
   type VfioUserClientHandover,
   type VfioUserClientOptions,
 } from '../vfio/user/client.js';
+import { type DmaMemory, memoryServedLater } from '../vfio/user/dma-maps.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from '../vfio/user/protocol.js';
 import type { IoFdSubRegion, RegionIoFds } from '../vfio/user/region-io-fds.js';
 import { DEFAULT_MAX_MESSAGE, VFIO_USER_FRAMING } from '../vfio/user/transport.js';
@@ -132,7 +133,10 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
       maxMessage: DEFAULT_MAX_MESSAGE,
       partial: { data: Buffer.from(state.partial, 'base64'), fds: [] },
     });
-    const client = VfioUserClient.adopt(socket, state.client, opts, take);
+    // A map without an fd is served by whatever the broker relays there once it has adopted its leases.
+    const client = VfioUserClient.adopt(socket, state.client, opts, take, (iova) =>
+      memoryServedLater(() => dev.relayedMemory, iova),
+    );
     const dev = new VfioUserDevice(client, state.endpoint, opts);
     dev.ids = state.ids;
     dev.numRegions = state.numRegions;
@@ -299,6 +303,14 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   dmaMap(m: DmaMapping): Promise<void> {
     const flags = (m.read ? VFIO_USER_F_DMA_REGION_READ : 0) | (m.write ? VFIO_USER_F_DMA_REGION_WRITE : 0);
     return this.client.dmaMap({ fd: m.fd, offset: m.offset, iova: m.iova, size: m.size, flags });
+  }
+
+  relayedMemory: ((iova: bigint) => DmaMemory) | null = null;
+
+  dmaMapWithoutFd(m: Omit<DmaMapping, 'fd' | 'offset'>): Promise<void> {
+    const flags = (m.read ? VFIO_USER_F_DMA_REGION_READ : 0) | (m.write ? VFIO_USER_F_DMA_REGION_WRITE : 0);
+    const memory = memoryServedLater(() => this.relayedMemory, m.iova);
+    return this.client.dmaMap({ iova: m.iova, size: m.size, flags, memory });
   }
   dmaUnmap(iova: bigint, size: bigint): Promise<void> {
     return this.client.dmaUnmap({ iova, size });

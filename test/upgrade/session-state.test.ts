@@ -78,3 +78,36 @@ test('config space and MSI-X table writes of a stock client survive an upgrade; 
     await rig.close();
   }
 });
+
+// policy.dma_without_fd = "relay": the device's map of the client's memory has no fd, so the old broker hands
+// it over without one, and the new broker serves it from the same lease's client (lease-dma-relay.ts).
+test("a stock client's memory without an fd is still relayed after an upgrade: its queue runs on", {
+  timeout: 180_000,
+}, async () => {
+  const rig = await UpgradeRig.start({}, { config: '[policy]\ndma_without_fd = "relay"\n' });
+  const client = await VfioUserClient.connect(rig.queueSocket);
+  const efd = new EventFd();
+  const ram = new Uint8Array(65536);
+  let page: Mapping | null = null;
+  try {
+    page = await wireGuestQueue(client, efd, ram); // mapped without an fd: every ring access is relayed
+    const nop = async (slot: number, tag: bigint) => {
+      ringNop(page!, ram, slot, tag);
+      await until(`the vector to fire for descriptor ${slot}`, () => efd.read() !== null, 60_000);
+      assert.equal(cqeAt(ram, slot).getBigUint64(0, true), tag, `completion ${slot} written`);
+    };
+    await nop(0, 0x91n);
+    const old = await rig.brokerPid();
+    const r = await rig.request({ op: 'upgrade' });
+    assert.equal(r.upgraded, true);
+    assert.notEqual(await rig.brokerPid(), old, 'a new broker process serves the lease');
+    await until('the old broker to exit', () => !alive(old), 30_000);
+    await nop(1, 0x92n);
+    await client.dmaUnmap({ iova: 0n, size: 65536n }); // the new broker knows the map: it unmaps it
+  } finally {
+    page?.unmap();
+    await client.close();
+    efd.close();
+    await rig.close();
+  }
+});

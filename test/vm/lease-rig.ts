@@ -3,6 +3,7 @@
 // result line checked as a stock client's use of a lease must go.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ST_WINDOW_VIOLATION } from '../../src/hw/sa1/datasheet.js';
@@ -19,6 +20,7 @@ export interface LeaseRow {
   state: string;
   mappings: number;
   mappedBytes: string;
+  relayedMappings: number;
 }
 
 export async function admin(rundir: string, ...args: string[]): Promise<unknown> {
@@ -32,12 +34,20 @@ export async function admin(rundir: string, ...args: string[]): Promise<unknown>
 export const leases = async (rundir: string): Promise<LeaseRow[]> =>
   (await admin(rundir, 'leases')) as LeaseRow[];
 
-/** devlease sim and devlease daemon on it; the lease socket a VM connects to. */
-export async function broker(peers: Peers): Promise<{ daemon: Daemon; rundir: string; socket: string }> {
+/** devlease sim and devlease daemon on it (with `config`, a TOML file's text); the lease socket a VM connects to. */
+export async function broker(
+  peers: Peers,
+  config?: string,
+): Promise<{ daemon: Daemon; rundir: string; socket: string }> {
   const sim = join(peers.dir, 'sim.sock');
   await peers.sim(sim, ['--queues', '8']);
   const rundir = join(peers.dir, 'run');
-  const daemon = await peers.daemon(sim, rundir);
+  const args: string[] = [];
+  if (config !== undefined) {
+    writeFileSync(join(peers.dir, 'devlease.toml'), config);
+    args.push('--config', join(peers.dir, 'devlease.toml'));
+  }
+  const daemon = await peers.daemon(sim, rundir, args);
   const socket = daemon.sockets.queue;
   assert.ok(socket, `the daemon serves a 'queue' kind (sockets: ${JSON.stringify(daemon.sockets)})`);
   return { daemon, rundir, socket };

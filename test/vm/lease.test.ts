@@ -64,3 +64,42 @@ test('a guest with 5 GiB of RAM on a lease: work, an interrupt, a queue fault it
     }
   });
 });
+
+// QEMU's plain guest RAM has no fd: every DMA_MAP it forwards comes without one. With policy.dma_without_fd =
+// "relay" the broker maps it on the simulator without an fd too and relays each device access to QEMU as
+// DMA_READ/DMA_WRITE at the lease's own addresses (src/broker/lease-dma-relay.ts).
+test('a guest whose RAM is not shared on a lease: the broker relays the device DMA to QEMU; the same work, interrupt, fault and reset', async (t) => {
+  await assertNoFdLeak(async () => {
+    const peers = new Peers();
+    let vm: Vm | undefined;
+    try {
+      const { daemon, rundir, socket } = await broker(peers, '[policy]\ndma_without_fd = "relay"\n');
+      vm = await Vm.boot(socket, [{ exec: [guestDriver(), '--hold'] }], { sharedRam: false });
+      await driverResult(vm, 'a guest with unshared RAM on a lease');
+      t.diagnostic(`guest driver done: ${((Date.now() - vm.startedAt) / 1000).toFixed(1)} s`);
+      assert.equal(await vm.qmp.status(), 'running', 'the VM runs on after the queue fault');
+      assertNeverStopped(vm);
+      assert.doesNotMatch(vm.stderr, /error reply on async request|Unrecoverable error/, 'QEMU saw no error');
+      const pid = vm.pid;
+      const mine = (await leases(rundir)).filter((l) => l.pid === pid);
+      assert.equal(mine.length, 1, `devlease leases shows QEMU's pid ${pid}`);
+      const lease = mine[0] as LeaseRow;
+      assert.ok(lease.mappings > 0, 'the guest mapped its rings');
+      assert.equal(
+        lease.relayedMappings,
+        lease.mappings,
+        'every map of the lease came without an fd: relayed',
+      );
+      const exit = await vm.quit();
+      vm = undefined;
+      assert.deepEqual(exit, { code: 0, signal: null }, 'QEMU exits 0 on quit');
+      await until('the lease to be gone', async () => (await leases(rundir)).length === 0, 60_000);
+      assert.ok(daemon.events.some((e) => e.event === 'reclaim' && e.lease === lease.id));
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n${peers.describe()}`, { cause: err });
+    } finally {
+      await vm?.kill();
+      await peers.close();
+    }
+  });
+});

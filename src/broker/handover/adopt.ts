@@ -99,7 +99,11 @@ export function rebuild(
     lease.endReason = h.endReason;
     lease.quarantineReason = h.quarantineReason;
     lease.deadline = h.deadline;
-    for (const m of h.mappings) lease.mappings.set(m.iova, m);
+    for (const m of h.mappings) {
+      lease.mappings.set(m.iova, m);
+      // The device connection's map at m.deviceIova (handed over without memory) is served from here again.
+      if (m.relayed) b.leases.relay.add(lease, m);
+    }
     for (const [region, units] of h.slices)
       lease.slices.set(
         region,

@@ -47,7 +47,7 @@ export interface VfioUserClientHandover {
   sequence: { nextId: number; abandoned: number[] };
   /**
    * The DMA maps recorded to serve the server's DMA_READ/DMA_WRITE, each fd named by its index in the
-   * handover's fd list (added in state version 1; absent: none carried).
+   * handover's fd list, -1 for a map served from memory (added in state version 1; absent: none carried).
    */
   dmaMaps?: { iova: bigint; size: bigint; flags: number; offset: bigint; fd: number }[];
 }
@@ -88,27 +88,42 @@ export class VfioUserClient extends EventEmitter {
     state: VfioUserClientHandover,
     opts: VfioUserClientOptions = {},
     take?: (index: number) => Fd,
+    /** What a map handed over without an fd (fd -1) is served from. */
+    memoryFor?: (iova: bigint) => DmaMemory,
   ): VfioUserClient {
     const client = new VfioUserClient(socket, opts);
     client.version = state.version;
     client.serverCapabilities = readCapabilities({ capabilities: state.serverCapabilities });
     client.#channel.errorReasons = state.errorReasons;
     client.#channel.continueSequence(state.sequence);
-    if (state.dmaMaps?.length && !take) throw new Error('the DMA maps handed over need their fds');
-    for (const m of state.dmaMaps ?? []) client.#dma.adopt({ ...m, fd: take!(m.fd) });
+    for (const m of state.dmaMaps ?? []) {
+      if (m.fd < 0 && !memoryFor)
+        throw new Error(
+          `the DMA map at 0x${m.iova.toString(16)} was handed over without an fd or its memory`,
+        );
+      if (m.fd >= 0 && !take) throw new Error('the DMA maps handed over need their fds');
+      client.#dma.adopt(
+        m.fd < 0 ? { ...m, fd: null, memory: memoryFor!(m.iova) } : { ...m, fd: take!(m.fd) },
+      );
+    }
     return client;
   }
 
   /**
    * What adopt() needs to carry this connection on in another process; `add` names each DMA map's fd (still
-   * owned here) by its index in the fds sent along. A map served from memory cannot be carried: throws.
+   * owned here) by its index in the fds sent along. A map served from memory goes as fd -1: the adopting
+   * process says what serves it (adopt's `memoryFor`).
    */
   handover(add: (fd: Fd) => number): VfioUserClientHandover {
-    const dmaMaps = this.#dma.entries().map((e) => {
-      if (!e.fd)
-        throw new Error(`the DMA map at 0x${e.iova.toString(16)} has no fd: it cannot be handed over`);
-      return { iova: e.iova, size: e.size, flags: e.flags, offset: e.offset, fd: add(e.fd) };
-    });
+    const dmaMaps = this.#dma
+      .entries()
+      .map((e) => ({
+        iova: e.iova,
+        size: e.size,
+        flags: e.flags,
+        offset: e.offset,
+        fd: e.fd ? add(e.fd) : -1,
+      }));
     return {
       version: this.version,
       serverCapabilities: this.serverCapabilities.raw,

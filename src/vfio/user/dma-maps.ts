@@ -42,6 +42,29 @@ export function bufferMemory(buf: Uint8Array): DmaMemory {
   };
 }
 
+/**
+ * The memory of a map without an fd at `iova`: whatever `source()` gives at the time of each access (a broker
+ * relays a lease's memory, and an upgraded broker serves the maps it adopted before it has its leases).
+ */
+export function memoryServedLater(
+  source: () => ((iova: bigint) => DmaMemory) | null,
+  iova: bigint,
+): DmaMemory {
+  const now = () => {
+    const serve = source();
+    if (!serve)
+      throw new VfioError(
+        'EFAULT',
+        `nothing serves the memory mapped without an fd at 0x${iova.toString(16)}`,
+      );
+    return serve(iova);
+  };
+  return {
+    read: (offset, count) => now().read(offset, count),
+    write: (offset, data) => now().write(offset, data),
+  };
+}
+
 export class ClientDmaMaps {
   /** Sorted by iova, never overlapping. */
   #maps: DmaMapEntry[] = [];
@@ -107,9 +130,16 @@ export class ClientDmaMaps {
     return this.#maps;
   }
 
-  /** Take over a map another process recorded (an upgrade): `fd` is owned from here. */
-  adopt(m: { iova: bigint; size: bigint; flags: number; fd: Fd; offset: bigint }): void {
-    const entry: DmaMapEntry = { ...m, memory: null };
+  /** Take over a map another process recorded (an upgrade): `fd` is owned from here; without one, `memory` serves it. */
+  adopt(m: {
+    iova: bigint;
+    size: bigint;
+    flags: number;
+    fd: Fd | null;
+    offset: bigint;
+    memory?: DmaMemory;
+  }): void {
+    const entry: DmaMapEntry = { ...m, memory: m.memory ?? null };
     this.#maps.splice(this.#firstFrom(m.iova), 0, entry);
   }
 

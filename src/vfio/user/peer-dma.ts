@@ -18,6 +18,8 @@ export interface PeerDma {
    * receive buffer): the most one DMA_READ/DMA_WRITE may carry.
    */
   readonly maxTransfer: number;
+  /** Commands that timed out and whose (late) reply has not come yet: the client is behind by that many. */
+  readonly lateReplies: number;
   /** VFIO_USER_DMA_READ of [addr, addr+count): the bytes. */
   read(addr: bigint, count: number, timeoutMs: number): Promise<Uint8Array>;
   /** VFIO_USER_DMA_WRITE of data at addr. */
@@ -125,6 +127,10 @@ export class PeerCommands implements PeerDma {
   /** Commands sent and not yet answered, timed out or failed. */
   get outstanding(): number {
     return this.#outstanding.size;
+  }
+
+  get lateReplies(): number {
+    return this.#timedOut.size;
   }
 
   read(addr: bigint, count: number, timeoutMs: number): Promise<Uint8Array> {

@@ -224,7 +224,12 @@ test('broker: an edu `dma` lease over the kernel device — BAR0 through the bro
   let broker: Broker | null = null;
   try {
     broker = await Broker.start({
-      config: configFromObject({ rundir: join(dir, 'run'), device: { name: 'edu' } }),
+      // Relayed memory allowed: the kernel backend still refuses a map without an fd, saying why.
+      config: configFromObject({
+        rundir: join(dir, 'run'),
+        device: { name: 'edu' },
+        policy: { dma_without_fd: 'relay' },
+      }),
       device: dev,
       auditSink: (l) => audit.push(l),
       log: () => {},
@@ -289,6 +294,12 @@ test('broker: an edu `dma` lease over the kernel device — BAR0 through the bro
         }),
         /outside the lease's IOVA window/,
       );
+      await assert.rejects(
+        lease.client.dmaMap({ iova: EDU_WINDOW.base, size: 4096n, flags: 3, memory: new Uint8Array(4096) }),
+        (err: Error & { code?: string }) =>
+          err.code === 'EINVAL' && /without an fd: .*driven through the kernel's VFIO/.test(err.message),
+      );
+      assert.equal(broker.leases.relay.size, 0);
     } finally {
       lease.close();
     }
