@@ -115,15 +115,13 @@ export class VfioUserClient extends EventEmitter {
    * process says what serves it (adopt's `memoryFor`).
    */
   handover(add: (fd: Fd) => number): VfioUserClientHandover {
-    const dmaMaps = this.#dma
-      .entries()
-      .map((e) => ({
-        iova: e.iova,
-        size: e.size,
-        flags: e.flags,
-        offset: e.offset,
-        fd: e.fd ? add(e.fd) : -1,
-      }));
+    const dmaMaps = this.#dma.entries().map((e) => ({
+      iova: e.iova,
+      size: e.size,
+      flags: e.flags,
+      offset: e.offset,
+      fd: e.fd ? add(e.fd) : -1,
+    }));
     return {
       version: this.version,
       serverCapabilities: this.serverCapabilities.raw,
