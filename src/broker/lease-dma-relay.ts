@@ -3,29 +3,36 @@
 // command, at the client's own address, to the lease's client (its PeerDma, on the lease connection) — which
 // serves it from memory it keeps to itself: QEMU's guest RAM when it is not shared, any client's buffer.
 //
-// One table per broker, keyed by device IOVA, looked up at every access (never a closure held by the
+// One table per broker, keyed by device IOVA, looked up when an access arrives (never a closure held by the
 // device connection): an upgrade hands the device's maps over without their memory, and the next broker
 // finds the same leases here once it has adopted them (handover/adopt.ts).
 //
-// A client that does not answer in RELAY_ACCESS_MS fails that access; until its late answer comes, every
-// access to its memory fails at once (PeerDma.lateReplies): the device waits on a silent client once.
+// An access is the mapping it found when it arrived, all its pieces: before each piece is sent, that mapping
+// must still be the one at its address (not unmapped, not replaced by a new map there), its lease live, its
+// client connected. So no piece of a device access is sent to a client after the broker has answered its
+// DMA_UNMAP or its lease has ended, whatever the device does (SA-1 also ends such an access itself).
 //
-// What an access may do is checked piece by piece, just before each piece is sent: the lease live, this
-// mapping still the lease's, its client connected. So once the broker has answered a client's DMA_UNMAP (or
-// its lease ended), nothing more of a device access reaches that client's memory — the device's own unmap
-// ends such an access too (SA-1: docs/SA-1.md, "Owner memory without an fd"), this holds for any device.
+// The device waits on the client: one access may take RELAY_ACCESS_MS from its arrival at the broker. A
+// client that lets one time out gets no access to its memory — each fails at once — until it has answered
+// that one (PeerDma.lateReplies) and RELAY_BACKOFF_MS have passed since the timeout: a silent client costs the
+// device one wait, one that is always late one wait per RELAY_ACCESS_MS + RELAY_BACKOFF_MS (13 % of its time).
 
+import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
 import type { DmaMemory } from '../vfio/user/dma-maps.js';
 import type { PeerDma } from '../vfio/user/peer-dma.js';
+import type { AuditLog } from './audit.js';
 import type { Lease, LeaseMapping } from './lease.js';
 
 /**
- * One device access relayed to the client, all its pieces: under SA-1's 2 s per owner access (the broker is
- * the device's owner), so a client that does not answer is the broker's error reply, and the device's fault,
- * not the device's own timeout.
+ * One device access relayed to the client, all its pieces, from its arrival at the broker: under SA-1's 2 s per
+ * owner access (the broker is the device's owner), so a client that does not answer is the broker's error
+ * reply, and the device's fault, not the device's own timeout.
  */
 export const RELAY_ACCESS_MS = 1500;
+
+/** After a client's late answer to an access that timed out, its memory stays unreachable this much longer. */
+export const RELAY_BACKOFF_MS = 10_000;
 
 /**
  * The most one relayed DMA_READ/DMA_WRITE carries: QEMU 11.1 stalls for good on a DMA_READ reply over about
@@ -38,9 +45,27 @@ interface Relayed {
   readonly mapping: LeaseMapping;
 }
 
+/** What a lease's relayed memory has cost (`devlease leases`), and when its client may be asked again. */
+export interface RelayCounters {
+  accesses: number;
+  failures: number;
+  timeouts: number;
+  /** performance.now() before which every access fails (after a timeout, once the late answer came). */
+  backoffUntil: number;
+}
+
 /** The leases' memory without an fd, by the device IOVA it is mapped at. */
 export class DmaRelay {
   readonly #byDeviceIova = new Map<bigint, Relayed>();
+  readonly #audit: AuditLog;
+  readonly #log: (line: string) => void;
+
+  /** `device` serves its maps without an fd from here (a device that has none: nothing to serve). */
+  constructor(device: Device, audit: AuditLog, log: (line: string) => void) {
+    if (device.dmaMapWithoutFd) device.relayedMemory = (iova) => this.memoryAt(iova);
+    this.#audit = audit;
+    this.#log = log;
+  }
 
   get size(): number {
     return this.#byDeviceIova.size;
@@ -49,10 +74,19 @@ export class DmaRelay {
   /**
    * Before the device's DMA_MAP is sent: the device may access the memory as soon as it has the map. From
    * then on the entry goes with the mapping: when the lease's mappings lose it (an unmap, reclaim), or by
-   * remove() if the map fails.
+   * remove() if the map fails. EEXIST, nothing changed, if another mapping is relayed at that address (the
+   * device would refuse the map: the one there must keep its entry).
    */
   add(lease: Lease, mapping: LeaseMapping): void {
+    const there = this.#byDeviceIova.get(mapping.deviceIova);
+    if (there && there.mapping !== mapping) {
+      throw new VfioError(
+        'EEXIST',
+        `lease ${there.lease.id} has memory mapped at 0x${mapping.iova.toString(16)} already`,
+      );
+    }
     this.#byDeviceIova.set(mapping.deviceIova, { lease, mapping });
+    lease.relayCounters ??= { accesses: 0, failures: 0, timeouts: 0, backoffUntil: 0 };
     lease.mappings.onRelayedGone = (m) => this.remove(m);
   }
 
@@ -65,65 +99,99 @@ export class DmaRelay {
   /** What the device connection serves the map at `deviceIova` from (offsets relative to it). */
   memoryAt(deviceIova: bigint): DmaMemory {
     return {
-      read: (offset, count) => this.#read(deviceIova, offset, count),
-      write: (offset, data) => this.#write(deviceIova, offset, data),
+      read: (offset, count, receivedAt) => this.#read(deviceIova, offset, count, receivedAt),
+      write: (offset, data, receivedAt) => this.#write(deviceIova, offset, data, receivedAt),
     };
   }
 
-  async #read(deviceIova: bigint, offset: bigint, count: number): Promise<Uint8Array> {
-    const deadline = Date.now() + RELAY_ACCESS_MS;
+  async #read(deviceIova: bigint, offset: bigint, count: number, receivedAt?: number): Promise<Uint8Array> {
+    const access = this.#begin(deviceIova, offset, receivedAt);
     const out = new Uint8Array(count);
-    for (let done = 0; done < count; ) {
-      const { peer, iova } = this.#usable(deviceIova, offset + BigInt(done));
-      const n = Math.min(RELAY_PIECE, peer.maxTransfer, count - done);
-      out.set(await peer.read(iova, n, left(deadline, deviceIova)), done);
-      done += n;
+    try {
+      for (let done = 0; done < count; ) {
+        const { peer, iova, ms } = this.#piece(access, offset + BigInt(done));
+        const n = Math.min(RELAY_PIECE, peer.maxTransfer, count - done);
+        out.set(await peer.read(iova, n, ms), done);
+        done += n;
+      }
+    } catch (err) {
+      throw this.#failed(access, err);
     }
     return out;
   }
 
-  async #write(deviceIova: bigint, offset: bigint, data: Uint8Array): Promise<void> {
-    const deadline = Date.now() + RELAY_ACCESS_MS;
-    for (let done = 0; done < data.byteLength; ) {
-      const { peer, iova } = this.#usable(deviceIova, offset + BigInt(done));
-      const n = Math.min(RELAY_PIECE, peer.maxTransfer, data.byteLength - done);
-      await peer.write(iova, data.subarray(done, done + n), left(deadline, deviceIova));
-      done += n;
+  async #write(deviceIova: bigint, offset: bigint, data: Uint8Array, receivedAt?: number): Promise<void> {
+    const access = this.#begin(deviceIova, offset, receivedAt);
+    try {
+      for (let done = 0; done < data.byteLength; ) {
+        const { peer, iova, ms } = this.#piece(access, offset + BigInt(done));
+        const n = Math.min(RELAY_PIECE, peer.maxTransfer, data.byteLength - done);
+        await peer.write(iova, data.subarray(done, done + n), ms);
+        done += n;
+      }
+    } catch (err) {
+      throw this.#failed(access, err);
     }
   }
 
-  /** The client to ask and its address for `offset` into the map at `deviceIova`, or why not (EFAULT). */
-  #usable(deviceIova: bigint, offset: bigint): { peer: PeerDma; iova: bigint } {
+  /** The mapping an access arriving now is to, and its deadline; EFAULT if there is none. */
+  #begin(deviceIova: bigint, offset: bigint, receivedAt = performance.now()): Access {
     const r = this.#byDeviceIova.get(deviceIova);
-    const where = `0x${(deviceIova + offset).toString(16)}`;
-    if (!r) throw new VfioError('EFAULT', `no lease memory is mapped at device address ${where}`);
-    const { lease, mapping } = r;
-    if (!lease.live)
+    if (!r) {
       throw new VfioError(
         'EFAULT',
-        `lease ${lease.id} is ${lease.state}: its memory at ${where} is not reachable`,
-      );
-    const peer = lease.peer;
-    if (!peer) throw new VfioError('EFAULT', `lease ${lease.id}'s client is not connected`);
-    // A client that let an access time out is not asked again until it has answered that one (late): so a
-    // client that stopped answering costs the device one wait, not one per access while it is silent.
-    if (peer.lateReplies > 0) {
-      throw new VfioError(
-        'EFAULT',
-        `lease ${lease.id}'s client has not answered an access that timed out: the device's accesses to its memory fail until it does`,
+        `no lease memory is mapped at device address 0x${(deviceIova + offset).toString(16)}`,
       );
     }
-    return { peer, iova: mapping.iova + offset };
+    r.lease.relayCounters!.accesses++;
+    return { ...r, deviceIova, deadline: receivedAt + RELAY_ACCESS_MS };
+  }
+
+  /** Whom to send the piece at `offset` of the access, at which client address, with how long left; or why not. */
+  #piece(a: Access, offset: bigint): { peer: PeerDma; iova: bigint; ms: number } {
+    const { lease, mapping } = a;
+    const where = `lease ${lease.id}'s memory at 0x${(mapping.iova + offset).toString(16)}`;
+    // Unmapped, or mapped anew at the same address (a new mapping object), since the access arrived.
+    if (this.#byDeviceIova.get(a.deviceIova)?.mapping !== mapping)
+      throw new VfioError('EFAULT', `${where} was unmapped during the device's access`);
+    if (!lease.live) throw new VfioError('EFAULT', `${where}: the lease is ${lease.state}`);
+    const peer = lease.peer;
+    if (!peer) throw new VfioError('EFAULT', `${where}: its client is not connected`);
+    const c = lease.relayCounters!;
+    if (peer.lateReplies > 0 || performance.now() < c.backoffUntil) {
+      throw new VfioError('EFAULT', `${where}: its client let an access time out and is not asked again yet`);
+    }
+    const ms = a.deadline - performance.now();
+    if (ms <= 0) {
+      throw new VfioError(
+        'ETIMEDOUT',
+        `${where}: the device's access was not served within ${RELAY_ACCESS_MS} ms`,
+      );
+    }
+    return { peer, iova: mapping.iova + offset, ms };
+  }
+
+  /** Counts a failed access; a timeout starts the client's backoff (from its late answer) and is reported. */
+  #failed(a: Access, err: unknown): unknown {
+    const c = a.lease.relayCounters!;
+    c.failures++;
+    if ((err as { code?: string })?.code === 'ETIMEDOUT') {
+      c.timeouts++;
+      c.backoffUntil = performance.now() + RELAY_BACKOFF_MS;
+      // At most once per RELAY_BACKOFF_MS per lease: the backoff fails every access meanwhile at once.
+      const { lease } = a;
+      const reason = (err as Error).message;
+      this.#audit.write({ event: 'relay-timeout', lease: lease.id, pid: lease.ctx.pid, reason });
+      this.#log(
+        `lease ${lease.id}: ${reason}; its memory is not reached for the next ${RELAY_BACKOFF_MS} ms`,
+      );
+    }
+    return err;
   }
 }
 
-function left(deadline: number, deviceIova: bigint): number {
-  const ms = deadline - Date.now();
-  if (ms <= 0) {
-    throw new VfioError(
-      'ETIMEDOUT',
-      `the lease's client did not serve the device's access at 0x${deviceIova.toString(16)} in ${RELAY_ACCESS_MS} ms`,
-    );
-  }
-  return ms;
+interface Access extends Relayed {
+  readonly deviceIova: bigint;
+  /** performance.now() by which all of it must be served. */
+  readonly deadline: number;
 }

@@ -57,7 +57,7 @@ export async function mapForLease(
     unreserve = table.reserveMap(lease.ctx.uid, req.size);
     const verdict = await table.policy.checkMap(
       lease.ctx,
-      { op: 'map', iova: req.iova, size: req.size, read, write },
+      { op: 'map', iova: req.iova, size: req.size, read, write, ...(req.fd ? {} : { relayed: true }) },
       usage,
     );
     if (!verdict.allow) {

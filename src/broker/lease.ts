@@ -13,6 +13,7 @@ import type { Fd } from '../sys/fd.js';
 import { native } from '../sys/native.js';
 import type { LongTimer } from '../util/long-timer.js';
 import type { PeerDma } from '../vfio/user/peer-dma.js';
+import type { RelayCounters } from './lease-dma-relay.js';
 import type { IntxRelay } from './lease-intx.js';
 import { LeaseMappings, type UsageAccounts } from './lease-usage.js';
 import type { CallerContext, LeaseRequest, Usage } from './policy.js';
@@ -105,6 +106,8 @@ export class Lease {
   faultsTotal = 0;
   /** The client's memory by DMA_READ/DMA_WRITE on its connection (set by the session): relayed maps use it. */
   peer: PeerDma | null = null;
+  /** What its relayed memory cost, from its first relayed map (lease-dma-relay.ts). */
+  relayCounters: RelayCounters | null = null;
   /** Disconnects the client's session (set by the session). */
   disconnect: ((reason: string) => void) | null = null;
   /** Settles when the lease is released. */
@@ -257,6 +260,9 @@ export class Lease {
       mappedBytes: this.mappedBytes.toString(),
       // Of those, the maps without an fd, whose device accesses the broker relays to the client.
       relayedMappings: [...this.mappings.values()].filter((m) => m.relayed).length,
+      relayed: this.relayCounters
+        ? (({ accesses, failures, timeouts }) => ({ accesses, failures, timeouts }))(this.relayCounters)
+        : null,
       outstandingSliceFds: [...this.slices.values()].flat().reduce((n, u) => n + u.outstanding, 0),
       deadline: this.deadline,
       since: new Date(this.createdAt).toISOString(),

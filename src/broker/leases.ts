@@ -49,8 +49,7 @@ export class LeaseTable extends EventEmitter {
     readonly watcher: SliceWatcher,
   ) {
     super();
-    // The device serves its maps without an fd from the leases' clients, found at each access by address.
-    if (device.dmaMapWithoutFd) device.relayedMemory = (iova) => this.relay.memoryAt(iova);
+    this.relay = new DmaRelay(device, audit, (line) => this.log(line));
     watcher.onOverflow = () => {
       const leases = this.withSliceCountLost().map((l) => l.id);
       this.audit.write({ event: 'slice-count-lost', leases });
@@ -71,7 +70,7 @@ export class LeaseTable extends EventEmitter {
   }
 
   /** The leases' memory mapped without an fd, which the broker relays (policy.dma_without_fd = "relay"). */
-  readonly relay = new DmaRelay();
+  readonly relay: DmaRelay;
 
   /** The audited slice provider, on a device that hands out its fd for direct slices (set by the broker). */
   direct: DirectSlices | null = null;

@@ -33,6 +33,8 @@ export interface MapRequest {
   size: bigint;
   read?: boolean;
   write?: boolean;
+  /** A map without an fd, whose device accesses the broker relays to the client (policy.dma_without_fd). */
+  relayed?: boolean;
 }
 
 export type Verdict = { allow: true } | { allow: false; reason: string };

@@ -353,6 +353,7 @@ export class LeaseSession implements VfioUserDeviceModel {
   }
 
   disconnected(reason: string): void {
+    this.#lease.peer = null; // closed: its relayed memory is out of reach (lease-dma-relay.ts says so)
     void this.#table.reclaim(this.#lease, `session closed: ${reason}`);
   }
 

@@ -6,9 +6,10 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { configFromObject } from '../../src/broker/config.js';
-import { RELAY_ACCESS_MS } from '../../src/broker/lease-dma-relay.js';
+import { RELAY_ACCESS_MS, RELAY_BACKOFF_MS } from '../../src/broker/lease-dma-relay.js';
 import { encodeDescriptor } from '../../src/sim/model/descriptor.js';
 import { EventFd, type Mapping, MemFd } from '../../src/sys/index.js';
+import { DEVLEASE_BIN } from '../../src/util/processes.js';
 import { VfioUserClient } from '../../src/vfio/user/client.js';
 import type { DmaMemory } from '../../src/vfio/user/dma-maps.js';
 import { type Rig, startRig, until } from '../helpers/broker-rig.js';
@@ -131,13 +132,13 @@ test('relayed: a queue whose rings and data live in client memory without an fd 
   const lease = await stockLease(rig);
   try {
     const data = new Uint8Array(65536);
-    for (let i = 0; i < 70000 % 65536; i++) data[i] = (i * 13 + 1) & 0xff;
+    for (let i = 0; i < 20480; i++) data[i] = (i * 13 + 1) & 0xff;
     await lease.client.dmaMap({ iova: DATA, size: 65536n, flags: 3, memory: data });
     assert.equal(rig.broker.leases.relay.size, 2, 'both maps relayed');
     ringNop(lease.page, lease.ram, 0, 0x51n);
     await until('the interrupt', () => lease.efd.read() !== null);
     assert.deepEqual(completion(lease.ram, 0), { tag: 0x51n, status: ST.OK }, 'the CQE written by relay');
-    // A COPY inside the client's data map, 20 KiB: more than one device access each way.
+    // A COPY inside the client's data map, 20 KiB: read from and written to it by message.
     encodeDescriptor(
       { opcode: OP.COPY, flags: 1, tag: 0x52n, length: 20480, src: DATA, dst: DATA + 0x8000n },
       lease.ram,
@@ -159,19 +160,36 @@ test('relayed: a queue whose rings and data live in client memory without an fd 
   }
 });
 
-test('an unmap while the device waits on the client is answered at once; nothing reaches the client after it', async () => {
+/**
+ * A relaying broker, a stock lease, and a COPY (tag `tag`) from a second map of memory that holds every
+ * access until released: `body` runs once the device is waiting on the client for it.
+ */
+async function withHeldCopy(
+  tag: bigint,
+  body: (
+    rig: Rig,
+    lease: Awaited<ReturnType<typeof stockLease>>,
+    held: ReturnType<typeof heldMemory>,
+  ) => Promise<void>,
+): Promise<void> {
   const rig = await startRig({ config: RELAY });
   const lease = await stockLease(rig);
   const held = heldMemory();
   try {
     await lease.client.dmaMap({ iova: DATA, size: 65536n, flags: 3, memory: held.memory });
-    encodeDescriptor(
-      { opcode: OP.COPY, flags: 1, tag: 0x61n, length: 4096, src: DATA, dst: 0x4000n },
-      lease.ram,
-      0,
-    );
-    new DataView(lease.page.u8.buffer, lease.page.u8.byteOffset).setUint32(0x0c, 1, true);
+    encodeDescriptor({ opcode: OP.COPY, flags: 1, tag, length: 4096, src: DATA, dst: 0x4000n }, lease.ram, 0);
+    new DataView(lease.page.u8.buffer, lease.page.u8.byteOffset).setUint32(0x0c, 1, true); // SQ_TAIL
     await until('the device to read the held memory', () => held.touched() === 1);
+    await body(rig, lease, held);
+  } finally {
+    held.release();
+    await lease.close().catch(() => {});
+    await rig.close();
+  }
+}
+
+test('an unmap while the device waits on the client is answered at once; nothing reaches the client after it', async () => {
+  await withHeldCopy(0x61n, async (rig, lease, held) => {
     const t0 = Date.now();
     await lease.client.dmaUnmap({ iova: DATA, size: 65536n });
     const unmapMs = Date.now() - t0;
@@ -190,36 +208,27 @@ test('an unmap while the device waits on the client is answered at once; nothing
       'no data copied',
     );
     await fdLeaseNop(rig, 0x62n);
-  } finally {
-    held.release();
-    await lease.close();
-    await rig.close();
-  }
+  });
 });
 
 test('a client that never answers costs the device one bounded wait: the access fails, others are served meanwhile', async () => {
-  const rig = await startRig({ config: RELAY });
-  const lease = await stockLease(rig);
-  const held = heldMemory();
-  try {
-    await lease.client.dmaMap({ iova: DATA, size: 65536n, flags: 3, memory: held.memory });
-    encodeDescriptor(
-      { opcode: OP.COPY, flags: 1, tag: 0x71n, length: 4096, src: DATA, dst: 0x4000n },
-      lease.ram,
-      0,
-    );
-    new DataView(lease.page.u8.buffer, lease.page.u8.byteOffset).setUint32(0x0c, 1, true);
-    await until('the device to read the held memory', () => held.touched() === 1);
+  await withHeldCopy(0x71n, async (rig, lease, held) => {
+    // One wait: the read timed out, and the COPY's completion (a write to the same silent client) failed at
+    // once, as every access does until the client answers the one that timed out (one wait more without).
     const t0 = Date.now();
     await until(
-      'the access to fail',
-      async () => (await rig.sim.stats()).remoteFailures >= 1,
+      'the read and the completion to fail',
+      async () => (await rig.sim.stats()).remoteFailures >= 2,
       RELAY_ACCESS_MS * 3,
     );
-    // One wait: the read timed out, and the COPY's completion (a write to the same silent client) failed at
-    // once, as every access does until the client answers the one that timed out.
     const failedMs = Date.now() - t0;
-    assert.ok(failedMs < RELAY_ACCESS_MS + 1000, `the device waited ${failedMs} ms`);
+    assert.ok(failedMs < RELAY_ACCESS_MS + 1000, `the device waited ${failedMs} ms for two accesses`);
+    const lease0 = rig.broker.leases.all()[0]!;
+    assert.deepEqual(
+      { timeouts: lease0.relayCounters!.timeouts, failures: lease0.relayCounters!.failures },
+      { timeouts: 1, failures: 2 },
+    );
+    assert.ok(rig.audit.some((e) => e.event === 'relay-timeout' && e.lease === lease0.id));
     // The client still holds its read: the device serves another lease all the same.
     await fdLeaseNop(rig, 0x73n);
     assert.equal(held.touched(), 1);
@@ -227,43 +236,65 @@ test('a client that never answers costs the device one bounded wait: the access 
       'the other lease reclaimed, the slow client keeping its own',
       () => rig.broker.leases.all().length === 1,
     );
-    // Once it answers (late), its memory is reached again: after a reset of its queue (the failed
-    // completion stopped it), a NOP completes.
+    // Once it has answered (late) and the backoff has passed, its memory is reached again: after a reset of
+    // its queue (the failed completion stopped it), a NOP completes.
     held.release();
-    await until('the late answer to be read', () => rig.broker.leases.all()[0]!.peer!.lateReplies === 0);
+    await until('the late answer to be read', () => lease0.peer!.lateReplies === 0);
+    const left = lease0.relayCounters!.backoffUntil - performance.now();
+    assert.ok(left > 0 && left <= RELAY_BACKOFF_MS, `the backoff runs (${left} ms left)`);
+    await new Promise((r) => setTimeout(r, left + 50));
     await lease.client.reset();
     lease.ram.fill(0);
     programRings(lease.page);
     ringNop(lease.page, lease.ram, 0, 0x74n);
     await until('the NOP after the late answer', () => completion(lease.ram, 0) !== null);
     assert.deepEqual(completion(lease.ram, 0), { tag: 0x74n, status: ST.OK });
-  } finally {
-    held.release();
-    await lease.close();
-    await rig.close();
-  }
+  });
 });
 
 test('a client that leaves while the device waits on it: its lease is reclaimed, the device serves the next', async () => {
-  const rig = await startRig({ config: RELAY });
-  const lease = await stockLease(rig);
-  const held = heldMemory();
-  try {
-    await lease.client.dmaMap({ iova: DATA, size: 65536n, flags: 3, memory: held.memory });
-    encodeDescriptor(
-      { opcode: OP.COPY, flags: 1, tag: 0x81n, length: 4096, src: DATA, dst: 0x4000n },
-      lease.ram,
-      0,
-    );
-    new DataView(lease.page.u8.buffer, lease.page.u8.byteOffset).setUint32(0x0c, 1, true);
-    await until('the device to read the held memory', () => held.touched() === 1);
+  await withHeldCopy(0x81n, async (rig, lease) => {
     await lease.close();
     await until('the lease reclaimed', () => rig.broker.leases.all().length === 0);
     assert.equal(rig.broker.leases.relay.size, 0);
     await fdLeaseNop(rig, 0x82n);
+  });
+});
+
+test('an upgrade is refused while a relayed access is in flight; relayed maps count in the limits; a read-only one takes no device write', async () => {
+  await withHeldCopy(0x91n, async (rig) => {
+    await assert.rejects(rig.broker.upgrade({ binary: DEVLEASE_BIN, deadlineMs: 60_000 }), (err: Error) => {
+      assert.match(err.message, /DMA access\(es\) this broker relays: try again/);
+      return true;
+    });
+  });
+  const rig = await startRig({
+    config: { policy: { dma_without_fd: 'relay', rule: [{ any: true, max_mappings: 2 }] } },
+  });
+  const lease = await stockLease(rig); // its rings: one relayed map
+  try {
+    const ro = new Uint8Array(65536).fill(0x5a);
+    await lease.client.dmaMap({ iova: DATA, size: 65536n, flags: 1, memory: ro }); // read-only
+    const err = await lease.client
+      .dmaMap({ iova: DATA * 2n, size: 65536n, flags: 3, memory: new Uint8Array(65536) })
+      .then(() => assert.fail('a third map passed max_mappings = 2'))
+      .catch((e) => e);
+    assert.equal(err.code, 'EACCES', err.message);
+    assert.equal(rig.broker.leases.relay.size, 2, 'the refused map is not relayed');
+    encodeDescriptor(
+      { opcode: OP.FILL, flags: 1, tag: 0x92n, length: 4096, dst: DATA, imm: 0x1111_1111_1111_1111n },
+      lease.ram,
+      0,
+    );
+    new DataView(lease.page.u8.buffer, lease.page.u8.byteOffset).setUint32(0x0c, 1, true);
+    await until('the FILL into read-only memory to fault', () => completion(lease.ram, 0) !== null);
+    assert.deepEqual(completion(lease.ram, 0), { tag: 0x92n, status: ST.IOMMU_FAULT });
+    assert.ok(
+      ro.every((b) => b === 0x5a),
+      'the read-only memory is unchanged',
+    );
   } finally {
-    held.release();
-    await lease.close().catch(() => {});
+    await lease.close();
     await rig.close();
   }
 });

@@ -2,6 +2,7 @@
 // hold (requests in flight, replies queued, fds) stays bounded, and a malformed reply leaks nothing.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
+import { ERRNO } from '../../src/errors.js';
 import type { Fd, StreamMessage } from '../../src/sys/index.js';
 import { COMMAND_REPLY_HIGH_WATER, MAX_COMMANDS_WAITING } from '../../src/vfio/user/channel-commands.js';
 import { MAX_IN_FLIGHT } from '../../src/vfio/user/client-region-access.js';
@@ -121,6 +122,50 @@ test('a server that sends DMA_READs and reads their replies late: served as it r
     }
     assert.ok(seen.peak <= REPLY_BOUND, `${seen.peak} reply bytes queued (at most ${REPLY_BOUND})`);
     assert.equal(client.closed, false);
+  } finally {
+    close();
+  }
+});
+
+test('a server whose commands the client is slow to serve (its memory waits), replies read: past 32 waiting, EBUSY at once, the connection kept', async () => {
+  const peer = await clientOfRawServer();
+  const { client, server, close } = peer;
+  try {
+    let release = (): void => {};
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    const map = client.dmaMap({
+      iova: 0x100000,
+      size: 0x1000,
+      flags: P.VFIO_USER_F_DMA_REGION_READ,
+      memory: { read: async (_o, n) => (await held, new Uint8Array(n)), write: () => {} },
+    });
+    await server.answer(P.VFIO_USER_DMA_MAP);
+    await map;
+    const reads = Buffer.concat(
+      Array.from({ length: MAX_COMMANDS_WAITING + 8 }, (_, i) =>
+        encodeCommand(
+          2000 + i,
+          P.VFIO_USER_DMA_READ,
+          vfio_user_dma_region_access.encode({ addr: 0x100000n, count: 16n }),
+        ),
+      ),
+    );
+    server.socket.send(reads);
+    // The 8 past the bound are refused now, while the 32 before them still wait for the memory.
+    for (let i = 0; i < 8; i++) {
+      const r = await server.next(5000);
+      assert.ok(r && r.flags & P.VFIO_USER_F_ERROR, `reply ${i} is an error`);
+      assert.equal(r.msgId, 2000 + MAX_COMMANDS_WAITING + i);
+      assert.equal(r.errorNo, ERRNO.EBUSY);
+    }
+    release();
+    for (let i = 0; i < MAX_COMMANDS_WAITING; i++) {
+      const r = await server.next(5000);
+      assert.ok(r && r.msgId === 2000 + i && !(r.flags & P.VFIO_USER_F_ERROR), `reply ${i}`);
+    }
+    assert.equal(client.closed, false, 'the connection is kept');
   } finally {
     close();
   }

@@ -114,6 +114,13 @@ export function cannotUpgrade(b: Broker): string | null {
   const maybe = b.leases.all().filter((l) => l.maybeMaps.length > 0);
   if (maybe.length)
     return `leases ${maybe.map((l) => l.id).join(', ')} may hold DMA maps the device made after their DMA_MAP timed out: upgrade once they have ended`;
+  // A relayed DMA access in flight (the device waiting on the broker, or the broker on a lease's client) is not
+  // carried: its reply would come to a process that never asked (lease-dma-relay.ts).
+  const relaying = b.leases.all().filter((l) => (l.peer?.outstanding ?? 0) + (l.peer?.lateReplies ?? 0) > 0);
+  if (b.device instanceof VfioUserDevice && b.device.client.commandsWaiting > 0)
+    return `the device is waiting on ${b.device.client.commandsWaiting} DMA access(es) this broker relays: try again`;
+  if (relaying.length)
+    return `leases ${relaying.map((l) => l.id).join(', ')} have relayed DMA accesses unanswered by their clients: try again`;
   // The relay's eventfd is the broker's own, wired to the device's INTx: not carried.
   const intx = b.leases.all().filter((l) => l.intx);
   if (intx.length)
@@ -205,7 +212,12 @@ export function collect(
   }));
   const doc: BrokerState = {
     format: STATE_FORMAT,
-    version: stateVersionFor(b.device, !!direct, b.leases.withSliceCountLost().length > 0),
+    version: stateVersionFor(
+      b.device,
+      !!direct,
+      b.leases.withSliceCountLost().length > 0,
+      b.leases.relay.size > 0,
+    ),
     broker: { pid: process.pid, startedAt: meta.startedAt.toISOString(), upgrades: meta.upgrades },
     device,
     driver: { name: b.driver.name, state: drv.state, fds: drv.fds.map(add) },

@@ -19,7 +19,7 @@ import type { SessionPciState } from '../session-state.js';
 export const STATE_FORMAT = 'devlease-broker-state';
 /**
  * This broker writes version 3 for a vfio-user device and version 4 (5 with audited slices handed out) for a
- * kernel one, 6 for either when a slice's release count was lost, and reads 1 to 6.
+ * kernel one, 6 for either when a slice's release count was lost, 7 with relayed DMA maps, and reads 1 to 7.
  * - Version 2 added `device.transport: 'kernel'`: a version-1 reader would take its device for a vfio-user
  *   connection, so it must refuse such a document (at the hello, before anything is held).
  * - Versions 3 and 4 (3: vfio-user, 4: kernel) changed what a socket's `partial` holds: the stream socket reads
@@ -42,13 +42,26 @@ export const KERNEL_AUDITED_STATE_VERSION = 5;
  * client, so a document with such a unit is 6 (it may hold what 3, 4 or 5 hold); without one it stays as it was.
  */
 export const SLICE_COUNT_LOST_STATE_VERSION = 6;
-export const READABLE_VERSIONS = [1, 2, 3, 4, 5, 6];
+/**
+ * Version 7 (vfio-user): a lease mapping `relayed` (no fd: the broker serves the device's accesses to it from
+ * the lease's client), and the device connection's DMA map for it with fd -1. A reader of 6 would refuse the
+ * fd it cannot find, naming an fd that never came, so a document with such a map is 7 (it may hold what 3 and 6
+ * hold); without one it stays as it was.
+ */
+export const RELAYED_DMA_STATE_VERSION = 7;
+export const READABLE_VERSIONS = [1, 2, 3, 4, 5, 6, 7];
 
 /**
  * The version a document about this device is written in (`audited`: direct slices are handed out;
- * `countLost`: a slice unit handed over has lost its release count).
+ * `countLost`: a slice unit handed over has lost its release count; `relayed`: a lease has memory without an fd).
  */
-export function stateVersionFor(device: { transport: string }, audited = false, countLost = false): number {
+export function stateVersionFor(
+  device: { transport: string },
+  audited = false,
+  countLost = false,
+  relayed = false,
+): number {
+  if (relayed) return RELAYED_DMA_STATE_VERSION;
   if (countLost) return SLICE_COUNT_LOST_STATE_VERSION;
   if (!device.transport.startsWith('kernel')) return STATE_VERSION;
   return audited ? KERNEL_AUDITED_STATE_VERSION : KERNEL_STATE_VERSION;

@@ -15,17 +15,20 @@ import type { MessageSocket } from './transport.js';
 
 /**
  * Serves one server-to-client command: resolves with the reply payload, or throws an error whose `errno`
- * (EIO if none) goes back in a header-only error reply.
+ * (EIO if none) goes back in a header-only error reply. `receivedAt`: when it was read (performance.now()),
+ * for a handler whose deadline counts from then, not from its turn (a broker relaying it: lease-dma-relay.ts).
  */
-export type CommandHandler = (msg: VfioUserMessage) => Promise<Uint8Array> | Uint8Array;
+export type CommandHandler = (msg: VfioUserMessage, receivedAt: number) => Promise<Uint8Array> | Uint8Array;
 
 /** Reply bytes that may wait for the server to read them before the next command is served (the server's too). */
 export const COMMAND_REPLY_HIGH_WATER = 1 << 20;
 
 /**
- * Commands received and not yet answered: one more closes the connection. A stock server (libvfio-user's
- * vfu_sgl_read/write) waits for each reply before its next command; this many waiting means it is not reading
- * them. With the high-water mark: at most 1 MiB and one reply queued, and 32 commands held.
+ * Commands received and not yet answered: one more closes the connection if the server is not reading our
+ * replies (they pass the high-water mark), and is refused EBUSY at once if it is — then the waiting is ours (a
+ * handler that relays each command, and waits on someone else). A stock server (libvfio-user's
+ * vfu_sgl_read/write) waits for each reply before its next command. With the high-water mark: at most 1 MiB
+ * and one reply queued, and 32 commands held.
  */
 export const MAX_COMMANDS_WAITING = 32;
 
@@ -62,16 +65,29 @@ export class ServerCommands {
    * take): queued, or ProtocolError past the bound.
    */
   receive(msg: VfioUserMessage, fdCount: number, fdsLost = false): void {
-    if (++this.#waiting > MAX_COMMANDS_WAITING) {
-      throw new ProtocolError(
-        `server sent ${this.#waiting} commands without reading the replies to them (at most ${MAX_COMMANDS_WAITING} may wait)`,
+    const receivedAt = performance.now();
+    if (this.#waiting >= MAX_COMMANDS_WAITING) {
+      if (this.#drainWaiter !== null || this.#socket.queuedBytes > COMMAND_REPLY_HIGH_WATER) {
+        throw new ProtocolError(
+          `server sent ${this.#waiting + 1} commands without reading the replies to them (at most ${MAX_COMMANDS_WAITING} may wait)`,
+        );
+      }
+      // The server reads our replies; we are the slow side: this one is refused now, not queued.
+      const err = vfioUserError(
+        'EBUSY',
+        `${MAX_COMMANDS_WAITING} commands of the server are already waiting`,
       );
+      this.#hooks.refused(err, msg);
+      if (wantsReply(msg)) this.#send(encodeErrorReply(msg.msgId, msg.command, ERRNO.EBUSY));
+      return;
     }
+    this.#waiting++;
     const copy = { ...msg, payload: msg.payload.slice() };
     // #answer answers every failure of the handler; anything that escapes it is a bug, which ends the channel
     // rather than stall every later command behind a rejection (and go unhandled).
+    const fds = fdsLost ? 'fds (not received)' : fdCount ? `${fdCount} fd(s)` : null;
     this.#serving = this.#serving
-      .then(() => this.#next(copy, fdsLost ? 'fds (not received)' : fdCount ? `${fdCount} fd(s)` : null))
+      .then(() => this.#next(copy, fds, receivedAt))
       .catch((e) => {
         this.#hooks.fail(e as Error);
       });
@@ -85,19 +101,33 @@ export class ServerCommands {
   }
 
   /** `fds`: what came with the command besides bytes, in words (null: nothing), which refuses it. */
-  async #next(msg: VfioUserMessage, fds: string | null): Promise<void> {
+  async #next(msg: VfioUserMessage, fds: string | null, receivedAt: number): Promise<void> {
     try {
       // The replies before this one wait for the server to read them: serve no more until it has.
       if (this.#socket.queuedBytes > COMMAND_REPLY_HIGH_WATER && !this.#hooks.closed()) {
         await new Promise<void>((resolve) => (this.#drainWaiter = resolve));
       }
-      await this.#answer(msg, fds);
+      await this.#answer(msg, fds, receivedAt);
     } finally {
       this.#waiting--;
     }
   }
 
-  async #answer(msg: VfioUserMessage, fds: string | null): Promise<void> {
+  /** Commands received and not answered yet (a broker's upgrade waits for none: handover/collect.ts). */
+  get waiting(): number {
+    return this.#waiting;
+  }
+
+  #send(reply: Uint8Array): void {
+    if (this.#hooks.closed()) return;
+    try {
+      this.#socket.send(reply);
+    } catch (err) {
+      this.#hooks.shutdown(err as Error);
+    }
+  }
+
+  async #answer(msg: VfioUserMessage, fds: string | null, receivedAt: number): Promise<void> {
     if (this.#hooks.closed()) return;
     let reply: Uint8Array;
     try {
@@ -105,18 +135,13 @@ export class ServerCommands {
       if (!this.#serve)
         throw vfioUserError('ENOTSUP', `${name}: this client serves no server-to-client commands`);
       if (fds) throw vfioUserError('EINVAL', `${name} carried ${fds}; it takes none`);
-      const payload = await this.#serve(msg);
+      const payload = await this.#serve(msg, receivedAt);
       reply = encodeReply(msg.msgId, msg.command, payload);
     } catch (err) {
       reply = encodeErrorReply(msg.msgId, msg.command, replyErrno(err));
       this.#hooks.refused(err, msg);
     }
-    if (this.#hooks.closed() || !wantsReply(msg)) return;
-    try {
-      this.#socket.send(reply);
-    } catch (err) {
-      this.#hooks.shutdown(err as Error);
-    }
+    if (wantsReply(msg)) this.#send(reply);
   }
 }
 

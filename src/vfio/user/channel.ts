@@ -105,6 +105,11 @@ export class RequestChannel extends EventEmitter {
   }
 
   /** Calls waiting for their reply (a handover waits for none to be left). */
+  /** Server-to-client commands received and not answered yet. */
+  get commandsWaiting(): number {
+    return this.#commands.waiting;
+  }
+
   get pendingCount(): number {
     return this.#pending.size;
   }

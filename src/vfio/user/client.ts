@@ -161,7 +161,7 @@ export class VfioUserClient extends EventEmitter {
     this.socket = socket;
     this.#dma = new ClientDmaMaps(this.#ourMaxXfer, opts.closeUnmappedSoon ?? false);
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    this.#channel = new RequestChannel(socket, timeoutMs, (msg) => this.#serveCommand(msg));
+    this.#channel = new RequestChannel(socket, timeoutMs, (msg, at) => this.#serveCommand(msg, at));
     // 'close' carries the reason: null after close(), an ECONNRESET/EPROTO error otherwise.
     this.#channel.on('close', (reason: Error | null) => {
       this.#dma.clear();
@@ -172,9 +172,9 @@ export class VfioUserClient extends EventEmitter {
   }
 
   /** Server-to-client commands: DMA_READ/DMA_WRITE of what this client mapped. */
-  #serveCommand(msg: VfioUserMessage): Promise<Uint8Array> {
-    if (msg.command === P.VFIO_USER_DMA_READ) return this.#dma.read(msg.payload);
-    if (msg.command === P.VFIO_USER_DMA_WRITE) return this.#dma.write(msg.payload);
+  #serveCommand(msg: VfioUserMessage, receivedAt: number): Promise<Uint8Array> {
+    if (msg.command === P.VFIO_USER_DMA_READ) return this.#dma.read(msg.payload, receivedAt);
+    if (msg.command === P.VFIO_USER_DMA_WRITE) return this.#dma.write(msg.payload, receivedAt);
     throw new VfioError('ENOTSUP', `${P.commandName(msg.command)} is not a server-to-client command`);
   }
 
@@ -185,6 +185,11 @@ export class VfioUserClient extends EventEmitter {
 
   get closed(): boolean {
     return this.#channel.closed;
+  }
+
+  /** The server's DMA_READ/DMA_WRITE received and not answered yet. */
+  get commandsWaiting(): number {
+    return this.#channel.commandsWaiting;
   }
 
   /**

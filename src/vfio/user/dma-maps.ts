@@ -14,10 +14,13 @@ import { native } from '../../sys/native.js';
 import { vfio_user_dma_region_access } from './messages.js';
 import { VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE } from './protocol.js';
 
-/** Memory behind a map that has no fd: offsets are relative to the map's iova. */
+/**
+ * Memory behind a map that has no fd: offsets are relative to the map's iova. `receivedAt`: when the server's
+ * command was read (performance.now()), for memory that serves it within a deadline (a broker's relay).
+ */
 export interface DmaMemory {
-  read(offset: bigint, count: number): Uint8Array | Promise<Uint8Array>;
-  write(offset: bigint, data: Uint8Array): void | Promise<void>;
+  read(offset: bigint, count: number, receivedAt?: number): Uint8Array | Promise<Uint8Array>;
+  write(offset: bigint, data: Uint8Array, receivedAt?: number): void | Promise<void>;
 }
 
 export interface DmaMapEntry {
@@ -60,8 +63,8 @@ export function memoryServedLater(
     return serve(iova);
   };
   return {
-    read: (offset, count) => now().read(offset, count),
-    write: (offset, data) => now().write(offset, data),
+    read: (offset, count, at) => now().read(offset, count, at),
+    write: (offset, data, at) => now().write(offset, data, at),
   };
 }
 
@@ -191,7 +194,7 @@ export class ClientDmaMaps {
   }
 
   /** VFIO_USER_DMA_READ: the server reads our memory. Returns the reply payload (access head, then the bytes). */
-  async read(payload: Uint8Array): Promise<Uint8Array> {
+  async read(payload: Uint8Array, receivedAt = performance.now()): Promise<Uint8Array> {
     const name = 'VFIO_USER_DMA_READ';
     if (payload.byteLength !== vfio_user_dma_region_access.size) {
       throw new VfioError(
@@ -204,7 +207,7 @@ export class ClientDmaMaps {
     const { entry, at } = this.#find(name, addr, n, VFIO_USER_F_DMA_REGION_READ);
     let data: Uint8Array;
     if (entry.memory) {
-      data = await entry.memory.read(at, n);
+      data = await entry.memory.read(at, n, receivedAt);
       if (data.byteLength !== n) {
         throw new VfioError('EIO', `the map's memory returned ${data.byteLength} bytes for ${n}`);
       }
@@ -223,7 +226,7 @@ export class ClientDmaMaps {
    * count): what libvfio-user reads back and compares (the spec's table gives count 4 bytes there, unlike
    * the request's 8; libvfio-user's struct vfio_user_dma_region_access is what peers use).
    */
-  async write(payload: Uint8Array): Promise<Uint8Array> {
+  async write(payload: Uint8Array, receivedAt = performance.now()): Promise<Uint8Array> {
     const name = 'VFIO_USER_DMA_WRITE';
     const head = vfio_user_dma_region_access.size;
     if (payload.byteLength < head) {
@@ -236,7 +239,7 @@ export class ClientDmaMaps {
     const n = this.#count(name, count);
     const { entry, at } = this.#find(name, addr, n, VFIO_USER_F_DMA_REGION_WRITE);
     const data = payload.subarray(head);
-    if (entry.memory) await entry.memory.write(at, data.slice());
+    if (entry.memory) await entry.memory.write(at, data.slice(), receivedAt);
     else writeFully(entry.fd as Fd, data, entry.offset + at);
     return payload.slice(0, head);
   }

@@ -18,6 +18,8 @@ export interface PeerDma {
    * receive buffer): the most one DMA_READ/DMA_WRITE may carry.
    */
   readonly maxTransfer: number;
+  /** Commands sent and not yet answered, timed out or failed. */
+  readonly outstanding: number;
   /** Commands that timed out and whose (late) reply has not come yet: the client is behind by that many. */
   readonly lateReplies: number;
   /** VFIO_USER_DMA_READ of [addr, addr+count): the bytes. */
