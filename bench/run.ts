@@ -28,6 +28,7 @@ export const CASES = [
   'region-read',
   'slice-access',
   'dma-map',
+  'dma-relay',
   'reclaim',
   'revoke',
   'copy',

@@ -13,9 +13,14 @@
 // DMA_UNMAP or its lease has ended, whatever the device does (SA-1 also ends such an access itself).
 //
 // The device waits on the client: one access may take RELAY_ACCESS_MS from its arrival at the broker. A
-// client that lets one time out gets no access to its memory — each fails at once — until it has answered
-// that one (PeerDma.lateReplies) and RELAY_BACKOFF_MS have passed since the timeout: a silent client costs the
-// device one wait, one that is always late one wait per RELAY_ACCESS_MS + RELAY_BACKOFF_MS (13 % of its time).
+// client that lets one time out — its own piece's deadline, at least RELAY_MIN_PIECE_MS, passed unanswered —
+// gets no access to its memory, each failing at once, until it has answered that one (PeerDma.lateReplies)
+// and RELAY_BACKOFF_MS have passed since the timeout: a silent client costs the device one wait, one that is
+// always late one wait per RELAY_ACCESS_MS + RELAY_BACKOFF_MS (13 % of its time). An access that waited in
+// the broker until too little time was left for the client fails too, charged to no one.
+//
+// A broker upgrade holds the relay (hold()): accesses arriving then fail (EAGAIN) — the reply would come to a
+// process that never asked — and the upgrade waits for those in flight before it pauses anything.
 
 import type { Device } from '../device/device.js';
 import { VfioError } from '../errors.js';
@@ -31,8 +36,11 @@ import type { Lease, LeaseMapping } from './lease.js';
  */
 export const RELAY_ACCESS_MS = 1500;
 
-/** After a client's late answer to an access that timed out, its memory stays unreachable this much longer. */
+/** After a client let an access time out, its memory is unreachable this long (and until it answered that one). */
 export const RELAY_BACKOFF_MS = 10_000;
+
+/** The least time a piece is sent to the client with; less left, the access fails without asking it. */
+export const RELAY_MIN_PIECE_MS = RELAY_ACCESS_MS / 4;
 
 /**
  * The most one relayed DMA_READ/DMA_WRITE carries: QEMU 11.1 stalls for good on a DMA_READ reply over about
@@ -50,7 +58,7 @@ export interface RelayCounters {
   accesses: number;
   failures: number;
   timeouts: number;
-  /** performance.now() before which every access fails (after a timeout, once the late answer came). */
+  /** performance.now() before which every access fails (set at a timeout). */
   backoffUntil: number;
 }
 
@@ -59,6 +67,8 @@ export class DmaRelay {
   readonly #byDeviceIova = new Map<bigint, Relayed>();
   readonly #audit: AuditLog;
   readonly #log: (line: string) => void;
+  #inFlight = 0;
+  #held = false;
 
   /** `device` serves its maps without an fd from here (a device that has none: nothing to serve). */
   constructor(device: Device, audit: AuditLog, log: (line: string) => void) {
@@ -69,6 +79,24 @@ export class DmaRelay {
 
   get size(): number {
     return this.#byDeviceIova.size;
+  }
+
+  /** Device accesses being relayed now. */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** An upgrade is handing the broker over: accesses arriving fail (EAGAIN) until unheld (a rollback). */
+  hold(): void {
+    this.#held = true;
+  }
+  unhold(): void {
+    this.#held = false;
+  }
+
+  /** Whether a mapping is relayed at `deviceIova` (a second map there is refused before the policy is asked). */
+  has(deviceIova: bigint): boolean {
+    return this.#byDeviceIova.has(deviceIova);
   }
 
   /**
@@ -111,11 +139,15 @@ export class DmaRelay {
       for (let done = 0; done < count; ) {
         const { peer, iova, ms } = this.#piece(access, offset + BigInt(done));
         const n = Math.min(RELAY_PIECE, peer.maxTransfer, count - done);
+        access.charged = true; // a timeout now is the client's own
         out.set(await peer.read(iova, n, ms), done);
+        access.charged = false;
         done += n;
       }
     } catch (err) {
       throw this.#failed(access, err);
+    } finally {
+      this.#inFlight--;
     }
     return out;
   }
@@ -126,25 +158,28 @@ export class DmaRelay {
       for (let done = 0; done < data.byteLength; ) {
         const { peer, iova, ms } = this.#piece(access, offset + BigInt(done));
         const n = Math.min(RELAY_PIECE, peer.maxTransfer, data.byteLength - done);
+        access.charged = true;
         await peer.write(iova, data.subarray(done, done + n), ms);
+        access.charged = false;
         done += n;
       }
     } catch (err) {
       throw this.#failed(access, err);
+    } finally {
+      this.#inFlight--;
     }
   }
 
-  /** The mapping an access arriving now is to, and its deadline; EFAULT if there is none. */
+  /** The mapping an access arriving now is to, and its deadline; EFAULT if there is none. Counted in flight. */
   #begin(deviceIova: bigint, offset: bigint, receivedAt = performance.now()): Access {
+    const at = `device address 0x${(deviceIova + offset).toString(16)}`;
+    if (this.#held)
+      throw new VfioError('EAGAIN', `the broker is being upgraded: no relayed access at ${at} now`);
     const r = this.#byDeviceIova.get(deviceIova);
-    if (!r) {
-      throw new VfioError(
-        'EFAULT',
-        `no lease memory is mapped at device address 0x${(deviceIova + offset).toString(16)}`,
-      );
-    }
+    if (!r) throw new VfioError('EFAULT', `no lease memory is mapped at ${at}`);
     r.lease.relayCounters!.accesses++;
-    return { ...r, deviceIova, deadline: receivedAt + RELAY_ACCESS_MS };
+    this.#inFlight++;
+    return { ...r, deviceIova, deadline: receivedAt + RELAY_ACCESS_MS, charged: false };
   }
 
   /** Whom to send the piece at `offset` of the access, at which client address, with how long left; or why not. */
@@ -162,20 +197,21 @@ export class DmaRelay {
       throw new VfioError('EFAULT', `${where}: its client let an access time out and is not asked again yet`);
     }
     const ms = a.deadline - performance.now();
-    if (ms <= 0) {
+    if (ms < RELAY_MIN_PIECE_MS) {
+      // The access waited in the broker (behind another lease's, or for the device to read our replies).
       throw new VfioError(
         'ETIMEDOUT',
-        `${where}: the device's access was not served within ${RELAY_ACCESS_MS} ms`,
+        `${where}: the device's access waited ${Math.round(RELAY_ACCESS_MS - ms)} ms before its piece could be sent; too late`,
       );
     }
     return { peer, iova: mapping.iova + offset, ms };
   }
 
-  /** Counts a failed access; a timeout starts the client's backoff (from its late answer) and is reported. */
+  /** Counts a failed access; the client's own timeout starts its backoff and is reported. */
   #failed(a: Access, err: unknown): unknown {
     const c = a.lease.relayCounters!;
     c.failures++;
-    if ((err as { code?: string })?.code === 'ETIMEDOUT') {
+    if ((err as { code?: string })?.code === 'ETIMEDOUT' && a.charged) {
       c.timeouts++;
       c.backoffUntil = performance.now() + RELAY_BACKOFF_MS;
       // At most once per RELAY_BACKOFF_MS per lease: the backoff fails every access meanwhile at once.
@@ -194,4 +230,6 @@ interface Access extends Relayed {
   readonly deviceIova: bigint;
   /** performance.now() by which all of it must be served. */
   readonly deadline: number;
+  /** A piece is out to the client, sent with enough time: a timeout now is the client's. */
+  charged: boolean;
 }

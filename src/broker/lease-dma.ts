@@ -51,13 +51,18 @@ export async function mapForLease(
         lease.ctx.pid,
       );
     }
+    // A second map where memory is relayed already: refused before the policy hears of it (relay.add refuses
+    // one that raced this check).
+    if (!req.fd && table.relay.has(toDevice(lease, req.iova))) {
+      throw new VfioError('EEXIST', `memory is mapped at 0x${req.iova.toString(16)} already`);
+    }
     // Checked against usage that counts maps still in flight (released in `finally`), so concurrent
     // DMA_MAPs of one uid cannot pass a limit together.
     const usage = table.usage(lease.ctx);
     unreserve = table.reserveMap(lease.ctx.uid, req.size);
     const verdict = await table.policy.checkMap(
       lease.ctx,
-      { op: 'map', iova: req.iova, size: req.size, read, write, ...(req.fd ? {} : { relayed: true }) },
+      { op: 'map', iova: req.iova, size: req.size, read, write, relayed: !req.fd },
       usage,
     );
     if (!verdict.allow) {

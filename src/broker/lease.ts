@@ -260,8 +260,13 @@ export class Lease {
       mappedBytes: this.mappedBytes.toString(),
       // Of those, the maps without an fd, whose device accesses the broker relays to the client.
       relayedMappings: [...this.mappings.values()].filter((m) => m.relayed).length,
-      relayed: this.relayCounters
-        ? (({ accesses, failures, timeouts }) => ({ accesses, failures, timeouts }))(this.relayCounters)
+      relayStats: this.relayCounters
+        ? {
+            accesses: this.relayCounters.accesses,
+            failures: this.relayCounters.failures,
+            timeouts: this.relayCounters.timeouts,
+            backoffMs: Math.max(0, Math.round(this.relayCounters.backoffUntil - performance.now())),
+          }
         : null,
       outstandingSliceFds: [...this.slices.values()].flat().reduce((n, u) => n + u.outstanding, 0),
       deadline: this.deadline,

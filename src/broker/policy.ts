@@ -33,7 +33,7 @@ export interface MapRequest {
   size: bigint;
   read?: boolean;
   write?: boolean;
-  /** A map without an fd, whose device accesses the broker relays to the client (policy.dma_without_fd). */
+  /** Maps: without an fd, its device accesses relayed to the client by the broker (policy.dma_without_fd). */
   relayed?: boolean;
 }
 

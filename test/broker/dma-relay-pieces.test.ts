@@ -8,7 +8,12 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { AuditLog } from '../../src/broker/audit.js';
 import type { Lease, LeaseMapping } from '../../src/broker/lease.js';
-import { DmaRelay, RELAY_ACCESS_MS } from '../../src/broker/lease-dma-relay.js';
+import {
+  DmaRelay,
+  RELAY_ACCESS_MS,
+  RELAY_BACKOFF_MS,
+  RELAY_MIN_PIECE_MS,
+} from '../../src/broker/lease-dma-relay.js';
 import { LeaseMappings } from '../../src/broker/lease-usage.js';
 import type { Device } from '../../src/device/device.js';
 import type { PeerDma } from '../../src/vfio/user/peer-dma.js';
@@ -157,29 +162,103 @@ test('a second map at an address already relayed is refused EEXIST and leaves th
   assert.equal(((await read) as Uint8Array).byteLength, 8);
 });
 
-test("one access's pieces share its deadline from its arrival; a timeout fails the client's next access at once", async () => {
+test("one access's pieces share its deadline from its arrival; time spent before the client was asked is no client's fault", async () => {
   const { relay: r, audit } = relay();
   const c = client();
   const l = lease(c);
   const m = mapping(0n);
   r.add(l, m);
   l.mappings.set(m.iova, m);
-  // Arrived RELAY_ACCESS_MS - 30 ms ago (it waited in the broker's queue): 30 ms left for all its pieces.
+  // Arrived RELAY_ACCESS_MS - 400 ms ago (it waited in the broker's queue): 400 ms left for all its pieces.
   const read = Promise.resolve(
-    r.memoryAt(m.deviceIova).read(0n, 2 * PIECE, performance.now() - RELAY_ACCESS_MS + 30),
+    r.memoryAt(m.deviceIova).read(0n, 2 * PIECE, performance.now() - RELAY_ACCESS_MS + 400),
   );
   await turn();
-  assert.ok(c.asked[0]![2] <= 30, `the first piece gets what is left (${c.asked[0]![2]} ms)`);
-  await new Promise((res) => setTimeout(res, 40));
+  assert.equal(c.asked.length, 1);
+  assert.ok(c.asked[0]![2] <= 400, `the first piece gets what is left (${c.asked[0]![2]} ms)`);
+  await new Promise((res) => setTimeout(res, 100)); // the client answers, with under 375 ms left
   c.answer();
-  await assert.rejects(read, (e: Error & { code?: string }) => e.code === 'ETIMEDOUT');
-  assert.equal(c.asked.length, 1, 'no piece sent past the deadline');
+  await assert.rejects(
+    read,
+    (e: Error & { code?: string }) => e.code === 'ETIMEDOUT' && /too late/.test(e.message),
+  );
+  assert.equal(c.asked.length, 1, 'no piece sent with too little time left');
+  // The client answered what it was asked: a failure, but no timeout of its own and no backoff.
+  assert.deepEqual(
+    { timeouts: l.relayCounters!.timeouts, failures: l.relayCounters!.failures },
+    { timeouts: 0, failures: 1 },
+  );
+  assert.equal(audit.length, 0);
+  // An access that waited longer than RELAY_ACCESS_MS - RELAY_MIN_PIECE_MS is not sent at all.
+  const stale = Promise.resolve(
+    r.memoryAt(m.deviceIova).read(0n, 8, performance.now() - RELAY_ACCESS_MS + RELAY_MIN_PIECE_MS - 1),
+  );
+  await assert.rejects(stale, /too late/);
+  assert.equal(c.asked.length, 1);
+  assert.equal(l.relayCounters!.timeouts, 0);
+});
+
+test("the client's own timeout starts its backoff, reported once; it is not asked again while a reply is late", async () => {
+  const { relay: r, audit } = relay();
+  const c = client();
+  const l = lease(c);
+  const m = mapping(0n);
+  r.add(l, m);
+  l.mappings.set(m.iova, m);
+  // The client leaves it unanswered: its PeerDma times the piece out (ETIMEDOUT) and owes a late reply.
+  const answering = c.read;
+  c.read = (addr, n, ms) => {
+    c.asked.push([addr, n, ms]);
+    c.late = 1;
+    return Promise.reject(
+      Object.assign(new Error('the client did not answer in time'), { code: 'ETIMEDOUT' }),
+    );
+  };
+  await assert.rejects(Promise.resolve(r.memoryAt(m.deviceIova).read(0n, 8)), /did not answer/);
   assert.deepEqual(
     { timeouts: l.relayCounters!.timeouts, failures: l.relayCounters!.failures },
     { timeouts: 1, failures: 1 },
   );
-  assert.equal(audit[0]?.event, 'relay-timeout');
-  // Backing off: the next access fails at once, nothing asked.
+  assert.equal(audit.length, 1);
+  assert.equal(audit[0]!.event, 'relay-timeout');
+  const backoff = l.relayCounters!.backoffUntil - performance.now();
+  assert.ok(backoff > RELAY_BACKOFF_MS - 1000 && backoff <= RELAY_BACKOFF_MS, `${backoff} ms of backoff`);
+  // Still late, and in the backoff: failed at once, nothing asked, no second report.
   await assert.rejects(Promise.resolve(r.memoryAt(m.deviceIova).read(0n, 8)), /not asked again yet/);
   assert.equal(c.asked.length, 1);
+  // The late reply came but the backoff runs: still failed at once.
+  c.late = 0;
+  await assert.rejects(Promise.resolve(r.memoryAt(m.deviceIova).read(0n, 8)), /not asked again yet/);
+  // Past the backoff (moved back here rather than waited for): asked again.
+  l.relayCounters!.backoffUntil = performance.now() - 1;
+  c.read = answering;
+  const again = Promise.resolve(r.memoryAt(m.deviceIova).read(0n, 8));
+  await turn();
+  c.answer();
+  assert.equal(((await again) as Uint8Array).byteLength, 8);
+  assert.equal(audit.length, 1, 'reported once');
+});
+
+test('while an upgrade holds the relay, accesses fail EAGAIN at once, charged to no one', async () => {
+  const { relay: r } = relay();
+  const c = client();
+  const l = lease(c);
+  const m = mapping(0n);
+  r.add(l, m);
+  l.mappings.set(m.iova, m);
+  r.hold();
+  await assert.rejects(
+    Promise.resolve(r.memoryAt(m.deviceIova).read(0n, 8)),
+    (e: Error & { code?: string }) => e.code === 'EAGAIN',
+  );
+  assert.equal(c.asked.length, 0);
+  assert.equal(r.inFlight, 0);
+  r.unhold();
+  const read = Promise.resolve(r.memoryAt(m.deviceIova).read(0n, 8));
+  assert.equal(r.inFlight, 1);
+  await turn();
+  c.answer();
+  await read;
+  assert.equal(r.inFlight, 0);
+  assert.equal(l.relayCounters!.timeouts, 0);
 });

@@ -150,6 +150,11 @@ test('relayed: a queue whose rings and data live in client memory without an fd 
     assert.deepEqual(data.subarray(0x8000, 0x8000 + 20480), data.subarray(0, 20480), 'the bytes moved');
     const stats = await rig.sim.stats();
     assert.ok(stats.remoteAccesses >= 4 && stats.remoteFailures === 0, JSON.stringify(stats));
+    // What `devlease leases --json` shows of it.
+    const row = rig.broker.leases.all()[0]!.summary();
+    assert.equal(row.relayedMappings, 2);
+    const relayStats = row.relayStats as { accesses: number; failures: number; timeouts: number };
+    assert.ok(relayStats.accesses >= 4 && relayStats.failures === 0 && relayStats.timeouts === 0);
     await lease.client.dmaUnmap({ iova: DATA, size: 65536n });
     assert.equal(rig.broker.leases.relay.size, 1, 'the unmapped one is no longer relayed');
   } finally {
@@ -263,10 +268,14 @@ test('a client that leaves while the device waits on it: its lease is reclaimed,
 
 test('an upgrade is refused while a relayed access is in flight; relayed maps count in the limits; a read-only one takes no device write', async () => {
   await withHeldCopy(0x91n, async (rig) => {
-    await assert.rejects(rig.broker.upgrade({ binary: DEVLEASE_BIN, deadlineMs: 60_000 }), (err: Error) => {
-      assert.match(err.message, /DMA access\(es\) this broker relays: try again/);
-      return true;
-    });
+    await assert.rejects(
+      rig.broker.upgrade({ binary: DEVLEASE_BIN, deadlineMs: 60_000 }),
+      (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'EAGAIN');
+        assert.match(err.message, /DMA access\(es\) this broker relays: try again/);
+        return true;
+      },
+    );
   });
   const rig = await startRig({
     config: { policy: { dma_without_fd: 'relay', rule: [{ any: true, max_mappings: 2 }] } },

@@ -139,7 +139,13 @@ test('a server whose commands the client is slow to serve (its memory waits), re
       iova: 0x100000,
       size: 0x1000,
       flags: P.VFIO_USER_F_DMA_REGION_READ,
-      memory: { read: async (_o, n) => (await held, new Uint8Array(n)), write: () => {} },
+      memory: {
+        read: async (_o, n) => {
+          await held;
+          return new Uint8Array(n);
+        },
+        write: () => {},
+      },
     });
     await server.answer(P.VFIO_USER_DMA_MAP);
     await map;

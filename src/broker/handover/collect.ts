@@ -45,6 +45,15 @@ async function until(what: string, ready: () => boolean, deadline: number): Prom
  * calls. Rejects (after resuming) if something does not settle before the deadline.
  */
 export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadline: number): Promise<void> {
+  // First the relayed DMA accesses (lease-dma-relay.ts): new ones fail from here, those in flight end (within
+  // 1.5 s) while the lease connections still read their clients' replies — paused, a reply would never come.
+  b.leases.relay.hold();
+  try {
+    await until('relayed DMA accesses in flight', () => b.leases.relay.inFlight === 0, deadline);
+  } catch (err) {
+    b.leases.relay.unhold();
+    throw err;
+  }
   for (const s of p.servers) s.pauseAccepting();
   p.admin?.hold();
   p.metrics?.hold(); // a scrape reads the device; those in progress are among the device calls waited for
@@ -62,7 +71,11 @@ export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadl
     await b.driver.hold?.();
     const dev = b.device;
     if (dev instanceof VfioUserDevice) {
-      await until('device calls in progress', () => dev.client.pendingCount === 0, deadline);
+      await until(
+        'device calls in progress',
+        () => dev.client.pendingCount === 0 && dev.client.commandsWaiting === 0,
+        deadline,
+      );
       // From here the device's replies are the new broker's to read.
       dev.client.socket.pause();
     }
@@ -73,7 +86,7 @@ export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadl
     // Asked again now that nothing new can start: a recovery that began while the new broker started (a hang
     // the heartbeat saw) runs through the hold, between its device calls, and its next ones would go out on
     // the connection the new broker reads; nor would it hand over a half-booted device as ready.
-    const why = cannotUpgrade(b);
+    const why = cannotUpgrade(b) ?? relayBusy(b);
     if (why) throw new DevleaseError('EAGAIN', `the broker cannot be upgraded now: ${why}`);
   } catch (err) {
     resume(b, p);
@@ -83,6 +96,7 @@ export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadl
 
 /** Undo hold(): everything carries on as before (a rollback). Idempotent. */
 export function resume(b: Broker, p: BrokerParts): void {
+  b.leases.relay.unhold();
   if (b.device instanceof VfioUserDevice) b.device.client.socket.resume();
   if (b.device instanceof KernelDevice) {
     try {
@@ -114,17 +128,25 @@ export function cannotUpgrade(b: Broker): string | null {
   const maybe = b.leases.all().filter((l) => l.maybeMaps.length > 0);
   if (maybe.length)
     return `leases ${maybe.map((l) => l.id).join(', ')} may hold DMA maps the device made after their DMA_MAP timed out: upgrade once they have ended`;
-  // A relayed DMA access in flight (the device waiting on the broker, or the broker on a lease's client) is not
-  // carried: its reply would come to a process that never asked (lease-dma-relay.ts).
-  const relaying = b.leases.all().filter((l) => (l.peer?.outstanding ?? 0) + (l.peer?.lateReplies ?? 0) > 0);
-  if (b.device instanceof VfioUserDevice && b.device.client.commandsWaiting > 0)
-    return `the device is waiting on ${b.device.client.commandsWaiting} DMA access(es) this broker relays: try again`;
-  if (relaying.length)
-    return `leases ${relaying.map((l) => l.id).join(', ')} have relayed DMA accesses unanswered by their clients: try again`;
   // The relay's eventfd is the broker's own, wired to the device's INTx: not carried.
   const intx = b.leases.all().filter((l) => l.intx);
   if (intx.length)
     return `leases ${intx.map((l) => l.id).join(', ')} have the device's INTx relayed by this broker (it unmasks the line): upgrade once they have ended`;
+  return null;
+}
+
+/**
+ * Why a relayed DMA access stands in the way now (EAGAIN: it passes), or null. One in flight is not carried —
+ * its reply would come to a process that never asked (lease-dma-relay.ts); a late reply to one that timed out
+ * is (the session's peerDma state).
+ */
+export function relayBusy(b: Broker): string | null {
+  const dev = b.device;
+  if (dev instanceof VfioUserDevice && dev.client.commandsWaiting > 0)
+    return `the device is waiting on ${dev.client.commandsWaiting} DMA access(es) this broker relays: try again`;
+  const relaying = b.leases.all().filter((l) => (l.peer?.outstanding ?? 0) > 0);
+  if (relaying.length)
+    return `leases ${relaying.map((l) => l.id).join(', ')} have relayed DMA accesses in flight: try again`;
   return null;
 }
 

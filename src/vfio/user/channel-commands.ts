@@ -32,6 +32,13 @@ export const COMMAND_REPLY_HIGH_WATER = 1 << 20;
  */
 export const MAX_COMMANDS_WAITING = 32;
 
+/**
+ * Commands refused EBUSY while none was served meanwhile: one more closes the connection. A server that keeps
+ * sending while its commands wait is not waiting for the replies it gets; each refusal is a 16-byte reply
+ * that may sit unread (at most 16 KiB of them here).
+ */
+export const MAX_BUSY_REFUSALS = 1024;
+
 /** What the commands need of their channel. */
 export interface CommandHooks {
   closed(): boolean;
@@ -51,6 +58,8 @@ export class ServerCommands {
   #serving: Promise<void> = Promise.resolve();
   /** Received and not answered yet (MAX_COMMANDS_WAITING). */
   #waiting = 0;
+  /** EBUSY replies since a command was last served (MAX_BUSY_REFUSALS). */
+  #busyRefusals = 0;
   /** The command being served waits for the server to read the replies before it ('drain'), or for the close. */
   #drainWaiter: (() => void) | null = null;
 
@@ -70,6 +79,11 @@ export class ServerCommands {
       if (this.#drainWaiter !== null || this.#socket.queuedBytes > COMMAND_REPLY_HIGH_WATER) {
         throw new ProtocolError(
           `server sent ${this.#waiting + 1} commands without reading the replies to them (at most ${MAX_COMMANDS_WAITING} may wait)`,
+        );
+      }
+      if (++this.#busyRefusals > MAX_BUSY_REFUSALS) {
+        throw new ProtocolError(
+          `server sent ${MAX_BUSY_REFUSALS + 1} commands refused EBUSY while ${MAX_COMMANDS_WAITING} waited (it does not wait for its replies)`,
         );
       }
       // The server reads our replies; we are the slow side: this one is refused now, not queued.
@@ -110,6 +124,7 @@ export class ServerCommands {
       await this.#answer(msg, fds, receivedAt);
     } finally {
       this.#waiting--;
+      this.#busyRefusals = 0;
     }
   }
 

@@ -20,7 +20,7 @@ import { ConnectionReplies } from './connection-replies.js';
 import type { ConnectionInfo, Issued, VfioUserDeviceModel } from './device-model.js';
 import { dispatchRequest } from './dispatch.js';
 import { FdsLostError, requestFdsLost } from './fds-lost.js';
-import { offerPeerDma, type PeerCommands } from './peer-dma.js';
+import { offerPeerDma, type PeerCommands, type PeerDmaState } from './peer-dma.js';
 import * as P from './protocol.js';
 import { PIPELINED, QUEUED, RequestOrder, type Turn } from './request-order.js';
 import { errorReplyMessage, type Outcome, replyMessage, runWithFds } from './request-outcome.js';
@@ -40,6 +40,8 @@ export interface AdoptedSession {
   /** The client's VERSION capabilities object. */
   peerCapabilities: Record<string, unknown>;
   wantsReasons: boolean;
+  /** The model's commands to the client (peer-dma.ts), for a late reply to one that timed out (added later). */
+  peerDma?: PeerDmaState;
 }
 
 // Flow control (MAX_PENDING, REPLY_HIGH_WATER, REPLY_HARD_LIMIT) and when replies leave: connection-replies.ts.
@@ -97,7 +99,10 @@ export class VfioUserConnection {
       try {
         this.#model = await createDevice(info, socket);
         // A session negotiated elsewhere has had its VERSION: the model gets the client's memory now.
-        if (adopted) this.#givePeerDma();
+        if (adopted) {
+          this.#givePeerDma();
+          if (adopted.peerDma) this.#peerDma?.adopt(adopted.peerDma);
+        }
       } catch (err) {
         this.#refusal = err;
         if (!(err instanceof VfioError))
@@ -162,7 +167,12 @@ export class VfioUserConnection {
   /** What another process needs to carry this session on (see the constructor's `adopted`). */
   handover(): AdoptedSession | null {
     if (this.peer === null) return null;
-    return { peerCapabilities: this.peer.raw, wantsReasons: this.#wantsReasons };
+    const peerDma = this.#peerDma?.handover();
+    return {
+      peerCapabilities: this.peer.raw,
+      wantsReasons: this.#wantsReasons,
+      ...(peerDma ? { peerDma } : {}),
+    };
   }
 
   /** Close this connection (idempotent); the model's disconnected() runs after any request in progress. */

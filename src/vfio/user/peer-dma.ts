@@ -107,6 +107,13 @@ interface Outstanding {
   timer: NodeJS.Timeout;
 }
 
+/** What another process needs to carry a connection's commands on (a broker upgrade: none outstanding). */
+export interface PeerDmaState {
+  nextId: number;
+  /** Ids of commands that timed out: a late reply to one is dropped there too, not taken for a stray. */
+  timedOut: number[];
+}
+
 /** Longest deadline setTimeout takes. */
 const MAX_TIMEOUT_MS = 0x7fff_ffff;
 
@@ -133,6 +140,17 @@ export class PeerCommands implements PeerDma {
 
   get lateReplies(): number {
     return this.#timedOut.size;
+  }
+
+  /** For a process that carries the connection on (adopt there); only with nothing outstanding. */
+  handover(): PeerDmaState {
+    return { nextId: this.#nextId, timedOut: [...this.#timedOut] };
+  }
+
+  /** Carry on from another process's handover(): its late replies are dropped here, its ids not reused. */
+  adopt(state: PeerDmaState): void {
+    this.#nextId = state.nextId & 0xffff;
+    for (const id of state.timedOut.slice(0, MAX_TIMED_OUT_IDS)) this.#timedOut.add(id & 0xffff);
   }
 
   read(addr: bigint, count: number, timeoutMs: number): Promise<Uint8Array> {
