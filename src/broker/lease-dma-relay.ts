@@ -133,33 +133,34 @@ export class DmaRelay {
   }
 
   async #read(deviceIova: bigint, offset: bigint, count: number, receivedAt?: number): Promise<Uint8Array> {
-    const access = this.#begin(deviceIova, offset, receivedAt);
     const out = new Uint8Array(count);
+    await this.#pieces(deviceIova, offset, count, receivedAt, async (peer, iova, done, n, ms) => {
+      out.set(await peer.read(iova, n, ms), done);
+    });
+    return out;
+  }
+
+  #write(deviceIova: bigint, offset: bigint, data: Uint8Array, receivedAt?: number): Promise<void> {
+    return this.#pieces(deviceIova, offset, data.byteLength, receivedAt, (peer, iova, done, n, ms) =>
+      peer.write(iova, data.subarray(done, done + n), ms),
+    );
+  }
+
+  /** One access of `count` bytes at `offset`, piece by piece, each checked just before `send` (see above). */
+  async #pieces(
+    deviceIova: bigint,
+    offset: bigint,
+    count: number,
+    receivedAt: number | undefined,
+    send: (peer: PeerDma, iova: bigint, done: number, n: number, ms: number) => Promise<void>,
+  ): Promise<void> {
+    const access = this.#begin(deviceIova, offset, receivedAt);
     try {
       for (let done = 0; done < count; ) {
         const { peer, iova, ms } = this.#piece(access, offset + BigInt(done));
         const n = Math.min(RELAY_PIECE, peer.maxTransfer, count - done);
         access.charged = true; // a timeout now is the client's own
-        out.set(await peer.read(iova, n, ms), done);
-        access.charged = false;
-        done += n;
-      }
-    } catch (err) {
-      throw this.#failed(access, err);
-    } finally {
-      this.#inFlight--;
-    }
-    return out;
-  }
-
-  async #write(deviceIova: bigint, offset: bigint, data: Uint8Array, receivedAt?: number): Promise<void> {
-    const access = this.#begin(deviceIova, offset, receivedAt);
-    try {
-      for (let done = 0; done < data.byteLength; ) {
-        const { peer, iova, ms } = this.#piece(access, offset + BigInt(done));
-        const n = Math.min(RELAY_PIECE, peer.maxTransfer, data.byteLength - done);
-        access.charged = true;
-        await peer.write(iova, data.subarray(done, done + n), ms);
+        await send(peer, iova, done, n, ms);
         access.charged = false;
         done += n;
       }

@@ -77,13 +77,19 @@ function relay(): { relay: DmaRelay; audit: Record<string, unknown>[] } {
   return { relay: r, audit };
 }
 
-test('one access is several pieces, each at the client address of its offset', async () => {
-  const { relay: r } = relay();
+/** A relay with one lease (client `c`) whose mapping `m` at view address `iova` is relayed. */
+function relayed(iova = 0n) {
+  const { relay: r, audit } = relay();
   const c = client();
   const l = lease(c);
-  const m = mapping(0x2000n);
+  const m = mapping(iova);
   r.add(l, m);
   l.mappings.set(m.iova, m);
+  return { r, audit, c, l, m };
+}
+
+test('one access is several pieces, each at the client address of its offset', async () => {
+  const { r, c, m } = relayed(0x2000n);
   const read = r.memoryAt(m.deviceIova).read(0x1000n, 3 * PIECE);
   for (let i = 0; i < 3; i++) {
     await turn();
@@ -102,12 +108,7 @@ test('one access is several pieces, each at the client address of its offset', a
 });
 
 test('an unmap between pieces: the next piece is never sent, the access fails EFAULT', async () => {
-  const { relay: r } = relay();
-  const c = client();
-  const l = lease(c);
-  const m = mapping(0n);
-  r.add(l, m);
-  l.mappings.set(m.iova, m);
+  const { r, c, l, m } = relayed();
   const write = Promise.resolve(r.memoryAt(m.deviceIova).write(0n, new Uint8Array(2 * PIECE)));
   await turn();
   l.mappings.delete(m.iova); // the broker answered the client's DMA_UNMAP
@@ -163,12 +164,7 @@ test('a second map at an address already relayed is refused EEXIST and leaves th
 });
 
 test("one access's pieces share its deadline from its arrival; time spent before the client was asked is no client's fault", async () => {
-  const { relay: r, audit } = relay();
-  const c = client();
-  const l = lease(c);
-  const m = mapping(0n);
-  r.add(l, m);
-  l.mappings.set(m.iova, m);
+  const { r, audit, c, l, m } = relayed();
   // Arrived RELAY_ACCESS_MS - 400 ms ago (it waited in the broker's queue): 400 ms left for all its pieces.
   const read = Promise.resolve(
     r.memoryAt(m.deviceIova).read(0n, 2 * PIECE, performance.now() - RELAY_ACCESS_MS + 400),
@@ -199,12 +195,7 @@ test("one access's pieces share its deadline from its arrival; time spent before
 });
 
 test("the client's own timeout starts its backoff, reported once; it is not asked again while a reply is late", async () => {
-  const { relay: r, audit } = relay();
-  const c = client();
-  const l = lease(c);
-  const m = mapping(0n);
-  r.add(l, m);
-  l.mappings.set(m.iova, m);
+  const { r, audit, c, l, m } = relayed();
   // The client leaves it unanswered: its PeerDma times the piece out (ETIMEDOUT) and owes a late reply.
   const answering = c.read;
   c.read = (addr, n, ms) => {
@@ -240,12 +231,7 @@ test("the client's own timeout starts its backoff, reported once; it is not aske
 });
 
 test('while an upgrade holds the relay, accesses fail EAGAIN at once, charged to no one', async () => {
-  const { relay: r } = relay();
-  const c = client();
-  const l = lease(c);
-  const m = mapping(0n);
-  r.add(l, m);
-  l.mappings.set(m.iova, m);
+  const { r, c, l, m } = relayed();
   r.hold();
   await assert.rejects(
     Promise.resolve(r.memoryAt(m.deviceIova).read(0n, 8)),
