@@ -51,6 +51,8 @@ export const RELAY_PIECE = 64 * 1024;
 interface Relayed {
   readonly lease: Lease;
   readonly mapping: LeaseMapping;
+  /** performance.now() when it was added: an access that arrived before is to whatever was there then. */
+  readonly addedAt: number;
 }
 
 /** What a lease's relayed memory has cost (`devlease leases`), and when its client may be asked again. */
@@ -113,7 +115,7 @@ export class DmaRelay {
         `lease ${there.lease.id} has memory mapped at 0x${mapping.iova.toString(16)} already`,
       );
     }
-    this.#byDeviceIova.set(mapping.deviceIova, { lease, mapping });
+    if (!there) this.#byDeviceIova.set(mapping.deviceIova, { lease, mapping, addedAt: performance.now() });
     lease.relayCounters ??= { accesses: 0, failures: 0, timeouts: 0, backoffUntil: 0 };
     lease.mappings.onRelayedGone = (m) => this.remove(m);
   }
@@ -177,7 +179,8 @@ export class DmaRelay {
     if (this.#held)
       throw new VfioError('EAGAIN', `the broker is being upgraded: no relayed access at ${at} now`);
     const r = this.#byDeviceIova.get(deviceIova);
-    if (!r) throw new VfioError('EFAULT', `no lease memory is mapped at ${at}`);
+    // Queued in the broker since before this mapping was made: it was meant for one unmapped since.
+    if (!r || receivedAt < r.addedAt) throw new VfioError('EFAULT', `no lease memory is mapped at ${at}`);
     r.lease.relayCounters!.accesses++;
     this.#inFlight++;
     return { ...r, deviceIova, deadline: receivedAt + RELAY_ACCESS_MS, charged: false };

@@ -50,16 +50,11 @@ export async function hold(b: Broker, p: BrokerParts, exceptAdmin: number, deadl
   b.leases.relay.hold();
   try {
     await until('relayed DMA accesses in flight', () => b.leases.relay.inFlight === 0, deadline);
-  } catch (err) {
-    b.leases.relay.unhold();
-    throw err;
-  }
-  for (const s of p.servers) s.pauseAccepting();
-  p.admin?.hold();
-  p.metrics?.hold(); // a scrape reads the device; those in progress are among the device calls waited for
-  const conns = p.servers.flatMap((s) => [...s.connections]);
-  for (const c of conns) c.hold();
-  try {
+    for (const s of p.servers) s.pauseAccepting();
+    p.admin?.hold();
+    p.metrics?.hold(); // a scrape reads the device; those in progress are among the device calls waited for
+    const conns = p.servers.flatMap((s) => [...s.connections]);
+    for (const c of conns) c.hold();
     const idle = Promise.all(conns.map((c) => c.idle()));
     let done = false;
     void idle.then(() => {
@@ -133,6 +128,19 @@ export function cannotUpgrade(b: Broker): string | null {
   if (intx.length)
     return `leases ${intx.map((l) => l.id).join(', ')} have the device's INTx relayed by this broker (it unmasks the line): upgrade once they have ended`;
   return null;
+}
+
+/**
+ * Whether the state carries anything of relayed DMA (version 7): a relayed mapping, a device map without an fd
+ * (one whose unmap failed outlives its mapping), or a session owed a late reply to a relayed access.
+ */
+export function carriesRelayedDma(b: Broker): boolean {
+  const dev = b.device;
+  return (
+    b.leases.relay.size > 0 ||
+    (dev instanceof VfioUserDevice && dev.client.dmaMapsWithoutFd > 0) ||
+    b.leases.all().some((l) => (l.peer?.lateReplies ?? 0) > 0)
+  );
 }
 
 /**
@@ -238,7 +246,7 @@ export function collect(
       b.device,
       !!direct,
       b.leases.withSliceCountLost().length > 0,
-      b.leases.relay.size > 0,
+      carriesRelayedDma(b),
     ),
     broker: { pid: process.pid, startedAt: meta.startedAt.toISOString(), upgrades: meta.upgrades },
     device,

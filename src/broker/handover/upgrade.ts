@@ -11,7 +11,7 @@ import { DevleaseError } from '../../errors.js';
 import { Fd } from '../../sys/fd.js';
 import { native } from '../../sys/native.js';
 import type { Broker } from '../broker.js';
-import { type BrokerParts, cannotUpgrade, collect, hold, relayBusy, resume } from './collect.js';
+import { type BrokerParts, cannotUpgrade, carriesRelayedDma, collect, hold, resume } from './collect.js';
 import { stateVersionFor } from './format.js';
 import { inheritedEnv, inheritedNodeOptions } from './node-options.js';
 import { encodeState, HandoverWire } from './wire.js';
@@ -67,8 +67,6 @@ export async function upgrade(
     );
   const why = cannotUpgrade(b);
   if (why) throw new DevleaseError('ENOTSUP', why);
-  const busy = relayBusy(b);
-  if (busy) throw new DevleaseError('EAGAIN', busy);
   const deadline = Date.now() + (opts.deadlineMs ?? 20_000);
   const [ours, theirs] = native.unixPair(false);
   const wire = new HandoverWire(new Fd(ours));
@@ -156,7 +154,7 @@ export async function upgrade(
     b.device,
     !!b.leases.direct?.handingOut,
     b.leases.withSliceCountLost().length > 0,
-    b.leases.relay.size > 0,
+    carriesRelayedDma(b),
   );
   if (hello.msg.t !== 'hello' || !Array.isArray(versions) || !versions.includes(version))
     return rollback(

@@ -178,6 +178,11 @@ export class VfioUserClient extends EventEmitter {
     throw new VfioError('ENOTSUP', `${P.commandName(msg.command)} is not a server-to-client command`);
   }
 
+  /** Of those, the maps without an fd (served from memory the caller gave). */
+  get dmaMapsWithoutFd(): number {
+    return this.#dma.entries().filter((e) => !e.fd).length;
+  }
+
   /** How many DMA maps this client is ready to serve DMA_READ/DMA_WRITE for. */
   get dmaMapCount(): number {
     return this.#dma.size;
