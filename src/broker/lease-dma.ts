@@ -1,8 +1,9 @@
 // A lease session's DMA_MAP and DMA_UNMAP (session.ts hands them here): the checks a map must pass — an fd
 // (or policy.dma_without_fd = "relay" on a vfio-user device), the lease's IOVA view, whole pages, a usable
 // fd, the uid's limits and the policy — then the device call at the device's address, undone if reclaim began
-// meanwhile. A map without an fd is served through the broker (lease-dma-relay.ts). It stands alone because it is the one part of a
-// session that spends the client's quota and the policy's say; the rest serves regions and wires interrupts.
+// meanwhile. A map without an fd is served through the broker (lease-dma-relay.ts). It stands alone because
+// it is the one part of a session that spends the client's quota and the policy's say; the rest serves
+// regions and wires interrupts.
 
 import { VfioError } from '../errors.js';
 import type { DmaMapRequest, DmaUnmapRequest } from '../vfio/user/device-model.js';
@@ -50,10 +51,9 @@ export async function mapForLease(
         table.config.policy.dmaFiles,
         lease.ctx.pid,
       );
-    }
-    // A second map where memory is relayed already: refused before the policy hears of it (relay.add refuses
-    // one that raced this check).
-    if (!req.fd && table.relay.has(toDevice(lease, req.iova))) {
+    } else if (table.relay.has(toDevice(lease, req.iova))) {
+      // A second map where memory is relayed already: refused before the policy hears of it (relay.add
+      // refuses one that raced this check).
       throw new VfioError('EEXIST', `memory is mapped at 0x${req.iova.toString(16)} already`);
     }
     // Checked against usage that counts maps still in flight (released in `finally`), so concurrent

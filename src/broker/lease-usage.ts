@@ -34,6 +34,7 @@ export class UsageAccounts {
 /** A lease's mappings, keyed by the client's IOVA, with their byte total kept as they change. */
 export class LeaseMappings extends Map<bigint, LeaseMapping> {
   #bytes = 0n;
+  #relayed = 0;
   /** Called after every change (the lease re-counts its share). */
   onChange: () => void = () => {};
   /** Called for each relayed mapping (no fd) that goes: the broker's DmaRelay forgets it. */
@@ -43,10 +44,16 @@ export class LeaseMappings extends Map<bigint, LeaseMapping> {
     return this.#bytes;
   }
 
+  /** How many of the mappings are relayed (no fd). */
+  get relayed(): number {
+    return this.#relayed;
+  }
+
   override set(iova: bigint, m: LeaseMapping): this {
     const old = super.get(iova);
     super.set(iova, m);
     this.#bytes += m.size - (old?.size ?? 0n);
+    this.#relayed += (m.relayed ? 1 : 0) - (old?.relayed ? 1 : 0);
     if (old?.relayed && old !== m) this.onRelayedGone(old);
     this.onChange();
     return this;
@@ -57,13 +64,17 @@ export class LeaseMappings extends Map<bigint, LeaseMapping> {
     if (!old) return false;
     super.delete(iova);
     this.#bytes -= old.size;
-    if (old.relayed) this.onRelayedGone(old);
+    if (old.relayed) {
+      this.#relayed--;
+      this.onRelayedGone(old);
+    }
     this.onChange();
     return true;
   }
 
   override clear(): void {
-    const relayed = [...super.values()].filter((m) => m.relayed);
+    const relayed = this.#relayed ? [...super.values()].filter((m) => m.relayed) : [];
+    this.#relayed = 0;
     super.clear();
     for (const m of relayed) this.onRelayedGone(m);
     this.#bytes = 0n;

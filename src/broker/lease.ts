@@ -259,7 +259,7 @@ export class Lease {
       mappings: this.mappings.size,
       mappedBytes: this.mappedBytes.toString(),
       // Of those, the maps without an fd, whose device accesses the broker relays to the client.
-      relayedMappings: [...this.mappings.values()].filter((m) => m.relayed).length,
+      relayedMappings: this.mappings.relayed,
       relayStats: this.relayCounters
         ? {
             accesses: this.relayCounters.accesses,

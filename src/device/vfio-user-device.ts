@@ -301,16 +301,14 @@ export class VfioUserDevice extends EventEmitter implements Device, Reconnectabl
   }
 
   dmaMap(m: DmaMapping): Promise<void> {
-    const flags = (m.read ? VFIO_USER_F_DMA_REGION_READ : 0) | (m.write ? VFIO_USER_F_DMA_REGION_WRITE : 0);
-    return this.client.dmaMap({ fd: m.fd, offset: m.offset, iova: m.iova, size: m.size, flags });
+    return this.client.dmaMap({ fd: m.fd, offset: m.offset, iova: m.iova, size: m.size, flags: dmaFlags(m) });
   }
 
   relayedMemory: ((iova: bigint) => DmaMemory) | null = null;
 
   dmaMapWithoutFd(m: Omit<DmaMapping, 'fd' | 'offset'>): Promise<void> {
-    const flags = (m.read ? VFIO_USER_F_DMA_REGION_READ : 0) | (m.write ? VFIO_USER_F_DMA_REGION_WRITE : 0);
     const memory = memoryServedLater(() => this.relayedMemory, m.iova);
-    return this.client.dmaMap({ iova: m.iova, size: m.size, flags, memory });
+    return this.client.dmaMap({ iova: m.iova, size: m.size, flags: dmaFlags(m), memory });
   }
   dmaUnmap(iova: bigint, size: bigint): Promise<void> {
     return this.client.dmaUnmap({ iova, size });
@@ -414,4 +412,9 @@ function brokerClientOptions(opts: VfioUserClientOptions): VfioUserClientOptions
 export function batchCommands<T>(d: Device, fn: () => T): T {
   const batching = d as Device & { batch?<R>(f: () => R): R };
   return typeof batching.batch === 'function' ? batching.batch(fn) : fn();
+}
+
+/** A DMA map's VFIO_USER_F_DMA_REGION_* flags. */
+function dmaFlags(m: { read: boolean; write: boolean }): number {
+  return (m.read ? VFIO_USER_F_DMA_REGION_READ : 0) | (m.write ? VFIO_USER_F_DMA_REGION_WRITE : 0);
 }

@@ -28,7 +28,6 @@ import { resolveMaxDmaMaps } from './dma-limit.js';
 import { FrontDmaTable } from './dma-table.js';
 import { IrqTable } from './irq-table.js';
 import { MailboxCaller, newMailboxMemory } from './mailbox.js';
-import { SLOTS } from './mailbox-ring.js';
 import { PageTable, renewPage } from './page-revoke.js';
 import { newRemoteDmaMemory, RemoteDmaServer } from './remote-dma.js';
 import { SliceAccess } from './slice-access.js';
@@ -125,7 +124,7 @@ export class DeviceWorker {
     this.remote = new RemoteDmaServer(
       remoteDma,
       (iova, length, write) => this.dma.covers(iova, length, write),
-      { last: () => this.#mailbox.posts, taken: () => this.#mailbox.taken() },
+      (post) => this.#mailbox.untaken(post),
       log,
     );
     this.dma.onUnmapPosted = (post, iova, size, all) => this.remote.unmapped(post, iova, size, all);
@@ -212,10 +211,7 @@ export class DeviceWorker {
    * this thread, which the device may be waiting on).
    */
   #doorbell(q: number): void {
-    // Pending: not taken, and (the numbers are int32 counters) less than a ring's worth of posts ago.
-    const last = this.#doorbellPost;
-    const m = this.#mailbox;
-    if (last !== null && ((m.taken() - last) | 0) < 0 && ((m.posts - last) | 0) <= SLOTS) return;
+    if (this.#doorbellPost !== null && this.#mailbox.untaken(this.#doorbellPost)) return;
     const asleepOnFds = this.#mailbox.postLeavingFdSleep({ op: 'doorbell' });
     this.#doorbellPost = this.#mailbox.posts;
     if (asleepOnFds) native.eventfdWrite(this.#kickFds[q % this.#kickFds.length] as number, 1);

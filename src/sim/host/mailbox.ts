@@ -168,6 +168,14 @@ export class MailboxCaller<R> {
     return Atomics.load(this.#words, W_TAKEN);
   }
 
+  /**
+   * Whether post `n` is still waiting for the device. Post numbers are int32 counters: one more than a ring's
+   * worth of posts old is taken, whatever the wrap says (the ring holds at most SLOTS untaken).
+   */
+  untaken(n: number): boolean {
+    return ((this.taken() - n) | 0) < 0 && ((this.#posts - n) | 0) <= SLOTS;
+  }
+
   /** The callAsync() in flight, settled (never rejects); null when none. */
   get inFlight(): Promise<void> | null {
     return this.#asyncCall;

@@ -20,7 +20,6 @@ import { VfioError } from '../../errors.js';
 import { waitAsync } from '../../util/wait-async.js';
 import type { PeerDma } from '../../vfio/user/peer-dma.js';
 import type { RemoteMemory } from '../model/iommu.js';
-import { SLOTS } from './mailbox-ring.js';
 
 /**
  * Bytes one DMA_READ/DMA_WRITE message carries at most (and at most the owner's max_data_xfer_size), and so
@@ -193,14 +192,14 @@ export class RemoteDmaServer {
   readonly #log: (message: string, err?: unknown) => void;
 
   /**
-   * `covers`: whether the owner's maps (the front end's table) hold a range now. `posts`: the mailbox's post
-   * numbers, the last posted and the last the device took. `log`: rate limited by message (the detail goes
-   * in `err`).
+   * `covers`: whether the owner's maps (the front end's table) hold a range now. `untaken`: whether the device
+   * has yet to take a mailbox post (MailboxCaller.untaken). `log`: rate limited by message (the detail goes in
+   * `err`).
    */
   constructor(
     sab: SharedArrayBuffer,
     private readonly covers: (iova: number, length: number, write: boolean) => boolean,
-    private readonly posts: { last(): number; taken(): number },
+    private readonly untaken: (post: number) => boolean,
     log: (message: string, err?: unknown) => void,
   ) {
     this.#w = new Int32Array(sab, 0, WORDS);
@@ -340,14 +339,9 @@ export class RemoteDmaServer {
     return this.#unmaps.some((u) => u.iova < iova + length && u.end > iova);
   }
 
-  /**
-   * Forget the unmaps the device has taken. Their post numbers are int32 counters: one more than a ring's
-   * worth of posts old is taken too (the ring holds at most MAILBOX_SLOTS untaken), whatever the wrap says.
-   */
+  /** Forget the unmaps the device has taken. */
   #pruneUnmaps(): void {
-    const taken = this.posts.taken();
-    const last = this.posts.last();
-    this.#unmaps = this.#unmaps.filter((u) => ((taken - u.post) | 0) < 0 && ((last - u.post) | 0) <= SLOTS);
+    this.#unmaps = this.#unmaps.filter((u) => this.untaken(u.post));
   }
 
   /** Publish the answer to `s`, unless the device gave it up; idempotent. */
