@@ -17,6 +17,7 @@
         "native/peer.cc",
         "native/pidfd.cc",
         "native/poll.cc",
+        "native/poll_shared.cc",
         "native/unix_socket.cc",
         "native/sigbus_guard.cc",
         "native/wait_set.cc"

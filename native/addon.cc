@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   devlease::RegisterFdOps(env, exports);
   devlease::RegisterClose(env, exports);
   devlease::RegisterPoll(env, exports);
+  devlease::RegisterPollShared(env, exports);
   devlease::RegisterUnixSocket(env, exports);
   devlease::RegisterPeer(env, exports);
   devlease::RegisterPidfd(env, exports);

@@ -28,6 +28,8 @@ struct EnvState {
   Napi::FunctionReference misuseError;
   /** poll.cc's PollHandle class: its methods live on one prototype instead of four closures per handle. */
   Napi::FunctionReference pollHandleClass;
+  /** poll_shared.cc's epoll set of this environment, made when the addon loads; this holds one reference on it. */
+  void* pollSet = nullptr;
   ~EnvState();
 };
 /** This environment's state, created on first use. */
@@ -107,6 +109,9 @@ void CloseReceivedFd(int fd, int64_t sender);
  */
 bool ClosesBacklogged(int64_t sender);
 void RegisterPoll(Napi::Env env, Napi::Object exports);
+void RegisterPollShared(Napi::Env env, Napi::Object exports);
+/** Drops EnvState's reference on its poll set (poll_shared.cc). */
+void ReleasePollSet(void* set);
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports);
 void RegisterPeer(Napi::Env env, Napi::Object exports);
 void RegisterPidfd(Napi::Env env, Napi::Object exports);

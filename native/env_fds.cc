@@ -17,6 +17,7 @@ EnvState::~EnvState() {
   // worker holds its owner's DMA fds), whose close can wait on a file system the peer serves; the teardown
   // must not. Whose they are is not known here: counted by the closer's global bound only.
   for (int fd : trackedFds) CloseReceivedFd(fd, kNoSender);
+  if (pollSet != nullptr) ReleasePollSet(pollSet);
 }
 
 namespace {

@@ -46,17 +46,22 @@ export class EventFd {
   onReadable(cb: (value: bigint) => void): void {
     const fd = this.fd.fd;
     this.stopWatching();
-    this.#watch = new Watch(fd, READABLE, () => {
-      let total = 0n;
-      try {
-        for (let v = this.#readIfOpen(); v !== null; v = this.#readIfOpen()) total += v;
-      } catch (err) {
-        // A read that failed took nothing (the counter keeps its value and the fd stays readable: the watch
-        // calls again). Thrown here, on the event loop, it was an uncaught exception (fail-nth suite).
-        if (!isSysError(err)) throw err;
-      }
-      if (total > 0n) cb(total);
-    });
+    this.#watch = new Watch(
+      fd,
+      READABLE,
+      () => {
+        let total = 0n;
+        try {
+          for (let v = this.#readIfOpen(); v !== null; v = this.#readIfOpen()) total += v;
+        } catch (err) {
+          // A read that failed took nothing (the counter keeps its value and the fd stays readable: the watch
+          // calls again). Thrown here, on the event loop, it was an uncaught exception (fail-nth suite).
+          if (!isSysError(err)) throw err;
+        }
+        if (total > 0n) cb(total);
+      },
+      'shared',
+    );
   }
 
   stopWatching(): void {

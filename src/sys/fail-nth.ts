@@ -18,6 +18,8 @@ const NEVER = new Set([
   'mappingUnmapMany',
   'mappingRevoked',
   'mappingAddress',
+  'pollSharedStop',
+  'pollSharedRef',
   'trackFd',
   'untrackFd',
   'setErrorClasses',

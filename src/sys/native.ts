@@ -121,6 +121,17 @@ export interface NativeAddon {
 
   // --- readiness (uv_poll on the current loop; callback gets UV events bits: 1 readable, 2 writable, 4 disconnect) ---
   poll(fd: number, events: number, cb: (status: number, events: number) => void): PollHandle;
+  /**
+   * As poll(), through this thread's one epoll set (native/poll_shared.cc), for fds watched per lease that rarely
+   * fire: returns the watcher's id for the three calls below.
+   */
+  pollShared(fd: number, events: number, cb: (status: number, events: number) => void): number;
+  /** Stops watcher `id` (idempotent). */
+  pollSharedStop(id: number): void;
+  /** Changes its UV event bits (throws ERR_DEVLEASE_CLOSED once stopped). */
+  pollSharedEvents(id: number, events: number): void;
+  /** Whether it keeps the event loop alive (the default) or not; nothing once stopped. */
+  pollSharedRef(id: number, ref: boolean): void;
 
   // --- AF_UNIX sockets (all non-blocking, cloexec); `stream`: SOCK_STREAM, else SOCK_SEQPACKET ---
   unixListen(path: string, mode: number, backlog: number, stream: boolean): number;

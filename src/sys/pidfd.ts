@@ -1,5 +1,5 @@
 // A pidfd: a process handle that cannot be confused by pid reuse. It turns
-// readable when the process exits, which onExit() watches with uv_poll.
+// readable when the process exits, which onExit() watches (in the thread's shared epoll set, sys/watch.ts).
 
 import { constants as osConstants } from 'node:os';
 import { isSysError, misuse } from '../errors.js';
@@ -52,7 +52,7 @@ export class PidFd {
     }
     this.#exitCallbacks.push(cb);
     if (this.#watch !== null) return;
-    this.#watch = new Watch(fd, READABLE, () => this.#onExit());
+    this.#watch = new Watch(fd, READABLE, () => this.#onExit(), 'shared');
     if (!this.#refed) this.#watch.unref();
   }
 

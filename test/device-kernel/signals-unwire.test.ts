@@ -1,4 +1,4 @@
-// A REQ or ERR eventfd wired at open whose watch (a uv_poll start) fails is
+// A REQ or ERR eventfd wired at open whose watch (its epoll registration) fails is
 // closed, and its irq unwired: the kernel holds its own reference to the
 // eventfd, so closing ours alone left the trigger in place, signalling an
 // eventfd nobody reads (device-signals.ts). So is one whose watch fails when
@@ -25,12 +25,12 @@ const eventfds = () => [...openFds().values()].filter((t) => t === 'anon_inode:[
 /** struct vfio_irq_set { u32 argsz, flags, index, start, count }: DATA_NONE (0x1) | ACTION_TRIGGER (0x20), count 0. */
 const unwireOf = (index: number) => le([4, 20], [4, 0x21], [4, index], [4, 0], [4, 0]);
 
-/** Opens the device (`rec` has its replies) with the kth uv_poll start failing (1: REQ's watch, 2: ERR's). */
+/** Opens the device (`rec` has its replies) with the kth eventfd watch failing (1: REQ's watch, 2: ERR's). */
 async function openFailingWatch(k: number, rec: InstanceType<typeof Recorder>) {
   using sysfs = scratchSysfs();
   const logs: string[] = [];
   const before = eventfds();
-  failCall('poll', k);
+  failCall('pollShared', k);
   const dev = await openKernelDevice({ bdf: BDF, sys: rec, sysfsRoot: sysfs.root, log: (m) => logs.push(m) });
   return { dev, logs, fired: failNthFired(), opened: eventfds() - before };
 }
@@ -44,7 +44,7 @@ for (const [k, index, name] of [
     standardReplies(rec);
     const { dev, logs, fired, opened } = await openFailingWatch(k, rec);
     try {
-      assert.equal(fired, 'poll', 'the watch was failed');
+      assert.equal(fired, 'pollShared', 'the watch was failed');
       const sets = rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).map((c) => c.arg as Uint8Array);
       const unwires = sets.filter((a) => a.byteLength === 20);
       assert.deepEqual(unwires, [unwireOf(index)], 'one SET_IRQS DATA_NONE|TRIGGER, count 0, for that index');
@@ -121,9 +121,9 @@ for (const [k, index, name, event, other, otherEvent] of [
       const wired = eventfds();
       const setsBefore = rec.ioctls(NR.VFIO_DEVICE_SET_IRQS).length;
       dev.holdSignals();
-      failCall('poll', k); // REQ is watched again first, then ERR
+      failCall('pollShared', k); // REQ is watched again first, then ERR
       await dev.unholdSignals();
-      assert.equal(failNthFired(), 'poll', 'the watch was failed');
+      assert.equal(failNthFired(), 'pollShared', 'the watch was failed');
       assert.deepEqual(
         rec
           .ioctls(NR.VFIO_DEVICE_SET_IRQS)
