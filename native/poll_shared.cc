@@ -7,13 +7,17 @@
 // uv_poll_start removes it once more (a DEL failing ENOENT) before the loop adds it at its next turn: six
 // system calls per watch over its life where this takes two. A lease's client watches four eventfds, its broker
 // a pidfd per lease (issue 16, forty-second pass). The price is one epoll_wait more per wake-up, which is why
-// the busy fds (sockets: a wake-up per message) keep their own uv_poll and only the fds watched per lease that
-// rarely fire (eventfds, pidfds, inotify) come here.
+// the busy fds (sockets: a wake-up per message; interrupt eventfds: one per completion) keep their own uv_poll and
+// only the fds watched per lease that rarely fire (a lease's notice eventfds, pidfds) come here. Also the price:
+// an EPOLL_CTL_ADD into an epoll set that is itself watched takes the kernel's global epnested_mutex for its loop
+// check (a few µs here, measured; a many-core host adding watches in many processes at once would contend).
 //
-// A watcher is a number to JS (no wrapped object, no finalizer) and every watcher of a set shares the set's
-// async context: a JS handle and an async resource per watch were most of what a watch cost after its system
-// calls. The set's table owns each watcher until it is stopped (a callback running holds one more reference, so
-// a stop from inside it frees nothing in use); the environment owns the set until its cleanup hook closes it.
+// A watcher is a number to JS (no wrapped object, no finalizer): a JS handle with a finalizer per watch was a
+// good part of what a watch cost after its system calls. Each keeps an async context of its own, made when the
+// watch starts, so its callbacks run in the context (AsyncLocalStorage included) of whoever started it, as a
+// uv_poll watcher's do. The set's table owns each watcher until it is stopped (a callback running holds one more
+// reference, so a stop from inside it frees nothing in use); the environment owns the set until its cleanup
+// hook closes it.
 #include <sys/epoll.h>
 #include <unistd.h>
 #include <uv.h>
@@ -43,8 +47,8 @@ struct PollSet {
   std::unordered_map<uint64_t, SharedWatcher*> live;
   /** Watchers registered and ref'ed: the set's handle keeps the loop alive while there is one. */
   int active_refd = 0;
-  /** The one async resource every callback of the set runs in. */
-  napi_async_context async_context = nullptr;
+  /** Interest changes so far (Activate, Deactivate): a batch skips a watcher changed since its epoll_wait. */
+  uint64_t changes = 0;
 };
 
 struct SharedWatcher {
@@ -56,10 +60,13 @@ struct SharedWatcher {
   bool active = false;   // registered in the set's epoll (libuv: an active handle)
   bool refd = true;      // counts for the loop (uv_ref / uv_unref)
   int refs = 0;
+  /** PollSet::changes at this watcher's last interest change. */
+  uint64_t changed_at = 0;
   Napi::FunctionReference callback;
+  Napi::AsyncContext async_context;
 
-  SharedWatcher(PollSet* s, uint64_t i, int f, Napi::Function cb)
-      : set(s), id(i), fd(f), callback(Napi::Persistent(cb)) {}
+  SharedWatcher(Napi::Env e, PollSet* s, uint64_t i, int f, Napi::Function cb)
+      : set(s), id(i), fd(f), callback(Napi::Persistent(cb)), async_context(e, "devlease:poll") {}
 };
 
 void ReleaseSet(PollSet* s) {
@@ -91,6 +98,7 @@ uint32_t EpollBits(int uv_events) {
 void Deactivate(SharedWatcher* w) {
   if (!w->active) return;
   w->active = false;
+  w->changed_at = ++w->set->changes;
   // Fails only when the owner closed the fd before stopping (EBADF; the kernel dropped it from the set then).
   if (w->set->open) epoll_ctl(w->set->epfd, EPOLL_CTL_DEL, w->fd, nullptr);
   if (w->refd) UpdateLoopRef(w->set, -1);
@@ -102,6 +110,7 @@ int Activate(SharedWatcher* w) {
   ev.events = EpollBits(w->events);
   ev.data.u64 = w->id;
   if (epoll_ctl(w->set->epfd, w->active ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, w->fd, &ev) < 0) return -errno;
+  w->changed_at = ++w->set->changes;
   if (!w->active) {
     w->active = true;
     if (w->refd) UpdateLoopRef(w->set, +1);
@@ -128,7 +137,7 @@ void Call(SharedWatcher* w, int status, int events) {
   napi_create_int32(env, events, &argv[1]);
   napi_get_global(env, &global);
   // As poll.cc: microtasks and nextTicks run after each callback; a throw goes to 'uncaughtException'.
-  napi_status st = napi_make_callback(env, w->set->async_context, global, w->callback.Value(), 2, argv, &result);
+  napi_status st = napi_make_callback(env, w->async_context, global, w->callback.Value(), 2, argv, &result);
   if (st == napi_pending_exception) {
     napi_value error;
     napi_get_and_clear_last_exception(env, &error);
@@ -137,12 +146,13 @@ void Call(SharedWatcher* w, int status, int events) {
 }
 
 // What libuv's epoll loop and uv__poll_io make of one event, applied the same way: the events masked by the
-// interest set, a lone EPOLLERR or EPOLLHUP widened to the interest set, then EPOLLERR a UV_EBADF.
+// interest set, a lone EPOLLERR or EPOLLHUP widened to the interest set, then EPOLLERR a UV_EBADF (not with
+// EPOLLPRI: sysfs and kernfs files report a change as both).
 void Dispatch(SharedWatcher* w, uint32_t got) {
   uint32_t interest = EpollBits(w->events);
   got &= interest | EPOLLERR | EPOLLHUP;
   if (got == EPOLLERR || got == EPOLLHUP) got |= interest;
-  if (got & EPOLLERR) {
+  if ((got & EPOLLERR) && !(got & EPOLLPRI)) {
     Deactivate(w);
     Call(w, UV_EBADF, 0);
     return;
@@ -163,11 +173,14 @@ void OnSetReady(uv_poll_t* handle, int status, int events) {
   do n = epoll_wait(s->epfd, ready, kMaxEvents, 0);
   while (n < 0 && errno == EINTR);
   s->refs++;  // kept for the batch, whatever a callback starts (a worker's exit)
+  // As libuv drops a handle's pending events when it is stopped or started again: an event of this batch is
+  // stale for a watcher an earlier callback stopped, or whose interest it changed (setEvents).
+  const uint64_t batch = s->changes;
   for (int i = 0; i < n && s->open; i++) {
     auto it = s->live.find(ready[i].data.u64);
     if (it == s->live.end()) continue;  // stopped by an earlier callback of this batch
     SharedWatcher* w = it->second;
-    if (!w->active) continue;  // made inactive (setEvents(0), EPOLLERR) by an earlier callback
+    if (!w->active || w->changed_at > batch) continue;
     w->refs++;  // the callback may stop it
     Dispatch(w, ready[i].events);
     ReleaseWatcher(w);
@@ -197,8 +210,6 @@ void OnEnvCleanup(napi_async_cleanup_hook_handle, void* data) {
   }
   s->live.clear();
   s->open = false;
-  napi_async_destroy(s->env, s->async_context);
-  s->async_context = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(&s->poll), OnSetClosed);
 }
 
@@ -229,10 +240,15 @@ PollSet* SetOf(Napi::Env env) {
     ThrowErrno(env, "epoll_ctl", -rc);
   }
   uv_unref(reinterpret_cast<uv_handle_t*>(&s->poll));  // until a watcher counts for the loop
-  napi_async_init(env, nullptr, Napi::String::New(env, "devlease:poll"), &s->async_context);
   s->open = true;
   s->refs = 2;  // the environment's (EnvState's, ReleasePollSet) and the open handle's (OnSetClosed)
-  napi_add_async_cleanup_hook(env, OnEnvCleanup, s, &s->cleanup_hook);
+  if (napi_add_async_cleanup_hook(env, OnEnvCleanup, s, &s->cleanup_hook) != napi_ok) {
+    // Without the hook a worker's teardown would leave the epoll fd open: no set for this environment.
+    s->open = false;
+    s->refs = 1;  // the handle's, released when it has closed
+    uv_close(reinterpret_cast<uv_handle_t*>(&s->poll), OnSetClosed);
+    ThrowMisuse(env, "ERR_DEVLEASE_NO_LOOP", "cannot watch this environment's teardown");
+  }
   state->pollSet = s;
   return s;
 }
@@ -253,7 +269,7 @@ Napi::Value PollShared(const Napi::CallbackInfo& info) {
   int events = static_cast<int>(IntArg(info, 1, "events", 0, 15));
   if (!info[2].IsFunction()) ThrowInvalidArg(env, "cb must be a function");
   PollSet* s = SetOf(env);
-  auto* w = new SharedWatcher(s, s->next_id++, fd, info[2].As<Napi::Function>());
+  auto* w = new SharedWatcher(env, s, s->next_id++, fd, info[2].As<Napi::Function>());
   w->refs = 1;  // the table's
   w->events = events;
   if (events != 0) {

@@ -178,7 +178,7 @@ export class Lease extends EventEmitter {
       const efd = new EventFd();
       this.#notices.push(efd);
       if (index === VFIO_PCI_ERR_IRQ_INDEX) this.#errNotice = efd;
-      efd.onReadable(() => void this.#notice(index));
+      efd.onReadable(() => void this.#notice(index), 'shared'); // rarely fires: one epoll_ctl in, one out
       calls.push(
         this.client.setIrqs({
           flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,

@@ -4,7 +4,7 @@
 import { isSysError } from '../errors.js';
 import { Fd } from './fd.js';
 import { native } from './native.js';
-import { READABLE, Watch } from './watch.js';
+import { READABLE, Watch, type WatchKind } from './watch.js';
 
 const { EFD_NONBLOCK, EFD_SEMAPHORE } = native.constants as Record<string, number>;
 
@@ -15,17 +15,21 @@ export class EventFd {
   /** Adopts an eventfd (e.g. received from another process) and makes its description non-blocking. */
   static adopt(fd: Fd): EventFd {
     try {
-      native.setNonBlocking(fd.fd, true);
+      return new EventFd({ fd });
     } catch (err) {
       fd.close();
       throw err;
     }
-    return new EventFd({ fd });
   }
 
-  /** Creates an eventfd, or wraps `opts.fd` (taking ownership; prefer adopt(), which also makes it non-blocking). */
+  /**
+   * Creates an eventfd, or wraps `opts.fd` (taking ownership) and makes its description non-blocking: the watch
+   * drains the counter until it reads nothing, and uv_poll, which once watched it, set O_NONBLOCK as a side effect
+   * (the shared watch does not). adopt() is the same, closing the fd if that fails.
+   */
   constructor(opts: { initval?: number; semaphore?: boolean; fd?: Fd } = {}) {
     const flags = EFD_NONBLOCK! | (opts.semaphore ? EFD_SEMAPHORE! : 0);
+    if (opts.fd) native.setNonBlocking(opts.fd.fd, true);
     this.fd = opts.fd ?? new Fd(native.eventfd(opts.initval ?? 0, flags));
   }
 
@@ -42,8 +46,10 @@ export class EventFd {
   /**
    * On each readiness, drains the counter and calls `cb` with the total
    * (in semaphore mode: the number of posts). Replaces a previous callback.
+   * `kind` (sys/watch.ts): 'shared' for a notice watched per lease that rarely fires; 'own' (the default) for
+   * one that fires often (an interrupt vector), where the shared set's extra epoll_wait per wake-up would cost.
    */
-  onReadable(cb: (value: bigint) => void): void {
+  onReadable(cb: (value: bigint) => void, kind: WatchKind = 'own'): void {
     const fd = this.fd.fd;
     this.stopWatching();
     this.#watch = new Watch(
@@ -60,7 +66,7 @@ export class EventFd {
         }
         if (total > 0n) cb(total);
       },
-      'shared',
+      kind,
     );
   }
 

@@ -11,10 +11,12 @@ export type PollCallback = (status: number, events: number) => void;
 
 /**
  * How a fd is watched. `own`: a uv_poll handle of its own, the loop's epoll reporting it directly: for fds that
- * wake the process often (sockets, a wake-up per message). `shared`: one epoll_ctl to start and one to stop, in
- * this thread's epoll set (native/poll_shared.cc), which costs every wake-up one epoll_wait more: for the fds
- * watched per lease that rarely fire (eventfds, pidfds), where uv_poll's set-up (six system calls over a
- * watch's life) was a measured part of a lease's cost (issue 16).
+ * wake the process often (sockets, a wake-up per message; interrupt vectors). `shared`: one epoll_ctl to start
+ * and one to stop, in this thread's epoll set (native/poll_shared.cc), which costs every wake-up one epoll_wait
+ * more: for the fds watched per lease that rarely fire (a lease's notice eventfds, pidfds), where uv_poll's
+ * set-up (six system calls over a watch's life) was a measured part of a lease's cost (issue 16). The same
+ * callbacks either way; a fd may be watched once in each (uv_poll refuses a second watch of its own, EEXIST, as
+ * the set does).
  */
 export type WatchKind = 'own' | 'shared';
 

@@ -231,7 +231,7 @@ export class DeviceSignals {
  * once. The device's owner keeps the process alive; this watch alone must not.
  */
 function listen(w: WiredSignal): void {
-  w.efd.onReadable(() => w.fired());
+  w.efd.onReadable(() => w.fired(), 'shared'); // ERR and REQ: rarely fire
   w.efd.unref();
 }
 
