@@ -110,6 +110,12 @@ void CloseReceivedFd(int fd, int64_t sender);
 bool ClosesBacklogged(int64_t sender);
 void RegisterPoll(Napi::Env env, Napi::Object exports);
 void RegisterPollShared(Napi::Env env, Napi::Object exports);
+/**
+ * Calls a watch's JS callback with (status, events) in its async context (poll.cc, poll_shared.cc): microtasks and
+ * nextTicks run after it, and a throw goes to 'uncaughtException'.
+ */
+void CallPollCallback(napi_env env, napi_async_context context, const Napi::FunctionReference& callback, int status,
+                      int events);
 /** Drops EnvState's reference on its poll set (poll_shared.cc). */
 void ReleasePollSet(void* set);
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports);

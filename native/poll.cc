@@ -57,23 +57,7 @@ void OnEnvCleanup(napi_async_cleanup_hook_handle, void* data) {
 void OnPoll(uv_poll_t* handle, int status, int events) {
   auto* w = static_cast<Watcher*>(handle->data);
   if (!w->open) return;
-  napi_env env = w->env;
-  Napi::HandleScope scope(env);
-  napi_value argv[2];
-  napi_value global;
-  napi_value result;
-  napi_create_int32(env, status, &argv[0]);
-  napi_create_int32(env, events, &argv[1]);
-  napi_get_global(env, &global);
-  // napi_make_callback runs microtasks/nextTicks afterwards, like any libuv
-  // callback in Node. Nobody can catch an exception thrown from here, so it
-  // goes to process 'uncaughtException'.
-  napi_status s = napi_make_callback(env, w->async_context, global, w->callback.Value(), 2, argv, &result);
-  if (s == napi_pending_exception) {
-    napi_value error;
-    napi_get_and_clear_last_exception(env, &error);
-    napi_fatal_exception(env, error);
-  }
+  CallPollCallback(w->env, w->async_context, w->callback, status, events);
 }
 
 // The JS handle: one object of a class defined once per environment, its methods on the prototype (a
@@ -155,6 +139,26 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+void CallPollCallback(napi_env env, napi_async_context context, const Napi::FunctionReference& callback, int status,
+                      int events) {
+  Napi::HandleScope scope(env);
+  napi_value argv[2];
+  napi_value global;
+  napi_value result;
+  napi_create_int32(env, status, &argv[0]);
+  napi_create_int32(env, events, &argv[1]);
+  napi_get_global(env, &global);
+  // napi_make_callback runs microtasks/nextTicks afterwards, like any libuv
+  // callback in Node. Nobody can catch an exception thrown from here, so it
+  // goes to process 'uncaughtException'.
+  napi_status s = napi_make_callback(env, context, global, callback.Value(), 2, argv, &result);
+  if (s == napi_pending_exception) {
+    napi_value error;
+    napi_get_and_clear_last_exception(env, &error);
+    napi_fatal_exception(env, error);
+  }
+}
 
 void RegisterPoll(Napi::Env env, Napi::Object exports) {
   StateOf(env)->pollHandleClass = Napi::Persistent(PollHandle::Define(env));

@@ -128,21 +128,7 @@ void StopWatcher(SharedWatcher* w) {
 }
 
 void Call(SharedWatcher* w, int status, int events) {
-  napi_env env = w->set->env;
-  Napi::HandleScope scope(env);
-  napi_value argv[2];
-  napi_value global;
-  napi_value result;
-  napi_create_int32(env, status, &argv[0]);
-  napi_create_int32(env, events, &argv[1]);
-  napi_get_global(env, &global);
-  // As poll.cc: microtasks and nextTicks run after each callback; a throw goes to 'uncaughtException'.
-  napi_status st = napi_make_callback(env, w->async_context, global, w->callback.Value(), 2, argv, &result);
-  if (st == napi_pending_exception) {
-    napi_value error;
-    napi_get_and_clear_last_exception(env, &error);
-    napi_fatal_exception(env, error);
-  }
+  CallPollCallback(w->set->env, w->async_context, w->callback, status, events);
 }
 
 // What libuv's epoll loop and uv__poll_io make of one event, applied the same way: the events masked by the
