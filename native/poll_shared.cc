@@ -56,7 +56,6 @@ struct SharedWatcher {
   uint64_t id;
   int fd;
   int events = 0;        // UV bits
-  bool open = true;      // not stopped by its owner
   bool active = false;   // registered in the set's epoll (libuv: an active handle)
   bool refd = true;      // counts for the loop (uv_ref / uv_unref)
   int refs = 0;
@@ -118,9 +117,8 @@ int Activate(SharedWatcher* w) {
   return 0;
 }
 
+/** Stops a watcher in the table (the only way to find one: the table entry is what "not stopped" means). */
 void StopWatcher(SharedWatcher* w) {
-  if (!w->open) return;
-  w->open = false;
   Deactivate(w);
   w->set->live.erase(w->id);
   w->callback.Reset();
@@ -190,7 +188,6 @@ void OnEnvCleanup(napi_async_cleanup_hook_handle, void* data) {
   // Watchers still open are freed: no JS runs after this, and an id finds nothing once the table is empty.
   for (auto& [id, w] : s->live) {
     w->active = false;
-    w->open = false;
     w->callback.Reset();
     ReleaseWatcher(w);
   }

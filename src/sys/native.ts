@@ -56,7 +56,7 @@ export interface PeerCred {
   gid: number;
 }
 
-/** An opaque handle for a uv_poll watcher. */
+/** An opaque handle for a watcher: poll()'s uv_poll one, or (sys/watch.ts) a shared watch's id. */
 export interface PollHandle {
   /** Stop watching (idempotent). Does not close the fd: stop before closing it. */
   stop(): void;

@@ -20,17 +20,31 @@ export type PollCallback = (status: number, events: number) => void;
  */
 export type WatchKind = 'own' | 'shared';
 
+/** A `shared` watch's id as a PollHandle: a plain object, no native handle and no finalizer (poll_shared.cc). */
+class SharedHandle implements PollHandle {
+  constructor(readonly id: number) {}
+  stop(): void {
+    native.pollSharedStop(this.id);
+  }
+  setEvents(events: number): void {
+    native.pollSharedEvents(this.id, events);
+  }
+  ref(): void {
+    native.pollSharedRef(this.id, true);
+  }
+  unref(): void {
+    native.pollSharedRef(this.id, false);
+  }
+}
+
 export class Watch {
-  /** The uv_poll handle of an `own` watch; null when shared or stopped. */
-  #handle: PollHandle | null = null;
-  /** The set's watcher id of a `shared` watch; 0 when own or stopped. */
-  #id = 0;
+  #handle: PollHandle | null;
   #events: number;
 
   /** Starts watching `fd` for `events` at once. Stop before closing the fd. */
   constructor(fd: number, events: number, cb: PollCallback, kind: WatchKind = 'own') {
-    if (kind === 'shared') this.#id = native.pollShared(fd, events, cb);
-    else this.#handle = native.poll(fd, events, cb);
+    this.#handle =
+      kind === 'shared' ? new SharedHandle(native.pollShared(fd, events, cb)) : native.poll(fd, events, cb);
     this.#events = events;
   }
 
@@ -40,33 +54,27 @@ export class Watch {
 
   /** Changes the interest set (no-op once stopped, or when unchanged). */
   set events(events: number) {
-    if (this.stopped || events === this.#events) return;
-    if (this.#id !== 0) native.pollSharedEvents(this.#id, events);
-    else this.#handle?.setEvents(events);
+    if (this.#handle === null || events === this.#events) return;
+    this.#handle.setEvents(events);
     this.#events = events;
   }
 
   get stopped(): boolean {
-    return this.#handle === null && this.#id === 0;
+    return this.#handle === null;
   }
 
   ref(): void {
-    if (this.#id !== 0) native.pollSharedRef(this.#id, true);
-    else this.#handle?.ref();
+    this.#handle?.ref();
   }
 
   unref(): void {
-    if (this.#id !== 0) native.pollSharedRef(this.#id, false);
-    else this.#handle?.unref();
+    this.#handle?.unref();
   }
 
   /** Idempotent. */
   stop(): void {
     const handle = this.#handle;
-    const id = this.#id;
     this.#handle = null;
-    this.#id = 0;
-    if (id !== 0) native.pollSharedStop(id);
     handle?.stop();
   }
 }
